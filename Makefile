@@ -1,0 +1,29 @@
+# fognode: `make run` starts a node on embedded defaults, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATADIR ?= $(HOME)/.fognode
+
+.PHONY: run test bench devnet clean install
+
+$(VENV)/.installed: pyproject.toml setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing fognode and its dependencies into $(VENV) (log: $(VENV)/install.log)"
+	@$(PY) -m pip install --disable-pip-version-check -q -e '.[test]' > $(VENV)/install.log 2>&1 \
+		|| { grep -v "is ignored: it is neither" $(VENV)/install.log; exit 1; }
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	@test -f $(DATADIR)/identity.key || $(VENV)/bin/fognode init --datadir $(DATADIR)
+	$(VENV)/bin/fognode run --datadir $(DATADIR)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+devnet: $(VENV)/.installed
+	$(VENV)/bin/fognode devnet --nodes 4
+
+clean:
+	rm -rf $(VENV) build *.egg-info

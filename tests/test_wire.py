@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+from nacl.signing import SigningKey
+
+from fognode.node.errors import RemoteProtocolError
+from fognode.node.wire import Fields, pack, sign, unpack, verify
+
+
+def test_pack_is_canonical_whatever_the_key_order() -> None:
+    assert pack({"b": 1, "a": {"d": b"x", "c": [1, 2]}}) == pack({"a": {"c": [1, 2], "d": b"x"}, "b": 1})
+
+
+def test_signature_round_trip_and_tamper() -> None:
+    k = SigningKey.generate()
+    body = {"v": 1, "amount": 10}
+    sig = sign(k, body)
+    assert verify(bytes(k.verify_key), body, sig)
+    assert not verify(bytes(k.verify_key), {"v": 1, "amount": 11}, sig)
+    assert not verify(b"short", body, sig)
+
+
+@pytest.mark.parametrize("data", [b"\xc1", b"\x92\x01", b"\xd4\x01\x00", b"\x81\x01\x02"])
+def test_unpack_rejects_garbage(data: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        unpack(data)
+
+
+def test_unpack_rejects_oversize() -> None:
+    with pytest.raises(RemoteProtocolError, match="over the"):
+        unpack(pack(b"x" * 100), max_size=50)
+
+
+def test_fields_names_the_bad_field() -> None:
+    f = Fields({"v": 1, "n": "x"}, "T", versions={1})
+    with pytest.raises(RemoteProtocolError, match="'n' must be an integer"):
+        f.int("n")
+    with pytest.raises(RemoteProtocolError, match="unknown version 2"):
+        Fields({"v": 2}, "T", versions={1})
+    g = Fields({"v": 1, "a": 1, "zz": 0}, "T", versions={1})
+    g.int("a")
+    with pytest.raises(RemoteProtocolError, match="unknown field"):
+        g.done()
