@@ -1,0 +1,350 @@
+"""Declaring RPC methods once, next to their handler.
+
+    class Ledger(Protocol):
+        @rpc_method("wallet.send")
+        async def send(self, to: str, amount: str, memo: str = "") -> dict[str, Any]:
+            '''Send AMOUNT tokens from the node's default wallet to address TO; waits for the
+            certificate and returns the transaction id.'''
+
+Parameter validation, usage text, JSON schema and `help`/`rpc.discover` are all derived from
+the signature, the type hints and the docstring. Supported parameter types: str, int, float,
+bool, list[...] / dict[str, ...] of those, `X | None`, and Literal[...] choices. A parameter
+without a default is required; positional (list) and named (map) params both work, so
+`fognode-cli wallet send ADDR 10` maps to `wallet.send(to=ADDR, amount="10")`.
+
+Error codes (DESIGN.md): JSON-RPC standard codes, then one range per role.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Literal, get_args, get_origin, get_type_hints
+
+from fognode.node.errors import RpcError
+
+# JSON-RPC 2.0 standard codes
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+# One range per role (DESIGN.md "Control socket and CLI").
+CODE_RANGES: dict[str, range] = {
+    "node": range(100, 200),
+    "ledger": range(200, 300),
+    "market": range(300, 400),
+    "harvest": range(400, 500),
+    "fl": range(500, 600),
+    "onion": range(600, 700),
+    "registry": range(700, 800),
+}
+
+# node 1xx
+NODE_NOT_READY = 100
+NODE_DIAL_FAILED = 101
+NODE_BAD_MULTIADDR = 102
+NODE_UNKNOWN_PEER = 103
+NODE_ROLE_UNAVAILABLE = 104
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+_MARK = "__fognode_rpc__"
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    annotation: Any
+    required: bool
+    default: Any
+    schema: dict[str, Any]
+    positional: bool  # may be given positionally (not keyword-only)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    summary: str
+    doc: str
+    params: tuple[Param, ...]
+    returns: dict[str, Any]
+    handler: Handler = field(compare=False)
+
+    def usage(self) -> str:
+        parts = [self.name.replace(".", " ")]
+        for p in self.params:
+            if p.positional and p.required:
+                parts.append(p.name.upper())
+        for p in self.params:
+            if not (p.positional and p.required):
+                parts.append(f"[--{p.name.replace('_', '-')} {p.name.upper()}]"
+                             if p.schema.get("type") != "boolean" else f"[--{p.name.replace('_', '-')}]")
+        return " ".join(parts)
+
+    def describe(self) -> dict[str, Any]:
+        """The method's entry in `help` / `rpc.discover` (OpenRPC-like)."""
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "description": self.doc,
+            "usage": self.usage(),
+            "params": [
+                {
+                    "name": p.name,
+                    "required": p.required,
+                    "positional": p.positional,
+                    "schema": p.schema,
+                    **({"default": p.default} if not p.required else {}),
+                }
+                for p in self.params
+            ],
+            "result": {"name": "result", "schema": self.returns},
+        }
+
+    def bind(self, params: Any) -> dict[str, Any]:
+        """Validate JSON params (list, map or absent) into keyword arguments.
+
+        Raises RpcError(INVALID_PARAMS) naming the parameter that was wrong.
+        """
+        if params is None:
+            params = {}
+        kwargs: dict[str, Any] = {}
+        if isinstance(params, list):
+            pos = [p for p in self.params if p.positional]
+            if len(params) > len(pos):
+                raise RpcError(INVALID_PARAMS,
+                               f"{self.name} takes at most {len(pos)} positional params, got {len(params)}; "
+                               f"usage: {self.usage()}")
+            for p, v in zip(pos, params):
+                kwargs[p.name] = v
+        elif isinstance(params, dict):
+            known = {p.name for p in self.params}
+            unknown = sorted(set(params) - known)
+            if unknown:
+                raise RpcError(INVALID_PARAMS, f"{self.name}: unknown param(s) {unknown}; usage: {self.usage()}")
+            kwargs = dict(params)
+        else:
+            raise RpcError(INVALID_PARAMS, f"{self.name}: params must be a list or an object")
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.name not in kwargs:
+                if p.required:
+                    raise RpcError(INVALID_PARAMS, f"{self.name}: missing param {p.name!r}; usage: {self.usage()}")
+                continue
+            out[p.name] = _check(self.name, p.name, p.annotation, kwargs[p.name])
+        return out
+
+
+def rpc_method(name: str) -> Callable[[Handler], Handler]:
+    """Mark an async function or method as the RPC method `name` (`<role>.<verb>`)."""
+    if not _NAME.match(name):
+        raise ValueError(f"bad RPC method name {name!r}: want lower-case '<role>.<verb>'")
+
+    def mark(fn: Handler) -> Handler:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"RPC method {name} must be an async function")
+        setattr(fn, _MARK, name)
+        return fn
+
+    return mark
+
+
+def _schema(tp: Any) -> dict[str, Any]:
+    origin = get_origin(tp)
+    if tp is Any:
+        return {}
+    if tp is str:
+        return {"type": "string"}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer"}
+    if tp is float:
+        return {"type": "number"}
+    if tp is type(None):
+        return {"type": "null"}
+    if origin is Literal:
+        return {"enum": list(get_args(tp))}
+    if origin in (list, tuple):
+        args = get_args(tp)
+        return {"type": "array", **({"items": _schema(args[0])} if args else {})}
+    if origin is dict or tp is dict:
+        args = get_args(tp)
+        return {"type": "object", **({"additionalProperties": _schema(args[1])} if args else {})}
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [_schema(a) for a in get_args(tp)]}
+    raise TypeError(f"RPC parameter type {tp!r} is not supported")
+
+
+def _check(method: str, pname: str, tp: Any, v: Any) -> Any:
+    bad = RpcError(INVALID_PARAMS, f"{method}: param {pname!r} must be {_tname(tp)}, got {_jtype(v)} {_short(v)}")
+    origin = get_origin(tp)
+    if tp is Any:
+        return v
+    if tp is str:
+        if isinstance(v, str):
+            return v
+        # The CLI sends everything as text; numbers for string params are fine too.
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return str(v)
+        raise bad
+    if tp is bool:
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return v.lower() in ("true", "yes", "1")
+        raise bad
+    if tp is int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, str) and re.fullmatch(r"[+-]?\d+", v.strip()):
+            return int(v)
+        raise bad
+    if tp is float:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is type(None):
+        if v is None:
+            return v
+        raise bad
+    if origin is Literal:
+        if v in get_args(tp):
+            return v
+        raise RpcError(INVALID_PARAMS, f"{method}: param {pname!r} must be one of {list(get_args(tp))}, got {_short(v)}")
+    if origin in (list, tuple):
+        if isinstance(v, str):  # CLI: comma-separated list
+            v = [x for x in v.split(",") if x]
+        if not isinstance(v, list):
+            raise bad
+        args = get_args(tp)
+        return [_check(method, f"{pname}[{i}]", args[0], x) for i, x in enumerate(v)] if args else v
+    if origin is dict or tp is dict:
+        if not isinstance(v, dict):
+            raise bad
+        args = get_args(tp)
+        return {k: _check(method, f"{pname}.{k}", args[1], x) for k, x in v.items()} if args else v
+    if origin in (typing.Union, types.UnionType):
+        for a in get_args(tp):
+            try:
+                return _check(method, pname, a, v)
+            except RpcError:
+                continue
+        raise bad
+    raise bad
+
+
+def _tname(tp: Any) -> str:
+    s = _schema(tp)
+    if "type" in s:
+        return {"string": "a string", "integer": "an integer", "number": "a number",
+                "boolean": "a boolean", "array": "a list", "object": "an object", "null": "null"}[s["type"]]
+    return str(s)
+
+
+def _jtype(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "list"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def spec_of(name: str, fn: Handler) -> MethodSpec:
+    """Build a MethodSpec from a (bound) async function's signature, hints and docstring."""
+    sig = inspect.signature(fn)
+    hints = get_type_hints(fn)
+    params = []
+    for p in sig.parameters.values():
+        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name not in hints:
+            raise TypeError(f"RPC method {name}: param {p.name!r} has no type hint")
+        required = p.default is inspect.Parameter.empty
+        params.append(Param(
+            name=p.name,
+            annotation=hints[p.name],
+            required=required,
+            default=None if required else p.default,
+            schema=_schema(hints[p.name]),
+            positional=p.kind != p.KEYWORD_ONLY,
+        ))
+    doc = inspect.cleandoc(fn.__doc__ or "")
+    if not doc:
+        raise TypeError(f"RPC method {name} has no docstring (it is its help text)")
+    summary = doc.split("\n\n")[0].replace("\n", " ")
+    ret = hints.get("return", Any)
+    try:
+        returns = _schema(ret)
+    except TypeError:
+        returns = {}
+    return MethodSpec(name=name, summary=summary, doc=doc, params=tuple(params), returns=returns, handler=fn)
+
+
+def declared_methods(obj: object) -> list[MethodSpec]:
+    """All methods of `obj` marked with @rpc_method, bound to it."""
+    out = []
+    for attr in dir(type(obj)):
+        fn = getattr(type(obj), attr, None)
+        name = getattr(fn, _MARK, None)
+        if name is not None:
+            out.append(spec_of(name, getattr(obj, attr)))
+    return out
+
+
+class MethodTable:
+    """The daemon's table of RPC methods; names are unique (checked at start-up)."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, MethodSpec] = {}
+        self._owner: dict[str, str] = {}
+
+    def add(self, spec: MethodSpec, owner: str) -> None:
+        if spec.name in self._methods:
+            raise ValueError(f"RPC method {spec.name} declared twice ({self._owner[spec.name]} and {owner})")
+        self._methods[spec.name] = spec
+        self._owner[spec.name] = owner
+
+    def add_object(self, obj: object, owner: str) -> None:
+        for spec in declared_methods(obj):
+            self.add(spec, owner)
+
+    def remove_owner(self, owner: str) -> None:
+        for name in [n for n, o in self._owner.items() if o == owner]:
+            del self._methods[name]
+            del self._owner[name]
+
+    def get(self, name: str) -> MethodSpec | None:
+        return self._methods.get(name)
+
+    def owner(self, name: str) -> str | None:
+        return self._owner.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._methods)
+
+    def all(self) -> list[MethodSpec]:
+        return [self._methods[n] for n in self.names()]
