@@ -1,0 +1,1 @@
+"""Benchmarks: one command each, python -m fognode.tools.bench.<name>."""
