@@ -1,0 +1,3 @@
+"""Aggregation strategies: the interface (`base`) and one small module per rule, each with its
+maths as free functions (fedavg, fedprox, fedopt, median, trimmed_mean, krum, bulyan, clipping).
+Build one with `base.make_strategy(name, params)`."""
