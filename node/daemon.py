@@ -1,0 +1,198 @@
+"""The daemon: one node's lifetime, from the data-dir lock to a clean exit.
+
+Start-up: lock the data dir, load identity and genesis, open the overlay (libp2p host, pubsub,
+DHT), start roles in order under the supervisor, then open the control socket (the node is
+"ready" when the socket answers). Shutdown on SIGINT/SIGTERM or `node.stop`: stop accepting RPC,
+stop roles in reverse order within the grace period, close the host, release the lock, exit 0.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from fognode.node import __version__
+from fognode.node.config import Config
+from fognode.node.datadir import DataDirLock, load_identity, read_genesis, socket_path
+from fognode.node.errors import FognodeError, RpcError
+from fognode.node.events import EventBus
+from fognode.node.protocol import NodeContext, Protocol
+from fognode.node.roles import Supervisor
+from fognode.node.rpc.methods import (NODE_BAD_MULTIADDR, NODE_DIAL_FAILED, NODE_UNKNOWN_PEER, MethodTable,
+                                      rpc_method)
+
+log = logging.getLogger("fognode.daemon")
+
+
+class NodeService:
+    """The node's own RPC methods (`node.*`) and the "node" service roles may read."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self._d = daemon
+
+    def uptime(self) -> float:
+        return time.monotonic() - self._d.started_at
+
+    def role_health(self) -> dict[str, dict[str, Any]]:
+        return self._d.supervisor.health() if self._d.supervisor else {}
+
+    @rpc_method("node.info")
+    async def info(self) -> dict[str, Any]:
+        """This node: peer id, listen addresses, version, roles and their health, uptime."""
+        d = self._d
+        ov = d.ctx.overlay
+        return {
+            "peer_id": d.ctx.peer_id,
+            "addresses": ov.listen_addrs(),
+            "version": __version__,
+            "uptime_s": round(self.uptime(), 3),
+            "peers": len([p for p in ov.peers() if p.connected]),
+            "region": d.config.node.region,
+            "chain_id": d.ctx.genesis.get("chain_id", ""),
+            "datadir": str(d.datadir),
+            "socket": str(d.socket),
+            "config": d.config.source,
+            "roles": self.role_health(),
+        }
+
+    @rpc_method("node.peers")
+    async def peers(self) -> list[dict[str, Any]]:
+        """Connected peers: peer id, addresses, direction, latency."""
+        return [
+            {"peer_id": p.peer_id, "addrs": list(p.addrs), "direction": p.direction,
+             "latency_ms": p.latency_ms}
+            for p in self._d.ctx.overlay.peers() if p.connected
+        ]
+
+    @rpc_method("node.connect")
+    async def connect(self, multiaddr: str) -> dict[str, Any]:
+        """Dial MULTIADDR (with /p2p/<peer-id>) and return the connected peer id."""
+        from multiaddr import Multiaddr
+
+        try:
+            ma = Multiaddr(multiaddr)
+        except Exception as e:
+            raise RpcError(NODE_BAD_MULTIADDR, f"bad multiaddr {multiaddr!r}: {e}") from None
+        if "/p2p/" not in str(ma):
+            raise RpcError(NODE_BAD_MULTIADDR, f"multiaddr {multiaddr!r} has no /p2p/<peer-id> part")
+        try:
+            pid = await self._d.ctx.overlay.connect(multiaddr)
+        except FognodeError as e:
+            raise RpcError(NODE_DIAL_FAILED, f"could not connect to {multiaddr}: {e}") from None
+        except Exception as e:  # libp2p raises a zoo of types on dial failure
+            raise RpcError(NODE_DIAL_FAILED, f"could not connect to {multiaddr}: {type(e).__name__}: {e}") from None
+        return {"peer_id": pid}
+
+    @rpc_method("node.disconnect")
+    async def disconnect(self, peer_id: str) -> dict[str, Any]:
+        """Close every connection to PEER_ID."""
+        if not any(p.peer_id == peer_id and p.connected for p in self._d.ctx.overlay.peers()):
+            raise RpcError(NODE_UNKNOWN_PEER, f"not connected to {peer_id}")
+        await self._d.ctx.overlay.disconnect(peer_id)
+        return {"peer_id": peer_id, "disconnected": True}
+
+    @rpc_method("node.config")
+    async def show_config(self) -> dict[str, Any]:
+        """The effective configuration (file, environment and flags applied)."""
+        c = self._d.config
+        out: dict[str, Any] = {"source": c.source}
+        for sec in ("node", "overlay", "rpc"):
+            out[sec] = asdict(getattr(c, sec))
+        out["protocols"] = {
+            name: {"enabled": rs.enabled, **(asdict(rs.config) if is_dataclass(rs.config) else {})}
+            for name, rs in c.protocols.items()
+        }
+        return out
+
+    @rpc_method("node.stop")
+    async def stop(self) -> dict[str, Any]:
+        """Stop the daemon cleanly (roles in reverse order, then the host)."""
+        self._d.request_stop("node.stop")
+        return {"stopping": True}
+
+
+class Daemon:
+    def __init__(self, datadir: Path, config: Config, role_classes: list[type[Protocol]]) -> None:
+        self.datadir = datadir
+        self.config = config
+        self.role_classes = role_classes
+        self.started_at = time.monotonic()
+        self.socket = socket_path(datadir, config.rpc.socket)
+        self.metrics = CollectorRegistry()
+        self.events = EventBus(self.metrics)
+        self.table = MethodTable()
+        self.supervisor: Supervisor | None = None
+        self.ctx: NodeContext
+        self._stop = trio.Event()
+        self.stop_reason = ""
+
+    def request_stop(self, why: str) -> None:
+        if not self._stop.is_set():
+            self.stop_reason = why
+            self._stop.set()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+            async for sig in sigs:
+                self.request_stop(signal.Signals(sig).name)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until stopped. Raises DataDirError/ConfigError before anything is opened."""
+        from fognode.node.host import open_overlay  # imports libp2p
+        from fognode.node.rpc.server import RpcServer
+
+        lock = DataDirLock(self.datadir)
+        lock.acquire()
+        try:
+            identity = load_identity(self.datadir)
+            genesis = read_genesis(self.datadir)
+            async with open_overlay(self.config.overlay, identity, self.events, self.metrics) as overlay:
+                self.ctx = NodeContext(
+                    peer_id=overlay.peer_id, identity=identity, overlay=overlay, events=self.events,
+                    metrics=self.metrics, datadir=self.datadir, genesis=genesis,
+                    region=self.config.node.region,
+                )
+                node = NodeService(self)
+                self.ctx.services.provide("node", node)
+                self.table.add_object(node, "node")
+                self.supervisor = Supervisor(self.ctx, self.table)
+                rpc = RpcServer(self.table, self.socket, self.metrics,
+                                max_request=self.config.rpc.max_request,
+                                idle_timeout=self.config.rpc.idle_timeout,
+                                max_clients=self.config.rpc.max_clients)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._signals)
+                    for cls in self.role_classes:
+                        settings = self.config.protocols.get(cls.name)
+                        if settings is None or not settings.enabled:
+                            log.info("role %s is disabled", cls.name)
+                            continue
+                        await self.supervisor.start(nursery, cls, settings.config)
+                    rpc_scope = trio.CancelScope()
+
+                    async def serve_rpc(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                        with rpc_scope:
+                            await rpc.serve(task_status=task_status)
+
+                    await nursery.start(serve_rpc)
+                    log.info("node %s ready: listening on %s; control socket %s; pid %d",
+                             overlay.peer_id, ", ".join(overlay.listen_addrs()), self.socket, os.getpid())
+                    task_status.started()
+                    await self._stop.wait()
+                    log.info("stopping (%s)", self.stop_reason)
+                    t0 = time.monotonic()
+                    rpc.stop_accepting()
+                    await self.supervisor.stop_all(self.config.node.shutdown_grace)
+                    rpc_scope.cancel()
+                    nursery.cancel_scope.cancel()
+                log.info("roles stopped in %.2f s; closing the host", time.monotonic() - t0)
+        finally:
+            lock.release()
+        log.info("stopped")

@@ -1,0 +1,30 @@
+"""Composing a network's genesis from the parts each role owns.
+
+`<datadir>/genesis.json` is shared by every node of a network. Top-level keys:
+    chain_id    the network's name; every signed ledger order carries it
+    registry    {"pretrusted": [peer ids]}: EigenTrust's pre-trusted peers
+    ledger      the ledger's part (validators, balances, emission, fees): fognode.ledger.genesis
+"""
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from fognode.node.peerid import peer_id_from_pubkey
+
+DEV_VALIDATOR_STAKE = 1_000_000_000   # micro-units (1,000 tokens) of stake per devnet validator
+
+
+def dev_chain_id() -> str:
+    return f"fog-dev-{secrets.token_hex(4)}"
+
+
+def dev_genesis(chain_id: str, nodes: list[SigningKey]) -> dict[str, Any]:
+    """A development genesis: every node is a validator and a pre-trusted peer."""
+    pubs = [bytes(k.verify_key) for k in nodes]
+    return {
+        "chain_id": chain_id,
+        "registry": {"pretrusted": [peer_id_from_pubkey(p) for p in pubs]},
+    }

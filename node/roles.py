@@ -1,0 +1,193 @@
+"""Finding roles and keeping them running.
+
+Built-in roles are an explicit ordered list (start order; stop order is the reverse).
+Third-party roles load from the entry-point group `fognode.protocols` and start after them.
+Names, RPC methods, stream ids and topics are checked unique before anything starts.
+
+The supervisor runs each enabled role in its own task and cancel scope: a role that raises is
+logged with its traceback, shown unhealthy, and restarted (a fresh instance) with exponential
+backoff; it never takes the daemon down.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import trio
+from prometheus_client import Counter, Gauge
+
+from fognode.node.errors import ConfigError
+from fognode.node.events import RoleHealthChanged
+from fognode.node.protocol import Health, NodeContext, Protocol
+from fognode.node.rpc.methods import MethodTable
+
+log = logging.getLogger("fognode.roles")
+
+# Start order. Each entry is "module:Class"; the ledger comes before the roles that pay or get paid.
+BUILTIN_ROLES: tuple[str, ...] = (
+    "fognode.protocols.monitor.protocol:MonitorRole",
+)
+
+_STREAM_ID = re.compile(r"^/fognode/[a-z][a-z0-9_-]*(/[a-z0-9_-]+)*/\d+\.\d+\.\d+$")
+_TOPIC = re.compile(r"^fognode/[a-z][a-z0-9_-]*(/[a-z0-9_-]+)*/\d+$")
+
+
+def _load(ref: str) -> type[Protocol]:
+    mod, _, attr = ref.partition(":")
+    cls = getattr(importlib.import_module(mod), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Protocol)):
+        raise ConfigError(f"{ref} is not a fognode Protocol subclass")
+    return cls
+
+
+def discover_roles(extra: dict[str, str] | None = None) -> list[type[Protocol]]:
+    """Built-in roles in order, then `fognode.protocols` entry points (sorted by name)."""
+    classes = [_load(ref) for ref in BUILTIN_ROLES]
+    for ep in sorted(entry_points(group="fognode.protocols"), key=lambda e: e.name):
+        try:
+            cls = ep.load()
+        except Exception as e:
+            raise ConfigError(f"third-party role {ep.name!r} ({ep.value}) failed to load: {e}") from e
+        if not (isinstance(cls, type) and issubclass(cls, Protocol)):
+            raise ConfigError(f"entry point {ep.name!r} ({ep.value}) is not a fognode Protocol subclass")
+        classes.append(cls)
+    for ref in (extra or {}).values():
+        classes.append(_load(ref))
+    check_unique(classes)
+    return classes
+
+
+def check_unique(classes: list[type[Protocol]]) -> None:
+    """Role names, stream ids and topics must be unique and well formed (ConfigError)."""
+    seen: dict[str, str] = {}
+    for cls in classes:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", cls.name or ""):
+            raise ConfigError(f"role class {cls.__qualname__} has a bad name {cls.name!r}")
+        for kind, ids, rx in (("role", (cls.name,), None), ("stream id", cls.stream_ids, _STREAM_ID),
+                              ("topic", cls.topics, _TOPIC)):
+            for i in ids:
+                if rx is not None and not rx.match(i):
+                    raise ConfigError(f"role {cls.name}: {kind} {i!r} does not follow the naming rule "
+                                      f"({'/fognode/<role>/<semver>' if kind == 'stream id' else 'fognode/<role>/<topic>/<v>'})")
+                k = f"{kind}:{i}"
+                if k in seen:
+                    raise ConfigError(f"{kind} {i!r} is claimed by both role {seen[k]} and role {cls.name}")
+                seen[k] = cls.name
+
+
+def describe(e: BaseException) -> str:
+    """`Type: message` of the innermost errors (trio wraps a task's error in ExceptionGroups)."""
+    if isinstance(e, BaseExceptionGroup):
+        return "; ".join(describe(x) for x in e.exceptions)
+    return f"{type(e).__name__}: {e}"
+
+
+@dataclass
+class RoleState:
+    cls: type[Protocol]
+    config: Any
+    health: Health = Health.STARTING
+    detail: str = ""
+    restarts: int = 0
+    instance: Protocol | None = None
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class Supervisor:
+    """Starts roles in order, restarts crashed ones with backoff, stops them in reverse order."""
+
+    def __init__(self, ctx: NodeContext, table: MethodTable, *, backoff_initial: float = 1.0,
+                 backoff_max: float = 60.0) -> None:
+        self.ctx = ctx
+        self.table = table
+        self.roles: dict[str, RoleState] = {}
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._health = Gauge("fognode_node_role_healthy", "1 when the role is running, 0 otherwise",
+                             ["role"], registry=ctx.metrics)
+        self._restarts = Counter("fognode_node_role_restarts_total", "Role restarts after a crash",
+                                 ["role"], registry=ctx.metrics)
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, st in self.roles.items():
+            detail: dict[str, Any] = {}
+            if st.instance is not None and st.health is Health.HEALTHY:
+                try:
+                    detail = st.instance.health_detail()
+                except Exception as e:  # a role's status must never break node.info
+                    detail = {"error": f"{type(e).__name__}: {e}"}
+            out[name] = {"health": st.health.value, "detail": st.detail, "restarts": st.restarts, **detail}
+        return out
+
+    def _set(self, st: RoleState, health: Health, detail: str = "") -> None:
+        changed = st.health is not health
+        st.health, st.detail = health, detail
+        self._health.labels(st.cls.name).set(1 if health is Health.HEALTHY else 0)
+        if changed:
+            self.ctx.events.publish(RoleHealthChanged(st.cls.name, health is Health.HEALTHY, detail))
+
+    async def start(self, nursery: trio.Nursery, cls: type[Protocol], config: Any) -> None:
+        """Start one role and wait until it is serving (or has failed its first start)."""
+        st = RoleState(cls, config)
+        self.roles[cls.name] = st
+        await nursery.start(self._supervise, st)
+
+    async def _supervise(self, st: RoleState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        name = st.cls.name
+        started = False
+        attempt = 0
+        with st.scope:
+            try:
+                while True:
+                    try:
+                        inst = st.cls(self.ctx, st.config)
+                        st.instance = inst
+                        self.table.remove_owner(name)
+                        self.table.add_object(inst, name)
+                        async with trio.open_nursery() as n:
+                            await n.start(inst.run)
+                            self._set(st, Health.HEALTHY)
+                            attempt = 0
+                            if not started:
+                                started = True
+                                task_status.started()
+                        log.warning("role %s returned from run(); restarting it", name)
+                        why = "run() returned"
+                    except Exception as e:
+                        why = describe(e)
+                        log.error("role %s crashed: %s", name, why, exc_info=True)
+                    self.table.remove_owner(name)
+                    st.instance = None
+                    st.restarts += 1
+                    self._restarts.labels(name).inc()
+                    delay = min(self.backoff_max, self.backoff_initial * math.pow(2, attempt))
+                    attempt += 1
+                    self._set(st, Health.UNHEALTHY, f"{why}; restarting in {delay:.0f} s")
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await trio.sleep(delay)
+            finally:
+                self.table.remove_owner(name)
+                st.instance = None
+                st.health = Health.STOPPED
+                self._health.labels(name).set(0)
+                st.done.set()
+
+    async def stop_all(self, grace: float) -> None:
+        """Cancel roles in reverse start order, each given up to `grace` seconds in total."""
+        deadline = trio.current_time() + grace
+        for name in reversed(list(self.roles)):
+            st = self.roles[name]
+            st.scope.cancel()
+            with trio.move_on_at(deadline):
+                await st.done.wait()
+            if not st.done.is_set():
+                log.warning("role %s did not stop within the grace period", name)

@@ -1,0 +1,1 @@
+"""monitor: per-role health, peer count, uptime, and the Prometheus /metrics endpoint."""

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from fognode.node.events import Event, EventBus, PeerConnected, PeerDisconnected
+
+
+@dataclass(frozen=True)
+class Ping(Event):
+    n: int
+
+
+async def test_subscriber_gets_only_its_kinds() -> None:
+    bus = EventBus(CollectorRegistry())
+    peers = bus.subscribe("peers", [PeerConnected])
+    everything = bus.subscribe("all")
+    bus.publish(PeerDisconnected("p1"))
+    bus.publish(PeerConnected("p2", "/ip4/127.0.0.1/tcp/1"))
+    with trio.fail_after(1):
+        assert await peers.receive() == PeerConnected("p2", "/ip4/127.0.0.1/tcp/1")
+        assert isinstance(await everything.receive(), PeerDisconnected)
+        assert isinstance(await everything.receive(), PeerConnected)
+
+
+async def test_slow_subscriber_never_blocks_publisher_and_drops_are_counted() -> None:
+    reg = CollectorRegistry()
+    bus = EventBus(reg)
+    slow = bus.subscribe("slow", size=4)
+    fast = bus.subscribe("fast", size=100)
+    for i in range(10):
+        bus.publish(Ping(i))  # synchronous: returns at once even though `slow` never reads
+    assert reg.get_sample_value("fognode_node_event_drops_total", {"subscriber": "slow", "event": "Ping"}) == 6
+    assert reg.get_sample_value("fognode_node_event_drops_total", {"subscriber": "fast", "event": "Ping"}) is None
+    got = [(await slow.receive()).n for _ in range(4)]  # type: ignore[attr-defined]
+    assert got == [0, 1, 2, 3]
+    with trio.fail_after(1):
+        assert [(await fast.receive()).n for _ in range(10)] == list(range(10))  # type: ignore[attr-defined]
+
+
+async def test_closed_subscription_stops_receiving() -> None:
+    bus = EventBus(CollectorRegistry())
+    async with bus.subscribe("tmp") as sub:
+        bus.publish(Ping(1))
+        assert (await sub.receive()).n == 1  # type: ignore[attr-defined]
+    bus.publish(Ping(2))  # no subscriber left; nothing raises
+    assert Ping(3).to_dict() == {"event": "Ping", "n": 3}

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from nacl.signing import SigningKey
+from prometheus_client import CollectorRegistry
+
+from fognode.node.errors import ConfigError
+from fognode.node.events import EventBus, RoleHealthChanged
+from fognode.node.protocol import EmptyConfig, NodeContext, Protocol
+from fognode.node.roles import Supervisor, check_unique
+from fognode.node.rpc.methods import MethodTable, rpc_method
+
+
+def context(tmp_path: Path) -> NodeContext:
+    reg = CollectorRegistry()
+    # The supervisor never touches the overlay; these roles don't either.
+    return NodeContext(peer_id="p", identity=SigningKey.generate(), overlay=None,  # type: ignore[arg-type]
+                       events=EventBus(reg), metrics=reg, datadir=tmp_path, genesis={})
+
+
+class Crashy(Protocol):
+    name = "crashy"
+    Config = EmptyConfig
+    runs = 0
+
+    @rpc_method("crashy.runs")
+    async def rpc_runs(self) -> int:
+        """How many times run() was entered."""
+        return type(self).runs
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        type(self).runs += 1
+        task_status.started()
+        if type(self).runs < 3:
+            raise RuntimeError(f"boom {type(self).runs}")
+        await trio.sleep_forever()
+
+
+class FailsToStart(Protocol):
+    name = "failstart"
+    Config = EmptyConfig
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        raise OSError("port in use")
+
+
+async def wait_for(pred: Any) -> None:
+    with trio.fail_after(5):
+        while not pred():
+            await trio.sleep(0.01)
+
+
+async def test_crashing_role_is_restarted_with_backoff_and_reported(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    table = MethodTable()
+    sup = Supervisor(ctx, table, backoff_initial=0.01)
+    health_events = ctx.events.subscribe("t", [RoleHealthChanged])
+    Crashy.runs = 0
+    async with trio.open_nursery() as n:
+        await sup.start(n, Crashy, EmptyConfig())
+        await wait_for(lambda: Crashy.runs == 3 and sup.health()["crashy"]["health"] == "healthy")
+        assert sup.health()["crashy"]["restarts"] == 2
+        spec = table.get("crashy.runs")
+        assert spec is not None and await spec.handler() == 3  # methods bound to the live instance
+        seen = []
+        while len(seen) < 4:
+            with trio.fail_after(1):
+                seen.append((await health_events.receive()).healthy)  # type: ignore[attr-defined]
+        assert seen[:2] == [True, False]
+        assert ctx.metrics.get_sample_value("fognode_node_role_restarts_total", {"role": "crashy"}) == 2
+        await sup.stop_all(1.0)
+        n.cancel_scope.cancel()
+    assert sup.health()["crashy"]["health"] == "stopped"
+    assert table.get("crashy.runs") is None
+
+
+async def test_role_failing_at_start_does_not_block_the_others(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    sup = Supervisor(ctx, MethodTable(), backoff_initial=10)
+    Crashy.runs = 2
+    async with trio.open_nursery() as n:
+        with trio.fail_after(2):
+            await sup.start(n, FailsToStart, EmptyConfig())
+            await sup.start(n, Crashy, EmptyConfig())
+        h = sup.health()
+        assert h["failstart"]["health"] == "unhealthy" and "port in use" in h["failstart"]["detail"]
+        assert h["crashy"]["health"] == "healthy"
+        await sup.stop_all(1.0)
+        n.cancel_scope.cancel()
+
+
+def test_duplicate_topics_and_bad_ids_are_refused() -> None:
+    class A(Protocol):
+        name = "a"
+        topics = ("fognode/a/x/1",)
+
+        async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+
+    class B(A):
+        name = "b"
+
+    with pytest.raises(ConfigError, match="claimed by both role a and role b"):
+        check_unique([A, B])
+
+    class C(A):
+        name = "c"
+        topics = ()
+        stream_ids = ("/other/c/1.0.0",)
+
+    with pytest.raises(ConfigError, match="naming rule"):
+        check_unique([C])
+
+
+def test_duplicate_rpc_method_is_refused() -> None:
+    t = MethodTable()
+    t.add_object(Crashy(None, EmptyConfig()), "crashy")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="declared twice"):
+        t.add_object(Crashy(None, EmptyConfig()), "other")  # type: ignore[arg-type]

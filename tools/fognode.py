@@ -1,0 +1,174 @@
+"""`fognode`: initialise a data dir, run the daemon, start a local devnet.
+
+    fognode init   [--datadir D]
+    fognode run    [--datadir D] [--config FILE] [--listen MA]... [--bootstrap MA]... [--set k=v]...
+    fognode devnet --nodes N [--dir D]
+    fognode version
+
+Imports stay inside the commands so `fognode --help` and start-up are fast (torch is never
+imported by the daemon at start).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fognode", description="fognode: peer-to-peer fog computing daemon")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    i = sub.add_parser("init", help="create a data dir: identity key, node.toml, dev genesis, wallet")
+    i.add_argument("--datadir", help="data dir (default $FOGNODE_DATADIR or ~/.fognode)")
+    i.add_argument("--chain-id", help="chain id of the single-node dev genesis (default: random fog-dev-*)")
+
+    r = sub.add_parser("run", help="run the daemon in the foreground (Ctrl-C stops it cleanly)")
+    r.add_argument("--datadir", help="data dir (default $FOGNODE_DATADIR or ~/.fognode)")
+    r.add_argument("--config", help="config file (default <datadir>/node.toml, else embedded defaults)")
+    r.add_argument("--listen", action="append", default=[], metavar="MULTIADDR",
+                   help="listen address, repeatable (overrides overlay.listen)")
+    r.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
+                   help="bootstrap peer /ip4/../tcp/../p2p/<id>, repeatable (overrides overlay.bootstrap)")
+    r.add_argument("--region", help="region label (overrides node.region)")
+    r.add_argument("--metrics-port", type=int, help="Prometheus endpoint port, 0 disables (protocols.monitor.port)")
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides node.log_level")
+    r.add_argument("--log-json", action="store_true", default=None, help="JSON-lines logs (node.log_json)")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config key, e.g. --set overlay.peers_low=4 or protocols.monitor.port=0")
+
+    d = sub.add_parser("devnet", help="start N local daemons on 127.0.0.1 sharing one genesis")
+    d.add_argument("--nodes", type=int, default=4, help="how many nodes (default 4)")
+    d.add_argument("--dir", help="root dir for the nodes' data dirs (default: a new dir under /tmp)")
+
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+def _die(msg: str, code: int = 1) -> int:
+    print(f"fognode: error: {msg}", file=sys.stderr)
+    return code
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from fognode.node.datadir import (CONFIG, IDENTITY, create_identity, default_config_text, ensure_datadir,
+                                      resolve_datadir, write_atomic, write_genesis)
+    from fognode.node.genesis import dev_chain_id, dev_genesis
+    from fognode.node.peerid import peer_id_from_pubkey
+
+    datadir = resolve_datadir(args.datadir)
+    if (datadir / IDENTITY).exists():
+        return _die(f"{datadir} is already initialised ({IDENTITY} exists); refusing to replace the node's identity")
+    ensure_datadir(datadir)
+    key = create_identity(datadir)
+    if not (datadir / CONFIG).exists():
+        write_atomic(datadir / CONFIG, default_config_text().encode(), 0o644)
+    write_genesis(datadir, dev_genesis(args.chain_id or dev_chain_id(), [key]))
+    print(f"initialised {datadir}")
+    print(f"peer id {peer_id_from_pubkey(bytes(key.verify_key))}")
+    print(f"start it with: fognode run --datadir {datadir}")
+    return 0
+
+
+def run_overrides(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    import json
+
+    from fognode.node.config import parse_set_flags
+
+    out: list[tuple[str, str, str]] = []
+    if args.listen:
+        out.append(("overlay.listen", json.dumps(args.listen), "--listen"))
+    if args.bootstrap:
+        out.append(("overlay.bootstrap", json.dumps(args.bootstrap), "--bootstrap"))
+    if args.region is not None:
+        out.append(("node.region", json.dumps(args.region), "--region"))
+    if args.metrics_port is not None:
+        out.append(("protocols.monitor.port", str(args.metrics_port), "--metrics-port"))
+    if args.log_level:
+        out.append(("node.log_level", json.dumps(args.log_level), "--log-level"))
+    if args.log_json:
+        out.append(("node.log_json", "true", "--log-json"))
+    return out + parse_set_flags(args.set)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from fognode.node.config import load_config
+    from fognode.node.daemon import Daemon
+    from fognode.node.datadir import CONFIG, IDENTITY, resolve_datadir
+    from fognode.node.errors import FognodeError
+    from fognode.node.logs import setup_logging
+    from fognode.node.roles import discover_roles
+
+    datadir = resolve_datadir(args.datadir)
+    try:
+        if not (datadir / IDENTITY).exists():
+            return _die(f"{datadir} is not initialised: run `fognode init --datadir {datadir}` first")
+        roles = discover_roles()
+        cfg_path = Path(args.config) if args.config else (datadir / CONFIG if (datadir / CONFIG).exists() else None)
+        config = load_config(cfg_path, roles={c.name: c.Config for c in roles}, overrides=run_overrides(args))
+        setup_logging(config.node.log_level, json_lines=config.node.log_json)
+        daemon = Daemon(datadir, config, roles)
+        trio.run(daemon.run)
+    except FognodeError as e:
+        return _die(str(e), 2)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def cmd_devnet(args: argparse.Namespace) -> int:
+    import signal
+    import tempfile
+    import time
+
+    from fognode.tools.devnet import Devnet
+
+    if not 1 <= args.nodes <= 64:
+        return _die("--nodes must be between 1 and 64", 2)
+    root = Path(args.dir).absolute() if args.dir else Path(tempfile.mkdtemp(prefix="fognode-devnet-", dir="/tmp"))
+    net = Devnet(root, args.nodes)
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        net.create()
+        net.start_all(timeout=60)
+        print(f"devnet of {args.nodes} nodes under {root}")
+        print(f"{'node':<5} {'peer id':<54} control socket")
+        for node in net.nodes:
+            print(f"{node.index:<5} {node.peer_id:<54} {node.socket}")
+        print(f"\ntry: fognode-cli --datadir {net.nodes[0].datadir} node peers")
+        print("Ctrl-C stops every node.", flush=True)
+        while not stop["now"]:
+            for node in net.nodes:
+                if not node.alive():
+                    print(f"node {node.index} exited; its log: {node.log_path}", file=sys.stderr)
+                    stop["now"] = True
+            time.sleep(0.2)
+    except (RuntimeError, TimeoutError) as e:
+        net.stop_all()
+        return _die(str(e))
+    codes = net.stop_all()
+    print("stopped: " + ", ".join(f"node{i}={rc}" for i, rc in codes.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.cmd == "version":
+        from fognode.node import __version__
+
+        print(__version__)
+        return 0
+    return {"init": cmd_init, "run": cmd_run, "devnet": cmd_devnet}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
