@@ -1,0 +1,38 @@
+"""Coordinate-wise median (Yin et al., ICML 2018).
+
+Each coordinate of the aggregate is the median of that coordinate over the updates, so up to
+just under half of the updates can be arbitrary without moving it outside the range of the
+honest values. Sample counts are ignored on purpose (a Byzantine peer could claim any count);
+every update gets an equal reward weight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from fognode.protocols.fl.strategies.base import (
+    PARAM_DTYPE, AggregateResult, ClientUpdate, Strategy)
+from fognode.protocols.fl.strategies.screening import check_global, require, screen
+
+
+def coordinate_median(stack: np.ndarray) -> np.ndarray:
+    """Median over axis 0 of an (n, d) array; may reorder `stack` in place (no extra copy)."""
+    return np.median(stack, axis=0, overwrite_input=True).astype(PARAM_DTYPE, copy=False)
+
+
+@dataclass(eq=False)
+class Median(Strategy):
+    """The new model is global + the coordinate-wise median of the deltas."""
+
+    name = "median"
+    robust = True
+
+    def aggregate(self, global_params: np.ndarray, updates: Sequence[ClientUpdate]) -> AggregateResult:
+        g = check_global(global_params)
+        s = screen(g, updates)
+        require(s, 1, self.name)
+        new = g + coordinate_median(s.stack())
+        return AggregateResult(new.astype(PARAM_DTYPE, copy=False), s.peers, s.rejected,
+                               {p: 1.0 / s.n for p in s.peers})
