@@ -13,10 +13,16 @@ without a default is required; positional (list) and named (map) params both wor
 `fognode-cli wallet send ADDR 10` maps to `wallet.send(to=ADDR, amount="10")`.
 
 Error codes (DESIGN.md): JSON-RPC standard codes, then one range per role.
+
+A parameter given as text (the CLI sends every argument as a string) is converted when the
+annotation asks for a number, a boolean, a list (comma-separated) or a Literal choice; the error
+says which parameter was wrong, what it must be and what was given.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
+import math
 import re
 import types
 import typing
@@ -31,6 +37,9 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+# Implementation-defined server errors (JSON-RPC 2.0 reserves -32000..-32099 for these).
+SERVER_BUSY = -32000          # too many clients connected; try again later
+REQUEST_TIMEOUT = -32001      # a request line was not completed within the idle timeout
 
 # One range per role (DESIGN.md "Control socket and CLI").
 CODE_RANGES: dict[str, range] = {
@@ -76,14 +85,19 @@ class MethodSpec:
     handler: Handler = field(compare=False)
 
     def usage(self) -> str:
+        """One line: `wallet send TO AMOUNT [--memo MEMO]` (required positionals upper-case,
+        options as `--name VALUE`, booleans as `--flag`, optional ones in brackets)."""
         parts = [self.name.replace(".", " ")]
         for p in self.params:
             if p.positional and p.required:
                 parts.append(p.name.upper())
         for p in self.params:
-            if not (p.positional and p.required):
-                parts.append(f"[--{p.name.replace('_', '-')} {p.name.upper()}]"
-                             if p.schema.get("type") != "boolean" else f"[--{p.name.replace('_', '-')}]")
+            if p.positional and p.required:
+                continue
+            opt = f"--{p.name.replace('_', '-')}"
+            if p.schema.get("type") != "boolean":
+                opt += f" {p.name.upper()}"
+            parts.append(opt if p.required else f"[{opt}]")
         return " ".join(parts)
 
     def describe(self) -> dict[str, Any]:
@@ -123,13 +137,19 @@ class MethodSpec:
             for p, v in zip(pos, params):
                 kwargs[p.name] = v
         elif isinstance(params, dict):
-            known = {p.name for p in self.params}
-            unknown = sorted(set(params) - known)
+            known = [p.name for p in self.params]
+            unknown = sorted(set(params) - set(known))
             if unknown:
-                raise RpcError(INVALID_PARAMS, f"{self.name}: unknown param(s) {unknown}; usage: {self.usage()}")
+                hint = ""
+                close = [m for u in unknown for m in difflib.get_close_matches(u, known, n=1)]
+                if close:
+                    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)"
+                raise RpcError(INVALID_PARAMS,
+                               f"{self.name}: unknown param(s) {unknown}{hint}; usage: {self.usage()}")
             kwargs = dict(params)
         else:
-            raise RpcError(INVALID_PARAMS, f"{self.name}: params must be a list or an object")
+            raise RpcError(INVALID_PARAMS,
+                           f"{self.name}: params must be a list or an object, got {_jtype(params)}")
         out: dict[str, Any] = {}
         for p in self.params:
             if p.name not in kwargs:
@@ -202,25 +222,35 @@ def _check(method: str, pname: str, tp: Any, v: Any) -> Any:
     if tp is int:
         if isinstance(v, int) and not isinstance(v, bool):
             return v
-        if isinstance(v, str) and re.fullmatch(r"[+-]?\d+", v.strip()):
-            return int(v)
+        if isinstance(v, str) and re.fullmatch(r"[+-]?[0-9]+", v.strip()):
+            try:
+                return int(v)
+            except ValueError:  # over Python's int-from-text digit limit
+                raise bad from None
         raise bad
     if tp is float:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return float(v)
         if isinstance(v, str):
             try:
-                return float(v)
+                f = float(v)
             except ValueError:
                 raise bad from None
+            if not math.isfinite(f):
+                raise bad
+            return f
         raise bad
     if tp is type(None):
         if v is None:
             return v
         raise bad
     if origin is Literal:
-        if v in get_args(tp):
-            return v
+        for choice in get_args(tp):
+            if type(v) is type(choice) and v == choice:
+                return choice
+            # The CLI sends text: "3" selects the choice 3, "true" the choice True.
+            if isinstance(v, str) and not isinstance(choice, str) and v == json_text(choice):
+                return choice
         raise RpcError(INVALID_PARAMS, f"{method}: param {pname!r} must be one of {list(get_args(tp))}, got {_short(v)}")
     if origin in (list, tuple):
         if isinstance(v, str):  # CLI: comma-separated list
@@ -235,7 +265,13 @@ def _check(method: str, pname: str, tp: Any, v: Any) -> Any:
         args = get_args(tp)
         return {k: _check(method, f"{pname}.{k}", args[1], x) for k, x in v.items()} if args else v
     if origin in (typing.Union, types.UnionType):
-        for a in get_args(tp):
+        arms = get_args(tp)
+        if v is None and type(None) in arms:
+            return None
+        real = [a for a in arms if a is not type(None)]
+        if len(real) == 1:  # `X | None` with a value: X's own, more precise, error
+            return _check(method, pname, real[0], v)
+        for a in real:
             try:
                 return _check(method, pname, a, v)
             except RpcError:
@@ -244,12 +280,29 @@ def _check(method: str, pname: str, tp: Any, v: Any) -> Any:
     raise bad
 
 
+_TNAMES = {"string": "a string", "integer": "an integer", "number": "a number",
+           "boolean": "a boolean", "array": "a list", "object": "an object", "null": "null"}
+
+
 def _tname(tp: Any) -> str:
+    if tp is Any:
+        return "any value"
+    origin = get_origin(tp)
+    if origin is Literal:
+        return f"one of {list(get_args(tp))}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_tname(a) for a in get_args(tp))
     s = _schema(tp)
-    if "type" in s:
-        return {"string": "a string", "integer": "an integer", "number": "a number",
-                "boolean": "a boolean", "array": "a list", "object": "an object", "null": "null"}[s["type"]]
-    return str(s)
+    return _TNAMES.get(s.get("type", ""), str(s))
+
+
+def json_text(v: Any) -> str:
+    """How a JSON scalar is written on a command line: true/false/null, numbers, text as is."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
 
 
 def _jtype(v: Any) -> str:
@@ -329,7 +382,12 @@ class MethodTable:
         self._owner[spec.name] = owner
 
     def add_object(self, obj: object, owner: str) -> None:
-        for spec in declared_methods(obj):
+        """Add every @rpc_method of `obj`; all or none (ValueError on a duplicate name)."""
+        specs = declared_methods(obj)
+        for spec in specs:
+            if spec.name in self._methods:
+                raise ValueError(f"RPC method {spec.name} declared twice ({self._owner[spec.name]} and {owner})")
+        for spec in specs:
             self.add(spec, owner)
 
     def remove_owner(self, owner: str) -> None:
@@ -348,3 +406,11 @@ class MethodTable:
 
     def all(self) -> list[MethodSpec]:
         return [self._methods[n] for n in self.names()]
+
+    def suggest(self, name: str, n: int = 3) -> list[str]:
+        """Declared names close to `name` (for "did you mean" hints)."""
+        names = self.names()
+        close = difflib.get_close_matches(name, names, n=n, cutoff=0.75)
+        if not close:  # `wallet` alone, or a verb without its role: `send`
+            close = [m for m in names if m.startswith(name + ".") or m.endswith("." + name)][:n]
+        return close

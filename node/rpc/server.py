@@ -1,0 +1,607 @@
+"""The JSON-RPC 2.0 control socket (DESIGN.md "Control socket and CLI").
+
+One unix socket, `<datadir>/fognode.sock`, mode 0600. Framing: one JSON request (an object, or a
+batch array) per line, each answered by one line; notifications (no `id`) get no answer.
+
+Concurrency: every client connection is its own task, and the requests of one connection run
+concurrently (up to `PER_CLIENT_IN_FLIGHT` at a time), so replies can come back in a different
+order than the requests went out: match them by `id`. A batch is answered as one array in the
+order of the batch, with notifications left out.
+
+Hostile or broken clients only hurt themselves:
+- a line longer than `max_request` bytes gets an invalid-request error, then the client is dropped;
+- bytes that are not UTF-8 or not JSON get a parse error naming the position; the client stays;
+- a request line not completed within `idle_timeout` (a trickling client) gets a timeout error
+  and is dropped; a client with nothing in flight and silent for `idle_timeout` is dropped;
+- a client that does not read its replies for `idle_timeout` is dropped;
+- past `max_clients` connections, new clients get one busy error line and are closed.
+
+Handler errors: `RpcError` becomes its code/message/data; anything else (other FognodeErrors
+included) is a -32603 internal error naming the exception, logged with its traceback, and the
+connection carries on.
+
+Metrics (in the node's registry): `fognode_node_rpc_request_seconds{method}` (unknown methods
+are labelled "unknown"), `fognode_node_rpc_errors_total{code}`, `fognode_node_rpc_clients`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import errno
+import json
+import logging
+import math
+import os
+import socket
+import stat
+import time
+from importlib import metadata
+from pathlib import Path, PurePath
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from fognode.node.errors import DataDirError, RpcError
+from fognode.node.rpc.methods import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    REQUEST_TIMEOUT,
+    SERVER_BUSY,
+    MethodTable,
+    rpc_method,
+)
+
+log = logging.getLogger("fognode.rpc")
+
+SUN_PATH_MAX = 107          # sockaddr_un.sun_path is 108 bytes including the terminating NUL
+PER_CLIENT_IN_FLIGHT = 32   # concurrent requests per connection; the reader waits beyond that
+BATCH_CONCURRENCY = 16      # concurrent calls inside one batch
+_RECV = 65536
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_REQUEST_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
+
+
+def check_socket_path(path: Path) -> None:
+    """Raise DataDirError if `path` does not fit in a unix socket address (107 bytes)."""
+    n = len(os.fsencode(str(path)))
+    if n > SUN_PATH_MAX:
+        raise DataDirError(
+            f"control socket path {path} is {n} bytes long; unix sockets allow at most "
+            f"{SUN_PATH_MAX} (sun_path is 108 bytes): use a data dir with a shorter path")
+
+
+def json_default(obj: Any) -> Any:
+    """`json.dumps` default for results: bytes -> hex, dataclasses -> dicts, enums -> values,
+    paths -> str, sets -> sorted lists. Anything else raises TypeError (an internal error)."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).hex()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        try:
+            return sorted(obj)
+        except TypeError:
+            return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def encode_json(value: Any) -> str:
+    """Compact JSON with `json_default`; NaN/Infinity are refused (ValueError): not JSON."""
+    return json.dumps(value, default=json_default, allow_nan=False, ensure_ascii=False,
+                      separators=(",", ":"))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _error(id_: Any, code: int, message: str, data: Any = None) -> str:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    try:
+        body = encode_json(err)
+    except (TypeError, ValueError):  # a handler's RpcError carried unencodable data
+        body = encode_json({"code": code, "message": message})
+    return f'{{"jsonrpc":"2.0","id":{encode_json(id_)},"error":{body}}}'
+
+
+def _valid_id(v: Any) -> bool:
+    return v is None or isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _invalid(msg: Any) -> str | None:
+    """What is wrong with one decoded request object, or None if it is well-formed."""
+    if not isinstance(msg, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(msg), "a number")
+        return f"a request must be a JSON object, got {kind}"
+    if msg.get("jsonrpc") != "2.0":
+        return "'jsonrpc' must be \"2.0\"" if "jsonrpc" in msg else "missing member 'jsonrpc' (must be \"2.0\")"
+    if "method" not in msg:
+        return "missing member 'method'"
+    if not isinstance(msg["method"], str):
+        return "'method' must be a string"
+    if "params" in msg and not isinstance(msg["params"], (list, dict)):
+        return "'params' must be an array or an object"
+    if "id" in msg and not _valid_id(msg["id"]):
+        return "'id' must be a string, a number or null"
+    extra = sorted(set(msg) - _REQUEST_KEYS)
+    if extra:
+        return f"unknown member(s) {extra}: a request has only jsonrpc, method, params and id"
+    return None
+
+
+class _Builtins:
+    """`help` and `rpc.discover`, served by the RpcServer itself from its MethodTable."""
+
+    def __init__(self, table: MethodTable) -> None:
+        self._table = table
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        spec = self._table.get(name)
+        assert spec is not None
+        return {"role": self._table.owner(name), **spec.describe()}
+
+    @rpc_method("help")
+    async def help(self, method: str | None = None) -> Any:
+        """List every method with its role, summary and usage; with METHOD, describe that one.
+
+        `help` returns a list of {name, role, summary, usage}. `help wallet.send` (or
+        `help "wallet send"`) returns the full description: usage, params with their JSON
+        schema, defaults, the result schema and the whole docstring.
+        """
+        if method is None:
+            return [{"name": s.name, "role": self._table.owner(s.name), "summary": s.summary,
+                     "usage": s.usage()} for s in self._table.all()]
+        name = ".".join(method.split())
+        if self._table.get(name) is None:
+            close = self._table.suggest(name)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; `help` lists them all"
+            raise RpcError(INVALID_PARAMS, f"help: no method named {method!r}{hint}")
+        return self._entry(name)
+
+    @rpc_method("rpc.discover")
+    async def discover(self) -> dict[str, Any]:
+        """Describe every method in machine-readable form (OpenRPC-like).
+
+        Returns {openrpc, info: {title, version}, methods: [...]}; each method carries its name,
+        role, summary, description, usage, params (name, required, positional, JSON schema,
+        default) and result schema. `fognode-cli` builds its commands from this.
+        """
+        try:
+            version = metadata.version("fognode")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        return {
+            "openrpc": "1.2.6",
+            "info": {"title": "fognode control socket", "version": version},
+            "methods": [self._entry(n) for n in self._table.names()],
+        }
+
+
+class RpcServer:
+    """Serves a MethodTable on a unix socket. See the module docstring for the rules."""
+
+    def __init__(self, table: MethodTable, path: Path, metrics: CollectorRegistry, *,
+                 max_request: int = 1 << 20, idle_timeout: float = 60.0,
+                 max_clients: int = 256) -> None:
+        """Registers `help` and `rpc.discover` in `table` (owner "node").
+
+        Raises DataDirError if `path` is over the unix socket limit, ValueError if the table
+        already has `help`/`rpc.discover`.
+        """
+        path = Path(path)
+        check_socket_path(path)
+        self.table = table
+        self.path = path
+        self.max_request = max_request
+        self.idle_timeout = idle_timeout
+        self.max_clients = max_clients
+        table.add_object(_Builtins(table), owner="node")
+        self._latency = Histogram("fognode_node_rpc_request_seconds",
+                                  "Control-socket request handling time, by method",
+                                  ["method"], registry=metrics, buckets=_LATENCY_BUCKETS)
+        self._errors = Counter("fognode_node_rpc_errors_total",
+                               "Control-socket error replies, by JSON-RPC error code",
+                               ["code"], registry=metrics)
+        self._clients_gauge = Gauge("fognode_node_rpc_clients",
+                                    "Control-socket clients connected now", registry=metrics)
+        self._clients = 0
+        self._refusing = 0
+        self._listener: trio.socket.SocketType | None = None
+        self._inode: tuple[int, int] | None = None
+        self._accept_scope: trio.CancelScope | None = None
+        self._stopped = False
+
+    @property
+    def clients(self) -> int:
+        """Connections being served now."""
+        return self._clients
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind the socket (mode 0600), call `task_status.started()`, serve until cancelled.
+
+        A stale socket file (nobody accepting on it) is replaced. Raises DataDirError if the
+        path is taken by something that is not a socket, or another process is serving on it.
+        The socket file is removed on exit (only if it is still ours).
+        """
+        await self._remove_stale()
+        sock = self._bind()
+        self._listener = sock
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                log.info("control socket listening on %s", self.path)
+                if not self._stopped:
+                    await self._accept_loop(sock, nursery)
+        finally:
+            sock.close()
+            self._unlink()
+
+    def stop_accepting(self) -> None:
+        """Shutdown step 1: close the listener and remove the socket file; connected clients
+        are still served (their in-flight requests finish) until `serve` is cancelled."""
+        self._stopped = True
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        if self._listener is not None:
+            self._listener.close()
+        self._unlink()
+
+    async def _remove_stale(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise DataDirError(f"{self.path} exists and is not a socket; refusing to replace it")
+        probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with trio.move_on_after(2.0):
+                await probe.connect(str(self.path))
+            # Connected, or no verdict within 2 s (a full backlog): someone is serving there.
+            raise DataDirError(f"another process is already serving the control socket {self.path}")
+        except (ConnectionRefusedError, FileNotFoundError):
+            pass
+        finally:
+            probe.close()
+        log.info("replacing stale control socket %s (left by a daemon that did not exit cleanly)",
+                 self.path)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def _bind(self) -> trio.socket.SocketType:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Create the socket file 0600 from the start (as ssh-agent does): no window in which
+        # another local user could connect. bind() is synchronous here: no checkpoint, so no
+        # other trio task runs under this umask.
+        old = os.umask(0o177)
+        try:
+            raw.bind(str(self.path))
+        except OSError as e:
+            raw.close()
+            raise DataDirError(f"cannot create the control socket {self.path}: {e.strerror}") from e
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        st = os.stat(self.path)
+        self._inode = (st.st_dev, st.st_ino)
+        raw.listen(min(self.max_clients, socket.SOMAXCONN))
+        return trio.socket.from_stdlib_socket(raw)
+
+    def _unlink(self) -> None:
+        if self._inode is None:
+            return
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self._inode = None
+
+    async def _accept_loop(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+        with trio.CancelScope() as scope:
+            self._accept_scope = scope
+            while True:
+                try:
+                    conn, _ = await sock.accept()
+                except OSError as e:
+                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.warning("control socket: cannot accept (%s); retrying", e.strerror)
+                        await trio.sleep(0.1)
+                        continue
+                    if self._stopped or e.errno == errno.EBADF:
+                        return
+                    raise
+                except trio.ClosedResourceError:
+                    return
+                stream = trio.SocketStream(conn)
+                if self._clients >= self.max_clients:
+                    self._errors.labels(str(SERVER_BUSY)).inc()
+                    if self._refusing < 64:
+                        nursery.start_soon(self._refuse, stream)
+                    else:
+                        conn.close()
+                    continue
+                nursery.start_soon(self._serve_client, stream)
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        self._refusing += 1
+        try:
+            line = _error(None, SERVER_BUSY,
+                          f"too many clients ({self.max_clients} connected); try again later") + "\n"
+            with trio.move_on_after(1.0):
+                await stream.send_all(line.encode())
+                await _linger(stream, 1.0)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._refusing -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_client(self, stream: trio.SocketStream) -> None:
+        self._clients += 1
+        self._clients_gauge.set(self._clients)
+        try:
+            await _Connection(self, stream).run()
+        finally:
+            self._clients -= 1
+            self._clients_gauge.set(self._clients)
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    def _count_error(self, code: int) -> None:
+        self._errors.labels(str(code)).inc()
+
+    async def handle_line(self, line: bytes) -> str | None:
+        """Answer one request line (without its newline): the reply line, or None when there
+        is nothing to send (notifications). Never raises except trio.Cancelled."""
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self._count_error(PARSE_ERROR)
+            return _error(None, PARSE_ERROR, f"parse error: invalid UTF-8 at byte {e.start}")
+        try:
+            msg = json.loads(text, parse_constant=_reject_constant)
+        except json.JSONDecodeError as e:
+            self._count_error(PARSE_ERROR)
+            return _error(None, PARSE_ERROR,
+                          f"parse error: {e.msg} at line {e.lineno} column {e.colno} (char {e.pos})")
+        except RecursionError:
+            self._count_error(PARSE_ERROR)
+            return _error(None, PARSE_ERROR, "parse error: JSON nested too deeply")
+        except ValueError as e:  # NaN / Infinity
+            self._count_error(PARSE_ERROR)
+            return _error(None, PARSE_ERROR, f"parse error: {e}")
+        if isinstance(msg, list):
+            if not msg:
+                self._count_error(INVALID_REQUEST)
+                return _error(None, INVALID_REQUEST, "invalid request: empty batch")
+            replies: list[str | None] = [None] * len(msg)
+            limiter = trio.CapacityLimiter(BATCH_CONCURRENCY)
+
+            async def one(i: int, m: Any) -> None:
+                async with limiter:
+                    replies[i] = await self.handle_request(m)
+
+            async with trio.open_nursery() as nursery:
+                for i, m in enumerate(msg):
+                    nursery.start_soon(one, i, m)
+            parts = [r for r in replies if r is not None]
+            return "[" + ",".join(parts) + "]" if parts else None
+        return await self.handle_request(msg)
+
+    async def handle_request(self, msg: Any) -> str | None:
+        """Answer one decoded request object: the reply as JSON text, None for a notification."""
+        problem = _invalid(msg)
+        if problem is not None:
+            self._count_error(INVALID_REQUEST)
+            id_ = msg.get("id") if isinstance(msg, dict) and _valid_id(msg.get("id")) else None
+            return _error(id_, INVALID_REQUEST, f"invalid request: {problem}")
+        method: str = msg["method"]
+        id_ = msg.get("id")
+        notification = "id" not in msg
+        spec = self.table.get(method)
+        started = time.perf_counter()
+        try:
+            if spec is None:
+                close = self.table.suggest(method)
+                hint = f"; did you mean {', '.join(close)}?" if close else "; `help` lists the methods"
+                raise RpcError(METHOD_NOT_FOUND, f"method not found: {method!r}{hint}")
+            kwargs = spec.bind(msg.get("params"))
+            result = await spec.handler(**kwargs)
+            try:
+                body = encode_json(result)
+            except (TypeError, ValueError) as e:
+                raise _BadResult(f"the result of {method} cannot be sent as JSON: {e}") from e
+        except RpcError as e:
+            self._count_error(e.code)
+            return None if notification else _error(id_, e.code, e.message, e.data)
+        except Exception as e:
+            log.error("RPC %s failed: %s: %s", method, type(e).__name__, e, exc_info=True)
+            self._count_error(INTERNAL_ERROR)
+            what = str(e) if isinstance(e, _BadResult) else f"{type(e).__name__}: {e}"
+            return None if notification else _error(
+                id_, INTERNAL_ERROR, f"internal error in {method}: {what}",
+                {"exception": type(e).__name__})
+        finally:
+            label = method if spec is not None else "unknown"
+            self._latency.labels(label).observe(time.perf_counter() - started)
+        if notification:
+            return None
+        return f'{{"jsonrpc":"2.0","id":{encode_json(id_)},"result":{body}}}'
+
+
+class _BadResult(Exception):
+    """A handler returned something that is not JSON (our bug; reported as internal error)."""
+
+
+async def _linger(stream: trio.SocketStream, seconds: float, cap: int = 8 << 20) -> None:
+    """Half-close, then read and discard what the client still sends (up to `cap` bytes, for
+    at most `seconds`), so our last line is not lost to a TCP-style reset on close."""
+    with trio.move_on_after(seconds):
+        try:
+            await stream.send_eof()
+            got = 0
+            while got < cap:
+                data = await stream.receive_some(_RECV)
+                if not data:
+                    break
+                got += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Drop:
+    """Why a client is dropped, and the last line it is sent (if any)."""
+
+    reason: str
+    farewell: str | None = None
+
+
+class _Connection:
+    """One client: reads lines, runs their requests concurrently, writes replies."""
+
+    def __init__(self, server: RpcServer, stream: trio.SocketStream) -> None:
+        self.server = server
+        self.stream = stream
+        self.send_lock = trio.Lock()
+        self.slots = trio.Semaphore(PER_CLIENT_IN_FLIGHT)
+        self.in_flight = 0
+        self.buffer = bytearray()
+        self.line_started = 0.0
+        self.last_activity = trio.current_time()
+        self.read_scope: trio.CancelScope | None = None
+        self.nursery: trio.Nursery | None = None
+        self.drop: _Drop | None = None
+
+    def _deadline(self) -> float:
+        idle = self.server.idle_timeout
+        if self.buffer:
+            return self.line_started + idle
+        if self.in_flight:
+            return math.inf
+        return self.last_activity + idle
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                drop = await self._read_loop(nursery)
+                if drop is not None:
+                    self._fail(drop)
+                # On EOF the nursery lets in-flight requests finish (their replies may still
+                # be read by a half-closed client) before the connection is closed.
+            if self.drop is not None:
+                log.info("control socket: dropped a client: %s", self.drop.reason)
+                if self.drop.farewell is not None:
+                    try:
+                        with trio.move_on_after(1.0):
+                            await self.stream.send_all((self.drop.farewell + "\n").encode())
+                            await _linger(self.stream, 1.0)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+        finally:
+            await trio.aclose_forcefully(self.stream)
+
+    def _fail(self, drop: _Drop) -> None:
+        """Drop the client from a request task: cancel the reader and every in-flight request."""
+        if self.drop is None:
+            self.drop = drop
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    async def _read_loop(self, nursery: trio.Nursery) -> _Drop | None:
+        """Read lines and start their requests; returns at EOF (None) or with a reason to drop."""
+        server = self.server
+        scan = 0
+        while True:
+            with trio.CancelScope(deadline=self._deadline()) as scope:
+                self.read_scope = scope
+                try:
+                    data = await self.stream.receive_some(_RECV)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+            self.read_scope = None
+            if scope.cancelled_caught:
+                if self.buffer:
+                    server._count_error(REQUEST_TIMEOUT)
+                    return _Drop("request line not completed in time", _error(
+                        None, REQUEST_TIMEOUT,
+                        f"request line not completed within {server.idle_timeout:g} s "
+                        f"({len(self.buffer)} bytes received, no newline)"))
+                return _Drop(f"idle for {server.idle_timeout:g} s")
+            if not data:
+                if self.buffer.strip():
+                    await self._dispatch(nursery, bytes(self.buffer))  # last line, no newline
+                return None
+            if not self.buffer:
+                self.line_started = trio.current_time()
+            self.buffer += data
+            while True:
+                nl = self.buffer.find(b"\n", scan)
+                if nl < 0:
+                    scan = len(self.buffer)
+                    break
+                line = bytes(self.buffer[:nl])
+                del self.buffer[:nl + 1]
+                scan = 0
+                self.line_started = trio.current_time()
+                if len(line) > server.max_request:
+                    return self._too_long(len(line))
+                if line.strip():
+                    await self._dispatch(nursery, line)
+            if len(self.buffer) > server.max_request:
+                return self._too_long(len(self.buffer))
+
+    def _too_long(self, n: int) -> _Drop:
+        self.server._count_error(INVALID_REQUEST)
+        what = f"{n} bytes" if n <= self.server.max_request + _RECV else f"over {n} bytes"
+        return _Drop("request line too long", _error(
+            None, INVALID_REQUEST,
+            f"invalid request: line of {what} is over the {self.server.max_request}-byte limit; "
+            f"closing the connection"))
+
+    async def _dispatch(self, nursery: trio.Nursery, line: bytes) -> None:
+        await self.slots.acquire()
+        self.in_flight += 1
+        nursery.start_soon(self._answer, line)
+
+    async def _answer(self, line: bytes) -> None:
+        try:
+            reply = await self.server.handle_line(line)
+            if reply is not None:
+                await self._send(reply)
+        finally:
+            self.in_flight -= 1
+            self.slots.release()
+            self.last_activity = trio.current_time()
+            if self.read_scope is not None:
+                self.read_scope.deadline = self._deadline()
+
+    async def _send(self, reply: str) -> None:
+        data = (reply + "\n").encode()
+        async with self.send_lock:
+            with trio.move_on_after(self.server.idle_timeout) as scope:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the client went away; the reader sees EOF
+            if scope.cancelled_caught:
+                self._fail(_Drop(f"did not read its replies for {self.server.idle_timeout:g} s"))
