@@ -1,0 +1,55 @@
+"""What the registry core asks its adapter to do (frozen action dataclasses)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fognode.node.events import Event
+from fognode.protocols.registry.errors import RejectReason
+
+
+@dataclass(frozen=True)
+class Publish:
+    topic: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class DhtPut:
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class DhtProvide:
+    key: str
+
+
+@dataclass(frozen=True)
+class FetchRecord:
+    """Look the peer's record up in the DHT and hand it to `RegistryCore.on_dht_record`."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class Emit:
+    event: Event
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Something from `peer` was refused (counted by `what`/`reason`; lowers its score)."""
+
+    what: str            # "record" | "observation" | "gossip"
+    reason: RejectReason
+    peer: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class SetAppScore:
+    peer_id: str
+    score: float
+
+
+Action = Publish | DhtPut | DhtProvide | FetchRecord | Emit | Refused | SetAppScore

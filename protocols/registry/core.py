@@ -1,0 +1,303 @@
+"""The registry state machine (sans-IO): our own record, the view, liveness and observations.
+
+Inputs are method calls with `now` (unix seconds); outputs are lists of actions (`actions.py`)
+the trio adapter (`protocol.RegistryRole`) carries out. Nothing here awaits.
+
+Gossip on `fognode/registry/devices/1` carries one envelope per message::
+
+    {"v": 1, "t": "record", "record": <signed device record bytes>}
+    {"v": 1, "t": "hb", "seq": <our record's seq>}      # heartbeat, every heartbeat_interval
+    {"v": 1, "t": "bye"}                                 # graceful shutdown / mark_offline
+
+Gossip is signed by its origin (libp2p strict signing), so a heartbeat or goodbye speaks only
+for its origin, and a record is accepted on gossip only from the device it describes. A
+heartbeat naming a newer sequence than the view holds (a missed announcement) triggers a DHT
+fetch. `fognode/registry/observations/1` carries signed observations (`observation.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from fognode.node.errors import LocalProtocolError, RemoteProtocolError
+from fognode.node.wire import Fields, pack, unpack
+from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
+                                                Publish, Refused, SetAppScore)
+from fognode.protocols.registry.config import RegistryConfig
+from fognode.protocols.registry.errors import Rejected, RejectReason
+from fognode.protocols.registry.events import (DeviceCapabilitiesChanged, DeviceOffline,
+                                               DeviceOnline, DeviceRegistered)
+from fognode.protocols.registry.liveness import Liveness, LivenessChange, LivenessTracker
+from fognode.protocols.registry.observation import (ALL_SERVICES, MAX_EVIDENCE, MAX_SERVICE,
+                                                    MAX_WEIGHT, ObservationBook,
+                                                    decode_observation, sign_observation)
+from fognode.protocols.registry.peerid import peer_id_from_pubkey
+from fognode.protocols.registry.record import (Capabilities, DeviceProfile, DeviceRecord,
+                                               sign_record)
+from fognode.protocols.registry.reputation import Recompute, ReputationTable
+from fognode.protocols.registry.validator import DeviceRecordValidator, device_key, region_key
+from fognode.protocols.registry.view import Change, Criteria, LocalView
+
+DEVICES_TOPIC = "fognode/registry/devices/1"
+OBSERVATIONS_TOPIC = "fognode/registry/observations/1"
+ENVELOPE_VERSION = 1
+MAX_ENVELOPE = 8192
+FETCH_RETRY = 10.0        # seconds before fetching the same peer's record again
+
+
+def _changed_fields(old: DeviceRecord, new: DeviceRecord) -> tuple[str, ...]:
+    out = [f.name for f in dataclasses.fields(Capabilities)
+           if getattr(old.caps, f.name) != getattr(new.caps, f.name)]
+    out += [f"profile.{f.name}" for f in dataclasses.fields(DeviceProfile)
+            if getattr(old.profile, f.name) != getattr(new.profile, f.name)]
+    return tuple(out)
+
+
+class RegistryCore:
+    def __init__(self, key: SigningKey, config: RegistryConfig, profile: DeviceProfile, *,
+                 pretrusted: list[str], now: float) -> None:
+        self.key = key
+        self.config = config
+        self.peer_id = peer_id_from_pubkey(bytes(key.verify_key))
+        self.profile = profile
+        self.pretrusted = list(pretrusted)
+        self._clock_now = now
+        self.validator = DeviceRecordValidator(lambda: self._clock_now,
+                                               max_clock_skew=config.max_clock_skew)
+        self.view = LocalView()
+        self.liveness = LivenessTracker(config.offline_after)
+        self.book = ObservationBook(rate_per_minute=config.observation_rate_per_minute,
+                                    burst=config.observation_burst,
+                                    max_age=config.observation_max_age,
+                                    max_clock_skew=config.max_clock_skew)
+        self.reputation = ReputationTable()
+        self.own: DeviceRecord | None = None
+        self._caps: Capabilities | None = None
+        self._last_publish = 0.0
+        self._last_heartbeat = 0.0
+        self._fetching: dict[str, float] = {}
+
+    # ---- our own record -------------------------------------------------------------------
+
+    def _next_seq(self, now: float) -> int:
+        last = self.own.seq if self.own is not None else 0
+        return max(last + 1, int(now * 1000))
+
+    def _publish_own(self, caps: Capabilities, now: float) -> list[Action]:
+        self._clock_now = now
+        old = self.own
+        issued = int(now)
+        rec = sign_record(self.key, seq=self._next_seq(now), issued=issued,
+                          expires=issued + max(1, int(self.config.record_ttl)), caps=caps,
+                          profile=self.profile)
+        self.own, self._caps, self._last_publish = rec, caps, now
+        self.validator.check(device_key(rec.peer_id), rec.encode())  # our own bug if it fails
+        change = self.view.offer(rec)
+        self.liveness.seen(self.peer_id, now)
+        data = rec.encode()
+        out: list[Action] = [
+            DhtPut(device_key(self.peer_id), data),
+            Publish(DEVICES_TOPIC, pack({"v": ENVELOPE_VERSION, "t": "record", "record": data})),
+        ]
+        if self.profile.region:
+            out.append(DhtProvide(region_key(self.profile.region)))
+        if old is None or change is Change.NEW:
+            out.append(Emit(DeviceRegistered(rec.peer_id, rec.profile.region,
+                                             rec.profile.device_type, rec.profile.roles, rec.seq, True)))
+        elif change is Change.UPDATED:
+            out.append(Emit(DeviceCapabilitiesChanged(rec.peer_id, rec.seq,
+                                                      _changed_fields(old, rec), True)))
+        return out
+
+    def start(self, caps: Capabilities, now: float) -> list[Action]:
+        """Publish our first record (DHT, region provider record, gossip)."""
+        self._last_heartbeat = now
+        return self._publish_own(caps, now)
+
+    def update_capabilities(self, caps: Capabilities, now: float) -> list[Action]:
+        """A new probe result: republish when it differs materially (battery state, cores...)."""
+        if self._caps is None:
+            return self.start(caps, now)
+        if not caps.differs_materially(self._caps):
+            return []
+        return self._publish_own(caps, now)
+
+    def update_profile(self, profile: DeviceProfile, now: float) -> list[Action]:
+        """Roles offered, region or prices changed: republish."""
+        if profile == self.profile:
+            return []
+        self.profile = profile
+        return self._publish_own(self._caps, now) if self._caps is not None else []
+
+    def goodbye(self, now: float) -> list[Action]:
+        """We are going down gracefully: tell the others (they mark us offline at once)."""
+        self.liveness.mark_offline(self.peer_id, now)
+        return [Publish(DEVICES_TOPIC, pack({"v": ENVELOPE_VERSION, "t": "bye"})),
+                Emit(DeviceOffline(self.peer_id, now, "goodbye"))]
+
+    # ---- from the network -----------------------------------------------------------------
+
+    def _liveness_event(self, ch: LivenessChange | None) -> list[Action]:
+        if ch is None:
+            return []
+        if ch.state is Liveness.ONLINE:
+            return [Emit(DeviceOnline(ch.peer_id))]
+        return [Emit(DeviceOffline(ch.peer_id, ch.last_seen, ch.reason))]
+
+    def _accept_record(self, rec: DeviceRecord) -> list[Action]:
+        old = self.view.get(rec.peer_id)
+        change = self.view.offer(rec)
+        self._fetching.pop(rec.peer_id, None)
+        if change is Change.NEW:
+            return [Emit(DeviceRegistered(rec.peer_id, rec.profile.region, rec.profile.device_type,
+                                          rec.profile.roles, rec.seq, rec.peer_id == self.peer_id))]
+        if change is Change.UPDATED and old is not None:
+            return [Emit(DeviceCapabilitiesChanged(rec.peer_id, rec.seq, _changed_fields(old, rec),
+                                                   rec.peer_id == self.peer_id))]
+        return []
+
+    def on_device_gossip(self, origin: str, data: bytes, now: float) -> list[Action]:
+        """A message on the devices topic, signed by `origin`."""
+        self._clock_now = now
+        if origin == self.peer_id:
+            return []
+        try:
+            f = Fields(unpack(data, max_size=MAX_ENVELOPE, what="registry gossip"),
+                       "registry gossip", versions={ENVELOPE_VERSION}, peer=origin)
+            kind = f.str("t", max_len=16)
+            if kind == "record":
+                raw = f.bytes("record", max_len=MAX_ENVELOPE)
+                f.done()
+                rec = self.validator.check(device_key(origin), raw)
+            elif kind == "hb":
+                seq = f.int("seq", lo=0, hi=2**63 - 1)
+                f.done()
+            elif kind == "bye":
+                f.done()
+            else:
+                raise RemoteProtocolError(f"registry gossip: unknown message type {kind!r}", peer=origin)
+        except Rejected as e:
+            return [Refused("record", e.reason, origin, str(e))]
+        except RemoteProtocolError as e:
+            return [Refused("gossip", RejectReason.MALFORMED, origin, str(e))]
+        if kind == "bye":
+            return self._liveness_event(self.liveness.mark_offline(origin, now))
+        out = self._liveness_event(self.liveness.seen(origin, now))
+        if kind == "record":
+            return out + self._accept_record(rec)
+        held = self.view.get(origin)
+        if held is None or held.seq < seq:
+            out += self._want_record(origin, now)
+        return out
+
+    def _want_record(self, peer: str, now: float) -> list[Action]:
+        last = self._fetching.get(peer)
+        if last is not None and now - last < FETCH_RETRY:
+            return []
+        self._fetching[peer] = now
+        return [FetchRecord(peer)]
+
+    def on_dht_record(self, peer: str, value: bytes | None, now: float) -> list[Action]:
+        """The answer to a FetchRecord (None: not found)."""
+        self._clock_now = now
+        if value is None:
+            return []
+        try:
+            rec = self.validator.check(device_key(peer), value)
+        except Rejected as e:
+            return [Refused("record", e.reason, peer, str(e))]
+        return self._accept_record(rec)
+
+    def on_peer_alive(self, peer: str, now: float) -> list[Action]:
+        """A live connection / successful ping to `peer`."""
+        out = self._liveness_event(self.liveness.seen(peer, now))
+        if peer not in self.view and peer != self.peer_id:
+            out += self._want_record(peer, now)
+        return out
+
+    def mark_offline(self, peer: str, now: float) -> list[Action]:
+        """Operator's registry.mark_offline (for our own peer id it is a goodbye)."""
+        if peer == self.peer_id:
+            return self.goodbye(now)
+        return self._liveness_event(self.liveness.mark_offline(peer, now))
+
+    def on_observation(self, origin: str, data: bytes, now: float) -> list[Action]:
+        """A signed observation from the observations topic (gossip origin must be the observer)."""
+        self._clock_now = now
+        if origin == self.peer_id:
+            return []
+        try:
+            o = decode_observation(data, peer=origin)
+            if o.observer != origin:
+                raise Rejected(RejectReason.SPOOFED_ORIGIN,
+                               f"observation by {o.observer} relayed as its own by {origin}", peer=origin)
+            self.book.add(o, now)
+        except Rejected as e:
+            return [Refused("observation", e.reason, origin, str(e))]
+        return []
+
+    def report_outcome(self, subject: str, service: str, ok: bool, weight: float, evidence: bytes,
+                       now: float) -> list[Action]:
+        """Our own observation of `subject`: record it and gossip it.
+
+        Raises LocalProtocolError for an observation about ourselves, a bad service name,
+        weight or evidence, or when we exceed our own rate limit.
+        """
+        if subject == self.peer_id:
+            raise LocalProtocolError("report_outcome: a node may not rate itself")
+        if not service or service == ALL_SERVICES or len(service) > MAX_SERVICE:
+            raise LocalProtocolError(f"report_outcome: bad service name {service!r}")
+        if not 0.0 < weight <= MAX_WEIGHT:
+            raise LocalProtocolError(f"report_outcome: weight {weight} is not in (0, {MAX_WEIGHT}]")
+        if len(evidence) > MAX_EVIDENCE:
+            raise LocalProtocolError(f"report_outcome: evidence id over {MAX_EVIDENCE} bytes")
+        o = sign_observation(self.key, subject=subject, service=service, ok=ok, weight=weight,
+                             evidence=evidence, ts=int(now))
+        try:
+            self.book.add(o, now)
+        except Rejected as e:
+            raise LocalProtocolError(f"report_outcome refused: {e}") from None
+        return [Publish(OBSERVATIONS_TOPIC, o.encode())]
+
+    # ---- time -----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Action]:
+        """Heartbeat, republish before expiry, liveness time-outs, expired records."""
+        self._clock_now = now
+        out: list[Action] = []
+        if self.own is not None and now - self._last_publish >= self.config.republish_interval:
+            out += self._publish_own(self._caps or self.own.caps, now)
+        if self.own is not None and now - self._last_heartbeat >= self.config.heartbeat_interval:
+            self._last_heartbeat = now
+            self.liveness.seen(self.peer_id, now)
+            out.append(Publish(DEVICES_TOPIC, pack({"v": ENVELOPE_VERSION, "t": "hb",
+                                                    "seq": self.own.seq})))
+        for ch in self.liveness.tick(now):
+            if ch.peer_id != self.peer_id:
+                out += self._liveness_event(ch)
+        for peer in self.view.expire(now):
+            self.liveness.forget(peer)
+        return out
+
+    # ---- reputation -----------------------------------------------------------------------
+
+    def apply_reputation(self, rc: Recompute) -> list[Action]:
+        events, app = self.reputation.apply(rc)
+        out: list[Action] = [Emit(e) for e in events]
+        out += [SetAppScore(p, s) for p, s in app.items() if p != self.peer_id]
+        return out
+
+    # ---- queries --------------------------------------------------------------------------
+
+    def query(self, c: Criteria) -> list[DeviceRecord]:
+        return self.view.query(c, is_online=self.liveness.is_online,
+                               reputation=self.reputation.score)
+
+    def describe(self, rec: DeviceRecord) -> dict[str, Any]:
+        """A record plus liveness and reputation, JSON-friendly."""
+        st = self.liveness.state(rec.peer_id)
+        return {**rec.to_json(), "online": st is Liveness.ONLINE,
+                "last_seen": self.liveness.last_seen(rec.peer_id),
+                "reputation": self.reputation.score(rec.peer_id)}

@@ -1,0 +1,234 @@
+"""Reputation observations: signed statements "observer saw subject serve `service` well/badly".
+
+Wire form::
+
+    {"v": 1, "observer": <peer id>, "pubkey": <32 bytes>, "subject": <peer id>,
+     "service": <str>, "ok": <bool>, "weight": <float in (0, 100]>, "evidence": <<= 64 bytes>,
+     "ts": <unix s>, "sig": <64 bytes>}
+
+signed by the observer's peer key over the map without `sig`. `ObservationBook` is the
+sans-IO store: it refuses self-observations, replays and duplicates (same observer and evidence
+id), stale or future ones, and caps each observer with a token bucket; accepted observations
+are summed into per-service local trust (satisfied minus unsatisfied weight, EigenTrust's
+s_ij) that `eigentrust.global_trust` turns into global scores.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from nacl.signing import SigningKey
+
+from fognode.node.errors import RemoteProtocolError
+from fognode.node.wire import SIG_LEN, Fields, digest, pack, sign, unpack, verify
+from fognode.protocols.registry.errors import Rejected, RejectReason
+from fognode.protocols.registry.peerid import PUBKEY_LEN, peer_id_from_pubkey, peer_id_matches
+
+OBSERVATION_VERSION = 1
+MAX_OBSERVATION_BYTES = 1024
+MAX_SERVICE = 32
+MAX_EVIDENCE = 64
+MAX_WEIGHT = 100.0
+ALL_SERVICES = "*"     # the score over every service together
+
+
+@dataclass(frozen=True)
+class Observation:
+    observer: str
+    pubkey: bytes
+    subject: str
+    service: str
+    ok: bool
+    weight: float
+    evidence: bytes
+    ts: int
+    sig: bytes
+
+    def body(self) -> dict[str, Any]:
+        return {"v": OBSERVATION_VERSION, "observer": self.observer, "pubkey": self.pubkey,
+                "subject": self.subject, "service": self.service, "ok": self.ok,
+                "weight": self.weight, "evidence": self.evidence, "ts": self.ts}
+
+    def encode(self) -> bytes:
+        return pack({**self.body(), "sig": self.sig})
+
+    def id(self) -> bytes:
+        return digest(pack(self.body()))
+
+
+def sign_observation(key: SigningKey, *, subject: str, service: str, ok: bool, weight: float,
+                     evidence: bytes, ts: int) -> Observation:
+    """An observation by `key`'s node; LocalProtocolError-free validation is the caller's."""
+    pubkey = bytes(key.verify_key)
+    o = Observation(peer_id_from_pubkey(pubkey), pubkey, subject, service, bool(ok),
+                    float(weight), bytes(evidence), int(ts), b"")
+    return dataclasses.replace(o, sig=sign(key, o.body()))
+
+
+def decode_observation(data: bytes, *, peer: str | None = None) -> Observation:
+    """Decode and authenticate an observation; raises `Rejected` (OVERSIZE, MALFORMED,
+    UNSIGNED, FOREIGN_KEY, BAD_SIGNATURE)."""
+    if len(data) > MAX_OBSERVATION_BYTES:
+        raise Rejected(RejectReason.OVERSIZE,
+                       f"observation is {len(data)} bytes, over {MAX_OBSERVATION_BYTES}", peer=peer)
+    try:
+        raw = unpack(data, max_size=MAX_OBSERVATION_BYTES, what="observation")
+        f = Fields(raw, "observation", versions={OBSERVATION_VERSION}, peer=peer)
+        if not f.has("sig"):
+            raise Rejected(RejectReason.UNSIGNED, "observation carries no signature", peer=peer)
+        o = Observation(
+            observer=f.str("observer", max_len=128),
+            pubkey=f.bytes("pubkey", size=PUBKEY_LEN),
+            subject=f.str("subject", max_len=128),
+            service=f.str("service", max_len=MAX_SERVICE),
+            ok=f.bool("ok"),
+            weight=f.float("weight", lo=0.0, hi=MAX_WEIGHT),
+            evidence=f.bytes("evidence", max_len=MAX_EVIDENCE),
+            ts=f.int("ts", lo=0, hi=2**63 - 1),
+            sig=f.bytes("sig", max_len=SIG_LEN),
+        )
+        f.done()
+    except Rejected:
+        raise
+    except RemoteProtocolError as e:
+        raise Rejected(RejectReason.MALFORMED, str(e), peer=peer) from None
+    if not o.sig:
+        raise Rejected(RejectReason.UNSIGNED, "observation has an empty signature", peer=peer)
+    if o.weight <= 0.0 or not o.service or o.service == ALL_SERVICES:
+        raise Rejected(RejectReason.MALFORMED,
+                       "observation needs a positive weight and a service name other than '*'", peer=peer)
+    if not peer_id_matches(o.observer, o.pubkey):
+        raise Rejected(RejectReason.FOREIGN_KEY,
+                       f"observation claims observer {o.observer} but carries another key", peer=peer)
+    signed = {k: v for k, v in raw.items() if k != "sig"}
+    if not verify(o.pubkey, signed, o.sig) or pack(o.body()) != pack(signed):
+        raise Rejected(RejectReason.BAD_SIGNATURE,
+                       f"observation by {o.observer} is not signed by its key (or not canonical)",
+                       peer=peer)
+    return o
+
+
+class TokenBucket:
+    """`rate` tokens per second up to `burst`; time is an argument."""
+
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.at = rate, burst, burst, now
+
+    def take(self, now: float) -> bool:
+        if now > self.at:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(frozen=True)
+class LocalTrust:
+    """Summed local trust of one service as a sparse matrix (COO): s[rows[k], cols[k]] = vals[k]."""
+
+    peers: tuple[str, ...]
+    rows: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray
+
+
+class ObservationBook:
+    """Accepted observations, summed per (service, observer, subject). Sans-IO.
+
+    `add(o, now)` returns nothing or raises `Rejected` (SELF_OBSERVATION, RATE_LIMITED,
+    DUPLICATE, EXPIRED, FUTURE, CAPACITY); every refusal is also counted in `rejected`.
+    """
+
+    def __init__(self, *, rate_per_minute: float = 60.0, burst: int = 120,
+                 max_age: float = 24 * 3600.0, max_clock_skew: float = 300.0,
+                 max_pairs: int = 1_000_000, max_observers: int = 100_000,
+                 remember_ids: int = 200_000) -> None:
+        self.rate = rate_per_minute / 60.0
+        self.burst = float(burst)
+        self.max_age = max_age
+        self.max_clock_skew = max_clock_skew
+        self.max_pairs = max_pairs
+        self.max_observers = max_observers
+        self.remember_ids = remember_ids
+        self.rejected: Counter[RejectReason] = Counter()
+        self.accepted = 0
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        # service -> (observer, subject) -> [satisfied weight, unsatisfied weight]
+        self._sums: dict[str, dict[tuple[str, str], list[float]]] = {}
+        self._pairs = 0
+        self.changed = False       # set on every accepted observation; the role clears it
+
+    def _refuse(self, reason: RejectReason, msg: str, peer: str) -> Rejected:
+        self.rejected[reason] += 1
+        return Rejected(reason, msg, peer=peer)
+
+    def add(self, o: Observation, now: float) -> None:
+        if o.observer == o.subject:
+            raise self._refuse(RejectReason.SELF_OBSERVATION,
+                               f"{o.observer} reported on itself ({o.service})", o.observer)
+        if o.ts < now - self.max_age:
+            raise self._refuse(RejectReason.EXPIRED, f"observation from {o.ts} is too old", o.observer)
+        if o.ts > now + self.max_clock_skew:
+            raise self._refuse(RejectReason.FUTURE, f"observation dated {o.ts} is in the future",
+                               o.observer)
+        dedup = (digest(pack([o.observer, o.subject, o.service, o.evidence])) if o.evidence
+                 else o.id())
+        if dedup in self._seen:
+            raise self._refuse(RejectReason.DUPLICATE,
+                               "observation (or its evidence id) was already counted", o.observer)
+        bucket = self._buckets.get(o.observer)
+        if bucket is None:
+            if len(self._buckets) >= self.max_observers:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[o.observer] = TokenBucket(self.rate, self.burst, now)
+        self._buckets.move_to_end(o.observer)
+        if not bucket.take(now):
+            raise self._refuse(RejectReason.RATE_LIMITED,
+                               f"observer {o.observer} is over {self.rate * 60:.0f} observations/min",
+                               o.observer)
+        per = self._sums.setdefault(o.service, {})
+        pair = (o.observer, o.subject)
+        cell = per.get(pair)
+        if cell is None:
+            if self._pairs >= self.max_pairs:
+                raise self._refuse(RejectReason.CAPACITY,
+                                   f"observation table is full ({self.max_pairs} pairs)", o.observer)
+            cell = per[pair] = [0.0, 0.0]
+            self._pairs += 1
+        cell[0 if o.ok else 1] += o.weight
+        self._seen[dedup] = None
+        while len(self._seen) > self.remember_ids:
+            self._seen.popitem(last=False)
+        self.accepted += 1
+        self.changed = True
+
+    def services(self) -> list[str]:
+        return sorted(self._sums)
+
+    def pair_count(self) -> int:
+        return self._pairs
+
+    def local_trust(self, service: str) -> LocalTrust:
+        """s_ij = satisfied - unsatisfied weight for `service` (ALL_SERVICES: summed over all)."""
+        cells: dict[tuple[str, str], float] = {}
+        sources = self._sums.values() if service == ALL_SERVICES else [self._sums.get(service, {})]
+        for per in sources:
+            for pair, (good, bad) in per.items():
+                cells[pair] = cells.get(pair, 0.0) + good - bad
+        index: dict[str, int] = {}
+        rows = np.empty(len(cells), dtype=np.int64)
+        cols = np.empty(len(cells), dtype=np.int64)
+        vals = np.empty(len(cells), dtype=np.float64)
+        for k, ((i, j), s) in enumerate(cells.items()):
+            rows[k] = index.setdefault(i, len(index))
+            cols[k] = index.setdefault(j, len(index))
+            vals[k] = s
+        return LocalTrust(tuple(index), rows, cols, vals)

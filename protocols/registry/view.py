@@ -1,0 +1,128 @@
+"""The local view: the newest valid record of every device heard of, and queries over it.
+
+Records come from gossip and DHT look-ups; `offer` keeps the highest sequence per peer and says
+whether it was new, a capability/profile change, or nothing new. Queries filter on the record
+and on two facts supplied by the caller: liveness and reputation (so the view stays a plain
+data structure).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from fognode.protocols.registry.record import DeviceRecord
+
+GIB = 1024**3
+
+
+class Change(enum.Enum):
+    NEW = "new"                 # first record of this peer
+    UPDATED = "updated"         # a newer record with different capabilities or profile
+    REFRESHED = "refreshed"     # a newer record, same content (republish)
+    STALE = "stale"             # not newer than what we hold: ignored
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """What `registry.devices` filters on; None/False means "don't care"."""
+
+    region: str | None = None
+    role: str | None = None
+    device_type: str | None = None
+    min_cores: int | None = None
+    min_memory_gb: float | None = None
+    gpu: bool | None = None
+    battery: bool | None = None        # True: has a battery; False: mains only
+    charging: bool | None = None
+    online: bool | None = None
+    min_reputation: float | None = None
+    service: str | None = None         # reputation service min_reputation applies to
+
+
+class LocalView:
+    def __init__(self, *, max_devices: int = 100_000) -> None:
+        self.max_devices = max_devices
+        self._records: dict[str, DeviceRecord] = {}
+
+    def offer(self, rec: DeviceRecord) -> Change:
+        """Keep `rec` if it is newer than the one held; returns what changed."""
+        old = self._records.get(rec.peer_id)
+        if old is not None and rec.seq <= old.seq:
+            return Change.STALE
+        if old is None and len(self._records) >= self.max_devices:
+            oldest = min(self._records.values(), key=lambda r: r.expires)
+            del self._records[oldest.peer_id]
+        self._records[rec.peer_id] = rec
+        if old is None:
+            return Change.NEW
+        if old.caps != rec.caps or old.profile != rec.profile:
+            return Change.UPDATED
+        return Change.REFRESHED
+
+    def get(self, peer: str) -> DeviceRecord | None:
+        return self._records.get(peer)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._records
+
+    def peers(self) -> list[str]:
+        return list(self._records)
+
+    def records(self) -> Iterable[DeviceRecord]:
+        return self._records.values()
+
+    def expire(self, now: float) -> list[str]:
+        """Drop expired records; returns their peers."""
+        gone = [p for p, r in self._records.items() if r.is_expired(now)]
+        for p in gone:
+            del self._records[p]
+        return gone
+
+    def regions(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self._records.values():
+            out[r.profile.region] = out.get(r.profile.region, 0) + 1
+        return out
+
+    def query(self, c: Criteria, *, is_online: Callable[[str], bool],
+              reputation: Callable[[str, str], float]) -> list[DeviceRecord]:
+        """Records matching every given criterion, best reputation first, then by peer id.
+
+        `reputation(peer, service)` is the relative score (1.0 = average peer).
+        """
+        service = c.service or "*"
+        out: list[tuple[float, str, DeviceRecord]] = []
+        for r in self._records.values():
+            caps, prof = r.caps, r.profile
+            if c.region is not None and prof.region != c.region:
+                continue
+            if c.role is not None and c.role not in prof.roles:
+                continue
+            if c.device_type is not None and prof.device_type != c.device_type:
+                continue
+            if c.min_cores is not None and (caps.cores is None or caps.cores < c.min_cores):
+                continue
+            if c.min_memory_gb is not None and (caps.memory_bytes is None
+                                                or caps.memory_bytes < c.min_memory_gb * GIB):
+                continue
+            if c.gpu is not None and (caps.gpu is not None) != c.gpu:
+                continue
+            if c.battery is not None and bool(caps.battery_present) != c.battery:
+                continue
+            if c.charging is not None:
+                # A device on mains power counts as "charging" (it is not draining a battery).
+                on_power = caps.charging if caps.battery_present else (caps.battery_present is False)
+                if bool(on_power) != c.charging:
+                    continue
+            if c.online is not None and is_online(r.peer_id) != c.online:
+                continue
+            score = reputation(r.peer_id, service)
+            if c.min_reputation is not None and score < c.min_reputation:
+                continue
+            out.append((-score, r.peer_id, r))
+        out.sort(key=lambda x: (x[0], x[1]))
+        return [r for _, _, r in out]
