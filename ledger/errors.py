@@ -1,0 +1,103 @@
+"""Ledger errors and rejection reasons (RPC codes 2xx, DESIGN.md "Control socket and CLI").
+
+Whose fault it was:
+- `OrderRejected`: the order's author (bad signature, wrong sequence, overspend, ...). A
+  validator returns it to the client as a reasoned rejection; the RPC layer maps it to a 2xx.
+- `CertificateRejected`: whoever relayed the certificate (short of quorum, foreign signer, ...).
+- `AddressError` / `AmountError`: the operator or client typed something wrong.
+- `GenesisError`: the genesis file shared by the network is malformed (operator's fault).
+- `WalletError`: the local keystore (missing key, wrong passphrase, bad file).
+- `StoreError`: the LevelDB replica on disk is inconsistent or from another chain.
+"""
+from __future__ import annotations
+
+import enum
+
+from fognode.node.errors import FognodeError
+
+# RPC error codes of the ledger (range 200-299).
+LEDGER_BAD_ADDRESS = 200
+LEDGER_BAD_AMOUNT = 201
+LEDGER_INSUFFICIENT_FUNDS = 202
+LEDGER_ORDER_REJECTED = 203
+LEDGER_NOT_CERTIFIED = 204       # wallet.send timed out before a quorum answered
+LEDGER_UNKNOWN_WALLET = 205
+LEDGER_WALLET_LOCKED = 206       # passphrase missing or wrong
+LEDGER_UNKNOWN_TX = 207
+LEDGER_BAD_MEMO = 208
+LEDGER_INVARIANT_BROKEN = 209    # ledger.verify found the replica inconsistent
+LEDGER_NOT_READY = 210
+
+
+class Reason(enum.Enum):
+    """Why an order or a certificate was refused (also the metrics label)."""
+
+    BAD_SIGNATURE = "bad_signature"
+    WRONG_CHAIN = "wrong_chain"
+    WRONG_SEQUENCE = "wrong_sequence"
+    OVERSPEND = "overspend"
+    BAD_AMOUNT = "bad_amount"
+    BAD_ADDRESS = "bad_address"
+    MEMO_TOO_LONG = "memo_too_long"
+    CONFLICT = "conflict"                    # already signed another order for (sender, sequence)
+    WRONG_EPOCH = "wrong_epoch"
+    FEE_TOO_LOW = "fee_too_low"
+    BAD_EVIDENCE = "bad_evidence"
+    RECEIPT_USED = "receipt_used"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    INSUFFICIENT_STAKE = "insufficient_stake"
+    NO_QUORUM = "no_quorum"
+    NON_COMMITTEE_SIGNER = "non_committee_signer"
+    DUPLICATE_SIGNER = "duplicate_signer"
+    MALFORMED = "malformed"
+
+
+RPC_CODE_OF_REASON: dict[Reason, int] = {
+    Reason.BAD_ADDRESS: LEDGER_BAD_ADDRESS,
+    Reason.BAD_AMOUNT: LEDGER_BAD_AMOUNT,
+    Reason.OVERSPEND: LEDGER_INSUFFICIENT_FUNDS,
+    Reason.INSUFFICIENT_STAKE: LEDGER_INSUFFICIENT_FUNDS,
+    Reason.MEMO_TOO_LONG: LEDGER_BAD_MEMO,
+}
+
+
+class LedgerError(FognodeError):
+    """Root of the ledger's errors."""
+
+
+class AddressError(LedgerError, ValueError):
+    """A `fog1...` address is malformed or its checksum does not match (a typo)."""
+
+
+class AmountError(LedgerError, ValueError):
+    """A decimal amount is negative, has too many decimals or overflows 64 bits."""
+
+
+class GenesisError(LedgerError):
+    """The genesis document is malformed; the message names the field."""
+
+
+class WalletError(LedgerError):
+    """The keystore: unknown key, wrong passphrase, unreadable or foreign file."""
+
+
+class StoreError(LedgerError):
+    """The on-disk replica is unusable (other chain, corrupt record)."""
+
+
+class OrderRejected(LedgerError):
+    """A validator refused to sign an order; `reason` says why (the order author's fault)."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{reason.value}: {message}")
+
+
+class CertificateRejected(LedgerError):
+    """A certificate failed verification (the relayer's fault); nothing was applied."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{reason.value}: {message}")

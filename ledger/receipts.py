@@ -1,0 +1,171 @@
+"""Evidence receipts for mint orders, and the verifiers that price them.
+
+A receipt says "`beneficiary` earned something of `kind` in `epoch`", signed by `issuer`, the
+role instance that observed it (an FL aggregator, a harvest session host, an SLA monitor, or a
+validator for node uptime). Wire form::
+
+    {"v": 1, "kind": "uptime", "issuer": <32>, "beneficiary": <32>, "epoch": 12,
+     "body": {...kind-specific...}, "sig": <64>}
+
+`sig` is the issuer's Ed25519 signature over pack() of every other field; the receipt id is
+BLAKE2b-256 of that same encoding, so one receipt pays at most once (validators lock receipt
+ids they vote for, replicas record the ids of applied mints).
+
+Roles add kinds by implementing `ReceiptVerifier` and registering it with the ledger service
+(`ctx.services.require("ledger").register_receipt_verifier(v)`). A verifier decodes the body
+with `node.wire.Fields`, checks who may issue it and returns the largest reward (micro-units)
+the receipt justifies; it raises `EvidenceError` saying what is wrong.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol as TypingProtocol
+
+from nacl.signing import SigningKey
+
+from fognode.ledger.errors import LedgerError
+from fognode.ledger.quorum import Committee, check_signature
+from fognode.node.errors import RemoteProtocolError
+from fognode.node.wire import Fields, digest, pack
+
+RECEIPT_VERSION = 1
+MAX_KIND = 32
+MAX_BODY_ENTRIES = 64
+
+
+class EvidenceError(LedgerError):
+    """A receipt does not justify the mint (bad signature, wrong issuer, over its value)."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    kind: str
+    issuer: bytes
+    beneficiary: bytes
+    epoch: int
+    body: dict[str, Any] = field(hash=False)
+    sig: bytes
+    unsigned_bytes: bytes = field(init=False, repr=False, compare=False, hash=False)
+    receipt_id: bytes = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        ub = pack(self.unsigned())
+        object.__setattr__(self, "unsigned_bytes", ub)
+        object.__setattr__(self, "receipt_id", digest(ub))
+
+    def unsigned(self) -> dict[str, Any]:
+        return {"v": RECEIPT_VERSION, "kind": self.kind, "issuer": self.issuer,
+                "beneficiary": self.beneficiary, "epoch": self.epoch, "body": self.body}
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**self.unsigned(), "sig": self.sig}
+
+    def signature_ok(self) -> bool:
+        return check_signature(self.issuer, self.unsigned_bytes, self.sig)
+
+    @classmethod
+    def issue(cls, key: SigningKey, kind: str, beneficiary: bytes, epoch: int,
+              body: dict[str, Any]) -> "Receipt":
+        unsigned = {"v": RECEIPT_VERSION, "kind": kind, "issuer": bytes(key.verify_key),
+                    "beneficiary": beneficiary, "epoch": epoch, "body": body}
+        sig = key.sign(pack(unsigned)).signature
+        return cls(kind=kind, issuer=bytes(key.verify_key), beneficiary=beneficiary, epoch=epoch,
+                   body=body, sig=sig)
+
+
+def decode_receipt(raw: Any, *, peer: str | None = None) -> Receipt:
+    """Validate a receipt map; RemoteProtocolError naming the field."""
+    f = Fields(raw, "ledger.Receipt", versions={RECEIPT_VERSION}, peer=peer)
+    r = Receipt(
+        kind=f.str("kind", max_len=MAX_KIND),
+        issuer=f.bytes("issuer", size=32),
+        beneficiary=f.bytes("beneficiary", size=32),
+        epoch=f.int("epoch", lo=0, hi=2**40),
+        body=f.map("body", max_len=MAX_BODY_ENTRIES),
+        sig=f.bytes("sig", size=64),
+    )
+    f.done()
+    return r
+
+
+@dataclass(frozen=True)
+class VerifyContext:
+    """What a verifier may consult: the committee and ledger parameters of the order's epoch."""
+
+    committee: Committee
+    epoch: int                  # the mint order's epoch
+    epoch_length: int           # seconds
+    uptime_reward_per_hour: int
+
+
+class ReceiptVerifier(TypingProtocol):
+    """One receipt kind. Implemented by the role that issues such receipts."""
+
+    kind: str
+
+    def max_reward(self, receipt: Receipt, ctx: VerifyContext) -> int:
+        """Micro-units this receipt justifies; raise EvidenceError if it justifies nothing."""
+        ...
+
+
+class ReceiptRegistry:
+    """Receipt verifiers by kind; the signature and epoch checks common to all kinds."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, ReceiptVerifier] = {}
+
+    def register(self, verifier: ReceiptVerifier) -> None:
+        if not verifier.kind or len(verifier.kind) > MAX_KIND:
+            raise ValueError(f"bad receipt kind {verifier.kind!r}")
+        if verifier.kind in self._by_kind and self._by_kind[verifier.kind] is not verifier:
+            raise ValueError(f"receipt kind {verifier.kind!r} is registered twice")
+        self._by_kind[verifier.kind] = verifier
+
+    def kinds(self) -> list[str]:
+        return sorted(self._by_kind)
+
+    def max_reward(self, receipt: Receipt, ctx: VerifyContext) -> int:
+        """Raise EvidenceError unless the receipt is well signed, of a known kind, earned in
+        the order's epoch or the one before, and worth something; return its worth."""
+        v = self._by_kind.get(receipt.kind)
+        if v is None:
+            raise EvidenceError(f"receipt kind {receipt.kind!r} has no verifier on this validator "
+                                f"(known: {self.kinds()})")
+        if receipt.epoch not in (ctx.epoch, ctx.epoch - 1):
+            raise EvidenceError(f"receipt of epoch {receipt.epoch} cannot be claimed in epoch {ctx.epoch}")
+        if not receipt.signature_ok():
+            raise EvidenceError("receipt signature is invalid")
+        worth = v.max_reward(receipt, ctx)
+        if worth <= 0:
+            raise EvidenceError(f"receipt of kind {receipt.kind!r} is worth nothing")
+        return worth
+
+
+class UptimeVerifier:
+    """Node uptime: a committee validator attests it saw `beneficiary` up for `seconds`.
+
+    Body: {"seconds": int in [1, epoch_length]}. Worth `seconds * uptime_reward_per_hour / 3600`
+    (rounded down). The issuer must be in the committee of the receipt's epoch, and may not
+    attest itself unless it is the only validator (a single-node devnet).
+    """
+
+    kind = "uptime"
+
+    def max_reward(self, receipt: Receipt, ctx: VerifyContext) -> int:
+        try:
+            f = Fields(receipt.body, "ledger.UptimeReceipt")
+            seconds = f.int("seconds", lo=1, hi=ctx.epoch_length)
+            f.done()
+        except RemoteProtocolError as e:
+            raise EvidenceError(str(e)) from None
+        if receipt.issuer not in ctx.committee:
+            raise EvidenceError("uptime receipt is not issued by a committee validator")
+        if receipt.issuer == receipt.beneficiary and len(ctx.committee.members) > 1:
+            raise EvidenceError("a validator cannot attest its own uptime")
+        return seconds * ctx.uptime_reward_per_hour // 3600
+
+
+def default_registry() -> ReceiptRegistry:
+    reg = ReceiptRegistry()
+    reg.register(UptimeVerifier())
+    return reg

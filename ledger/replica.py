@@ -1,0 +1,119 @@
+"""The replica: verifies certificates, applies them in per-sender order, keeps the rest pending.
+
+`Replica.receive(peer, cert)` returns `Commit` actions (one per certificate applied, in
+order; applying one may release pending ones), or `Queued`, or `CertificateRefused`, or
+`ConflictingCertificates` (two certificates for one sequence: more than f faulty validators).
+Duplicates of applied certificates are recognised by (sender, sequence, tx id) before any
+signature is checked, so gossip echoes and overlapping sync batches cost no verification.
+"""
+from __future__ import annotations
+
+from typing import Protocol as TypingProtocol
+
+from fognode.ledger.actions import (CertificateRefused, Commit, ConflictingCertificates, Queued,
+                                    ReplicaAction)
+from fognode.ledger.errors import CertificateRejected, Reason
+from fognode.ledger.genesis import FeeDestination
+from fognode.ledger.messages import Certificate, MintOrder, TransferOrder
+from fognode.ledger.pending import PendingPool
+from fognode.ledger.quorum import verify_certificate
+from fognode.ledger.state import LedgerState
+
+
+class History(TypingProtocol):
+    def tx_at(self, sender: bytes, sequence: int) -> bytes | None: ...
+
+
+class MemoryHistory:
+    """(sender, sequence) -> tx id, in memory (tests, simulations)."""
+
+    def __init__(self) -> None:
+        self.txs: dict[tuple[bytes, int], bytes] = {}
+
+    def tx_at(self, sender: bytes, sequence: int) -> bytes | None:
+        return self.txs.get((sender, sequence))
+
+
+class Replica:
+    def __init__(self, state: LedgerState, history: History, pending: PendingPool | None = None,
+                 *, verify_sender: bool = True) -> None:
+        self.state = state
+        self.genesis = state.genesis
+        self.history = history
+        self.pending = pending if pending is not None else PendingPool()
+        self.verify_sender = verify_sender
+        self._recent: dict[tuple[bytes, int], bytes] = {}   # applied, maybe not yet committed
+        self.refused: dict[Reason, int] = {}
+        self.duplicates = 0
+
+    def tx_at(self, sender: bytes, sequence: int) -> bytes | None:
+        return self._recent.get((sender, sequence)) or self.history.tx_at(sender, sequence)
+
+    def committed(self) -> None:
+        """The adapter wrote every Commit so far; forget the uncommitted index."""
+        self._recent.clear()
+
+    def receive(self, peer: str, cert: Certificate) -> list[ReplicaAction]:
+        o = cert.order.order
+        if o.chain != self.genesis.chain_id:
+            return self._refuse(peer, cert, Reason.WRONG_CHAIN, f"certificate is for chain {o.chain!r}")
+        acct = self.state.account(o.sender)
+        if o.sequence < acct.next_sequence:
+            known = self.tx_at(o.sender, o.sequence)
+            if known == cert.tx_id:
+                self.duplicates += 1
+                return []
+            try:
+                verify_certificate(cert, self.genesis.committee_for(o.epoch), verify_sender=True)
+            except CertificateRejected as e:
+                return self._refuse(peer, cert, e.reason, e.message)
+            return [ConflictingCertificates(known or b"", cert)]
+        waiting = self.pending.get(o.sender, o.sequence)
+        if waiting is not None and waiting.tx_id == cert.tx_id:
+            self.duplicates += 1
+            return []
+        try:
+            verify_certificate(cert, self.genesis.committee_for(o.epoch), verify_sender=self.verify_sender)
+        except CertificateRejected as e:
+            return self._refuse(peer, cert, e.reason, e.message)
+        if waiting is not None:   # two valid certificates for one pending sequence
+            return [ConflictingCertificates(waiting.tx_id, cert)]
+        why = self.state.blocked(cert)
+        if why is None:
+            return self._apply_and_drain(cert)
+        if why == "invalid":
+            return self._refuse(peer, cert, Reason.MALFORMED,
+                                "certificate can never apply (its quorum signed an invalid order)")
+        self.pending.add(cert, acct.next_sequence)
+        return [Queued(cert.tx_id, why)]
+
+    def _refuse(self, peer: str, cert: Certificate, reason: Reason, message: str) -> list[ReplicaAction]:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        return [CertificateRefused(cert.tx_id, reason, message, peer)]
+
+    def _apply_and_drain(self, cert: Certificate) -> list[ReplicaAction]:
+        out: list[ReplicaAction] = []
+        work = [cert]
+        while work:
+            c = work.pop()
+            delta = self.state.apply(c)
+            self._recent[c.order.key] = c.tx_id
+            out.append(Commit(delta))
+            o = c.order.order
+            # who might now be able to apply a pending certificate: the sender (next
+            # sequence), the recipient (funds), fee-receiving validators (funds)
+            candidates = [o.sender]
+            if isinstance(o, (TransferOrder, MintOrder)):
+                candidates.append(o.recipient)
+            if o.fee and self.genesis.fee_destination is FeeDestination.VALIDATORS:
+                candidates.extend(self.genesis.committee_for(o.epoch).members)
+            if not len(self.pending):
+                continue
+            for k in candidates:
+                nxt = self.state.account(k).next_sequence
+                self.pending.drop_below(k, nxt)
+                p = self.pending.get(k, nxt)
+                if p is not None and self.state.blocked(p) is None:
+                    self.pending.pop(k, nxt)
+                    work.append(p)
+        return out

@@ -1,0 +1,326 @@
+"""The ledger state machine: accounts, supply, staking, and an incremental state root.
+
+State = accounts (balance, next sequence, bonded stake, unbonding entries, head of the hash
+chain of the account's applied transactions), supply counters (initial, minted, burned),
+minted amount per epoch, and the set of receipt ids already paid.
+
+State root. Each entry of the state is a leaf h = BLAKE2b-512(tag || key || value); the
+accumulator is the sum of all leaves modulo 2^512 (a homomorphic multiset hash, AdHash/LtHash
+family). Changing one entry subtracts its old leaf and adds its new one, so applying a
+certificate costs a few hashes whatever the size of the state, and the root does not depend on
+the order in which entries changed: replicas holding the same certificates hold byte-identical
+roots. root = BLAKE2b-256("fognode-ledger-root/1" || chain id || accumulator).
+
+Applying is commutative across senders (balances are sums), and ordered per sender by the
+sequence number. A certificate is applied only when it is the sender's next sequence and the
+sender can cover its debit (incoming transfers it depends on may still be on their way); the
+replica keeps it pending until then, so no balance is ever negative.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+from fognode.ledger.errors import Reason
+from fognode.ledger.genesis import FeeDestination, Genesis
+from fognode.ledger.messages import (BondOrder, Certificate, MintOrder, Order, TransferOrder,
+                                     UnbondOrder)
+from fognode.ledger.quorum import Committee
+from fognode.ledger.rewards import calculate_rewards
+from fognode.ledger.codec import unpack
+from fognode.node.wire import pack
+
+ZERO32 = bytes(32)
+MOD = 1 << 512
+MAX_UNBONDING_ENTRIES = 32
+
+
+def _leaf(tag: bytes, key: bytes, value: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(tag + key + value, digest_size=64).digest(), "big")
+
+
+@dataclass(frozen=True)
+class Account:
+    balance: int = 0
+    next_sequence: int = 0
+    bonded: int = 0
+    unbonding: tuple[tuple[int, int], ...] = ()    # (release epoch, amount), oldest first
+    head: bytes = ZERO32                           # hash chain of applied tx ids
+
+    def encode(self) -> bytes:
+        return pack([self.balance, self.next_sequence, self.bonded,
+                     [[e, a] for e, a in self.unbonding], self.head])
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Account":
+        b, n, s, u, h = unpack(data, what="ledger account record")
+        return cls(b, n, s, tuple((e, a) for e, a in u), h)
+
+    def matured(self, epoch: int) -> int:
+        return sum(a for e, a in self.unbonding if e <= epoch)
+
+    def spendable(self, epoch: int) -> int:
+        return self.balance + self.matured(epoch)
+
+    def release(self, epoch: int) -> "Account":
+        """Move unbonding entries matured at `epoch` into the balance."""
+        m = self.matured(epoch)
+        if not m:
+            return self
+        return replace(self, balance=self.balance + m,
+                       unbonding=tuple((e, a) for e, a in self.unbonding if e > epoch))
+
+    @property
+    def is_empty(self) -> bool:
+        return self == Account()
+
+
+@dataclass(frozen=True)
+class Supply:
+    initial: int
+    minted: int = 0
+    burned: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.initial + self.minted - self.burned
+
+    def encode(self) -> bytes:
+        return pack([self.initial, self.minted, self.burned])
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Supply":
+        i, m, b = unpack(data, what="ledger supply record")
+        return cls(i, m, b)
+
+
+def _epoch_key(epoch: int) -> bytes:
+    return epoch.to_bytes(8, "big")
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Everything one applied certificate changed: what the store writes in one batch."""
+
+    cert: Certificate
+    index: int                                  # position in this replica's apply log (1-based)
+    accounts: tuple[tuple[bytes, Account], ...]
+    supply: Supply
+    minted_epoch: tuple[int, int] | None        # (epoch, minted so far in that epoch)
+    receipt_id: bytes | None
+    accumulator: int
+    parties: tuple[bytes, ...]                  # accounts whose history lists this tx
+
+
+class LedgerState:
+    """In-memory replica state. Mutated only through `apply`; restored by the store."""
+
+    def __init__(self, genesis: Genesis) -> None:
+        self.genesis = genesis
+        self.committee = genesis.committee
+        self.accounts: dict[bytes, Account] = {}
+        self.supply = Supply(initial=genesis.initial_supply())
+        self.minted_by_epoch: dict[int, int] = {}
+        self.used_receipts: set[bytes] = set()
+        self.applied = 0
+        self._acc = 0
+        self._root_prefix = b"fognode-ledger-root/1" + genesis.chain_id.encode()
+        self._add(_leaf(b"S", b"", self.supply.encode()))
+        for k, amount in genesis.balances:
+            self._set_account(k, Account(balance=amount))
+        for k, stake in genesis.validators:
+            self._set_account(k, replace(self.account(k), bonded=self.account(k).bonded + stake))
+
+    @classmethod
+    def restore(cls, genesis: Genesis, accounts: Iterable[tuple[bytes, Account]], supply: Supply,
+                minted_by_epoch: dict[int, int], used_receipts: set[bytes], applied: int,
+                accumulator: int) -> "LedgerState":
+        s = cls.__new__(cls)
+        s.genesis = genesis
+        s.committee = genesis.committee
+        s.accounts = dict(accounts)
+        s.supply = supply
+        s.minted_by_epoch = dict(minted_by_epoch)
+        s.used_receipts = set(used_receipts)
+        s.applied = applied
+        s._acc = accumulator
+        s._root_prefix = b"fognode-ledger-root/1" + genesis.chain_id.encode()
+        return s
+
+    # -- accumulator --------------------------------------------------------------------
+
+    def _add(self, leaf: int) -> None:
+        self._acc = (self._acc + leaf) % MOD
+
+    def _sub(self, leaf: int) -> None:
+        self._acc = (self._acc - leaf) % MOD
+
+    @property
+    def accumulator(self) -> int:
+        return self._acc
+
+    def root(self) -> bytes:
+        return hashlib.blake2b(self._root_prefix + self._acc.to_bytes(64, "big"), digest_size=32).digest()
+
+    def recompute_accumulator(self) -> int:
+        """The accumulator from scratch (for `ledger.verify`): must equal `accumulator`."""
+        acc = _leaf(b"S", b"", self.supply.encode())
+        for k, a in self.accounts.items():
+            if not a.is_empty:
+                acc += _leaf(b"A", k, a.encode())
+        for e, m in self.minted_by_epoch.items():
+            acc += _leaf(b"M", _epoch_key(e), pack(m))
+        for r in self.used_receipts:
+            acc += _leaf(b"R", r, b"")
+        return acc % MOD
+
+    def _set_account(self, key: bytes, new: Account) -> None:
+        old = self.accounts.get(key)
+        if old is not None and not old.is_empty:
+            self._sub(_leaf(b"A", key, old.encode()))
+        if new.is_empty:
+            self.accounts.pop(key, None)
+        else:
+            self._add(_leaf(b"A", key, new.encode()))
+            self.accounts[key] = new
+
+    def _set_supply(self, new: Supply) -> None:
+        self._sub(_leaf(b"S", b"", self.supply.encode()))
+        self._add(_leaf(b"S", b"", new.encode()))
+        self.supply = new
+
+    def _set_minted(self, epoch: int, total: int) -> None:
+        old = self.minted_by_epoch.get(epoch)
+        if old is not None:
+            self._sub(_leaf(b"M", _epoch_key(epoch), pack(old)))
+        self._add(_leaf(b"M", _epoch_key(epoch), pack(total)))
+        self.minted_by_epoch[epoch] = total
+
+    # -- queries --------------------------------------------------------------------------
+
+    def account(self, key: bytes) -> Account:
+        return self.accounts.get(key) or Account()
+
+    def total_staked(self) -> int:
+        return sum(a.bonded for a in self.accounts.values())
+
+    def holdings(self) -> int:
+        """Sum of every balance, bond and unbonding entry (must equal supply.total)."""
+        return sum(a.balance + a.bonded + sum(x for _, x in a.unbonding) for a in self.accounts.values())
+
+    def order_problem(self, order: Order) -> tuple[Reason, str] | None:
+        """Why this state cannot take `order` as the sender's next order, or None."""
+        acct = self.account(order.sender)
+        if order.sequence != acct.next_sequence:
+            return (Reason.WRONG_SEQUENCE,
+                    f"sequence {order.sequence} is not the sender's next ({acct.next_sequence})")
+        if acct.spendable(order.epoch) < order.debit():
+            return (Reason.OVERSPEND,
+                    f"the order needs {order.debit()} micro-units, the sender has {acct.spendable(order.epoch)}")
+        if isinstance(order, UnbondOrder):
+            if acct.bonded < order.amount:
+                return Reason.INSUFFICIENT_STAKE, f"unbonding {order.amount} of {acct.bonded} bonded"
+            if len(acct.unbonding) >= MAX_UNBONDING_ENTRIES:
+                return Reason.INSUFFICIENT_STAKE, f"already {MAX_UNBONDING_ENTRIES} unbonding entries pending"
+        if isinstance(order, MintOrder) and order.receipt.receipt_id in self.used_receipts:
+            return Reason.RECEIPT_USED, "this receipt has already been paid"
+        return None
+
+    def blocked(self, cert: Certificate) -> str | None:
+        """None if `cert` applies now; "sequence" if predecessors are missing; "funds" if an
+        incoming transfer it depends on is missing; "applied" if its sequence is past;
+        "invalid" if it can never apply (a faulty quorum certified it)."""
+        o = cert.order.order
+        acct = self.account(o.sender)
+        if o.sequence < acct.next_sequence:
+            return "applied"
+        if o.sequence > acct.next_sequence:
+            return "sequence"
+        if isinstance(o, UnbondOrder) and acct.bonded < o.amount:
+            return "invalid"
+        if isinstance(o, MintOrder) and o.receipt.receipt_id in self.used_receipts:
+            return "invalid"
+        if acct.spendable(o.epoch) < o.debit():
+            return "funds"
+        return None
+
+    # -- apply ----------------------------------------------------------------------------
+
+    def apply(self, cert: Certificate) -> Delta:
+        """Apply a verified certificate whose `blocked()` is None; return what changed."""
+        why = self.blocked(cert)
+        if why is not None:
+            raise ValueError(f"certificate cannot apply now ({why})")
+        o = cert.order.order
+        g = self.genesis
+        touched: dict[bytes, Account] = {}
+
+        def get(k: bytes) -> Account:
+            return touched.get(k) or self.account(k)
+
+        sender = get(o.sender).release(o.epoch)
+        head = hashlib.blake2b(sender.head + cert.tx_id, digest_size=32).digest()
+        sender = replace(sender, balance=sender.balance - o.debit(),
+                         next_sequence=sender.next_sequence + 1, head=head)
+        if isinstance(o, BondOrder):
+            sender = replace(sender, bonded=sender.bonded + o.amount)
+        elif isinstance(o, UnbondOrder):
+            sender = replace(sender, bonded=sender.bonded - o.amount,
+                             unbonding=sender.unbonding + ((o.epoch + g.unbonding_epochs, o.amount),))
+        touched[o.sender] = sender
+        parties = [o.sender]
+        supply = self.supply
+        minted_epoch = None
+        receipt_id = None
+        if isinstance(o, (TransferOrder, MintOrder)):
+            r = get(o.recipient)
+            touched[o.recipient] = replace(r, balance=r.balance + o.amount)
+            if o.recipient != o.sender:
+                parties.append(o.recipient)
+        if isinstance(o, MintOrder):
+            supply = replace(supply, minted=supply.minted + o.amount)
+            minted_epoch = (o.epoch, self.minted_by_epoch.get(o.epoch, 0) + o.amount)
+            receipt_id = o.receipt.receipt_id
+        if o.fee:
+            if g.fee_destination is FeeDestination.BURN:
+                supply = replace(supply, burned=supply.burned + o.fee)
+            else:
+                for k, share in calculate_rewards(dict(self.committee_for(o.epoch).members), o.fee).items():
+                    a = get(k)
+                    touched[k] = replace(a, balance=a.balance + share)
+        for k, a in touched.items():
+            self._set_account(k, a)
+        if supply != self.supply:
+            self._set_supply(supply)
+        if minted_epoch is not None:
+            self._set_minted(*minted_epoch)
+        if receipt_id is not None:
+            self.used_receipts.add(receipt_id)
+            self._add(_leaf(b"R", receipt_id, b""))
+        self.applied += 1
+        return Delta(cert=cert, index=self.applied, accounts=tuple(touched.items()), supply=self.supply,
+                     minted_epoch=minted_epoch, receipt_id=receipt_id, accumulator=self._acc,
+                     parties=tuple(parties))
+
+    def committee_for(self, epoch: int) -> Committee:
+        return self.genesis.committee_for(epoch)
+
+    def invariant_problems(self) -> list[str]:
+        """What `ledger.verify` reports: supply accounting and the root accumulator."""
+        problems = []
+        held = self.holdings()
+        if held != self.supply.total:
+            problems.append(f"accounts hold {held} micro-units but supply is {self.supply.total} "
+                            f"(initial {self.supply.initial} + minted {self.supply.minted} - burned {self.supply.burned})")
+        if sum(self.minted_by_epoch.values()) != self.supply.minted:
+            problems.append("minted per epoch does not add up to minted supply")
+        for e, m in sorted(self.minted_by_epoch.items()):
+            if m > self.genesis.emission.budget(e):
+                problems.append(f"epoch {e}: minted {m}, over the budget {self.genesis.emission.budget(e)} "
+                                f"(more than f validators were faulty)")
+        if any(a.balance < 0 or a.bonded < 0 for a in self.accounts.values()):
+            problems.append("a balance or a bond is negative")
+        if self.recompute_accumulator() != self._acc:
+            problems.append("the state root accumulator does not match the state (corrupt replica)")
+        return problems

@@ -1,0 +1,124 @@
+"""The validator: signs an order at most once per (sender, sequence), and only a valid one.
+
+`Validator.receive(peer, order, now)` returns actions. A vote is always preceded by a
+`PersistLock` for the same order: the adapter writes the lock (sync) before the vote leaves,
+so a validator that crashes and restarts cannot sign a second order for the same sequence.
+The in-memory lock table is updated at once, so two orders for one sequence arriving back to
+back are caught even before the write completes.
+
+Mint budget: each validator votes for at most `mint_limit(epoch)` micro-units of mints per
+epoch, with limit = budget * (q - F) / (T - F) (T total stake, q quorum stake, F the largest
+faulty stake tolerated). Each certificate carries at least q - F honest stake and honest
+stake votes at most (T - F) * limit in total, so the certified mints of an epoch never exceed
+its budget while at most F stake is faulty, whatever the order in which replicas apply them.
+"""
+from __future__ import annotations
+
+from nacl.signing import SigningKey
+
+from fognode.ledger.actions import PersistLock, ReportFork, SendRejection, SendVote, ValidatorAction
+from fognode.ledger.errors import Reason
+from fognode.ledger.genesis import Genesis
+from fognode.ledger.messages import ForkProof, MintOrder, Rejection, SignedOrder, Vote, order_problem
+from fognode.ledger.receipts import EvidenceError, ReceiptRegistry, VerifyContext
+from fognode.ledger.state import LedgerState
+
+
+class LockTable:
+    """Orders this validator signed, by (sender, sequence), and what they reserved."""
+
+    def __init__(self) -> None:
+        self.locks: dict[tuple[bytes, int], SignedOrder] = {}
+        self.mint_reserved: dict[int, int] = {}
+        self.receipts: set[bytes] = set()
+
+    def get(self, sender: bytes, sequence: int) -> SignedOrder | None:
+        return self.locks.get((sender, sequence))
+
+    def add(self, order: SignedOrder) -> None:
+        self.locks[order.key] = order
+        o = order.order
+        if isinstance(o, MintOrder):
+            self.mint_reserved[o.epoch] = self.mint_reserved.get(o.epoch, 0) + o.amount
+            self.receipts.add(o.receipt.receipt_id)
+
+    def __len__(self) -> int:
+        return len(self.locks)
+
+
+def mint_limit(genesis: Genesis, epoch: int) -> int:
+    c = genesis.committee_for(epoch)
+    q, f, t = c.quorum_stake, c.max_faulty_stake, c.total
+    return genesis.emission.budget(epoch) * (q - f) // (t - f)
+
+
+class Validator:
+    def __init__(self, genesis: Genesis, key: SigningKey, state: LedgerState, locks: LockTable,
+                 receipts: ReceiptRegistry) -> None:
+        self.genesis = genesis
+        self.key = key
+        self.pubkey = bytes(key.verify_key)
+        self.state = state
+        self.locks = locks
+        self.receipts = receipts
+        self.rejected: dict[Reason, int] = {}
+
+    def is_member(self, epoch: int) -> bool:
+        return self.pubkey in self.genesis.committee_for(epoch)
+
+    def _reject(self, peer: str, so: SignedOrder, reason: Reason, message: str) -> list[ValidatorAction]:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        return [SendRejection(peer, Rejection(so.tx_id, reason, message))]
+
+    def receive(self, peer: str, so: SignedOrder, now: float) -> list[ValidatorAction]:
+        """Check `so`; return [PersistLock, SendVote] or [SendRejection] (+ ReportFork)."""
+        o = so.order
+        g = self.genesis
+        problem = order_problem(o)
+        if problem:
+            return self._reject(peer, so, *problem)
+        if o.chain != g.chain_id:
+            return self._reject(peer, so, Reason.WRONG_CHAIN,
+                                f"order is for chain {o.chain!r}, this is {g.chain_id!r}")
+        if not so.signature_ok():
+            return self._reject(peer, so, Reason.BAD_SIGNATURE, "the sender's signature does not verify")
+        current = g.epoch_at(now)
+        if o.epoch not in (current, current - 1):
+            return self._reject(peer, so, Reason.WRONG_EPOCH,
+                                f"order is for epoch {o.epoch}, this validator is in epoch {current}")
+        if not self.is_member(o.epoch):
+            return self._reject(peer, so, Reason.NON_COMMITTEE_SIGNER,
+                                f"this node is not a validator of epoch {o.epoch}")
+        if o.fee < g.fee:
+            return self._reject(peer, so, Reason.FEE_TOO_LOW, f"fee {o.fee} is below the chain's fee {g.fee}")
+        prior = self.locks.get(o.sender, o.sequence)
+        if prior is not None:
+            if prior.tx_id == so.tx_id:   # the client asks again: same answer, nothing new to lock
+                return [SendVote(peer, Vote.sign(self.key, so.tx_id))]
+            acts = self._reject(peer, so, Reason.CONFLICT,
+                                f"already signed order {prior.tx_id.hex()[:16]} for sequence {o.sequence}")
+            return [ReportFork(ForkProof(prior, so), peer), *acts]
+        problem = self.state.order_problem(o)
+        if problem:
+            return self._reject(peer, so, *problem)
+        if isinstance(o, MintOrder):
+            rid = o.receipt.receipt_id
+            if rid in self.locks.receipts:
+                return self._reject(peer, so, Reason.RECEIPT_USED, "this validator already signed a mint for this receipt")
+            ctx = VerifyContext(committee=g.committee_for(o.epoch), epoch=o.epoch,
+                                epoch_length=g.epoch_length, uptime_reward_per_hour=g.uptime_reward_per_hour)
+            try:
+                worth = self.receipts.max_reward(o.receipt, ctx)
+            except EvidenceError as e:
+                return self._reject(peer, so, Reason.BAD_EVIDENCE, str(e))
+            if o.amount > worth:
+                return self._reject(peer, so, Reason.BAD_EVIDENCE,
+                                    f"mint of {o.amount} exceeds the receipt's worth {worth}")
+            limit = mint_limit(g, o.epoch)
+            reserved = self.locks.mint_reserved.get(o.epoch, 0)
+            if reserved + o.amount > limit:
+                return self._reject(peer, so, Reason.BUDGET_EXCEEDED,
+                                    f"epoch {o.epoch}: {reserved} of this validator's {limit} mint allowance "
+                                    f"is taken; {o.amount} more does not fit")
+        self.locks.add(so)
+        return [PersistLock(so), SendVote(peer, Vote.sign(self.key, so.tx_id))]
