@@ -118,7 +118,7 @@ def simulate(cfg: SimConfig) -> SimResult:
 
 
 def report(peers: int, fractions: list[float], cycles: int, seed: int) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for behaviour in BEHAVIOURS:
         for frac in fractions:
             res = {pol: simulate(SimConfig(peers=peers, malicious=frac, behaviour=behaviour,
