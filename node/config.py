@@ -12,6 +12,7 @@ checks it matches these dataclasses).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import tomllib
 import types
@@ -195,9 +196,15 @@ def build_section(cls: type, table: Mapping[str, Any], *, source: str, prefix: s
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:
-            validate(source)
-        except TypeError:
-            validate()
+            if inspect.signature(validate).parameters:
+                validate(source)
+            else:
+                validate()
+        except ConfigError as e:
+            if e.source is None:  # the section knows the key, we know the file
+                raise ConfigError(str(e).removeprefix(f"{e.key}: ") if e.key else str(e),
+                                  source=source, key=e.key) from None
+            raise
     return obj
 
 

@@ -64,7 +64,6 @@ def unpack(data: bytes, *, max_size: int = MAX_MESSAGE, what: str = "message") -
             raw=False,
             strict_map_key=True,
             ext_hook=_no_ext,
-            max_buffer_size=max_size,
             use_list=True,
         )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError) as e:

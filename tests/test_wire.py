@@ -26,6 +26,11 @@ def test_unpack_rejects_garbage(data: bytes) -> None:
         unpack(data)
 
 
+def test_unpack_round_trips_valid_data() -> None:
+    obj = {"v": 1, "b": b"\x00\xff", "l": [1, -2, 3.5, None, True], "m": {"s": "text"}}
+    assert unpack(pack(obj)) == obj
+
+
 def test_unpack_rejects_oversize() -> None:
     with pytest.raises(RemoteProtocolError, match="over the"):
         unpack(pack(b"x" * 100), max_size=50)

@@ -113,7 +113,7 @@ class Devnet:
 
     def command(self, node: DevnetNode) -> list[str]:
         cmd = [sys.executable, "-m", "fognode.tools.fognode", "run", "--datadir", str(node.datadir),
-               "--listen", f"/ip4/{self.host}/tcp/{node.port}", "--set", "protocols.monitor.port=0"]
+               "--listen", f"/ip4/{self.host}/tcp/{node.port}", "--metrics-port", "0"]
         if node.index != 0:
             cmd += ["--bootstrap", self.nodes[0].addr]
         return cmd + self.extra_args + node.args

@@ -82,11 +82,11 @@ def run_overrides(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     if args.bootstrap:
         out.append(("overlay.bootstrap", json.dumps(args.bootstrap), "--bootstrap"))
     if args.region is not None:
-        out.append(("node.region", json.dumps(args.region), "--region"))
+        out.append(("node.region", args.region, "--region"))
     if args.metrics_port is not None:
         out.append(("protocols.monitor.port", str(args.metrics_port), "--metrics-port"))
     if args.log_level:
-        out.append(("node.log_level", json.dumps(args.log_level), "--log-level"))
+        out.append(("node.log_level", args.log_level, "--log-level"))
     if args.log_json:
         out.append(("node.log_json", "true", "--log-json"))
     return out + parse_set_flags(args.set)

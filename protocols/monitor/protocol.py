@@ -1,21 +1,27 @@
-"""The monitor role: Prometheus endpoint, node health, uptime.
+"""The monitor role: Prometheus endpoint, node health, uptime, and the network's health view.
 
 Serves `GET /metrics` (the node's own CollectorRegistry) and `GET /health` (JSON: overall
 status, per-role health, peer count, uptime) on `[protocols.monitor] host:port` (0 disables
 the endpoint; the RPC method `monitor.health` works either way).
+
+Every `status_interval` seconds the node gossips a small status (health, peers, uptime,
+version) on `fognode/monitor/status/1`; `monitor.network` shows the last status heard from
+every node, so an operator sees the whole network's health from any node.
 """
 from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from fognode.node.errors import ConfigError
+from fognode.node import __version__
+from fognode.node.errors import ConfigError, FognodeError, RemoteProtocolError
+from fognode.node.overlay import GossipMessage
+from fognode.node.wire import Fields, pack, unpack
 from fognode.node.metrics import metric
 from fognode.node.protocol import Protocol
 from fognode.node.rpc.methods import rpc_method
@@ -24,15 +30,46 @@ from fognode.protocols.monitor.http import serve_http
 log = logging.getLogger("fognode.monitor")
 
 
+STATUS_TOPIC = "fognode/monitor/status/1"
+
+
 @dataclass(frozen=True)
 class MonitorConfig:
-    host: str = "127.0.0.1"   # address of the /metrics and /health endpoint
-    port: int = 9464          # TCP port of the endpoint; 0 disables it
+    host: str = "127.0.0.1"        # address of the /metrics and /health endpoint
+    port: int = 9464               # TCP port of the endpoint; 0 disables it
+    status_interval: float = 10.0  # seconds between this node's status announcements on gossip
 
     def validate(self, source: str) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range 0-65535", source=source,
                               key="protocols.monitor.port")
+        if not 0.1 <= self.status_interval <= 3600:
+            raise ConfigError("must be between 0.1 and 3600 seconds", source=source,
+                              key="protocols.monitor.status_interval")
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node's self-reported status (gossiped; the gossip layer authenticates the origin)."""
+
+    healthy: bool
+    peers: int
+    uptime_s: float
+    version: str
+    at: float  # sender's wall clock
+
+    def encode(self) -> bytes:
+        return pack({"v": 1, "healthy": self.healthy, "peers": self.peers, "uptime_s": self.uptime_s,
+                     "version": self.version, "at": self.at})
+
+    @staticmethod
+    def decode(data: bytes, peer: str) -> "NodeStatus":
+        f = Fields(unpack(data, max_size=1024, what="monitor status"), "monitor status", versions={1}, peer=peer)
+        st = NodeStatus(healthy=f.bool("healthy"), peers=f.int("peers", lo=0, hi=1 << 20),
+                        uptime_s=f.float("uptime_s", lo=0), version=f.str("version", max_len=32),
+                        at=f.float("at", lo=0))
+        f.done()
+        return st
 
 
 class MonitorRole(Protocol):
@@ -40,11 +77,12 @@ class MonitorRole(Protocol):
 
     name = "monitor"
     Config = MonitorConfig
+    topics = (STATUS_TOPIC,)
 
     def __init__(self, ctx: Any, config: MonitorConfig) -> None:
         super().__init__(ctx, config)
         self.port: int | None = None
-        self._started = time.monotonic()
+        self.network: dict[str, tuple[NodeStatus, float]] = {}  # peer -> (status, our receive time)
 
     def health(self) -> dict[str, Any]:
         node = self.ctx.services.require("node")
@@ -68,6 +106,35 @@ class MonitorRole(Protocol):
     def health_detail(self) -> dict[str, Any]:
         return {"endpoint": f"http://{self.config.host}:{self.port}/metrics" if self.port else None}
 
+    async def _on_status(self, msg: GossipMessage) -> None:
+        try:
+            self.network[msg.origin] = (NodeStatus.decode(msg.data, msg.origin), self.ctx.clock())
+        except RemoteProtocolError as e:
+            log.info("dropped a bad status: %s", e)
+
+    async def _announce(self) -> None:
+        node = self.ctx.services.require("node")
+        while True:
+            h = self.health()
+            st = NodeStatus(healthy=h["status"] == "ok", peers=h["peers"], uptime_s=round(node.uptime(), 3),
+                            version=__version__, at=self.ctx.clock())
+            self.network[self.ctx.peer_id] = (st, self.ctx.clock())
+            try:
+                await self.ctx.overlay.publish(STATUS_TOPIC, st.encode())
+            except FognodeError as e:
+                log.warning("could not publish status: %s", e)
+            await trio.sleep(self.config.status_interval)
+
+    @rpc_method("monitor.network")
+    async def rpc_network(self) -> list[dict[str, Any]]:
+        """The last status heard from every node: health, peers, uptime, version, seconds ago."""
+        now = self.ctx.clock()
+        return [
+            {"peer_id": pid, "healthy": st.healthy, "peers": st.peers, "uptime_s": st.uptime_s,
+             "version": st.version, "seen_s_ago": round(now - seen, 3)}
+            for pid, (st, seen) in sorted(self.network.items())
+        ]
+
     @rpc_method("monitor.health")
     async def rpc_health(self) -> dict[str, Any]:
         """Overall health: status (ok or degraded), per-role health, peer count, uptime."""
@@ -77,7 +144,9 @@ class MonitorRole(Protocol):
         node = self.ctx.services.require("node")
         metric(self.ctx.metrics, Gauge, "fognode_node_uptime_seconds",
                "Seconds since the daemon started").set_function(node.uptime)
+        await self.ctx.overlay.subscribe(STATUS_TOPIC, self._on_status)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._announce)
             if self.config.port:
                 self.port = await nursery.start(serve_http, self.config.host, self.config.port,
                                                 {"/metrics": self._metrics, "/health": self._health})

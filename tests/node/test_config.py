@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from fognode.node.config import defaults_as_toml_values, load_config, read_toml, section_types
+from fognode.node.errors import ConfigError
+from fognode.node.roles import discover_roles
+
+REPO_TOML = Path(__file__).resolve().parents[2] / "node.toml"
+
+
+def roles() -> dict[str, type]:
+    return {c.name: c.Config for c in discover_roles()}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "node.toml"
+    p.write_text(text)
+    return p
+
+
+def test_repo_node_toml_documents_every_key_with_its_default() -> None:
+    data = read_toml(REPO_TOML)
+    for name, cls in section_types().items():
+        assert data.get(name) == defaults_as_toml_values(cls), f"[{name}] in node.toml differs from the code"
+    for name, cls in roles().items():
+        table = dict(data.get("protocols", {}).get(name, {}))
+        assert table.pop("enabled", None) is True, f"[protocols.{name}] must document enabled = true"
+        assert table == defaults_as_toml_values(cls), f"[protocols.{name}] in node.toml differs from the code"
+
+
+def test_repo_node_toml_loads() -> None:
+    cfg = load_config(REPO_TOML, roles=roles(), environ={})
+    assert cfg.node.log_level == "info"
+
+
+def test_embedded_defaults_need_no_file() -> None:
+    cfg = load_config(None, roles=roles(), environ={})
+    assert cfg.source == "embedded defaults"
+    assert all(r.enabled for r in cfg.protocols.values())
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    p = write(tmp_path, "[node]\nlog_levle = 'debug'\n")
+    with pytest.raises(ConfigError, match=r"node\.toml: node: unknown key\(s\) log_levle"):
+        load_config(p, roles=roles(), environ={})
+
+
+def test_unknown_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_config(write(tmp_path, "[nodes]\n"), roles=roles(), environ={})
+
+
+def test_wrong_type_names_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"rpc\.max_clients: must be an integer, got str"):
+        load_config(write(tmp_path, "[rpc]\nmax_clients = 'many'\n"), roles=roles(), environ={})
+
+
+def test_port_out_of_range(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"protocols\.monitor\.port: port 70000 is out of range"):
+        load_config(write(tmp_path, "[protocols.monitor]\nport = 70000\n"), roles=roles(), environ={})
+
+
+def test_bad_multiaddr_names_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"overlay\.listen"):
+        load_config(write(tmp_path, "[overlay]\nlisten = ['/ip4/999.1.1.1/tcp/1']\n"), roles=roles(), environ={})
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[node\n"), roles=roles(), environ={})
+
+
+def test_env_overrides_file_and_flags_override_env(tmp_path: Path) -> None:
+    p = write(tmp_path, "[node]\nregion = 'file'\nlog_level = 'warning'\n")
+    env = {"FOGNODE_NODE_REGION": "env", "FOGNODE_PROTOCOLS_MONITOR_PORT": "0", "FOGNODE_DATADIR": "/x"}
+    cfg = load_config(p, roles=roles(), environ=env)
+    assert cfg.node.region == "env" and cfg.node.log_level == "warning"
+    assert cfg.protocols["monitor"].config.port == 0
+    cfg = load_config(p, roles=roles(), environ=env, overrides=[("node.region", "flag", "--region")])
+    assert cfg.node.region == "flag"
+
+
+def test_env_bad_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="env FOGNODE_RPC_MAX_CLIENTS: rpc.max_clients: must be an integer"):
+        load_config(None, roles=roles(), environ={"FOGNODE_RPC_MAX_CLIENTS": "lots"})
+
+
+def test_env_unknown_section() -> None:
+    with pytest.raises(ConfigError, match="FOGNODE_NOPE_X"):
+        load_config(None, roles=roles(), environ={"FOGNODE_NOPE_X": "1"})
+
+
+def test_role_can_be_disabled() -> None:
+    cfg = load_config(None, roles=roles(), environ={}, overrides=[("protocols.monitor.enabled", "false", "--set")])
+    assert cfg.protocols["monitor"].enabled is False
+
+
+def test_list_override_from_text() -> None:
+    cfg = load_config(None, roles=roles(), environ={},
+                      overrides=[("overlay.listen", "/ip4/127.0.0.1/tcp/0,/ip4/127.0.0.1/tcp/5000", "--set")])
+    assert cfg.overlay.listen == ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/5000"]
+
+
+def test_configs_are_frozen() -> None:
+    cfg = load_config(None, roles=roles(), environ={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.node.region = "x"  # type: ignore[misc]
