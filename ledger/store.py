@@ -1,0 +1,204 @@
+"""The replica on disk: LevelDB (plyvel), one write batch with sync=True per commit.
+
+A commit writes everything one or more applied certificates changed — accounts (balance,
+sequence, stake), supply counters, minted per epoch, paid receipts, the state-root
+accumulator, the apply log, the (sender, sequence) index, the per-account history index and
+the certificate itself — in a single atomic batch, so a crash (even `kill -9`) leaves the old
+state or the new one, never a mix. Validator locks are written in their own synced batch
+before the vote leaves (see validator.py).
+
+Keys (big-endian integers, so LevelDB's order is numeric order):
+    m/chain                 chain id + genesis digest (refuse another chain's data dir)
+    a/<pubkey>              account record
+    s/supply s/acc s/applied  supply counters, root accumulator (64 bytes), apply count
+    e/<epoch:8>             minted in that epoch
+    r/<receipt id>          receipt already paid
+    x/<sender><seq:8>       tx id applied at (sender, sequence)
+    t/<tx id>               {"i": apply index, "c": certificate}
+    o/<index:8>             tx id applied at that position of this replica's log (sync source)
+    h/<pubkey><index:8>     tx id in that account's history
+    L/<sender><seq:8>       order this validator signed for (sender, sequence)
+    f/<sender><seq:8>       fork proof
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import plyvel
+
+from fognode.ledger.errors import StoreError
+from fognode.ledger.genesis import Genesis
+from fognode.ledger.messages import (Certificate, ForkProof, SignedOrder, decode_certificate,
+                                     decode_fork_proof, decode_signed_order)
+from fognode.ledger.state import Account, Delta, LedgerState, Supply
+from fognode.ledger.validator import LockTable
+from fognode.node.errors import RemoteProtocolError
+from fognode.ledger.codec import unpack
+from fognode.node.wire import digest, pack
+
+MAX_RECORD = 1 << 20
+
+
+def _u8(n: int) -> bytes:
+    return n.to_bytes(8, "big")
+
+
+class LedgerStore:
+    """Open (or initialise from `genesis`) the replica at `path`. Raises StoreError if the
+    directory belongs to another chain; plyvel.IOError if another process holds it."""
+
+    def __init__(self, path: Path, genesis: Genesis) -> None:
+        self.path = Path(path)
+        self.genesis = genesis
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.db = plyvel.DB(str(self.path), create_if_missing=True)
+        meta = pack({"chain": genesis.chain_id, "genesis": digest(pack(genesis.to_dict()))})
+        have = self.db.get(b"m/chain")
+        if have is None:
+            self._init(genesis, meta)
+        elif have != meta:
+            chain = self._decode(have, "chain record").get("chain")
+            self.db.close()
+            raise StoreError(f"{self.path} holds the ledger of chain {chain!r} with another genesis; "
+                             f"this node's genesis is chain {genesis.chain_id!r} (wrong data dir?)")
+
+    def _init(self, genesis: Genesis, meta: bytes) -> None:
+        s = LedgerState(genesis)
+        with self.db.write_batch(transaction=True, sync=True) as wb:
+            for k, a in s.accounts.items():
+                wb.put(b"a/" + k, a.encode())
+            wb.put(b"s/supply", s.supply.encode())
+            wb.put(b"s/acc", s.accumulator.to_bytes(64, "big"))
+            wb.put(b"s/applied", pack(0))
+            wb.put(b"m/chain", meta)
+
+    def close(self) -> None:
+        if not self.db.closed:
+            self.db.close()
+
+    @staticmethod
+    def _decode(data: bytes, what: str) -> Any:
+        try:
+            return unpack(data, max_size=MAX_RECORD, what=what)
+        except RemoteProtocolError as e:
+            raise StoreError(f"corrupt {what} in the ledger store: {e}") from None
+
+    # -- state ----------------------------------------------------------------------------
+
+    def load_state(self) -> LedgerState:
+        accounts = [(k[2:], Account.decode(v)) for k, v in self.db.iterator(prefix=b"a/")]
+        minted = {int.from_bytes(k[2:], "big"): self._decode(v, "minted record")
+                  for k, v in self.db.iterator(prefix=b"e/")}
+        receipts = {k[2:] for k in self.db.iterator(prefix=b"r/", include_value=False)}
+        supply = Supply.decode(self._need(b"s/supply"))
+        acc = int.from_bytes(self._need(b"s/acc"), "big")
+        applied = self._decode(self._need(b"s/applied"), "apply count")
+        return LedgerState.restore(self.genesis, accounts, supply, minted, receipts, applied, acc)
+
+    def _need(self, key: bytes) -> bytes:
+        v = self.db.get(key)
+        if v is None:
+            raise StoreError(f"the ledger store at {self.path} lacks {key.decode()} (corrupt)")
+        return v
+
+    def commit(self, deltas: Sequence[Delta]) -> None:
+        """Write the deltas (in apply order) in one atomic, synced batch."""
+        if not deltas:
+            return
+        with self.db.write_batch(transaction=True, sync=True) as wb:
+            for d in deltas:
+                for k, a in d.accounts:
+                    if a.is_empty:
+                        wb.delete(b"a/" + k)
+                    else:
+                        wb.put(b"a/" + k, a.encode())
+                if d.minted_epoch is not None:
+                    wb.put(b"e/" + _u8(d.minted_epoch[0]), pack(d.minted_epoch[1]))
+                if d.receipt_id is not None:
+                    wb.put(b"r/" + d.receipt_id, b"")
+                tx = d.cert.tx_id
+                sender, seq = d.cert.order.key
+                wb.put(b"x/" + sender + _u8(seq), tx)
+                wb.put(b"t/" + tx, pack({"i": d.index, "c": d.cert.to_wire()}))
+                wb.put(b"o/" + _u8(d.index), tx)
+                for p in d.parties:
+                    wb.put(b"h/" + p + _u8(d.index), tx)
+            last = deltas[-1]
+            wb.put(b"s/supply", last.supply.encode())
+            wb.put(b"s/acc", last.accumulator.to_bytes(64, "big"))
+            wb.put(b"s/applied", pack(last.index))
+
+    # -- queries --------------------------------------------------------------------------
+
+    def tx_at(self, sender: bytes, sequence: int) -> bytes | None:
+        return self.db.get(b"x/" + sender + _u8(sequence))
+
+    def certificate(self, tx_id: bytes) -> tuple[int, Certificate] | None:
+        """(apply index, certificate) of an applied transaction, or None."""
+        v = self.db.get(b"t/" + tx_id)
+        if v is None:
+            return None
+        rec = self._decode(v, "certificate record")
+        try:
+            return rec["i"], decode_certificate(rec["c"])
+        except (RemoteProtocolError, KeyError, TypeError) as e:
+            raise StoreError(f"corrupt certificate record {tx_id.hex()}: {e}") from None
+
+    def raw_certificate(self, tx_id: bytes) -> Any:
+        v = self.db.get(b"t/" + tx_id)
+        return None if v is None else self._decode(v, "certificate record")["c"]
+
+    def log_length(self) -> int:
+        return int(self._decode(self._need(b"s/applied"), "apply count"))
+
+    def log_after(self, position: int, limit: int) -> list[tuple[int, Any]]:
+        """Up to `limit` (position, certificate wire map) of this replica's log after `position`."""
+        out: list[tuple[int, Any]] = []
+        for k, tx in self.db.iterator(start=b"o/" + _u8(max(0, position) + 1), stop=b"o0"):
+            out.append((int.from_bytes(k[2:], "big"), self.raw_certificate(tx)))
+            if len(out) >= limit:
+                break
+        return out
+
+    def history(self, account: bytes, limit: int = 50) -> list[tuple[int, Certificate]]:
+        """The account's latest transactions, newest first."""
+        out = []
+        for _k, tx in self.db.iterator(prefix=b"h/" + account, reverse=True):
+            c = self.certificate(tx)
+            if c is not None:
+                out.append(c)
+            if len(out) >= limit:
+                break
+        return out
+
+    # -- validator locks and fork proofs -----------------------------------------------------
+
+    def persist_lock(self, order: SignedOrder) -> None:
+        """Durably record the vote for `order` (sync) — call before sending the vote."""
+        sender, seq = order.key
+        self.db.put(b"L/" + sender + _u8(seq), pack(order.to_wire()), sync=True)
+
+    def load_locks(self) -> LockTable:
+        t = LockTable()
+        for _k, v in self.db.iterator(prefix=b"L/"):
+            try:
+                t.add(decode_signed_order(self._decode(v, "lock record")))
+            except RemoteProtocolError as e:
+                raise StoreError(f"corrupt lock record: {e}") from None
+        return t
+
+    def put_fork(self, proof: ForkProof) -> bool:
+        """Keep a fork proof (first one per (sender, sequence)); True if it is new."""
+        sender, seq = proof.first.key
+        key = b"f/" + sender + _u8(seq)
+        if self.db.get(key) is not None:
+            return False
+        self.db.put(key, pack(proof.to_wire()), sync=True)
+        return True
+
+    def forks(self) -> list[ForkProof]:
+        return [decode_fork_proof(self._decode(v, "fork proof")) for _k, v in self.db.iterator(prefix=b"f/")]
+
+    def account_keys(self) -> Iterable[bytes]:
+        return (k[2:] for k in self.db.iterator(prefix=b"a/", include_value=False))
