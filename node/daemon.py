@@ -36,6 +36,7 @@ class NodeService:
 
     def __init__(self, daemon: "Daemon") -> None:
         self._d = daemon
+        self.ready = trio.Event()  # set once every role has started and the socket answers
 
     def uptime(self) -> float:
         return time.monotonic() - self._d.started_at
@@ -182,6 +183,7 @@ class Daemon:
                             await rpc.serve(task_status=task_status)
 
                     await nursery.start(serve_rpc)
+                    node.ready.set()
                     log.info("node %s ready: listening on %s; control socket %s; pid %d",
                              overlay.peer_id, ", ".join(overlay.listen_addrs()), self.socket, os.getpid())
                     task_status.started()

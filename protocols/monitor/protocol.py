@@ -114,6 +114,7 @@ class MonitorRole(Protocol):
 
     async def _announce(self) -> None:
         node = self.ctx.services.require("node")
+        await node.ready.wait()
         while True:
             h = self.health()
             st = NodeStatus(healthy=h["status"] == "ok", peers=h["peers"], uptime_s=round(node.uptime(), 3),
