@@ -200,11 +200,11 @@ class DPStrategy(Strategy):
         self.accountant = RdpAccountant()
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self.inner.name
 
     @property
-    def proximal_mu(self) -> float:  # type: ignore[override]
+    def proximal_mu(self) -> float:
         return self.inner.proximal_mu
 
     def epsilon(self) -> float:
