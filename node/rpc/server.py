@@ -14,6 +14,7 @@ Hostile or broken clients only hurt themselves:
 - a request line not completed within `idle_timeout` (a trickling client) gets a timeout error
   and is dropped; a client with nothing in flight and silent for `idle_timeout` is dropped;
 - a client that does not read its replies for `idle_timeout` is dropped;
+- after a client hangs up, its in-flight requests get `idle_timeout` to finish, then are cancelled;
 - past `max_clients` connections, new clients get one busy error line and are closed.
 
 Handler errors: `RpcError` becomes its code/message/data; anything else (other FognodeErrors
@@ -506,8 +507,11 @@ class _Connection:
                 drop = await self._read_loop(nursery)
                 if drop is not None:
                     self._fail(drop)
-                # On EOF the nursery lets in-flight requests finish (their replies may still
-                # be read by a half-closed client) before the connection is closed.
+                else:
+                    # EOF: in-flight requests get idle_timeout to finish (a half-closed client
+                    # may still read their replies; `echo REQUEST | nc -U` works), then they
+                    # are cancelled, so a client that hung up cannot pin a task forever.
+                    nursery.cancel_scope.deadline = trio.current_time() + self.server.idle_timeout
             if self.drop is not None:
                 log.info("control socket: dropped a client: %s", self.drop.reason)
                 if self.drop.farewell is not None:

@@ -434,3 +434,17 @@ async def test_stop_accepting_keeps_connected_clients(rpc: Running) -> None:
         await trio.open_unix_socket(str(rpc.path))
     assert (await c.call("demo.release", id_="r"))["id"] == "r"
     assert await c.recv() == {"jsonrpc": "2.0", "id": "in-flight", "result": "released"}
+
+
+async def test_hung_up_client_cannot_pin_a_request(nursery: trio.Nursery, sockdir: Path) -> None:
+    run = await start(nursery, sockdir, idle_timeout=0.3)
+    c = await Client.connect(run.path)
+    await c.send({"jsonrpc": "2.0", "method": "demo.block", "id": 1})
+    with trio.fail_after(5):
+        while run.demo.blocked == 0:
+            await trio.sleep(0.01)
+    await c.stream.aclose()
+    with trio.fail_after(5):   # cancelled idle_timeout after the hang-up
+        while run.server.clients:
+            await trio.sleep(0.01)
+    assert not run.demo.release.is_set()

@@ -1,0 +1,219 @@
+"""`fognode-cli` end to end: the real console script against tests/rpc_test_server.py running
+as a real process on a unix socket."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).resolve().parent
+_script = Path(sys.executable).parent / "fognode-cli"
+CLI = [str(_script)] if _script.exists() else [sys.executable, "-m", "fognode.tools.cli"]
+
+
+@dataclass(frozen=True)
+class Cli:
+    datadir: Path
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None,
+                 datadir: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = CLI + (["--datadir", str(self.datadir)] if datadir else []) + list(args)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                              env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def cli() -> Iterator[Cli]:
+    d = Path(tempfile.mkdtemp(dir="/tmp", prefix="fncli-"))
+    sock = d / "fognode.sock"
+    proc = subprocess.Popen([sys.executable, str(HERE / "rpc_test_server.py"), str(sock)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline() if ready else ""
+        assert line.strip() == f"ready {sock}", (line, proc.poll())
+        yield Cli(d)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for f in (proc.stdout, proc.stderr):
+                if f is not None:
+                    f.close()
+            assert not sock.exists(), "the server removes its socket on exit"
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def test_table_output(cli: Cli) -> None:
+    r = cli("node", "info")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "peer_id                12D3KooWSelf",
+        "version                0.1.0",
+        "uptime                 12.5",
+        "addresses              /ip4/127.0.0.1/tcp/4000, /ip4/10.0.0.2/tcp/4000",
+        "roles.ledger.health    healthy",
+        "roles.ledger.restarts  0",
+        "roles.fl.health        stopped",
+        "roles.fl.restarts      2",
+    ]
+    r = cli("node", "peers")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "peer_id        address                  latency_ms  roles",
+        "-------------  -----------------------  ----------  ----------",
+        "12D3KooWAlpha  /ip4/127.0.0.1/tcp/4001  1.5",
+        "12D3KooWBravo  /ip4/127.0.0.1/tcp/4002  2.25        ledger, fl",
+    ]
+    assert cli("wallet", "balance").stdout == "1000\n"
+    r = cli("demo", "nothing")
+    assert (r.returncode, r.stdout) == (0, "")
+
+
+def test_json_output_and_params(cli: Cli) -> None:
+    r = cli("--json", "node.info")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["roles"]["fl"] == {"health": "stopped", "restarts": 2}
+    # positional TO AMOUNT, named --memo, boolean --urgent; bytes come back as hex
+    r = cli("--json", "wallet", "send", "bob", "10", "--memo", "rent", "--urgent")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["to"] == "bob" and out["amount"] == 10 and out["memo"] == "rent" and out["urgent"] is True
+    assert len(bytes.fromhex(out["tx"])) == 8
+    # --memo=..., --no-urgent, positional MEMO, --json after the command
+    r = cli("wallet", "send", "bob", "3", "lunch", "--no-urgent", "--json")
+    assert json.loads(r.stdout)["memo"] == "lunch" and json.loads(r.stdout)["urgent"] is False
+    r = cli("--json", "wallet", "send", "--to=al", "--amount=4", "--memo=a b")
+    assert json.loads(r.stdout)["memo"] == "a b"
+    # lists from commas, objects and any-typed values from JSON, null for optional params
+    r = cli("--json", "demo", "tags", "a,b,c", "--weights", '{"x": 1}', "--anything", "[1, true]")
+    assert json.loads(r.stdout) == {"tags": ["a", "b", "c"], "weights": {"x": 1.0}, "anything": [1, True]}
+    r = cli("--json", "wallet", "balance", "null")
+    assert r.stdout.strip() == "1000"
+    # raw calls
+    r = cli("--json", "call", "wallet.send", '{"to": "z", "amount": 7}')
+    assert json.loads(r.stdout)["amount"] == 7
+    r = cli("call", "wallet.balance", '["abc"]')
+    assert r.stdout == "3\n"
+
+
+def test_errors_and_exit_codes(cli: Cli) -> None:
+    r = cli("wallet", "send", "bob", "-5")
+    assert r.returncode == 1
+    assert r.stderr == ('fognode-cli: error 201: amount must be positive, got -5\n'
+                        '  data: {"amount": -5}\n')
+    r = cli("wallet", "send", "bob", "ten")
+    assert r.returncode == 1
+    assert r.stderr.startswith("fognode-cli: error -32602: wallet.send: param 'amount' must be an integer, "
+                               "got string 'ten'")
+    r = cli("demo", "crash")
+    assert r.returncode == 1
+    assert "error -32603: internal error in demo.crash: ZeroDivisionError: division by zero" in r.stderr
+    r = cli("call", "no.such", "[]")
+    assert r.returncode == 1 and "error -32601: method not found: 'no.such'" in r.stderr
+    # usage errors: exit 2, checked before anything is sent
+    r = cli("wallet", "send", "bob")
+    assert r.returncode == 2
+    assert r.stderr == ("fognode-cli: missing AMOUNT; usage: fognode-cli wallet send TO AMOUNT "
+                        "[--memo MEMO] [--urgent]\n")
+    r = cli("wallet", "send", "a", "1", "m", "extra")
+    assert r.returncode == 2 and "takes at most 3 argument(s), got 4" in r.stderr
+    r = cli("wallet", "send", "a", "1", "--memmo", "x")
+    assert r.returncode == 2 and "wallet.send has no option --memmo (did you mean --memo?)" in r.stderr
+    r = cli("wallet", "sned", "bob")
+    assert r.returncode == 2
+    assert r.stderr.startswith("fognode-cli: unknown command 'wallet sned'; did you mean: wallet send")
+    r = cli("call", "wallet.send", "{nope")
+    assert r.returncode == 2 and "call: params are not valid JSON" in r.stderr
+    r = cli("--bogus", "node", "info")
+    assert r.returncode == 2 and "unknown option --bogus" in r.stderr
+    r = cli()
+    assert r.returncode == 2 and r.stderr.startswith("usage: fognode-cli")
+    r = cli("--help")
+    assert r.returncode == 0 and "exit codes:" in r.stdout
+
+
+def test_help(cli: Cli) -> None:
+    r = cli("help")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout
+    assert f"Commands of the daemon at {cli.datadir / 'fognode.sock'}, by role:" in text
+    # grouped by role, node first
+    assert text.index("\nnode\n") < text.index("\ndemo\n") < text.index("\nledger\n")
+    assert "  wallet send     Send AMOUNT micro-units to address TO." in text
+    one = cli("help", "wallet", "send")
+    assert one.returncode == 0
+    assert one.stdout == cli("help", "wallet.send").stdout
+    assert one.stdout.startswith("usage: fognode-cli wallet send TO AMOUNT [--memo MEMO] [--urgent]\n")
+    assert "Returns the transfer's id. AMOUNT must be positive." in one.stdout
+    assert "  AMOUNT    integer  required" in one.stdout
+    assert "method: wallet.send (role ledger); result: object" in one.stdout
+    r = cli("help", "wallet", "sned")
+    assert r.returncode == 2 and "did you mean: wallet send" in r.stderr
+    md = cli("help", "--markdown")
+    assert md.returncode == 0
+    assert md.stdout.startswith("# fognode-cli reference\n")
+    assert "## ledger" in md.stdout
+    assert "### `fognode-cli wallet send TO AMOUNT [--memo MEMO] [--urgent]`" in md.stdout
+    assert "| `--memo` | string | default \"\"; or as argument 3 |" in md.stdout
+    r = cli("--json", "help", "node", "info")
+    assert json.loads(r.stdout)["name"] == "node.info"
+
+
+def test_socket_selection_and_no_daemon(cli: Cli, tmp_path: Path) -> None:
+    # --socket, $FOGNODE_DATADIR, ~/.fognode all reach the same daemon / name the path tried
+    sock = cli.datadir / "fognode.sock"
+    r = cli("--socket", str(sock), "wallet", "balance", datadir=False)
+    assert r.stdout == "1000\n"
+    r = cli("wallet", "balance", datadir=False, env={"FOGNODE_DATADIR": str(cli.datadir)})
+    assert r.stdout == "1000\n"
+    home = Path(tempfile.mkdtemp(dir="/tmp", prefix="fnhome-"))
+    try:
+        env = {"HOME": str(home), "FOGNODE_DATADIR": ""}
+        r = cli("node", "info", datadir=False, env=env)
+        assert r.returncode == 3
+        assert r.stderr == (f"fognode-cli: no daemon at {home}/.fognode/fognode.sock (no such socket file). "
+                            f"Start one with: fognode run --datadir {home}/.fognode\n")
+        # a stale socket left by a killed daemon: connection refused
+        (home / "d").mkdir()
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(str(home / "d" / "fognode.sock"))
+        stale.close()
+        r = cli("--datadir", str(home / "d"), "node", "info", datadir=False)
+        assert r.returncode == 3
+        assert r.stderr == (f"fognode-cli: no daemon at {home}/d/fognode.sock (connection refused). "
+                            f"Start one with: fognode run --datadir {home}/d\n")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    r = cli("--datadir", str(tmp_path / ("x" * 120)), "node", "info", datadir=False)
+    assert r.returncode == 3 and "over the 107-byte unix socket limit" in r.stderr
+
+
+def test_daemon_that_does_not_answer(cli: Cli) -> None:
+    t0 = time.monotonic()
+    r = cli("--timeout", "0.5", "demo", "hang")
+    assert r.returncode == 3
+    assert r.stderr == (f"fognode-cli: the daemon at {cli.datadir / 'fognode.sock'} did not answer "
+                        f"demo.hang within 0.5 s (--timeout)\n")
+    assert time.monotonic() - t0 < 10
+    # and it still serves everyone else
+    assert cli("wallet", "balance").stdout == "1000\n"

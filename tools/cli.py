@@ -1,0 +1,559 @@
+"""`fognode-cli`: talk to a running fognode daemon over its JSON-RPC control socket.
+
+The CLI knows no commands of its own: it asks the daemon (`rpc.discover`, the machine-readable
+form of `help`) and maps the command line onto a method:
+
+    fognode-cli node info                      -> node.info
+    fognode-cli wallet send ADDR 10 --memo hi  -> wallet.send {"to": ADDR, "amount": "10", "memo": "hi"}
+    fognode-cli help [--markdown] [METHOD]     -> the daemon's methods, grouped by role
+    fognode-cli call METHOD [JSON]             -> a raw call with JSON params (array or object)
+
+Words after the command fill the method's positional params in order; `--name value`,
+`--name=value` and `--flag` / `--no-flag` (booleans) fill named params (dashes become
+underscores). Values go as text; the daemon converts them to the declared types. Object and
+array params also take JSON (`--weights '{"a": 1}'`).
+
+Exit codes: 0 success, 1 the daemon answered with an error, 2 usage error, 3 no daemon answered.
+Only the standard library is imported: the CLI starts fast.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, Sequence, TextIO
+
+EXIT_OK, EXIT_RPC, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
+SOCKET_NAME = "fognode.sock"
+SUN_PATH_MAX = 107
+DEFAULT_TIMEOUT = 30.0
+
+USAGE = """\
+usage: fognode-cli [--datadir D | --socket PATH] [--json] [--timeout S] COMMAND [ARGS...]
+
+Talk to a running fognode daemon. The commands come from the daemon itself:
+  fognode-cli help                 list the daemon's commands, grouped by role
+  fognode-cli help COMMAND         a command's usage, parameters and description
+  fognode-cli help --markdown      the whole CLI reference as Markdown
+  fognode-cli call METHOD [JSON]   raw JSON-RPC call with JSON params (array or object)
+
+options (before COMMAND):
+  --datadir D     the daemon's data dir; its socket is D/fognode.sock
+                  (default: $FOGNODE_DATADIR, else ~/.fognode)
+  --socket PATH   the control socket itself (overrides --datadir)
+  --json          print the raw JSON result instead of a table
+  --timeout S     seconds to wait for the daemon (default 30)
+
+exit codes: 0 ok, 1 the daemon returned an error, 2 usage error, 3 no daemon answered
+"""
+
+
+class UsageError(Exception):
+    """The command line is wrong (exit 2)."""
+
+
+class NoDaemon(Exception):
+    """Nothing answered on the socket (exit 3). `connected`: something accepted the
+    connection but did not answer in time, or hung up."""
+
+    def __init__(self, path: Path, why: str, *, connected: bool = False) -> None:
+        super().__init__(why)
+        self.path = path
+        self.why = why
+        self.connected = connected
+
+
+class RpcFailure(Exception):
+    """The daemon answered with a JSON-RPC error (exit 1)."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+@dataclass
+class Options:
+    datadir: str | None = None
+    socket: str | None = None
+    json: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    help: bool = False
+    command: list[str] = field(default_factory=list)
+
+    def socket_path(self) -> Path:
+        """--socket, else <--datadir>/fognode.sock, else $FOGNODE_DATADIR/..., else ~/.fognode/..."""
+        if self.socket:
+            return Path(self.socket).expanduser().absolute()
+        raw = self.datadir or os.environ.get("FOGNODE_DATADIR") or "~/.fognode"
+        return Path(raw).expanduser().absolute() / SOCKET_NAME
+
+
+def parse_options(argv: Sequence[str]) -> Options:
+    """Global options up to the first word that is not one; the rest is the command."""
+    opts = Options()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            opts.command = list(argv[i + 1:])
+            return opts
+        if not arg.startswith("-") or arg == "-":
+            opts.command = list(argv[i:])
+            return opts
+        name, eq, value = arg.partition("=")
+        if name in ("-h", "--help"):
+            opts.help = True
+        elif name == "--json":
+            opts.json = True
+        elif name in ("--datadir", "--socket", "--timeout"):
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    raise UsageError(f"{name} needs a value")
+                value = argv[i]
+            if name == "--datadir":
+                opts.datadir = value
+            elif name == "--socket":
+                opts.socket = value
+            else:
+                try:
+                    opts.timeout = float(value)
+                except ValueError:
+                    raise UsageError(f"--timeout must be a number of seconds, got {value!r}") from None
+                if not opts.timeout > 0:
+                    raise UsageError(f"--timeout must be positive, got {value!r}")
+        else:
+            raise UsageError(f"unknown option {arg} (options of a command go after it; "
+                             f"`fognode-cli help COMMAND` lists them)")
+        i += 1
+    return opts
+
+
+class Connection:
+    """One blocking connection to the control socket; calls are sequential."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._next_id = 1
+        self._buf = b""
+        n = len(os.fsencode(str(path)))
+        if n > SUN_PATH_MAX:
+            raise NoDaemon(path, f"the path is {n} bytes, over the {SUN_PATH_MAX}-byte unix socket limit")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(path))
+        except FileNotFoundError:
+            self._fail("no such socket file")
+        except ConnectionRefusedError:
+            self._fail("connection refused")
+        except PermissionError:
+            self._fail("permission denied: the socket is mode 0600, run as the daemon's user")
+        except socket.timeout:
+            self._fail(f"no answer within {timeout:g} s")
+        except OSError as e:
+            self._fail(e.strerror or str(e))
+
+    def _fail(self, why: str, *, connected: bool = False) -> NoReturn:
+        self.sock.close()
+        raise NoDaemon(self.path, why, connected=connected)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def call(self, method: str, params: Any = None) -> Any:
+        """Send one request, wait for its reply; the result, or RpcFailure / NoDaemon."""
+        id_ = self._next_id
+        self._next_id += 1
+        req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id_}
+        if params is not None:
+            req["params"] = params
+        try:
+            self.sock.sendall(json.dumps(req).encode() + b"\n")
+            while True:
+                reply = self._read_reply()
+                if isinstance(reply, dict) and reply.get("id") == id_:
+                    break
+                if isinstance(reply, dict) and reply.get("id") is None and "error" in reply:
+                    break  # a connection-level error (busy, request too long)
+        except socket.timeout:
+            self._fail(f"did not answer {method} within {self.timeout:g} s (--timeout)", connected=True)
+        except (BrokenPipeError, ConnectionResetError):
+            self._fail("closed the connection without answering", connected=True)
+        if "error" in reply:
+            err = reply["error"] if isinstance(reply["error"], dict) else {}
+            raise RpcFailure(int(err.get("code", 0)), str(err.get("message", reply["error"])), err.get("data"))
+        return reply.get("result")
+
+    def _read_reply(self) -> Any:
+        while b"\n" not in self._buf:
+            data = self.sock.recv(65536)
+            if not data:
+                self._fail("closed the connection without answering", connected=True)
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise RpcFailure(0, f"the daemon sent a line that is not JSON: {line[:80]!r}") from None
+
+
+# ---- mapping a command line onto a method ---------------------------------------------------
+
+def resolve(words: list[str], methods: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """The method named by the leading words (`wallet send` or `wallet.send`) and the rest."""
+    for k in range(min(len(words), 4), 0, -1):
+        head = words[:k]
+        if any(w.startswith("-") for w in head):
+            continue
+        name = ".".join(head).replace("-", "_")
+        if name in methods:
+            return methods[name], words[k:]
+    raise UsageError(unknown_command(" ".join(w for w in words[:2] if not w.startswith("-")), methods))
+
+
+def unknown_command(typed: str, methods: dict[str, dict[str, Any]]) -> str:
+    name = ".".join(typed.split()).replace("-", "_")
+    names = sorted(methods)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if not close:
+        close = [m for m in names if m.startswith(name + ".") or m.endswith("." + name)][:8]
+    msg = f"unknown command {typed!r}"
+    if close:
+        msg += "; did you mean: " + ", ".join(c.replace(".", " ") for c in close) + "?"
+    return msg + " (`fognode-cli help` lists the commands)"
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    if "anyOf" in schema:
+        return set().union(*(_types(s) for s in schema["anyOf"]))
+    if "enum" in schema:
+        return {"enum"}
+    return {schema.get("type", "any")}
+
+
+def convert(param: dict[str, Any], text: str) -> Any:
+    """A command-line word for `param`: JSON for object/array/any params when it looks like
+    JSON, `null` for nullable ones; otherwise the text itself (the daemon converts it)."""
+    kinds = _types(param.get("schema", {}))
+    if text == "null" and "null" in kinds:
+        return None
+    if kinds & {"object", "array", "any"} and text[:1] in ("{", "["):
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"--{param['name'].replace('_', '-')}: not valid JSON ({e})") from None
+    if "any" in kinds:
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return text
+
+
+def build_params(method: dict[str, Any], args: list[str], opts: Options) -> dict[str, Any]:
+    """Named params for `method` from the words after the command (UsageError if they don't fit)."""
+    params = method["params"]
+    by_name = {p["name"]: p for p in params}
+    positional = [p for p in params if p["positional"]]
+    usage = "usage: fognode-cli " + method["usage"]
+    named: dict[str, Any] = {}
+    words: list[str] = []
+    only_words = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if only_words or not arg.startswith("--") or arg == "--":
+            if arg == "--" and not only_words:
+                only_words = True
+            else:
+                words.append(arg)
+            continue
+        key, eq, value = arg[2:].partition("=")
+        name = key.replace("-", "_")
+        p = by_name.get(name)
+        negated = False
+        if p is None and name.startswith("no_") and "boolean" in _types(by_name.get(name[3:], {}).get("schema", {})):
+            p, negated = by_name[name[3:]], True
+        if p is None:
+            if name == "json":
+                opts.json = True
+                continue
+            close = difflib.get_close_matches(name, list(by_name), n=1)
+            hint = f" (did you mean --{close[0].replace('_', '-')}?)" if close else ""
+            raise UsageError(f"{method['name']} has no option --{key}{hint}; {usage}")
+        if p["name"] in named:
+            raise UsageError(f"--{key} given twice; {usage}")
+        if "boolean" in _types(p["schema"]) and not eq:
+            named[p["name"]] = not negated
+            continue
+        if not eq:
+            if i >= len(args):
+                raise UsageError(f"--{key} needs a value; {usage}")
+            value = args[i]
+            i += 1
+        named[p["name"]] = convert(p, value)
+    if len(words) > len(positional):
+        raise UsageError(f"{method['name']} takes at most {len(positional)} argument(s), got {len(words)}: "
+                         f"{' '.join(words)}; {usage}")
+    for p, word in zip(positional, words):
+        if p["name"] in named:
+            raise UsageError(f"{p['name'].upper()} given both as an argument and as --{p['name']}; {usage}")
+        named[p["name"]] = convert(p, word)
+    missing = [p for p in params if p["required"] and p["name"] not in named]
+    if missing:
+        what = ", ".join(p["name"].upper() if p["positional"] else f"--{p['name'].replace('_', '-')}"
+                         for p in missing)
+        raise UsageError(f"missing {what}; {usage}")
+    return named
+
+
+# ---- output ---------------------------------------------------------------------------------
+
+def scalar(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)):
+        return str(v)
+    return json.dumps(v, ensure_ascii=False)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Nested dicts as dotted keys; lists of scalars comma-joined; lists of dicts indexed."""
+    rows: list[tuple[str, str]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            rows += flatten(v, key + ".")
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, x in enumerate(v):
+                rows += flatten(x, f"{key}.{i}.")
+        elif isinstance(v, list) and not any(isinstance(x, (dict, list)) for x in v):
+            rows.append((key, ", ".join(scalar(x) for x in v)))
+        elif isinstance(v, dict):
+            rows.append((key, ""))
+        else:
+            rows.append((key, scalar(v)))
+    return rows
+
+
+def kv_table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    out = []
+    for k, v in rows:
+        lines = v.split("\n") or [""]
+        out.append(f"{k:<{width}}  {lines[0]}".rstrip())
+        out += [f"{'':<{width}}  {ln}".rstrip() for ln in lines[1:]]
+    return "\n".join(out)
+
+
+def columns_table(items: list[dict[str, Any]]) -> str:
+    flat = [dict(flatten(x)) for x in items]
+    cols: list[str] = []
+    for row in flat:
+        cols += [c for c in row if c not in cols]
+    cells = [[row.get(c, "").replace("\n", " ") for c in cols] for row in flat]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*cols).rstrip(), fmt.format(*("-" * w for w in widths)).rstrip()]
+    out += [fmt.format(*r).rstrip() for r in cells]
+    return "\n".join(out)
+
+
+def render(result: Any) -> str:
+    """A readable table: dict -> key/value rows, list of dicts -> columns, scalars plainly."""
+    if result is None:
+        return ""
+    if isinstance(result, dict):
+        return kv_table(flatten(result)) if result else "(empty)"
+    if isinstance(result, list):
+        if not result:
+            return "(none)"
+        if all(isinstance(x, dict) for x in result):
+            return columns_table(result)
+        return "\n".join(scalar(x) for x in result)
+    return scalar(result)
+
+
+# ---- help -----------------------------------------------------------------------------------
+
+def type_text(schema: dict[str, Any]) -> str:
+    if not schema:
+        return "any"
+    if "enum" in schema:
+        return "one of " + ", ".join(json.dumps(c) for c in schema["enum"])
+    if "anyOf" in schema:
+        return " or ".join(type_text(s) for s in schema["anyOf"])
+    t = schema.get("type", "any")
+    if t == "array":
+        return f"list of {type_text(schema['items'])}" if "items" in schema else "list"
+    if t == "object":
+        return "object"
+    return str(t)
+
+
+def _by_role(methods: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for name in sorted(methods):
+        m = methods[name]
+        groups.setdefault(m.get("role") or name.split(".")[0], []).append(m)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0] != "node", kv[0])))
+
+
+def help_list(methods: dict[str, dict[str, Any]], path: Path) -> str:
+    out = [USAGE.split("\n\n")[0], "", f"Commands of the daemon at {path}, by role:"]
+    width = max(len(n) for n in methods)
+    for role, ms in _by_role(methods).items():
+        out += ["", role]
+        out += [f"  {m['name'].replace('.', ' '):<{width}}  {m['summary']}" for m in ms]
+    out += ["", "`fognode-cli help COMMAND` shows a command's parameters and description;",
+            "`fognode-cli call METHOD [JSON]` sends a raw JSON-RPC call."]
+    return "\n".join(out)
+
+
+def params_pos(m: dict[str, Any]) -> list[str]:
+    return [p["name"] for p in m["params"] if p["positional"]]
+
+
+def param_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    for p in m["params"]:
+        shown = p["name"].upper() if p["positional"] and p["required"] else f"--{p['name'].replace('_', '-')}"
+        if p["required"]:
+            note = "required"
+        else:
+            note = f"default {json.dumps(p.get('default'))}"
+            if p["positional"]:
+                note += f"; or as argument {params_pos(m).index(p['name']) + 1}"
+        rows.append((shown, type_text(p["schema"]), note))
+    return rows
+
+
+def help_one(m: dict[str, Any]) -> str:
+    out = [f"usage: fognode-cli {m['usage']}", "", m["description"], ""]
+    rows = param_rows(m)
+    if rows:
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        out.append("parameters:")
+        out += [f"  {a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
+        out.append("")
+    out.append(f"method: {m['name']} (role {m.get('role') or m['name'].split('.')[0]}); "
+               f"result: {type_text(m['result']['schema'])}")
+    return "\n".join(out)
+
+
+def help_markdown(disc: dict[str, Any], methods: dict[str, dict[str, Any]]) -> str:
+    version = disc.get("info", {}).get("version", "")
+    out = ["# fognode-cli reference", "",
+           f"Generated with `fognode-cli help --markdown` from a running daemon (fognode {version}).",
+           "The commands are the daemon's JSON-RPC methods: `fognode-cli wallet send ADDR 10` calls",
+           "`wallet.send`; arguments fill the positional parameters in order, `--name value` the",
+           "named ones, `--flag` / `--no-flag` the booleans.", "",
+           "```", USAGE.rstrip(), "```", ""]
+    for role, ms in _by_role(methods).items():
+        out += [f"## {role}", ""]
+        for m in ms:
+            out += [f"### `fognode-cli {m['usage']}`", "", m["description"], ""]
+            rows = param_rows(m)
+            if rows:
+                out += ["| parameter | type | |", "|---|---|---|"]
+                out += [f"| `{a}` | {b} | {c} |" for a, b, c in rows]
+                out.append("")
+            out += [f"Method `{m['name']}`; result: {type_text(m['result']['schema'])}.", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+def _print(text: str, out: TextIO) -> None:
+    if text:
+        out.write(text if text.endswith("\n") else text + "\n")
+
+
+def run(opts: Options, out: TextIO) -> int:
+    words = opts.command
+    path = opts.socket_path()
+    conn = Connection(path, opts.timeout)
+    try:
+        if words[0] == "call":
+            if len(words) not in (2, 3):
+                raise UsageError("usage: fognode-cli call METHOD [JSON]  (JSON: params as an array or object)")
+            params = None
+            if len(words) == 3:
+                try:
+                    params = json.loads(words[2])
+                except ValueError as e:
+                    raise UsageError(f"call: params are not valid JSON ({e})") from None
+                if not isinstance(params, (list, dict)):
+                    raise UsageError("call: params must be a JSON array or object")
+            result = conn.call(words[1], params)
+        else:
+            disc = conn.call("rpc.discover")
+            methods = {m["name"]: m for m in disc["methods"]}
+            if words[0] == "help":
+                rest = [w for w in words[1:] if w != "--markdown"]
+                if "--markdown" in words[1:]:
+                    _print(help_markdown(disc, methods), out)
+                elif not rest:
+                    _print(json.dumps(disc, indent=2) if opts.json else help_list(methods, path), out)
+                else:
+                    m, extra = resolve(rest, methods)
+                    if extra:
+                        raise UsageError(f"help takes one command, got {' '.join(rest)!r}")
+                    _print(json.dumps(m, indent=2) if opts.json else help_one(m), out)
+                return EXIT_OK
+            method, args = resolve(words, methods)
+            result = conn.call(method["name"], build_params(method, args, opts))
+    finally:
+        conn.close()
+    _print(json.dumps(result, indent=2, ensure_ascii=False) if opts.json else render(result), out)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    err = sys.stderr
+    try:
+        opts = parse_options(args)
+        if opts.help or not opts.command:
+            (sys.stdout if opts.help else err).write(USAGE)
+            return EXIT_OK if opts.help else EXIT_USAGE
+        return run(opts, sys.stdout)
+    except UsageError as e:
+        err.write(f"fognode-cli: {e}\n")
+        return EXIT_USAGE
+    except NoDaemon as e:
+        if e.connected:
+            err.write(f"fognode-cli: the daemon at {e.path} {e.why}\n")
+        else:
+            err.write(f"fognode-cli: no daemon at {e.path} ({e.why}). "
+                      f"Start one with: fognode run --datadir {e.path.parent}\n")
+        return EXIT_NO_DAEMON
+    except RpcFailure as e:
+        err.write(f"fognode-cli: error {e.code}: {e.message}\n")
+        if e.data is not None:
+            err.write(f"  data: {json.dumps(e.data, ensure_ascii=False)}\n")
+        return EXIT_RPC
+    except BrokenPipeError:  # `fognode-cli ... | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
