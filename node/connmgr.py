@@ -1,0 +1,219 @@
+"""Connection manager: keep the peer count between low/high watermarks, back off failing peers.
+
+`DialBackoff` and `ConnectionPolicy` are sans-IO (time is an argument, no trio, no libp2p):
+- a peer (or an address without a peer id) that failed `failures_before_backoff` dials in a row
+  is not dialled again for `backoff` seconds; every further failure doubles the wait, capped at
+  `backoff_max`. One success clears it (circuit breaker closes).
+- `plan()` returns `Dial` actions when below the low watermark (best-scored candidates first,
+  only those the breaker allows) and `Trim` actions when above the high watermark (lowest
+  score first, never a peer connected less than `grace` seconds ago, never a protected one).
+
+`ConnectionManager` is the thin trio adapter: it ticks the policy every `interval` seconds,
+asks the DHT for more candidates when there are not enough, and runs the dials concurrently,
+each under the dial timeout.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterable, Mapping
+
+import trio
+
+from fognode.node.errors import FognodeError
+
+log = logging.getLogger("fognode.connmgr")
+
+
+class DialError(FognodeError):
+    """A dial failed: the address did not answer, refused, timed out or failed the handshake."""
+
+
+class DialBackoffError(DialError):
+    """The peer failed too many dials in a row; the circuit breaker refuses until `retry_at`."""
+
+    def __init__(self, target: str, failures: int, retry_in: float) -> None:
+        self.target = target
+        self.failures = failures
+        self.retry_in = retry_in
+        super().__init__(f"{target}: {failures} failed dials in a row; backing off, next dial "
+                         f"allowed in {retry_in:.1f} s")
+
+
+@dataclass
+class _Breaker:
+    failures: int = 0
+    until: float = 0.0
+
+
+@dataclass
+class DialBackoff:
+    """Per-target circuit breaker (target = peer id, or the address when no id is known)."""
+
+    failures_before_backoff: int = 5
+    backoff: float = 30.0
+    backoff_max: float = 600.0
+    _state: dict[str, _Breaker] = field(default_factory=dict)
+
+    def allowed(self, target: str, now: float) -> bool:
+        b = self._state.get(target)
+        return b is None or now >= b.until
+
+    def check(self, target: str, now: float) -> None:
+        """Raise DialBackoffError when `target` may not be dialled at `now`."""
+        b = self._state.get(target)
+        if b is not None and now < b.until:
+            raise DialBackoffError(target, b.failures, b.until - now)
+
+    def failures(self, target: str) -> int:
+        b = self._state.get(target)
+        return 0 if b is None else b.failures
+
+    def record_failure(self, target: str, now: float) -> None:
+        b = self._state.setdefault(target, _Breaker())
+        b.failures += 1
+        extra = b.failures - self.failures_before_backoff
+        if extra >= 0:
+            delay = min(self.backoff * (2.0 ** min(extra, 32)), self.backoff_max)
+            b.until = now + delay
+
+    def record_success(self, target: str) -> None:
+        self._state.pop(target, None)
+
+    def forget_older_than(self, now: float, age: float) -> None:
+        """Drop breakers whose wait ended more than `age` seconds ago (bounds memory)."""
+        for t in [t for t, b in self._state.items() if b.until and now - b.until > age]:
+            del self._state[t]
+
+
+@dataclass(frozen=True)
+class Dial:
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class Trim:
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class Discover:
+    """Not enough dialable candidates: ask the DHT for more."""
+
+
+ConnAction = Dial | Trim | Discover
+
+
+@dataclass
+class ConnectionPolicy:
+    low: int
+    high: int
+    grace: float = 10.0   # seconds a new connection is safe from trimming
+
+    def plan(self, now: float, *, connected: Mapping[str, float], candidates: Iterable[str],
+             scores: Mapping[str, float], backoff: DialBackoff,
+             protected: frozenset[str] = frozenset(), in_flight: int = 0) -> list[ConnAction]:
+        """`connected` maps peer id -> connected-since time. Returns the actions to carry out."""
+        actions: list[ConnAction] = []
+        n = len(connected) + in_flight
+        if n < self.low:
+            want = self.low - n
+            pool = [p for p in dict.fromkeys(candidates)
+                    if p not in connected and backoff.allowed(p, now)]
+            pool.sort(key=lambda p: -scores.get(p, 0.0))
+            actions.extend(Dial(p) for p in pool[:want])
+            if len(pool) < want:
+                actions.append(Discover())
+        elif len(connected) > self.high:
+            excess = len(connected) - self.high
+            trimmable = [p for p, since in connected.items()
+                         if p not in protected and now - since >= self.grace]
+            trimmable.sort(key=lambda p: (scores.get(p, 0.0), connected[p]))
+            actions.extend(Trim(p) for p in trimmable[:excess])
+        return actions
+
+
+DialFn = Callable[[str], Awaitable[None]]          # dial a known peer id (raises on failure)
+TrimFn = Callable[[str], Awaitable[None]]
+DiscoverFn = Callable[[], Awaitable[None]]
+
+
+class ConnectionManager:
+    """Trio adapter around ConnectionPolicy. The host supplies how to list, dial, trim, discover."""
+
+    def __init__(self, policy: ConnectionPolicy, backoff: DialBackoff, *,
+                 connected: Callable[[], Mapping[str, float]],
+                 candidates: Callable[[], Iterable[str]],
+                 scores: Callable[[], Mapping[str, float]],
+                 protected: Callable[[], frozenset[str]],
+                 dial: DialFn, trim: TrimFn, discover: DiscoverFn,
+                 interval: float = 5.0, clock: Callable[[], float] = trio.current_time) -> None:
+        self.policy = policy
+        self.backoff = backoff
+        self._connected = connected
+        self._candidates = candidates
+        self._scores = scores
+        self._protected = protected
+        self._dial = dial
+        self._trim = trim
+        self._discover = discover
+        self.interval = interval
+        self._clock = clock
+        self._in_flight: set[str] = set()
+        self._wake = trio.Event()
+        self._discovering = False
+        self._last_discover = -1e9
+
+    def wake(self) -> None:
+        """Run a tick now (e.g. after a disconnect) instead of at the next interval."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Tick forever; cancel to stop. Never raises on a failed dial or discovery."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                self.tick(nursery)
+                with trio.move_on_after(self.interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    def tick(self, nursery: trio.Nursery) -> None:
+        now = self._clock()
+        self.backoff.forget_older_than(now, 3600.0)
+        actions = self.policy.plan(now, connected=self._connected(),
+                                   candidates=self._candidates(), scores=self._scores(),
+                                   backoff=self.backoff, protected=self._protected(),
+                                   in_flight=len(self._in_flight))
+        for a in actions:
+            if isinstance(a, Dial) and a.peer_id not in self._in_flight:
+                self._in_flight.add(a.peer_id)
+                nursery.start_soon(self._dial_one, a.peer_id)
+            elif isinstance(a, Trim):
+                nursery.start_soon(self._trim_one, a.peer_id)
+            elif (isinstance(a, Discover) and not self._discovering
+                  and now - self._last_discover >= self.interval):
+                self._discovering = True
+                self._last_discover = now
+                nursery.start_soon(self._discover_once)
+
+    async def _dial_one(self, peer_id: str) -> None:
+        try:
+            await self._dial(peer_id)     # the host's dial records success/failure in backoff
+        except DialError as e:
+            log.debug("connmgr: dial %s failed: %s", peer_id, e)
+        finally:
+            self._in_flight.discard(peer_id)
+
+    async def _trim_one(self, peer_id: str) -> None:
+        log.info("connmgr: trimming %s (over the high watermark of %d peers)",
+                 peer_id, self.policy.high)
+        await self._trim(peer_id)
+
+    async def _discover_once(self) -> None:
+        try:
+            await self._discover()
+        except Exception as e:  # a DHT lookup failing only means no new candidates this round
+            log.debug("connmgr: DHT discovery failed: %s: %s", type(e).__name__, e)
+        finally:
+            self._discovering = False
+        self.wake()

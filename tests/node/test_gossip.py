@@ -1,0 +1,278 @@
+"""Reliable gossip: the sans-IO sequence tracker, envelopes, and real hosts on 127.0.0.1."""
+from __future__ import annotations
+
+import os
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+import trio
+from nacl.signing import SigningKey
+from prometheus_client import CollectorRegistry
+
+from fognode.node.errors import LocalProtocolError, RemoteProtocolError
+from fognode.node.event_mirror import EventMirror
+from fognode.node.events import Event, EventBus
+from fognode.node.gossip import (KIND_HEAD, KIND_MESSAGE, SequenceTracker, open_envelope,
+                                 seal)
+from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
+from fognode.node.overlay import GossipMessage
+from fognode.node.wire import pack, unpack
+
+TOPIC = "fognode/test/news/1"
+O1, O2 = b"\x01" * 32, b"\x02" * 32
+
+
+# --- sans-IO ------------------------------------------------------------------------------
+
+def test_tracker_in_order_and_duplicates() -> None:
+    t = SequenceTracker(backfill=0)
+    assert t.accept(O1, 1, 1, "r", 0.0)
+    assert t.accept(O1, 1, 2, "r", 0.0)
+    assert not t.accept(O1, 1, 2, "r", 0.0)      # duplicate
+    assert not t.accept(O1, 1, 1, "r", 0.0)
+    assert t.due(10.0) == [] and t.missing_count() == 0
+
+
+def test_tracker_gap_is_pulled_then_filled() -> None:
+    t = SequenceTracker(pull_delay=0.3, backfill=0)
+    t.accept(O1, 1, 1, "r1", 0.0)
+    assert t.accept(O1, 1, 4, "r2", 1.0)           # 2 and 3 are missing
+    assert t.due(1.1) == []                        # a gap may heal by itself for pull_delay
+    (req,) = t.due(1.3)
+    assert req.seqs == (2, 3) and req.origin == O1 and req.sources == ("r2", "r1")
+    assert t.due(5.0) == []                        # in flight: not due twice
+    assert t.accept(O1, 1, 3, "r1", 1.4)
+    assert t.accept(O1, 1, 2, "r1", 1.4)
+    assert t.missing_count() == 0 and not t.lost
+
+
+def test_tracker_failed_pulls_retry_then_report_lost() -> None:
+    t = SequenceTracker(pull_delay=0.0, retry=1.0, max_attempts=3, backfill=0)
+    t.accept(O1, 1, 1, "r", 0.0)
+    t.accept(O1, 1, 3, "r", 0.0)
+    now = 0.0
+    for attempt in range(3):
+        (req,) = t.due(now + 100 * attempt)
+        t.pull_failed(O1, 1, req.seqs, now + 100 * attempt)
+    assert len(t.lost) == 1 and t.lost[0].count == 1 and t.lost[0].sample == (2,)
+    assert t.accept(O1, 1, 4, "r", 400.0)          # the window moved past the lost one
+    assert not t.accept(O1, 1, 2, "r", 400.0)
+
+
+def test_tracker_gone_and_head() -> None:
+    t = SequenceTracker(pull_delay=0.0, backfill=0)
+    t.accept(O1, 1, 1, "r", 0.0)
+    t.head(O1, 1, 3, "r", 0.0)                     # the last two were lost: the head says so
+    (req,) = t.due(0.0)
+    assert req.seqs == (2, 3)
+    t.gone(O1, 1, (2,))
+    assert t.lost[0].sample == (2,)
+    assert t.accept(O1, 1, 3, "r", 0.0)
+
+
+def test_tracker_backfill_and_epochs() -> None:
+    t = SequenceTracker(pull_delay=0.0, backfill=4)
+    assert t.accept(O2, 7, 10, "r", 0.0)           # first sight: pull 6..9, optional
+    (req,) = t.due(0.0)
+    assert req.seqs == (6, 7, 8, 9)
+    t.gone(O2, 7, req.seqs)
+    assert not t.lost                              # back-fill that is gone is no loss
+    assert not t.accept(O2, 6, 11, "r", 0.0)       # older epoch: stale
+    assert t.accept(O2, 8, 1, "r", 0.0)            # restarted publisher: new epoch
+    assert t.due(0.0) == []
+
+
+def test_tracker_bounds_a_huge_gap() -> None:
+    t = SequenceTracker(pull_delay=0.0, backfill=0, max_missing=10)
+    t.accept(O1, 1, 1, "r", 0.0)
+    assert t.accept(O1, 1, 1000, "r", 0.0)
+    assert t.missing_count() == 10 and t.lost and t.lost[0].count == 998 - 10
+
+
+def test_envelope_signature_and_fields() -> None:
+    key = SigningKey(os.urandom(32))
+    env = seal(key, KIND_MESSAGE, 5, TOPIC, 3, b"hello")
+    back = open_envelope(env.raw, max_size=1 << 20)
+    assert (back.origin, back.epoch, back.topic, back.seq, back.data) == (
+        bytes(key.verify_key), 5, TOPIC, 3, b"hello")
+    outer = unpack(env.raw)
+    outer["b"]["d"] = b"HELLO"
+    with pytest.raises(RemoteProtocolError, match="bad signature"):
+        open_envelope(pack(outer), max_size=1 << 20)
+    head = seal(key, KIND_HEAD, 5, TOPIC, 3, b"")
+    assert open_envelope(head.raw, max_size=1 << 20).kind == KIND_HEAD
+    with pytest.raises(RemoteProtocolError):
+        open_envelope(b"\x93\x01\x02", max_size=1 << 20)
+
+
+# --- real hosts ---------------------------------------------------------------------------
+
+@asynccontextmanager
+async def cluster(n: int, **kw: Any) -> AsyncIterator[list[Libp2pOverlay]]:
+    async with AsyncExitStack() as stack:
+        nodes: list[Libp2pOverlay] = []
+        for _ in range(n):
+            reg = CollectorRegistry()
+            boot = [nodes[0].listen_addrs()[0]] if nodes else []
+            cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=boot,
+                                peers_low=n - 1, connmgr_interval=0.3, **kw)
+            nodes.append(await stack.enter_async_context(
+                open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg)))
+        with trio.fail_after(20):
+            while not all(len(x.peers()) == n - 1 for x in nodes):
+                await trio.sleep(0.02)
+        yield nodes
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.02)
+
+
+def metric(ov: Libp2pOverlay, name: str, **labels: str) -> float:
+    v = ov.metrics.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.got: list[GossipMessage] = []
+
+    async def __call__(self, m: GossipMessage) -> None:
+        self.got.append(m)
+
+    def datas(self) -> list[bytes]:
+        return sorted(m.data for m in self.got)
+
+
+async def test_published_on_one_reaches_all_exactly_once() -> None:
+    with trio.fail_after(40):
+        async with cluster(5) as nodes:
+            boxes = [Inbox() for _ in nodes]
+            for n, box in zip(nodes, boxes):
+                await n.subscribe(TOPIC, box)
+            want = [b"msg-%03d" % i for i in range(20)]
+            for d in want:                          # published before the mesh has formed:
+                await nodes[2].publish(TOPIC, d)    # back-fill pulls whatever gossip missed
+            await wait_until(lambda: all(b.datas() == want for i, b in enumerate(boxes)
+                                         if i != 2))
+            assert boxes[2].got == []               # no echo of our own publications
+            assert all(m.origin == nodes[2].peer_id for b in boxes for m in b.got)
+            await trio.sleep(0.3)                   # nothing arrives twice
+            assert all(len(b.got) == 20 for i, b in enumerate(boxes) if i != 2)
+            assert metric(nodes[2], "fognode_node_gossip_messages_out_total", topic=TOPIC) == 20
+            assert metric(nodes[0], "fognode_node_gossip_messages_in_total", topic=TOPIC) == 20
+
+
+async def test_a_dropped_message_is_pulled() -> None:
+    with trio.fail_after(40):
+        async with cluster(3, gossip_pull_delay=0.05) as (a, b, c):
+            boxes = [Inbox(), Inbox(), Inbox()]
+            for n, box in zip((a, b, c), boxes):
+                await n.subscribe(TOPIC, box)
+            await wait_until(lambda: len(a.pubsub.peer_topics.get(TOPIC, ())) == 2)
+            # c loses seqs 3 and 4 on the way in, before the reliable layer sees them
+            c.gossip.inbound_filter = lambda m, seq: seq not in (3, 4)
+            for i in range(1, 7):
+                await a.publish(TOPIC, b"m%d" % i)
+            want = [b"m%d" % i for i in range(1, 7)]
+            await wait_until(lambda: boxes[2].datas() == want and boxes[1].datas() == want)
+            assert metric(c, "fognode_node_gossip_drops_total", topic=TOPIC,
+                          reason="injected") >= 2
+            assert metric(c, "fognode_node_gossip_pulled_total", topic=TOPIC) >= 2
+            assert metric(c, "fognode_node_gossip_lost_total", topic=TOPIC) == 0
+
+
+async def test_a_lost_last_message_is_noticed_through_the_head() -> None:
+    with trio.fail_after(40):
+        async with cluster(2, gossip_pull_delay=0.05, gossip_heartbeat=0.5) as (a, b):
+            box = Inbox()
+            await a.subscribe(TOPIC, Inbox())
+            await b.subscribe(TOPIC, box)
+            await wait_until(lambda: len(a.pubsub.peer_topics.get(TOPIC, ())) == 1)
+            b.gossip.inbound_filter = lambda m, seq: seq != 3
+            for i in range(1, 4):
+                await a.publish(TOPIC, b"last-%d" % i)
+            await wait_until(lambda: box.datas() == [b"last-1", b"last-2", b"last-3"])
+            assert metric(b, "fognode_node_gossip_pulled_total", topic=TOPIC) == 1
+
+
+async def test_handler_errors_and_oversize_publish() -> None:
+    calls: list[bytes] = []
+
+    async def flaky(m: GossipMessage) -> None:
+        calls.append(m.data)
+        if m.data == b"bad":
+            raise RuntimeError("role bug")
+
+    with trio.fail_after(40):
+        async with cluster(2, max_message_size=64 * 1024) as (a, b):
+            await a.subscribe(TOPIC, Inbox())
+            await b.subscribe(TOPIC, flaky)
+            with pytest.raises(LocalProtocolError, match="over the limit"):
+                await a.publish(TOPIC, b"x" * (64 * 1024))
+            for d in (b"bad", b"good"):
+                await a.publish(TOPIC, d)
+            await wait_until(lambda: sorted(calls) == [b"bad", b"good"])
+            with pytest.raises(LocalProtocolError, match="already has a subscriber"):
+                await b.subscribe(TOPIC, flaky)
+
+
+async def test_backpressure_many_messages_all_arrive() -> None:
+    with trio.fail_after(60):
+        async with cluster(3, gossip_publish_queue=4, gossip_max_rate=2000.0) as nodes:
+            boxes = [Inbox() for _ in nodes]
+            for n, box in zip(nodes, boxes):
+                await n.subscribe(TOPIC, box)
+            await wait_until(lambda: len(nodes[0].pubsub.peer_topics.get(TOPIC, ())) == 2)
+            want = [b"bulk-%04d" % i for i in range(300)]
+            for d in want:
+                await nodes[0].publish(TOPIC, d)
+            await wait_until(lambda: boxes[1].datas() == want and boxes[2].datas() == want,
+                             timeout=40)
+
+
+@dataclass(frozen=True)
+class JobDone(Event):
+    job: str
+    units: int
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LocalOnly(Event):
+    note: str
+
+
+async def test_event_mirror_both_ways_without_echo() -> None:
+    with trio.fail_after(40):
+        async with cluster(2) as (a, b):
+            mirrors = [EventMirror(n, n.events, "fognode/test/events/1", [JobDone]) for n in (a, b)]
+            seen_b = b.events.subscribe("test-b", [JobDone])
+            seen_a = a.events.subscribe("test-a", [JobDone])
+            async with trio.open_nursery() as nursery:
+                for mirror in mirrors:
+                    await nursery.start(mirror.run)
+                await wait_until(lambda: len(a.pubsub.peer_topics.get("fognode/test/events/1",
+                                                                      ())) == 1)
+                a.events.publish(JobDone(job="j1", units=3, tags=("x", "y")))
+                a.events.publish(LocalOnly(note="stays here"))
+                assert await seen_a.receive() == JobDone("j1", 3, ("x", "y"))
+                assert await seen_b.receive() == JobDone("j1", 3, ("x", "y"))
+                b.events.publish(JobDone(job="j2", units=1, tags=()))
+                assert await seen_b.receive() == JobDone("j2", 1, ())
+                assert await seen_a.receive() == JobDone("j2", 1, ())
+                await trio.sleep(0.5)                # no echo: nothing else arrives
+                with pytest.raises(trio.WouldBlock):
+                    seen_a._recv.receive_nowait()
+                with pytest.raises(trio.WouldBlock):
+                    seen_b._recv.receive_nowait()
+                assert metric(a, "fognode_node_gossip_messages_out_total",
+                              topic="fognode/test/events/1") == 1
+                with pytest.raises(RemoteProtocolError, match="units"):
+                    mirrors[0].decode(pack({"v": 1, "event": "JobDone",
+                                            "f": {"job": "j", "units": "3", "tags": []}}), "p")
+                nursery.cancel_scope.cancel()

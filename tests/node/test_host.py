@@ -1,0 +1,242 @@
+"""The hardened host on 127.0.0.1: connect, DHT-driven dialling, backoff, handlers, config."""
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+import trio
+from nacl.signing import SigningKey
+from prometheus_client import CollectorRegistry
+
+from fognode.node.connmgr import (ConnectionPolicy, Dial, DialBackoff, DialBackoffError,
+                                  DialError, Discover, Trim)
+from fognode.node.errors import ConfigError, StreamClosed
+from fognode.node.events import EventBus, PeerConnected, PeerDisconnected
+from fognode.node.host import (Libp2pOverlay, OverlayConfig, open_overlay, peer_id_from_pubkey,
+                               pubkey_from_peer_id)
+
+LOCAL = ["/ip4/127.0.0.1/tcp/0"]
+
+
+@asynccontextmanager
+async def cluster(n: int, **kw: Any) -> AsyncIterator[list[Libp2pOverlay]]:
+    """n overlays on 127.0.0.1, each bootstrapped to the first one only."""
+    async with AsyncExitStack() as stack:
+        nodes: list[Libp2pOverlay] = []
+        for _ in range(n):
+            reg = CollectorRegistry()
+            boot = [nodes[0].listen_addrs()[0]] if nodes else []
+            cfg = OverlayConfig(listen=LOCAL, bootstrap=boot, **kw)
+            nodes.append(await stack.enter_async_context(
+                open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg)))
+        yield nodes
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.02)
+
+
+def metric(ov: Libp2pOverlay, name: str, **labels: str) -> float:
+    v = ov.metrics.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+async def test_two_hosts_connect_and_report_events() -> None:
+    reg = CollectorRegistry()
+    bus = EventBus(reg)
+    with trio.fail_after(20):
+        async with cluster(1) as (a,):
+            sub = bus.subscribe("test", [PeerConnected, PeerDisconnected])
+            key = SigningKey(os.urandom(32))
+            cfg = OverlayConfig(listen=LOCAL, connmgr_interval=0.2)
+            async with open_overlay(cfg, key, bus, reg) as b:
+                assert b.peer_id == peer_id_from_pubkey(bytes(key.verify_key))
+                pid = await b.connect(a.listen_addrs()[0])
+                assert pid == a.peer_id
+                ev = await sub.receive()
+                assert isinstance(ev, PeerConnected) and ev.peer_id == a.peer_id
+                assert "/tcp/" in ev.address
+                await wait_until(lambda: [p.peer_id for p in a.peers()] == [b.peer_id])
+                assert [p.peer_id for p in b.peers()] == [a.peer_id]
+                assert b.peers()[0].direction == "outbound"
+                assert metric(b, "fognode_node_peers") == 1
+                assert metric(b, "fognode_node_dials_total", outcome="success") == 1, \
+                    [(s.name, s.labels, s.value) for m in b.metrics.collect() for s in m.samples if "dial" in s.name]
+                await b.disconnect(a.peer_id)
+                ev = await sub.receive()
+                assert isinstance(ev, PeerDisconnected) and ev.peer_id == a.peer_id
+
+
+async def test_five_hosts_find_each_other_through_the_dht() -> None:
+    """Everyone bootstraps to node 0 only; the connection manager dials peers found through
+    the DHT until it has peers_low = 4 peers, i.e. all the others."""
+    with trio.fail_after(40):
+        async with cluster(5, peers_low=4, peers_high=8, connmgr_interval=0.3) as nodes:
+            await wait_until(lambda: all(len(n.peers()) == 4 for n in nodes), timeout=30)
+            for n in nodes:
+                assert {p.peer_id for p in n.peers()} == {m.peer_id for m in nodes} - {n.peer_id}
+                assert n.dht.get_routing_table_size() >= 1
+
+
+async def test_trims_above_high_watermark() -> None:
+    with trio.fail_after(40):
+        async with cluster(4, peers_low=0, peers_high=8, connmgr_interval=0.2) as nodes:
+            hub = nodes[0]
+            await wait_until(lambda: len(hub.peers()) == 3)
+            hub.connmgr.policy = ConnectionPolicy(low=0, high=1, grace=0.0)
+            hub.set_app_score(nodes[3].peer_id, 5.0)      # the best peer is the one kept
+            hub.connmgr.wake()
+            await wait_until(lambda: [p.peer_id for p in hub.peers()] == [nodes[3].peer_id])
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+async def test_dial_backoff_after_failures() -> None:
+    ghost = peer_id_from_pubkey(bytes(SigningKey(os.urandom(32)).verify_key))
+    addr = f"/ip4/127.0.0.1/tcp/{closed_port()}/p2p/{ghost}"
+    with trio.fail_after(30):
+        async with cluster(1, dial_timeout=2.0, dial_backoff=30.0) as (a,):
+            for _ in range(5):
+                with pytest.raises(DialError) as ei:
+                    await a.connect(addr)
+                assert not isinstance(ei.value, DialBackoffError)
+            with pytest.raises(DialBackoffError, match="5 failed dials in a row") as bi:
+                await a.connect(addr)
+            assert 29.0 < bi.value.retry_in <= 30.0
+            assert metric(a, "fognode_node_dials_total", outcome="failure") == 5
+
+
+def test_backoff_doubles_and_resets() -> None:
+    b = DialBackoff(failures_before_backoff=5, backoff=30.0, backoff_max=100.0)
+    for _ in range(4):
+        b.record_failure("p", 0.0)
+    assert b.allowed("p", 0.0)
+    b.record_failure("p", 0.0)
+    assert not b.allowed("p", 29.9) and b.allowed("p", 30.0)
+    b.record_failure("p", 30.0)                     # 6th: 60 s
+    assert not b.allowed("p", 89.9) and b.allowed("p", 90.0)
+    b.record_failure("p", 90.0)                     # 7th: 120 s, capped at 100
+    assert b.allowed("p", 190.0)
+    b.record_success("p")
+    assert b.allowed("p", 90.0) and b.failures("p") == 0
+
+
+def test_policy_dials_best_candidates_and_asks_for_more() -> None:
+    pol = ConnectionPolicy(low=3, high=5)
+    bo = DialBackoff()
+    for _ in range(5):
+        bo.record_failure("bad", 0.0)
+    acts = pol.plan(1.0, connected={"a": 0.0}, candidates=["a", "bad", "x", "y"],
+                    scores={"y": 2.0}, backoff=bo)
+    assert acts == [Dial("y"), Dial("x")]
+    acts = pol.plan(1.0, connected={"a": 0.0}, candidates=["x"], scores={}, backoff=bo)
+    assert acts == [Dial("x"), Discover()]
+    conn = {p: 0.0 for p in "abcdefg"}
+    acts = pol.plan(100.0, connected=conn, candidates=[], scores={"a": -1.0, "b": 3.0},
+                    backoff=bo, protected=frozenset({"c"}))
+    assert len(acts) == 2 and Trim("a") in acts and Trim("c") not in acts
+
+
+async def test_a_raising_handler_does_not_kill_the_host() -> None:
+    async def boom(fs: Any) -> None:
+        await fs.recv()
+        raise RuntimeError("handler bug")
+
+    async def echo(fs: Any) -> None:
+        await fs.send(await fs.recv())
+
+    with trio.fail_after(20):
+        async with cluster(2) as (a, b):
+            await wait_until(lambda: bool(b.peers()))
+            a.set_stream_handler("/fognode/test-boom/1.0.0", boom)
+            a.set_stream_handler("/fognode/test-echo/1.0.0", echo)
+            for _ in range(3):
+                fs = await b.open_stream(a.peer_id, "/fognode/test-boom/1.0.0")
+                await fs.send({"x": 1})
+                with pytest.raises(StreamClosed):
+                    await fs.recv()
+            fs = await b.open_stream(a.peer_id, "/fognode/test-echo/1.0.0")
+            await fs.send({"still": "alive"})
+            assert await fs.recv() == {"still": "alive"}
+
+
+async def test_wildcard_listen_reports_real_addresses() -> None:
+    with trio.fail_after(20):
+        reg = CollectorRegistry()
+        cfg = OverlayConfig(listen=["/ip4/0.0.0.0/tcp/0"])
+        async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg) as a:
+            addrs = a.listen_addrs()
+            assert addrs and all("/ip4/0.0.0.0/" not in x and "/tcp/0/" not in x for x in addrs)
+            assert all(x.endswith("/p2p/" + a.peer_id) for x in addrs)
+            assert any("/ip4/127.0.0.1/" in x for x in addrs)
+            async with cluster(1) as (b,):      # a peer can dial every reported loopback address
+                loop = [x for x in addrs if "/ip4/127.0.0.1/" in x][0]
+                assert await b.connect(loop) == a.peer_id
+
+
+async def test_dht_values_with_a_namespace_validator() -> None:
+    class OnlyOk:
+        def validate(self, key: str, value: bytes) -> None:
+            if not value.startswith(b"ok:"):
+                raise ValueError("bad record")
+
+        def select(self, key: str, values: Any) -> int:
+            return 0
+
+    with trio.fail_after(30):
+        async with cluster(3, connmgr_interval=0.3, peers_low=2) as nodes:
+            await wait_until(lambda: all(len(n.peers()) == 2 for n in nodes), timeout=20)
+            for n in nodes:
+                n.register_dht_validator("fognode-test", OnlyOk())
+                await wait_until(lambda: n.dht.get_routing_table_size() >= 1)
+            await nodes[1].dht_put("/fognode-test/k", b"ok:v1")
+            assert await nodes[2].dht_get("/fognode-test/k") == b"ok:v1"
+            with pytest.raises(Exception):
+                await nodes[1].dht_put("/fognode-test/k2", b"nope")
+            with pytest.raises(Exception):                       # strict: unknown namespace
+                await nodes[1].dht_put("/other-ns/k", b"ok:v")
+
+
+def test_peer_id_pubkey_round_trip() -> None:
+    key = SigningKey(os.urandom(32))
+    pid = peer_id_from_pubkey(bytes(key.verify_key))
+    assert pid.startswith("12D3KooW")
+    assert pubkey_from_peer_id(pid) == bytes(key.verify_key)
+    with pytest.raises(ValueError):
+        pubkey_from_peer_id("not-a-peer-id")
+
+
+@pytest.mark.parametrize("kw, key", [
+    ({"listen": ["/ip4/1.2.3/tcp/1"]}, "overlay.listen"),
+    ({"listen": ["/ip4/127.0.0.1/tcp/70000"]}, "overlay.listen"),
+    ({"listen": ["/ip4/127.0.0.1/udp/4001"]}, "overlay.listen"),
+    ({"listen": []}, "overlay.listen"),
+    ({"bootstrap": ["/ip4/127.0.0.1/tcp/4001"]}, "overlay.bootstrap"),
+    ({"bootstrap": ["/ip4/127.0.0.1/tcp/4001/p2p/nonsense"]}, "overlay.bootstrap"),
+    ({"announce": ["garbage"]}, "overlay.announce"),
+    ({"peers_low": 40, "peers_high": 32}, "overlay.peers_low"),
+    ({"peers_high": 0, "peers_low": 0}, "overlay.peers_high"),
+    ({"dial_timeout": 0.0}, "overlay.dial_timeout"),
+    ({"dial_backoff_max": 1.0}, "overlay.dial_backoff_max"),
+    ({"max_message_size": 2 * 1048576}, "overlay.max_message_size"),
+    ({"gossip_degree": 0}, "overlay.gossip_degree"),
+])
+def test_config_errors_name_the_key(kw: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        OverlayConfig(**kw).validate()
+    assert ei.value.key == key and str(ei.value).startswith(key + ":")
+
+
+def test_default_config_is_valid() -> None:
+    OverlayConfig().validate()
