@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import builtins
 import hashlib
 import math
 from typing import Any, Iterable
@@ -111,8 +112,8 @@ class Fields:
         f.done()   # rejects unknown fields
     """
 
-    def __init__(self, raw: Any, what: str, *, versions: Iterable[int] | None = None,
-                 peer: str | None = None) -> None:
+    def __init__(self, raw: Any, what: builtins.str, *, versions: Iterable[builtins.int] | None = None,
+                 peer: builtins.str | None = None) -> None:
         self.what = what
         self.peer = peer
         if not isinstance(raw, dict):
@@ -125,10 +126,10 @@ class Fields:
                 self._fail(f"unknown version {v}")
             self.version = v
 
-    def _fail(self, msg: str) -> None:
+    def _fail(self, msg: builtins.str) -> None:
         raise RemoteProtocolError(f"{self.what}: {msg}", peer=self.peer)
 
-    def _get(self, key: str, optional: bool) -> Any:
+    def _get(self, key: builtins.str, optional: builtins.bool) -> Any:
         self._seen.add(key)
         if key not in self.raw:
             if optional:
@@ -136,11 +137,11 @@ class Fields:
             self._fail(f"missing field {key!r}")
         return self.raw[key]
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> builtins.bool:
         return key in self.raw
 
-    def int(self, key: str, *, lo: int | None = None, hi: int | None = None,
-            optional: bool = False, default: int | None = None) -> int:
+    def int(self, key: builtins.str, *, lo: builtins.int | None = None, hi: builtins.int | None = None,
+            optional: builtins.bool = False, default: builtins.int | None = None) -> builtins.int:
         v = self._get(key, optional)
         if v is None and optional:
             return default  # type: ignore[return-value]
@@ -152,8 +153,8 @@ class Fields:
             self._fail(f"field {key!r} = {v} is above {hi}")
         return v
 
-    def float(self, key: str, *, lo: float | None = None, hi: float | None = None,
-              optional: bool = False, default: float | None = None) -> float:
+    def float(self, key: builtins.str, *, lo: builtins.float | None = None, hi: builtins.float | None = None,
+              optional: builtins.bool = False, default: builtins.float | None = None) -> builtins.float:
         v = self._get(key, optional)
         if v is None and optional:
             return default  # type: ignore[return-value]
@@ -168,7 +169,7 @@ class Fields:
             self._fail(f"field {key!r} = {v} is above {hi}")
         return v
 
-    def bool(self, key: str, *, optional: bool = False, default: bool | None = None) -> bool:
+    def bool(self, key: builtins.str, *, optional: builtins.bool = False, default: builtins.bool | None = None) -> builtins.bool:
         v = self._get(key, optional)
         if v is None and optional:
             return default  # type: ignore[return-value]
@@ -176,8 +177,8 @@ class Fields:
             self._fail(f"field {key!r} must be a boolean, got {type(v).__name__}")
         return v
 
-    def str(self, key: str, *, max_len: int = 256, optional: bool = False,
-            default: str | None = None) -> str:
+    def str(self, key: builtins.str, *, max_len: builtins.int = 256, optional: builtins.bool = False,
+            default: builtins.str | None = None) -> builtins.str:
         v = self._get(key, optional)
         if v is None and optional:
             return default  # type: ignore[return-value]
@@ -187,8 +188,8 @@ class Fields:
             self._fail(f"field {key!r} is {len(v)} characters, over the limit of {max_len}")
         return v
 
-    def bytes(self, key: str, *, size: int | None = None, max_len: int = 1024,
-              optional: bool = False, default: bytes | None = None) -> bytes:
+    def bytes(self, key: builtins.str, *, size: builtins.int | None = None, max_len: builtins.int = 1024,
+              optional: builtins.bool = False, default: builtins.bytes | None = None) -> builtins.bytes:
         v = self._get(key, optional)
         if v is None and optional:
             return default  # type: ignore[return-value]
@@ -200,7 +201,7 @@ class Fields:
             self._fail(f"field {key!r} is {len(v)} bytes, over the limit of {max_len}")
         return v
 
-    def list(self, key: str, *, max_len: int = 1024, optional: bool = False) -> list[Any]:
+    def list(self, key: builtins.str, *, max_len: builtins.int = 1024, optional: builtins.bool = False) -> list[Any]:
         v = self._get(key, optional)
         if v is None and optional:
             return []
@@ -210,7 +211,7 @@ class Fields:
             self._fail(f"field {key!r} has {len(v)} items, over the limit of {max_len}")
         return v
 
-    def map(self, key: str, *, max_len: int = 1024, optional: bool = False) -> dict[str, Any]:
+    def map(self, key: builtins.str, *, max_len: builtins.int = 1024, optional: builtins.bool = False) -> dict[builtins.str, Any]:
         v = self._get(key, optional)
         if v is None and optional:
             return {}
@@ -220,7 +221,7 @@ class Fields:
             self._fail(f"field {key!r} has {len(v)} entries, over the limit of {max_len}")
         return v
 
-    def sub(self, key: str, what: str | None = None) -> "Fields":
+    def sub(self, key: builtins.str, what: builtins.str | None = None) -> "Fields":
         """A reader for a nested map field."""
         return Fields(self.map(key), what or f"{self.what}.{key}", peer=self.peer)
 
