@@ -28,7 +28,7 @@ from fognode.ledger.messages import (BondOrder, Certificate, MintOrder, Order, T
                                      UnbondOrder)
 from fognode.ledger.quorum import Committee
 from fognode.ledger.rewards import calculate_rewards
-from fognode.ledger.codec import unpack
+from fognode.node.wire import unpack
 from fognode.node.wire import pack
 
 ZERO32 = bytes(32)

@@ -34,7 +34,7 @@ from fognode.ledger.messages import (Certificate, ForkProof, SignedOrder, decode
 from fognode.ledger.state import Account, Delta, LedgerState, Supply
 from fognode.ledger.validator import LockTable
 from fognode.node.errors import RemoteProtocolError
-from fognode.ledger.codec import unpack
+from fognode.node.wire import unpack
 from fognode.node.wire import digest, pack
 
 MAX_RECORD = 1 << 20

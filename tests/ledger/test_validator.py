@@ -11,7 +11,7 @@ from fognode.ledger.errors import Reason
 from fognode.ledger.messages import (BondOrder, SignedOrder, TransferOrder, UnbondOrder,
                                      decode_signed_order)
 from fognode.node.errors import RemoteProtocolError
-from fognode.ledger.codec import unpack
+from fognode.node.wire import unpack
 from fognode.node.wire import pack
 
 from .helpers import CHAIN, NOW, Node, certify, key, make_genesis, pk, transfer, validator_keys
