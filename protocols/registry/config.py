@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fognode.node.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class RegistryConfig:
@@ -25,6 +27,40 @@ class RegistryConfig:
     max_clock_skew: float = 300.0         # seconds a record may be issued ahead of our clock
 
     def prices(self) -> dict[str, float]:
-        if len(self.price_items) != len(self.price_values):
-            raise ValueError("protocols.registry: price_items and price_values differ in length")
         return dict(zip(self.price_items, self.price_values))
+
+    def validate(self, source: str) -> None:
+        """Raise ConfigError naming the first bad key."""
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(msg, source=source, key=f"protocols.registry.{key}")
+
+        for key in ("region", "device_type"):
+            if len(getattr(self, key)) > 64:
+                raise bad(key, "must be at most 64 characters")
+        if len(self.roles_offered) > 32 or any(not r or len(r) > 64 for r in self.roles_offered):
+            raise bad("roles_offered", "at most 32 non-empty names of at most 64 characters")
+        if len(self.price_items) != len(self.price_values):
+            raise bad("price_values", f"has {len(self.price_values)} values for "
+                                      f"{len(self.price_items)} price_items")
+        if len(self.price_items) > 32 or any(not 0 <= v < 1e18 for v in self.price_values):
+            raise bad("price_values", "at most 32 non-negative price hints")
+        if not 60 <= self.record_ttl <= 7 * 24 * 3600:
+            raise bad("record_ttl", "must be between 60 s and 7 days")
+        if not 1 <= self.republish_interval < self.record_ttl:
+            raise bad("republish_interval", "must be at least 1 s and below record_ttl")
+        if not 0.1 <= self.heartbeat_interval < self.offline_after:
+            raise bad("heartbeat_interval", "must be at least 0.1 s and below offline_after")
+        if self.offline_after > 3600:
+            raise bad("offline_after", "must be at most 3600 s")
+        if not 1 <= self.probe_interval <= 86400:
+            raise bad("probe_interval", "must be between 1 s and 1 day")
+        if self.observation_rate_per_minute <= 0 or self.observation_burst < 1:
+            raise bad("observation_rate_per_minute", "rate and burst must be positive")
+        if self.observation_max_age <= 0:
+            raise bad("observation_max_age", "must be positive")
+        if not 0 < self.eigentrust_alpha <= 1:
+            raise bad("eigentrust_alpha", "must be in (0, 1]")
+        if self.eigentrust_interval < 0.1:
+            raise bad("eigentrust_interval", "must be at least 0.1 s")
+        if self.dht_timeout <= 0 or self.max_clock_skew < 0:
+            raise bad("dht_timeout", "dht_timeout must be positive and max_clock_skew non-negative")

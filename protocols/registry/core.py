@@ -17,7 +17,7 @@ fetch. `fognode/registry/observations/1` carries signed observations (`observati
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from nacl.signing import SigningKey
 
@@ -57,14 +57,17 @@ def _changed_fields(old: DeviceRecord, new: DeviceRecord) -> tuple[str, ...]:
 
 class RegistryCore:
     def __init__(self, key: SigningKey, config: RegistryConfig, profile: DeviceProfile, *,
-                 pretrusted: list[str], now: float) -> None:
+                 pretrusted: list[str], now: float,
+                 validator_clock: Callable[[], float] | None = None) -> None:
+        """`validator_clock` is read when the DHT calls the validator outside our methods
+        (default: the last `now` this core was given)."""
         self.key = key
         self.config = config
         self.peer_id = peer_id_from_pubkey(bytes(key.verify_key))
         self.profile = profile
         self.pretrusted = list(pretrusted)
         self._clock_now = now
-        self.validator = DeviceRecordValidator(lambda: self._clock_now,
+        self.validator = DeviceRecordValidator(validator_clock or (lambda: self._clock_now),
                                                max_clock_skew=config.max_clock_skew)
         self.view = LocalView()
         self.liveness = LivenessTracker(config.offline_after)
@@ -211,8 +214,8 @@ class RegistryCore:
         return self._accept_record(rec)
 
     def on_peer_alive(self, peer: str, now: float) -> list[Action]:
-        """A live connection / successful ping to `peer`."""
-        out = self._liveness_event(self.liveness.seen(peer, now))
+        """A live connection / successful ping to `peer` (does not undo its goodbye)."""
+        out = self._liveness_event(self.liveness.seen(peer, now, direct=False))
         if peer not in self.view and peer != self.peer_id:
             out += self._want_record(peer, now)
         return out

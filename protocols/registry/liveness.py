@@ -33,9 +33,17 @@ class LivenessTracker:
         self.max_peers = max_peers
         self._last: dict[str, float] = {}
         self._state: dict[str, Liveness] = {}
+        self._gone: set[str] = set()      # said goodbye; only a heartbeat brings them back
 
-    def seen(self, peer: str, now: float) -> LivenessChange | None:
-        """Record a sign of life; returns the change when the peer was offline or unknown."""
+    def seen(self, peer: str, now: float, *, direct: bool = True) -> LivenessChange | None:
+        """Record a sign of life; returns the change when the peer was offline or unknown.
+
+        `direct=False` (an open connection, a ping) does not revive a peer that said goodbye:
+        its connection may outlive its goodbye by a moment. Its next heartbeat does.
+        """
+        if not direct and peer in self._gone:
+            return None
+        self._gone.discard(peer)
         prev = self._last.get(peer)
         if prev is None and len(self._last) >= self.max_peers:
             self._evict_oldest_offline()
@@ -47,6 +55,7 @@ class LivenessTracker:
 
     def mark_offline(self, peer: str, now: float) -> LivenessChange | None:
         """A graceful goodbye (or an operator's `registry.mark_offline`)."""
+        self._gone.add(peer)
         if self._state.get(peer) is Liveness.OFFLINE:
             return None
         self._state[peer] = Liveness.OFFLINE
@@ -77,6 +86,7 @@ class LivenessTracker:
     def forget(self, peer: str) -> None:
         self._last.pop(peer, None)
         self._state.pop(peer, None)
+        self._gone.discard(peer)
 
     def _evict_oldest_offline(self) -> None:
         offline = [p for p, s in self._state.items() if s is Liveness.OFFLINE]

@@ -1,39 +1,11 @@
-"""Peer ids of Ed25519 keys, computed without libp2p (sans-IO cores may not import it).
+"""Peer id <-> Ed25519 public key for the registry: the one switch-over point.
 
-A libp2p peer id of an Ed25519 key is the identity multihash of the protobuf-encoded public
-key (`0x08 0x01` key type Ed25519, `0x12 0x20` 32 data bytes), in base58btc: the
-`12D3KooW...` form. tests/registry/test_peerid.py checks this against
-`libp2p.peer.id.ID.from_pubkey`, so the two never drift apart.
+The node core owns the computation (`fognode.node.peerid`, pure Python, no libp2p import, so
+the sans-IO cores may use it); tests/registry/test_record.py checks it against
+`libp2p.peer.id.ID.from_pubkey` and against node/host.py's helpers.
 """
 from __future__ import annotations
 
-import base58
+from fognode.node.peerid import PUBKEY_LEN, peer_id_from_pubkey, peer_id_matches, pubkey_from_peer_id
 
-_PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])  # identity multihash, len 36, pb header
-PUBKEY_LEN = 32
-
-
-def peer_id_from_pubkey(pubkey: bytes) -> str:
-    """The base58 peer id of a 32-byte Ed25519 public key; ValueError for another length."""
-    if len(pubkey) != PUBKEY_LEN:
-        raise ValueError(f"an Ed25519 public key is {PUBKEY_LEN} bytes, got {len(pubkey)}")
-    return base58.b58encode(_PREFIX + pubkey).decode("ascii")
-
-
-def pubkey_from_peer_id(peer_id: str) -> bytes:
-    """The Ed25519 public key inside a peer id; ValueError if it is not an Ed25519 identity id."""
-    try:
-        raw = base58.b58decode(peer_id)
-    except ValueError as e:
-        raise ValueError(f"peer id {peer_id!r} is not base58: {e}") from None
-    if len(raw) != len(_PREFIX) + PUBKEY_LEN or not raw.startswith(_PREFIX):
-        raise ValueError(f"peer id {peer_id!r} is not an Ed25519 identity peer id")
-    return raw[len(_PREFIX):]
-
-
-def peer_id_matches(peer_id: str, pubkey: bytes) -> bool:
-    """True when `peer_id` is the peer id of `pubkey` (the one check records rely on)."""
-    try:
-        return peer_id_from_pubkey(pubkey) == peer_id
-    except ValueError:
-        return False
+__all__ = ["PUBKEY_LEN", "peer_id_from_pubkey", "peer_id_matches", "pubkey_from_peer_id"]

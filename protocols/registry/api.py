@@ -1,0 +1,58 @@
+"""What the registry offers other roles through `ctx.services`.
+
+- "registry" -> `RegistryService`: devices matching criteria (fl picks peers, market matches
+  offers), one device's record, liveness, and a DHT look-up for devices not in the view.
+- "reputation" -> `ReputationService`: `report_outcome(subject, service, ok, weight, evidence)`
+  for roles that saw a peer serve (SLA kept, FL update accepted, relay served), and
+  `score(peer, service)`.
+Both are thin views of the role; they never block except `RegistryService.lookup`.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fognode.protocols.registry.observation import ALL_SERVICES
+from fognode.protocols.registry.record import DeviceRecord
+from fognode.protocols.registry.view import Criteria
+
+if TYPE_CHECKING:
+    from fognode.protocols.registry.protocol import RegistryRole
+
+
+class RegistryService:
+    def __init__(self, role: "RegistryRole") -> None:
+        self._role = role
+
+    def devices(self, criteria: Criteria | None = None) -> list[DeviceRecord]:
+        """Known devices matching `criteria`, best reputation first."""
+        return self._role.core.query(criteria or Criteria())
+
+    def get(self, peer_id: str) -> DeviceRecord | None:
+        return self._role.core.view.get(peer_id)
+
+    def is_online(self, peer_id: str) -> bool:
+        return self._role.core.liveness.is_online(peer_id)
+
+    async def lookup(self, peer_id: str) -> DeviceRecord | None:
+        """The view's record, else a DHT look-up (awaits up to `dht_timeout`; None if not found)."""
+        return await self._role.lookup(peer_id)
+
+
+class ReputationService:
+    def __init__(self, role: "RegistryRole") -> None:
+        self._role = role
+
+    def report_outcome(self, subject: str, service: str, ok: bool, weight: float = 1.0,
+                       evidence: bytes = b"") -> None:
+        """Record (and gossip) that `subject` served `service` well (`ok`) or badly.
+
+        `weight` in (0, 100] says how much it counts (e.g. 1 per task, more for bigger jobs);
+        `evidence` (<= 64 bytes) is an id of what proves it (a receipt or round id): the same
+        evidence is counted once. Never blocks. Raises LocalProtocolError for an observation
+        about this node itself, a bad name/weight/evidence, or over the node's own rate limit.
+        """
+        self._role.report_outcome(subject, service, ok, weight, evidence)
+
+    def score(self, peer_id: str, service: str = ALL_SERVICES) -> float:
+        """Relative global trust (1.0 = an average peer, 0.0 = nobody vouches for it)."""
+        return self._role.core.reputation.score(peer_id, service)

@@ -1,0 +1,357 @@
+"""The registry role: device records in the DHT and on gossip, liveness, and reputation.
+
+A thin trio adapter around `core.RegistryCore`: gossip handlers, a clock loop, a capability
+probe loop, the EigenTrust recompute loop (in a worker thread) and a few workers that carry
+out the core's network actions (DHT puts, provider records, look-ups, publishes) from a
+bounded queue, so a slow DHT never stalls gossip handling. Uses only `ctx.overlay`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import trio
+
+from fognode.node.errors import FognodeError, LocalProtocolError, RpcError
+from fognode.node.overlay import GossipMessage
+from fognode.node.protocol import NodeContext, Protocol
+from fognode.node.rpc.methods import rpc_method
+from fognode.protocols.registry import errors as E
+from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
+                                                Publish, Refused, SetAppScore)
+from fognode.protocols.registry.api import RegistryService, ReputationService
+from fognode.protocols.registry.config import RegistryConfig
+from fognode.protocols.registry.core import DEVICES_TOPIC, OBSERVATIONS_TOPIC, RegistryCore
+from fognode.protocols.registry.errors import Rejected
+from fognode.protocols.registry.metrics import RegistryMetrics
+from fognode.protocols.registry.observation import ALL_SERVICES
+from fognode.protocols.registry.peerid import pubkey_from_peer_id
+from fognode.protocols.registry.probe import probe
+from fognode.protocols.registry.record import DeviceRecord, make_profile
+from fognode.protocols.registry.reputation import compute, snapshot
+from fognode.protocols.registry.validator import NAMESPACE, device_key, region_key
+from fognode.protocols.registry.view import GIB, Criteria
+
+log = logging.getLogger("fognode.registry")
+
+ACTION_QUEUE = 1024
+WORKERS = 4
+
+
+def pretrusted_from_genesis(genesis: dict[str, Any]) -> list[str]:
+    """`genesis["registry"]["pretrusted"]`: a list of peer ids (LocalProtocolError if malformed)."""
+    reg = genesis.get("registry", {})
+    pre = reg.get("pretrusted", []) if isinstance(reg, dict) else None
+    if not isinstance(pre, list) or not all(isinstance(p, str) for p in pre):
+        raise LocalProtocolError("genesis registry.pretrusted must be a list of peer ids")
+    for p in pre:
+        try:
+            pubkey_from_peer_id(p)
+        except ValueError as e:
+            raise LocalProtocolError(f"genesis registry.pretrusted: {e}") from None
+    return pre
+
+
+def _check_peer(peer: str) -> str:
+    try:
+        pubkey_from_peer_id(peer)
+    except ValueError as e:
+        raise RpcError(E.BAD_PEER_ID, str(e)) from None
+    return peer
+
+
+class RegistryRole(Protocol):
+    """Device registry and reputation."""
+
+    name = "registry"
+    Config = RegistryConfig
+    topics = (DEVICES_TOPIC, OBSERVATIONS_TOPIC)
+
+    def __init__(self, ctx: NodeContext, config: RegistryConfig) -> None:
+        super().__init__(ctx, config)
+        self.config: RegistryConfig = config
+        region = config.region or ctx.region
+        self.profile = make_profile(region, config.device_type, config.roles_offered, config.prices())
+        self.core = RegistryCore(ctx.identity, config, self.profile,
+                                 pretrusted=pretrusted_from_genesis(ctx.genesis),
+                                 now=ctx.clock(), validator_clock=ctx.clock)
+        self.metrics = RegistryMetrics.create(ctx.metrics)
+        self.core.validator.on_reject = lambda r: self.metrics.rejected.labels("dht", r.value).inc()
+        self._send, self._recv = trio.open_memory_channel[Action](ACTION_QUEUE)
+        self.registry_service = RegistryService(self)
+        self.reputation_service = ReputationService(self)
+
+    # ---- carrying out actions ---------------------------------------------------------------
+
+    def _do(self, actions: list[Action]) -> None:
+        """Carry out local actions now; queue network ones for the workers (never blocks)."""
+        for a in actions:
+            if isinstance(a, Emit):
+                self.ctx.events.publish(a.event)
+            elif isinstance(a, Refused):
+                self.metrics.rejected.labels(a.what, a.reason.value).inc()
+                log.info("refused %s from %s: %s", a.what, a.peer, a.detail)
+            elif isinstance(a, SetAppScore):
+                self.ctx.overlay.set_app_score(a.peer_id, a.score)
+            else:
+                try:
+                    self._send.send_nowait(a)
+                except trio.WouldBlock:
+                    self.metrics.actions_dropped.labels(type(a).__name__).inc()
+
+    async def _timed(self, op: str, coro: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            with trio.fail_after(self.config.dht_timeout):
+                result = await coro
+        except (trio.TooSlowError, FognodeError, OSError, ValueError) as e:
+            self.metrics.dht_failures.labels(op).inc()
+            log.debug("DHT %s failed: %s", op, e)
+            raise
+        self.metrics.dht_lookup_seconds.labels(op).observe(time.perf_counter() - t0)
+        return result
+
+    async def _worker(self) -> None:
+        ov = self.ctx.overlay
+        async for a in self._recv:
+            try:
+                if isinstance(a, Publish):
+                    await ov.publish(a.topic, a.data)
+                elif isinstance(a, DhtPut):
+                    await self._timed("put", ov.dht_put(a.key, a.value))
+                elif isinstance(a, DhtProvide):
+                    await self._timed("provide", ov.dht_provide(a.key))
+                elif isinstance(a, FetchRecord):
+                    value = await self._timed("get", ov.dht_get(device_key(a.peer_id)))
+                    self._do(self.core.on_dht_record(a.peer_id, value, self.ctx.clock()))
+            except (trio.TooSlowError, FognodeError, OSError, ValueError) as e:
+                log.debug("registry action %s failed: %s", type(a).__name__, e)
+
+    # ---- gossip -----------------------------------------------------------------------------
+
+    async def _on_devices(self, msg: GossipMessage) -> None:
+        self._do(self.core.on_device_gossip(msg.origin, msg.data, self.ctx.clock()))
+
+    async def _on_observation(self, msg: GossipMessage) -> None:
+        before = self.core.book.accepted
+        self._do(self.core.on_observation(msg.origin, msg.data, self.ctx.clock()))
+        if self.core.book.accepted > before:
+            self.metrics.observations.labels("gossip").inc()
+
+    # ---- loops ------------------------------------------------------------------------------
+
+    async def _clock_loop(self) -> None:
+        step = max(0.05, min(1.0, self.config.heartbeat_interval / 2, self.config.offline_after / 10))
+        while True:
+            now = self.ctx.clock()
+            for p in self.ctx.overlay.peers():
+                if p.connected:
+                    self._do(self.core.on_peer_alive(p.peer_id, now))
+            self._do(self.core.tick(now))
+            await trio.sleep(step)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.probe_interval)
+            caps = await trio.to_thread.run_sync(probe, self.ctx.datadir)
+            self._do(self.core.update_capabilities(caps, self.ctx.clock()))
+
+    async def _reputation_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.eigentrust_interval)
+            await self.recompute()
+
+    async def recompute(self) -> None:
+        """Recompute global trust now if observations changed (EigenTrust in a worker thread)."""
+        if not self.core.book.changed:
+            return
+        self.core.book.changed = False
+        inputs = snapshot(self.core.book)
+        rc = await trio.to_thread.run_sync(compute, inputs, self.core.pretrusted,
+                                           self.config.eigentrust_alpha)
+        self.metrics.recompute_seconds.observe(rc.seconds)
+        self._do(self.core.apply_reputation(rc))
+
+    async def _discover_loop(self) -> None:
+        """Per-region discovery: fetch records of providers of our region we have not seen."""
+        region = self.profile.region
+        while region:
+            await trio.sleep(self.config.heartbeat_interval * 3)
+            try:
+                await self.discover(region)
+            except (trio.TooSlowError, FognodeError, OSError, ValueError) as e:
+                log.debug("region discovery failed: %s", e)
+
+    async def discover(self, region: str) -> int:
+        """Find providers of `/fognode/region/<region>` and fetch records we lack; returns how
+        many were fetched. Awaits DHT look-ups (each bounded by dht_timeout)."""
+        peers = await self._timed("providers", self.ctx.overlay.dht_find_providers(region_key(region)))
+        fetched = 0
+        for p in peers:
+            if p != self.ctx.peer_id and p not in self.core.view:
+                if await self.lookup(p) is not None:
+                    fetched += 1
+        return fetched
+
+    async def lookup(self, peer: str) -> DeviceRecord | None:
+        """The view's record of `peer`, else the DHT's (validated); None when nobody has one."""
+        rec = self.core.view.get(peer)
+        if rec is not None:
+            return rec
+        try:
+            value = await self._timed("get", self.ctx.overlay.dht_get(device_key(peer)))
+        except (trio.TooSlowError, FognodeError, OSError, ValueError):
+            return None
+        self._do(self.core.on_dht_record(peer, value, self.ctx.clock()))
+        return self.core.view.get(peer)
+
+    def report_outcome(self, subject: str, service: str, ok: bool, weight: float,
+                       evidence: bytes) -> None:
+        self._do(self.core.report_outcome(subject, service, ok, weight, evidence, self.ctx.clock()))
+        self.metrics.observations.labels("local").inc()
+
+    # ---- run --------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        ov = self.ctx.overlay
+        ov.register_dht_validator(NAMESPACE, self.core.validator)
+        self.metrics.devices_known.set_function(lambda: len(self.core.view))
+        self.metrics.devices_online.set_function(self._online_count)
+        await ov.subscribe(DEVICES_TOPIC, self._on_devices)
+        await ov.subscribe(OBSERVATIONS_TOPIC, self._on_observation)
+        caps = await trio.to_thread.run_sync(probe, self.ctx.datadir)
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(WORKERS):
+                    nursery.start_soon(self._worker)
+                self._do(self.core.start(caps, self.ctx.clock()))
+                self.ctx.services.provide("registry", self.registry_service)
+                self.ctx.services.provide("reputation", self.reputation_service)
+                nursery.start_soon(self._clock_loop)
+                nursery.start_soon(self._probe_loop)
+                nursery.start_soon(self._reputation_loop)
+                nursery.start_soon(self._discover_loop)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self.ctx.services.withdraw("registry")
+            self.ctx.services.withdraw("reputation")
+            await self._say_goodbye()
+
+    async def _say_goodbye(self) -> None:
+        """On a graceful stop, tell the others we are going (bounded, shielded)."""
+        for a in self.core.goodbye(self.ctx.clock()):
+            if isinstance(a, Publish):
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    try:
+                        await self.ctx.overlay.publish(a.topic, a.data)
+                    except (FognodeError, OSError) as e:
+                        log.debug("goodbye not sent: %s", e)
+
+    def _online_count(self) -> int:
+        return sum(1 for p in self.core.view.peers() if self.core.liveness.is_online(p))
+
+    def health_detail(self) -> dict[str, Any]:
+        own = self.core.own
+        return {"devices_known": len(self.core.view), "devices_online": self._online_count(),
+                "record_seq": own.seq if own else None,
+                "reputation_recomputed_s": self.core.reputation.last_seconds}
+
+    # ---- RPC --------------------------------------------------------------------------------
+
+    def _row(self, rec: DeviceRecord, service: str) -> dict[str, Any]:
+        c, p = rec.caps, rec.profile
+        return {
+            "peer": rec.peer_id, "region": p.region, "type": p.device_type, "roles": ",".join(p.roles),
+            "cores": c.cores,
+            "memory_gb": round(c.memory_bytes / GIB, 1) if c.memory_bytes is not None else None,
+            "gpu": c.gpu,
+            "battery": (None if not c.battery_present else
+                        (round(c.battery_percent) if c.battery_percent is not None else "yes")),
+            "charging": c.charging, "online": self.core.liveness.is_online(rec.peer_id),
+            "reputation": round(self.core.reputation.score(rec.peer_id, service), 3),
+        }
+
+    @rpc_method("registry.devices")
+    async def rpc_devices(self, region: str | None = None, role: str | None = None,
+                          min_cores: int | None = None, min_memory_gb: float | None = None,
+                          gpu: bool | None = None, charging: bool | None = None,
+                          online: bool | None = None, min_reputation: float | None = None,
+                          service: str | None = None, device_type: str | None = None,
+                          battery: bool | None = None) -> list[dict[str, Any]]:
+        """Known devices matching every given filter, best reputation first.
+
+        For a region other than ours, providers of that region are looked up in the DHT first.
+        MIN_REPUTATION is relative (1.0 = an average peer) for SERVICE (default: all services).
+        """
+        for name, v in (("min_cores", min_cores), ("min_memory_gb", min_memory_gb),
+                        ("min_reputation", min_reputation)):
+            if v is not None and (not math.isfinite(v) or v < 0):
+                raise RpcError(E.BAD_FILTER, f"{name} must be a non-negative number, got {v}")
+        if region and region != self.profile.region:
+            try:
+                await self.discover(region)
+            except (trio.TooSlowError, FognodeError, OSError, ValueError) as e:
+                log.info("registry.devices: DHT discovery of region %s failed: %s", region, e)
+        c = Criteria(region=region, role=role, device_type=device_type, min_cores=min_cores,
+                     min_memory_gb=min_memory_gb, gpu=gpu, battery=battery, charging=charging,
+                     online=online, min_reputation=min_reputation, service=service)
+        return [self._row(r, service or ALL_SERVICES) for r in self.core.query(c)]
+
+    @rpc_method("registry.show")
+    async def rpc_show(self, peer: str) -> dict[str, Any]:
+        """PEER's device record (from the DHT if it is not in the local view), liveness and
+        reputation."""
+        _check_peer(peer)
+        rec = await self.lookup(peer)
+        if rec is None:
+            raise RpcError(E.UNKNOWN_DEVICE, f"no device record for {peer} in the view or the DHT")
+        return self.core.describe(rec)
+
+    @rpc_method("registry.mark_offline")
+    async def rpc_mark_offline(self, peer: str | None = None) -> dict[str, Any]:
+        """Mark PEER offline (default: this node, which tells the network it is going down)."""
+        target = _check_peer(peer) if peer else self.ctx.peer_id
+        self._do(self.core.mark_offline(target, self.ctx.clock()))
+        return {"peer": target, "online": False}
+
+    @rpc_method("reputation.show")
+    async def rpc_reputation_show(self, peer: str, service: str | None = None) -> dict[str, Any]:
+        """PEER's global reputation per service (or for SERVICE): 1.0 is an average peer."""
+        _check_peer(peer)
+        rep = self.core.reputation
+        if service is not None:
+            if not rep.has_service(service):
+                raise RpcError(E.UNKNOWN_SERVICE, f"no reputation scores for service {service!r} "
+                                                  f"(known: {', '.join(rep.services()) or 'none'})")
+            services = [service]
+        else:
+            services = rep.services()
+        return {"peer": peer, "scores": {s: round(rep.score(peer, s), 6) for s in services},
+                "pretrusted": peer in self.core.pretrusted}
+
+    @rpc_method("reputation.top")
+    async def rpc_reputation_top(self, service: str = ALL_SERVICES, limit: int = 20) -> list[dict[str, Any]]:
+        """The LIMIT peers with the highest reputation for SERVICE (default: all services)."""
+        if not 1 <= limit <= 10_000:
+            raise RpcError(E.BAD_FILTER, f"limit must be between 1 and 10000, got {limit}")
+        return [{"peer": p, "service": service, "score": round(s, 6),
+                 "online": self.core.liveness.is_online(p)}
+                for p, s in self.core.reputation.top(service, limit)]
+
+    @rpc_method("reputation.report")
+    async def rpc_reputation_report(self, subject: str, service: str, ok: bool,
+                                    weight: float = 1.0, evidence: str = "") -> dict[str, Any]:
+        """Report that SUBJECT served SERVICE well (OK true) or badly, as this node's signed
+        observation (what other roles do through the reputation service)."""
+        _check_peer(subject)
+        try:
+            self.report_outcome(subject, service, ok, weight, evidence.encode()[:64])
+        except LocalProtocolError as e:
+            raise RpcError(E.BAD_FILTER, str(e)) from None
+        return {"subject": subject, "service": service, "ok": ok}
+
+
+__all__ = ["RegistryRole", "Rejected"]
