@@ -297,3 +297,22 @@ def test_robust_strategies_refuse_secure_aggregation(name: str) -> None:
         s.aggregate_sum(np.zeros(2, F32), np.zeros(2), 1.0, ["a"])
     with pytest.raises(StrategyError, match="secure aggregation"):
         s.client_contribution(np.zeros(2, F32), 1)
+
+
+ALL = ["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean", "krum",
+       "multikrum", "bulyan"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_result_invariants_for_every_strategy(name: str) -> None:
+    ups, _ = honest_and_outliers(9, 2)
+    ups.append(upd("broken", [np.nan] * 50))
+    res = make_strategy(name, {"f": 2} if "krum" in name or name == "bulyan" else {}).aggregate(
+        np.zeros(50, F32), ups)
+    assert res.params.dtype == np.float32 and res.params.shape == (50,)
+    assert np.all(np.isfinite(res.params))
+    assert set(res.accepted).isdisjoint(res.rejected)
+    assert set(res.accepted) | set(res.rejected) == {u.peer for u in ups}
+    assert set(res.weights) == set(res.accepted)
+    assert sum(res.weights.values()) == pytest.approx(1.0)
+    assert "NaN" in res.rejected["broken"]

@@ -24,7 +24,7 @@ from fognode.protocols.fl.strategies.screening import Screened, check_global, re
 
 def pairwise_sq_distances(stack: np.ndarray) -> np.ndarray:
     """(n, n) float64 matrix of ||x_i - x_j||^2 for the rows of `stack` (centred in place)."""
-    stack -= stack.mean(axis=0, dtype=np.float64).astype(stack.dtype)
+    stack -= stack.mean(axis=0)
     gram = (stack @ stack.T).astype(np.float64)
     sq = np.diag(gram)
     dist = sq[:, None] + sq[None, :] - 2.0 * gram

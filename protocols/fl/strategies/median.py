@@ -18,8 +18,14 @@ from fognode.protocols.fl.strategies.screening import check_global, require, scr
 
 
 def coordinate_median(stack: np.ndarray) -> np.ndarray:
-    """Median over axis 0 of an (n, d) array; may reorder `stack` in place (no extra copy)."""
-    return np.median(stack, axis=0, overwrite_input=True).astype(PARAM_DTYPE, copy=False)
+    """Median over axis 0 of an (n, d) array. Sorts `stack` in place along axis 0, which for
+    the small n of a round is several times faster than `np.median` (no extra copy)."""
+    n = stack.shape[0]
+    stack.sort(axis=0)
+    if n % 2:
+        return stack[n // 2].astype(PARAM_DTYPE)
+    mid = (stack[n // 2 - 1].astype(np.float64) + stack[n // 2]) / 2.0
+    return mid.astype(PARAM_DTYPE)
 
 
 @dataclass(eq=False)
