@@ -316,3 +316,12 @@ def test_result_invariants_for_every_strategy(name: str) -> None:
     assert set(res.weights) == set(res.accepted)
     assert sum(res.weights.values()) == pytest.approx(1.0)
     assert "NaN" in res.rejected["broken"]
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "median", "trimmed_mean", "krum", "multikrum", "bulyan"])
+def test_identical_updates_give_that_update_for_every_rule(name: str) -> None:
+    g = np.linspace(-1, 1, 30).astype(F32)
+    d = np.random.default_rng(9).standard_normal(30).astype(F32)
+    ups = [ClientUpdate(f"p{i}", d.copy(), i + 1) for i in range(7)]
+    res = make_strategy(name, {}).aggregate(g, ups)
+    np.testing.assert_allclose(res.params, g + d, rtol=1e-6, atol=1e-6)

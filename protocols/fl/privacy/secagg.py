@@ -253,8 +253,7 @@ class SecAggParticipant:
                 raise self._abort(f"the box from {sender} does not decrypt") from None
             f = Fields(unpack(plain, max_size=1024, what="secagg share"), "secagg.Share",
                        versions={1}, peer=sender)
-            f.str("type")
-            if f.str("from") != sender or f.str("to") != self.me or \
+            if f.str("type") != "secagg.share" or f.str("from") != sender or f.str("to") != self.me or \
                     f.bytes("round_id", size=ROUND_ID_LEN) != cfg.round_id:
                 raise self._abort(f"the box from {sender} is addressed to another peer or round")
             s_sh = shamir.Share.from_bytes(mine, f.bytes("s_share", size=shamir.SHARE_BYTES))
