@@ -6,6 +6,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError
@@ -289,3 +291,19 @@ def test_bad_share_is_detected_not_summed() -> None:
         if parts[a.peer].state.value == "ready":
             pending += agg.receive(a.peer, parts[a.peer].masked_input(np.ones(8)), 0.0)
     assert len(out) == 1 and isinstance(out[0], Failed) and "commitment" in out[0].reason
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sets(st.sampled_from(PEERS[:7]), max_size=4), st.sets(st.sampled_from(PEERS[:7]), max_size=4))
+def test_any_dropout_pattern_sums_exactly_or_fails_cleanly(gone: set[str], silent: set[str]) -> None:
+    peers = PEERS[:7]
+    cfg = SecAggConfig(RID, peers, 20, threshold=4)
+    xs = inputs_for(peers, 20, seed=len(gone) * 10 + len(silent))
+    silent -= gone
+    u3 = [p for p in peers if p not in gone]
+    [out] = run_secagg_locally(cfg, xs, drop_before_masking=tuple(gone), drop_before_unmasking=tuple(silent))
+    if len(u3) >= 4 and len(set(u3) - silent) >= 4:
+        assert isinstance(out, Completed)
+        np.testing.assert_allclose(out.result.total, np.sum([xs[p] for p in u3], axis=0), atol=tol(cfg, 7))
+    else:
+        assert isinstance(out, Failed) and "threshold 4" in out.reason

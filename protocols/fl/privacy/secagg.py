@@ -619,10 +619,15 @@ def run_secagg_locally(config: SecAggConfig, inputs: Mapping[str, np.ndarray], *
     pending: list[Action] = []
     for p, part in parts.items():
         pending += agg.receive(p, part.advertise(), now)
-    if not agg.finished and agg.phase is Phase.KEYS:
-        now += agg.phase_timeout
-        pending += agg.tick(now)
-    while pending:
+    while True:
+        if not pending:
+            if agg.finished:
+                break
+            now = agg.deadline            # nobody else will answer: let the phase time out
+            pending += agg.tick(now)
+            if not pending:
+                break
+            continue
         act = pending.pop(0)
         if not isinstance(act, Send):
             return [act]
@@ -635,8 +640,5 @@ def run_secagg_locally(config: SecAggConfig, inputs: Mapping[str, np.ndarray], *
             pending += agg.receive(act.peer, reply, now)
         if isinstance(msg, ShareBundle) and act.peer not in drop_before_masking:
             pending += agg.receive(act.peer, part.masked_input(inputs[act.peer]), now)
-        if not pending and not agg.finished:
-            now = agg.deadline
-            pending += agg.tick(now)
     return [Completed(agg.result)] if agg.result is not None else \
         [Failed(agg.failure or "secure aggregation did not finish")]
