@@ -16,7 +16,7 @@ from fognode.protocols.fl.privacy import shamir
 from fognode.protocols.fl.privacy.masking import RingSpec, harary_neighbours
 from fognode.protocols.fl.privacy.secagg import (
     Completed, Failed, Phase, SecAggAggregator, SecAggConfig, SecAggParticipant, Send,
-    run_secagg_locally, split_weight, with_weight)
+    default_threshold, round_id_for, run_secagg_locally, split_weight, with_weight)
 from fognode.protocols.fl.privacy.secagg_messages import (
     AdvertiseKeys, KeyRoster, MaskedInput, RosterEntry, UnmaskRequest, UnmaskShares,
     decode_message)
@@ -307,3 +307,14 @@ def test_any_dropout_pattern_sums_exactly_or_fails_cleanly(gone: set[str], silen
         np.testing.assert_allclose(out.result.total, np.sum([xs[p] for p in u3], axis=0), atol=tol(cfg, 7))
     else:
         assert isinstance(out, Failed) and "threshold 4" in out.reason
+
+
+def test_round_ids_and_default_thresholds() -> None:
+    sid = b"s" * 32
+    assert round_id_for(sid, 1, 0) != round_id_for(sid, 1, 1) != round_id_for(sid, 2, 0)
+    assert len(round_id_for(sid, 1, 0)) == 32
+    assert default_threshold(10) == 6 and default_threshold(3) == 2
+    assert default_threshold(100, neighbours=10) == 6
+    SecAggConfig(RID, PEERS, 5, threshold=default_threshold(10))
+    peers = tuple(f"p{i}" for i in range(30))
+    SecAggConfig(RID, peers, 5, threshold=default_threshold(30, 8), neighbours=8)

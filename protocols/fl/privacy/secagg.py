@@ -108,6 +108,20 @@ class SecAggConfig:
         return self.vector_length * self.ring.dtype.itemsize
 
 
+def round_id_for(session_id: bytes, round_no: int, try_no: int) -> bytes:
+    """The 32-byte secure-aggregation round id of one attempt of one session round (every
+    participant derives the same one; masks and keys never carry over between attempts)."""
+    body = session_id + round_no.to_bytes(8, "big") + try_no.to_bytes(8, "big")
+    return hashlib.blake2b(body, digest_size=ROUND_ID_LEN, person=b"fognode-sa-round").digest()
+
+
+def default_threshold(participants: int, neighbours: int = 0) -> int:
+    """The smallest allowed threshold (a bare majority of each participant's share holders),
+    which tolerates the most dropouts: holders - threshold of them per neighbourhood."""
+    holders = participants if neighbours == 0 or neighbours >= participants - 1 else neighbours + 1
+    return max(2, holders // 2 + 1)
+
+
 def commitment(b: bytes, round_id: bytes) -> bytes:
     return hashlib.blake2b(b + round_id, digest_size=32, person=_COMMIT).digest()
 
