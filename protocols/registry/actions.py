@@ -32,6 +32,13 @@ class FetchRecord:
 
 
 @dataclass(frozen=True)
+class Ping:
+    """Ping the peer on the registry's ping stream; report an answer with `on_pong`."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True)
 class Emit:
     event: Event
 
@@ -52,4 +59,4 @@ class SetAppScore:
     score: float
 
 
-Action = Publish | DhtPut | DhtProvide | FetchRecord | Emit | Refused | SetAppScore
+Action = Publish | DhtPut | DhtProvide | FetchRecord | Ping | Emit | Refused | SetAppScore

@@ -12,7 +12,11 @@ Gossip on `fognode/registry/devices/1` carries one envelope per message::
 Gossip is signed by its origin (libp2p strict signing), so a heartbeat or goodbye speaks only
 for its origin, and a record is accepted on gossip only from the device it describes. A
 heartbeat naming a newer sequence than the view holds (a missed announcement) triggers a DHT
-fetch. `fognode/registry/observations/1` carries signed observations (`observation.py`).
+fetch. Liveness: heartbeats and records count; a peer whose heartbeats stop for half of
+`offline_after` is pinged directly (`Ping`, once per heartbeat interval) so lost gossip does
+not make it look offline, while a hung or killed peer, which answers neither, goes offline
+`offline_after` after its last sign of life. An open connection alone proves nothing (a
+stopped process can keep its sockets). `fognode/registry/observations/1` carries signed observations (`observation.py`).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from nacl.signing import SigningKey
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.wire import Fields, pack, unpack
 from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
-                                                Publish, Refused, SetAppScore)
+                                                Ping, Publish, Refused, SetAppScore)
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.events import (DeviceCapabilitiesChanged, DeviceOffline,
@@ -81,6 +85,7 @@ class RegistryCore:
         self._last_publish = 0.0
         self._last_heartbeat = 0.0
         self._fetching: dict[str, float] = {}
+        self._pinged: dict[str, float] = {}
 
     # ---- our own record -------------------------------------------------------------------
 
@@ -213,12 +218,17 @@ class RegistryCore:
             return [Refused("record", e.reason, peer, str(e))]
         return self._accept_record(rec)
 
-    def on_peer_alive(self, peer: str, now: float) -> list[Action]:
-        """A live connection / successful ping to `peer` (does not undo its goodbye)."""
-        out = self._liveness_event(self.liveness.seen(peer, now, direct=False))
+    def on_peer_connected(self, peer: str, now: float) -> list[Action]:
+        """A connected peer: fetch its record if we have none (its liveness comes from
+        heartbeats and pings, not from the connection)."""
         if peer not in self.view and peer != self.peer_id:
-            out += self._want_record(peer, now)
-        return out
+            return self._want_record(peer, now)
+        return []
+
+    def on_pong(self, peer: str, now: float) -> list[Action]:
+        """`peer` answered a Ping (does not undo its goodbye)."""
+        self._pinged.pop(peer, None)
+        return self._liveness_event(self.liveness.seen(peer, now, direct=False))
 
     def mark_offline(self, peer: str, now: float) -> list[Action]:
         """Operator's registry.mark_offline (for our own peer id it is a goodbye)."""
@@ -279,7 +289,13 @@ class RegistryCore:
                                                     "seq": self.own.seq})))
         for ch in self.liveness.tick(now):
             if ch.peer_id != self.peer_id:
+                self._pinged.pop(ch.peer_id, None)
                 out += self._liveness_event(ch)
+        for peer in self.liveness.quiet(now, self.config.offline_after / 2):
+            last = self._pinged.get(peer)
+            if peer != self.peer_id and (last is None or now - last >= self.config.heartbeat_interval):
+                self._pinged[peer] = now
+                out.append(Ping(peer))
         for peer in self.view.expire(now):
             self.liveness.forget(peer)
         return out

@@ -1,7 +1,7 @@
 """Online/offline tracking from heartbeats and pings (sans-IO; time is an argument).
 
-`seen(peer, now)` records any sign of life (a heartbeat or record on gossip, a successful
-ping, a live connection); `mark_offline(peer, now)` is a graceful goodbye. `tick(now)` returns
+`seen(peer, now)` records a sign of life (a heartbeat or record on gossip, an answered
+ping); `mark_offline(peer, now)` is a graceful goodbye. `tick(now)` returns
 the transitions since the last tick: a peer silent for `offline_after` seconds goes OFFLINE
 once, and a sign of life from an offline peer brings it back ONLINE at once (returned by
 `seen`).
@@ -70,6 +70,11 @@ class LivenessTracker:
                 self._state[peer] = Liveness.OFFLINE
                 out.append(LivenessChange(peer, Liveness.OFFLINE, last, "silent"))
         return out
+
+    def quiet(self, now: float, after: float) -> list[str]:
+        """Online peers silent for at least `after` seconds (worth a direct ping)."""
+        return [p for p, last in self._last.items()
+                if self._state.get(p) is Liveness.ONLINE and now - last >= after]
 
     def state(self, peer: str) -> Liveness | None:
         return self._state.get(peer)

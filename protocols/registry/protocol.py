@@ -15,12 +15,14 @@ from typing import Any
 import trio
 
 from fognode.node.errors import FognodeError, LocalProtocolError, RpcError
-from fognode.node.overlay import GossipMessage
+from fognode.node.errors import RemoteProtocolError, StreamClosed
+from fognode.node.overlay import FramedStream, GossipMessage
+from fognode.node.wire import Fields
 from fognode.node.protocol import NodeContext, Protocol
 from fognode.node.rpc.methods import rpc_method
 from fognode.protocols.registry import errors as E
 from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
-                                                Publish, Refused, SetAppScore)
+                                                Ping, Publish, Refused, SetAppScore)
 from fognode.protocols.registry.api import RegistryService, ReputationService
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.core import DEVICES_TOPIC, OBSERVATIONS_TOPIC, RegistryCore
@@ -38,6 +40,8 @@ log = logging.getLogger("fognode.registry")
 
 ACTION_QUEUE = 1024
 WORKERS = 4
+PING_PROTOCOL = "/fognode/registry/ping/1.0.0"
+PING_MAX = 64
 
 
 def pretrusted_from_genesis(genesis: dict[str, Any]) -> list[str]:
@@ -68,6 +72,7 @@ class RegistryRole(Protocol):
     name = "registry"
     Config = RegistryConfig
     topics = (DEVICES_TOPIC, OBSERVATIONS_TOPIC)
+    stream_ids = (PING_PROTOCOL,)
 
     def __init__(self, ctx: NodeContext, config: RegistryConfig) -> None:
         super().__init__(ctx, config)
@@ -123,11 +128,46 @@ class RegistryRole(Protocol):
                     await self._timed("put", ov.dht_put(a.key, a.value))
                 elif isinstance(a, DhtProvide):
                     await self._timed("provide", ov.dht_provide(a.key))
+                elif isinstance(a, Ping):
+                    if await self._ping(a.peer_id):
+                        self._do(self.core.on_pong(a.peer_id, self.ctx.clock()))
                 elif isinstance(a, FetchRecord):
                     value = await self._timed("get", ov.dht_get(device_key(a.peer_id)))
                     self._do(self.core.on_dht_record(a.peer_id, value, self.ctx.clock()))
             except (trio.TooSlowError, FognodeError, OSError, ValueError) as e:
                 log.debug("registry action %s failed: %s", type(a).__name__, e)
+
+    # ---- ping -------------------------------------------------------------------------------
+
+    async def _ping(self, peer: str) -> bool:
+        """True when `peer` answers a ping within a heartbeat interval (at most 2 s)."""
+        with trio.move_on_after(min(2.0, max(0.2, self.config.heartbeat_interval))):
+            try:
+                s = await self.ctx.overlay.open_stream(peer, PING_PROTOCOL)
+                try:
+                    await s.send({"v": 1, "t": "ping"})
+                    f = Fields(await s.recv(max_size=PING_MAX), "registry pong", versions={1}, peer=peer)
+                    ok = f.str("t", max_len=8) == "pong"
+                    f.done()
+                    return ok
+                finally:
+                    await s.close()
+            except (FognodeError, OSError) as e:
+                log.debug("ping of %s failed: %s", peer, e)
+        return False
+
+    async def _serve_ping(self, s: FramedStream) -> None:
+        """Answer one ping. Raises RemoteProtocolError for anything but a ping (the overlay
+        resets the stream and counts it against the peer)."""
+        try:
+            f = Fields(await s.recv(max_size=PING_MAX), "registry ping", versions={1},
+                       peer=s.remote_peer)
+            if f.str("t", max_len=8) != "ping":
+                raise RemoteProtocolError("registry ping: not a ping", peer=s.remote_peer)
+            f.done()
+            await s.send({"v": 1, "t": "pong"})
+        except StreamClosed:
+            return        # the pinger gave up; nothing to answer (the overlay closes the stream)
 
     # ---- gossip -----------------------------------------------------------------------------
 
@@ -148,7 +188,7 @@ class RegistryRole(Protocol):
             now = self.ctx.clock()
             for p in self.ctx.overlay.peers():
                 if p.connected:
-                    self._do(self.core.on_peer_alive(p.peer_id, now))
+                    self._do(self.core.on_peer_connected(p.peer_id, now))
             self._do(self.core.tick(now))
             await trio.sleep(step)
 
@@ -217,6 +257,7 @@ class RegistryRole(Protocol):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         ov = self.ctx.overlay
         ov.register_dht_validator(NAMESPACE, self.core.validator)
+        ov.set_stream_handler(PING_PROTOCOL, self._serve_ping)
         self.metrics.devices_known.set_function(lambda: len(self.core.view))
         self.metrics.devices_online.set_function(self._online_count)
         await ov.subscribe(DEVICES_TOPIC, self._on_devices)

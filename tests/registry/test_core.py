@@ -8,7 +8,7 @@ import pytest
 from fognode.node.errors import LocalProtocolError
 from fognode.node.wire import pack
 from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
-                                                Publish, Refused, SetAppScore)
+                                                Ping, Publish, Refused, SetAppScore)
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.core import DEVICES_TOPIC, OBSERVATIONS_TOPIC, RegistryCore
 from fognode.protocols.registry.errors import RejectReason
@@ -35,6 +35,9 @@ class Net:
         self.refused: dict[str, list[Refused]] = {n: [] for n in names}
         self.scores: dict[str, dict[str, float]] = {n: {} for n in names}
         self.providers: set[str] = set()
+        self.down: set[str] = set()          # killed: neither heartbeats nor pongs
+        self.mute: set[str] = set()          # gossip from them is lost, pings work
+        self.pings = 0
 
     def run(self, who: str, actions: list[Action]) -> None:
         queue = [(who, a) for a in actions]
@@ -42,6 +45,8 @@ class Net:
             src, a = queue.pop(0)
             core = self.cores[src]
             if isinstance(a, Publish):
+                if src in self.mute:
+                    continue
                 for n, c in self.cores.items():
                     if n == src:
                         continue
@@ -58,6 +63,11 @@ class Net:
             elif isinstance(a, FetchRecord):
                 queue += [(src, x) for x in core.on_dht_record(
                     a.peer_id, self.dht.get("/fognode/device/" + a.peer_id), self.now)]
+            elif isinstance(a, Ping):
+                self.pings += 1
+                target = next(n for n, c in self.cores.items() if c.peer_id == a.peer_id)
+                if target not in self.down:
+                    queue += [(src, x) for x in core.on_pong(a.peer_id, self.now)]
             elif isinstance(a, Emit):
                 self.events[src].append(a.event)
             elif isinstance(a, Refused):
@@ -69,10 +79,10 @@ class Net:
         for n, c in self.cores.items():
             self.run(n, c.start(caps(), self.now))
 
-    def tick(self, dt: float, *, skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    def tick(self, dt: float) -> None:
         self.now += dt
         for n, c in self.cores.items():
-            if n not in skip:
+            if n not in self.down:
                 self.run(n, c.tick(self.now))
 
 
@@ -108,13 +118,18 @@ def test_liveness_offline_and_back() -> None:
     for _ in range(3):
         net.tick(5.0)
     assert all(c.liveness.online_count() == 3 for c in net.cores.values())
+    net.mute.add("b")                    # b's gossip is lost: pings keep it online
+    net.down.add("c")                    # c is killed: no heartbeats, no pongs
     for _ in range(4):
-        net.tick(5.0, skip={"c"})        # c is killed: no heartbeats
+        net.tick(5.0)
     c_id = net.cores["c"].peer_id
     offs = [e for e in net.events["a"] if isinstance(e, DeviceOffline)]
     assert [(e.peer_id, e.reason) for e in offs] == [(c_id, "silent")]  # type: ignore[attr-defined]
     assert net.cores["a"].query(Criteria(online=True)) == [
         r for r in net.cores["a"].query(Criteria()) if r.peer_id != c_id]
+    assert net.pings > 0 and net.cores["a"].liveness.is_online(net.cores["b"].peer_id)
+    net.down.discard("c")
+    net.mute.discard("b")
     net.tick(5.0)                                    # c heartbeats again
     assert any(isinstance(e, DeviceOnline) and e.peer_id == c_id for e in net.events["a"])
     net.run("b", net.cores["b"].goodbye(net.now))   # graceful
