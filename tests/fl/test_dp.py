@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fognode.protocols.fl.privacy.dp import (
-    DPConfig, DPStrategy, RdpAccountant, compute_rdp, epsilon_after, rdp_sampled_gaussian,
-    rdp_to_epsilon)
+    DPConfig, DPStrategy, RdpAccountant, compute_rdp, epsilon_after, noise_for_epsilon,
+    rdp_sampled_gaussian, rdp_to_epsilon)
 from fognode.protocols.fl.strategies.base import (
     ClientUpdate, StrategyConfigError, StrategyError, make_strategy)
 
@@ -105,3 +105,11 @@ def test_dp_config_and_robust_inner_rejected() -> None:
         DPConfig(1.0, 0.0)
     with pytest.raises(StrategyConfigError, match="sampling_rate"):
         DPConfig(1.0, 1.0, sampling_rate=0.0)
+
+
+def test_noise_for_epsilon_inverts_the_accountant() -> None:
+    z = noise_for_epsilon(2.0, 50, 0.1, 1e-5)
+    assert epsilon_after(50, z, 0.1, 1e-5) <= 2.0 < epsilon_after(50, z * 0.99, 0.1, 1e-5)
+    assert noise_for_epsilon(1.0, 50, 0.1, 1e-5) > z
+    with pytest.raises(StrategyConfigError, match="target epsilon"):
+        noise_for_epsilon(0.0, 10, 1.0, 1e-5)

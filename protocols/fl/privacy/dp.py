@@ -149,6 +149,32 @@ def epsilon_after(rounds: int, noise_multiplier: float, sampling_rate: float, de
                           delta)[0]
 
 
+def noise_for_epsilon(target_epsilon: float, rounds: int, sampling_rate: float, delta: float,
+                      orders: Sequence[int] = DEFAULT_ORDERS) -> float:
+    """The smallest noise multiplier (to 0.1 %) whose spend after `rounds` rounds is at most
+    `target_epsilon` at `delta` (bisection; epsilon falls as the noise grows).
+    StrategyConfigError if no multiplier up to 1000 is enough."""
+    if not (target_epsilon > 0 and rounds >= 1):
+        raise StrategyConfigError("target epsilon must be > 0 and rounds >= 1")
+
+    def eps(z: float) -> float:
+        return epsilon_after(rounds, z, sampling_rate, delta, orders)
+
+    lo, hi = 1e-3, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1000:
+            raise StrategyConfigError(f"no noise multiplier up to 1000 reaches epsilon "
+                                      f"{target_epsilon} in {rounds} rounds")
+    while hi - lo > 1e-3 * hi:
+        mid = (lo + hi) / 2
+        if eps(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 # --- the mechanism -----------------------------------------------------------------------
 
 def gaussian_noise(size: int, std: float, rng: np.random.Generator | None = None) -> np.ndarray:
