@@ -47,19 +47,23 @@ def closest_to_median_mean(selected: np.ndarray, beta: int) -> np.ndarray:
     selected.sort(axis=0)
     s = selected
     if theta % 2:
-        med = s[theta // 2].astype(np.float64)
+        med = s[theta // 2].copy()
     else:
-        med = (s[theta // 2 - 1].astype(np.float64) + s[theta // 2]) / 2.0
+        med = ((s[theta // 2 - 1].astype(np.float64) + s[theta // 2]) / 2.0).astype(s.dtype)
     window = s[:beta].sum(axis=0, dtype=np.float64)
     best_sum = window.copy()
     best_cost = np.maximum(med - s[0], s[beta - 1] - med)
-    for j in range(1, theta - beta + 1):
+    cost, other = np.empty_like(best_cost), np.empty_like(best_cost)
+    better = np.empty(best_cost.shape, dtype=bool)
+    for j in range(1, theta - beta + 1):       # 2f more window starts; in-place, no temporaries
         window += s[j + beta - 1]
         window -= s[j - 1]
-        cost = np.maximum(med - s[j], s[j + beta - 1] - med)
-        better = cost < best_cost
-        best_cost = np.where(better, cost, best_cost)
-        best_sum = np.where(better, window, best_sum)
+        np.subtract(med, s[j], out=cost)
+        np.subtract(s[j + beta - 1], med, out=other)
+        np.maximum(cost, other, out=cost)
+        np.less(cost, best_cost, out=better)
+        np.copyto(best_cost, cost, where=better)
+        np.copyto(best_sum, window, where=better)
     return (best_sum / beta).astype(PARAM_DTYPE)
 
 

@@ -25,16 +25,29 @@ def sample_weights(num_samples: Sequence[float] | np.ndarray) -> np.ndarray:
     return n / n.sum()
 
 
+CHUNK = 1 << 16     # 64 Ki float32: the output and temporary chunks stay in the L2 cache
+
+
 def weighted_sum(deltas: Sequence[np.ndarray], weights: Sequence[float] | np.ndarray) -> np.ndarray:
-    """sum_i weights[i] * deltas[i] as a new float32 vector (one buffer, one temporary)."""
+    """sum_i weights[i] * deltas[i] as a new float32 vector.
+
+    Works chunk by chunk over the coordinates so the accumulator and the temporary stay in
+    cache: each delta is read from memory once and the result written once, with no (n, d)
+    stack. Loops run over the n updates and d / CHUNK chunks, never over coordinates."""
     if len(deltas) == 0:
         raise StrategyError("weighted_sum of no vectors")
-    w = np.asarray(weights, dtype=np.float64)
-    out = np.multiply(deltas[0], PARAM_DTYPE(w[0]), dtype=PARAM_DTYPE)
-    tmp = np.empty_like(out)
-    for d, wi in zip(deltas[1:], w[1:]):
-        np.multiply(d, PARAM_DTYPE(wi), out=tmp)
-        out += tmp
+    w = np.asarray(weights, dtype=np.float64).astype(PARAM_DTYPE)
+    size = deltas[0].shape[0]
+    out = np.empty(size, dtype=PARAM_DTYPE)
+    tmp = np.empty(min(CHUNK, size), dtype=PARAM_DTYPE)
+    for start in range(0, size, CHUNK):
+        stop = min(start + CHUNK, size)
+        acc = out[start:stop]
+        t = tmp[:stop - start]
+        np.multiply(deltas[0][start:stop], w[0], out=acc, dtype=PARAM_DTYPE)
+        for d, wi in zip(deltas[1:], w[1:]):
+            np.multiply(d[start:stop], wi, out=t, dtype=PARAM_DTYPE)
+            acc += t
     return out
 
 
