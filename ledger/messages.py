@@ -15,6 +15,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
+import msgpack
 from nacl.signing import SigningKey
 
 from fognode.ledger.amounts import MAX_AMOUNT
@@ -117,9 +118,21 @@ class UnbondOrder(_Order):
 Order = Union[TransferOrder, MintOrder, BondOrder, UnbondOrder]
 
 
+_VOTE_PREFIX, _VOTE_SUFFIX = pack({"v": VERSION, "kind": "ledger.vote", "tx": b"\xab" * 32}).split(b"\xab" * 32)
+
+
 def vote_message(tx_id: bytes) -> bytes:
-    """The bytes a validator signs to vote for transaction `tx_id`."""
-    return pack({"v": VERSION, "kind": "ledger.vote", "tx": tx_id})
+    """The bytes a validator signs to vote for transaction `tx_id`: pack({"v", "kind":
+    "ledger.vote", "tx"}), built around the constant parts (tests check it equals pack())."""
+    if len(tx_id) != 32:
+        return pack({"v": VERSION, "kind": "ledger.vote", "tx": tx_id})
+    return _VOTE_PREFIX + tx_id + _VOTE_SUFFIX
+
+
+def _pack_flat(body: dict[str, Any]) -> bytes:
+    """pack() of a map whose values are str/int/bytes only (transfer, bond, unbond bodies):
+    the same canonical bytes without the generic recursive walk (tests check equality)."""
+    return msgpack.packb(dict(sorted(body.items())), use_bin_type=True)
 
 
 @dataclass(frozen=True)
@@ -130,7 +143,8 @@ class SignedOrder:
     tx_id: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        b = pack(self.order.body())
+        body = self.order.body()
+        b = pack(body) if isinstance(self.order, MintOrder) else _pack_flat(body)
         object.__setattr__(self, "body_bytes", b)
         object.__setattr__(self, "tx_id", digest(b))
 
@@ -149,6 +163,18 @@ class SignedOrder:
 
     def to_wire(self) -> dict[str, Any]:
         return {"v": VERSION, "order": self.order.body(), "sig": self.signature}
+
+    def encoded(self) -> bytes:
+        """pack(to_wire()), reusing the body bytes (a msgpack map is its header then its
+        key/value encodings in order, and the keys "order" < "sig" < "v" are sorted)."""
+        return (b"\x83" + _K_ORDER + self.body_bytes + _K_SIG + msgpack.packb(self.signature, use_bin_type=True)
+                + _K_V + msgpack.packb(VERSION))
+
+
+_K_ORDER = msgpack.packb("order")
+_K_SIG = msgpack.packb("sig")
+_K_V = msgpack.packb("v")
+_K_VOTES = msgpack.packb("votes")
 
 
 @dataclass(frozen=True)
@@ -187,6 +213,11 @@ class Certificate:
 
     def to_wire(self) -> dict[str, Any]:
         return {"v": VERSION, "order": self.order.to_wire(), "votes": [[k, s] for k, s in self.votes]}
+
+    def encoded(self) -> bytes:
+        """pack(to_wire()) without re-walking the order (keys "order" < "v" < "votes")."""
+        return (b"\x83" + _K_ORDER + self.order.encoded() + _K_V + msgpack.packb(VERSION) + _K_VOTES
+                + msgpack.packb([[k, s] for k, s in self.votes], use_bin_type=True))
 
 
 @dataclass(frozen=True)

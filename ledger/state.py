@@ -19,8 +19,10 @@ replica keeps it pending until then, so no balance is ever negative.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterable
+
+import msgpack
 
 from fognode.ledger.errors import Reason
 from fognode.ledger.genesis import FeeDestination, Genesis
@@ -47,10 +49,17 @@ class Account:
     bonded: int = 0
     unbonding: tuple[tuple[int, int], ...] = ()    # (release epoch, amount), oldest first
     head: bytes = ZERO32                           # hash chain of applied tx ids
+    _enc: bytes | None = field(init=False, default=None, repr=False, compare=False)
 
     def encode(self) -> bytes:
-        return pack([self.balance, self.next_sequence, self.bonded,
-                     [[e, a] for e, a in self.unbonding], self.head])
+        """pack([balance, next_sequence, bonded, [[epoch, amount]...], head]) (a list of ints
+        and bytes: canonical without the map-sorting walk), computed once per record."""
+        enc = self._enc
+        if enc is None:
+            enc = msgpack.packb([self.balance, self.next_sequence, self.bonded,
+                                 [[e, a] for e, a in self.unbonding], self.head], use_bin_type=True)
+            object.__setattr__(self, "_enc", enc)
+        return enc
 
     @classmethod
     def decode(cls, data: bytes) -> "Account":

@@ -14,11 +14,12 @@ Keys (big-endian integers, so LevelDB's order is numeric order):
     e/<epoch:8>             minted in that epoch
     r/<receipt id>          receipt already paid
     x/<sender><seq:8>       tx id applied at (sender, sequence)
-    t/<tx id>               {"i": apply index, "c": certificate}
+    t/<tx id>               apply index (8 bytes) + the certificate's canonical msgpack
     o/<index:8>             tx id applied at that position of this replica's log (sync source)
     h/<pubkey><index:8>     tx id in that account's history
     L/<sender><seq:8>       order this validator signed for (sender, sequence)
     f/<sender><seq:8>       fork proof
+    w/<sender>              this node's own order in flight for that sender
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ class LedgerStore:
                 tx = d.cert.tx_id
                 sender, seq = d.cert.order.key
                 wb.put(b"x/" + sender + _u8(seq), tx)
-                wb.put(b"t/" + tx, pack({"i": d.index, "c": d.cert.to_wire()}))
+                wb.put(b"t/" + tx, _u8(d.index) + d.cert.encoded())
                 wb.put(b"o/" + _u8(d.index), tx)
                 for p in d.parties:
                     wb.put(b"h/" + p + _u8(d.index), tx)
@@ -139,15 +140,15 @@ class LedgerStore:
         v = self.db.get(b"t/" + tx_id)
         if v is None:
             return None
-        rec = self._decode(v, "certificate record")
         try:
-            return rec["i"], decode_certificate(rec["c"])
-        except (RemoteProtocolError, KeyError, TypeError) as e:
+            return int.from_bytes(v[:8], "big"), decode_certificate(self._decode(v[8:], "certificate record"))
+        except RemoteProtocolError as e:
             raise StoreError(f"corrupt certificate record {tx_id.hex()}: {e}") from None
 
     def raw_certificate(self, tx_id: bytes) -> Any:
+        """The certificate's wire map (undecoded into dataclasses), or None."""
         v = self.db.get(b"t/" + tx_id)
-        return None if v is None else self._decode(v, "certificate record")["c"]
+        return None if v is None else self._decode(v[8:], "certificate record")
 
     def log_length(self) -> int:
         return int(self._decode(self._need(b"s/applied"), "apply count"))
@@ -187,6 +188,23 @@ class LedgerStore:
             except RemoteProtocolError as e:
                 raise StoreError(f"corrupt lock record: {e}") from None
         return t
+
+    # -- this node's own orders in flight (so a restart re-drives them, never replaces them) ----
+
+    def put_inflight(self, order: SignedOrder) -> None:
+        self.db.put(b"w/" + order.order.sender, pack(order.to_wire()), sync=True)
+
+    def inflight(self, sender: bytes) -> SignedOrder | None:
+        v = self.db.get(b"w/" + sender)
+        if v is None:
+            return None
+        try:
+            return decode_signed_order(self._decode(v, "in-flight order"))
+        except RemoteProtocolError as e:
+            raise StoreError(f"corrupt in-flight order record: {e}") from None
+
+    def clear_inflight(self, sender: bytes) -> None:
+        self.db.delete(b"w/" + sender, sync=True)
 
     def put_fork(self, proof: ForkProof) -> bool:
         """Keep a fork proof (first one per (sender, sequence)); True if it is new."""

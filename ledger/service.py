@@ -1,0 +1,543 @@
+"""The ledger engine of one node: the trio adapter around the sans-IO cores.
+
+It owns the LevelDB store, the replica state, the validator (when this node's identity is in
+the committee), the wallet keystore, and talks to peers only through `ctx.overlay`:
+
+- order stream `/fognode/ledger/order/1.0.0`: a client sends {"v", "order", "prev"?} (prev =
+  the sender's previous certificate, so a validator that missed it can apply it first) and gets
+  {"v", "vote"} or {"v", "rejection"}. The validator persists its lock (sync) before replying.
+- sync stream `/fognode/ledger/sync/1.0.0`: {"v", "after", "limit"} -> {"v", "certs":
+  [[position, certificate]...], "end"}, repeated on one stream until the client has caught up
+  with the server's apply log. Cursors per peer are kept (not part of the state).
+- topic `fognode/ledger/certs/1`: {"v", "certs": [...]} batches of certificates this node
+  formed. The gossip layer numbers messages per origin and pulls gaps; a certificate that
+  cannot apply yet (missing predecessors) makes the replica sync with the peer it came from,
+  and every `sync_interval` with its connected peers (catch-up after a partition or restart).
+
+Other roles use the `LedgerService` API (ctx.services "ledger"): `verify_payment_capability`,
+`balance`, `pay`, `submit_reward`, `distribute_rewards`, `register_receipt_verifier`,
+`issue_receipt`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import trio
+from nacl.signing import SigningKey
+from prometheus_client import Counter, Gauge, Histogram
+
+from fognode.ledger.actions import (CertificateRefused, Commit, ConflictingCertificates, PersistLock,
+                                    Queued, ReportFork, SendRejection, SendVote)
+from fognode.ledger.address import encode_address
+from fognode.ledger.client import OrderStatus, VoteCollector
+from fognode.ledger.errors import OrderRejected, Reason, WalletError
+from fognode.ledger.events import ForkDetected, PaymentProcessed, RewardsDistributed
+from fognode.ledger.genesis import Genesis
+from fognode.ledger.messages import (Certificate, ForkProof, MintOrder, Order, Rejection, SignedOrder,
+                                     TransferOrder, decode_certificate, decode_rejection,
+                                     decode_signed_order, decode_vote, order_problem)
+from fognode.ledger.pending import PendingPool
+from fognode.ledger.receipts import Receipt, ReceiptVerifier, default_registry
+from fognode.ledger.replica import Replica
+from fognode.ledger.rewards import Allocation, distribute_rewards
+from fognode.ledger.state import Delta
+from fognode.ledger.store import LedgerStore
+from fognode.ledger.validator import Validator
+from fognode.ledger.wallet import PASSPHRASE_ENV, Keystore
+from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
+from fognode.node.metrics import metric
+from fognode.node.overlay import FramedStream, GossipMessage
+from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id
+from fognode.node.protocol import NodeContext
+from fognode.node.wire import Fields, pack, unpack
+
+log = logging.getLogger("fognode.ledger")
+
+ORDER_STREAM = "/fognode/ledger/order/1.0.0"
+SYNC_STREAM = "/fognode/ledger/sync/1.0.0"
+CERT_TOPIC = "fognode/ledger/certs/1"
+MAX_SYNC_BATCH = 1024
+MAX_CERT_FRAME = 1 << 20
+
+
+class NotCertified(FognodeError):
+    """The order did not gather a quorum before the deadline; `status` says how far it got."""
+
+    def __init__(self, message: str, status: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Settings:
+    batch_interval: float = 0.2
+    batch_max: int = 64
+    sync_interval: float = 10.0
+    sync_batch: int = 256
+    request_timeout: float = 5.0
+    retry_interval: float = 1.0
+    pending_max: int = 10_000
+    verify_sender: bool = True
+
+
+class LedgerService:
+    """One node's ledger. Create, then `await run(task_status=...)` inside the role."""
+
+    def __init__(self, ctx: NodeContext, settings: Settings) -> None:
+        self.ctx = ctx
+        self.s = settings
+        self.genesis = Genesis.from_node_genesis(ctx.genesis)
+        self.me = bytes(ctx.identity.verify_key)
+        self.store = LedgerStore(ctx.role_dir("ledger") / "db", self.genesis)
+        self.state = self.store.load_state()
+        self.locks = self.store.load_locks()
+        self.receipts = default_registry()
+        self.replica = Replica(self.state, self.store, PendingPool(settings.pending_max),
+                               verify_sender=settings.verify_sender)
+        self.validator = Validator(self.genesis, ctx.identity, self.state, self.locks, self.receipts)
+        self.keystore = Keystore(ctx.datadir)
+        self.passphrase: str | None = os.environ.get(PASSPHRASE_ENV)
+        self._outbox: list[Certificate] = []
+        self._outbox_ready = trio.Event()
+        self._waiters: dict[bytes, trio.Event] = {}
+        self._sender_locks: dict[bytes, trio.Lock] = {}
+        self._cursors: dict[str, int] = {}
+        self._syncing: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        self.forks_seen = 0
+        reg = ctx.metrics
+        self.m_applied = metric(reg, Counter, "fognode_ledger_certificates_applied_total",
+                                "Certificates applied to this replica")
+        self.m_rejected = metric(reg, Counter, "fognode_ledger_orders_rejected_total",
+                                 "Orders this validator refused to sign, by reason", ["reason"])
+        self.m_refused = metric(reg, Counter, "fognode_ledger_certificates_refused_total",
+                                "Certificates that failed verification, by reason", ["reason"])
+        self.m_pending = metric(reg, Gauge, "fognode_ledger_pending_certificates",
+                                "Certificates waiting for predecessors or funds")
+        self.m_supply = metric(reg, Gauge, "fognode_ledger_supply_microtokens", "Total supply (micro-units)")
+        self.m_staked = metric(reg, Gauge, "fognode_ledger_staked_microtokens", "Bonded stake (micro-units)")
+        self.m_latency = metric(reg, Histogram, "fognode_ledger_apply_latency_seconds",
+                                "Verify + apply + synced write of one batch of certificates",
+                                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        self.m_forks = metric(reg, Counter, "fognode_ledger_forks_total", "Fork proofs detected")
+        self._update_gauges()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; closes the store on the way out."""
+        try:
+            if self.keystore.default() is None and self.passphrase is not None:
+                addr = encode_address(self.keystore.create(self.passphrase, "default"))
+                log.info("created the node's default wallet %s", addr)
+            self.ctx.overlay.set_stream_handler(ORDER_STREAM, self._serve_order)
+            self.ctx.overlay.set_stream_handler(SYNC_STREAM, self._serve_sync)
+            await self.ctx.overlay.subscribe(CERT_TOPIC, self._on_gossip)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._publisher)
+                nursery.start_soon(self._anti_entropy)
+                nursery.start_soon(self._sync_on_connect)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self.store.close()
+
+    def _update_gauges(self) -> None:
+        self.m_pending.set(len(self.replica.pending))
+        self.m_supply.set(self.state.supply.total)
+        self.m_staked.set(self.state.total_staked())
+
+    # -- applying certificates -----------------------------------------------------------------
+
+    def ingest(self, peer: str, certs: list[Certificate]) -> tuple[list[Delta], bool]:
+        """Verify and apply `certs` (one synced write batch for all that apply). Returns the
+        deltas applied and whether any certificate is waiting for predecessors."""
+        t0 = time.perf_counter()
+        deltas: list[Delta] = []
+        queued = False
+        for c in certs:
+            for a in self.replica.receive(peer, c):
+                if isinstance(a, Commit):
+                    deltas.append(a.delta)
+                elif isinstance(a, Queued):
+                    queued = True
+                elif isinstance(a, CertificateRefused):
+                    self.m_refused.labels(a.reason.value).inc()
+                    log.warning("refused certificate %s from %s: %s: %s", a.tx_id.hex()[:16], peer,
+                                a.reason.value, a.message)
+                elif isinstance(a, ConflictingCertificates):
+                    self._conflict(a.applied_tx, a.other, peer)
+        if deltas:
+            self.store.commit(deltas)
+            self.replica.committed()
+            self.m_latency.observe(time.perf_counter() - t0)
+            self.m_applied.inc(len(deltas))
+            for d in deltas:
+                self._after_apply(d)
+        self._update_gauges()
+        return deltas, queued
+
+    def _after_apply(self, d: Delta) -> None:
+        o = d.cert.order.order
+        ev = self._waiters.pop(d.cert.tx_id, None)
+        if ev is not None:
+            ev.set()
+        if isinstance(o, TransferOrder):
+            self.ctx.events.publish(PaymentProcessed(
+                tx=d.cert.tx_id.hex(), sender=encode_address(o.sender), recipient=encode_address(o.recipient),
+                amount=o.amount, fee=o.fee, memo=o.memo))
+
+    def _conflict(self, applied_tx: bytes, other: Certificate, peer: str) -> None:
+        o = other.order.order
+        found = self.store.certificate(applied_tx) if applied_tx else None
+        if found is None:
+            pending = self.replica.pending.get(o.sender, o.sequence)
+            first = pending.order if pending is not None else None
+        else:
+            first = found[1].order
+        if first is not None:
+            self._fork(ForkProof(first, other.order), peer, certified=True)
+
+    def _fork(self, proof: ForkProof, peer: str, *, certified: bool) -> None:
+        if not proof.valid() or not self.store.put_fork(proof):
+            return
+        self.forks_seen += 1
+        self.m_forks.inc()
+        o = proof.first.order
+        log.error("FORK: %s signed two orders for sequence %d (%s, %s)%s", encode_address(o.sender), o.sequence,
+                  proof.first.tx_id.hex()[:16], proof.second.tx_id.hex()[:16],
+                  " and BOTH WERE CERTIFIED: more than a third of the committee is faulty" if certified else "")
+        self.ctx.events.publish(ForkDetected(
+            sender=encode_address(o.sender), sequence=o.sequence, first_tx=proof.first.tx_id.hex(),
+            second_tx=proof.second.tx_id.hex(), certified=certified, reported_by=peer))
+
+    # -- gossip --------------------------------------------------------------------------------
+
+    def _publish_later(self, cert: Certificate) -> None:
+        self._outbox.append(cert)
+        self._outbox_ready.set()
+
+    async def _publisher(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            await trio.sleep(self.s.batch_interval)    # gather a batch
+            batch, self._outbox = self._outbox[:self.s.batch_max], self._outbox[self.s.batch_max:]
+            if not self._outbox:
+                self._outbox_ready = trio.Event()
+            if batch:
+                try:
+                    await self.ctx.overlay.publish(CERT_TOPIC, pack({"v": 1, "certs": [c.to_wire() for c in batch]}))
+                except FognodeError as e:
+                    log.warning("could not publish %d certificates: %s (peers will sync them)", len(batch), e)
+
+    async def _on_gossip(self, msg: GossipMessage) -> None:
+        f = Fields(unpack(msg.data, max_size=MAX_CERT_FRAME, what="ledger certificate batch"),
+                   "ledger.CertBatch", versions={1}, peer=msg.origin)
+        certs = [decode_certificate(c, peer=msg.origin) for c in f.list("certs", max_len=MAX_SYNC_BATCH)]
+        f.done()
+        _, queued = self.ingest(msg.origin, certs)
+        if queued:
+            self._sync_soon(msg.received_from)
+            if msg.origin != msg.received_from:
+                self._sync_soon(msg.origin)
+
+    # -- sync ----------------------------------------------------------------------------------
+
+    async def _serve_sync(self, stream: FramedStream) -> None:
+        while True:
+            try:
+                req = await stream.recv(max_size=1024)
+            except StreamClosed:
+                return
+            f = Fields(req, "ledger.SyncRequest", versions={1}, peer=stream.remote_peer)
+            after = f.int("after", lo=0, hi=2**62)
+            limit = f.int("limit", lo=1, hi=MAX_SYNC_BATCH)
+            f.done()
+            items = self.store.log_after(after, limit)
+            await stream.send({"v": 1, "certs": [[p, c] for p, c in items], "end": self.store.log_length()})
+
+    def _sync_soon(self, peer: str) -> None:
+        if self._nursery is not None and peer and peer != self.ctx.peer_id and peer not in self._syncing:
+            self._nursery.start_soon(self.sync_with, peer)
+
+    async def sync_with(self, peer: str) -> int:
+        """Pull `peer`'s apply log from our cursor; returns certificates applied. Errors are
+        logged (the next round retries)."""
+        if peer in self._syncing:
+            return 0
+        self._syncing.add(peer)
+        applied = 0
+        try:
+            with trio.fail_after(max(30.0, self.s.request_timeout * 6)):
+                stream = await self.ctx.overlay.open_stream(peer, SYNC_STREAM)
+                try:
+                    while True:
+                        cursor = self._cursors.get(peer, 0)
+                        await stream.send({"v": 1, "after": cursor, "limit": self.s.sync_batch})
+                        resp = await stream.recv(max_size=MAX_CERT_FRAME * 4)
+                        f = Fields(resp, "ledger.SyncResponse", versions={1}, peer=peer)
+                        end = f.int("end", lo=0, hi=2**62)
+                        items = f.list("certs", max_len=MAX_SYNC_BATCH)
+                        f.done()
+                        certs, last = [], cursor
+                        for i, item in enumerate(items):
+                            if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], int)
+                                    or item[0] <= last):
+                                raise RemoteProtocolError(f"ledger.SyncResponse: certs[{i}] is not [position, "
+                                                          f"certificate] in increasing order", peer=peer)
+                            last = item[0]
+                            certs.append(decode_certificate(item[1], peer=peer))
+                        deltas, _ = self.ingest(peer, certs)
+                        applied += len(deltas)
+                        self._cursors[peer] = last
+                        if not certs or last >= end:
+                            break
+                finally:
+                    await stream.close()
+        except (FognodeError, trio.TooSlowError) as e:
+            log.debug("sync with %s stopped: %s", peer, e)
+            if isinstance(e, RemoteProtocolError):
+                self._cursors.pop(peer, None)
+        finally:
+            self._syncing.discard(peer)
+        if applied:
+            log.info("synced %d certificates from %s", applied, peer)
+        return applied
+
+    def _connected_peers(self) -> list[str]:
+        return [p.peer_id for p in self.ctx.overlay.peers() if p.connected]
+
+    async def _anti_entropy(self) -> None:
+        while True:
+            await trio.sleep(self.s.sync_interval * (0.5 + random.random()))
+            peers = self._connected_peers()
+            if peers:
+                await self.sync_with(random.choice(peers))
+
+    async def _sync_on_connect(self) -> None:
+        from fognode.node.events import PeerConnected
+
+        async with self.ctx.events.subscribe("ledger-sync", [PeerConnected]) as sub:
+            for p in self._connected_peers():
+                self._sync_soon(p)
+            async for ev in sub:
+                assert isinstance(ev, PeerConnected)
+                self._sync_soon(ev.peer_id)
+
+    # -- validator side ------------------------------------------------------------------------
+
+    def _validate(self, peer: str, so: SignedOrder) -> list[Any]:
+        """Run the validator core and carry out its actions up to (not including) sending:
+        the lock is persisted (sync) here, before any reply exists. Returns the replies."""
+        replies: list[Any] = []
+        for a in self.validator.receive(peer, so, self.ctx.clock()):
+            if isinstance(a, PersistLock):
+                self.store.persist_lock(a.order)
+            elif isinstance(a, SendVote):
+                replies.append(a.vote)
+            elif isinstance(a, SendRejection):
+                self.m_rejected.labels(a.rejection.reason.value).inc()
+                replies.append(a.rejection)
+            elif isinstance(a, ReportFork):
+                self._fork(a.proof, peer, certified=False)
+        return replies
+
+    async def _serve_order(self, stream: FramedStream) -> None:
+        peer = stream.remote_peer
+        f = Fields(await stream.recv(max_size=MAX_CERT_FRAME), "ledger.OrderRequest", versions={1}, peer=peer)
+        so = decode_signed_order(f.map("order", max_len=8), peer=peer)
+        prev = decode_certificate(f.map("prev", max_len=8), peer=peer) if f.has("prev") else None
+        f.done()
+        if prev is not None:
+            self.ingest(peer, [prev])
+        for r in self._validate(peer, so):
+            if isinstance(r, Rejection):
+                await stream.send({"v": 1, "rejection": r.to_wire()})
+            else:
+                await stream.send({"v": 1, "vote": r.to_wire()})
+
+    # -- client side ---------------------------------------------------------------------------
+
+    def _lock_for(self, sender: bytes) -> trio.Lock:
+        return self._sender_locks.setdefault(sender, trio.Lock())
+
+    async def unlock_wallet(self, pubkey: bytes) -> SigningKey:
+        """The wallet's signing key (Argon2id runs in a worker thread). Raises WalletError."""
+        if pubkey == self.me:
+            return self.ctx.identity
+        if not self.keystore.has(pubkey):
+            raise WalletError(f"no wallet {encode_address(pubkey)} on this node")
+        return await trio.to_thread.run_sync(self.keystore.unlock, pubkey, self.passphrase)
+
+    async def submit(self, key: SigningKey, make: Callable[[int, int], Order], timeout: float) -> Certificate:
+        """Sign the sender's next order (`make(sequence, epoch)`), gather a quorum, apply and
+        gossip the certificate. Raises OrderRejected (a definitive refusal; nothing applied)
+        or NotCertified (deadline passed: the order stays in flight and is re-driven by the
+        next submit from the same sender, never replaced by another one for its sequence)."""
+        sender = bytes(key.verify_key)
+        deadline = trio.current_time() + timeout
+        async with self._lock_for(sender):
+            inflight = self.store.inflight(sender)
+            if inflight is not None:
+                if self.state.account(sender).next_sequence > inflight.order.sequence:
+                    self.store.clear_inflight(sender)
+                else:
+                    await self._drive(inflight, deadline)
+            seq = self.state.account(sender).next_sequence
+            so = SignedOrder.sign(key, make(seq, self.genesis.epoch_at(self.ctx.clock())))
+            problem = order_problem(so.order) or self.state.order_problem(so.order)
+            if problem:
+                raise OrderRejected(*problem)
+            self.store.put_inflight(so)
+            return await self._drive(so, deadline)
+
+    async def _drive(self, so: SignedOrder, deadline: float) -> Certificate:
+        committee = self.genesis.committee_for(so.order.epoch)
+        collector = VoteCollector(so, committee)
+        sender, seq = so.key
+        prev = self.store.raw_certificate(self.store.tx_at(sender, seq - 1) or b"") if seq > 0 else None
+        request: dict[str, Any] = {"v": 1, "order": so.to_wire()}
+        if prev is not None:
+            request["prev"] = prev
+        while True:
+            if self.me in committee and self.me not in collector.votes:
+                for r in self._validate(self.ctx.peer_id, so):
+                    self._collect(collector, self.me, r)
+            async with trio.open_nursery() as nursery:
+                for v in committee.members:
+                    if v != self.me and v not in collector.votes and collector.certificate is None:
+                        nursery.start_soon(self._ask, v, request, collector, nursery.cancel_scope)
+            cert = collector.certificate
+            if cert is not None:
+                self.store.clear_inflight(sender)
+                self.ingest(self.ctx.peer_id, [cert])
+                self._publish_later(cert)
+                return cert
+            reason = collector.main_reason()
+            if collector.status is OrderStatus.FAILED and reason not in (Reason.WRONG_SEQUENCE, None):
+                self.store.clear_inflight(sender)
+                raise OrderRejected(reason, "; ".join(f"{v}: {m}" for v, m in collector.reasons().items()))
+            now = trio.current_time()
+            if now >= deadline:
+                raise NotCertified(
+                    f"order {so.tx_id.hex()} not certified in time: votes from "
+                    f"{sum(committee.stake_of(v) for v in collector.votes)} of {committee.total} stake "
+                    f"(quorum {committee.quorum_stake}); it stays in flight",
+                    {"tx": so.tx_id.hex(), "status": "in_flight", "votes": len(collector.votes),
+                     "validators": len(committee.members), "rejections": collector.reasons()})
+            await trio.sleep(min(self.s.retry_interval, deadline - now))
+
+    def _collect(self, collector: VoteCollector, validator: bytes, reply: Any) -> None:
+        if isinstance(reply, Rejection):
+            collector.add_rejection(validator, reply)
+        else:
+            collector.add_vote(reply)
+
+    async def _ask(self, validator: bytes, request: dict[str, Any], collector: VoteCollector,
+                   scope: trio.CancelScope) -> None:
+        peer = peer_id_from_pubkey(validator)
+        try:
+            with trio.fail_after(self.s.request_timeout):
+                stream = await self.ctx.overlay.open_stream(peer, ORDER_STREAM)
+                try:
+                    await stream.send(request)
+                    f = Fields(await stream.recv(max_size=64 * 1024), "ledger.OrderReply", versions={1}, peer=peer)
+                    if f.has("vote"):
+                        reply: Any = decode_vote(f.map("vote"), peer=peer)
+                        if reply.validator != validator:
+                            raise RemoteProtocolError("ledger.OrderReply: vote signed by another validator", peer=peer)
+                    else:
+                        reply = decode_rejection(f.map("rejection"), peer=peer)
+                    f.done()
+                finally:
+                    await stream.close()
+        except (FognodeError, trio.TooSlowError) as e:
+            log.debug("validator %s did not answer: %s", peer, e)
+            return
+        self._collect(collector, validator, reply)
+        if collector.certificate is not None:
+            scope.cancel()
+
+    async def wait_applied(self, tx_id: bytes, timeout: float) -> bool:
+        if self.store.certificate(tx_id) is not None:
+            return True
+        ev = self._waiters.setdefault(tx_id, trio.Event())
+        with trio.move_on_after(timeout):
+            await ev.wait()
+            return True
+        return False
+
+    # -- the interface for other roles (ctx.services "ledger") ---------------------------------
+
+    def balance(self, address: bytes) -> int:
+        return self.state.account(address).spendable(self.genesis.epoch_at(self.ctx.clock()))
+
+    def verify_payment_capability(self, address: bytes | str, amount: int) -> bool:
+        """True when `address` can pay `amount` micro-units plus the chain's fee right now."""
+        from fognode.ledger.address import decode_address
+        key = decode_address(address) if isinstance(address, str) else address
+        return self.balance(key) >= amount + self.genesis.fee
+
+    def default_wallet(self) -> bytes:
+        pub = self.keystore.default()
+        if pub is None:
+            raise WalletError(f"this node has no wallet: run `fognode init` or set {PASSPHRASE_ENV} and restart")
+        return pub
+
+    async def pay(self, to: bytes, amount: int, memo: str = "", *, timeout: float = 30.0,
+                  wallet: bytes | None = None) -> Certificate:
+        """Transfer from a local wallet (default: the node's). Raises OrderRejected,
+        NotCertified, WalletError."""
+        key = await self.unlock_wallet(wallet or self.default_wallet())
+        fee = self.genesis.fee
+        return await self.submit(key, lambda seq, ep: TransferOrder(
+            chain=self.genesis.chain_id, epoch=ep, sender=bytes(key.verify_key), sequence=seq, fee=fee,
+            recipient=to, amount=amount, memo=memo), timeout)
+
+    async def submit_reward(self, receipt: Receipt, amount: int, *, timeout: float = 30.0) -> Certificate:
+        """Mint `amount` to the receipt's beneficiary; this node's default wallet pays the fee."""
+        key = await self.unlock_wallet(self.default_wallet())
+        fee = self.genesis.fee
+        return await self.submit(key, lambda seq, ep: MintOrder(
+            chain=self.genesis.chain_id, epoch=ep, sender=bytes(key.verify_key), sequence=seq, fee=fee,
+            recipient=receipt.beneficiary, amount=amount, receipt=receipt), timeout)
+
+    async def distribute_rewards(self, allocations: list[Allocation], *, timeout: float = 60.0) -> list[str]:
+        """Pay each allocation with a mint order from the default wallet, one after the other;
+        returns the transaction ids. Publishes RewardsDistributed."""
+        key = await self.unlock_wallet(self.default_wallet())
+        epoch = self.genesis.epoch_at(self.ctx.clock())
+        txs: list[str] = []
+        total = 0
+        for order in distribute_rewards(allocations, chain=self.genesis.chain_id, epoch=epoch,
+                                        sender=bytes(key.verify_key), first_sequence=0, fee=self.genesis.fee):
+            cert = await self.submit(key, lambda seq, ep, o=order: MintOrder(
+                chain=o.chain, epoch=ep, sender=o.sender, sequence=seq, fee=o.fee, recipient=o.recipient,
+                amount=o.amount, receipt=o.receipt), timeout)
+            txs.append(cert.tx_id.hex())
+            total += order.amount
+        self.ctx.events.publish(RewardsDistributed(distributor=encode_address(bytes(key.verify_key)),
+                                                   epoch=epoch, count=len(txs), total=total, txs=tuple(txs)))
+        return txs
+
+    def register_receipt_verifier(self, verifier: ReceiptVerifier) -> None:
+        self.receipts.register(verifier)
+
+    def issue_receipt(self, kind: str, beneficiary: bytes, body: dict[str, Any], epoch: int | None = None) -> Receipt:
+        """A receipt signed by this node's identity key (the role that earned/observed it)."""
+        ep = self.genesis.epoch_at(self.ctx.clock()) if epoch is None else epoch
+        return Receipt.issue(self.ctx.identity, kind, beneficiary, ep, body)
+
+    def peer_of(self, address: bytes) -> str:
+        return peer_id_from_pubkey(address)
+
+    @staticmethod
+    def address_of_peer(peer_id: str) -> bytes:
+        return pubkey_from_peer_id(peer_id)

@@ -1,0 +1,113 @@
+"""In-process ledger clusters: each node a real libp2p overlay on 127.0.0.1 (node.host) with
+its own data dir, LevelDB store and LedgerRole; nodes can be stopped and restarted."""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import trio
+from nacl.signing import SigningKey
+from prometheus_client import CollectorRegistry
+
+from fognode.ledger.genesis import DEV_FUNDING, DEV_STAKE, dev_genesis
+from fognode.ledger.protocol import LedgerConfig, LedgerRole
+from fognode.ledger.wallet import Keystore
+from fognode.node.events import EventBus
+from fognode.node.host import OverlayConfig, open_overlay
+from fognode.node.protocol import NodeContext
+
+LOCAL = ["/ip4/127.0.0.1/tcp/0"]
+
+
+@dataclass
+class LNode:
+    index: int
+    datadir: Path
+    identity: SigningKey
+    wallet: bytes
+    role: LedgerRole | None = None
+    ctx: NodeContext | None = None
+    scope: trio.CancelScope | None = None
+    stopped: trio.Event = field(default_factory=trio.Event)
+    addr: str = ""
+
+    @property
+    def up(self) -> bool:
+        return self.role is not None and self.role.service is not None
+
+    @property
+    def svc(self) -> Any:
+        assert self.role is not None and self.role.service is not None, f"node {self.index} is down"
+        return self.role.service
+
+
+class Cluster:
+    def __init__(self, root: Path, n: int, nursery: trio.Nursery, config: LedgerConfig) -> None:
+        self.root = root
+        self.nursery = nursery
+        self.config = config
+        self.nodes: list[LNode] = []
+        for i in range(n):
+            d = root / f"n{i}"
+            d.mkdir(parents=True)
+            ident = SigningKey(bytes([200 + i]) * 32)
+            wallet = Keystore(d).create("", "default")
+            self.nodes.append(LNode(i, d, ident, wallet))
+        ledger = dev_genesis("fog-test", [(bytes(x.identity.verify_key), DEV_STAKE) for x in self.nodes],
+                             {x.wallet: DEV_FUNDING for x in self.nodes})
+        self.genesis = {"chain_id": "fog-test", "ledger": ledger}
+
+    async def start(self, i: int) -> None:
+        node = self.nodes[i]
+        node.stopped = trio.Event()
+        await self.nursery.start(self._run, node)
+
+    async def _run(self, node: LNode, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        reg = CollectorRegistry()
+        events = EventBus(reg)
+        boot = [n.addr for n in self.nodes if n is not node and n.up and n.addr]
+        cfg = OverlayConfig(listen=LOCAL, bootstrap=boot[:1], connmgr_interval=0.3, peers_low=len(self.nodes) - 1)
+        try:
+            with trio.CancelScope() as scope:
+                node.scope = scope
+                async with open_overlay(cfg, node.identity, events, reg) as ov:
+                    node.addr = ov.listen_addrs()[0]
+                    ctx = NodeContext(peer_id=ov.peer_id, identity=node.identity, overlay=ov, events=events,
+                                      metrics=reg, datadir=node.datadir, genesis=self.genesis)
+                    node.ctx = ctx
+                    role = LedgerRole(ctx, self.config)
+                    async with trio.open_nursery() as inner:
+                        await inner.start(role.run)
+                        node.role = role
+                        for b in boot:
+                            inner.start_soon(ov.connect, b)
+                        task_status.started()
+        finally:
+            node.role = None
+            node.stopped.set()
+
+    async def stop(self, i: int) -> None:
+        node = self.nodes[i]
+        assert node.scope is not None
+        node.scope.cancel()
+        await node.stopped.wait()
+
+
+@asynccontextmanager
+async def ledger_cluster(root: Path, n: int, **config: Any) -> AsyncIterator[Cluster]:
+    cfg = LedgerConfig(**{"batch_interval": 0.05, "request_timeout": 3.0, "retry_interval": 0.3,
+                          "sync_interval": 1.0, **config})
+    async with trio.open_nursery() as nursery:
+        c = Cluster(root, n, nursery, cfg)
+        for i in range(n):
+            await c.start(i)
+        yield c
+        nursery.cancel_scope.cancel()
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.05)
