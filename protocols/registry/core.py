@@ -5,9 +5,13 @@ the trio adapter (`protocol.RegistryRole`) carries out. Nothing here awaits.
 
 Gossip on `fognode/registry/devices/1` carries one envelope per message::
 
-    {"v": 1, "t": "record", "record": <signed device record bytes>}
-    {"v": 1, "t": "hb", "seq": <our record's seq>}      # heartbeat, every heartbeat_interval
-    {"v": 1, "t": "bye"}                                 # graceful shutdown / mark_offline
+    {"v": 1, "t": "record", "at": <ms>, "record": <signed device record bytes>}
+    {"v": 1, "t": "hb", "at": <ms>, "seq": <our record's seq>}   # every heartbeat_interval
+    {"v": 1, "t": "bye", "at": <ms>}                              # graceful shutdown
+
+`at` is the sender's clock in milliseconds, increasing per sender: gossip may deliver late,
+twice or replayed (pulls after a gap), and a message not newer than the last one from that
+origin says nothing about liveness (so an old heartbeat cannot revive a peer that said bye).
 
 Gossip is signed by its origin (libp2p strict signing), so a heartbeat or goodbye speaks only
 for its origin, and a record is accepted on gossip only from the device it describes. A
@@ -21,6 +25,7 @@ stopped process can keep its sockets). `fognode/registry/observations/1` carries
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from typing import Any, Callable
 
 from nacl.signing import SigningKey
@@ -84,8 +89,10 @@ class RegistryCore:
         self._caps: Capabilities | None = None
         self._last_publish = 0.0
         self._last_heartbeat = 0.0
+        self._last_sent_at = 0
         self._fetching: dict[str, float] = {}
         self._pinged: dict[str, float] = {}
+        self._last_at: OrderedDict[str, int] = OrderedDict()   # newest `at` per origin
 
     # ---- our own record -------------------------------------------------------------------
 
@@ -107,7 +114,7 @@ class RegistryCore:
         data = rec.encode()
         out: list[Action] = [
             DhtPut(device_key(self.peer_id), data),
-            Publish(DEVICES_TOPIC, pack({"v": ENVELOPE_VERSION, "t": "record", "record": data})),
+            Publish(DEVICES_TOPIC, self._envelope(now, "record", record=data)),
         ]
         if self.profile.region:
             out.append(DhtProvide(region_key(self.profile.region)))
@@ -118,6 +125,22 @@ class RegistryCore:
             out.append(Emit(DeviceCapabilitiesChanged(rec.peer_id, rec.seq,
                                                       _changed_fields(old, rec), True)))
         return out
+
+    def _envelope(self, now: float, kind: str, **fields: Any) -> bytes:
+        at = max(int(now * 1000), self._last_sent_at + 1)
+        self._last_sent_at = at
+        return pack({"v": ENVELOPE_VERSION, "t": kind, "at": at, **fields})
+
+    def _fresh(self, origin: str, at: int) -> bool:
+        """True (and remembered) when `at` is newer than anything heard from `origin`."""
+        last = self._last_at.get(origin)
+        if last is not None and at <= last:
+            return False
+        self._last_at[origin] = at
+        self._last_at.move_to_end(origin)
+        while len(self._last_at) > self.view.max_devices:
+            self._last_at.popitem(last=False)
+        return True
 
     def start(self, caps: Capabilities, now: float) -> list[Action]:
         """Publish our first record (DHT, region provider record, gossip)."""
@@ -142,7 +165,7 @@ class RegistryCore:
     def goodbye(self, now: float) -> list[Action]:
         """We are going down gracefully: tell the others (they mark us offline at once)."""
         self.liveness.mark_offline(self.peer_id, now)
-        return [Publish(DEVICES_TOPIC, pack({"v": ENVELOPE_VERSION, "t": "bye"})),
+        return [Publish(DEVICES_TOPIC, self._envelope(now, "bye")),
                 Emit(DeviceOffline(self.peer_id, now, "goodbye"))]
 
     # ---- from the network -----------------------------------------------------------------
@@ -175,6 +198,7 @@ class RegistryCore:
             f = Fields(unpack(data, max_size=MAX_ENVELOPE, what="registry gossip"),
                        "registry gossip", versions={ENVELOPE_VERSION}, peer=origin)
             kind = f.str("t", max_len=16)
+            at = f.int("at", lo=0, hi=2**63 - 1)
             if kind == "record":
                 raw = f.bytes("record", max_len=MAX_ENVELOPE)
                 f.done()
@@ -190,9 +214,10 @@ class RegistryCore:
             return [Refused("record", e.reason, origin, str(e))]
         except RemoteProtocolError as e:
             return [Refused("gossip", RejectReason.MALFORMED, origin, str(e))]
+        fresh = self._fresh(origin, at)
         if kind == "bye":
-            return self._liveness_event(self.liveness.mark_offline(origin, now))
-        out = self._liveness_event(self.liveness.seen(origin, now))
+            return self._liveness_event(self.liveness.mark_offline(origin, now)) if fresh else []
+        out = self._liveness_event(self.liveness.seen(origin, now)) if fresh else []
         if kind == "record":
             return out + self._accept_record(rec)
         held = self.view.get(origin)
@@ -285,8 +310,7 @@ class RegistryCore:
         if self.own is not None and now - self._last_heartbeat >= self.config.heartbeat_interval:
             self._last_heartbeat = now
             self.liveness.seen(self.peer_id, now)
-            out.append(Publish(DEVICES_TOPIC, pack({"v": ENVELOPE_VERSION, "t": "hb",
-                                                    "seq": self.own.seq})))
+            out.append(Publish(DEVICES_TOPIC, self._envelope(now, "hb", seq=self.own.seq)))
         for ch in self.liveness.tick(now):
             if ch.peer_id != self.peer_id:
                 self._pinged.pop(ch.peer_id, None)

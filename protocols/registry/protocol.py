@@ -85,6 +85,8 @@ class RegistryRole(Protocol):
         self.metrics = RegistryMetrics.create(ctx.metrics)
         self.core.validator.on_reject = lambda r: self.metrics.rejected.labels("dht", r.value).inc()
         self._send, self._recv = trio.open_memory_channel[Action](ACTION_QUEUE)
+        self._connected: set[str] = set()
+        self._stopped = False
         self.registry_service = RegistryService(self)
         self.reputation_service = ReputationService(self)
 
@@ -140,8 +142,14 @@ class RegistryRole(Protocol):
     # ---- ping -------------------------------------------------------------------------------
 
     async def _ping(self, peer: str) -> bool:
-        """True when `peer` answers a ping within a heartbeat interval (at most 2 s)."""
-        with trio.move_on_after(min(2.0, max(0.2, self.config.heartbeat_interval))):
+        """True when `peer` answers a ping within a third of offline_after (at most 5 s).
+
+        Only over an existing connection: a dial cut short by the ping's deadline leaks its
+        socket in py-libp2p 0.8.1, and an unconnected peer's liveness comes from gossip.
+        """
+        if not any(p.peer_id == peer and p.connected for p in self.ctx.overlay.peers()):
+            return False
+        with trio.move_on_after(min(5.0, self.config.offline_after / 3)):
             try:
                 s = await self.ctx.overlay.open_stream(peer, PING_PROTOCOL)
                 try:
@@ -158,7 +166,11 @@ class RegistryRole(Protocol):
 
     async def _serve_ping(self, s: FramedStream) -> None:
         """Answer one ping. Raises RemoteProtocolError for anything but a ping (the overlay
-        resets the stream and counts it against the peer)."""
+        resets the stream and counts it against the peer). A stopped role does not answer
+        (the overlay keeps the handler after the role is gone)."""
+        if self._stopped:
+            await s.reset()
+            return
         try:
             f = Fields(await s.recv(max_size=PING_MAX), "registry ping", versions={1},
                        peer=s.remote_peer)
@@ -186,9 +198,9 @@ class RegistryRole(Protocol):
         step = max(0.05, min(1.0, self.config.heartbeat_interval / 2, self.config.offline_after / 10))
         while True:
             now = self.ctx.clock()
-            for p in self.ctx.overlay.peers():
-                if p.connected:
-                    self._do(self.core.on_peer_connected(p.peer_id, now))
+            self._connected = {p.peer_id for p in self.ctx.overlay.peers() if p.connected}
+            for peer in self._connected:
+                self._do(self.core.on_peer_connected(peer, now))
             self._do(self.core.tick(now))
             await trio.sleep(step)
 
@@ -277,6 +289,7 @@ class RegistryRole(Protocol):
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            self._stopped = True
             self.ctx.services.withdraw("registry")
             self.ctx.services.withdraw("reputation")
             await self._say_goodbye()

@@ -19,7 +19,7 @@ def caps(**kw: object) -> Capabilities:
                                    gpu=None, gpu_memory_bytes=None, battery_present=False,
                                    battery_percent=None, charging=None, os="Linux", arch="x86_64")
     base.update(kw)
-    return Capabilities(**base)  # type: ignore[arg-type]
+    return Capabilities(**base)
 
 
 def record(k: SigningKey, seq: int = 1, *, issued: float = NOW, ttl: int = 3600,

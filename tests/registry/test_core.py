@@ -107,7 +107,7 @@ def test_records_spread_and_capability_changes() -> None:
     net.run("a", a.update_capabilities(caps(cores=8), net.now + 1))
     [ch] = kinds(net.events["b"], DeviceCapabilitiesChanged)
     assert ch.peer_id == a.peer_id and ch.changed == ("cores",)  # type: ignore[attr-defined]
-    assert net.cores["c"].view.get(a.peer_id).caps.cores == 8  # type: ignore[union-attr]
+    assert net.cores["c"].view.get(a.peer_id).caps.cores == 8
     net.run("a", a.update_profile(make_profile("eu-west", "server", ["fl", "market"]), net.now + 2))
     assert net.cores["b"].query(Criteria(role="market")) == [a.own]
 
@@ -124,7 +124,7 @@ def test_liveness_offline_and_back() -> None:
         net.tick(5.0)
     c_id = net.cores["c"].peer_id
     offs = [e for e in net.events["a"] if isinstance(e, DeviceOffline)]
-    assert [(e.peer_id, e.reason) for e in offs] == [(c_id, "silent")]  # type: ignore[attr-defined]
+    assert [(e.peer_id, e.reason) for e in offs] == [(c_id, "silent")]
     assert net.cores["a"].query(Criteria(online=True)) == [
         r for r in net.cores["a"].query(Criteria()) if r.peer_id != c_id]
     assert net.pings > 0 and net.cores["a"].liveness.is_online(net.cores["b"].peer_id)
@@ -136,6 +136,11 @@ def test_liveness_offline_and_back() -> None:
     b_id = net.cores["b"].peer_id
     assert any(isinstance(e, DeviceOffline) and e.peer_id == b_id and e.reason == "goodbye"
                for e in net.events["a"])
+    # an old heartbeat of b, replayed by gossip after its goodbye, does not revive it
+    a = net.cores["a"]
+    old_hb = pack({"v": 1, "t": "hb", "at": int((net.now - 10) * 1000), "seq": 1})
+    assert a.on_device_gossip(b_id, old_hb, net.now) == []
+    assert not a.liveness.is_online(b_id)
 
 
 def test_missed_announcement_is_fetched_via_heartbeat() -> None:
@@ -144,15 +149,15 @@ def test_missed_announcement_is_fetched_via_heartbeat() -> None:
     a = net.cores["a"]
     acts = a.update_capabilities(caps(cores=16), net.now + 1)
     net.run("a", [x for x in acts if not isinstance(x, Publish)])   # gossip lost
-    assert net.cores["b"].view.get(a.peer_id).caps.cores == 4  # type: ignore[union-attr]
+    assert net.cores["b"].view.get(a.peer_id).caps.cores == 4
     net.tick(5.0)                                                    # heartbeat names the seq
-    assert net.cores["b"].view.get(a.peer_id).caps.cores == 16  # type: ignore[union-attr]
+    assert net.cores["b"].view.get(a.peer_id).caps.cores == 16
 
 
 def test_republish_before_expiry() -> None:
     net = Net(["a", "b"], CFG)
     net.start()
-    seq0 = net.cores["a"].own.seq  # type: ignore[union-attr]
+    seq0 = net.cores["a"].own.seq
     for _ in range(130):
         net.tick(5.0)
     own = net.cores["a"].own
@@ -166,15 +171,15 @@ def test_bad_gossip_is_refused_with_reason() -> None:
     b = net.cores["b"]
     a_id = net.cores["a"].peer_id
     old = record(key("a"), seq=1).encode()      # older than a's time-based seq: replay
-    env = pack({"v": 1, "t": "record", "record": old})
+    env = pack({"v": 1, "t": "record", "at": 1, "record": old})
     assert [r.reason for r in b.on_device_gossip(a_id, env, net.now) if isinstance(r, Refused)] \
         == [RejectReason.STALE_SEQ]
     foreign = record(key("z"), seq=10**13).encode()
-    env = pack({"v": 1, "t": "record", "record": foreign})
+    env = pack({"v": 1, "t": "record", "at": 2, "record": foreign})
     assert [r.reason for r in b.on_device_gossip(a_id, env, net.now) if isinstance(r, Refused)] \
         == [RejectReason.WRONG_KEY]
-    for junk in (b"\xc1", pack({"v": 1, "t": "nope"}), pack({"v": 9, "t": "hb", "seq": 1}),
-                 pack({"v": 1, "t": "hb", "seq": "x"})):
+    for junk in (b"\xc1", pack({"v": 1, "t": "nope", "at": 3}), pack({"v": 9, "t": "hb", "seq": 1}),
+                 pack({"v": 1, "t": "hb", "seq": "x", "at": 4}), pack({"v": 1, "t": "hb", "seq": 1})):
         [r] = b.on_device_gossip(a_id, junk, net.now)
         assert isinstance(r, Refused) and r.reason is RejectReason.MALFORMED
 

@@ -40,7 +40,7 @@ def test_view_changes() -> None:
     assert v.offer(record(k, 2)) is Change.REFRESHED
     assert v.offer(record(k, 3, cores=16)) is Change.UPDATED
     assert v.offer(record(k, 2)) is Change.STALE
-    assert v.get(record(k).peer_id).caps.cores == 16  # type: ignore[union-attr]
+    assert v.get(record(k).peer_id).caps.cores == 16
     assert v.expire(NOW + 10_000) == [record(k).peer_id] and len(v) == 0
 
 
@@ -61,7 +61,7 @@ def test_queries() -> None:
     rep = {recs["big"].peer_id: 2.0, recs["laptop"].peer_id: 0.5}
 
     def q(**kw: object) -> list[str]:
-        return [ids[r.peer_id] for r in v.query(Criteria(**kw), is_online=lambda p: p in online,  # type: ignore[arg-type]
+        return [ids[r.peer_id] for r in v.query(Criteria(**kw), is_online=lambda p: p in online,
                                                   reputation=lambda p, s: rep.get(p, 0.0))]
 
     assert q(region="eu-west")[0] == "big" and "phone" not in q(region="eu-west")

@@ -18,7 +18,7 @@ def pid(name: str) -> str:
 
 
 def obs(observer: str, subject: str, *, ok: bool = True, service: str = "fl", weight: float = 1.0,
-        evidence: bytes = b"", ts: float = NOW):  # type: ignore[no-untyped-def]
+        evidence: bytes = b"", ts: float = NOW):
     return sign_observation(key(observer), subject=pid(subject), service=service, ok=ok,
                             weight=weight, evidence=evidence, ts=int(ts))
 

@@ -37,7 +37,7 @@ def test_record_round_trip() -> None:
     assert back.caps.battery_percent == 55.0 and back.profile.price("cpu_hour") == 0.5
 
 
-def _resign(raw: dict, k) -> bytes:  # type: ignore[no-untyped-def]
+def _resign(raw: dict, k) -> bytes:
     body = {kk: v for kk, v in raw.items() if kk != "sig"}
     return pack({**body, "sig": sign(k, body)})
 
@@ -97,7 +97,7 @@ def test_malformed_capabilities(field: str, value: object) -> None:
     lambda p: p.__setitem__("prices", {"x": True}),
     lambda p: p.__setitem__("region", 3),
 ])
-def test_malformed_profile(mutate) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_profile(mutate) -> None:
     k = key("a")
     raw = unpack(record(k).encode())
     mutate(raw["profile"])

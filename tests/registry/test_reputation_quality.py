@@ -10,8 +10,8 @@ from fognode.tools.reputation_sim import SimConfig, main, simulate
 @pytest.mark.parametrize("malicious", [0.1, 0.3, 0.5])
 def test_eigentrust_beats_random(behaviour: str, malicious: float) -> None:
     base = dict(peers=200, malicious=malicious, behaviour=behaviour, cycles=15, seed=3)
-    rnd = simulate(SimConfig(policy="random", **base))  # type: ignore[arg-type]
-    tr = simulate(SimConfig(policy="trust", **base))    # type: ignore[arg-type]
+    rnd = simulate(SimConfig(policy="random", **base))
+    tr = simulate(SimConfig(policy="trust", **base))
     assert rnd.honest_requests == tr.honest_requests > 0
     assert rnd.share > 0.6 * malicious                  # random tracks the malicious share
     assert tr.share < 0.4 * rnd.share, (tr.share, rnd.share)
@@ -19,8 +19,8 @@ def test_eigentrust_beats_random(behaviour: str, malicious: float) -> None:
 
 def test_collusion_gains_colluders_nothing() -> None:
     base = dict(peers=200, malicious=0.3, cycles=15, seed=5, policy="trust")
-    ind = simulate(SimConfig(behaviour="independent", **base))  # type: ignore[arg-type]
-    col = simulate(SimConfig(behaviour="collusive", **base))    # type: ignore[arg-type]
+    ind = simulate(SimConfig(behaviour="independent", **base))
+    col = simulate(SimConfig(behaviour="collusive", **base))
     assert col.share <= ind.share + 0.02
 
 

@@ -1,10 +1,12 @@
 """The registry role on real overlays (node/host.py) on 127.0.0.1, several nodes in one process."""
 from __future__ import annotations
 
+import gc
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import trio
@@ -34,9 +36,15 @@ class Node:
     key: SigningKey
     overlay: Libp2pOverlay
     role: RegistryRole
-    scope: trio.CancelScope          # the whole node
     role_scope: trio.CancelScope     # the role only (a graceful stop: the daemon stops roles first)
     events: EventBus
+    stop_overlay: trio.Event         # then the overlay, left normally (py-libp2p 0.8.1 leaks the
+    done: trio.Event                 # sockets of a host torn down by cancellation)
+
+    async def stop(self) -> None:
+        self.role_scope.cancel()
+        self.stop_overlay.set()
+        await self.done.wait()
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -50,25 +58,45 @@ async def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> Non
 
 async def start_node(nursery: trio.Nursery, key: SigningKey, datadir: Path, genesis: dict[str, Any],
                      boot: list[str], region: str) -> Node:
+    done = trio.Event()
+    stop_overlay = trio.Event()
+
     async def serve(*, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve_node(task_status=task_status)
+        finally:
+            done.set()
+
+    async def serve_node(*, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         reg = CollectorRegistry()
         bus = EventBus(reg)
-        with trio.CancelScope() as scope:
-            cfg = OverlayConfig(listen=LOCAL, bootstrap=boot, peers_low=8, connmgr_interval=0.3)
-            async with open_overlay(cfg, key, bus, reg) as ov:
-                ctx = NodeContext(peer_id=ov.peer_id, identity=key, overlay=ov, events=bus,
-                                  metrics=reg, datadir=datadir, genesis=genesis, region=region)
-                role = RegistryRole(ctx, CFG)
-                with trio.CancelScope() as role_scope:
-                    async with trio.open_nursery() as n:
-                        await n.start(role.run)
-                        task_status.started(Node(key, ov, role, scope, role_scope, bus))
-                        await trio.sleep_forever()
-                await trio.sleep_forever()
-    return await nursery.start(serve)  # type: ignore[no-any-return]
+        cfg = OverlayConfig(listen=LOCAL, bootstrap=boot, peers_low=8, connmgr_interval=0.3)
+        async with open_overlay(cfg, key, bus, reg) as ov:
+            ctx = NodeContext(peer_id=ov.peer_id, identity=key, overlay=ov, events=bus,
+                              metrics=reg, datadir=datadir, genesis=genesis, region=region)
+            role = RegistryRole(ctx, CFG)
+            with trio.CancelScope() as role_scope:
+                async with trio.open_nursery() as n:
+                    await n.start(role.run)
+                    task_status.started(Node(key, ov, role, role_scope, bus, stop_overlay, done))
+                    await trio.sleep_forever()
+            await stop_overlay.wait()
+    return await nursery.start(serve)
 
 
-async def test_registry_role_on_four_overlays(tmp_path: Path) -> None:
+@pytest.fixture
+def collect_libp2p_sockets() -> Iterator[None]:
+    """py-libp2p 0.8.1 sometimes leaves a connection's socket unclosed when hosts of one
+    process shut down while connected to each other (about one run in three here; the host
+    is closed as node/host.py prescribes). Collect them at the end of the test, where their
+    ResourceWarning is known, instead of letting it fail a random later test."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+async def test_registry_role_on_four_overlays(tmp_path: Path, collect_libp2p_sockets: None) -> None:
     keys = [SigningKey(os.urandom(32)) for _ in range(4)]
     ids = [peer_id_from_pubkey(bytes(k.verify_key)) for k in keys]
     genesis = {"registry": {"pretrusted": ids[:1]}}
@@ -111,7 +139,9 @@ async def test_registry_role_on_four_overlays(tmp_path: Path) -> None:
             assert a.ctx.metrics.get_sample_value(
                 "fognode_registry_rejected_total", {"what": "dht", "reason": "bad_signature"}) == 1
             # the ping stream answers pings and resets on garbage
-            assert await a._ping(ids[1])
+            with trio.fail_after(10):
+                while not await a._ping(ids[1]):
+                    await trio.sleep(0.1)
             s = await a.ctx.overlay.open_stream(ids[1], "/fognode/registry/ping/1.0.0")
             await s.send({"v": 1, "t": "nope"})
             with pytest.raises(StreamClosed):
@@ -119,10 +149,10 @@ async def test_registry_role_on_four_overlays(tmp_path: Path) -> None:
             await s.close()
             # a capability change is seen by all
             sub = nodes[2].events.subscribe("t", [DeviceCapabilitiesChanged])
-            caps = nodes[1].role.core.own.caps  # type: ignore[union-attr]
+            caps = nodes[1].role.core.own.caps
             new = Capabilities(**{**caps.__dict__, "cores": (caps.cores or 1) + 64})
             b._do(b.core.update_capabilities(new, b.ctx.clock()))
-            await wait_until(lambda: all(n.role.core.view.get(ids[1]).caps.cores == new.cores  # type: ignore[union-attr]
+            await wait_until(lambda: all(n.role.core.view.get(ids[1]).caps.cores == new.cores
                                          for n in nodes), 10, "the changed record everywhere")
             ev = await sub.receive()
             assert isinstance(ev, DeviceCapabilitiesChanged) and ev.changed == ("cores",)
@@ -155,13 +185,16 @@ async def test_registry_role_on_four_overlays(tmp_path: Path) -> None:
             await wait_until(lambda: not a.core.liveness.is_online(ids[3]), 2.0, "node 3 offline")
             off = await sub_off.receive()
             assert isinstance(off, DeviceOffline) and (off.peer_id, off.reason) == (ids[3], "goodbye")
-            # a node torn down at once is offline within offline_after (goodbye or silence)
+            # a node whose role dies without a goodbye (its host still up, so pings reach it
+            # but nobody answers) is offline within offline_after
             t0 = trio.current_time()
-            nodes[2].scope.cancel()
+            nodes[2].role.core.goodbye = lambda now: []     # type: ignore[method-assign]
+            nodes[2].role_scope.cancel()
             await wait_until(lambda: not a.core.liveness.is_online(ids[2]), CFG.offline_after + 1.5,
                              "node 2 offline")
             assert trio.current_time() - t0 <= CFG.offline_after + 1.5
             assert {r["peer"] for r in await a.rpc_devices(online=True)} == set(ids[:2])
             assert a.ctx.metrics.get_sample_value("fognode_registry_devices_known") == 4
             assert a.ctx.metrics.get_sample_value("fognode_registry_devices_online") == 2
-            nursery.cancel_scope.cancel()
+            for n in reversed(nodes):          # one at a time, as separate daemons would stop
+                await n.stop()
