@@ -188,7 +188,7 @@ async def test_registry_role_on_four_overlays(tmp_path: Path, collect_libp2p_soc
             # a node whose role dies without a goodbye (its host still up, so pings reach it
             # but nobody answers) is offline within offline_after
             t0 = trio.current_time()
-            nodes[2].role.core.goodbye = lambda now: []     # type: ignore[method-assign]
+            nodes[2].role.core.goodbye = lambda now: []
             nodes[2].role_scope.cancel()
             await wait_until(lambda: not a.core.liveness.is_online(ids[2]), CFG.offline_after + 1.5,
                              "node 2 offline")
