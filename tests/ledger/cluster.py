@@ -2,6 +2,8 @@
 its own data dir, LevelDB store and LedgerRole; nodes can be stopped and restarted."""
 from __future__ import annotations
 
+import gc
+import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,14 +99,31 @@ class Cluster:
 
 @asynccontextmanager
 async def ledger_cluster(root: Path, n: int, **config: Any) -> AsyncIterator[Cluster]:
+    """Start n nodes; on exit stop them and collect the sockets py-libp2p leaves behind.
+
+    Observed: after a node of the cluster is stopped, the live hosts keep TCP sockets (dials to
+    the stopped node's port) that are never closed; their ResourceWarning fires at some later
+    garbage collection, inside whichever test runs then. They are collected here, inside the
+    test that caused them, with that one warning ignored (reported to the host's owner).
+    """
     cfg = LedgerConfig(**{"batch_interval": 0.05, "request_timeout": 3.0, "retry_interval": 0.3,
                           "sync_interval": 1.0, **config})
-    async with trio.open_nursery() as nursery:
-        c = Cluster(root, n, nursery, cfg)
-        for i in range(n):
-            await c.start(i)
-        yield c
-        nursery.cancel_scope.cancel()
+    c: Cluster | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            c = Cluster(root, n, nursery, cfg)
+            for i in range(n):
+                await c.start(i)
+            yield c
+            nursery.cancel_scope.cancel()
+    finally:
+        for node in c.nodes if c is not None else []:   # the test frame still holds `c`
+            node.role = None
+            node.ctx = None
+            node.scope = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
