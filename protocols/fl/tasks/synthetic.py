@@ -49,11 +49,12 @@ def synthetic_device_data(seed: int, index: int, *, alpha: float, beta: float,
     big_b = rng.normal(0.0, beta)
     sigma = np.power(np.arange(1, DIMENSION + 1, dtype=np.float64), -1.2)
     if iid:
-        # The paper's IID variant: one global model, every device's mean at zero.
+        # The paper generator's IID variant: one global model (W, b) for every device, each
+        # device's features centred at B_k in every coordinate.
         g = np.random.default_rng([seed, 0x11D])
         w = g.normal(0.0, 1.0, (DIMENSION, NUM_CLASSES))
         b = g.normal(0.0, 1.0, NUM_CLASSES)
-        v = np.zeros(DIMENSION)
+        v = np.full(DIMENSION, big_b)
     else:
         w = rng.normal(u, 1.0, (DIMENSION, NUM_CLASSES))
         b = rng.normal(u, 1.0, NUM_CLASSES)

@@ -1,0 +1,131 @@
+"""What the sans-IO FL core asks its adapter to do (frozen action dataclasses).
+
+The adapter (protocol.py, or the in-memory harness in tests) carries each out and feeds the
+outcome back through the core's methods named in each docstring.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+from fognode.node.events import Event
+from fognode.protocols.fl.messages import GossipMessage, UpdateHeader
+from fognode.protocols.fl.strategies.base import ClientUpdate, Strategy
+from fognode.protocols.fl.tasks.base import TrainConfig
+from fognode.protocols.fl.tensors import TensorHeader
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Gossip `msg` on the sessions topic."""
+
+    msg: GossipMessage
+
+
+@dataclass(frozen=True)
+class PrepareTask:
+    """Load the task, its layout, initial params and this node's data (worker thread), then
+    call `core.task_ready(session_id, prepared, now)` or `core.task_failed(session_id, reason, now)`."""
+
+    session_id: bytes
+    task: str
+    task_params: dict[str, float] = field(hash=False)
+    init_seed: int
+
+
+@dataclass(frozen=True)
+class FetchModel:
+    """Fetch model `model_hash` from the first of `sources` that serves it (model stream);
+    then `core.model_fetched(...)` or `core.model_fetch_failed(...)`."""
+
+    session_id: bytes
+    model_hash: bytes
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Train:
+    """Evaluate `base` on the local data, train from it (worker thread), then call
+    `core.trained(session_id, round, try_no, outcome, now)`."""
+
+    session_id: bytes
+    round: int
+    try_no: int
+    base: np.ndarray = field(repr=False, compare=False)
+    config: TrainConfig
+    seed: int
+
+
+@dataclass(frozen=True)
+class SendUpdate:
+    """Open the update stream to `to`, send `header(tensor_header)` then the chunks of
+    `delta`; then `core.update_delivered(...)`."""
+
+    session_id: bytes
+    round: int
+    try_no: int
+    fallback: int
+    to: str
+    num_samples: int
+    base_loss: float
+    base_accuracy: float
+    train_loss: float
+    delta: np.ndarray = field(repr=False, compare=False)
+
+    def header(self, tensor: TensorHeader) -> UpdateHeader:
+        return UpdateHeader(self.session_id, self.round, self.try_no, self.fallback,
+                            self.num_samples, self.base_loss, self.base_accuracy,
+                            self.train_loss, tensor)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Run `strategy.aggregate(base, updates)` (worker thread); then `core.aggregated(...)`."""
+
+    session_id: bytes
+    round: int
+    try_no: int
+    fallback: int
+    strategy: Strategy = field(compare=False)
+    base: np.ndarray = field(repr=False, compare=False)
+    updates: tuple[ClientUpdate, ...] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Emit:
+    event: Event
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """Tell the reputation service (if any) how `subject` did: accepted update or not."""
+
+    subject: str
+    ok: bool
+    weight: float
+    evidence: str
+
+
+@dataclass(frozen=True)
+class UpdateRefused:
+    """An update was rejected (count it in metrics by reason)."""
+
+    session_id: bytes
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SaveModel:
+    """Write the session's model to the data dir (final=True at the session's end)."""
+
+    session_id: bytes
+    model_hash: bytes
+    params: np.ndarray = field(repr=False, compare=False)
+    final: bool
+
+
+Action = Union[Publish, PrepareTask, FetchModel, Train, SendUpdate, Aggregate, Emit,
+               ReportOutcome, UpdateRefused, SaveModel]

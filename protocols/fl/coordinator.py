@@ -1,0 +1,224 @@
+"""The coordinator of one session: the node that started it (sans-IO).
+
+It collects opt-ins, plans each round (participants selected from the candidates by the
+round seed, with the reputations used for the election), republishes the current plan until
+the round ends (gossip may drop it), accepts the first valid round result from an aggregator
+of the plan's election order, fetches the new model (so it can serve it and save the final
+one), and then plans the next round. A round that fails (too few updates, no result before the
+last fallback slot ends, the new model cannot be fetched) is retried with a new seed from the
+last completed model, up to `max_retries` times; then the session fails.
+
+The coordinator is a single point of the session: if it dies, the session stops making
+progress (participants keep the models they hold).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from fognode.protocols.fl.election import aggregator_order
+from fognode.protocols.fl.messages import (
+    DeviceFacts,
+    RoundFailed,
+    RoundPlan,
+    RoundResult,
+    SessionAnnouncement,
+)
+from fognode.protocols.fl.selection import DeviceCandidate, round_seed, select_participants
+
+CandidateView = Callable[[str, DeviceFacts], DeviceCandidate]
+
+
+class SessionState(enum.Enum):
+    PREPARING = "preparing"     # task loading on this node
+    WAITING = "waiting"         # collecting opt-ins / waiting for enough candidates
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def ended(self) -> bool:
+        return self in (SessionState.COMPLETED, SessionState.FAILED, SessionState.STOPPED)
+
+
+class Phase(enum.Enum):
+    OPT_IN = "opt-in"
+    PLANNED = "planned"         # a plan is out, waiting for a result
+    FETCHING = "fetching"       # a result is in, fetching its model
+    IDLE = "idle"               # ended
+
+
+@dataclass
+class RoundRecord:
+    """One completed round in the coordinator's history."""
+
+    round: int
+    tries: int
+    aggregator: str
+    participants: tuple[str, ...]
+    accepted: tuple[str, ...]
+    weights: dict[str, float]
+    dropped: tuple[str, ...]
+    rejected: dict[str, str]
+    loss: float
+    accuracy: float
+    train_loss: float
+    model_hash: bytes
+    started_at: float
+    duration: float
+    failures: list[str] = field(default_factory=list)
+
+    def to_status(self) -> dict[str, Any]:
+        return {"round": self.round, "tries": self.tries, "aggregator": self.aggregator,
+                "participants": list(self.participants), "accepted": list(self.accepted),
+                "weights": dict(self.weights), "dropped": list(self.dropped),
+                "rejected": dict(self.rejected), "loss": _num(self.loss),
+                "accuracy": _num(self.accuracy), "train_loss": _num(self.train_loss),
+                "model_hash": self.model_hash.hex(), "duration": round(self.duration, 3),
+                "failures": list(self.failures)}
+
+
+def _num(x: float) -> float | None:
+    return None if x != x or x < 0 else round(x, 6)
+
+
+class Coordinator:
+    def __init__(self, ann: SessionAnnouncement, me: str, candidate_view: CandidateView,
+                 now: float, republish_interval: float) -> None:
+        self.ann = ann
+        self.spec = ann.spec
+        self.sid = ann.session_id
+        self.me = me
+        self.view = candidate_view
+        self.interval = republish_interval
+        self.phase = Phase.OPT_IN
+        self.created = now
+        self.last_publish = now
+        self.candidates: dict[str, DeviceFacts] = {}
+        self.round_no = 1
+        self.try_no = 0
+        self.failures: list[str] = []
+        self.plan: RoundPlan | None = None
+        self.order: tuple[str, ...] = ()
+        self.plan_at = now
+        self.round_started_at = now
+        self.base_hash = ann.initial_model_hash
+        self.base_round = 0
+        self.base_sources: tuple[str, ...] = (me,)
+        self.pending: RoundResult | None = None
+        self.history: list[RoundRecord] = []
+        self.end_reason = ""
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def on_optin(self, peer: str, facts: DeviceFacts) -> None:
+        self.candidates[peer] = facts
+
+    def plan_timeout(self) -> float:
+        slots = max(len(self.order), 1)
+        return self.plan_at + slots * self.spec.deadline + min(self.spec.deadline, 5.0)
+
+    def tick(self, now: float) -> tuple[list[Any], str | None]:
+        """(gossip messages to publish, failure reason to retry with or None)."""
+        out: list[Any] = []
+        if self.phase == Phase.OPT_IN:
+            if now >= self.created + self.spec.optin_seconds:
+                plan = self.make_plan(now)
+                if plan is not None:
+                    return [plan], None
+                if now >= self.created + self.spec.optin_seconds + self.spec.deadline * (self.try_no + 1):
+                    return [], (f"only {len(self._eligible(self.round_seed()))} eligible candidates, "
+                                f"fewer than the minimum {self.spec.min_participants}")
+            if now - self.last_publish >= self.interval:
+                self.last_publish = now
+                out.append(self.ann)
+            return out, None
+        if self.phase == Phase.PLANNED and self.plan is not None:
+            if now >= self.plan_timeout():
+                return [], f"no round result before the last aggregator's deadline (try {self.try_no})"
+            if now - self.last_publish >= self.interval:
+                self.last_publish = now
+                out.append(self.plan)
+        return out, None
+
+    def round_seed(self) -> bytes:
+        return round_seed(self.sid, self.round_no, self.try_no)
+
+    def _eligible(self, seed: bytes) -> tuple[DeviceCandidate, ...]:
+        cands = [self.view(p, f) for p, f in sorted(self.candidates.items())]
+        return select_participants(cands, self.spec.criteria, self.spec.participants, seed)
+
+    def make_plan(self, now: float) -> RoundPlan | None:
+        """A plan for the current round/try, or None with too few eligible candidates."""
+        seed = self.round_seed()
+        chosen = self._eligible(seed)
+        if len(chosen) < self.spec.min_participants:
+            self.phase = Phase.OPT_IN
+            return None
+        parts = tuple((c.peer, min(max(c.reputation, 0.0), 1.0)) for c in chosen)
+        sources = tuple(dict.fromkeys(self.base_sources + (self.me,)))[:16]
+        self.plan = RoundPlan(self.sid, self.round_no, self.try_no, seed, parts, self.base_hash,
+                              self.base_round, sources)
+        self.order = aggregator_order(seed, parts, 1 + self.spec.fallbacks)
+        self.plan_at = now
+        self.last_publish = now
+        if self.try_no == 0:
+            self.round_started_at = now
+        self.phase = Phase.PLANNED
+        return self.plan
+
+    def accepts_result(self, peer: str, result: RoundResult) -> bool:
+        r = result.receipt
+        return (self.phase == Phase.PLANNED and self.plan is not None
+                and r.round == self.plan.round and r.try_no == self.plan.try_no
+                and r.aggregator in self.order and peer == r.aggregator
+                and r.base_model_hash == self.plan.base_model_hash)
+
+    def on_result(self, result: RoundResult) -> None:
+        self.pending = result
+        self.phase = Phase.FETCHING
+
+    def accepts_failure(self, peer: str, msg: RoundFailed) -> bool:
+        return (self.phase == Phase.PLANNED and self.plan is not None
+                and msg.round == self.plan.round and msg.try_no == self.plan.try_no
+                and peer in self.order)
+
+    def retry(self, reason: str, now: float) -> RoundPlan | None | str:
+        """Plan the next try of the current round from the last completed model; a string
+        (the session's failure reason) when the retries are used up."""
+        self.failures.append(f"round {self.round_no} try {self.try_no}: {reason}")
+        self.pending = None
+        self.try_no += 1
+        if self.try_no > self.spec.max_retries:
+            return f"round {self.round_no} failed {self.try_no} times; last: {reason}"
+        plan = self.make_plan(now)
+        if plan is None:
+            self.created = now - self.spec.optin_seconds   # wait for candidates from now on
+        return plan
+
+    def model_arrived(self, now: float) -> RoundRecord:
+        """The pending result's model is here: record the round and move the base on."""
+        assert self.pending is not None and self.plan is not None
+        res, r = self.pending, self.pending.receipt
+        rec = RoundRecord(
+            round=self.round_no, tries=self.try_no + 1, aggregator=r.aggregator,
+            participants=self.plan.peers, accepted=tuple(a.peer for a in r.accepted),
+            weights={a.peer: a.weight for a in r.accepted}, dropped=res.dropped,
+            rejected=dict(res.rejected), loss=res.loss, accuracy=res.accuracy,
+            train_loss=res.train_loss, model_hash=r.model_hash, started_at=self.round_started_at,
+            duration=now - self.round_started_at, failures=list(self.failures))
+        self.history.append(rec)
+        self.failures = []
+        self.base_hash = r.model_hash
+        self.base_round = self.round_no
+        self.base_sources = (self.me, r.aggregator)
+        self.pending = None
+        self.round_no += 1
+        self.try_no = 0
+        return rec
+
+    @property
+    def finished_all_rounds(self) -> bool:
+        return self.round_no > self.spec.rounds

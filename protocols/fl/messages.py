@@ -1,0 +1,540 @@
+"""FL wire messages: frozen dataclasses, `to_wire()` maps and one validating decoder each.
+
+Gossip (topic `fognode/fl/sessions/1`) carries small control messages in an envelope
+`{"v": 1, "type": <kind>, "body": {...}}`: session announcements (signed by the starter),
+opt-ins, round plans, round results (with the aggregator's signed receipt), round failures and
+session ends. Streams carry tensors: `UpdateHeader` then raw chunks on `/fognode/fl/update/1.0.0`,
+`ModelRequest` / `ModelResponse` then raw chunks on `/fognode/fl/model/1.0.0`.
+
+Every decoder raises RemoteProtocolError (through `Fields`) naming the message and field.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from fognode.node.errors import RemoteProtocolError
+from fognode.node.peerid import peer_id_matches
+from fognode.node.wire import DIGEST_LEN, PUBKEY_LEN, SIG_LEN, Fields, digest, pack, sign, verify
+from fognode.protocols.fl.receipts import RoundReceipt, decode_round_receipt
+from fognode.protocols.fl.tensors import WIRE_DTYPES, TensorHeader, decode_header
+
+VERSION = 1
+MAX_NAME = 64
+MAX_PARAMS = 16
+MAX_PARTICIPANTS = 256
+MAX_CAPS = 32
+MAX_PEER_ID = 128
+MAX_REASON = 200
+
+GOSSIP_TYPES = ("announce", "optin", "plan", "result", "failed", "ended")
+
+
+# --- shared pieces -------------------------------------------------------------------------
+
+def _peer(f: Fields, key: str) -> str:
+    v = f.str(key, max_len=MAX_PEER_ID)
+    if not v:
+        f._fail(f"field {key!r} must be a peer id")
+    return v
+
+
+def _hash(f: Fields, key: str) -> bytes:
+    return f.bytes(key, size=DIGEST_LEN)
+
+
+def _number_map(f: Fields, key: str, *, allow_str: bool = False) -> dict[str, Any]:
+    raw = f.map(key, max_len=MAX_PARAMS)
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if not isinstance(k, str) or not 0 < len(k) <= MAX_NAME:
+            f._fail(f"field {key!r}: bad parameter name {k!r}")
+        if isinstance(v, bool) or (allow_str and isinstance(v, str) and len(v) <= MAX_NAME):
+            out[k] = v
+        elif isinstance(v, (int, float)) and math.isfinite(v):
+            out[k] = v
+        else:
+            f._fail(f"field {key!r}: parameter {k!r} must be a finite number")
+    return out
+
+
+@dataclass(frozen=True)
+class SelectionCriteria:
+    """Who may take part: empty region / capabilities and zero minimums mean "any"."""
+
+    region: str = ""
+    capabilities: tuple[str, ...] = ()
+    min_reputation: float = 0.0
+    charging_only: bool = False
+    min_cores: int = 0
+    min_memory_mb: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"region": self.region, "caps": list(self.capabilities),
+                "min_rep": self.min_reputation, "charging": self.charging_only,
+                "cores": self.min_cores, "mem": self.min_memory_mb}
+
+    @classmethod
+    def decode(cls, f: Fields) -> "SelectionCriteria":
+        caps = f.list("caps", max_len=MAX_CAPS)
+        if not all(isinstance(c, str) and 0 < len(c) <= MAX_NAME for c in caps):
+            f._fail("field 'caps' must be a list of capability names")
+        c = cls(region=f.str("region", max_len=MAX_NAME), capabilities=tuple(caps),
+                min_reputation=f.float("min_rep", lo=0.0, hi=1.0),
+                charging_only=f.bool("charging"), min_cores=f.int("cores", lo=0, hi=4096),
+                min_memory_mb=f.int("mem", lo=0, hi=2**32))
+        f.done()
+        return c
+
+
+@dataclass(frozen=True)
+class PrivacyOptions:
+    """Central DP (per-update clipping to `dp_clip`, Gaussian noise of std `dp_noise * dp_clip`
+    on the aggregate, accounted at `dp_delta`; off when dp_clip == 0) and secure aggregation."""
+
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
+    dp_delta: float = 1e-5
+    secagg: bool = False
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_clip > 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"clip": self.dp_clip, "noise": self.dp_noise, "delta": self.dp_delta,
+                "secagg": self.secagg}
+
+    @classmethod
+    def decode(cls, f: Fields) -> "PrivacyOptions":
+        p = cls(dp_clip=f.float("clip", lo=0.0, hi=1e6), dp_noise=f.float("noise", lo=0.0, hi=1e3),
+                dp_delta=f.float("delta", lo=0.0, hi=0.5), secagg=f.bool("secagg"))
+        f.done()
+        return p
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What the starter asks for (the `fl.start` parameters)."""
+
+    task: str
+    rounds: int
+    min_participants: int
+    participants: int                     # selected per round
+    strategy: str = "fedavg"
+    strategy_params: dict[str, Any] = field(default_factory=dict, hash=False)
+    task_params: dict[str, Any] = field(default_factory=dict, hash=False)
+    deadline: float = 30.0                # seconds per round attempt
+    local_epochs: int = 1
+    lr: float = 0.01
+    batch_size: int = 10
+    wire_dtype: str = "float32"
+    fallbacks: int = 2                    # fallback aggregators after the elected one
+    max_retries: int = 3                  # retries of a failed round before the session fails
+    optin_seconds: float = 5.0            # how long the starter collects opt-ins before round 1
+    reward_budget: int = 0                # micro-units for the whole session (0 = no rewards)
+    privacy: PrivacyOptions = PrivacyOptions()
+    criteria: SelectionCriteria = SelectionCriteria()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"task": self.task, "rounds": self.rounds, "min": self.min_participants,
+                "per_round": self.participants, "strategy": self.strategy,
+                "sparams": self.strategy_params, "tparams": self.task_params,
+                "deadline": self.deadline, "epochs": self.local_epochs, "lr": self.lr,
+                "batch": self.batch_size, "dtype": self.wire_dtype, "fallbacks": self.fallbacks,
+                "retries": self.max_retries, "optin": self.optin_seconds,
+                "budget": self.reward_budget, "privacy": self.privacy.to_wire(),
+                "criteria": self.criteria.to_wire()}
+
+    @classmethod
+    def decode(cls, f: Fields) -> "SessionSpec":
+        spec = cls(
+            task=f.str("task", max_len=MAX_NAME), rounds=f.int("rounds", lo=1, hi=100_000),
+            min_participants=f.int("min", lo=1, hi=MAX_PARTICIPANTS),
+            participants=f.int("per_round", lo=1, hi=MAX_PARTICIPANTS),
+            strategy=f.str("strategy", max_len=MAX_NAME),
+            strategy_params=_number_map(f, "sparams"), task_params=_number_map(f, "tparams"),
+            deadline=f.float("deadline", lo=0.1, hi=86_400.0),
+            local_epochs=f.int("epochs", lo=0, hi=10_000), lr=f.float("lr", lo=1e-9, hi=100.0),
+            batch_size=f.int("batch", lo=1, hi=1 << 20), wire_dtype=f.str("dtype", max_len=16),
+            fallbacks=f.int("fallbacks", lo=0, hi=16), max_retries=f.int("retries", lo=0, hi=100),
+            optin_seconds=f.float("optin", lo=0.0, hi=3600.0),
+            reward_budget=f.int("budget", lo=0, hi=2**63 - 1),
+            privacy=PrivacyOptions.decode(f.sub("privacy")),
+            criteria=SelectionCriteria.decode(f.sub("criteria")),
+        )
+        f.done()
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        """Cross-field rules; RemoteProtocolError (a peer's announcement) naming the rule."""
+        if self.wire_dtype not in WIRE_DTYPES:
+            raise RemoteProtocolError(f"fl.SessionSpec: dtype {self.wire_dtype!r} is not one of {sorted(WIRE_DTYPES)}")
+        if self.min_participants > self.participants:
+            raise RemoteProtocolError(f"fl.SessionSpec: min participants {self.min_participants} "
+                                      f"exceeds participants per round {self.participants}")
+
+
+# --- gossip messages -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SessionAnnouncement:
+    """A session, signed by its starter (who coordinates it). Its id is BLAKE2b-256 of the
+    canonical encoding of the unsigned body."""
+
+    spec: SessionSpec
+    starter: str
+    starter_key: bytes
+    created: float
+    nonce: bytes
+    initial_model_hash: bytes
+    layout_hash: bytes
+    sig: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {"v": VERSION, "spec": self.spec.to_wire(), "starter": self.starter,
+                "key": self.starter_key, "created": self.created, "nonce": self.nonce,
+                "model0": self.initial_model_hash, "layout": self.layout_hash}
+
+    @property
+    def session_id(self) -> bytes:
+        return digest(pack(self.body()))
+
+    def signed(self, key: SigningKey) -> "SessionAnnouncement":
+        return SessionAnnouncement(self.spec, self.starter, self.starter_key, self.created,
+                                   self.nonce, self.initial_model_hash, self.layout_hash,
+                                   sign(key, self.body()))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**self.body(), "sig": self.sig}
+
+    @classmethod
+    def decode(cls, raw: Any, *, peer: str | None = None) -> "SessionAnnouncement":
+        f = Fields(raw, "fl.SessionAnnouncement", versions={VERSION}, peer=peer)
+        a = cls(spec=SessionSpec.decode(f.sub("spec", "fl.SessionSpec")), starter=_peer(f, "starter"),
+                starter_key=f.bytes("key", size=PUBKEY_LEN), created=f.float("created", lo=0.0),
+                nonce=f.bytes("nonce", size=16), initial_model_hash=_hash(f, "model0"),
+                layout_hash=_hash(f, "layout"), sig=f.bytes("sig", size=SIG_LEN))
+        f.done()
+        if not peer_id_matches(a.starter, a.starter_key):
+            raise RemoteProtocolError("fl.SessionAnnouncement: key does not match the starter's peer id", peer=peer)
+        if not verify(a.starter_key, a.body(), a.sig):
+            raise RemoteProtocolError("fl.SessionAnnouncement: bad signature", peer=peer)
+        return a
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What a node says about itself when it opts in (the registry record wins when known)."""
+
+    region: str = ""
+    cores: int = 1
+    memory_mb: int = 0
+    charging: bool = True
+    capabilities: tuple[str, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"region": self.region, "cores": self.cores, "mem": self.memory_mb,
+                "charging": self.charging, "caps": list(self.capabilities)}
+
+    @classmethod
+    def decode(cls, f: Fields) -> "DeviceFacts":
+        caps = f.list("caps", max_len=MAX_CAPS)
+        if not all(isinstance(c, str) and 0 < len(c) <= MAX_NAME for c in caps):
+            f._fail("field 'caps' must be a list of capability names")
+        d = cls(region=f.str("region", max_len=MAX_NAME), cores=f.int("cores", lo=0, hi=1 << 16),
+                memory_mb=f.int("mem", lo=0, hi=2**40), charging=f.bool("charging"),
+                capabilities=tuple(caps))
+        f.done()
+        return d
+
+
+@dataclass(frozen=True)
+class OptIn:
+    session_id: bytes
+    facts: DeviceFacts
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "session": self.session_id, "facts": self.facts.to_wire()}
+
+    @classmethod
+    def decode(cls, raw: Any, *, peer: str | None = None) -> "OptIn":
+        f = Fields(raw, "fl.OptIn", versions={VERSION}, peer=peer)
+        m = cls(_hash(f, "session"), DeviceFacts.decode(f.sub("facts")))
+        f.done()
+        return m
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """The coordinator's plan for one try of a round: who trains, from which model.
+
+    `participants` pairs each selected peer with the reputation the coordinator used, so every
+    participant computes the same aggregator order (election.py) without further messages.
+    `sources` are peers that serve the base model (by hash) on the model stream."""
+
+    session_id: bytes
+    round: int
+    try_no: int
+    seed: bytes
+    participants: tuple[tuple[str, float], ...]
+    base_model_hash: bytes
+    base_round: int
+    sources: tuple[str, ...]
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        return tuple(p for p, _ in self.participants)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "session": self.session_id, "round": self.round, "try": self.try_no,
+                "seed": self.seed, "parts": [[p, r] for p, r in self.participants],
+                "base": self.base_model_hash, "base_round": self.base_round,
+                "sources": list(self.sources)}
+
+    @classmethod
+    def decode(cls, raw: Any, *, peer: str | None = None) -> "RoundPlan":
+        f = Fields(raw, "fl.RoundPlan", versions={VERSION}, peer=peer)
+        session, rnd, try_no = _hash(f, "session"), f.int("round", lo=1, hi=100_000), f.int("try", lo=0, hi=1000)
+        seed = _hash(f, "seed")
+        parts_raw = f.list("parts", max_len=MAX_PARTICIPANTS)
+        parts: list[tuple[str, float]] = []
+        for item in parts_raw:
+            if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
+                    or not 0 < len(item[0]) <= MAX_PEER_ID or isinstance(item[1], bool)
+                    or not isinstance(item[1], (int, float)) or not 0.0 <= item[1] <= 1.0):
+                f._fail("field 'parts' must be [peer id, reputation in [0, 1]] pairs")
+            parts.append((item[0], float(item[1])))
+        if len({p for p, _ in parts}) != len(parts) or not parts:
+            f._fail("field 'parts' must list distinct peers, at least one")
+        base, base_round = _hash(f, "base"), f.int("base_round", lo=0, hi=100_000)
+        sources = f.list("sources", max_len=16)
+        if not all(isinstance(s, str) and 0 < len(s) <= MAX_PEER_ID for s in sources):
+            f._fail("field 'sources' must be peer ids")
+        f.done()
+        return cls(session, rnd, try_no, seed, tuple(parts), base, base_round, tuple(sources))
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """A completed round, published by the aggregator that completed it."""
+
+    receipt: RoundReceipt
+    loss: float           # base model, sample-weighted over accepted participants' local data
+    accuracy: float
+    train_loss: float     # participants' mean local training loss
+    dropped: tuple[str, ...]
+    rejected: dict[str, str] = field(hash=False)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "receipt": self.receipt.to_wire(), "loss": _finite(self.loss),
+                "acc": _finite(self.accuracy), "train_loss": _finite(self.train_loss),
+                "dropped": list(self.dropped), "rejected": dict(self.rejected)}
+
+    @classmethod
+    def decode(cls, raw: Any, *, peer: str | None = None) -> "RoundResult":
+        f = Fields(raw, "fl.RoundResult", versions={VERSION}, peer=peer)
+        receipt = decode_round_receipt(f.map("receipt"), peer=peer)
+        loss, acc, tl = f.float("loss"), f.float("acc"), f.float("train_loss")
+        dropped = f.list("dropped", max_len=MAX_PARTICIPANTS)
+        rejected = f.map("rejected", max_len=MAX_PARTICIPANTS)
+        if not all(isinstance(p, str) and len(p) <= MAX_PEER_ID for p in dropped):
+            f._fail("field 'dropped' must be peer ids")
+        if not all(isinstance(k, str) and isinstance(v, str) and len(v) <= MAX_REASON
+                   for k, v in rejected.items()):
+            f._fail("field 'rejected' must map peer ids to reasons")
+        f.done()
+        return cls(receipt, loss, acc, tl, tuple(dropped), rejected)
+
+
+def _finite(x: float) -> float:
+    """NaN (nothing measured) travels as -1.0: wire floats must be finite."""
+    return x if math.isfinite(x) else -1.0
+
+
+@dataclass(frozen=True)
+class RoundFailed:
+    """An aggregator's deadline passed with fewer than the minimum usable updates."""
+
+    session_id: bytes
+    round: int
+    try_no: int
+    reason: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "session": self.session_id, "round": self.round, "try": self.try_no,
+                "reason": self.reason[:MAX_REASON]}
+
+    @classmethod
+    def decode(cls, raw: Any, *, peer: str | None = None) -> "RoundFailed":
+        f = Fields(raw, "fl.RoundFailed", versions={VERSION}, peer=peer)
+        m = cls(_hash(f, "session"), f.int("round", lo=1, hi=100_000), f.int("try", lo=0, hi=1000),
+                f.str("reason", max_len=MAX_REASON))
+        f.done()
+        return m
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    """The coordinator ended the session: completed, failed or stopped."""
+
+    session_id: bytes
+    state: str
+    rounds_done: int
+    final_model_hash: bytes
+    reason: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "session": self.session_id, "state": self.state,
+                "rounds": self.rounds_done, "model": self.final_model_hash,
+                "reason": self.reason[:MAX_REASON]}
+
+    @classmethod
+    def decode(cls, raw: Any, *, peer: str | None = None) -> "SessionEnded":
+        f = Fields(raw, "fl.SessionEnded", versions={VERSION}, peer=peer)
+        m = cls(_hash(f, "session"), f.str("state", max_len=16), f.int("rounds", lo=0, hi=100_000),
+                _hash(f, "model"), f.str("reason", max_len=MAX_REASON))
+        f.done()
+        if m.state not in ("completed", "failed", "stopped"):
+            raise RemoteProtocolError(f"fl.SessionEnded: unknown state {m.state!r}", peer=peer)
+        return m
+
+
+GossipMessage = SessionAnnouncement | OptIn | RoundPlan | RoundResult | RoundFailed | SessionEnded
+_TYPE_OF = {SessionAnnouncement: "announce", OptIn: "optin", RoundPlan: "plan",
+            RoundResult: "result", RoundFailed: "failed", SessionEnded: "ended"}
+_DECODER = {"announce": SessionAnnouncement.decode, "optin": OptIn.decode, "plan": RoundPlan.decode,
+            "result": RoundResult.decode, "failed": RoundFailed.decode, "ended": SessionEnded.decode}
+
+
+def encode_gossip(msg: GossipMessage) -> bytes:
+    return pack({"v": VERSION, "type": _TYPE_OF[type(msg)], "body": msg.to_wire()})
+
+
+def decode_gossip(raw: Any, *, peer: str | None = None) -> GossipMessage:
+    """Decode an envelope (already msgpack-decoded); RemoteProtocolError on anything wrong."""
+    f = Fields(raw, "fl.Gossip", versions={VERSION}, peer=peer)
+    kind = f.str("type", max_len=16)
+    body = f.map("body", max_len=64)
+    f.done()
+    dec = _DECODER.get(kind)
+    if dec is None:
+        raise RemoteProtocolError(f"fl.Gossip: unknown message type {kind!r}", peer=peer)
+    return dec(body, peer=peer)  # type: ignore[no-any-return]
+
+
+# --- stream messages -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UpdateHeader:
+    """First frame on the update stream; raw tensor chunks follow."""
+
+    session_id: bytes
+    round: int
+    try_no: int
+    fallback: int            # index in the aggregator order this update is addressed to
+    num_samples: int
+    base_loss: float         # the base model on the participant's training data
+    base_accuracy: float     # the base model on the participant's held-out data
+    train_loss: float
+    tensor: TensorHeader
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "session": self.session_id, "round": self.round, "try": self.try_no,
+                "fallback": self.fallback, "n": self.num_samples, "base_loss": _finite(self.base_loss),
+                "base_acc": _finite(self.base_accuracy), "train_loss": _finite(self.train_loss),
+                "tensor": self.tensor.to_wire()}
+
+    @classmethod
+    def decode(cls, raw: Any, *, expected_shape: tuple[int, ...] | None, max_bytes: int,
+               peer: str | None = None) -> "UpdateHeader":
+        """Validate the header; the tensor header is checked against the expected shape and
+        size limit here, before any chunk is read (TensorRejected with a reason)."""
+        f = Fields(raw, "fl.UpdateHeader", versions={VERSION}, peer=peer)
+        h = cls(_hash(f, "session"), f.int("round", lo=1, hi=100_000), f.int("try", lo=0, hi=1000),
+                f.int("fallback", lo=0, hi=16), f.int("n", lo=1, hi=2**40), f.float("base_loss"),
+                f.float("base_acc"), f.float("train_loss"),
+                decode_header(f.map("tensor"), expected_shape=expected_shape, max_bytes=max_bytes,
+                              peer=peer))
+        f.done()
+        return h
+
+    @staticmethod
+    def peek_session(raw: Any) -> tuple[bytes, int] | None:
+        """(session, round) of an undecoded header map, to look up the expected shape."""
+        if isinstance(raw, dict) and isinstance(raw.get("session"), bytes) and isinstance(raw.get("round"), int):
+            return raw["session"], raw["round"]
+        return None
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The receiver's verdict on a stream request."""
+
+    ok: bool
+    reason: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "ok": self.ok, "reason": self.reason[:MAX_REASON]}
+
+    @classmethod
+    def decode(cls, raw: Any, *, peer: str | None = None) -> "Ack":
+        f = Fields(raw, "fl.Ack", versions={VERSION}, peer=peer)
+        a = cls(f.bool("ok"), f.str("reason", max_len=MAX_REASON))
+        f.done()
+        return a
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    session_id: bytes
+    model_hash: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "session": self.session_id, "model": self.model_hash}
+
+    @classmethod
+    def decode(cls, raw: Any, *, peer: str | None = None) -> "ModelRequest":
+        f = Fields(raw, "fl.ModelRequest", versions={VERSION}, peer=peer)
+        m = cls(_hash(f, "session"), _hash(f, "model"))
+        f.done()
+        return m
+
+
+@dataclass(frozen=True)
+class ModelResponse:
+    """Answer to a model request: the named tensors that follow ("params" first, then any
+    server-optimiser state of the strategy), each as its header then its chunks."""
+
+    ok: bool
+    reason: str
+    tensors: tuple[tuple[str, TensorHeader], ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "ok": self.ok, "reason": self.reason[:MAX_REASON],
+                "tensors": [[n, h.to_wire()] for n, h in self.tensors]}
+
+    @classmethod
+    def decode(cls, raw: Any, *, params_shape: tuple[int, ...], max_bytes: int,
+               peer: str | None = None) -> "ModelResponse":
+        f = Fields(raw, "fl.ModelResponse", versions={VERSION}, peer=peer)
+        ok, reason = f.bool("ok"), f.str("reason", max_len=MAX_REASON)
+        items = f.list("tensors", max_len=8)
+        f.done()
+        tensors: list[tuple[str, TensorHeader]] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str) \
+                    or not 0 < len(item[0]) <= MAX_NAME:
+                raise RemoteProtocolError("fl.ModelResponse: tensors must be [name, header] pairs", peer=peer)
+            name = item[0]
+            if i == 0 and name != "params":
+                raise RemoteProtocolError("fl.ModelResponse: the first tensor must be 'params'", peer=peer)
+            tensors.append((name, decode_header(item[1], expected_shape=params_shape if i == 0 else None,
+                                                max_bytes=max_bytes, peer=peer)))
+        if ok and not tensors:
+            raise RemoteProtocolError("fl.ModelResponse: ok without tensors", peer=peer)
+        return cls(ok, reason, tuple(tensors))

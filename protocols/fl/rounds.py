@@ -1,0 +1,96 @@
+"""One round at one node: the participant's part and the aggregator's part (sans-IO state).
+
+Timing, per round plan received at local time t0, with D the session's round deadline and the
+aggregator order o_0, o_1, ... (election.py): slot k is [t0 + k*D, t0 + (k+1)*D). A participant
+sends its update to o_k for the slot it is in when training ends, and again to o_(k+1) when
+slot k ends without a round result (or at once when o_k cannot be reached). Aggregator o_k
+collects updates addressed to it and aggregates as soon as every participant has answered
+(an update, or a rejection), or at the end of its slot with at least `min_participants`
+usable updates; participants that sent nothing are dropped (stragglers). The last aggregator
+whose slot ends short of the minimum reports the round failed; the coordinator retries it.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from fognode.protocols.fl.messages import RoundPlan
+from fognode.protocols.fl.strategies.base import ClientUpdate
+from fognode.protocols.fl.tasks import TrainResult
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What local training produced (also the base model's quality on the local data)."""
+
+    result: TrainResult
+    base_loss: float
+    base_accuracy: float
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    num_samples: int
+    base_loss: float
+    base_accuracy: float
+    train_loss: float
+
+
+class ParticipantState(enum.Enum):
+    FETCHING = "fetching"       # waiting for the base model
+    TRAINING = "training"
+    SENDING = "sending"         # update ready, delivering it to the current aggregator
+    DONE = "done"               # the round has a result (or a newer plan replaced it)
+
+
+class ParticipantRound:
+    def __init__(self, plan: RoundPlan, order: tuple[str, ...], t0: float, deadline: float) -> None:
+        self.plan = plan
+        self.order = order
+        self.t0 = t0
+        self.deadline = deadline
+        self.state = ParticipantState.FETCHING
+        self.delta: np.ndarray | None = None
+        self.meta: UpdateMeta | None = None
+        self.sent_slot = -1          # highest slot the update was addressed to
+        self.in_flight = False
+
+    def slot_at(self, now: float) -> int:
+        k = int((now - self.t0) // self.deadline) if now > self.t0 else 0
+        return min(k, len(self.order) - 1)
+
+    def slot_end(self, k: int) -> float:
+        return self.t0 + (k + 1) * self.deadline
+
+
+class AggregatorState(enum.Enum):
+    COLLECTING = "collecting"
+    AGGREGATING = "aggregating"
+    DONE = "done"               # result published, failure reported, or superseded
+
+
+class AggregatorRound:
+    def __init__(self, plan: RoundPlan, order: tuple[str, ...], slot: int, t0: float,
+                 deadline: float, min_participants: int) -> None:
+        self.plan = plan
+        self.order = order
+        self.slot = slot
+        self.t0 = t0
+        self.closes = t0 + (slot + 1) * deadline
+        self.min_participants = min_participants
+        self.state = AggregatorState.COLLECTING
+        self.updates: dict[str, ClientUpdate] = {}
+        self.meta: dict[str, UpdateMeta] = {}
+        self.rejected: dict[str, str] = {}
+
+    @property
+    def answered(self) -> set[str]:
+        return set(self.updates) | set(self.rejected)
+
+    def everyone_answered(self) -> bool:
+        return self.answered >= set(self.plan.peers)
+
+    def dropped(self) -> tuple[str, ...]:
+        return tuple(p for p in self.plan.peers if p not in self.answered)

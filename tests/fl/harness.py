@@ -1,0 +1,279 @@
+"""In-memory harness: N FL cores with real tasks, real local training, real strategies and
+the real wire codecs (gossip envelopes, tensor chunks), under a simulated clock.
+
+What it replaces is only the transport: gossip is delivered to every live node (optionally
+dropping a share of messages), streams are function calls between cores through the same
+encoders/decoders the role uses. Nodes can be killed (they stop receiving, ticking and
+serving) and can be made Byzantine (their update deltas are replaced before encoding).
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgpack
+import numpy as np
+from nacl.signing import SigningKey
+
+from fognode.node.peerid import peer_id_from_pubkey
+from fognode.node.wire import pack
+from fognode.protocols.fl.actions import (
+    Action, Aggregate, Emit, FetchModel, PrepareTask, Publish, ReportOutcome, SaveModel,
+    SendUpdate, Train, UpdateRefused)
+from fognode.protocols.fl.election import aggregator_order
+from fognode.protocols.fl.messages import (
+    DeviceFacts, RoundPlan, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
+from fognode.protocols.fl.prepared import PreparedTask, init_seed_of, prepare_task
+from fognode.protocols.fl.rounds import TrainOutcome
+from fognode.protocols.fl.selection import DeviceCandidate
+from fognode.protocols.fl.session import FlCore
+from fognode.protocols.fl.strategies.base import StrategyError
+from fognode.protocols.fl.tasks import TaskError
+from fognode.protocols.fl.tensors import (
+    TensorHeader, TensorRejected, decode_chunks, decode_header, encode_tensor, tensor_hash)
+
+MAX_BYTES = 64 << 20
+
+
+def wire(obj_bytes: bytes) -> Any:
+    return msgpack.unpackb(obj_bytes, raw=False, strict_map_key=True)
+
+
+@dataclass
+class SimNode:
+    index: int
+    key: SigningKey
+    core: FlCore
+    alive: bool = True
+    byzantine: Callable[[np.ndarray], np.ndarray] | None = None
+    claim_samples: int | None = None        # a Byzantine node may lie about its sample count
+    drop_aggregate: bool = False            # dies at the moment it would aggregate
+    hold_updates: bool = False              # a straggler: its updates are parked in `held`
+    held: list[SendUpdate] = field(default_factory=list)
+    never_trains: bool = False              # a straggler that never finishes local training
+    events: list[Any] = field(default_factory=list)
+    reports: list[ReportOutcome] = field(default_factory=list)
+    refused: list[UpdateRefused] = field(default_factory=list)
+    saved: dict[bytes, np.ndarray] = field(default_factory=dict)
+    final: list[bytes] = field(default_factory=list)
+    trained_rounds: int = 0
+
+    @property
+    def peer(self) -> str:
+        return self.core.me
+
+
+class Sim:
+    def __init__(self, n: int, *, data_seed: int = 7, drop: float = 0.0, rng_seed: int = 0,
+                 tasks: set[str] | None = None, regions: list[str] | None = None,
+                 deadline_hint: float = 10.0) -> None:
+        self.now = 1000.0
+        self.data_seed = data_seed
+        self.drop = drop
+        self.rng = random.Random(rng_seed)
+        self.queue: deque[tuple[SimNode, Action]] = deque()
+        self.nodes: list[SimNode] = []
+        self.published = 0
+        # fault injection: the elected aggregator of a round (never node 0, the usual
+        # coordinator) dies when the plan is out, or when it is about to aggregate
+        self.kill_planned_aggregator_from_round: int | None = None
+        self.kill_aggregating_from_round: int | None = None
+        self.killed: list[tuple[int, str]] = []
+        for i in range(n):
+            key = SigningKey(bytes([i + 1]) * 32)
+            peer = peer_id_from_pubkey(bytes(key.verify_key))
+            facts = DeviceFacts(region=(regions[i] if regions else "eu"), cores=2, memory_mb=2048)
+            core = FlCore(peer, key, tasks_enabled=tasks if tasks is not None else {"synthetic", "synthetic_mlp"},
+                          facts=facts, candidate_view=self._view, republish_interval=2.0)
+            self.nodes.append(SimNode(i, key, core))
+        self.by_peer = {nd.peer: nd for nd in self.nodes}
+
+    # the registry's view: killed nodes show offline
+    def _view(self, peer: str, facts: DeviceFacts) -> DeviceCandidate:
+        nd = self.by_peer.get(peer) if hasattr(self, "by_peer") else None
+        return DeviceCandidate(peer, facts.region, facts.cores, facts.memory_mb, facts.charging,
+                               online=nd.alive if nd is not None else True,
+                               capabilities=facts.capabilities)
+
+    # -- driving ------------------------------------------------------------------------
+
+    def start(self, spec: SessionSpec, starter: int = 0) -> bytes:
+        nd = self.nodes[starter]
+        nonce = bytes([starter + 1]) * 16
+        prepared = self._prepare(nd, spec.task, spec.task_params, init_seed_of(nonce))
+        ann = nd.core.new_announcement(spec, prepared, nonce, self.now)
+        self._run(nd, nd.core.start_session(ann, prepared, self.now))
+        return ann.session_id
+
+    def _prepare(self, nd: SimNode, task: str, params: dict[str, Any], seed: int) -> PreparedTask:
+        return prepare_task(task, params, seed, data_seed=self.data_seed, data_index=nd.index)
+
+    def _run(self, nd: SimNode, actions: list[Action]) -> None:
+        for a in actions:
+            self.queue.append((nd, a))
+        while self.queue:
+            node, act = self.queue.popleft()
+            if node.alive:
+                self._do(node, act)
+
+    def step(self, dt: float = 0.25) -> None:
+        self.now += dt
+        for nd in self.nodes:
+            if nd.alive:
+                self._run(nd, nd.core.tick(self.now))
+
+    def run_until(self, pred: Callable[[], bool], max_seconds: float, dt: float = 0.25) -> None:
+        end = self.now + max_seconds
+        while not pred():
+            if self.now >= end:
+                raise TimeoutError(f"condition not reached within {max_seconds} simulated seconds")
+            self.step(dt)
+
+    # -- carrying out actions ------------------------------------------------------------
+
+    def _do(self, nd: SimNode, act: Action) -> None:
+        core, now = nd.core, self.now
+        if isinstance(act, Publish):
+            if isinstance(act.msg, RoundPlan) and self.kill_planned_aggregator_from_round is not None \
+                    and act.msg.round >= self.kill_planned_aggregator_from_round and not self.killed:
+                s = nd.core.sessions[act.msg.session_id]
+                victim = self.by_peer[aggregator_order(act.msg.seed, act.msg.participants,
+                                                       1 + s.spec.fallbacks)[0]]
+                if victim.index != 0:
+                    victim.alive = False
+                    self.killed.append((act.msg.round, victim.peer))
+            data = encode_gossip(act.msg)
+            self.published += 1
+            for other in self.nodes:
+                if other is nd or not other.alive or self.rng.random() < self.drop:
+                    continue
+                msg = decode_gossip(wire(data), peer=nd.peer)
+                for a in other.core.receive(nd.peer, msg, now):
+                    self.queue.append((other, a))
+        elif isinstance(act, PrepareTask):
+            try:
+                p = self._prepare(nd, act.task, act.task_params, act.init_seed)
+            except TaskError as e:
+                self._push(nd, core.task_failed(act.session_id, str(e), now))
+            else:
+                self._push(nd, core.task_ready(act.session_id, p, now))
+        elif isinstance(act, FetchModel):
+            for src in act.sources:
+                other = self.by_peer.get(src)
+                if other is None or not other.alive:
+                    continue
+                bundle = other.core.model_for(act.session_id, act.model_hash)
+                if bundle is None:
+                    continue
+                h, chunks = encode_tensor(bundle.params)
+                shape = core.expected_shape(act.session_id)
+                hdr = decode_header(wire(pack(h.to_wire())), expected_shape=shape, max_bytes=MAX_BYTES)
+                params = decode_chunks(hdr, [bytes(c) for c in chunks])
+                state = {k: v.copy() for k, v in bundle.state.items()}
+                self._push(nd, core.model_fetched(act.session_id, act.model_hash, params, state, now))
+                return
+            self._push(nd, core.model_fetch_failed(act.session_id, act.model_hash, "no source reachable", now))
+        elif isinstance(act, Train):
+            if nd.never_trains:
+                return
+            s = core.sessions[act.session_id]
+            assert s.prepared is not None
+            task, data = s.prepared.task, s.prepared.data
+            base_train = task.evaluate(act.base, data.x_train, data.y_train)
+            base_test = task.evaluate(act.base, data.x_test, data.y_test)
+            result = task.train(act.base, data, act.config, seed=act.seed)
+            nd.trained_rounds += 1
+            self._push(nd, core.trained(act.session_id, act.round, act.try_no,
+                                        TrainOutcome(result, base_train.loss, base_test.accuracy), now))
+        elif isinstance(act, SendUpdate):
+            if nd.hold_updates:
+                nd.held.append(act)
+            else:
+                self._send_update(nd, act)
+        elif isinstance(act, Aggregate):
+            if nd.drop_aggregate or (self.kill_aggregating_from_round is not None and not self.killed
+                                     and act.round >= self.kill_aggregating_from_round and nd.index != 0):
+                nd.alive = False
+                self.killed.append((act.round, nd.peer))
+                return
+            try:
+                res = act.strategy.aggregate(act.base, list(act.updates))
+            except StrategyError as e:
+                self._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
+                                               None, str(e), now))
+            else:
+                self._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
+                                               res, "", now, act.strategy.state_arrays()))
+        elif isinstance(act, Emit):
+            nd.events.append(act.event)
+        elif isinstance(act, ReportOutcome):
+            nd.reports.append(act)
+        elif isinstance(act, UpdateRefused):
+            nd.refused.append(act)
+        elif isinstance(act, SaveModel):
+            nd.saved[act.model_hash] = act.params
+            if act.final:
+                nd.final.append(act.model_hash)
+        else:  # pragma: no cover
+            raise AssertionError(f"unknown action {act!r}")
+
+    def _push(self, nd: SimNode, actions: list[Action]) -> None:
+        for a in actions:
+            self.queue.append((nd, a))
+
+    def _send_update(self, nd: SimNode, act: SendUpdate) -> None:
+        target = self.by_peer.get(act.to)
+        delta = act.delta if nd.byzantine is None else nd.byzantine(act.delta)
+        if nd.claim_samples is not None:
+            act = dataclasses.replace(act, num_samples=nd.claim_samples)
+        if target is None or not target.alive:
+            self._push(nd, nd.core.update_delivered(act.session_id, act.round, act.try_no,
+                                                    act.fallback, False, "unreachable", self.now))
+            return
+        reason = self.deliver_raw(nd.peer, target, act, delta)
+        self._push(nd, nd.core.update_delivered(act.session_id, act.round, act.try_no, act.fallback,
+                                                reason is None, reason or "", self.now))
+
+    def deliver_raw(self, sender: str, target: SimNode, act: SendUpdate, delta: np.ndarray,
+                    *, tamper: Callable[[dict[str, Any], list[bytes]], None] | None = None) -> str | None:
+        """The update stream's receiving side, as protocol.py does it: admit by header,
+        decode the tensor header against the expected shape, decode chunks, hand over.
+        `tamper` may alter the header map / chunks in flight. Returns the refusal reason."""
+        tc, now = target.core, self.now
+        if np.isfinite(delta).all():
+            h, chunks = encode_tensor(delta, chunk_size=4096)
+            raw_chunks = [bytes(c) for c in chunks]
+        else:   # a hostile sender bypasses encode_tensor's refusal and sends the bytes anyway
+            raw = np.ascontiguousarray(delta, dtype="<f4").tobytes()
+            raw_chunks = [raw[i:i + 4096] for i in range(0, len(raw), 4096)]
+            h = TensorHeader("float32", delta.shape, len(raw), 4096, tensor_hash(raw))
+        header_map = act.header(h).to_wire()
+        if tamper is not None:
+            tamper(header_map, raw_chunks)
+        raw_header = wire(pack(header_map))
+        sid, rnd = header_map["session"], header_map["round"]
+        why = tc.admit_update(sender, sid, rnd, header_map["try"], header_map["fallback"])
+        if why is not None:
+            self._push(target, tc.reject_update(sender, sid, rnd, header_map["try"], why, now))
+            return why
+        try:
+            hdr = UpdateHeader.decode(raw_header, expected_shape=tc.expected_shape(sid),
+                                      max_bytes=MAX_BYTES, peer=sender)
+            values = decode_chunks(hdr.tensor, raw_chunks, peer=sender)
+        except TensorRejected as e:
+            self._push(target, tc.reject_update(sender, sid, rnd, header_map["try"], e.reason, now))
+            return e.reason
+        why, actions = tc.receive_update(sender, hdr, values, now)
+        self._push(target, actions)
+        return why
+
+    # -- views ----------------------------------------------------------------------------
+
+    def status(self, sid: bytes, node: int = 0) -> dict[str, Any]:
+        return self.nodes[node].core.status(sid)
+
+    def ended(self, sid: bytes, node: int = 0) -> bool:
+        return self.status(sid, node)["state"] in ("completed", "failed", "stopped")
