@@ -217,3 +217,19 @@ def test_daemon_that_does_not_answer(cli: Cli) -> None:
     assert time.monotonic() - t0 < 10
     # and it still serves everyone else
     assert cli("wallet", "balance").stdout == "1000\n"
+
+
+def test_render_shapes() -> None:
+    from fognode.tools.cli import render
+    long = ["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWAAAAAAAAAAAAAAAA", "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWB"]
+    assert render({"addrs": long, "ok": True, "none": None, "empty": {}, "n": 2}).splitlines() == [
+        f"addrs  {long[0]}", f"       {long[1]}", "ok     true", "none   -", "empty", "n      2"]
+    assert render([{"a": 1, "b": {"c": "x"}}, {"a": 2, "d": long}]).splitlines() == [
+        "a  b.c  d",
+        "-  ---  " + "-" * len(", ".join(long)),
+        "1  x",
+        f"2       {', '.join(long)}",
+    ]
+    assert render([]) == "(none)" and render({}) == "(empty)" and render(None) == ""
+    assert render([1, "two", False]) == "1\ntwo\nfalse"
+    assert render(1.5) == "1.5" and render("text") == "text"

@@ -341,7 +341,8 @@ def flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
             for i, x in enumerate(v):
                 rows += flatten(x, f"{key}.{i}.")
         elif isinstance(v, list) and not any(isinstance(x, (dict, list)) for x in v):
-            rows.append((key, ", ".join(scalar(x) for x in v)))
+            joined = ", ".join(scalar(x) for x in v)  # long lists: one item per line
+            rows.append((key, joined if len(joined) <= 60 else "\n".join(scalar(x) for x in v)))
         elif isinstance(v, dict):
             rows.append((key, ""))
         else:
@@ -364,7 +365,7 @@ def columns_table(items: list[dict[str, Any]]) -> str:
     cols: list[str] = []
     for row in flat:
         cols += [c for c in row if c not in cols]
-    cells = [[row.get(c, "").replace("\n", " ") for c in cols] for row in flat]
+    cells = [[row.get(c, "").replace("\n", ", ") for c in cols] for row in flat]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*cols).rstrip(), fmt.format(*("-" * w for w in widths)).rstrip()]
@@ -502,7 +503,8 @@ def run(opts: Options, out: TextIO) -> int:
             result = conn.call(words[1], params)
         else:
             disc = conn.call("rpc.discover")
-            methods = {m["name"]: m for m in disc["methods"]}
+            # The daemon's own `help` method is what `fognode-cli help` renders: not a command.
+            methods = {m["name"]: m for m in disc["methods"] if m["name"] != "help"}
             if words[0] == "help":
                 rest = [w for w in words[1:] if w != "--markdown"]
                 if "--markdown" in words[1:]:

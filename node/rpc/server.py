@@ -95,14 +95,20 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
+_ENCODER = json.JSONEncoder(default=json_default, allow_nan=False, ensure_ascii=False,
+                            separators=(",", ":"))
+
+
 def encode_json(value: Any) -> str:
     """Compact JSON with `json_default`; NaN/Infinity are refused (ValueError): not JSON."""
-    return json.dumps(value, default=json_default, allow_nan=False, ensure_ascii=False,
-                      separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _error(id_: Any, code: int, message: str, data: Any = None) -> str:
@@ -378,7 +384,7 @@ class RpcServer:
             self._count_error(PARSE_ERROR)
             return _error(None, PARSE_ERROR, f"parse error: invalid UTF-8 at byte {e.start}")
         try:
-            msg = json.loads(text, parse_constant=_reject_constant)
+            msg = _DECODER.decode(text)
         except json.JSONDecodeError as e:
             self._count_error(PARSE_ERROR)
             return _error(None, PARSE_ERROR,

@@ -98,8 +98,8 @@ OPEN: list[trio.SocketStream] = []
 @pytest.fixture(autouse=True)
 async def close_clients() -> AsyncIterator[None]:
     yield
-    while OPEN:
-        await OPEN.pop().aclose()
+    while OPEN:  # synchronous close: no checkpoint, so a cancelled teardown cannot skip any
+        OPEN.pop().socket.close()
 
 
 class Client:

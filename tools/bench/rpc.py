@@ -1,0 +1,273 @@
+"""Control-socket round trip: latency of single requests and requests/s with concurrent clients.
+
+    python -m fognode.tools.bench.rpc [--calls 2000] [--clients 8] [--duration 3]
+    python -m fognode.tools.bench.rpc --socket ~/.fognode/fognode.sock [--method node.info]
+
+Starts an RpcServer in a subprocess serving a `node.info`-like method (a small dict), and, in
+the same run, a bare newline-delimited echo server on a unix socket (trio, same read/split/write
+loop, no JSON-RPC) as the baseline, so the cost of our layer is visible. One client measures
+p50/p99 round trips of sequential requests; then N client processes run sequential requests
+for a fixed time and the total requests/s is reported. With --socket, the JSON-RPC figures are
+measured against that live daemon instead (the echo baseline still runs locally).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TARGET_P50_MS = 1.0
+
+
+# ---- servers (run in subprocesses) ----------------------------------------------------------
+
+def serve_rpc(path: Path) -> None:
+    import trio
+    from prometheus_client import CollectorRegistry
+
+    from fognode.node.rpc.methods import MethodTable, rpc_method
+    from fognode.node.rpc.server import RpcServer
+
+    started = time.time()
+
+    class Node:
+        @rpc_method("node.info")
+        async def info(self) -> dict[str, Any]:
+            """Peer id, addresses, version, roles and uptime (a fixed small dict)."""
+            return {"peer_id": "12D3KooWBenchBenchBenchBenchBenchBenchBenchBenchBench",
+                    "addresses": ["/ip4/127.0.0.1/tcp/4001", "/ip4/192.168.1.20/tcp/4001"],
+                    "version": "0.1.0", "uptime": time.time() - started,
+                    "roles": {"monitor": "healthy", "ledger": "healthy", "registry": "healthy"}}
+
+    async def main() -> None:
+        table = MethodTable()
+        table.add_object(Node(), "node")
+        server = RpcServer(table, path, CollectorRegistry(), max_clients=64)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            print("ready", flush=True)
+            await _until_signal()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def serve_echo(path: Path) -> None:
+    import trio
+
+    async def client(stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        async with stream:
+            while True:
+                try:
+                    data = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while (nl := buf.find(b"\n")) >= 0:
+                    line = bytes(buf[:nl + 1])
+                    del buf[:nl + 1]
+                    await stream.send_all(line)
+
+    async def main() -> None:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.bind(str(path))
+        raw.listen(64)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, client, [listener])
+            print("ready", flush=True)
+            await _until_signal()
+            nursery.cancel_scope.cancel()
+        os.unlink(path)
+
+    trio.run(main)
+
+
+async def _until_signal() -> None:
+    import trio
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+        async for _ in sigs:
+            return
+
+
+def start_server(kind: str, path: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "fognode.tools.bench.rpc", f"--serve-{kind}", str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    if not ready or proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise SystemExit(f"the {kind} server did not start")
+    return proc
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+# ---- clients --------------------------------------------------------------------------------
+
+class LineClient:
+    """Sequential request/reply over one connection: JSON-RPC (mode "rpc") or raw echo."""
+
+    def __init__(self, path: Path, mode: str, method: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.mode = mode
+        self.method = method
+        self.buf = b""
+        self.n = 0
+        # the echo baseline sends a line as long as the JSON-RPC request
+        self.echo_line = json.dumps({"jsonrpc": "2.0", "method": method, "id": 1000000}).encode() + b"\n"
+
+    def once(self) -> None:
+        self.n += 1
+        if self.mode == "rpc":
+            self.sock.sendall(json.dumps({"jsonrpc": "2.0", "method": self.method, "id": self.n}).encode()
+                              + b"\n")
+        else:
+            self.sock.sendall(self.echo_line)
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise SystemExit("server closed the connection")
+            self.buf += data
+        line, _, self.buf = self.buf.partition(b"\n")
+        if self.mode == "rpc":
+            reply = json.loads(line)
+            if reply.get("id") != self.n or "result" not in reply:
+                raise SystemExit(f"bad reply: {line[:200]!r}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def latency(path: Path, mode: str, method: str, calls: int) -> tuple[float, float]:
+    c = LineClient(path, mode, method)
+    for _ in range(min(200, calls)):  # warm-up
+        c.once()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        c.once()
+        times.append(time.perf_counter() - t0)
+    c.close()
+    times.sort()
+    return times[len(times) // 2] * 1e3, times[min(len(times) - 1, int(len(times) * 0.99))] * 1e3
+
+
+def client_process(path: Path, mode: str, method: str, start_at: float, duration: float) -> None:
+    c = LineClient(path, mode, method)
+    c.once()
+    time.sleep(max(0.0, start_at - time.time()))  # all clients start together
+    end = start_at + duration
+    n = 0
+    while time.time() < end:
+        c.once()
+        n += 1
+    c.close()
+    print(n, flush=True)
+
+
+def throughput(path: Path, mode: str, method: str, clients: int, duration: float) -> float:
+    start_at = time.time() + 1.0 + 0.1 * clients
+    procs = [subprocess.Popen([sys.executable, "-m", "fognode.tools.bench.rpc", "--client", str(path),
+                               "--mode", mode, "--method", method, "--start-at", repr(start_at),
+                               "--duration", str(duration)], stdout=subprocess.PIPE, text=True)
+             for _ in range(clients)]
+    total = 0
+    for p in procs:
+        out, _ = p.communicate(timeout=duration + 60)
+        if p.returncode != 0:
+            raise SystemExit(f"a client process failed (exit {p.returncode})")
+        total += int(out.strip())
+    return total / duration
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fognode.tools.bench.rpc", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--socket", help="measure a live daemon's control socket instead of a local server")
+    ap.add_argument("--method", default="node.info", help="method to call (no params)")
+    ap.add_argument("--calls", type=int, default=2000, help="sequential calls for the latency figures")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent client processes")
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds of the throughput run")
+    ap.add_argument("--serve-rpc", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-echo", help=argparse.SUPPRESS)
+    ap.add_argument("--client", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", default="rpc", help=argparse.SUPPRESS)
+    ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.serve_rpc:
+        serve_rpc(Path(a.serve_rpc))
+        return 0
+    if a.serve_echo:
+        serve_echo(Path(a.serve_echo))
+        return 0
+    if a.client:
+        client_process(Path(a.client), a.mode, a.method, a.start_at, a.duration)
+        return 0
+
+    d = Path(tempfile.mkdtemp(dir="/tmp", prefix="fnbench-"))
+    procs = []
+    try:
+        if a.socket:
+            rpc_path = Path(a.socket).expanduser()
+            where = f"live daemon at {rpc_path}"
+        else:
+            rpc_path = d / "rpc.sock"
+            procs.append(start_server("rpc", rpc_path))
+            where = "RpcServer subprocess"
+        echo_path = d / "echo.sock"
+        procs.append(start_server("echo", echo_path))
+        r50, r99 = latency(rpc_path, "rpc", a.method, a.calls)
+        e50, e99 = latency(echo_path, "echo", a.method, a.calls)
+        r1 = throughput(rpc_path, "rpc", a.method, 1, a.duration)
+        e1 = throughput(echo_path, "echo", a.method, 1, a.duration)
+        rn = throughput(rpc_path, "rpc", a.method, a.clients, a.duration)
+        en = throughput(echo_path, "echo", a.method, a.clients, a.duration)
+    finally:
+        for p in procs:
+            stop_server(p)
+        shutil.rmtree(d, ignore_errors=True)
+
+    rows = [
+        ("round trip p50", f"{r50:.3f} ms", f"{e50:.3f} ms", f"< {TARGET_P50_MS:g} ms",
+         "PASS" if r50 < TARGET_P50_MS else "FAIL"),
+        ("round trip p99", f"{r99:.3f} ms", f"{e99:.3f} ms", "", ""),
+        ("requests/s, 1 client", f"{r1:,.0f}", f"{e1:,.0f}", "", ""),
+        (f"requests/s, {a.clients} clients", f"{rn:,.0f}", f"{en:,.0f}", "", ""),
+    ]
+    head = ("measure", f"JSON-RPC {a.method}", "raw echo baseline", "target", "")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
+    print(f"control socket benchmark: {where}; {a.calls} sequential calls; "
+          f"{a.duration:g} s throughput runs; {os.cpu_count()} CPUs")
+    for r in [head, tuple("-" * w for w in widths)] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(f"JSON-RPC overhead over the bare socket at p50: {r50 - e50:.3f} ms per call")
+    return 0 if r50 < TARGET_P50_MS else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
