@@ -291,17 +291,17 @@ def decode_order(raw: Any, *, peer: str | None = None) -> Order:
     )
     order: Order
     if kind is OrderKind.TRANSFER:
-        order = TransferOrder(**common, recipient=f.bytes("recipient", max_len=64),  # type: ignore[arg-type]
+        order = TransferOrder(**common, recipient=f.bytes("recipient", max_len=64),
                               amount=f.int("amount", lo=-_WIRE_INT, hi=_WIRE_INT),
                               memo=f.str("memo", max_len=_WIRE_MEMO))
     elif kind is OrderKind.MINT:
-        order = MintOrder(**common, recipient=f.bytes("recipient", max_len=64),  # type: ignore[arg-type]
+        order = MintOrder(**common, recipient=f.bytes("recipient", max_len=64),
                           amount=f.int("amount", lo=-_WIRE_INT, hi=_WIRE_INT),
                           receipt=decode_receipt(f.map("receipt", max_len=16), peer=peer))
     elif kind is OrderKind.BOND:
-        order = BondOrder(**common, amount=f.int("amount", lo=-_WIRE_INT, hi=_WIRE_INT))  # type: ignore[arg-type]
+        order = BondOrder(**common, amount=f.int("amount", lo=-_WIRE_INT, hi=_WIRE_INT))
     else:
-        order = UnbondOrder(**common, amount=f.int("amount", lo=-_WIRE_INT, hi=_WIRE_INT))  # type: ignore[arg-type]
+        order = UnbondOrder(**common, amount=f.int("amount", lo=-_WIRE_INT, hi=_WIRE_INT))
     f.done()
     return order
 

@@ -518,9 +518,7 @@ class LedgerService:
         total = 0
         for order in distribute_rewards(allocations, chain=self.genesis.chain_id, epoch=epoch,
                                         sender=bytes(key.verify_key), first_sequence=0, fee=self.genesis.fee):
-            cert = await self.submit(key, lambda seq, ep, o=order: MintOrder(
-                chain=o.chain, epoch=ep, sender=o.sender, sequence=seq, fee=o.fee, recipient=o.recipient,
-                amount=o.amount, receipt=o.receipt), timeout)
+            cert = await self.submit(key, _renumbered(order), timeout)
             txs.append(cert.tx_id.hex())
             total += order.amount
         self.ctx.events.publish(RewardsDistributed(distributor=encode_address(bytes(key.verify_key)),
@@ -541,3 +539,11 @@ class LedgerService:
     @staticmethod
     def address_of_peer(peer_id: str) -> bytes:
         return pubkey_from_peer_id(peer_id)
+
+
+def _renumbered(o: MintOrder) -> Callable[[int, int], Order]:
+    """`o` with the sequence and epoch `submit` assigns."""
+    def make(seq: int, epoch: int) -> Order:
+        return MintOrder(chain=o.chain, epoch=epoch, sender=o.sender, sequence=seq, fee=o.fee,
+                         recipient=o.recipient, amount=o.amount, receipt=o.receipt)
+    return make

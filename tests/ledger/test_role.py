@@ -102,3 +102,51 @@ async def test_two_of_four_down_waits_then_completes(tmp_path: Path) -> None:
             assert (await n0.role.ledger_tx(tx))["amount"] == "7"
             await wait_until(lambda: all(n.svc.state.applied == 2 for n in c.nodes if n.up))
             assert len(roots(c)) == 1
+
+
+async def test_services_api_for_other_roles(tmp_path: Path) -> None:
+    from fognode.ledger.amounts import MICRO
+    from fognode.ledger.errors import OrderRejected, Reason
+    from fognode.ledger.events import RewardsDistributed
+    from fognode.ledger.receipts import EvidenceError, Receipt, VerifyContext
+    from fognode.ledger.rewards import Allocation, calculate_rewards
+
+    class FlRoundVerifier:
+        kind = "fl_round"
+
+        def max_reward(self, receipt: Receipt, ctx: VerifyContext) -> int:
+            if receipt.body.get("round") != 1:
+                raise EvidenceError("unknown round")
+            return 3 * MICRO
+
+    with trio.fail_after(60):
+        async with ledger_cluster(tmp_path, 1) as c:
+            node = c.nodes[0]
+            ledger = node.ctx.services.require("ledger")
+            me = node.wallet
+            assert ledger.verify_payment_capability(me, 999 * MICRO)
+            assert ledger.verify_payment_capability(encode_address(me), 999 * MICRO)
+            assert not ledger.verify_payment_capability(me, 1000 * MICRO)
+            sub = node.ctx.events.subscribe("t", [RewardsDistributed])
+            # uptime, attested by the (only) validator, paid to the node's wallet
+            rc = ledger.issue_receipt("uptime", me, {"seconds": 1800})
+            cert = await ledger.submit_reward(rc, rc_worth := 500_000)
+            assert ledger.state.supply.minted == rc_worth and cert.order.order.recipient == me
+            with pytest.raises(OrderRejected) as e:   # a receipt pays once
+                await ledger.submit_reward(rc, 1)
+            assert e.value.reason is Reason.RECEIPT_USED
+            # a later role's receipt kind
+            ledger.register_receipt_verifier(FlRoundVerifier())
+            others = [bytes([9]) * 32, bytes([8]) * 32]
+            shares = calculate_rewards({others[0]: 2, others[1]: 1}, 3 * MICRO)
+            allocs = [Allocation(ledger.issue_receipt("fl_round", k, {"round": 1}), v) for k, v in shares.items()]
+            txs = await ledger.distribute_rewards(allocs)
+            assert len(txs) == 2
+            ev = await sub.receive()
+            assert isinstance(ev, RewardsDistributed) and ev.total == 3 * MICRO and ev.count == 2
+            assert ledger.balance(others[0]) == 2 * MICRO and ledger.balance(others[1]) == 1 * MICRO
+            assert (await node.role.ledger_verify())["ok"]
+            bad = Allocation(ledger.issue_receipt("fl_round", others[0], {"round": 2}), 1)
+            with pytest.raises(OrderRejected) as e:
+                await ledger.distribute_rewards([bad])
+            assert e.value.reason is Reason.BAD_EVIDENCE and "unknown round" in e.value.message
