@@ -28,9 +28,12 @@ from fognode.node.rpc.methods import MethodTable
 
 log = logging.getLogger("fognode.roles")
 
-# Start order. Each entry is "module:Class"; the ledger comes before the roles that pay or get paid.
+# Start order (stop order is the reverse). Each entry is "module:Class". The ledger comes before
+# the roles that pay or get paid; the registry before the roles that select devices.
 BUILTIN_ROLES: tuple[str, ...] = (
     "fognode.protocols.monitor.protocol:MonitorRole",
+    "fognode.ledger.protocol:LedgerRole",
+    "fognode.protocols.registry.protocol:RegistryRole",
 )
 
 _STREAM_ID = re.compile(r"^/fognode/[a-z][a-z0-9_-]*(/[a-z0-9_-]+)*/\d+\.\d+\.\d+$")

@@ -18,6 +18,8 @@ from typing import Any, Callable, TypeVar
 
 from nacl.signing import SigningKey
 
+from fognode.ledger.address import decode_address
+from fognode.ledger.wallet import default_wallet_address
 from fognode.node.datadir import SOCKET, load_identity, write_genesis
 from fognode.node.genesis import dev_chain_id, dev_genesis
 from fognode.node.peerid import peer_id_from_pubkey
@@ -107,7 +109,8 @@ class Devnet:
             keys.append(key)
             self.nodes.append(DevnetNode(i, d, free_port(self.host), peer_id_from_pubkey(bytes(key.verify_key)),
                                          self.host))
-        genesis = dev_genesis(dev_chain_id(), keys)
+        wallets = [decode_address(default_wallet_address(n.datadir) or "") for n in self.nodes]
+        genesis = dev_genesis(dev_chain_id(), keys, wallets)
         for node in self.nodes:
             write_genesis(node.datadir, genesis)
 

@@ -11,7 +11,6 @@ imported by the daemon at start).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -20,7 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fognode", description="fognode: peer-to-peer fog computing daemon")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    i = sub.add_parser("init", help="create a data dir: identity key, node.toml, dev genesis, wallet")
+    i = sub.add_parser("init", help="create a data dir: identity key, node.toml, wallet, single-node dev genesis",
+                       description="Create a data dir. The wallet key is encrypted with $FOGNODE_PASSPHRASE "
+                                   "(asked for on a terminal when unset; an empty one makes a dev keystore).")
     i.add_argument("--datadir", help="data dir (default $FOGNODE_DATADIR or ~/.fognode)")
     i.add_argument("--chain-id", help="chain id of the single-node dev genesis (default: random fog-dev-*)")
 
@@ -54,6 +55,9 @@ def _die(msg: str, code: int = 1) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from fognode.node.datadir import (CONFIG, IDENTITY, create_identity, default_config_text, ensure_datadir,
                                       resolve_datadir, write_atomic, write_genesis)
+    from fognode.ledger.address import decode_address
+    from fognode.ledger.wallet import init_wallet
+    from fognode.node.errors import FognodeError
     from fognode.node.genesis import dev_chain_id, dev_genesis
     from fognode.node.peerid import peer_id_from_pubkey
 
@@ -61,12 +65,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     if (datadir / IDENTITY).exists():
         return _die(f"{datadir} is already initialised ({IDENTITY} exists); refusing to replace the node's identity")
     ensure_datadir(datadir)
+    try:
+        wallet = init_wallet(datadir, None)  # FOGNODE_PASSPHRASE, else a prompt on a terminal
+    except FognodeError as e:
+        return _die(str(e))
     key = create_identity(datadir)
     if not (datadir / CONFIG).exists():
         write_atomic(datadir / CONFIG, default_config_text().encode(), 0o644)
-    write_genesis(datadir, dev_genesis(args.chain_id or dev_chain_id(), [key]))
+    write_genesis(datadir, dev_genesis(args.chain_id or dev_chain_id(), [key], [decode_address(wallet)]))
     print(f"initialised {datadir}")
     print(f"peer id {peer_id_from_pubkey(bytes(key.verify_key))}")
+    print(f"wallet  {wallet} (funded with 1,000 tokens by this single-node dev genesis)")
     print(f"start it with: fognode run --datadir {datadir}")
     return 0
 

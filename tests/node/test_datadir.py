@@ -13,7 +13,7 @@ from fognode.node.errors import DataDirError
 
 def fognode(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "fognode.tools.fognode", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60)
+                          env={**os.environ, "FOGNODE_PASSPHRASE": "", **(env or {})}, timeout=60)
 
 
 def test_identity_is_stable_and_private(tmp_path: Path) -> None:
@@ -54,12 +54,22 @@ def test_init_creates_the_data_dir(short_tmp: Path) -> None:
     d = short_tmp / "n"
     r = fognode("init", "--datadir", str(d))
     assert r.returncode == 0, r.stderr
-    assert "peer id 12D3KooW" in r.stdout
+    assert "peer id 12D3KooW" in r.stdout and "wallet  fog1" in r.stdout
     assert (d / "node.toml").read_text() == (Path(__file__).resolve().parents[2] / "node.toml").read_text()
     assert (d / "genesis.json").exists()
     assert oct(d.stat().st_mode & 0o777) == "0o700"
     again = fognode("init", "--datadir", str(d))
     assert again.returncode == 1 and "already initialised" in again.stderr
+
+
+def test_init_without_passphrase_off_a_terminal_refuses_and_can_be_retried(short_tmp: Path) -> None:
+    d = short_tmp / "n"
+    env = {k: v for k, v in os.environ.items() if k != "FOGNODE_PASSPHRASE"}
+    r = subprocess.run([sys.executable, "-m", "fognode.tools.fognode", "init", "--datadir", str(d)],
+                       capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1 and "FOGNODE_PASSPHRASE" in r.stderr
+    assert not (d / "identity.key").exists()
+    assert fognode("init", "--datadir", str(d), env={"FOGNODE_PASSPHRASE": "s3cret"}).returncode == 0
 
 
 def test_init_uses_env_datadir(short_tmp: Path) -> None:
