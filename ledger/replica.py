@@ -80,7 +80,7 @@ class Replica:
             return [ConflictingCertificates(waiting.tx_id, cert)]
         why = self.state.blocked(cert)
         if why is None:
-            return self._apply_and_drain(cert)
+            return self._apply_and_drain(cert)   # blocked() was just None
         if why == "invalid":
             return self._refuse(peer, cert, Reason.MALFORMED,
                                 "certificate can never apply (its quorum signed an invalid order)")
@@ -93,10 +93,10 @@ class Replica:
 
     def _apply_and_drain(self, cert: Certificate) -> list[ReplicaAction]:
         out: list[ReplicaAction] = []
-        work = [cert]
+        work = [cert]          # each entry has just passed blocked() is None
         while work:
             c = work.pop()
-            delta = self.state.apply(c)
+            delta = self.state.apply_unblocked(c)
             self._recent[c.order.key] = c.tx_id
             out.append(Commit(delta))
             o = c.order.order

@@ -30,8 +30,7 @@ from fognode.ledger.messages import (BondOrder, Certificate, MintOrder, Order, T
                                      UnbondOrder)
 from fognode.ledger.quorum import Committee
 from fognode.ledger.rewards import calculate_rewards
-from fognode.node.wire import unpack
-from fognode.node.wire import pack
+from fognode.node.wire import pack, unpack
 
 ZERO32 = bytes(32)
 MOD = 1 << 512
@@ -82,7 +81,8 @@ class Account:
 
     @property
     def is_empty(self) -> bool:
-        return self == Account()
+        return (not self.balance and not self.next_sequence and not self.bonded and not self.unbonding
+                and self.head == ZERO32)
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class Supply:
         return self.initial + self.minted - self.burned
 
     def encode(self) -> bytes:
-        return pack([self.initial, self.minted, self.burned])
+        return msgpack.packb([self.initial, self.minted, self.burned])
 
     @classmethod
     def decode(cls, data: bytes) -> "Supply":
@@ -257,36 +257,44 @@ class LedgerState:
     # -- apply ----------------------------------------------------------------------------
 
     def apply(self, cert: Certificate) -> Delta:
-        """Apply a verified certificate whose `blocked()` is None; return what changed."""
+        """Apply a verified certificate whose `blocked()` is None; return what changed.
+        Raises ValueError (nothing changed) if it cannot apply now."""
         why = self.blocked(cert)
         if why is not None:
             raise ValueError(f"certificate cannot apply now ({why})")
+        return self.apply_unblocked(cert)
+
+    def apply_unblocked(self, cert: Certificate) -> Delta:
+        """`apply` for a caller that has just seen `blocked(cert)` return None."""
         o = cert.order.order
         g = self.genesis
         touched: dict[bytes, Account] = {}
+        accounts = self.accounts
+        empty = Account()
 
         def get(k: bytes) -> Account:
-            return touched.get(k) or self.account(k)
+            return touched.get(k) or accounts.get(k) or empty
 
-        sender = get(o.sender).release(o.epoch)
-        head = hashlib.blake2b(sender.head + cert.tx_id, digest_size=32).digest()
-        sender = replace(sender, balance=sender.balance - o.debit(),
-                         next_sequence=sender.next_sequence + 1, head=head)
+        s = get(o.sender)
+        if s.unbonding:
+            s = s.release(o.epoch)
+        bonded, unbonding = s.bonded, s.unbonding
         if isinstance(o, BondOrder):
-            sender = replace(sender, bonded=sender.bonded + o.amount)
+            bonded += o.amount
         elif isinstance(o, UnbondOrder):
-            sender = replace(sender, bonded=sender.bonded - o.amount,
-                             unbonding=sender.unbonding + ((o.epoch + g.unbonding_epochs, o.amount),))
-        touched[o.sender] = sender
-        parties = [o.sender]
+            bonded -= o.amount
+            unbonding = unbonding + ((o.epoch + g.unbonding_epochs, o.amount),)
+        touched[o.sender] = Account(s.balance - o.debit(), s.next_sequence + 1, bonded, unbonding,
+                                    hashlib.blake2b(s.head + cert.tx_id, digest_size=32).digest())
+        parties: tuple[bytes, ...] = (o.sender,)
         supply = self.supply
         minted_epoch = None
         receipt_id = None
         if isinstance(o, (TransferOrder, MintOrder)):
             r = get(o.recipient)
-            touched[o.recipient] = replace(r, balance=r.balance + o.amount)
+            touched[o.recipient] = Account(r.balance + o.amount, r.next_sequence, r.bonded, r.unbonding, r.head)
             if o.recipient != o.sender:
-                parties.append(o.recipient)
+                parties = (o.sender, o.recipient)
         if isinstance(o, MintOrder):
             supply = replace(supply, minted=supply.minted + o.amount)
             minted_epoch = (o.epoch, self.minted_by_epoch.get(o.epoch, 0) + o.amount)
@@ -297,10 +305,10 @@ class LedgerState:
             else:
                 for k, share in calculate_rewards(dict(self.committee_for(o.epoch).members), o.fee).items():
                     a = get(k)
-                    touched[k] = replace(a, balance=a.balance + share)
+                    touched[k] = Account(a.balance + share, a.next_sequence, a.bonded, a.unbonding, a.head)
         for k, a in touched.items():
             self._set_account(k, a)
-        if supply != self.supply:
+        if supply is not self.supply:
             self._set_supply(supply)
         if minted_epoch is not None:
             self._set_minted(*minted_epoch)
@@ -310,7 +318,7 @@ class LedgerState:
         self.applied += 1
         return Delta(cert=cert, index=self.applied, accounts=tuple(touched.items()), supply=self.supply,
                      minted_epoch=minted_epoch, receipt_id=receipt_id, accumulator=self._acc,
-                     parties=tuple(parties))
+                     parties=parties)
 
     def committee_for(self, epoch: int) -> Committee:
         return self.genesis.committee_for(epoch)
