@@ -100,12 +100,15 @@ class Emit:
 
 @dataclass(frozen=True)
 class ReportOutcome:
-    """Tell the reputation service (if any) how `subject` did: accepted update or not."""
+    """Tell the reputation service (if any) how `subject` did: accepted update or not.
+    `evidence` (32 bytes) identifies what proves it (a receipt id, or the refused update's
+    round and reason), so the same evidence counts once; `detail` is for logs."""
 
     subject: str
     ok: bool
     weight: float
-    evidence: str
+    evidence: bytes
+    detail: str
 
 
 @dataclass(frozen=True)

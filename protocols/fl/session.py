@@ -438,7 +438,8 @@ class FlCore:
         """Record a refused update (malformed on the wire, or refused by `admit_update`)."""
         out: list[Action] = [UpdateRefused(sid, peer, reason)]
         if reason in BLAMEWORTHY:
-            out.append(ReportOutcome(peer, False, 1.0, f"fl update for {sid.hex()[:16]} refused: {reason}"))
+            out.append(ReportOutcome(peer, False, 1.0, _evidence(sid, round_no, try_no, peer, reason),
+                                     f"fl update for {sid.hex()[:16]} refused: {reason}"))
         s = self.sessions.get(sid)
         ar = s.aggregator if s is not None else None
         if s is not None and ar is not None and s.plan is not None \
@@ -515,11 +516,14 @@ class FlCore:
                           ar.dropped(), rejected)
         out: list[Action] = [Publish(res)]
         for p in result.accepted:
-            out.append(ReportOutcome(p, True, weights[p], f"fl receipt {receipt.receipt_id.hex()}"))
+            if p != self.me and weights[p] > 0:
+                out.append(ReportOutcome(p, True, weights[p], receipt.receipt_id,
+                                         f"fl receipt {receipt.receipt_id.hex()}"))
         for p, why in result.rejected.items():
             out.append(UpdateRefused(sid, p, "strategy"))
-            out.append(ReportOutcome(p, False, 1.0, f"fl update for {sid.hex()[:16]} "
-                                                     f"round {round_no} left out: {why}"))
+            if p != self.me:
+                out.append(ReportOutcome(p, False, 1.0, _evidence(sid, round_no, try_no, p, why),
+                                         f"fl update for {sid.hex()[:16]} round {round_no} left out: {why}"))
         return out + self._on_result(s, self.me, res, now)
 
     # == rounds: results ===================================================================
@@ -706,6 +710,10 @@ class FlCore:
                  "role": "coordinator" if s.coordinator is not None else "participant",
                  "rounds_done": s.rounds_done, "rounds": s.spec.rounds}
                 for sid, s in self.sessions.items()]
+
+
+def _evidence(sid: bytes, round_no: int, try_no: int, peer: str, reason: str) -> bytes:
+    return digest(sid + f"/{round_no}/{try_no}/{peer}/{reason}".encode())
 
 
 def _seed(s: Session, plan: RoundPlan) -> bytes:

@@ -36,7 +36,7 @@ from fognode.node.wire import DIGEST_LEN, Fields
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 MIN_CHUNK_SIZE = 1 << 10
-MAX_CHUNK_SIZE = 8 << 20
+MAX_CHUNK_SIZE = 4 << 20   # a stream frame is at most 4 MiB (node/streams.py)
 WIRE_DTYPES: dict[str, np.dtype[Any]] = {
     "float32": np.dtype("<f4"),
     "float16": np.dtype("<f2"),

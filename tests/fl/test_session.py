@@ -120,7 +120,7 @@ def test_byzantine_update_is_reported_to_reputation() -> None:
     run(sim, sid)
     bad_reports = [r for nd in sim.nodes for r in nd.reports if r.subject == bad.peer]
     assert bad_reports and not any(r.ok for r in bad_reports)
-    assert all("krum" in r.evidence for r in bad_reports)
+    assert all("krum" in r.detail and len(r.evidence) == 32 for r in bad_reports)
 
 
 def test_aggregator_dies_before_aggregating_fallback_completes_the_round() -> None:
