@@ -5,7 +5,8 @@ the committee), the wallet keystore, and talks to peers only through `ctx.overla
 
 - order stream `/fognode/ledger/order/1.0.0`: a client sends {"v", "order", "prev"?} (prev =
   the sender's previous certificate, so a validator that missed it can apply it first) and gets
-  {"v", "vote"} or {"v", "rejection"}. The validator persists its lock (sync) before replying.
+  {"v", "vote"} or {"v", "rejection"}, repeated on one long-lived stream per validator. The
+  validator persists its lock (sync) before replying.
 - sync stream `/fognode/ledger/sync/1.0.0`: {"v", "after", "limit"} -> {"v", "certs":
   [[position, certificate]...], "end"}, repeated on one stream until the client has caught up
   with the server's apply log. Cursors per peer are kept (not part of the state).
@@ -106,6 +107,8 @@ class LedgerService:
         self._outbox_ready = trio.Event()
         self._waiters: dict[bytes, trio.Event] = {}
         self._sender_locks: dict[bytes, trio.Lock] = {}
+        self._streams: dict[bytes, FramedStream] = {}
+        self._stream_locks: dict[bytes, trio.Lock] = {}
         self._cursors: dict[str, int] = {}
         self._syncing: set[str] = set()
         self._nursery: trio.Nursery | None = None
@@ -147,6 +150,7 @@ class LedgerService:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+            self._streams.clear()      # the host closes them with its connections
             self.store.close()
 
     def _update_gauges(self) -> None:
@@ -350,18 +354,24 @@ class LedgerService:
         return replies
 
     async def _serve_order(self, stream: FramedStream) -> None:
+        """One request, one reply, repeated until the client closes the stream."""
         peer = stream.remote_peer
-        f = Fields(await stream.recv(max_size=MAX_CERT_FRAME), "ledger.OrderRequest", versions={1}, peer=peer)
-        so = decode_signed_order(f.map("order", max_len=8), peer=peer)
-        prev = decode_certificate(f.map("prev", max_len=8), peer=peer) if f.has("prev") else None
-        f.done()
-        if prev is not None:
-            self.ingest(peer, [prev])
-        for r in self._validate(peer, so):
-            if isinstance(r, Rejection):
-                await stream.send({"v": 1, "rejection": r.to_wire()})
-            else:
-                await stream.send({"v": 1, "vote": r.to_wire()})
+        while True:
+            try:
+                raw = await stream.recv(max_size=MAX_CERT_FRAME)
+            except StreamClosed:
+                return
+            f = Fields(raw, "ledger.OrderRequest", versions={1}, peer=peer)
+            so = decode_signed_order(f.map("order", max_len=8), peer=peer)
+            prev = decode_certificate(f.map("prev", max_len=8), peer=peer) if f.has("prev") else None
+            f.done()
+            if prev is not None:
+                self.ingest(peer, [prev])
+            for r in self._validate(peer, so):
+                if isinstance(r, Rejection):
+                    await stream.send({"v": 1, "rejection": r.to_wire()})
+                else:
+                    await stream.send({"v": 1, "vote": r.to_wire()})
 
     # -- client side ---------------------------------------------------------------------------
 
@@ -406,14 +416,23 @@ class LedgerService:
         request: dict[str, Any] = {"v": 1, "order": so.to_wire()}
         if prev is not None:
             request["prev"] = prev
+        asking: set[bytes] = set()
         while True:
             if self.me in committee and self.me not in collector.votes:
                 for r in self._validate(self.ctx.peer_id, so):
                     self._collect(collector, self.me, r)
-            async with trio.open_nursery() as nursery:
-                for v in committee.members:
-                    if v != self.me and v not in collector.votes and collector.certificate is None:
-                        nursery.start_soon(self._ask, v, request, collector, nursery.cancel_scope)
+            # ask every validator that has not voted and is not being asked already; the asks
+            # run in the service's nursery, so the slowest validator still gets its request
+            # answered (its stream stays usable) after the quorum is reached
+            round_done = trio.Event()
+            targets = [v for v in committee.members if v != self.me and v not in collector.votes and v not in asking]
+            if collector.certificate is None and targets:
+                left = [len(targets)]
+                asking.update(targets)
+                for v in targets:
+                    self._spawn(self._ask, v, request, collector, asking, round_done, left)
+                with trio.move_on_after(max(0.0, min(self.s.request_timeout + 0.5, deadline - trio.current_time()))):
+                    await round_done.wait()
             cert = collector.certificate
             if cert is not None:
                 self.store.clear_inflight(sender)
@@ -434,6 +453,11 @@ class LedgerService:
                      "validators": len(committee.members), "rejections": collector.reasons()})
             await trio.sleep(min(self.s.retry_interval, deadline - now))
 
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._nursery is None:
+            raise NotCertified("the ledger service is not running", {"status": "stopped"})
+        self._nursery.start_soon(fn, *args)
+
     def _collect(self, collector: VoteCollector, validator: bytes, reply: Any) -> None:
         if isinstance(reply, Rejection):
             collector.add_rejection(validator, reply)
@@ -441,29 +465,53 @@ class LedgerService:
             collector.add_vote(reply)
 
     async def _ask(self, validator: bytes, request: dict[str, Any], collector: VoteCollector,
-                   scope: trio.CancelScope) -> None:
+                   asking: set[bytes], round_done: trio.Event, left: list[int]) -> None:
         peer = peer_id_from_pubkey(validator)
         try:
-            with trio.fail_after(self.s.request_timeout):
-                stream = await self.ctx.overlay.open_stream(peer, ORDER_STREAM)
-                try:
-                    await stream.send(request)
-                    f = Fields(await stream.recv(max_size=64 * 1024), "ledger.OrderReply", versions={1}, peer=peer)
-                    if f.has("vote"):
-                        reply: Any = decode_vote(f.map("vote"), peer=peer)
-                        if reply.validator != validator:
-                            raise RemoteProtocolError("ledger.OrderReply: vote signed by another validator", peer=peer)
-                    else:
-                        reply = decode_rejection(f.map("rejection"), peer=peer)
-                    f.done()
-                finally:
-                    await stream.close()
+            raw = await self._request(validator, peer, request)
+            f = Fields(raw, "ledger.OrderReply", versions={1}, peer=peer)
+            if f.has("vote"):
+                reply: Any = decode_vote(f.map("vote"), peer=peer)
+                if reply.validator != validator:
+                    raise RemoteProtocolError("ledger.OrderReply: vote signed by another validator", peer=peer)
+            else:
+                reply = decode_rejection(f.map("rejection"), peer=peer)
+            f.done()
+            self._collect(collector, validator, reply)
         except (FognodeError, trio.TooSlowError) as e:
             log.debug("validator %s did not answer: %s", peer, e)
-            return
-        self._collect(collector, validator, reply)
-        if collector.certificate is not None:
-            scope.cancel()
+        finally:
+            asking.discard(validator)
+            left[0] -= 1
+            if collector.certificate is not None or left[0] == 0:
+                round_done.set()
+
+    async def _request(self, validator: bytes, peer: str, request: dict[str, Any]) -> Any:
+        """Send one order request to `validator` over its cached order stream (opened on first
+        use; a stale one is replaced once) and return the raw reply. One request at a time
+        per validator. Raises FognodeError or trio.TooSlowError (after request_timeout)."""
+        async with self._stream_locks.setdefault(validator, trio.Lock()):
+            for attempt in (0, 1):
+                stream = self._streams.get(validator)
+                fresh = stream is None
+                try:
+                    with trio.fail_after(self.s.request_timeout):
+                        if stream is None:
+                            stream = await self.ctx.overlay.open_stream(peer, ORDER_STREAM)
+                            self._streams[validator] = stream
+                        await stream.send(request)
+                        return await stream.recv(max_size=64 * 1024)
+                except BaseException as e:
+                    self._streams.pop(validator, None)
+                    if stream is not None:
+                        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                            try:
+                                await stream.reset()
+                            except FognodeError:
+                                pass
+                    if fresh or not isinstance(e, StreamClosed):
+                        raise
+            raise StreamClosed(f"order stream to {peer} closed twice")
 
     async def wait_applied(self, tx_id: bytes, timeout: float) -> bool:
         if self.store.certificate(tx_id) is not None:
