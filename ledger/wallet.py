@@ -41,6 +41,10 @@ from nacl.signing import SigningKey
 
 from fognode.ledger.address import decode_address, encode_address
 from fognode.ledger.errors import AddressError, WalletError
+from fognode.ledger.genesis import DEV_FUNDING, DEV_STAKE, dev_genesis
+
+__all__ = ["Keystore", "WalletInfo", "init_wallet", "default_wallet_address", "resolve_passphrase",
+           "dev_genesis", "DEV_FUNDING", "DEV_STAKE", "PASSPHRASE_ENV"]
 
 log = logging.getLogger("fognode.ledger.wallet")
 

@@ -150,3 +150,35 @@ async def test_services_api_for_other_roles(tmp_path: Path) -> None:
             with pytest.raises(OrderRejected) as e:
                 await ledger.distribute_rewards([bad])
             assert e.value.reason is Reason.BAD_EVIDENCE and "unknown round" in e.value.message
+
+
+async def test_double_spend_attempt_is_refused_and_reported(tmp_path: Path) -> None:
+    from fognode.ledger.errors import Reason
+    from fognode.ledger.events import ForkDetected
+    from fognode.ledger.messages import Rejection, SignedOrder, TransferOrder, Vote
+    from fognode.ledger.wallet import Keystore
+
+    with trio.fail_after(60):
+        async with ledger_cluster(tmp_path, 1) as c:
+            node = c.nodes[0]
+            svc = node.svc
+            sub = node.ctx.events.subscribe("t", [ForkDetected])
+            key = Keystore(node.datadir).unlock(node.wallet, "")
+
+            def order(to: bytes) -> SignedOrder:
+                return SignedOrder.sign(key, TransferOrder(chain="fog-test", epoch=0, sender=node.wallet, sequence=0,
+                                                           fee=1000, recipient=to, amount=5, memo=""))
+            first, second = order(bytes([1]) * 32), order(bytes([2]) * 32)
+            assert isinstance(svc._validate("attacker", first)[0], Vote)
+            replies = svc._validate("attacker", second)
+            assert isinstance(replies[0], Rejection) and replies[0].reason is Reason.CONFLICT
+            ev = await sub.receive()
+            assert isinstance(ev, ForkDetected) and ev.sequence == 0 and not ev.certified
+            assert ev.first_tx == first.tx_id.hex() and ev.second_tx == second.tx_id.hex()
+            assert [p.second for p in svc.store.forks()] == [second]
+            assert (await node.role.ledger_stats())["forks"] == 1
+            # the lock survives a restart of the role: still no second vote
+            await c.stop(0)
+            await c.start(0)
+            replies = c.nodes[0].svc._validate("attacker", second)
+            assert isinstance(replies[0], Rejection) and replies[0].reason is Reason.CONFLICT
