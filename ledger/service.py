@@ -283,7 +283,7 @@ class LedgerService:
                 stream = await self.ctx.overlay.open_stream(peer, SYNC_STREAM)
                 try:
                     while True:
-                        cursor = self._cursors.get(peer, 0)
+                        cursor = self._cursors[peer] if peer in self._cursors else self.store.cursor(peer)
                         await stream.send({"v": 1, "after": cursor, "limit": self.s.sync_batch})
                         resp = await stream.recv(max_size=MAX_CERT_FRAME * 4)
                         f = Fields(resp, "ledger.SyncResponse", versions={1}, peer=peer)
@@ -301,6 +301,7 @@ class LedgerService:
                         deltas, _ = self.ingest(peer, certs)
                         applied += len(deltas)
                         self._cursors[peer] = last
+                        self.store.set_cursor(peer, last)
                         if not certs or last >= end:
                             break
                 finally:
@@ -308,7 +309,8 @@ class LedgerService:
         except (FognodeError, trio.TooSlowError) as e:
             log.debug("sync with %s stopped: %s", peer, e)
             if isinstance(e, RemoteProtocolError):
-                self._cursors.pop(peer, None)
+                self._cursors[peer] = 0
+                self.store.set_cursor(peer, 0)
         finally:
             self._syncing.discard(peer)
         if applied:

@@ -20,6 +20,7 @@ Keys (big-endian integers, so LevelDB's order is numeric order):
     L/<sender><seq:8>       order this validator signed for (sender, sequence)
     f/<sender><seq:8>       fork proof
     w/<sender>              this node's own order in flight for that sender
+    p/<peer id>             position reached in that peer's apply log (sync cursor)
 """
 from __future__ import annotations
 
@@ -188,6 +189,15 @@ class LedgerStore:
             except RemoteProtocolError as e:
                 raise StoreError(f"corrupt lock record: {e}") from None
         return t
+
+    # -- sync cursors (how far into each peer's apply log this replica has read) ---------------
+
+    def cursor(self, peer: str) -> int:
+        v = self.db.get(b"p/" + peer.encode())
+        return 0 if v is None else int.from_bytes(v, "big")
+
+    def set_cursor(self, peer: str, position: int) -> None:
+        self.db.put(b"p/" + peer.encode(), _u8(position))
 
     # -- this node's own orders in flight (so a restart re-drives them, never replaces them) ----
 

@@ -51,6 +51,13 @@ async def test_single_node_is_its_own_committee(tmp_path: Path) -> None:
             b = await role.stake_bond("100")
             st = await role.stake_status()
             assert b["status"] == "final" and st["bonded"] == "100"
+            reg = c.nodes[0].ctx.metrics
+            assert reg.get_sample_value("fognode_ledger_certificates_applied_total") == 2
+            assert reg.get_sample_value("fognode_ledger_staked_microtokens") == 1100 * 10**6
+            assert reg.get_sample_value("fognode_ledger_supply_microtokens") == 2000 * 10**6 - 2000
+            assert reg.get_sample_value("fognode_ledger_orders_rejected_total", {"reason": "overspend"}) is None
+            assert reg.get_sample_value("fognode_ledger_apply_latency_seconds_count") == 2
+            assert reg.get_sample_value("fognode_ledger_pending_certificates") == 0
 
 
 @pytest.mark.slow
