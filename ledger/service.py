@@ -290,6 +290,9 @@ class LedgerService:
                         end = f.int("end", lo=0, hi=2**62)
                         items = f.list("certs", max_len=MAX_SYNC_BATCH)
                         f.done()
+                        if end < cursor:   # the peer's log is shorter than we read: a new data dir
+                            self._cursors[peer] = 0
+                            continue
                         certs, last = [], cursor
                         for i, item in enumerate(items):
                             if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], int)
