@@ -202,15 +202,17 @@ async def test_hostile_clients_do_not_disturb_a_good_one(server: tuple[RpcServer
                 pass
         outcomes["no_reader"] = "dropped"
 
-    with trio.fail_after(30):
-        async with trio.open_nursery() as n:
-            n.start_soon(good)
-            async with trio.open_nursery() as bad:
-                for fn in (garbage, huge, half_line, trickle, silent, no_reader):
-                    bad.start_soon(fn)
-            done.set()
-    for s in opened:
-        s.socket.close()
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as n:
+                n.start_soon(good)
+                async with trio.open_nursery() as bad:
+                    for fn in (garbage, huge, half_line, trickle, silent, no_reader):
+                        bad.start_soon(fn)
+                done.set()
+    finally:
+        for s in opened:
+            s.socket.close()
     assert sorted(outcomes) == ["garbage", "half", "huge", "no_reader", "silent", "trickle"]
     assert len(good_latencies) > 20
     with trio.fail_after(5):

@@ -97,9 +97,11 @@ OPEN: list[trio.SocketStream] = []
 
 @pytest.fixture(autouse=True)
 async def close_clients() -> AsyncIterator[None]:
-    yield
-    while OPEN:  # synchronous close: no checkpoint, so a cancelled teardown cannot skip any
-        OPEN.pop().socket.close()
+    try:
+        yield
+    finally:  # also when pytest-trio cancels the teardown; no checkpoint in the loop
+        while OPEN:
+            OPEN.pop().socket.close()
 
 
 class Client:
