@@ -167,6 +167,10 @@ def test_help(cli: Cli) -> None:
     assert "Returns the transfer's id. AMOUNT must be positive." in one.stdout
     assert "  AMOUNT    integer  required" in one.stdout
     assert "method: wallet.send (role ledger); result: object" in one.stdout
+    r = cli("help", "wallet")
+    assert r.returncode == 0 and "wallet send" in r.stdout and "node info" not in r.stdout
+    r = cli("wallet")
+    assert r.returncode == 2 and "did you mean: wallet balance, wallet send?" in r.stderr
     r = cli("help", "wallet", "sned")
     assert r.returncode == 2 and "did you mean: wallet send" in r.stderr
     md = cli("help", "--markdown")

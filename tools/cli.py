@@ -222,9 +222,11 @@ def resolve(words: list[str], methods: dict[str, dict[str, Any]]) -> tuple[dict[
 def unknown_command(typed: str, methods: dict[str, dict[str, Any]]) -> str:
     name = ".".join(typed.split()).replace("-", "_")
     names = sorted(methods)
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    close = [m for m in names if m.startswith(name + ".")][:8]  # a role alone: its commands
     if not close:
-        close = [m for m in names if m.startswith(name + ".") or m.endswith("." + name)][:8]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if not close:
+        close = [m for m in names if m.endswith("." + name)][:8]
     msg = f"unknown command {typed!r}"
     if close:
         msg += "; did you mean: " + ", ".join(c.replace(".", " ") for c in close) + "?"
@@ -511,6 +513,10 @@ def run(opts: Options, out: TextIO) -> int:
                     _print(help_markdown(disc, methods), out)
                 elif not rest:
                     _print(json.dumps(disc, indent=2) if opts.json else help_list(methods, path), out)
+                elif len(rest) == 1 and rest[0] not in methods and any(
+                        n.startswith(rest[0] + ".") for n in methods):  # `help wallet`: that role
+                    _print(help_list({n: m for n, m in methods.items() if n.startswith(rest[0] + ".")},
+                                     path), out)
                 else:
                     m, extra = resolve(rest, methods)
                     if extra:
