@@ -35,6 +35,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+import base58
 import trio
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry, Counter
@@ -364,8 +365,9 @@ class GossipLayer:
         self.peer_id_of = peer_id_of
         self.open_stream = open_stream
         self.self_peer_id = self_peer_id
-        # Fault injection for tests and chaos runs: return False to drop a gossip message
-        # before the reliable layer sees it (it must then be pulled).
+        # Fault injection for tests and chaos runs: return False to lose a gossip message on
+        # arrival, before the reliable layer or the relay cache sees it (libp2p still relays
+        # it); it must then be pulled from another peer.
         self.inbound_filter = inbound_filter
         self.epoch = time.time_ns() // 1_000_000
         self.store = MessageStore(ring_size=settings.ring_size, relay_cache=settings.relay_cache)
@@ -373,7 +375,7 @@ class GossipLayer:
         self._head_sent: dict[str, int] = {}
         self._last_publish: dict[str, float] = {}
         self._topics: dict[str, _TopicState] = {}
-        self._validated: OrderedDict[bytes, tuple[Envelope, str]] = OrderedDict()
+        self._validated: OrderedDict[bytes, tuple[Envelope, str, bool]] = OrderedDict()
         self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, bytes, bool]](
             settings.publish_queue)
         self._nursery: trio.Nursery | None = None
@@ -389,6 +391,9 @@ class GossipLayer:
         self.m_pulled = Counter("fognode_node_gossip_pulled_total",
                                 "Missed gossip messages fetched over the pull stream",
                                 ["topic"], registry=metrics)
+        self.m_served = Counter("fognode_node_gossip_pull_served_total",
+                                "Gossip messages sent to peers that pulled them", ["topic"],
+                                registry=metrics)
         self.m_lost = Counter("fognode_node_gossip_lost_total",
                               "Gossip messages that could not be fetched (origin forgot them)",
                               ["topic"], registry=metrics)
@@ -501,8 +506,14 @@ class GossipLayer:
                          "signer does not match the libp2p message", topic, fwd)
                 self.m_drops.labels(topic, "invalid").inc()
                 return False
-            self.store.add_relayed(env)
-            self._validated[bytes(msg.from_id) + bytes(msg.seqno)] = (env, fwd)
+            dropped = False
+            if self.inbound_filter is not None and env.kind == KIND_MESSAGE:
+                gm = GossipMessage(topic=topic, origin=self.peer_id_of(env.origin),
+                                   data=env.data, received_from=fwd)
+                dropped = not self.inbound_filter(gm, env.seq)
+            if not dropped:
+                self.store.add_relayed(env)
+            self._validated[bytes(msg.from_id) + bytes(msg.seqno)] = (env, fwd, dropped)
             while len(self._validated) > 4096:
                 self._validated.popitem(last=False)
             return True
@@ -539,7 +550,10 @@ class GossipLayer:
                     continue            # the validator already rejected and counted it
                 fwd = ""
             else:
-                env, fwd = hit
+                env, fwd, dropped = hit
+                if dropped:
+                    self.m_drops.labels(st.topic, "injected").inc()
+                    continue
             await self._incoming(st, env, fwd, pulled=False)
 
     async def _incoming(self, st: _TopicState, env: Envelope, relayer: str, *,
@@ -554,10 +568,6 @@ class GossipLayer:
             return
         gm = GossipMessage(topic=st.topic, origin=origin_pid, data=env.data,
                            received_from=relayer)
-        if not pulled and self.inbound_filter is not None and not self.inbound_filter(gm,
-                                                                                      env.seq):
-            self.m_drops.labels(st.topic, "injected").inc()
-            return
         if not st.tracker.accept(env.origin, env.epoch, env.seq, relayer, now):
             st.wake.set()
             return
@@ -654,6 +664,7 @@ class GossipLayer:
             raise RemoteProtocolError("gossip pull reply: a message that was not asked for",
                                       peer=peer)
         want.discard(env.seq)
+        self.store.add_relayed(env)      # so we can serve it to others in turn
         await self._incoming(st, env, peer, pulled=True)
 
     async def serve_pull(self, fs: "Libp2pFramedStream") -> None:
@@ -680,9 +691,9 @@ class GossipLayer:
                 raw = self.store.get_relayed(topic, origin, epoch, s)
             if raw is not None:
                 await fs.send({"v": 1, "m": raw})
+                self.m_served.labels(topic).inc()
         await fs.send({"v": 1, "end": True, "g": gone})
 
 
 def _b58(peer_id_bytes: bytes) -> str:
-    from libp2p.peer.id import ID
-    return ID(peer_id_bytes).to_base58()
+    return str(base58.b58encode(peer_id_bytes).decode("ascii"))

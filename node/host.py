@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -37,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fognode.node.connmgr import (ConnectionManager, ConnectionPolicy, DialBackoff,
                                   DialBackoffError, DialError)
+from fognode.node import peerid as _peerid
 from fognode.node.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from fognode.node.events import EventBus, PeerConnected, PeerDisconnected
 from fognode.node.gossip import PULL_PROTOCOL, GossipLayer, GossipSettings
@@ -154,25 +156,14 @@ def _parse_tcp_multiaddr(text: str, key: str, *, need_peer: bool) -> multiaddr.M
 # Identity helpers
 
 def peer_id_from_pubkey(pub: bytes) -> str:
-    """The libp2p peer id (base58) of an Ed25519 public key (32 bytes)."""
-    from libp2p.crypto.ed25519 import Ed25519PublicKey
-    from libp2p.peer.id import ID
-    if len(pub) != 32:
-        raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(pub)}")
-    return ID.from_pubkey(Ed25519PublicKey.from_bytes(pub)).to_base58()
+    """The libp2p peer id (base58) of an Ed25519 public key (32 bytes); ValueError otherwise.
+    (node/peerid.py computes it without libp2p; tests/node/test_host.py checks they agree.)"""
+    return _peerid.peer_id_from_pubkey(pub)
 
 
 def pubkey_from_peer_id(pid: str) -> bytes:
     """The Ed25519 public key embedded in a peer id. ValueError if it holds none."""
-    from libp2p.crypto.ed25519 import Ed25519PublicKey
-    from libp2p.peer.id import ID
-    try:
-        key = ID.from_base58(pid).extract_public_key()
-    except Exception as e:
-        raise ValueError(f"{pid!r} is not a peer id: {e}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"peer id {pid} does not embed an Ed25519 key")
-    return bytes(key.to_bytes())
+    return _peerid.pubkey_from_peer_id(pid)
 
 
 def quiet_libp2p_loggers() -> None:
@@ -188,6 +179,7 @@ def quiet_libp2p_loggers() -> None:
     # and a peer going away mid-handshake is logged at ERROR by these; it is reported to the
     # caller as DialError / StreamClosed instead
     for name in ("libp2p.transport.tcp", "libp2p.protocol_muxer", "libp2p.host.basic_host",
+                 "libp2p.network.swarm", "libp2p.transport.upgrader",
                  "libp2p.stream_muxer"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
@@ -269,6 +261,7 @@ class Libp2pOverlay:
         self.identity = identity
         self.events = events
         self.metrics = metrics
+        self._adv_cache: tuple[tuple[str, ...], float, list[multiaddr.Multiaddr]] | None = None
         kp = create_identity_from_seed(bytes(identity))
         hard_cap = config.peers_high * 4 + 64
         self.host = new_host(
@@ -358,12 +351,22 @@ class Libp2pOverlay:
     # -- addresses and peers ----------------------------------------------------------------
 
     def _advertised(self, candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+        # py-libp2p calls this for every pubsub RPC (it signs a peer record each time), so the
+        # interface lookup is cached for a few seconds
+        key = tuple(str(c) for c in candidates)
+        now = time.monotonic()
+        if self._adv_cache is not None and self._adv_cache[0] == key and \
+                now - self._adv_cache[1] < 10.0:
+            return self._adv_cache[2]
         if self.config.announce:
-            return [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in self.config.announce]
-        out: list[multiaddr.Multiaddr] = []
-        for ma in candidates:
-            out.extend(interface_addrs(ma))
-        return list({str(m): m for m in out}.values())
+            out = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in self.config.announce]
+        else:
+            out = []
+            for ma in candidates:
+                out.extend(interface_addrs(ma))
+            out = list({str(m): m for m in out}.values())
+        self._adv_cache = (key, now, out)
+        return out
 
     def listen_addrs(self) -> list[str]:
         """Full multiaddrs with /p2p/<id>: `announce` if configured, else every real interface

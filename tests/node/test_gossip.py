@@ -184,6 +184,9 @@ async def test_a_dropped_message_is_pulled() -> None:
                           reason="injected") >= 2
             assert metric(c, "fognode_node_gossip_pulled_total", topic=TOPIC) >= 2
             assert metric(c, "fognode_node_gossip_lost_total", topic=TOPIC) == 0
+            served = sum(metric(x, "fognode_node_gossip_pull_served_total", topic=TOPIC)
+                         for x in (a, b))
+            assert served >= 2                       # fetched over the pull stream
 
 
 async def test_a_lost_last_message_is_noticed_through_the_head() -> None:
@@ -198,6 +201,7 @@ async def test_a_lost_last_message_is_noticed_through_the_head() -> None:
                 await a.publish(TOPIC, b"last-%d" % i)
             await wait_until(lambda: box.datas() == [b"last-1", b"last-2", b"last-3"])
             assert metric(b, "fognode_node_gossip_pulled_total", topic=TOPIC) == 1
+            assert metric(a, "fognode_node_gossip_pull_served_total", topic=TOPIC) == 1
 
 
 async def test_handler_errors_and_oversize_publish() -> None:

@@ -215,6 +215,9 @@ def test_peer_id_pubkey_round_trip() -> None:
     assert pubkey_from_peer_id(pid) == bytes(key.verify_key)
     with pytest.raises(ValueError):
         pubkey_from_peer_id("not-a-peer-id")
+    from libp2p.crypto.ed25519 import Ed25519PublicKey
+    from libp2p.peer.id import ID
+    assert ID.from_pubkey(Ed25519PublicKey.from_bytes(bytes(key.verify_key))).to_base58() == pid
 
 
 @pytest.mark.parametrize("kw, key", [

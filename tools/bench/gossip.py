@@ -1,0 +1,358 @@
+"""Gossip delivery benchmark: our Overlay vs plain py-libp2p GossipSub, separate processes.
+
+    .venv/bin/python -m fognode.tools.bench.gossip            # 10 and 25 nodes
+    .venv/bin/python -m fognode.tools.bench.gossip --nodes 10 # one size
+
+For each size and setup, N node processes (sys.executable, this module with --child) start on
+127.0.0.1, each bootstrapped to up to 3 earlier nodes; the parent drives them over stdin/stdout
+lines. Phases:
+- latency: one node publishes `--lat-msgs` 256-byte messages `--lat-gap-ms` apart; for each message the
+  latency to the LAST receiver (publish -> handler call, CLOCK_MONOTONIC shared by processes);
+  p50/p99 over messages, and how many reached every receiver;
+- throughput: the same node publishes `--tput-msgs` messages as fast as `publish()` returns;
+  sustained msgs/s = messages that reached every receiver / (last delivery - first publish).
+"plain" is py-libp2p GossipSub with only what it needs to run at all (Noise, Yamux,
+max_connections_per_peer=1, spam protection off, 1 s heartbeat), reading the subscription
+directly: no envelope, no sequence numbers or pulls, no pacing, no connection manager.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+TOPIC = "fognode/bench/gossip/1"
+MSG_SIZE = 256
+
+
+# ---------------------------------------------------------------------------------------------
+# child: one node
+
+def _payload(i: int) -> bytes:
+    import msgpack
+    body = msgpack.packb({"i": i, "t": time.monotonic()})
+    return body + b"\x00" * max(0, MSG_SIZE - len(body))
+
+
+def _decode(data: bytes) -> tuple[int, float]:
+    import msgpack
+    u = msgpack.Unpacker()
+    u.feed(data)
+    m = u.unpack()
+    return int(m["i"]), float(m["t"])
+
+
+async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Callable[[], int],
+                    connected: Callable[[], int], rec: list[tuple[int, float, float]],
+                    queues: Callable[[], list[int]]) -> None:
+    """Serve the parent's commands (one per stdin line) until QUIT; PUB runs in the
+    background so STAT/COUNT keep answering while it publishes."""
+    import trio
+
+    async def pub(n: int, gap: float) -> None:
+        t0 = time.monotonic()
+        for i in range(n):
+            await publish(_payload(i))
+            if gap:
+                await trio.sleep(gap)
+        print("PUBDONE", t0, time.monotonic(), flush=True)
+
+    async def mesh(want: int) -> None:
+        with trio.move_on_after(60):
+            while connected() == 0 or mesh_size() < min(want, connected()):
+                await trio.sleep(0.05)
+        print("MESHOK", mesh_size(), flush=True)
+
+    async with trio.open_nursery() as nursery:
+        while True:
+            line = (await trio.to_thread.run_sync(sys.stdin.readline)).split()
+            if not line or line[0] == "QUIT":
+                nursery.cancel_scope.cancel()
+                return
+            if line[0] == "MESH":
+                nursery.start_soon(mesh, int(line[1]))
+            elif line[0] == "PUB":
+                nursery.start_soon(pub, int(line[1]), float(line[2]) / 1000.0)
+            elif line[0] == "STAT":
+                print("STAT", json.dumps(queues()).replace(" ", ""), flush=True)
+            elif line[0] == "COUNT":
+                print("COUNT", len(rec), flush=True)
+            elif line[0] == "DUMP":
+                print("DUMP", json.dumps(rec), flush=True)
+                rec.clear()
+
+
+async def _child_ours(bootstrap: list[str], peers_low: int) -> None:
+    import trio
+    from nacl.signing import SigningKey
+    from prometheus_client import CollectorRegistry
+
+    from fognode.node.events import EventBus
+    from fognode.node.host import OverlayConfig, open_overlay
+    from fognode.node.overlay import GossipMessage
+
+    rec: list[tuple[int, float, float]] = []
+    reg = CollectorRegistry()
+    cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=bootstrap,
+                        peers_low=peers_low, connmgr_interval=1.0)
+    async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg) as ov:
+        async def handler(m: GossipMessage) -> None:
+            i, t = _decode(m.data)
+            rec.append((i, t, time.monotonic()))
+
+        await ov.subscribe(TOPIC, handler)
+        print("READY", ov.listen_addrs()[0], flush=True)
+        await _commands(lambda d: ov.publish(TOPIC, d),
+                        lambda: len(ov.pubsub.peer_topics.get(TOPIC, ())),
+                        lambda: len(ov.peers()), rec,
+                        lambda: [len(q) for q in ov.pubsub.peer_queues.values()])
+        del trio
+
+
+async def _child_plain(bootstrap: list[str]) -> None:
+    import multiaddr
+    import trio
+    from libp2p import create_identity_from_seed, new_host
+    from libp2p.crypto.x25519 import create_new_key_pair as x25519
+    from libp2p.custom_types import TProtocol
+    from libp2p.network.config import ConnectionConfig
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+    from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
+    from libp2p.security.noise.transport import Transport as Noise
+    from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+    from libp2p.tools.anyio_service import background_trio_service
+
+    from fognode.node.host import quiet_libp2p_loggers
+
+    quiet_libp2p_loggers()
+    kp = create_identity_from_seed(os.urandom(32))
+    host = new_host(key_pair=kp, sec_opt={NOISE_ID: Noise(kp, noise_privkey=x25519().private_key)},
+                    muxer_opt={TProtocol(YAMUX_ID): Yamux},
+                    connection_config=ConnectionConfig(max_connections_per_peer=1))
+    gs = GossipSub(protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11], degree=6, degree_low=4,
+                   degree_high=12, heartbeat_initial_delay=0.1, heartbeat_interval=1,
+                   spam_protection_enabled=False)
+    ps = Pubsub(host, gs)
+    rec: list[tuple[int, float, float]] = []
+    async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]), \
+            background_trio_service(ps), background_trio_service(gs):
+        async with trio.open_nursery() as nursery:
+            for a in bootstrap:
+                with trio.move_on_after(10):
+                    try:
+                        await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(a)))
+                    except Exception as e:
+                        print("LOG dial failed", a, e, file=sys.stderr, flush=True)
+            sub = await ps.subscribe(TOPIC)
+
+            async def reader() -> None:
+                while True:
+                    m = await sub.get()
+                    i, t = _decode(m.data)
+                    rec.append((i, t, time.monotonic()))
+
+            nursery.start_soon(reader)
+            print("READY", host.get_addrs()[0], flush=True)
+            await _commands(lambda d: ps.publish(TOPIC, d),
+                            lambda: len(ps.peer_topics.get(TOPIC, ())),
+                            lambda: len(host.get_connected_peers()), rec,
+                            lambda: [len(q) for q in ps.peer_queues.values()])
+            nursery.cancel_scope.cancel()
+        await host.close()
+
+
+def _child_main(mode: str, peers_low: int, bootstrap: list[str]) -> None:
+    import trio
+    if mode == "ours":
+        trio.run(_child_ours, bootstrap, peers_low)
+    else:
+        trio.run(_child_plain, bootstrap)
+
+
+# ---------------------------------------------------------------------------------------------
+# parent
+
+@dataclass
+class Child:
+    proc: subprocess.Popen[str]
+    addr: str = ""
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, word: str, timeout: float = 90.0) -> list[str]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"node exited (rc {self.proc.poll()}) before {word}")
+            parts = line.split(" ", 1)
+            if parts[0] == word:
+                return parts[1].strip().split(" ") if len(parts) > 1 and word != "DUMP" \
+                    else [parts[1] if len(parts) > 1 else ""]
+        raise RuntimeError(f"timed out waiting for {word}")
+
+
+def _spawn(mode: str, bootstrap: list[str], peers_low: int) -> Child:
+    cmd = [sys.executable, "-m", "fognode.tools.bench.gossip", "--child", mode, str(peers_low),
+           *bootstrap]
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    return Child(p)
+
+
+@dataclass
+class Result:
+    nodes: int
+    setup: str
+    p50_ms: float
+    p99_ms: float
+    lat_complete: str
+    msgs_per_s: float
+    tput_complete: str
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def _settle(children: list[Child], publisher: int, want: int, quiet: float = 3.0,
+            limit: float = 60.0) -> None:
+    """Wait until every receiver holds `want` messages, or nothing arrived for `quiet` s."""
+    last_total, last_change, t0 = -1, time.monotonic(), time.monotonic()
+    while time.monotonic() - t0 < limit:
+        for c in children:
+            c.send("COUNT")
+        counts = [int(c.expect("COUNT")[0]) for c in children]
+        del counts[publisher]
+        if min(counts) >= want:
+            return
+        if sum(counts) != last_total:
+            last_total, last_change = sum(counts), time.monotonic()
+        elif time.monotonic() - last_change > quiet:
+            return
+        time.sleep(0.25)
+
+
+def _dump(children: list[Child], publisher: int) -> dict[int, list[tuple[float, float]]]:
+    """message id -> (sent, received) at each receiver (publisher excluded)."""
+    for c in children:
+        c.send("DUMP")
+    per_msg: dict[int, list[tuple[float, float]]] = {}
+    for k, c in enumerate(children):
+        rows = json.loads(c.expect("DUMP")[0])
+        if k != publisher:
+            for i, t_send, t_recv in rows:
+                per_msg.setdefault(i, []).append((t_send, t_recv))
+    return per_msg
+
+
+def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
+            peers_low: int, warmup: float = 3.0) -> Result:
+    rnd = random.Random(n)
+    children: list[Child] = []
+    try:
+        first = _spawn(mode, [], peers_low)
+        first.addr = first.expect("READY")[0]
+        children.append(first)
+        while len(children) < n:                     # waves of 1, 2, 4, 6, 6, ... in parallel
+            ready = [c.addr for c in children]
+            wave = [_spawn(mode, rnd.sample(ready, min(3, len(ready))), peers_low)
+                    for _ in range(min(len(ready), 6, n - len(children)))]
+            for c in wave:
+                c.addr = c.expect("READY")[0]
+            children.extend(wave)
+        want_mesh = min(3, n - 1)
+        for c in children:
+            c.send(f"MESH {want_mesh}")
+        for c in children:
+            c.expect("MESHOK")
+        time.sleep(warmup)      # let connection managers and meshes settle (both setups)
+        pub = 1
+        receivers = n - 1
+        # latency: spaced out so the network is not saturated
+        children[pub].send(f"PUB {lat_msgs} {lat_gap_ms}")
+        children[pub].expect("PUBDONE", timeout=300)
+        _settle(children, pub, lat_msgs)
+        per_msg = _dump(children, pub)
+        full = [max(r for _, r in v) - v[0][0] for v in per_msg.values() if len(v) >= receivers]
+        full = [x * 1000 for x in full]
+        lat = (_pct(full, 0.5), _pct(full, 0.99), f"{len(full)}/{lat_msgs}")
+        # throughput: back to back
+        children[pub].send(f"PUB {tput_msgs} 0")
+        t_first = float(children[pub].expect("PUBDONE", timeout=300)[0])
+        _settle(children, pub, tput_msgs)
+        per_msg = _dump(children, pub)
+        complete = [max(r for _, r in v) for v in per_msg.values() if len(v) >= receivers]
+        rate = len(complete) / (max(complete) - t_first) if complete else 0.0
+        setup = f"overlay low={peers_low}" if mode == "ours" else "plain gossipsub"
+        return Result(n, setup, lat[0],
+                      lat[1], lat[2], rate, f"{len(complete)}/{tput_msgs}")
+    finally:
+        for c in children:
+            try:
+                c.send("QUIT")
+            except (BrokenPipeError, OSError):
+                pass
+        for c in children:
+            try:
+                c.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                c.proc.kill()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nodes", type=int, action="append",
+                    help="network size (repeatable; default 10 and 25)")
+    ap.add_argument("--lat-msgs", type=int, default=20)
+    ap.add_argument("--lat-gap-ms", type=int, default=300)
+    ap.add_argument("--tput-msgs", type=int, default=60)
+    ap.add_argument("--peers-low", type=int, default=3,
+                    help="overlay peers_low (3 = about the plain setup's topology; the "
+                         "node.toml default 8 makes a 10-node net a full mesh)")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        _child_main(args.child[0], int(args.child[1]), args.child[2:])
+        return
+    sizes = args.nodes or [10, 25]
+    results: list[Result] = []
+    t0 = time.monotonic()
+    for n in sizes:
+        for mode in ("ours", "plain"):
+            results.append(run_one(n, mode, args.lat_msgs, args.lat_gap_ms, args.tput_msgs,
+                                   args.peers_low))
+            r = results[-1]
+            print(f"  ... {n} nodes, {r.setup}: done at {time.monotonic() - t0:.0f} s",
+                  file=sys.stderr, flush=True)
+    print(f"gossip to the last receiver, {MSG_SIZE}-byte messages, one process per node "
+          f"(loopback, {os.cpu_count()} cores)")
+    print(f"{'nodes':>5}  {'setup':<16} {'p50 ms':>8} {'p99 ms':>8} {'all got':>9} "
+          f"{'msgs/s':>8} {'all got':>9}")
+    for r in results:
+        print(f"{r.nodes:>5}  {r.setup:<16} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} "
+              f"{r.lat_complete:>9} {r.msgs_per_s:>8.1f} {r.tput_complete:>9}")
+    print(f"latency: {args.lat_gap_ms} ms apart; msgs/s: published back to back, counted when every receiver "
+          "had it; 'all got' = messages that reached every receiver. Plain GossipSub is the "
+          "bound measured in the same run.")
+
+
+if __name__ == "__main__":
+    main()
