@@ -34,6 +34,7 @@ BUILTIN_ROLES: tuple[str, ...] = (
     "fognode.protocols.monitor.protocol:MonitorRole",
     "fognode.ledger.protocol:LedgerRole",
     "fognode.protocols.registry.protocol:RegistryRole",
+    "fognode.protocols.fl.protocol:FlRole",
 )
 
 _STREAM_ID = re.compile(r"^/fognode/[a-z][a-z0-9_-]*(/[a-z0-9_-]+)*/\d+\.\d+\.\d+$")
