@@ -122,7 +122,9 @@ class Genesis:
     def from_node_genesis(cls, genesis: Mapping[str, Any]) -> "Genesis":
         """Parse the ledger section of a node's genesis dict (NodeContext.genesis)."""
         if not isinstance(genesis, Mapping) or "ledger" not in genesis:
-            raise GenesisError("genesis has no 'ledger' section")
+            raise GenesisError("genesis.json has no 'ledger' section (chain id, validators, balances): "
+                               "it was written by a fognode without the ledger; create the network's "
+                               "genesis again (`fognode init` / `fognode devnet`)")
         return cls.from_dict(genesis["ledger"])
 
     @classmethod

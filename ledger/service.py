@@ -445,7 +445,9 @@ class LedgerService:
                 self._publish_later(cert)
                 return cert
             reason = collector.main_reason()
-            if collector.status is OrderStatus.FAILED and reason not in (Reason.WRONG_SEQUENCE, None):
+            # this replica already found the sequence and the funds right (submit checks them
+            # first), so validators refusing for those reasons lag behind: keep asking
+            if collector.status is OrderStatus.FAILED and reason not in (Reason.WRONG_SEQUENCE, Reason.OVERSPEND, None):
                 self.store.clear_inflight(sender)
                 raise OrderRejected(reason, "; ".join(f"{v}: {m}" for v, m in collector.reasons().items()))
             now = trio.current_time()
