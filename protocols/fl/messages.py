@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from nacl.signing import SigningKey
 
@@ -407,7 +407,7 @@ class SessionEnded:
 GossipMessage = SessionAnnouncement | OptIn | RoundPlan | RoundResult | RoundFailed | SessionEnded
 _TYPE_OF = {SessionAnnouncement: "announce", OptIn: "optin", RoundPlan: "plan",
             RoundResult: "result", RoundFailed: "failed", SessionEnded: "ended"}
-_DECODER = {"announce": SessionAnnouncement.decode, "optin": OptIn.decode, "plan": RoundPlan.decode,
+_DECODER: dict[str, Callable[..., GossipMessage]] = {"announce": SessionAnnouncement.decode, "optin": OptIn.decode, "plan": RoundPlan.decode,
             "result": RoundResult.decode, "failed": RoundFailed.decode, "ended": SessionEnded.decode}
 
 
@@ -424,7 +424,7 @@ def decode_gossip(raw: Any, *, peer: str | None = None) -> GossipMessage:
     dec = _DECODER.get(kind)
     if dec is None:
         raise RemoteProtocolError(f"fl.Gossip: unknown message type {kind!r}", peer=peer)
-    return dec(body, peer=peer)  # type: ignore[no-any-return]
+    return dec(body, peer=peer)
 
 
 # --- stream messages -----------------------------------------------------------------------

@@ -69,6 +69,8 @@ class FlConfig:
     republish_interval: float = 2.0       # seconds between re-gossiping the current plan
     stream_timeout: float = 120.0         # bound on one model or update transfer
     training_threads: int = 1             # local trainings/aggregations run at once
+    torch_threads: int = 1                # torch intra-op threads (0 = torch's default); 1 is
+                                          # fastest for small models on small machines
 
 
 class FlRole(Protocol):
@@ -107,6 +109,7 @@ class FlRole(Protocol):
             int.from_bytes(digest(ctx.peer_id.encode())[:4], "big") % 1_000_000
         self.data_index = index
         self.model_root = Path(ctx.datadir) / "fl"
+        self._torch_configured = False
 
     # == the loop ===========================================================================
 
@@ -239,13 +242,21 @@ class FlRole(Protocol):
             return
         self._apply(self.core.receive(msg.origin, m, self._now()))
 
+    def _prepare_sync(self, task: str, params: dict[str, float], init_seed: int) -> PreparedTask:
+        """In a worker thread: set torch's thread count once, then load the task."""
+        if self.config.torch_threads > 0 and not self._torch_configured:
+            import torch
+
+            torch.set_num_threads(self.config.torch_threads)
+            self._torch_configured = True
+        return prepare_task(task, params, init_seed, data_seed=self.config.data_seed,
+                            data_index=self.data_index)
+
     async def _prepare(self, a: PrepareTask) -> None:
         assert self.core is not None
         try:
             prepared = await trio.to_thread.run_sync(
-                lambda: prepare_task(a.task, a.task_params, a.init_seed,
-                                     data_seed=self.config.data_seed, data_index=self.data_index),
-                limiter=self._limiter)
+                lambda: self._prepare_sync(a.task, a.task_params, a.init_seed), limiter=self._limiter)
         except (TaskError, ValueError) as e:
             self._apply(self.core.task_failed(a.session_id, str(e), self._now()))
             return
@@ -289,10 +300,10 @@ class FlRole(Protocol):
         s = self.core.sessions.get(a.session_id)
         if s is None or s.prepared is None:
             return
+        task, layout = s.spec.task, s.prepared.layout
         try:
             await trio.to_thread.run_sync(lambda: save_model(
-                self.model_root, a.session_id, s.spec.task, s.prepared.layout, a.params,  # type: ignore[union-attr]
-                a.model_hash, final=a.final))
+                self.model_root, a.session_id, task, layout, a.params, a.model_hash, final=a.final))
         except OSError as e:
             log.error("fl: cannot save the model of session %s: %s", a.session_id.hex()[:16], e)
 
@@ -473,8 +484,7 @@ class FlRole(Protocol):
         nonce = os.urandom(16)
         try:
             prepared = await trio.to_thread.run_sync(
-                lambda: prepare_task(task, spec.task_params, init_seed_of(nonce),
-                                     data_seed=self.config.data_seed, data_index=self.data_index),
+                lambda: self._prepare_sync(task, spec.task_params, init_seed_of(nonce)),
                 limiter=self._limiter)
         except TaskError as e:
             raise RpcError(E.FL_UNKNOWN_TASK if "installed" in str(e) else E.FL_BAD_REQUEST, str(e)) from None

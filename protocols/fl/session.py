@@ -530,7 +530,7 @@ class FlCore:
 
     def _on_result(self, s: Session, peer: str, res: RoundResult, now: float) -> list[Action]:
         r = res.receipt
-        if s.plan is None or (r.round, r.try_no) != (s.plan.round, s.plan.try_no) \
+        if s.state.ended or s.plan is None or (r.round, r.try_no) != (s.plan.round, s.plan.try_no) \
                 or peer != r.aggregator or r.aggregator not in s.order:
             return []
         out: list[Action] = []
@@ -613,8 +613,8 @@ class FlCore:
     def _close_rounds(self, s: Session) -> None:
         if s.participant is not None:
             s.participant.state = ParticipantState.DONE
-        if s.aggregator is not None and s.aggregator.state == AggregatorState.COLLECTING:
-            s.aggregator.state = AggregatorState.DONE
+        if s.aggregator is not None:
+            s.aggregator.state = AggregatorState.DONE   # also drops an aggregation in flight
 
     # == time ==============================================================================
 
