@@ -12,6 +12,10 @@ Gossip on `fognode/registry/devices/1` carries one envelope per message::
 `at` is the sender's clock in milliseconds, increasing per sender: gossip may deliver late,
 twice or replayed (pulls after a gap), and a message not newer than the last one from that
 origin says nothing about liveness (so an old heartbeat cannot revive a peer that said bye).
+A fresh message counts as a sign of life at the time it was *sent*, in our clock: `at` plus
+the sender's clock offset, estimated as the smallest (receive time - `at`) seen from it (the
+least-delayed message; allowed to drift by 1 ms/s). So a heartbeat that arrives seconds late
+through a gossip pull after its sender died does not keep the sender online.
 
 Gossip is signed by its origin (libp2p strict signing), so a heartbeat or goodbye speaks only
 for its origin, and a record is accepted on gossip only from the device it describes. A
@@ -53,7 +57,6 @@ DEVICES_TOPIC = "fognode/registry/devices/1"
 OBSERVATIONS_TOPIC = "fognode/registry/observations/1"
 ENVELOPE_VERSION = 1
 MAX_ENVELOPE = 8192
-FETCH_RETRY = 10.0        # seconds before fetching the same peer's record again
 
 
 def _changed_fields(old: DeviceRecord, new: DeviceRecord) -> tuple[str, ...]:
@@ -90,9 +93,11 @@ class RegistryCore:
         self._last_publish = 0.0
         self._last_heartbeat = 0.0
         self._last_sent_at = 0
+        self._dht_retry_at: float | None = None
         self._fetching: dict[str, float] = {}
         self._pinged: dict[str, float] = {}
         self._last_at: OrderedDict[str, int] = OrderedDict()   # newest `at` per origin
+        self._offset: dict[str, tuple[float, float]] = {}      # origin -> (clock offset, when)
 
     # ---- our own record -------------------------------------------------------------------
 
@@ -108,6 +113,7 @@ class RegistryCore:
                           expires=issued + max(1, int(self.config.record_ttl)), caps=caps,
                           profile=self.profile)
         self.own, self._caps, self._last_publish = rec, caps, now
+        self._dht_retry_at = None
         self.validator.check(device_key(rec.peer_id), rec.encode())  # our own bug if it fails
         change = self.view.offer(rec)
         self.liveness.seen(self.peer_id, now)
@@ -142,6 +148,16 @@ class RegistryCore:
             self._last_at.popitem(last=False)
         return True
 
+    def _sent_at(self, origin: str, at_ms: int, now: float) -> float:
+        """When a message stamped `at_ms` by `origin` was sent, in our clock."""
+        sample = now - at_ms / 1000.0
+        prev = self._offset.get(origin)
+        offset = sample if prev is None else min(sample, prev[0] + 0.001 * max(0.0, now - prev[1]))
+        self._offset[origin] = (offset, now)
+        if len(self._offset) > self.view.max_devices:
+            self._offset.pop(next(iter(self._offset)))
+        return min(now, at_ms / 1000.0 + offset)
+
     def start(self, caps: Capabilities, now: float) -> list[Action]:
         """Publish our first record (DHT, region provider record, gossip)."""
         self._last_heartbeat = now
@@ -161,6 +177,11 @@ class RegistryCore:
             return []
         self.profile = profile
         return self._publish_own(self._caps, now) if self._caps is not None else []
+
+    def dht_put_failed(self, now: float) -> None:
+        """Our record's DHT put failed (a young network, no peers yet): put it again after
+        two heartbeats, until one succeeds or the next republish."""
+        self._dht_retry_at = now + max(1.0, 2 * self.config.heartbeat_interval)
 
     def goodbye(self, now: float) -> list[Action]:
         """We are going down gracefully: tell the others (they mark us offline at once)."""
@@ -215,9 +236,10 @@ class RegistryCore:
         except RemoteProtocolError as e:
             return [Refused("gossip", RejectReason.MALFORMED, origin, str(e))]
         fresh = self._fresh(origin, at)
+        sent = self._sent_at(origin, at, now)
         if kind == "bye":
             return self._liveness_event(self.liveness.mark_offline(origin, now)) if fresh else []
-        out = self._liveness_event(self.liveness.seen(origin, now)) if fresh else []
+        out = self._liveness_event(self.liveness.seen(origin, now, at=sent)) if fresh else []
         if kind == "record":
             return out + self._accept_record(rec)
         held = self.view.get(origin)
@@ -227,7 +249,8 @@ class RegistryCore:
 
     def _want_record(self, peer: str, now: float) -> list[Action]:
         last = self._fetching.get(peer)
-        if last is not None and now - last < FETCH_RETRY:
+        # fetch the same peer's record again after two heartbeats at the earliest
+        if last is not None and now - last < max(1.0, 2 * self.config.heartbeat_interval):
             return []
         self._fetching[peer] = now
         return [FetchRecord(peer)]
@@ -307,6 +330,11 @@ class RegistryCore:
         out: list[Action] = []
         if self.own is not None and now - self._last_publish >= self.config.republish_interval:
             out += self._publish_own(self._caps or self.own.caps, now)
+        elif self.own is not None and self._dht_retry_at is not None and now >= self._dht_retry_at:
+            self._dht_retry_at = None
+            out.append(DhtPut(device_key(self.peer_id), self.own.encode()))
+            if self.profile.region:
+                out.append(DhtProvide(region_key(self.profile.region)))
         if self.own is not None and now - self._last_heartbeat >= self.config.heartbeat_interval:
             self._last_heartbeat = now
             self.liveness.seen(self.peer_id, now)

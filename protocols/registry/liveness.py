@@ -35,19 +35,25 @@ class LivenessTracker:
         self._state: dict[str, Liveness] = {}
         self._gone: set[str] = set()      # said goodbye; only a heartbeat brings them back
 
-    def seen(self, peer: str, now: float, *, direct: bool = True) -> LivenessChange | None:
-        """Record a sign of life; returns the change when the peer was offline or unknown.
+    def seen(self, peer: str, now: float, *, at: float | None = None,
+             direct: bool = True) -> LivenessChange | None:
+        """Record a sign of life given at time `at` (default `now`); returns the change when
+        the peer was offline or unknown. A sign older than `offline_after` counts for nothing
+        (a heartbeat delivered late, or pulled from a relay after the peer died).
 
-        `direct=False` (an open connection, a ping) does not revive a peer that said goodbye:
-        its connection may outlive its goodbye by a moment. Its next heartbeat does.
+        `direct=False` (a ping) does not revive a peer that said goodbye: its role may
+        answer for a moment after its goodbye. Its next heartbeat does.
         """
+        t = now if at is None else min(at, now)
+        if now - t >= self.offline_after:
+            return None
         if not direct and peer in self._gone:
             return None
         self._gone.discard(peer)
         prev = self._last.get(peer)
         if prev is None and len(self._last) >= self.max_peers:
             self._evict_oldest_offline()
-        self._last[peer] = max(now, prev or now)
+        self._last[peer] = max(t, prev if prev is not None else t)
         if self._state.get(peer) is not Liveness.ONLINE:
             self._state[peer] = Liveness.ONLINE
             return LivenessChange(peer, Liveness.ONLINE, now, "seen")

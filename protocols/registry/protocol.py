@@ -15,11 +15,10 @@ from typing import Any
 import trio
 
 from fognode.node.errors import FognodeError, LocalProtocolError, RpcError
-from fognode.node.errors import RemoteProtocolError, StreamClosed
 from fognode.node.overlay import FramedStream, GossipMessage
-from fognode.node.wire import Fields
 from fognode.node.protocol import NodeContext, Protocol
 from fognode.node.rpc.methods import rpc_method
+from fognode.protocols.registry import direct
 from fognode.protocols.registry import errors as E
 from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
                                                 Ping, Publish, Refused, SetAppScore)
@@ -40,8 +39,6 @@ log = logging.getLogger("fognode.registry")
 
 ACTION_QUEUE = 1024
 WORKERS = 4
-PING_PROTOCOL = "/fognode/registry/ping/1.0.0"
-PING_MAX = 64
 
 
 def pretrusted_from_genesis(genesis: dict[str, Any]) -> list[str]:
@@ -72,7 +69,7 @@ class RegistryRole(Protocol):
     name = "registry"
     Config = RegistryConfig
     topics = (DEVICES_TOPIC, OBSERVATIONS_TOPIC)
-    stream_ids = (PING_PROTOCOL,)
+    stream_ids = (direct.DIRECT_PROTOCOL,)
 
     def __init__(self, ctx: NodeContext, config: RegistryConfig) -> None:
         super().__init__(ctx, config)
@@ -85,6 +82,7 @@ class RegistryRole(Protocol):
         self.metrics = RegistryMetrics.create(ctx.metrics)
         self.core.validator.on_reject = lambda r: self.metrics.rejected.labels("dht", r.value).inc()
         self._send, self._recv = trio.open_memory_channel[Action](ACTION_QUEUE)
+        self._slow_send, self._slow_recv = trio.open_memory_channel[Action](ACTION_QUEUE)
         self._connected: set[str] = set()
         self._stopped = False
         self.registry_service = RegistryService(self)
@@ -93,7 +91,10 @@ class RegistryRole(Protocol):
     # ---- carrying out actions ---------------------------------------------------------------
 
     def _do(self, actions: list[Action]) -> None:
-        """Carry out local actions now; queue network ones for the workers (never blocks)."""
+        """Carry out local actions now; queue network ones for the workers (never blocks).
+
+        Two lanes: gossip and direct-stream requests (quick) are never stuck behind DHT
+        operations, which can take up to `dht_timeout` each on a young network."""
         for a in actions:
             if isinstance(a, Emit):
                 self.ctx.events.publish(a.event)
@@ -103,10 +104,13 @@ class RegistryRole(Protocol):
             elif isinstance(a, SetAppScore):
                 self.ctx.overlay.set_app_score(a.peer_id, a.score)
             else:
-                try:
-                    self._send.send_nowait(a)
-                except trio.WouldBlock:
-                    self.metrics.actions_dropped.labels(type(a).__name__).inc()
+                self._queue(a, slow=isinstance(a, (DhtPut, DhtProvide)))
+
+    def _queue(self, a: Action, *, slow: bool) -> None:
+        try:
+            (self._slow_send if slow else self._send).send_nowait(a)
+        except trio.WouldBlock:
+            self.metrics.actions_dropped.labels(type(a).__name__).inc()
 
     async def _timed(self, op: str, coro: Any) -> Any:
         t0 = time.perf_counter()
@@ -115,71 +119,63 @@ class RegistryRole(Protocol):
                 result = await coro
         except (trio.TooSlowError, FognodeError, OSError, ValueError) as e:
             self.metrics.dht_failures.labels(op).inc()
-            log.debug("DHT %s failed: %s", op, e)
+            log.debug("DHT %s failed: %r", op, e)
             raise
         self.metrics.dht_lookup_seconds.labels(op).observe(time.perf_counter() - t0)
         return result
 
-    async def _worker(self) -> None:
+    async def _quick_worker(self) -> None:
+        """Publishes, pings, and record pulls straight from the device; a pull that fails
+        goes to the slow lane as a DHT look-up."""
         ov = self.ctx.overlay
         async for a in self._recv:
             try:
                 if isinstance(a, Publish):
                     await ov.publish(a.topic, a.data)
-                elif isinstance(a, DhtPut):
-                    await self._timed("put", ov.dht_put(a.key, a.value))
-                elif isinstance(a, DhtProvide):
-                    await self._timed("provide", ov.dht_provide(a.key))
                 elif isinstance(a, Ping):
                     if await self._ping(a.peer_id):
                         self._do(self.core.on_pong(a.peer_id, self.ctx.clock()))
                 elif isinstance(a, FetchRecord):
+                    value = await direct.pull_record(ov, a.peer_id, self._direct_timeout())
+                    if value is None:
+                        self._queue(a, slow=True)
+                    else:
+                        self._do(self.core.on_dht_record(a.peer_id, value, self.ctx.clock()))
+            except (FognodeError, OSError) as e:
+                log.debug("registry action %s failed: %r", type(a).__name__, e)
+
+    async def _slow_worker(self) -> None:
+        """DHT puts, provider records and look-ups (each bounded by dht_timeout)."""
+        ov = self.ctx.overlay
+        async for a in self._slow_recv:
+            try:
+                if isinstance(a, DhtPut):
+                    try:
+                        await self._timed("put", ov.dht_put(a.key, a.value))
+                    except (trio.TooSlowError, FognodeError, OSError, ValueError):
+                        self.core.dht_put_failed(self.ctx.clock())
+                        raise
+                elif isinstance(a, DhtProvide):
+                    await self._timed("provide", ov.dht_provide(a.key))
+                elif isinstance(a, FetchRecord):
                     value = await self._timed("get", ov.dht_get(device_key(a.peer_id)))
                     self._do(self.core.on_dht_record(a.peer_id, value, self.ctx.clock()))
             except (trio.TooSlowError, FognodeError, OSError, ValueError) as e:
-                log.debug("registry action %s failed: %s", type(a).__name__, e)
+                log.debug("registry action %s failed: %r", type(a).__name__, e)
 
-    # ---- ping -------------------------------------------------------------------------------
+    # ---- direct stream ----------------------------------------------------------------------
+
+    def _direct_timeout(self) -> float:
+        return min(5.0, self.config.offline_after / 3)
 
     async def _ping(self, peer: str) -> bool:
-        """True when `peer` answers a ping within a third of offline_after (at most 5 s).
+        """True when `peer`'s registry answers a ping (over an existing connection)."""
+        return await direct.ping(self.ctx.overlay, peer, self._direct_timeout())
 
-        Only over an existing connection: a dial cut short by the ping's deadline leaks its
-        socket in py-libp2p 0.8.1, and an unconnected peer's liveness comes from gossip.
-        """
-        if not any(p.peer_id == peer and p.connected for p in self.ctx.overlay.peers()):
-            return False
-        with trio.move_on_after(min(5.0, self.config.offline_after / 3)):
-            try:
-                s = await self.ctx.overlay.open_stream(peer, PING_PROTOCOL)
-                try:
-                    await s.send({"v": 1, "t": "ping"})
-                    f = Fields(await s.recv(max_size=PING_MAX), "registry pong", versions={1}, peer=peer)
-                    ok = f.str("t", max_len=8) == "pong"
-                    f.done()
-                    return ok
-                finally:
-                    await s.close()
-            except (FognodeError, OSError) as e:
-                log.debug("ping of %s failed: %s", peer, e)
-        return False
-
-    async def _serve_ping(self, s: FramedStream) -> None:
-        """Answer one ping. Raises RemoteProtocolError for anything but a ping (the overlay
-        resets the stream and counts it against the peer). A stopped role does not answer
-        (the overlay keeps the handler after the role is gone)."""
-        if self._stopped:
-            await s.reset()
-            return
-        try:
-            f = Fields(await s.recv(max_size=PING_MAX), "registry ping", versions={1},
-                       peer=s.remote_peer)
-            if f.str("t", max_len=8) != "ping":
-                raise RemoteProtocolError("registry ping: not a ping", peer=s.remote_peer)
-            f.done()
-            await s.send({"v": 1, "t": "pong"})
-        except StreamClosed:
-            return        # the pinger gave up; nothing to answer (the overlay closes the stream)
+    async def _serve_direct(self, s: FramedStream) -> None:
+        own = self.core.own
+        await direct.serve(s, lambda: own.encode() if own is not None else None,
+                           lambda: self._stopped)
 
     # ---- gossip -----------------------------------------------------------------------------
 
@@ -228,9 +224,11 @@ class RegistryRole(Protocol):
 
     async def _discover_loop(self) -> None:
         """Per-region discovery: fetch records of providers of our region we have not seen."""
-        region = self.profile.region
-        while region:
+        while True:
             await trio.sleep(self.config.heartbeat_interval * 3)
+            region = self.profile.region
+            if not region:
+                continue
             try:
                 await self.discover(region)
             except (trio.TooSlowError, FognodeError, OSError, ValueError) as e:
@@ -269,7 +267,7 @@ class RegistryRole(Protocol):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         ov = self.ctx.overlay
         ov.register_dht_validator(NAMESPACE, self.core.validator)
-        ov.set_stream_handler(PING_PROTOCOL, self._serve_ping)
+        ov.set_stream_handler(direct.DIRECT_PROTOCOL, self._serve_direct)
         self.metrics.devices_known.set_function(lambda: len(self.core.view))
         self.metrics.devices_online.set_function(self._online_count)
         await ov.subscribe(DEVICES_TOPIC, self._on_devices)
@@ -278,7 +276,8 @@ class RegistryRole(Protocol):
         try:
             async with trio.open_nursery() as nursery:
                 for _ in range(WORKERS):
-                    nursery.start_soon(self._worker)
+                    nursery.start_soon(self._quick_worker)
+                    nursery.start_soon(self._slow_worker)
                 self._do(self.core.start(caps, self.ctx.clock()))
                 self.ctx.services.provide("registry", self.registry_service)
                 self.ctx.services.provide("reputation", self.reputation_service)
@@ -370,6 +369,26 @@ class RegistryRole(Protocol):
         target = _check_peer(peer) if peer else self.ctx.peer_id
         self._do(self.core.mark_offline(target, self.ctx.clock()))
         return {"peer": target, "online": False}
+
+    @rpc_method("registry.update")
+    async def rpc_update(self, roles: list[str] | None = None, device_type: str | None = None,
+                         region: str | None = None) -> dict[str, Any]:
+        """Change what this node announces (ROLES offered, DEVICE_TYPE, REGION) and republish
+        its record at once. Lasts until the daemon restarts: make it permanent in node.toml."""
+        p = self.profile
+        try:
+            new = make_profile(p.region if region is None else region,
+                               p.device_type if device_type is None else device_type,
+                               p.roles if roles is None else roles, dict(p.prices))
+            probe_cfg = RegistryConfig(region=new.region, device_type=new.device_type,
+                                       roles_offered=list(new.roles))
+            probe_cfg.validate("registry.update")
+        except FognodeError as e:
+            raise RpcError(E.BAD_FILTER, str(e)) from None
+        self.profile = new
+        self._do(self.core.update_profile(new, self.ctx.clock()))
+        own = self.core.own
+        return {"peer": self.ctx.peer_id, "seq": own.seq if own else None, **new.to_wire()}
 
     @rpc_method("reputation.show")
     async def rpc_reputation_show(self, peer: str, service: str | None = None) -> dict[str, Any]:

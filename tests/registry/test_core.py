@@ -128,6 +128,11 @@ def test_liveness_offline_and_back() -> None:
     assert net.cores["a"].query(Criteria(online=True)) == [
         r for r in net.cores["a"].query(Criteria()) if r.peer_id != c_id]
     assert net.pings > 0 and net.cores["a"].liveness.is_online(net.cores["b"].peer_id)
+    # a heartbeat c sent before it died, delivered only now (a gossip pull from a relay), is
+    # newer than anything a heard from c but says nothing about c being alive now
+    late = pack({"v": 1, "t": "hb", "at": int((net.now - 18) * 1000), "seq": 1})
+    assert net.cores["a"].on_device_gossip(c_id, late, net.now) == []
+    assert not net.cores["a"].liveness.is_online(c_id)
     net.down.discard("c")
     net.mute.discard("b")
     net.tick(5.0)                                    # c heartbeats again
@@ -229,3 +234,15 @@ def test_spoofed_and_self_observations_counted() -> None:
     [r] = net.cores["b"].on_observation(c.peer_id, selfo.encode(), net.now)
     assert isinstance(r, Refused) and r.reason is RejectReason.SELF_OBSERVATION
     assert dataclasses.is_dataclass(r)
+
+
+def test_failed_dht_put_is_retried() -> None:
+    net = Net(["a"], CFG)
+    net.start()
+    a = net.cores["a"]
+    a.dht_put_failed(net.now)
+    assert not [x for x in a.tick(net.now + 1) if isinstance(x, DhtPut)]
+    acts = a.tick(net.now + 2 * CFG.heartbeat_interval)
+    assert [x.key for x in acts if isinstance(x, DhtPut)] == ["/fognode/device/" + a.peer_id]
+    assert [x.key for x in acts if isinstance(x, DhtProvide)] == ["/fognode/region/eu-west"]
+    assert not [x for x in a.tick(net.now + 4 * CFG.heartbeat_interval) if isinstance(x, DhtPut)]

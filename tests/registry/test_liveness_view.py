@@ -23,6 +23,11 @@ def test_offline_after_silence_then_back() -> None:
     bye = lt.mark_offline("p", NOW + 102)
     assert bye is not None and bye.reason == "goodbye" and not lt.is_online("p")
     assert lt.mark_offline("p", NOW + 103) is None
+    assert lt.seen("p", NOW + 104, direct=False) is None       # a ping does not undo a goodbye
+    assert lt.seen("p", NOW + 200, at=NOW + 150) is None       # sent too long ago to count
+    ch2 = lt.seen("p", NOW + 200, at=NOW + 190)
+    assert ch2 is not None and lt.last_seen("p") == NOW + 190
+    assert lt.tick(NOW + 219) == [] and len(lt.tick(NOW + 220)) == 1   # 30 s after it was sent
 
 
 def test_liveness_table_bounded() -> None:

@@ -18,6 +18,7 @@ from fognode.node.wire import pack, unpack
 from fognode.node.events import EventBus
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay, peer_id_from_pubkey
 from fognode.node.protocol import NodeContext
+from fognode.protocols.registry import direct
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.events import DeviceCapabilitiesChanged, DeviceOffline
 from fognode.protocols.registry.probe import probe
@@ -142,7 +143,9 @@ async def test_registry_role_on_four_overlays(tmp_path: Path, collect_libp2p_soc
             with trio.fail_after(10):
                 while not await a._ping(ids[1]):
                     await trio.sleep(0.1)
-            s = await a.ctx.overlay.open_stream(ids[1], "/fognode/registry/ping/1.0.0")
+            pulled = await direct.pull_record(a.ctx.overlay, ids[1], 5.0)
+            assert pulled == b.core.own.encode()
+            s = await a.ctx.overlay.open_stream(ids[1], "/fognode/registry/1.0.0")
             await s.send({"v": 1, "t": "nope"})
             with pytest.raises(StreamClosed):
                 await s.recv(max_size=64)
@@ -156,6 +159,12 @@ async def test_registry_role_on_four_overlays(tmp_path: Path, collect_libp2p_soc
                                          for n in nodes), 10, "the changed record everywhere")
             ev = await sub.receive()
             assert isinstance(ev, DeviceCapabilitiesChanged) and ev.changed == ("cores",)
+            out = await b.rpc_update(roles=["fl", "market"])
+            assert out["roles"] == ["fl", "market"]
+            await wait_until(lambda: all(n.role.core.query(Criteria(role="market")) == [b.core.own]
+                                         for n in nodes), 10, "the new role everywhere")
+            with pytest.raises(RpcError):
+                await b.rpc_update(roles=["x" * 100])
             # reputation: reports travel on gossip, scores are recomputed everywhere
             for i, n in enumerate(nodes):
                 for j in range(4):

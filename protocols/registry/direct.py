@@ -1,0 +1,109 @@
+"""The registry's direct stream (`/fognode/registry/1.0.0`): ping, and pull a device's record.
+
+One request per stream, one msgpack frame each way::
+
+    {"v": 1, "t": "ping"}  ->  {"v": 1, "t": "pong"}
+    {"v": 1, "t": "get"}   ->  {"v": 1, "t": "record", "record": <signed record bytes>}
+
+A ping proves the role is alive (not only the connection); `get` is the pull path when a
+record announcement was lost on gossip (a heartbeat names a newer sequence than we hold) and
+faster than a DHT look-up. Requests go only over existing connections: a dial cut short by a
+deadline leaks its socket in py-libp2p 0.8.1, and peers we are not connected to are reached
+through gossip and the DHT.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import trio
+
+from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
+from fognode.node.overlay import FramedStream, Overlay
+from fognode.node.wire import Fields
+from fognode.protocols.registry.record import MAX_RECORD_BYTES
+
+log = logging.getLogger("fognode.registry")
+
+DIRECT_PROTOCOL = "/fognode/registry/1.0.0"
+MAX_REQUEST = 64
+MAX_REPLY = MAX_RECORD_BYTES + 64
+
+
+def connected(overlay: Overlay, peer: str) -> bool:
+    return any(p.peer_id == peer and p.connected for p in overlay.peers())
+
+
+async def _ask(overlay: Overlay, peer: str, kind: str, timeout: float) -> Fields | None:
+    if not connected(overlay, peer):
+        return None
+    with trio.move_on_after(timeout):
+        try:
+            s = await overlay.open_stream(peer, DIRECT_PROTOCOL)
+            try:
+                await s.send({"v": 1, "t": kind})
+                return Fields(await s.recv(max_size=MAX_REPLY), f"registry {kind} reply",
+                              versions={1}, peer=peer)
+            finally:
+                await s.close()
+        except (FognodeError, OSError) as e:
+            log.debug("registry %s to %s failed: %r", kind, peer, e)
+    return None
+
+
+async def ping(overlay: Overlay, peer: str, timeout: float) -> bool:
+    """True when `peer`'s registry answers a ping within `timeout` seconds."""
+    f = await _ask(overlay, peer, "ping", timeout)
+    if f is None:
+        return False
+    try:
+        ok = f.str("t", max_len=8) == "pong"
+        f.done()
+        return ok
+    except RemoteProtocolError as e:
+        log.info("bad pong from %s: %s", peer, e)
+        return False
+
+
+async def pull_record(overlay: Overlay, peer: str, timeout: float) -> bytes | None:
+    """`peer`'s current record bytes straight from it (None when not connected, no answer,
+    or a malformed reply); the caller validates the record."""
+    f = await _ask(overlay, peer, "get", timeout)
+    if f is None:
+        return None
+    try:
+        if f.str("t", max_len=8) != "record":
+            raise RemoteProtocolError("registry get: reply is not a record", peer=peer)
+        data = f.bytes("record", max_len=MAX_RECORD_BYTES)
+        f.done()
+        return data
+    except RemoteProtocolError as e:
+        log.info("bad record reply from %s: %s", peer, e)
+        return None
+
+
+async def serve(s: FramedStream, own_record: Callable[[], bytes | None],
+                stopped: Callable[[], bool]) -> None:
+    """Answer one request. Raises RemoteProtocolError for anything else (the overlay resets
+    the stream and counts it against the peer). A stopped role answers nothing (the overlay
+    keeps the handler after the role is gone)."""
+    if stopped():
+        await s.reset()
+        return
+    try:
+        f = Fields(await s.recv(max_size=MAX_REQUEST), "registry request", versions={1},
+                   peer=s.remote_peer)
+        kind = f.str("t", max_len=8)
+        f.done()
+        if kind == "ping":
+            await s.send({"v": 1, "t": "pong"})
+        elif kind == "get":
+            rec = own_record()
+            if rec is None:
+                await s.reset()
+                return
+            await s.send({"v": 1, "t": "record", "record": rec})
+        else:
+            raise RemoteProtocolError(f"registry request: unknown type {kind!r}", peer=s.remote_peer)
+    except StreamClosed:
+        return        # the asker gave up; nothing to answer (the overlay closes the stream)
