@@ -648,6 +648,27 @@ def _guard_raw(protocol: str, fn: Any) -> Any:
     return guarded
 
 
+def _check_ports_free(listen: list[str]) -> None:
+    """Fail early and plainly when a fixed listen port is taken (inside py-libp2p the error
+    arrives wrapped in several ExceptionGroups)."""
+    import socket
+    for text in listen:
+        ma = multiaddr.Multiaddr(text)
+        protos = [p.name for p in ma.protocols()]
+        if protos[0] not in ("ip4", "ip6") or int(ma.value_for_protocol("tcp")) == 0:
+            continue
+        fam = socket.AF_INET if protos[0] == "ip4" else socket.AF_INET6
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((ma.value_for_protocol(protos[0]), int(ma.value_for_protocol("tcp"))))
+        except OSError as e:
+            raise OSError(e.errno, f"overlay.listen: cannot listen on {text}: {e.strerror}"
+                          ) from None
+        finally:
+            sock.close()
+
+
 @asynccontextmanager
 async def open_overlay(config: OverlayConfig, identity: SigningKey, events: EventBus,
                        metrics: CollectorRegistry) -> AsyncIterator[Libp2pOverlay]:
@@ -658,6 +679,7 @@ async def open_overlay(config: OverlayConfig, identity: SigningKey, events: Even
     from libp2p.tools.anyio_service import background_trio_service
 
     config.validate()
+    _check_ports_free(config.listen)
     quiet_libp2p_loggers()
     ov = Libp2pOverlay(config, identity, events, metrics)
     listen = [multiaddr.Multiaddr(a) for a in config.listen]

@@ -243,3 +243,18 @@ def test_config_errors_name_the_key(kw: dict[str, Any], key: str) -> None:
 
 def test_default_config_is_valid() -> None:
     OverlayConfig().validate()
+
+
+async def test_port_in_use_is_a_plain_error() -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        reg = CollectorRegistry()
+        cfg = OverlayConfig(listen=[f"/ip4/127.0.0.1/tcp/{port}"])
+        with pytest.raises(OSError, match=f"overlay.listen: cannot listen on .*/{port}"):
+            async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg):
+                pass
+    finally:
+        taken.close()

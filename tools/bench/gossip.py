@@ -51,7 +51,7 @@ def _decode(data: bytes) -> tuple[int, float]:
 
 async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Callable[[], int],
                     connected: Callable[[], int], rec: list[tuple[int, float, float]],
-                    queues: Callable[[], list[int]]) -> None:
+                    queues: Callable[[], list[int]], pulled: Callable[[], int]) -> None:
     """Serve the parent's commands (one per stdin line) until QUIT; PUB runs in the
     background so STAT/COUNT keep answering while it publishes."""
     import trio
@@ -84,6 +84,8 @@ async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Call
                 print("STAT", json.dumps(queues()).replace(" ", ""), flush=True)
             elif line[0] == "COUNT":
                 print("COUNT", len(rec), flush=True)
+            elif line[0] == "PEERS":
+                print("PEERS", connected(), mesh_size(), pulled(), flush=True)
             elif line[0] == "DUMP":
                 print("DUMP", json.dumps(rec), flush=True)
                 rec.clear()
@@ -112,7 +114,9 @@ async def _child_ours(bootstrap: list[str], peers_low: int) -> None:
         await _commands(lambda d: ov.publish(TOPIC, d),
                         lambda: len(ov.pubsub.peer_topics.get(TOPIC, ())),
                         lambda: len(ov.peers()), rec,
-                        lambda: [len(q) for q in ov.pubsub.peer_queues.values()])
+                        lambda: [len(q) for q in ov.pubsub.peer_queues.values()],
+                        lambda: int(sum(s.value for m in reg.collect() for s in m.samples
+                                        if s.name == "fognode_node_gossip_pulled_total")))
         del trio
 
 
@@ -166,7 +170,7 @@ async def _child_plain(bootstrap: list[str]) -> None:
             await _commands(lambda d: ps.publish(TOPIC, d),
                             lambda: len(ps.peer_topics.get(TOPIC, ())),
                             lambda: len(host.get_connected_peers()), rec,
-                            lambda: [len(q) for q in ps.peer_queues.values()])
+                            lambda: [len(q) for q in ps.peer_queues.values()], lambda: 0)
             nursery.cancel_scope.cancel()
         await host.close()
 
@@ -223,6 +227,7 @@ class Result:
     lat_complete: str
     msgs_per_s: float
     tput_complete: str
+    pulled: int
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -301,9 +306,12 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
         per_msg = _dump(children, pub)
         complete = [max(r for _, r in v) for v in per_msg.values() if len(v) >= receivers]
         rate = len(complete) / (max(complete) - t_first) if complete else 0.0
+        for c in children:
+            c.send("PEERS")
+        pulled = sum(int(c.expect("PEERS")[2]) for c in children)
         setup = f"overlay low={peers_low}" if mode == "ours" else "plain gossipsub"
         return Result(n, setup, lat[0],
-                      lat[1], lat[2], rate, f"{len(complete)}/{tput_msgs}")
+                      lat[1], lat[2], rate, f"{len(complete)}/{tput_msgs}", pulled)
     finally:
         for c in children:
             try:
@@ -323,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="network size (repeatable; default 10 and 25)")
     ap.add_argument("--lat-msgs", type=int, default=20)
     ap.add_argument("--lat-gap-ms", type=int, default=300)
-    ap.add_argument("--tput-msgs", type=int, default=60)
+    ap.add_argument("--tput-msgs", type=int, default=40)
     ap.add_argument("--peers-low", type=int, default=3,
                     help="overlay peers_low (3 = about the plain setup's topology; the "
                          "node.toml default 8 makes a 10-node net a full mesh)")
@@ -342,16 +350,18 @@ def main(argv: list[str] | None = None) -> None:
             r = results[-1]
             print(f"  ... {n} nodes, {r.setup}: done at {time.monotonic() - t0:.0f} s",
                   file=sys.stderr, flush=True)
+    load = os.getloadavg()[0]
     print(f"gossip to the last receiver, {MSG_SIZE}-byte messages, one process per node "
-          f"(loopback, {os.cpu_count()} cores)")
+          f"(loopback, {os.cpu_count()} cores, load average {load:.1f} at the end)")
     print(f"{'nodes':>5}  {'setup':<16} {'p50 ms':>8} {'p99 ms':>8} {'all got':>9} "
-          f"{'msgs/s':>8} {'all got':>9}")
+          f"{'msgs/s':>8} {'all got':>9} {'pulled':>7}")
     for r in results:
         print(f"{r.nodes:>5}  {r.setup:<16} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} "
-              f"{r.lat_complete:>9} {r.msgs_per_s:>8.1f} {r.tput_complete:>9}")
+              f"{r.lat_complete:>9} {r.msgs_per_s:>8.1f} {r.tput_complete:>9} {r.pulled:>7}")
     print(f"latency: {args.lat_gap_ms} ms apart; msgs/s: published back to back, counted when every receiver "
-          "had it; 'all got' = messages that reached every receiver. Plain GossipSub is the "
-          "bound measured in the same run.")
+          "had it; 'all got' = messages that reached every receiver; 'pulled' = deliveries "
+          "the overlay fetched over the pull stream after gossip lost them. Plain GossipSub is "
+          "the bound measured in the same run.")
 
 
 if __name__ == "__main__":
