@@ -189,3 +189,60 @@ async def test_double_spend_attempt_is_refused_and_reported(tmp_path: Path) -> N
             await c.start(0)
             replies = c.nodes[0].svc._validate("attacker", second)
             assert isinstance(replies[0], Rejection) and replies[0].reason is Reason.CONFLICT
+
+
+@pytest.mark.slow
+async def test_sync_from_a_lying_peer_applies_nothing(tmp_path: Path) -> None:
+    """A peer answering sync with forged certificates (short of quorum, foreign signers, bad
+    votes, malformed) gets them refused with their reasons; nothing is applied."""
+    from nacl.signing import SigningKey
+
+    from fognode.ledger.messages import Certificate, SignedOrder, TransferOrder, Vote
+    from fognode.ledger.service import SYNC_STREAM
+    from fognode.ledger.wallet import Keystore
+
+    with trio.fail_after(90):
+        async with ledger_cluster(tmp_path, 2, sync_interval=3600.0) as c:   # no anti-entropy rounds
+            honest, liar = c.nodes[0], c.nodes[1]
+            await wait_until(lambda: len(honest.ctx.overlay.peers()) == 1)
+            key = Keystore(liar.datadir).unlock(liar.wallet, "")
+            so = SignedOrder.sign(key, TransferOrder(chain="fog-test", epoch=0, sender=liar.wallet, sequence=0,
+                                                     fee=1000, recipient=honest.wallet, amount=500 * 10**6, memo=""))
+            liar_vote = Vote.sign(liar.identity, so.tx_id)
+            outsider = Vote.sign(SigningKey(b"\x05" * 32), so.tx_id)
+            forged = [
+                Certificate(so, ((liar_vote.validator, liar_vote.signature),)),                     # 1 of 2: no quorum
+                Certificate(so, tuple(sorted([(liar_vote.validator, liar_vote.signature),
+                                              (outsider.validator, outsider.signature)]))),       # foreign signer
+                Certificate(so, tuple(sorted([(liar_vote.validator, liar_vote.signature),
+                                              (bytes(honest.identity.verify_key), bytes(64))]))),  # forged vote
+            ]
+
+            async def lying_sync(stream) -> None:  # type: ignore[no-untyped-def]
+                await stream.recv()
+                await stream.send({"v": 1, "certs": [[i + 1, fc.to_wire()] for i, fc in enumerate(forged)], "end": 3})
+                await stream.recv()   # the client asks for more only if there is more; it stops
+
+            liar.ctx.overlay.set_stream_handler(SYNC_STREAM, lying_sync)
+            await wait_until(lambda: liar.ctx.peer_id not in honest.svc._syncing)   # the on-connect sync
+            honest.svc._cursors.pop(liar.ctx.peer_id, None)
+            honest.svc.store.set_cursor(liar.ctx.peer_id, 0)
+            root = honest.svc.state.root()
+            await honest.svc.sync_with(liar.ctx.peer_id)   # (or the on-connect sync reads the lie)
+            expected = {"no_quorum": 1, "non_committee_signer": 1, "bad_signature": 1}
+            await wait_until(lambda: honest.svc.replica.refused and
+                             {r.value: n for r, n in honest.svc.replica.refused.items()} == expected)
+            refused = (await honest.role.ledger_stats())["certificates_refused"]
+            assert refused == expected
+            assert honest.svc.state.root() == root and honest.svc.state.applied == 0
+            assert honest.ctx.metrics.get_sample_value("fognode_ledger_certificates_refused_total",
+                                                       {"reason": "no_quorum"}) == 1
+
+            async def garbage_sync(stream) -> None:  # type: ignore[no-untyped-def]
+                await stream.recv()
+                await stream.send({"v": 1, "certs": [[1, {"v": 1, "order": "nope"}]], "end": 1})
+
+            liar.ctx.overlay.set_stream_handler(SYNC_STREAM, garbage_sync)
+            honest.svc._cursors[liar.ctx.peer_id] = 0
+            assert await honest.svc.sync_with(liar.ctx.peer_id) == 0
+            assert honest.svc.state.applied == 0
