@@ -188,9 +188,9 @@ class LedgerRole(Protocol):
         """Send AMOUNT tokens to address TO and wait until the transfer is final.
 
         Sends from the node's default wallet unless --wallet is given. Returns the transaction
-        id once a quorum of validators certified it; on timeout the error says how many
-        validators voted and the order stays in flight (the next send from that wallet finishes
-        it first)."""
+        id once a quorum of validators certified it. --timeout is in seconds (0: the role's
+        send_timeout, 30 by default); on timeout the error (204) says how many validators voted
+        and the order stays in flight (the next send from that wallet finishes it first)."""
         recipient = _addr(to, "to")
         micro = _amount(amount)
         s = self._svc()
