@@ -3,54 +3,25 @@ validator down, wait with two down and complete when one returns; a kill -9'd re
 up to the same state root."""
 from __future__ import annotations
 
-import json
-import os
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from fognode.ledger.errors import LEDGER_NOT_CERTIFIED
-from fognode.ledger.genesis import DEV_FUNDING, DEV_STAKE, dev_genesis
-from fognode.ledger.wallet import Keystore
-from fognode.node.datadir import load_identity, write_genesis
 from fognode.node.errors import RpcError
 from fognode.tools.devnet import Devnet, DevnetNode, wait_until
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
-
-
-class LedgerDevnet(Devnet):
-    """A Devnet whose daemons run the ledger role and share a ledger genesis."""
-
-    def command(self, node: DevnetNode) -> list[str]:
-        cmd = super().command(node)
-        i = cmd.index("fognode.tools.fognode")
-        return [*cmd[:i], "tests.ledger.daemon_with_ledger", *cmd[i + 1:]]
-
-    def create(self) -> None:
-        super().create()
-        wallets = {}
-        for node in self.nodes:
-            ks = Keystore(node.datadir)
-            wallets[node.index] = ks.default() or ks.create("", "default")
-        genesis = json.loads((self.nodes[0].datadir / "genesis.json").read_text())
-        ids = [bytes(load_identity(n.datadir).verify_key) for n in self.nodes]
-        genesis["ledger"] = dev_genesis(genesis["chain_id"], [(k, DEV_STAKE) for k in ids],
-                                        {w: DEV_FUNDING for w in wallets.values()})
-        for node in self.nodes:
-            write_genesis(node.datadir, genesis)
 
 
 @pytest.fixture
-def ledger_net(short_tmp: Path) -> Iterator[LedgerDevnet]:
-    env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "FOGNODE_PASSPHRASE": ""}
-    net = LedgerDevnet(short_tmp / "net", 4, env=env,
-                       extra_args=["--set", "overlay.peers_low=3", "--set", "overlay.connmgr_interval=0.5",
-                                   "--set", "protocols.ledger.sync_interval=1.0",
-                                   "--set", "protocols.ledger.request_timeout=2.0"])
+def ledger_net(short_tmp: Path) -> Iterator[Devnet]:
+    """4 daemons of a devnet: every node a validator, every default wallet funded (dev genesis)."""
+    net = Devnet(short_tmp / "net", 4,
+                 extra_args=["--set", "overlay.peers_low=3", "--set", "overlay.connmgr_interval=0.5",
+                             "--set", "protocols.ledger.sync_interval=1.0",
+                             "--set", "protocols.ledger.request_timeout=2.0"])
     try:
         net.create()
         net.start_all(timeout=90)
@@ -71,7 +42,7 @@ def send(node: DevnetNode, to: str, amount: str, timeout: float = 30.0) -> Any:
     return node.rpc("wallet.send", [to, amount], timeout=timeout + 10)
 
 
-def test_four_daemons_one_down_two_down_kill_and_catch_up(ledger_net: LedgerDevnet) -> None:
+def test_four_daemons_one_down_two_down_kill_and_catch_up(ledger_net: Devnet) -> None:
     net = ledger_net
     n0, n1 = net.nodes[0], net.nodes[1]
     addr1 = n1.rpc("wallet.address")["address"]
