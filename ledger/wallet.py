@@ -42,6 +42,7 @@ from nacl.signing import SigningKey
 from fognode.ledger.address import decode_address, encode_address
 from fognode.ledger.errors import AddressError, WalletError
 from fognode.ledger.genesis import DEV_FUNDING, DEV_STAKE, dev_genesis
+from fognode.node.datadir import write_atomic
 
 __all__ = ["Keystore", "WalletInfo", "init_wallet", "default_wallet_address", "resolve_passphrase",
            "dev_genesis", "DEV_FUNDING", "DEV_STAKE", "PASSPHRASE_ENV"]
@@ -54,26 +55,6 @@ PASSPHRASE_ENV = "FOGNODE_PASSPHRASE"
 OPSLIMIT = argon2id.OPSLIMIT_INTERACTIVE
 MEMLIMIT = argon2id.MEMLIMIT_INTERACTIVE
 MAX_LABEL = 64
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 @dataclass(frozen=True)
@@ -130,7 +111,7 @@ class Keystore:
             log.warning("wallet %s is a DEV keystore entry with an EMPTY passphrase: anyone who can read "
                         "%s can spend from it. Use FOGNODE_PASSPHRASE for keys that hold real value.",
                         encode_address(pub), path)
-        _write_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        write_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
         if self.default() is None:
             self.set_default(pub)
         self._unlocked[pub] = sk
@@ -181,7 +162,7 @@ class Keystore:
     def set_default(self, pubkey: bytes) -> None:
         if not self.has(pubkey):
             raise WalletError(f"no wallet {encode_address(pubkey)} in {self.dir}")
-        _write_atomic(self.dir / DEFAULT_FILE, (encode_address(pubkey) + "\n").encode())
+        write_atomic(self.dir / DEFAULT_FILE, (encode_address(pubkey) + "\n").encode())
 
     # -- unlock -------------------------------------------------------------------------------
 

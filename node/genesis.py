@@ -14,24 +14,20 @@ from nacl.signing import SigningKey
 
 from fognode.node.peerid import peer_id_from_pubkey
 
-TOKEN = 10**6                           # micro-units per token
-DEV_VALIDATOR_STAKE = 1_000 * TOKEN     # stake of each devnet validator
-DEV_WALLET_FUNDS = 1_000 * TOKEN        # what each node's default wallet starts with on a devnet
-
-
 def dev_chain_id() -> str:
     return f"fog-dev-{secrets.token_hex(4)}"
 
 
 def dev_genesis(chain_id: str, nodes: list[SigningKey], wallets: list[bytes]) -> dict[str, Any]:
     """A development genesis: every node is a validator and a pre-trusted peer; every wallet
-    in `wallets` (32-byte public keys) starts with 1,000 tokens."""
+    in `wallets` (32-byte public keys) starts with DEV_FUNDING (1,000 tokens)."""
+    from fognode.ledger.genesis import DEV_FUNDING, DEV_STAKE
     from fognode.ledger.genesis import dev_genesis as ledger_dev_genesis
 
     pubs = [bytes(k.verify_key) for k in nodes]
     return {
         "chain_id": chain_id,
         "registry": {"pretrusted": [peer_id_from_pubkey(p) for p in pubs]},
-        "ledger": ledger_dev_genesis(chain_id, [(p, DEV_VALIDATOR_STAKE) for p in pubs],
-                                     {w: DEV_WALLET_FUNDS for w in wallets}),
+        "ledger": ledger_dev_genesis(chain_id, [(p, DEV_STAKE) for p in pubs],
+                                     {w: DEV_FUNDING for w in wallets}),
     }
