@@ -206,6 +206,12 @@ def test_socket_selection_and_no_daemon(cli: Cli, tmp_path: Path) -> None:
         assert r.returncode == 3
         assert r.stderr == (f"fognode-cli: no daemon at {home}/d/fognode.sock (connection refused). "
                             f"Start one with: fognode run --datadir {home}/d\n")
+        # the daemon's [rpc] socket setting (node.toml, or FOGNODE_RPC_SOCKET) moves the socket
+        (home / "d" / "node.toml").write_text(f'[rpc]\nsocket = "{sock}"\n')
+        r = cli("--datadir", str(home / "d"), "wallet", "balance", datadir=False)
+        assert r.returncode == 0 and r.stdout == "1000\n", r.stderr
+        r = cli("--datadir", str(home), "wallet", "balance", datadir=False, env={"FOGNODE_RPC_SOCKET": str(sock)})
+        assert r.returncode == 0 and r.stdout == "1000\n", r.stderr
     finally:
         shutil.rmtree(home, ignore_errors=True)
     r = cli("--datadir", str(tmp_path / ("x" * 120)), "node", "info", datadir=False)

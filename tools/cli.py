@@ -42,7 +42,8 @@ Talk to a running fognode daemon. The commands come from the daemon itself:
   fognode-cli call METHOD [JSON]   raw JSON-RPC call with JSON params (array or object)
 
 options (before COMMAND):
-  --datadir D     the daemon's data dir; its socket is D/fognode.sock
+  --datadir D     the daemon's data dir; its socket is D/fognode.sock unless
+                  $FOGNODE_RPC_SOCKET or [rpc] socket in D/node.toml say otherwise
                   (default: $FOGNODE_DATADIR, else ~/.fognode)
   --socket PATH   the control socket itself (overrides --datadir)
   --json          print the raw JSON result instead of a table
@@ -87,11 +88,29 @@ class Options:
     command: list[str] = field(default_factory=list)
 
     def socket_path(self) -> Path:
-        """--socket, else <--datadir>/fognode.sock, else $FOGNODE_DATADIR/..., else ~/.fognode/..."""
+        """--socket; else the data dir's socket, where the data dir is --datadir, else
+        $FOGNODE_DATADIR, else ~/.fognode. Like the daemon, $FOGNODE_RPC_SOCKET or
+        `[rpc] socket` in the data dir's node.toml move the socket; default D/fognode.sock."""
         if self.socket:
             return Path(self.socket).expanduser().absolute()
         raw = self.datadir or os.environ.get("FOGNODE_DATADIR") or "~/.fognode"
-        return Path(raw).expanduser().absolute() / SOCKET_NAME
+        datadir = Path(raw).expanduser().absolute()
+        configured = os.environ.get("FOGNODE_RPC_SOCKET") or _configured_socket(datadir / "node.toml")
+        if configured:
+            return Path(configured).expanduser().absolute()
+        return datadir / SOCKET_NAME
+
+
+def _configured_socket(config: Path) -> str:
+    """`[rpc] socket` of a node.toml, or "" (also when it is missing or unreadable: the daemon
+    reports a broken config itself)."""
+    try:
+        import tomllib
+        with open(config, "rb") as f:
+            value = tomllib.load(f).get("rpc", {}).get("socket", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 def parse_options(argv: Sequence[str]) -> Options:
