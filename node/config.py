@@ -48,7 +48,7 @@ class NodeSection:
 class RpcSection:
     """[rpc]: the JSON-RPC control socket."""
 
-    socket: str = ""                 # socket path; empty means <datadir>/fognode.sock
+    socket: str = ""                 # socket path, relative to the data dir; empty: <datadir>/fognode.sock
     max_request: int = 1048576       # bytes; longer request lines are rejected and the client dropped
     idle_timeout: float = 60.0       # seconds a client may stay silent or mid-line before it is dropped
     max_clients: int = 256           # concurrent control-socket clients

@@ -106,8 +106,9 @@ def write_genesis(datadir: Path, genesis: dict[str, Any]) -> None:
 
 
 def socket_path(datadir: Path, configured: str = "") -> Path:
-    """The control socket path; DataDirError if it is over the 107-byte sun_path limit."""
-    path = Path(configured).expanduser() if configured else datadir / SOCKET
+    """The control socket path (`configured` relative to the data dir unless absolute);
+    DataDirError if it is over the 107-byte sun_path limit."""
+    path = datadir / Path(configured).expanduser() if configured else datadir / SOCKET  # relative: to datadir
     if len(os.fsencode(path)) > SUN_PATH_MAX:
         raise DataDirError(f"control socket path {path} is {len(os.fsencode(path))} bytes, over the "
                            f"{SUN_PATH_MAX}-byte limit of unix sockets; use a shorter --datadir or set rpc.socket")

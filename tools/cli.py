@@ -96,8 +96,8 @@ class Options:
         raw = self.datadir or os.environ.get("FOGNODE_DATADIR") or "~/.fognode"
         datadir = Path(raw).expanduser().absolute()
         configured = os.environ.get("FOGNODE_RPC_SOCKET") or _configured_socket(datadir / "node.toml")
-        if configured:
-            return Path(configured).expanduser().absolute()
+        if configured:  # relative to the data dir, as the daemon reads it
+            return datadir / Path(configured).expanduser()
         return datadir / SOCKET_NAME
 
 

@@ -374,12 +374,14 @@ class MethodTable:
     def __init__(self) -> None:
         self._methods: dict[str, MethodSpec] = {}
         self._owner: dict[str, str] = {}
+        self._withdrawn: dict[str, str] = {}  # methods of a role that is down (restarting or stopped)
 
     def add(self, spec: MethodSpec, owner: str) -> None:
         if spec.name in self._methods:
             raise ValueError(f"RPC method {spec.name} declared twice ({self._owner[spec.name]} and {owner})")
         self._methods[spec.name] = spec
         self._owner[spec.name] = owner
+        self._withdrawn.pop(spec.name, None)
 
     def add_object(self, obj: object, owner: str) -> None:
         """Add every @rpc_method of `obj`; all or none (ValueError on a duplicate name)."""
@@ -391,9 +393,15 @@ class MethodTable:
             self.add(spec, owner)
 
     def remove_owner(self, owner: str) -> None:
+        """Withdraw `owner`'s methods; calls to them then say the role is down, not "not found"."""
         for name in [n for n, o in self._owner.items() if o == owner]:
             del self._methods[name]
             del self._owner[name]
+            self._withdrawn[name] = owner
+
+    def withdrawn_owner(self, name: str) -> str | None:
+        """The role whose method `name` was withdrawn because the role is down, if any."""
+        return self._withdrawn.get(name)
 
     def get(self, name: str) -> MethodSpec | None:
         return self._methods.get(name)

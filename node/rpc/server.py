@@ -49,6 +49,7 @@ from fognode.node.rpc.methods import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
+    NODE_ROLE_UNAVAILABLE,
     PARSE_ERROR,
     REQUEST_TIMEOUT,
     SERVER_BUSY,
@@ -426,6 +427,9 @@ class RpcServer:
         spec = self.table.get(method)
         started = time.perf_counter()
         try:
+            if spec is None and (down := self.table.withdrawn_owner(method)) is not None:
+                raise RpcError(NODE_ROLE_UNAVAILABLE, f"{method} is unavailable: role {down} is not running "
+                                                      f"(see `node info` for its health)")
             if spec is None:
                 close = self.table.suggest(method)
                 hint = f"; did you mean {', '.join(close)}?" if close else "; `help` lists the methods"

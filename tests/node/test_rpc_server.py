@@ -273,6 +273,16 @@ async def test_handler_errors(rpc: Running) -> None:
     assert (await c.call("demo.add", [1, 1]))["result"] == 2
 
 
+async def test_methods_of_a_role_that_is_down_say_so(rpc: Running) -> None:
+    rpc.server.table.remove_owner("demo")  # what the supervisor does while a role restarts
+    c = await Client.connect(rpc.path)
+    err = (await c.call("demo.echo", ["x"]))["error"]
+    assert err["code"] == 104 and "role demo is not running" in err["message"]
+    assert (await c.call("nope.nope"))["error"]["code"] == -32601
+    rpc.server.table.add_object(rpc.demo, "demo")  # back after the restart
+    assert (await c.call("demo.echo", ["x"]))["result"] == "x"
+
+
 async def test_requests_on_one_connection_run_concurrently(rpc: Running) -> None:
     c = await Client.connect(rpc.path)
     await c.send({"jsonrpc": "2.0", "method": "demo.block", "id": "slow"})
