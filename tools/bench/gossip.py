@@ -85,7 +85,7 @@ async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Call
             elif line[0] == "COUNT":
                 print("COUNT", len(rec), flush=True)
             elif line[0] == "PEERS":
-                print("PEERS", connected(), mesh_size(), pulled(), flush=True)
+                print("PEERS", connected(), mesh_size(), pulled(), queues()[-1], flush=True)
             elif line[0] == "DUMP":
                 print("DUMP", json.dumps(rec), flush=True)
                 rec.clear()
@@ -114,7 +114,8 @@ async def _child_ours(bootstrap: list[str], peers_low: int) -> None:
         await _commands(lambda d: ov.publish(TOPIC, d),
                         lambda: len(ov.pubsub.peer_topics.get(TOPIC, ())),
                         lambda: len(ov.peers()), rec,
-                        lambda: [len(q) for q in ov.pubsub.peer_queues.values()],
+                        lambda: [len(q) for q in ov.pubsub.peer_queues.values()]
+                        + [len(ov.gossipsub.mesh.get(TOPIC, ()))],
                         lambda: int(sum(s.value for m in reg.collect() for s in m.samples
                                         if s.name == "fognode_node_gossip_pulled_total")))
         del trio
@@ -170,7 +171,8 @@ async def _child_plain(bootstrap: list[str]) -> None:
             await _commands(lambda d: ps.publish(TOPIC, d),
                             lambda: len(ps.peer_topics.get(TOPIC, ())),
                             lambda: len(host.get_connected_peers()), rec,
-                            lambda: [len(q) for q in ps.peer_queues.values()], lambda: 0)
+                            lambda: [len(q) for q in ps.peer_queues.values()]
+                            + [len(gs.mesh.get(TOPIC, ()))], lambda: 0)
             nursery.cancel_scope.cancel()
         await host.close()
 
@@ -228,6 +230,8 @@ class Result:
     msgs_per_s: float
     tput_complete: str
     pulled: int
+    conns: float
+    mesh: float
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -269,7 +273,7 @@ def _dump(children: list[Child], publisher: int) -> dict[int, list[tuple[float, 
 
 
 def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
-            peers_low: int, warmup: float = 3.0) -> Result:
+            peers_low: int, warmup: float = 3.0, plain_dials: int = 3) -> Result:
     rnd = random.Random(n)
     children: list[Child] = []
     try:
@@ -278,7 +282,8 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
         children.append(first)
         while len(children) < n:                     # waves of 1, 2, 4, 6, 6, ... in parallel
             ready = [c.addr for c in children]
-            wave = [_spawn(mode, rnd.sample(ready, min(3, len(ready))), peers_low)
+            dials = 3 if mode == "ours" else plain_dials
+            wave = [_spawn(mode, rnd.sample(ready, min(dials, len(ready))), peers_low)
                     for _ in range(min(len(ready), 6, n - len(children)))]
             for c in wave:
                 c.addr = c.expect("READY")[0]
@@ -308,10 +313,13 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
         rate = len(complete) / (max(complete) - t_first) if complete else 0.0
         for c in children:
             c.send("PEERS")
-        pulled = sum(int(c.expect("PEERS")[2]) for c in children)
+        peers = [c.expect("PEERS") for c in children]
+        pulled = sum(int(p[2]) for p in peers)
+        conns = statistics.mean(int(p[0]) for p in peers)
+        mesh = statistics.mean(int(p[3]) for p in peers)
         setup = f"overlay low={peers_low}" if mode == "ours" else "plain gossipsub"
         return Result(n, setup, lat[0],
-                      lat[1], lat[2], rate, f"{len(complete)}/{tput_msgs}", pulled)
+                      lat[1], lat[2], rate, f"{len(complete)}/{tput_msgs}", pulled, conns, mesh)
     finally:
         for c in children:
             try:
@@ -335,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peers-low", type=int, default=3,
                     help="overlay peers_low (3 = about the plain setup's topology; the "
                          "node.toml default 8 makes a 10-node net a full mesh)")
+    ap.add_argument("--plain-dials", type=int, default=6,
+                    help="peers each plain node dials (the overlay dials 3 and finds more "
+                         "through the DHT; 6 gives about the same number of connections)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -346,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     for n in sizes:
         for mode in ("ours", "plain"):
             results.append(run_one(n, mode, args.lat_msgs, args.lat_gap_ms, args.tput_msgs,
-                                   args.peers_low))
+                                   args.peers_low, plain_dials=args.plain_dials))
             r = results[-1]
             print(f"  ... {n} nodes, {r.setup}: done at {time.monotonic() - t0:.0f} s",
                   file=sys.stderr, flush=True)
@@ -354,14 +365,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"gossip to the last receiver, {MSG_SIZE}-byte messages, one process per node "
           f"(loopback, {os.cpu_count()} cores, load average {load:.1f} at the end)")
     print(f"{'nodes':>5}  {'setup':<16} {'p50 ms':>8} {'p99 ms':>8} {'all got':>9} "
-          f"{'msgs/s':>8} {'all got':>9} {'pulled':>7}")
+          f"{'msgs/s':>8} {'all got':>9} {'pulled':>7} {'peers':>6} {'mesh':>5}")
     for r in results:
         print(f"{r.nodes:>5}  {r.setup:<16} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} "
-              f"{r.lat_complete:>9} {r.msgs_per_s:>8.1f} {r.tput_complete:>9} {r.pulled:>7}")
+              f"{r.lat_complete:>9} {r.msgs_per_s:>8.1f} {r.tput_complete:>9} {r.pulled:>7} "
+              f"{r.conns:>6.1f} {r.mesh:>5.1f}")
     print(f"latency: {args.lat_gap_ms} ms apart; msgs/s: published back to back, counted when every receiver "
           "had it; 'all got' = messages that reached every receiver; 'pulled' = deliveries "
           "the overlay fetched over the pull stream after gossip lost them. Plain GossipSub is "
-          "the bound measured in the same run.")
+          "the bound measured in the same run. peers/mesh: average connections and GossipSub mesh "
+          "size per node.")
 
 
 if __name__ == "__main__":
