@@ -356,7 +356,7 @@ class GossipLayer:
 
     def __init__(self, pubsub: "Pubsub", key: SigningKey, *, settings: GossipSettings,
                  metrics: CollectorRegistry, peer_id_of: PeerIdOf, open_stream: OpenStream,
-                 self_peer_id: str,
+                 self_peer_id: str, is_connected: Callable[[str], bool] = lambda p: True,
                  inbound_filter: Callable[[GossipMessage, int], bool] | None = None) -> None:
         self.pubsub = pubsub
         self.key = key
@@ -365,6 +365,7 @@ class GossipLayer:
         self.peer_id_of = peer_id_of
         self.open_stream = open_stream
         self.self_peer_id = self_peer_id
+        self.is_connected = is_connected
         # Fault injection for tests and chaos runs: return False to lose a gossip message on
         # arrival, before the reliable layer or the relay cache sees it (libp2p still relays
         # it); it must then be pulled from another peer.
@@ -616,7 +617,10 @@ class GossipLayer:
             if raw is not None:
                 await self._accept_pulled(st, raw, self.self_peer_id, req, want)
         origin_pid = self.peer_id_of(req.origin)
-        sources = [origin_pid] + [p for p in req.sources if p != origin_pid]
+        # connected sources first (no dial); the origin holds everything it still remembers
+        candidates = [origin_pid] + [p for p in req.sources if p != origin_pid]
+        up = self.is_connected
+        sources = [p for p in candidates if up(p)] + [p for p in candidates if not up(p)]
         for peer in sources:
             if not want or peer == self.self_peer_id:
                 continue

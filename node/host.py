@@ -49,6 +49,7 @@ from fognode.node.streams import Libp2pFramedStream, guard_handler
 log = logging.getLogger("fognode.host")
 
 MAX_GOSSIP_MESSAGE = 1048576   # py-libp2p (and other implementations) drop RPCs over 1 MiB
+PENALTY_HALF_LIFE = 600.0      # seconds for a protocol-violation penalty to halve
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +282,7 @@ class Libp2pOverlay:
         )
         self.peer_id = self.host.get_id().to_base58()
         self._app_scores: dict[str, float] = {}
-        self._penalties: dict[str, float] = {}
+        self._penalties: dict[str, tuple[float, float]] = {}   # peer -> (penalty, when)
         score_params = ScoreParams(app_specific_score_fn=self._score_of_id,
                                    p6_appl_slack_weight=1.0)
         self.gossipsub = GossipSub(
@@ -297,6 +298,7 @@ class Libp2pOverlay:
         self.gossip = GossipLayer(
             self.pubsub, identity, metrics=metrics, peer_id_of=peer_id_from_pubkey,
             open_stream=self.open_stream, self_peer_id=self.peer_id,
+            is_connected=lambda p: p in self._connected_since,
             settings=GossipSettings(
                 max_message_size=config.max_message_size, max_rate=config.gossip_max_rate,
                 publish_queue=config.gossip_publish_queue,
@@ -340,13 +342,24 @@ class Libp2pOverlay:
         self._app_scores[peer_id] = float(score)
 
     def _score(self, peer_id: str) -> float:
-        return self._app_scores.get(peer_id, 0.0) - self._penalties.get(peer_id, 0.0)
+        return self._app_scores.get(peer_id, 0.0) - self._penalty(peer_id)
 
     def _score_of_id(self, peer: Any) -> float:
         return self._score(str(peer))
 
+    def _penalty(self, peer_id: str) -> float:
+        """Protocol-violation penalty: +1 per violation, halving every 10 minutes."""
+        v = self._penalties.get(peer_id)
+        if v is None:
+            return 0.0
+        value, at = v
+        return value * 0.5 ** ((time.monotonic() - at) / PENALTY_HALF_LIFE)
+
     def _penalize(self, peer_id: str, err: RemoteProtocolError | str) -> None:
-        self._penalties[peer_id] = min(self._penalties.get(peer_id, 0.0) + 1.0, 100.0)
+        self._penalties[peer_id] = (min(self._penalty(peer_id) + 1.0, 100.0), time.monotonic())
+        if len(self._penalties) > 10000:
+            for p in sorted(self._penalties, key=lambda k: self._penalties[k][1])[:1000]:
+                del self._penalties[p]
 
     # -- addresses and peers ----------------------------------------------------------------
 

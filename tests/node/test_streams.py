@@ -97,7 +97,8 @@ async def test_oversize_frames_rejected_both_ways() -> None:
                 await fs.recv_bytes()
             assert errors and "5000 bytes" in str(errors[0]) and b.peer_id in str(errors[0])
             sample = a.m_remote_errors  # the peer's fault is counted against it
-            assert a._penalties.get(b.peer_id, 0) >= 1 and sample is not None
+            assert a._penalty(b.peer_id) > 0.9 and sample is not None
+            assert a._score(b.peer_id) < 0
 
 
 async def test_bad_msgpack_is_the_peers_fault() -> None:
