@@ -32,6 +32,16 @@ class FetchRecord:
 
 
 @dataclass(frozen=True)
+class SyncFrom:
+    """Pull records `peer` stored or replaced after its counter `after` (its run `epoch`);
+    hand the reply to `RegistryCore.on_sync_reply`."""
+
+    peer_id: str
+    epoch: bytes
+    after: int
+
+
+@dataclass(frozen=True)
 class Ping:
     """Ping the peer on the registry's ping stream; report an answer with `on_pong`."""
 
@@ -59,4 +69,5 @@ class SetAppScore:
     score: float
 
 
-Action = Publish | DhtPut | DhtProvide | FetchRecord | Ping | Emit | Refused | SetAppScore
+Action = (Publish | DhtPut | DhtProvide | FetchRecord | SyncFrom | Ping | Emit | Refused
+          | SetAppScore)

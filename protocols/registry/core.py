@@ -37,7 +37,7 @@ from nacl.signing import SigningKey
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.wire import Fields, pack, unpack
 from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
-                                                Ping, Publish, Refused, SetAppScore)
+                                                Ping, Publish, Refused, SetAppScore, SyncFrom)
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.events import (DeviceCapabilitiesChanged, DeviceOffline,
@@ -48,7 +48,7 @@ from fognode.protocols.registry.observation import (ALL_SERVICES, MAX_EVIDENCE, 
                                                     decode_observation, sign_observation)
 from fognode.protocols.registry.peerid import peer_id_from_pubkey
 from fognode.protocols.registry.record import (Capabilities, DeviceProfile, DeviceRecord,
-                                               sign_record)
+                                               decode_record, sign_record)
 from fognode.protocols.registry.reputation import Recompute, ReputationTable
 from fognode.protocols.registry.validator import DeviceRecordValidator, device_key, region_key
 from fognode.protocols.registry.view import Change, Criteria, LocalView
@@ -94,6 +94,9 @@ class RegistryCore:
         self._last_heartbeat = 0.0
         self._last_sent_at = 0
         self._dht_retry_at: float | None = None
+        # anti-entropy: this run's epoch, and per peer (its epoch, our cursor, when last asked)
+        self.epoch = int(now * 1e6).to_bytes(8, "big")
+        self._sync: dict[str, tuple[bytes, int, float]] = {}
         self._fetching: dict[str, float] = {}
         self._pinged: dict[str, float] = {}
         self._last_at: OrderedDict[str, int] = OrderedDict()   # newest `at` per origin
@@ -275,7 +278,6 @@ class RegistryCore:
 
     def on_pong(self, peer: str, now: float) -> list[Action]:
         """`peer` answered a Ping (does not undo its goodbye)."""
-        self._pinged.pop(peer, None)
         return self._liveness_event(self.liveness.seen(peer, now, direct=False))
 
     def mark_offline(self, peer: str, now: float) -> list[Action]:
@@ -322,6 +324,67 @@ class RegistryCore:
             raise LocalProtocolError(f"report_outcome refused: {e}") from None
         return [Publish(OBSERVATIONS_TOPIC, o.encode())]
 
+    # ---- anti-entropy sync -------------------------------------------------------------------
+
+    def sync_due(self, connected: list[str], now: float, *, at_most: int = 2) -> list[Action]:
+        """Pull new records from connected peers not asked for `sync_interval` (a few per call,
+        newly connected peers first)."""
+        due = []
+        for peer in connected:
+            if peer == self.peer_id:
+                continue
+            epoch, after, last = self._sync.get(peer, (b"", 0, float("-inf")))
+            if now - last >= self.config.sync_interval:
+                due.append((last, peer, epoch, after))
+        due.sort(key=lambda d: (d[0], d[1]))
+        for last, peer, epoch, after in due[:at_most]:
+            self._sync[peer] = (epoch, after, now)
+        if len(self._sync) > self.view.max_devices:
+            self._sync.pop(next(iter(self._sync)))
+        return [SyncFrom(peer, epoch, after) for _, peer, epoch, after in due[:at_most]]
+
+    def ping_offline(self, connected: list[str], now: float) -> list[Action]:
+        """Ping connected peers we think are offline (silent, no goodbye), every two heartbeat
+        intervals: a restarted peer whose heartbeats do not reach us comes back on a pong."""
+        out: list[Action] = []
+        conn = set(connected)
+        for peer in self.liveness.silent_offline():
+            last = self._pinged.get(peer)
+            if peer in conn and (last is None or now - last >= 2 * self.config.heartbeat_interval):
+                self._pinged[peer] = now
+                out.append(Ping(peer))
+        return out
+
+    def serve_sync(self, epoch: bytes, after: int, limit: int) -> tuple[bytes, list[bytes], int, bool]:
+        """Answer a sync request: (our epoch, record bytes, next cursor, more to come)."""
+        if epoch != self.epoch:
+            after = 0           # the asker's cursor is from an earlier run of ours
+        recs, nxt, more = self.view.changed_since(after, limit)
+        return self.epoch, [r.encode() for r in recs], nxt, more
+
+    def on_sync_reply(self, peer: str, epoch: bytes, nxt: int, more: bool, records: list[bytes],
+                      now: float) -> list[Action]:
+        """Records relayed by `peer` (each signed by its device); asks for the next page."""
+        self._clock_now = now
+        out: list[Action] = []
+        for raw in records:
+            try:
+                rec = decode_record(raw, peer=peer)
+                if rec.peer_id == self.peer_id:
+                    continue
+                held = self.view.get(rec.peer_id)
+                if held is not None and held.seq >= rec.seq:
+                    continue
+                rec = self.validator.check(device_key(rec.peer_id), raw)
+            except Rejected as e:
+                out.append(Refused("record", e.reason, peer, str(e)))
+                continue
+            out += self._accept_record(rec)
+        self._sync[peer] = (epoch, nxt, now)
+        if more:
+            out.append(SyncFrom(peer, epoch, nxt))
+        return out
+
     # ---- time -----------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Action]:
@@ -341,7 +404,6 @@ class RegistryCore:
             out.append(Publish(DEVICES_TOPIC, self._envelope(now, "hb", seq=self.own.seq)))
         for ch in self.liveness.tick(now):
             if ch.peer_id != self.peer_id:
-                self._pinged.pop(ch.peer_id, None)
                 out += self._liveness_event(ch)
         for peer in self.liveness.quiet(now, self.config.offline_after / 2):
             last = self._pinged.get(peer)
@@ -350,6 +412,9 @@ class RegistryCore:
                 out.append(Ping(peer))
         for peer in self.view.expire(now):
             self.liveness.forget(peer)
+        if len(self._pinged) > 1024:
+            horizon = now - 4 * max(self.config.heartbeat_interval, self.config.offline_after)
+            self._pinged = {p: t for p, t in self._pinged.items() if t >= horizon}
         return out
 
     # ---- reputation -----------------------------------------------------------------------

@@ -4,6 +4,14 @@ One request per stream, one msgpack frame each way::
 
     {"v": 1, "t": "ping"}  ->  {"v": 1, "t": "pong"}
     {"v": 1, "t": "get"}   ->  {"v": 1, "t": "record", "record": <signed record bytes>}
+    {"v": 1, "t": "sync", "epoch": <8 bytes or empty>, "after": <int>}
+        ->  {"v": 1, "t": "records", "epoch": <8 bytes>, "next": <int>, "more": <bool>,
+             "records": [<signed record bytes>, ... at most SYNC_PAGE]}
+
+`sync` is anti-entropy: every record the responder stored or replaced after its local change
+counter `after` (from the start when `epoch` is not its current run), so a node that missed
+announcements (joined late, gossip dropped) catches up from any connected peer. Records are
+signed by their devices and validated one by one by the asker.
 
 A ping proves the role is alive (not only the connection); `get` is the pull path when a
 record announcement was lost on gossip (a heartbeat names a newer sequence than we hold) and
@@ -14,7 +22,8 @@ through gossip and the DHT.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import trio
 
@@ -26,22 +35,24 @@ from fognode.protocols.registry.record import MAX_RECORD_BYTES
 log = logging.getLogger("fognode.registry")
 
 DIRECT_PROTOCOL = "/fognode/registry/1.0.0"
-MAX_REQUEST = 64
-MAX_REPLY = MAX_RECORD_BYTES + 64
+MAX_REQUEST = 128
+SYNC_PAGE = 64
+MAX_REPLY = SYNC_PAGE * (MAX_RECORD_BYTES + 8) + 256
 
 
 def connected(overlay: Overlay, peer: str) -> bool:
     return any(p.peer_id == peer and p.connected for p in overlay.peers())
 
 
-async def _ask(overlay: Overlay, peer: str, kind: str, timeout: float) -> Fields | None:
+async def _ask(overlay: Overlay, peer: str, kind: str, timeout: float,
+               **fields: Any) -> Fields | None:
     if not connected(overlay, peer):
         return None
     with trio.move_on_after(timeout):
         try:
             s = await overlay.open_stream(peer, DIRECT_PROTOCOL)
             try:
-                await s.send({"v": 1, "t": kind})
+                await s.send({"v": 1, "t": kind, **fields})
                 return Fields(await s.recv(max_size=MAX_REPLY), f"registry {kind} reply",
                               versions={1}, peer=peer)
             finally:
@@ -82,8 +93,40 @@ async def pull_record(overlay: Overlay, peer: str, timeout: float) -> bytes | No
         return None
 
 
+@dataclass(frozen=True)
+class SyncReply:
+    epoch: bytes
+    next: int
+    more: bool
+    records: list[bytes]
+
+
+async def pull_sync(overlay: Overlay, peer: str, epoch: bytes, after: int,
+                    timeout: float) -> SyncReply | None:
+    """One page of `peer`'s records changed after its counter `after` (None: no answer or a
+    malformed reply); the caller validates every record."""
+    f = await _ask(overlay, peer, "sync", timeout, epoch=epoch, after=after)
+    if f is None:
+        return None
+    try:
+        if f.str("t", max_len=8) != "records":
+            raise RemoteProtocolError("registry sync: reply is not a records page", peer=peer)
+        reply = SyncReply(epoch=f.bytes("epoch", max_len=8), next=f.int("next", lo=0, hi=2**63 - 1),
+                          more=f.bool("more"), records=f.list("records", max_len=SYNC_PAGE))
+        f.done()
+        if not all(isinstance(r, bytes) and len(r) <= MAX_RECORD_BYTES for r in reply.records):
+            raise RemoteProtocolError("registry sync: a record is not bytes or is oversize", peer=peer)
+        return reply
+    except RemoteProtocolError as e:
+        log.info("bad sync reply from %s: %s", peer, e)
+        return None
+
+
+Syncer = Callable[[bytes, int, int], "tuple[bytes, list[bytes], int, bool]"]
+
+
 async def serve(s: FramedStream, own_record: Callable[[], bytes | None],
-                stopped: Callable[[], bool]) -> None:
+                stopped: Callable[[], bool], sync: Syncer) -> None:
     """Answer one request. Raises RemoteProtocolError for anything else (the overlay resets
     the stream and counts it against the peer). A stopped role answers nothing (the overlay
     keeps the handler after the role is gone)."""
@@ -94,6 +137,14 @@ async def serve(s: FramedStream, own_record: Callable[[], bytes | None],
         f = Fields(await s.recv(max_size=MAX_REQUEST), "registry request", versions={1},
                    peer=s.remote_peer)
         kind = f.str("t", max_len=8)
+        if kind == "sync":
+            epoch = f.bytes("epoch", max_len=8)
+            after = f.int("after", lo=0, hi=2**63 - 1)
+            f.done()
+            ep, recs, nxt, more = sync(epoch, after, SYNC_PAGE)
+            await s.send({"v": 1, "t": "records", "epoch": ep, "next": nxt, "more": more,
+                          "records": recs})
+            return
         f.done()
         if kind == "ping":
             await s.send({"v": 1, "t": "pong"})

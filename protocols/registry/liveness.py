@@ -82,6 +82,10 @@ class LivenessTracker:
         return [p for p, last in self._last.items()
                 if self._state.get(p) is Liveness.ONLINE and now - last >= after]
 
+    def silent_offline(self) -> list[str]:
+        """Offline peers that did not say goodbye (worth a ping if we are connected)."""
+        return [p for p, st in self._state.items() if st is Liveness.OFFLINE and p not in self._gone]
+
     def state(self, peer: str) -> Liveness | None:
         return self._state.get(peer)
 

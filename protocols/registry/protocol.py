@@ -21,7 +21,7 @@ from fognode.node.rpc.methods import rpc_method
 from fognode.protocols.registry import direct
 from fognode.protocols.registry import errors as E
 from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
-                                                Ping, Publish, Refused, SetAppScore)
+                                                Ping, Publish, Refused, SetAppScore, SyncFrom)
 from fognode.protocols.registry.api import RegistryService, ReputationService
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.core import DEVICES_TOPIC, OBSERVATIONS_TOPIC, RegistryCore
@@ -83,7 +83,7 @@ class RegistryRole(Protocol):
         self.core.validator.on_reject = lambda r: self.metrics.rejected.labels("dht", r.value).inc()
         self._send, self._recv = trio.open_memory_channel[Action](ACTION_QUEUE)
         self._slow_send, self._slow_recv = trio.open_memory_channel[Action](ACTION_QUEUE)
-        self._connected: set[str] = set()
+        self._pub_send, self._pub_recv = trio.open_memory_channel[Action](ACTION_QUEUE)
         self._stopped = False
         self.registry_service = RegistryService(self)
         self.reputation_service = ReputationService(self)
@@ -93,8 +93,9 @@ class RegistryRole(Protocol):
     def _do(self, actions: list[Action]) -> None:
         """Carry out local actions now; queue network ones for the workers (never blocks).
 
-        Two lanes: gossip and direct-stream requests (quick) are never stuck behind DHT
-        operations, which can take up to `dht_timeout` each on a young network."""
+        Three lanes, so none waits for another: gossip publishes (in order), direct-stream
+        requests (pings, pulls, syncs), and DHT operations (up to `dht_timeout` each on a young
+        network)."""
         for a in actions:
             if isinstance(a, Emit):
                 self.ctx.events.publish(a.event)
@@ -103,14 +104,31 @@ class RegistryRole(Protocol):
                 log.info("refused %s from %s: %s", a.what, a.peer, a.detail)
             elif isinstance(a, SetAppScore):
                 self.ctx.overlay.set_app_score(a.peer_id, a.score)
+            elif isinstance(a, Publish):
+                self._queue(a, lane=self._pub_send)
+            elif isinstance(a, (DhtPut, DhtProvide)):
+                self._queue(a, lane=self._slow_send)
             else:
-                self._queue(a, slow=isinstance(a, (DhtPut, DhtProvide)))
+                self._queue(a, lane=self._send)
 
-    def _queue(self, a: Action, *, slow: bool) -> None:
+    def _queue(self, a: Action, *, lane: trio.MemorySendChannel[Action]) -> None:
         try:
-            (self._slow_send if slow else self._send).send_nowait(a)
+            lane.send_nowait(a)
         except trio.WouldBlock:
             self.metrics.actions_dropped.labels(type(a).__name__).inc()
+
+    async def _publisher(self) -> None:
+        """Gossip publishes, in order, each bounded: a stalled gossip layer costs us heartbeats
+        (pings and pulls cover for them), never the other lanes."""
+        async for a in self._pub_recv:
+            assert isinstance(a, Publish)
+            with trio.move_on_after(max(1.0, self.config.heartbeat_interval)) as scope:
+                try:
+                    await self.ctx.overlay.publish(a.topic, a.data)
+                except (FognodeError, OSError) as e:
+                    log.debug("publish on %s failed: %r", a.topic, e)
+            if scope.cancelled_caught:
+                self.metrics.actions_dropped.labels("Publish").inc()
 
     async def _timed(self, op: str, coro: Any) -> Any:
         t0 = time.perf_counter()
@@ -125,20 +143,24 @@ class RegistryRole(Protocol):
         return result
 
     async def _quick_worker(self) -> None:
-        """Publishes, pings, and record pulls straight from the device; a pull that fails
-        goes to the slow lane as a DHT look-up."""
+        """Pings, syncs and record pulls over the direct stream; a pull that fails goes to the
+        slow lane as a DHT look-up."""
         ov = self.ctx.overlay
         async for a in self._recv:
             try:
-                if isinstance(a, Publish):
-                    await ov.publish(a.topic, a.data)
-                elif isinstance(a, Ping):
+                if isinstance(a, Ping):
                     if await self._ping(a.peer_id):
                         self._do(self.core.on_pong(a.peer_id, self.ctx.clock()))
+                elif isinstance(a, SyncFrom):
+                    reply = await direct.pull_sync(ov, a.peer_id, a.epoch, a.after,
+                                                   self._direct_timeout())
+                    if reply is not None:
+                        self._do(self.core.on_sync_reply(a.peer_id, reply.epoch, reply.next,
+                                                         reply.more, reply.records, self.ctx.clock()))
                 elif isinstance(a, FetchRecord):
                     value = await direct.pull_record(ov, a.peer_id, self._direct_timeout())
                     if value is None:
-                        self._queue(a, slow=True)
+                        self._queue(a, lane=self._slow_send)
                     else:
                         self._do(self.core.on_dht_record(a.peer_id, value, self.ctx.clock()))
             except (FognodeError, OSError) as e:
@@ -175,7 +197,7 @@ class RegistryRole(Protocol):
     async def _serve_direct(self, s: FramedStream) -> None:
         own = self.core.own
         await direct.serve(s, lambda: own.encode() if own is not None else None,
-                           lambda: self._stopped)
+                           lambda: self._stopped, self.core.serve_sync)
 
     # ---- gossip -----------------------------------------------------------------------------
 
@@ -194,9 +216,11 @@ class RegistryRole(Protocol):
         step = max(0.05, min(1.0, self.config.heartbeat_interval / 2, self.config.offline_after / 10))
         while True:
             now = self.ctx.clock()
-            self._connected = {p.peer_id for p in self.ctx.overlay.peers() if p.connected}
-            for peer in self._connected:
+            connected = [p.peer_id for p in self.ctx.overlay.peers() if p.connected]
+            for peer in connected:
                 self._do(self.core.on_peer_connected(peer, now))
+            self._do(self.core.sync_due(connected, now))
+            self._do(self.core.ping_offline(connected, now))
             self._do(self.core.tick(now))
             await trio.sleep(step)
 
@@ -275,6 +299,7 @@ class RegistryRole(Protocol):
         caps = await trio.to_thread.run_sync(probe, self.ctx.datadir)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._publisher)
                 for _ in range(WORKERS):
                     nursery.start_soon(self._quick_worker)
                     nursery.start_soon(self._slow_worker)

@@ -44,6 +44,8 @@ class LocalView:
     def __init__(self, *, max_devices: int = 100_000) -> None:
         self.max_devices = max_devices
         self._records: dict[str, DeviceRecord] = {}
+        self._order: dict[str, int] = {}     # peer -> local change counter (for delta sync)
+        self._counter = 0
 
     def offer(self, rec: DeviceRecord) -> Change:
         """Keep `rec` if it is newer than the one held; returns what changed."""
@@ -53,7 +55,10 @@ class LocalView:
         if old is None and len(self._records) >= self.max_devices:
             oldest = min(self._records.values(), key=lambda r: r.expires)
             del self._records[oldest.peer_id]
+            self._order.pop(oldest.peer_id, None)
         self._records[rec.peer_id] = rec
+        self._counter += 1
+        self._order[rec.peer_id] = self._counter
         if old is None:
             return Change.NEW
         if old.caps != rec.caps or old.profile != rec.profile:
@@ -80,7 +85,16 @@ class LocalView:
         gone = [p for p, r in self._records.items() if r.is_expired(now)]
         for p in gone:
             del self._records[p]
+            self._order.pop(p, None)
         return gone
+
+    def changed_since(self, after: int, limit: int) -> tuple[list[DeviceRecord], int, bool]:
+        """Records stored or replaced after local counter `after`, oldest change first, at most
+        `limit`: (records, the counter to ask from next time, whether more remain)."""
+        newer = sorted((c, p) for p, c in self._order.items() if c > after)
+        page = newer[:limit]
+        nxt = page[-1][0] if page else min(after, self._counter)
+        return [self._records[p] for _, p in page], nxt, len(newer) > limit
 
     def regions(self) -> dict[str, int]:
         out: dict[str, int] = {}

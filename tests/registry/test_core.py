@@ -6,9 +6,9 @@ import dataclasses
 import pytest
 
 from fognode.node.errors import LocalProtocolError
-from fognode.node.wire import pack
+from fognode.node.wire import pack, unpack
 from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
-                                                Ping, Publish, Refused, SetAppScore)
+                                                Ping, Publish, Refused, SetAppScore, SyncFrom)
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.core import DEVICES_TOPIC, OBSERVATIONS_TOPIC, RegistryCore
 from fognode.protocols.registry.errors import RejectReason
@@ -133,7 +133,14 @@ def test_liveness_offline_and_back() -> None:
     late = pack({"v": 1, "t": "hb", "at": int((net.now - 18) * 1000), "seq": 1})
     assert net.cores["a"].on_device_gossip(c_id, late, net.now) == []
     assert not net.cores["a"].liveness.is_online(c_id)
+    # c restarts but its gossip does not reach us: a ping of the connected, offline c revives it
     net.down.discard("c")
+    net.mute.add("c")
+    [ping] = net.cores["a"].ping_offline([c_id], net.now)
+    assert isinstance(ping, Ping) and net.cores["a"].ping_offline([c_id], net.now + 1) == []
+    net.run("a", [ping])
+    assert net.cores["a"].liveness.is_online(c_id)
+    net.mute.discard("c")
     net.mute.discard("b")
     net.tick(5.0)                                    # c heartbeats again
     assert any(isinstance(e, DeviceOnline) and e.peer_id == c_id for e in net.events["a"])
@@ -246,3 +253,39 @@ def test_failed_dht_put_is_retried() -> None:
     assert [x.key for x in acts if isinstance(x, DhtPut)] == ["/fognode/device/" + a.peer_id]
     assert [x.key for x in acts if isinstance(x, DhtProvide)] == ["/fognode/region/eu-west"]
     assert not [x for x in a.tick(net.now + 4 * CFG.heartbeat_interval) if isinstance(x, DhtPut)]
+
+
+def test_anti_entropy_sync_pages_and_deltas() -> None:
+    cfg = dataclasses.replace(CFG, sync_interval=30.0)
+    net = Net(["a"] + [f"p{i}" for i in range(5)], cfg)
+    net.start()
+    a = net.cores["a"]
+    late = RegistryCore(key("late"), cfg, make_profile("eu-west", "server", []), pretrusted=[],
+                        now=net.now)
+    late.start(caps(), net.now)
+    [sync] = late.sync_due([a.peer_id], net.now)
+    assert isinstance(sync, SyncFrom) and sync.epoch == b"" and sync.after == 0
+    assert late.sync_due([a.peer_id], net.now + 1) == []             # not again before 30 s
+    epoch, recs, nxt, more = a.serve_sync(sync.epoch, sync.after, 4)  # a page of 4 of 6
+    assert more and len(recs) == 4
+    acts = late.on_sync_reply(a.peer_id, epoch, nxt, more, recs, net.now)
+    [again] = [x for x in acts if isinstance(x, SyncFrom)]
+    assert len([x for x in acts if isinstance(x, Emit)]) == 4
+    epoch, recs, nxt2, more = a.serve_sync(again.epoch, again.after, 4)
+    assert not more and len(recs) == 2
+    late.on_sync_reply(a.peer_id, epoch, nxt2, more, recs, net.now)
+    assert len(late.view) == 7
+    # only what changed since is sent next time; a forged record in a page is refused
+    p0 = net.cores["p0"]
+    net.run("p0", p0.update_capabilities(caps(cores=32), net.now + 5))
+    [s2] = late.sync_due([a.peer_id], net.now + 31)
+    epoch, recs, nxt3, more = a.serve_sync(s2.epoch, s2.after, 64)
+    assert len(recs) == 1
+    raw = unpack(recs[0])
+    raw["caps"]["cores"] = 99
+    acts = late.on_sync_reply(a.peer_id, epoch, nxt3, more, [pack(raw)] + recs, net.now + 31)
+    assert [x.reason for x in acts if isinstance(x, Refused)] == [RejectReason.BAD_SIGNATURE]
+    assert late.view.get(p0.peer_id).caps.cores == 32
+    # a cursor from another run of the responder starts over
+    _, recs, _, _ = a.serve_sync(b"\x00" * 8, 10**6, 64)
+    assert len(recs) == 6

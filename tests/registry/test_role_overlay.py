@@ -143,6 +143,8 @@ async def test_registry_role_on_four_overlays(tmp_path: Path, collect_libp2p_soc
             with trio.fail_after(10):
                 while not await a._ping(ids[1]):
                     await trio.sleep(0.1)
+            page = await direct.pull_sync(a.ctx.overlay, ids[1], b"", 0, 5.0)
+            assert page is not None and not page.more and len(page.records) == 4
             pulled = await direct.pull_record(a.ctx.overlay, ids[1], 5.0)
             assert pulled == b.core.own.encode()
             s = await a.ctx.overlay.open_stream(ids[1], "/fognode/registry/1.0.0")
