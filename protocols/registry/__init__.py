@@ -8,6 +8,10 @@ Sans-IO cores, one concern per module:
 - `liveness`: online/offline from heartbeats and pings.
 - `observation`: signed reputation observations, rate limiting and the local-trust book.
 - `eigentrust`: EigenTrust global trust (power iteration on sparse local trust).
-- `core`: the registry state machine tying these together (actions out).
-The trio adapter is `protocol.RegistryRole`; the capability probe is `probe`.
+- `reputation`: global scores per service between recomputes (EigenTrust in a worker thread).
+- `core`: the registry state machine tying these together (`actions` out, `events` emitted).
+Around them: `config` (the role's settings), `probe` (capability probe), `direct` (the
+`/fognode/registry/1.0.0` stream: ping, record pull, anti-entropy sync), `api` (the
+"registry" and "reputation" services for other roles), `metrics`, and the trio adapter
+`protocol.RegistryRole`.
 """

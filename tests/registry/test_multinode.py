@@ -1,7 +1,10 @@
 """Eight daemon processes on 127.0.0.1 running the registry role (issue 4's multi-node tests)."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,6 +76,15 @@ def test_eight_nodes_records_liveness_and_changes(node_factory: NodeFactory, sho
     for i in range(8):
         wait(net, lambda i=i: set(known(net, i)) == ids, timeout=max(1.0, 20 - (time.monotonic() - t0)),
                    what=f"node {i} to know all 8 device records")
+    # the CLI: a readable table, and --json
+    cli = [sys.executable, "-m", "fognode.tools.cli", "--datadir", str(net.nodes[3].datadir)]
+    out = subprocess.run(cli + ["registry", "devices", "--region", "eu-west", "--min-cores", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert all(pid[:12] in out.stdout for pid in ids) and "reputation" in out.stdout
+    out = subprocess.run(cli + ["--json", "registry", "show", net.nodes[5].peer_id],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and json.loads(out.stdout)["peer"] == net.nodes[5].peer_id
     shown = net.nodes[0].rpc("registry.show", [net.nodes[5].peer_id])
     assert shown["profile"]["region"] == "eu-west" and shown["profile"]["roles"] == ["fl"]
     assert shown["caps"]["cores"] == os.cpu_count()
