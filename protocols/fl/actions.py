@@ -12,6 +12,7 @@ import numpy as np
 
 from fognode.node.events import Event
 from fognode.protocols.fl.messages import GossipMessage, UpdateHeader
+from fognode.protocols.fl.receipts import RoundReceipt
 from fognode.protocols.fl.strategies.base import ClientUpdate, Strategy
 from fognode.protocols.fl.tasks.base import TrainConfig
 from fognode.protocols.fl.tensors import TensorHeader
@@ -130,5 +131,13 @@ class SaveModel:
     final: bool
 
 
-Action = Union[Publish, PrepareTask, FetchModel, Train, SendUpdate, Aggregate, Emit,
+@dataclass(frozen=True)
+class PayRewards:
+    """This node aggregated a round with a reward: issue one "fl_update" ledger receipt per
+    accepted participant (not itself) and have the ledger mint their shares."""
+
+    receipt: RoundReceipt
+
+
+Action = Union[PayRewards, Publish, PrepareTask, FetchModel, Train, SendUpdate, Aggregate, Emit,
                ReportOutcome, UpdateRefused, SaveModel]

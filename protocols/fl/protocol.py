@@ -14,13 +14,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 import numpy as np
 import trio
 from prometheus_client import Counter, Histogram
 
-from fognode.node.errors import RemoteProtocolError, RpcError, StreamClosed
+from fognode.node.errors import LocalProtocolError, RemoteProtocolError, RpcError, StreamClosed
 from fognode.node.events import Event
 from fognode.node.metrics import metric
 from fognode.node.overlay import FramedStream, GossipMessage as OverlayGossip
@@ -29,8 +29,8 @@ from fognode.node.rpc.methods import rpc_method
 from fognode.node.wire import digest, unpack
 from fognode.protocols.fl import errors as E
 from fognode.protocols.fl.actions import (
-    Action, Aggregate, Emit, FetchModel, PrepareTask, Publish, ReportOutcome, SaveModel,
-    SendUpdate, Train, UpdateRefused)
+    Action, Aggregate, Emit, FetchModel, PayRewards, PrepareTask, Publish, ReportOutcome,
+    SaveModel, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.events import TrainingRoundCompleted
 from fognode.protocols.fl.messages import (
@@ -38,6 +38,7 @@ from fognode.protocols.fl.messages import (
     SessionAnnouncement, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
 from fognode.protocols.fl.modelstore import export_state_dict, load_model, save_model
 from fognode.protocols.fl.prepared import PreparedTask, init_seed_of, prepare_task
+from fognode.protocols.fl.receipts import VERIFIER, issue_ledger_receipts, reward_of
 from fognode.protocols.fl.rounds import TrainOutcome
 from fognode.protocols.fl.selection import DeviceCandidate
 from fognode.protocols.fl.session import FlCore, build_strategy
@@ -102,7 +103,11 @@ class FlRole(Protocol):
                               "Local training time per round", buckets=(0.1, 0.5, 1, 5, 15, 60, 300))
         self.m_bad_gossip = metric(reg, Counter, "fognode_fl_bad_messages_total",
                                    "Malformed FL messages from peers", ["channel"])
+        self.m_rewards = metric(reg, Counter, "fognode_fl_rewards_paid_total",
+                                "Micro-units minted to participants of rounds this node aggregated")
         self.core: FlCore | None = None
+        self._verifier_registered = False
+        self._closed = False
         self._nursery: trio.Nursery | None = None
         self._limiter = trio.CapacityLimiter(max(1, config.training_threads))
         index = config.data_index if config.data_index >= 0 else \
@@ -121,15 +126,55 @@ class FlRole(Protocol):
             self._nursery = nursery
             self.ctx.overlay.set_stream_handler(UPDATE_STREAM, self._serve_update)
             self.ctx.overlay.set_stream_handler(MODEL_STREAM, self._serve_model)
-            await self.ctx.overlay.subscribe(TOPIC, self._on_gossip)
+            _ACTIVE[id(self.ctx.overlay)] = self
+            try:
+                await self.ctx.overlay.subscribe(TOPIC, _forwarder(id(self.ctx.overlay)))
+            except LocalProtocolError:
+                pass   # an earlier instance on this node subscribed (a restart): its forwarder reaches us
+            self._register_verifier()
             self.ctx.services.provide("fl", self)
             task_status.started()
             try:
                 while True:
                     await trio.sleep(self.config.tick_interval)
+                    if not self._verifier_registered:
+                        self._register_verifier()   # the ledger may start after this role
                     self._apply(self.core.tick(self.ctx.clock()))
             finally:
+                self._closed = True
+                if _ACTIVE.get(id(self.ctx.overlay)) is self:
+                    del _ACTIVE[id(self.ctx.overlay)]
                 self.ctx.services.withdraw("fl")
+
+    def _register_verifier(self) -> bool:
+        """Teach the ledger (if it runs here) to price "fl_update" receipts."""
+        ledger = self.ctx.services.get("ledger")
+        if ledger is None or self._verifier_registered:
+            return self._verifier_registered
+        ledger.register_receipt_verifier(VERIFIER)
+        self._verifier_registered = True
+        return True
+
+    async def _pay(self, a: PayRewards) -> None:
+        """Mint each accepted participant's share of the round reward (ledger mint orders
+        carrying the "fl_update" receipts as evidence; this node's wallet pays the fees)."""
+        ledger = self.ctx.services.get("ledger")
+        if ledger is None:
+            log.info("fl: no ledger on this node: round %d of %s is not paid", a.receipt.round,
+                     a.receipt.session_id.hex()[:16])
+            return
+        self._register_verifier()
+        from fognode.ledger.rewards import Allocation
+
+        receipts = issue_ledger_receipts(self.ctx.identity, a.receipt, ledger.genesis.epoch_at(self._now()))
+        allocations = [Allocation(r, reward_of(r)) for r in receipts]
+        try:
+            txs = await ledger.distribute_rewards(allocations)
+        except Exception as e:   # not certified, no wallet, rejected evidence: log, keep going
+            log.warning("fl: rewards of round %d not paid: %s", a.receipt.round, e)
+            return
+        self.m_rewards.inc(sum(x.amount for x in allocations))
+        log.info("fl: round %d rewards paid in %d mint orders", a.receipt.round, len(txs))
 
     def health_detail(self) -> dict[str, Any]:
         if self.core is None:
@@ -183,6 +228,8 @@ class FlRole(Protocol):
 
     def _apply(self, actions: list[Action]) -> None:
         assert self._nursery is not None and self.core is not None
+        if self._closed:
+            return      # the role stopped; late outcomes of worker threads are dropped
         for a in actions:
             if isinstance(a, Publish):
                 self._nursery.start_soon(self._publish, a)
@@ -205,6 +252,8 @@ class FlRole(Protocol):
                 log.info("fl: refused update from %s for session %s: %s", a.peer, a.session_id.hex()[:16], a.reason)
             elif isinstance(a, SaveModel):
                 self._nursery.start_soon(self._save, a)
+            elif isinstance(a, PayRewards):
+                self._nursery.start_soon(self._pay, a)
 
     def _emit(self, ev: Event) -> None:
         self.ctx.events.publish(ev)
@@ -233,7 +282,8 @@ class FlRole(Protocol):
             log.warning("fl: publish of %s failed: %s", type(a.msg).__name__, e)
 
     async def _on_gossip(self, msg: OverlayGossip) -> None:
-        assert self.core is not None
+        if self.core is None or self._closed:
+            return
         try:
             m = decode_gossip(unpack(msg.data, max_size=MAX_GOSSIP, what="fl gossip"), peer=msg.origin)
         except RemoteProtocolError as e:
@@ -584,6 +634,19 @@ class FlRole(Protocol):
             raise RpcError(E.FL_EXPORT_FAILED, f"cannot write {path}: {e.strerror or e}") from None
         return {"path": str(target), "model_hash": s.latest_model.hex(), "rounds_done": s.rounds_done,
                 "tensors": [t.name for t in prepared.layout.tensors]}
+
+
+# The running FlRole of each overlay (by id): the overlay takes one gossip handler per topic
+# for its lifetime, so a restarted role is reached through the first instance's forwarder.
+_ACTIVE: dict[int, FlRole] = {}
+
+
+def _forwarder(overlay_id: int) -> Callable[[OverlayGossip], Awaitable[None]]:
+    async def forward(msg: OverlayGossip) -> None:
+        role = _ACTIVE.get(overlay_id)
+        if role is not None:
+            await role._on_gossip(msg)
+    return forward
 
 
 def _fields_of(spec: SessionSpec) -> Any:

@@ -130,6 +130,15 @@ def issue_ledger_receipts(key: SigningKey, receipt: RoundReceipt, epoch: int) ->
     return out
 
 
+def reward_of(receipt: "Receipt") -> int:
+    """What an "fl_update" receipt pays: round_reward * weight_ppm / 10^6 (0 if malformed)."""
+    body = receipt.body
+    ppm, reward = body.get("weight_ppm"), body.get("round_reward")
+    if not isinstance(ppm, int) or not isinstance(reward, int) or ppm <= 0 or reward <= 0:
+        return 0
+    return reward * min(ppm, PPM) // PPM
+
+
 class FlUpdateVerifier:
     """Ledger verifier of "fl_update" receipts: worth round_reward * weight_ppm / 10^6.
 
@@ -158,3 +167,6 @@ class FlUpdateVerifier:
         if receipt.issuer == receipt.beneficiary:
             raise EvidenceError("an aggregator cannot attest its own FL update")
         return reward * ppm // PPM
+
+
+VERIFIER = FlUpdateVerifier()   # one instance per process: the ledger refuses a second one

@@ -23,8 +23,8 @@ from nacl.signing import SigningKey
 
 from fognode.node.wire import digest
 from fognode.protocols.fl.actions import (
-    Action, Aggregate, Emit, FetchModel, PrepareTask, Publish, ReportOutcome, SaveModel,
-    SendUpdate, Train, UpdateRefused)
+    Action, Aggregate, Emit, FetchModel, PayRewards, PrepareTask, Publish, ReportOutcome,
+    SaveModel, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.coordinator import (
     CandidateView, Coordinator, Phase, SessionState)
 from fognode.protocols.fl.election import aggregator_order
@@ -515,6 +515,8 @@ class FlCore:
                           _wavg([(m.train_loss, m.num_samples) for m in metas]) if n else -1.0,
                           ar.dropped(), rejected)
         out: list[Action] = [Publish(res)]
+        if receipt.round_reward > 0 and any(a.peer != self.me for a in accepted):
+            out.append(PayRewards(receipt))
         for p in result.accepted:
             if p != self.me and weights[p] > 0:
                 out.append(ReportOutcome(p, True, weights[p], receipt.receipt_id,

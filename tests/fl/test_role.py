@@ -3,6 +3,8 @@ process: gossip control plane, update and model streams, worker-thread training,
 called directly (the daemon does not list the role yet: see the report)."""
 from __future__ import annotations
 
+import gc
+import json
 import os
 import subprocess
 import sys
@@ -61,51 +63,67 @@ async def wait_until(cond: Callable[[], bool], timeout: float) -> None:
 
 
 async def test_three_nodes_train_over_real_streams(tmp_path: Path) -> None:
+    # facts are gathered with the nodes up and checked after they are down: an assertion
+    # raised inside the overlays' nurseries is buried in nested exception groups
     async with fl_nodes(3, tmp_path) as roles:
         await wait_until(lambda: all(len([p for p in r.ctx.overlay.peers() if p.connected]) >= 1
                                      for r in roles), 20)
-        events = roles[1].ctx.events.subscribe("test", [TrainingRoundStarted, TrainingRoundCompleted])
+        subs = [r.ctx.events.subscribe("test", [TrainingRoundStarted, TrainingRoundCompleted])
+                for r in roles]
         out = await roles[0].start(task="synthetic", rounds=3, min_participants=2, participants=3,
-                                   deadline=15.0, local_epochs=2, lr=0.05, optin_seconds=3.0,
+                                   deadline=15.0, local_epochs=2, lr=0.05, optin_seconds=5.0,
                                    task_params={"alpha": 0.5, "beta": 0.5, "max_samples": 300},
                                    wire_dtype="float16")
         sid = out["session_id"]
         await wait_until(lambda: roles[0].core is not None and
                          roles[0].core.status(bytes.fromhex(sid))["state"] != "running", 90)
         st = await roles[0].status(sid)
-        assert st["state"] == "completed", st
-        assert [h["round"] for h in st["history"]] == [1, 2, 3]
-        assert all(len(h["accepted"]) >= 2 for h in st["history"])
-        assert st["history"][-1]["loss"] < st["history"][0]["loss"]
-        assert st["model_file"] and Path(st["model_file"]).exists()
-        # a participant saw the rounds on its event bus
-        seen = []
-        while True:
-            try:
-                seen.append(events._recv.receive_nowait())
-            except trio.WouldBlock:
-                break
-        assert any(isinstance(e, TrainingRoundStarted) for e in seen)
-        # tensors went over the streams, in both directions
+        st1 = await roles[1].status(sid)
+        seen: list[list[object]] = []
+        for sub in subs:
+            got: list[object] = []
+            while True:
+                try:
+                    got.append(sub._recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            seen.append(got)
+        peers = [r.ctx.peer_id for r in roles]
         reg = roles[0].ctx.metrics
-        assert (reg.get_sample_value("fognode_fl_bytes_received_total", {"stream": "update"}) or 0) > 0 \
-            or (reg.get_sample_value("fognode_fl_bytes_received_total", {"stream": "model"}) or 0) > 0
-        assert reg.get_sample_value("fognode_fl_round_duration_seconds_count") == 3
-        # export as a torch state dict; sessions list; errors
+        received = sum((reg.get_sample_value("fognode_fl_bytes_received_total", {"stream": k}) or 0)
+                       for k in ("update", "model"))
+        rounds_observed = reg.get_sample_value("fognode_fl_round_duration_seconds_count")
         target = tmp_path / "model.pt"
-        exp = await roles[0].export(sid, str(target))
-        assert exp["tensors"] == ["weight", "bias"]
-        code = ("import torch, sys; sd = torch.load(sys.argv[1], weights_only=True); "
-                "print(tuple(sd['weight'].shape), tuple(sd['bias'].shape))")
-        res = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, check=True)
-        assert res.stdout.strip() == "(10, 60) (10,)"
-        assert [s["session_id"] for s in await roles[0].sessions()] == [sid]
-        with pytest.raises(RpcError) as ei:
-            await roles[0].status("00" * 32)
-        assert ei.value.code == 503
-        with pytest.raises(RpcError) as ei:
-            await roles[0].export(sid, "relative/path.pt")
-        assert ei.value.code == 500
+        exp = await roles[0].export(sid, str(target)) if st["state"] == "completed" else {}
+        listed = [s["session_id"] for s in await roles[0].sessions()]
+        codes = []
+        for call in (lambda: roles[0].status("00" * 32), lambda: roles[0].export(sid, "relative/path.pt")):
+            try:
+                await call()
+                codes.append(0)
+            except RpcError as e:
+                codes.append(e.code)
+
+    assert st["state"] == "completed", st
+    json.dumps(st, allow_nan=False)          # what the RPC server sends must be plain JSON
+    json.dumps(st1, allow_nan=False)
+    assert [h["round"] for h in st["history"]] == [1, 2, 3]
+    assert all(len(h["accepted"]) >= 2 for h in st["history"]), st["history"]
+    assert st["history"][-1]["loss"] < st["history"][0]["loss"], st["history"]
+    assert st["model_file"] and Path(st["model_file"]).exists()
+    # every participant saw its rounds start on its own event bus
+    for peer, got in zip(peers, seen):
+        mine = {h["round"] for h in st["history"] if peer in h["participants"]}
+        started = {e.round for e in got if isinstance(e, TrainingRoundStarted)}
+        assert mine <= started, (mine, started)
+    assert received > 0 and rounds_observed == 3
+    # the export is a torch state dict
+    assert exp["tensors"] == ["weight", "bias"]
+    code = ("import torch, sys; sd = torch.load(sys.argv[1], weights_only=True); "
+            "print(tuple(sd['weight'].shape), tuple(sd['bias'].shape))")
+    res = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "(10, 60) (10,)"
+    assert listed == [sid] and codes == [503, 500]
 
 
 async def test_start_validation_errors(tmp_path: Path) -> None:
@@ -144,3 +162,104 @@ def test_importing_the_role_does_not_import_torch() -> None:
             "print('torch' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+class LiveNode:
+    def __init__(self, role: FlRole, scope: trio.CancelScope) -> None:
+        self.role = role
+        self.scope = scope
+
+    def kill(self) -> None:
+        """Stop the role and close the node's host (peers see the connection drop)."""
+        self.scope.cancel()
+
+
+async def _live_node(i: int, root: Path, boot: list[str], cfg: dict[str, object],
+                     task_status: trio.TaskStatus[LiveNode] = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.CancelScope() as scope:
+        reg = CollectorRegistry()
+        bus = EventBus(reg)
+        key = SigningKey(os.urandom(32))
+        async with open_overlay(OverlayConfig(listen=LOCAL, bootstrap=boot, peers_low=8), key, bus, reg) as ov:
+            (root / f"n{i}").mkdir()
+            ctx = NodeContext(peer_id=ov.peer_id, identity=key, overlay=ov, events=bus, metrics=reg,
+                              datadir=root / f"n{i}", genesis={}, region="eu")
+            role = FlRole(ctx, FlConfig(data_seed=7, data_index=i, tick_interval=0.1,
+                                        republish_interval=1.0, **cfg))  # type: ignore[arg-type]
+            async with trio.open_nursery() as nursery:
+                await nursery.start(role.run)
+                task_status.started(LiveNode(role, scope))
+                await trio.sleep_forever()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_aggregator_killed_mid_round_on_real_overlays(tmp_path: Path) -> None:
+    """Five nodes; when round 2's plan is out, its elected aggregator's host is shut down.
+    The participants cannot reach it and send to the first fallback, which completes the
+    round from the last completed model; the session completes.
+
+    A host cancelled this way leaves sockets unclosed (reported to the overlay's owner); they
+    are collected at the end of this test so their warnings cannot land in another test."""
+    try:
+        await _killed_scenario(tmp_path)
+    finally:
+        gc.collect()
+
+
+async def _killed_scenario(tmp_path: Path) -> None:
+    with trio.fail_after(150):
+        async with trio.open_nursery() as nursery:
+            nodes: list[LiveNode] = []
+            for i in range(5):
+                boot = [nodes[0].role.ctx.overlay.listen_addrs()[0]] if nodes else []
+                nodes.append(await nursery.start(_live_node, i, tmp_path, boot, {}))
+            starter = nodes[0].role
+            await wait_until(lambda: all(len([p for p in n.role.ctx.overlay.peers() if p.connected]) >= 2
+                                         for n in nodes), 30)
+            out = await starter.start(task="synthetic", rounds=3, min_participants=3, participants=5,
+                                      deadline=6.0, local_epochs=2, lr=0.05, optin_seconds=3.0,
+                                      task_params={"alpha": 0.5, "beta": 0.5, "max_samples": 300})
+            sid = bytes.fromhex(out["session_id"])
+            assert starter.core is not None
+            sess = starter.core.sessions[sid]
+            coord = sess.coordinator
+            assert coord is not None
+            victim: LiveNode | None = None
+            while starter.core.status(sid)["state"] == "running":
+                if victim is None and coord.plan is not None and coord.round_no >= 2 \
+                        and coord.order and coord.order[0] != starter.ctx.peer_id:
+                    victim = next(n for n in nodes if n.role.ctx.peer_id == coord.order[0])
+                    killed_round = coord.round_no
+                    victim.kill()
+                await trio.sleep(0.02)
+            st = starter.core.status(sid)
+            assert st["state"] == "completed", st["reason"]
+            if victim is not None:
+                h = st["history"][killed_round - 1]
+                dead = victim.role.ctx.peer_id
+                assert h["aggregator"] != dead and dead not in h["accepted"] and dead in h["dropped"]
+                assert len(h["accepted"]) >= 3
+            else:   # the coordinator was elected in rounds 2 and 3: nothing to kill this time
+                pytest.skip("the election never picked a non-coordinator aggregator after round 1")
+            nursery.cancel_scope.cancel()
+
+
+async def test_restarted_role_still_gets_gossip(tmp_path: Path) -> None:
+    """The supervisor restarts a crashed role with a fresh instance on the same overlay; the
+    overlay keeps the first gossip handler, which forwards to the running instance."""
+    async with fl_nodes(2, tmp_path) as roles:
+        ctx = roles[1].ctx
+        await wait_until(lambda: all(len([p for p in r.ctx.overlay.peers() if p.connected]) >= 1
+                                     for r in roles), 20)
+        async with trio.open_nursery() as nursery:
+            again = FlRole(ctx, FlConfig(data_seed=7, data_index=1, tick_interval=0.1))
+            await nursery.start(again.run)
+            out = await roles[0].start(task="synthetic", rounds=1, min_participants=2,
+                                       participants=2, deadline=10.0, optin_seconds=2.0,
+                                       task_params={"max_samples": 100})
+            sid = bytes.fromhex(out["session_id"])
+            assert again.core is not None
+            await wait_until(lambda: sid in again.core.sessions, 20)
+            nursery.cancel_scope.cancel()
