@@ -17,7 +17,7 @@ from tests.conftest import NodeFactory
 pytestmark = pytest.mark.slow
 
 ROLE_REF = "fognode.protocols.registry.protocol:RegistryRole"
-OFFLINE_AFTER = 5.0
+OFFLINE_AFTER = 8.0
 ARGS = ["--region", "eu-west",
         "--set", "overlay.peers_low=7",
         "--set", f"protocols.registry.offline_after={OFFLINE_AFTER}",
@@ -101,7 +101,7 @@ def test_eight_nodes_records_liveness_and_changes(node_factory: NodeFactory, sho
     # a killed node is seen offline within offline_after (plus a heartbeat and a poll)
     victim = net.nodes[7].peer_id
     for i in range(7):
-        wait(net, lambda i=i: known(net, i)[victim]["online"], timeout=10,
+        wait(net, lambda i=i: known(net, i)[victim]["online"], timeout=20,
                    what=f"node {i} to see node 7 online")
     net.kill(7)
     t0 = time.monotonic()
