@@ -24,7 +24,7 @@ def test_probe_measures_this_machine(tmp_path: Path) -> None:
 
 def test_probe_does_not_import_torch() -> None:
     code = ("import sys; from fognode.protocols.registry.probe import probe; probe('.'); "
-            "import fognode.protocols.registry.core; print('torch' in sys.modules)")
+            "import fognode.protocols.registry.protocol; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0, out.stderr
