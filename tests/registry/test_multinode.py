@@ -62,7 +62,7 @@ def diagnose(net: Devnet) -> str:
     return "\n".join(out)
 
 
-def wait(net: Devnet, pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait(net: Devnet, pred, timeout: float, what: str) -> None:
     try:
         wait_until(pred, timeout=timeout, what=what, interval=0.2)
     except TimeoutError as e:
