@@ -91,7 +91,7 @@ async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Call
                 rec.clear()
 
 
-async def _child_ours(bootstrap: list[str], peers_low: int) -> None:
+async def _child_ours(bootstrap: list[str], peers_low: int, peers_high: int) -> None:
     import trio
     from nacl.signing import SigningKey
     from prometheus_client import CollectorRegistry
@@ -103,7 +103,7 @@ async def _child_ours(bootstrap: list[str], peers_low: int) -> None:
     rec: list[tuple[int, float, float]] = []
     reg = CollectorRegistry()
     cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=bootstrap,
-                        peers_low=peers_low, connmgr_interval=1.0)
+                        peers_low=peers_low, peers_high=peers_high, connmgr_interval=1.0)
     async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg) as ov:
         async def handler(m: GossipMessage) -> None:
             i, t = _decode(m.data)
@@ -177,10 +177,10 @@ async def _child_plain(bootstrap: list[str]) -> None:
         await host.close()
 
 
-def _child_main(mode: str, peers_low: int, bootstrap: list[str]) -> None:
+def _child_main(mode: str, peers_low: int, peers_high: int, bootstrap: list[str]) -> None:
     import trio
     if mode == "ours":
-        trio.run(_child_ours, bootstrap, peers_low)
+        trio.run(_child_ours, bootstrap, peers_low, peers_high)
     else:
         trio.run(_child_plain, bootstrap)
 
@@ -212,9 +212,9 @@ class Child:
         raise RuntimeError(f"timed out waiting for {word}")
 
 
-def _spawn(mode: str, bootstrap: list[str], peers_low: int) -> Child:
+def _spawn(mode: str, bootstrap: list[str], peers_low: int, peers_high: int) -> Child:
     cmd = [sys.executable, "-m", "fognode.tools.bench.gossip", "--child", mode, str(peers_low),
-           *bootstrap]
+           str(peers_high), *bootstrap]
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True, bufsize=1)
     return Child(p)
@@ -273,17 +273,18 @@ def _dump(children: list[Child], publisher: int) -> dict[int, list[tuple[float, 
 
 
 def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
-            peers_low: int, warmup: float = 3.0, plain_dials: int = 3) -> Result:
+            peers_low: int, warmup: float = 3.0, plain_dials: int = 3,
+            peers_high: int = 10) -> Result:
     rnd = random.Random(n)
     children: list[Child] = []
     try:
-        first = _spawn(mode, [], peers_low)
+        first = _spawn(mode, [], peers_low, peers_high)
         first.addr = first.expect("READY")[0]
         children.append(first)
         while len(children) < n:                     # waves of 1, 2, 4, 6, 6, ... in parallel
             ready = [c.addr for c in children]
             dials = 3 if mode == "ours" else plain_dials
-            wave = [_spawn(mode, rnd.sample(ready, min(dials, len(ready))), peers_low)
+            wave = [_spawn(mode, rnd.sample(ready, min(dials, len(ready))), peers_low, peers_high)
                     for _ in range(min(len(ready), 6, n - len(children)))]
             for c in wave:
                 c.addr = c.expect("READY")[0]
@@ -317,7 +318,7 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
         pulled = sum(int(p[2]) for p in peers)
         conns = statistics.mean(int(p[0]) for p in peers)
         mesh = statistics.mean(int(p[3]) for p in peers)
-        setup = f"overlay low={peers_low}" if mode == "ours" else "plain gossipsub"
+        setup = f"overlay {peers_low}-{peers_high}" if mode == "ours" else "plain gossipsub"
         return Result(n, setup, lat[0],
                       lat[1], lat[2], rate, f"{len(complete)}/{tput_msgs}", pulled, conns, mesh)
     finally:
@@ -358,13 +359,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peers-low", type=int, default=3,
                     help="overlay peers_low (3 = about the plain setup's topology; the "
                          "node.toml default 8 makes a 10-node net a full mesh)")
+    ap.add_argument("--peers-high", type=int, default=10,
+                    help="overlay peers_high: trims what DHT lookups leave open (node.toml: 32)")
     ap.add_argument("--plain-dials", type=int, default=6,
                     help="peers each plain node dials (the overlay dials 3 and finds more "
                          "through the DHT; 6 gives about the same number of connections)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        _child_main(args.child[0], int(args.child[1]), args.child[2:])
+        _child_main(args.child[0], int(args.child[1]), int(args.child[2]), args.child[3:])
         return
     sizes = args.nodes or [10, 25]
     results: list[Result] = []
@@ -372,7 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     for n in sizes:
         for mode in ("ours", "plain"):
             results.append(run_one(n, mode, args.lat_msgs, args.lat_gap_ms, args.tput_msgs,
-                                   args.peers_low, plain_dials=args.plain_dials))
+                                   args.peers_low, plain_dials=args.plain_dials,
+                                   peers_high=args.peers_high))
             r = results[-1]
             print(f"  ... {n} nodes, {r.setup}: done at {time.monotonic() - t0:.0f} s",
                   file=sys.stderr, flush=True)
