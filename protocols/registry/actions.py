@@ -42,6 +42,16 @@ class SyncFrom:
 
 
 @dataclass(frozen=True)
+class SyncObservationsFrom:
+    """Pull observations `peer` accepted after its counter `after`; hand the reply to
+    `RegistryCore.on_observation_sync_reply`."""
+
+    peer_id: str
+    epoch: bytes
+    after: int
+
+
+@dataclass(frozen=True)
 class Ping:
     """Ping the peer on the registry's ping stream; report an answer with `on_pong`."""
 
@@ -69,5 +79,5 @@ class SetAppScore:
     score: float
 
 
-Action = (Publish | DhtPut | DhtProvide | FetchRecord | SyncFrom | Ping | Emit | Refused
-          | SetAppScore)
+Action = (Publish | DhtPut | DhtProvide | FetchRecord | SyncFrom | SyncObservationsFrom | Ping
+          | Emit | Refused | SetAppScore)

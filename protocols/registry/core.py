@@ -37,7 +37,8 @@ from nacl.signing import SigningKey
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.wire import Fields, pack, unpack
 from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
-                                                Ping, Publish, Refused, SetAppScore, SyncFrom)
+                                                Ping, Publish, Refused, SetAppScore, SyncFrom,
+                                                SyncObservationsFrom)
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.events import (DeviceCapabilitiesChanged, DeviceOffline,
@@ -97,6 +98,7 @@ class RegistryCore:
         # anti-entropy: this run's epoch, and per peer (its epoch, our cursor, when last asked)
         self.epoch = int(now * 1e6).to_bytes(8, "big")
         self._sync: dict[str, tuple[bytes, int, float]] = {}
+        self._osync: dict[str, tuple[bytes, int]] = {}          # observations: (epoch, cursor)
         self._fetching: dict[str, float] = {}
         self._pinged: dict[str, float] = {}
         self._last_at: OrderedDict[str, int] = OrderedDict()   # newest `at` per origin
@@ -337,11 +339,15 @@ class RegistryCore:
             if now - last >= self.config.sync_interval:
                 due.append((last, peer, epoch, after))
         due.sort(key=lambda d: (d[0], d[1]))
+        out: list[Action] = []
         for last, peer, epoch, after in due[:at_most]:
             self._sync[peer] = (epoch, after, now)
-        if len(self._sync) > self.view.max_devices:
-            self._sync.pop(next(iter(self._sync)))
-        return [SyncFrom(peer, epoch, after) for _, peer, epoch, after in due[:at_most]]
+            o_epoch, o_after = self._osync.get(peer, (b"", 0))
+            out += [SyncFrom(peer, epoch, after), SyncObservationsFrom(peer, o_epoch, o_after)]
+        for table in (self._sync, self._osync):
+            while len(table) > self.view.max_devices:
+                table.pop(next(iter(table)))
+        return out
 
     def ping_offline(self, connected: list[str], now: float) -> list[Action]:
         """Ping connected peers we think are offline (silent, no goodbye), every two heartbeat
@@ -383,6 +389,34 @@ class RegistryCore:
         self._sync[peer] = (epoch, nxt, now)
         if more:
             out.append(SyncFrom(peer, epoch, nxt))
+        return out
+
+    def serve_observation_sync(self, epoch: bytes, after: int,
+                               limit: int) -> tuple[bytes, list[bytes], int, bool]:
+        """Answer an observation sync: (our epoch, signed observations, next cursor, more)."""
+        if epoch != self.epoch:
+            after = 0
+        items, nxt, more = self.book.changed_since(after, limit)
+        return self.epoch, items, nxt, more
+
+    def on_observation_sync_reply(self, peer: str, epoch: bytes, nxt: int, more: bool,
+                                  items: list[bytes], now: float) -> list[Action]:
+        """Observations relayed by `peer` (each signed by its observer, rate-limited per
+        observer like gossiped ones; ones we hold already are skipped quietly)."""
+        self._clock_now = now
+        out: list[Action] = []
+        for raw in items:
+            try:
+                o = decode_observation(raw, peer=peer)
+                if o.observer == self.peer_id:
+                    continue
+                self.book.add(o, now, quiet_duplicate=True)
+            except Rejected as e:
+                if e.reason is not RejectReason.DUPLICATE:
+                    out.append(Refused("observation", e.reason, peer, str(e)))
+        self._osync[peer] = (epoch, nxt)
+        if more:
+            out.append(SyncObservationsFrom(peer, epoch, nxt))
         return out
 
     # ---- time -----------------------------------------------------------------------------

@@ -8,10 +8,16 @@ One request per stream, one msgpack frame each way::
         ->  {"v": 1, "t": "records", "epoch": <8 bytes>, "next": <int>, "more": <bool>,
              "records": [<signed record bytes>, ... at most SYNC_PAGE]}
 
+    {"v": 1, "t": "osync", "epoch": <8 bytes or empty>, "after": <int>}
+        ->  {"v": 1, "t": "observations", "epoch": <8 bytes>, "next": <int>, "more": <bool>,
+             "items": [<signed observation bytes>, ... at most OBS_PAGE]}
+
 `sync` is anti-entropy: every record the responder stored or replaced after its local change
 counter `after` (from the start when `epoch` is not its current run), so a node that missed
 announcements (joined late, gossip dropped) catches up from any connected peer. Records are
-signed by their devices and validated one by one by the asker.
+signed by their devices and validated one by one by the asker; `osync` does the same for
+reputation observations (signed by their observers), so scores converge even when gossip
+dropped some.
 
 A ping proves the role is alive (not only the connection); `get` is the pull path when a
 record announcement was lost on gossip (a heartbeat names a newer sequence than we hold) and
@@ -30,6 +36,7 @@ import trio
 from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
 from fognode.node.overlay import FramedStream, Overlay
 from fognode.node.wire import Fields
+from fognode.protocols.registry.observation import MAX_OBSERVATION_BYTES
 from fognode.protocols.registry.record import MAX_RECORD_BYTES
 
 log = logging.getLogger("fognode.registry")
@@ -37,7 +44,8 @@ log = logging.getLogger("fognode.registry")
 DIRECT_PROTOCOL = "/fognode/registry/1.0.0"
 MAX_REQUEST = 128
 SYNC_PAGE = 64
-MAX_REPLY = SYNC_PAGE * (MAX_RECORD_BYTES + 8) + 256
+OBS_PAGE = 128
+MAX_REPLY = max(SYNC_PAGE * (MAX_RECORD_BYTES + 8), OBS_PAGE * (MAX_OBSERVATION_BYTES + 8)) + 256
 
 
 def connected(overlay: Overlay, peer: str) -> bool:
@@ -101,21 +109,24 @@ class SyncReply:
     records: list[bytes]
 
 
-async def pull_sync(overlay: Overlay, peer: str, epoch: bytes, after: int,
-                    timeout: float) -> SyncReply | None:
-    """One page of `peer`'s records changed after its counter `after` (None: no answer or a
-    malformed reply); the caller validates every record."""
-    f = await _ask(overlay, peer, "sync", timeout, epoch=epoch, after=after)
+async def pull_sync(overlay: Overlay, peer: str, epoch: bytes, after: int, timeout: float,
+                    *, observations: bool = False) -> SyncReply | None:
+    """One page of `peer`'s records (or observations) changed after its counter `after`
+    (None: no answer or a malformed reply); the caller validates every item."""
+    kind, reply_kind, field, page, item_max = (
+        ("osync", "observations", "items", OBS_PAGE, MAX_OBSERVATION_BYTES) if observations
+        else ("sync", "records", "records", SYNC_PAGE, MAX_RECORD_BYTES))
+    f = await _ask(overlay, peer, kind, timeout, epoch=epoch, after=after)
     if f is None:
         return None
     try:
-        if f.str("t", max_len=8) != "records":
-            raise RemoteProtocolError("registry sync: reply is not a records page", peer=peer)
+        if f.str("t", max_len=16) != reply_kind:
+            raise RemoteProtocolError(f"registry {kind}: reply is not a page of {reply_kind}", peer=peer)
         reply = SyncReply(epoch=f.bytes("epoch", max_len=8), next=f.int("next", lo=0, hi=2**63 - 1),
-                          more=f.bool("more"), records=f.list("records", max_len=SYNC_PAGE))
+                          more=f.bool("more"), records=f.list(field, max_len=page))
         f.done()
-        if not all(isinstance(r, bytes) and len(r) <= MAX_RECORD_BYTES for r in reply.records):
-            raise RemoteProtocolError("registry sync: a record is not bytes or is oversize", peer=peer)
+        if not all(isinstance(r, bytes) and len(r) <= item_max for r in reply.records):
+            raise RemoteProtocolError(f"registry {kind}: an item is not bytes or is oversize", peer=peer)
         return reply
     except RemoteProtocolError as e:
         log.info("bad sync reply from %s: %s", peer, e)
@@ -126,7 +137,7 @@ Syncer = Callable[[bytes, int, int], "tuple[bytes, list[bytes], int, bool]"]
 
 
 async def serve(s: FramedStream, own_record: Callable[[], bytes | None],
-                stopped: Callable[[], bool], sync: Syncer) -> None:
+                stopped: Callable[[], bool], sync: Syncer, obs_sync: Syncer) -> None:
     """Answer one request. Raises RemoteProtocolError for anything else (the overlay resets
     the stream and counts it against the peer). A stopped role answers nothing (the overlay
     keeps the handler after the role is gone)."""
@@ -137,13 +148,18 @@ async def serve(s: FramedStream, own_record: Callable[[], bytes | None],
         f = Fields(await s.recv(max_size=MAX_REQUEST), "registry request", versions={1},
                    peer=s.remote_peer)
         kind = f.str("t", max_len=8)
-        if kind == "sync":
+        if kind in ("sync", "osync"):
             epoch = f.bytes("epoch", max_len=8)
             after = f.int("after", lo=0, hi=2**63 - 1)
             f.done()
-            ep, recs, nxt, more = sync(epoch, after, SYNC_PAGE)
-            await s.send({"v": 1, "t": "records", "epoch": ep, "next": nxt, "more": more,
-                          "records": recs})
+            if kind == "sync":
+                ep, recs, nxt, more = sync(epoch, after, SYNC_PAGE)
+                await s.send({"v": 1, "t": "records", "epoch": ep, "next": nxt, "more": more,
+                              "records": recs})
+            else:
+                ep, items, nxt, more = obs_sync(epoch, after, OBS_PAGE)
+                await s.send({"v": 1, "t": "observations", "epoch": ep, "next": nxt,
+                              "more": more, "items": items})
             return
         f.done()
         if kind == "ping":

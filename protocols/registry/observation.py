@@ -149,7 +149,7 @@ class ObservationBook:
     def __init__(self, *, rate_per_minute: float = 60.0, burst: int = 120,
                  max_age: float = 24 * 3600.0, max_clock_skew: float = 300.0,
                  max_pairs: int = 1_000_000, max_observers: int = 100_000,
-                 remember_ids: int = 200_000) -> None:
+                 remember_ids: int = 200_000, max_recent: int = 50_000) -> None:
         self.rate = rate_per_minute / 60.0
         self.burst = float(burst)
         self.max_age = max_age
@@ -165,12 +165,18 @@ class ObservationBook:
         self._sums: dict[str, dict[tuple[str, str], list[float]]] = {}
         self._pairs = 0
         self.changed = False       # set on every accepted observation; the role clears it
+        # the latest accepted observations (signed bytes) by local counter, for sync
+        self.max_recent = max_recent
+        self._recent: OrderedDict[int, bytes] = OrderedDict()
+        self._counter = 0
 
     def _refuse(self, reason: RejectReason, msg: str, peer: str) -> Rejected:
         self.rejected[reason] += 1
         return Rejected(reason, msg, peer=peer)
 
-    def add(self, o: Observation, now: float) -> None:
+    def add(self, o: Observation, now: float, *, quiet_duplicate: bool = False) -> None:
+        """`quiet_duplicate`: a duplicate is refused without being counted (sync relays
+        observations we may already hold)."""
         if o.observer == o.subject:
             raise self._refuse(RejectReason.SELF_OBSERVATION,
                                f"{o.observer} reported on itself ({o.service})", o.observer)
@@ -182,6 +188,8 @@ class ObservationBook:
         dedup = (digest(pack([o.observer, o.subject, o.service, o.evidence])) if o.evidence
                  else o.id())
         if dedup in self._seen:
+            if quiet_duplicate:
+                raise Rejected(RejectReason.DUPLICATE, "already counted", peer=o.observer)
             raise self._refuse(RejectReason.DUPLICATE,
                                "observation (or its evidence id) was already counted", o.observer)
         bucket = self._buckets.get(o.observer)
@@ -209,6 +217,26 @@ class ObservationBook:
             self._seen.popitem(last=False)
         self.accepted += 1
         self.changed = True
+        self._counter += 1
+        self._recent[self._counter] = o.encode()
+        while len(self._recent) > self.max_recent:
+            self._recent.popitem(last=False)
+
+    def changed_since(self, after: int, limit: int) -> tuple[list[bytes], int, bool]:
+        """Signed observations accepted after local counter `after` (only the latest
+        `max_recent` are kept): (observations, next cursor, more remain)."""
+        page: list[bytes] = []
+        nxt = min(after, self._counter)
+        more = False
+        for c, raw in self._recent.items():
+            if c <= after:
+                continue
+            if len(page) == limit:
+                more = True
+                break
+            page.append(raw)
+            nxt = c
+        return page, nxt, more
 
     def services(self) -> list[str]:
         return sorted(self._sums)

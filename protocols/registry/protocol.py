@@ -21,7 +21,8 @@ from fognode.node.rpc.methods import rpc_method
 from fognode.protocols.registry import direct
 from fognode.protocols.registry import errors as E
 from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
-                                                Ping, Publish, Refused, SetAppScore, SyncFrom)
+                                                Ping, Publish, Refused, SetAppScore, SyncFrom,
+                                                SyncObservationsFrom)
 from fognode.protocols.registry.api import RegistryService, ReputationService
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.core import DEVICES_TOPIC, OBSERVATIONS_TOPIC, RegistryCore
@@ -157,6 +158,17 @@ class RegistryRole(Protocol):
                     if reply is not None:
                         self._do(self.core.on_sync_reply(a.peer_id, reply.epoch, reply.next,
                                                          reply.more, reply.records, self.ctx.clock()))
+                elif isinstance(a, SyncObservationsFrom):
+                    reply = await direct.pull_sync(ov, a.peer_id, a.epoch, a.after,
+                                                   self._direct_timeout(), observations=True)
+                    if reply is not None:
+                        before = self.core.book.accepted
+                        self._do(self.core.on_observation_sync_reply(
+                            a.peer_id, reply.epoch, reply.next, reply.more, reply.records,
+                            self.ctx.clock()))
+                        if self.core.book.accepted > before:
+                            self.metrics.observations.labels("sync").inc(
+                                self.core.book.accepted - before)
                 elif isinstance(a, FetchRecord):
                     value = await direct.pull_record(ov, a.peer_id, self._direct_timeout())
                     if value is None:
@@ -197,7 +209,8 @@ class RegistryRole(Protocol):
     async def _serve_direct(self, s: FramedStream) -> None:
         own = self.core.own
         await direct.serve(s, lambda: own.encode() if own is not None else None,
-                           lambda: self._stopped, self.core.serve_sync)
+                           lambda: self._stopped, self.core.serve_sync,
+                           self.core.serve_observation_sync)
 
     # ---- gossip -----------------------------------------------------------------------------
 

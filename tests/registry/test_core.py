@@ -8,7 +8,8 @@ import pytest
 from fognode.node.errors import LocalProtocolError
 from fognode.node.wire import pack, unpack
 from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
-                                                Ping, Publish, Refused, SetAppScore, SyncFrom)
+                                                Ping, Publish, Refused, SetAppScore, SyncFrom,
+                                                SyncObservationsFrom)
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.core import DEVICES_TOPIC, OBSERVATIONS_TOPIC, RegistryCore
 from fognode.protocols.registry.errors import RejectReason
@@ -263,8 +264,9 @@ def test_anti_entropy_sync_pages_and_deltas() -> None:
     late = RegistryCore(key("late"), cfg, make_profile("eu-west", "server", []), pretrusted=[],
                         now=net.now)
     late.start(caps(), net.now)
-    [sync] = late.sync_due([a.peer_id], net.now)
+    [sync, osync] = late.sync_due([a.peer_id], net.now)
     assert isinstance(sync, SyncFrom) and sync.epoch == b"" and sync.after == 0
+    assert isinstance(osync, SyncObservationsFrom) and osync.after == 0
     assert late.sync_due([a.peer_id], net.now + 1) == []             # not again before 30 s
     epoch, recs, nxt, more = a.serve_sync(sync.epoch, sync.after, 4)  # a page of 4 of 6
     assert more and len(recs) == 4
@@ -278,7 +280,7 @@ def test_anti_entropy_sync_pages_and_deltas() -> None:
     # only what changed since is sent next time; a forged record in a page is refused
     p0 = net.cores["p0"]
     net.run("p0", p0.update_capabilities(caps(cores=32), net.now + 5))
-    [s2] = late.sync_due([a.peer_id], net.now + 31)
+    [s2, _] = late.sync_due([a.peer_id], net.now + 31)
     epoch, recs, nxt3, more = a.serve_sync(s2.epoch, s2.after, 64)
     assert len(recs) == 1
     raw = unpack(recs[0])
@@ -289,3 +291,29 @@ def test_anti_entropy_sync_pages_and_deltas() -> None:
     # a cursor from another run of the responder starts over
     _, recs, _, _ = a.serve_sync(b"\x00" * 8, 10**6, 64)
     assert len(recs) == 6
+
+
+def test_observation_sync_catches_up_lost_gossip() -> None:
+    net = Net(["a", "b", "c"], CFG)
+    net.start()
+    a, b, c = net.cores["a"], net.cores["b"], net.cores["c"]
+    net.mute.add("a")                                     # a's observations never reach c
+    for i in range(5):
+        net.run("a", a.report_outcome(b.peer_id, "fl", True, 1.0, f"e{i}".encode(), net.now))
+    net.run("b", b.report_outcome(a.peer_id, "fl", True, 1.0, b"x", net.now))
+    assert c.book.accepted == 1
+    [_, osync] = c.sync_due([a.peer_id], net.now)
+    assert isinstance(osync, SyncObservationsFrom)
+    epoch, items, nxt, more = a.serve_observation_sync(osync.epoch, osync.after, 4)
+    assert len(items) == 4 and more                      # a holds its 5 and b's 1
+    acts = c.on_observation_sync_reply(a.peer_id, epoch, nxt, more, items, net.now)
+    [again] = [x for x in acts if isinstance(x, SyncObservationsFrom)]
+    epoch, items, nxt, more = a.serve_observation_sync(again.epoch, again.after, 4)
+    assert len(items) == 2 and not more
+    acts = c.on_observation_sync_reply(a.peer_id, epoch, nxt, more, items, net.now)
+    assert acts == [] and c.book.accepted == 6             # b's one again: skipped quietly
+    assert c.book.rejected[RejectReason.DUPLICATE] == 0
+    forged = unpack(items[0])
+    forged["ok"] = not forged["ok"]
+    [r] = c.on_observation_sync_reply(a.peer_id, epoch, nxt, False, [pack(forged)], net.now)
+    assert isinstance(r, Refused) and r.reason is RejectReason.BAD_SIGNATURE

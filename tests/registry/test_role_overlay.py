@@ -180,6 +180,8 @@ async def test_registry_role_on_four_overlays(tmp_path: Path, collect_libp2p_soc
                                          n.role.core.reputation.score(ids[3], "fl") == 0.0 and
                                          n.role.core.reputation.score(ids[1], "fl") > 0.5
                                          for n in nodes), 15, "reputation everywhere")
+            opage = await direct.pull_sync(a.ctx.overlay, ids[1], b"", 0, 5.0, observations=True)
+            assert opage is not None and len(opage.records) == b.core.book.accepted >= 12
             top = await a.rpc_reputation_top("fl", 2)
             assert ids[3] not in {t["peer"] for t in top}
             rep = await a.rpc_reputation_show(ids[1])
