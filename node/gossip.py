@@ -521,12 +521,16 @@ class GossipLayer:
         return validate
 
     async def subscribe(self, topic: str, handler: GossipHandler) -> None:
-        """Subscribe `handler` to `topic`. One handler per topic per node (LocalProtocolError on
-        a second). Returns once subscribed; the handler runs in its own task."""
+        """Subscribe `handler` to `topic`; returns once subscribed; the handler runs in its own task.
+
+        One handler per topic per node: subscribing again replaces the handler (a role restarted
+        by the supervisor is a new instance and subscribes anew; the subscription, its sequence
+        tracking and queued messages carry over)."""
         await self._started.wait()
         assert self._nursery is not None
         if topic in self._topics:
-            raise LocalProtocolError(f"gossip topic {topic} already has a subscriber here")
+            self._topics[topic].handler = handler
+            return
         st = _TopicState(topic, handler, SequenceTracker(
             pull_delay=self.s.pull_delay, retry=1.0, max_attempts=self.s.pull_attempts,
             backfill=self.s.backfill), self.s.handler_queue)
