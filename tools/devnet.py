@@ -103,8 +103,10 @@ class Devnet:
         for i in range(self.n):
             d = self.root / f"node{i}"
             if not (d / "identity.key").exists():
-                subprocess.run([sys.executable, "-m", "fognode.tools.fognode", "init", "--datadir", str(d),
-                                *self.init_args], check=True, env=self.env, stdout=subprocess.DEVNULL)
+                r = subprocess.run([sys.executable, "-m", "fognode.tools.fognode", "init", "--datadir", str(d),
+                                    *self.init_args], env=self.env, capture_output=True, text=True, timeout=60)
+                if r.returncode != 0:
+                    raise RuntimeError(f"fognode init --datadir {d} failed: {r.stderr.strip()}")
             key = load_identity(d)
             keys.append(key)
             self.nodes.append(DevnetNode(i, d, free_port(self.host), peer_id_from_pubkey(bytes(key.verify_key)),

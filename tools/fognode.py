@@ -59,8 +59,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     from fognode.ledger.wallet import init_wallet
     from fognode.node.errors import FognodeError
     from fognode.node.genesis import dev_chain_id, dev_genesis
+    from fognode.node.logs import setup_logging
     from fognode.node.peerid import peer_id_from_pubkey
 
+    setup_logging("warning")
     datadir = resolve_datadir(args.datadir)
     if (datadir / IDENTITY).exists():
         return _die(f"{datadir} is already initialised ({IDENTITY} exists); refusing to replace the node's identity")
