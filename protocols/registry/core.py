@@ -351,12 +351,14 @@ class RegistryCore:
 
     def ping_offline(self, connected: list[str], now: float) -> list[Action]:
         """Ping connected peers we think are offline (silent, no goodbye), every two heartbeat
-        intervals: a restarted peer whose heartbeats do not reach us comes back on a pong."""
+        intervals or half of offline_after, whichever is longer: a restarted peer whose
+        heartbeats do not reach us comes back on a pong."""
         out: list[Action] = []
         conn = set(connected)
+        every = max(2 * self.config.heartbeat_interval, self.config.offline_after / 2)
         for peer in self.liveness.silent_offline():
             last = self._pinged.get(peer)
-            if peer in conn and (last is None or now - last >= 2 * self.config.heartbeat_interval):
+            if peer in conn and (last is None or now - last >= every):
                 self._pinged[peer] = now
                 out.append(Ping(peer))
         return out

@@ -11,7 +11,7 @@ BAD_PEER_ID = 701           # a parameter is not a valid peer id
 BAD_FILTER = 702            # registry.devices: a filter value is out of range
 DHT_UNAVAILABLE = 703       # the DHT look-up failed (overlay error or timeout)
 UNKNOWN_SERVICE = 704       # reputation.show: no scores for that service
-NOT_REGISTERED = 705        # this node's own record is not published yet
+BAD_REPORT = 705            # reputation.report: refused (about ourselves, bad weight, over our rate)
 
 
 class RegistryError(FognodeError):

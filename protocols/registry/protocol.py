@@ -39,7 +39,7 @@ from fognode.protocols.registry.view import GIB, Criteria
 log = logging.getLogger("fognode.registry")
 
 ACTION_QUEUE = 1024
-WORKERS = 4
+WORKERS = 4            # DHT workers; twice as many for direct-stream requests
 
 
 def pretrusted_from_genesis(genesis: dict[str, Any]) -> list[str]:
@@ -315,6 +315,7 @@ class RegistryRole(Protocol):
                 nursery.start_soon(self._publisher)
                 for _ in range(WORKERS):
                     nursery.start_soon(self._quick_worker)
+                    nursery.start_soon(self._quick_worker)
                     nursery.start_soon(self._slow_worker)
                 self._do(self.core.start(caps, self.ctx.clock()))
                 self.ctx.services.provide("registry", self.registry_service)
@@ -461,7 +462,7 @@ class RegistryRole(Protocol):
         try:
             self.report_outcome(subject, service, ok, weight, evidence.encode()[:64])
         except LocalProtocolError as e:
-            raise RpcError(E.BAD_FILTER, str(e)) from None
+            raise RpcError(E.BAD_REPORT, str(e)) from None
         return {"subject": subject, "service": service, "ok": ok}
 
 

@@ -172,8 +172,9 @@ async def test_registry_role_on_four_overlays(tmp_path: Path, collect_libp2p_soc
                 for j in range(4):
                     if i != j:
                         await n.role.rpc_reputation_report(ids[j], "fl", j != 3, 1.0, f"r{i}{j}")
-            with pytest.raises(RpcError):
+            with pytest.raises(RpcError) as e:
                 await a.rpc_reputation_report(ids[0], "fl", True)          # about itself
+            assert e.value.code == 705
             with pytest.raises(LocalProtocolError):
                 a.reputation_service.report_outcome(ids[0], "fl", True)
             await wait_until(lambda: all(n.role.core.reputation.has_service("fl") and
