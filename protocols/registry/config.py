@@ -17,7 +17,6 @@ class RegistryConfig:
     republish_interval: float = 1200.0    # seconds between republishing our record
     probe_interval: float = 60.0          # seconds between capability probes
     heartbeat_interval: float = 10.0      # seconds between our liveness heartbeats on gossip
-    sync_interval: float = 60.0           # seconds between pulling new records from each connected peer
     offline_after: float = 30.0           # seconds of silence before a device counts as offline
     observation_rate_per_minute: float = 60.0  # accepted observations per observer per minute
     observation_burst: int = 120          # token-bucket burst for the above
@@ -53,8 +52,6 @@ class RegistryConfig:
             raise bad("heartbeat_interval", "must be at least 0.1 s and below offline_after")
         if self.offline_after > 3600:
             raise bad("offline_after", "must be at most 3600 s")
-        if not 0.5 <= self.sync_interval <= 86400:
-            raise bad("sync_interval", "must be between 0.5 s and 1 day")
         if not 1 <= self.probe_interval <= 86400:
             raise bad("probe_interval", "must be between 1 s and 1 day")
         if self.observation_rate_per_minute <= 0 or self.observation_burst < 1:

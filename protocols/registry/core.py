@@ -57,6 +57,7 @@ from fognode.protocols.registry.view import Change, Criteria, LocalView
 DEVICES_TOPIC = "fognode/registry/devices/1"
 OBSERVATIONS_TOPIC = "fognode/registry/observations/1"
 ENVELOPE_VERSION = 1
+SYNC_HEARTBEATS = 6       # anti-entropy with each connected peer every 6 heartbeat intervals
 MAX_ENVELOPE = 8192
 
 
@@ -329,14 +330,14 @@ class RegistryCore:
     # ---- anti-entropy sync -------------------------------------------------------------------
 
     def sync_due(self, connected: list[str], now: float, *, at_most: int = 2) -> list[Action]:
-        """Pull new records from connected peers not asked for `sync_interval` (a few per call,
-        newly connected peers first)."""
+        """Pull new records and observations from connected peers not asked for
+        SYNC_HEARTBEATS heartbeat intervals (a few per call, newly connected peers first)."""
         due = []
         for peer in connected:
             if peer == self.peer_id:
                 continue
             epoch, after, last = self._sync.get(peer, (b"", 0, float("-inf")))
-            if now - last >= self.config.sync_interval:
+            if now - last >= SYNC_HEARTBEATS * self.config.heartbeat_interval:
                 due.append((last, peer, epoch, after))
         due.sort(key=lambda d: (d[0], d[1]))
         out: list[Action] = []

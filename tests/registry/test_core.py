@@ -257,7 +257,7 @@ def test_failed_dht_put_is_retried() -> None:
 
 
 def test_anti_entropy_sync_pages_and_deltas() -> None:
-    cfg = dataclasses.replace(CFG, sync_interval=30.0)
+    cfg = CFG                      # heartbeat 5 s: a sync with each peer every 30 s
     net = Net(["a"] + [f"p{i}" for i in range(5)], cfg)
     net.start()
     a = net.cores["a"]

@@ -22,7 +22,6 @@ ARGS = ["--region", "eu-west",
         "--set", "overlay.peers_low=7",
         "--set", f"protocols.registry.offline_after={OFFLINE_AFTER}",
         "--set", "protocols.registry.heartbeat_interval=1",
-        "--set", "protocols.registry.sync_interval=5",
         "--set", "protocols.registry.eigentrust_interval=2",
         "--set", "protocols.registry.roles_offered=fl"]
 
