@@ -1,12 +1,10 @@
 """The registry role on real overlays (node/host.py) on 127.0.0.1, several nodes in one process."""
 from __future__ import annotations
 
-import gc
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import trio
@@ -85,19 +83,7 @@ async def start_node(nursery: trio.Nursery, key: SigningKey, datadir: Path, gene
     return await nursery.start(serve)
 
 
-@pytest.fixture
-def collect_libp2p_sockets() -> Iterator[None]:
-    """py-libp2p 0.8.1 sometimes leaves a connection's socket unclosed when hosts of one
-    process shut down while connected to each other (about one run in three here; the host
-    is closed as node/host.py prescribes). Collect them at the end of the test, where their
-    ResourceWarning is known, instead of letting it fail a random later test."""
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-
-
-async def test_registry_role_on_four_overlays(tmp_path: Path, collect_libp2p_sockets: None) -> None:
+async def test_registry_role_on_four_overlays(tmp_path: Path) -> None:
     keys = [SigningKey(os.urandom(32)) for _ in range(4)]
     ids = [peer_id_from_pubkey(bytes(k.verify_key)) for k in keys]
     genesis = {"registry": {"pretrusted": ids[:1]}}
