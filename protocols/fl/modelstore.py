@@ -50,7 +50,7 @@ def save_model(root: Path, sid: bytes, task: str, layout: ParamLayout, params: n
     meta.setdefault("files", {})[name] = model_hash.hex()
     if final:
         meta["final"] = {"file": name, "hash": model_hash.hex()}
-    tmp_meta = d / "model.json.tmp"
+    tmp_meta = d / f"model.json.{name}.tmp"
     tmp_meta.write_text(json.dumps(meta, indent=1, sort_keys=True))
     os.replace(tmp_meta, meta_path)
     return path

@@ -101,6 +101,12 @@ class FlRole(Protocol):
                                "Rounds this node saw complete", ["role"])
         self.m_train = metric(reg, Histogram, "fognode_fl_training_seconds",
                               "Local training time per round", buckets=(0.1, 0.5, 1, 5, 15, 60, 300))
+        self.m_transfer = metric(reg, Histogram, "fognode_fl_transfer_seconds",
+                                 "Time to send one update or fetch one model", ["stream"],
+                                 buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60))
+        self.m_aggregate = metric(reg, Histogram, "fognode_fl_aggregation_seconds",
+                                  "Time the strategy took to aggregate one round",
+                                  buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30))
         self.m_bad_gossip = metric(reg, Counter, "fognode_fl_bad_messages_total",
                                    "Malformed FL messages from peers", ["channel"])
         self.m_rewards = metric(reg, Counter, "fognode_fl_rewards_paid_total",
@@ -108,6 +114,7 @@ class FlRole(Protocol):
         self.core: FlCore | None = None
         self._verifier_registered = False
         self._closed = False
+        self._save_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._limiter = trio.CapacityLimiter(max(1, config.training_threads))
         index = config.data_index if config.data_index >= 0 else \
@@ -336,9 +343,11 @@ class FlRole(Protocol):
 
     async def _aggregate(self, a: Aggregate) -> None:
         assert self.core is not None
+        started = trio.current_time()
         try:
             result = await trio.to_thread.run_sync(lambda: a.strategy.aggregate(a.base, list(a.updates)),
                                                    limiter=self._limiter)
+            self.m_aggregate.observe(trio.current_time() - started)
         except StrategyError as e:
             self._apply(self.core.aggregated(a.session_id, a.round, a.try_no, a.fallback, None, str(e), self._now()))
             return
@@ -352,8 +361,9 @@ class FlRole(Protocol):
             return
         task, layout = s.spec.task, s.prepared.layout
         try:
-            await trio.to_thread.run_sync(lambda: save_model(
-                self.model_root, a.session_id, task, layout, a.params, a.model_hash, final=a.final))
+            async with self._save_lock:   # model.json is read-modified-written
+                await trio.to_thread.run_sync(lambda: save_model(
+                    self.model_root, a.session_id, task, layout, a.params, a.model_hash, final=a.final))
         except OSError as e:
             log.error("fl: cannot save the model of session %s: %s", a.session_id.hex()[:16], e)
 
@@ -364,6 +374,7 @@ class FlRole(Protocol):
         s = self.core.sessions.get(a.session_id)
         dtype = s.spec.wire_dtype if s is not None else "float32"
         ok, reason = False, ""
+        started = trio.current_time()
         try:
             th, chunks = encode_tensor(a.delta, wire_dtype=dtype, chunk_size=self.config.chunk_size)
             with trio.fail_after(self.config.stream_timeout):
@@ -381,7 +392,9 @@ class FlRole(Protocol):
             reason = "timed out"
         except Exception as e:   # unreachable peer, reset stream, refused: try the next one
             reason = f"{type(e).__name__}: {e}"
-        if not ok:
+        if ok:
+            self.m_transfer.labels("update").observe(trio.current_time() - started)
+        else:
             log.info("fl: update for round %d to %s not delivered: %s", a.round, a.to, reason)
         self._apply(self.core.update_delivered(a.session_id, a.round, a.try_no, a.fallback, ok, reason, self._now()))
 
@@ -447,6 +460,7 @@ class FlRole(Protocol):
         assert self.core is not None
         shape = self.core.expected_shape(a.session_id)
         last = "no source"
+        started = trio.current_time()
         for src in a.sources:
             try:
                 with trio.fail_after(self.config.stream_timeout):
@@ -472,6 +486,7 @@ class FlRole(Protocol):
                 if params_hash(params) != a.model_hash:
                     last = f"{src}: the model does not match its hash"
                     continue
+                self.m_transfer.labels("model").observe(trio.current_time() - started)
                 self._apply(self.core.model_fetched(a.session_id, a.model_hash, params, arrays, self._now()))
                 return
             except trio.TooSlowError:

@@ -77,6 +77,8 @@ async def test_three_nodes_train_over_real_streams(tmp_path: Path) -> None:
         sid = out["session_id"]
         await wait_until(lambda: roles[0].core is not None and
                          roles[0].core.status(bytes.fromhex(sid))["state"] != "running", 90)
+        # the final model is written by a background task right after the session ends
+        await wait_until(lambda: roles[0]._final_path(bytes.fromhex(sid)) is not None, 20)
         st = await roles[0].status(sid)
         st1 = await roles[1].status(sid)
         seen: list[list[object]] = []
@@ -218,7 +220,7 @@ async def _killed_scenario(tmp_path: Path) -> None:
             starter = nodes[0].role
             await wait_until(lambda: all(len([p for p in n.role.ctx.overlay.peers() if p.connected]) >= 2
                                          for n in nodes), 30)
-            out = await starter.start(task="synthetic", rounds=3, min_participants=3, participants=5,
+            out = await starter.start(task="synthetic", rounds=4, min_participants=3, participants=5,
                                       deadline=6.0, local_epochs=2, lr=0.05, optin_seconds=3.0,
                                       task_params={"alpha": 0.5, "beta": 0.5, "max_samples": 300})
             sid = bytes.fromhex(out["session_id"])
@@ -241,7 +243,7 @@ async def _killed_scenario(tmp_path: Path) -> None:
                 dead = victim.role.ctx.peer_id
                 assert h["aggregator"] != dead and dead not in h["accepted"] and dead in h["dropped"]
                 assert len(h["accepted"]) >= 3
-            else:   # the coordinator was elected in rounds 2 and 3: nothing to kill this time
+            else:   # the coordinator was elected in rounds 2 to 4 (about 1 run in 125)
                 pytest.skip("the election never picked a non-coordinator aggregator after round 1")
             nursery.cancel_scope.cancel()
 

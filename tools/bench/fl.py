@@ -18,8 +18,14 @@ The figure is the global model's training loss over all devices' training data a
 round; the paper's qualitative result is that FedProx (mu > 0) ends lower than FedAvg. The
 bound printed is FedAvg's own final loss in the same run.
 
-Round time on loopback daemons (selection / transfer / training / aggregation) is not measured
-here: the daemon does not start the fl role yet (see the fl report).
+`--round-time N` (default 10; 0 skips it) then measures one session's rounds with N
+participants, each a real `fl` role on its own libp2p host (TCP on 127.0.0.1, Noise, Yamux,
+GossipSub), all in this one process (the daemon does not start the fl role yet, so not
+separate processes), on `synthetic_mlp` with a 2048-unit hidden layer (~145k parameters,
+0.6 MB per tensor). Per round: plan dissemination (coordinator's round start to the last
+participant's), local training, update transfer, model fetch, aggregation (means over
+nodes), and the round's duration at the coordinator; the bound it is compared with is the
+compute part (slowest training + aggregation) measured in the same run.
 """
 from __future__ import annotations
 
@@ -67,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--max-samples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--round-time", type=int, default=10, help="participants of the round-time run (0: skip)")
+    ap.add_argument("--round-time-rounds", type=int, default=3)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)   # tiny models: one intra-op thread is faster than two
 
@@ -101,6 +109,108 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'mean loss over the last 5 rounds, FedProx':<44} {np.mean(curves[names[2]][-5:]):>10.4f} "
           f"{np.mean(curves['FedAvg'][-5:]):>10.4f}")
     print(f"(3 methods x {a.rounds} rounds in {elapsed:.1f} s)")
+    if a.round_time > 0:
+        import trio
+
+        trio.run(round_time, a.round_time, a.round_time_rounds)
+
+
+async def round_time(n: int, rounds: int) -> None:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import trio
+    from nacl.signing import SigningKey
+    from prometheus_client import CollectorRegistry
+
+    from fognode.node.events import EventBus
+    from fognode.node.host import OverlayConfig, open_overlay
+    from fognode.node.protocol import NodeContext
+    from fognode.protocols.fl.events import TrainingRoundStarted
+    from fognode.protocols.fl.protocol import FlConfig, FlRole
+
+    root = Path(tempfile.mkdtemp(prefix="fl-bench-"))
+    starts: dict[int, dict[str, float]] = {}   # round -> peer -> local time it started there
+
+    async def node(i: int, boot: list[str], task_status: trio.TaskStatus[FlRole]) -> None:
+        reg = CollectorRegistry()
+        bus = EventBus(reg)
+        key = SigningKey(os.urandom(32))
+        async with open_overlay(OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=boot,
+                                              peers_low=n), key, bus, reg) as ov:
+            d = root / f"n{i}"
+            d.mkdir()
+            ctx = NodeContext(peer_id=ov.peer_id, identity=key, overlay=ov, events=bus, metrics=reg,
+                              datadir=d, genesis={}, region="eu")
+            role = FlRole(ctx, FlConfig(data_seed=3, data_index=i, tick_interval=0.05,
+                                        republish_interval=1.0))
+            sub = bus.subscribe("bench", [TrainingRoundStarted])
+            async with trio.open_nursery() as nursery:
+                await nursery.start(role.run)
+
+                async def watch() -> None:
+                    async for ev in sub:
+                        assert isinstance(ev, TrainingRoundStarted)
+                        starts.setdefault(ev.round, {}).setdefault(ov.peer_id, trio.current_time())
+                nursery.start_soon(watch)
+                task_status.started(role)
+                await trio.sleep_forever()
+
+    def hist(roles: list[FlRole], name: str, labels: dict[str, str] | None = None) -> float:
+        tot = cnt = 0.0
+        for r in roles:
+            tot += r.ctx.metrics.get_sample_value(name + "_sum", labels or {}) or 0.0
+            cnt += r.ctx.metrics.get_sample_value(name + "_count", labels or {}) or 0.0
+        return tot / cnt if cnt else float("nan")
+
+    async with trio.open_nursery() as nursery:
+        roles: list[FlRole] = []
+        for i in range(n):
+            boot = [roles[0].ctx.overlay.listen_addrs()[0]] if roles else []
+            roles.append(await nursery.start(node, i, boot))
+        with trio.fail_after(60):
+            while not all(len([p for p in r.ctx.overlay.peers() if p.connected]) >= 1 for r in roles):
+                await trio.sleep(0.05)
+        await trio.sleep(2.0)   # let the gossip mesh form
+        out = await roles[0].start(task="synthetic_mlp", rounds=rounds, min_participants=n,
+                                   participants=n, deadline=120.0, local_epochs=1, lr=0.05,
+                                   optin_seconds=5.0,
+                                   task_params={"hidden": 2048, "max_samples": 200})
+        sid = bytes.fromhex(out["session_id"])
+        core = roles[0].core
+        assert core is not None
+        with trio.fail_after(600):
+            while core.status(sid)["state"] == "running":
+                await trio.sleep(0.1)
+        st = core.status(sid)
+        if st["state"] != "completed":
+            print("session", st["state"], st["reason"], st.get("current"))
+            for r in roles:
+                if r.core is not None:
+                    print(" node", r.ctx.peer_id[-6:], "ignored:", list(r.core.ignored.values()),
+                          "sessions:", [x.state.value for x in r.core.sessions.values()])
+        nursery.cancel_scope.cancel()
+    coord = roles[0].ctx.peer_id
+    spread = [max(v.values()) - v[coord] for r, v in starts.items() if coord in v and len(v) > 1]
+    durations = [h["duration"] for h in st["history"]]
+    train = hist(roles, "fognode_fl_training_seconds")
+    agg = hist(roles, "fognode_fl_aggregation_seconds")
+    upd = hist(roles, "fognode_fl_transfer_seconds", {"stream": "update"})
+    mod = hist(roles, "fognode_fl_transfer_seconds", {"stream": "model"})
+    print()
+    print(f"round time, {n} participants on {n} libp2p hosts in one process, "
+          f"{out['parameters']} parameters, {st['state']}, {len(durations)} rounds")
+    print(f"{'phase (mean per round)':<44} {'seconds':>10}")
+    print(f"{'plan dissemination (gossip, to the last)':<44} {np.mean(spread) if spread else float('nan'):>10.3f}")
+    print(f"{'local training (per participant)':<44} {train:>10.3f}")
+    print(f"{'update transfer (per participant)':<44} {upd:>10.3f}")
+    print(f"{'model fetch (per node that fetched)':<44} {mod:>10.3f}")
+    print(f"{'aggregation':<44} {agg:>10.3f}")
+    print(f"{'figure':<44} {'measured':>10} {'bound':>10}")
+    print(f"{'round duration at the coordinator':<44} {np.mean(durations):>10.3f} {train + agg:>10.3f}"
+          f"  (bound: one training + aggregation; the rest is transfer, gossip, CPU sharing of "
+          f"{n} trainings on this machine's cores)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import math
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 SUPPORTED_DTYPES = ("float32",)
+_GLOBAL_RNG = threading.RLock()
 
 
 class TaskError(FognodeError):
@@ -193,7 +195,7 @@ class Task(abc.ABC):
     def layout(self) -> ParamLayout:
         """The model's parameter layout (cached)."""
         if self._layout is None:
-            model = self.build_model()
+            model = self.new_model()
             specs = []
             for name, p in model.state_dict().items():
                 dtype = str(p.dtype).removeprefix("torch.")
@@ -208,10 +210,18 @@ class Task(abc.ABC):
         """The round-0 global model, deterministic from `seed` (same on every node)."""
         import torch
 
-        with torch.random.fork_rng(devices=[]):
+        # torch's default generator is process-global: two threads (two nodes in one process,
+        # or a training thread) must not seed and draw from it at the same time
+        with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
             model = self.build_model()
         return self.get_params(model)
+
+    def new_model(self) -> "torch.nn.Module":
+        """`build_model()` under the lock of torch's global generator (parameter init draws
+        from it; see `initial_params`)."""
+        with _GLOBAL_RNG:
+            return self.build_model()
 
     def get_params(self, model: "torch.nn.Module") -> np.ndarray:
         """The model's parameters as one flat float32 array in layout order (a copy)."""
@@ -232,7 +242,7 @@ class Task(abc.ABC):
 
     def state_dict(self, flat: np.ndarray) -> dict[str, Any]:
         """A torch state dict (name -> tensor) of a flat vector, e.g. for `torch.save`."""
-        model = self.build_model()
+        model = self.new_model()
         self.set_params(model, flat)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -247,7 +257,7 @@ class Task(abc.ABC):
         """
         import torch
 
-        model = self.build_model()
+        model = self.new_model()
         self.set_params(model, params)
         model.train()
         anchor = [p.detach().clone() for p in model.parameters()]
@@ -286,7 +296,7 @@ class Task(abc.ABC):
         n = int(y.shape[0])
         if n == 0:
             return EvalResult(float("nan"), float("nan"), 0)
-        model = self.build_model()
+        model = self.new_model()
         self.set_params(model, params)
         model.eval()
         with torch.no_grad():
