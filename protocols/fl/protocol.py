@@ -35,7 +35,7 @@ from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.events import TrainingRoundCompleted
 from fognode.protocols.fl.messages import (
     Ack, DeviceFacts, ModelRequest, ModelResponse, PrivacyOptions, SelectionCriteria,
-    SessionAnnouncement, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
+    SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
 from fognode.protocols.fl.modelstore import export_state_dict, load_model, save_model
 from fognode.protocols.fl.prepared import PreparedTask, init_seed_of, prepare_task
 from fognode.protocols.fl.receipts import VERIFIER, issue_ledger_receipts, reward_of
