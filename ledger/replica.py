@@ -64,7 +64,7 @@ class Replica:
                 self.duplicates += 1
                 return []
             try:
-                verify_certificate(cert, self.genesis.committee_for(o.epoch), verify_sender=True)
+                verify_certificate(cert, self.state.committee_for(o.epoch), verify_sender=True)
             except CertificateRejected as e:
                 return self._refuse(peer, cert, e.reason, e.message)
             return [ConflictingCertificates(known or b"", cert)]
@@ -73,7 +73,7 @@ class Replica:
             self.duplicates += 1
             return []
         try:
-            verify_certificate(cert, self.genesis.committee_for(o.epoch), verify_sender=self.verify_sender)
+            verify_certificate(cert, self.state.committee_for(o.epoch), verify_sender=self.verify_sender)
         except CertificateRejected as e:
             return self._refuse(peer, cert, e.reason, e.message)
         if waiting is not None:   # two valid certificates for one pending sequence
@@ -106,7 +106,7 @@ class Replica:
             if isinstance(o, (TransferOrder, MintOrder)):
                 candidates.append(o.recipient)
             if o.fee and self.genesis.fee_destination is FeeDestination.VALIDATORS:
-                candidates.extend(self.genesis.committee_for(o.epoch).members)
+                candidates.extend(self.state.committee_for(o.epoch).members)
             if not len(self.pending):
                 continue
             for k in candidates:

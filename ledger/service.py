@@ -414,7 +414,7 @@ class LedgerService:
             return await self._drive(so, deadline)
 
     async def _drive(self, so: SignedOrder, deadline: float) -> Certificate:
-        committee = self.genesis.committee_for(so.order.epoch)
+        committee = self.state.committee_for(so.order.epoch)
         collector = VoteCollector(so, committee)
         sender, seq = so.key
         prev = self.store.raw_certificate(self.store.tx_at(sender, seq - 1) or b"") if seq > 0 else None
