@@ -334,3 +334,57 @@ def test_genesis_committee_fields_are_validated_and_optional() -> None:
                 {"max_validators": True}):
         with pytest.raises(GenesisError):
             gen(**bad)
+
+
+# -- end to end: four validator processes' worth of roles on real overlays ---------------------
+
+class FakeClock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.slow
+async def test_cluster_certifies_the_next_committee_and_uses_it(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import trio
+
+    from .cluster import ledger_cluster, wait_until
+
+    monkeypatch.setenv("FOGNODE_PASSPHRASE", "")
+    t0 = 1_800_000_000
+    clock = FakeClock(t0 + 10.0)
+    with trio.fail_after(60):
+        async with ledger_cluster(tmp_path, 4, clock=clock, genesis_time=t0,
+                                  ledger_overrides={"epoch_length": L, "max_validators": 5}) as c:
+            roles = [n.role for n in c.nodes]
+            assert all(r is not None for r in roles)
+            r0 = roles[0]
+            assert r0 is not None
+            info = await r0.ledger_info()
+            assert info["committees"]["next"]["certified"] is False and info["committees"]["current"]["source"] == "genesis"
+            res = await r0.stake_bond("999")                          # node 0's wallet, order epoch 0
+            assert res["epoch"] == 0
+            await wait_until(lambda: all(n.svc.state.applied == 1 for n in c.nodes))
+            wallet0 = c.nodes[0].wallet
+            clock.t = signing_time(c.nodes[0].svc.genesis, 2)          # halfway through epoch 1
+            await wait_until(lambda: all(n.svc.state.committees.certified(2) is not None for n in c.nodes), 30)
+            for n in c.nodes:
+                com = n.svc.state.committee_for(2)
+                assert wallet0 in com and len(com.members) == 5 and n.svc.state.committee_for(1) == n.svc.genesis.committee
+            st = await r0.stake_status()
+            assert st["next_committee_certified"] is True and st["next_committee_stake"] == "999"
+            assert st["committee_stake"] == "0"
+            clock.t = t0 + 2 * L + 5                                   # epoch 2: the new committee certifies
+            r1 = roles[1]
+            assert r1 is not None
+            sent = await r1.wallet_send((await r0.wallet_address())["address"], "1")
+            assert sent["epoch"] == 2 and sent["status"] == "final"
+            info = await r1.ledger_info()
+            cur = info["committees"]["current"]
+            assert cur["certified"] is True and cur["epoch"] == 2 and len(cur["members"]) == 5
+            await wait_until(lambda: len({n.svc.state.root() for n in c.nodes}) == 1)
+            for n in c.nodes:          # restarts are covered by the store test; here: same view everywhere
+                assert n.svc.store.committee_certificates() == [c.nodes[0].svc.state.committees.certified(2)]
