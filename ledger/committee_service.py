@@ -64,6 +64,7 @@ class CommitteeRotation:
             for c in added:
                 log.info("committee of epoch %d certified: %d members, %d votes", c.epoch, len(c.members),
                          len(c.votes))
+            self.svc.retry_awaiting_committee()
         if self.state.committees.waiting:
             self.svc._sync_soon(peer)
         return added

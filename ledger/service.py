@@ -166,22 +166,32 @@ class LedgerService:
 
     def ingest(self, peer: str, certs: list[Certificate]) -> tuple[list[Delta], bool]:
         """Verify and apply `certs` (one synced write batch for all that apply). Returns the
-        deltas applied and whether any certificate is waiting for predecessors."""
+        deltas applied and whether any certificate is waiting (predecessors, funds or the
+        committee certificate of its epoch)."""
         t0 = time.perf_counter()
+        return self._carry_out(peer, [a for c in certs for a in self.replica.receive(peer, c)], t0)
+
+    def retry_awaiting_committee(self) -> None:
+        """Committee certificates were added: certificates waiting for them may apply now."""
+        if self.replica.awaiting:
+            t0 = time.perf_counter()
+            self._carry_out("", self.replica.committees_changed(), t0)
+
+    def _carry_out(self, peer: str, actions: list[Any], t0: float) -> tuple[list[Delta], bool]:
+        """Write the replica core's Commits in one synced batch; count and log the rest."""
         deltas: list[Delta] = []
         queued = False
-        for c in certs:
-            for a in self.replica.receive(peer, c):
-                if isinstance(a, Commit):
-                    deltas.append(a.delta)
-                elif isinstance(a, Queued):
-                    queued = True
-                elif isinstance(a, CertificateRefused):
-                    self.m_refused.labels(a.reason.value).inc()
-                    log.warning("refused certificate %s from %s: %s: %s", a.tx_id.hex()[:16], peer,
-                                a.reason.value, a.message)
-                elif isinstance(a, ConflictingCertificates):
-                    self._conflict(a.applied_tx, a.other, peer)
+        for a in actions:
+            if isinstance(a, Commit):
+                deltas.append(a.delta)
+            elif isinstance(a, Queued):
+                queued = True
+            elif isinstance(a, CertificateRefused):
+                self.m_refused.labels(a.reason.value).inc()
+                log.warning("refused certificate %s from %s: %s: %s", a.tx_id.hex()[:16], a.peer or peer,
+                            a.reason.value, a.message)
+            elif isinstance(a, ConflictingCertificates):
+                self._conflict(a.applied_tx, a.other, peer)
         if deltas:
             self.store.commit(deltas)
             self.replica.committed()

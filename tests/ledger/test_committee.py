@@ -21,7 +21,7 @@ from fognode.ledger.rotation import (CommitteeCollector, CommitteeSigner, Persis
                                      SendCommitteeRefusal, SendCommitteeVote, proposal)
 from fognode.ledger.state import LedgerState
 from fognode.ledger.store import LedgerStore
-from fognode.ledger.actions import CertificateRefused, Commit, SendRejection
+from fognode.ledger.actions import CertificateRefused, Commit, Queued, SendRejection
 from fognode.node.wire import pack, unpack
 
 from .helpers import CHAIN, T0, Node, certify, genesis_dict, key, pk, transfer, validator_keys
@@ -78,9 +78,7 @@ def certify_committee(nodes: list[Node], proposer: Node, now: float) -> Committe
 
 
 def mknode(k: Any, g: Genesis) -> Node:
-    n = Node(k, g)
-    n.committee_locks = {}          # type: ignore[attr-defined]   # the signer's committee locks
-    return n
+    return Node(k, g)
 
 
 # -- computation --------------------------------------------------------------------------------
@@ -290,8 +288,8 @@ def test_committee_certificates_chain_and_replicas_agree_whatever_the_arrival_or
     assert fresh2.committees.add(cert3) == []            # its certifying committee is not known yet
     assert fresh2.committee_for(3) == g.committee
     assert fresh2.committees.add(cert2) == [cert2, cert3]
-    for e in range(0, 6):
-        assert fresh1.committee_for(e) == fresh2.committee_for(e)
+    for epoch in range(0, 6):
+        assert fresh1.committee_for(epoch) == fresh2.committee_for(epoch)
     # another certificate for a certified epoch is a conflict (more than f faulty)
     other2 = CommitteeCertificate(CommitteeBody(CHAIN, 2, tuple(sorted(g.validators)), cert2.prev_hash), cert2.votes)
     with pytest.raises(CertificateRejected) as e:
@@ -388,3 +386,22 @@ async def test_cluster_certifies_the_next_committee_and_uses_it(tmp_path: Path,
             await wait_until(lambda: len({n.svc.state.root() for n in c.nodes}) == 1)
             for n in c.nodes:          # restarts are covered by the store test; here: same view everywhere
                 assert n.svc.store.committee_certificates() == [c.nodes[0].svc.state.committees.certified(2)]
+
+
+def test_a_certificate_of_the_new_committee_waits_for_the_committee_certificate() -> None:
+    g, nodes, cert = rotated()
+    r = nodes[2]                                         # has not received the committee certificate
+    late = transfer(B, pk(C), 5 * MICRO, 0, epoch=2)
+    [q] = r.replica.receive("p", certify(late, [V[0], V[1], A]))
+    assert isinstance(q, Queued) and q.why == "committee" and r.state.applied == 1
+    r.state.committees.add(cert)
+    [done] = r.replica.committees_changed()
+    assert isinstance(done, Commit) and done.delta.cert.tx_id == late.tx_id and not r.replica.awaiting
+    # with the committee certified, outsiders are refused at once
+    other = transfer(C, pk(B), 5 * MICRO, 0, epoch=2)
+    [refused] = r.replica.receive("p", certify(other, [V[0], V[1], V[3]]))
+    assert isinstance(refused, CertificateRefused) and refused.reason is Reason.NON_COMMITTEE_SIGNER
+    # genesis epochs never wait
+    early = transfer(C, pk(B), 5 * MICRO, 0, epoch=1)
+    [refused] = r.replica.receive("p", certify(early, [V[0], A]))
+    assert isinstance(refused, CertificateRefused)
