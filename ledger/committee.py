@@ -34,6 +34,14 @@ keeps the certificate aside until the missing one arrives, instead of refusing o
 accepting it against the wrong committee. Certificates therefore chain, and two replicas that
 hold the same committee certificates agree on `committee_for(e)` for every e.
 
+Timing, and why not "after the boundary". The committee of E+2 must be fixed before any
+order of E+2 is certified, or replicas would check the same certificate against different
+committees depending on when the committee certificate reached them. It is therefore signed
+halfway through E+1 (not after the E+2 boundary), which is only sound because stake orders
+cannot be certified after their own epoch (validator.py), so the stake of epochs <= E is final
+when E+1 begins. A transaction certificate of E+2 that reaches a replica before the committee
+certificate waits for it (replica.py) instead of being refused.
+
 Known limits (the lead must know): (1) the committee certificate of E+2 is produced during
 E+1; a replica that receives a transaction certificate of epoch E+2 before the committee
 certificate checks it against the fallback (the E+1 committee), which is correct unless the
@@ -44,7 +52,11 @@ certificate signed by the old committee in its last epoch can get a conflicting 
 by a disjoint new committee. Validators therefore sign previous-epoch orders only when the
 committee did not change, which closes the window for honest senders but not a withholding
 one; closing it fully needs a lock handover (the new committee learning the old one's locks),
-which is not built.
+which is not built. (3) A member that signed the body of some epoch whose certificate it never
+received answers "not yet" to every later proposal (signing one would let two histories form
+if that certificate surfaced later), so a round in which some but not a quorum of members
+signed stops later rotations until its certificate is assembled; the ledger goes on with the
+last certified committee meanwhile.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Carried over the ledger's existing channels:
 committee that certifies the next one and no certificate is held yet, proposes its body to the
 other members, collects votes into a certificate, stores it and gossips it; a member answering
 "not yet" is synced with (both ways, as it may be the one behind) and asked again after
-`retry_interval`. Any node may assemble: members do, and everyone stores what they receive.
+3 x `retry_interval`. Any node may assemble: members do, and everyone stores what they receive.
 """
 from __future__ import annotations
 
@@ -102,8 +102,8 @@ class CommitteeRotation:
             now = self.svc.ctx.clock()
             body = proposal(self.state, now)
             if body is not None and self.svc.me in self.state.committee_for(body.epoch - 1):
-                if await self.certify(body) is None:
-                    await trio.sleep(self.svc.s.retry_interval)
+                if await self.certify(body) is None:       # members behind sync meanwhile
+                    await trio.sleep(self.svc.s.retry_interval * 3)
                 continue
             nxt = signing_time(g, g.epoch_at(now) + 1)
             if nxt <= now:
