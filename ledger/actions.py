@@ -54,7 +54,8 @@ class CertificateRefused:
 
 @dataclass(frozen=True)
 class Queued:
-    """The certificate waits in the pending pool (`why`: "sequence" or "funds")."""
+    """The certificate waits: in the pending pool (`why`: "sequence" or "funds") or for the
+    committee certificate of its epoch ("committee")."""
 
     tx_id: bytes
     why: str

@@ -50,6 +50,7 @@ class Reason(enum.Enum):
     NON_COMMITTEE_SIGNER = "non_committee_signer"
     DUPLICATE_SIGNER = "duplicate_signer"
     MALFORMED = "malformed"
+    NOT_YET = "not_yet"                      # committee proposal differs from this replica's view: sync, retry
 
 
 RPC_CODE_OF_REASON: dict[Reason, int] = {

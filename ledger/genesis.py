@@ -15,12 +15,16 @@ key. Amounts are integers in micro-units; accounts are `fog1...` addresses::
         "fee": 1000,                       # micro-units per order, at least
         "fee_destination": "burn",         # or "validators" (split by stake)
         "unbonding_epochs": 24,
-        "uptime_reward_per_hour": 1000000  # the node-uptime receipt kind's rate
+        "uptime_reward_per_hour": 1000000, # the node-uptime receipt kind's rate
+        "min_validator_stake": 1000000,    # optional: bonded stake needed to join a committee
+        "max_validators": 100              # optional: committee size limit (largest stakes)
     }}
 
-Validators' stake is bonded supply held by the validator's own account. The committee is the
-genesis validator set for every epoch (rotation at epoch boundaries is not built yet: see
-`committee_for`).
+Validators' stake is bonded supply held by the validator's own account. The genesis validator
+set certifies the first epochs; later committees are derived from bonded stake and certified
+by the previous committee (committee.py). `min_validator_stake` and `max_validators` are
+optional with the defaults below and appear in `to_dict` only when they differ from them, so
+the genesis digest of a network created before they existed does not change.
 """
 from __future__ import annotations
 
@@ -35,6 +39,9 @@ from fognode.ledger.quorum import Committee
 
 GENESIS_VERSION = 1
 MAX_CHAIN_ID = 64
+DEFAULT_MIN_VALIDATOR_STAKE = 1_000_000      # one token
+DEFAULT_MAX_VALIDATORS = 100
+MAX_COMMITTEE = 256                          # = messages.MAX_VOTES: a certificate must fit
 
 
 class FeeDestination(enum.Enum):
@@ -73,17 +80,16 @@ class Genesis:
     fee_destination: FeeDestination
     unbonding_epochs: int
     uptime_reward_per_hour: int
+    min_validator_stake: int = DEFAULT_MIN_VALIDATOR_STAKE
+    max_validators: int = DEFAULT_MAX_VALIDATORS
 
     @property
     def committee(self) -> Committee:
         return Committee.of(dict(self.validators))
 
     def committee_for(self, epoch: int) -> Committee:
-        """The committee that certifies orders of `epoch`: the genesis validator set.
-
-        Committee rotation (stakes at the boundary, certified by the old quorum) is not
-        implemented; every epoch uses the genesis committee.
-        """
+        """The genesis committee. Replicas ask `LedgerState.committee_for`, which uses the
+        certified committee of the epoch (committee.py) and falls back to this one."""
         return self.committee
 
     def epoch_at(self, now: float) -> int:
@@ -116,6 +122,9 @@ class Genesis:
             "fee_destination": self.fee_destination.value,
             "unbonding_epochs": self.unbonding_epochs,
             "uptime_reward_per_hour": self.uptime_reward_per_hour,
+            **({"min_validator_stake": self.min_validator_stake}
+               if self.min_validator_stake != DEFAULT_MIN_VALIDATOR_STAKE else {}),
+            **({"max_validators": self.max_validators} if self.max_validators != DEFAULT_MAX_VALIDATORS else {}),
         }
 
     @classmethod
@@ -133,7 +142,8 @@ class Genesis:
         if not isinstance(d, Mapping):
             raise GenesisError("ledger genesis must be a JSON object")
         known = {"v", "chain_id", "genesis_time", "epoch_length", "balances", "validators",
-                 "emission", "fee", "fee_destination", "unbonding_epochs", "uptime_reward_per_hour"}
+                 "emission", "fee", "fee_destination", "unbonding_epochs", "uptime_reward_per_hour",
+                 "min_validator_stake", "max_validators"}
         extra = sorted(set(d) - known)
         if extra:
             raise GenesisError(f"ledger genesis: unknown field(s) {extra}")
@@ -189,7 +199,13 @@ class Genesis:
             fee_destination=dest,
             unbonding_epochs=_int(d, "unbonding_epochs", 0, 10**6),
             uptime_reward_per_hour=_amount(d.get("uptime_reward_per_hour"), "uptime_reward_per_hour"),
+            min_validator_stake=_amount(d.get("min_validator_stake", DEFAULT_MIN_VALIDATOR_STAKE),
+                                        "min_validator_stake"),
+            max_validators=_int({"max_validators": d.get("max_validators", DEFAULT_MAX_VALIDATORS)},
+                                "max_validators", 1, MAX_COMMITTEE),
         )
+        if len(validators) > MAX_COMMITTEE:
+            raise GenesisError(f"ledger genesis: {len(validators)} validators, at most {MAX_COMMITTEE} fit a certificate")
         if g.initial_supply() > MAX_AMOUNT:
             raise GenesisError("ledger genesis: initial supply overflows 64 bits")
         return g

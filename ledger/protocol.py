@@ -137,6 +137,25 @@ class LedgerRole(Protocol):
         return {"tx": cert.tx_id.hex(), "status": "final", **describe_order(cert.order.order),
                 "validators": len(cert.votes)}
 
+    def _committee(self, epoch: int) -> dict[str, Any]:
+        """The committee of `epoch` as this replica knows it: certified for that epoch, or
+        inherited from the latest certified one before it (or genesis); for an epoch not
+        certified yet, also the member list this replica computes from stake."""
+        s = self._svc()
+        book = s.state.committees
+        c = s.state.committee_for(epoch)
+        cert = book.certified(epoch)
+        src = max((e for e in book.certs if e <= epoch), default=0)
+        out: dict[str, Any] = {
+            "epoch": epoch, "certified": cert is not None, "from_epoch": src,
+            "source": "certified" if cert is not None else ("inherited" if src else "genesis"),
+            "members": [{"address": encode_address(k), "stake": format_amount(v)} for k, v in c.members.items()],
+            "quorum_stake": format_amount(c.quorum_stake)}
+        if cert is None and epoch >= 2:
+            out["computed"] = [{"address": encode_address(k), "stake": format_amount(v)}
+                               for k, v in s.state.computed_members(epoch)]
+        return out
+
     def _balance(self, pub: bytes) -> dict[str, Any]:
         s = self._svc()
         a = s.state.account(pub)
@@ -216,8 +235,9 @@ class LedgerRole(Protocol):
         s = self._svc()
         g = s.genesis
         epoch = g.epoch_at(self.ctx.clock())
-        c = g.committee_for(epoch)
+        c = s.state.committee_for(epoch)
         return {"chain_id": g.chain_id, "epoch": epoch, "validator": s.validator.is_member(epoch),
+                "committees": {"current": self._committee(epoch), "next": self._committee(epoch + 1)},
                 "committee": [{"address": encode_address(k), "stake": format_amount(v)} for k, v in c.members.items()],
                 "quorum_stake": format_amount(c.quorum_stake), "fee": format_amount(g.fee),
                 "fee_destination": g.fee_destination.value, "applied": s.state.applied,
@@ -301,11 +321,17 @@ class LedgerRole(Protocol):
 
     @rpc_method("stake.status")
     async def stake_status(self, address: str = "") -> dict[str, Any]:
-        """Bonded stake and unbonding entries of ADDRESS (default: the node's wallet)."""
+        """Bonded stake, unbonding entries and committee seats of ADDRESS (default: the node's
+        wallet), with the committees of the current and next epoch and whether they are
+        certified."""
         pub = _addr(address) if address else self._wallet("")
         s = self._svc()
         out = self._balance(pub)
-        out["epoch"] = s.genesis.epoch_at(self.ctx.clock())
-        out["committee_stake"] = format_amount(s.genesis.committee.stake_of(pub))
+        epoch = s.genesis.epoch_at(self.ctx.clock())
+        out["epoch"] = epoch
+        out["committee_stake"] = format_amount(s.state.committee_for(epoch).stake_of(pub))
+        out["next_committee_stake"] = format_amount(s.state.committee_for(epoch + 1).stake_of(pub))
+        out["next_committee_certified"] = s.state.committees.certified(epoch + 1) is not None
+        out["committees"] = {"current": self._committee(epoch), "next": self._committee(epoch + 1)}
         out["unbonding_epochs"] = s.genesis.unbonding_epochs
         return out

@@ -5,6 +5,11 @@ order; applying one may release pending ones), or `Queued`, or `CertificateRefus
 `ConflictingCertificates` (two certificates for one sequence: more than f faulty validators).
 Duplicates of applied certificates are recognised by (sender, sequence, tx id) before any
 signature is checked, so gossip echoes and overlapping sync batches cost no verification.
+
+A certificate of an epoch this replica holds no committee certificate for, whose signers are
+not a quorum of the committee it would inherit, may be signed by a rotated committee whose
+certificate has not arrived yet (committee.py): it waits (`Queued(..., "committee")`, bounded)
+and `committees_changed()` checks it again once committee certificates were added.
 """
 from __future__ import annotations
 
@@ -12,12 +17,16 @@ from typing import Protocol as TypingProtocol
 
 from fognode.ledger.actions import (CertificateRefused, Commit, ConflictingCertificates, Queued,
                                     ReplicaAction)
+from fognode.ledger.committee import FIRST_ROTATED_EPOCH
 from fognode.ledger.errors import CertificateRejected, Reason
 from fognode.ledger.genesis import FeeDestination
 from fognode.ledger.messages import Certificate, MintOrder, TransferOrder
 from fognode.ledger.pending import PendingPool
 from fognode.ledger.quorum import verify_certificate
 from fognode.ledger.state import LedgerState
+
+
+AWAIT_COMMITTEE_MAX = 1000
 
 
 class History(TypingProtocol):
@@ -45,6 +54,8 @@ class Replica:
         self._recent: dict[tuple[bytes, int], bytes] = {}   # applied, maybe not yet committed
         self.refused: dict[Reason, int] = {}
         self.duplicates = 0
+        self.awaiting: dict[bytes, tuple[str, Certificate]] = {}   # tx id -> (peer, cert): committee unknown
+        self.awaiting_max = AWAIT_COMMITTEE_MAX
 
     def tx_at(self, sender: bytes, sequence: int) -> bytes | None:
         return self._recent.get((sender, sequence)) or self.history.tx_at(sender, sequence)
@@ -64,7 +75,7 @@ class Replica:
                 self.duplicates += 1
                 return []
             try:
-                verify_certificate(cert, self.genesis.committee_for(o.epoch), verify_sender=True)
+                verify_certificate(cert, self.state.committee_for(o.epoch), verify_sender=True)
             except CertificateRejected as e:
                 return self._refuse(peer, cert, e.reason, e.message)
             return [ConflictingCertificates(known or b"", cert)]
@@ -73,8 +84,13 @@ class Replica:
             self.duplicates += 1
             return []
         try:
-            verify_certificate(cert, self.genesis.committee_for(o.epoch), verify_sender=self.verify_sender)
+            verify_certificate(cert, self.state.committee_for(o.epoch), verify_sender=self.verify_sender)
         except CertificateRejected as e:
+            if (e.reason in (Reason.NON_COMMITTEE_SIGNER, Reason.NO_QUORUM) and o.epoch >= FIRST_ROTATED_EPOCH
+                    and self.state.committees.certified(o.epoch) is None
+                    and (cert.tx_id in self.awaiting or len(self.awaiting) < self.awaiting_max)):
+                self.awaiting[cert.tx_id] = (peer, cert)
+                return [Queued(cert.tx_id, "committee")]
             return self._refuse(peer, cert, e.reason, e.message)
         if waiting is not None:   # two valid certificates for one pending sequence
             return [ConflictingCertificates(waiting.tx_id, cert)]
@@ -86,6 +102,16 @@ class Replica:
                                 "certificate can never apply (its quorum signed an invalid order)")
         self.pending.add(cert, acct.next_sequence)
         return [Queued(cert.tx_id, why)]
+
+    def committees_changed(self) -> list[ReplicaAction]:
+        """Check the certificates waiting for a committee again (call after committee
+        certificates were added to the state's book)."""
+        waiting = list(self.awaiting.values())
+        self.awaiting.clear()
+        out: list[ReplicaAction] = []
+        for peer, cert in waiting:
+            out.extend(self.receive(peer, cert))
+        return out
 
     def _refuse(self, peer: str, cert: Certificate, reason: Reason, message: str) -> list[ReplicaAction]:
         self.refused[reason] = self.refused.get(reason, 0) + 1
@@ -106,7 +132,7 @@ class Replica:
             if isinstance(o, (TransferOrder, MintOrder)):
                 candidates.append(o.recipient)
             if o.fee and self.genesis.fee_destination is FeeDestination.VALIDATORS:
-                candidates.extend(self.genesis.committee_for(o.epoch).members)
+                candidates.extend(self.state.committee_for(o.epoch).members)
             if not len(self.pending):
                 continue
             for k in candidates:

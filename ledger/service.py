@@ -36,6 +36,8 @@ from fognode.ledger.actions import (CertificateRefused, Commit, ConflictingCerti
                                     Queued, ReportFork, SendRejection, SendVote)
 from fognode.ledger.address import encode_address
 from fognode.ledger.client import OrderStatus, VoteCollector
+from fognode.ledger.committee import decode_committee_body
+from fognode.ledger.committee_service import CommitteeRotation
 from fognode.ledger.errors import OrderRejected, Reason, WalletError
 from fognode.ledger.events import ForkDetected, PaymentProcessed, RewardsDistributed
 from fognode.ledger.genesis import Genesis
@@ -101,6 +103,7 @@ class LedgerService:
         self.replica = Replica(self.state, self.store, PendingPool(settings.pending_max),
                                verify_sender=settings.verify_sender)
         self.validator = Validator(self.genesis, ctx.identity, self.state, self.locks, self.receipts)
+        self.rotation = CommitteeRotation(self, CERT_TOPIC)
         self.keystore = Keystore(ctx.datadir)
         self.passphrase: str | None = os.environ.get(PASSPHRASE_ENV)
         self._outbox: list[Certificate] = []
@@ -146,6 +149,7 @@ class LedgerService:
                 nursery.start_soon(self._publisher)
                 nursery.start_soon(self._anti_entropy)
                 nursery.start_soon(self._sync_on_connect)
+                nursery.start_soon(self.rotation.run)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -162,22 +166,32 @@ class LedgerService:
 
     def ingest(self, peer: str, certs: list[Certificate]) -> tuple[list[Delta], bool]:
         """Verify and apply `certs` (one synced write batch for all that apply). Returns the
-        deltas applied and whether any certificate is waiting for predecessors."""
+        deltas applied and whether any certificate is waiting (predecessors, funds or the
+        committee certificate of its epoch)."""
         t0 = time.perf_counter()
+        return self._carry_out(peer, [a for c in certs for a in self.replica.receive(peer, c)], t0)
+
+    def retry_awaiting_committee(self) -> None:
+        """Committee certificates were added: certificates waiting for them may apply now."""
+        if self.replica.awaiting:
+            t0 = time.perf_counter()
+            self._carry_out("", self.replica.committees_changed(), t0)
+
+    def _carry_out(self, peer: str, actions: list[Any], t0: float) -> tuple[list[Delta], bool]:
+        """Write the replica core's Commits in one synced batch; count and log the rest."""
         deltas: list[Delta] = []
         queued = False
-        for c in certs:
-            for a in self.replica.receive(peer, c):
-                if isinstance(a, Commit):
-                    deltas.append(a.delta)
-                elif isinstance(a, Queued):
-                    queued = True
-                elif isinstance(a, CertificateRefused):
-                    self.m_refused.labels(a.reason.value).inc()
-                    log.warning("refused certificate %s from %s: %s: %s", a.tx_id.hex()[:16], peer,
-                                a.reason.value, a.message)
-                elif isinstance(a, ConflictingCertificates):
-                    self._conflict(a.applied_tx, a.other, peer)
+        for a in actions:
+            if isinstance(a, Commit):
+                deltas.append(a.delta)
+            elif isinstance(a, Queued):
+                queued = True
+            elif isinstance(a, CertificateRefused):
+                self.m_refused.labels(a.reason.value).inc()
+                log.warning("refused certificate %s from %s: %s: %s", a.tx_id.hex()[:16], a.peer or peer,
+                            a.reason.value, a.message)
+            elif isinstance(a, ConflictingCertificates):
+                self._conflict(a.applied_tx, a.other, peer)
         if deltas:
             self.store.commit(deltas)
             self.replica.committed()
@@ -245,7 +259,10 @@ class LedgerService:
         f = Fields(unpack(msg.data, max_size=MAX_CERT_FRAME, what="ledger certificate batch"),
                    "ledger.CertBatch", versions={1}, peer=msg.origin)
         certs = [decode_certificate(c, peer=msg.origin) for c in f.list("certs", max_len=MAX_SYNC_BATCH)]
+        committees = self.rotation.decode_list(f.list("committees", optional=True) or [], msg.origin)
         f.done()
+        if committees:
+            self.rotation.add(msg.received_from, committees)
         _, queued = self.ingest(msg.origin, certs)
         if queued:
             self._sync_soon(msg.received_from)
@@ -263,9 +280,13 @@ class LedgerService:
             f = Fields(req, "ledger.SyncRequest", versions={1}, peer=stream.remote_peer)
             after = f.int("after", lo=0, hi=2**62)
             limit = f.int("limit", lo=1, hi=MAX_SYNC_BATCH)
+            committees_after = f.int("committees_after", lo=0, hi=2**40, optional=True)
             f.done()
             items = self.store.log_after(after, limit)
-            await stream.send({"v": 1, "certs": [[p, c] for p, c in items], "end": self.store.log_length()})
+            resp: dict[str, Any] = {"v": 1, "certs": [[p, c] for p, c in items], "end": self.store.log_length()}
+            if committees_after is not None:
+                resp["committees"] = self.rotation.serve(committees_after)
+            await stream.send(resp)
 
     def _sync_soon(self, peer: str) -> None:
         if self._nursery is not None and peer and peer != self.ctx.peer_id and peer not in self._syncing:
@@ -284,12 +305,16 @@ class LedgerService:
                 try:
                     while True:
                         cursor = self._cursors[peer] if peer in self._cursors else self.store.cursor(peer)
-                        await stream.send({"v": 1, "after": cursor, "limit": self.s.sync_batch})
+                        await stream.send({"v": 1, "after": cursor, "limit": self.s.sync_batch,
+                                           "committees_after": self.state.committees.latest_epoch()})
                         resp = await stream.recv(max_size=MAX_CERT_FRAME * 4)
                         f = Fields(resp, "ledger.SyncResponse", versions={1}, peer=peer)
                         end = f.int("end", lo=0, hi=2**62)
                         items = f.list("certs", max_len=MAX_SYNC_BATCH)
+                        committees = self.rotation.decode_list(f.list("committees", optional=True) or [], peer)
                         f.done()
+                        if committees:    # before the certificates, which may be of their epochs
+                            self.rotation.add(peer, committees)
                         if end < cursor:   # the peer's log is shorter than we read: a new data dir
                             self._cursors[peer] = 0
                             continue
@@ -367,6 +392,11 @@ class LedgerService:
             except StreamClosed:
                 return
             f = Fields(raw, "ledger.OrderRequest", versions={1}, peer=peer)
+            if f.has("committee"):
+                body = decode_committee_body(f.map("committee", max_len=8), peer=peer)
+                f.done()
+                await stream.send(self.rotation.sign(peer, body))
+                continue
             so = decode_signed_order(f.map("order", max_len=8), peer=peer)
             prev = decode_certificate(f.map("prev", max_len=8), peer=peer) if f.has("prev") else None
             f.done()
@@ -414,7 +444,7 @@ class LedgerService:
             return await self._drive(so, deadline)
 
     async def _drive(self, so: SignedOrder, deadline: float) -> Certificate:
-        committee = self.genesis.committee_for(so.order.epoch)
+        committee = self.state.committee_for(so.order.epoch)
         collector = VoteCollector(so, committee)
         sender, seq = so.key
         prev = self.store.raw_certificate(self.store.tx_at(sender, seq - 1) or b"") if seq > 0 else None

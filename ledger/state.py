@@ -24,6 +24,7 @@ from typing import Iterable
 
 import msgpack
 
+from fognode.ledger.committee import CommitteeBook, Members, compute_members
 from fognode.ledger.errors import Reason
 from fognode.ledger.genesis import FeeDestination, Genesis
 from fognode.ledger.messages import (BondOrder, Certificate, MintOrder, Order, TransferOrder,
@@ -120,6 +121,7 @@ class Delta:
     receipt_id: bytes | None
     accumulator: int
     parties: tuple[bytes, ...]                  # accounts whose history lists this tx
+    stake_delta: tuple[int, bytes, int] | None = None   # (order epoch, staker, net bonded in that epoch)
 
 
 class LedgerState:
@@ -133,6 +135,8 @@ class LedgerState:
         self.minted_by_epoch: dict[int, int] = {}
         self.used_receipts: set[bytes] = set()
         self.applied = 0
+        self.stake_deltas: dict[int, dict[bytes, int]] = {}
+        self.committees = CommitteeBook(genesis)
         self._acc = 0
         self._root_prefix = b"fognode-ledger-root/1" + genesis.chain_id.encode()
         self._add(_leaf(b"S", b"", self.supply.encode()))
@@ -144,7 +148,7 @@ class LedgerState:
     @classmethod
     def restore(cls, genesis: Genesis, accounts: Iterable[tuple[bytes, Account]], supply: Supply,
                 minted_by_epoch: dict[int, int], used_receipts: set[bytes], applied: int,
-                accumulator: int) -> "LedgerState":
+                accumulator: int, stake_deltas: dict[int, dict[bytes, int]] | None = None) -> "LedgerState":
         s = cls.__new__(cls)
         s.genesis = genesis
         s.committee = genesis.committee
@@ -153,6 +157,8 @@ class LedgerState:
         s.minted_by_epoch = dict(minted_by_epoch)
         s.used_receipts = set(used_receipts)
         s.applied = applied
+        s.stake_deltas = {e: dict(d) for e, d in (stake_deltas or {}).items()}
+        s.committees = CommitteeBook(genesis)
         s._acc = accumulator
         s._root_prefix = b"fognode-ledger-root/1" + genesis.chain_id.encode()
         return s
@@ -279,11 +285,14 @@ class LedgerState:
         if s.unbonding:
             s = s.release(o.epoch)
         bonded, unbonding = s.bonded, s.unbonding
+        stake_delta = None
         if isinstance(o, BondOrder):
             bonded += o.amount
+            stake_delta = (o.epoch, o.sender, self.stake_deltas.get(o.epoch, {}).get(o.sender, 0) + o.amount)
         elif isinstance(o, UnbondOrder):
             bonded -= o.amount
             unbonding = unbonding + ((o.epoch + g.unbonding_epochs, o.amount),)
+            stake_delta = (o.epoch, o.sender, self.stake_deltas.get(o.epoch, {}).get(o.sender, 0) - o.amount)
         touched[o.sender] = Account(s.balance - o.debit(), s.next_sequence + 1, bonded, unbonding,
                                     hashlib.blake2b(s.head + cert.tx_id, digest_size=32).digest())
         parties: tuple[bytes, ...] = (o.sender,)
@@ -315,13 +324,31 @@ class LedgerState:
         if receipt_id is not None:
             self.used_receipts.add(receipt_id)
             self._add(_leaf(b"R", receipt_id, b""))
+        if stake_delta is not None:
+            self.stake_deltas.setdefault(stake_delta[0], {})[stake_delta[1]] = stake_delta[2]
         self.applied += 1
         return Delta(cert=cert, index=self.applied, accounts=tuple(touched.items()), supply=self.supply,
                      minted_epoch=minted_epoch, receipt_id=receipt_id, accumulator=self._acc,
-                     parties=parties)
+                     parties=parties, stake_delta=stake_delta)
 
     def committee_for(self, epoch: int) -> Committee:
-        return self.genesis.committee_for(epoch)
+        """The committee certifying orders of `epoch` (certified rotation, see committee.py)."""
+        return self.committees.committee_for(epoch)
+
+    def stakes_upto(self, epoch: int) -> dict[bytes, int]:
+        """Bonded stake per account counting the genesis validators and the applied bond and
+        unbond certificates whose order epoch is <= `epoch` (order-independent sums)."""
+        stakes = dict(self.genesis.validators)
+        for e, changes in self.stake_deltas.items():
+            if e <= epoch:
+                for k, d in changes.items():
+                    stakes[k] = stakes.get(k, 0) + d
+        return {k: v for k, v in stakes.items() if v > 0}
+
+    def computed_members(self, epoch: int) -> Members:
+        """The committee of `epoch` this replica computes (stakes of order epochs <= epoch - 2);
+        empty if nobody qualifies."""
+        return compute_members(self.genesis, self.stakes_upto(epoch - 2))
 
     def invariant_problems(self) -> list[str]:
         """What `ledger.verify` reports: supply accounting and the root accumulator."""

@@ -21,6 +21,9 @@ Keys (big-endian integers, so LevelDB's order is numeric order):
     f/<sender><seq:8>       fork proof
     w/<sender>              this node's own order in flight for that sender
     p/<peer id>             position reached in that peer's apply log (sync cursor)
+    k/<epoch:8><pubkey>     net stake bonded by that account with orders of that epoch
+    c/<epoch:8>             certified committee of that epoch (committee.py)
+    C/<epoch:8>             committee body this validator signed for that epoch (its lock)
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from typing import Any, Iterable, Sequence
 
 import plyvel
 
+from fognode.ledger.committee import (CommitteeBody, CommitteeCertificate, decode_committee_body,
+                                      decode_committee_certificate)
 from fognode.ledger.errors import StoreError
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import (Certificate, ForkProof, SignedOrder, decode_certificate,
@@ -96,7 +101,12 @@ class LedgerStore:
         supply = Supply.decode(self._need(b"s/supply"))
         acc = int.from_bytes(self._need(b"s/acc"), "big")
         applied = self._decode(self._need(b"s/applied"), "apply count")
-        return LedgerState.restore(self.genesis, accounts, supply, minted, receipts, applied, acc)
+        stake: dict[int, dict[bytes, int]] = {}
+        for k, v in self.db.iterator(prefix=b"k/"):
+            stake.setdefault(int.from_bytes(k[2:10], "big"), {})[k[10:]] = self._decode(v, "stake record")
+        state = LedgerState.restore(self.genesis, accounts, supply, minted, receipts, applied, acc, stake)
+        state.committees.load(self.committee_certificates())
+        return state
 
     def _need(self, key: bytes) -> bytes:
         v = self.db.get(key)
@@ -126,6 +136,9 @@ class LedgerStore:
                 wb.put(b"o/" + _u8(d.index), tx)
                 for p in d.parties:
                     wb.put(b"h/" + p + _u8(d.index), tx)
+                if d.stake_delta is not None:
+                    epoch, staker, net = d.stake_delta
+                    wb.put(b"k/" + _u8(epoch) + staker, pack(net))
             last = deltas[-1]
             wb.put(b"s/supply", last.supply.encode())
             wb.put(b"s/acc", last.accumulator.to_bytes(64, "big"))
@@ -189,6 +202,38 @@ class LedgerStore:
             except RemoteProtocolError as e:
                 raise StoreError(f"corrupt lock record: {e}") from None
         return t
+
+    # -- committees (committee.py) ----------------------------------------------------------------
+
+    def put_committees(self, certs: Sequence[CommitteeCertificate]) -> None:
+        """Persist verified committee certificates in one synced batch."""
+        if not certs:
+            return
+        with self.db.write_batch(transaction=True, sync=True) as wb:
+            for c in certs:
+                wb.put(b"c/" + _u8(c.epoch), pack(c.to_wire()))
+
+    def committee_certificates(self) -> list[CommitteeCertificate]:
+        out = []
+        for _k, v in self.db.iterator(prefix=b"c/"):
+            try:
+                out.append(decode_committee_certificate(self._decode(v, "committee certificate")))
+            except RemoteProtocolError as e:
+                raise StoreError(f"corrupt committee certificate record: {e}") from None
+        return out
+
+    def persist_committee_lock(self, body: CommitteeBody) -> None:
+        """Durably record the committee body this validator signs for its epoch (sync)."""
+        self.db.put(b"C/" + _u8(body.epoch), pack(body.to_wire()), sync=True)
+
+    def committee_locks(self) -> dict[int, CommitteeBody]:
+        out = {}
+        for k, v in self.db.iterator(prefix=b"C/"):
+            try:
+                out[int.from_bytes(k[2:], "big")] = decode_committee_body(self._decode(v, "committee lock"))
+            except RemoteProtocolError as e:
+                raise StoreError(f"corrupt committee lock record: {e}") from None
+        return out
 
     # -- sync cursors (how far into each peer's apply log this replica has read) ---------------
 

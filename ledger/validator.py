@@ -19,7 +19,9 @@ from nacl.signing import SigningKey
 from fognode.ledger.actions import PersistLock, ReportFork, SendRejection, SendVote, ValidatorAction
 from fognode.ledger.errors import Reason
 from fognode.ledger.genesis import Genesis
-from fognode.ledger.messages import ForkProof, MintOrder, Rejection, SignedOrder, Vote, order_problem
+from fognode.ledger.messages import (BondOrder, ForkProof, MintOrder, Rejection, SignedOrder, UnbondOrder, Vote,
+                                     order_problem)
+from fognode.ledger.quorum import Committee
 from fognode.ledger.receipts import EvidenceError, ReceiptRegistry, VerifyContext
 from fognode.ledger.state import LedgerState
 
@@ -46,8 +48,10 @@ class LockTable:
         return len(self.locks)
 
 
-def mint_limit(genesis: Genesis, epoch: int) -> int:
-    c = genesis.committee_for(epoch)
+def mint_limit(genesis: Genesis, epoch: int, committee: Committee | None = None) -> int:
+    """The mint allowance of one validator in `epoch` (`committee`: that epoch's, default
+    the genesis committee)."""
+    c = committee if committee is not None else genesis.committee_for(epoch)
     q, f, t = c.quorum_stake, c.max_faulty_stake, c.total
     return genesis.emission.budget(epoch) * (q - f) // (t - f)
 
@@ -64,7 +68,7 @@ class Validator:
         self.rejected: dict[Reason, int] = {}
 
     def is_member(self, epoch: int) -> bool:
-        return self.pubkey in self.genesis.committee_for(epoch)
+        return self.pubkey in self.state.committee_for(epoch)
 
     def _reject(self, peer: str, so: SignedOrder, reason: Reason, message: str) -> list[ValidatorAction]:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -86,6 +90,15 @@ class Validator:
         if o.epoch not in (current, current - 1):
             return self._reject(peer, so, Reason.WRONG_EPOCH,
                                 f"order is for epoch {o.epoch}, this validator is in epoch {current}")
+        if o.epoch != current:
+            # stake orders of an epoch must be final when the next one begins (committee.py);
+            # other orders of the previous epoch only while the committee has not changed
+            if isinstance(o, (BondOrder, UnbondOrder)):
+                return self._reject(peer, so, Reason.WRONG_EPOCH,
+                                    f"bond/unbond orders must be of the current epoch {current}, not {o.epoch}")
+            if self.state.committee_for(o.epoch).members != self.state.committee_for(current).members:
+                return self._reject(peer, so, Reason.WRONG_EPOCH,
+                                    f"the committee changed at epoch {current}: orders of epoch {o.epoch} are closed")
         if not self.is_member(o.epoch):
             return self._reject(peer, so, Reason.NON_COMMITTEE_SIGNER,
                                 f"this node is not a validator of epoch {o.epoch}")
@@ -105,7 +118,7 @@ class Validator:
             rid = o.receipt.receipt_id
             if rid in self.locks.receipts:
                 return self._reject(peer, so, Reason.RECEIPT_USED, "this validator already signed a mint for this receipt")
-            ctx = VerifyContext(committee=g.committee_for(o.epoch), epoch=o.epoch,
+            ctx = VerifyContext(committee=self.state.committee_for(o.epoch), epoch=o.epoch,
                                 epoch_length=g.epoch_length, uptime_reward_per_hour=g.uptime_reward_per_hour)
             try:
                 worth = self.receipts.max_reward(o.receipt, ctx)
@@ -114,7 +127,7 @@ class Validator:
             if o.amount > worth:
                 return self._reject(peer, so, Reason.BAD_EVIDENCE,
                                     f"mint of {o.amount} exceeds the receipt's worth {worth}")
-            limit = mint_limit(g, o.epoch)
+            limit = mint_limit(g, o.epoch, self.state.committee_for(o.epoch))
             reserved = self.locks.mint_reserved.get(o.epoch, 0)
             if reserved + o.amount > limit:
                 return self._reject(peer, so, Reason.BUDGET_EXCEEDED,

@@ -46,8 +46,11 @@ class LNode:
 
 
 class Cluster:
-    def __init__(self, root: Path, n: int, nursery: trio.Nursery, config: LedgerConfig) -> None:
+    def __init__(self, root: Path, n: int, nursery: trio.Nursery, config: LedgerConfig,
+                 clock: Callable[[], float] | None = None, ledger_overrides: dict[str, Any] | None = None,
+                 genesis_time: int | None = None) -> None:
         self.root = root
+        self.clock = clock
         self.nursery = nursery
         self.config = config
         self.nodes: list[LNode] = []
@@ -58,7 +61,8 @@ class Cluster:
             wallet = Keystore(d).create("", "default")
             self.nodes.append(LNode(i, d, ident, wallet))
         ledger = dev_genesis("fog-test", [(bytes(x.identity.verify_key), DEV_STAKE) for x in self.nodes],
-                             {x.wallet: DEV_FUNDING for x in self.nodes})
+                             {x.wallet: DEV_FUNDING for x in self.nodes}, genesis_time=genesis_time)
+        ledger.update(ledger_overrides or {})
         self.genesis = {"chain_id": "fog-test", "ledger": ledger}
 
     async def start(self, i: int) -> None:
@@ -77,7 +81,8 @@ class Cluster:
                 async with open_overlay(cfg, node.identity, events, reg) as ov:
                     node.addr = ov.listen_addrs()[0]
                     ctx = NodeContext(peer_id=ov.peer_id, identity=node.identity, overlay=ov, events=events,
-                                      metrics=reg, datadir=node.datadir, genesis=self.genesis)
+                                      metrics=reg, datadir=node.datadir, genesis=self.genesis,
+                                      **({"clock": self.clock} if self.clock is not None else {}))
                     node.ctx = ctx
                     role = LedgerRole(ctx, self.config)
                     async with trio.open_nursery() as inner:
@@ -98,7 +103,9 @@ class Cluster:
 
 
 @asynccontextmanager
-async def ledger_cluster(root: Path, n: int, **config: Any) -> AsyncIterator[Cluster]:
+async def ledger_cluster(root: Path, n: int, *, clock: Callable[[], float] | None = None,
+                         ledger_overrides: dict[str, Any] | None = None, genesis_time: int | None = None,
+                         **config: Any) -> AsyncIterator[Cluster]:
     """Start n nodes; on exit stop them and collect the sockets py-libp2p leaves behind.
 
     Observed: after a node of the cluster is stopped, the live hosts keep TCP sockets (dials to
@@ -111,7 +118,7 @@ async def ledger_cluster(root: Path, n: int, **config: Any) -> AsyncIterator[Clu
     c: Cluster | None = None
     try:
         async with trio.open_nursery() as nursery:
-            c = Cluster(root, n, nursery, cfg)
+            c = Cluster(root, n, nursery, cfg, clock, ledger_overrides, genesis_time)
             for i in range(n):
                 await c.start(i)
             yield c

@@ -73,6 +73,7 @@ class Node:
     validator: Validator = field(init=False)
     replica: Replica = field(init=False)
     persisted: list[SignedOrder] = field(default_factory=list)
+    committee_locks: dict[int, Any] = field(default_factory=dict)   # the committee signer's locks
 
     def __post_init__(self) -> None:
         self.state = LedgerState(self.genesis)
