@@ -182,7 +182,8 @@ async def _live_node(i: int, root: Path, boot: list[str], cfg: dict[str, object]
         reg = CollectorRegistry()
         bus = EventBus(reg)
         key = SigningKey(os.urandom(32))
-        async with open_overlay(OverlayConfig(listen=LOCAL, bootstrap=boot, peers_low=8), key, bus, reg) as ov:
+        async with open_overlay(OverlayConfig(listen=LOCAL, bootstrap=boot, peers_low=8, dial_timeout=2.0),
+                                key, bus, reg) as ov:
             (root / f"n{i}").mkdir()
             ctx = NodeContext(peer_id=ov.peer_id, identity=key, overlay=ov, events=bus, metrics=reg,
                               datadir=root / f"n{i}", genesis={}, region="eu")
@@ -221,7 +222,7 @@ async def _killed_scenario(tmp_path: Path) -> None:
             await wait_until(lambda: all(len([p for p in n.role.ctx.overlay.peers() if p.connected]) >= 2
                                          for n in nodes), 30)
             out = await starter.start(task="synthetic", rounds=4, min_participants=3, participants=5,
-                                      deadline=6.0, local_epochs=2, lr=0.05, optin_seconds=3.0,
+                                      deadline=4.0, local_epochs=2, lr=0.05, optin_seconds=3.0,
                                       task_params={"alpha": 0.5, "beta": 0.5, "max_samples": 300})
             sid = bytes.fromhex(out["session_id"])
             assert starter.core is not None
