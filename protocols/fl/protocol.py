@@ -14,13 +14,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import trio
 from prometheus_client import Counter, Histogram
 
-from fognode.node.errors import LocalProtocolError, RemoteProtocolError, RpcError, StreamClosed
+from fognode.node.errors import RemoteProtocolError, RpcError, StreamClosed
 from fognode.node.events import Event
 from fognode.node.metrics import metric
 from fognode.node.overlay import FramedStream, GossipMessage as OverlayGossip
@@ -133,11 +133,8 @@ class FlRole(Protocol):
             self._nursery = nursery
             self.ctx.overlay.set_stream_handler(UPDATE_STREAM, self._serve_update)
             self.ctx.overlay.set_stream_handler(MODEL_STREAM, self._serve_model)
-            _ACTIVE[id(self.ctx.overlay)] = self
-            try:
-                await self.ctx.overlay.subscribe(TOPIC, _forwarder(id(self.ctx.overlay)))
-            except LocalProtocolError:
-                pass   # an earlier instance on this node subscribed (a restart): its forwarder reaches us
+            # subscribing again after a restart replaces the previous instance's handler
+            await self.ctx.overlay.subscribe(TOPIC, self._on_gossip)
             self._register_verifier()
             self.ctx.services.provide("fl", self)
             task_status.started()
@@ -149,8 +146,6 @@ class FlRole(Protocol):
                     self._apply(self.core.tick(self.ctx.clock()))
             finally:
                 self._closed = True
-                if _ACTIVE.get(id(self.ctx.overlay)) is self:
-                    del _ACTIVE[id(self.ctx.overlay)]
                 self.ctx.services.withdraw("fl")
 
     def _register_verifier(self) -> bool:
@@ -649,19 +644,6 @@ class FlRole(Protocol):
             raise RpcError(E.FL_EXPORT_FAILED, f"cannot write {path}: {e.strerror or e}") from None
         return {"path": str(target), "model_hash": s.latest_model.hex(), "rounds_done": s.rounds_done,
                 "tensors": [t.name for t in prepared.layout.tensors]}
-
-
-# The running FlRole of each overlay (by id): the overlay takes one gossip handler per topic
-# for its lifetime, so a restarted role is reached through the first instance's forwarder.
-_ACTIVE: dict[int, FlRole] = {}
-
-
-def _forwarder(overlay_id: int) -> Callable[[OverlayGossip], Awaitable[None]]:
-    async def forward(msg: OverlayGossip) -> None:
-        role = _ACTIVE.get(overlay_id)
-        if role is not None:
-            await role._on_gossip(msg)
-    return forward
 
 
 def _fields_of(spec: SessionSpec) -> Any:
