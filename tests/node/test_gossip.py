@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import pytest
 import trio
@@ -19,6 +19,7 @@ from fognode.node.gossip import (KIND_HEAD, KIND_MESSAGE, SequenceTracker, open_
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
 from fognode.node.overlay import GossipMessage
 from fognode.node.wire import pack, unpack
+from tests.polling import wait_until
 
 TOPIC = "fognode/test/news/1"
 O1, O2 = b"\x01" * 32, b"\x02" * 32
@@ -124,12 +125,6 @@ async def cluster(n: int, **kw: Any) -> AsyncIterator[list[Libp2pOverlay]]:
             while not all(len(x.peers()) == n - 1 for x in nodes):
                 await trio.sleep(0.02)
         yield nodes
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    with trio.fail_after(timeout):
-        while not cond():
-            await trio.sleep(0.02)
 
 
 def metric(ov: Libp2pOverlay, name: str, **labels: str) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import socket
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import pytest
 import trio
@@ -17,6 +17,7 @@ from fognode.node.errors import ConfigError, StreamClosed
 from fognode.node.events import EventBus, PeerConnected, PeerDisconnected
 from fognode.node.host import (Libp2pOverlay, OverlayConfig, open_overlay, peer_id_from_pubkey,
                                pubkey_from_peer_id)
+from tests.polling import wait_until
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
 
@@ -33,12 +34,6 @@ async def cluster(n: int, **kw: Any) -> AsyncIterator[list[Libp2pOverlay]]:
             nodes.append(await stack.enter_async_context(
                 open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg)))
         yield nodes
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not cond():
-            await trio.sleep(0.02)
 
 
 def metric(ov: Libp2pOverlay, name: str, **labels: str) -> float:

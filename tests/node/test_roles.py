@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -13,6 +12,7 @@ from fognode.node.events import EventBus, RoleHealthChanged
 from fognode.node.protocol import EmptyConfig, NodeContext, Protocol
 from fognode.node.roles import Supervisor, check_unique
 from fognode.node.rpc.methods import MethodTable, rpc_method
+from tests.polling import wait_until
 
 
 def context(tmp_path: Path) -> NodeContext:
@@ -48,12 +48,6 @@ class FailsToStart(Protocol):
         raise OSError("port in use")
 
 
-async def wait_for(pred: Any) -> None:
-    with trio.fail_after(5):
-        while not pred():
-            await trio.sleep(0.01)
-
-
 async def test_crashing_role_is_restarted_with_backoff_and_reported(tmp_path: Path) -> None:
     ctx = context(tmp_path)
     table = MethodTable()
@@ -62,7 +56,7 @@ async def test_crashing_role_is_restarted_with_backoff_and_reported(tmp_path: Pa
     Crashy.runs = 0
     async with trio.open_nursery() as n:
         await sup.start(n, Crashy, EmptyConfig())
-        await wait_for(lambda: Crashy.runs == 3 and sup.health()["crashy"]["health"] == "healthy")
+        await wait_until(lambda: Crashy.runs == 3 and sup.health()["crashy"]["health"] == "healthy")
         assert sup.health()["crashy"]["restarts"] == 2
         spec = table.get("crashy.runs")
         assert spec is not None and await spec.handler() == 3  # methods bound to the live instance
