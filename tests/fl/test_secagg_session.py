@@ -136,3 +136,43 @@ def test_plain_updates_are_refused_in_a_secagg_session() -> None:
     sender = next(p for p in plan.peers if p != agg)
     why = sim.by_peer[agg].core.admit_update(sender, sid, plan.round, plan.try_no, 0)
     assert why == "plain update in a secure-aggregation session"
+
+
+def test_dead_aggregator_fallback_runs_a_fresh_secagg() -> None:
+    """The elected aggregator dies when the plan is out: participants cannot reach it, join
+    the fallback aggregator's run (new round id, new keys) and the round completes there."""
+    sim = Sim(5)
+    sim.kill_planned_aggregator_from_round = 1
+    sid = sim.start(spec(rounds=2, privacy=SECAGG))
+    st = run(sim, sid)
+    assert st["state"] == "completed", st["reason"]
+    assert len(sim.killed) == 1
+    dead = sim.killed[0][1]
+    h1 = st["history"][0]
+    assert h1["aggregator"] != dead and dead not in h1["accepted"] and len(h1["accepted"]) == 4
+    assert h1["tries"] == 1
+
+
+def test_key_adverts_must_be_signed_by_the_sender() -> None:
+    from nacl.signing import SigningKey
+
+    from fognode.protocols.fl.privacy.secagg import SecAggParticipant
+    from fognode.protocols.fl.rounds import UpdateMeta
+
+    sim = Sim(5)
+    for nd in sim.nodes:
+        nd.never_trains = True          # keep round 1 open
+    sid = sim.start(spec(rounds=1, privacy=SECAGG))
+    sim.run_until(lambda: sim.nodes[0].core.sessions[sid].plan is not None, 60)
+    s = sim.nodes[0].core.sessions[sid]
+    assert s.plan is not None
+    agg = sim.by_peer[s.order[0]]
+    sender = next(p for p in s.plan.peers if p != agg.peer)
+    cfg = agg.core._secagg_config(agg.core.sessions[sid], s.plan, 0)
+    meta = UpdateMeta(100, 1.0, 0.5, 0.9)
+    for identity in (None, SigningKey(b"\x77" * 32)):        # unsigned, or signed by another key
+        adv = SecAggParticipant(cfg, sender, identity=identity).advertise()
+        why, _ = agg.core.receive_secagg(sender, sid, s.plan.round, s.plan.try_no, 0, adv, meta, sim.now)
+        assert why is not None and "not signed by the sender" in why
+    good = SecAggParticipant(cfg, sender, identity=sim.by_peer[sender].key).advertise()
+    assert agg.core.receive_secagg(sender, sid, s.plan.round, s.plan.try_no, 0, good, meta, sim.now)[0] is None
