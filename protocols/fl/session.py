@@ -10,6 +10,8 @@ round timing): announcement -> task prepared -> opt-in -> per round: plan -> fet
 model -> train -> send update to the elected aggregator (or a fallback) -> the aggregator
 validates, aggregates, signs a receipt and publishes the result -> the coordinator fetches the
 new model and plans the next round -> session ended (completed, failed or stopped).
+In a `secagg` session the update is never sent in the clear: participant and aggregator run
+the SecAgg protocol instead and the aggregator gets only the sum (session_secagg.py).
 """
 from __future__ import annotations
 
