@@ -12,7 +12,9 @@ import numpy as np
 
 from fognode.node.events import Event
 from fognode.protocols.fl.messages import GossipMessage, UpdateHeader
+from fognode.protocols.fl.privacy.secagg_messages import Message as SecAggMessage
 from fognode.protocols.fl.receipts import RoundReceipt
+from fognode.protocols.fl.rounds import UpdateMeta
 from fognode.protocols.fl.strategies.base import ClientUpdate, Strategy
 from fognode.protocols.fl.tasks.base import TrainConfig
 from fognode.protocols.fl.tensors import TensorHeader
@@ -95,6 +97,40 @@ class Aggregate:
 
 
 @dataclass(frozen=True)
+class SendSecAgg:
+    """Send one secure-aggregation message of (round, try_no, fallback slot) to `to` on the
+    secagg stream (secagg_round.encode). `meta` rides along with AdvertiseKeys. When
+    `participant` is true (this node sends as a participant) report the outcome with
+    `core.secagg_delivered(...)`; an aggregator's undelivered message is that peer's dropout."""
+
+    session_id: bytes
+    round: int
+    try_no: int
+    fallback: int
+    to: str
+    message: SecAggMessage = field(repr=False, compare=False)
+    meta: UpdateMeta | None = None
+    participant: bool = True
+
+
+@dataclass(frozen=True)
+class AggregateSum:
+    """Run `strategy.aggregate_sum(base, delta_sum, total_weight, peers, num_samples=...)` on
+    a secure-aggregated sum (worker thread); then `core.aggregated(...)`."""
+
+    session_id: bytes
+    round: int
+    try_no: int
+    fallback: int
+    strategy: Strategy = field(compare=False)
+    base: np.ndarray = field(repr=False, compare=False)
+    delta_sum: np.ndarray = field(repr=False, compare=False)
+    total_weight: float
+    peers: tuple[str, ...]
+    num_samples: dict[str, int] = field(hash=False)
+
+
+@dataclass(frozen=True)
 class Emit:
     event: Event
 
@@ -140,4 +176,4 @@ class PayRewards:
 
 
 Action = Union[PayRewards, Publish, PrepareTask, FetchModel, Train, SendUpdate, Aggregate, Emit,
-               ReportOutcome, UpdateRefused, SaveModel]
+               ReportOutcome, UpdateRefused, SaveModel, SendSecAgg, AggregateSum]

@@ -1,9 +1,11 @@
 """The `fl` role: a thin trio adapter around the sans-IO core (session.py).
 
 Wire: gossip topic `fognode/fl/sessions/1` (announcements, opt-ins, plans, results, failures,
-session ends), stream `/fognode/fl/update/1.0.0` (updates in: header frame, raw chunks, ack)
-and `/fognode/fl/model/1.0.0` (global models out: request, response with tensor headers, raw
-chunks). Only `ctx.overlay` is used. Task loading, local training and aggregation run in worker
+session ends), stream `/fognode/fl/update/1.0.0` (updates in: header frame, raw chunks, ack),
+`/fognode/fl/model/1.0.0` (global models out: request, response with tensor headers, raw
+chunks) and `/fognode/fl/secagg/1.0.0` (one secure-aggregation message per stream, both ways
+between a participant and the round's aggregator: envelope frame, byte frames, ack; see
+secagg_round.py). Only `ctx.overlay` is used. Task loading, local training and aggregation run in worker
 threads (`trio.to_thread.run_sync`), so the node keeps serving while it trains; torch is only
 imported there, never when this module is imported.
 """
@@ -28,9 +30,10 @@ from fognode.node.protocol import Protocol
 from fognode.node.rpc.methods import rpc_method
 from fognode.node.wire import digest, unpack
 from fognode.protocols.fl import errors as E
+from fognode.protocols.fl import secagg_round
 from fognode.protocols.fl.actions import (
-    Action, Aggregate, Emit, FetchModel, PayRewards, PrepareTask, Publish, ReportOutcome,
-    SaveModel, SendUpdate, Train, UpdateRefused)
+    Action, Aggregate, AggregateSum, Emit, FetchModel, PayRewards, PrepareTask, Publish,
+    ReportOutcome, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.events import TrainingRoundCompleted
 from fognode.protocols.fl.messages import (
@@ -50,10 +53,13 @@ log = logging.getLogger("fognode.fl")
 
 MODEL_STREAM = "/fognode/fl/model/1.0.0"
 UPDATE_STREAM = "/fognode/fl/update/1.0.0"
+SECAGG_STREAM = "/fognode/fl/secagg/1.0.0"
 TOPIC = "fognode/fl/sessions/1"
 MAX_CONTROL_FRAME = 64 * 1024
 MAX_GOSSIP = 512 * 1024
 MIB = 1 << 20
+SECAGG_ATTEMPTS = 4          # sends of one SecAgg message while the receiver lacks the plan
+SECAGG_RETRY_DELAY = 0.25    # seconds, times the attempt number
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class FlRole(Protocol):
 
     name = "fl"
     Config = FlConfig
-    stream_ids = (MODEL_STREAM, UPDATE_STREAM)
+    stream_ids = (MODEL_STREAM, UPDATE_STREAM, SECAGG_STREAM)
     topics = (TOPIC,)
 
     def __init__(self, ctx: Any, config: FlConfig) -> None:
@@ -133,6 +139,7 @@ class FlRole(Protocol):
             self._nursery = nursery
             self.ctx.overlay.set_stream_handler(UPDATE_STREAM, self._serve_update)
             self.ctx.overlay.set_stream_handler(MODEL_STREAM, self._serve_model)
+            self.ctx.overlay.set_stream_handler(SECAGG_STREAM, self._serve_secagg)
             # subscribing again after a restart replaces the previous instance's handler
             await self.ctx.overlay.subscribe(TOPIC, self._on_gossip)
             self._register_verifier()
@@ -245,6 +252,10 @@ class FlRole(Protocol):
                 self._nursery.start_soon(self._send_update, a)
             elif isinstance(a, Aggregate):
                 self._nursery.start_soon(self._aggregate, a)
+            elif isinstance(a, SendSecAgg):
+                self._nursery.start_soon(self._send_secagg, a)
+            elif isinstance(a, AggregateSum):
+                self._nursery.start_soon(self._aggregate_sum, a)
             elif isinstance(a, Emit):
                 self._emit(a.event)
             elif isinstance(a, ReportOutcome):
@@ -349,6 +360,21 @@ class FlRole(Protocol):
         self._apply(self.core.aggregated(a.session_id, a.round, a.try_no, a.fallback, result, "",
                                          self._now(), a.strategy.state_arrays()))
 
+    async def _aggregate_sum(self, a: AggregateSum) -> None:
+        assert self.core is not None
+        started = trio.current_time()
+        try:
+            result = await trio.to_thread.run_sync(
+                lambda: a.strategy.aggregate_sum(a.base, a.delta_sum, a.total_weight, a.peers,
+                                                 num_samples=a.num_samples),
+                limiter=self._limiter)
+            self.m_aggregate.observe(trio.current_time() - started)
+        except StrategyError as e:
+            self._apply(self.core.aggregated(a.session_id, a.round, a.try_no, a.fallback, None, str(e), self._now()))
+            return
+        self._apply(self.core.aggregated(a.session_id, a.round, a.try_no, a.fallback, result, "",
+                                         self._now(), a.strategy.state_arrays()))
+
     async def _save(self, a: SaveModel) -> None:
         assert self.core is not None
         s = self.core.sessions.get(a.session_id)
@@ -427,6 +453,78 @@ class FlRole(Protocol):
             self._apply(core.reject_update(peer, sid, rnd, try_no, why, self._now()))
             try:
                 await st.send(Ack(False, why).to_wire())
+            except StreamClosed:
+                pass
+            await _close(st)
+
+    # == streams: secure aggregation ========================================================
+
+    async def _send_secagg(self, a: SendSecAgg) -> None:
+        """Carry one SecAgg message. A refusal because the receiver has not seen the round
+        plan yet ("unknown round") is retried a few times; a participant whose aggregator
+        cannot be reached is told (`secagg_delivered`), and moves to the next aggregator."""
+        assert self.core is not None
+        env, frames = secagg_round.encode(a.session_id, a.round, a.try_no, a.fallback, a.message,
+                                          a.meta, self.config.chunk_size)
+        reached, reason = False, ""
+        for attempt in range(SECAGG_ATTEMPTS):
+            reached, reason = False, ""
+            try:
+                with trio.fail_after(self.config.stream_timeout):
+                    st = await self.ctx.overlay.open_stream(a.to, SECAGG_STREAM)
+                    try:
+                        await st.send(env)
+                        for fr in frames:
+                            await st.send_bytes(fr)
+                        self.m_bytes_out.labels("secagg").inc(sum(len(fr) for fr in frames))
+                        ack = Ack.decode(await st.recv(max_size=MAX_CONTROL_FRAME), peer=a.to)
+                        reached, reason = True, "" if ack.ok else ack.reason
+                    finally:
+                        await _close(st)
+            except trio.TooSlowError:
+                reason = "timed out"
+            except Exception as e:   # unreachable peer, reset stream
+                reason = f"{type(e).__name__}: {e}"
+            if not (reached and reason == "unknown round") or self._closed:
+                break
+            await trio.sleep(SECAGG_RETRY_DELAY * (attempt + 1))
+        if reason:
+            log.info("fl: secagg %s for round %d to %s: %s", type(a.message).__name__, a.round, a.to, reason)
+        if a.participant and not reached:
+            self._apply(self.core.secagg_delivered(a.session_id, a.round, a.try_no, a.fallback,
+                                                   False, reason, self._now()))
+
+    async def _serve_secagg(self, st: FramedStream) -> None:
+        """Receive one SecAgg message: envelope, byte frames (bounded), then the core's verdict."""
+        assert self.core is not None
+        peer = st.remote_peer
+        with trio.fail_after(self.config.stream_timeout):
+            try:
+                env = secagg_round.Envelope.decode(await st.recv(max_size=MAX_CONTROL_FRAME), peer=peer)
+                frames: list[bytes] = []
+                total = 0
+                for _ in range(env.parts):
+                    fr = await st.recv_bytes(max_size=4 * MIB)
+                    total += len(fr)
+                    if total > secagg_round.MAX_BODY:
+                        raise RemoteProtocolError("secagg message too large", peer=peer)
+                    frames.append(fr)
+                msg = secagg_round.decode_body(frames, peer=peer)
+            except RemoteProtocolError as e:
+                self.m_bad_gossip.labels("secagg").inc()
+                log.info("fl: malformed secagg message from %s: %s", peer, e)
+                try:
+                    await st.send(Ack(False, "malformed").to_wire())
+                except StreamClosed:
+                    pass
+                await _close(st)
+                return
+            self.m_bytes_in.labels("secagg").inc(total)
+            why, actions = self.core.receive_secagg(peer, env.session_id, env.round, env.try_no,
+                                                    env.fallback, msg, env.meta, self._now())
+            self._apply(actions)
+            try:
+                await st.send(Ack(why is None, why or "").to_wire())
             except StreamClosed:
                 pass
             await _close(st)
@@ -551,6 +649,10 @@ class FlRole(Protocol):
         if prepared.layout.size * 4 > self.config.max_model_bytes:
             raise RpcError(E.FL_BAD_REQUEST, f"the model has {prepared.layout.size} parameters, over "
                                              f"this node's max_model_bytes {self.config.max_model_bytes}")
+        if secagg and (prepared.layout.size + 1) * 8 > secagg_round.MAX_BODY - (1 << 20):
+            raise RpcError(E.FL_BAD_REQUEST, f"the model has {prepared.layout.size} parameters: its "
+                                             f"masked secure-aggregation input (8 bytes each) is over "
+                                             f"the {secagg_round.MAX_BODY >> 20} MiB limit")
         now = self._now()
         ann = self.core.new_announcement(spec, prepared, nonce, now)
         try:

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fognode.protocols.fl.messages import RoundPlan
 from fognode.protocols.fl.strategies.base import ClientUpdate
 from fognode.protocols.fl.tasks import TrainResult
+
+if TYPE_CHECKING:
+    from fognode.protocols.fl.privacy.secagg import SecAggAggregator, SecAggParticipant
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class ParticipantRound:
         self.meta: UpdateMeta | None = None
         self.sent_slot = -1          # highest slot the update was addressed to
         self.in_flight = False
+        # secure aggregation: the contribution (vector with its weight appended) and the
+        # protocol run with the aggregator of `sent_slot`
+        self.contribution: np.ndarray | None = None
+        self.secagg: SecAggParticipant | None = None
 
     def slot_at(self, now: float) -> int:
         k = int((now - self.t0) // self.deadline) if now > self.t0 else 0
@@ -84,9 +92,14 @@ class AggregatorRound:
         self.updates: dict[str, ClientUpdate] = {}
         self.meta: dict[str, UpdateMeta] = {}
         self.rejected: dict[str, str] = {}
+        # secure aggregation: the protocol run of this slot and whose inputs are in its sum
+        self.secagg: SecAggAggregator | None = None
+        self.contributors: tuple[str, ...] | None = None
 
     @property
     def answered(self) -> set[str]:
+        if self.contributors is not None:
+            return set(self.contributors) | set(self.rejected)
         return set(self.updates) | set(self.rejected)
 
     def everyone_answered(self) -> bool:

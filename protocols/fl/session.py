@@ -10,6 +10,8 @@ round timing): announcement -> task prepared -> opt-in -> per round: plan -> fet
 model -> train -> send update to the elected aggregator (or a fallback) -> the aggregator
 validates, aggregates, signs a receipt and publishes the result -> the coordinator fetches the
 new model and plans the next round -> session ended (completed, failed or stopped).
+In a `secagg` session the update is never sent in the clear: participant and aggregator run
+the SecAgg protocol instead and the aggregator gets only the sum (session_secagg.py).
 """
 from __future__ import annotations
 
@@ -35,13 +37,15 @@ from fognode.protocols.fl.messages import (
     DeviceFacts, GossipMessage, OptIn, RoundFailed, RoundPlan, RoundResult, SessionAnnouncement,
     SessionEnded, SessionSpec, UpdateHeader)
 from fognode.protocols.fl.prepared import PreparedTask, init_seed_of
+from fognode.protocols.fl.privacy.secagg import with_weight
 from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt
 from fognode.protocols.fl.rounds import (
     AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome, UpdateMeta)
 from fognode.protocols.fl.selection import ineligibility
+from fognode.protocols.fl.session_secagg import SecAggRounds
 from fognode.protocols.fl.strategies.base import (
-    AggregateResult, ClientUpdate, Strategy, StrategyConfigError, StrategyError,
-    check_secagg_compatible, make_strategy)
+    AggregateResult, ClientUpdate, Strategy, StrategyError, check_secagg_compatible,
+    make_strategy)
 from fognode.protocols.fl.tasks import TrainConfig
 from fognode.protocols.fl.tensors import params_hash
 
@@ -55,13 +59,11 @@ BLAMEWORTHY = {"dtype", "shape", "size", "oversize", "hash", "nonfinite", "not a
 
 def build_strategy(spec: SessionSpec) -> Strategy:
     """The session's aggregation strategy (with central DP when asked). Raises
-    StrategyConfigError for invalid names/parameters, robust + secure aggregation, or secure
-    aggregation at all (the round engine does not run the SecAgg protocol)."""
+    StrategyConfigError for invalid names/parameters or robust + secure aggregation (robust
+    rules need the individual updates that secure aggregation hides)."""
     strategy = make_strategy(spec.strategy, spec.strategy_params)
     if spec.privacy.secagg:
         check_secagg_compatible(strategy)
-        raise StrategyConfigError("secure aggregation is not run by fognode's round engine; "
-                                  "start the session without secagg")
     if spec.privacy.dp:
         from fognode.protocols.fl.privacy.dp import DPConfig, DPStrategy
 
@@ -103,7 +105,7 @@ class Session:
         return self.ann.spec
 
 
-class FlCore:
+class FlCore(SecAggRounds):
     """All FL sessions of one node. Synchronous; never blocks; time is an argument."""
 
     def __init__(self, peer_id: str, key: SigningKey, *, tasks_enabled: set[str],
@@ -265,6 +267,8 @@ class FlCore:
             slot = s.order.index(self.me)
             s.aggregator = AggregatorRound(plan, s.order, slot, now, s.spec.deadline,
                                            s.spec.min_participants)
+            if s.spec.privacy.secagg:
+                s.aggregator.secagg = self._secagg_aggregator(s, s.aggregator)
         role = "+".join(r for r, yes in (("coordinator", s.coordinator is not None),
                                          ("participant", is_part)) if yes)
         if role:
@@ -348,11 +352,20 @@ class FlCore:
         pr.delta = delta
         pr.meta = UpdateMeta(outcome.result.num_samples, outcome.base_loss, outcome.base_accuracy,
                              outcome.result.loss)
+        if s.spec.privacy.secagg:
+            try:
+                vec, weight = build_strategy(s.spec).client_contribution(delta, pr.meta.num_samples)
+            except StrategyError:
+                pr.state = ParticipantState.DONE
+                return []
+            pr.contribution = with_weight(vec, weight)
         pr.state = ParticipantState.SENDING
-        return self._send(s, pr, pr.slot_at(now), now)
+        return self._route(self._send(s, pr, pr.slot_at(now), now), now)
 
     def _send(self, s: Session, pr: ParticipantRound, slot: int, now: float) -> list[Action]:
         assert pr.delta is not None and pr.meta is not None
+        if pr.contribution is not None:
+            return self._secagg_join(s, pr, slot, now)
         pr.sent_slot = slot
         to = pr.order[slot]
         m = pr.meta
@@ -402,6 +415,8 @@ class FlCore:
             return "unknown round"
         if peer not in s.plan.peers:
             return "not a participant"
+        if s.spec.privacy.secagg:
+            return "plain update in a secure-aggregation session"
         ar = s.aggregator
         if ar is None or ar.slot != fallback:
             return "not the aggregator"
@@ -454,6 +469,15 @@ class FlCore:
         ar = s.aggregator
         if ar is None or ar.state != AggregatorState.COLLECTING:
             return []
+        if ar.secagg is not None:
+            # the SecAgg protocol drives this round; at the slot end it has not finished
+            if not closing:
+                return []
+            if ar.slot == len(ar.order) - 1:
+                return self._round_failed(s, f"secure aggregation did not finish in time (phase "
+                                             f"{ar.secagg.phase.value})")
+            ar.state = AggregatorState.DONE
+            return []
         everyone = ar.everyone_answered()
         if not (everyone or closing):
             return []
@@ -503,7 +527,7 @@ class FlCore:
         mh = params_hash(params)
         self._store(s, mh, ModelBundle(params, _portable_state(strategy_state or {})))
         weights = _normalised(result.weights, result.accepted)
-        accepted = tuple(AcceptedUpdate(p, weights[p], ar.updates[p].num_samples) for p in result.accepted)
+        accepted = tuple(AcceptedUpdate(p, weights[p], ar.meta[p].num_samples) for p in result.accepted)
         receipt = RoundReceipt(sid, round_no, try_no, self.me, bytes(self.key.verify_key),
                                ar.plan.base_model_hash, mh, accepted,
                                s.spec.reward_budget // s.spec.rounds, now).signed(self.key)
@@ -644,9 +668,11 @@ class FlCore:
                     and now >= pr.slot_end(pr.sent_slot) and pr.sent_slot + 1 < len(pr.order):
                 out += self._send(s, pr, pr.sent_slot + 1, now)
             ar = s.aggregator
+            if ar is not None and ar.state == AggregatorState.COLLECTING and ar.secagg is not None:
+                out += self._secagg_actions(s, ar, ar.secagg.tick(now), now)
             if ar is not None and ar.state == AggregatorState.COLLECTING and now >= ar.closes:
                 out += self._maybe_aggregate(s, now, closing=True)
-        return out
+        return self._route(out, now)
 
     def _bump(self, s: Session, failure: str) -> list[Action]:
         c = s.coordinator
@@ -688,6 +714,7 @@ class FlCore:
             "rounds": spec.rounds, "rounds_done": s.rounds_done,
             "min_participants": spec.min_participants, "participants_per_round": spec.participants,
             "model_hash": s.latest_model.hex(), "reason": s.reason,
+            "secagg": spec.privacy.secagg,
         }
         if spec.privacy.dp:
             from fognode.protocols.fl.privacy.dp import epsilon_after

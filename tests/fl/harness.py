@@ -20,13 +20,15 @@ from nacl.signing import SigningKey
 
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack
+from fognode.protocols.fl import secagg_round
 from fognode.protocols.fl.actions import (
-    Action, Aggregate, Emit, FetchModel, PrepareTask, Publish, ReportOutcome, SaveModel,
-    SendUpdate, Train, UpdateRefused)
+    Action, Aggregate, AggregateSum, Emit, FetchModel, PrepareTask, Publish, ReportOutcome,
+    SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.election import aggregator_order
 from fognode.protocols.fl.messages import (
     DeviceFacts, RoundPlan, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
 from fognode.protocols.fl.prepared import PreparedTask, init_seed_of, prepare_task
+from fognode.protocols.fl.privacy.secagg_messages import MaskedInput, UnmaskRequest
 from fognode.protocols.fl.rounds import TrainOutcome
 from fognode.protocols.fl.selection import DeviceCandidate
 from fognode.protocols.fl.session import FlCore
@@ -82,6 +84,13 @@ class Sim:
         self.kill_planned_aggregator_from_round: int | None = None
         self.kill_aggregating_from_round: int | None = None
         self.killed: list[tuple[int, str]] = []
+        # secure aggregation faults: in this round, the first participant (never node 0, never
+        # the aggregator) to send its masked input dies right after it; and per (round, try),
+        # how many participants ignore the aggregator's unmask request
+        self.kill_after_masked_round: int | None = None
+        self.kill_after_masked_count = 1
+        self.silent_unmask: dict[tuple[int, int], int] = {}
+        self.secagg_frames = 0
         for i in range(n):
             key = SigningKey(bytes([i + 1]) * 32)
             peer = peer_id_from_pubkey(bytes(key.verify_key))
@@ -207,6 +216,22 @@ class Sim:
             else:
                 self._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
                                                res, "", now, act.strategy.state_arrays()))
+        elif isinstance(act, AggregateSum):
+            if nd.drop_aggregate:
+                nd.alive = False
+                self.killed.append((act.round, nd.peer))
+                return
+            try:
+                res = act.strategy.aggregate_sum(act.base, act.delta_sum, act.total_weight,
+                                                 act.peers, num_samples=act.num_samples)
+            except StrategyError as e:
+                self._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
+                                               None, str(e), now))
+            else:
+                self._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
+                                               res, "", now, act.strategy.state_arrays()))
+        elif isinstance(act, SendSecAgg):
+            self._send_secagg(nd, act)
         elif isinstance(act, Emit):
             nd.events.append(act.event)
         elif isinstance(act, ReportOutcome):
@@ -236,6 +261,33 @@ class Sim:
         reason = self.deliver_raw(nd.peer, target, act, delta)
         self._push(nd, nd.core.update_delivered(act.session_id, act.round, act.try_no, act.fallback,
                                                 reason is None, reason or "", self.now))
+
+    def _send_secagg(self, nd: SimNode, act: SendSecAgg) -> None:
+        """The secagg stream, as protocol.py does it: envelope map plus byte frames through
+        the real codecs, then `receive_secagg` at the target."""
+        target = self.by_peer.get(act.to)
+        key = (act.round, act.try_no)
+        if isinstance(act.message, UnmaskRequest) and self.silent_unmask.get(key, 0) > 0:
+            self.silent_unmask[key] -= 1
+            return
+        if target is None or not target.alive:
+            if act.participant:
+                self._push(nd, nd.core.secagg_delivered(act.session_id, act.round, act.try_no,
+                                                        act.fallback, False, "unreachable", self.now))
+            return
+        env_map, frames = secagg_round.encode(act.session_id, act.round, act.try_no, act.fallback,
+                                              act.message, act.meta, frame_size=4096)
+        self.secagg_frames += len(frames)
+        env = secagg_round.Envelope.decode(wire(pack(env_map)), peer=nd.peer)
+        msg = secagg_round.decode_body([bytes(f) for f in frames], peer=nd.peer)
+        _, actions = target.core.receive_secagg(nd.peer, env.session_id, env.round, env.try_no,
+                                                env.fallback, msg, env.meta, self.now)
+        self._push(target, actions)
+        if isinstance(act.message, MaskedInput) and self.kill_after_masked_round == act.round \
+                and nd.index != 0 and self.kill_after_masked_count > 0:
+            self.kill_after_masked_count -= 1
+            nd.alive = False
+            self.killed.append((act.round, nd.peer))
 
     def deliver_raw(self, sender: str, target: SimNode, act: SendUpdate, delta: np.ndarray,
                     *, tamper: Callable[[dict[str, Any], list[bytes]], None] | None = None) -> str | None:

@@ -266,3 +266,34 @@ async def test_restarted_role_still_gets_gossip(tmp_path: Path) -> None:
             assert again.core is not None
             await wait_until(lambda: sid in again.core.sessions, 20)
             nursery.cancel_scope.cancel()
+
+
+async def test_three_nodes_secure_aggregation_over_real_streams(tmp_path: Path) -> None:
+    """secagg=true on real overlays: every round's updates travel only as SecAgg messages on
+    the secagg stream (no update stream traffic), and the session completes."""
+    async with fl_nodes(3, tmp_path) as roles:
+        await wait_until(lambda: all(len([p for p in r.ctx.overlay.peers() if p.connected]) >= 1
+                                     for r in roles), 20)
+        out = await roles[0].start(task="synthetic", rounds=2, min_participants=2, participants=3,
+                                   deadline=15.0, local_epochs=2, lr=0.05, optin_seconds=5.0,
+                                   task_params={"alpha": 0.5, "beta": 0.5, "max_samples": 300},
+                                   secagg=True)
+        sid = out["session_id"]
+        await wait_until(lambda: roles[0].core is not None and
+                         roles[0].core.status(bytes.fromhex(sid))["state"] != "running", 90)
+        st = await roles[0].status(sid)
+        secagg_bytes = sum((r.ctx.metrics.get_sample_value("fognode_fl_bytes_received_total",
+                                                           {"stream": "secagg"}) or 0) for r in roles)
+        update_bytes = sum((r.ctx.metrics.get_sample_value("fognode_fl_bytes_received_total",
+                                                           {"stream": "update"}) or 0) for r in roles)
+        refused = []
+        try:
+            await roles[0].start(task="synthetic", strategy="median", secagg=True)
+        except RpcError as e:
+            refused = [e.code, e.message]
+
+    assert st["state"] == "completed", st
+    assert [h["round"] for h in st["history"]] == [1, 2]
+    assert all(len(h["accepted"]) >= 2 for h in st["history"]), st["history"]
+    assert secagg_bytes > 0 and update_bytes == 0
+    assert refused[0] == 507 and "robust" in refused[1]
