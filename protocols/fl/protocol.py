@@ -609,7 +609,8 @@ class FlRole(Protocol):
         round within DEADLINE seconds (default from the node config). STRATEGY is fedavg,
         fedprox, fedadam, fedyogi, fedadagrad, median, trimmed_mean, krum, multikrum or bulyan,
         with STRATEGY_PARAMS (e.g. {"mu": 0.1}, {"f": 1}). DP_CLIP > 0 turns on central DP with
-        noise multiplier DP_NOISE. Selection criteria: REGION, CAPABILITIES, MIN_REPUTATION (0..1),
+        noise multiplier DP_NOISE. SECAGG runs secure aggregation: the aggregator sees only the sum
+        of the updates (mean-based strategies only; robust ones get 507). Selection criteria: REGION, CAPABILITIES, MIN_REPUTATION (0..1),
         CHARGING_ONLY, MIN_CORES, MIN_MEMORY_MB. Errors: 500 bad parameter, 501 task not
         available, 502 strategy, 507 unsupported privacy option.
         """
