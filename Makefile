@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DATADIR ?= $(HOME)/.fognode
+DATADIR ?= $(or $(FOGNODE_DATADIR),$(HOME)/.fognode)
 # `make run` is the development path: without FOGNODE_PASSPHRASE the node's wallet is a dev
 # keystore with an empty passphrase (the daemon says so loudly). Set it for a real wallet.
 run: export FOGNODE_PASSPHRASE ?=
