@@ -107,7 +107,8 @@ class NodeService:
         for sec in ("node", "overlay", "rpc"):
             out[sec] = asdict(getattr(c, sec))
         out["protocols"] = {
-            name: {"enabled": rs.enabled, **(asdict(rs.config) if is_dataclass(rs.config) else {})}
+            name: {"enabled": rs.enabled,
+                   **(asdict(rs.config) if is_dataclass(rs.config) and not isinstance(rs.config, type) else {})}
             for name, rs in c.protocols.items()
         }
         return out

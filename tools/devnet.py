@@ -28,7 +28,7 @@ from fognode.node.rpc.client import DaemonUnreachable, RpcClient
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_until(predicate: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll `predicate` until it returns something truthy; TimeoutError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -150,7 +150,8 @@ class Devnet:
             if node.proc is not None and node.proc.poll() is not None:
                 raise RuntimeError(f"node {i} exited with {node.proc.returncode}:\n{self.log_tail(i)}")
             try:
-                return node.rpc("node.info", timeout=5.0)  # type: ignore[no-any-return]
+                info: dict[str, Any] = node.rpc("node.info", timeout=5.0)
+                return info
             except DaemonUnreachable:
                 return None
 
