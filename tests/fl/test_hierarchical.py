@@ -1,0 +1,127 @@
+"""Hierarchical rounds (session_hier.py) end to end in the in-memory harness: real tasks, real
+local training, real strategies and wire codecs; simulated clock and transport."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fognode.protocols.fl.errors import SessionRejected
+from fognode.protocols.fl.messages import PrivacyOptions
+from fognode.protocols.fl.session import build_strategy
+from fognode.protocols.fl.strategies.base import ClientUpdate, StrategyConfigError, make_strategy
+from fognode.protocols.fl.tasks import load_task
+
+from tests.fl.harness import Sim
+from tests.fl.test_session import NON_IID, final_params, run, spec, union
+
+THREE = ["eu", "eu", "us", "us", "asia", "asia"]
+TWO = ["eu", "eu", "eu", "us", "us", "us"]
+
+
+def test_hierarchical_fedavg_round_equals_flat_fedavg_over_the_same_updates() -> None:
+    sim = Sim(6, regions=THREE)
+    sid = sim.start(spec(rounds=1, participants=6, min_participants=3, hierarchical=True))
+    st = run(sim, sid)
+    assert st["state"] == "completed", st["reason"]
+    assert st["hierarchical"] is True
+    h, = st["history"]
+    assert sorted(h["accepted"]) == sorted(h["participants"]) and len(h["accepted"]) == 6
+    # the participants' own updates (first one each) and the regional forwards
+    own: dict[str, ClientUpdate] = {}
+    forwards = []
+    for sender, act in sim.sent_updates:
+        if act.members:
+            forwards.append((sender, act))
+        else:
+            own.setdefault(sender, ClientUpdate(sender, act.delta, act.num_samples))
+    # a participant that is its region's aggregator hands its update over in memory
+    s0 = sim.nodes[0].core.sessions[sid]
+    assert s0.prepared is not None
+    base = s0.prepared.initial_params
+    region_of = {nd.peer: THREE[nd.index] for nd in sim.nodes}
+    assert {region_of[sender] for sender, _ in forwards} == {"eu", "us", "asia"}
+    members = [m for _, a in forwards for m in a.members]
+    assert sorted(m.peer for m in members) == sorted(nd.peer for nd in sim.nodes)
+    for sender, a in forwards:
+        assert {region_of[m.peer] for m in a.members} == {region_of[sender]}
+        assert a.weight == sum(m.num_samples for m in a.members) == a.num_samples
+    # rebuild the self-handed updates from the regional means is not possible: take every
+    # participant's delta from its node (the training is deterministic per plan seed)
+    for nd in sim.nodes:
+        if nd.peer not in own:
+            pr = nd.core.sessions[sid].participant
+            assert pr is not None and pr.delta is not None and pr.meta is not None
+            own[nd.peer] = ClientUpdate(nd.peer, pr.delta, pr.meta.num_samples)
+    flat = make_strategy("fedavg", {}).aggregate(base, list(own.values()))
+    np.testing.assert_allclose(final_params(sim, sid), flat.params, rtol=0, atol=1e-6)
+    # the receipt lists every participant with its sample-count weight
+    total = sum(u.num_samples for u in own.values())
+    for p, w in h["weights"].items():
+        assert w == pytest.approx(own[p].num_samples / total)
+
+
+def test_six_nodes_two_regions_match_a_flat_session() -> None:
+    """Tolerance: the hierarchical session's accuracy on the union of the six nodes' held-out
+    data is within 3 points of a flat session with the same settings."""
+    task = load_task("synthetic", NON_IID)
+    u = union(list(range(6)))
+    accs = []
+    for hier in (False, True):
+        sim = Sim(6, regions=TWO)
+        sid = sim.start(spec(rounds=6, participants=6, min_participants=4, hierarchical=hier))
+        st = run(sim, sid)
+        assert st["state"] == "completed", st["reason"]
+        assert all(len(h["accepted"]) == 6 for h in st["history"])
+        accs.append(task.evaluate(final_params(sim, sid), u.x_test, u.y_test).accuracy)
+    flat_acc, hier_acc = accs
+    assert hier_acc >= flat_acc - 0.03, (hier_acc, flat_acc)
+    assert hier_acc > 0.5
+
+
+def test_dead_regional_aggregator_is_replaced_by_its_fallback() -> None:
+    sim = Sim(6, regions=TWO)
+    sim.kill_regional_aggregator_round = 1
+    sid = sim.start(spec(rounds=2, participants=6, min_participants=3, fallbacks=2,
+                         hierarchical=True))
+    st = run(sim, sid)
+    assert st["state"] == "completed", st["reason"]
+    (rnd, dead), = sim.killed
+    h = st["history"][rnd - 1]
+    region = TWO[sim.by_peer[dead].index]
+    mates = {nd.peer for nd in sim.nodes if TWO[nd.index] == region and nd.peer != dead}
+    assert dead in h["dropped"] and dead not in h["accepted"]
+    assert mates <= set(h["accepted"]) and len(h["accepted"]) == 5
+    # the region's update reached the global aggregator through a fallback regional aggregator
+    fwd = [(s, a) for s, a in sim.sent_updates if a.members and a.round == rnd
+           and {m.peer for m in a.members} == mates]
+    assert fwd and all(s in mates for s, _ in fwd)
+    assert st["history"][1]["tries"] == 1 and dead not in st["history"][1]["participants"]
+
+
+def test_region_with_no_update_is_dropped_round_goes_on() -> None:
+    sim = Sim(6, regions=["eu", "eu", "eu", "eu", "us", "us"])
+    for i in (4, 5):
+        sim.nodes[i].never_trains = True
+    sid = sim.start(spec(rounds=1, participants=6, min_participants=4, fallbacks=1,
+                         hierarchical=True))
+    st = run(sim, sid)
+    assert st["state"] == "completed", st["reason"]
+    h, = st["history"]
+    assert sorted(h["dropped"]) == sorted(sim.nodes[i].peer for i in (4, 5))
+    assert len(h["accepted"]) == 4
+
+
+def test_refused_combinations() -> None:
+    with pytest.raises(StrategyConfigError, match="robust"):
+        build_strategy(spec(strategy="krum", strategy_params={"f": 1}, hierarchical=True))
+    with pytest.raises(StrategyConfigError, match="secure"):
+        build_strategy(spec(hierarchical=True, privacy=PrivacyOptions(secagg=True)))
+    sim = Sim(2)
+    with pytest.raises(SessionRejected, match="robust"):
+        sim.start(spec(strategy="median", hierarchical=True))
+    # mean-based strategies are fine, and the flag survives the announcement's wire round trip
+    sid = sim.start(spec(strategy="fedadam", hierarchical=True, rounds=1, participants=2,
+                         min_participants=2))
+    st = run(sim, sid)
+    assert st["state"] == "completed", st["reason"]
+    assert sim.nodes[1].core.sessions[sid].spec.hierarchical is True
