@@ -487,12 +487,18 @@ class FlCore(SecAggRounds, HierRounds):
                                      f"fl update for {sid.hex()[:16]} refused: {reason}"))
         s = self.sessions.get(sid)
         ar = s.aggregator if s is not None else None
+        if s is not None and s.hier is not None:
+            # a refused update counts as the participant's answer at its regional aggregator
+            ar = s.hier.regional
+            if ar is None or peer not in ar.plan.peers:
+                return out
         if s is not None and ar is not None and s.plan is not None \
                 and (s.plan.round, s.plan.try_no) == (round_no, try_no) \
                 and peer in s.plan.peers and ar.state == AggregatorState.COLLECTING \
                 and peer not in ar.answered and reason in BLAMEWORTHY:
             ar.rejected[peer] = reason
-            out += self._maybe_aggregate(s, now)
+            out += self._maybe_aggregate(s, now) if s.hier is None \
+                else self._hier_maybe_regional(s, now)
         return out
 
     def _maybe_aggregate(self, s: Session, now: float, *, closing: bool = False) -> list[Action]:

@@ -22,8 +22,13 @@ Design (a mixin of FlCore, like session_secagg.py; sans-IO, time is an argument)
   step sees exactly the flat weighted sum, so FedAvg, FedProx, FedAdam/Yogi/Adagrad, norm
   clipping and central DP give the flat result (to float32 rounding). It aggregates once every
   planned participant is covered, or at its slot end with at least `min_participants`
-  covered; a region that produced nothing is dropped, the round goes on with the others. It
-  signs the receipt listing every accepted participant with its sample-count weight.
+  covered (or once every region has forwarded); a region that produced nothing is dropped,
+  the round goes on with the others. It signs the receipt listing every accepted participant
+  with its sample-count weight. Participants whose update their regional aggregator refused
+  (malformed: reported to reputation there) or never received appear as dropped.
+- As in flat rounds, a participant with no round result at its slot end resends to its
+  region's next aggregator; a second forward of an already covered region is refused by the
+  global aggregator as a duplicate (not blamed).
 - Robust strategies (median, trimmed mean, Krum, Multi-Krum, Bulyan) are refused in
   hierarchical sessions: a robust rule over regional means would not be the rule the session
   asked for (an attacker's outlier is averaged into its region's mean before anyone looks).
@@ -254,7 +259,10 @@ class HierRounds:
         ar = s.aggregator
         if h is None or ar is None or ar.state != AggregatorState.COLLECTING:
             return []
-        everyone = ar.everyone_answered()
+        # every region has forwarded its update (its aggregator already waited for its
+        # members or its slot end), or every participant is covered
+        everyone = ar.everyone_answered() or set(ar.plan.regions) <= {
+            ar.plan.region_of(p) for p in h.sums}
         if not (everyone or closing):
             return []
         covered = tuple(p for p in ar.plan.peers if p in set(ar.contributors or ()))

@@ -2,11 +2,16 @@
 local training, real strategies and wire codecs; simulated clock and transport."""
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
 
+from fognode.node.errors import RemoteProtocolError
+from fognode.node.wire import pack
+from fognode.protocols.fl.election import regional_orders
 from fognode.protocols.fl.errors import SessionRejected
-from fognode.protocols.fl.messages import PrivacyOptions
+from fognode.protocols.fl.messages import MemberMeta, PrivacyOptions, RoundPlan, UpdateHeader
+from fognode.protocols.fl.tensors import encode_tensor
 from fognode.protocols.fl.session import build_strategy
 from fognode.protocols.fl.strategies.base import ClientUpdate, StrategyConfigError, make_strategy
 from fognode.protocols.fl.tasks import load_task
@@ -45,8 +50,7 @@ def test_hierarchical_fedavg_round_equals_flat_fedavg_over_the_same_updates() ->
     for sender, a in forwards:
         assert {region_of[m.peer] for m in a.members} == {region_of[sender]}
         assert a.weight == sum(m.num_samples for m in a.members) == a.num_samples
-    # rebuild the self-handed updates from the regional means is not possible: take every
-    # participant's delta from its node (the training is deterministic per plan seed)
+    # regional aggregators handed their own update over in memory: take those from the node
     for nd in sim.nodes:
         if nd.peer not in own:
             pr = nd.core.sessions[sid].participant
@@ -125,3 +129,54 @@ def test_refused_combinations() -> None:
     st = run(sim, sid)
     assert st["state"] == "completed", st["reason"]
     assert sim.nodes[1].core.sessions[sid].spec.hierarchical is True
+
+
+def test_malformed_update_is_refused_at_its_regional_aggregator() -> None:
+    sim = Sim(6, regions=THREE)
+    bad = sim.nodes[3]
+    bad.byzantine = lambda d: np.full_like(d, np.nan)
+    sid = sim.start(spec(rounds=1, participants=6, min_participants=3, hierarchical=True))
+    st = run(sim, sid)
+    assert st["state"] == "completed", st["reason"]
+    h, = st["history"]
+    assert bad.peer not in h["accepted"] and len(h["accepted"]) == 5
+    reports = [r for nd in sim.nodes for r in nd.reports if r.subject == bad.peer]
+    assert reports and not any(r.ok for r in reports)
+    assert h["duration"] < 10.0     # its regional aggregator counted the refusal as an answer
+
+
+def _wire(obj: object) -> object:
+    return msgpack.unpackb(pack(obj), raw=False, strict_map_key=True)
+
+
+def test_wire_fields_round_trip_and_flat_messages_are_unchanged() -> None:
+    plan = RoundPlan(b"s" * 32, 1, 0, b"x" * 32, (("a", 0.5), ("b", 0.5)), b"m" * 32, 0, ("a",))
+    assert "regions" not in plan.to_wire()
+    hplan = RoundPlan(plan.session_id, 1, 0, plan.seed, plan.participants, plan.base_model_hash,
+                      0, ("a",), ("eu", "us"))
+    assert RoundPlan.decode(_wire(hplan.to_wire())) == hplan
+    assert hplan.region_of("b") == "us" and plan.region_of("b") == ""
+    bad = {**hplan.to_wire(), "regions": ["eu"]}
+    with pytest.raises(RemoteProtocolError, match="regions"):
+        RoundPlan.decode(_wire(bad))
+    th = encode_tensor(np.zeros(4, dtype=np.float32))[0]
+    flat = UpdateHeader(b"s" * 32, 1, 0, 0, 10, 1.0, 0.5, 0.9, th)
+    assert "members" not in flat.to_wire()
+    reg = UpdateHeader(b"s" * 32, 1, 0, 1, 30, -1.0, -1.0, -1.0, th,
+                       (MemberMeta("a", 10, 1.0, 0.5, 0.9), MemberMeta("b", 20, 2.0, 0.25, 1.5)),
+                       30.0)
+    assert UpdateHeader.decode(_wire(reg.to_wire()), expected_shape=(4,), max_bytes=1 << 20) == reg
+    dup = {**reg.to_wire(), "members": [reg.members[0].to_wire()] * 2}
+    with pytest.raises(RemoteProtocolError, match="distinct"):
+        UpdateHeader.decode(_wire(dup), expected_shape=(4,), max_bytes=1 << 20)
+    assert spec().to_wire().get("hier") is None and spec(hierarchical=True).to_wire()["hier"] is True
+
+
+def test_regional_election_is_per_region_and_deterministic() -> None:
+    parts = tuple((f"p{i}", 0.5) for i in range(6))
+    regions = ("eu", "us", "eu", "us", "eu", "asia")
+    a = regional_orders(b"k" * 32, parts, regions, 2)
+    assert a == regional_orders(b"k" * 32, parts, regions, 2)
+    assert set(a) == {"eu", "us", "asia"} and a["asia"] == ("p5",)
+    assert set(a["eu"]) <= {"p0", "p2", "p4"} and len(a["eu"]) == 2
+    assert set(a["us"]) == {"p1", "p3"}
