@@ -235,7 +235,8 @@ class Sim:
                 self._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
                                                res, "", now, act.strategy.state_arrays()))
         elif isinstance(act, AggregateSum):
-            if nd.drop_aggregate:
+            if nd.drop_aggregate or (self.kill_aggregating_from_round is not None and not self.killed
+                                     and act.round >= self.kill_aggregating_from_round and nd.index != 0):
                 nd.alive = False
                 self.killed.append((act.round, nd.peer))
                 return

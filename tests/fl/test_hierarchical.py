@@ -102,6 +102,22 @@ def test_dead_regional_aggregator_is_replaced_by_its_fallback() -> None:
     assert st["history"][1]["tries"] == 1 and dead not in st["history"][1]["participants"]
 
 
+def test_dead_global_aggregator_regions_forward_to_its_fallback() -> None:
+    """The global aggregator dies as it is about to aggregate: participants without a result
+    resend at their regional slot ends, the regional aggregators' new forwards find the dead
+    global aggregator unreachable and go to the next one, which completes the round."""
+    sim = Sim(6, regions=THREE)
+    sim.kill_aggregating_from_round = 1
+    sid = sim.start(spec(rounds=4, participants=6, min_participants=3, fallbacks=2,
+                         hierarchical=True))
+    st = run(sim, sid)
+    assert st["state"] == "completed", st["reason"]
+    (rnd, dead), = sim.killed
+    h = st["history"][rnd - 1]
+    assert h["aggregator"] != dead and h["tries"] == 1 and len(h["accepted"]) >= 3
+    assert h["duration"] >= 10.0     # only after a regional slot ended
+
+
 def test_region_with_no_update_is_dropped_round_goes_on() -> None:
     sim = Sim(6, regions=["eu", "eu", "eu", "eu", "us", "us"])
     for i in (4, 5):
