@@ -11,7 +11,7 @@ from typing import Union
 import numpy as np
 
 from fognode.node.events import Event
-from fognode.protocols.fl.messages import GossipMessage, UpdateHeader
+from fognode.protocols.fl.messages import GossipMessage, MemberMeta, UpdateHeader
 from fognode.protocols.fl.privacy.secagg_messages import Message as SecAggMessage
 from fognode.protocols.fl.receipts import RoundReceipt
 from fognode.protocols.fl.rounds import UpdateMeta
@@ -76,11 +76,14 @@ class SendUpdate:
     base_accuracy: float
     train_loss: float
     delta: np.ndarray = field(repr=False, compare=False)
+    # a regional aggregator forwarding its region's combined update (hierarchical sessions)
+    members: tuple[MemberMeta, ...] = ()
+    weight: float = 0.0
 
     def header(self, tensor: TensorHeader) -> UpdateHeader:
         return UpdateHeader(self.session_id, self.round, self.try_no, self.fallback,
                             self.num_samples, self.base_loss, self.base_accuracy,
-                            self.train_loss, tensor)
+                            self.train_loss, tensor, self.members, float(self.weight))
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,9 @@ class Coordinator:
 
     def plan_timeout(self) -> float:
         slots = max(len(self.order), 1)
+        if self.spec.hierarchical:
+            # the regional aggregators' slots come first (session_hier.py)
+            slots += 1 + self.spec.fallbacks
         return self.plan_at + slots * self.spec.deadline + min(self.spec.deadline, 5.0)
 
     def tick(self, now: float) -> tuple[list[Any], str | None]:
@@ -159,8 +162,9 @@ class Coordinator:
             return None
         parts = tuple((c.peer, min(max(c.reputation, 0.0), 1.0)) for c in chosen)
         sources = tuple(dict.fromkeys(self.base_sources + (self.me,)))[:16]
+        regions = tuple(c.region for c in chosen) if self.spec.hierarchical else ()
         self.plan = RoundPlan(self.sid, self.round_no, self.try_no, seed, parts, self.base_hash,
-                              self.base_round, sources)
+                              self.base_round, sources, regions)
         self.order = aggregator_order(seed, parts, 1 + self.spec.fallbacks)
         self.plan_at = now
         self.last_publish = now

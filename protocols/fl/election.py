@@ -28,3 +28,14 @@ def aggregator_order(seed: bytes, participants: Sequence[tuple[str, float]], cou
     """The first `count` peers of the election order (aggregator, then fallbacks)."""
     ranked = sorted(participants, key=lambda pr: (-_key(seed, pr[0], pr[1]), pr[0]))
     return tuple(p for p, _ in ranked[:max(count, 0)])
+
+
+def regional_orders(seed: bytes, participants: Sequence[tuple[str, float]],
+                    regions: Sequence[str], count: int) -> dict[str, tuple[str, ...]]:
+    """Hierarchical rounds: per region, the first `count` peers of the same election restricted
+    to that region's participants, with a seed of its own (BLAKE2b(seed || region))."""
+    by_region: dict[str, list[tuple[str, float]]] = {}
+    for pr, region in zip(participants, regions):
+        by_region.setdefault(region, []).append(pr)
+    return {region: aggregator_order(digest(seed + b"/region/" + region.encode()), parts, count)
+            for region, parts in sorted(by_region.items())}

@@ -10,6 +10,7 @@ Every decoder raises RemoteProtocolError (through `Fields`) naming the message a
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -138,9 +139,11 @@ class SessionSpec:
     reward_budget: int = 0                # micro-units for the whole session (0 = no rewards)
     privacy: PrivacyOptions = PrivacyOptions()
     criteria: SelectionCriteria = SelectionCriteria()
+    hierarchical: bool = False            # regional aggregators, then a global one
 
     def to_wire(self) -> dict[str, Any]:
-        return {"task": self.task, "rounds": self.rounds, "min": self.min_participants,
+        # "hier" is on the wire only when set, so flat sessions encode as before
+        return {**({"hier": True} if self.hierarchical else {}), "task": self.task, "rounds": self.rounds, "min": self.min_participants,
                 "per_round": self.participants, "strategy": self.strategy,
                 "sparams": self.strategy_params, "tparams": self.task_params,
                 "deadline": self.deadline, "epochs": self.local_epochs, "lr": self.lr,
@@ -165,6 +168,7 @@ class SessionSpec:
             reward_budget=f.int("budget", lo=0, hi=2**63 - 1),
             privacy=PrivacyOptions.decode(f.sub("privacy")),
             criteria=SelectionCriteria.decode(f.sub("criteria")),
+            hierarchical=f.bool("hier", optional=True, default=False),
         )
         f.done()
         spec.check()
@@ -285,16 +289,24 @@ class RoundPlan:
     base_model_hash: bytes
     base_round: int
     sources: tuple[str, ...]
+    regions: tuple[str, ...] = ()     # hierarchical sessions: each participant's region
 
     @property
     def peers(self) -> tuple[str, ...]:
         return tuple(p for p, _ in self.participants)
 
+    def region_of(self, peer: str) -> str:
+        """The region a participant was planned in ("" in a flat plan)."""
+        if not self.regions:
+            return ""
+        return self.regions[self.peers.index(peer)]
+
     def to_wire(self) -> dict[str, Any]:
         return {"v": VERSION, "session": self.session_id, "round": self.round, "try": self.try_no,
                 "seed": self.seed, "parts": [[p, r] for p, r in self.participants],
                 "base": self.base_model_hash, "base_round": self.base_round,
-                "sources": list(self.sources)}
+                "sources": list(self.sources),
+                **({"regions": list(self.regions)} if self.regions else {})}
 
     @classmethod
     def decode(cls, raw: Any, *, peer: str | None = None) -> "RoundPlan":
@@ -315,8 +327,13 @@ class RoundPlan:
         sources = f.list("sources", max_len=16)
         if not all(isinstance(s, str) and 0 < len(s) <= MAX_PEER_ID for s in sources):
             f._fail("field 'sources' must be peer ids")
+        regions = f.list("regions", max_len=MAX_PARTICIPANTS, optional=True)
+        if regions and (len(regions) != len(parts) or not all(
+                isinstance(r, str) and len(r) <= MAX_NAME for r in regions)):
+            f._fail("field 'regions' must give one region name per participant")
         f.done()
-        return cls(session, rnd, try_no, seed, tuple(parts), base, base_round, tuple(sources))
+        return cls(session, rnd, try_no, seed, tuple(parts), base, base_round, tuple(sources),
+                   tuple(regions))
 
 
 @dataclass(frozen=True)
@@ -430,6 +447,33 @@ def decode_gossip(raw: Any, *, peer: str | None = None) -> GossipMessage:
 # --- stream messages -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class MemberMeta:
+    """One participant inside a regional update: its sample count and the quality figures it
+    reported to its regional aggregator."""
+
+    peer: str
+    num_samples: int
+    base_loss: float
+    base_accuracy: float
+    train_loss: float
+
+    def to_wire(self) -> list[Any]:
+        return [self.peer, self.num_samples, _finite(self.base_loss), _finite(self.base_accuracy),
+                _finite(self.train_loss)]
+
+    @classmethod
+    def decode(cls, raw: Any, f: Fields) -> "MemberMeta":
+        if (not isinstance(raw, list) or len(raw) != 5 or not isinstance(raw[0], str)
+                or not 0 < len(raw[0]) <= MAX_PEER_ID or isinstance(raw[1], bool)
+                or not isinstance(raw[1], int) or not 0 < raw[1] <= 2**40
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                           for x in raw[2:])):
+            f._fail("field 'members' must be [peer, samples > 0, base loss, base accuracy, "
+                    "train loss] lists")
+        return cls(raw[0], raw[1], float(raw[2]), float(raw[3]), float(raw[4]))
+
+
+@dataclass(frozen=True)
 class UpdateHeader:
     """First frame on the update stream; raw tensor chunks follow."""
 
@@ -442,12 +486,20 @@ class UpdateHeader:
     base_accuracy: float     # the base model on the participant's held-out data
     train_loss: float
     tensor: TensorHeader
+    # a regional update (hierarchical sessions): the participants it combines and its
+    # aggregation weight; the tensor is their weighted mean contribution
+    members: tuple["MemberMeta", ...] = ()
+    weight: float = 0.0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"v": VERSION, "session": self.session_id, "round": self.round, "try": self.try_no,
-                "fallback": self.fallback, "n": self.num_samples, "base_loss": _finite(self.base_loss),
-                "base_acc": _finite(self.base_accuracy), "train_loss": _finite(self.train_loss),
-                "tensor": self.tensor.to_wire()}
+        out = {"v": VERSION, "session": self.session_id, "round": self.round, "try": self.try_no,
+               "fallback": self.fallback, "n": self.num_samples, "base_loss": _finite(self.base_loss),
+               "base_acc": _finite(self.base_accuracy), "train_loss": _finite(self.train_loss),
+               "tensor": self.tensor.to_wire()}
+        if self.members:
+            out["members"] = [m.to_wire() for m in self.members]
+            out["weight"] = self.weight
+        return out
 
     @classmethod
     def decode(cls, raw: Any, *, expected_shape: tuple[int, ...] | None, max_bytes: int,
@@ -460,6 +512,15 @@ class UpdateHeader:
                 f.float("base_acc"), f.float("train_loss"),
                 decode_header(f.map("tensor"), expected_shape=expected_shape, max_bytes=max_bytes,
                               peer=peer))
+        members_raw = f.list("members", max_len=MAX_PARTICIPANTS, optional=True)
+        if members_raw:
+            members = tuple(MemberMeta.decode(m, f) for m in members_raw)
+            if len({m.peer for m in members}) != len(members):
+                f._fail("field 'members' must list distinct peers")
+            weight = f.float("weight", lo=0.0, hi=1e18)
+            if not weight > 0:
+                f._fail("field 'weight' must be positive in a regional update")
+            h = dataclasses.replace(h, members=members, weight=weight)
         f.done()
         return h
 

@@ -417,7 +417,8 @@ class FlRole(Protocol):
             self.m_transfer.labels("update").observe(trio.current_time() - started)
         else:
             log.info("fl: update for round %d to %s not delivered: %s", a.round, a.to, reason)
-        self._apply(self.core.update_delivered(a.session_id, a.round, a.try_no, a.fallback, ok, reason, self._now()))
+        self._apply(self.core.update_delivered(a.session_id, a.round, a.try_no, a.fallback, ok, reason,
+                                               self._now(), forward=bool(a.members)))
 
     async def _serve_update(self, st: FramedStream) -> None:
         """Receive one update: admit by header before reading the tensor, then chunks."""
@@ -601,7 +602,8 @@ class FlRole(Protocol):
                     dp_noise: float = 0.0, dp_delta: float = 1e-5, secagg: bool = False,
                     region: str = "", capabilities: list[str] | None = None,
                     min_reputation: float = 0.0, charging_only: bool = False, min_cores: int = 0,
-                    min_memory_mb: int = 0, reward_budget: int = 0) -> dict[str, Any]:
+                    min_memory_mb: int = 0, reward_budget: int = 0,
+                    hierarchical: bool = False) -> dict[str, Any]:
         """Start a federated-learning session that this node coordinates; returns its id.
 
         TASK is an installed task (`synthetic`, `synthetic_mlp`, ...). The session runs ROUNDS
@@ -610,7 +612,9 @@ class FlRole(Protocol):
         fedprox, fedadam, fedyogi, fedadagrad, median, trimmed_mean, krum, multikrum or bulyan,
         with STRATEGY_PARAMS (e.g. {"mu": 0.1}, {"f": 1}). DP_CLIP > 0 turns on central DP with
         noise multiplier DP_NOISE. SECAGG runs secure aggregation: the aggregator sees only the sum
-        of the updates (mean-based strategies only; robust ones get 507). Selection criteria: REGION, CAPABILITIES, MIN_REPUTATION (0..1),
+        of the updates (mean-based strategies only; robust ones get 507). HIERARCHICAL
+        aggregates per registry region first (one elected aggregator per region, then a global
+        one; mean-based strategies only, robust ones get 502, with SECAGG 507). Selection criteria: REGION, CAPABILITIES, MIN_REPUTATION (0..1),
         CHARGING_ONLY, MIN_CORES, MIN_MEMORY_MB. Errors: 500 bad parameter, 501 task not
         available, 502 strategy, 507 unsupported privacy option.
         """
@@ -630,7 +634,8 @@ class FlRole(Protocol):
                 reward_budget=reward_budget,
                 privacy=PrivacyOptions(dp_clip, dp_noise, dp_delta, secagg),
                 criteria=SelectionCriteria(region, tuple(capabilities or ()), min_reputation,
-                                           charging_only, min_cores, min_memory_mb))
+                                           charging_only, min_cores, min_memory_mb),
+                hierarchical=hierarchical)
             # the same checks every receiving node applies to the announcement
             SessionSpec.decode(_fields_of(spec))
         except RemoteProtocolError as e:

@@ -12,6 +12,8 @@ validates, aggregates, signs a receipt and publishes the result -> the coordinat
 new model and plans the next round -> session ended (completed, failed or stopped).
 In a `secagg` session the update is never sent in the clear: participant and aggregator run
 the SecAgg protocol instead and the aggregator gets only the sum (session_secagg.py).
+In a `hierarchical` session updates go to regional aggregators, which forward one combined
+update per region to the global aggregator (session_hier.py).
 """
 from __future__ import annotations
 
@@ -42,10 +44,11 @@ from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt
 from fognode.protocols.fl.rounds import (
     AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome, UpdateMeta)
 from fognode.protocols.fl.selection import ineligibility
+from fognode.protocols.fl.session_hier import HierRound, HierRounds
 from fognode.protocols.fl.session_secagg import SecAggRounds
 from fognode.protocols.fl.strategies.base import (
-    AggregateResult, ClientUpdate, Strategy, StrategyError, check_secagg_compatible,
-    make_strategy)
+    AggregateResult, ClientUpdate, Strategy, StrategyConfigError, StrategyError,
+    check_secagg_compatible, make_strategy)
 from fognode.protocols.fl.tasks import TrainConfig
 from fognode.protocols.fl.tensors import params_hash
 
@@ -60,8 +63,17 @@ BLAMEWORTHY = {"dtype", "shape", "size", "oversize", "hash", "nonfinite", "not a
 def build_strategy(spec: SessionSpec) -> Strategy:
     """The session's aggregation strategy (with central DP when asked). Raises
     StrategyConfigError for invalid names/parameters or robust + secure aggregation (robust
-    rules need the individual updates that secure aggregation hides)."""
+    rules need the individual updates that secure aggregation hides), and for hierarchical
+    sessions with secure aggregation or a robust strategy (session_hier.py says why)."""
     strategy = make_strategy(spec.strategy, spec.strategy_params)
+    if spec.hierarchical and spec.privacy.secagg:
+        raise StrategyConfigError("hierarchical aggregation cannot be combined with secure "
+                                  "aggregation: regional aggregators combine plain updates")
+    if spec.hierarchical and strategy.robust:
+        raise StrategyConfigError(
+            f"strategy {spec.strategy!r} is robust and cannot run hierarchically: regional "
+            f"means would hide outliers from it; use fedavg, fedprox, fedadam, fedyogi or "
+            f"fedadagrad with hierarchical=true")
     if spec.privacy.secagg:
         check_secagg_compatible(strategy)
     if spec.privacy.dp:
@@ -88,6 +100,7 @@ class Session:
     order: tuple[str, ...] = ()
     participant: ParticipantRound | None = None
     aggregator: AggregatorRound | None = None
+    hier: HierRound | None = None
     models: dict[bytes, ModelBundle] = field(default_factory=dict)
     model_order: list[bytes] = field(default_factory=list)
     fetching: set[bytes] = field(default_factory=set)
@@ -105,7 +118,7 @@ class Session:
         return self.ann.spec
 
 
-class FlCore(SecAggRounds):
+class FlCore(SecAggRounds, HierRounds):
     """All FL sessions of one node. Synchronous; never blocks; time is an argument."""
 
     def __init__(self, peer_id: str, key: SigningKey, *, tasks_enabled: set[str],
@@ -269,13 +282,18 @@ class FlCore(SecAggRounds):
                                            s.spec.min_participants)
             if s.spec.privacy.secagg:
                 s.aggregator.secagg = self._secagg_aggregator(s, s.aggregator)
+        if s.spec.hierarchical:
+            if not plan.regions:
+                return []
+            self._hier_plan(s, plan, now)
         role = "+".join(r for r, yes in (("coordinator", s.coordinator is not None),
                                          ("participant", is_part)) if yes)
         if role:
             out.append(Emit(TrainingRoundStarted(s.sid.hex(), plan.round, plan.try_no, plan.peers,
                                                  s.order[0], role)))
         if is_part:
-            s.participant = ParticipantRound(plan, s.order, now, s.spec.deadline)
+            s.participant = ParticipantRound(plan, s.hier.region_order if s.hier is not None
+                                             else s.order, now, s.spec.deadline)
             out += self._need_model(s, plan.base_model_hash, plan.sources)
             out += self._maybe_train(s, now)
         return out
@@ -382,10 +400,14 @@ class FlCore(SecAggRounds):
         return out
 
     def update_delivered(self, sid: bytes, round_no: int, try_no: int, fallback: int, ok: bool,
-                         reason: str, now: float) -> list[Action]:
-        """Outcome of a SendUpdate. On failure the next aggregator in the order is tried."""
+                         reason: str, now: float, *, forward: bool = False) -> list[Action]:
+        """Outcome of a SendUpdate (`forward`: one carrying a regional update, i.e. with
+        members). On failure the next aggregator in the order is tried."""
         s = self.sessions.get(sid)
         pr = s.participant if s is not None else None
+        if forward:
+            return self._hier_delivered(s, round_no, try_no, fallback, ok, reason, now) \
+                if s is not None else []
         if s is None or pr is None or (pr.plan.round, pr.plan.try_no) != (round_no, try_no) \
                 or pr.state != ParticipantState.SENDING or fallback != pr.sent_slot:
             return []
@@ -417,6 +439,8 @@ class FlCore(SecAggRounds):
             return "not a participant"
         if s.spec.privacy.secagg:
             return "plain update in a secure-aggregation session"
+        if s.hier is not None:
+            return self._hier_admit(s, fallback)
         ar = s.aggregator
         if ar is None or ar.slot != fallback:
             return "not the aggregator"
@@ -442,6 +466,12 @@ class FlCore(SecAggRounds):
         if reason is not None:
             return reason, self.reject_update(peer, header.session_id, header.round, header.try_no, reason, now)
         s = self.sessions[header.session_id]
+        if s.hier is not None:
+            got = self._hier_receive(s, peer, header, delta, now)
+            if isinstance(got, str):
+                return got, self.reject_update(peer, header.session_id, header.round,
+                                               header.try_no, got, now)
+            return None, got
         ar = s.aggregator
         assert ar is not None
         ar.updates[peer] = ClientUpdate(peer, delta, header.num_samples)
@@ -457,15 +487,23 @@ class FlCore(SecAggRounds):
                                      f"fl update for {sid.hex()[:16]} refused: {reason}"))
         s = self.sessions.get(sid)
         ar = s.aggregator if s is not None else None
+        if s is not None and s.hier is not None:
+            # a refused update counts as the participant's answer at its regional aggregator
+            ar = s.hier.regional
+            if ar is None or peer not in ar.plan.peers:
+                return out
         if s is not None and ar is not None and s.plan is not None \
                 and (s.plan.round, s.plan.try_no) == (round_no, try_no) \
                 and peer in s.plan.peers and ar.state == AggregatorState.COLLECTING \
                 and peer not in ar.answered and reason in BLAMEWORTHY:
             ar.rejected[peer] = reason
-            out += self._maybe_aggregate(s, now)
+            out += self._maybe_aggregate(s, now) if s.hier is None \
+                else self._hier_maybe_regional(s, now)
         return out
 
     def _maybe_aggregate(self, s: Session, now: float, *, closing: bool = False) -> list[Action]:
+        if s.hier is not None:
+            return self._hier_maybe_global(s, now, closing=closing)
         ar = s.aggregator
         if ar is None or ar.state != AggregatorState.COLLECTING:
             return []
@@ -639,6 +677,7 @@ class FlCore(SecAggRounds):
     def _close_rounds(self, s: Session) -> None:
         if s.participant is not None:
             s.participant.state = ParticipantState.DONE
+        self._hier_close(s)
         if s.aggregator is not None:
             s.aggregator.state = AggregatorState.DONE   # also drops an aggregation in flight
 
@@ -672,6 +711,7 @@ class FlCore(SecAggRounds):
                 out += self._secagg_actions(s, ar, ar.secagg.tick(now), now)
             if ar is not None and ar.state == AggregatorState.COLLECTING and now >= ar.closes:
                 out += self._maybe_aggregate(s, now, closing=True)
+            out += self._hier_tick(s, now)
         return self._route(out, now)
 
     def _bump(self, s: Session, failure: str) -> list[Action]:
@@ -714,7 +754,7 @@ class FlCore(SecAggRounds):
             "rounds": spec.rounds, "rounds_done": s.rounds_done,
             "min_participants": spec.min_participants, "participants_per_round": spec.participants,
             "model_hash": s.latest_model.hex(), "reason": s.reason,
-            "secagg": spec.privacy.secagg,
+            "secagg": spec.privacy.secagg, "hierarchical": spec.hierarchical,
         }
         if spec.privacy.dp:
             from fognode.protocols.fl.privacy.dp import epsilon_after

@@ -24,7 +24,7 @@ from fognode.protocols.fl import secagg_round
 from fognode.protocols.fl.actions import (
     Action, Aggregate, AggregateSum, Emit, FetchModel, PrepareTask, Publish, ReportOutcome,
     SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
-from fognode.protocols.fl.election import aggregator_order
+from fognode.protocols.fl.election import aggregator_order, regional_orders
 from fognode.protocols.fl.messages import (
     DeviceFacts, RoundPlan, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
 from fognode.protocols.fl.prepared import PreparedTask, init_seed_of, prepare_task
@@ -91,6 +91,11 @@ class Sim:
         self.kill_after_masked_count = 1
         self.silent_unmask: dict[tuple[int, int], int] = {}
         self.secagg_frames = 0
+        # hierarchical sessions: every update sent (participants' and regional forwards), and
+        # in this round the primary regional aggregator of one region (never node 0, never the
+        # global primary) dies when the plan is out
+        self.sent_updates: list[tuple[str, SendUpdate]] = []
+        self.kill_regional_aggregator_round: int | None = None
         for i in range(n):
             key = SigningKey(bytes([i + 1]) * 32)
             peer = peer_id_from_pubkey(bytes(key.verify_key))
@@ -154,6 +159,18 @@ class Sim:
                 if victim.index != 0:
                     victim.alive = False
                     self.killed.append((act.msg.round, victim.peer))
+            if isinstance(act.msg, RoundPlan) and act.msg.round == self.kill_regional_aggregator_round \
+                    and act.msg.regions and not self.killed:
+                s = nd.core.sessions[act.msg.session_id]
+                glob = aggregator_order(act.msg.seed, act.msg.participants, 1 + s.spec.fallbacks)
+                orders = regional_orders(act.msg.seed, act.msg.participants, act.msg.regions,
+                                         1 + s.spec.fallbacks)
+                for order in orders.values():
+                    victim = self.by_peer[order[0]]
+                    if victim.index != 0 and victim.peer != glob[0] and len(order) > 1:
+                        victim.alive = False
+                        self.killed.append((act.msg.round, victim.peer))
+                        break
             data = encode_gossip(act.msg)
             self.published += 1
             for other in self.nodes:
@@ -198,6 +215,7 @@ class Sim:
             self._push(nd, core.trained(act.session_id, act.round, act.try_no,
                                         TrainOutcome(result, base_train.loss, base_test.accuracy), now))
         elif isinstance(act, SendUpdate):
+            self.sent_updates.append((nd.peer, act))
             if nd.hold_updates:
                 nd.held.append(act)
             else:
@@ -217,7 +235,8 @@ class Sim:
                 self._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
                                                res, "", now, act.strategy.state_arrays()))
         elif isinstance(act, AggregateSum):
-            if nd.drop_aggregate:
+            if nd.drop_aggregate or (self.kill_aggregating_from_round is not None and not self.killed
+                                     and act.round >= self.kill_aggregating_from_round and nd.index != 0):
                 nd.alive = False
                 self.killed.append((act.round, nd.peer))
                 return
@@ -256,11 +275,13 @@ class Sim:
             act = dataclasses.replace(act, num_samples=nd.claim_samples)
         if target is None or not target.alive:
             self._push(nd, nd.core.update_delivered(act.session_id, act.round, act.try_no,
-                                                    act.fallback, False, "unreachable", self.now))
+                                                    act.fallback, False, "unreachable", self.now,
+                                                    forward=bool(act.members)))
             return
         reason = self.deliver_raw(nd.peer, target, act, delta)
         self._push(nd, nd.core.update_delivered(act.session_id, act.round, act.try_no, act.fallback,
-                                                reason is None, reason or "", self.now))
+                                                reason is None, reason or "", self.now,
+                                                forward=bool(act.members)))
 
     def _send_secagg(self, nd: SimNode, act: SendSecAgg) -> None:
         """The secagg stream, as protocol.py does it: envelope map plus byte frames through

@@ -135,6 +135,8 @@ async def test_start_validation_errors(tmp_path: Path) -> None:
             (dict(task="synthetic", min_participants=5, participants=3), 500),
             (dict(task="synthetic", strategy="bogus"), 502),
             (dict(task="synthetic", strategy="krum", secagg=True), 507),
+            (dict(task="synthetic", hierarchical=True, secagg=True), 507),
+            (dict(task="synthetic", hierarchical=True, strategy="median"), 502),
             (dict(task="synthetic", task_params={"alpha": -1.0}), 500),
             (dict(task="synthetic", dp_clip=1.0, dp_noise=0.0), 502),
         ]
