@@ -77,7 +77,7 @@ class RoundRecord:
                 "rejected": dict(self.rejected), "loss": _num(self.loss),
                 "accuracy": _num(self.accuracy), "train_loss": _num(self.train_loss),
                 "model_hash": self.model_hash.hex(), "duration": round(self.duration, 3),
-                "failures": list(self.failures)}
+                "started_at": round(self.started_at, 3), "failures": list(self.failures)}
 
 
 def _num(x: float) -> float | None:

@@ -604,7 +604,8 @@ class FlCore(SecAggRounds, HierRounds):
             s.participation.append({"round": r.round, "aggregator": r.aggregator,
                                     "accepted": self.me in {a.peer for a in r.accepted},
                                     "weight": r.weight_of(self.me),
-                                    "reason": res.rejected.get(self.me, "")})
+                                    "reason": res.rejected.get(self.me, ""),
+                                    "plan_at": round(pr.t0, 3)})
         ar = s.aggregator
         if ar is not None and peer != self.me and ar.state == AggregatorState.COLLECTING:
             ar.state = AggregatorState.DONE     # someone earlier in the order completed it

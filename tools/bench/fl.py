@@ -1,14 +1,16 @@
-"""FedProx vs FedAvg on Synthetic(1,1) with heterogeneous local work (Li et al., MLSys 2020,
-Figure 1's setting, scaled down to run in about a minute).
+"""FL benchmark: FedProx vs FedAvg on Synthetic(1,1) with heterogeneous local work (Li et al.,
+MLSys 2020, Figure 1's setting, scaled down), and the round time of one session on N daemon
+processes, split by phase.
 
-    .venv/bin/python -m fognode.tools.bench.fl [--devices 30] [--per-round 10] [--rounds 30]
-                                                [--epochs 20] [--stragglers 0.9] [--mu 1.0]
+    .venv/bin/python -m fognode.tools.bench.fl [--part all|fedprox|rounds] [--nodes 10]
+        [--round-time-rounds 3] [--in-process] [--keep] [--devices 30] [--per-round 10] [--rounds 30]
+        [--epochs 20] [--stragglers 0.9] [--mu 1.0]
 
-In-process simulation with the real `synthetic` task (multinomial logistic regression, torch
-SGD, batch 10, lr 0.01) and the real strategies (`fedavg`, `fedprox`): each round the same
-`per-round` devices are selected for every method (seeded); a `stragglers` share of them can
-only do a random number of local epochs in [1, epochs) this round (system heterogeneity).
-As in the paper:
+Part `fedprox`: in-process simulation with the real `synthetic` task (multinomial logistic
+regression, torch SGD, batch 10, lr 0.01) and the real strategies (`fedavg`, `fedprox`): each
+round the same `per-round` devices are selected for every method (seeded); a `stragglers`
+share of them can only do a random number of local epochs in [1, epochs) this round (system
+heterogeneity). As in the paper:
 
 - FedAvg drops the stragglers (devices that did not finish `epochs` epochs),
 - FedProx mu=0 keeps their partial work,
@@ -18,14 +20,13 @@ The figure is the global model's training loss over all devices' training data a
 round; the paper's qualitative result is that FedProx (mu > 0) ends lower than FedAvg. The
 bound printed is FedAvg's own final loss in the same run.
 
-`--round-time N` (default 10; 0 skips it) then measures one session's rounds with N
-participants, each a real `fl` role on its own libp2p host (TCP on 127.0.0.1, Noise, Yamux,
-GossipSub), all in this one process (the daemon does not start the fl role yet, so not
-separate processes), on `synthetic_mlp` with a 2048-unit hidden layer (~145k parameters,
-0.6 MB per tensor). Per round: plan dissemination (coordinator's round start to the last
-participant's), local training, update transfer, model fetch, aggregation (means over
-nodes), and the round's duration at the coordinator; the bound it is compared with is the
-compute part (slowest training + aggregation) measured in the same run.
+Part `rounds`: `--nodes` real `fognode run` processes on 127.0.0.1 run one session of
+`--round-time-rounds` rounds of `synthetic_mlp` (~145k parameters); the table splits the mean
+round into plan gossip, model fetch, local training, update transfer, aggregation and the
+round's duration at the coordinator, each from the daemons' own metrics and `fl.status`, next
+to bounds measured in the same run (tools/bench/fl_rounds.py says how). With `--in-process`,
+then the same session with N `fl` roles on N libp2p hosts inside this one process (the
+earlier form of this benchmark; one interpreter shares the CPU), as a second table.
 """
 from __future__ import annotations
 
@@ -73,11 +74,32 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--max-samples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--round-time", type=int, default=10, help="participants of the round-time run (0: skip)")
+    ap.add_argument("--part", choices=["all", "fedprox", "rounds"], default="all")
+    ap.add_argument("--nodes", "--round-time", dest="nodes", type=int, default=10,
+                    help="participants (daemon processes) of the round-time run (0: skip it)")
     ap.add_argument("--round-time-rounds", type=int, default=3)
+    ap.add_argument("--in-process", action="store_true",
+                    help="also run the same session on N hosts in this one process (second table)")
+    ap.add_argument("--keep", action="store_true", help="keep the daemons' data dirs (logs)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)   # tiny models: one intra-op thread is faster than two
+    if a.part in ("all", "fedprox"):
+        fedprox_vs_fedavg(a)
+    if a.part in ("all", "rounds") and a.nodes > 0:
+        from fognode.tools.bench.fl_rounds import print_table, run_processes
 
+        if a.nodes < 2:
+            ap.error("--nodes must be at least 2")
+        t0 = time.perf_counter()
+        print_table(run_processes(a.nodes, a.round_time_rounds, keep=a.keep))
+        print(f"(processes part in {time.perf_counter() - t0:.0f} s)")
+        if a.in_process:
+            import trio
+
+            trio.run(round_time, a.nodes, a.round_time_rounds)
+
+
+def fedprox_vs_fedavg(a: argparse.Namespace) -> None:
     task_params = {"alpha": 1.0, "beta": 1.0, "max_samples": float(a.max_samples)}
     task = load_task("synthetic", task_params)
     datas = [task.local_data(a.seed, k) for k in range(a.devices)]
@@ -109,13 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'mean loss over the last 5 rounds, FedProx':<44} {np.mean(curves[names[2]][-5:]):>10.4f} "
           f"{np.mean(curves['FedAvg'][-5:]):>10.4f}")
     print(f"(3 methods x {a.rounds} rounds in {elapsed:.1f} s)")
-    if a.round_time > 0:
-        import trio
-
-        trio.run(round_time, a.round_time, a.round_time_rounds)
 
 
 async def round_time(n: int, rounds: int) -> None:
+    """The one-process comparison: n `fl` roles on n libp2p hosts in this process."""
     import os
     import tempfile
     from pathlib import Path

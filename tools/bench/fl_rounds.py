@@ -1,0 +1,445 @@
+"""Round time of one FL session on N `fognode run` processes on loopback, split by phase.
+
+    .venv/bin/python -m fognode.tools.bench.fl --part rounds [--nodes 10] [--round-time-rounds 3]
+
+N real daemons (own data dirs, one shared dev genesis, node i bootstraps to node 0, TCP on
+127.0.0.1; see tools/devnet.py). TOPOLOGY: `overlay.peers_low=1`, so each node stays connected
+to node 0 and the fl streams dial the aggregator on demand. With a full mesh (peers_low=9),
+3 of 4 runs on this machine stalled in round 1: opening a stream to the aggregator timed out
+(overlay.dial_timeout, 10 s) for every participant, while hundreds of stream opens a minute
+(registry direct streams, gossip pulls, ledger sync) took over 1 s. Node 0 starts the session through its RPC socket (`fl.start`,
+task `synthetic_mlp` with a 2048-unit hidden layer: 145,418 parameters, 0.58 MB per float32
+tensor, the same model as the one-process run) and trains too, so the N processes are the N
+participants of every round (`participants = min_participants = N`; a starter that does not
+train would add a process that only gossips and serves models).
+
+Every figure comes from the daemons' own measurements: the deltas of their Prometheus
+histograms over the session (`/metrics`: fognode_fl_training_seconds,
+fognode_fl_transfer_seconds{stream}, fognode_fl_aggregation_seconds) and `fl.status`
+(the coordinator's rounds with `started_at` and `duration`; each participant's rounds with
+`plan_at`, the wall-clock time it saw the round's plan; all processes share one clock).
+
+The bounds are measured in the same run, after the session, with the daemons idle: the same
+local trainings (every node's data, evaluate + train, the work a daemon does per round) one
+after the other in this process; FedAvg of N updates of the same size in this process; the
+same model bytes fetched over one libp2p stream from the coordinator daemon by a libp2p host
+in this process, and one request/response round trip on that stream protocol (the floor of
+one gossip hop); the same bytes over a plain TCP socket on loopback.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from fognode.tools.devnet import Devnet, DevnetNode, free_port, wait_until
+
+TASK = "synthetic_mlp"
+TASK_PARAMS = {"hidden": 2048.0, "max_samples": 200.0}
+LOCAL_EPOCHS = 1
+LR = 0.05
+BATCH = 10
+DATA_SEED = 3
+DEADLINE = 20.0        # seconds per aggregator slot; a stalled slot passes to the fallback
+OPTIN = 15.0           # seconds of opt-in: long enough for all N daemons to load the task, so
+                       # round 1 selects all N (it would start with min_participants otherwise)
+Sample = tuple[str, frozenset[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class Mean:
+    """Sum and count of one histogram's observations (over some nodes, over the session)."""
+
+    total: float
+    count: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    train: list[float]        # seconds of each node's local training, alone in this process
+    first_train: float        # seconds of the first training in this process (first-use costs)
+    fedavg: float             # seconds, FedAvg of N updates in this process
+    fetch: float              # median seconds, one model fetch over one libp2p stream
+    rtt: float                # median seconds, one request/response on an open connection
+    tcp: float                # median seconds, the same bytes over plain TCP on loopback
+
+
+@dataclass(frozen=True)
+class RoundsResult:
+    nodes: int
+    parameters: int
+    state: str
+    setup: float                           # fl.start answered -> round 1 planned (s)
+    history: list[dict[str, Any]]          # the coordinator's rounds
+    plan_delays: dict[int, list[float]]    # round -> participants' plan_at - started_at
+    phases: dict[str, list[Mean]]          # phase -> one Mean per recorded round
+    bytes_per_round: float
+    bounds: Bounds
+    problems: dict[str, int]               # update sends that failed, by reason
+
+
+PHASES = {   # phase -> (histogram, labels, which nodes: "all", "participants" (not node 0), "coordinator")
+    "model fetch, participant <- coordinator": ("fognode_fl_transfer_seconds", {"stream": "model"}, "participants"),
+    "local training (evaluate + 1 epoch)": ("fognode_fl_training_seconds", {}, "all"),
+    "update transfer, participant -> aggregator": ("fognode_fl_transfer_seconds", {"stream": "update"}, "all"),
+    "aggregation (fedavg)": ("fognode_fl_aggregation_seconds", {}, "all"),
+    "new model fetch, coordinator <- aggregator": ("fognode_fl_transfer_seconds", {"stream": "model"}, "coordinator"),
+}
+
+
+# -- /metrics -------------------------------------------------------------------------------
+
+def scrape(port: int) -> dict[Sample, float]:
+    """Every sample of one daemon's Prometheus endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[Sample, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = float(s.value)
+    return out
+
+
+def hist(before: list[dict[Sample, float]], after: list[dict[Sample, float]], name: str,
+         labels: dict[str, str] | None = None) -> Mean:
+    """A histogram's sum and count over the given nodes, as deltas between two scrapes."""
+    key = frozenset((labels or {}).items())
+    total = count = 0.0
+    for b, a in zip(before, after):
+        total += a.get((name + "_sum", key), 0.0) - b.get((name + "_sum", key), 0.0)
+        count += a.get((name + "_count", key), 0.0) - b.get((name + "_count", key), 0.0)
+    return Mean(total, count)
+
+
+def counter(before: list[dict[Sample, float]], after: list[dict[Sample, float]], name: str,
+            labels: dict[str, str]) -> float:
+    key = frozenset(labels.items())
+    return sum(a.get((name, key), 0.0) - b.get((name, key), 0.0) for b, a in zip(before, after))
+
+
+# -- bounds, measured in this process ------------------------------------------------------
+
+def local_training(nodes: int) -> tuple[float, list[float]]:
+    """Each node's round work (evaluate on train and test, one epoch), one after the other,
+    after one first call (returned separately: torch's first-use costs)."""
+    import torch
+
+    from fognode.protocols.fl.prepared import prepare_task
+    from fognode.protocols.fl.tasks import TrainConfig
+
+    torch.set_num_threads(1)     # as the daemons (protocols.fl.torch_threads = 1)
+    cfg = TrainConfig(epochs=LOCAL_EPOCHS, lr=LR, batch_size=BATCH)
+    prepared = [prepare_task(TASK, TASK_PARAMS, 0, data_seed=DATA_SEED, data_index=k) for k in range(nodes)]
+
+    def work(k: int) -> float:
+        p = prepared[k]
+        t = time.perf_counter()
+        p.task.evaluate(p.initial_params, p.data.x_train, p.data.y_train)
+        p.task.evaluate(p.initial_params, p.data.x_test, p.data.y_test)
+        p.task.train(p.initial_params, p.data, cfg, seed=k)
+        return time.perf_counter() - t
+
+    first = work(0)              # torch's first-use costs (each daemon pays them in round 1)
+    return first, [work(k) for k in range(nodes)]
+
+
+def fedavg_seconds(n: int, size: int) -> float:
+    """The aggregator's step (FedAvg of n sample-weighted updates), median of 5."""
+    from fognode.protocols.fl.strategies.base import ClientUpdate, make_strategy
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(size).astype(np.float32)
+    ups = [ClientUpdate(f"p{i}", rng.standard_normal(size).astype(np.float32), 100 + i) for i in range(n)]
+    times = []
+    for _ in range(5):
+        strategy = make_strategy("fedavg")
+        t = time.perf_counter()
+        strategy.aggregate(base, ups)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def tcp_seconds(nbytes: int, repeats: int = 5) -> float:
+    """`nbytes` over a plain TCP connection on 127.0.0.1 (send all, read all), median."""
+    payload = os.urandom(nbytes)
+    times = []
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        for _ in range(repeats):
+            got = bytearray()
+
+            def reader() -> None:
+                conn, _ = srv.accept()
+                with conn:
+                    while len(got) < nbytes:
+                        chunk = conn.recv(1 << 20)
+                        if not chunk:
+                            break
+                        got.extend(chunk)
+                    conn.sendall(b"k")
+
+            th = threading.Thread(target=reader)
+            th.start()
+            t = time.perf_counter()
+            with socket.create_connection(srv.getsockname()) as c:
+                c.sendall(payload)
+                c.recv(1)
+            times.append(time.perf_counter() - t)
+            th.join()
+            assert len(got) == nbytes
+    return statistics.median(times)
+
+
+async def stream_bounds(addr: str, peer: str, sid: bytes, model_hash: bytes, size: int,
+                        repeats: int = 5) -> tuple[float, float]:
+    """(median request/response round trip, median model fetch) between a libp2p host in
+    this process and the daemon at `addr`, on the daemon's real model stream."""
+    import trio
+    from nacl.signing import SigningKey
+    from prometheus_client import CollectorRegistry
+
+    from fognode.node.events import EventBus
+    from fognode.node.host import OverlayConfig, open_overlay
+    from fognode.protocols.fl.messages import ModelRequest, ModelResponse
+    from fognode.protocols.fl.protocol import MAX_CONTROL_FRAME, MODEL_STREAM
+    from fognode.protocols.fl.tensors import TensorDecoder, params_hash
+
+    reg = CollectorRegistry()
+    cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=1)
+    rtts: list[float] = []
+    fetches: list[float] = []
+    with trio.fail_after(60):
+        async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg) as ov:
+            await ov.connect(addr)
+
+            async def ask(h: bytes) -> Any:
+                st = await ov.open_stream(peer, MODEL_STREAM)
+                try:
+                    await st.send(ModelRequest(sid, h).to_wire())
+                    resp = ModelResponse.decode(await st.recv(max_size=MAX_CONTROL_FRAME),
+                                                params_shape=(size,), max_bytes=1 << 30, peer=peer)
+                    arrays = {}
+                    for name, th in resp.tensors:
+                        dec = TensorDecoder(th, peer=peer)
+                        for _ in range(th.num_chunks):
+                            dec.feed(await st.recv_bytes(max_size=th.chunk_size))
+                        arrays[name] = dec.finish()
+                    return resp.ok, arrays
+                finally:
+                    await st.close()
+
+            for _ in range(repeats):
+                t = time.perf_counter()
+                ok, _ = await ask(b"\0" * 32)      # a model nobody holds: one small answer
+                rtts.append(time.perf_counter() - t)
+                assert not ok
+            for _ in range(repeats):
+                t = time.perf_counter()
+                ok, arrays = await ask(model_hash)
+                fetches.append(time.perf_counter() - t)
+                if not ok or params_hash(arrays["params"]) != model_hash:
+                    raise RuntimeError("the coordinator did not serve the session's final model")
+    return statistics.median(rtts), statistics.median(fetches)
+
+
+# -- the run -------------------------------------------------------------------------------
+
+def _undelivered(net: Devnet) -> dict[str, int]:
+    """The daemons' own log lines about update sends that failed, counted by reason."""
+    import re
+
+    out: dict[str, int] = {}
+    pat = re.compile(r"not delivered: (.*)$")
+    for n in net.nodes:
+        try:
+            text = n.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            continue
+        for line in text.splitlines():
+            m = pat.search(line)
+            if m:
+                reason = re.sub(r"12D3KooW\w+", "<peer>", m.group(1))
+                out[reason] = out.get(reason, 0) + 1
+    return out
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated(f"signal {signum}")
+
+
+def run_processes(nodes: int, rounds: int, *, keep: bool = False,
+                  timeout: float = 150.0) -> RoundsResult:
+    """Start `nodes` daemons, run one session from node 0, measure, stop every process
+    (also on error, Ctrl-C or SIGTERM). Raises RuntimeError/TimeoutError with the cause."""
+    import trio
+
+    root = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))     # short: unix socket paths
+    # peers_low=1: every node keeps its connection to node 0 (the bootstrap node and the
+    # session's starter) and dials no others by itself; connections between participants and
+    # the aggregator are dialled on demand by the fl streams. See TOPOLOGY for why not a mesh.
+    net = Devnet(root, nodes, extra_args=[
+        "--set", "overlay.peers_low=1",
+        "--set", "protocols.fl.tick_interval=0.05", "--set", "protocols.fl.republish_interval=1.0",
+        "--set", f"protocols.fl.data_seed={DATA_SEED}"])
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        print(f"starting {nodes} daemons in {root} ...", file=sys.stderr, flush=True)
+        net.create()
+        ports = []
+        for node in net.nodes:
+            ports.append(free_port())
+            node.args = ["--metrics-port", str(ports[-1]), "--set", f"protocols.fl.data_index={node.index}"]
+        net.start_all(timeout=90)
+        coord = net.nodes[0]
+        wait_until(lambda: len(coord.rpc("node.peers")) >= nodes - 1, timeout=30, interval=0.25,
+                   what=f"the {nodes - 1} other daemons to connect to node 0")
+        before = [scrape(p) for p in ports]
+        t_start = time.time()
+        out = coord.rpc("fl.start", {
+            "task": TASK, "rounds": rounds, "min_participants": max(2, nodes - 2), "participants": nodes,
+            "deadline": DEADLINE, "local_epochs": LOCAL_EPOCHS, "lr": LR, "batch_size": BATCH,
+            "optin_seconds": OPTIN, "task_params": TASK_PARAMS}, timeout=60)
+        sid = out["session_id"]
+        print(f"session {sid[:16]}: {nodes} participants, {rounds} rounds of {TASK} "
+              f"({out['parameters']:,} parameters)", file=sys.stderr, flush=True)
+        snaps = [before]         # metrics of every node, then again each time a round is recorded
+        end = time.monotonic() + timeout
+        while True:
+            done = coord.rpc("fl.status", [sid])
+            while len(snaps) <= len(done["history"]):
+                snaps.append([scrape(p) for p in ports])
+            if done["state"] != "running":
+                break
+            if time.monotonic() > end:
+                done["state"] = f"still running after {timeout:.0f} s"
+                break
+            time.sleep(0.25)     # poll interval of fl.status
+        after = [scrape(p) for p in ports]
+        history = done["history"]
+        start_of = {h["round"]: h["started_at"] for h in history}
+        delays: dict[int, list[float]] = {r: [] for r in start_of}
+        for n in net.nodes[1:]:
+            for e in n.rpc("fl.status", [sid])["history"]:
+                if e["round"] in start_of and "plan_at" in e:
+                    delays[e["round"]].append(e["plan_at"] - start_of[e["round"]])
+        phases: dict[str, list[Mean]] = {}
+        for name, (metric_name, labels, who) in PHASES.items():
+            pick = slice(1, None) if who == "participants" else slice(0, 1) if who == "coordinator" else slice(None)
+            phases[name] = [hist(snaps[k - 1][pick], snaps[k][pick], metric_name, labels)
+                            for k in range(1, len(history) + 1)]
+        size = int(out["parameters"])
+        sent = counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "update"}) \
+            + counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "model"})
+        print("measuring the bounds with the daemons idle ...", file=sys.stderr, flush=True)
+        rtt, fetch = trio.run(stream_bounds, coord.addr, coord.peer_id, bytes.fromhex(sid),
+                              bytes.fromhex(done["model_hash"]), size)
+        first, trains = local_training(nodes)
+        bounds = Bounds(train=trains, first_train=first, fedavg=fedavg_seconds(nodes, size), fetch=fetch,
+                        rtt=rtt, tcp=tcp_seconds(size * 4))
+        return RoundsResult(
+            nodes=nodes, parameters=size,
+            state=done["state"] + (f" ({done['reason']})" if done.get("reason") else ""),
+            setup=history[0]["started_at"] - t_start if history else float("nan"),
+            history=history, plan_delays=delays, phases=phases,
+            bytes_per_round=sent / max(len(history), 1), bounds=bounds, problems=_undelivered(net))
+    except BaseException:
+        for n in net.nodes:
+            if n.proc is not None and n.proc.poll() is not None and n.proc.returncode != 0:
+                print(f"node {n.index} exited with {n.proc.returncode}:\n{net.log_tail(n.index)}", file=sys.stderr)
+        if net.nodes:
+            print(f"coordinator log tail:\n{net.log_tail(0, 15)}", file=sys.stderr)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, _on_sigterm)   # a second SIGTERM must not skip the cleanup
+        try:
+            net.stop_all(timeout=10)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+            if not keep:
+                import shutil
+
+                shutil.rmtree(root, ignore_errors=True)
+
+
+def _mean(xs: list[float]) -> float:
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def _f(x: float) -> str:
+    return "-" if x != x else f"{x:.3f}"
+
+
+def print_table(r: RoundsResult) -> None:
+    """Per round (metrics scraped when the coordinator records each round), the mean of rounds
+    2 and later (round 1 also pays each daemon's first torch use and the first dials), and
+    the bound measured in the same run."""
+    b = r.bounds
+    rounds = [h["round"] for h in r.history]
+    steady = list(range(1, len(rounds))) or list(range(len(rounds)))    # indexes of rounds 2..R
+    mb = r.parameters * 4 / 1e6
+    print()
+    print(f"round time, {r.nodes} participants = {r.nodes} `fognode run` processes on 127.0.0.1 "
+          f"(the starter trains too), {TASK} {r.parameters:,} parameters ({mb:.2f} MB float32), "
+          f"{len(rounds)} rounds recorded, session {r.state}")
+    head = "".join(f"{'round ' + str(k):>9}" for k in rounds)
+    label = "rounds 2+" if len(rounds) > 1 else "round 1"
+    print(f"{'seconds':<44}{head}{label:>10}{'n':>5}{'bound':>9}  bound: measured in this run")
+
+    def row(name: str, per_round: list[float], overall: float, n: int, bound: float, how: str) -> None:
+        cells = "".join(f"{_f(x):>9}" for x in per_round)
+        print(f"{name:<44}{cells}{_f(overall):>10}{n:>5}{_f(bound):>9}  {how}")
+
+    one_try = [i for i, h in enumerate(r.history) if h["tries"] == 1]
+    d_mean = [_mean(r.plan_delays.get(h["round"], [])) if i in one_try else float("nan")
+              for i, h in enumerate(r.history)]
+    d_last = [max(r.plan_delays.get(h["round"], []) or [float("nan")]) if i in one_try else float("nan")
+              for i, h in enumerate(r.history)]
+    ok = [i for i in steady if i in one_try]
+    row("selection + plan gossip, to a participant", d_mean, _mean([d_mean[i] for i in ok]),
+        sum(len(r.plan_delays.get(r.history[i]["round"], [])) for i in ok), b.rtt,
+        "one request/response on an open libp2p connection")
+    row("  ... to the last participant", d_last, _mean([d_last[i] for i in ok]), len(ok), b.rtt, "")
+    bounds = {"model fetch, participant <- coordinator": (b.fetch, "same bytes over one libp2p stream, daemons idle"),
+              "local training (evaluate + 1 epoch)": (_mean(b.train), "the same trainings one at a time here"),
+              "update transfer, participant -> aggregator": (b.fetch, "same bytes over one libp2p stream"),
+              "aggregation (fedavg)": (b.fedavg, f"fedavg of {r.nodes} updates here"),
+              "new model fetch, coordinator <- aggregator": (b.fetch, "same bytes over one libp2p stream")}
+    for name, means in r.phases.items():
+        tot = Mean(sum(means[i].total for i in steady), sum(means[i].count for i in steady))
+        row(name, [m.mean for m in means], tot.mean, int(tot.count), *bounds[name])
+    durations = [h["duration"] for h in r.history]
+    path = b.rtt + b.fetch + max(b.train) + b.fetch + b.fedavg + b.rtt + b.fetch
+    row("round duration at the coordinator", durations, _mean([durations[i] for i in steady]), len(steady),
+        path, "sum of the bounds on the critical path*")
+    print(f"{'tries / updates accepted of selected':<44}" + "".join(
+        f"{str(h['tries']) + ' ' + str(len(h['accepted'])) + '/' + str(len(h['participants'])):>9}" for h in r.history))
+    print(f"  session setup (announce, task load, opt-in {OPTIN:.0f} s) {r.setup:.1f} s; "
+          f"{r.bytes_per_round / 1e6:.1f} MB of models and updates sent per round; plan gossip is "
+          f"shown for rounds of one try")
+    print(f"  the same bytes over plain TCP on loopback: {1000 * b.tcp:.1f} ms; slowest training alone "
+          f"{max(b.train):.3f} s; first training in a fresh process {b.first_train:.3f} s")
+    for reason, count in sorted(r.problems.items(), key=lambda kv: -kv[1]):
+        print(f"  update sends that failed ({count}x, daemon logs): {reason}")
+    print("  * gossip hop + model fetch + slowest training + update transfer + fedavg + result gossip "
+          "hop + new model fetch; n = observations averaged in the rounds-2+ column")
