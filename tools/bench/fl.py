@@ -91,12 +91,15 @@ def main(argv: list[str] | None = None) -> None:
         if a.nodes < 2:
             ap.error("--nodes must be at least 2")
         t0 = time.perf_counter()
-        print_table(run_processes(a.nodes, a.round_time_rounds, keep=a.keep))
+        res = run_processes(a.nodes, a.round_time_rounds, keep=a.keep)
+        print_table(res)
         print(f"(processes part in {time.perf_counter() - t0:.0f} s)")
         if a.in_process:
             import trio
 
             trio.run(round_time, a.nodes, a.round_time_rounds)
+        if not res.state.startswith("completed"):
+            raise SystemExit(f"the session on {a.nodes} processes did not complete: {res.state}")
 
 
 def fedprox_vs_fedavg(a: argparse.Namespace) -> None:

@@ -88,7 +88,8 @@ class RoundsResult:
     setup: float                           # fl.start answered -> round 1 planned (s)
     history: list[dict[str, Any]]          # the coordinator's rounds
     plan_delays: dict[int, list[float]]    # round -> participants' plan_at - started_at
-    phases: dict[str, list[Mean]]          # phase -> one Mean per recorded round
+    phases: dict[str, list[Mean]]          # phase -> one Mean per recorded round (and one for
+                                           # the unfinished round when the session did not complete)
     bytes_per_round: float
     bounds: Bounds
     problems: dict[str, int]               # update sends that failed, by reason
@@ -348,6 +349,8 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False,
             pick = slice(1, None) if who == "participants" else slice(0, 1) if who == "coordinator" else slice(None)
             phases[name] = [hist(snaps[k - 1][pick], snaps[k][pick], metric_name, labels)
                             for k in range(1, len(history) + 1)]
+            if done["state"] != "completed":    # what the unfinished round measured
+                phases[name].append(hist(snaps[len(history)][pick], after[pick], metric_name, labels))
         size = int(out["parameters"])
         sent = counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "update"}) \
             + counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "model"})
@@ -402,12 +405,15 @@ def print_table(r: RoundsResult) -> None:
     print(f"round time, {r.nodes} participants = {r.nodes} `fognode run` processes on 127.0.0.1 "
           f"(the starter trains too), {TASK} {r.parameters:,} parameters ({mb:.2f} MB float32), "
           f"{len(rounds)} rounds recorded, session {r.state}")
-    head = "".join(f"{'round ' + str(k):>9}" for k in rounds)
-    label = "rounds 2+" if len(rounds) > 1 else "round 1"
+    unfinished = any(len(m) > len(rounds) for m in r.phases.values())
+    head = "".join(f"{'round ' + str(k):>9}" for k in rounds) + (f"{'unfinished':>11}" if unfinished else "")
+    label = "rounds 2+" if len(rounds) > 1 else "round 1" if rounds else "-"
     print(f"{'seconds':<44}{head}{label:>10}{'n':>5}{'bound':>9}  bound: measured in this run")
 
     def row(name: str, per_round: list[float], overall: float, n: int, bound: float, how: str) -> None:
-        cells = "".join(f"{_f(x):>9}" for x in per_round)
+        cells = "".join(f"{_f(x):>9}" for x in per_round[:len(rounds)])
+        if unfinished:
+            cells += f"{_f(per_round[len(rounds)]) if len(per_round) > len(rounds) else '-':>11}"
         print(f"{name:<44}{cells}{_f(overall):>10}{n:>5}{_f(bound):>9}  {how}")
 
     one_try = [i for i, h in enumerate(r.history) if h["tries"] == 1]
@@ -438,8 +444,11 @@ def print_table(r: RoundsResult) -> None:
           f"{r.bytes_per_round / 1e6:.1f} MB of models and updates sent per round; plan gossip is "
           f"shown for rounds of one try")
     print(f"  the same bytes over plain TCP on loopback: {1000 * b.tcp:.1f} ms; slowest training alone "
-          f"{max(b.train):.3f} s; first training in a fresh process {b.first_train:.3f} s")
+          f"{max(b.train):.3f} s; first training in this process {b.first_train:.3f} s")
     for reason, count in sorted(r.problems.items(), key=lambda kv: -kv[1]):
         print(f"  update sends that failed ({count}x, daemon logs): {reason}")
     print("  * gossip hop + model fetch + slowest training + update transfer + fedavg + result gossip "
-          "hop + new model fetch; n = observations averaged in the rounds-2+ column")
+          "hop + new model fetch; n = observations averaged in the rounds-2+ column; '-' = nothing "
+          "observed (round 1 needs no participant model fetch; the aggregator needs no fetch of its own "
+          "model; a participant records a round's plan_at only if the round's result reaches it before "
+          "the next plan)")
