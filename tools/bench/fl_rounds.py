@@ -3,18 +3,28 @@
     .venv/bin/python -m fognode.tools.bench.fl --part rounds [--nodes 10] [--round-time-rounds 3]
 
 N real daemons (own data dirs, one shared dev genesis, node i bootstraps to node 0, TCP on
-127.0.0.1; see tools/devnet.py). TOPOLOGY: `overlay.peers_low=1`, so each node stays connected
-to node 0 and the fl streams dial the aggregator on demand. With a full mesh (peers_low=9),
-3 of 4 runs on this machine stalled in round 1: opening a stream to the aggregator timed out
-(overlay.dial_timeout, 10 s) for every participant, while hundreds of stream opens a minute
-(registry direct streams, gossip pulls, ledger sync) took over 1 s. Node 0 starts the session through its RPC socket (`fl.start`,
-task `synthetic_mlp` with a 2048-unit hidden layer: 145,418 parameters, 0.58 MB per float32
-tensor, the same model as the one-process run) and trains too, so the N processes are the N
-participants of every round (`participants = min_participants = N`; a starter that does not
-train would add a process that only gossips and serves models).
+127.0.0.1; see tools/devnet.py). TOPOLOGY: by default `overlay.peers_low=1`: every node keeps
+its bootstrap connection to node 0 and dials no others by itself; a participant dials the
+round's aggregator on demand (address from its peerstore or a DHT look-up). `--mesh` sets
+peers_low=N-1 and waits until every node is connected to every other before the session.
+On this 2-core machine, shared with other work (load average 7 to 14), about half the runs of
+either topology stall in some round: every participant's update to the elected aggregator
+fails ("opening /fognode/fl/update/1.0.0 to <peer> timed out" after overlay.dial_timeout,
+and with peers_low=1 also "no address known for <peer>"), and so does the send to each
+fallback aggregator. The table then shows what the unfinished round measured, and the
+failed sends by reason from the daemons' logs; the command exits with status 1.
+
+Node 0 starts the session through its RPC socket (`fl.start`, task `synthetic_mlp` with a
+2048-unit hidden layer: 145,418 parameters, 0.58 MB per float32 tensor, the same model as the
+one-process run) and trains too, so the N processes are the N participants of a round
+(`participants = N`, `min_participants = N - 2` so one slow update does not void a round;
+opt-in lasts 15 s so that round 1 already selects all N; a starter that does not train would
+add a process that only gossips and serves models). Deadline 20 s per aggregator slot, two
+fallbacks, three retries.
 
 Every figure comes from the daemons' own measurements: the deltas of their Prometheus
-histograms over the session (`/metrics`: fognode_fl_training_seconds,
+histograms (`/metrics`, scraped on every node each time the coordinator records a round, so
+each round has its own column: fognode_fl_training_seconds,
 fognode_fl_transfer_seconds{stream}, fognode_fl_aggregation_seconds) and `fl.status`
 (the coordinator's rounds with `started_at` and `duration`; each participant's rounds with
 `plan_at`, the wall-clock time it saw the round's plan; all processes share one clock).
@@ -93,6 +103,7 @@ class RoundsResult:
     bytes_per_round: float
     bounds: Bounds
     problems: dict[str, int]               # update sends that failed, by reason
+    mesh: bool
 
 
 PHASES = {   # phase -> (histogram, labels, which nodes: "all", "participants" (not node 0), "coordinator")
@@ -289,18 +300,16 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated(f"signal {signum}")
 
 
-def run_processes(nodes: int, rounds: int, *, keep: bool = False,
+def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = False,
                   timeout: float = 150.0) -> RoundsResult:
     """Start `nodes` daemons, run one session from node 0, measure, stop every process
     (also on error, Ctrl-C or SIGTERM). Raises RuntimeError/TimeoutError with the cause."""
     import trio
 
     root = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))     # short: unix socket paths
-    # peers_low=1: every node keeps its connection to node 0 (the bootstrap node and the
-    # session's starter) and dials no others by itself; connections between participants and
-    # the aggregator are dialled on demand by the fl streams. See TOPOLOGY for why not a mesh.
+    # TOPOLOGY (module docstring): a star around node 0, or with `mesh` a full mesh
     net = Devnet(root, nodes, extra_args=[
-        "--set", "overlay.peers_low=1",
+        "--set", f"overlay.peers_low={nodes - 1 if mesh else 1}",
         "--set", "protocols.fl.tick_interval=0.05", "--set", "protocols.fl.republish_interval=1.0",
         "--set", f"protocols.fl.data_seed={DATA_SEED}"])
     old = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -315,6 +324,9 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False,
         coord = net.nodes[0]
         wait_until(lambda: len(coord.rpc("node.peers")) >= nodes - 1, timeout=30, interval=0.25,
                    what=f"the {nodes - 1} other daemons to connect to node 0")
+        if mesh:
+            wait_until(lambda: all(len(n.rpc("node.peers")) >= nodes - 1 for n in net.nodes), timeout=60,
+                       interval=0.5, what="every daemon to be connected to every other")
         before = [scrape(p) for p in ports]
         t_start = time.time()
         out = coord.rpc("fl.start", {
@@ -365,7 +377,8 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False,
             state=done["state"] + (f" ({done['reason']})" if done.get("reason") else ""),
             setup=history[0]["started_at"] - t_start if history else float("nan"),
             history=history, plan_delays=delays, phases=phases,
-            bytes_per_round=sent / max(len(history), 1), bounds=bounds, problems=_undelivered(net))
+            bytes_per_round=sent / max(len(history), 1), bounds=bounds, problems=_undelivered(net),
+            mesh=mesh)
     except BaseException:
         for n in net.nodes:
             if n.proc is not None and n.proc.poll() is not None and n.proc.returncode != 0:
@@ -403,6 +416,7 @@ def print_table(r: RoundsResult) -> None:
     mb = r.parameters * 4 / 1e6
     print()
     print(f"round time, {r.nodes} participants = {r.nodes} `fognode run` processes on 127.0.0.1 "
+          f"({'full mesh' if r.mesh else 'star around node 0, other links dialled on demand'}) "
           f"(the starter trains too), {TASK} {r.parameters:,} parameters ({mb:.2f} MB float32), "
           f"{len(rounds)} rounds recorded, session {r.state}")
     unfinished = any(len(m) > len(rounds) for m in r.phases.values())
