@@ -463,6 +463,5 @@ def print_table(r: RoundsResult) -> None:
         print(f"  update sends that failed ({count}x, daemon logs): {reason}")
     print("  * gossip hop + model fetch + slowest training + update transfer + fedavg + result gossip "
           "hop + new model fetch; n = observations averaged in the rounds-2+ column; '-' = nothing "
-          "observed (round 1 needs no participant model fetch; the aggregator needs no fetch of its own "
-          "model; a participant records a round's plan_at only if the round's result reaches it before "
-          "the next plan)")
+          "observed (the aggregator does not fetch its own model; a participant records a round's "
+          "plan_at only if the round's result reaches it before the next plan)")
