@@ -3,7 +3,7 @@ MLSys 2020, Figure 1's setting, scaled down), and the round time of one session 
 processes, split by phase.
 
     .venv/bin/python -m fognode.tools.bench.fl [--part all|fedprox|rounds] [--nodes 10]
-        [--round-time-rounds 3] [--in-process] [--mesh] [--keep] [--devices 30] [--per-round 10] [--rounds 30]
+        [--round-time-rounds 3] [--in-process] [--star] [--no-warmup] [--keep] [--devices 30] [--per-round 10] [--rounds 30]
         [--epochs 20] [--stragglers 0.9] [--mu 1.0]
 
 Part `fedprox`: in-process simulation with the real `synthetic` task (multinomial logistic
@@ -81,8 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--in-process", action="store_true",
                     help="also run the same session on N hosts in this one process (second table)")
     ap.add_argument("--keep", action="store_true", help="keep the daemons' data dirs (logs)")
-    ap.add_argument("--mesh", action="store_true",
-                    help="connect every daemon to every other first (default: a star around node 0)")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="skip the 1-round warm-up session before the measured one")
+    ap.add_argument("--star", action="store_true",
+                    help="daemons connect only to node 0 and dial the aggregator on demand "
+                         "(default: every daemon connected to every other first)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)   # tiny models: one intra-op thread is faster than two
     if a.part in ("all", "fedprox"):
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         if a.nodes < 2:
             ap.error("--nodes must be at least 2")
         t0 = time.perf_counter()
-        res = run_processes(a.nodes, a.round_time_rounds, keep=a.keep, mesh=a.mesh)
+        res = run_processes(a.nodes, a.round_time_rounds, keep=a.keep, mesh=not a.star,
+                            warmup=not a.no_warmup)
         print_table(res)
         print(f"(processes part in {time.perf_counter() - t0:.0f} s)")
         if a.in_process:

@@ -1,18 +1,22 @@
 """Round time of one FL session on N `fognode run` processes on loopback, split by phase.
 
     .venv/bin/python -m fognode.tools.bench.fl --part rounds [--nodes 10] [--round-time-rounds 3]
+        [--star] [--no-warmup] [--in-process] [--keep]
 
 N real daemons (own data dirs, one shared dev genesis, node i bootstraps to node 0, TCP on
-127.0.0.1; see tools/devnet.py). TOPOLOGY: by default `overlay.peers_low=1`: every node keeps
-its bootstrap connection to node 0 and dials no others by itself; a participant dials the
-round's aggregator on demand (address from its peerstore or a DHT look-up). `--mesh` sets
-peers_low=N-1 and waits until every node is connected to every other before the session.
-On this 2-core machine, shared with other work (load average 7 to 14), about half the runs of
-either topology stall in some round: every participant's update to the elected aggregator
-fails ("opening /fognode/fl/update/1.0.0 to <peer> timed out" after overlay.dial_timeout,
-and with peers_low=1 also "no address known for <peer>"), and so does the send to each
-fallback aggregator. The table then shows what the unfinished round measured, and the
-failed sends by reason from the daemons' logs; the command exits with status 1.
+127.0.0.1; see tools/devnet.py). TOPOLOGY: by default `overlay.peers_low=N-1` and the bench
+waits until every daemon is connected to every other; with `--star`, peers_low=1: every node
+keeps only its bootstrap connection to node 0 and a participant dials the round's aggregator
+on demand (address from its peerstore or a DHT look-up). WARM-UP: first a 1-round session of
+the small `synthetic` task, bounded at 90 s, so that each daemon's first torch use and the
+first streams between the daemons are not inside the measured session (`--no-warmup` skips
+it). Why: on this 2-core machine, shared with other work (load average 7 to 14), about half
+of the runs without it stalled in round 1: every participant's update to the elected
+aggregator failed ("opening /fognode/fl/update/1.0.0 to <peer> timed out" after
+overlay.dial_timeout, with `--star` also "no address known for <peer>"), and so did the
+sends to each fallback aggregator, try after try; rounds after the first ran in 1 to 5 s. A
+session that does not complete still gets its table (a column for the unfinished round, the
+failed sends by reason from the daemons' logs) and the command exits with status 1.
 
 Node 0 starts the session through its RPC socket (`fl.start`, task `synthetic_mlp` with a
 2048-unit hidden layer: 145,418 parameters, 0.58 MB per float32 tensor, the same model as the
@@ -63,6 +67,7 @@ LR = 0.05
 BATCH = 10
 DATA_SEED = 3
 DEADLINE = 20.0        # seconds per aggregator slot; a stalled slot passes to the fallback
+WARMUP_TIMEOUT = 90.0  # bound on the warm-up session
 OPTIN = 15.0           # seconds of opt-in: long enough for all N daemons to load the task, so
                        # round 1 selects all N (it would start with min_participants otherwise)
 Sample = tuple[str, frozenset[tuple[str, str]]]
@@ -104,6 +109,7 @@ class RoundsResult:
     bounds: Bounds
     problems: dict[str, int]               # update sends that failed, by reason
     mesh: bool
+    warmup: str                            # how the warm-up session went
 
 
 PHASES = {   # phase -> (histogram, labels, which nodes: "all", "participants" (not node 0), "coordinator")
@@ -300,8 +306,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated(f"signal {signum}")
 
 
-def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = False,
-                  timeout: float = 150.0) -> RoundsResult:
+def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = True,
+                  warmup: bool = True, timeout: float = 150.0) -> RoundsResult:
     """Start `nodes` daemons, run one session from node 0, measure, stop every process
     (also on error, Ctrl-C or SIGTERM). Raises RuntimeError/TimeoutError with the cause."""
     import trio
@@ -327,6 +333,22 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = F
         if mesh:
             wait_until(lambda: all(len(n.rpc("node.peers")) >= nodes - 1 for n in net.nodes), timeout=60,
                        interval=0.5, what="every daemon to be connected to every other")
+        warm = "skipped"
+        if warmup:
+            print("warm-up session (1 round of `synthetic`) ...", file=sys.stderr, flush=True)
+            w = coord.rpc("fl.start", {
+                "task": "synthetic", "rounds": 1, "min_participants": max(2, nodes - 2), "participants": nodes,
+                "deadline": DEADLINE, "local_epochs": 1, "lr": LR, "batch_size": BATCH, "optin_seconds": OPTIN,
+                "task_params": {"max_samples": 100.0}}, timeout=60)
+            try:
+                ws = wait_until(lambda: (lambda st: st if st["state"] != "running" else None)(
+                    coord.rpc("fl.status", [w["session_id"]])), timeout=WARMUP_TIMEOUT, interval=0.25,
+                    what="the warm-up session")
+                warm = f"{ws['state']}" + (f" in {ws['history'][0]['duration']:.1f} s, {ws['history'][0]['tries']} "
+                                           f"tries" if ws["history"] else "")
+            except TimeoutError:
+                coord.rpc("fl.stop", [w["session_id"]])
+                warm = f"stopped unfinished after {WARMUP_TIMEOUT:.0f} s"
         before = [scrape(p) for p in ports]
         t_start = time.time()
         out = coord.rpc("fl.start", {
@@ -378,7 +400,7 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = F
             setup=history[0]["started_at"] - t_start if history else float("nan"),
             history=history, plan_delays=delays, phases=phases,
             bytes_per_round=sent / max(len(history), 1), bounds=bounds, problems=_undelivered(net),
-            mesh=mesh)
+            mesh=mesh, warmup=warm)
     except BaseException:
         for n in net.nodes:
             if n.proc is not None and n.proc.poll() is not None and n.proc.returncode != 0:
@@ -454,6 +476,7 @@ def print_table(r: RoundsResult) -> None:
         path, "sum of the bounds on the critical path*")
     print(f"{'tries / updates accepted of selected':<44}" + "".join(
         f"{str(h['tries']) + ' ' + str(len(h['accepted'])) + '/' + str(len(h['participants'])):>9}" for h in r.history))
+    print(f"  warm-up session before (each daemon's first torch use, first streams): {r.warmup}")
     print(f"  session setup (announce, task load, opt-in {OPTIN:.0f} s) {r.setup:.1f} s; "
           f"{r.bytes_per_round / 1e6:.1f} MB of models and updates sent per round; plan gossip is "
           f"shown for rounds of one try")
