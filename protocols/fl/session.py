@@ -37,10 +37,10 @@ from fognode.protocols.fl.events import (
     TrainingRoundCompleted, TrainingRoundStarted, TrainingSessionEnded)
 from fognode.protocols.fl.messages import (
     DeviceFacts, GossipMessage, OptIn, RoundFailed, RoundPlan, RoundResult, SessionAnnouncement,
-    SessionEnded, SessionSpec, UpdateHeader)
+    SessionEnded, SessionSpec, UpdateHeader, plan_problem)
 from fognode.protocols.fl.prepared import PreparedTask, init_seed_of
 from fognode.protocols.fl.privacy.secagg import with_weight
-from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt
+from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt, round_reward_of
 from fognode.protocols.fl.rounds import (
     AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome, UpdateMeta)
 from fognode.protocols.fl.selection import ineligibility
@@ -154,7 +154,7 @@ class FlCore(SecAggRounds, HierRounds):
         if len([s for s in self.sessions.values() if not s.state.ended]) >= MAX_SESSIONS:
             raise SessionRejected(f"this node already runs {MAX_SESSIONS} sessions")
         s = Session(ann, SessionState.WAITING, prepared=prepared)
-        s.coordinator = Coordinator(ann, self.me, self.view, now, self.interval)
+        s.coordinator = Coordinator(ann, self.me, self.view, now, self.interval, key=self.key)
         self.sessions[ann.session_id] = s
         self._store(s, ann.initial_model_hash, ModelBundle(prepared.initial_params))
         s.latest_model = ann.initial_model_hash
@@ -269,7 +269,12 @@ class FlCore(SecAggRounds, HierRounds):
             return []
         if plan.seed != _seed(s, plan):
             return []
+        why = plan_problem(s.ann, plan, 1 + s.spec.fallbacks)
+        if why is not None:     # no signed evidence of this election: nobody trains for it
+            s.reason = f"refused round {plan.round} try {plan.try_no} plan: {why}"
+            return []
         self._close_rounds(s)
+        s.reason = ""
         s.plan = plan
         s.order = aggregator_order(plan.seed, plan.participants, 1 + s.spec.fallbacks)
         s.state = SessionState.RUNNING
@@ -568,7 +573,7 @@ class FlCore(SecAggRounds, HierRounds):
         accepted = tuple(AcceptedUpdate(p, weights[p], ar.meta[p].num_samples) for p in result.accepted)
         receipt = RoundReceipt(sid, round_no, try_no, self.me, bytes(self.key.verify_key),
                                ar.plan.base_model_hash, mh, accepted,
-                               s.spec.reward_budget // s.spec.rounds, now).signed(self.key)
+                               round_reward_of(s.spec), now).signed(self.key)
         rejected = {**ar.rejected, **{p: r[:200] for p, r in result.rejected.items()}}
         metas = [ar.meta[p] for p in result.accepted]
         n = sum(m.num_samples for m in metas)
@@ -578,7 +583,7 @@ class FlCore(SecAggRounds, HierRounds):
                           ar.dropped(), rejected)
         out: list[Action] = [Publish(res)]
         if receipt.round_reward > 0 and any(a.peer != self.me for a in accepted):
-            out.append(PayRewards(receipt))
+            out.append(PayRewards(receipt, s.ann, ar.plan))
         for p in result.accepted:
             if p != self.me and weights[p] > 0:
                 out.append(ReportOutcome(p, True, weights[p], receipt.receipt_id,
