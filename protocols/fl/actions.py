@@ -173,9 +173,11 @@ class SaveModel:
 
 @dataclass(frozen=True)
 class PayRewards:
-    """This node aggregated a round with a reward: issue one "fl_update" ledger receipt per
-    accepted participant (not itself), with the session's announcement and the plan's signed
-    header as evidence (receipts.issue_ledger_receipts), and have the ledger mint their shares."""
+    """This node aggregated a round with a reward and the coordinator adopted its model (the
+    next plan builds on it, or the session ended with it): issue one "fl_update" ledger receipt
+    per accepted participant (not itself), with the session's announcement and the plan's
+    signed header as evidence (receipts.issue_ledger_receipts), and have the ledger mint their
+    shares."""
 
     receipt: RoundReceipt
     announcement: SessionAnnouncement = field(compare=False)

@@ -26,7 +26,10 @@ that the issuer is in the header's aggregator order (the elected aggregator or a
 that the beneficiary is the planned wallet of `peer` (Merkle proof) and that nobody attests
 their own update; it prices the receipt at round_reward * weight_ppm / 10^6 (EvidenceError
 naming what is wrong otherwise). The claim makes the ledger pay each (session, round,
-beneficiary) once even when two aggregators of the order both completed the round.
+beneficiary) once even when two aggregators of the order both completed the round. To keep
+such a pair from splitting the validators' votes (each validator locks the claim for the
+first mint it sees; a split leaves both mints short of a quorum and their senders' sequences
+stuck), an aggregator mints only once the coordinator adopted its model (FlCore._adopted).
 
 What the evidence does not prove: the weights. An elected aggregator is trusted with the
 split of its round (as it is trusted with the aggregate); the verifier bounds each receipt

@@ -108,6 +108,8 @@ class Session:
     latest_model: bytes = b""
     participation: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
+    # rounds this node aggregated, paid once the coordinator adopts their model (_adopted)
+    rewards_due: list[PayRewards] = field(default_factory=list)
 
     @property
     def sid(self) -> bytes:
@@ -201,8 +203,10 @@ class FlCore(SecAggRounds, HierRounds):
             s.reason = msg.reason
             s.rounds_done = max(s.rounds_done, msg.rounds_done)
             self._close_rounds(s)
-            return [Emit(TrainingSessionEnded(sid.hex(), msg.state, msg.rounds_done,
-                                              msg.final_model_hash.hex(), msg.reason))]
+            paid = self._adopted(s, msg.rounds_done, msg.final_model_hash, None)
+            s.rewards_due.clear()
+            return paid + [Emit(TrainingSessionEnded(sid.hex(), msg.state, msg.rounds_done,
+                                                     msg.final_model_hash.hex(), msg.reason))]
         return []
 
     def _on_announcement(self, peer: str, ann: SessionAnnouncement, now: float) -> list[Action]:
@@ -279,7 +283,7 @@ class FlCore(SecAggRounds, HierRounds):
         s.order = aggregator_order(plan.seed, plan.participants, 1 + s.spec.fallbacks)
         s.state = SessionState.RUNNING
         s.rounds_done = max(s.rounds_done, plan.base_round)
-        out: list[Action] = []
+        out: list[Action] = self._adopted(s, plan.base_round, plan.base_model_hash, plan.sources)
         is_part = self.me in plan.peers
         if self.me in s.order:
             slot = s.order.index(self.me)
@@ -583,7 +587,7 @@ class FlCore(SecAggRounds, HierRounds):
                           ar.dropped(), rejected)
         out: list[Action] = [Publish(res)]
         if receipt.round_reward > 0 and any(a.peer != self.me for a in accepted):
-            out.append(PayRewards(receipt, s.ann, ar.plan))
+            s.rewards_due.append(PayRewards(receipt, s.ann, ar.plan))
         for p in result.accepted:
             if p != self.me and weights[p] > 0:
                 out.append(ReportOutcome(p, True, weights[p], receipt.receipt_id,
@@ -664,6 +668,25 @@ class FlCore(SecAggRounds, HierRounds):
             out += [Publish(plan)] + self._on_plan(s, self.me, plan, now)
         return out
 
+    def _adopted(self, s: Session, base_round: int, base_hash: bytes,
+                 sources: tuple[str, ...] | None) -> list[Action]:
+        """The coordinator built on round `base_round`'s model `base_hash` (a plan's base, with
+        the plan's model `sources`; or the session's final model, sources None): pay the round
+        if this node's result is the one adopted, forget rounds up to it that were not. So of
+        two aggregators that both completed a round (the first was only slow), only the one
+        the coordinator accepted mints, and the ledger's claim lock never splits their votes."""
+        out: list[Action] = []
+        keep: list[PayRewards] = []
+        for due in s.rewards_due:
+            r = due.receipt
+            if r.round > base_round:
+                keep.append(due)
+            elif r.round == base_round and r.model_hash == base_hash \
+                    and (sources is None or self.me in sources):
+                out.append(due)
+        s.rewards_due = keep
+        return out
+
     def _end(self, s: Session, state: SessionState, reason: str, now: float) -> list[Action]:
         s.state = state
         s.reason = reason
@@ -671,7 +694,9 @@ class FlCore(SecAggRounds, HierRounds):
             s.coordinator.phase = Phase.IDLE
             s.coordinator.end_reason = reason
         self._close_rounds(s)
-        out: list[Action] = [Publish(SessionEnded(s.sid, state.value, s.rounds_done, s.latest_model, reason)),
+        paid = self._adopted(s, s.rounds_done, s.latest_model, None)
+        s.rewards_due.clear()
+        out: list[Action] = paid + [Publish(SessionEnded(s.sid, state.value, s.rounds_done, s.latest_model, reason)),
                              Emit(TrainingSessionEnded(s.sid.hex(), state.value, s.rounds_done,
                                                        s.latest_model.hex(), reason))]
         bundle = s.models.get(s.latest_model)

@@ -380,3 +380,35 @@ def test_two_fallback_aggregators_receipts_pay_once() -> None:
     for c in [ca, ca, cb, ca]:
         r.receive("t", c)
     assert r.state.root() == roots[0]
+
+
+def test_only_the_adopted_aggregator_of_a_round_mints() -> None:
+    """Each completed round yields exactly one PayRewards, from the aggregator whose model the
+    coordinator built on (paid when the next plan, or the session's end, shows it). A result
+    the coordinator did not adopt (a slow aggregator's, here planted before round 1) is never
+    paid, so two aggregators of one round do not race for the same claims at the ledger."""
+    from fognode.protocols.fl.actions import PayRewards
+    from tests.fl.harness import Sim
+
+    sim = Sim(4)
+    spec = SessionSpec(task="synthetic", rounds=3, min_participants=3, participants=4, deadline=10.0,
+                       optin_seconds=1.0, task_params={"max_samples": 100}, reward_budget=3_000_000)
+    sid = sim.start(spec)
+    sim.step(0.25)
+    slow = sim.nodes[1]
+    s = slow.core.sessions[sid]
+    plan = dataclasses.replace(plan_for(announcement()), session_id=sid)
+    bogus = RoundReceipt(sid, 1, 0, slow.peer, bytes(slow.key.verify_key), b"b" * 32, b"z" * 32,
+                         (AcceptedUpdate(sim.nodes[2].peer, 1.0, 10),), 1_000_000, 1.0).signed(slow.key)
+    s.rewards_due.append(PayRewards(bogus, s.ann, plan))
+    sim.run_until(lambda: sim.ended(sid), 600)
+    st = sim.status(sid)
+    assert st["state"] == "completed", st
+    paid = [(nd.peer, p.receipt) for nd in sim.nodes for p in nd.payments]
+    assert sorted(r.round for _, r in paid) == [1, 2, 3]
+    for peer, r in paid:
+        h = st["history"][r.round - 1]
+        assert peer == h["aggregator"] == r.aggregator and r.model_hash.hex() == h["model_hash"]
+        assert r.round_reward == 1_000_000
+    assert all(p.receipt.model_hash != b"z" * 32 for p in slow.payments)
+    assert all(not nd.core.sessions[sid].rewards_due for nd in sim.nodes)
