@@ -1,7 +1,8 @@
 """The coordinator of one session: the node that started it (sans-IO).
 
 It collects opt-ins, plans each round (participants selected from the candidates by the
-round seed, with the reputations used for the election), republishes the current plan until
+round seed, with the reputations used for the election, and the round header it signs:
+round_header.py, the reward evidence), republishes the current plan until
 the round ends (gossip may drop it), accepts the first valid round result from an aggregator
 of the plan's election order, fetches the new model (so it can serve it and save the final
 one), and then plans the next round. A round that fails (too few updates, no result before the

@@ -14,6 +14,9 @@ In a `secagg` session the update is never sent in the clear: participant and agg
 the SecAgg protocol instead and the aggregator gets only the sum (session_secagg.py).
 In a `hierarchical` session updates go to regional aggregators, which forward one combined
 update per region to the global aggregator (session_hier.py).
+Rewards (receipts.py): a participant acts on a plan only if its signed round header matches
+the plan and the election (messages.plan_problem); an aggregator pays its round's participants
+(`PayRewards`) once the coordinator adopted its model (`_adopted`).
 """
 from __future__ import annotations
 
