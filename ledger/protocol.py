@@ -154,6 +154,14 @@ class LedgerRole(Protocol):
         if cert is None and epoch >= 2:
             out["computed"] = [{"address": encode_address(k), "stake": format_amount(v)}
                                for k, v in s.state.computed_members(epoch)]
+        era = book.era_start(epoch)
+        out["took_over_at"] = era
+        if era and s.me in c:
+            waiting = s.handover.status()
+            out["handover"] = ("complete" if era in s.validator.handovers else
+                               {"waiting": True, "stake": format_amount(waiting["stake"]),
+                                "needed": format_amount(waiting["needed"] + 1)} if waiting and waiting["epoch"] == era
+                               else "not started")
         return out
 
     def _balance(self, pub: bytes) -> dict[str, Any]:
