@@ -69,6 +69,10 @@ SYNC_STREAM = "/fognode/ledger/sync/1.0.0"
 CERT_TOPIC = "fognode/ledger/certs/1"
 MAX_SYNC_BATCH = 1024
 MAX_CERT_FRAME = 1 << 20
+# certificates nobody honest forms or relays (a committee-view difference, NON_COMMITTEE_SIGNER,
+# is not one: such certificates wait for the committee certificate instead)
+RELAYER_FAULTS = frozenset({Reason.BAD_SIGNATURE, Reason.NO_QUORUM, Reason.DUPLICATE_SIGNER, Reason.MALFORMED,
+                            Reason.WRONG_CHAIN})
 
 
 class NotCertified(FognodeError):
@@ -196,6 +200,9 @@ class LedgerService:
                 self.m_refused.labels(a.reason.value).inc()
                 log.warning("refused certificate %s from %s: %s: %s", a.tx_id.hex()[:16], a.peer or peer,
                             a.reason.value, a.message)
+                culprit = a.peer or peer
+                if a.reason in RELAYER_FAULTS and culprit and culprit != self.ctx.peer_id:
+                    self.ctx.overlay.penalize(culprit, f"ledger certificate refused: {a.reason.value}")
             elif isinstance(a, ConflictingCertificates):
                 self._conflict(a.applied_tx, a.other, peer)
         if deltas:

@@ -237,6 +237,9 @@ async def test_sync_from_a_lying_peer_applies_nothing(tmp_path: Path) -> None:
             assert honest.svc.state.root() == root and honest.svc.state.applied == 0
             assert honest.ctx.metrics.get_sample_value("fognode_ledger_certificates_refused_total",
                                                        {"reason": "no_quorum"}) == 1
+            # the liar's score dropped: 2 penalties (no quorum, bad signature; a foreign signer may
+            # be a committee-view difference and is not held against it)
+            assert honest.ctx.overlay._score(liar.ctx.peer_id) == pytest.approx(-2.0, abs=0.01)
 
             async def garbage_sync(stream) -> None:  # type: ignore[no-untyped-def]
                 await stream.recv()
