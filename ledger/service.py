@@ -7,8 +7,8 @@ the committee), the wallet keystore, and talks to peers only through `ctx.overla
   the sender's previous certificate, so a validator that missed it can apply it first) and gets
   {"v", "vote"} or {"v", "rejection"}, repeated on one long-lived stream per validator. The
   validator persists its lock (sync) before replying.
-  The same stream carries committee proposals (committee_service.py) and lock handover
-  requests (handover_service.py).
+  The same stream carries committee proposals (committee_service.py), lock handover
+  requests (handover_service.py) and uptime receipt requests (uptime_service.py).
 - sync stream `/fognode/ledger/sync/1.0.0`: {"v", "after", "limit"} -> {"v", "certs":
   [[position, certificate]...], "end"}, repeated on one stream until the client has caught up
   with the server's apply log. Cursors per peer are kept (not part of the state).
@@ -44,6 +44,7 @@ from fognode.ledger.errors import OrderRejected, Reason, WalletError
 from fognode.ledger.events import ForkDetected, PaymentProcessed, RewardsDistributed
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.handover_service import LockHandover
+from fognode.ledger.uptime_service import UptimeRewards
 from fognode.ledger.messages import (Certificate, ForkProof, MintOrder, Order, Rejection, SignedOrder,
                                      TransferOrder, decode_certificate, decode_rejection,
                                      decode_signed_order, decode_vote, order_problem)
@@ -93,6 +94,8 @@ class Settings:
     retry_interval: float = 1.0
     pending_max: int = 10_000
     verify_sender: bool = True
+    uptime_interval: float = 10.0
+    uptime_claims: bool = True
 
 
 class LedgerService:
@@ -113,6 +116,7 @@ class LedgerService:
                                    self.store.handovers_done())
         self.rotation = CommitteeRotation(self, CERT_TOPIC)
         self.handover = LockHandover(self)
+        self.uptime = UptimeRewards(self, settings.uptime_interval, settings.uptime_claims)
         self.keystore = Keystore(ctx.datadir)
         self.passphrase: str | None = os.environ.get(PASSPHRASE_ENV)
         self._outbox: list[Certificate] = []
@@ -160,6 +164,7 @@ class LedgerService:
                 nursery.start_soon(self._sync_on_connect)
                 nursery.start_soon(self.rotation.run)
                 nursery.start_soon(self.handover.run)
+                nursery.start_soon(self.uptime.run)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -410,8 +415,8 @@ class LedgerService:
                 f.done()
                 await stream.send(self.rotation.sign(peer, body))
                 continue
-            if f.has("handover"):
-                reply = self.handover.serve(peer, f)
+            if f.has("handover") or f.has("uptime"):
+                reply = self.handover.serve(peer, f) if f.has("handover") else self.uptime.serve(peer, f)
                 f.done()
                 await stream.send(reply)
                 continue
