@@ -8,8 +8,16 @@ validator for node uptime). Wire form::
      "body": {...kind-specific...}, "sig": <64>}
 
 `sig` is the issuer's Ed25519 signature over pack() of every other field; the receipt id is
-BLAKE2b-256 of that same encoding, so one receipt pays at most once (validators lock receipt
-ids they vote for, replicas record the ids of applied mints).
+BLAKE2b-256 of that same encoding.
+
+Claims. What is paid at most once is a receipt's *claim id*: when the body carries
+`"claim": <32 bytes>` (what the reward is for, e.g. one FL round of one session), the claim id
+is BLAKE2b-256(pack(["fognode-claim/1", kind, beneficiary, claim])), so two receipts for the
+same thing (from two issuers, or re-issued with other details) pay once; without a claim the
+claim id is the receipt id. Validators lock the claim ids they vote for (validator.py),
+replicas record the claim ids of applied mints (state.py, store.py `r/` keys). A kind whose
+receipts can be issued twice for one earning must make its verifier require the claim (the FL
+verifier requires claim == its (session, round) digest, so a body cannot dodge it).
 
 Roles add kinds by implementing `ReceiptVerifier` and registering it with the ledger service
 (`ctx.services.require("ledger").register_receipt_verifier(v)`). A verifier decodes the body
@@ -31,6 +39,8 @@ from fognode.node.wire import Fields, digest, pack
 RECEIPT_VERSION = 1
 MAX_KIND = 32
 MAX_BODY_ENTRIES = 64
+CLAIM_LEN = 32
+CLAIM_TAG = "fognode-claim/1"
 
 
 class EvidenceError(LedgerError):
@@ -47,11 +57,15 @@ class Receipt:
     sig: bytes
     unsigned_bytes: bytes = field(init=False, repr=False, compare=False, hash=False)
     receipt_id: bytes = field(init=False, repr=False, compare=False, hash=False)
+    claim_id: bytes = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         ub = pack(self.unsigned())
         object.__setattr__(self, "unsigned_bytes", ub)
         object.__setattr__(self, "receipt_id", digest(ub))
+        claim = self.body.get("claim")
+        object.__setattr__(self, "claim_id", claim_id_of(self.kind, self.beneficiary, claim)
+                           if isinstance(claim, bytes) else self.receipt_id)
 
     def unsigned(self) -> dict[str, Any]:
         return {"v": RECEIPT_VERSION, "kind": self.kind, "issuer": self.issuer,
@@ -71,6 +85,11 @@ class Receipt:
         sig = key.sign(pack(unsigned)).signature
         return cls(kind=kind, issuer=bytes(key.verify_key), beneficiary=beneficiary, epoch=epoch,
                    body=body, sig=sig)
+
+
+def claim_id_of(kind: str, beneficiary: bytes, claim: bytes) -> bytes:
+    """The id under which a receipt with body `"claim": claim` is paid at most once."""
+    return digest(pack([CLAIM_TAG, kind, beneficiary, claim]))
 
 
 def decode_receipt(raw: Any, *, peer: str | None = None) -> Receipt:
@@ -126,7 +145,8 @@ class ReceiptRegistry:
 
     def max_reward(self, receipt: Receipt, ctx: VerifyContext) -> int:
         """Raise EvidenceError unless the receipt is well signed, of a known kind, earned in
-        the order's epoch or the one before, and worth something; return its worth."""
+        the order's epoch or the one before, its claim (if any) is 32 bytes, and it is worth
+        something; return its worth."""
         v = self._by_kind.get(receipt.kind)
         if v is None:
             raise EvidenceError(f"receipt kind {receipt.kind!r} has no verifier on this validator "
@@ -135,6 +155,9 @@ class ReceiptRegistry:
             raise EvidenceError(f"receipt of epoch {receipt.epoch} cannot be claimed in epoch {ctx.epoch}")
         if not receipt.signature_ok():
             raise EvidenceError("receipt signature is invalid")
+        claim = receipt.body.get("claim")
+        if "claim" in receipt.body and (not isinstance(claim, bytes) or len(claim) != CLAIM_LEN):
+            raise EvidenceError(f"receipt claim must be {CLAIM_LEN} bytes")
         worth = v.max_reward(receipt, ctx)
         if worth <= 0:
             raise EvidenceError(f"receipt of kind {receipt.kind!r} is worth nothing")

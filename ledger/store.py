@@ -1,7 +1,7 @@
 """The replica on disk: LevelDB (plyvel), one write batch with sync=True per commit.
 
 A commit writes everything one or more applied certificates changed — accounts (balance,
-sequence, stake), supply counters, minted per epoch, paid receipts, the state-root
+sequence, stake), supply counters, minted per epoch, paid receipt claims, the state-root
 accumulator, the apply log, the (sender, sequence) index, the per-account history index and
 the certificate itself — in a single atomic batch, so a crash (even `kill -9`) leaves the old
 state or the new one, never a mix. Validator locks are written in their own synced batch
@@ -12,7 +12,7 @@ Keys (big-endian integers, so LevelDB's order is numeric order):
     a/<pubkey>              account record
     s/supply s/acc s/applied  supply counters, root accumulator (64 bytes), apply count
     e/<epoch:8>             minted in that epoch
-    r/<receipt id>          receipt already paid
+    r/<claim id>            receipt claim already paid (the receipt id for claimless receipts)
     x/<sender><seq:8>       tx id applied at (sender, sequence)
     t/<tx id>               apply index (8 bytes) + the certificate's canonical msgpack
     o/<index:8>             tx id applied at that position of this replica's log (sync source)
@@ -128,8 +128,8 @@ class LedgerStore:
                         wb.put(b"a/" + k, a.encode())
                 if d.minted_epoch is not None:
                     wb.put(b"e/" + _u8(d.minted_epoch[0]), pack(d.minted_epoch[1]))
-                if d.receipt_id is not None:
-                    wb.put(b"r/" + d.receipt_id, b"")
+                if d.claim_id is not None:
+                    wb.put(b"r/" + d.claim_id, b"")
                 tx = d.cert.tx_id
                 sender, seq = d.cert.order.key
                 wb.put(b"x/" + sender + _u8(seq), tx)

@@ -33,7 +33,7 @@ class LockTable:
     def __init__(self) -> None:
         self.locks: dict[tuple[bytes, int], SignedOrder] = {}
         self.mint_reserved: dict[int, int] = {}
-        self.receipts: set[bytes] = set()
+        self.receipts: set[bytes] = set()      # claim ids of the mints signed (receipts.py)
 
     def get(self, sender: bytes, sequence: int) -> SignedOrder | None:
         return self.locks.get((sender, sequence))
@@ -43,7 +43,7 @@ class LockTable:
         o = order.order
         if isinstance(o, MintOrder):
             self.mint_reserved[o.epoch] = self.mint_reserved.get(o.epoch, 0) + o.amount
-            self.receipts.add(o.receipt.receipt_id)
+            self.receipts.add(o.receipt.claim_id)
 
     def __len__(self) -> int:
         return len(self.locks)
@@ -140,9 +140,9 @@ class Validator:
         if problem:
             return self._reject(peer, so, *problem)
         if isinstance(o, MintOrder):
-            rid = o.receipt.receipt_id
-            if rid in self.locks.receipts:
-                return self._reject(peer, so, Reason.RECEIPT_USED, "this validator already signed a mint for this receipt")
+            if o.receipt.claim_id in self.locks.receipts:
+                return self._reject(peer, so, Reason.RECEIPT_USED,
+                                    "this validator already signed a mint for this receipt's claim")
             ctx = VerifyContext(committee=self.state.committee_for(o.epoch), epoch=o.epoch,
                                 epoch_length=g.epoch_length, uptime_reward_per_hour=g.uptime_reward_per_hour)
             try:

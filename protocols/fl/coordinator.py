@@ -17,6 +17,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from nacl.signing import SigningKey
+
 from fognode.protocols.fl.election import aggregator_order
 from fognode.protocols.fl.messages import (
     DeviceFacts,
@@ -86,8 +88,9 @@ def _num(x: float) -> float | None:
 
 class Coordinator:
     def __init__(self, ann: SessionAnnouncement, me: str, candidate_view: CandidateView,
-                 now: float, republish_interval: float) -> None:
+                 now: float, republish_interval: float, *, key: SigningKey) -> None:
         self.ann = ann
+        self.key = key          # signs each plan's round header (reward evidence)
         self.spec = ann.spec
         self.sid = ann.session_id
         self.me = me
@@ -163,8 +166,12 @@ class Coordinator:
         parts = tuple((c.peer, min(max(c.reputation, 0.0), 1.0)) for c in chosen)
         sources = tuple(dict.fromkeys(self.base_sources + (self.me,)))[:16]
         regions = tuple(c.region for c in chosen) if self.spec.hierarchical else ()
+        wallets = tuple(self.candidates[c.peer].wallet if c.peer in self.candidates else b""
+                        for c in chosen)
         self.plan = RoundPlan(self.sid, self.round_no, self.try_no, seed, parts, self.base_hash,
-                              self.base_round, sources, regions)
+                              self.base_round, sources, regions,
+                              wallets if any(wallets) else ()).with_header(
+            self.key, self.me, 1 + self.spec.fallbacks)
         self.order = aggregator_order(seed, parts, 1 + self.spec.fallbacks)
         self.plan_at = now
         self.last_publish = now

@@ -11,6 +11,7 @@ imported there, never when this module is imported.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -162,7 +163,21 @@ class FlRole(Protocol):
             return self._verifier_registered
         ledger.register_receipt_verifier(VERIFIER)
         self._verifier_registered = True
+        self._use_wallet(ledger)
         return True
+
+    def _use_wallet(self, ledger: Any) -> None:
+        """Opt in with the node's default ledger wallet as the address FL rewards go to (the
+        identity key stays the payee if the node has no wallet)."""
+        from fognode.ledger.errors import WalletError
+
+        try:
+            wallet = ledger.default_wallet()
+        except WalletError as e:
+            log.info("fl: rewards go to this node's identity key: %s", e)
+            return
+        if self.core is not None:
+            self.core.facts = dataclasses.replace(self.core.facts, wallet=wallet)
 
     async def _pay(self, a: PayRewards) -> None:
         """Mint each accepted participant's share of the round reward (ledger mint orders
@@ -175,7 +190,8 @@ class FlRole(Protocol):
         self._register_verifier()
         from fognode.ledger.rewards import Allocation
 
-        receipts = issue_ledger_receipts(self.ctx.identity, a.receipt, ledger.genesis.epoch_at(self._now()))
+        receipts = issue_ledger_receipts(self.ctx.identity, a.receipt, a.announcement, a.plan,
+                                         ledger.genesis.epoch_at(self._now()))
         allocations = [Allocation(r, reward_of(r)) for r in receipts]
         try:
             txs = await ledger.distribute_rewards(allocations)

@@ -37,10 +37,10 @@ from fognode.protocols.fl.events import (
     TrainingRoundCompleted, TrainingRoundStarted, TrainingSessionEnded)
 from fognode.protocols.fl.messages import (
     DeviceFacts, GossipMessage, OptIn, RoundFailed, RoundPlan, RoundResult, SessionAnnouncement,
-    SessionEnded, SessionSpec, UpdateHeader)
+    SessionEnded, SessionSpec, UpdateHeader, plan_problem)
 from fognode.protocols.fl.prepared import PreparedTask, init_seed_of
 from fognode.protocols.fl.privacy.secagg import with_weight
-from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt
+from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt, round_reward_of
 from fognode.protocols.fl.rounds import (
     AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome, UpdateMeta)
 from fognode.protocols.fl.selection import ineligibility
@@ -108,6 +108,8 @@ class Session:
     latest_model: bytes = b""
     participation: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
+    # rounds this node aggregated, paid once the coordinator adopts their model (_adopted)
+    rewards_due: list[PayRewards] = field(default_factory=list)
 
     @property
     def sid(self) -> bytes:
@@ -154,7 +156,7 @@ class FlCore(SecAggRounds, HierRounds):
         if len([s for s in self.sessions.values() if not s.state.ended]) >= MAX_SESSIONS:
             raise SessionRejected(f"this node already runs {MAX_SESSIONS} sessions")
         s = Session(ann, SessionState.WAITING, prepared=prepared)
-        s.coordinator = Coordinator(ann, self.me, self.view, now, self.interval)
+        s.coordinator = Coordinator(ann, self.me, self.view, now, self.interval, key=self.key)
         self.sessions[ann.session_id] = s
         self._store(s, ann.initial_model_hash, ModelBundle(prepared.initial_params))
         s.latest_model = ann.initial_model_hash
@@ -201,8 +203,10 @@ class FlCore(SecAggRounds, HierRounds):
             s.reason = msg.reason
             s.rounds_done = max(s.rounds_done, msg.rounds_done)
             self._close_rounds(s)
-            return [Emit(TrainingSessionEnded(sid.hex(), msg.state, msg.rounds_done,
-                                              msg.final_model_hash.hex(), msg.reason))]
+            paid = self._adopted(s, msg.rounds_done, msg.final_model_hash, None)
+            s.rewards_due.clear()
+            return paid + [Emit(TrainingSessionEnded(sid.hex(), msg.state, msg.rounds_done,
+                                                     msg.final_model_hash.hex(), msg.reason))]
         return []
 
     def _on_announcement(self, peer: str, ann: SessionAnnouncement, now: float) -> list[Action]:
@@ -269,12 +273,17 @@ class FlCore(SecAggRounds, HierRounds):
             return []
         if plan.seed != _seed(s, plan):
             return []
+        why = plan_problem(s.ann, plan, 1 + s.spec.fallbacks)
+        if why is not None:     # no signed evidence of this election: nobody trains for it
+            s.reason = f"refused round {plan.round} try {plan.try_no} plan: {why}"
+            return []
         self._close_rounds(s)
+        s.reason = ""
         s.plan = plan
         s.order = aggregator_order(plan.seed, plan.participants, 1 + s.spec.fallbacks)
         s.state = SessionState.RUNNING
         s.rounds_done = max(s.rounds_done, plan.base_round)
-        out: list[Action] = []
+        out: list[Action] = self._adopted(s, plan.base_round, plan.base_model_hash, plan.sources)
         is_part = self.me in plan.peers
         if self.me in s.order:
             slot = s.order.index(self.me)
@@ -568,7 +577,7 @@ class FlCore(SecAggRounds, HierRounds):
         accepted = tuple(AcceptedUpdate(p, weights[p], ar.meta[p].num_samples) for p in result.accepted)
         receipt = RoundReceipt(sid, round_no, try_no, self.me, bytes(self.key.verify_key),
                                ar.plan.base_model_hash, mh, accepted,
-                               s.spec.reward_budget // s.spec.rounds, now).signed(self.key)
+                               round_reward_of(s.spec), now).signed(self.key)
         rejected = {**ar.rejected, **{p: r[:200] for p, r in result.rejected.items()}}
         metas = [ar.meta[p] for p in result.accepted]
         n = sum(m.num_samples for m in metas)
@@ -578,7 +587,7 @@ class FlCore(SecAggRounds, HierRounds):
                           ar.dropped(), rejected)
         out: list[Action] = [Publish(res)]
         if receipt.round_reward > 0 and any(a.peer != self.me for a in accepted):
-            out.append(PayRewards(receipt))
+            s.rewards_due.append(PayRewards(receipt, s.ann, ar.plan))
         for p in result.accepted:
             if p != self.me and weights[p] > 0:
                 out.append(ReportOutcome(p, True, weights[p], receipt.receipt_id,
@@ -659,6 +668,25 @@ class FlCore(SecAggRounds, HierRounds):
             out += [Publish(plan)] + self._on_plan(s, self.me, plan, now)
         return out
 
+    def _adopted(self, s: Session, base_round: int, base_hash: bytes,
+                 sources: tuple[str, ...] | None) -> list[Action]:
+        """The coordinator built on round `base_round`'s model `base_hash` (a plan's base, with
+        the plan's model `sources`; or the session's final model, sources None): pay the round
+        if this node's result is the one adopted, forget rounds up to it that were not. So of
+        two aggregators that both completed a round (the first was only slow), only the one
+        the coordinator accepted mints, and the ledger's claim lock never splits their votes."""
+        out: list[Action] = []
+        keep: list[PayRewards] = []
+        for due in s.rewards_due:
+            r = due.receipt
+            if r.round > base_round:
+                keep.append(due)
+            elif r.round == base_round and r.model_hash == base_hash \
+                    and (sources is None or self.me in sources):
+                out.append(due)
+        s.rewards_due = keep
+        return out
+
     def _end(self, s: Session, state: SessionState, reason: str, now: float) -> list[Action]:
         s.state = state
         s.reason = reason
@@ -666,7 +694,9 @@ class FlCore(SecAggRounds, HierRounds):
             s.coordinator.phase = Phase.IDLE
             s.coordinator.end_reason = reason
         self._close_rounds(s)
-        out: list[Action] = [Publish(SessionEnded(s.sid, state.value, s.rounds_done, s.latest_model, reason)),
+        paid = self._adopted(s, s.rounds_done, s.latest_model, None)
+        s.rewards_due.clear()
+        out: list[Action] = paid + [Publish(SessionEnded(s.sid, state.value, s.rounds_done, s.latest_model, reason)),
                              Emit(TrainingSessionEnded(s.sid.hex(), state.value, s.rounds_done,
                                                        s.latest_model.hex(), reason))]
         bundle = s.models.get(s.latest_model)

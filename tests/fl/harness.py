@@ -22,8 +22,8 @@ from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack
 from fognode.protocols.fl import secagg_round
 from fognode.protocols.fl.actions import (
-    Action, Aggregate, AggregateSum, Emit, FetchModel, PrepareTask, Publish, ReportOutcome,
-    SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
+    Action, Aggregate, AggregateSum, Emit, FetchModel, PayRewards, PrepareTask, Publish,
+    ReportOutcome, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.election import aggregator_order, regional_orders
 from fognode.protocols.fl.messages import (
     DeviceFacts, RoundPlan, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
@@ -59,6 +59,7 @@ class SimNode:
     events: list[Any] = field(default_factory=list)
     reports: list[ReportOutcome] = field(default_factory=list)
     refused: list[UpdateRefused] = field(default_factory=list)
+    payments: list[PayRewards] = field(default_factory=list)     # rounds it would mint
     saved: dict[bytes, np.ndarray] = field(default_factory=dict)
     final: list[bytes] = field(default_factory=list)
     trained_rounds: int = 0
@@ -253,6 +254,8 @@ class Sim:
             self._send_secagg(nd, act)
         elif isinstance(act, Emit):
             nd.events.append(act.event)
+        elif isinstance(act, PayRewards):
+            nd.payments.append(act)
         elif isinstance(act, ReportOutcome):
             nd.reports.append(act)
         elif isinstance(act, UpdateRefused):
