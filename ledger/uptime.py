@@ -24,16 +24,10 @@ from typing import Iterable
 
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.receipts import Receipt
-from fognode.node.wire import digest, pack
 
 KIND = "uptime"
 EPOCHS_KEPT = 3
 MAX_PEERS_PER_EPOCH = 10_000
-
-
-def uptime_claim(epoch: int) -> bytes:
-    """The `claim` of every uptime receipt of `epoch` (32 bytes)."""
-    return digest(pack({"kind": KIND, "epoch": epoch}))
 
 
 class UptimeTracker:

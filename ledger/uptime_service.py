@@ -18,8 +18,8 @@ import trio
 
 from fognode.ledger.committee import seal_time
 from fognode.ledger.errors import OrderRejected
-from fognode.ledger.receipts import Receipt, decode_receipt
-from fognode.ledger.uptime import KIND, UptimeTracker, median_receipt, uptime_claim
+from fognode.ledger.receipts import Receipt, claim_id_of, decode_receipt, uptime_claim
+from fognode.ledger.uptime import KIND, UptimeTracker, median_receipt
 from fognode.node.errors import FognodeError, RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id
 from fognode.node.wire import Fields
@@ -81,6 +81,9 @@ class UptimeRewards:
         g = svc.genesis
         epoch = g.epoch_at(now) - 1
         if epoch < 0 or now < seal_time(g, epoch + 1) or self.tries.get(epoch, 0) >= CLAIM_TRIES:
+            return
+        if claim_id_of(KIND, svc.me, uptime_claim(epoch)) in svc.state.used_receipts:
+            self.claimed.setdefault(epoch, "paid")
             return
         self.tries[epoch] = self.tries.get(epoch, 0) + 1
         try:

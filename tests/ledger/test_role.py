@@ -115,7 +115,7 @@ async def test_services_api_for_other_roles(tmp_path: Path) -> None:
     from fognode.ledger.amounts import MICRO
     from fognode.ledger.errors import OrderRejected, Reason
     from fognode.ledger.events import RewardsDistributed
-    from fognode.ledger.receipts import EvidenceError, Receipt, VerifyContext
+    from fognode.ledger.receipts import EvidenceError, Receipt, VerifyContext, uptime_claim
     from fognode.ledger.rewards import Allocation, calculate_rewards
 
     class FlRoundVerifier:
@@ -136,7 +136,8 @@ async def test_services_api_for_other_roles(tmp_path: Path) -> None:
             assert not ledger.verify_payment_capability(me, 1000 * MICRO)
             sub = node.ctx.events.subscribe("t", [RewardsDistributed])
             # uptime, attested by the (only) validator, paid to the node's wallet
-            rc = ledger.issue_receipt("uptime", me, {"seconds": 1800})
+            rc = ledger.issue_receipt("uptime", me, {"seconds": 1800, "claim": uptime_claim(
+                ledger.genesis.epoch_at(node.ctx.clock()))})
             cert = await ledger.submit_reward(rc, rc_worth := 500_000)
             assert ledger.state.supply.minted == rc_worth and cert.order.order.recipient == me
             with pytest.raises(OrderRejected) as e:   # a receipt pays once
