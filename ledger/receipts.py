@@ -164,12 +164,20 @@ class ReceiptRegistry:
         return worth
 
 
-class UptimeVerifier:
-    """Node uptime: a committee validator attests it saw `beneficiary` up for `seconds`.
+def uptime_claim(epoch: int) -> bytes:
+    """The `claim` every uptime receipt of `epoch` carries: one payment per node and epoch."""
+    return digest(pack({"kind": "uptime", "epoch": epoch}))
 
-    Body: {"seconds": int in [1, epoch_length]}. Worth `seconds * uptime_reward_per_hour / 3600`
-    (rounded down). The issuer must be in the committee of the receipt's epoch, and may not
-    attest itself unless it is the only validator (a single-node devnet).
+
+class UptimeVerifier:
+    """Node uptime: a committee validator attests it saw `beneficiary` up for `seconds`
+    (uptime.py measures and claims).
+
+    Body: {"seconds": int in [1, epoch_length], "claim": uptime_claim(epoch)}. Worth
+    `seconds * uptime_reward_per_hour / 3600` (rounded down). The issuer must be in the
+    committee of the mint order's epoch, and may not attest itself unless it is the only
+    validator (a single-node network). The claim makes every uptime receipt of one node and
+    epoch one claim, paid once, whoever issued it.
     """
 
     kind = "uptime"
@@ -178,9 +186,12 @@ class UptimeVerifier:
         try:
             f = Fields(receipt.body, "ledger.UptimeReceipt")
             seconds = f.int("seconds", lo=1, hi=ctx.epoch_length)
+            claim = f.bytes("claim", size=CLAIM_LEN)
             f.done()
         except RemoteProtocolError as e:
             raise EvidenceError(str(e)) from None
+        if claim != uptime_claim(receipt.epoch):
+            raise EvidenceError(f"uptime receipt's claim is not that of epoch {receipt.epoch}")
         if receipt.issuer not in ctx.committee:
             raise EvidenceError("uptime receipt is not issued by a committee validator")
         if receipt.issuer == receipt.beneficiary and len(ctx.committee.members) > 1:

@@ -24,6 +24,7 @@ Keys (big-endian integers, so LevelDB's order is numeric order):
     k/<epoch:8><pubkey>     net stake bonded by that account with orders of that epoch
     c/<epoch:8>             certified committee of that epoch (committee.py)
     C/<epoch:8>             committee body this validator signed for that epoch (its lock)
+    H/<epoch:8>             this validator holds the locks handed over at that committee change
 """
 from __future__ import annotations
 
@@ -234,6 +235,14 @@ class LedgerStore:
             except RemoteProtocolError as e:
                 raise StoreError(f"corrupt committee lock record: {e}") from None
         return out
+
+    def put_handover_done(self, epoch: int) -> None:
+        """Record (sync) that the old committee's locks of the change at `epoch` are merged;
+        call after the locks themselves were persisted."""
+        self.db.put(b"H/" + _u8(epoch), b"", sync=True)
+
+    def handovers_done(self) -> set[int]:
+        return {int.from_bytes(k[2:], "big") for k in self.db.iterator(prefix=b"H/", include_value=False)}
 
     # -- sync cursors (how far into each peer's apply log this replica has read) ---------------
 

@@ -18,6 +18,7 @@ from nacl.signing import SigningKey
 
 from fognode.ledger.actions import PersistLock, ReportFork, SendRejection, SendVote, ValidatorAction
 from fognode.ledger.errors import Reason
+from fognode.ledger.committee import seal_time
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import (BondOrder, ForkProof, MintOrder, Rejection, SignedOrder, UnbondOrder, Vote,
                                      order_problem)
@@ -58,14 +59,26 @@ def mint_limit(genesis: Genesis, epoch: int, committee: Committee | None = None)
 
 class Validator:
     def __init__(self, genesis: Genesis, key: SigningKey, state: LedgerState, locks: LockTable,
-                 receipts: ReceiptRegistry) -> None:
+                 receipts: ReceiptRegistry, handovers: set[int] | None = None) -> None:
         self.genesis = genesis
         self.key = key
         self.pubkey = bytes(key.verify_key)
         self.state = state
         self.locks = locks
         self.receipts = receipts
+        self.handovers: set[int] = set() if handovers is None else handovers   # changes whose locks it holds
+        self.sealed = 0        # handed its locks over to epoch `sealed`: signs no order before it
         self.rejected: dict[Reason, int] = {}
+
+    def ready(self, epoch: int) -> bool:
+        """Whether this validator holds the locks handed over at the committee change that
+        brought the committee of `epoch` (handover.py); always true under the genesis one."""
+        era = self.state.committees.era_start(epoch)
+        return era == 0 or era in self.handovers
+
+    def seal(self, epoch: int) -> None:
+        """Sign no order of an epoch before `epoch` any more (its locks are being handed over)."""
+        self.sealed = max(self.sealed, epoch)
 
     def is_member(self, epoch: int) -> bool:
         return self.pubkey in self.state.committee_for(epoch)
@@ -86,28 +99,40 @@ class Validator:
                                 f"order is for chain {o.chain!r}, this is {g.chain_id!r}")
         if not so.signature_ok():
             return self._reject(peer, so, Reason.BAD_SIGNATURE, "the sender's signature does not verify")
+        prior = self.locks.get(o.sender, o.sequence)
+        if prior is not None and prior.tx_id == so.tx_id:
+            # the client asks again: the same vote, nothing new to lock (safe in any epoch)
+            return [SendVote(peer, Vote.sign(self.key, so.tx_id))]
         current = g.epoch_at(now)
         if o.epoch not in (current, current - 1):
             return self._reject(peer, so, Reason.WRONG_EPOCH,
                                 f"order is for epoch {o.epoch}, this validator is in epoch {current}")
+        if o.epoch < self.sealed:
+            return self._reject(peer, so, Reason.WRONG_EPOCH,
+                                f"this validator handed its locks over to the committee of epoch {self.sealed}: "
+                                f"orders of epoch {o.epoch} are closed")
         if o.epoch != current:
             # stake orders of an epoch must be final when the next one begins (committee.py);
-            # other orders of the previous epoch only while the committee has not changed
+            # other orders of the previous epoch while the committee has not changed, or for
+            # the grace period before the old committee hands its locks over (handover.py)
             if isinstance(o, (BondOrder, UnbondOrder)):
                 return self._reject(peer, so, Reason.WRONG_EPOCH,
                                     f"bond/unbond orders must be of the current epoch {current}, not {o.epoch}")
-            if self.state.committee_for(o.epoch).members != self.state.committee_for(current).members:
+            if (self.state.committee_for(o.epoch).members != self.state.committee_for(current).members
+                    and now >= seal_time(g, current)):
                 return self._reject(peer, so, Reason.WRONG_EPOCH,
-                                    f"the committee changed at epoch {current}: orders of epoch {o.epoch} are closed")
+                                    f"the committee changed at epoch {current} and the previous one has handed "
+                                    f"its locks over: orders of epoch {o.epoch} are closed")
         if not self.is_member(o.epoch):
             return self._reject(peer, so, Reason.NON_COMMITTEE_SIGNER,
                                 f"this node is not a validator of epoch {o.epoch}")
+        if not self.ready(o.epoch):
+            return self._reject(peer, so, Reason.NOT_YET,
+                                f"the committee changed at epoch {self.state.committees.era_start(o.epoch)} and "
+                                f"this validator has not received the previous committee's locks yet: ask again")
         if o.fee < g.fee:
             return self._reject(peer, so, Reason.FEE_TOO_LOW, f"fee {o.fee} is below the chain's fee {g.fee}")
-        prior = self.locks.get(o.sender, o.sequence)
         if prior is not None:
-            if prior.tx_id == so.tx_id:   # the client asks again: same answer, nothing new to lock
-                return [SendVote(peer, Vote.sign(self.key, so.tx_id))]
             acts = self._reject(peer, so, Reason.CONFLICT,
                                 f"already signed order {prior.tx_id.hex()[:16]} for sequence {o.sequence}")
             return [ReportFork(ForkProof(prior, so), peer), *acts]

@@ -115,7 +115,7 @@ async def test_services_api_for_other_roles(tmp_path: Path) -> None:
     from fognode.ledger.amounts import MICRO
     from fognode.ledger.errors import OrderRejected, Reason
     from fognode.ledger.events import RewardsDistributed
-    from fognode.ledger.receipts import EvidenceError, Receipt, VerifyContext
+    from fognode.ledger.receipts import EvidenceError, Receipt, VerifyContext, uptime_claim
     from fognode.ledger.rewards import Allocation, calculate_rewards
 
     class FlRoundVerifier:
@@ -136,7 +136,8 @@ async def test_services_api_for_other_roles(tmp_path: Path) -> None:
             assert not ledger.verify_payment_capability(me, 1000 * MICRO)
             sub = node.ctx.events.subscribe("t", [RewardsDistributed])
             # uptime, attested by the (only) validator, paid to the node's wallet
-            rc = ledger.issue_receipt("uptime", me, {"seconds": 1800})
+            rc = ledger.issue_receipt("uptime", me, {"seconds": 1800, "claim": uptime_claim(
+                ledger.genesis.epoch_at(node.ctx.clock()))})
             cert = await ledger.submit_reward(rc, rc_worth := 500_000)
             assert ledger.state.supply.minted == rc_worth and cert.order.order.recipient == me
             with pytest.raises(OrderRejected) as e:   # a receipt pays once
@@ -237,6 +238,9 @@ async def test_sync_from_a_lying_peer_applies_nothing(tmp_path: Path) -> None:
             assert honest.svc.state.root() == root and honest.svc.state.applied == 0
             assert honest.ctx.metrics.get_sample_value("fognode_ledger_certificates_refused_total",
                                                        {"reason": "no_quorum"}) == 1
+            # the liar's score dropped: 2 penalties (no quorum, bad signature; a foreign signer may
+            # be a committee-view difference and is not held against it)
+            assert honest.ctx.overlay._score(liar.ctx.peer_id) == pytest.approx(-2.0, abs=0.01)
 
             async def garbage_sync(stream) -> None:  # type: ignore[no-untyped-def]
                 await stream.recv()
