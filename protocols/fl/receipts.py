@@ -14,7 +14,7 @@ chain anchored in the starter's signed announcement::
 
     {"ann": <SessionAnnouncement wire, signed by the starter; its id is the session id>,
      "header": <RoundHeader wire of the round's try, signed by a coordinator of the session>,
-     "claim": claim_of(session id, round), "model": <new model hash>,
+     "claim": claim_of(session id, round, peer), "model": <new model hash>,
      "weight_ppm": 1..10^6, "round_reward": budget // rounds,
      "peer": <participant peer id>, "index": <its position in the plan>,
      "proof": [<Merkle path of (peer, wallet) to the header's participants root>]}
@@ -26,10 +26,11 @@ that the issuer is in the header's aggregator order (the elected aggregator or a
 that the beneficiary is the planned wallet of `peer` (Merkle proof) and that nobody attests
 their own update; it prices the receipt at round_reward * weight_ppm / 10^6 (EvidenceError
 naming what is wrong otherwise). The claim makes the ledger pay each (session, round,
-beneficiary) once even when two aggregators of the order both completed the round. To keep
-such a pair from splitting the validators' votes (each validator locks the claim for the
-first mint it sees; a split leaves both mints short of a quorum and their senders' sequences
-stuck), an aggregator mints only once the coordinator adopted its model (FlCore._adopted).
+participant) once even when two aggregators of the order both completed the round (two
+participants paid to one wallet are two claims). To keep such a pair from splitting the
+validators' votes (each validator locks the claim for the first mint it sees; a split leaves
+both mints short of a quorum and their senders' sequences stuck), an aggregator mints only
+once the coordinator adopted its model (FlCore._adopted).
 
 What the evidence does not prove: the weights. An elected aggregator is trusted with the
 split of its round (as it is trusted with the aggregate); the verifier bounds each receipt
@@ -155,8 +156,7 @@ def issue_ledger_receipts(key: SigningKey, receipt: RoundReceipt, ann: "SessionA
         return []
     peers = plan.peers
     leaves = plan.leaves()
-    common = {"ann": ann.to_wire(), "header": header.to_wire(),
-              "claim": claim_of(ann.session_id, receipt.round), "model": receipt.model_hash,
+    common = {"ann": ann.to_wire(), "header": header.to_wire(), "model": receipt.model_hash,
               "round_reward": receipt.round_reward}
     out = []
     for a in receipt.accepted:
@@ -167,8 +167,8 @@ def issue_ledger_receipts(key: SigningKey, receipt: RoundReceipt, ann: "SessionA
         if ppm <= 0 or not wallet:
             continue
         i = peers.index(a.peer)
-        body = {**common, "weight_ppm": ppm, "peer": a.peer, "index": i,
-                "proof": merkle_proof(leaves, i)}
+        body = {**common, "claim": claim_of(ann.session_id, receipt.round, a.peer),
+                "weight_ppm": ppm, "peer": a.peer, "index": i, "proof": merkle_proof(leaves, i)}
         out.append(Receipt.issue(key, LEDGER_KIND, wallet, epoch, body))
     return out
 
@@ -188,7 +188,7 @@ class FlUpdateVerifier:
     Register it with the ledger service (`register_receipt_verifier`). `max_reward` returns
     round_reward * weight_ppm / 10^6 and raises EvidenceError naming the first thing wrong:
     a malformed body, a tampered announcement, a header not signed by a coordinator of the
-    session or for another session, a claim that is not (session, round), a round past the
+    session or for another session, a claim that is not (session, round, peer), a round past the
     session's rounds, a round reward other than budget // rounds, an issuer outside the
     round's aggregator order, a beneficiary that is not the planned participant's wallet, or
     a self-attested update (the aggregator's own update is not paid)."""
@@ -222,8 +222,9 @@ class FlUpdateVerifier:
         if header.signer not in coordinators_of(ann):
             raise EvidenceError(f"the round header is signed by {header.signer}, not a coordinator "
                                 f"of session {sid.hex()[:16]}")
-        if claim != claim_of(sid, header.round):
-            raise EvidenceError(f"the receipt's claim is not round {header.round} of session {sid.hex()[:16]}")
+        if claim != claim_of(sid, header.round, peer):
+            raise EvidenceError(f"the receipt's claim is not {peer}'s update in round {header.round} "
+                                f"of session {sid.hex()[:16]}")
         spec = ann.spec
         if header.round > spec.rounds:
             raise EvidenceError(f"round {header.round} is past the session's {spec.rounds} rounds")

@@ -35,10 +35,12 @@ MAX_PEER_ID = 128
 MAX_PARTICIPANTS = 256
 
 
-def claim_of(session_id: bytes, round_no: int) -> bytes:
-    """What an "fl_update" receipt claims: one round of one session (ledger receipts.py pays
-    each (kind, beneficiary, claim) once, whichever aggregator of the order issued it)."""
-    return digest(b"fognode-fl-round/1" + session_id + round_no.to_bytes(8, "big"))
+def claim_of(session_id: bytes, round_no: int, peer: str) -> bytes:
+    """What an "fl_update" receipt claims: one participant's update in one round of one
+    session (ledger receipts.py pays each (kind, beneficiary, claim) once, whichever aggregator
+    of the order issued it). The peer is in it so that two participants paid to one wallet
+    (one owner's devices) are two claims."""
+    return digest(b"fognode-fl-round/1" + session_id + round_no.to_bytes(8, "big") + peer.encode())
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,7 @@ def test_valid_receipts_pay_the_planned_wallets_by_weight() -> None:
     per = round_reward_of(ann.spec) * int(round(PPM / len(plan.peers))) // PPM
     assert [V.max_reward(r, None) for r in receipts] == [per] * len(others)
     assert all(r.signature_ok() and r.claim_id != r.receipt_id for r in receipts)
-    assert all(r.body["claim"] == claim_of(ann.session_id, 1) for r in receipts)
+    assert all(r.body["claim"] == claim_of(ann.session_id, 1, r.body["peer"]) for r in receipts)
     # a fallback aggregator's receipt for the same participant claims the same thing
     _, fb = issued(ann, plan, slot=1)
     same = {r.beneficiary: r.claim_id for r in receipts}
@@ -226,7 +226,9 @@ def test_forgeries_are_refused_with_their_reason() -> None:
     kl, late_receipts = issued(ann, late)
     refused(late_receipts[0], f"round {ROUNDS + 1} is past the session's {ROUNDS} rounds")
     # the claim is not this (session, round), or missing
-    refused(reissue(k, r, claim=b"c" * 32), "claim is not round 1")
+    refused(reissue(k, r, claim=b"c" * 32), "claim is not")
+    refused(reissue(k, r, claim=claim_of(ann.session_id, 1, plan.header.order[0])), "claim is not")
+    refused(reissue(k, r, claim=claim_of(ann.session_id, 2, r.body["peer"])), "claim is not")
     body = dict(r.body)
     del body["claim"]
     refused(Receipt.issue(k, r.kind, r.beneficiary, r.epoch, body), "missing field 'claim'")
@@ -234,7 +236,8 @@ def test_forgeries_are_refused_with_their_reason() -> None:
     agg = plan.header.order[0]
     i = plan.peers.index(agg)
     proof = merkle_proof(plan.leaves(), i)
-    refused(reissue(k, r, beneficiary=plan.wallet_of(agg), peer=agg, index=i, proof=proof), "own")
+    refused(reissue(k, r, beneficiary=plan.wallet_of(agg), peer=agg, index=i, proof=proof,
+                    claim=claim_of(ann.session_id, 1, agg)), "own")
     refused(reissue(k, r, beneficiary=bytes(k.verify_key)), "own")
     # a beneficiary that is not the participant's planned wallet
     refused(reissue(k, r, beneficiary=wallet(50)), "not the reward wallet")
@@ -283,10 +286,10 @@ def test_core_refuses_to_train_for_a_plan_with_a_bad_header() -> None:
 
 # -- through the ledger's validators and replicas ---------------------------------------------
 
-def _ledger_nodes() -> list[Any]:
+def _ledger_nodes(funded: int = 3) -> list[Any]:
     from tests.ledger.helpers import Node, make_genesis, validator_keys
 
-    g = make_genesis()
+    g = make_genesis(funded=funded)
     nodes = [Node(v, g) for v in validator_keys()]
     for n in nodes:
         n.validator.receipts.register(V)
@@ -412,3 +415,17 @@ def test_only_the_adopted_aggregator_of_a_round_mints() -> None:
         assert r.round_reward == 1_000_000
     assert all(p.receipt.model_hash != b"z" * 32 for p in slow.payments)
     assert all(not nd.core.sessions[sid].rewards_due for nd in sim.nodes)
+
+
+def test_two_participants_sharing_one_wallet_are_both_paid() -> None:
+    from fognode.ledger.messages import Vote
+
+    ann = announcement()
+    plan = plan_for(ann)
+    shared = tuple(wallet(0) for _ in plan.peers)
+    plan = dataclasses.replace(plan, wallets=shared, header=None).with_header(STARTER, ann.starter, 1 + FALLBACKS)
+    _, receipts = issued(ann, plan)
+    assert len(receipts) == len(plan.peers) - 1 and {r.beneficiary for r in receipts} == {wallet(0)}
+    assert len({r.claim_id for r in receipts}) == len(receipts)
+    n = _ledger_nodes(funded=len(receipts))[0]
+    assert all(isinstance(n.ask(_mint(i, 0, r)), Vote) for i, r in enumerate(receipts))

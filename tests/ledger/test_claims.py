@@ -1,7 +1,7 @@
 """Receipt claims: two receipts claiming the same thing for the same beneficiary pay once — at
 the validator (claim-id locks, also after a restart), at the replica (applied claim ids, in
-LevelDB and after reload), in any delivery order. Claimless receipts (uptime) keep paying by
-receipt id."""
+LevelDB and after reload), in any delivery order. A receipt without a claim is paid once by
+its receipt id."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -69,8 +69,8 @@ def test_claim_id_names_kind_beneficiary_and_claim() -> None:
     assert a.receipt_id != b.receipt_id and a.claim_id == b.claim_id
     assert a.claim_id == claim_id_of(KIND, BENEFICIARIES[0], bytes([1]) * 32)
     assert receipt(0, 1, 1).claim_id != a.claim_id and receipt(0, 0, 2).claim_id != a.claim_id
-    up = Receipt.issue(V[0], "uptime", BENEFICIARIES[0], 0, {"seconds": 60})
-    assert up.claim_id == up.receipt_id
+    claimless = Receipt.issue(V[0], KIND, BENEFICIARIES[0], 0, {"worth": 60})
+    assert claimless.claim_id == claimless.receipt_id
 
 
 def test_validator_signs_one_mint_per_claim(tmp_path: Path) -> None:
