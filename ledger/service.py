@@ -623,14 +623,20 @@ class LedgerService:
 
     async def distribute_rewards(self, allocations: list[Allocation], *, timeout: float = 60.0) -> list[str]:
         """Pay each allocation with a mint order from the default wallet, one after the other;
-        returns the transaction ids. Publishes RewardsDistributed."""
+        returns the transaction ids of those paid. An allocation the validators refuse (e.g. a
+        claim paid already) is logged and skipped; NotCertified (a timeout: the order stays in
+        flight) stops the distribution. Publishes RewardsDistributed."""
         key = await self.unlock_wallet(self.default_wallet())
         epoch = self.genesis.epoch_at(self.ctx.clock())
         txs: list[str] = []
         total = 0
         for order in distribute_rewards(allocations, chain=self.genesis.chain_id, epoch=epoch,
                                         sender=bytes(key.verify_key), first_sequence=0, fee=self.genesis.fee):
-            cert = await self.submit(key, _renumbered(order), timeout)
+            try:
+                cert = await self.submit(key, _renumbered(order), timeout)
+            except OrderRejected as e:
+                log.warning("reward of %d to %s refused: %s", order.amount, encode_address(order.recipient), e)
+                continue
             txs.append(cert.tx_id.hex())
             total += order.amount
         self.ctx.events.publish(RewardsDistributed(distributor=encode_address(bytes(key.verify_key)),

@@ -91,8 +91,8 @@ class UptimeRewards:
         except (FognodeError, trio.TooSlowError) as e:
             outcome = f"failed: {e}"
         self.claimed[epoch] = outcome
-        for e in [e for e in self.claimed if e < epoch - 3]:
-            del self.claimed[e]
+        for old in [x for x in self.claimed if x < epoch - 3]:
+            del self.claimed[old]
         log.info("uptime reward for epoch %d: %s", epoch, outcome)
 
     async def claim(self, epoch: int) -> str:
