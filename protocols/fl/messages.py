@@ -31,6 +31,8 @@ MAX_CAPS = 32
 MAX_PEER_ID = 128
 MAX_REASON = 200
 
+MAX_COORDINATORS = 16     # fallback coordinators an announcement may name
+
 GOSSIP_TYPES = ("announce", "optin", "plan", "result", "failed", "ended")
 
 
@@ -187,8 +189,12 @@ class SessionSpec:
 
 @dataclass(frozen=True)
 class SessionAnnouncement:
-    """A session, signed by its starter (who coordinates it). Its id is BLAKE2b-256 of the
-    canonical encoding of the unsigned body."""
+    """A session, signed by its starter. Its id is BLAKE2b-256 of the canonical encoding of
+    the unsigned body.
+
+    `fallback_coordinators` (wire "coords", absent when empty) are the peers that take the
+    session over, in this order, when the acting coordinator falls silent
+    (session_failover.py); the starter is rank 0, `coordinators_of` gives the whole list."""
 
     spec: SessionSpec
     starter: str
@@ -198,20 +204,22 @@ class SessionAnnouncement:
     initial_model_hash: bytes
     layout_hash: bytes
     sig: bytes = b""
+    fallback_coordinators: tuple[str, ...] = ()
 
     def body(self) -> dict[str, Any]:
+        # "coords" is on the wire only when set, so announcements without fallbacks (and
+        # their session ids) encode as before
         return {"v": VERSION, "spec": self.spec.to_wire(), "starter": self.starter,
                 "key": self.starter_key, "created": self.created, "nonce": self.nonce,
-                "model0": self.initial_model_hash, "layout": self.layout_hash}
+                "model0": self.initial_model_hash, "layout": self.layout_hash,
+                **({"coords": list(self.fallback_coordinators)} if self.fallback_coordinators else {})}
 
     @property
     def session_id(self) -> bytes:
         return digest(pack(self.body()))
 
     def signed(self, key: SigningKey) -> "SessionAnnouncement":
-        return SessionAnnouncement(self.spec, self.starter, self.starter_key, self.created,
-                                   self.nonce, self.initial_model_hash, self.layout_hash,
-                                   sign(key, self.body()))
+        return dataclasses.replace(self, sig=sign(key, self.body()))
 
     def to_wire(self) -> dict[str, Any]:
         return {**self.body(), "sig": self.sig}
@@ -223,12 +231,25 @@ class SessionAnnouncement:
                 starter_key=f.bytes("key", size=PUBKEY_LEN), created=f.float("created", lo=0.0),
                 nonce=f.bytes("nonce", size=16), initial_model_hash=_hash(f, "model0"),
                 layout_hash=_hash(f, "layout"), sig=f.bytes("sig", size=SIG_LEN))
+        coords = f.list("coords", max_len=MAX_COORDINATORS, optional=True)
+        if not all(isinstance(c, str) and 0 < len(c) <= MAX_PEER_ID for c in coords) \
+                or len(set(coords)) != len(coords) or a.starter in coords:
+            f._fail("field 'coords' must list distinct peer ids other than the starter")
         f.done()
+        a = dataclasses.replace(a, fallback_coordinators=tuple(coords))
         if not peer_id_matches(a.starter, a.starter_key):
             raise RemoteProtocolError("fl.SessionAnnouncement: key does not match the starter's peer id", peer=peer)
         if not verify(a.starter_key, a.body(), a.sig):
             raise RemoteProtocolError("fl.SessionAnnouncement: bad signature", peer=peer)
         return a
+
+
+def coordinators_of(announcement: SessionAnnouncement) -> tuple[str, ...]:
+    """The coordinators of a session in rank order: its starter (rank 0), then the fallback
+    coordinators the starter named in the signed announcement. Plans and session ends are
+    accepted only from these peers, a plan of rank k only from the k-th; participants follow
+    the highest rank they have seen (session_failover.py)."""
+    return (announcement.starter,) + tuple(announcement.fallback_coordinators)
 
 
 @dataclass(frozen=True)
@@ -290,6 +311,7 @@ class RoundPlan:
     base_round: int
     sources: tuple[str, ...]
     regions: tuple[str, ...] = ()     # hierarchical sessions: each participant's region
+    rank: int = 0                     # the planning coordinator's index in coordinators_of
 
     @property
     def peers(self) -> tuple[str, ...]:
@@ -306,7 +328,8 @@ class RoundPlan:
                 "seed": self.seed, "parts": [[p, r] for p, r in self.participants],
                 "base": self.base_model_hash, "base_round": self.base_round,
                 "sources": list(self.sources),
-                **({"regions": list(self.regions)} if self.regions else {})}
+                **({"regions": list(self.regions)} if self.regions else {}),
+                **({"rank": self.rank} if self.rank else {})}
 
     @classmethod
     def decode(cls, raw: Any, *, peer: str | None = None) -> "RoundPlan":
@@ -331,9 +354,10 @@ class RoundPlan:
         if regions and (len(regions) != len(parts) or not all(
                 isinstance(r, str) and len(r) <= MAX_NAME for r in regions)):
             f._fail("field 'regions' must give one region name per participant")
+        rank = f.int("rank", lo=0, hi=MAX_COORDINATORS, optional=True, default=0)
         f.done()
         return cls(session, rnd, try_no, seed, tuple(parts), base, base_round, tuple(sources),
-                   tuple(regions))
+                   tuple(regions), rank)
 
 
 @dataclass(frozen=True)
@@ -397,24 +421,27 @@ class RoundFailed:
 
 @dataclass(frozen=True)
 class SessionEnded:
-    """The coordinator ended the session: completed, failed or stopped."""
+    """The coordinator ended the session: completed, failed or stopped. `rank` is the ending
+    coordinator's index in coordinators_of (wire "rank", absent for the starter)."""
 
     session_id: bytes
     state: str
     rounds_done: int
     final_model_hash: bytes
     reason: str = ""
+    rank: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return {"v": VERSION, "session": self.session_id, "state": self.state,
                 "rounds": self.rounds_done, "model": self.final_model_hash,
-                "reason": self.reason[:MAX_REASON]}
+                "reason": self.reason[:MAX_REASON], **({"rank": self.rank} if self.rank else {})}
 
     @classmethod
     def decode(cls, raw: Any, *, peer: str | None = None) -> "SessionEnded":
         f = Fields(raw, "fl.SessionEnded", versions={VERSION}, peer=peer)
         m = cls(_hash(f, "session"), f.str("state", max_len=16), f.int("rounds", lo=0, hi=100_000),
-                _hash(f, "model"), f.str("reason", max_len=MAX_REASON))
+                _hash(f, "model"), f.str("reason", max_len=MAX_REASON),
+                f.int("rank", lo=0, hi=MAX_COORDINATORS, optional=True, default=0))
         f.done()
         if m.state not in ("completed", "failed", "stopped"):
             raise RemoteProtocolError(f"fl.SessionEnded: unknown state {m.state!r}", peer=peer)
