@@ -106,6 +106,7 @@ class Coordinator:
         self.round_no = 1
         self.try_no = 0
         self.first_try = 0              # retries count from here (a takeover starts later)
+        self.seen_tries: dict[int, int] = {}   # a takeover: highest try seen of each round
         self.failures: list[str] = []
         self.plan: RoundPlan | None = None
         self.order: tuple[str, ...] = ()
@@ -141,9 +142,15 @@ class Coordinator:
                 if now >= self.created + self.spec.optin_seconds + self.spec.deadline * (self.try_no - self.first_try + 1):
                     return [], (f"only {len(self._eligible(self.round_seed()))} eligible candidates, "
                                 f"fewer than the minimum {self.spec.min_participants}")
-            if now - self.last_publish >= self.interval and self.rank == 0:
-                self.last_publish = now
-                out.append(self.ann)    # only the starter's copy is accepted
+            if now - self.last_publish >= self.interval:
+                # the heartbeat: the starter's announcement while no plan is out (only the
+                # starter's copy is accepted), else the last plan (ignored as not newer)
+                if self.plan is not None:
+                    self.last_publish = now
+                    out.append(self.plan)
+                elif self.rank == 0:
+                    self.last_publish = now
+                    out.append(self.ann)
             return out, None
         if self.phase in (Phase.PLANNED, Phase.FETCHING) and self.plan is not None:
             if self.phase == Phase.PLANNED and now >= self.plan_timeout():

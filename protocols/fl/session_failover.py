@@ -179,9 +179,7 @@ class FailoverRounds:
         if c is None or c.phase != Phase.RESUMING:
             return []
         if now >= c.plan_at + takeover_unit(s.spec, self.interval):
-            return self._end(s, SessionState.FAILED,
-                             f"taking over, the model of round {c.base_round} could not be "
-                             f"fetched from {', '.join(c.base_sources[1:]) or 'anyone'}", now)
+            return self._rebase(s, c, now)
         if c.base_hash not in s.fetching and now - c.last_publish >= self.interval:
             c.last_publish = now
             return self._need_model(s, c.base_hash, c.base_sources)
@@ -205,6 +203,7 @@ class FailoverRounds:
             f"coordinator {silent} (rank {s.acting}) silent for {now - sb.heard:.1f}s: "
             f"taken over by {self.me} (rank {sb.rank})"]
         c.base_sources = _uniq((self.me,) + sb.holders)
+        c.seen_tries = dict(sb.max_try)
         c.phase = Phase.RESUMING
         c.plan_at = c.last_publish = now
         s.coordinator, s.standby, s.acting = c, None, sb.rank
@@ -213,6 +212,26 @@ class FailoverRounds:
         if c.base_hash in s.models:
             return self._resumed(s, now)
         return self._need_model(s, c.base_hash, c.base_sources)
+
+    def _rebase(self, s: Session, c: Coordinator, now: float) -> list[Action]:
+        """Taking over, the last completed model could not be fetched for a whole takeover
+        unit (its aggregator and every holder are gone): go on from the latest earlier
+        completed model this node holds (redoing the rounds after it), or fail the session."""
+        lost = (f"the model of round {c.base_round} could not be fetched from "
+                f"{', '.join(c.base_sources[1:]) or 'anyone'}")
+        held = [(h.round, h.model_hash) for h in reversed(c.history) if h.round < c.base_round]
+        held.append((0, s.ann.initial_model_hash))
+        for rnd, mh in held:
+            if mh not in s.models:
+                continue
+            c.history = [h for h in c.history if h.round <= rnd]
+            c.base_hash, c.base_round, c.base_sources = mh, rnd, (self.me,)
+            c.round_no = rnd + 1
+            c.try_no = c.first_try = c.seen_tries.get(c.round_no, -1) + 1
+            c.failures = [f"taking over, {lost}: going on from round {rnd}"]
+            s.latest_model, s.rounds_done = mh, rnd
+            return self._resumed(s, now)
+        return self._end(s, SessionState.FAILED, f"taking over, {lost}", now)
 
     def _resumed(self, s: Session, now: float) -> list[Action]:
         """The taking-over coordinator holds the last completed model: plan the next round

@@ -200,3 +200,32 @@ def test_secure_aggregation_session_survives_its_starter() -> None:
     st = sim.status(sid, fb.index)
     assert st["state"] == "completed" and [h["round"] for h in st["history"]] == [1, 2, 3]
     assert st["secagg"] and all(len(h["accepted"]) >= 3 for h in st["history"])
+
+
+def test_takeover_when_the_last_model_died_with_the_starter() -> None:
+    """The starter aggregated a round itself, published the result and died before anyone
+    fetched the new model: the fallback cannot fetch it, so it goes on from the round before
+    (which it holds) and redoes the lost round."""
+    from fognode.protocols.fl.messages import RoundResult
+
+    sim = Sim(5)
+    old = sim.nodes[0]
+    lost: list[int] = []
+
+    def die_after_own_result(sender: SimNode, msg: object) -> None:
+        if sender is old and isinstance(msg, RoundResult) and msg.receipt.round >= 2 \
+                and msg.receipt.aggregator == old.peer and not lost:
+            old.alive = False
+            lost.append(msg.receipt.round)
+    sim.after_publish = die_after_own_result
+    sid = sim.start(spec(rounds=8))
+    sim.run_until(lambda: not old.alive, 500)
+    assert lost, "the starter aggregated no round after the first"
+    fb = _fallback(sim, sid)
+    sim.run_until(lambda: sim.ended(sid, fb.index), 600)
+    st = sim.status(sid, fb.index)
+    assert st["state"] == "completed" and [h["round"] for h in st["history"]] == list(range(1, 9))
+    redone = st["history"][lost[0] - 1]
+    assert redone["aggregator"] != old.peer
+    assert any("could not be fetched" in f and f"going on from round {lost[0] - 1}" in f
+               for f in redone["failures"]), redone["failures"]
