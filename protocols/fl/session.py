@@ -46,7 +46,8 @@ from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt
 from fognode.protocols.fl.rounds import (
     AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome, UpdateMeta)
 from fognode.protocols.fl.selection import ineligibility
-from fognode.protocols.fl.session_failover import FailoverRounds, Standby, choose_fallbacks
+from fognode.protocols.fl.session_failover import (
+    FailoverRounds, Standby, choose_fallbacks, plan_span)
 from fognode.protocols.fl.session_hier import HierRound, HierRounds
 from fognode.protocols.fl.session_secagg import SecAggRounds
 from fognode.protocols.fl.strategies.base import (
@@ -311,7 +312,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
             return []
         self._fo_follow(s, plan.rank, now)
         if s.standby is not None:
-            s.standby.on_plan(plan, now)
+            s.standby.on_plan(plan, now, plan_span(s.spec, plan))
         if s.prepared is None:
             return []
         self._close_rounds(s)

@@ -18,8 +18,12 @@ acting coordinator make progress (a plan, new or republished, the current plan's
 failure, or the starter's announcement while it collects opt-ins; coordinators republish their
 plan every `republish_interval`, so a live one is heard often).
 
-Takeover: when nothing was heard for (k - acting) x (deadline + 2 x republish_interval),
-fallback k becomes the acting coordinator with rank k: from the last completed round it saw, it
+Takeover: when nothing was heard for (k - acting) x (deadline + 2 x republish_interval), and
+the round the acting coordinator planned last has had its time (every aggregator slot of its
+plan ended without a result or failure; plus k - acting - 1 units), fallback k becomes the
+acting coordinator with rank k. Waiting for the open round keeps work that is still going to
+complete (its result becomes the new base) and means no round is planned again while its first
+plan can still produce a receipt. Then, from the last completed round it saw, it
 takes that round's model (fetched from the round's aggregator or another holder when it is not
 here), excludes the lower-ranked coordinators from the candidates (they fell silent), plans
 the next round at a try number above any it saw of that round (so a try of the old coordinator
@@ -71,6 +75,15 @@ def takeover_unit(spec: SessionSpec, republish_interval: float) -> float:
     return spec.deadline + 2.0 * republish_interval
 
 
+def plan_span(spec: SessionSpec, plan: RoundPlan) -> float:
+    """How long a round of `plan` may run before its last aggregator slot ends (as the
+    coordinator's own `plan_timeout` counts it)."""
+    slots = min(len(plan.participants), 1 + spec.fallbacks)
+    if spec.hierarchical:
+        slots += 1 + spec.fallbacks
+    return slots * spec.deadline + min(spec.deadline, 5.0)
+
+
 def _uniq(peers: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(peers))[:MAX_SOURCES]
 
@@ -88,12 +101,16 @@ class Standby:
     failures: dict[int, list[str]] = field(default_factory=dict)
     last_result: RoundResult | None = None
     holders: tuple[str, ...] = ()           # peers that hold the last completed model
+    open_until: float = 0.0                 # the last aggregator slot of the open plan ends
 
     def due(self, now: float, acting: int, unit: float) -> bool:
-        return self.rank > acting and now - self.heard >= (self.rank - acting) * unit
+        k = self.rank - acting
+        return k > 0 and now >= max(self.heard + k * unit, self.open_until + (k - 1) * unit)
 
-    def on_plan(self, plan: RoundPlan, now: float) -> None:
+    def on_plan(self, plan: RoundPlan, now: float, span: float) -> None:
+        """A new plan of the acting coordinator; its round may take `span` seconds."""
         self.heard = now
+        self.open_until = now + span
         self.round_started.setdefault(plan.round, now)
         self.max_try[plan.round] = max(self.max_try.get(plan.round, -1), plan.try_no)
         for p in plan.peers:
@@ -105,6 +122,7 @@ class Standby:
 
     def on_result(self, plan: RoundPlan, res: RoundResult, now: float) -> None:
         self.heard = now
+        self.open_until = 0.0
         r = res.receipt
         if any(h.round == r.round for h in self.history):
             return
@@ -121,6 +139,7 @@ class Standby:
 
     def on_failed(self, peer: str, msg: RoundFailed, now: float) -> None:
         self.heard = now
+        self.open_until = 0.0
         self.failures.setdefault(msg.round, []).append(
             f"round {msg.round} try {msg.try_no}: aggregator {peer}: {msg.reason}")
 

@@ -12,7 +12,7 @@ from fognode.node.wire import pack
 from fognode.protocols.fl.actions import MessageRefused
 from fognode.protocols.fl.coordinator import Phase
 from fognode.protocols.fl.messages import (
-    RoundPlan, SessionAnnouncement, SessionEnded, coordinators_of, decode_gossip, encode_gossip)
+    RoundPlan, RoundResult, SessionAnnouncement, SessionEnded, coordinators_of, decode_gossip, encode_gossip)
 from fognode.protocols.fl.session_failover import choose_fallbacks, takeover_unit
 
 from tests.fl.harness import Sim, SimNode, wire
@@ -154,17 +154,32 @@ def test_plans_and_ends_from_non_coordinators_are_refused_with_the_reason() -> N
 
 
 def test_fallbacks_wait_their_turn() -> None:
-    """Only the first fallback takes over; the second restarts its clock from its plans."""
+    """The first fallback takes over one takeover unit after the last progress it heard; the
+    others hear its plans and never take over."""
     sim = Sim(5, coordinator_fallbacks=3)
     sid = sim.start(spec(rounds=3))
+    plans: list[tuple[float, int]] = []
+
+    def watch(sender: SimNode, msg: object) -> None:
+        if isinstance(msg, RoundResult) and not plans:
+            results.append(sim.now)
+        if isinstance(msg, RoundPlan) and msg.rank > 0 and (msg.round, msg.try_no) not in \
+                {(p.round, p.try_no) for p in plans_seen}:
+            plans.append((sim.now, msg.rank))
+            plans_seen.append(msg)
+    plans_seen: list[RoundPlan] = []
+    results: list[float] = []
+    sim.after_publish = watch
     _kill_starter_in_round(sim, sid, 2)
     fb1, fb2, fb3 = (_fallback(sim, sid, k) for k in (1, 2, 3))
-    s = spec()
-    unit = takeover_unit(s, 2.0)
     sim.run_until(lambda: sim.ended(sid, fb1.index), 600)
     assert sim.status(sid, fb1.index)["state"] == "completed"
+    unit = takeover_unit(spec(), 2.0)
+    assert unit == 10.0 + 4.0
+    assert plans and {r for _, r in plans} == {1}
+    # round 2 still completed without its coordinator (that result was the last progress)
+    assert unit <= plans[0][0] - results[-1] <= unit + 0.5
     assert fb2.core.sessions[sid].coordinator is None and fb3.core.sessions[sid].coordinator is None
-    assert unit == s.deadline + 4.0
 
 
 def test_starter_killed_during_opt_in() -> None:
@@ -206,8 +221,6 @@ def test_takeover_when_the_last_model_died_with_the_starter() -> None:
     """The starter aggregated a round itself, published the result and died before anyone
     fetched the new model: the fallback cannot fetch it, so it goes on from the round before
     (which it holds) and redoes the lost round."""
-    from fognode.protocols.fl.messages import RoundResult
-
     sim = Sim(5)
     old = sim.nodes[0]
     lost: list[int] = []
@@ -229,3 +242,42 @@ def test_takeover_when_the_last_model_died_with_the_starter() -> None:
     assert redone["aggregator"] != old.peer
     assert any("could not be fetched" in f and f"going on from round {lost[0] - 1}" in f
                for f in redone["failures"]), redone["failures"]
+
+
+def test_a_round_still_running_without_its_coordinator_is_waited_for() -> None:
+    """The starter and the elected aggregator of a round die as it is planned and one
+    participant never trains: the fallback aggregator completes the round at its slot end
+    (later than one takeover unit); the fallback coordinator waits for it and goes on from it
+    instead of planning the round again."""
+    from fognode.protocols.fl.election import aggregator_order
+
+    sim = Sim(6)
+    starter, slow = sim.nodes[0], sim.nodes[5]
+    sid = sim.start(spec(rounds=8, participants=6))
+    fb = _fallback(sim, sid)
+    if fb is slow:
+        slow = sim.nodes[4]
+    slow.never_trains = True
+    last_aggregator = [""]
+    killed: list[int] = []
+
+    def kill(sender: SimNode, msg: object) -> None:
+        if isinstance(msg, RoundResult):
+            last_aggregator[0] = msg.receipt.aggregator
+        if sender is starter and isinstance(msg, RoundPlan) and 2 <= msg.round < 8 and not killed \
+                and last_aggregator[0] != starter.peer:   # its base model is held elsewhere
+            first = sim.by_peer[aggregator_order(msg.seed, msg.participants, 3)[0]]
+            if first is not fb and first.peer != last_aggregator[0]:
+                starter.alive = first.alive = False
+                killed.append(msg.round)
+    sim.after_publish = kill
+    sim.run_until(lambda: bool(killed), 500)
+    rnd = killed[0]
+    sim.run_until(lambda: sim.ended(sid, fb.index), 600)
+    st = sim.status(sid, fb.index)
+    assert st["state"] == "completed" and [h["round"] for h in st["history"]] == list(range(1, 9))
+    done, after = st["history"][rnd - 1], st["history"][rnd]
+    assert done["tries"] == 1 and not any("taken over" in f for f in done["failures"])
+    assert done["duration"] > takeover_unit(spec(), 2.0)
+    assert slow.peer in done["dropped"] and len(done["accepted"]) >= 3
+    assert any("taken over by " + fb.peer in f for f in after["failures"])
