@@ -281,3 +281,22 @@ def test_a_round_still_running_without_its_coordinator_is_waited_for() -> None:
     assert done["duration"] > takeover_unit(spec(), 2.0)
     assert slow.peer in done["dropped"] and len(done["accepted"]) >= 3
     assert any("taken over by " + fb.peer in f for f in after["failures"])
+
+
+def test_rank_on_the_wire() -> None:
+    sim = Sim(5)
+    for nd in sim.nodes:
+        nd.never_trains = True
+    sid = sim.start(spec(rounds=1))
+    sim.run_until(lambda: sim.nodes[0].core.sessions[sid].plan is not None, 100)
+    plan = sim.nodes[0].core.sessions[sid].plan
+    assert plan is not None and plan.rank == 0 and "rank" not in plan.to_wire()
+    ended = SessionEnded(sid, "completed", 1, plan.base_model_hash)
+    assert "rank" not in ended.to_wire()
+    for msg in (dataclasses.replace(plan, rank=2), dataclasses.replace(ended, rank=2)):
+        got = decode_gossip(wire(encode_gossip(msg)), peer=sim.nodes[0].peer)
+        assert got == msg
+    for msg in (plan, ended):
+        bad = {**msg.to_wire(), "rank": 17}
+        with pytest.raises(RemoteProtocolError, match="rank"):
+            type(msg).decode(wire(pack(bad)))
