@@ -162,6 +162,18 @@ class UpdateRefused:
 
 
 @dataclass(frozen=True)
+class MessageRefused:
+    """A control message (`kind`: "plan" or "ended") was refused: `reason` says why (sent by
+    a peer that is no coordinator of the session, or by a coordinator that was superseded).
+    Log it and count it by kind."""
+
+    session_id: bytes
+    peer: str
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class SaveModel:
     """Write the session's model to the data dir (final=True at the session's end)."""
 
@@ -184,5 +196,5 @@ class PayRewards:
     plan: RoundPlan = field(compare=False)
 
 
-Action = Union[PayRewards, Publish, PrepareTask, FetchModel, Train, SendUpdate, Aggregate, Emit,
+Action = Union[MessageRefused, PayRewards, Publish, PrepareTask, FetchModel, Train, SendUpdate, Aggregate, Emit,
                ReportOutcome, UpdateRefused, SaveModel, SendSecAgg, AggregateSum]

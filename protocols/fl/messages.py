@@ -38,6 +38,8 @@ MAX_CAPS = 32
 MAX_PEER_ID = 128
 MAX_REASON = 200
 
+MAX_COORDINATORS = 16     # fallback coordinators an announcement may name
+
 GOSSIP_TYPES = ("announce", "optin", "plan", "result", "failed", "ended")
 
 
@@ -194,8 +196,12 @@ class SessionSpec:
 
 @dataclass(frozen=True)
 class SessionAnnouncement:
-    """A session, signed by its starter (who coordinates it). Its id is BLAKE2b-256 of the
-    canonical encoding of the unsigned body."""
+    """A session, signed by its starter. Its id is BLAKE2b-256 of the canonical encoding of
+    the unsigned body.
+
+    `fallback_coordinators` (wire "coords", absent when empty) are the peers that take the
+    session over, in this order, when the acting coordinator falls silent
+    (session_failover.py); the starter is rank 0, `coordinators_of` gives the whole list."""
 
     spec: SessionSpec
     starter: str
@@ -205,20 +211,22 @@ class SessionAnnouncement:
     initial_model_hash: bytes
     layout_hash: bytes
     sig: bytes = b""
+    fallback_coordinators: tuple[str, ...] = ()
 
     def body(self) -> dict[str, Any]:
+        # "coords" is on the wire only when set, so announcements without fallbacks (and
+        # their session ids) encode as before
         return {"v": VERSION, "spec": self.spec.to_wire(), "starter": self.starter,
                 "key": self.starter_key, "created": self.created, "nonce": self.nonce,
-                "model0": self.initial_model_hash, "layout": self.layout_hash}
+                "model0": self.initial_model_hash, "layout": self.layout_hash,
+                **({"coords": list(self.fallback_coordinators)} if self.fallback_coordinators else {})}
 
     @property
     def session_id(self) -> bytes:
         return digest(pack(self.body()))
 
     def signed(self, key: SigningKey) -> "SessionAnnouncement":
-        return SessionAnnouncement(self.spec, self.starter, self.starter_key, self.created,
-                                   self.nonce, self.initial_model_hash, self.layout_hash,
-                                   sign(key, self.body()))
+        return dataclasses.replace(self, sig=sign(key, self.body()))
 
     def to_wire(self) -> dict[str, Any]:
         return {**self.body(), "sig": self.sig}
@@ -230,7 +238,12 @@ class SessionAnnouncement:
                 starter_key=f.bytes("key", size=PUBKEY_LEN), created=f.float("created", lo=0.0),
                 nonce=f.bytes("nonce", size=16), initial_model_hash=_hash(f, "model0"),
                 layout_hash=_hash(f, "layout"), sig=f.bytes("sig", size=SIG_LEN))
+        coords = f.list("coords", max_len=MAX_COORDINATORS, optional=True)
+        if not all(isinstance(c, str) and 0 < len(c) <= MAX_PEER_ID for c in coords) \
+                or len(set(coords)) != len(coords) or a.starter in coords:
+            f._fail("field 'coords' must list distinct peer ids other than the starter")
         f.done()
+        a = dataclasses.replace(a, fallback_coordinators=tuple(coords))
         if not peer_id_matches(a.starter, a.starter_key):
             raise RemoteProtocolError("fl.SessionAnnouncement: key does not match the starter's peer id", peer=peer)
         if not verify(a.starter_key, a.body(), a.sig):
@@ -239,8 +252,12 @@ class SessionAnnouncement:
 
 
 def coordinators_of(announcement: SessionAnnouncement) -> tuple[str, ...]:
-    """The peers that may coordinate the session (sign its round headers): its starter."""
-    return (announcement.starter,)
+    """The coordinators of a session in rank order: its starter (rank 0), then the fallback
+    coordinators the starter named in the signed announcement. Plans, their round headers
+    (reward evidence) and session ends are accepted only from these peers, a plan of rank k
+    only from the k-th; participants follow
+    the highest rank they have seen (session_failover.py)."""
+    return (announcement.starter,) + tuple(announcement.fallback_coordinators)
 
 
 @dataclass(frozen=True)
@@ -309,6 +326,7 @@ class RoundPlan:
     regions: tuple[str, ...] = ()     # hierarchical sessions: each participant's region
     wallets: tuple[bytes, ...] = ()
     header: RoundHeader | None = None
+    rank: int = 0                     # the planning coordinator's index in coordinators_of
 
     @property
     def peers(self) -> tuple[str, ...]:
@@ -352,7 +370,8 @@ class RoundPlan:
                 "sources": list(self.sources),
                 **({"regions": list(self.regions)} if self.regions else {}),
                 **({"wallets": list(self.wallets)} if self.wallets else {}),
-                **({"header": self.header.to_wire()} if self.header is not None else {})}
+                **({"header": self.header.to_wire()} if self.header is not None else {}),
+                **({"rank": self.rank} if self.rank else {})}
 
     @classmethod
     def decode(cls, raw: Any, *, peer: str | None = None) -> "RoundPlan":
@@ -382,10 +401,11 @@ class RoundPlan:
                 isinstance(w, bytes) and len(w) in (0, PUBKEY_LEN) for w in wallets)):
             f._fail("field 'wallets' must give one 32-byte address (or empty) per participant")
         header_raw = f.map("header", max_len=16, optional=True)
+        rank = f.int("rank", lo=0, hi=MAX_COORDINATORS, optional=True, default=0)
         f.done()
         header = RoundHeader.decode(header_raw, peer=peer) if header_raw else None
         return cls(session, rnd, try_no, seed, tuple(parts), base, base_round, tuple(sources),
-                   tuple(regions), tuple(wallets), header)
+                   tuple(regions), tuple(wallets), header, rank)
 
 
 def plan_problem(ann: SessionAnnouncement, plan: RoundPlan, count: int) -> str | None:
@@ -396,8 +416,9 @@ def plan_problem(ann: SessionAnnouncement, plan: RoundPlan, count: int) -> str |
     h = plan.header
     if h is None:
         return "the plan has no signed round header"
-    if h.signer not in coordinators_of(ann):
-        return f"round header signed by {h.signer}, not a coordinator of the session"
+    coordinators = coordinators_of(ann)
+    if plan.rank >= len(coordinators) or h.signer != coordinators[plan.rank]:
+        return f"round header signed by {h.signer}, not the session's coordinator of rank {plan.rank}"
     if (h.session_id, h.round, h.try_no, h.seed) != (plan.session_id, plan.round, plan.try_no, plan.seed):
         return "round header names another session, round, try or seed than the plan"
     if h.order != aggregator_order(plan.seed, plan.participants, count):
@@ -468,24 +489,27 @@ class RoundFailed:
 
 @dataclass(frozen=True)
 class SessionEnded:
-    """The coordinator ended the session: completed, failed or stopped."""
+    """The coordinator ended the session: completed, failed or stopped. `rank` is the ending
+    coordinator's index in coordinators_of (wire "rank", absent for the starter)."""
 
     session_id: bytes
     state: str
     rounds_done: int
     final_model_hash: bytes
     reason: str = ""
+    rank: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return {"v": VERSION, "session": self.session_id, "state": self.state,
                 "rounds": self.rounds_done, "model": self.final_model_hash,
-                "reason": self.reason[:MAX_REASON]}
+                "reason": self.reason[:MAX_REASON], **({"rank": self.rank} if self.rank else {})}
 
     @classmethod
     def decode(cls, raw: Any, *, peer: str | None = None) -> "SessionEnded":
         f = Fields(raw, "fl.SessionEnded", versions={VERSION}, peer=peer)
         m = cls(_hash(f, "session"), f.str("state", max_len=16), f.int("rounds", lo=0, hi=100_000),
-                _hash(f, "model"), f.str("reason", max_len=MAX_REASON))
+                _hash(f, "model"), f.str("reason", max_len=MAX_REASON),
+                f.int("rank", lo=0, hi=MAX_COORDINATORS, optional=True, default=0))
         f.done()
         if m.state not in ("completed", "failed", "stopped"):
             raise RemoteProtocolError(f"fl.SessionEnded: unknown state {m.state!r}", peer=peer)

@@ -133,7 +133,7 @@ def test_participants_refuse_plans_whose_header_does_not_match() -> None:
     count = 1 + FALLBACKS
     assert "no signed round header" in (plan_problem(ann, dataclasses.replace(plan, header=None), count) or "")
     outsider = plan_for(ann, signer=fkey(0))
-    assert "not a coordinator" in (plan_problem(ann, outsider, count) or "")
+    assert "not the session's coordinator of rank 0" in (plan_problem(ann, outsider, count) or "")
     assert plan.header is not None
     h = plan.header
     forged = RoundHeader(h.session_id, h.round, h.try_no, h.seed, tuple(reversed(h.order)),
@@ -274,7 +274,7 @@ def test_core_refuses_to_train_for_a_plan_with_a_bad_header() -> None:
     # signed by a peer that does not coordinate the session: refused, nothing to train
     acts = deliver(plan.with_header(fkey(0), fpid(0), 1 + spec.fallbacks))
     assert not [a for a in acts if isinstance(a, (FetchModel, Train))]
-    assert "not a coordinator" in nd.core.status(sid)["reason"]
+    assert "not the session's coordinator of rank 0" in nd.core.status(sid)["reason"]
     assert nd.core.sessions[sid].plan is None
     # no header at all: refused too
     assert deliver(plan) == [] and "no signed round header" in nd.core.status(sid)["reason"]
