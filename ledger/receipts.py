@@ -17,7 +17,26 @@ same thing (from two issuers, or re-issued with other details) pay once; without
 claim id is the receipt id. Validators lock the claim ids they vote for (validator.py),
 replicas record the claim ids of applied mints (state.py, store.py `r/` keys). A kind whose
 receipts can be issued twice for one earning must make its verifier require the claim (the FL
-verifier requires claim == its (session, round) digest, so a body cannot dodge it).
+verifier requires claim == its (session, round, peer) digest, so a body cannot dodge it).
+
+Scopes. Claims pay each earning once; they do not bound a *set* of receipts that one issuer
+splits a fixed amount over (an FL round's reward over its participants). For that a body may
+carry `"scope": <32 bytes>` and `"commit": <32 bytes>` together (what the set is, e.g. one FL
+round, and a digest of the whole split, e.g. a Merkle-sum root whose total the verifier
+bounds). Validators sign mints whose receipts share a scope only if they carry the same commit:
+the first commit a validator signs for a scope wins, a receipt with another one is refused
+(`BAD_EVIDENCE`, naming the scope and both commits). The scope id is
+BLAKE2b-256(pack(["fognode-scope/1", kind, scope])), so one kind cannot block another's scopes.
+The lock table derives it from each locked mint's receipt (validator.py `LockTable.add`), so it
+survives restarts (persisted locks) and reaches a new committee with the locks handed over
+(handover.py). Locks inherited with two commits for one scope (old members that split their
+votes) freeze the scope: no further mint of it is signed. Replicas need nothing new: a
+certificate carries more than 2/3 of the stake, two quorums share honest stake and an honest
+validator signs one commit per scope, so while at most F stake is faulty every certified mint
+of a scope carries one commit (the same argument as the mint budget's, which replicas do not
+re-check either). The limit: a validator that joins at a committee change inherits only the
+unresolved locks; a scope whose mints were all applied before the change is not locked there,
+so its claims (paid once, at replicas too) stay the bound for that scope's remaining receipts.
 
 Roles add kinds by implementing `ReceiptVerifier` and registering it with the ledger service
 (`ctx.services.require("ledger").register_receipt_verifier(v)`). A verifier decodes the body
@@ -41,6 +60,9 @@ MAX_KIND = 32
 MAX_BODY_ENTRIES = 64
 CLAIM_LEN = 32
 CLAIM_TAG = "fognode-claim/1"
+SCOPE_LEN = 32
+COMMIT_LEN = 32
+SCOPE_TAG = "fognode-scope/1"
 
 
 class EvidenceError(LedgerError):
@@ -58,6 +80,8 @@ class Receipt:
     unsigned_bytes: bytes = field(init=False, repr=False, compare=False, hash=False)
     receipt_id: bytes = field(init=False, repr=False, compare=False, hash=False)
     claim_id: bytes = field(init=False, repr=False, compare=False, hash=False)
+    scope_id: bytes | None = field(init=False, repr=False, compare=False, hash=False)
+    commit: bytes | None = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         ub = pack(self.unsigned())
@@ -66,6 +90,11 @@ class Receipt:
         claim = self.body.get("claim")
         object.__setattr__(self, "claim_id", claim_id_of(self.kind, self.beneficiary, claim)
                            if isinstance(claim, bytes) else self.receipt_id)
+        scope, commit = self.body.get("scope"), self.body.get("commit")
+        scoped = isinstance(scope, bytes) and isinstance(commit, bytes)
+        object.__setattr__(self, "scope_id", scope_id_of(self.kind, scope)
+                           if scoped and isinstance(scope, bytes) else None)
+        object.__setattr__(self, "commit", commit if scoped and isinstance(commit, bytes) else None)
 
     def unsigned(self) -> dict[str, Any]:
         return {"v": RECEIPT_VERSION, "kind": self.kind, "issuer": self.issuer,
@@ -90,6 +119,11 @@ class Receipt:
 def claim_id_of(kind: str, beneficiary: bytes, claim: bytes) -> bytes:
     """The id under which a receipt with body `"claim": claim` is paid at most once."""
     return digest(pack([CLAIM_TAG, kind, beneficiary, claim]))
+
+
+def scope_id_of(kind: str, scope: bytes) -> bytes:
+    """The id under which a validator locks the one commit it signs for body `"scope": scope`."""
+    return digest(pack([SCOPE_TAG, kind, scope]))
 
 
 def decode_receipt(raw: Any, *, peer: str | None = None) -> Receipt:
@@ -145,8 +179,9 @@ class ReceiptRegistry:
 
     def max_reward(self, receipt: Receipt, ctx: VerifyContext) -> int:
         """Raise EvidenceError unless the receipt is well signed, of a known kind, earned in
-        the order's epoch or the one before, its claim (if any) is 32 bytes, and it is worth
-        something; return its worth."""
+        the order's epoch or the one before, its claim (if any) is 32 bytes, its scope and
+        commit (if any) come together and are 32 bytes each, and it is worth something;
+        return its worth."""
         v = self._by_kind.get(receipt.kind)
         if v is None:
             raise EvidenceError(f"receipt kind {receipt.kind!r} has no verifier on this validator "
@@ -158,6 +193,12 @@ class ReceiptRegistry:
         claim = receipt.body.get("claim")
         if "claim" in receipt.body and (not isinstance(claim, bytes) or len(claim) != CLAIM_LEN):
             raise EvidenceError(f"receipt claim must be {CLAIM_LEN} bytes")
+        if ("scope" in receipt.body) != ("commit" in receipt.body):
+            raise EvidenceError("receipt scope and commit must come together")
+        scope, commit = receipt.body.get("scope"), receipt.body.get("commit")
+        if "scope" in receipt.body and (not isinstance(scope, bytes) or len(scope) != SCOPE_LEN
+                                        or not isinstance(commit, bytes) or len(commit) != COMMIT_LEN):
+            raise EvidenceError(f"receipt scope and commit must be {SCOPE_LEN} bytes each")
         worth = v.max_reward(receipt, ctx)
         if worth <= 0:
             raise EvidenceError(f"receipt of kind {receipt.kind!r} is worth nothing")

@@ -11,6 +11,11 @@ epoch, with limit = budget * (q - F) / (T - F) (T total stake, q quorum stake, F
 faulty stake tolerated). Each certificate carries at least q - F honest stake and honest
 stake votes at most (T - F) * limit in total, so the certified mints of an epoch never exceed
 its budget while at most F stake is faulty, whatever the order in which replicas apply them.
+
+Claims and scopes (receipts.py): a validator signs one mint per receipt claim id, and mints
+whose receipts share a scope only with the commit of the first one it signed for that scope.
+Both are derived from the locked orders themselves (`LockTable.add`), so reloading persisted
+locks or merging handed-over ones rebuilds them.
 """
 from __future__ import annotations
 
@@ -23,17 +28,24 @@ from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import (BondOrder, ForkProof, MintOrder, Rejection, SignedOrder, UnbondOrder, Vote,
                                      order_problem)
 from fognode.ledger.quorum import Committee
-from fognode.ledger.receipts import EvidenceError, ReceiptRegistry, VerifyContext
+from fognode.ledger.receipts import EvidenceError, Receipt, ReceiptRegistry, VerifyContext
 from fognode.ledger.state import LedgerState
 
 
 class LockTable:
-    """Orders this validator signed, by (sender, sequence), and what they reserved."""
+    """Orders this validator signed, by (sender, sequence), and what they reserved.
+
+    Everything here is derived from the signed orders alone (`add` is also how persisted locks
+    are reloaded and handed-over ones merged). `commits` maps a scope id to the commits of the
+    locked mints of that scope: one for the validator's own votes (it refuses any other), two
+    or more only if inherited locks disagree, which freezes the scope (`commit_problem`); a set
+    keeps the outcome independent of the order in which locks are reloaded or merged."""
 
     def __init__(self) -> None:
         self.locks: dict[tuple[bytes, int], SignedOrder] = {}
         self.mint_reserved: dict[int, int] = {}
         self.receipts: set[bytes] = set()      # claim ids of the mints signed (receipts.py)
+        self.commits: dict[bytes, set[bytes]] = {}    # scope id -> commits of the mints signed
 
     def get(self, sender: bytes, sequence: int) -> SignedOrder | None:
         return self.locks.get((sender, sequence))
@@ -44,6 +56,24 @@ class LockTable:
         if isinstance(o, MintOrder):
             self.mint_reserved[o.epoch] = self.mint_reserved.get(o.epoch, 0) + o.amount
             self.receipts.add(o.receipt.claim_id)
+            r = o.receipt
+            if r.scope_id is not None and r.commit is not None:
+                self.commits.setdefault(r.scope_id, set()).add(r.commit)
+
+    def commit_problem(self, receipt: Receipt) -> str:
+        """Why a mint of `receipt` would break the one-commit-per-scope rule ("" if it would not)."""
+        if receipt.scope_id is None or receipt.commit is None:
+            return ""
+        held = self.commits.get(receipt.scope_id)
+        if not held or held == {receipt.commit}:
+            return ""
+        scope = receipt.body["scope"].hex()[:16]
+        if len(held) > 1:
+            return (f"scope {scope} is frozen on this validator: the locks it inherited carry "
+                    f"{len(held)} different commits")
+        return (f"this validator already signed mints of scope {scope} with commit "
+                f"{next(iter(held)).hex()[:16]}; this receipt's commit {receipt.commit.hex()[:16]} "
+                f"is another split of the same scope")
 
     def __len__(self) -> int:
         return len(self.locks)
@@ -152,6 +182,9 @@ class Validator:
             if o.amount > worth:
                 return self._reject(peer, so, Reason.BAD_EVIDENCE,
                                     f"mint of {o.amount} exceeds the receipt's worth {worth}")
+            other_split = self.locks.commit_problem(o.receipt)
+            if other_split:
+                return self._reject(peer, so, Reason.BAD_EVIDENCE, other_split)
             limit = mint_limit(g, o.epoch, self.state.committee_for(o.epoch))
             reserved = self.locks.mint_reserved.get(o.epoch, 0)
             if reserved + o.amount > limit:

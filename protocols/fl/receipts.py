@@ -17,25 +17,42 @@ chain anchored in the starter's signed announcement::
      "claim": claim_of(session id, round, peer), "model": <new model hash>,
      "weight_ppm": 1..10^6, "round_reward": budget // rounds,
      "peer": <participant peer id>, "index": <its position in the plan>,
-     "proof": [<Merkle path of (peer, wallet) to the header's participants root>]}
+     "proof": [<Merkle path of (peer, wallet) to the header's participants root>],
+     "scope": split_scope_of(session id, round),
+     "commit": <sum_commit of the round's split>,
+     "split": [[<sibling hash>, <sibling sum>], ...]}
 
-That is about 2 kB whatever the plan's size (the plan itself is not carried). `FlUpdateVerifier`
-checks the announcement's signature, the header's signature by one of `coordinators_of(ann)`
-and that it is for this session, the claim, round <= rounds, round_reward == budget // rounds,
-that the issuer is in the header's aggregator order (the elected aggregator or a fallback),
-that the beneficiary is the planned wallet of `peer` (Merkle proof) and that nobody attests
-their own update; it prices the receipt at round_reward * weight_ppm / 10^6 (EvidenceError
-naming what is wrong otherwise). The claim makes the ledger pay each (session, round,
-participant) once even when two aggregators of the order both completed the round (two
-participants paid to one wallet are two claims). To keep such a pair from splitting the
-validators' votes (each validator locks the claim for the first mint it sees; a split leaves
-both mints short of a quorum and their senders' sequences stuck), an aggregator mints only
-once the coordinator adopted its model (FlCore._adopted).
+The round's *split* is a Merkle-sum tree (merkle.py) over the plan's participants in plan
+order, leaf i = (peer, wallet, weight_ppm) with weight_ppm = floor(weight x 10^6) for accepted
+participants (the aggregator's own included, though it is not paid) and 0 for the others, so
+its total is at most 10^6 (`split_of`). It has the plan's shape, so "index" and the header's
+participant count place the leaf in both trees; "split" is the leaf's sum-proof (log2 n
+siblings). A receipt is at most about 2.2 kB whatever the plan's size (the plan itself is
+not carried).
 
-What the evidence does not prove: the weights. An elected aggregator is trusted with the
-split of its round (as it is trusted with the aggregate); the verifier bounds each receipt
-by the round reward, not the sum of one round's receipts (that would need a per-round running
-total at the validators; the epoch's mint budget still bounds everything).
+`FlUpdateVerifier` checks the announcement's signature, the header's signature by one of
+`coordinators_of(ann)` and that it is for this session, the claim, round <= rounds,
+round_reward == budget // rounds, that the issuer is in the header's aggregator order (the
+elected aggregator or a fallback), that the beneficiary is the planned wallet of `peer`
+(Merkle proof) and that nobody attests their own update, that scope is this (session, round)
+and that the sum-proof of (peer, beneficiary, weight_ppm) at `index` leads to `commit` with a
+total of at most 10^6; it prices the receipt at round_reward * weight_ppm / 10^6
+(EvidenceError naming what is wrong otherwise). The claim makes the ledger pay each (session,
+round, participant) once even when two aggregators of the order both completed the round (two
+participants paid to one wallet are two claims). The scope makes validators sign one split per
+round (ledger/receipts.py "Scopes"), whatever its try, so the receipts of a round pay at most
+round_reward in all: distinct leaves of one sum tree add up to at most its total. To keep two
+aggregators of the order from splitting the validators' votes (each validator locks the claim,
+and the scope's commit, for the first mint it sees; a split leaves mints short of a quorum and
+their senders' sequences stuck), an aggregator mints only once the coordinator adopted its
+model (FlCore._adopted).
+
+What the evidence does not prove: that the weights are the strategy's. An elected aggregator
+is trusted with how it splits its round among the accepted participants (as it is trusted
+with the aggregate), not with how much the round mints: whatever it signs, one round pays at
+most round_reward (rounded down per receipt), once. Across a committee change the bound rests
+on validators that kept their locks (ledger/receipts.py "Scopes" says when a scope's later
+receipts are bounded only by their claims).
 """
 from __future__ import annotations
 
@@ -48,7 +65,8 @@ from nacl.signing import SigningKey
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.peerid import peer_id_matches
 from fognode.node.wire import DIGEST_LEN, PUBKEY_LEN, SIG_LEN, Fields, digest, pack, sign, verify
-from fognode.protocols.fl.merkle import MAX_DEPTH, leaf_hash, merkle_proof, merkle_verify
+from fognode.protocols.fl.merkle import (MAX_DEPTH, MAX_SUM, SumNode, leaf_hash, merkle_proof, merkle_verify,
+                                         sum_commit, sum_leaf, sum_proof, sum_root, sum_verify)
 from fognode.protocols.fl.round_header import MAX_PARTICIPANTS, RoundHeader, claim_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -143,6 +161,32 @@ def round_reward_of(spec: "SessionSpec") -> int:
     return spec.reward_budget // spec.rounds
 
 
+def split_scope_of(session_id: bytes, round_no: int) -> bytes:
+    """The ledger scope of one round's split (any try): validators sign one split per scope."""
+    return digest(b"fognode-fl-split/1" + session_id + round_no.to_bytes(8, "big"))
+
+
+def weights_ppm(receipt: RoundReceipt) -> dict[str, int]:
+    """Each accepted participant's weight_ppm = floor(weight x 10^6); if float error still
+    makes the total exceed 10^6, the largest shares give up the excess (deterministically), so
+    the total is at most 10^6."""
+    ppm = {a.peer: max(0, math.floor(a.weight * PPM)) for a in receipt.accepted}
+    excess = sum(ppm.values()) - PPM
+    for peer in sorted(ppm, key=lambda p: (-ppm[p], p)):
+        if excess <= 0:
+            break
+        cut = min(excess, ppm[peer])
+        ppm[peer] -= cut
+        excess -= cut
+    return ppm
+
+
+def split_of(plan: "RoundPlan", ppm: dict[str, int]) -> list[SumNode]:
+    """The Merkle-sum leaves of a round's split: (peer, reward wallet, weight_ppm) in plan
+    order, 0 for a planned peer that was not accepted."""
+    return [sum_leaf(p, plan.wallet_of(p), ppm.get(p, 0)) for p in plan.peers]
+
+
 def issue_ledger_receipts(key: SigningKey, receipt: RoundReceipt, ann: "SessionAnnouncement",
                           plan: "RoundPlan", epoch: int) -> list["Receipt"]:
     """One ledger `Receipt` of kind "fl_update" per accepted participant of `plan` (not the
@@ -156,19 +200,24 @@ def issue_ledger_receipts(key: SigningKey, receipt: RoundReceipt, ann: "SessionA
         return []
     peers = plan.peers
     leaves = plan.leaves()
+    weights = weights_ppm(receipt)
+    split = split_of(plan, weights)
     common = {"ann": ann.to_wire(), "header": header.to_wire(), "model": receipt.model_hash,
-              "round_reward": receipt.round_reward}
+              "round_reward": receipt.round_reward,
+              "scope": split_scope_of(ann.session_id, receipt.round),
+              "commit": sum_commit(sum_root(split))}
     out = []
     for a in receipt.accepted:
         if a.peer == receipt.aggregator or a.peer not in peers:
             continue  # nobody attests their own update (FlUpdateVerifier refuses it)
-        ppm = int(round(a.weight * PPM))
+        ppm = weights[a.peer]
         wallet = plan.wallet_of(a.peer)
         if ppm <= 0 or not wallet:
             continue
         i = peers.index(a.peer)
         body = {**common, "claim": claim_of(ann.session_id, receipt.round, a.peer),
-                "weight_ppm": ppm, "peer": a.peer, "index": i, "proof": merkle_proof(leaves, i)}
+                "weight_ppm": ppm, "peer": a.peer, "index": i, "proof": merkle_proof(leaves, i),
+                "split": [[h, w] for h, w in sum_proof(split, i)]}
         out.append(Receipt.issue(key, LEDGER_KIND, wallet, epoch, body))
     return out
 
@@ -190,8 +239,10 @@ class FlUpdateVerifier:
     a malformed body, a tampered announcement, a header not signed by a coordinator of the
     session or for another session, a claim that is not (session, round, peer), a round past the
     session's rounds, a round reward other than budget // rounds, an issuer outside the
-    round's aggregator order, a beneficiary that is not the planned participant's wallet, or
-    a self-attested update (the aggregator's own update is not paid)."""
+    round's aggregator order, a beneficiary that is not the planned participant's wallet, a
+    self-attested update (the aggregator's own update is not paid), a scope other than the
+    (session, round)'s, or a split proof that does not lead from (peer, wallet, weight_ppm)
+    to the commit or whose total is over 10^6."""
 
     kind = LEDGER_KIND
 
@@ -210,11 +261,22 @@ class FlUpdateVerifier:
             peer = f.str("peer", max_len=128)
             index = f.int("index", lo=0, hi=MAX_PARTICIPANTS - 1)
             proof = f.list("proof", max_len=MAX_DEPTH)
+            scope = f.bytes("scope", size=DIGEST_LEN)
+            commit = f.bytes("commit", size=DIGEST_LEN)
+            split_raw = f.list("split", max_len=MAX_DEPTH)
             f.done()
         except RemoteProtocolError as e:
             raise EvidenceError(f"fl_update evidence: {e}") from None
         if not all(isinstance(p, bytes) and len(p) == DIGEST_LEN for p in proof):
             raise EvidenceError("fl_update evidence: the Merkle proof must be 32-byte hashes")
+        split: list[SumNode] = []
+        for s in split_raw:
+            if (not isinstance(s, list) or len(s) != 2 or not isinstance(s[0], bytes)
+                    or len(s[0]) != DIGEST_LEN or isinstance(s[1], bool) or not isinstance(s[1], int)
+                    or not 0 <= s[1] <= MAX_SUM):
+                raise EvidenceError("fl_update evidence: the split proof must be [32-byte hash, "
+                                    "sum >= 0] pairs")
+            split.append((s[0], s[1]))
         sid = ann.session_id
         if header.session_id != sid:
             raise EvidenceError(f"the round header is for session {header.session_id.hex()[:16]}, "
@@ -241,6 +303,16 @@ class FlUpdateVerifier:
                              proof, header.participants_root):
             raise EvidenceError(f"the beneficiary is not the reward wallet of planned participant "
                                 f"{peer} in round {header.round} (Merkle proof does not match the header)")
+        if scope != split_scope_of(sid, header.round):
+            raise EvidenceError(f"the receipt's scope is not round {header.round} of session "
+                                f"{sid.hex()[:16]}")
+        root = sum_verify(sum_leaf(peer, receipt.beneficiary, ppm), index, header.participants,
+                          split, MAX_SUM)
+        if root is None or sum_commit(root) != commit:
+            raise EvidenceError(f"the split proof of {peer}'s weight_ppm {ppm} does not lead to the "
+                                f"receipt's commit (round {header.round})")
+        if root[1] > PPM:
+            raise EvidenceError(f"round {header.round}'s split gives {root[1]} ppm in all, over {PPM}")
         return reward * ppm // PPM
 
 

@@ -3,6 +3,7 @@ accepted participants' shares to the wallets they opted in with, evidenced by "f
 receipts (announcement, signed round header, Merkle proof) the validators check."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ async def test_round_rewards_are_minted_to_accepted_participants(tmp_path: Path,
                     for peer, w in h["weights"].items():
                         if peer != h["aggregator"]:
                             owed[wallets[peer]] = owed.get(wallets[peer], 0) + \
-                                (budget // 2) * int(round(w * PPM)) // PPM
+                                (budget // 2) * math.floor(w * PPM) // PPM
                 assert owed and all(v > 0 for v in owed.values())
                 ledger = cluster.nodes[0].svc
                 await wait_until(lambda: ledger.state.supply.minted == sum(owed.values()), 30)
