@@ -34,9 +34,11 @@ votes) freeze the scope: no further mint of it is signed. Replicas need nothing 
 certificate carries more than 2/3 of the stake, two quorums share honest stake and an honest
 validator signs one commit per scope, so while at most F stake is faulty every certified mint
 of a scope carries one commit (the same argument as the mint budget's, which replicas do not
-re-check either). The limit: a validator that joins at a committee change inherits only the
-unresolved locks; a scope whose mints were all applied before the change is not locked there,
-so its claims (paid once, at replicas too) stay the bound for that scope's remaining receipts.
+re-check either). The limits: a validator that joins at a committee change inherits only the
+unresolved locks, so a scope whose mints were all applied before the change is not locked
+there (its claims, paid once at replicas too, stay the bound for that scope's other
+receipts); and handed-over locks are checked for their sender's signature, not their
+evidence, as for claims.
 
 Roles add kinds by implementing `ReceiptVerifier` and registering it with the ledger service
 (`ctx.services.require("ledger").register_receipt_verifier(v)`). A verifier decodes the body
@@ -91,10 +93,12 @@ class Receipt:
         object.__setattr__(self, "claim_id", claim_id_of(self.kind, self.beneficiary, claim)
                            if isinstance(claim, bytes) else self.receipt_id)
         scope, commit = self.body.get("scope"), self.body.get("commit")
-        scoped = isinstance(scope, bytes) and isinstance(commit, bytes)
-        object.__setattr__(self, "scope_id", scope_id_of(self.kind, scope)
-                           if scoped and isinstance(scope, bytes) else None)
-        object.__setattr__(self, "commit", commit if scoped and isinstance(commit, bytes) else None)
+        if isinstance(scope, bytes) and isinstance(commit, bytes):
+            object.__setattr__(self, "scope_id", scope_id_of(self.kind, scope))
+            object.__setattr__(self, "commit", commit)
+        else:       # not scoped (or malformed: ReceiptRegistry.max_reward refuses it)
+            object.__setattr__(self, "scope_id", None)
+            object.__setattr__(self, "commit", None)
 
     def unsigned(self) -> dict[str, Any]:
         return {"v": RECEIPT_VERSION, "kind": self.kind, "issuer": self.issuer,
