@@ -46,13 +46,9 @@ Known limits (the lead must know): (1) the committee certificate of E+2 is produ
 E+1; a replica that receives a transaction certificate of epoch E+2 before the committee
 certificate checks it against the fallback (the E+1 committee), which is correct unless the
 committee certificate was assembled late and a quorum of the old committee had not received it
-by then. (2) Per-sender uniqueness across a committee change relies on the honest members of
-the new committee having applied the sender's earlier certificates; a sender holding back a
-certificate signed by the old committee in its last epoch can get a conflicting order signed
-by a disjoint new committee. Validators therefore sign previous-epoch orders only when the
-committee did not change, which closes the window for honest senders but not a withholding
-one; closing it fully needs a lock handover (the new committee learning the old one's locks),
-which is not built. (3) A member that signed the body of some epoch whose certificate it never
+by then. (2) Per-sender uniqueness across a committee change is kept by the lock handover
+(handover.py): the old committee seals `grace` seconds after the boundary and a new member
+signs nothing until it holds the locks of more than 2/3 of the old stake. (3) A member that signed the body of some epoch whose certificate it never
 received answers "not yet" to every later proposal (signing one would let two histories form
 if that certificate surfaced later), so a round in which some but not a quorum of members
 signed stops later rotations until its certificate is assembled; the ledger goes on with the
@@ -98,6 +94,22 @@ def compute_members(genesis: Genesis, stakes: Mapping[bytes, int]) -> Members:
 def signing_time(genesis: Genesis, epoch: int) -> float:
     """When the committee of `epoch` is proposed and signed: halfway through epoch - 1."""
     return genesis.epoch_start(epoch - 1) + genesis.epoch_length / 2
+
+
+MAX_GRACE = 10.0          # seconds after a boundary an outgoing committee keeps signing
+
+
+def grace(genesis: Genesis) -> float:
+    """How long after an epoch boundary an outgoing committee keeps signing orders of the
+    epoch before (so orders in flight at the boundary finish): 1/20 of an epoch, between 0.5
+    and 10 seconds."""
+    return min(MAX_GRACE, max(0.5, genesis.epoch_length / 20))
+
+
+def seal_time(genesis: Genesis, epoch: int) -> float:
+    """When the committee before `epoch` (if it differs) stops signing and hands its locks
+    over to that of `epoch` (handover.py)."""
+    return genesis.epoch_start(epoch) + grace(genesis)
 
 
 def target_epoch(genesis: Genesis, now: float) -> int | None:
@@ -258,6 +270,14 @@ class CommitteeBook:
         self._epochs: list[int] = []
         self._committees: dict[int, Committee] = {}
         self.waiting: dict[int, CommitteeCertificate] = {}   # prev_hash unknown yet (bounded)
+        self._eras: dict[int, int] = {}     # certified epoch -> the epoch its committee took over
+
+    def era_start(self, epoch: int) -> int:
+        """The epoch at which the committee of `epoch` took over: the latest epoch <= `epoch`
+        whose committee (members or stakes) differs from the one before it; 0 if the genesis
+        committee still serves. Locks are handed over at that epoch (handover.py)."""
+        i = bisect.bisect_right(self._epochs, epoch)
+        return self._eras[self._epochs[i - 1]] if i else 0
 
     def committee_for(self, epoch: int) -> Committee:
         i = bisect.bisect_right(self._epochs, epoch)
@@ -275,9 +295,13 @@ class CommitteeBook:
         return [self.certs[e] for e in self._epochs[i:i + limit]]
 
     def _insert(self, cert: CommitteeCertificate) -> None:
+        before = self.committee_for(cert.epoch - 1)
+        era_before = self.era_start(cert.epoch - 1)
         bisect.insort(self._epochs, cert.epoch)
         self.certs[cert.epoch] = cert
-        self._committees[cert.epoch] = cert.committee()
+        new = cert.committee()
+        self._committees[cert.epoch] = new
+        self._eras[cert.epoch] = cert.epoch if new.members != before.members else era_before
 
     def load(self, certs: Iterable[CommitteeCertificate]) -> None:
         """Restore certificates this replica verified before (from its store)."""

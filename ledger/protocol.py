@@ -19,7 +19,7 @@ from fognode.ledger.errors import (LEDGER_BAD_ADDRESS, LEDGER_BAD_AMOUNT, LEDGER
                                    RPC_CODE_OF_REASON, AddressError, AmountError, OrderRejected, WalletError)
 from fognode.ledger.messages import BondOrder, Certificate, MintOrder, Order, TransferOrder, UnbondOrder
 from fognode.ledger.service import CERT_TOPIC, ORDER_STREAM, SYNC_STREAM, LedgerService, NotCertified, Settings
-from fognode.node.errors import RpcError
+from fognode.node.errors import ConfigError, RpcError
 from fognode.node.protocol import NodeContext, Protocol
 from fognode.node.rpc.methods import rpc_method
 
@@ -35,6 +35,8 @@ class LedgerConfig:
     send_timeout: float = 30.0       # default seconds wallet.send waits for the certificate
     pending_max: int = 10000         # certificates kept waiting for predecessors
     verify_sender: bool = True       # replicas re-check the sender's signature (validators always do)
+    uptime_interval: float = 10.0    # seconds between samples of connected peers (uptime receipts)
+    uptime_claims: bool = True       # claim this node's uptime reward after each epoch
 
 
 def _addr(text: str, what: str = "address") -> bytes:
@@ -76,6 +78,11 @@ class LedgerRole(Protocol):
 
     def __init__(self, ctx: NodeContext, config: LedgerConfig) -> None:
         super().__init__(ctx, config)
+        for name in ("batch_interval", "sync_interval", "request_timeout", "retry_interval", "send_timeout",
+                     "uptime_interval"):
+            value = getattr(config, name)
+            if not 0.01 <= value <= 86400:
+                raise ConfigError(f"must be between 0.01 and 86400 seconds, got {value}", key=f"protocols.ledger.{name}")
         self.service: LedgerService | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -83,7 +90,8 @@ class LedgerRole(Protocol):
         self.service = LedgerService(self.ctx, Settings(
             batch_interval=c.batch_interval, batch_max=c.batch_max, sync_interval=c.sync_interval,
             sync_batch=c.sync_batch, request_timeout=c.request_timeout, retry_interval=c.retry_interval,
-            pending_max=c.pending_max, verify_sender=c.verify_sender))
+            pending_max=c.pending_max, verify_sender=c.verify_sender, uptime_interval=c.uptime_interval,
+            uptime_claims=c.uptime_claims))
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.service.run)
@@ -154,6 +162,14 @@ class LedgerRole(Protocol):
         if cert is None and epoch >= 2:
             out["computed"] = [{"address": encode_address(k), "stake": format_amount(v)}
                                for k, v in s.state.computed_members(epoch)]
+        era = book.era_start(epoch)
+        out["took_over_at"] = era
+        if era and s.me in c:
+            waiting = s.handover.status()
+            out["handover"] = ("complete" if era in s.validator.handovers else
+                               {"waiting": True, "stake": format_amount(waiting["stake"]),
+                                "needed": format_amount(waiting["needed"] + 1)} if waiting and waiting["epoch"] == era
+                               else "not started")
         return out
 
     def _balance(self, pub: bytes) -> dict[str, Any]:
@@ -285,13 +301,15 @@ class LedgerRole(Protocol):
 
     @rpc_method("ledger.stats")
     async def ledger_stats(self) -> dict[str, Any]:
-        """Counters: applied, pending, refused and rejected by reason, duplicates, forks."""
+        """Counters: applied, pending, refused and rejected by reason, duplicates, forks, and
+        the outcome of this node's latest uptime reward claims by epoch."""
         s = self._svc()
         return {"applied": s.state.applied, "pending": len(s.replica.pending),
                 "pending_refused": s.replica.pending.refused, "duplicates": s.replica.duplicates,
                 "certificates_refused": {r.value: n for r, n in s.replica.refused.items()},
                 "orders_rejected": {r.value: n for r, n in s.validator.rejected.items()},
-                "locks": len(s.locks), "forks": s.forks_seen, "accounts": len(s.state.accounts)}
+                "locks": len(s.locks), "forks": s.forks_seen, "accounts": len(s.state.accounts),
+                "uptime_rewards": {str(e): outcome for e, outcome in sorted(s.uptime.claimed.items())}}
 
     # -- stake.* ---------------------------------------------------------------------------------
 

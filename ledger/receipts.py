@@ -8,8 +8,37 @@ validator for node uptime). Wire form::
      "body": {...kind-specific...}, "sig": <64>}
 
 `sig` is the issuer's Ed25519 signature over pack() of every other field; the receipt id is
-BLAKE2b-256 of that same encoding, so one receipt pays at most once (validators lock receipt
-ids they vote for, replicas record the ids of applied mints).
+BLAKE2b-256 of that same encoding.
+
+Claims. What is paid at most once is a receipt's *claim id*: when the body carries
+`"claim": <32 bytes>` (what the reward is for, e.g. one FL round of one session), the claim id
+is BLAKE2b-256(pack(["fognode-claim/1", kind, beneficiary, claim])), so two receipts for the
+same thing (from two issuers, or re-issued with other details) pay once; without a claim the
+claim id is the receipt id. Validators lock the claim ids they vote for (validator.py),
+replicas record the claim ids of applied mints (state.py, store.py `r/` keys). A kind whose
+receipts can be issued twice for one earning must make its verifier require the claim (the FL
+verifier requires claim == its (session, round, peer) digest, so a body cannot dodge it).
+
+Scopes. Claims pay each earning once; they do not bound a *set* of receipts that one issuer
+splits a fixed amount over (an FL round's reward over its participants). For that a body may
+carry `"scope": <32 bytes>` and `"commit": <32 bytes>` together (what the set is, e.g. one FL
+round, and a digest of the whole split, e.g. a Merkle-sum root whose total the verifier
+bounds). Validators sign mints whose receipts share a scope only if they carry the same commit:
+the first commit a validator signs for a scope wins, a receipt with another one is refused
+(`BAD_EVIDENCE`, naming the scope and both commits). The scope id is
+BLAKE2b-256(pack(["fognode-scope/1", kind, scope])), so one kind cannot block another's scopes.
+The lock table derives it from each locked mint's receipt (validator.py `LockTable.add`), so it
+survives restarts (persisted locks) and reaches a new committee with the locks handed over
+(handover.py). Locks inherited with two commits for one scope (old members that split their
+votes) freeze the scope: no further mint of it is signed. Replicas need nothing new: a
+certificate carries more than 2/3 of the stake, two quorums share honest stake and an honest
+validator signs one commit per scope, so while at most F stake is faulty every certified mint
+of a scope carries one commit (the same argument as the mint budget's, which replicas do not
+re-check either). The limits: a validator that joins at a committee change inherits only the
+unresolved locks, so a scope whose mints were all applied before the change is not locked
+there (its claims, paid once at replicas too, stay the bound for that scope's other
+receipts); and handed-over locks are checked for their sender's signature, not their
+evidence, as for claims.
 
 Roles add kinds by implementing `ReceiptVerifier` and registering it with the ledger service
 (`ctx.services.require("ledger").register_receipt_verifier(v)`). A verifier decodes the body
@@ -31,6 +60,11 @@ from fognode.node.wire import Fields, digest, pack
 RECEIPT_VERSION = 1
 MAX_KIND = 32
 MAX_BODY_ENTRIES = 64
+CLAIM_LEN = 32
+CLAIM_TAG = "fognode-claim/1"
+SCOPE_LEN = 32
+COMMIT_LEN = 32
+SCOPE_TAG = "fognode-scope/1"
 
 
 class EvidenceError(LedgerError):
@@ -47,11 +81,24 @@ class Receipt:
     sig: bytes
     unsigned_bytes: bytes = field(init=False, repr=False, compare=False, hash=False)
     receipt_id: bytes = field(init=False, repr=False, compare=False, hash=False)
+    claim_id: bytes = field(init=False, repr=False, compare=False, hash=False)
+    scope_id: bytes | None = field(init=False, repr=False, compare=False, hash=False)
+    commit: bytes | None = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         ub = pack(self.unsigned())
         object.__setattr__(self, "unsigned_bytes", ub)
         object.__setattr__(self, "receipt_id", digest(ub))
+        claim = self.body.get("claim")
+        object.__setattr__(self, "claim_id", claim_id_of(self.kind, self.beneficiary, claim)
+                           if isinstance(claim, bytes) else self.receipt_id)
+        scope, commit = self.body.get("scope"), self.body.get("commit")
+        if isinstance(scope, bytes) and isinstance(commit, bytes):
+            object.__setattr__(self, "scope_id", scope_id_of(self.kind, scope))
+            object.__setattr__(self, "commit", commit)
+        else:       # not scoped (or malformed: ReceiptRegistry.max_reward refuses it)
+            object.__setattr__(self, "scope_id", None)
+            object.__setattr__(self, "commit", None)
 
     def unsigned(self) -> dict[str, Any]:
         return {"v": RECEIPT_VERSION, "kind": self.kind, "issuer": self.issuer,
@@ -71,6 +118,16 @@ class Receipt:
         sig = key.sign(pack(unsigned)).signature
         return cls(kind=kind, issuer=bytes(key.verify_key), beneficiary=beneficiary, epoch=epoch,
                    body=body, sig=sig)
+
+
+def claim_id_of(kind: str, beneficiary: bytes, claim: bytes) -> bytes:
+    """The id under which a receipt with body `"claim": claim` is paid at most once."""
+    return digest(pack([CLAIM_TAG, kind, beneficiary, claim]))
+
+
+def scope_id_of(kind: str, scope: bytes) -> bytes:
+    """The id under which a validator locks the one commit it signs for body `"scope": scope`."""
+    return digest(pack([SCOPE_TAG, kind, scope]))
 
 
 def decode_receipt(raw: Any, *, peer: str | None = None) -> Receipt:
@@ -126,7 +183,9 @@ class ReceiptRegistry:
 
     def max_reward(self, receipt: Receipt, ctx: VerifyContext) -> int:
         """Raise EvidenceError unless the receipt is well signed, of a known kind, earned in
-        the order's epoch or the one before, and worth something; return its worth."""
+        the order's epoch or the one before, its claim (if any) is 32 bytes, its scope and
+        commit (if any) come together and are 32 bytes each, and it is worth something;
+        return its worth."""
         v = self._by_kind.get(receipt.kind)
         if v is None:
             raise EvidenceError(f"receipt kind {receipt.kind!r} has no verifier on this validator "
@@ -135,18 +194,35 @@ class ReceiptRegistry:
             raise EvidenceError(f"receipt of epoch {receipt.epoch} cannot be claimed in epoch {ctx.epoch}")
         if not receipt.signature_ok():
             raise EvidenceError("receipt signature is invalid")
+        claim = receipt.body.get("claim")
+        if "claim" in receipt.body and (not isinstance(claim, bytes) or len(claim) != CLAIM_LEN):
+            raise EvidenceError(f"receipt claim must be {CLAIM_LEN} bytes")
+        if ("scope" in receipt.body) != ("commit" in receipt.body):
+            raise EvidenceError("receipt scope and commit must come together")
+        scope, commit = receipt.body.get("scope"), receipt.body.get("commit")
+        if "scope" in receipt.body and (not isinstance(scope, bytes) or len(scope) != SCOPE_LEN
+                                        or not isinstance(commit, bytes) or len(commit) != COMMIT_LEN):
+            raise EvidenceError(f"receipt scope and commit must be {SCOPE_LEN} bytes each")
         worth = v.max_reward(receipt, ctx)
         if worth <= 0:
             raise EvidenceError(f"receipt of kind {receipt.kind!r} is worth nothing")
         return worth
 
 
-class UptimeVerifier:
-    """Node uptime: a committee validator attests it saw `beneficiary` up for `seconds`.
+def uptime_claim(epoch: int) -> bytes:
+    """The `claim` every uptime receipt of `epoch` carries: one payment per node and epoch."""
+    return digest(pack({"kind": "uptime", "epoch": epoch}))
 
-    Body: {"seconds": int in [1, epoch_length]}. Worth `seconds * uptime_reward_per_hour / 3600`
-    (rounded down). The issuer must be in the committee of the receipt's epoch, and may not
-    attest itself unless it is the only validator (a single-node devnet).
+
+class UptimeVerifier:
+    """Node uptime: a committee validator attests it saw `beneficiary` up for `seconds`
+    (uptime.py measures and claims).
+
+    Body: {"seconds": int in [1, epoch_length], "claim": uptime_claim(epoch)}. Worth
+    `seconds * uptime_reward_per_hour / 3600` (rounded down). The issuer must be in the
+    committee of the mint order's epoch, and may not attest itself unless it is the only
+    validator (a single-node network). The claim makes every uptime receipt of one node and
+    epoch one claim, paid once, whoever issued it.
     """
 
     kind = "uptime"
@@ -155,9 +231,12 @@ class UptimeVerifier:
         try:
             f = Fields(receipt.body, "ledger.UptimeReceipt")
             seconds = f.int("seconds", lo=1, hi=ctx.epoch_length)
+            claim = f.bytes("claim", size=CLAIM_LEN)
             f.done()
         except RemoteProtocolError as e:
             raise EvidenceError(str(e)) from None
+        if claim != uptime_claim(receipt.epoch):
+            raise EvidenceError(f"uptime receipt's claim is not that of epoch {receipt.epoch}")
         if receipt.issuer not in ctx.committee:
             raise EvidenceError("uptime receipt is not issued by a committee validator")
         if receipt.issuer == receipt.beneficiary and len(ctx.committee.members) > 1:

@@ -7,6 +7,8 @@ the committee), the wallet keystore, and talks to peers only through `ctx.overla
   the sender's previous certificate, so a validator that missed it can apply it first) and gets
   {"v", "vote"} or {"v", "rejection"}, repeated on one long-lived stream per validator. The
   validator persists its lock (sync) before replying.
+  The same stream carries committee proposals (committee_service.py), lock handover
+  requests (handover_service.py) and uptime receipt requests (uptime_service.py).
 - sync stream `/fognode/ledger/sync/1.0.0`: {"v", "after", "limit"} -> {"v", "certs":
   [[position, certificate]...], "end"}, repeated on one stream until the client has caught up
   with the server's apply log. Cursors per peer are kept (not part of the state).
@@ -41,6 +43,8 @@ from fognode.ledger.committee_service import CommitteeRotation
 from fognode.ledger.errors import OrderRejected, Reason, WalletError
 from fognode.ledger.events import ForkDetected, PaymentProcessed, RewardsDistributed
 from fognode.ledger.genesis import Genesis
+from fognode.ledger.handover_service import LockHandover
+from fognode.ledger.uptime_service import UptimeRewards
 from fognode.ledger.messages import (Certificate, ForkProof, MintOrder, Order, Rejection, SignedOrder,
                                      TransferOrder, decode_certificate, decode_rejection,
                                      decode_signed_order, decode_vote, order_problem)
@@ -66,6 +70,10 @@ SYNC_STREAM = "/fognode/ledger/sync/1.0.0"
 CERT_TOPIC = "fognode/ledger/certs/1"
 MAX_SYNC_BATCH = 1024
 MAX_CERT_FRAME = 1 << 20
+# certificates nobody honest forms or relays (a committee-view difference, NON_COMMITTEE_SIGNER,
+# is not one: such certificates wait for the committee certificate instead)
+RELAYER_FAULTS = frozenset({Reason.BAD_SIGNATURE, Reason.NO_QUORUM, Reason.DUPLICATE_SIGNER, Reason.MALFORMED,
+                            Reason.WRONG_CHAIN})
 
 
 class NotCertified(FognodeError):
@@ -86,6 +94,8 @@ class Settings:
     retry_interval: float = 1.0
     pending_max: int = 10_000
     verify_sender: bool = True
+    uptime_interval: float = 10.0
+    uptime_claims: bool = True
 
 
 class LedgerService:
@@ -102,8 +112,11 @@ class LedgerService:
         self.receipts = default_registry()
         self.replica = Replica(self.state, self.store, PendingPool(settings.pending_max),
                                verify_sender=settings.verify_sender)
-        self.validator = Validator(self.genesis, ctx.identity, self.state, self.locks, self.receipts)
+        self.validator = Validator(self.genesis, ctx.identity, self.state, self.locks, self.receipts,
+                                   self.store.handovers_done())
         self.rotation = CommitteeRotation(self, CERT_TOPIC)
+        self.handover = LockHandover(self)
+        self.uptime = UptimeRewards(self, settings.uptime_interval, settings.uptime_claims)
         self.keystore = Keystore(ctx.datadir)
         self.passphrase: str | None = os.environ.get(PASSPHRASE_ENV)
         self._outbox: list[Certificate] = []
@@ -150,6 +163,8 @@ class LedgerService:
                 nursery.start_soon(self._anti_entropy)
                 nursery.start_soon(self._sync_on_connect)
                 nursery.start_soon(self.rotation.run)
+                nursery.start_soon(self.handover.run)
+                nursery.start_soon(self.uptime.run)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -190,6 +205,9 @@ class LedgerService:
                 self.m_refused.labels(a.reason.value).inc()
                 log.warning("refused certificate %s from %s: %s: %s", a.tx_id.hex()[:16], a.peer or peer,
                             a.reason.value, a.message)
+                culprit = a.peer or peer
+                if a.reason in RELAYER_FAULTS and culprit and culprit != self.ctx.peer_id:
+                    self.ctx.overlay.penalize(culprit, f"ledger certificate refused: {a.reason.value}")
             elif isinstance(a, ConflictingCertificates):
                 self._conflict(a.applied_tx, a.other, peer)
         if deltas:
@@ -397,6 +415,11 @@ class LedgerService:
                 f.done()
                 await stream.send(self.rotation.sign(peer, body))
                 continue
+            if f.has("handover") or f.has("uptime"):
+                reply = self.handover.serve(peer, f) if f.has("handover") else self.uptime.serve(peer, f)
+                f.done()
+                await stream.send(reply)
+                continue
             so = decode_signed_order(f.map("order", max_len=8), peer=peer)
             prev = decode_certificate(f.map("prev", max_len=8), peer=peer) if f.has("prev") else None
             f.done()
@@ -476,8 +499,10 @@ class LedgerService:
                 return cert
             reason = collector.main_reason()
             # this replica already found the sequence and the funds right (submit checks them
-            # first), so validators refusing for those reasons lag behind: keep asking
-            if collector.status is OrderStatus.FAILED and reason not in (Reason.WRONG_SEQUENCE, Reason.OVERSPEND, None):
+            # first), so validators refusing for those reasons lag behind: keep asking; so do
+            # new members still waiting for the old committee's locks (handover.py)
+            if collector.status is OrderStatus.FAILED and reason not in (Reason.WRONG_SEQUENCE, Reason.OVERSPEND,
+                                                                          Reason.NOT_YET, None):
                 self.store.clear_inflight(sender)
                 raise OrderRejected(reason, "; ".join(f"{v}: {m}" for v, m in collector.reasons().items()))
             now = trio.current_time()
@@ -523,10 +548,12 @@ class LedgerService:
             if collector.certificate is not None or left[0] == 0:
                 round_done.set()
 
-    async def _request(self, validator: bytes, peer: str, request: dict[str, Any]) -> Any:
+    async def _request(self, validator: bytes, peer: str, request: dict[str, Any],
+                       max_reply: int = 64 * 1024) -> Any:
         """Send one order request to `validator` over its cached order stream (opened on first
-        use; a stale one is replaced once) and return the raw reply. One request at a time
-        per validator. Raises FognodeError or trio.TooSlowError (after request_timeout)."""
+        use; a stale one is replaced once) and return the raw reply (at most `max_reply`
+        bytes). One request at a time per validator. Raises FognodeError or trio.TooSlowError
+        (after request_timeout)."""
         async with self._stream_locks.setdefault(validator, trio.Lock()):
             for attempt in (0, 1):
                 stream = self._streams.get(validator)
@@ -537,7 +564,7 @@ class LedgerService:
                             stream = await self.ctx.overlay.open_stream(peer, ORDER_STREAM)
                             self._streams[validator] = stream
                         await stream.send(request)
-                        return await stream.recv(max_size=64 * 1024)
+                        return await stream.recv(max_size=max_reply)
                 except BaseException as e:
                     self._streams.pop(validator, None)
                     if stream is not None:
@@ -596,14 +623,20 @@ class LedgerService:
 
     async def distribute_rewards(self, allocations: list[Allocation], *, timeout: float = 60.0) -> list[str]:
         """Pay each allocation with a mint order from the default wallet, one after the other;
-        returns the transaction ids. Publishes RewardsDistributed."""
+        returns the transaction ids of those paid. An allocation the validators refuse (e.g. a
+        claim paid already) is logged and skipped; NotCertified (a timeout: the order stays in
+        flight) stops the distribution. Publishes RewardsDistributed."""
         key = await self.unlock_wallet(self.default_wallet())
         epoch = self.genesis.epoch_at(self.ctx.clock())
         txs: list[str] = []
         total = 0
         for order in distribute_rewards(allocations, chain=self.genesis.chain_id, epoch=epoch,
                                         sender=bytes(key.verify_key), first_sequence=0, fee=self.genesis.fee):
-            cert = await self.submit(key, _renumbered(order), timeout)
+            try:
+                cert = await self.submit(key, _renumbered(order), timeout)
+            except OrderRejected as e:
+                log.warning("reward of %d to %s refused: %s", order.amount, encode_address(order.recipient), e)
+                continue
             txs.append(cert.tx_id.hex())
             total += order.amount
         self.ctx.events.publish(RewardsDistributed(distributor=encode_address(bytes(key.verify_key)),

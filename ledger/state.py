@@ -2,7 +2,8 @@
 
 State = accounts (balance, next sequence, bonded stake, unbonding entries, head of the hash
 chain of the account's applied transactions), supply counters (initial, minted, burned),
-minted amount per epoch, and the set of receipt ids already paid.
+minted amount per epoch, and the set of receipt claim ids already paid (receipts.py: the
+claim id is the receipt id unless the receipt names what it claims).
 
 State root. Each entry of the state is a leaf h = BLAKE2b-512(tag || key || value); the
 accumulator is the sum of all leaves modulo 2^512 (a homomorphic multiset hash, AdHash/LtHash
@@ -118,7 +119,7 @@ class Delta:
     accounts: tuple[tuple[bytes, Account], ...]
     supply: Supply
     minted_epoch: tuple[int, int] | None        # (epoch, minted so far in that epoch)
-    receipt_id: bytes | None
+    claim_id: bytes | None                      # the paid receipt's claim id (receipts.py)
     accumulator: int
     parties: tuple[bytes, ...]                  # accounts whose history lists this tx
     stake_delta: tuple[int, bytes, int] | None = None   # (order epoch, staker, net bonded in that epoch)
@@ -133,7 +134,7 @@ class LedgerState:
         self.accounts: dict[bytes, Account] = {}
         self.supply = Supply(initial=genesis.initial_supply())
         self.minted_by_epoch: dict[int, int] = {}
-        self.used_receipts: set[bytes] = set()
+        self.used_receipts: set[bytes] = set()      # claim ids of applied mints
         self.applied = 0
         self.stake_deltas: dict[int, dict[bytes, int]] = {}
         self.committees = CommitteeBook(genesis)
@@ -238,8 +239,8 @@ class LedgerState:
                 return Reason.INSUFFICIENT_STAKE, f"unbonding {order.amount} of {acct.bonded} bonded"
             if len(acct.unbonding) >= MAX_UNBONDING_ENTRIES:
                 return Reason.INSUFFICIENT_STAKE, f"already {MAX_UNBONDING_ENTRIES} unbonding entries pending"
-        if isinstance(order, MintOrder) and order.receipt.receipt_id in self.used_receipts:
-            return Reason.RECEIPT_USED, "this receipt has already been paid"
+        if isinstance(order, MintOrder) and order.receipt.claim_id in self.used_receipts:
+            return Reason.RECEIPT_USED, "this receipt's claim has already been paid"
         return None
 
     def blocked(self, cert: Certificate) -> str | None:
@@ -254,7 +255,7 @@ class LedgerState:
             return "sequence"
         if isinstance(o, UnbondOrder) and acct.bonded < o.amount:
             return "invalid"
-        if isinstance(o, MintOrder) and o.receipt.receipt_id in self.used_receipts:
+        if isinstance(o, MintOrder) and o.receipt.claim_id in self.used_receipts:
             return "invalid"
         if acct.spendable(o.epoch) < o.debit():
             return "funds"
@@ -298,7 +299,7 @@ class LedgerState:
         parties: tuple[bytes, ...] = (o.sender,)
         supply = self.supply
         minted_epoch = None
-        receipt_id = None
+        claim_id = None
         if isinstance(o, (TransferOrder, MintOrder)):
             r = get(o.recipient)
             touched[o.recipient] = Account(r.balance + o.amount, r.next_sequence, r.bonded, r.unbonding, r.head)
@@ -307,7 +308,7 @@ class LedgerState:
         if isinstance(o, MintOrder):
             supply = replace(supply, minted=supply.minted + o.amount)
             minted_epoch = (o.epoch, self.minted_by_epoch.get(o.epoch, 0) + o.amount)
-            receipt_id = o.receipt.receipt_id
+            claim_id = o.receipt.claim_id
         if o.fee:
             if g.fee_destination is FeeDestination.BURN:
                 supply = replace(supply, burned=supply.burned + o.fee)
@@ -321,14 +322,14 @@ class LedgerState:
             self._set_supply(supply)
         if minted_epoch is not None:
             self._set_minted(*minted_epoch)
-        if receipt_id is not None:
-            self.used_receipts.add(receipt_id)
-            self._add(_leaf(b"R", receipt_id, b""))
+        if claim_id is not None:
+            self.used_receipts.add(claim_id)
+            self._add(_leaf(b"R", claim_id, b""))
         if stake_delta is not None:
             self.stake_deltas.setdefault(stake_delta[0], {})[stake_delta[1]] = stake_delta[2]
         self.applied += 1
         return Delta(cert=cert, index=self.applied, accounts=tuple(touched.items()), supply=self.supply,
-                     minted_epoch=minted_epoch, receipt_id=receipt_id, accumulator=self._acc,
+                     minted_epoch=minted_epoch, claim_id=claim_id, accumulator=self._acc,
                      parties=parties, stake_delta=stake_delta)
 
     def committee_for(self, epoch: int) -> Committee:

@@ -1,7 +1,7 @@
 """The replica on disk: LevelDB (plyvel), one write batch with sync=True per commit.
 
 A commit writes everything one or more applied certificates changed — accounts (balance,
-sequence, stake), supply counters, minted per epoch, paid receipts, the state-root
+sequence, stake), supply counters, minted per epoch, paid receipt claims, the state-root
 accumulator, the apply log, the (sender, sequence) index, the per-account history index and
 the certificate itself — in a single atomic batch, so a crash (even `kill -9`) leaves the old
 state or the new one, never a mix. Validator locks are written in their own synced batch
@@ -12,7 +12,7 @@ Keys (big-endian integers, so LevelDB's order is numeric order):
     a/<pubkey>              account record
     s/supply s/acc s/applied  supply counters, root accumulator (64 bytes), apply count
     e/<epoch:8>             minted in that epoch
-    r/<receipt id>          receipt already paid
+    r/<claim id>            receipt claim already paid (the receipt id for claimless receipts)
     x/<sender><seq:8>       tx id applied at (sender, sequence)
     t/<tx id>               apply index (8 bytes) + the certificate's canonical msgpack
     o/<index:8>             tx id applied at that position of this replica's log (sync source)
@@ -24,6 +24,7 @@ Keys (big-endian integers, so LevelDB's order is numeric order):
     k/<epoch:8><pubkey>     net stake bonded by that account with orders of that epoch
     c/<epoch:8>             certified committee of that epoch (committee.py)
     C/<epoch:8>             committee body this validator signed for that epoch (its lock)
+    H/<epoch:8>             this validator holds the locks handed over at that committee change
 """
 from __future__ import annotations
 
@@ -127,8 +128,8 @@ class LedgerStore:
                         wb.put(b"a/" + k, a.encode())
                 if d.minted_epoch is not None:
                     wb.put(b"e/" + _u8(d.minted_epoch[0]), pack(d.minted_epoch[1]))
-                if d.receipt_id is not None:
-                    wb.put(b"r/" + d.receipt_id, b"")
+                if d.claim_id is not None:
+                    wb.put(b"r/" + d.claim_id, b"")
                 tx = d.cert.tx_id
                 sender, seq = d.cert.order.key
                 wb.put(b"x/" + sender + _u8(seq), tx)
@@ -234,6 +235,14 @@ class LedgerStore:
             except RemoteProtocolError as e:
                 raise StoreError(f"corrupt committee lock record: {e}") from None
         return out
+
+    def put_handover_done(self, epoch: int) -> None:
+        """Record (sync) that the old committee's locks of the change at `epoch` are merged;
+        call after the locks themselves were persisted."""
+        self.db.put(b"H/" + _u8(epoch), b"", sync=True)
+
+    def handovers_done(self) -> set[int]:
+        return {int.from_bytes(k[2:], "big") for k in self.db.iterator(prefix=b"H/", include_value=False)}
 
     # -- sync cursors (how far into each peer's apply log this replica has read) ---------------
 

@@ -11,6 +11,11 @@ epoch, with limit = budget * (q - F) / (T - F) (T total stake, q quorum stake, F
 faulty stake tolerated). Each certificate carries at least q - F honest stake and honest
 stake votes at most (T - F) * limit in total, so the certified mints of an epoch never exceed
 its budget while at most F stake is faulty, whatever the order in which replicas apply them.
+
+Claims and scopes (receipts.py): a validator signs one mint per receipt claim id, and mints
+whose receipts share a scope only with the commit of the first one it signed for that scope.
+Both are derived from the locked orders themselves (`LockTable.add`), so reloading persisted
+locks or merging handed-over ones rebuilds them.
 """
 from __future__ import annotations
 
@@ -18,21 +23,29 @@ from nacl.signing import SigningKey
 
 from fognode.ledger.actions import PersistLock, ReportFork, SendRejection, SendVote, ValidatorAction
 from fognode.ledger.errors import Reason
+from fognode.ledger.committee import seal_time
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import (BondOrder, ForkProof, MintOrder, Rejection, SignedOrder, UnbondOrder, Vote,
                                      order_problem)
 from fognode.ledger.quorum import Committee
-from fognode.ledger.receipts import EvidenceError, ReceiptRegistry, VerifyContext
+from fognode.ledger.receipts import EvidenceError, Receipt, ReceiptRegistry, VerifyContext
 from fognode.ledger.state import LedgerState
 
 
 class LockTable:
-    """Orders this validator signed, by (sender, sequence), and what they reserved."""
+    """Orders this validator signed, by (sender, sequence), and what they reserved.
+
+    Everything here is derived from the signed orders alone (`add` is also how persisted locks
+    are reloaded and handed-over ones merged). `commits` maps a scope id to the commits of the
+    locked mints of that scope: one for the validator's own votes (it refuses any other), two
+    or more only if inherited locks disagree, which freezes the scope (`commit_problem`); a set
+    keeps the outcome independent of the order in which locks are reloaded or merged."""
 
     def __init__(self) -> None:
         self.locks: dict[tuple[bytes, int], SignedOrder] = {}
         self.mint_reserved: dict[int, int] = {}
-        self.receipts: set[bytes] = set()
+        self.receipts: set[bytes] = set()      # claim ids of the mints signed (receipts.py)
+        self.commits: dict[bytes, set[bytes]] = {}    # scope id -> commits of the mints signed
 
     def get(self, sender: bytes, sequence: int) -> SignedOrder | None:
         return self.locks.get((sender, sequence))
@@ -42,7 +55,25 @@ class LockTable:
         o = order.order
         if isinstance(o, MintOrder):
             self.mint_reserved[o.epoch] = self.mint_reserved.get(o.epoch, 0) + o.amount
-            self.receipts.add(o.receipt.receipt_id)
+            self.receipts.add(o.receipt.claim_id)
+            r = o.receipt
+            if r.scope_id is not None and r.commit is not None:
+                self.commits.setdefault(r.scope_id, set()).add(r.commit)
+
+    def commit_problem(self, receipt: Receipt) -> str:
+        """Why a mint of `receipt` would break the one-commit-per-scope rule ("" if it would not)."""
+        if receipt.scope_id is None or receipt.commit is None:
+            return ""
+        held = self.commits.get(receipt.scope_id)
+        if not held or held == {receipt.commit}:
+            return ""
+        scope = receipt.body["scope"].hex()[:16]
+        if len(held) > 1:
+            return (f"scope {scope} is frozen on this validator: the locks it inherited carry "
+                    f"{len(held)} different commits")
+        return (f"this validator already signed mints of scope {scope} with commit "
+                f"{next(iter(held)).hex()[:16]}; this receipt's commit {receipt.commit.hex()[:16]} "
+                f"is another split of the same scope")
 
     def __len__(self) -> int:
         return len(self.locks)
@@ -58,14 +89,26 @@ def mint_limit(genesis: Genesis, epoch: int, committee: Committee | None = None)
 
 class Validator:
     def __init__(self, genesis: Genesis, key: SigningKey, state: LedgerState, locks: LockTable,
-                 receipts: ReceiptRegistry) -> None:
+                 receipts: ReceiptRegistry, handovers: set[int] | None = None) -> None:
         self.genesis = genesis
         self.key = key
         self.pubkey = bytes(key.verify_key)
         self.state = state
         self.locks = locks
         self.receipts = receipts
+        self.handovers: set[int] = set() if handovers is None else handovers   # changes whose locks it holds
+        self.sealed = 0        # handed its locks over to epoch `sealed`: signs no order before it
         self.rejected: dict[Reason, int] = {}
+
+    def ready(self, epoch: int) -> bool:
+        """Whether this validator holds the locks handed over at the committee change that
+        brought the committee of `epoch` (handover.py); always true under the genesis one."""
+        era = self.state.committees.era_start(epoch)
+        return era == 0 or era in self.handovers
+
+    def seal(self, epoch: int) -> None:
+        """Sign no order of an epoch before `epoch` any more (its locks are being handed over)."""
+        self.sealed = max(self.sealed, epoch)
 
     def is_member(self, epoch: int) -> bool:
         return self.pubkey in self.state.committee_for(epoch)
@@ -86,28 +129,40 @@ class Validator:
                                 f"order is for chain {o.chain!r}, this is {g.chain_id!r}")
         if not so.signature_ok():
             return self._reject(peer, so, Reason.BAD_SIGNATURE, "the sender's signature does not verify")
+        prior = self.locks.get(o.sender, o.sequence)
+        if prior is not None and prior.tx_id == so.tx_id:
+            # the client asks again: the same vote, nothing new to lock (safe in any epoch)
+            return [SendVote(peer, Vote.sign(self.key, so.tx_id))]
         current = g.epoch_at(now)
         if o.epoch not in (current, current - 1):
             return self._reject(peer, so, Reason.WRONG_EPOCH,
                                 f"order is for epoch {o.epoch}, this validator is in epoch {current}")
+        if o.epoch < self.sealed:
+            return self._reject(peer, so, Reason.WRONG_EPOCH,
+                                f"this validator handed its locks over to the committee of epoch {self.sealed}: "
+                                f"orders of epoch {o.epoch} are closed")
         if o.epoch != current:
             # stake orders of an epoch must be final when the next one begins (committee.py);
-            # other orders of the previous epoch only while the committee has not changed
+            # other orders of the previous epoch while the committee has not changed, or for
+            # the grace period before the old committee hands its locks over (handover.py)
             if isinstance(o, (BondOrder, UnbondOrder)):
                 return self._reject(peer, so, Reason.WRONG_EPOCH,
                                     f"bond/unbond orders must be of the current epoch {current}, not {o.epoch}")
-            if self.state.committee_for(o.epoch).members != self.state.committee_for(current).members:
+            if (self.state.committee_for(o.epoch).members != self.state.committee_for(current).members
+                    and now >= seal_time(g, current)):
                 return self._reject(peer, so, Reason.WRONG_EPOCH,
-                                    f"the committee changed at epoch {current}: orders of epoch {o.epoch} are closed")
+                                    f"the committee changed at epoch {current} and the previous one has handed "
+                                    f"its locks over: orders of epoch {o.epoch} are closed")
         if not self.is_member(o.epoch):
             return self._reject(peer, so, Reason.NON_COMMITTEE_SIGNER,
                                 f"this node is not a validator of epoch {o.epoch}")
+        if not self.ready(o.epoch):
+            return self._reject(peer, so, Reason.NOT_YET,
+                                f"the committee changed at epoch {self.state.committees.era_start(o.epoch)} and "
+                                f"this validator has not received the previous committee's locks yet: ask again")
         if o.fee < g.fee:
             return self._reject(peer, so, Reason.FEE_TOO_LOW, f"fee {o.fee} is below the chain's fee {g.fee}")
-        prior = self.locks.get(o.sender, o.sequence)
         if prior is not None:
-            if prior.tx_id == so.tx_id:   # the client asks again: same answer, nothing new to lock
-                return [SendVote(peer, Vote.sign(self.key, so.tx_id))]
             acts = self._reject(peer, so, Reason.CONFLICT,
                                 f"already signed order {prior.tx_id.hex()[:16]} for sequence {o.sequence}")
             return [ReportFork(ForkProof(prior, so), peer), *acts]
@@ -115,9 +170,9 @@ class Validator:
         if problem:
             return self._reject(peer, so, *problem)
         if isinstance(o, MintOrder):
-            rid = o.receipt.receipt_id
-            if rid in self.locks.receipts:
-                return self._reject(peer, so, Reason.RECEIPT_USED, "this validator already signed a mint for this receipt")
+            if o.receipt.claim_id in self.locks.receipts:
+                return self._reject(peer, so, Reason.RECEIPT_USED,
+                                    "this validator already signed a mint for this receipt's claim")
             ctx = VerifyContext(committee=self.state.committee_for(o.epoch), epoch=o.epoch,
                                 epoch_length=g.epoch_length, uptime_reward_per_hour=g.uptime_reward_per_hour)
             try:
@@ -127,6 +182,9 @@ class Validator:
             if o.amount > worth:
                 return self._reject(peer, so, Reason.BAD_EVIDENCE,
                                     f"mint of {o.amount} exceeds the receipt's worth {worth}")
+            other_split = self.locks.commit_problem(o.receipt)
+            if other_split:
+                return self._reject(peer, so, Reason.BAD_EVIDENCE, other_split)
             limit = mint_limit(g, o.epoch, self.state.committee_for(o.epoch))
             reserved = self.locks.mint_reserved.get(o.epoch, 0)
             if reserved + o.amount > limit:

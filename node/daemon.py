@@ -160,6 +160,8 @@ class Daemon:
                     peer_id=overlay.peer_id, identity=identity, overlay=overlay, events=self.events,
                     metrics=self.metrics, datadir=self.datadir, genesis=genesis,
                     region=self.config.node.region,
+                    roles=tuple(cls.name for cls in self.role_classes
+                                if (st := self.config.protocols.get(cls.name)) is not None and st.enabled),
                 )
                 node = NodeService(self)
                 self.ctx.services.provide("node", node)

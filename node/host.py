@@ -355,6 +355,11 @@ class Libp2pOverlay:
         value, at = v
         return value * 0.5 ** ((time.monotonic() - at) / PENALTY_HALF_LIFE)
 
+    def penalize(self, peer_id: str, reason: str) -> None:
+        """A role saw `peer_id` break its protocol: +1 penalty, decaying (see `_penalty`)."""
+        log.info("penalising %s: %s", peer_id, reason)
+        self._penalize(peer_id, reason)
+
     def _penalize(self, peer_id: str, err: RemoteProtocolError | str) -> None:
         self._penalties[peer_id] = (min(self._penalty(peer_id) + 1.0, 100.0), time.monotonic())
         if len(self._penalties) > 10000:

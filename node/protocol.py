@@ -76,6 +76,7 @@ class NodeContext:
     services: Services = field(default_factory=Services)
     clock: Clock = time.time        # wall clock, seconds; tests may pass their own
     region: str = ""
+    roles: tuple[str, ...] = ()     # names of the roles this node runs (enabled in its config)
 
     def role_dir(self, role: str) -> Path:
         """`<datadir>/<role>/`, created on first use (mode 0700)."""

@@ -11,7 +11,8 @@ from typing import Union
 import numpy as np
 
 from fognode.node.events import Event
-from fognode.protocols.fl.messages import GossipMessage, MemberMeta, UpdateHeader
+from fognode.protocols.fl.messages import (
+    GossipMessage, MemberMeta, RoundPlan, SessionAnnouncement, UpdateHeader)
 from fognode.protocols.fl.privacy.secagg_messages import Message as SecAggMessage
 from fognode.protocols.fl.receipts import RoundReceipt
 from fognode.protocols.fl.rounds import UpdateMeta
@@ -161,6 +162,18 @@ class UpdateRefused:
 
 
 @dataclass(frozen=True)
+class MessageRefused:
+    """A control message (`kind`: "plan" or "ended") was refused: `reason` says why (sent by
+    a peer that is no coordinator of the session, or by a coordinator that was superseded).
+    Log it and count it by kind."""
+
+    session_id: bytes
+    peer: str
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class SaveModel:
     """Write the session's model to the data dir (final=True at the session's end)."""
 
@@ -172,11 +185,16 @@ class SaveModel:
 
 @dataclass(frozen=True)
 class PayRewards:
-    """This node aggregated a round with a reward: issue one "fl_update" ledger receipt per
-    accepted participant (not itself) and have the ledger mint their shares."""
+    """This node aggregated a round with a reward and the coordinator adopted its model (the
+    next plan builds on it, or the session ended with it): issue one "fl_update" ledger receipt
+    per accepted participant (not itself), with the session's announcement and the plan's
+    signed header as evidence (receipts.issue_ledger_receipts), and have the ledger mint their
+    shares."""
 
     receipt: RoundReceipt
+    announcement: SessionAnnouncement = field(compare=False)
+    plan: RoundPlan = field(compare=False)
 
 
-Action = Union[PayRewards, Publish, PrepareTask, FetchModel, Train, SendUpdate, Aggregate, Emit,
+Action = Union[MessageRefused, PayRewards, Publish, PrepareTask, FetchModel, Train, SendUpdate, Aggregate, Emit,
                ReportOutcome, UpdateRefused, SaveModel, SendSecAgg, AggregateSum]

@@ -1,21 +1,28 @@
-"""The coordinator of one session: the node that started it (sans-IO).
+"""The acting coordinator of one session (sans-IO): the starter, or a fallback coordinator
+that took the session over (session_failover.py).
 
 It collects opt-ins, plans each round (participants selected from the candidates by the
-round seed, with the reputations used for the election), republishes the current plan until
-the round ends (gossip may drop it), accepts the first valid round result from an aggregator
-of the plan's election order, fetches the new model (so it can serve it and save the final
-one), and then plans the next round. A round that fails (too few updates, no result before the
-last fallback slot ends, the new model cannot be fetched) is retried with a new seed from the
-last completed model, up to `max_retries` times; then the session fails.
+round seed, with the reputations used for the election, and the round header it signs:
+round_header.py, the reward evidence), republishes the current plan until
+the next one (gossip may drop it; the republished plan is also the coordinator's heartbeat),
+accepts the first valid round result from an aggregator of the plan's election order, fetches
+the new model (so it can serve it and save the final one), and then plans the next round. A
+round that fails (too few updates, no result before the last fallback slot ends, the new model
+cannot be fetched) is retried with a new seed from the last completed model, up to
+`max_retries` times; then the session fails.
 
-The coordinator is a single point of the session: if it dies, the session stops making
-progress (participants keep the models they hold).
+The coordinator is not a single point of failure: the signed announcement names fallback
+coordinators (`coordinators_of`); the first of them that hears nothing from the acting one
+for its timeout takes over from the last completed round with a higher `rank`, carried by
+its plans and session end, and participants follow the highest rank (session_failover.py).
 """
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from nacl.signing import SigningKey
 
 from fognode.protocols.fl.election import aggregator_order
 from fognode.protocols.fl.messages import (
@@ -47,6 +54,7 @@ class Phase(enum.Enum):
     OPT_IN = "opt-in"
     PLANNED = "planned"         # a plan is out, waiting for a result
     FETCHING = "fetching"       # a result is in, fetching its model
+    RESUMING = "resuming"       # taking over: fetching the last completed round's model
     IDLE = "idle"               # ended
 
 
@@ -86,8 +94,10 @@ def _num(x: float) -> float | None:
 
 class Coordinator:
     def __init__(self, ann: SessionAnnouncement, me: str, candidate_view: CandidateView,
-                 now: float, republish_interval: float) -> None:
+                 now: float, republish_interval: float, *, key: SigningKey, rank: int = 0) -> None:
         self.ann = ann
+        self.key = key                  # signs each plan's round header (reward evidence)
+        self.rank = rank                # index in coordinators_of(ann); 0 = the starter
         self.spec = ann.spec
         self.sid = ann.session_id
         self.me = me
@@ -99,6 +109,8 @@ class Coordinator:
         self.candidates: dict[str, DeviceFacts] = {}
         self.round_no = 1
         self.try_no = 0
+        self.first_try = 0              # retries count from here (a takeover starts later)
+        self.seen_tries: dict[int, int] = {}   # a takeover: highest try seen of each round
         self.failures: list[str] = []
         self.plan: RoundPlan | None = None
         self.order: tuple[str, ...] = ()
@@ -131,15 +143,21 @@ class Coordinator:
                 plan = self.make_plan(now)
                 if plan is not None:
                     return [plan], None
-                if now >= self.created + self.spec.optin_seconds + self.spec.deadline * (self.try_no + 1):
+                if now >= self.created + self.spec.optin_seconds + self.spec.deadline * (self.try_no - self.first_try + 1):
                     return [], (f"only {len(self._eligible(self.round_seed()))} eligible candidates, "
                                 f"fewer than the minimum {self.spec.min_participants}")
             if now - self.last_publish >= self.interval:
-                self.last_publish = now
-                out.append(self.ann)
+                # the heartbeat: the starter's announcement while no plan is out (only the
+                # starter's copy is accepted), else the last plan (ignored as not newer)
+                if self.plan is not None:
+                    self.last_publish = now
+                    out.append(self.plan)
+                elif self.rank == 0:
+                    self.last_publish = now
+                    out.append(self.ann)
             return out, None
-        if self.phase == Phase.PLANNED and self.plan is not None:
-            if now >= self.plan_timeout():
+        if self.phase in (Phase.PLANNED, Phase.FETCHING) and self.plan is not None:
+            if self.phase == Phase.PLANNED and now >= self.plan_timeout():
                 return [], f"no round result before the last aggregator's deadline (try {self.try_no})"
             if now - self.last_publish >= self.interval:
                 self.last_publish = now
@@ -163,12 +181,16 @@ class Coordinator:
         parts = tuple((c.peer, min(max(c.reputation, 0.0), 1.0)) for c in chosen)
         sources = tuple(dict.fromkeys(self.base_sources + (self.me,)))[:16]
         regions = tuple(c.region for c in chosen) if self.spec.hierarchical else ()
+        wallets = tuple(self.candidates[c.peer].wallet if c.peer in self.candidates else b""
+                        for c in chosen)
         self.plan = RoundPlan(self.sid, self.round_no, self.try_no, seed, parts, self.base_hash,
-                              self.base_round, sources, regions)
+                              self.base_round, sources, regions,
+                              wallets if any(wallets) else (), rank=self.rank).with_header(
+            self.key, self.me, 1 + self.spec.fallbacks)
         self.order = aggregator_order(seed, parts, 1 + self.spec.fallbacks)
         self.plan_at = now
         self.last_publish = now
-        if self.try_no == 0:
+        if self.try_no == self.first_try:
             self.round_started_at = now
         self.phase = Phase.PLANNED
         return self.plan
@@ -195,7 +217,7 @@ class Coordinator:
         self.failures.append(f"round {self.round_no} try {self.try_no}: {reason}")
         self.pending = None
         self.try_no += 1
-        if self.try_no > self.spec.max_retries:
+        if self.try_no - self.first_try > self.spec.max_retries:
             return f"round {self.round_no} failed {self.try_no} times; last: {reason}"
         plan = self.make_plan(now)
         if plan is None:
@@ -207,7 +229,7 @@ class Coordinator:
         assert self.pending is not None and self.plan is not None
         res, r = self.pending, self.pending.receipt
         rec = RoundRecord(
-            round=self.round_no, tries=self.try_no + 1, aggregator=r.aggregator,
+            round=self.round_no, tries=self.try_no - self.first_try + 1, aggregator=r.aggregator,
             participants=self.plan.peers, accepted=tuple(a.peer for a in r.accepted),
             weights={a.peer: a.weight for a in r.accepted}, dropped=res.dropped,
             rejected=dict(res.rejected), loss=res.loss, accuracy=res.accuracy,
@@ -221,6 +243,7 @@ class Coordinator:
         self.pending = None
         self.round_no += 1
         self.try_no = 0
+        self.first_try = 0
         return rec
 
     @property

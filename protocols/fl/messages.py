@@ -7,6 +7,10 @@ session ends. Streams carry tensors: `UpdateHeader` then raw chunks on `/fognode
 `ModelRequest` / `ModelResponse` then raw chunks on `/fognode/fl/model/1.0.0`.
 
 Every decoder raises RemoteProtocolError (through `Fields`) naming the message and field.
+
+Reward evidence: opt-ins carry the wallet a node's rewards go to, plans carry those wallets
+and the coordinator's signed `RoundHeader` (round_header.py) over the plan's election and
+participants; `plan_problem` is the participant's check of a plan against its header.
 """
 from __future__ import annotations
 
@@ -18,9 +22,12 @@ from typing import Any, Callable
 from nacl.signing import SigningKey
 
 from fognode.node.errors import RemoteProtocolError
-from fognode.node.peerid import peer_id_matches
+from fognode.node.peerid import peer_id_matches, pubkey_from_peer_id
 from fognode.node.wire import DIGEST_LEN, PUBKEY_LEN, SIG_LEN, Fields, digest, pack, sign, verify
+from fognode.protocols.fl.election import aggregator_order
+from fognode.protocols.fl.merkle import leaf_hash, merkle_root
 from fognode.protocols.fl.receipts import RoundReceipt, decode_round_receipt
+from fognode.protocols.fl.round_header import RoundHeader
 from fognode.protocols.fl.tensors import WIRE_DTYPES, TensorHeader, decode_header
 
 VERSION = 1
@@ -30,6 +37,8 @@ MAX_PARTICIPANTS = 256
 MAX_CAPS = 32
 MAX_PEER_ID = 128
 MAX_REASON = 200
+
+MAX_COORDINATORS = 16     # fallback coordinators an announcement may name
 
 GOSSIP_TYPES = ("announce", "optin", "plan", "result", "failed", "ended")
 
@@ -187,8 +196,12 @@ class SessionSpec:
 
 @dataclass(frozen=True)
 class SessionAnnouncement:
-    """A session, signed by its starter (who coordinates it). Its id is BLAKE2b-256 of the
-    canonical encoding of the unsigned body."""
+    """A session, signed by its starter. Its id is BLAKE2b-256 of the canonical encoding of
+    the unsigned body.
+
+    `fallback_coordinators` (wire "coords", absent when empty) are the peers that take the
+    session over, in this order, when the acting coordinator falls silent
+    (session_failover.py); the starter is rank 0, `coordinators_of` gives the whole list."""
 
     spec: SessionSpec
     starter: str
@@ -198,20 +211,22 @@ class SessionAnnouncement:
     initial_model_hash: bytes
     layout_hash: bytes
     sig: bytes = b""
+    fallback_coordinators: tuple[str, ...] = ()
 
     def body(self) -> dict[str, Any]:
+        # "coords" is on the wire only when set, so announcements without fallbacks (and
+        # their session ids) encode as before
         return {"v": VERSION, "spec": self.spec.to_wire(), "starter": self.starter,
                 "key": self.starter_key, "created": self.created, "nonce": self.nonce,
-                "model0": self.initial_model_hash, "layout": self.layout_hash}
+                "model0": self.initial_model_hash, "layout": self.layout_hash,
+                **({"coords": list(self.fallback_coordinators)} if self.fallback_coordinators else {})}
 
     @property
     def session_id(self) -> bytes:
         return digest(pack(self.body()))
 
     def signed(self, key: SigningKey) -> "SessionAnnouncement":
-        return SessionAnnouncement(self.spec, self.starter, self.starter_key, self.created,
-                                   self.nonce, self.initial_model_hash, self.layout_hash,
-                                   sign(key, self.body()))
+        return dataclasses.replace(self, sig=sign(key, self.body()))
 
     def to_wire(self) -> dict[str, Any]:
         return {**self.body(), "sig": self.sig}
@@ -223,12 +238,26 @@ class SessionAnnouncement:
                 starter_key=f.bytes("key", size=PUBKEY_LEN), created=f.float("created", lo=0.0),
                 nonce=f.bytes("nonce", size=16), initial_model_hash=_hash(f, "model0"),
                 layout_hash=_hash(f, "layout"), sig=f.bytes("sig", size=SIG_LEN))
+        coords = f.list("coords", max_len=MAX_COORDINATORS, optional=True)
+        if not all(isinstance(c, str) and 0 < len(c) <= MAX_PEER_ID for c in coords) \
+                or len(set(coords)) != len(coords) or a.starter in coords:
+            f._fail("field 'coords' must list distinct peer ids other than the starter")
         f.done()
+        a = dataclasses.replace(a, fallback_coordinators=tuple(coords))
         if not peer_id_matches(a.starter, a.starter_key):
             raise RemoteProtocolError("fl.SessionAnnouncement: key does not match the starter's peer id", peer=peer)
         if not verify(a.starter_key, a.body(), a.sig):
             raise RemoteProtocolError("fl.SessionAnnouncement: bad signature", peer=peer)
         return a
+
+
+def coordinators_of(announcement: SessionAnnouncement) -> tuple[str, ...]:
+    """The coordinators of a session in rank order: its starter (rank 0), then the fallback
+    coordinators the starter named in the signed announcement. Plans, their round headers
+    (reward evidence) and session ends are accepted only from these peers, a plan of rank k
+    only from the k-th; participants follow
+    the highest rank they have seen (session_failover.py)."""
+    return (announcement.starter,) + tuple(announcement.fallback_coordinators)
 
 
 @dataclass(frozen=True)
@@ -240,10 +269,12 @@ class DeviceFacts:
     memory_mb: int = 0
     charging: bool = True
     capabilities: tuple[str, ...] = ()
+    wallet: bytes = b""           # ledger address rewards go to (empty: the identity key)
 
     def to_wire(self) -> dict[str, Any]:
         return {"region": self.region, "cores": self.cores, "mem": self.memory_mb,
-                "charging": self.charging, "caps": list(self.capabilities)}
+                "charging": self.charging, "caps": list(self.capabilities),
+                **({"wallet": self.wallet} if self.wallet else {})}
 
     @classmethod
     def decode(cls, f: Fields) -> "DeviceFacts":
@@ -252,7 +283,8 @@ class DeviceFacts:
             f._fail("field 'caps' must be a list of capability names")
         d = cls(region=f.str("region", max_len=MAX_NAME), cores=f.int("cores", lo=0, hi=1 << 16),
                 memory_mb=f.int("mem", lo=0, hi=2**40), charging=f.bool("charging"),
-                capabilities=tuple(caps))
+                capabilities=tuple(caps),
+                wallet=f.bytes("wallet", size=PUBKEY_LEN, optional=True, default=b""))
         f.done()
         return d
 
@@ -279,7 +311,9 @@ class RoundPlan:
 
     `participants` pairs each selected peer with the reputation the coordinator used, so every
     participant computes the same aggregator order (election.py) without further messages.
-    `sources` are peers that serve the base model (by hash) on the model stream."""
+    `sources` are peers that serve the base model (by hash) on the model stream.
+    `wallets` gives each participant's reward wallet (b"": its identity key; empty tuple: all
+    identity keys); `header` is the coordinator's signed summary (round_header.py)."""
 
     session_id: bytes
     round: int
@@ -290,10 +324,38 @@ class RoundPlan:
     base_round: int
     sources: tuple[str, ...]
     regions: tuple[str, ...] = ()     # hierarchical sessions: each participant's region
+    wallets: tuple[bytes, ...] = ()
+    header: RoundHeader | None = None
+    rank: int = 0                     # the planning coordinator's index in coordinators_of
 
     @property
     def peers(self) -> tuple[str, ...]:
         return tuple(p for p, _ in self.participants)
+
+    def wallet_of(self, peer: str) -> bytes:
+        """Where `peer`'s rewards go: its opted-in wallet, else its identity key (b"" for a
+        peer id that holds no Ed25519 key: such a participant cannot be paid)."""
+        i = self.peers.index(peer)
+        w = self.wallets[i] if self.wallets else b""
+        if w:
+            return w
+        try:
+            return pubkey_from_peer_id(peer)
+        except ValueError:
+            return b""
+
+    def leaves(self) -> list[bytes]:
+        """Merkle leaves (peer, reward wallet) in plan order (merkle.py)."""
+        return [leaf_hash(p, self.wallet_of(p)) for p in self.peers]
+
+    def with_header(self, key: SigningKey, signer: str, count: int) -> "RoundPlan":
+        """This plan with a header signed by `signer` (a coordinator of the session), whose
+        order is the first `count` peers of the election."""
+        order = aggregator_order(self.seed, self.participants, count)
+        h = RoundHeader(self.session_id, self.round, self.try_no, self.seed, order,
+                        merkle_root(self.leaves()), len(self.participants), signer,
+                        bytes(key.verify_key)).signed(key)
+        return dataclasses.replace(self, header=h)
 
     def region_of(self, peer: str) -> str:
         """The region a participant was planned in ("" in a flat plan)."""
@@ -306,7 +368,10 @@ class RoundPlan:
                 "seed": self.seed, "parts": [[p, r] for p, r in self.participants],
                 "base": self.base_model_hash, "base_round": self.base_round,
                 "sources": list(self.sources),
-                **({"regions": list(self.regions)} if self.regions else {})}
+                **({"regions": list(self.regions)} if self.regions else {}),
+                **({"wallets": list(self.wallets)} if self.wallets else {}),
+                **({"header": self.header.to_wire()} if self.header is not None else {}),
+                **({"rank": self.rank} if self.rank else {})}
 
     @classmethod
     def decode(cls, raw: Any, *, peer: str | None = None) -> "RoundPlan":
@@ -331,9 +396,36 @@ class RoundPlan:
         if regions and (len(regions) != len(parts) or not all(
                 isinstance(r, str) and len(r) <= MAX_NAME for r in regions)):
             f._fail("field 'regions' must give one region name per participant")
+        wallets = f.list("wallets", max_len=MAX_PARTICIPANTS, optional=True)
+        if wallets and (len(wallets) != len(parts) or not all(
+                isinstance(w, bytes) and len(w) in (0, PUBKEY_LEN) for w in wallets)):
+            f._fail("field 'wallets' must give one 32-byte address (or empty) per participant")
+        header_raw = f.map("header", max_len=16, optional=True)
+        rank = f.int("rank", lo=0, hi=MAX_COORDINATORS, optional=True, default=0)
         f.done()
+        header = RoundHeader.decode(header_raw, peer=peer) if header_raw else None
         return cls(session, rnd, try_no, seed, tuple(parts), base, base_round, tuple(sources),
-                   tuple(regions))
+                   tuple(regions), tuple(wallets), header, rank)
+
+
+def plan_problem(ann: SessionAnnouncement, plan: RoundPlan, count: int) -> str | None:
+    """Why a participant must not act on `plan` (None if its header checks out): the header
+    is missing, not signed by a coordinator of the session, names another round or seed,
+    another aggregator order than the election over the plan's participants (first `count`),
+    or another participant list. The header's signature was checked when it was decoded."""
+    h = plan.header
+    if h is None:
+        return "the plan has no signed round header"
+    coordinators = coordinators_of(ann)
+    if plan.rank >= len(coordinators) or h.signer != coordinators[plan.rank]:
+        return f"round header signed by {h.signer}, not the session's coordinator of rank {plan.rank}"
+    if (h.session_id, h.round, h.try_no, h.seed) != (plan.session_id, plan.round, plan.try_no, plan.seed):
+        return "round header names another session, round, try or seed than the plan"
+    if h.order != aggregator_order(plan.seed, plan.participants, count):
+        return "round header's aggregator order is not the election over the plan"
+    if h.participants != len(plan.participants) or h.participants_root != merkle_root(plan.leaves()):
+        return "round header's participant digest does not match the plan"
+    return None
 
 
 @dataclass(frozen=True)
@@ -397,24 +489,27 @@ class RoundFailed:
 
 @dataclass(frozen=True)
 class SessionEnded:
-    """The coordinator ended the session: completed, failed or stopped."""
+    """The coordinator ended the session: completed, failed or stopped. `rank` is the ending
+    coordinator's index in coordinators_of (wire "rank", absent for the starter)."""
 
     session_id: bytes
     state: str
     rounds_done: int
     final_model_hash: bytes
     reason: str = ""
+    rank: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return {"v": VERSION, "session": self.session_id, "state": self.state,
                 "rounds": self.rounds_done, "model": self.final_model_hash,
-                "reason": self.reason[:MAX_REASON]}
+                "reason": self.reason[:MAX_REASON], **({"rank": self.rank} if self.rank else {})}
 
     @classmethod
     def decode(cls, raw: Any, *, peer: str | None = None) -> "SessionEnded":
         f = Fields(raw, "fl.SessionEnded", versions={VERSION}, peer=peer)
         m = cls(_hash(f, "session"), f.str("state", max_len=16), f.int("rounds", lo=0, hi=100_000),
-                _hash(f, "model"), f.str("reason", max_len=MAX_REASON))
+                _hash(f, "model"), f.str("reason", max_len=MAX_REASON),
+                f.int("rank", lo=0, hi=MAX_COORDINATORS, optional=True, default=0))
         f.done()
         if m.state not in ("completed", "failed", "stopped"):
             raise RemoteProtocolError(f"fl.SessionEnded: unknown state {m.state!r}", peer=peer)

@@ -1,7 +1,7 @@
 """The `fl` role: a thin trio adapter around the sans-IO core (session.py).
 
-Wire: gossip topic `fognode/fl/sessions/1` (announcements, opt-ins, plans, results, failures,
-session ends), stream `/fognode/fl/update/1.0.0` (updates in: header frame, raw chunks, ack),
+Wire: gossip topic `fognode/fl/sessions/1` (announcements naming the session's coordinators,
+opt-ins, plans, results, failures, session ends), stream `/fognode/fl/update/1.0.0` (updates in: header frame, raw chunks, ack),
 `/fognode/fl/model/1.0.0` (global models out: request, response with tensor headers, raw
 chunks) and `/fognode/fl/secagg/1.0.0` (one secure-aggregation message per stream, both ways
 between a participant and the round's aggregator: envelope frame, byte frames, ack; see
@@ -11,6 +11,7 @@ imported there, never when this module is imported.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -32,13 +33,13 @@ from fognode.node.wire import digest, unpack
 from fognode.protocols.fl import errors as E
 from fognode.protocols.fl import secagg_round
 from fognode.protocols.fl.actions import (
-    Action, Aggregate, AggregateSum, Emit, FetchModel, PayRewards, PrepareTask, Publish,
-    ReportOutcome, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
+    Action, Aggregate, AggregateSum, Emit, FetchModel, MessageRefused, PayRewards, PrepareTask,
+    Publish, ReportOutcome, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.events import TrainingRoundCompleted
 from fognode.protocols.fl.messages import (
-    Ack, DeviceFacts, ModelRequest, ModelResponse, PrivacyOptions, SelectionCriteria,
-    SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
+    MAX_COORDINATORS, Ack, DeviceFacts, ModelRequest, ModelResponse, PrivacyOptions,
+    SelectionCriteria, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
 from fognode.protocols.fl.modelstore import export_state_dict, load_model, save_model
 from fognode.protocols.fl.prepared import PreparedTask, init_seed_of, prepare_task
 from fognode.protocols.fl.receipts import VERIFIER, issue_ledger_receipts, reward_of
@@ -78,6 +79,8 @@ class FlConfig:
     training_threads: int = 1             # local trainings/aggregations run at once
     torch_threads: int = 1                # torch intra-op threads (0 = torch's default); 1 is
                                           # fastest for small models on small machines
+    coordinator_fallbacks: int = 2        # fallback coordinators named in the announcements of
+                                          # sessions this node starts (0..16; 0 = none)
 
 
 class FlRole(Protocol):
@@ -93,6 +96,10 @@ class FlRole(Protocol):
         if not 1024 <= config.chunk_size <= 4 * MIB:
             from fognode.node.errors import ConfigError
             raise ConfigError("must be between 1024 and 4194304", key="protocols.fl.chunk_size")
+        if not 0 <= config.coordinator_fallbacks <= MAX_COORDINATORS:
+            from fognode.node.errors import ConfigError
+            raise ConfigError(f"must be between 0 and {MAX_COORDINATORS}",
+                              key="protocols.fl.coordinator_fallbacks")
         reg = ctx.metrics
         self.m_round = metric(reg, Histogram, "fognode_fl_round_duration_seconds",
                               "Duration of completed rounds this node coordinated",
@@ -115,6 +122,9 @@ class FlRole(Protocol):
                                   buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30))
         self.m_bad_gossip = metric(reg, Counter, "fognode_fl_bad_messages_total",
                                    "Malformed FL messages from peers", ["channel"])
+        self.m_refused = metric(reg, Counter, "fognode_fl_messages_refused_total",
+                                "Plans and session ends refused (not from the acting coordinator)",
+                                ["kind"])
         self.m_rewards = metric(reg, Counter, "fognode_fl_rewards_paid_total",
                                 "Micro-units minted to participants of rounds this node aggregated")
         self.core: FlCore | None = None
@@ -134,7 +144,9 @@ class FlRole(Protocol):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.core = FlCore(self.ctx.peer_id, self.ctx.identity, tasks_enabled=set(self.config.tasks),
                            facts=self._facts(), candidate_view=self._candidate,
-                           republish_interval=self.config.republish_interval)
+                           republish_interval=self.config.republish_interval,
+                           fl_peers=self._fl_peers,
+                           coordinator_fallbacks=self.config.coordinator_fallbacks)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.ctx.overlay.set_stream_handler(UPDATE_STREAM, self._serve_update)
@@ -162,7 +174,21 @@ class FlRole(Protocol):
             return self._verifier_registered
         ledger.register_receipt_verifier(VERIFIER)
         self._verifier_registered = True
+        self._use_wallet(ledger)
         return True
+
+    def _use_wallet(self, ledger: Any) -> None:
+        """Opt in with the node's default ledger wallet as the address FL rewards go to (the
+        identity key stays the payee if the node has no wallet)."""
+        from fognode.ledger.errors import WalletError
+
+        try:
+            wallet = ledger.default_wallet()
+        except WalletError as e:
+            log.info("fl: rewards go to this node's identity key: %s", e)
+            return
+        if self.core is not None:
+            self.core.facts = dataclasses.replace(self.core.facts, wallet=wallet)
 
     async def _pay(self, a: PayRewards) -> None:
         """Mint each accepted participant's share of the round reward (ledger mint orders
@@ -175,7 +201,8 @@ class FlRole(Protocol):
         self._register_verifier()
         from fognode.ledger.rewards import Allocation
 
-        receipts = issue_ledger_receipts(self.ctx.identity, a.receipt, ledger.genesis.epoch_at(self._now()))
+        receipts = issue_ledger_receipts(self.ctx.identity, a.receipt, a.announcement, a.plan,
+                                         ledger.genesis.epoch_at(self._now()))
         allocations = [Allocation(r, reward_of(r)) for r in receipts]
         try:
             txs = await ledger.distribute_rewards(allocations)
@@ -207,6 +234,18 @@ class FlRole(Protocol):
         return DeviceFacts(region=self.ctx.region, cores=os.cpu_count() or 1,
                            memory_mb=int(psutil.virtual_memory().total // MIB), charging=charging,
                            capabilities=tuple(self.config.capabilities))
+
+    def _fl_peers(self) -> list[tuple[str, DeviceFacts]]:
+        """Online devices whose registry record offers the "fl" role (fallback coordinator
+        candidates for sessions this node starts; `_candidate` adds the record's facts)."""
+        registry = self.ctx.services.get("registry")
+        if registry is None:
+            return []
+        from fognode.protocols.registry.view import Criteria
+
+        return [(rec.peer_id, DeviceFacts(region=rec.profile.region))
+                for rec in registry.devices(Criteria(role="fl", online=True))
+                if rec.peer_id != self.ctx.peer_id]
 
     def _candidate(self, peer: str, facts: DeviceFacts) -> DeviceCandidate:
         """A candidate from the registry's record when there is one, else the device's own
@@ -260,6 +299,10 @@ class FlRole(Protocol):
                 self._emit(a.event)
             elif isinstance(a, ReportOutcome):
                 self._report(a)
+            elif isinstance(a, MessageRefused):
+                self.m_refused.labels(a.kind).inc()
+                log.info("fl: refused %s from %s for session %s: %s", a.kind, a.peer,
+                         a.session_id.hex()[:16], a.reason)
             elif isinstance(a, UpdateRefused):
                 self.m_rejected.labels(a.reason).inc()
                 log.info("fl: refused update from %s for session %s: %s", a.peer, a.session_id.hex()[:16], a.reason)
@@ -685,7 +728,8 @@ class FlRole(Protocol):
     async def status(self, session: str) -> dict[str, Any]:
         """State of SESSION (running, completed, failed or stopped), its history per round
         (loss and accuracy of the round's base model on the participants' data, participants,
-        accepted, dropped and rejected peers) and the DP epsilon spent. Error 503: unknown."""
+        accepted, dropped and rejected peers), the DP epsilon spent, the session's coordinators
+        (starter first, then its fallbacks) and the acting one. Error 503: unknown."""
         assert self.core is not None
         sid = self._sid(session)
         st = self.core.status(sid)
@@ -701,14 +745,15 @@ class FlRole(Protocol):
 
     @rpc_method("fl.stop")
     async def stop(self, session: str) -> dict[str, Any]:
-        """Stop SESSION (only on the node that started it); the final model is saved in the
-        data dir with its hash. Errors: 503 unknown session, 504 not the coordinator."""
+        """Stop SESSION (only on its acting coordinator: the starter, or the fallback coordinator
+        that took it over); the final model is saved in the data dir with its hash. Errors: 503
+        unknown session, 504 not the acting coordinator."""
         assert self.core is not None
         sid = self._sid(session)
         try:
             actions = self.core.stop_session(sid, self._now())
         except PermissionError as e:
-            raise RpcError(E.FL_NOT_COORDINATOR, f"only the starter can stop a session: {e}") from None
+            raise RpcError(E.FL_NOT_COORDINATOR, f"only the acting coordinator can stop a session: {e}") from None
         except ValueError as e:
             raise RpcError(E.FL_BAD_REQUEST, str(e)) from None
         saves = [a for a in actions if isinstance(a, SaveModel)]

@@ -10,25 +10,30 @@ round timing): announcement -> task prepared -> opt-in -> per round: plan -> fet
 model -> train -> send update to the elected aggregator (or a fallback) -> the aggregator
 validates, aggregates, signs a receipt and publishes the result -> the coordinator fetches the
 new model and plans the next round -> session ended (completed, failed or stopped).
+If the coordinator falls silent, a fallback coordinator named in the announcement takes the
+session over from the last completed round (session_failover.py).
 In a `secagg` session the update is never sent in the clear: participant and aggregator run
 the SecAgg protocol instead and the aggregator gets only the sum (session_secagg.py).
 In a `hierarchical` session updates go to regional aggregators, which forward one combined
 update per region to the global aggregator (session_hier.py).
+Rewards (receipts.py): a participant acts on a plan only if its signed round header matches
+the plan and the election (messages.plan_problem); an aggregator pays its round's participants
+(`PayRewards`) once the coordinator adopted its model (`_adopted`).
 """
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from nacl.signing import SigningKey
 
 from fognode.node.wire import digest
 from fognode.protocols.fl.actions import (
-    Action, Aggregate, Emit, FetchModel, PayRewards, PrepareTask, Publish, ReportOutcome,
-    SaveModel, SendUpdate, Train, UpdateRefused)
+    Action, Aggregate, Emit, FetchModel, PayRewards, PrepareTask, Publish,
+    ReportOutcome, SaveModel, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.coordinator import (
     CandidateView, Coordinator, Phase, SessionState)
 from fognode.protocols.fl.election import aggregator_order
@@ -37,13 +42,15 @@ from fognode.protocols.fl.events import (
     TrainingRoundCompleted, TrainingRoundStarted, TrainingSessionEnded)
 from fognode.protocols.fl.messages import (
     DeviceFacts, GossipMessage, OptIn, RoundFailed, RoundPlan, RoundResult, SessionAnnouncement,
-    SessionEnded, SessionSpec, UpdateHeader)
+    SessionEnded, SessionSpec, UpdateHeader, coordinators_of, plan_problem)
 from fognode.protocols.fl.prepared import PreparedTask, init_seed_of
 from fognode.protocols.fl.privacy.secagg import with_weight
-from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt
+from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt, round_reward_of
 from fognode.protocols.fl.rounds import (
     AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome, UpdateMeta)
 from fognode.protocols.fl.selection import ineligibility
+from fognode.protocols.fl.session_failover import (
+    FailoverRounds, Standby, choose_fallbacks, plan_span)
 from fognode.protocols.fl.session_hier import HierRound, HierRounds
 from fognode.protocols.fl.session_secagg import SecAggRounds
 from fognode.protocols.fl.strategies.base import (
@@ -53,6 +60,7 @@ from fognode.protocols.fl.tasks import TrainConfig
 from fognode.protocols.fl.tensors import params_hash
 
 MAX_SESSIONS = 64
+MAX_KNOWN_PEERS = 1024      # peers remembered from opt-ins, as fallback coordinator candidates
 MODELS_KEPT = 3
 # Rejections that say something about the sender's honesty or competence (reported to
 # reputation); lateness and races ("round closed", "unknown round") are not.
@@ -108,6 +116,10 @@ class Session:
     latest_model: bytes = b""
     participation: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
+    # rounds this node aggregated, paid once the coordinator adopts their model (_adopted)
+    rewards_due: list[PayRewards] = field(default_factory=list)
+    acting: int = 0                         # rank of the coordinator this node follows
+    standby: Standby | None = None          # this node is a fallback coordinator, waiting
 
     @property
     def sid(self) -> bytes:
@@ -118,13 +130,15 @@ class Session:
         return self.ann.spec
 
 
-class FlCore(SecAggRounds, HierRounds):
+class FlCore(SecAggRounds, HierRounds, FailoverRounds):
     """All FL sessions of one node. Synchronous; never blocks; time is an argument."""
 
     def __init__(self, peer_id: str, key: SigningKey, *, tasks_enabled: set[str],
                  facts: DeviceFacts, candidate_view: CandidateView,
                  republish_interval: float = 2.0,
-                 nonce: Callable[[], bytes] = lambda: os.urandom(16)) -> None:
+                 nonce: Callable[[], bytes] = lambda: os.urandom(16),
+                 fl_peers: Callable[[], Iterable[tuple[str, DeviceFacts]]] = lambda: (),
+                 coordinator_fallbacks: int = 2) -> None:
         self.me = peer_id
         self.key = key
         self.tasks_enabled = set(tasks_enabled)
@@ -134,14 +148,24 @@ class FlCore(SecAggRounds, HierRounds):
         self.nonce = nonce
         self.sessions: dict[bytes, Session] = {}
         self.ignored: dict[bytes, str] = {}     # announcements this node does not join, why
+        self.fl_peers = fl_peers                # peers known to run fl (the registry's view)
+        self.coordinator_fallbacks = coordinator_fallbacks
+        self.seen_peers: dict[str, DeviceFacts] = {}   # peers seen opting in to any session
 
     # == starting, stopping ================================================================
 
     def new_announcement(self, spec: SessionSpec, prepared: PreparedTask, nonce: bytes,
                          now: float) -> SessionAnnouncement:
-        """The signed announcement of a session this node starts (see `start_session`)."""
+        """The signed announcement of a session this node starts (see `start_session`),
+        naming up to `coordinator_fallbacks` fallback coordinators among the peers this node
+        knows to run fl (`fl_peers`, opt-ins it saw) that are eligible for the session."""
+        pool = {**dict(self.fl_peers()), **self.seen_peers}
+        eligible = [p for p, f in pool.items()
+                    if ineligibility(self.view(p, f), spec.criteria) is None]
+        coords = choose_fallbacks(nonce, self.me, eligible, self.coordinator_fallbacks)
         return SessionAnnouncement(spec, self.me, bytes(self.key.verify_key), now, nonce,
-                                   prepared.initial_hash, prepared.layout_hash).signed(self.key)
+                                   prepared.initial_hash, prepared.layout_hash,
+                                   fallback_coordinators=coords).signed(self.key)
 
     def start_session(self, ann: SessionAnnouncement, prepared: PreparedTask,
                       now: float) -> list[Action]:
@@ -154,7 +178,7 @@ class FlCore(SecAggRounds, HierRounds):
         if len([s for s in self.sessions.values() if not s.state.ended]) >= MAX_SESSIONS:
             raise SessionRejected(f"this node already runs {MAX_SESSIONS} sessions")
         s = Session(ann, SessionState.WAITING, prepared=prepared)
-        s.coordinator = Coordinator(ann, self.me, self.view, now, self.interval)
+        s.coordinator = Coordinator(ann, self.me, self.view, now, self.interval, key=self.key)
         self.sessions[ann.session_id] = s
         self._store(s, ann.initial_model_hash, ModelBundle(prepared.initial_params))
         s.latest_model = ann.initial_model_hash
@@ -169,7 +193,8 @@ class FlCore(SecAggRounds, HierRounds):
         if s is None:
             raise LookupError(sid.hex())
         if s.coordinator is None:
-            raise PermissionError(f"session {sid.hex()} is coordinated by {s.ann.starter}")
+            raise PermissionError(f"session {sid.hex()} is coordinated by "
+                                  f"{coordinators_of(s.ann)[s.acting]}")
         if s.state.ended:
             raise ValueError(f"session {sid.hex()} already {s.state.value}")
         return self._end(s, SessionState.STOPPED, "stopped by the operator", now)
@@ -181,12 +206,19 @@ class FlCore(SecAggRounds, HierRounds):
         if isinstance(msg, SessionAnnouncement):
             return self._on_announcement(peer, msg, now)
         sid = msg.receipt.session_id if isinstance(msg, RoundResult) else msg.session_id
+        if isinstance(msg, OptIn) and peer != self.me:
+            self.seen_peers.pop(peer, None)
+            self.seen_peers[peer] = msg.facts
+            while len(self.seen_peers) > MAX_KNOWN_PEERS:
+                del self.seen_peers[next(iter(self.seen_peers))]
         s = self.sessions.get(sid)
         if s is None:
             return []
         if isinstance(msg, OptIn):
             if s.coordinator is not None and not s.state.ended:
                 s.coordinator.on_optin(peer, msg.facts)
+            elif s.standby is not None:
+                s.standby.candidates[peer] = msg.facts
             return []
         if isinstance(msg, RoundPlan):
             return self._on_plan(s, peer, msg, now)
@@ -195,19 +227,30 @@ class FlCore(SecAggRounds, HierRounds):
         if isinstance(msg, RoundFailed):
             return self._on_failed(s, peer, msg, now)
         if isinstance(msg, SessionEnded):
-            if peer != s.ann.starter or s.coordinator is not None or s.state.ended:
+            refused = self._fo_refusal(s, peer, "ended", msg.rank)
+            if refused:
+                return refused
+            if s.state.ended and msg.rank <= s.acting:
+                return []
+            self._fo_follow(s, msg.rank, now)
+            if s.coordinator is not None:
                 return []
             s.state = SessionState(msg.state)
             s.reason = msg.reason
             s.rounds_done = max(s.rounds_done, msg.rounds_done)
             self._close_rounds(s)
-            return [Emit(TrainingSessionEnded(sid.hex(), msg.state, msg.rounds_done,
-                                              msg.final_model_hash.hex(), msg.reason))]
+            paid = self._adopted(s, msg.rounds_done, msg.final_model_hash, None)
+            s.rewards_due.clear()
+            return paid + [Emit(TrainingSessionEnded(sid.hex(), msg.state, msg.rounds_done,
+                                                     msg.final_model_hash.hex(), msg.reason))]
         return []
 
     def _on_announcement(self, peer: str, ann: SessionAnnouncement, now: float) -> list[Action]:
         sid = ann.session_id
         known = self.sessions.get(sid)
+        if known is not None and known.standby is not None and known.acting == 0 \
+                and known.plan is None and peer == known.ann.starter:
+            known.standby.heard = now   # the starter still collects opt-ins: it is alive
         if known is not None and known.coordinator is None and known.state == SessionState.WAITING \
                 and known.plan is None and peer == known.ann.starter:
             # the starter is still collecting opt-ins: ours may have been lost, say it again
@@ -219,7 +262,8 @@ class FlCore(SecAggRounds, HierRounds):
             if len(self.ignored) < 4 * MAX_SESSIONS:
                 self.ignored[sid] = why
             return []
-        self.sessions[sid] = Session(ann, SessionState.PREPARING)
+        s = self.sessions[sid] = Session(ann, SessionState.PREPARING)
+        self._fo_join(s, now)
         return [PrepareTask(sid, ann.spec.task, dict(ann.spec.task_params), init_seed_of(ann.nonce))]
 
     def _why_not_join(self, spec: SessionSpec) -> str | None:
@@ -263,18 +307,32 @@ class FlCore(SecAggRounds, HierRounds):
     # == rounds: plans =====================================================================
 
     def _on_plan(self, s: Session, peer: str, plan: RoundPlan, now: float) -> list[Action]:
-        if peer != s.ann.starter or s.state.ended or s.prepared is None:
+        refused = self._fo_refusal(s, peer, "plan", plan.rank)
+        if refused:
+            return refused
+        if s.state.ended or plan.seed != _seed(s, plan):
             return []
-        if s.plan is not None and (plan.round, plan.try_no) <= (s.plan.round, s.plan.try_no):
+        if s.plan is not None and (plan.rank, plan.round, plan.try_no) \
+                <= (s.plan.rank, s.plan.round, s.plan.try_no):
+            if s.standby is not None and plan.rank == s.acting:
+                s.standby.heard = now    # the acting coordinator republished its plan
             return []
-        if plan.seed != _seed(s, plan):
+        self._fo_follow(s, plan.rank, now)
+        if s.standby is not None:
+            s.standby.on_plan(plan, now, plan_span(s.spec, plan))
+        if s.prepared is None:
+            return []
+        why = plan_problem(s.ann, plan, 1 + s.spec.fallbacks)
+        if why is not None:     # no signed evidence of this election: nobody trains for it
+            s.reason = f"refused round {plan.round} try {plan.try_no} plan: {why}"
             return []
         self._close_rounds(s)
+        s.reason = ""
         s.plan = plan
         s.order = aggregator_order(plan.seed, plan.participants, 1 + s.spec.fallbacks)
         s.state = SessionState.RUNNING
         s.rounds_done = max(s.rounds_done, plan.base_round)
-        out: list[Action] = []
+        out: list[Action] = self._adopted(s, plan.base_round, plan.base_model_hash, plan.sources)
         is_part = self.me in plan.peers
         if self.me in s.order:
             slot = s.order.index(self.me)
@@ -322,6 +380,8 @@ class FlCore(SecAggRounds, HierRounds):
         if c is not None and c.phase == Phase.FETCHING and c.pending is not None \
                 and c.pending.receipt.model_hash == model_hash:
             out += self._round_done(s, now)
+        elif c is not None and c.phase == Phase.RESUMING and c.base_hash == model_hash:
+            out += self._resumed(s, now)
         return out
 
     def model_fetch_failed(self, sid: bytes, model_hash: bytes, reason: str,
@@ -568,7 +628,7 @@ class FlCore(SecAggRounds, HierRounds):
         accepted = tuple(AcceptedUpdate(p, weights[p], ar.meta[p].num_samples) for p in result.accepted)
         receipt = RoundReceipt(sid, round_no, try_no, self.me, bytes(self.key.verify_key),
                                ar.plan.base_model_hash, mh, accepted,
-                               s.spec.reward_budget // s.spec.rounds, now).signed(self.key)
+                               round_reward_of(s.spec), now).signed(self.key)
         rejected = {**ar.rejected, **{p: r[:200] for p, r in result.rejected.items()}}
         metas = [ar.meta[p] for p in result.accepted]
         n = sum(m.num_samples for m in metas)
@@ -578,7 +638,7 @@ class FlCore(SecAggRounds, HierRounds):
                           ar.dropped(), rejected)
         out: list[Action] = [Publish(res)]
         if receipt.round_reward > 0 and any(a.peer != self.me for a in accepted):
-            out.append(PayRewards(receipt))
+            s.rewards_due.append(PayRewards(receipt, s.ann, ar.plan))
         for p in result.accepted:
             if p != self.me and weights[p] > 0:
                 out.append(ReportOutcome(p, True, weights[p], receipt.receipt_id,
@@ -611,6 +671,8 @@ class FlCore(SecAggRounds, HierRounds):
             ar.state = AggregatorState.DONE     # someone earlier in the order completed it
         s.latest_model = r.model_hash
         s.rounds_done = max(s.rounds_done, r.round)
+        if s.standby is not None:
+            s.standby.on_result(s.plan, res, now)
         c = s.coordinator
         if c is not None:
             if c.accepts_result(peer, res):
@@ -627,6 +689,9 @@ class FlCore(SecAggRounds, HierRounds):
         return out
 
     def _on_failed(self, s: Session, peer: str, msg: RoundFailed, now: float | None) -> list[Action]:
+        if s.standby is not None and now is not None and s.plan is not None \
+                and (msg.round, msg.try_no) == (s.plan.round, s.plan.try_no) and peer in s.order:
+            s.standby.on_failed(peer, msg, now)
         c = s.coordinator
         if c is None or not c.accepts_failure(peer, msg):
             return []
@@ -660,6 +725,25 @@ class FlCore(SecAggRounds, HierRounds):
             out += [Publish(plan)] + self._on_plan(s, self.me, plan, now)
         return out
 
+    def _adopted(self, s: Session, base_round: int, base_hash: bytes,
+                 sources: tuple[str, ...] | None) -> list[Action]:
+        """The coordinator built on round `base_round`'s model `base_hash` (a plan's base, with
+        the plan's model `sources`; or the session's final model, sources None): pay the round
+        if this node's result is the one adopted, forget rounds up to it that were not. So of
+        two aggregators that both completed a round (the first was only slow), only the one
+        the coordinator accepted mints, and the ledger's claim lock never splits their votes."""
+        out: list[Action] = []
+        keep: list[PayRewards] = []
+        for due in s.rewards_due:
+            r = due.receipt
+            if r.round > base_round:
+                keep.append(due)
+            elif r.round == base_round and r.model_hash == base_hash \
+                    and (sources is None or self.me in sources):
+                out.append(due)
+        s.rewards_due = keep
+        return out
+
     def _end(self, s: Session, state: SessionState, reason: str, now: float) -> list[Action]:
         s.state = state
         s.reason = reason
@@ -667,9 +751,13 @@ class FlCore(SecAggRounds, HierRounds):
             s.coordinator.phase = Phase.IDLE
             s.coordinator.end_reason = reason
         self._close_rounds(s)
-        out: list[Action] = [Publish(SessionEnded(s.sid, state.value, s.rounds_done, s.latest_model, reason)),
-                             Emit(TrainingSessionEnded(s.sid.hex(), state.value, s.rounds_done,
-                                                       s.latest_model.hex(), reason))]
+        paid = self._adopted(s, s.rounds_done, s.latest_model, None)
+        s.rewards_due.clear()
+        rank = s.coordinator.rank if s.coordinator is not None else s.acting
+        out: list[Action] = paid + [Publish(SessionEnded(s.sid, state.value, s.rounds_done, s.latest_model,
+                                                         reason, rank)),
+                                    Emit(TrainingSessionEnded(s.sid.hex(), state.value, s.rounds_done,
+                                                              s.latest_model.hex(), reason))]
         bundle = s.models.get(s.latest_model)
         if bundle is not None:
             out.append(SaveModel(s.sid, s.latest_model, bundle.params, True))
@@ -703,6 +791,8 @@ class FlCore(SecAggRounds, HierRounds):
                     out.append(Publish(m))
                     if isinstance(m, RoundPlan):
                         out += self._on_plan(s, self.me, m, now)
+            if not s.state.ended:
+                out += self._fo_tick(s, now)
             pr = s.participant
             if pr is not None and pr.state == ParticipantState.SENDING and not pr.in_flight \
                     and now >= pr.slot_end(pr.sent_slot) and pr.sent_slot + 1 < len(pr.order):
@@ -756,6 +846,8 @@ class FlCore(SecAggRounds, HierRounds):
             "min_participants": spec.min_participants, "participants_per_round": spec.participants,
             "model_hash": s.latest_model.hex(), "reason": s.reason,
             "secagg": spec.privacy.secagg, "hierarchical": spec.hierarchical,
+            "coordinators": list(coordinators_of(s.ann)),
+            "acting_coordinator": coordinators_of(s.ann)[s.acting],
         }
         if spec.privacy.dp:
             from fognode.protocols.fl.privacy.dp import epsilon_after

@@ -10,7 +10,7 @@ from fognode.node.errors import ConfigError
 class RegistryConfig:
     region: str = ""                      # empty: the node's region (NodeContext.region)
     device_type: str = "server"           # free text: server, laptop, phone, sbc, ...
-    roles_offered: list[str] = field(default_factory=list)   # e.g. ["fl", "harvest", "relay"]
+    roles_offered: list[str] = field(default_factory=list)   # advertised besides the roles that run here
     price_items: list[str] = field(default_factory=list)     # price hint names, e.g. ["cpu_hour"]
     price_values: list[float] = field(default_factory=list)  # price hints, same order
     record_ttl: float = 3600.0            # seconds a device record stays valid

@@ -76,7 +76,8 @@ class RegistryRole(Protocol):
         super().__init__(ctx, config)
         self.config: RegistryConfig = config
         region = config.region or ctx.region
-        self.profile = make_profile(region, config.device_type, config.roles_offered, config.prices())
+        offered = list(dict.fromkeys([*ctx.roles, *config.roles_offered]))   # what runs here, then extras
+        self.profile = make_profile(region, config.device_type, offered, config.prices())
         self.core = RegistryCore(ctx.identity, config, self.profile,
                                  pretrusted=pretrusted_from_genesis(ctx.genesis),
                                  now=ctx.clock(), validator_clock=ctx.clock)
@@ -412,13 +413,14 @@ class RegistryRole(Protocol):
     @rpc_method("registry.update")
     async def rpc_update(self, roles: list[str] | None = None, device_type: str | None = None,
                          region: str | None = None) -> dict[str, Any]:
-        """Change what this node announces (ROLES offered, DEVICE_TYPE, REGION) and republish
-        its record at once. Lasts until the daemon restarts: make it permanent in node.toml."""
+        """Change what this node announces (ROLES offered besides the roles it runs,
+        DEVICE_TYPE, REGION) and republish its record at once. Lasts until the daemon
+        restarts: make it permanent in node.toml."""
         p = self.profile
         try:
             new = make_profile(p.region if region is None else region,
                                p.device_type if device_type is None else device_type,
-                               p.roles if roles is None else roles, dict(p.prices))
+                               p.roles if roles is None else [*self.ctx.roles, *roles], dict(p.prices))
             probe_cfg = RegistryConfig(region=new.region, device_type=new.device_type,
                                        roles_offered=list(new.roles))
             probe_cfg.validate("registry.update")

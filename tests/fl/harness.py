@@ -22,8 +22,8 @@ from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack
 from fognode.protocols.fl import secagg_round
 from fognode.protocols.fl.actions import (
-    Action, Aggregate, AggregateSum, Emit, FetchModel, PrepareTask, Publish, ReportOutcome,
-    SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
+    Action, Aggregate, AggregateSum, Emit, FetchModel, MessageRefused, PayRewards, PrepareTask, Publish,
+    ReportOutcome, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.election import aggregator_order, regional_orders
 from fognode.protocols.fl.messages import (
     DeviceFacts, RoundPlan, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
@@ -59,6 +59,8 @@ class SimNode:
     events: list[Any] = field(default_factory=list)
     reports: list[ReportOutcome] = field(default_factory=list)
     refused: list[UpdateRefused] = field(default_factory=list)
+    payments: list[PayRewards] = field(default_factory=list)     # rounds it would mint
+    refused_messages: list[MessageRefused] = field(default_factory=list)
     saved: dict[bytes, np.ndarray] = field(default_factory=dict)
     final: list[bytes] = field(default_factory=list)
     trained_rounds: int = 0
@@ -71,7 +73,7 @@ class SimNode:
 class Sim:
     def __init__(self, n: int, *, data_seed: int = 7, drop: float = 0.0, rng_seed: int = 0,
                  tasks: set[str] | None = None, regions: list[str] | None = None,
-                 deadline_hint: float = 10.0) -> None:
+                 deadline_hint: float = 10.0, coordinator_fallbacks: int = 2) -> None:
         self.now = 1000.0
         self.data_seed = data_seed
         self.drop = drop
@@ -96,12 +98,18 @@ class Sim:
         # global primary) dies when the plan is out
         self.sent_updates: list[tuple[str, SendUpdate]] = []
         self.kill_regional_aggregator_round: int | None = None
+        # coordinator failover: the starter (node 0) dies right after publishing its first
+        # plan of this round
+        self.kill_starter_at_round: int | None = None
+        # called after each gossip message was delivered to the live nodes
+        self.after_publish: Callable[[SimNode, Any], None] | None = None
         for i in range(n):
             key = SigningKey(bytes([i + 1]) * 32)
             peer = peer_id_from_pubkey(bytes(key.verify_key))
             facts = DeviceFacts(region=(regions[i] if regions else "eu"), cores=2, memory_mb=2048)
             core = FlCore(peer, key, tasks_enabled=tasks if tasks is not None else {"synthetic", "synthetic_mlp"},
-                          facts=facts, candidate_view=self._view, republish_interval=2.0)
+                          facts=facts, candidate_view=self._view, republish_interval=2.0,
+                          fl_peers=self._fl_peers, coordinator_fallbacks=coordinator_fallbacks)
             self.nodes.append(SimNode(i, key, core))
         self.by_peer = {nd.peer: nd for nd in self.nodes}
 
@@ -111,6 +119,10 @@ class Sim:
         return DeviceCandidate(peer, facts.region, facts.cores, facts.memory_mb, facts.charging,
                                online=nd.alive if nd is not None else True,
                                capabilities=facts.capabilities)
+
+    # the registry's devices offering fl: every live node
+    def _fl_peers(self) -> list[tuple[str, DeviceFacts]]:
+        return [(nd.peer, nd.core.facts) for nd in getattr(self, "nodes", []) if nd.alive]
 
     # -- driving ------------------------------------------------------------------------
 
@@ -179,6 +191,13 @@ class Sim:
                 msg = decode_gossip(wire(data), peer=nd.peer)
                 for a in other.core.receive(nd.peer, msg, now):
                     self.queue.append((other, a))
+            if isinstance(act.msg, RoundPlan) and nd.index == 0 \
+                    and act.msg.round == self.kill_starter_at_round:
+                nd.alive = False
+                self.kill_starter_at_round = None
+                self.killed.append((act.msg.round, nd.peer))
+            if self.after_publish is not None:
+                self.after_publish(nd, act.msg)
         elif isinstance(act, PrepareTask):
             try:
                 p = self._prepare(nd, act.task, act.task_params, act.init_seed)
@@ -253,10 +272,14 @@ class Sim:
             self._send_secagg(nd, act)
         elif isinstance(act, Emit):
             nd.events.append(act.event)
+        elif isinstance(act, PayRewards):
+            nd.payments.append(act)
         elif isinstance(act, ReportOutcome):
             nd.reports.append(act)
         elif isinstance(act, UpdateRefused):
             nd.refused.append(act)
+        elif isinstance(act, MessageRefused):
+            nd.refused_messages.append(act)
         elif isinstance(act, SaveModel):
             nd.saved[act.model_hash] = act.params
             if act.final:

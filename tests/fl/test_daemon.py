@@ -1,5 +1,6 @@
 """Five `fognode run` processes train one session through the RPC socket; the elected
-aggregator of a round after the first is SIGKILLed while the round runs; the session completes."""
+aggregator of a round after the first is SIGKILLed while the round runs; the session completes.
+In the second scenario the starter itself is SIGKILLed and a fallback coordinator finishes."""
 from __future__ import annotations
 
 import subprocess
@@ -61,3 +62,50 @@ def test_five_daemons_train_and_survive_a_killed_aggregator(node_factory: NodeFa
     assert res.stdout.strip() == "['bias', 'weight']"
     if killed is None:   # the coordinator was elected in rounds 2 to 4 (about 1 run in 125)
         pytest.skip("no non-coordinator aggregator was elected after round 1: nothing was killed")
+
+
+def test_five_daemons_finish_a_session_whose_starter_is_killed(node_factory: NodeFactory) -> None:
+    """The starter names fallback coordinators (devices whose registry record offers "fl");
+    it is SIGKILLed while round 2 runs; the first fallback takes over and completes the
+    session, and its fl.status reports every round."""
+    net = node_factory(5, extra_args=["--set", "overlay.peers_low=4",
+                                      "--set", "protocols.registry.roles_offered=fl",
+                                      "--set", "protocols.fl.tick_interval=0.1",
+                                      "--set", "protocols.fl.republish_interval=1.0"])
+    ids = {n.peer_id for n in net.nodes}
+    starter = net.nodes[0]
+    for i in range(5):
+        wait_until(lambda i=i: {p["peer_id"] for p in net.nodes[i].rpc("node.peers")} >= ids - {net.nodes[i].peer_id},
+                   timeout=30, what=f"node {i} to be connected to all others")
+    wait_until(lambda: {d["peer"] for d in starter.rpc("registry.devices", {"role": "fl", "online": True})}
+               >= ids - {starter.peer_id}, timeout=60, interval=0.5,
+               what="the starter to know every other node offers fl")
+    out = starter.rpc("fl.start", {"task": "synthetic", "rounds": 4, "min_participants": 3,
+                                   "participants": 5, "deadline": 8.0, "local_epochs": 2, "lr": 0.05,
+                                   "optin_seconds": 4.0,
+                                   "task_params": {"alpha": 0.5, "beta": 0.5, "max_samples": 300}})
+    sid = out["session_id"]
+    st = starter.rpc("fl.status", [sid])
+    coords = st["coordinators"]
+    assert coords[0] == starter.peer_id and len(coords) == 3 and st["acting_coordinator"] == starter.peer_id
+
+    def round_two_runs() -> bool:
+        cur = starter.rpc("fl.status", [sid]).get("current")
+        return bool(cur) and cur["round"] >= 2
+    wait_until(round_two_runs, timeout=120, interval=0.1, what="round 2 to be planned")
+    net.kill(0)
+    fb = next(n for n in net.nodes if n.peer_id == coords[1])
+    wait_until(lambda: fb.rpc("fl.status", [sid])["state"] != "running", timeout=180, interval=0.25,
+               what="the fallback coordinator to end the session")
+    st = fb.rpc("fl.status", [sid])
+    assert st["state"] == "completed", st
+    assert st["role"] == "coordinator" and st["acting_coordinator"] == fb.peer_id
+    assert [h["round"] for h in st["history"]] == [1, 2, 3, 4]
+    assert any("taken over by" in f for h in st["history"] for f in h["failures"])
+    assert st["model_file"] is not None
+    # the other survivors followed it to the end
+    for n in net.nodes[1:]:
+        ps = n.rpc("fl.status", [sid])
+        assert ps["acting_coordinator"] == fb.peer_id
+        wait_until(lambda n=n: n.rpc("fl.status", [sid])["state"] == "completed", timeout=15,
+                   interval=0.25, what=f"node {n.index} to see the session completed")

@@ -4,7 +4,6 @@ import msgpack
 import pytest
 from nacl.signing import SigningKey
 
-from fognode.ledger.receipts import EvidenceError
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack
@@ -12,8 +11,7 @@ from fognode.protocols.fl.election import aggregator_order
 from fognode.protocols.fl.messages import (
     DeviceFacts, OptIn, RoundPlan, SelectionCriteria, SessionAnnouncement, SessionSpec,
     decode_gossip, encode_gossip)
-from fognode.protocols.fl.receipts import (
-    AcceptedUpdate, FlUpdateVerifier, RoundReceipt, decode_round_receipt, issue_ledger_receipts)
+from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt, decode_round_receipt
 from fognode.protocols.fl.selection import DeviceCandidate, ineligibility, round_seed, select_participants
 
 
@@ -114,25 +112,6 @@ def test_round_receipt_verifies_and_detects_tampering() -> None:
     forged = _receipt(aggregator=pid(6))
     with pytest.raises(RemoteProtocolError, match="does not match"):
         decode_round_receipt(forged.to_wire())
-
-
-def test_ledger_receipts_pay_accepted_participants_by_weight() -> None:
-    r = _receipt(accepted=(AcceptedUpdate(pid(3), 0.2, 5), AcceptedUpdate(pid(4), 0.2, 5),
-                           AcceptedUpdate(pid(5), 0.6, 15)))
-    receipts = issue_ledger_receipts(key(3), r, epoch=7)
-    assert [x.beneficiary for x in receipts] == [bytes(key(4).verify_key), bytes(key(5).verify_key)]
-    v = FlUpdateVerifier()
-    assert [v.max_reward(x, None) for x in receipts] == [200, 600]  # type: ignore[arg-type]
-    assert all(x.signature_ok() for x in receipts)
-    assert issue_ledger_receipts(key(3), _receipt(round_reward=0), epoch=7) == []
-    from fognode.ledger.receipts import Receipt
-    self_paid = Receipt.issue(key(3), "fl_update", bytes(key(3).verify_key), 7,
-                              receipts[0].body)
-    with pytest.raises(EvidenceError, match="own"):
-        v.max_reward(self_paid, None)  # type: ignore[arg-type]
-    bad = Receipt.issue(key(3), "fl_update", bytes(key(4).verify_key), 7, {**receipts[0].body, "weight_ppm": 0})
-    with pytest.raises(EvidenceError):
-        v.max_reward(bad, None)  # type: ignore[arg-type]
 
 
 def test_selection_is_deterministic_and_respects_criteria() -> None:

@@ -1,12 +1,15 @@
 """Round rewards end to end with the real ledger: the aggregator of each round mints the
-accepted participants' shares, evidenced by "fl_update" receipts the validators check."""
+accepted participants' shares to the wallets they opted in with, evidenced by "fl_update"
+receipts (announcement, signed round header, Merkle proof) the validators check."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import trio
 
+from fognode.ledger.messages import MintOrder
 from fognode.node.peerid import pubkey_from_peer_id
 from fognode.protocols.fl.protocol import FlConfig, FlRole
 from fognode.protocols.fl.receipts import PPM
@@ -39,14 +42,21 @@ async def test_round_rewards_are_minted_to_accepted_participants(tmp_path: Path,
                 await wait_until(lambda: core.status(bytes.fromhex(sid))["state"] != "running", 60)
                 st = core.status(bytes.fromhex(sid))
                 assert st["state"] == "completed", st
-                owed: dict[str, int] = {}
+                wallets = {r.ctx.peer_id: n.wallet for r, n in zip(roles, cluster.nodes)}
+                owed: dict[bytes, int] = {}
                 for h in st["history"]:
                     for peer, w in h["weights"].items():
                         if peer != h["aggregator"]:
-                            owed[peer] = owed.get(peer, 0) + (budget // 2) * int(round(w * PPM)) // PPM
+                            owed[wallets[peer]] = owed.get(wallets[peer], 0) + \
+                                (budget // 2) * math.floor(w * PPM) // PPM
                 assert owed and all(v > 0 for v in owed.values())
                 ledger = cluster.nodes[0].svc
-                await wait_until(lambda: all(ledger.balance(pubkey_from_peer_id(p)) == v
-                                             for p, v in owed.items()), 30)
-                assert ledger.state.supply.minted == sum(owed.values())
+                await wait_until(lambda: ledger.state.supply.minted == sum(owed.values()), 30)
+                # paid to the opted-in wallets, not the identity keys
+                assert all(ledger.balance(pubkey_from_peer_id(p)) == 0 for p in wallets)
+                for w, v in owed.items():
+                    mints = [c.order.order for _, c in ledger.store.history(w)
+                             if isinstance(c.order.order, MintOrder) and c.order.order.recipient == w]
+                    assert sum(o.amount for o in mints) == v
+                    assert all(o.receipt.kind == "fl_update" and o.receipt.beneficiary == w for o in mints)
                 nursery.cancel_scope.cancel()

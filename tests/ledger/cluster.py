@@ -114,7 +114,7 @@ async def ledger_cluster(root: Path, n: int, *, clock: Callable[[], float] | Non
     test that caused them, with that one warning ignored (reported to the host's owner).
     """
     cfg = LedgerConfig(**{"batch_interval": 0.05, "request_timeout": 3.0, "retry_interval": 0.3,
-                          "sync_interval": 1.0, **config})
+                          "sync_interval": 1.0, "uptime_claims": False, **config})
     c: Cluster | None = None
     try:
         async with trio.open_nursery() as nursery:

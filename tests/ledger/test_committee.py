@@ -15,7 +15,7 @@ from fognode.ledger.committee import (CommitteeBody, CommitteeCertificate, Commi
                                       compute_members, decode_committee_certificate, signing_time)
 from fognode.ledger.errors import CertificateRejected, GenesisError, Reason
 from fognode.ledger.genesis import Genesis
-from fognode.ledger.messages import BondOrder, Certificate, SignedOrder, UnbondOrder
+from fognode.ledger.messages import BondOrder, Certificate, SignedOrder, TransferOrder, UnbondOrder, Vote
 from fognode.ledger.replica import MemoryHistory, Replica
 from fognode.ledger.rotation import (CommitteeCollector, CommitteeSigner, PersistCommitteeLock,
                                      SendCommitteeRefusal, SendCommitteeVote, proposal)
@@ -260,8 +260,11 @@ def test_after_rotation_certificates_are_checked_against_the_new_committee() -> 
     apply(a_node, certify(bond(A, 900 * MICRO, 0, epoch=0), V[:3]))
     a_node.state.committees.add(cert)
     apply(a_node, certify(late, new_quorum))
+    got = a_node.ask(order, now=at(2, 0.1))          # a new member waits for the old committee's locks
+    assert isinstance(got, SendRejection) and got.rejection.reason is Reason.NOT_YET
+    a_node.validator.handovers.add(2)                  # (test_handover.py: how it gets them)
     assert not isinstance(a_node.ask(order, now=at(2, 0.1)), SendRejection)
-    # a previous-epoch order is closed once the committee changed; stake orders always are
+    # a previous-epoch order is closed once the old committee sealed; stake orders always are
     prev = transfer(C, pk(B), 1 * MICRO, 1, epoch=1)
     nodes[0].state.committees.add(cert)
     got = nodes[0].ask(prev, now=at(2, 0.1))
@@ -375,7 +378,26 @@ async def test_cluster_certifies_the_next_committee_and_uses_it(tmp_path: Path,
             st = await r0.stake_status()
             assert st["next_committee_certified"] is True and st["next_committee_stake"] == "999"
             assert st["committee_stake"] == "0"
-            clock.t = t0 + 2 * L + 5                                   # epoch 2: the new committee certifies
+            # an order of epoch 1 that only node 3 signs (the sender never finishes it): its lock
+            # must reach every member of the new committee through the handover
+            s2 = c.nodes[2].svc
+            key2 = await s2.unlock_wallet(c.nodes[2].wallet)
+            half = SignedOrder.sign(key2, TransferOrder(chain=s2.genesis.chain_id, epoch=1, sender=c.nodes[2].wallet,
+                                                        sequence=0, fee=s2.genesis.fee, recipient=wallet0,
+                                                        amount=MICRO, memo=""))
+            [vote] = c.nodes[3].svc._validate("test", half)
+            assert isinstance(vote, Vote)
+            clock.t = t0 + 2 * L + 1                                   # epoch 2, in the old committee's grace
+            assert all(n.svc.handover.due(clock.t) is None for n in c.nodes)
+            info = await r0.ledger_info()
+            assert info["committees"]["current"]["took_over_at"] == 2
+            assert info["committees"]["current"]["handover"] == "not started"
+            clock.t = t0 + 2 * L + 5                                   # sealed: the locks are handed over
+            await wait_until(lambda: all(2 in n.svc.validator.handovers for n in c.nodes), 30)
+            for n in c.nodes:
+                assert n.svc.locks.get(c.nodes[2].wallet, 0) == half
+                assert n.svc.store.handovers_done() == {2}
+            assert (await r0.ledger_info())["committees"]["current"]["handover"] == "complete"
             r1 = roles[1]
             assert r1 is not None
             sent = await r1.wallet_send((await r0.wallet_address())["address"], "1")

@@ -8,7 +8,7 @@ from fognode.ledger.actions import Commit
 from fognode.ledger.amounts import MICRO
 from fognode.ledger.messages import Certificate, MintOrder, SignedOrder, Vote
 from fognode.ledger.pending import PendingPool
-from fognode.ledger.receipts import Receipt
+from fognode.ledger.receipts import Receipt, uptime_claim
 from fognode.ledger.replica import MemoryHistory, Replica
 from fognode.ledger.state import LedgerState
 
@@ -30,7 +30,8 @@ def _build_history(steps: list[tuple[int, int, int, bool]]) -> tuple[list[Certif
         seq = nodes[0].state.account(pk(sender)).next_sequence
         if mint:
             receipts += 1
-            rc = Receipt.issue(V[receipts % 4], "uptime", pk(USERS[rcp]), 0, {"seconds": 1 + receipts})
+            rc = Receipt.issue(V[receipts % 4], "uptime", pk(USERS[rcp]), 0, {"seconds": 1 + receipts,
+                                                                                  "claim": uptime_claim(0)})
             if rc.issuer == rc.beneficiary:
                 continue
             so = SignedOrder.sign(sender, MintOrder(chain=CHAIN, epoch=0, sender=pk(sender), sequence=seq,

@@ -8,7 +8,7 @@ from fognode.ledger.amounts import MICRO
 from fognode.ledger.errors import Reason
 from fognode.ledger.messages import (BondOrder, Certificate, MintOrder, SignedOrder, UnbondOrder, Vote)
 from fognode.ledger.pending import PendingPool
-from fognode.ledger.receipts import Receipt
+from fognode.ledger.receipts import Receipt, uptime_claim
 from fognode.ledger.replica import MemoryHistory, Replica
 from fognode.ledger.state import LedgerState
 from fognode.ledger.validator import mint_limit
@@ -163,7 +163,8 @@ def test_bond_unbond_and_release_after_the_unbonding_period() -> None:
 
 
 def _uptime(issuer: object, beneficiary: bytes, seconds: int, epoch: int = 0) -> Receipt:
-    return Receipt.issue(issuer, "uptime", beneficiary, epoch, {"seconds": seconds})  # type: ignore[arg-type]
+    return Receipt.issue(issuer, "uptime", beneficiary, epoch,  # type: ignore[arg-type]
+                         {"seconds": seconds, "claim": uptime_claim(epoch)})
 
 
 def _mint(sender: object, receipt: Receipt, amount: int, seq: int, epoch: int = 0) -> SignedOrder:
@@ -183,10 +184,16 @@ def test_mint_with_an_uptime_receipt() -> None:
     r.receive("p", Certificate.from_votes(so, votes[:3]))  # type: ignore[arg-type]
     assert r.state.supply.minted == 10 * MICRO and r.state.supply.total == supply + 10 * MICRO - 1000
     assert r.state.minted_by_epoch == {0: 10 * MICRO} and r.state.invariant_problems() == []
-    # the same receipt cannot pay twice
+    # the same receipt cannot pay twice, nor another validator's receipt for the same node and epoch
     again = _mint(A, rc, 1, 1)
     rej = nodes[0].ask(again)
     assert not isinstance(rej, Vote) and rej.rejection.reason is Reason.RECEIPT_USED
+    other = _mint(A, _uptime(V[2], pk(A), 1800), 1, 1)
+    assert other.order.receipt.receipt_id != rc.receipt_id                 # type: ignore[attr-defined]
+    rej = nodes[0].ask(other)
+    assert not isinstance(rej, Vote) and rej.rejection.reason is Reason.RECEIPT_USED
+    assert isinstance(nodes[0].ask(_mint(A, _uptime(V[2], pk(A), 1800, epoch=1), 1, 1, epoch=1),
+                                   now=T0 + 3600 + 5), Vote)          # the next epoch is another claim
 
 
 @pytest.mark.parametrize("case,reason", [
@@ -196,6 +203,8 @@ def test_mint_with_an_uptime_receipt() -> None:
     ("forged", Reason.BAD_EVIDENCE),
     ("unknown_kind", Reason.BAD_EVIDENCE),
     ("old_epoch", Reason.BAD_EVIDENCE),
+    ("no_claim", Reason.BAD_EVIDENCE),
+    ("other_epochs_claim", Reason.BAD_EVIDENCE),
     ("budget", Reason.BUDGET_EXCEEDED),
 ])
 def test_bad_mints(case: str, reason: Reason) -> None:
@@ -210,7 +219,11 @@ def test_bad_mints(case: str, reason: Reason) -> None:
     elif case == "non_validator_issuer":
         rc = _uptime(B, pk(A), 3600)
     elif case == "forged":
-        rc = Receipt(rc.kind, rc.issuer, rc.beneficiary, rc.epoch, {"seconds": 3600}, bytes(64))
+        rc = Receipt(rc.kind, rc.issuer, rc.beneficiary, rc.epoch, rc.body, bytes(64))
+    elif case == "no_claim":
+        rc = Receipt.issue(V[1], "uptime", pk(A), 0, {"seconds": 3600})
+    elif case == "other_epochs_claim":
+        rc = Receipt.issue(V[1], "uptime", pk(A), 0, {"seconds": 3600, "claim": uptime_claim(7)})
     elif case == "unknown_kind":
         rc = Receipt.issue(V[1], "fl_round", pk(A), 0, {"round": 1})
     elif case == "old_epoch":

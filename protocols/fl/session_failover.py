@@ -1,0 +1,267 @@
+"""Coordinator failover (a mixin of FlCore, like session_hier.py; sans-IO, time is an argument).
+
+Who may coordinate: the signed announcement names the coordinators in rank order
+(`messages.coordinators_of`): the starter (rank 0), then up to `coordinator_fallbacks` peers
+the starter knew to run the fl role and to be eligible for the session (registry records
+offering "fl", peers it saw opt in to sessions), ordered by BLAKE2b("fl-coordinator" || nonce
+|| peer) (`choose_fallbacks`; the nonce is part of the session id). The list is covered by the
+starter's signature, so anyone holding the announcement knows it; nothing else is needed.
+
+Following: every node follows the highest coordinator rank it has seen (`Session.acting`). A
+plan or session end of rank k is accepted only from coordinator k of the announcement, and only
+when k is at least that rank; anything else is refused with the reason (`MessageRefused`).
+
+Watching: a fallback of rank k that joined the session keeps a `Standby`: the opt-ins (they are
+gossiped to everyone), a record of every round result it sees (its history), the highest try
+it saw of each round, which peers hold the last completed model, and when it last heard the
+acting coordinator make progress (a plan, new or republished, the current plan's result or
+failure, or the starter's announcement while it collects opt-ins; coordinators republish their
+plan every `republish_interval`, so a live one is heard often).
+
+Takeover: when nothing was heard for (k - acting) x (deadline + 2 x republish_interval), and
+the round the acting coordinator planned last has had its time (every aggregator slot of its
+plan ended without a result or failure; plus k - acting - 1 units), fallback k becomes the
+acting coordinator with rank k. Waiting for the open round keeps work that is still going to
+complete (its result becomes the new base) and means no round is planned again while its first
+plan can still produce a receipt. Then, from the last completed round it saw, it
+takes that round's model (fetched from the round's aggregator or another holder when it is not
+here), excludes the lower-ranked coordinators from the candidates (they fell silent), plans
+the next round at a try number above any it saw of that round (so a try of the old coordinator
+is never repeated), and goes on to the session's end, publishing SessionEnded and saving the
+final model. Fallbacks further down wait longer, so they do not race; one that hears the new
+coordinator's plans restarts its clock from them.
+
+No split brain: a lower-ranked coordinator that comes back (republishing its plan, retrying,
+ending the session) is refused by every node that saw the higher rank, and steps down when it
+hears a plan or session end of a higher rank (then it follows the session as a participant).
+A fallback that is not in the session (task not enabled, not eligible) never takes over: the
+next one does, after its longer timeout.
+
+Failover happens only at round boundaries: a round the old coordinator planned that still
+completes counts (its result is progress and becomes the new base); one that did not complete
+is planned again. Flat, secure-aggregation and hierarchical plans carry everything their
+rounds need (participants, reputations, regions), so failover works the same for all three.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable
+
+from fognode.node.wire import digest
+from fognode.protocols.fl.actions import Action, MessageRefused, Publish
+from fognode.protocols.fl.coordinator import (
+    CandidateView, Coordinator, Phase, RoundRecord, SessionState)
+from fognode.protocols.fl.messages import (
+    MAX_COORDINATORS, DeviceFacts, RoundFailed, RoundPlan, RoundResult, SessionSpec,
+    coordinators_of)
+from fognode.protocols.fl.selection import ineligibility
+
+if TYPE_CHECKING:
+    from fognode.protocols.fl.session import Session
+
+MAX_SOURCES = 16
+
+
+def choose_fallbacks(nonce: bytes, starter: str, pool: Iterable[str], count: int) -> tuple[str, ...]:
+    """The fallback coordinators of a session: the first `count` peers of `pool` (the starter
+    left out) ordered by BLAKE2b("fl-coordinator" || nonce || peer)."""
+    peers = sorted({p for p in pool if p != starter},
+                   key=lambda p: (digest(b"fl-coordinator" + nonce + p.encode()), p))
+    return tuple(peers[:max(0, min(count, MAX_COORDINATORS))])
+
+
+def takeover_unit(spec: SessionSpec, republish_interval: float) -> float:
+    """Silence after which the next fallback takes over; fallback k waits k units."""
+    return spec.deadline + 2.0 * republish_interval
+
+
+def plan_span(spec: SessionSpec, plan: RoundPlan) -> float:
+    """How long a round of `plan` may run before its last aggregator slot ends (as the
+    coordinator's own `plan_timeout` counts it)."""
+    slots = min(len(plan.participants), 1 + spec.fallbacks)
+    if spec.hierarchical:
+        slots += 1 + spec.fallbacks
+    return slots * spec.deadline + min(spec.deadline, 5.0)
+
+
+def _uniq(peers: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(peers))[:MAX_SOURCES]
+
+
+@dataclass
+class Standby:
+    """What a fallback coordinator keeps while another coordinator acts."""
+
+    rank: int                               # this node's index in coordinators_of
+    heard: float                            # last progress of the acting coordinator
+    candidates: dict[str, DeviceFacts] = field(default_factory=dict)
+    history: list[RoundRecord] = field(default_factory=list)
+    round_started: dict[int, float] = field(default_factory=dict)
+    max_try: dict[int, int] = field(default_factory=dict)
+    failures: dict[int, list[str]] = field(default_factory=dict)
+    last_result: RoundResult | None = None
+    holders: tuple[str, ...] = ()           # peers that hold the last completed model
+    open_until: float = 0.0                 # the last aggregator slot of the open plan ends
+
+    def due(self, now: float, acting: int, unit: float) -> bool:
+        k = self.rank - acting
+        return k > 0 and now >= max(self.heard + k * unit, self.open_until + (k - 1) * unit)
+
+    def on_plan(self, plan: RoundPlan, now: float, span: float) -> None:
+        """A new plan of the acting coordinator; its round may take `span` seconds."""
+        self.heard = now
+        self.open_until = now + span
+        self.round_started.setdefault(plan.round, now)
+        self.max_try[plan.round] = max(self.max_try.get(plan.round, -1), plan.try_no)
+        for p in plan.peers:
+            self.candidates.setdefault(p, DeviceFacts(region=plan.region_of(p)))
+        last = self.last_result
+        if last is not None and plan.base_model_hash == last.receipt.model_hash:
+            # the plan's sources serve that model and its participants fetch it to train
+            self.holders = _uniq(self.holders + plan.sources + plan.peers)
+
+    def on_result(self, plan: RoundPlan, res: RoundResult, now: float) -> None:
+        self.heard = now
+        self.open_until = 0.0
+        r = res.receipt
+        if any(h.round == r.round for h in self.history):
+            return
+        started = self.round_started.get(r.round, now)
+        self.history.append(RoundRecord(
+            round=r.round, tries=r.try_no + 1, aggregator=r.aggregator, participants=plan.peers,
+            accepted=tuple(a.peer for a in r.accepted),
+            weights={a.peer: a.weight for a in r.accepted}, dropped=res.dropped,
+            rejected=dict(res.rejected), loss=res.loss, accuracy=res.accuracy,
+            train_loss=res.train_loss, model_hash=r.model_hash, started_at=started,
+            duration=now - started, failures=list(self.failures.get(r.round, []))))
+        self.last_result = res
+        self.holders = (r.aggregator,)
+
+    def on_failed(self, peer: str, msg: RoundFailed, now: float) -> None:
+        self.heard = now
+        self.open_until = 0.0
+        self.failures.setdefault(msg.round, []).append(
+            f"round {msg.round} try {msg.try_no}: aggregator {peer}: {msg.reason}")
+
+
+class FailoverRounds:
+    """Coordinator failover of FlCore (see the module docstring)."""
+
+    me: str
+    facts: DeviceFacts
+    view: CandidateView
+    interval: float
+
+    if TYPE_CHECKING:
+        def _on_plan(self, s: Session, peer: str, plan: RoundPlan, now: float) -> list[Action]: ...
+        def _end(self, s: Session, state: SessionState, reason: str, now: float) -> list[Action]: ...
+        def _need_model(self, s: Session, h: bytes, sources: tuple[str, ...]) -> list[Action]: ...
+
+    def _fo_join(self, s: Session, now: float) -> None:
+        """A joined session names this node as a fallback coordinator: stand by."""
+        coords = coordinators_of(s.ann)
+        if self.me in coords[1:]:
+            s.standby = Standby(coords.index(self.me), now)
+
+    def _fo_refusal(self, s: Session, peer: str, kind: str, rank: int) -> list[Action]:
+        """[MessageRefused] when a `kind` message of coordinator `rank` from `peer` must be
+        refused, else []."""
+        coords = coordinators_of(s.ann)
+        why = ""
+        if peer not in coords:
+            why = (f"{peer} is not a coordinator of session {s.sid.hex()[:16]} "
+                   f"(coordinators: {', '.join(coords)})")
+        elif rank >= len(coords) or coords[rank] != peer:
+            why = f"{peer} is coordinator rank {coords.index(peer)}, not rank {rank}"
+        elif rank < s.acting:
+            why = (f"coordinator {peer} (rank {rank}) was superseded by {coords[s.acting]} "
+                   f"(rank {s.acting})")
+        return [MessageRefused(s.sid, peer, kind, why)] if why else []
+
+    def _fo_follow(self, s: Session, rank: int, now: float) -> None:
+        """A plan or end of coordinator `rank` (>= s.acting) is accepted: follow that rank; a
+        lower-ranked coordinator on this node steps down and keeps what it knew."""
+        s.acting = max(s.acting, rank)
+        c = s.coordinator
+        if c is not None and c.rank < s.acting:
+            c.phase = Phase.IDLE
+            s.coordinator = None
+            s.standby = Standby(c.rank, now, dict(c.candidates), list(c.history))
+
+    def _fo_tick(self, s: Session, now: float) -> list[Action]:
+        sb = s.standby
+        if sb is not None and s.prepared is not None \
+                and s.state in (SessionState.WAITING, SessionState.RUNNING) \
+                and sb.due(now, s.acting, takeover_unit(s.spec, self.interval)):
+            return self._take_over(s, sb, now)
+        c = s.coordinator
+        if c is None or c.phase != Phase.RESUMING:
+            return []
+        if now >= c.plan_at + takeover_unit(s.spec, self.interval):
+            return self._rebase(s, c, now)
+        if c.base_hash not in s.fetching and now - c.last_publish >= self.interval:
+            c.last_publish = now
+            return self._need_model(s, c.base_hash, c.base_sources)
+        return []
+
+    def _take_over(self, s: Session, sb: Standby, now: float) -> list[Action]:
+        """Become the acting coordinator of `s` from the last completed round this node saw."""
+        coords = coordinators_of(s.ann)
+        silent = coords[s.acting]
+        c = Coordinator(s.ann, self.me, self.view, now, self.interval, key=self.key, rank=sb.rank)
+        c.candidates = {p: f for p, f in sb.candidates.items() if p not in coords[:sb.rank]}
+        if ineligibility(self.view(self.me, self.facts), s.spec.criteria) is None:
+            c.candidates[self.me] = self.facts
+        c.history = list(sb.history)
+        if sb.last_result is not None:
+            c.base_hash = sb.last_result.receipt.model_hash
+            c.base_round = sb.last_result.receipt.round
+        c.round_no = c.base_round + 1
+        c.try_no = c.first_try = sb.max_try.get(c.round_no, -1) + 1
+        c.failures = sb.failures.get(c.round_no, []) + [
+            f"coordinator {silent} (rank {s.acting}) silent for {now - sb.heard:.1f}s: "
+            f"taken over by {self.me} (rank {sb.rank})"]
+        c.base_sources = _uniq((self.me,) + sb.holders)
+        c.seen_tries = dict(sb.max_try)
+        c.phase = Phase.RESUMING
+        c.plan_at = c.last_publish = now
+        s.coordinator, s.standby, s.acting = c, None, sb.rank
+        s.latest_model = c.base_hash
+        s.rounds_done = c.base_round
+        if c.base_hash in s.models:
+            return self._resumed(s, now)
+        return self._need_model(s, c.base_hash, c.base_sources)
+
+    def _rebase(self, s: Session, c: Coordinator, now: float) -> list[Action]:
+        """Taking over, the last completed model could not be fetched for a whole takeover
+        unit (its aggregator and every holder are gone): go on from the latest earlier
+        completed model this node holds (redoing the rounds after it), or fail the session."""
+        lost = (f"the model of round {c.base_round} could not be fetched from "
+                f"{', '.join(c.base_sources[1:]) or 'anyone'}")
+        held = [(h.round, h.model_hash) for h in reversed(c.history) if h.round < c.base_round]
+        held.append((0, s.ann.initial_model_hash))
+        for rnd, mh in held:
+            if mh not in s.models:
+                continue
+            c.history = [h for h in c.history if h.round <= rnd]
+            c.base_hash, c.base_round, c.base_sources = mh, rnd, (self.me,)
+            c.round_no = rnd + 1
+            c.try_no = c.first_try = c.seen_tries.get(c.round_no, -1) + 1
+            c.failures = [f"taking over, {lost}: going on from round {rnd}"]
+            s.latest_model, s.rounds_done = mh, rnd
+            return self._resumed(s, now)
+        return self._end(s, SessionState.FAILED, f"taking over, {lost}", now)
+
+    def _resumed(self, s: Session, now: float) -> list[Action]:
+        """The taking-over coordinator holds the last completed model: plan the next round
+        (or end the session when that was the last one)."""
+        c = s.coordinator
+        assert c is not None
+        c.phase = Phase.OPT_IN
+        if c.finished_all_rounds:
+            return self._end(s, SessionState.COMPLETED, "", now)
+        plan = c.make_plan(now)
+        if plan is None:
+            c.created = now - s.spec.optin_seconds    # wait for candidates from now on
+            return []
+        return [Publish(plan)] + self._on_plan(s, self.me, plan, now)
