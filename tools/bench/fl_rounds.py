@@ -8,7 +8,7 @@ N real daemons (own data dirs, one shared dev genesis, node i bootstraps to node
 waits until every daemon is connected to every other; with `--star`, peers_low=1: every node
 keeps only its bootstrap connection to node 0 and a participant dials the round's aggregator
 on demand (address from its peerstore or a DHT look-up). WARM-UP: first a 1-round session of
-the small `synthetic` task, bounded at 90 s, so that each daemon's first torch use and the
+the small `synthetic` task, bounded at 60 s, so that each daemon's first torch use and the
 first streams between the daemons are not inside the measured session (`--no-warmup` skips
 it). Why: on this 2-core machine, shared with other work (load average 7 to 14), about half
 of the runs without it stalled in round 1: every participant's update to the elected
@@ -67,7 +67,7 @@ LR = 0.05
 BATCH = 10
 DATA_SEED = 3
 DEADLINE = 20.0        # seconds per aggregator slot; a stalled slot passes to the fallback
-WARMUP_TIMEOUT = 90.0  # bound on the warm-up session
+WARMUP_TIMEOUT = 60.0  # bound on the warm-up session
 OPTIN = 15.0           # seconds of opt-in: long enough for all N daemons to load the task, so
                        # round 1 selects all N (it would start with min_participants otherwise)
 Sample = tuple[str, frozenset[tuple[str, str]]]
@@ -307,7 +307,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = True,
-                  warmup: bool = True, timeout: float = 150.0) -> RoundsResult:
+                  warmup: bool = True, timeout: float = 120.0) -> RoundsResult:
     """Start `nodes` daemons, run one session from node 0, measure, stop every process
     (also on error, Ctrl-C or SIGTERM). Raises RuntimeError/TimeoutError with the cause."""
     import trio
