@@ -487,4 +487,5 @@ def print_table(r: RoundsResult) -> None:
     print("  * gossip hop + model fetch + slowest training + update transfer + fedavg + result gossip "
           "hop + new model fetch; n = observations averaged in the rounds-2+ column; '-' = nothing "
           "observed (the aggregator does not fetch its own model; a participant records a round's "
-          "plan_at only if the round's result reaches it before the next plan)")
+          "plan_at only if the round's result reaches it before the next plan; a round shorter than "
+          "one scrape of all nodes can have its observations counted in the next column)")
