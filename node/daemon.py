@@ -23,6 +23,7 @@ from fognode.node.config import Config
 from fognode.node.datadir import DataDirLock, load_identity, read_genesis, socket_path
 from fognode.node.errors import FognodeError, RpcError
 from fognode.node.events import EventBus
+from fognode.node.looplag import watch_loop_lag
 from fognode.node.protocol import NodeContext, Protocol
 from fognode.node.roles import Supervisor
 from fognode.node.rpc.methods import (NODE_BAD_MULTIADDR, NODE_DIAL_FAILED, NODE_UNKNOWN_PEER, MethodTable,
@@ -173,6 +174,7 @@ class Daemon:
                                 max_clients=self.config.rpc.max_clients)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._signals)
+                    nursery.start_soon(watch_loop_lag, self.metrics)
                     for cls in self.role_classes:
                         settings = self.config.protocols.get(cls.name)
                         if settings is None or not settings.enabled:

@@ -6,10 +6,12 @@
 - `model.json`: task, layout (name, shape, dtype per tensor), hash of each saved file.
 
 `export_state_dict` writes a torch state dict file for the user (`torch.save` of plain
-tensors); fognode itself never loads such files.
+tensors; the daemon runs it in its task process, task_process.py); fognode itself never loads
+such files.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -70,6 +72,8 @@ def export_state_dict(task: Task, params: np.ndarray, path: Path) -> None:
     """Write `params` as a torch state dict file (`torch.save`) at `path` (imports torch)."""
     import torch
 
+    if not path.parent.is_dir():   # torch.save would raise a RuntimeError for it
+        raise FileNotFoundError(errno.ENOENT, f"no directory {path.parent}")
     tmp = path.with_name(path.name + ".tmp")
     torch.save(task.state_dict(params), tmp)
     os.replace(tmp, path)

@@ -1,6 +1,10 @@
-"""A task made ready on this node for one session: the task object, its parameter layout,
-the round-0 model and this node's local data. Built in a worker thread (it imports torch and
-generates data), by `prepare_task`."""
+"""A task made ready on this node for one session: what identifies it (`TaskKey`), its
+parameter layout and round-0 model, and, when it was loaded in this process, the task object
+and this node's local data (`LocalTask`).
+
+The daemon loads and trains tasks in its task process (task_process.py), so its sessions hold
+no `LocalTask`; the in-memory harness and the benchmarks load them here with `prepare_task`
+and train with `train_round`, the same function the task process runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,17 +12,44 @@ from typing import Mapping
 
 import numpy as np
 
-from fognode.protocols.fl.tasks import LocalData, ParamLayout, Task, load_task
+from fognode.protocols.fl.rounds import TrainOutcome
+from fognode.protocols.fl.tasks import LocalData, ParamLayout, Task, TrainConfig, load_task
 from fognode.protocols.fl.tensors import params_hash
 
 
 @dataclass(frozen=True)
+class TaskKey:
+    """Everything that determines a prepared task: loading it twice from one key gives the
+    same layout, round-0 model and data (so a restarted task process rebuilds it)."""
+
+    name: str
+    params: tuple[tuple[str, float], ...]
+    init_seed: int
+    data_seed: int
+    data_index: int
+
+    @classmethod
+    def of(cls, name: str, params: Mapping[str, float], init_seed: int, *, data_seed: int,
+           data_index: int) -> "TaskKey":
+        return cls(name, tuple(sorted((str(k), float(v)) for k, v in params.items())), init_seed,
+                   data_seed, data_index)
+
+
+@dataclass(frozen=True)
+class LocalTask:
+    """A task loaded in this process, with this node's data."""
+
+    task: Task
+    data: LocalData
+
+
+@dataclass(frozen=True)
 class PreparedTask:
-    task: Task = field(compare=False)
+    key: TaskKey
     layout: ParamLayout
     initial_params: np.ndarray = field(repr=False, compare=False)
     initial_hash: bytes
-    data: LocalData = field(repr=False, compare=False)
+    local: LocalTask | None = field(default=None, repr=False, compare=False)
 
     @property
     def layout_hash(self) -> bytes:
@@ -30,12 +61,29 @@ def init_seed_of(nonce: bytes) -> int:
     return int.from_bytes(nonce[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def load_local(key: TaskKey) -> tuple[LocalTask, ParamLayout, np.ndarray]:
+    """Load and instantiate the task of `key` (TaskError if not installed or params invalid),
+    its round-0 model and this node's data. CPU-bound, imports torch."""
+    task = load_task(key.name, dict(key.params))
+    layout = task.layout()
+    p0 = task.initial_params(key.init_seed)
+    return LocalTask(task, task.local_data(key.data_seed, key.data_index)), layout, p0
+
+
 def prepare_task(name: str, params: Mapping[str, float], init_seed: int, *, data_seed: int,
                  data_index: int) -> PreparedTask:
-    """Load and instantiate task `name` (TaskError if not installed or params invalid), build
-    its round-0 model from `init_seed` and this node's data from (data_seed, data_index).
-    CPU-bound and imports torch: run it in a worker thread."""
-    task = load_task(name, params)
-    layout = task.layout()
-    p0 = task.initial_params(init_seed)
-    return PreparedTask(task, layout, p0, params_hash(p0), task.local_data(data_seed, data_index))
+    """`load_local` in this process (the harness and the benchmarks; the daemon uses its task
+    process)."""
+    key = TaskKey.of(name, params, init_seed, data_seed=data_seed, data_index=data_index)
+    local, layout, p0 = load_local(key)
+    return PreparedTask(key, layout, p0, params_hash(p0), local)
+
+
+def train_round(local: LocalTask, base: np.ndarray, cfg: TrainConfig, seed: int) -> TrainOutcome:
+    """One round's local work: the base model's loss on the local training data and accuracy
+    on the local test data, then training from it. CPU-bound, imports torch."""
+    task, data = local.task, local.data
+    base_train = task.evaluate(base, data.x_train, data.y_train)
+    base_test = task.evaluate(base, data.x_test, data.y_test)
+    result = task.train(base, data, cfg, seed=seed)
+    return TrainOutcome(result, base_train.loss, base_test.accuracy)

@@ -40,13 +40,13 @@ from fognode.protocols.fl.events import TrainingRoundCompleted
 from fognode.protocols.fl.messages import (
     MAX_COORDINATORS, Ack, DeviceFacts, ModelRequest, ModelResponse, PrivacyOptions,
     SelectionCriteria, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
-from fognode.protocols.fl.modelstore import export_state_dict, load_model, save_model
-from fognode.protocols.fl.prepared import PreparedTask, init_seed_of, prepare_task
+from fognode.protocols.fl.modelstore import load_model, save_model
+from fognode.protocols.fl.prepared import PreparedTask, TaskKey, init_seed_of
 from fognode.protocols.fl.receipts import VERIFIER, issue_ledger_receipts, reward_of
-from fognode.protocols.fl.rounds import TrainOutcome
 from fognode.protocols.fl.selection import DeviceCandidate
 from fognode.protocols.fl.session import FlCore, build_strategy
 from fognode.protocols.fl.strategies.base import StrategyError
+from fognode.protocols.fl.task_process import TaskProcess
 from fognode.protocols.fl.tasks import TaskError
 from fognode.protocols.fl.tensors import TensorDecoder, TensorRejected, encode_tensor, params_hash
 
@@ -76,9 +76,11 @@ class FlConfig:
     tick_interval: float = 0.25           # seconds between deadline checks
     republish_interval: float = 2.0       # seconds between re-gossiping the current plan
     stream_timeout: float = 120.0         # bound on one model or update transfer
-    training_threads: int = 1             # local trainings/aggregations run at once
-    torch_threads: int = 1                # torch intra-op threads (0 = torch's default); 1 is
-                                          # fastest for small models on small machines
+    aggregation_threads: int = 1          # aggregations (and model saves) run at once
+    torch_threads: int = 1                # torch intra-op threads in the task process (0 =
+                                          # torch's default); 1 is fastest for small models
+    training_nice: int = 10               # how much lower the task process's CPU priority is
+                                          # (0..19): training never starves the network
     coordinator_fallbacks: int = 2        # fallback coordinators named in the announcements of
                                           # sessions this node starts (0..16; 0 = none)
 
@@ -125,6 +127,8 @@ class FlRole(Protocol):
         self.m_refused = metric(reg, Counter, "fognode_fl_messages_refused_total",
                                 "Plans and session ends refused (not from the acting coordinator)",
                                 ["kind"])
+        self.m_task_starts = metric(reg, Counter, "fognode_fl_task_process_starts_total",
+                                    "Task processes started (the first, and one after each death)")
         self.m_rewards = metric(reg, Counter, "fognode_fl_rewards_paid_total",
                                 "Micro-units minted to participants of rounds this node aggregated")
         self.core: FlCore | None = None
@@ -132,12 +136,17 @@ class FlRole(Protocol):
         self._closed = False
         self._save_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
-        self._limiter = trio.CapacityLimiter(max(1, config.training_threads))
+        self._limiter = trio.CapacityLimiter(max(1, config.aggregation_threads))
+        if not 0 <= config.training_nice <= 19:
+            from fognode.node.errors import ConfigError
+            raise ConfigError("must be between 0 and 19", key="protocols.fl.training_nice")
+        self.tasks = TaskProcess(torch_threads=config.torch_threads, nice=config.training_nice,
+                                 max_frame=2 * config.max_model_bytes + MIB,
+                                 on_start=self.m_task_starts.inc)
         index = config.data_index if config.data_index >= 0 else \
             int.from_bytes(digest(ctx.peer_id.encode())[:4], "big") % 1_000_000
         self.data_index = index
         self.model_root = Path(ctx.datadir) / "fl"
-        self._torch_configured = False
 
     # == the loop ===========================================================================
 
@@ -166,6 +175,7 @@ class FlRole(Protocol):
             finally:
                 self._closed = True
                 self.ctx.services.withdraw("fl")
+                await self.tasks.aclose()
 
     def _register_verifier(self) -> bool:
         """Teach the ledger (if it runs here) to price "fl_update" receipts."""
@@ -348,22 +358,15 @@ class FlRole(Protocol):
             return
         self._apply(self.core.receive(msg.origin, m, self._now()))
 
-    def _prepare_sync(self, task: str, params: dict[str, float], init_seed: int) -> PreparedTask:
-        """In a worker thread: set torch's thread count once, then load the task."""
-        if self.config.torch_threads > 0 and not self._torch_configured:
-            import torch
-
-            torch.set_num_threads(self.config.torch_threads)
-            self._torch_configured = True
-        return prepare_task(task, params, init_seed, data_seed=self.config.data_seed,
-                            data_index=self.data_index)
+    def _task_key(self, task: str, params: dict[str, float], init_seed: int) -> TaskKey:
+        return TaskKey.of(task, params, init_seed, data_seed=self.config.data_seed,
+                          data_index=self.data_index)
 
     async def _prepare(self, a: PrepareTask) -> None:
         assert self.core is not None
         try:
-            prepared = await trio.to_thread.run_sync(
-                lambda: self._prepare_sync(a.task, a.task_params, a.init_seed), limiter=self._limiter)
-        except (TaskError, ValueError) as e:
+            prepared = await self.tasks.prepare(self._task_key(a.task, a.task_params, a.init_seed))
+        except TaskError as e:
             self._apply(self.core.task_failed(a.session_id, str(e), self._now()))
             return
         self._apply(self.core.task_ready(a.session_id, prepared, self._now()))
@@ -373,18 +376,10 @@ class FlRole(Protocol):
         s = self.core.sessions.get(a.session_id)
         if s is None or s.prepared is None:
             return
-        task, data = s.prepared.task, s.prepared.data
-
-        def work() -> TrainOutcome:
-            base_train = task.evaluate(a.base, data.x_train, data.y_train)
-            base_test = task.evaluate(a.base, data.x_test, data.y_test)
-            result = task.train(a.base, data, a.config, seed=a.seed)
-            return TrainOutcome(result, base_train.loss, base_test.accuracy)
-
         started = trio.current_time()
         try:
-            outcome = await trio.to_thread.run_sync(work, limiter=self._limiter)
-        except (TaskError, ValueError, RuntimeError) as e:
+            outcome = await self.tasks.train(s.prepared.key, a.base, a.config, a.seed)
+        except TaskError as e:
             log.warning("fl: local training for %s failed: %s", a.session_id.hex()[:16], e)
             return
         self.m_train.observe(trio.current_time() - started)
@@ -690,9 +685,7 @@ class FlRole(Protocol):
             raise RpcError(code, str(e)) from None
         nonce = os.urandom(16)
         try:
-            prepared = await trio.to_thread.run_sync(
-                lambda: self._prepare_sync(task, spec.task_params, init_seed_of(nonce)),
-                limiter=self._limiter)
+            prepared = await self.tasks.prepare(self._task_key(task, spec.task_params, init_seed_of(nonce)))
         except TaskError as e:
             raise RpcError(E.FL_UNKNOWN_TASK if "installed" in str(e) else E.FL_BAD_REQUEST, str(e)) from None
         if prepared.layout.size * 4 > self.config.max_model_bytes:
@@ -792,7 +785,9 @@ class FlRole(Protocol):
             params = await trio.to_thread.run_sync(load_model, final, s.latest_model)
         prepared: PreparedTask = s.prepared
         try:
-            await trio.to_thread.run_sync(export_state_dict, prepared.task, params, target)
+            await self.tasks.export(prepared.key, params, target)
+        except TaskError as e:
+            raise RpcError(E.FL_EXPORT_FAILED, f"cannot export the model: {e}") from None
         except OSError as e:
             raise RpcError(E.FL_EXPORT_FAILED, f"cannot write {path}: {e.strerror or e}") from None
         return {"path": str(target), "model_hash": s.latest_model.hex(), "rounds_done": s.rounds_done,

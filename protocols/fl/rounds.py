@@ -3,7 +3,12 @@
 Timing, per round plan received at local time t0, with D the session's round deadline and the
 aggregator order o_0, o_1, ... (election.py): slot k is [t0 + k*D, t0 + (k+1)*D). A participant
 sends its update to o_k for the slot it is in when training ends, and again to o_(k+1) when
-slot k ends without a round result (or at once when o_k cannot be reached). Aggregator o_k
+slot k ends without a round result. A failed send (o_k unreachable, or refusing, e.g. because
+its copy of the plan is late) goes at once to the next aggregator of the order, which collects
+from the start of the round; and while the current slot's aggregator lacks the update, it is
+tried again after a backoff (1, 2, 4, 8 s), for as long as the slots last: a participant never
+gives up on a round that can still complete (an overloaded network fails stream opens for
+seconds at a time). Aggregator o_k
 collects updates addressed to it and aggregates as soon as every participant has answered
 (an update, or a rejection), or at the end of its slot with at least `min_participants`
 usable updates; participants that sent nothing are dropped (stragglers). The last aggregator
@@ -42,6 +47,10 @@ class UpdateMeta:
     train_loss: float
 
 
+RETRY_BACKOFF = 1.0       # seconds before the sends start over after every aggregator failed,
+RETRY_BACKOFF_MAX = 8.0   # doubling each time up to this
+
+
 class ParticipantState(enum.Enum):
     FETCHING = "fetching"       # waiting for the base model
     TRAINING = "training"
@@ -58,8 +67,11 @@ class ParticipantRound:
         self.state = ParticipantState.FETCHING
         self.delta: np.ndarray | None = None
         self.meta: UpdateMeta | None = None
-        self.sent_slot = -1          # highest slot the update was addressed to
+        self.sent_slot = -1          # slot of the aggregator the update was last addressed to
         self.in_flight = False
+        self.delivered: set[int] = set()       # slots whose aggregator has the update
+        self.retry_at: float | None = None     # when to try the current slot's aggregator again
+        self.cycles = 0                         # retries scheduled so far (the backoff doubles)
         # secure aggregation: the contribution (vector with its weight appended) and the
         # protocol run with the aggregator of `sent_slot`
         self.contribution: np.ndarray | None = None
@@ -71,6 +83,36 @@ class ParticipantRound:
 
     def slot_end(self, k: int) -> float:
         return self.t0 + (k + 1) * self.deadline
+
+    def outcome(self, slot: int, ok: bool, now: float) -> int | None:
+        """Record how the send to `slot` went. Returns the slot to send to at once, if any:
+        after a failure, the next aggregator of the order (fallbacks collect from the start
+        of the round) unless a later one has the update already. Whenever the current slot's
+        aggregator still lacks the update after that, a retry is due after a backoff
+        (`next_send`)."""
+        self.in_flight = False
+        if ok:
+            self.delivered.add(slot)
+        elif slot + 1 < len(self.order) and not any(d > slot for d in self.delivered):
+            return slot + 1
+        if self.slot_at(now) not in self.delivered:
+            self.cycles += 1
+            self.retry_at = now + min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2 ** (self.cycles - 1))
+        return None
+
+    def next_send(self, now: float) -> int | None:
+        """The slot to send the update to now, if any: the current slot's aggregator when it
+        lacks the update (a new slot began without a round result, or a retry is due)."""
+        if self.in_flight or now >= self.slot_end(len(self.order) - 1):
+            return None
+        cur = self.slot_at(now)
+        if cur in self.delivered or (self.retry_at is not None and now < self.retry_at):
+            return None
+        return cur
+
+    def sending_to(self, slot: int) -> None:
+        self.sent_slot = slot
+        self.retry_at = None
 
 
 class AggregatorState(enum.Enum):

@@ -62,6 +62,7 @@ from fognode.protocols.fl.tensors import params_hash
 MAX_SESSIONS = 64
 MAX_KNOWN_PEERS = 1024      # peers remembered from opt-ins, as fallback coordinator candidates
 MODELS_KEPT = 3
+END_REPUBLISH = 3           # republishes of a SessionEnded, one per republish interval
 # Rejections that say something about the sender's honesty or competence (reported to
 # reputation); lateness and races ("round closed", "unknown round") are not.
 BLAMEWORTHY = {"dtype", "shape", "size", "oversize", "hash", "nonfinite", "not a participant",
@@ -120,6 +121,10 @@ class Session:
     rewards_due: list[PayRewards] = field(default_factory=list)
     acting: int = 0                         # rank of the coordinator this node follows
     standby: Standby | None = None          # this node is a fallback coordinator, waiting
+    # the coordinator's SessionEnded, republished END_REPUBLISH times (the last round is paid
+    # when it arrives: one lost message must not cost the round's rewards)
+    end: SessionEnded | None = None
+    end_republish: tuple[int, float] = (0, 0.0)   # (republishes left, when the next is due)
 
     @property
     def sid(self) -> bytes:
@@ -444,7 +449,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
         assert pr.delta is not None and pr.meta is not None
         if pr.contribution is not None:
             return self._secagg_join(s, pr, slot, now)
-        pr.sent_slot = slot
+        pr.sending_to(slot)
         to = pr.order[slot]
         m = pr.meta
         act = SendUpdate(s.sid, pr.plan.round, pr.plan.try_no, slot, to, m.num_samples,
@@ -457,12 +462,20 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
 
         header = act.header(encode_tensor(pr.delta, chunk_size=1 << 20)[0])
         reason, out = self.receive_update(self.me, header, pr.delta.copy(), now)
-        return out
+        return out + self._sent(s, pr, slot, reason in (None, "duplicate update"), now)
+
+    def _sent(self, s: Session, pr: ParticipantRound, slot: int, ok: bool, now: float) -> list[Action]:
+        """The send to `slot` went through or failed: on to the next aggregator at once, or
+        a retry later (ParticipantRound.outcome)."""
+        nxt = pr.outcome(slot, ok, now)
+        if nxt is None or pr.state != ParticipantState.SENDING:
+            return []
+        return self._send(s, pr, nxt, now)
 
     def update_delivered(self, sid: bytes, round_no: int, try_no: int, fallback: int, ok: bool,
                          reason: str, now: float, *, forward: bool = False) -> list[Action]:
         """Outcome of a SendUpdate (`forward`: one carrying a regional update, i.e. with
-        members). On failure the next aggregator in the order is tried."""
+        members). On failure the next aggregator in the order is tried (rounds.py)."""
         s = self.sessions.get(sid)
         pr = s.participant if s is not None else None
         if forward:
@@ -471,10 +484,8 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
         if s is None or pr is None or (pr.plan.round, pr.plan.try_no) != (round_no, try_no) \
                 or pr.state != ParticipantState.SENDING or fallback != pr.sent_slot:
             return []
-        pr.in_flight = False
-        if not ok and fallback + 1 < len(pr.order):
-            return self._send(s, pr, fallback + 1, now)
-        return []
+        # a duplicate: that aggregator has the update already
+        return self._sent(s, pr, fallback, ok or reason == "duplicate update", now)
 
     # == rounds: aggregator ================================================================
 
@@ -754,8 +765,9 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
         paid = self._adopted(s, s.rounds_done, s.latest_model, None)
         s.rewards_due.clear()
         rank = s.coordinator.rank if s.coordinator is not None else s.acting
-        out: list[Action] = paid + [Publish(SessionEnded(s.sid, state.value, s.rounds_done, s.latest_model,
-                                                         reason, rank)),
+        s.end = SessionEnded(s.sid, state.value, s.rounds_done, s.latest_model, reason, rank)
+        s.end_republish = (END_REPUBLISH, now + self.interval)
+        out: list[Action] = paid + [Publish(s.end),
                                     Emit(TrainingSessionEnded(s.sid.hex(), state.value, s.rounds_done,
                                                               s.latest_model.hex(), reason))]
         bundle = s.models.get(s.latest_model)
@@ -777,6 +789,10 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
         out: list[Action] = []
         for s in list(self.sessions.values()):
             if s.state.ended:
+                left, due = s.end_republish
+                if s.end is not None and left > 0 and now >= due:
+                    s.end_republish = (left - 1, now + self.interval)
+                    out.append(Publish(s.end))
                 continue
             c = s.coordinator
             if c is not None:
@@ -794,9 +810,13 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
             if not s.state.ended:
                 out += self._fo_tick(s, now)
             pr = s.participant
-            if pr is not None and pr.state == ParticipantState.SENDING and not pr.in_flight \
-                    and now >= pr.slot_end(pr.sent_slot) and pr.sent_slot + 1 < len(pr.order):
-                out += self._send(s, pr, pr.sent_slot + 1, now)
+            if pr is not None and pr.state == ParticipantState.SENDING:
+                if pr.contribution is not None:   # secure aggregation: a fresh run per slot
+                    if not pr.in_flight and now >= pr.slot_end(pr.sent_slot) \
+                            and pr.sent_slot + 1 < len(pr.order):
+                        out += self._send(s, pr, pr.sent_slot + 1, now)
+                elif (slot := pr.next_send(now)) is not None:
+                    out += self._send(s, pr, slot, now)
             ar = s.aggregator
             if ar is not None and ar.state == AggregatorState.COLLECTING and ar.secagg is not None:
                 out += self._secagg_actions(s, ar, ar.secagg.tick(now), now)

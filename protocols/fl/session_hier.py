@@ -211,7 +211,7 @@ class HierRounds:
         assert h is not None and h.forward is not None
         fw = h.forward
         assert fw.delta is not None and fw.meta is not None
-        fw.sent_slot = slot
+        fw.sending_to(slot)
         to = fw.order[slot]
         act = SendUpdate(s.sid, fw.plan.round, fw.plan.try_no, slot, to, fw.meta.num_samples,
                          -1.0, -1.0, -1.0, fw.delta, h.members, h.weight)
@@ -222,7 +222,16 @@ class HierRounds:
 
         header = act.header(encode_tensor(fw.delta, chunk_size=1 << 20)[0])
         got = self._hier_receive(s, self.me, header, fw.delta.copy(), now)
-        return got if isinstance(got, list) else []
+        out = got if isinstance(got, list) else []
+        return out + self._hier_sent(s, fw, slot, not isinstance(got, str) or got == "duplicate update",
+                                     now)
+
+    def _hier_sent(self, s: Session, fw: ParticipantRound, slot: int, ok: bool,
+                   now: float) -> list[Action]:
+        nxt = fw.outcome(slot, ok, now)
+        if nxt is None or fw.state != ParticipantState.SENDING:
+            return []
+        return self._hier_forward(s, nxt, now)
 
     def _hier_delivered(self, s: Session, round_no: int, try_no: int, fallback: int, ok: bool,
                         reason: str, now: float) -> list[Action]:
@@ -233,10 +242,7 @@ class HierRounds:
         if fw is None or (fw.plan.round, fw.plan.try_no) != (round_no, try_no) \
                 or fw.state != ParticipantState.SENDING or fallback != fw.sent_slot:
             return []
-        fw.in_flight = False
-        if not ok and reason != "duplicate update" and fallback + 1 < len(fw.order):
-            return self._hier_forward(s, fallback + 1, now)
-        return []
+        return self._hier_sent(s, fw, fallback, ok or reason == "duplicate update", now)
 
     def _hier_tick(self, s: Session, now: float) -> list[Action]:
         h = s.hier
@@ -247,9 +253,9 @@ class HierRounds:
         if ra is not None and ra.state == AggregatorState.COLLECTING and now >= ra.closes:
             out += self._hier_maybe_regional(s, now, closing=True)
         fw = h.forward
-        if fw is not None and fw.state == ParticipantState.SENDING and not fw.in_flight \
-                and now >= fw.slot_end(fw.sent_slot) and fw.sent_slot + 1 < len(fw.order):
-            out += self._hier_forward(s, fw.sent_slot + 1, now)
+        if fw is not None and fw.state == ParticipantState.SENDING \
+                and (slot := fw.next_send(now)) is not None:
+            out += self._hier_forward(s, slot, now)
         return out
 
     # -- global aggregation ----------------------------------------------------------------

@@ -26,10 +26,9 @@ from fognode.protocols.fl.actions import (
     ReportOutcome, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.election import aggregator_order, regional_orders
 from fognode.protocols.fl.messages import (
-    DeviceFacts, RoundPlan, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
-from fognode.protocols.fl.prepared import PreparedTask, init_seed_of, prepare_task
+    DeviceFacts, RoundPlan, SessionEnded, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
+from fognode.protocols.fl.prepared import PreparedTask, init_seed_of, prepare_task, train_round
 from fognode.protocols.fl.privacy.secagg_messages import MaskedInput, UnmaskRequest
-from fognode.protocols.fl.rounds import TrainOutcome
 from fognode.protocols.fl.selection import DeviceCandidate
 from fognode.protocols.fl.session import FlCore
 from fognode.protocols.fl.strategies.base import StrategyError
@@ -101,6 +100,12 @@ class Sim:
         # coordinator failover: the starter (node 0) dies right after publishing its first
         # plan of this round
         self.kill_starter_at_round: int | None = None
+        # transient faults: every update send fails as unreachable while `now` is before this
+        # (an overloaded network: the aggregators are alive but streams cannot be opened)
+        self.sends_fail_until: float | None = None
+        self.failed_sends = 0
+        # this many SessionEnded messages are lost (for every receiver)
+        self.lose_ends = 0
         # called after each gossip message was delivered to the live nodes
         self.after_publish: Callable[[SimNode, Any], None] | None = None
         for i in range(n):
@@ -185,8 +190,11 @@ class Sim:
                         break
             data = encode_gossip(act.msg)
             self.published += 1
+            lost = isinstance(act.msg, SessionEnded) and self.lose_ends > 0
+            if lost:
+                self.lose_ends -= 1
             for other in self.nodes:
-                if other is nd or not other.alive or self.rng.random() < self.drop:
+                if other is nd or not other.alive or lost or self.rng.random() < self.drop:
                     continue
                 msg = decode_gossip(wire(data), peer=nd.peer)
                 for a in other.core.receive(nd.peer, msg, now):
@@ -225,14 +233,10 @@ class Sim:
             if nd.never_trains:
                 return
             s = core.sessions[act.session_id]
-            assert s.prepared is not None
-            task, data = s.prepared.task, s.prepared.data
-            base_train = task.evaluate(act.base, data.x_train, data.y_train)
-            base_test = task.evaluate(act.base, data.x_test, data.y_test)
-            result = task.train(act.base, data, act.config, seed=act.seed)
+            assert s.prepared is not None and s.prepared.local is not None
+            outcome = train_round(s.prepared.local, act.base, act.config, act.seed)
             nd.trained_rounds += 1
-            self._push(nd, core.trained(act.session_id, act.round, act.try_no,
-                                        TrainOutcome(result, base_train.loss, base_test.accuracy), now))
+            self._push(nd, core.trained(act.session_id, act.round, act.try_no, outcome, now))
         elif isinstance(act, SendUpdate):
             self.sent_updates.append((nd.peer, act))
             if nd.hold_updates:
@@ -296,7 +300,9 @@ class Sim:
         delta = act.delta if nd.byzantine is None else nd.byzantine(act.delta)
         if nd.claim_samples is not None:
             act = dataclasses.replace(act, num_samples=nd.claim_samples)
-        if target is None or not target.alive:
+        if target is None or not target.alive or \
+                (self.sends_fail_until is not None and self.now < self.sends_fail_until):
+            self.failed_sends += 1
             self._push(nd, nd.core.update_delivered(act.session_id, act.round, act.try_no,
                                                     act.fallback, False, "unreachable", self.now,
                                                     forward=bool(act.members)))

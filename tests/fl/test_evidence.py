@@ -417,6 +417,28 @@ def test_only_the_adopted_aggregator_of_a_round_mints() -> None:
     assert all(not nd.core.sessions[sid].rewards_due for nd in sim.nodes)
 
 
+def test_the_last_round_is_paid_when_the_first_session_end_is_lost() -> None:
+    """The last round's aggregator mints once it learns the coordinator adopted its model,
+    which for the last round is the SessionEnded message. The coordinator republishes it, so
+    losing the first copy (for every node) costs nothing."""
+    from tests.fl.harness import Sim
+
+    sim = Sim(4)
+    sim.lose_ends = 1
+    spec = SessionSpec(task="synthetic", rounds=2, min_participants=3, participants=4, deadline=10.0,
+                       optin_seconds=1.0, task_params={"max_samples": 100}, reward_budget=2_000_000)
+    sid = sim.start(spec)
+    sim.run_until(lambda: sim.ended(sid), 600)
+    assert sim.lose_ends == 0                   # the first end was published, and lost
+    last = sim.status(sid)["history"][-1]
+    # within one republish interval (2 s), well before a fallback coordinator would take
+    # over from the silent coordinator (deadline + 2 republish intervals) and end it again
+    sim.run_until(lambda: all(sim.ended(sid, k) for k in range(4)), 4)
+    paid = [(nd.peer, p.receipt) for nd in sim.nodes for p in nd.payments]
+    assert sorted(r.round for _, r in paid) == [1, 2]
+    assert [peer for peer, r in paid if r.round == 2] == [last["aggregator"]]
+
+
 def test_two_participants_sharing_one_wallet_are_both_paid() -> None:
     from fognode.ledger.messages import Vote
 

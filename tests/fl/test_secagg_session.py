@@ -49,7 +49,7 @@ def test_receipt_weights_follow_declared_samples() -> None:
     st = run(sim, sid)
     assert st["state"] == "completed", st["reason"]
     h = st["history"][0]
-    samples = {nd.peer: nd.core.sessions[sid].prepared.data.x_train.shape[0] for nd in sim.nodes}
+    samples = {nd.peer: nd.core.sessions[sid].prepared.local.data.x_train.shape[0] for nd in sim.nodes}
     total = sum(samples[p] for p in h["accepted"])
     for p in h["accepted"]:
         assert abs(h["weights"][p] - samples[p] / total) < 1e-6

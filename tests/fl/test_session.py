@@ -155,6 +155,23 @@ def test_aggregator_killed_when_the_round_starts_session_completes() -> None:
     assert len(h["accepted"]) == 4
 
 
+def test_updates_that_cannot_be_sent_for_a_while_are_retried_within_the_round() -> None:
+    """For 12 s after the first plan every update send fails (an overloaded network: streams
+    cannot be opened though every aggregator is alive). Each participant tries the whole
+    aggregator order, then starts over at the current slot's aggregator after a backoff, so
+    round 1 completes in its first try with every update, instead of being given up and
+    retried."""
+    sim = Sim(5)
+    sid = sim.start(spec(rounds=2, deadline=10.0, fallbacks=2))
+    sim.sends_fail_until = sim.now + 1.0 + 12.0     # opt-in lasts 1 s
+    st = run(sim, sid)
+    assert st["state"] == "completed", st["reason"]
+    h = st["history"][0]
+    assert h["tries"] == 1 and len(h["accepted"]) == 5 and h["dropped"] == []
+    # every participant cycled through the 3 aggregators more than once before getting through
+    assert sim.failed_sends >= 2 * 3 * 4
+
+
 def test_straggler_dropped_at_the_deadline() -> None:
     sim = Sim(5)
     slow = sim.nodes[3]

@@ -68,6 +68,7 @@ BATCH = 10
 DATA_SEED = 3
 DEADLINE = 20.0        # seconds per aggregator slot; a stalled slot passes to the fallback
 WARMUP_TIMEOUT = 60.0  # bound on the warm-up session
+IDLE_LAG = 5.0         # seconds of idle daemons over which their event-loop lag is the bound
 OPTIN = 15.0           # seconds of opt-in: long enough for all N daemons to load the task, so
                        # round 1 selects all N (it would start with min_participants otherwise)
 Sample = tuple[str, frozenset[tuple[str, str]]]
@@ -93,6 +94,7 @@ class Bounds:
     fetch: float              # median seconds, one model fetch over one libp2p stream
     rtt: float                # median seconds, one request/response on an open connection
     tcp: float                # median seconds, the same bytes over plain TCP on loopback
+    idle_lag: float           # mean event-loop lag of the daemons, idle, for IDLE_LAG seconds
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ PHASES = {   # phase -> (histogram, labels, which nodes: "all", "participants" (
     "update transfer, participant -> aggregator": ("fognode_fl_transfer_seconds", {"stream": "update"}, "all"),
     "aggregation (fedavg)": ("fognode_fl_aggregation_seconds", {}, "all"),
     "new model fetch, coordinator <- aggregator": ("fognode_fl_transfer_seconds", {"stream": "model"}, "coordinator"),
+    "event-loop lag, mean of 0.25 s probes": ("fognode_node_event_loop_lag_seconds", {}, "all"),
 }
 
 
@@ -160,7 +163,7 @@ def local_training(nodes: int) -> tuple[float, list[float]]:
     after one first call (returned separately: torch's first-use costs)."""
     import torch
 
-    from fognode.protocols.fl.prepared import prepare_task
+    from fognode.protocols.fl.prepared import prepare_task, train_round
     from fognode.protocols.fl.tasks import TrainConfig
 
     torch.set_num_threads(1)     # as the daemons (protocols.fl.torch_threads = 1)
@@ -169,10 +172,9 @@ def local_training(nodes: int) -> tuple[float, list[float]]:
 
     def work(k: int) -> float:
         p = prepared[k]
+        assert p.local is not None
         t = time.perf_counter()
-        p.task.evaluate(p.initial_params, p.data.x_train, p.data.y_train)
-        p.task.evaluate(p.initial_params, p.data.x_test, p.data.y_test)
-        p.task.train(p.initial_params, p.data, cfg, seed=k)
+        train_round(p.local, p.initial_params, cfg, k)
         return time.perf_counter() - t
 
     first = work(0)              # torch's first-use costs (each daemon pays them in round 1)
@@ -389,11 +391,14 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
         sent = counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "update"}) \
             + counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "model"})
         print("measuring the bounds with the daemons idle ...", file=sys.stderr, flush=True)
+        time.sleep(IDLE_LAG)     # the daemons' event-loop lag when idle, over IDLE_LAG seconds
+        idle = [scrape(p) for p in ports]
+        idle_lag = hist(after, idle, "fognode_node_event_loop_lag_seconds").mean
         rtt, fetch = trio.run(stream_bounds, coord.addr, coord.peer_id, bytes.fromhex(sid),
                               bytes.fromhex(done["model_hash"]), size)
         first, trains = local_training(nodes)
         bounds = Bounds(train=trains, first_train=first, fedavg=fedavg_seconds(nodes, size), fetch=fetch,
-                        rtt=rtt, tcp=tcp_seconds(size * 4))
+                        rtt=rtt, tcp=tcp_seconds(size * 4), idle_lag=idle_lag)
         return RoundsResult(
             nodes=nodes, parameters=size,
             state=done["state"] + (f" ({done['reason']})" if done.get("reason") else ""),
@@ -466,7 +471,8 @@ def print_table(r: RoundsResult) -> None:
               "local training (evaluate + 1 epoch)": (_mean(b.train), "the same trainings one at a time here"),
               "update transfer, participant -> aggregator": (b.fetch, "same bytes over one libp2p stream"),
               "aggregation (fedavg)": (b.fedavg, f"fedavg of {r.nodes} updates here"),
-              "new model fetch, coordinator <- aggregator": (b.fetch, "same bytes over one libp2p stream")}
+              "new model fetch, coordinator <- aggregator": (b.fetch, "same bytes over one libp2p stream"),
+              "event-loop lag, mean of 0.25 s probes": (b.idle_lag, f"the same daemons idle ({IDLE_LAG:.0f} s)")}
     for name, means in r.phases.items():
         tot = Mean(sum(means[i].total for i in steady), sum(means[i].count for i in steady))
         row(name, [m.mean for m in means], tot.mean, int(tot.count), *bounds[name])

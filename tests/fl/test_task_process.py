@@ -1,0 +1,128 @@
+"""The task process (protocols/fl/task_process.py): a real child process over real pipes."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from fognode.protocols.fl.prepared import TaskKey, prepare_task, train_round
+from fognode.protocols.fl.task_process import TaskProcess
+from fognode.protocols.fl.tasks import TaskError, TrainConfig
+
+PARAMS = {"max_samples": 60.0}
+KEY = TaskKey.of("synthetic", PARAMS, 5, data_seed=3, data_index=2)
+CFG = TrainConfig(epochs=1, lr=0.05, batch_size=10)
+
+
+def run(fn) -> None:  # type: ignore[no-untyped-def]
+    trio.run(fn)
+
+
+def test_a_round_in_the_task_process_equals_the_same_round_here() -> None:
+    local = prepare_task("synthetic", PARAMS, 5, data_seed=3, data_index=2)
+    assert local.local is not None
+    want = train_round(local.local, local.initial_params, CFG, 7)
+
+    async def main() -> None:
+        tp = TaskProcess(nice=10)
+        try:
+            prepared = await tp.prepare(KEY)
+            assert prepared.layout == local.layout and prepared.initial_hash == local.initial_hash
+            assert prepared.local is None            # the task lives in the child only
+            got = await tp.train(KEY, prepared.initial_params, CFG, 7)
+            assert np.array_equal(got.result.params, want.result.params)
+            assert got.result.num_samples == want.result.num_samples
+            assert got.base_loss == pytest.approx(want.base_loss)
+            assert got.base_accuracy == pytest.approx(want.base_accuracy)
+            # the child runs at the configured lower priority
+            pid = tp.pid
+            assert pid is not None
+            assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 10 \
+                or os.getpriority(os.PRIO_PROCESS, pid) == 19
+        finally:
+            await tp.aclose()
+        assert tp.pid is None
+
+    run(main)
+
+
+def test_a_dead_task_process_is_replaced_and_rebuilds_the_task_from_its_key() -> None:
+    async def main() -> None:
+        tp = TaskProcess()
+        try:
+            prepared = await tp.prepare(KEY)
+            first = await tp.train(KEY, prepared.initial_params, CFG, 1)
+            # killed during a training: that call fails with the reason
+            big = TrainConfig(epochs=200, lr=0.05, batch_size=1)    # seconds of work
+            pid = tp.pid
+            assert pid is not None
+
+            async def kill_soon() -> None:
+                await trio.sleep(0.3)
+                os.kill(pid, signal.SIGKILL)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_soon)
+                with pytest.raises(TaskError, match="task process exited"):
+                    await tp.train(KEY, prepared.initial_params, big, 1)
+            # the next call starts a new child, which rebuilds the task from the key it is sent
+            again = await tp.train(KEY, prepared.initial_params, CFG, 1)
+            assert np.array_equal(again.result.params, first.result.params)
+            assert tp.starts == 2 and tp.pid not in (None, pid)
+            # killed between calls: replaced before the next call, which does not fail
+            pid2 = tp.pid
+            assert pid2 is not None
+            os.kill(pid2, signal.SIGKILL)
+            await trio.sleep(0.2)
+            again = await tp.train(KEY, prepared.initial_params, CFG, 1)
+            assert np.array_equal(again.result.params, first.result.params) and tp.starts == 3
+        finally:
+            await tp.aclose()
+
+    run(main)
+
+
+def test_task_errors_come_back_with_their_reason_and_the_child_lives_on(tmp_path: Path) -> None:
+    async def main() -> None:
+        tp = TaskProcess()
+        try:
+            with pytest.raises(TaskError, match="no FL task named .no_such_task. is installed"):
+                await tp.prepare(TaskKey.of("no_such_task", {}, 0, data_seed=0, data_index=0))
+            with pytest.raises(TaskError, match="unknown parameter"):
+                await tp.prepare(TaskKey.of("synthetic", {"gamma": 1.0}, 0, data_seed=0, data_index=0))
+            prepared = await tp.prepare(KEY)
+            with pytest.raises(TaskError, match="parameter vector has 3 values"):
+                await tp.train(KEY, np.zeros(3, np.float32), CFG, 0)
+            # export: a state dict file for the user; a path the file system refuses is an OSError
+            out = tmp_path / "model.pt"
+            await tp.export(KEY, prepared.initial_params, out)
+            assert out.stat().st_size > 0 and not (tmp_path / "model.pt.tmp").exists()
+            with pytest.raises(OSError, match="no directory"):
+                await tp.export(KEY, prepared.initial_params, tmp_path / "missing" / "model.pt")
+            assert tp.starts == 1
+        finally:
+            await tp.aclose()
+
+    run(main)
+
+
+def test_a_call_cancelled_half_way_kills_the_child_and_the_next_call_works() -> None:
+    async def main() -> None:
+        tp = TaskProcess()
+        try:
+            prepared = await tp.prepare(KEY)
+            pid = tp.pid
+            big = TrainConfig(epochs=200, lr=0.05, batch_size=1)    # seconds of work
+            with trio.move_on_after(0.3):
+                await tp.train(KEY, prepared.initial_params, big, 0)
+            assert tp.pid is None                     # out of step: killed, not reused
+            got = await tp.train(KEY, prepared.initial_params, CFG, 0)
+            assert got.result.num_samples > 0 and tp.starts == 2 and tp.pid != pid
+        finally:
+            await tp.aclose()
+
+    run(main)
