@@ -79,8 +79,8 @@ class FlConfig:
     aggregation_threads: int = 1          # aggregations (and model saves) run at once
     torch_threads: int = 1                # torch intra-op threads in the task process (0 =
                                           # torch's default); 1 is fastest for small models
-    training_nice: int = 10               # how much lower the task process's CPU priority is
-                                          # (0..19): training never starves the network
+    training_nice: int = 0                # how much lower the task process's CPU priority is
+                                          # (0..19): raise it where the owner's work comes first
     coordinator_fallbacks: int = 2        # fallback coordinators named in the announcements of
                                           # sessions this node starts (0..16; 0 = none)
 

@@ -2,11 +2,11 @@
 
 Why a process and not a worker thread: local training is Python-level torch code that holds
 the GIL between small ops, and `import torch` holds it for seconds. In a thread of the daemon
-it starves the event loop: measured on 2 cores under load, the loop's latency reached 1.1 s
-and libp2p stream negotiations took up to 10 s, so updates to the aggregator could not even
-open their streams (the round-1 stalls of tools/bench/fl_rounds.py). In its own process the
-training has its own interpreter, runs at a lower CPU priority (`training_nice`), and the
-daemon itself never imports torch.
+it competes with the event loop for the GIL: measured on 2 loaded cores, training the
+synthetic_mlp model in a thread delayed the loop's wake-ups by up to 1.1 s (p99 106 ms) and
+itself ran 2.6 times slower than in a process of its own, where the loop's worst delay was
+34 ms. In its own process the daemon never imports torch, a crash in a task cannot take the
+daemon down, and `training_nice` can lower training's CPU priority.
 
 One task process per daemon, started on first use and restarted after it dies. Requests go
 one at a time over its stdin and answers come back over its stdout, each a frame: 8-byte

@@ -1,0 +1,128 @@
+"""Where a daemon trains: in a worker thread of its own process, or in its task process
+(protocols/fl/task_process.py). What it costs the event loop, and the training itself.
+
+    .venv/bin/python -m fognode.tools.bench.fl_training [--rounds 20] [--hidden 2048]
+
+One trio loop stands for the daemon: a probe sleeps 10 ms again and again and records how
+late each wake-up is (the event-loop lag a daemon's peers feel in every stream negotiation
+and gossip hop). Meanwhile the loop has `--rounds` local trainings of the `synthetic_mlp`
+task (evaluate on train and test data, one epoch, batch 10: the work of one FL round) done
+
+- `thread`: with `trio.to_thread.run_sync(train_round, ...)`, as the daemon did before,
+- `process`: with `TaskProcess.train`, as the daemon does now (one child, torch in it only),
+
+each after a first training that is not measured (torch's first-use costs). The bound is the
+same probe with nothing else running, measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import trio
+
+PROBE = 0.010      # seconds each probe sleeps
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    train_s: list[float]
+    lags: list[float]
+
+    def lag(self, q: float) -> float:
+        xs = sorted(self.lags)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+async def _probe(lags: list[float], stop: trio.Event) -> None:
+    while not stop.is_set():
+        t = time.perf_counter()
+        await trio.sleep(PROBE)
+        lags.append(max(0.0, time.perf_counter() - t - PROBE))
+
+
+def run(rounds: int, hidden: float) -> list[Result]:
+    import torch
+
+    from fognode.protocols.fl.prepared import TaskKey, prepare_task, train_round
+    from fognode.protocols.fl.task_process import TaskProcess
+    from fognode.protocols.fl.tasks import TrainConfig
+
+    torch.set_num_threads(1)              # as protocols.fl.torch_threads = 1
+    params = {"hidden": hidden, "max_samples": 200.0}
+    key = TaskKey.of("synthetic_mlp", params, 0, data_seed=3, data_index=1)
+    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=10)
+    local = prepare_task("synthetic_mlp", params, 0, data_seed=3, data_index=1)
+    assert local.local is not None
+    lt = local.local
+    out: list[Result] = []
+
+    async def idle() -> None:
+        lags: list[float] = []
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_probe, lags, stop)
+            await trio.sleep(2.0)
+            stop.set()
+        out.append(Result("nothing else running (bound)", [], lags))
+
+    async def in_thread() -> None:
+        await trio.to_thread.run_sync(train_round, lt, local.initial_params, cfg, 0)
+        lags: list[float] = []
+        times: list[float] = []
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_probe, lags, stop)
+            for k in range(rounds):
+                t = time.perf_counter()
+                await trio.to_thread.run_sync(train_round, lt, local.initial_params, cfg, k)
+                times.append(time.perf_counter() - t)
+            stop.set()
+        out.append(Result("thread: trio.to_thread(train_round)", times, lags))
+
+    async def in_process() -> None:
+        tp = TaskProcess()
+        try:
+            p = await tp.prepare(key)
+            await tp.train(key, p.initial_params, cfg, 0)
+            lags: list[float] = []
+            times: list[float] = []
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_probe, lags, stop)
+                for k in range(rounds):
+                    t = time.perf_counter()
+                    await tp.train(key, p.initial_params, cfg, k)
+                    times.append(time.perf_counter() - t)
+                stop.set()
+        finally:
+            await tp.aclose()
+        out.append(Result("process: TaskProcess.train", times, lags))
+
+    trio.run(idle)
+    trio.run(in_thread)
+    trio.run(in_process)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--hidden", type=float, default=2048.0)
+    args = ap.parse_args()
+    results = run(args.rounds, args.hidden)
+    print(f"event-loop lag while training synthetic_mlp (hidden {args.hidden:.0f}), "
+          f"{args.rounds} trainings, probe every {PROBE * 1000:.0f} ms")
+    print(f"{'where the training runs':<40}{'train s (median)':>17}{'lag p50 ms':>12}{'p99 ms':>9}"
+          f"{'max ms':>9}{'probes':>8}")
+    for r in results:
+        med = f"{statistics.median(r.train_s):.4f}" if r.train_s else "-"
+        print(f"{r.name:<40}{med:>17}{r.lag(0.5) * 1000:>12.2f}{r.lag(0.99) * 1000:>9.2f}"
+              f"{max(r.lags) * 1000:>9.1f}{len(r.lags):>8}")
+
+
+if __name__ == "__main__":
+    main()
