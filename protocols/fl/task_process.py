@@ -2,11 +2,13 @@
 
 Why a process and not a worker thread: local training is Python-level torch code that holds
 the GIL between small ops, and `import torch` holds it for seconds. In a thread of the daemon
-it competes with the event loop for the GIL: measured on 2 loaded cores, training the
-synthetic_mlp model in a thread delayed the loop's wake-ups by up to 1.1 s (p99 106 ms) and
-itself ran 2.6 times slower than in a process of its own, where the loop's worst delay was
-34 ms. In its own process the daemon never imports torch, a crash in a task cannot take the
-daemon down, and `training_nice` can lower training's CPU priority.
+it competes with the event loop for the GIL whenever the process does not get a core to
+itself. `python -m fognode.tools.bench.fl_training --load 12` (12 busy processes on 2 cores):
+with training in a thread the loop's wake-ups were late by 28 ms at p99 (38 ms at worst);
+with training in the task process, 4.3 ms (7.6 ms), as with nothing running (4.0 ms). On an
+idle machine both are under 2 ms. In its own process, also, the daemon never imports torch, a
+crash in a task cannot take the daemon down, and `training_nice` can lower training's CPU
+priority.
 
 One task process per daemon, started on first use and restarted after it dies. Requests go
 one at a time over its stdin and answers come back over its stdout, each a frame: 8-byte

@@ -1,18 +1,22 @@
 """Where a daemon trains: in a worker thread of its own process, or in its task process
 (protocols/fl/task_process.py). What it costs the event loop, and the training itself.
 
-    .venv/bin/python -m fognode.tools.bench.fl_training [--rounds 20] [--hidden 2048]
+    .venv/bin/python -m fognode.tools.bench.fl_training [--rounds 10] [--hidden 2048]
+        [--epochs 5] [--max-samples 1000] [--load 0]
 
 One trio loop stands for the daemon: a probe sleeps 10 ms again and again and records how
 late each wake-up is (the event-loop lag a daemon's peers feel in every stream negotiation
 and gossip hop). Meanwhile the loop has `--rounds` local trainings of the `synthetic_mlp`
-task (evaluate on train and test data, one epoch, batch 10: the work of one FL round) done
+task (evaluate on train and test data, then `--epochs` epochs at batch 10 on up to
+`--max-samples` samples: the work of one FL round, about a second here) done
 
 - `thread`: with `trio.to_thread.run_sync(train_round, ...)`, as the daemon did before,
 - `process`: with `TaskProcess.train`, as the daemon does now (one child, torch in it only),
 
 each after a first training that is not measured (torch's first-use costs). The bound is the
-same probe with nothing else running, measured in the same run.
+same probe with nothing else running, measured in the same run. `--load N` runs N busy-loop
+processes beside all three, as on a machine shared with other work (the GIL hand-off between
+the loop and a training thread is what suffers when the process does not get a core).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 import trio
 
 PROBE = 0.010      # seconds each probe sleeps
+DEVICE = 6         # data index of a large device (900 training samples with data seed 3)
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ async def _probe(lags: list[float], stop: trio.Event) -> None:
         lags.append(max(0.0, time.perf_counter() - t - PROBE))
 
 
-def run(rounds: int, hidden: float) -> list[Result]:
+def run(rounds: int, hidden: float, epochs: int, max_samples: float) -> list[Result]:
     import torch
 
     from fognode.protocols.fl.prepared import TaskKey, prepare_task, train_round
@@ -52,10 +57,10 @@ def run(rounds: int, hidden: float) -> list[Result]:
     from fognode.protocols.fl.tasks import TrainConfig
 
     torch.set_num_threads(1)              # as protocols.fl.torch_threads = 1
-    params = {"hidden": hidden, "max_samples": 200.0}
-    key = TaskKey.of("synthetic_mlp", params, 0, data_seed=3, data_index=1)
-    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=10)
-    local = prepare_task("synthetic_mlp", params, 0, data_seed=3, data_index=1)
+    params = {"hidden": hidden, "max_samples": max_samples}
+    key = TaskKey.of("synthetic_mlp", params, 0, data_seed=3, data_index=DEVICE)
+    cfg = TrainConfig(epochs=epochs, lr=0.05, batch_size=10)
+    local = prepare_task("synthetic_mlp", params, 0, data_seed=3, data_index=DEVICE)
     assert local.local is not None
     lt = local.local
     out: list[Result] = []
@@ -108,14 +113,34 @@ def run(rounds: int, hidden: float) -> list[Result]:
     return out
 
 
+def _busy() -> None:
+    while True:
+        pass
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--hidden", type=float, default=2048.0)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--max-samples", type=float, default=1000.0)
+    ap.add_argument("--load", type=int, default=0, help="busy-loop processes running beside")
     args = ap.parse_args()
-    results = run(args.rounds, args.hidden)
-    print(f"event-loop lag while training synthetic_mlp (hidden {args.hidden:.0f}), "
-          f"{args.rounds} trainings, probe every {PROBE * 1000:.0f} ms")
+    import multiprocessing
+
+    burners = [multiprocessing.get_context("spawn").Process(target=_busy, daemon=True)
+               for _ in range(args.load)]
+    for b in burners:
+        b.start()
+    try:
+        results = run(args.rounds, args.hidden, args.epochs, args.max_samples)
+    finally:
+        for b in burners:
+            b.kill()
+            b.join(5)
+    print(f"event-loop lag while training synthetic_mlp (hidden {args.hidden:.0f}, {args.epochs} epochs, "
+          f"up to {args.max_samples:.0f} samples), {args.rounds} trainings, probe every "
+          f"{PROBE * 1000:.0f} ms, {args.load} busy processes beside")
     print(f"{'where the training runs':<40}{'train s (median)':>17}{'lag p50 ms':>12}{'p99 ms':>9}"
           f"{'max ms':>9}{'probes':>8}")
     for r in results:
