@@ -8,15 +8,15 @@ N real daemons (own data dirs, one shared dev genesis, node i bootstraps to node
 waits until every daemon is connected to every other; with `--star`, peers_low=1: every node
 keeps only its bootstrap connection to node 0 and a participant dials the round's aggregator
 on demand (address from its peerstore or a DHT look-up). WARM-UP: first a 1-round session of
-the small `synthetic` task, bounded at 60 s, so that each daemon's first torch use and the
-first streams between the daemons are not inside the measured session (`--no-warmup` skips
-it). Why: on this 2-core machine, shared with other work (load average 7 to 14), about half
-of the runs without it stalled in round 1: every participant's update to the elected
-aggregator failed ("opening /fognode/fl/update/1.0.0 to <peer> timed out" after
-overlay.dial_timeout, with `--star` also "no address known for <peer>"), and so did the
-sends to each fallback aggregator, try after try; rounds after the first ran in 1 to 5 s. A
-session that does not complete still gets its table (a column for the unfinished round, the
-failed sends by reason from the daemons' logs) and the command exits with status 1.
+the small `synthetic` task, bounded at 60 s, so that each daemon's first torch use (its task
+process imports torch: about 1.5 s of CPU each, 10 at once on 2 cores) and the first streams
+between the daemons are not inside the measured session (`--no-warmup` skips it). Until the
+task process and the participants' retries (protocols/fl/rounds.py), about half of the runs
+without it stalled in round 1 on this 2-core machine when it was shared with other work: every
+participant's update stream to the elected aggregator timed out ("opening
+/fognode/fl/update/1.0.0 to <peer> timed out"), then to each fallback, and the participants gave
+up. A session that does not complete still gets its table (a column for the unfinished round,
+the failed sends by reason from the daemons' logs) and the command exits with status 1.
 
 Node 0 starts the session through its RPC socket (`fl.start`, task `synthetic_mlp` with a
 2048-unit hidden layer: 145,418 parameters, 0.58 MB per float32 tensor, the same model as the
