@@ -65,6 +65,7 @@ async def measure(opens: int) -> list[tuple[int, float, float, float, float]]:
 
     from fognode.node.events import EventBus
     from fognode.node.host import OverlayConfig, open_overlay
+    from fognode.node.overlay import FramedStream
 
     inst = _Iterations()
     trio.lowlevel.add_instrument(inst)
@@ -73,7 +74,7 @@ async def measure(opens: int) -> list[tuple[int, float, float, float, float]]:
     out = []
     async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(ra), ra) as a, \
             open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(rb), rb) as b:
-        async def echo(st) -> None:  # type: ignore[no-untyped-def]
+        async def echo(st: FramedStream) -> None:
             await st.send(await st.recv())
 
         b.set_stream_handler(PROTOCOL, echo)
