@@ -26,7 +26,8 @@ round into plan gossip, model fetch, local training, update transfer, aggregatio
 round's duration at the coordinator, each from the daemons' own metrics and `fl.status`, next
 to bounds measured in the same run (tools/bench/fl_rounds.py says how). With `--in-process`,
 then the same session with N `fl` roles on N libp2p hosts inside this one process (the
-earlier form of this benchmark; one interpreter shares the CPU), as a second table.
+earlier form of this benchmark; one interpreter runs every host, each role trains in its own
+task process), as a second table.
 """
 from __future__ import annotations
 
