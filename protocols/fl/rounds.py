@@ -47,6 +47,10 @@ class UpdateMeta:
     train_loss: float
 
 
+# Refusals after which sending the same update to the same aggregator again is pointless: it
+# has it ("duplicate update"), or it has closed the round or the session. The participant does
+# not retry that slot; when the slot ends without a result, the next aggregator gets it.
+SLOT_SETTLED = frozenset({"duplicate update", "round closed", "session ended"})
 RETRY_BACKOFF = 1.0       # seconds before the sends start over after every aggregator failed,
 RETRY_BACKOFF_MAX = 8.0   # doubling each time up to this
 

@@ -47,7 +47,8 @@ from fognode.protocols.fl.prepared import PreparedTask, init_seed_of
 from fognode.protocols.fl.privacy.secagg import with_weight
 from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt, round_reward_of
 from fognode.protocols.fl.rounds import (
-    AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome, UpdateMeta)
+    SLOT_SETTLED, AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome,
+    UpdateMeta)
 from fognode.protocols.fl.selection import ineligibility
 from fognode.protocols.fl.session_failover import (
     FailoverRounds, Standby, choose_fallbacks, plan_span)
@@ -462,7 +463,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
 
         header = act.header(encode_tensor(pr.delta, chunk_size=1 << 20)[0])
         reason, out = self.receive_update(self.me, header, pr.delta.copy(), now)
-        return out + self._sent(s, pr, slot, reason in (None, "duplicate update"), now)
+        return out + self._sent(s, pr, slot, reason is None or reason in SLOT_SETTLED, now)
 
     def _sent(self, s: Session, pr: ParticipantRound, slot: int, ok: bool, now: float) -> list[Action]:
         """The send to `slot` went through or failed: on to the next aggregator at once, or
@@ -484,8 +485,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
         if s is None or pr is None or (pr.plan.round, pr.plan.try_no) != (round_no, try_no) \
                 or pr.state != ParticipantState.SENDING or fallback != pr.sent_slot:
             return []
-        # a duplicate: that aggregator has the update already
-        return self._sent(s, pr, fallback, ok or reason == "duplicate update", now)
+        return self._sent(s, pr, fallback, ok or reason in SLOT_SETTLED, now)
 
     # == rounds: aggregator ================================================================
 

@@ -48,7 +48,7 @@ from fognode.protocols.fl.actions import Action, AggregateSum, SendUpdate
 from fognode.protocols.fl.election import regional_orders
 from fognode.protocols.fl.messages import MemberMeta, RoundPlan, UpdateHeader
 from fognode.protocols.fl.rounds import (
-    AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, UpdateMeta)
+    SLOT_SETTLED, AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, UpdateMeta)
 from fognode.protocols.fl.strategies.base import ClientUpdate, StrategyError
 
 if TYPE_CHECKING:
@@ -223,8 +223,7 @@ class HierRounds:
         header = act.header(encode_tensor(fw.delta, chunk_size=1 << 20)[0])
         got = self._hier_receive(s, self.me, header, fw.delta.copy(), now)
         out = got if isinstance(got, list) else []
-        return out + self._hier_sent(s, fw, slot, not isinstance(got, str) or got == "duplicate update",
-                                     now)
+        return out + self._hier_sent(s, fw, slot, not isinstance(got, str) or got in SLOT_SETTLED, now)
 
     def _hier_sent(self, s: Session, fw: ParticipantRound, slot: int, ok: bool,
                    now: float) -> list[Action]:
@@ -242,7 +241,7 @@ class HierRounds:
         if fw is None or (fw.plan.round, fw.plan.try_no) != (round_no, try_no) \
                 or fw.state != ParticipantState.SENDING or fallback != fw.sent_slot:
             return []
-        return self._hier_sent(s, fw, fallback, ok or reason == "duplicate update", now)
+        return self._hier_sent(s, fw, fallback, ok or reason in SLOT_SETTLED, now)
 
     def _hier_tick(self, s: Session, now: float) -> list[Action]:
         h = s.hier
