@@ -65,8 +65,6 @@ class OverlayConfig:
     peers_low: int = 8                  # below this many peers, dial peers found through the DHT
     peers_high: int = 32                # above this many peers, trim the lowest-scored
     dial_timeout: float = 10.0          # seconds for one dial (TCP + Noise + Yamux)
-    stream_open_timeout: float = 30.0   # seconds to open a stream on a connection (protocol
-                                        # negotiation, both ways); starved CPUs need over 10
     dial_failures_before_backoff: int = 5   # failed dials in a row before a peer is backed off
     dial_backoff: float = 30.0          # seconds of the first back-off; doubles per further failure
     dial_backoff_max: float = 600.0     # cap of the back-off, seconds
@@ -102,8 +100,8 @@ class OverlayConfig:
             raise bad("peers_high", f"must be at least 1, got {self.peers_high}")
         if self.peers_low > self.peers_high:
             raise bad("peers_low", f"{self.peers_low} is above peers_high ({self.peers_high})")
-        for key in ("dial_timeout", "stream_open_timeout", "dial_backoff", "connmgr_interval",
-                    "gossip_heartbeat", "gossip_max_rate"):
+        for key in ("dial_timeout", "dial_backoff", "connmgr_interval", "gossip_heartbeat",
+                    "gossip_max_rate"):
             v = getattr(self, key)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise bad(key, f"must be a positive number of seconds/rate, got {v!r}")
@@ -277,11 +275,6 @@ class Libp2pOverlay:
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1,                                       # bite 4
                 dial_timeout=config.dial_timeout,
-                # py-libp2p negotiates a stream's protocol within 10 s by default; under CPU
-                # starvation (10 daemons training on 2 cores) that took up to 10 s, and a stream
-                # given up at 10 s is opened again from scratch
-                outbound_stream_protocol_negotiation_timeout=config.stream_open_timeout,
-                inbound_stream_protocol_negotiation_timeout=config.stream_open_timeout,
                 # our connmgr decides: the swarm's auto-connector never dials (low 0) and its
                 # pruner only acts at a hard cap far above peers_high
                 min_connections=0, low_watermark=0,
@@ -559,8 +552,7 @@ class Libp2pOverlay:
         self._penalize(peer, err)
 
     async def open_stream(self, peer_id: str, protocol_id: str) -> FramedStream:
-        """Open a framed stream, dialling the peer if needed (under dial_timeout), then
-        negotiating the protocol (under stream_open_timeout). Raises
+        """Open a framed stream, dialling the peer if needed (under dial_timeout). Raises
         DialError/DialBackoffError when the peer cannot be reached, LocalProtocolError when it
         does not speak `protocol_id`."""
         from libp2p.custom_types import TProtocol
@@ -569,7 +561,7 @@ class Libp2pOverlay:
         if pid not in self.host.get_network().connections:
             await self._dial_known(peer_id)
         try:
-            with trio.fail_after(self.config.stream_open_timeout):
+            with trio.fail_after(self.config.dial_timeout):
                 raw = await self.host.new_stream(pid, [TProtocol(protocol_id)])
         except trio.TooSlowError:
             raise DialError(f"opening {protocol_id} to {peer_id} timed out") from None
