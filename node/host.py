@@ -17,6 +17,9 @@ here or in the module named:
      silenced in quiet_libp2p_loggers
   14 a dial can hang                                             -> every dial under a timeout
   15 libp2p log noise                                            -> quiet_libp2p_loggers
+  16 a subscription made while a new pubsub peer is being set up  -> every node re-announces its
+     never reaches it (the peer's hello was built before, the        subscriptions to all pubsub
+     broadcast went out before it was registered)                    peers every 5 heartbeats
 The swarm's own auto-connector and pruner are neutralised (watermarks 0 / hard cap) so that
 node/connmgr.py alone decides whom to dial and trim.
 """
@@ -622,6 +625,19 @@ class Libp2pOverlay:
                 continue
             mux.handlers[proto] = _guard_raw(str(proto), fn)
 
+    async def _reannounce_subscriptions(self) -> None:
+        """Bite 16: py-libp2p's pubsub sends a peer our subscriptions once, in the hello it
+        builds when their stream opens, and later ones in a broadcast to the peers registered
+        then. A subscription made while the stream opens falls between the two and that peer
+        never learns it: no message of that topic goes to it (seen between two fresh nodes).
+        Receivers keep subscriptions as sets, so announcing them again is harmless."""
+        interval = max(1.0, 5 * self.config.gossip_heartbeat)
+        while True:
+            await trio.sleep(interval)
+            hello = self.pubsub.get_hello_packet()
+            if hello.subscriptions and self.pubsub.peers:
+                await self.pubsub.message_all_peers(hello.SerializeToString())
+
     async def _close_connections(self) -> None:
         """Close every connection concurrently: the swarm closes them one by one, each with a
         100 ms sleep, which made shutting down with 32 peers take over 3 s."""
@@ -712,6 +728,7 @@ async def open_overlay(config: OverlayConfig, identity: SigningKey, events: Even
                     ov._harden_handlers()
                     await nursery.start(ov.gossip.run)
                     nursery.start_soon(ov.connmgr.run)
+                    nursery.start_soon(ov._reannounce_subscriptions)
                     nursery.start_soon(ov._bootstrap)
                     try:
                         yield ov
