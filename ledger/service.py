@@ -588,9 +588,12 @@ class LedgerService:
                         f"{e}. The order stays in flight: the next send from this wallet after a restart "
                         f"completes it", path=e.path, cause=e.cause) from None
                 self._publish_later(cert)
-                # cleared after the certificate is stored: a crash in between leaves an in-flight
-                # record whose sequence is applied, which the next submit simply drops
-                self.store.clear_inflight(sender)
+                # cleared after the certificate is stored: a crash (or a failed write) in between
+                # leaves an in-flight record whose sequence is applied, which the next submit drops
+                try:
+                    self.store.clear_inflight(sender)
+                except LedgerStorageFailed:
+                    pass       # the transfer is final and stored; the ledger stops (reported once)
                 return cert
             reason = collector.main_reason()
             # this replica already found the sequence and the funds right (submit checks them
