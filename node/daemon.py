@@ -216,6 +216,6 @@ class Daemon:
         finally:
             lock.release()
         if self.fatal is not None:
-            log.critical("stopped because a role could not write its data: %s", self.fatal)
+            log.info("stopped (a role could not write its data: exiting non-zero)")
             raise self.fatal
         log.info("stopped")

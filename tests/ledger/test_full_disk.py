@@ -319,3 +319,104 @@ async def test_validator_lock_not_stored_means_no_vote(tmp_path: Path) -> None:
             final.append(await n0.svc.pay(n1.wallet, MICRO, timeout=20))
             assert final[-1].order.order.sequence == len(final)
             await wait_until(lambda: n1.svc.state.applied >= len(final) - 1, timeout=30)
+
+
+# -- the supervisor: a storage failure is fatal, never restarted -------------------------------------
+
+async def test_supervisor_does_not_restart_a_ledger_whose_disk_is_full(autojump_clock: Any) -> None:
+    """The real ledger role, its data dir on a full filesystem: its store cannot open; the
+    supervisor shows it unhealthy with the reason, asks the daemon to stop, and never
+    restarts it (a restart would only loop on the same disk)."""
+    from nacl.signing import SigningKey
+    from prometheus_client import CollectorRegistry
+
+    from fognode.ledger.genesis import DEV_FUNDING, dev_genesis
+    from fognode.ledger.protocol import LedgerConfig, LedgerRole
+    from fognode.node.events import EventBus
+    from fognode.node.protocol import NodeContext
+    from fognode.node.roles import Supervisor
+    from fognode.node.rpc.methods import MethodTable
+
+    ident = SigningKey(bytes([9]) * 32)
+    me = bytes(ident.verify_key)
+    genesis = {"chain_id": "fog-test", "ledger": dev_genesis("fog-test", [(me, DEV_STAKE)], {me: DEV_FUNDING})}
+    fatal: list[tuple[str, FatalStorageError]] = []
+    with small_fs("1m") as fs:
+        Filler(fs).fill()
+        reg = CollectorRegistry()
+        # the ledger fails before it touches the overlay (its store does not open)
+        ctx = NodeContext(peer_id="p", identity=ident, overlay=None,  # type: ignore[arg-type]
+                          events=EventBus(reg), metrics=reg, datadir=fs, genesis=genesis)
+        table = MethodTable()
+        sup = Supervisor(ctx, table, backoff_initial=0.01, on_fatal=lambda role, e: fatal.append((role, e)))
+        async with trio.open_nursery() as n:
+            with trio.fail_after(10):
+                await sup.start(n, LedgerRole, LedgerConfig())
+            h = sup.health()["ledger"]
+            assert h["health"] == "unhealthy" and h["restarts"] == 0
+            assert h["detail"].startswith("storage failed, not restarted: the ledger store at") and DISK_FULL in h["detail"]
+            assert [r for r, _ in fatal] == ["ledger"] and DISK_FULL in str(fatal[0][1])
+            # its methods still answer, with the reason
+            spec = table.get("ledger.info")
+            assert spec is not None
+            with pytest.raises(RpcError) as e:
+                await spec.handler()
+            assert e.value.code == LEDGER_STORAGE_FAILED and DISK_FULL in e.value.message
+            await trio.sleep(600)          # virtual time (autojump clock): ten backoffs at most would pass
+            assert sup.health()["ledger"]["restarts"] == 0 and len(fatal) == 1
+            await sup.stop_all(1.0)
+            n.cancel_scope.cancel()
+
+
+# -- a real `fognode run` daemon ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_daemon_on_a_full_disk_refuses_exits_non_zero_and_restarts_with_every_confirmed_transfer(
+        node_factory: Any) -> None:
+    """One-node devnet (its own committee) whose ledger db lives on a 2 MiB tmpfs: sends
+    before the disk fills are final; once it is full a send is refused with error 211 naming
+    the db path and "No space left on device", the daemon shuts down cleanly with exit status
+    2 and the reason on stderr; after freeing space and restarting, the history is exactly the
+    sends that were reported final, the state root is the one before the failure, and
+    `ledger verify` passes."""
+    with small_fs("2m") as fs:
+        net = node_factory(1, start=False)
+        node = net.nodes[0]
+        (fs / "ledger").mkdir(mode=0o700)
+        (node.datadir / "ledger").symlink_to(fs / "ledger", target_is_directory=True)
+        try:
+            net.start(0, timeout=60)
+            to = encode_address(pk(key(7)))
+            final = [node.rpc("wallet.send", [to, str(i)], timeout=40)["tx"] for i in (1, 2)]
+            root = node.rpc("ledger.state_root")
+            filler = Filler(fs)
+            filler.fill()
+            refused: RpcError | None = None
+            for i in range(3, 40):            # the log file's last page takes a few more
+                try:
+                    final.append(node.rpc("wallet.send", [to, str(i), "z" * 200], timeout=40)["tx"])
+                    root = node.rpc("ledger.state_root")
+                except RpcError as e:
+                    refused = e
+                    break
+            assert refused is not None, "the filesystem never filled up"
+            assert refused.code == LEDGER_STORAGE_FAILED, refused
+            assert DISK_FULL in refused.message and str(node.datadir / "ledger" / "db") in refused.message
+            assert node.proc is not None
+            rc = node.proc.wait(timeout=30)
+            assert rc == 2, f"daemon exited with {rc}:\n{net.log_tail(0)}"
+            log = node.log_path.read_text(errors="replace")
+            assert "LEDGER STOPPED" in log and "fognode: error: the ledger store at" in log and DISK_FULL in log
+            node.proc = None
+
+            filler.free()
+            net.start(0, timeout=60)
+            history = node.rpc("wallet.history", {"limit": 100})
+            assert sorted(h["tx"] for h in history) == sorted(final)
+            assert node.rpc("ledger.state_root") == root
+            verdict = node.rpc("ledger.verify")
+            assert verdict["ok"] and verdict["problems"] == []
+            # and it works again
+            assert node.rpc("wallet.send", [to, "1"], timeout=40)["status"] == "final"
+        finally:
+            net.stop_all()
