@@ -13,8 +13,9 @@ What it does not check: signatures (they were verified when the certificates wer
 re-verifying every quorum would cost a signature check per vote), and the history index h/
 beyond the certificates it lists. Replaying applies the certificates in the replica's own
 order, which is how they were applied, so a healthy store replays to byte-identical state.
-It reads the store synchronously (a consistent view: nothing else runs meanwhile) and costs
-one decode and one apply per certificate of the log.
+It reads one consistent view of the store (`src`: a plyvel snapshot, so the service can run it
+in a worker thread while the replica keeps applying) and costs one decode and one apply per
+certificate of the log: about 0.25 ms each (20,000 certificates: 5 s).
 """
 from __future__ import annotations
 
@@ -37,11 +38,11 @@ def _describe(a: Account | None) -> str:
             f"unbonding {list(a.unbonding)}, head {a.head.hex()[:16]}")
 
 
-def replay(store: LedgerStore, problems: list[str]) -> LedgerState:
+def replay(store: LedgerStore, problems: list[str], src: Any = None) -> LedgerState:
     """The state the stored apply log gives from genesis; log problems are appended."""
-    db: Any = store.db
+    db: Any = store.db if src is None else src
     fresh = LedgerState(store.genesis)
-    fresh.committees.load(store.committee_certificates())
+    fresh.committees.load(store.committee_certificates(db))
     expected = 1
     for k, tx in db.iterator(prefix=b"o/"):
         pos = int.from_bytes(k[2:], "big")
@@ -63,7 +64,7 @@ def replay(store: LedgerStore, problems: list[str]) -> LedgerState:
         if cert.tx_id != tx:
             problems.append(f"apply log position {pos}: the record under tx {tx.hex()} holds tx {cert.tx_id.hex()}")
         o = cert.order.order
-        indexed = store.tx_at(o.sender, o.sequence)
+        indexed = db.get(b"x/" + o.sender + o.sequence.to_bytes(8, "big"))
         if indexed != tx:
             problems.append(f"apply log position {pos}: the index x/ of ({encode_address(o.sender)}, {o.sequence}) "
                             f"holds {indexed.hex() if indexed else 'nothing'}, not tx {tx.hex()}")
@@ -102,12 +103,14 @@ def compare(stored: LedgerState, fresh: LedgerState, log_length: int, what: str,
     return out
 
 
-def audit_store(store: LedgerStore) -> list[str]:
-    """Every disagreement between the stored state and the replayed stored history."""
+def audit_store(store: LedgerStore, src: Any = None) -> list[str]:
+    """Every disagreement between the stored state and the replayed stored history (read
+    from `src`, a snapshot of the store's db, or the db itself)."""
+    db: Any = store.db if src is None else src
     problems: list[str] = []
-    stored = store.load_state()
-    fresh = replay(store, problems)
-    log_length = sum(1 for _ in store.db.iterator(prefix=b"o/", include_value=False))
+    stored = store.load_state(db)
+    fresh = replay(store, problems, db)
+    log_length = sum(1 for _ in db.iterator(prefix=b"o/", include_value=False))
     problems += compare(stored, fresh, log_length, "the store holds")
     if len(problems) > MAX_PROBLEMS:
         problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more"]

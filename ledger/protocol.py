@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from fognode.ledger.address import decode_address, encode_address
-from fognode.ledger.audit import audit_store, compare
+from fognode.ledger.audit import compare
 from fognode.ledger.amounts import format_amount, parse_amount
 from fognode.ledger.errors import (LEDGER_BAD_ADDRESS, LEDGER_BAD_AMOUNT, LEDGER_INVARIANT_BROKEN,
                                    LEDGER_NOT_CERTIFIED, LEDGER_NOT_READY, LEDGER_ORDER_REJECTED,
@@ -307,7 +307,7 @@ class LedgerRole(Protocol):
         problems = s.state.invariant_problems()
         on_disk = s.store.load_state()
         problems += compare(s.state, on_disk, s.store.log_length(), "memory holds", "the disk holds")
-        problems += audit_store(s.store)
+        problems += await s.audit()
         out = {"ok": not problems, "supply": format_amount(s.state.supply.total),
                "minted": format_amount(s.state.supply.minted), "burned": format_amount(s.state.supply.burned),
                "held": format_amount(s.state.holdings()), "state_root": s.state.root().hex(),

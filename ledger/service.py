@@ -54,6 +54,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from fognode.ledger.actions import (CertificateRefused, Commit, ConflictingCertificates, PersistLock,
                                     Queued, ReportFork, SendRejection, SendVote)
 from fognode.ledger.address import encode_address
+from fognode.ledger.audit import audit_store
 from fognode.ledger.client import OrderStatus, VoteCollector
 from fognode.ledger.committee import decode_committee_body
 from fognode.ledger.committee_service import CommitteeRotation
@@ -148,6 +149,7 @@ class LedgerService:
         self._stream_locks: dict[bytes, trio.Lock] = {}
         self._cursors: dict[str, int] = {}
         self._syncing: set[str] = set()
+        self._audits: set[trio.Event] = set()      # audits reading a snapshot in a worker thread
         self._nursery: trio.Nursery | None = None
         self.forks_seen = 0
         reg = ctx.metrics
@@ -193,6 +195,9 @@ class LedgerService:
         finally:
             self._nursery = None
             self._streams.clear()      # the host closes them with its connections
+            with trio.CancelScope(shield=True), trio.move_on_after(60):
+                for done in list(self._audits):    # a worker thread still reads the db
+                    await done.wait()
             self.store.close()
 
     # -- storage failures (see the module docstring) ---------------------------------------------
@@ -674,6 +679,21 @@ class LedgerService:
                     if fresh or not isinstance(e, StreamClosed):
                         raise
             raise StreamClosed(f"order stream to {peer} closed twice")
+
+    async def audit(self) -> list[str]:
+        """Replay the stored history from genesis and compare it with the stored state
+        (audit.py), in a worker thread on a snapshot of the store: the replica keeps applying
+        meanwhile. Waits until the replay is done (not cancellable: the thread finishes)."""
+        self.check_usable()
+        snap = self.store.db.snapshot()
+        done = trio.Event()
+        self._audits.add(done)
+        try:
+            return await trio.to_thread.run_sync(audit_store, self.store, snap)
+        finally:
+            snap.close()
+            done.set()
+            self._audits.discard(done)
 
     async def wait_applied(self, tx_id: bytes, timeout: float) -> bool:
         if self.store.certificate(tx_id) is not None:
