@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Iterable
+from typing import Any, Iterable
 
 import msgpack
 
@@ -135,7 +135,7 @@ class LedgerState:
     """In-memory replica state. Mutated only through `apply`; restored by the store."""
 
     # (kind, key, old value) of each change since begin(), or None when not journaling
-    _journal: list[tuple[str, object, object]] | None = None
+    _journal: list[tuple[str, Any, Any]] | None = None
     _saved: tuple[Supply, int, int] | None = None
 
     def __init__(self, genesis: Genesis) -> None:
@@ -221,22 +221,23 @@ class LedgerState:
         if j is None or saved is None:
             raise RuntimeError("LedgerState.rollback() without begin()")
         for kind, key, old in reversed(j):
+            table: dict[Any, Any]
             if kind == "a":
-                table: dict = self.accounts  # type: ignore[type-arg]
+                table = self.accounts
             elif kind == "m":
                 table = self.minted_by_epoch
             elif kind == "r":
-                self.used_receipts.discard(key)  # type: ignore[arg-type]
+                self.used_receipts.discard(key)
                 continue
-            else:   # "k": (epoch, staker) in stake_deltas
-                e, k = key  # type: ignore[misc]
-                table = self.stake_deltas.setdefault(e, {})
-                key = k
+            else:   # "k": key is (epoch, staker) in stake_deltas
+                epoch, key = key
+                table = self.stake_deltas.setdefault(epoch, {})
             if old is None:
                 table.pop(key, None)
             else:
                 table[key] = old
-        self.stake_deltas = {e: d for e, d in self.stake_deltas.items() if d}
+        for e in [e for e, d in self.stake_deltas.items() if not d]:
+            del self.stake_deltas[e]        # epochs the undone applies had created
         self.supply, self.applied, self._acc = saved
         self.end()
 

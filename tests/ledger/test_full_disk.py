@@ -10,8 +10,6 @@ after space is freed restarts with exactly the confirmed transfers.
 """
 from __future__ import annotations
 
-import errno
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,8 @@ from fognode.ledger.actions import Commit
 from fognode.ledger.address import encode_address
 from fognode.ledger.amounts import MICRO
 from fognode.ledger.audit import audit_store
-from fognode.ledger.errors import (LEDGER_STORAGE_FAILED, LedgerStorageFailed, Reason, WalletError)
+from fognode.ledger.errors import (LEDGER_INVARIANT_BROKEN, LEDGER_STORAGE_FAILED, LedgerStorageFailed, Reason,
+                                   WalletError)
 from fognode.ledger.genesis import DEV_STAKE
 from fognode.ledger.messages import BondOrder, Rejection, SignedOrder, TransferOrder, Vote
 from fognode.ledger.replica import MemoryHistory, Replica
@@ -32,7 +31,6 @@ from fognode.ledger.state import LedgerState
 from fognode.ledger.store import LedgerStore
 from fognode.ledger.wallet import Keystore
 from fognode.node.errors import FatalStorageError, RpcError
-from fognode.tools.devnet import wait_until as wait_until_sync
 
 from .certstream import make_stream, stream_genesis
 from .cluster import ledger_cluster, wait_until
@@ -167,7 +165,7 @@ def test_verify_reports_an_edited_account(tmp_path: Path) -> None:
 def test_verify_reports_a_deleted_certificate_and_log_gap(tmp_path: Path) -> None:
     store, certs = _store_with_history(tmp_path / "db")
     gone = certs[10]
-    pos = store.certificate(gone.tx_id)[0]      # type: ignore[index]
+    pos = store.certificate(gone.tx_id)[0]
     store.db.delete(b"t/" + gone.tx_id, sync=True)
     problems = audit_store(store)
     assert f"apply log position {pos}: the certificate of tx {gone.tx_id.hex()} is missing (t/ record)" in problems
@@ -268,6 +266,7 @@ async def test_replica_on_a_full_disk_stops_with_memory_equal_to_disk(tmp_path: 
             assert audit_store(n1.svc.store) == []
 
 
+@pytest.mark.slow
 async def test_validator_lock_not_stored_means_no_vote(tmp_path: Path) -> None:
     """Both nodes are validators (a quorum needs both); node 1's ledger is on a filesystem
     that fills up. A lock it cannot write produces no vote, now or on a retry; every vote it
@@ -345,7 +344,7 @@ async def test_supervisor_does_not_restart_a_ledger_whose_disk_is_full(autojump_
         Filler(fs).fill()
         reg = CollectorRegistry()
         # the ledger fails before it touches the overlay (its store does not open)
-        ctx = NodeContext(peer_id="p", identity=ident, overlay=None,  # type: ignore[arg-type]
+        ctx = NodeContext(peer_id="p", identity=ident, overlay=None,
                           events=EventBus(reg), metrics=reg, datadir=fs, genesis=genesis)
         table = MethodTable()
         sup = Supervisor(ctx, table, backoff_initial=0.01, on_fatal=lambda role, e: fatal.append((role, e)))
@@ -418,5 +417,18 @@ def test_daemon_on_a_full_disk_refuses_exits_non_zero_and_restarts_with_every_co
             assert verdict["ok"] and verdict["problems"] == []
             # and it works again
             assert node.rpc("wallet.send", [to, "1"], timeout=40)["status"] == "final"
+
+            # a store that disagrees with its history: `ledger verify` names the record
+            assert net.stop(0) == 0
+            db = plyvel.DB(str(node.datadir / "ledger" / "db"))
+            gone = bytes.fromhex(final[1])
+            db.delete(b"t/" + gone, sync=True)
+            db.close()
+            net.start(0, timeout=60)
+            with pytest.raises(RpcError) as e:
+                node.rpc("ledger.verify")
+            assert e.value.code == LEDGER_INVARIANT_BROKEN
+            assert f"apply log position 2: the certificate of tx {final[1]} is missing (t/ record)" in \
+                e.value.data["problems"]
         finally:
             net.stop_all()
