@@ -14,6 +14,11 @@ committee that certifies the next one and no certificate is held yet, proposes i
 other members, collects votes into a certificate, stores it and gossips it; a member answering
 "not yet" is synced with (both ways, as it may be the one behind) and asked again after
 3 x `retry_interval`. Any node may assemble: members do, and everyone stores what they receive.
+
+Storage failures (service.py): a committee lock that cannot be written is taken out of the
+signer's table again and no vote is returned; committee certificates that cannot be written
+are taken out of the state's book again (it is rebuilt from the store). Both raise
+LedgerStorageFailed, which stops the ledger.
 """
 from __future__ import annotations
 
@@ -22,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from fognode.ledger.committee import (CommitteeBody, CommitteeCertificate, decode_committee_certificate,
-                                      decode_committee_vote, signing_time)
-from fognode.ledger.errors import CertificateRejected, Reason
+from fognode.ledger.committee import (CommitteeBody, CommitteeBook, CommitteeCertificate,
+                                      decode_committee_certificate, decode_committee_vote, signing_time)
+from fognode.ledger.errors import CertificateRejected, LedgerStorageFailed, Reason
 from fognode.ledger.rotation import (CommitteeCollector, CommitteeSigner, PersistCommitteeLock,
                                      SendCommitteeRefusal, SendCommitteeVote, proposal)
 from fognode.node.errors import FognodeError, RemoteProtocolError
@@ -60,7 +65,11 @@ class CommitteeRotation:
                 self.svc.m_refused.labels(e.reason.value).inc()
                 log.warning("refused committee certificate of epoch %d from %s: %s", c.epoch, peer, e)
         if added:
-            self.svc.store.put_committees(added)
+            try:
+                self.svc.store.put_committees(added)
+            except LedgerStorageFailed:
+                self._reload_book()
+                raise
             for c in added:
                 log.info("committee of epoch %d certified: %d members, %d votes", c.epoch, len(c.members),
                          len(c.votes))
@@ -68,6 +77,13 @@ class CommitteeRotation:
         if self.state.committees.waiting:
             self.svc._sync_soon(peer)
         return added
+
+    def _reload_book(self) -> None:
+        """The state's committee book as stored (after a failed write of new certificates)."""
+        book = CommitteeBook(self.state.genesis)
+        book.load(self.svc.store.committee_certificates())
+        book.waiting = self.state.committees.waiting
+        self.state.committees = book
 
     def decode_list(self, raw: list[Any], peer: str) -> list[CommitteeCertificate]:
         if len(raw) > MAX_COMMITTEES_PER_MESSAGE:
@@ -84,7 +100,11 @@ class CommitteeRotation:
         reply: dict[str, Any] = {}
         for a in self.signer.receive(peer, body, self.svc.ctx.clock()):
             if isinstance(a, PersistCommitteeLock):
-                self.svc.store.persist_committee_lock(a.body)
+                try:
+                    self.svc.store.persist_committee_lock(a.body)
+                except LedgerStorageFailed:
+                    self.signer.locks.pop(a.body.epoch, None)    # memory = disk; no vote leaves
+                    raise
             elif isinstance(a, SendCommitteeVote):
                 reply = {"v": 1, "committee_vote": a.vote.to_wire()}
             elif isinstance(a, SendCommitteeRefusal):

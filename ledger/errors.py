@@ -8,12 +8,14 @@ Whose fault it was:
 - `GenesisError`: the genesis file shared by the network is malformed (operator's fault).
 - `WalletError`: the local keystore (missing key, wrong passphrase, bad file).
 - `StoreError`: the LevelDB replica on disk is inconsistent or from another chain.
+- `LedgerStorageFailed`: this machine could not write the replica (disk full, I/O error); fatal
+  to the ledger role (node.errors.FatalStorageError): the daemon stops and exits non-zero.
 """
 from __future__ import annotations
 
 import enum
 
-from fognode.node.errors import FognodeError
+from fognode.node.errors import FatalStorageError, FognodeError
 
 # RPC error codes of the ledger (range 200-299).
 LEDGER_BAD_ADDRESS = 200
@@ -27,6 +29,7 @@ LEDGER_UNKNOWN_TX = 207
 LEDGER_BAD_MEMO = 208
 LEDGER_INVARIANT_BROKEN = 209    # ledger.verify found the replica inconsistent
 LEDGER_NOT_READY = 210
+LEDGER_STORAGE_FAILED = 211      # the replica could not be written (disk full?): the ledger stopped
 
 
 class Reason(enum.Enum):
@@ -84,6 +87,11 @@ class WalletError(LedgerError):
 
 class StoreError(LedgerError):
     """The on-disk replica is unusable (other chain, corrupt record)."""
+
+
+class LedgerStorageFailed(StoreError, FatalStorageError):
+    """Writing the replica's LevelDB failed (disk full, I/O error). Whatever the write was
+    for did not happen; the ledger refuses all further work and the daemon stops."""
 
 
 class OrderRejected(LedgerError):

@@ -20,7 +20,7 @@ import trio
 
 from fognode.ledger.actions import PersistLock, ReportFork
 from fognode.ledger.committee import seal_time
-from fognode.ledger.errors import Reason
+from fognode.ledger.errors import LedgerStorageFailed, Reason
 from fognode.ledger.handover import HandoverIntake, HandoverPage, HandoverRefused, handover_page
 from fognode.node.errors import FognodeError, RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey
@@ -139,9 +139,17 @@ class LockHandover:
                     page = HandoverPage.decode(f.map("handover", max_len=8), epoch=intake.epoch, after=after,
                                                peer=peer)
                     f.done()
-                    for a in intake.merge(svc.validator, giver, page, peer):
+                    acts = intake.merge(svc.validator, giver, page, peer)
+                    for i, a in enumerate(acts):
                         if isinstance(a, PersistLock):
-                            svc.store.persist_lock(a.order)
+                            try:
+                                svc.store.persist_lock(a.order)
+                            except LedgerStorageFailed:
+                                # merge() put the page's locks in the table; those not written leave it
+                                for b in acts[i:]:
+                                    if isinstance(b, PersistLock):
+                                        svc.validator.locks.discard(b.order)
+                                raise
                         elif isinstance(a, ReportFork):
                             svc._fork(a.proof, peer, certified=False)
                     if not page.more:

@@ -3,6 +3,9 @@
 The engine (stores, cores, streams, gossip) is `LedgerService` (service.py); this module maps
 it to the role interface and the control socket. Amounts cross the RPC boundary as decimal
 strings ("12.5"); addresses as fog1 strings; transaction ids as hex.
+
+Once the ledger's store failed a write (service.py: disk full), every method answers error
+211 with the reason (path and cause) until the daemon, which stops on it, is restarted.
 """
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ from typing import Any
 import trio
 
 from fognode.ledger.address import decode_address, encode_address
+from fognode.ledger.audit import compare
 from fognode.ledger.amounts import format_amount, parse_amount
 from fognode.ledger.errors import (LEDGER_BAD_ADDRESS, LEDGER_BAD_AMOUNT, LEDGER_INVARIANT_BROKEN,
                                    LEDGER_NOT_CERTIFIED, LEDGER_NOT_READY, LEDGER_ORDER_REJECTED,
-                                   LEDGER_UNKNOWN_TX, LEDGER_UNKNOWN_WALLET, LEDGER_WALLET_LOCKED,
-                                   RPC_CODE_OF_REASON, AddressError, AmountError, OrderRejected, WalletError)
+                                   LEDGER_STORAGE_FAILED, LEDGER_UNKNOWN_TX, LEDGER_UNKNOWN_WALLET,
+                                   LEDGER_WALLET_LOCKED, RPC_CODE_OF_REASON, AddressError, AmountError,
+                                   LedgerStorageFailed, OrderRejected, WalletError)
 from fognode.ledger.messages import BondOrder, Certificate, MintOrder, Order, TransferOrder, UnbondOrder
 from fognode.ledger.service import CERT_TOPIC, ORDER_STREAM, SYNC_STREAM, LedgerService, NotCertified, Settings
 from fognode.node.errors import ConfigError, RpcError
@@ -84,20 +89,27 @@ class LedgerRole(Protocol):
             if not 0.01 <= value <= 86400:
                 raise ConfigError(f"must be between 0.01 and 86400 seconds, got {value}", key=f"protocols.ledger.{name}")
         self.service: LedgerService | None = None
+        self.failure: str = ""     # why the ledger stopped (a storage failure), kept after run() ends
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         c = self.config
-        self.service = LedgerService(self.ctx, Settings(
-            batch_interval=c.batch_interval, batch_max=c.batch_max, sync_interval=c.sync_interval,
-            sync_batch=c.sync_batch, request_timeout=c.request_timeout, retry_interval=c.retry_interval,
-            pending_max=c.pending_max, verify_sender=c.verify_sender, uptime_interval=c.uptime_interval,
-            uptime_claims=c.uptime_claims))
+        try:
+            self.service = LedgerService(self.ctx, Settings(
+                batch_interval=c.batch_interval, batch_max=c.batch_max, sync_interval=c.sync_interval,
+                sync_batch=c.sync_batch, request_timeout=c.request_timeout, retry_interval=c.retry_interval,
+                pending_max=c.pending_max, verify_sender=c.verify_sender, uptime_interval=c.uptime_interval,
+                uptime_claims=c.uptime_claims))
+        except LedgerStorageFailed as e:     # the store cannot even be opened (disk full?)
+            self.failure = str(e)
+            raise
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.service.run)
                 self.ctx.services.provide("ledger", self.service)
                 task_status.started()
         finally:
+            if self.service is not None and self.service.failure is not None:
+                self.failure = str(self.service.failure)
             self.ctx.services.withdraw("ledger")
             self.service = None
 
@@ -105,12 +117,18 @@ class LedgerRole(Protocol):
         s = self.service
         if s is None:
             return {}
+        if s.failure is not None:
+            return {"storage_failed": str(s.failure)}
         return {"applied": s.state.applied, "pending": len(s.replica.pending), "root": s.state.root().hex()[:16],
                 "validator": s.validator.is_member(s.genesis.epoch_at(self.ctx.clock()))}
 
     # -- helpers ---------------------------------------------------------------------------------
 
     def _svc(self) -> LedgerService:
+        if self.service is not None and self.service.failure is not None:
+            self.failure = str(self.service.failure)
+        if self.failure:
+            raise RpcError(LEDGER_STORAGE_FAILED, f"the ledger stopped: {self.failure}")
         if self.service is None:
             raise RpcError(LEDGER_NOT_READY, "the ledger role is not running yet")
         return self.service
@@ -140,6 +158,8 @@ class LedgerRole(Protocol):
                            f"order rejected: {e.reason.value}: {e.message}", {"reason": e.reason.value}) from None
         except NotCertified as e:
             raise RpcError(LEDGER_NOT_CERTIFIED, str(e), e.status) from None
+        except LedgerStorageFailed as e:
+            raise RpcError(LEDGER_STORAGE_FAILED, f"the ledger stopped: {e}", {"path": e.path, "cause": e.cause}) from None
 
     def _result(self, cert: Certificate) -> dict[str, Any]:
         return {"tx": cert.tx_id.hex(), "status": "final", **describe_order(cert.order.order),
@@ -279,12 +299,15 @@ class LedgerRole(Protocol):
 
     @rpc_method("ledger.verify")
     async def ledger_verify(self) -> dict[str, Any]:
-        """Check the supply invariant and the state root of this replica (error 209 if broken)."""
+        """Check this replica (error 209 if broken): the supply invariant and state root in
+        memory, memory against disk, and the stored state against a replay of the stored
+        history (every certificate of the apply log from genesis); each problem names the
+        record and both values."""
         s = self._svc()
         problems = s.state.invariant_problems()
         on_disk = s.store.load_state()
-        if on_disk.root() != s.state.root():
-            problems.append("the state on disk differs from the state in memory")
+        problems += compare(s.state, on_disk, s.store.log_length(), "memory holds", "the disk holds")
+        problems += await s.audit()
         out = {"ok": not problems, "supply": format_amount(s.state.supply.total),
                "minted": format_amount(s.state.supply.minted), "burned": format_amount(s.state.supply.burned),
                "held": format_amount(s.state.holdings()), "state_root": s.state.root().hex(),

@@ -64,6 +64,12 @@ class Replica:
         """The adapter wrote every Commit so far; forget the uncommitted index."""
         self._recent.clear()
 
+    def rolled_back(self) -> None:
+        """The adapter could not write the Commits since the last `committed()` and rolled the
+        state back (service.py): forget them. Pending certificates they had released are gone
+        from the pool too; sync brings them again."""
+        self._recent.clear()
+
     def receive(self, peer: str, cert: Certificate) -> list[ReplicaAction]:
         o = cert.order.order
         if o.chain != self.genesis.chain_id:

@@ -17,6 +17,23 @@ the committee), the wallet keystore, and talks to peers only through `ctx.overla
   cannot apply yet (missing predecessors) makes the replica sync with the peer it came from,
   and every `sync_interval` with its connected peers (catch-up after a partition or restart).
 
+Storage failures (disk full, I/O error) are fatal to the ledger role, never papered over:
+- state: each batch of certificates is applied between `state.begin()` and `state.end()`
+  and written in one synced batch; if the write fails the state is rolled back before the
+  call returns (`_apply_batch`), so memory never runs ahead of disk. No other task can see
+  the applied-but-unwritten state: apply, write and rollback run in one synchronous call,
+  with no await (no checkpoint where trio could switch tasks) in between.
+- validator locks: the lock is written (sync) before the vote exists; a failed write takes
+  the lock out of the in-memory table again (`LockTable.discard`) and no vote is sent. The
+  same for committee locks, handed-over locks and committee certificates.
+- then the ledger stops accepting work: `failure` is set (the store reports its first failed
+  write through `_storage_failed`), it is logged once at CRITICAL with the path and cause,
+  orders, certificates, sync requests and wallet sends are refused with that message, and
+  `run()` raises `LedgerStorageFailed` (a node.errors.FatalStorageError): the supervisor
+  does not restart the role and the daemon shuts down with a non-zero exit code. After the
+  operator frees space, a restart loads the state from disk, which holds exactly what was
+  committed (LevelDB applies a batch whole or not at all).
+
 Other roles use the `LedgerService` API (ctx.services "ledger"): `verify_payment_capability`,
 `balance`, `pay`, `submit_reward`, `distribute_rewards`, `register_receipt_verifier`,
 `issue_receipt`.
@@ -37,10 +54,11 @@ from prometheus_client import Counter, Gauge, Histogram
 from fognode.ledger.actions import (CertificateRefused, Commit, ConflictingCertificates, PersistLock,
                                     Queued, ReportFork, SendRejection, SendVote)
 from fognode.ledger.address import encode_address
+from fognode.ledger.audit import audit_store
 from fognode.ledger.client import OrderStatus, VoteCollector
 from fognode.ledger.committee import decode_committee_body
 from fognode.ledger.committee_service import CommitteeRotation
-from fognode.ledger.errors import OrderRejected, Reason, WalletError
+from fognode.ledger.errors import LedgerStorageFailed, OrderRejected, Reason, WalletError
 from fognode.ledger.events import ForkDetected, PaymentProcessed, RewardsDistributed
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.handover_service import LockHandover
@@ -106,7 +124,11 @@ class LedgerService:
         self.s = settings
         self.genesis = Genesis.from_node_genesis(ctx.genesis)
         self.me = bytes(ctx.identity.verify_key)
-        self.store = LedgerStore(ctx.role_dir("ledger") / "db", self.genesis)
+        self.failure: LedgerStorageFailed | None = None     # set at the first failed store write
+        self._failed = trio.Event()
+        self.m_storage = metric(ctx.metrics, Counter, "fognode_ledger_storage_failures_total",
+                                "Ledger store writes that failed (the ledger stops at the first)")
+        self.store = LedgerStore(ctx.role_dir("ledger") / "db", self.genesis, on_failure=self._storage_failed)
         self.state = self.store.load_state()
         self.locks = self.store.load_locks()
         self.receipts = default_registry()
@@ -127,6 +149,7 @@ class LedgerService:
         self._stream_locks: dict[bytes, trio.Lock] = {}
         self._cursors: dict[str, int] = {}
         self._syncing: set[str] = set()
+        self._audits: set[trio.Event] = set()      # audits reading a snapshot in a worker thread
         self._nursery: trio.Nursery | None = None
         self.forks_seen = 0
         reg = ctx.metrics
@@ -149,7 +172,8 @@ class LedgerService:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled; closes the store on the way out."""
+        """Serve until cancelled; closes the store on the way out. Raises LedgerStorageFailed
+        (fatal: see the module docstring) once a store write has failed."""
         try:
             if self.keystore.default() is None and self.passphrase is not None:
                 addr = encode_address(self.keystore.create(self.passphrase, "default"))
@@ -165,12 +189,37 @@ class LedgerService:
                 nursery.start_soon(self.rotation.run)
                 nursery.start_soon(self.handover.run)
                 nursery.start_soon(self.uptime.run)
+                nursery.start_soon(self._stop_on_storage_failure)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
             self._streams.clear()      # the host closes them with its connections
+            with trio.CancelScope(shield=True), trio.move_on_after(60):
+                for done in list(self._audits):    # a worker thread still reads the db
+                    await done.wait()
             self.store.close()
+
+    # -- storage failures (see the module docstring) ---------------------------------------------
+
+    def _storage_failed(self, err: LedgerStorageFailed) -> None:
+        """The store's first failed write: stop accepting work, say why once, stop the role."""
+        if self.failure is not None:
+            return
+        self.failure = err
+        self.m_storage.inc()
+        log.critical("LEDGER STOPPED: %s. Nothing more is applied, signed or served; the node shuts down.", err)
+        self._failed.set()
+
+    def check_usable(self) -> None:
+        """Raise LedgerStorageFailed (naming the path and the cause) once the store failed."""
+        f = self.failure
+        if f is not None:
+            raise LedgerStorageFailed(str(f), path=f.path, cause=f.cause)
+
+    async def _stop_on_storage_failure(self) -> None:
+        await self._failed.wait()
+        self.check_usable()
 
     def _update_gauges(self) -> None:
         self.m_pending.set(len(self.replica.pending))
@@ -184,22 +233,40 @@ class LedgerService:
         deltas applied and whether any certificate is waiting (predecessors, funds or the
         committee certificate of its epoch)."""
         t0 = time.perf_counter()
-        return self._carry_out(peer, [a for c in certs for a in self.replica.receive(peer, c)], t0)
+        return self._apply_batch(peer, lambda: [a for c in certs for a in self.replica.receive(peer, c)], t0)
 
     def retry_awaiting_committee(self) -> None:
         """Committee certificates were added: certificates waiting for them may apply now."""
         if self.replica.awaiting:
             t0 = time.perf_counter()
-            self._carry_out("", self.replica.committees_changed(), t0)
+            self._apply_batch("", self.replica.committees_changed, t0)
 
-    def _carry_out(self, peer: str, actions: list[Any], t0: float) -> tuple[list[Delta], bool]:
-        """Write the replica core's Commits in one synced batch; count and log the rest."""
-        deltas: list[Delta] = []
+    def _apply_batch(self, peer: str, produce: Callable[[], list[Any]], t0: float) -> tuple[list[Delta], bool]:
+        """Run the replica core (`produce`), write its Commits in one synced batch, and only
+        then let them count (events, waiters, metrics). If anything fails on the way (a
+        failed write: LedgerStorageFailed) the state is rolled back to what it was before
+        and the error raised: the state in memory stays the state on disk. Synchronous on
+        purpose: no other task runs between the apply and the write or the rollback."""
+        self.check_usable()
+        self.state.begin()
+        try:
+            actions = produce()
+            deltas = [a.delta for a in actions if isinstance(a, Commit)]
+            if deltas:
+                self.store.commit(deltas)
+        except BaseException:
+            self.state.rollback()
+            self.replica.rolled_back()
+            raise
+        self.state.end()
+        self.replica.committed()
+        return self._carry_out(peer, actions, deltas, t0)
+
+    def _carry_out(self, peer: str, actions: list[Any], deltas: list[Delta], t0: float) -> tuple[list[Delta], bool]:
+        """After `deltas` (the Commits among `actions`) were written: count and log the rest."""
         queued = False
         for a in actions:
-            if isinstance(a, Commit):
-                deltas.append(a.delta)
-            elif isinstance(a, Queued):
+            if isinstance(a, Queued):
                 queued = True
             elif isinstance(a, CertificateRefused):
                 self.m_refused.labels(a.reason.value).inc()
@@ -211,8 +278,6 @@ class LedgerService:
             elif isinstance(a, ConflictingCertificates):
                 self._conflict(a.applied_tx, a.other, peer)
         if deltas:
-            self.store.commit(deltas)
-            self.replica.committed()
             self.m_latency.observe(time.perf_counter() - t0)
             self.m_applied.inc(len(deltas))
             for d in deltas:
@@ -274,14 +339,19 @@ class LedgerService:
                     log.warning("could not publish %d certificates: %s (peers will sync them)", len(batch), e)
 
     async def _on_gossip(self, msg: GossipMessage) -> None:
+        if self.failure is not None:
+            return       # the ledger stopped (storage failure): gossip is dropped, peers sync later
         f = Fields(unpack(msg.data, max_size=MAX_CERT_FRAME, what="ledger certificate batch"),
                    "ledger.CertBatch", versions={1}, peer=msg.origin)
         certs = [decode_certificate(c, peer=msg.origin) for c in f.list("certs", max_len=MAX_SYNC_BATCH)]
         committees = self.rotation.decode_list(f.list("committees", optional=True) or [], msg.origin)
         f.done()
-        if committees:
-            self.rotation.add(msg.received_from, committees)
-        _, queued = self.ingest(msg.origin, certs)
+        try:
+            if committees:
+                self.rotation.add(msg.received_from, committees)
+            _, queued = self.ingest(msg.origin, certs)
+        except LedgerStorageFailed:
+            return       # reported once by _storage_failed; the role is stopping
         if queued:
             self._sync_soon(msg.received_from)
             if msg.origin != msg.received_from:
@@ -294,6 +364,9 @@ class LedgerService:
             try:
                 req = await stream.recv(max_size=1024)
             except StreamClosed:
+                return
+            if self.failure is not None:    # serve nothing from a store that failed a write
+                await stream.reset()
                 return
             f = Fields(req, "ledger.SyncRequest", versions={1}, peer=stream.remote_peer)
             after = f.int("after", lo=0, hi=2**62)
@@ -313,7 +386,7 @@ class LedgerService:
     async def sync_with(self, peer: str) -> int:
         """Pull `peer`'s apply log from our cursor; returns certificates applied. Errors are
         logged (the next round retries)."""
-        if peer in self._syncing:
+        if peer in self._syncing or self.failure is not None:
             return 0
         self._syncing.add(peer)
         applied = 0
@@ -346,17 +419,17 @@ class LedgerService:
                             certs.append(decode_certificate(item[1], peer=peer))
                         deltas, _ = self.ingest(peer, certs)
                         applied += len(deltas)
-                        self._cursors[peer] = last
                         self.store.set_cursor(peer, last)
+                        self._cursors[peer] = last
                         if not certs or last >= end:
                             break
                 finally:
                     await stream.close()
         except (FognodeError, trio.TooSlowError) as e:
             log.debug("sync with %s stopped: %s", peer, e)
-            if isinstance(e, RemoteProtocolError):
-                self._cursors[peer] = 0
+            if isinstance(e, RemoteProtocolError) and self.failure is None:
                 self.store.set_cursor(peer, 0)
+                self._cursors[peer] = 0
         finally:
             self._syncing.discard(peer)
         if applied:
@@ -387,11 +460,18 @@ class LedgerService:
 
     def _validate(self, peer: str, so: SignedOrder) -> list[Any]:
         """Run the validator core and carry out its actions up to (not including) sending:
-        the lock is persisted (sync) here, before any reply exists. Returns the replies."""
+        the lock is persisted (sync) here, before any reply exists. Returns the replies.
+        Raises LedgerStorageFailed (no vote; the lock is taken out of the table again) if the
+        lock cannot be written, or if the ledger stopped already."""
+        self.check_usable()
         replies: list[Any] = []
         for a in self.validator.receive(peer, so, self.ctx.clock()):
             if isinstance(a, PersistLock):
-                self.store.persist_lock(a.order)
+                try:
+                    self.store.persist_lock(a.order)
+                except LedgerStorageFailed:
+                    self.locks.discard(a.order)
+                    raise
             elif isinstance(a, SendVote):
                 replies.append(a.vote)
             elif isinstance(a, SendRejection):
@@ -409,27 +489,35 @@ class LedgerService:
                 raw = await stream.recv(max_size=MAX_CERT_FRAME)
             except StreamClosed:
                 return
-            f = Fields(raw, "ledger.OrderRequest", versions={1}, peer=peer)
-            if f.has("committee"):
-                body = decode_committee_body(f.map("committee", max_len=8), peer=peer)
-                f.done()
-                await stream.send(self.rotation.sign(peer, body))
-                continue
-            if f.has("handover") or f.has("uptime"):
-                reply = self.handover.serve(peer, f) if f.has("handover") else self.uptime.serve(peer, f)
-                f.done()
-                await stream.send(reply)
-                continue
-            so = decode_signed_order(f.map("order", max_len=8), peer=peer)
-            prev = decode_certificate(f.map("prev", max_len=8), peer=peer) if f.has("prev") else None
+            if self.failure is not None:    # the ledger stopped: no vote, no lock, no answer
+                await stream.reset()
+                return
+            try:
+                reply = self._order_reply(peer, raw)
+            except LedgerStorageFailed:
+                await stream.reset()
+                return
+            for r in reply:
+                await stream.send(r)
+
+    def _order_reply(self, peer: str, raw: Any) -> list[Any]:
+        """The replies to one order-stream request (synchronous: locks are written here)."""
+        f = Fields(raw, "ledger.OrderRequest", versions={1}, peer=peer)
+        if f.has("committee"):
+            body = decode_committee_body(f.map("committee", max_len=8), peer=peer)
             f.done()
-            if prev is not None:
-                self.ingest(peer, [prev])
-            for r in self._validate(peer, so):
-                if isinstance(r, Rejection):
-                    await stream.send({"v": 1, "rejection": r.to_wire()})
-                else:
-                    await stream.send({"v": 1, "vote": r.to_wire()})
+            return [self.rotation.sign(peer, body)]
+        if f.has("handover") or f.has("uptime"):
+            reply = self.handover.serve(peer, f) if f.has("handover") else self.uptime.serve(peer, f)
+            f.done()
+            return [reply]
+        so = decode_signed_order(f.map("order", max_len=8), peer=peer)
+        prev = decode_certificate(f.map("prev", max_len=8), peer=peer) if f.has("prev") else None
+        f.done()
+        if prev is not None:
+            self.ingest(peer, [prev])
+        return [{"v": 1, "rejection": r.to_wire()} if isinstance(r, Rejection) else {"v": 1, "vote": r.to_wire()}
+                for r in self._validate(peer, so)]
 
     # -- client side ---------------------------------------------------------------------------
 
@@ -448,7 +536,10 @@ class LedgerService:
         """Sign the sender's next order (`make(sequence, epoch)`), gather a quorum, apply and
         gossip the certificate. Raises OrderRejected (a definitive refusal; nothing applied)
         or NotCertified (deadline passed: the order stays in flight and is re-driven by the
-        next submit from the same sender, never replaced by another one for its sequence)."""
+        next submit from the same sender, never replaced by another one for its sequence),
+        or LedgerStorageFailed (the ledger could not write its store and stopped: the order
+        was not signed, or it stays in flight if it was)."""
+        self.check_usable()
         sender = bytes(key.verify_key)
         deadline = trio.current_time() + timeout
         async with self._lock_for(sender):
@@ -476,6 +567,7 @@ class LedgerService:
             request["prev"] = prev
         asking: set[bytes] = set()
         while True:
+            self.check_usable()
             if self.me in committee and self.me not in collector.votes:
                 for r in self._validate(self.ctx.peer_id, so):
                     self._collect(collector, self.me, r)
@@ -493,9 +585,20 @@ class LedgerService:
                     await round_done.wait()
             cert = collector.certificate
             if cert is not None:
-                self.store.clear_inflight(sender)
-                self.ingest(self.ctx.peer_id, [cert])
+                try:
+                    self.ingest(self.ctx.peer_id, [cert])
+                except LedgerStorageFailed as e:
+                    raise LedgerStorageFailed(
+                        f"order {so.tx_id.hex()} was certified, but this node could not store its certificate: "
+                        f"{e}. The order stays in flight: the next send from this wallet after a restart "
+                        f"completes it", path=e.path, cause=e.cause) from None
                 self._publish_later(cert)
+                # cleared after the certificate is stored: a crash (or a failed write) in between
+                # leaves an in-flight record whose sequence is applied, which the next submit drops
+                try:
+                    self.store.clear_inflight(sender)
+                except LedgerStorageFailed:
+                    pass       # the transfer is final and stored; the ledger stops (reported once)
                 return cert
             reason = collector.main_reason()
             # this replica already found the sequence and the funds right (submit checks them
@@ -576,6 +679,21 @@ class LedgerService:
                     if fresh or not isinstance(e, StreamClosed):
                         raise
             raise StreamClosed(f"order stream to {peer} closed twice")
+
+    async def audit(self) -> list[str]:
+        """Replay the stored history from genesis and compare it with the stored state
+        (audit.py), in a worker thread on a snapshot of the store: the replica keeps applying
+        meanwhile. Waits until the replay is done (not cancellable: the thread finishes)."""
+        self.check_usable()
+        snap = self.store.db.snapshot()
+        done = trio.Event()
+        self._audits.add(done)
+        try:
+            return await trio.to_thread.run_sync(audit_store, self.store, snap)
+        finally:
+            snap.close()
+            done.set()
+            self._audits.discard(done)
 
     async def wait_applied(self, tx_id: bytes, timeout: float) -> bool:
         if self.store.certificate(tx_id) is not None:

@@ -16,12 +16,18 @@ Applying is commutative across senders (balances are sums), and ordered per send
 sequence number. A certificate is applied only when it is the sender's next sequence and the
 sender can cover its debit (incoming transfers it depends on may still be on their way); the
 replica keeps it pending until then, so no balance is ever negative.
+
+Undo. Between `begin()` and `end()` every change `apply` makes is journaled (old values of the
+touched entries, plus supply, apply count and accumulator), and `rollback()` restores the
+state exactly as it was at `begin()`. The ledger service brackets each apply-and-write with
+them: a batch whose store write fails is rolled back before anything else runs, so the state
+in memory never runs ahead of the state on disk (service.py `_apply_batch`).
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Iterable
+from typing import Any, Iterable
 
 import msgpack
 
@@ -128,6 +134,10 @@ class Delta:
 class LedgerState:
     """In-memory replica state. Mutated only through `apply`; restored by the store."""
 
+    # (kind, key, old value) of each change since begin(), or None when not journaling
+    _journal: list[tuple[str, Any, Any]] | None = None
+    _saved: tuple[Supply, int, int] | None = None
+
     def __init__(self, genesis: Genesis) -> None:
         self.genesis = genesis
         self.committee = genesis.committee
@@ -191,8 +201,50 @@ class LedgerState:
             acc += _leaf(b"R", r, b"")
         return acc % MOD
 
+    # -- undo journal (see the module docstring) ----------------------------------------------
+
+    def begin(self) -> None:
+        """Start journaling changes (at most one journal at a time)."""
+        if self._journal is not None:
+            raise RuntimeError("LedgerState.begin() while a journal is open")
+        self._journal = []
+        self._saved = (self.supply, self.applied, self._acc)
+
+    def end(self) -> None:
+        """Keep the changes since `begin()` (they are on disk); stop journaling."""
+        self._journal = None
+        self._saved = None
+
+    def rollback(self) -> None:
+        """Undo every change since `begin()`, newest first; stop journaling."""
+        j, saved = self._journal, self._saved
+        if j is None or saved is None:
+            raise RuntimeError("LedgerState.rollback() without begin()")
+        for kind, key, old in reversed(j):
+            table: dict[Any, Any]
+            if kind == "a":
+                table = self.accounts
+            elif kind == "m":
+                table = self.minted_by_epoch
+            elif kind == "r":
+                self.used_receipts.discard(key)
+                continue
+            else:   # "k": key is (epoch, staker) in stake_deltas
+                epoch, key = key
+                table = self.stake_deltas.setdefault(epoch, {})
+            if old is None:
+                table.pop(key, None)
+            else:
+                table[key] = old
+        for e in [e for e, d in self.stake_deltas.items() if not d]:
+            del self.stake_deltas[e]        # epochs the undone applies had created
+        self.supply, self.applied, self._acc = saved
+        self.end()
+
     def _set_account(self, key: bytes, new: Account) -> None:
         old = self.accounts.get(key)
+        if self._journal is not None:
+            self._journal.append(("a", key, old))
         if old is not None and not old.is_empty:
             self._sub(_leaf(b"A", key, old.encode()))
         if new.is_empty:
@@ -208,6 +260,8 @@ class LedgerState:
 
     def _set_minted(self, epoch: int, total: int) -> None:
         old = self.minted_by_epoch.get(epoch)
+        if self._journal is not None:
+            self._journal.append(("m", epoch, old))
         if old is not None:
             self._sub(_leaf(b"M", _epoch_key(epoch), pack(old)))
         self._add(_leaf(b"M", _epoch_key(epoch), pack(total)))
@@ -323,9 +377,14 @@ class LedgerState:
         if minted_epoch is not None:
             self._set_minted(*minted_epoch)
         if claim_id is not None:
+            if self._journal is not None and claim_id not in self.used_receipts:
+                self._journal.append(("r", claim_id, None))
             self.used_receipts.add(claim_id)
             self._add(_leaf(b"R", claim_id, b""))
         if stake_delta is not None:
+            if self._journal is not None:
+                self._journal.append(("k", (stake_delta[0], stake_delta[1]),
+                                      self.stake_deltas.get(stake_delta[0], {}).get(stake_delta[1])))
             self.stake_deltas.setdefault(stake_delta[0], {})[stake_delta[1]] = stake_delta[2]
         self.applied += 1
         return Delta(cert=cert, index=self.applied, accounts=tuple(touched.items()), supply=self.supply,

@@ -25,17 +25,28 @@ Keys (big-endian integers, so LevelDB's order is numeric order):
     c/<epoch:8>             certified committee of that epoch (committee.py)
     C/<epoch:8>             committee body this validator signed for that epoch (its lock)
     H/<epoch:8>             this validator holds the locks handed over at that committee change
+
+Write failures (disk full, I/O error, read-only filesystem). Every write goes through
+`_writing`: a plyvel error becomes `LedgerStorageFailed` (a node.errors.FatalStorageError)
+whose message names the store's path, what was being written and the cause ("No space left
+on device" is called out as a full disk). The first failure is sticky: `failure` is set, the
+`on_failure` callback (the ledger service) is told once, and every later write raises at once
+without touching LevelDB. A failed batch is not applied (LevelDB skips the memtable when its
+log write fails), so reads keep returning the last committed state; the caller must undo its
+own in-memory changes (service.py) and stop. Reads are not wrapped: a read error is raised as
+plyvel raises it.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import plyvel
 
 from fognode.ledger.committee import (CommitteeBody, CommitteeCertificate, decode_committee_body,
                                       decode_committee_certificate)
-from fognode.ledger.errors import StoreError
+from fognode.ledger.errors import LedgerStorageFailed, StoreError
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import (Certificate, ForkProof, SignedOrder, decode_certificate,
                                      decode_fork_proof, decode_signed_order)
@@ -52,28 +63,70 @@ def _u8(n: int) -> bytes:
     return n.to_bytes(8, "big")
 
 
+def _cause(e: BaseException) -> str:
+    """plyvel's message (it carries bytes) or an OSError's text."""
+    arg = e.args[0] if e.args else e
+    return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+
+
 class LedgerStore:
     """Open (or initialise from `genesis`) the replica at `path`. Raises StoreError if the
-    directory belongs to another chain; plyvel.IOError if another process holds it."""
+    directory belongs to another chain; LedgerStorageFailed if it cannot be opened or
+    initialised (no space, I/O error, another process holds it). `on_failure` is called once,
+    with the error, at the first failed write (see the module docstring)."""
 
-    def __init__(self, path: Path, genesis: Genesis) -> None:
+    def __init__(self, path: Path, genesis: Genesis,
+                 on_failure: Callable[[LedgerStorageFailed], None] | None = None) -> None:
         self.path = Path(path)
         self.genesis = genesis
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.db = plyvel.DB(str(self.path), create_if_missing=True)
+        self.failure: LedgerStorageFailed | None = None
+        self._on_failure = on_failure
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.db = plyvel.DB(str(self.path), create_if_missing=True)
+        except (OSError, plyvel.Error) as e:      # plyvel.IOError is an OSError
+            raise self._failed("open", e) from e
         meta = pack({"chain": genesis.chain_id, "genesis": digest(pack(genesis.to_dict()))})
         have = self.db.get(b"m/chain")
         if have is None:
-            self._init(genesis, meta)
+            try:
+                self._init(genesis, meta)
+            except LedgerStorageFailed:
+                self.db.close()
+                raise
         elif have != meta:
             chain = self._decode(have, "chain record").get("chain")
             self.db.close()
             raise StoreError(f"{self.path} holds the ledger of chain {chain!r} with another genesis; "
                              f"this node's genesis is chain {genesis.chain_id!r} (wrong data dir?)")
 
+    def _failed(self, what: str, e: BaseException) -> LedgerStorageFailed:
+        """The (sticky) failure for a write of `what` that raised `e`; tells `on_failure` once."""
+        if self.failure is None:
+            cause = _cause(e)
+            hint = ("the disk is full: free space on it, then restart the node" if "No space left" in cause
+                    else "check the disk, then restart the node")
+            self.failure = LedgerStorageFailed(
+                f"the ledger store at {self.path} could not be written ({what}): {cause}; {hint}",
+                path=str(self.path), cause=cause)
+            if self._on_failure is not None:
+                self._on_failure(self.failure)
+        f = self.failure
+        return LedgerStorageFailed(str(f), path=f.path, cause=f.cause)
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Run one write; a plyvel error (or any earlier failure) raises LedgerStorageFailed."""
+        if self.failure is not None:
+            raise self._failed(what, self.failure)
+        try:
+            yield
+        except plyvel.Error as e:
+            raise self._failed(what, e) from e
+
     def _init(self, genesis: Genesis, meta: bytes) -> None:
         s = LedgerState(genesis)
-        with self.db.write_batch(transaction=True, sync=True) as wb:
+        with self._writing("genesis state"), self.db.write_batch(transaction=True, sync=True) as wb:
             for k, a in s.accounts.items():
                 wb.put(b"a/" + k, a.encode())
             wb.put(b"s/supply", s.supply.encode())
@@ -94,23 +147,25 @@ class LedgerStore:
 
     # -- state ----------------------------------------------------------------------------
 
-    def load_state(self) -> LedgerState:
-        accounts = [(k[2:], Account.decode(v)) for k, v in self.db.iterator(prefix=b"a/")]
+    def load_state(self, src: Any = None) -> LedgerState:
+        """The replica state as stored (`src`: a plyvel snapshot to read from; default the db)."""
+        db = self.db if src is None else src
+        accounts = [(k[2:], Account.decode(v)) for k, v in db.iterator(prefix=b"a/")]
         minted = {int.from_bytes(k[2:], "big"): self._decode(v, "minted record")
-                  for k, v in self.db.iterator(prefix=b"e/")}
-        receipts = {k[2:] for k in self.db.iterator(prefix=b"r/", include_value=False)}
-        supply = Supply.decode(self._need(b"s/supply"))
-        acc = int.from_bytes(self._need(b"s/acc"), "big")
-        applied = self._decode(self._need(b"s/applied"), "apply count")
+                  for k, v in db.iterator(prefix=b"e/")}
+        receipts = {k[2:] for k in db.iterator(prefix=b"r/", include_value=False)}
+        supply = Supply.decode(self._need(b"s/supply", db))
+        acc = int.from_bytes(self._need(b"s/acc", db), "big")
+        applied = self._decode(self._need(b"s/applied", db), "apply count")
         stake: dict[int, dict[bytes, int]] = {}
-        for k, v in self.db.iterator(prefix=b"k/"):
+        for k, v in db.iterator(prefix=b"k/"):
             stake.setdefault(int.from_bytes(k[2:10], "big"), {})[k[10:]] = self._decode(v, "stake record")
         state = LedgerState.restore(self.genesis, accounts, supply, minted, receipts, applied, acc, stake)
-        state.committees.load(self.committee_certificates())
+        state.committees.load(self.committee_certificates(db))
         return state
 
-    def _need(self, key: bytes) -> bytes:
-        v = self.db.get(key)
+    def _need(self, key: bytes, src: Any = None) -> bytes:
+        v = (self.db if src is None else src).get(key)
         if v is None:
             raise StoreError(f"the ledger store at {self.path} lacks {key.decode()} (corrupt)")
         return v
@@ -119,7 +174,7 @@ class LedgerStore:
         """Write the deltas (in apply order) in one atomic, synced batch."""
         if not deltas:
             return
-        with self.db.write_batch(transaction=True, sync=True) as wb:
+        with self._writing(f"{len(deltas)} certificates"), self.db.write_batch(transaction=True, sync=True) as wb:
             for d in deltas:
                 for k, a in d.accounts:
                     if a.is_empty:
@@ -193,7 +248,8 @@ class LedgerStore:
     def persist_lock(self, order: SignedOrder) -> None:
         """Durably record the vote for `order` (sync) — call before sending the vote."""
         sender, seq = order.key
-        self.db.put(b"L/" + sender + _u8(seq), pack(order.to_wire()), sync=True)
+        with self._writing("validator lock"):
+            self.db.put(b"L/" + sender + _u8(seq), pack(order.to_wire()), sync=True)
 
     def load_locks(self) -> LockTable:
         t = LockTable()
@@ -210,13 +266,13 @@ class LedgerStore:
         """Persist verified committee certificates in one synced batch."""
         if not certs:
             return
-        with self.db.write_batch(transaction=True, sync=True) as wb:
+        with self._writing("committee certificates"), self.db.write_batch(transaction=True, sync=True) as wb:
             for c in certs:
                 wb.put(b"c/" + _u8(c.epoch), pack(c.to_wire()))
 
-    def committee_certificates(self) -> list[CommitteeCertificate]:
+    def committee_certificates(self, src: Any = None) -> list[CommitteeCertificate]:
         out = []
-        for _k, v in self.db.iterator(prefix=b"c/"):
+        for _k, v in (self.db if src is None else src).iterator(prefix=b"c/"):
             try:
                 out.append(decode_committee_certificate(self._decode(v, "committee certificate")))
             except RemoteProtocolError as e:
@@ -225,7 +281,8 @@ class LedgerStore:
 
     def persist_committee_lock(self, body: CommitteeBody) -> None:
         """Durably record the committee body this validator signs for its epoch (sync)."""
-        self.db.put(b"C/" + _u8(body.epoch), pack(body.to_wire()), sync=True)
+        with self._writing("committee lock"):
+            self.db.put(b"C/" + _u8(body.epoch), pack(body.to_wire()), sync=True)
 
     def committee_locks(self) -> dict[int, CommitteeBody]:
         out = {}
@@ -239,7 +296,8 @@ class LedgerStore:
     def put_handover_done(self, epoch: int) -> None:
         """Record (sync) that the old committee's locks of the change at `epoch` are merged;
         call after the locks themselves were persisted."""
-        self.db.put(b"H/" + _u8(epoch), b"", sync=True)
+        with self._writing("handover record"):
+            self.db.put(b"H/" + _u8(epoch), b"", sync=True)
 
     def handovers_done(self) -> set[int]:
         return {int.from_bytes(k[2:], "big") for k in self.db.iterator(prefix=b"H/", include_value=False)}
@@ -251,12 +309,14 @@ class LedgerStore:
         return 0 if v is None else int.from_bytes(v, "big")
 
     def set_cursor(self, peer: str, position: int) -> None:
-        self.db.put(b"p/" + peer.encode(), _u8(position))
+        with self._writing("sync cursor"):
+            self.db.put(b"p/" + peer.encode(), _u8(position))
 
     # -- this node's own orders in flight (so a restart re-drives them, never replaces them) ----
 
     def put_inflight(self, order: SignedOrder) -> None:
-        self.db.put(b"w/" + order.order.sender, pack(order.to_wire()), sync=True)
+        with self._writing("order in flight"):
+            self.db.put(b"w/" + order.order.sender, pack(order.to_wire()), sync=True)
 
     def inflight(self, sender: bytes) -> SignedOrder | None:
         v = self.db.get(b"w/" + sender)
@@ -268,7 +328,8 @@ class LedgerStore:
             raise StoreError(f"corrupt in-flight order record: {e}") from None
 
     def clear_inflight(self, sender: bytes) -> None:
-        self.db.delete(b"w/" + sender, sync=True)
+        with self._writing("order in flight"):
+            self.db.delete(b"w/" + sender, sync=True)
 
     def put_fork(self, proof: ForkProof) -> bool:
         """Keep a fork proof (first one per (sender, sequence)); True if it is new."""
@@ -276,7 +337,8 @@ class LedgerStore:
         key = b"f/" + sender + _u8(seq)
         if self.db.get(key) is not None:
             return False
-        self.db.put(key, pack(proof.to_wire()), sync=True)
+        with self._writing("fork proof"):
+            self.db.put(key, pack(proof.to_wire()), sync=True)
         return True
 
     def forks(self) -> list[ForkProof]:

@@ -3,8 +3,10 @@
 `Validator.receive(peer, order, now)` returns actions. A vote is always preceded by a
 `PersistLock` for the same order: the adapter writes the lock (sync) before the vote leaves,
 so a validator that crashes and restarts cannot sign a second order for the same sequence.
-The in-memory lock table is updated at once, so two orders for one sequence arriving back to
-back are caught even before the write completes.
+The core adds the lock to the in-memory table when it decides; the adapter writes it in the
+same synchronous step (no await in between, so no other order is checked against the table
+meanwhile) and, if the write fails, takes it out again (`LockTable.discard`) and sends no
+vote: the table in memory never holds a lock the disk does not (service.py `_validate`).
 
 Mint budget: each validator votes for at most `mint_limit(epoch)` micro-units of mints per
 epoch, with limit = budget * (q - F) / (T - F) (T total stake, q quorum stake, F the largest
@@ -59,6 +61,17 @@ class LockTable:
             r = o.receipt
             if r.scope_id is not None and r.commit is not None:
                 self.commits.setdefault(r.scope_id, set()).add(r.commit)
+
+    def discard(self, order: SignedOrder) -> None:
+        """Undo `add(order)` (its lock could not be persisted): the derived reservations,
+        claims and scope commits are rebuilt from the locks that remain."""
+        if self.locks.get(order.key) != order:
+            return
+        del self.locks[order.key]
+        remaining = list(self.locks.values())
+        self.locks, self.mint_reserved, self.receipts, self.commits = {}, {}, set(), {}
+        for so in remaining:
+            self.add(so)
 
     def commit_problem(self, receipt: Receipt) -> str:
         """Why a mint of `receipt` would break the one-commit-per-scope rule ("" if it would not)."""

@@ -1,6 +1,7 @@
 """The wallet keystore: `<datadir>/wallet/`, one file per key, encrypted with a passphrase.
 
-Each key file (`<fog1 address>.json`, mode 0600, written atomically: tmp + fsync + rename)::
+Each key file (`<fog1 address>.json`, mode 0600, written atomically: tmp + fsync + rename +
+directory fsync, node.datadir.write_atomic)::
 
     {"v": 1, "address": "fog1...", "label": "default", "created": 1767225600,
      "kdf": "argon2id", "opslimit": 2, "memlimit": 67108864, "salt": "<hex 16>",
@@ -18,11 +19,15 @@ An EMPTY passphrase makes a *dev keystore*: the file says `"dev": true`, and eve
 WARNING that the key is protected by nothing. `fognode devnet` uses that (it sets
 FOGNODE_PASSPHRASE=""), never for keys holding real value.
 
+Writes that fail (disk full, read-only filesystem) raise WalletError naming the file and the
+cause; the temporary file is removed and the file that was there before is left as it was.
+
 `wallet/default` holds the address of the node's default wallet (the one `wallet.send`,
 `wallet.address` and `wallet.balance` use when no address is given).
 """
 from __future__ import annotations
 
+import errno
 import getpass
 import json
 import logging
@@ -80,8 +85,21 @@ class Keystore:
         self._unlocked: dict[bytes, SigningKey] = {}
 
     def _ensure_dir(self) -> None:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.dir, 0o700)
+        except OSError as e:
+            raise WalletError(f"could not create the keystore directory {self.dir}: {e.strerror or e}") from None
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        """Atomic write; WalletError (old file untouched) if it fails."""
+        try:
+            write_atomic(path, data)
+        except OSError as e:
+            full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
+            raise WalletError(f"could not write wallet file {path}: {e.strerror or e}{full}; "
+                              f"the file that was there is unchanged") from None
 
     def _path(self, pubkey: bytes) -> Path:
         return self.dir / f"{encode_address(pubkey)}.json"
@@ -111,9 +129,13 @@ class Keystore:
             log.warning("wallet %s is a DEV keystore entry with an EMPTY passphrase: anyone who can read "
                         "%s can spend from it. Use FOGNODE_PASSPHRASE for keys that hold real value.",
                         encode_address(pub), path)
-        write_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        self._write(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
         if self.default() is None:
-            self.set_default(pub)
+            try:
+                self.set_default(pub)
+            except WalletError as e:
+                raise WalletError(f"wallet {encode_address(pub)} was stored in {path}, but it could not be made "
+                                  f"the default: {e}") from None
         self._unlocked[pub] = sk
         return pub
 
@@ -162,7 +184,7 @@ class Keystore:
     def set_default(self, pubkey: bytes) -> None:
         if not self.has(pubkey):
             raise WalletError(f"no wallet {encode_address(pubkey)} in {self.dir}")
-        write_atomic(self.dir / DEFAULT_FILE, (encode_address(pubkey) + "\n").encode())
+        self._write(self.dir / DEFAULT_FILE, (encode_address(pubkey) + "\n").encode())
 
     # -- unlock -------------------------------------------------------------------------------
 

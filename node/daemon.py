@@ -4,6 +4,11 @@ Start-up: lock the data dir, load identity and genesis, open the overlay (libp2p
 DHT), start roles in order under the supervisor, then open the control socket (the node is
 "ready" when the socket answers). Shutdown on SIGINT/SIGTERM or `node.stop`: stop accepting RPC,
 stop roles in reverse order within the grace period, close the host, release the lock, exit 0.
+
+A role that cannot write its data dir (FatalStorageError: disk full, I/O error) stops the
+daemon the same clean way, after which `run()` raises that error: `fognode run` prints it on
+stderr and exits with status 2. The operator frees space and starts the node again; it never
+keeps serving with a role whose memory may differ from its disk.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from fognode.node import __version__
 from fognode.node.config import Config
 from fognode.node.datadir import DataDirLock, load_identity, read_genesis, socket_path
-from fognode.node.errors import FognodeError, RpcError
+from fognode.node.errors import FatalStorageError, FognodeError, RpcError
 from fognode.node.events import EventBus
 from fognode.node.looplag import watch_loop_lag
 from fognode.node.protocol import NodeContext, Protocol
@@ -135,11 +140,18 @@ class Daemon:
         self.ctx: NodeContext
         self._stop = trio.Event()
         self.stop_reason = ""
+        self.fatal: FatalStorageError | None = None    # why the daemon must exit non-zero
 
     def request_stop(self, why: str) -> None:
         if not self._stop.is_set():
             self.stop_reason = why
             self._stop.set()
+
+    def fatal_stop(self, role: str, err: FatalStorageError) -> None:
+        """A role hit a fatal storage error: shut down cleanly, then `run()` raises it."""
+        if self.fatal is None:
+            self.fatal = err
+        self.request_stop(f"role {role} failed: {err}")
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
@@ -147,7 +159,8 @@ class Daemon:
                 self.request_stop(signal.Signals(sig).name)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until stopped. Raises DataDirError/ConfigError before anything is opened."""
+        """Run until stopped. Raises DataDirError/ConfigError before anything is opened, and
+        FatalStorageError after a clean shutdown caused by a role's storage failure."""
         from fognode.node.host import open_overlay  # imports libp2p
         from fognode.node.rpc.server import RpcServer
 
@@ -167,7 +180,7 @@ class Daemon:
                 node = NodeService(self)
                 self.ctx.services.provide("node", node)
                 self.table.add_object(node, "node")
-                self.supervisor = Supervisor(self.ctx, self.table)
+                self.supervisor = Supervisor(self.ctx, self.table, on_fatal=self.fatal_stop)
                 rpc = RpcServer(self.table, self.socket, self.metrics,
                                 max_request=self.config.rpc.max_request,
                                 idle_timeout=self.config.rpc.idle_timeout,
@@ -202,4 +215,7 @@ class Daemon:
                 log.info("roles stopped in %.2f s; closing the host", time.monotonic() - t0)
         finally:
             lock.release()
+        if self.fatal is not None:
+            log.info("stopped (a role could not write its data: exiting non-zero)")
+            raise self.fatal
         log.info("stopped")

@@ -59,3 +59,15 @@ class RemoteProtocolError(FognodeError):
 
 class StreamClosed(FognodeError):
     """The stream ended (EOF or reset) before a whole frame arrived."""
+
+
+class FatalStorageError(FognodeError):
+    """A role could not write its data dir (disk full, I/O error, read-only filesystem): its
+    memory may no longer match its disk, so it must stop serving. The supervisor does not
+    restart a role that raises it; the daemon shuts down cleanly and exits non-zero with this
+    message (the local machine's fault: free space or fix the disk, then restart)."""
+
+    def __init__(self, message: str, *, path: str = "", cause: str = "") -> None:
+        self.path = path
+        self.cause = cause
+        super().__init__(message)

@@ -7,6 +7,12 @@ Names, RPC methods, stream ids and topics are checked unique before anything sta
 The supervisor runs each enabled role in its own task and cancel scope: a role that raises is
 logged with its traceback, shown unhealthy, and restarted (a fresh instance) with exponential
 backoff; it never takes the daemon down.
+
+One exception: a role that raises `FatalStorageError` (it could not write its data dir: disk
+full, I/O error) is not restarted. A fresh instance would reload from the same failing disk,
+and a role whose memory may differ from its disk must not serve: the role is shown unhealthy
+("storage failed: ..."), the reason is logged at CRITICAL, and `on_fatal` asks the daemon to
+shut down cleanly and exit non-zero (node/daemon.py), as Bitcoin Core's AbortNode does.
 """
 from __future__ import annotations
 
@@ -16,12 +22,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Callable
 
 import trio
 from prometheus_client import Counter, Gauge
 
-from fognode.node.errors import ConfigError
+from fognode.node.errors import ConfigError, FatalStorageError
 from fognode.node.events import RoleHealthChanged
 from fognode.node.protocol import Health, NodeContext, Protocol
 from fognode.node.rpc.methods import MethodTable
@@ -91,6 +97,18 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def fatal_storage_error(e: BaseException) -> FatalStorageError | None:
+    """The FatalStorageError inside `e` (trio wraps a task's error in ExceptionGroups), or None."""
+    if isinstance(e, FatalStorageError):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        for x in e.exceptions:
+            found = fatal_storage_error(x)
+            if found is not None:
+                return found
+    return None
+
+
 @dataclass
 class RoleState:
     cls: type[Protocol]
@@ -107,8 +125,10 @@ class Supervisor:
     """Starts roles in order, restarts crashed ones with backoff, stops them in reverse order."""
 
     def __init__(self, ctx: NodeContext, table: MethodTable, *, backoff_initial: float = 1.0,
-                 backoff_max: float = 60.0) -> None:
+                 backoff_max: float = 60.0,
+                 on_fatal: Callable[[str, FatalStorageError], None] | None = None) -> None:
         self.ctx = ctx
+        self.on_fatal = on_fatal
         self.table = table
         self.roles: dict[str, RoleState] = {}
         self.backoff_initial = backoff_initial
@@ -165,6 +185,13 @@ class Supervisor:
                         log.warning("role %s returned from run(); restarting it", name)
                         why = "run() returned"
                     except Exception as e:
+                        fatal = fatal_storage_error(e)
+                        if fatal is not None:
+                            self._stop_fatal(st, fatal)
+                            if not started:
+                                started = True
+                                task_status.started()
+                            await trio.sleep_forever()    # until the daemon stops the roles
                         why = describe(e)
                         log.error("role %s crashed: %s", name, why, exc_info=True)
                     self.table.remove_owner(name)
@@ -184,6 +211,15 @@ class Supervisor:
                 st.health = Health.STOPPED
                 self._health.labels(name).set(0)
                 st.done.set()
+
+    def _stop_fatal(self, st: RoleState, err: FatalStorageError) -> None:
+        """Keep the role stopped (no restart), say why, ask the daemon to exit. Its RPC methods
+        stay registered until the daemon stops, so they can answer with the reason."""
+        name = st.cls.name
+        log.critical("role %s stopped for good: %s", name, err)
+        self._set(st, Health.UNHEALTHY, f"storage failed, not restarted: {err}")
+        if self.on_fatal is not None:
+            self.on_fatal(name, err)
 
     async def stop_all(self, grace: float) -> None:
         """Cancel roles in reverse start order, each given up to `grace` seconds in total."""

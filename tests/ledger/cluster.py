@@ -16,9 +16,11 @@ from prometheus_client import CollectorRegistry
 from fognode.ledger.genesis import DEV_FUNDING, DEV_STAKE, dev_genesis
 from fognode.ledger.protocol import LedgerConfig, LedgerRole
 from fognode.ledger.wallet import Keystore
+from fognode.node.errors import FatalStorageError
 from fognode.node.events import EventBus
 from fognode.node.host import OverlayConfig, open_overlay
 from fognode.node.protocol import NodeContext
+from fognode.node.roles import fatal_storage_error
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
 
@@ -34,6 +36,7 @@ class LNode:
     scope: trio.CancelScope | None = None
     stopped: trio.Event = field(default_factory=trio.Event)
     addr: str = ""
+    failure: FatalStorageError | None = None    # why the node's ledger stopped (as the daemon would)
 
     @property
     def up(self) -> bool:
@@ -48,7 +51,7 @@ class LNode:
 class Cluster:
     def __init__(self, root: Path, n: int, nursery: trio.Nursery, config: LedgerConfig,
                  clock: Callable[[], float] | None = None, ledger_overrides: dict[str, Any] | None = None,
-                 genesis_time: int | None = None) -> None:
+                 genesis_time: int | None = None, ledger_dirs: dict[int, Path] | None = None) -> None:
         self.root = root
         self.clock = clock
         self.nursery = nursery
@@ -57,6 +60,8 @@ class Cluster:
         for i in range(n):
             d = root / f"n{i}"
             d.mkdir(parents=True)
+            if ledger_dirs and i in ledger_dirs:      # e.g. on a small filesystem that fills up
+                (d / "ledger").symlink_to(ledger_dirs[i], target_is_directory=True)
             ident = SigningKey(bytes([200 + i]) * 32)
             wallet = Keystore(d).create("", "default")
             self.nodes.append(LNode(i, d, ident, wallet))
@@ -78,22 +83,29 @@ class Cluster:
         try:
             with trio.CancelScope() as scope:
                 node.scope = scope
-                async with open_overlay(cfg, node.identity, events, reg) as ov:
-                    node.addr = ov.listen_addrs()[0]
-                    ctx = NodeContext(peer_id=ov.peer_id, identity=node.identity, overlay=ov, events=events,
-                                      metrics=reg, datadir=node.datadir, genesis=self.genesis,
-                                      **({"clock": self.clock} if self.clock is not None else {}))
-                    node.ctx = ctx
-                    role = LedgerRole(ctx, self.config)
-                    async with trio.open_nursery() as inner:
-                        await inner.start(role.run)
-                        node.role = role
-                        for b in boot:
-                            inner.start_soon(ov.connect, b)
-                        task_status.started()
+                await self._serve(node, cfg, reg, events, boot, task_status)
+        except* FatalStorageError as eg:
+            # the daemon's supervisor would stop the node (node/roles.py); the cluster records it
+            node.failure = fatal_storage_error(eg)
         finally:
             node.role = None
             node.stopped.set()
+
+    async def _serve(self, node: LNode, cfg: OverlayConfig, reg: CollectorRegistry, events: EventBus,
+                     boot: list[str], task_status: trio.TaskStatus[None]) -> None:
+        async with open_overlay(cfg, node.identity, events, reg) as ov:
+            node.addr = ov.listen_addrs()[0]
+            ctx = NodeContext(peer_id=ov.peer_id, identity=node.identity, overlay=ov, events=events,
+                              metrics=reg, datadir=node.datadir, genesis=self.genesis,
+                              **({"clock": self.clock} if self.clock is not None else {}))
+            node.ctx = ctx
+            role = LedgerRole(ctx, self.config)
+            async with trio.open_nursery() as inner:
+                await inner.start(role.run)
+                node.role = role
+                for b in boot:
+                    inner.start_soon(ov.connect, b)
+                task_status.started()
 
     async def stop(self, i: int) -> None:
         node = self.nodes[i]
@@ -105,7 +117,7 @@ class Cluster:
 @asynccontextmanager
 async def ledger_cluster(root: Path, n: int, *, clock: Callable[[], float] | None = None,
                          ledger_overrides: dict[str, Any] | None = None, genesis_time: int | None = None,
-                         **config: Any) -> AsyncIterator[Cluster]:
+                         ledger_dirs: dict[int, Path] | None = None, **config: Any) -> AsyncIterator[Cluster]:
     """Start n nodes; on exit stop them and collect the sockets py-libp2p leaves behind.
 
     Observed: after a node of the cluster is stopped, the live hosts keep TCP sockets (dials to
@@ -118,7 +130,7 @@ async def ledger_cluster(root: Path, n: int, *, clock: Callable[[], float] | Non
     c: Cluster | None = None
     try:
         async with trio.open_nursery() as nursery:
-            c = Cluster(root, n, nursery, cfg, clock, ledger_overrides, genesis_time)
+            c = Cluster(root, n, nursery, cfg, clock, ledger_overrides, genesis_time, ledger_dirs)
             for i in range(n):
                 await c.start(i)
             yield c
