@@ -179,12 +179,14 @@ class LedgerService:
 
     # -- applying certificates -----------------------------------------------------------------
 
-    def ingest(self, peer: str, certs: list[Certificate]) -> tuple[list[Delta], bool]:
+    def ingest(self, peer: str, certs: list[Certificate], *, via: str = "ledger"
+               ) -> tuple[list[Delta], bool]:
         """Verify and apply `certs` (one synced write batch for all that apply). Returns the
         deltas applied and whether any certificate is waiting (predecessors, funds or the
-        committee certificate of its epoch)."""
+        committee certificate of its epoch). `via` (topic or stream id) labels the faults."""
         t0 = time.perf_counter()
-        return self._carry_out(peer, [a for c in certs for a in self.replica.receive(peer, c)], t0)
+        return self._carry_out(peer, [a for c in certs for a in self.replica.receive(peer, c)], t0,
+                               via=via)
 
     def retry_awaiting_committee(self) -> None:
         """Committee certificates were added: certificates waiting for them may apply now."""
@@ -192,7 +194,8 @@ class LedgerService:
             t0 = time.perf_counter()
             self._carry_out("", self.replica.committees_changed(), t0)
 
-    def _carry_out(self, peer: str, actions: list[Any], t0: float) -> tuple[list[Delta], bool]:
+    def _carry_out(self, peer: str, actions: list[Any], t0: float, *, via: str = "ledger"
+                   ) -> tuple[list[Delta], bool]:
         """Write the replica core's Commits in one synced batch; count and log the rest."""
         deltas: list[Delta] = []
         queued = False
@@ -203,11 +206,13 @@ class LedgerService:
                 queued = True
             elif isinstance(a, CertificateRefused):
                 self.m_refused.labels(a.reason.value).inc()
-                log.warning("refused certificate %s from %s: %s: %s", a.tx_id.hex()[:16], a.peer or peer,
-                            a.reason.value, a.message)
                 culprit = a.peer or peer
+                what = f"refused certificate {a.tx_id.hex()[:16]}: {a.reason.value}: {a.message}"
                 if a.reason in RELAYER_FAULTS and culprit and culprit != self.ctx.peer_id:
-                    self.ctx.overlay.penalize(culprit, f"ledger certificate refused: {a.reason.value}")
+                    # the peer's fault: a rate-limited WARNING, counted, charged to it
+                    self.ctx.overlay.penalize(culprit, what, protocol=via)
+                else:
+                    log.warning("%s (from %s)", what, culprit or "this node")
             elif isinstance(a, ConflictingCertificates):
                 self._conflict(a.applied_tx, a.other, peer)
         if deltas:
@@ -274,14 +279,19 @@ class LedgerService:
                     log.warning("could not publish %d certificates: %s (peers will sync them)", len(batch), e)
 
     async def _on_gossip(self, msg: GossipMessage) -> None:
-        f = Fields(unpack(msg.data, max_size=MAX_CERT_FRAME, what="ledger certificate batch"),
-                   "ledger.CertBatch", versions={1}, peer=msg.origin)
-        certs = [decode_certificate(c, peer=msg.origin) for c in f.list("certs", max_len=MAX_SYNC_BATCH)]
-        committees = self.rotation.decode_list(f.list("committees", optional=True) or [], msg.origin)
-        f.done()
+        try:
+            f = Fields(unpack(msg.data, max_size=MAX_CERT_FRAME, what="ledger certificate batch"),
+                       "ledger.CertBatch", versions={1}, peer=msg.origin)
+            certs = [decode_certificate(c, peer=msg.origin) for c in f.list("certs", max_len=MAX_SYNC_BATCH)]
+            committees = self.rotation.decode_list(f.list("committees", optional=True) or [], msg.origin)
+            f.done()
+        except RemoteProtocolError as e:
+            # the batch is signed by its origin (the gossip envelope): the origin's fault
+            self.ctx.overlay.penalize(msg.origin, str(e), protocol=CERT_TOPIC)
+            return
         if committees:
             self.rotation.add(msg.received_from, committees)
-        _, queued = self.ingest(msg.origin, certs)
+        _, queued = self.ingest(msg.origin, certs, via=CERT_TOPIC)
         if queued:
             self._sync_soon(msg.received_from)
             if msg.origin != msg.received_from:
@@ -344,7 +354,7 @@ class LedgerService:
                                                           f"certificate] in increasing order", peer=peer)
                             last = item[0]
                             certs.append(decode_certificate(item[1], peer=peer))
-                        deltas, _ = self.ingest(peer, certs)
+                        deltas, _ = self.ingest(peer, certs, via=SYNC_STREAM)
                         applied += len(deltas)
                         self._cursors[peer] = last
                         self.store.set_cursor(peer, last)
@@ -355,6 +365,7 @@ class LedgerService:
         except (FognodeError, trio.TooSlowError) as e:
             log.debug("sync with %s stopped: %s", peer, e)
             if isinstance(e, RemoteProtocolError):
+                self.ctx.overlay.penalize(peer, str(e), protocol=SYNC_STREAM)
                 self._cursors[peer] = 0
                 self.store.set_cursor(peer, 0)
         finally:
