@@ -97,6 +97,9 @@ class RemoteFaults:
                               "per protocol or topic", ["protocol"])
 
     def report(self, peer: str, protocol: str, message: str) -> None:
+        prefix = f"peer {peer}: "          # RemoteProtocolError's own prefix: said once
+        if message.startswith(prefix):
+            message = message[len(prefix):]
         self.counter.labels(protocol or "unknown").inc()
         if peer:
             self.penalize(peer)

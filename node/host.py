@@ -549,7 +549,7 @@ class Libp2pOverlay:
                               protocol_id, peer, err)))
 
     def _on_remote_error(self, protocol_id: str, peer: str, err: RemoteProtocolError) -> None:
-        self.faults.report(peer, protocol_id, _without_peer(str(err), peer) + "; stream reset")
+        self.faults.report(peer, protocol_id, f"{err}; stream reset")
 
     async def open_stream(self, peer_id: str, protocol_id: str) -> FramedStream:
         """Open a framed stream, dialling the peer if needed (under dial_timeout). Raises
@@ -663,11 +663,6 @@ class Libp2pOverlay:
             for a in self.config.bootstrap:
                 n.start_soon(one, a)
         self.connmgr.wake()
-
-
-def _without_peer(message: str, peer: str) -> str:
-    prefix = f"peer {peer}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 def _guard_raw(protocol: str, fn: Any, faults: RemoteFaults) -> Any:
