@@ -75,6 +75,45 @@ class LogRateLimiter:
         return held
 
 
+class Libp2pErrorLimiter(logging.Filter):
+    """py-libp2p's protocol handlers log what a peer sent wrong at ERROR, one line per message
+    ("Error processing identify/push from <peer>: ...", "Received an invalid-signed-record"),
+    and catch it themselves, so we cannot charge the peer. On the loggers of those handlers
+    (LIBP2P_PEER_INPUT_LOGGERS) this filter shows such a line as a WARNING, at most once per
+    call site per `interval`, with the count of lines held back. Records with a traceback pass
+    unchanged (a bug inside py-libp2p)."""
+
+    def __init__(self, *, interval: float = DEFAULT_INTERVAL) -> None:
+        super().__init__()
+        self.limiter = LogRateLimiter(interval=interval, max_keys=256)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.ERROR or record.exc_info:
+            return True
+        held = self.limiter.admit((record.name, str(record.msg)), time.monotonic())
+        if held is None:
+            return False
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        if held:
+            record.msg = (f"{record.msg} ({held} similar lines in the last "
+                          f"{self.limiter.interval:.0f} s not logged)")
+        return True
+
+
+LIBP2P_PEER_INPUT_LOGGERS = ("libp2p.identity.identify_push.identify_push",
+                             "libp2p.identity.identify.identify", "libp2p.identity.update",
+                             "libp2p.pubsub.pubsub", "libp2p.pubsub.gossipsub",
+                             "libp2p.kad_dht.kad_dht")
+
+
+def limit_libp2p_errors() -> None:
+    """Install one Libp2pErrorLimiter on each of LIBP2P_PEER_INPUT_LOGGERS (idempotent)."""
+    for name in LIBP2P_PEER_INPUT_LOGGERS:
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, Libp2pErrorLimiter) for f in lg.filters):
+            lg.addFilter(Libp2pErrorLimiter())
+
+
 Penalize = Callable[[str], None]
 
 

@@ -44,7 +44,7 @@ from fognode.node.connmgr import (ConnectionManager, ConnectionPolicy, DialBacko
 from fognode.node import peerid as _peerid
 from fognode.node.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from fognode.node.events import EventBus, PeerConnected, PeerDisconnected
-from fognode.node.faults import RemoteFaults, is_remote_fault
+from fognode.node.faults import RemoteFaults, is_remote_fault, limit_libp2p_errors
 from fognode.node.gossip import PULL_PROTOCOL, GossipLayer, GossipSettings
 from fognode.node.overlay import (DhtValidator, FramedStream, GossipHandler, PeerInfo,
                                   StreamHandler)
@@ -188,6 +188,8 @@ def quiet_libp2p_loggers() -> None:
                  "libp2p.network.swarm", "libp2p.transport.upgrader",
                  "libp2p.stream_muxer"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # what peers send wrong, logged by py-libp2p at ERROR per message: rate-limited WARNINGs
+    limit_libp2p_errors()
 
 
 def interface_addrs(ma: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
