@@ -116,13 +116,15 @@ class FognodePeerScorer(PeerScorer):
             if found:
                 names.update(found)
         names.update(t for (p, t) in self._joined if p == peer)
+        first = self.first_message_deliveries.get(peer)
+        invalid = self.invalid_messages.get(peer)
         out = {}
         for t in names:
             joined = self._joined.get((peer, t))
             out[t] = TopicCounters(
                 in_mesh=0.0 if joined is None else now - joined,
-                first_deliveries=self.first_message_deliveries.get(peer, {}).get(t, 0.0),
-                invalid=self.invalid_messages.get(peer, {}).get(t, 0.0))
+                first_deliveries=first.get(t, 0.0) if first is not None else 0.0,
+                invalid=invalid.get(t, 0.0) if invalid is not None else 0.0)
         return out
 
     def topic_score(self, peer: ID, topic: str) -> float:
