@@ -357,7 +357,9 @@ class Libp2pOverlay:
     def gossip_score(self, peer_id: str) -> float:
         """The peer's whole GossipSub score (node/peerscore.py), as the router sees it."""
         from libp2p.peer.id import ID
-        return self.gossipsub.scorer.score(ID.from_base58(peer_id), [])
+        pid = ID.from_base58(peer_id)
+        self.gossipsub.scorer.invalidate(peer_id)
+        return self.gossipsub.scorer.score(pid, [])
 
     def penalize(self, peer_id: str, reason: str, *, protocol: str = "") -> None:
         """A role saw `peer_id` break `protocol` (a stream id or topic): a rate-limited
@@ -366,6 +368,7 @@ class Libp2pOverlay:
 
     def _charge(self, peer_id: str) -> None:
         self.violations.add(peer_id, time.monotonic())
+        self.gossipsub.scorer.invalidate(peer_id)
 
     # -- addresses and peers ----------------------------------------------------------------
 

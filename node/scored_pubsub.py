@@ -38,6 +38,7 @@ from fognode.node.metrics import metric
 from fognode.node.peerscore import PeerScoreParams, TopicCounters, decay_factor, peer_score
 
 MAX_RETAINED = 4096     # disconnected peers whose negative counters are kept at most
+SCORE_TTL = 0.1         # seconds a computed score is reused (gates ask per message per peer)
 
 AppScore = Callable[[ID], float]
 Count = Callable[[str], None]
@@ -55,14 +56,16 @@ class FognodePeerScorer(PeerScorer):
     """py-libp2p's scorer with fognode's score (module doc). Built by ScoredGossipSub."""
 
     def __init__(self, params: PeerScoreParams, *, heartbeat: float, app_score: AppScore,
-                 mesh: Callable[[], Mapping[str, set[ID]]],
+                 mesh: Callable[[], Mapping[str, set[ID]]], connected: Callable[[ID], bool],
                  clock: Callable[[], float] = time.monotonic) -> None:
         params.validate()
         self.fognode = params
         self._mesh = mesh
+        self._connected = connected
         self._clock = clock
-        self._joined: dict[tuple[ID, str], float] = {}
+        self._joined: dict[ID, dict[str, float]] = {}   # peer -> topic -> joined the mesh at
         self._retained: OrderedDict[ID, float] = OrderedDict()   # gone peer -> when
+        self._cache: dict[ID, tuple[float, float]] = {}           # peer -> (score, computed at)
         super().__init__(ScoreParams(
             p2_first_message_deliveries=_decay(decay_factor(params.first_deliveries_decay,
                                                             heartbeat)),
@@ -80,20 +83,41 @@ class FognodePeerScorer(PeerScorer):
 
     def on_heartbeat(self, dt_seconds: float = 1.0) -> None:
         super().on_heartbeat(dt_seconds)
+        self._cache.clear()
         now = self._clock()
-        current = {(p, t) for t, peers in self._mesh().items() for p in peers}
-        for key in current - self._joined.keys():
-            self._joined[key] = now
-        for key in self._joined.keys() - current:
-            del self._joined[key]
+        current: dict[ID, set[str]] = {}
+        for t, peers in self._mesh().items():
+            for p in peers:
+                current.setdefault(p, set()).add(t)
+        for p in list(self._joined):
+            if p not in current:
+                del self._joined[p]
+        for p, topics in current.items():
+            joined = self._joined.setdefault(p, {})
+            for t in list(joined):
+                if t not in topics:
+                    del joined[t]
+            for t in topics:
+                joined.setdefault(t, now)
         horizon = now - self.fognode.retain
         while self._retained and next(iter(self._retained.values())) < horizon:
             self._forget(self._retained.popitem(last=False)[0])
 
+    def invalidate(self, peer_id: str) -> None:
+        """The application score of `peer_id` (base58) changed: recompute at the next ask."""
+        try:
+            self._cache.pop(ID.from_base58(peer_id), None)
+        except ValueError:      # not a peer id: nothing cached under it
+            pass
+
+    def on_invalid_message(self, peer: ID, topic: str) -> None:
+        super().on_invalid_message(peer, topic)
+        self._cache.pop(peer, None)      # takes effect at once, for the next message
+
     def remove_peer(self, peer: ID) -> None:
         """A disconnect: forget the peer unless its score is negative (RetainScore)."""
-        for key in [k for k in self._joined if k[0] == peer]:
-            del self._joined[key]
+        self._joined.pop(peer, None)
+        self._cache.pop(peer, None)
         if self.score(peer, []) >= 0:
             super().remove_peer(peer)
             return
@@ -103,7 +127,8 @@ class FognodePeerScorer(PeerScorer):
             self._forget(self._retained.popitem(last=False)[0])
 
     def _forget(self, peer: ID) -> None:
-        if peer not in self._retained:
+        """The retention of a gone peer ended: drop its counters unless it came back."""
+        if peer not in self._retained and not self._connected(peer):
             super().remove_peer(peer)
 
     # -- the score ----------------------------------------------------------------------------
@@ -115,12 +140,13 @@ class FognodePeerScorer(PeerScorer):
             found = table.get(peer)
             if found:
                 names.update(found)
-        names.update(t for (p, t) in self._joined if p == peer)
+        in_mesh = self._joined.get(peer, {})
+        names.update(in_mesh)
         first = self.first_message_deliveries.get(peer)
         invalid = self.invalid_messages.get(peer)
         out = {}
         for t in names:
-            joined = self._joined.get((peer, t))
+            joined = in_mesh.get(t)
             out[t] = TopicCounters(
                 in_mesh=0.0 if joined is None else now - joined,
                 first_deliveries=first.get(t, 0.0) if first is not None else 0.0,
@@ -131,7 +157,19 @@ class FognodePeerScorer(PeerScorer):
         return self.score(peer, [topic])
 
     def score(self, peer: ID, topics: list[str]) -> float:
-        """The peer's global score (whatever `topics` asks about; spec and go-libp2p)."""
+        """The peer's global score (whatever `topics` asks about; spec and go-libp2p), reused
+        for SCORE_TTL seconds (an invalid message and a heartbeat recompute it at once)."""
+        now = self._clock()
+        cached = self._cache.get(peer)
+        if cached is not None and now - cached[1] < SCORE_TTL:
+            return cached[0]
+        value = self._compute(peer)
+        self._cache[peer] = (value, now)
+        if len(self._cache) > 4 * MAX_RETAINED:
+            self._cache.clear()
+        return value
+
+    def _compute(self, peer: ID) -> float:
         behaviour = (self.behavior_penalty.get(peer, 0.0)
                      + self.graft_flood_penalties.get(peer, 0.0)
                      + self.iwant_spam_penalties.get(peer, 0.0)
@@ -178,7 +216,7 @@ class ScoredGossipSub(GossipSub):
         self.count = count
         self.scorer: FognodePeerScorer = FognodePeerScorer(
             peer_score, heartbeat=float(self.heartbeat_interval), app_score=app_score,
-            mesh=lambda: self.mesh)
+            mesh=lambda: self.mesh, connected=lambda p: p in self.peer_protocol)
 
     def _score(self, peer: ID) -> float:
         return self.scorer.score(peer, [])

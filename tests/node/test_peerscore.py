@@ -21,6 +21,7 @@ from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
 from fognode.node.overlay import GossipMessage
 from fognode.node.peerscore import (PeerScoreParams, TopicCounters, ViolationBook, app_score,
                                     decay_factor, peer_score, topic_score)
+from fognode.node.scored_pubsub import FognodePeerScorer
 from fognode.tools.bench.attacks import hostile_peer
 from fognode.tools.bench.attacks.invalid_gossip import (CERT_TOPIC, in_mesh, join_mesh, pruned,
                                                         send_garbage_streams, send_invalid,
@@ -105,6 +106,31 @@ def test_log_rate_limiter_counts_what_it_holds_back() -> None:
     rl.admit("x", 62.0)
     rl.admit("y", 63.0)
     assert len(rl._keys) == 2
+
+
+def test_scorer_counts_time_in_mesh_and_keeps_a_negative_peer_after_it_leaves() -> None:
+    now = [0.0]
+    bad, good = ID(b"bad-peer"), ID(b"good-peer")
+    mesh: dict[str, set[ID]] = {"fognode/ledger/certs/1": {good}}
+    connected = {bad, good}
+    sc = FognodePeerScorer(P, heartbeat=1.0, app_score=lambda p: 0.0, mesh=lambda: mesh,
+                           connected=lambda p: p in connected, clock=lambda: now[0])
+    sc.on_heartbeat()
+    now[0] = 900.0
+    assert sc.score(good, []) == pytest.approx(0.5)          # P1: 900 s of 1800 s, weight 1
+    sc.on_invalid_message(bad, "fognode/ledger/certs/1")
+    assert sc.score(bad, []) == pytest.approx(-10.0)
+    assert sc.allow_gossip(bad, ["x"]) and sc.allow_publish(bad, ["x"])
+    sc.on_invalid_message(bad, "fognode/ledger/certs/1")
+    assert not sc.allow_publish(bad, ["x"]) and not sc.is_graylisted(bad, ["x"])
+    connected -= {bad, good}
+    sc.remove_peer(bad)
+    sc.remove_peer(good)
+    assert sc.score(bad, []) == pytest.approx(-40.0)         # RetainScore: kept when negative
+    assert sc.score(good, []) == 0.0                         # a good peer is forgotten
+    now[0] = 900.0 + P.retain + 1
+    sc.on_heartbeat()
+    assert sc.score(bad, []) == 0.0                          # retention over
 
 
 # --- real overlays ------------------------------------------------------------------------
