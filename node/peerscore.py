@@ -38,6 +38,7 @@ and what node/scored_pubsub.py adds:
 | RetainScore after a disconnect         | forgets everything                | negative kept 1 h     |
 | decay to zero, decay interval          | multiplies every heartbeat        | factor per heartbeat  |
 | opportunistic grafting                 | its own median rule (v2.0 style)  | left as it is         |
+| (not in the spec) swap worst mesh peer | every heartbeat, +0.1 suffices    | off (mesh churn)      |
 
 Scale. Positive scores are small on purpose: the most an honest peer earns is TopicCap (10)
 plus its reputation (P6, 0..10, 1.0 for an average peer: protocols/registry/reputation.py),

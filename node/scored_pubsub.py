@@ -13,7 +13,8 @@ those gaps; each override calls py-libp2p's own method for the normal case:
 - `ScoredGossipSub(GossipSub)`: at every heartbeat mesh peers with a negative score are
   PRUNEd (and backed off); mesh candidates must have a score >= 0; a GRAFT from a peer below 0
   is answered with PRUNE; a graylisted peer's control messages are ignored, and IHAVE/IWANT
-  from a peer below the gossip threshold are dropped.
+  from a peer below the gossip threshold are dropped. py-libp2p's own (non-spec) swap of the
+  worst mesh peer for a better outsider is turned off: with real scores it churns the mesh.
 - `ScoredPubsub(Pubsub)`: a graylisted peer's messages and subscriptions are ignored, and a
   message whose libp2p signature fails counts as an invalid message (P4) of its forwarder
   (0.8.1 drops it without counting).
@@ -247,6 +248,13 @@ class ScoredGossipSub(GossipSub):
         negative = {p for p in self.pubsub.peer_topics[topic] if self._score(p) < 0}
         return super()._get_in_topic_gossipsub_peers_from_minus(
             topic, num_to_select, set(minus) | negative, backoff_check)
+
+    async def _consider_peer_replacement(self, topic: str) -> None:
+        """Off. py-libp2p swaps the worst mesh peer for any outside peer scoring 0.1 more, at
+        every heartbeat; the v1.1 spec has no such rule, and with real (positive) scores it
+        would churn the mesh (PRUNE + GRAFT + backoff each time). The mesh is kept healthy by
+        the spec's rules: negative peers are pruned, candidates need a score >= 0."""
+        return
 
     def _improve_mesh_diversity(self, topic: str, current_ips: set[str]) -> list[ID]:
         """py-libp2p grafts peers of new IPs down to the graylist threshold: keep those >= 0."""
