@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fognode.node.wire import pack
 from fognode.tools.bench.attacks import hostile_peer
-from fognode.tools.bench.attacks.invalid_gossip import (CERT_TOPIC, MESHSUB, join_mesh, pruned,
-                                                        send_garbage_streams, send_valid)
+from fognode.tools.bench.attacks.invalid_gossip import (CERT_TOPIC, MESHSUB, attack, join_mesh,
+                                                        pruned, send_garbage_streams, send_valid)
 from fognode.tools.devnet import free_port
 from tests.conftest import NodeFactory
 
@@ -47,7 +47,14 @@ async def test_garbage_and_bad_ledger_gossip_are_counted_charged_and_rate_limite
     node.args = ["--metrics-port", str(port)]
     net.start(0)
     errors = "fognode_node_remote_protocol_errors_total"
-    with trio.fail_after(90):
+    with trio.fail_after(120):
+        # the benchmark's attack: invalid messages of every kind and 17 garbage streams
+        done = await attack(node.addr, seconds=30)
+        assert done["joined_mesh"] == 1 and done["invalid_sent"] == 3
+        assert done["garbage_streams"] == 17 and done["pruned"] == 1, done
+        assert await wait_metric(port, errors, 17, protocol=MESHSUB) == 17
+        await wait_metric(port, "fognode_node_gossip_score_actions_total", 1,
+                          action="bad_signature")
         async with hostile_peer(node.addr) as evil:
             await join_mesh(evil, CERT_TOPIC, timeout=20)
             # five certificate batches in valid envelopes whose certificates are junk: the
@@ -59,7 +66,7 @@ async def test_garbage_and_bad_ledger_gossip_are_counted_charged_and_rate_limite
             # 200 garbage streams on the pubsub protocol
             opened = await send_garbage_streams(evil, 200)
             assert opened >= 150
-            await wait_metric(port, errors, opened, protocol=MESHSUB)
+            await wait_metric(port, errors, 17 + opened, protocol=MESHSUB)
             # by now it is graylisted: even a valid message is ignored
             before = scrape(port, "fognode_node_gossip_score_actions_total",
                             action="graylisted_rpc")

@@ -30,7 +30,7 @@ from fognode.tools.bench.attacks import HostilePeer, hostile_peer
 
 CERT_TOPIC = "fognode/ledger/certs/1"     # ledger/service.py: every daemon serves it
 MESHSUB = "/meshsub/1.2.0"
-KINDS = ("payload", "envelope_signature", "libp2p_signature")
+KINDS = ("libp2p_signature", "payload", "envelope_signature")   # the order `attack` sends
 
 
 async def join_mesh(peer: HostilePeer, topic: str, *, timeout: float) -> Any:
