@@ -57,6 +57,7 @@ from fognode.ledger.store import LedgerStore
 from fognode.ledger.validator import Validator
 from fognode.ledger.wallet import PASSPHRASE_ENV, Keystore
 from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
+from fognode.node.faults import LogRateLimiter
 from fognode.node.metrics import metric
 from fognode.node.overlay import FramedStream, GossipMessage
 from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id
@@ -129,6 +130,7 @@ class LedgerService:
         self._syncing: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self.forks_seen = 0
+        self._fork_log = LogRateLimiter(interval=60.0)   # uncertified forks: one line a minute
         reg = ctx.metrics
         self.m_applied = metric(reg, Counter, "fognode_ledger_certificates_applied_total",
                                 "Certificates applied to this replica")
@@ -252,9 +254,17 @@ class LedgerService:
         self.forks_seen += 1
         self.m_forks.inc()
         o = proof.first.order
-        log.error("FORK: %s signed two orders for sequence %d (%s, %s)%s", encode_address(o.sender), o.sequence,
-                  proof.first.tx_id.hex()[:16], proof.second.tx_id.hex()[:16],
-                  " and BOTH WERE CERTIFIED: more than a third of the committee is faulty" if certified else "")
+        if certified:     # the ledger's safety is broken: always an ERROR
+            log.error("FORK: %s signed two orders for sequence %d (%s, %s) and BOTH WERE CERTIFIED: more "
+                      "than a third of the committee is faulty", encode_address(o.sender), o.sequence,
+                      proof.first.tx_id.hex()[:16], proof.second.tx_id.hex()[:16])
+        else:             # a sender's double spend that validators refused: its fault, one line a minute
+            held = self._fork_log.admit("uncertified", time.monotonic())
+            if held is not None:
+                log.warning("fork: %s signed two orders for sequence %d (%s, %s); refused, proof kept%s",
+                            encode_address(o.sender), o.sequence, proof.first.tx_id.hex()[:16],
+                            proof.second.tx_id.hex()[:16],
+                            f" ({held} more uncertified forks in the last minute not logged)" if held else "")
         self.ctx.events.publish(ForkDetected(
             sender=encode_address(o.sender), sequence=o.sequence, first_tx=proof.first.tx_id.hex(),
             second_tx=proof.second.tx_id.hex(), certified=certified, reported_by=peer))
