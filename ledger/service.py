@@ -75,6 +75,7 @@ from fognode.ledger.store import LedgerStore
 from fognode.ledger.validator import Validator
 from fognode.ledger.wallet import PASSPHRASE_ENV, Keystore
 from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
+from fognode.node.faults import LogRateLimiter
 from fognode.node.metrics import metric
 from fognode.node.overlay import FramedStream, GossipMessage
 from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id
@@ -152,6 +153,7 @@ class LedgerService:
         self._audits: set[trio.Event] = set()      # audits reading a snapshot in a worker thread
         self._nursery: trio.Nursery | None = None
         self.forks_seen = 0
+        self._fork_log = LogRateLimiter(interval=60.0)   # uncertified forks: one line a minute
         reg = ctx.metrics
         self.m_applied = metric(reg, Counter, "fognode_ledger_certificates_applied_total",
                                 "Certificates applied to this replica")
@@ -228,12 +230,14 @@ class LedgerService:
 
     # -- applying certificates -----------------------------------------------------------------
 
-    def ingest(self, peer: str, certs: list[Certificate]) -> tuple[list[Delta], bool]:
+    def ingest(self, peer: str, certs: list[Certificate], *, via: str = "ledger"
+               ) -> tuple[list[Delta], bool]:
         """Verify and apply `certs` (one synced write batch for all that apply). Returns the
         deltas applied and whether any certificate is waiting (predecessors, funds or the
-        committee certificate of its epoch)."""
+        committee certificate of its epoch). `via` (topic or stream id) labels the faults."""
         t0 = time.perf_counter()
-        return self._apply_batch(peer, lambda: [a for c in certs for a in self.replica.receive(peer, c)], t0)
+        return self._apply_batch(peer, lambda: [a for c in certs for a in self.replica.receive(peer, c)], t0,
+                                 via=via)
 
     def retry_awaiting_committee(self) -> None:
         """Committee certificates were added: certificates waiting for them may apply now."""
@@ -241,7 +245,8 @@ class LedgerService:
             t0 = time.perf_counter()
             self._apply_batch("", self.replica.committees_changed, t0)
 
-    def _apply_batch(self, peer: str, produce: Callable[[], list[Any]], t0: float) -> tuple[list[Delta], bool]:
+    def _apply_batch(self, peer: str, produce: Callable[[], list[Any]], t0: float, *, via: str = "ledger"
+                     ) -> tuple[list[Delta], bool]:
         """Run the replica core (`produce`), write its Commits in one synced batch, and only
         then let them count (events, waiters, metrics). If anything fails on the way (a
         failed write: LedgerStorageFailed) the state is rolled back to what it was before
@@ -260,9 +265,10 @@ class LedgerService:
             raise
         self.state.end()
         self.replica.committed()
-        return self._carry_out(peer, actions, deltas, t0)
+        return self._carry_out(peer, actions, deltas, t0, via=via)
 
-    def _carry_out(self, peer: str, actions: list[Any], deltas: list[Delta], t0: float) -> tuple[list[Delta], bool]:
+    def _carry_out(self, peer: str, actions: list[Any], deltas: list[Delta], t0: float, *, via: str = "ledger"
+                   ) -> tuple[list[Delta], bool]:
         """After `deltas` (the Commits among `actions`) were written: count and log the rest."""
         queued = False
         for a in actions:
@@ -270,11 +276,13 @@ class LedgerService:
                 queued = True
             elif isinstance(a, CertificateRefused):
                 self.m_refused.labels(a.reason.value).inc()
-                log.warning("refused certificate %s from %s: %s: %s", a.tx_id.hex()[:16], a.peer or peer,
-                            a.reason.value, a.message)
                 culprit = a.peer or peer
+                what = f"refused certificate {a.tx_id.hex()[:16]}: {a.reason.value}: {a.message}"
                 if a.reason in RELAYER_FAULTS and culprit and culprit != self.ctx.peer_id:
-                    self.ctx.overlay.penalize(culprit, f"ledger certificate refused: {a.reason.value}")
+                    # the peer's fault: a rate-limited WARNING, counted, charged to it
+                    self.ctx.overlay.penalize(culprit, what, protocol=via)
+                else:
+                    log.warning("%s (from %s)", what, culprit or "this node")
             elif isinstance(a, ConflictingCertificates):
                 self._conflict(a.applied_tx, a.other, peer)
         if deltas:
@@ -312,9 +320,17 @@ class LedgerService:
         self.forks_seen += 1
         self.m_forks.inc()
         o = proof.first.order
-        log.error("FORK: %s signed two orders for sequence %d (%s, %s)%s", encode_address(o.sender), o.sequence,
-                  proof.first.tx_id.hex()[:16], proof.second.tx_id.hex()[:16],
-                  " and BOTH WERE CERTIFIED: more than a third of the committee is faulty" if certified else "")
+        if certified:     # the ledger's safety is broken: always an ERROR
+            log.error("FORK: %s signed two orders for sequence %d (%s, %s) and BOTH WERE CERTIFIED: more "
+                      "than a third of the committee is faulty", encode_address(o.sender), o.sequence,
+                      proof.first.tx_id.hex()[:16], proof.second.tx_id.hex()[:16])
+        else:             # a sender's double spend that validators refused: its fault, one line a minute
+            held = self._fork_log.admit("uncertified", time.monotonic())
+            if held is not None:
+                log.warning("fork: %s signed two orders for sequence %d (%s, %s); refused, proof kept%s",
+                            encode_address(o.sender), o.sequence, proof.first.tx_id.hex()[:16],
+                            proof.second.tx_id.hex()[:16],
+                            f" ({held} more uncertified forks in the last minute not logged)" if held else "")
         self.ctx.events.publish(ForkDetected(
             sender=encode_address(o.sender), sequence=o.sequence, first_tx=proof.first.tx_id.hex(),
             second_tx=proof.second.tx_id.hex(), certified=certified, reported_by=peer))
@@ -341,15 +357,20 @@ class LedgerService:
     async def _on_gossip(self, msg: GossipMessage) -> None:
         if self.failure is not None:
             return       # the ledger stopped (storage failure): gossip is dropped, peers sync later
-        f = Fields(unpack(msg.data, max_size=MAX_CERT_FRAME, what="ledger certificate batch"),
-                   "ledger.CertBatch", versions={1}, peer=msg.origin)
-        certs = [decode_certificate(c, peer=msg.origin) for c in f.list("certs", max_len=MAX_SYNC_BATCH)]
-        committees = self.rotation.decode_list(f.list("committees", optional=True) or [], msg.origin)
-        f.done()
+        try:
+            f = Fields(unpack(msg.data, max_size=MAX_CERT_FRAME, what="ledger certificate batch"),
+                       "ledger.CertBatch", versions={1}, peer=msg.origin)
+            certs = [decode_certificate(c, peer=msg.origin) for c in f.list("certs", max_len=MAX_SYNC_BATCH)]
+            committees = self.rotation.decode_list(f.list("committees", optional=True) or [], msg.origin)
+            f.done()
+        except RemoteProtocolError as e:
+            # the batch is signed by its origin (the gossip envelope): the origin's fault
+            self.ctx.overlay.penalize(msg.origin, str(e), protocol=CERT_TOPIC)
+            return
         try:
             if committees:
                 self.rotation.add(msg.received_from, committees)
-            _, queued = self.ingest(msg.origin, certs)
+            _, queued = self.ingest(msg.origin, certs, via=CERT_TOPIC)
         except LedgerStorageFailed:
             return       # reported once by _storage_failed; the role is stopping
         if queued:
@@ -417,7 +438,7 @@ class LedgerService:
                                                           f"certificate] in increasing order", peer=peer)
                             last = item[0]
                             certs.append(decode_certificate(item[1], peer=peer))
-                        deltas, _ = self.ingest(peer, certs)
+                        deltas, _ = self.ingest(peer, certs, via=SYNC_STREAM)
                         applied += len(deltas)
                         self.store.set_cursor(peer, last)
                         self._cursors[peer] = last
@@ -427,9 +448,11 @@ class LedgerService:
                     await stream.close()
         except (FognodeError, trio.TooSlowError) as e:
             log.debug("sync with %s stopped: %s", peer, e)
-            if isinstance(e, RemoteProtocolError) and self.failure is None:
-                self.store.set_cursor(peer, 0)
-                self._cursors[peer] = 0
+            if isinstance(e, RemoteProtocolError):
+                self.ctx.overlay.penalize(peer, str(e), protocol=SYNC_STREAM)
+                if self.failure is None:
+                    self.store.set_cursor(peer, 0)
+                    self._cursors[peer] = 0
         finally:
             self._syncing.discard(peer)
         if applied:

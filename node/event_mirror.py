@@ -93,7 +93,8 @@ class EventMirror:
         try:
             ev = self.decode(msg.data, msg.origin)
         except RemoteProtocolError as e:
-            log.warning("event mirror %s: %s", self.topic, e)
+            # signed by its origin (the gossip envelope): a rate-limited WARNING, charged to it
+            self.overlay.penalize(msg.origin, f"event mirror: {e}", protocol=self.topic)
             return
         self._injected[id(ev)] = ev
         while len(self._injected) > 4096:

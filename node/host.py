@@ -44,15 +44,17 @@ from fognode.node.connmgr import (ConnectionManager, ConnectionPolicy, DialBacko
 from fognode.node import peerid as _peerid
 from fognode.node.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from fognode.node.events import EventBus, PeerConnected, PeerDisconnected
+from fognode.node.faults import RemoteFaults, is_remote_fault, limit_libp2p_errors
 from fognode.node.gossip import PULL_PROTOCOL, GossipLayer, GossipSettings
 from fognode.node.overlay import (DhtValidator, FramedStream, GossipHandler, PeerInfo,
                                   StreamHandler)
+from fognode.node.peerscore import PeerScoreParams, ViolationBook, app_score
+from fognode.node.scored_pubsub import ScoredGossipSub, ScoredPubsub, score_actions
 from fognode.node.streams import Libp2pFramedStream, guard_handler
 
 log = logging.getLogger("fognode.host")
 
 MAX_GOSSIP_MESSAGE = 1048576   # py-libp2p (and other implementations) drop RPCs over 1 MiB
-PENALTY_HALF_LIFE = 600.0      # seconds for a protocol-violation penalty to halve
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,6 +188,8 @@ def quiet_libp2p_loggers() -> None:
                  "libp2p.network.swarm", "libp2p.transport.upgrader",
                  "libp2p.stream_muxer"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # what peers send wrong, logged by py-libp2p at ERROR per message: rate-limited WARNINGs
+    limit_libp2p_errors()
 
 
 def interface_addrs(ma: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
@@ -253,9 +257,7 @@ class Libp2pOverlay:
         from libp2p.custom_types import TProtocol
         from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
         from libp2p.network.config import ConnectionConfig
-        from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
-        from libp2p.pubsub.pubsub import Pubsub
-        from libp2p.pubsub.score import ScoreParams
+        from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12
         from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
         from libp2p.security.noise.transport import Transport as Noise
         from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
@@ -285,18 +287,21 @@ class Libp2pOverlay:
         )
         self.peer_id = self.host.get_id().to_base58()
         self._app_scores: dict[str, float] = {}
-        self._penalties: dict[str, tuple[float, float]] = {}   # peer -> (penalty, when)
-        score_params = ScoreParams(app_specific_score_fn=self._score_of_id,
-                                   p6_appl_slack_weight=1.0)
-        self.gossipsub = GossipSub(
+        # peer score: node/peerscore.py (the parameters and why), node/scored_pubsub.py
+        self.score_params = PeerScoreParams()
+        self.violations = ViolationBook(half_life=self.score_params.violation_half_life,
+                                        cap=self.score_params.violation_cap)
+        self.faults = RemoteFaults(metrics, self._charge, log=log)
+        self.gossipsub = ScoredGossipSub(
+            peer_score=self.score_params, app_score=self._score_of_id,
+            count=score_actions(metrics),
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11], degree=config.gossip_degree,
             degree_low=max(1, config.gossip_degree - 2), degree_high=config.gossip_degree * 2,
             heartbeat_initial_delay=0.1,
-            heartbeat_interval=config.gossip_heartbeat,  # type: ignore[arg-type]  # bite 5
-            spam_protection_enabled=False,                                          # bite 5
-            score_params=score_params)
-        self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True,
-                             max_inbound_rpc_size=config.max_message_size)
+            heartbeat_interval=config.gossip_heartbeat,  # bite 5
+            spam_protection_enabled=False)                                          # bite 5
+        self.pubsub = ScoredPubsub(self.host, self.gossipsub, strict_signing=True,
+                                   max_inbound_rpc_size=config.max_message_size)
         self.dht = KadDHT(self.host, DHTMode.SERVER, strict_validation=True)        # bite 9
         self.gossip = GossipLayer(
             self.pubsub, identity, metrics=metrics, peer_id_of=peer_id_from_pubkey,
@@ -328,46 +333,42 @@ class Libp2pOverlay:
         self.m_peers = Gauge("fognode_node_peers", "Connected peers", registry=metrics)
         self.m_dials = Counter("fognode_node_dials_total", "Outbound dials by outcome",
                                ["outcome"], registry=metrics)
-        self.m_remote_errors = Counter(
-            "fognode_node_remote_protocol_errors_total",
-            "Streams reset because the peer broke a protocol rule", ["protocol"],
-            registry=metrics)
+        self.m_remote_errors = self.faults.counter
         self.host.get_network().register_notifee(_Notifee(self))  # type: ignore[arg-type]
         self.set_stream_handler(PULL_PROTOCOL, self.gossip.serve_pull)
 
     # -- scores -----------------------------------------------------------------------------
 
     def set_app_score(self, peer_id: str, score: float) -> None:
-        """Feeds GossipSub's application-specific score (P6, weight 1) and the connection
-        manager's trimming order."""
+        """The registry's reputation: part of GossipSub's application-specific score (P6,
+        node/peerscore.py) and of the connection manager's trimming order."""
         if not math.isfinite(score):
             raise LocalProtocolError(f"app score for {peer_id} must be finite, got {score}")
         self._app_scores[peer_id] = float(score)
 
     def _score(self, peer_id: str) -> float:
-        return self._app_scores.get(peer_id, 0.0) - self._penalty(peer_id)
+        """P6: reputation minus protocol violations (peerscore.app_score)."""
+        return app_score(self.score_params, self._app_scores.get(peer_id, 0.0),
+                         self.violations.value(peer_id, time.monotonic()))
 
     def _score_of_id(self, peer: Any) -> float:
         return self._score(str(peer))
 
-    def _penalty(self, peer_id: str) -> float:
-        """Protocol-violation penalty: +1 per violation, halving every 10 minutes."""
-        v = self._penalties.get(peer_id)
-        if v is None:
-            return 0.0
-        value, at = v
-        return value * 0.5 ** ((time.monotonic() - at) / PENALTY_HALF_LIFE)
+    def gossip_score(self, peer_id: str) -> float:
+        """The peer's whole GossipSub score (node/peerscore.py), as the router sees it."""
+        from libp2p.peer.id import ID
+        pid = ID.from_base58(peer_id)
+        self.gossipsub.scorer.invalidate(peer_id)
+        return self.gossipsub.scorer.score(pid, [])
 
-    def penalize(self, peer_id: str, reason: str) -> None:
-        """A role saw `peer_id` break its protocol: +1 penalty, decaying (see `_penalty`)."""
-        log.info("penalising %s: %s", peer_id, reason)
-        self._penalize(peer_id, reason)
+    def penalize(self, peer_id: str, reason: str, *, protocol: str = "") -> None:
+        """A role saw `peer_id` break `protocol` (a stream id or topic): a rate-limited
+        WARNING, fognode_node_remote_protocol_errors_total and one violation charged."""
+        self.faults.report(peer_id, protocol or "role", reason)
 
-    def _penalize(self, peer_id: str, err: RemoteProtocolError | str) -> None:
-        self._penalties[peer_id] = (min(self._penalty(peer_id) + 1.0, 100.0), time.monotonic())
-        if len(self._penalties) > 10000:
-            for p in sorted(self._penalties, key=lambda k: self._penalties[k][1])[:1000]:
-                del self._penalties[p]
+    def _charge(self, peer_id: str) -> None:
+        self.violations.add(peer_id, time.monotonic())
+        self.gossipsub.scorer.invalidate(peer_id)
 
     # -- addresses and peers ----------------------------------------------------------------
 
@@ -549,10 +550,11 @@ class Libp2pOverlay:
         self.host.set_stream_handler(
             TProtocol(protocol_id),
             guard_handler(protocol_id, handler, max_frame=self.config.max_frame,
-                          on_remote_error=self._on_remote_error))
+                          on_remote_error=lambda peer, err: self._on_remote_error(
+                              protocol_id, peer, err)))
 
-    def _on_remote_error(self, peer: str, err: RemoteProtocolError) -> None:
-        self._penalize(peer, err)
+    def _on_remote_error(self, protocol_id: str, peer: str, err: RemoteProtocolError) -> None:
+        self.faults.report(peer, protocol_id, f"{err}; stream reset")
 
     async def open_stream(self, peer_id: str, protocol_id: str) -> FramedStream:
         """Open a framed stream, dialling the peer if needed (under dial_timeout). Raises
@@ -623,7 +625,7 @@ class Libp2pOverlay:
         for proto, fn in list(mux.handlers.items()):
             if proto is None or fn is None or getattr(fn, "_fognode_guarded", False):
                 continue
-            mux.handlers[proto] = _guard_raw(str(proto), fn)
+            mux.handlers[proto] = _guard_raw(str(proto), fn, self.faults)
 
     async def _reannounce_subscriptions(self) -> None:
         """Bite 16: py-libp2p's pubsub sends a peer our subscriptions once, in the hello it
@@ -668,12 +670,16 @@ class Libp2pOverlay:
         self.connmgr.wake()
 
 
-def _guard_raw(protocol: str, fn: Any) -> Any:
+def _guard_raw(protocol: str, fn: Any, faults: RemoteFaults) -> Any:
     async def guarded(stream: Any) -> None:
         try:
             await fn(stream)
-        except Exception:
-            log.exception("libp2p handler for %s failed; stream reset", protocol)
+        except Exception as e:
+            if is_remote_fault(e):       # bytes that do not parse: the peer's fault
+                faults.report(str(stream.muxed_conn.peer_id), protocol,
+                              f"{type(e).__name__}: {e}; stream reset")
+            else:
+                log.exception("libp2p handler for %s failed; stream reset", protocol)
             try:
                 await stream.reset()
             except Exception:

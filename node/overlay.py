@@ -89,6 +89,7 @@ class Overlay(TypingProtocol):
 
     # reputation feedback into GossipSub's application-specific score
     def set_app_score(self, peer_id: str, score: float) -> None: ...
-    # a role saw `peer_id` break its protocol (e.g. relay a certificate that fails
-    # verification): the same decaying penalty as a RemoteProtocolError in a stream handler
-    def penalize(self, peer_id: str, reason: str) -> None: ...
+    # a role saw `peer_id` break `protocol` (a stream id or topic; e.g. relay a certificate
+    # that fails verification): a rate-limited WARNING, counted, and the same decaying penalty
+    # as a RemoteProtocolError in a stream handler (node/faults.py, node/peerscore.py)
+    def penalize(self, peer_id: str, reason: str, *, protocol: str = "") -> None: ...

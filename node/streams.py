@@ -132,8 +132,9 @@ def guard_handler(protocol_id: str, handler: FramedHandler, *,
     """Wrap a role's handler so nothing it raises reaches py-libp2p (bite 2: an exception
     escaping a handler took the whole host down with an ExceptionGroup from `host.run()`).
 
-    RemoteProtocolError is the peer's fault: logged at WARNING naming the peer, reported to
-    `on_remote_error` (which lowers its score), stream reset. StreamClosed is logged at DEBUG.
+    RemoteProtocolError is the peer's fault: reported to `on_remote_error` (the host's logs a
+    rate-limited WARNING, counts it and lowers the peer's score; without one it is logged at
+    WARNING here), stream reset. StreamClosed is logged at DEBUG.
     Anything else is our bug: logged with its traceback at ERROR, stream reset. Cancellation
     passes through. After a normal return the stream is closed.
     """
@@ -147,9 +148,10 @@ def guard_handler(protocol_id: str, handler: FramedHandler, *,
             await fs.reset()
             raise
         except RemoteProtocolError as e:
-            log.warning("%s: %s; stream reset", protocol_id, e)
-            if on_remote_error is not None:
+            if on_remote_error is not None:   # logs (rate-limited), counts and penalises
                 on_remote_error(fs.remote_peer, e)
+            else:
+                log.warning("%s: %s; stream reset", protocol_id, e)
             await fs.reset()
         except StreamClosed as e:
             log.debug("%s: %s", protocol_id, e)

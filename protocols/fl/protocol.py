@@ -354,7 +354,8 @@ class FlRole(Protocol):
             m = decode_gossip(unpack(msg.data, max_size=MAX_GOSSIP, what="fl gossip"), peer=msg.origin)
         except RemoteProtocolError as e:
             self.m_bad_gossip.labels("gossip").inc()
-            log.debug("fl: bad gossip from %s: %s", msg.origin, e)
+            # signed by its origin (the gossip envelope): a rate-limited WARNING, charged to it
+            self.ctx.overlay.penalize(msg.origin, str(e), protocol=TOPIC)
             return
         self._apply(self.core.receive(msg.origin, m, self._now()))
 
@@ -551,7 +552,8 @@ class FlRole(Protocol):
                 msg = secagg_round.decode_body(frames, peer=peer)
             except RemoteProtocolError as e:
                 self.m_bad_gossip.labels("secagg").inc()
-                log.info("fl: malformed secagg message from %s: %s", peer, e)
+                self.ctx.overlay.penalize(peer, f"malformed secagg message: {e}",
+                                          protocol=SECAGG_STREAM)
                 try:
                     await st.send(Ack(False, "malformed").to_wire())
                 except StreamClosed:

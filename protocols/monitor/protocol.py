@@ -110,7 +110,8 @@ class MonitorRole(Protocol):
         try:
             self.network[msg.origin] = (NodeStatus.decode(msg.data, msg.origin), self.ctx.clock())
         except RemoteProtocolError as e:
-            log.info("dropped a bad status: %s", e)
+            # signed by its origin (the gossip envelope): a rate-limited WARNING, charged to it
+            self.ctx.overlay.penalize(msg.origin, f"bad status: {e}", protocol=STATUS_TOPIC)
 
     async def _announce(self) -> None:
         node = self.ctx.services.require("node")

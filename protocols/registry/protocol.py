@@ -26,7 +26,7 @@ from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit
 from fognode.protocols.registry.api import RegistryService, ReputationService
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.core import DEVICES_TOPIC, OBSERVATIONS_TOPIC, RegistryCore
-from fognode.protocols.registry.errors import Rejected
+from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.metrics import RegistryMetrics
 from fognode.protocols.registry.observation import ALL_SERVICES
 from fognode.protocols.registry.peerid import pubkey_from_peer_id
@@ -35,6 +35,11 @@ from fognode.protocols.registry.record import DeviceRecord, make_profile
 from fognode.protocols.registry.reputation import compute, snapshot
 from fognode.protocols.registry.validator import NAMESPACE, device_key, region_key
 from fognode.protocols.registry.view import GIB, Criteria
+
+# refusals that an honest peer never causes (the rest: clocks, races, rates, capacity)
+PEER_FAULTS = frozenset({RejectReason.OVERSIZE, RejectReason.MALFORMED, RejectReason.UNSIGNED,
+                         RejectReason.BAD_SIGNATURE, RejectReason.FOREIGN_KEY,
+                         RejectReason.WRONG_KEY, RejectReason.SPOOFED_ORIGIN})
 
 log = logging.getLogger("fognode.registry")
 
@@ -103,7 +108,12 @@ class RegistryRole(Protocol):
                 self.ctx.events.publish(a.event)
             elif isinstance(a, Refused):
                 self.metrics.rejected.labels(a.what, a.reason.value).inc()
-                log.info("refused %s from %s: %s", a.what, a.peer, a.detail)
+                if a.reason in PEER_FAULTS and a.peer and a.peer != self.ctx.peer_id:
+                    # forged or malformed: the peer's fault (rate-limited WARNING, charged)
+                    self.ctx.overlay.penalize(a.peer, f"refused {a.what}: {a.detail}",
+                                              protocol=f"registry/{a.what}")
+                else:   # stale, expired, duplicate, over a rate: not held against anyone
+                    log.debug("refused %s from %s: %s", a.what, a.peer, a.detail)
             elif isinstance(a, SetAppScore):
                 self.ctx.overlay.set_app_score(a.peer_id, a.score)
             elif isinstance(a, Publish):

@@ -2,6 +2,7 @@
 the RPC handlers called directly."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -250,9 +251,10 @@ async def test_sync_from_a_lying_peer_applies_nothing(tmp_path: Path) -> None:
             assert honest.svc.state.root() == root and honest.svc.state.applied == 0
             assert honest.ctx.metrics.get_sample_value("fognode_ledger_certificates_refused_total",
                                                        {"reason": "no_quorum"}) == times
-            # the liar's score dropped: 2 penalties per reading (no quorum, bad signature; a
+            # the liar was charged: 2 violations per reading (no quorum, bad signature; a
             # foreign signer may be a committee-view difference and is not held against it)
-            assert honest.ctx.overlay._score(liar.ctx.peer_id) == pytest.approx(-2.0 * times, abs=0.01)
+            charged = honest.ctx.overlay.violations.value(liar.ctx.peer_id, time.monotonic())
+            assert charged == pytest.approx(2.0 * times, abs=0.01)
 
             async def garbage_sync(stream) -> None:  # type: ignore[no-untyped-def]
                 await stream.recv()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -96,9 +97,10 @@ async def test_oversize_frames_rejected_both_ways() -> None:
             with pytest.raises(StreamClosed):
                 await fs.recv_bytes()
             assert errors and "5000 bytes" in str(errors[0]) and b.peer_id in str(errors[0])
-            sample = a.m_remote_errors  # the peer's fault is counted against it
-            assert a._penalty(b.peer_id) > 0.9 and sample is not None
-            assert a._score(b.peer_id) < 0
+            # the peer's fault is counted and charged to it (node/faults.py, node/peerscore.py)
+            assert a.metrics.get_sample_value("fognode_node_remote_protocol_errors_total",
+                                              {"protocol": "/fognode/test-small/1.0.0"}) == 1
+            assert a.violations.value(b.peer_id, time.monotonic()) > 0.9
 
 
 async def test_bad_msgpack_is_the_peers_fault() -> None:
