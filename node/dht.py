@@ -147,7 +147,7 @@ class PutAdmission:
 
     def refused(self, source: str, key: bytes, reason: Refusal, detail: str) -> RecordRefused:
         """Count and report one refusal; returns the error for the caller to raise."""
-        err = RecordRefused(reason, f"DHT PUT_VALUE of {key[:80]!r} from {source} refused "
+        err = RecordRefused(reason, f"DHT PUT_VALUE of {key[:80]!r} refused "
                             f"({reason.value}): {detail}", peer=source)
         self.m_refused.labels(reason.value).inc()
         if reason.peer_fault:
