@@ -23,18 +23,22 @@ Two things are done here, once, for the one DHT node/host.py builds (`FognodeKad
    at most once per `LOG_INTERVAL` per reason, and a peer's fault is charged to that peer
    (`penalize`). py-libp2p then resets the stream without an acknowledgement, as the spec
    asks. Only namespaces a role registers are accepted (no `/pk`, `/ipns` fallbacks).
+3. **ADD_PROVIDER admission**, the same pattern: `_AdmittingProviderStore` books each peer's
+   provider records with the same per-peer and total limits (refusals in
+   `fognode_node_dht_provider_refused_total{reason}`); py-libp2p still echoes the request.
 """
 from __future__ import annotations
 
 import contextvars
 import logging
 import time
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.common import PROTOCOL_ID as IPFS_KAD_PROTOCOL
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.kad_dht.pb.kademlia_pb2 import Record
+from libp2p.kad_dht.provider_store import ProviderStore
 from libp2p.kad_dht.value_store import ValueStore
 from libp2p.records.validator import NamespacedValidator
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -117,21 +121,32 @@ class KadHost:
         return _KadPeerstore(self._host.get_peerstore())
 
 
+_KINDS = {  # kind -> (message name, metric names: refused, stored, records)
+    "value": ("PUT_VALUE", "fognode_node_dht_put_refused_total",
+              "fognode_node_dht_put_stored_total", "fognode_node_dht_records"),
+    "provider": ("ADD_PROVIDER", "fognode_node_dht_provider_refused_total",
+                 "fognode_node_dht_provider_stored_total", "fognode_node_dht_provider_records"),
+}
+
+
 class PutAdmission:
-    """Applies `RecordQuota` to peers' puts: counts, logs (rate-limited) and charges refusals."""
+    """Applies `RecordQuota` to peers' puts of one kind ("value": PUT_VALUE records, or
+    "provider": ADD_PROVIDER records): counts, logs (rate-limited) and charges refusals."""
 
     def __init__(self, limits: DhtLimits, metrics: CollectorRegistry, penalize: Penalize, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.quota = RecordQuota(limits)
+                 kind: str = "value", clock: Callable[[], float] = time.monotonic) -> None:
+        self.message, refused, stored, records = _KINDS[kind]
+        self.quota = (RecordQuota(limits) if kind == "value" else
+                      RecordQuota(limits, namespace=lambda key: kind))
         self.penalize = penalize
         self.clock = clock
         self._logged: dict[Refusal, tuple[float, int]] = {}   # reason -> (last line, held back)
-        self.m_refused = metric(metrics, Counter, "fognode_node_dht_put_refused_total",
-                                "Peers' DHT PUT_VALUEs not stored, by reason", ["reason"])
-        self.m_stored = metric(metrics, Counter, "fognode_node_dht_put_stored_total",
-                               "Peers' DHT PUT_VALUEs stored (new keys and updates)")
-        self.m_records = metric(metrics, Gauge, "fognode_node_dht_records",
-                                "Records held in this node's DHT value store")
+        self.m_refused = metric(metrics, Counter, refused,
+                                f"Peers' DHT {self.message}s not stored, by reason", ["reason"])
+        self.m_stored = metric(metrics, Counter, stored,
+                               f"Peers' DHT {self.message}s stored (new records and updates)")
+        self.m_records = metric(metrics, Gauge, records,
+                                f"Records held in this node's DHT {kind} store")
 
     def admit(self, key: bytes, size: int, source: str) -> None:
         """Raise RecordRefused (after counting it) when `source` may not store `key`."""
@@ -147,7 +162,7 @@ class PutAdmission:
 
     def refused(self, source: str, key: bytes, reason: Refusal, detail: str) -> RecordRefused:
         """Count and report one refusal; returns the error for the caller to raise."""
-        err = RecordRefused(reason, f"DHT PUT_VALUE of {key[:80]!r} refused "
+        err = RecordRefused(reason, f"DHT {self.message} of {key[:80]!r} refused "
                             f"({reason.value}): {detail}", peer=source)
         self.m_refused.labels(reason.value).inc()
         if reason.peer_fault:
@@ -164,15 +179,20 @@ class PutAdmission:
             log.warning("%s%s", err, f" ({held} more of this kind not logged)" if held else "")
         return err
 
-    def stored(self, key: bytes, source: str, store_size: int) -> None:
+    def stored(self, key: bytes, source: str) -> None:
         self.quota.charge(key, source)
         if source != LOCAL:
             self.m_stored.inc()
-        self.m_records.set(store_size)
+        self.m_records.set(len(self.quota))
 
-    def released(self, key: bytes, store_size: int) -> None:
+    def released(self, key: bytes) -> None:
         self.quota.release(key)
-        self.m_records.set(store_size)
+        self.m_records.set(len(self.quota))
+
+    def reconcile(self, stored: Iterable[bytes]) -> None:
+        """The store dropped records by itself (expiry, eviction): forget those."""
+        self.quota.reconcile(stored)
+        self.m_records.set(len(self.quota))
 
 
 class _AdmittingValidator(NamespacedValidator):
@@ -219,17 +239,17 @@ class _AdmittingValueStore(ValueStore):
 
     def put(self, key: bytes, value: bytes, validity: float = 0.0) -> None:
         super().put(key, value, validity)
-        self.admission.stored(key, LOCAL, len(self.store))
+        self.admission.stored(key, LOCAL)
 
     def put_record(self, key: bytes, record: Record) -> None:
         source = _PUT_SOURCE.get() or LOCAL
         self.admission.admit(key, len(record.value), source)
         super().put_record(key, record)
-        self.admission.stored(key, source, len(self.store))
+        self.admission.stored(key, source)
 
     def remove(self, key: bytes) -> bool:
         removed = super().remove(key)
-        self.admission.released(key, len(self.store))
+        self.admission.released(key)
         return removed
 
     def cleanup_expired(self) -> int:
@@ -247,8 +267,45 @@ class _AdmittingValueStore(ValueStore):
             self._reconcile()
 
     def _reconcile(self) -> None:
-        self.admission.quota.reconcile(self.store.keys())
-        self.admission.m_records.set(len(self.store))
+        self.admission.reconcile(self.store.keys())
+
+
+class _AdmittingProviderStore(ProviderStore):
+    """py-libp2p's provider store with a peer's ADD_PROVIDER records admitted by quota (one
+    record per (key, provider); py-libp2p has checked that the provider is the sender)."""
+
+    def __init__(self, host: Any, peer_routing: Any, admission: PutAdmission) -> None:
+        super().__init__(host=host, peer_routing=peer_routing)
+        self.admission = admission
+
+    @staticmethod
+    def _record(key: bytes, provider: str) -> bytes:
+        return key + b"\0" + provider.encode()
+
+    def add_provider(self, key: bytes, provider: Any) -> None:
+        source = _PUT_SOURCE.get() or LOCAL
+        if not provider or not provider.peer_id:
+            return super().add_provider(key, provider)
+        record = self._record(key, str(provider.peer_id))
+        try:
+            self.admission.admit(record, 0, source)
+        except RecordRefused:
+            return        # counted and reported; py-libp2p still echoes the request
+        super().add_provider(key, provider)
+        if str(provider.peer_id) in self.providers.get(key, {}):
+            self.admission.stored(record, source)
+
+    def get_providers(self, key: bytes) -> list[Any]:
+        before = set(self.providers.get(key, {}))
+        found = super().get_providers(key)              # drops expired providers of `key`
+        for gone in before - set(self.providers.get(key, {})):
+            self.admission.released(self._record(key, gone))
+        return found
+
+    def cleanup_expired(self) -> None:
+        super().cleanup_expired()
+        self.admission.reconcile(self._record(k, p) for k, ps in self.providers.items()
+                                 for p in ps)
 
 
 class FognodeKadDHT(KadDHT):
@@ -259,9 +316,13 @@ class FognodeKadDHT(KadDHT):
                  penalize: Penalize) -> None:
         self.admission = PutAdmission(limits, metrics, penalize)
         kad_host = KadHost(host)
-        super().__init__(kad_host, DHTMode.SERVER, validator=_AdmittingValidator(self.admission),
+        super().__init__(kad_host, DHTMode.SERVER,  # type: ignore[arg-type]  # IHost by delegation
+                         validator=_AdmittingValidator(self.admission),
                          validator_changed=True, strict_validation=True)
         self.value_store = _AdmittingValueStore(kad_host, self.local_peer_id, self.admission)
+        self.provider_admission = PutAdmission(limits, metrics, penalize, kind="provider")
+        self.provider_store = _AdmittingProviderStore(kad_host, self.peer_routing,
+                                                      self.provider_admission)
 
 
 __all__ = ["DHT_PROTOCOL", "IPFS_KAD_PROTOCOL", "FognodeKadDHT", "KadHost", "PutAdmission",

@@ -12,6 +12,11 @@ push out every real record. `RecordQuota` refuses instead of evicting:
   `records_per_namespace` keys (`NAMESPACE_FULL`), the whole store `max_records` (`STORE_FULL`);
 - a key already stored is an update: it grows nothing and stays charged to its creator.
 
+Provider records (ADD_PROVIDER: "peer P provides key K") are kept on a second set of books
+with the same per-peer and total limits, one record per (key, provider); py-libp2p already
+limits a key to 20 providers and a peer to 10 ADD_PROVIDERs per 10 s, but not the total, so
+fresh identities could grow the provider store without bound.
+
 Records this node stores itself (its own puts, records it fetched) are charged to the local
 source "" and never refused: they are bounded by what this node's roles do. A record leaves the
 books when the store drops it (`release`, `reconcile`). Nothing here is evicted to make room:
@@ -27,7 +32,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from fognode.node.errors import ConfigError
 
@@ -99,8 +104,10 @@ def namespace_of(key: bytes) -> str:
 class RecordQuota:
     """The books of the value store: for each stored key, its source and namespace."""
 
-    def __init__(self, limits: DhtLimits) -> None:
+    def __init__(self, limits: DhtLimits, *,
+                 namespace: Callable[[bytes], str] = namespace_of) -> None:
         self.limits = limits
+        self.namespace = namespace
         self._keys: dict[bytes, tuple[str, str]] = {}      # key -> (source, namespace)
         self._per_source: Counter[str] = Counter()
         self._per_namespace: Counter[str] = Counter()
@@ -127,17 +134,17 @@ class RecordQuota:
             return None
         if self._per_source[source] >= self.limits.records_per_peer:
             return Refusal.PER_PEER
-        if self._per_namespace[namespace_of(key)] >= self.limits.records_per_namespace:
-            return Refusal.NAMESPACE_FULL
         if len(self._keys) >= self.limits.max_records:
             return Refusal.STORE_FULL
+        if self._per_namespace[self.namespace(key)] >= self.limits.records_per_namespace:
+            return Refusal.NAMESPACE_FULL
         return None
 
     def charge(self, key: bytes, source: str) -> None:
         """`key` is now stored; a new key is charged to `source`, an update changes nothing."""
         if key in self._keys:
             return
-        ns = namespace_of(key)
+        ns = self.namespace(key)
         self._keys[key] = (source, ns)
         self._per_source[source] += 1
         self._per_namespace[ns] += 1

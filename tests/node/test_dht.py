@@ -203,3 +203,29 @@ async def test_invalid_put_is_counted_and_charged() -> None:
                 assert metric(victim, "fognode_node_dht_put_refused_total", reason="invalid") == 1
                 assert victim._penalty(hp.peer_id) > 0
                 assert other not in victim.dht.value_store.store
+
+
+async def test_provider_records_from_fresh_identities_are_capped() -> None:
+    """The same pattern for ADD_PROVIDER: py-libp2p caps providers per key (20) and
+    ADD_PROVIDERs per peer (10 per 10 s) but not the store; fresh identities each providing a
+    few keys would grow it without bound."""
+    from libp2p.peer.id import ID
+
+    from fognode.tools.bench.attacks.dht_flood import _read_message, add_provider_message
+    limits = dict(dht_records_per_peer=4, dht_records_per_namespace=6, dht_max_records=6)
+    with trio.fail_after(30):
+        async with overlays(1, peers_low=0, **limits) as (victim,):
+            for _ in range(2):
+                async with hostile_peer(victim.listen_addrs()[0]) as hp:
+                    me = ID.from_base58(hp.peer_id).to_bytes()
+                    addr = hp.overlay.host.get_addrs()[0].to_bytes()
+                    s = await hp.raw_stream(DHT_PROTOCOL)
+                    for _ in range(6):
+                        await s.write(add_provider_message(os.urandom(32), me, [addr]))
+                        await _read_message(s)                  # echoed either way
+                    await s.close()
+            name = "fognode_node_dht_provider_refused_total"
+            assert metric(victim, name, reason="per_peer") == 2
+            assert metric(victim, name, reason="store_full") == 4
+            assert victim.dht.provider_store.size() == 6
+            assert metric(victim, "fognode_node_dht_provider_records") == 6

@@ -50,6 +50,19 @@ def _put_message(key: bytes, value: bytes) -> bytes:
     return varint.encode(len(data)) + data
 
 
+def add_provider_message(key: bytes, provider: bytes, addrs: list[bytes]) -> bytes:
+    """An ADD_PROVIDER of `key` by the peer with id bytes `provider` (varint-framed)."""
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    m = Message()
+    m.type = Message.MessageType.ADD_PROVIDER
+    m.key = key
+    p = m.providerPeers.add()
+    p.id = provider
+    p.addrs.extend(addrs)
+    data = m.SerializeToString()
+    return varint.encode(len(data)) + data
+
+
 async def _read_message(stream: Any) -> Any:
     from libp2p.kad_dht.pb.kademlia_pb2 import Message
     from libp2p.utils.varint import read_varint_prefixed_bytes_limited
