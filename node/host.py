@@ -97,9 +97,9 @@ class OverlayConfig:
     ping_interval: float = 20.0         # seconds between pings of one peer (jittered +-25 %)
     ping_timeout: float = 10.0          # seconds one ping may take before it counts as failed
     ping_failures: int = 3              # failed pings in a row before a peer is unresponsive
-    dht_records_per_peer: int = 256     # DHT records one peer may store here (values; providers apart)
+    dht_records_per_peer: int = 256     # DHT records one peer may store here (and providers)
     dht_records_per_namespace: int = 2048   # DHT records per key prefix (/fognode/device)
-    dht_max_records: int = 4096         # DHT records held in all (values; providers apart)
+    dht_max_records: int = 4096         # DHT records held in all (and as many providers)
     dht_max_record_size: int = 16384    # bytes of one DHT record a peer may store here
 
     def validate(self) -> None:

@@ -74,7 +74,8 @@ class LatencyTracker:
     def connected(self, peer: str, now: float) -> None:
         if peer in self._peers:
             return
-        self._schedule(peer, _Peer(next_at=0.0), now + self.rng.uniform(0, self.settings.first_delay))
+        first = now + self.rng.uniform(0, self.settings.first_delay)
+        self._schedule(peer, _Peer(next_at=first), first)
 
     def disconnected(self, peer: str) -> None:
         self._peers.pop(peer, None)      # its heap entries are skipped when they come up

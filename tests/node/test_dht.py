@@ -18,6 +18,7 @@ from fognode.node.dhtquota import LOCAL, DhtLimits, RecordQuota, Refusal, namesp
 from fognode.node.errors import ConfigError
 from fognode.node.events import EventBus
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
+from fognode.protocols.registry.record import Capabilities, make_profile, sign_record
 from fognode.protocols.registry.validator import DeviceRecordValidator, device_key
 from fognode.tools.bench.attacks import hostile_peer
 from fognode.tools.bench.attacks.dht_flood import attack, get_value_from, sybil_record
@@ -158,7 +159,6 @@ async def test_sybil_put_flood_leaves_real_records_and_is_counted(
             # the real records: each node puts its own, as the registry role does
             real = []
             for ov, key in ((victim, victim.identity), (honest, honest.identity)):
-                from fognode.protocols.registry.record import Capabilities, make_profile, sign_record
                 now = int(time.time())
                 rec = sign_record(key, seq=1, issued=now, expires=now + 3600,
                                   caps=Capabilities(cores=2), profile=make_profile("eu", "pc", []))
