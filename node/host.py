@@ -20,6 +20,13 @@ here or in the module named:
   16 a subscription made while a new pubsub peer is being set up  -> every node re-announces its
      never reaches it (the peer's hello was built before, the        subscriptions to all pubsub
      broadcast went out before it was registered)                    peers every 5 heartbeats
+  17 Kademlia ignores `protocol_prefix`: always /ipfs/kad/1.0.0,  -> dht.KadHost: the DHT's view
+     the public IPFS DHT's id; PUT_VALUE refusals are silent and     of the host speaks
+     50,000 Sybil records evict the real ones                        /fognode/kad/1.0.0;
+                                                                     dht.FognodeKadDHT admits
+                                                                     puts by quota (dhtquota)
+  18 nothing pings peers (and py-libp2p's ping rounds RTT to whole -> ping.Pinger (latency.py)
+     milliseconds, 0 on a LAN)
 The swarm's own auto-connector and pruner are neutralised (watermarks 0 / hard cap) so that
 node/connmgr.py alone decides whom to dial and trim.
 """
@@ -42,14 +49,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from fognode.node.connmgr import (ConnectionManager, ConnectionPolicy, DialBackoff,
                                   DialBackoffError, DialError)
 from fognode.node import peerid as _peerid
+from fognode.node.dht import FognodeKadDHT
+from fognode.node.dhtquota import DhtLimits
 from fognode.node.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from fognode.node.events import EventBus, PeerConnected, PeerDisconnected
 from fognode.node.faults import RemoteFaults, is_remote_fault, limit_libp2p_errors
 from fognode.node.gossip import PULL_PROTOCOL, GossipLayer, GossipSettings
+from fognode.node.latency import PingSettings
 from fognode.node.overlay import (DhtValidator, FramedStream, GossipHandler, PeerInfo,
                                   StreamHandler)
 from fognode.node.peerscore import PeerScoreParams, ViolationBook, app_score
 from fognode.node.scored_pubsub import ScoredGossipSub, ScoredPubsub, score_actions
+from fognode.node.ping import Pinger, libp2p_ping
 from fognode.node.streams import Libp2pFramedStream, guard_handler
 
 log = logging.getLogger("fognode.host")
@@ -85,6 +96,13 @@ class OverlayConfig:
     gossip_pull_delay: float = 0.3      # seconds a gap may heal by itself before it is pulled
     gossip_backfill: int = 64           # earlier messages pulled when an origin is first seen
     max_frame: int = 4194304            # bytes of one stream frame unless a role asks otherwise
+    ping_interval: float = 20.0         # seconds between pings of one peer (jittered +-25 %)
+    ping_timeout: float = 10.0          # seconds one ping may take before it counts as failed
+    ping_failures: int = 3              # failed pings in a row before a peer is unresponsive
+    dht_records_per_peer: int = 256     # DHT records one peer may store here (and providers)
+    dht_records_per_namespace: int = 2048   # DHT records per key prefix (/fognode/device)
+    dht_max_records: int = 4096         # DHT records held in all (and as many providers)
+    dht_max_record_size: int = 16384    # bytes of one DHT record a peer may store here
 
     def validate(self) -> None:
         """Raise ConfigError(key="overlay.<key>") naming the first wrong key."""
@@ -131,6 +149,8 @@ class OverlayConfig:
             raise bad("gossip_backfill", "must be 0 or more")
         if not 1024 <= self.max_frame <= 256 * 1024 * 1024:
             raise bad("max_frame", f"must be between 1 KiB and 256 MiB, got {self.max_frame}")
+        PingSettings.from_overlay(self).validate()
+        DhtLimits.from_overlay(self).validate()
 
 
 def _parse_tcp_multiaddr(text: str, key: str, *, need_peer: bool) -> multiaddr.Multiaddr:
@@ -255,7 +275,6 @@ class Libp2pOverlay:
         from libp2p import create_identity_from_seed, new_host
         from libp2p.crypto.x25519 import create_new_key_pair as x25519
         from libp2p.custom_types import TProtocol
-        from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
         from libp2p.network.config import ConnectionConfig
         from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12
         from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
@@ -302,7 +321,11 @@ class Libp2pOverlay:
             spam_protection_enabled=False)                                          # bite 5
         self.pubsub = ScoredPubsub(self.host, self.gossipsub, strict_signing=True,
                                    max_inbound_rpc_size=config.max_message_size)
-        self.dht = KadDHT(self.host, DHTMode.SERVER, strict_validation=True)        # bite 9
+        # the DHT logs and counts its own refusals (node/dht.py): charge the peer, no second line
+        self.dht = FognodeKadDHT(self.host, DhtLimits.from_overlay(config), metrics,  # 9, 17
+                                 lambda peer, _why: self._charge(peer))
+        self.pinger = Pinger(PingSettings.from_overlay(config),                        # bite 18
+                             lambda peer: libp2p_ping(self.host, peer), metrics)
         self.gossip = GossipLayer(
             self.pubsub, identity, metrics=metrics, peer_id_of=peer_id_from_pubkey,
             open_stream=self.open_stream, self_peer_id=self.peer_id,
@@ -407,14 +430,15 @@ class Libp2pOverlay:
                 addrs = ()
             if not addrs and p in self._address:
                 addrs = (self._address[p],)
-            try:
-                lat = ps.latency_EWMA(pid)
-            except Exception:
-                lat = 0.0
+            lat = self.pinger.latency(p)
             out.append(PeerInfo(peer_id=p, addrs=addrs, connected=True,
                                 direction=self._direction.get(p, ""),
-                                latency_ms=lat * 1000.0 if lat else None))
+                                latency_ms=None if lat is None else round(lat * 1000.0, 3)))
         return out
+
+    def latency(self, peer_id: str) -> float | None:
+        """Smoothed ping round trip to a connected peer in seconds; None before the first."""
+        return self.pinger.latency(peer_id)
 
     def _on_connected(self, conn: Any) -> None:
         pid = str(conn.muxed_conn.peer_id)
@@ -431,6 +455,7 @@ class Libp2pOverlay:
         self.m_peers.set(len(self._connected_since))
         self.backoff.record_success(pid)
         self.events.publish(PeerConnected(peer_id=pid, address=addr))
+        self.pinger.connected(pid)
         if self._nursery is not None:
             self._nursery.start_soon(self._add_to_routing_table, conn.muxed_conn.peer_id)
 
@@ -445,6 +470,7 @@ class Libp2pOverlay:
         self._address.pop(pid, None)
         self.m_peers.set(len(self._connected_since))
         self.events.publish(PeerDisconnected(peer_id=pid))
+        self.pinger.disconnected(pid)
         self.connmgr.wake()
 
     async def _add_to_routing_table(self, peer: Any) -> None:
@@ -735,6 +761,7 @@ async def open_overlay(config: OverlayConfig, identity: SigningKey, events: Even
                     await nursery.start(ov.gossip.run)
                     nursery.start_soon(ov.connmgr.run)
                     nursery.start_soon(ov._reannounce_subscriptions)
+                    nursery.start_soon(ov.pinger.run)
                     nursery.start_soon(ov._bootstrap)
                     try:
                         yield ov

@@ -16,6 +16,8 @@ from typing import Any, Awaitable, Callable, Protocol as TypingProtocol, Sequenc
 
 @dataclass(frozen=True)
 class PeerInfo:
+    """A connected peer; `latency_ms` is the smoothed ping RTT (None before the first)."""
+
     peer_id: str
     addrs: tuple[str, ...]
     connected: bool
@@ -67,6 +69,10 @@ class Overlay(TypingProtocol):
 
     def listen_addrs(self) -> list[str]: ...                 # full multiaddrs with /p2p/<id>
     def peers(self) -> list[PeerInfo]: ...
+    # smoothed libp2p-ping round trip to a connected peer, seconds (node/ping.py: every
+    # overlay.ping_interval); None before the first answer. For latency-aware choices
+    # (market matching, onion paths).
+    def latency(self, peer_id: str) -> float | None: ...
     async def connect(self, multiaddr: str) -> str: ...       # returns the peer id; timeout inside
     async def disconnect(self, peer_id: str) -> None: ...
 
@@ -80,7 +86,8 @@ class Overlay(TypingProtocol):
     async def subscribe(self, topic: str, handler: GossipHandler) -> None: ...
     async def publish(self, topic: str, data: bytes) -> None: ...
 
-    # DHT (Kademlia)
+    # DHT (Kademlia on /fognode/kad/1.0.0, node/dht.py; peers' puts are capped per peer,
+    # per namespace and in total, node/dhtquota.py)
     def register_dht_validator(self, namespace: str, validator: DhtValidator) -> None: ...
     async def dht_put(self, key: str, value: bytes) -> None: ...
     async def dht_get(self, key: str) -> bytes | None: ...
