@@ -107,7 +107,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from fognode.node.errors import ConfigError
 
@@ -266,3 +266,7 @@ class ViolationBook:
 
     def __len__(self) -> int:
         return len(self._v)
+
+    def __iter__(self) -> Iterator[str]:
+        """The peers charged and not yet forgotten."""
+        return iter(self._v)

@@ -183,7 +183,7 @@ async def test_sybil_put_flood_leaves_real_records_and_is_counted(
                 for key, value in real:
                     assert await get_value_from(reader, key) == value
             # a peer that broke the per-peer cap was charged; the log is rate-limited
-            assert any(victim._penalty(p) > 0 for p in victim._penalties)
+            assert any(victim.violations.value(p, time.monotonic()) > 0 for p in victim.violations)
             lines = [r for r in caplog.records if r.name == "fognode.dht"]
             assert 1 <= len(lines) <= 4, [r.getMessage() for r in lines]
             assert all(r.levelno == logging.WARNING for r in lines)
@@ -201,7 +201,7 @@ async def test_invalid_put_is_counted_and_charged() -> None:
                 with pytest.raises(Exception):
                     await _read_message(s)
                 assert metric(victim, "fognode_node_dht_put_refused_total", reason="invalid") == 1
-                assert victim._penalty(hp.peer_id) > 0
+                assert victim.violations.value(hp.peer_id, time.monotonic()) > 0
                 assert other not in victim.dht.value_store.store
 
 
