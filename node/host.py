@@ -47,7 +47,9 @@ from fognode.node.events import EventBus, PeerConnected, PeerDisconnected
 from fognode.node.gossip import PULL_PROTOCOL, GossipLayer, GossipSettings
 from fognode.node.overlay import (DhtValidator, FramedStream, GossipHandler, PeerInfo,
                                   StreamHandler)
-from fognode.node.streams import Libp2pFramedStream, guard_handler
+from fognode.node.rcmgr import DEFAULT_EXEMPT, limits_from
+from fognode.node.resources import ResourceGate
+from fognode.node.streams import Libp2pFramedStream, guard_handler, guard_raw
 
 log = logging.getLogger("fognode.host")
 
@@ -83,6 +85,20 @@ class OverlayConfig:
     gossip_pull_delay: float = 0.3      # seconds a gap may heal by itself before it is pulled
     gossip_backfill: int = 64           # earlier messages pulled when an origin is first seen
     max_frame: int = 4194304            # bytes of one stream frame unless a role asks otherwise
+    # resource limits (node/rcmgr.py): a refused stream or connection is reset at once
+    stream_limit_total: int = 512       # inbound streams at once, all peers and protocols
+    stream_limit_per_protocol: int = 256    # inbound streams at once on one protocol
+    stream_limit_per_peer: int = 64     # inbound streams at once from one peer
+    stream_limit_per_peer_protocol: int = 16    # inbound streams at once from one peer on one protocol
+    stream_limit_per_subnet: int = 128  # inbound streams at once from one IPv4 /24 or IPv6 /64
+    buffer_limit_per_peer: int = 8388608    # bytes of unfinished frames held for one peer (>= max_frame)
+    buffer_limit_total: int = 33554432  # bytes of unfinished frames held for all peers
+    conn_limit_per_peer: int = 2        # connections at once to one peer
+    conn_limit_per_subnet: int = 16     # connections at once from one IPv4 /24 or IPv6 /64
+    subnet_limit_exempt: list[str] = field(default_factory=lambda: list(DEFAULT_EXEMPT))  # CIDRs no subnet limit applies to
+    stream_first_frame_timeout: float = 10.0    # seconds an inbound stream may wait before its first frame
+    stream_idle_timeout: float = 300.0  # seconds an inbound stream may stay quiet between whole frames
+    stream_progress_timeout: float = 10.0   # seconds a frame that has begun may wait for its next bytes
 
     def validate(self) -> None:
         """Raise ConfigError(key="overlay.<key>") naming the first wrong key."""
@@ -129,6 +145,7 @@ class OverlayConfig:
             raise bad("gossip_backfill", "must be 0 or more")
         if not 1024 <= self.max_frame <= 256 * 1024 * 1024:
             raise bad("max_frame", f"must be between 1 KiB and 256 MiB, got {self.max_frame}")
+        limits_from(self)   # the resource limits and stream deadlines (node/rcmgr.py)
 
 
 def _parse_tcp_multiaddr(text: str, key: str, *, need_peer: bool) -> multiaddr.Multiaddr:
@@ -231,9 +248,13 @@ class _Notifee:
         pass
 
     async def connected(self, network: Any, conn: Any) -> None:
+        if not self.o.resources.admit_connection(conn):   # over its peer's or subnet's limit
+            await conn.close()
+            return
         self.o._on_connected(conn)
 
     async def disconnected(self, network: Any, conn: Any) -> None:
+        self.o.resources.connection_closed(conn)
         self.o._on_disconnected(conn)
 
     async def listen(self, network: Any, ma: Any) -> None:
@@ -332,6 +353,7 @@ class Libp2pOverlay:
             "fognode_node_remote_protocol_errors_total",
             "Streams reset because the peer broke a protocol rule", ["protocol"],
             registry=metrics)
+        self.resources = ResourceGate(*limits_from(config), metrics)
         self.host.get_network().register_notifee(_Notifee(self))  # type: ignore[arg-type]
         self.set_stream_handler(PULL_PROTOCOL, self.gossip.serve_pull)
 
@@ -549,7 +571,7 @@ class Libp2pOverlay:
         self.host.set_stream_handler(
             TProtocol(protocol_id),
             guard_handler(protocol_id, handler, max_frame=self.config.max_frame,
-                          on_remote_error=self._on_remote_error))
+                          on_remote_error=self._on_remote_error, gate=self.resources))
 
     def _on_remote_error(self, peer: str, err: RemoteProtocolError) -> None:
         self._penalize(peer, err)
@@ -571,7 +593,7 @@ class Libp2pOverlay:
         except Exception as e:
             raise DialError(f"opening {protocol_id} to {peer_id} failed: {type(e).__name__}: "
                             f"{e}") from None
-        return Libp2pFramedStream(raw, max_frame=self.config.max_frame)
+        return Libp2pFramedStream(raw, max_frame=self.config.max_frame, gate=self.resources)
 
     # -- gossip -----------------------------------------------------------------------------
 
@@ -618,12 +640,13 @@ class Libp2pOverlay:
 
     def _harden_handlers(self) -> None:
         """Bite 2 for libp2p's own handlers (pubsub, DHT, identify, ping): wrap each so an
-        exception resets the stream instead of reaching the host."""
+        exception resets the stream instead of reaching the host; each stream takes a
+        resource-manager slot first."""
         mux = self.host.get_mux()
         for proto, fn in list(mux.handlers.items()):
             if proto is None or fn is None or getattr(fn, "_fognode_guarded", False):
                 continue
-            mux.handlers[proto] = _guard_raw(str(proto), fn)
+            mux.handlers[proto] = guard_raw(str(proto), fn, gate=self.resources)
 
     async def _reannounce_subscriptions(self) -> None:
         """Bite 16: py-libp2p's pubsub sends a peer our subscriptions once, in the hello it
@@ -666,20 +689,6 @@ class Libp2pOverlay:
             for a in self.config.bootstrap:
                 n.start_soon(one, a)
         self.connmgr.wake()
-
-
-def _guard_raw(protocol: str, fn: Any) -> Any:
-    async def guarded(stream: Any) -> None:
-        try:
-            await fn(stream)
-        except Exception:
-            log.exception("libp2p handler for %s failed; stream reset", protocol)
-            try:
-                await stream.reset()
-            except Exception:
-                pass
-    guarded._fognode_guarded = True  # type: ignore[attr-defined]
-    return guarded
 
 
 def _check_ports_free(listen: list[str]) -> None:
