@@ -26,6 +26,7 @@ import ipaddress
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from fognode.node.errors import ConfigError
 
@@ -179,11 +180,11 @@ class _Counts:
     conns_subnet: dict[str, int] = field(default_factory=dict)
 
 
-def _inc(d: dict, k: object, n: int = 1) -> None:  # type: ignore[type-arg]
+def _inc(d: dict[Any, int], k: Any, n: int = 1) -> None:
     d[k] = d.get(k, 0) + n
 
 
-def _dec(d: dict, k: object, n: int = 1) -> None:  # type: ignore[type-arg]
+def _dec(d: dict[Any, int], k: Any, n: int = 1) -> None:
     v = d.get(k, 0) - n
     if v > 0:
         d[k] = v
@@ -309,13 +310,13 @@ class ResourceManager:
 def limits_from(overlay: object) -> tuple[ResourceLimits, StreamDeadlines]:
     """Build and validate the limits and deadlines from an OverlayConfig (node/host.py).
     Raises ConfigError naming the overlay key."""
-    g = overlay.__getattribute__
-    limits = ResourceLimits(**{f: (tuple(g(k)) if f == "exempt" else g(k))
-                               for f, k in OVERLAY_KEYS.items()})
-    limits.validate(max_frame=g("max_frame"))
-    deadlines = StreamDeadlines(first_frame=g("stream_first_frame_timeout"),
-                                idle=g("stream_idle_timeout"),
-                                progress=g("stream_progress_timeout"))
+    kw: dict[str, Any] = {f: getattr(overlay, k) for f, k in OVERLAY_KEYS.items()}
+    kw["exempt"] = tuple(kw["exempt"])
+    limits = ResourceLimits(**kw)
+    limits.validate(max_frame=getattr(overlay, "max_frame"))
+    deadlines = StreamDeadlines(first_frame=getattr(overlay, "stream_first_frame_timeout"),
+                                idle=getattr(overlay, "stream_idle_timeout"),
+                                progress=getattr(overlay, "stream_progress_timeout"))
     deadlines.validate()
     return limits, deadlines
 

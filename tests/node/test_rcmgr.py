@@ -17,7 +17,7 @@ def small(**kw: object) -> ResourceManager:
                 streams_per_peer_protocol=3, streams_per_subnet=5, buffer_per_peer=100,
                 buffer_total=150, conns_per_peer=1, conns_per_subnet=2, exempt=("127.0.0.0/8",))
     base.update(kw)
-    return ResourceManager(ResourceLimits(**base))  # type: ignore[arg-type]
+    return ResourceManager(ResourceLimits(**base))
 
 
 def test_stream_scopes_refuse_in_order_and_release() -> None:
@@ -118,5 +118,5 @@ def test_limits_from_overlay_config_and_validation() -> None:
              ({"stream_idle_timeout": float("inf")}, "overlay.stream_idle_timeout")]
     for kw, key in cases:
         with pytest.raises(ConfigError) as e:
-            OverlayConfig(**kw).validate()  # type: ignore[arg-type]
+            OverlayConfig(**kw).validate()
         assert e.value.key == key, kw
