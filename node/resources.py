@@ -116,7 +116,7 @@ class ResourceGate:
         self.manager = ResourceManager(limits)
         self.deadlines = deadlines
         self._warned: dict[tuple[str, str], float] = {}
-        self._conns: dict[int, tuple[str, str]] = {}
+        self._conns: dict[int, tuple[Any, str, str]] = {}   # id(conn) -> (conn, peer, subnet)
         self.m_refusals = metric(
             registry, Counter, "fognode_node_resource_refusals_total",
             "Streams, connections and buffered bytes refused by the resource manager",
@@ -178,21 +178,26 @@ class ResourceGate:
 
     def admit_connection(self, conn: Any) -> bool:
         """Take a slot for a new swarm connection; False (refusal counted) when its peer or its
-        subnet is full: the caller closes it."""
+        subnet is full: the caller closes it. Slots of connections that closed without a
+        disconnected notice (a close racing the connected one) are given back first."""
+        for key, (c, p, net) in list(self._conns.items()):
+            if getattr(c, "is_closed", False):
+                del self._conns[key]
+                self.manager.close_connection(p, net)
         peer = str(conn.muxed_conn.peer_id)
         subnet = self.manager.subnet_key(remote_ip(conn.muxed_conn))
         why = self.manager.open_connection(peer, subnet)
         if why is not None:
             self.refused(why, peer, "a connection")
             return False
-        self._conns[id(conn)] = (peer, subnet)
+        self._conns[id(conn)] = (conn, peer, subnet)
         return True
 
     def connection_closed(self, conn: Any) -> None:
         """Give back the slot of a connection admitted before (no-op for a refused one)."""
         held = self._conns.pop(id(conn), None)
         if held is not None:
-            self.manager.close_connection(*held)
+            self.manager.close_connection(held[1], held[2])
 
 
 __all__ = ["ResourceGate", "StreamSlot", "BufferAccount", "remote_ip"]
