@@ -69,7 +69,7 @@ def start_victim(node_factory: NodeFactory, n: int, *settings: str) -> tuple[Any
 
 async def test_idle_and_half_sent_streams_from_several_peers(node_factory: NodeFactory) -> None:
     net, port = start_victim(node_factory, 2, "stream_first_frame_timeout=5.0",
-                             "stream_progress_timeout=2.0")
+                             "stream_progress_timeout=2.0", "stream_idle_timeout=3.0")
     victim, honest = net.nodes[0], net.nodes[1]
     wait_until(lambda: len(victim.rpc("node.peers")) == 1, timeout=30, what="the honest peer")
     to = victim.rpc("wallet.address")["address"]
@@ -105,8 +105,11 @@ async def test_idle_and_half_sent_streams_from_several_peers(node_factory: NodeF
         assert value(after, "fognode_node_stream_deadlines_total", phase=phase) > 0, phase
     # memory bounded: the budget, not the streams, decides what the victim holds
     assert rss.peak < 2 * idle_rss, (rss.peak, idle_rss)
-    # an honest peer's transfer went through during the attack
+    # an honest peer's transfer went through during the attack, and after it: its cached order
+    # stream to the victim was reset for idling (3 s here) and it opened a new one
     assert sent and sent[0]["status"] == "final"
+    assert honest.rpc("wallet.send", [to, "3"], timeout=40)["status"] == "final"
+    assert value(scrape(port), "fognode_node_stream_deadlines_total", phase="idle") > 0
     # and everything the attackers held is given back
     wait_until(lambda: value(scrape(port), "fognode_node_stream_buffered_bytes") == 0,
                timeout=10, what="buffered bytes back to 0")
