@@ -99,6 +99,7 @@ class OverlayConfig:
     stream_first_frame_timeout: float = 10.0    # seconds an inbound stream may wait before its first frame
     stream_idle_timeout: float = 300.0  # seconds an inbound stream may stay quiet between whole frames
     stream_progress_timeout: float = 10.0   # seconds a frame that has begun may wait for its next bytes
+    stream_min_rate: float = 16384.0    # bytes/s a frame must average: it has progress_timeout + size/rate
 
     def validate(self) -> None:
         """Raise ConfigError(key="overlay.<key>") naming the first wrong key."""

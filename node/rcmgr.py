@@ -58,6 +58,7 @@ class Wait(str, Enum):
     FIRST_FRAME = "first_frame"     # an inbound stream's first byte
     IDLE = "idle"                   # an inbound stream's next frame after a whole one
     PARTIAL_FRAME = "partial_frame"  # the rest of a frame (header or body) that has begun
+    SLOW_FRAME = "slow_frame"       # a frame whose bytes come, but slower than the minimum rate
 
 
 @dataclass(frozen=True)
@@ -121,12 +122,19 @@ class StreamDeadlines:
     An inbound stream must start its first frame within `first_frame`; once a frame has
     begun, each further chunk of it must come within `progress` (a partial frame must
     progress: it holds memory); between whole frames an inbound stream may stay quiet for
-    `idle` (a long-lived request stream waits there). Outbound streams are ours: only
-    `progress` applies to them (the role bounds the wait for a reply)."""
+    `idle` (a long-lived request stream waits there). A frame must also arrive whole within
+    `frame_time(length)`: a peer trickling a byte now and then would otherwise hold its
+    buffered bytes for ever. Outbound streams are ours: only `progress` and `frame_time` apply
+    to them (the role bounds the wait for a reply)."""
 
     first_frame: float = 10.0
     idle: float = 300.0
     progress: float = 10.0
+    min_rate: float = 16384.0   # bytes/s a frame's body must average, after `progress`
+
+    def frame_time(self, length: int) -> float:
+        """Seconds a frame body of `length` bytes may take from its header on."""
+        return self.progress + length / self.min_rate
 
     def validate(self) -> None:
         for name, key in (("first_frame", "stream_first_frame_timeout"),
@@ -135,6 +143,9 @@ class StreamDeadlines:
             if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 86400):
                 raise ConfigError(f"must be a positive number of seconds (at most a day), got "
                                   f"{v!r}", key=f"overlay.{key}")
+        if not (math.isfinite(self.min_rate) and self.min_rate >= 1):
+            raise ConfigError(f"must be at least 1 byte/s, got {self.min_rate!r}",
+                              key="overlay.stream_min_rate")
 
     def for_read(self, *, inbound: bool, frames_received: int,
                  in_frame: bool) -> tuple[Wait, float] | None:
@@ -316,7 +327,8 @@ def limits_from(overlay: object) -> tuple[ResourceLimits, StreamDeadlines]:
     limits.validate(max_frame=getattr(overlay, "max_frame"))
     deadlines = StreamDeadlines(first_frame=getattr(overlay, "stream_first_frame_timeout"),
                                 idle=getattr(overlay, "stream_idle_timeout"),
-                                progress=getattr(overlay, "stream_progress_timeout"))
+                                progress=getattr(overlay, "stream_progress_timeout"),
+                                min_rate=getattr(overlay, "stream_min_rate"))
     deadlines.validate()
     return limits, deadlines
 

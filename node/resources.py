@@ -154,11 +154,11 @@ class ResourceGate:
         self._warn(why.value, peer, "resource limit: refused %s from %s (%s full)", what, peer,
                    why.value)
 
-    def deadline_missed(self, phase: Wait, peer: str, protocol: str, seconds: float) -> None:
-        """Count a stream reset for silence and warn (rate-limited)."""
+    def deadline_missed(self, phase: Wait, peer: str, protocol: str, what: str) -> None:
+        """Count a stream reset for a missed deadline (`what` says which) and warn
+        (rate-limited)."""
         self.m_deadlines.labels(phase.value).inc()
-        self._warn(phase.value, peer, "stream %s from %s: nothing for %.1f s (%s); stream reset",
-                   protocol, peer, seconds, phase.value)
+        self._warn(phase.value, peer, "stream %s from %s: %s; stream reset", protocol, peer, what)
 
     # -- streams ------------------------------------------------------------------------------
 

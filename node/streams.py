@@ -30,6 +30,7 @@ from libp2p.abc import INetStream
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
+from fognode.node.rcmgr import Wait
 from fognode.node.resources import BufferAccount, ResourceGate
 from fognode.node.wire import pack, unpack
 
@@ -110,7 +111,9 @@ class Libp2pFramedStream:
             raise RemoteProtocolError(
                 f"frame of {length} bytes on {self.protocol_id} is over the {limit}-byte limit",
                 peer=self.remote_peer)
-        body = await self._read_exact(length, in_frame=True)
+        until = None if self._gate is None else \
+            trio.current_time() + self._gate.deadlines.frame_time(length)
+        body = await self._read_exact(length, in_frame=True, until=until)
         self._frames += 1
         return body
 
@@ -123,9 +126,10 @@ class Libp2pFramedStream:
         except RemoteProtocolError as e:
             raise RemoteProtocolError(str(e), peer=self.remote_peer) from None
 
-    async def _read_exact(self, n: int, *, in_frame: bool) -> bytes:
+    async def _read_exact(self, n: int, *, in_frame: bool, until: float | None = None) -> bytes:
         """`n` bytes from the buffer, reading the rest as it arrives: each read is at most what
-        the peer's budget allows and waits at most its deadline. Raises StreamClosed at EOF,
+        the peer's budget allows and waits at most its deadline (and not past `until`, the
+        frame's own deadline on trio's clock). Raises StreamClosed at EOF,
         StreamDeadline or StreamRefused (the stream is reset then)."""
         while len(self._buf) < n:
             need = n - len(self._buf)
@@ -137,7 +141,7 @@ class Libp2pFramedStream:
                     await self._refuse(f"its buffer budget is spent ({len(self._buf)} bytes "
                                        f"of a {n}-byte read held)")
                 want = min(want, room)
-            chunk = await self._read_some(want, in_frame=in_frame or bool(self._buf))
+            chunk = await self._read_some(want, in_frame=in_frame or bool(self._buf), until=until)
             if not chunk:
                 got = len(self._buf)
                 self._drop_buffer()
@@ -153,12 +157,14 @@ class Libp2pFramedStream:
             self._account.resize(len(self._buf))
         return out
 
-    async def _read_some(self, want: int, *, in_frame: bool) -> bytes:
+    async def _read_some(self, want: int, *, in_frame: bool, until: float | None) -> bytes:
         """One read of at most `want` bytes under this read's deadline; b"" at EOF/reset."""
         dl = None
         if self._gate is not None:
             dl = self._gate.deadlines.for_read(inbound=self._inbound, frames_received=self._frames,
                                                in_frame=in_frame)
+        if dl is not None and until is not None and until - trio.current_time() < dl[1]:
+            dl = (Wait.SLOW_FRAME, max(0.0, until - trio.current_time()))
         try:
             if dl is None:
                 return bytes(await self._stream.read(want))
@@ -168,10 +174,11 @@ class Libp2pFramedStream:
             return b""
         assert self._gate is not None and dl is not None
         phase, seconds = dl
-        self._gate.deadline_missed(phase, self.remote_peer, self.protocol_id, seconds)
+        what = (f"its frame came slower than {self._gate.deadlines.min_rate:g} bytes/s"
+                if phase is Wait.SLOW_FRAME else f"nothing for {seconds:g} s ({phase.value})")
+        self._gate.deadline_missed(phase, self.remote_peer, self.protocol_id, what)
         await self.reset()
-        raise StreamDeadline(f"stream from {self.remote_peer} ({self.protocol_id}): nothing "
-                             f"for {seconds:g} s ({phase.value}); reset")
+        raise StreamDeadline(f"stream from {self.remote_peer} ({self.protocol_id}): {what}; reset")
 
     async def _refuse(self, why: str) -> None:
         await self.reset()

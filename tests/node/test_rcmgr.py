@@ -105,6 +105,12 @@ def test_deadline_for_each_wait() -> None:
     assert d.for_read(inbound=False, frames_received=5, in_frame=True) == (Wait.PARTIAL_FRAME, 2.0)
 
 
+def test_a_frame_must_arrive_whole_at_the_minimum_rate() -> None:
+    d = StreamDeadlines(progress=10.0, min_rate=16384.0)
+    assert d.frame_time(0) == 10.0
+    assert d.frame_time(1 << 20) == 10.0 + 64.0   # 1 MiB at 16 KiB/s
+
+
 def test_limits_from_overlay_config_and_validation() -> None:
     limits, deadlines = limits_from(OverlayConfig())
     assert limits.streams_per_peer == 64 and limits.buffer_per_peer == 8 * MIB
@@ -115,7 +121,8 @@ def test_limits_from_overlay_config_and_validation() -> None:
               "overlay.buffer_limit_total"),
              ({"subnet_limit_exempt": ["10.0.0.0/33"]}, "overlay.subnet_limit_exempt"),
              ({"stream_progress_timeout": 0.0}, "overlay.stream_progress_timeout"),
-             ({"stream_idle_timeout": float("inf")}, "overlay.stream_idle_timeout")]
+             ({"stream_idle_timeout": float("inf")}, "overlay.stream_idle_timeout"),
+             ({"stream_min_rate": 0.5}, "overlay.stream_min_rate")]
     for kw, key in cases:
         with pytest.raises(ConfigError) as e:
             OverlayConfig(**kw).validate()

@@ -82,6 +82,25 @@ async def test_silent_and_half_sent_streams_are_reset_at_their_deadlines() -> No
                 assert metric(v, "fognode_node_stream_deadlines_total", phase="partial_frame") == 1
 
 
+async def test_a_trickled_frame_is_reset_at_its_frame_deadline() -> None:
+    with trio.fail_after(30):
+        async with victim(stream_progress_timeout=1.0, stream_min_rate=2000.0) as v:
+            async with hostile_peer(v.listen_addrs()[0]) as hp:
+                s = await hp.raw_stream(ECHO)
+                await s.write(struct.pack(">I", 4000))   # 1 + 4000/2000 = 3 s for the frame
+                reset = False
+                for _ in range(100):    # 100 bytes every 0.2 s: each chunk in time, 500 B/s
+                    try:
+                        await s.write(bytes(100))
+                    except Exception:   # the victim reset the stream
+                        reset = True
+                        break
+                    await trio.sleep(0.2)
+                assert reset or await reset_by_victim(s)
+                assert metric(v, "fognode_node_stream_deadlines_total", phase="slow_frame") == 1
+                assert metric(v, "fognode_node_stream_deadlines_total", phase="partial_frame") == 0
+
+
 async def test_long_lived_stream_may_idle_between_frames_but_not_past_idle_limit() -> None:
     with trio.fail_after(30):
         async with victim(stream_first_frame_timeout=0.3, stream_idle_timeout=2.0,
