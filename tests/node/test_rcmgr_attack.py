@@ -87,7 +87,8 @@ async def test_idle_and_half_sent_streams_from_several_peers(node_factory: NodeF
         with trio.fail_after(150):
             async with trio.open_nursery() as n:
                 n.start_soon(trio.to_thread.run_sync, honest_send)
-                counts = await attack(victim.addr, seconds=60.0, peers=3, streams=150)
+                counts = await attack(victim.addr, seconds=60.0, peers=3, streams=150,
+                                      in_flight=150)   # all at once: over the limits
     after = scrape(port)
 
     # every stream was refused or reset; none outlived its deadline (the attack ends when the

