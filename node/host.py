@@ -38,7 +38,7 @@ import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import multiaddr
 import psutil
@@ -61,7 +61,9 @@ from fognode.node.overlay import (DhtValidator, FramedStream, GossipHandler, Pee
 from fognode.node.peerscore import PeerScoreParams, ViolationBook, app_score
 from fognode.node.scored_pubsub import ScoredGossipSub, ScoredPubsub, score_actions
 from fognode.node.ping import Pinger, libp2p_ping
-from fognode.node.streams import Libp2pFramedStream, guard_handler
+from fognode.node.rcmgr import DEFAULT_EXEMPT, limits_from
+from fognode.node.resources import ResourceGate
+from fognode.node.streams import Libp2pFramedStream, guard_handler, guard_raw
 
 log = logging.getLogger("fognode.host")
 
@@ -103,6 +105,21 @@ class OverlayConfig:
     dht_records_per_namespace: int = 2048   # DHT records per key prefix (/fognode/device)
     dht_max_records: int = 4096         # DHT records held in all (and as many providers)
     dht_max_record_size: int = 16384    # bytes of one DHT record a peer may store here
+    # resource limits (node/rcmgr.py): a refused stream or connection is reset at once
+    stream_limit_total: int = 512       # inbound streams at once, all peers and protocols
+    stream_limit_per_protocol: int = 256    # inbound streams at once on one protocol
+    stream_limit_per_peer: int = 64     # inbound streams at once from one peer
+    stream_limit_per_peer_protocol: int = 16    # inbound streams at once from one peer on one protocol
+    stream_limit_per_subnet: int = 128  # inbound streams at once from one IPv4 /24 or IPv6 /64
+    buffer_limit_per_peer: int = 8388608    # bytes of unfinished frames held for one peer (>= max_frame)
+    buffer_limit_total: int = 33554432  # bytes of unfinished frames held for all peers
+    conn_limit_per_peer: int = 2        # connections at once to one peer
+    conn_limit_per_subnet: int = 16     # connections at once from one IPv4 /24 or IPv6 /64
+    subnet_limit_exempt: list[str] = field(default_factory=lambda: list(DEFAULT_EXEMPT))  # CIDRs no subnet limit applies to
+    stream_first_frame_timeout: float = 10.0    # seconds an inbound stream may wait before its first frame
+    stream_idle_timeout: float = 300.0  # seconds an inbound stream may stay quiet between whole frames
+    stream_progress_timeout: float = 10.0   # seconds a frame that has begun may wait for its next bytes
+    stream_min_rate: float = 16384.0    # bytes/s a frame must average: it has progress_timeout + size/rate
 
     def validate(self) -> None:
         """Raise ConfigError(key="overlay.<key>") naming the first wrong key."""
@@ -151,6 +168,7 @@ class OverlayConfig:
             raise bad("max_frame", f"must be between 1 KiB and 256 MiB, got {self.max_frame}")
         PingSettings.from_overlay(self).validate()
         DhtLimits.from_overlay(self).validate()
+        limits_from(self)   # the resource limits and stream deadlines (node/rcmgr.py)
 
 
 def _parse_tcp_multiaddr(text: str, key: str, *, need_peer: bool) -> multiaddr.Multiaddr:
@@ -255,9 +273,13 @@ class _Notifee:
         pass
 
     async def connected(self, network: Any, conn: Any) -> None:
+        if not self.o.resources.admit_connection(conn):   # over its peer's or subnet's limit
+            await conn.close()
+            return
         self.o._on_connected(conn)
 
     async def disconnected(self, network: Any, conn: Any) -> None:
+        self.o.resources.connection_closed(conn)
         self.o._on_disconnected(conn)
 
     async def listen(self, network: Any, ma: Any) -> None:
@@ -357,6 +379,7 @@ class Libp2pOverlay:
         self.m_dials = Counter("fognode_node_dials_total", "Outbound dials by outcome",
                                ["outcome"], registry=metrics)
         self.m_remote_errors = self.faults.counter
+        self.resources = ResourceGate(*limits_from(config), metrics)
         self.host.get_network().register_notifee(_Notifee(self))  # type: ignore[arg-type]
         self.set_stream_handler(PULL_PROTOCOL, self.gossip.serve_pull)
 
@@ -577,10 +600,21 @@ class Libp2pOverlay:
             TProtocol(protocol_id),
             guard_handler(protocol_id, handler, max_frame=self.config.max_frame,
                           on_remote_error=lambda peer, err: self._on_remote_error(
-                              protocol_id, peer, err)))
+                              protocol_id, peer, err),
+                          gate=self.resources))
 
     def _on_remote_error(self, protocol_id: str, peer: str, err: RemoteProtocolError) -> None:
         self.faults.report(peer, protocol_id, f"{err}; stream reset")
+
+    def _libp2p_fault(self, protocol: str) -> Callable[[str, Exception], bool]:
+        """For streams.guard_raw: an exception out of libp2p's own handler for `protocol` that
+        is the peer's fault (bytes that do not parse) is reported, counted and charged."""
+        def on_error(peer: str, e: Exception) -> bool:
+            if not is_remote_fault(e):
+                return False
+            self.faults.report(peer, protocol, f"{type(e).__name__}: {e}; stream reset")
+            return True
+        return on_error
 
     async def open_stream(self, peer_id: str, protocol_id: str) -> FramedStream:
         """Open a framed stream, dialling the peer if needed (under dial_timeout). Raises
@@ -599,7 +633,7 @@ class Libp2pOverlay:
         except Exception as e:
             raise DialError(f"opening {protocol_id} to {peer_id} failed: {type(e).__name__}: "
                             f"{e}") from None
-        return Libp2pFramedStream(raw, max_frame=self.config.max_frame)
+        return Libp2pFramedStream(raw, max_frame=self.config.max_frame, gate=self.resources)
 
     # -- gossip -----------------------------------------------------------------------------
 
@@ -646,12 +680,14 @@ class Libp2pOverlay:
 
     def _harden_handlers(self) -> None:
         """Bite 2 for libp2p's own handlers (pubsub, DHT, identify, ping): wrap each so an
-        exception resets the stream instead of reaching the host."""
+        exception resets the stream instead of reaching the host; each stream takes a
+        resource-manager slot first."""
         mux = self.host.get_mux()
         for proto, fn in list(mux.handlers.items()):
             if proto is None or fn is None or getattr(fn, "_fognode_guarded", False):
                 continue
-            mux.handlers[proto] = _guard_raw(str(proto), fn, self.faults)
+            mux.handlers[proto] = guard_raw(str(proto), fn, gate=self.resources,
+                                            on_error=self._libp2p_fault(str(proto)))
 
     async def _reannounce_subscriptions(self) -> None:
         """Bite 16: py-libp2p's pubsub sends a peer our subscriptions once, in the hello it
@@ -694,24 +730,6 @@ class Libp2pOverlay:
             for a in self.config.bootstrap:
                 n.start_soon(one, a)
         self.connmgr.wake()
-
-
-def _guard_raw(protocol: str, fn: Any, faults: RemoteFaults) -> Any:
-    async def guarded(stream: Any) -> None:
-        try:
-            await fn(stream)
-        except Exception as e:
-            if is_remote_fault(e):       # bytes that do not parse: the peer's fault
-                faults.report(str(stream.muxed_conn.peer_id), protocol,
-                              f"{type(e).__name__}: {e}; stream reset")
-            else:
-                log.exception("libp2p handler for %s failed; stream reset", protocol)
-            try:
-                await stream.reset()
-            except Exception:
-                pass
-    guarded._fognode_guarded = True  # type: ignore[attr-defined]
-    return guarded
 
 
 def _check_ports_free(listen: list[str]) -> None:

@@ -6,7 +6,17 @@ value per frame (node/wire.py). Workarounds for py-libp2p 0.8.1 that live here:
 - bite 3: `stream.read()` raises `StreamEOF` at end of stream (and the unframed peer hung for
   240 s): every read goes through `_read_exact`, which turns EOF/reset into `StreamClosed`.
 - bite 2: an exception escaping a stream handler kills the whole host (`host.run()` raised an
-  ExceptionGroup): `guard_handler` catches everything, resets the stream and logs.
+  ExceptionGroup): `guard_handler` catches everything, resets the stream and logs; `guard_raw`
+  does the same for libp2p's own handlers.
+
+Resources (node/rcmgr.py, node/resources.py): both guards take an inbound stream slot before the
+handler runs and give it back after; a refused stream is reset at once. A framed stream reads a
+frame as it arrives (an announced length reserves nothing) and charges the bytes it actually
+holds to its peer; over the peer's or the node's budget it is reset (`StreamRefused`). Every
+read has a deadline (rcmgr.StreamDeadlines): the first frame of an inbound stream, each chunk of
+a frame that has begun, and the quiet time between whole frames; a missed one resets the stream
+(`StreamDeadline`). Both are StreamClosed, so a handler that ends on StreamClosed needs nothing
+new.
 """
 from __future__ import annotations
 
@@ -20,6 +30,8 @@ from libp2p.abc import INetStream
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
+from fognode.node.rcmgr import Wait
+from fognode.node.resources import BufferAccount, ResourceGate
 from fognode.node.wire import pack, unpack
 
 log = logging.getLogger("fognode.streams")
@@ -33,18 +45,38 @@ _CLOSED_ERRORS: tuple[type[BaseException], ...] = (Libp2pStreamError, MuxedStrea
                                                    ConnectionError)
 
 
+class StreamDeadline(StreamClosed):
+    """The peer sent nothing within a deadline (see rcmgr.StreamDeadlines); the stream was
+    reset."""
+
+
+class StreamRefused(StreamClosed):
+    """The stream would have held more buffered bytes than its peer's or the node's budget;
+    it was reset."""
+
+
 class Libp2pFramedStream:
     """`FramedStream` (node/overlay.py) on one py-libp2p stream.
 
-    Not safe for two concurrent readers or two concurrent writers; one of each is fine.
+    With a `gate`, the bytes of unfinished frames are charged to the peer and every read has a
+    deadline (`inbound` says whether first-frame and idle deadlines apply: they do on the
+    handler side only). Not safe for two concurrent readers or two concurrent writers; one of
+    each is fine.
     """
 
-    def __init__(self, stream: INetStream, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, stream: INetStream, *, max_frame: int = DEFAULT_MAX_FRAME,
+                 gate: ResourceGate | None = None, inbound: bool = False,
+                 protocol_id: str | None = None) -> None:
         self._stream = stream
         self._buf = bytearray()
         self.max_frame = max_frame
         self.remote_peer = str(stream.muxed_conn.peer_id)
-        self.protocol_id = str(stream.get_protocol() or "")
+        self.protocol_id = protocol_id or str(stream.get_protocol() or "")
+        self._gate = gate
+        self._inbound = inbound
+        self._frames = 0
+        self._account: BufferAccount | None = (
+            gate.account(self.remote_peer, self.protocol_id) if gate is not None else None)
 
     @property
     def raw(self) -> INetStream:
@@ -72,14 +104,18 @@ class Libp2pFramedStream:
         RemoteProtocolError when the announced length is over `max_size` (default: the stream's
         `max_frame`); the stream is reset in that case. Cancellable."""
         limit = self.max_frame if max_size is None else min(max_size, self.max_frame)
-        header = await self._read_exact(_HEADER.size)
+        header = await self._read_exact(_HEADER.size, in_frame=False)
         (length,) = _HEADER.unpack(header)
         if length > limit:
             await self.reset()
             raise RemoteProtocolError(
                 f"frame of {length} bytes on {self.protocol_id} is over the {limit}-byte limit",
                 peer=self.remote_peer)
-        return await self._read_exact(length)
+        until = None if self._gate is None else \
+            trio.current_time() + self._gate.deadlines.frame_time(length)
+        body = await self._read_exact(length, in_frame=True, until=until)
+        self._frames += 1
+        return body
 
     async def recv(self, *, max_size: int | None = None) -> Any:
         """Read one frame and decode it with wire.unpack (no ext types). Raises as recv_bytes,
@@ -90,24 +126,77 @@ class Libp2pFramedStream:
         except RemoteProtocolError as e:
             raise RemoteProtocolError(str(e), peer=self.remote_peer) from None
 
-    async def _read_exact(self, n: int) -> bytes:
+    async def _read_exact(self, n: int, *, in_frame: bool, until: float | None = None) -> bytes:
+        """`n` bytes from the buffer, reading the rest as it arrives: each read is at most what
+        the peer's budget allows and waits at most its deadline (and not past `until`, the
+        frame's own deadline on trio's clock). Raises StreamClosed at EOF,
+        StreamDeadline or StreamRefused (the stream is reset then)."""
         while len(self._buf) < n:
-            try:
-                chunk = await self._stream.read(min(_READ_CHUNK, max(n - len(self._buf), 1 << 16)))
-            except _CLOSED_ERRORS:
-                chunk = b""
+            need = n - len(self._buf)
+            want = min(_READ_CHUNK, max(need, 1 << 16))
+            if self._account is not None:
+                room = self._account.room()
+                if room <= 0:
+                    self._account.resize(len(self._buf) + need)   # refused: counts the reason
+                    await self._refuse(f"its buffer budget is spent ({len(self._buf)} bytes "
+                                       f"of a {n}-byte read held)")
+                want = min(want, room)
+            chunk = await self._read_some(want, in_frame=in_frame or bool(self._buf), until=until)
             if not chunk:
                 got = len(self._buf)
+                self._drop_buffer()
                 raise StreamClosed(
                     f"stream from {self.remote_peer} ({self.protocol_id}) ended"
                     + (f" after {got} of {n} bytes of a frame" if got else ""))
             self._buf += chunk
+            if self._account is not None and self._account.resize(len(self._buf)) is not None:
+                await self._refuse(f"{len(self._buf)} bytes would be over its buffer budget")
         out = bytes(self._buf[:n])
         del self._buf[:n]
+        if self._account is not None:
+            self._account.resize(len(self._buf))
         return out
+
+    async def _read_some(self, want: int, *, in_frame: bool, until: float | None) -> bytes:
+        """One read of at most `want` bytes under this read's deadline; b"" at EOF/reset."""
+        dl = None
+        if self._gate is not None:
+            dl = self._gate.deadlines.for_read(inbound=self._inbound, frames_received=self._frames,
+                                               in_frame=in_frame)
+        if dl is not None and until is not None and until - trio.current_time() < dl[1]:
+            dl = (Wait.SLOW_FRAME, max(0.0, until - trio.current_time()))
+        try:
+            if dl is None:
+                return bytes(await self._stream.read(want))
+            with trio.move_on_after(dl[1]):
+                return bytes(await self._stream.read(want))
+        except _CLOSED_ERRORS:
+            return b""
+        assert self._gate is not None and dl is not None
+        phase, seconds = dl
+        what = (f"its frame came slower than {self._gate.deadlines.min_rate:g} bytes/s"
+                if phase is Wait.SLOW_FRAME else f"nothing for {seconds:g} s ({phase.value})")
+        self._gate.deadline_missed(phase, self.remote_peer, self.protocol_id, what)
+        await self.reset()
+        raise StreamDeadline(f"stream from {self.remote_peer} ({self.protocol_id}): {what}; reset")
+
+    async def _refuse(self, why: str) -> None:
+        await self.reset()
+        raise StreamRefused(f"stream from {self.remote_peer} ({self.protocol_id}) reset: {why}")
+
+    def _drop_buffer(self) -> None:
+        self._buf = bytearray()
+        if self._account is not None:
+            self._account.release()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of unfinished frames this stream holds."""
+        return len(self._buf)
 
     async def close(self) -> None:
         """Half-close our side (the peer reads EOF) and free the stream. Never raises."""
+        self._drop_buffer()
         try:
             await self._stream.close()
         except Exception:  # already reset or the connection is gone: nothing left to free
@@ -115,6 +204,7 @@ class Libp2pFramedStream:
 
     async def reset(self) -> None:
         """Abort the stream in both directions. Never raises."""
+        self._drop_buffer()
         try:
             await self._stream.reset()
         except Exception:  # already gone
@@ -128,20 +218,30 @@ RawHandler = Callable[[INetStream], Awaitable[None]]
 def guard_handler(protocol_id: str, handler: FramedHandler, *,
                   max_frame: int = DEFAULT_MAX_FRAME,
                   on_remote_error: Callable[[str, RemoteProtocolError], None] | None = None,
-                  ) -> RawHandler:
+                  gate: ResourceGate | None = None) -> RawHandler:
     """Wrap a role's handler so nothing it raises reaches py-libp2p (bite 2: an exception
     escaping a handler took the whole host down with an ExceptionGroup from `host.run()`).
 
+    With a `gate`, the stream first takes a slot (per peer, protocol, peer+protocol, subnet and
+    in total); a refused stream is reset before the handler runs, and the slot is given back
+    when the handler ends. The handler's stream has the inbound deadlines and buffer budget.
     RemoteProtocolError is the peer's fault: reported to `on_remote_error` (the host's logs a
     rate-limited WARNING, counts it and lowers the peer's score; without one it is logged at
-    WARNING here), stream reset. StreamClosed is logged at DEBUG.
-    Anything else is our bug: logged with its traceback at ERROR, stream reset. Cancellation
-    passes through. After a normal return the stream is closed.
+    WARNING here), stream reset. StreamClosed (also a missed deadline or a spent budget,
+    counted by the gate) is logged at DEBUG. Anything else is our bug: logged with its
+    traceback at ERROR, stream reset. Cancellation passes through. After a normal return the
+    stream is closed.
     """
 
     async def run(raw: INetStream) -> None:
-        fs = Libp2pFramedStream(raw, max_frame=max_frame)
-        fs.protocol_id = protocol_id
+        slot = None
+        if gate is not None:
+            slot = gate.open_stream(str(raw.muxed_conn.peer_id), protocol_id, raw.muxed_conn)
+            if slot is None:
+                await _reset_raw(raw)
+                return
+        fs = Libp2pFramedStream(raw, max_frame=max_frame, gate=gate, inbound=True,
+                                protocol_id=protocol_id)
         try:
             await handler(fs)
         except trio.Cancelled:
@@ -165,5 +265,45 @@ def guard_handler(protocol_id: str, handler: FramedHandler, *,
             raise
         else:
             await fs.close()
+        finally:
+            fs._drop_buffer()
+            if slot is not None:
+                slot.release()
 
     return run
+
+
+def guard_raw(protocol: str, fn: RawHandler, *, gate: ResourceGate | None = None,
+              on_error: Callable[[str, Exception], bool] | None = None) -> RawHandler:
+    """The same guard for one of libp2p's own handlers (pubsub, DHT, identify, ping): a slot
+    from `gate` first (refused: reset), nothing raised reaches the host, the slot is given back
+    after. Their own framing reads their streams, so no deadline or buffer budget applies.
+    `on_error(peer, exc)` returns True when it took the exception as the peer's fault (and
+    reported it); anything else is logged with its traceback as our bug."""
+
+    async def guarded(stream: INetStream) -> None:
+        slot = None
+        if gate is not None:
+            slot = gate.open_stream(str(stream.muxed_conn.peer_id), protocol, stream.muxed_conn)
+            if slot is None:
+                await _reset_raw(stream)
+                return
+        try:
+            await fn(stream)
+        except Exception as e:
+            if on_error is None or not on_error(str(stream.muxed_conn.peer_id), e):
+                log.exception("libp2p handler for %s failed; stream reset", protocol)
+            await _reset_raw(stream)
+        finally:
+            if slot is not None:
+                slot.release()
+
+    guarded._fognode_guarded = True  # type: ignore[attr-defined]
+    return guarded
+
+
+async def _reset_raw(stream: INetStream) -> None:
+    try:
+        await stream.reset()
+    except Exception:  # already gone
+        pass
