@@ -46,6 +46,11 @@ class Charges:
     def get(self, peer: str) -> Account:
         return self.accounts.get(peer) or Account()
 
+    def of(self, peer: str) -> tuple[int, int, int]:
+        """(origins, missing seqs, pulls in flight) charged to `peer`."""
+        a = self.get(peer)
+        return len(a.origins), a.missing, a.pulls
+
     def lru_origin(self, peer: str) -> Hashable | None:
         a = self.accounts.get(peer)
         return next(iter(a.origins)) if a is not None and a.origins else None

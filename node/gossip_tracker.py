@@ -60,9 +60,9 @@ class Refusal(str, enum.Enum):
 
     @property
     def per_peer(self) -> bool:
-        """True for a cap the peer itself ran into (grounds for a penalty)."""
-        return self in (Refusal.ORIGINS_PER_PEER, Refusal.MISSING_PER_PEER,
-                        Refusal.PULLS_PER_PEER)
+        """True for a cap of the peer's own that refused work (grounds for a penalty; a pull
+        waiting for a slot is only queued)."""
+        return self in (Refusal.ORIGINS_PER_PEER, Refusal.MISSING_PER_PEER)
 
 
 @dataclass(frozen=True)
