@@ -300,7 +300,7 @@ class SequenceTracker:
     def _evict_idle(self, peer: str, now: float) -> bool:
         """Evict `peer`'s least recently active origin if it has been idle `idle_evict` s."""
         key = self.charges.lru_origin(peer)
-        o = self._origins.get(key) if key is not None else None  # type: ignore[arg-type]
+        o = self._origins.get(key) if key is not None else None
         if (o is not None and now - o.last_seen >= self.limits.idle_evict
                 and o.sched is not _Sched.IN_FLIGHT):
             self._evict(o)
@@ -314,7 +314,7 @@ class SequenceTracker:
         top = self.charges.largest()
         if top is not None and top != peer and (len(self.charges.get(top).origins) >
                                                 len(self.charges.get(peer).origins) + 1):
-            self._evict(self._origins[self.charges.lru_origin(top)])  # type: ignore[index]
+            self._evict(self._origins[self.charges.lru_origin(top)])
             return True
         return self._evict_idle(peer, now)
 
