@@ -139,6 +139,7 @@ class GossipLayer:
         self._last_publish: dict[str, float] = {}
         self._topics: dict[str, _TopicState] = {}
         self._validated: OrderedDict[bytes, tuple[Envelope, str, bool]] = OrderedDict()
+        self._validated_bytes = 0     # bounded like the relay cache: by count and by bytes
         self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, bytes, bool]](
             settings.publish_queue)
         self._nursery: trio.Nursery | None = None
@@ -276,10 +277,11 @@ class GossipLayer:
                                    data=env.data, received_from=fwd)
                 dropped = not self.inbound_filter(gm, env.seq)
             if not dropped:
-                self.store.add_relayed(env)
+                self.store.add_relayed(env, fwd)
             self._validated[bytes(msg.from_id) + bytes(msg.seqno)] = (env, fwd, dropped)
-            while len(self._validated) > 4096:
-                self._validated.popitem(last=False)
+            self._validated_bytes += len(env.raw)
+            while len(self._validated) > 4096 or self._validated_bytes > self.store.quota[1]:
+                self._validated_bytes -= len(self._validated.popitem(last=False)[1][0].raw)
             return True
         return validate
 
@@ -306,6 +308,7 @@ class GossipLayer:
             msg = await sub.get()
             key = bytes(msg.from_id) + bytes(msg.seqno)
             hit = self._validated.pop(key, None)
+            self._validated_bytes -= 0 if hit is None else len(hit[0].raw)
             if hit is None:
                 if _b58(bytes(msg.from_id)) == self.self_peer_id:
                     continue            # our own publication comes back: not delivered
@@ -457,7 +460,7 @@ class GossipLayer:
             raise RemoteProtocolError("gossip pull reply: a message that was not asked for",
                                       peer=peer)
         want.discard(env.seq)
-        self.store.add_relayed(env)      # so we can serve it to others in turn
+        self.store.add_relayed(env, peer)   # so we can serve it to others in turn
         await self._incoming(st, env, peer, pulled=True)
 
     async def serve_pull(self, fs: "Libp2pFramedStream") -> None:

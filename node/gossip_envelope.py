@@ -7,7 +7,8 @@
   `"h"` (head) messages carry no data: they announce the latest seq so a lost LAST message is
   noticed too. `seal` makes one, `open_envelope` decodes and verifies one.
 - MessageStore: our own recent messages per topic (a ring, for pulls of what we published)
-  and a bounded cache of others' messages we relayed (for pulls by our peers).
+  and a cache of others' messages we relayed (for pulls by our peers), bounded in count and
+  bytes and charged per forwarding peer.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from fognode.node.wire import Fields, pack, sign, unpack, verify
 
 KIND_MESSAGE = "m"
 KIND_HEAD = "h"
+
+_RelayKey = tuple[str, bytes, int, int]   # (topic, origin, epoch, seq)
 
 # ---------------------------------------------------------------------------------------------
 # Envelope (sans-IO)
@@ -71,12 +74,24 @@ def open_envelope(raw: bytes, *, max_size: int, peer: str | None = None) -> Enve
 # Message store: our own ring per topic, plus a cache of what we relayed (sans-IO)
 
 class MessageStore:
-    def __init__(self, *, ring_size: int = 1024, relay_cache: int = 4096) -> None:
+    """Our own ring per topic, and the relay cache: others' messages we validated, at most
+    `relay_cache` of them and `relay_bytes` in all, least recent out first. The cache is
+    charged to the peer that forwarded each message: one forwarder holds at most 1/`share`
+    of either bound (its own oldest go first), so a flood from one peer cannot push out
+    what the others relayed."""
+
+    def __init__(self, *, ring_size: int = 1024, relay_cache: int = 4096,
+                 relay_bytes: int = 32 * 1024 * 1024, share: int = 4) -> None:
         self.ring_size = ring_size
         self.relay_cache = relay_cache
+        self.relay_bytes = relay_bytes
+        self.quota = (max(1, relay_cache // share), max(1, relay_bytes // share))
         self._own: dict[str, OrderedDict[int, bytes]] = {}
         self._lowest_forgotten: dict[str, int] = {}
-        self._relayed: OrderedDict[tuple[str, bytes, int, int], bytes] = OrderedDict()
+        self._relayed: OrderedDict[_RelayKey, tuple[bytes, str]] = OrderedDict()
+        self._by_forwarder: dict[str, OrderedDict[_RelayKey, None]] = {}
+        self._forwarder_bytes: dict[str, int] = {}
+        self.bytes = 0
 
     def add_own(self, topic: str, seq: int, raw: bytes) -> None:
         ring = self._own.setdefault(topic, OrderedDict())
@@ -92,14 +107,33 @@ class MessageStore:
         ring = self._own.get(topic)
         return None if ring is None else ring.get(seq)
 
-    def add_relayed(self, env: Envelope) -> None:
+    def add_relayed(self, env: Envelope, forwarder: str = "") -> None:
         if env.kind != KIND_MESSAGE:
             return
-        self._relayed[(env.topic, env.origin, env.epoch, env.seq)] = env.raw
-        while len(self._relayed) > self.relay_cache:
-            self._relayed.popitem(last=False)
+        key = (env.topic, env.origin, env.epoch, env.seq)
+        size = len(env.raw)
+        if key in self._relayed or size > self.quota[1]:
+            return
+        while forwarder in self._by_forwarder and (
+                len(self._by_forwarder[forwarder]) >= self.quota[0]
+                or self._forwarder_bytes[forwarder] + size > self.quota[1]):
+            self._remove(next(iter(self._by_forwarder[forwarder])))
+        self._relayed[key] = (env.raw, forwarder)
+        self._by_forwarder.setdefault(forwarder, OrderedDict())[key] = None
+        self._forwarder_bytes[forwarder] = self._forwarder_bytes.get(forwarder, 0) + size
+        self.bytes += size
+        while len(self._relayed) > self.relay_cache or self.bytes > self.relay_bytes:
+            self._remove(next(iter(self._relayed)))
+
+    def _remove(self, key: _RelayKey) -> None:
+        raw, forwarder = self._relayed.pop(key)
+        self.bytes -= len(raw)
+        mine = self._by_forwarder[forwarder]
+        del mine[key]
+        self._forwarder_bytes[forwarder] -= len(raw)
+        if not mine:
+            del self._by_forwarder[forwarder], self._forwarder_bytes[forwarder]
 
     def get_relayed(self, topic: str, origin: bytes, epoch: int, seq: int) -> bytes | None:
-        return self._relayed.get((topic, origin, epoch, seq))
-
-
+        hit = self._relayed.get((topic, origin, epoch, seq))
+        return None if hit is None else hit[0]

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.event_mirror import EventMirror
 from fognode.node.events import Event, EventBus
-from fognode.node.gossip import (KIND_HEAD, KIND_MESSAGE, SequenceTracker, open_envelope,
-                                 seal)
+from fognode.node.gossip import (KIND_HEAD, KIND_MESSAGE, MessageStore, SequenceTracker,
+                                 open_envelope, seal)
 from fognode.node.gossip_tracker import Lost, Refusal, Refused, TrackerLimits
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
 from fognode.node.overlay import GossipMessage
@@ -122,6 +122,23 @@ def test_tracker_a_jump_past_the_window_resyncs_from_the_new_head() -> None:
     (ev,) = t.take_events()
     assert isinstance(ev, Refused) and ev.reason is Refusal.WINDOW and ev.skipped == 4091
     t.check()
+
+
+def test_relay_cache_is_charged_per_forwarder() -> None:
+    """One peer flooding the relay cache pushes out only its own entries."""
+    store = MessageStore(relay_cache=40, relay_bytes=1 << 20, share=4)
+    honest, evil = SigningKey(os.urandom(32)), SigningKey(os.urandom(32))
+    for seq in range(1, 11):
+        store.add_relayed(seal(honest, KIND_MESSAGE, 1, TOPIC, seq, b"h"), "good")
+    for seq in range(1, 1001):
+        store.add_relayed(seal(evil, KIND_MESSAGE, 1, TOPIC, seq, b"x" * 100), "bad")
+    assert all(store.get_relayed(TOPIC, bytes(honest.verify_key), 1, s) for s in range(1, 11))
+    kept = [s for s in range(1, 1001) if store.get_relayed(TOPIC, bytes(evil.verify_key), 1, s)]
+    assert kept == list(range(991, 1001))          # its quota: 40 / 4, newest kept
+    big = MessageStore(relay_cache=1000, relay_bytes=4000, share=4)
+    for seq in range(1, 50):
+        big.add_relayed(seal(evil, KIND_MESSAGE, 1, TOPIC, seq, b"x" * 300), "bad")
+    assert big.bytes <= 1000                       # bounded by bytes too
 
 
 def test_envelope_signature_and_fields() -> None:
