@@ -12,7 +12,7 @@ import trio
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
 
-from fognode.node.errors import LocalProtocolError, RemoteProtocolError
+from fognode.node.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from fognode.node.event_mirror import EventMirror
 from fognode.node.events import Event, EventBus
 from fognode.node.gossip import (KIND_HEAD, KIND_MESSAGE, MessageStore, SequenceTracker,
@@ -140,6 +140,20 @@ def test_relay_cache_is_charged_per_forwarder() -> None:
     for seq in range(1, 50):
         big.add_relayed(seal(evil, KIND_MESSAGE, 1, TOPIC, seq, b"x" * 300), "bad")
     assert big.bytes <= 1000                       # bounded by bytes too
+
+
+@pytest.mark.parametrize("kw, key", [
+    ({"gossip_window": 0}, "overlay.gossip_window"),
+    ({"gossip_window": 600}, "overlay.gossip_window"),
+    ({"gossip_window": 64, "gossip_backfill": 64}, "overlay.gossip_backfill"),
+    ({"gossip_origins": 10, "gossip_origins_per_peer": 11}, "overlay.gossip_origins_per_peer"),
+    ({"gossip_missing_per_peer": 0}, "overlay.gossip_missing_per_peer"),
+    ({"gossip_pulls": 2, "gossip_pulls_per_peer": 3}, "overlay.gossip_pulls_per_peer"),
+])
+def test_tracker_config_is_validated(kw: dict[str, int], key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        OverlayConfig(**kw).validate()
+    assert e.value.key == key
 
 
 def test_envelope_signature_and_fields() -> None:
