@@ -20,23 +20,25 @@ from fognode.node.gossip_tracker import (OPTIONAL_ATTEMPTS, Lost, PullRequest, R
 from fognode.node.gossip_window import SeqWindow
 
 TOPICS = ("fognode/a/x/1", "fognode/b/y/1")
-ORIGINS = tuple(bytes([i]) * 32 for i in range(1, 6))
+ORIGINS = tuple(bytes([i]) * 32 for i in range(1, 4))   # few: retries pile up on one
 PEERS = ("p1", "p2", "p3", "")
 
-SMALL = TrackerLimits(window=8, backfill=3, max_origins=5, max_origins_per_peer=3,
-                      max_missing=12, max_missing_per_peer=6, max_pulls=3,
+SMALL = TrackerLimits(window=16, backfill=2, max_origins=5, max_origins_per_peer=3,
+                      max_missing=20, max_missing_per_peer=12, max_pulls=3,
                       max_pulls_per_peer=2, pull_delay=0.5, retry=1.0, max_attempts=3,
                       drop_backoff=5.0, idle_evict=20.0)
 
-seqs = st.one_of(st.integers(1, 20), st.integers(1, 20), st.integers(1, 5000))
-message = st.tuples(st.just("msg"), st.sampled_from(TOPICS), st.sampled_from(ORIGINS),
+seqs = st.one_of(*[st.integers(1, 20)] * 6, st.integers(1, 5000))   # jumps: rarer
+topics = st.sampled_from(TOPICS[:1] * 3 + TOPICS[1:])
+message = st.tuples(st.just("msg"), topics, st.sampled_from(ORIGINS),
                     st.sampled_from((1, 1, 1, 2)), seqs, st.sampled_from(PEERS))
-head = st.tuples(st.just("head"), st.sampled_from(TOPICS), st.sampled_from(ORIGINS),
+head = st.tuples(st.just("head"), topics, st.sampled_from(ORIGINS),
                  st.sampled_from((1, 1, 1, 2)), seqs, st.sampled_from(PEERS))
-tick = st.tuples(st.just("tick"), st.floats(0.0, 8.0))
+tick = st.tuples(st.just("tick"), st.floats(0.0, 30.0))
+wait = st.tuples(st.just("wait"))       # until the next pull is due
 finish = st.tuples(st.just("done"), st.integers(0, 10),
                    st.sampled_from(("fail", "fail", "fail", "all", "some", "gone")))
-steps = st.lists(st.one_of(message, message, head, tick, finish, finish), min_size=10,
+steps = st.lists(st.one_of(message, message, head, tick, wait, finish, finish), min_size=10,
                  max_size=150)
 
 
@@ -56,6 +58,8 @@ def run(t: SequenceTracker, ops: list[tuple[Any, ...]],
             t.head(topic, origin, epoch, seq, peer, now)
         elif op[0] == "tick":
             now += op[1]
+        elif op[0] == "wait" and t.next_due() < math.inf:
+            now = max(now, t.next_due())
         elif op[0] == "done" and pending:
             req = pending.pop(op[1] % len(pending))
             got = {"fail": (), "all": req.seqs, "some": req.seqs[::2], "gone": ()}[op[2]]
@@ -91,6 +95,22 @@ def test_at_most_once_while_nothing_is_evicted(ops: list[tuple[Any, ...]]) -> No
                           idle_evict=1e9)
     run(SequenceTracker(roomy), ops, delivered=set())
 
+
+one_origin = st.lists(st.one_of(
+    st.tuples(st.just("msg"), st.just(TOPICS[0]), st.just(ORIGINS[0]), st.just(1),
+              st.integers(1, 40), st.sampled_from(PEERS)),
+    st.tuples(st.just("head"), st.just(TOPICS[0]), st.just(ORIGINS[0]), st.just(1),
+              st.integers(1, 40), st.sampled_from(PEERS)),
+    wait, wait, finish, finish), min_size=10, max_size=80)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(one_origin)
+def test_retries_drops_and_backoff_of_one_origin_keep_the_invariants(
+        ops: list[tuple[Any, ...]]) -> None:
+    """One origin, so that failed pulls pile up on it: retries, back-fill given up, the
+    origin dropped and quiet, gone seqs; checked after every step."""
+    run(SequenceTracker(SMALL), ops, delivered=set())
 
 def test_a_gap_bomb_from_one_relayer_stays_within_its_caps() -> None:
     """The attack of issue 10 in miniature: 2,000 fresh origins, seq S then S + 4096, all
