@@ -12,11 +12,25 @@ whatever it is sent then holds `origins` x (back-fill + gap) missing entries and
 them all, each pull dialling an origin that does not exist. The hostile peer stays connected
 until `seconds` are up and answers the victim's pulls like a relay that has nothing (its own
 GossipLayer serves the pull protocol), so the victim's pulls fail rather than hang.
+
+    .venv/bin/python -m fognode.tools.bench.attacks.gap_bomb [--seconds 30] [--control]
+
+measures it by hand until tools/bench/attack.py does: a 2-node devnet (victim + honest peer
+publishing its status every 0.5 s), the victim's CPU, RSS, `node.info` latency and the age of
+the honest peer's last status, idle, during the attack and after it, then the victim's gossip
+tracker metrics. `--control` sends the same 4,000 messages without gaps (seq 1 and 2).
 """
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
+import statistics
+import tempfile
 import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import base58
 
@@ -90,3 +104,65 @@ async def attack(target: str, *, seconds: float, origins: int = 2000, gap: int =
     return {"origins": float(origins), "messages_sent": float(sent), "rpcs": float(rpcs),
             "messages_failed": float(failed), "build_s": round(built, 3),
             "send_s": round(sending, 3)}
+
+
+def _sample(node: Any, seconds: float) -> dict[str, float]:
+    """node.info latency (ms), victim CPU % and RSS, honest status age (s), for `seconds`."""
+    import psutil
+    proc = psutil.Process(node.proc.pid)
+    proc.cpu_percent(None)
+    lat: list[float] = []
+    cpu: list[float] = []
+    age: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t = time.monotonic()
+        node.rpc("node.info", timeout=30)
+        lat.append((time.monotonic() - t) * 1000)
+        age.extend(s["seen_s_ago"] for s in node.rpc("monitor.network", timeout=30)
+                   if s["peer_id"] != node.peer_id)
+        time.sleep(0.2)
+        cpu.append(proc.cpu_percent(None))
+    lat.sort()
+    return {"info_p50_ms": round(lat[len(lat) // 2], 1),
+            "info_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
+            "cpu_mean": round(statistics.mean(cpu), 1), "cpu_max": round(max(cpu), 1),
+            "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+            "honest_status_age_max_s": max(age, default=-1.0)}
+
+
+async def _main(seconds: float, control: bool) -> None:
+    from fognode.tools.devnet import Devnet, free_port
+    port = free_port()
+    root = Path(tempfile.mkdtemp(prefix="gapbomb"))
+    net = Devnet(root, 2,
+                 extra_args=["--set", "protocols.monitor.status_interval=0.5"])
+    net.create()
+    net.nodes[0].args = ["--metrics-port", str(port)]
+    kw: dict[str, Any] = {"first_seq": 1, "gap": 1} if control else {}
+    try:
+        net.start_all()
+        victim = net.nodes[0]
+        print("idle  ", await trio.to_thread.run_sync(_sample, victim, 8.0), flush=True)
+        async with trio.open_nursery() as nursery:
+            async def bomb() -> None:
+                print("attack report", await attack(victim.addr, seconds=seconds, **kw))
+            nursery.start_soon(bomb)
+            print("during", await trio.to_thread.run_sync(_sample, victim, seconds), flush=True)
+        print("after ", await trio.to_thread.run_sync(_sample, victim, 10.0), flush=True)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        for line in body.decode().splitlines():
+            if line.startswith(("fognode_node_gossip_tracker", "fognode_node_gossip_refused_total",
+                                "fognode_node_gossip_pull_requests_total")):
+                print(line)
+    finally:
+        net.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="gap bomb against a 2-node devnet, measured")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--control", action="store_true", help="the same flood without gaps")
+    a = ap.parse_args()
+    trio.run(_main, a.seconds, a.control)
