@@ -377,15 +377,15 @@ class GossipLayer:
                 self.report.flush(now)
 
     def _sources(self, req: PullRequest) -> list[str]:
-        """Where to pull from: the origin and the recent relayers, connected ones first; others
-        only for seqs we must have (not back-fill) and not if we failed to dial them lately (a
-        flood of throw-away origins must not make us look up and dial each of them)."""
+        """Where to pull from: the origin and the recent relayers, connected ones first,
+        leaving out peers we failed to dial lately (a flood of throw-away origins must not
+        make us dial each of them again and again)."""
         origin_pid = self.peer_id_of(req.origin)
         candidates = [origin_pid] + [p for p in req.sources if p != origin_pid]
         now = trio.current_time()
         up = self.is_connected
         out = [p for p in candidates if up(p)]
-        for p in candidates if req.required else []:
+        for p in candidates:
             if not up(p) and self._unreachable.get(p, -math.inf) <= now:
                 out.append(p)
         return [p for p in out if p != self.self_peer_id]

@@ -111,7 +111,6 @@ class PullRequest:
     seqs: tuple[int, ...]
     sources: tuple[str, ...]   # peers that relayed this origin lately, newest first
     ticket: int                # hand back to pull_done
-    required: bool = True      # False: back-fill only (best effort, worth no dial)
 
 
 @dataclass(frozen=True)
@@ -430,8 +429,7 @@ class SequenceTracker:
         self.charges.add_pull(o.sponsor, 1)
         self._inflight[o.ticket] = (o.key, o.sponsor)
         out.append(PullRequest(o.key[0], o.key[1], o.epoch, tuple(o.win.missing_seqs()),
-                               tuple(o.sources), o.ticket,
-                               required=bool(o.win.missing & ~o.win.optional)))
+                               tuple(o.sources), o.ticket))
 
     def _park(self, o: _Origin, queue_of: str) -> None:
         """Wait for a pull slot of `queue_of` ("" = any slot)."""

@@ -54,7 +54,6 @@ def test_tracker_gap_is_pulled_then_filled() -> None:
     assert t.next_due() == 1.3
     (req,) = t.due(1.3)
     assert req.seqs == (2, 3) and req.origin == O1 and req.sources == ("r2", "r1")
-    assert req.required
     assert t.due(5.0) == []                           # in flight: not due twice
     assert t.accept(T, O1, 1, 3, "r1", 1.4, via_pull=True)
     assert t.accept(T, O1, 1, 2, "r1", 1.4, via_pull=True)
@@ -103,7 +102,7 @@ def test_tracker_backfill_and_epochs() -> None:
     t = tracker(pull_delay=0.0, backfill=4)
     assert t.accept(T, O2, 7, 10, "r", 0.0)           # first sight: pull 6..9, optional
     (req,) = t.due(0.0)
-    assert req.seqs == (6, 7, 8, 9) and not req.required   # best effort: worth no dial
+    assert req.seqs == (6, 7, 8, 9)
     t.pull_done(req, gone=req.seqs, now=0.0)
     assert not t.take_events()                        # back-fill that is gone is no loss
     assert not t.accept(T, O2, 6, 11, "r", 0.0)       # older epoch: stale
