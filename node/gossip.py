@@ -56,8 +56,6 @@ log = logging.getLogger("fognode.gossip")
 
 PULL_PROTOCOL = "/fognode/gossip/pull/1.0.0"
 ENVELOPE_OVERHEAD = 2048   # bytes reserved for the libp2p RPC framing around our envelope
-UNREACHABLE_TTL = 60.0     # seconds a pull source we could not dial is not dialled again
-UNREACHABLE_MAX = 4096
 
 __all__ = ["PULL_PROTOCOL", "GossipLayer", "GossipSettings", "Envelope", "MessageStore",
            "SequenceTracker", "KIND_HEAD", "KIND_MESSAGE", "seal", "open_envelope"]
@@ -81,8 +79,8 @@ class GossipSettings:
     max_origins_per_peer: int = 1024
     max_missing: int = 16384         # missing seqs tracked, in total / charged to one relayer
     max_missing_per_peer: int = 2048
-    max_pulls: int = 32              # pulls in flight, in total / charged to one relayer
-    max_pulls_per_peer: int = 4
+    max_pulls: int = 64              # pulls in flight, in total / charged to one relayer
+    max_pulls_per_peer: int = 16
     drop_backoff: float = 30.0       # a dropped origin is not pulled for this long (doubles)
     warn_interval: float = 10.0      # at most one refusal and one loss warning per interval
 
@@ -133,7 +131,6 @@ class GossipLayer:
                                     peer_id_of=peer_id_of, interval=settings.warn_interval,
                                     log=log)
         self._wake = trio.Event()
-        self._unreachable: OrderedDict[str, float] = OrderedDict()   # peer -> until
         self._seq: dict[str, int] = {}
         self._head_sent: dict[str, int] = {}
         self._last_publish: dict[str, float] = {}
@@ -377,24 +374,14 @@ class GossipLayer:
                 self.report.flush(now)
 
     def _sources(self, req: PullRequest) -> list[str]:
-        """Where to pull from: the origin and the recent relayers, connected ones first,
-        leaving out peers we failed to dial lately (a flood of throw-away origins must not
-        make us dial each of them again and again)."""
+        """Where to pull from: the origin and the recent relayers, connected ones first (the
+        tracker bounds how often one origin is tried, so a flood of throw-away origins costs
+        a bounded number of dials)."""
         origin_pid = self.peer_id_of(req.origin)
         candidates = [origin_pid] + [p for p in req.sources if p != origin_pid]
-        now = trio.current_time()
         up = self.is_connected
-        out = [p for p in candidates if up(p)]
-        for p in candidates:
-            if not up(p) and self._unreachable.get(p, -math.inf) <= now:
-                out.append(p)
+        out = [p for p in candidates if up(p)] + [p for p in candidates if not up(p)]
         return [p for p in out if p != self.self_peer_id]
-
-    def _note_unreachable(self, peer: str) -> None:
-        self._unreachable[peer] = trio.current_time() + UNREACHABLE_TTL
-        self._unreachable.move_to_end(peer)
-        while len(self._unreachable) > UNREACHABLE_MAX:
-            self._unreachable.popitem(last=False)
 
     async def _pull(self, st: _TopicState, req: PullRequest) -> None:
         """Fetch `req.seqs`: our relay cache first, then each source in turn. Always settles
@@ -408,7 +395,6 @@ class GossipLayer:
                     await self._accept_pulled(st, raw, self.self_peer_id, req, want)
             origin_pid = self.peer_id_of(req.origin)
             for peer in self._sources(req) if want else []:
-                connected = self.is_connected(peer)
                 try:
                     with trio.fail_after(self.s.pull_timeout):
                         g = await self._pull_from(st, req, peer, want)
@@ -417,12 +403,8 @@ class GossipLayer:
                 except (trio.TooSlowError, StreamClosed, RemoteProtocolError, OSError) as e:
                     log.debug("gossip: pull of %d seqs on %s from %s failed: %s", len(want),
                               st.topic, peer, e)
-                    if not connected:
-                        self._note_unreachable(peer)
                 except Exception as e:  # dial failures of every kind: try the next source
                     log.debug("gossip: pull from %s failed: %s: %s", peer, type(e).__name__, e)
-                    if not connected:
-                        self._note_unreachable(peer)
                 want -= gone
                 if not want:
                     break

@@ -75,6 +75,8 @@ class TrackerReport:
         for ev in events:
             if isinstance(ev, Refused):
                 self.m_refused.labels(ev.topic, ev.reason.value).inc()
+                if ev.reason.queued:
+                    continue                  # counted; a pull put off is no news to log
                 if ev.skipped:
                     self.m_skipped.labels(ev.topic).inc(ev.skipped)
                 self._refused[ev.reason.value] += 1

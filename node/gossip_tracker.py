@@ -40,7 +40,7 @@ from fognode.node.gossip_charges import Caps, Charges
 from fognode.node.gossip_window import SeqWindow
 
 MAX_PULL_SEQS = 512        # seqs one pull request may ask for (the window is at most this)
-OPTIONAL_ATTEMPTS = 2      # failed pulls after which back-fill is given up
+OPTIONAL_ATTEMPTS = 5      # failed pulls after which back-fill is given up (no drop)
 MAX_DROP_DOUBLINGS = 5     # drop_backoff doubles per drop of the same origin, up to 32x
 
 Key = tuple[str, bytes]    # (topic, origin public key)
@@ -59,9 +59,13 @@ class Refusal(str, enum.Enum):
     ORIGIN_BACKOFF = "origin_backoff"       # a gap of a dropped origin, not pulled
 
     @property
+    def queued(self) -> bool:
+        """True when the work was only put off (a due pull waiting for a slot)."""
+        return self in (Refusal.PULLS_PER_PEER, Refusal.PULLS_TOTAL)
+
+    @property
     def per_peer(self) -> bool:
-        """True for a cap of the peer's own that refused work (grounds for a penalty; a pull
-        waiting for a slot is only queued)."""
+        """True for a cap of the peer's own that refused work (grounds for a penalty)."""
         return self in (Refusal.ORIGINS_PER_PEER, Refusal.MISSING_PER_PEER)
 
 
@@ -73,8 +77,8 @@ class TrackerLimits:
     max_origins_per_peer: int = 1024
     max_missing: int = 16384       # missing seqs in total
     max_missing_per_peer: int = 2048
-    max_pulls: int = 32            # pulls in flight in total
-    max_pulls_per_peer: int = 4
+    max_pulls: int = 64            # pulls in flight in total
+    max_pulls_per_peer: int = 16
     pull_delay: float = 0.3        # seconds a gap may heal by itself before it is pulled
     retry: float = 1.0             # seconds before the first retry of a failed pull; doubles
     max_attempts: int = 5          # failed pulls in a row before an origin is dropped
@@ -262,9 +266,6 @@ class SequenceTracker:
         """The Lost and Refused events since the last call, oldest first."""
         out, self._events = self._events, []
         return out
-
-    def missing_count(self) -> int:
-        return self.charges.missing
 
     # -- origin slots and sponsors ----------------------------------------------------------
 

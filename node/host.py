@@ -87,8 +87,8 @@ class OverlayConfig:
     gossip_origins_per_peer: int = 1024  # ... charged to the one peer that relayed them
     gossip_missing: int = 16384         # missing seqs awaiting a pull, in total
     gossip_missing_per_peer: int = 2048  # ... charged to one relaying peer
-    gossip_pulls: int = 32              # gap pulls in flight, in total
-    gossip_pulls_per_peer: int = 4      # ... charged to one relaying peer
+    gossip_pulls: int = 64              # gap pulls in flight, in total
+    gossip_pulls_per_peer: int = 16     # ... charged to one relaying peer
     max_frame: int = 4194304            # bytes of one stream frame unless a role asks otherwise
 
     def validate(self) -> None:

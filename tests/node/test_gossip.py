@@ -43,7 +43,7 @@ def test_tracker_in_order_and_duplicates() -> None:
     assert t.accept(T, O1, 1, 2, "r", 0.0)
     assert not t.accept(T, O1, 1, 2, "r", 0.0)      # duplicate
     assert not t.accept(T, O1, 1, 1, "r", 0.0)
-    assert t.due(10.0) == [] and t.missing_count() == 0
+    assert t.due(10.0) == [] and t.charges.missing == 0
 
 
 def test_tracker_gap_is_pulled_then_filled() -> None:
@@ -58,7 +58,7 @@ def test_tracker_gap_is_pulled_then_filled() -> None:
     assert t.accept(T, O1, 1, 3, "r1", 1.4, via_pull=True)
     assert t.accept(T, O1, 1, 2, "r1", 1.4, via_pull=True)
     t.pull_done(req, now=1.5)
-    assert t.missing_count() == 0 and not t.take_events()
+    assert t.charges.missing == 0 and not t.take_events()
     t.check()
 
 
@@ -76,11 +76,11 @@ def test_tracker_failed_pulls_retry_then_drop_the_origin() -> None:
     assert len(lost) == 1 and lost[0].count == 1 and lost[0].sample == (2,)
     assert lost[0].reason == "unreachable"
     assert any(isinstance(e, Refused) and e.reason is Refusal.PULL_FAILURES for e in events)
-    assert t.missing_count() == 0 and t.next_due() == math.inf   # state freed
+    assert t.charges.missing == 0 and t.next_due() == math.inf   # state freed
     assert t.accept(T, O1, 1, 4, "r", now)            # the window moved past the lost one
     assert not t.accept(T, O1, 1, 2, "r", now)
     assert t.accept(T, O1, 1, 7, "r", now)            # quiet: the gap 5..6 is not pulled
-    assert t.missing_count() == 0
+    assert t.charges.missing == 0
     (ev,) = t.take_events()
     assert isinstance(ev, Refused) and ev.reason is Refusal.ORIGIN_BACKOFF and ev.skipped == 2
     t.check()
@@ -116,7 +116,7 @@ def test_tracker_a_jump_past_the_window_resyncs_from_the_new_head() -> None:
     t = tracker(pull_delay=0.0, backfill=4, window=16)
     t.accept(T, O1, 1, 1, "r", 0.0)
     assert t.accept(T, O1, 1, 4097, "r", 0.0)         # not 4095 missing entries: 4 back-fill
-    assert t.missing_count() == 4
+    assert t.charges.missing == 4
     (req,) = t.due(0.0)
     assert req.seqs == (4093, 4094, 4095, 4096)
     (ev,) = t.take_events()

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 ORIGINS_PER_PEER = 200          # well below the 2,000 origins: this cap bites too
 MISSING_PER_PEER = 1000
-PULLS_PER_PEER = 4              # the default
+PULLS_PER_PEER = 16             # the default
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -98,7 +98,7 @@ async def test_gap_bomb_is_bounded_charged_and_honest_gossip_flows(
     honest_origins = 16                   # (topic, origin) pairs of the honest peer, at most
     assert peak["origins"] <= ORIGINS_PER_PEER + honest_origins
     assert peak["missing"] <= MISSING_PER_PEER + 64 * honest_origins    # + honest back-fill
-    assert peak["pulls"] <= 32                                # the total cap (default)
+    assert peak["pulls"] <= 64                                # the total cap (default)
     refused = {r: value(m, "fognode_node_gossip_refused_total", topic=STATUS_TOPIC, reason=r)
                for r in ("origins_per_peer", "missing_per_peer", "window")}
     # (py-libp2p's 32-slot subscription buffer drops some of the flood before we see it)

@@ -144,7 +144,7 @@ def test_a_gap_bomb_from_one_relayer_stays_within_its_caps() -> None:
     assert honest_pulls == lim.max_attempts            # retried, then dropped
     # the evil back-fill fits 300 // 64 + 1 = 5 origins, each given up after 2 failed pulls
     assert evil_pulls <= OPTIONAL_ATTEMPTS * -(-lim.max_missing_per_peer // lim.backfill)
-    assert t.missing_count() == 0 and t.charges.pulls == 0
+    assert t.charges.missing == 0 and t.charges.pulls == 0
 
 
 def test_window_masks() -> None:
