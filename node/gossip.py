@@ -1,30 +1,27 @@
-"""Reliable, paced gossip on py-libp2p 0.8.1 GossipSub.
+"""Reliable, paced gossip on py-libp2p 0.8.1 GossipSub: the trio adapter.
 
 py-libp2p's `publish()` has no backpressure (32-slot per-peer queues, overflow dropped at DEBUG)
 and a subscription holds 32 messages before it drops (notes bite 6). So every topic goes
 through this layer:
 
-- Envelope: each message is `{"b": body, "sig": sig}` with body
-  `{"v": 1, "k": "m"|"h", "o": origin Ed25519 key, "e": epoch, "t": topic, "s": seq, "d": data}`
-  signed by the origin over pack(body). `seq` counts per (origin, topic) from 1 within an
-  `epoch` (the publisher's start time in ms, so a restarted publisher's epoch is larger).
-  `"h"` (head) messages carry no data: they announce the latest seq so a lost LAST message is
-  noticed too.
+- Envelope (gossip_envelope.py): each message is signed by its origin and numbered per
+  (origin, topic) within the publisher's epoch; head messages announce the latest seq.
 - Publisher: `publish()` seals, keeps the message in a bounded ring (for pulls) and enqueues it
   on a bounded channel (a full channel makes `publish()` wait: backpressure). One task sends,
   at most `max_rate` messages/s, and waits while any peer's libp2p outbound queue is over half
   full.
 - Receiver: a topic validator checks the envelope (decodable, signed by the libp2p origin,
   right topic) so bad messages are not relayed, and caches it for pulls by others. One reader
-  task per subscription runs the sequence tracker; one handler task per subscription calls the
-  role's handler (a handler that raises is logged and the next message is delivered).
-- Gaps: `SequenceTracker` notices missing seqs; after `pull_delay` they are pulled over
-  `/fognode/gossip/pull/1.0.0` from the local cache, the origin, or the peers that relayed.
-  Retried with backoff; a message the origin no longer has is reported lost (WARNING + metric),
-  never dropped silently.
+  task per subscription feeds the sequence tracker; one handler task per subscription calls
+  the role's handler (a handler that raises is logged and the next message is delivered).
+- Gaps (gossip_tracker.py, sans-IO): one tracker for all topics notices missing seqs, charges
+  the state to the relaying peer within per-peer and total caps, and schedules pulls on a
+  heap. One puller task starts the due pulls over `/fognode/gossip/pull/1.0.0` (our relay
+  cache, then the origin, then the peers that relayed) and settles each; what the tracker
+  refused or lost is counted, logged once per interval and charged (gossip_report.py).
 
-Delivery is at-most-once per (origin, epoch, seq) and may be out of order. A node does not get
-its own publications back.
+Delivery is at-most-once per (origin, epoch, seq) while the origin is tracked, and may be out
+of order. A node does not get its own publications back.
 """
 from __future__ import annotations
 
@@ -32,7 +29,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import base58
@@ -40,9 +37,14 @@ import trio
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry, Counter
 
-from fognode.node.errors import (LocalProtocolError, RemoteProtocolError, StreamClosed)
+from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
+from fognode.node.gossip_envelope import (KIND_HEAD, KIND_MESSAGE, Envelope, MessageStore,
+                                          open_envelope, seal)
+from fognode.node.gossip_report import Penalize, TrackerReport
+from fognode.node.gossip_tracker import (MAX_PULL_SEQS, PullRequest, SequenceTracker,
+                                         TrackerLimits)
 from fognode.node.overlay import GossipHandler, GossipMessage
-from fognode.node.wire import Fields, pack, sign, unpack, verify
+from fognode.node.wire import Fields
 
 if TYPE_CHECKING:
     from libp2p.pubsub.pb import rpc_pb2
@@ -54,273 +56,10 @@ log = logging.getLogger("fognode.gossip")
 
 PULL_PROTOCOL = "/fognode/gossip/pull/1.0.0"
 ENVELOPE_OVERHEAD = 2048   # bytes reserved for the libp2p RPC framing around our envelope
-MAX_PULL_SEQS = 512        # seqs one pull request may ask for
-KIND_MESSAGE = "m"
-KIND_HEAD = "h"
 
+__all__ = ["PULL_PROTOCOL", "GossipLayer", "GossipSettings", "Envelope", "MessageStore",
+           "SequenceTracker", "KIND_HEAD", "KIND_MESSAGE", "seal", "open_envelope"]
 
-# ---------------------------------------------------------------------------------------------
-# Envelope (sans-IO)
-
-@dataclass(frozen=True)
-class Envelope:
-    kind: str
-    origin: bytes      # 32-byte Ed25519 public key
-    epoch: int
-    topic: str
-    seq: int
-    data: bytes
-    raw: bytes         # the encoded envelope, as sent
-
-
-def seal(key: SigningKey, kind: str, epoch: int, topic: str, seq: int, data: bytes) -> Envelope:
-    body = {"v": 1, "k": kind, "o": bytes(key.verify_key), "e": epoch, "t": topic, "s": seq,
-            "d": data}
-    raw = pack({"b": body, "sig": sign(key, body)})
-    return Envelope(kind, bytes(key.verify_key), epoch, topic, seq, data, raw)
-
-
-def open_envelope(raw: bytes, *, max_size: int, peer: str | None = None) -> Envelope:
-    """Decode and verify one envelope. Raises RemoteProtocolError naming what was wrong."""
-    outer = Fields(unpack(raw, max_size=max_size, what="gossip envelope"), "gossip envelope",
-                   peer=peer)
-    sig = outer.bytes("sig", size=64)
-    body_raw = outer.map("b", max_len=16)
-    outer.done()
-    f = Fields(body_raw, "gossip envelope body", versions={1}, peer=peer)
-    kind = f.str("k", max_len=1)
-    if kind not in (KIND_MESSAGE, KIND_HEAD):
-        raise RemoteProtocolError(f"gossip envelope: unknown kind {kind!r}", peer=peer)
-    origin = f.bytes("o", size=32)
-    epoch = f.int("e", lo=0, hi=2**63 - 1)
-    topic = f.str("t", max_len=256)
-    seq = f.int("s", lo=1, hi=2**63 - 1)
-    data = f.bytes("d", max_len=max_size)
-    f.done()
-    if not verify(origin, body_raw, sig):
-        raise RemoteProtocolError("gossip envelope: bad signature", peer=peer)
-    return Envelope(kind, origin, epoch, topic, seq, data, raw)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sequence tracking (sans-IO)
-
-@dataclass
-class _Missing:
-    noticed: float
-    attempts: int = 0
-    next_try: float = 0.0
-    optional: bool = False   # back-fill from before we first saw the origin: no loss if gone
-
-
-@dataclass
-class _Origin:
-    epoch: int
-    contig: int                                  # every seq <= contig is settled
-    above: set[int] = field(default_factory=set)  # delivered seqs > contig
-    missing: dict[int, _Missing] = field(default_factory=dict)
-    sources: list[str] = field(default_factory=list)  # peers that relayed this origin lately
-
-
-@dataclass(frozen=True)
-class PullRequest:
-    origin: bytes
-    epoch: int
-    seqs: tuple[int, ...]
-    sources: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Lost:
-    origin: bytes
-    epoch: int
-    count: int
-    sample: tuple[int, ...]   # the first few lost seqs, for the log
-
-
-class SequenceTracker:
-    """Per-topic gap detector. `accept` says whether a message is new; `due` lists the pulls to
-    make now; `pull_failed`/`gone` settle what could not be fetched (reported in `lost`)."""
-
-    def __init__(self, *, pull_delay: float = 0.3, retry: float = 1.0, max_attempts: int = 5,
-                 backfill: int = 64, max_missing: int = 4096, max_origins: int = 10000) -> None:
-        self.pull_delay = pull_delay
-        self.retry = retry
-        self.max_attempts = max_attempts
-        self.backfill = backfill
-        self.max_missing = max_missing
-        self.max_origins = max_origins
-        self._origins: OrderedDict[bytes, _Origin] = OrderedDict()
-        self.lost: list[Lost] = []   # drained by the adapter (logged and counted)
-
-    def _state(self, origin: bytes, epoch: int, first_seq: int, now: float,
-               is_head: bool) -> _Origin | None:
-        st = self._origins.get(origin)
-        if st is not None and epoch < st.epoch:
-            return None                               # a message from before a restart: stale
-        if st is None or epoch > st.epoch:
-            top = first_seq if is_head else first_seq - 1    # the last seq before this one
-            base = max(0, top - self.backfill)
-            st = _Origin(epoch=epoch, contig=base)
-            self._origins[origin] = st
-            while len(self._origins) > self.max_origins:
-                self._origins.popitem(last=False)
-            for s in range(base + 1, top + 1):   # back-fill: pulled, but no loss if gone
-                st.missing[s] = _Missing(noticed=now, next_try=now + self.pull_delay,
-                                         optional=True)
-        self._origins.move_to_end(origin)
-        return st
-
-    @staticmethod
-    def _note_source(st: _Origin, peer: str) -> None:
-        if peer and peer not in st.sources:
-            st.sources.insert(0, peer)
-            del st.sources[4:]
-
-    def _mark_gap(self, origin: bytes, st: _Origin, upto: int, now: float) -> None:
-        """Every seq in (highest known, upto] becomes missing; a gap wider than max_missing
-        settles its oldest part as lost at once."""
-        highest = max(st.contig, max(st.above, default=0), max(st.missing, default=0))
-        start = highest + 1
-        if upto - start + 1 > self.max_missing:
-            cut = upto - self.max_missing + 1
-            lost = [s for s, m in st.missing.items() if s < cut and not m.optional]
-            for s in [s for s in st.missing if s < cut]:
-                del st.missing[s]
-            st.above = {s for s in st.above if s >= cut}
-            count = len(lost) + (cut - start)
-            self.lost.append(Lost(origin, st.epoch, count, tuple(sorted(lost)[:8]) or
-                                  tuple(range(start, min(cut, start + 8)))))
-            st.contig = cut - 1
-            start = cut
-        for s in range(start, upto + 1):
-            st.missing[s] = _Missing(noticed=now, next_try=now + self.pull_delay)
-        self._advance(st)
-
-    @staticmethod
-    def _advance(st: _Origin) -> None:
-        while (st.contig + 1) in st.above:
-            st.above.discard(st.contig + 1)
-            st.contig += 1
-
-    def accept(self, origin: bytes, epoch: int, seq: int, relayer: str, now: float) -> bool:
-        """A message arrived (gossip or pull). True when it is new and must be delivered."""
-        st = self._state(origin, epoch, seq, now, is_head=False)
-        if st is None or seq <= st.contig or seq in st.above:
-            return False
-        self._note_source(st, relayer)
-        if seq - 1 > st.contig:
-            self._mark_gap(origin, st, seq - 1, now)
-            if seq <= st.contig:
-                return False
-        st.missing.pop(seq, None)
-        st.above.add(seq)
-        self._advance(st)
-        return True
-
-    def head(self, origin: bytes, epoch: int, seq: int, relayer: str, now: float) -> None:
-        """The origin announced its latest seq: everything up to it we lack becomes missing."""
-        st = self._state(origin, epoch, seq, now, is_head=True)
-        if st is None:
-            return
-        self._note_source(st, relayer)
-        self._mark_gap(origin, st, seq, now)
-
-    def due(self, now: float) -> list[PullRequest]:
-        """The pulls to start now; their seqs are not due again until pull_failed/gone."""
-        out: list[PullRequest] = []
-        for origin, st in self._origins.items():
-            seqs = sorted(s for s, m in st.missing.items() if m.next_try <= now)
-            for i in range(0, len(seqs), MAX_PULL_SEQS):
-                chunk = seqs[i:i + MAX_PULL_SEQS]
-                for s in chunk:
-                    st.missing[s].next_try = math.inf
-                out.append(PullRequest(origin, st.epoch, tuple(chunk), tuple(st.sources)))
-        return out
-
-    def next_due(self) -> float:
-        return min((m.next_try for st in self._origins.values() for m in st.missing.values()),
-                   default=math.inf)
-
-    def pull_failed(self, origin: bytes, epoch: int, seqs: tuple[int, ...], now: float) -> None:
-        """No source returned these seqs: retry with backoff, then report them lost."""
-        st = self._origins.get(origin)
-        if st is None or st.epoch != epoch:
-            return
-        give_up = []
-        for s in seqs:
-            m = st.missing.get(s)
-            if m is None:
-                continue
-            m.attempts += 1
-            if m.attempts >= self.max_attempts:
-                give_up.append(s)
-            else:
-                m.next_try = now + self.retry * (2 ** (m.attempts - 1))
-        self._settle(origin, st, give_up)
-
-    def gone(self, origin: bytes, epoch: int, seqs: tuple[int, ...]) -> None:
-        """The origin no longer has these seqs (its ring moved on)."""
-        st = self._origins.get(origin)
-        if st is not None and st.epoch == epoch:
-            self._settle(origin, st, list(seqs))
-
-    def _settle(self, origin: bytes, st: _Origin, seqs: list[int]) -> None:
-        lost = []
-        for s in seqs:
-            m = st.missing.pop(s, None)
-            if m is None:
-                continue
-            if not m.optional:
-                lost.append(s)
-            if s > st.contig:
-                st.above.add(s)   # settled: the window may move past it
-        self._advance(st)
-        if lost:
-            self.lost.append(Lost(origin, st.epoch, len(lost), tuple(sorted(lost)[:8])))
-
-    def missing_count(self) -> int:
-        return sum(len(st.missing) for st in self._origins.values())
-
-
-# ---------------------------------------------------------------------------------------------
-# Message store: our own ring per topic, plus a cache of what we relayed (sans-IO)
-
-class MessageStore:
-    def __init__(self, *, ring_size: int = 1024, relay_cache: int = 4096) -> None:
-        self.ring_size = ring_size
-        self.relay_cache = relay_cache
-        self._own: dict[str, OrderedDict[int, bytes]] = {}
-        self._lowest_forgotten: dict[str, int] = {}
-        self._relayed: OrderedDict[tuple[str, bytes, int, int], bytes] = OrderedDict()
-
-    def add_own(self, topic: str, seq: int, raw: bytes) -> None:
-        ring = self._own.setdefault(topic, OrderedDict())
-        ring[seq] = raw
-        while len(ring) > self.ring_size:
-            s, _ = ring.popitem(last=False)
-            self._lowest_forgotten[topic] = s
-
-    def own_gone(self, topic: str, seq: int) -> bool:
-        return seq <= self._lowest_forgotten.get(topic, 0)
-
-    def get_own(self, topic: str, seq: int) -> bytes | None:
-        ring = self._own.get(topic)
-        return None if ring is None else ring.get(seq)
-
-    def add_relayed(self, env: Envelope) -> None:
-        if env.kind != KIND_MESSAGE:
-            return
-        self._relayed[(env.topic, env.origin, env.epoch, env.seq)] = env.raw
-        while len(self._relayed) > self.relay_cache:
-            self._relayed.popitem(last=False)
-
-    def get_relayed(self, topic: str, origin: bytes, epoch: int, seq: int) -> bytes | None:
-        return self._relayed.get((topic, origin, epoch, seq))
-
-
-# ---------------------------------------------------------------------------------------------
-# The trio adapter
 
 @dataclass(frozen=True)
 class GossipSettings:
@@ -332,19 +71,33 @@ class GossipSettings:
     relay_cache: int = 4096          # others' recent messages kept for pulls
     pull_delay: float = 0.3          # seconds a gap may heal by itself before we pull
     pull_timeout: float = 5.0        # per source
-    pull_attempts: int = 5
+    pull_attempts: int = 5           # failed pulls in a row before an origin is dropped
     backfill: int = 64               # seqs before the first one seen from an origin we pull
     head_interval: float = 1.0       # announce our latest seq this long after publishing
+    window: int = 256                # seqs an origin may have open; a longer jump resyncs
+    max_origins: int = 8192          # (topic, origin) pairs tracked, in total / per relayer
+    max_origins_per_peer: int = 1024
+    max_missing: int = 16384         # missing seqs tracked, in total / charged to one relayer
+    max_missing_per_peer: int = 2048
+    max_pulls: int = 64              # pulls in flight, in total / charged to one relayer
+    max_pulls_per_peer: int = 16
+    drop_backoff: float = 30.0       # a dropped origin is not pulled for this long (doubles)
+    warn_interval: float = 10.0      # at most one refusal and one loss warning per interval
+
+    def limits(self) -> TrackerLimits:
+        return TrackerLimits(
+            window=self.window, backfill=self.backfill, max_origins=self.max_origins,
+            max_origins_per_peer=self.max_origins_per_peer, max_missing=self.max_missing,
+            max_missing_per_peer=self.max_missing_per_peer, max_pulls=self.max_pulls,
+            max_pulls_per_peer=self.max_pulls_per_peer, pull_delay=self.pull_delay,
+            max_attempts=self.pull_attempts, drop_backoff=self.drop_backoff)
 
 
 class _TopicState:
-    def __init__(self, topic: str, handler: GossipHandler, tracker: SequenceTracker,
-                 queue: int) -> None:
+    def __init__(self, topic: str, handler: GossipHandler, queue: int) -> None:
         self.topic = topic
         self.handler = handler
-        self.tracker = tracker
         self.send, self.recv = trio.open_memory_channel[GossipMessage](queue)
-        self.wake = trio.Event()
 
 
 PeerIdOf = Callable[[bytes], str]
@@ -357,7 +110,8 @@ class GossipLayer:
     def __init__(self, pubsub: "Pubsub", key: SigningKey, *, settings: GossipSettings,
                  metrics: CollectorRegistry, peer_id_of: PeerIdOf, open_stream: OpenStream,
                  self_peer_id: str, is_connected: Callable[[str], bool] = lambda p: True,
-                 inbound_filter: Callable[[GossipMessage, int], bool] | None = None) -> None:
+                 inbound_filter: Callable[[GossipMessage, int], bool] | None = None,
+                 penalize: Penalize = lambda peer, reason: None) -> None:
         self.pubsub = pubsub
         self.key = key
         self.pubkey = bytes(key.verify_key)
@@ -372,11 +126,17 @@ class GossipLayer:
         self.inbound_filter = inbound_filter
         self.epoch = time.time_ns() // 1_000_000
         self.store = MessageStore(ring_size=settings.ring_size, relay_cache=settings.relay_cache)
+        self.tracker = SequenceTracker(settings.limits())
+        self.report = TrackerReport(metrics, self.tracker.charges, penalize=penalize,
+                                    peer_id_of=peer_id_of, interval=settings.warn_interval,
+                                    log=log)
+        self._wake = trio.Event()
         self._seq: dict[str, int] = {}
         self._head_sent: dict[str, int] = {}
         self._last_publish: dict[str, float] = {}
         self._topics: dict[str, _TopicState] = {}
         self._validated: OrderedDict[bytes, tuple[Envelope, str, bool]] = OrderedDict()
+        self._validated_bytes = 0     # bounded like the relay cache: by count and by bytes
         self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, bytes, bool]](
             settings.publish_queue)
         self._nursery: trio.Nursery | None = None
@@ -395,9 +155,9 @@ class GossipLayer:
         self.m_served = Counter("fognode_node_gossip_pull_served_total",
                                 "Gossip messages sent to peers that pulled them", ["topic"],
                                 registry=metrics)
-        self.m_lost = Counter("fognode_node_gossip_lost_total",
-                              "Gossip messages that could not be fetched (origin forgot them)",
-                              ["topic"], registry=metrics)
+        self.m_pulls = Counter("fognode_node_gossip_pull_requests_total",
+                               "Pulls of missing gossip seqs started (one per origin and try)",
+                               ["topic"], registry=metrics)
 
     @property
     def max_envelope(self) -> int:
@@ -406,12 +166,13 @@ class GossipLayer:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Runs the publisher, the head announcer and (later) one reader + handler + puller per
-        subscribed topic. Cancel to stop."""
+        """Runs the publisher, the head announcer, the puller and (later) one reader + handler
+        per subscribed topic. Cancel to stop."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._publisher)
             nursery.start_soon(self._head_announcer)
+            nursery.start_soon(self._puller)
             self._started.set()
             task_status.started()
             await trio.sleep_forever()
@@ -513,10 +274,11 @@ class GossipLayer:
                                    data=env.data, received_from=fwd)
                 dropped = not self.inbound_filter(gm, env.seq)
             if not dropped:
-                self.store.add_relayed(env)
+                self.store.add_relayed(env, fwd)
             self._validated[bytes(msg.from_id) + bytes(msg.seqno)] = (env, fwd, dropped)
-            while len(self._validated) > 4096:
-                self._validated.popitem(last=False)
+            self._validated_bytes += len(env.raw)
+            while len(self._validated) > 4096 or self._validated_bytes > self.store.quota[1]:
+                self._validated_bytes -= len(self._validated.popitem(last=False)[1][0].raw)
             return True
         return validate
 
@@ -531,21 +293,19 @@ class GossipLayer:
         if topic in self._topics:
             self._topics[topic].handler = handler
             return
-        st = _TopicState(topic, handler, SequenceTracker(
-            pull_delay=self.s.pull_delay, retry=1.0, max_attempts=self.s.pull_attempts,
-            backfill=self.s.backfill), self.s.handler_queue)
+        st = _TopicState(topic, handler, self.s.handler_queue)
         self._topics[topic] = st
         self.pubsub.set_topic_validator(topic, self._validator(topic), False)
         sub = await self.pubsub.subscribe(topic)
         self._nursery.start_soon(self._reader, st, sub)
         self._nursery.start_soon(self._handler_loop, st)
-        self._nursery.start_soon(self._puller, st)
 
     async def _reader(self, st: _TopicState, sub: Any) -> None:
         while True:
             msg = await sub.get()
             key = bytes(msg.from_id) + bytes(msg.seqno)
             hit = self._validated.pop(key, None)
+            self._validated_bytes -= 0 if hit is None else len(hit[0].raw)
             if hit is None:
                 if _b58(bytes(msg.from_id)) == self.self_peer_id:
                     continue            # our own publication comes back: not delivered
@@ -568,17 +328,18 @@ class GossipLayer:
         now = trio.current_time()
         origin_pid = self.peer_id_of(env.origin)
         if env.kind == KIND_HEAD:
-            st.tracker.head(env.origin, env.epoch, env.seq, relayer, now)
-            st.wake.set()
+            self.tracker.head(st.topic, env.origin, env.epoch, env.seq, relayer, now)
+            self._wake.set()
             return
         gm = GossipMessage(topic=st.topic, origin=origin_pid, data=env.data,
                            received_from=relayer)
-        if not st.tracker.accept(env.origin, env.epoch, env.seq, relayer, now):
-            st.wake.set()
+        new = self.tracker.accept(st.topic, env.origin, env.epoch, env.seq, relayer, now,
+                                  via_pull=pulled)
+        self._wake.set()
+        if not new:
             return
         if pulled:
             self.m_pulled.labels(st.topic).inc()
-        st.wake.set()
         await st.send.send(gm)   # waits when the handler is slow: libp2p's buffer then drops,
         #                          and the gap is pulled (from our own relay cache first)
 
@@ -593,76 +354,85 @@ class GossipLayer:
 
     # -- pulls ------------------------------------------------------------------------------
 
-    async def _puller(self, st: _TopicState) -> None:
+    async def _puller(self) -> None:
+        """Starts the due pulls (bounded by the tracker's caps) and flushes the report; sleeps
+        until the next pull is due, a message arrives or a pull ends."""
         async with trio.open_nursery() as nursery:
             while True:
-                with trio.move_on_at(st.tracker.next_due()):
-                    await st.wake.wait()
-                st.wake = trio.Event()
+                with trio.move_on_at(min(self.tracker.next_due(), self.report.next_flush())):
+                    await self._wake.wait()
+                self._wake = trio.Event()
                 now = trio.current_time()
-                for req in st.tracker.due(now):
+                for req in self.tracker.due(now):
+                    st = self._topics.get(req.topic)
+                    if st is None:             # not subscribed (cannot happen): settle it
+                        self.tracker.pull_done(req, now=now)
+                        continue
+                    self.m_pulls.labels(req.topic).inc()
                     nursery.start_soon(self._pull, st, req)
-                self._report_lost(st)
+                self.report.take(self.tracker.take_events(), now)
+                self.report.flush(now)
 
-    def _report_lost(self, st: _TopicState) -> None:
-        while st.tracker.lost:
-            lost = st.tracker.lost.pop()
-            self.m_lost.labels(st.topic).inc(lost.count)
-            log.warning("gossip: %d message(s) on %s from %s could not be fetched from any "
-                        "peer (seqs %s%s)", lost.count, st.topic, self.peer_id_of(lost.origin),
-                        list(lost.sample), "..." if lost.count > len(lost.sample) else "")
-
-    async def _pull(self, st: _TopicState, req: PullRequest) -> None:
-        want = set(req.seqs)
-        gone: set[int] = set()
-        # 1. our own relay cache (libp2p may have dropped it after we validated it)
-        for s in sorted(want):
-            raw = self.store.get_relayed(st.topic, req.origin, req.epoch, s)
-            if raw is not None:
-                await self._accept_pulled(st, raw, self.self_peer_id, req, want)
+    def _sources(self, req: PullRequest) -> list[str]:
+        """Where to pull from: the origin and the recent relayers, connected ones first (the
+        tracker bounds how often one origin is tried, so a flood of throw-away origins costs
+        a bounded number of dials)."""
         origin_pid = self.peer_id_of(req.origin)
-        # connected sources first (no dial); the origin holds everything it still remembers
         candidates = [origin_pid] + [p for p in req.sources if p != origin_pid]
         up = self.is_connected
-        sources = [p for p in candidates if up(p)] + [p for p in candidates if not up(p)]
-        for peer in sources:
-            if not want or peer == self.self_peer_id:
-                continue
-            try:
-                with trio.fail_after(self.s.pull_timeout):
-                    fs = await self.open_stream(peer, PULL_PROTOCOL)
-                    try:
-                        await fs.send({"v": 1, "t": st.topic, "o": req.origin, "e": req.epoch,
-                                       "s": sorted(want)})
-                        while True:
-                            f = Fields(await fs.recv(max_size=self.s.max_message_size + 64),
-                                       "gossip pull reply", versions={1}, peer=peer)
-                            if f.has("m"):
-                                raw = f.bytes("m", max_len=self.s.max_message_size)
-                                f.done()
-                                await self._accept_pulled(st, raw, peer, req, want)
-                                continue
-                            f.bool("end")
-                            g = f.list("g", max_len=MAX_PULL_SEQS)
-                            f.done()
-                            if peer == origin_pid:
-                                gone.update(s for s in g if isinstance(s, int) and s in want)
-                            break
-                    finally:
-                        await fs.close()
-            except (trio.TooSlowError, StreamClosed, RemoteProtocolError, OSError) as e:
-                log.debug("gossip: pull of %d seqs on %s from %s failed: %s", len(want),
-                          st.topic, peer, e)
-            except Exception as e:  # dial failures of every kind: try the next source
-                log.debug("gossip: pull from %s failed: %s: %s", peer, type(e).__name__, e)
-            want -= gone
-        if gone:
-            st.tracker.gone(req.origin, req.epoch, tuple(sorted(gone)))
-        if want:
-            st.tracker.pull_failed(req.origin, req.epoch, tuple(sorted(want)),
-                                   trio.current_time())
-        self._report_lost(st)
-        st.wake.set()
+        out = [p for p in candidates if up(p)] + [p for p in candidates if not up(p)]
+        return [p for p in out if p != self.self_peer_id]
+
+    async def _pull(self, st: _TopicState, req: PullRequest) -> None:
+        """Fetch `req.seqs`: our relay cache first, then each source in turn. Always settles
+        the request with the tracker, whatever happens (cancellation included)."""
+        want = set(req.seqs)
+        gone: set[int] = set()
+        try:
+            for s in sorted(want):             # libp2p may have dropped it after validation
+                raw = self.store.get_relayed(st.topic, req.origin, req.epoch, s)
+                if raw is not None:
+                    await self._accept_pulled(st, raw, self.self_peer_id, req, want)
+            origin_pid = self.peer_id_of(req.origin)
+            for peer in self._sources(req) if want else []:
+                try:
+                    with trio.fail_after(self.s.pull_timeout):
+                        g = await self._pull_from(st, req, peer, want)
+                    if peer == origin_pid:
+                        gone.update(s for s in g if isinstance(s, int) and s in want)
+                except (trio.TooSlowError, StreamClosed, RemoteProtocolError, OSError) as e:
+                    log.debug("gossip: pull of %d seqs on %s from %s failed: %s", len(want),
+                              st.topic, peer, e)
+                except Exception as e:  # dial failures of every kind: try the next source
+                    log.debug("gossip: pull from %s failed: %s: %s", peer, type(e).__name__, e)
+                want -= gone
+                if not want:
+                    break
+        finally:
+            self.tracker.pull_done(req, gone=tuple(sorted(gone)), now=trio.current_time())
+            self._wake.set()
+
+    async def _pull_from(self, st: _TopicState, req: PullRequest, peer: str,
+                         want: set[int]) -> list[Any]:
+        """One pull stream to `peer`; returns the seqs it says its origin forgot."""
+        fs = await self.open_stream(peer, PULL_PROTOCOL)
+        try:
+            await fs.send({"v": 1, "t": st.topic, "o": req.origin, "e": req.epoch,
+                           "s": sorted(want)})
+            while True:
+                f = Fields(await fs.recv(max_size=self.s.max_message_size + 64),
+                           "gossip pull reply", versions={1}, peer=peer)
+                if f.has("m"):
+                    raw = f.bytes("m", max_len=self.s.max_message_size)
+                    f.done()
+                    await self._accept_pulled(st, raw, peer, req, want)
+                    continue
+                f.bool("end")
+                g = f.list("g", max_len=MAX_PULL_SEQS)
+                f.done()
+                return g
+        finally:
+            await fs.close()
 
     async def _accept_pulled(self, st: _TopicState, raw: bytes, peer: str, req: PullRequest,
                              want: set[int]) -> None:
@@ -672,7 +442,7 @@ class GossipLayer:
             raise RemoteProtocolError("gossip pull reply: a message that was not asked for",
                                       peer=peer)
         want.discard(env.seq)
-        self.store.add_relayed(env)      # so we can serve it to others in turn
+        self.store.add_relayed(env, peer)   # so we can serve it to others in turn
         await self._incoming(st, env, peer, pulled=True)
 
     async def serve_pull(self, fs: "Libp2pFramedStream") -> None:

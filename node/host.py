@@ -97,6 +97,13 @@ class OverlayConfig:
     gossip_relay_cache: int = 4096      # others' recent messages kept for pulls
     gossip_pull_delay: float = 0.3      # seconds a gap may heal by itself before it is pulled
     gossip_backfill: int = 64           # earlier messages pulled when an origin is first seen
+    gossip_window: int = 256            # seqs an origin may lag; a longer jump resyncs (no pulls)
+    gossip_origins: int = 8192          # (topic, origin) pairs the gap tracker holds in total
+    gossip_origins_per_peer: int = 1024  # ... charged to the one peer that relayed them
+    gossip_missing: int = 16384         # missing seqs awaiting a pull, in total
+    gossip_missing_per_peer: int = 2048  # ... charged to one relaying peer
+    gossip_pulls: int = 64              # gap pulls in flight, in total
+    gossip_pulls_per_peer: int = 16     # ... charged to one relaying peer
     max_frame: int = 4194304            # bytes of one stream frame unless a role asks otherwise
     ping_interval: float = 20.0         # seconds between pings of one peer (jittered +-25 %)
     ping_timeout: float = 10.0          # seconds one ping may take before it counts as failed
@@ -162,8 +169,16 @@ class OverlayConfig:
                     "gossip_relay_cache"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be at least 1, got {getattr(self, key)}")
-        if self.gossip_backfill < 0:
-            raise bad("gossip_backfill", "must be 0 or more")
+        if not 1 <= self.gossip_window <= 512:
+            raise bad("gossip_window", f"must be between 1 and 512, got {self.gossip_window}")
+        if not 0 <= self.gossip_backfill < self.gossip_window:
+            raise bad("gossip_backfill", f"must be 0 or more and below gossip_window "
+                      f"({self.gossip_window}), got {self.gossip_backfill}")
+        for what in ("origins", "missing", "pulls"):
+            total, per_peer = getattr(self, f"gossip_{what}"), getattr(self, f"gossip_{what}_per_peer")
+            if not 1 <= per_peer <= total:
+                raise bad(f"gossip_{what}_per_peer", f"must be between 1 and gossip_{what} "
+                          f"({total}), got {per_peer}")
         if not 1024 <= self.max_frame <= 256 * 1024 * 1024:
             raise bad("max_frame", f"must be between 1 KiB and 256 MiB, got {self.max_frame}")
         PingSettings.from_overlay(self).validate()
@@ -358,7 +373,12 @@ class Libp2pOverlay:
                 handler_queue=config.gossip_handler_queue, ring_size=config.gossip_ring,
                 relay_cache=config.gossip_relay_cache, pull_delay=config.gossip_pull_delay,
                 pull_timeout=min(5.0, config.dial_timeout), backfill=config.gossip_backfill,
-                head_interval=max(0.5, config.gossip_heartbeat)))
+                head_interval=max(0.5, config.gossip_heartbeat), window=config.gossip_window,
+                max_origins=config.gossip_origins, max_missing=config.gossip_missing,
+                max_pulls=config.gossip_pulls, max_origins_per_peer=config.gossip_origins_per_peer,
+                max_missing_per_peer=config.gossip_missing_per_peer,
+                max_pulls_per_peer=config.gossip_pulls_per_peer),
+            penalize=lambda peer, reason: self.penalize(peer, reason))
         self.backoff = DialBackoff(failures_before_backoff=config.dial_failures_before_backoff,
                                    backoff=config.dial_backoff, backoff_max=config.dial_backoff_max)
         self._connected_since: dict[str, float] = {}

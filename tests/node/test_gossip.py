@@ -1,6 +1,7 @@
 """Reliable gossip: the sans-IO sequence tracker, envelopes, and real hosts on 127.0.0.1."""
 from __future__ import annotations
 
+import math
 import os
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -11,11 +12,12 @@ import trio
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
 
-from fognode.node.errors import LocalProtocolError, RemoteProtocolError
+from fognode.node.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from fognode.node.event_mirror import EventMirror
 from fognode.node.events import Event, EventBus
-from fognode.node.gossip import (KIND_HEAD, KIND_MESSAGE, SequenceTracker, open_envelope,
-                                 seal)
+from fognode.node.gossip import (KIND_HEAD, KIND_MESSAGE, MessageStore, SequenceTracker,
+                                 open_envelope, seal)
+from fognode.node.gossip_tracker import Lost, Refusal, Refused, TrackerLimits
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
 from fognode.node.overlay import GossipMessage
 from fognode.node.wire import pack, unpack
@@ -26,70 +28,131 @@ O1, O2 = b"\x01" * 32, b"\x02" * 32
 
 
 # --- sans-IO ------------------------------------------------------------------------------
+# (the tracker's bounds under adversarial input: tests/node/test_gossip_tracker.py)
+
+T = "fognode/test/t/1"
+
+
+def tracker(**kw: Any) -> SequenceTracker:
+    return SequenceTracker(TrackerLimits(**kw))
+
 
 def test_tracker_in_order_and_duplicates() -> None:
-    t = SequenceTracker(backfill=0)
-    assert t.accept(O1, 1, 1, "r", 0.0)
-    assert t.accept(O1, 1, 2, "r", 0.0)
-    assert not t.accept(O1, 1, 2, "r", 0.0)      # duplicate
-    assert not t.accept(O1, 1, 1, "r", 0.0)
-    assert t.due(10.0) == [] and t.missing_count() == 0
+    t = tracker(backfill=0)
+    assert t.accept(T, O1, 1, 1, "r", 0.0)
+    assert t.accept(T, O1, 1, 2, "r", 0.0)
+    assert not t.accept(T, O1, 1, 2, "r", 0.0)      # duplicate
+    assert not t.accept(T, O1, 1, 1, "r", 0.0)
+    assert t.due(10.0) == [] and t.charges.missing == 0
 
 
 def test_tracker_gap_is_pulled_then_filled() -> None:
-    t = SequenceTracker(pull_delay=0.3, backfill=0)
-    t.accept(O1, 1, 1, "r1", 0.0)
-    assert t.accept(O1, 1, 4, "r2", 1.0)           # 2 and 3 are missing
-    assert t.due(1.1) == []                        # a gap may heal by itself for pull_delay
+    t = tracker(pull_delay=0.3, backfill=0)
+    t.accept(T, O1, 1, 1, "r1", 0.0)
+    assert t.accept(T, O1, 1, 4, "r2", 1.0)           # 2 and 3 are missing
+    assert t.due(1.1) == []                           # a gap may heal by itself for pull_delay
+    assert t.next_due() == 1.3
     (req,) = t.due(1.3)
     assert req.seqs == (2, 3) and req.origin == O1 and req.sources == ("r2", "r1")
-    assert t.due(5.0) == []                        # in flight: not due twice
-    assert t.accept(O1, 1, 3, "r1", 1.4)
-    assert t.accept(O1, 1, 2, "r1", 1.4)
-    assert t.missing_count() == 0 and not t.lost
+    assert t.due(5.0) == []                           # in flight: not due twice
+    assert t.accept(T, O1, 1, 3, "r1", 1.4, via_pull=True)
+    assert t.accept(T, O1, 1, 2, "r1", 1.4, via_pull=True)
+    t.pull_done(req, now=1.5)
+    assert t.charges.missing == 0 and not t.take_events()
+    t.check()
 
 
-def test_tracker_failed_pulls_retry_then_report_lost() -> None:
-    t = SequenceTracker(pull_delay=0.0, retry=1.0, max_attempts=3, backfill=0)
-    t.accept(O1, 1, 1, "r", 0.0)
-    t.accept(O1, 1, 3, "r", 0.0)
+def test_tracker_failed_pulls_retry_then_drop_the_origin() -> None:
+    t = tracker(pull_delay=0.0, retry=1.0, max_attempts=3, backfill=0, drop_backoff=30.0)
+    t.accept(T, O1, 1, 1, "r", 0.0)
+    t.accept(T, O1, 1, 3, "r", 0.0)
     now = 0.0
-    for attempt in range(3):
-        (req,) = t.due(now + 100 * attempt)
-        t.pull_failed(O1, 1, req.seqs, now + 100 * attempt)
-    assert len(t.lost) == 1 and t.lost[0].count == 1 and t.lost[0].sample == (2,)
-    assert t.accept(O1, 1, 4, "r", 400.0)          # the window moved past the lost one
-    assert not t.accept(O1, 1, 2, "r", 400.0)
+    for _ in range(3):
+        (req,) = t.due(now)
+        t.pull_done(req, now=now)
+        now = t.next_due() if t.next_due() < math.inf else now
+    events = t.take_events()
+    lost = [e for e in events if isinstance(e, Lost)]
+    assert len(lost) == 1 and lost[0].count == 1 and lost[0].sample == (2,)
+    assert lost[0].reason == "unreachable"
+    assert any(isinstance(e, Refused) and e.reason is Refusal.PULL_FAILURES for e in events)
+    assert t.charges.missing == 0 and t.next_due() == math.inf   # state freed
+    assert t.accept(T, O1, 1, 4, "r", now)            # the window moved past the lost one
+    assert not t.accept(T, O1, 1, 2, "r", now)
+    assert t.accept(T, O1, 1, 7, "r", now)            # quiet: the gap 5..6 is not pulled
+    assert t.charges.missing == 0
+    (ev,) = t.take_events()
+    assert isinstance(ev, Refused) and ev.reason is Refusal.ORIGIN_BACKOFF and ev.skipped == 2
+    t.check()
 
 
 def test_tracker_gone_and_head() -> None:
-    t = SequenceTracker(pull_delay=0.0, backfill=0)
-    t.accept(O1, 1, 1, "r", 0.0)
-    t.head(O1, 1, 3, "r", 0.0)                     # the last two were lost: the head says so
+    t = tracker(pull_delay=0.0, backfill=0)
+    t.accept(T, O1, 1, 1, "r", 0.0)
+    t.head(T, O1, 1, 3, "r", 0.0)                     # the last two were lost: the head says so
     (req,) = t.due(0.0)
     assert req.seqs == (2, 3)
-    t.gone(O1, 1, (2,))
-    assert t.lost[0].sample == (2,)
-    assert t.accept(O1, 1, 3, "r", 0.0)
+    t.pull_done(req, gone=(2,), now=0.0)
+    (ev,) = t.take_events()
+    assert isinstance(ev, Lost) and ev.sample == (2,) and ev.reason == "gone"
+    assert t.accept(T, O1, 1, 3, "r", 0.0)
 
 
 def test_tracker_backfill_and_epochs() -> None:
-    t = SequenceTracker(pull_delay=0.0, backfill=4)
-    assert t.accept(O2, 7, 10, "r", 0.0)           # first sight: pull 6..9, optional
+    t = tracker(pull_delay=0.0, backfill=4)
+    assert t.accept(T, O2, 7, 10, "r", 0.0)           # first sight: pull 6..9, optional
     (req,) = t.due(0.0)
     assert req.seqs == (6, 7, 8, 9)
-    t.gone(O2, 7, req.seqs)
-    assert not t.lost                              # back-fill that is gone is no loss
-    assert not t.accept(O2, 6, 11, "r", 0.0)       # older epoch: stale
-    assert t.accept(O2, 8, 1, "r", 0.0)            # restarted publisher: new epoch
+    t.pull_done(req, gone=req.seqs, now=0.0)
+    assert not t.take_events()                        # back-fill that is gone is no loss
+    assert not t.accept(T, O2, 6, 11, "r", 0.0)       # older epoch: stale
+    assert t.accept(T, O2, 8, 1, "r", 0.0)            # restarted publisher: new epoch
     assert t.due(0.0) == []
+    assert t.accept(T, O1, 7, 10, "r", 0.0)           # topics are tracked apart
+    assert t.accept("fognode/test/other/1", O1, 7, 10, "r", 0.0)
 
 
-def test_tracker_bounds_a_huge_gap() -> None:
-    t = SequenceTracker(pull_delay=0.0, backfill=0, max_missing=10)
-    t.accept(O1, 1, 1, "r", 0.0)
-    assert t.accept(O1, 1, 1000, "r", 0.0)
-    assert t.missing_count() == 10 and t.lost and t.lost[0].count == 998 - 10
+def test_tracker_a_jump_past_the_window_resyncs_from_the_new_head() -> None:
+    t = tracker(pull_delay=0.0, backfill=4, window=16)
+    t.accept(T, O1, 1, 1, "r", 0.0)
+    assert t.accept(T, O1, 1, 4097, "r", 0.0)         # not 4095 missing entries: 4 back-fill
+    assert t.charges.missing == 4
+    (req,) = t.due(0.0)
+    assert req.seqs == (4093, 4094, 4095, 4096)
+    (ev,) = t.take_events()
+    assert isinstance(ev, Refused) and ev.reason is Refusal.WINDOW and ev.skipped == 4091
+    t.check()
+
+
+def test_relay_cache_is_charged_per_forwarder() -> None:
+    """One peer flooding the relay cache pushes out only its own entries."""
+    store = MessageStore(relay_cache=40, relay_bytes=1 << 20, share=4)
+    honest, evil = SigningKey(os.urandom(32)), SigningKey(os.urandom(32))
+    for seq in range(1, 11):
+        store.add_relayed(seal(honest, KIND_MESSAGE, 1, TOPIC, seq, b"h"), "good")
+    for seq in range(1, 1001):
+        store.add_relayed(seal(evil, KIND_MESSAGE, 1, TOPIC, seq, b"x" * 100), "bad")
+    assert all(store.get_relayed(TOPIC, bytes(honest.verify_key), 1, s) for s in range(1, 11))
+    kept = [s for s in range(1, 1001) if store.get_relayed(TOPIC, bytes(evil.verify_key), 1, s)]
+    assert kept == list(range(991, 1001))          # its quota: 40 / 4, newest kept
+    big = MessageStore(relay_cache=1000, relay_bytes=4000, share=4)
+    for seq in range(1, 50):
+        big.add_relayed(seal(evil, KIND_MESSAGE, 1, TOPIC, seq, b"x" * 300), "bad")
+    assert big.bytes <= 1000                       # bounded by bytes too
+
+
+@pytest.mark.parametrize("kw, key", [
+    ({"gossip_window": 0}, "overlay.gossip_window"),
+    ({"gossip_window": 600}, "overlay.gossip_window"),
+    ({"gossip_window": 64, "gossip_backfill": 64}, "overlay.gossip_backfill"),
+    ({"gossip_origins": 10, "gossip_origins_per_peer": 11}, "overlay.gossip_origins_per_peer"),
+    ({"gossip_missing_per_peer": 0}, "overlay.gossip_missing_per_peer"),
+    ({"gossip_pulls": 2, "gossip_pulls_per_peer": 3}, "overlay.gossip_pulls_per_peer"),
+])
+def test_tracker_config_is_validated(kw: dict[str, int], key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        OverlayConfig(**kw).validate()
+    assert e.value.key == key
 
 
 def test_envelope_signature_and_fields() -> None:

@@ -1,0 +1,139 @@
+"""Gossip envelopes and the store of messages kept for pulls (sans-IO).
+
+- Envelope: each gossip message is `{"b": body, "sig": sig}` with body
+  `{"v": 1, "k": "m"|"h", "o": origin Ed25519 key, "e": epoch, "t": topic, "s": seq, "d": data}`
+  signed by the origin over pack(body). `seq` counts per (origin, topic) from 1 within an
+  `epoch` (the publisher's start time in ms, so a restarted publisher's epoch is larger).
+  `"h"` (head) messages carry no data: they announce the latest seq so a lost LAST message is
+  noticed too. `seal` makes one, `open_envelope` decodes and verifies one.
+- MessageStore: our own recent messages per topic (a ring, for pulls of what we published)
+  and a cache of others' messages we relayed (for pulls by our peers), bounded in count and
+  bytes and charged per forwarding peer.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from nacl.signing import SigningKey
+
+from fognode.node.errors import RemoteProtocolError
+from fognode.node.wire import Fields, pack, sign, unpack, verify
+
+KIND_MESSAGE = "m"
+KIND_HEAD = "h"
+
+_RelayKey = tuple[str, bytes, int, int]   # (topic, origin, epoch, seq)
+
+# ---------------------------------------------------------------------------------------------
+# Envelope (sans-IO)
+
+@dataclass(frozen=True)
+class Envelope:
+    kind: str
+    origin: bytes      # 32-byte Ed25519 public key
+    epoch: int
+    topic: str
+    seq: int
+    data: bytes
+    raw: bytes         # the encoded envelope, as sent
+
+
+def seal(key: SigningKey, kind: str, epoch: int, topic: str, seq: int, data: bytes) -> Envelope:
+    body = {"v": 1, "k": kind, "o": bytes(key.verify_key), "e": epoch, "t": topic, "s": seq,
+            "d": data}
+    raw = pack({"b": body, "sig": sign(key, body)})
+    return Envelope(kind, bytes(key.verify_key), epoch, topic, seq, data, raw)
+
+
+def open_envelope(raw: bytes, *, max_size: int, peer: str | None = None) -> Envelope:
+    """Decode and verify one envelope. Raises RemoteProtocolError naming what was wrong."""
+    outer = Fields(unpack(raw, max_size=max_size, what="gossip envelope"), "gossip envelope",
+                   peer=peer)
+    sig = outer.bytes("sig", size=64)
+    body_raw = outer.map("b", max_len=16)
+    outer.done()
+    f = Fields(body_raw, "gossip envelope body", versions={1}, peer=peer)
+    kind = f.str("k", max_len=1)
+    if kind not in (KIND_MESSAGE, KIND_HEAD):
+        raise RemoteProtocolError(f"gossip envelope: unknown kind {kind!r}", peer=peer)
+    origin = f.bytes("o", size=32)
+    epoch = f.int("e", lo=0, hi=2**63 - 1)
+    topic = f.str("t", max_len=256)
+    seq = f.int("s", lo=1, hi=2**63 - 1)
+    data = f.bytes("d", max_len=max_size)
+    f.done()
+    if not verify(origin, body_raw, sig):
+        raise RemoteProtocolError("gossip envelope: bad signature", peer=peer)
+    return Envelope(kind, origin, epoch, topic, seq, data, raw)
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Message store: our own ring per topic, plus a cache of what we relayed (sans-IO)
+
+class MessageStore:
+    """Our own ring per topic, and the relay cache: others' messages we validated, at most
+    `relay_cache` of them and `relay_bytes` in all, least recent out first. The cache is
+    charged to the peer that forwarded each message: one forwarder holds at most 1/`share`
+    of either bound (its own oldest go first), so a flood from one peer cannot push out
+    what the others relayed."""
+
+    def __init__(self, *, ring_size: int = 1024, relay_cache: int = 4096,
+                 relay_bytes: int = 32 * 1024 * 1024, share: int = 4) -> None:
+        self.ring_size = ring_size
+        self.relay_cache = relay_cache
+        self.relay_bytes = relay_bytes
+        self.quota = (max(1, relay_cache // share), max(1, relay_bytes // share))
+        self._own: dict[str, OrderedDict[int, bytes]] = {}
+        self._lowest_forgotten: dict[str, int] = {}
+        self._relayed: OrderedDict[_RelayKey, tuple[bytes, str]] = OrderedDict()
+        self._by_forwarder: dict[str, OrderedDict[_RelayKey, None]] = {}
+        self._forwarder_bytes: dict[str, int] = {}
+        self.bytes = 0
+
+    def add_own(self, topic: str, seq: int, raw: bytes) -> None:
+        ring = self._own.setdefault(topic, OrderedDict())
+        ring[seq] = raw
+        while len(ring) > self.ring_size:
+            s, _ = ring.popitem(last=False)
+            self._lowest_forgotten[topic] = s
+
+    def own_gone(self, topic: str, seq: int) -> bool:
+        return seq <= self._lowest_forgotten.get(topic, 0)
+
+    def get_own(self, topic: str, seq: int) -> bytes | None:
+        ring = self._own.get(topic)
+        return None if ring is None else ring.get(seq)
+
+    def add_relayed(self, env: Envelope, forwarder: str = "") -> None:
+        if env.kind != KIND_MESSAGE:
+            return
+        key = (env.topic, env.origin, env.epoch, env.seq)
+        size = len(env.raw)
+        if key in self._relayed or size > self.quota[1]:
+            return
+        while forwarder in self._by_forwarder and (
+                len(self._by_forwarder[forwarder]) >= self.quota[0]
+                or self._forwarder_bytes[forwarder] + size > self.quota[1]):
+            self._remove(next(iter(self._by_forwarder[forwarder])))
+        self._relayed[key] = (env.raw, forwarder)
+        self._by_forwarder.setdefault(forwarder, OrderedDict())[key] = None
+        self._forwarder_bytes[forwarder] = self._forwarder_bytes.get(forwarder, 0) + size
+        self.bytes += size
+        while len(self._relayed) > self.relay_cache or self.bytes > self.relay_bytes:
+            self._remove(next(iter(self._relayed)))
+
+    def _remove(self, key: _RelayKey) -> None:
+        raw, forwarder = self._relayed.pop(key)
+        self.bytes -= len(raw)
+        mine = self._by_forwarder[forwarder]
+        del mine[key]
+        self._forwarder_bytes[forwarder] -= len(raw)
+        if not mine:
+            del self._by_forwarder[forwarder], self._forwarder_bytes[forwarder]
+
+    def get_relayed(self, topic: str, origin: bytes, epoch: int, seq: int) -> bytes | None:
+        hit = self._relayed.get((topic, origin, epoch, seq))
+        return None if hit is None else hit[0]
