@@ -14,6 +14,7 @@ from fognode.ledger.messages import MintOrder, decode_signed_order
 from fognode.ledger.receipts import Receipt, decode_receipt, uptime_claim
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import Fields, pack, plain, unpack
+from fognode.protocols.fl.messages import UpdateHeader
 
 CRASHES = Path(__file__).resolve().parent / "crashes"
 K = SigningKey(b"\x03" * 32)
@@ -75,3 +76,13 @@ def test_msgpack_timestamps_come_through_unpack_but_no_decoder_takes_them() -> N
             getter({f.int: "n", f.str: "s", f.bytes: "b", f.float: "f", f.map: "m"}[getter])
     with pytest.raises(RemoteProtocolError, match="Timestamp"):
         plain([v], "m")
+
+
+def test_fuzzer_input_nan_in_a_regional_updates_member_figures() -> None:
+    """Found by fl_stream (the re-encoding check): a regional update header listed a member
+    with train loss NaN; MemberMeta took any float (Fields.float refuses non-finite ones), so
+    NaN reached the aggregator's quality figures and re-encoded as -1.0."""
+    [crash] = sorted((CRASHES / "fl_stream").iterdir())
+    data = crash.read_bytes()
+    with pytest.raises(RemoteProtocolError, match="the figures finite"):
+        UpdateHeader.decode(unpack(data[1:]), expected_shape=(4, 8), max_bytes=1 << 20, peer="p")
