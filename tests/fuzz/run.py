@@ -2,7 +2,7 @@
 
     python -m tests.fuzz.run                          # every target, 5 min each (the long run)
     python -m tests.fuzz.run ledger_order --seconds 60
-    python -m tests.fuzz.run --seconds 3 --jobs 2     # what CI runs (tests/fuzz/test_fuzz_short.py)
+    python -m tests.fuzz.run --mixed --seconds 40     # what CI runs (tests/fuzz/test_fuzz_short.py)
     python -m tests.fuzz.run --list
 
 Each target runs in its own process (atheris.Fuzz never returns), with fognode's modules
@@ -12,7 +12,8 @@ New interesting inputs go to `<workdir>/corpus/<target>/` (default workdir .fuzz
 runs, so a long run resumes where the last stopped); a crashing input is written to
 `<workdir>/artifacts/<target>/crash-*` and the run of that target fails. Logs: `<workdir>/logs/`.
 
-Per input libFuzzer enforces `-timeout` (a hang is a crash) and `-rss_limit_mb`. The summary
+`--mixed` fuzzes all targets in ONE process (the first input byte picks the target), so the
+~3 s of instrumenting fognode is paid once: CI's short run. Per input libFuzzer enforces `-timeout` (a hang is a crash) and `-rss_limit_mb`. The summary
 gives, per target, executions, coverage (libFuzzer's `cov` = covered edges, `ft` = features),
 corpus size, speed and the outcome; exit status 1 if any target crashed.
 
@@ -22,6 +23,7 @@ the traceback).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -30,11 +32,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CORPUS = HERE / "corpus"
 CRASHES = HERE / "crashes"
+MIXED = "mixed"            # the pseudo-target that fuzzes every target in one process
 _STATS = re.compile(r"#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+).*?exec/s: (\d+)")
 
 
@@ -66,26 +70,66 @@ def child(name: str, libfuzzer_args: list[str]) -> None:
         raise SystemExit(f"fognode modules imported before instrumentation: {already[:5]}")
     with atheris.instrument_imports(include=["fognode"]):
         from tests.fuzz.targets import TARGETS, run_one
-    if name not in TARGETS:
+    if name == MIXED:
+        one_input = _mixed_input(list(TARGETS), run_one, os.environ.get("FOGNODE_FUZZ_COUNTS"))
+    elif name in TARGETS:
+        def one_input(data: bytes) -> None:
+            run_one(name, data)
+    else:
         raise SystemExit(f"unknown fuzz target {name!r}; known: {', '.join(TARGETS)}")
-
-    def one_input(data: bytes) -> None:
-        run_one(name, data)
 
     atheris.Setup([sys.argv[0], *libfuzzer_args], one_input)
     atheris.Fuzz()
+
+
+def _mixed_input(names: list[str], run_one: Callable[[str, bytes], None],
+                 counts_path: str | None) -> Callable[[bytes], None]:
+    """The mixed target: the first byte picks the target (index in TARGETS), the rest is its
+    input. Executions per target are written to `counts_path` every 2048 inputs."""
+    counts = dict.fromkeys(names, 0)
+    total = [0]
+
+    def one_input(data: bytes) -> None:
+        if not data:
+            return
+        name = names[data[0] % len(names)]
+        counts[name] += 1
+        total[0] += 1
+        if counts_path and total[0] % 2048 == 0:
+            Path(counts_path).write_text(json.dumps(counts))
+        try:
+            run_one(name, data[1:])
+        except Exception:
+            print(f"\nfuzz target {name} failed on this input", file=sys.stderr, flush=True)
+            raise
+    return one_input
+
+
+def mixed_seeds(dest: Path, names: list[str]) -> Path:
+    """The mixed target's seed corpus: every target's seeds and regression inputs, each
+    prefixed with the target's index byte."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(names):
+        for base in (CORPUS, CRASHES):
+            d = base / n
+            for p in sorted(d.iterdir()) if d.is_dir() else []:
+                (dest / f"{n}-{base.name}-{p.name}").write_bytes(bytes([i]) + p.read_bytes())
+    return dest
 
 
 def replay(name: str, files: list[Path]) -> int:
     """Run inputs through a target without libFuzzer; the first bug's traceback is printed."""
     import traceback
 
-    from tests.fuzz.targets import run_one
+    from tests.fuzz.targets import TARGETS, run_one
     bad = 0
     for f in files:
         for p in sorted(f.iterdir()) if f.is_dir() else [f]:
             try:
-                run_one(name, p.read_bytes())
+                if name == MIXED:
+                    _mixed_input(list(TARGETS), run_one, None)(p.read_bytes())
+                else:
+                    run_one(name, p.read_bytes())
             except Exception:
                 bad += 1
                 print(f"--- {p}")
@@ -102,7 +146,11 @@ def fuzz(name: str, *, seconds: float, runs: int | None, workdir: Path, extra: l
     logs = workdir / "logs"
     for d in (new, arts, logs):
         d.mkdir(parents=True, exist_ok=True)
-    seeds = [str(d) for d in (CORPUS / name, CRASHES / name) if d.is_dir()]
+    if name == MIXED:
+        from tests.fuzz.targets import TARGETS
+        seeds = [str(mixed_seeds(workdir / "mixed-seeds", list(TARGETS)))]
+    else:
+        seeds = [str(d) for d in (CORPUS / name, CRASHES / name) if d.is_dir()]
     args = [f"-max_total_time={max(1, int(seconds))}", f"-timeout={timeout}", f"-rss_limit_mb={rss_mb}",
             f"-artifact_prefix={arts}/", "-print_final_stats=1", "-max_len=65536", *extra]
     if runs is not None:
@@ -113,8 +161,9 @@ def fuzz(name: str, *, seconds: float, runs: int | None, workdir: Path, extra: l
     with log.open("wb") as out:
         # the child's own limit is -max_total_time; this bound only catches a wedged libFuzzer
         try:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                timeout=seconds + 120).returncode
+            rc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=seconds + 120,
+                                env={**os.environ, "FOGNODE_FUZZ_COUNTS": str(logs / f"{name}-counts.json")}
+                                ).returncode
         except subprocess.TimeoutExpired:
             rc = -1
     o = Outcome(name, seconds=time.monotonic() - t0, log=log)
@@ -126,10 +175,11 @@ def fuzz(name: str, *, seconds: float, runs: int | None, workdir: Path, extra: l
     if m:
         o.execs = int(m.group(1))
     crash = re.search(r"Test unit written to (\S+)", text)
+    which = re.search(r"fuzz target (\S+) failed on this input", text)
     if rc == 0:
         o.status = "ok"
     elif crash:
-        o.status = f"CRASH {crash.group(1)}"
+        o.status = f"CRASH {crash.group(1)}" + (f" (in {which.group(1)})" if which and name == MIXED else "")
     elif rc == -1:
         o.status = "WEDGED (killed)"
     else:
@@ -154,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=10, help="seconds one input may take (default 10)")
     ap.add_argument("--replay", nargs="+", type=Path, metavar="FILE", help="replay inputs (files or dirs) "
                     "through the target without libFuzzer")
+    ap.add_argument("--mixed", action="store_true", help="fuzz the chosen targets in ONE process (one "
+                    "start-up; the first input byte picks the target): CI's short run")
     ap.add_argument("--list", action="store_true", help="list the targets")
     extra: list[str] = []
     if "--" in argv:  # after --: extra libFuzzer flags, e.g. -- -max_len=4096 -dict=FILE
@@ -167,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             for t in TARGETS.values():
                 print(f"{t.name:22} {t.what}")
             return 0
+        if args.mixed:
+            return replay(MIXED, args.replay)
         return max(replay(n, args.replay) for n in (args.targets or list(TARGETS)))
     from tests.fuzz.targets import TARGETS
     names = args.targets or list(TARGETS)
@@ -180,6 +234,18 @@ def main(argv: list[str] | None = None) -> int:
                  rss_mb=args.rss_mb, timeout=args.timeout)
         print(o.row(), flush=True)
         return o
+    if args.mixed:
+        if args.targets:
+            ap.error("--mixed fuzzes every target")
+        o = fuzz(MIXED, seconds=args.seconds, runs=args.runs, workdir=args.workdir, extra=extra,
+                 rss_mb=args.rss_mb, timeout=args.timeout)
+        print(o.row(), flush=True)
+        counts_file = args.workdir / "logs" / f"{MIXED}-counts.json"
+        counts = json.loads(counts_file.read_text()) if counts_file.is_file() else {}
+        for n in names:
+            print(f"  {n:20} {counts.get(n, 0):>10}", flush=True)
+        print(f"1 mixed run, {o.execs} executions, " + ("0 failed" if o.status == "ok" else f"1 failed: {o.status}"))
+        return 0 if o.status == "ok" else 1
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         outcomes = list(pool.map(one, names))
     bad = [o for o in outcomes if o.status != "ok"]
