@@ -123,7 +123,7 @@ def fl_gossip() -> list[bytes]:
             RoundResult(rr, 0.5, 0.75, 0.4, ("p1",), {"p2": "stale"}),
             RoundFailed(ann.session_id, 1, 0, "too few updates"),
             SessionEnded(ann.session_id, "completed", 3, b"f" * 32)]
-    return [encode_gossip(m) for m in msgs]  # type: ignore[arg-type]
+    return [encode_gossip(m) for m in msgs]
 
 
 def fl_stream() -> list[bytes]:

@@ -168,12 +168,12 @@ def fuzz(name: str, *, seconds: float, runs: int | None, workdir: Path, extra: l
             rc = -1
     o = Outcome(name, seconds=time.monotonic() - t0, log=log)
     text = log.read_text(errors="replace")
-    for m in _STATS.finditer(text):
-        o.execs, o.cov, o.ft, o.corpus, o.exec_s = (int(m.group(1)), int(m.group(3)), int(m.group(4)),
-                                                     int(m.group(5)), int(m.group(7)))
-    m = re.search(r"stat::number_of_executed_units: (\d+)", text)
-    if m:
-        o.execs = int(m.group(1))
+    for st in _STATS.finditer(text):
+        o.execs, o.cov, o.ft, o.corpus, o.exec_s = (int(st.group(1)), int(st.group(3)), int(st.group(4)),
+                                                     int(st.group(5)), int(st.group(7)))
+    units = re.search(r"stat::number_of_executed_units: (\d+)", text)
+    if units:
+        o.execs = int(units.group(1))
     crash = re.search(r"Test unit written to (\S+)", text)
     which = re.search(r"fuzz target (\S+) failed on this input", text)
     if rc == 0:

@@ -217,7 +217,7 @@ def stream_frames(data: bytes) -> None:
     """Input: one byte N, N read sizes (bytes), then the stream's bytes."""
     n = data[0] % 8 if data else 0
     cuts = [c + 1 for c in data[1:1 + n]]
-    fs = Libp2pFramedStream(_ByteStream(data[1 + n:], cuts), max_frame=4096)  # type: ignore[arg-type]
+    fs = Libp2pFramedStream(_ByteStream(data[1 + n:], cuts), max_frame=4096)
 
     async def read_all() -> None:
         for _ in range(64):

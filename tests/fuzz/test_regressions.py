@@ -5,6 +5,7 @@ and does not charge to the peer."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -21,7 +22,7 @@ K = SigningKey(b"\x03" * 32)
 PUB = bytes(K.verify_key)
 
 
-def _receipt_wire(body: dict) -> dict:  # type: ignore[type-arg]
+def _receipt_wire(body: dict[Any, Any]) -> dict[str, Any]:
     ok = Receipt.issue(K, "uptime", PUB, 4, {"seconds": 60, "claim": uptime_claim(4)})
     return {**ok.to_wire(), "body": body}
 
@@ -41,7 +42,7 @@ def test_fuzzer_input_nan_in_a_receipt_body() -> None:
     ({b"bytes-key": 1}, "map keys must be str"),
     ({"t": msgpack.Timestamp(1, 0)}, "Timestamp cannot go on the wire"),
 ])
-def test_receipt_body_that_cannot_be_reencoded_is_the_peers_fault(bad: dict, match: str) -> None:  # type: ignore[type-arg]
+def test_receipt_body_that_cannot_be_reencoded_is_the_peers_fault(bad: dict[Any, Any], match: str) -> None:
     """The same bug through every path: a bare receipt, and a mint order carrying it (what
     a client sends on /fognode/ledger/order and what certificates carry)."""
     with pytest.raises(RemoteProtocolError, match=match):
