@@ -221,6 +221,16 @@ def registry_gossip() -> list[bytes]:
         [a.data for a in acts if isinstance(a, Publish)]
 
 
+def registry_direct() -> list[bytes]:
+    def frame(m: Any) -> bytes:
+        b = pack(m)
+        return len(b).to_bytes(4, "big") + b
+    return [frame({"v": 1, "t": "ping"}), frame({"v": 1, "t": "get"}),
+            frame({"v": 1, "t": "sync", "epoch": b"", "after": 0}),
+            frame({"v": 1, "t": "osync", "epoch": b"e" * 8, "after": 3}),
+            frame({"v": 1, "t": "nope"}), frame({"v": 1, "t": "ping"})[:6]]
+
+
 def monitor_status() -> list[bytes]:
     return [NodeStatus(True, 3, 12.5, "0.1.0", NOW).encode(), NodeStatus(False, 0, 0.0, "", 0.0).encode()]
 
@@ -264,7 +274,7 @@ GENERATORS: dict[str, Callable[[], list[bytes]]] = {
     "ledger_order": ledger_order, "ledger_certificate": ledger_certificate, "ledger_replies": ledger_replies,
     "ledger_receipt": ledger_receipt, "fl_gossip": fl_gossip, "fl_stream": fl_stream, "fl_tensor": fl_tensor,
     "fl_secagg": fl_secagg, "registry_record": registry_record, "registry_observation": registry_observation,
-    "registry_gossip": registry_gossip, "monitor_status": monitor_status, "rpc_line": rpc_line,
+    "registry_gossip": registry_gossip, "registry_direct": registry_direct, "monitor_status": monitor_status, "rpc_line": rpc_line,
 }
 
 

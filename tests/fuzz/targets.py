@@ -51,6 +51,7 @@ from fognode.protocols.fl.secagg_round import Envelope as SecAggEnvelope
 from fognode.protocols.fl.secagg_round import decode_body as secagg_decode_body
 from fognode.protocols.fl.tensors import TensorDecoder, decode_header, tensor_hash
 from fognode.protocols.monitor.protocol import NodeStatus
+from fognode.protocols.registry import direct
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.core import RegistryCore
 from fognode.protocols.registry.observation import decode_observation
@@ -192,6 +193,7 @@ class _ByteStream:
     def __init__(self, data: bytes, cuts: list[int]) -> None:
         self.data = data
         self.cuts = cuts
+        self.written: list[bytes] = []
 
     def get_protocol(self) -> str:
         return "/fognode/fuzz/1"
@@ -206,6 +208,9 @@ class _ByteStream:
 
     async def reset(self) -> None:
         self.data = b""
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
 
     async def close(self) -> None:
         pass
@@ -493,6 +498,18 @@ def registry_gossip(data: bytes) -> None:
         rec = _record_resigned(raw["record"])
         if rec is not None:
             core.on_device_gossip(FUZZ_PEER, pack({**raw, "record": rec}), NOW)
+
+
+@target("registry_direct", "registry direct stream: ping / get / sync / osync requests (direct.serve)")
+def registry_direct(data: bytes) -> None:
+    """Input: the request stream's bytes (length-prefixed frames, as stream_frames)."""
+    core = _registry_core()
+    raw = _ByteStream(data, [])
+    fs = Libp2pFramedStream(raw, max_frame=direct.MAX_REQUEST)
+    trio.run(direct.serve, fs, lambda: None if len(data) % 2 else b"record", lambda: False,
+             core.serve_sync, core.serve_observation_sync)
+    for frame in raw.written:
+        unpack(frame[4:])   # whatever it answered is valid msgpack
 
 
 @target("monitor_status", "monitor status topic (NodeStatus.decode)")
