@@ -138,6 +138,49 @@ def replay(name: str, files: list[Path]) -> int:
     return 1 if bad else 0
 
 
+def line_coverage(names: list[str], dirs: list[Path]) -> None:
+    """Replay corpora (the committed seeds, the crashes and each of `dirs`/<target>/) under
+    sys.settrace and print, per fognode module, the lines run out of the lines of the
+    functions that ran at all (a decoder's untaken branches show; unrelated code does not)."""
+    import types
+
+    from tests.fuzz.targets import run_one
+    ran: dict[types.CodeType, set[int]] = {}
+
+    def tracer(frame: types.FrameType, event: str, arg: object) -> object:
+        code = frame.f_code
+        if not code.co_filename.startswith(str(ROOT)) or "/tests/" in code.co_filename:
+            return None
+        lines = ran.setdefault(code, set())
+
+        def local(frame: types.FrameType, event: str, arg: object) -> object:
+            if event == "line":
+                lines.add(frame.f_lineno)
+            return local
+        return local
+    for n in names:
+        files = [p for d in (CORPUS / n, CRASHES / n, *(x / n for x in dirs)) if d.is_dir()
+                 for p in sorted(d.iterdir())]
+        sys.settrace(tracer)
+        try:
+            for p in files:
+                try:
+                    run_one(n, p.read_bytes())
+                except Exception:
+                    pass
+        finally:
+            sys.settrace(None)
+        print(f"{n}: {len(files)} inputs replayed")
+    per_file: dict[str, list[int]] = {}
+    for code, lines in ran.items():
+        body = {ln for _, _, ln in code.co_lines() if ln is not None and ln != code.co_firstlineno}
+        tot = per_file.setdefault(code.co_filename, [0, 0])
+        tot[0] += len(lines & body)
+        tot[1] += len(body)
+    for f, (hit, total) in sorted(per_file.items()):
+        print(f"  {Path(f).relative_to(ROOT)!s:45} {hit:>5}/{total:<5} {100 * hit / max(total, 1):5.1f}%")
+
+
 def fuzz(name: str, *, seconds: float, runs: int | None, workdir: Path, extra: list[str],
          rss_mb: int, timeout: int) -> Outcome:
     """Fuzz one target in a child process; parse libFuzzer's final stats line."""
@@ -206,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                     "through the target without libFuzzer")
     ap.add_argument("--mixed", action="store_true", help="fuzz the chosen targets in ONE process (one "
                     "start-up; the first input byte picks the target): CI's short run")
+    ap.add_argument("--lines", nargs="*", type=Path, metavar="DIR", help="replay the seeds, the "
+                    "crashes and DIR/<target>/ (e.g. .fuzz/corpus) and print line coverage per module")
     ap.add_argument("--list", action="store_true", help="list the targets")
     extra: list[str] = []
     if "--" in argv:  # after --: extra libFuzzer flags, e.g. -- -max_len=4096 -dict=FILE
@@ -213,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         argv, extra = argv[:i], argv[i + 1:]
     args = ap.parse_args(argv)
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    if args.lines is not None:
+        from tests.fuzz.targets import TARGETS
+        line_coverage(args.targets or list(TARGETS), args.lines)
+        return 0
     if args.list or args.replay:
         from tests.fuzz.targets import TARGETS
         if args.list:
