@@ -32,7 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -147,13 +147,13 @@ def line_coverage(names: list[str], dirs: list[Path]) -> None:
     from tests.fuzz.targets import run_one
     ran: dict[types.CodeType, set[int]] = {}
 
-    def tracer(frame: types.FrameType, event: str, arg: object) -> object:
+    def tracer(frame: types.FrameType, event: str, arg: Any) -> Any:
         code = frame.f_code
         if not code.co_filename.startswith(str(ROOT)) or "/tests/" in code.co_filename:
             return None
         lines = ran.setdefault(code, set())
 
-        def local(frame: types.FrameType, event: str, arg: object) -> object:
+        def local(frame: types.FrameType, event: str, arg: Any) -> Any:
             if event == "line":
                 lines.add(frame.f_lineno)
             return local
