@@ -55,7 +55,7 @@ from nacl.signing import SigningKey
 from fognode.ledger.errors import LedgerError
 from fognode.ledger.quorum import Committee, check_signature
 from fognode.node.errors import RemoteProtocolError
-from fognode.node.wire import Fields, digest, pack
+from fognode.node.wire import Fields, digest, pack, plain
 
 RECEIPT_VERSION = 1
 MAX_KIND = 32
@@ -133,12 +133,14 @@ def scope_id_of(kind: str, scope: bytes) -> bytes:
 def decode_receipt(raw: Any, *, peer: str | None = None) -> Receipt:
     """Validate a receipt map; RemoteProtocolError naming the field."""
     f = Fields(raw, "ledger.Receipt", versions={RECEIPT_VERSION}, peer=peer)
+    body = f.map("body", max_len=MAX_BODY_ENTRIES)
+    plain(body, "ledger.Receipt: field 'body'", peer=peer)   # hashed and signed as received
     r = Receipt(
         kind=f.str("kind", max_len=MAX_KIND),
         issuer=f.bytes("issuer", size=32),
         beneficiary=f.bytes("beneficiary", size=32),
         epoch=f.int("epoch", lo=0, hi=2**40),
-        body=f.map("body", max_len=MAX_BODY_ENTRIES),
+        body=body,
         sig=f.bytes("sig", size=64),
     )
     f.done()

@@ -3,7 +3,12 @@
 - `pack` is the canonical msgpack encoding: map keys sorted, bin type for bytes, no ext types.
   Signatures and ids are always computed over `pack(...)` of the unsigned body.
 - `unpack` decodes remote bytes with hard size limits and no ext types; it never builds
-  anything but None/bool/int/float/str/bytes/list/dict.
+  anything but None/bool/int/float/str/bytes/list/dict, except msgpack's own timestamp type
+  (ext -1, which msgpack decodes before any hook sees it) as a `msgpack.Timestamp`: every
+  `Fields` getter refuses it as a wrong type, and `plain` refuses it in free-form values.
+  Map keys are str or bytes; `Fields` refuses bytes keys (pack never writes them).
+- `plain` checks that a free-form value (a map the decoder does not read field by field)
+  could be sent again: str keys, finite floats, no timestamps; RemoteProtocolError if not.
 - `Fields` is the small validating reader every per-message decoder is written with: wrong
   types, missing or unknown fields, oversize values and unknown versions raise
   RemoteProtocolError naming the message and the field.
@@ -73,6 +78,15 @@ def unpack(data: bytes, *, max_size: int = MAX_MESSAGE, what: str = "message") -
         raise RemoteProtocolError(f"{what}: undecodable ({type(e).__name__}: {e})") from None
 
 
+def plain(value: Any, what: str, *, peer: str | None = None) -> None:
+    """RemoteProtocolError unless `value` has a canonical encoding (`pack` would take it):
+    for free-form values that are hashed, signed or relayed as received."""
+    try:
+        _canonical(value)
+    except LocalProtocolError as e:
+        raise RemoteProtocolError(f"{what}: {e}", peer=peer) from None
+
+
 def digest(data: bytes) -> bytes:
     """BLAKE2b-256 of `data` (ids of messages, models, records)."""
     return hashlib.blake2b(data, digest_size=DIGEST_LEN).digest()
@@ -118,6 +132,8 @@ class Fields:
         self.peer = peer
         if not isinstance(raw, dict):
             self._fail(f"expected a map, got {type(raw).__name__}")
+        if not all(type(k) is builtins.str for k in raw):
+            self._fail("map keys must be strings")
         self.raw: dict[str, Any] = raw
         self._seen: set[str] = set()
         if versions is not None:

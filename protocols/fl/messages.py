@@ -561,10 +561,10 @@ class MemberMeta:
         if (not isinstance(raw, list) or len(raw) != 5 or not isinstance(raw[0], str)
                 or not 0 < len(raw[0]) <= MAX_PEER_ID or isinstance(raw[1], bool)
                 or not isinstance(raw[1], int) or not 0 < raw[1] <= 2**40
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
                            for x in raw[2:])):
             f._fail("field 'members' must be [peer, samples > 0, base loss, base accuracy, "
-                    "train loss] lists")
+                    "train loss] lists, the figures finite")
         return cls(raw[0], raw[1], float(raw[2]), float(raw[3]), float(raw[4]))
 
 

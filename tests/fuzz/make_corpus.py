@@ -1,0 +1,312 @@
+"""Write the seed corpus: real encodings produced by fognode's own encoders, one directory per
+fuzz target (tests/fuzz/corpus/<target>/), plus a few edge cases per target.
+
+    python -m tests.fuzz.make_corpus            # rewrite tests/fuzz/corpus (all targets)
+    python -m tests.fuzz.make_corpus fl_gossip  # only these targets
+
+File names are the BLAKE2b-128 of the content; each target's directory is rewritten whole.
+Everything is deterministic (fixed keys, fixed times) except fl_secagg's seeds: a secagg
+participant draws its X25519 keys itself, so regenerating changes those files (harmlessly).
+Inputs found by a fuzzing run are not kept here: a crash's input goes to tests/fuzz/crashes/.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from nacl.signing import SigningKey
+
+from fognode.ledger.committee import CommitteeBody, CommitteeCertificate, CommitteeVote
+from fognode.ledger.handover import HandoverPage
+from fognode.ledger.messages import (BondOrder, Certificate, ForkProof, MintOrder, Rejection,
+                                     SignedOrder, TransferOrder, UnbondOrder, Vote)
+from fognode.ledger.errors import Reason
+from fognode.ledger.receipts import Receipt, uptime_claim
+from fognode.node.gossip import seal
+from fognode.node.wire import pack
+from fognode.protocols.fl.messages import (Ack, DeviceFacts, ModelRequest, ModelResponse, MemberMeta,
+                                           OptIn, RoundFailed, RoundResult, SessionEnded, UpdateHeader,
+                                           encode_gossip)
+from fognode.protocols.fl.privacy.secagg import SecAggAggregator, SecAggConfig, SecAggParticipant, Send
+from fognode.protocols.fl.rounds import UpdateMeta
+from fognode.protocols.fl.secagg_round import encode as secagg_encode
+from fognode.protocols.fl.tensors import encode_tensor
+from fognode.protocols.monitor.protocol import NodeStatus
+from fognode.protocols.registry.actions import Publish
+from fognode.protocols.registry.core import RegistryCore
+from fognode.protocols.registry.config import RegistryConfig
+from fognode.protocols.registry.observation import sign_observation
+from fognode.protocols.registry.record import make_profile
+from tests.fl.test_evidence import announcement, issued, plan_for, round_receipt
+from tests.fuzz.targets import FUZZ_KEY, FUZZ_PEER, NOW, PARAMS_SHAPE, TARGETS
+from tests.registry.helpers import caps, record
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+CHAIN = "fognode-fuzz"
+
+
+def key(i: int) -> SigningKey:
+    return SigningKey(bytes([i]) * 32)
+
+
+def pub(k: SigningKey) -> bytes:
+    return bytes(k.verify_key)
+
+
+EDGE = [b"", b"\xc0", b"\x80", b"\x90", b"\xde\x00\x01", b"\xdd\xff\xff\xff\xff", b"\x91" * 64,
+        b"\xc1", b"\xd4\x01\x00", b"\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00"]
+
+
+def _orders() -> list[SignedOrder]:
+    a, b = key(1), key(2)
+    t = TransferOrder(chain=CHAIN, epoch=0, sender=pub(a), sequence=0, fee=1000, recipient=pub(b),
+                      amount=5_000_000, memo="rent")
+    r = Receipt.issue(key(9), "uptime", pub(a), 4, {"seconds": 3600, "claim": uptime_claim(4)})
+    m = MintOrder(chain=CHAIN, epoch=5, sender=pub(a), sequence=1, fee=1000, recipient=pub(a),
+                  amount=1000, receipt=r)
+    return [SignedOrder.sign(a, t), SignedOrder.sign(a, m),
+            SignedOrder.sign(a, BondOrder(chain=CHAIN, epoch=1, sender=pub(a), sequence=2, fee=0, amount=7)),
+            SignedOrder.sign(a, UnbondOrder(chain=CHAIN, epoch=1, sender=pub(a), sequence=3, fee=0, amount=7))]
+
+
+def _certificates() -> list[Certificate]:
+    signers = [key(100), key(101), key(102)]
+    return [Certificate.from_votes(so, [Vote.sign(k, so.tx_id) for k in signers]) for so in _orders()]
+
+
+def ledger_order() -> list[bytes]:
+    return [pack(so.to_wire()) for so in _orders()]
+
+
+def ledger_certificate() -> list[bytes]:
+    return [pack(c.to_wire()) for c in _certificates()]
+
+
+def ledger_replies() -> list[bytes]:
+    so = _orders()
+    t = so[0].order
+    assert isinstance(t, TransferOrder)
+    other = SignedOrder.sign(key(1), TransferOrder(chain=CHAIN, epoch=0, sender=t.sender, sequence=0, fee=1000,
+                                                   recipient=pub(key(3)), amount=1, memo=""))
+    members = tuple(sorted((pub(key(100 + i)), 1000) for i in range(3)))
+    body = CommitteeBody(CHAIN, 2, members, b"\x11" * 32)
+    votes = [CommitteeVote.sign(key(100 + i), body) for i in range(3)]
+    cc = CommitteeCertificate(body, tuple(sorted((v.validator, v.signature) for v in votes)))
+    page = HandoverPage(3, 17, tuple(sorted([so[0], so[2]], key=lambda s: s.key)), True)
+    parts = [
+        (0, Vote.sign(key(100), so[0].tx_id).to_wire()),
+        (1, Rejection(so[0].tx_id, Reason.WRONG_SEQUENCE, "expected sequence 4").to_wire()),
+        (2, ForkProof(so[0], other).to_wire()),
+        (3, body.to_wire()), (4, votes[0].to_wire()), (5, cc.to_wire()),
+        (6, page.to_wire()), (6, HandoverPage(3, 0, (), False).to_wire()),
+    ]
+    return [bytes([i]) + pack(m) for i, m in parts]
+
+
+def ledger_receipt() -> list[bytes]:
+    r = Receipt.issue(key(9), "uptime", pub(key(1)), 4, {"seconds": 3600, "claim": uptime_claim(4)})
+    scoped = Receipt.issue(key(9), "fl_update", pub(key(1)), 5,
+                           {"scope": b"s" * 32, "commit": b"c" * 32, "claim": b"k" * 32, "ppm": 10})
+    _, fl = issued(announcement(), plan_for(announcement()))
+    return [pack(x.to_wire()) for x in (r, scoped, *fl[:2])]
+
+
+def fl_gossip() -> list[bytes]:
+    ann = announcement()
+    plan = plan_for(ann)
+    rr = round_receipt(ann, plan, plan.header.order[0] if plan.header else "")
+    msgs = [ann, plan, OptIn(ann.session_id, DeviceFacts(region="eu", cores=4, memory_mb=1024, charging=False)),
+            RoundResult(rr, 0.5, 0.75, 0.4, ("p1",), {"p2": "stale"}),
+            RoundFailed(ann.session_id, 1, 0, "too few updates"),
+            SessionEnded(ann.session_id, "completed", 3, b"f" * 32)]
+    return [encode_gossip(m) for m in msgs]
+
+
+def fl_stream() -> list[bytes]:
+    ann = announcement()
+    plan = plan_for(ann)
+    h, _ = encode_tensor(np.arange(32, dtype=np.float32).reshape(PARAMS_SHAPE), chunk_size=1024)
+    up = UpdateHeader(ann.session_id, 1, 0, 0, 20, 0.9, 0.5, 0.7, h)
+    regional = UpdateHeader(ann.session_id, 1, 0, 1, 40, 0.9, 0.5, 0.7, h,
+                            (MemberMeta("p1", 20, 1.0, 0.5, 0.6), MemberMeta("p2", 20, 0.8, 0.5, 0.6)), 2.0)
+    h16, _ = encode_tensor(np.ones(3, dtype=np.float32), wire_dtype="float16", chunk_size=1024)
+    assert plan.header is not None
+    rr = round_receipt(ann, plan, plan.header.order[0])
+    parts = [(0, up.to_wire()), (0, regional.to_wire()), (1, Ack(True).to_wire()),
+             (1, Ack(False, "round closed").to_wire()), (2, ModelRequest(ann.session_id, b"m" * 32).to_wire()),
+             (3, ModelResponse(True, "", (("params", h), ("adam_m", h16))).to_wire()),
+             (3, ModelResponse(False, "unknown model", ()).to_wire()),
+             (4, plan.header.to_wire()), (5, rr.to_wire())]
+    return [bytes([i]) + pack(m) for i, m in parts]
+
+
+def fl_tensor() -> list[bytes]:
+    out = []
+    for arr, dt, chunk in [(np.arange(32, dtype=np.float32).reshape(PARAMS_SHAPE), "float32", 1024),
+                           (np.linspace(-1, 1, 700, dtype=np.float32), "float32", 1024),
+                           (np.ones((3, 2), dtype=np.float32), "float16", 1024),
+                           (np.zeros(0, dtype=np.float32), "float32", 1024)]:
+        h, chunks = encode_tensor(arr, wire_dtype=dt, chunk_size=chunk)
+        out.append(pack([h.to_wire(), [bytes(c) for c in chunks], False]))
+        out.append(pack([h.to_wire(), [bytes(c) for c in chunks], True]))
+    h, chunks = encode_tensor(np.ones(4, dtype=np.float32), chunk_size=1024)
+    nan = np.array([1.0, np.nan, 0.0, 2.0], dtype="<f4").tobytes()
+    out.append(pack([h.to_wire(), [nan], True]))
+    return out
+
+
+def fl_secagg() -> list[bytes]:
+    peers = ("p-a", "p-b", "p-c")
+    rid = bytes(range(32))
+    cfg = SecAggConfig(rid, peers, 8, threshold=2)
+    parts = {p: SecAggParticipant(cfg, p) for p in peers}
+    agg = SecAggAggregator(cfg, now=0.0, phase_timeout=5.0)
+    msgs: list[Any] = []
+    sends: list[Any] = []
+    for p, part in parts.items():
+        adv = part.advertise()
+        msgs.append(adv)
+        sends += agg.receive(p, adv, 0.0)
+    for phase in range(3):
+        nxt: list[Any] = []
+        for a in sends:
+            if not isinstance(a, Send):
+                continue
+            msgs.append(a.message)
+            reply = parts[a.peer].receive(a.message)
+            if reply is not None:
+                msgs.append(reply)
+                nxt += agg.receive(a.peer, reply, 1.0 + phase)
+        sends = nxt
+    seen: set[str] = set()
+    out = []
+    for m in msgs:
+        t = type(m).__name__
+        out.append(pack(m.to_wire()))
+        if t not in seen:   # the envelope + frames form, once per message type
+            seen.add(t)
+            env, frames = secagg_encode(b"s" * 32, 1, 0, 0, m, UpdateMeta(10, 0.5, 0.5, 0.4)
+                                        if t == "AdvertiseKeys" else None, frame_size=64)
+            out.append(pack([env, frames]))
+    return out
+
+
+def _fuzz_core() -> RegistryCore:
+    return RegistryCore(FUZZ_KEY, RegistryConfig(), make_profile("eu-west", "server", ["fl"]),
+                        pretrusted=[], now=NOW)
+
+
+def registry_record() -> list[bytes]:
+    return [record(FUZZ_KEY, 3, issued=NOW, ttl=600).encode(),
+            record(key(7), 1, issued=NOW - 100, roles=("fl", "ledger"), gpu="RTX", gpu_memory_bytes=8 << 30,
+                   battery_present=True, battery_percent=55.5, charging=True).encode()]
+
+
+def registry_observation() -> list[bytes]:
+    obs = [sign_observation(FUZZ_KEY, subject="12D3KooWSubject", service="fl", ok=True, weight=1.0,
+                            evidence=b"e" * 32, ts=int(NOW) - 5),
+           sign_observation(key(8), subject=FUZZ_PEER, service="relay", ok=False, weight=0.25,
+                            evidence=b"", ts=int(NOW))]
+    return [pack({**o.body(), "sig": o.sig}) for o in obs]
+
+
+def registry_gossip() -> list[bytes]:
+    core = _fuzz_core()
+    acts = core.start(caps(), NOW) + core.tick(NOW + 60) + core.goodbye(NOW + 61)
+    return [a.data for a in acts if isinstance(a, Publish) and a.topic.endswith("devices/1")] or \
+        [a.data for a in acts if isinstance(a, Publish)]
+
+
+def registry_direct() -> list[bytes]:
+    def frame(m: Any) -> bytes:
+        b = pack(m)
+        return len(b).to_bytes(4, "big") + b
+    return [frame({"v": 1, "t": "ping"}), frame({"v": 1, "t": "get"}),
+            frame({"v": 1, "t": "sync", "epoch": b"", "after": 0}),
+            frame({"v": 1, "t": "osync", "epoch": b"e" * 8, "after": 3}),
+            frame({"v": 1, "t": "nope"}), frame({"v": 1, "t": "ping"})[:6]]
+
+
+def monitor_status() -> list[bytes]:
+    return [NodeStatus(True, 3, 12.5, "0.1.0", NOW).encode(), NodeStatus(False, 0, 0.0, "", 0.0).encode()]
+
+
+def wire_unpack() -> list[bytes]:
+    return ledger_order()[:2] + fl_gossip()[:2] + registry_record()[:1] + \
+        [pack({"a": [1, -1, 2**64 - 1, -2**63, 1.5, None, True, "x", b"y"], "m": {"k": {}}})]
+
+
+def gossip_envelope() -> list[bytes]:
+    return [seal(FUZZ_KEY, "m", 3, "fognode/ledger/certs/1", 7, ledger_certificate()[0]).raw,
+            seal(key(5), "h", 0, "fognode/fl/sessions/1", 1, b"").raw]
+
+
+def stream_frames() -> list[bytes]:
+    def frame(b: bytes) -> bytes:
+        return len(b).to_bytes(4, "big") + b
+    frames = b"".join(frame(m) for m in ledger_order()[:2] + [pack({"v": 1})])
+    return [b"\x00" + frames, b"\x03\x01\x05\xff" + frames, b"\x00" + frame(b"\xc1"),
+            b"\x00" + (5000).to_bytes(4, "big") + b"x" * 10, b"\x00" + frames[:7]]
+
+
+def rpc_line() -> list[bytes]:
+    reqs: list[Any] = [
+        {"jsonrpc": "2.0", "method": "fuzz.scalars", "params": [1, 2.5, "x", True], "id": 1},
+        {"jsonrpc": "2.0", "method": "fuzz.scalars", "params": {"a": "7", "d": "true"}, "id": "a"},
+        {"jsonrpc": "2.0", "method": "fuzz.containers", "params": [["a", "b"], {"w": 0.5}, [1, 2]], "id": 2},
+        {"jsonrpc": "2.0", "method": "fuzz.containers", "params": ["a,b", None, "3,4"], "id": 3},
+        {"jsonrpc": "2.0", "method": "fuzz.choice", "params": {"mode": "b", "limit": 3, "anything": [{}]}, "id": 4},
+        {"jsonrpc": "2.0", "method": "help", "params": ["fuzz.choice"], "id": 5},
+        {"jsonrpc": "2.0", "method": "help", "id": 6},
+        {"jsonrpc": "2.0", "method": "rpc.discover", "id": 7},
+        {"jsonrpc": "2.0", "method": "fuzz.scalar", "id": None},
+        [{"jsonrpc": "2.0", "method": "fuzz.scalars", "params": [1]}, {"jsonrpc": "2.0", "method": "help", "id": 8}],
+    ]
+    return [json.dumps(r).encode() for r in reqs] + [b"[]", b"{", b"\xff", b'{"a":NaN}', b"[" * 100]
+
+
+GENERATORS: dict[str, Callable[[], list[bytes]]] = {
+    "wire_unpack": wire_unpack, "gossip_envelope": gossip_envelope, "stream_frames": stream_frames,
+    "ledger_order": ledger_order, "ledger_certificate": ledger_certificate, "ledger_replies": ledger_replies,
+    "ledger_receipt": ledger_receipt, "fl_gossip": fl_gossip, "fl_stream": fl_stream, "fl_tensor": fl_tensor,
+    "fl_secagg": fl_secagg, "registry_record": registry_record, "registry_observation": registry_observation,
+    "registry_gossip": registry_gossip, "registry_direct": registry_direct, "monitor_status": monitor_status, "rpc_line": rpc_line,
+}
+
+
+def corpus() -> dict[str, dict[str, bytes]]:
+    """{target: {file name: bytes}} for every target."""
+    missing = set(TARGETS) ^ set(GENERATORS)
+    if missing:
+        raise SystemExit(f"targets and corpus generators differ: {sorted(missing)}")
+    out = {}
+    for name, gen in GENERATORS.items():
+        seeds = gen() + ([] if name == "rpc_line" else EDGE)
+        out[name] = {hashlib.blake2b(s, digest_size=16).hexdigest(): s for s in seeds}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("targets", nargs="*", help="targets to regenerate (default: all)")
+    args = ap.parse_args(argv)
+    for name, files in corpus().items():
+        if args.targets and name not in args.targets:
+            continue
+        d = CORPUS / name
+        d.mkdir(parents=True, exist_ok=True)
+        for old in d.iterdir():
+            if old.name not in files:
+                old.unlink()
+        for fn, data in files.items():
+            (d / fn).write_bytes(data)
+        print(f"{name}: {len(files)} seeds")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,570 @@
+"""Fuzz targets: one function per decoder that takes bytes from the network, and the RPC line handler.
+
+Each target takes the bytes a peer (or a control-socket client) could send and runs them
+through the same decoder the node runs them through, then through what the node does with a
+decoded value right away (ids, canonical re-encoding, signature and quorum checks). A target
+returns normally or raises one of its `expected` errors (the decoders' own errors:
+RemoteProtocolError and its subclasses Rejected, TensorRejected, UpdateRejected, plus the
+documented verification errors a target lists); anything else it raises is a bug.
+
+Signed messages are run twice: as given, and re-signed with the fuzz key (key, peer id and
+signature fields replaced, see `_resign`), so that the fuzzer also reaches the code behind the
+signature check instead of stopping at "bad signature" on every input.
+
+Multi-part inputs (a tensor header and its chunks, a secagg envelope and its frames, a framed
+stream) are one msgpack array or raw bytes as documented on each target; `tests/fuzz/make_corpus.py`
+writes real encodings of each in that form.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import msgpack
+import numpy as np
+import trio
+from nacl.signing import SigningKey
+from prometheus_client import CollectorRegistry
+
+from fognode.ledger.committee import (decode_committee_body, decode_committee_certificate,
+                                      decode_committee_vote)
+from fognode.ledger.errors import CertificateRejected
+from fognode.ledger.handover import HandoverPage
+from fognode.ledger.messages import (decode_certificate, decode_fork_proof, decode_rejection,
+                                     decode_signed_order, decode_vote, order_problem, vote_message)
+from fognode.ledger.quorum import Committee, verify_certificate
+from fognode.ledger.receipts import EvidenceError, VerifyContext, decode_receipt, default_registry
+from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
+from fognode.node.gossip import open_envelope
+from fognode.node.peerid import peer_id_from_pubkey
+from fognode.node.rpc.methods import INTERNAL_ERROR, MethodTable, rpc_method
+from fognode.node.rpc.server import RpcServer
+from fognode.node.streams import Libp2pFramedStream
+from fognode.node.wire import pack, sign, unpack
+from fognode.protocols.fl.messages import Ack, ModelRequest, ModelResponse, UpdateHeader, decode_gossip
+from fognode.protocols.fl.privacy.secagg_messages import decode_message
+from fognode.protocols.fl.receipts import decode_round_receipt
+from fognode.protocols.fl.round_header import RoundHeader
+from fognode.protocols.fl.secagg_round import Envelope as SecAggEnvelope
+from fognode.protocols.fl.secagg_round import decode_body as secagg_decode_body
+from fognode.protocols.fl.tensors import TensorDecoder, decode_header, tensor_hash
+from fognode.protocols.monitor.protocol import NodeStatus
+from fognode.protocols.registry import direct
+from fognode.protocols.registry.config import RegistryConfig
+from fognode.protocols.registry.core import RegistryCore
+from fognode.protocols.registry.observation import decode_observation
+from fognode.protocols.registry.record import decode_record, make_profile
+
+FUZZ_KEY = SigningKey(b"\x5a" * 32)
+FUZZ_PUB = bytes(FUZZ_KEY.verify_key)
+FUZZ_PEER = peer_id_from_pubkey(FUZZ_PUB)
+LOCAL_KEY = SigningKey(b"\x17" * 32)
+NOW = 1_800_000_000.0
+# a committee of the fuzz key alone: certificates the fuzzer re-signs can pass verification
+FUZZ_COMMITTEE = Committee.of({FUZZ_PUB: 10})
+MAX_TENSOR = 1 << 20          # receiver's byte limit for a fuzzed tensor
+PARAMS_SHAPE = (4, 8)         # the receiver's model layout in the FL targets
+
+Expected = tuple[type[BaseException], ...]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    run: Callable[[bytes], None]
+    what: str                              # the network path it stands for
+    expected: Expected = (RemoteProtocolError,)
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def target(name: str, what: str, expected: Expected = (RemoteProtocolError,)) -> Callable[
+        [Callable[[bytes], None]], Callable[[bytes], None]]:
+    def add(fn: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        if name in TARGETS:
+            raise ValueError(f"fuzz target {name!r} defined twice")
+        TARGETS[name] = Target(name, fn, what, expected)
+        return fn
+    return add
+
+
+def run_one(name: str, data: bytes) -> None:
+    """Run target `name` on `data`; its expected errors are swallowed, anything else raised."""
+    t = TARGETS[name]
+    try:
+        t.run(data)
+    except t.expected:
+        pass
+
+
+def _resign(raw: Any, *, key: str | None, peer: str | None, sig: str = "sig",
+            body: Callable[[dict[str, Any]], Any] | None = None) -> Any:
+    """A copy of map `raw` with its key/peer-id fields set to the fuzz identity and `sig`
+    re-signed over the map without `sig` (or over `body(map)`); None when `raw` cannot be
+    signed (not a map, or not canonically encodable: the decoder must refuse those anyway)."""
+    if not isinstance(raw, dict):
+        return None
+    out = dict(raw)
+    if key is not None:
+        out[key] = FUZZ_PUB
+    if peer is not None:
+        out[peer] = FUZZ_PEER
+    out.pop(sig, None)
+    try:
+        out[sig] = sign(FUZZ_KEY, body(out) if body is not None else out)
+    except LocalProtocolError:
+        return None
+    return out
+
+
+def _twice(raw: Any, decode: Callable[[Any], None], **resign: Any) -> None:
+    """Decode `raw` as given, then re-signed by the fuzz key (see _resign)."""
+    try:
+        decode(raw)
+    except RemoteProtocolError:
+        pass
+    again = _resign(raw, **resign)
+    if again is not None:
+        decode(again)
+
+
+def _roundtrip(obj: Any, decode: Callable[[Any], Any]) -> None:
+    """A decoded message re-encodes canonically and decodes to itself (what relaying needs)."""
+    again = decode(unpack(pack(obj.to_wire())))
+    assert again == obj, f"{type(obj).__name__} does not survive re-encoding: {obj!r} != {again!r}"
+
+
+# ---- node -------------------------------------------------------------------------------------
+
+@target("wire_unpack", "node/wire.unpack: every msgpack frame and gossip payload")
+def wire_unpack(data: bytes) -> None:
+    v = unpack(data)
+
+    def walk(x: Any, depth: int) -> None:
+        assert depth < 1100, "unpack built a value nested deeper than msgpack's limit"
+        if isinstance(x, dict):
+            for k, y in x.items():
+                assert isinstance(k, (str, bytes)), type(k)
+                walk(y, depth + 1)
+        elif isinstance(x, list):
+            for y in x:
+                walk(y, depth + 1)
+        else:
+            # msgpack's timestamp (ext -1) is decoded before ext_hook sees it (wire.py docstring)
+            assert x is None or isinstance(x, (bool, int, float, str, bytes, msgpack.Timestamp)), type(x)
+    walk(v, 0)
+
+
+@target("gossip_envelope", "node/gossip.open_envelope: every message on a gossip topic")
+def gossip_envelope(data: bytes) -> None:
+    try:
+        env = open_envelope(data, max_size=64 * 1024, peer="fuzz")
+        assert open_envelope(env.raw, max_size=64 * 1024) == env
+    except RemoteProtocolError:
+        pass
+    try:
+        raw = unpack(data, max_size=64 * 1024)
+    except RemoteProtocolError:
+        return
+    if isinstance(raw, dict) and isinstance(raw.get("b"), dict):
+        b = dict(raw["b"])
+        b["o"] = FUZZ_PUB
+        try:
+            raw = {**raw, "b": b, "sig": sign(FUZZ_KEY, b)}
+            data = pack(raw)
+        except LocalProtocolError:
+            return
+        env = open_envelope(data, max_size=64 * 1024, peer="fuzz")
+        assert env.origin == FUZZ_PUB
+
+
+class _ByteStream:
+    """A py-libp2p stream's reading side over fixed bytes, handed out in the sizes the input
+    asks for (Libp2pFramedStream only calls read, reset, close and the two attributes)."""
+
+    class _Conn:
+        peer_id = "fuzz-peer"
+
+    muxed_conn = _Conn()
+
+    def __init__(self, data: bytes, cuts: list[int]) -> None:
+        self.data = data
+        self.cuts = cuts
+        self.written: list[bytes] = []
+
+    def get_protocol(self) -> str:
+        return "/fognode/fuzz/1"
+
+    async def read(self, n: int | None = None) -> bytes:
+        if not self.data:
+            return b""
+        step = self.cuts.pop(0) if self.cuts else len(self.data)
+        k = max(1, min(n or len(self.data), step))
+        out, self.data = self.data[:k], self.data[k:]
+        return out
+
+    async def reset(self) -> None:
+        self.data = b""
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    async def close(self) -> None:
+        pass
+
+
+@target("stream_frames", "node/streams.Libp2pFramedStream.recv: length-prefixed frames on every stream",
+        expected=(RemoteProtocolError, StreamClosed))
+def stream_frames(data: bytes) -> None:
+    """Input: one byte N, N read sizes (bytes), then the stream's bytes."""
+    n = data[0] % 8 if data else 0
+    cuts = [c + 1 for c in data[1:1 + n]]
+    fs = Libp2pFramedStream(_ByteStream(data[1 + n:], cuts), max_frame=4096)
+
+    async def read_all() -> None:
+        for _ in range(64):
+            try:
+                await fs.recv()
+            except StreamClosed:
+                if fs._buf:   # ended inside a frame: the error is the expected outcome
+                    raise
+                return        # a clean end between frames
+    trio.run(read_all)
+
+
+# ---- ledger -----------------------------------------------------------------------------------
+
+def _check_signed_order(raw: Any) -> None:
+    so = decode_signed_order(raw, peer="fuzz")
+    _ = so.tx_id, so.key, so.signature_ok(), order_problem(so.order)
+    assert so.encoded() == pack(so.to_wire()), "SignedOrder.encoded() is not pack(to_wire())"
+    _roundtrip(so, decode_signed_order)
+
+
+@target("ledger_order", "ledger order stream: a client's signed order (decode_signed_order)")
+def ledger_order(data: bytes) -> None:
+    raw = unpack(data, what="fuzz")
+    _check_signed_order(raw)
+    if isinstance(raw, dict) and isinstance(raw.get("order"), dict):
+        o = {**raw["order"], "sender": FUZZ_PUB}
+        try:
+            again = {**raw, "order": o, "sig": sign(FUZZ_KEY, o)}
+        except LocalProtocolError:
+            return
+        _check_signed_order(again)
+
+
+def _check_certificate(raw: Any) -> None:
+    cert = decode_certificate(raw, peer="fuzz")
+    assert cert.encoded() == pack(cert.to_wire()), "Certificate.encoded() is not pack(to_wire())"
+    _roundtrip(cert, decode_certificate)
+    verify_certificate(cert, FUZZ_COMMITTEE)
+
+
+@target("ledger_certificate", "ledger gossip batches and sync replies: one certificate (decode_certificate)",
+        expected=(RemoteProtocolError, CertificateRejected))
+def ledger_certificate(data: bytes) -> None:
+    raw = unpack(data, what="fuzz")
+    try:
+        _check_certificate(raw)
+    except (RemoteProtocolError, CertificateRejected):
+        pass
+    # re-signed: the order by the fuzz key, one vote by the fuzz key (a quorum of FUZZ_COMMITTEE)
+    if not (isinstance(raw, dict) and isinstance(raw.get("order"), dict)
+            and isinstance(raw["order"].get("order"), dict)):
+        return
+    o = {**raw["order"]["order"], "sender": FUZZ_PUB}
+    try:
+        so = decode_signed_order({**raw["order"], "order": o, "sig": sign(FUZZ_KEY, o)})
+    except (RemoteProtocolError, LocalProtocolError):
+        return
+    vote = FUZZ_KEY.sign(vote_message(so.tx_id)).signature
+    _check_certificate({**raw, "order": so.to_wire(), "votes": [[FUZZ_PUB, vote]]})
+
+
+@target("ledger_replies", "ledger order/committee streams: votes, rejections, fork proofs, committee "
+                          "bodies, votes and certificates, handover pages (first byte picks the decoder)")
+def ledger_replies(data: bytes) -> None:
+    if not data:
+        return
+    which, raw = data[0] % 7, unpack(data[1:], what="fuzz")
+    if which == 0:
+        v = decode_vote(raw, peer="fuzz")
+        _ = v.signature_ok()
+        _roundtrip(v, decode_vote)
+    elif which == 1:
+        _roundtrip(decode_rejection(raw, peer="fuzz"), decode_rejection)
+    elif which == 2:
+        p = decode_fork_proof(raw, peer="fuzz")
+        _ = p.valid()
+        _roundtrip(p, decode_fork_proof)
+    elif which == 3:
+        b = decode_committee_body(raw, peer="fuzz")
+        _ = b.body_hash, b.vote_message()
+        _roundtrip(b, decode_committee_body)
+    elif which == 4:
+        _roundtrip(decode_committee_vote(raw, peer="fuzz"), decode_committee_vote)
+    elif which == 5:
+        c = decode_committee_certificate(raw, peer="fuzz")
+        _ = c.committee()
+        _roundtrip(c, decode_committee_certificate)
+    else:
+        after = (b"\x00" * 32, 0)
+        page = HandoverPage.decode(raw, epoch=3, after=after, peer="fuzz")
+        assert HandoverPage.decode(unpack(pack(page.to_wire())), epoch=3, after=after) == page
+
+
+@target("ledger_receipt", "ledger mint evidence: a receipt inside a mint order (decode_receipt + verifier)",
+        expected=(RemoteProtocolError, EvidenceError))
+def ledger_receipt(data: bytes) -> None:
+    raw = unpack(data, what="fuzz")
+    ctx = VerifyContext(committee=Committee.of({FUZZ_PUB: 10, LOCAL_KEY.verify_key.encode(): 10}),
+                        epoch=5, epoch_length=3600, uptime_reward_per_hour=1000)
+    reg = default_registry()
+
+    def check(r: Any) -> None:
+        rec = decode_receipt(r, peer="fuzz")
+        _ = rec.receipt_id, rec.claim_id, rec.scope_id
+        _roundtrip(rec, decode_receipt)
+        try:
+            reg.max_reward(rec, ctx)
+        except EvidenceError:
+            pass
+    try:
+        check(raw)
+    except RemoteProtocolError:
+        pass
+    again = _resign(raw, key="issuer", peer=None)
+    if again is not None:
+        check(again)
+
+
+# ---- fl -----------------------------------------------------------------------------------------
+
+def _fl_gossip_resigned(raw: Any) -> Any:
+    """The FL gossip envelope with its signed body (announcement or round result receipt)
+    re-signed by the fuzz key."""
+    if not (isinstance(raw, dict) and isinstance(raw.get("body"), dict)):
+        return None
+    body = raw["body"]
+    if raw.get("type") == "announce":
+        again = _resign(body, key="key", peer="starter")
+    elif raw.get("type") == "result" and isinstance(body.get("receipt"), dict):
+        rc = _resign(body["receipt"], key="key", peer="aggregator")
+        again = None if rc is None else {**body, "receipt": rc}
+    else:
+        return None
+    return None if again is None else {**raw, "body": again}
+
+
+@target("fl_gossip", "fl gossip topic: announcements, opt-ins, plans, results, failures, endings")
+def fl_gossip(data: bytes) -> None:
+    raw = unpack(data, what="fuzz")
+    for r in (raw, _fl_gossip_resigned(raw)):
+        if r is None:
+            continue
+        try:
+            m = decode_gossip(r, peer="fuzz")
+        except RemoteProtocolError:
+            continue
+        assert decode_gossip(unpack(pack({"v": 1, "type": r["type"], "body": m.to_wire()}))) == m
+
+
+@target("fl_stream", "fl update/model streams: update headers, acks, model requests and responses, "
+                     "round headers, round receipts (first byte picks the decoder)")
+def fl_stream(data: bytes) -> None:
+    if not data:
+        return
+    which, raw = data[0] % 6, unpack(data[1:], what="fuzz")
+    if which == 0:
+        h = UpdateHeader.decode(raw, expected_shape=PARAMS_SHAPE, max_bytes=MAX_TENSOR, peer="fuzz")
+        _ = UpdateHeader.peek_session(raw)
+        assert UpdateHeader.decode(unpack(pack(h.to_wire())), expected_shape=PARAMS_SHAPE,
+                                   max_bytes=MAX_TENSOR) == h
+    elif which == 1:
+        _roundtrip(Ack.decode(raw, peer="fuzz"), Ack.decode)
+    elif which == 2:
+        _roundtrip(ModelRequest.decode(raw, peer="fuzz"), ModelRequest.decode)
+    elif which == 3:
+        m = ModelResponse.decode(raw, params_shape=PARAMS_SHAPE, max_bytes=MAX_TENSOR, peer="fuzz")
+        assert ModelResponse.decode(unpack(pack(m.to_wire())), params_shape=PARAMS_SHAPE,
+                                    max_bytes=MAX_TENSOR) == m
+    elif which == 4:
+        _twice(raw, lambda r: _roundtrip(RoundHeader.decode(r, peer="fuzz"), RoundHeader.decode),
+               key="key", peer="signer")
+    else:
+        _twice(raw, lambda r: _roundtrip(decode_round_receipt(r, peer="fuzz"), decode_round_receipt),
+               key="key", peer="aggregator")
+
+
+@target("fl_tensor", "fl tensor transfer: a header then raw chunks (decode_header + TensorDecoder)")
+def fl_tensor(data: bytes) -> None:
+    """Input: msgpack [header map, [chunk bytes, ...], fix_hash bool]; with fix_hash the
+    header's hash is replaced by that of the chunks, so the fuzzer gets past the hash check."""
+    raw = unpack(data, what="fuzz")
+    if not isinstance(raw, list) or len(raw) != 3 or not isinstance(raw[1], list):
+        return
+    header, chunks, fix = raw
+    chunks = [c for c in chunks if isinstance(c, bytes)]
+    if fix is True and isinstance(header, dict):
+        header = {**header, "hash": tensor_hash(b"".join(chunks))}
+    h = decode_header(header, expected_shape=None, max_bytes=MAX_TENSOR, peer="fuzz")
+    assert decode_header(unpack(pack(h.to_wire())), expected_shape=None, max_bytes=MAX_TENSOR) == h
+    dec = TensorDecoder(h, peer="fuzz")
+    for c in chunks:
+        dec.feed(c)
+    arr = dec.finish()
+    assert arr.shape == h.shape and arr.dtype == np.float32 and bool(np.isfinite(arr).all())
+
+
+@target("fl_secagg", "fl secure aggregation stream: an envelope then the message's byte frames")
+def fl_secagg(data: bytes) -> None:
+    """Input: msgpack [envelope map, [frame bytes, ...]] or a bare secagg message map."""
+    raw = unpack(data, what="fuzz")
+    if isinstance(raw, list) and len(raw) == 2 and isinstance(raw[1], list):
+        env = SecAggEnvelope.decode(raw[0], peer="fuzz")
+        assert SecAggEnvelope.decode(unpack(pack(env.to_wire()))) == env
+        frames = [f for f in raw[1] if isinstance(f, bytes)]
+        if len(frames) != env.parts:
+            return
+        msg = secagg_decode_body(frames, peer="fuzz")
+    else:
+        msg = decode_message(raw, peer="fuzz")
+    assert decode_message(unpack(pack(msg.to_wire()))) == msg
+
+
+# ---- registry and monitor ---------------------------------------------------------------------
+
+def _registry_core() -> RegistryCore:
+    return RegistryCore(LOCAL_KEY, RegistryConfig(), make_profile("eu-west", "server", ["fl"]),
+                        pretrusted=[], now=NOW)
+
+
+def _record_resigned(data: bytes) -> bytes | None:
+    try:
+        raw = unpack(data, max_size=8192)
+    except RemoteProtocolError:
+        return None
+    again = _resign(raw, key="pubkey", peer="peer")
+    return None if again is None else pack(again)
+
+
+@target("registry_record", "registry: device records from the DHT, sync replies and gossip (decode_record)")
+def registry_record(data: bytes) -> None:
+    for d in (data, _record_resigned(data)):
+        if d is None:
+            continue
+        try:
+            rec = decode_record(d, peer="fuzz")
+        except RemoteProtocolError:
+            continue
+        assert decode_record(rec.encode()) == rec
+        _registry_core().on_sync_reply("fuzz", b"e" * 8, 1, False, [d], NOW)
+
+
+@target("registry_observation", "registry: signed observations from gossip and sync (decode_observation)")
+def registry_observation(data: bytes) -> None:
+    again: bytes | None = None
+    try:
+        r = _resign(unpack(data, max_size=8192), key="pubkey", peer="observer")
+        again = None if r is None else pack(r)
+    except RemoteProtocolError:
+        pass
+    for d in (data, again):
+        if d is None:
+            continue
+        try:
+            o = decode_observation(d, peer="fuzz")
+        except RemoteProtocolError:
+            continue
+        assert decode_observation(pack({**o.body(), "sig": o.sig})) == o
+        core = _registry_core()
+        core.on_observation(o.observer, d, NOW)
+        core.on_observation_sync_reply("fuzz", b"e" * 8, 1, False, [d], NOW)
+
+
+@target("registry_gossip", "registry devices topic: record / heartbeat / goodbye envelopes (RegistryCore)")
+def registry_gossip(data: bytes) -> None:
+    core = _registry_core()
+    core.on_device_gossip(FUZZ_PEER, data, NOW)
+    try:
+        raw = unpack(data, max_size=8192)
+    except RemoteProtocolError:
+        return
+    if isinstance(raw, dict) and isinstance(raw.get("record"), bytes):
+        rec = _record_resigned(raw["record"])
+        try:   # the envelope's other fields may not re-encode (NaN): then there is nothing to re-sign
+            again = None if rec is None else pack({**raw, "record": rec})
+        except LocalProtocolError:
+            again = None
+        if again is not None:
+            core.on_device_gossip(FUZZ_PEER, again, NOW)
+
+
+@target("registry_direct", "registry direct stream: ping / get / sync / osync requests (direct.serve)")
+def registry_direct(data: bytes) -> None:
+    """Input: the request stream's bytes (length-prefixed frames, as stream_frames)."""
+    core = _registry_core()
+    raw = _ByteStream(data, [])
+    fs = Libp2pFramedStream(raw, max_frame=direct.MAX_REQUEST)
+    trio.run(direct.serve, fs, lambda: None if len(data) % 2 else b"record", lambda: False,
+             core.serve_sync, core.serve_observation_sync)
+    for frame in raw.written:
+        unpack(frame[4:])   # whatever it answered is valid msgpack
+
+
+@target("monitor_status", "monitor status topic (NodeStatus.decode)")
+def monitor_status(data: bytes) -> None:
+    st = NodeStatus.decode(data, "fuzz")
+    assert NodeStatus.decode(st.encode(), "fuzz") == st
+
+
+# ---- the control socket -------------------------------------------------------------------------
+
+class _FuzzMethods:
+    """Methods with every parameter shape the daemon's RPC methods use (methods.py docstring)."""
+
+    @rpc_method("fuzz.scalars")
+    async def scalars(self, a: int, b: float = 0.0, c: str = "", d: bool = False) -> list[Any]:
+        """Echo the scalars."""
+        return [a, b, c, d]
+
+    @rpc_method("fuzz.containers")
+    async def containers(self, tags: list[str], weights: dict[str, float] | None = None,
+                         nums: list[int] | None = None) -> dict[str, Any]:
+        """Echo the containers."""
+        return {"tags": tags, "weights": weights, "nums": nums}
+
+    @rpc_method("fuzz.choice")
+    async def choice(self, mode: Literal["a", "b", "c"] = "a", *, limit: int | None = None,
+                     anything: Any = None) -> dict[str, Any]:
+        """Echo the choice."""
+        return {"mode": mode, "limit": limit, "anything": anything}
+
+
+_rpc_server: RpcServer | None = None
+
+
+def _server() -> RpcServer:
+    global _rpc_server
+    if _rpc_server is None:
+        table = MethodTable()
+        table.add_object(_FuzzMethods(), "node")
+        _rpc_server = RpcServer(table, Path("/tmp/fognode-fuzz-unbound.sock"), CollectorRegistry())
+    return _rpc_server
+
+
+@target("rpc_line", "control socket: one request line (RpcServer.handle_line)", expected=())
+def rpc_line(data: bytes) -> None:
+    reply = trio.run(_server().handle_line, data.split(b"\n", 1)[0])
+    if reply is None:
+        return
+    out = json.loads(reply)
+    for r in out if isinstance(out, list) else [out]:
+        assert r["jsonrpc"] == "2.0" and "id" in r and (("result" in r) != ("error" in r)), r
+        if "error" in r:
+            assert isinstance(r["error"]["code"], int) and r["error"]["message"], r
+            assert r["error"]["code"] != INTERNAL_ERROR, f"internal error: {r['error']}"
