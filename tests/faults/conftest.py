@@ -1,0 +1,79 @@
+"""Fixtures of the fault tests: a 5-validator devnet of real `fognode run` processes, each in
+its own network namespace (tests/faults/netns.py), for partition scenarios.
+
+Stakes are 2, 2, 2, 1, 1 (x DEV_STAKE): nodes 0-2 hold 6/8 of the stake, more than the 2/3
+quorum, so they certify alone in a 3/2 split, and no side of a 2/2/1 split ({0,1} 4/8,
+{2,3} 3/8, {4} 1/8) reaches a quorum. (With equal stakes a quorum needs 4 of 5 validators,
+so neither side of a 3/2 split could certify at all.)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from fognode.ledger.genesis import DEV_STAKE
+from fognode.node.datadir import read_genesis, write_genesis
+from fognode.tools.devnet import Devnet
+
+from tests.faults.netns import Fabric, NetnsUnavailable
+
+N = 5
+STAKES = (2, 2, 2, 1, 1)      # in DEV_STAKE units, by node index
+
+ARGS = ["--set", "overlay.peers_low=4", "--set", "overlay.connmgr_interval=0.5",
+        "--set", "overlay.dial_timeout=3.0", "--set", "overlay.dial_backoff=2.0",
+        "--set", "overlay.dial_backoff_max=4.0",
+        "--set", "protocols.ledger.sync_interval=1.0", "--set", "protocols.ledger.request_timeout=2.0",
+        "--set", "protocols.ledger.retry_interval=0.5",
+        "--set", "protocols.fl.tick_interval=0.1", "--set", "protocols.fl.republish_interval=1.0"]
+
+
+def reweight(net: Devnet, stakes: tuple[int, ...]) -> None:
+    """Give node i's validator key `stakes[i]` x DEV_STAKE in the devnet's shared genesis."""
+    from fognode.ledger.address import encode_address
+    from fognode.node.datadir import load_identity
+
+    g = read_genesis(net.nodes[0].datadir)
+    by_addr = {encode_address(bytes(load_identity(n.datadir).verify_key)): stakes[n.index] for n in net.nodes}
+    g["ledger"]["validators"] = [{"address": v["address"], "stake": by_addr[v["address"]] * DEV_STAKE}
+                                 for v in g["ledger"]["validators"]]
+    for n in net.nodes:
+        write_genesis(n.datadir, g)
+
+
+@pytest.fixture(scope="package")
+def fabric() -> Iterator[Fabric]:
+    """Five node namespaces on one switch; skips when this environment cannot make them."""
+    f = Fabric(N)
+    try:
+        f.create()
+    except NetnsUnavailable as e:
+        pytest.skip(f"network namespaces unavailable: {e}")
+    try:
+        yield f
+    finally:
+        f.destroy()
+
+
+@pytest.fixture(scope="package")
+def netns_devnet(fabric: Fabric, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    """Five validators (stakes 2,2,2,1,1), node i in namespace i at 10.213.0.<i+1>, all
+    connected to each other; stopped (SIGTERM, then SIGKILL) at the end."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="fnf-", dir="/tmp"))   # unix socket paths stay short
+    net = Devnet(root / "net", N, extra_args=ARGS)
+    try:
+        net.create()
+        reweight(net, STAKES)
+        for node in net.nodes:
+            node.host = fabric.address(node.index)
+            node.launcher = fabric.exec_prefix(node.index)
+        net.start_all(timeout=90)
+        yield net
+    finally:
+        net.stop_all()
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,135 @@
+"""Network partitions between five real validator daemons, each in its own network namespace,
+while every node keeps sending transfers (Jepsen-style: clients, a nemesis, checkers).
+
+3/2 split: the side holding 6/8 of the stake keeps certifying, the other certifies nothing.
+2/2/1 split: no side holds a quorum, nobody certifies. After each heal: every client certifies
+again, all replicas converge to one state root, `ledger.verify` passes everywhere, and no
+(sender, sequence) has two certificates on any replica; an order left in flight by the split
+either completed after the heal or stays in flight, never replaced by another certificate.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import pytest
+
+from fognode.tools.devnet import Devnet, wait_until
+
+from tests.faults.netns import Fabric
+from tests.faults.workload import Client, certificates, merged, start_clients, state_of
+
+pytestmark = pytest.mark.slow
+
+SPLIT_TIMEOUT = 30.0      # bound on each wait while the network is split
+HEAL_TIMEOUT = 45.0       # bound on recovery after a heal (TCP retransmission back-off included)
+
+
+def peers(net: Devnet, i: int) -> set[str]:
+    return {p["peer_id"] for p in net.nodes[i].rpc("node.peers")}
+
+
+@pytest.fixture
+def wallets(netns_devnet: Devnet, fabric: Fabric) -> Iterator[list[str]]:
+    """The nodes' default wallet addresses, on a healed, fully connected, converged network
+    (healed again after the test, whatever happened)."""
+    net = netns_devnet
+    fabric.heal()
+    ids = {n.peer_id for n in net.nodes}
+    wait_until(lambda: all(peers(net, i) >= ids - {net.nodes[i].peer_id} for i in range(len(net.nodes))),
+               timeout=HEAL_TIMEOUT, interval=0.2, what="all five daemons connected to each other")
+    yield [n.rpc("wallet.address")["address"] for n in net.nodes]
+    fabric.heal()
+
+
+def flat(certs: dict[tuple[str, int], set[str]]) -> set[tuple[str, int, str]]:
+    return {(sender, seq, tx) for (sender, seq), txs in certs.items() for tx in txs}
+
+
+def converged(net: Devnet) -> bool:
+    states = [state_of(n) for n in net.nodes]
+    return len({s["state_root"] for s in states}) == 1 and len({s["applied"] for s in states}) == 1
+
+
+def check_history(net: Devnet, wallets: list[str], clients: list[Client]) -> None:
+    """After convergence: verify passes, every replica holds the same certificates, none twice
+    for a (sender, sequence), every final send is there, every in-flight one is there at most
+    as itself."""
+    for n in net.nodes:
+        v = n.rpc("ledger.verify")
+        assert v["ok"], (n.index, v)
+        assert n.rpc("ledger.stats")["forks"] == 0, n.index
+    maps = [certificates(n, wallets) for n in net.nodes]
+    for i, m in enumerate(maps[1:], 1):
+        assert m == maps[0], f"replica {i} holds other certificates than replica 0"
+    everything = merged(maps)
+    doubles = {k: v for k, v in everything.items() if len(v) > 1}
+    assert not doubles, f"(sender, sequence) certified twice: {doubles}"
+    held = {tx for txs in everything.values() for tx in txs}
+    for c in clients:
+        for op in c.ops:
+            if op.outcome == "final":
+                assert op.tx in held, f"node {op.node}: final transfer {op.tx} lost"
+                assert everything[(wallets[op.node], op.sequence)] == {op.tx}
+
+
+def run_split(net: Devnet, fabric: Fabric, wallets: list[str], groups: list[list[int]],
+              quorate: list[int]) -> None:
+    """Split into `groups` while clients send; nodes in `quorate` (one group) must keep
+    certifying, every other node must certify nothing; then heal and check."""
+    clients = start_clients(net, wallets)
+    try:
+        t = time.monotonic()
+        wait_until(lambda: all(c.since(t, "final") for c in clients), timeout=SPLIT_TIMEOUT, interval=0.1,
+                   what="every client to certify a transfer before the split")
+
+        fabric.partition(groups)
+        t_split = time.monotonic()
+        stuck = [i for i in range(len(net.nodes)) if i not in quorate]
+        # the split is felt: every node outside the quorate group saw a send time out
+        wait_until(lambda: all(clients[i].since(t_split, "in_flight") for i in stuck), timeout=SPLIT_TIMEOUT,
+                   interval=0.1, what=f"nodes {stuck} to see a send stay in flight")
+        frozen = {i: (state_of(net.nodes[i]), certificates(net.nodes[i], wallets)) for i in stuck}
+        t_frozen = time.monotonic()
+        if quorate:
+            # the quorate side keeps certifying: two more finals per client after the freeze
+            wait_until(lambda: all(len(clients[i].since(t_frozen, "final")) >= 2 for i in quorate),
+                       timeout=SPLIT_TIMEOUT, interval=0.1, what=f"nodes {quorate} to keep certifying")
+        else:
+            # every node tried at least twice more with the network split
+            wait_until(lambda: all(len(clients[i].since(t_frozen, "in_flight")) >= 2 for i in stuck),
+                       timeout=SPLIT_TIMEOUT, interval=0.1, what="two more sends per node")
+        started = {o.tx: o for c in clients for o in c.ops if o.tx}
+        for i in stuck:
+            # nothing sent from there after the split was certified
+            assert not clients[i].since(t_split, "final"), f"node {i} certified while cut off from a quorum"
+            # a replica without a quorum on its side may still receive a certificate of its
+            # side made before the split, but never one of an order sent after it
+            for sender, seq, tx in flat(certificates(net.nodes[i], wallets)) - flat(frozen[i][1]):
+                op = started.get(tx)
+                assert op is not None and op.start < t_split, \
+                    f"node {i} applied {tx} ({sender}, {seq}) during the split: {op}, split at {t_split}"
+        for c in clients:
+            assert not c.since(0, "error"), c.since(0, "error")
+
+        fabric.heal()
+        t_heal = time.monotonic()
+        wait_until(lambda: all(c.since(t_heal, "final") for c in clients), timeout=HEAL_TIMEOUT, interval=0.1,
+                   what="every client to certify again after the heal")
+    finally:
+        for c in clients:
+            c.join(timeout=30)
+    for c in clients:
+        assert not c.since(0, "error"), c.since(0, "error")
+    wait_until(lambda: converged(net), timeout=HEAL_TIMEOUT, interval=0.2,
+               what="every replica to converge to one state root")
+    check_history(net, wallets, clients)
+
+
+def test_split_3_2_majority_certifies_minority_does_not(netns_devnet: Devnet, fabric: Fabric,
+                                                       wallets: list[str]) -> None:
+    run_split(netns_devnet, fabric, wallets, [[0, 1, 2], [3, 4]], quorate=[0, 1, 2])
+
+
+def test_split_2_2_1_nobody_certifies(netns_devnet: Devnet, fabric: Fabric, wallets: list[str]) -> None:
+    run_split(netns_devnet, fabric, wallets, [[0, 1], [2, 3], [4]], quorate=[])

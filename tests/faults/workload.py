@@ -1,0 +1,110 @@
+"""A Jepsen-style transfer workload against a devnet: one client thread per node sends tokens
+from that node's wallet over its RPC socket and records every operation with its outcome and
+(monotonic) start and end times; checkers read the replicas' certificates back.
+
+Clients pace themselves (`PACE` seconds between operations, a workload rate, not a wait for a
+condition) and stop at the end of their current operation when told to. An operation's outcome
+is "final" (certified), "in_flight" (NotCertified: the order stays in flight) or "error"
+(anything else: a checker fails the test on it).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fognode.ledger.errors import LEDGER_NOT_CERTIFIED
+from fognode.node.errors import RpcError
+from fognode.tools.devnet import Devnet, DevnetNode
+
+PACE = 0.2                 # seconds between one client's operations
+SEND_TIMEOUT = 3.0         # wallet.send --timeout: how long a send waits for its certificate
+
+
+@dataclass(frozen=True)
+class Op:
+    node: int
+    start: float
+    end: float
+    outcome: str             # "final" | "in_flight" | "error"
+    tx: str = ""
+    sequence: int = -1
+    error: str = ""
+
+
+@dataclass
+class Client:
+    """Sends `amount` from `node`'s default wallet to `to`, again and again, in a thread."""
+
+    node: DevnetNode
+    to: str
+    amount: str = "1"
+    ops: list[Op] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name=f"client-{self.node.index}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.ops.append(self.send_once())
+            self.stop.wait(PACE)
+
+    def send_once(self) -> Op:
+        t0 = time.monotonic()
+        try:
+            res = self.node.rpc("wallet.send", {"to": self.to, "amount": self.amount, "timeout": SEND_TIMEOUT},
+                                timeout=SEND_TIMEOUT + 20)
+            return Op(self.node.index, t0, time.monotonic(), "final", res["tx"], int(res["sequence"]))
+        except RpcError as e:
+            if e.code == LEDGER_NOT_CERTIFIED and isinstance(e.data, dict):
+                return Op(self.node.index, t0, time.monotonic(), "in_flight", str(e.data.get("tx", "")),
+                          error=str(e))
+            return Op(self.node.index, t0, time.monotonic(), "error", error=f"{e.code}: {e}")
+        except Exception as e:   # a dead socket, a timeout: recorded, the checker fails on it
+            return Op(self.node.index, t0, time.monotonic(), "error", error=f"{type(e).__name__}: {e}")
+
+    def since(self, t: float, outcome: str) -> list[Op]:
+        """Operations of this client started at or after `t` with `outcome`."""
+        return [o for o in list(self.ops) if o.start >= t and o.outcome == outcome]
+
+    def join(self, timeout: float) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                raise TimeoutError(f"client of node {self.node.index} still sending after {timeout} s")
+
+
+def start_clients(net: Devnet, wallets: list[str]) -> list[Client]:
+    """One client per node, node i paying wallet i+1 (mod n)."""
+    clients = [Client(n, wallets[(n.index + 1) % len(wallets)]) for n in net.nodes]
+    for c in clients:
+        c.start()
+    return clients
+
+
+def certificates(node: DevnetNode, wallets: list[str]) -> dict[tuple[str, int], set[str]]:
+    """Every certificate `node`'s replica holds that touches one of `wallets`, as
+    (sender, sequence) -> transaction ids (more than one id is a double certification)."""
+    out: dict[tuple[str, int], set[str]] = {}
+    for w in wallets:
+        for h in node.rpc("wallet.history", {"address": w, "limit": 1000}):
+            out.setdefault((h["sender"], int(h["sequence"])), set()).add(h["tx"])
+    return out
+
+
+def merged(maps: list[dict[tuple[str, int], set[str]]]) -> dict[tuple[str, int], set[str]]:
+    out: dict[tuple[str, int], set[str]] = {}
+    for m in maps:
+        for k, v in m.items():
+            out.setdefault(k, set()).update(v)
+    return out
+
+
+def state_of(node: DevnetNode) -> dict[str, Any]:
+    r: dict[str, Any] = node.rpc("ledger.state_root")
+    return r
