@@ -15,11 +15,12 @@ import pytest
 
 from fognode.ledger.genesis import DEV_STAKE
 from fognode.node.datadir import read_genesis, write_genesis
-from fognode.tools.devnet import Devnet
+from fognode.tools.devnet import Devnet, wait_until
 
 from tests.faults.netns import Fabric, NetnsUnavailable
 
 N = 5
+HEAL_TIMEOUT = 45.0       # bound on recovery after a heal (TCP retransmission back-off included)
 STAKES = (2, 2, 2, 1, 1)      # in DEV_STAKE units, by node index
 
 ARGS = ["--set", "overlay.peers_low=4", "--set", "overlay.connmgr_interval=0.5",
@@ -77,3 +78,20 @@ def netns_devnet(fabric: Fabric, tmp_path_factory: pytest.TempPathFactory) -> It
     finally:
         net.stop_all()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def peers(net: Devnet, i: int) -> set[str]:
+    return {p["peer_id"] for p in net.nodes[i].rpc("node.peers")}
+
+
+@pytest.fixture
+def wallets(netns_devnet: Devnet, fabric: Fabric) -> Iterator[list[str]]:
+    """The nodes' default wallet addresses, on a healed network whose five daemons are all
+    connected to each other (healed again after the test, whatever happened)."""
+    net = netns_devnet
+    fabric.heal()
+    ids = {n.peer_id for n in net.nodes}
+    wait_until(lambda: all(peers(net, i) >= ids - {net.nodes[i].peer_id} for i in range(len(net.nodes))),
+               timeout=HEAL_TIMEOUT, interval=0.2, what="all five daemons connected to each other")
+    yield [n.rpc("wallet.address")["address"] for n in net.nodes]
+    fabric.heal()

@@ -10,67 +10,17 @@ either completed after the heal or stays in flight, never replaced by another ce
 from __future__ import annotations
 
 import time
-from typing import Iterator
-
 import pytest
 
 from fognode.tools.devnet import Devnet, wait_until
 
 from tests.faults.netns import Fabric
-from tests.faults.workload import Client, certificates, merged, start_clients, state_of
+from tests.faults.conftest import HEAL_TIMEOUT
+from tests.faults.workload import certificates, check_history, converged, flat, start_clients, state_of
 
 pytestmark = pytest.mark.slow
 
 SPLIT_TIMEOUT = 30.0      # bound on each wait while the network is split
-HEAL_TIMEOUT = 45.0       # bound on recovery after a heal (TCP retransmission back-off included)
-
-
-def peers(net: Devnet, i: int) -> set[str]:
-    return {p["peer_id"] for p in net.nodes[i].rpc("node.peers")}
-
-
-@pytest.fixture
-def wallets(netns_devnet: Devnet, fabric: Fabric) -> Iterator[list[str]]:
-    """The nodes' default wallet addresses, on a healed, fully connected, converged network
-    (healed again after the test, whatever happened)."""
-    net = netns_devnet
-    fabric.heal()
-    ids = {n.peer_id for n in net.nodes}
-    wait_until(lambda: all(peers(net, i) >= ids - {net.nodes[i].peer_id} for i in range(len(net.nodes))),
-               timeout=HEAL_TIMEOUT, interval=0.2, what="all five daemons connected to each other")
-    yield [n.rpc("wallet.address")["address"] for n in net.nodes]
-    fabric.heal()
-
-
-def flat(certs: dict[tuple[str, int], set[str]]) -> set[tuple[str, int, str]]:
-    return {(sender, seq, tx) for (sender, seq), txs in certs.items() for tx in txs}
-
-
-def converged(net: Devnet) -> bool:
-    states = [state_of(n) for n in net.nodes]
-    return len({s["state_root"] for s in states}) == 1 and len({s["applied"] for s in states}) == 1
-
-
-def check_history(net: Devnet, wallets: list[str], clients: list[Client]) -> None:
-    """After convergence: verify passes, every replica holds the same certificates, none twice
-    for a (sender, sequence), every final send is there, every in-flight one is there at most
-    as itself."""
-    for n in net.nodes:
-        v = n.rpc("ledger.verify")
-        assert v["ok"], (n.index, v)
-        assert n.rpc("ledger.stats")["forks"] == 0, n.index
-    maps = [certificates(n, wallets) for n in net.nodes]
-    for i, m in enumerate(maps[1:], 1):
-        assert m == maps[0], f"replica {i} holds other certificates than replica 0"
-    everything = merged(maps)
-    doubles = {k: v for k, v in everything.items() if len(v) > 1}
-    assert not doubles, f"(sender, sequence) certified twice: {doubles}"
-    held = {tx for txs in everything.values() for tx in txs}
-    for c in clients:
-        for op in c.ops:
-            if op.outcome == "final":
-                assert op.tx in held, f"node {op.node}: final transfer {op.tx} lost"
-                assert everything[(wallets[op.node], op.sequence)] == {op.tx}
 
 
 def run_split(net: Devnet, fabric: Fabric, wallets: list[str], groups: list[list[int]],

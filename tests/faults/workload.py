@@ -5,7 +5,8 @@ from that node's wallet over its RPC socket and records every operation with its
 Clients pace themselves (`PACE` seconds between operations, a workload rate, not a wait for a
 condition) and stop at the end of their current operation when told to. An operation's outcome
 is "final" (certified), "in_flight" (NotCertified: the order stays in flight) or "error"
-(anything else: a checker fails the test on it).
+(anything else: a checker fails the test on it). `check_history` is the checker of the
+replicas once the network healed and they converged.
 """
 from __future__ import annotations
 
@@ -105,6 +106,42 @@ def merged(maps: list[dict[tuple[str, int], set[str]]]) -> dict[tuple[str, int],
     return out
 
 
+def flat(certs: dict[tuple[str, int], set[str]]) -> set[tuple[str, int, str]]:
+    return {(sender, seq, tx) for (sender, seq), txs in certs.items() for tx in txs}
+
+
 def state_of(node: DevnetNode) -> dict[str, Any]:
     r: dict[str, Any] = node.rpc("ledger.state_root")
     return r
+
+
+def converged(net: Devnet) -> bool:
+    """Whether every replica has applied as many certificates and has the same state root."""
+    states = [state_of(n) for n in net.nodes]
+    return len({s["state_root"] for s in states}) == 1 and len({s["applied"] for s in states}) == 1
+
+
+def check_history(net: Devnet, wallets: list[str], clients: list[Client]) -> None:
+    """After convergence: `ledger.verify` passes and no fork was seen on every replica, every
+    replica holds the same certificates, none twice for a (sender, sequence), every final send
+    is there, and so is every order a send left in flight (call it once each client certified
+    again after the heal: a send first drives its sender's order in flight)."""
+    for n in net.nodes:
+        v = n.rpc("ledger.verify")
+        assert v["ok"], (n.index, v)
+        assert n.rpc("ledger.stats")["forks"] == 0, n.index
+    maps = [certificates(n, wallets) for n in net.nodes]
+    for i, m in enumerate(maps[1:], 1):
+        assert m == maps[0], f"replica {i} holds other certificates than replica 0"
+    everything = merged(maps)
+    doubles = {k: v for k, v in everything.items() if len(v) > 1}
+    assert not doubles, f"(sender, sequence) certified twice: {doubles}"
+    held = {tx for txs in everything.values() for tx in txs}
+    for c in clients:
+        for op in c.ops:
+            if op.outcome == "final":
+                assert op.tx in held, f"node {op.node}: final transfer {op.tx} lost"
+                assert everything[(wallets[op.node], op.sequence)] == {op.tx}
+            elif op.outcome == "in_flight":
+                # the order the split held up completed, as itself
+                assert op.tx in held, f"node {op.node}: order {op.tx} left in flight by the split was lost"
