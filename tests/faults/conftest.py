@@ -77,6 +77,11 @@ def netns_devnet(fabric: Fabric, tmp_path_factory: pytest.TempPathFactory) -> It
         yield net
     finally:
         net.stop_all()
+        for node in net.nodes:   # shown by pytest only when a test failed
+            print(f"--- node {node.index} ({node.host}) {node.peer_id}: warnings, rewards, log tail ---")
+            lines = node.log_path.read_text(errors="replace").splitlines() if node.log_path.exists() else []
+            print("\n".join(ln for ln in lines[:-40] if "WARNING" in ln or "ERROR" in ln or "fognode.fl" in ln))
+            print("\n".join(lines[-40:]))
         shutil.rmtree(root, ignore_errors=True)
 
 
