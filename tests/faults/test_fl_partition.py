@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 ROUNDS = 4
 BUDGET = 4_000_000            # micro-units for the session: 1 token per round
-SESSION_TIMEOUT = 120.0
+SESSION_TIMEOUT = 150.0      # 4 tries of round 1 at most 2 x 8 + 5 s each, with opt-ins
 
 
 def owed_per_round(st: dict[str, Any], wallet_of: dict[str, str]) -> dict[str, Counter[int]]:
@@ -66,7 +66,8 @@ def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: 
                timeout=HEAL_TIMEOUT, interval=0.25, what="node 0 to know every other device")
     before = merged([certificates(coord, wallets)])
     out = coord.rpc("fl.start", {"task": "synthetic", "rounds": ROUNDS, "min_participants": 3,
-                                 "participants": 5, "deadline": 10.0, "max_retries": 6, "local_epochs": 1, "lr": 0.05,
+                                 "participants": 5, "deadline": 8.0, "max_retries": 3, "fallbacks": 1,
+                                 "local_epochs": 1, "lr": 0.05,
                                  "optin_seconds": 4.0, "reward_budget": BUDGET,
                                  "task_params": {"alpha": 0.5, "beta": 0.5, "max_samples": 200}})
     sid = out["session_id"]
@@ -81,6 +82,7 @@ def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: 
 
     wait_until(lambda: rounds_done() >= 1, timeout=SESSION_TIMEOUT, interval=0.2,
                what="round 1 to complete on the whole network")
+    split_before_round_1 = status()["state"] != "running"
     cur = status()["current"]
     fabric.partition([[0, 1, 2], [3, 4]])
     # a round planned after the split goes on without the cut-off side: its members miss the
@@ -133,3 +135,6 @@ def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: 
     # nothing the split held up was certified as something else
     after = merged([certificates(n, wallets) for n in net.nodes])
     assert all(after[k] == v for k, v in before.items())
+    if split_before_round_1:   # as test_daemon.py: the scenario did not happen, say so
+        pytest.skip(f"the session ended before the split ({st['reason']}): an overloaded machine; "
+                    "it ended cleanly and paid nothing twice, but the split was not exercised")

@@ -10,17 +10,29 @@ either completed after the heal or stays in flight, never replaced by another ce
 from __future__ import annotations
 
 import time
+from typing import Callable
+
 import pytest
 
 from fognode.tools.devnet import Devnet, wait_until
 
 from tests.faults.netns import Fabric
 from tests.faults.conftest import HEAL_TIMEOUT
-from tests.faults.workload import certificates, check_history, converged, flat, start_clients, state_of
+from tests.faults.workload import (Client, certificates, check_history, converged, flat, start_clients, state_of,
+                                   summary)
 
 pytestmark = pytest.mark.slow
 
 SPLIT_TIMEOUT = 30.0      # bound on each wait while the network is split
+
+
+def wait_ops(clients: list[Client], since: float, cond: Callable[[], bool], *, timeout: float,
+             what: str) -> None:
+    """wait_until(cond), failing with what each client saw since `since`."""
+    try:
+        wait_until(cond, timeout=timeout, interval=0.1, what=what)
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; clients since then:\n{summary(clients, since)}") from None
 
 
 def run_split(net: Devnet, fabric: Fabric, wallets: list[str], groups: list[list[int]],
@@ -30,25 +42,25 @@ def run_split(net: Devnet, fabric: Fabric, wallets: list[str], groups: list[list
     clients = start_clients(net, wallets)
     try:
         t = time.monotonic()
-        wait_until(lambda: all(c.since(t, "final") for c in clients), timeout=SPLIT_TIMEOUT, interval=0.1,
-                   what="every client to certify a transfer before the split")
+        wait_ops(clients, t, lambda: all(c.since(t, "final") for c in clients), timeout=SPLIT_TIMEOUT,
+                 what="every client to certify a transfer before the split")
 
         fabric.partition(groups)
         t_split = time.monotonic()
         stuck = [i for i in range(len(net.nodes)) if i not in quorate]
         # the split is felt: every node outside the quorate group saw a send time out
-        wait_until(lambda: all(clients[i].since(t_split, "in_flight") for i in stuck), timeout=SPLIT_TIMEOUT,
-                   interval=0.1, what=f"nodes {stuck} to see a send stay in flight")
+        wait_ops(clients, t_split, lambda: all(clients[i].since(t_split, "in_flight") for i in stuck),
+                 timeout=SPLIT_TIMEOUT, what=f"nodes {stuck} to see a send stay in flight")
         frozen = {i: (state_of(net.nodes[i]), certificates(net.nodes[i], wallets)) for i in stuck}
         t_frozen = time.monotonic()
         if quorate:
             # the quorate side keeps certifying: two more finals per client after the freeze
-            wait_until(lambda: all(len(clients[i].since(t_frozen, "final")) >= 2 for i in quorate),
-                       timeout=SPLIT_TIMEOUT, interval=0.1, what=f"nodes {quorate} to keep certifying")
+            wait_ops(clients, t_frozen, lambda: all(len(clients[i].since(t_frozen, "final")) >= 2 for i in quorate),
+                     timeout=SPLIT_TIMEOUT, what=f"nodes {quorate} to keep certifying")
         else:
             # every node tried at least twice more with the network split
-            wait_until(lambda: all(len(clients[i].since(t_frozen, "in_flight")) >= 2 for i in stuck),
-                       timeout=SPLIT_TIMEOUT, interval=0.1, what="two more sends per node")
+            wait_ops(clients, t_frozen, lambda: all(len(clients[i].since(t_frozen, "in_flight")) >= 2 for i in stuck),
+                     timeout=SPLIT_TIMEOUT, what="two more sends per node")
         started = {o.tx: o for c in clients for o in c.ops if o.tx}
         for i in stuck:
             # nothing sent from there after the split was certified
@@ -64,8 +76,8 @@ def run_split(net: Devnet, fabric: Fabric, wallets: list[str], groups: list[list
 
         fabric.heal()
         t_heal = time.monotonic()
-        wait_until(lambda: all(c.since(t_heal, "final") for c in clients), timeout=HEAL_TIMEOUT, interval=0.1,
-                   what="every client to certify again after the heal")
+        wait_ops(clients, t_heal, lambda: all(c.since(t_heal, "final") for c in clients), timeout=HEAL_TIMEOUT,
+                 what="every client to certify again after the heal")
     finally:
         for c in clients:
             c.join(timeout=30)

@@ -80,6 +80,17 @@ class Client:
                 raise TimeoutError(f"client of node {self.node.index} still sending after {timeout} s")
 
 
+def summary(clients: list[Client], t: float) -> str:
+    """Per client: outcomes of its operations started since `t`, and the last one's error."""
+    out = []
+    for c in clients:
+        ops = [o for o in list(c.ops) if o.start >= t]
+        counts = {k: sum(1 for o in ops if o.outcome == k) for k in ("final", "in_flight", "error")}
+        last = ops[-1].error[:300] if ops and ops[-1].error else ""
+        out.append(f"node {c.node.index}: {counts} {last}")
+    return "\n".join(out)
+
+
 def start_clients(net: Devnet, wallets: list[str]) -> list[Client]:
     """One client per node, node i paying wallet i+1 (mod n)."""
     clients = [Client(n, wallets[(n.index + 1) % len(wallets)]) for n in net.nodes]
