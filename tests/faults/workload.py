@@ -20,7 +20,7 @@ from fognode.node.errors import RpcError
 from fognode.tools.devnet import Devnet, DevnetNode
 
 PACE = 0.2                 # seconds between one client's operations
-SEND_TIMEOUT = 3.0         # wallet.send --timeout: how long a send waits for its certificate
+SEND_TIMEOUT = 4.0         # wallet.send --timeout: how long a send waits for its certificate
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,9 @@ class Client:
             return Op(self.node.index, t0, time.monotonic(), "final", res["tx"], int(res["sequence"]))
         except RpcError as e:
             if e.code == LEDGER_NOT_CERTIFIED and isinstance(e.data, dict):
+                rejections = e.data.get("rejections") or {}
                 return Op(self.node.index, t0, time.monotonic(), "in_flight", str(e.data.get("tx", "")),
-                          error=str(e))
+                          error=f"{e}; rejections: {rejections}" if rejections else str(e))
             return Op(self.node.index, t0, time.monotonic(), "error", error=f"{e.code}: {e}")
         except Exception as e:   # a dead socket, a timeout: recorded, the checker fails on it
             return Op(self.node.index, t0, time.monotonic(), "error", error=f"{type(e).__name__}: {e}")
@@ -86,7 +87,7 @@ def summary(clients: list[Client], t: float) -> str:
     for c in clients:
         ops = [o for o in list(c.ops) if o.start >= t]
         counts = {k: sum(1 for o in ops if o.outcome == k) for k in ("final", "in_flight", "error")}
-        last = ops[-1].error[:300] if ops and ops[-1].error else ""
+        last = ops[-1].error[:600] if ops and ops[-1].error else ""
         out.append(f"node {c.node.index}: {counts} {last}")
     return "\n".join(out)
 
