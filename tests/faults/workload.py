@@ -54,11 +54,11 @@ class Client:
             self.ops.append(self.send_once())
             self.stop.wait(PACE)
 
-    def send_once(self) -> Op:
+    def send_once(self, timeout: float = SEND_TIMEOUT) -> Op:
         t0 = time.monotonic()
         try:
-            res = self.node.rpc("wallet.send", {"to": self.to, "amount": self.amount, "timeout": SEND_TIMEOUT},
-                                timeout=SEND_TIMEOUT + 20)
+            res = self.node.rpc("wallet.send", {"to": self.to, "amount": self.amount, "timeout": timeout},
+                                timeout=timeout + 20)
             return Op(self.node.index, t0, time.monotonic(), "final", res["tx"], int(res["sequence"]))
         except RpcError as e:
             if e.code == LEDGER_NOT_CERTIFIED and isinstance(e.data, dict):
