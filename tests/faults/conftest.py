@@ -62,10 +62,11 @@ def fabric() -> Iterator[Fabric]:
         f.destroy()
 
 
-@pytest.fixture(scope="package")
-def netns_devnet(fabric: Fabric, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    """Five validators (stakes 2,2,2,1,1), node i in namespace i at 10.213.0.<i+1>, all
-    connected to each other; stopped (SIGTERM, then SIGKILL) at the end."""
+@pytest.fixture
+def netns_devnet(fabric: Fabric) -> Iterator[Devnet]:
+    """Five validators (stakes 2,2,2,1,1), node i in namespace i at 10.213.0.<i+1>; a fresh
+    network per test (a scenario's aftermath must not leak into the next); stopped (SIGTERM,
+    then SIGKILL) at the end, their logs' warnings and tails printed (shown when a test failed)."""
     import shutil
     import tempfile
 

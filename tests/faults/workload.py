@@ -136,8 +136,8 @@ def converged(net: Devnet) -> bool:
 def check_history(net: Devnet, wallets: list[str], clients: list[Client]) -> None:
     """After convergence: `ledger.verify` passes and no fork was seen on every replica, every
     replica holds the same certificates, none twice for a (sender, sequence), every final send
-    is there, and so is every order a send left in flight (call it once each client certified
-    again after the heal: a send first drives its sender's order in flight)."""
+    is there, and every order a send left in flight either completed as itself or is still in
+    flight (no later send of its wallet was final, and no certificate holds its sequence)."""
     for n in net.nodes:
         v = n.rpc("ledger.verify")
         assert v["ok"], (n.index, v)
@@ -150,10 +150,17 @@ def check_history(net: Devnet, wallets: list[str], clients: list[Client]) -> Non
     assert not doubles, f"(sender, sequence) certified twice: {doubles}"
     held = {tx for txs in everything.values() for tx in txs}
     for c in clients:
-        for op in c.ops:
+        last_seq = -1
+        ops = list(c.ops)
+        for k, op in enumerate(ops):
             if op.outcome == "final":
                 assert op.tx in held, f"node {op.node}: final transfer {op.tx} lost"
                 assert everything[(wallets[op.node], op.sequence)] == {op.tx}
-            elif op.outcome == "in_flight":
-                # the order the split held up completed, as itself
-                assert op.tx in held, f"node {op.node}: order {op.tx} left in flight by the split was lost"
+                last_seq = op.sequence
+            elif op.outcome == "in_flight" and op.tx not in held:
+                # not certified: it must still be in flight, as itself. A later final send
+                # would have driven it first, and nothing else holds its sequence
+                later = [o for o in ops[k + 1:] if o.outcome == "final"]
+                assert not later, f"node {op.node}: order {op.tx} was dropped, yet {later[0].tx} was certified"
+                other = everything.get((wallets[op.node], last_seq + 1))
+                assert not other, f"node {op.node}: order {op.tx} in flight, but its sequence holds {other}"
