@@ -148,16 +148,18 @@ def check_history(net: Devnet, wallets: list[str], clients: list[Client]) -> Non
     everything = merged(maps)
     doubles = {k: v for k, v in everything.items() if len(v) > 1}
     assert not doubles, f"(sender, sequence) certified twice: {doubles}"
-    held = {tx for txs in everything.values() for tx in txs}
+    seq_of = {tx: seq for (_, seq), txs in everything.items() for tx in txs}
     for c in clients:
-        last_seq = -1
+        last_seq = -1           # the wallet's latest sequence certified by this client's sends
         ops = list(c.ops)
         for k, op in enumerate(ops):
             if op.outcome == "final":
-                assert op.tx in held, f"node {op.node}: final transfer {op.tx} lost"
+                assert op.tx in seq_of, f"node {op.node}: final transfer {op.tx} lost"
                 assert everything[(wallets[op.node], op.sequence)] == {op.tx}
                 last_seq = op.sequence
-            elif op.outcome == "in_flight" and op.tx not in held:
+            elif op.outcome == "in_flight" and op.tx in seq_of:
+                last_seq = max(last_seq, seq_of[op.tx])     # completed later, as itself
+            elif op.outcome == "in_flight":
                 # not certified: it must still be in flight, as itself. A later final send
                 # would have driven it first, and nothing else holds its sequence
                 later = [o for o in ops[k + 1:] if o.outcome == "final"]
