@@ -8,13 +8,16 @@ so neither side of a 3/2 split could certify at all.)
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from fognode.ledger.address import encode_address
 from fognode.ledger.genesis import DEV_STAKE
-from fognode.node.datadir import read_genesis, write_genesis
+from fognode.node.datadir import load_identity, read_genesis, write_genesis
 from fognode.tools.devnet import Devnet, wait_until
 
 from tests.faults.netns import Fabric, NetnsUnavailable
@@ -37,9 +40,6 @@ ARGS = ["--set", "overlay.peers_low=4", "--set", "overlay.connmgr_interval=0.5",
 
 def reweight(net: Devnet, stakes: tuple[int, ...]) -> None:
     """Give node i's validator key `stakes[i]` x DEV_STAKE in the devnet's shared genesis."""
-    from fognode.ledger.address import encode_address
-    from fognode.node.datadir import load_identity
-
     g = read_genesis(net.nodes[0].datadir)
     by_addr = {encode_address(bytes(load_identity(n.datadir).verify_key)): stakes[n.index] for n in net.nodes}
     g["ledger"]["validators"] = [{"address": v["address"], "stake": by_addr[v["address"]] * DEV_STAKE}
@@ -67,9 +67,6 @@ def netns_devnet(fabric: Fabric) -> Iterator[Devnet]:
     """Five validators (stakes 2,2,2,1,1), node i in namespace i at 10.213.0.<i+1>; a fresh
     network per test (a scenario's aftermath must not leak into the next); stopped (SIGTERM,
     then SIGKILL) at the end, their logs' warnings and tails printed (shown when a test failed)."""
-    import shutil
-    import tempfile
-
     root = Path(tempfile.mkdtemp(prefix="fnf-", dir="/tmp"))   # unix socket paths stay short
     net = Devnet(root / "net", N, extra_args=ARGS)
     try:
