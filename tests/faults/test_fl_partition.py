@@ -1,8 +1,8 @@
 """A federated-learning session with rewards across a network partition of five real daemons,
 each in its own network namespace: round 1 runs on one network, the next rounds with the
 network split 3/2 (the starter, and 6/8 of the stake, on the larger side) until a round
-planned during the split completed without the smaller side, the last after the heal. The session ends cleanly (completed, or failed with a reason), every node learns how it
-ended, and each round's rewards are paid at most once: every replica converges to one state
+planned during the split completed without the smaller side, the last after the heal. The
+session ends cleanly (completed, or failed with a reason), every node learns how it ended, and each round's rewards are paid at most once: every replica converges to one state
 root, `ledger.verify` passes, and each wallet's reward mints are a part of what the
 coordinator's adopted rounds owe it (a round paid twice, by two aggregators or two tries,
 would exceed it). A session that made no progress while the network was split (no round
