@@ -2,8 +2,9 @@
 each in its own network namespace: round 1 runs on one network, the next rounds with the
 network split 3/2 (the starter, and 6/8 of the stake, on the larger side) until a round
 planned during the split completed without the smaller side, the last after the heal. The
-session ends cleanly (completed, or failed with a reason), every node learns how it ended, and each round's rewards are paid at most once: every replica converges to one state
-root, `ledger.verify` passes, and each wallet's reward mints are a part of what the
+session ends cleanly (completed, or failed with a reason), every node learns how it ended,
+and each round's rewards are paid at most once: every replica converges to one state root,
+`ledger.verify` passes, and each wallet's reward mints are a part of what the
 coordinator's adopted rounds owe it (a round paid twice, by two aggregators or two tries,
 would exceed it). A session that made no progress while the network was split (no round
 planned during the split completed within SPLIT_TIMEOUT) is an xfail after those checks (2 of
@@ -103,7 +104,8 @@ def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: 
     except TimeoutError as e:   # checked last, after the heal's checks (see the end)
         st = status()
         stalled = (f"{e}: starter's view: rounds_done {st['rounds_done']}, acting coordinator "
-                   f"{st['acting_coordinator']} (node {[n.peer_id for n in net.nodes].index(st['acting_coordinator'])}),"
+                   f"{st['acting_coordinator']} "
+                   f"(node {[n.peer_id for n in net.nodes].index(st['acting_coordinator'])}),"
                    f" role {st['role']}, current {st.get('current')}")
     cut_off = {net.nodes[3].peer_id, net.nodes[4].peer_id}
     for h in status().get("history", []):
