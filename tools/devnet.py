@@ -2,7 +2,9 @@
 
 Each node has its own data dir under one root, one shared genesis, a fixed port chosen at
 creation (so a restarted node comes back at the same address with the same peer id), and
-bootstraps to node 0.
+bootstraps to node 0. Between `create()` and `start()` a node's `host` (the address it listens
+on) and `launcher` (a command prefix, e.g. `ip netns exec NS` to run it in a network namespace)
+may be changed.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ class DevnetNode:
     peer_id: str
     host: str = "127.0.0.1"
     args: list[str] = field(default_factory=list)
+    launcher: list[str] = field(default_factory=list)   # command prefix, e.g. `ip netns exec NS`
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -117,8 +120,8 @@ class Devnet:
             write_genesis(node.datadir, genesis)
 
     def command(self, node: DevnetNode) -> list[str]:
-        cmd = [sys.executable, "-m", "fognode.tools.fognode", "run", "--datadir", str(node.datadir),
-               "--listen", f"/ip4/{self.host}/tcp/{node.port}", "--metrics-port", "0"]
+        cmd = [*node.launcher, sys.executable, "-m", "fognode.tools.fognode", "run", "--datadir", str(node.datadir),
+               "--listen", f"/ip4/{node.host}/tcp/{node.port}", "--metrics-port", "0"]
         if node.index != 0:
             cmd += ["--bootstrap", self.nodes[0].addr]
         return cmd + self.extra_args + node.args
