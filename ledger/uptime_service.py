@@ -7,32 +7,59 @@ Carried over the order stream:
 `run()` samples the connected peers every `uptime_interval` seconds (validators attest what
 they measured) and, once per epoch, claims the previous epoch's reward for this node: it asks
 the validators, keeps the median receipt and submits the mint order from the node's wallet
-(which pays the fee; the reward goes to the node's identity address).
+(which pays the fee; the reward goes to the node's identity address). It reaches the engine
+only through `UptimeHost` (the ledger service satisfies it).
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
 from fognode.ledger.committee import seal_time
 from fognode.ledger.errors import OrderRejected
+from fognode.ledger.genesis import Genesis
+from fognode.ledger.messages import Certificate
 from fognode.ledger.receipts import Receipt, claim_id_of, decode_receipt, uptime_claim
+from fognode.ledger.settings import Settings
+from fognode.ledger.state import LedgerState
 from fognode.ledger.uptime import KIND, UptimeTracker, median_receipt
 from fognode.node.errors import FognodeError, RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id
+from fognode.node.protocol import NodeContext
 from fognode.node.wire import Fields
-
-if TYPE_CHECKING:
-    from fognode.ledger.service import LedgerService
 
 log = logging.getLogger("fognode.ledger.uptime")
 CLAIM_TRIES = 3
 
 
+class UptimeHost(Protocol):
+    """What uptime rewards need of the ledger engine (service.py)."""
+
+    @property
+    def ctx(self) -> NodeContext: ...
+    @property
+    def genesis(self) -> Genesis: ...
+    @property
+    def state(self) -> LedgerState: ...
+    @property
+    def me(self) -> bytes: ...
+    @property
+    def s(self) -> Settings: ...
+
+    def connected_peers(self) -> list[str]: ...
+
+    async def request(self, validator: bytes, peer: str, request: dict[str, Any],
+                      max_reply: int = 64 * 1024) -> Any:
+        """One request over the validator's order stream (order_streams.py)."""
+
+    async def submit_reward(self, receipt: Receipt, amount: int, *, timeout: float = 30.0) -> Certificate:
+        """Mint `amount` to the receipt's beneficiary (submit.py)."""
+
+
 class UptimeRewards:
-    def __init__(self, svc: "LedgerService", interval: float, claims: bool) -> None:
+    def __init__(self, svc: UptimeHost, interval: float, claims: bool) -> None:
         self.svc = svc
         self.tracker = UptimeTracker(svc.genesis, interval)
         self.claims = claims
@@ -71,7 +98,7 @@ class UptimeRewards:
         svc = self.svc
         while True:
             now = svc.ctx.clock()
-            self.tracker.sample(now, [svc.ctx.peer_id, *svc._connected_peers()])
+            self.tracker.sample(now, [svc.ctx.peer_id, *svc.connected_peers()])
             if self.claims:
                 await self._maybe_claim(now)
             await trio.sleep(self.tracker.interval)
@@ -127,7 +154,7 @@ class UptimeRewards:
                 raw = self.serve(svc.ctx.peer_id, Fields({"v": 1, "uptime": epoch}, "ledger.UptimeRequest"))
             else:
                 with trio.fail_after(svc.s.request_timeout):
-                    raw = await svc._request(validator, peer, {"v": 1, "uptime": epoch})
+                    raw = await svc.request(validator, peer, {"v": 1, "uptime": epoch})
             f = Fields(raw, "ledger.UptimeReply", versions={1}, peer=peer)
             if f.has("uptime_refusal"):
                 log.debug("validator %s gave no uptime receipt for epoch %d: %s", peer, epoch,

@@ -1,0 +1,66 @@
+"""The narrow interfaces (typing.Protocol) the ledger engine's trio adapters are handed.
+
+Each names exactly what one adapter needs of another, so that sync.py, certgossip.py and
+submit.py can be read (and tested) without service.py, which builds them all and wires them
+together. The committee rotation, lock handover and uptime adapters declare their own host
+protocols next to them (`RotationHost`, `HandoverHost`, `UptimeHost`).
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from fognode.ledger.committee import CommitteeCertificate
+from fognode.ledger.errors import LedgerStorageFailed
+from fognode.ledger.messages import Certificate, Rejection, SignedOrder, Vote
+from fognode.ledger.state import Delta
+
+
+class Applier(Protocol):
+    """The replica's apply path (service.py): verify, apply and write certificates."""
+
+    @property
+    def failure(self) -> LedgerStorageFailed | None:
+        """Set once a store write failed: the ledger takes no more work."""
+
+    def ingest(self, peer: str, certs: list[Certificate]) -> tuple[list[Delta], bool]:
+        """Apply `certs` in one synced batch: (deltas applied, whether any is waiting)."""
+
+
+class Validating(Applier, Protocol):
+    """The engine as an order's client needs it (submit.py): its own validator's answer."""
+
+    def check_usable(self) -> None:
+        """Raise LedgerStorageFailed once the store failed."""
+
+    def validate(self, peer: str, so: SignedOrder) -> list[Vote | Rejection]:
+        """This node's validator's vote or rejection (its lock persisted first)."""
+
+
+class Publisher(Protocol):
+    """Gossip a certificate this node formed (certgossip.py `CertGossip`)."""
+
+    def publish_later(self, cert: Certificate) -> None: ...
+
+
+class Requester(Protocol):
+    """Ask one validator over its order stream (order_streams.py `OrderStreams`)."""
+
+    async def request(self, validator: bytes, peer: str, request: dict[str, Any],
+                      max_reply: int = 64 * 1024) -> Any: ...
+
+
+class CommitteeExchange(Protocol):
+    """Committee certificates carried on the certificate topic and the sync stream
+    (committee_service.py `CommitteeRotation`)."""
+
+    def decode_list(self, raw: list[Any], peer: str) -> list[CommitteeCertificate]: ...
+
+    def add(self, peer: str, certs: list[CommitteeCertificate]) -> list[CommitteeCertificate]: ...
+
+    def serve(self, after: int) -> list[Any]: ...
+
+
+class SyncTrigger(Protocol):
+    """Start a sync with a peer in the background (sync.py `LedgerSync`)."""
+
+    def sync_soon(self, peer: str) -> None: ...
