@@ -36,6 +36,7 @@ from fognode.ledger.errors import CertificateRejected, LedgerStorageFailed, Reas
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.rotation import (CommitteeCollector, CommitteeSigner, PersistCommitteeLock,
                                      SendCommitteeRefusal, SendCommitteeVote, proposal)
+from fognode.ledger.ports import Requester, SyncTrigger
 from fognode.ledger.settings import Settings
 from fognode.ledger.state import LedgerState
 from fognode.ledger.store import LedgerStore
@@ -48,7 +49,7 @@ log = logging.getLogger("fognode.ledger.committee")
 MAX_COMMITTEES_PER_MESSAGE = 64
 
 
-class RotationHost(Protocol):
+class RotationHost(Requester, SyncTrigger, Protocol):
     """What committee rotation needs of the ledger engine (service.py)."""
 
     @property
@@ -68,13 +69,6 @@ class RotationHost(Protocol):
 
     def retry_awaiting_committee(self) -> None:
         """Committee certificates were added: certificates waiting for them may apply now."""
-
-    def sync_soon(self, peer: str) -> None:
-        """Sync with `peer` in the background."""
-
-    async def request(self, validator: bytes, peer: str, request: dict[str, Any],
-                      max_reply: int = 64 * 1024) -> Any:
-        """One request over the validator's order stream (order_streams.py)."""
 
 
 class CommitteeRotation:

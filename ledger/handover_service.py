@@ -25,6 +25,7 @@ from fognode.ledger.errors import LedgerStorageFailed, Reason
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.handover import HandoverIntake, HandoverPage, HandoverRefused, handover_page
 from fognode.ledger.messages import ForkProof
+from fognode.ledger.ports import Requester, SyncTrigger
 from fognode.ledger.settings import Settings
 from fognode.ledger.state import LedgerState
 from fognode.ledger.store import LedgerStore
@@ -38,7 +39,7 @@ log = logging.getLogger("fognode.ledger.handover")
 MAX_PAGE_FRAME = 1 << 20
 
 
-class HandoverHost(Protocol):
+class HandoverHost(Requester, SyncTrigger, Protocol):
     """What the lock handover needs of the ledger engine (service.py)."""
 
     @property
@@ -56,9 +57,6 @@ class HandoverHost(Protocol):
     @property
     def s(self) -> Settings: ...
 
-    def sync_soon(self, peer: str) -> None:
-        """Sync with `peer` in the background."""
-
     async def sync_with(self, peer: str) -> int:
         """Pull `peer`'s apply log now (sync.py); certificates applied."""
 
@@ -67,10 +65,6 @@ class HandoverHost(Protocol):
 
     def report_fork(self, proof: ForkProof, peer: str, *, certified: bool) -> None:
         """Store, count, log and publish a fork proof."""
-
-    async def request(self, validator: bytes, peer: str, request: dict[str, Any],
-                      max_reply: int = 64 * 1024) -> Any:
-        """One request over the validator's order stream (order_streams.py)."""
 
 
 class LockHandover:

@@ -12,11 +12,11 @@ from typing import Any
 
 import trio
 
+from fognode.ledger.ports import MAX_REPLY
 from fognode.node.errors import FognodeError, StreamClosed
 from fognode.node.overlay import FramedStream, Overlay
 
 ORDER_STREAM = "/fognode/ledger/order/1.0.0"
-MAX_REPLY = 64 * 1024
 
 
 class OrderStreams:

@@ -14,6 +14,8 @@ from fognode.ledger.errors import LedgerStorageFailed
 from fognode.ledger.messages import Certificate, Rejection, SignedOrder, Vote
 from fognode.ledger.state import Delta
 
+MAX_REPLY = 64 * 1024      # bytes of one order-stream reply, unless the request says otherwise
+
 
 class Applier(Protocol):
     """The replica's apply path (service.py): verify, apply and write certificates."""
@@ -46,7 +48,7 @@ class Requester(Protocol):
     """Ask one validator over its order stream (order_streams.py `OrderStreams`)."""
 
     async def request(self, validator: bytes, peer: str, request: dict[str, Any],
-                      max_reply: int = 64 * 1024) -> Any: ...
+                      max_reply: int = MAX_REPLY) -> Any: ...
 
 
 class CommitteeExchange(Protocol):

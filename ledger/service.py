@@ -61,8 +61,9 @@ from fognode.ledger.genesis import Genesis
 from fognode.ledger.handover_service import LockHandover
 from fognode.ledger.messages import (Certificate, ForkProof, Rejection, SignedOrder, TransferOrder, Vote,
                                      decode_certificate, decode_signed_order)
-from fognode.ledger.order_streams import MAX_REPLY, ORDER_STREAM, OrderStreams
+from fognode.ledger.order_streams import ORDER_STREAM, OrderStreams
 from fognode.ledger.pending import PendingPool
+from fognode.ledger.ports import MAX_REPLY
 from fognode.ledger.receipts import Receipt, default_registry
 from fognode.ledger.replica import Replica
 from fognode.ledger.settings import Settings

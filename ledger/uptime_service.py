@@ -22,6 +22,7 @@ from fognode.ledger.errors import OrderRejected
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import Certificate
 from fognode.ledger.receipts import Receipt, claim_id_of, decode_receipt, uptime_claim
+from fognode.ledger.ports import Requester
 from fognode.ledger.settings import Settings
 from fognode.ledger.state import LedgerState
 from fognode.ledger.uptime import KIND, UptimeTracker, median_receipt
@@ -34,7 +35,7 @@ log = logging.getLogger("fognode.ledger.uptime")
 CLAIM_TRIES = 3
 
 
-class UptimeHost(Protocol):
+class UptimeHost(Requester, Protocol):
     """What uptime rewards need of the ledger engine (service.py)."""
 
     @property
@@ -49,10 +50,6 @@ class UptimeHost(Protocol):
     def s(self) -> Settings: ...
 
     def connected_peers(self) -> list[str]: ...
-
-    async def request(self, validator: bytes, peer: str, request: dict[str, Any],
-                      max_reply: int = 64 * 1024) -> Any:
-        """One request over the validator's order stream (order_streams.py)."""
 
     async def submit_reward(self, receipt: Receipt, amount: int, *, timeout: float = 30.0) -> Certificate:
         """Mint `amount` to the receipt's beneficiary (submit.py)."""
