@@ -33,37 +33,23 @@ from prometheus_client import Counter
 from fognode.ledger.committee import (CommitteeBody, CommitteeBook, CommitteeCertificate,
                                       decode_committee_certificate, decode_committee_vote, signing_time)
 from fognode.ledger.errors import CertificateRejected, LedgerStorageFailed, Reason
-from fognode.ledger.genesis import Genesis
 from fognode.ledger.rotation import (CommitteeCollector, CommitteeSigner, PersistCommitteeLock,
                                      SendCommitteeRefusal, SendCommitteeVote, proposal)
-from fognode.ledger.ports import Requester, SyncTrigger
-from fognode.ledger.settings import Settings
-from fognode.ledger.state import LedgerState
+from fognode.ledger.ports import EngineView, Requester, SyncTrigger
 from fognode.ledger.store import LedgerStore
 from fognode.node.errors import FognodeError, RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey
-from fognode.node.protocol import NodeContext
 from fognode.node.wire import Fields, pack
 
 log = logging.getLogger("fognode.ledger.committee")
 MAX_COMMITTEES_PER_MESSAGE = 64
 
 
-class RotationHost(Requester, SyncTrigger, Protocol):
+class RotationHost(EngineView, Requester, SyncTrigger, Protocol):
     """What committee rotation needs of the ledger engine (service.py)."""
 
     @property
-    def ctx(self) -> NodeContext: ...
-    @property
-    def genesis(self) -> Genesis: ...
-    @property
-    def state(self) -> LedgerState: ...
-    @property
     def store(self) -> LedgerStore: ...
-    @property
-    def me(self) -> bytes: ...
-    @property
-    def s(self) -> Settings: ...
     @property
     def m_refused(self) -> Counter: ...
 

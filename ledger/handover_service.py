@@ -22,40 +22,26 @@ import trio
 from fognode.ledger.actions import PersistLock, ReportFork
 from fognode.ledger.committee import seal_time
 from fognode.ledger.errors import LedgerStorageFailed, Reason
-from fognode.ledger.genesis import Genesis
 from fognode.ledger.handover import HandoverIntake, HandoverPage, HandoverRefused, handover_page
 from fognode.ledger.messages import ForkProof
-from fognode.ledger.ports import Requester, SyncTrigger
-from fognode.ledger.settings import Settings
-from fognode.ledger.state import LedgerState
+from fognode.ledger.ports import EngineView, Requester, SyncTrigger
 from fognode.ledger.store import LedgerStore
 from fognode.ledger.validator import Validator
 from fognode.node.errors import FognodeError, RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey
-from fognode.node.protocol import NodeContext
 from fognode.node.wire import Fields
 
 log = logging.getLogger("fognode.ledger.handover")
 MAX_PAGE_FRAME = 1 << 20
 
 
-class HandoverHost(Requester, SyncTrigger, Protocol):
+class HandoverHost(EngineView, Requester, SyncTrigger, Protocol):
     """What the lock handover needs of the ledger engine (service.py)."""
 
-    @property
-    def ctx(self) -> NodeContext: ...
-    @property
-    def genesis(self) -> Genesis: ...
-    @property
-    def state(self) -> LedgerState: ...
     @property
     def store(self) -> LedgerStore: ...
     @property
     def validator(self) -> Validator: ...
-    @property
-    def me(self) -> bytes: ...
-    @property
-    def s(self) -> Settings: ...
 
     async def sync_with(self, peer: str) -> int:
         """Pull `peer`'s apply log now (sync.py); certificates applied."""

@@ -3,7 +3,7 @@
 Each names exactly what one adapter needs of another, so that sync.py, certgossip.py and
 submit.py can be read (and tested) without service.py, which builds them all and wires them
 together. The committee rotation, lock handover and uptime adapters declare their own host
-protocols next to them (`RotationHost`, `HandoverHost`, `UptimeHost`).
+protocols next to them (`RotationHost`, `HandoverHost`, `UptimeHost`), built from these.
 """
 from __future__ import annotations
 
@@ -11,10 +11,28 @@ from typing import Any, Protocol
 
 from fognode.ledger.committee import CommitteeCertificate
 from fognode.ledger.errors import LedgerStorageFailed
+from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import Certificate, Rejection, SignedOrder, Vote
-from fognode.ledger.state import Delta
+from fognode.ledger.settings import Settings
+from fognode.ledger.state import Delta, LedgerState
+from fognode.node.protocol import NodeContext
 
 MAX_REPLY = 64 * 1024      # bytes of one order-stream reply, unless the request says otherwise
+
+
+class EngineView(Protocol):
+    """The engine's shared parts every adapter reads (service.py `LedgerService`)."""
+
+    @property
+    def ctx(self) -> NodeContext: ...
+    @property
+    def genesis(self) -> Genesis: ...
+    @property
+    def state(self) -> LedgerState: ...
+    @property
+    def me(self) -> bytes: ...
+    @property
+    def s(self) -> Settings: ...
 
 
 class Applier(Protocol):

@@ -69,7 +69,7 @@ from fognode.ledger.replica import Replica
 from fognode.ledger.settings import Settings
 from fognode.ledger.state import Delta
 from fognode.ledger.store import LedgerStore
-from fognode.ledger.submit import NotCertified, OrderSubmitter
+from fognode.ledger.submit import OrderSubmitter
 from fognode.ledger.sync import MAX_CERT_FRAME, SYNC_STREAM, LedgerSync
 from fognode.ledger.uptime_service import UptimeRewards
 from fognode.ledger.validator import Validator
@@ -81,8 +81,6 @@ from fognode.node.protocol import NodeContext
 from fognode.node.wire import Fields
 
 log = logging.getLogger("fognode.ledger")
-
-__all__ = ["CERT_TOPIC", "ORDER_STREAM", "SYNC_STREAM", "LedgerService", "NotCertified", "Settings"]
 
 # certificates nobody honest forms or relays (a committee-view difference, NON_COMMITTEE_SIGNER,
 # is not one: such certificates wait for the committee certificate instead)

@@ -19,35 +19,20 @@ import trio
 
 from fognode.ledger.committee import seal_time
 from fognode.ledger.errors import OrderRejected
-from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import Certificate
 from fognode.ledger.receipts import Receipt, claim_id_of, decode_receipt, uptime_claim
-from fognode.ledger.ports import Requester
-from fognode.ledger.settings import Settings
-from fognode.ledger.state import LedgerState
+from fognode.ledger.ports import EngineView, Requester
 from fognode.ledger.uptime import KIND, UptimeTracker, median_receipt
 from fognode.node.errors import FognodeError, RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id
-from fognode.node.protocol import NodeContext
 from fognode.node.wire import Fields
 
 log = logging.getLogger("fognode.ledger.uptime")
 CLAIM_TRIES = 3
 
 
-class UptimeHost(Requester, Protocol):
+class UptimeHost(EngineView, Requester, Protocol):
     """What uptime rewards need of the ledger engine (service.py)."""
-
-    @property
-    def ctx(self) -> NodeContext: ...
-    @property
-    def genesis(self) -> Genesis: ...
-    @property
-    def state(self) -> LedgerState: ...
-    @property
-    def me(self) -> bytes: ...
-    @property
-    def s(self) -> Settings: ...
 
     def connected_peers(self) -> list[str]: ...
 
