@@ -15,6 +15,8 @@ other members, collects votes into a certificate, stores it and gossips it; a me
 "not yet" is synced with (both ways, as it may be the one behind) and asked again after
 3 x `retry_interval`. Any node may assemble: members do, and everyone stores what they receive.
 
+It reaches the engine only through `RotationHost` (the ledger service satisfies it).
+
 Storage failures (service.py): a committee lock that cannot be written is taken out of the
 signer's table again and no vote is returned; committee certificates that cannot be written
 are taken out of the state's book again (it is rebuilt from the store). Both raise
@@ -23,28 +25,40 @@ LedgerStorageFailed, which stops the ledger.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
+from prometheus_client import Counter
 
 from fognode.ledger.committee import (CommitteeBody, CommitteeBook, CommitteeCertificate,
                                       decode_committee_certificate, decode_committee_vote, signing_time)
 from fognode.ledger.errors import CertificateRejected, LedgerStorageFailed, Reason
 from fognode.ledger.rotation import (CommitteeCollector, CommitteeSigner, PersistCommitteeLock,
                                      SendCommitteeRefusal, SendCommitteeVote, proposal)
+from fognode.ledger.ports import EngineView, Requester, SyncTrigger
+from fognode.ledger.store import LedgerStore
 from fognode.node.errors import FognodeError, RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import Fields, pack
-
-if TYPE_CHECKING:
-    from fognode.ledger.service import LedgerService
 
 log = logging.getLogger("fognode.ledger.committee")
 MAX_COMMITTEES_PER_MESSAGE = 64
 
 
+class RotationHost(EngineView, Requester, SyncTrigger, Protocol):
+    """What committee rotation needs of the ledger engine (service.py)."""
+
+    @property
+    def store(self) -> LedgerStore: ...
+    @property
+    def m_refused(self) -> Counter: ...
+
+    def retry_awaiting_committee(self) -> None:
+        """Committee certificates were added: certificates waiting for them may apply now."""
+
+
 class CommitteeRotation:
-    def __init__(self, svc: "LedgerService", topic: str) -> None:
+    def __init__(self, svc: RotationHost, topic: str) -> None:
         self.svc = svc
         self.topic = topic
         self.state = svc.state
@@ -75,7 +89,7 @@ class CommitteeRotation:
                          len(c.votes))
             self.svc.retry_awaiting_committee()
         if self.state.committees.waiting:
-            self.svc._sync_soon(peer)
+            self.svc.sync_soon(peer)
         return added
 
     def _reload_book(self) -> None:
@@ -109,7 +123,7 @@ class CommitteeRotation:
                 reply = {"v": 1, "committee_vote": a.vote.to_wire()}
             elif isinstance(a, SendCommitteeRefusal):
                 if a.reason is Reason.NOT_YET and peer != self.svc.ctx.peer_id:
-                    self.svc._sync_soon(peer)      # the proposer may know certificates we lack
+                    self.svc.sync_soon(peer)      # the proposer may know certificates we lack
                 reply = {"v": 1, "committee_refusal": {"v": 1, "epoch": a.epoch, "reason": a.reason.value,
                                                        "message": a.message}}
         return reply
@@ -178,12 +192,12 @@ class CommitteeRotation:
             raise RemoteProtocolError(f"ledger.CommitteeRefusal: unknown reason {reason_s!r}", peer=peer) from None
         coll.add_refusal(validator, reason, message)
         if reason is Reason.NOT_YET and validator != self.svc.me:
-            self.svc._sync_soon(peer)      # we may be the one behind; the member syncs from us too
+            self.svc.sync_soon(peer)      # we may be the one behind; the member syncs from us too
 
     async def _ask(self, validator: bytes, request: dict[str, Any], coll: CommitteeCollector) -> None:
         peer = peer_id_from_pubkey(validator)
         try:
-            raw = await self.svc._request(validator, peer, request)
+            raw = await self.svc.request(validator, peer, request)
             self._take(coll, validator, raw)
         except (FognodeError, trio.TooSlowError) as e:
             log.debug("member %s did not answer the committee proposal: %s", peer, e)

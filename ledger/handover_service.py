@@ -10,11 +10,12 @@ inherited locks are persisted like its own votes), syncs each answering member's
 to the page's position, and when members with more than 2/3 of the old stake are covered it
 records the handover as done (persisted; the validator then signs orders of the new
 committee). Members that do not answer are asked again every 2 x `retry_interval`.
+It reaches the engine only through `HandoverHost` (the ledger service satisfies it).
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
@@ -22,19 +23,38 @@ from fognode.ledger.actions import PersistLock, ReportFork
 from fognode.ledger.committee import seal_time
 from fognode.ledger.errors import LedgerStorageFailed, Reason
 from fognode.ledger.handover import HandoverIntake, HandoverPage, HandoverRefused, handover_page
+from fognode.ledger.messages import ForkProof
+from fognode.ledger.ports import EngineView, Requester, SyncTrigger
+from fognode.ledger.store import LedgerStore
+from fognode.ledger.validator import Validator
 from fognode.node.errors import FognodeError, RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import Fields
-
-if TYPE_CHECKING:
-    from fognode.ledger.service import LedgerService
 
 log = logging.getLogger("fognode.ledger.handover")
 MAX_PAGE_FRAME = 1 << 20
 
 
+class HandoverHost(EngineView, Requester, SyncTrigger, Protocol):
+    """What the lock handover needs of the ledger engine (service.py)."""
+
+    @property
+    def store(self) -> LedgerStore: ...
+    @property
+    def validator(self) -> Validator: ...
+
+    async def sync_with(self, peer: str) -> int:
+        """Pull `peer`'s apply log now (sync.py); certificates applied."""
+
+    def cursor(self, peer: str) -> int:
+        """How far this replica has read `peer`'s apply log."""
+
+    def report_fork(self, proof: ForkProof, peer: str, *, certified: bool) -> None:
+        """Store, count, log and publish a fork proof."""
+
+
 class LockHandover:
-    def __init__(self, svc: "LedgerService") -> None:
+    def __init__(self, svc: HandoverHost) -> None:
         self.svc = svc
         self.intakes: dict[int, HandoverIntake] = {}
 
@@ -56,7 +76,7 @@ class LockHandover:
             page = handover_page(self.svc.validator, epoch, after, self.svc.ctx.clock(), self.svc.store.log_length())
         except HandoverRefused as e:
             if e.reason is Reason.NOT_YET and peer != self.svc.ctx.peer_id:
-                self.svc._sync_soon(peer)       # it may hold the committee certificate we lack
+                self.svc.sync_soon(peer)       # it may hold the committee certificate we lack
             return {"v": 1, "handover_refusal": {"v": 1, "reason": e.reason.value, "message": e.message}}
         return {"v": 1, "handover": page.to_wire()}
 
@@ -124,7 +144,7 @@ class LockHandover:
                     request: dict[str, Any] = {"v": 1, "handover": intake.epoch}
                     if after is not None:
                         request["after"] = [after[0], after[1]]
-                    raw = await svc._request(giver, peer, request, max_reply=MAX_PAGE_FRAME)
+                    raw = await svc.request(giver, peer, request, max_reply=MAX_PAGE_FRAME)
                     f = Fields(raw, "ledger.HandoverReply", versions={1}, peer=peer)
                     if f.has("handover_refusal"):
                         r = Fields(f.map("handover_refusal"), "ledger.HandoverRefusal", versions={1}, peer=peer)
@@ -134,7 +154,7 @@ class LockHandover:
                         log.debug("old member %s refused the handover into epoch %d: %s: %s", peer, intake.epoch,
                                   reason, message)
                         if reason == Reason.NOT_YET.value:
-                            svc._sync_soon(peer)
+                            svc.sync_soon(peer)
                         return
                     page = HandoverPage.decode(f.map("handover", max_len=8), epoch=intake.epoch, after=after,
                                                peer=peer)
@@ -151,13 +171,13 @@ class LockHandover:
                                         svc.validator.locks.discard(b.order)
                                 raise
                         elif isinstance(a, ReportFork):
-                            svc._fork(a.proof, peer, certified=False)
+                            svc.report_fork(a.proof, peer, certified=False)
                     if not page.more:
                         intake.pages_done(giver, page.position)
                         break
                     after = page.locks[-1].key
             await svc.sync_with(peer)
-            cursor = svc._cursors[peer] if peer in svc._cursors else svc.store.cursor(peer)
+            cursor = svc.cursor(peer)
             if not intake.log_synced(giver, cursor):
                 log.debug("handover into epoch %d: %s's log read to %d of %d", intake.epoch, peer, cursor,
                           intake.positions.get(giver, -1))

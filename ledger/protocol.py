@@ -1,7 +1,8 @@
 """The ledger role: `[protocols.ledger]` in node.toml, RPC methods wallet.* / ledger.* / stake.*.
 
 The engine (stores, cores, streams, gossip) is `LedgerService` (service.py); this module maps
-it to the role interface and the control socket. Amounts cross the RPC boundary as decimal
+it to the role interface and the control socket, and offers other roles its `LedgerApi`
+(api.py) as ctx.services "ledger". Amounts cross the RPC boundary as decimal
 strings ("12.5"); addresses as fog1 strings; transaction ids as hex.
 
 Once the ledger's store failed a write (service.py: disk full), every method answers error
@@ -23,7 +24,13 @@ from fognode.ledger.errors import (LEDGER_BAD_ADDRESS, LEDGER_BAD_AMOUNT, LEDGER
                                    LEDGER_WALLET_LOCKED, RPC_CODE_OF_REASON, AddressError, AmountError,
                                    LedgerStorageFailed, OrderRejected, WalletError)
 from fognode.ledger.messages import BondOrder, Certificate, MintOrder, Order, TransferOrder, UnbondOrder
-from fognode.ledger.service import CERT_TOPIC, ORDER_STREAM, SYNC_STREAM, LedgerService, NotCertified, Settings
+from fognode.ledger.api import SERVICE_NAME, LedgerApi
+from fognode.ledger.certgossip import CERT_TOPIC
+from fognode.ledger.order_streams import ORDER_STREAM
+from fognode.ledger.service import LedgerService
+from fognode.ledger.settings import Settings
+from fognode.ledger.submit import NotCertified
+from fognode.ledger.sync import SYNC_STREAM
 from fognode.node.errors import ConfigError, RpcError
 from fognode.node.protocol import NodeContext, Protocol
 from fognode.node.rpc.methods import rpc_method
@@ -105,12 +112,12 @@ class LedgerRole(Protocol):
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.service.run)
-                self.ctx.services.provide("ledger", self.service)
+                self.ctx.services.provide(SERVICE_NAME, LedgerApi(self.service))
                 task_status.started()
         finally:
             if self.service is not None and self.service.failure is not None:
                 self.failure = str(self.service.failure)
-            self.ctx.services.withdraw("ledger")
+            self.ctx.services.withdraw(SERVICE_NAME)
             self.service = None
 
     def health_detail(self) -> dict[str, Any]:
@@ -141,7 +148,7 @@ class LedgerRole(Protocol):
                 raise RpcError(LEDGER_UNKNOWN_WALLET, f"no wallet {wallet} on this node (see wallet.list)")
             return pub
         try:
-            return s.default_wallet()
+            return s.submitter.default_wallet()
         except WalletError as e:
             raise RpcError(LEDGER_UNKNOWN_WALLET, str(e)) from None
 
@@ -149,8 +156,8 @@ class LedgerRole(Protocol):
         s = self._svc()
         pub = self._wallet(wallet)
         try:
-            key = await s.unlock_wallet(pub)
-            return await s.submit(key, make(bytes(key.verify_key)), timeout if timeout > 0 else self.config.send_timeout)
+            key = await s.submitter.unlock_wallet(pub)
+            return await s.submitter.submit(key, make(bytes(key.verify_key)), timeout if timeout > 0 else self.config.send_timeout)
         except WalletError as e:
             raise RpcError(LEDGER_WALLET_LOCKED, str(e)) from None
         except OrderRejected as e:

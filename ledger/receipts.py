@@ -41,7 +41,7 @@ receipts); and handed-over locks are checked for their sender's signature, not t
 evidence, as for claims.
 
 Roles add kinds by implementing `ReceiptVerifier` and registering it with the ledger service
-(`ctx.services.require("ledger").register_receipt_verifier(v)`). A verifier decodes the body
+(`ledger_api(ctx.services).register_receipt_verifier(v)`, api.py). A verifier decodes the body
 with `node.wire.Fields`, checks who may issue it and returns the largest reward (micro-units)
 the receipt justifies; it raises `EvidenceError` saying what is wrong.
 """

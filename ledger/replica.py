@@ -22,7 +22,7 @@ from fognode.ledger.errors import CertificateRejected, Reason
 from fognode.ledger.genesis import FeeDestination
 from fognode.ledger.messages import Certificate, MintOrder, TransferOrder
 from fognode.ledger.pending import PendingPool
-from fognode.ledger.quorum import verify_certificate
+from fognode.ledger.certcheck import verify_certificate
 from fognode.ledger.state import LedgerState
 
 

@@ -3,7 +3,7 @@
 `calculate_rewards` is exact integer arithmetic (largest remainder, ties broken by address),
 so every node computing the same split gets the same micro-units and the parts sum to the
 budget. `distribute_rewards` builds the unsigned mint orders a distributor signs and submits
-(the ledger service does that for roles: `LedgerService.distribute_rewards`).
+(the ledger does that for roles: `LedgerApi.distribute_rewards`, api.py).
 """
 from __future__ import annotations
 

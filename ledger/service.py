@@ -1,21 +1,23 @@
-"""The ledger engine of one node: the trio adapter around the sans-IO cores.
+"""The ledger engine of one node: the composition root of the trio adapters around the
+sans-IO cores.
 
 It owns the LevelDB store, the replica state, the validator (when this node's identity is in
-the committee), the wallet keystore, and talks to peers only through `ctx.overlay`:
+the committee) and the wallet keystore, builds the adapters and wires them together; it talks
+to peers only through `ctx.overlay`:
 
 - order stream `/fognode/ledger/order/1.0.0`: a client sends {"v", "order", "prev"?} (prev =
   the sender's previous certificate, so a validator that missed it can apply it first) and gets
   {"v", "vote"} or {"v", "rejection"}, repeated on one long-lived stream per validator. The
-  validator persists its lock (sync) before replying.
-  The same stream carries committee proposals (committee_service.py), lock handover
-  requests (handover_service.py) and uptime receipt requests (uptime_service.py).
-- sync stream `/fognode/ledger/sync/1.0.0`: {"v", "after", "limit"} -> {"v", "certs":
-  [[position, certificate]...], "end"}, repeated on one stream until the client has caught up
-  with the server's apply log. Cursors per peer are kept (not part of the state).
-- topic `fognode/ledger/certs/1`: {"v", "certs": [...]} batches of certificates this node
-  formed. The gossip layer numbers messages per origin and pulls gaps; a certificate that
-  cannot apply yet (missing predecessors) makes the replica sync with the peer it came from,
-  and every `sync_interval` with its connected peers (catch-up after a partition or restart).
+  validator side is here (`validate`: the lock is persisted, sync, before the reply exists);
+  the client side is submit.py (`OrderSubmitter`) over order_streams.py. The same stream
+  carries committee proposals (committee_service.py), lock handover requests
+  (handover_service.py) and uptime receipt requests (uptime_service.py).
+- sync stream `/fognode/ledger/sync/1.0.0`: sync.py (`LedgerSync`: catch-up and anti-entropy).
+- topic `fognode/ledger/certs/1`: certgossip.py (`CertGossip`: batches of certificates).
+
+The adapters see the engine through narrow protocols (ports.py, and the `RotationHost`,
+`HandoverHost`, `UptimeHost` next to their adapters), never its private members; the engine
+itself keeps the apply path (`ingest`), fork reports and the validator side.
 
 Storage failures (disk full, I/O error) are fatal to the ledger role, never papered over:
 - state: each batch of certificates is applied between `state.begin()` and `state.end()`
@@ -34,87 +36,57 @@ Storage failures (disk full, I/O error) are fatal to the ledger role, never pape
   operator frees space, a restart loads the state from disk, which holds exactly what was
   committed (LevelDB applies a batch whole or not at all).
 
-Other roles use the `LedgerService` API (ctx.services "ledger"): `verify_payment_capability`,
-`balance`, `pay`, `submit_reward`, `distribute_rewards`, `register_receipt_verifier`,
-`issue_receipt`.
+Other roles use the ledger through api.py (`LedgerApi`, ctx.services "ledger"), never this class.
 """
 from __future__ import annotations
 
 import logging
 import os
-import random
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import trio
-from nacl.signing import SigningKey
 from prometheus_client import Counter, Gauge, Histogram
 
 from fognode.ledger.actions import (CertificateRefused, Commit, ConflictingCertificates, PersistLock,
                                     Queued, ReportFork, SendRejection, SendVote)
 from fognode.ledger.address import encode_address
 from fognode.ledger.audit import audit_store
-from fognode.ledger.client import OrderStatus, VoteCollector
+from fognode.ledger.certgossip import CERT_TOPIC, CertGossip
 from fognode.ledger.committee import decode_committee_body
 from fognode.ledger.committee_service import CommitteeRotation
-from fognode.ledger.errors import LedgerStorageFailed, OrderRejected, Reason, WalletError
-from fognode.ledger.events import ForkDetected, PaymentProcessed, RewardsDistributed
+from fognode.ledger.errors import LedgerStorageFailed, Reason
+from fognode.ledger.events import ForkDetected, PaymentProcessed
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.handover_service import LockHandover
-from fognode.ledger.uptime_service import UptimeRewards
-from fognode.ledger.messages import (Certificate, ForkProof, MintOrder, Order, Rejection, SignedOrder,
-                                     TransferOrder, decode_certificate, decode_rejection,
-                                     decode_signed_order, decode_vote, order_problem)
+from fognode.ledger.messages import (Certificate, ForkProof, Rejection, SignedOrder, TransferOrder, Vote,
+                                     decode_certificate, decode_signed_order)
+from fognode.ledger.order_streams import ORDER_STREAM, OrderStreams
 from fognode.ledger.pending import PendingPool
-from fognode.ledger.receipts import Receipt, ReceiptVerifier, default_registry
+from fognode.ledger.ports import MAX_REPLY
+from fognode.ledger.receipts import Receipt, default_registry
 from fognode.ledger.replica import Replica
-from fognode.ledger.rewards import Allocation, distribute_rewards
+from fognode.ledger.settings import Settings
 from fognode.ledger.state import Delta
 from fognode.ledger.store import LedgerStore
+from fognode.ledger.submit import OrderSubmitter
+from fognode.ledger.sync import MAX_CERT_FRAME, SYNC_STREAM, LedgerSync
+from fognode.ledger.uptime_service import UptimeRewards
 from fognode.ledger.validator import Validator
 from fognode.ledger.wallet import PASSPHRASE_ENV, Keystore
-from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
+from fognode.node.errors import StreamClosed
 from fognode.node.faults import LogRateLimiter
 from fognode.node.metrics import metric
-from fognode.node.overlay import FramedStream, GossipMessage
-from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id
+from fognode.node.overlay import FramedStream
 from fognode.node.protocol import NodeContext
-from fognode.node.wire import Fields, pack, unpack
+from fognode.node.wire import Fields
 
 log = logging.getLogger("fognode.ledger")
 
-ORDER_STREAM = "/fognode/ledger/order/1.0.0"
-SYNC_STREAM = "/fognode/ledger/sync/1.0.0"
-CERT_TOPIC = "fognode/ledger/certs/1"
-MAX_SYNC_BATCH = 1024
-MAX_CERT_FRAME = 1 << 20
 # certificates nobody honest forms or relays (a committee-view difference, NON_COMMITTEE_SIGNER,
 # is not one: such certificates wait for the committee certificate instead)
 RELAYER_FAULTS = frozenset({Reason.BAD_SIGNATURE, Reason.NO_QUORUM, Reason.DUPLICATE_SIGNER, Reason.MALFORMED,
                             Reason.WRONG_CHAIN})
-
-
-class NotCertified(FognodeError):
-    """The order did not gather a quorum before the deadline; `status` says how far it got."""
-
-    def __init__(self, message: str, status: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True)
-class Settings:
-    batch_interval: float = 0.2
-    batch_max: int = 64
-    sync_interval: float = 10.0
-    sync_batch: int = 256
-    request_timeout: float = 5.0
-    retry_interval: float = 1.0
-    pending_max: int = 10_000
-    verify_sender: bool = True
-    uptime_interval: float = 10.0
-    uptime_claims: bool = True
 
 
 class LedgerService:
@@ -137,21 +109,19 @@ class LedgerService:
                                verify_sender=settings.verify_sender)
         self.validator = Validator(self.genesis, ctx.identity, self.state, self.locks, self.receipts,
                                    self.store.handovers_done())
-        self.rotation = CommitteeRotation(self, CERT_TOPIC)
-        self.handover = LockHandover(self)
-        self.uptime = UptimeRewards(self, settings.uptime_interval, settings.uptime_claims)
         self.keystore = Keystore(ctx.datadir)
         self.passphrase: str | None = os.environ.get(PASSPHRASE_ENV)
-        self._outbox: list[Certificate] = []
-        self._outbox_ready = trio.Event()
+        # the adapters (each sees the engine and its peers through a narrow protocol)
+        self.streams = OrderStreams(ctx.overlay, settings.request_timeout)
+        self.rotation = CommitteeRotation(self, CERT_TOPIC)
+        self.sync = LedgerSync(ctx, settings, self.store, self.state, self, self.rotation)
+        self.gossip = CertGossip(ctx, settings, self, self.rotation, self.sync)
+        self.submitter = OrderSubmitter(ctx, settings, self.genesis, self.state, self.store, self.keystore,
+                                        self.passphrase, self, self.streams, self.gossip)
+        self.handover = LockHandover(self)
+        self.uptime = UptimeRewards(self, settings.uptime_interval, settings.uptime_claims)
         self._waiters: dict[bytes, trio.Event] = {}
-        self._sender_locks: dict[bytes, trio.Lock] = {}
-        self._streams: dict[bytes, FramedStream] = {}
-        self._stream_locks: dict[bytes, trio.Lock] = {}
-        self._cursors: dict[str, int] = {}
-        self._syncing: set[str] = set()
         self._audits: set[trio.Event] = set()      # audits reading a snapshot in a worker thread
-        self._nursery: trio.Nursery | None = None
         self.forks_seen = 0
         self._fork_log = LogRateLimiter(interval=60.0)   # uncertified forks: one line a minute
         reg = ctx.metrics
@@ -181,13 +151,12 @@ class LedgerService:
                 addr = encode_address(self.keystore.create(self.passphrase, "default"))
                 log.info("created the node's default wallet %s", addr)
             self.ctx.overlay.set_stream_handler(ORDER_STREAM, self._serve_order)
-            self.ctx.overlay.set_stream_handler(SYNC_STREAM, self._serve_sync)
-            await self.ctx.overlay.subscribe(CERT_TOPIC, self._on_gossip)
+            self.ctx.overlay.set_stream_handler(SYNC_STREAM, self.sync.serve)
+            await self.ctx.overlay.subscribe(CERT_TOPIC, self.gossip.on_gossip)
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._publisher)
-                nursery.start_soon(self._anti_entropy)
-                nursery.start_soon(self._sync_on_connect)
+                nursery.start_soon(self.gossip.run)
+                nursery.start_soon(self.sync.run)
+                nursery.start_soon(self.submitter.run)
                 nursery.start_soon(self.rotation.run)
                 nursery.start_soon(self.handover.run)
                 nursery.start_soon(self.uptime.run)
@@ -195,8 +164,7 @@ class LedgerService:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
-            self._nursery = None
-            self._streams.clear()      # the host closes them with its connections
+            self.streams.clear()      # the host closes them with its connections
             with trio.CancelScope(shield=True), trio.move_on_after(60):
                 for done in list(self._audits):    # a worker thread still reads the db
                     await done.wait()
@@ -312,9 +280,9 @@ class LedgerService:
         else:
             first = found[1].order
         if first is not None:
-            self._fork(ForkProof(first, other.order), peer, certified=True)
+            self.report_fork(ForkProof(first, other.order), peer, certified=True)
 
-    def _fork(self, proof: ForkProof, peer: str, *, certified: bool) -> None:
+    def report_fork(self, proof: ForkProof, peer: str, *, certified: bool) -> None:
         if not proof.valid() or not self.store.put_fork(proof):
             return
         self.forks_seen += 1
@@ -335,159 +303,15 @@ class LedgerService:
             sender=encode_address(o.sender), sequence=o.sequence, first_tx=proof.first.tx_id.hex(),
             second_tx=proof.second.tx_id.hex(), certified=certified, reported_by=peer))
 
-    # -- gossip --------------------------------------------------------------------------------
-
-    def _publish_later(self, cert: Certificate) -> None:
-        self._outbox.append(cert)
-        self._outbox_ready.set()
-
-    async def _publisher(self) -> None:
-        while True:
-            await self._outbox_ready.wait()
-            await trio.sleep(self.s.batch_interval)    # gather a batch
-            batch, self._outbox = self._outbox[:self.s.batch_max], self._outbox[self.s.batch_max:]
-            if not self._outbox:
-                self._outbox_ready = trio.Event()
-            if batch:
-                try:
-                    await self.ctx.overlay.publish(CERT_TOPIC, pack({"v": 1, "certs": [c.to_wire() for c in batch]}))
-                except FognodeError as e:
-                    log.warning("could not publish %d certificates: %s (peers will sync them)", len(batch), e)
-
-    async def _on_gossip(self, msg: GossipMessage) -> None:
-        if self.failure is not None:
-            return       # the ledger stopped (storage failure): gossip is dropped, peers sync later
-        try:
-            f = Fields(unpack(msg.data, max_size=MAX_CERT_FRAME, what="ledger certificate batch"),
-                       "ledger.CertBatch", versions={1}, peer=msg.origin)
-            certs = [decode_certificate(c, peer=msg.origin) for c in f.list("certs", max_len=MAX_SYNC_BATCH)]
-            committees = self.rotation.decode_list(f.list("committees", optional=True) or [], msg.origin)
-            f.done()
-        except RemoteProtocolError as e:
-            # the batch is signed by its origin (the gossip envelope): the origin's fault
-            self.ctx.overlay.penalize(msg.origin, str(e), protocol=CERT_TOPIC)
-            return
-        try:
-            if committees:
-                self.rotation.add(msg.received_from, committees)
-            _, queued = self.ingest(msg.origin, certs, via=CERT_TOPIC)
-        except LedgerStorageFailed:
-            return       # reported once by _storage_failed; the role is stopping
-        if queued:
-            self._sync_soon(msg.received_from)
-            if msg.origin != msg.received_from:
-                self._sync_soon(msg.origin)
-
-    # -- sync ----------------------------------------------------------------------------------
-
-    async def _serve_sync(self, stream: FramedStream) -> None:
-        while True:
-            try:
-                req = await stream.recv(max_size=1024)
-            except StreamClosed:
-                return
-            if self.failure is not None:    # serve nothing from a store that failed a write
-                await stream.reset()
-                return
-            f = Fields(req, "ledger.SyncRequest", versions={1}, peer=stream.remote_peer)
-            after = f.int("after", lo=0, hi=2**62)
-            limit = f.int("limit", lo=1, hi=MAX_SYNC_BATCH)
-            committees_after = f.int("committees_after", lo=0, hi=2**40, optional=True)
-            f.done()
-            items = self.store.log_after(after, limit)
-            resp: dict[str, Any] = {"v": 1, "certs": [[p, c] for p, c in items], "end": self.store.log_length()}
-            if committees_after is not None:
-                resp["committees"] = self.rotation.serve(committees_after)
-            await stream.send(resp)
-
-    def _sync_soon(self, peer: str) -> None:
-        if self._nursery is not None and peer and peer != self.ctx.peer_id and peer not in self._syncing:
-            self._nursery.start_soon(self.sync_with, peer)
-
-    async def sync_with(self, peer: str) -> int:
-        """Pull `peer`'s apply log from our cursor; returns certificates applied. Errors are
-        logged (the next round retries)."""
-        if peer in self._syncing or self.failure is not None:
-            return 0
-        self._syncing.add(peer)
-        applied = 0
-        try:
-            with trio.fail_after(max(30.0, self.s.request_timeout * 6)):
-                stream = await self.ctx.overlay.open_stream(peer, SYNC_STREAM)
-                try:
-                    while True:
-                        cursor = self._cursors[peer] if peer in self._cursors else self.store.cursor(peer)
-                        await stream.send({"v": 1, "after": cursor, "limit": self.s.sync_batch,
-                                           "committees_after": self.state.committees.latest_epoch()})
-                        resp = await stream.recv(max_size=MAX_CERT_FRAME * 4)
-                        f = Fields(resp, "ledger.SyncResponse", versions={1}, peer=peer)
-                        end = f.int("end", lo=0, hi=2**62)
-                        items = f.list("certs", max_len=MAX_SYNC_BATCH)
-                        committees = self.rotation.decode_list(f.list("committees", optional=True) or [], peer)
-                        f.done()
-                        if committees:    # before the certificates, which may be of their epochs
-                            self.rotation.add(peer, committees)
-                        if end < cursor:   # the peer's log is shorter than we read: a new data dir
-                            self._cursors[peer] = 0
-                            continue
-                        certs, last = [], cursor
-                        for i, item in enumerate(items):
-                            if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], int)
-                                    or item[0] <= last):
-                                raise RemoteProtocolError(f"ledger.SyncResponse: certs[{i}] is not [position, "
-                                                          f"certificate] in increasing order", peer=peer)
-                            last = item[0]
-                            certs.append(decode_certificate(item[1], peer=peer))
-                        deltas, _ = self.ingest(peer, certs, via=SYNC_STREAM)
-                        applied += len(deltas)
-                        self.store.set_cursor(peer, last)
-                        self._cursors[peer] = last
-                        if not certs or last >= end:
-                            break
-                finally:
-                    await stream.close()
-        except (FognodeError, trio.TooSlowError) as e:
-            log.debug("sync with %s stopped: %s", peer, e)
-            if isinstance(e, RemoteProtocolError):
-                self.ctx.overlay.penalize(peer, str(e), protocol=SYNC_STREAM)
-                if self.failure is None:
-                    self.store.set_cursor(peer, 0)
-                    self._cursors[peer] = 0
-        finally:
-            self._syncing.discard(peer)
-        if applied:
-            log.info("synced %d certificates from %s", applied, peer)
-        return applied
-
-    def _connected_peers(self) -> list[str]:
-        return [p.peer_id for p in self.ctx.overlay.peers() if p.connected]
-
-    async def _anti_entropy(self) -> None:
-        while True:
-            await trio.sleep(self.s.sync_interval * (0.5 + random.random()))
-            peers = self._connected_peers()
-            if peers:
-                await self.sync_with(random.choice(peers))
-
-    async def _sync_on_connect(self) -> None:
-        from fognode.node.events import PeerConnected
-
-        async with self.ctx.events.subscribe("ledger-sync", [PeerConnected]) as sub:
-            for p in self._connected_peers():
-                self._sync_soon(p)
-            async for ev in sub:
-                assert isinstance(ev, PeerConnected)
-                self._sync_soon(ev.peer_id)
-
     # -- validator side ------------------------------------------------------------------------
 
-    def _validate(self, peer: str, so: SignedOrder) -> list[Any]:
+    def validate(self, peer: str, so: SignedOrder) -> list[Vote | Rejection]:
         """Run the validator core and carry out its actions up to (not including) sending:
         the lock is persisted (sync) here, before any reply exists. Returns the replies.
         Raises LedgerStorageFailed (no vote; the lock is taken out of the table again) if the
         lock cannot be written, or if the ledger stopped already."""
         self.check_usable()
-        replies: list[Any] = []
+        replies: list[Vote | Rejection] = []
         for a in self.validator.receive(peer, so, self.ctx.clock()):
             if isinstance(a, PersistLock):
                 try:
@@ -501,7 +325,7 @@ class LedgerService:
                 self.m_rejected.labels(a.rejection.reason.value).inc()
                 replies.append(a.rejection)
             elif isinstance(a, ReportFork):
-                self._fork(a.proof, peer, certified=False)
+                self.report_fork(a.proof, peer, certified=False)
         return replies
 
     async def _serve_order(self, stream: FramedStream) -> None:
@@ -540,168 +364,7 @@ class LedgerService:
         if prev is not None:
             self.ingest(peer, [prev])
         return [{"v": 1, "rejection": r.to_wire()} if isinstance(r, Rejection) else {"v": 1, "vote": r.to_wire()}
-                for r in self._validate(peer, so)]
-
-    # -- client side ---------------------------------------------------------------------------
-
-    def _lock_for(self, sender: bytes) -> trio.Lock:
-        return self._sender_locks.setdefault(sender, trio.Lock())
-
-    async def unlock_wallet(self, pubkey: bytes) -> SigningKey:
-        """The wallet's signing key (Argon2id runs in a worker thread). Raises WalletError."""
-        if pubkey == self.me:
-            return self.ctx.identity
-        if not self.keystore.has(pubkey):
-            raise WalletError(f"no wallet {encode_address(pubkey)} on this node")
-        return await trio.to_thread.run_sync(self.keystore.unlock, pubkey, self.passphrase)
-
-    async def submit(self, key: SigningKey, make: Callable[[int, int], Order], timeout: float) -> Certificate:
-        """Sign the sender's next order (`make(sequence, epoch)`), gather a quorum, apply and
-        gossip the certificate. Raises OrderRejected (a definitive refusal; nothing applied)
-        or NotCertified (deadline passed: the order stays in flight and is re-driven by the
-        next submit from the same sender, never replaced by another one for its sequence),
-        or LedgerStorageFailed (the ledger could not write its store and stopped: the order
-        was not signed, or it stays in flight if it was)."""
-        self.check_usable()
-        sender = bytes(key.verify_key)
-        deadline = trio.current_time() + timeout
-        async with self._lock_for(sender):
-            inflight = self.store.inflight(sender)
-            if inflight is not None:
-                if self.state.account(sender).next_sequence > inflight.order.sequence:
-                    self.store.clear_inflight(sender)
-                else:
-                    await self._drive(inflight, deadline)
-            seq = self.state.account(sender).next_sequence
-            so = SignedOrder.sign(key, make(seq, self.genesis.epoch_at(self.ctx.clock())))
-            problem = order_problem(so.order) or self.state.order_problem(so.order)
-            if problem:
-                raise OrderRejected(*problem)
-            self.store.put_inflight(so)
-            return await self._drive(so, deadline)
-
-    async def _drive(self, so: SignedOrder, deadline: float) -> Certificate:
-        committee = self.state.committee_for(so.order.epoch)
-        collector = VoteCollector(so, committee)
-        sender, seq = so.key
-        prev = self.store.raw_certificate(self.store.tx_at(sender, seq - 1) or b"") if seq > 0 else None
-        request: dict[str, Any] = {"v": 1, "order": so.to_wire()}
-        if prev is not None:
-            request["prev"] = prev
-        asking: set[bytes] = set()
-        while True:
-            self.check_usable()
-            if self.me in committee and self.me not in collector.votes:
-                for r in self._validate(self.ctx.peer_id, so):
-                    self._collect(collector, self.me, r)
-            # ask every validator that has not voted and is not being asked already; the asks
-            # run in the service's nursery, so the slowest validator still gets its request
-            # answered (its stream stays usable) after the quorum is reached
-            round_done = trio.Event()
-            targets = [v for v in committee.members if v != self.me and v not in collector.votes and v not in asking]
-            if collector.certificate is None and targets:
-                left = [len(targets)]
-                asking.update(targets)
-                for v in targets:
-                    self._spawn(self._ask, v, request, collector, asking, round_done, left)
-                with trio.move_on_after(max(0.0, min(self.s.request_timeout + 0.5, deadline - trio.current_time()))):
-                    await round_done.wait()
-            cert = collector.certificate
-            if cert is not None:
-                try:
-                    self.ingest(self.ctx.peer_id, [cert])
-                except LedgerStorageFailed as e:
-                    raise LedgerStorageFailed(
-                        f"order {so.tx_id.hex()} was certified, but this node could not store its certificate: "
-                        f"{e}. The order stays in flight: the next send from this wallet after a restart "
-                        f"completes it", path=e.path, cause=e.cause) from None
-                self._publish_later(cert)
-                # cleared after the certificate is stored: a crash (or a failed write) in between
-                # leaves an in-flight record whose sequence is applied, which the next submit drops
-                try:
-                    self.store.clear_inflight(sender)
-                except LedgerStorageFailed:
-                    pass       # the transfer is final and stored; the ledger stops (reported once)
-                return cert
-            reason = collector.main_reason()
-            # this replica already found the sequence and the funds right (submit checks them
-            # first), so validators refusing for those reasons lag behind: keep asking; so do
-            # new members still waiting for the old committee's locks (handover.py)
-            if collector.status is OrderStatus.FAILED and reason not in (Reason.WRONG_SEQUENCE, Reason.OVERSPEND,
-                                                                          Reason.NOT_YET, None):
-                self.store.clear_inflight(sender)
-                raise OrderRejected(reason, "; ".join(f"{v}: {m}" for v, m in collector.reasons().items()))
-            now = trio.current_time()
-            if now >= deadline:
-                raise NotCertified(
-                    f"order {so.tx_id.hex()} not certified in time: votes from "
-                    f"{sum(committee.stake_of(v) for v in collector.votes)} of {committee.total} stake "
-                    f"(quorum {committee.quorum_stake}); it stays in flight",
-                    {"tx": so.tx_id.hex(), "status": "in_flight", "votes": len(collector.votes),
-                     "validators": len(committee.members), "rejections": collector.reasons()})
-            await trio.sleep(min(self.s.retry_interval, deadline - now))
-
-    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
-        if self._nursery is None:
-            raise NotCertified("the ledger service is not running", {"status": "stopped"})
-        self._nursery.start_soon(fn, *args)
-
-    def _collect(self, collector: VoteCollector, validator: bytes, reply: Any) -> None:
-        if isinstance(reply, Rejection):
-            collector.add_rejection(validator, reply)
-        else:
-            collector.add_vote(reply)
-
-    async def _ask(self, validator: bytes, request: dict[str, Any], collector: VoteCollector,
-                   asking: set[bytes], round_done: trio.Event, left: list[int]) -> None:
-        peer = peer_id_from_pubkey(validator)
-        try:
-            raw = await self._request(validator, peer, request)
-            f = Fields(raw, "ledger.OrderReply", versions={1}, peer=peer)
-            if f.has("vote"):
-                reply: Any = decode_vote(f.map("vote"), peer=peer)
-                if reply.validator != validator:
-                    raise RemoteProtocolError("ledger.OrderReply: vote signed by another validator", peer=peer)
-            else:
-                reply = decode_rejection(f.map("rejection"), peer=peer)
-            f.done()
-            self._collect(collector, validator, reply)
-        except (FognodeError, trio.TooSlowError) as e:
-            log.debug("validator %s did not answer: %s", peer, e)
-        finally:
-            asking.discard(validator)
-            left[0] -= 1
-            if collector.certificate is not None or left[0] == 0:
-                round_done.set()
-
-    async def _request(self, validator: bytes, peer: str, request: dict[str, Any],
-                       max_reply: int = 64 * 1024) -> Any:
-        """Send one order request to `validator` over its cached order stream (opened on first
-        use; a stale one is replaced once) and return the raw reply (at most `max_reply`
-        bytes). One request at a time per validator. Raises FognodeError or trio.TooSlowError
-        (after request_timeout)."""
-        async with self._stream_locks.setdefault(validator, trio.Lock()):
-            for attempt in (0, 1):
-                stream = self._streams.get(validator)
-                fresh = stream is None
-                try:
-                    with trio.fail_after(self.s.request_timeout):
-                        if stream is None:
-                            stream = await self.ctx.overlay.open_stream(peer, ORDER_STREAM)
-                            self._streams[validator] = stream
-                        await stream.send(request)
-                        return await stream.recv(max_size=max_reply)
-                except BaseException as e:
-                    self._streams.pop(validator, None)
-                    if stream is not None:
-                        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                            try:
-                                await stream.reset()
-                            except FognodeError:
-                                pass
-                    if fresh or not isinstance(e, StreamClosed):
-                        raise
-            raise StreamClosed(f"order stream to {peer} closed twice")
+                for r in self.validate(peer, so)]
 
     async def audit(self) -> list[str]:
         """Replay the stored history from genesis and compare it with the stored state
@@ -727,82 +390,27 @@ class LedgerService:
             return True
         return False
 
-    # -- the interface for other roles (ctx.services "ledger") ---------------------------------
+    # -- what the adapters ask of each other (the host protocols they are typed against) ----------
 
-    def balance(self, address: bytes) -> int:
-        return self.state.account(address).spendable(self.genesis.epoch_at(self.ctx.clock()))
+    def sync_soon(self, peer: str) -> None:
+        self.sync.sync_soon(peer)
 
-    def verify_payment_capability(self, address: bytes | str, amount: int) -> bool:
-        """True when `address` can pay `amount` micro-units plus the chain's fee right now."""
-        from fognode.ledger.address import decode_address
-        key = decode_address(address) if isinstance(address, str) else address
-        return self.balance(key) >= amount + self.genesis.fee
+    async def sync_with(self, peer: str) -> int:
+        return await self.sync.sync_with(peer)
 
-    def default_wallet(self) -> bytes:
-        pub = self.keystore.default()
-        if pub is None:
-            raise WalletError(f"this node has no wallet: run `fognode init` or set {PASSPHRASE_ENV} and restart")
-        return pub
+    def cursor(self, peer: str) -> int:
+        return self.sync.cursor(peer)
 
-    async def pay(self, to: bytes, amount: int, memo: str = "", *, timeout: float = 30.0,
-                  wallet: bytes | None = None) -> Certificate:
-        """Transfer from a local wallet (default: the node's). Raises OrderRejected,
-        NotCertified, WalletError."""
-        key = await self.unlock_wallet(wallet or self.default_wallet())
-        fee = self.genesis.fee
-        return await self.submit(key, lambda seq, ep: TransferOrder(
-            chain=self.genesis.chain_id, epoch=ep, sender=bytes(key.verify_key), sequence=seq, fee=fee,
-            recipient=to, amount=amount, memo=memo), timeout)
+    def connected_peers(self) -> list[str]:
+        return self.sync.connected_peers()
+
+    async def request(self, validator: bytes, peer: str, request: dict[str, Any],
+                      max_reply: int = MAX_REPLY) -> Any:
+        return await self.streams.request(validator, peer, request, max_reply)
 
     async def submit_reward(self, receipt: Receipt, amount: int, *, timeout: float = 30.0) -> Certificate:
-        """Mint `amount` to the receipt's beneficiary; this node's default wallet pays the fee."""
-        key = await self.unlock_wallet(self.default_wallet())
-        fee = self.genesis.fee
-        return await self.submit(key, lambda seq, ep: MintOrder(
-            chain=self.genesis.chain_id, epoch=ep, sender=bytes(key.verify_key), sequence=seq, fee=fee,
-            recipient=receipt.beneficiary, amount=amount, receipt=receipt), timeout)
+        return await self.submitter.submit_reward(receipt, amount, timeout=timeout)
 
-    async def distribute_rewards(self, allocations: list[Allocation], *, timeout: float = 60.0) -> list[str]:
-        """Pay each allocation with a mint order from the default wallet, one after the other;
-        returns the transaction ids of those paid. An allocation the validators refuse (e.g. a
-        claim paid already) is logged and skipped; NotCertified (a timeout: the order stays in
-        flight) stops the distribution. Publishes RewardsDistributed."""
-        key = await self.unlock_wallet(self.default_wallet())
-        epoch = self.genesis.epoch_at(self.ctx.clock())
-        txs: list[str] = []
-        total = 0
-        for order in distribute_rewards(allocations, chain=self.genesis.chain_id, epoch=epoch,
-                                        sender=bytes(key.verify_key), first_sequence=0, fee=self.genesis.fee):
-            try:
-                cert = await self.submit(key, _renumbered(order), timeout)
-            except OrderRejected as e:
-                log.warning("reward of %d to %s refused: %s", order.amount, encode_address(order.recipient), e)
-                continue
-            txs.append(cert.tx_id.hex())
-            total += order.amount
-        self.ctx.events.publish(RewardsDistributed(distributor=encode_address(bytes(key.verify_key)),
-                                                   epoch=epoch, count=len(txs), total=total, txs=tuple(txs)))
-        return txs
-
-    def register_receipt_verifier(self, verifier: ReceiptVerifier) -> None:
-        self.receipts.register(verifier)
-
-    def issue_receipt(self, kind: str, beneficiary: bytes, body: dict[str, Any], epoch: int | None = None) -> Receipt:
-        """A receipt signed by this node's identity key (the role that earned/observed it)."""
-        ep = self.genesis.epoch_at(self.ctx.clock()) if epoch is None else epoch
-        return Receipt.issue(self.ctx.identity, kind, beneficiary, ep, body)
-
-    def peer_of(self, address: bytes) -> str:
-        return peer_id_from_pubkey(address)
-
-    @staticmethod
-    def address_of_peer(peer_id: str) -> bytes:
-        return pubkey_from_peer_id(peer_id)
-
-
-def _renumbered(o: MintOrder) -> Callable[[int, int], Order]:
-    """`o` with the sequence and epoch `submit` assigns."""
-    def make(seq: int, epoch: int) -> Order:
-        return MintOrder(chain=o.chain, epoch=epoch, sender=o.sender, sequence=seq, fee=o.fee,
-                         recipient=o.recipient, amount=o.amount, receipt=o.receipt)
-    return make
+    def balance(self, address: bytes) -> int:
+        """Spendable micro-units of `address` in the current epoch."""
+        return self.state.account(address).spendable(self.genesis.epoch_at(self.ctx.clock()))

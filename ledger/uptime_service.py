@@ -7,32 +7,41 @@ Carried over the order stream:
 `run()` samples the connected peers every `uptime_interval` seconds (validators attest what
 they measured) and, once per epoch, claims the previous epoch's reward for this node: it asks
 the validators, keeps the median receipt and submits the mint order from the node's wallet
-(which pays the fee; the reward goes to the node's identity address).
+(which pays the fee; the reward goes to the node's identity address). It reaches the engine
+only through `UptimeHost` (the ledger service satisfies it).
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
 from fognode.ledger.committee import seal_time
 from fognode.ledger.errors import OrderRejected
+from fognode.ledger.messages import Certificate
 from fognode.ledger.receipts import Receipt, claim_id_of, decode_receipt, uptime_claim
+from fognode.ledger.ports import EngineView, Requester
 from fognode.ledger.uptime import KIND, UptimeTracker, median_receipt
 from fognode.node.errors import FognodeError, RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id
 from fognode.node.wire import Fields
 
-if TYPE_CHECKING:
-    from fognode.ledger.service import LedgerService
-
 log = logging.getLogger("fognode.ledger.uptime")
 CLAIM_TRIES = 3
 
 
+class UptimeHost(EngineView, Requester, Protocol):
+    """What uptime rewards need of the ledger engine (service.py)."""
+
+    def connected_peers(self) -> list[str]: ...
+
+    async def submit_reward(self, receipt: Receipt, amount: int, *, timeout: float = 30.0) -> Certificate:
+        """Mint `amount` to the receipt's beneficiary (submit.py)."""
+
+
 class UptimeRewards:
-    def __init__(self, svc: "LedgerService", interval: float, claims: bool) -> None:
+    def __init__(self, svc: UptimeHost, interval: float, claims: bool) -> None:
         self.svc = svc
         self.tracker = UptimeTracker(svc.genesis, interval)
         self.claims = claims
@@ -71,7 +80,7 @@ class UptimeRewards:
         svc = self.svc
         while True:
             now = svc.ctx.clock()
-            self.tracker.sample(now, [svc.ctx.peer_id, *svc._connected_peers()])
+            self.tracker.sample(now, [svc.ctx.peer_id, *svc.connected_peers()])
             if self.claims:
                 await self._maybe_claim(now)
             await trio.sleep(self.tracker.interval)
@@ -127,7 +136,7 @@ class UptimeRewards:
                 raw = self.serve(svc.ctx.peer_id, Fields({"v": 1, "uptime": epoch}, "ledger.UptimeRequest"))
             else:
                 with trio.fail_after(svc.s.request_timeout):
-                    raw = await svc._request(validator, peer, {"v": 1, "uptime": epoch})
+                    raw = await svc.request(validator, peer, {"v": 1, "uptime": epoch})
             f = Fields(raw, "ledger.UptimeReply", versions={1}, peer=peer)
             if f.has("uptime_refusal"):
                 log.debug("validator %s gave no uptime receipt for epoch %d: %s", peer, epoch,

@@ -23,6 +23,7 @@ import numpy as np
 import trio
 from prometheus_client import Counter, Histogram
 
+from fognode.ledger.api import LedgerApi, ledger_api
 from fognode.node.errors import RemoteProtocolError, RpcError, StreamClosed
 from fognode.node.events import Event
 from fognode.node.metrics import metric
@@ -179,7 +180,7 @@ class FlRole(Protocol):
 
     def _register_verifier(self) -> bool:
         """Teach the ledger (if it runs here) to price "fl_update" receipts."""
-        ledger = self.ctx.services.get("ledger")
+        ledger = ledger_api(self.ctx.services)
         if ledger is None or self._verifier_registered:
             return self._verifier_registered
         ledger.register_receipt_verifier(VERIFIER)
@@ -187,7 +188,7 @@ class FlRole(Protocol):
         self._use_wallet(ledger)
         return True
 
-    def _use_wallet(self, ledger: Any) -> None:
+    def _use_wallet(self, ledger: LedgerApi) -> None:
         """Opt in with the node's default ledger wallet as the address FL rewards go to (the
         identity key stays the payee if the node has no wallet)."""
         from fognode.ledger.errors import WalletError
@@ -203,7 +204,7 @@ class FlRole(Protocol):
     async def _pay(self, a: PayRewards) -> None:
         """Mint each accepted participant's share of the round reward (ledger mint orders
         carrying the "fl_update" receipts as evidence; this node's wallet pays the fees)."""
-        ledger = self.ctx.services.get("ledger")
+        ledger = ledger_api(self.ctx.services)
         if ledger is None:
             log.info("fl: no ledger on this node: round %d of %s is not paid", a.receipt.round,
                      a.receipt.session_id.hex()[:16])
@@ -212,7 +213,7 @@ class FlRole(Protocol):
         from fognode.ledger.rewards import Allocation
 
         receipts = issue_ledger_receipts(self.ctx.identity, a.receipt, a.announcement, a.plan,
-                                         ledger.genesis.epoch_at(self._now()))
+                                         ledger.epoch_at(self._now()))
         allocations = [Allocation(r, reward_of(r)) for r in receipts]
         try:
             txs = await ledger.distribute_rewards(allocations)

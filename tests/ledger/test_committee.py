@@ -381,11 +381,11 @@ async def test_cluster_certifies_the_next_committee_and_uses_it(tmp_path: Path,
             # an order of epoch 1 that only node 3 signs (the sender never finishes it): its lock
             # must reach every member of the new committee through the handover
             s2 = c.nodes[2].svc
-            key2 = await s2.unlock_wallet(c.nodes[2].wallet)
+            key2 = await s2.submitter.unlock_wallet(c.nodes[2].wallet)
             half = SignedOrder.sign(key2, TransferOrder(chain=s2.genesis.chain_id, epoch=1, sender=c.nodes[2].wallet,
                                                         sequence=0, fee=s2.genesis.fee, recipient=wallet0,
                                                         amount=MICRO, memo=""))
-            [vote] = c.nodes[3].svc._validate("test", half)
+            [vote] = c.nodes[3].svc.validate("test", half)
             assert isinstance(vote, Vote)
             clock.t = t0 + 2 * L + 1                                   # epoch 2, in the old committee's grace
             assert all(n.svc.handover.due(clock.t) is None for n in c.nodes)

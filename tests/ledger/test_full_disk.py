@@ -26,7 +26,7 @@ from fognode.ledger.errors import (LEDGER_INVARIANT_BROKEN, LEDGER_STORAGE_FAILE
 from fognode.ledger.genesis import DEV_STAKE
 from fognode.ledger.messages import BondOrder, Rejection, SignedOrder, TransferOrder, Vote
 from fognode.ledger.replica import MemoryHistory, Replica
-from fognode.ledger.service import NotCertified
+from fognode.ledger.submit import NotCertified
 from fognode.ledger.state import LedgerState
 from fognode.ledger.store import LedgerStore
 from fognode.ledger.wallet import Keystore
@@ -228,16 +228,16 @@ async def test_replica_on_a_full_disk_stops_with_memory_equal_to_disk(tmp_path: 
         async with ledger_cluster(tmp_path, 2, ledger_overrides=_validators_only(1), sync_interval=3600.0,
                                   ledger_dirs={1: fs / "ledger"}) as c:
             n0, n1 = c.nodes
-            await wait_until(lambda: len(n0.svc._connected_peers()) >= 1)
+            await wait_until(lambda: len(n0.svc.connected_peers()) >= 1)
             final = []
             for amount in (1, 2):
-                final.append(await n0.svc.pay(n1.wallet, amount * MICRO, timeout=10))
+                final.append(await n0.svc.submitter.pay(n1.wallet, amount * MICRO, timeout=10))
             await wait_until(lambda: n1.svc.state.applied == 2)
             svc1 = n1.svc
             filler = Filler(fs)
             filler.fill()
             for amount in range(3, 40):            # the log file's last page takes a few more
-                final.append(await n0.svc.pay(n1.wallet, amount * MICRO, memo="x" * 200, timeout=10))
+                final.append(await n0.svc.submitter.pay(n1.wallet, amount * MICRO, memo="x" * 200, timeout=10))
                 want = len(final)
                 await wait_until(lambda: svc1.failure is not None or svc1.state.applied == want)
                 if svc1.failure is not None:
@@ -275,16 +275,16 @@ async def test_validator_lock_not_stored_means_no_vote(tmp_path: Path) -> None:
         (fs / "ledger").mkdir(mode=0o700)
         async with ledger_cluster(tmp_path, 2, sync_interval=3600.0, ledger_dirs={1: fs / "ledger"}) as c:
             n0, n1 = c.nodes
-            await wait_until(lambda: len(n0.svc._connected_peers()) >= 1)
+            await wait_until(lambda: len(n0.svc.connected_peers()) >= 1)
             me1 = bytes(n1.identity.verify_key)
-            final = [await n0.svc.pay(n1.wallet, MICRO, timeout=10)]
+            final = [await n0.svc.submitter.pay(n1.wallet, MICRO, timeout=10)]
             svc1 = n1.svc
             filler = Filler(fs)
             filler.fill()
             stuck = None
             for amount in range(2, 40):
                 try:
-                    final.append(await n0.svc.pay(n1.wallet, amount * MICRO, memo="y" * 200, timeout=4))
+                    final.append(await n0.svc.submitter.pay(n1.wallet, amount * MICRO, memo="y" * 200, timeout=4))
                 except NotCertified as e:
                     stuck = e
                     break
@@ -310,12 +310,12 @@ async def test_validator_lock_not_stored_means_no_vote(tmp_path: Path) -> None:
                 other = SignedOrder.sign(wallet0, TransferOrder(
                     chain=o.chain, epoch=o.epoch, sender=o.sender, sequence=o.sequence, fee=o.fee,
                     recipient=o.recipient, amount=o.amount + 1, memo="conflict"))
-                replies = n1.svc._validate(n0.svc.ctx.peer_id, other)
+                replies = n1.svc.validate(n0.svc.ctx.peer_id, other)
                 assert not any(isinstance(r, Vote) for r in replies), f"node 1 signed twice for {o.sequence}"
                 assert any(isinstance(r, Rejection) and r.reason is Reason.CONFLICT for r in replies)
             # the order that was stuck completes now (the next send drives it first)
-            await wait_until(lambda: len(n0.svc._connected_peers()) >= 1)
-            final.append(await n0.svc.pay(n1.wallet, MICRO, timeout=20))
+            await wait_until(lambda: len(n0.svc.connected_peers()) >= 1)
+            final.append(await n0.svc.submitter.pay(n1.wallet, MICRO, timeout=20))
             assert final[-1].order.order.sequence == len(final)
             assert n0.svc.state.applied == len(final) + 1      # + the order that was stuck
             await wait_until(lambda: n1.svc.state.applied == n0.svc.state.applied, timeout=30)

@@ -114,6 +114,7 @@ async def test_two_of_four_down_waits_then_completes(tmp_path: Path) -> None:
 
 async def test_services_api_for_other_roles(tmp_path: Path) -> None:
     from fognode.ledger.amounts import MICRO
+    from fognode.ledger.api import LedgerApi, ledger_api
     from fognode.ledger.errors import OrderRejected, Reason
     from fognode.ledger.events import RewardsDistributed
     from fognode.ledger.receipts import EvidenceError, Receipt, VerifyContext, uptime_claim
@@ -130,7 +131,8 @@ async def test_services_api_for_other_roles(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with ledger_cluster(tmp_path, 1) as c:
             node = c.nodes[0]
-            ledger = node.ctx.services.require("ledger")
+            ledger = ledger_api(node.ctx.services)        # the typed API other roles get
+            assert isinstance(ledger, LedgerApi)
             me = node.wallet
             assert ledger.verify_payment_capability(me, 999 * MICRO)
             assert ledger.verify_payment_capability(encode_address(me), 999 * MICRO)
@@ -138,9 +140,9 @@ async def test_services_api_for_other_roles(tmp_path: Path) -> None:
             sub = node.ctx.events.subscribe("t", [RewardsDistributed])
             # uptime, attested by the (only) validator, paid to the node's wallet
             rc = ledger.issue_receipt("uptime", me, {"seconds": 1800, "claim": uptime_claim(
-                ledger.genesis.epoch_at(node.ctx.clock()))})
+                ledger.epoch_at(node.ctx.clock()))})
             cert = await ledger.submit_reward(rc, rc_worth := 500_000)
-            assert ledger.state.supply.minted == rc_worth and cert.order.order.recipient == me
+            assert node.svc.state.supply.minted == rc_worth and cert.order.order.recipient == me
             with pytest.raises(OrderRejected) as e:   # a receipt pays once
                 await ledger.submit_reward(rc, 1)
             assert e.value.reason is Reason.RECEIPT_USED
@@ -184,8 +186,8 @@ async def test_double_spend_attempt_is_refused_and_reported(tmp_path: Path) -> N
                 return SignedOrder.sign(key, TransferOrder(chain="fog-test", epoch=0, sender=node.wallet, sequence=0,
                                                            fee=1000, recipient=to, amount=5, memo=""))
             first, second = order(bytes([1]) * 32), order(bytes([2]) * 32)
-            assert isinstance(svc._validate("attacker", first)[0], Vote)
-            replies = svc._validate("attacker", second)
+            assert isinstance(svc.validate("attacker", first)[0], Vote)
+            replies = svc.validate("attacker", second)
             assert isinstance(replies[0], Rejection) and replies[0].reason is Reason.CONFLICT
             ev = await sub.receive()
             assert isinstance(ev, ForkDetected) and ev.sequence == 0 and not ev.certified
@@ -195,7 +197,7 @@ async def test_double_spend_attempt_is_refused_and_reported(tmp_path: Path) -> N
             # the lock survives a restart of the role: still no second vote
             await c.stop(0)
             await c.start(0)
-            replies = c.nodes[0].svc._validate("attacker", second)
+            replies = c.nodes[0].svc.validate("attacker", second)
             assert isinstance(replies[0], Rejection) and replies[0].reason is Reason.CONFLICT
 
 
@@ -206,7 +208,7 @@ async def test_sync_from_a_lying_peer_applies_nothing(tmp_path: Path) -> None:
     from nacl.signing import SigningKey
 
     from fognode.ledger.messages import Certificate, SignedOrder, TransferOrder, Vote
-    from fognode.ledger.service import SYNC_STREAM
+    from fognode.ledger.sync import SYNC_STREAM
     from fognode.ledger.wallet import Keystore
 
     with trio.fail_after(90):
@@ -232,9 +234,8 @@ async def test_sync_from_a_lying_peer_applies_nothing(tmp_path: Path) -> None:
                 await stream.recv()   # the client asks for more only if there is more; it stops
 
             liar.ctx.overlay.set_stream_handler(SYNC_STREAM, lying_sync)
-            await wait_until(lambda: liar.ctx.peer_id not in honest.svc._syncing)   # the on-connect sync
-            honest.svc._cursors.pop(liar.ctx.peer_id, None)
-            honest.svc.store.set_cursor(liar.ctx.peer_id, 0)
+            await wait_until(lambda: not honest.svc.sync.is_syncing(liar.ctx.peer_id))   # the on-connect sync
+            honest.svc.sync.reset_cursor(liar.ctx.peer_id)
             root = honest.svc.state.root()
             await honest.svc.sync_with(liar.ctx.peer_id)   # (or the on-connect sync reads the lie)
             # (the on-connect sync may have read the lie too: each forged certificate is refused
@@ -261,6 +262,6 @@ async def test_sync_from_a_lying_peer_applies_nothing(tmp_path: Path) -> None:
                 await stream.send({"v": 1, "certs": [[1, {"v": 1, "order": "nope"}]], "end": 1})
 
             liar.ctx.overlay.set_stream_handler(SYNC_STREAM, garbage_sync)
-            honest.svc._cursors[liar.ctx.peer_id] = 0
+            honest.svc.sync.reset_cursor(liar.ctx.peer_id)
             assert await honest.svc.sync_with(liar.ctx.peer_id) == 0
             assert honest.svc.state.applied == 0

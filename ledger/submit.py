@@ -1,0 +1,271 @@
+"""The client side of orders: sign the sender's next order, gather a quorum of votes, apply and
+gossip the certificate; and the orders other roles and the wallet RPC make (pay, rewards).
+
+An order is driven in rounds: every committee member that has not voted (and is not being asked
+already) is asked over its order stream; this node's own validator answers directly. After each
+round the sans-IO `VoteCollector.decide` (client.py) says whether to take the certificate, give
+up (a definitive refusal, or the deadline), or ask again after `retry_interval`. The asks run in
+the submitter's nursery, so the slowest validator still gets its request answered (its stream
+stays usable) after the quorum is reached.
+
+An order is recorded in flight (store) before it is first sent and cleared once its certificate
+is stored: after a timeout or a crash, the next submit from the same sender drives it again
+instead of signing another order for its sequence (which would be a fork).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import trio
+from nacl.signing import SigningKey
+
+from fognode.ledger.address import encode_address
+from fognode.ledger.client import Decision, VoteCollector
+from fognode.ledger.errors import LedgerStorageFailed, OrderRejected, WalletError
+from fognode.ledger.events import RewardsDistributed
+from fognode.ledger.genesis import Genesis
+from fognode.ledger.messages import (Certificate, MintOrder, Order, Rejection, SignedOrder, TransferOrder,
+                                     decode_rejection, decode_vote, order_problem)
+from fognode.ledger.ports import Publisher, Requester, Validating
+from fognode.ledger.receipts import Receipt
+from fognode.ledger.rewards import Allocation, distribute_rewards
+from fognode.ledger.settings import Settings
+from fognode.ledger.state import LedgerState
+from fognode.ledger.store import LedgerStore
+from fognode.ledger.wallet import PASSPHRASE_ENV, Keystore
+from fognode.node.errors import FognodeError, RemoteProtocolError
+from fognode.node.peerid import peer_id_from_pubkey
+from fognode.node.protocol import NodeContext
+from fognode.node.wire import Fields
+
+log = logging.getLogger("fognode.ledger")
+
+
+class NotCertified(FognodeError):
+    """The order did not gather a quorum before the deadline; `status` says how far it got."""
+
+    def __init__(self, message: str, status: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class OrderSubmitter:
+    """Orders from this node's wallets. `run()` (in the ledger's nursery) hosts the asks until
+    cancelled; `submit` and the order makers below wait for a certificate."""
+
+    def __init__(self, ctx: NodeContext, settings: Settings, genesis: Genesis, state: LedgerState,
+                 store: LedgerStore, keystore: Keystore, passphrase: str | None, ledger: Validating,
+                 requests: Requester, gossip: Publisher) -> None:
+        self.ctx = ctx
+        self.s = settings
+        self.genesis = genesis
+        self.state = state
+        self.store = store
+        self.keystore = keystore
+        self.passphrase = passphrase
+        self.ledger = ledger
+        self.requests = requests
+        self.gossip = gossip
+        self.me = bytes(ctx.identity.verify_key)
+        self._sender_locks: dict[bytes, trio.Lock] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    # -- wallets -----------------------------------------------------------------------------------
+
+    def default_wallet(self) -> bytes:
+        pub = self.keystore.default()
+        if pub is None:
+            raise WalletError(f"this node has no wallet: run `fognode init` or set {PASSPHRASE_ENV} and restart")
+        return pub
+
+    async def unlock_wallet(self, pubkey: bytes) -> SigningKey:
+        """The wallet's signing key (Argon2id runs in a worker thread). Raises WalletError."""
+        if pubkey == self.me:
+            return self.ctx.identity
+        if not self.keystore.has(pubkey):
+            raise WalletError(f"no wallet {encode_address(pubkey)} on this node")
+        return await trio.to_thread.run_sync(self.keystore.unlock, pubkey, self.passphrase)
+
+    # -- orders --------------------------------------------------------------------------------------
+
+    def _lock_for(self, sender: bytes) -> trio.Lock:
+        return self._sender_locks.setdefault(sender, trio.Lock())
+
+    async def submit(self, key: SigningKey, make: Callable[[int, int], Order], timeout: float) -> Certificate:
+        """Sign the sender's next order (`make(sequence, epoch)`), gather a quorum, apply and
+        gossip the certificate. Raises OrderRejected (a definitive refusal; nothing applied)
+        or NotCertified (deadline passed: the order stays in flight and is re-driven by the
+        next submit from the same sender, never replaced by another one for its sequence),
+        or LedgerStorageFailed (the ledger could not write its store and stopped: the order
+        was not signed, or it stays in flight if it was)."""
+        self.ledger.check_usable()
+        sender = bytes(key.verify_key)
+        deadline = trio.current_time() + timeout
+        async with self._lock_for(sender):
+            inflight = self.store.inflight(sender)
+            if inflight is not None:
+                if self.state.account(sender).next_sequence > inflight.order.sequence:
+                    self.store.clear_inflight(sender)
+                else:
+                    await self._drive(inflight, deadline)
+            seq = self.state.account(sender).next_sequence
+            so = SignedOrder.sign(key, make(seq, self.genesis.epoch_at(self.ctx.clock())))
+            problem = order_problem(so.order) or self.state.order_problem(so.order)
+            if problem:
+                raise OrderRejected(*problem)
+            self.store.put_inflight(so)
+            return await self._drive(so, deadline)
+
+    async def _drive(self, so: SignedOrder, deadline: float) -> Certificate:
+        committee = self.state.committee_for(so.order.epoch)
+        collector = VoteCollector(so, committee)
+        sender, seq = so.key
+        prev = self.store.raw_certificate(self.store.tx_at(sender, seq - 1) or b"") if seq > 0 else None
+        request: dict[str, Any] = {"v": 1, "order": so.to_wire()}
+        if prev is not None:
+            request["prev"] = prev
+        asking: set[bytes] = set()
+        while True:
+            self.ledger.check_usable()
+            if self.me in committee and self.me not in collector.votes:
+                for r in self.ledger.validate(self.ctx.peer_id, so):
+                    self._collect(collector, self.me, r)
+            # ask every validator that has not voted and is not being asked already (see the
+            # module docstring)
+            round_done = trio.Event()
+            targets = collector.unasked(self.me, asking)
+            if targets:
+                left = [len(targets)]
+                asking.update(targets)
+                for v in targets:
+                    self._spawn(self._ask, v, request, collector, asking, round_done, left)
+                with trio.move_on_after(max(0.0, min(self.s.request_timeout + 0.5, deadline - trio.current_time()))):
+                    await round_done.wait()
+            now = trio.current_time()
+            decision = collector.decide(now, deadline)
+            if decision is Decision.CERTIFIED:
+                assert collector.certificate is not None
+                return self._certified(so, collector.certificate)
+            if decision is Decision.REJECTED:
+                reason = collector.main_reason()
+                assert reason is not None      # decide() rejects for a reason
+                self.store.clear_inflight(sender)
+                raise OrderRejected(reason, "; ".join(f"{v}: {m}" for v, m in collector.reasons().items()))
+            if decision is Decision.EXPIRED:
+                raise NotCertified(
+                    f"order {so.tx_id.hex()} not certified in time: votes from "
+                    f"{sum(committee.stake_of(v) for v in collector.votes)} of {committee.total} stake "
+                    f"(quorum {committee.quorum_stake}); it stays in flight",
+                    {"tx": so.tx_id.hex(), "status": "in_flight", "votes": len(collector.votes),
+                     "validators": len(committee.members), "rejections": collector.reasons()})
+            await trio.sleep(min(self.s.retry_interval, deadline - now))
+
+    def _certified(self, so: SignedOrder, cert: Certificate) -> Certificate:
+        """Store, gossip and clear the in-flight record of the order's certificate."""
+        try:
+            self.ledger.ingest(self.ctx.peer_id, [cert])
+        except LedgerStorageFailed as e:
+            raise LedgerStorageFailed(
+                f"order {so.tx_id.hex()} was certified, but this node could not store its certificate: "
+                f"{e}. The order stays in flight: the next send from this wallet after a restart "
+                f"completes it", path=e.path, cause=e.cause) from None
+        self.gossip.publish_later(cert)
+        # cleared after the certificate is stored: a crash (or a failed write) in between
+        # leaves an in-flight record whose sequence is applied, which the next submit drops
+        try:
+            self.store.clear_inflight(so.key[0])
+        except LedgerStorageFailed:
+            pass       # the transfer is final and stored; the ledger stops (reported once)
+        return cert
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._nursery is None:
+            raise NotCertified("the ledger service is not running", {"status": "stopped"})
+        self._nursery.start_soon(fn, *args)
+
+    def _collect(self, collector: VoteCollector, validator: bytes, reply: Any) -> None:
+        if isinstance(reply, Rejection):
+            collector.add_rejection(validator, reply)
+        else:
+            collector.add_vote(reply)
+
+    async def _ask(self, validator: bytes, request: dict[str, Any], collector: VoteCollector,
+                   asking: set[bytes], round_done: trio.Event, left: list[int]) -> None:
+        peer = peer_id_from_pubkey(validator)
+        try:
+            raw = await self.requests.request(validator, peer, request)
+            f = Fields(raw, "ledger.OrderReply", versions={1}, peer=peer)
+            if f.has("vote"):
+                reply: Any = decode_vote(f.map("vote"), peer=peer)
+                if reply.validator != validator:
+                    raise RemoteProtocolError("ledger.OrderReply: vote signed by another validator", peer=peer)
+            else:
+                reply = decode_rejection(f.map("rejection"), peer=peer)
+            f.done()
+            self._collect(collector, validator, reply)
+        except (FognodeError, trio.TooSlowError) as e:
+            log.debug("validator %s did not answer: %s", peer, e)
+        finally:
+            asking.discard(validator)
+            left[0] -= 1
+            if collector.certificate is not None or left[0] == 0:
+                round_done.set()
+
+    # -- the orders other roles make -----------------------------------------------------------------
+
+    async def pay(self, to: bytes, amount: int, memo: str = "", *, timeout: float = 30.0,
+                  wallet: bytes | None = None) -> Certificate:
+        """Transfer from a local wallet (default: the node's). Raises OrderRejected,
+        NotCertified, WalletError."""
+        key = await self.unlock_wallet(wallet or self.default_wallet())
+        fee = self.genesis.fee
+        return await self.submit(key, lambda seq, ep: TransferOrder(
+            chain=self.genesis.chain_id, epoch=ep, sender=bytes(key.verify_key), sequence=seq, fee=fee,
+            recipient=to, amount=amount, memo=memo), timeout)
+
+    async def submit_reward(self, receipt: Receipt, amount: int, *, timeout: float = 30.0) -> Certificate:
+        """Mint `amount` to the receipt's beneficiary; this node's default wallet pays the fee."""
+        key = await self.unlock_wallet(self.default_wallet())
+        fee = self.genesis.fee
+        return await self.submit(key, lambda seq, ep: MintOrder(
+            chain=self.genesis.chain_id, epoch=ep, sender=bytes(key.verify_key), sequence=seq, fee=fee,
+            recipient=receipt.beneficiary, amount=amount, receipt=receipt), timeout)
+
+    async def distribute_rewards(self, allocations: list[Allocation], *, timeout: float = 60.0) -> list[str]:
+        """Pay each allocation with a mint order from the default wallet, one after the other;
+        returns the transaction ids of those paid. An allocation the validators refuse (e.g. a
+        claim paid already) is logged and skipped; NotCertified (a timeout: the order stays in
+        flight) stops the distribution. Publishes RewardsDistributed."""
+        key = await self.unlock_wallet(self.default_wallet())
+        epoch = self.genesis.epoch_at(self.ctx.clock())
+        txs: list[str] = []
+        total = 0
+        for order in distribute_rewards(allocations, chain=self.genesis.chain_id, epoch=epoch,
+                                        sender=bytes(key.verify_key), first_sequence=0, fee=self.genesis.fee):
+            try:
+                cert = await self.submit(key, _renumbered(order), timeout)
+            except OrderRejected as e:
+                log.warning("reward of %d to %s refused: %s", order.amount, encode_address(order.recipient), e)
+                continue
+            txs.append(cert.tx_id.hex())
+            total += order.amount
+        self.ctx.events.publish(RewardsDistributed(distributor=encode_address(bytes(key.verify_key)),
+                                                   epoch=epoch, count=len(txs), total=total, txs=tuple(txs)))
+        return txs
+
+
+def _renumbered(o: MintOrder) -> Callable[[int, int], Order]:
+    """`o` with the sequence and epoch `submit` assigns."""
+    def make(seq: int, epoch: int) -> Order:
+        return MintOrder(chain=o.chain, epoch=epoch, sender=o.sender, sequence=seq, fee=o.fee,
+                         recipient=o.recipient, amount=o.amount, receipt=o.receipt)
+    return make

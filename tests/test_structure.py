@@ -1,0 +1,150 @@
+"""The project's import graph has no cycles (DESIGN.md "Style", issue 11 "Check").
+
+Every import counts: module level, function level and under TYPE_CHECKING, since a cycle hidden
+that way is still two modules that cannot be understood apart. The graph is read with `ast`
+from the source folders that install as `fognode.*` (nothing is imported), and every strongly
+connected component of more than one module is reported at once.
+
+`ALLOWED` names cycles that still exist on this branch outside ledger/, each with the work that
+removes it; it only shrinks (an entry that no longer matches a cycle fails the test too, so a
+removed cycle cannot come back under its old permission).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = {"node": "fognode.node", "protocols": "fognode.protocols", "ledger": "fognode.ledger",
+            "tools": "fognode.tools"}
+
+ALLOWED: dict[frozenset[str], str] = {
+    frozenset({"protocols.fl.session", "protocols.fl.session_failover", "protocols.fl.session_hier",
+               "protocols.fl.session_secagg"}):
+        "issue 11 item 3: the session mixins become collaborators handed a Session",
+    frozenset({"protocols.fl.strategies.base", "protocols.fl.strategies.bulyan", "protocols.fl.strategies.clipping",
+               "protocols.fl.strategies.fedavg", "protocols.fl.strategies.fedopt", "protocols.fl.strategies.fedprox",
+               "protocols.fl.strategies.krum", "protocols.fl.strategies.median", "protocols.fl.strategies.registry",
+               "protocols.fl.strategies.screening",
+               "protocols.fl.strategies.trimmed_mean"}):
+        "issue 11 item 3: build_strategy moves to the strategy registry",
+    frozenset({"protocols.fl.messages", "protocols.fl.receipts"}):
+        "issue 11 items 3-5: FL's modules grouped by concern",
+    frozenset({"protocols.registry.api", "protocols.registry.protocol"}):
+        "issue 11 item 2: role APIs that do not import their role back",
+}
+
+
+def module_files() -> dict[str, Path]:
+    """`fognode.x.y` -> its source file, for every module of the project."""
+    mods: dict[str, Path] = {}
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods[".".join((package, *parts))] = path
+    return mods
+
+
+def resolve(module: str, level: int, importer: str, is_package: bool) -> str:
+    """The absolute name of a `from ... import` with `level` leading dots."""
+    if not level:
+        return module
+    base = importer.split(".")
+    base = base if is_package else base[:-1]
+    base = base[:len(base) - (level - 1)]
+    return ".".join([*base, module] if module else base)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project's modules it imports (anywhere in its body)."""
+    mods = module_files()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                target = resolve(node.module or "", node.level, name, path.name == "__init__.py")
+                deps.add(target)
+                deps |= {f"{target}.{a.name}" for a in node.names}
+        # importing a package's submodule runs the package's __init__, never the reverse
+        graph[name] = {d for d in deps if d in mods and d != name and not name.startswith(d + ".")}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[frozenset[str]] = []
+    counter = 0
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work: list[tuple[str, list[str]]] = [(start, sorted(graph[start]))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            v, todo = work[-1]
+            if todo:
+                w = todo.pop()
+                if w not in index:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, sorted(graph[w])))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[v])
+            if low[v] == index[v]:
+                comp: set[str] = set()
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.add(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    found.append(frozenset(comp))
+    return found
+
+
+def short(comp: frozenset[str]) -> frozenset[str]:
+    return frozenset(m.removeprefix("fognode.") for m in comp)
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a", "e"}, "e": {"d"}, "f": set()}
+    assert sorted(map(sorted, cycles(graph))) == [["a", "b", "c"], ["d", "e"]]
+    assert resolve("x", 1, "fognode.ledger.service", False) == "fognode.ledger.x"
+    assert resolve("", 2, "fognode.ledger.sub", True) == "fognode.ledger"
+
+
+def test_the_graph_sees_every_kind_of_import() -> None:
+    graph = import_graph()
+    assert "fognode.ledger.service" in graph["fognode.ledger.protocol"]        # module level
+    assert "fognode.ledger.errors" in graph["fognode.protocols.fl.protocol"]   # in a function
+    assert "fognode.protocols.registry.protocol" in graph["fognode.protocols.registry.api"]   # TYPE_CHECKING
+    assert len(graph) > 100 and all(m.startswith("fognode.") for m in graph)
+
+
+def test_no_import_cycles() -> None:
+    found = {short(c) for c in cycles(import_graph())}
+    unexpected = [sorted(c) for c in found if c not in ALLOWED]
+    stale = [f"{sorted(c)} ({why})" for c, why in ALLOWED.items() if c not in found]
+    report = "\n".join(" <-> ".join(c) for c in sorted(unexpected))
+    assert not unexpected, f"import cycles (each line: modules that import each other):\n{report}"
+    assert not stale, f"ALLOWED lists cycles that are gone; remove them: {stale}"
