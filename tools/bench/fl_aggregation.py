@@ -22,7 +22,8 @@ import numpy as np
 
 from fognode.protocols.fl.privacy.dp import DPConfig, DPStrategy
 from fognode.protocols.fl.privacy.secagg import Completed, SecAggConfig, run_secagg_locally
-from fognode.protocols.fl.strategies.base import ClientUpdate, make_strategy
+from fognode.protocols.fl.strategies.base import ClientUpdate
+from fognode.protocols.fl.strategies.registry import make_strategy
 
 
 def best_ms(fn: Callable[[], object], repeats: int) -> float:

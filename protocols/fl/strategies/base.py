@@ -171,14 +171,3 @@ def check_secagg_compatible(strategy: Strategy) -> None:
             f"strategy {strategy.name!r} is a robust rule and needs individual updates, which "
             f"secure aggregation hides; choose a mean-based strategy (fedavg, fedprox, fedadam, "
             f"fedyogi, fedadagrad) for secure aggregation, or turn secure aggregation off")
-
-
-def make_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strategy:
-    """Build a strategy by name from its parameters (session announcement or RPC).
-
-    Names: fedavg, fedprox, fedadam, fedyogi, fedadagrad, median, trimmed_mean, krum,
-    multikrum, bulyan. The parameter "clip_norm" (> 0) wraps any of them in per-update L2 norm
-    clipping. Raises StrategyConfigError naming the valid names or parameters.
-    """
-    from fognode.protocols.fl.strategies.registry import build
-    return build(name, dict(params or {}))
