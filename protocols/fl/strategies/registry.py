@@ -49,6 +49,9 @@ def _coerce(strategy: str, key: str, want: type, value: Any) -> Any:
     elif want is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+    elif want is str:
+        if isinstance(value, str) and len(value) <= 32:
+            return value
     elif want is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(float(value)):
