@@ -520,7 +520,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
             return None, got
         ar = s.aggregator
         assert ar is not None
-        ar.updates[peer] = ClientUpdate(peer, delta, header.num_samples)
+        ar.updates[peer] = ClientUpdate(peer, delta, header.num_samples, loss=header.base_loss)
         ar.meta[peer] = UpdateMeta(header.num_samples, header.base_loss, header.base_accuracy, header.train_loss)
         return None, self._maybe_aggregate(s, now)
 

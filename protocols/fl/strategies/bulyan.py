@@ -19,7 +19,7 @@ import numpy as np
 from fognode.protocols.fl.strategies.base import (
     PARAM_DTYPE, AggregateResult, ClientUpdate, NotEnoughUpdates, Strategy, StrategyConfigError)
 from fognode.protocols.fl.strategies.krum import krum_scores, pairwise_sq_distances
-from fognode.protocols.fl.strategies.screening import check_global, screen
+from fognode.protocols.fl.strategies.screening import check_global, checked_params, screen
 
 
 def bulyan_select(dist: np.ndarray, f: int) -> np.ndarray:
@@ -86,7 +86,7 @@ class Bulyan(Strategy):
             raise NotEnoughUpdates(
                 f"bulyan with f = {self.f} needs n >= 4f + 3 = {4 * self.f + 3} usable updates, "
                 f"got {s.n}" + (f" ({len(s.rejected)} rejected)" if s.rejected else ""))
-        dist = pairwise_sq_distances(s.stack())
+        dist = pairwise_sq_distances(s.deltas)
         chosen = bulyan_select(dist, self.f)
         selected = np.stack([s.deltas[i] for i in chosen])
         agg = closest_to_median_mean(selected, len(chosen) - 2 * self.f)
@@ -96,5 +96,5 @@ class Bulyan(Strategy):
         for i in range(s.n):
             if i not in chosen_set:
                 rejected[s.peers[i]] = "bulyan: not selected"
-        return AggregateResult((g + agg).astype(PARAM_DTYPE, copy=False), accepted, rejected,
+        return AggregateResult(checked_params(g + agg, self.name), accepted, rejected,
                                {p: 1.0 / len(accepted) for p in accepted})

@@ -50,6 +50,10 @@ class Clipped(Strategy):
         return self.inner.robust
 
     @property
+    def needs_each_update(self) -> bool:
+        return self.inner.needs_each_update
+
+    @property
     def proximal_mu(self) -> float:
         return self.inner.proximal_mu
 

@@ -11,9 +11,13 @@ Numerics. The weights n_i / sum(n) are computed from the exact integer total (Py
 no sample count is too large (a float sum of huge counts used to overflow to inf and make every
 weight 0: the old model came back unchanged). FedAvg reads each delta once: it checks only the
 form of the updates first (shape, dtype, duplicates) and finds NaN/Inf values from the result,
-which is non-finite whenever an input is; then it screens the values of every update (NaN/Inf,
-or a squared norm that overflows float32), rejects the bad ones with their reason and averages
-the rest. A mean that still overflows float32 raises StrategyError; nothing silent.
+which is non-finite whenever an input is (and from the result's norm: a model whose squared
+norm overflows float32 would be refused by the next round); then it screens the values of
+every update (NaN/Inf, or a squared norm that overflows float32), rejects the bad ones with
+their reason and averages the rest. A result that is still unusable raises StrategyError;
+nothing is silent. (An update with a huge norm whose weighted share keeps the model usable is
+averaged in: FedAvg is not a robust rule, and such an update moves the model no more than a
+finite one just under the limit would.)
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ def sample_weights(num_samples: Sequence[int | float] | np.ndarray) -> np.ndarra
 
 
 CHUNK_BYTES = 1 << 20   # the (n, chunk) float32 buffer: 1 MiB, stays in the L2 cache
+F32_MAX = float(np.finfo(PARAM_DTYPE).max)
 
 
 def weighted_sum(deltas: Sequence[np.ndarray], weights: Sequence[float] | np.ndarray,
@@ -63,9 +68,10 @@ def weighted_sum(deltas: Sequence[np.ndarray], weights: Sequence[float] | np.nda
 
 def finite_weighted_sum(deltas: Sequence[np.ndarray], weights: Sequence[float] | np.ndarray,
                         base: np.ndarray | None = None) -> np.ndarray | None:
-    """`weighted_sum`, or None as soon as a chunk of the result is NaN/Inf (some input has
-    NaN/Inf values, or the sum overflows float32). The check runs on each chunk while it is
-    in cache, so it costs no extra pass over memory."""
+    """`weighted_sum`, or None as soon as the result is NaN/Inf or its squared L2 norm
+    passes float32's maximum (some input has NaN/Inf values or a huge norm, or the sum
+    overflows): a result `check_global` would refuse as the next round's model. The norm is
+    summed chunk by chunk while each chunk is in cache: no extra pass over memory."""
     out, finite = _weighted_sum(deltas, weights, base, check=True)
     return out if finite else None
 
@@ -80,6 +86,7 @@ def _weighted_sum(deltas: Sequence[np.ndarray], weights: Sequence[float] | np.nd
         raise StrategyError(f"weighted_sum: {n} vectors but {w.size} weights")
     size = deltas[0].shape[0]
     out = np.empty(size, dtype=PARAM_DTYPE)
+    sq = 0.0
     chunk = max(1024, CHUNK_BYTES // (4 * n))
     buf = np.empty((n, min(chunk, size)), dtype=PARAM_DTYPE)
     for start in range(0, size, chunk):
@@ -91,8 +98,10 @@ def _weighted_sum(deltas: Sequence[np.ndarray], weights: Sequence[float] | np.nd
         np.dot(w, blk, out=acc)
         if base is not None:
             acc += base[start:stop]
-        if check and not np.isfinite(acc).all():
-            return out, False
+        if check:
+            sq += float(np.dot(acc, acc))           # NaN/Inf in acc make sq NaN/Inf
+            if not sq <= F32_MAX:
+                return out, False
     return out, True
 
 
@@ -121,8 +130,7 @@ class FedAvg(Strategy):
         optimiser state it changes) runs only on a finite mean."""
         w = sample_weights(s.num_samples())
         if self.plain_step:
-            new = finite_weighted_sum(s.deltas, w, base=g)
-            return (None if new is None else checked_params(new, self.name)), w
+            return finite_weighted_sum(s.deltas, w, base=g), w
         mean = finite_weighted_sum(s.deltas, w)
         return (None if mean is None else self.server_update(g, mean)), w
 

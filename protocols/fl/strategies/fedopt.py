@@ -43,11 +43,11 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
-from fognode.protocols.fl.strategies.base import PARAM_DTYPE, StrategyConfigError, StrategyError
+from fognode.protocols.fl.strategies.base import (
+    PARAM_DTYPE, StrategyConfigError, StrategyError, check_semantics)
 from fognode.protocols.fl.strategies.fedavg import FedAvg
 from fognode.protocols.fl.strategies.screening import checked_params
 
-SEMANTICS = ("paper", "flower")
 V_MAX = float(np.finfo(PARAM_DTYPE).max)
 
 
@@ -78,13 +78,6 @@ def flower_eta(eta: float, beta1: float, beta2: float, server_round: int) -> flo
 def server_step(x: np.ndarray, m: np.ndarray, v: np.ndarray, eta: float, tau: float) -> np.ndarray:
     """x + eta * m / (sqrt(v) + tau)."""
     return x + eta * m / (np.sqrt(v) + tau)
-
-
-def check_semantics(strategy: str, semantics: str) -> None:
-    """StrategyConfigError naming the parameter unless `semantics` is "paper" or "flower"."""
-    if semantics not in SEMANTICS:
-        raise StrategyConfigError(f"{strategy}: parameter 'semantics' must be one of "
-                                  f"{', '.join(SEMANTICS)}, got {semantics!r}")
 
 
 @dataclass(eq=False)

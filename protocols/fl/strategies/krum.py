@@ -4,10 +4,22 @@ With n updates of which at most f are Byzantine, each update's score is the sum 
 distances to its n - f - 2 nearest other updates; Krum picks the update with the lowest score,
 Multi-Krum averages the m lowest-scoring ones. Needs n >= 2f + 3.
 
-All pairwise squared distances come from one Gram matrix per round (`pairwise_sq_distances`:
-one (n, d) x (d, n) matmul, O(n^2 d)); Bulyan reuses the same matrix for its iterated Krum.
-Rows are centred first (distances do not change) so the float32 Gram does not lose the small
-distances between similar updates to cancellation.
+All pairwise squared distances come from one Gram matrix per round (`pairwise_sq_distances`,
+O(n^2 d)); Bulyan reuses the same matrix for its iterated Krum. The Gram matrix is accumulated
+in float64 from the raw (uncentred) float32 rows, block by block (each block of the n rows is
+converted into one reused (n, block) float64 buffer and multiplied by its transpose): the
+product of two float32 values is exact in float64, and without centring the distance between
+two honest updates involves only those two rows. (It used to be a float32 Gram after
+subtracting the mean: one x1000 outlier dominates the mean, the honest rows' centred norms
+dwarf their distances, and the cancellation left a relative distance error of 0.32, which
+changed Krum's pick in 157 of 200 seeded runs.) The remaining error of ||x_i - x_j||^2 is
+about 1e-16 * d * (||x_i||^2 + ||x_j||^2), far below any gap between Krum scores of updates
+that are not copies of each other.
+
+Semantics (parameter `semantics` of multikrum): "paper" (Blanchard et al., default) averages
+the m selected updates with equal weights; "flower" weights them by their sample counts, as
+Flower's `aggregate_krum` does (it passes the selected (weights, num_examples) pairs to its
+sample-weighted `aggregate`). Krum (m = 1) is the same in both.
 """
 from __future__ import annotations
 
@@ -17,16 +29,31 @@ from typing import Sequence
 import numpy as np
 
 from fognode.protocols.fl.strategies.base import (
-    PARAM_DTYPE, AggregateResult, ClientUpdate, Strategy, StrategyConfigError, StrategyError)
-from fognode.protocols.fl.strategies.fedavg import weighted_sum
-from fognode.protocols.fl.strategies.screening import Screened, check_global, require, screen
+    AggregateResult, ClientUpdate, Strategy, StrategyConfigError, StrategyError, check_semantics)
+from fognode.protocols.fl.strategies.fedavg import sample_weights, weighted_sum
+from fognode.protocols.fl.strategies.screening import (
+    Screened, check_global, checked_params, require, screen)
 
 
-def pairwise_sq_distances(stack: np.ndarray) -> np.ndarray:
-    """(n, n) float64 matrix of ||x_i - x_j||^2 for the rows of `stack` (centred in place)."""
-    stack -= stack.mean(axis=0)
-    gram = (stack @ stack.T).astype(np.float64)
-    sq = np.diag(gram)
+GRAM_BLOCK_BYTES = 1 << 20    # the (n, block) float64 buffer: 1 MiB, stays in cache
+
+
+def pairwise_sq_distances(rows: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """(n, n) float64 matrix of ||x_i - x_j||^2 for n equal-length 1-D rows (a list of
+    vectors or an (n, d) array, not modified), from one float64 Gram matrix accumulated over
+    column blocks (see module docstring)."""
+    n = len(rows)
+    size = rows[0].shape[0] if n else 0
+    gram = np.zeros((n, n), dtype=np.float64)
+    block = max(256, GRAM_BLOCK_BYTES // (8 * max(n, 1)))
+    buf = np.empty((n, min(block, max(size, 1))), dtype=np.float64)
+    for start in range(0, size, block):
+        stop = min(start + block, size)
+        blk = buf[:, :stop - start]
+        for i, x in enumerate(rows):
+            blk[i] = x[start:stop]
+        gram += blk @ blk.T
+    sq = np.diag(gram).copy()
     dist = sq[:, None] + sq[None, :] - 2.0 * gram
     np.maximum(dist, 0.0, out=dist)
     np.fill_diagonal(dist, 0.0)
@@ -57,18 +84,21 @@ def krum_select(dist: np.ndarray, f: int, m: int = 1) -> np.ndarray:
 
 
 def _select_and_average(strategy: Strategy, g: np.ndarray, s: Screened, f: int, m: int,
-                        ) -> AggregateResult:
-    dist = pairwise_sq_distances(s.stack())
-    chosen = krum_select(dist, f, m)
-    mean = weighted_sum([s.deltas[int(i)] for i in chosen], np.full(len(chosen), 1.0 / len(chosen)))
-    new = (g + mean).astype(PARAM_DTYPE, copy=False)
-    chosen_set = {int(i) for i in chosen}
-    accepted = tuple(s.peers[i] for i in range(s.n) if i in chosen_set)
+                        by_samples: bool = False) -> AggregateResult:
+    dist = pairwise_sq_distances(s.deltas)
+    chosen_set = {int(i) for i in krum_select(dist, f, m)}
+    idx = [i for i in range(s.n) if i in chosen_set]             # input order
+    accepted = tuple(s.peers[i] for i in idx)
+    if by_samples:
+        w = sample_weights([int(s.updates[i].num_samples) for i in idx])
+    else:
+        w = np.full(len(idx), 1.0 / len(idx))
+    new = checked_params(weighted_sum([s.deltas[i] for i in idx], w, base=g), strategy.name)
     rejected = dict(s.rejected)
     for i in range(s.n):
         if i not in chosen_set:
             rejected[s.peers[i]] = f"{strategy.name}: not selected"
-    return AggregateResult(new, accepted, rejected, {p: 1.0 / len(accepted) for p in accepted})
+    return AggregateResult(new, accepted, rejected, {p: float(wi) for p, wi in zip(accepted, w)})
 
 
 @dataclass(eq=False)
@@ -96,6 +126,7 @@ class MultiKrum(Strategy):
 
     f: int = 1
     m: int = 0
+    semantics: str = "paper"      # "flower": the selected updates weighted by sample counts
     name = "multikrum"
     robust = True
 
@@ -104,6 +135,7 @@ class MultiKrum(Strategy):
             raise StrategyConfigError(f"{self.name}: f must be >= 0, got {self.f}")
         if self.m < 0:
             raise StrategyConfigError(f"{self.name}: m must be >= 0 (0: n - f), got {self.m}")
+        check_semantics(self.name, self.semantics)
 
     def aggregate(self, global_params: np.ndarray, updates: Sequence[ClientUpdate]) -> AggregateResult:
         g = check_global(global_params)
@@ -112,4 +144,4 @@ class MultiKrum(Strategy):
         m = self.m or s.n - self.f
         if m > s.n:
             raise StrategyError(f"{self.name}: m = {m} is more than the {s.n} usable updates")
-        return _select_and_average(self, g, s, self.f, m)
+        return _select_and_average(self, g, s, self.f, m, by_samples=self.semantics == "flower")

@@ -22,15 +22,17 @@ from fognode.protocols.fl.strategies.base import (
 from fognode.protocols.fl.strategies.bulyan import Bulyan
 from fognode.protocols.fl.strategies.clipping import Clipped
 from fognode.protocols.fl.strategies.fedavg import FedAvg
+from fognode.protocols.fl.strategies.fedavgm import FedAvgM
 from fognode.protocols.fl.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
 from fognode.protocols.fl.strategies.fedprox import FedProx
 from fognode.protocols.fl.strategies.krum import Krum, MultiKrum
 from fognode.protocols.fl.strategies.median import Median
+from fognode.protocols.fl.strategies.qfedavg import QFedAvg
 from fognode.protocols.fl.strategies.trimmed_mean import TrimmedMean
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, Median,
-                              TrimmedMean, Krum, MultiKrum, Bulyan)
+    cls.name: cls for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, QFedAvg,
+                              Median, TrimmedMean, Krum, MultiKrum, Bulyan)
 }
 COMMON_PARAMS = {"clip_norm": float}
 
@@ -99,11 +101,13 @@ def build_strategy(spec: SessionSpec) -> Strategy:
     if spec.hierarchical and spec.privacy.secagg:
         raise StrategyConfigError("hierarchical aggregation cannot be combined with secure "
                                   "aggregation: regional aggregators combine plain updates")
-    if spec.hierarchical and strategy.robust:
+    if spec.hierarchical and strategy.needs_each_update:
+        why = ("is robust and cannot run hierarchically: regional means would hide outliers "
+               "from it" if strategy.robust else "weighs each update by its own loss and cannot "
+               "run hierarchically on regional means")
         raise StrategyConfigError(
-            f"strategy {spec.strategy!r} is robust and cannot run hierarchically: regional "
-            f"means would hide outliers from it; use fedavg, fedprox, fedadam, fedyogi or "
-            f"fedadagrad with hierarchical=true")
+            f"strategy {spec.strategy!r} {why}; use fedavg, fedprox, fedavgm, fedadam, fedyogi "
+            f"or fedadagrad with hierarchical=true")
     if spec.privacy.secagg:
         check_secagg_compatible(strategy)
     if spec.privacy.dp:

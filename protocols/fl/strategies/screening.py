@@ -113,11 +113,13 @@ def require(screened: Screened, minimum: int, rule: str) -> None:
 
 
 def checked_params(new: np.ndarray, rule: str) -> np.ndarray:
-    """`new` as float32; StrategyError naming `rule` if any value is NaN/Inf (every update
-    was finite, so the rule's arithmetic overflowed float32: the updates or the model are too
-    large for it)."""
+    """`new` as float32; StrategyError naming `rule` if it fails `check_global`'s test (NaN/Inf
+    or a squared norm overflowing float32): every update was finite, so the rule's arithmetic
+    overflowed float32 and the model could not be the next round's."""
     out = new.astype(PARAM_DTYPE, copy=False)
-    if not np.isfinite(out).all():
-        raise StrategyError(f"{rule}: the new model overflows float32 (NaN/Inf) although every "
-                            f"accepted update was finite; the updates or the model are too large")
+    if not np.isfinite(np.dot(out, out)):
+        raise StrategyError(f"{rule}: the new model overflows float32 (NaN/Inf, or a squared "
+                            f"norm past float32's maximum, which the next round would refuse) "
+                            f"although every accepted update was finite; the updates or the "
+                            f"model are too large")
     return out
