@@ -19,7 +19,7 @@ import numpy as np
 from fognode.protocols.fl.strategies.base import (
     PARAM_DTYPE, AggregateResult, ClientUpdate, NotEnoughUpdates, Strategy, StrategyConfigError)
 from fognode.protocols.fl.strategies.krum import krum_scores, pairwise_sq_distances
-from fognode.protocols.fl.strategies.screening import check_global, checked_params, screen
+from fognode.protocols.fl.strategies.screening import add_checked, check_global, screen
 
 
 def bulyan_select(dist: np.ndarray, f: int) -> np.ndarray:
@@ -96,5 +96,5 @@ class Bulyan(Strategy):
         for i in range(s.n):
             if i not in chosen_set:
                 rejected[s.peers[i]] = "bulyan: not selected"
-        return AggregateResult(checked_params(g + agg, self.name), accepted, rejected,
+        return AggregateResult(add_checked(g, agg, self.name), accepted, rejected,
                                {p: 1.0 / len(accepted) for p in accepted})

@@ -67,7 +67,8 @@ class Clipped(Strategy):
                 out.append(u)
                 continue
             d = u.delta.astype(PARAM_DTYPE, copy=False)
-            sq = float(np.dot(d, d))
+            with np.errstate(over="ignore", invalid="ignore"):
+                sq = float(np.dot(d, d))
             if not np.isfinite(sq):
                 out.append(u)
                 continue

@@ -89,19 +89,20 @@ def _weighted_sum(deltas: Sequence[np.ndarray], weights: Sequence[float] | np.nd
     sq = 0.0
     chunk = max(1024, CHUNK_BYTES // (4 * n))
     buf = np.empty((n, min(chunk, size)), dtype=PARAM_DTYPE)
-    for start in range(0, size, chunk):
-        stop = min(start + chunk, size)
-        blk = buf[:, :stop - start]
-        for i, d in enumerate(deltas):
-            blk[i] = d[start:stop]
-        acc = out[start:stop]
-        np.dot(w, blk, out=acc)
-        if base is not None:
-            acc += base[start:stop]
-        if check:
-            sq += float(np.dot(acc, acc))           # NaN/Inf in acc make sq NaN/Inf
-            if not sq <= F32_MAX:
-                return out, False
+    with np.errstate(over="ignore", invalid="ignore"):     # overflow shows in the result
+        for start in range(0, size, chunk):
+            stop = min(start + chunk, size)
+            blk = buf[:, :stop - start]
+            for i, d in enumerate(deltas):
+                blk[i] = d[start:stop]
+            acc = out[start:stop]
+            np.dot(w, blk, out=acc)
+            if base is not None:
+                acc += base[start:stop]
+            if check:
+                sq += float(np.dot(acc, acc))           # NaN/Inf in acc make sq NaN/Inf
+                if not sq <= F32_MAX:
+                    return out, False
     return out, True
 
 

@@ -31,9 +31,10 @@ Flower run.
 The state (m, v and, for "flower", the update count t) lives in the strategy instance across
 rounds; `state_arrays`/`load_state_arrays` move it to another aggregator as float32. Arithmetic
 is float64. Adagrad's v only grows and can pass float32's largest value with huge deltas (it
-used to become inf, and sqrt(inf) froze the model); v is therefore stored saturated at
-float32's maximum (3.4e38): from there on the step is eta * m / 1.8e19, larger than exact
-Adagrad's (whose v is larger still) but finite, and the model keeps moving. A new model that
+used to become inf, and sqrt(inf) froze the model); v is therefore capped at float32's maximum
+(3.4e38) after each update: from there on the step is eta * m / 1.8e19, larger than exact
+Adagrad's (whose v is larger still) but finite, and the model keeps moving. (Adam's and Yogi's
+v stay below max(v0, Delta^2) and never reach the cap.) A new model that
 overflows float32 raises StrategyError.
 """
 from __future__ import annotations
@@ -125,14 +126,14 @@ class FedOpt(FedAvg):
             m = self.m.astype(np.float64)
             v = self.v.astype(np.float64)
         m = first_moment(m, d, self.beta1)
-        v = type(self).second_moment(v, d, self.beta2)
+        v = np.minimum(type(self).second_moment(v, d, self.beta2), V_MAX)
         eta = self.eta
         if flower and self.bias_corrected:
             eta = flower_eta(self.eta, self.beta1, self.beta2, self.t + 1)
         new = checked_params(server_step(global_params.astype(np.float64), m, v, eta, self.tau),
                              self.name)
         self.m = m.astype(PARAM_DTYPE)
-        self.v = np.minimum(v, V_MAX).astype(PARAM_DTYPE)
+        self.v = v.astype(PARAM_DTYPE)
         self.t += 1
         return new
 

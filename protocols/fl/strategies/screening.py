@@ -53,8 +53,10 @@ def check_global(global_params: np.ndarray) -> np.ndarray:
         raise StrategyError("global params must be a flat (1-D) numpy array")
     if not np.issubdtype(global_params.dtype, np.floating):
         raise StrategyError(f"global params must be floating point, got {global_params.dtype}")
-    g = global_params.astype(PARAM_DTYPE, copy=False)
-    if not np.isfinite(np.dot(g, g)):
+    with np.errstate(over="ignore", invalid="ignore"):
+        g = global_params.astype(PARAM_DTYPE, copy=False)
+        sq = np.dot(g, g)
+    if not np.isfinite(sq):
         raise StrategyError("global params contain NaN/Inf or overflow")
     return g
 
@@ -88,7 +90,8 @@ def screen(global_params: np.ndarray, updates: Sequence[ClientUpdate], *,
             rejected[u.peer] = why
             continue
         d = u.delta.astype(PARAM_DTYPE, copy=False)
-        sq = float(np.dot(d, d)) if values else float("nan")
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq = float(np.dot(d, d)) if values else float("nan")
         if values and not np.isfinite(sq):
             rejected[u.peer] = "update has NaN/Inf values or its norm overflows"
             continue
@@ -116,10 +119,20 @@ def checked_params(new: np.ndarray, rule: str) -> np.ndarray:
     """`new` as float32; StrategyError naming `rule` if it fails `check_global`'s test (NaN/Inf
     or a squared norm overflowing float32): every update was finite, so the rule's arithmetic
     overflowed float32 and the model could not be the next round's."""
-    out = new.astype(PARAM_DTYPE, copy=False)
-    if not np.isfinite(np.dot(out, out)):
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = new.astype(PARAM_DTYPE, copy=False)
+        sq = np.dot(out, out)
+    if not np.isfinite(sq):
         raise StrategyError(f"{rule}: the new model overflows float32 (NaN/Inf, or a squared "
                             f"norm past float32's maximum, which the next round would refuse) "
                             f"although every accepted update was finite; the updates or the "
                             f"model are too large")
     return out
+
+
+def add_checked(global_params: np.ndarray, agg: np.ndarray, rule: str) -> np.ndarray:
+    """global + agg as float32 through `checked_params` (an overflowing sum gives no numpy
+    warning but a StrategyError naming `rule`)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        new = global_params + agg
+    return checked_params(new, rule)
