@@ -46,16 +46,17 @@ class Screened:
         return np.stack(self.deltas)
 
 
-def check_global(global_params: np.ndarray) -> np.ndarray:
+def check_global(global_params: np.ndarray, *, values: bool = True) -> np.ndarray:
     """Return the global params as a 1-D float32 array (no copy if already); StrategyError if
-    they are not a finite 1-D floating array."""
+    they are not a finite 1-D floating array whose squared norm fits float32. With
+    `values=False` only the form is checked (for a rule whose result shows bad values)."""
     if not isinstance(global_params, np.ndarray) or global_params.ndim != 1:
         raise StrategyError("global params must be a flat (1-D) numpy array")
     if not np.issubdtype(global_params.dtype, np.floating):
         raise StrategyError(f"global params must be floating point, got {global_params.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):
         g = global_params.astype(PARAM_DTYPE, copy=False)
-        sq = np.dot(g, g)
+        sq = np.dot(g, g) if values else 0.0
     if not np.isfinite(sq):
         raise StrategyError("global params contain NaN/Inf or overflow")
     return g
