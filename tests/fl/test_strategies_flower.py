@@ -192,7 +192,7 @@ def test_qfedavg_params_and_refusals() -> None:
         build_strategy(spec(strategy="qfedavg", privacy=PrivacyOptions(dp_clip=1.0,
                                                                          dp_noise=1.0)))
     with pytest.raises(StrategyError, match="loss"):
-        ClientUpdate("a", np.zeros(1, F32), 1, "1.0")      # type: ignore[arg-type]
+        ClientUpdate("a", np.zeros(1, F32), 1, "1.0")
 
 
 def test_qfedavg_session_gets_every_participants_base_loss() -> None:
