@@ -205,3 +205,13 @@ def test_qfedavg_session_gets_every_participants_base_loss() -> None:
     for h in st["history"]:
         assert sorted(h["accepted"]) == sorted(h["participants"]) and h["rejected"] == {}
     assert st["history"][-1]["loss"] < st["history"][0]["loss"]
+
+
+def test_qfedavg_with_clipping_keeps_the_losses() -> None:
+    # clipped to norm 0.2: [0.2, 0] and [0, -0.2]; L = 10, q = 1: Dw_a = [-2, 0], D_a = [-4, 0],
+    # h_a = 4 + 10 * 2 = 24; Dw_b = [0, 2], D_b = [0, 1], h_b = 4 + 10 * 0.5 = 9; sum h = 33
+    ups = [upd("a", [1.0, 0.0], loss=2.0), upd("b", [0.0, -2.0], loss=0.5)]
+    res = make_strategy("qfedavg", {"q": 1.0, "L": 10.0, "clip_norm": 0.2}).aggregate(
+        np.ones(2, F32), ups)
+    assert res.rejected == {}
+    np.testing.assert_allclose(res.params, [1.0 + 4 / 33, 1.0 - 1 / 33], rtol=1e-6)

@@ -73,7 +73,8 @@ class Clipped(Strategy):
                 out.append(u)
                 continue
             c = clip_factor(sq, self.clip_norm)
-            out.append(u if c >= 1.0 else ClientUpdate(u.peer, d * PARAM_DTYPE(c), u.num_samples))
+            out.append(u if c >= 1.0 else ClientUpdate(u.peer, d * PARAM_DTYPE(c), u.num_samples,
+                                                               u.loss))
         return out
 
     def aggregate(self, global_params: np.ndarray, updates: Sequence[ClientUpdate]) -> AggregateResult:
