@@ -189,11 +189,13 @@ def check_secagg_compatible(strategy: Strategy) -> None:
     """Raise StrategyConfigError if `strategy` cannot run on secure-aggregated sums.
 
     Robust rules (median, trimmed mean, Krum, Multi-Krum, Bulyan) need each update in the
-    clear to find outliers; secure aggregation hides exactly that. fognode implements no sound
-    combination of the two, so a session asking for both is refused.
+    clear to find outliers, and q-FedAvg each update's own loss; secure aggregation hides
+    exactly that. fognode implements no sound combination of the two, so a session asking for
+    both is refused.
     """
     if strategy.needs_each_update:
-        kind = "is a robust rule and" if strategy.robust else "weighs each update by its own loss and"
+        kind = ("is a robust rule and" if strategy.robust
+                else "weighs each update by its own loss and")
         raise StrategyConfigError(
             f"strategy {strategy.name!r} {kind} needs individual updates, which secure "
             f"aggregation hides; choose a mean-based strategy (fedavg, fedprox, fedavgm, "

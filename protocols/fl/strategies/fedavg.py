@@ -15,13 +15,13 @@ Numerics. The weights n_i / sum(n) are computed from the exact integer total (Py
 no sample count is too large (a float sum of huge counts used to overflow to inf and make every
 weight 0: the old model came back unchanged). FedAvg reads each delta and the model once: it
 checks only the form of the model and the updates first (shape, dtype, duplicates) and finds
-NaN/Inf values from the result, which is non-finite whenever an input is (and from the
-result's norm: a model whose squared norm overflows float32 would be refused by the next
-round); then it checks the model and screens the values of every update (NaN/Inf, or a squared norm that overflows float32), rejects the bad ones with
-their reason and averages the rest. A result that is still unusable raises StrategyError;
-nothing is silent. (An update with a huge norm whose weighted share keeps the model usable is
-averaged in: FedAvg is not a robust rule, and such an update moves the model no more than a
-finite one just under the limit would.)
+NaN/Inf values from the result, which is non-finite whenever an input is (and from the result's
+norm: a model whose squared norm overflows float32 would be refused by the next round); then it
+checks the model and screens the values of every update (NaN/Inf, or a squared norm that
+overflows float32), rejects the bad ones with their reason and averages the rest. A result that
+is still unusable raises StrategyError; nothing is silent. (An update with a huge norm whose
+weighted share keeps the model usable is averaged in: FedAvg bounds no update's influence; use
+clip_norm or a robust rule against hostile updates.)
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def sample_weights(num_samples: Sequence[int | float] | np.ndarray) -> np.ndarra
         if min(ints) <= 0:
             raise StrategyError(f"sample counts must be positive, got {min(ints)}")
         total = sum(ints)
-        return np.array([x / total for x in ints], dtype=np.float64)   # int / int: correctly rounded
+        return np.array([x / total for x in ints], dtype=np.float64)   # int / int: exact rounding
     n = np.asarray(vals, dtype=np.float64)
     if not np.all(np.isfinite(n)) or np.any(n <= 0):
         raise StrategyError("sample counts must be finite positive numbers")
