@@ -1,7 +1,7 @@
 """FedAvg (McMahan et al. 2017): the sample-weighted mean of the client deltas.
 
 `weighted_sum` computes base + sum_i w_i * delta_i in one pass over the deltas, chunk by
-chunk: the accumulator chunk and one scratch chunk (CHUNK values each) stay in the L2 cache,
+chunk: the accumulator chunk and one scratch chunk (CHUNK values each) stay in cache,
 and each delta's chunk is read from memory once (multiplied into the scratch, added to the
 accumulator), so the cost is one read of every delta, as for `np.tensordot(w, np.stack(deltas),
 1)` but without building the (n, d) stack. Plain ufuncs, not BLAS: a variant copying each
@@ -56,7 +56,7 @@ def sample_weights(num_samples: Sequence[int | float] | np.ndarray) -> np.ndarra
     return n / n.sum()
 
 
-CHUNK = 1 << 16         # values per chunk: accumulator + scratch = 512 KiB, in the L2 cache
+CHUNK = 1 << 18         # values per chunk: accumulator + scratch = 2 MiB, in cache (L2 + L3)
 F32_MAX = float(np.finfo(PARAM_DTYPE).max)
 
 
