@@ -45,7 +45,8 @@ from fognode.protocols.fl.modelstore import load_model, save_model
 from fognode.protocols.fl.prepared import PreparedTask, TaskKey, init_seed_of
 from fognode.protocols.fl.receipts import VERIFIER, issue_ledger_receipts, reward_of
 from fognode.protocols.fl.selection import DeviceCandidate
-from fognode.protocols.fl.session import FlCore, build_strategy
+from fognode.protocols.fl.session import FlCore
+from fognode.protocols.fl.strategies.registry import build_strategy
 from fognode.protocols.fl.strategies.base import StrategyError
 from fognode.protocols.fl.task_process import TaskProcess
 from fognode.protocols.fl.tasks import TaskError

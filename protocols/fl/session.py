@@ -54,9 +54,8 @@ from fognode.protocols.fl.session_failover import (
     FailoverRounds, Standby, choose_fallbacks, plan_span)
 from fognode.protocols.fl.session_hier import HierRound, HierRounds
 from fognode.protocols.fl.session_secagg import SecAggRounds
-from fognode.protocols.fl.strategies.base import (
-    AggregateResult, ClientUpdate, Strategy, StrategyConfigError, StrategyError,
-    check_secagg_compatible, make_strategy)
+from fognode.protocols.fl.strategies.base import AggregateResult, ClientUpdate, StrategyError
+from fognode.protocols.fl.strategies.registry import build_strategy
 from fognode.protocols.fl.tasks import TrainConfig
 from fognode.protocols.fl.tensors import params_hash
 
@@ -68,30 +67,6 @@ END_REPUBLISH = 3           # republishes of a SessionEnded, one per republish i
 # reputation); lateness and races ("round closed", "unknown round") are not.
 BLAMEWORTHY = {"dtype", "shape", "size", "oversize", "hash", "nonfinite", "not a participant",
                "malformed"}
-
-
-def build_strategy(spec: SessionSpec) -> Strategy:
-    """The session's aggregation strategy (with central DP when asked). Raises
-    StrategyConfigError for invalid names/parameters or robust + secure aggregation (robust
-    rules need the individual updates that secure aggregation hides), and for hierarchical
-    sessions with secure aggregation or a robust strategy (session_hier.py says why)."""
-    strategy = make_strategy(spec.strategy, spec.strategy_params)
-    if spec.hierarchical and spec.privacy.secagg:
-        raise StrategyConfigError("hierarchical aggregation cannot be combined with secure "
-                                  "aggregation: regional aggregators combine plain updates")
-    if spec.hierarchical and strategy.robust:
-        raise StrategyConfigError(
-            f"strategy {spec.strategy!r} is robust and cannot run hierarchically: regional "
-            f"means would hide outliers from it; use fedavg, fedprox, fedadam, fedyogi or "
-            f"fedadagrad with hierarchical=true")
-    if spec.privacy.secagg:
-        check_secagg_compatible(strategy)
-    if spec.privacy.dp:
-        from fognode.protocols.fl.privacy.dp import DPConfig, DPStrategy
-
-        strategy = DPStrategy(strategy, DPConfig(spec.privacy.dp_clip, spec.privacy.dp_noise,
-                                                 spec.privacy.dp_delta))
-    return strategy
 
 
 @dataclass
@@ -545,7 +520,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
             return None, got
         ar = s.aggregator
         assert ar is not None
-        ar.updates[peer] = ClientUpdate(peer, delta, header.num_samples)
+        ar.updates[peer] = ClientUpdate(peer, delta, header.num_samples, loss=header.base_loss)
         ar.meta[peer] = UpdateMeta(header.num_samples, header.base_loss, header.base_accuracy, header.train_loss)
         return None, self._maybe_aggregate(s, now)
 

@@ -175,7 +175,7 @@ class HierRounds:
         ra.state = AggregatorState.DONE
         if not ra.updates:
             return []       # nothing reached this slot: the region's next aggregator, or none
-        from fognode.protocols.fl.session import build_strategy
+        from fognode.protocols.fl.strategies.registry import build_strategy
 
         strategy = build_strategy(s.spec)
         total = np.zeros_like(next(iter(ra.updates.values())).delta, dtype=np.float64)
@@ -274,7 +274,7 @@ class HierRounds:
         enough = len(covered) >= ar.min_participants
         base = s.models.get(ar.plan.base_model_hash)
         if enough and base is not None:
-            from fognode.protocols.fl.session import build_strategy
+            from fognode.protocols.fl.strategies.registry import build_strategy
 
             strategy = build_strategy(s.spec)
             try:

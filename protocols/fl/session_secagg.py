@@ -181,7 +181,7 @@ class SecAggRounds:
         base = s.models.get(ar.plan.base_model_hash)
         if base is None:
             return self._round_failed(s, "the aggregator has no base model")
-        from fognode.protocols.fl.session import build_strategy
+        from fognode.protocols.fl.strategies.registry import build_strategy
 
         strategy = build_strategy(s.spec)
         try:

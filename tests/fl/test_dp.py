@@ -9,8 +9,8 @@ import pytest
 from fognode.protocols.fl.privacy.dp import (
     DPConfig, DPStrategy, RdpAccountant, compute_rdp, epsilon_after, noise_for_epsilon,
     rdp_sampled_gaussian, rdp_to_epsilon)
-from fognode.protocols.fl.strategies.base import (
-    ClientUpdate, StrategyConfigError, StrategyError, make_strategy)
+from fognode.protocols.fl.strategies.base import ClientUpdate, StrategyConfigError, StrategyError
+from fognode.protocols.fl.strategies.registry import make_strategy
 
 F32 = np.float32
 

@@ -12,8 +12,8 @@ from fognode.protocols.fl.election import regional_orders
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.messages import MemberMeta, PrivacyOptions, RoundPlan, UpdateHeader
 from fognode.protocols.fl.tensors import encode_tensor
-from fognode.protocols.fl.session import build_strategy
-from fognode.protocols.fl.strategies.base import ClientUpdate, StrategyConfigError, make_strategy
+from fognode.protocols.fl.strategies.base import ClientUpdate, StrategyConfigError
+from fognode.protocols.fl.strategies.registry import build_strategy, make_strategy
 from fognode.protocols.fl.tasks import load_task
 
 from tests.fl.harness import Sim

@@ -20,7 +20,8 @@ from fognode.protocols.fl.privacy.secagg import (
 from fognode.protocols.fl.privacy.secagg_messages import (
     AdvertiseKeys, KeyRoster, MaskedInput, RosterEntry, UnmaskRequest, UnmaskShares,
     decode_message)
-from fognode.protocols.fl.strategies.base import ClientUpdate, make_strategy
+from fognode.protocols.fl.strategies.base import ClientUpdate
+from fognode.protocols.fl.strategies.registry import make_strategy
 
 PEERS = tuple(f"12D3KooPeer{i:02d}" for i in range(10))
 RID = bytes(range(32))

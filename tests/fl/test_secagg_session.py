@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fognode.protocols.fl.messages import PrivacyOptions
-from fognode.protocols.fl.session import build_strategy
 from fognode.protocols.fl.strategies.base import StrategyConfigError
+from fognode.protocols.fl.strategies.registry import build_strategy
 from fognode.protocols.fl.tasks import load_task
 
 from tests.fl.harness import Sim

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fognode.protocols.fl.strategies.base import (
-    ClientUpdate, NotEnoughUpdates, StrategyConfigError, StrategyError, check_secagg_compatible,
-    make_strategy)
+    ClientUpdate, NotEnoughUpdates, StrategyConfigError, StrategyError, check_secagg_compatible)
+from fognode.protocols.fl.strategies.registry import make_strategy
 from fognode.protocols.fl.strategies.bulyan import bulyan_select, closest_to_median_mean
 from fognode.protocols.fl.strategies.clipping import clip_to_norm
 from fognode.protocols.fl.strategies.fedavg import fedavg, weighted_sum

@@ -38,7 +38,8 @@ import time
 import numpy as np
 import torch
 
-from fognode.protocols.fl.strategies.base import ClientUpdate, make_strategy
+from fognode.protocols.fl.strategies.base import ClientUpdate
+from fognode.protocols.fl.strategies.registry import make_strategy
 from fognode.protocols.fl.tasks import LocalData, TrainConfig, load_task
 
 

@@ -183,7 +183,8 @@ def local_training(nodes: int) -> tuple[float, list[float]]:
 
 def fedavg_seconds(n: int, size: int) -> float:
     """The aggregator's step (FedAvg of n sample-weighted updates), median of 5."""
-    from fognode.protocols.fl.strategies.base import ClientUpdate, make_strategy
+    from fognode.protocols.fl.strategies.base import ClientUpdate
+    from fognode.protocols.fl.strategies.registry import make_strategy
 
     rng = np.random.default_rng(0)
     base = rng.standard_normal(size).astype(np.float32)

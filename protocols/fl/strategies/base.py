@@ -7,15 +7,16 @@ state such as FedAdam's moments lives in it across rounds) and calls, per round,
 - `aggregate_sum(global_params, delta_sum, total_weight, peers)` with the sum produced by
   secure aggregation, where each client submitted `client_contribution(delta, num_samples)`.
 
-Strategies come in two kinds (`robust`):
+Strategies come in two kinds (`needs_each_update`):
 
-- mean-based (FedAvg, FedProx, FedAdam/Yogi/Adagrad, and anything wrapped by norm clipping or
-  central DP): the new model depends on the updates only through a weighted sum, so they run on
-  individual updates and on secure-aggregated sums alike;
-- robust (coordinate median, trimmed mean, Krum, Multi-Krum, Bulyan): they must look at each
-  update to find outliers, so they cannot run on a secure-aggregated sum; `aggregate_sum`
-  raises `StrategyError` and the session must refuse robust + secure aggregation up front
-  (`check_secagg_compatible`).
+- mean-based (FedAvg, FedProx, FedAvgM, FedAdam/Yogi/Adagrad, and anything wrapped by norm
+  clipping or central DP): the new model depends on the updates only through a weighted sum,
+  so they run on individual updates and on secure-aggregated sums alike;
+- the others must look at each update: the robust rules (`robust`: coordinate median, trimmed
+  mean, Krum, Multi-Krum, Bulyan) to find outliers, and q-FedAvg, whose weights depend on each
+  participant's loss. They cannot run on a secure-aggregated sum; `aggregate_sum` raises
+  `StrategyError` and the session must refuse them with secure aggregation up front
+  (`check_secagg_compatible`) and with hierarchical aggregation (`registry.build_strategy`).
 
 Updates that are malformed (wrong shape, not floating point, NaN/Inf or an overflowing norm)
 are never aggregated: they come back in `AggregateResult.rejected` with the reason, and the
@@ -66,6 +67,9 @@ class ClientUpdate:
     peer: str
     delta: np.ndarray
     num_samples: int
+    # the participant's loss of the round's base model on its training data (UpdateHeader's
+    # base_loss), None when not known; only q-FedAvg uses it (-1 on the wire: not measured)
+    loss: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.peer, str) or not self.peer:
@@ -77,6 +81,10 @@ class ClientUpdate:
                 or self.num_samples <= 0:
             raise StrategyError(f"ClientUpdate.num_samples from {self.peer} must be a positive "
                                 f"integer, got {self.num_samples!r}")
+        if self.loss is not None and (isinstance(self.loss, bool)
+                                      or not isinstance(self.loss, (int, float, np.floating))):
+            raise StrategyError(f"ClientUpdate.loss from {self.peer} must be a number or None, "
+                                f"got {type(self.loss).__name__}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,13 @@ class Strategy(abc.ABC):
     name: ClassVar[str]
     robust: ClassVar[bool]
     proximal_mu: float = 0.0     # FedProx: clients add mu/2 ||w - w_global||^2 to the local loss
+
+    @property
+    def needs_each_update(self) -> bool:
+        """True when the rule must see each update in the clear and so cannot run on a
+        secure-aggregated or regional sum: the robust rules (to find outliers) and q-FedAvg
+        (each update's weight depends on that participant's own loss)."""
+        return self.robust
 
     @abc.abstractmethod
     def aggregate(self, global_params: np.ndarray, updates: Sequence[ClientUpdate]) -> AggregateResult:
@@ -159,26 +174,30 @@ class Strategy(abc.ABC):
         return out
 
 
+SEMANTICS = ("paper", "flower")
+
+
+def check_semantics(strategy: str, semantics: str) -> None:
+    """StrategyConfigError naming the parameter unless `semantics` is "paper" (the rule as
+    published, the default) or "flower" (as Flower 1.x computes it, where the two differ)."""
+    if semantics not in SEMANTICS:
+        raise StrategyConfigError(f"{strategy}: parameter 'semantics' must be one of "
+                                  f"{', '.join(SEMANTICS)}, got {semantics!r}")
+
+
 def check_secagg_compatible(strategy: Strategy) -> None:
     """Raise StrategyConfigError if `strategy` cannot run on secure-aggregated sums.
 
     Robust rules (median, trimmed mean, Krum, Multi-Krum, Bulyan) need each update in the
-    clear to find outliers; secure aggregation hides exactly that. fognode implements no sound
-    combination of the two, so a session asking for both is refused.
+    clear to find outliers, and q-FedAvg each update's own loss; secure aggregation hides
+    exactly that. fognode implements no sound combination of the two, so a session asking for
+    both is refused.
     """
-    if strategy.robust:
+    if strategy.needs_each_update:
+        kind = ("is a robust rule and" if strategy.robust
+                else "weighs each update by its own loss and")
         raise StrategyConfigError(
-            f"strategy {strategy.name!r} is a robust rule and needs individual updates, which "
-            f"secure aggregation hides; choose a mean-based strategy (fedavg, fedprox, fedadam, "
-            f"fedyogi, fedadagrad) for secure aggregation, or turn secure aggregation off")
-
-
-def make_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strategy:
-    """Build a strategy by name from its parameters (session announcement or RPC).
-
-    Names: fedavg, fedprox, fedadam, fedyogi, fedadagrad, median, trimmed_mean, krum,
-    multikrum, bulyan. The parameter "clip_norm" (> 0) wraps any of them in per-update L2 norm
-    clipping. Raises StrategyConfigError naming the valid names or parameters.
-    """
-    from fognode.protocols.fl.strategies.registry import build
-    return build(name, dict(params or {}))
+            f"strategy {strategy.name!r} {kind} needs individual updates, which secure "
+            f"aggregation hides; choose a mean-based strategy (fedavg, fedprox, fedavgm, "
+            f"fedadam, fedyogi, fedadagrad) for secure aggregation, or turn secure aggregation "
+            f"off")

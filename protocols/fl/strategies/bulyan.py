@@ -2,7 +2,8 @@
 
 With n updates of which at most f are Byzantine (n >= 4f + 3):
 1. select theta = n - 2f updates by iterated Krum: Krum over the remaining set, move the winner
-   to the selection, repeat (distances from the one Gram matrix of `krum.pairwise_sq_distances`);
+   to the selection, repeat (distances from the one float64 Gram matrix of
+   `krum.screen_with_distances`);
 2. per coordinate, average the beta = theta - 2f selected values closest to their median.
 
 The closest-to-median set of each column is a contiguous window of the sorted column, so step 2
@@ -18,8 +19,8 @@ import numpy as np
 
 from fognode.protocols.fl.strategies.base import (
     PARAM_DTYPE, AggregateResult, ClientUpdate, NotEnoughUpdates, Strategy, StrategyConfigError)
-from fognode.protocols.fl.strategies.krum import krum_scores, pairwise_sq_distances
-from fognode.protocols.fl.strategies.screening import check_global, screen
+from fognode.protocols.fl.strategies.krum import krum_scores, screen_with_distances
+from fognode.protocols.fl.strategies.screening import add_checked, check_global
 
 
 def bulyan_select(dist: np.ndarray, f: int) -> np.ndarray:
@@ -81,12 +82,11 @@ class Bulyan(Strategy):
 
     def aggregate(self, global_params: np.ndarray, updates: Sequence[ClientUpdate]) -> AggregateResult:
         g = check_global(global_params)
-        s = screen(g, updates)
+        s, dist = screen_with_distances(g, updates)
         if s.n < 4 * self.f + 3:
             raise NotEnoughUpdates(
                 f"bulyan with f = {self.f} needs n >= 4f + 3 = {4 * self.f + 3} usable updates, "
                 f"got {s.n}" + (f" ({len(s.rejected)} rejected)" if s.rejected else ""))
-        dist = pairwise_sq_distances(s.stack())
         chosen = bulyan_select(dist, self.f)
         selected = np.stack([s.deltas[i] for i in chosen])
         agg = closest_to_median_mean(selected, len(chosen) - 2 * self.f)
@@ -96,5 +96,5 @@ class Bulyan(Strategy):
         for i in range(s.n):
             if i not in chosen_set:
                 rejected[s.peers[i]] = "bulyan: not selected"
-        return AggregateResult((g + agg).astype(PARAM_DTYPE, copy=False), accepted, rejected,
+        return AggregateResult(add_checked(g, agg, self.name), accepted, rejected,
                                {p: 1.0 / len(accepted) for p in accepted})

@@ -50,6 +50,10 @@ class Clipped(Strategy):
         return self.inner.robust
 
     @property
+    def needs_each_update(self) -> bool:
+        return self.inner.needs_each_update
+
+    @property
     def proximal_mu(self) -> float:
         return self.inner.proximal_mu
 
@@ -63,12 +67,14 @@ class Clipped(Strategy):
                 out.append(u)
                 continue
             d = u.delta.astype(PARAM_DTYPE, copy=False)
-            sq = float(np.dot(d, d))
+            with np.errstate(over="ignore", invalid="ignore"):
+                sq = float(np.dot(d, d))
             if not np.isfinite(sq):
                 out.append(u)
                 continue
             c = clip_factor(sq, self.clip_norm)
-            out.append(u if c >= 1.0 else ClientUpdate(u.peer, d * PARAM_DTYPE(c), u.num_samples))
+            out.append(u if c >= 1.0 else ClientUpdate(u.peer, d * PARAM_DTYPE(c), u.num_samples,
+                                                               u.loss))
         return out
 
     def aggregate(self, global_params: np.ndarray, updates: Sequence[ClientUpdate]) -> AggregateResult:

@@ -14,7 +14,7 @@ import numpy as np
 
 from fognode.protocols.fl.strategies.base import (
     PARAM_DTYPE, AggregateResult, ClientUpdate, Strategy)
-from fognode.protocols.fl.strategies.screening import check_global, require, screen
+from fognode.protocols.fl.strategies.screening import add_checked, check_global, require, screen
 
 
 def coordinate_median(stack: np.ndarray) -> np.ndarray:
@@ -39,6 +39,6 @@ class Median(Strategy):
         g = check_global(global_params)
         s = screen(g, updates)
         require(s, 1, self.name)
-        new = g + coordinate_median(s.stack())
-        return AggregateResult(new.astype(PARAM_DTYPE, copy=False), s.peers, s.rejected,
+        new = add_checked(g, coordinate_median(s.stack()), self.name)
+        return AggregateResult(new, s.peers, s.rejected,
                                {p: 1.0 / s.n for p in s.peers})

@@ -4,7 +4,9 @@
 StrategyError). `screen` sorts the round's updates into usable ones and rejected ones with a
 reason (wrong shape, not floating point, NaN/Inf or a norm that overflows, duplicate peer),
 and computes each usable update's squared L2 norm on the way (one dot product per update,
-reused by clipping, Krum and DP).
+reused by clipping and DP); `screen(..., values=False)` checks only the form (shape, dtype,
+duplicates) for rules that detect bad values on their own result (FedAvg's one pass).
+`checked_params` is the last step of every rule: the new model must be finite float32.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class Screened:
     updates: tuple[ClientUpdate, ...]
     deltas: tuple[np.ndarray, ...]        # float32, 1-D, same length as the global params
     sq_norms: np.ndarray                  # float64, squared L2 norm of each usable delta
+                                          # (NaN when screened with values=False)
     rejected: dict[str, str]
 
     @property
@@ -34,23 +37,27 @@ class Screened:
     def peers(self) -> tuple[str, ...]:
         return tuple(u.peer for u in self.updates)
 
-    def num_samples(self) -> np.ndarray:
-        return np.array([u.num_samples for u in self.updates], dtype=np.float64)
+    def num_samples(self) -> list[int]:
+        """The sample counts as Python ints (exact, however large)."""
+        return [int(u.num_samples) for u in self.updates]
 
     def stack(self) -> np.ndarray:
         """A fresh (n, d) float32 copy of the usable deltas (robust rules need the matrix)."""
         return np.stack(self.deltas)
 
 
-def check_global(global_params: np.ndarray) -> np.ndarray:
+def check_global(global_params: np.ndarray, *, values: bool = True) -> np.ndarray:
     """Return the global params as a 1-D float32 array (no copy if already); StrategyError if
-    they are not a finite 1-D floating array."""
+    they are not a finite 1-D floating array whose squared norm fits float32. With
+    `values=False` only the form is checked (for a rule whose result shows bad values)."""
     if not isinstance(global_params, np.ndarray) or global_params.ndim != 1:
         raise StrategyError("global params must be a flat (1-D) numpy array")
     if not np.issubdtype(global_params.dtype, np.floating):
         raise StrategyError(f"global params must be floating point, got {global_params.dtype}")
-    g = global_params.astype(PARAM_DTYPE, copy=False)
-    if not np.isfinite(np.dot(g, g)):
+    with np.errstate(over="ignore", invalid="ignore"):
+        g = global_params.astype(PARAM_DTYPE, copy=False)
+        sq = np.dot(g, g) if values else 0.0
+    if not np.isfinite(sq):
         raise StrategyError("global params contain NaN/Inf or overflow")
     return g
 
@@ -64,8 +71,10 @@ def delta_problem(delta: np.ndarray, size: int) -> str | None:
     return None
 
 
-def screen(global_params: np.ndarray, updates: Sequence[ClientUpdate]) -> Screened:
-    """Split `updates` into usable and rejected ones (see module docstring)."""
+def screen(global_params: np.ndarray, updates: Sequence[ClientUpdate], *,
+           values: bool = True) -> Screened:
+    """Split `updates` into usable and rejected ones (see module docstring); with
+    `values=False` the values are not read (no NaN/Inf or norm check, norms left NaN)."""
     size = global_params.shape[0]
     kept: list[ClientUpdate] = []
     deltas: list[np.ndarray] = []
@@ -82,8 +91,9 @@ def screen(global_params: np.ndarray, updates: Sequence[ClientUpdate]) -> Screen
             rejected[u.peer] = why
             continue
         d = u.delta.astype(PARAM_DTYPE, copy=False)
-        sq = float(np.dot(d, d))
-        if not np.isfinite(sq):
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq = float(np.dot(d, d)) if values else float("nan")
+        if values and not np.isfinite(sq):
             rejected[u.peer] = "update has NaN/Inf values or its norm overflows"
             continue
         kept.append(u)
@@ -104,3 +114,26 @@ def require(screened: Screened, minimum: int, rule: str) -> None:
         extra = f" ({len(screened.rejected)} rejected: {screened.rejected})" if screened.rejected else ""
         raise NotEnoughUpdates(
             f"{rule} needs at least {minimum} usable updates, got {screened.n}{extra}")
+
+
+def checked_params(new: np.ndarray, rule: str) -> np.ndarray:
+    """`new` as float32; StrategyError naming `rule` if it fails `check_global`'s test (NaN/Inf
+    or a squared norm overflowing float32): every update was finite, so the rule's arithmetic
+    overflowed float32 and the model could not be the next round's."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = new.astype(PARAM_DTYPE, copy=False)
+        sq = np.dot(out, out)
+    if not np.isfinite(sq):
+        raise StrategyError(f"{rule}: the new model overflows float32 (NaN/Inf, or a squared "
+                            f"norm past float32's maximum, which the next round would refuse) "
+                            f"although every accepted update was finite; the updates or the "
+                            f"model are too large")
+    return out
+
+
+def add_checked(global_params: np.ndarray, agg: np.ndarray, rule: str) -> np.ndarray:
+    """global + agg as float32 through `checked_params` (an overflowing sum gives no numpy
+    warning but a StrategyError naming `rule`)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        new = global_params + agg
+    return checked_params(new, rule)

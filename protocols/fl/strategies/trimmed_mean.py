@@ -11,9 +11,9 @@ from typing import Sequence
 import numpy as np
 
 from fognode.protocols.fl.strategies.base import (
-    PARAM_DTYPE, AggregateResult, ClientUpdate, Strategy, StrategyConfigError, StrategyError)
+    AggregateResult, ClientUpdate, Strategy, StrategyConfigError, StrategyError)
 from fognode.protocols.fl.strategies.fedavg import weighted_sum
-from fognode.protocols.fl.strategies.screening import check_global, require, screen
+from fognode.protocols.fl.strategies.screening import add_checked, check_global, require, screen
 
 
 def trim_count(n: int, beta: float) -> int:
@@ -51,6 +51,6 @@ class TrimmedMean(Strategy):
         s = screen(g, updates)
         require(s, 1, self.name)
         k = trim_count(s.n, self.beta)
-        new = g + trimmed_mean(s.stack(), k)
-        return AggregateResult(new.astype(PARAM_DTYPE, copy=False), s.peers, s.rejected,
+        new = add_checked(g, trimmed_mean(s.stack(), k), self.name)
+        return AggregateResult(new, s.peers, s.rejected,
                                {p: 1.0 / s.n for p in s.peers})
