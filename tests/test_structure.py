@@ -22,12 +22,6 @@ ALLOWED: dict[frozenset[str], str] = {
     frozenset({"protocols.fl.session", "protocols.fl.session_failover", "protocols.fl.session_hier",
                "protocols.fl.session_secagg"}):
         "issue 11 item 3: the session mixins become collaborators handed a Session",
-    frozenset({"protocols.fl.strategies.base", "protocols.fl.strategies.bulyan", "protocols.fl.strategies.clipping",
-               "protocols.fl.strategies.fedavg", "protocols.fl.strategies.fedopt", "protocols.fl.strategies.fedprox",
-               "protocols.fl.strategies.krum", "protocols.fl.strategies.median", "protocols.fl.strategies.registry",
-               "protocols.fl.strategies.screening",
-               "protocols.fl.strategies.trimmed_mean"}):
-        "issue 11 item 3: build_strategy moves to the strategy registry",
     frozenset({"protocols.fl.messages", "protocols.fl.receipts"}):
         "issue 11 items 3-5: FL's modules grouped by concern",
     frozenset({"protocols.registry.api", "protocols.registry.protocol"}):
