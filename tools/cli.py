@@ -9,9 +9,17 @@ form of `help`) and maps the command line onto a method:
     fognode-cli call METHOD [JSON]             -> a raw call with JSON params (array or object)
 
 Words after the command fill the method's positional params in order; `--name value`,
-`--name=value` and `--flag` / `--no-flag` (booleans) fill named params (dashes become
-underscores). Values go as text; the daemon converts them to the declared types. Object and
-array params also take JSON (`--weights '{"a": 1}'`).
+`--name=value` and `--flag` / `--no-flag` (booleans: flags take no value, as argparse's
+store_true) fill named params (dashes become underscores). Values go as text; the daemon
+converts them to the declared types. Object and array params take JSON (`--weights '{"a": 1}'`),
+whose numbers keep their type (1 stays an integer). `COMMAND --help` shows a command's help.
+
+A command whose role is down is still known (the daemon lists it as unavailable): calling it
+says the role is down, why and since when (exit 1), not "unknown command".
+
+`--json` prints raw JSON, errors included: on failure stderr gets one JSON object
+`{"error": {"kind": "rpc" | "usage" | "no_daemon", "message": ..., ...}}`. Help text wraps to
+the terminal width ($COLUMNS, else the terminal's, else 80).
 
 Exit codes: 0 success, 1 the daemon answered with an error, 2 usage error, 3 no daemon answered.
 Only the standard library is imported: the CLI starts fast.
@@ -21,13 +29,18 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
+import shutil
 import socket
 import sys
+import textwrap
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Sequence, TextIO
 
 EXIT_OK, EXIT_RPC, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
+NODE_ROLE_UNAVAILABLE = 104  # node/rpc/methods.py (the CLI imports only the standard library)
 SOCKET_NAME = "fognode.sock"
 SUN_PATH_MAX = 107
 DEFAULT_TIMEOUT = 30.0
@@ -38,6 +51,7 @@ usage: fognode-cli [--datadir D | --socket PATH] [--json] [--timeout S] COMMAND 
 Talk to a running fognode daemon. The commands come from the daemon itself:
   fognode-cli help                 list the daemon's commands, grouped by role
   fognode-cli help COMMAND         a command's usage, parameters and description
+                                   (also: fognode-cli COMMAND --help)
   fognode-cli help --markdown      the whole CLI reference as Markdown
   fognode-cli call METHOD [JSON]   raw JSON-RPC call with JSON params (array or object)
 
@@ -46,8 +60,9 @@ options (before COMMAND):
                   $FOGNODE_RPC_SOCKET or [rpc] socket in D/node.toml say otherwise
                   (default: $FOGNODE_DATADIR, else ~/.fognode)
   --socket PATH   the control socket itself (overrides --datadir)
-  --json          print the raw JSON result instead of a table
+  --json          print the raw JSON result instead of a table (errors as JSON too)
   --timeout S     seconds to wait for the daemon (default 30)
+  --version       print fognode-cli's version and exit
 
 exit codes: 0 ok, 1 the daemon returned an error, 2 usage error, 3 no daemon answered
 """
@@ -85,6 +100,7 @@ class Options:
     json: bool = False
     timeout: float = DEFAULT_TIMEOUT
     help: bool = False
+    version: bool = False
     command: list[str] = field(default_factory=list)
 
     def socket_path(self) -> Path:
@@ -130,6 +146,8 @@ def parse_options(argv: Sequence[str]) -> Options:
             opts.help = True
         elif name == "--json":
             opts.json = True
+        elif name == "--version":
+            opts.version = True
         elif name in ("--datadir", "--socket", "--timeout"):
             if not eq:
                 i += 1
@@ -315,6 +333,10 @@ def build_params(method: dict[str, Any], args: list[str], opts: Options) -> dict
             raise UsageError(f"--{key} given twice; {usage}")
         if "boolean" in _types(p["schema"]) and not eq:
             named[p["name"]] = not negated
+            if i < len(args) and args[i].lower() in ("true", "false", "yes", "no"):
+                flag = f"--{p['name'].replace('_', '-')}"
+                raise UsageError(f"--{key} is a flag and takes no value (got {args[i]!r}): write {flag} "
+                                 f"or --no-{p['name'].replace('_', '-')}; {usage}")
             continue
         if not eq:
             if i >= len(args):
@@ -434,14 +456,62 @@ def _by_role(methods: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any
     return dict(sorted(groups.items(), key=lambda kv: (kv[0] != "node", kv[0])))
 
 
+def terminal_width() -> int:
+    """Columns to wrap help to: $COLUMNS, else the terminal's, else 80 (never below 40)."""
+    return max(40, shutil.get_terminal_size((80, 24)).columns)
+
+
+def wrap(text: str, width: int, indent: str = "", first: str | None = None) -> list[str]:
+    """`text` wrapped to `width`, paragraph by paragraph; lines that start with spaces (code,
+    tables, lists in docstrings) are kept as they are."""
+    out: list[str] = []
+    lead = indent if first is None else first
+    for para in text.split("\n\n"):
+        if out:
+            out.append("")
+        lines = para.split("\n")
+        if any(ln.startswith((" ", "-", "*")) for ln in lines[1:]):
+            out += [(lead if k == 0 else indent) + ln for k, ln in enumerate(lines)]
+        else:
+            out += textwrap.wrap(" ".join(ln.strip() for ln in lines), width, initial_indent=lead,
+                                 subsequent_indent=indent, break_on_hyphens=False) or [lead.rstrip()]
+        lead = indent
+    return out
+
+
+def wrap_usage(usage: str, width: int) -> list[str]:
+    """`usage: fognode-cli ...` wrapped between its words and [bracketed] groups, never inside one."""
+    parts = re.findall(r"\[[^\]]*\]|\S+", f"fognode-cli {usage}")
+    lines, line = [], "usage:"
+    for part in parts:
+        if len(line) + 1 + len(part) > width and line.strip() not in ("usage:", ""):
+            lines.append(line)
+            line = " " * 6
+        line += " " + part
+    return lines + [line]
+
+
+def down_text(m: dict[str, Any]) -> str:
+    """`role fl is down since 2026-12-04 10:31:02 UTC: crashed (...)` for an unavailable method."""
+    down = m.get("down") or {}
+    since = down.get("since")
+    when = f" since {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(since))}" \
+        if isinstance(since, (int, float)) else ""
+    return f"role {m.get('role') or m['name'].split('.')[0]} is down{when}: {down.get('reason', 'not running')}"
+
+
 def help_list(methods: dict[str, dict[str, Any]], path: Path) -> str:
     out = [USAGE.split("\n\n")[0], "", f"Commands of the daemon at {path}, by role:"]
     width = max(len(n) for n in methods)
+    cols = terminal_width()
     for role, ms in _by_role(methods).items():
-        out += ["", role]
-        out += [f"  {m['name'].replace('.', ' '):<{width}}  {m['summary']}" for m in ms]
-    out += ["", "`fognode-cli help COMMAND` shows a command's parameters and description;",
-            "`fognode-cli call METHOD [JSON]` sends a raw JSON-RPC call."]
+        down = next((m for m in ms if m.get("down")), None)
+        out += [""] + wrap(role + (f" ({down_text(down)})" if down else ""), cols, "  ", "")
+        for m in ms:
+            summary = ("[down] " if m.get("down") else "") + m["summary"]
+            out += wrap(summary, cols, " " * (width + 4), f"  {m['name'].replace('.', ' '):<{width}}  ")
+    out += [""] + wrap("`fognode-cli help COMMAND` (or `COMMAND --help`) shows a command's parameters and "
+                       "description; `fognode-cli call METHOD [JSON]` sends a raw JSON-RPC call.", cols)
     return "\n".join(out)
 
 
@@ -449,31 +519,57 @@ def params_pos(m: dict[str, Any]) -> list[str]:
     return [p["name"] for p in m["params"] if p["positional"]]
 
 
+def is_flag(schema: dict[str, Any]) -> bool:
+    """A boolean param (`bool` or `bool | None`): a flag, `--x` / `--no-x` (as node/rpc/methods.py)."""
+    if schema.get("type") == "boolean":
+        return True
+    arms = schema.get("anyOf", [])
+    return bool(arms) and {a.get("type") for a in arms} == {"boolean", "null"}
+
+
 def param_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = []
     for p in m["params"]:
-        shown = p["name"].upper() if p["positional"] and p["required"] else f"--{p['name'].replace('_', '-')}"
+        flag = f"--{p['name'].replace('_', '-')}"
+        shown = p["name"].upper() if p["positional"] and p["required"] else flag
+        kind = type_text(p["schema"])
         if p["required"]:
             note = "required"
         else:
             note = f"default {json.dumps(p.get('default'))}"
-            if p["positional"]:
+            if is_flag(p["schema"]):
+                kind = "flag"
+                no = f"--no-{p['name'].replace('_', '-')}"
+                if p.get("default") is True:
+                    shown, note = no, "default true; " + no + " makes it false"
+                elif p.get("default") is None:
+                    note = f"default unset; {flag} for true, {no} for false"
+            elif p["positional"]:
                 note += f"; or as argument {params_pos(m).index(p['name']) + 1}"
-        rows.append((shown, type_text(p["schema"]), note))
+        rows.append((shown, kind, note))
     return rows
 
 
 def help_one(m: dict[str, Any]) -> str:
-    out = [f"usage: fognode-cli {m['usage']}", "", m["description"], ""]
+    cols = terminal_width()
+    out = wrap_usage(m["usage"], cols) + [""]
+    if m.get("down"):
+        out += wrap(f"unavailable now: {down_text(m)}", cols) + [""]
+    out += wrap(m["description"], cols) + [""]
     rows = param_rows(m)
     if rows:
         w0 = max(len(r[0]) for r in rows)
-        w1 = max(len(r[1]) for r in rows)
+        w1 = min(max(len(r[1]) for r in rows), 24)
         out.append("parameters:")
-        out += [f"  {a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
+        for a, b, c in rows:
+            head = f"  {a:<{w0}}  {b:<{w1}}  "
+            if len(head) > w0 + w1 + 6:  # a long type: the note goes on its own line
+                out.append(head.rstrip())
+                head = " " * (w0 + w1 + 6)
+            out += wrap(c, cols, " " * (w0 + w1 + 6), head)
         out.append("")
-    out.append(f"method: {m['name']} (role {m.get('role') or m['name'].split('.')[0]}); "
-               f"result: {type_text(m['result']['schema'])}")
+    out += wrap(f"method: {m['name']} (role {m.get('role') or m['name'].split('.')[0]}); "
+                f"result: {type_text(m['result']['schema'])}", cols, "  ", "")
     return "\n".join(out)
 
 
@@ -505,8 +601,24 @@ def _print(text: str, out: TextIO) -> None:
         out.write(text if text.endswith("\n") else text + "\n")
 
 
+def _wants_help(words: list[str]) -> bool:
+    """`COMMAND ... --help` / `-h` (before a `--`)."""
+    for w in words:
+        if w == "--":
+            return False
+        if w in ("--help", "-h"):
+            return True
+    return False
+
+
 def run(opts: Options, out: TextIO) -> int:
     words = opts.command
+    from_flag = words[0] != "help" and _wants_help(words)
+    if from_flag:  # `wallet send --help` is `help wallet send`
+        if words[0] == "call":
+            _print(USAGE, out)
+            return EXIT_OK
+        words = ["help"] + [w for w in words if w not in ("--help", "-h", "--json")]
     path = opts.socket_path()
     conn = Connection(path, opts.timeout)
     try:
@@ -526,6 +638,8 @@ def run(opts: Options, out: TextIO) -> int:
             disc = conn.call("rpc.discover")
             # The daemon's own `help` method is what `fognode-cli help` renders: not a command.
             methods = {m["name"]: m for m in disc["methods"] if m["name"] != "help"}
+            # Methods of roles that are down: known commands that answer "role down".
+            methods.update({m["name"]: m for m in disc.get("unavailable", []) if m["name"] not in methods})
             if words[0] == "help":
                 rest = [w for w in words[1:] if w != "--markdown"]
                 if "--markdown" in words[1:]:
@@ -538,41 +652,84 @@ def run(opts: Options, out: TextIO) -> int:
                                      path), out)
                 else:
                     m, extra = resolve(rest, methods)
-                    if extra:
+                    if extra and not from_flag:  # `COMMAND ARGS... --help`: the args do not matter
                         raise UsageError(f"help takes one command, got {' '.join(rest)!r}")
                     _print(json.dumps(m, indent=2) if opts.json else help_one(m), out)
                 return EXIT_OK
             method, args = resolve(words, methods)
-            result = conn.call(method["name"], build_params(method, args, opts))
+            try:
+                params = build_params(method, args, opts)
+            except UsageError:
+                if method.get("down"):  # the role's absence is the news, not the usage
+                    raise RpcFailure(NODE_ROLE_UNAVAILABLE, f"{method['name']} is unavailable: {down_text(method)}",
+                                     {"role": method.get("role")}) from None
+                raise
+            result = conn.call(method["name"], params)
     finally:
         conn.close()
     _print(json.dumps(result, indent=2, ensure_ascii=False) if opts.json else render(result), out)
     return EXIT_OK
 
 
+def version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version as dist_version
+        try:
+            return dist_version("fognode")
+        except PackageNotFoundError:
+            return "unknown"
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+def _json_mode(args: list[str]) -> bool:
+    """--json anywhere before a `--` (it may follow the command): errors are JSON too."""
+    for a in args:
+        if a == "--":
+            return False
+        if a == "--json":
+            return True
+    return False
+
+
+def _fail(err: TextIO, as_json: bool, kind: str, text: str, **fields: Any) -> None:
+    if as_json:
+        body = {"kind": kind, "message": text, **{k: v for k, v in fields.items() if v is not None}}
+        err.write(json.dumps({"error": body}, ensure_ascii=False) + "\n")
+    else:
+        err.write(f"fognode-cli: {text}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     err = sys.stderr
+    as_json = _json_mode(args)
     try:
         opts = parse_options(args)
+        if opts.version:
+            sys.stdout.write(f"fognode-cli {version()}\n")
+            return EXIT_OK
         if opts.help or not opts.command:
             (sys.stdout if opts.help else err).write(USAGE)
             return EXIT_OK if opts.help else EXIT_USAGE
         return run(opts, sys.stdout)
     except UsageError as e:
-        err.write(f"fognode-cli: {e}\n")
+        _fail(err, as_json, "usage", str(e))
         return EXIT_USAGE
     except NoDaemon as e:
         if e.connected:
-            err.write(f"fognode-cli: the daemon at {e.path} {e.why}\n")
+            text = f"the daemon at {e.path} {e.why}"
         else:
-            err.write(f"fognode-cli: no daemon at {e.path} ({e.why}). "
-                      f"Start one with: fognode run --datadir {e.path.parent}\n")
+            text = f"no daemon at {e.path} ({e.why}). Start one with: fognode run --datadir {e.path.parent}"
+        _fail(err, as_json, "no_daemon", text, socket=str(e.path))
         return EXIT_NO_DAEMON
     except RpcFailure as e:
-        err.write(f"fognode-cli: error {e.code}: {e.message}\n")
-        if e.data is not None:
-            err.write(f"  data: {json.dumps(e.data, ensure_ascii=False)}\n")
+        if as_json:
+            _fail(err, True, "rpc", e.message, code=e.code, data=e.data)
+        else:
+            err.write(f"fognode-cli: error {e.code}: {e.message}\n")
+            if e.data is not None:
+                err.write(f"  data: {json.dumps(e.data, ensure_ascii=False)}\n")
         return EXIT_RPC
     except BrokenPipeError:  # `fognode-cli ... | head`
         devnull = os.open(os.devnull, os.O_WRONLY)
