@@ -88,10 +88,12 @@ def death_report(net: Devnet, node: DevnetNode, rc: int | None) -> str:
 
 def print_table(net: Devnet, resumed: bool) -> None:
     print(f"devnet of {net.n} nodes under {net.root}" + (" (resumed)" if resumed else ""))
-    print(f"{'node':<5} {'peer id':<53} {'p2p port':<9} {'metrics':<32} {'region':<10} control socket")
+    print(f"{'node':<5} {'peer id':<53} {'port':<6} {'metrics':<8} {'region':<8} control socket")
     for n in net.nodes:
-        metrics = f"http://{n.host}:{n.metrics_port}/metrics" if n.metrics_port else "-"
-        print(f"{n.index:<5} {n.peer_id:<53} {n.port:<9} {metrics:<32} {n.region or '-':<10} {n.socket}")
+        metrics = str(n.metrics_port) if n.metrics_port else "-"
+        print(f"{n.index:<5} {n.peer_id:<53} {n.port:<6} {metrics:<8} {n.region or '-':<8} {n.socket}")
+    if any(n.metrics_port for n in net.nodes):
+        print(f"metrics: http://{net.host}:PORT/metrics (and /health) with each node's metrics port")
     print(f"\ntry: fognode-cli --datadir {net.nodes[0].datadir} node peers")
     restart = shlex.join([*fognode_command(), "devnet", "restart"]) + f" N --dir {shlex.quote(str(net.root))}"
     alone = shlex.join([*fognode_command(), "run", "--datadir"]) + f" {shlex.quote(str(net.root))}/nodeN"
@@ -200,7 +202,7 @@ def _serve_restart(net: Devnet, node: DevnetNode) -> None:
     try:
         net.start(node.index, wait=False)
         net.wait_ready(node.index, timeout=30)
-        result = {"ok": True, "message": f"node {node.index} restarted (pid {node.proc.pid})"}  # type: ignore[union-attr]
+        result = {"ok": True, "message": f"node {node.index} restarted (pid {node.proc.pid})"}
     except (RuntimeError, TimeoutError, OSError) as e:
         result = {"ok": False, "message": f"node {node.index} did not come back: {e}"}
     print(result["message"], file=sys.stderr if not result["ok"] else sys.stdout, flush=True)
