@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Sequence, TextIO
 
-from fognode.tools.cli_format import (USAGE, down_text, help_list, help_markdown, help_one, render,
-                                      scalar)
+from fognode.tools.cli_format import (USAGE, command_words, down_text, help_list, help_markdown, help_one,
+                                      render)
 
 EXIT_OK, EXIT_RPC, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
 NODE_ROLE_UNAVAILABLE = 104  # node/rpc/methods.py (the CLI imports only the standard library)
@@ -246,7 +246,7 @@ def unknown_command(typed: str, methods: dict[str, dict[str, Any]]) -> str:
         close = [m for m in names if m.endswith("." + name)][:8]
     msg = f"unknown command {typed!r}"
     if close:
-        msg += "; did you mean: " + ", ".join(c.replace(".", " ") for c in close) + "?"
+        msg += "; did you mean: " + ", ".join(command_words(c) for c in close) + "?"
     return msg + " (`fognode-cli help` lists the commands)"
 
 

@@ -113,6 +113,12 @@ def render(result: Any) -> str:
 
 # ---- help -----------------------------------------------------------------------------------
 
+def command_words(name: str) -> str:
+    """How a method is typed as a command: `ledger.state_root` -> `ledger state-root` (the CLI
+    accepts underscores too)."""
+    return name.replace(".", " ").replace("_", "-")
+
+
 def type_text(schema: dict[str, Any]) -> str:
     if not schema:
         return "any"
@@ -189,7 +195,7 @@ def help_list(methods: dict[str, dict[str, Any]], path: Path) -> str:
         out += [""] + wrap(role + (f" ({down_text(down)})" if down else ""), cols, "  ", "")
         for m in ms:
             summary = ("[down] " if m.get("down") else "") + m["summary"]
-            out += wrap(summary, cols, " " * (width + 4), f"  {m['name'].replace('.', ' '):<{width}}  ")
+            out += wrap(summary, cols, " " * (width + 4), f"  {command_words(m['name']):<{width}}  ")
     out += [""] + wrap("`fognode-cli help COMMAND` (or `COMMAND --help`) shows a command's parameters and "
                        "description; `fognode-cli call METHOD [JSON]` sends a raw JSON-RPC call.", cols)
     return "\n".join(out)

@@ -90,7 +90,7 @@ class MethodSpec:
         options as `--name VALUE`, booleans as flags taking no value: `--flag`, `--no-flag` when
         the default is true, `--flag | --no-flag` when unset means "either"; optional ones in
         brackets)."""
-        parts = [self.name.replace(".", " ")]
+        parts = [self.name.replace(".", " ").replace("_", "-")]  # typed as `ledger state-root`
         for p in self.params:
             if p.positional and p.required:
                 parts.append(p.name.upper())
