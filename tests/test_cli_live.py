@@ -97,3 +97,19 @@ def test_port_conflict_role_down_and_json_integers_on_a_live_node(node_factory: 
                 "--participants", "5", "--min-participants", "5")
         assert r.returncode == 1 and "502" in r.stderr
         cli(*d, "fl", "stop", session)
+
+
+def test_a_taken_p2p_port_is_one_line(node_factory: NodeFactory) -> None:
+    """A second node on the same machine with the same listen port: one line, exit 2."""
+    net = node_factory(1, start=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "fognode.tools.fognode", "run", "--datadir", str(net.nodes[0].datadir),
+                            "--listen", f"/ip4/127.0.0.1/tcp/{port}", "--metrics-port", "0", "--log-level", "error"],
+                           capture_output=True, text=True, timeout=60, env=net.env)
+    assert r.returncode == 2
+    assert r.stderr == (f"fognode: error: overlay.listen: cannot listen on /ip4/127.0.0.1/tcp/{port}: Address already "
+                        f"in use; another fognode (or program) has that port: choose another with --listen "
+                        f"/ip4/0.0.0.0/tcp/PORT or overlay.listen in node.toml\n")

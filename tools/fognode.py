@@ -12,6 +12,7 @@ imported by the daemon at start).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -147,6 +148,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         trio.run(daemon.run)
     except FognodeError as e:
         return _die(str(e), 2)
+    except OSError as e:  # the machine refused something at start-up (a port in use, a permission)
+        hint = ""
+        if e.errno == errno.EADDRINUSE:
+            hint = ("; another fognode (or program) has that port: choose another with --listen "
+                    "/ip4/0.0.0.0/tcp/PORT or overlay.listen in node.toml")
+        return _die(f"{e.strerror or e}{hint}", 2)
     except KeyboardInterrupt:
         return 0
     return 0
