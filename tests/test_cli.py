@@ -214,6 +214,9 @@ def test_socket_selection_and_no_daemon(cli: Cli, tmp_path: Path) -> None:
         assert r.returncode == 0 and r.stdout == "1000\n", r.stderr
     finally:
         shutil.rmtree(home, ignore_errors=True)
+    r = cli("--datadir", str(tmp_path), "wallet", "send", "--help", datadir=False)
+    assert r.returncode == 3 and "(no such socket file; the commands and their help come from the running daemon)" \
+        in r.stderr
     r = cli("--datadir", str(tmp_path / ("x" * 120)), "node", "info", datadir=False)
     assert r.returncode == 3 and "over the 107-byte unix socket limit" in r.stderr
 

@@ -365,7 +365,12 @@ def run(opts: Options, out: TextIO) -> int:
             return EXIT_OK
         words = ["help"] + [w for w in words if w not in ("--help", "-h", "--json")]
     path = opts.socket_path()
-    conn = Connection(path, opts.timeout)
+    try:
+        conn = Connection(path, opts.timeout)
+    except NoDaemon as e:
+        if words[0] == "help":  # `help`, `COMMAND --help`: they come from the daemon
+            e.why += "; the commands and their help come from the running daemon"
+        raise
     try:
         if words[0] == "call":
             if len(words) not in (2, 3):
