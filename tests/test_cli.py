@@ -303,6 +303,8 @@ def test_help_after_a_command_and_version(cli: Cli) -> None:
         assert r.returncode == 0 and r.stdout == cli("help", "wallet", "send").stdout
     r = cli("wallet", "send", "bob", "--memo", "x", "--help")  # anywhere after the command
     assert r.returncode == 0 and r.stdout.startswith("usage: fognode-cli wallet send TO AMOUNT")
+    r = cli("help", "--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: fognode-cli [--datadir D")
     r = cli("wallet", "--help")
     assert r.returncode == 0 and "wallet send" in r.stdout and "node info" not in r.stdout
     r = cli("wallet", "send", "--", "--help")  # after `--` it is a word

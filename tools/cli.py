@@ -358,6 +358,9 @@ def _wants_help(words: list[str]) -> bool:
 
 def run(opts: Options, out: TextIO) -> int:
     words = opts.command
+    if words[0] == "help" and _wants_help(words[1:]):  # `help --help`
+        _print(USAGE, out)
+        return EXIT_OK
     from_flag = words[0] != "help" and _wants_help(words)
     if from_flag:  # `wallet send --help` is `help wallet send`
         if words[0] == "call":
