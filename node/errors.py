@@ -71,3 +71,11 @@ class FatalStorageError(FognodeError):
         self.path = path
         self.cause = cause
         super().__init__(message)
+
+
+class PermanentRoleError(FognodeError):
+    """A role cannot run and retrying will not help (a port another program holds, a setting
+    the role cannot honour): the operator must change something. The supervisor does not
+    restart a role that raises it; it logs the message as one ERROR line (no traceback), shows
+    the role failed with that reason, and keeps the daemon and the other roles running. The
+    message says what to change."""

@@ -13,6 +13,14 @@ full, I/O error) is not restarted. A fresh instance would reload from the same f
 and a role whose memory may differ from its disk must not serve: the role is shown unhealthy
 ("storage failed: ..."), the reason is logged at CRITICAL, and `on_fatal` asks the daemon to
 shut down cleanly and exit non-zero (node/daemon.py), as Bitcoin Core's AbortNode does.
+
+A role that raises `PermanentRoleError` (or `ConfigError`: a setting it cannot honour) is not
+restarted either, since a fresh instance would fail the same way (a port another program holds):
+the reason is logged as one ERROR line without a traceback, the role is shown unhealthy
+("failed, not restarted: ..."), and the daemon and the other roles keep running.
+
+While a role is down (restarting or failed), its RPC methods are withdrawn with the reason and
+the time it went down, so calls to them say so (node/rpc/methods.py MethodTable.remove_owner).
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import importlib
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -27,7 +36,7 @@ from typing import Any, Callable
 import trio
 from prometheus_client import Counter, Gauge
 
-from fognode.node.errors import ConfigError, FatalStorageError
+from fognode.node.errors import ConfigError, FatalStorageError, PermanentRoleError
 from fognode.node.events import RoleHealthChanged
 from fognode.node.protocol import Health, NodeContext, Protocol
 from fognode.node.rpc.methods import MethodTable
@@ -109,6 +118,18 @@ def fatal_storage_error(e: BaseException) -> FatalStorageError | None:
     return None
 
 
+def permanent_error(e: BaseException) -> PermanentRoleError | ConfigError | None:
+    """The PermanentRoleError or ConfigError inside `e` (through ExceptionGroups), or None."""
+    if isinstance(e, (PermanentRoleError, ConfigError)):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        for x in e.exceptions:
+            found = permanent_error(x)
+            if found is not None:
+                return found
+    return None
+
+
 @dataclass
 class RoleState:
     cls: type[Protocol]
@@ -116,6 +137,7 @@ class RoleState:
     health: Health = Health.STARTING
     detail: str = ""
     restarts: int = 0
+    down_since: float | None = None   # wall-clock time the role went down (None while it is up)
     instance: Protocol | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
@@ -178,6 +200,7 @@ class Supervisor:
                         async with trio.open_nursery() as n:
                             await n.start(inst.run)
                             self._set(st, Health.HEALTHY)
+                            st.down_since = None
                             attempt = 0
                             if not started:
                                 started = True
@@ -192,21 +215,31 @@ class Supervisor:
                                 started = True
                                 task_status.started()
                             await trio.sleep_forever()    # until the daemon stops the roles
+                        permanent = permanent_error(e)
+                        if permanent is not None:
+                            self._stop_permanent(st, permanent)
+                            if not started:
+                                started = True
+                                task_status.started()
+                            await trio.sleep_forever()    # until the daemon stops the roles
                         why = describe(e)
                         log.error("role %s crashed: %s", name, why, exc_info=True)
-                    self.table.remove_owner(name)
+                    if st.down_since is None:
+                        st.down_since = time.time()
                     st.instance = None
                     st.restarts += 1
                     self._restarts.labels(name).inc()
                     delay = min(self.backoff_max, self.backoff_initial * math.pow(2, attempt))
                     attempt += 1
-                    self._set(st, Health.UNHEALTHY, f"{why}; restarting in {delay:.0f} s")
+                    detail = f"{why}; restarting in {delay:.0f} s"
+                    self.table.remove_owner(name, reason=f"crashed ({detail})", since=st.down_since)
+                    self._set(st, Health.UNHEALTHY, detail)
                     if not started:
                         started = True
                         task_status.started()
                     await trio.sleep(delay)
             finally:
-                self.table.remove_owner(name)
+                self.table.remove_owner(name, reason="stopped (the daemon is shutting down)")
                 st.instance = None
                 st.health = Health.STOPPED
                 self._health.labels(name).set(0)
@@ -220,6 +253,18 @@ class Supervisor:
         self._set(st, Health.UNHEALTHY, f"storage failed, not restarted: {err}")
         if self.on_fatal is not None:
             self.on_fatal(name, err)
+
+    def _stop_permanent(self, st: RoleState, err: PermanentRoleError | ConfigError) -> None:
+        """Keep the role stopped (no restart) and say why in one line; the daemon carries on.
+        Its RPC methods are withdrawn with the reason, so calls to them say it."""
+        name = st.cls.name
+        log.error("role %s failed and will not be restarted: %s", name, err)
+        st.instance = None
+        if st.down_since is None:
+            st.down_since = time.time()
+        detail = f"failed, not restarted: {err}"
+        self.table.remove_owner(name, reason=detail, since=st.down_since)
+        self._set(st, Health.UNHEALTHY, detail)
 
     async def stop_all(self, grace: float) -> None:
         """Cancel roles in reverse start order, each given up to `grace` seconds in total."""

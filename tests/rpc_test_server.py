@@ -20,6 +20,7 @@ from fognode.node.errors import RpcError
 from fognode.node.rpc.methods import MethodTable, rpc_method
 from fognode.node.rpc.server import RpcServer
 
+DOWN_SINCE = 1796380262.0  # 2026-12-04 10:31:02 UTC: when the demo market role went down
 PEERS = [
     {"peer_id": "12D3KooWAlpha", "address": "/ip4/127.0.0.1/tcp/4001", "latency_ms": 1.5},
     {"peer_id": "12D3KooWBravo", "address": "/ip4/127.0.0.1/tcp/4002", "latency_ms": 2.25,
@@ -84,12 +85,33 @@ class Demo:
     async def nothing(self) -> None:
         """Return null."""
 
+    @rpc_method("demo.filter")
+    async def filter(self, region: str = "", online: bool | None = None, color: bool = True) -> dict[str, Any]:
+        """Echo the filters: a text option, a tri-state flag and a flag that defaults to true.
+
+        This description is deliberately long so that help output has something to wrap: it
+        goes on for a while about nothing in particular, in words of ordinary length, until it
+        is clearly longer than any terminal line one would use.
+        """
+        return {"region": region, "online": online, "color": color}
+
+
+class MarketDemo:
+    """A role that is down (withdrawn with a reason, as the supervisor does after a crash)."""
+
+    @rpc_method("market.offers")
+    async def offers(self, limit: int = 10) -> list[Any]:
+        """List the offers."""
+        return []
+
 
 async def serve(path: Path) -> None:
     table = MethodTable()
     table.add_object(NodeDemo(), "node")
     table.add_object(WalletDemo(), "ledger")
     table.add_object(Demo(), "demo")
+    table.add_object(MarketDemo(), "market")
+    table.remove_owner("market", reason="crashed (RuntimeError: boom; restarting in 4 s)", since=DOWN_SINCE)
     server = RpcServer(table, path, CollectorRegistry(), idle_timeout=10.0)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:

@@ -106,7 +106,7 @@ def test_json_output_and_params(cli: Cli) -> None:
     assert json.loads(r.stdout)["memo"] == "a b"
     # lists from commas, objects and any-typed values from JSON, null for optional params
     r = cli("--json", "demo", "tags", "a,b,c", "--weights", '{"x": 1}', "--anything", "[1, true]")
-    assert json.loads(r.stdout) == {"tags": ["a", "b", "c"], "weights": {"x": 1.0}, "anything": [1, True]}
+    assert json.loads(r.stdout) == {"tags": ["a", "b", "c"], "weights": {"x": 1}, "anything": [1, True]}
     r = cli("--json", "wallet", "balance", "null")
     assert r.stdout.strip() == "1000"
     # raw calls
@@ -214,6 +214,9 @@ def test_socket_selection_and_no_daemon(cli: Cli, tmp_path: Path) -> None:
         assert r.returncode == 0 and r.stdout == "1000\n", r.stderr
     finally:
         shutil.rmtree(home, ignore_errors=True)
+    r = cli("--datadir", str(tmp_path), "wallet", "send", "--help", datadir=False)
+    assert r.returncode == 3 and "(no such socket file; the commands and their help come from the running daemon)" \
+        in r.stderr
     r = cli("--datadir", str(tmp_path / ("x" * 120)), "node", "info", datadir=False)
     assert r.returncode == 3 and "over the 107-byte unix socket limit" in r.stderr
 
@@ -243,3 +246,105 @@ def test_render_shapes() -> None:
     assert render([]) == "(none)" and render({}) == "(empty)" and render(None) == ""
     assert render([1, "two", False]) == "1\ntwo\nfalse"
     assert render(1.5) == "1.5" and render("text") == "text"
+
+
+def test_json_numbers_keep_their_type(cli: Cli) -> None:
+    # `--strategy-params '{"f": 1}'`: a dict[str, float] param gets the integer 1, not 1.0
+    r = cli("--json", "demo", "tags", "a", "--weights", '{"f": 1, "mu": 0.5, "big": 12345678901234567890}')
+    assert r.returncode == 0, r.stderr
+    assert '"f": 1,' in r.stdout and '"mu": 0.5' in r.stdout and '"big": 12345678901234567890' in r.stdout
+    w = json.loads(r.stdout)["weights"]
+    assert type(w["f"]) is int and type(w["mu"]) is float
+
+
+def test_boolean_options_are_flags(cli: Cli) -> None:
+    one = cli("help", "demo", "filter", env={"COLUMNS": "120"})
+    assert one.stdout.startswith("usage: fognode-cli demo filter [--region REGION] [--online | --no-online] "
+                                 "[--no-color]\n"), one.stdout
+    assert "--online ONLINE" not in one.stdout
+    assert "  --online    flag    default unset; --online for true, --no-online for false" in one.stdout
+    assert "  --no-color  flag    default true; --no-color makes it false" in one.stdout
+    r = cli("--json", "demo", "filter", "--online", "eu")  # the flag takes no value: eu is REGION
+    assert json.loads(r.stdout) == {"region": "eu", "online": True, "color": True}
+    r = cli("--json", "demo", "filter", "--no-online", "--no-color")
+    assert json.loads(r.stdout) == {"region": "", "online": False, "color": False}
+    r = cli("--json", "demo", "filter", "--online=false")
+    assert json.loads(r.stdout)["online"] is False
+    r = cli("demo", "filter", "--online", "true")  # not silently taken as REGION
+    assert r.returncode == 2
+    assert r.stderr.startswith("fognode-cli: --online is a flag and takes no value (got 'true'): "
+                               "write --online or --no-online; usage: fognode-cli demo filter")
+    assert "[--urgent]" in cli("help", "wallet", "send").stdout
+
+
+def test_a_role_that_is_down(cli: Cli) -> None:
+    r = cli("market", "offers")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("fognode-cli: error 104: market.offers is unavailable: role market is down "
+                               "since 2026-12-04 10:31:02 UTC: crashed (RuntimeError: boom; restarting in 4 s)")
+    r = cli("market", "offers", "--limit", "x", "y")  # a bad command line: still the role's absence
+    assert r.returncode == 1 and "role market is down since 2026-12-04 10:31:02 UTC" in r.stderr
+    r = cli("help")
+    assert "market (role market is down since 2026-12-04 10:31:02 UTC: crashed" in r.stdout
+    assert "market offers" in r.stdout and "[down] List the offers." in r.stdout
+    r = cli("help", "market", "offers")
+    assert r.returncode == 0 and "unavailable now: role market is down since 2026-12-04" in r.stdout
+    r = cli("--json", "market", "offers")
+    assert r.returncode == 1
+    err = json.loads(r.stderr)["error"]
+    assert err["kind"] == "rpc" and err["code"] == 104
+    assert err["data"] == {"role": "market", "reason": "crashed (RuntimeError: boom; restarting in 4 s)",
+                           "since": 1796380262.0}
+
+
+def test_help_after_a_command_and_version(cli: Cli) -> None:
+    for flag in ("--help", "-h"):
+        r = cli("wallet", "send", flag)
+        assert r.returncode == 0 and r.stdout == cli("help", "wallet", "send").stdout
+    r = cli("wallet", "send", "bob", "--memo", "x", "--help")  # anywhere after the command
+    assert r.returncode == 0 and r.stdout.startswith("usage: fognode-cli wallet send TO AMOUNT")
+    r = cli("help", "--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: fognode-cli [--datadir D")
+    r = cli("wallet", "--help")
+    assert r.returncode == 0 and "wallet send" in r.stdout and "node info" not in r.stdout
+    r = cli("wallet", "send", "--", "--help")  # after `--` it is a word
+    assert r.returncode == 2 and "missing AMOUNT" in r.stderr
+    r = cli("--version", datadir=False)
+    assert r.returncode == 0 and r.stdout.startswith("fognode-cli ") and r.stdout.strip() != "fognode-cli"
+    r = subprocess.run([sys.executable, "-m", "fognode.tools.fognode", "--version"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("fognode ")
+    assert r.stdout.split()[1] == cli("--version", datadir=False).stdout.split()[1]
+
+
+def test_errors_under_json_are_json(cli: Cli, tmp_path: Path) -> None:
+    r = cli("--json", "wallet", "send", "bob", "-5")
+    assert r.returncode == 1 and r.stdout == ""
+    assert json.loads(r.stderr) == {"error": {"kind": "rpc", "code": 201, "message": "amount must be positive, got -5",
+                                              "data": {"amount": -5}}}
+    r = cli("wallet", "send", "bob", "--json")  # --json after the command counts too
+    assert r.returncode == 2
+    assert json.loads(r.stderr)["error"] == {
+        "kind": "usage", "message": "missing AMOUNT; usage: fognode-cli wallet send TO AMOUNT [--memo MEMO] [--urgent]"}
+    r = cli("--json", "wallet", "sned")
+    assert r.returncode == 2 and json.loads(r.stderr)["error"]["message"].startswith("unknown command 'wallet sned'")
+    r = cli("--json", "--datadir", str(tmp_path), "node", "info", datadir=False)
+    assert r.returncode == 3
+    err = json.loads(r.stderr)["error"]
+    assert err["kind"] == "no_daemon" and err["socket"] == str(tmp_path / "fognode.sock")
+    assert "no such socket file" in err["message"]
+
+
+def test_help_wraps_to_the_terminal(cli: Cli) -> None:
+    for cols in (50, 72):
+        for args in (("help",), ("help", "demo", "filter"), ("help", "wallet", "send")):
+            r = cli(*args, env={"COLUMNS": str(cols)})
+            assert r.returncode == 0, r.stderr
+            long = [ln for ln in r.stdout.splitlines() if len(ln) > cols and " " in ln.strip()
+                    and not ln.startswith(("usage: fognode-cli [", "Commands of the daemon at"))]
+            assert not long, (cols, args, long)
+    narrow = cli("help", "demo", "filter", env={"COLUMNS": "50"}).stdout
+    assert narrow.startswith("usage: fognode-cli demo filter [--region REGION]\n"
+                             "       [--online | --no-online] [--no-color]\n"), narrow
+    wide = cli("help", "demo", "filter", env={"COLUMNS": "200"}).stdout
+    assert "This description is deliberately long so that help output has something to wrap: it goes on" in wide

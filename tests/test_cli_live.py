@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import NodeFactory
 
@@ -51,3 +55,61 @@ def test_cli_without_daemon_names_the_socket(short_tmp) -> None:  # type: ignore
     assert r.returncode == 3
     assert str(short_tmp / "fognode.sock") in r.stderr
     assert "fognode run --datadir" in r.stderr
+
+
+@pytest.mark.slow
+def test_port_conflict_role_down_and_json_integers_on_a_live_node(node_factory: NodeFactory) -> None:
+    """Issue 15 items 4, 5 and 7 against a real daemon: the monitor's port is taken by another
+    program (one clear line, no restart loop, the node runs on); the monitor's commands then say
+    the role is down, why and since when (exit 1); `{"f": 1}` reaches Krum as an integer."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        net = node_factory(1, start=False)
+        node = net.nodes[0]
+        node.args = ["--metrics-port", str(port)]
+        net.start_all()
+        d = ["--datadir", str(node.datadir)]
+
+        r = cli(*d, "monitor", "health")
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        assert re.match(r"fognode-cli: error 104: monitor\.health is unavailable: role monitor is down since "
+                        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: failed, not restarted: metrics endpoint "
+                        rf"127\.0\.0\.1:{port} is already in use \(another fognode or program listens there\); "
+                        r"choose another port with --metrics-port N or protocols\.monitor\.port in node\.toml "
+                        r"\(0 disables it\)", r.stderr), r.stderr
+        info = json.loads(cli(*d, "--json", "node", "info").stdout)
+        mon = info["roles"]["monitor"]
+        assert mon["health"] == "unhealthy" and mon["restarts"] == 0
+        assert info["roles"]["ledger"]["health"] == "healthy"  # the daemon and the other roles run on
+        log = node.log_path.read_text()
+        assert log.count(f"127.0.0.1:{port} is already in use") == 1 and "Traceback" not in log
+        r = cli(*d, "help")
+        assert r.returncode == 0 and "monitor health" in r.stdout and "[down]" in r.stdout
+
+        # Krum refuses a non-integer f; the CLI's JSON integer reaches it as one
+        r = cli(*d, "--json", "fl", "start", "synthetic", "--strategy", "krum", "--strategy-params", '{"f": 1}',
+                "--participants", "5", "--min-participants", "5", "--rounds", "1")
+        assert r.returncode == 0, r.stderr
+        session = json.loads(r.stdout)["session_id"]
+        r = cli(*d, "fl", "start", "synthetic", "--strategy", "krum", "--strategy-params", '{"f": 1.5}',
+                "--participants", "5", "--min-participants", "5")
+        assert r.returncode == 1 and "502" in r.stderr
+        cli(*d, "fl", "stop", session)
+
+
+def test_a_taken_p2p_port_is_one_line(node_factory: NodeFactory) -> None:
+    """A second node on the same machine with the same listen port: one line, exit 2."""
+    net = node_factory(1, start=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "fognode.tools.fognode", "run", "--datadir", str(net.nodes[0].datadir),
+                            "--listen", f"/ip4/127.0.0.1/tcp/{port}", "--metrics-port", "0", "--log-level", "error"],
+                           capture_output=True, text=True, timeout=60, env=net.env)
+    assert r.returncode == 2
+    assert r.stderr == (f"fognode: error: overlay.listen: cannot listen on /ip4/127.0.0.1/tcp/{port}: Address already "
+                        f"in use; another fognode (or program) has that port: choose another with --listen "
+                        f"/ip4/0.0.0.0/tcp/PORT or overlay.listen in node.toml\n")

@@ -9,9 +9,17 @@ form of `help`) and maps the command line onto a method:
     fognode-cli call METHOD [JSON]             -> a raw call with JSON params (array or object)
 
 Words after the command fill the method's positional params in order; `--name value`,
-`--name=value` and `--flag` / `--no-flag` (booleans) fill named params (dashes become
-underscores). Values go as text; the daemon converts them to the declared types. Object and
-array params also take JSON (`--weights '{"a": 1}'`).
+`--name=value` and `--flag` / `--no-flag` (booleans: flags take no value, as argparse's
+store_true) fill named params (dashes become underscores). Values go as text; the daemon
+converts them to the declared types. Object and array params take JSON (`--weights '{"a": 1}'`),
+whose numbers keep their type (1 stays an integer). `COMMAND --help` shows a command's help.
+
+A command whose role is down is still known (the daemon lists it as unavailable): calling it
+says the role is down, why and since when (exit 1), not "unknown command".
+
+`--json` prints raw JSON, errors included: on failure stderr gets one JSON object
+`{"error": {"kind": "rpc" | "usage" | "no_daemon", "message": ..., ...}}`. Help text wraps to
+the terminal width ($COLUMNS, else the terminal's, else 80).
 
 Exit codes: 0 success, 1 the daemon answered with an error, 2 usage error, 3 no daemon answered.
 Only the standard library is imported: the CLI starts fast.
@@ -21,37 +29,24 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
+import shutil
 import socket
 import sys
+import textwrap
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Sequence, TextIO
 
+from fognode.tools.cli_format import (USAGE, command_words, down_text, help_list, help_markdown, help_one,
+                                      render)
+
 EXIT_OK, EXIT_RPC, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
+NODE_ROLE_UNAVAILABLE = 104  # node/rpc/methods.py (the CLI imports only the standard library)
 SOCKET_NAME = "fognode.sock"
 SUN_PATH_MAX = 107
 DEFAULT_TIMEOUT = 30.0
-
-USAGE = """\
-usage: fognode-cli [--datadir D | --socket PATH] [--json] [--timeout S] COMMAND [ARGS...]
-
-Talk to a running fognode daemon. The commands come from the daemon itself:
-  fognode-cli help                 list the daemon's commands, grouped by role
-  fognode-cli help COMMAND         a command's usage, parameters and description
-  fognode-cli help --markdown      the whole CLI reference as Markdown
-  fognode-cli call METHOD [JSON]   raw JSON-RPC call with JSON params (array or object)
-
-options (before COMMAND):
-  --datadir D     the daemon's data dir; its socket is D/fognode.sock unless
-                  $FOGNODE_RPC_SOCKET or [rpc] socket in D/node.toml say otherwise
-                  (default: $FOGNODE_DATADIR, else ~/.fognode)
-  --socket PATH   the control socket itself (overrides --datadir)
-  --json          print the raw JSON result instead of a table
-  --timeout S     seconds to wait for the daemon (default 30)
-
-exit codes: 0 ok, 1 the daemon returned an error, 2 usage error, 3 no daemon answered
-"""
-
 
 class UsageError(Exception):
     """The command line is wrong (exit 2)."""
@@ -85,6 +80,7 @@ class Options:
     json: bool = False
     timeout: float = DEFAULT_TIMEOUT
     help: bool = False
+    version: bool = False
     command: list[str] = field(default_factory=list)
 
     def socket_path(self) -> Path:
@@ -130,6 +126,8 @@ def parse_options(argv: Sequence[str]) -> Options:
             opts.help = True
         elif name == "--json":
             opts.json = True
+        elif name == "--version":
+            opts.version = True
         elif name in ("--datadir", "--socket", "--timeout"):
             if not eq:
                 i += 1
@@ -248,7 +246,7 @@ def unknown_command(typed: str, methods: dict[str, dict[str, Any]]) -> str:
         close = [m for m in names if m.endswith("." + name)][:8]
     msg = f"unknown command {typed!r}"
     if close:
-        msg += "; did you mean: " + ", ".join(c.replace(".", " ") for c in close) + "?"
+        msg += "; did you mean: " + ", ".join(command_words(c) for c in close) + "?"
     return msg + " (`fognode-cli help` lists the commands)"
 
 
@@ -315,6 +313,10 @@ def build_params(method: dict[str, Any], args: list[str], opts: Options) -> dict
             raise UsageError(f"--{key} given twice; {usage}")
         if "boolean" in _types(p["schema"]) and not eq:
             named[p["name"]] = not negated
+            if i < len(args) and args[i].lower() in ("true", "false", "yes", "no"):
+                flag = f"--{p['name'].replace('_', '-')}"
+                raise UsageError(f"--{key} is a flag and takes no value (got {args[i]!r}): write {flag} "
+                                 f"or --no-{p['name'].replace('_', '-')}; {usage}")
             continue
         if not eq:
             if i >= len(args):
@@ -337,167 +339,6 @@ def build_params(method: dict[str, Any], args: list[str], opts: Options) -> dict
     return named
 
 
-# ---- output ---------------------------------------------------------------------------------
-
-def scalar(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (int, float)):
-        return str(v)
-    return json.dumps(v, ensure_ascii=False)
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """Nested dicts as dotted keys; lists of scalars comma-joined; lists of dicts indexed."""
-    rows: list[tuple[str, str]] = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            rows += flatten(v, key + ".")
-        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            for i, x in enumerate(v):
-                rows += flatten(x, f"{key}.{i}.")
-        elif isinstance(v, list) and not any(isinstance(x, (dict, list)) for x in v):
-            joined = ", ".join(scalar(x) for x in v)  # long lists: one item per line
-            rows.append((key, joined if len(joined) <= 60 else "\n".join(scalar(x) for x in v)))
-        elif isinstance(v, dict):
-            rows.append((key, ""))
-        else:
-            rows.append((key, scalar(v)))
-    return rows
-
-
-def kv_table(rows: list[tuple[str, str]]) -> str:
-    width = max(len(k) for k, _ in rows)
-    out = []
-    for k, v in rows:
-        lines = v.split("\n") or [""]
-        out.append(f"{k:<{width}}  {lines[0]}".rstrip())
-        out += [f"{'':<{width}}  {ln}".rstrip() for ln in lines[1:]]
-    return "\n".join(out)
-
-
-def columns_table(items: list[dict[str, Any]]) -> str:
-    flat = [dict(flatten(x)) for x in items]
-    cols: list[str] = []
-    for row in flat:
-        cols += [c for c in row if c not in cols]
-    cells = [[row.get(c, "").replace("\n", ", ") for c in cols] for row in flat]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [fmt.format(*cols).rstrip(), fmt.format(*("-" * w for w in widths)).rstrip()]
-    out += [fmt.format(*r).rstrip() for r in cells]
-    return "\n".join(out)
-
-
-def render(result: Any) -> str:
-    """A readable table: dict -> key/value rows, list of dicts -> columns, scalars plainly."""
-    if result is None:
-        return ""
-    if isinstance(result, dict):
-        return kv_table(flatten(result)) if result else "(empty)"
-    if isinstance(result, list):
-        if not result:
-            return "(none)"
-        if all(isinstance(x, dict) for x in result):
-            return columns_table(result)
-        return "\n".join(scalar(x) for x in result)
-    return scalar(result)
-
-
-# ---- help -----------------------------------------------------------------------------------
-
-def type_text(schema: dict[str, Any]) -> str:
-    if not schema:
-        return "any"
-    if "enum" in schema:
-        return "one of " + ", ".join(json.dumps(c) for c in schema["enum"])
-    if "anyOf" in schema:
-        return " or ".join(type_text(s) for s in schema["anyOf"])
-    t = schema.get("type", "any")
-    if t == "array":
-        return f"list of {type_text(schema['items'])}" if "items" in schema else "list"
-    if t == "object":
-        return "object"
-    return str(t)
-
-
-def _by_role(methods: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for name in sorted(methods):
-        m = methods[name]
-        groups.setdefault(m.get("role") or name.split(".")[0], []).append(m)
-    return dict(sorted(groups.items(), key=lambda kv: (kv[0] != "node", kv[0])))
-
-
-def help_list(methods: dict[str, dict[str, Any]], path: Path) -> str:
-    out = [USAGE.split("\n\n")[0], "", f"Commands of the daemon at {path}, by role:"]
-    width = max(len(n) for n in methods)
-    for role, ms in _by_role(methods).items():
-        out += ["", role]
-        out += [f"  {m['name'].replace('.', ' '):<{width}}  {m['summary']}" for m in ms]
-    out += ["", "`fognode-cli help COMMAND` shows a command's parameters and description;",
-            "`fognode-cli call METHOD [JSON]` sends a raw JSON-RPC call."]
-    return "\n".join(out)
-
-
-def params_pos(m: dict[str, Any]) -> list[str]:
-    return [p["name"] for p in m["params"] if p["positional"]]
-
-
-def param_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
-    rows = []
-    for p in m["params"]:
-        shown = p["name"].upper() if p["positional"] and p["required"] else f"--{p['name'].replace('_', '-')}"
-        if p["required"]:
-            note = "required"
-        else:
-            note = f"default {json.dumps(p.get('default'))}"
-            if p["positional"]:
-                note += f"; or as argument {params_pos(m).index(p['name']) + 1}"
-        rows.append((shown, type_text(p["schema"]), note))
-    return rows
-
-
-def help_one(m: dict[str, Any]) -> str:
-    out = [f"usage: fognode-cli {m['usage']}", "", m["description"], ""]
-    rows = param_rows(m)
-    if rows:
-        w0 = max(len(r[0]) for r in rows)
-        w1 = max(len(r[1]) for r in rows)
-        out.append("parameters:")
-        out += [f"  {a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
-        out.append("")
-    out.append(f"method: {m['name']} (role {m.get('role') or m['name'].split('.')[0]}); "
-               f"result: {type_text(m['result']['schema'])}")
-    return "\n".join(out)
-
-
-def help_markdown(disc: dict[str, Any], methods: dict[str, dict[str, Any]]) -> str:
-    version = disc.get("info", {}).get("version", "")
-    out = ["# fognode-cli reference", "",
-           f"Generated with `fognode-cli help --markdown` from a running daemon (fognode {version}).",
-           "The commands are the daemon's JSON-RPC methods: `fognode-cli wallet send ADDR 10` calls",
-           "`wallet.send`; arguments fill the positional parameters in order, `--name value` the",
-           "named ones, `--flag` / `--no-flag` the booleans.", "",
-           "```", USAGE.rstrip(), "```", ""]
-    for role, ms in _by_role(methods).items():
-        out += [f"## {role}", ""]
-        for m in ms:
-            out += [f"### `fognode-cli {m['usage']}`", "", m["description"], ""]
-            rows = param_rows(m)
-            if rows:
-                out += ["| parameter | type | |", "|---|---|---|"]
-                out += [f"| `{a}` | {b} | {c} |" for a, b, c in rows]
-                out.append("")
-            out += [f"Method `{m['name']}`; result: {type_text(m['result']['schema'])}.", ""]
-    return "\n".join(out).rstrip() + "\n"
-
-
 # ---- main -----------------------------------------------------------------------------------
 
 def _print(text: str, out: TextIO) -> None:
@@ -505,10 +346,34 @@ def _print(text: str, out: TextIO) -> None:
         out.write(text if text.endswith("\n") else text + "\n")
 
 
+def _wants_help(words: list[str]) -> bool:
+    """`COMMAND ... --help` / `-h` (before a `--`)."""
+    for w in words:
+        if w == "--":
+            return False
+        if w in ("--help", "-h"):
+            return True
+    return False
+
+
 def run(opts: Options, out: TextIO) -> int:
     words = opts.command
+    if words[0] == "help" and _wants_help(words[1:]):  # `help --help`
+        _print(USAGE, out)
+        return EXIT_OK
+    from_flag = words[0] != "help" and _wants_help(words)
+    if from_flag:  # `wallet send --help` is `help wallet send`
+        if words[0] == "call":
+            _print(USAGE, out)
+            return EXIT_OK
+        words = ["help"] + [w for w in words if w not in ("--help", "-h", "--json")]
     path = opts.socket_path()
-    conn = Connection(path, opts.timeout)
+    try:
+        conn = Connection(path, opts.timeout)
+    except NoDaemon as e:
+        if words[0] == "help":  # `help`, `COMMAND --help`: they come from the daemon
+            e.why += "; the commands and their help come from the running daemon"
+        raise
     try:
         if words[0] == "call":
             if len(words) not in (2, 3):
@@ -526,6 +391,8 @@ def run(opts: Options, out: TextIO) -> int:
             disc = conn.call("rpc.discover")
             # The daemon's own `help` method is what `fognode-cli help` renders: not a command.
             methods = {m["name"]: m for m in disc["methods"] if m["name"] != "help"}
+            # Methods of roles that are down: known commands that answer "role down".
+            methods.update({m["name"]: m for m in disc.get("unavailable", []) if m["name"] not in methods})
             if words[0] == "help":
                 rest = [w for w in words[1:] if w != "--markdown"]
                 if "--markdown" in words[1:]:
@@ -538,41 +405,84 @@ def run(opts: Options, out: TextIO) -> int:
                                      path), out)
                 else:
                     m, extra = resolve(rest, methods)
-                    if extra:
+                    if extra and not from_flag:  # `COMMAND ARGS... --help`: the args do not matter
                         raise UsageError(f"help takes one command, got {' '.join(rest)!r}")
                     _print(json.dumps(m, indent=2) if opts.json else help_one(m), out)
                 return EXIT_OK
             method, args = resolve(words, methods)
-            result = conn.call(method["name"], build_params(method, args, opts))
+            try:
+                params = build_params(method, args, opts)
+            except UsageError:
+                if method.get("down"):  # the role's absence is the news, not the usage
+                    raise RpcFailure(NODE_ROLE_UNAVAILABLE, f"{method['name']} is unavailable: {down_text(method)}",
+                                     {"role": method.get("role")}) from None
+                raise
+            result = conn.call(method["name"], params)
     finally:
         conn.close()
     _print(json.dumps(result, indent=2, ensure_ascii=False) if opts.json else render(result), out)
     return EXIT_OK
 
 
+def version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version as dist_version
+        try:
+            return dist_version("fognode")
+        except PackageNotFoundError:
+            return "unknown"
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+def _json_mode(args: list[str]) -> bool:
+    """--json anywhere before a `--` (it may follow the command): errors are JSON too."""
+    for a in args:
+        if a == "--":
+            return False
+        if a == "--json":
+            return True
+    return False
+
+
+def _fail(err: TextIO, as_json: bool, kind: str, text: str, **fields: Any) -> None:
+    if as_json:
+        body = {"kind": kind, "message": text, **{k: v for k, v in fields.items() if v is not None}}
+        err.write(json.dumps({"error": body}, ensure_ascii=False) + "\n")
+    else:
+        err.write(f"fognode-cli: {text}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     err = sys.stderr
+    as_json = _json_mode(args)
     try:
         opts = parse_options(args)
+        if opts.version:
+            sys.stdout.write(f"fognode-cli {version()}\n")
+            return EXIT_OK
         if opts.help or not opts.command:
             (sys.stdout if opts.help else err).write(USAGE)
             return EXIT_OK if opts.help else EXIT_USAGE
         return run(opts, sys.stdout)
     except UsageError as e:
-        err.write(f"fognode-cli: {e}\n")
+        _fail(err, as_json, "usage", str(e))
         return EXIT_USAGE
     except NoDaemon as e:
         if e.connected:
-            err.write(f"fognode-cli: the daemon at {e.path} {e.why}\n")
+            text = f"the daemon at {e.path} {e.why}"
         else:
-            err.write(f"fognode-cli: no daemon at {e.path} ({e.why}). "
-                      f"Start one with: fognode run --datadir {e.path.parent}\n")
+            text = f"no daemon at {e.path} ({e.why}). Start one with: fognode run --datadir {e.path.parent}"
+        _fail(err, as_json, "no_daemon", text, socket=str(e.path))
         return EXIT_NO_DAEMON
     except RpcFailure as e:
-        err.write(f"fognode-cli: error {e.code}: {e.message}\n")
-        if e.data is not None:
-            err.write(f"  data: {json.dumps(e.data, ensure_ascii=False)}\n")
+        if as_json:
+            _fail(err, True, "rpc", e.message, code=e.code, data=e.data)
+        else:
+            err.write(f"fognode-cli: error {e.code}: {e.message}\n")
+            if e.data is not None:
+                err.write(f"  data: {json.dumps(e.data, ensure_ascii=False)}\n")
         return EXIT_RPC
     except BrokenPipeError:  # `fognode-cli ... | head`
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -2,13 +2,23 @@
 
 Each node has its own data dir under one root, one shared genesis, a fixed port chosen at
 creation (so a restarted node comes back at the same address with the same peer id), and
-bootstraps to node 0. Between `create()` and `start()` a node's `host` (the address it listens
-on) and `launcher` (a command prefix, e.g. `ip netns exec NS` to run it in a network namespace)
-may be changed.
+bootstraps to node 0 (node 0 to node 1).
+
+`create()` records the devnet in `<root>/devnet.json` (ports, metrics ports, regions, peer
+ids) and writes each node's real settings (listen address, bootstrap peers, metrics port,
+region) into its `node.toml`, so `fognode run --datadir <root>/nodeN` alone restarts that node
+as the devnet ran it. `Devnet.open(root)` resumes a recorded devnet without touching its
+genesis or ledgers; `create()` refuses a root that already holds one (DevnetExists).
+
+Between `create()` and `start()` a node's `host` (the address it listens on) and `launcher` (a
+command prefix, e.g. `ip netns exec NS` to run it in a network namespace) may be changed; the
+command line then overrides the listen address written into its node.toml.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,12 +32,46 @@ from nacl.signing import SigningKey
 
 from fognode.ledger.address import decode_address
 from fognode.ledger.wallet import default_wallet_address
-from fognode.node.datadir import SOCKET, load_identity, write_genesis
+from fognode.node.datadir import CONFIG, SOCKET, load_identity, write_atomic, write_genesis
 from fognode.node.genesis import dev_chain_id, dev_genesis
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.rpc.client import DaemonUnreachable, RpcClient
 
 T = TypeVar("T")
+
+MANIFEST = "devnet.json"
+
+
+class DevnetExists(Exception):
+    """The root already holds a devnet (or data dirs); writing a new genesis would orphan
+    their ledgers. The message says how to resume it or start afresh."""
+
+
+def set_config_keys(text: str, values: dict[str, dict[str, Any]], note: str) -> str:
+    """A node.toml text with `values` ({section: {key: value}}) set: an existing `key = ...`
+    line of the section is replaced (its comment kept, `note` prepended), a missing key is
+    added under its section header, a missing section at the end. Values are written as JSON,
+    which is valid TOML for strings, integers and lists of strings."""
+    lines = text.splitlines()
+    for section, keys in values.items():
+        header = f"[{section}]"
+        start = next((i for i, ln in enumerate(lines) if ln.strip() == header), None)
+        if start is None:
+            lines += ["", header]
+            start = len(lines) - 1
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        for key, value in keys.items():
+            new_value = json.dumps(value)
+            for i in range(start + 1, end):
+                m = re.match(r"^(\s*)([A-Za-z0-9_]+)(\s*=\s*)(.*?)(\s+#\s?(.*))?$", lines[i])
+                if m and m.group(2) == key:
+                    comment = f"  # {note}" + (f"; {m.group(6)}" if m.group(6) else "")
+                    lines[i] = f"{m.group(1)}{key}{m.group(3)}{new_value}{comment}"
+                    break
+            else:
+                lines.insert(start + 1, f"{key} = {new_value}  # {note}")
+                end += 1
+    return "\n".join(lines) + "\n"
 
 
 def wait_until(predicate: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05) -> T:
@@ -63,6 +107,8 @@ class DevnetNode:
     args: list[str] = field(default_factory=list)
     launcher: list[str] = field(default_factory=list)   # command prefix, e.g. `ip netns exec NS`
     proc: subprocess.Popen[bytes] | None = None
+    metrics_port: int = 0          # Prometheus endpoint port; 0: none
+    region: str = ""               # node.region ("" leaves the node.toml default)
 
     @property
     def socket(self) -> Path:
@@ -89,9 +135,14 @@ class Devnet:
 
     def __init__(self, root: Path, n: int, *, extra_args: list[str] | None = None,
                  env: dict[str, str] | None = None, host: str = "127.0.0.1",
-                 init_args: list[str] | None = None) -> None:
+                 init_args: list[str] | None = None, metrics: bool = False,
+                 regions: list[str] | None = None) -> None:
+        """`metrics`: give each node its own Prometheus port (else none); `regions`: node i
+        gets regions[i % len(regions)] (a single entry: every node)."""
         self.root = root
         self.n = n
+        self.metrics = metrics
+        self.regions = list(regions or [])
         self.extra_args = list(extra_args or [])
         self.env = {**os.environ, **(env or {})}
         self.env.setdefault("FOGNODE_PASSPHRASE", "")
@@ -99,8 +150,26 @@ class Devnet:
         self.init_args = list(init_args or [])
         self.nodes: list[DevnetNode] = []
 
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
     def create(self) -> None:
-        """`fognode init` each data dir, then write one shared genesis into all of them."""
+        """`fognode init` each data dir, then write one shared genesis into all of them, each
+        node's settings into its node.toml, and the devnet into `<root>/devnet.json`.
+
+        Raises DevnetExists if the root already holds a devnet or initialised data dirs (their
+        ledgers belong to another genesis)."""
+        if self.manifest_path.exists():
+            raise DevnetExists(
+                f"{self.root} already holds a devnet ({MANIFEST}); resume it with `fognode devnet --dir "
+                f"{self.root}`, or start afresh with another --dir (or after `rm -r {self.root}`)")
+        taken = [d for d in (self.root / f"node{i}" for i in range(self.n)) if (d / "identity.key").exists()]
+        if taken:
+            raise DevnetExists(
+                f"{taken[0]} is already an initialised data dir (not recorded in {self.manifest_path}): "
+                f"refusing to write a new genesis over its ledger; start afresh with another --dir "
+                f"(or after `rm -r {self.root}`)")
         self.root.mkdir(parents=True, exist_ok=True)
         keys: list[SigningKey] = []
         for i in range(self.n):
@@ -113,17 +182,71 @@ class Devnet:
             key = load_identity(d)
             keys.append(key)
             self.nodes.append(DevnetNode(i, d, free_port(self.host), peer_id_from_pubkey(bytes(key.verify_key)),
-                                         self.host))
+                                         self.host, metrics_port=free_port(self.host) if self.metrics else 0,
+                                         region=self.regions[i % len(self.regions)] if self.regions else ""))
         wallets = [decode_address(default_wallet_address(n.datadir) or "") for n in self.nodes]
         genesis = dev_genesis(dev_chain_id(), keys, wallets)
         for node in self.nodes:
             write_genesis(node.datadir, genesis)
+            self.write_node_config(node)
+        self.write_manifest(genesis["chain_id"])
+
+    def bootstrap(self, node: DevnetNode) -> list[str]:
+        """Node 0 bootstraps to node 1, every other node to node 0."""
+        if len(self.nodes) < 2:
+            return []
+        return [self.nodes[1 if node.index == 0 else 0].addr]
+
+    def settings(self, node: DevnetNode) -> dict[str, dict[str, Any]]:
+        """The config keys the devnet sets for `node` (also given as flags by `command`)."""
+        values: dict[str, dict[str, Any]] = {
+            "overlay": {"listen": [f"/ip4/{node.host}/tcp/{node.port}"], "bootstrap": self.bootstrap(node)},
+            "protocols.monitor": {"port": node.metrics_port},
+        }
+        if node.region:
+            values["node"] = {"region": node.region}
+        return values
+
+    def write_node_config(self, node: DevnetNode) -> None:
+        """Write the devnet's settings for `node` into its node.toml."""
+        path = node.datadir / CONFIG
+        text = path.read_text() if path.exists() else ""
+        write_atomic(path, set_config_keys(text, self.settings(node), "set by fognode devnet").encode(), 0o644)
+
+    def write_manifest(self, chain_id: str) -> None:
+        data = {"version": 1, "chain_id": chain_id, "host": self.host, "nodes": [
+            {"index": n.index, "port": n.port, "metrics_port": n.metrics_port, "region": n.region,
+             "peer_id": n.peer_id} for n in self.nodes]}
+        write_atomic(self.manifest_path, (json.dumps(data, indent=2) + "\n").encode(), 0o644)
+
+    @classmethod
+    def open(cls, root: Path, **kwargs: Any) -> "Devnet":
+        """The devnet recorded in `<root>/devnet.json`, ready to start again: same ports, peer
+        ids, genesis and ledgers. FileNotFoundError if there is none; ValueError if it is
+        unreadable or a data dir is missing."""
+        try:
+            data = json.loads((root / MANIFEST).read_text())
+            entries = data["nodes"]
+            net = cls(root, len(entries), host=str(data.get("host", "127.0.0.1")),
+                      metrics=any(e.get("metrics_port") for e in entries), **kwargs)
+            for e in entries:
+                node = DevnetNode(int(e["index"]), root / f"node{int(e['index'])}", int(e["port"]),
+                                  str(e["peer_id"]), net.host, metrics_port=int(e.get("metrics_port", 0)),
+                                  region=str(e.get("region", "")))
+                if not (node.datadir / "identity.key").exists():
+                    raise ValueError(f"{node.datadir} is missing or not initialised")
+                net.nodes.append(node)
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{root / MANIFEST} is not a devnet record: {type(e).__name__}: {e}") from None
+        return net
 
     def command(self, node: DevnetNode) -> list[str]:
         cmd = [*node.launcher, sys.executable, "-m", "fognode.tools.fognode", "run", "--datadir", str(node.datadir),
-               "--listen", f"/ip4/{node.host}/tcp/{node.port}", "--metrics-port", "0"]
-        if node.index != 0:
-            cmd += ["--bootstrap", self.nodes[0].addr]
+               "--listen", f"/ip4/{node.host}/tcp/{node.port}", "--metrics-port", str(node.metrics_port)]
+        for addr in self.bootstrap(node):
+            cmd += ["--bootstrap", addr]
+        if node.region:
+            cmd += ["--region", node.region]
         return cmd + self.extra_args + node.args
 
     def start(self, i: int, *, wait: bool = True, timeout: float = 30.0) -> DevnetNode:

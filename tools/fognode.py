@@ -2,8 +2,9 @@
 
     fognode init   [--datadir D]
     fognode run    [--datadir D] [--config FILE] [--listen MA]... [--bootstrap MA]... [--set k=v]...
-    fognode devnet --nodes N [--dir D]
-    fognode version
+    fognode devnet [--nodes N] [--dir D] [--region R[,R...]] [--no-metrics]
+    fognode devnet restart N --dir D
+    fognode version | --version
 
 Imports stay inside the commands so `fognode --help` and start-up are fast (torch is never
 imported by the daemon at start).
@@ -11,12 +12,14 @@ imported by the daemon at start).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fognode", description="fognode: peer-to-peer fog computing daemon")
+    p.add_argument("--version", action="version", version=f"fognode {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     i = sub.add_parser("init", help="create a data dir: identity key, node.toml, wallet, single-node dev genesis",
@@ -39,12 +42,32 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config key, e.g. --set overlay.peers_low=4 or protocols.monitor.port=0")
 
-    d = sub.add_parser("devnet", help="start N local daemons on 127.0.0.1 sharing one genesis")
-    d.add_argument("--nodes", type=int, default=4, help="how many nodes (default 4)")
-    d.add_argument("--dir", help="root dir for the nodes' data dirs (default: a new dir under /tmp)")
+    d = sub.add_parser("devnet", help="start N local daemons on 127.0.0.1 sharing one genesis",
+                       usage="fognode devnet [--nodes N] [--dir D] [--region R[,R...]] [--no-metrics]\n"
+                             "       fognode devnet restart N --dir D",
+                       description="Start a local devnet, or resume the one recorded under --dir "
+                                   "(devnet.json): same ports, peer ids, genesis and ledgers. A node that "
+                                   "exits is reported and the others keep running; `fognode devnet restart "
+                                   "N --dir D` restarts node N, and `fognode run --datadir D/nodeN` runs it "
+                                   "alone (its node.toml holds its settings). Ctrl-C stops every node.")
+    d.add_argument("action", nargs="?", choices=["restart"], help=argparse.SUPPRESS)
+    d.add_argument("node", nargs="?", type=int, help=argparse.SUPPRESS)
+    d.add_argument("--nodes", type=int, default=None, help="how many nodes (default 4; a resumed devnet keeps its own)")
+    d.add_argument("--dir", help="root dir for the nodes' data dirs (default: a new dir under /tmp); "
+                                 "one that holds a devnet resumes it")
+    d.add_argument("--region", help="region of every node, or a comma-separated list given to the nodes "
+                                    "in turn (node i gets the (i mod len)-th), e.g. eu-west,us-east")
+    d.add_argument("--no-metrics", action="store_true",
+                   help="no Prometheus endpoint (default: each node gets its own port, shown in the table)")
 
     sub.add_parser("version", help="print the version")
     return p
+
+
+def _version() -> str:
+    from fognode.node import __version__
+
+    return str(__version__)
 
 
 def _die(msg: str, code: int = 1) -> int:
@@ -125,58 +148,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         trio.run(daemon.run)
     except FognodeError as e:
         return _die(str(e), 2)
+    except OSError as e:  # the machine refused something at start-up (a port in use, a permission)
+        hint = ""
+        if e.errno == errno.EADDRINUSE:
+            hint = ("; another fognode (or program) has that port: choose another with --listen "
+                    "/ip4/0.0.0.0/tcp/PORT or overlay.listen in node.toml")
+        return _die(f"{e.strerror or e}{hint}", 2)
     except KeyboardInterrupt:
         return 0
     return 0
 
 
 def cmd_devnet(args: argparse.Namespace) -> int:
-    import signal
-    import tempfile
-    import time
+    from fognode.tools.devnet_cmd import restart, serve
 
-    from fognode.tools.devnet import Devnet
-
-    if not 1 <= args.nodes <= 64:
-        return _die("--nodes must be between 1 and 64", 2)
-    root = Path(args.dir).absolute() if args.dir else Path(tempfile.mkdtemp(prefix="fognode-devnet-", dir="/tmp"))
-    net = Devnet(root, args.nodes)
-    stop = {"now": False}
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        net.create()
-        net.start_all(timeout=60)
-        print(f"devnet of {args.nodes} nodes under {root}")
-        print(f"{'node':<5} {'peer id':<54} control socket")
-        for node in net.nodes:
-            print(f"{node.index:<5} {node.peer_id:<54} {node.socket}")
-        print(f"\ntry: fognode-cli --datadir {net.nodes[0].datadir} node peers")
-        print("Ctrl-C stops every node.", flush=True)
-        while not stop["now"]:
-            for node in net.nodes:
-                if not node.alive():
-                    print(f"node {node.index} exited; its log: {node.log_path}", file=sys.stderr)
-                    stop["now"] = True
-            time.sleep(0.2)
-    except (RuntimeError, TimeoutError) as e:
-        net.stop_all()
-        return _die(str(e))
-    codes = net.stop_all()
-    print("stopped: " + ", ".join(f"node{i}={rc}" for i, rc in codes.items()))
-    return 0
+    if args.action == "restart":
+        return restart(args)
+    if args.node is not None:
+        return _die(f"unexpected argument {args.node} (did you mean `fognode devnet restart {args.node}`?)", 2)
+    return serve(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "version":
-        from fognode.node import __version__
-
-        print(__version__)
+        print(_version())
         return 0
     return {"init": cmd_init, "run": cmd_run, "devnet": cmd_devnet}[args.cmd](args)
 

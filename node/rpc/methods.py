@@ -24,6 +24,7 @@ import difflib
 import inspect
 import math
 import re
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -86,8 +87,10 @@ class MethodSpec:
 
     def usage(self) -> str:
         """One line: `wallet send TO AMOUNT [--memo MEMO]` (required positionals upper-case,
-        options as `--name VALUE`, booleans as `--flag`, optional ones in brackets)."""
-        parts = [self.name.replace(".", " ")]
+        options as `--name VALUE`, booleans as flags taking no value: `--flag`, `--no-flag` when
+        the default is true, `--flag | --no-flag` when unset means "either"; optional ones in
+        brackets)."""
+        parts = [self.name.replace(".", " ").replace("_", "-")]  # typed as `ledger state-root`
         for p in self.params:
             if p.positional and p.required:
                 parts.append(p.name.upper())
@@ -95,7 +98,12 @@ class MethodSpec:
             if p.positional and p.required:
                 continue
             opt = f"--{p.name.replace('_', '-')}"
-            if p.schema.get("type") != "boolean":
+            if is_flag(p.schema):  # a flag takes no value: --x; --no-x when it defaults to true
+                if p.default is True:
+                    opt = f"--no-{p.name.replace('_', '-')}"
+                elif p.default is None and not p.required:  # tri-state: unset, true, false
+                    opt = f"{opt} | --no-{p.name.replace('_', '-')}"
+            else:
                 opt += f" {p.name.upper()}"
             parts.append(opt if p.required else f"[{opt}]")
         return " ".join(parts)
@@ -160,6 +168,14 @@ class MethodSpec:
         return out
 
 
+def is_flag(schema: dict[str, Any]) -> bool:
+    """A boolean param (`bool` or `bool | None`): a command-line flag, `--x` / `--no-x`."""
+    if schema.get("type") == "boolean":
+        return True
+    arms = schema.get("anyOf", [])
+    return bool(arms) and {a.get("type") for a in arms} == {"boolean", "null"}
+
+
 def rpc_method(name: str) -> Callable[[Handler], Handler]:
     """Mark an async function or method as the RPC method `name` (`<role>.<verb>`)."""
     if not _NAME.match(name):
@@ -201,7 +217,11 @@ def _schema(tp: Any) -> dict[str, Any]:
     raise TypeError(f"RPC parameter type {tp!r} is not supported")
 
 
-def _check(method: str, pname: str, tp: Any, v: Any) -> Any:
+def _check(method: str, pname: str, tp: Any, v: Any, *, nested: bool = False) -> Any:
+    """`v` converted to `tp`, or RpcError naming `pname`. Inside a list or an object
+    (`nested`), a JSON integer where a float is declared stays an int (`{"f": 1}` reaches the
+    method as 1, not 1.0, so a strategy that wants a count gets one); a float param of its own
+    gets a float."""
     bad = RpcError(INVALID_PARAMS, f"{method}: param {pname!r} must be {_tname(tp)}, got {_jtype(v)} {_short(v)}")
     origin = get_origin(tp)
     if tp is Any:
@@ -229,6 +249,8 @@ def _check(method: str, pname: str, tp: Any, v: Any) -> Any:
                 raise bad from None
         raise bad
     if tp is float:
+        if isinstance(v, int) and not isinstance(v, bool) and nested:
+            return v
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return float(v)
         if isinstance(v, str):
@@ -258,22 +280,22 @@ def _check(method: str, pname: str, tp: Any, v: Any) -> Any:
         if not isinstance(v, list):
             raise bad
         args = get_args(tp)
-        return [_check(method, f"{pname}[{i}]", args[0], x) for i, x in enumerate(v)] if args else v
+        return [_check(method, f"{pname}[{i}]", args[0], x, nested=True) for i, x in enumerate(v)] if args else v
     if origin is dict or tp is dict:
         if not isinstance(v, dict):
             raise bad
         args = get_args(tp)
-        return {k: _check(method, f"{pname}.{k}", args[1], x) for k, x in v.items()} if args else v
+        return {k: _check(method, f"{pname}.{k}", args[1], x, nested=True) for k, x in v.items()} if args else v
     if origin in (typing.Union, types.UnionType):
         arms = get_args(tp)
         if v is None and type(None) in arms:
             return None
         real = [a for a in arms if a is not type(None)]
         if len(real) == 1:  # `X | None` with a value: X's own, more precise, error
-            return _check(method, pname, real[0], v)
+            return _check(method, pname, real[0], v, nested=nested)
         for a in real:
             try:
-                return _check(method, pname, a, v)
+                return _check(method, pname, a, v, nested=nested)
             except RpcError:
                 continue
         raise bad
@@ -368,6 +390,15 @@ def declared_methods(obj: object) -> list[MethodSpec]:
     return out
 
 
+@dataclass(frozen=True)
+class RoleDown:
+    """Why a role's methods are withdrawn, and since when (Unix time)."""
+
+    role: str
+    reason: str
+    since: float
+
+
 class MethodTable:
     """The daemon's table of RPC methods; names are unique (checked at start-up)."""
 
@@ -375,6 +406,8 @@ class MethodTable:
         self._methods: dict[str, MethodSpec] = {}
         self._owner: dict[str, str] = {}
         self._withdrawn: dict[str, str] = {}  # methods of a role that is down (restarting or stopped)
+        self._withdrawn_specs: dict[str, MethodSpec] = {}
+        self._down: dict[str, RoleDown] = {}  # owner -> why its methods are withdrawn
 
     def add(self, spec: MethodSpec, owner: str) -> None:
         if spec.name in self._methods:
@@ -382,6 +415,8 @@ class MethodTable:
         self._methods[spec.name] = spec
         self._owner[spec.name] = owner
         self._withdrawn.pop(spec.name, None)
+        self._withdrawn_specs.pop(spec.name, None)
+        self._down.pop(owner, None)
 
     def add_object(self, obj: object, owner: str) -> None:
         """Add every @rpc_method of `obj`; all or none (ValueError on a duplicate name)."""
@@ -392,16 +427,27 @@ class MethodTable:
         for spec in specs:
             self.add(spec, owner)
 
-    def remove_owner(self, owner: str) -> None:
-        """Withdraw `owner`'s methods; calls to them then say the role is down, not "not found"."""
+    def remove_owner(self, owner: str, *, reason: str | None = None, since: float | None = None) -> None:
+        """Withdraw `owner`'s methods; calls to them then say the role is down, not "not found".
+        With `reason`, record why (and since when, Unix time; default now) for those answers."""
         for name in [n for n, o in self._owner.items() if o == owner]:
-            del self._methods[name]
+            self._withdrawn_specs[name] = self._methods.pop(name)
             del self._owner[name]
             self._withdrawn[name] = owner
+        if reason is not None:
+            self._down[owner] = RoleDown(owner, reason, time.time() if since is None else since)
 
     def withdrawn_owner(self, name: str) -> str | None:
         """The role whose method `name` was withdrawn because the role is down, if any."""
         return self._withdrawn.get(name)
+
+    def down(self, owner: str) -> RoleDown | None:
+        """Why `owner`'s methods are withdrawn, if it said (see remove_owner)."""
+        return self._down.get(owner)
+
+    def withdrawn(self) -> list[tuple[MethodSpec, str]]:
+        """The withdrawn methods (name order) with the role that owned them."""
+        return [(self._withdrawn_specs[n], self._withdrawn[n]) for n in sorted(self._withdrawn_specs)]
 
     def get(self, name: str) -> MethodSpec | None:
         return self._methods.get(name)

@@ -54,6 +54,7 @@ from fognode.node.rpc.methods import (
     REQUEST_TIMEOUT,
     SERVER_BUSY,
     MethodTable,
+    RoleDown,
     rpc_method,
 )
 
@@ -149,6 +150,22 @@ def _invalid(msg: Any) -> str | None:
     return None
 
 
+def utc_text(t: float) -> str:
+    """A Unix time as `2026-12-04 10:31:02 UTC`."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def role_down_error(method: str, owner: str, down: RoleDown | None) -> RpcError:
+    """NODE_ROLE_UNAVAILABLE for a call to `method` of role `owner`, which is down: why and since
+    when (data: role, reason, since as Unix time)."""
+    if down is None:
+        return RpcError(NODE_ROLE_UNAVAILABLE, f"{method} is unavailable: role {owner} is not running "
+                                               f"(see `node info` for its health)", {"role": owner})
+    return RpcError(NODE_ROLE_UNAVAILABLE,
+                    f"{method} is unavailable: role {owner} is down since {utc_text(down.since)}: {down.reason}",
+                    {"role": owner, "reason": down.reason, "since": down.since})
+
+
 class _Builtins:
     """`help` and `rpc.discover`, served by the RpcServer itself from its MethodTable."""
 
@@ -182,18 +199,27 @@ class _Builtins:
     async def discover(self) -> dict[str, Any]:
         """Describe every method in machine-readable form (OpenRPC-like).
 
-        Returns {openrpc, info: {title, version}, methods: [...]}; each method carries its name,
-        role, summary, description, usage, params (name, required, positional, JSON schema,
-        default) and result schema. `fognode-cli` builds its commands from this.
+        Returns {openrpc, info: {title, version}, methods: [...], unavailable: [...]}; each
+        method carries its name, role, summary, description, usage, params (name, required,
+        positional, JSON schema, default) and result schema. `unavailable` lists the methods of
+        roles that are down, each with `down: {reason, since}` (since: Unix time). `fognode-cli`
+        builds its commands from this.
         """
         try:
             version = metadata.version("fognode")
         except metadata.PackageNotFoundError:
             version = "unknown"
+        unavailable = []
+        for spec, owner in self._table.withdrawn():
+            down = self._table.down(owner)
+            unavailable.append({"role": owner, **spec.describe(),
+                                "down": {"reason": down.reason if down else "not running",
+                                         "since": down.since if down else None}})
         return {
             "openrpc": "1.2.6",
             "info": {"title": "fognode control socket", "version": version},
             "methods": [self._entry(n) for n in self._table.names()],
+            "unavailable": unavailable,
         }
 
 
@@ -427,9 +453,8 @@ class RpcServer:
         spec = self.table.get(method)
         started = time.perf_counter()
         try:
-            if spec is None and (down := self.table.withdrawn_owner(method)) is not None:
-                raise RpcError(NODE_ROLE_UNAVAILABLE, f"{method} is unavailable: role {down} is not running "
-                                                      f"(see `node info` for its health)")
+            if spec is None and (owner := self.table.withdrawn_owner(method)) is not None:
+                raise role_down_error(method, owner, self.table.down(owner))
             if spec is None:
                 close = self.table.suggest(method)
                 hint = f"; did you mean {', '.join(close)}?" if close else "; `help` lists the methods"

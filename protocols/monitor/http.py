@@ -41,9 +41,10 @@ def _response(status: int, ctype: str, body: bytes) -> bytes:
     return head.encode("ascii") + body
 
 
-async def serve_http(host: str, port: int, routes: dict[str, Route], *,
+async def serve_http(listeners: list[trio.SocketListener], routes: dict[str, Route], *,
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve GET routes on host:port until cancelled; task_status gets the bound port."""
+    """Serve GET routes on `listeners` (from trio.open_tcp_listeners) until cancelled;
+    task_status gets the bound port."""
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
@@ -75,7 +76,6 @@ async def serve_http(host: str, port: int, routes: dict[str, Route], *,
         finally:
             await trio.aclose_forcefully(stream)
 
-    listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handle, listeners)

@@ -2,7 +2,9 @@
 
 Serves `GET /metrics` (the node's own CollectorRegistry) and `GET /health` (JSON: overall
 status, per-role health, peer count, uptime) on `[protocols.monitor] host:port` (0 disables
-the endpoint; the RPC method `monitor.health` works either way).
+the endpoint; the RPC method `monitor.health` works either way). A port that cannot be bound
+(another node on this machine has it) fails the role in one line naming the port and the
+setting to change; it is not restarted (PermanentRoleError).
 
 Every `status_interval` seconds the node gossips a small status (health, peers, uptime,
 version) on `fognode/monitor/status/1`; `monitor.network` shows the last status heard from
@@ -10,6 +12,7 @@ every node, so an operator sees the whole network's health from any node.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from fognode.node import __version__
-from fognode.node.errors import ConfigError, FognodeError, RemoteProtocolError
+from fognode.node.errors import ConfigError, FognodeError, PermanentRoleError, RemoteProtocolError
 from fognode.node.overlay import GossipMessage
 from fognode.node.wire import Fields, pack, unpack
 from fognode.node.metrics import metric
@@ -142,16 +145,31 @@ class MonitorRole(Protocol):
         """Overall health: status (ok or degraded), per-role health, peer count, uptime."""
         return self.health()
 
+    async def _serve_endpoint(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """serve_http on host:port. A port that cannot be bound (in use by another fognode or
+        program, not ours to bind) is PermanentRoleError: one line saying what to change,
+        and the supervisor does not restart the role."""
+        host, port = self.config.host, self.config.port
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as e:
+            what = "is already in use (another fognode or program listens there)" \
+                if e.errno == errno.EADDRINUSE else f"cannot be bound: {e.strerror or e}"
+            raise PermanentRoleError(
+                f"metrics endpoint {host}:{port} {what}; choose another port with "
+                f"--metrics-port N or protocols.monitor.port in node.toml (0 disables it)") from None
+        await serve_http(listeners, {"/metrics": self._metrics, "/health": self._health},
+                         task_status=task_status)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         node = self.ctx.services.require("node")
         metric(self.ctx.metrics, Gauge, "fognode_node_uptime_seconds",
                "Seconds since the daemon started").set_function(node.uptime)
-        await self.ctx.overlay.subscribe(STATUS_TOPIC, self._on_status)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._announce)
             if self.config.port:
-                self.port = await nursery.start(serve_http, self.config.host, self.config.port,
-                                                {"/metrics": self._metrics, "/health": self._health})
+                self.port = await nursery.start(self._serve_endpoint)
                 log.info("metrics on http://%s:%d/metrics", self.config.host, self.port)
+            await self.ctx.overlay.subscribe(STATUS_TOPIC, self._on_status)
+            nursery.start_soon(self._announce)
             task_status.started()
             await trio.sleep_forever()

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
 
-from fognode.node.errors import ConfigError
+from fognode.node.errors import ConfigError, PermanentRoleError
 from fognode.node.events import EventBus, RoleHealthChanged
 from fognode.node.protocol import EmptyConfig, NodeContext, Protocol
 from fognode.node.roles import Supervisor, check_unique
@@ -83,6 +84,51 @@ async def test_role_failing_at_start_does_not_block_the_others(tmp_path: Path) -
         h = sup.health()
         assert h["failstart"]["health"] == "unhealthy" and "port in use" in h["failstart"]["detail"]
         assert h["crashy"]["health"] == "healthy"
+        await sup.stop_all(1.0)
+        n.cancel_scope.cancel()
+
+
+class PortTaken(Protocol):
+    name = "porttaken"
+    Config = EmptyConfig
+    runs = 0
+
+    @rpc_method("porttaken.status")
+    async def rpc_status(self) -> str:
+        """Status."""
+        return "ok"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        type(self).runs += 1
+        if type(self).runs == 1:
+            task_status.started()
+            await trio.sleep(0)
+            raise RuntimeError("transient")  # a crash first: restarted
+        raise PermanentRoleError("port 9464 is already in use; choose another with --metrics-port")
+
+
+async def test_permanent_error_stops_restarts_but_not_the_daemon(tmp_path: Path, autojump_clock: Any) -> None:
+    ctx = context(tmp_path)
+    table = MethodTable()
+    fatal: list[str] = []
+    sup = Supervisor(ctx, table, backoff_initial=0.01, on_fatal=lambda name, e: fatal.append(name))
+    PortTaken.runs = 0
+    Crashy.runs = 2
+    async with trio.open_nursery() as n:
+        with trio.fail_after(5):
+            await sup.start(n, PortTaken, EmptyConfig())
+            await sup.start(n, Crashy, EmptyConfig())
+            await wait_until(lambda: "failed" in sup.health()["porttaken"]["detail"])
+        h = sup.health()["porttaken"]
+        assert h["health"] == "unhealthy" and h["restarts"] == 1
+        assert h["detail"] == ("failed, not restarted: port 9464 is already in use; "
+                               "choose another with --metrics-port")
+        down = table.down("porttaken")
+        assert down is not None and down.reason == h["detail"]
+        assert table.get("porttaken.status") is None and table.withdrawn_owner("porttaken.status") == "porttaken"
+        await trio.sleep(60)  # virtual time (autojump clock): a restart would have happened by now
+        assert PortTaken.runs == 2 and not fatal  # the daemon was not asked to stop
+        assert sup.health()["crashy"]["health"] == "healthy"
         await sup.stop_all(1.0)
         n.cancel_scope.cancel()
 

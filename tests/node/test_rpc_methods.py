@@ -182,3 +182,39 @@ def test_table_refuses_duplicates_and_suggests() -> None:
     assert t.suggest("zzz") == []
     t.remove_owner("ledger")
     assert t.names() == [] and t.get("wallet.send") is None
+
+
+class Filters:
+    @rpc_method("fl.start")
+    async def start(self, task: str, strategy_params: dict[str, float] | None = None, lr: float = 0.01,
+                    online: bool | None = None, verbose: bool = True, secagg: bool = False) -> None:
+        """Start."""
+
+
+def test_json_integers_inside_objects_stay_integers() -> None:
+    start = declared_methods(Filters())[0]
+    got = start.bind({"task": "t", "strategy_params": {"f": 1, "mu": 0.5}, "lr": 1})
+    assert got["strategy_params"] == {"f": 1, "mu": 0.5} and type(got["strategy_params"]["f"]) is int
+    assert type(got["lr"]) is float  # a float param of its own still gets a float
+    assert type(specs()["wallet.pick"].bind({"mode": "fast", "weights": [1], "key": "k"})["weights"][0]) is int
+    assert "strategy_params.f' must be a number" in bad(start, {"task": "t", "strategy_params": {"f": True}})
+
+
+def test_boolean_params_are_flags_in_usage() -> None:
+    start = declared_methods(Filters())[0]
+    assert start.usage() == ("fl start TASK [--strategy-params STRATEGY_PARAMS] [--lr LR] "
+                             "[--online | --no-online] [--no-verbose] [--secagg]")
+
+
+def test_a_withdrawn_role_says_why_and_since_when() -> None:
+    table = MethodTable()
+    table.add_object(Wallet(), "ledger")
+    table.remove_owner("ledger", reason="crashed (boom)", since=100.0)
+    assert table.get("wallet.send") is None and table.withdrawn_owner("wallet.send") == "ledger"
+    down = table.down("ledger")
+    assert down is not None and (down.reason, down.since) == ("crashed (boom)", 100.0)
+    assert [spec.name for spec, owner in table.withdrawn()] == ["wallet.pick", "wallet.send"]
+    table.remove_owner("ledger")  # a restart attempt withdraws nothing more and keeps the reason
+    assert table.down("ledger") == down
+    table.add_object(Wallet(), "ledger")  # back up: nothing withdrawn
+    assert table.down("ledger") is None and table.withdrawn() == [] and table.get("wallet.send") is not None
