@@ -470,10 +470,11 @@ class FlRole(Protocol):
                 self.m_bad_gossip.labels("update").inc()
                 raise RemoteProtocolError("fl.UpdateHeader: not a header map", peer=peer)
             sid, rnd, try_no, fallback = ids
-            why = core.admit_update(peer, sid, rnd, try_no, fallback)
+            admission = core.admit_update(peer, sid, rnd, try_no, fallback)
+            why = admission.refusal
             if why is None:
                 try:
-                    hdr = UpdateHeader.decode(raw, expected_shape=core.expected_shape(sid),
+                    hdr = UpdateHeader.decode(raw, expected_shape=admission.expected_shape,
                                               max_bytes=self.config.max_model_bytes, peer=peer)
                     dec = TensorDecoder(hdr.tensor, peer=peer)
                     for _ in range(hdr.tensor.num_chunks):

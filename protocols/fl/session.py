@@ -100,6 +100,15 @@ class ModelBundle:
     state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Admission:
+    """Whether an update is taken (`refusal` None) and the shape its tensor must have (None
+    while the session's task is not loaded here: such an update is then refused as "shape")."""
+
+    refusal: str | None
+    expected_shape: tuple[int, ...] | None = None
+
+
 @dataclass
 class Session:
     ann: SessionAnnouncement
@@ -496,9 +505,16 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
             return None
         return (s.prepared.layout.size,)
 
-    def admit_update(self, peer: str, sid: bytes, round_no: int, try_no: int, fallback: int) -> str | None:
-        """Why an update addressed like this would be refused, or None (checked before its
-        tensor is read, so nobody streams megabytes that are refused anyway)."""
+    def admit_update(self, peer: str, sid: bytes, round_no: int, try_no: int,
+                     fallback: int) -> Admission:
+        """The one admission decision for an update addressed like this, made from its header
+        before its tensor is read (so nobody streams megabytes that are refused anyway): the
+        refusal reason, or None and the shape its tensor must have. `receive_update` asks
+        again once the tensor is in, since the round may have closed while it streamed."""
+        refusal = self._update_refusal(peer, sid, round_no, try_no, fallback)
+        return Admission(refusal, self.expected_shape(sid) if refusal is None else None)
+
+    def _update_refusal(self, peer: str, sid: bytes, round_no: int, try_no: int, fallback: int) -> str | None:
         s = self.sessions.get(sid)
         if s is None:
             return "unknown session"
@@ -525,9 +541,11 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
                        now: float) -> tuple[str | None, list[Action]]:
         """A fully received update; (refusal reason or None, actions). Never aggregates a
         refused update."""
-        reason = self.admit_update(peer, header.session_id, header.round, header.try_no, header.fallback)
+        admission = self.admit_update(peer, header.session_id, header.round, header.try_no,
+                                      header.fallback)
+        reason = admission.refusal
         if reason is None:
-            shape = self.expected_shape(header.session_id)
+            shape = admission.expected_shape
             if delta.dtype != np.float32:
                 reason = "dtype"
             elif shape is None or delta.shape != shape:

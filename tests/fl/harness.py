@@ -357,12 +357,12 @@ class Sim:
             tamper(header_map, raw_chunks)
         raw_header = wire(pack(header_map))
         sid, rnd = header_map["session"], header_map["round"]
-        why = tc.admit_update(sender, sid, rnd, header_map["try"], header_map["fallback"])
-        if why is not None:
-            self._push(target, tc.reject_update(sender, sid, rnd, header_map["try"], why, now))
-            return why
+        admission = tc.admit_update(sender, sid, rnd, header_map["try"], header_map["fallback"])
+        if admission.refusal is not None:
+            self._push(target, tc.reject_update(sender, sid, rnd, header_map["try"], admission.refusal, now))
+            return admission.refusal
         try:
-            hdr = UpdateHeader.decode(raw_header, expected_shape=tc.expected_shape(sid),
+            hdr = UpdateHeader.decode(raw_header, expected_shape=admission.expected_shape,
                                       max_bytes=MAX_BYTES, peer=sender)
             values = decode_chunks(hdr.tensor, raw_chunks, peer=sender)
         except TensorRejected as e:

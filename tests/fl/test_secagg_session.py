@@ -134,7 +134,7 @@ def test_plain_updates_are_refused_in_a_secagg_session() -> None:
     assert plan is not None
     agg = sim.nodes[0].core.sessions[sid].order[0]
     sender = next(p for p in plan.peers if p != agg)
-    why = sim.by_peer[agg].core.admit_update(sender, sid, plan.round, plan.try_no, 0)
+    why = sim.by_peer[agg].core.admit_update(sender, sid, plan.round, plan.try_no, 0).refusal
     assert why == "plain update in a secure-aggregation session"
 
 
