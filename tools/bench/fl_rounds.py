@@ -238,7 +238,7 @@ async def stream_bounds(addr: str, peer: str, sid: bytes, model_hash: bytes, siz
     from fognode.node.events import EventBus
     from fognode.node.host import OverlayConfig, open_overlay
     from fognode.protocols.fl.messages import ModelRequest, ModelResponse
-    from fognode.protocols.fl.protocol import MAX_CONTROL_FRAME, MODEL_STREAM
+    from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, MODEL_STREAM
     from fognode.protocols.fl.tensors import TensorDecoder, params_hash
 
     reg = CollectorRegistry()
