@@ -1,8 +1,8 @@
 """The trio role's `ActionHandler` (dispatch.py): how the FL role carries out each action of
 its core. Gossip goes out on the sessions topic; task loading and local training go to the
-task process (task_process.py: torch runs there, never in the daemon); aggregation and model
+task process (training/process.py: torch runs there, never in the daemon); aggregation and model
 saves run in worker threads bounded by `aggregation_threads`; tensor transfers are the stream
-adapters of transfer/; rewards go through the ledger (ledger_link.py). Every long action runs
+adapters of transfer/; rewards go through the ledger (rewards/ledger.py). Every long action runs
 in the role's nursery and feeds its outcome back through `apply`, which drops late outcomes
 once the role stopped."""
 from __future__ import annotations
@@ -19,15 +19,15 @@ from fognode.protocols.fl.actions import (
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.dispatch import carry_out
 from fognode.protocols.fl.events import TrainingRoundCompleted
-from fognode.protocols.fl.ledger_link import LedgerLink
 from fognode.protocols.fl.messages import encode_gossip
 from fognode.protocols.fl.metrics import FlMetrics
-from fognode.protocols.fl.modelstore import save_model
-from fognode.protocols.fl.prepared import TaskKey
-from fognode.protocols.fl.session import FlCore
+from fognode.protocols.fl.rewards.ledger import LedgerLink
+from fognode.protocols.fl.session.core import FlCore
 from fognode.protocols.fl.strategies.base import AggregateResult, StrategyError
-from fognode.protocols.fl.task_process import TaskProcess
 from fognode.protocols.fl.tasks import TaskError
+from fognode.protocols.fl.training.modelstore import save_model
+from fognode.protocols.fl.training.prepared import TaskKey
+from fognode.protocols.fl.training.process import TaskProcess
 from fognode.protocols.fl.transfer.models import fetch_model
 from fognode.protocols.fl.transfer.secagg import send_secagg
 from fognode.protocols.fl.transfer.streams import TOPIC, Link

@@ -1,4 +1,4 @@
-"""The `fl` role: a thin trio adapter around the sans-IO core (session.py).
+"""The `fl` role: a thin trio adapter around the sans-IO core (session/core.py).
 
 Wire: gossip topic `fognode/fl/sessions/1` (announcements naming the session's coordinators,
 opt-ins, plans, results, failures, session ends) and three streams (transfer/): updates in
@@ -7,7 +7,7 @@ secure-aggregation message per stream, both ways (`/fognode/fl/secagg/1.0.0`). O
 `ctx.overlay` is used. This module sets the role up and feeds the core its inputs (gossip,
 ticks); executor.py carries the core's actions out through the one dispatch table
 (dispatch.py), rpc.py holds the `fl.*` RPC methods. Task loading and local training run in a
-separate task process (task_process.py), aggregation and model saves in worker threads, so
+separate task process (training/process.py), aggregation and model saves in worker threads, so
 the node keeps serving while it trains; torch is never imported by the daemon.
 """
 from __future__ import annotations
@@ -27,14 +27,14 @@ from fognode.node.wire import digest, unpack
 from fognode.protocols.fl.actions import Action
 from fognode.protocols.fl.config import MIB, FlConfig, validate
 from fognode.protocols.fl.executor import RoleActions
-from fognode.protocols.fl.ledger_link import LedgerLink
 from fognode.protocols.fl.messages import DeviceFacts, decode_gossip
 from fognode.protocols.fl.metrics import FlMetrics
-from fognode.protocols.fl.prepared import TaskKey
+from fognode.protocols.fl.rewards.ledger import LedgerLink
 from fognode.protocols.fl.rpc import FlRpc
-from fognode.protocols.fl.selection import DeviceCandidate
-from fognode.protocols.fl.session import FlCore
-from fognode.protocols.fl.task_process import TaskProcess
+from fognode.protocols.fl.session.core import FlCore
+from fognode.protocols.fl.session.selection import DeviceCandidate
+from fognode.protocols.fl.training.prepared import TaskKey
+from fognode.protocols.fl.training.process import TaskProcess
 from fognode.protocols.fl.transfer.models import serve_model
 from fognode.protocols.fl.transfer.secagg import serve_secagg
 from fognode.protocols.fl.transfer.streams import MODEL_STREAM, SECAGG_STREAM, TOPIC, UPDATE_STREAM

@@ -16,18 +16,18 @@ from fognode.node.errors import RemoteProtocolError, RpcError
 from fognode.node.rpc.methods import rpc_method
 from fognode.node.wire import unpack
 from fognode.protocols.fl import errors as E
-from fognode.protocols.fl import secagg_round
 from fognode.protocols.fl.actions import Action, SaveModel
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.executor import RoleActions
 from fognode.protocols.fl.messages import PrivacyOptions, SelectionCriteria, SessionSpec
-from fognode.protocols.fl.modelstore import load_model
-from fognode.protocols.fl.prepared import PreparedTask, TaskKey, init_seed_of
-from fognode.protocols.fl.session import FlCore, build_strategy
+from fognode.protocols.fl.secagg import round as secagg_round
+from fognode.protocols.fl.session.core import FlCore, build_strategy
 from fognode.protocols.fl.strategies.base import StrategyError
-from fognode.protocols.fl.task_process import TaskProcess
 from fognode.protocols.fl.tasks import TaskError
+from fognode.protocols.fl.training.modelstore import load_model
+from fognode.protocols.fl.training.prepared import PreparedTask, TaskKey, init_seed_of
+from fognode.protocols.fl.training.process import TaskProcess
 
 
 class FlRpc(abc.ABC):

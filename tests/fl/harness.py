@@ -21,21 +21,21 @@ from nacl.signing import SigningKey
 
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack
-from fognode.protocols.fl import secagg_round
 from fognode.protocols.fl.actions import (
     Action, Aggregate, AggregateSum, Emit, FetchModel, MessageRefused, PayRewards, PrepareTask, Publish,
     ReportOutcome, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
-from fognode.protocols.fl.election import aggregator_order, regional_orders
+from fognode.protocols.fl.dispatch import carry_out
 from fognode.protocols.fl.messages import (
     DeviceFacts, RoundPlan, SessionEnded, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
-from fognode.protocols.fl.prepared import PreparedTask, init_seed_of, prepare_task, train_round
-from fognode.protocols.fl.privacy.secagg_messages import MaskedInput, UnmaskRequest
-from fognode.protocols.fl.dispatch import carry_out
-from fognode.protocols.fl.selection import DeviceCandidate
-from fognode.protocols.fl.session import FlCore
+from fognode.protocols.fl.secagg import round as secagg_round
+from fognode.protocols.fl.secagg.messages import MaskedInput, UnmaskRequest
+from fognode.protocols.fl.session.core import FlCore
+from fognode.protocols.fl.session.election import aggregator_order, regional_orders
+from fognode.protocols.fl.session.selection import DeviceCandidate
 from fognode.protocols.fl.strategies.base import AggregateResult, StrategyError
 from fognode.protocols.fl.tasks import TaskError
-from fognode.protocols.fl.tensors import (
+from fognode.protocols.fl.training.prepared import PreparedTask, init_seed_of, prepare_task, train_round
+from fognode.protocols.fl.transfer.tensors import (
     TensorHeader, TensorRejected, decode_chunks, decode_header, encode_tensor, tensor_hash)
 
 MAX_BYTES = 64 << 20

@@ -30,10 +30,13 @@ def test_the_table_covers_exactly_the_action_union() -> None:
     assert len(ACTION_TYPES) == 14
 
 
-@pytest.mark.parametrize("kind", sorted(ACTION_TYPES, key=lambda t: t.__name__), ids=lambda t: t.__name__)
+KINDS = sorted(ACTION_TYPES, key=lambda t: t.__name__)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[t.__name__ for t in KINDS])
 def test_each_entry_calls_the_method_named_after_its_action(kind: type) -> None:
     rec, action = Recorder(), object()
-    HANDLERS[kind](rec, action)   # type: ignore[arg-type]
+    HANDLERS[kind](rec, action)
     assert rec.calls == [(_snake(kind.__name__), action)]
 
 
@@ -50,4 +53,4 @@ def test_an_action_without_an_entry_is_refused() -> None:
         pass
 
     with pytest.raises(TypeError, match="no handler for FL action Unknown"):
-        carry_out(Recorder(), [Unknown()])   # type: ignore[list-item]
+        carry_out(Recorder(), [Unknown()])

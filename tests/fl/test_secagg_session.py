@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fognode.protocols.fl.messages import PrivacyOptions
-from fognode.protocols.fl.session import build_strategy
+from fognode.protocols.fl.session.core import build_strategy
 from fognode.protocols.fl.strategies.base import StrategyConfigError
 from fognode.protocols.fl.tasks import load_task
 
@@ -102,9 +102,9 @@ def test_robust_with_secagg_is_refused(strategy: str) -> None:
 def test_large_masked_input_travels_in_frames_below_the_message_limit() -> None:
     from fognode.node.errors import RemoteProtocolError
     from fognode.node.wire import MAX_MESSAGE, pack, unpack
-    from fognode.protocols.fl import secagg_round
-    from fognode.protocols.fl.privacy.secagg_messages import MaskedInput
-    from fognode.protocols.fl.rounds import UpdateMeta
+    from fognode.protocols.fl.secagg import round as secagg_round
+    from fognode.protocols.fl.secagg.messages import MaskedInput
+    from fognode.protocols.fl.session.rounds import UpdateMeta
 
     y = np.arange(700_000, dtype="<u8").tobytes()          # 5.6 MB: over one wire message
     assert len(y) > MAX_MESSAGE
@@ -156,8 +156,8 @@ def test_dead_aggregator_fallback_runs_a_fresh_secagg() -> None:
 def test_key_adverts_must_be_signed_by_the_sender() -> None:
     from nacl.signing import SigningKey
 
-    from fognode.protocols.fl.privacy.secagg import SecAggParticipant
-    from fognode.protocols.fl.rounds import UpdateMeta
+    from fognode.protocols.fl.secagg.core import SecAggParticipant
+    from fognode.protocols.fl.session.rounds import UpdateMeta
 
     sim = Sim(5)
     for nd in sim.nodes:

@@ -9,8 +9,8 @@ import trio
 from fognode.node.overlay import FramedStream
 from fognode.protocols.fl.actions import FetchModel
 from fognode.protocols.fl.messages import ModelRequest, ModelResponse
-from fognode.protocols.fl.tensors import TensorDecoder, encode_tensor, params_hash
 from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, MODEL_STREAM, Link, close
+from fognode.protocols.fl.transfer.tensors import TensorDecoder, encode_tensor, params_hash
 
 
 async def serve_model(link: Link, st: FramedStream) -> None:

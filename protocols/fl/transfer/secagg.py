@@ -1,6 +1,6 @@
 """Stream `/fognode/fl/secagg/1.0.0`: one secure-aggregation message per stream, both ways
 between a participant and its round's aggregator (envelope frame, byte frames, ack; the
-framing is secagg_round.py's). A message the receiver refuses as "unknown round" (it has not
+framing is secagg/round.py's). A message the receiver refuses as "unknown round" (it has not
 seen the plan yet) is sent again a few times; an undeliverable participant message is
 reported to the core (`secagg_delivered`)."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import trio
 
 from fognode.node.errors import RemoteProtocolError, StreamClosed
 from fognode.node.overlay import FramedStream
-from fognode.protocols.fl import secagg_round
 from fognode.protocols.fl.actions import SendSecAgg
 from fognode.protocols.fl.messages import Ack
+from fognode.protocols.fl.secagg import round as secagg_round
 from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, SECAGG_STREAM, Link, close
 
 log = logging.getLogger("fognode.fl")

@@ -10,7 +10,7 @@ from fognode.node.overlay import FramedStream, Overlay
 from fognode.protocols.fl.actions import Action
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.metrics import FlMetrics
-from fognode.protocols.fl.session import FlCore
+from fognode.protocols.fl.session.core import FlCore
 
 MODEL_STREAM = "/fognode/fl/model/1.0.0"
 UPDATE_STREAM = "/fognode/fl/update/1.0.0"

@@ -15,8 +15,8 @@ from fognode.node.errors import RemoteProtocolError, StreamClosed
 from fognode.node.overlay import FramedStream
 from fognode.protocols.fl.actions import SendUpdate
 from fognode.protocols.fl.messages import Ack, UpdateHeader
-from fognode.protocols.fl.tensors import TensorDecoder, TensorRejected, encode_tensor
 from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, UPDATE_STREAM, Link, close
+from fognode.protocols.fl.transfer.tensors import TensorDecoder, TensorRejected, encode_tensor
 
 log = logging.getLogger("fognode.fl")
 

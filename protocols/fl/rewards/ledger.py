@@ -9,8 +9,8 @@ from typing import Any
 
 from fognode.protocols.fl.actions import PayRewards
 from fognode.protocols.fl.metrics import FlMetrics
-from fognode.protocols.fl.receipts import VERIFIER, issue_ledger_receipts, reward_of
-from fognode.protocols.fl.session import FlCore
+from fognode.protocols.fl.rewards.receipts import VERIFIER, issue_ledger_receipts, reward_of
+from fognode.protocols.fl.session.core import FlCore
 
 log = logging.getLogger("fognode.fl")
 

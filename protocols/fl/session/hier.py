@@ -1,6 +1,6 @@
 """Hierarchical rounds (`SessionSpec.hierarchical`): regional aggregators, then a global one.
 
-Design (a mixin of FlCore, like session_secagg.py; sans-IO, time is an argument):
+Design (a mixin of FlCore, like secagg/session.py; sans-IO, time is an argument):
 
 - The round plan carries each participant's region (the registry's region fact the
   coordinator's selection saw). Per region an aggregator order is elected exactly like the
@@ -45,14 +45,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fognode.protocols.fl.actions import Action, AggregateSum, SendUpdate
-from fognode.protocols.fl.election import regional_orders
 from fognode.protocols.fl.messages import MemberMeta, RoundPlan, UpdateHeader
-from fognode.protocols.fl.rounds import (
+from fognode.protocols.fl.session.election import regional_orders
+from fognode.protocols.fl.session.rounds import (
     SLOT_SETTLED, AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, UpdateMeta)
 from fognode.protocols.fl.strategies.base import ClientUpdate, StrategyError
 
 if TYPE_CHECKING:
-    from fognode.protocols.fl.session import Session
+    from fognode.protocols.fl.session.core import Session
 
 
 @dataclasses.dataclass
@@ -175,7 +175,7 @@ class HierRounds:
         ra.state = AggregatorState.DONE
         if not ra.updates:
             return []       # nothing reached this slot: the region's next aggregator, or none
-        from fognode.protocols.fl.session import build_strategy
+        from fognode.protocols.fl.session.core import build_strategy
 
         strategy = build_strategy(s.spec)
         total = np.zeros_like(next(iter(ra.updates.values())).delta, dtype=np.float64)
@@ -218,7 +218,7 @@ class HierRounds:
         if to != self.me:
             fw.in_flight = True
             return [act]
-        from fognode.protocols.fl.tensors import encode_tensor
+        from fognode.protocols.fl.transfer.tensors import encode_tensor
 
         header = act.header(encode_tensor(fw.delta, chunk_size=1 << 20)[0])
         got = self._hier_receive(s, self.me, header, fw.delta.copy(), now)
@@ -274,7 +274,7 @@ class HierRounds:
         enough = len(covered) >= ar.min_participants
         base = s.models.get(ar.plan.base_model_hash)
         if enough and base is not None:
-            from fognode.protocols.fl.session import build_strategy
+            from fognode.protocols.fl.session.core import build_strategy
 
             strategy = build_strategy(s.spec)
             try:

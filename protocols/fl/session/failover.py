@@ -1,4 +1,4 @@
-"""Coordinator failover (a mixin of FlCore, like session_hier.py; sans-IO, time is an argument).
+"""Coordinator failover (a mixin of FlCore, like hier.py; sans-IO, time is an argument).
 
 Who may coordinate: the signed announcement names the coordinators in rank order
 (`messages.coordinators_of`): the starter (rank 0), then up to `coordinator_fallbacks` peers
@@ -49,15 +49,15 @@ from typing import TYPE_CHECKING, Iterable
 
 from fognode.node.wire import digest
 from fognode.protocols.fl.actions import Action, MessageRefused, Publish
-from fognode.protocols.fl.coordinator import (
-    CandidateView, Coordinator, Phase, RoundRecord, SessionState)
 from fognode.protocols.fl.messages import (
     MAX_COORDINATORS, DeviceFacts, RoundFailed, RoundPlan, RoundResult, SessionSpec,
     coordinators_of)
-from fognode.protocols.fl.selection import ineligibility
+from fognode.protocols.fl.session.coordinator import (
+    CandidateView, Coordinator, Phase, RoundRecord, SessionState)
+from fognode.protocols.fl.session.selection import ineligibility
 
 if TYPE_CHECKING:
-    from fognode.protocols.fl.session import Session
+    from fognode.protocols.fl.session.core import Session
 
 MAX_SOURCES = 16
 

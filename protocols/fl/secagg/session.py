@@ -19,21 +19,21 @@ from nacl.signing import SigningKey
 
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.peerid import pubkey_from_peer_id
-from fognode.protocols.fl import secagg_round
 from fognode.protocols.fl.actions import Action, AggregateSum, SendSecAgg, UpdateRefused
 from fognode.protocols.fl.messages import RoundPlan
-from fognode.protocols.fl.privacy.secagg import (
+from fognode.protocols.fl.secagg import round as secagg_round
+from fognode.protocols.fl.secagg.core import (
     Completed, Failed, SecAggAggregator, SecAggConfig, SecAggParticipant, SecAggResult, Send,
     split_weight)
-from fognode.protocols.fl.privacy.secagg_messages import (
+from fognode.protocols.fl.secagg.messages import (
     AdvertiseKeys, KeyRoster, ShareBundle, UnmaskRequest)
-from fognode.protocols.fl.privacy.secagg_messages import Message as SecAggMessage
-from fognode.protocols.fl.rounds import (
+from fognode.protocols.fl.secagg.messages import Message as SecAggMessage
+from fognode.protocols.fl.session.rounds import (
     AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, UpdateMeta)
 from fognode.protocols.fl.strategies.base import StrategyError
 
 if TYPE_CHECKING:
-    from fognode.protocols.fl.session import Session
+    from fognode.protocols.fl.session.core import Session
 
 
 class SecAggRounds:
@@ -181,7 +181,7 @@ class SecAggRounds:
         base = s.models.get(ar.plan.base_model_hash)
         if base is None:
             return self._round_failed(s, "the aggregator has no base model")
-        from fognode.protocols.fl.session import build_strategy
+        from fognode.protocols.fl.session.core import build_strategy
 
         strategy = build_strategy(s.spec)
         try:

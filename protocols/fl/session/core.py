@@ -11,12 +11,12 @@ model -> train -> send update to the elected aggregator (or a fallback) -> the a
 validates, aggregates, signs a receipt and publishes the result -> the coordinator fetches the
 new model and plans the next round -> session ended (completed, failed or stopped).
 If the coordinator falls silent, a fallback coordinator named in the announcement takes the
-session over from the last completed round (session_failover.py).
+session over from the last completed round (session/failover.py).
 In a `secagg` session the update is never sent in the clear: participant and aggregator run
-the SecAgg protocol instead and the aggregator gets only the sum (session_secagg.py).
+the SecAgg protocol instead and the aggregator gets only the sum (secagg/session.py).
 In a `hierarchical` session updates go to regional aggregators, which forward one combined
-update per region to the global aggregator (session_hier.py).
-Rewards (receipts.py): a participant acts on a plan only if its signed round header matches
+update per region to the global aggregator (session/hier.py).
+Rewards (rewards/receipts.py): a participant acts on a plan only if its signed round header matches
 the plan and the election (messages.plan_problem); an aggregator pays its round's participants
 (`PayRewards`) once the coordinator adopted its model (`_adopted`).
 """
@@ -34,31 +34,31 @@ from fognode.node.wire import digest
 from fognode.protocols.fl.actions import (
     Action, Aggregate, Emit, FetchModel, PayRewards, PrepareTask, Publish,
     ReportOutcome, SaveModel, SendUpdate, Train, UpdateRefused)
-from fognode.protocols.fl.coordinator import (
-    CandidateView, Coordinator, Phase, SessionState)
-from fognode.protocols.fl.election import aggregator_order
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.events import (
     TrainingRoundCompleted, TrainingRoundStarted, TrainingSessionEnded)
 from fognode.protocols.fl.messages import (
     DeviceFacts, GossipMessage, OptIn, RoundFailed, RoundPlan, RoundResult, SessionAnnouncement,
     SessionEnded, SessionSpec, UpdateHeader, coordinators_of, plan_problem)
-from fognode.protocols.fl.prepared import PreparedTask, init_seed_of
-from fognode.protocols.fl.privacy.secagg import with_weight
-from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt, round_reward_of
-from fognode.protocols.fl.rounds import (
+from fognode.protocols.fl.rewards.receipts import AcceptedUpdate, RoundReceipt, round_reward_of
+from fognode.protocols.fl.secagg.core import with_weight
+from fognode.protocols.fl.secagg.session import SecAggRounds
+from fognode.protocols.fl.session.coordinator import (
+    CandidateView, Coordinator, Phase, SessionState)
+from fognode.protocols.fl.session.election import aggregator_order
+from fognode.protocols.fl.session.failover import (
+    FailoverRounds, Standby, choose_fallbacks, plan_span)
+from fognode.protocols.fl.session.hier import HierRound, HierRounds
+from fognode.protocols.fl.session.rounds import (
     SLOT_SETTLED, AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome,
     UpdateMeta)
-from fognode.protocols.fl.selection import ineligibility
-from fognode.protocols.fl.session_failover import (
-    FailoverRounds, Standby, choose_fallbacks, plan_span)
-from fognode.protocols.fl.session_hier import HierRound, HierRounds
-from fognode.protocols.fl.session_secagg import SecAggRounds
+from fognode.protocols.fl.session.selection import ineligibility
 from fognode.protocols.fl.strategies.base import (
     AggregateResult, ClientUpdate, Strategy, StrategyConfigError, StrategyError,
     check_secagg_compatible, make_strategy)
 from fognode.protocols.fl.tasks import TrainConfig
-from fognode.protocols.fl.tensors import params_hash
+from fognode.protocols.fl.training.prepared import PreparedTask, init_seed_of
+from fognode.protocols.fl.transfer.tensors import params_hash
 
 MAX_SESSIONS = 64
 MAX_KNOWN_PEERS = 1024      # peers remembered from opt-ins, as fallback coordinator candidates
@@ -74,7 +74,7 @@ def build_strategy(spec: SessionSpec) -> Strategy:
     """The session's aggregation strategy (with central DP when asked). Raises
     StrategyConfigError for invalid names/parameters or robust + secure aggregation (robust
     rules need the individual updates that secure aggregation hides), and for hierarchical
-    sessions with secure aggregation or a robust strategy (session_hier.py says why)."""
+    sessions with secure aggregation or a robust strategy (session/hier.py says why)."""
     strategy = make_strategy(spec.strategy, spec.strategy_params)
     if spec.hierarchical and spec.privacy.secagg:
         raise StrategyConfigError("hierarchical aggregation cannot be combined with secure "
@@ -468,7 +468,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
             pr.in_flight = True
             return [act]
         # this node is the aggregator of that slot: hand the update over in memory
-        from fognode.protocols.fl.tensors import encode_tensor
+        from fognode.protocols.fl.transfer.tensors import encode_tensor
 
         header = act.header(encode_tensor(pr.delta, chunk_size=1 << 20)[0])
         reason, out = self.receive_update(self.me, header, pr.delta.copy(), now)
@@ -917,7 +917,7 @@ def _evidence(sid: bytes, round_no: int, try_no: int, peer: str, reason: str) ->
 
 
 def _seed(s: Session, plan: RoundPlan) -> bytes:
-    from fognode.protocols.fl.selection import round_seed
+    from fognode.protocols.fl.session.selection import round_seed
 
     return round_seed(s.sid, plan.round, plan.try_no)
 
