@@ -13,7 +13,7 @@ from fognode.protocols.fl.actions import MessageRefused
 from fognode.protocols.fl.messages import (
     RoundPlan, RoundResult, SessionAnnouncement, SessionEnded, coordinators_of, decode_gossip, encode_gossip)
 from fognode.protocols.fl.session.coordinator import Phase
-from fognode.protocols.fl.session.failover import choose_fallbacks, takeover_unit
+from fognode.protocols.fl.session.standby import choose_fallbacks, takeover_unit
 
 from tests.fl.harness import Sim, SimNode, wire
 from tests.fl.test_session import spec

@@ -30,10 +30,8 @@ from fognode.protocols.fl.secagg.messages import (
 from fognode.protocols.fl.secagg.messages import Message as SecAggMessage
 from fognode.protocols.fl.session.rounds import (
     AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, UpdateMeta)
+from fognode.protocols.fl.session.state import Session
 from fognode.protocols.fl.strategies.base import StrategyError
-
-if TYPE_CHECKING:
-    from fognode.protocols.fl.session.core import Session
 
 
 class SecAggRounds:

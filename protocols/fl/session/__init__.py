@@ -4,5 +4,7 @@ or aggregates.
 core.py: `FlCore` (inputs, outputs, a session's life); coordinator.py: the starter's part
 (opt-ins, selection, plans, results); rounds.py: participant and aggregator round state and
 timing; election.py: the seeded aggregator order; selection.py: who may take part;
-failover.py: fallback coordinators; hier.py: hierarchical (per-region) rounds.
+state.py: what a node keeps per session (`Session`, handed to the core and its collaborators);
+standby.py: a fallback coordinator's standby state and the failover rules; failover.py: the
+core's failover side; hier.py: hierarchical (per-region) rounds.
 """

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -46,13 +45,14 @@ from fognode.protocols.fl.secagg.session import SecAggRounds
 from fognode.protocols.fl.session.coordinator import (
     CandidateView, Coordinator, Phase, SessionState)
 from fognode.protocols.fl.session.election import aggregator_order
-from fognode.protocols.fl.session.failover import (
-    FailoverRounds, Standby, choose_fallbacks, plan_span)
-from fognode.protocols.fl.session.hier import HierRound, HierRounds
+from fognode.protocols.fl.session.failover import FailoverRounds
+from fognode.protocols.fl.session.hier import HierRounds
 from fognode.protocols.fl.session.rounds import (
     SLOT_SETTLED, AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome,
     UpdateMeta)
 from fognode.protocols.fl.session.selection import ineligibility
+from fognode.protocols.fl.session.standby import choose_fallbacks, plan_span
+from fognode.protocols.fl.session.state import Admission, ModelBundle, Session
 from fognode.protocols.fl.strategies.base import (
     AggregateResult, ClientUpdate, Strategy, StrategyConfigError, StrategyError,
     check_secagg_compatible, make_strategy)
@@ -92,57 +92,6 @@ def build_strategy(spec: SessionSpec) -> Strategy:
         strategy = DPStrategy(strategy, DPConfig(spec.privacy.dp_clip, spec.privacy.dp_noise,
                                                  spec.privacy.dp_delta))
     return strategy
-
-
-@dataclass
-class ModelBundle:
-    params: np.ndarray
-    state: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Admission:
-    """Whether an update is taken (`refusal` None) and the shape its tensor must have (None
-    while the session's task is not loaded here: such an update is then refused as "shape")."""
-
-    refusal: str | None
-    expected_shape: tuple[int, ...] | None = None
-
-
-@dataclass
-class Session:
-    ann: SessionAnnouncement
-    state: SessionState
-    prepared: PreparedTask | None = None
-    coordinator: Coordinator | None = None
-    plan: RoundPlan | None = None
-    order: tuple[str, ...] = ()
-    participant: ParticipantRound | None = None
-    aggregator: AggregatorRound | None = None
-    hier: HierRound | None = None
-    models: dict[bytes, ModelBundle] = field(default_factory=dict)
-    model_order: list[bytes] = field(default_factory=list)
-    fetching: set[bytes] = field(default_factory=set)
-    rounds_done: int = 0
-    latest_model: bytes = b""
-    participation: list[dict[str, Any]] = field(default_factory=list)
-    reason: str = ""
-    # rounds this node aggregated, paid once the coordinator adopts their model (_adopted)
-    rewards_due: list[PayRewards] = field(default_factory=list)
-    acting: int = 0                         # rank of the coordinator this node follows
-    standby: Standby | None = None          # this node is a fallback coordinator, waiting
-    # the coordinator's SessionEnded, republished END_REPUBLISH times (the last round is paid
-    # when it arrives: one lost message must not cost the round's rewards)
-    end: SessionEnded | None = None
-    end_republish: tuple[int, float] = (0, 0.0)   # (republishes left, when the next is due)
-
-    @property
-    def sid(self) -> bytes:
-        return self.ann.session_id
-
-    @property
-    def spec(self) -> SessionSpec:
-        return self.ann.spec
 
 
 class FlCore(SecAggRounds, HierRounds, FailoverRounds):

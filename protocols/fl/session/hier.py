@@ -49,25 +49,8 @@ from fognode.protocols.fl.messages import MemberMeta, RoundPlan, UpdateHeader
 from fognode.protocols.fl.session.election import regional_orders
 from fognode.protocols.fl.session.rounds import (
     SLOT_SETTLED, AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, UpdateMeta)
+from fognode.protocols.fl.session.state import HierRound, Session
 from fognode.protocols.fl.strategies.base import ClientUpdate, StrategyError
-
-if TYPE_CHECKING:
-    from fognode.protocols.fl.session.core import Session
-
-
-@dataclasses.dataclass
-class HierRound:
-    """This node's hierarchical state for one try of a round."""
-
-    region: str
-    region_order: tuple[str, ...]
-    regional: AggregatorRound | None = None        # this node aggregates its region
-    forward: ParticipantRound | None = None        # its regional update, on its way up
-    members: tuple[MemberMeta, ...] = ()
-    weight: float = 0.0
-    # at the global aggregator: per forwarding peer, (mean vector, weight)
-    sums: dict[str, tuple[np.ndarray, float]] = dataclasses.field(default_factory=dict)
-
 
 class HierRounds:
     """Hierarchical-round handling of FlCore (see the module docstring)."""
