@@ -45,7 +45,7 @@ from fognode.protocols.fl.secagg.session import SecAggRounds
 from fognode.protocols.fl.session.coordinator import (
     CandidateView, Coordinator, Phase, SessionState)
 from fognode.protocols.fl.session.election import aggregator_order
-from fognode.protocols.fl.session.failover import FailoverRounds
+from fognode.protocols.fl.session.failover import Failover
 from fognode.protocols.fl.session.hier import HierRounds
 from fognode.protocols.fl.session.rounds import (
     SLOT_SETTLED, AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome,
@@ -94,7 +94,7 @@ def build_strategy(spec: SessionSpec) -> Strategy:
     return strategy
 
 
-class FlCore(SecAggRounds, HierRounds, FailoverRounds):
+class FlCore(SecAggRounds, HierRounds):
     """All FL sessions of one node. Synchronous; never blocks; time is an argument."""
 
     def __init__(self, peer_id: str, key: SigningKey, *, tasks_enabled: set[str],
@@ -115,6 +115,9 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
         self.fl_peers = fl_peers                # peers known to run fl (the registry's view)
         self.coordinator_fallbacks = coordinator_fallbacks
         self.seen_peers: dict[str, DeviceFacts] = {}   # peers seen opting in to any session
+        self.failover = Failover(me=peer_id, key=key, view=candidate_view,
+                                 interval=republish_interval, facts=lambda: self.facts,
+                                 on_plan=self._on_plan, end=self._end, need_model=self._need_model)
 
     # == starting, stopping ================================================================
 
@@ -191,12 +194,12 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
         if isinstance(msg, RoundFailed):
             return self._on_failed(s, peer, msg, now)
         if isinstance(msg, SessionEnded):
-            refused = self._fo_refusal(s, peer, "ended", msg.rank)
+            refused = self.failover.refusal(s, peer, "ended", msg.rank)
             if refused:
                 return refused
             if s.state.ended and msg.rank <= s.acting:
                 return []
-            self._fo_follow(s, msg.rank, now)
+            self.failover.follow(s, msg.rank, now)
             if s.coordinator is not None:
                 return []
             s.state = SessionState(msg.state)
@@ -227,7 +230,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
                 self.ignored[sid] = why
             return []
         s = self.sessions[sid] = Session(ann, SessionState.PREPARING)
-        self._fo_join(s, now)
+        self.failover.join(s, now)
         return [PrepareTask(sid, ann.spec.task, dict(ann.spec.task_params), init_seed_of(ann.nonce))]
 
     def _why_not_join(self, spec: SessionSpec) -> str | None:
@@ -271,7 +274,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
     # == rounds: plans =====================================================================
 
     def _on_plan(self, s: Session, peer: str, plan: RoundPlan, now: float) -> list[Action]:
-        refused = self._fo_refusal(s, peer, "plan", plan.rank)
+        refused = self.failover.refusal(s, peer, "plan", plan.rank)
         if refused:
             return refused
         if s.state.ended or plan.seed != _seed(s, plan):
@@ -281,7 +284,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
             if s.standby is not None and plan.rank == s.acting:
                 s.standby.heard = now    # the acting coordinator republished its plan
             return []
-        self._fo_follow(s, plan.rank, now)
+        self.failover.follow(s, plan.rank, now)
         if s.standby is not None:
             s.standby.on_plan(plan, now, plan_span(s.spec, plan))
         if s.prepared is None:
@@ -345,7 +348,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
                 and c.pending.receipt.model_hash == model_hash:
             out += self._round_done(s, now)
         elif c is not None and c.phase == Phase.RESUMING and c.base_hash == model_hash:
-            out += self._resumed(s, now)
+            out += self.failover.resumed(s, now)
         return out
 
     def model_fetch_failed(self, sid: bytes, model_hash: bytes, reason: str,
@@ -775,7 +778,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
                     if isinstance(m, RoundPlan):
                         out += self._on_plan(s, self.me, m, now)
             if not s.state.ended:
-                out += self._fo_tick(s, now)
+                out += self.failover.tick(s, now)
             pr = s.participant
             if pr is not None and pr.state == ParticipantState.SENDING:
                 if pr.contribution is not None:   # secure aggregation: a fresh run per slot

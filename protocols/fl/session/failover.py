@@ -1,4 +1,4 @@
-"""Coordinator failover (a mixin of FlCore, like hier.py; sans-IO, time is an argument).
+"""Coordinator failover: `Failover`, a collaborator of FlCore (sans-IO, time is an argument).
 
 Who may coordinate: the signed announcement names the coordinators in rank order
 (`messages.coordinators_of`): the starter (rank 0), then up to `coordinator_fallbacks` peers
@@ -44,7 +44,9 @@ rounds need (participants, reputations, regions), so failover works the same for
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Callable
+
+from nacl.signing import SigningKey
 
 from fognode.protocols.fl.actions import Action, MessageRefused, Publish
 from fognode.protocols.fl.messages import DeviceFacts, RoundPlan, coordinators_of
@@ -54,26 +56,32 @@ from fognode.protocols.fl.session.selection import ineligibility
 from fognode.protocols.fl.session.standby import Standby, takeover_unit, uniq
 from fognode.protocols.fl.session.state import Session
 
-class FailoverRounds:
-    """Coordinator failover of FlCore (see the module docstring)."""
 
-    me: str
-    facts: DeviceFacts
-    view: CandidateView
-    interval: float
+class Failover:
+    """The core's coordinator-failover collaborator (see the module docstring): handed each
+    `Session` it acts on, and the core's steps it needs (`on_plan`, `end`, `need_model`)."""
 
-    if TYPE_CHECKING:
-        def _on_plan(self, s: Session, peer: str, plan: RoundPlan, now: float) -> list[Action]: ...
-        def _end(self, s: Session, state: SessionState, reason: str, now: float) -> list[Action]: ...
-        def _need_model(self, s: Session, h: bytes, sources: tuple[str, ...]) -> list[Action]: ...
+    def __init__(self, *, me: str, key: SigningKey, view: CandidateView, interval: float,
+                 facts: Callable[[], DeviceFacts],
+                 on_plan: Callable[[Session, str, RoundPlan, float], list[Action]],
+                 end: Callable[[Session, SessionState, str, float], list[Action]],
+                 need_model: Callable[[Session, bytes, tuple[str, ...]], list[Action]]) -> None:
+        self.me = me
+        self.key = key
+        self.view = view
+        self.interval = interval
+        self._facts = facts
+        self._on_plan = on_plan
+        self._end = end
+        self._need_model = need_model
 
-    def _fo_join(self, s: Session, now: float) -> None:
+    def join(self, s: Session, now: float) -> None:
         """A joined session names this node as a fallback coordinator: stand by."""
         coords = coordinators_of(s.ann)
         if self.me in coords[1:]:
             s.standby = Standby(coords.index(self.me), now)
 
-    def _fo_refusal(self, s: Session, peer: str, kind: str, rank: int) -> list[Action]:
+    def refusal(self, s: Session, peer: str, kind: str, rank: int) -> list[Action]:
         """[MessageRefused] when a `kind` message of coordinator `rank` from `peer` must be
         refused, else []."""
         coords = coordinators_of(s.ann)
@@ -88,7 +96,7 @@ class FailoverRounds:
                    f"(rank {s.acting})")
         return [MessageRefused(s.sid, peer, kind, why)] if why else []
 
-    def _fo_follow(self, s: Session, rank: int, now: float) -> None:
+    def follow(self, s: Session, rank: int, now: float) -> None:
         """A plan or end of coordinator `rank` (>= s.acting) is accepted: follow that rank; a
         lower-ranked coordinator on this node steps down and keeps what it knew."""
         s.acting = max(s.acting, rank)
@@ -98,7 +106,7 @@ class FailoverRounds:
             s.coordinator = None
             s.standby = Standby(c.rank, now, dict(c.candidates), list(c.history))
 
-    def _fo_tick(self, s: Session, now: float) -> list[Action]:
+    def tick(self, s: Session, now: float) -> list[Action]:
         sb = s.standby
         if sb is not None and s.prepared is not None \
                 and s.state in (SessionState.WAITING, SessionState.RUNNING) \
@@ -120,8 +128,8 @@ class FailoverRounds:
         silent = coords[s.acting]
         c = Coordinator(s.ann, self.me, self.view, now, self.interval, key=self.key, rank=sb.rank)
         c.candidates = {p: f for p, f in sb.candidates.items() if p not in coords[:sb.rank]}
-        if ineligibility(self.view(self.me, self.facts), s.spec.criteria) is None:
-            c.candidates[self.me] = self.facts
+        if ineligibility(self.view(self.me, self._facts()), s.spec.criteria) is None:
+            c.candidates[self.me] = self._facts()
         c.history = list(sb.history)
         if sb.last_result is not None:
             c.base_hash = sb.last_result.receipt.model_hash
@@ -139,7 +147,7 @@ class FailoverRounds:
         s.latest_model = c.base_hash
         s.rounds_done = c.base_round
         if c.base_hash in s.models:
-            return self._resumed(s, now)
+            return self.resumed(s, now)
         return self._need_model(s, c.base_hash, c.base_sources)
 
     def _rebase(self, s: Session, c: Coordinator, now: float) -> list[Action]:
@@ -159,10 +167,10 @@ class FailoverRounds:
             c.try_no = c.first_try = c.seen_tries.get(c.round_no, -1) + 1
             c.failures = [f"taking over, {lost}: going on from round {rnd}"]
             s.latest_model, s.rounds_done = mh, rnd
-            return self._resumed(s, now)
+            return self.resumed(s, now)
         return self._end(s, SessionState.FAILED, f"taking over, {lost}", now)
 
-    def _resumed(self, s: Session, now: float) -> list[Action]:
+    def resumed(self, s: Session, now: float) -> list[Action]:
         """The taking-over coordinator holds the last completed model: plan the next round
         (or end the session when that was the last one)."""
         c = s.coordinator
