@@ -27,6 +27,9 @@ ChaCha20 (cryptographic); shares use GF(2^521 - 1).
 
 Robust aggregation rules need individual updates and therefore cannot consume this sum; see
 `strategies.base.check_secagg_compatible`.
+
+About 620 lines: the two state machines of one protocol and the key, mask and commitment
+helpers they share; they are read together against the steps above.
 """
 from __future__ import annotations
 

@@ -19,6 +19,9 @@ update per region to the global aggregator (session/hier.py).
 Rewards (rewards/receipts.py): a participant acts on a plan only if its signed round header matches
 the plan and the election (messages.plan_problem); an aggregator pays its round's participants
 (`PayRewards`) once the coordinator adopted its model (`_adopted`).
+
+Over 500 lines because participant and aggregator behaviour still live here (issue 11 item 3:
+they are to become collaborators handed a `Session`, as failover.py's `Failover` is).
 """
 from __future__ import annotations
 
