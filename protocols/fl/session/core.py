@@ -49,7 +49,7 @@ from fognode.protocols.fl.session.coordinator import (
     CandidateView, Coordinator, Phase, SessionState)
 from fognode.protocols.fl.session.election import aggregator_order
 from fognode.protocols.fl.session.failover import Failover
-from fognode.protocols.fl.session.hier import HierRounds
+from fognode.protocols.fl.session.hier import Hierarchy
 from fognode.protocols.fl.session.rounds import (
     SLOT_SETTLED, AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome,
     UpdateMeta)
@@ -97,7 +97,7 @@ def build_strategy(spec: SessionSpec) -> Strategy:
     return strategy
 
 
-class FlCore(SecAggRounds, HierRounds):
+class FlCore(SecAggRounds):
     """All FL sessions of one node. Synchronous; never blocks; time is an argument."""
 
     def __init__(self, peer_id: str, key: SigningKey, *, tasks_enabled: set[str],
@@ -121,6 +121,7 @@ class FlCore(SecAggRounds, HierRounds):
         self.failover = Failover(me=peer_id, key=key, view=candidate_view,
                                  interval=republish_interval, facts=lambda: self.facts,
                                  on_plan=self._on_plan, end=self._end, need_model=self._need_model)
+        self.hierarchy = Hierarchy(me=peer_id, round_failed=self._round_failed)
 
     # == starting, stopping ================================================================
 
@@ -313,7 +314,7 @@ class FlCore(SecAggRounds, HierRounds):
         if s.spec.hierarchical:
             if not plan.regions:
                 return []
-            self._hier_plan(s, plan, now)
+            self.hierarchy.plan(s, plan, now)
         role = "+".join(r for r, yes in (("coordinator", s.coordinator is not None),
                                          ("participant", is_part)) if yes)
         if role:
@@ -444,7 +445,7 @@ class FlCore(SecAggRounds, HierRounds):
         s = self.sessions.get(sid)
         pr = s.participant if s is not None else None
         if forward:
-            return self._hier_delivered(s, round_no, try_no, fallback, ok, reason, now) \
+            return self.hierarchy.delivered(s, round_no, try_no, fallback, ok, reason, now) \
                 if s is not None else []
         if s is None or pr is None or (pr.plan.round, pr.plan.try_no) != (round_no, try_no) \
                 or pr.state != ParticipantState.SENDING or fallback != pr.sent_slot:
@@ -482,7 +483,7 @@ class FlCore(SecAggRounds, HierRounds):
         if s.spec.privacy.secagg:
             return "plain update in a secure-aggregation session"
         if s.hier is not None:
-            return self._hier_admit(s, fallback)
+            return self.hierarchy.admit(s, fallback)
         ar = s.aggregator
         if ar is None or ar.slot != fallback:
             return "not the aggregator"
@@ -511,7 +512,7 @@ class FlCore(SecAggRounds, HierRounds):
             return reason, self.reject_update(peer, header.session_id, header.round, header.try_no, reason, now)
         s = self.sessions[header.session_id]
         if s.hier is not None:
-            got = self._hier_receive(s, peer, header, delta, now)
+            got = self.hierarchy.receive(s, peer, header, delta, now)
             if isinstance(got, str):
                 return got, self.reject_update(peer, header.session_id, header.round,
                                                header.try_no, got, now)
@@ -542,12 +543,12 @@ class FlCore(SecAggRounds, HierRounds):
                 and peer not in ar.answered and reason in BLAMEWORTHY:
             ar.rejected[peer] = reason
             out += self._maybe_aggregate(s, now) if s.hier is None \
-                else self._hier_maybe_regional(s, now)
+                else self.hierarchy.maybe_regional(s, now)
         return out
 
     def _maybe_aggregate(self, s: Session, now: float, *, closing: bool = False) -> list[Action]:
         if s.hier is not None:
-            return self._hier_maybe_global(s, now, closing=closing)
+            return self.hierarchy.maybe_global(s, now, closing=closing)
         ar = s.aggregator
         if ar is None or ar.state != AggregatorState.COLLECTING:
             return []
@@ -751,7 +752,7 @@ class FlCore(SecAggRounds, HierRounds):
     def _close_rounds(self, s: Session) -> None:
         if s.participant is not None:
             s.participant.state = ParticipantState.DONE
-        self._hier_close(s)
+        self.hierarchy.close(s)
         if s.aggregator is not None:
             s.aggregator.state = AggregatorState.DONE   # also drops an aggregation in flight
 
@@ -795,7 +796,7 @@ class FlCore(SecAggRounds, HierRounds):
                 out += self._secagg_actions(s, ar, ar.secagg.tick(now), now)
             if ar is not None and ar.state == AggregatorState.COLLECTING and now >= ar.closes:
                 out += self._maybe_aggregate(s, now, closing=True)
-            out += self._hier_tick(s, now)
+            out += self.hierarchy.tick(s, now)
         return self._route(out, now)
 
     def _bump(self, s: Session, failure: str) -> list[Action]:
