@@ -168,7 +168,7 @@ def test_key_adverts_must_be_signed_by_the_sender() -> None:
     assert s.plan is not None
     agg = sim.by_peer[s.order[0]]
     sender = next(p for p in s.plan.peers if p != agg.peer)
-    cfg = agg.core._secagg_config(agg.core.sessions[sid], s.plan, 0)
+    cfg = agg.core.secagg_rounds.config(agg.core.sessions[sid], s.plan, 0)
     meta = UpdateMeta(100, 1.0, 0.5, 0.9)
     for identity in (None, SigningKey(b"\x77" * 32)):        # unsigned, or signed by another key
         adv = SecAggParticipant(cfg, sender, identity=identity).advertise()

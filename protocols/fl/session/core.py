@@ -20,8 +20,10 @@ Rewards (rewards/receipts.py): a participant acts on a plan only if its signed r
 the plan and the election (messages.plan_problem); an aggregator pays its round's participants
 (`PayRewards`) once the coordinator adopted its model (`_adopted`).
 
+FlCore has no base classes: failover (`Failover`), hierarchical rounds (`Hierarchy`) and
+secure aggregation (`SecAggRounds`) are collaborators it hands each `Session` to.
 Over 500 lines because participant and aggregator behaviour still live here (issue 11 item 3:
-they are to become collaborators handed a `Session`, as failover.py's `Failover` is).
+they are to become collaborators too).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from fognode.protocols.fl.messages import (
     SessionEnded, SessionSpec, UpdateHeader, coordinators_of, plan_problem)
 from fognode.protocols.fl.rewards.receipts import AcceptedUpdate, RoundReceipt, round_reward_of
 from fognode.protocols.fl.secagg.core import with_weight
+from fognode.protocols.fl.secagg.messages import Message as SecAggMessage
 from fognode.protocols.fl.secagg.session import SecAggRounds
 from fognode.protocols.fl.session.coordinator import (
     CandidateView, Coordinator, Phase, SessionState)
@@ -97,7 +100,7 @@ def build_strategy(spec: SessionSpec) -> Strategy:
     return strategy
 
 
-class FlCore(SecAggRounds):
+class FlCore:
     """All FL sessions of one node. Synchronous; never blocks; time is an argument."""
 
     def __init__(self, peer_id: str, key: SigningKey, *, tasks_enabled: set[str],
@@ -122,6 +125,8 @@ class FlCore(SecAggRounds):
                                  interval=republish_interval, facts=lambda: self.facts,
                                  on_plan=self._on_plan, end=self._end, need_model=self._need_model)
         self.hierarchy = Hierarchy(me=peer_id, round_failed=self._round_failed)
+        self.secagg_rounds = SecAggRounds(me=peer_id, key=key, sessions=self.sessions,
+                                          send=self._send, round_failed=self._round_failed)
 
     # == starting, stopping ================================================================
 
@@ -310,7 +315,7 @@ class FlCore(SecAggRounds):
             s.aggregator = AggregatorRound(plan, s.order, slot, now, s.spec.deadline,
                                            s.spec.min_participants)
             if s.spec.privacy.secagg:
-                s.aggregator.secagg = self._secagg_aggregator(s, s.aggregator)
+                s.aggregator.secagg = self.secagg_rounds.aggregator(s, s.aggregator)
         if s.spec.hierarchical:
             if not plan.regions:
                 return []
@@ -409,12 +414,12 @@ class FlCore(SecAggRounds):
                 return []
             pr.contribution = with_weight(vec, weight)
         pr.state = ParticipantState.SENDING
-        return self._route(self._send(s, pr, pr.slot_at(now), now), now)
+        return self.secagg_rounds.route(self._send(s, pr, pr.slot_at(now), now), now)
 
     def _send(self, s: Session, pr: ParticipantRound, slot: int, now: float) -> list[Action]:
         assert pr.delta is not None and pr.meta is not None
         if pr.contribution is not None:
-            return self._secagg_join(s, pr, slot, now)
+            return self.secagg_rounds.join(s, pr, slot, now)
         pr.sending_to(slot)
         to = pr.order[slot]
         m = pr.meta
@@ -793,11 +798,11 @@ class FlCore(SecAggRounds):
                     out += self._send(s, pr, slot, now)
             ar = s.aggregator
             if ar is not None and ar.state == AggregatorState.COLLECTING and ar.secagg is not None:
-                out += self._secagg_actions(s, ar, ar.secagg.tick(now), now)
+                out += self.secagg_rounds.actions(s, ar, ar.secagg.tick(now), now)
             if ar is not None and ar.state == AggregatorState.COLLECTING and now >= ar.closes:
                 out += self._maybe_aggregate(s, now, closing=True)
             out += self.hierarchy.tick(s, now)
-        return self._route(out, now)
+        return self.secagg_rounds.route(out, now)
 
     def _bump(self, s: Session, failure: str) -> list[Action]:
         c = s.coordinator
@@ -819,6 +824,17 @@ class FlCore(SecAggRounds):
                 break
             s.model_order.remove(victim)
             del s.models[victim]
+
+    def receive_secagg(self, peer: str, sid: bytes, round_no: int, try_no: int, fallback: int,
+                       msg: SecAggMessage, meta: UpdateMeta | None,
+                       now: float) -> tuple[str | None, list[Action]]:
+        """One secure-aggregation message from `peer` (see `SecAggRounds.receive`)."""
+        return self.secagg_rounds.receive(peer, sid, round_no, try_no, fallback, msg, meta, now)
+
+    def secagg_delivered(self, sid: bytes, round_no: int, try_no: int, fallback: int, ok: bool,
+                         reason: str, now: float) -> list[Action]:
+        """Outcome of a participant's SendSecAgg (see `SecAggRounds.delivered`)."""
+        return self.secagg_rounds.delivered(sid, round_no, try_no, fallback, ok, reason, now)
 
     def model_for(self, sid: bytes, model_hash: bytes) -> ModelBundle | None:
         """A model this node can serve on the model stream (None if it does not hold it)."""
