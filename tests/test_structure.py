@@ -19,10 +19,7 @@ PACKAGES = {"node": "fognode.node", "protocols": "fognode.protocols", "ledger": 
             "tools": "fognode.tools"}
 
 ALLOWED: dict[frozenset[str], str] = {
-    frozenset({"protocols.fl.session", "protocols.fl.session_failover", "protocols.fl.session_hier",
-               "protocols.fl.session_secagg"}):
-        "issue 11 item 3: the session mixins become collaborators handed a Session",
-    frozenset({"protocols.fl.messages", "protocols.fl.receipts"}):
+    frozenset({"protocols.fl.messages", "protocols.fl.rewards.receipts"}):
         "issue 11 items 3-5: FL's modules grouped by concern",
     frozenset({"protocols.registry.api", "protocols.registry.protocol"}):
         "issue 11 item 2: role APIs that do not import their role back",

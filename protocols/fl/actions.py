@@ -1,6 +1,6 @@
 """What the sans-IO FL core asks its adapter to do (frozen action dataclasses).
 
-The adapter (protocol.py, or the in-memory harness in tests) carries each out and feeds the
+The adapter (executor.py, or the in-memory harness in tests) carries each out and feeds the
 outcome back through the core's methods named in each docstring.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ import numpy as np
 from fognode.node.events import Event
 from fognode.protocols.fl.messages import (
     GossipMessage, MemberMeta, RoundPlan, SessionAnnouncement, UpdateHeader)
-from fognode.protocols.fl.privacy.secagg_messages import Message as SecAggMessage
-from fognode.protocols.fl.receipts import RoundReceipt
-from fognode.protocols.fl.rounds import UpdateMeta
+from fognode.protocols.fl.rewards.receipts import RoundReceipt
+from fognode.protocols.fl.secagg.messages import Message as SecAggMessage
+from fognode.protocols.fl.session.rounds import UpdateMeta
 from fognode.protocols.fl.strategies.base import ClientUpdate, Strategy
 from fognode.protocols.fl.tasks.base import TrainConfig
-from fognode.protocols.fl.tensors import TensorHeader
+from fognode.protocols.fl.transfer.tensors import TensorHeader
 
 
 @dataclass(frozen=True)

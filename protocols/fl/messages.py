@@ -24,11 +24,11 @@ from nacl.signing import SigningKey
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.peerid import peer_id_matches, pubkey_from_peer_id
 from fognode.node.wire import DIGEST_LEN, PUBKEY_LEN, SIG_LEN, Fields, digest, pack, sign, verify
-from fognode.protocols.fl.election import aggregator_order
-from fognode.protocols.fl.merkle import leaf_hash, merkle_root
-from fognode.protocols.fl.receipts import RoundReceipt, decode_round_receipt
-from fognode.protocols.fl.round_header import RoundHeader
-from fognode.protocols.fl.tensors import WIRE_DTYPES, TensorHeader, decode_header
+from fognode.protocols.fl.session.election import aggregator_order
+from fognode.protocols.fl.rewards.merkle import leaf_hash, merkle_root
+from fognode.protocols.fl.rewards.receipts import RoundReceipt, decode_round_receipt
+from fognode.protocols.fl.rewards.round_header import RoundHeader
+from fognode.protocols.fl.transfer.tensors import WIRE_DTYPES, TensorHeader, decode_header
 
 VERSION = 1
 MAX_NAME = 64
@@ -201,7 +201,7 @@ class SessionAnnouncement:
 
     `fallback_coordinators` (wire "coords", absent when empty) are the peers that take the
     session over, in this order, when the acting coordinator falls silent
-    (session_failover.py); the starter is rank 0, `coordinators_of` gives the whole list."""
+    (session/failover.py); the starter is rank 0, `coordinators_of` gives the whole list."""
 
     spec: SessionSpec
     starter: str
@@ -256,7 +256,7 @@ def coordinators_of(announcement: SessionAnnouncement) -> tuple[str, ...]:
     coordinators the starter named in the signed announcement. Plans, their round headers
     (reward evidence) and session ends are accepted only from these peers, a plan of rank k
     only from the k-th; participants follow
-    the highest rank they have seen (session_failover.py)."""
+    the highest rank they have seen (session/failover.py)."""
     return (announcement.starter,) + tuple(announcement.fallback_coordinators)
 
 

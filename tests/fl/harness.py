@@ -1,7 +1,8 @@
 """In-memory harness: N FL cores with real tasks, real local training, real strategies and
 the real wire codecs (gossip envelopes, tensor chunks), under a simulated clock.
 
-What it replaces is only the transport: gossip is delivered to every live node (optionally
+Actions are carried out through the role's dispatch table (protocols/fl/dispatch.py) by
+`SimActions`. What it replaces is only the transport: gossip is delivered to every live node (optionally
 dropping a share of messages), streams are function calls between cores through the same
 encoders/decoders the role uses. Nodes can be killed (they stop receiving, ticking and
 serving) and can be made Byzantine (their update deltas are replaced before encoding).
@@ -20,20 +21,21 @@ from nacl.signing import SigningKey
 
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack
-from fognode.protocols.fl import secagg_round
 from fognode.protocols.fl.actions import (
     Action, Aggregate, AggregateSum, Emit, FetchModel, MessageRefused, PayRewards, PrepareTask, Publish,
     ReportOutcome, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
-from fognode.protocols.fl.election import aggregator_order, regional_orders
+from fognode.protocols.fl.dispatch import carry_out
 from fognode.protocols.fl.messages import (
     DeviceFacts, RoundPlan, SessionEnded, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
-from fognode.protocols.fl.prepared import PreparedTask, init_seed_of, prepare_task, train_round
-from fognode.protocols.fl.privacy.secagg_messages import MaskedInput, UnmaskRequest
-from fognode.protocols.fl.selection import DeviceCandidate
-from fognode.protocols.fl.session import FlCore
-from fognode.protocols.fl.strategies.base import StrategyError
+from fognode.protocols.fl.secagg import round as secagg_round
+from fognode.protocols.fl.secagg.messages import MaskedInput, UnmaskRequest
+from fognode.protocols.fl.session.core import FlCore
+from fognode.protocols.fl.session.election import aggregator_order, regional_orders
+from fognode.protocols.fl.session.selection import DeviceCandidate
+from fognode.protocols.fl.strategies.base import AggregateResult, StrategyError
 from fognode.protocols.fl.tasks import TaskError
-from fognode.protocols.fl.tensors import (
+from fognode.protocols.fl.training.prepared import PreparedTask, init_seed_of, prepare_task, train_round
+from fognode.protocols.fl.transfer.tensors import (
     TensorHeader, TensorRejected, decode_chunks, decode_header, encode_tensor, tensor_hash)
 
 MAX_BYTES = 64 << 20
@@ -166,130 +168,7 @@ class Sim:
     # -- carrying out actions ------------------------------------------------------------
 
     def _do(self, nd: SimNode, act: Action) -> None:
-        core, now = nd.core, self.now
-        if isinstance(act, Publish):
-            if isinstance(act.msg, RoundPlan) and self.kill_planned_aggregator_from_round is not None \
-                    and act.msg.round >= self.kill_planned_aggregator_from_round and not self.killed:
-                s = nd.core.sessions[act.msg.session_id]
-                victim = self.by_peer[aggregator_order(act.msg.seed, act.msg.participants,
-                                                       1 + s.spec.fallbacks)[0]]
-                if victim.index != 0:
-                    victim.alive = False
-                    self.killed.append((act.msg.round, victim.peer))
-            if isinstance(act.msg, RoundPlan) and act.msg.round == self.kill_regional_aggregator_round \
-                    and act.msg.regions and not self.killed:
-                s = nd.core.sessions[act.msg.session_id]
-                glob = aggregator_order(act.msg.seed, act.msg.participants, 1 + s.spec.fallbacks)
-                orders = regional_orders(act.msg.seed, act.msg.participants, act.msg.regions,
-                                         1 + s.spec.fallbacks)
-                for order in orders.values():
-                    victim = self.by_peer[order[0]]
-                    if victim.index != 0 and victim.peer != glob[0] and len(order) > 1:
-                        victim.alive = False
-                        self.killed.append((act.msg.round, victim.peer))
-                        break
-            data = encode_gossip(act.msg)
-            self.published += 1
-            lost = isinstance(act.msg, SessionEnded) and self.lose_ends > 0
-            if lost:
-                self.lose_ends -= 1
-            for other in self.nodes:
-                if other is nd or not other.alive or lost or self.rng.random() < self.drop:
-                    continue
-                msg = decode_gossip(wire(data), peer=nd.peer)
-                for a in other.core.receive(nd.peer, msg, now):
-                    self.queue.append((other, a))
-            if isinstance(act.msg, RoundPlan) and nd.index == 0 \
-                    and act.msg.round == self.kill_starter_at_round:
-                nd.alive = False
-                self.kill_starter_at_round = None
-                self.killed.append((act.msg.round, nd.peer))
-            if self.after_publish is not None:
-                self.after_publish(nd, act.msg)
-        elif isinstance(act, PrepareTask):
-            try:
-                p = self._prepare(nd, act.task, act.task_params, act.init_seed)
-            except TaskError as e:
-                self._push(nd, core.task_failed(act.session_id, str(e), now))
-            else:
-                self._push(nd, core.task_ready(act.session_id, p, now))
-        elif isinstance(act, FetchModel):
-            for src in act.sources:
-                other = self.by_peer.get(src)
-                if other is None or not other.alive:
-                    continue
-                bundle = other.core.model_for(act.session_id, act.model_hash)
-                if bundle is None:
-                    continue
-                h, chunks = encode_tensor(bundle.params)
-                shape = core.expected_shape(act.session_id)
-                hdr = decode_header(wire(pack(h.to_wire())), expected_shape=shape, max_bytes=MAX_BYTES)
-                params = decode_chunks(hdr, [bytes(c) for c in chunks])
-                state = {k: v.copy() for k, v in bundle.state.items()}
-                self._push(nd, core.model_fetched(act.session_id, act.model_hash, params, state, now))
-                return
-            self._push(nd, core.model_fetch_failed(act.session_id, act.model_hash, "no source reachable", now))
-        elif isinstance(act, Train):
-            if nd.never_trains:
-                return
-            s = core.sessions[act.session_id]
-            assert s.prepared is not None and s.prepared.local is not None
-            outcome = train_round(s.prepared.local, act.base, act.config, act.seed)
-            nd.trained_rounds += 1
-            self._push(nd, core.trained(act.session_id, act.round, act.try_no, outcome, now))
-        elif isinstance(act, SendUpdate):
-            self.sent_updates.append((nd.peer, act))
-            if nd.hold_updates:
-                nd.held.append(act)
-            else:
-                self._send_update(nd, act)
-        elif isinstance(act, Aggregate):
-            if nd.drop_aggregate or (self.kill_aggregating_from_round is not None and not self.killed
-                                     and act.round >= self.kill_aggregating_from_round and nd.index != 0):
-                nd.alive = False
-                self.killed.append((act.round, nd.peer))
-                return
-            try:
-                res = act.strategy.aggregate(act.base, list(act.updates))
-            except StrategyError as e:
-                self._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
-                                               None, str(e), now))
-            else:
-                self._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
-                                               res, "", now, act.strategy.state_arrays()))
-        elif isinstance(act, AggregateSum):
-            if nd.drop_aggregate or (self.kill_aggregating_from_round is not None and not self.killed
-                                     and act.round >= self.kill_aggregating_from_round and nd.index != 0):
-                nd.alive = False
-                self.killed.append((act.round, nd.peer))
-                return
-            try:
-                res = act.strategy.aggregate_sum(act.base, act.delta_sum, act.total_weight,
-                                                 act.peers, num_samples=act.num_samples)
-            except StrategyError as e:
-                self._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
-                                               None, str(e), now))
-            else:
-                self._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
-                                               res, "", now, act.strategy.state_arrays()))
-        elif isinstance(act, SendSecAgg):
-            self._send_secagg(nd, act)
-        elif isinstance(act, Emit):
-            nd.events.append(act.event)
-        elif isinstance(act, PayRewards):
-            nd.payments.append(act)
-        elif isinstance(act, ReportOutcome):
-            nd.reports.append(act)
-        elif isinstance(act, UpdateRefused):
-            nd.refused.append(act)
-        elif isinstance(act, MessageRefused):
-            nd.refused_messages.append(act)
-        elif isinstance(act, SaveModel):
-            nd.saved[act.model_hash] = act.params
-            if act.final:
-                nd.final.append(act.model_hash)
-        else:  # pragma: no cover
-            raise AssertionError(f"unknown action {act!r}")
+        carry_out(SimActions(self, nd), [act])
 
     def _push(self, nd: SimNode, actions: list[Action]) -> None:
         for a in actions:
@@ -313,7 +192,7 @@ class Sim:
                                                 forward=bool(act.members)))
 
     def _send_secagg(self, nd: SimNode, act: SendSecAgg) -> None:
-        """The secagg stream, as protocol.py does it: envelope map plus byte frames through
+        """The secagg stream, as transfer/secagg.py does it: envelope map plus byte frames through
         the real codecs, then `receive_secagg` at the target."""
         target = self.by_peer.get(act.to)
         key = (act.round, act.try_no)
@@ -341,7 +220,7 @@ class Sim:
 
     def deliver_raw(self, sender: str, target: SimNode, act: SendUpdate, delta: np.ndarray,
                     *, tamper: Callable[[dict[str, Any], list[bytes]], None] | None = None) -> str | None:
-        """The update stream's receiving side, as protocol.py does it: admit by header,
+        """The update stream's receiving side, as transfer/updates.py does it: admit by header,
         decode the tensor header against the expected shape, decode chunks, hand over.
         `tamper` may alter the header map / chunks in flight. Returns the refusal reason."""
         tc, now = target.core, self.now
@@ -357,12 +236,12 @@ class Sim:
             tamper(header_map, raw_chunks)
         raw_header = wire(pack(header_map))
         sid, rnd = header_map["session"], header_map["round"]
-        why = tc.admit_update(sender, sid, rnd, header_map["try"], header_map["fallback"])
-        if why is not None:
-            self._push(target, tc.reject_update(sender, sid, rnd, header_map["try"], why, now))
-            return why
+        admission = tc.admit_update(sender, sid, rnd, header_map["try"], header_map["fallback"])
+        if admission.refusal is not None:
+            self._push(target, tc.reject_update(sender, sid, rnd, header_map["try"], admission.refusal, now))
+            return admission.refusal
         try:
-            hdr = UpdateHeader.decode(raw_header, expected_shape=tc.expected_shape(sid),
+            hdr = UpdateHeader.decode(raw_header, expected_shape=admission.expected_shape,
                                       max_bytes=MAX_BYTES, peer=sender)
             values = decode_chunks(hdr.tensor, raw_chunks, peer=sender)
         except TensorRejected as e:
@@ -379,3 +258,149 @@ class Sim:
 
     def ended(self, sid: bytes, node: int = 0) -> bool:
         return self.status(sid, node)["state"] in ("completed", "failed", "stopped")
+
+
+class SimActions:
+    """The harness's `ActionHandler` (protocols/fl/dispatch.py) for one node: the same
+    dispatch table as the role, with the transport replaced by function calls."""
+
+    def __init__(self, sim: Sim, nd: SimNode) -> None:
+        self.sim = sim
+        self.nd = nd
+
+    def publish(self, act: Publish) -> None:
+        sim, nd, now = self.sim, self.nd, self.sim.now
+        if isinstance(act.msg, RoundPlan) and sim.kill_planned_aggregator_from_round is not None \
+                and act.msg.round >= sim.kill_planned_aggregator_from_round and not sim.killed:
+            s = nd.core.sessions[act.msg.session_id]
+            victim = sim.by_peer[aggregator_order(act.msg.seed, act.msg.participants,
+                                                  1 + s.spec.fallbacks)[0]]
+            if victim.index != 0:
+                victim.alive = False
+                sim.killed.append((act.msg.round, victim.peer))
+        if isinstance(act.msg, RoundPlan) and act.msg.round == sim.kill_regional_aggregator_round \
+                and act.msg.regions and not sim.killed:
+            s = nd.core.sessions[act.msg.session_id]
+            glob = aggregator_order(act.msg.seed, act.msg.participants, 1 + s.spec.fallbacks)
+            orders = regional_orders(act.msg.seed, act.msg.participants, act.msg.regions,
+                                     1 + s.spec.fallbacks)
+            for order in orders.values():
+                victim = sim.by_peer[order[0]]
+                if victim.index != 0 and victim.peer != glob[0] and len(order) > 1:
+                    victim.alive = False
+                    sim.killed.append((act.msg.round, victim.peer))
+                    break
+        data = encode_gossip(act.msg)
+        sim.published += 1
+        lost = isinstance(act.msg, SessionEnded) and sim.lose_ends > 0
+        if lost:
+            sim.lose_ends -= 1
+        for other in sim.nodes:
+            if other is nd or not other.alive or lost or sim.rng.random() < sim.drop:
+                continue
+            msg = decode_gossip(wire(data), peer=nd.peer)
+            for a in other.core.receive(nd.peer, msg, now):
+                sim.queue.append((other, a))
+        if isinstance(act.msg, RoundPlan) and nd.index == 0 \
+                and act.msg.round == sim.kill_starter_at_round:
+            nd.alive = False
+            sim.kill_starter_at_round = None
+            sim.killed.append((act.msg.round, nd.peer))
+        if sim.after_publish is not None:
+            sim.after_publish(nd, act.msg)
+
+    def prepare_task(self, act: PrepareTask) -> None:
+        sim, nd, core = self.sim, self.nd, self.nd.core
+        try:
+            p = sim._prepare(nd, act.task, act.task_params, act.init_seed)
+        except TaskError as e:
+            sim._push(nd, core.task_failed(act.session_id, str(e), sim.now))
+        else:
+            sim._push(nd, core.task_ready(act.session_id, p, sim.now))
+
+    def fetch_model(self, act: FetchModel) -> None:
+        sim, nd, core = self.sim, self.nd, self.nd.core
+        for src in act.sources:
+            other = sim.by_peer.get(src)
+            if other is None or not other.alive:
+                continue
+            bundle = other.core.model_for(act.session_id, act.model_hash)
+            if bundle is None:
+                continue
+            h, chunks = encode_tensor(bundle.params)
+            shape = core.expected_shape(act.session_id)
+            hdr = decode_header(wire(pack(h.to_wire())), expected_shape=shape, max_bytes=MAX_BYTES)
+            params = decode_chunks(hdr, [bytes(c) for c in chunks])
+            state = {k: v.copy() for k, v in bundle.state.items()}
+            sim._push(nd, core.model_fetched(act.session_id, act.model_hash, params, state, sim.now))
+            return
+        sim._push(nd, core.model_fetch_failed(act.session_id, act.model_hash, "no source reachable", sim.now))
+
+    def train(self, act: Train) -> None:
+        sim, nd, core = self.sim, self.nd, self.nd.core
+        if nd.never_trains:
+            return
+        s = core.sessions[act.session_id]
+        assert s.prepared is not None and s.prepared.local is not None
+        outcome = train_round(s.prepared.local, act.base, act.config, act.seed)
+        nd.trained_rounds += 1
+        sim._push(nd, core.trained(act.session_id, act.round, act.try_no, outcome, sim.now))
+
+    def send_update(self, act: SendUpdate) -> None:
+        self.sim.sent_updates.append((self.nd.peer, act))
+        if self.nd.hold_updates:
+            self.nd.held.append(act)
+        else:
+            self.sim._send_update(self.nd, act)
+
+    def _dies_aggregating(self, round_no: int) -> bool:
+        sim, nd = self.sim, self.nd
+        if nd.drop_aggregate or (sim.kill_aggregating_from_round is not None and not sim.killed
+                                 and round_no >= sim.kill_aggregating_from_round and nd.index != 0):
+            nd.alive = False
+            sim.killed.append((round_no, nd.peer))
+            return True
+        return False
+
+    def _aggregated(self, act: Aggregate | AggregateSum, run: Callable[[], AggregateResult]) -> None:
+        sim, nd, core = self.sim, self.nd, self.nd.core
+        if self._dies_aggregating(act.round):
+            return
+        try:
+            res = run()
+        except StrategyError as e:
+            sim._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
+                                          None, str(e), sim.now))
+        else:
+            sim._push(nd, core.aggregated(act.session_id, act.round, act.try_no, act.fallback,
+                                          res, "", sim.now, act.strategy.state_arrays()))
+
+    def aggregate(self, act: Aggregate) -> None:
+        self._aggregated(act, lambda: act.strategy.aggregate(act.base, list(act.updates)))
+
+    def aggregate_sum(self, act: AggregateSum) -> None:
+        self._aggregated(act, lambda: act.strategy.aggregate_sum(
+            act.base, act.delta_sum, act.total_weight, act.peers, num_samples=act.num_samples))
+
+    def send_secagg(self, act: SendSecAgg) -> None:
+        self.sim._send_secagg(self.nd, act)
+
+    def emit(self, act: Emit) -> None:
+        self.nd.events.append(act.event)
+
+    def pay_rewards(self, act: PayRewards) -> None:
+        self.nd.payments.append(act)
+
+    def report_outcome(self, act: ReportOutcome) -> None:
+        self.nd.reports.append(act)
+
+    def update_refused(self, act: UpdateRefused) -> None:
+        self.nd.refused.append(act)
+
+    def message_refused(self, act: MessageRefused) -> None:
+        self.nd.refused_messages.append(act)
+
+    def save_model(self, act: SaveModel) -> None:
+        self.nd.saved[act.model_hash] = act.params
+        if act.final:
+            self.nd.final.append(act.model_hash)

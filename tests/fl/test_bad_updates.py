@@ -1,5 +1,5 @@
 """Bad updates are refused with the reason, never aggregated, and blamed where it is the
-sender's fault. The receiving side is the one protocol.py runs: admission by header, tensor
+sender's fault. The receiving side is the one transfer/updates.py runs: admission by header, tensor
 header against the expected shape and size limit, chunks, then the core."""
 from __future__ import annotations
 

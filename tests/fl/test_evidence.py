@@ -13,14 +13,14 @@ from nacl.signing import SigningKey
 from fognode.ledger.receipts import EvidenceError, Receipt
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import digest, pack
-from fognode.protocols.fl.election import aggregator_order
-from fognode.protocols.fl.merkle import leaf_hash, merkle_proof, merkle_root, merkle_verify
 from fognode.protocols.fl.messages import (
     DeviceFacts, OptIn, RoundPlan, SessionAnnouncement, SessionSpec, coordinators_of,
     decode_gossip, encode_gossip, plan_problem)
-from fognode.protocols.fl.receipts import (
+from fognode.protocols.fl.rewards.merkle import leaf_hash, merkle_proof, merkle_root, merkle_verify
+from fognode.protocols.fl.rewards.receipts import (
     PPM, AcceptedUpdate, FlUpdateVerifier, RoundReceipt, issue_ledger_receipts, round_reward_of)
-from fognode.protocols.fl.round_header import RoundHeader, claim_of
+from fognode.protocols.fl.rewards.round_header import RoundHeader, claim_of
+from fognode.protocols.fl.session.election import aggregator_order
 
 STARTER = SigningKey(bytes([60]) * 32)
 BUDGET = 3_000_000
@@ -253,7 +253,7 @@ def test_forgeries_are_refused_with_their_reason() -> None:
 
 def test_core_refuses_to_train_for_a_plan_with_a_bad_header() -> None:
     from fognode.protocols.fl.actions import FetchModel, Train
-    from fognode.protocols.fl.selection import round_seed
+    from fognode.protocols.fl.session.selection import round_seed
     from tests.fl.harness import Sim
 
     sim = Sim(3)
@@ -298,7 +298,7 @@ def _ledger_nodes(funded: int = 3) -> list[Any]:
 
 def _mint(sender: int, seq: int, r: Receipt) -> Any:
     from fognode.ledger.messages import MintOrder, SignedOrder
-    from fognode.protocols.fl.receipts import reward_of
+    from fognode.protocols.fl.rewards.receipts import reward_of
     from tests.ledger.helpers import CHAIN, key, pk
 
     u = key(sender)

@@ -10,10 +10,10 @@ import pytest
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import pack
 from fognode.protocols.fl.actions import MessageRefused
-from fognode.protocols.fl.coordinator import Phase
 from fognode.protocols.fl.messages import (
     RoundPlan, RoundResult, SessionAnnouncement, SessionEnded, coordinators_of, decode_gossip, encode_gossip)
-from fognode.protocols.fl.session_failover import choose_fallbacks, takeover_unit
+from fognode.protocols.fl.session.coordinator import Phase
+from fognode.protocols.fl.session.standby import choose_fallbacks, takeover_unit
 
 from tests.fl.harness import Sim, SimNode, wire
 from tests.fl.test_session import spec
@@ -249,7 +249,7 @@ def test_a_round_still_running_without_its_coordinator_is_waited_for() -> None:
     participant never trains: the fallback aggregator completes the round at its slot end
     (later than one takeover unit); the fallback coordinator waits for it and goes on from it
     instead of planning the round again."""
-    from fognode.protocols.fl.election import aggregator_order
+    from fognode.protocols.fl.session.election import aggregator_order
 
     sim = Sim(6)
     starter, slow = sim.nodes[0], sim.nodes[5]

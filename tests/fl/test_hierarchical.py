@@ -1,4 +1,4 @@
-"""Hierarchical rounds (session_hier.py) end to end in the in-memory harness: real tasks, real
+"""Hierarchical rounds (session/hier.py) end to end in the in-memory harness: real tasks, real
 local training, real strategies and wire codecs; simulated clock and transport."""
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import pytest
 
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import pack
-from fognode.protocols.fl.election import regional_orders
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.messages import MemberMeta, PrivacyOptions, RoundPlan, UpdateHeader
-from fognode.protocols.fl.tensors import encode_tensor
+from fognode.protocols.fl.session.election import regional_orders
 from fognode.protocols.fl.strategies.base import ClientUpdate, StrategyConfigError
 from fognode.protocols.fl.strategies.registry import build_strategy, make_strategy
 from fognode.protocols.fl.tasks import load_task
+from fognode.protocols.fl.transfer.tensors import encode_tensor
 
 from tests.fl.harness import Sim
 from tests.fl.test_session import NON_IID, final_params, run, spec, union

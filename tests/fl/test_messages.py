@@ -7,12 +7,12 @@ from nacl.signing import SigningKey
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack
-from fognode.protocols.fl.election import aggregator_order
 from fognode.protocols.fl.messages import (
     DeviceFacts, OptIn, RoundPlan, SelectionCriteria, SessionAnnouncement, SessionSpec,
     decode_gossip, encode_gossip)
-from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt, decode_round_receipt
-from fognode.protocols.fl.selection import DeviceCandidate, ineligibility, round_seed, select_participants
+from fognode.protocols.fl.rewards.receipts import AcceptedUpdate, RoundReceipt, decode_round_receipt
+from fognode.protocols.fl.session.election import aggregator_order
+from fognode.protocols.fl.session.selection import DeviceCandidate, ineligibility, round_seed, select_participants
 
 
 def wire(b: bytes) -> object:

@@ -1,9 +1,9 @@
 """Where a participant sends its update, and when again (ParticipantRound.outcome and
-next_send, protocols/fl/rounds.py): pure state, a simulated clock."""
+next_send, protocols/fl/session/rounds.py): pure state, a simulated clock."""
 from __future__ import annotations
 
 from fognode.protocols.fl.messages import RoundPlan
-from fognode.protocols.fl.rounds import ParticipantRound
+from fognode.protocols.fl.session.rounds import ParticipantRound
 
 PLAN = RoundPlan(b"s" * 32, 1, 0, b"x" * 32, (("a", 0.5), ("b", 0.5), ("c", 0.5)), b"m" * 32, 0, ("a",))
 D = 20.0     # deadline: slot k is [100 + k*D, 100 + (k+1)*D)

@@ -12,7 +12,7 @@ import trio
 from fognode.ledger.messages import MintOrder
 from fognode.node.peerid import pubkey_from_peer_id
 from fognode.protocols.fl.protocol import FlConfig, FlRole
-from fognode.protocols.fl.receipts import PPM
+from fognode.protocols.fl.rewards.receipts import PPM
 
 from tests.ledger.cluster import ledger_cluster, wait_until
 

@@ -16,13 +16,13 @@ from fognode.ledger.receipts import EvidenceError, Receipt
 from fognode.ledger.store import LedgerStore
 from fognode.ledger.validator import Validator
 from fognode.node.wire import pack
-from fognode.protocols.fl.merkle import (
-    MAX_SUM, merkle_proof, sum_commit, sum_leaf, sum_proof, sum_root, sum_verify)
 from fognode.protocols.fl.messages import RoundPlan, SessionAnnouncement
-from fognode.protocols.fl.receipts import (
+from fognode.protocols.fl.rewards.merkle import (
+    MAX_SUM, merkle_proof, sum_commit, sum_leaf, sum_proof, sum_root, sum_verify)
+from fognode.protocols.fl.rewards.receipts import (
     LEDGER_KIND, PPM, AcceptedUpdate, RoundReceipt, issue_ledger_receipts, reward_of, round_reward_of,
     split_of, split_scope_of, weights_ppm)
-from fognode.protocols.fl.round_header import claim_of
+from fognode.protocols.fl.rewards.round_header import claim_of
 
 from .test_evidence import (
     FALLBACKS, STARTER, V, _ledger_nodes, _mint, announcement, issued, key_of, plan_for, reissue)

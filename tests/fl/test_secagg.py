@@ -12,16 +12,17 @@ from nacl.signing import SigningKey
 
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.wire import pack, unpack
-from fognode.protocols.fl.privacy import shamir
-from fognode.protocols.fl.privacy.masking import RingSpec, harary_neighbours
-from fognode.protocols.fl.privacy.secagg import (
+from fognode.protocols.fl.secagg import shamir
+from fognode.protocols.fl.secagg.core import (
     Completed, Failed, Phase, SecAggAggregator, SecAggConfig, SecAggParticipant, Send,
-    default_threshold, round_id_for, run_secagg_locally, split_weight, with_weight)
-from fognode.protocols.fl.privacy.secagg_messages import (
+    default_threshold, round_id_for, split_weight, with_weight)
+from fognode.protocols.fl.secagg.masking import RingSpec, harary_neighbours
+from fognode.protocols.fl.secagg.messages import (
     AdvertiseKeys, KeyRoster, MaskedInput, RosterEntry, UnmaskRequest, UnmaskShares,
     decode_message)
 from fognode.protocols.fl.strategies.base import ClientUpdate
 from fognode.protocols.fl.strategies.registry import make_strategy
+from fognode.tools.bench.secagg_local import run_secagg_locally
 
 PEERS = tuple(f"12D3KooPeer{i:02d}" for i in range(10))
 RID = bytes(range(32))

@@ -102,9 +102,9 @@ def test_robust_with_secagg_is_refused(strategy: str) -> None:
 def test_large_masked_input_travels_in_frames_below_the_message_limit() -> None:
     from fognode.node.errors import RemoteProtocolError
     from fognode.node.wire import MAX_MESSAGE, pack, unpack
-    from fognode.protocols.fl import secagg_round
-    from fognode.protocols.fl.privacy.secagg_messages import MaskedInput
-    from fognode.protocols.fl.rounds import UpdateMeta
+    from fognode.protocols.fl.secagg import round as secagg_round
+    from fognode.protocols.fl.secagg.messages import MaskedInput
+    from fognode.protocols.fl.session.rounds import UpdateMeta
 
     y = np.arange(700_000, dtype="<u8").tobytes()          # 5.6 MB: over one wire message
     assert len(y) > MAX_MESSAGE
@@ -134,7 +134,7 @@ def test_plain_updates_are_refused_in_a_secagg_session() -> None:
     assert plan is not None
     agg = sim.nodes[0].core.sessions[sid].order[0]
     sender = next(p for p in plan.peers if p != agg)
-    why = sim.by_peer[agg].core.admit_update(sender, sid, plan.round, plan.try_no, 0)
+    why = sim.by_peer[agg].core.admit_update(sender, sid, plan.round, plan.try_no, 0).refusal
     assert why == "plain update in a secure-aggregation session"
 
 
@@ -156,8 +156,8 @@ def test_dead_aggregator_fallback_runs_a_fresh_secagg() -> None:
 def test_key_adverts_must_be_signed_by_the_sender() -> None:
     from nacl.signing import SigningKey
 
-    from fognode.protocols.fl.privacy.secagg import SecAggParticipant
-    from fognode.protocols.fl.rounds import UpdateMeta
+    from fognode.protocols.fl.secagg.core import SecAggParticipant
+    from fognode.protocols.fl.session.rounds import UpdateMeta
 
     sim = Sim(5)
     for nd in sim.nodes:
@@ -168,7 +168,7 @@ def test_key_adverts_must_be_signed_by_the_sender() -> None:
     assert s.plan is not None
     agg = sim.by_peer[s.order[0]]
     sender = next(p for p in s.plan.peers if p != agg.peer)
-    cfg = agg.core._secagg_config(agg.core.sessions[sid], s.plan, 0)
+    cfg = agg.core.secagg_rounds.config(agg.core.sessions[sid], s.plan, 0)
     meta = UpdateMeta(100, 1.0, 0.5, 0.9)
     for identity in (None, SigningKey(b"\x77" * 32)):        # unsigned, or signed by another key
         adv = SecAggParticipant(cfg, sender, identity=identity).advertise()

@@ -1,4 +1,4 @@
-"""The task process (protocols/fl/task_process.py): a real child process over real pipes."""
+"""The task process (protocols/fl/training/process.py): a real child process over real pipes."""
 from __future__ import annotations
 
 import os
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import trio
 
-from fognode.protocols.fl.prepared import TaskKey, prepare_task, train_round
-from fognode.protocols.fl.task_process import TaskProcess
 from fognode.protocols.fl.tasks import TaskError, TrainConfig
+from fognode.protocols.fl.training.prepared import TaskKey, prepare_task, train_round
+from fognode.protocols.fl.training.process import TaskProcess
 
 PARAMS = {"max_samples": 60.0}
 KEY = TaskKey.of("synthetic", PARAMS, 5, data_seed=3, data_index=2)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.wire import pack
-from fognode.protocols.fl.tensors import (
+from fognode.protocols.fl.transfer.tensors import (
     MIN_CHUNK_SIZE,
     TensorDecoder,
     TensorRejected,

@@ -31,10 +31,10 @@ from fognode.node.wire import pack
 from fognode.protocols.fl.messages import (Ack, DeviceFacts, ModelRequest, ModelResponse, MemberMeta,
                                            OptIn, RoundFailed, RoundResult, SessionEnded, UpdateHeader,
                                            encode_gossip)
-from fognode.protocols.fl.privacy.secagg import SecAggAggregator, SecAggConfig, SecAggParticipant, Send
-from fognode.protocols.fl.rounds import UpdateMeta
-from fognode.protocols.fl.secagg_round import encode as secagg_encode
-from fognode.protocols.fl.tensors import encode_tensor
+from fognode.protocols.fl.secagg.core import SecAggAggregator, SecAggConfig, SecAggParticipant, Send
+from fognode.protocols.fl.session.rounds import UpdateMeta
+from fognode.protocols.fl.secagg.round import encode as secagg_encode
+from fognode.protocols.fl.transfer.tensors import encode_tensor
 from fognode.protocols.monitor.protocol import NodeStatus
 from fognode.protocols.registry.actions import Publish
 from fognode.protocols.registry.core import RegistryCore

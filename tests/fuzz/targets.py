@@ -34,7 +34,8 @@ from fognode.ledger.errors import CertificateRejected
 from fognode.ledger.handover import HandoverPage
 from fognode.ledger.messages import (decode_certificate, decode_fork_proof, decode_rejection,
                                      decode_signed_order, decode_vote, order_problem, vote_message)
-from fognode.ledger.quorum import Committee, verify_certificate
+from fognode.ledger.certcheck import verify_certificate
+from fognode.ledger.quorum import Committee
 from fognode.ledger.receipts import EvidenceError, VerifyContext, decode_receipt, default_registry
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
 from fognode.node.gossip import open_envelope
@@ -44,12 +45,12 @@ from fognode.node.rpc.server import RpcServer
 from fognode.node.streams import Libp2pFramedStream
 from fognode.node.wire import pack, sign, unpack
 from fognode.protocols.fl.messages import Ack, ModelRequest, ModelResponse, UpdateHeader, decode_gossip
-from fognode.protocols.fl.privacy.secagg_messages import decode_message
-from fognode.protocols.fl.receipts import decode_round_receipt
-from fognode.protocols.fl.round_header import RoundHeader
-from fognode.protocols.fl.secagg_round import Envelope as SecAggEnvelope
-from fognode.protocols.fl.secagg_round import decode_body as secagg_decode_body
-from fognode.protocols.fl.tensors import TensorDecoder, decode_header, tensor_hash
+from fognode.protocols.fl.secagg.messages import decode_message
+from fognode.protocols.fl.rewards.receipts import decode_round_receipt
+from fognode.protocols.fl.rewards.round_header import RoundHeader
+from fognode.protocols.fl.secagg.round import Envelope as SecAggEnvelope
+from fognode.protocols.fl.secagg.round import decode_body as secagg_decode_body
+from fognode.protocols.fl.transfer.tensors import TensorDecoder, decode_header, tensor_hash
 from fognode.protocols.monitor.protocol import NodeStatus
 from fognode.protocols.registry import direct
 from fognode.protocols.registry.config import RegistryConfig

@@ -27,9 +27,10 @@ from typing import Callable
 import numpy as np
 
 from fognode.protocols.fl.privacy.dp import DPConfig, DPStrategy
-from fognode.protocols.fl.privacy.secagg import Completed, SecAggConfig, run_secagg_locally
+from fognode.protocols.fl.secagg.core import Completed, SecAggConfig
 from fognode.protocols.fl.strategies.base import ClientUpdate
 from fognode.protocols.fl.strategies.registry import make_strategy
+from fognode.tools.bench.secagg_local import run_secagg_locally
 
 
 def best_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -11,7 +11,7 @@ on demand (address from its peerstore or a DHT look-up). WARM-UP: first a 1-roun
 the small `synthetic` task, bounded at 60 s, so that each daemon's first torch use (its task
 process imports torch: about 1.5 s of CPU each, 10 at once on 2 cores) and the first streams
 between the daemons are not inside the measured session (`--no-warmup` skips it). Until the
-task process and the participants' retries (protocols/fl/rounds.py), about half of the runs
+task process and the participants' retries (protocols/fl/session/rounds.py), about half of the runs
 without it stalled in round 1 on this 2-core machine when it was shared with other work: every
 participant's update stream to the elected aggregator timed out ("opening
 /fognode/fl/update/1.0.0 to <peer> timed out"), then to each fallback, and the participants gave
@@ -163,7 +163,7 @@ def local_training(nodes: int) -> tuple[float, list[float]]:
     after one first call (returned separately: torch's first-use costs)."""
     import torch
 
-    from fognode.protocols.fl.prepared import prepare_task, train_round
+    from fognode.protocols.fl.training.prepared import prepare_task, train_round
     from fognode.protocols.fl.tasks import TrainConfig
 
     torch.set_num_threads(1)     # as the daemons (protocols.fl.torch_threads = 1)
@@ -239,8 +239,8 @@ async def stream_bounds(addr: str, peer: str, sid: bytes, model_hash: bytes, siz
     from fognode.node.events import EventBus
     from fognode.node.host import OverlayConfig, open_overlay
     from fognode.protocols.fl.messages import ModelRequest, ModelResponse
-    from fognode.protocols.fl.protocol import MAX_CONTROL_FRAME, MODEL_STREAM
-    from fognode.protocols.fl.tensors import TensorDecoder, params_hash
+    from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, MODEL_STREAM
+    from fognode.protocols.fl.transfer.tensors import TensorDecoder, params_hash
 
     reg = CollectorRegistry()
     cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=1)

@@ -1,5 +1,5 @@
 """Where a daemon trains: in a worker thread of its own process, or in its task process
-(protocols/fl/task_process.py). What it costs the event loop, and the training itself.
+(protocols/fl/training/process.py). What it costs the event loop, and the training itself.
 
     .venv/bin/python -m fognode.tools.bench.fl_training [--rounds 10] [--hidden 2048]
         [--epochs 5] [--max-samples 1000] [--load 0]
@@ -52,8 +52,8 @@ async def _probe(lags: list[float], stop: trio.Event) -> None:
 def run(rounds: int, hidden: float, epochs: int, max_samples: float) -> list[Result]:
     import torch
 
-    from fognode.protocols.fl.prepared import TaskKey, prepare_task, train_round
-    from fognode.protocols.fl.task_process import TaskProcess
+    from fognode.protocols.fl.training.prepared import TaskKey, prepare_task, train_round
+    from fognode.protocols.fl.training.process import TaskProcess
     from fognode.protocols.fl.tasks import TrainConfig
 
     torch.set_num_threads(1)              # as protocols.fl.torch_threads = 1

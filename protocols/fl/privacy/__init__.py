@@ -1,2 +1,2 @@
-"""Privacy for federated learning: central differential privacy with an RDP accountant (`dp`),
-Shamir secret sharing (`shamir`) and secure aggregation (`secagg`)."""
+"""Privacy for federated learning: central differential privacy with an RDP accountant (`dp`).
+Secure aggregation is its own package, `fognode.protocols.fl.secagg`."""

@@ -1,7 +1,7 @@
 """Secure aggregation (Bonawitz et al., CCS 2017) with SecAgg+ neighbour graphs (Bell et al.,
 CCS 2020), as sans-IO state machines: `SecAggParticipant` (one per client) and
 `SecAggAggregator` (the round's aggregator). No I/O, no clocks: the caller carries messages
-(`secagg_messages`) and passes the time to the aggregator.
+(`messages.py`) and passes the time to the aggregator.
 
 Protocol (all traffic goes through the aggregator):
 0. AdvertiseKeys: each participant u makes two X25519 key pairs (c_u for encrypting shares,
@@ -27,6 +27,9 @@ ChaCha20 (cryptographic); shares use GF(2^521 - 1).
 
 Robust aggregation rules need individual updates and therefore cannot consume this sum; see
 `strategies.base.check_secagg_compatible`.
+
+About 620 lines: the two state machines of one protocol and the key, mask and commitment
+helpers they share; they are read together against the steps above.
 """
 from __future__ import annotations
 
@@ -45,9 +48,9 @@ from nacl.signing import SigningKey
 
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.wire import Fields, pack, sign, unpack, verify
-from fognode.protocols.fl.privacy import shamir
-from fognode.protocols.fl.privacy.masking import RingSpec, derive_seed, expand_mask, harary_neighbours
-from fognode.protocols.fl.privacy.secagg_messages import (
+from fognode.protocols.fl.secagg import shamir
+from fognode.protocols.fl.secagg.masking import RingSpec, derive_seed, expand_mask, harary_neighbours
+from fognode.protocols.fl.secagg.messages import (
     ROUND_ID_LEN, AdvertiseKeys, EncryptedShares, KeyRoster, MaskedInput, Message, RosterEntry,
     ShareBundle, UnmaskRequest, UnmaskShares)
 
@@ -619,40 +622,3 @@ class SecAggAggregator:
                 else:
                     total += m
         return total
-
-
-def run_secagg_locally(config: SecAggConfig, inputs: Mapping[str, np.ndarray], *,
-                       drop_before_masking: Sequence[str] = (),
-                       drop_before_unmasking: Sequence[str] = ()) -> list[Action]:
-    """Drive one participant per input and an aggregator in memory (tests and the benchmark):
-    peers in `drop_before_masking` vanish after sharing keys, peers in `drop_before_unmasking`
-    after sending their masked input. Returns the aggregator's final actions."""
-    parts = {p: SecAggParticipant(config, p) for p in inputs}
-    agg = SecAggAggregator(config, now=0.0)
-    now = 0.0
-    pending: list[Action] = []
-    for p, part in parts.items():
-        pending += agg.receive(p, part.advertise(), now)
-    while True:
-        if not pending:
-            if agg.finished:
-                break
-            now = agg.deadline            # nobody else will answer: let the phase time out
-            pending += agg.tick(now)
-            if not pending:
-                break
-            continue
-        act = pending.pop(0)
-        if not isinstance(act, Send):
-            return [act]
-        part = parts[act.peer]
-        msg = act.message
-        if isinstance(msg, UnmaskRequest) and act.peer in drop_before_unmasking:
-            continue
-        reply = part.receive(msg)
-        if reply is not None:
-            pending += agg.receive(act.peer, reply, now)
-        if isinstance(msg, ShareBundle) and act.peer not in drop_before_masking:
-            pending += agg.receive(act.peer, part.masked_input(inputs[act.peer]), now)
-    return [Completed(agg.result)] if agg.result is not None else \
-        [Failed(agg.failure or "secure aggregation did not finish")]

@@ -11,20 +11,24 @@ model -> train -> send update to the elected aggregator (or a fallback) -> the a
 validates, aggregates, signs a receipt and publishes the result -> the coordinator fetches the
 new model and plans the next round -> session ended (completed, failed or stopped).
 If the coordinator falls silent, a fallback coordinator named in the announcement takes the
-session over from the last completed round (session_failover.py).
+session over from the last completed round (session/failover.py).
 In a `secagg` session the update is never sent in the clear: participant and aggregator run
-the SecAgg protocol instead and the aggregator gets only the sum (session_secagg.py).
+the SecAgg protocol instead and the aggregator gets only the sum (secagg/session.py).
 In a `hierarchical` session updates go to regional aggregators, which forward one combined
-update per region to the global aggregator (session_hier.py).
-Rewards (receipts.py): a participant acts on a plan only if its signed round header matches
+update per region to the global aggregator (session/hier.py).
+Rewards (rewards/receipts.py): a participant acts on a plan only if its signed round header matches
 the plan and the election (messages.plan_problem); an aggregator pays its round's participants
 (`PayRewards`) once the coordinator adopted its model (`_adopted`).
+
+FlCore has no base classes: failover (`Failover`), hierarchical rounds (`Hierarchy`) and
+secure aggregation (`SecAggRounds`) are collaborators it hands each `Session` to.
+Over 500 lines because participant and aggregator behaviour still live here (issue 11 item 3:
+they are to become collaborators too).
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -34,30 +38,32 @@ from fognode.node.wire import digest
 from fognode.protocols.fl.actions import (
     Action, Aggregate, Emit, FetchModel, PayRewards, PrepareTask, Publish,
     ReportOutcome, SaveModel, SendUpdate, Train, UpdateRefused)
-from fognode.protocols.fl.coordinator import (
-    CandidateView, Coordinator, Phase, SessionState)
-from fognode.protocols.fl.election import aggregator_order
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.events import (
     TrainingRoundCompleted, TrainingRoundStarted, TrainingSessionEnded)
 from fognode.protocols.fl.messages import (
     DeviceFacts, GossipMessage, OptIn, RoundFailed, RoundPlan, RoundResult, SessionAnnouncement,
     SessionEnded, SessionSpec, UpdateHeader, coordinators_of, plan_problem)
-from fognode.protocols.fl.prepared import PreparedTask, init_seed_of
-from fognode.protocols.fl.privacy.secagg import with_weight
-from fognode.protocols.fl.receipts import AcceptedUpdate, RoundReceipt, round_reward_of
-from fognode.protocols.fl.rounds import (
+from fognode.protocols.fl.rewards.receipts import AcceptedUpdate, RoundReceipt, round_reward_of
+from fognode.protocols.fl.secagg.core import with_weight
+from fognode.protocols.fl.secagg.messages import Message as SecAggMessage
+from fognode.protocols.fl.secagg.session import SecAggRounds
+from fognode.protocols.fl.session.coordinator import (
+    CandidateView, Coordinator, Phase, SessionState)
+from fognode.protocols.fl.session.election import aggregator_order
+from fognode.protocols.fl.session.failover import Failover
+from fognode.protocols.fl.session.hier import Hierarchy
+from fognode.protocols.fl.session.rounds import (
     SLOT_SETTLED, AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome,
     UpdateMeta)
-from fognode.protocols.fl.selection import ineligibility
-from fognode.protocols.fl.session_failover import (
-    FailoverRounds, Standby, choose_fallbacks, plan_span)
-from fognode.protocols.fl.session_hier import HierRound, HierRounds
-from fognode.protocols.fl.session_secagg import SecAggRounds
+from fognode.protocols.fl.session.selection import ineligibility
+from fognode.protocols.fl.session.standby import choose_fallbacks, plan_span
+from fognode.protocols.fl.session.state import Admission, ModelBundle, Session
 from fognode.protocols.fl.strategies.base import AggregateResult, ClientUpdate, StrategyError
 from fognode.protocols.fl.strategies.registry import build_strategy
 from fognode.protocols.fl.tasks import TrainConfig
-from fognode.protocols.fl.tensors import params_hash
+from fognode.protocols.fl.training.prepared import PreparedTask, init_seed_of
+from fognode.protocols.fl.transfer.tensors import params_hash
 
 MAX_SESSIONS = 64
 MAX_KNOWN_PEERS = 1024      # peers remembered from opt-ins, as fallback coordinator candidates
@@ -69,49 +75,7 @@ BLAMEWORTHY = {"dtype", "shape", "size", "oversize", "hash", "nonfinite", "not a
                "malformed"}
 
 
-@dataclass
-class ModelBundle:
-    params: np.ndarray
-    state: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass
-class Session:
-    ann: SessionAnnouncement
-    state: SessionState
-    prepared: PreparedTask | None = None
-    coordinator: Coordinator | None = None
-    plan: RoundPlan | None = None
-    order: tuple[str, ...] = ()
-    participant: ParticipantRound | None = None
-    aggregator: AggregatorRound | None = None
-    hier: HierRound | None = None
-    models: dict[bytes, ModelBundle] = field(default_factory=dict)
-    model_order: list[bytes] = field(default_factory=list)
-    fetching: set[bytes] = field(default_factory=set)
-    rounds_done: int = 0
-    latest_model: bytes = b""
-    participation: list[dict[str, Any]] = field(default_factory=list)
-    reason: str = ""
-    # rounds this node aggregated, paid once the coordinator adopts their model (_adopted)
-    rewards_due: list[PayRewards] = field(default_factory=list)
-    acting: int = 0                         # rank of the coordinator this node follows
-    standby: Standby | None = None          # this node is a fallback coordinator, waiting
-    # the coordinator's SessionEnded, republished END_REPUBLISH times (the last round is paid
-    # when it arrives: one lost message must not cost the round's rewards)
-    end: SessionEnded | None = None
-    end_republish: tuple[int, float] = (0, 0.0)   # (republishes left, when the next is due)
-
-    @property
-    def sid(self) -> bytes:
-        return self.ann.session_id
-
-    @property
-    def spec(self) -> SessionSpec:
-        return self.ann.spec
-
-
-class FlCore(SecAggRounds, HierRounds, FailoverRounds):
+class FlCore:
     """All FL sessions of one node. Synchronous; never blocks; time is an argument."""
 
     def __init__(self, peer_id: str, key: SigningKey, *, tasks_enabled: set[str],
@@ -132,6 +96,12 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
         self.fl_peers = fl_peers                # peers known to run fl (the registry's view)
         self.coordinator_fallbacks = coordinator_fallbacks
         self.seen_peers: dict[str, DeviceFacts] = {}   # peers seen opting in to any session
+        self.failover = Failover(me=peer_id, key=key, view=candidate_view,
+                                 interval=republish_interval, facts=lambda: self.facts,
+                                 on_plan=self._on_plan, end=self._end, need_model=self._need_model)
+        self.hierarchy = Hierarchy(me=peer_id, round_failed=self._round_failed)
+        self.secagg_rounds = SecAggRounds(me=peer_id, key=key, sessions=self.sessions,
+                                          send=self._send, round_failed=self._round_failed)
 
     # == starting, stopping ================================================================
 
@@ -208,12 +178,12 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
         if isinstance(msg, RoundFailed):
             return self._on_failed(s, peer, msg, now)
         if isinstance(msg, SessionEnded):
-            refused = self._fo_refusal(s, peer, "ended", msg.rank)
+            refused = self.failover.refusal(s, peer, "ended", msg.rank)
             if refused:
                 return refused
             if s.state.ended and msg.rank <= s.acting:
                 return []
-            self._fo_follow(s, msg.rank, now)
+            self.failover.follow(s, msg.rank, now)
             if s.coordinator is not None:
                 return []
             s.state = SessionState(msg.state)
@@ -244,7 +214,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
                 self.ignored[sid] = why
             return []
         s = self.sessions[sid] = Session(ann, SessionState.PREPARING)
-        self._fo_join(s, now)
+        self.failover.join(s, now)
         return [PrepareTask(sid, ann.spec.task, dict(ann.spec.task_params), init_seed_of(ann.nonce))]
 
     def _why_not_join(self, spec: SessionSpec) -> str | None:
@@ -288,7 +258,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
     # == rounds: plans =====================================================================
 
     def _on_plan(self, s: Session, peer: str, plan: RoundPlan, now: float) -> list[Action]:
-        refused = self._fo_refusal(s, peer, "plan", plan.rank)
+        refused = self.failover.refusal(s, peer, "plan", plan.rank)
         if refused:
             return refused
         if s.state.ended or plan.seed != _seed(s, plan):
@@ -298,7 +268,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
             if s.standby is not None and plan.rank == s.acting:
                 s.standby.heard = now    # the acting coordinator republished its plan
             return []
-        self._fo_follow(s, plan.rank, now)
+        self.failover.follow(s, plan.rank, now)
         if s.standby is not None:
             s.standby.on_plan(plan, now, plan_span(s.spec, plan))
         if s.prepared is None:
@@ -320,11 +290,11 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
             s.aggregator = AggregatorRound(plan, s.order, slot, now, s.spec.deadline,
                                            s.spec.min_participants)
             if s.spec.privacy.secagg:
-                s.aggregator.secagg = self._secagg_aggregator(s, s.aggregator)
+                s.aggregator.secagg = self.secagg_rounds.aggregator(s, s.aggregator)
         if s.spec.hierarchical:
             if not plan.regions:
                 return []
-            self._hier_plan(s, plan, now)
+            self.hierarchy.plan(s, plan, now)
         role = "+".join(r for r, yes in (("coordinator", s.coordinator is not None),
                                          ("participant", is_part)) if yes)
         if role:
@@ -362,7 +332,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
                 and c.pending.receipt.model_hash == model_hash:
             out += self._round_done(s, now)
         elif c is not None and c.phase == Phase.RESUMING and c.base_hash == model_hash:
-            out += self._resumed(s, now)
+            out += self.failover.resumed(s, now)
         return out
 
     def model_fetch_failed(self, sid: bytes, model_hash: bytes, reason: str,
@@ -419,12 +389,12 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
                 return []
             pr.contribution = with_weight(vec, weight)
         pr.state = ParticipantState.SENDING
-        return self._route(self._send(s, pr, pr.slot_at(now), now), now)
+        return self.secagg_rounds.route(self._send(s, pr, pr.slot_at(now), now), now)
 
     def _send(self, s: Session, pr: ParticipantRound, slot: int, now: float) -> list[Action]:
         assert pr.delta is not None and pr.meta is not None
         if pr.contribution is not None:
-            return self._secagg_join(s, pr, slot, now)
+            return self.secagg_rounds.join(s, pr, slot, now)
         pr.sending_to(slot)
         to = pr.order[slot]
         m = pr.meta
@@ -434,7 +404,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
             pr.in_flight = True
             return [act]
         # this node is the aggregator of that slot: hand the update over in memory
-        from fognode.protocols.fl.tensors import encode_tensor
+        from fognode.protocols.fl.transfer.tensors import encode_tensor
 
         header = act.header(encode_tensor(pr.delta, chunk_size=1 << 20)[0])
         reason, out = self.receive_update(self.me, header, pr.delta.copy(), now)
@@ -455,7 +425,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
         s = self.sessions.get(sid)
         pr = s.participant if s is not None else None
         if forward:
-            return self._hier_delivered(s, round_no, try_no, fallback, ok, reason, now) \
+            return self.hierarchy.delivered(s, round_no, try_no, fallback, ok, reason, now) \
                 if s is not None else []
         if s is None or pr is None or (pr.plan.round, pr.plan.try_no) != (round_no, try_no) \
                 or pr.state != ParticipantState.SENDING or fallback != pr.sent_slot:
@@ -471,9 +441,16 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
             return None
         return (s.prepared.layout.size,)
 
-    def admit_update(self, peer: str, sid: bytes, round_no: int, try_no: int, fallback: int) -> str | None:
-        """Why an update addressed like this would be refused, or None (checked before its
-        tensor is read, so nobody streams megabytes that are refused anyway)."""
+    def admit_update(self, peer: str, sid: bytes, round_no: int, try_no: int,
+                     fallback: int) -> Admission:
+        """The one admission decision for an update addressed like this, made from its header
+        before its tensor is read (so nobody streams megabytes that are refused anyway): the
+        refusal reason, or None and the shape its tensor must have. `receive_update` asks
+        again once the tensor is in, since the round may have closed while it streamed."""
+        refusal = self._update_refusal(peer, sid, round_no, try_no, fallback)
+        return Admission(refusal, self.expected_shape(sid) if refusal is None else None)
+
+    def _update_refusal(self, peer: str, sid: bytes, round_no: int, try_no: int, fallback: int) -> str | None:
         s = self.sessions.get(sid)
         if s is None:
             return "unknown session"
@@ -486,7 +463,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
         if s.spec.privacy.secagg:
             return "plain update in a secure-aggregation session"
         if s.hier is not None:
-            return self._hier_admit(s, fallback)
+            return self.hierarchy.admit(s, fallback)
         ar = s.aggregator
         if ar is None or ar.slot != fallback:
             return "not the aggregator"
@@ -500,9 +477,11 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
                        now: float) -> tuple[str | None, list[Action]]:
         """A fully received update; (refusal reason or None, actions). Never aggregates a
         refused update."""
-        reason = self.admit_update(peer, header.session_id, header.round, header.try_no, header.fallback)
+        admission = self.admit_update(peer, header.session_id, header.round, header.try_no,
+                                      header.fallback)
+        reason = admission.refusal
         if reason is None:
-            shape = self.expected_shape(header.session_id)
+            shape = admission.expected_shape
             if delta.dtype != np.float32:
                 reason = "dtype"
             elif shape is None or delta.shape != shape:
@@ -513,7 +492,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
             return reason, self.reject_update(peer, header.session_id, header.round, header.try_no, reason, now)
         s = self.sessions[header.session_id]
         if s.hier is not None:
-            got = self._hier_receive(s, peer, header, delta, now)
+            got = self.hierarchy.receive(s, peer, header, delta, now)
             if isinstance(got, str):
                 return got, self.reject_update(peer, header.session_id, header.round,
                                                header.try_no, got, now)
@@ -544,12 +523,12 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
                 and peer not in ar.answered and reason in BLAMEWORTHY:
             ar.rejected[peer] = reason
             out += self._maybe_aggregate(s, now) if s.hier is None \
-                else self._hier_maybe_regional(s, now)
+                else self.hierarchy.maybe_regional(s, now)
         return out
 
     def _maybe_aggregate(self, s: Session, now: float, *, closing: bool = False) -> list[Action]:
         if s.hier is not None:
-            return self._hier_maybe_global(s, now, closing=closing)
+            return self.hierarchy.maybe_global(s, now, closing=closing)
         ar = s.aggregator
         if ar is None or ar.state != AggregatorState.COLLECTING:
             return []
@@ -753,7 +732,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
     def _close_rounds(self, s: Session) -> None:
         if s.participant is not None:
             s.participant.state = ParticipantState.DONE
-        self._hier_close(s)
+        self.hierarchy.close(s)
         if s.aggregator is not None:
             s.aggregator.state = AggregatorState.DONE   # also drops an aggregation in flight
 
@@ -783,7 +762,7 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
                     if isinstance(m, RoundPlan):
                         out += self._on_plan(s, self.me, m, now)
             if not s.state.ended:
-                out += self._fo_tick(s, now)
+                out += self.failover.tick(s, now)
             pr = s.participant
             if pr is not None and pr.state == ParticipantState.SENDING:
                 if pr.contribution is not None:   # secure aggregation: a fresh run per slot
@@ -794,11 +773,11 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
                     out += self._send(s, pr, slot, now)
             ar = s.aggregator
             if ar is not None and ar.state == AggregatorState.COLLECTING and ar.secagg is not None:
-                out += self._secagg_actions(s, ar, ar.secagg.tick(now), now)
+                out += self.secagg_rounds.actions(s, ar, ar.secagg.tick(now), now)
             if ar is not None and ar.state == AggregatorState.COLLECTING and now >= ar.closes:
                 out += self._maybe_aggregate(s, now, closing=True)
-            out += self._hier_tick(s, now)
-        return self._route(out, now)
+            out += self.hierarchy.tick(s, now)
+        return self.secagg_rounds.route(out, now)
 
     def _bump(self, s: Session, failure: str) -> list[Action]:
         c = s.coordinator
@@ -820,6 +799,17 @@ class FlCore(SecAggRounds, HierRounds, FailoverRounds):
                 break
             s.model_order.remove(victim)
             del s.models[victim]
+
+    def receive_secagg(self, peer: str, sid: bytes, round_no: int, try_no: int, fallback: int,
+                       msg: SecAggMessage, meta: UpdateMeta | None,
+                       now: float) -> tuple[str | None, list[Action]]:
+        """One secure-aggregation message from `peer` (see `SecAggRounds.receive`)."""
+        return self.secagg_rounds.receive(peer, sid, round_no, try_no, fallback, msg, meta, now)
+
+    def secagg_delivered(self, sid: bytes, round_no: int, try_no: int, fallback: int, ok: bool,
+                         reason: str, now: float) -> list[Action]:
+        """Outcome of a participant's SendSecAgg (see `SecAggRounds.delivered`)."""
+        return self.secagg_rounds.delivered(sid, round_no, try_no, fallback, ok, reason, now)
 
     def model_for(self, sid: bytes, model_hash: bytes) -> ModelBundle | None:
         """A model this node can serve on the model stream (None if it does not hold it)."""
@@ -874,7 +864,7 @@ def _evidence(sid: bytes, round_no: int, try_no: int, peer: str, reason: str) ->
 
 
 def _seed(s: Session, plan: RoundPlan) -> bytes:
-    from fognode.protocols.fl.selection import round_seed
+    from fognode.protocols.fl.session.selection import round_seed
 
     return round_seed(s.sid, plan.round, plan.try_no)
 

@@ -65,9 +65,9 @@ from nacl.signing import SigningKey
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.peerid import peer_id_matches
 from fognode.node.wire import DIGEST_LEN, PUBKEY_LEN, SIG_LEN, Fields, digest, pack, sign, verify
-from fognode.protocols.fl.merkle import (MAX_DEPTH, MAX_SUM, SumNode, leaf_hash, merkle_proof, merkle_verify,
+from fognode.protocols.fl.rewards.merkle import (MAX_DEPTH, MAX_SUM, SumNode, leaf_hash, merkle_proof, merkle_verify,
                                          sum_commit, sum_leaf, sum_proof, sum_root, sum_verify)
-from fognode.protocols.fl.round_header import MAX_PARTICIPANTS, RoundHeader, claim_of
+from fognode.protocols.fl.rewards.round_header import MAX_PARTICIPANTS, RoundHeader, claim_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from fognode.ledger.receipts import Receipt, VerifyContext

@@ -1,4 +1,4 @@
-"""Coordinator failover (a mixin of FlCore, like session_hier.py; sans-IO, time is an argument).
+"""Coordinator failover: `Failover`, a collaborator of FlCore (sans-IO, time is an argument).
 
 Who may coordinate: the signed announcement names the coordinators in rank order
 (`messages.coordinators_of`): the starter (rank 0), then up to `coordinator_fallbacks` peers
@@ -44,126 +44,44 @@ rounds need (participants, reputations, regions), so failover works the same for
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import Callable
 
-from fognode.node.wire import digest
+from nacl.signing import SigningKey
+
 from fognode.protocols.fl.actions import Action, MessageRefused, Publish
-from fognode.protocols.fl.coordinator import (
-    CandidateView, Coordinator, Phase, RoundRecord, SessionState)
-from fognode.protocols.fl.messages import (
-    MAX_COORDINATORS, DeviceFacts, RoundFailed, RoundPlan, RoundResult, SessionSpec,
-    coordinators_of)
-from fognode.protocols.fl.selection import ineligibility
-
-if TYPE_CHECKING:
-    from fognode.protocols.fl.session import Session
-
-MAX_SOURCES = 16
+from fognode.protocols.fl.messages import DeviceFacts, RoundPlan, coordinators_of
+from fognode.protocols.fl.session.coordinator import (
+    CandidateView, Coordinator, Phase, SessionState)
+from fognode.protocols.fl.session.selection import ineligibility
+from fognode.protocols.fl.session.standby import Standby, takeover_unit, uniq
+from fognode.protocols.fl.session.state import Session
 
 
-def choose_fallbacks(nonce: bytes, starter: str, pool: Iterable[str], count: int) -> tuple[str, ...]:
-    """The fallback coordinators of a session: the first `count` peers of `pool` (the starter
-    left out) ordered by BLAKE2b("fl-coordinator" || nonce || peer)."""
-    peers = sorted({p for p in pool if p != starter},
-                   key=lambda p: (digest(b"fl-coordinator" + nonce + p.encode()), p))
-    return tuple(peers[:max(0, min(count, MAX_COORDINATORS))])
+class Failover:
+    """The core's coordinator-failover collaborator (see the module docstring): handed each
+    `Session` it acts on, and the core's steps it needs (`on_plan`, `end`, `need_model`)."""
 
+    def __init__(self, *, me: str, key: SigningKey, view: CandidateView, interval: float,
+                 facts: Callable[[], DeviceFacts],
+                 on_plan: Callable[[Session, str, RoundPlan, float], list[Action]],
+                 end: Callable[[Session, SessionState, str, float], list[Action]],
+                 need_model: Callable[[Session, bytes, tuple[str, ...]], list[Action]]) -> None:
+        self.me = me
+        self.key = key
+        self.view = view
+        self.interval = interval
+        self._facts = facts
+        self._on_plan = on_plan
+        self._end = end
+        self._need_model = need_model
 
-def takeover_unit(spec: SessionSpec, republish_interval: float) -> float:
-    """Silence after which the next fallback takes over; fallback k waits k units."""
-    return spec.deadline + 2.0 * republish_interval
-
-
-def plan_span(spec: SessionSpec, plan: RoundPlan) -> float:
-    """How long a round of `plan` may run before its last aggregator slot ends (as the
-    coordinator's own `plan_timeout` counts it)."""
-    slots = min(len(plan.participants), 1 + spec.fallbacks)
-    if spec.hierarchical:
-        slots += 1 + spec.fallbacks
-    return slots * spec.deadline + min(spec.deadline, 5.0)
-
-
-def _uniq(peers: Iterable[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(peers))[:MAX_SOURCES]
-
-
-@dataclass
-class Standby:
-    """What a fallback coordinator keeps while another coordinator acts."""
-
-    rank: int                               # this node's index in coordinators_of
-    heard: float                            # last progress of the acting coordinator
-    candidates: dict[str, DeviceFacts] = field(default_factory=dict)
-    history: list[RoundRecord] = field(default_factory=list)
-    round_started: dict[int, float] = field(default_factory=dict)
-    max_try: dict[int, int] = field(default_factory=dict)
-    failures: dict[int, list[str]] = field(default_factory=dict)
-    last_result: RoundResult | None = None
-    holders: tuple[str, ...] = ()           # peers that hold the last completed model
-    open_until: float = 0.0                 # the last aggregator slot of the open plan ends
-
-    def due(self, now: float, acting: int, unit: float) -> bool:
-        k = self.rank - acting
-        return k > 0 and now >= max(self.heard + k * unit, self.open_until + (k - 1) * unit)
-
-    def on_plan(self, plan: RoundPlan, now: float, span: float) -> None:
-        """A new plan of the acting coordinator; its round may take `span` seconds."""
-        self.heard = now
-        self.open_until = now + span
-        self.round_started.setdefault(plan.round, now)
-        self.max_try[plan.round] = max(self.max_try.get(plan.round, -1), plan.try_no)
-        for p in plan.peers:
-            self.candidates.setdefault(p, DeviceFacts(region=plan.region_of(p)))
-        last = self.last_result
-        if last is not None and plan.base_model_hash == last.receipt.model_hash:
-            # the plan's sources serve that model and its participants fetch it to train
-            self.holders = _uniq(self.holders + plan.sources + plan.peers)
-
-    def on_result(self, plan: RoundPlan, res: RoundResult, now: float) -> None:
-        self.heard = now
-        self.open_until = 0.0
-        r = res.receipt
-        if any(h.round == r.round for h in self.history):
-            return
-        started = self.round_started.get(r.round, now)
-        self.history.append(RoundRecord(
-            round=r.round, tries=r.try_no + 1, aggregator=r.aggregator, participants=plan.peers,
-            accepted=tuple(a.peer for a in r.accepted),
-            weights={a.peer: a.weight for a in r.accepted}, dropped=res.dropped,
-            rejected=dict(res.rejected), loss=res.loss, accuracy=res.accuracy,
-            train_loss=res.train_loss, model_hash=r.model_hash, started_at=started,
-            duration=now - started, failures=list(self.failures.get(r.round, []))))
-        self.last_result = res
-        self.holders = (r.aggregator,)
-
-    def on_failed(self, peer: str, msg: RoundFailed, now: float) -> None:
-        self.heard = now
-        self.open_until = 0.0
-        self.failures.setdefault(msg.round, []).append(
-            f"round {msg.round} try {msg.try_no}: aggregator {peer}: {msg.reason}")
-
-
-class FailoverRounds:
-    """Coordinator failover of FlCore (see the module docstring)."""
-
-    me: str
-    facts: DeviceFacts
-    view: CandidateView
-    interval: float
-
-    if TYPE_CHECKING:
-        def _on_plan(self, s: Session, peer: str, plan: RoundPlan, now: float) -> list[Action]: ...
-        def _end(self, s: Session, state: SessionState, reason: str, now: float) -> list[Action]: ...
-        def _need_model(self, s: Session, h: bytes, sources: tuple[str, ...]) -> list[Action]: ...
-
-    def _fo_join(self, s: Session, now: float) -> None:
+    def join(self, s: Session, now: float) -> None:
         """A joined session names this node as a fallback coordinator: stand by."""
         coords = coordinators_of(s.ann)
         if self.me in coords[1:]:
             s.standby = Standby(coords.index(self.me), now)
 
-    def _fo_refusal(self, s: Session, peer: str, kind: str, rank: int) -> list[Action]:
+    def refusal(self, s: Session, peer: str, kind: str, rank: int) -> list[Action]:
         """[MessageRefused] when a `kind` message of coordinator `rank` from `peer` must be
         refused, else []."""
         coords = coordinators_of(s.ann)
@@ -178,7 +96,7 @@ class FailoverRounds:
                    f"(rank {s.acting})")
         return [MessageRefused(s.sid, peer, kind, why)] if why else []
 
-    def _fo_follow(self, s: Session, rank: int, now: float) -> None:
+    def follow(self, s: Session, rank: int, now: float) -> None:
         """A plan or end of coordinator `rank` (>= s.acting) is accepted: follow that rank; a
         lower-ranked coordinator on this node steps down and keeps what it knew."""
         s.acting = max(s.acting, rank)
@@ -188,7 +106,7 @@ class FailoverRounds:
             s.coordinator = None
             s.standby = Standby(c.rank, now, dict(c.candidates), list(c.history))
 
-    def _fo_tick(self, s: Session, now: float) -> list[Action]:
+    def tick(self, s: Session, now: float) -> list[Action]:
         sb = s.standby
         if sb is not None and s.prepared is not None \
                 and s.state in (SessionState.WAITING, SessionState.RUNNING) \
@@ -210,8 +128,8 @@ class FailoverRounds:
         silent = coords[s.acting]
         c = Coordinator(s.ann, self.me, self.view, now, self.interval, key=self.key, rank=sb.rank)
         c.candidates = {p: f for p, f in sb.candidates.items() if p not in coords[:sb.rank]}
-        if ineligibility(self.view(self.me, self.facts), s.spec.criteria) is None:
-            c.candidates[self.me] = self.facts
+        if ineligibility(self.view(self.me, self._facts()), s.spec.criteria) is None:
+            c.candidates[self.me] = self._facts()
         c.history = list(sb.history)
         if sb.last_result is not None:
             c.base_hash = sb.last_result.receipt.model_hash
@@ -221,7 +139,7 @@ class FailoverRounds:
         c.failures = sb.failures.get(c.round_no, []) + [
             f"coordinator {silent} (rank {s.acting}) silent for {now - sb.heard:.1f}s: "
             f"taken over by {self.me} (rank {sb.rank})"]
-        c.base_sources = _uniq((self.me,) + sb.holders)
+        c.base_sources = uniq((self.me,) + sb.holders)
         c.seen_tries = dict(sb.max_try)
         c.phase = Phase.RESUMING
         c.plan_at = c.last_publish = now
@@ -229,7 +147,7 @@ class FailoverRounds:
         s.latest_model = c.base_hash
         s.rounds_done = c.base_round
         if c.base_hash in s.models:
-            return self._resumed(s, now)
+            return self.resumed(s, now)
         return self._need_model(s, c.base_hash, c.base_sources)
 
     def _rebase(self, s: Session, c: Coordinator, now: float) -> list[Action]:
@@ -249,10 +167,10 @@ class FailoverRounds:
             c.try_no = c.first_try = c.seen_tries.get(c.round_no, -1) + 1
             c.failures = [f"taking over, {lost}: going on from round {rnd}"]
             s.latest_model, s.rounds_done = mh, rnd
-            return self._resumed(s, now)
+            return self.resumed(s, now)
         return self._end(s, SessionState.FAILED, f"taking over, {lost}", now)
 
-    def _resumed(self, s: Session, now: float) -> list[Action]:
+    def resumed(self, s: Session, now: float) -> list[Action]:
         """The taking-over coordinator holds the last completed model: plan the next round
         (or end the session when that was the last one)."""
         c = s.coordinator

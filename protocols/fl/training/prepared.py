@@ -2,7 +2,7 @@
 parameter layout and round-0 model, and, when it was loaded in this process, the task object
 and this node's local data (`LocalTask`).
 
-The daemon loads and trains tasks in its task process (task_process.py), so its sessions hold
+The daemon loads and trains tasks in its task process (process.py), so its sessions hold
 no `LocalTask`; the in-memory harness and the benchmarks load them here with `prepare_task`
 and train with `train_round`, the same function the task process runs."""
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Mapping
 
 import numpy as np
 
-from fognode.protocols.fl.rounds import TrainOutcome
+from fognode.protocols.fl.session.rounds import TrainOutcome
 from fognode.protocols.fl.tasks import LocalData, ParamLayout, Task, TrainConfig, load_task
-from fognode.protocols.fl.tensors import params_hash
+from fognode.protocols.fl.transfer.tensors import params_hash
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Hierarchical rounds (`SessionSpec.hierarchical`): regional aggregators, then a global one.
 
-Design (a mixin of FlCore, like session_secagg.py; sans-IO, time is an argument):
+Design (`Hierarchy`, a collaborator of FlCore; sans-IO, time is an argument):
 
 - The round plan carries each participant's region (the registry's region fact the
   coordinator's selection saw). Per region an aggregator order is elected exactly like the
@@ -40,46 +40,30 @@ Design (a mixin of FlCore, like session_secagg.py; sans-IO, time is an argument)
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import numpy as np
 
 from fognode.protocols.fl.actions import Action, AggregateSum, SendUpdate
-from fognode.protocols.fl.election import regional_orders
 from fognode.protocols.fl.messages import MemberMeta, RoundPlan, UpdateHeader
-from fognode.protocols.fl.rounds import (
+from fognode.protocols.fl.session.election import regional_orders
+from fognode.protocols.fl.session.rounds import (
     SLOT_SETTLED, AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, UpdateMeta)
+from fognode.protocols.fl.session.state import HierRound, Session
 from fognode.protocols.fl.strategies.base import ClientUpdate, StrategyError
+from fognode.protocols.fl.strategies.registry import build_strategy
 
-if TYPE_CHECKING:
-    from fognode.protocols.fl.session import Session
+class Hierarchy:
+    """The core's hierarchical-round collaborator (see the module docstring): handed each
+    `Session` it acts on, and the core's `round_failed` step."""
 
-
-@dataclasses.dataclass
-class HierRound:
-    """This node's hierarchical state for one try of a round."""
-
-    region: str
-    region_order: tuple[str, ...]
-    regional: AggregatorRound | None = None        # this node aggregates its region
-    forward: ParticipantRound | None = None        # its regional update, on its way up
-    members: tuple[MemberMeta, ...] = ()
-    weight: float = 0.0
-    # at the global aggregator: per forwarding peer, (mean vector, weight)
-    sums: dict[str, tuple[np.ndarray, float]] = dataclasses.field(default_factory=dict)
-
-
-class HierRounds:
-    """Hierarchical-round handling of FlCore (see the module docstring)."""
-
-    me: str
-
-    if TYPE_CHECKING:
-        def _round_failed(self, s: Session, reason: str) -> list[Action]: ...
+    def __init__(self, *, me: str, round_failed: Callable[[Session, str], list[Action]]) -> None:
+        self.me = me
+        self._round_failed = round_failed
 
     # -- planning --------------------------------------------------------------------------
 
-    def _hier_plan(self, s: Session, plan: RoundPlan, now: float) -> None:
+    def plan(self, s: Session, plan: RoundPlan, now: float) -> None:
         """Set up this node's regional roles for `plan` (s.order is the global order)."""
         count = 1 + s.spec.fallbacks
         orders = regional_orders(plan.seed, plan.participants, plan.regions, count)
@@ -98,7 +82,7 @@ class HierRounds:
                                            s.spec.min_participants)
             s.aggregator.contributors = ()
 
-    def _hier_close(self, s: Session) -> None:
+    def close(self, s: Session) -> None:
         h = s.hier
         if h is None:
             return
@@ -109,7 +93,7 @@ class HierRounds:
 
     # -- receiving updates -----------------------------------------------------------------
 
-    def _hier_admit(self, s: Session, fallback: int) -> str | None:
+    def admit(self, s: Session, fallback: int) -> str | None:
         """admit_update for a hierarchical session: the update is for this node's regional
         slot or its global slot (which one is known from the header's member list)."""
         h = s.hier
@@ -125,7 +109,7 @@ class HierRounds:
             return "round closed"
         return None
 
-    def _hier_receive(self, s: Session, peer: str, header: UpdateHeader, delta: np.ndarray,
+    def receive(self, s: Session, peer: str, header: UpdateHeader, delta: np.ndarray,
                       now: float) -> str | None | list[Action]:
         """A checked update (dtype, shape, finiteness) in a hierarchical session: a refusal
         reason, or the actions."""
@@ -148,7 +132,7 @@ class HierRounds:
             ar.contributors = tuple(covered | {m.peer for m in header.members})
             for m in header.members:
                 ar.meta[m.peer] = UpdateMeta(m.num_samples, m.base_loss, m.base_accuracy, m.train_loss)
-            return self._hier_maybe_global(s, now)
+            return self.maybe_global(s, now)
         ra = h.regional
         if ra is None or ra.slot != header.fallback:
             return "not the aggregator"
@@ -161,11 +145,11 @@ class HierRounds:
         ra.updates[peer] = ClientUpdate(peer, delta, header.num_samples)
         ra.meta[peer] = UpdateMeta(header.num_samples, header.base_loss, header.base_accuracy,
                                    header.train_loss)
-        return self._hier_maybe_regional(s, now)
+        return self.maybe_regional(s, now)
 
     # -- regional aggregation --------------------------------------------------------------
 
-    def _hier_maybe_regional(self, s: Session, now: float, *, closing: bool = False) -> list[Action]:
+    def maybe_regional(self, s: Session, now: float, *, closing: bool = False) -> list[Action]:
         h = s.hier
         ra = h.regional if h is not None else None
         if h is None or ra is None or ra.state != AggregatorState.COLLECTING:
@@ -175,8 +159,6 @@ class HierRounds:
         ra.state = AggregatorState.DONE
         if not ra.updates:
             return []       # nothing reached this slot: the region's next aggregator, or none
-        from fognode.protocols.fl.strategies.registry import build_strategy
-
         strategy = build_strategy(s.spec)
         total = np.zeros_like(next(iter(ra.updates.values())).delta, dtype=np.float64)
         weight = 0.0
@@ -204,9 +186,9 @@ class HierRounds:
         fw.meta = UpdateMeta(n, -1.0, -1.0, -1.0)
         fw.state = ParticipantState.SENDING
         h.forward = fw
-        return self._hier_forward(s, fw.slot_at(now), now)
+        return self.forward(s, fw.slot_at(now), now)
 
-    def _hier_forward(self, s: Session, slot: int, now: float) -> list[Action]:
+    def forward(self, s: Session, slot: int, now: float) -> list[Action]:
         h = s.hier
         assert h is not None and h.forward is not None
         fw = h.forward
@@ -218,21 +200,21 @@ class HierRounds:
         if to != self.me:
             fw.in_flight = True
             return [act]
-        from fognode.protocols.fl.tensors import encode_tensor
+        from fognode.protocols.fl.transfer.tensors import encode_tensor
 
         header = act.header(encode_tensor(fw.delta, chunk_size=1 << 20)[0])
-        got = self._hier_receive(s, self.me, header, fw.delta.copy(), now)
+        got = self.receive(s, self.me, header, fw.delta.copy(), now)
         out = got if isinstance(got, list) else []
-        return out + self._hier_sent(s, fw, slot, not isinstance(got, str) or got in SLOT_SETTLED, now)
+        return out + self.sent(s, fw, slot, not isinstance(got, str) or got in SLOT_SETTLED, now)
 
-    def _hier_sent(self, s: Session, fw: ParticipantRound, slot: int, ok: bool,
+    def sent(self, s: Session, fw: ParticipantRound, slot: int, ok: bool,
                    now: float) -> list[Action]:
         nxt = fw.outcome(slot, ok, now)
         if nxt is None or fw.state != ParticipantState.SENDING:
             return []
-        return self._hier_forward(s, nxt, now)
+        return self.forward(s, nxt, now)
 
-    def _hier_delivered(self, s: Session, round_no: int, try_no: int, fallback: int, ok: bool,
+    def delivered(self, s: Session, round_no: int, try_no: int, fallback: int, ok: bool,
                         reason: str, now: float) -> list[Action]:
         """Outcome of a forward; an unreachable or refusing global aggregator (other than for
         a duplicate: the region is already covered) passes it to the next one."""
@@ -241,25 +223,25 @@ class HierRounds:
         if fw is None or (fw.plan.round, fw.plan.try_no) != (round_no, try_no) \
                 or fw.state != ParticipantState.SENDING or fallback != fw.sent_slot:
             return []
-        return self._hier_sent(s, fw, fallback, ok or reason in SLOT_SETTLED, now)
+        return self.sent(s, fw, fallback, ok or reason in SLOT_SETTLED, now)
 
-    def _hier_tick(self, s: Session, now: float) -> list[Action]:
+    def tick(self, s: Session, now: float) -> list[Action]:
         h = s.hier
         if h is None:
             return []
         out: list[Action] = []
         ra = h.regional
         if ra is not None and ra.state == AggregatorState.COLLECTING and now >= ra.closes:
-            out += self._hier_maybe_regional(s, now, closing=True)
+            out += self.maybe_regional(s, now, closing=True)
         fw = h.forward
         if fw is not None and fw.state == ParticipantState.SENDING \
                 and (slot := fw.next_send(now)) is not None:
-            out += self._hier_forward(s, slot, now)
+            out += self.forward(s, slot, now)
         return out
 
     # -- global aggregation ----------------------------------------------------------------
 
-    def _hier_maybe_global(self, s: Session, now: float, *, closing: bool = False) -> list[Action]:
+    def maybe_global(self, s: Session, now: float, *, closing: bool = False) -> list[Action]:
         h = s.hier
         ar = s.aggregator
         if h is None or ar is None or ar.state != AggregatorState.COLLECTING:
@@ -274,8 +256,6 @@ class HierRounds:
         enough = len(covered) >= ar.min_participants
         base = s.models.get(ar.plan.base_model_hash)
         if enough and base is not None:
-            from fognode.protocols.fl.strategies.registry import build_strategy
-
             strategy = build_strategy(s.spec)
             try:
                 strategy.load_state_arrays(base.state)

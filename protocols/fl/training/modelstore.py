@@ -6,7 +6,7 @@
 - `model.json`: task, layout (name, shape, dtype per tensor), hash of each saved file.
 
 `export_state_dict` writes a torch state dict file for the user (`torch.save` of plain
-tensors; the daemon runs it in its task process, task_process.py); fognode itself never loads
+tensors; the daemon runs it in its task process, process.py); fognode itself never loads
 such files.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fognode.protocols.fl.tasks import ParamLayout, Task
-from fognode.protocols.fl.tensors import params_hash
+from fognode.protocols.fl.transfer.tensors import params_hash
 
 
 def session_dir(root: Path, sid: bytes) -> Path:

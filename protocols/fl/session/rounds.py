@@ -27,7 +27,7 @@ from fognode.protocols.fl.strategies.base import ClientUpdate
 from fognode.protocols.fl.tasks import TrainResult
 
 if TYPE_CHECKING:
-    from fognode.protocols.fl.privacy.secagg import SecAggAggregator, SecAggParticipant
+    from fognode.protocols.fl.secagg.core import SecAggAggregator, SecAggParticipant
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 In a session started with `secagg=true` a participant does not send its update in the clear.
 It feeds `strategy.client_contribution(delta, num_samples)` (vector and weight, `with_weight`)
-into the Bonawitz et al. SecAgg protocol (`privacy/secagg.py`) run with the round's elected
+into the Bonawitz et al. SecAgg protocol (`core.py`) run with the round's elected
 aggregator of the slot it is in: advertise keys -> share keys -> masked input -> unmask. The
 aggregator learns only the sum over the survivors and applies `strategy.aggregate_sum`.
 
@@ -30,9 +30,9 @@ from typing import Any
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import Fields, pack, unpack
 from fognode.protocols.fl.messages import RoundPlan
-from fognode.protocols.fl.privacy.secagg import SecAggConfig, default_threshold, round_id_for
-from fognode.protocols.fl.privacy.secagg_messages import MAX_VECTOR_BYTES, Message, decode_message
-from fognode.protocols.fl.rounds import UpdateMeta
+from fognode.protocols.fl.secagg.core import SecAggConfig, default_threshold, round_id_for
+from fognode.protocols.fl.secagg.messages import MAX_VECTOR_BYTES, Message, decode_message
+from fognode.protocols.fl.session.rounds import UpdateMeta
 
 VERSION = 1
 COMPLETE_GRAPH_MAX = 16

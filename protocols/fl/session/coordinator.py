@@ -1,9 +1,9 @@
 """The acting coordinator of one session (sans-IO): the starter, or a fallback coordinator
-that took the session over (session_failover.py).
+that took the session over (session/failover.py).
 
 It collects opt-ins, plans each round (participants selected from the candidates by the
 round seed, with the reputations used for the election, and the round header it signs:
-round_header.py, the reward evidence), republishes the current plan until
+rewards/round_header.py, the reward evidence), republishes the current plan until
 the next one (gossip may drop it; the republished plan is also the coordinator's heartbeat),
 accepts the first valid round result from an aggregator of the plan's election order, fetches
 the new model (so it can serve it and save the final one), and then plans the next round. A
@@ -14,7 +14,7 @@ cannot be fetched) is retried with a new seed from the last completed model, up 
 The coordinator is not a single point of failure: the signed announcement names fallback
 coordinators (`coordinators_of`); the first of them that hears nothing from the acting one
 for its timeout takes over from the last completed round with a higher `rank`, carried by
-its plans and session end, and participants follow the highest rank (session_failover.py).
+its plans and session end, and participants follow the highest rank (session/failover.py).
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from typing import Any, Callable
 
 from nacl.signing import SigningKey
 
-from fognode.protocols.fl.election import aggregator_order
 from fognode.protocols.fl.messages import (
     DeviceFacts,
     RoundFailed,
@@ -32,7 +31,8 @@ from fognode.protocols.fl.messages import (
     RoundResult,
     SessionAnnouncement,
 )
-from fognode.protocols.fl.selection import DeviceCandidate, round_seed, select_participants
+from fognode.protocols.fl.session.election import aggregator_order
+from fognode.protocols.fl.session.selection import DeviceCandidate, round_seed, select_participants
 
 CandidateView = Callable[[str, DeviceFacts], DeviceCandidate]
 
@@ -131,7 +131,7 @@ class Coordinator:
     def plan_timeout(self) -> float:
         slots = max(len(self.order), 1)
         if self.spec.hierarchical:
-            # the regional aggregators' slots come first (session_hier.py)
+            # the regional aggregators' slots come first (hier.py)
             slots += 1 + self.spec.fallbacks
         return self.plan_at + slots * self.spec.deadline + min(self.spec.deadline, 5.0)
 

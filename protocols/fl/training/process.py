@@ -20,7 +20,7 @@ The child keeps the last `CACHED_TASKS` prepared tasks. A request names the task
 `TaskKey`, so a child that restarted rebuilds a task it does not hold (deterministically, from
 the key) instead of failing the session.
 
-    python -m fognode.protocols.fl.task_process [--torch-threads N] [--nice K]
+    python -m fognode.protocols.fl.training.process [--torch-threads N] [--nice K]
 
 runs the child (the daemon starts it; by hand it only makes sense for debugging).
 """
@@ -40,11 +40,11 @@ import msgpack
 import numpy as np
 import trio
 
-from fognode.protocols.fl.modelstore import export_state_dict
-from fognode.protocols.fl.prepared import LocalTask, PreparedTask, TaskKey, load_local, train_round
-from fognode.protocols.fl.rounds import TrainOutcome
+from fognode.protocols.fl.session.rounds import TrainOutcome
 from fognode.protocols.fl.tasks import ParamLayout, TaskError, TensorSpec, TrainConfig, TrainResult
-from fognode.protocols.fl.tensors import params_hash
+from fognode.protocols.fl.training.modelstore import export_state_dict
+from fognode.protocols.fl.training.prepared import LocalTask, PreparedTask, TaskKey, load_local, train_round
+from fognode.protocols.fl.transfer.tensors import params_hash
 
 log = logging.getLogger("fognode.fl")
 
@@ -181,7 +181,7 @@ def serve(inp: BinaryIO, out: BinaryIO, host: TaskHost) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fognode.protocols.fl.task_process")
+    ap = argparse.ArgumentParser(prog="python -m fognode.protocols.fl.training.process")
     ap.add_argument("--torch-threads", type=int, default=1)
     ap.add_argument("--nice", type=int, default=0)
     args = ap.parse_args(argv)
@@ -273,7 +273,7 @@ class TaskProcess:
         await self._reap()
         env = {k: v for k, v in os.environ.items() if k != "FOGNODE_PASSPHRASE"}
         self._proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "fognode.protocols.fl.task_process",
+            [sys.executable, "-m", "fognode.protocols.fl.training.process",
              "--torch-threads", str(self.torch_threads), "--nice", str(self.nice)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self._buf.clear()

@@ -1,0 +1,42 @@
+"""The `[protocols.fl]` section of node.toml: `FlConfig`, its defaults and its validation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fognode.node.errors import ConfigError
+from fognode.protocols.fl.messages import MAX_COORDINATORS
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class FlConfig:
+    tasks: list[str] = field(default_factory=lambda: ["synthetic", "synthetic_mlp"])
+    max_model_bytes: int = 256 * MIB      # largest model/update accepted (bytes on the wire)
+    chunk_size: int = MIB                 # tensor chunk (one stream frame), 1 KiB..4 MiB
+    default_deadline: float = 60.0        # seconds per round attempt when fl.start gives none
+    optin_seconds: float = 5.0            # how long a starter collects opt-ins before round 1
+    data_seed: int = 0                    # seed of this node's task data (synthetic tasks)
+    data_index: int = -1                  # this node's data index; -1 = derived from the peer id
+    capabilities: list[str] = field(default_factory=list)   # what this node offers (e.g. "gpu")
+    tick_interval: float = 0.25           # seconds between deadline checks
+    republish_interval: float = 2.0       # seconds between re-gossiping the current plan
+    stream_timeout: float = 120.0         # bound on one model or update transfer
+    aggregation_threads: int = 1          # aggregations (and model saves) run at once
+    torch_threads: int = 1                # torch intra-op threads in the task process (0 =
+                                          # torch's default); 1 is fastest for small models
+    training_nice: int = 0                # how much lower the task process's CPU priority is
+                                          # (0..19): raise it where the owner's work comes first
+    coordinator_fallbacks: int = 2        # fallback coordinators named in the announcements of
+                                          # sessions this node starts (0..16; 0 = none)
+
+
+def validate(config: FlConfig) -> None:
+    """Refuse values the role cannot run with (ConfigError naming the key)."""
+    if not 1024 <= config.chunk_size <= 4 * MIB:
+        raise ConfigError("must be between 1024 and 4194304", key="protocols.fl.chunk_size")
+    if not 0 <= config.coordinator_fallbacks <= MAX_COORDINATORS:
+        raise ConfigError(f"must be between 0 and {MAX_COORDINATORS}",
+                          key="protocols.fl.coordinator_fallbacks")
+    if not 0 <= config.training_nice <= 19:
+        raise ConfigError("must be between 0 and 19", key="protocols.fl.training_nice")

@@ -1,0 +1,192 @@
+"""The trio role's `ActionHandler` (dispatch.py): how the FL role carries out each action of
+its core. Gossip goes out on the sessions topic; task loading and local training go to the
+task process (training/process.py: torch runs there, never in the daemon); aggregation and model
+saves run in worker threads bounded by `aggregation_threads`; tensor transfers are the stream
+adapters of transfer/; rewards go through the ledger (rewards/ledger.py). Every long action runs
+in the role's nursery and feeds its outcome back through `apply`, which drops late outcomes
+once the role stopped."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+from fognode.protocols.fl.actions import (
+    Action, Aggregate, AggregateSum, Emit, FetchModel, MessageRefused, PayRewards, PrepareTask,
+    Publish, ReportOutcome, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
+from fognode.protocols.fl.config import FlConfig
+from fognode.protocols.fl.dispatch import carry_out
+from fognode.protocols.fl.events import TrainingRoundCompleted
+from fognode.protocols.fl.messages import encode_gossip
+from fognode.protocols.fl.metrics import FlMetrics
+from fognode.protocols.fl.rewards.ledger import LedgerLink
+from fognode.protocols.fl.session.core import FlCore
+from fognode.protocols.fl.strategies.base import AggregateResult, StrategyError
+from fognode.protocols.fl.tasks import TaskError
+from fognode.protocols.fl.training.modelstore import save_model
+from fognode.protocols.fl.training.prepared import TaskKey
+from fognode.protocols.fl.training.process import TaskProcess
+from fognode.protocols.fl.transfer.models import fetch_model
+from fognode.protocols.fl.transfer.secagg import send_secagg
+from fognode.protocols.fl.transfer.streams import TOPIC, Link
+from fognode.protocols.fl.transfer.updates import send_update
+
+log = logging.getLogger("fognode.fl")
+
+
+class RoleActions:
+    """Carries out the core's actions for one running FL role (see the module docstring)."""
+
+    def __init__(self, *, ctx: Any, config: FlConfig, core: FlCore, metrics: FlMetrics,
+                 tasks: TaskProcess, ledger: LedgerLink, nursery: trio.Nursery,
+                 model_root: Path, task_key: Callable[[str, dict[str, float], int], TaskKey],
+                 closed: Callable[[], bool]) -> None:
+        self.ctx = ctx
+        self.core = core
+        self.metrics = metrics
+        self.tasks = tasks
+        self.ledger = ledger
+        self.model_root = model_root
+        self._nursery = nursery
+        self._task_key = task_key
+        self._closed = closed
+        self._save_lock = trio.Lock()
+        self._limiter = trio.CapacityLimiter(max(1, config.aggregation_threads))
+        self.link = Link(overlay=ctx.overlay, config=config, metrics=metrics, core=core,
+                         apply=self.apply, now=self._now, closed=closed)
+
+    def _now(self) -> float:
+        return float(self.ctx.clock())
+
+    def apply(self, actions: list[Action]) -> None:
+        """Carry `actions` out (nothing once the role stopped: late outcomes are dropped)."""
+        if self._closed():
+            return
+        carry_out(self, actions)
+
+    # == ActionHandler ======================================================================
+
+    def publish(self, a: Publish) -> None:
+        self._nursery.start_soon(self._publish, a)
+
+    def prepare_task(self, a: PrepareTask) -> None:
+        self._nursery.start_soon(self._prepare, a)
+
+    def fetch_model(self, a: FetchModel) -> None:
+        self._nursery.start_soon(fetch_model, self.link, a)
+
+    def train(self, a: Train) -> None:
+        self._nursery.start_soon(self._train, a)
+
+    def send_update(self, a: SendUpdate) -> None:
+        self._nursery.start_soon(send_update, self.link, a)
+
+    def aggregate(self, a: Aggregate) -> None:
+        self._nursery.start_soon(self._aggregate, a)
+
+    def send_secagg(self, a: SendSecAgg) -> None:
+        self._nursery.start_soon(send_secagg, self.link, a)
+
+    def aggregate_sum(self, a: AggregateSum) -> None:
+        self._nursery.start_soon(self._aggregate_sum, a)
+
+    def emit(self, a: Emit) -> None:
+        ev = a.event
+        self.ctx.events.publish(ev)
+        if isinstance(ev, TrainingRoundCompleted):
+            s = self.core.sessions.get(bytes.fromhex(ev.session_id))
+            if s is not None and s.coordinator is not None and s.coordinator.history:
+                self.metrics.round.observe(s.coordinator.history[-1].duration)
+                self.metrics.rounds.labels("coordinator").inc()
+            else:
+                self.metrics.rounds.labels("participant").inc()
+
+    def report_outcome(self, a: ReportOutcome) -> None:
+        svc = self.ctx.services.get("reputation")
+        if svc is None:
+            return
+        try:
+            svc.report_outcome(a.subject, "fl", a.ok, min(max(a.weight, 1e-6), 100.0), a.evidence)
+        except Exception as e:   # the reputation service refuses (rate limit, self): log only
+            log.debug("fl: reputation report about %s not recorded: %s", a.subject, e)
+
+    def message_refused(self, a: MessageRefused) -> None:
+        self.metrics.refused.labels(a.kind).inc()
+        log.info("fl: refused %s from %s for session %s: %s", a.kind, a.peer,
+                 a.session_id.hex()[:16], a.reason)
+
+    def update_refused(self, a: UpdateRefused) -> None:
+        self.metrics.rejected.labels(a.reason).inc()
+        log.info("fl: refused update from %s for session %s: %s", a.peer, a.session_id.hex()[:16], a.reason)
+
+    def save_model(self, a: SaveModel) -> None:
+        self._nursery.start_soon(self.save, a)
+
+    def pay_rewards(self, a: PayRewards) -> None:
+        self._nursery.start_soon(self.ledger.pay, a)
+
+    # == the work behind them ===============================================================
+
+    async def _publish(self, a: Publish) -> None:
+        try:
+            await self.ctx.overlay.publish(TOPIC, encode_gossip(a.msg))
+        except Exception as e:
+            log.warning("fl: publish of %s failed: %s", type(a.msg).__name__, e)
+
+    async def _prepare(self, a: PrepareTask) -> None:
+        try:
+            prepared = await self.tasks.prepare(self._task_key(a.task, a.task_params, a.init_seed))
+        except TaskError as e:
+            self.apply(self.core.task_failed(a.session_id, str(e), self._now()))
+            return
+        self.apply(self.core.task_ready(a.session_id, prepared, self._now()))
+
+    async def _train(self, a: Train) -> None:
+        s = self.core.sessions.get(a.session_id)
+        if s is None or s.prepared is None:
+            return
+        started = trio.current_time()
+        try:
+            outcome = await self.tasks.train(s.prepared.key, a.base, a.config, a.seed)
+        except TaskError as e:
+            log.warning("fl: local training for %s failed: %s", a.session_id.hex()[:16], e)
+            return
+        self.metrics.train.observe(trio.current_time() - started)
+        self.apply(self.core.trained(a.session_id, a.round, a.try_no, outcome, self._now()))
+
+    async def _aggregate(self, a: Aggregate) -> None:
+        await self._run_strategy(a, lambda: a.strategy.aggregate(a.base, list(a.updates)))
+
+    async def _aggregate_sum(self, a: AggregateSum) -> None:
+        await self._run_strategy(a, lambda: a.strategy.aggregate_sum(
+            a.base, a.delta_sum, a.total_weight, a.peers, num_samples=a.num_samples))
+
+    async def _run_strategy(self, a: Aggregate | AggregateSum,
+                            run: Callable[[], AggregateResult]) -> None:
+        """Run one aggregation in a worker thread, then hand the result (or the strategy's
+        refusal) to `core.aggregated`."""
+        started = trio.current_time()
+        try:
+            result = await trio.to_thread.run_sync(run, limiter=self._limiter)
+            self.metrics.aggregate.observe(trio.current_time() - started)
+        except StrategyError as e:
+            self.apply(self.core.aggregated(a.session_id, a.round, a.try_no, a.fallback, None,
+                                            str(e), self._now()))
+            return
+        self.apply(self.core.aggregated(a.session_id, a.round, a.try_no, a.fallback, result, "",
+                                        self._now(), a.strategy.state_arrays()))
+
+    async def save(self, a: SaveModel) -> None:
+        """Write a model to the data dir (model.json is read-modified-written: one at a time)."""
+        s = self.core.sessions.get(a.session_id)
+        if s is None or s.prepared is None:
+            return
+        task, layout = s.spec.task, s.prepared.layout
+        try:
+            async with self._save_lock:
+                await trio.to_thread.run_sync(lambda: save_model(
+                    self.model_root, a.session_id, task, layout, a.params, a.model_hash, final=a.final))
+        except OSError as e:
+            log.error("fl: cannot save the model of session %s: %s", a.session_id.hex()[:16], e)

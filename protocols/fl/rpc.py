@@ -1,0 +1,221 @@
+"""The `fl.*` RPC methods: start a session, its status, the session list, stop, export.
+
+They are mixed into `FlRole` (protocol.py) because the daemon finds a role's RPC methods on
+its class (node/rpc/methods.declared_methods); `FlRpc` declares what it uses of the role.
+"""
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import trio
+
+from fognode.node.errors import RemoteProtocolError, RpcError
+from fognode.node.rpc.methods import rpc_method
+from fognode.node.wire import unpack
+from fognode.protocols.fl import errors as E
+from fognode.protocols.fl.actions import Action, SaveModel
+from fognode.protocols.fl.config import FlConfig
+from fognode.protocols.fl.errors import SessionRejected
+from fognode.protocols.fl.executor import RoleActions
+from fognode.protocols.fl.messages import PrivacyOptions, SelectionCriteria, SessionSpec
+from fognode.protocols.fl.secagg import round as secagg_round
+from fognode.protocols.fl.session.core import FlCore
+from fognode.protocols.fl.strategies.registry import build_strategy
+from fognode.protocols.fl.strategies.base import StrategyError
+from fognode.protocols.fl.tasks import TaskError
+from fognode.protocols.fl.training.modelstore import load_model
+from fognode.protocols.fl.training.prepared import PreparedTask, TaskKey, init_seed_of
+from fognode.protocols.fl.training.process import TaskProcess
+
+
+class FlRpc(abc.ABC):
+    """The role's `fl.*` RPC methods, over the role's core, task process and action runner."""
+
+    config: FlConfig
+    core: FlCore | None
+    actions: RoleActions | None
+    tasks: TaskProcess
+    model_root: Path
+
+    @abc.abstractmethod
+    def _apply(self, actions: list[Action]) -> None: ...
+
+    @abc.abstractmethod
+    def _now(self) -> float: ...
+
+    @abc.abstractmethod
+    def _task_key(self, task: str, params: dict[str, float], init_seed: int) -> TaskKey: ...
+
+    @rpc_method("fl.start")
+    async def start(self, task: str, rounds: int = 10, min_participants: int = 2,
+                    participants: int = 5, strategy: str = "fedavg",
+                    strategy_params: dict[str, float] | None = None,
+                    task_params: dict[str, float] | None = None, deadline: float = 0.0,
+                    local_epochs: int = 1, lr: float = 0.01, batch_size: int = 10,
+                    wire_dtype: Literal["float32", "float16"] = "float32", fallbacks: int = 2,
+                    max_retries: int = 3, optin_seconds: float = -1.0, dp_clip: float = 0.0,
+                    dp_noise: float = 0.0, dp_delta: float = 1e-5, secagg: bool = False,
+                    region: str = "", capabilities: list[str] | None = None,
+                    min_reputation: float = 0.0, charging_only: bool = False, min_cores: int = 0,
+                    min_memory_mb: int = 0, reward_budget: int = 0,
+                    hierarchical: bool = False) -> dict[str, Any]:
+        """Start a federated-learning session that this node coordinates; returns its id.
+
+        TASK is an installed task (`synthetic`, `synthetic_mlp`, ...). The session runs ROUNDS
+        rounds of PARTICIPANTS selected nodes each, needing MIN_PARTICIPANTS usable updates per
+        round within DEADLINE seconds (default from the node config). STRATEGY is fedavg,
+        fedprox, fedadam, fedyogi, fedadagrad, median, trimmed_mean, krum, multikrum or bulyan,
+        with STRATEGY_PARAMS (e.g. {"mu": 0.1}, {"f": 1}). DP_CLIP > 0 turns on central DP with
+        noise multiplier DP_NOISE. SECAGG runs secure aggregation: the aggregator sees only the sum
+        of the updates (mean-based strategies only; robust ones get 507). HIERARCHICAL
+        aggregates per registry region first (one elected aggregator per region, then a global
+        one; mean-based strategies only, robust ones get 502, with SECAGG 507). Selection criteria: REGION, CAPABILITIES, MIN_REPUTATION (0..1),
+        CHARGING_ONLY, MIN_CORES, MIN_MEMORY_MB. Errors: 500 bad parameter, 501 task not
+        available, 502 strategy, 507 unsupported privacy option.
+        """
+        assert self.core is not None
+        if task not in self.config.tasks:
+            raise RpcError(E.FL_UNKNOWN_TASK, f"task {task!r} is not enabled on this node "
+                                              f"(enabled: {self.config.tasks})")
+        try:
+            spec = SessionSpec(
+                task=task, rounds=rounds, min_participants=min_participants,
+                participants=participants, strategy=strategy,
+                strategy_params=dict(strategy_params or {}), task_params=dict(task_params or {}),
+                deadline=deadline if deadline > 0 else self.config.default_deadline,
+                local_epochs=local_epochs, lr=lr, batch_size=batch_size, wire_dtype=wire_dtype,
+                fallbacks=fallbacks, max_retries=max_retries,
+                optin_seconds=optin_seconds if optin_seconds >= 0 else self.config.optin_seconds,
+                reward_budget=reward_budget,
+                privacy=PrivacyOptions(dp_clip, dp_noise, dp_delta, secagg),
+                criteria=SelectionCriteria(region, tuple(capabilities or ()), min_reputation,
+                                           charging_only, min_cores, min_memory_mb),
+                hierarchical=hierarchical)
+            # the same checks every receiving node applies to the announcement
+            SessionSpec.decode(_fields_of(spec))
+        except RemoteProtocolError as e:
+            raise RpcError(E.FL_BAD_REQUEST, str(e).replace("fl.SessionSpec: ", "")) from None
+        try:
+            build_strategy(spec)
+        except StrategyError as e:
+            code = E.FL_UNSUPPORTED if secagg else E.FL_BAD_STRATEGY
+            raise RpcError(code, str(e)) from None
+        nonce = os.urandom(16)
+        try:
+            prepared = await self.tasks.prepare(self._task_key(task, spec.task_params, init_seed_of(nonce)))
+        except TaskError as e:
+            raise RpcError(E.FL_UNKNOWN_TASK if "installed" in str(e) else E.FL_BAD_REQUEST, str(e)) from None
+        if prepared.layout.size * 4 > self.config.max_model_bytes:
+            raise RpcError(E.FL_BAD_REQUEST, f"the model has {prepared.layout.size} parameters, over "
+                                             f"this node's max_model_bytes {self.config.max_model_bytes}")
+        if secagg and (prepared.layout.size + 1) * 8 > secagg_round.MAX_BODY - (1 << 20):
+            raise RpcError(E.FL_BAD_REQUEST, f"the model has {prepared.layout.size} parameters: its "
+                                             f"masked secure-aggregation input (8 bytes each) is over "
+                                             f"the {secagg_round.MAX_BODY >> 20} MiB limit")
+        now = self._now()
+        ann = self.core.new_announcement(spec, prepared, nonce, now)
+        try:
+            actions = self.core.start_session(ann, prepared, now)
+        except SessionRejected as e:
+            raise RpcError(E.FL_BAD_REQUEST, str(e)) from None
+        self._apply(actions)
+        return {"session_id": ann.session_id.hex(), "initial_model_hash": ann.initial_model_hash.hex(),
+                "parameters": prepared.layout.size}
+
+    def _sid(self, session: str) -> bytes:
+        try:
+            sid = bytes.fromhex(session)
+        except ValueError:
+            sid = b""
+        if len(sid) != 32:
+            raise RpcError(E.FL_BAD_REQUEST, f"session id must be 64 hex characters, got {session!r}")
+        assert self.core is not None
+        if sid not in self.core.sessions:
+            raise RpcError(E.FL_UNKNOWN_SESSION, f"no session {session} on this node")
+        return sid
+
+    @rpc_method("fl.status")
+    async def status(self, session: str) -> dict[str, Any]:
+        """State of SESSION (running, completed, failed or stopped), its history per round
+        (loss and accuracy of the round's base model on the participants' data, participants,
+        accepted, dropped and rejected peers), the DP epsilon spent, the session's coordinators
+        (starter first, then its fallbacks) and the acting one. Error 503: unknown."""
+        assert self.core is not None
+        sid = self._sid(session)
+        st = self.core.status(sid)
+        final = self._final_path(sid)
+        st["model_file"] = str(final) if final is not None else None
+        return st
+
+    @rpc_method("fl.sessions")
+    async def sessions(self) -> list[dict[str, Any]]:
+        """Every session this node knows: id, task, state, its role, rounds done."""
+        assert self.core is not None
+        return self.core.session_list()
+
+    @rpc_method("fl.stop")
+    async def stop(self, session: str) -> dict[str, Any]:
+        """Stop SESSION (only on its acting coordinator: the starter, or the fallback coordinator
+        that took it over); the final model is saved in the data dir with its hash. Errors: 503
+        unknown session, 504 not the acting coordinator."""
+        assert self.core is not None
+        sid = self._sid(session)
+        try:
+            actions = self.core.stop_session(sid, self._now())
+        except PermissionError as e:
+            raise RpcError(E.FL_NOT_COORDINATOR, f"only the acting coordinator can stop a session: {e}") from None
+        except ValueError as e:
+            raise RpcError(E.FL_BAD_REQUEST, str(e)) from None
+        saves = [a for a in actions if isinstance(a, SaveModel)]
+        self._apply([a for a in actions if not isinstance(a, SaveModel)])
+        assert self.actions is not None
+        for a in saves:
+            await self.actions.save(a)
+        st = self.core.status(sid)
+        final = self._final_path(sid)
+        return {"session_id": session, "state": st["state"], "rounds_done": st["rounds_done"],
+                "model_hash": st["model_hash"], "model_file": str(final) if final else None}
+
+    def _final_path(self, sid: bytes) -> Path | None:
+        assert self.core is not None
+        s = self.core.sessions[sid]
+        p = self.model_root / sid.hex() / f"final-{s.latest_model.hex()[:16]}.npy"
+        return p if p.exists() else None
+
+    @rpc_method("fl.export")
+    async def export(self, session: str, path: str) -> dict[str, Any]:
+        """Write SESSION's latest global model to PATH (absolute) as a torch state dict file
+        (`torch.load(PATH)` gives name -> tensor). Errors: 505 no model here, 506 cannot write."""
+        assert self.core is not None
+        sid = self._sid(session)
+        s = self.core.sessions[sid]
+        target = Path(path)
+        if not target.is_absolute():
+            raise RpcError(E.FL_BAD_REQUEST, f"path must be absolute, got {path!r}")
+        if s.prepared is None:
+            raise RpcError(E.FL_NO_MODEL, "this node has not loaded the session's task")
+        bundle = self.core.model_for(sid, s.latest_model)
+        params = bundle.params if bundle is not None else None
+        if params is None:
+            final = self._final_path(sid)
+            if final is None:
+                raise RpcError(E.FL_NO_MODEL, "this node holds no model of that session")
+            params = await trio.to_thread.run_sync(load_model, final, s.latest_model)
+        prepared: PreparedTask = s.prepared
+        try:
+            await self.tasks.export(prepared.key, params, target)
+        except TaskError as e:
+            raise RpcError(E.FL_EXPORT_FAILED, f"cannot export the model: {e}") from None
+        except OSError as e:
+            raise RpcError(E.FL_EXPORT_FAILED, f"cannot write {path}: {e.strerror or e}") from None
+        return {"path": str(target), "model_hash": s.latest_model.hex(), "rounds_done": s.rounds_done,
+                "tensors": [t.name for t in prepared.layout.tensors]}
+
+
+def _fields_of(spec: SessionSpec) -> Any:
+    from fognode.node.wire import Fields, pack
+
+    return Fields(unpack(pack(spec.to_wire())), "fl.SessionSpec")

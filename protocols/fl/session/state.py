@@ -1,0 +1,82 @@
+"""What one node keeps per FL session (`Session`), handed to the core and to its collaborators
+(failover, hierarchical and secure-aggregation rounds): the models it holds (`ModelBundle`), its
+hierarchical round state (`HierRound`) and an update's admission decision (`Admission`).
+Plain data: no behaviour beyond derived fields."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fognode.protocols.fl.actions import PayRewards
+from fognode.protocols.fl.messages import MemberMeta, RoundPlan, SessionAnnouncement, SessionEnded, SessionSpec
+from fognode.protocols.fl.session.coordinator import Coordinator, SessionState
+from fognode.protocols.fl.session.rounds import AggregatorRound, ParticipantRound
+from fognode.protocols.fl.session.standby import Standby
+from fognode.protocols.fl.training.prepared import PreparedTask
+
+
+@dataclass
+class HierRound:
+    """This node's hierarchical state for one try of a round."""
+
+    region: str
+    region_order: tuple[str, ...]
+    regional: AggregatorRound | None = None        # this node aggregates its region
+    forward: ParticipantRound | None = None        # its regional update, on its way up
+    members: tuple[MemberMeta, ...] = ()
+    weight: float = 0.0
+    # at the global aggregator: per forwarding peer, (mean vector, weight)
+    sums: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
+
+
+@dataclass
+class ModelBundle:
+    params: np.ndarray
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Whether an update is taken (`refusal` None) and the shape its tensor must have (None
+    while the session's task is not loaded here: such an update is then refused as "shape")."""
+
+    refusal: str | None
+    expected_shape: tuple[int, ...] | None = None
+
+
+@dataclass
+class Session:
+    ann: SessionAnnouncement
+    state: SessionState
+    prepared: PreparedTask | None = None
+    coordinator: Coordinator | None = None
+    plan: RoundPlan | None = None
+    order: tuple[str, ...] = ()
+    participant: ParticipantRound | None = None
+    aggregator: AggregatorRound | None = None
+    hier: HierRound | None = None
+    models: dict[bytes, ModelBundle] = field(default_factory=dict)
+    model_order: list[bytes] = field(default_factory=list)
+    fetching: set[bytes] = field(default_factory=set)
+    rounds_done: int = 0
+    latest_model: bytes = b""
+    participation: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""
+    # rounds this node aggregated, paid once the coordinator adopts their model (_adopted)
+    rewards_due: list[PayRewards] = field(default_factory=list)
+    acting: int = 0                         # rank of the coordinator this node follows
+    standby: Standby | None = None          # this node is a fallback coordinator, waiting
+    # the coordinator's SessionEnded, republished END_REPUBLISH times (the last round is paid
+    # when it arrives: one lost message must not cost the round's rewards)
+    end: SessionEnded | None = None
+    end_republish: tuple[int, float] = (0, 0.0)   # (republishes left, when the next is due)
+
+    @property
+    def sid(self) -> bytes:
+        return self.ann.session_id
+
+    @property
+    def spec(self) -> SessionSpec:
+        return self.ann.spec

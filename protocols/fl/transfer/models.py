@@ -1,0 +1,71 @@
+"""Stream `/fognode/fl/model/1.0.0`: a node serves the global models it holds (request,
+response with one tensor header per array, raw chunks) and fetches a round's base model from
+the first source that serves it, checking its hash (`FetchModel`)."""
+from __future__ import annotations
+
+import numpy as np
+import trio
+
+from fognode.node.overlay import FramedStream
+from fognode.protocols.fl.actions import FetchModel
+from fognode.protocols.fl.messages import ModelRequest, ModelResponse
+from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, MODEL_STREAM, Link, close
+from fognode.protocols.fl.transfer.tensors import TensorDecoder, encode_tensor, params_hash
+
+
+async def serve_model(link: Link, st: FramedStream) -> None:
+    with trio.fail_after(link.config.stream_timeout):
+        req = ModelRequest.decode(await st.recv(max_size=MAX_CONTROL_FRAME), peer=st.remote_peer)
+        bundle = link.core.model_for(req.session_id, req.model_hash)
+        if bundle is None:
+            await st.send(ModelResponse(False, "this node does not hold that model", ()).to_wire())
+            await close(st)
+            return
+        tensors = [("params", bundle.params)] + sorted(bundle.state.items())
+        encoded = [(n, *encode_tensor(t, chunk_size=link.config.chunk_size)) for n, t in tensors]
+        await st.send(ModelResponse(True, "", tuple((n, h) for n, h, _ in encoded)).to_wire())
+        for _, h, chunks in encoded:
+            for c in chunks:
+                await st.send_bytes(bytes(c))
+            link.metrics.bytes_out.labels("model").inc(h.nbytes)
+        await close(st)
+
+
+async def fetch_model(link: Link, a: FetchModel) -> None:
+    core, config = link.core, link.config
+    shape = core.expected_shape(a.session_id)
+    last = "no source"
+    started = trio.current_time()
+    for src in a.sources:
+        try:
+            with trio.fail_after(config.stream_timeout):
+                st = await link.overlay.open_stream(src, MODEL_STREAM)
+                try:
+                    await st.send(ModelRequest(a.session_id, a.model_hash).to_wire())
+                    resp = ModelResponse.decode(await st.recv(max_size=MAX_CONTROL_FRAME),
+                                                params_shape=shape or (0,),
+                                                max_bytes=config.max_model_bytes, peer=src)
+                    if not resp.ok:
+                        last = f"{src}: {resp.reason}"
+                        continue
+                    arrays: dict[str, np.ndarray] = {}
+                    for name, h in resp.tensors:
+                        dec = TensorDecoder(h, peer=src)
+                        for _ in range(h.num_chunks):
+                            dec.feed(await st.recv_bytes(max_size=h.chunk_size))
+                        arrays[name] = dec.finish()
+                        link.metrics.bytes_in.labels("model").inc(h.nbytes)
+                finally:
+                    await close(st)
+            params = arrays.pop("params")
+            if params_hash(params) != a.model_hash:
+                last = f"{src}: the model does not match its hash"
+                continue
+            link.metrics.transfer.labels("model").observe(trio.current_time() - started)
+            link.apply(core.model_fetched(a.session_id, a.model_hash, params, arrays, link.now()))
+            return
+        except trio.TooSlowError:
+            last = f"{src}: timed out"
+        except Exception as e:
+            last = f"{src}: {type(e).__name__}: {e}"
+    link.apply(core.model_fetch_failed(a.session_id, a.model_hash, last, link.now()))

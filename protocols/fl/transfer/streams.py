@@ -1,0 +1,41 @@
+"""What every FL transfer shares: the stream ids and the sessions gossip topic, the
+control-frame bound, `Link` (the typed collaborators a transfer is handed) and a best-effort
+stream close."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from fognode.node.overlay import FramedStream, Overlay
+from fognode.protocols.fl.actions import Action
+from fognode.protocols.fl.config import FlConfig
+from fognode.protocols.fl.metrics import FlMetrics
+from fognode.protocols.fl.session.core import FlCore
+
+MODEL_STREAM = "/fognode/fl/model/1.0.0"
+UPDATE_STREAM = "/fognode/fl/update/1.0.0"
+SECAGG_STREAM = "/fognode/fl/secagg/1.0.0"
+TOPIC = "fognode/fl/sessions/1"
+MAX_CONTROL_FRAME = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Link:
+    """A transfer's collaborators: the overlay, the role's config and metrics, the core, and
+    how to feed the core's answers back (`apply`), read the clock and see the role stopped."""
+
+    overlay: Overlay
+    config: FlConfig
+    metrics: FlMetrics
+    core: FlCore
+    apply: Callable[[list[Action]], None]
+    now: Callable[[], float]
+    closed: Callable[[], bool]
+
+
+async def close(st: FramedStream) -> None:
+    """Close `st`, ignoring a stream the peer already reset."""
+    try:
+        await st.close()
+    except Exception:
+        pass

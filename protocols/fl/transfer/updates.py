@@ -1,0 +1,104 @@
+"""Stream `/fognode/fl/update/1.0.0`: one update per stream (header frame, raw chunks, ack).
+
+The receiving side asks the core for its one admission decision from the header's ids before
+reading the tensor (a refused update costs one control frame), decodes the header against the
+admitted shape, reads the chunks, then hands the update over (`receive_update`). The sending
+side carries out `SendUpdate` and reports the outcome (`update_delivered`)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from fognode.node.errors import RemoteProtocolError, StreamClosed
+from fognode.node.overlay import FramedStream
+from fognode.protocols.fl.actions import SendUpdate
+from fognode.protocols.fl.messages import Ack, UpdateHeader
+from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, UPDATE_STREAM, Link, close
+from fognode.protocols.fl.transfer.tensors import TensorDecoder, TensorRejected, encode_tensor
+
+log = logging.getLogger("fognode.fl")
+
+
+async def send_update(link: Link, a: SendUpdate) -> None:
+    core = link.core
+    s = core.sessions.get(a.session_id)
+    dtype = s.spec.wire_dtype if s is not None else "float32"
+    ok, reason = False, ""
+    started = trio.current_time()
+    try:
+        th, chunks = encode_tensor(a.delta, wire_dtype=dtype, chunk_size=link.config.chunk_size)
+        with trio.fail_after(link.config.stream_timeout):
+            st = await link.overlay.open_stream(a.to, UPDATE_STREAM)
+            try:
+                await st.send(a.header(th).to_wire())
+                for c in chunks:
+                    await st.send_bytes(bytes(c))
+                link.metrics.bytes_out.labels("update").inc(th.nbytes)
+                ack = Ack.decode(await st.recv(max_size=MAX_CONTROL_FRAME), peer=a.to)
+                ok, reason = ack.ok, ack.reason
+            finally:
+                await close(st)
+    except trio.TooSlowError:
+        reason = "timed out"
+    except Exception as e:   # unreachable peer, reset stream, refused: try the next one
+        reason = f"{type(e).__name__}: {e}"
+    if ok:
+        link.metrics.transfer.labels("update").observe(trio.current_time() - started)
+    else:
+        log.info("fl: update for round %d to %s not delivered: %s", a.round, a.to, reason)
+    link.apply(core.update_delivered(a.session_id, a.round, a.try_no, a.fallback, ok, reason,
+                                     link.now(), forward=bool(a.members)))
+
+
+async def serve_update(link: Link, st: FramedStream) -> None:
+    """Receive one update: admit by header before reading the tensor, then chunks."""
+    peer, core = st.remote_peer, link.core
+    with trio.fail_after(link.config.stream_timeout):
+        raw = await st.recv(max_size=MAX_CONTROL_FRAME)
+        ids = update_ids(raw)
+        if ids is None:
+            link.metrics.bad_messages.labels("update").inc()
+            raise RemoteProtocolError("fl.UpdateHeader: not a header map", peer=peer)
+        sid, rnd, try_no, fallback = ids
+        admission = core.admit_update(peer, sid, rnd, try_no, fallback)
+        why = admission.refusal
+        if why is None:
+            try:
+                hdr = UpdateHeader.decode(raw, expected_shape=admission.expected_shape,
+                                          max_bytes=link.config.max_model_bytes, peer=peer)
+                dec = TensorDecoder(hdr.tensor, peer=peer)
+                for _ in range(hdr.tensor.num_chunks):
+                    dec.feed(await st.recv_bytes(max_size=hdr.tensor.chunk_size))
+                values = dec.finish()
+                link.metrics.bytes_in.labels("update").inc(hdr.tensor.nbytes)
+            except TensorRejected as e:
+                why = e.reason
+            except RemoteProtocolError:
+                why = "malformed"
+            else:
+                why, actions = core.receive_update(peer, hdr, values, link.now())
+                link.apply(actions)
+                await st.send(Ack(why is None, why or "").to_wire())
+                await close(st)
+                return
+        link.apply(core.reject_update(peer, sid, rnd, try_no, why, link.now()))
+        try:
+            await st.send(Ack(False, why).to_wire())
+        except StreamClosed:
+            pass
+        await close(st)
+
+
+def update_ids(raw: Any) -> tuple[bytes, int, int, int] | None:
+    """(session, round, try, fallback) of an update header map, or None if they are malformed."""
+    if not isinstance(raw, dict):
+        return None
+    sid, rnd, try_no, fb = raw.get("session"), raw.get("round"), raw.get("try"), raw.get("fallback")
+    if not (isinstance(sid, bytes) and len(sid) == 32):
+        return None
+    for x in (rnd, try_no, fb):
+        if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x <= 100_000:
+            return None
+    return sid, rnd, try_no, fb  # type: ignore[return-value]
