@@ -377,9 +377,11 @@ class SequenceTracker:
         if n:
             self._schedule(o, now + self.limits.pull_delay)
 
-    def _backfill(self, o: _Origin, top: int, now: float) -> None:
-        """Start over at `top` and pull (best effort) up to `backfill` seqs up to it."""
-        o.win.reset(top - min(self.limits.backfill, top))
+    def _backfill(self, o: _Origin, top: int, now: float, *, floor: int = 0) -> None:
+        """Start over at `top` and pull (best effort) up to `backfill` seqs up to it, none at
+        or below `floor` (the highest seq already delivered in this epoch: a resync must not
+        forget it was delivered, or a pull could deliver it twice)."""
+        o.win.reset(max(floor, top - min(self.limits.backfill, top)))
         self._recharge(o)
         self._gap(o, top, now, optional=True)
 
@@ -388,7 +390,7 @@ class SequenceTracker:
         self._lost(o, o.win.missing_seqs(required_only=True), "window")
         skipped = max(0, top - min(self.limits.backfill, top) - o.win.highest)
         self._refuse(o.key[0], o.sponsor, Refusal.WINDOW, skipped=skipped)
-        self._backfill(o, top, now)
+        self._backfill(o, top, now, floor=min(o.win.highest, top))
 
     def _drop(self, o: _Origin, now: float) -> None:
         """Pulls keep failing: free the missing entries and keep quiet for a while."""
