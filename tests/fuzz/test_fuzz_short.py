@@ -14,7 +14,7 @@ import pytest
 from tests.fuzz.run import CORPUS, CRASHES, ROOT
 from tests.fuzz.targets import TARGETS, run_one
 
-SHORT_SECONDS = 30         # all targets together, after ~3 s of start-up (instrumenting fognode)
+SHORT_SECONDS = 15         # all targets together, after ~3 s of start-up (instrumenting fognode)
 
 
 def _inputs(base: Path, name: str) -> list[Path]:
