@@ -1,7 +1,8 @@
 """What the registry offers other roles through `ctx.services`.
 
 - "registry" -> `RegistryService`: devices matching criteria (fl picks peers, market matches
-  offers), one device's record, liveness, and a DHT look-up for devices not in the view.
+  offers), one device's record, liveness, and a DHT look-up for devices not in the view; the
+  harvest role announces this device's harvest state through `set_harvest`.
 - "reputation" -> `ReputationService`: `report_outcome(subject, service, ok, weight, evidence)`
   for roles that saw a peer serve (SLA kept, FL update accepted, relay served), and
   `score(peer, service)`.
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fognode.protocols.registry.observation import ALL_SERVICES
-from fognode.protocols.registry.record import DeviceRecord
+from fognode.protocols.registry.record import DeviceRecord, HarvestInfo
 from fognode.protocols.registry.view import Criteria
 
 if TYPE_CHECKING:
@@ -32,6 +33,13 @@ class RegistryService:
 
     def is_online(self, peer_id: str) -> bool:
         return self._role.core.liveness.is_online(peer_id)
+
+    def set_harvest(self, harvest: HarvestInfo | None) -> None:
+        """This device's harvest state (None: the harvest role stopped). Republishes the
+        record at once when it changed materially, else it rides on the next republish.
+        Never blocks; cheap enough to call on every harvest tick (a restarted registry then
+        learns the state again)."""
+        self._role.set_harvest(harvest)
 
     async def lookup(self, peer_id: str) -> DeviceRecord | None:
         """The view's record, else a DHT look-up (awaits up to `dht_timeout`; None if not found)."""

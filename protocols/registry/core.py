@@ -49,7 +49,7 @@ from fognode.protocols.registry.observation import (ALL_SERVICES, MAX_EVIDENCE, 
                                                     decode_observation, sign_observation)
 from fognode.protocols.registry.peerid import peer_id_from_pubkey
 from fognode.protocols.registry.record import (Capabilities, DeviceProfile, DeviceRecord,
-                                               decode_record, sign_record)
+                                               HarvestInfo, decode_record, sign_record)
 from fognode.protocols.registry.reputation import Recompute, ReputationTable
 from fognode.protocols.registry.validator import DeviceRecordValidator, device_key, region_key
 from fognode.protocols.registry.view import Change, Criteria, LocalView
@@ -66,7 +66,20 @@ def _changed_fields(old: DeviceRecord, new: DeviceRecord) -> tuple[str, ...]:
            if getattr(old.caps, f.name) != getattr(new.caps, f.name)]
     out += [f"profile.{f.name}" for f in dataclasses.fields(DeviceProfile)
             if getattr(old.profile, f.name) != getattr(new.profile, f.name)]
+    if old.harvest != new.harvest:
+        out.append("harvest")
     return tuple(out)
+
+
+def harvest_differs_materially(old: HarvestInfo | None, new: HarvestInfo | None) -> bool:
+    """True when a new harvest state is worth a new record: availability, the reason or the
+    free cores changed, or free memory moved by 10 % or more (not every megabyte)."""
+    if old is None or new is None:
+        return old is not new
+    if (old.available, old.reason, old.free_cores) != (new.available, new.reason, new.free_cores):
+        return True
+    a, b = old.free_memory_bytes, new.free_memory_bytes
+    return abs(a - b) >= 0.1 * max(a, b) if a != b else False
 
 
 class RegistryCore:
@@ -92,6 +105,7 @@ class RegistryCore:
         self.reputation = ReputationTable()
         self.own: DeviceRecord | None = None
         self._caps: Capabilities | None = None
+        self._harvest: HarvestInfo | None = None    # set by the harvest role, when it runs
         self._last_publish = 0.0
         self._last_heartbeat = 0.0
         self._last_sent_at = 0
@@ -117,7 +131,7 @@ class RegistryCore:
         issued = int(now)
         rec = sign_record(self.key, seq=self._next_seq(now), issued=issued,
                           expires=issued + max(1, int(self.config.record_ttl)), caps=caps,
-                          profile=self.profile)
+                          profile=self.profile, harvest=self._harvest)
         self.own, self._caps, self._last_publish = rec, caps, now
         self._dht_retry_at = None
         self.validator.check(device_key(rec.peer_id), rec.encode())  # our own bug if it fails
@@ -183,6 +197,15 @@ class RegistryCore:
             return []
         self.profile = profile
         return self._publish_own(self._caps, now) if self._caps is not None else []
+
+    def update_harvest(self, harvest: HarvestInfo | None, now: float) -> list[Action]:
+        """The harvest role's state changed (None: the role stopped): republish when it
+        differs materially (`harvest_differs_materially`), else remember it for the next
+        republish."""
+        old, self._harvest = self._harvest, harvest
+        if self._caps is None or not harvest_differs_materially(old, harvest):
+            return []
+        return self._publish_own(self._caps, now)
 
     def dht_put_failed(self, now: float) -> None:
         """Our record's DHT put failed (a young network, no peers yet): put it again after

@@ -31,7 +31,7 @@ from fognode.protocols.registry.metrics import RegistryMetrics
 from fognode.protocols.registry.observation import ALL_SERVICES
 from fognode.protocols.registry.peerid import pubkey_from_peer_id
 from fognode.protocols.registry.probe import probe
-from fognode.protocols.registry.record import DeviceRecord, make_profile
+from fognode.protocols.registry.record import DeviceRecord, HarvestInfo, make_profile
 from fognode.protocols.registry.reputation import compute, snapshot
 from fognode.protocols.registry.validator import NAMESPACE, device_key, region_key
 from fognode.protocols.registry.view import GIB, Criteria
@@ -305,6 +305,9 @@ class RegistryRole(Protocol):
         self._do(self.core.on_dht_record(peer, value, self.ctx.clock()))
         return self.core.view.get(peer)
 
+    def set_harvest(self, harvest: HarvestInfo | None) -> None:
+        self._do(self.core.update_harvest(harvest, self.ctx.clock()))
+
     def report_outcome(self, subject: str, service: str, ok: bool, weight: float,
                        evidence: bytes) -> None:
         self._do(self.core.report_outcome(subject, service, ok, weight, evidence, self.ctx.clock()))
@@ -365,7 +368,7 @@ class RegistryRole(Protocol):
     # ---- RPC --------------------------------------------------------------------------------
 
     def _row(self, rec: DeviceRecord, service: str) -> dict[str, Any]:
-        c, p = rec.caps, rec.profile
+        c, p, h = rec.caps, rec.profile, rec.harvest
         return {
             "peer": rec.peer_id, "region": p.region, "type": p.device_type, "roles": ",".join(p.roles),
             "cores": c.cores,
@@ -374,6 +377,8 @@ class RegistryRole(Protocol):
             "battery": (None if not c.battery_present else
                         (round(c.battery_percent) if c.battery_percent is not None else "yes")),
             "charging": c.charging, "online": self.core.liveness.is_online(rec.peer_id),
+            "harvest": (None if h is None else "available" if h.available
+                        else f"suspended: {h.reason}"),
             "reputation": round(self.core.reputation.score(rec.peer_id, service), 3),
         }
 
@@ -383,11 +388,15 @@ class RegistryRole(Protocol):
                           gpu: bool | None = None, charging: bool | None = None,
                           online: bool | None = None, min_reputation: float | None = None,
                           service: str | None = None, device_type: str | None = None,
-                          battery: bool | None = None) -> list[dict[str, Any]]:
+                          battery: bool | None = None,
+                          available: bool | None = None) -> list[dict[str, Any]]:
         """Known devices matching every given filter, best reputation first.
 
         For a region other than ours, providers of that region are looked up in the DHT first.
         MIN_REPUTATION is relative (1.0 = an average peer) for SERVICE (default: all services).
+        AVAILABLE true keeps the devices whose harvest role announces it may take work now;
+        false, the others (suspended, or no harvest role: unknown). The harvest column says
+        "available", "suspended: <reason>" or nothing (no harvest role).
         """
         for name, v in (("min_cores", min_cores), ("min_memory_gb", min_memory_gb),
                         ("min_reputation", min_reputation)):
@@ -400,7 +409,8 @@ class RegistryRole(Protocol):
                 log.info("registry.devices: DHT discovery of region %s failed: %s", region, e)
         c = Criteria(region=region, role=role, device_type=device_type, min_cores=min_cores,
                      min_memory_gb=min_memory_gb, gpu=gpu, battery=battery, charging=charging,
-                     online=online, min_reputation=min_reputation, service=service)
+                     online=online, min_reputation=min_reputation, service=service,
+                     available=available)
         return [self._row(r, service or ALL_SERVICES) for r in self.core.query(c)]
 
     @rpc_method("registry.show")

@@ -4,10 +4,21 @@ Wire form (one msgpack map, DESIGN.md "Wire and storage formats")::
 
     {"v": 1, "peer": <peer id>, "pubkey": <32 bytes>, "seq": <int>, "issued": <unix s>,
      "expires": <unix s>, "caps": {...}, "profile": {...}, "sig": <64 bytes>}
+    {"v": 2, ...the same..., "harvest": {"available": <bool>, "reason": <str>,
+                                          "free_cores": <int>, "free_memory_bytes": <int>}}
 
 `sig` is the device's Ed25519 signature (its peer key) over `pack` of the map without `sig`.
 `decode_record` checks shape, sizes, the signature and that `peer` is the peer id of `pubkey`;
 freshness (expiry, sequence) is the validator's business because it needs a clock and history.
+
+Versions. The decoder stays strict (an unknown field or version is refused) and a new field
+comes with a new version number, so a record means exactly one thing. Version 2 adds
+"harvest", the harvest role's announced state: available, or suspended and why, and the cores
+and memory its policy lets work use now. A record is encoded at the lowest version that can
+carry it: a device without the harvest role (harvest None: unknown, which is not
+"available") still publishes version 1, which every node decodes; a version-2 record must
+carry the harvest map. Nodes older than version 2 refuse version-2 records (as MALFORMED,
+"unknown version"), so they see no record of a harvesting device until they upgrade.
 """
 from __future__ import annotations
 
@@ -22,13 +33,15 @@ from fognode.node.wire import SIG_LEN, Fields, pack, sign, unpack, verify
 from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.peerid import PUBKEY_LEN, peer_id_from_pubkey, peer_id_matches
 
-RECORD_VERSION = 1
+RECORD_VERSION = 1               # a record without the harvest state
+HARVEST_RECORD_VERSION = 2       # a record with it
 MAX_RECORD_BYTES = 4096          # a record larger than this is refused before decoding
 MAX_TTL = 7 * 24 * 3600          # expires - issued may not exceed a week
 MAX_ROLES = 32
 MAX_PRICES = 32
 MAX_NAME = 64                    # region, device type, role and price names
 MAX_TEXT = 128                   # CPU model, GPU name, OS, arch
+MAX_REASON = 64                  # harvest suspension reason
 _U63 = 2**63 - 1
 
 
@@ -93,6 +106,23 @@ class DeviceProfile:
 
 
 @dataclass(frozen=True)
+class HarvestInfo:
+    """The harvest role's state as the device announces it (DESIGN.md "Harvest and market").
+
+    `available`: the device's policy lets it take work now; else `reason` says why not (a
+    short label such as "on_battery", "too_hot", "operator_pause"). `free_cores` and
+    `free_memory_bytes` are what the policy lets work use now (0 while suspended)."""
+
+    available: bool
+    reason: str = ""
+    free_cores: int = 0
+    free_memory_bytes: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class DeviceRecord:
     peer_id: str
     pubkey: bytes
@@ -102,12 +132,18 @@ class DeviceRecord:
     caps: Capabilities
     profile: DeviceProfile
     sig: bytes
+    harvest: HarvestInfo | None = None    # None: the device runs no harvest role (unknown)
 
     def body(self) -> dict[str, Any]:
-        """The signed part (everything but `sig`)."""
-        return {"v": RECORD_VERSION, "peer": self.peer_id, "pubkey": self.pubkey, "seq": self.seq,
-                "issued": self.issued, "expires": self.expires, "caps": self.caps.to_wire(),
-                "profile": self.profile.to_wire()}
+        """The signed part (everything but `sig`), at the lowest version that carries it."""
+        body: dict[str, Any] = {
+            "v": RECORD_VERSION, "peer": self.peer_id, "pubkey": self.pubkey, "seq": self.seq,
+            "issued": self.issued, "expires": self.expires, "caps": self.caps.to_wire(),
+            "profile": self.profile.to_wire()}
+        if self.harvest is not None:
+            body["v"] = HARVEST_RECORD_VERSION
+            body["harvest"] = self.harvest.to_wire()
+        return body
 
     def encode(self) -> bytes:
         return pack({**self.body(), "sig": self.sig})
@@ -119,7 +155,8 @@ class DeviceRecord:
         """A JSON-friendly view for RPC answers."""
         return {"peer": self.peer_id, "pubkey": self.pubkey.hex(), "seq": self.seq,
                 "issued": self.issued, "expires": self.expires, "caps": self.caps.to_wire(),
-                "profile": self.profile.to_wire()}
+                "profile": self.profile.to_wire(),
+                "harvest": self.harvest.to_wire() if self.harvest is not None else None}
 
 
 def make_profile(region: str, device_type: str, roles: list[str] | tuple[str, ...],
@@ -130,8 +167,8 @@ def make_profile(region: str, device_type: str, roles: list[str] | tuple[str, ..
 
 
 def sign_record(key: SigningKey, *, seq: int, issued: int, expires: int, caps: Capabilities,
-                profile: DeviceProfile) -> DeviceRecord:
-    """A record for `key`'s own device, signed by it."""
+                profile: DeviceProfile, harvest: HarvestInfo | None = None) -> DeviceRecord:
+    """A record for `key`'s own device, signed by it (`harvest` None: no harvest role)."""
     pubkey = bytes(key.verify_key)
     caps = dataclasses.replace(
         caps,
@@ -139,7 +176,7 @@ def sign_record(key: SigningKey, *, seq: int, issued: int, expires: int, caps: C
         battery_percent=None if caps.battery_percent is None else float(caps.battery_percent))
     profile = dataclasses.replace(profile, prices=tuple((k, float(v)) for k, v in profile.prices))
     unsigned = DeviceRecord(peer_id_from_pubkey(pubkey), pubkey, seq, issued, expires, caps,
-                            profile, b"")
+                            profile, b"", harvest)
     return dataclasses.replace(unsigned, sig=sign(key, unsigned.body()))
 
 
@@ -164,6 +201,19 @@ def _decode_caps(f: Fields) -> Capabilities:
     )
     f.done()
     return caps
+
+
+def _decode_harvest(f: Fields) -> HarvestInfo:
+    h = HarvestInfo(
+        available=f.bool("available"),
+        reason=f.str("reason", max_len=MAX_REASON),
+        free_cores=f.int("free_cores", lo=0, hi=1 << 16),
+        free_memory_bytes=f.int("free_memory_bytes", lo=0, hi=_U63),
+    )
+    f.done()
+    if h.available == bool(h.reason):
+        f._fail("reason must be empty when available and say why when suspended")
+    return h
 
 
 def _decode_profile(f: Fields) -> DeviceProfile:
@@ -197,7 +247,8 @@ def decode_record(data: bytes, *, peer: str | None = None) -> DeviceRecord:
                        f"device record is {len(data)} bytes, over {MAX_RECORD_BYTES}", peer=peer)
     try:
         raw = unpack(data, max_size=MAX_RECORD_BYTES, what="device record")
-        f = Fields(raw, "device record", versions={RECORD_VERSION}, peer=peer)
+        f = Fields(raw, "device record", versions={RECORD_VERSION, HARVEST_RECORD_VERSION},
+                   peer=peer)
         if not f.has("sig"):
             raise Rejected(RejectReason.UNSIGNED, "device record carries no signature", peer=peer)
         sig = f.bytes("sig", max_len=SIG_LEN)
@@ -208,6 +259,9 @@ def decode_record(data: bytes, *, peer: str | None = None) -> DeviceRecord:
         expires = f.int("expires", lo=0, hi=_U63)
         caps = _decode_caps(f.sub("caps", "device record capabilities"))
         profile = _decode_profile(f.sub("profile", "device record profile"))
+        harvest = None
+        if f.version == HARVEST_RECORD_VERSION:   # version 1 has no harvest field (done() says so)
+            harvest = _decode_harvest(f.sub("harvest", "device record harvest state"))
         f.done()
     except Rejected:
         raise
@@ -225,7 +279,7 @@ def decode_record(data: bytes, *, peer: str | None = None) -> DeviceRecord:
     if not verify(pubkey, signed, sig):
         raise Rejected(RejectReason.BAD_SIGNATURE,
                        f"record for {peer_id} is not signed by its key", peer=peer)
-    rec = DeviceRecord(peer_id, pubkey, seq, issued, expires, caps, profile, sig)
+    rec = DeviceRecord(peer_id, pubkey, seq, issued, expires, caps, profile, sig, harvest)
     if pack(rec.body()) != pack(signed):
         raise Rejected(RejectReason.MALFORMED,
                        "device record is not in canonical form (e.g. an integer where a float "

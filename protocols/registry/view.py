@@ -18,7 +18,7 @@ GIB = 1024**3
 
 class Change(enum.Enum):
     NEW = "new"                 # first record of this peer
-    UPDATED = "updated"         # a newer record with different capabilities or profile
+    UPDATED = "updated"         # a newer record with different capabilities, profile or harvest state
     REFRESHED = "refreshed"     # a newer record, same content (republish)
     STALE = "stale"             # not newer than what we hold: ignored
 
@@ -38,6 +38,8 @@ class Criteria:
     online: bool | None = None
     min_reputation: float | None = None
     service: str | None = None         # reputation service min_reputation applies to
+    available: bool | None = None      # True: announces harvest "available"; False: does not
+                                       # (suspended, or no harvest role: unknown)
 
 
 class LocalView:
@@ -61,7 +63,7 @@ class LocalView:
         self._order[rec.peer_id] = self._counter
         if old is None:
             return Change.NEW
-        if old.caps != rec.caps or old.profile != rec.profile:
+        if old.caps != rec.caps or old.profile != rec.profile or old.harvest != rec.harvest:
             return Change.UPDATED
         return Change.REFRESHED
 
@@ -132,6 +134,9 @@ class LocalView:
                 on_power = caps.charging if caps.battery_present else (caps.battery_present is False)
                 if bool(on_power) != c.charging:
                     continue
+            if c.available is not None and \
+                    (r.harvest is not None and r.harvest.available) != c.available:
+                continue
             if c.online is not None and is_online(r.peer_id) != c.online:
                 continue
             score = reputation(r.peer_id, service)
