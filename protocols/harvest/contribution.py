@@ -1,0 +1,312 @@
+"""The contribution ledger: this device's harvest sessions, what they used, what they earned.
+
+A *harvest session* is one stretch of work this device volunteered for one consumer: an FL
+session it trains for, a market job, or work an operator started by hand. It starts
+(`start`), its meters are updated while it runs (`meter`: CPU seconds, wall time, peak and
+integrated memory, WASM fuel) and it ends COMPLETED (the work was handed over) or ABANDONED
+(cut short: stopped, failed, suspended past its deadline, the daemon went down). Sessions still
+RUNNING when the ledger is loaded were cut short by a crash and are closed as ABANDONED.
+
+*Credits* come only from receipts signed by the party that received the work (receipts.py):
+validated or rejected, with the tokens they entitle the device to. An FL receipt is accepted
+only for an FL session this device has a harvest session for (it did work there); a market
+receipt must name this device. The ledger keeps each receipt once.
+
+Totals and the reliability score (`Contribution`):
+- completed / abandoned sessions, validated / rejected results, `consecutive_valid` (BOINC's
+  count of valid results since the last invalid one, reset to 0 by a rejection);
+- reliability = (completed + 1) / (completed + abandoned + 2) x (validated + 1) /
+  (validated + rejected + 2): the product of the Laplace-smoothed completion and validation
+  rates, in (0, 1); a new device starts at 0.25 and each kind of failure pulls it down.
+- tokens earned (by receipt kind; FL from round receipts, market from customers' payments).
+
+Everything is persisted through `ContributionStore` (contribution_store.py) and survives
+restarts; credits are re-verified when loaded, so an edited data dir cannot add any.
+Synchronous and clock-free: time comes in as `now`.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fognode.node.errors import LocalProtocolError, RemoteProtocolError
+from fognode.node.wire import Fields
+from fognode.protocols.harvest.contribution_store import ContributionStore
+from fognode.protocols.harvest.receipts import (FL_ROUND, KINDS, Credit, Outcome, ReceiptRefused,
+                                                RefuseReason, verify_evidence)
+
+log = logging.getLogger("fognode.harvest")
+
+SESSION_KINDS = ("fl", "market", "manual")
+MAX_REF = 128
+SESSION_ID_LEN = 16
+
+
+class SessionState(enum.Enum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True)
+class Meters:
+    """What one harvest session used (the executor's measurements, summed over its jobs)."""
+
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    memory_mb_hours: float = 0.0
+    fuel: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"cpu_seconds": float(self.cpu_seconds), "wall_seconds": float(self.wall_seconds),
+                "peak_memory_mb": float(self.peak_memory_mb),
+                "memory_mb_hours": float(self.memory_mb_hours), "fuel": int(self.fuel)}
+
+
+@dataclass(frozen=True)
+class HarvestSession:
+    session_id: bytes
+    kind: str                  # "fl", "market", "manual"
+    ref: str                   # what it works for: FL session id, job id, operator's note
+    started: float
+    state: SessionState = SessionState.RUNNING
+    ended: float | None = None
+    reason: str = ""           # why it was abandoned
+    meters: Meters = field(default_factory=Meters)
+    validated: int = 0
+    rejected: int = 0
+    tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"session_id": self.session_id.hex(), "kind": self.kind, "ref": self.ref,
+                "state": self.state.value, "started": self.started, "ended": self.ended,
+                "reason": self.reason, **self.meters.to_wire(), "validated": self.validated,
+                "rejected": self.rejected, "tokens": self.tokens}
+
+
+def session_to_wire(s: HarvestSession) -> dict[str, Any]:
+    return {"v": 1, "kind": s.kind, "ref": s.ref, "started": float(s.started),
+            "state": s.state.value, "ended": None if s.ended is None else float(s.ended),
+            "reason": s.reason, "meters": s.meters.to_wire()}
+
+
+def session_from_wire(sid: bytes, raw: Any) -> HarvestSession:
+    """A stored session record (RemoteProtocolError naming the field if it is damaged)."""
+    f = Fields(raw, f"stored harvest session {sid.hex()}", versions={1})
+    kind = f.str("kind", max_len=16)
+    ref = f.str("ref", max_len=MAX_REF)
+    started = f.float("started", lo=0.0)
+    state = f.str("state", max_len=16)
+    ended = f.float("ended", lo=0.0, optional=True)
+    reason = f.str("reason", max_len=256)
+    m = f.sub("meters")
+    meters = Meters(m.float("cpu_seconds", lo=0.0), m.float("wall_seconds", lo=0.0),
+                    m.float("peak_memory_mb", lo=0.0), m.float("memory_mb_hours", lo=0.0),
+                    m.int("fuel", lo=0))
+    m.done()
+    f.done()
+    if kind not in SESSION_KINDS or state not in {s.value for s in SessionState}:
+        f._fail(f"unknown kind {kind!r} or state {state!r}")
+    return HarvestSession(sid, kind, ref, started, SessionState(state), ended, reason, meters)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One device's totals (`ContributionLedger.totals`)."""
+
+    worker: str
+    sessions: int
+    running: int
+    completed: int
+    abandoned: int
+    validated: int
+    rejected: int
+    consecutive_valid: int
+    tokens: int
+    tokens_by_kind: dict[str, int]
+    cpu_seconds: float
+    wall_seconds: float
+    memory_mb_hours: float
+    fuel: int
+    reliability: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"worker": self.worker, "sessions": self.sessions, "running": self.running,
+                "completed": self.completed, "abandoned": self.abandoned,
+                "validated": self.validated, "rejected": self.rejected,
+                "consecutive_valid": self.consecutive_valid, "tokens": self.tokens,
+                "tokens_by_kind": dict(self.tokens_by_kind),
+                "cpu_seconds": round(self.cpu_seconds, 3),
+                "wall_seconds": round(self.wall_seconds, 3),
+                "memory_mb_hours": round(self.memory_mb_hours, 6), "fuel": self.fuel,
+                "reliability": round(self.reliability, 6)}
+
+
+def reliability_of(completed: int, abandoned: int, validated: int, rejected: int) -> float:
+    """The module docstring's score, in (0, 1)."""
+    return (completed + 1) / (completed + abandoned + 2) * (validated + 1) / (validated + rejected + 2)
+
+
+class ContributionLedger:
+    """This device's (`worker`'s) sessions and credits over `store` (see the module docstring).
+
+    Loading (the constructor) closes sessions a crash left RUNNING as ABANDONED at `now` and
+    re-verifies every stored credit (one that no longer verifies is skipped with a WARNING).
+    Raises HarvestStorageFailed when a write fails."""
+
+    def __init__(self, store: ContributionStore, worker: str, now: float) -> None:
+        self.store = store
+        self.worker = worker
+        self._sessions: dict[bytes, HarvestSession] = {}
+        self._credits: dict[bytes, Credit] = {}      # receipt id -> credit, in arrival order
+        self._by_ref: dict[tuple[str, str], bytes] = {}   # (kind, ref) -> latest session id
+        self._seq = 0
+        self._consecutive = 0
+        self._load(now)
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def _load(self, now: float) -> None:
+        for sid, raw in self.store.sessions():
+            try:
+                s = session_from_wire(sid, raw)
+            except RemoteProtocolError as e:
+                log.warning("harvest: skipping a damaged session record: %s", e)
+                continue
+            if s.state is SessionState.RUNNING:
+                s = replace(s, state=SessionState.ABANDONED, ended=now,
+                            reason="the daemon stopped without closing it")
+                self.store.put_session(sid, session_to_wire(s), sync=True)
+            self._sessions[sid] = s
+        for s in sorted(self._sessions.values(), key=lambda s: s.started):
+            self._by_ref[(s.kind, s.ref)] = s.session_id
+        for seq, raw in self.store.credits():
+            self._seq = max(self._seq, seq)
+            try:
+                f = Fields(raw, f"stored credit {seq}")
+                kind, data = f.str("kind", max_len=32), f.bytes("evidence", max_len=1 << 20)
+                f.float("received")
+                f.done()
+                c = verify_evidence(kind, data, self.worker)
+            except RemoteProtocolError as e:   # ReceiptRefused is one too
+                log.warning("harvest: stored credit %d no longer verifies, skipped: %s", seq, e)
+                continue
+            if c.receipt_id not in self._credits:
+                self._count(c)
+
+    def _count(self, c: Credit) -> None:
+        self._credits[c.receipt_id] = c
+        self._consecutive = self._consecutive + 1 if c.outcome is Outcome.VALIDATED else 0
+        sid = self._by_ref.get(("fl" if c.kind == FL_ROUND else "market", c.ref))
+        s = self._sessions.get(sid) if sid is not None else None
+        if s is not None:
+            ok = c.outcome is Outcome.VALIDATED
+            self._sessions[s.session_id] = replace(
+                s, validated=s.validated + ok, rejected=s.rejected + (not ok),
+                tokens=s.tokens + c.tokens)
+
+    # -- sessions ------------------------------------------------------------------------------------
+
+    def start(self, kind: str, ref: str, now: float) -> HarvestSession:
+        """A new RUNNING session of `kind` for `ref` (LocalProtocolError for a bad kind/ref)."""
+        if kind not in SESSION_KINDS:
+            raise LocalProtocolError(f"harvest session kind must be one of {SESSION_KINDS}, got {kind!r}")
+        if len(ref) > MAX_REF:
+            raise LocalProtocolError(f"harvest session ref is over {MAX_REF} characters")
+        s = HarvestSession(os.urandom(SESSION_ID_LEN), kind, ref, float(now))
+        self.store.put_session(s.session_id, session_to_wire(s), sync=True)
+        self._sessions[s.session_id] = s
+        self._by_ref[(kind, ref)] = s.session_id
+        return s
+
+    def get(self, session_id: bytes) -> HarvestSession | None:
+        return self._sessions.get(session_id)
+
+    def running(self, kind: str | None = None, ref: str | None = None) -> list[HarvestSession]:
+        return [s for s in self._sessions.values() if s.state is SessionState.RUNNING
+                and (kind is None or s.kind == kind) and (ref is None or s.ref == ref)]
+
+    def meter(self, session_id: bytes, meters: Meters) -> None:
+        """The running session's meters so far (written without sync; ignored once ended)."""
+        s = self._sessions.get(session_id)
+        if s is None or s.state is not SessionState.RUNNING or s.meters == meters:
+            return
+        s = replace(s, meters=meters)
+        self._sessions[session_id] = s
+        self.store.put_session(session_id, session_to_wire(s), sync=False)
+
+    def stop(self, session_id: bytes, state: SessionState, now: float, reason: str = "",
+             meters: Meters | None = None) -> HarvestSession:
+        """End a running session COMPLETED or ABANDONED (with `reason`); returns it.
+        LookupError if unknown; a session that already ended is returned unchanged."""
+        s = self._sessions.get(session_id)
+        if s is None:
+            raise LookupError(session_id.hex())
+        if s.state is not SessionState.RUNNING:
+            return s
+        if state is SessionState.RUNNING:
+            raise LocalProtocolError("a session ends completed or abandoned")
+        s = replace(s, state=state, ended=float(now), reason=reason[:256],
+                    meters=meters if meters is not None else s.meters)
+        self.store.put_session(session_id, session_to_wire(s), sync=True)
+        self._sessions[session_id] = s
+        return s
+
+    def sessions(self, *, limit: int = 100, state: SessionState | None = None,
+                 kind: str | None = None) -> list[HarvestSession]:
+        """The newest `limit` sessions (optionally of one state/kind), newest first."""
+        out = [s for s in self._sessions.values()
+               if (state is None or s.state is state) and (kind is None or s.kind == kind)]
+        out.sort(key=lambda s: (s.started, s.session_id), reverse=True)
+        return out[:max(0, limit)]
+
+    # -- credits -------------------------------------------------------------------------------------
+
+    def credit(self, kind: str, data: bytes, now: float, *, peer: str | None = None) -> Credit:
+        """Verify and keep a receipt (receipts.py) for this device; returns its credit.
+
+        ReceiptRefused: malformed, forged, self-issued, for another worker, already held, or
+        (FL) for a session this device did no work for."""
+        c = verify_evidence(kind, data, self.worker, peer=peer)
+        if c.receipt_id in self._credits:
+            raise ReceiptRefused(RefuseReason.DUPLICATE, "this receipt is already credited",
+                                 peer=peer)
+        if c.kind == FL_ROUND and ("fl", c.ref) not in self._by_ref:
+            raise ReceiptRefused(RefuseReason.FOREIGN, f"this device did no work for FL session "
+                                                       f"{c.ref[:16]}", peer=peer)
+        self._seq += 1
+        self.store.put_credit(self._seq, {"kind": kind, "evidence": data, "received": float(now)})
+        self._count(c)
+        return c
+
+    def credits(self, *, limit: int = 100) -> list[Credit]:
+        """The newest `limit` credits, newest first."""
+        return list(self._credits.values())[::-1][:max(0, limit)]
+
+    # -- totals --------------------------------------------------------------------------------------
+
+    def totals(self) -> Contribution:
+        ss = self._sessions.values()
+        completed = sum(1 for s in ss if s.state is SessionState.COMPLETED)
+        abandoned = sum(1 for s in ss if s.state is SessionState.ABANDONED)
+        validated = sum(1 for c in self._credits.values() if c.outcome is Outcome.VALIDATED)
+        rejected = len(self._credits) - validated
+        by_kind = {k: sum(c.tokens for c in self._credits.values() if c.kind == k) for k in KINDS}
+        return Contribution(
+            worker=self.worker, sessions=len(self._sessions),
+            running=sum(1 for s in ss if s.state is SessionState.RUNNING),
+            completed=completed, abandoned=abandoned, validated=validated, rejected=rejected,
+            consecutive_valid=self._consecutive, tokens=sum(by_kind.values()),
+            tokens_by_kind=by_kind,
+            cpu_seconds=sum(s.meters.cpu_seconds for s in ss),
+            wall_seconds=sum(s.meters.wall_seconds for s in ss),
+            memory_mb_hours=sum(s.meters.memory_mb_hours for s in ss),
+            fuel=sum(s.meters.fuel for s in ss),
+            reliability=reliability_of(completed, abandoned, validated, rejected))
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,95 @@
+"""The contribution ledger on disk: LevelDB (plyvel) under `<datadir>/harvest/contributions/`.
+
+Why LevelDB and not one atomically replaced file: the ledger only grows (a session record
+per harvest session, a credit per receipt, about 0.2 and 2 kB each) and changes one record at a
+time, so rewriting a whole file on every change costs O(history) per write, while LevelDB
+writes O(record); it is already a dependency (the ledger replica, ledger/store.py) and a
+synced write batch is atomic across a crash (`kill -9` leaves the old record or the new one).
+State changes (a session starts or ends, a credit arrives) are written with sync=True; the
+meters of a running session, updated every tick, without sync (they survive a crash of the
+daemon, and lose at most a few seconds of meters to a crash of the machine).
+
+Keys::
+
+    m/format              b"1" (refuse a directory written by an unknown format)
+    s/<session id>        a session record (msgpack map, contribution.py `session_to_wire`)
+    c/<seq:8>             a credit: {"kind", "evidence", "received"}, in arrival order
+
+A write that fails (disk full, I/O error) raises `HarvestStorageFailed` (a
+FatalStorageError: the role stops and the daemon exits, saying which path and why). Reads
+are not wrapped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import plyvel
+
+from fognode.node.errors import FatalStorageError
+from fognode.node.wire import pack, unpack
+
+FORMAT = b"1"
+MAX_RECORD = 1 << 20
+
+
+class HarvestStorageFailed(FatalStorageError):
+    """The contribution ledger could not be written (the local machine's fault)."""
+
+
+class ContributionStore:
+    """Open (or create) the store at `path`. Raises HarvestStorageFailed if it cannot be
+    opened (another process holds it, no space, I/O error) or holds an unknown format."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.db = plyvel.DB(str(self.path), create_if_missing=True)
+        except (OSError, plyvel.Error) as e:
+            raise self._failed("open", e) from e
+        have = self.db.get(b"m/format")
+        if have is None:
+            self._put([(b"m/format", FORMAT)], "format marker", sync=True)
+        elif have != FORMAT:
+            self.db.close()
+            raise HarvestStorageFailed(f"{self.path} holds a contribution ledger of unknown format "
+                                       f"{have[:16]!r} (written by a newer fognode?)",
+                                       path=str(self.path), cause="unknown format")
+
+    def _failed(self, what: str, e: BaseException) -> HarvestStorageFailed:
+        arg = e.args[0] if e.args else e
+        cause = arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+        return HarvestStorageFailed(f"the contribution ledger at {self.path} could not be "
+                                    f"written ({what}): {cause}; check the disk, then restart "
+                                    f"the node", path=str(self.path), cause=cause)
+
+    def _put(self, items: list[tuple[bytes, bytes]], what: str, *, sync: bool) -> None:
+        try:
+            with self.db.write_batch(sync=sync) as b:
+                for k, v in items:
+                    b.put(k, v)
+        except (OSError, plyvel.Error) as e:
+            raise self._failed(what, e) from e
+
+    def put_session(self, session_id: bytes, record: dict[str, Any], *, sync: bool) -> None:
+        self._put([(b"s/" + session_id, pack(record))], "session", sync=sync)
+
+    def put_credit(self, seq: int, record: dict[str, Any]) -> None:
+        self._put([(b"c/" + seq.to_bytes(8, "big"), pack(record))], "credit", sync=True)
+
+    def sessions(self) -> Iterator[tuple[bytes, Any]]:
+        """(session id, decoded record) of every stored session (records are our own writes;
+        an undecodable one raises RemoteProtocolError naming it, for the caller to skip)."""
+        for k, v in self.db.iterator(prefix=b"s/"):
+            yield k[2:], unpack(v, max_size=MAX_RECORD, what=f"stored session {k[2:].hex()}")
+
+    def credits(self) -> Iterator[tuple[int, Any]]:
+        """(sequence, decoded record) of every stored credit, in arrival order."""
+        for k, v in self.db.iterator(prefix=b"c/"):
+            seq = int.from_bytes(k[2:], "big")
+            yield seq, unpack(v, max_size=MAX_RECORD, what=f"stored credit {seq}")
+
+    def close(self) -> None:
+        if not self.db.closed:
+            self.db.close()
