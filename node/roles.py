@@ -44,11 +44,14 @@ from fognode.node.rpc.methods import MethodTable
 log = logging.getLogger("fognode.roles")
 
 # Start order (stop order is the reverse). Each entry is "module:Class". The ledger comes before
-# the roles that pay or get paid; the registry before the roles that select devices.
+# the roles that pay or get paid; the registry before the roles that select devices; harvest
+# (it announces this device's availability in its registry record and gates the work it runs)
+# before the roles whose work it gates.
 BUILTIN_ROLES: tuple[str, ...] = (
     "fognode.protocols.monitor.protocol:MonitorRole",
     "fognode.ledger.protocol:LedgerRole",
     "fognode.protocols.registry.protocol:RegistryRole",
+    "fognode.protocols.harvest.protocol:HarvestRole",
     "fognode.protocols.fl.protocol:FlRole",
 )
 

@@ -202,6 +202,9 @@ class Devnet:
         values: dict[str, dict[str, Any]] = {
             "overlay": {"listen": [f"/ip4/{node.host}/tcp/{node.port}"], "bootstrap": self.bootstrap(node)},
             "protocols.monitor": {"port": node.metrics_port},
+            # every node of a devnet shares one machine: each would count the others' CPU as
+            # its owner's and suspend its harvest work, so owner-busy is off
+            "protocols.harvest": {"owner_busy_pct": 0.0, "idle_owner_busy_pct": 0.0},
         }
         if node.region:
             values["node"] = {"region": node.region}

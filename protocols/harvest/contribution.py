@@ -2,8 +2,8 @@
 
 A *harvest session* is one stretch of work this device volunteered for one consumer: an FL
 session it trains for, a market job, or work an operator started by hand. It starts
-(`start`), its meters are updated while it runs (`meter`: CPU seconds, wall time, peak and
-integrated memory, WASM fuel) and it ends COMPLETED (the work was handed over) or ABANDONED
+(`start`), its meters are updated while it runs (`meter`: the executor's `Usage`, meter.py:
+CPU seconds, wall, suspended and throttled time, peak and integrated memory, WASM fuel) and it ends COMPLETED (the work was handed over) or ABANDONED
 (cut short: stopped, failed, suspended past its deadline, the daemon went down). Sessions still
 RUNNING when the ledger is loaded were cut short by a crash and are closed as ABANDONED.
 
@@ -35,6 +35,7 @@ from typing import Any
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.wire import Fields
 from fognode.protocols.harvest.contribution_store import ContributionStore
+from fognode.protocols.harvest.meter import Usage
 from fognode.protocols.harvest.receipts import (FL_ROUND, KINDS, Credit, Outcome, ReceiptRefused,
                                                 RefuseReason, verify_evidence)
 
@@ -52,22 +53,6 @@ class SessionState(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Meters:
-    """What one harvest session used (the executor's measurements, summed over its jobs)."""
-
-    cpu_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    peak_memory_mb: float = 0.0
-    memory_mb_hours: float = 0.0
-    fuel: int = 0
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"cpu_seconds": float(self.cpu_seconds), "wall_seconds": float(self.wall_seconds),
-                "peak_memory_mb": float(self.peak_memory_mb),
-                "memory_mb_hours": float(self.memory_mb_hours), "fuel": int(self.fuel)}
-
-
-@dataclass(frozen=True)
 class HarvestSession:
     session_id: bytes
     kind: str                  # "fl", "market", "manual"
@@ -76,7 +61,7 @@ class HarvestSession:
     state: SessionState = SessionState.RUNNING
     ended: float | None = None
     reason: str = ""           # why it was abandoned
-    meters: Meters = field(default_factory=Meters)
+    usage: Usage = field(default_factory=lambda: Usage(jobs=0))
     validated: int = 0
     rejected: int = 0
     tokens: int = 0
@@ -84,14 +69,22 @@ class HarvestSession:
     def to_json(self) -> dict[str, Any]:
         return {"session_id": self.session_id.hex(), "kind": self.kind, "ref": self.ref,
                 "state": self.state.value, "started": self.started, "ended": self.ended,
-                "reason": self.reason, **self.meters.to_wire(), "validated": self.validated,
+                "reason": self.reason, "usage": usage_json(self.usage), "validated": self.validated,
                 "rejected": self.rejected, "tokens": self.tokens}
+
+
+def usage_json(u: Usage) -> dict[str, Any]:
+    """A Usage as RPC shows it (seconds, bytes, MB-hours, fuel)."""
+    return {"cpu_seconds": round(u.cpu_s, 3), "wall_seconds": round(u.wall_s, 3),
+            "suspended_seconds": round(u.suspended_s, 3),
+            "throttled_seconds": round(u.throttled_s, 3), "peak_memory_bytes": u.peak_rss_bytes,
+            "memory_mb_hours": round(u.mem_mb_hours, 6), "fuel": u.fuel, "jobs": u.jobs}
 
 
 def session_to_wire(s: HarvestSession) -> dict[str, Any]:
     return {"v": 1, "kind": s.kind, "ref": s.ref, "started": float(s.started),
             "state": s.state.value, "ended": None if s.ended is None else float(s.ended),
-            "reason": s.reason, "meters": s.meters.to_wire()}
+            "reason": s.reason, "usage": s.usage.to_dict()}
 
 
 def session_from_wire(sid: bytes, raw: Any) -> HarvestSession:
@@ -103,15 +96,11 @@ def session_from_wire(sid: bytes, raw: Any) -> HarvestSession:
     state = f.str("state", max_len=16)
     ended = f.float("ended", lo=0.0, optional=True)
     reason = f.str("reason", max_len=256)
-    m = f.sub("meters")
-    meters = Meters(m.float("cpu_seconds", lo=0.0), m.float("wall_seconds", lo=0.0),
-                    m.float("peak_memory_mb", lo=0.0), m.float("memory_mb_hours", lo=0.0),
-                    m.int("fuel", lo=0))
-    m.done()
+    usage = Usage.from_dict(f.map("usage", max_len=16), f"stored harvest session {sid.hex()} usage")
     f.done()
     if kind not in SESSION_KINDS or state not in {s.value for s in SessionState}:
         f._fail(f"unknown kind {kind!r} or state {state!r}")
-    return HarvestSession(sid, kind, ref, started, SessionState(state), ended, reason, meters)
+    return HarvestSession(sid, kind, ref, started, SessionState(state), ended, reason, usage)
 
 
 @dataclass(frozen=True)
@@ -178,7 +167,7 @@ class ContributionLedger:
                 log.warning("harvest: skipping a damaged session record: %s", e)
                 continue
             if s.state is SessionState.RUNNING:
-                s = replace(s, state=SessionState.ABANDONED, ended=now,
+                s = replace(s, state=SessionState.ABANDONED, ended=float(now),
                             reason="the daemon stopped without closing it")
                 self.store.put_session(sid, session_to_wire(s), sync=True)
             self._sessions[sid] = s
@@ -230,17 +219,17 @@ class ContributionLedger:
         return [s for s in self._sessions.values() if s.state is SessionState.RUNNING
                 and (kind is None or s.kind == kind) and (ref is None or s.ref == ref)]
 
-    def meter(self, session_id: bytes, meters: Meters) -> None:
-        """The running session's meters so far (written without sync; ignored once ended)."""
+    def meter(self, session_id: bytes, usage: Usage) -> None:
+        """The running session's usage so far (written without sync; ignored once ended)."""
         s = self._sessions.get(session_id)
-        if s is None or s.state is not SessionState.RUNNING or s.meters == meters:
+        if s is None or s.state is not SessionState.RUNNING or s.usage == usage:
             return
-        s = replace(s, meters=meters)
+        s = replace(s, usage=usage)
         self._sessions[session_id] = s
         self.store.put_session(session_id, session_to_wire(s), sync=False)
 
     def stop(self, session_id: bytes, state: SessionState, now: float, reason: str = "",
-             meters: Meters | None = None) -> HarvestSession:
+             usage: Usage | None = None) -> HarvestSession:
         """End a running session COMPLETED or ABANDONED (with `reason`); returns it.
         LookupError if unknown; a session that already ended is returned unchanged."""
         s = self._sessions.get(session_id)
@@ -251,7 +240,7 @@ class ContributionLedger:
         if state is SessionState.RUNNING:
             raise LocalProtocolError("a session ends completed or abandoned")
         s = replace(s, state=state, ended=float(now), reason=reason[:256],
-                    meters=meters if meters is not None else s.meters)
+                    usage=usage if usage is not None else s.usage)
         self.store.put_session(session_id, session_to_wire(s), sync=True)
         self._sessions[session_id] = s
         return s
@@ -302,10 +291,10 @@ class ContributionLedger:
             completed=completed, abandoned=abandoned, validated=validated, rejected=rejected,
             consecutive_valid=self._consecutive, tokens=sum(by_kind.values()),
             tokens_by_kind=by_kind,
-            cpu_seconds=sum(s.meters.cpu_seconds for s in ss),
-            wall_seconds=sum(s.meters.wall_seconds for s in ss),
-            memory_mb_hours=sum(s.meters.memory_mb_hours for s in ss),
-            fuel=sum(s.meters.fuel for s in ss),
+            cpu_seconds=sum(s.usage.cpu_s for s in ss),
+            wall_seconds=sum(s.usage.wall_s for s in ss),
+            memory_mb_hours=sum(s.usage.mem_mb_hours for s in ss),
+            fuel=sum(s.usage.fuel for s in ss),
             reliability=reliability_of(completed, abandoned, validated, rejected))
 
     def close(self) -> None:

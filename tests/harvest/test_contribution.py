@@ -13,9 +13,9 @@ from nacl.signing import SigningKey
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack, unpack
 from fognode.protocols.fl.rewards.receipts import AcceptedUpdate, RoundReceipt
-from fognode.protocols.harvest.contribution import (ContributionLedger, Meters, SessionState,
-                                                    reliability_of)
+from fognode.protocols.harvest.contribution import ContributionLedger, SessionState, reliability_of
 from fognode.protocols.harvest.contribution_store import ContributionStore, HarvestStorageFailed
+from fognode.protocols.harvest.meter import Usage
 from fognode.protocols.harvest.receipts import (FL_ROUND, MARKET_JOB, Outcome, ReceiptRefused,
                                                 RefuseReason, sign_work_receipt, verify_evidence)
 
@@ -107,8 +107,8 @@ def test_the_ledger_counts_sessions_credits_and_reliability(ledger: Contribution
     # an FL receipt for a session this device did no work for is foreign
     assert refused(ledger.credit, FL_ROUND, round_receipt({ME: 1.0}), NOW) is RefuseReason.FOREIGN
     fl = ledger.start("fl", SID.hex(), NOW)
-    ledger.meter(fl.session_id, Meters(cpu_seconds=3.0, wall_seconds=10.0, peak_memory_mb=50.0,
-                                       memory_mb_hours=0.1))
+    ledger.meter(fl.session_id, Usage(cpu_s=3.0, wall_s=10.0, peak_rss_bytes=50 << 20,
+                                      mem_byte_s=1e6))
     for rnd in (1, 2, 3):
         ledger.credit(FL_ROUND, round_receipt({ME: 0.5, OTHER: 0.5}, round_no=rnd), NOW + rnd)
     assert refused(ledger.credit, FL_ROUND, round_receipt({ME: 0.5, OTHER: 0.5}, round_no=1), NOW) \
@@ -138,9 +138,9 @@ def test_sessions_and_credits_survive_a_reopen(tmp_path: Path) -> None:
     led = ContributionLedger(ContributionStore(path), ME, NOW)
     fl = led.start("fl", SID.hex(), NOW)
     led.credit(FL_ROUND, round_receipt({ME: 1.0}), NOW + 1)
-    led.stop(fl.session_id, SessionState.COMPLETED, NOW + 2, meters=Meters(cpu_seconds=4.5, fuel=0))
+    led.stop(fl.session_id, SessionState.COMPLETED, NOW + 2, usage=Usage(cpu_s=4.5))
     running = led.start("manual", "left running", NOW + 3)
-    led.meter(running.session_id, Meters(cpu_seconds=1.0))
+    led.meter(running.session_id, Usage(cpu_s=1.0))
     before = led.totals()
     led.close()
     # tamper with the stored credit: a different receipt under the same key
@@ -160,7 +160,7 @@ def test_sessions_and_credits_survive_a_reopen(tmp_path: Path) -> None:
         assert after.cpu_seconds == before.cpu_seconds == 5.5
         s = led.get(running.session_id)
         assert s is not None and s.state is SessionState.ABANDONED and s.ended == NOW + 100
-        assert "without closing" in s.reason and s.meters.cpu_seconds == 1.0
+        assert "without closing" in s.reason and s.usage.cpu_s == 1.0
         assert led.get(fl.session_id).state is SessionState.COMPLETED   # type: ignore[union-attr]
         assert after.completed == 1 and after.abandoned == 1
     finally:

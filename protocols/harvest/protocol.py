@@ -1,0 +1,183 @@
+"""The `harvest` role: a thin trio adapter around the policy core (policy_core.py).
+
+Every `tick_interval` it reads the sensors in a worker thread (PsutilSensors, or a recorded
+trace when `sensors` names one), hands the readings to `PolicyCore.tick(now, readings)` (now:
+trio's monotonic clock) and carries the decision's actions out: Suspend -> the executor's
+`suspend()` and SIGSTOP of adopted workers (FL's task process), Resume -> `resume()` and
+SIGCONT, SetAllowance -> the executor's CPU duty and memory budget. Then it samples the adopted
+workers, writes the running sessions' meters, and hands this device's harvest state to the
+registry (`RegistryService.set_harvest`: republished when it changes materially), so FL
+selection and market matching see it. Operator actions (harvest.pause / resume / set_policy)
+decide at once with the latest readings.
+
+Data dir: `<datadir>/harvest/policy.json` (the operator's overrides, policy_store.py) and
+`<datadir>/harvest/contributions/` (the contribution ledger, contribution_store.py). The role
+offers `HarvestApi` (api.py) as ctx.services["harvest"] once its first decision is made.
+It uses no streams or topics of its own: what it says to the network rides on the registry's
+device record.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import trio
+
+from fognode.node.protocol import NodeContext, Protocol
+from fognode.protocols.harvest.api import SERVICE_NAME, HarvestApi, RegistryLookup
+from fognode.protocols.harvest.cgroup import probe_cgroup
+from fognode.protocols.harvest.config import HarvestConfig
+from fognode.protocols.harvest.contribution import ContributionLedger
+from fognode.protocols.harvest.contribution_store import ContributionStore
+from fognode.protocols.harvest.errors import PolicyError, TraceError
+from fognode.protocols.harvest.events import HarvestStateChanged
+from fognode.protocols.harvest.executor import Executor
+from fognode.protocols.harvest.limits import Allowance as ExecAllowance
+from fognode.protocols.harvest.metrics import HarvestMetrics
+from fognode.protocols.harvest.policy import KNOBS, HarvestPolicy, apply_changes
+from fognode.protocols.harvest.policy_core import (Allowance, PolicyCore, Resume, SetAllowance,
+                                                   Suspend)
+from fognode.protocols.harvest.policy_store import PolicyStore
+from fognode.protocols.harvest.rpc import HarvestRpc
+from fognode.protocols.harvest.sensors import PsutilSensors, Readings, SensorProvider, TraceSensors
+from fognode.protocols.harvest.service import HarvestService
+from fognode.protocols.harvest.workers import AdoptedWorkers
+
+__all__ = ["HarvestConfig", "HarvestRole"]
+
+log = logging.getLogger("fognode.harvest")
+
+DEFAULT_MEMORY = 1 << 30     # the executor's budget when the device's RAM is unknown
+
+
+def policy_of(config: HarvestConfig) -> HarvestPolicy:
+    """node.toml's policy: the knobs of `[protocols.harvest]` (PolicyError naming a bad one)."""
+    return HarvestPolicy(**{k: getattr(config, k) for k in KNOBS})
+
+
+def exec_allowance(a: Allowance) -> ExecAllowance:
+    """The executor's allowance for the policy's: CPU duty in (0, 1], the memory budget."""
+    return ExecAllowance(cpu_fraction=min(1.0, max(0.01, a.cpu_fraction)),
+                         memory_bytes=a.memory_bytes if a.memory_bytes else DEFAULT_MEMORY)
+
+
+class HarvestRole(HarvestRpc, Protocol):
+    """Battery/thermal/CPU-aware volunteering of this device's idle compute."""
+
+    name = "harvest"
+    Config = HarvestConfig
+
+    def __init__(self, ctx: NodeContext, config: HarvestConfig) -> None:
+        super().__init__(ctx, config)
+        self.config: HarvestConfig = config
+        self.metrics = HarvestMetrics.create(ctx.metrics)
+        self.service: HarvestService | None = None
+        self.registry = RegistryLookup(ctx.services)
+        self._sensor_failing = False
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def _sensors(self) -> SensorProvider:
+        if self.config.sensors:
+            return TraceSensors(self.config.sensors, mode="follow")
+        return PsutilSensors(pid=os.getpid())
+
+    def _load_overrides(self, store: PolicyStore, base: HarvestPolicy) -> tuple[HarvestPolicy, dict[str, Any]]:
+        """The persisted overrides on top of node.toml's policy; ones node.toml now makes
+        invalid are dropped with a WARNING (node.toml wins)."""
+        saved = store.load()
+        try:
+            return apply_changes(base, {}, saved)
+        except PolicyError as e:
+            log.warning("harvest: the saved policy overrides %s no longer apply on top of "
+                        "node.toml (%s): using node.toml's policy", sorted(saved), e)
+            return base, {}
+
+    def _open(self) -> HarvestService:
+        base = policy_of(self.config)
+        store = PolicyStore(self.ctx.role_dir("harvest") / "policy.json")
+        policy, overrides = self._load_overrides(store, base)
+        ledger = ContributionLedger(ContributionStore(self.ctx.role_dir("harvest") / "contributions"),
+                                    self.ctx.peer_id, self.ctx.clock())
+        executor = Executor(nice=19, cgroup=probe_cgroup())
+        return HarvestService(peer_id=self.ctx.peer_id, ledger=ledger, executor=executor,
+                              workers=AdoptedWorkers(), core=PolicyCore(policy),
+                              metrics=self.metrics, events=self.ctx.events, clock=self.ctx.clock,
+                              base_policy=base, overrides=overrides, save_overrides=store.save)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sensors = self._sensors()
+        svc = await trio.to_thread.run_sync(self._open)
+        self.service = svc
+        try:
+            await self._tick(svc, sensors)
+            self.ctx.services.provide(SERVICE_NAME, HarvestApi(svc, self.registry))
+            task_status.started()
+            while True:
+                await trio.sleep(self.config.tick_interval)
+                await self._tick(svc, sensors)
+        finally:
+            self.ctx.services.withdraw(SERVICE_NAME)
+            self.service = None
+            svc.executor.resume()
+            svc.close("the harvest role stopped")
+            reg = self.registry.get()
+            if reg is not None:
+                reg.set_harvest(None)
+
+    async def _tick(self, svc: HarvestService, sensors: SensorProvider) -> None:
+        try:
+            readings = await trio.to_thread.run_sync(sensors.read)
+            self._sensor_failing = False
+        except (TraceError, OSError) as e:
+            self.metrics.sensor_errors.inc()
+            if not self._sensor_failing:
+                log.warning("harvest: sensor read failed, keeping the previous readings: %s", e)
+            self._sensor_failing = True
+            readings = svc.readings
+        if readings is not None:
+            self._decide(svc, readings)
+        await svc.sample()
+        svc.workers.enforce(trio.current_time())
+        svc.checkpoint()
+
+    def _tick_now(self) -> None:
+        svc = self.service
+        if svc is not None and svc.readings is not None:
+            self._decide(svc, svc.readings)
+
+    def _decide(self, svc: HarvestService, readings: Readings) -> None:
+        """One policy decision, its actions carried out, the state announced."""
+        now = trio.current_time()
+        d = svc.core.tick(now, readings)
+        svc.decision, svc.readings = d, readings
+        for a in d.actions:
+            if isinstance(a, Suspend):
+                svc.executor.suspend()
+                svc.workers.suspend(now)
+                for r in a.reasons:
+                    self.metrics.suspensions.labels(r.value).inc()
+                log.info("harvest: work suspended: %s", "; ".join(d.details) or "no reason given")
+                self.ctx.events.publish(HarvestStateChanged("suspended", tuple(r.value for r in a.reasons)))
+            elif isinstance(a, Resume):
+                svc.executor.resume()
+                svc.workers.resume(now)
+                log.info("harvest: work may run again")
+                self.ctx.events.publish(HarvestStateChanged("running", ()))
+            elif isinstance(a, SetAllowance):
+                svc.executor.set_allowance(exec_allowance(a.allowance))
+        self.metrics.state.set(1 if svc.suspension() is None else 0)
+        reg = self.registry.get()
+        if reg is not None:
+            reg.set_harvest(svc.info())
+
+    def health_detail(self) -> dict[str, Any]:
+        svc = self.service
+        if svc is None or svc.decision is None:
+            return {}
+        return {"state": svc.decision.state.value,
+                "reasons": [r.value for r in svc.decision.reasons],
+                "running_sessions": len(svc.ledger.running())}
