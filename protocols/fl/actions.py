@@ -196,5 +196,14 @@ class PayRewards:
     plan: RoundPlan = field(compare=False)
 
 
+@dataclass(frozen=True)
+class RoundJudged:
+    """This node trained for a round and its aggregator published the round's signed receipt
+    (listing this node as accepted, or not): hand it to the harvest role's contribution
+    ledger, which credits the work as validated or rejected (protocols/harvest/receipts.py)."""
+
+    receipt: RoundReceipt
+
+
 Action = Union[MessageRefused, PayRewards, Publish, PrepareTask, FetchModel, Train, SendUpdate, Aggregate, Emit,
-               ReportOutcome, UpdateRefused, SaveModel, SendSecAgg, AggregateSum]
+               ReportOutcome, UpdateRefused, SaveModel, SendSecAgg, AggregateSum, RoundJudged]

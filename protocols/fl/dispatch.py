@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, get_args
 
 from fognode.protocols.fl.actions import (
     Action, Aggregate, AggregateSum, Emit, FetchModel, MessageRefused, PayRewards, PrepareTask,
-    Publish, ReportOutcome, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
+    Publish, ReportOutcome, RoundJudged, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 
 
 class ActionHandler(Protocol):
@@ -34,6 +34,7 @@ class ActionHandler(Protocol):
     def update_refused(self, a: UpdateRefused) -> None: ...
     def save_model(self, a: SaveModel) -> None: ...
     def pay_rewards(self, a: PayRewards) -> None: ...
+    def round_judged(self, a: RoundJudged) -> None: ...
 
 
 Run = Callable[[ActionHandler, Any], None]
@@ -53,6 +54,7 @@ HANDLERS: Mapping[type, Run] = {
     UpdateRefused: lambda h, a: h.update_refused(a),
     SaveModel: lambda h, a: h.save_model(a),
     PayRewards: lambda h, a: h.pay_rewards(a),
+    RoundJudged: lambda h, a: h.round_judged(a),
 }
 
 ACTION_TYPES: frozenset[type] = frozenset(get_args(Action))

@@ -15,10 +15,11 @@ import trio
 
 from fognode.protocols.fl.actions import (
     Action, Aggregate, AggregateSum, Emit, FetchModel, MessageRefused, PayRewards, PrepareTask,
-    Publish, ReportOutcome, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
+    Publish, ReportOutcome, RoundJudged, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.dispatch import carry_out
-from fognode.protocols.fl.events import TrainingRoundCompleted
+from fognode.protocols.fl.events import TrainingRoundCompleted, TrainingSessionEnded
+from fognode.protocols.fl.harvest_link import HarvestLink
 from fognode.protocols.fl.messages import encode_gossip
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.rewards.ledger import LedgerLink
@@ -48,6 +49,7 @@ class RoleActions:
         self.metrics = metrics
         self.tasks = tasks
         self.ledger = ledger
+        self.harvest = HarvestLink(ctx)
         self.model_root = model_root
         self._nursery = nursery
         self._task_key = task_key
@@ -95,6 +97,8 @@ class RoleActions:
     def emit(self, a: Emit) -> None:
         ev = a.event
         self.ctx.events.publish(ev)
+        if isinstance(ev, TrainingSessionEnded):
+            self.harvest.ended(ev.session_id, ev.state, ev.reason)
         if isinstance(ev, TrainingRoundCompleted):
             s = self.core.sessions.get(bytes.fromhex(ev.session_id))
             if s is not None and s.coordinator is not None and s.coordinator.history:
@@ -127,6 +131,9 @@ class RoleActions:
     def pay_rewards(self, a: PayRewards) -> None:
         self._nursery.start_soon(self.ledger.pay, a)
 
+    def round_judged(self, a: RoundJudged) -> None:
+        self.harvest.judged(a.receipt)
+
     # == the work behind them ===============================================================
 
     async def _publish(self, a: Publish) -> None:
@@ -149,7 +156,9 @@ class RoleActions:
             return
         started = trio.current_time()
         try:
-            outcome = await self.tasks.train(s.prepared.key, a.base, a.config, a.seed)
+            # lent to the harvest role for the training: stopped while it suspends work
+            async with self.harvest.training(a.session_id, lambda: self.tasks.pid):
+                outcome = await self.tasks.train(s.prepared.key, a.base, a.config, a.seed)
         except TaskError as e:
             log.warning("fl: local training for %s failed: %s", a.session_id.hex()[:16], e)
             return

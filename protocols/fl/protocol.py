@@ -162,7 +162,8 @@ class FlRole(FlRpc, Protocol):
 
     def _candidate(self, peer: str, facts: DeviceFacts) -> DeviceCandidate:
         """A candidate from the registry's record when there is one, else the device's own
-        opt-in facts; reputation s (1.0 = average peer) is mapped to s / (1 + s) in [0, 1)."""
+        opt-in facts; reputation s (1.0 = average peer) is mapped to s / (1 + s) in [0, 1).
+        Its harvest suspension: this node's from its harvest role, another's from its record."""
         region, cores, mem, charging, online = facts.region, facts.cores, facts.memory_mb, facts.charging, True
         caps = set(facts.capabilities)
         registry = self.ctx.services.get("registry")
@@ -178,9 +179,17 @@ class FlRole(FlRpc, Protocol):
                 if rec.caps.gpu:
                     caps.add("gpu")
                 online = bool(registry.is_online(peer)) or peer == self.ctx.peer_id
+        suspended = ""
+        if peer == self.ctx.peer_id:
+            suspended = self.actions.harvest.suspension() if self.actions is not None else ""
+        elif registry is not None:
+            rec = registry.get(peer)
+            if rec is not None and rec.harvest is not None and not rec.harvest.available:
+                suspended = rec.harvest.reason
         rep = 0.5
         reputation = self.ctx.services.get("reputation")
         if reputation is not None:
             s = float(reputation.score(peer, "fl"))
             rep = s / (1.0 + s) if s > 0 and math.isfinite(s) else 0.0
-        return DeviceCandidate(peer, region, cores, mem, charging, online, rep, tuple(sorted(caps)))
+        return DeviceCandidate(peer, region, cores, mem, charging, online, rep, tuple(sorted(caps)),
+                               suspended)

@@ -87,6 +87,10 @@ class HarvestApi:
         """The running session of `kind` for `ref`, started if there is none."""
         return self._svc.running_session(kind, ref)
 
+    def running_sessions(self, kind: str, ref: str) -> list[HarvestSession]:
+        """The running sessions of `kind` for `ref` (none started)."""
+        return self._svc.ledger.running(kind, ref)
+
     def stop_harvest_session(self, session_id: bytes, *, completed: bool,
                              reason: str = "") -> ContributionReport:
         """End a session (completed, or abandoned with `reason`): the session as the

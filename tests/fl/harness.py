@@ -23,7 +23,7 @@ from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack
 from fognode.protocols.fl.actions import (
     Action, Aggregate, AggregateSum, Emit, FetchModel, MessageRefused, PayRewards, PrepareTask, Publish,
-    ReportOutcome, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
+    ReportOutcome, RoundJudged, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.dispatch import carry_out
 from fognode.protocols.fl.messages import (
     DeviceFacts, RoundPlan, SessionEnded, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
@@ -61,6 +61,7 @@ class SimNode:
     reports: list[ReportOutcome] = field(default_factory=list)
     refused: list[UpdateRefused] = field(default_factory=list)
     payments: list[PayRewards] = field(default_factory=list)     # rounds it would mint
+    judged: list[RoundJudged] = field(default_factory=list)      # receipts of rounds it trained for
     refused_messages: list[MessageRefused] = field(default_factory=list)
     saved: dict[bytes, np.ndarray] = field(default_factory=dict)
     final: list[bytes] = field(default_factory=list)
@@ -390,6 +391,9 @@ class SimActions:
 
     def pay_rewards(self, act: PayRewards) -> None:
         self.nd.payments.append(act)
+
+    def round_judged(self, act: RoundJudged) -> None:
+        self.nd.judged.append(act)
 
     def report_outcome(self, act: ReportOutcome) -> None:
         self.nd.reports.append(act)

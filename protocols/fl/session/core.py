@@ -37,7 +37,7 @@ from nacl.signing import SigningKey
 from fognode.node.wire import digest
 from fognode.protocols.fl.actions import (
     Action, Aggregate, Emit, FetchModel, PayRewards, PrepareTask, Publish,
-    ReportOutcome, SaveModel, SendUpdate, Train, UpdateRefused)
+    ReportOutcome, RoundJudged, SaveModel, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.events import (
     TrainingRoundCompleted, TrainingRoundStarted, TrainingSessionEnded)
@@ -625,12 +625,15 @@ class FlCore:
         out: list[Action] = []
         pr = s.participant
         if pr is not None and pr.state != ParticipantState.DONE:
+            trained = pr.delta is not None
             pr.state = ParticipantState.DONE
             s.participation.append({"round": r.round, "aggregator": r.aggregator,
                                     "accepted": self.me in {a.peer for a in r.accepted},
                                     "weight": r.weight_of(self.me),
                                     "reason": res.rejected.get(self.me, ""),
                                     "plan_at": round(pr.t0, 3)})
+            if trained:
+                out.append(RoundJudged(r))
         ar = s.aggregator
         if ar is not None and peer != self.me and ar.state == AggregatorState.COLLECTING:
             ar.state = AggregatorState.DONE     # someone earlier in the order completed it

@@ -2,7 +2,10 @@
 
 Candidates are plain data (`DeviceCandidate`), built by the role from the registry's device
 records when the registry service runs, else from the devices' own opt-in facts, with the
-reputation service's score. Selection is deterministic from the round seed: the eligible
+reputation service's score. A device whose harvest role announces it suspended (on battery,
+too hot, paused by its operator...) is not eligible: `harvest_suspended` holds its reason
+(this node's own comes from its harvest role directly). A device without a harvest role
+(unknown) stays eligible, as before harvest existed. Selection is deterministic from the round seed: the eligible
 candidates ordered by BLAKE2b(seed || peer id), the first `k` taken. Anyone holding the same
 candidate list and seed gets the same participants.
 """
@@ -27,12 +30,15 @@ class DeviceCandidate:
     online: bool = True
     reputation: float = DEFAULT_REPUTATION
     capabilities: tuple[str, ...] = ()
+    harvest_suspended: str = ""      # why its harvest role suspends work ("": it may work)
 
 
 def ineligibility(c: DeviceCandidate, criteria: SelectionCriteria) -> str | None:
     """Why `c` may not take part under `criteria`, or None when it may."""
     if not c.online:
         return "offline"
+    if c.harvest_suspended:
+        return f"harvest suspended ({c.harvest_suspended})"
     if criteria.region and c.region != criteria.region:
         return f"region {c.region or '(none)'} is not {criteria.region}"
     missing = sorted(set(criteria.capabilities) - set(c.capabilities))

@@ -1,0 +1,66 @@
+"""FL's use of the harvest role, when one runs on this node (protocols/harvest/api.py).
+
+- Gate: this node's own candidate carries the harvest role's suspension reason, so a suspended
+  node opts into no new session and is left out of plans it could be selected for
+  (selection.py); other devices' reasons come from their registry records.
+- Training pauses with the device: while it trains, FL lends its task process to the harvest
+  session of the FL session (`training`); the harvest role stops it with SIGSTOP while the
+  policy suspends work and continues it with SIGCONT (the training request simply waits), and
+  meters its CPU and memory into the session.
+- Credit: the signed round receipt of each round this node trained for goes to the
+  contribution ledger (`judged`); the harvest session ends when the FL session does (`ended`).
+Without a harvest role every method is a no-op and training runs as before.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Any, Callable
+
+from fognode.node.wire import pack
+from fognode.protocols.fl.rewards.receipts import RoundReceipt
+from fognode.protocols.harvest.api import harvest_api
+from fognode.protocols.harvest.receipts import FL_ROUND, ReceiptRefused
+
+log = logging.getLogger("fognode.fl")
+
+HARVEST_KIND = "fl"
+
+
+class HarvestLink:
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    def suspension(self) -> str:
+        """Why the harvest role suspends this device's work ("": it may work, or no role)."""
+        api = harvest_api(self.ctx.services)
+        return (api.suspension() or "") if api is not None else ""
+
+    def training(self, session_id: bytes, pid_of: Callable[[], int | None]) -> AbstractAsyncContextManager[Any]:
+        """`async with link.training(sid, lambda: tasks.pid):` around one local training."""
+        api = harvest_api(self.ctx.services)
+        if api is None:
+            return nullcontext()
+        return api.adopt(HARVEST_KIND, session_id.hex(), "fl task process", pid_of)
+
+    def judged(self, receipt: RoundReceipt) -> None:
+        api = harvest_api(self.ctx.services)
+        if api is None:
+            return
+        try:
+            c = api.credit(FL_ROUND, pack(receipt.to_wire()), peer=receipt.aggregator)
+        except ReceiptRefused as e:   # self-aggregated rounds, sessions without local work
+            log.debug("fl: round %d receipt not credited: %s", receipt.round, e)
+            return
+        log.info("fl: round %d of %s credited by %s: %s, %d micro-units", receipt.round,
+                 c.ref[:16], receipt.aggregator, c.outcome.value, c.tokens)
+
+    def ended(self, session_id: str, state: str, reason: str) -> None:
+        """The FL session `session_id` (hex) ended: end its harvest session (completed when
+        the FL session completed, else abandoned with the reason)."""
+        api = harvest_api(self.ctx.services)
+        if api is None:
+            return
+        for s in api.running_sessions(HARVEST_KIND, session_id):
+            api.stop_harvest_session(s.session_id, completed=state == "completed",
+                                     reason=reason or f"the FL session {state}")
