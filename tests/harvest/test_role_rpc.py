@@ -1,0 +1,110 @@
+"""The harvest role in a real `fognode run` process, through its RPC socket: bad policies are
+refused naming the field and the old policy stays (also across a restart, with the accepted
+change persisted); pause/resume reach the device record; a forged or foreign receipt is refused;
+harvest sessions survive a restart (one left running is closed as abandoned)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+
+from fognode.node.errors import RpcError
+from fognode.node.wire import pack, unpack
+from fognode.protocols.harvest.receipts import Outcome, sign_work_receipt
+from fognode.tools.devnet import wait_until
+
+from tests.conftest import NodeFactory
+
+
+def on_mains(path: Path) -> None:
+    rec = {"time": 1.0, "power_plugged": True, "cpu_count": 4, "owner_cpu_pct": 0.0,
+           "memory_available_bytes": 6 << 30, "memory_total_bytes": 8 << 30}
+    path.write_text(json.dumps(rec) + "\n")
+
+
+def rpc_error(node, method: str, params: object) -> RpcError:
+    with pytest.raises(RpcError) as e:
+        node.rpc(method, params)
+    return e.value
+
+
+@pytest.mark.slow
+def test_policy_pause_receipts_and_restart(node_factory: NodeFactory, short_tmp: Path) -> None:
+    trace = short_tmp / "mains.jsonl"
+    on_mains(trace)
+    net = node_factory(1, extra_args=["--set", f"protocols.harvest.sensors={trace}",
+                                      "--set", "protocols.harvest.tick_interval=0.5"])
+    n = net.nodes[0]
+    st = n.rpc("harvest.status")
+    assert st["state"] == "running" and st["announced"]["available"] is True
+    assert st["announced"]["free_cores"] == 2          # 50 % of the trace's 4 CPUs
+    before = n.rpc("harvest.policy")["policy"]
+
+    # bad input: wrong types, negative, out of range, unknown knobs
+    for changes, field in [({"min_battery_pct": "high"}, "min_battery_pct"),
+                           ({"min_battery_pct": -5}, "min_battery_pct"),
+                           ({"max_cpus_pct": 150}, "max_cpus_pct"),
+                           ({"require_charging": 1}, "require_charging"),
+                           ({"thermal_backoff_s": float("1e9")}, "thermal_backoff_s"),
+                           ({"min_run_s": 10, "no_such_knob": 1}, "no_such_knob")]:
+        e = rpc_error(n, "harvest.set_policy", {"changes": changes})
+        assert e.code == 400 and e.data == {"field": field} and field in e.message, (changes, e)
+        assert n.rpc("harvest.policy")["policy"] == before
+    e = rpc_error(n, "harvest.set_policy", {"changes": [1, 2]})
+    assert e.code == -32602 and "changes" in e.message
+    e = rpc_error(n, "harvest.sessions", {"limit": 0})
+    assert e.code == 404 and "limit" in e.message
+    got = n.rpc("harvest.set_policy", {"changes": {"min_battery_pct": 35}})
+    assert got["policy"]["min_battery_pct"] == 35.0 and got["overrides"] == {"min_battery_pct": 35.0}
+
+    # pause: the device record says so at once; resume lifts it
+    st = n.rpc("harvest.pause")
+    assert st["state"] == "suspended" and st["reasons"] == ["operator_pause"]
+    [row] = n.rpc("registry.devices", {})
+    assert row["harvest"] == "suspended: operator_pause"
+    assert n.rpc("registry.devices", {"available": True}) == []
+    assert n.rpc("harvest.resume")["state"] == "running"
+    assert [r["peer"] for r in n.rpc("registry.devices", {"available": True})] == [n.peer_id]
+
+    # receipts: a customer's genuine one is credited once; forged and foreign ones refused
+    customer = SigningKey(b"c" * 32)
+    job = b"\5" * 32
+    def receipt(worker: str, key: SigningKey = customer, tokens: int = 70) -> str:
+        return sign_work_receipt(key, worker=worker, job=job, outcome=Outcome.VALIDATED,
+                                 tokens=tokens, cpu_seconds=2.0, fuel=10, time=1.0).encode().hex()
+    good = receipt(n.peer_id)
+    c = n.rpc("harvest.credit", {"kind": "market_job", "receipt": good})
+    assert c["outcome"] == "validated" and c["tokens"] == 70
+    for bad, reason in [(good, "duplicate"),
+                        (receipt("12D3KooWRhN3eSDAuzVNsHzEXbSQg6Wb87iDrxs48dbFQEELxkgL"), "foreign"),
+                        (pack({**unpack(bytes.fromhex(good)), "tokens": 7000}).hex(), "bad_signature"),
+                        ("zz", None)]:
+        e = rpc_error(n, "harvest.credit", {"kind": "market_job", "receipt": bad})
+        if reason is None:
+            assert e.code == 404
+        else:
+            assert e.code == 403 and e.data == {"reason": reason}, (reason, e)
+    assert n.rpc("harvest.status")["totals"]["tokens_by_kind"]["market_job"] == 70
+
+    # a one-node FL session: its training is lent to a harvest session and metered
+    sid = n.rpc("fl.start", {"task": "synthetic", "rounds": 1, "min_participants": 1,
+                             "participants": 1, "optin_seconds": 0.5, "deadline": 60.0,
+                             "task_params": {"max_samples": 200}})["session_id"]
+    wait_until(lambda: n.rpc("fl.status", [sid])["state"] != "running", timeout=120,
+               interval=0.25, what="the one-node FL session to end")
+    assert n.rpc("fl.status", [sid])["state"] == "completed"
+    wait_until(lambda: n.rpc("harvest.sessions", {"kind": "fl"}), timeout=10, what="the harvest session")
+    [hs] = n.rpc("harvest.sessions", {"kind": "fl"})
+    assert hs["ref"] == sid and hs["state"] == "completed"
+    assert hs["usage"]["cpu_seconds"] > 0 and hs["usage"]["peak_memory_bytes"] > 0
+    assert hs["validated"] == 0       # a node's own aggregation is not a receipt for it
+
+    # sessions survive a restart
+    sessions = n.rpc("harvest.sessions")
+    net.stop(0)
+    net.start(0)
+    assert n.rpc("harvest.policy")["overrides"] == {"min_battery_pct": 35.0}
+    assert n.rpc("harvest.sessions") == sessions
+    assert n.rpc("harvest.status")["totals"]["tokens"] == 70
