@@ -111,8 +111,9 @@ async def test_the_service_meters_adopted_work_into_its_session(busy, tmp_path: 
     bus = EventBus()
     sub = bus.subscribe("test", [HarvestSessionStarted, HarvestContribution])
     ledger = ContributionLedger(ContributionStore(tmp_path / "c"), "me", 1000.0)
+    reg = CollectorRegistry()
     svc = HarvestService(peer_id="me", ledger=ledger, executor=Executor(), workers=AdoptedWorkers(),
-                         core=PolicyCore(HarvestPolicy()), metrics=HarvestMetrics.create(CollectorRegistry()),
+                         core=PolicyCore(HarvestPolicy()), metrics=HarvestMetrics.create(reg),
                          events=bus, clock=lambda: 1000.0, base_policy=HarvestPolicy(), overrides={},
                          save_overrides=lambda o: None)
     p = busy()
@@ -129,4 +130,6 @@ async def test_the_service_meters_adopted_work_into_its_session(busy, tmp_path: 
     assert isinstance(started, HarvestSessionStarted) and started.work == "fl"
     assert isinstance(contributed, HarvestContribution) and contributed.state == "completed"
     assert contributed.cpu_seconds == report.session.usage.cpu_s
+    assert reg.get_sample_value("fognode_harvest_cpu_seconds_total") == report.session.usage.cpu_s
+    assert reg.get_sample_value("fognode_harvest_sessions_total", {"kind": "fl", "state": "completed"}) == 1
     svc.close("test over")
