@@ -106,6 +106,7 @@ class RegistryCore:
         self.own: DeviceRecord | None = None
         self._caps: Capabilities | None = None
         self._harvest: HarvestInfo | None = None    # set by the harvest role, when it runs
+        self._harvest_pending = False               # a resource change not yet published
         self._last_publish = 0.0
         self._last_heartbeat = 0.0
         self._last_sent_at = 0
@@ -133,6 +134,7 @@ class RegistryCore:
                           expires=issued + max(1, int(self.config.record_ttl)), caps=caps,
                           profile=self.profile, harvest=self._harvest)
         self.own, self._caps, self._last_publish = rec, caps, now
+        self._harvest_pending = False
         self._dht_retry_at = None
         self.validator.check(device_key(rec.peer_id), rec.encode())  # our own bug if it fails
         change = self.view.offer(rec)
@@ -199,11 +201,18 @@ class RegistryCore:
         return self._publish_own(self._caps, now) if self._caps is not None else []
 
     def update_harvest(self, harvest: HarvestInfo | None, now: float) -> list[Action]:
-        """The harvest role's state changed (None: the role stopped): republish when it
-        differs materially (`harvest_differs_materially`), else remember it for the next
-        republish."""
+        """The harvest role's state (None: the role stopped). Republish at once when the
+        device becomes available or suspended (or the reason changes); when only its free
+        cores or memory moved materially (`harvest_differs_materially`), at most once per
+        three heartbeat intervals; else the state rides on the next republish."""
         old, self._harvest = self._harvest, harvest
         if self._caps is None or not harvest_differs_materially(old, harvest):
+            return []
+        flipped = (old is None) != (harvest is None) or (
+            old is not None and harvest is not None
+            and (old.available, old.reason) != (harvest.available, harvest.reason))
+        if not flipped and now - self._last_publish < 3 * self.config.heartbeat_interval:
+            self._harvest_pending = True
             return []
         return self._publish_own(self._caps, now)
 
@@ -451,7 +460,8 @@ class RegistryCore:
         """Heartbeat, republish before expiry, liveness time-outs, expired records."""
         self._clock_now = now
         out: list[Action] = []
-        if self.own is not None and now - self._last_publish >= self.config.republish_interval:
+        if self.own is not None and (now - self._last_publish >= self.config.republish_interval or (
+                self._harvest_pending and now - self._last_publish >= 3 * self.config.heartbeat_interval)):
             out += self._publish_own(self._caps or self.own.caps, now)
         elif self.own is not None and self._dht_retry_at is not None and now >= self._dht_retry_at:
             self._dht_retry_at = None

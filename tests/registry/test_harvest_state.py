@@ -114,11 +114,17 @@ def test_the_network_sees_a_device_suspend_and_resume() -> None:
     # a small memory move is not worth a record; it rides on the next republish
     net.run("a", a.update_harvest(HarvestInfo(True, "", 2, int(3.9 * GIB)), net.now + 2))
     assert a.own.seq == seq
-    net.run("a", a.update_harvest(HarvestInfo(False, "on_battery", 0, 0), net.now + 3))
+    # a material move of free resources soon after a publish waits (3 heartbeats), then goes out
+    net.run("a", a.update_harvest(HarvestInfo(True, "", 1, 2 * GIB), net.now + 2))
+    assert a.own.seq == seq
+    net.tick(3 * CFG.heartbeat_interval + 2)
+    assert a.own.seq > seq and net.cores["c"].view.get(a.peer_id).harvest == HarvestInfo(True, "", 1, 2 * GIB)
+    # becoming suspended goes out at once
+    net.run("a", a.update_harvest(HarvestInfo(False, "on_battery", 0, 0), net.now + 1))
     assert b.query(Criteria(available=True)) == []
     got = net.cores["c"].view.get(a.peer_id).harvest
     assert got == HarvestInfo(False, "on_battery", 0, 0)
     # the role stops: the record goes back to version 1 (unknown)
-    net.run("a", a.update_harvest(None, net.now + 4))
+    net.run("a", a.update_harvest(None, net.now + 2))
     assert net.cores["c"].view.get(a.peer_id).harvest is None
     assert unpack(a.own.encode())["v"] == RECORD_VERSION
