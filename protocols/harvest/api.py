@@ -19,12 +19,11 @@ from typing import Any, Mapping
 
 from fognode.node.protocol import Services
 from fognode.protocols.harvest.contribution import Contribution, HarvestSession
-from fognode.protocols.harvest.executor import JobResult, JobSpec
+from fognode.protocols.harvest.jobs import JobResult, JobSpec
 from fognode.protocols.harvest.policy import HarvestPolicy
 from fognode.protocols.harvest.receipts import Credit
-from fognode.protocols.harvest.service import ContributionReport, HarvestService
+from fognode.protocols.harvest.service import ContributionReport, HarvestService, PidOf
 from fognode.protocols.harvest.wasm import WasmJob, WasmResult
-from fognode.protocols.harvest.workers import PidOf
 from fognode.protocols.registry.api import RegistryService
 from fognode.protocols.registry.record import DeviceRecord, HarvestInfo
 from fognode.protocols.registry.view import Criteria

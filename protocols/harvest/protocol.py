@@ -3,10 +3,10 @@
 Every `tick_interval` it reads the sensors in a worker thread (PsutilSensors, or a recorded
 trace when `sensors` names one), hands the readings to `PolicyCore.tick(now, readings)` (now:
 trio's monotonic clock) and carries the decision's actions out: Suspend -> the executor's
-`suspend()` and SIGSTOP of adopted workers (FL's task process), Resume -> `resume()` and
-SIGCONT, SetAllowance -> the executor's CPU duty and memory budget. Then it samples the adopted
-workers, writes the running sessions' meters, and hands this device's harvest state to the
-registry (`RegistryService.set_harvest`: republished when it changes materially), so FL
+`suspend()` (SIGSTOP of its jobs and of the processes it watches for other roles: FL's task
+process), Resume -> `resume()` (SIGCONT), SetAllowance -> the executor's CPU duty and memory
+budget. Then it writes the running sessions' meters and hands this device's harvest state to
+the registry (`RegistryService.set_harvest`: republished when it changes materially), so FL
 selection and market matching see it. Operator actions (harvest.pause / resume / set_policy)
 decide at once with the latest readings.
 
@@ -24,42 +24,28 @@ from typing import Any
 
 import trio
 
+from fognode.node.errors import PermanentRoleError
 from fognode.node.protocol import NodeContext, Protocol
 from fognode.protocols.harvest.api import SERVICE_NAME, HarvestApi, RegistryLookup
 from fognode.protocols.harvest.cgroup import probe_cgroup
 from fognode.protocols.harvest.config import HarvestConfig
 from fognode.protocols.harvest.contribution import ContributionLedger
 from fognode.protocols.harvest.contribution_store import ContributionStore
-from fognode.protocols.harvest.errors import PolicyError, TraceError
+from fognode.protocols.harvest.errors import PolicyStoreError, TraceError
 from fognode.protocols.harvest.events import HarvestStateChanged
 from fognode.protocols.harvest.executor import Executor
-from fognode.protocols.harvest.limits import Allowance as ExecAllowance
 from fognode.protocols.harvest.metrics import HarvestMetrics
-from fognode.protocols.harvest.policy import KNOBS, HarvestPolicy, apply_changes
-from fognode.protocols.harvest.policy_core import (Allowance, PolicyCore, Resume, SetAllowance,
-                                                   Suspend)
+from fognode.protocols.harvest.policy_core import PolicyCore, Resume, SetAllowance, Suspend
 from fognode.protocols.harvest.policy_store import PolicyStore
 from fognode.protocols.harvest.rpc import HarvestRpc
 from fognode.protocols.harvest.sensors import PsutilSensors, Readings, SensorProvider, TraceSensors
 from fognode.protocols.harvest.service import HarvestService
-from fognode.protocols.harvest.workers import AdoptedWorkers
 
 __all__ = ["HarvestConfig", "HarvestRole"]
 
 log = logging.getLogger("fognode.harvest")
 
 DEFAULT_MEMORY = 1 << 30     # the executor's budget when the device's RAM is unknown
-
-
-def policy_of(config: HarvestConfig) -> HarvestPolicy:
-    """node.toml's policy: the knobs of `[protocols.harvest]` (PolicyError naming a bad one)."""
-    return HarvestPolicy(**{k: getattr(config, k) for k in KNOBS})
-
-
-def exec_allowance(a: Allowance) -> ExecAllowance:
-    """The executor's allowance for the policy's: CPU duty in (0, 1], the memory budget."""
-    return ExecAllowance(cpu_fraction=min(1.0, max(0.01, a.cpu_fraction)),
-                         memory_bytes=a.memory_bytes if a.memory_bytes else DEFAULT_MEMORY)
 
 
 class HarvestRole(HarvestRpc, Protocol):
@@ -79,32 +65,27 @@ class HarvestRole(HarvestRpc, Protocol):
     # -- set-up --------------------------------------------------------------------------------
 
     def _sensors(self) -> SensorProvider:
-        if self.config.sensors:
-            return TraceSensors(self.config.sensors, mode="follow")
+        path = self.config.trace_path(self.ctx.datadir)
+        if path is not None:
+            return TraceSensors(path, mode=self.config.trace_mode)
         return PsutilSensors(pid=os.getpid())
 
-    def _load_overrides(self, store: PolicyStore, base: HarvestPolicy) -> tuple[HarvestPolicy, dict[str, Any]]:
-        """The persisted overrides on top of node.toml's policy; ones node.toml now makes
-        invalid are dropped with a WARNING (node.toml wins)."""
-        saved = store.load()
-        try:
-            return apply_changes(base, {}, saved)
-        except PolicyError as e:
-            log.warning("harvest: the saved policy overrides %s no longer apply on top of "
-                        "node.toml (%s): using node.toml's policy", sorted(saved), e)
-            return base, {}
-
     def _open(self) -> HarvestService:
-        base = policy_of(self.config)
-        store = PolicyStore(self.ctx.role_dir("harvest") / "policy.json")
-        policy, overrides = self._load_overrides(store, base)
+        """node.toml's policy with the operator's persisted overrides and pause, the
+        contribution ledger and the executor. A policy file that cannot be read is the
+        operator's to fix (PermanentRoleError: not restarted in a loop)."""
+        base = self.config.policy()
+        store = PolicyStore.in_datadir(self.ctx.datadir)
+        try:
+            policy, stored = store.load_policy(base)
+        except PolicyStoreError as e:
+            raise PermanentRoleError(str(e)) from None
         ledger = ContributionLedger(ContributionStore(self.ctx.role_dir("harvest") / "contributions"),
                                     self.ctx.peer_id, self.ctx.clock())
-        executor = Executor(nice=19, cgroup=probe_cgroup())
-        return HarvestService(peer_id=self.ctx.peer_id, ledger=ledger, executor=executor,
-                              workers=AdoptedWorkers(), core=PolicyCore(policy),
-                              metrics=self.metrics, events=self.ctx.events, clock=self.ctx.clock,
-                              base_policy=base, overrides=overrides, save_overrides=store.save)
+        return HarvestService(peer_id=self.ctx.peer_id, ledger=ledger,
+                              executor=Executor(nice=19, cgroup=probe_cgroup()),
+                              core=PolicyCore(policy), metrics=self.metrics, events=self.ctx.events,
+                              clock=self.ctx.clock, base_policy=base, store=store, stored=stored)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -140,8 +121,6 @@ class HarvestRole(HarvestRpc, Protocol):
             readings = svc.readings
         if readings is not None:
             self._decide(svc, readings)
-        await svc.sample()
-        svc.workers.enforce(trio.current_time())
         svc.checkpoint()
 
     def _tick_now(self) -> None:
@@ -157,18 +136,17 @@ class HarvestRole(HarvestRpc, Protocol):
         for a in d.actions:
             if isinstance(a, Suspend):
                 svc.executor.suspend()
-                svc.workers.suspend(now)
                 for r in a.reasons:
                     self.metrics.suspensions.labels(r.value).inc()
                 log.info("harvest: work suspended: %s", "; ".join(d.details) or "no reason given")
                 self.ctx.events.publish(HarvestStateChanged("suspended", tuple(r.value for r in a.reasons)))
             elif isinstance(a, Resume):
                 svc.executor.resume()
-                svc.workers.resume(now)
                 log.info("harvest: work may run again")
                 self.ctx.events.publish(HarvestStateChanged("running", ()))
             elif isinstance(a, SetAllowance):
-                svc.executor.set_allowance(exec_allowance(a.allowance))
+                svc.executor.set_allowance(min(1.0, max(0.01, a.allowance.cpu_fraction)),
+                                           a.allowance.memory_bytes or DEFAULT_MEMORY)
         self.metrics.state.set(1 if svc.suspension() is None else 0)
         reg = self.registry.get()
         if reg is not None:

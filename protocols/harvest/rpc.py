@@ -90,23 +90,26 @@ class HarvestRpc(abc.ABC):
         st = SessionState(state) if state is not None else None
         return [s.to_json() for s in svc.ledger.sessions(limit=limit, state=st, kind=kind)]
 
+    def _pause(self, paused: bool) -> dict[str, Any]:
+        svc = self._svc()
+        try:
+            svc.set_paused(paused)
+        except PolicyStoreError as e:
+            raise RpcError(E.HARVEST_POLICY_NOT_SAVED, str(e)) from None
+        self._tick_now()
+        return self._state(svc)
+
     @rpc_method("harvest.pause")
     async def rpc_pause(self) -> dict[str, Any]:
         """Suspend all harvest work now (running jobs and training stop where they are) until
-        harvest.resume; lasts until the daemon restarts."""
-        svc = self._svc()
-        svc.core.pause()
-        self._tick_now()
-        return self._state(svc)
+        harvest.resume; kept across restarts (in the data dir). 401 if it cannot be saved."""
+        return self._pause(True)
 
     @rpc_method("harvest.resume")
     async def rpc_resume(self) -> dict[str, Any]:
         """Lift harvest.pause. Work runs again unless another reason (battery, heat, ...) or
         the minimum suspend time still holds it (the answer says which)."""
-        svc = self._svc()
-        svc.core.resume()
-        self._tick_now()
-        return self._state(svc)
+        return self._pause(False)
 
     @rpc_method("harvest.policy")
     async def rpc_policy(self) -> dict[str, Any]:

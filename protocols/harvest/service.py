@@ -3,15 +3,23 @@ the typed facade other roles use (api.py): the policy's latest decision, harvest
 their meters, receipts, the work this device runs (executor jobs and adopted workers), and the
 state it announces in its device record.
 
-Time: wall-clock seconds (`clock`, the node's) stamp sessions and receipts; the executor, the
-adopted workers' meters and the policy's dwell run on trio's monotonic clock. Methods never
-block except `adopt` (a /proc read in a worker thread), `run_job` and `run_wasm` (the job).
+Work another role owns (FL's task process) is *adopted* for a while (`adopt`): the executor
+watches it (`Executor.watch`: stopped with SIGSTOP while work is suspended, continued when
+handed back, killed over its memory limit, metered from the moment it is adopted) and its usage
+goes to the harvest session. Executor jobs (`run_job`, `run_wasm`: market work) go to the
+session named by the caller.
+
+Time: wall-clock seconds (`clock`, the node's) stamp sessions and receipts; the executor and
+the policy's dwell run on trio's monotonic clock. Methods never block except `adopt` (it
+awaits the watch's start), `run_job` and `run_wasm` (the job). The policy file is written on
+the event loop (a few hundred bytes, only on operator requests).
 """
 from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, AsyncIterator, Callable, Mapping
 
 import trio
@@ -21,21 +29,24 @@ from fognode.protocols.harvest.contribution import (Contribution, ContributionLe
                                                     HarvestSession, SessionState)
 from fognode.protocols.harvest.events import (HarvestContribution, HarvestCredited,
                                               HarvestSessionStarted)
-from fognode.protocols.harvest.executor import Executor, JobResult, JobSpec
+from fognode.protocols.harvest.exec_errors import ExecutorError
+from fognode.protocols.harvest.executor import Executor
+from fognode.protocols.harvest.jobs import JobResult, JobSpec
 from fognode.protocols.harvest.meter import Usage
 from fognode.protocols.harvest.metrics import HarvestMetrics
-from fognode.protocols.harvest.policy import HarvestPolicy, apply_changes
+from fognode.protocols.harvest.policy import HarvestPolicy
 from fognode.protocols.harvest.policy_core import Decision, HarvestState, PolicyCore
-from fognode.protocols.harvest.procstat import sample_tree
+from fognode.protocols.harvest.policy_store import PolicyStore, StoredPolicy
 from fognode.protocols.harvest.receipts import Credit, ReceiptRefused
 from fognode.protocols.harvest.sensors import Readings
 from fognode.protocols.harvest.wasm import WasmJob, WasmResult, run_wasm
-from fognode.protocols.harvest.workers import AdoptedWorkers, PidOf
 from fognode.protocols.registry.record import HarvestInfo
 
 log = logging.getLogger("fognode.harvest")
 
 MAX_REASON = 64     # the record's limit on the announced reason
+
+PidOf = Callable[[], "int | None"]
 
 
 @dataclass(frozen=True)
@@ -68,24 +79,28 @@ class HarvestService:
     """See the module docstring. Built by the role; one per running role instance."""
 
     def __init__(self, *, peer_id: str, ledger: ContributionLedger, executor: Executor,
-                 workers: AdoptedWorkers, core: PolicyCore, metrics: HarvestMetrics,
-                 events: EventBus, clock: Callable[[], float], base_policy: HarvestPolicy,
-                 overrides: Mapping[str, Any],
-                 save_overrides: Callable[[dict[str, Any]], None]) -> None:
+                 core: PolicyCore, metrics: HarvestMetrics, events: EventBus,
+                 clock: Callable[[], float], base_policy: HarvestPolicy, store: PolicyStore,
+                 stored: StoredPolicy) -> None:
+        """`core` runs the policy node.toml's `base_policy` with the operator's `stored`
+        overrides (and pause) from `store` already applied."""
         self.peer_id = peer_id
         self.ledger = ledger
         self.executor = executor
-        self.workers = workers
         self.core = core
         self.metrics = metrics
         self.events = events
         self.clock = clock
         self.base_policy = base_policy
-        self.overrides: dict[str, Any] = dict(overrides)
-        self._save_overrides = save_overrides
+        self.store = store
+        self.stored = stored
+        if stored.paused:
+            core.pause()
         self.decision: Decision | None = None
         self.readings: Readings | None = None
-        self._done: dict[bytes, Usage] = {}     # finished work of each running session
+        self._done: dict[bytes, Usage] = {}        # finished work of each running session
+        self._watched: dict[str, bytes] = {}       # executor job name -> its harvest session
+        self._watch_no = 0
 
     # -- state ----------------------------------------------------------------------------
 
@@ -105,16 +120,27 @@ class HarvestService:
     def policy(self) -> HarvestPolicy:
         return self.core.policy
 
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.stored.overrides)
+
     def set_policy(self, changes: Mapping[str, Any]) -> HarvestPolicy:
         """Apply `harvest.set_policy`'s partial update (a null value drops the override back
         to node.toml's value), persist the overrides, then use the new policy from the next
-        tick. PolicyError naming the knob, PolicyStoreError when it cannot be saved; either
-        way the policy in force is unchanged."""
-        policy, overrides = apply_changes(self.base_policy, self.overrides, changes)
-        self._save_overrides(overrides)
-        self.overrides = overrides
+        decision. PolicyError naming the knob, PolicyStoreError when it cannot be saved;
+        either way the policy in force is unchanged."""
+        policy, self.stored = self.store.update(self.base_policy, self.stored, changes)
         self.core.set_policy(policy)
         return policy
+
+    def set_paused(self, paused: bool) -> None:
+        """The operator's pause (kept across restarts); PolicyStoreError if it cannot be
+        saved (then nothing changed)."""
+        self.stored = self.store.set_paused(self.stored, paused)
+        if paused:
+            self.core.pause()
+        else:
+            self.core.resume()
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -136,10 +162,9 @@ class HarvestService:
         if s is None:
             return Usage(jobs=0)
         total = self._done.get(session_id, s.usage)
-        now = trio.current_time()
-        for a in self.workers.all():
-            if a.session_id == session_id:
-                total = total + a.meter.usage(now)
+        for j in self.executor.status():
+            if self._watched.get(j.name) == session_id:
+                total = total + j.usage
         return total
 
     def stop_session(self, session_id: bytes, *, completed: bool, reason: str = "") -> ContributionReport:
@@ -194,32 +219,43 @@ class HarvestService:
 
     @asynccontextmanager
     async def adopt(self, kind: str, ref: str, name: str, pid_of: PidOf) -> AsyncIterator[HarvestSession]:
-        """Lend another role's process to the running harvest session of (`kind`, `ref`)
-        (started if none) for the body of the `async with`: it is stopped while work is
-        suspended, continued when handed back, and metered into the session."""
+        """Lend another role's process (`pid_of()`, e.g. FL's task process) to the running
+        harvest session of (`kind`, `ref`) (started if none) for the body of the `async with`:
+        the executor watches it (see the module docstring) until the body ends, then releases
+        it running; its usage goes to the session. Without a process (None) the body runs
+        unwatched."""
         s = self.running_session(kind, ref)
-        a = self.workers.adopt(s.session_id, name, pid_of, trio.current_time())
-        await self.sample(a.handle)
-        try:
-            yield s
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.sample(a.handle)
-                got = self.workers.release(a.handle, trio.current_time())
-            if got is not None:
-                self._add_usage(*got)
-
-    async def sample(self, handle: int | None = None) -> None:
-        """Read the adopted workers' processes (one, or all) in a worker thread."""
-        for h, pid in self.workers.live_pids():
-            if handle is not None and h != handle:
-                continue
+        pid = pid_of()
+        self._watch_no += 1
+        label = f"{name} #{self._watch_no}"
+        async with trio.open_nursery() as nursery:
+            if pid is not None:
+                try:
+                    await nursery.start(partial(self._watch, pid, label, s.session_id))
+                except ExecutorError as e:     # it exited in between: nothing to watch
+                    log.debug("harvest: %s not watched: %s", label, e)
             try:
-                s, _ = await trio.to_thread.run_sync(sample_tree, pid)
-            except (OSError, ValueError) as e:    # psutil errors are OSErrors
-                log.debug("harvest: cannot sample worker pid %d: %s", pid, e)
-                continue
-            self.workers.record(h, pid, s, trio.current_time())
+                yield s
+            finally:
+                if label in self._watched:      # still watched: take its usage, release it
+                    usage = next((j.usage for j in self.executor.status() if j.name == label), None)
+                    del self._watched[label]
+                    nursery.cancel_scope.cancel()
+                    if usage is not None:
+                        self._add_usage(s.session_id, usage)
+
+    async def _watch(self, pid: int, label: str, session_id: bytes,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._watched[label] = session_id
+        try:
+            result = await self.executor.watch(pid, name=label, task_status=task_status)
+        except BaseException:
+            self._watched.pop(label, None)
+            raise
+        if self._watched.pop(label, None) is not None:   # it exited (or was killed) while lent
+            self._add_usage(session_id, result.usage)
+            if result.reason != "exited":
+                log.warning("harvest: %s ended: %s", label, result.reason)
 
     async def run_job(self, session_id: bytes, spec: JobSpec) -> JobResult:
         """Run `spec` under the executor (niced, limited, stopped while suspended) and meter
@@ -243,24 +279,19 @@ class HarvestService:
         return s
 
     def current_work(self) -> list[dict[str, Any]]:
-        """What runs now: executor jobs and adopted workers."""
+        """What runs now: executor jobs and adopted processes, with the session they work for."""
         out: list[dict[str, Any]] = []
         for j in self.executor.status():
-            out.append({"kind": "job", "id": j.job_id, "name": j.name, "pid": j.pid,
+            sid = self._watched.get(j.name)
+            out.append({"id": j.job_id, "name": j.name, "pid": j.pid,
+                        "adopted": sid is not None, "session_id": sid.hex() if sid else None,
                         "stopped": j.stopped.value, "cpu_seconds": round(j.usage.cpu_s, 3),
                         "memory_limit": j.memory_limit})
-        now = trio.current_time()
-        for a in self.workers.all():
-            u = a.meter.usage(now)
-            out.append({"kind": "adopted", "id": a.handle, "name": a.name, "pid": a.pid_of(),
-                        "session_id": a.session_id.hex(), "stopped": bool(a.stopped),
-                        "cpu_seconds": round(u.cpu_s, 3)})
         return out
 
     def close(self, reason: str) -> None:
-        """The role stops: hand adopted workers back (continued), abandon running sessions."""
-        for sid, usage in self.workers.release_all(trio.current_time()):
-            self._add_usage(sid, usage)
+        """The role stops: abandon the running sessions (the executor was resumed; a watch
+        runs in the task of the role that lent the process and ends with it)."""
         for s in self.ledger.running():
             self.stop_session(s.session_id, completed=False, reason=reason)
         self.ledger.close()

@@ -16,9 +16,9 @@ from fognode.protocols.harvest.executor import Executor
 from fognode.protocols.harvest.metrics import HarvestMetrics
 from fognode.protocols.harvest.policy import HarvestPolicy
 from fognode.protocols.harvest.policy_core import PolicyCore
+from fognode.protocols.harvest.policy_store import PolicyStore, StoredPolicy
 from fognode.protocols.harvest.sensors import Readings
 from fognode.protocols.harvest.service import HarvestService
-from fognode.protocols.harvest.workers import AdoptedWorkers
 from fognode.protocols.registry.api import RegistryService
 from fognode.protocols.registry.core import RegistryCore
 from fognode.protocols.registry.record import HarvestInfo, make_profile, sign_record
@@ -57,10 +57,10 @@ async def test_available_harvesters_filter_on_the_announced_state(tmp_path: Path
     services = Services()
     services.provide("registry", RegistryService(RegistryRoleView(core)))  # type: ignore[arg-type]
     svc = HarvestService(peer_id="me", ledger=ContributionLedger(ContributionStore(tmp_path / "c"), "me", NOW),
-                         executor=Executor(), workers=AdoptedWorkers(), core=PolicyCore(HarvestPolicy()),
+                         executor=Executor(), core=PolicyCore(HarvestPolicy()),
                          metrics=HarvestMetrics.create(CollectorRegistry()), events=EventBus(),
-                         clock=lambda: NOW, base_policy=HarvestPolicy(), overrides={},
-                         save_overrides=lambda o: None)
+                         clock=lambda: NOW, base_policy=HarvestPolicy(),
+                         store=PolicyStore(tmp_path / "policy.json"), stored=StoredPolicy())
     services.provide("harvest", HarvestApi(svc, RegistryLookup(services)))
     api = harvest_api(services)
     assert api is not None

@@ -35,6 +35,7 @@ def test_a_node_on_battery_is_not_selected_until_it_charges(node_factory: NodeFa
     net = node_factory(4, start=False, extra_args=[
         "--set", "overlay.peers_low=3",
         "--set", "protocols.harvest.tick_interval=0.25",
+        "--set", "protocols.harvest.trace_mode=follow",
         "--set", "protocols.harvest.min_suspend_s=0",
         "--set", "protocols.fl.tick_interval=0.1",
         "--set", "protocols.fl.republish_interval=1.0"])

@@ -1,7 +1,7 @@
 """The harvest role in a real `fognode run` process, through its RPC socket: bad policies are
-refused naming the field and the old policy stays (also across a restart, with the accepted
-change persisted); pause/resume reach the device record; a forged or foreign receipt is refused;
-harvest sessions survive a restart (one left running is closed as abandoned)."""
+refused naming the field and the old policy stays; pause/resume reach the device record; a
+forged or foreign receipt is refused; a one-node FL session's training is a metered harvest
+session; sessions, the accepted policy change and the pause survive a restart."""
 from __future__ import annotations
 
 import json
@@ -101,10 +101,13 @@ def test_policy_pause_receipts_and_restart(node_factory: NodeFactory, short_tmp:
     assert hs["usage"]["cpu_seconds"] > 0 and hs["usage"]["peak_memory_bytes"] > 0
     assert hs["validated"] == 0       # a node's own aggregation is not a receipt for it
 
-    # sessions survive a restart
+    # sessions, the policy overrides and the operator's pause survive a restart
     sessions = n.rpc("harvest.sessions")
+    n.rpc("harvest.pause")
     net.stop(0)
     net.start(0)
     assert n.rpc("harvest.policy")["overrides"] == {"min_battery_pct": 35.0}
+    assert n.rpc("harvest.status")["reasons"] == ["operator_pause"]
+    assert n.rpc("harvest.resume")["state"] == "running"
     assert n.rpc("harvest.sessions") == sessions
     assert n.rpc("harvest.status")["totals"]["tokens"] == 70
