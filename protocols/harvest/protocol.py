@@ -65,10 +65,15 @@ class HarvestRole(HarvestRpc, Protocol):
     # -- set-up --------------------------------------------------------------------------------
 
     def _sensors(self) -> SensorProvider:
+        """The real sensors, or the trace `sensors` names (a trace that cannot be read is
+        the operator's to fix: PermanentRoleError, not restarted in a loop)."""
         path = self.config.trace_path(self.ctx.datadir)
-        if path is not None:
+        if path is None:
+            return PsutilSensors(pid=os.getpid())
+        try:
             return TraceSensors(path, mode=self.config.trace_mode)
-        return PsutilSensors(pid=os.getpid())
+        except TraceError as e:
+            raise PermanentRoleError(f"protocols.harvest.sensors: {e}") from None
 
     def _open(self) -> HarvestService:
         """node.toml's policy with the operator's persisted overrides and pause, the
@@ -90,7 +95,7 @@ class HarvestRole(HarvestRpc, Protocol):
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sensors = self._sensors()
+        sensors = await trio.to_thread.run_sync(self._sensors)
         svc = await trio.to_thread.run_sync(self._open)
         self.service = svc
         try:
