@@ -1,12 +1,15 @@
 """The harvest role in a real `fognode run` process, through its RPC socket: bad policies are
 refused naming the field and the old policy stays; pause/resume reach the device record; a
-forged or foreign receipt is refused; a one-node FL session's training is a metered harvest
-session; sessions, the accepted policy change and the pause survive a restart."""
+forged or foreign receipt is refused; a one-node FL session's training is lent to a harvest
+session, stops (SIGSTOP) while harvest work is paused and finishes once resumed, metered;
+sessions, the accepted policy change and the pause survive a restart."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from nacl.signing import SigningKey
 
@@ -88,17 +91,33 @@ def test_policy_pause_receipts_and_restart(node_factory: NodeFactory, short_tmp:
             assert e.code == 403 and e.data == {"reason": reason}, (reason, e)
     assert n.rpc("harvest.status")["totals"]["tokens_by_kind"]["market_job"] == 70
 
-    # a one-node FL session: its training is lent to a harvest session and metered
+    # a one-node FL session: its training is lent to a harvest session, stops while the
+    # operator pauses harvest work (SIGSTOP of the task process), continues, and is metered
     sid = n.rpc("fl.start", {"task": "synthetic", "rounds": 1, "min_participants": 1,
-                             "participants": 1, "optin_seconds": 0.5, "deadline": 60.0,
-                             "task_params": {"max_samples": 200}})["session_id"]
-    wait_until(lambda: n.rpc("fl.status", [sid])["state"] != "running", timeout=120,
+                             "participants": 1, "optin_seconds": 0.5, "deadline": 300.0,
+                             "local_epochs": 300, "task_params": {"max_samples": 300}})["session_id"]
+
+    def lent() -> dict | None:
+        return next((w for w in n.rpc("harvest.status")["work"] if w["adopted"]), None)
+    w = wait_until(lent, timeout=120, interval=0.05, what="the training to be lent to harvest")
+    assert w["session_id"] and w["name"].startswith("fl task process")
+    n.rpc("harvest.pause")
+    task = psutil.Process(w["pid"])
+    wait_until(lambda: task.status() == psutil.STATUS_STOPPED, timeout=10, interval=0.02,
+               what="the task process to stop")
+    frozen = task.cpu_times()
+    time.sleep(0.5)                    # a measurement window: no CPU time in it
+    assert task.cpu_times()[:2] == frozen[:2]
+    assert n.rpc("fl.status", [sid])["state"] == "running"
+    n.rpc("harvest.resume")
+    wait_until(lambda: n.rpc("fl.status", [sid])["state"] != "running", timeout=240,
                interval=0.25, what="the one-node FL session to end")
     assert n.rpc("fl.status", [sid])["state"] == "completed"
     wait_until(lambda: n.rpc("harvest.sessions", {"kind": "fl"}), timeout=10, what="the harvest session")
     [hs] = n.rpc("harvest.sessions", {"kind": "fl"})
     assert hs["ref"] == sid and hs["state"] == "completed"
     assert hs["usage"]["cpu_seconds"] > 0 and hs["usage"]["peak_memory_bytes"] > 0
+    assert hs["usage"]["suspended_seconds"] >= 0.5
     assert hs["validated"] == 0       # a node's own aggregation is not a receipt for it
 
     # sessions, the policy overrides and the operator's pause survive a restart
