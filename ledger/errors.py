@@ -103,6 +103,11 @@ class OrderRejected(LedgerError):
         super().__init__(f"{reason.value}: {message}")
 
 
+class RequestNotSent(LedgerError):
+    """A request to a validator never left this node: its order stream could not be opened.
+    The validator cannot have seen (nor locked) what the request carried."""
+
+
 class CertificateRejected(LedgerError):
     """A certificate failed verification (the relayer's fault); nothing was applied."""
 

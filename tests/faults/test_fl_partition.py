@@ -60,11 +60,6 @@ def reward_mints(net: Devnet, wallets: list[str]) -> dict[str, Counter[int]]:
     return out
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open findings of issue 10 item 9 (see its note): in one CI run a node's own wallet signed two "
-    "different orders for sequence 0 during the split (an uncertified fork: the validators refused "
-    "the second, so no value moved twice, but it must never happen); FL split brain and stalls "
-    "under a 3/2 split. The ledger partition tests keep every check strict."))
 def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: Devnet, fabric: Fabric,
                                                                   wallets: list[str]) -> None:
     net = netns_devnet
