@@ -27,12 +27,12 @@ from fognode.node.wire import digest, unpack
 from fognode.protocols.fl.actions import Action
 from fognode.protocols.fl.config import MIB, FlConfig, validate
 from fognode.protocols.fl.executor import RoleActions
-from fognode.protocols.fl.messages import DeviceFacts, decode_gossip
+from fognode.protocols.fl.messages import DeviceFacts, SelectionCriteria, decode_gossip
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.rewards.ledger import LedgerLink
 from fognode.protocols.fl.rpc import FlRpc
 from fognode.protocols.fl.session.core import FlCore
-from fognode.protocols.fl.session.selection import DeviceCandidate
+from fognode.protocols.fl.session.selection import DeviceCandidate, ineligibility
 from fognode.protocols.fl.training.prepared import TaskKey
 from fognode.protocols.fl.training.process import TaskProcess
 from fognode.protocols.fl.transfer.models import serve_model
@@ -159,6 +159,12 @@ class FlRole(FlRpc, Protocol):
         return [(rec.peer_id, DeviceFacts(region=rec.profile.region))
                 for rec in registry.devices(Criteria(role="fl", online=True))
                 if rec.peer_id != self.ctx.peer_id]
+
+    def _eligible_now(self, criteria: SelectionCriteria) -> int:
+        """How many devices (this one included) are eligible under `criteria` now, by the
+        registry's records (fl.start's warning; opt-ins decide the real selection)."""
+        peers = [*self._fl_peers(), (self.ctx.peer_id, DeviceFacts())]
+        return sum(1 for p, f in peers if ineligibility(self._candidate(p, f), criteria) is None)
 
     def _candidate(self, peer: str, facts: DeviceFacts) -> DeviceCandidate:
         """A candidate from the registry's record when there is one, else the device's own

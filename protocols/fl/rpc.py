@@ -20,6 +20,7 @@ from fognode.protocols.fl.actions import Action, SaveModel
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.executor import RoleActions
+from fognode.protocols.fl.preflight import preflight
 from fognode.protocols.fl.messages import PrivacyOptions, SelectionCriteria, SessionSpec
 from fognode.protocols.fl.secagg import round as secagg_round
 from fognode.protocols.fl.session.core import FlCore
@@ -49,6 +50,9 @@ class FlRpc(abc.ABC):
     @abc.abstractmethod
     def _task_key(self, task: str, params: dict[str, float], init_seed: int) -> TaskKey: ...
 
+    @abc.abstractmethod
+    def _eligible_now(self, criteria: SelectionCriteria) -> int: ...
+
     @rpc_method("fl.start")
     async def start(self, task: str, rounds: int = 10, min_participants: int = 2,
                     participants: int = 5, strategy: str = "fedavg",
@@ -67,13 +71,18 @@ class FlRpc(abc.ABC):
         TASK is an installed task (`synthetic`, `synthetic_mlp`, ...). The session runs ROUNDS
         rounds of PARTICIPANTS selected nodes each, needing MIN_PARTICIPANTS usable updates per
         round within DEADLINE seconds (default from the node config). STRATEGY is fedavg,
-        fedprox, fedadam, fedyogi, fedadagrad, median, trimmed_mean, krum, multikrum or bulyan,
+        fedprox, fedavgm, fedadam, fedyogi, fedadagrad, qfedavg, median, trimmed_mean, krum,
+        multikrum or bulyan,
         with STRATEGY_PARAMS (e.g. {"mu": 0.1}, {"f": 1}). DP_CLIP > 0 turns on central DP with
         noise multiplier DP_NOISE. SECAGG runs secure aggregation: the aggregator sees only the sum
         of the updates (mean-based strategies only; robust ones get 507). HIERARCHICAL
         aggregates per registry region first (one elected aggregator per region, then a global
-        one; mean-based strategies only, robust ones get 502, with SECAGG 507). Selection criteria: REGION, CAPABILITIES, MIN_REPUTATION (0..1),
-        CHARGING_ONLY, MIN_CORES, MIN_MEMORY_MB. Errors: 500 bad parameter, 501 task not
+        one; mean-based strategies only, robust ones get 502, with SECAGG 507). Selection
+        criteria: REGION, CAPABILITIES, MIN_REPUTATION (0..1), CHARGING_ONLY, MIN_CORES,
+        MIN_MEMORY_MB. Refused before it starts (500): DP_NOISE without DP_CLIP (no privacy),
+        MIN_PARTICIPANTS or PARTICIPANTS below what the strategy needs per round (krum and
+        multikrum n >= 2f + 3, bulyan n >= 4f + 3). The result's `warnings` say when fewer
+        devices are eligible now than asked for. Errors: 500 bad parameter, 501 task not
         available, 502 strategy, 507 unsupported privacy option.
         """
         assert self.core is not None
@@ -99,10 +108,13 @@ class FlRpc(abc.ABC):
         except RemoteProtocolError as e:
             raise RpcError(E.FL_BAD_REQUEST, str(e).replace("fl.SessionSpec: ", "")) from None
         try:
-            build_strategy(spec)
+            strategy = build_strategy(spec)
         except StrategyError as e:
             code = E.FL_UNSUPPORTED if secagg else E.FL_BAD_STRATEGY
             raise RpcError(code, str(e)) from None
+        checked = preflight(spec, strategy, self._eligible_now(spec.criteria))
+        if checked.refusals:
+            raise RpcError(E.FL_BAD_REQUEST, "; ".join(checked.refusals))
         nonce = os.urandom(16)
         try:
             prepared = await self.tasks.prepare(self._task_key(task, spec.task_params, init_seed_of(nonce)))
@@ -123,7 +135,7 @@ class FlRpc(abc.ABC):
             raise RpcError(E.FL_BAD_REQUEST, str(e)) from None
         self._apply(actions)
         return {"session_id": ann.session_id.hex(), "initial_model_hash": ann.initial_model_hash.hex(),
-                "parameters": prepared.layout.size}
+                "parameters": prepared.layout.size, "warnings": list(checked.warnings)}
 
     def _sid(self, session: str) -> bytes:
         try:
