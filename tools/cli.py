@@ -260,10 +260,15 @@ def _types(schema: dict[str, Any]) -> set[str]:
 
 def convert(param: dict[str, Any], text: str) -> Any:
     """A command-line word for `param`: JSON for object/array/any params when it looks like
-    JSON, `null` for nullable ones; otherwise the text itself (the daemon converts it)."""
-    kinds = _types(param.get("schema", {}))
+    JSON, `null` for nullable ones, an absolute path for path params (`"format": "path"`,
+    resolved against the CLI's working directory); otherwise the text itself (the daemon
+    converts it)."""
+    schema = param.get("schema", {})
+    kinds = _types(schema)
     if text == "null" and "null" in kinds:
         return None
+    if schema.get("format") == "path":  # a path on this machine: the daemon's cwd is not ours
+        return os.path.abspath(os.path.expanduser(text))
     if kinds & {"object", "array", "any"} and text[:1] in ("{", "["):
         try:
             return json.loads(text)

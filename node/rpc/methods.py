@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import os
 import re
 import time
 import types
@@ -190,10 +191,18 @@ def rpc_method(name: str) -> Callable[[Handler], Handler]:
     return mark
 
 
+class FilePath(str):
+    """A param type: a path on the daemon's machine, absolute (the daemon's working directory
+    means nothing to its caller). Its schema is a string with `"format": "path"`, by which
+    fognode-cli resolves a relative path against its own working directory before sending."""
+
+
 def _schema(tp: Any) -> dict[str, Any]:
     origin = get_origin(tp)
     if tp is Any:
         return {}
+    if tp is FilePath:
+        return {"type": "string", "format": "path"}
     if tp is str:
         return {"type": "string"}
     if tp is bool:
@@ -226,6 +235,13 @@ def _check(method: str, pname: str, tp: Any, v: Any, *, nested: bool = False) ->
     origin = get_origin(tp)
     if tp is Any:
         return v
+    if tp is FilePath:
+        if not isinstance(v, str) or not v:
+            raise bad
+        if not os.path.isabs(v):
+            raise RpcError(INVALID_PARAMS, f"{method}: param {pname!r} must be an absolute path (fognode-cli "
+                                           f"resolves a relative one against its working directory), got {_short(v)}")
+        return FilePath(v)
     if tp is str:
         if isinstance(v, str):
             return v
@@ -309,6 +325,8 @@ _TNAMES = {"string": "a string", "integer": "an integer", "number": "a number",
 def _tname(tp: Any) -> str:
     if tp is Any:
         return "any value"
+    if tp is FilePath:
+        return "a path"
     origin = get_origin(tp)
     if origin is Literal:
         return f"one of {list(get_args(tp))}"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import trio
 
 from fognode.node.errors import RemoteProtocolError, RpcError
-from fognode.node.rpc.methods import rpc_method
+from fognode.node.rpc.methods import FilePath, rpc_method
 from fognode.node.wire import unpack
 from fognode.protocols.fl import errors as E
 from fognode.protocols.fl.actions import Action, SaveModel
@@ -23,7 +23,8 @@ from fognode.protocols.fl.executor import RoleActions
 from fognode.protocols.fl.preflight import preflight
 from fognode.protocols.fl.messages import PrivacyOptions, SelectionCriteria, SessionSpec
 from fognode.protocols.fl.secagg import round as secagg_round
-from fognode.protocols.fl.session.core import FlCore
+from fognode.protocols.fl.session.archive import SessionArchive
+from fognode.protocols.fl.session.core import FlCore, session_row
 from fognode.protocols.fl.strategies.registry import build_strategy
 from fognode.protocols.fl.strategies.base import StrategyError
 from fognode.protocols.fl.tasks import TaskError
@@ -40,6 +41,7 @@ class FlRpc(abc.ABC):
     actions: RoleActions | None
     tasks: TaskProcess
     model_root: Path
+    archive: SessionArchive
 
     @abc.abstractmethod
     def _apply(self, actions: list[Action]) -> None: ...
@@ -137,7 +139,9 @@ class FlRpc(abc.ABC):
         return {"session_id": ann.session_id.hex(), "initial_model_hash": ann.initial_model_hash.hex(),
                 "parameters": prepared.layout.size, "warnings": list(checked.warnings)}
 
-    def _sid(self, session: str) -> bytes:
+    def _sid(self, session: str, *, archived: bool = False) -> bytes:
+        """The session id; RpcError unless this node runs it (or, with `archived`, holds its
+        record from before a restart)."""
         try:
             sid = bytes.fromhex(session)
         except ValueError:
@@ -145,7 +149,7 @@ class FlRpc(abc.ABC):
         if len(sid) != 32:
             raise RpcError(E.FL_BAD_REQUEST, f"session id must be 64 hex characters, got {session!r}")
         assert self.core is not None
-        if sid not in self.core.sessions:
+        if sid not in self.core.sessions and not (archived and sid.hex() in self.archive.entries):
             raise RpcError(E.FL_UNKNOWN_SESSION, f"no session {session} on this node")
         return sid
 
@@ -154,9 +158,12 @@ class FlRpc(abc.ABC):
         """State of SESSION (running, completed, failed or stopped), its history per round
         (loss and accuracy of the round's base model on the participants' data, participants,
         accepted, dropped and rejected peers), the DP epsilon spent, the session's coordinators
-        (starter first, then its fallbacks) and the acting one. Error 503: unknown."""
+        (starter first, then its fallbacks) and the acting one. An ended session is kept across
+        restarts of this node (`archived`). Error 503: unknown."""
         assert self.core is not None
-        sid = self._sid(session)
+        sid = self._sid(session, archived=True)
+        if sid not in self.core.sessions:
+            return dict(self.archive.entries[sid.hex()])
         st = self.core.status(sid)
         final = self._final_path(sid)
         st["model_file"] = str(final) if final is not None else None
@@ -164,9 +171,13 @@ class FlRpc(abc.ABC):
 
     @rpc_method("fl.sessions")
     async def sessions(self) -> list[dict[str, Any]]:
-        """Every session this node knows: id, task, state, its role, rounds done."""
+        """Every session this node knows, newest first: id, task, strategy, state, this node's
+        role, start time, rounds done of rounds, and why it failed; ended sessions are kept
+        across restarts."""
         assert self.core is not None
-        return self.core.session_list()
+        rows = {r["session_id"]: r for r in map(session_row, self.archive.entries.values())}
+        rows.update((r["session_id"], r) for r in self.core.session_list())
+        return sorted(rows.values(), key=lambda r: -float(r.get("started") or 0.0))
 
     @rpc_method("fl.stop")
     async def stop(self, session: str) -> dict[str, Any]:
@@ -193,37 +204,56 @@ class FlRpc(abc.ABC):
 
     def _final_path(self, sid: bytes) -> Path | None:
         assert self.core is not None
-        s = self.core.sessions[sid]
-        p = self.model_root / sid.hex() / f"final-{s.latest_model.hex()[:16]}.npy"
+        return self._final_model(sid, self.core.sessions[sid].latest_model)
+
+    def _final_model(self, sid: bytes, model_hash: bytes) -> Path | None:
+        p = self.model_root / sid.hex() / f"final-{model_hash.hex()[:16]}.npy"
         return p if p.exists() else None
 
     @rpc_method("fl.export")
-    async def export(self, session: str, path: str) -> dict[str, Any]:
-        """Write SESSION's latest global model to PATH (absolute) as a torch state dict file
-        (`torch.load(PATH)` gives name -> tensor). Errors: 505 no model here, 506 cannot write."""
+    async def export(self, session: str, path: FilePath, force: bool = False) -> dict[str, Any]:
+        """Write SESSION's latest global model to PATH as a torch state dict file
+        (`torch.load(PATH)` gives name -> tensor). A relative PATH is taken from where
+        fognode-cli runs. An existing file is kept unless --force. Works on any node that holds
+        the session's latest model (its participants and coordinators), also after a restart.
+        Errors: 505 no model here, 506 cannot write (or the file exists)."""
         assert self.core is not None
-        sid = self._sid(session)
-        s = self.core.sessions[sid]
+        sid = self._sid(session, archived=True)
         target = Path(path)
-        if not target.is_absolute():
+        if not target.is_absolute():    # the RPC layer refuses one already (FilePath); direct callers too
             raise RpcError(E.FL_BAD_REQUEST, f"path must be absolute, got {path!r}")
-        if s.prepared is None:
+        if target.exists() and not force:
+            raise RpcError(E.FL_EXPORT_FAILED, f"{path} exists: give --force to overwrite it")
+        s = self.core.sessions.get(sid)
+        if s is not None and s.prepared is not None:
+            prepared: PreparedTask = s.prepared
+            model_hash, rounds_done = s.latest_model, s.rounds_done
+            bundle = self.core.model_for(sid, model_hash)
+            params = bundle.params if bundle is not None else None
+        elif s is None:     # ended before this node restarted: its archived record
+            entry = self.archive.entries[sid.hex()]
+            model_hash, rounds_done = bytes.fromhex(entry["model_hash"]), int(entry["rounds_done"])
+            key = self._task_key(entry["task"], dict(entry.get("task_params") or {}),
+                                 init_seed_of(bytes.fromhex(entry["nonce"])))
+            try:
+                prepared = await self.tasks.prepare(key)
+            except TaskError as e:
+                raise RpcError(E.FL_NO_MODEL, f"cannot load the session's task here: {e}") from None
+            params = None
+        else:
             raise RpcError(E.FL_NO_MODEL, "this node has not loaded the session's task")
-        bundle = self.core.model_for(sid, s.latest_model)
-        params = bundle.params if bundle is not None else None
         if params is None:
-            final = self._final_path(sid)
+            final = self._final_model(sid, model_hash)
             if final is None:
                 raise RpcError(E.FL_NO_MODEL, "this node holds no model of that session")
-            params = await trio.to_thread.run_sync(load_model, final, s.latest_model)
-        prepared: PreparedTask = s.prepared
+            params = await trio.to_thread.run_sync(load_model, final, model_hash)
         try:
             await self.tasks.export(prepared.key, params, target)
         except TaskError as e:
             raise RpcError(E.FL_EXPORT_FAILED, f"cannot export the model: {e}") from None
         except OSError as e:
             raise RpcError(E.FL_EXPORT_FAILED, f"cannot write {path}: {e.strerror or e}") from None
-        return {"path": str(target), "model_hash": s.latest_model.hex(), "rounds_done": s.rounds_done,
+        return {"path": str(target), "model_hash": model_hash.hex(), "rounds_done": rounds_done,
                 "tensors": [t.name for t in prepared.layout.tensors]}
 
 
