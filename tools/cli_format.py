@@ -116,12 +116,26 @@ def columns_table(items: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def progress_line(value: Any) -> str:
+    """A streaming command's progress value as one line: `round 3  loss 0.41  ...` for a map."""
+    if isinstance(value, dict):
+        return "  ".join(f"{k} {cell(k, v)}" for k, v in value.items())
+    return scalar(value)
+
+
 def render(result: Any) -> str:
-    """A readable table: dict -> key/value rows, list of dicts -> columns, scalars plainly."""
+    """A readable table: dict -> key/value rows (a list of maps in it as a table of its own
+    after them), list of dicts -> columns, scalars plainly."""
     if result is None:
         return ""
     if isinstance(result, dict):
-        return kv_table(flatten(result)) if result else "(empty)"
+        if not result:
+            return "(empty)"
+        tables = {k: v for k, v in result.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
+        rest = {k: v for k, v in result.items() if k not in tables}
+        parts = [kv_table(flatten(rest))] if rest else []
+        parts += [f"{k}:\n" + textwrap.indent(columns_table(v), "  ") for k, v in tables.items()]
+        return "\n".join(parts)
     if isinstance(result, list):
         if not result:
             return "(none)"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import trio
 
 from fognode.node.errors import RemoteProtocolError, RpcError
-from fognode.node.rpc.methods import FilePath, rpc_method
+from fognode.node.rpc.methods import FilePath, Progress, rpc_method
 from fognode.node.wire import unpack
 from fognode.protocols.fl import errors as E
 from fognode.protocols.fl.actions import Action, SaveModel
@@ -25,12 +25,16 @@ from fognode.protocols.fl.messages import PrivacyOptions, SelectionCriteria, Ses
 from fognode.protocols.fl.secagg import round as secagg_round
 from fognode.protocols.fl.session.archive import SessionArchive
 from fognode.protocols.fl.session.core import FlCore, session_row
+from fognode.protocols.fl.status_view import compact, new_rows
 from fognode.protocols.fl.strategies.registry import build_strategy
 from fognode.protocols.fl.strategies.base import StrategyError
 from fognode.protocols.fl.tasks import TaskError
 from fognode.protocols.fl.training.modelstore import load_model
 from fognode.protocols.fl.training.prepared import PreparedTask, TaskKey, init_seed_of
 from fognode.protocols.fl.training.process import TaskProcess
+
+
+FOLLOW_POLL = 0.25      # seconds between looks at a followed session
 
 
 class FlRpc(abc.ABC):
@@ -154,14 +158,34 @@ class FlRpc(abc.ABC):
         return sid
 
     @rpc_method("fl.status")
-    async def status(self, session: str) -> dict[str, Any]:
-        """State of SESSION (running, completed, failed or stopped), its history per round
-        (loss and accuracy of the round's base model on the participants' data, participants,
-        accepted, dropped and rejected peers), the DP epsilon spent, the session's coordinators
-        (starter first, then its fallbacks) and the acting one. An ended session is kept across
-        restarts of this node (`archived`). Error 503: unknown."""
+    async def status(self, session: str, verbose: bool = False, follow: bool = False, *,
+                     progress: Progress = Progress()) -> dict[str, Any]:
+        """State of SESSION (running, completed, failed or stopped) and one row per completed
+        round: participants, accepted updates, loss and accuracy of the round's base model on
+        the participants' data, duration and the DP epsilon spent (on a participant: its part
+        in each round). --verbose gives everything: per-round participants, accepted, dropped
+        and rejected peers with reasons and weights, the candidates, the current plan, the
+        session's coordinators (starter first, then its fallbacks) and the acting one.
+        --follow prints each round's row as it completes and returns when the session ends
+        (with its outcome). An ended session is kept across restarts of this node
+        (`archived`). Error 503: unknown."""
         assert self.core is not None
         sid = self._sid(session, archived=True)
+        if follow:
+            seen = 0
+            while sid in self.core.sessions:
+                st = self._full_status(sid)
+                for row in new_rows(st, seen):
+                    await progress(row)
+                seen = len(st.get("history") or ())
+                if st["state"] != "running":
+                    break
+                await trio.sleep(FOLLOW_POLL)
+        st = self._full_status(sid)
+        return st if verbose else compact(st)
+
+    def _full_status(self, sid: bytes) -> dict[str, Any]:
+        assert self.core is not None
         if sid not in self.core.sessions:
             return dict(self.archive.entries[sid.hex()])
         st = self.core.status(sid)

@@ -79,10 +79,10 @@ def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: 
     def status() -> dict[str, Any]:
         """The session as its acting coordinator sees it (the starter, unless a fallback
         coordinator took the session over)."""
-        st: dict[str, Any] = coord.rpc("fl.status", [sid])
+        st: dict[str, Any] = coord.rpc("fl.status", [sid, True])
         if st["role"] != "coordinator":
             acting = next(n for n in net.nodes if n.peer_id == st["acting_coordinator"])
-            st = acting.rpc("fl.status", [sid])
+            st = acting.rpc("fl.status", [sid, True])
         return st
 
     def rounds_done() -> int:
@@ -128,7 +128,7 @@ def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: 
     unaware = []
     for n in net.nodes[1:]:
         try:
-            wait_until(lambda n=n: n.rpc("fl.status", [sid])["state"] == st["state"], timeout=HEAL_TIMEOUT,
+            wait_until(lambda n=n: n.rpc("fl.status", [sid, True])["state"] == st["state"], timeout=HEAL_TIMEOUT,
                        interval=0.25, what=f"node {n.index} to see the session {st['state']}")
         except TimeoutError as e:
             unaware.append(str(e).splitlines()[0])

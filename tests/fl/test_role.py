@@ -79,8 +79,8 @@ async def test_three_nodes_train_over_real_streams(tmp_path: Path) -> None:
                          roles[0].core.status(bytes.fromhex(sid))["state"] != "running", 90)
         # the final model is written by a background task right after the session ends
         await wait_until(lambda: roles[0]._final_path(bytes.fromhex(sid)) is not None, 20)
-        st = await roles[0].status(sid)
-        st1 = await roles[1].status(sid)
+        st = await roles[0].status(sid, verbose=True)
+        st1 = await roles[1].status(sid, verbose=True)
         seen: list[list[object]] = []
         for sub in subs:
             got: list[object] = []
@@ -297,7 +297,7 @@ async def test_three_nodes_secure_aggregation_over_real_streams(tmp_path: Path) 
         sid = out["session_id"]
         await wait_until(lambda: roles[0].core is not None and
                          roles[0].core.status(bytes.fromhex(sid))["state"] != "running", 90)
-        st = await roles[0].status(sid)
+        st = await roles[0].status(sid, verbose=True)
         secagg_bytes = sum((r.ctx.metrics.get_sample_value("fognode_fl_bytes_received_total",
                                                            {"stream": "secagg"}) or 0) for r in roles)
         update_bytes = sum((r.ctx.metrics.get_sample_value("fognode_fl_bytes_received_total",

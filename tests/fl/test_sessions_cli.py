@@ -1,7 +1,9 @@
 """`fl sessions`, `fl status` and `fl export` as an operator uses them, through the real CLI
 against real daemons (issue 15 item 14): the list shows strategy, start time, rounds and the
-reason; an ended session survives a restart of its node; `fl export` takes a relative path
-(resolved by the CLI) and keeps an existing file unless --force."""
+reason; `fl status --follow` prints a line per round and exits with the session's end, and
+`fl status` shows the same compact table; an ended session survives a restart of its node;
+`fl export` takes a relative path (resolved by the CLI) and keeps an existing file unless
+--force."""
 from __future__ import annotations
 
 import re
@@ -29,12 +31,26 @@ def test_ended_session_is_listed_kept_across_a_restart_and_exported(node_factory
     coord, other = net.nodes
     wait_until(lambda: any(p["peer_id"] == other.peer_id for p in coord.rpc("node.peers")), timeout=30,
                what="the two nodes to connect")
-    sid = coord.rpc("fl.start", {"task": "synthetic", "rounds": 1, "min_participants": 2, "participants": 2,
+    sid = coord.rpc("fl.start", {"task": "synthetic", "rounds": 2, "min_participants": 2, "participants": 2,
                                  "strategy": "fedavgm", "deadline": 20.0, "optin_seconds": 2.0,
+                                 "dp_clip": 5.0, "dp_noise": 0.5,
                                  "task_params": {"max_samples": 100}})["session_id"]
-    wait_until(lambda: coord.rpc("fl.status", [sid])["state"] != "running", timeout=90, interval=0.2,
-               what="the session to end")
-    assert coord.rpc("fl.status", [sid])["state"] == "completed"
+    # --follow: one compact line per round as it completes, then the outcome (it waits for it)
+    followed = subprocess.run([sys.executable, "-m", "fognode.tools.cli", "--datadir", str(coord.datadir),
+                               "fl", "status", sid, "--follow"], capture_output=True, text=True, timeout=120)
+    assert followed.returncode == 0, followed.stderr
+    lines = followed.stdout.splitlines()
+    rounds = [ln for ln in lines if ln.startswith("round ")]
+    assert [ln.split()[1] for ln in rounds] == ["1", "2"], followed.stdout
+    assert all(re.search(r"participants 2  accepted \d  loss \S+  accuracy \S+  duration \S+  epsilon \d", ln)
+               for ln in rounds), rounds
+    assert any(ln.split()[:2] == ["state", "completed"] for ln in lines), followed.stdout
+    # without --follow: the same compact table; --verbose has every peer's weight
+    plain = cli(coord.datadir, "fl", "status", sid)
+    assert "rounds_table:" in plain.stdout and "weights" not in plain.stdout, plain.stdout
+    assert re.search(r"^\s+round\s+participants\s+accepted\s+loss\s+accuracy\s+duration\s+epsilon$",
+                     plain.stdout, re.M), plain.stdout
+    assert "weights" in cli(coord.datadir, "fl", "status", sid, "--verbose").stdout
 
     table = cli(coord.datadir, "fl", "sessions")
     assert table.returncode == 0, table.stderr
@@ -49,8 +65,8 @@ def test_ended_session_is_listed_kept_across_a_restart_and_exported(node_factory
     net.start(0)
     listed = coord.rpc("fl.sessions")
     assert [s["session_id"] for s in listed] == [sid] and listed[0]["state"] == "completed"
-    st = coord.rpc("fl.status", [sid])
-    assert st["archived"] and st["rounds_done"] == 1 and st["strategy"] == "fedavgm"
+    st = coord.rpc("fl.status", [sid, True])
+    assert st["archived"] and st["rounds_done"] == 2 and st["strategy"] == "fedavgm"
     out = cli(coord.datadir, "fl", "export", sid, "model.pt", cwd=short_tmp)    # relative to the CLI
     assert out.returncode == 0, out.stderr
     assert (short_tmp / "model.pt").stat().st_size > 0

@@ -844,6 +844,9 @@ class FlCore:
         c = s.coordinator
         if c is not None:
             out["history"] = [r.to_status() for r in c.history]
+            if spec.privacy.dp:     # the privacy spent after each round
+                for h in out["history"]:
+                    h["epsilon"] = epsilon_after(h["round"], spec.privacy.dp_noise, 1.0, spec.privacy.dp_delta)
             out["candidates"] = sorted(c.candidates)
             out["current"] = None if c.plan is None or s.state.ended else {
                 "round": c.round_no, "try": c.try_no, "phase": c.phase.value,
