@@ -232,14 +232,14 @@ def decode_outer(data: bytes, *, now: float, max_skew: float = 300.0,
         raise DescriptorRejected(_R.MALFORMED, str(e), peer=peer) from None
     outer = OuterDescriptor(blinded, period, period_length, revision, issued, expires, signing_key,
                             cert_expires, cert_sig, salt, inner, sig)
-    if outer.encode() != data:
-        raise DescriptorRejected(_R.MALFORMED, "not in canonical encoding", peer=peer)
     if not issued < expires <= issued + MAX_LIFETIME:
         raise DescriptorRejected(_R.MALFORMED, f"lifetime {expires - issued} s is not in (0, {MAX_LIFETIME}]",
                                  peer=peer)
     if cert_type != CERT_TYPE or cert_signer != blinded:
         raise DescriptorRejected(_R.BAD_CERT, "the signing-key certificate is not a descriptor-signing "
                                               "certificate of this blinded key", peer=peer)
+    if outer.encode() != data:
+        raise DescriptorRejected(_R.MALFORMED, "not in canonical encoding", peer=peer)
     if not expires <= cert_expires <= issued + MAX_CERT_LIFETIME:
         raise DescriptorRejected(_R.BAD_CERT, "the signing-key certificate must outlive the descriptor "
                                               f"and last at most {MAX_CERT_LIFETIME} s", peer=peer)
