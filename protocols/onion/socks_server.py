@@ -139,10 +139,13 @@ class SocksServer:
         async with upstream:
             reply, early = conn.connect_succeeded()
             self.stats["established"] += 1
-            with trio.move_on_after(s.idle_timeout):
+            with trio.move_on_after(s.idle_timeout) as scope:
                 await stream.send_all(reply)
                 if early:
                     await upstream.send_all(early)
+            if scope.cancelled_caught:
+                self.stats["idle_timeout"] += 1
+                return
             await self._splice(stream, upstream)
 
     async def _splice(self, client: trio.abc.Stream, upstream: trio.abc.Stream) -> None:

@@ -81,7 +81,7 @@ def test_bad_checksum_version_and_key() -> None:
     with pytest.raises(AddressError, match="32 bytes"):
         address_from_pubkey(PUBKEY[:31])
     with pytest.raises(AddressError, match="string"):
-        parse_address(b"abc")  # type: ignore[arg-type]
+        parse_address(b"abc")
 
 
 def test_single_character_errors_are_caught() -> None:

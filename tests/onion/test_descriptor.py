@@ -15,10 +15,12 @@ from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack, unpack
 from fognode.protocols.onion.address import address_from_pubkey
 from fognode.protocols.onion.blinding import TimePeriods, blind_signing_key, descriptor_keys
-from fognode.protocols.onion.descriptor import (MAX_INTRO_POINTS, PAD_BLOCK, IntroPoint, OuterDescriptor,
-                                                build_descriptor, decode_outer, open_descriptor)
+from fognode.protocols.onion.descriptor import (MAX_INTRO_POINTS, PAD_BLOCK, HsDescriptor, IntroPoint,
+                                                OuterDescriptor, build_descriptor, decode_outer,
+                                                open_descriptor)
 from fognode.protocols.onion.hs_errors import DescriptorReason as R
 from fognode.protocols.onion.hs_errors import DescriptorRejected
+from fognode.protocols.onion.hsdesc import DescriptorCache, DescriptorPut, descriptor_lookups, descriptors_to_publish
 from fognode.protocols.onion.hsdir import HsDescValidator
 
 TP = TimePeriods()
@@ -40,7 +42,7 @@ INTROS = [intro(i) for i in range(3)]
 def build(**kw: object) -> bytes:
     args: dict[str, object] = {"now": NOW, "revision": 5}
     args.update(kw)
-    return build_descriptor(SERVICE, TP, PERIOD, INTROS, **args)  # type: ignore[arg-type]
+    return build_descriptor(SERVICE, TP, PERIOD, INTROS, **args)
 
 
 def reason(fn: object, *a: object, **kw: object) -> R:
@@ -238,3 +240,61 @@ def test_outer_descriptor_body_is_what_is_signed() -> None:
     data = build()
     outer = decode_outer(data, now=NOW)
     assert isinstance(outer, OuterDescriptor) and outer.encode() == data
+
+
+# ---- publish and lookup plans (hsdesc.py) ----
+
+def _reachable(puts: list[DescriptorPut], client_now: float, window: float = 3600) -> HsDescriptor | None:
+    """What a client at `client_now` finds among `puts` (each first checked by a DHT node's
+    validator at the client's time), following descriptor_lookups in order."""
+    stored = {}
+    node = validator(client_now)
+    for put in puts:
+        try:
+            node.validate(put.key, put.value)
+            stored[put.key] = put.value
+        except DescriptorRejected:
+            pass
+    cache = DescriptorCache(TP)
+    for lookup in descriptor_lookups(ADDRESS, TP, now=client_now, window=window):
+        for key in lookup.keys:
+            if key in stored:
+                try:
+                    return cache.open(stored[key], ADDRESS, lookup.period, now=client_now)
+                except DescriptorRejected:
+                    continue
+    return None
+
+
+def test_a_service_stays_reachable_across_a_period_change() -> None:
+    end = TP.end(PERIOD)
+    before = descriptors_to_publish(SERVICE, TP, INTROS, now=end - 600, window=3600)
+    assert sorted({p.period for p in before}) == [PERIOD, PERIOD + 1] and len(before) == 4
+    # clients on either side of the boundary, clocks skewed both ways, find it
+    for client_now in (end - 800, end - 1, end, end + 300, end + 3000):
+        desc = _reachable(before, client_now)
+        assert desc is not None and desc.intro_points == tuple(INTROS), client_now
+    # mid-period, only the current period is published, and found
+    mid = descriptors_to_publish(SERVICE, TP, INTROS, now=NOW, window=3600)
+    assert {p.period for p in mid} == {PERIOD}
+    assert _reachable(mid, NOW + 60) is not None
+    # a client a whole period later finds nothing: the descriptors have expired
+    assert _reachable(mid, NOW + TP.length) is None
+
+
+def test_cache_refuses_replayed_revisions_and_expires() -> None:
+    cache = DescriptorCache(TP)
+    assert cache.get(ADDRESS, NOW) is None
+    cache.open(build(revision=7), ADDRESS, PERIOD, now=NOW)
+    assert cache.get(ADDRESS, NOW) is not None and cache.get(ADDRESS, NOW + 3 * 3600) is None
+    assert reason(cache.open, build(revision=6), ADDRESS, PERIOD, now=NOW) is R.OLD_REVISION
+    cache.forget(ADDRESS)
+    assert cache.get(ADDRESS, NOW) is None
+    assert reason(cache.open, build(revision=6), ADDRESS, PERIOD, now=NOW) is R.OLD_REVISION
+    cache.open(build(revision=8), ADDRESS, PERIOD, now=NOW)
+    small = DescriptorCache(TP, max_entries=1)
+    small.open(build(revision=1), ADDRESS, PERIOD, now=NOW)
+    other = SigningKey.generate()
+    small.open(build_descriptor(other, TP, PERIOD, INTROS, now=NOW), address_from_pubkey(bytes(other.verify_key)),
+               PERIOD, now=NOW)
+    assert small.get(ADDRESS, NOW) is None

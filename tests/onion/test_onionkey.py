@@ -24,7 +24,7 @@ DAY = 86400
 
 def reason(data: bytes, **kw: object) -> R:
     with pytest.raises(OnionCertRejected) as e:
-        decode_onion_cert(data, **kw)  # type: ignore[arg-type]
+        decode_onion_cert(data, **kw)
     return e.value.reason
 
 

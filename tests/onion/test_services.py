@@ -78,7 +78,7 @@ def test_missing_fields_and_shapes() -> None:
     with pytest.raises(ServiceConfigError, match="table"):
         parse_services(["web:80"])
     with pytest.raises(ServiceConfigError, match="list"):
-        parse_services({"name": "a"})  # type: ignore[arg-type]
+        parse_services({"name": "a"})
 
 
 def test_key_files_are_private_atomic_and_stable(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_load_services_and_lookups(tmp_path: Path) -> None:
     assert e.value.reply is SocksReply.HOST_UNREACHABLE
     # a restart gives the same addresses
     again = load_services(tmp_path, parse_services(entries()))
-    assert again.get("web").address == web.address  # type: ignore[union-attr]
+    assert again.get("web").address == web.address
 
 
 def test_run_time_add_and_remove() -> None:

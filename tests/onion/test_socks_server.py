@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import struct
+import subprocess
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,7 +44,7 @@ def http_site(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     (site / "index.html").write_text("<html><body>hello from a .fog service</body></html>\n")
     (site / "blob.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield server.server_address[1], site
@@ -92,7 +93,7 @@ async def _serve_silently(listener: trio.SocketListener) -> None:
         await trio.serve_listeners(hold, [listener])
 
 
-async def curl(port: int, url: str, *extra: str) -> trio.CompletedProcess[bytes]:
+async def curl(port: int, url: str, *extra: str) -> subprocess.CompletedProcess[bytes]:
     assert CURL is not None
     with trio.fail_after(60):
         return await trio.run_process([CURL, "-sS", "--max-time", "50", "--socks5-hostname",
