@@ -15,11 +15,15 @@ identity key A = a*B, period n and period length L::
          clamped like an Ed25519 scalar
     A' = h*A                       (blinded public key: anyone who knows A computes it)
     a' = h*a mod l                 (blinded secret scalar: only the service computes it)
-    RH'= SHA-512("fognode hs blinded nonce key" | RH)[:32]   (RH: second half of SHA-512(seed))
+    RH'= SHA-512("fognode hs blinded nonce key" | RH | A')[:32]   (RH: second half of SHA-512(seed))
 
 Nobody who knows only A' can tell which A it came from or link A' of two periods. Signing with
 the expanded key (a', RH') follows RFC 8032 exactly (r = H(RH'|M) mod l, R = rB, S = r +
 H(R|A'|M)a' mod l), so an ordinary Ed25519 verifier (`nacl.signing.VerifyKey(A')`) checks it.
+RH' includes A' (Tor's does not): with one nonce key for every period, the same message signed
+in two periods would share r, and since a2' = (h2/h1)a1' with h1, h2 public to whoever knows
+A, the two signatures would give away a1' and then a. Our certificates never repeat a message
+across periods, but the signing function is safe for any use.
 
 The subcredential (rend-spec-v3 [SUBCRED]) ties the descriptor's encryption keys to the
 identity key: `cred = SHA3-256("fognode hs credential" | A)`,
@@ -174,7 +178,7 @@ def blind_signing_key(key: SigningKey, period: int, length: int) -> BlindedSigni
     public = bytes(crypto_scalarmult_ed25519_base_noclamp(scalar))
     if public != blind_public_key(pubkey, period, length):  # never expected; guards the arithmetic
         raise LocalProtocolError("blinded secret and public keys disagree")
-    nonce_key = hashlib.sha512(NONCE_KEY_STRING + expanded[32:]).digest()[:32]
+    nonce_key = hashlib.sha512(NONCE_KEY_STRING + expanded[32:] + public).digest()[:32]
     return BlindedSigningKey(bytes(scalar), nonce_key, public, period)
 
 

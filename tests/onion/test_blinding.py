@@ -84,8 +84,8 @@ def test_vectors() -> None:
     b = blind_signing_key(key, 20000, 86400)
     assert b.public.hex() == "0c9b9d3414030317ec2c4005483a551452b709432cc017d22dcfe49780836be3"
     assert b.sign(b"fognode").hex() == (
-        "1f31d4e1bec16e0e1e4682c9c5f5cd52ab34bb3fad88fcbeef17347652a8c70b"
-        "0250740c5eefcdb038ece725955cbaea7922b3716b1c66727f0b40ce3bd48507")
+        "f99f4dfe24d1fddfc5a07e44198875c4537de326b618a0b7d0812e2ef07ca421"
+        "55e5b5ad5f50779928c9523c5c06ba3351d0eade57afa1b295c669846c96a500")
     assert descriptor_keys(b.public, 20000, 86400) == [
         HSDESC_PREFIX + "81fae750256b1f6cf5c01b75125fd4b684b505c56c4510eac3d9cf432732e988",
         HSDESC_PREFIX + "114619877556504e62fe948168d45286f751095e998beef8d7f6f6fdf4ab4734"]
@@ -155,3 +155,12 @@ def test_clients_and_services_meet_across_skew(length: int, data: st.DataObject,
     if client < 0:
         return
     assert set(tp.periods_to_publish(service, window)) & set(tp.periods_to_fetch(client, window))
+
+
+def test_one_message_in_two_periods_gets_two_nonces() -> None:
+    """With a shared nonce r, S1 = r + k1*a1' and S2 = r + k2*(h2/h1)*a1' would give away a1'
+    (h1, h2 are public to whoever knows the address): the nonce key depends on the period."""
+    key = SigningKey(bytes(range(32)))
+    s1 = blind_signing_key(key, 1, 86400).sign(b"same message")
+    s2 = blind_signing_key(key, 2, 86400).sign(b"same message")
+    assert s1[:32] != s2[:32]

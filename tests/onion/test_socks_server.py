@@ -212,3 +212,17 @@ async def test_excess_clients_are_closed_and_capacity_returns(socks: SocksServer
     await wait_until(lambda: socks.active == 0, 10, "held clients gone")
     page = await curl(socks.port, f"http://{SERVICE.host}/")
     assert page.returncode == 0
+
+
+async def test_optimistic_data_reaches_the_service(socks: SocksServer, http_site: tuple[int, Path]) -> None:
+    """Greeting, CONNECT and the HTTP request in one write (no wait for the replies)."""
+    assert socks.port is not None
+    host = SERVICE.host.encode()
+    stream = await trio.open_tcp_stream("127.0.0.1", socks.port)
+    async with stream:
+        await stream.send_all(b"\x05\x01\x00" + bytes([5, 1, 0, 3, len(host)]) + host + struct.pack(">H", 80)
+                              + b"GET /index.html HTTP/1.0\r\nHost: " + host + b"\r\n\r\n")
+        with trio.fail_after(20):
+            got = await _closed_by_server(stream)
+    assert got.startswith(b"\x05\x00" + b"\x05\x00\x00\x01" + bytes(6) + b"HTTP/1.0 200")
+    assert got.endswith((http_site[1] / "index.html").read_bytes())
