@@ -104,11 +104,7 @@ class SocksReply(enum.IntEnum):
         """The RFC 1928 code an extended code falls back to for clients without extensions."""
         if self < 0xF0:
             return self
-        if self in (SocksReply.HS_BAD_ADDRESS,):
-            return SocksReply.HOST_UNREACHABLE
-        if self in (SocksReply.HS_INTRO_TIMEDOUT,):
-            return SocksReply.TTL_EXPIRED
-        return SocksReply.HOST_UNREACHABLE
+        return SocksReply.TTL_EXPIRED if self is SocksReply.HS_INTRO_TIMEDOUT else SocksReply.HOST_UNREACHABLE
 
 
 class SocksError(FognodeError):

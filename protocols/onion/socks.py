@@ -98,7 +98,11 @@ class SocksConnection:
         if self.phase is Phase.GREETING:
             out = self._greeting()
         if self.phase is Phase.REQUEST:
-            self.request = self._request()
+            try:
+                self.request = self._request()
+            except SocksError as e:   # a pipelined greeting is still answered first
+                e.answer = out + e.answer
+                raise
             return out, self.request
         if len(self._buf) > self.max_pending:   # CONNECTING: early bytes waiting for the outcome
             raise self._refuse(f"over {self.max_pending} bytes sent before the connection was made",

@@ -25,6 +25,9 @@ def connect(host: bytes, port: int = 80, cmd: int = 1) -> bytes:
 
 def refused(data: bytes, **kw: bool) -> SocksError:
     conn = SocksConnection(**kw)
+    if data.startswith(HELLO):        # the greeting on its own, then the rest
+        assert conn.receive_data(HELLO) == (b"\x05\x00", None)
+        data = data[len(HELLO):]
     with pytest.raises(SocksError) as e:
         conn.receive_data(data)
     assert conn.phase is Phase.CLOSED
@@ -93,6 +96,12 @@ def reply_code(e: SocksError) -> int:
 def test_request_refusals(request_bytes: bytes, code: int) -> None:
     e = refused(HELLO + request_bytes)
     assert reply_code(e) == code and e.reply == SocksReply(code)
+
+
+def test_pipelined_refusal_still_answers_the_greeting_first() -> None:
+    with pytest.raises(SocksError) as e:
+        SocksConnection().receive_data(HELLO + connect(b"example.com"))
+    assert e.value.answer == b"\x05\x00" + reply_bytes(SocksReply.NOT_ALLOWED)
 
 
 def test_bad_address_with_extended_errors() -> None:
