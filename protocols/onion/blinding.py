@@ -30,10 +30,13 @@ identity key: `cred = SHA3-256("fognode hs credential" | A)`,
 `subcred = SHA3-256("fognode hs subcredential" | cred | A')`.
 
 DHT keys ("hash ring", rend-spec-v3 [HASHRING]): a period's descriptor is stored under
-`HSDESC_REPLICAS` keys `/fognode/hsdesc/<hex SHA3-256("store-at-idx" | A' | INT_8(replica) |
+`HSDESC_REPLICAS` keys `/fognode-hsdesc/<hex SHA3-256("store-at-idx" | A' | INT_8(replica) |
 INT_8(L) | INT_8(n))>`, replica = 1..2 (Tor's hsdir_n_replicas). Kademlia puts each at the k
 peers closest to it; two unrelated keys put the copies in two parts of the key space, so
-nodes placed next to one key cannot hide the descriptor alone.
+nodes placed next to one key cannot hide the descriptor alone. The DHT namespace is
+`fognode-hsdesc`, not a path under `/fognode/`: py-libp2p's NamespacedValidator routes a key
+by its first path component, and `fognode` is the registry's (`/fognode/device/...`); a
+namespace of its own also gives descriptors their own DHT quota (node/dhtquota.py).
 
 Around a boundary: a service publishes for the current period and, within `window` seconds
 of a boundary, for the neighbouring period as well (`periods_to_publish`); a client tries the
@@ -59,7 +62,8 @@ DEFAULT_PERIOD_OFFSET = 12 * 3600     # seconds (Tor: 12 hours)
 MIN_PERIOD_LENGTH = 60
 MAX_PERIOD_LENGTH = 10 * 86400
 HSDESC_REPLICAS = 2
-HSDESC_PREFIX = "/fognode/hsdesc/"
+HSDESC_NAMESPACE = "fognode-hsdesc"
+HSDESC_PREFIX = f"/{HSDESC_NAMESPACE}/"
 
 BLIND_STRING = b"fognode hs key blinding v1"
 NONCE_STRING = b"key-blind"

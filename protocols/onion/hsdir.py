@@ -1,4 +1,5 @@
-"""The DHT namespace validator for hidden-service descriptors (`/fognode/hsdesc/<hex>`).
+"""The DHT namespace validator for hidden-service descriptors (`/fognode-hsdesc/<hex>`;
+register it with `overlay.register_dht_validator(HSDESC_NAMESPACE, validator)`).
 
 Implements `node.overlay.DhtValidator` for the nodes that store descriptors (every DHT node:
 our "hidden-service directories" are the Kademlia peers closest to a key). It sees only the
