@@ -62,6 +62,7 @@ from fognode.protocols.onion.address import FogAddress, is_valid_key
 from fognode.protocols.onion.blinding import (TimePeriods, blind_public_key, blind_signing_key,
                                               subcredential)
 from fognode.protocols.onion.hs_errors import DescriptorReason, DescriptorRejected
+from fognode.protocols.onion.onionkey import is_usable_x25519
 
 VERSION = 1
 CERT_TYPE = "hsdesc-signing"
@@ -197,8 +198,8 @@ def _check_intro(relay: Any, auth_key: Any, enc_key: Any, error: type[Exception]
         raise error(f"introduction point relay: {e}") from None
     if not is_valid_key(auth_key):
         raise error("introduction point auth_key is not a valid Ed25519 key")
-    if len(enc_key) != 32 or enc_key == bytes(32):
-        raise error("introduction point enc_key is not a 32-byte X25519 key")
+    if not is_usable_x25519(enc_key):
+        raise error("introduction point enc_key is not a 32-byte X25519 key of large order")
 
 
 def decode_outer(data: bytes, *, now: float, max_skew: float = 300.0,

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from fognode.protocols.onion.address import parse_address
@@ -158,3 +160,19 @@ def test_run_time_add_and_remove() -> None:
     assert table.get("blog") is None and table.by_address(svc.address) is None
     with pytest.raises(ServiceError, match="no service"):
         table.remove("blog")
+
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=40),
+                    st.lists(st.integers(), max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_values, st.dictionaries(st.sampled_from(["name", "port", "target", "x"]),
+                                                   st.one_of(_values, st.sampled_from(
+                                                       ["web", "127.0.0.1:80", "[::1]:1", "a:b:c", "[x]:1"])),
+                                                   max_size=4)), max_size=4))
+def test_arbitrary_entries_only_raise_service_config_error(raw: list[Any]) -> None:
+    try:
+        parse_services(raw)
+    except ServiceConfigError as e:
+        assert e.key is not None and e.key.startswith("protocols.onion.services")
