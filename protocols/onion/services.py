@@ -202,7 +202,18 @@ def load_services(datadir: Path, entries: Sequence[ServicePort]) -> ServiceTable
     """The table of configured services, with their keys loaded (or made on first start)."""
     table = ServiceTable()
     for sp in entries:
-        existing = table.get(sp.name)
-        key = existing.key if existing is not None else load_or_create_service_key(datadir, sp.name)
-        table.add(sp.name, key, sp.port, sp.target)
+        _add(datadir, table, sp)
     return table
+
+
+def _add(datadir: Path, table: ServiceTable, sp: ServicePort) -> HiddenService:
+    existing = table.get(sp.name)
+    key = existing.key if existing is not None else load_or_create_service_key(datadir, sp.name)
+    return table.add(sp.name, key, sp.port, sp.target)
+
+
+def add_service(datadir: Path, table: ServiceTable, params: Any) -> HiddenService:
+    """`onion.add_service` at run time: `params` is {name, port, target} (ServiceConfigError
+    naming `params.<field>`); the service's key is loaded or made as at start-up. ServiceError
+    if the port is already mapped. The change lasts until restart unless node.toml says so too."""
+    return _add(datadir, table, parse_service_port(params, "params"))

@@ -17,7 +17,8 @@ from fognode.protocols.onion.address import parse_address
 from fognode.protocols.onion.hs_errors import HsConnectError, ServiceConfigError, ServiceError, SocksReply
 from fognode.protocols.onion.keyfiles import (load_onion_keyring, load_or_create_service_key,
                                               remove_service_keys, save_onion_keyring, service_dir)
-from fognode.protocols.onion.services import ServiceTable, Target, load_services, parse_services
+from fognode.protocols.onion.services import (ServiceTable, Target, add_service, load_services,
+                                              parse_services)
 
 TOML = """
 [[protocols.onion.services]]
@@ -176,3 +177,19 @@ def test_arbitrary_entries_only_raise_service_config_error(raw: list[Any]) -> No
         parse_services(raw)
     except ServiceConfigError as e:
         assert e.key is not None and e.key.startswith("protocols.onion.services")
+
+
+def test_add_service_at_run_time(tmp_path: Path) -> None:
+    table = load_services(tmp_path, parse_services(entries()))
+    web = table.get("web")
+    assert web is not None
+    svc = add_service(tmp_path, table, {"name": "web", "port": 8080, "target": "127.0.0.1:9000"})
+    assert svc is web and table.target(web.address, 8080) == Target("127.0.0.1", 9000)
+    blog = add_service(tmp_path, table, {"name": "blog", "port": 80, "target": "127.0.0.1:9001"})
+    assert (service_dir(tmp_path, "blog") / "hs_ed25519_secret_key").exists()
+    assert table.by_address(blog.address) is blog
+    with pytest.raises(ServiceConfigError) as e:
+        add_service(tmp_path, table, {"name": "blog", "port": 80, "target": "nowhere"})
+    assert e.value.key == "params.target"
+    with pytest.raises(ServiceError, match="already mapped"):
+        add_service(tmp_path, table, {"name": "blog", "port": 80, "target": "127.0.0.1:1"})
