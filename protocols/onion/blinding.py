@@ -37,6 +37,10 @@ nodes placed next to one key cannot hide the descriptor alone. The DHT namespace
 `fognode-hsdesc`, not a path under `/fognode/`: py-libp2p's NamespacedValidator routes a key
 by its first path component, and `fognode` is the registry's (`/fognode/device/...`); a
 namespace of its own also gives descriptors their own DHT quota (node/dhtquota.py).
+Unlike Tor, the keys mix in no shared random value (we have no consensus to produce one): whoever
+knows an address can compute its future keys and place peer ids near them ahead of time. Two
+replicas and the DHT's per-peer quotas raise the cost; a network-wide random beacon (e.g. from
+ledger certificates) mixed into STORE_STRING would remove it.
 
 Around a boundary: a service publishes for the current period and, within `window` seconds
 of a boundary, for the neighbouring period as well (`periods_to_publish`); a client tries the
