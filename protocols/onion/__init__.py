@@ -1,0 +1,1 @@
+"""Onion routing and `.fog` hidden services (issue 14; DESIGN.md "Onion routing")."""
