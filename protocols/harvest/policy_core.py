@@ -58,6 +58,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from fognode.node.errors import LocalProtocolError
 from fognode.protocols.harvest.policy import HarvestPolicy
@@ -102,6 +103,9 @@ class Allowance:
     cpu_fraction: float
     memory_bytes: int | None
 
+    def to_json(self) -> dict[str, Any]:
+        return {"cores": self.cores, "cpu_fraction": self.cpu_fraction, "memory_bytes": self.memory_bytes}
+
 
 @dataclass(frozen=True)
 class Suspend:
@@ -133,6 +137,13 @@ class Decision:
     user_active: bool                           # the in-use / idle limits in force
     resume_not_before: float | None             # earliest `now` a resume may happen (dwell, backoff)
     actions: tuple[PolicyAction, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision as `harvest.status` can show it (actions left out: they are edges)."""
+        return {"state": self.state.value, "reasons": [r.value for r in self.reasons],
+                "pending": [r.value for r in self.pending], "details": list(self.details),
+                "allowance": self.allowance.to_json(), "user_active": self.user_active,
+                "resume_not_before": self.resume_not_before}
 
 
 def local_time(readings: Readings) -> tuple[int, float]:

@@ -371,6 +371,14 @@ def test_operator_pause_and_resume() -> None:
     assert d.state is HarvestState.SUSPENDED and d.resume_not_before == 603
 
 
+def test_decision_as_json() -> None:
+    core = running_core()
+    d = core.tick(5, at(cpu_temp_c=50.0, user_idle_s=1.0))
+    assert d.to_json() == {"state": "suspended", "reasons": ["too_hot"], "pending": [], "details": [d.details[0]],
+                           "allowance": {"cores": 2, "cpu_fraction": 1.0, "memory_bytes": 4 * GIB},
+                           "user_active": True, "resume_not_before": 305.0}
+
+
 def test_start_suspended_emits_the_reason_once() -> None:
     core = PolicyCore(HarvestPolicy())
     d = core.tick(0, at(power_plugged=False, battery_percent=50.0))
