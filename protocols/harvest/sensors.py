@@ -3,7 +3,8 @@
 `Readings` is one frozen snapshot. Every field the OS does not tell is `None` (unknown), never
 a guess; what the policy does with an unknown value is its own documented choice
 (policy_core.py). A `SensorProvider` has one method, `read() -> Readings`: synchronous, no
-sleeps, no subprocesses, a few small /proc and /sys reads (about a millisecond), safe to call
+sleeps, no subprocesses, small /proc and /sys reads (about 10 ms on Linux, most of it listing
+this daemon's descendants for the owner's CPU share), safe to call
 from a worker thread (`trio.to_thread.run_sync(provider.read)`) and from several threads
 (state between reads is behind a lock). Two providers:
 
@@ -14,6 +15,7 @@ from a worker thread (`trio.to_thread.run_sync(provider.read)`) and from several
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -433,6 +435,7 @@ class TraceSensors:
         self._lock = threading.Lock()
         self._stamp = self._file_stamp()
         self.readings = load_trace(self.path)
+        self._times = [r.time for r in self.readings]
         self._start: float | None = None
 
     def _file_stamp(self) -> tuple[int, int]:
@@ -453,11 +456,6 @@ class TraceSensors:
             now = self._clock()
             if self._start is None:
                 self._start = now
-            elapsed = now - self._start
             first = self.readings[0].time
-            current = self.readings[0]
-            for r in self.readings:
-                if r.time - first > elapsed:
-                    break
-                current = r
-            return current
+            i = bisect.bisect_right(self._times, first + (now - self._start))
+            return self.readings[max(0, i - 1)]

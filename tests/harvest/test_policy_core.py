@@ -466,6 +466,8 @@ def test_invariants(policy: HarvestPolicy, steps: list[tuple[float, Readings, st
     last_suspend: tuple[float, bool] | None = None     # (when, had a sensor reason since)
     last_hot: float | None = None
     state = HarvestState.SUSPENDED
+    inputs: list[tuple[float, Readings, str]] = []
+    decisions: list[Decision] = []
     for dt, r0, op in steps:
         now += dt
         r = dataclasses.replace(r0, time=NOON + now)
@@ -474,6 +476,8 @@ def test_invariants(policy: HarvestPolicy, steps: list[tuple[float, Readings, st
         elif op == "resume":
             core.resume()
         d = core.tick(now, r)
+        inputs.append((now, r, op))
+        decisions.append(d)
         if (r.cpu_temp_c is not None and r.cpu_temp_c > policy.max_cpu_temp_c) or \
                 (r.battery_temp_c is not None and r.battery_temp_c > policy.max_battery_temp_c):
             last_hot = now
@@ -507,5 +511,11 @@ def test_invariants(policy: HarvestPolicy, steps: list[tuple[float, Readings, st
                 last_suspend = (last_suspend[0], True)
         else:
             assert kinds in ([], [SetAllowance])
-        # 5. deterministic: a fresh core fed the same inputs agrees (checked on the last step below)
-    assert d.state is core.state
+    # 5. deterministic: a fresh core fed the same inputs decides the same, tick for tick
+    again = PolicyCore(policy)
+    for (now, r, op), d in zip(inputs, decisions):
+        if op == "pause":
+            again.pause()
+        elif op == "resume":
+            again.resume()
+        assert again.tick(now, r) == d
