@@ -73,6 +73,7 @@ _PLAUSIBLE_C = (-40.0, 150.0)      # outside this a sensor is broken or unplugge
 _ARPHRD_ETHER, _ARPHRD_PPP, _ARPHRD_RAWIP, _ARPHRD_NONE = 1, 512, 519, 65534
 # USB network drivers used both by phones tethering and by USB Ethernet dongles: cannot tell
 _TETHER_DRIVERS = ("rndis_host", "cdc_ether", "cdc_ncm", "ipheth", "cdc_mbim", "qmi_wwan")
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _plausible(value: Any) -> float | None:
@@ -105,8 +106,9 @@ class PsutilSensors:
       whose name contains "bat". Values outside -40..150 C are a broken sensor, not a reading.
       No such sensor (VMs, containers): None.
     - owner CPU: /proc/stat busy time (user+nice+system+irq+softirq; guest is inside user)
-      minus the CPU time of this process, its live descendants and the children they reaped
-      (/proc/<pid>/stat utime+stime+cutime+cstime), over the interval since the previous read,
+      minus the CPU time of this process, its live descendants (found through
+      /proc/<pid>/task/<tid>/children) and the children they reaped (/proc/<pid>/stat
+      utime+stime+cutime+cstime), over the interval since the previous read,
       as % of the whole machine. The first read after construction uses the baseline taken by
       the constructor; a read less than 50 ms after the previous one returns None.
     - memory: `psutil.virtual_memory()` (/proc/meminfo MemAvailable, MemTotal).
@@ -199,6 +201,9 @@ class PsutilSensors:
     # -- CPU: the owner's share
     def _ours(self) -> float:
         """CPU seconds of this process, its live descendants, and the children they reaped."""
+        fast = self._ours_procfs()
+        if fast is not None:
+            return fast
         total = 0.0
         try:
             procs = [self._proc, *self._proc.children(recursive=True)]
@@ -211,6 +216,38 @@ class PsutilSensors:
                 continue      # exited between the listing and now
             total += t.user + t.system + t.children_user + t.children_system
         return total
+
+    def _ours_procfs(self) -> float | None:
+        """Linux: walk /proc/<pid>/task/<tid>/children from this process and sum utime, stime,
+        cutime and cstime of /proc/<pid>/stat (a few files instead of psutil's scan of every
+        process). None where the kernel lacks those files (then psutil does it)."""
+        proc = self._root / "proc"
+        todo, total, seen = [self._proc.pid], 0, set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                stat = (proc / str(pid) / "stat").read_bytes()
+                tasks = list((proc / str(pid) / "task").iterdir())
+            except FileNotFoundError:
+                if pid == self._proc.pid:
+                    return None
+                continue          # exited meanwhile
+            except OSError:
+                return None
+            cols = stat[stat.rindex(b")") + 2:].split()
+            total += sum(int(c) for c in cols[11:15])       # utime stime cutime cstime (fields 14-17)
+            for task in tasks:
+                try:
+                    kids = (task / "children").read_bytes().split()
+                except FileNotFoundError:
+                    if pid == self._proc.pid and task.name == str(pid):
+                        return None   # no CONFIG_PROC_CHILDREN
+                    continue
+                todo.extend(int(k) for k in kids)
+        return total / _CLK_TCK
 
     def _sample_cpu(self) -> float | None:
         try:

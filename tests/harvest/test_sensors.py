@@ -61,24 +61,38 @@ def test_psutil_sensors_on_this_machine() -> None:
 
 
 def test_owner_cpu_excludes_the_daemon_and_its_children(tmp_path: Path) -> None:
-    """A CPU-bound child of the 'daemon' is not the owner's load; the same child seen from a
-    process outside its tree is. Both providers sample the same interval."""
-    burn = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<30: pass"])
+    """A CPU-bound grandchild of the 'daemon' is not the owner's load; the same process seen
+    from a process outside its tree is. Both providers sample the same interval."""
+    loop = "import time\nt=time.time()\nwhile time.time()-t<30: pass"
+    daemon = subprocess.Popen([sys.executable, "-c", f"import subprocess,sys; subprocess.run([sys.executable,'-c',{loop!r}])"])
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        as_daemon = PsutilSensors(pid=burn.pid)         # the burner is "this daemon"
+        deadline = time.monotonic() + 30
+        while not psutil.Process(daemon.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.02)   # polling (bounded) for the grandchild to exist
+        (burner,) = psutil.Process(daemon.pid).children()
+        as_daemon = PsutilSensors(pid=daemon.pid)       # the burner is this daemon's work
         outsider = PsutilSensors(pid=idle.pid)          # an unrelated process: the burner is the owner's
-        c0 = psutil.Process(burn.pid).cpu_times()
-        t0 = time.monotonic()
+        c0, t0 = burner.cpu_times(), time.monotonic()
         time.sleep(1.0)    # the measurement interval (not a wait for a condition)
         a, b = as_daemon.read(), outsider.read()
-        c1 = psutil.Process(burn.pid).cpu_times()
+        c1 = burner.cpu_times()
         share = 100 * ((c1.user + c1.system) - (c0.user + c0.system)) / (psutil.cpu_count() * (time.monotonic() - t0))
         assert a.owner_cpu_pct is not None and b.owner_cpu_pct is not None
         assert share > 5, f"the burner got only {share:.1f} % of the machine"
         assert b.owner_cpu_pct - a.owner_cpu_pct >= share * 0.5, (a.owner_cpu_pct, b.owner_cpu_pct, share)
+        # the /proc children walk (Linux) and psutil's process scan count the same tree
+        fast = as_daemon._ours_procfs()
+        if fast is not None:
+            slow = sum(sum(p.cpu_times()[:4]) for p in (psutil.Process(daemon.pid), burner))
+            assert abs(fast - slow) < 0.5
     finally:
-        for p in (burn, idle):
+        for p in (daemon, idle):
+            try:
+                for k in psutil.Process(p.pid).children(recursive=True):
+                    k.kill()
+            except psutil.Error:
+                pass
             p.kill()
             p.wait()
 
