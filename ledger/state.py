@@ -31,6 +31,7 @@ from typing import Any, Iterable
 
 import msgpack
 
+from fognode.ledger.amounts import format_amount
 from fognode.ledger.committee import CommitteeBook, Members, compute_members
 from fognode.ledger.errors import Reason
 from fognode.ledger.genesis import FeeDestination, Genesis
@@ -287,10 +288,11 @@ class LedgerState:
                     f"sequence {order.sequence} is not the sender's next ({acct.next_sequence})")
         if acct.spendable(order.epoch) < order.debit():
             return (Reason.OVERSPEND,
-                    f"the order needs {order.debit()} micro-units, the sender has {acct.spendable(order.epoch)}")
+                    f"the order needs {format_amount(order.debit())} tokens (amount and fee), the sender has "
+                    f"{format_amount(acct.spendable(order.epoch))}")
         if isinstance(order, UnbondOrder):
             if acct.bonded < order.amount:
-                return Reason.INSUFFICIENT_STAKE, f"unbonding {order.amount} of {acct.bonded} bonded"
+                return Reason.INSUFFICIENT_STAKE, f"unbonding {format_amount(order.amount)} of {format_amount(acct.bonded)} bonded"
             if len(acct.unbonding) >= MAX_UNBONDING_ENTRIES:
                 return Reason.INSUFFICIENT_STAKE, f"already {MAX_UNBONDING_ENTRIES} unbonding entries pending"
         if isinstance(order, MintOrder) and order.receipt.claim_id in self.used_receipts:

@@ -170,8 +170,10 @@ class LedgerStore:
             raise StoreError(f"the ledger store at {self.path} lacks {key.decode()} (corrupt)")
         return v
 
-    def commit(self, deltas: Sequence[Delta]) -> None:
-        """Write the deltas (in apply order) in one atomic, synced batch."""
+    def commit(self, deltas: Sequence[Delta], applied_at: float | None = None) -> None:
+        """Write the deltas (in apply order) in one atomic, synced batch; `applied_at` (this
+        replica's clock, Unix seconds) is kept per transaction for wallet history: local
+        bookkeeping, not part of the replicated state or its root."""
         if not deltas:
             return
         with self._writing(f"{len(deltas)} certificates"), self.db.write_batch(transaction=True, sync=True) as wb:
@@ -190,6 +192,8 @@ class LedgerStore:
                 wb.put(b"x/" + sender + _u8(seq), tx)
                 wb.put(b"t/" + tx, _u8(d.index) + d.cert.encoded())
                 wb.put(b"o/" + _u8(d.index), tx)
+                if applied_at is not None:
+                    wb.put(b"T/" + tx, pack(float(applied_at)))
                 for p in d.parties:
                     wb.put(b"h/" + p + _u8(d.index), tx)
                 if d.stake_delta is not None:
@@ -214,6 +218,14 @@ class LedgerStore:
             return int.from_bytes(v[:8], "big"), decode_certificate(self._decode(v[8:], "certificate record"))
         except RemoteProtocolError as e:
             raise StoreError(f"corrupt certificate record {tx_id.hex()}: {e}") from None
+
+    def applied_at(self, tx_id: bytes) -> float | None:
+        """When this replica applied the transaction (Unix seconds), if it recorded it."""
+        v = self.db.get(b"T/" + tx_id)
+        if v is None:
+            return None
+        t = self._decode(v, "apply time")
+        return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
 
     def raw_certificate(self, tx_id: bytes) -> Any:
         """The certificate's wire map (undecoded into dataclasses), or None."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from nacl.signing import SigningKey
 
+from fognode.ledger.amounts import format_amount
 from fognode.ledger.actions import PersistLock, ReportFork, SendRejection, SendVote, ValidatorAction
 from fognode.ledger.errors import Reason
 from fognode.ledger.committee import seal_time
@@ -174,7 +175,7 @@ class Validator:
                                 f"the committee changed at epoch {self.state.committees.era_start(o.epoch)} and "
                                 f"this validator has not received the previous committee's locks yet: ask again")
         if o.fee < g.fee:
-            return self._reject(peer, so, Reason.FEE_TOO_LOW, f"fee {o.fee} is below the chain's fee {g.fee}")
+            return self._reject(peer, so, Reason.FEE_TOO_LOW, f"fee {format_amount(o.fee)} is below the chain's fee {format_amount(g.fee)}")
         if prior is not None:
             acts = self._reject(peer, so, Reason.CONFLICT,
                                 f"already signed order {prior.tx_id.hex()[:16]} for sequence {o.sequence}")
@@ -194,7 +195,7 @@ class Validator:
                 return self._reject(peer, so, Reason.BAD_EVIDENCE, str(e))
             if o.amount > worth:
                 return self._reject(peer, so, Reason.BAD_EVIDENCE,
-                                    f"mint of {o.amount} exceeds the receipt's worth {worth}")
+                                    f"mint of {format_amount(o.amount)} exceeds the receipt's worth {format_amount(worth)}")
             other_split = self.locks.commit_problem(o.receipt)
             if other_split:
                 return self._reject(peer, so, Reason.BAD_EVIDENCE, other_split)
@@ -202,7 +203,7 @@ class Validator:
             reserved = self.locks.mint_reserved.get(o.epoch, 0)
             if reserved + o.amount > limit:
                 return self._reject(peer, so, Reason.BUDGET_EXCEEDED,
-                                    f"epoch {o.epoch}: {reserved} of this validator's {limit} mint allowance "
-                                    f"is taken; {o.amount} more does not fit")
+                                    f"epoch {o.epoch}: {format_amount(reserved)} of this validator's {format_amount(limit)} "
+                                    f"mint allowance is taken; {format_amount(o.amount)} more does not fit")
         self.locks.add(so)
         return [PersistLock(so), SendVote(peer, Vote.sign(self.key, so.tx_id))]

@@ -125,12 +125,17 @@ def progress_line(value: Any) -> str:
 
 def render(result: Any) -> str:
     """A readable table: dict -> key/value rows (a list of maps in it as a table of its own
-    after them), list of dicts -> columns, scalars plainly."""
+    after them; a dict of one scalar field is that value alone, for scripts), list of dicts
+    -> columns, scalars plainly."""
     if result is None:
         return ""
     if isinstance(result, dict):
         if not result:
             return "(empty)"
+        if len(result) == 1:    # one field (`wallet address`): the bare value, for scripts
+            (only,) = result.values()
+            if not isinstance(only, (dict, list)):
+                return scalar(only)
         tables = {k: v for k, v in result.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
         rest = {k: v for k, v in result.items() if k not in tables}
         parts = [kv_table(flatten(rest))] if rest else []
