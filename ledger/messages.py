@@ -11,7 +11,6 @@ are `order_problem()`, run by validators before anything else, so a client gets 
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
@@ -20,45 +19,21 @@ from nacl.signing import SigningKey
 
 from fognode.ledger.amounts import MAX_AMOUNT
 from fognode.ledger.errors import Reason
+from fognode.ledger.escrow import escrow_order_problem
+from fognode.ledger.escrow_orders import (ESCROW_DECODERS, EscrowCollateralOrder, EscrowOpenOrder,
+                                          EscrowOrder, EscrowPayoutOrder, EscrowRefundOrder,
+                                          EscrowSlashOrder)
+from fognode.ledger.order_base import VERSION, WIRE_INT, OrderBase, OrderKind
 from fognode.ledger.quorum import check_signature
 from fognode.ledger.receipts import Receipt, decode_receipt
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import Fields, digest, pack
 
-VERSION = 1
 MAX_MEMO_BYTES = 256
 _WIRE_MEMO = 4096          # structural bound; the 256-byte rule is a reasoned rejection
-_WIRE_INT = 2 ** 64        # structural bound; the 63-bit rule is a reasoned rejection
+_WIRE_INT = WIRE_INT       # structural bound; the 63-bit rule is a reasoned rejection
 MAX_VOTES = 256
-
-
-class OrderKind(enum.Enum):
-    TRANSFER = "transfer"
-    MINT = "mint"
-    BOND = "bond"
-    UNBOND = "unbond"
-
-
-@dataclass(frozen=True)
-class _Order:
-    chain: str
-    epoch: int
-    sender: bytes
-    sequence: int
-    fee: int
-
-    kind: ClassVar[OrderKind]
-
-    def _common(self) -> dict[str, Any]:
-        return {"v": VERSION, "kind": self.kind.value, "chain": self.chain, "epoch": self.epoch,
-                "sender": self.sender, "sequence": self.sequence, "fee": self.fee}
-
-    def body(self) -> dict[str, Any]:
-        return self._common()
-
-    def debit(self) -> int:
-        """What the sender's spendable balance must cover."""
-        return self.fee
+_Order = OrderBase
 
 
 @dataclass(frozen=True)
@@ -115,7 +90,9 @@ class UnbondOrder(_Order):
         return {**self._common(), "amount": self.amount}
 
 
-Order = Union[TransferOrder, MintOrder, BondOrder, UnbondOrder]
+Order = Union[TransferOrder, MintOrder, BondOrder, UnbondOrder, EscrowOpenOrder, EscrowCollateralOrder,
+              EscrowPayoutOrder, EscrowRefundOrder, EscrowSlashOrder]
+_FLAT = (TransferOrder, BondOrder, UnbondOrder)
 
 
 _VOTE_PREFIX, _VOTE_SUFFIX = pack({"v": VERSION, "kind": "ledger.vote", "tx": b"\xab" * 32}).split(b"\xab" * 32)
@@ -144,7 +121,7 @@ class SignedOrder:
 
     def __post_init__(self) -> None:
         body = self.order.body()
-        b = pack(body) if isinstance(self.order, MintOrder) else _pack_flat(body)
+        b = _pack_flat(body) if isinstance(self.order, _FLAT) else pack(body)
         object.__setattr__(self, "body_bytes", b)
         object.__setattr__(self, "tx_id", digest(b))
 
@@ -270,6 +247,8 @@ def order_problem(order: Order) -> tuple[Reason, str] | None:
             return Reason.MEMO_TOO_LONG, f"memo is {n} bytes, over the limit of {MAX_MEMO_BYTES}"
     if isinstance(order, MintOrder) and order.receipt.beneficiary != order.recipient:
         return Reason.BAD_EVIDENCE, "mint recipient is not the receipt's beneficiary"
+    if not isinstance(order, (TransferOrder, MintOrder, BondOrder, UnbondOrder)):
+        return escrow_order_problem(order)
     return None
 
 
@@ -298,6 +277,8 @@ def decode_order(raw: Any, *, peer: str | None = None) -> Order:
         order = MintOrder(**common, recipient=f.bytes("recipient", max_len=64),
                           amount=f.int("amount", lo=-_WIRE_INT, hi=_WIRE_INT),
                           receipt=decode_receipt(f.map("receipt", max_len=16), peer=peer))
+    elif kind in ESCROW_DECODERS:
+        order = ESCROW_DECODERS[kind](f, common, peer)
     elif kind is OrderKind.BOND:
         order = BondOrder(**common, amount=f.int("amount", lo=-_WIRE_INT, hi=_WIRE_INT))
     else:

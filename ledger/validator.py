@@ -14,6 +14,14 @@ faulty stake tolerated). Each certificate carries at least q - F honest stake an
 stake votes at most (T - F) * limit in total, so the certified mints of an epoch never exceed
 its budget while at most F stake is faulty, whatever the order in which replicas apply them.
 
+Escrows (escrow.py): orders spending one escrow come from different senders (the payee's
+payouts, the customer's refund), so the per-sender lock alone would let a payout and a refund
+of the same escrow state both be certified. Each escrow order therefore also takes the lock
+(escrow id, escrow sequence): a validator votes for at most one order per escrow sequence,
+whatever its kind and sender, and refuses any other with CONFLICT. Like the sender locks, it
+is derived from the locked orders (`LockTable.add`), so it is persisted, reloaded and handed
+over with them. The time rules of escrows are judged by this validator's clock (`now`).
+
 Claims and scopes (receipts.py): a validator signs one mint per receipt claim id, and mints
 whose receipts share a scope only with the commit of the first one it signed for that scope.
 Both are derived from the locked orders themselves (`LockTable.add`), so reloading persisted
@@ -26,6 +34,8 @@ from nacl.signing import SigningKey
 from fognode.ledger.actions import PersistLock, ReportFork, SendRejection, SendVote, ValidatorAction
 from fognode.ledger.errors import Reason
 from fognode.ledger.committee import seal_time
+from fognode.ledger.escrow import time_problem as escrow_time_problem
+from fognode.ledger.escrow_orders import ESCROW_ORDERS
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import (BondOrder, ForkProof, MintOrder, Rejection, SignedOrder, UnbondOrder, Vote,
                                      order_problem)
@@ -48,6 +58,7 @@ class LockTable:
         self.mint_reserved: dict[int, int] = {}
         self.receipts: set[bytes] = set()      # claim ids of the mints signed (receipts.py)
         self.commits: dict[bytes, set[bytes]] = {}    # scope id -> commits of the mints signed
+        self.escrows: dict[tuple[bytes, int], SignedOrder] = {}   # (escrow id, escrow sequence) -> order
 
     def get(self, sender: bytes, sequence: int) -> SignedOrder | None:
         return self.locks.get((sender, sequence))
@@ -55,6 +66,8 @@ class LockTable:
     def add(self, order: SignedOrder) -> None:
         self.locks[order.key] = order
         o = order.order
+        if isinstance(o, ESCROW_ORDERS):
+            self.escrows.setdefault((o.escrow, o.escrow_sequence), order)
         if isinstance(o, MintOrder):
             self.mint_reserved[o.epoch] = self.mint_reserved.get(o.epoch, 0) + o.amount
             self.receipts.add(o.receipt.claim_id)
@@ -69,7 +82,7 @@ class LockTable:
             return
         del self.locks[order.key]
         remaining = list(self.locks.values())
-        self.locks, self.mint_reserved, self.receipts, self.commits = {}, {}, set(), {}
+        self.locks, self.mint_reserved, self.receipts, self.commits, self.escrows = {}, {}, set(), {}, {}
         for so in remaining:
             self.add(so)
 
@@ -179,9 +192,19 @@ class Validator:
             acts = self._reject(peer, so, Reason.CONFLICT,
                                 f"already signed order {prior.tx_id.hex()[:16]} for sequence {o.sequence}")
             return [ReportFork(ForkProof(prior, so), peer), *acts]
+        if isinstance(o, ESCROW_ORDERS):
+            held = self.locks.escrows.get((o.escrow, o.escrow_sequence))
+            if held is not None and held.tx_id != so.tx_id:
+                return self._reject(peer, so, Reason.CONFLICT,
+                                    f"already signed order {held.tx_id.hex()[:16]} for escrow "
+                                    f"{o.escrow.hex()[:16]} sequence {o.escrow_sequence}")
         problem = self.state.order_problem(o)
         if problem:
             return self._reject(peer, so, *problem)
+        if isinstance(o, ESCROW_ORDERS):
+            problem = escrow_time_problem(self.state.escrows.get(o.escrow), o, now)
+            if problem:
+                return self._reject(peer, so, *problem)
         if isinstance(o, MintOrder):
             if o.receipt.claim_id in self.locks.receipts:
                 return self._reject(peer, so, Reason.RECEIPT_USED,
