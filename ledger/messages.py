@@ -33,11 +33,10 @@ MAX_MEMO_BYTES = 256
 _WIRE_MEMO = 4096          # structural bound; the 256-byte rule is a reasoned rejection
 _WIRE_INT = WIRE_INT       # structural bound; the 63-bit rule is a reasoned rejection
 MAX_VOTES = 256
-_Order = OrderBase
 
 
 @dataclass(frozen=True)
-class TransferOrder(_Order):
+class TransferOrder(OrderBase):
     recipient: bytes
     amount: int
     memo: str = ""
@@ -51,7 +50,7 @@ class TransferOrder(_Order):
 
 
 @dataclass(frozen=True)
-class MintOrder(_Order):
+class MintOrder(OrderBase):
     """Credit `amount` new tokens to `recipient` (the receipt's beneficiary); the sender (who
     distributes the reward, often the beneficiary itself) pays the fee."""
 
@@ -66,7 +65,7 @@ class MintOrder(_Order):
 
 
 @dataclass(frozen=True)
-class BondOrder(_Order):
+class BondOrder(OrderBase):
     """Lock `amount` of the sender's balance as stake."""
 
     amount: int
@@ -80,7 +79,7 @@ class BondOrder(_Order):
 
 
 @dataclass(frozen=True)
-class UnbondOrder(_Order):
+class UnbondOrder(OrderBase):
     """Start unbonding `amount` of stake; it becomes spendable `unbonding_epochs` later."""
 
     amount: int

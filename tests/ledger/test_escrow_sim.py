@@ -100,7 +100,7 @@ def test_an_equivocating_payee_is_paid_once(seed: int) -> None:
     assert len(won) <= 1
     settle(sim)
     paid = next(iter(sim.nodes.values())).state.escrows[E].paid
-    assert paid == (won[0].so.order.note.due if won else 0)   # type: ignore[union-attr]
+    assert paid == (won[0].so.order.note.due if won else 0)
 
 
 @pytest.mark.parametrize("seed", range(8))
