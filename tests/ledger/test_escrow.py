@@ -288,3 +288,26 @@ def test_the_escrow_lock_is_rebuilt_from_persisted_locks() -> None:
     assert (E, 1) not in reloaded.escrows
     rej = n.validator.receive("c", signed(CUSTOMER, refund(CUSTOMER, E, 1, 1)), AFTER)
     assert isinstance(rej[0], SendRejection) and rej[0].rejection.reason is Reason.CONFLICT
+
+
+def test_inherited_locks_that_split_an_escrow_sequence_freeze_it() -> None:
+    """A new validator that inherits (handover) the payout's lock from one old member and the
+    refund's from another signs neither, not even as a re-ask of an order whose sender lock it
+    holds: either may have been certified by the old committee."""
+    c = Cluster()
+    opened(c)
+    n = c.nodes[2]
+    pay = signed(PROVIDER, payout(PROVIDER, CUSTOMER, E, 1, 5, 0))
+    back = signed(CUSTOMER, refund(CUSTOMER, E, 1, 1))
+    for so in (pay, back):       # as handover.merge adds them
+        n.locks.add(so)
+    for so, now in ((pay, BEFORE), (back, AFTER)):
+        acts = n.validator.receive("c", so, now)
+        assert [type(a) for a in acts] == [SendRejection] and acts[0].rejection.reason is Reason.CONFLICT
+        assert "frozen" in acts[0].rejection.message
+    # the order they were merged in does not matter
+    again = Node(c.keys[3], c.genesis)
+    again.state = n.state
+    for so in (back, pay):
+        again.locks.add(so)
+    assert again.locks.frozen_escrows == n.locks.frozen_escrows == {(E, 1)}
