@@ -1,5 +1,8 @@
 """Ledger messages: orders, votes, certificates, rejections, fork proofs, and their decoders.
 
+Orders: transfers, reward mints and stake changes here; escrow orders in escrow_orders.py
+(decoded through `decode_order` too, one decoder per kind). All share order_base.py.
+
 Every order is a versioned map signed by its sender over pack(body); its transaction id is
 BLAKE2b-256(pack(body)). A validator's vote signs the small map {"v", "kind": "ledger.vote",
 "tx": id}, so replicas hash 30-odd bytes per vote check, not the whole order. A certificate is
