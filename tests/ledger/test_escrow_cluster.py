@@ -36,9 +36,11 @@ async def test_escrow_across_four_validators(tmp_path: Path) -> None:
     clock = Clock()
     with trio.fail_after(120):
         async with ledger_cluster(tmp_path, 4, clock=clock) as c:
-            await wait_until(lambda: all(len(n.ctx.overlay.peers()) == 3 for n in c.nodes), timeout=60)
+            await wait_until(lambda: all(n.ctx is not None and len(n.ctx.overlay.peers()) == 3 for n in c.nodes),
+                             timeout=60)
             apis: list[LedgerApi] = []
             for n in c.nodes:
+                assert n.ctx is not None
                 api = ledger_api(n.ctx.services)
                 assert api is not None
                 apis.append(api)
