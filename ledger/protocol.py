@@ -1,4 +1,5 @@
-"""The ledger role: `[protocols.ledger]` in node.toml, RPC methods wallet.* / ledger.* / stake.*.
+"""The ledger role: `[protocols.ledger]` in node.toml, RPC methods wallet.* / ledger.* / stake.* /
+escrow.*.
 
 The engine (stores, cores, streams, gossip) is `LedgerService` (service.py); this module maps
 it to the role interface and the control socket, and offers other roles its `LedgerApi`
@@ -10,8 +11,10 @@ Once the ledger's store failed a write (service.py: disk full), every method ans
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import trio
 
@@ -21,8 +24,12 @@ from fognode.ledger.amounts import format_amount, parse_amount
 from fognode.ledger.errors import (LEDGER_BAD_ADDRESS, LEDGER_BAD_AMOUNT, LEDGER_INVARIANT_BROKEN,
                                    LEDGER_NOT_CERTIFIED, LEDGER_NOT_READY, LEDGER_ORDER_REJECTED,
                                    LEDGER_STORAGE_FAILED, LEDGER_UNKNOWN_TX, LEDGER_UNKNOWN_WALLET,
-                                   LEDGER_WALLET_LOCKED, RPC_CODE_OF_REASON, AddressError, AmountError,
+                                   LEDGER_WALLET_LOCKED, LEDGER_BAD_DEBIT_NOTE, LEDGER_BAD_ESCROW,
+                                   LEDGER_ESCROW_UNKNOWN, RPC_CODE_OF_REASON, AddressError, AmountError,
                                    LedgerStorageFailed, OrderRejected, WalletError)
+from fognode.ledger.escrow_client import EscrowClient
+from fognode.ledger.escrow_orders import ESCROW_ORDERS, decode_debit_note
+from fognode.ledger.escrow_view import describe_escrow, describe_escrow_order
 from fognode.ledger.messages import BondOrder, Certificate, MintOrder, Order, TransferOrder, UnbondOrder
 from fognode.ledger.api import SERVICE_NAME, LedgerApi
 from fognode.ledger.certgossip import CERT_TOPIC
@@ -31,9 +38,10 @@ from fognode.ledger.service import LedgerService
 from fognode.ledger.settings import Settings
 from fognode.ledger.submit import NotCertified
 from fognode.ledger.sync import SYNC_STREAM
-from fognode.node.errors import ConfigError, RpcError
+from fognode.node.errors import ConfigError, FognodeError, RpcError
 from fognode.node.protocol import NodeContext, Protocol
 from fognode.node.rpc.methods import rpc_method
+from fognode.node.wire import pack, unpack
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,35 @@ def describe_order(o: Order) -> dict[str, Any]:
     if isinstance(o, MintOrder):
         d["receipt"] = {"kind": o.receipt.kind, "issuer": encode_address(o.receipt.issuer),
                         "epoch": o.receipt.epoch, "id": o.receipt.receipt_id.hex()}
+    if isinstance(o, ESCROW_ORDERS):
+        d.update(describe_escrow_order(o))
     return d
+
+
+def _hex32(text: str, what: str) -> bytes:
+    try:
+        b = bytes.fromhex(text)
+    except ValueError:
+        b = b""
+    if len(b) != 32:
+        raise RpcError(LEDGER_BAD_ESCROW, f"{what}: expected 64 hex digits, got {text!r}")
+    return b
+
+
+@contextmanager
+def _order_errors() -> Iterator[None]:
+    """Map what submitting an order raises to the RPC errors of the ledger."""
+    try:
+        yield
+    except WalletError as e:
+        raise RpcError(LEDGER_WALLET_LOCKED, str(e)) from None
+    except OrderRejected as e:
+        raise RpcError(RPC_CODE_OF_REASON.get(e.reason, LEDGER_ORDER_REJECTED),
+                       f"order rejected: {e.reason.value}: {e.message}", {"reason": e.reason.value}) from None
+    except NotCertified as e:
+        raise RpcError(LEDGER_NOT_CERTIFIED, str(e), e.status) from None
+    except LedgerStorageFailed as e:
+        raise RpcError(LEDGER_STORAGE_FAILED, f"the ledger stopped: {e}", {"path": e.path, "cause": e.cause}) from None
 
 
 class LedgerRole(Protocol):
@@ -155,18 +191,9 @@ class LedgerRole(Protocol):
     async def _submit(self, wallet: str, make: Any, timeout: float) -> Certificate:
         s = self._svc()
         pub = self._wallet(wallet)
-        try:
+        with _order_errors():
             key = await s.submitter.unlock_wallet(pub)
             return await s.submitter.submit(key, make(bytes(key.verify_key)), timeout if timeout > 0 else self.config.send_timeout)
-        except WalletError as e:
-            raise RpcError(LEDGER_WALLET_LOCKED, str(e)) from None
-        except OrderRejected as e:
-            raise RpcError(RPC_CODE_OF_REASON.get(e.reason, LEDGER_ORDER_REJECTED),
-                           f"order rejected: {e.reason.value}: {e.message}", {"reason": e.reason.value}) from None
-        except NotCertified as e:
-            raise RpcError(LEDGER_NOT_CERTIFIED, str(e), e.status) from None
-        except LedgerStorageFailed as e:
-            raise RpcError(LEDGER_STORAGE_FAILED, f"the ledger stopped: {e}", {"path": e.path, "cause": e.cause}) from None
 
     def _result(self, cert: Certificate) -> dict[str, Any]:
         return {"tx": cert.tx_id.hex(), "status": "final", **describe_order(cert.order.order),
@@ -340,6 +367,69 @@ class LedgerRole(Protocol):
                 "orders_rejected": {r.value: n for r, n in s.validator.rejected.items()},
                 "locks": len(s.locks), "forks": s.forks_seen, "accounts": len(s.state.accounts),
                 "uptime_rewards": {str(e): outcome for e, outcome in sorted(s.uptime.claimed.items())}}
+
+    # -- escrow.* (escrow.py; the market role uses api.py) -------------------------------------------
+
+    def _escrows(self) -> EscrowClient:
+        s = self._svc()
+        return EscrowClient(s.submitter, s.state, self.ctx.clock)
+
+    @rpc_method("ledger.escrow")
+    async def ledger_escrow(self, escrow: str) -> dict[str, Any]:
+        """The escrow ESCROW (hex id) as this replica holds it: parties, amounts, terms, state."""
+        eid = _hex32(escrow, "escrow")
+        e = self._escrows().escrow(eid)
+        if e is None:
+            raise RpcError(LEDGER_ESCROW_UNKNOWN, f"no escrow {escrow} on this replica")
+        return describe_escrow(eid, e)
+
+    @rpc_method("ledger.escrows")
+    async def ledger_escrows(self, address: str = "") -> list[dict[str, Any]]:
+        """The escrows whose customer or payee is ADDRESS (default: the node's wallet)."""
+        pub = _addr(address) if address else self._wallet("")
+        return [describe_escrow(k, e) for k, e in self._escrows().escrows_of(pub)]
+
+    @rpc_method("escrow.open")
+    async def escrow_open(self, payee: str, amount: str, seconds: int, grace: int = 600, agreement: str = "",
+                          wallet: str = "", timeout: float = 0.0) -> dict[str, Any]:
+        """Lock AMOUNT for PAYEE until SECONDS from now; after that the rest can be refunded.
+
+        --agreement is the agreement's hash (64 hex digits; default: a fresh random id); the
+        payee may close the escrow itself --grace seconds after the deadline."""
+        to, micro, w = _addr(payee, "payee"), _amount(amount), self._wallet(wallet)
+        ag = _hex32(agreement, "agreement") if agreement else os.urandom(32)
+        with _order_errors():
+            cert = await self._escrows().open(ag, to, micro, int(self.ctx.clock()) + seconds, grace, wallet=w,
+                                              timeout=timeout or self.config.send_timeout)
+        return self._result(cert)
+
+    @rpc_method("escrow.note")
+    async def escrow_note(self, escrow: str, due: str, wallet: str = "") -> dict[str, Any]:
+        """As the customer, sign a debit note: DUE tokens owed in total under ESCROW (hex)."""
+        eid, micro, w = _hex32(escrow, "escrow"), _amount(due, "due"), self._wallet(wallet)
+        with _order_errors():
+            note = await self._escrows().sign_debit_note(eid, micro, wallet=w)
+        return {"escrow": escrow, "due": format_amount(micro), "note": pack(note.to_wire()).hex()}
+
+    @rpc_method("escrow.pay")
+    async def escrow_pay(self, note: str, wallet: str = "", timeout: float = 0.0) -> dict[str, Any]:
+        """As the payee, collect what the debit NOTE (hex, from escrow.note) says is due."""
+        try:
+            n = decode_debit_note(unpack(bytes.fromhex(note), what="debit note"))
+        except (ValueError, FognodeError) as e:
+            raise RpcError(LEDGER_BAD_DEBIT_NOTE, f"note: {e}") from None
+        w = self._wallet(wallet)
+        with _order_errors():
+            cert = await self._escrows().pay_debit_note(n, wallet=w, timeout=timeout or self.config.send_timeout)
+        return self._result(cert)
+
+    @rpc_method("escrow.refund")
+    async def escrow_refund(self, escrow: str, wallet: str = "", timeout: float = 0.0) -> dict[str, Any]:
+        """Close ESCROW (hex): the unpaid rest to the customer, the collateral to the payee."""
+        eid, w = _hex32(escrow, "escrow"), self._wallet(wallet)
+        with _order_errors():
+            cert = await self._escrows().refund(eid, wallet=w, timeout=timeout or self.config.send_timeout)
+        return self._result(cert)
 
     # -- stake.* ---------------------------------------------------------------------------------
 

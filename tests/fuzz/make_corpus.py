@@ -25,6 +25,8 @@ from fognode.ledger.handover import HandoverPage
 from fognode.ledger.messages import (BondOrder, Certificate, ForkProof, MintOrder, Rejection,
                                      SignedOrder, TransferOrder, UnbondOrder, Vote)
 from fognode.ledger.errors import Reason
+from fognode.ledger.escrow_orders import (BreachReport, DebitNote, EscrowCollateralOrder, EscrowOpenOrder,
+                                          EscrowPayoutOrder, EscrowRefundOrder, EscrowSlashOrder, escrow_id)
 from fognode.ledger.receipts import Receipt, uptime_claim
 from fognode.node.gossip import seal
 from fognode.node.wire import pack
@@ -70,7 +72,35 @@ def _orders() -> list[SignedOrder]:
                   amount=1000, receipt=r)
     return [SignedOrder.sign(a, t), SignedOrder.sign(a, m),
             SignedOrder.sign(a, BondOrder(chain=CHAIN, epoch=1, sender=pub(a), sequence=2, fee=0, amount=7)),
-            SignedOrder.sign(a, UnbondOrder(chain=CHAIN, epoch=1, sender=pub(a), sequence=3, fee=0, amount=7))]
+            SignedOrder.sign(a, UnbondOrder(chain=CHAIN, epoch=1, sender=pub(a), sequence=3, fee=0, amount=7)),
+            *_escrow_orders()]
+
+
+def _escrow_orders() -> list[SignedOrder]:
+    """Every escrow order kind, the fuzz key as customer and witness (FUZZ_ESCROW in targets.py)."""
+    c, p = FUZZ_KEY, key(2)
+    e = escrow_id(CHAIN, pub(c), b"\x01" * 32)
+    common = dict(chain=CHAIN, epoch=0, fee=1000)
+    report = BreachReport(e, 3, 100, 20, ())
+    report = BreachReport(e, 3, 100, 20, (report.witness_signature(FUZZ_KEY),))
+    return [SignedOrder.sign(c, EscrowOpenOrder(**common, sender=pub(c), sequence=4, agreement=b"\x01" * 32,
+                                                payee=pub(p), amount=10_000, deadline=int(NOW) + 60, grace=600,
+                                                uptime_ppm=990_000, penalty=300, witnesses=(pub(c),), threshold=1)),
+            SignedOrder.sign(p, EscrowCollateralOrder(**common, sender=pub(p), sequence=0, escrow=e, escrow_sequence=1,
+                                                      amount=500)),
+            SignedOrder.sign(p, EscrowPayoutOrder(**common, sender=pub(p), sequence=1, escrow=e, escrow_sequence=1,
+                                                  note=DebitNote.sign(c, e, 4000))),
+            SignedOrder.sign(c, EscrowRefundOrder(**common, sender=pub(c), sequence=5, escrow=e, escrow_sequence=1)),
+            SignedOrder.sign(c, EscrowSlashOrder(**common, sender=pub(c), sequence=5, escrow=e, escrow_sequence=1,
+                                                 report=report))]
+
+
+def ledger_escrow() -> list[bytes]:
+    so = _escrow_orders()
+    payout, slash = so[2].order, so[4].order
+    assert isinstance(payout, EscrowPayoutOrder) and isinstance(slash, EscrowSlashOrder)
+    return ([b"\x00" + pack(payout.note.to_wire()), b"\x01" + pack(slash.report.to_wire())]
+            + [b"\x02" + pack(s.to_wire()) for s in so])
 
 
 def _certificates() -> list[Certificate]:
@@ -272,7 +302,7 @@ def rpc_line() -> list[bytes]:
 GENERATORS: dict[str, Callable[[], list[bytes]]] = {
     "wire_unpack": wire_unpack, "gossip_envelope": gossip_envelope, "stream_frames": stream_frames,
     "ledger_order": ledger_order, "ledger_certificate": ledger_certificate, "ledger_replies": ledger_replies,
-    "ledger_receipt": ledger_receipt, "fl_gossip": fl_gossip, "fl_stream": fl_stream, "fl_tensor": fl_tensor,
+    "ledger_receipt": ledger_receipt, "ledger_escrow": ledger_escrow, "fl_gossip": fl_gossip, "fl_stream": fl_stream, "fl_tensor": fl_tensor,
     "fl_secagg": fl_secagg, "registry_record": registry_record, "registry_observation": registry_observation,
     "registry_gossip": registry_gossip, "registry_direct": registry_direct, "monitor_status": monitor_status, "rpc_line": rpc_line,
 }

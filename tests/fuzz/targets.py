@@ -31,6 +31,9 @@ from prometheus_client import CollectorRegistry
 from fognode.ledger.committee import (decode_committee_body, decode_committee_certificate,
                                       decode_committee_vote)
 from fognode.ledger.errors import CertificateRejected
+from fognode.ledger import escrow as escrow_rules
+from fognode.ledger.escrow_orders import (ESCROW_ORDERS, EscrowCollateralOrder, decode_breach_report,
+                                          decode_debit_note)
 from fognode.ledger.handover import HandoverPage
 from fognode.ledger.messages import (decode_certificate, decode_fork_proof, decode_rejection,
                                      decode_signed_order, decode_vote, order_problem, vote_message)
@@ -316,6 +319,67 @@ def ledger_replies(data: bytes) -> None:
         after = (b"\x00" * 32, 0)
         page = HandoverPage.decode(raw, epoch=3, after=after, peer="fuzz")
         assert HandoverPage.decode(unpack(pack(page.to_wire())), epoch=3, after=after) == page
+
+
+# the escrow every fuzzed escrow order is checked against: the fuzz key is customer and witness
+FUZZ_ESCROW = escrow_rules.Escrow(FUZZ_PUB, LOCAL_KEY.verify_key.encode(), b"\x01" * 32, 10_000, int(NOW), 600,
+                                  990_000, 300, (FUZZ_PUB,), 1, paid=1000, collateral=500)
+
+
+def _escrow_rules(order: Any) -> None:
+    """The escrow rules on a decoded escrow order; an order they accept moves no micro-unit
+    out of thin air (what the escrow held plus a deposit = what it holds plus the credits)."""
+    if escrow_rules.order_problem(order) is not None:
+        return
+    e = None if order.escrow_sequence == 0 else FUZZ_ESCROW
+    if escrow_rules.state_problem(e, order) is not None:
+        return
+    for t in (NOW - 1, NOW + 1, NOW + 700):
+        escrow_rules.time_problem(e, order, t)
+    new, credits = escrow_rules.effect(e, order)
+    before = (e.held if e is not None else 0) + (order.amount if isinstance(order, EscrowCollateralOrder) else 0)
+    if e is None:
+        before = new.held
+    assert all(a > 0 for _, a in credits), credits
+    assert before == new.held + sum(a for _, a in credits), (e, new, credits)
+    assert new.next_sequence == (e.next_sequence + 1 if e is not None else 1)
+    assert escrow_rules.Escrow.decode(new.encode()) == new and not new.problems()
+
+
+@target("ledger_escrow", "ledger escrow evidence and orders: debit notes, SLA breach reports (first byte "
+                         "picks), escrow orders through the escrow rules (decode_* + escrow.py)")
+def ledger_escrow(data: bytes) -> None:
+    if not data:
+        return
+    which, raw = data[0] % 3, unpack(data[1:], what="fuzz")
+    if which == 0:
+        note = decode_debit_note(raw, peer="fuzz")
+        _ = note.signed_by(FUZZ_PUB)
+        _roundtrip(note, decode_debit_note)
+    elif which == 1:
+        report = decode_breach_report(raw, peer="fuzz")
+        _ = report.signers((FUZZ_PUB,))
+        _roundtrip(report, decode_breach_report)
+    else:
+        so = decode_signed_order(raw, peer="fuzz")
+        _roundtrip(so, decode_signed_order)
+        if not isinstance(so.order, ESCROW_ORDERS):
+            return
+        _escrow_rules(so.order)
+        o = raw["order"]     # re-signed evidence: the note or report signed by the fuzz key
+        if isinstance(o.get("note"), dict) and isinstance(o["note"].get("escrow"), bytes):
+            n = {"v": 1, "kind": "ledger.debit_note", "escrow": o["note"]["escrow"], "due": o["note"].get("due")}
+            try:
+                o = {**o, "note": {**o["note"], "sig": sign(FUZZ_KEY, n)}}
+            except LocalProtocolError:
+                return
+        elif isinstance(o.get("report"), dict):
+            r = {k: o["report"].get(k) for k in ("escrow", "window", "probes", "failures")}
+            try:
+                o = {**o, "report": {**o["report"], "sigs": [[FUZZ_PUB, sign(FUZZ_KEY, {"v": 1, "kind": "ledger.sla_breach", **r})]]}}
+            except LocalProtocolError:
+                return
+        _escrow_rules(decode_signed_order({**raw, "order": o}, peer="fuzz").order)
 
 
 @target("ledger_receipt", "ledger mint evidence: a receipt inside a mint order (decode_receipt + verifier)",
