@@ -28,9 +28,10 @@ from fognode.ledger.errors import (LEDGER_BAD_ADDRESS, LEDGER_BAD_AMOUNT, LEDGER
                                    LEDGER_ESCROW_UNKNOWN, RPC_CODE_OF_REASON, AddressError, AmountError,
                                    LedgerStorageFailed, OrderRejected, WalletError)
 from fognode.ledger.escrow_client import EscrowClient
-from fognode.ledger.escrow_orders import ESCROW_ORDERS, decode_debit_note
-from fognode.ledger.escrow_view import describe_escrow, describe_escrow_order
-from fognode.ledger.messages import BondOrder, Certificate, MintOrder, Order, TransferOrder, UnbondOrder
+from fognode.ledger.escrow_orders import decode_debit_note
+from fognode.ledger.escrow_view import describe_escrow
+from fognode.ledger.history_view import describe_order, history_row
+from fognode.ledger.messages import BondOrder, Certificate, TransferOrder, UnbondOrder
 from fognode.ledger.api import SERVICE_NAME, LedgerApi
 from fognode.ledger.certgossip import CERT_TOPIC
 from fognode.ledger.order_streams import ORDER_STREAM
@@ -71,23 +72,6 @@ def _amount(text: str, what: str = "amount") -> int:
         return parse_amount(text)
     except AmountError as e:
         raise RpcError(LEDGER_BAD_AMOUNT, f"{what}: {e}") from None
-
-
-def describe_order(o: Order) -> dict[str, Any]:
-    d: dict[str, Any] = {"kind": o.kind.value, "sender": encode_address(o.sender), "sequence": o.sequence,
-                         "epoch": o.epoch, "fee": format_amount(o.fee)}
-    if isinstance(o, (TransferOrder, MintOrder)):
-        d["recipient"] = encode_address(o.recipient)
-    if isinstance(o, (TransferOrder, MintOrder, BondOrder, UnbondOrder)):
-        d["amount"] = format_amount(o.amount)
-    if isinstance(o, TransferOrder):
-        d["memo"] = o.memo
-    if isinstance(o, MintOrder):
-        d["receipt"] = {"kind": o.receipt.kind, "issuer": encode_address(o.receipt.issuer),
-                        "epoch": o.receipt.epoch, "id": o.receipt.receipt_id.hex()}
-    if isinstance(o, ESCROW_ORDERS):
-        d.update(describe_escrow_order(o))
-    return d
 
 
 def _hex32(text: str, what: str) -> bytes:
@@ -188,12 +172,23 @@ class LedgerRole(Protocol):
         except WalletError as e:
             raise RpcError(LEDGER_UNKNOWN_WALLET, str(e)) from None
 
-    async def _submit(self, wallet: str, make: Any, timeout: float) -> Certificate:
+    async def _submit(self, wallet: str, make: Any, timeout: float) -> dict[str, Any]:
+        """Submit the wallet's next order; its result (`_result`), saying also which earlier
+        in-flight order of the wallet this call completed first, if any."""
         s = self._svc()
         pub = self._wallet(wallet)
+        earlier: list[Certificate] = []
         with _order_errors():
             key = await s.submitter.unlock_wallet(pub)
-            return await s.submitter.submit(key, make(bytes(key.verify_key)), timeout if timeout > 0 else self.config.send_timeout)
+            cert = await s.submitter.submit(key, make(bytes(key.verify_key)),
+                                            timeout if timeout > 0 else self.config.send_timeout,
+                                            completed=earlier)
+        res = self._result(cert)
+        if earlier:
+            e = earlier[0]
+            res["completed_earlier"] = {"tx": e.tx_id.hex(), **{k: v for k, v in describe_order(e.order.order).items()
+                                                                 if k in ("kind", "sequence", "recipient", "amount")}}
+        return res
 
     def _result(self, cert: Certificate) -> dict[str, Any]:
         return {"tx": cert.tx_id.hex(), "status": "final", **describe_order(cert.order.order),
@@ -279,7 +274,8 @@ class LedgerRole(Protocol):
         Sends from the node's default wallet unless --wallet is given. Returns the transaction
         id once a quorum of validators certified it. --timeout is in seconds (0: the role's
         send_timeout, 30 by default); on timeout the error (204) says how many validators voted
-        and the order stays in flight (the next send from that wallet finishes it first)."""
+        and the order stays in flight (the next send from that wallet finishes it first, and
+        its result says so under `completed_earlier`)."""
         recipient = _addr(to, "to")
         micro = _amount(amount)
         s = self._svc()
@@ -287,15 +283,29 @@ class LedgerRole(Protocol):
         def make(sender: bytes) -> Any:
             return lambda seq, ep: TransferOrder(chain=s.genesis.chain_id, epoch=ep, sender=sender, sequence=seq,
                                                  fee=s.genesis.fee, recipient=recipient, amount=micro, memo=memo)
-        return self._result(await self._submit(wallet, make, timeout))
+        return await self._submit(wallet, make, timeout)
 
     @rpc_method("wallet.history")
-    async def wallet_history(self, address: str = "", limit: int = 20) -> list[dict[str, Any]]:
-        """Latest transactions of ADDRESS (default: the node's wallet), newest first."""
+    async def wallet_history(self, address: str = "", limit: int = 20, verbose: bool = False) -> list[dict[str, Any]]:
+        """Latest transactions of ADDRESS (default: the node's wallet), newest first: when this
+        node applied each, its direction (in, out, self, stake, unstake, escrow), the
+        counterparty, the amount from the wallet's side, the kind and the status; an order
+        this node signed that is not certified yet comes first as `in flight`. --verbose gives
+        every field of each order and full ids."""
         pub = _addr(address) if address else self._wallet("")
         s = self._svc()
-        return [{"tx": c.tx_id.hex(), "index": i, **describe_order(c.order.order)}
-                for i, c in s.store.history(pub, max(1, min(limit, 1000)))]
+        rows = []
+        pending = s.store.inflight(pub)
+        if pending is not None and s.state.account(pub).next_sequence <= pending.order.sequence:
+            rows.append(history_row(pending.order, pending.tx_id, pub, time=None, status="in flight",
+                                    verbose=verbose))
+        for i, c in s.store.history(pub, max(1, min(limit, 1000))):
+            row = history_row(c.order.order, c.tx_id, pub, time=s.store.applied_at(c.tx_id), status="final",
+                              verbose=verbose)
+            if verbose:
+                row["index"] = i
+            rows.append(row)
+        return rows[:max(1, min(limit, 1000))]
 
     # -- ledger.* --------------------------------------------------------------------------------
 
@@ -318,7 +328,8 @@ class LedgerRole(Protocol):
 
     @rpc_method("ledger.tx")
     async def ledger_tx(self, tx: str) -> dict[str, Any]:
-        """A transaction by its hex id, with the validators that certified it."""
+        """A transaction by its hex id, with when this node applied it and the validators that
+        certified it; also an order of this node's wallets that is still in flight."""
         s = self._svc()
         try:
             tx_id = bytes.fromhex(tx)
@@ -326,10 +337,16 @@ class LedgerRole(Protocol):
             raise RpcError(LEDGER_UNKNOWN_TX, f"transaction id {tx!r} is not hex") from None
         found = s.store.certificate(tx_id) if len(tx_id) == 32 else None
         if found is None:
-            raise RpcError(LEDGER_UNKNOWN_TX, f"no applied transaction {tx} on this replica")
+            pending = next((so for so in s.store.inflight_orders() if so.tx_id == tx_id), None)
+            if pending is not None and s.state.account(pending.order.sender).next_sequence <= pending.order.sequence:
+                return {"tx": tx, "status": "in flight", **describe_order(pending.order),
+                        "note": "signed by a wallet of this node, not certified yet: the wallet's next "
+                                "order drives it again first"}
+            raise RpcError(LEDGER_UNKNOWN_TX, f"no applied transaction {tx} on this replica, and no order "
+                                              f"of this node's wallets in flight with that id")
         index, cert = found
-        return {"tx": tx, "index": index, "status": "final", **describe_order(cert.order.order),
-                "validators": [encode_address(k) for k, _ in cert.votes]}
+        return {"tx": tx, "index": index, "status": "final", "time": s.store.applied_at(tx_id),
+                **describe_order(cert.order.order), "validators": [encode_address(k) for k, _ in cert.votes]}
 
     @rpc_method("ledger.verify")
     async def ledger_verify(self) -> dict[str, Any]:
@@ -442,7 +459,7 @@ class LedgerRole(Protocol):
         def make(sender: bytes) -> Any:
             return lambda seq, ep: BondOrder(chain=s.genesis.chain_id, epoch=ep, sender=sender, sequence=seq,
                                              fee=s.genesis.fee, amount=micro)
-        return self._result(await self._submit(wallet, make, timeout))
+        return await self._submit(wallet, make, timeout)
 
     @rpc_method("stake.unbond")
     async def stake_unbond(self, amount: str, wallet: str = "", timeout: float = 0.0) -> dict[str, Any]:
@@ -453,7 +470,7 @@ class LedgerRole(Protocol):
         def make(sender: bytes) -> Any:
             return lambda seq, ep: UnbondOrder(chain=s.genesis.chain_id, epoch=ep, sender=sender, sequence=seq,
                                                fee=s.genesis.fee, amount=micro)
-        res = self._result(await self._submit(wallet, make, timeout))
+        res = await self._submit(wallet, make, timeout)
         res["release_epoch"] = res["epoch"] + s.genesis.unbonding_epochs
         return res
 

@@ -349,6 +349,16 @@ class LedgerStore:
         except RemoteProtocolError as e:
             raise StoreError(f"corrupt in-flight order record: {e}") from None
 
+    def inflight_orders(self) -> list[SignedOrder]:
+        """Every wallet's order in flight on this node (one per sender at most)."""
+        out = []
+        for _k, v in self.db.iterator(prefix=b"w/"):
+            try:
+                out.append(decode_signed_order(self._decode(v, "in-flight order")))
+            except RemoteProtocolError as e:
+                raise StoreError(f"corrupt in-flight order record: {e}") from None
+        return out
+
     def clear_inflight(self, sender: bytes) -> None:
         with self._writing("order in flight"):
             self.db.delete(b"w/" + sender, sync=True)

@@ -114,13 +114,15 @@ class OrderSubmitter:
     def _lock_for(self, sender: bytes) -> trio.Lock:
         return self._sender_locks.setdefault(sender, trio.Lock())
 
-    async def submit(self, key: SigningKey, make: Callable[[int, int], Order], timeout: float) -> Certificate:
+    async def submit(self, key: SigningKey, make: Callable[[int, int], Order], timeout: float, *,
+                     completed: list[Certificate] | None = None) -> Certificate:
         """Sign the sender's next order (`make(sequence, epoch)`), gather a quorum, apply and
         gossip the certificate. Raises OrderRejected (a definitive refusal; nothing applied)
         or NotCertified (deadline passed: the order stays in flight and is re-driven by the
         next submit from the same sender, never replaced by another one for its sequence),
         or LedgerStorageFailed (the ledger could not write its store and stopped: the order
-        was not signed, or it stays in flight if it was)."""
+        was not signed, or it stays in flight if it was). An earlier in-flight order of the
+        sender that this call certified first is appended to `completed`."""
         self.ledger.check_usable()
         sender = bytes(key.verify_key)
         deadline = trio.current_time() + timeout
@@ -131,7 +133,9 @@ class OrderSubmitter:
                     self.store.clear_inflight(sender)
                 else:
                     try:
-                        await self._drive(inflight, deadline, earlier=True)
+                        done = await self._drive(inflight, deadline, earlier=True)
+                        if completed is not None:
+                            completed.append(done)
                     except OrderRejected as e:
                         # refused and locked nowhere (_drive dropped it): this order takes its sequence
                         log.warning("the earlier order %s of %s was refused and dropped: %s",

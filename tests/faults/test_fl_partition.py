@@ -54,7 +54,7 @@ def reward_mints(net: Devnet, wallets: list[str]) -> dict[str, Counter[int]]:
     """The fl_update reward mints node 0's replica holds, by recipient wallet."""
     out: dict[str, Counter[int]] = {}
     for w in wallets:
-        for h in net.nodes[0].rpc("wallet.history", {"address": w, "limit": 1000}):
+        for h in net.nodes[0].rpc("wallet.history", {"address": w, "limit": 1000, "verbose": True}):
             if h["kind"] == "mint" and h["recipient"] == w and h["receipt"]["kind"] == "fl_update":
                 out.setdefault(w, Counter())[parse_amount(h["amount"])] += 1
     return out

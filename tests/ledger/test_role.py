@@ -39,7 +39,7 @@ async def test_single_node_is_its_own_committee(tmp_path: Path) -> None:
             assert (await role.wallet_balance(other))["balance"] == "12.5"
             tx = await role.ledger_tx(res["tx"])
             assert tx["sender"] == me and tx["memo"] == "hi"
-            hist = await role.wallet_history()
+            hist = await role.wallet_history(verbose=True)
             assert hist[0]["tx"] == res["tx"]
             v = await role.ledger_verify()
             assert v["ok"] and v["burned"] == "0.001"
@@ -101,14 +101,26 @@ async def test_two_of_four_down_waits_then_completes(tmp_path: Path) -> None:
             assert e.value.code == LEDGER_NOT_CERTIFIED and e.value.data["status"] == "in_flight"
             tx = e.value.data["tx"]
             assert n0.svc.state.applied == 0
+            # an operator sees it: first in the wallet's history, and by its id
+            top = (await n0.role.wallet_history())[0]
+            assert top["status"] == "in flight" and top["tx"] == tx[:16] and top["amount"] == "-7", top
+            assert (await n0.role.ledger_tx(tx))["status"] == "in flight"
             await c.start(2)
             back = c.nodes[2].ctx.peer_id
             await wait_until(lambda: back in {p.peer_id for p in n0.ctx.overlay.peers() if p.connected}, timeout=60)
             # the next send finishes the in-flight order first (same order, not a new one)
             res = await n0.role.wallet_send(to, "1", timeout=40)
             assert res["sequence"] == 1
+            assert res["completed_earlier"] == {"tx": tx, "kind": "transfer", "sequence": 0, "recipient": to,
+                                                "amount": "7"}, res
             assert (await n0.role.ledger_tx(tx))["amount"] == "7"
+            # the history: direction, counterparty, signed amounts, the time this node applied each
+            rows = await n0.role.wallet_history()
+            assert [(r["dir"], r["amount"], r["status"]) for r in rows] == [("out", "-1", "final"), ("out", "-7", "final")]
+            assert all(isinstance(r["time"], float) and abs(r["time"] - time.time()) < 120 for r in rows), rows
             await wait_until(lambda: all(n.svc.state.applied == 2 for n in c.nodes if n.up))
+            theirs = await c.nodes[1].role.wallet_history()
+            assert [(r["dir"], r["amount"]) for r in theirs] == [("in", "+1"), ("in", "+7")]
             assert len(roots(c)) == 1
 
 
