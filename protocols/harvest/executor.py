@@ -1,6 +1,6 @@
 """The harvest executor (trio): runs work in child processes it owns, limited, stoppable, metered.
 
-`Executor.run(spec)` starts one job through the launcher (`launch.py`) in its own session and
+`Executor.run(spec)` starts one job through the shell launcher (`launch.py`) in its own session and
 process group: niced, memory-limited (cgroup v2 `memory.max` when `probe_cgroup` found a
 delegated cgroup, else RLIMIT_DATA plus the meter's polling) and CPU-limited (cgroup `cpu.max`,
 else the duty-cycle throttle of `limits.DutyCycle` with SIGSTOP/SIGCONT). It feeds `spec.input`
@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import trio
 
 from fognode.protocols.harvest.cgroup import CgroupSupport, JobCgroup
 from fognode.protocols.harvest.exec_errors import BadJobError, ExecutorError
-from fognode.protocols.harvest.launch import LAUNCH_FAILED, MARK
+from fognode.protocols.harvest.launch import LAUNCH_FAILED, MARK, launch_command
 from fognode.protocols.harvest.limits import (Allowance, DutyCycle, Mechanism, Phase, StopCause,
                                               allocation_failure, choose_mechanism,
                                               job_memory_limit, over_memory, rlimit_data_bytes,
@@ -49,7 +50,6 @@ from fognode.protocols.harvest.procstat import sample_tree
 
 log = logging.getLogger("fognode.harvest")
 
-LAUNCHER = "fognode.protocols.harvest.launch"
 STDERR_TAIL = 4096
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 REAP_TIMEOUT = 10.0
@@ -68,8 +68,8 @@ class JobEnd(enum.Enum):
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What to run: `argv`, or a fognode Python `module` run by the launcher in-process (with
-    `argv` as its arguments); stdin bytes; a memory limit (None: the whole allowance); a bound
+    """What to run: `argv`, or a fognode Python `module` (run as `python -m module argv...` with
+    this interpreter); stdin bytes; a memory limit (None: the whole allowance); a bound
     on stdout; a name for logs and status. BadJobError names a bad field."""
 
     argv: tuple[str, ...] = ()
@@ -153,6 +153,10 @@ class Executor:
         self._allowance = allowance or Allowance()
         self._duty = DutyCycle(self._allowance.cpu_fraction, duty_period)
         self._nice = nice
+        shell = shutil.which("sh")
+        if shell is None:
+            raise ExecutorError("no POSIX shell `sh` on PATH: the job launcher needs one")
+        self._shell = shell
         self._cgroup = cgroup if cgroup is not None and cgroup.available else None
         self._poll = poll_interval
         self._session = session
@@ -269,14 +273,12 @@ class Executor:
     # ---- running a job -------------------------------------------------------------------
 
     def _command(self, job: _Job) -> list[str]:
-        cmd = [sys.executable, "-m", LAUNCHER, "--nice", str(self._nice)]
-        if job.cgroup is not None:
-            cmd += ["--cgroup", str(job.cgroup.path)]
-        else:
-            cmd += ["--rlimit-data", str(rlimit_data_bytes(job.memory_limit))]
+        argv = list(job.spec.argv)
         if job.spec.module:
-            cmd += ["--module", job.spec.module]
-        return [*cmd, "--", *job.spec.argv]
+            argv = [sys.executable, "-m", job.spec.module, *argv]
+        cgroup = str(job.cgroup.path) if job.cgroup is not None else None
+        rlimit = None if cgroup else rlimit_data_bytes(job.memory_limit)
+        return launch_command(self._shell, argv, nice=self._nice, rlimit_data=rlimit, cgroup=cgroup)
 
     async def run(self, spec: JobSpec) -> JobResult:
         """Run `spec` to its end and return its JobResult. Cancellable (the job is killed and
@@ -322,25 +324,38 @@ class Executor:
         out = bytearray()
         err = bytearray()
         self._apply_phase(job, trio.current_time())  # a job started while suspended stops now
-        pidfd = os.pidfd_open(proc.pid)
-        try:
-            async with trio.open_nursery() as outer:
-                outer.start_soon(self._control, job)
-                async with trio.open_nursery() as io:
-                    io.start_soon(self._feed, proc, job.spec.input)
-                    io.start_soon(self._collect, job, proc.stdout, out, job.spec.max_output)
-                    io.start_soon(self._collect, job, proc.stderr, err, None)
-                    await trio.lowlevel.wait_readable(pidfd)   # the root exited, not reaped yet
-                    last, _ = await trio.to_thread.run_sync(sample_tree, proc.pid)
-                    ended = trio.current_time()
-                    self._kill_tree(job)   # leftovers: once they are gone the pipes reach EOF
-                    io.cancel_scope.deadline = trio.current_time() + REAP_TIMEOUT
-                outer.cancel_scope.cancel()
-        finally:
-            os.close(pidfd)
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._control, job)
+            async with trio.open_nursery() as io:
+                io.start_soon(self._feed, proc, job.spec.input)
+                io.start_soon(self._collect, job, proc.stdout, out, job.spec.max_output)
+                io.start_soon(self._collect, job, proc.stderr, err, None)
+                await self._exited(proc.pid)        # the root exited, not reaped yet
+                last, _ = await trio.to_thread.run_sync(sample_tree, proc.pid)
+                ended = trio.current_time()
+                self._kill_tree(job)   # leftovers: once they are gone the pipes reach EOF
+                io.cancel_scope.deadline = trio.current_time() + REAP_TIMEOUT
+            outer.cancel_scope.cancel()
         code = await proc.wait()
         usage = job.meter.finish(ended, last)
         return self._result(job, code, bytes(out), bytes(err[-STDERR_TAIL:]), usage)
+
+    async def _exited(self, pid: int) -> None:
+        """Wait until `pid` has exited, without reaping it: its zombie keeps the final CPU times
+        (a pidfd where the kernel has them, else polling waitid with WNOWAIT)."""
+        if hasattr(os, "pidfd_open"):
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                finally:
+                    os.close(fd)
+                return
+        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            await trio.sleep(min(self._poll, 0.05))
 
     def _result(self, job: _Job, code: int, out: bytes, err: bytes, usage: Usage) -> JobResult:
         end, reason = JobEnd.EXITED, f"exited with status {code}"

@@ -1,6 +1,6 @@
 """The WASM job's child process: read one request on stdin, run it, write one answer on stdout.
 
-    python -m fognode.protocols.harvest.launch ... --module fognode.protocols.harvest.wasm_child
+    python -m fognode.protocols.harvest.wasm_child     (started by the executor's launcher)
 
 Started by `wasm.run_wasm` through the executor (so it is niced, limited, stoppable and metered
 like any job). It reads the whole of stdin as one `WasmRequest` (wasm_wire.py), runs it with

@@ -57,8 +57,8 @@ async def test_suspended_child_stops_and_resumes_with_the_same_result() -> None:
         nursery.start_soon(go)
         pid = await running(ex, "the job to burn some CPU", cpu=0.05)
         assert psutil.Process(pid).nice() == 3                     # niced by the launcher
-        assert resource.prlimit(pid, resource.RLIMIT_DATA)[0] == rlimit_data_bytes(
-            Allowance().memory_bytes)
+        limit = rlimit_data_bytes(Allowance().memory_bytes) // 1024 * 1024    # ulimit -d: KiB
+        assert resource.prlimit(pid, resource.RLIMIT_DATA) == (limit, limit)
         ex.suspend()
         await wait_until(lambda: process_state(pid) == "T", 10, "the child to be stopped")
         assert ex.status()[0].stopped is StopCause.SUSPENDED

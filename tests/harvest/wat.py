@@ -1,7 +1,10 @@
-"""WASM modules of the harvest tests and benchmark, as `.wat` text compiled by wasmtime itself."""
+"""WASM modules of the harvest tests, as `.wat` text compiled by wasmtime itself (the xorshift
+kernel is the benchmark's, tools/bench/harvest.py)."""
 from __future__ import annotations
 
 import wasmtime
+
+from fognode.tools.bench.harvest import XORSHIFT_FUNC, xorshift_py
 
 JOBS_WAT = r"""
 (module
@@ -21,20 +24,8 @@ JOBS_WAT = r"""
       (br 0)))
     (local.get $a))
 
-  ;; xorshift64 state stepped n times: the benchmark's CPU-bound kernel
-  (func (export "xorshift") (param $n i64) (result i64)
-    (local $x i64)
-    (local.set $x (i64.const 88172645463325252))
-    (block (loop
-      (br_if 1 (i64.eqz (local.get $n)))
-      (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 13))))
-      (local.set $x (i64.xor (local.get $x) (i64.shr_u (local.get $x) (i64.const 7))))
-      (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 17))))
-      (local.set $n (i64.sub (local.get $n) (i64.const 1)))
-      (br 0)))
-    (local.get $x))
-
-  ;; sums of f64 NaN-producing arithmetic, returned as raw bits (NaN canonicalisation)
+""" + XORSHIFT_FUNC + r"""
+  ;; NaN-producing f64 arithmetic, returned as raw bits (NaN canonicalisation)
   (func (export "nanbits") (result i64)
     (i64.reinterpret_f64 (f64.add (f64.div (f64.const 0) (f64.const 0)) (f64.const 1))))
 
@@ -91,12 +82,4 @@ def jobs_module() -> bytes:
     return bytes(wasmtime.wat2wasm(JOBS_WAT))
 
 
-def xorshift(n: int) -> int:
-    """The same computation as the module's `xorshift`, in Python (signed like wasmtime)."""
-    x = 88172645463325252
-    m = (1 << 64) - 1
-    for _ in range(n):
-        x ^= (x << 13) & m
-        x ^= x >> 7
-        x ^= (x << 17) & m
-    return x - (1 << 64) if x >= 1 << 63 else x
+xorshift = xorshift_py
