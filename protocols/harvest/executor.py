@@ -1,7 +1,8 @@
 """The harvest executor (trio): runs work in child processes it owns, limited, stoppable, metered.
 
-`Executor.run(spec)` starts one job through the shell launcher (`launch.py`) in its own session and
-process group: niced, memory-limited (cgroup v2 `memory.max` when `probe_cgroup` found a
+`Executor.run(spec)` starts one job through the shell launcher (`launch.py`) in its own session
+and process group: niced (the executor's `nice` added to the daemon's own; 19 by default, as
+BOINC runs its tasks), memory-limited (cgroup v2 `memory.max` when `probe_cgroup` found a
 delegated cgroup, else RLIMIT_DATA plus the meter's polling) and CPU-limited (cgroup `cpu.max`,
 else the duty-cycle throttle of `limits.DutyCycle` with SIGSTOP/SIGCONT). It feeds `spec.input`
 on stdin, collects stdout (bounded) and the tail of stderr, and awaits the exit; it returns a
@@ -11,15 +12,17 @@ job's whole process group and reaps it (shielded, bounded) before the cancellati
 `suspend()` / `resume()` stop and continue every running job at once (SIGSTOP / SIGCONT to each
 job's process group and any descendant that left it); they are synchronous, act before they
 return, and lose no work: a stopped process keeps its memory and continues where it was.
-`set_allowance(a)` applies a new CPU fraction and memory budget to running jobs live (cgroup
-files, or the RLIMIT_DATA of every process of the tree via prlimit, lowering always works and
-raising needs CAP_SYS_RESOURCE; the meter enforces the new limit either way).
+`set_allowance(cpu_fraction, memory_bytes)` applies a new CPU fraction and memory budget to
+running jobs live (cgroup files, or the RLIMIT_DATA of every process of the tree via prlimit:
+lowering always works, raising needs CAP_SYS_RESOURCE; the meter enforces the new limit either
+way).
 
 A job over its memory limit is killed with the reason: the kernel's OOM kill in its cgroup
 (`memory.events`), the meter's reading of the tree's RSS over the limit, an allocation refused
 at RLIMIT_DATA (the job's last words on stderr), or all work together over the allowance (the
 newest job goes). The event loop never waits on the OS: /proc readings run in a worker thread,
-signals and cgroup writes are single system calls.
+signals and cgroup writes are single system calls. Linux is the target (pidfd, /proc); other
+POSIX systems fall back to psutil and waitid polling.
 """
 from __future__ import annotations
 
@@ -212,8 +215,10 @@ class Executor:
         for job in self._jobs.values():
             self._apply_phase(job, now)
 
-    def set_allowance(self, allowance: Allowance) -> None:
-        """Apply a new CPU fraction and memory budget to running jobs and the ones to come."""
+    def set_allowance(self, cpu_fraction: float, memory_bytes: int) -> None:
+        """Apply a new CPU fraction and memory budget to running jobs and the ones to come.
+        BadJobError naming the field if a value is out of range (the old allowance stays)."""
+        allowance = Allowance(cpu_fraction, memory_bytes)
         self._allowance = allowance
         self._duty = DutyCycle(allowance.cpu_fraction, self._duty.period)
         now = trio.current_time()

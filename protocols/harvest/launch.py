@@ -7,7 +7,11 @@ The child runs in its own session and process group (made by the executor). Befo
 work's code runs, the shell joins the job's cgroup (writes its pid to `cgroup.procs`), sets
 RLIMIT_DATA (`ulimit -d`, soft and hard: the work cannot raise it again) and execs the work
 through `nice -n NICE` (niceness added to the daemon's own); the work inherits all three, so
-nothing races the limits. A shell starts in about a millisecond, where a Python launcher would
+nothing races the limits. Where the kernel groups sessions for the scheduler (Linux
+autogroup, `/proc/sys/kernel/sched_autogroup_enabled`), a process's nice only ranks it inside
+its own session, and each job is a new session: so the shell also sets the session's autogroup
+nice (`/proc/self/autogroup`), without which a "nice 19" job would compete with the owner's
+programs as an equal. A shell starts in about a millisecond, where a Python launcher would
 cost a second interpreter start per job. A step the OS refuses ends the child with exit status
 125 and one line on stderr starting with `harvest launcher:`; the executor reports it as a
 launch failure, not the job's fault.
@@ -31,6 +35,9 @@ if [ -n "$kib" ]; then
 fi
 command -v "$1" >/dev/null 2>&1 || fail "cannot run '$1': No such file or directory"
 if [ "$nice" != 0 ]; then
+  if [ -w /proc/self/autogroup ]; then
+    echo "$nice" > /proc/self/autogroup 2>/dev/null
+  fi
   exec nice -n "$nice" "$@"
 fi
 exec "$@"

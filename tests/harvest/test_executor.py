@@ -57,6 +57,9 @@ async def test_suspended_child_stops_and_resumes_with_the_same_result() -> None:
         nursery.start_soon(go)
         pid = await running(ex, "the job to burn some CPU", cpu=0.05)
         assert psutil.Process(pid).nice() == 3                     # niced by the launcher
+        if os.path.exists(f"/proc/{pid}/autogroup"):   # and so is its session, where there are
+            with open(f"/proc/{pid}/autogroup") as f:  # scheduler autogroups
+                assert f.read().split()[-1] == "3"
         limit = rlimit_data_bytes(Allowance().memory_bytes) // 1024 * 1024    # ulimit -d: KiB
         assert resource.prlimit(pid, resource.RLIMIT_DATA) == (limit, limit)
         ex.suspend()
@@ -118,7 +121,9 @@ async def test_lowering_the_memory_allowance_live_kills_a_job_over_it() -> None:
         nursery.start_soon(go)
         await wait_until(lambda: bool(ex.status()) and ex.status()[0].usage.peak_rss_bytes
                          > 80 * MB, 30, "the job to hold 80 MiB")
-        ex.set_allowance(Allowance(memory_bytes=48 * MB))
+        with pytest.raises(BadJobError):
+            ex.set_allowance(0.0, 48 * MB)                       # refused: the old one stays
+        ex.set_allowance(1.0, 48 * MB)
     assert results[0].end is JobEnd.MEMORY and str(48 * MB) in results[0].reason
     assert results[0].stdout == b"held\n"
 
@@ -138,7 +143,7 @@ async def test_duty_cycle_keeps_the_cpu_share_near_the_allowance() -> None:
             # generous: the machine is loaded (the share can only be lower than granted then)
             assert 0.0 < share <= 0.25 + 0.15, share
             assert ex.status()[0].usage.throttled_s > 0.5
-            ex.set_allowance(Allowance(cpu_fraction=1.0))        # live: the throttle lets go
+            ex.set_allowance(1.0, ex.allowance.memory_bytes)     # live: the throttle lets go
             await wait_until(lambda: process_state(pid) != "T"
                              and ex.status()[0].stopped is StopCause.NONE, 10, "unthrottled")
             throttled = ex.status()[0].usage.throttled_s
@@ -204,7 +209,7 @@ async def test_event_loop_lag_stays_bounded_while_children_run() -> None:
         nursery.cancel_scope.cancel()
     count = registry.get_sample_value("fognode_node_event_loop_lag_seconds_count") or 0
     late = count - (registry.get_sample_value("fognode_node_event_loop_lag_seconds_bucket",
-                                              {"le": "0.5"}) or 0)
+                                              {"le": "1.0"}) or 0)
     assert count > 10 and late == 0, (count, late)
 
 
