@@ -319,8 +319,10 @@ class Executor:
             with trio.CancelScope(shield=True):
                 await self._reap(job)
                 await self._drop_cgroup(job)
-        if session is not None:
-            session.close(job_id, result.usage)
+            if not job.meter.finished:   # cancelled: its work counts too, up to the kill
+                job.meter.finish(trio.current_time())
+            if session is not None:
+                session.close(job_id, job.meter.usage(trio.current_time()))
         return result
 
     async def _supervise(self, job: _Job) -> JobResult:

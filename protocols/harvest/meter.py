@@ -119,6 +119,11 @@ class JobMeter:
         return self._rss
 
     @property
+    def finished(self) -> bool:
+        """`finish` was called: the usage no longer changes."""
+        return self._ended is not None
+
+    @property
     def cause(self) -> StopCause:
         """Why the job is stopped now (NONE while it runs)."""
         return self._cause

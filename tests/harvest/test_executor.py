@@ -162,7 +162,8 @@ async def test_cancel_kills_the_whole_process_group_and_grandchildren_are_metere
               "subprocess.run([sys.executable, '-c', " + repr(CPU_JOB) + ", '200000'], check=True)\n"
               "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
               "print(p.pid, flush=True)\np.wait()\n")
-    ex = Executor(nice=0, poll_interval=0.05)
+    session = SessionMeter(trio.current_time())
+    ex = Executor(nice=0, poll_interval=0.05, session=session)
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ex.run, JobSpec(argv=(PY, "-c", script), name="tree"))
@@ -174,6 +175,9 @@ async def test_cancel_kills_the_whole_process_group_and_grandchildren_are_metere
     # SIGKILL was sent to the group before `run` returned; the kernel finishes them off
     await wait_until(lambda: all(not psutil.pid_exists(p) or process_state(p) in ("Z", "")
                                  for p in pids), 10, "every process of the job to be gone")
+    totals = session.totals(trio.current_time())     # the cancelled job's work still counts
+    assert totals.jobs == 1 and totals.cpu_s > 0.1
+    assert session.totals(trio.current_time() + 100) == totals
 
 
 async def test_output_limit_and_launch_failure_end_cleanly() -> None:

@@ -7,7 +7,9 @@ Each figure is printed beside its bound (or baseline), measured in the same run:
 - suspend latency: from `Executor.suspend()` being called (the policy's decision) to the kernel
   showing the spinning child stopped (state `T` in /proc/<pid>/stat: it gets no more CPU), p50
   and p99 over N suspensions (each followed by a resume and the child burning CPU again). Bound:
-  the same for a bare `os.kill(pid, SIGSTOP)` to a spinner started with subprocess.Popen.
+  the same for a bare `os.kill(pid, SIGSTOP)` to a spinner started with subprocess.Popen (in
+  its own session, like a job). The kernel marks a process stopped when it next runs, so on a
+  busy machine both figures are mostly the wait for a CPU.
 - executor overhead: wall time and CPU time of a CPU-bound job (a SHA-256 chain in a Python
   child) run by `Executor.run` at 100 % allowance and nice 0 (shell launcher, RLIMIT_DATA,
   meter polling every 0.25 s) against the same command run bare (subprocess.Popen in its own
@@ -132,7 +134,7 @@ async def suspend_latency(n: int) -> tuple[list[float], list[float]]:
             await trio.sleep(0)
         nursery.cancel_scope.cancel()
     bare: list[float] = []
-    proc = subprocess.Popen([sys.executable, "-c", SPIN])
+    proc = subprocess.Popen([sys.executable, "-c", SPIN], start_new_session=True)  # as a job is
     try:
         _burn_again(proc.pid)
         for _ in range(n):
@@ -237,8 +239,8 @@ async def wasm_throughput(steps: int, py_steps: int, reps: int = 3
 async def measure(args: argparse.Namespace) -> Figures:
     print(f"suspend latency: {args.suspends} suspensions ...", flush=True)
     s_via, s_bare = await suspend_latency(args.suspends)
-    print(f"executor overhead: {args.runs} interleaved runs of a {args.chain:,}-step SHA-256 "
-          "chain ...", flush=True)
+    print(f"executor overhead: {args.runs} pairs (executor, bare) of a {args.chain:,}-step "
+          "SHA-256 chain ...", flush=True)
     runs = await overhead(args.runs, args.chain)
     print("WASM throughput ...", flush=True)
     t_fuel, t_free, t_py, t_job, fuel = await wasm_throughput(args.wasm_steps, args.py_steps)
