@@ -9,6 +9,10 @@ on stdin, collects stdout (bounded) and the tail of stderr, and awaits the exit;
 `JobResult` with how the job ended, why, and its `Usage` (meter.py). Cancelling `run` kills the
 job's whole process group and reaps it (shielded, bounded) before the cancellation propagates.
 
+`Executor.watch(pid)` takes a process someone else started and reaps (FL's task process) under
+the same suspend/resume, duty cycle, meter and memory limit, and releases it (running) when the
+watch is cancelled.
+
 `suspend()` / `resume()` stop and continue every running job at once (SIGSTOP / SIGCONT to each
 job's process group and any descendant that left it); they are synchronous, act before they
 return, and lose no work: a stopped process keeps its memory and continues where it was.
@@ -26,7 +30,6 @@ POSIX systems fall back to psutil and waitid polling.
 """
 from __future__ import annotations
 
-import enum
 import itertools
 import logging
 import math
@@ -35,8 +38,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
-from typing import Mapping
 
 import psutil
 import trio
@@ -48,99 +49,15 @@ from fognode.protocols.harvest.limits import (Allowance, DutyCycle, Mechanism, P
                                               allocation_failure, choose_mechanism,
                                               job_memory_limit, over_memory, rlimit_data_bytes,
                                               stop_cause)
+from fognode.protocols.harvest.jobs import (UNKNOWN_EXIT, JobEnd, JobResult, JobSpec, JobState,
+                                            JobStatus)
 from fognode.protocols.harvest.meter import JobMeter, Sample, SessionMeter, Usage
 from fognode.protocols.harvest.procstat import sample_tree
 
 log = logging.getLogger("fognode.harvest")
 
 STDERR_TAIL = 4096
-DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 REAP_TIMEOUT = 10.0
-
-
-class JobEnd(enum.Enum):
-    """How a job ended."""
-
-    EXITED = "exited"                # it exited on its own (see returncode)
-    MEMORY = "memory"                # killed (or its allocation refused) at its memory limit
-    OUTPUT_LIMIT = "output_limit"    # it wrote more than max_output bytes to stdout
-    SIGNALED = "signaled"            # killed by a signal the executor did not send
-    LAUNCH_FAILED = "launch_failed"  # the limits could not be applied or the command not run
-    CANCELLED = "cancelled"          # the caller cancelled it (seen only in `status`)
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What to run: `argv`, or a fognode Python `module` (run as `python -m module argv...` with
-    this interpreter); stdin bytes; a memory limit (None: the whole allowance); a bound
-    on stdout; a name for logs and status. BadJobError names a bad field."""
-
-    argv: tuple[str, ...] = ()
-    module: str | None = None
-    input: bytes = b""
-    memory_bytes: int | None = None
-    max_output: int = DEFAULT_MAX_OUTPUT
-    name: str = "job"
-    env: Mapping[str, str] | None = None
-
-    def __post_init__(self) -> None:
-        if not self.argv and not self.module:
-            raise BadJobError("a job needs a command or a module", field="argv")
-        if not all(isinstance(a, str) for a in self.argv):
-            raise BadJobError("every argument must be a string", field="argv")
-        if self.module is not None and not self.module.startswith("fognode."):
-            raise BadJobError(f"only fognode modules run in-process, not {self.module!r}",
-                              field="module")
-        if not isinstance(self.input, bytes):
-            raise BadJobError("must be bytes", field="input")
-        if isinstance(self.max_output, bool) or not isinstance(self.max_output, int) \
-                or self.max_output < 0:
-            raise BadJobError(f"must be a non-negative integer, got {self.max_output!r}",
-                              field="max_output")
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """A finished job: how it ended and why, its exit status, output and usage."""
-
-    job_id: int
-    end: JobEnd
-    returncode: int
-    reason: str
-    stdout: bytes
-    stderr_tail: bytes
-    usage: Usage
-
-    @property
-    def ok(self) -> bool:
-        """It exited on its own with status 0."""
-        return self.end is JobEnd.EXITED and self.returncode == 0
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """A running job as `harvest.status` shows it."""
-
-    job_id: int
-    name: str
-    pid: int
-    memory_limit: int
-    stopped: StopCause
-    usage: Usage
-
-
-@dataclass
-class _Job:
-    job_id: int
-    spec: JobSpec
-    memory_limit: int
-    meter: JobMeter
-    proc: trio.Process | None = None
-    cgroup: JobCgroup | None = None
-    stopped: bool = False
-    pids: list[int] = field(default_factory=list)
-    kill_end: JobEnd | None = None
-    kill_reason: str = ""
 
 
 class Executor:
@@ -164,7 +81,7 @@ class Executor:
         self._poll = poll_interval
         self._session = session
         self._suspended = False
-        self._jobs: dict[int, _Job] = {}
+        self._jobs: dict[int, JobState] = {}
         self._ids = itertools.count(1)
 
     # ---- state -------------------------------------------------------------------------
@@ -193,8 +110,8 @@ class Executor:
     def status(self) -> list[JobStatus]:
         """The running jobs, oldest first."""
         now = trio.current_time()
-        return [JobStatus(j.job_id, j.spec.name, j.proc.pid if j.proc else 0, j.memory_limit,
-                          j.meter.cause, j.meter.usage(now)) for j in self._jobs.values()]
+        return [JobStatus(j.job_id, j.name, j.pid, j.memory_limit, j.meter.cause,
+                          j.meter.usage(now)) for j in self._jobs.values()]
 
     # ---- control -----------------------------------------------------------------------
 
@@ -223,7 +140,7 @@ class Executor:
         self._duty = DutyCycle(allowance.cpu_fraction, self._duty.period)
         now = trio.current_time()
         for job in self._jobs.values():
-            job.memory_limit = job_memory_limit(job.spec.memory_bytes, allowance)
+            job.memory_limit = job_memory_limit(job.requested_memory, allowance)
             if job.cgroup is not None:
                 try:
                     job.cgroup.set_limits(job.memory_limit, allowance.cpu_fraction)
@@ -233,7 +150,7 @@ class Executor:
                 self._set_rlimit(job)
                 self._apply_phase(job, now)
 
-    def _set_rlimit(self, job: _Job) -> None:
+    def _set_rlimit(self, job: JobState) -> None:
         limit = rlimit_data_bytes(job.memory_limit)
         for pid in job.pids:
             try:
@@ -241,27 +158,30 @@ class Executor:
             except (psutil.Error, OSError, ValueError):
                 pass  # raising a hard limit needs CAP_SYS_RESOURCE; the meter still enforces
 
-    def _signal(self, job: _Job, sig: int) -> None:
-        """`sig` to the job's process group and any descendant that left it."""
-        if job.proc is None or job.proc.returncode is not None:
+    def _signal(self, job: JobState, sig: int) -> None:
+        """`sig` to the job's process group (a job we started) or process (a watched one), and
+        to any descendant outside that group."""
+        if not job.alive:
             return
-        pid = job.proc.pid
+        pid = job.pid
         try:
+            if job.proc is None:
+                raise ProcessLookupError   # a watched process's group is its parent's
             os.killpg(pid, sig)
         except ProcessLookupError:
-            try:  # the child has not made its group yet
+            try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         for other in job.pids[1:]:
             try:
-                if os.getpgid(other) != pid:
+                if job.proc is None or os.getpgid(other) != pid:
                     os.kill(other, sig)
             except (ProcessLookupError, PermissionError):
                 pass
 
-    def _apply_phase(self, job: _Job, now: float) -> None:
-        cause = stop_cause(self._suspended, self._phase(now))
+    def _apply_phase(self, job: JobState, now: float) -> None:
+        cause = stop_cause(self._suspended, self._phase(job, now))
         if cause is StopCause.NONE and job.stopped:
             self._signal(job, signal.SIGCONT)
             job.stopped = False
@@ -270,17 +190,17 @@ class Executor:
             job.stopped = True
         job.meter.set_cause(now, cause)
 
-    def _phase(self, now: float) -> Phase:
-        if self._cgroup is not None:  # the kernel throttles with cpu.max
+    def _phase(self, job: JobState, now: float) -> Phase:
+        if job.cgroup is not None:  # the kernel throttles with cpu.max
             return DutyCycle(1.0, self._duty.period).phase(now)
         return self._duty.phase(now)
 
     # ---- running a job -------------------------------------------------------------------
 
-    def _command(self, job: _Job) -> list[str]:
-        argv = list(job.spec.argv)
-        if job.spec.module:
-            argv = [sys.executable, "-m", job.spec.module, *argv]
+    def _command(self, job: JobState, spec: JobSpec) -> list[str]:
+        argv = list(spec.argv)
+        if spec.module:
+            argv = [sys.executable, "-m", spec.module, *argv]
         cgroup = str(job.cgroup.path) if job.cgroup is not None else None
         rlimit = None if cgroup else rlimit_data_bytes(job.memory_limit)
         return launch_command(self._shell, argv, nice=self._nice, rlimit_data=rlimit, cgroup=cgroup)
@@ -289,43 +209,105 @@ class Executor:
         """Run `spec` to its end and return its JobResult. Cancellable (the job is killed and
         reaped first). Raises BadJobError for a bad spec, ExecutorError when the OS refuses to
         start it; everything the job itself does wrong is in the result, not raised."""
-        job_id = next(self._ids)
-        now = trio.current_time()
-        job = _Job(job_id, spec, job_memory_limit(spec.memory_bytes, self._allowance),
-                   JobMeter(now))
+        job = self._new_job(spec.name, spec.memory_bytes)
         if self._cgroup is not None and self._cgroup.parent is not None:
-            job.cgroup = JobCgroup(self._cgroup.parent, job_id)
+            job.cgroup = JobCgroup(self._cgroup.parent, job.job_id)
             try:
                 job.cgroup.create(job.memory_limit, self._allowance.cpu_fraction)
             except OSError as e:
                 raise ExecutorError(f"cannot create the job's cgroup {job.cgroup.path}: {e}") from e
         try:
             job.proc = await trio.lowlevel.open_process(
-                self._command(job), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                self._command(job, spec), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, start_new_session=True,
                 env=dict(spec.env) if spec.env is not None else None)
         except OSError as e:
             await self._drop_cgroup(job)
             raise ExecutorError(f"cannot start job {spec.name!r}: {e}") from e
-        job.pids = [job.proc.pid]
-        self._jobs[job_id] = job
-        if self._session is not None:
-            self._session.attach(job_id, job.meter)
-        session = self._session
+        job.pid = job.proc.pid
+        session = self._register(job)
         try:
-            result = await self._supervise(job)
+            return await self._supervise(job, spec)
         finally:
-            self._jobs.pop(job_id, None)
+            self._jobs.pop(job.job_id, None)
             with trio.CancelScope(shield=True):
                 await self._reap(job)
                 await self._drop_cgroup(job)
-            if not job.meter.finished:   # cancelled: its work counts too, up to the kill
-                job.meter.finish(trio.current_time())
-            if session is not None:
-                session.close(job_id, job.meter.usage(trio.current_time()))
-        return result
+            self._close(job, session)
 
-    async def _supervise(self, job: _Job) -> JobResult:
+    async def watch(self, pid: int, *, name: str = "watched", memory_bytes: int | None = None,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> JobResult:
+        """Treat a process that someone else started and reaps (the FL task process) as work:
+        `suspend`/`resume` and the duty cycle stop and continue it and its descendants, the
+        meter counts what it uses from now on, and it is killed over its memory limit (its
+        owner restarts it). Returns when it exits (returncode UNKNOWN_EXIT: the status goes to
+        its parent). Cancelling the watch releases it: a process stopped by us is continued,
+        never left stopped and never killed. ExecutorError if `pid` does not exist."""
+        job = self._new_job(name, memory_bytes)
+        try:
+            first, pids = await trio.to_thread.run_sync(sample_tree, pid)
+            pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else -1
+        except OSError as e:
+            raise ExecutorError(f"cannot watch process {pid}: {e}") from e
+        if not pids:
+            if pidfd >= 0:
+                os.close(pidfd)
+            raise ExecutorError(f"cannot watch process {pid}: it does not exist")
+        job.pid, job.pids, job.cpu_base = pid, pids, first.cpu_s
+        session = self._register(job)
+        try:
+            self._apply_phase(job, trio.current_time())
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._control, job)
+                if pidfd >= 0:
+                    await trio.lowlevel.wait_readable(pidfd)
+                else:
+                    while psutil.pid_exists(pid) and psutil.Process(pid).status() != \
+                            psutil.STATUS_ZOMBIE:
+                        await trio.sleep(self._poll)
+                last, _ = await trio.to_thread.run_sync(sample_tree, pid)
+                ended = trio.current_time()
+                nursery.cancel_scope.cancel()
+            job.pid = 0   # gone: never signal that pid again (it may be reused)
+            usage = job.meter.finish(ended, self._rebased(job, last))
+            end = job.kill_end or JobEnd.EXITED
+            return JobResult(job.job_id, end, UNKNOWN_EXIT, job.kill_reason or "exited", b"",
+                             b"", usage)
+        finally:
+            self._jobs.pop(job.job_id, None)
+            if pidfd >= 0:
+                os.close(pidfd)
+            if job.stopped and job.pid:
+                self._signal(job, signal.SIGCONT)   # released as we found it: running
+            self._close(job, session)
+
+    def _new_job(self, name: str, memory_bytes: int | None) -> JobState:
+        job_id = next(self._ids)
+        return JobState(job_id, name, memory_bytes, job_memory_limit(memory_bytes, self._allowance),
+                        JobMeter(trio.current_time()))
+
+    def _register(self, job: JobState) -> SessionMeter | None:
+        job.pids = job.pids or [job.pid]
+        self._jobs[job.job_id] = job
+        if self._session is not None:
+            self._session.attach(job.job_id, job.meter)
+        return self._session
+
+    def _close(self, job: JobState, session: SessionMeter | None) -> None:
+        if not job.meter.finished:   # cancelled: its work counts too, up to the end
+            job.meter.finish(trio.current_time())
+        if session is not None:
+            session.close(job.job_id, job.meter.usage(trio.current_time()))
+
+    @staticmethod
+    def _rebased(job: JobState, s: Sample) -> Sample:
+        """A watched process's reading counts only what it used since we began watching."""
+        if not job.cpu_base:
+            return s
+        return Sample(max(0.0, s.cpu_s - job.cpu_base), s.rss_bytes, s.hwm_bytes)
+
+    async def _supervise(self, job: JobState, spec: JobSpec) -> JobResult:
         assert job.proc is not None
         proc = job.proc
         out = bytearray()
@@ -334,8 +316,8 @@ class Executor:
         async with trio.open_nursery() as outer:
             outer.start_soon(self._control, job)
             async with trio.open_nursery() as io:
-                io.start_soon(self._feed, proc, job.spec.input)
-                io.start_soon(self._collect, job, proc.stdout, out, job.spec.max_output)
+                io.start_soon(self._feed, proc, spec.input)
+                io.start_soon(self._collect, job, proc.stdout, out, spec.max_output)
                 io.start_soon(self._collect, job, proc.stderr, err, None)
                 await self._exited(proc.pid)        # the root exited, not reaped yet
                 last, _ = await trio.to_thread.run_sync(sample_tree, proc.pid)
@@ -364,7 +346,7 @@ class Executor:
         while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
             await trio.sleep(min(self._poll, 0.05))
 
-    def _result(self, job: _Job, code: int, out: bytes, err: bytes, usage: Usage) -> JobResult:
+    def _result(self, job: JobState, code: int, out: bytes, err: bytes, usage: Usage) -> JobResult:
         end, reason = JobEnd.EXITED, f"exited with status {code}"
         if job.kill_end is not None:
             end, reason = job.kill_end, job.kill_reason
@@ -394,7 +376,7 @@ class Executor:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the job closed its stdin or died; its exit says why
 
-    async def _collect(self, job: _Job, stream: trio.abc.ReceiveStream | None, buf: bytearray,
+    async def _collect(self, job: JobState, stream: trio.abc.ReceiveStream | None, buf: bytearray,
                        limit: int | None) -> None:
         if stream is None:
             return
@@ -414,25 +396,24 @@ class Executor:
                            f"wrote more than its output limit of {limit} bytes")
                 return
 
-    async def _control(self, job: _Job) -> None:
+    async def _control(self, job: JobState) -> None:
         """Poll the tree (meter, memory), run the duty cycle; until cancelled."""
-        assert job.proc is not None
         next_poll = trio.current_time()
         while True:
             now = trio.current_time()
             if now >= next_poll:
-                sample, pids = await trio.to_thread.run_sync(sample_tree, job.proc.pid)
+                sample, pids = await trio.to_thread.run_sync(sample_tree, job.pid)
                 now = trio.current_time()
                 next_poll = now + self._poll
                 if pids:
                     job.pids = pids
-                    job.meter.sample(now, sample)
+                    job.meter.sample(now, self._rebased(job, sample))
                     self._check_memory(job, sample)
             self._apply_phase(job, now)
-            until = self._phase(now).until
+            until = self._phase(job, now).until
             await trio.sleep_until(min(next_poll, until if math.isfinite(until) else next_poll))
 
-    def _check_memory(self, job: _Job, sample: Sample) -> None:
+    def _check_memory(self, job: JobState, sample: Sample) -> None:
         if over_memory(sample.rss_bytes, job.memory_limit):
             self._kill(job, JobEnd.MEMORY,
                        f"its processes' resident memory {sample.rss_bytes} bytes went over its "
@@ -445,23 +426,23 @@ class Executor:
                        f"all harvest work together held {total} bytes, over the allowance of "
                        f"{self._allowance.memory_bytes} bytes; the newest job was stopped")
 
-    def _kill(self, job: _Job, end: JobEnd, reason: str) -> None:
+    def _kill(self, job: JobState, end: JobEnd, reason: str) -> None:
         if job.kill_end is None:
             job.kill_end, job.kill_reason = end, reason
-            log.info("harvest job %d (%s) killed: %s", job.job_id, job.spec.name, reason)
+            log.info("harvest job %d (%s) killed: %s", job.job_id, job.name, reason)
         self._kill_tree(job)
 
-    def _kill_tree(self, job: _Job) -> None:
+    def _kill_tree(self, job: JobState) -> None:
         if job.cgroup is not None:
             job.cgroup.kill()
         self._signal(job, signal.SIGKILL)
         if job.proc is not None:  # the root may be a zombie already: its group still counts
             try:
-                os.killpg(job.proc.pid, signal.SIGKILL)
+                os.killpg(job.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
 
-    async def _reap(self, job: _Job) -> None:
+    async def _reap(self, job: JobState) -> None:
         if job.proc is None:
             return
         if job.proc.returncode is None:
@@ -469,7 +450,7 @@ class Executor:
             with trio.move_on_after(REAP_TIMEOUT):
                 await job.proc.wait()
 
-    async def _drop_cgroup(self, job: _Job) -> None:
+    async def _drop_cgroup(self, job: JobState) -> None:
         """Remove the job's cgroup once the kernel has emptied it (bounded retries)."""
         if job.cgroup is None:
             return

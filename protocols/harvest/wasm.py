@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 
 from fognode.node.wire import digest
 from fognode.protocols.harvest.exec_errors import BadJobError, ChildProtocolError
-from fognode.protocols.harvest.executor import Executor, JobEnd, JobSpec
+from fognode.protocols.harvest.executor import Executor
+from fognode.protocols.harvest.jobs import JobEnd, JobSpec
 from fognode.protocols.harvest.meter import Usage
 from fognode.protocols.harvest.wasm_engine import I64, WasmStatus
 from fognode.protocols.harvest.wasm_wire import (MAX_ARGS, MAX_EXPORT_NAME, MAX_FUEL, MAX_INPUT,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import resource
+import subprocess
 import sys
+from functools import partial
 
 import psutil
 import pytest
@@ -13,8 +15,9 @@ from prometheus_client import CollectorRegistry
 
 from fognode.node.looplag import watch_loop_lag
 from fognode.protocols.harvest.cgroup import CgroupSupport, probe_cgroup
-from fognode.protocols.harvest.exec_errors import BadJobError
-from fognode.protocols.harvest.executor import Executor, JobEnd, JobResult, JobSpec
+from fognode.protocols.harvest.exec_errors import BadJobError, ExecutorError
+from fognode.protocols.harvest.executor import Executor
+from fognode.protocols.harvest.jobs import UNKNOWN_EXIT, JobEnd, JobResult, JobSpec
 from fognode.protocols.harvest.limits import Allowance, Mechanism, StopCause, rlimit_data_bytes
 from fognode.protocols.harvest.meter import SessionMeter
 from fognode.protocols.harvest.procstat import process_cpu_s, process_state, tree_pids
@@ -179,6 +182,51 @@ async def test_cancel_kills_the_whole_process_group_and_grandchildren_are_metere
     totals = session.totals(trio.current_time())     # the cancelled job's work still counts
     assert totals.jobs == 1 and totals.cpu_s > 0.1
     assert session.totals(trio.current_time() + 100) == totals
+
+
+async def test_a_watched_process_is_suspended_metered_and_released() -> None:
+    """The FL task process is started and reaped by the fl role; harvest only watches it."""
+    session = SessionMeter(trio.current_time())
+    ex = Executor(nice=0, poll_interval=0.05, session=session)
+    worker = await trio.lowlevel.open_process([PY, "-c", CPU_JOB, CHAIN],
+                                              stdout=subprocess.DEVNULL)
+    spinner = await trio.lowlevel.open_process([PY, "-c", SPIN])
+    try:
+        results: list[JobResult] = []
+        async with trio.open_nursery() as nursery:
+            async def watch_worker() -> None:
+                results.append(await ex.watch(worker.pid, name="fl-training"))
+            nursery.start_soon(watch_worker)
+            async with trio.open_nursery() as spin:
+                await spin.start(partial(ex.watch, spinner.pid, name="spinner"))
+                await wait_until(lambda: len(ex.status()) == 2 and all(
+                    j.usage.cpu_s > 0.02 for j in ex.status()), 30, "both to burn CPU")
+                ex.suspend()
+                await wait_until(lambda: process_state(worker.pid) == "T"
+                                 and process_state(spinner.pid) == "T", 10, "both stopped")
+                spin.cancel_scope.cancel()   # no longer watched: released, running again
+            await wait_until(lambda: process_state(spinner.pid) not in ("T", ""), 10,
+                             "the released spinner to run")
+            assert process_state(worker.pid) == "T" and len(ex.status()) == 1
+            ex.resume()
+        assert await worker.wait() == 0                      # finished, nothing lost
+        [watched] = results
+        assert watched.end is JobEnd.EXITED and watched.returncode == UNKNOWN_EXIT
+        assert watched.usage.cpu_s > 0.02 and watched.usage.suspended_s > 0
+        assert session.totals(trio.current_time()).jobs == 2
+    finally:
+        spinner.kill()
+        await spinner.wait()
+
+
+async def test_a_watched_process_over_its_memory_limit_is_killed() -> None:
+    ex = Executor(nice=0, poll_interval=0.05)
+    hog = await trio.lowlevel.open_process([PY, "-c", HOLD, "80"], stdout=subprocess.DEVNULL)
+    res = await ex.watch(hog.pid, name="hog", memory_bytes=48 * MB)
+    assert res.end is JobEnd.MEMORY and str(48 * MB) in res.reason
+    assert await hog.wait() == -9
+    with pytest.raises(ExecutorError):
+        await ex.watch(hog.pid)     # reaped: nothing to watch
 
 
 async def test_output_limit_and_launch_failure_end_cleanly() -> None:

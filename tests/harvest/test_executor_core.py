@@ -11,7 +11,7 @@ from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import pack
 from fognode.protocols.harvest.cgroup import cgroup2_mount, own_cgroup
 from fognode.protocols.harvest.exec_errors import BadJobError
-from fognode.protocols.harvest.executor import JobSpec
+from fognode.protocols.harvest.jobs import JobSpec
 from fognode.protocols.harvest.limits import (MIN_MEMORY, Allowance, DutyCycle, Mechanism,
                                               StopCause, allocation_failure, cgroup_cpu_max,
                                               choose_mechanism, job_memory_limit,

@@ -40,7 +40,8 @@ from typing import Callable
 import trio
 import wasmtime
 
-from fognode.protocols.harvest.executor import Executor, JobSpec
+from fognode.protocols.harvest.executor import Executor
+from fognode.protocols.harvest.jobs import JobSpec
 from fognode.protocols.harvest.limits import Allowance
 from fognode.protocols.harvest.procstat import process_cpu_s, process_state
 from fognode.protocols.harvest.wasm import WasmJob, run_wasm
