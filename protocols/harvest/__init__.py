@@ -11,6 +11,12 @@ The policy side, one concern per module:
   memory).
 - `policy_store`: the operator's policy overrides persisted in the data dir.
 - `config`: `[protocols.harvest]`; `errors`: the role's errors and RPC codes (4xx).
-The executor (child processes, limits, WASM jobs, metering) and the role itself (RPC, sessions,
-registry and FL wiring) build on these.
+The executor side:
+- `executor`: the trio `Executor` that owns work's child processes (nice, limits, SIGSTOP/SIGCONT,
+  memory kills, the duty-cycle throttle, `watch` of a process another role starts);
+  `limits` (sans-IO allowance and throttle), `launch`, `cgroup`, `procstat`, `jobs`.
+- `meter`: per-job and per-session usage (CPU seconds, MB-hours, wall, suspended, fuel).
+- `wasm`, `wasm_engine`, `wasm_wire`, `wasm_child`: deterministic, fuel-metered WASM jobs
+  (wasmtime) run in a child process through the executor.
+The role itself (RPC, sessions, registry and FL wiring) builds on both.
 """
