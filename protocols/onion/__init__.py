@@ -1,0 +1,18 @@
+"""Onion routing (issue 14; DESIGN.md "Onion routing"): circuits, relays, streams over them.
+
+Sans-IO cores of the circuit layer, one concern per module (no trio or libp2p import):
+- `cells`: fixed-size (4096-byte) cells, relay messages and their strict decoders, the stream framer.
+- `ntor`: the per-hop ntor handshake (X25519, onion key + identity binding, HKDF keys).
+- `relay_crypto`: layered per-hop encryption, the innermost layer authenticated (tamper,
+  replay and reorder detection).
+- `flow`: SENDME windows (authenticated circuit SENDMEs) and the stream multiplexer.
+- `links`: circuit ids per link.
+- `padding`: the constant-rate padding clock.
+- `circuit`: a client circuit (telescoping build, streams, padding option).
+- `relay`: the relay core (create/extend/forward/serve streams; knows only its neighbours).
+- `pathsel`: path selection and the persisted guard set.
+- `cbt`: the adaptive circuit build timeout (Pareto fit of build times).
+- `actions`: what the cores ask the adapter to do; `config`, `errors`.
+The hidden-service side (`address`, `blinding`, `descriptor`, `onionkey`, `services`, `socks*`)
+and the trio adapter `protocol.py` build on these.
+"""

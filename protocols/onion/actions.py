@@ -1,0 +1,87 @@
+"""What the onion cores ask their adapter to do, and what they report (frozen dataclasses).
+
+A circuit is named by `CircKey` = (neighbour peer id, circuit id on that link): for a client
+circuit the guard's link, for a relay circuit the link towards the client.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fognode.protocols.onion.cells import Cell
+from fognode.protocols.onion.errors import TeardownReason
+
+CircKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class SendCell:
+    """Write `cell.frame()` on the relay stream to `peer` (open it if needed; a failure is
+    reported back with `link_failed`)."""
+
+    peer: str
+    cell: Cell
+
+
+@dataclass(frozen=True)
+class CircuitBuilt:
+    circuit: CircKey
+    path: tuple[str, ...]
+    build_time: float
+
+
+@dataclass(frozen=True)
+class CircuitClosed:
+    """The circuit is gone. `built` False: it failed while building (after `elapsed` s; a
+    TIMEOUT is a censored sample for the build-time estimator)."""
+
+    circuit: CircKey
+    reason: TeardownReason
+    detail: str
+    built: bool
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class StreamConnected:
+    circuit: CircKey
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class StreamData:
+    circuit: CircKey
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StreamEnded:
+    circuit: CircKey
+    stream_id: int
+    reason: TeardownReason
+
+
+@dataclass(frozen=True)
+class OpenStream:
+    """Relay side: a client asked this (last) hop to connect `target` ("host:port"); answer
+    with `stream_opened` or `stream_refused`."""
+
+    circuit: CircKey
+    stream_id: int
+    target: str
+
+
+@dataclass(frozen=True)
+class PeerFault:
+    """A neighbour sent something bad (garbage, a cell out of protocol). `penalize`: its
+    fault for sure (charge it: overlay.penalize); otherwise only counted (e.g. a cell racing a
+    DESTROY)."""
+
+    peer: str
+    reason: str
+    detail: str
+    penalize: bool
+
+
+Action = (SendCell | CircuitBuilt | CircuitClosed | StreamConnected | StreamData | StreamEnded
+          | OpenStream | PeerFault)
