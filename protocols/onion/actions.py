@@ -2,6 +2,12 @@
 
 A circuit is named by `CircKey` = (neighbour peer id, circuit id on that link): for a client
 circuit the guard's link, for a relay circuit the link towards the client.
+
+Order matters: RELAY cells are sealed with per-hop counters as they are produced, so the
+adapter must write the `SendCell`s of one list in order, per peer, and carry out the whole
+list before it calls the core again (a callback that answers an action, such as a local
+service's reply to `StreamData`, waits until the list is done). A cell written out of order
+fails integrity at its endpoint and tears the circuit down.
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from fognode.protocols.onion.actions import (Action, CircKey, CircuitBuilt, Circ
                                              StreamData, StreamEnded)
 from fognode.protocols.onion.cells import (Cell, CellCommand, RelayCommand, RelayMsg, begin_data, create_body,
                                            decode_relay, destroy_body, extend_data, padding_negotiate_data,
-                                           parse_created, parse_end)
+                                           parse_created, parse_destroy, parse_end)
 from fognode.protocols.onion.errors import (DESTROY_CODES, CellError, CircuitProtocolError, HandshakeError,
                                             TeardownReason)
 from fognode.protocols.onion.flow import FlowParams, StreamMux, StreamState
@@ -118,7 +118,8 @@ class ClientCircuit:
         if cmd is CellCommand.PADDING:
             return []
         if cmd is CellCommand.DESTROY:
-            return self._closed(TeardownReason.DESTROYED, "the guard destroyed the circuit", now)
+            why = parse_destroy(cell.body).value
+            return self._closed(TeardownReason.DESTROYED, f"destroyed by the guard or a later hop ({why})", now)
         if cmd is CellCommand.CREATED:
             if self.onion.hops:
                 raise CircuitProtocolError(TeardownReason.PROTOCOL, "CREATED after the first hop")

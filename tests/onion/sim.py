@@ -73,21 +73,22 @@ class SimNet:
         return circ
 
     def dispatch(self, peer: str, actions: list[Action], *, relay_side: bool) -> None:
+        """Carry out one list of actions in order; calls back into a core (the echo service,
+        accepting a stream) wait until the whole list is done, as in the real adapter: the cells
+        of a list were sealed in that order and must leave in it."""
         node = self.nodes[peer]
+        later: list[Callable[[], list[Action]]] = []
         for a in actions:
             if isinstance(a, SendCell):
                 self.queue.append((peer, a.peer, a.cell.frame()))
             elif isinstance(a, OpenStream):
                 host = a.target.rsplit(":", 1)[0]
-                if host in ("echo.fog", "sink.fog"):
-                    self.dispatch(peer, node.relay.stream_opened(a.circuit, a.stream_id, self.now), relay_side=True)
-                else:
-                    self.dispatch(peer, node.relay.stream_refused(a.circuit, a.stream_id, self.now), relay_side=True)
+                answer = node.relay.stream_opened if host in ("echo.fog", "sink.fog") else node.relay.stream_refused
+                later.append(lambda a=a, answer=answer: answer(a.circuit, a.stream_id, self.now))
             elif isinstance(a, StreamData) and relay_side:
                 target = node.relay._served(a.circuit, a.stream_id)
                 if target is not None and target[1].streams[a.stream_id].target.startswith("echo.fog"):
-                    self.dispatch(peer, node.relay.send_stream(a.circuit, a.stream_id, a.data, self.now),
-                                  relay_side=True)
+                    later.append(lambda a=a: node.relay.send_stream(a.circuit, a.stream_id, a.data, self.now))
                 else:
                     node.sunk.setdefault((a.circuit, a.stream_id), bytearray()).extend(a.data)
             else:
@@ -95,6 +96,8 @@ class SimNet:
                     node.circuits.pop(a.circuit, None)
                 if not (relay_side and isinstance(a, StreamEnded)):
                     self.events.append((peer, a))
+        for call in later:
+            self.dispatch(peer, call(), relay_side=True)
 
     def deliver(self, src: str, dst: str, frame: bytes) -> None:
         node = self.nodes[dst]
