@@ -192,6 +192,14 @@ class ClientCircuit:
         s.end_when_flushed = True
         return self._pump(now)
 
+    def consumed(self, stream_id: int, now: float) -> list[Action]:
+        """The adapter wrote one `StreamData` of this stream to its reader (stream SENDMEs
+        follow consumption, so a slow reader holds the last hop back)."""
+        if self.state is not CircuitState.OPEN:
+            return []
+        msg = self.mux.on_consumed(stream_id)
+        return self._send_control(len(self.path) - 1, msg) if msg is not None else []
+
     def queued_bytes(self, stream_id: int) -> int:
         """Bytes waiting for window or padding slots (the adapter's backpressure signal)."""
         return self.mux.queued_bytes(stream_id)

@@ -68,14 +68,19 @@ class RecvWindow:
     def __init__(self, start: int, increment: int) -> None:
         self.start, self.increment, self.window = start, increment, start
         self.received = 0
+        self.consumed = 0
 
-    def on_received(self) -> bool:
-        """Count one DATA cell; True when a SENDME is due."""
+    def on_received(self) -> None:
+        """Count one DATA cell arriving (WINDOW error if the sender overran the window)."""
         if self.window <= 0:
             raise CircuitProtocolError(TeardownReason.WINDOW, "the sender overran the receive window")
         self.window -= 1
         self.received += 1
-        if self.received % self.increment == 0:
+
+    def on_consumed(self) -> bool:
+        """One received cell was consumed; True when a SENDME is due (the window reopens)."""
+        self.consumed += 1
+        if self.consumed % self.increment == 0:
             self.window += self.increment
             return True
         return False
@@ -164,18 +169,28 @@ class StreamMux:
         return [sid for sid, s in self.streams.items() if s.end_when_flushed and not s.queue]
 
     def on_data(self, stream_id: int, data: bytes, tag: bytes) -> tuple[bool, list[RelayMsg]]:
-        """Count a DATA cell: (deliver it?, SENDMEs due). Data for an unknown stream (one just
-        ended: a normal race) still counts on the circuit window and is not delivered."""
+        """Count a DATA cell: (deliver it?, circuit SENDME due). The circuit window is
+        credited on arrival (as in Tor), the stream window only when the owner says the data
+        was consumed (`on_consumed`), so a slow local reader holds the sender back and a sender
+        that ignores the window is caught. Data for an unknown stream (one just ended: a normal
+        race) still counts on the circuit window and is not delivered."""
         out: list[RelayMsg] = []
-        if self.circ_recv.on_received():
+        self.circ_recv.on_received()
+        if self.circ_recv.on_consumed():
             out.append(RelayMsg(RelayCommand.SENDME, 0, sendme_data(tag)))
         s = self.streams.get(stream_id)
         if s is None:
             return False, out
-        if s.recv.on_received():
-            out.append(RelayMsg(RelayCommand.SENDME, stream_id))
+        s.recv.on_received()
         s.bytes_in += len(data)
         return True, out
+
+    def on_consumed(self, stream_id: int) -> RelayMsg | None:
+        """The data of one DATA cell of the stream was consumed: the stream SENDME, if due."""
+        s = self.streams.get(stream_id)
+        if s is not None and s.recv.consumed < s.recv.received and s.recv.on_consumed():
+            return RelayMsg(RelayCommand.SENDME, stream_id)
+        return None
 
     def on_sendme(self, stream_id: int, data: bytes) -> None:
         tag = parse_sendme(data)

@@ -279,6 +279,14 @@ class RelayCore:
         mux.streams[stream_id].end_when_flushed = True
         return self._pump(circ)
 
+    def stream_consumed(self, key: CircKey, stream_id: int, now: float) -> list[Action]:
+        """The adapter wrote one `StreamData` of a served stream to the local end."""
+        found = self._served(key, stream_id)
+        if found is None:
+            return []
+        msg = found[1].on_consumed(stream_id)
+        return self._originate(found[0], msg) if msg is not None else []
+
     def queued_bytes(self, key: CircKey, stream_id: int) -> int:
         found = self._served(key, stream_id)
         return found[1].queued_bytes(stream_id) if found else 0

@@ -4,8 +4,9 @@ and its own client circuits, wired through one FIFO of framed cells (no sockets)
 Each node runs what protocol.py will run: cells read from a neighbour are framed by a
 `CellFramer` per link; a cell on a (peer, circ_id) of one of the node's own circuits goes to
 that `ClientCircuit`, anything else to its `RelayCore`; `SendCell` actions become frames on the
-queue. A relay that is the last hop serves two targets: `echo.fog:80` (echoes what it gets)
-and `sink.fog:80` (keeps it), and refuses any other. `intercept` lets a test tamper with,
+queue. A relay that is the last hop serves three targets: `echo.fog:80` (echoes what it gets),
+`sink.fog:80` (keeps it) and `stall.fog:80` (keeps it but never consumes it: stream SENDMEs
+stop), and refuses any other. Clients consume what they receive unless `stalled`. `intercept` lets a test tamper with,
 replay, reorder or drop frames on a link.
 """
 from __future__ import annotations
@@ -56,6 +57,7 @@ class SimNet:
         self.events: list[tuple[str, Action]] = []     # client-side and fault actions, per node
         self.intercept: Intercept | None = None
         self.delivered = 0
+        self.stalled: set[str] = set()                   # clients that do not consume
 
     def info(self, peer: str) -> RelayInfo:
         return self.nodes[peer].info()
@@ -83,21 +85,30 @@ class SimNet:
                 self.queue.append((peer, a.peer, a.cell.frame()))
             elif isinstance(a, OpenStream):
                 host = a.target.rsplit(":", 1)[0]
-                answer = node.relay.stream_opened if host in ("echo.fog", "sink.fog") else node.relay.stream_refused
+                answer = (node.relay.stream_opened if host in ("echo.fog", "sink.fog", "stall.fog")
+                          else node.relay.stream_refused)
                 later.append(lambda a=a, answer=answer: answer(a.circuit, a.stream_id, self.now))
             elif isinstance(a, StreamData) and relay_side:
                 target = node.relay._served(a.circuit, a.stream_id)
-                if target is not None and target[1].streams[a.stream_id].target.startswith("echo.fog"):
+                name = target[1].streams[a.stream_id].target if target is not None else ""
+                if name.startswith("echo.fog"):
                     later.append(lambda a=a: node.relay.send_stream(a.circuit, a.stream_id, a.data, self.now))
                 else:
                     node.sunk.setdefault((a.circuit, a.stream_id), bytearray()).extend(a.data)
+                if not name.startswith("stall.fog"):
+                    later.append(lambda a=a: node.relay.stream_consumed(a.circuit, a.stream_id, self.now))
+            elif isinstance(a, StreamData) and peer not in self.stalled:
+                self.events.append((peer, a))
+                circ = node.circuits.get(a.circuit)
+                if circ is not None:
+                    later.append(lambda a=a, circ=circ: circ.consumed(a.stream_id, self.now))
             else:
                 if isinstance(a, CircuitClosed):
                     node.circuits.pop(a.circuit, None)
                 if not (relay_side and isinstance(a, StreamEnded)):
                     self.events.append((peer, a))
         for call in later:
-            self.dispatch(peer, call(), relay_side=True)
+            self.dispatch(peer, call(), relay_side=relay_side)
 
     def deliver(self, src: str, dst: str, frame: bytes) -> None:
         node = self.nodes[dst]
