@@ -37,11 +37,17 @@ class ConstantRate:
             raise ValueError("padding rate must be a positive number of cells per second")
         self.rate = rate
         self.interval = 1.0 / rate
-        self.next_at = now + self.interval
+        self.origin = now
+        self.slot = 1                          # index of the next slot (no drift from summing)
+
+    @property
+    def next_at(self) -> float:
+        return self.origin + self.slot * self.interval
 
     def due(self, now: float) -> int:
         if now < self.next_at:
             return 0
-        n = int((now - self.next_at) / self.interval) + 1
-        self.next_at += n * self.interval
+        last = int((now - self.origin) * self.rate + 1e-9)
+        n = last - self.slot + 1
+        self.slot = last + 1
         return min(n, MAX_CATCH_UP)
