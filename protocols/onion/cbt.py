@@ -94,7 +94,7 @@ class BuildTimeEstimator:
 
     def histogram(self) -> dict[int, int]:
         """Bin midpoint in ms -> count."""
-        return dict(Counter(int(t * 1000) // BIN_MS * BIN_MS + BIN_MS // 2 for t in self.times))
+        return dict(Counter(round(t * 1000) // BIN_MS * BIN_MS + BIN_MS // 2 for t in self.times))
 
     def fit(self) -> ParetoFit | None:
         if not self.times:
