@@ -38,16 +38,16 @@ for other hops, learn how many hops follow it, or (except the guard) who the cli
 
 The stream layer is ChaCha20 keystream XOR, computed as the IETF AEAD's ciphertext without its
 tag (PyNaCl exposes no raw ChaCha20); layer and auth keys are independent, so no (key, nonce)
-is used twice.
+is used twice. The AEAD is called through PyNaCl's cffi module directly (`nacl._sodium`, the
+library PyNaCl's own bindings wrap): its Python-level argument checks cost a third of each call
+on a 4 KiB cell (tools/bench/onion_cells.py), and every argument here has a fixed, checked size.
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
 
-from nacl.bindings import crypto_aead_chacha20poly1305_ietf_decrypt as _open
-from nacl.bindings import crypto_aead_chacha20poly1305_ietf_encrypt as _seal
-from nacl.exceptions import CryptoError
+from nacl._sodium import ffi, lib
 
 from fognode.protocols.onion.cells import BODY_LEN, PLAIN_LEN, TAG_LEN
 from fognode.protocols.onion.errors import CircuitProtocolError, TeardownReason
@@ -71,8 +71,26 @@ def _nonce(direction: bytes, n: int) -> bytes:
     return direction + struct.pack(">Q", n)
 
 
+def _seal(message: bytes, nonce: bytes, key: bytes) -> bytes:
+    """ChaCha20-Poly1305 (IETF): ciphertext | tag."""
+    out = ffi.new("unsigned char[]", len(message) + TAG_LEN)
+    lib.crypto_aead_chacha20poly1305_ietf_encrypt(out, ffi.NULL, message, len(message), ffi.NULL, 0, ffi.NULL,
+                                                  nonce, key)
+    return ffi.buffer(out)[:]
+
+
+def _open(sealed: bytes, nonce: bytes, key: bytes) -> bytes | None:
+    """The plaintext, or None if the tag does not verify."""
+    if len(sealed) < TAG_LEN:
+        return None
+    out = ffi.new("unsigned char[]", len(sealed) - TAG_LEN)
+    rc = lib.crypto_aead_chacha20poly1305_ietf_decrypt(out, ffi.NULL, ffi.NULL, sealed, len(sealed), ffi.NULL, 0,
+                                                       nonce, key)
+    return None if rc != 0 else ffi.buffer(out)[:]
+
+
 def _xor(key: bytes, nonce: bytes, body: bytes) -> bytes:
-    return _seal(body, None, nonce, key)[:-TAG_LEN]
+    return _seal(body, nonce, key)[:-TAG_LEN]
 
 
 class DirectionState:
@@ -85,7 +103,7 @@ class DirectionState:
 
     def seal(self, plain: bytes) -> tuple[bytes, bytes]:
         """(body, tag): `plain` sealed as the innermost layer at this hop's next counter."""
-        body = _seal(plain, None, _nonce(self.label, self.counter), self.auth)
+        body = _seal(plain, _nonce(self.label, self.counter), self.auth)
         self.counter += 1
         return body, body[-TAG_LEN:]
 
@@ -94,10 +112,10 @@ class DirectionState:
         (None, body with this hop's layer removed). Either way the counter moves on."""
         nonce = _nonce(self.label, self.counter)
         self.counter += 1
-        try:
-            return _open(body, None, nonce, self.auth), b""
-        except CryptoError:
-            return None, _xor(self.layer, nonce, body)
+        plain = _open(body, nonce, self.auth)
+        if plain is not None:
+            return plain, b""
+        return None, _xor(self.layer, nonce, body)
 
     def layer_only(self, body: bytes) -> bytes:
         """Add (or remove: XOR) this hop's layer at its next counter."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 
 import pytest
+from nacl.bindings import crypto_aead_chacha20poly1305_ietf_encrypt as seal
 
 from fognode.protocols.onion.cells import BODY_LEN, RelayCommand, RelayMsg, decode_relay
 from fognode.protocols.onion.errors import CircuitProtocolError, TeardownReason
 from fognode.protocols.onion.ntor import derive_keys
+from fognode.protocols.onion import relay_crypto
 from fognode.protocols.onion.relay_crypto import ClientOnion, RelayHop
 
 
@@ -109,3 +111,12 @@ def test_a_colluding_pair_can_undo_a_tag_as_in_tor1() -> None:
     untagged = bytes(b ^ 0x5A if i == 9 else b for i, b in enumerate(middle_out))
     plain, _, _ = relays[2].from_previous(untagged)
     assert plain is not None
+
+
+def test_direct_aead_calls_match_pynacl_bindings() -> None:
+    key, nonce, msg = os.urandom(32), os.urandom(12), os.urandom(4075)
+    sealed = relay_crypto._seal(msg, nonce, key)
+    assert sealed == seal(msg, None, nonce, key)
+    assert relay_crypto._open(sealed, nonce, key) == msg
+    assert relay_crypto._open(sealed[:-1] + bytes([sealed[-1] ^ 1]), nonce, key) is None
+    assert relay_crypto._open(b"short", nonce, key) is None
