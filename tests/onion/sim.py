@@ -87,21 +87,23 @@ class SimNet:
                 host = a.target.rsplit(":", 1)[0]
                 answer = (node.relay.stream_opened if host in ("echo.fog", "sink.fog", "stall.fog")
                           else node.relay.stream_refused)
-                later.append(lambda a=a, answer=answer: answer(a.circuit, a.stream_id, self.now))
+                later.append(lambda a=a, answer=answer: answer(a.circuit, a.stream_id, self.now))  # type: ignore[misc]
             elif isinstance(a, StreamData) and relay_side:
                 target = node.relay._served(a.circuit, a.stream_id)
                 name = target[1].streams[a.stream_id].target if target is not None else ""
                 if name.startswith("echo.fog"):
-                    later.append(lambda a=a: node.relay.send_stream(a.circuit, a.stream_id, a.data, self.now))
+                    later.append(lambda a=a: node.relay.send_stream(  # type: ignore[misc]
+                        a.circuit, a.stream_id, a.data, self.now))
                 else:
                     node.sunk.setdefault((a.circuit, a.stream_id), bytearray()).extend(a.data)
                 if not name.startswith("stall.fog"):
-                    later.append(lambda a=a: node.relay.stream_consumed(a.circuit, a.stream_id, self.now))
+                    later.append(lambda a=a: node.relay.stream_consumed(  # type: ignore[misc]
+                        a.circuit, a.stream_id, self.now))
             elif isinstance(a, StreamData) and peer not in self.stalled:
                 self.events.append((peer, a))
                 circ = node.circuits.get(a.circuit)
                 if circ is not None:
-                    later.append(lambda a=a, circ=circ: circ.consumed(a.stream_id, self.now))
+                    later.append(lambda a=a, circ=circ: circ.consumed(a.stream_id, self.now))  # type: ignore[misc]
             else:
                 if isinstance(a, CircuitClosed):
                     node.circuits.pop(a.circuit, None)

@@ -9,7 +9,7 @@ from fognode.protocols.onion.actions import CircuitBuilt, CircuitClosed, PeerFau
 from fognode.protocols.onion.cells import CELL_SIZE, BODY_LEN, Cell, CellCommand, decode_cell
 from fognode.protocols.onion.circuit import CircuitState, ClientCircuit
 from fognode.protocols.onion.errors import TeardownReason
-from tests.onion.sim import SimNet
+from tests.onion.sim import Intercept, SimNet
 
 PATH = ["n1", "n2", "n3"]
 
@@ -47,7 +47,8 @@ def test_three_hop_circuit_carries_streams_end_to_end() -> None:
     assert net.received("n0", circ.key, s2) == d2
     net.dispatch("n0", circ.end_stream(s1, net.now), relay_side=False)
     net.run()
-    assert s1 not in net.nodes["n3"].relay.circuits[0].mux.streams        # type: ignore[union-attr]
+    mux = net.nodes["n3"].relay.circuits[0].mux
+    assert mux is not None and s1 not in mux.streams
 
 
 def test_each_relay_knows_only_its_two_neighbours() -> None:
@@ -67,7 +68,12 @@ def test_each_relay_knows_only_its_two_neighbours() -> None:
             assert key[0] in {c.prev[0], c.next[0] if c.next else None}
     # and the cells a middle relay forwards never carry the stream's plaintext
     seen: list[bytes] = []
-    net.intercept = lambda src, dst, f: (seen.append(f) if src == "n1" and dst == "n2" else None) or [f]
+
+    def spy(src: str, dst: str, f: bytes) -> list[bytes]:
+        if (src, dst) == ("n1", "n2"):
+            seen.append(f)
+        return [f]
+    net.intercept = spy
     send(net, circ, sid, b"SECRET-PAYLOAD-" * 20)
     net.run()
     assert seen and all(b"SECRET-PAYLOAD-" not in f for f in seen)
@@ -85,25 +91,26 @@ def _assert_torn_down(net: SimNet, circ: ClientCircuit) -> None:
         assert net.nodes[p].relay.circuits == [], f"{p} still holds the circuit"
 
 
-def _tamper_once(link: tuple[str, str], how: str) -> "object":
-    state = {"done": False, "held": None}
+def _tamper_once(link: tuple[str, str], how: str) -> Intercept:
+    done: list[bool] = []
+    held: list[bytes] = []
 
     def intercept(src: str, dst: str, frame: bytes) -> list[bytes]:
-        if (src, dst) != link or state["done"] or not _relay_frames_only(src, dst, frame):
+        if (src, dst) != link or done or not _relay_frames_only(src, dst, frame):
             return [frame]
         if how == "flip":
-            state["done"] = True
+            done.append(True)
             b = bytearray(frame)
             b[2 + 5 + 1000] ^= 0x01
             return [bytes(b)]
         if how == "replay":
-            state["done"] = True
+            done.append(True)
             return [frame, frame]
-        if state["held"] is None:          # reorder: hold one frame, send it after the next
-            state["held"] = frame
+        if not held:                       # reorder: hold one frame, send it after the next
+            held.append(frame)
             return []
-        state["done"] = True
-        return [frame, state["held"]]      # type: ignore[list-item]
+        done.append(True)
+        return [frame, held[0]]
     return intercept
 
 
@@ -121,7 +128,7 @@ def test_tampered_replayed_or_reordered_cells_tear_the_circuit_down() -> None:
             net = SimNet(5)
             circ = open_circuit(net)
             sid = open_stream(net, circ)
-            net.intercept = _tamper_once(link, how)                 # type: ignore[assignment]
+            net.intercept = _tamper_once(link, how)
             _exercise(net, circ, sid)
             _assert_torn_down(net, circ)
             ended = net.client_events("n0", StreamEnded)
@@ -166,7 +173,12 @@ def test_random_relay_bodies_on_a_live_circuit_tear_down_only_that_circuit() -> 
 def test_replayed_create_is_refused() -> None:
     net = SimNet(4)
     frames: list[bytes] = []
-    net.intercept = lambda s, d, f: (frames.append(f) if (s, d) == ("n0", "n1") else None) or [f]
+
+    def keep(s: str, d: str, f: bytes) -> list[bytes]:
+        if (s, d) == ("n0", "n1"):
+            frames.append(f)
+        return [f]
+    net.intercept = keep
     open_circuit(net)
     create = frames[0]
     net.intercept = None

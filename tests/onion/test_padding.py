@@ -62,7 +62,12 @@ def test_drop_cells_reach_the_last_hop_and_are_discarded() -> None:
     circ = net.build("n0", PATH, padding_rate=5.0)
     net.run()
     seen: list[int] = []
-    net.intercept = lambda s, d, f: (seen.append(decode_cell(f[2:]).command) if (s, d) == ("n2", "n3") else None) or [f]
+
+    def spy(s: str, d: str, f: bytes) -> list[bytes]:
+        if (s, d) == ("n2", "n3"):
+            seen.append(decode_cell(f[2:]).command)
+        return [f]
+    net.intercept = spy
     net.tick(1.0)
     net.run()
     assert len(seen) >= 4 and circ.state is CircuitState.OPEN
