@@ -37,14 +37,16 @@ class CircuitBuilt:
 
 @dataclass(frozen=True)
 class CircuitClosed:
-    """The circuit is gone. `built` False: it failed while building (after `elapsed` s; a
-    TIMEOUT is a censored sample for the build-time estimator)."""
+    """The circuit is gone. `built` False: it failed while building, after `elapsed` s with
+    `hops_done` hops answered (a TIMEOUT with at least one hop done is a censored sample for
+    the build-time estimator, as in Tor; a failure with none done counts against the guard)."""
 
     circuit: CircKey
     reason: TeardownReason
     detail: str
     built: bool
     elapsed: float
+    hops_done: int = 0
 
 
 @dataclass(frozen=True)

@@ -289,4 +289,4 @@ class ClientCircuit:
         self.close_reason = reason
         out: list[Action] = [StreamEnded(self.key, sid, reason) for sid in list(self.mux.streams)]
         self.mux.streams.clear()
-        return out + [CircuitClosed(self.key, reason, detail, was_built, now - self.started)]
+        return out + [CircuitClosed(self.key, reason, detail, was_built, now - self.started, len(self.onion.hops))]

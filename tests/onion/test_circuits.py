@@ -200,7 +200,7 @@ def test_build_timeout_and_pending_extend_expiry() -> None:
     net.tick(2.5)
     net.run()
     closed = net.client_events("n0", CircuitClosed)
-    assert [(c.reason, c.built) for c in closed] == [(TeardownReason.TIMEOUT, False)]
+    assert [(c.reason, c.built, c.hops_done) for c in closed] == [(TeardownReason.TIMEOUT, False, 2)]
     assert closed[0].elapsed >= 2.0
     assert net.nodes["n1"].relay.circuits == [] and net.nodes["n2"].relay.circuits == []
 
