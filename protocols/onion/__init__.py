@@ -12,6 +12,8 @@ Sans-IO cores of the circuit layer, one concern per module (no trio or libp2p im
 - `relay`: the relay core (create/extend/forward/serve streams; knows only its neighbours).
 - `pathsel`: path selection and the persisted guard set.
 - `cbt`: the adaptive circuit build timeout (Pareto fit of build times).
+- `manager`: the client side of a node (`OnionClient`): builds circuits over selected paths,
+  routes their cells, feeds build times to `cbt` and outcomes to the guard set.
 - `actions`: what the cores ask the adapter to do; `config`, `errors`.
 The hidden-service side (`address`, `blinding`, `descriptor`, `onionkey`, `services`, `socks*`)
 and the trio adapter `protocol.py` build on these.

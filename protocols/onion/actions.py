@@ -91,5 +91,14 @@ class PeerFault:
     penalize: bool
 
 
+@dataclass(frozen=True)
+class PersistState:
+    """Write `data` to the data dir file for `what` ("guards" or "build_times"), replacing it
+    (atomically: write and rename); read back with GuardSet.load / BuildTimeEstimator.load."""
+
+    what: str
+    data: bytes
+
+
 Action = (SendCell | CircuitBuilt | CircuitClosed | StreamConnected | StreamData | StreamEnded
-          | OpenStream | PeerFault)
+          | OpenStream | PeerFault | PersistState)

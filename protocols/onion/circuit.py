@@ -223,6 +223,12 @@ class ClientCircuit:
             return self._padding.next_at
         return None
 
+    def link_lost(self, now: float) -> list[Action]:
+        """The link to the guard broke: closed without a DESTROY (there is nowhere to send it)."""
+        if self.state is CircuitState.CLOSED:
+            return []
+        return self._closed(TeardownReason.LINK, f"the link to the guard {self.key[0]} broke", now)
+
     def close(self, now: float, reason: TeardownReason = TeardownReason.NONE, detail: str = "closed") -> list[Action]:
         if self.state is CircuitState.CLOSED:
             return []

@@ -23,6 +23,7 @@ from fognode.protocols.onion.cells import CellError, CellFramer
 from fognode.protocols.onion.circuit import ClientCircuit
 from fognode.protocols.onion.flow import FlowParams
 from fognode.protocols.onion.links import CircIdAllocator
+from fognode.protocols.onion.manager import OnionClient
 from fognode.protocols.onion.ntor import keypair
 from fognode.protocols.onion.pathsel import RelayInfo
 from fognode.protocols.onion.relay import RelayCore, RelayParams
@@ -42,6 +43,7 @@ class SimNode:
         self.circuits: dict[CircKey, ClientCircuit] = {}
         self.sunk: dict[tuple[CircKey, int], bytearray] = {}
         self.framers: dict[str, CellFramer] = {}
+        self.client: OnionClient | None = None          # set by tests of the circuit manager
 
     def info(self, reputation: float = 0.5, bandwidth: float = 1e6) -> RelayInfo:
         return RelayInfo(self.peer, self.identity, self.onion_public, self.region, reputation, bandwidth)
@@ -101,7 +103,7 @@ class SimNet:
                         a.circuit, a.stream_id, self.now))
             elif isinstance(a, StreamData) and peer not in self.stalled:
                 self.events.append((peer, a))
-                circ = node.circuits.get(a.circuit)
+                circ = node.circuits.get(a.circuit) or (node.client.circuits.get(a.circuit) if node.client else None)
                 if circ is not None:
                     later.append(lambda a=a, circ=circ: circ.consumed(a.stream_id, self.now))  # type: ignore[misc]
             else:
@@ -121,7 +123,9 @@ class SimNet:
                 continue
             key = (src, item.circ_id)
             circ = node.circuits.get(key)
-            if circ is not None:
+            if node.client is not None and node.client.owns(key):
+                self.dispatch(dst, node.client.receive(src, item, self.now), relay_side=False)
+            elif circ is not None:
                 self.dispatch(dst, circ.receive(item, self.now), relay_side=False)
             else:
                 self.dispatch(dst, node.relay.receive(src, item, self.now), relay_side=True)
@@ -143,6 +147,8 @@ class SimNet:
         for peer, node in self.nodes.items():
             for circ in list(node.circuits.values()):
                 self.dispatch(peer, circ.tick(now), relay_side=False)
+            if node.client is not None:
+                self.dispatch(peer, node.client.tick(now), relay_side=False)
             self.dispatch(peer, node.relay.tick(now), relay_side=True)
 
     def client_events(self, peer: str, kind: type) -> list[Action]:
