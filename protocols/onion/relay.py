@@ -82,6 +82,7 @@ class RelayCore:
         self.ids = ids
         self.params = params or RelayParams()
         self._links: dict[CircKey, RelayCircuit] = {}     # prev and next keys -> circuit
+        self._by_prev: dict[CircKey, RelayCircuit] = {}
         self._replay: OrderedDict[bytes, None] = OrderedDict()
         self.cells_relayed = 0
         self.dropped = 0
@@ -92,7 +93,7 @@ class RelayCore:
 
     @property
     def circuits(self) -> list[RelayCircuit]:
-        return [c for k, c in self._links.items() if k == c.prev]
+        return list(self._by_prev.values())
 
     def owns(self, key: CircKey) -> bool:
         return key in self._links
@@ -148,7 +149,7 @@ class RelayCore:
 
     def _create(self, key: CircKey, body: bytes, now: float) -> list[Action]:
         peer, cid = key
-        if len(self.circuits) >= self.params.max_circuits:
+        if len(self._by_prev) >= self.params.max_circuits:
             return [SendCell(peer, Cell(cid, CellCommand.DESTROY, destroy_body(TeardownReason.REFUSED)))]
         problem = self.ids.accept(peer, cid)
         if problem:
@@ -168,6 +169,7 @@ class RelayCore:
             self._replay.popitem(last=False)
         circ = RelayCircuit(key, RelayHop(keys), now)
         self._links[key] = circ
+        self._by_prev[key] = circ
         return [SendCell(peer, Cell(cid, CellCommand.CREATED, created_body(reply)))]
 
     def _relay(self, circ: RelayCircuit, from_prev: bool, body: bytes, now: float) -> list[Action]:
@@ -366,6 +368,7 @@ class RelayCore:
         out: list[Action] = []
         body = destroy_body(reason)
         self._links.pop(circ.prev, None)
+        self._by_prev.pop(circ.prev, None)
         self.ids.release(*circ.prev)
         if tell_prev:
             out.append(SendCell(circ.prev[0], Cell(circ.prev[1], CellCommand.DESTROY, body)))

@@ -9,6 +9,7 @@ from fognode.protocols.onion.actions import CircuitBuilt, CircuitClosed, PeerFau
 from fognode.protocols.onion.cells import CELL_SIZE, BODY_LEN, Cell, CellCommand, decode_cell
 from fognode.protocols.onion.circuit import CircuitState, ClientCircuit
 from fognode.protocols.onion.errors import TeardownReason
+from fognode.protocols.onion.relay import RelayParams
 from tests.onion.sim import Intercept, SimNet
 
 PATH = ["n1", "n2", "n3"]
@@ -239,3 +240,15 @@ def test_refused_target_ends_the_stream_not_the_circuit() -> None:
     sid = open_stream(net, circ, "elsewhere.fog:80")
     assert [(e.stream_id, e.reason) for e in net.client_events("n0", StreamEnded)] == [(sid, TeardownReason.REFUSED)]
     assert circ.state is CircuitState.OPEN
+
+
+def test_relay_refuses_circuits_beyond_its_limit() -> None:
+    net = SimNet(5, params=RelayParams(max_circuits=2))
+    a, b = open_circuit(net), open_circuit(net)
+    c = net.build("n0", PATH)
+    net.run()
+    assert c.state is CircuitState.CLOSED and a.state is b.state is CircuitState.OPEN
+    net.dispatch("n0", a.close(net.now), relay_side=False)
+    net.run()
+    assert len(net.nodes["n1"].relay.circuits) == 1
+    assert open_circuit(net).state is CircuitState.OPEN
