@@ -71,7 +71,7 @@ def _nonce(direction: bytes, n: int) -> bytes:
     return direction + struct.pack(">Q", n)
 
 
-def _seal(message: bytes, nonce: bytes, key: bytes) -> bytes:
+def aead_seal(message: bytes, nonce: bytes, key: bytes) -> bytes:
     """ChaCha20-Poly1305 (IETF): ciphertext | tag."""
     out = ffi.new("unsigned char[]", len(message) + TAG_LEN)
     lib.crypto_aead_chacha20poly1305_ietf_encrypt(out, ffi.NULL, message, len(message), ffi.NULL, 0, ffi.NULL,
@@ -79,7 +79,7 @@ def _seal(message: bytes, nonce: bytes, key: bytes) -> bytes:
     return ffi.buffer(out)[:]
 
 
-def _open(sealed: bytes, nonce: bytes, key: bytes) -> bytes | None:
+def aead_open(sealed: bytes, nonce: bytes, key: bytes) -> bytes | None:
     """The plaintext, or None if the tag does not verify."""
     if len(sealed) < TAG_LEN:
         return None
@@ -89,8 +89,8 @@ def _open(sealed: bytes, nonce: bytes, key: bytes) -> bytes | None:
     return None if rc != 0 else ffi.buffer(out)[:]
 
 
-def _xor(key: bytes, nonce: bytes, body: bytes) -> bytes:
-    return _seal(body, nonce, key)[:-TAG_LEN]
+def stream_xor(key: bytes, nonce: bytes, body: bytes) -> bytes:
+    return aead_seal(body, nonce, key)[:-TAG_LEN]
 
 
 class DirectionState:
@@ -103,7 +103,7 @@ class DirectionState:
 
     def seal(self, plain: bytes) -> tuple[bytes, bytes]:
         """(body, tag): `plain` sealed as the innermost layer at this hop's next counter."""
-        body = _seal(plain, _nonce(self.label, self.counter), self.auth)
+        body = aead_seal(plain, _nonce(self.label, self.counter), self.auth)
         self.counter += 1
         return body, body[-TAG_LEN:]
 
@@ -112,14 +112,14 @@ class DirectionState:
         (None, body with this hop's layer removed). Either way the counter moves on."""
         nonce = _nonce(self.label, self.counter)
         self.counter += 1
-        plain = _open(body, nonce, self.auth)
+        plain = aead_open(body, nonce, self.auth)
         if plain is not None:
             return plain, b""
-        return None, _xor(self.layer, nonce, body)
+        return None, stream_xor(self.layer, nonce, body)
 
     def layer_only(self, body: bytes) -> bytes:
         """Add (or remove: XOR) this hop's layer at its next counter."""
-        out = _xor(self.layer, _nonce(self.label, self.counter), body)
+        out = stream_xor(self.layer, _nonce(self.label, self.counter), body)
         self.counter += 1
         return out
 

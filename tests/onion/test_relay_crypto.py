@@ -115,8 +115,8 @@ def test_a_colluding_pair_can_undo_a_tag_as_in_tor1() -> None:
 
 def test_direct_aead_calls_match_pynacl_bindings() -> None:
     key, nonce, msg = os.urandom(32), os.urandom(12), os.urandom(4075)
-    sealed = relay_crypto._seal(msg, nonce, key)
+    sealed = relay_crypto.aead_seal(msg, nonce, key)
     assert sealed == seal(msg, None, nonce, key)
-    assert relay_crypto._open(sealed, nonce, key) == msg
-    assert relay_crypto._open(sealed[:-1] + bytes([sealed[-1] ^ 1]), nonce, key) is None
-    assert relay_crypto._open(b"short", nonce, key) is None
+    assert relay_crypto.aead_open(sealed, nonce, key) == msg
+    assert relay_crypto.aead_open(sealed[:-1] + bytes([sealed[-1] ^ 1]), nonce, key) is None
+    assert relay_crypto.aead_open(b"short", nonce, key) is None
