@@ -123,9 +123,8 @@ class RelayCore:
             return self._drop(peer, "unknown_circuit", f"{cmd.name} for unknown circuit {cell.circ_id:#x}", False)
         from_prev = key == circ.prev
         try:
-            if cmd is CellCommand.DESTROY:
-                parse_destroy(cell.body)
-                return self._destroy(circ, TeardownReason.DESTROYED, now, tell_prev=not from_prev,
+            if cmd is CellCommand.DESTROY:       # passed on with its reason (informational only)
+                return self._destroy(circ, parse_destroy(cell.body), now, tell_prev=not from_prev,
                                      tell_next=from_prev)
             if cmd is CellCommand.CREATED:
                 if from_prev or circ.extend_since is None:

@@ -9,6 +9,7 @@ from fognode.protocols.onion.actions import CircuitBuilt, CircuitClosed, PeerFau
 from fognode.protocols.onion.cells import CELL_SIZE, BODY_LEN, Cell, CellCommand, decode_cell
 from fognode.protocols.onion.circuit import CircuitState, ClientCircuit
 from fognode.protocols.onion.errors import TeardownReason
+from fognode.protocols.onion.ntor import keypair
 from fognode.protocols.onion.relay import RelayParams
 from tests.onion.sim import Intercept, SimNet
 
@@ -252,3 +253,21 @@ def test_relay_refuses_circuits_beyond_its_limit() -> None:
     net.run()
     assert len(net.nodes["n1"].relay.circuits) == 1
     assert open_circuit(net).state is CircuitState.OPEN
+
+
+def test_onion_key_rotation_keeps_the_previous_key_for_a_period() -> None:
+    net = SimNet(5)
+    n2 = net.nodes["n2"]
+    old = (n2.onion_public, n2.onion_secret)
+    new_secret, new_public = keypair()
+    stale = net.info("n2")                               # what clients learned before the rotation
+    n2.relay.set_onion_keys({new_public: new_secret, old[0]: old[1]})
+    assert open_circuit(net).state is CircuitState.OPEN  # the previous key still answers
+    n2.relay.set_onion_keys({new_public: new_secret})    # one period later: rotated out
+    cid = net.nodes["n0"].ids.allocate("n1")
+    circ = ClientCircuit(cid, [net.info("n1"), stale, net.info("n3")], net.params.flow, net.now, 10.0)
+    net.nodes["n0"].circuits[circ.key] = circ
+    net.dispatch("n0", circ.start(), relay_side=False)
+    net.run()
+    assert circ.state is CircuitState.CLOSED and "handshake" in str(net.client_events("n0", CircuitClosed)[-1].detail)
+    assert any(f.reason == "handshake" for f in net.client_events("n2", PeerFault))
