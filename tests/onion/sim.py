@@ -17,8 +17,9 @@ from typing import Callable
 
 from nacl.signing import SigningKey
 
-from fognode.protocols.onion.actions import (Action, CircKey, CircuitClosed, OpenStream, SendCell, StreamData,
-                                             StreamEnded)
+from fognode.protocols.onion.actions import (Action, CircKey, CircuitBuilt, CircuitClosed, OpenStream, PeerFault,
+                                             PersistState, SendCell, StreamConnected, StreamData, StreamEnded)
+from fognode.protocols.onion.dispatch import carry_out
 from fognode.protocols.onion.cells import CellError, CellFramer
 from fognode.protocols.onion.circuit import ClientCircuit
 from fognode.protocols.onion.flow import FlowParams
@@ -73,62 +74,34 @@ class SimNet:
         circ = ClientCircuit(cid, [self.info(p) for p in path], flow or self.params.flow, self.now, timeout,
                              padding_rate)
         node.circuits[circ.key] = circ
-        self.dispatch(client, circ.start(), relay_side=False)
+        self.dispatch(client, circ.start())
         return circ
 
-    def dispatch(self, peer: str, actions: list[Action], *, relay_side: bool) -> None:
-        """Carry out one list of actions in order; calls back into a core (the echo service,
-        accepting a stream) wait until the whole list is done, as in the real adapter: the cells
-        of a list were sealed in that order and must leave in it."""
-        node = self.nodes[peer]
-        later: list[Callable[[], list[Action]]] = []
-        for a in actions:
-            if isinstance(a, SendCell):
-                self.queue.append((peer, a.peer, a.cell.frame()))
-            elif isinstance(a, OpenStream):
-                host = a.target.rsplit(":", 1)[0]
-                answer = (node.relay.stream_opened if host in ("echo.fog", "sink.fog", "stall.fog")
-                          else node.relay.stream_refused)
-                later.append(lambda a=a, answer=answer: answer(a.circuit, a.stream_id, self.now))  # type: ignore[misc]
-            elif isinstance(a, StreamData) and relay_side:
-                target = node.relay._served(a.circuit, a.stream_id)
-                name = target[1].streams[a.stream_id].target if target is not None else ""
-                if name.startswith("echo.fog"):
-                    later.append(lambda a=a: node.relay.send_stream(  # type: ignore[misc]
-                        a.circuit, a.stream_id, a.data, self.now))
-                else:
-                    node.sunk.setdefault((a.circuit, a.stream_id), bytearray()).extend(a.data)
-                if not name.startswith("stall.fog"):
-                    later.append(lambda a=a: node.relay.stream_consumed(  # type: ignore[misc]
-                        a.circuit, a.stream_id, self.now))
-            elif isinstance(a, StreamData) and peer not in self.stalled:
-                self.events.append((peer, a))
-                circ = node.circuits.get(a.circuit) or (node.client.circuits.get(a.circuit) if node.client else None)
-                if circ is not None:
-                    later.append(lambda a=a, circ=circ: circ.consumed(a.stream_id, self.now))  # type: ignore[misc]
-            else:
-                if isinstance(a, CircuitClosed):
-                    node.circuits.pop(a.circuit, None)
-                if not (relay_side and isinstance(a, StreamEnded)):
-                    self.events.append((peer, a))
-        for call in later:
-            self.dispatch(peer, call(), relay_side=relay_side)
+    def dispatch(self, peer: str, actions: list[Action]) -> None:
+        """Carry out one list of actions of `peer`'s cores through the dispatch table; calls back
+        into a core (the echo service, accepting a stream, consuming data) wait until the whole
+        list is done, as in the real adapter: the cells of a list were sealed in that order and
+        must leave in it."""
+        handler = SimHandler(self, peer)
+        carry_out(handler, actions)
+        for call in handler.later:
+            self.dispatch(peer, call())
 
     def deliver(self, src: str, dst: str, frame: bytes) -> None:
         node = self.nodes[dst]
         framer = node.framers.setdefault(src, CellFramer())
         for item in framer.feed(frame):
             if isinstance(item, CellError):
-                self.dispatch(dst, node.relay.garbage(src, item), relay_side=True)
+                self.dispatch(dst, node.relay.garbage(src, item))
                 continue
             key = (src, item.circ_id)
             circ = node.circuits.get(key)
             if node.client is not None and node.client.owns(key):
-                self.dispatch(dst, node.client.receive(src, item, self.now), relay_side=False)
+                self.dispatch(dst, node.client.receive(src, item, self.now))
             elif circ is not None:
-                self.dispatch(dst, circ.receive(item, self.now), relay_side=False)
+                self.dispatch(dst, circ.receive(item, self.now))
             else:
-                self.dispatch(dst, node.relay.receive(src, item, self.now), relay_side=True)
+                self.dispatch(dst, node.relay.receive(src, item, self.now))
 
     def run(self, max_frames: int = 1_000_000) -> int:
         """Deliver frames until the queue is empty; the number delivered."""
@@ -146,10 +119,10 @@ class SimNet:
         self.now = now
         for peer, node in self.nodes.items():
             for circ in list(node.circuits.values()):
-                self.dispatch(peer, circ.tick(now), relay_side=False)
+                self.dispatch(peer, circ.tick(now))
             if node.client is not None:
-                self.dispatch(peer, node.client.tick(now), relay_side=False)
-            self.dispatch(peer, node.relay.tick(now), relay_side=True)
+                self.dispatch(peer, node.client.tick(now))
+            self.dispatch(peer, node.relay.tick(now))
 
     def client_events(self, peer: str, kind: type) -> list[Action]:
         return [a for p, a in self.events if p == peer and isinstance(a, kind)]
@@ -157,3 +130,66 @@ class SimNet:
     def received(self, peer: str, key: CircKey, stream_id: int) -> bytes:
         return b"".join(a.data for p, a in self.events
                         if p == peer and isinstance(a, StreamData) and a.circuit == key and a.stream_id == stream_id)
+
+
+class SimHandler:
+    """The simulator's `ActionHandler` for one node: cells go on the queue, the last hop's
+    services answer, client-side outcomes are recorded in `SimNet.events`."""
+
+    def __init__(self, net: SimNet, peer: str) -> None:
+        self.net, self.peer = net, peer
+        self.node = net.nodes[peer]
+        self.later: list[Callable[[], list[Action]]] = []
+
+    def _client_circuit(self, key: CircKey) -> ClientCircuit | None:
+        node = self.node
+        return node.circuits.get(key) or (node.client.circuits.get(key) if node.client else None)
+
+    def _record(self, a: Action) -> None:
+        self.net.events.append((self.peer, a))
+
+    def send_cell(self, a: SendCell) -> None:
+        self.net.queue.append((self.peer, a.peer, a.cell.frame()))
+
+    def open_stream(self, a: OpenStream) -> None:
+        relay = self.node.relay
+        host = a.target.rsplit(":", 1)[0]
+        answer = relay.stream_opened if host in ("echo.fog", "sink.fog", "stall.fog") else relay.stream_refused
+        self.later.append(lambda: answer(a.circuit, a.stream_id, self.net.now))
+
+    def stream_data(self, a: StreamData) -> None:
+        circ = self._client_circuit(a.circuit)
+        if circ is not None:                       # data for one of our own circuits
+            if self.peer not in self.net.stalled:
+                self._record(a)
+                self.later.append(lambda: circ.consumed(a.stream_id, self.net.now))
+            return
+        relay, now = self.node.relay, self.net.now
+        served = relay._served(a.circuit, a.stream_id)
+        name = served[1].streams[a.stream_id].target if served is not None else ""
+        if name.startswith("echo.fog"):
+            self.later.append(lambda: relay.send_stream(a.circuit, a.stream_id, a.data, now))
+        else:
+            self.node.sunk.setdefault((a.circuit, a.stream_id), bytearray()).extend(a.data)
+        if not name.startswith("stall.fog"):
+            self.later.append(lambda: relay.stream_consumed(a.circuit, a.stream_id, now))
+
+    def stream_ended(self, a: StreamEnded) -> None:
+        if self._client_circuit(a.circuit) is not None:
+            self._record(a)
+
+    def circuit_closed(self, a: CircuitClosed) -> None:
+        self.node.circuits.pop(a.circuit, None)
+        self._record(a)
+
+    def circuit_built(self, a: CircuitBuilt) -> None:
+        self._record(a)
+
+    def stream_connected(self, a: StreamConnected) -> None:
+        self._record(a)
+
+    def peer_fault(self, a: PeerFault) -> None:
+        self._record(a)
+
+    def persist_state(self, a: PersistState) -> None:
+        self._record(a)

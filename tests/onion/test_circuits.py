@@ -25,13 +25,13 @@ def open_circuit(net: SimNet, client: str = "n0", path: list[str] = PATH) -> Cli
 
 def open_stream(net: SimNet, circ: ClientCircuit, target: str = "echo.fog:80", client: str = "n0") -> int:
     sid, acts = circ.open_stream(target, net.now)
-    net.dispatch(client, acts, relay_side=False)
+    net.dispatch(client, acts)
     net.run()
     return sid
 
 
 def send(net: SimNet, circ: ClientCircuit, sid: int, data: bytes, client: str = "n0") -> None:
-    net.dispatch(client, circ.send(sid, data, net.now), relay_side=False)
+    net.dispatch(client, circ.send(sid, data, net.now))
 
 
 def test_three_hop_circuit_carries_streams_end_to_end() -> None:
@@ -47,7 +47,7 @@ def test_three_hop_circuit_carries_streams_end_to_end() -> None:
     net.run()
     assert net.received("n0", circ.key, s1) == d1
     assert net.received("n0", circ.key, s2) == d2
-    net.dispatch("n0", circ.end_stream(s1, net.now), relay_side=False)
+    net.dispatch("n0", circ.end_stream(s1, net.now))
     net.run()
     mux = net.nodes["n3"].relay.circuits[0].mux
     assert mux is not None and s1 not in mux.streams
@@ -221,7 +221,7 @@ def test_relay_gives_up_on_an_extend_that_never_answers() -> None:
 def test_link_failure_destroys_circuits_through_it() -> None:
     net = SimNet(5)
     circ = open_circuit(net)
-    net.dispatch("n2", net.nodes["n2"].relay.link_failed("n3", net.now), relay_side=True)
+    net.dispatch("n2", net.nodes["n2"].relay.link_failed("n3", net.now))
     net.run()
     assert circ.state is CircuitState.CLOSED
     assert net.nodes["n1"].relay.circuits == []
@@ -249,7 +249,7 @@ def test_relay_refuses_circuits_beyond_its_limit() -> None:
     c = net.build("n0", PATH)
     net.run()
     assert c.state is CircuitState.CLOSED and a.state is b.state is CircuitState.OPEN
-    net.dispatch("n0", a.close(net.now), relay_side=False)
+    net.dispatch("n0", a.close(net.now))
     net.run()
     assert len(net.nodes["n1"].relay.circuits) == 1
     assert open_circuit(net).state is CircuitState.OPEN
@@ -267,7 +267,7 @@ def test_onion_key_rotation_keeps_the_previous_key_for_a_period() -> None:
     cid = net.nodes["n0"].ids.allocate("n1")
     circ = ClientCircuit(cid, [net.info("n1"), stale, net.info("n3")], net.params.flow, net.now, 10.0)
     net.nodes["n0"].circuits[circ.key] = circ
-    net.dispatch("n0", circ.start(), relay_side=False)
+    net.dispatch("n0", circ.start())
     net.run()
     assert circ.state is CircuitState.CLOSED and "handshake" in str(net.client_events("n0", CircuitClosed)[-1].detail)
     assert any(f.reason == "handshake" for f in net.client_events("n2", PeerFault))

@@ -66,7 +66,7 @@ def test_sender_stops_at_the_window_and_resumes_on_sendme() -> None:
     assert _relay_cells(acts) == 6                     # the stream window (6) binds first
     assert circ.queued_bytes(sid) == 4066 * 14
     assert circ.mux.circ_send.window == 2
-    net.dispatch("n0", acts, relay_side=False)
+    net.dispatch("n0", acts)
     net.run()                                          # SENDMEs come back; the rest flows
     sunk = net.nodes["n3"].sunk
     assert bytes(next(iter(sunk.values()))) == data
@@ -81,7 +81,7 @@ def test_circuit_window_binds_across_streams() -> None:
     a1 = circ.send(s1, os.urandom(4066 * 5), net.now)
     a2 = circ.send(s2, os.urandom(4066 * 5), net.now)
     assert _relay_cells(a1) + _relay_cells(a2) == 8    # circuit window 8 < 2 x stream window 6
-    net.dispatch("n0", a1 + a2, relay_side=False)
+    net.dispatch("n0", a1 + a2)
     net.run()
     assert sum(len(v) for v in net.nodes["n3"].sunk.values()) == 4066 * 10
 
@@ -95,7 +95,7 @@ def test_relay_tears_down_a_client_that_overruns_the_window() -> None:
     for _ in range(SMALL.stream_window + 1):          # a greedy client ignoring its windows
         body, _tag = circ.onion.seal_forward(2, RelayMsg(RelayCommand.DATA, sid, b"x" * 100).encode())
         cells.append(circ._cell(CellCommand.RELAY, body))
-    net.dispatch("n0", cells, relay_side=False)
+    net.dispatch("n0", cells)
     net.run()
     assert net.nodes["n3"].relay.circuits == [] and net.nodes["n1"].relay.circuits == []
     assert circ.state is CircuitState.CLOSED

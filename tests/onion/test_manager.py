@@ -36,13 +36,13 @@ def test_builds_teach_the_timeout_and_stay_on_one_guard() -> None:
         t += 10.0
         net.now = t
         circ, acts = client.build(relays(net), t)
-        net.dispatch("n0", acts, relay_side=False)
+        net.dispatch("n0", acts)
         net.now = t + 0.2 / (1 - rng.random()) ** (1 / 4)       # this build's latency (Pareto)
         net.run()
         assert circ.state is CircuitState.OPEN
         assert "n0" not in (h.peer_id for h in circ.path) and len({h.peer_id for h in circ.path}) == 3
         guards_used.add(circ.path[0].peer_id)
-        net.dispatch("n0", client.close(circ.key, net.now), relay_side=False)
+        net.dispatch("n0", client.close(circ.key, net.now))
         net.run()
     assert guards_used == {client.guards.peers[0]}
     assert not client.build_times.learning
@@ -57,7 +57,7 @@ def test_a_dead_guard_is_backed_off_and_the_next_one_used() -> None:
     circ, acts = client.build(relays(net), 0.0)
     dead = circ.path[0].peer_id
     net.intercept = lambda s, d, f: [] if d == dead else [f]
-    net.dispatch("n0", acts, relay_side=False)
+    net.dispatch("n0", acts)
     net.run()
     net.tick(6.0)                                   # past the 5 s fallback timeout
     net.run()
@@ -66,7 +66,7 @@ def test_a_dead_guard_is_backed_off_and_the_next_one_used() -> None:
     assert client.build_times.censored == type(client.build_times.censored)()   # no hop done: not a sample
     nxt, acts = client.build(relays(net), 7.0, exclude=[dead])     # the guard choice is the backoff's
     assert nxt.path[0].peer_id == client.guards.peers[1] != dead
-    net.dispatch("n0", acts, relay_side=False)
+    net.dispatch("n0", acts)
     net.run()
     assert nxt.state is CircuitState.OPEN
     net.intercept = None
@@ -77,9 +77,9 @@ def test_a_dead_guard_is_backed_off_and_the_next_one_used() -> None:
 def test_link_failure_closes_the_guards_circuits() -> None:
     net, client = setup()
     circ, acts = client.build(relays(net), 0.0)
-    net.dispatch("n0", acts, relay_side=False)
+    net.dispatch("n0", acts)
     net.run()
-    net.dispatch("n0", client.link_failed(circ.path[0].peer_id, 1.0), relay_side=False)
+    net.dispatch("n0", client.link_failed(circ.path[0].peer_id, 1.0))
     assert circ.state is CircuitState.CLOSED and client.circuits == {}
     assert [a.reason for p, a in net.events if isinstance(a, CircuitClosed)] == [TeardownReason.LINK]
 
@@ -90,7 +90,7 @@ def test_timeout_after_a_hop_is_a_censored_sample() -> None:
     circ, acts = client.build(relays(net), 0.0)
     third = circ.path[2].peer_id
     net.intercept = lambda s, d, f: [] if d == third else [f]
-    net.dispatch("n0", acts, relay_side=False)
+    net.dispatch("n0", acts)
     net.run()
     net.tick(3.0)
     net.run()

@@ -37,7 +37,7 @@ def _run_padded(data: bytes) -> tuple[list[int], list[int], bytes]:
     net.intercept = count
     for second in range(5):
         if second == 1 and data:
-            net.dispatch("n0", circ.send(sid, data, net.now), relay_side=False)
+            net.dispatch("n0", circ.send(sid, data, net.now))
         counts.clear()
         for step in range(1, 21):
             net.tick(second + step * 0.05 + 0.025)

@@ -44,7 +44,7 @@ def test_client_circuit_survives_arbitrary_cells(cells: list[tuple[CellCommand, 
     circ = open_circuit(net)
     for cmd, body in cells:
         acts = circ.receive(Cell(circ.key[1], cmd, body), net.now)
-        net.dispatch("n0", acts, relay_side=False)
+        net.dispatch("n0", acts)
     net.run()
     closed = net.client_events("n0", CircuitClosed)
     assert circ.state is CircuitState.CLOSED or not closed
@@ -60,6 +60,6 @@ def test_relay_message_commands_out_of_place_tear_down() -> None:
         circ = open_circuit(net)
         sid = 0 if cmd is RelayCommand.EXTENDED else 1
         body, _ = circ.onion.seal_forward(1, RelayMsg(cmd, sid, b"").encode())     # to the middle hop
-        net.dispatch("n0", [circ._cell(CellCommand.RELAY, body)], relay_side=False)
+        net.dispatch("n0", [circ._cell(CellCommand.RELAY, body)])
         net.run()
         assert circ.state is CircuitState.CLOSED, cmd
