@@ -14,7 +14,10 @@ Sans-IO cores of the circuit layer, one concern per module (no trio or libp2p im
 - `cbt`: the adaptive circuit build timeout (Pareto fit of build times).
 - `manager`: the client side of a node (`OnionClient`): builds circuits over selected paths,
   routes their cells, feeds build times to `cbt` and outcomes to the guard set.
-- `actions`: what the cores ask the adapter to do; `config`, `errors`.
+- `rendezvous`: introduction and rendezvous points at a relay (the relay-side mechanics; the
+  circuits join there and the two ends talk over an end-to-end virtual hop).
+- `actions`: what the cores ask the adapter to do; `dispatch`: the one table that carries them
+  out; `config`, `errors`.
 The hidden-service side (`address`, `blinding`, `descriptor`, `onionkey`, `services`, `socks*`)
 and the trio adapter `protocol.py` build on these.
 """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fognode.protocols.onion.cells import Cell
+from fognode.protocols.onion.cells import Cell, RelayCommand
 from fognode.protocols.onion.errors import TeardownReason
 
 CircKey = tuple[str, int]
@@ -92,6 +92,16 @@ class PeerFault:
 
 
 @dataclass(frozen=True)
+class CircuitMessage:
+    """A meeting-point message for the hidden-service layer arrived on one of our circuits
+    (INTRO_ESTABLISHED, INTRODUCE2, INTRODUCE_ACK, RENDEZVOUS_ESTABLISHED, RENDEZVOUS2)."""
+
+    circuit: CircKey
+    command: RelayCommand
+    data: bytes
+
+
+@dataclass(frozen=True)
 class PersistState:
     """Write `data` to the data dir file for `what` ("guards" or "build_times"), replacing it
     (atomically: write and rename); read back with GuardSet.load / BuildTimeEstimator.load."""
@@ -101,4 +111,4 @@ class PersistState:
 
 
 Action = (SendCell | CircuitBuilt | CircuitClosed | StreamConnected | StreamData | StreamEnded
-          | OpenStream | PeerFault | PersistState)
+          | OpenStream | PeerFault | PersistState | CircuitMessage)

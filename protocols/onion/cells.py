@@ -69,6 +69,16 @@ class RelayCommand(enum.IntEnum):
     EXTENDED = 7
     DROP = 8                 # long-range padding: the hop it is addressed to drops it
     PADDING_NEGOTIATE = 9    # ask the last hop for constant-rate padding back (padding.py)
+    # meeting points for hidden services (rendezvous.py): the relay-side mechanics only
+    ESTABLISH_INTRO = 10     # service -> its introduction point: auth key | signature
+    INTRO_ESTABLISHED = 11
+    INTRODUCE1 = 12          # client -> introduction point: auth key | opaque payload for the service
+    INTRODUCE2 = 13          # introduction point -> service: the payload
+    INTRODUCE_ACK = 14       # introduction point -> client: status u8 (0 delivered, 1 unknown service)
+    ESTABLISH_RENDEZVOUS = 15    # client -> rendezvous point: cookie (20 bytes)
+    RENDEZVOUS_ESTABLISHED = 16
+    RENDEZVOUS1 = 17         # service -> rendezvous point: cookie | opaque payload (handshake reply)
+    RENDEZVOUS2 = 18         # rendezvous point -> client: the payload; the two circuits are joined
 
 
 def _pad(data: bytes, size: int) -> bytes:
@@ -211,7 +221,7 @@ def decode_relay(plain: bytes) -> RelayMsg:
     stream_cmds = (RelayCommand.BEGIN, RelayCommand.DATA, RelayCommand.END, RelayCommand.CONNECTED)
     if command in stream_cmds and stream_id == 0:
         raise CellError(f"relay.stream_id: {command.name} needs a stream id")
-    if command in (RelayCommand.EXTEND, RelayCommand.EXTENDED, RelayCommand.PADDING_NEGOTIATE) and stream_id:
+    if command not in stream_cmds and command not in (RelayCommand.SENDME, RelayCommand.DROP) and stream_id:
         raise CellError(f"relay.stream_id: {command.name} is circuit-level, got stream {stream_id}")
     return RelayMsg(command, stream_id, bytes(plain[RELAY_HEADER_LEN:RELAY_HEADER_LEN + length]))
 

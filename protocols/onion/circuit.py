@@ -17,6 +17,12 @@ circuit and stream windows (flow.py), END to close. `send` queues data and sends
 windows allow; a SENDME from the last hop sends more. With `padding_rate` > 0 nothing is sent
 outside the constant-rate slots of `tick` (padding.py).
 
+Hidden services (rendezvous.py): `send_meeting` sends the introduction and rendezvous requests
+to the last relay, whose answers come back as `CircuitMessage`; once the rendezvous point has
+joined the client's and the service's circuits, both call `add_virtual_hop` with the keys of
+their end-to-end ntor handshake, and the far end becomes the last hop: the client opens streams
+to it, the service (`serve=True`) answers their BEGIN with `OpenStream` like a relay does.
+
 Every method returns a list of actions (actions.py); any protocol violation (a cell that fails
 integrity, a bad handshake, a window overrun, an unexpected command) tears the circuit down:
 a DESTROY to the guard and `CircuitClosed`.
@@ -28,18 +34,24 @@ from collections import deque
 from typing import Sequence
 
 from fognode.node.errors import LocalProtocolError
-from fognode.protocols.onion.actions import (Action, CircKey, CircuitBuilt, CircuitClosed, SendCell, StreamConnected,
-                                             StreamData, StreamEnded)
+from fognode.protocols.onion.actions import (Action, CircKey, CircuitBuilt, CircuitClosed, CircuitMessage, OpenStream,
+                                             SendCell, StreamConnected, StreamData, StreamEnded)
 from fognode.protocols.onion.cells import (Cell, CellCommand, RelayCommand, RelayMsg, begin_data, create_body,
                                            decode_relay, destroy_body, extend_data, padding_negotiate_data,
-                                           parse_created, parse_destroy, parse_end)
+                                           parse_begin, parse_created, parse_destroy, parse_end)
 from fognode.protocols.onion.errors import (DESTROY_CODES, CellError, CircuitProtocolError, HandshakeError,
                                             TeardownReason)
 from fognode.protocols.onion.flow import FlowParams, StreamMux, StreamState
 from fognode.protocols.onion.ntor import ClientHandshake
 from fognode.protocols.onion.padding import ConstantRate
 from fognode.protocols.onion.pathsel import RelayInfo
-from fognode.protocols.onion.relay_crypto import ClientOnion
+from fognode.protocols.onion.relay_crypto import ClientOnion, HopKeys
+
+
+MEETING_REQUESTS = (RelayCommand.ESTABLISH_INTRO, RelayCommand.INTRODUCE1, RelayCommand.ESTABLISH_RENDEZVOUS,
+                    RelayCommand.RENDEZVOUS1)
+MEETING_REPLIES = (RelayCommand.INTRO_ESTABLISHED, RelayCommand.INTRODUCE2, RelayCommand.INTRODUCE_ACK,
+                   RelayCommand.RENDEZVOUS_ESTABLISHED, RelayCommand.RENDEZVOUS2)
 
 
 class CircuitState(enum.Enum):
@@ -69,6 +81,8 @@ class ClientCircuit:
         self.cells_sent = 0
         self.cells_received = 0
         self.close_reason: TeardownReason | None = None
+        self.virtual_hop = False      # joined at a rendezvous point: the far end is the last hop
+        self.serving = False          # the service's end: accepts BEGIN from the far end
 
     # -- building ------------------------------------------------------------------------------
 
@@ -139,18 +153,29 @@ class ClientCircuit:
             if self.state is not CircuitState.BUILDING or hop != last:
                 raise CircuitProtocolError(TeardownReason.PROTOCOL, f"EXTENDED from hop {hop}")
             return self._hop_done(parse_created(msg.data), now)    # EXTENDED's data is a CREATED body
+        if cmd in MEETING_REPLIES and self.state is CircuitState.OPEN and hop == len(self.path) - 1:
+            return [CircuitMessage(self.key, cmd, msg.data)]
         if self.state is not CircuitState.OPEN or hop != last:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, f"{cmd.name} from hop {hop} of {last + 1}")
+        if cmd is RelayCommand.BEGIN and self.serving:
+            target = parse_begin(msg.data)
+            if msg.stream_id in self.mux.streams:
+                raise CircuitProtocolError(TeardownReason.PROTOCOL, f"BEGIN on stream {msg.stream_id} in use")
+            self.mux.add(msg.stream_id, target, StreamState.CONNECTING)
+            return [OpenStream(self.key, msg.stream_id, target)]
         if cmd is RelayCommand.SENDME:
             self.mux.on_sendme(msg.stream_id, msg.data)
             return self._pump(now)
         if cmd is RelayCommand.CONNECTED:
             s = self.mux.streams.get(msg.stream_id)
-            if s is None or s.state is not StreamState.CONNECTING:
+            if s is None or s.state is not StreamState.CONNECTING or self.serving:
                 raise CircuitProtocolError(TeardownReason.PROTOCOL, f"CONNECTED for stream {msg.stream_id}")
             s.state = StreamState.OPEN
             return [StreamConnected(self.key, msg.stream_id), *self._pump(now)]
         if cmd is RelayCommand.DATA:
+            s = self.mux.streams.get(msg.stream_id)
+            if s is not None and s.state is not StreamState.OPEN:
+                raise CircuitProtocolError(TeardownReason.PROTOCOL, f"DATA on stream {msg.stream_id} before CONNECTED")
             deliver, sendmes = self.mux.on_data(msg.stream_id, msg.data, tag)
             out: list[Action] = [StreamData(self.key, msg.stream_id, msg.data)] if deliver else []
             for m in sendmes:
@@ -166,8 +191,9 @@ class ClientCircuit:
 
     def open_stream(self, target: str, now: float) -> tuple[int, list[Action]]:
         """Ask the last hop to connect `target` ("host:port"): (stream id, actions)."""
-        if self.state is not CircuitState.OPEN:
-            raise LocalProtocolError(f"circuit is {self.state.value}, not open")
+        if self.state is not CircuitState.OPEN or self.serving:
+            raise LocalProtocolError(f"circuit is {self.state.value}{' and serving' if self.serving else ''}: "
+                                     f"it cannot open streams")
         if len(self.mux.streams) >= 0xFFFF:
             raise LocalProtocolError("no free stream id on this circuit")
         while self._next_stream in self.mux.streams or self._next_stream == 0:
@@ -175,7 +201,7 @@ class ClientCircuit:
         sid = self._next_stream
         self._next_stream = sid % 0xFFFF + 1
         self.mux.add(sid, target, StreamState.CONNECTING)
-        return sid, self._send_control(len(self.path) - 1, RelayMsg(RelayCommand.BEGIN, sid, begin_data(target)))
+        return sid, self._send_control(self._end, RelayMsg(RelayCommand.BEGIN, sid, begin_data(target)))
 
     def send(self, stream_id: int, data: bytes, now: float) -> list[Action]:
         """Queue `data` on the stream; send what the windows allow (the rest on SENDMEs)."""
@@ -198,7 +224,47 @@ class ClientCircuit:
         if self.state is not CircuitState.OPEN:
             return []
         msg = self.mux.on_consumed(stream_id)
-        return self._send_control(len(self.path) - 1, msg) if msg is not None else []
+        return self._send_control(self._end, msg) if msg is not None else []
+
+    def stream_opened(self, stream_id: int, now: float) -> list[Action]:
+        """Serving end: the local service accepted the stream (after OpenStream)."""
+        s = self.mux.streams.get(stream_id)
+        if s is None or not self.serving or s.state is not StreamState.CONNECTING:
+            return []
+        s.state = StreamState.OPEN
+        return self._send_control(self._end, RelayMsg(RelayCommand.CONNECTED, stream_id)) + self._pump(now)
+
+    def stream_refused(self, stream_id: int, now: float) -> list[Action]:
+        if self.mux.remove(stream_id) is None or not self.serving:
+            return []
+        return self._send_control(self._end, RelayMsg(RelayCommand.END, stream_id,
+                                                      bytes([DESTROY_CODES[TeardownReason.REFUSED]])))
+
+    # -- meeting points (rendezvous.py) -----------------------------------------------------------
+
+    def send_meeting(self, command: RelayCommand, data: bytes, now: float) -> list[Action]:
+        """Send ESTABLISH_INTRO, INTRODUCE1, ESTABLISH_RENDEZVOUS or RENDEZVOUS1 to the last relay
+        of the path; the answers come back as `CircuitMessage`."""
+        if command not in MEETING_REQUESTS:
+            raise LocalProtocolError(f"{command.name} is not a meeting-point request")
+        if self.state is not CircuitState.OPEN or self.virtual_hop:
+            raise LocalProtocolError("meeting-point requests need an open circuit not yet joined")
+        return self._send_control(len(self.path) - 1, RelayMsg(command, 0, data))
+
+    def add_virtual_hop(self, keys: HopKeys, *, serve: bool) -> None:
+        """After RENDEZVOUS2 (client) or RENDEZVOUS1 (service): the far end becomes the last hop,
+        with the keys of the end-to-end handshake; `serve` on the service's side (it accepts
+        streams, and its directions are the client's mirrored)."""
+        if self.state is not CircuitState.OPEN or self.virtual_hop or self.mux.streams:
+            raise LocalProtocolError("a virtual hop goes on an open circuit without streams, once")
+        self.onion.add_hop(keys, mirrored=serve)
+        self.virtual_hop = True
+        self.serving = serve
+
+    @property
+    def _end(self) -> int:
+        """The hop streams go to: the last relay, or the far end once joined."""
+        return len(self.onion.hops) - 1
 
     def queued_bytes(self, stream_id: int) -> int:
         """Bytes waiting for window or padding slots (the adapter's backpressure signal)."""
@@ -252,7 +318,7 @@ class ClientCircuit:
 
     def _slot(self, now: float) -> list[Action]:
         """One padding slot: a control message, else a DATA cell, else a DROP."""
-        last = len(self.path) - 1
+        last = self._end
         if self._control:
             return self._send_now(*self._control.popleft())
         out = self._next_data(now)
@@ -263,7 +329,7 @@ class ClientCircuit:
         out: list[Action] = []
         for sid in self.mux.flushed_ends():
             self.mux.remove(sid)
-            out += self._send_control(len(self.path) - 1, RelayMsg(RelayCommand.END, sid,
+            out += self._send_control(self._end, RelayMsg(RelayCommand.END, sid,
                                                                    bytes([DESTROY_CODES[TeardownReason.NONE]])))
         return out
 
@@ -271,7 +337,7 @@ class ClientCircuit:
         msg = self.mux.next_data()
         if msg is None:
             return []
-        body, tag = self.onion.seal_forward(len(self.path) - 1, msg.encode())
+        body, tag = self.onion.seal_forward(self._end, msg.encode())
         self.mux.sent_data(msg.stream_id, len(msg.data), tag)
         return [self._cell(CellCommand.RELAY, body)]
 

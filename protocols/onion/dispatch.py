@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping, Protocol, get_args
 
-from fognode.protocols.onion.actions import (Action, CircuitBuilt, CircuitClosed, OpenStream, PeerFault,
-                                             PersistState, SendCell, StreamConnected, StreamData, StreamEnded)
+from fognode.protocols.onion.actions import (Action, CircuitBuilt, CircuitClosed, CircuitMessage, OpenStream,
+                                             PeerFault, PersistState, SendCell, StreamConnected, StreamData,
+                                             StreamEnded)
 
 
 class ActionHandler(Protocol):
@@ -30,6 +31,7 @@ class ActionHandler(Protocol):
     def open_stream(self, a: OpenStream) -> None: ...
     def peer_fault(self, a: PeerFault) -> None: ...
     def persist_state(self, a: PersistState) -> None: ...
+    def circuit_message(self, a: CircuitMessage) -> None: ...
 
 
 Run = Callable[[ActionHandler, Any], None]
@@ -44,6 +46,7 @@ HANDLERS: Mapping[type, Run] = {
     OpenStream: lambda h, a: h.open_stream(a),
     PeerFault: lambda h, a: h.peer_fault(a),
     PersistState: lambda h, a: h.persist_state(a),
+    CircuitMessage: lambda h, a: h.circuit_message(a),
 }
 
 ACTION_TYPES: frozenset[type] = frozenset(get_args(Action))

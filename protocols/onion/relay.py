@@ -11,6 +11,12 @@ The relay never learns more of the path: EXTEND names only the next peer; its re
 as a CREATED on the next link, turned into EXTENDED for the client. `snapshot()` shows this: per
 circuit, the two neighbours and counters, nothing else.
 
+As an introduction or rendezvous point (rendezvous.py) the last hop of a circuit keeps the
+service's circuit under its auth key, hands INTRODUCE1 payloads over unread, and joins a
+client's circuit to a service's on a matching cookie: then a cell that is not for this relay is
+passed from one circuit into the other with the other's backward layer added. A joined relay
+still knows one neighbour per circuit.
+
 Robustness: garbage, short and oversize frames, cells for unknown circuits, and cells out of
 protocol are dropped and reported as `PeerFault` (penalize only when surely the sender's fault:
 a cell racing a DESTROY is not); the relay itself never raises on input. A circuit whose cell
@@ -36,6 +42,8 @@ from fognode.protocols.onion.links import CircIdAllocator
 from fognode.protocols.onion.ntor import server_handshake
 from fognode.protocols.onion.padding import ConstantRate
 from fognode.protocols.onion.relay_crypto import RelayHop
+from fognode.protocols.onion.rendezvous import (AUTH_KEY_LEN, COOKIE_LEN, MeetingPoints, parse_establish_intro,
+                                                split_keyed)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class RelayCircuitView:
 
     prev: str
     next: str | None
+    joined: str | None        # rendezvous: the neighbour on the joined circuit
     age: float
     cells_forward: int
     cells_backward: int
@@ -71,6 +80,12 @@ class RelayCircuit:
         self.backlog: deque[RelayMsg] = deque()     # control messages waiting for a padding slot
         self.cells_forward = 0
         self.cells_backward = 0
+        self.joined: RelayCircuit | None = None     # rendezvous: the other circuit, once joined
+        self.meeting = False                        # registered in MeetingPoints
+
+
+MEETING_CMDS = (RelayCommand.ESTABLISH_INTRO, RelayCommand.INTRODUCE1, RelayCommand.ESTABLISH_RENDEZVOUS,
+                RelayCommand.RENDEZVOUS1)
 
 
 class RelayCore:
@@ -84,6 +99,7 @@ class RelayCore:
         self._links: dict[CircKey, RelayCircuit] = {}     # prev and next keys -> circuit
         self._by_prev: dict[CircKey, RelayCircuit] = {}
         self._replay: OrderedDict[bytes, None] = OrderedDict()
+        self.meetings: MeetingPoints[RelayCircuit] = MeetingPoints()
         self.cells_relayed = 0
         self.dropped = 0
 
@@ -99,7 +115,8 @@ class RelayCore:
         return key in self._links
 
     def snapshot(self, now: float) -> list[RelayCircuitView]:
-        return [RelayCircuitView(c.prev[0], c.next[0] if c.next else None, now - c.created_at, c.cells_forward,
+        return [RelayCircuitView(c.prev[0], c.next[0] if c.next else None, c.joined.prev[0] if c.joined else None,
+                                 now - c.created_at, c.cells_forward,
                                  c.cells_backward, len(c.mux.streams) if c.mux else 0) for c in self.circuits]
 
     # -- input ---------------------------------------------------------------------------------
@@ -179,6 +196,10 @@ class RelayCore:
         circ.cells_forward += 1
         plain, rest, tag = circ.hop.from_previous(body)
         if plain is None:
+            j = circ.joined
+            if j is not None:                     # rendezvous: on into the other circuit, towards its origin
+                j.cells_backward += 1
+                return [SendCell(j.prev[0], Cell(j.prev[1], CellCommand.RELAY, j.hop.from_next(rest)))]
             if circ.next is None or circ.extend_since is not None:
                 raise CircuitProtocolError(TeardownReason.INTEGRITY,
                                            "a relay cell that is not for this hop and has nowhere to go")
@@ -195,8 +216,10 @@ class RelayCore:
             rate = min(parse_padding_negotiate(msg.data), self.params.max_padding_rate)
             circ.padding = ConstantRate(rate, now) if rate > 0 else None
             return []
-        if circ.next is not None:
+        if circ.next is not None or circ.joined is not None:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, f"{cmd.name} for a middle hop")
+        if cmd in MEETING_CMDS:
+            return self._meeting(circ, msg)
         if circ.mux is None:
             circ.mux = StreamMux(self.params.flow)
         mux = circ.mux
@@ -224,11 +247,39 @@ class RelayCore:
             return [StreamEnded(circ.prev, msg.stream_id, parse_end(msg.data))]
         raise CircuitProtocolError(TeardownReason.PROTOCOL, f"unexpected relay {cmd.name} at a relay")
 
+    def _meeting(self, circ: RelayCircuit, msg: RelayMsg) -> list[Action]:
+        """Introduction and rendezvous (rendezvous.py); payloads are passed on unread."""
+        if circ.mux is not None and circ.mux.streams:
+            raise CircuitProtocolError(TeardownReason.PROTOCOL, f"{msg.command.name} on a circuit serving streams")
+        cmd, data = msg.command, msg.data
+        if cmd is RelayCommand.ESTABLISH_INTRO:
+            self.meetings.establish_intro(parse_establish_intro(data, self.identity), circ)
+            circ.meeting = True
+            return self._originate(circ, RelayMsg(RelayCommand.INTRO_ESTABLISHED))
+        if cmd is RelayCommand.INTRODUCE1:
+            key, payload = split_keyed(data, AUTH_KEY_LEN, "introduce1")
+            service = self.meetings.intro.get(key)
+            if service is None or service is circ:
+                return self._originate(circ, RelayMsg(RelayCommand.INTRODUCE_ACK, 0, b"\x01"))
+            return (self._originate(service, RelayMsg(RelayCommand.INTRODUCE2, 0, payload))
+                    + self._originate(circ, RelayMsg(RelayCommand.INTRODUCE_ACK, 0, b"\x00")))
+        if cmd is RelayCommand.ESTABLISH_RENDEZVOUS:
+            self.meetings.establish_rendezvous(data, circ)
+            circ.meeting = True
+            return self._originate(circ, RelayMsg(RelayCommand.RENDEZVOUS_ESTABLISHED))
+        cookie, payload = split_keyed(data, COOKIE_LEN, "rendezvous1")
+        client = self.meetings.take_rendezvous(cookie)
+        if client is None or client is circ or client.joined is not None:
+            raise CircuitProtocolError(TeardownReason.PROTOCOL, "RENDEZVOUS1 with no waiting cookie")
+        out = self._originate(client, RelayMsg(RelayCommand.RENDEZVOUS2, 0, payload))
+        client.joined, circ.joined = circ, client
+        return out
+
     def _extend(self, circ: RelayCircuit, data: bytes, now: float) -> list[Action]:
         if circ.next is not None:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, "EXTEND on a circuit already extended")
-        if circ.mux is not None and circ.mux.streams:
-            raise CircuitProtocolError(TeardownReason.PROTOCOL, "EXTEND on a circuit serving streams")
+        if (circ.mux is not None and circ.mux.streams) or circ.meeting or circ.joined is not None:
+            raise CircuitProtocolError(TeardownReason.PROTOCOL, "EXTEND on a circuit serving streams or a meeting point")
         peer, onionskin = parse_extend(data)
         if peer in (self.self_peer, circ.prev[0]):
             raise CircuitProtocolError(TeardownReason.REFUSED, "EXTEND to this relay or back to the previous hop")
@@ -379,4 +430,10 @@ class RelayCore:
         if circ.mux is not None:
             out += [StreamEnded(circ.prev, sid, reason) for sid in circ.mux.streams]
             circ.mux.streams.clear()
+        if circ.meeting:
+            self.meetings.forget(circ)
+        joined, circ.joined = circ.joined, None
+        if joined is not None and joined.prev in self._by_prev:
+            joined.joined = None
+            out += self._destroy(joined, reason, now)
         return out

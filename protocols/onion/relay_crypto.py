@@ -129,9 +129,12 @@ class HopCrypto:
 
     __slots__ = ("forward", "backward")
 
-    def __init__(self, keys: HopKeys) -> None:
-        self.forward = DirectionState(keys.forward_layer, keys.forward_auth, FORWARD)
-        self.backward = DirectionState(keys.backward_layer, keys.backward_auth, BACKWARD)
+    def __init__(self, keys: HopKeys, mirrored: bool = False) -> None:
+        """`mirrored`: the service's end of an end-to-end virtual hop (rendezvous.py), whose
+        forward direction is the client's backward one and the reverse."""
+        fwd = DirectionState(keys.forward_layer, keys.forward_auth, FORWARD)
+        bwd = DirectionState(keys.backward_layer, keys.backward_auth, BACKWARD)
+        self.forward, self.backward = (bwd, fwd) if mirrored else (fwd, bwd)
 
 
 class ClientOnion:
@@ -140,8 +143,8 @@ class ClientOnion:
     def __init__(self) -> None:
         self.hops: list[HopCrypto] = []
 
-    def add_hop(self, keys: HopKeys) -> None:
-        self.hops.append(HopCrypto(keys))
+    def add_hop(self, keys: HopKeys, mirrored: bool = False) -> None:
+        self.hops.append(HopCrypto(keys, mirrored))
 
     def seal_forward(self, dest: int, plain: bytes) -> tuple[bytes, bytes]:
         """(body of a RELAY cell for the guard, tag) carrying `plain` to hop `dest`."""

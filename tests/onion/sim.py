@@ -17,10 +17,11 @@ from typing import Callable
 
 from nacl.signing import SigningKey
 
-from fognode.protocols.onion.actions import (Action, CircKey, CircuitBuilt, CircuitClosed, OpenStream, PeerFault,
-                                             PersistState, SendCell, StreamConnected, StreamData, StreamEnded)
-from fognode.protocols.onion.dispatch import carry_out
+from fognode.protocols.onion.actions import (Action, CircKey, CircuitBuilt, CircuitClosed, CircuitMessage, OpenStream,
+                                             PeerFault, PersistState, SendCell, StreamConnected, StreamData,
+                                             StreamEnded)
 from fognode.protocols.onion.cells import CellError, CellFramer
+from fognode.protocols.onion.dispatch import carry_out
 from fognode.protocols.onion.circuit import ClientCircuit
 from fognode.protocols.onion.flow import FlowParams
 from fognode.protocols.onion.links import CircIdAllocator
@@ -152,6 +153,11 @@ class SimHandler:
         self.net.queue.append((self.peer, a.peer, a.cell.frame()))
 
     def open_stream(self, a: OpenStream) -> None:
+        own = self._client_circuit(a.circuit)
+        if own is not None:                        # a hidden service's end of a joined circuit
+            accept = own.stream_opened if a.target.startswith("svc.fog") else own.stream_refused
+            self.later.append(lambda: accept(a.stream_id, self.net.now))
+            return
         relay = self.node.relay
         host = a.target.rsplit(":", 1)[0]
         answer = relay.stream_opened if host in ("echo.fog", "sink.fog", "stall.fog") else relay.stream_refused
@@ -159,6 +165,10 @@ class SimHandler:
 
     def stream_data(self, a: StreamData) -> None:
         circ = self._client_circuit(a.circuit)
+        if circ is not None and circ.serving:      # the hidden service echoes
+            self.later.append(lambda: circ.send(a.stream_id, a.data, self.net.now))
+            self.later.append(lambda: circ.consumed(a.stream_id, self.net.now))
+            return
         if circ is not None:                       # data for one of our own circuits
             if self.peer not in self.net.stalled:
                 self._record(a)
@@ -192,4 +202,7 @@ class SimHandler:
         self._record(a)
 
     def persist_state(self, a: PersistState) -> None:
+        self._record(a)
+
+    def circuit_message(self, a: CircuitMessage) -> None:
         self._record(a)
