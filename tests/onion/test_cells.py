@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fognode.protocols.onion import cells
-from fognode.protocols.onion.cells import (BODY_LEN, CELL_SIZE, MAX_DATA, PLAIN_LEN, Cell, CellCommand, CellFramer,
+from fognode.protocols.onion.cells import (BODY_LEN, _RandomPool, CELL_SIZE, MAX_DATA, PLAIN_LEN, Cell, CellCommand, CellFramer,
                                            RelayCommand, RelayMsg, decode_cell, decode_relay)
 from fognode.protocols.onion.errors import CellError, TeardownReason
 
@@ -103,3 +103,10 @@ def test_framer_never_raises(chunks: list[bytes]) -> None:
         for item in f.feed(c):
             assert isinstance(item, (Cell, CellError))
     assert f.buffered <= 2 + 65535
+
+
+def test_random_pool_never_repeats_bytes() -> None:
+    pool = _RandomPool()
+    chunks = [pool.take(4000) for _ in range(40)] + [pool.take(20000)]     # crosses refills
+    assert all(len(c) == n for c, n in zip(chunks, [4000] * 40 + [20000]))
+    assert len({c[:16] for c in chunks}) == len(chunks)
