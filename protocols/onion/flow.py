@@ -2,7 +2,10 @@
 
 As in tor-spec "Flow control" (SENDME v1, proposal 289), counted in DATA cells only: a sender
 may have `window` DATA cells unacknowledged; the receiver answers every `increment` cells with
-a SENDME, which opens the sender's window by `increment`. Circuit-level SENDMEs are
+a SENDME, which opens the sender's window by `increment`: circuit SENDMEs as the cells arrive
+(as in Tor), stream SENDMEs as the owner reports the data consumed by its local reader
+(`on_consumed`), so a slow reader holds its sender back and a sender that ignores its window
+overruns the receiver's and is caught. Circuit-level SENDMEs are
 authenticated: they carry the tag of the DATA cell that triggered them, which the sender
 recorded when it sealed that cell; the tag is unpredictable without the cell itself (cells.py:
 each relay message has a random nonce), so a SENDME proves receipt and a peer cannot inflate
