@@ -17,10 +17,11 @@ What this protects. A tampered cell fails the tag at its endpoint; a replayed, d
 reordered cell is opened with the wrong counter at every layer, so it fails too. A cell that
 verifies nowhere (the client: no hop's tag; the last relay: not its tag and no next hop) tears
 the circuit down. Libp2p streams are reliable and ordered under Noise, so only a relay on the
-circuit can replay or reorder, and it cannot do so undetected. The tag is 16 bytes (Poly1305,
-unique nonce per key): forging one is a 2^-100-class event, against the 4-byte truncated
-running SHA-1 digest of Tor's relay crypto (tor1: AES-CTR per hop + running digest at the
-endpoint) whose "recognized" check also guesses wrong 1 in 2^32.
+circuit can replay, drop or reorder, and it cannot do so undetected (a dropped cell desynchronises
+the counters: every later cell fails, as with Tor's running digest). The tag is 16 bytes
+(Poly1305, unique nonce per key): forging one is a 2^-100-class event, against Tor's relay
+crypto (tor1: AES-CTR per hop, a running SHA-1 digest checked only at the endpoint and
+truncated to 4 bytes in the cell, so a blind forgery passes 1 in 2^32).
 
 What it does not protect (the same as Tor's tor1, tor-spec "relay cells"; Arti's tor1.rs says
 as much): the stream layers are malleable and only the endpoint checks integrity, so a hostile
