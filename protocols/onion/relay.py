@@ -297,6 +297,11 @@ class RelayCore:
             return None
         return circ, circ.mux
 
+    def stream_target(self, key: CircKey, stream_id: int) -> str | None:
+        """The "host:port" a served stream was opened for (None if no such stream)."""
+        found = self._served(key, stream_id)
+        return found[1].streams[stream_id].target if found else None
+
     def stream_opened(self, key: CircKey, stream_id: int, now: float) -> list[Action]:
         found = self._served(key, stream_id)
         if found is None:

@@ -175,8 +175,7 @@ class SimHandler:
                 self.later.append(lambda: circ.consumed(a.stream_id, self.net.now))
             return
         relay, now = self.node.relay, self.net.now
-        served = relay._served(a.circuit, a.stream_id)
-        name = served[1].streams[a.stream_id].target if served is not None else ""
+        name = relay.stream_target(a.circuit, a.stream_id) or ""
         if name.startswith("echo.fog"):
             self.later.append(lambda: relay.send_stream(a.circuit, a.stream_id, a.data, now))
         else:
