@@ -66,10 +66,11 @@ def test_client_and_service_meet_and_stream_end_to_end() -> None:
     net.dispatch(CLIENT, acts)
     net.run()
     assert [e.stream_id for e in net.client_events(CLIENT, StreamConnected)] == [sid]
-    data = os.urandom(100_000)
+    data = os.urandom(1_500_000)                  # > both windows: SENDMEs cross the join both ways
     send(net, rend, sid, data, client=CLIENT)
     net.run()
     assert net.received(CLIENT, rend.key, sid) == data
+    assert rend.mux.circ_send.sent > 256 and svc_rend.mux.circ_send.sent > 256
     # the rendezvous point joins two circuits and knows one neighbour on each
     views = net.nodes["n6"].relay.snapshot(net.now)
     assert sorted((v.prev, v.joined) for v in views) == [("n1", "n5"), ("n5", "n1")]
