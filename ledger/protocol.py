@@ -12,21 +12,18 @@ Once the ledger's store failed a write (service.py: disk full), every method ans
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import trio
 
-from fognode.ledger.address import decode_address, encode_address
+from fognode.ledger.address import encode_address
 from fognode.ledger.audit import compare
-from fognode.ledger.amounts import format_amount, parse_amount
-from fognode.ledger.errors import (LEDGER_BAD_ADDRESS, LEDGER_BAD_AMOUNT, LEDGER_INVARIANT_BROKEN,
-                                   LEDGER_NOT_CERTIFIED, LEDGER_NOT_READY, LEDGER_ORDER_REJECTED,
-                                   LEDGER_STORAGE_FAILED, LEDGER_UNKNOWN_TX, LEDGER_UNKNOWN_WALLET,
-                                   LEDGER_WALLET_LOCKED, LEDGER_BAD_DEBIT_NOTE, LEDGER_BAD_ESCROW,
-                                   LEDGER_ESCROW_UNKNOWN, RPC_CODE_OF_REASON, AddressError, AmountError,
-                                   LedgerStorageFailed, OrderRejected, WalletError)
+from fognode.ledger.amounts import format_amount
+from fognode.ledger.errors import (LEDGER_BAD_DEBIT_NOTE, LEDGER_ESCROW_UNKNOWN, LEDGER_INVARIANT_BROKEN,
+                                   LEDGER_NOT_READY, LEDGER_STORAGE_FAILED, LEDGER_UNKNOWN_TX,
+                                   LEDGER_UNKNOWN_WALLET, LEDGER_WALLET_LOCKED, LedgerStorageFailed,
+                                   WalletError)
 from fognode.ledger.escrow_client import EscrowClient
 from fognode.ledger.escrow_orders import decode_debit_note
 from fognode.ledger.escrow_view import describe_escrow
@@ -35,9 +32,9 @@ from fognode.ledger.messages import BondOrder, Certificate, TransferOrder, Unbon
 from fognode.ledger.api import SERVICE_NAME, LedgerApi
 from fognode.ledger.certgossip import CERT_TOPIC
 from fognode.ledger.order_streams import ORDER_STREAM
+from fognode.ledger.rpc_params import order_errors, parse_address, parse_amount_param, parse_hex32
 from fognode.ledger.service import LedgerService
 from fognode.ledger.settings import Settings
-from fognode.ledger.submit import NotCertified
 from fognode.ledger.sync import SYNC_STREAM
 from fognode.node.errors import ConfigError, FognodeError, RpcError
 from fognode.node.protocol import NodeContext, Protocol
@@ -58,46 +55,6 @@ class LedgerConfig:
     verify_sender: bool = True       # replicas re-check the sender's signature (validators always do)
     uptime_interval: float = 10.0    # seconds between samples of connected peers (uptime receipts)
     uptime_claims: bool = True       # claim this node's uptime reward after each epoch
-
-
-def _addr(text: str, what: str = "address") -> bytes:
-    try:
-        return decode_address(text)
-    except AddressError as e:
-        raise RpcError(LEDGER_BAD_ADDRESS, f"{what}: {e}") from None
-
-
-def _amount(text: str, what: str = "amount") -> int:
-    try:
-        return parse_amount(text)
-    except AmountError as e:
-        raise RpcError(LEDGER_BAD_AMOUNT, f"{what}: {e}") from None
-
-
-def _hex32(text: str, what: str) -> bytes:
-    try:
-        b = bytes.fromhex(text)
-    except ValueError:
-        b = b""
-    if len(b) != 32:
-        raise RpcError(LEDGER_BAD_ESCROW, f"{what}: expected 64 hex digits, got {text!r}")
-    return b
-
-
-@contextmanager
-def _order_errors() -> Iterator[None]:
-    """Map what submitting an order raises to the RPC errors of the ledger."""
-    try:
-        yield
-    except WalletError as e:
-        raise RpcError(LEDGER_WALLET_LOCKED, str(e)) from None
-    except OrderRejected as e:
-        raise RpcError(RPC_CODE_OF_REASON.get(e.reason, LEDGER_ORDER_REJECTED),
-                       f"order rejected: {e.reason.value}: {e.message}", {"reason": e.reason.value}) from None
-    except NotCertified as e:
-        raise RpcError(LEDGER_NOT_CERTIFIED, str(e), e.status) from None
-    except LedgerStorageFailed as e:
-        raise RpcError(LEDGER_STORAGE_FAILED, f"the ledger stopped: {e}", {"path": e.path, "cause": e.cause}) from None
 
 
 class LedgerRole(Protocol):
@@ -163,7 +120,7 @@ class LedgerRole(Protocol):
     def _wallet(self, wallet: str) -> bytes:
         s = self._svc()
         if wallet:
-            pub = _addr(wallet, "wallet")
+            pub = parse_address(wallet, "wallet")
             if not s.keystore.has(pub):
                 raise RpcError(LEDGER_UNKNOWN_WALLET, f"no wallet {wallet} on this node (see wallet.list)")
             return pub
@@ -178,7 +135,7 @@ class LedgerRole(Protocol):
         s = self._svc()
         pub = self._wallet(wallet)
         earlier: list[Certificate] = []
-        with _order_errors():
+        with order_errors():
             key = await s.submitter.unlock_wallet(pub)
             cert = await s.submitter.submit(key, make(bytes(key.verify_key)),
                                             timeout if timeout > 0 else self.config.send_timeout,
@@ -263,7 +220,7 @@ class LedgerRole(Protocol):
     @rpc_method("wallet.balance")
     async def wallet_balance(self, address: str = "") -> dict[str, Any]:
         """Spendable balance, stake and next sequence of ADDRESS (default: the node's wallet)."""
-        pub = _addr(address) if address else self._wallet("")
+        pub = parse_address(address) if address else self._wallet("")
         return self._balance(pub)
 
     @rpc_method("wallet.send")
@@ -276,8 +233,8 @@ class LedgerRole(Protocol):
         send_timeout, 30 by default); on timeout the error (204) says how many validators voted
         and the order stays in flight (the next send from that wallet finishes it first, and
         its result says so under `completed_earlier`)."""
-        recipient = _addr(to, "to")
-        micro = _amount(amount)
+        recipient = parse_address(to, "to")
+        micro = parse_amount_param(amount)
         s = self._svc()
 
         def make(sender: bytes) -> Any:
@@ -292,7 +249,7 @@ class LedgerRole(Protocol):
         counterparty, the amount from the wallet's side, the kind and the status; an order
         this node signed that is not certified yet comes first as `in flight`. --verbose gives
         every field of each order and full ids."""
-        pub = _addr(address) if address else self._wallet("")
+        pub = parse_address(address) if address else self._wallet("")
         s = self._svc()
         rows = []
         pending = s.store.inflight(pub)
@@ -394,7 +351,7 @@ class LedgerRole(Protocol):
     @rpc_method("ledger.escrow")
     async def ledger_escrow(self, escrow: str) -> dict[str, Any]:
         """The escrow ESCROW (hex id) as this replica holds it: parties, amounts, terms, state."""
-        eid = _hex32(escrow, "escrow")
+        eid = parse_hex32(escrow, "escrow")
         e = self._escrows().escrow(eid)
         if e is None:
             raise RpcError(LEDGER_ESCROW_UNKNOWN, f"no escrow {escrow} on this replica")
@@ -403,7 +360,7 @@ class LedgerRole(Protocol):
     @rpc_method("ledger.escrows")
     async def ledger_escrows(self, address: str = "") -> list[dict[str, Any]]:
         """The escrows whose customer or payee is ADDRESS (default: the node's wallet)."""
-        pub = _addr(address) if address else self._wallet("")
+        pub = parse_address(address) if address else self._wallet("")
         return [describe_escrow(k, e) for k, e in self._escrows().escrows_of(pub)]
 
     @rpc_method("escrow.open")
@@ -413,9 +370,9 @@ class LedgerRole(Protocol):
 
         --agreement is the agreement's hash (64 hex digits; default: a fresh random id); the
         payee may close the escrow itself --grace seconds after the deadline."""
-        to, micro, w = _addr(payee, "payee"), _amount(amount), self._wallet(wallet)
-        ag = _hex32(agreement, "agreement") if agreement else os.urandom(32)
-        with _order_errors():
+        to, micro, w = parse_address(payee, "payee"), parse_amount_param(amount), self._wallet(wallet)
+        ag = parse_hex32(agreement, "agreement") if agreement else os.urandom(32)
+        with order_errors():
             cert = await self._escrows().open(ag, to, micro, int(self.ctx.clock()) + seconds, grace, wallet=w,
                                               timeout=timeout or self.config.send_timeout)
         return self._result(cert)
@@ -423,8 +380,8 @@ class LedgerRole(Protocol):
     @rpc_method("escrow.note")
     async def escrow_note(self, escrow: str, due: str, wallet: str = "") -> dict[str, Any]:
         """As the customer, sign a debit note: DUE tokens owed in total under ESCROW (hex)."""
-        eid, micro, w = _hex32(escrow, "escrow"), _amount(due, "due"), self._wallet(wallet)
-        with _order_errors():
+        eid, micro, w = parse_hex32(escrow, "escrow"), parse_amount_param(due, "due"), self._wallet(wallet)
+        with order_errors():
             note = await self._escrows().sign_debit_note(eid, micro, wallet=w)
         return {"escrow": escrow, "due": format_amount(micro), "note": pack(note.to_wire()).hex()}
 
@@ -436,15 +393,15 @@ class LedgerRole(Protocol):
         except (ValueError, FognodeError) as e:
             raise RpcError(LEDGER_BAD_DEBIT_NOTE, f"note: {e}") from None
         w = self._wallet(wallet)
-        with _order_errors():
+        with order_errors():
             cert = await self._escrows().pay_debit_note(n, wallet=w, timeout=timeout or self.config.send_timeout)
         return self._result(cert)
 
     @rpc_method("escrow.refund")
     async def escrow_refund(self, escrow: str, wallet: str = "", timeout: float = 0.0) -> dict[str, Any]:
         """Close ESCROW (hex): the unpaid rest to the customer, the collateral to the payee."""
-        eid, w = _hex32(escrow, "escrow"), self._wallet(wallet)
-        with _order_errors():
+        eid, w = parse_hex32(escrow, "escrow"), self._wallet(wallet)
+        with order_errors():
             cert = await self._escrows().refund(eid, wallet=w, timeout=timeout or self.config.send_timeout)
         return self._result(cert)
 
@@ -453,7 +410,7 @@ class LedgerRole(Protocol):
     @rpc_method("stake.bond")
     async def stake_bond(self, amount: str, wallet: str = "", timeout: float = 0.0) -> dict[str, Any]:
         """Lock AMOUNT tokens of the wallet's balance as stake (not spendable while bonded)."""
-        micro = _amount(amount)
+        micro = parse_amount_param(amount)
         s = self._svc()
 
         def make(sender: bytes) -> Any:
@@ -464,7 +421,7 @@ class LedgerRole(Protocol):
     @rpc_method("stake.unbond")
     async def stake_unbond(self, amount: str, wallet: str = "", timeout: float = 0.0) -> dict[str, Any]:
         """Start unbonding AMOUNT tokens of stake; spendable after the unbonding period."""
-        micro = _amount(amount)
+        micro = parse_amount_param(amount)
         s = self._svc()
 
         def make(sender: bytes) -> Any:
@@ -477,13 +434,27 @@ class LedgerRole(Protocol):
     @rpc_method("stake.status")
     async def stake_status(self, address: str = "") -> dict[str, Any]:
         """Bonded stake, unbonding entries and committee seats of ADDRESS (default: the node's
-        wallet), with the committees of the current and next epoch and whether they are
-        certified."""
-        pub = _addr(address) if address else self._wallet("")
+        wallet), the time to the next epoch, and the committees of the current and next epoch
+        and whether they are certified.
+
+        Validator key versus wallet address: a committee seat belongs to the account that
+        bonded the stake, and a node votes with its identity key (`validator_key`). Stake
+        bonded from any other wallet counts toward a seat that no node signs for, unless some
+        node runs with that key as its identity; `seat_note` says which case ADDRESS is."""
+        pub = parse_address(address) if address else self._wallet("")
         s = self._svc()
         out = self._balance(pub)
-        epoch = s.genesis.epoch_at(self.ctx.clock())
+        now = self.ctx.clock()
+        epoch = s.genesis.epoch_at(now)
         out["epoch"] = epoch
+        out["next_epoch_at"] = s.genesis.epoch_start(epoch + 1)
+        out["next_epoch_in"] = f"{max(0.0, s.genesis.epoch_start(epoch + 1) - now):.0f} s"
+        out["validator_key"] = encode_address(s.me)
+        out["seat_note"] = (
+            "ADDRESS is this node's validator key: stake bonded from it gives this node a committee seat"
+            if pub == s.me else
+            "ADDRESS is not this node's validator key: a seat won by its stake is voted for only by a node "
+            f"whose identity is this key; to make this node a validator, bond from {encode_address(s.me)}")
         out["committee_stake"] = format_amount(s.state.committee_for(epoch).stake_of(pub))
         out["next_committee_stake"] = format_amount(s.state.committee_for(epoch + 1).stake_of(pub))
         out["next_committee_certified"] = s.state.committees.certified(epoch + 1) is not None
