@@ -1,0 +1,57 @@
+"""What the market cores ask their adapter to do (frozen action dataclasses).
+
+The next session's `protocol.py` carries these out with one dispatch table: `Send` writes a
+frame on the negotiation stream to the peer, `Refused` counts the rejection and, when
+`reason.charged`, penalises the peer (overlay.penalize, rate-limited WARNING), `Concluded`
+hands a signed agreement to escrow, `NegotiationFailed` and `AuctionClosed` report outcomes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fognode.protocols.market.agreement import Agreement
+from fognode.protocols.market.errors import RejectReason
+from fognode.protocols.market.messages import Bid
+
+
+@dataclass(frozen=True)
+class Send:
+    peer: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Something from `peer` was refused; charge it when `reason.charged`."""
+
+    what: str            # "offer" | "withdraw" | "demand" | "bid" | "negotiation"
+    reason: RejectReason
+    peer: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Concluded:
+    """A negotiation ended with an agreement signed by both parties."""
+
+    peer: str
+    agreement: Agreement
+
+
+@dataclass(frozen=True)
+class NegotiationFailed:
+    peer: str
+    nonce: bytes
+    reason: str          # "rejected: ...", "timed out", "too many rounds", "protocol: ..."
+
+
+@dataclass(frozen=True)
+class AuctionClosed:
+    """The bidding window of `demand` closed; `winners` are the chosen bids (may be empty)."""
+
+    demand: bytes
+    winners: tuple[Bid, ...]
+    bids: int            # how many valid bids were considered
+
+
+Action = Send | Refused | Concluded | NegotiationFailed | AuctionClosed

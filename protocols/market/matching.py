@@ -1,0 +1,186 @@
+"""Match a demand against the order book and rank the offers (sans-IO, local).
+
+An offer is a candidate when it sells the demand's service, is still valid, passes the
+demand's constraint filter, prices every unit the demand uses, and one replica's cost (price
+times estimated usage, `Demand.cost`) fits the per-replica budget (budget // replication).
+
+Ranking (higher is better), with weights from `Weights` (defaults in parentheses)::
+
+    score = w_price (0.5)      * cheapest candidate's cost / this cost (1.0 when the cost is 0)
+          + w_reputation (0.3) * reputation(provider) / best reputation among the candidates
+          + w_region (0.1)     * 1 if the offer's region is `home_region` else 0
+          + w_latency (0.1)    * 1 / (1 + latency_ms / 100), 0 when latency is unknown
+
+`reputation(peer_id) -> float >= 0` is injected (EigenTrust global trust from the registry
+later) and so is `latency(peer_id) -> float | None` (measured round-trip in ms). Ties break
+on the lower cost, then the (provider key, offer id) order, so every node ranks alike. One
+result per provider (its best offer): replicas must run on distinct providers.
+
+`Matcher` evaluates the filter on a column snapshot of the book (`columns.py`, rebuilt when
+the book's `version` changes) and scores candidates with numpy; `match_linear` is the plain
+per-offer reference (and the benchmark's baseline); both return the same list.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from fognode.protocols.market.columns import Columns
+from fognode.protocols.market.messages import Demand, Offer
+from fognode.protocols.market.orderbook import OrderBook
+
+Reputation = Callable[[str], float]
+Latency = Callable[[str], "float | None"]
+
+
+@dataclass(frozen=True)
+class Weights:
+    price: float = 0.5
+    reputation: float = 0.3
+    region: float = 0.1
+    latency: float = 0.1
+
+
+@dataclass(frozen=True)
+class Match:
+    offer: Offer
+    cost: int                 # one replica, micro-units
+    score: float
+
+
+def _no_reputation(peer: str) -> float:
+    return 0.0
+
+
+def _no_latency(peer: str) -> float | None:
+    return None
+
+
+def _latency_score(ms: float | None) -> float:
+    return 0.0 if ms is None or ms < 0 else 1.0 / (1.0 + ms / 100.0)
+
+
+def _pick(order: Iterable[int], providers: list[bytes], limit: int | None) -> list[int]:
+    seen: set[bytes] = set()
+    out: list[int] = []
+    for i in order:
+        if providers[i] in seen:
+            continue
+        seen.add(providers[i])
+        out.append(i)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def match_linear(offers: Iterable[Offer], demand: Demand, now: float, *,
+                 reputation: Reputation = _no_reputation, latency: Latency = _no_latency,
+                 weights: Weights = Weights(), home_region: str = "",
+                 limit: int | None = None) -> list[Match]:
+    """The reference matcher: every offer checked one by one."""
+    budget = demand.per_replica_budget
+    cands: list[tuple[Offer, int]] = []
+    for o in sorted(offers, key=lambda o: o.key):
+        if o.service != demand.service or o.valid_until <= now:
+            continue
+        if not demand.filter.matches(o.properties()):
+            continue
+        cost = demand.cost(o)
+        if cost is None or cost > budget:
+            continue
+        cands.append((o, cost))
+    if not cands:
+        return []
+    min_cost = min(c for _, c in cands)
+    reps = {o.peer: max(0.0, float(reputation(o.peer))) for o, _ in cands}
+    best_rep = max(reps.values())
+    scored = []
+    for i, (o, cost) in enumerate(cands):
+        p = 1.0 if cost == 0 else float(min_cost) / float(cost)
+        r = reps[o.peer] / best_rep if best_rep > 0 else 0.0
+        g = 1.0 if home_region and o.region == home_region else 0.0
+        lat = _latency_score(latency(o.peer))
+        s = weights.price * p + weights.reputation * r + weights.region * g + weights.latency * lat
+        scored.append((-s, cost, i))
+    scored.sort()
+    score = {i: -neg for neg, _, i in scored}
+    picked = _pick([i for _, _, i in scored], [o.provider for o, _ in cands], limit)
+    return [Match(cands[i][0], cands[i][1], score[i]) for i in picked]
+
+
+class Matcher:
+    """Matches demands against `book` on a cached column snapshot (one per service)."""
+
+    def __init__(self, book: OrderBook, *, reputation: Reputation = _no_reputation,
+                 latency: Latency = _no_latency, weights: Weights = Weights(),
+                 home_region: str = "") -> None:
+        self.book = book
+        self.reputation = reputation
+        self.latency = latency
+        self.weights = weights
+        self.home_region = home_region
+        self._version = -1
+        self._cols: dict[str, Columns] = {}
+
+    def columns(self, service: str) -> Columns:
+        if self._version != self.book.version:
+            by_service: dict[str, list[Offer]] = {}
+            for o in self.book:
+                by_service.setdefault(o.service, []).append(o)
+            self._cols = {s: Columns(offers) for s, offers in by_service.items()}
+            self._version = self.book.version
+        return self._cols.get(service) or Columns([])
+
+    def match(self, demand: Demand, now: float, limit: int | None = None) -> list[Match]:
+        cols = self.columns(demand.service)
+        if cols.n == 0:
+            return []
+        mask = cols.mask(demand.filter.root)
+        mask &= cols.num["valid_until"] > now
+        cost = np.zeros(cols.n)
+        for unit, qty in demand.usage:
+            if qty:
+                price = cols.prices[unit]
+                mask &= ~np.isnan(price)
+                cost += np.nan_to_num(price) * float(qty)
+        budget = demand.per_replica_budget
+        mask &= cost <= float(budget) * (1 + 1e-9)
+        idx = np.flatnonzero(mask)
+        if not len(idx):
+            return []
+        exact = [demand.cost(cols.offers[i]) for i in idx]   # ints: the float pass was a filter
+        keep = [k for k, c in enumerate(exact) if c is not None and c <= budget]
+        idx = idx[keep]
+        costs = [exact[k] for k in keep]
+        if not len(idx):
+            return []
+        return self._rank(cols, idx, costs, limit)
+
+    def _rank(self, cols: Columns, idx: np.ndarray, costs: list[int | None],
+              limit: int | None) -> list[Match]:
+        w = self.weights
+        c = np.array(costs, dtype=float)
+        min_cost = float(min(costs))   # type: ignore[type-var]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = np.where(c == 0, 1.0, min_cost / c)
+        pcodes = cols.provider_codes[idx]
+        uniq, inv = np.unique(pcodes, return_inverse=True)
+        peers = [cols.providers[u] for u in uniq]
+        reps = np.array([max(0.0, float(self.reputation(pe))) for pe in peers])
+        best = reps.max()
+        r = (reps / best)[inv] if best > 0 else np.zeros(len(idx))
+        lats = np.array([_latency_score(self.latency(pe)) for pe in peers])[inv]
+        if self.home_region:
+            rc = cols.text["region"]
+            home = np.array([v == self.home_region for v in rc.values])[rc.codes[idx]]
+            g = home.astype(float)
+        else:
+            g = np.zeros(len(idx))
+        # same operation order as match_linear, so the floats (and the ranking) are identical
+        s = w.price * p + w.reputation * r + w.region * g + w.latency * lats
+        order = np.lexsort((idx, c, -s))
+        picked = _pick(order.tolist(), [cols.offers[i].provider for i in idx], limit)
+        return [Match(cols.offers[idx[k]], int(costs[k]), float(s[k]))   # type: ignore[arg-type]
+                for k in picked]
