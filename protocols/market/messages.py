@@ -332,7 +332,10 @@ def decode_offer_gossip(data: bytes, *, peer: str | None = None) -> Offer | With
                        f"{MAX_OFFER_BYTES}", peer=peer)
     raw = wc.malformed(unpack, data, max_size=MAX_OFFER_BYTES, what="offers topic message",
                        peer=peer)
-    t = raw.get("t") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict):
+        raise Rejected(RejectReason.MALFORMED, f"offers topic message: expected a map, got "
+                       f"{type(raw).__name__}", peer=peer)
+    t = raw.get("t")
     if t == "withdraw":
         return decode_withdraw(data, peer=peer)
     if t == "offer":
