@@ -43,7 +43,7 @@ def test_bad_offers_are_charged_to_the_sender() -> None:
     assert acts[0].peer == peer(B) and acts[0].reason.charged and acts[0].what == "offer"
     acts = book.receive(peer(B), offer(A).encode(), NOW)   # relayed under another origin
     assert _reasons(acts) == [RejectReason.SPOOFED_ORIGIN] and acts[0].reason.charged
-    acts = book.receive(peer(B), b"\x93\x01\x02", NOW)
+    acts = book.receive(peer(B), b"\x92\x01\x02", NOW)
     assert _reasons(acts) == [RejectReason.MALFORMED] and "expected a map" in acts[0].detail
     assert len(book) == 0
 
