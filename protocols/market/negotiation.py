@@ -150,13 +150,16 @@ class Negotiation:
         return [Send(self.peer, sign_proposal(self.key, self.by, terms).encode())]
 
     def _fail(self, reason: str, now: float, *, tell: bool = True,
-              refused: tuple[RejectReason, str] | None = None) -> list[Action]:
+              refused: tuple[RejectReason, str] | None = None,
+              told: str | None = None) -> list[Action]:
+        """Fail the negotiation: `reason` is ours to report, `told` (default `reason`) what
+        the reject sent to the peer says."""
         out: list[Action] = []
         if refused is not None:
             out.append(Refused("negotiation", refused[0], self.peer, refused[1]))
         if tell and self.terms is not None:
             out.append(Send(self.peer, sign_reject(self.key, self.by, self.nonce,
-                                                   self.terms.round, reason).encode()))
+                                                   self.terms.round, told or reason).encode()))
         self.state = State.FAILED
         out.append(NegotiationFailed(self.peer, self.nonce, reason))
         return out
@@ -180,7 +183,7 @@ class Negotiation:
                 raise ValueError("a policy's counter must be Terms.revise of the peer's terms")
             self.terms, self.state, self.deadline = mine, State.WAITING, now + self.timeout
             return [Send(self.peer, sign_proposal(self.key, self.by, mine).encode())]
-        return self._fail(f"rejected: {d.reason}", now)
+        return self._fail(f"rejected: {d.reason}", now, told=d.reason)
 
     def on_proposal(self, p: Proposal, now: float) -> list[Action]:
         """Provider: the opening proposal (checked by `Negotiations`); customer/provider: a
