@@ -36,21 +36,28 @@ class Columns:
         self.offers = sorted(offers, key=lambda o: o.key)
         n = len(self.offers)
         self.n = n
-        num: dict[str, np.ndarray] = {}
-        for name in NUMERIC:
-            num[name] = np.full(n, np.nan)
+        nan = float("nan")
+        cols: dict[str, list[float]] = {name: [nan] * n for name in NUMERIC}
         text_idx: dict[str, dict[str, int]] = {name: {} for name in TEXT}
-        codes = {name: np.zeros(n, dtype=np.int32) for name in TEXT}
+        text_codes: dict[str, list[int]] = {name: [0] * n for name in TEXT}
         for i, o in enumerate(self.offers):
             for name, v in o.properties().items():
-                if name in num:
-                    num[name][i] = v
+                col = cols.get(name)
+                if col is not None:
+                    col[i] = v      # type: ignore[assignment]
                 else:
                     table = text_idx[name]
-                    codes[name][i] = table.setdefault(v, len(table))   # type: ignore[arg-type]
+                    text_codes[name][i] = table.setdefault(v, len(table))   # type: ignore[arg-type]
+        num = {name: np.array(col, dtype=np.float64) for name, col in cols.items()}
+        codes = {name: np.array(c, dtype=np.int32) for name, c in text_codes.items()}
         self.num = num
         self.text = {name: TextColumn(codes[name], list(text_idx[name])) for name in TEXT}
         self.prices = {u: num[f"price.{u}"] for u in UNITS}
+        # exact integer prices (0 where unset) and which rows set them, for exact costs
+        self.has_price = {u: ~np.isnan(a) for u, a in self.prices.items()}
+        self.int_price = {u: np.where(self.has_price[u], np.nan_to_num(a), 0).astype(np.int64)
+                          for u, a in self.prices.items()}
+        self.valid_until = num["valid_until"]
         self.provider_codes = codes["provider"]
         self.providers = self.text["provider"].values
 

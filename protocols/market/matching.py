@@ -30,6 +30,7 @@ import numpy as np
 from fognode.protocols.market.columns import Columns
 from fognode.protocols.market.messages import Demand, Offer
 from fognode.protocols.market.orderbook import OrderBook
+from fognode.protocols.market.wirecommon import MAX_PRICE
 
 Reputation = Callable[[str], float]
 Latency = Callable[[str], "float | None"]
@@ -111,18 +112,24 @@ def match_linear(offers: Iterable[Offer], demand: Demand, now: float, *,
 
 
 class Matcher:
-    """Matches demands against `book` on a cached column snapshot (one per service)."""
+    """Matches demands against `book` on a cached column snapshot (one per service).
+
+    Reputation and latency are read once per provider and kept for `score_ttl` seconds of
+    `now` (EigenTrust recomputes every 30 s by default); with `score_ttl` = 0 they are read
+    for every demand, for the candidate providers only."""
 
     def __init__(self, book: OrderBook, *, reputation: Reputation = _no_reputation,
                  latency: Latency = _no_latency, weights: Weights = Weights(),
-                 home_region: str = "") -> None:
+                 home_region: str = "", score_ttl: float = 10.0) -> None:
         self.book = book
         self.reputation = reputation
         self.latency = latency
         self.weights = weights
         self.home_region = home_region
+        self.score_ttl = score_ttl
         self._version = -1
         self._cols: dict[str, Columns] = {}
+        self._scores: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
 
     def columns(self, service: str) -> Columns:
         if self._version != self.book.version:
@@ -130,48 +137,64 @@ class Matcher:
             for o in self.book:
                 by_service.setdefault(o.service, []).append(o)
             self._cols = {s: Columns(offers) for s, offers in by_service.items()}
+            self._scores = {}
             self._version = self.book.version
         return self._cols.get(service) or Columns([])
+
+    def _provider_scores(self, service: str, cols: Columns, codes: np.ndarray,
+                         now: float) -> tuple[np.ndarray, np.ndarray]:
+        """(reputation, latency score) per row of `codes` (provider codes)."""
+        if self.score_ttl <= 0:
+            uniq, inv = np.unique(codes, return_inverse=True)
+            peers = [cols.providers[u] for u in uniq]
+            reps = np.array([max(0.0, float(self.reputation(p))) for p in peers])
+            lats = np.array([_latency_score(self.latency(p)) for p in peers])
+            return reps[inv], lats[inv]
+        cached = self._scores.get(service)
+        if cached is None or now - cached[0] >= self.score_ttl or now < cached[0]:
+            reps = np.array([max(0.0, float(self.reputation(p))) for p in cols.providers])
+            lats = np.array([_latency_score(self.latency(p)) for p in cols.providers])
+            cached = self._scores[service] = (now, reps, lats)
+        return cached[1][codes], cached[2][codes]
 
     def match(self, demand: Demand, now: float, limit: int | None = None) -> list[Match]:
         cols = self.columns(demand.service)
         if cols.n == 0:
             return []
         mask = cols.mask(demand.filter.root)
-        mask &= cols.num["valid_until"] > now
-        cost = np.zeros(cols.n)
-        for unit, qty in demand.usage:
-            if qty:
-                price = cols.prices[unit]
-                mask &= ~np.isnan(price)
-                cost += np.nan_to_num(price) * float(qty)
+        mask &= cols.valid_until > now
+        used = [(u, q) for u, q in demand.usage if q]
+        for unit, _ in used:
+            mask &= cols.has_price[unit]
         budget = demand.per_replica_budget
-        mask &= cost <= float(budget) * (1 + 1e-9)
-        idx = np.flatnonzero(mask)
+        if sum(q for _, q in used) * MAX_PRICE < 2**62:      # int64 cannot overflow: exact
+            cost = np.zeros(cols.n, dtype=np.int64)
+            for unit, qty in used:
+                cost += cols.int_price[unit] * qty
+            mask &= cost <= budget
+            idx = np.flatnonzero(mask)
+            costs = cost[idx]
+        else:                                                 # huge quantities: Python ints
+            idx = np.flatnonzero(mask)
+            exact = [demand.cost(cols.offers[i]) for i in idx]
+            keep = [k for k, c in enumerate(exact) if c is not None and c <= budget]
+            idx, costs = idx[keep], np.array([exact[k] for k in keep], dtype=object)
         if not len(idx):
             return []
-        exact = [demand.cost(cols.offers[i]) for i in idx]   # ints: the float pass was a filter
-        keep = [k for k, c in enumerate(exact) if c is not None and c <= budget]
-        idx = idx[keep]
-        costs = [exact[k] for k in keep]
-        if not len(idx):
-            return []
-        return self._rank(cols, idx, costs, limit)
+        return self._rank(demand.service, cols, idx, costs, now, limit)
 
-    def _rank(self, cols: Columns, idx: np.ndarray, costs: list[int | None],
+    def _rank(self, service: str, cols: Columns, idx: np.ndarray, costs: np.ndarray, now: float,
               limit: int | None) -> list[Match]:
+        """`costs` are exact (int64, or Python ints in an object array)."""
         w = self.weights
-        c = np.array(costs, dtype=float)
-        min_cost = float(min(costs))   # type: ignore[type-var]
+        c = costs.astype(float) if costs.dtype != object else np.array([float(x) for x in costs])
+        min_cost = float(costs.min())
         with np.errstate(divide="ignore", invalid="ignore"):
             p = np.where(c == 0, 1.0, min_cost / c)
         pcodes = cols.provider_codes[idx]
-        uniq, inv = np.unique(pcodes, return_inverse=True)
-        peers = [cols.providers[u] for u in uniq]
-        reps = np.array([max(0.0, float(self.reputation(pe))) for pe in peers])
+        reps, lats = self._provider_scores(service, cols, pcodes, now)
         best = reps.max()
-        r = (reps / best)[inv] if best > 0 else np.zeros(len(idx))
-        lats = np.array([_latency_score(self.latency(pe)) for pe in peers])[inv]
+        r = reps / best if best > 0 else np.zeros(len(idx))
         if self.home_region:
             rc = cols.text["region"]
             home = np.array([v == self.home_region for v in rc.values])[rc.codes[idx]]
@@ -181,6 +204,9 @@ class Matcher:
         # same operation order as match_linear, so the floats (and the ranking) are identical
         s = w.price * p + w.reputation * r + w.region * g + w.latency * lats
         order = np.lexsort((idx, c, -s))
-        picked = _pick(order.tolist(), [cols.offers[i].provider for i in idx], limit)
-        return [Match(cols.offers[idx[k]], int(costs[k]), float(s[k]))   # type: ignore[arg-type]
-                for k in picked]
+        # one row per provider: its first (best) row in ranking order
+        _, first = np.unique(pcodes[order], return_index=True)
+        picked = order[np.sort(first)]
+        if limit is not None:
+            picked = picked[:limit]
+        return [Match(cols.offers[idx[k]], int(costs[k]), float(s[k])) for k in picked]
