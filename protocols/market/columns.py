@@ -44,10 +44,10 @@ class Columns:
             for name, v in o.properties().items():
                 col = cols.get(name)
                 if col is not None:
-                    col[i] = v      # type: ignore[assignment]
+                    col[i] = v
                 else:
                     table = text_idx[name]
-                    text_codes[name][i] = table.setdefault(v, len(table))   # type: ignore[arg-type]
+                    text_codes[name][i] = table.setdefault(v, len(table))
         num = {name: np.array(col, dtype=np.float64) for name, col in cols.items()}
         codes = {name: np.array(c, dtype=np.int32) for name, c in text_codes.items()}
         self.num = num

@@ -8,8 +8,12 @@ Every node keeps one. Offers are keyed by (provider public key, offer id):
   `max_clock_skew` ahead of our clock.
 - **Replacement.** A higher `seq` for the same key replaces the offer; a lower one is stale, the
   same one a duplicate (or, with different content, an equivocation charged to the provider).
-  A withdrawal removes the offer and leaves a tombstone (its seq) until the longest lifetime an
-  offer can have, so a replayed older offer cannot come back.
+  A withdrawal removes the offer and leaves a tombstone (its seq) for the longest lifetime an
+  offer can have; a replaced offer leaves one (its seq) until it would have expired. So no
+  offer is admitted while one of the same key with a sequence at least as high is still
+  valid, nor after a withdrawal of at least its sequence: a replayed older offer cannot come
+  back, not even once its successor expired. Tombstones are bounded by `max_offers` too (the
+  soonest to lapse goes first).
 - **Expiry.** `tick(now)` drops offers whose `valid_until` passed (a heap, lazily cleaned).
 - **Per-provider cap.** A provider holds at most `max_per_provider` offers; a new offer id
   beyond that is refused (CAPACITY): it must replace or withdraw one of its own.
@@ -28,7 +32,6 @@ changes whenever the content changes (matching caches its column snapshot on it)
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
 from typing import Iterator
 
 from fognode.protocols.market.actions import Action, Refused
@@ -48,7 +51,8 @@ class OrderBook:
         self.offers: dict[Key, Offer] = {}
         self.by_provider: dict[bytes, set[str]] = {}
         self._heap: list[tuple[int, Key, int]] = []          # (valid_until, key, seq)
-        self._tombs: OrderedDict[Key, tuple[int, float]] = OrderedDict()  # key -> (seq, until)
+        self._tombs: dict[Key, tuple[int, float]] = {}        # key -> (seq, until)
+        self._tomb_heap: list[tuple[float, Key]] = []
         self.version = 0
 
     def __len__(self) -> int:
@@ -88,8 +92,9 @@ class OrderBook:
             return RejectReason.FUTURE, f"offer {offer.id!r} issued {offer.issued - now:.0f} s ahead"
         key = offer.key
         tomb = self._tombs.get(key)
-        if tomb is not None and offer.seq <= tomb[0]:
-            return RejectReason.STALE_SEQ, f"offer {offer.id!r} seq {offer.seq} was withdrawn"
+        if tomb is not None and offer.seq <= tomb[0] and tomb[1] > now:
+            return (RejectReason.STALE_SEQ,
+                    f"offer {offer.id!r} seq {offer.seq} was superseded or withdrawn")
         old = self.offers.get(key)
         if old is not None:
             if offer.seq < old.seq:
@@ -106,8 +111,23 @@ class OrderBook:
                         f"provider holds {len(held)} offers, the limit is {self.max_per_provider}")
             if len(self.offers) >= self.max_offers and not self._evict_for(len(held)):
                 return RejectReason.CAPACITY, f"order book full ({self.max_offers} offers)"
+        if old is not None:
+            self._tomb(key, old.seq, old.valid_until)
         self._put(offer)
         return None
+
+    def _tomb(self, key: Key, seq: int, until: float) -> None:
+        """Refuse offers of `key` up to `seq` until `until` (merged with an existing tomb)."""
+        prev = self._tombs.get(key)
+        if prev is not None:
+            seq, until = max(seq, prev[0]), max(until, prev[1])
+        self._tombs[key] = (seq, until)
+        heapq.heappush(self._tomb_heap, (until, key))
+        while len(self._tombs) > self.max_offers:
+            t_until, t_key = heapq.heappop(self._tomb_heap)
+            live = self._tombs.get(t_key)
+            if live is not None and live[1] == t_until:
+                del self._tombs[t_key]
 
     def _put(self, offer: Offer) -> None:
         self.offers[offer.key] = offer
@@ -150,15 +170,13 @@ class OrderBook:
         key = w.key
         old = self.offers.get(key)
         tomb = self._tombs.get(key)
-        if (old is not None and w.seq <= old.seq) or (tomb is not None and w.seq <= tomb[0]):
+        if (old is not None and w.seq <= old.seq) or (tomb is not None and w.seq <= tomb[0]
+                                                          and tomb[1] > now):
             return RejectReason.STALE_SEQ, f"withdrawal of {w.id!r} seq {w.seq} is not newer"
         if w.issued > now + self.max_clock_skew:
             return RejectReason.FUTURE, f"withdrawal of {w.id!r} issued ahead of our clock"
         self._remove(key)
-        self._tombs[key] = (w.seq, now + MAX_OFFER_TTL)
-        self._tombs.move_to_end(key)
-        while len(self._tombs) > self.max_offers:
-            self._tombs.popitem(last=False)
+        self._tomb(key, w.seq, now + MAX_OFFER_TTL)
         return None
 
     def tick(self, now: float) -> int:
@@ -170,8 +188,14 @@ class OrderBook:
             if o is not None and o.seq == seq and o.valid_until <= now:
                 self._remove(key)
                 dropped += 1
-        while self._tombs and next(iter(self._tombs.values()))[1] <= now:
-            self._tombs.popitem(last=False)
+        while self._tomb_heap and self._tomb_heap[0][0] <= now:
+            until, key = heapq.heappop(self._tomb_heap)
+            live = self._tombs.get(key)
+            if live is not None and live[1] <= now:
+                del self._tombs[key]
+        if len(self._tomb_heap) > 4 * max(len(self._tombs), 64):
+            self._tomb_heap = [(u, k) for k, (_, u) in self._tombs.items()]
+            heapq.heapify(self._tomb_heap)
         return dropped
 
     def providers(self) -> int:
