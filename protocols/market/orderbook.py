@@ -12,8 +12,10 @@ Every node keeps one. Offers are keyed by (provider public key, offer id):
   offer can have; a replaced offer leaves one (its seq) until it would have expired. So no
   offer is admitted while one of the same key with a sequence at least as high is still
   valid, nor after a withdrawal of at least its sequence: a replayed older offer cannot come
-  back, not even once its successor expired. Tombstones are bounded by `max_offers` too (the
-  soonest to lapse goes first).
+  back, not even once its successor expired. Tombstones are bounded by `max_tombstones`
+  (default twice `max_offers`; the soonest to lapse goes first): past that bound a flood of
+  withdrawals could let a withdrawn offer, still validly signed, be replayed until it expires
+  (its provider then refuses to negotiate on it).
 - **Expiry.** `tick(now)` drops offers whose `valid_until` passed (a heap, lazily cleaned).
 - **Per-provider cap.** A provider holds at most `max_per_provider` offers; a new offer id
   beyond that is refused (CAPACITY): it must replace or withdraw one of its own.
@@ -22,7 +24,8 @@ Every node keeps one. Offers are keyed by (provider public key, offer id):
   M > P's count; otherwise it is refused (CAPACITY). So nobody is evicted to make room for a
   provider that already holds as many offers as anyone, one peer can never hold more than
   `max_per_provider`, and a provider with a single offer loses it only once every provider
-  holds exactly one. Finding the victim scans the largest providers' offers (O(max_offers)
+  holds exactly one. An evicted offer leaves no tombstone (the book forgot it; it may be
+  admitted again when there is room). Finding the victim scans the largest providers' offers (O(max_offers)
   at worst), and only when the book is full.
 
 Refusals come back as `Refused` actions; `reason.charged` says whether the origin is to blame
@@ -44,8 +47,9 @@ Key = tuple[bytes, str]
 
 class OrderBook:
     def __init__(self, *, max_offers: int = 10_000, max_per_provider: int = 16,
-                 max_clock_skew: float = 300.0) -> None:
+                 max_clock_skew: float = 300.0, max_tombstones: int | None = None) -> None:
         self.max_offers = max_offers
+        self.max_tombstones = max_tombstones if max_tombstones is not None else 2 * max_offers
         self.max_per_provider = max_per_provider
         self.max_clock_skew = max_clock_skew
         self.offers: dict[Key, Offer] = {}
@@ -123,7 +127,7 @@ class OrderBook:
             seq, until = max(seq, prev[0]), max(until, prev[1])
         self._tombs[key] = (seq, until)
         heapq.heappush(self._tomb_heap, (until, key))
-        while len(self._tombs) > self.max_offers:
+        while len(self._tombs) > self.max_tombstones:
             t_until, t_key = heapq.heappop(self._tomb_heap)
             live = self._tombs.get(t_key)
             if live is not None and live[1] == t_until:

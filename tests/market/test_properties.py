@@ -21,9 +21,11 @@ IDS = ["a", "b", "c"]
 class BookMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.book = OrderBook(max_offers=6, max_per_provider=2, max_clock_skew=30)
+        self.book = OrderBook(max_offers=6, max_per_provider=2, max_clock_skew=30,
+                              max_tombstones=len(KEYS) * len(IDS))
         self.now = NOW
-        # key -> [(seq, until)]: an offer up to seq may not come (back) before until
+        # key -> [(seq, until)]: an offer up to seq may not come (back) before until (an
+        # evicted or expired offer leaves no block: the book forgot it)
         self.blocks: dict[tuple[bytes, str], list[tuple[int, float]]] = {}
 
     @rule(k=st.sampled_from(KEYS), oid=st.sampled_from(IDS), seq=st.integers(0, 6),
@@ -36,7 +38,8 @@ class BookMachine(RuleBasedStateMachine):
             assert before is None or seq > before.seq
             assert not any(seq <= s and until > self.now for s, until in self.blocks.get(o.key, []))
             assert o.valid_until > self.now and o.issued <= self.now + 30
-            self.blocks.setdefault(o.key, []).append((seq, o.valid_until))
+            if before is not None:      # superseded: blocked until it would have expired
+                self.blocks.setdefault(o.key, []).append((before.seq, before.valid_until))
 
     @rule(k=st.sampled_from(KEYS), oid=st.sampled_from(IDS), seq=st.integers(0, 8))
     def withdraw(self, k, oid, seq) -> None:
