@@ -46,6 +46,13 @@ class NegotiationFailed:
 
 
 @dataclass(frozen=True)
+class OffersExpired:
+    """`count` offers left the order book because their `valid_until` passed."""
+
+    count: int
+
+
+@dataclass(frozen=True)
 class AuctionClosed:
     """The bidding window of `demand` closed; `winners` are the chosen bids (may be empty)."""
 
@@ -54,4 +61,4 @@ class AuctionClosed:
     bids: int            # how many valid bids were considered
 
 
-Action = Send | Refused | Concluded | NegotiationFailed | AuctionClosed
+Action = Send | Refused | Concluded | NegotiationFailed | OffersExpired | AuctionClosed

@@ -89,6 +89,8 @@ def provider_policy(offer: Offer) -> Policy:
 
     def decide(t: Terms) -> Decision:
         asked = dict(t.prices)
+        if t.service != offer.service or t.offer != offer.id or t.provider != offer.provider:
+            return RejectTerms(f"terms are not for offer {offer.id!r} ({offer.service})")
         if any(u not in floor for u, q in t.usage if q):
             return RejectTerms("the offer does not price a unit the job uses")
         cost = t.estimated_cost()

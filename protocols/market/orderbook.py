@@ -37,7 +37,7 @@ from __future__ import annotations
 import heapq
 from typing import Iterator
 
-from fognode.protocols.market.actions import Action, Refused
+from fognode.protocols.market.actions import Action, OffersExpired, Refused
 from fognode.protocols.market.errors import Rejected, RejectReason
 from fognode.protocols.market.messages import (MAX_OFFER_TTL, Offer, Withdraw,
                                                decode_offer_gossip)
@@ -183,8 +183,8 @@ class OrderBook:
         self._tomb(key, w.seq, now + MAX_OFFER_TTL)
         return None
 
-    def tick(self, now: float) -> int:
-        """Drop expired offers and tombstones; how many offers were dropped."""
+    def tick(self, now: float) -> list[Action]:
+        """Drop expired offers and lapsed tombstones; `OffersExpired` when offers went."""
         dropped = 0
         while self._heap and self._heap[0][0] <= now:
             _, key, seq = heapq.heappop(self._heap)
@@ -200,7 +200,7 @@ class OrderBook:
         if len(self._tomb_heap) > 4 * max(len(self._tombs), 64):
             self._tomb_heap = [(u, k) for k, (_, u) in self._tombs.items()]
             heapq.heapify(self._tomb_heap)
-        return dropped
+        return [OffersExpired(dropped)] if dropped else []
 
     def providers(self) -> int:
         return len(self.by_provider)

@@ -3,7 +3,7 @@ the per-provider cap and the fair-share eviction rule; a bad offer is charged to
 from __future__ import annotations
 
 from fognode.node.wire import pack, unpack
-from fognode.protocols.market.actions import Refused
+from fognode.protocols.market.actions import OffersExpired, Refused
 from fognode.protocols.market.errors import RejectReason
 from fognode.protocols.market.messages import sign_withdraw
 from fognode.protocols.market.orderbook import OrderBook
@@ -58,17 +58,18 @@ def test_expiry_and_future() -> None:
     assert not RejectReason.EXPIRED.charged
     assert _reasons(book.receive(peer(B), offer(B, issued=NOW + 61).encode(), NOW)) \
         == [RejectReason.FUTURE]
-    assert book.tick(NOW + 9) == 0 and len(book) == 2
-    assert book.tick(NOW + 10) == 1 and [o.id for o in book] == ["l"]
-    assert book.tick(NOW + 1000) == 1 and len(book) == 0 and book.providers() == 0
+    assert book.tick(NOW + 9) == [] and len(book) == 2
+    assert book.tick(NOW + 10) == [OffersExpired(1)] and [o.id for o in book] == ["l"]
+    assert book.tick(NOW + 1000) == [OffersExpired(1)] and len(book) == 0
+    assert book.providers() == 0
 
 
 def test_replacement_then_expiry_uses_the_new_lifetime() -> None:
     book = OrderBook()
     book.receive(peer(A), offer(A, seq=1, ttl=10).encode(), NOW)
     book.receive(peer(A), offer(A, seq=2, ttl=100).encode(), NOW)
-    assert book.tick(NOW + 50) == 0 and len(book) == 1   # the stale heap entry is skipped
-    assert book.tick(NOW + 100) == 1
+    assert book.tick(NOW + 50) == [] and len(book) == 1   # the stale heap entry is skipped
+    assert book.tick(NOW + 100) == [OffersExpired(1)]
 
 
 def test_withdraw_leaves_a_tombstone() -> None:
