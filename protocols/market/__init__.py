@@ -13,5 +13,6 @@ One concern per module, no IO (the trio adapter `protocol.py` comes with the rol
 - `auction`: the reverse auction (customer side) and bid making (provider side).
 - `negotiation`: proposal / counter / accept state machines, both sides, with timeouts.
 - `pricing`: supply, demand, fill ratio, price percentiles and EWMA price suggestions.
+- `core`: `MarketCore`, the one state machine the adapter drives (gossip, stream, tick).
 - `actions`: what the cores ask the adapter to do; `config`: `[protocols.market]`.
 """

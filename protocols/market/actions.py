@@ -1,7 +1,7 @@
 """What the market cores ask their adapter to do (frozen action dataclasses).
 
-The next session's `protocol.py` carries these out with one dispatch table: `Send` writes a
-frame on the negotiation stream to the peer, `Refused` counts the rejection and, when
+The next session's `protocol.py` carries these out with one dispatch table: `Publish` puts a
+message on a gossip topic, `Send` writes a frame on the market stream to the peer, `Refused` counts the rejection and, when
 `reason.charged`, penalises the peer (overlay.penalize, rate-limited WARNING), `Concluded`
 hands a signed agreement to escrow, `NegotiationFailed` and `AuctionClosed` report outcomes.
 """
@@ -12,6 +12,14 @@ from dataclasses import dataclass
 from fognode.protocols.market.agreement import Agreement
 from fognode.protocols.market.errors import RejectReason
 from fognode.protocols.market.messages import Bid
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Publish `data` on gossip `topic`."""
+
+    topic: str
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -61,4 +69,4 @@ class AuctionClosed:
     bids: int            # how many valid bids were considered
 
 
-Action = Send | Refused | Concluded | NegotiationFailed | OffersExpired | AuctionClosed
+Action = Publish | Send | Refused | Concluded | NegotiationFailed | OffersExpired | AuctionClosed
