@@ -128,6 +128,9 @@ class MarketCore:
                           debit_interval=debit_interval)
         if max_total is not None:
             terms = dataclasses.replace(terms, max_total=max_total)
+        if (offer.peer, nonce) in self.negotiations.active:
+            raise MarketError(f"a negotiation for demand {demand.id!r} with offer {offer.id!r} "
+                              "is already open")
         policy = customer_policy(demand.per_replica_budget, sla.uptime_bp)
         return self.negotiations.start(offer.peer, terms, policy, now)
 

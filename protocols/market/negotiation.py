@@ -274,6 +274,8 @@ class Negotiations:
         """Customer: open a negotiation with `peer` on `terms` (round 0, we are the customer)."""
         if terms.customer != self.pubkey or terms.round != 0:
             raise ValueError("start() takes round-0 terms naming this node as the customer")
+        if (peer, terms.nonce) in self.active:
+            raise ValueError("a negotiation with this peer and nonce is already open")
         n = Negotiation(self.key, "customer", peer, policy, timeout=self.timeout,
                         max_rounds=self.max_rounds)
         self.active[(peer, terms.nonce)] = n

@@ -74,6 +74,12 @@ def test_request_matches_negotiates_and_both_sides_agree() -> None:
     stats = net.cores["cust"].stats("eu-west", "compute.wasm", NOW + 2)
     assert (stats.supply, stats.demand, stats.agreements) == (3, 1, 2)
     assert stats.ewma is not None and 10 <= stats.ewma <= 12
+    slow = Net(["cust", "p1"])
+    slow.offer("p1", 10)
+    d1 = demand(slow.keys["cust"], usage={"fuel": 100}, budget=5000)
+    slow.cores["cust"].request(d1, sla=SLA(), debit_interval=60, now=NOW)   # never delivered
+    with pytest.raises(MarketError, match="already open"):
+        slow.cores["cust"].request(d1, sla=SLA(), debit_interval=60, now=NOW)
     with pytest.raises(MarketError, match="0 offer"):
         net.cores["cust"].request(demand(net.keys["cust"], "(cores>=64)", id="d2"),
                                   sla=SLA(), debit_interval=60, now=NOW + 2)
