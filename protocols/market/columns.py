@@ -36,6 +36,8 @@ class Columns:
         self.offers = sorted(offers, key=lambda o: o.key)
         n = len(self.offers)
         self.n = n
+        self.row_of = {o.key: i for i, o in enumerate(self.offers)}
+        self.dead = np.zeros(n, dtype=bool)     # rows whose offer left the book since the build
         nan = float("nan")
         cols: dict[str, list[float]] = {name: [nan] * n for name in NUMERIC}
         text_idx: dict[str, dict[str, int]] = {name: {} for name in TEXT}

@@ -27,6 +27,7 @@ class MarketConfig:
     weight_reputation: float = 0.3        # ranking weight of the reputation (best = 1)
     weight_region: float = 0.1            # ranking weight of being in our region
     weight_latency: float = 0.1           # ranking weight of the measured latency
+    match_snapshot_age: float = 1.0       # seconds matching may work on a snapshot of the book
     pricing: str = "fixed"                # "fixed": offer at base prices; "dynamic": follow the market
     price_ewma_alpha: float = 0.2         # weight of each new agreed price in the EWMA
     price_elasticity: float = 0.5         # exponent of (demand + 1) / (supply + 1) in dynamic pricing
@@ -65,6 +66,8 @@ class MarketConfig:
                 raise bad(key, "must be between 0 and 1")
         if sum(getattr(self, k) for k in weights) <= 0:
             raise bad("weight_price", "the four ranking weights must not all be 0")
+        if not 0.0 <= self.match_snapshot_age <= 60.0:
+            raise bad("match_snapshot_age", "must be between 0 and 60 s")
         if self.pricing not in PRICING_MODES:
             raise bad("pricing", f"must be one of {', '.join(PRICING_MODES)}, got {self.pricing!r}")
         if not 0.0 < self.price_ewma_alpha <= 1.0:

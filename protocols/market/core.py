@@ -66,7 +66,7 @@ class MarketCore:
         self.matcher = Matcher(self.book, reputation=reputation, latency=latency,
                                weights=Weights(config.weight_price, config.weight_reputation,
                                                config.weight_region, config.weight_latency),
-                               home_region=region)
+                               home_region=region, snapshot_age=config.match_snapshot_age)
         self.negotiations = Negotiations(key, timeout=config.negotiation_timeout,
                                          max_rounds=config.max_rounds,
                                          provider_policy_for=self._policy_for,

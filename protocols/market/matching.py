@@ -114,31 +114,57 @@ def match_linear(offers: Iterable[Offer], demand: Demand, now: float, *,
 class Matcher:
     """Matches demands against `book` on a cached column snapshot (one per service).
 
+    The snapshot is rebuilt when the book changed and it is at least `snapshot_age` seconds
+    old (0: on every change). Between rebuilds a match never returns an offer that has left
+    the book or been replaced since (each candidate is checked against the live book), but
+    does not see offers that arrived since (rows whose key changed are marked dead from the
+    book's change log, `OrderBook.changes_since`): matching sees the book as of at most
+    `snapshot_age` seconds ago. Gossip changes a large book several times a second, and a
+    rebuild costs about as much as a linear scan (tools/bench/market.py), so rebuilding on
+    every change would throw the snapshot's advantage away.
+
     Reputation and latency are read once per provider and kept for `score_ttl` seconds of
     `now` (EigenTrust recomputes every 30 s by default); with `score_ttl` = 0 they are read
     for every demand, for the candidate providers only."""
 
     def __init__(self, book: OrderBook, *, reputation: Reputation = _no_reputation,
                  latency: Latency = _no_latency, weights: Weights = Weights(),
-                 home_region: str = "", score_ttl: float = 10.0) -> None:
+                 home_region: str = "", score_ttl: float = 10.0,
+                 snapshot_age: float = 1.0) -> None:
         self.book = book
         self.reputation = reputation
         self.latency = latency
         self.weights = weights
         self.home_region = home_region
         self.score_ttl = score_ttl
-        self._version = -1
+        self.snapshot_age = snapshot_age
+        self._version = -1          # the book version the snapshot was built from
+        self._applied = -1          # the book version whose changes `dead` reflects
+        self._built_at = float("-inf")
         self._cols: dict[str, Columns] = {}
         self._scores: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
 
-    def columns(self, service: str) -> Columns:
-        if self._version != self.book.version:
+    def columns(self, service: str, now: float | None = None) -> Columns:
+        """The snapshot of `service` (rebuilt as the class docstring says; `now` None: rebuild
+        on any change)."""
+        stale = self._version != self.book.version
+        changes = self.book.changes_since(self._applied) if stale else []
+        if stale and (now is None or changes is None
+                      or not 0 <= now - self._built_at < self.snapshot_age):
             by_service: dict[str, list[Offer]] = {}
             for o in self.book:
                 by_service.setdefault(o.service, []).append(o)
             self._cols = {s: Columns(offers) for s, offers in by_service.items()}
             self._scores = {}
-            self._version = self.book.version
+            self._version = self._applied = self.book.version
+            self._built_at = now if now is not None else float("-inf")
+        elif changes:
+            for key in changes:
+                for cols in self._cols.values():
+                    row = cols.row_of.get(key)
+                    if row is not None:
+                        cols.dead[row] = True
+            self._applied = self.book.version
         return self._cols.get(service) or Columns([])
 
     def _provider_scores(self, service: str, cols: Columns, codes: np.ndarray,
@@ -158,11 +184,12 @@ class Matcher:
         return cached[1][codes], cached[2][codes]
 
     def match(self, demand: Demand, now: float, limit: int | None = None) -> list[Match]:
-        cols = self.columns(demand.service)
+        cols = self.columns(demand.service, now)
         if cols.n == 0:
             return []
         mask = cols.mask(demand.filter.root)
         mask &= cols.valid_until > now
+        mask &= ~cols.dead
         used = [(u, q) for u, q in demand.usage if q]
         for unit, _ in used:
             mask &= cols.has_price[unit]

@@ -30,7 +30,9 @@ Every node keeps one. Offers are keyed by (provider public key, offer id):
 
 Refusals come back as `Refused` actions; `reason.charged` says whether the origin is to blame
 (malformed, forged, spoofed, equivocating) or not (expired in transit, stale, full). `version`
-changes whenever the content changes (matching caches its column snapshot on it).
+changes whenever the content changes (matching caches its column snapshot on it), once per
+offer put or removed, and `changes_since(version)` lists the keys touched since (a bounded
+log: None when it no longer reaches back that far).
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ class OrderBook:
         self._tombs: dict[Key, tuple[int, float]] = {}        # key -> (seq, until)
         self._tomb_heap: list[tuple[float, Key]] = []
         self.version = 0
+        self._log: list[Key] = []        # the key of every change; _log[i] made version _log_base + i + 1
+        self._log_base = 0
 
     def __len__(self) -> int:
         return len(self.offers)
@@ -137,10 +141,24 @@ class OrderBook:
         self.offers[offer.key] = offer
         self.by_provider.setdefault(offer.provider, set()).add(offer.id)
         heapq.heappush(self._heap, (offer.valid_until, offer.key, offer.seq))
-        self.version += 1
+        self._changed(offer.key)
         if len(self._heap) > 4 * max(len(self.offers), 64):
             self._heap = [(o.valid_until, o.key, o.seq) for o in self.offers.values()]
             heapq.heapify(self._heap)
+
+    def _changed(self, key: Key) -> None:
+        self.version += 1
+        self._log.append(key)
+        if len(self._log) > 2 * max(self.max_offers, 1024):
+            cut = len(self._log) // 2
+            del self._log[:cut]
+            self._log_base += cut
+
+    def changes_since(self, version: int) -> list[Key] | None:
+        """Keys put or removed after `version` (None: the log no longer reaches back there)."""
+        if version < self._log_base or version > self.version:
+            return None
+        return self._log[version - self._log_base:]
 
     def _remove(self, key: Key) -> Offer | None:
         offer = self.offers.pop(key, None)
@@ -149,7 +167,7 @@ class OrderBook:
             held.discard(key[1])
             if not held:
                 del self.by_provider[key[0]]
-            self.version += 1
+            self._changed(key)
         return offer
 
     def _evict_for(self, newcomer_count: int) -> bool:

@@ -26,6 +26,7 @@ def test_defaults_validate() -> None:
     (dict(weight_latency=-0.1), "weight_latency"),
     (dict(weight_price=0.0, weight_reputation=0.0, weight_region=0.0, weight_latency=0.0),
      "weight_price"),
+    (dict(match_snapshot_age=61.0), "match_snapshot_age"),
     (dict(pricing="surge"), "pricing"),
     (dict(price_ewma_alpha=0.0), "price_ewma_alpha"),
     (dict(price_elasticity=5.0), "price_elasticity"),

@@ -2,6 +2,7 @@
 result per provider, and the vectorised matcher agreeing with the per-offer reference."""
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from hypothesis import given, settings, strategies as st
@@ -69,13 +70,21 @@ def test_one_result_per_provider_and_limit() -> None:
     assert len(Matcher(book).match(d, NOW, limit=1)) == 1
 
 
-def test_column_cache_follows_the_book() -> None:
-    book = _book([offer(key("a"))])
-    matcher = Matcher(book)
+def test_snapshot_age() -> None:
+    a, b = key("a"), key("b")
+    book = _book([offer(a, prices={"fuel": 1})])
+    matcher = Matcher(book, snapshot_age=1.0)
     d = demand(CUSTOMER)
-    assert len(matcher.match(d, NOW)) == 1
-    book.add(offer(key("b")), NOW)
-    assert len(matcher.match(d, NOW)) == 2
+    assert [m.offer.peer for m in matcher.match(d, NOW)] == [peer(a)]
+    book.add(offer(b, prices={"fuel": 2}), NOW)
+    assert len(matcher.match(d, NOW + 0.5)) == 1          # the snapshot is younger than 1 s
+    assert len(matcher.match(d, NOW + 1.0)) == 2          # rebuilt
+    book.add(offer(a, seq=2, prices={"fuel": 3}), NOW + 1.2)   # a's offer replaced
+    m = matcher.match(d, NOW + 1.5)
+    assert [x.offer.peer for x in m] == [peer(b)]         # never the replaced version
+    m = matcher.match(d, NOW + 2.5)
+    assert [(x.offer.peer, x.offer.seq) for x in m] == [(peer(b), 1), (peer(a), 2)]
+    assert len(Matcher(book, snapshot_age=0).match(d, NOW + 2.5)) == 2
 
 
 def _random_offers(rng: random.Random, n: int) -> list:
@@ -122,3 +131,31 @@ def test_vectorised_matcher_equals_the_reference(seed, flt, n, budget, repl, at,
     mask = cols.mask(parse(flt).root)
     assert [bool(x) for x in mask] == [evaluate(parse(flt).root, o.properties())
                                        for o in cols.offers]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32), steps=st.lists(st.tuples(st.sampled_from("arwm"),
+                                                            st.floats(0, 0.6)), max_size=25))
+def test_snapshot_never_returns_an_offer_that_left_the_book(seed, steps) -> None:
+    rng = random.Random(seed)
+    book = OrderBook(max_offers=40, max_per_provider=4)
+    for o in _random_offers(rng, 20):
+        book.add(o, NOW)
+    matcher = Matcher(book, snapshot_age=1.0)
+    d = demand(CUSTOMER, rng.choice(_FILTERS), usage={"fuel": 5}, budget=10_000)
+    now, seq = NOW, 10
+    for op, dt in steps:
+        now += dt
+        live = list(book)
+        if op == "a":
+            book.add(_random_offers(rng, 1)[0], now)
+        elif op == "r" and live:
+            seq += 1
+            book.add(dataclasses.replace(rng.choice(live), seq=seq), now)
+        elif op == "w" and live:
+            book._remove(rng.choice(live).key)
+        got = matcher.match(d, now)
+        assert all(book.offers.get(m.offer.key) is m.offer for m in got)
+    fresh = matcher.match(d, now + 1.0)
+    assert [(m.offer.key, m.score) for m in fresh] == \
+        [(m.offer.key, m.score) for m in match_linear(book, d, now + 1.0)]
