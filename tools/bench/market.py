@@ -157,18 +157,18 @@ def main(argv: list[str] | None = None) -> None:
           f"{len(REGIONS)} regions), {len(demands)} demands ({matched} matched, the best "
           f"{a.limit} providers of each ranked)")
     print(f"{'':<44} {'rate':>14}  {'per item':>10}  {'vs bound':>8}")
-    print(f"{'order book admission (decode+verify+insert)':<44} {len(offers) / admit_s:>8.0f} /s  "
+    print(f"{'order book admission (decode+verify+insert)':<44} {len(offers) / admit_s:>8.1f} /s  "
           f"{admit_s / len(offers) * 1e6:>7.1f} us  {'':>8}")
     print(f"{'column snapshot rebuild (after a change)':<44} {'':>14}  "
           f"{rebuild_s * 1e3:>7.1f} ms  {'':>8}")
-    print(f"{'demands matched, column matcher':<44} {fast_rate:>8.0f} /s  "
+    print(f"{'demands matched, column matcher':<44} {fast_rate:>8.1f} /s  "
           f"{fast_s / len(demands) * 1e3:>7.2f} ms  {fast_rate / lin_rate:>7.1f}x")
     print(f"{'demands matched, linear scan (bound)':<44} {lin_rate:>8.1f} /s  "
           f"{lin_s / max(1, nlin) * 1e3:>7.2f} ms  {1.0:>7.1f}x")
-    for label, secs, count in (("churn, snapshot_age 1 s", churn_s, len(demands)),
-                               ("churn, snapshot_age 0 (rebuild each time)", churn0_s, nlin)):
+    for label, secs, count in (("churn, snapshot <= 1 s old", churn_s, len(demands)),
+                               ("churn, rebuilt every time", churn0_s, nlin)):
         rate = count / secs if count else float("nan")
-        print(f"{'demands matched, ' + label:<44} {rate:>8.0f} /s  "
+        print(f"{'demands matched, ' + label:<44} {rate:>8.1f} /s  "
               f"{secs / max(1, count) * 1e3:>7.2f} ms  {rate / lin_rate:>7.1f}x")
     print(f"(same ranked results from both on the {nlin} demands the linear scan ran)")
 
