@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fognode.protocols.market.agreement import Agreement
+from fognode.protocols.market.agreement import Agreement, Terms
 from fognode.protocols.market.errors import RejectReason
 from fognode.protocols.market.messages import Bid
 
@@ -48,9 +48,16 @@ class Concluded:
 
 @dataclass(frozen=True)
 class NegotiationFailed:
+    """A negotiation ended without an agreement on our side.
+
+    `signed` is set when we had accepted (signed) terms and the peer's countersigned
+    agreement never came: the peer can still build the agreement from both signatures, so
+    these terms may yet bind us (the escrow opened for them on the ledger says whether)."""
+
     peer: str
     nonce: bytes
     reason: str          # "rejected: ...", "timed out", "too many rounds", "protocol: ..."
+    signed: Terms | None = None
 
 
 @dataclass(frozen=True)

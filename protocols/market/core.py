@@ -141,7 +141,8 @@ class MarketCore:
         if demand.customer != self.pubkey:
             raise MarketError("the demand is not signed by this node")
         self.pricing.observe_demand(self.region, demand.service, now)
-        matches = self.matcher.match(demand, now, limit=demand.replication)
+        matches = [m for m in self.matcher.match(demand, now, limit=demand.replication + 1)
+                   if m.offer.provider != self.pubkey][:demand.replication]   # not ourselves
         if len(matches) < demand.replication:
             raise MarketError(f"{len(matches)} offer(s) match within the budget, "
                               f"{demand.replication} needed")

@@ -13,7 +13,10 @@ turns::
 
 A party signs terms only when it accepts them or when it countersigns an accept of the terms
 it itself proposed last, so neither side ever holds a two-signature agreement on terms the
-other did not accept in that exact round. The counterparty must keep the negotiation's
+other did not accept in that exact round. The accepting side signs first: if the agreement
+message never reaches it, its `NegotiationFailed` carries the terms it `signed`, since the
+other side holds both signatures and may still act on them (opening the escrow is what puts
+an agreement in force). The counterparty must keep the negotiation's
 invariants (nonce, parties, service, offer, demand); a message out of turn, for another round,
 with a signature that does not check out, or changing an invariant fails the negotiation and
 is a `Refused` charged to the peer. Rounds are bounded by `max_rounds`, every wait by
@@ -162,8 +165,9 @@ class Negotiation:
         if tell and self.terms is not None:
             out.append(Send(self.peer, sign_reject(self.key, self.by, self.nonce,
                                                    self.terms.round, told or reason).encode()))
+        signed = self.terms if self.state is State.ACCEPTED else None
         self.state = State.FAILED
-        out.append(NegotiationFailed(self.peer, self.nonce, reason))
+        out.append(NegotiationFailed(self.peer, self.nonce, reason, signed))
         return out
 
     def _protocol(self, detail: str, now: float,

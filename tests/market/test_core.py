@@ -56,23 +56,23 @@ class Net:
 
 def test_request_matches_negotiates_and_both_sides_agree() -> None:
     net = Net(["cust", "p1", "p2", "p3", "far"])
-    for name, price in [("p1", 12), ("p2", 10), ("p3", 30), ("far", 9)]:
+    for name, price in [("p1", 12), ("p2", 10), ("p3", 30), ("far", 9), ("cust", 1)]:
         net.offer(name, price)
-    assert all(len(c.book) == 4 for c in net.cores.values())
+    assert all(len(c.book) == 5 for c in net.cores.values())
     d = demand(net.keys["cust"], "(region=eu-*)", usage={"fuel": 100}, budget=5000,
                replication=2)
     net.run("cust", net.cores["cust"].request(d, sla=SLA(9900, 500, 10), debit_interval=120,
                                               now=NOW + 1), NOW + 1)
     done = net.concluded()
     providers = sorted(n for n, _ in done if n != "cust")
-    assert providers == ["p1", "p2"]                   # the two cheapest in eu-*
+    assert providers == ["p1", "p2"]          # the two cheapest in eu-* but the customer itself
     by_side: dict[bytes, set[str]] = {}
     for n, c in done:
         assert c.agreement.is_valid()
         by_side.setdefault(c.agreement.agreement_id, set()).add(n)
     assert sorted(map(sorted, by_side.values())) == [["cust", "p1"], ["cust", "p2"]]
     stats = net.cores["cust"].stats("eu-west", "compute.wasm", NOW + 2)
-    assert (stats.supply, stats.demand, stats.agreements) == (3, 1, 2)
+    assert (stats.supply, stats.demand, stats.agreements) == (4, 1, 2)
     assert stats.ewma is not None and 10 <= stats.ewma <= 12
     slow = Net(["cust", "p1"])
     slow.offer("p1", 10)

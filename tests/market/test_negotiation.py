@@ -119,6 +119,7 @@ def test_timeout_via_tick() -> None:
     acts = cust.tick(NOW + 5)
     assert isinstance(acts[0], Send) and decode_negotiation(acts[0].data).reason == "timed out"
     assert isinstance(acts[1], NegotiationFailed) and acts[1].reason == "timed out"
+    assert acts[1].signed is None
     assert not cust.active and cust.tick(NOW + 100) == []
 
 
@@ -129,7 +130,9 @@ def test_provider_times_out_waiting_for_the_agreement() -> None:
     acts = prov.receive(CP, proposal.data, NOW)
     assert isinstance(decode_negotiation(acts[0].data), Accept)
     assert prov.active[(CP, b"n" * 16)].state is State.ACCEPTED
-    assert [type(a) for a in prov.tick(NOW + 5)] == [Send, NegotiationFailed]
+    acts = prov.tick(NOW + 5)
+    assert [type(a) for a in acts] == [Send, NegotiationFailed]
+    assert acts[1].signed == decode_negotiation(proposal.data).terms   # we may still be bound
 
 
 def test_bad_accept_signature_is_charged() -> None:
