@@ -1,9 +1,10 @@
 """What the market cores ask their adapter to do (frozen action dataclasses).
 
-The next session's `protocol.py` carries these out with one dispatch table: `Publish` puts a
-message on a gossip topic, `Send` writes a frame on the market stream to the peer, `Refused` counts the rejection and, when
-`reason.charged`, penalises the peer (overlay.penalize, rate-limited WARNING), `Concluded`
-hands a signed agreement to escrow, `NegotiationFailed` and `AuctionClosed` report outcomes.
+The role's `protocol.py` (next session) carries these out with one dispatch table: `Publish`
+puts a message on a gossip topic, `Send` writes a frame on the market stream to the peer,
+`Refused` counts the rejection and, when `reason.charged`, penalises the peer
+(overlay.penalize, rate-limited WARNING), `Concluded` hands a signed agreement to escrow,
+`NegotiationFailed`, `AuctionClosed` and `OffersExpired` report outcomes.
 """
 from __future__ import annotations
 

@@ -258,7 +258,8 @@ def decode_demand(data: bytes, *, peer: str | None = None) -> Demand:
             usage=tuple(wc.read_units(f, "usage", wc.MAX_QUANTITY, allow_empty=False).items()),
             budget=f.int("budget", lo=1, hi=wc.U63),
             replication=f.int("replication", lo=1, hi=wc.MAX_REPLICATION),
-            issued=f.int("issued", lo=0, hi=wc.MAX_TIME), deadline=f.int("deadline", lo=0, hi=wc.MAX_TIME),
+            issued=f.int("issued", lo=0, hi=wc.MAX_TIME),
+            deadline=f.int("deadline", lo=0, hi=wc.MAX_TIME),
             sig=f.bytes("sig", size=SIG_LEN))
         f.done()
         if d.deadline <= d.issued:

@@ -24,9 +24,9 @@ Every node keeps one. Offers are keyed by (provider public key, offer id):
   M > P's count; otherwise it is refused (CAPACITY). So nobody is evicted to make room for a
   provider that already holds as many offers as anyone, one peer can never hold more than
   `max_per_provider`, and a provider with a single offer loses it only once every provider
-  holds exactly one. An evicted offer leaves no tombstone (the book forgot it; it may be
-  admitted again when there is room). Finding the victim scans the largest providers' offers (O(max_offers)
-  at worst), and only when the book is full.
+  holds at most one. An evicted offer leaves no tombstone (the book forgot it; it may be
+  admitted again when there is room). Finding the victim scans the largest providers'
+  offers (O(max_offers) at worst), and only when the book is full.
 
 Refusals come back as `Refused` actions; `reason.charged` says whether the origin is to blame
 (malformed, forged, spoofed, equivocating) or not (expired in transit, stale, full). `version`
@@ -60,7 +60,7 @@ class OrderBook:
         self._tombs: dict[Key, tuple[int, float]] = {}        # key -> (seq, until)
         self._tomb_heap: list[tuple[float, Key]] = []
         self.version = 0
-        self._log: list[Key] = []        # the key of every change; _log[i] made version _log_base + i + 1
+        self._log: list[Key] = []        # changed keys: _log[i] made version _log_base + i + 1
         self._log_base = 0
 
     def __len__(self) -> int:
