@@ -37,6 +37,9 @@ from fognode.protocols.fl.secagg.core import SecAggAggregator, SecAggConfig, Sec
 from fognode.protocols.fl.session.rounds import UpdateMeta
 from fognode.protocols.fl.secagg.round import encode as secagg_encode
 from fognode.protocols.fl.transfer.tensors import encode_tensor
+from fognode.protocols.market.agreement import (SLA, Agreement, Terms, sign_accept, sign_proposal,
+                                                sign_reject)
+from fognode.protocols.market.messages import sign_bid, sign_demand, sign_offer, sign_withdraw
 from fognode.protocols.monitor.protocol import NodeStatus
 from fognode.protocols.registry.actions import Publish
 from fognode.protocols.registry.core import RegistryCore
@@ -45,6 +48,7 @@ from fognode.protocols.registry.observation import sign_observation
 from fognode.protocols.registry.record import make_profile
 from tests.fl.test_evidence import announcement, issued, plan_for, round_receipt
 from tests.fuzz.targets import FUZZ_KEY, FUZZ_PEER, NOW, PARAMS_SHAPE, TARGETS
+from tests.fuzz.targets import LOCAL_KEY as TARGET_LOCAL_KEY
 from tests.registry.helpers import caps, record
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -261,6 +265,38 @@ def registry_direct() -> list[bytes]:
             frame({"v": 1, "t": "nope"}), frame({"v": 1, "t": "ping"})[:6]]
 
 
+def market_gossip() -> list[bytes]:
+    o = sign_offer(FUZZ_KEY, id="o1", seq=3, service="compute.wasm", cores=8, memory_mib=8192,
+                   disk_mib=50_000, region="eu-west", prices={"fuel": 9, "cpu_s": 2, "gb_h": 1},
+                   uptime_bp=9950, issued=int(NOW), valid_until=int(NOW) + 600)
+    w = sign_withdraw(FUZZ_KEY, id="o1", seq=4, issued=int(NOW))
+    d1 = sign_demand(FUZZ_KEY, id="d1", service="compute.wasm", constraints="", usage={"fuel": 50},
+                     budget=5000, replication=1, issued=int(NOW), deadline=int(NOW) + 300)
+    d2 = sign_demand(FUZZ_KEY, id="d2", service="compute.wasm",
+                     constraints="(&(cores>=2)(|(region=eu-*)(!(price.fuel>20)))(uptime>=99.5))",
+                     usage={"fuel": 10, "cpu_s": 3}, budget=90_000, replication=3, issued=int(NOW),
+                     deadline=int(NOW) + 300)
+    return [o.encode(), w.encode(), d1.encode(), d2.encode()]
+
+
+def market_stream() -> list[bytes]:
+    local = TARGET_LOCAL_KEY
+    terms = Terms(nonce=b"n" * 16, round=0, customer=pub(FUZZ_KEY), provider=pub(local),
+                  service="compute.wasm", offer="o1", demand=b"d" * 32, prices=(("fuel", 10),),
+                  usage=(("fuel", 100),), max_total=2000, start=int(NOW), deadline=int(NOW) + 600,
+                  debit_interval=120, sla=SLA(9900, 500, 10))
+    counter = terms.revise(prices=(("fuel", 12),))
+    agreement = Agreement(terms, sign_accept(FUZZ_KEY, "customer", terms).sig,
+                          sign_accept(local, "provider", terms).sig)
+    bid = sign_bid(FUZZ_KEY, demand=b"d" * 32, offer="o1", price=900, seq=1, issued=int(NOW),
+                   valid_until=int(NOW) + 60)
+    return [sign_proposal(FUZZ_KEY, "customer", terms).encode(),
+            sign_proposal(FUZZ_KEY, "customer", counter).encode(),
+            sign_accept(FUZZ_KEY, "customer", terms).encode(),
+            sign_reject(FUZZ_KEY, "customer", terms.nonce, 0, "too dear").encode(),
+            agreement.encode(), bid.encode()]
+
+
 def monitor_status() -> list[bytes]:
     return [NodeStatus(True, 3, 12.5, "0.1.0", NOW).encode(), NodeStatus(False, 0, 0.0, "", 0.0).encode()]
 
@@ -305,6 +341,7 @@ GENERATORS: dict[str, Callable[[], list[bytes]]] = {
     "ledger_receipt": ledger_receipt, "ledger_escrow": ledger_escrow, "fl_gossip": fl_gossip, "fl_stream": fl_stream, "fl_tensor": fl_tensor,
     "fl_secagg": fl_secagg, "registry_record": registry_record, "registry_observation": registry_observation,
     "registry_gossip": registry_gossip, "registry_direct": registry_direct, "monitor_status": monitor_status, "rpc_line": rpc_line,
+    "market_gossip": market_gossip, "market_stream": market_stream,
 }
 
 

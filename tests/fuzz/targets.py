@@ -54,6 +54,10 @@ from fognode.protocols.fl.rewards.round_header import RoundHeader
 from fognode.protocols.fl.secagg.round import Envelope as SecAggEnvelope
 from fognode.protocols.fl.secagg.round import decode_body as secagg_decode_body
 from fognode.protocols.fl.transfer.tensors import TensorDecoder, decode_header, tensor_hash
+from fognode.protocols.market.agreement import decode_negotiation
+from fognode.protocols.market.config import MarketConfig
+from fognode.protocols.market.core import DEMANDS_TOPIC, OFFERS_TOPIC, MarketCore
+from fognode.protocols.market.messages import decode_demand, decode_offer_gossip
 from fognode.protocols.monitor.protocol import NodeStatus
 from fognode.protocols.registry import direct
 from fognode.protocols.registry.config import RegistryConfig
@@ -499,6 +503,67 @@ def fl_secagg(data: bytes) -> None:
     else:
         msg = decode_message(raw, peer="fuzz")
     assert decode_message(unpack(pack(msg.to_wire()))) == msg
+
+
+# ---- market -----------------------------------------------------------------------------------
+
+def _market_core() -> MarketCore:
+    """A market node holding one offer of its own (so demands can draw a bid from it)."""
+    core = MarketCore(LOCAL_KEY, MarketConfig(), region="eu-west", reputation=lambda p: 0.5,
+                      latency=lambda p: None)
+    core.publish_offer(id="o1", service="compute.wasm", cores=4, memory_mib=4096, disk_mib=1000,
+                       prices={"fuel": 10, "cpu_s": 2}, uptime_bp=9900, ttl=3600, now=NOW)
+    return core
+
+
+def _market_resigned(data: bytes) -> bytes | None:
+    """`data` re-signed by the fuzz key as the party it names (negotiation messages: the
+    customer, facing LOCAL_KEY as the provider)."""
+    try:
+        raw = unpack(data, max_size=8192)
+    except RemoteProtocolError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    if isinstance(raw.get("terms"), dict):
+        terms = {**raw["terms"], "customer": FUZZ_PUB, "provider": bytes(LOCAL_KEY.verify_key)}
+        raw = {**raw, "terms": terms, "by": "customer"}
+    party = next((k for k in ("provider", "customer", "signer") if k in raw), None)
+    again = _resign(raw, key=party, peer=None)
+    return None if again is None else pack(again)
+
+
+@target("market_gossip", "market offers and demands topics: offers, withdrawals, demands "
+                         "(MarketCore.on_gossip, decode_offer_gossip, decode_demand)")
+def market_gossip(data: bytes) -> None:
+    core = _market_core()
+    for d in (data, _market_resigned(data)):
+        if d is None:
+            continue
+        core.on_gossip(OFFERS_TOPIC, FUZZ_PEER, d, NOW)
+        core.on_gossip(DEMANDS_TOPIC, FUZZ_PEER, d, NOW)
+        for decode in (decode_offer_gossip, decode_demand):
+            try:
+                msg = decode(d, peer="fuzz")
+            except RemoteProtocolError:
+                continue
+            assert decode(msg.encode()) == msg, f"{type(msg).__name__} does not re-encode"
+    core.tick(NOW + 10_000)
+
+
+@target("market_stream", "market stream: negotiation messages and auction bids (MarketCore.on_stream)")
+def market_stream(data: bytes) -> None:
+    core = _market_core()
+    for d in (data, _market_resigned(data)):
+        if d is None:
+            continue
+        core.on_stream(FUZZ_PEER, d, NOW)
+        try:
+            msg = decode_negotiation(d, peer="fuzz")
+        except RemoteProtocolError:
+            continue
+        assert decode_negotiation(msg.encode()) == msg, f"{type(msg).__name__} does not re-encode"
+    core.tick(NOW + 10_000)
 
 
 # ---- registry and monitor ---------------------------------------------------------------------
