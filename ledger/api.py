@@ -5,15 +5,24 @@ the ledger's validators to price their receipts and read balances, through this 
 never through the engine (service.py) or its members. `ledger_api(ctx.services)` is the one
 typed look-up: the facade, or None when no ledger runs on this node.
 
-Every method is a thin view of the engine; only `pay`, `submit_reward`, `distribute_rewards`
-(they wait for a certificate: OrderRejected, NotCertified, WalletError, LedgerStorageFailed)
-and `wait_applied` block.
+Every method is a thin view of the engine; only `pay`, `submit_reward`, `distribute_rewards`,
+the escrow orders (`open_escrow`, `lock_collateral`, `pay_debit_note`, `refund_escrow`,
+`slash`: they wait for a certificate: OrderRejected, NotCertified, WalletError,
+LedgerStorageFailed), `sign_debit_note` (it may unlock a wallet) and `wait_applied` block.
+
+Escrows (escrow.py for the rules, escrow_client.py for the wallet side): the market opens one
+per agreement (`escrow_id(customer, agreement hash)`), pays the provider against debit notes
+the customer signs, refunds the rest after the deadline, slashes collateral on a breach
+report signed by the agreement's witnesses.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from fognode.ledger.address import decode_address
+from fognode.ledger.escrow import Escrow
+from fognode.ledger.escrow_client import EscrowClient
+from fognode.ledger.escrow_orders import BreachReport, DebitNote
 from fognode.ledger.messages import Certificate
 from fognode.ledger.receipts import Receipt, ReceiptVerifier
 from fognode.ledger.rewards import Allocation
@@ -27,6 +36,7 @@ SERVICE_NAME = "ledger"
 class LedgerApi:
     def __init__(self, service: LedgerService) -> None:
         self._svc = service
+        self._escrows = EscrowClient(service.submitter, service.state, service.ctx.clock)
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -67,6 +77,55 @@ class LedgerApi:
     async def distribute_rewards(self, allocations: list[Allocation], *, timeout: float = 60.0) -> list[str]:
         """Mint each allocation, one after the other (submit.py); the transaction ids paid."""
         return await self._svc.submitter.distribute_rewards(allocations, timeout=timeout)
+
+    # -- escrows ---------------------------------------------------------------------------------------
+
+    def escrow_id(self, customer: bytes, agreement: bytes) -> bytes:
+        """The id of the escrow `customer` opens for `agreement` (the agreement's 32-byte hash)."""
+        return self._escrows.escrow_id(customer, agreement)
+
+    def escrow(self, escrow: bytes) -> Escrow | None:
+        """The escrow as this replica holds it, or None (not opened, or not here yet)."""
+        return self._escrows.escrow(escrow)
+
+    def escrows_of(self, party: bytes) -> list[tuple[bytes, Escrow]]:
+        """(id, escrow) of every escrow whose customer or payee is `party`."""
+        return self._escrows.escrows_of(party)
+
+    async def open_escrow(self, agreement: bytes, payee: bytes, amount: int, deadline: int, grace: int, *,
+                          uptime_ppm: int = 0, penalty: int = 0, witnesses: tuple[bytes, ...] = (),
+                          threshold: int = 0, wallet: bytes | None = None, timeout: float = 30.0) -> Certificate:
+        """Lock `amount` from a local wallet (the customer; default the node's) for
+        `agreement`, payable to `payee` until `deadline` (unix seconds); the escrow id is
+        `cert.order.order.escrow`. SLA terms for slashing: guaranteed `uptime_ppm`, `penalty`
+        per breached window, `threshold` signatures of `witnesses` make a breach report."""
+        return await self._escrows.open(agreement, payee, amount, deadline, grace, uptime_ppm=uptime_ppm,
+                                        penalty=penalty, witnesses=witnesses, threshold=threshold,
+                                        wallet=wallet, timeout=timeout)
+
+    async def lock_collateral(self, escrow: bytes, amount: int, *, wallet: bytes | None = None,
+                              timeout: float = 30.0) -> Certificate:
+        """Lock `amount` of a local wallet (the payee) into the escrow as collateral."""
+        return await self._escrows.lock_collateral(escrow, amount, wallet=wallet, timeout=timeout)
+
+    async def sign_debit_note(self, escrow: bytes, due: int, *, wallet: bytes | None = None) -> DebitNote:
+        """As the customer, sign that `due` micro-units are owed in total under `escrow`."""
+        return await self._escrows.sign_debit_note(escrow, due, wallet=wallet)
+
+    async def pay_debit_note(self, note: DebitNote, *, wallet: bytes | None = None,
+                             timeout: float = 30.0) -> Certificate:
+        """As the payee, collect what `note` says is due beyond what was paid already."""
+        return await self._escrows.pay_debit_note(note, wallet=wallet, timeout=timeout)
+
+    async def refund_escrow(self, escrow: bytes, *, wallet: bytes | None = None,
+                            timeout: float = 30.0) -> Certificate:
+        """Close the escrow: the unpaid rest to the customer, the unslashed collateral to the payee."""
+        return await self._escrows.refund(escrow, wallet=wallet, timeout=timeout)
+
+    async def slash(self, report: BreachReport, *, wallet: bytes | None = None,
+                    timeout: float = 30.0) -> Certificate:
+        """As the customer, take the escrow's penalty out of the collateral on a breach report."""
+        return await self._escrows.slash(report, wallet=wallet, timeout=timeout)
 
     # -- receipts (the evidence reward mints carry) ----------------------------------------------------
 

@@ -6,7 +6,8 @@ After each round of asking, `decide(now, deadline)` says what the client does ne
 policy): take the certificate, give up with the refusal, give up at the deadline, or ask again.
 A refusal for a reason that only says the validator lags behind (wrong sequence, overspend:
 the submitting replica checked both first; "not yet": a new member still waiting for the old
-committee's locks) is never final: the client keeps asking until the deadline.
+committee's locks; an escrow it has not seen opened yet; an escrow phase its clock has not
+reached yet) is never final: the client keeps asking until the deadline.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ class OrderStatus(enum.Enum):
 
 
 # refusals that mean "this validator is behind", cured by waiting (see the module docstring)
-LAGGING_REASONS = frozenset({Reason.WRONG_SEQUENCE, Reason.OVERSPEND, Reason.NOT_YET})
+LAGGING_REASONS = frozenset({Reason.WRONG_SEQUENCE, Reason.OVERSPEND, Reason.NOT_YET, Reason.ESCROW_UNKNOWN,
+                             Reason.ESCROW_TOO_EARLY})
 
 
 class Decision(enum.Enum):

@@ -30,6 +30,12 @@ LEDGER_BAD_MEMO = 208
 LEDGER_INVARIANT_BROKEN = 209    # ledger.verify found the replica inconsistent
 LEDGER_NOT_READY = 210
 LEDGER_STORAGE_FAILED = 211      # the replica could not be written (disk full?): the ledger stopped
+LEDGER_BAD_ESCROW = 212          # escrow terms malformed (agreement id, deadline, SLA terms)
+LEDGER_ESCROW_UNKNOWN = 213      # no such escrow (not opened, or this replica has not seen it)
+LEDGER_ESCROW_CLOSED = 214       # the escrow was refunded and closed
+LEDGER_ESCROW_DEADLINE = 215     # too early or too late for this escrow order (validators' clocks)
+LEDGER_NOT_ESCROW_PARTY = 216    # the sender is not the party that may send this escrow order
+LEDGER_BAD_DEBIT_NOTE = 217      # debit note not signed by the customer, paid already, over the escrow
 
 
 class Reason(enum.Enum):
@@ -54,6 +60,13 @@ class Reason(enum.Enum):
     DUPLICATE_SIGNER = "duplicate_signer"
     MALFORMED = "malformed"
     NOT_YET = "not_yet"                      # committee proposal differs from this replica's view: sync, retry
+    BAD_ESCROW = "bad_escrow"
+    ESCROW_UNKNOWN = "escrow_unknown"        # also "this validator has not seen the open yet": retry
+    ESCROW_CLOSED = "escrow_closed"
+    ESCROW_TOO_EARLY = "escrow_too_early"    # the validator's clock has not reached the phase yet: retry
+    ESCROW_TOO_LATE = "escrow_too_late"
+    NOT_ESCROW_PARTY = "not_escrow_party"
+    BAD_DEBIT_NOTE = "bad_debit_note"
 
 
 RPC_CODE_OF_REASON: dict[Reason, int] = {
@@ -62,6 +75,13 @@ RPC_CODE_OF_REASON: dict[Reason, int] = {
     Reason.OVERSPEND: LEDGER_INSUFFICIENT_FUNDS,
     Reason.INSUFFICIENT_STAKE: LEDGER_INSUFFICIENT_FUNDS,
     Reason.MEMO_TOO_LONG: LEDGER_BAD_MEMO,
+    Reason.BAD_ESCROW: LEDGER_BAD_ESCROW,
+    Reason.ESCROW_UNKNOWN: LEDGER_ESCROW_UNKNOWN,
+    Reason.ESCROW_CLOSED: LEDGER_ESCROW_CLOSED,
+    Reason.ESCROW_TOO_EARLY: LEDGER_ESCROW_DEADLINE,
+    Reason.ESCROW_TOO_LATE: LEDGER_ESCROW_DEADLINE,
+    Reason.NOT_ESCROW_PARTY: LEDGER_NOT_ESCROW_PARTY,
+    Reason.BAD_DEBIT_NOTE: LEDGER_BAD_DEBIT_NOTE,
 }
 
 
@@ -101,6 +121,11 @@ class OrderRejected(LedgerError):
         self.reason = reason
         self.message = message
         super().__init__(f"{reason.value}: {message}")
+
+
+class RequestNotSent(LedgerError):
+    """A request to a validator never left this node: its order stream could not be opened.
+    The validator cannot have seen (nor locked) what the request carried."""
 
 
 class CertificateRejected(LedgerError):

@@ -1,5 +1,8 @@
 """Ledger messages: orders, votes, certificates, rejections, fork proofs, and their decoders.
 
+Orders: transfers, reward mints and stake changes here; escrow orders in escrow_orders.py
+(decoded through `decode_order` too, one decoder per kind). All share order_base.py.
+
 Every order is a versioned map signed by its sender over pack(body); its transaction id is
 BLAKE2b-256(pack(body)). A validator's vote signs the small map {"v", "kind": "ledger.vote",
 "tx": id}, so replicas hash 30-odd bytes per vote check, not the whole order. A certificate is
@@ -11,7 +14,6 @@ are `order_problem()`, run by validators before anything else, so a client gets 
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
@@ -20,49 +22,24 @@ from nacl.signing import SigningKey
 
 from fognode.ledger.amounts import MAX_AMOUNT
 from fognode.ledger.errors import Reason
+from fognode.ledger.escrow import escrow_order_problem
+from fognode.ledger.escrow_orders import (ESCROW_DECODERS, EscrowCollateralOrder, EscrowOpenOrder,
+                                          EscrowOrder, EscrowPayoutOrder, EscrowRefundOrder,
+                                          EscrowSlashOrder)
+from fognode.ledger.order_base import VERSION, WIRE_INT, OrderBase, OrderKind
 from fognode.ledger.quorum import check_signature
 from fognode.ledger.receipts import Receipt, decode_receipt
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import Fields, digest, pack
 
-VERSION = 1
 MAX_MEMO_BYTES = 256
 _WIRE_MEMO = 4096          # structural bound; the 256-byte rule is a reasoned rejection
-_WIRE_INT = 2 ** 64        # structural bound; the 63-bit rule is a reasoned rejection
+_WIRE_INT = WIRE_INT       # structural bound; the 63-bit rule is a reasoned rejection
 MAX_VOTES = 256
 
 
-class OrderKind(enum.Enum):
-    TRANSFER = "transfer"
-    MINT = "mint"
-    BOND = "bond"
-    UNBOND = "unbond"
-
-
 @dataclass(frozen=True)
-class _Order:
-    chain: str
-    epoch: int
-    sender: bytes
-    sequence: int
-    fee: int
-
-    kind: ClassVar[OrderKind]
-
-    def _common(self) -> dict[str, Any]:
-        return {"v": VERSION, "kind": self.kind.value, "chain": self.chain, "epoch": self.epoch,
-                "sender": self.sender, "sequence": self.sequence, "fee": self.fee}
-
-    def body(self) -> dict[str, Any]:
-        return self._common()
-
-    def debit(self) -> int:
-        """What the sender's spendable balance must cover."""
-        return self.fee
-
-
-@dataclass(frozen=True)
-class TransferOrder(_Order):
+class TransferOrder(OrderBase):
     recipient: bytes
     amount: int
     memo: str = ""
@@ -76,7 +53,7 @@ class TransferOrder(_Order):
 
 
 @dataclass(frozen=True)
-class MintOrder(_Order):
+class MintOrder(OrderBase):
     """Credit `amount` new tokens to `recipient` (the receipt's beneficiary); the sender (who
     distributes the reward, often the beneficiary itself) pays the fee."""
 
@@ -91,7 +68,7 @@ class MintOrder(_Order):
 
 
 @dataclass(frozen=True)
-class BondOrder(_Order):
+class BondOrder(OrderBase):
     """Lock `amount` of the sender's balance as stake."""
 
     amount: int
@@ -105,7 +82,7 @@ class BondOrder(_Order):
 
 
 @dataclass(frozen=True)
-class UnbondOrder(_Order):
+class UnbondOrder(OrderBase):
     """Start unbonding `amount` of stake; it becomes spendable `unbonding_epochs` later."""
 
     amount: int
@@ -115,7 +92,9 @@ class UnbondOrder(_Order):
         return {**self._common(), "amount": self.amount}
 
 
-Order = Union[TransferOrder, MintOrder, BondOrder, UnbondOrder]
+Order = Union[TransferOrder, MintOrder, BondOrder, UnbondOrder, EscrowOpenOrder, EscrowCollateralOrder,
+              EscrowPayoutOrder, EscrowRefundOrder, EscrowSlashOrder]
+_FLAT = (TransferOrder, BondOrder, UnbondOrder)
 
 
 _VOTE_PREFIX, _VOTE_SUFFIX = pack({"v": VERSION, "kind": "ledger.vote", "tx": b"\xab" * 32}).split(b"\xab" * 32)
@@ -144,7 +123,7 @@ class SignedOrder:
 
     def __post_init__(self) -> None:
         body = self.order.body()
-        b = pack(body) if isinstance(self.order, MintOrder) else _pack_flat(body)
+        b = _pack_flat(body) if isinstance(self.order, _FLAT) else pack(body)
         object.__setattr__(self, "body_bytes", b)
         object.__setattr__(self, "tx_id", digest(b))
 
@@ -270,6 +249,8 @@ def order_problem(order: Order) -> tuple[Reason, str] | None:
             return Reason.MEMO_TOO_LONG, f"memo is {n} bytes, over the limit of {MAX_MEMO_BYTES}"
     if isinstance(order, MintOrder) and order.receipt.beneficiary != order.recipient:
         return Reason.BAD_EVIDENCE, "mint recipient is not the receipt's beneficiary"
+    if not isinstance(order, (TransferOrder, MintOrder, BondOrder, UnbondOrder)):
+        return escrow_order_problem(order)
     return None
 
 
@@ -298,6 +279,8 @@ def decode_order(raw: Any, *, peer: str | None = None) -> Order:
         order = MintOrder(**common, recipient=f.bytes("recipient", max_len=64),
                           amount=f.int("amount", lo=-_WIRE_INT, hi=_WIRE_INT),
                           receipt=decode_receipt(f.map("receipt", max_len=16), peer=peer))
+    elif kind in ESCROW_DECODERS:
+        order = ESCROW_DECODERS[kind](f, common, peer)
     elif kind is OrderKind.BOND:
         order = BondOrder(**common, amount=f.int("amount", lo=-_WIRE_INT, hi=_WIRE_INT))
     else:

@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from fognode.ledger.errors import RequestNotSent
 from fognode.ledger.ports import MAX_REPLY
 from fognode.node.errors import FognodeError, StreamClosed
 from fognode.node.overlay import FramedStream, Overlay
@@ -36,17 +37,20 @@ class OrderStreams:
                       max_reply: int = MAX_REPLY) -> Any:
         """Send one order request to `validator` over its cached order stream (opened on first
         use; a stale one is replaced once) and return the raw reply (at most `max_reply`
-        bytes). One request at a time per validator. Raises FognodeError or trio.TooSlowError
-        (after request_timeout)."""
+        bytes). One request at a time per validator. Raises RequestNotSent when no stream to
+        the validator could be opened (the request never left), else FognodeError or
+        trio.TooSlowError (after request_timeout: the validator may have received it)."""
         async with self._stream_locks.setdefault(validator, trio.Lock()):
             for attempt in (0, 1):
                 stream = self._streams.get(validator)
                 fresh = stream is None
+                sending = False
                 try:
                     with trio.fail_after(self.request_timeout):
                         if stream is None:
                             stream = await self.overlay.open_stream(peer, ORDER_STREAM)
                             self._streams[validator] = stream
+                        sending = True
                         await stream.send(request)
                         return await stream.recv(max_size=max_reply)
                 except BaseException as e:
@@ -57,6 +61,9 @@ class OrderStreams:
                                 await stream.reset()
                             except FognodeError:
                                 pass
+                    if not sending and isinstance(e, (FognodeError, trio.TooSlowError)):
+                        # the stream never opened: the validator cannot have seen the request
+                        raise RequestNotSent(f"no order stream to {peer}: {e}") from e
                     if fresh or not isinstance(e, StreamClosed):
                         raise
             raise StreamClosed(f"order stream to {peer} closed twice")

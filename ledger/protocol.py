@@ -1,4 +1,5 @@
-"""The ledger role: `[protocols.ledger]` in node.toml, RPC methods wallet.* / ledger.* / stake.*.
+"""The ledger role: `[protocols.ledger]` in node.toml, RPC methods wallet.* / ledger.* / stake.* /
+escrow.*.
 
 The engine (stores, cores, streams, gossip) is `LedgerService` (service.py); this module maps
 it to the role interface and the control socket, and offers other roles its `LedgerApi`
@@ -10,30 +11,35 @@ Once the ledger's store failed a write (service.py: disk full), every method ans
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from fognode.ledger.address import decode_address, encode_address
+from fognode.ledger.address import encode_address
 from fognode.ledger.audit import compare
-from fognode.ledger.amounts import format_amount, parse_amount
-from fognode.ledger.errors import (LEDGER_BAD_ADDRESS, LEDGER_BAD_AMOUNT, LEDGER_INVARIANT_BROKEN,
-                                   LEDGER_NOT_CERTIFIED, LEDGER_NOT_READY, LEDGER_ORDER_REJECTED,
-                                   LEDGER_STORAGE_FAILED, LEDGER_UNKNOWN_TX, LEDGER_UNKNOWN_WALLET,
-                                   LEDGER_WALLET_LOCKED, RPC_CODE_OF_REASON, AddressError, AmountError,
-                                   LedgerStorageFailed, OrderRejected, WalletError)
-from fognode.ledger.messages import BondOrder, Certificate, MintOrder, Order, TransferOrder, UnbondOrder
+from fognode.ledger.amounts import format_amount
+from fognode.ledger.errors import (LEDGER_BAD_DEBIT_NOTE, LEDGER_ESCROW_UNKNOWN, LEDGER_INVARIANT_BROKEN,
+                                   LEDGER_NOT_READY, LEDGER_STORAGE_FAILED, LEDGER_UNKNOWN_TX,
+                                   LEDGER_UNKNOWN_WALLET, LEDGER_WALLET_LOCKED, LedgerStorageFailed,
+                                   WalletError)
+from fognode.ledger.escrow_client import EscrowClient
+from fognode.ledger.escrow_orders import decode_debit_note
+from fognode.ledger.escrow_view import describe_escrow
+from fognode.ledger.history_view import describe_order, history_row
+from fognode.ledger.messages import BondOrder, Certificate, TransferOrder, UnbondOrder
 from fognode.ledger.api import SERVICE_NAME, LedgerApi
 from fognode.ledger.certgossip import CERT_TOPIC
 from fognode.ledger.order_streams import ORDER_STREAM
+from fognode.ledger.rpc_params import order_errors, parse_address, parse_amount_param, parse_hex32
 from fognode.ledger.service import LedgerService
 from fognode.ledger.settings import Settings
-from fognode.ledger.submit import NotCertified
 from fognode.ledger.sync import SYNC_STREAM
-from fognode.node.errors import ConfigError, RpcError
+from fognode.node.errors import ConfigError, FognodeError, RpcError
 from fognode.node.protocol import NodeContext, Protocol
 from fognode.node.rpc.methods import rpc_method
+from fognode.node.wire import pack, unpack
 
 
 @dataclass(frozen=True)
@@ -49,35 +55,6 @@ class LedgerConfig:
     verify_sender: bool = True       # replicas re-check the sender's signature (validators always do)
     uptime_interval: float = 10.0    # seconds between samples of connected peers (uptime receipts)
     uptime_claims: bool = True       # claim this node's uptime reward after each epoch
-
-
-def _addr(text: str, what: str = "address") -> bytes:
-    try:
-        return decode_address(text)
-    except AddressError as e:
-        raise RpcError(LEDGER_BAD_ADDRESS, f"{what}: {e}") from None
-
-
-def _amount(text: str, what: str = "amount") -> int:
-    try:
-        return parse_amount(text)
-    except AmountError as e:
-        raise RpcError(LEDGER_BAD_AMOUNT, f"{what}: {e}") from None
-
-
-def describe_order(o: Order) -> dict[str, Any]:
-    d: dict[str, Any] = {"kind": o.kind.value, "sender": encode_address(o.sender), "sequence": o.sequence,
-                         "epoch": o.epoch, "fee": format_amount(o.fee)}
-    if isinstance(o, (TransferOrder, MintOrder)):
-        d["recipient"] = encode_address(o.recipient)
-    if isinstance(o, (TransferOrder, MintOrder, BondOrder, UnbondOrder)):
-        d["amount"] = format_amount(o.amount)
-    if isinstance(o, TransferOrder):
-        d["memo"] = o.memo
-    if isinstance(o, MintOrder):
-        d["receipt"] = {"kind": o.receipt.kind, "issuer": encode_address(o.receipt.issuer),
-                        "epoch": o.receipt.epoch, "id": o.receipt.receipt_id.hex()}
-    return d
 
 
 class LedgerRole(Protocol):
@@ -143,7 +120,7 @@ class LedgerRole(Protocol):
     def _wallet(self, wallet: str) -> bytes:
         s = self._svc()
         if wallet:
-            pub = _addr(wallet, "wallet")
+            pub = parse_address(wallet, "wallet")
             if not s.keystore.has(pub):
                 raise RpcError(LEDGER_UNKNOWN_WALLET, f"no wallet {wallet} on this node (see wallet.list)")
             return pub
@@ -152,21 +129,23 @@ class LedgerRole(Protocol):
         except WalletError as e:
             raise RpcError(LEDGER_UNKNOWN_WALLET, str(e)) from None
 
-    async def _submit(self, wallet: str, make: Any, timeout: float) -> Certificate:
+    async def _submit(self, wallet: str, make: Any, timeout: float) -> dict[str, Any]:
+        """Submit the wallet's next order; its result (`_result`), saying also which earlier
+        in-flight order of the wallet this call completed first, if any."""
         s = self._svc()
         pub = self._wallet(wallet)
-        try:
+        earlier: list[Certificate] = []
+        with order_errors():
             key = await s.submitter.unlock_wallet(pub)
-            return await s.submitter.submit(key, make(bytes(key.verify_key)), timeout if timeout > 0 else self.config.send_timeout)
-        except WalletError as e:
-            raise RpcError(LEDGER_WALLET_LOCKED, str(e)) from None
-        except OrderRejected as e:
-            raise RpcError(RPC_CODE_OF_REASON.get(e.reason, LEDGER_ORDER_REJECTED),
-                           f"order rejected: {e.reason.value}: {e.message}", {"reason": e.reason.value}) from None
-        except NotCertified as e:
-            raise RpcError(LEDGER_NOT_CERTIFIED, str(e), e.status) from None
-        except LedgerStorageFailed as e:
-            raise RpcError(LEDGER_STORAGE_FAILED, f"the ledger stopped: {e}", {"path": e.path, "cause": e.cause}) from None
+            cert = await s.submitter.submit(key, make(bytes(key.verify_key)),
+                                            timeout if timeout > 0 else self.config.send_timeout,
+                                            completed=earlier)
+        res = self._result(cert)
+        if earlier:
+            e = earlier[0]
+            res["completed_earlier"] = {"tx": e.tx_id.hex(), **{k: v for k, v in describe_order(e.order.order).items()
+                                                                 if k in ("kind", "sequence", "recipient", "amount")}}
+        return res
 
     def _result(self, cert: Certificate) -> dict[str, Any]:
         return {"tx": cert.tx_id.hex(), "status": "final", **describe_order(cert.order.order),
@@ -241,7 +220,7 @@ class LedgerRole(Protocol):
     @rpc_method("wallet.balance")
     async def wallet_balance(self, address: str = "") -> dict[str, Any]:
         """Spendable balance, stake and next sequence of ADDRESS (default: the node's wallet)."""
-        pub = _addr(address) if address else self._wallet("")
+        pub = parse_address(address) if address else self._wallet("")
         return self._balance(pub)
 
     @rpc_method("wallet.send")
@@ -252,23 +231,38 @@ class LedgerRole(Protocol):
         Sends from the node's default wallet unless --wallet is given. Returns the transaction
         id once a quorum of validators certified it. --timeout is in seconds (0: the role's
         send_timeout, 30 by default); on timeout the error (204) says how many validators voted
-        and the order stays in flight (the next send from that wallet finishes it first)."""
-        recipient = _addr(to, "to")
-        micro = _amount(amount)
+        and the order stays in flight (the next send from that wallet finishes it first, and
+        its result says so under `completed_earlier`)."""
+        recipient = parse_address(to, "to")
+        micro = parse_amount_param(amount)
         s = self._svc()
 
         def make(sender: bytes) -> Any:
             return lambda seq, ep: TransferOrder(chain=s.genesis.chain_id, epoch=ep, sender=sender, sequence=seq,
                                                  fee=s.genesis.fee, recipient=recipient, amount=micro, memo=memo)
-        return self._result(await self._submit(wallet, make, timeout))
+        return await self._submit(wallet, make, timeout)
 
     @rpc_method("wallet.history")
-    async def wallet_history(self, address: str = "", limit: int = 20) -> list[dict[str, Any]]:
-        """Latest transactions of ADDRESS (default: the node's wallet), newest first."""
-        pub = _addr(address) if address else self._wallet("")
+    async def wallet_history(self, address: str = "", limit: int = 20, verbose: bool = False) -> list[dict[str, Any]]:
+        """Latest transactions of ADDRESS (default: the node's wallet), newest first: when this
+        node applied each, its direction (in, out, self, stake, unstake, escrow), the
+        counterparty, the amount from the wallet's side, the kind and the status; an order
+        this node signed that is not certified yet comes first as `in flight`. --verbose gives
+        every field of each order and full ids."""
+        pub = parse_address(address) if address else self._wallet("")
         s = self._svc()
-        return [{"tx": c.tx_id.hex(), "index": i, **describe_order(c.order.order)}
-                for i, c in s.store.history(pub, max(1, min(limit, 1000)))]
+        rows = []
+        pending = s.store.inflight(pub)
+        if pending is not None and s.state.account(pub).next_sequence <= pending.order.sequence:
+            rows.append(history_row(pending.order, pending.tx_id, pub, time=None, status="in flight",
+                                    verbose=verbose))
+        for i, c in s.store.history(pub, max(1, min(limit, 1000))):
+            row = history_row(c.order.order, c.tx_id, pub, time=s.store.applied_at(c.tx_id), status="final",
+                              verbose=verbose)
+            if verbose:
+                row["index"] = i
+            rows.append(row)
+        return rows[:max(1, min(limit, 1000))]
 
     # -- ledger.* --------------------------------------------------------------------------------
 
@@ -291,7 +285,8 @@ class LedgerRole(Protocol):
 
     @rpc_method("ledger.tx")
     async def ledger_tx(self, tx: str) -> dict[str, Any]:
-        """A transaction by its hex id, with the validators that certified it."""
+        """A transaction by its hex id, with when this node applied it and the validators that
+        certified it; also an order of this node's wallets that is still in flight."""
         s = self._svc()
         try:
             tx_id = bytes.fromhex(tx)
@@ -299,10 +294,16 @@ class LedgerRole(Protocol):
             raise RpcError(LEDGER_UNKNOWN_TX, f"transaction id {tx!r} is not hex") from None
         found = s.store.certificate(tx_id) if len(tx_id) == 32 else None
         if found is None:
-            raise RpcError(LEDGER_UNKNOWN_TX, f"no applied transaction {tx} on this replica")
+            pending = next((so for so in s.store.inflight_orders() if so.tx_id == tx_id), None)
+            if pending is not None and s.state.account(pending.order.sender).next_sequence <= pending.order.sequence:
+                return {"tx": tx, "status": "in flight", **describe_order(pending.order),
+                        "note": "signed by a wallet of this node, not certified yet: the wallet's next "
+                                "order drives it again first"}
+            raise RpcError(LEDGER_UNKNOWN_TX, f"no applied transaction {tx} on this replica, and no order "
+                                              f"of this node's wallets in flight with that id")
         index, cert = found
-        return {"tx": tx, "index": index, "status": "final", **describe_order(cert.order.order),
-                "validators": [encode_address(k) for k, _ in cert.votes]}
+        return {"tx": tx, "index": index, "status": "final", "time": s.store.applied_at(tx_id),
+                **describe_order(cert.order.order), "validators": [encode_address(k) for k, _ in cert.votes]}
 
     @rpc_method("ledger.verify")
     async def ledger_verify(self) -> dict[str, Any]:
@@ -341,42 +342,119 @@ class LedgerRole(Protocol):
                 "locks": len(s.locks), "forks": s.forks_seen, "accounts": len(s.state.accounts),
                 "uptime_rewards": {str(e): outcome for e, outcome in sorted(s.uptime.claimed.items())}}
 
+    # -- escrow.* (escrow.py; the market role uses api.py) -------------------------------------------
+
+    def _escrows(self) -> EscrowClient:
+        s = self._svc()
+        return EscrowClient(s.submitter, s.state, self.ctx.clock)
+
+    @rpc_method("ledger.escrow")
+    async def ledger_escrow(self, escrow: str) -> dict[str, Any]:
+        """The escrow ESCROW (hex id) as this replica holds it: parties, amounts, terms, state."""
+        eid = parse_hex32(escrow, "escrow")
+        e = self._escrows().escrow(eid)
+        if e is None:
+            raise RpcError(LEDGER_ESCROW_UNKNOWN, f"no escrow {escrow} on this replica")
+        return describe_escrow(eid, e)
+
+    @rpc_method("ledger.escrows")
+    async def ledger_escrows(self, address: str = "") -> list[dict[str, Any]]:
+        """The escrows whose customer or payee is ADDRESS (default: the node's wallet)."""
+        pub = parse_address(address) if address else self._wallet("")
+        return [describe_escrow(k, e) for k, e in self._escrows().escrows_of(pub)]
+
+    @rpc_method("escrow.open")
+    async def escrow_open(self, payee: str, amount: str, seconds: int, grace: int = 600, agreement: str = "",
+                          wallet: str = "", timeout: float = 0.0) -> dict[str, Any]:
+        """Lock AMOUNT for PAYEE until SECONDS from now; after that the rest can be refunded.
+
+        --agreement is the agreement's hash (64 hex digits; default: a fresh random id); the
+        payee may close the escrow itself --grace seconds after the deadline."""
+        to, micro, w = parse_address(payee, "payee"), parse_amount_param(amount), self._wallet(wallet)
+        ag = parse_hex32(agreement, "agreement") if agreement else os.urandom(32)
+        with order_errors():
+            cert = await self._escrows().open(ag, to, micro, int(self.ctx.clock()) + seconds, grace, wallet=w,
+                                              timeout=timeout or self.config.send_timeout)
+        return self._result(cert)
+
+    @rpc_method("escrow.note")
+    async def escrow_note(self, escrow: str, due: str, wallet: str = "") -> dict[str, Any]:
+        """As the customer, sign a debit note: DUE tokens owed in total under ESCROW (hex)."""
+        eid, micro, w = parse_hex32(escrow, "escrow"), parse_amount_param(due, "due"), self._wallet(wallet)
+        with order_errors():
+            note = await self._escrows().sign_debit_note(eid, micro, wallet=w)
+        return {"escrow": escrow, "due": format_amount(micro), "note": pack(note.to_wire()).hex()}
+
+    @rpc_method("escrow.pay")
+    async def escrow_pay(self, note: str, wallet: str = "", timeout: float = 0.0) -> dict[str, Any]:
+        """As the payee, collect what the debit NOTE (hex, from escrow.note) says is due."""
+        try:
+            n = decode_debit_note(unpack(bytes.fromhex(note), what="debit note"))
+        except (ValueError, FognodeError) as e:
+            raise RpcError(LEDGER_BAD_DEBIT_NOTE, f"note: {e}") from None
+        w = self._wallet(wallet)
+        with order_errors():
+            cert = await self._escrows().pay_debit_note(n, wallet=w, timeout=timeout or self.config.send_timeout)
+        return self._result(cert)
+
+    @rpc_method("escrow.refund")
+    async def escrow_refund(self, escrow: str, wallet: str = "", timeout: float = 0.0) -> dict[str, Any]:
+        """Close ESCROW (hex): the unpaid rest to the customer, the collateral to the payee."""
+        eid, w = parse_hex32(escrow, "escrow"), self._wallet(wallet)
+        with order_errors():
+            cert = await self._escrows().refund(eid, wallet=w, timeout=timeout or self.config.send_timeout)
+        return self._result(cert)
+
     # -- stake.* ---------------------------------------------------------------------------------
 
     @rpc_method("stake.bond")
     async def stake_bond(self, amount: str, wallet: str = "", timeout: float = 0.0) -> dict[str, Any]:
         """Lock AMOUNT tokens of the wallet's balance as stake (not spendable while bonded)."""
-        micro = _amount(amount)
+        micro = parse_amount_param(amount)
         s = self._svc()
 
         def make(sender: bytes) -> Any:
             return lambda seq, ep: BondOrder(chain=s.genesis.chain_id, epoch=ep, sender=sender, sequence=seq,
                                              fee=s.genesis.fee, amount=micro)
-        return self._result(await self._submit(wallet, make, timeout))
+        return await self._submit(wallet, make, timeout)
 
     @rpc_method("stake.unbond")
     async def stake_unbond(self, amount: str, wallet: str = "", timeout: float = 0.0) -> dict[str, Any]:
         """Start unbonding AMOUNT tokens of stake; spendable after the unbonding period."""
-        micro = _amount(amount)
+        micro = parse_amount_param(amount)
         s = self._svc()
 
         def make(sender: bytes) -> Any:
             return lambda seq, ep: UnbondOrder(chain=s.genesis.chain_id, epoch=ep, sender=sender, sequence=seq,
                                                fee=s.genesis.fee, amount=micro)
-        res = self._result(await self._submit(wallet, make, timeout))
+        res = await self._submit(wallet, make, timeout)
         res["release_epoch"] = res["epoch"] + s.genesis.unbonding_epochs
         return res
 
     @rpc_method("stake.status")
     async def stake_status(self, address: str = "") -> dict[str, Any]:
         """Bonded stake, unbonding entries and committee seats of ADDRESS (default: the node's
-        wallet), with the committees of the current and next epoch and whether they are
-        certified."""
-        pub = _addr(address) if address else self._wallet("")
+        wallet), the time to the next epoch, and the committees of the current and next epoch
+        and whether they are certified.
+
+        Validator key versus wallet address: a committee seat belongs to the account that
+        bonded the stake, and a node votes with its identity key (`validator_key`). Stake
+        bonded from any other wallet counts toward a seat that no node signs for, unless some
+        node runs with that key as its identity; `seat_note` says which case ADDRESS is."""
+        pub = parse_address(address) if address else self._wallet("")
         s = self._svc()
         out = self._balance(pub)
-        epoch = s.genesis.epoch_at(self.ctx.clock())
+        now = self.ctx.clock()
+        epoch = s.genesis.epoch_at(now)
         out["epoch"] = epoch
+        out["next_epoch_at"] = s.genesis.epoch_start(epoch + 1)
+        out["next_epoch_in"] = f"{max(0.0, s.genesis.epoch_start(epoch + 1) - now):.0f} s"
+        out["validator_key"] = encode_address(s.me)
+        out["seat_note"] = (
+            "ADDRESS is this node's validator key: stake bonded from it gives this node a committee seat"
+            if pub == s.me else
+            "ADDRESS is not this node's validator key: a seat won by its stake is voted for only by a node "
+            f"whose identity is this key; to make this node a validator, bond from {encode_address(s.me)}")
         out["committee_stake"] = format_amount(s.state.committee_for(epoch).stake_of(pub))
         out["next_committee_stake"] = format_amount(s.state.committee_for(epoch + 1).stake_of(pub))
         out["next_committee_certified"] = s.state.committees.certified(epoch + 1) is not None

@@ -133,10 +133,13 @@ class Replica:
             out.append(Commit(delta))
             o = c.order.order
             # who might now be able to apply a pending certificate: the sender (next
-            # sequence), the recipient (funds), fee-receiving validators (funds)
+            # sequence), the recipient (funds), the escrow's parties (escrow sequence, funds),
+            # fee-receiving validators (funds)
             candidates = [o.sender]
             if isinstance(o, (TransferOrder, MintOrder)):
                 candidates.append(o.recipient)
+            if delta.escrow is not None:     # the next order of the escrow may be the other party's
+                candidates.extend((delta.escrow[1].customer, delta.escrow[1].payee))
             if o.fee and self.genesis.fee_destination is FeeDestination.VALIDATORS:
                 candidates.extend(self.state.committee_for(o.epoch).members)
             if not len(self.pending):

@@ -226,7 +226,7 @@ class LedgerService:
             actions = produce()
             deltas = [a.delta for a in actions if isinstance(a, Commit)]
             if deltas:
-                self.store.commit(deltas)
+                self.store.commit(deltas, applied_at=self.ctx.clock())
         except BaseException:
             self.state.rollback()
             self.replica.rolled_back()

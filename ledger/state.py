@@ -2,8 +2,10 @@
 
 State = accounts (balance, next sequence, bonded stake, unbonding entries, head of the hash
 chain of the account's applied transactions), supply counters (initial, minted, burned),
-minted amount per epoch, and the set of receipt claim ids already paid (receipts.py: the
-claim id is the receipt id unless the receipt names what it claims).
+minted amount per epoch, the set of receipt claim ids already paid (receipts.py: the
+claim id is the receipt id unless the receipt names what it claims), and the escrows
+(escrow.py: what each holds counts in the supply; an escrow order applies only at its escrow's
+next escrow sequence, so every replica sees the same escrow record at each step).
 
 State root. Each entry of the state is a leaf h = BLAKE2b-512(tag || key || value); the
 accumulator is the sum of all leaves modulo 2^512 (a homomorphic multiset hash, AdHash/LtHash
@@ -31,8 +33,11 @@ from typing import Any, Iterable
 
 import msgpack
 
+from fognode.ledger.amounts import format_amount
 from fognode.ledger.committee import CommitteeBook, Members, compute_members
 from fognode.ledger.errors import Reason
+from fognode.ledger.escrow import Escrow, effect as escrow_effect, state_problem as escrow_problem
+from fognode.ledger.escrow_orders import ESCROW_ORDERS, EscrowOpenOrder, EscrowOrder
 from fognode.ledger.genesis import FeeDestination, Genesis
 from fognode.ledger.messages import (BondOrder, Certificate, MintOrder, Order, TransferOrder,
                                      UnbondOrder)
@@ -129,6 +134,7 @@ class Delta:
     accumulator: int
     parties: tuple[bytes, ...]                  # accounts whose history lists this tx
     stake_delta: tuple[int, bytes, int] | None = None   # (order epoch, staker, net bonded in that epoch)
+    escrow: tuple[bytes, Escrow] | None = None          # (escrow id, its record after this order)
 
 
 class LedgerState:
@@ -147,6 +153,7 @@ class LedgerState:
         self.used_receipts: set[bytes] = set()      # claim ids of applied mints
         self.applied = 0
         self.stake_deltas: dict[int, dict[bytes, int]] = {}
+        self.escrows: dict[bytes, Escrow] = {}      # escrow.py
         self.committees = CommitteeBook(genesis)
         self._acc = 0
         self._root_prefix = b"fognode-ledger-root/1" + genesis.chain_id.encode()
@@ -159,7 +166,8 @@ class LedgerState:
     @classmethod
     def restore(cls, genesis: Genesis, accounts: Iterable[tuple[bytes, Account]], supply: Supply,
                 minted_by_epoch: dict[int, int], used_receipts: set[bytes], applied: int,
-                accumulator: int, stake_deltas: dict[int, dict[bytes, int]] | None = None) -> "LedgerState":
+                accumulator: int, stake_deltas: dict[int, dict[bytes, int]] | None = None,
+                escrows: Iterable[tuple[bytes, Escrow]] = ()) -> "LedgerState":
         s = cls.__new__(cls)
         s.genesis = genesis
         s.committee = genesis.committee
@@ -169,6 +177,7 @@ class LedgerState:
         s.used_receipts = set(used_receipts)
         s.applied = applied
         s.stake_deltas = {e: dict(d) for e, d in (stake_deltas or {}).items()}
+        s.escrows = dict(escrows)
         s.committees = CommitteeBook(genesis)
         s._acc = accumulator
         s._root_prefix = b"fognode-ledger-root/1" + genesis.chain_id.encode()
@@ -199,6 +208,8 @@ class LedgerState:
             acc += _leaf(b"M", _epoch_key(e), pack(m))
         for r in self.used_receipts:
             acc += _leaf(b"R", r, b"")
+        for k, e in self.escrows.items():
+            acc += _leaf(b"E", k, e.encode())
         return acc % MOD
 
     # -- undo journal (see the module docstring) ----------------------------------------------
@@ -229,6 +240,8 @@ class LedgerState:
             elif kind == "r":
                 self.used_receipts.discard(key)
                 continue
+            elif kind == "e":
+                table = self.escrows
             else:   # "k": key is (epoch, staker) in stake_deltas
                 epoch, key = key
                 table = self.stake_deltas.setdefault(epoch, {})
@@ -253,6 +266,15 @@ class LedgerState:
             self._add(_leaf(b"A", key, new.encode()))
             self.accounts[key] = new
 
+    def _set_escrow(self, key: bytes, new: Escrow) -> None:
+        old = self.escrows.get(key)
+        if self._journal is not None:
+            self._journal.append(("e", key, old))
+        if old is not None:
+            self._sub(_leaf(b"E", key, old.encode()))
+        self._add(_leaf(b"E", key, new.encode()))
+        self.escrows[key] = new
+
     def _set_supply(self, new: Supply) -> None:
         self._sub(_leaf(b"S", b"", self.supply.encode()))
         self._add(_leaf(b"S", b"", new.encode()))
@@ -276,8 +298,9 @@ class LedgerState:
         return sum(a.bonded for a in self.accounts.values())
 
     def holdings(self) -> int:
-        """Sum of every balance, bond and unbonding entry (must equal supply.total)."""
-        return sum(a.balance + a.bonded + sum(x for _, x in a.unbonding) for a in self.accounts.values())
+        """Sum of every balance, bond, unbonding entry and escrow (must equal supply.total)."""
+        return (sum(a.balance + a.bonded + sum(x for _, x in a.unbonding) for a in self.accounts.values())
+                + sum(e.held for e in self.escrows.values()))
 
     def order_problem(self, order: Order) -> tuple[Reason, str] | None:
         """Why this state cannot take `order` as the sender's next order, or None."""
@@ -287,14 +310,28 @@ class LedgerState:
                     f"sequence {order.sequence} is not the sender's next ({acct.next_sequence})")
         if acct.spendable(order.epoch) < order.debit():
             return (Reason.OVERSPEND,
-                    f"the order needs {order.debit()} micro-units, the sender has {acct.spendable(order.epoch)}")
+                    f"the order needs {format_amount(order.debit())} tokens (amount and fee), the sender has "
+                    f"{format_amount(acct.spendable(order.epoch))}")
         if isinstance(order, UnbondOrder):
             if acct.bonded < order.amount:
-                return Reason.INSUFFICIENT_STAKE, f"unbonding {order.amount} of {acct.bonded} bonded"
+                return Reason.INSUFFICIENT_STAKE, f"unbonding {format_amount(order.amount)} of {format_amount(acct.bonded)} bonded"
             if len(acct.unbonding) >= MAX_UNBONDING_ENTRIES:
                 return Reason.INSUFFICIENT_STAKE, f"already {MAX_UNBONDING_ENTRIES} unbonding entries pending"
         if isinstance(order, MintOrder) and order.receipt.claim_id in self.used_receipts:
             return Reason.RECEIPT_USED, "this receipt's claim has already been paid"
+        if isinstance(order, ESCROW_ORDERS):
+            return escrow_problem(self.escrows.get(order.escrow), order)
+        return None
+
+    def _escrow_blocked(self, o: EscrowOrder) -> str | None:
+        """`blocked()` for the escrow side of an escrow order (escrow.py)."""
+        e = self.escrows.get(o.escrow)
+        if isinstance(o, EscrowOpenOrder):
+            return "invalid" if e is not None else None
+        if e is None or o.escrow_sequence > e.next_sequence:
+            return "sequence"
+        if o.escrow_sequence < e.next_sequence or escrow_problem(e, o) is not None:
+            return "invalid"
         return None
 
     def blocked(self, cert: Certificate) -> str | None:
@@ -311,6 +348,10 @@ class LedgerState:
             return "invalid"
         if isinstance(o, MintOrder) and o.receipt.claim_id in self.used_receipts:
             return "invalid"
+        if isinstance(o, ESCROW_ORDERS):
+            why = self._escrow_blocked(o)
+            if why is not None:
+                return why
         if acct.spendable(o.epoch) < o.debit():
             return "funds"
         return None
@@ -359,6 +400,14 @@ class LedgerState:
             touched[o.recipient] = Account(r.balance + o.amount, r.next_sequence, r.bonded, r.unbonding, r.head)
             if o.recipient != o.sender:
                 parties = (o.sender, o.recipient)
+        escrow = None
+        if isinstance(o, ESCROW_ORDERS):
+            new, credits = escrow_effect(self.escrows.get(o.escrow), o)
+            escrow = (o.escrow, new)
+            for k, amount in credits:
+                a = get(k)
+                touched[k] = Account(a.balance + amount, a.next_sequence, a.bonded, a.unbonding, a.head)
+            parties = tuple(dict.fromkeys((o.sender, new.customer, new.payee)))
         if isinstance(o, MintOrder):
             supply = replace(supply, minted=supply.minted + o.amount)
             minted_epoch = (o.epoch, self.minted_by_epoch.get(o.epoch, 0) + o.amount)
@@ -376,6 +425,8 @@ class LedgerState:
             self._set_supply(supply)
         if minted_epoch is not None:
             self._set_minted(*minted_epoch)
+        if escrow is not None:
+            self._set_escrow(*escrow)
         if claim_id is not None:
             if self._journal is not None and claim_id not in self.used_receipts:
                 self._journal.append(("r", claim_id, None))
@@ -389,7 +440,7 @@ class LedgerState:
         self.applied += 1
         return Delta(cert=cert, index=self.applied, accounts=tuple(touched.items()), supply=self.supply,
                      minted_epoch=minted_epoch, claim_id=claim_id, accumulator=self._acc,
-                     parties=parties, stake_delta=stake_delta)
+                     parties=parties, stake_delta=stake_delta, escrow=escrow)
 
     def committee_for(self, epoch: int) -> Committee:
         """The committee certifying orders of `epoch` (certified rotation, see committee.py)."""
@@ -425,6 +476,7 @@ class LedgerState:
                                 f"(more than f validators were faulty)")
         if any(a.balance < 0 or a.bonded < 0 for a in self.accounts.values()):
             problems.append("a balance or a bond is negative")
+        problems += [f"escrow {k.hex()}: {p}" for k, e in sorted(self.escrows.items()) for p in e.problems()]
         if self.recompute_accumulator() != self._acc:
             problems.append("the state root accumulator does not match the state (corrupt replica)")
         return problems

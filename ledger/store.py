@@ -2,7 +2,7 @@
 
 A commit writes everything one or more applied certificates changed — accounts (balance,
 sequence, stake), supply counters, minted per epoch, paid receipt claims, the state-root
-accumulator, the apply log, the (sender, sequence) index, the per-account history index and
+accumulator, escrow records, the apply log, the (sender, sequence) index, the per-account history index and
 the certificate itself — in a single atomic batch, so a crash (even `kill -9`) leaves the old
 state or the new one, never a mix. Validator locks are written in their own synced batch
 before the vote leaves (see validator.py).
@@ -13,6 +13,7 @@ Keys (big-endian integers, so LevelDB's order is numeric order):
     s/supply s/acc s/applied  supply counters, root accumulator (64 bytes), apply count
     e/<epoch:8>             minted in that epoch
     r/<claim id>            receipt claim already paid (the receipt id for claimless receipts)
+    E/<escrow id>           escrow record (escrow.py `Escrow.encode`: a versioned msgpack list)
     x/<sender><seq:8>       tx id applied at (sender, sequence)
     t/<tx id>               apply index (8 bytes) + the certificate's canonical msgpack
     o/<index:8>             tx id applied at that position of this replica's log (sync source)
@@ -47,6 +48,7 @@ import plyvel
 from fognode.ledger.committee import (CommitteeBody, CommitteeCertificate, decode_committee_body,
                                       decode_committee_certificate)
 from fognode.ledger.errors import LedgerStorageFailed, StoreError
+from fognode.ledger.escrow import Escrow
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import (Certificate, ForkProof, SignedOrder, decode_certificate,
                                      decode_fork_proof, decode_signed_order)
@@ -160,7 +162,13 @@ class LedgerStore:
         stake: dict[int, dict[bytes, int]] = {}
         for k, v in db.iterator(prefix=b"k/"):
             stake.setdefault(int.from_bytes(k[2:10], "big"), {})[k[10:]] = self._decode(v, "stake record")
-        state = LedgerState.restore(self.genesis, accounts, supply, minted, receipts, applied, acc, stake)
+        escrows = []
+        for k, v in db.iterator(prefix=b"E/"):
+            try:
+                escrows.append((k[2:], Escrow.decode(v)))
+            except (RemoteProtocolError, ValueError, TypeError) as e:
+                raise StoreError(f"corrupt escrow record {k[2:].hex()}: {e}") from None
+        state = LedgerState.restore(self.genesis, accounts, supply, minted, receipts, applied, acc, stake, escrows)
         state.committees.load(self.committee_certificates(db))
         return state
 
@@ -170,8 +178,10 @@ class LedgerStore:
             raise StoreError(f"the ledger store at {self.path} lacks {key.decode()} (corrupt)")
         return v
 
-    def commit(self, deltas: Sequence[Delta]) -> None:
-        """Write the deltas (in apply order) in one atomic, synced batch."""
+    def commit(self, deltas: Sequence[Delta], applied_at: float | None = None) -> None:
+        """Write the deltas (in apply order) in one atomic, synced batch; `applied_at` (this
+        replica's clock, Unix seconds) is kept per transaction for wallet history: local
+        bookkeeping, not part of the replicated state or its root."""
         if not deltas:
             return
         with self._writing(f"{len(deltas)} certificates"), self.db.write_batch(transaction=True, sync=True) as wb:
@@ -185,11 +195,15 @@ class LedgerStore:
                     wb.put(b"e/" + _u8(d.minted_epoch[0]), pack(d.minted_epoch[1]))
                 if d.claim_id is not None:
                     wb.put(b"r/" + d.claim_id, b"")
+                if d.escrow is not None:
+                    wb.put(b"E/" + d.escrow[0], d.escrow[1].encode())
                 tx = d.cert.tx_id
                 sender, seq = d.cert.order.key
                 wb.put(b"x/" + sender + _u8(seq), tx)
                 wb.put(b"t/" + tx, _u8(d.index) + d.cert.encoded())
                 wb.put(b"o/" + _u8(d.index), tx)
+                if applied_at is not None:
+                    wb.put(b"T/" + tx, pack(float(applied_at)))
                 for p in d.parties:
                     wb.put(b"h/" + p + _u8(d.index), tx)
                 if d.stake_delta is not None:
@@ -214,6 +228,14 @@ class LedgerStore:
             return int.from_bytes(v[:8], "big"), decode_certificate(self._decode(v[8:], "certificate record"))
         except RemoteProtocolError as e:
             raise StoreError(f"corrupt certificate record {tx_id.hex()}: {e}") from None
+
+    def applied_at(self, tx_id: bytes) -> float | None:
+        """When this replica applied the transaction (Unix seconds), if it recorded it."""
+        v = self.db.get(b"T/" + tx_id)
+        if v is None:
+            return None
+        t = self._decode(v, "apply time")
+        return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
 
     def raw_certificate(self, tx_id: bytes) -> Any:
         """The certificate's wire map (undecoded into dataclasses), or None."""
@@ -326,6 +348,16 @@ class LedgerStore:
             return decode_signed_order(self._decode(v, "in-flight order"))
         except RemoteProtocolError as e:
             raise StoreError(f"corrupt in-flight order record: {e}") from None
+
+    def inflight_orders(self) -> list[SignedOrder]:
+        """Every wallet's order in flight on this node (one per sender at most)."""
+        out = []
+        for _k, v in self.db.iterator(prefix=b"w/"):
+            try:
+                out.append(decode_signed_order(self._decode(v, "in-flight order")))
+            except RemoteProtocolError as e:
+                raise StoreError(f"corrupt in-flight order record: {e}") from None
+        return out
 
     def clear_inflight(self, sender: bytes) -> None:
         with self._writing("order in flight"):

@@ -11,6 +11,15 @@ stays usable) after the quorum is reached.
 An order is recorded in flight (store) before it is first sent and cleared once its certificate
 is stored: after a timeout or a crash, the next submit from the same sender drives it again
 instead of signing another order for its sequence (which would be a fork).
+
+A refused order is dropped (and its sequence given to the next order) only when no validator
+can hold a lock on it: none voted for it, and every request that may have reached a validator
+was answered. A request whose stream never opened (`RequestNotSent`) reached nobody; for an
+order driven before (by an earlier submit, or before a crash) every validator silent now counts
+as possibly reached. If some validator voted, or may have, the order keeps its sequence
+(`OrderStuck`): it stays in flight and the next submit drives it again, because a validator that
+voted would see another order for the sequence as a fork. That is FastPay's rule: a correct
+client never signs two orders for one sequence, even when the first cannot be certified any more.
 """
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ from nacl.signing import SigningKey
 
 from fognode.ledger.address import encode_address
 from fognode.ledger.client import Decision, VoteCollector
-from fognode.ledger.errors import LedgerStorageFailed, OrderRejected, WalletError
+from fognode.ledger.errors import LedgerStorageFailed, OrderRejected, RequestNotSent, WalletError
 from fognode.ledger.events import RewardsDistributed
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import (Certificate, MintOrder, Order, Rejection, SignedOrder, TransferOrder,
@@ -48,6 +57,11 @@ class NotCertified(FognodeError):
     def __init__(self, message: str, status: dict[str, Any]) -> None:
         super().__init__(message)
         self.status = status
+
+
+class OrderStuck(NotCertified):
+    """Enough stake refused the order that it cannot be certified now, but some validator voted
+    for it (or may have): it keeps its sequence and stays in flight (module docstring)."""
 
 
 class OrderSubmitter:
@@ -100,13 +114,15 @@ class OrderSubmitter:
     def _lock_for(self, sender: bytes) -> trio.Lock:
         return self._sender_locks.setdefault(sender, trio.Lock())
 
-    async def submit(self, key: SigningKey, make: Callable[[int, int], Order], timeout: float) -> Certificate:
+    async def submit(self, key: SigningKey, make: Callable[[int, int], Order], timeout: float, *,
+                     completed: list[Certificate] | None = None) -> Certificate:
         """Sign the sender's next order (`make(sequence, epoch)`), gather a quorum, apply and
         gossip the certificate. Raises OrderRejected (a definitive refusal; nothing applied)
         or NotCertified (deadline passed: the order stays in flight and is re-driven by the
         next submit from the same sender, never replaced by another one for its sequence),
         or LedgerStorageFailed (the ledger could not write its store and stopped: the order
-        was not signed, or it stays in flight if it was)."""
+        was not signed, or it stays in flight if it was). An earlier in-flight order of the
+        sender that this call certified first is appended to `completed`."""
         self.ledger.check_usable()
         sender = bytes(key.verify_key)
         deadline = trio.current_time() + timeout
@@ -116,7 +132,14 @@ class OrderSubmitter:
                 if self.state.account(sender).next_sequence > inflight.order.sequence:
                     self.store.clear_inflight(sender)
                 else:
-                    await self._drive(inflight, deadline)
+                    try:
+                        done = await self._drive(inflight, deadline, earlier=True)
+                        if completed is not None:
+                            completed.append(done)
+                    except OrderRejected as e:
+                        # refused and locked nowhere (_drive dropped it): this order takes its sequence
+                        log.warning("the earlier order %s of %s was refused and dropped: %s",
+                                    inflight.tx_id.hex(), encode_address(sender), e)
             seq = self.state.account(sender).next_sequence
             so = SignedOrder.sign(key, make(seq, self.genesis.epoch_at(self.ctx.clock())))
             problem = order_problem(so.order) or self.state.order_problem(so.order)
@@ -125,7 +148,9 @@ class OrderSubmitter:
             self.store.put_inflight(so)
             return await self._drive(so, deadline)
 
-    async def _drive(self, so: SignedOrder, deadline: float) -> Certificate:
+    async def _drive(self, so: SignedOrder, deadline: float, *, earlier: bool = False) -> Certificate:
+        """Gather a quorum for `so` until `deadline`. `earlier`: the order was driven before
+        (a timeout, a crash), so a validator not answering now may have received it then."""
         committee = self.state.committee_for(so.order.epoch)
         collector = VoteCollector(so, committee)
         sender, seq = so.key
@@ -134,6 +159,7 @@ class OrderSubmitter:
         if prev is not None:
             request["prev"] = prev
         asking: set[bytes] = set()
+        unanswered: set[bytes] = set()      # asked, the request may have arrived, no answer yet
         while True:
             self.ledger.check_usable()
             if self.me in committee and self.me not in collector.votes:
@@ -147,7 +173,7 @@ class OrderSubmitter:
                 left = [len(targets)]
                 asking.update(targets)
                 for v in targets:
-                    self._spawn(self._ask, v, request, collector, asking, round_done, left)
+                    self._spawn(self._ask, v, request, collector, asking, unanswered, round_done, left)
                 with trio.move_on_after(max(0.0, min(self.s.request_timeout + 0.5, deadline - trio.current_time()))):
                     await round_done.wait()
             now = trio.current_time()
@@ -158,8 +184,14 @@ class OrderSubmitter:
             if decision is Decision.REJECTED:
                 reason = collector.main_reason()
                 assert reason is not None      # decide() rejects for a reason
+                reasons = "; ".join(f"{v}: {m}" for v, m in collector.reasons().items())
+                if earlier:     # silent now, but perhaps reached by an earlier drive
+                    unanswered |= {v for v in committee.members
+                                   if v not in collector.votes and v not in collector.rejections}
+                if collector.votes or unanswered:
+                    raise self._stuck(so, collector, unanswered, reasons)
                 self.store.clear_inflight(sender)
-                raise OrderRejected(reason, "; ".join(f"{v}: {m}" for v, m in collector.reasons().items()))
+                raise OrderRejected(reason, reasons)
             if decision is Decision.EXPIRED:
                 raise NotCertified(
                     f"order {so.tx_id.hex()} not certified in time: votes from "
@@ -168,6 +200,21 @@ class OrderSubmitter:
                     {"tx": so.tx_id.hex(), "status": "in_flight", "votes": len(collector.votes),
                      "validators": len(committee.members), "rejections": collector.reasons()})
             await trio.sleep(min(self.s.retry_interval, deadline - now))
+
+    @staticmethod
+    def _stuck(so: SignedOrder, collector: VoteCollector, unanswered: set[bytes], reasons: str) -> OrderStuck:
+        """The error for a refused order that some validator voted for, or may have."""
+        c = collector.committee
+        voted = sum(c.stake_of(v) for v in collector.votes)
+        maybe = sum(c.stake_of(v) for v in unanswered)
+        refused = sum(c.stake_of(v) for v in collector.rejections)
+        return OrderStuck(
+            f"order {so.tx_id.hex()} (sequence {so.order.sequence}) was refused by validators with "
+            f"{refused} of {c.total} stake ({reasons}), but validators with {voted} stake voted for it"
+            f"{f' and {maybe} more may have' if maybe else ''}: it keeps its sequence (another order "
+            f"for it would be a fork) and stays in flight; the wallet's next order drives it again",
+            {"tx": so.tx_id.hex(), "status": "stuck", "votes": len(collector.votes),
+             "unanswered": len(unanswered), "validators": len(c.members), "rejections": collector.reasons()})
 
     def _certified(self, so: SignedOrder, cert: Certificate) -> Certificate:
         """Store, gossip and clear the in-flight record of the order's certificate."""
@@ -199,10 +246,21 @@ class OrderSubmitter:
             collector.add_vote(reply)
 
     async def _ask(self, validator: bytes, request: dict[str, Any], collector: VoteCollector,
-                   asking: set[bytes], round_done: trio.Event, left: list[int]) -> None:
+                   asking: set[bytes], unanswered: set[bytes], round_done: trio.Event,
+                   left: list[int]) -> None:
+        """Ask one validator; its answer goes to `collector`. `unanswered` holds the validators
+        a request may have reached without an answer since (they may hold a lock)."""
         peer = peer_id_from_pubkey(validator)
         try:
-            raw = await self.requests.request(validator, peer, request)
+            try:
+                raw = await self.requests.request(validator, peer, request)
+            except RequestNotSent as e:
+                log.debug("validator %s not reached: %s", peer, e)
+                return
+            except BaseException:
+                unanswered.add(validator)
+                raise
+            unanswered.discard(validator)
             f = Fields(raw, "ledger.OrderReply", versions={1}, peer=peer)
             if f.has("vote"):
                 reply: Any = decode_vote(f.map("vote"), peer=peer)

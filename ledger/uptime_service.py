@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import trio
 
+from fognode.ledger.amounts import format_amount
 from fognode.ledger.committee import seal_time
 from fognode.ledger.errors import OrderRejected
 from fognode.ledger.messages import Certificate
@@ -121,12 +122,12 @@ class UptimeRewards:
             return f"no validator attested this node's uptime ({len(asked)} asked)"
         worth = chosen.body["seconds"] * svc.genesis.uptime_reward_per_hour // 3600
         if worth <= svc.genesis.fee:
-            return f"{chosen.body['seconds']} s is worth {worth}, not more than the fee {svc.genesis.fee}"
+            return f"{chosen.body['seconds']} s is worth {format_amount(worth)}, not more than the fee {format_amount(svc.genesis.fee)}"
         try:
             cert = await svc.submit_reward(chosen, worth, timeout=svc.s.request_timeout * 6)
         except OrderRejected as e:
             return f"refused: {e}"
-        return f"paid {worth} for {chosen.body['seconds']} s (tx {cert.tx_id.hex()[:16]})"
+        return f"paid {format_amount(worth)} for {chosen.body['seconds']} s (tx {cert.tx_id.hex()[:16]})"
 
     async def _ask(self, validator: bytes, epoch: int, out: list[Receipt]) -> None:
         svc = self.svc

@@ -14,6 +14,16 @@ faulty stake tolerated). Each certificate carries at least q - F honest stake an
 stake votes at most (T - F) * limit in total, so the certified mints of an epoch never exceed
 its budget while at most F stake is faulty, whatever the order in which replicas apply them.
 
+Escrows (escrow.py): orders spending one escrow come from different senders (the payee's
+payouts, the customer's refund), so the per-sender lock alone would let a payout and a refund
+of the same escrow state both be certified. Each escrow order therefore also takes the lock
+(escrow id, escrow sequence): a validator votes for at most one order per escrow sequence,
+whatever its kind and sender, and refuses any other with CONFLICT. Like the sender locks, it
+is derived from the locked orders (`LockTable.add`), so it is persisted, reloaded and handed
+over with them; where handed-over locks disagree on an escrow sequence (a split vote of the
+old committee) this validator signs neither (`frozen_escrows`), whichever it got first.
+The time rules of escrows are judged by this validator's clock (`now`, escrow.py).
+
 Claims and scopes (receipts.py): a validator signs one mint per receipt claim id, and mints
 whose receipts share a scope only with the commit of the first one it signed for that scope.
 Both are derived from the locked orders themselves (`LockTable.add`), so reloading persisted
@@ -23,9 +33,12 @@ from __future__ import annotations
 
 from nacl.signing import SigningKey
 
+from fognode.ledger.amounts import format_amount
 from fognode.ledger.actions import PersistLock, ReportFork, SendRejection, SendVote, ValidatorAction
 from fognode.ledger.errors import Reason
 from fognode.ledger.committee import seal_time
+from fognode.ledger.escrow import time_problem as escrow_time_problem
+from fognode.ledger.escrow_orders import ESCROW_ORDERS
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import (BondOrder, ForkProof, MintOrder, Rejection, SignedOrder, UnbondOrder, Vote,
                                      order_problem)
@@ -48,6 +61,8 @@ class LockTable:
         self.mint_reserved: dict[int, int] = {}
         self.receipts: set[bytes] = set()      # claim ids of the mints signed (receipts.py)
         self.commits: dict[bytes, set[bytes]] = {}    # scope id -> commits of the mints signed
+        self.escrows: dict[tuple[bytes, int], SignedOrder] = {}   # (escrow id, escrow sequence) -> order
+        self.frozen_escrows: set[tuple[bytes, int]] = set()       # inherited locks disagree there
 
     def get(self, sender: bytes, sequence: int) -> SignedOrder | None:
         return self.locks.get((sender, sequence))
@@ -55,6 +70,10 @@ class LockTable:
     def add(self, order: SignedOrder) -> None:
         self.locks[order.key] = order
         o = order.order
+        if isinstance(o, ESCROW_ORDERS):
+            held = self.escrows.setdefault((o.escrow, o.escrow_sequence), order)
+            if held.tx_id != order.tx_id:
+                self.frozen_escrows.add((o.escrow, o.escrow_sequence))
         if isinstance(o, MintOrder):
             self.mint_reserved[o.epoch] = self.mint_reserved.get(o.epoch, 0) + o.amount
             self.receipts.add(o.receipt.claim_id)
@@ -70,8 +89,25 @@ class LockTable:
         del self.locks[order.key]
         remaining = list(self.locks.values())
         self.locks, self.mint_reserved, self.receipts, self.commits = {}, {}, set(), {}
+        self.escrows, self.frozen_escrows = {}, set()
         for so in remaining:
             self.add(so)
+
+    def escrow_problem(self, order: SignedOrder) -> str:
+        """Why voting for escrow order `order` would break the escrow lock ("" if it would
+        not, or if `order` is no escrow order): another order holds its (escrow, escrow
+        sequence), or inherited locks disagree there (then the sequence is frozen here)."""
+        o = order.order
+        if not isinstance(o, ESCROW_ORDERS):
+            return ""
+        key = (o.escrow, o.escrow_sequence)
+        where = f"escrow {o.escrow.hex()[:16]} sequence {o.escrow_sequence}"
+        if key in self.frozen_escrows:
+            return f"{where} is frozen on this validator: the locks it inherited hold different orders"
+        held = self.escrows.get(key)
+        if held is not None and held.tx_id != order.tx_id:
+            return f"already signed order {held.tx_id.hex()[:16]} for {where}"
+        return ""
 
     def commit_problem(self, receipt: Receipt) -> str:
         """Why a mint of `receipt` would break the one-commit-per-scope rule ("" if it would not)."""
@@ -144,7 +180,11 @@ class Validator:
             return self._reject(peer, so, Reason.BAD_SIGNATURE, "the sender's signature does not verify")
         prior = self.locks.get(o.sender, o.sequence)
         if prior is not None and prior.tx_id == so.tx_id:
-            # the client asks again: the same vote, nothing new to lock (safe in any epoch)
+            # the client asks again: the same vote, nothing new to lock (safe in any epoch),
+            # unless inherited locks gave the escrow it spends to another order
+            other = self.locks.escrow_problem(so)
+            if other:
+                return self._reject(peer, so, Reason.CONFLICT, other)
             return [SendVote(peer, Vote.sign(self.key, so.tx_id))]
         current = g.epoch_at(now)
         if o.epoch not in (current, current - 1):
@@ -174,14 +214,21 @@ class Validator:
                                 f"the committee changed at epoch {self.state.committees.era_start(o.epoch)} and "
                                 f"this validator has not received the previous committee's locks yet: ask again")
         if o.fee < g.fee:
-            return self._reject(peer, so, Reason.FEE_TOO_LOW, f"fee {o.fee} is below the chain's fee {g.fee}")
+            return self._reject(peer, so, Reason.FEE_TOO_LOW, f"fee {format_amount(o.fee)} is below the chain's fee {format_amount(g.fee)}")
         if prior is not None:
             acts = self._reject(peer, so, Reason.CONFLICT,
                                 f"already signed order {prior.tx_id.hex()[:16]} for sequence {o.sequence}")
             return [ReportFork(ForkProof(prior, so), peer), *acts]
+        other = self.locks.escrow_problem(so)
+        if other:
+            return self._reject(peer, so, Reason.CONFLICT, other)
         problem = self.state.order_problem(o)
         if problem:
             return self._reject(peer, so, *problem)
+        if isinstance(o, ESCROW_ORDERS):
+            problem = escrow_time_problem(self.state.escrows.get(o.escrow), o, now)
+            if problem:
+                return self._reject(peer, so, *problem)
         if isinstance(o, MintOrder):
             if o.receipt.claim_id in self.locks.receipts:
                 return self._reject(peer, so, Reason.RECEIPT_USED,
@@ -194,7 +241,7 @@ class Validator:
                 return self._reject(peer, so, Reason.BAD_EVIDENCE, str(e))
             if o.amount > worth:
                 return self._reject(peer, so, Reason.BAD_EVIDENCE,
-                                    f"mint of {o.amount} exceeds the receipt's worth {worth}")
+                                    f"mint of {format_amount(o.amount)} exceeds the receipt's worth {format_amount(worth)}")
             other_split = self.locks.commit_problem(o.receipt)
             if other_split:
                 return self._reject(peer, so, Reason.BAD_EVIDENCE, other_split)
@@ -202,7 +249,7 @@ class Validator:
             reserved = self.locks.mint_reserved.get(o.epoch, 0)
             if reserved + o.amount > limit:
                 return self._reject(peer, so, Reason.BUDGET_EXCEEDED,
-                                    f"epoch {o.epoch}: {reserved} of this validator's {limit} mint allowance "
-                                    f"is taken; {o.amount} more does not fit")
+                                    f"epoch {o.epoch}: {format_amount(reserved)} of this validator's {format_amount(limit)} "
+                                    f"mint allowance is taken; {format_amount(o.amount)} more does not fit")
         self.locks.add(so)
         return [PersistLock(so), SendVote(peer, Vote.sign(self.key, so.tx_id))]

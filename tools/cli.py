@@ -14,6 +14,10 @@ store_true) fill named params (dashes become underscores). Values go as text; th
 converts them to the declared types. Object and array params take JSON (`--weights '{"a": 1}'`),
 whose numbers keep their type (1 stays an integer). `COMMAND --help` shows a command's help.
 
+A streaming command (the daemon marks it `streams`, e.g. `fl status SESSION --follow`) prints
+each progress notification as one line while it runs, then the result; it waits as long as the
+daemon keeps it going unless --timeout is given.
+
 A command whose role is down is still known (the daemon lists it as unavailable): calling it
 says the role is down, why and since when (exit 1), not "unknown command".
 
@@ -40,7 +44,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence, TextIO
 
 from fognode.tools.cli_format import (USAGE, command_words, down_text, help_list, help_markdown, help_one,
-                                      render)
+                                      progress_line, render)
 
 EXIT_OK, EXIT_RPC, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
 NODE_ROLE_UNAVAILABLE = 104  # node/rpc/methods.py (the CLI imports only the standard library)
@@ -79,6 +83,7 @@ class Options:
     socket: str | None = None
     json: bool = False
     timeout: float = DEFAULT_TIMEOUT
+    timeout_given: bool = False     # --timeout was given (streaming commands wait without one otherwise)
     help: bool = False
     version: bool = False
     command: list[str] = field(default_factory=list)
@@ -141,6 +146,7 @@ def parse_options(argv: Sequence[str]) -> Options:
             else:
                 try:
                     opts.timeout = float(value)
+                    opts.timeout_given = True
                 except ValueError:
                     raise UsageError(f"--timeout must be a number of seconds, got {value!r}") from None
                 if not opts.timeout > 0:
@@ -185,8 +191,13 @@ class Connection:
     def close(self) -> None:
         self.sock.close()
 
-    def call(self, method: str, params: Any = None) -> Any:
-        """Send one request, wait for its reply; the result, or RpcFailure / NoDaemon."""
+    def call(self, method: str, params: Any = None, *, on_progress: Any = None,
+             timeout: float | None = -1.0) -> Any:
+        """Send one request, wait for its reply; the result, or RpcFailure / NoDaemon. A
+        streaming method's progress notifications go to `on_progress(value)` as they come;
+        `timeout` (None: wait as long as it takes) replaces the connection's for this call."""
+        if timeout is None or timeout > 0:
+            self.sock.settimeout(timeout)
         id_ = self._next_id
         self._next_id += 1
         req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id_}
@@ -198,6 +209,10 @@ class Connection:
                 reply = self._read_reply()
                 if isinstance(reply, dict) and reply.get("id") == id_:
                     break
+                if (isinstance(reply, dict) and reply.get("method") == "rpc.progress" and on_progress is not None
+                        and isinstance(reply.get("params"), dict) and reply["params"].get("id") == id_):
+                    on_progress(reply["params"].get("value"))
+                    continue
                 if isinstance(reply, dict) and reply.get("id") is None and "error" in reply:
                     break  # a connection-level error (busy, request too long)
         except socket.timeout:
@@ -260,10 +275,15 @@ def _types(schema: dict[str, Any]) -> set[str]:
 
 def convert(param: dict[str, Any], text: str) -> Any:
     """A command-line word for `param`: JSON for object/array/any params when it looks like
-    JSON, `null` for nullable ones; otherwise the text itself (the daemon converts it)."""
-    kinds = _types(param.get("schema", {}))
+    JSON, `null` for nullable ones, an absolute path for path params (`"format": "path"`,
+    resolved against the CLI's working directory); otherwise the text itself (the daemon
+    converts it)."""
+    schema = param.get("schema", {})
+    kinds = _types(schema)
     if text == "null" and "null" in kinds:
         return None
+    if schema.get("format") == "path":  # a path on this machine: the daemon's cwd is not ours
+        return os.path.abspath(os.path.expanduser(text))
     if kinds & {"object", "array", "any"} and text[:1] in ("{", "["):
         try:
             return json.loads(text)
@@ -417,11 +437,20 @@ def run(opts: Options, out: TextIO) -> int:
                     raise RpcFailure(NODE_ROLE_UNAVAILABLE, f"{method['name']} is unavailable: {down_text(method)}",
                                      {"role": method.get("role")}) from None
                 raise
-            result = conn.call(method["name"], params)
+            streams = bool(method.get("streams"))
+            result = conn.call(method["name"], params,
+                               on_progress=(lambda v: _progress(v, opts, out)) if streams else None,
+                               timeout=None if streams and not opts.timeout_given else -1.0)
     finally:
         conn.close()
     _print(json.dumps(result, indent=2, ensure_ascii=False) if opts.json else render(result), out)
     return EXIT_OK
+
+
+def _progress(value: Any, opts: Options, out: TextIO) -> None:
+    """One progress notification of a streaming command, as one line (JSON with --json)."""
+    out.write((json.dumps(value, ensure_ascii=False) if opts.json else progress_line(value)) + "\n")
+    out.flush()
 
 
 def version() -> str:

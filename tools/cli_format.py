@@ -1,7 +1,7 @@
 """What `fognode-cli` prints: result tables, and help rendered from the daemon's `rpc.discover`.
 
 `render` turns a result into a readable table (dict -> key/value rows, list of dicts ->
-columns); `help_list`, `help_one` and `help_markdown` render the daemon's method descriptions,
+columns; Unix times under time keys as `2026-12-04 10:31 UTC`, see `cell`); `help_list`, `help_one` and `help_markdown` render the daemon's method descriptions,
 wrapped to the terminal width ($COLUMNS, else the terminal's, else 80; Markdown is not
 wrapped). Only the standard library is imported: the CLI starts fast.
 """
@@ -53,6 +53,26 @@ def scalar(v: Any) -> str:
     return json.dumps(v, ensure_ascii=False)
 
 
+# result keys whose numbers are Unix times; the table shows them as UTC text (--json keeps the number)
+TIME_KEYS = frozenset({"time", "issued", "expires", "created", "started", "ended", "since", "until",
+                       "last_seen", "genesis_time", "valid_until", "deadline"})
+_UNIX_RANGE = (1e9, 1e10)    # 2001 .. 2286: a number of seconds, not a duration or a count
+
+
+def utc_minutes(t: float) -> str:
+    """`2026-12-04 10:31 UTC`."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+
+
+def cell(key: str, v: Any) -> str:
+    """`scalar(v)`, except a Unix time under a time key (TIME_KEYS, or a name ending in `_at`)."""
+    name = key.rsplit(".", 1)[-1]
+    if ((name in TIME_KEYS or name.endswith("_at")) and isinstance(v, (int, float))
+            and not isinstance(v, bool) and _UNIX_RANGE[0] <= v < _UNIX_RANGE[1]):
+        return utc_minutes(float(v))
+    return scalar(v)
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     """Nested dicts as dotted keys; lists of scalars comma-joined; lists of dicts indexed."""
     rows: list[tuple[str, str]] = []
@@ -69,7 +89,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
         elif isinstance(v, dict):
             rows.append((key, ""))
         else:
-            rows.append((key, scalar(v)))
+            rows.append((key, cell(key, v)))
     return rows
 
 
@@ -96,12 +116,31 @@ def columns_table(items: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def progress_line(value: Any) -> str:
+    """A streaming command's progress value as one line: `round 3  loss 0.41  ...` for a map."""
+    if isinstance(value, dict):
+        return "  ".join(f"{k} {cell(k, v)}" for k, v in value.items())
+    return scalar(value)
+
+
 def render(result: Any) -> str:
-    """A readable table: dict -> key/value rows, list of dicts -> columns, scalars plainly."""
+    """A readable table: dict -> key/value rows (a list of maps in it as a table of its own
+    after them; a dict of one scalar field is that value alone, for scripts), list of dicts
+    -> columns, scalars plainly."""
     if result is None:
         return ""
     if isinstance(result, dict):
-        return kv_table(flatten(result)) if result else "(empty)"
+        if not result:
+            return "(empty)"
+        if len(result) == 1:    # one field (`wallet address`): the bare value, for scripts
+            (only,) = result.values()
+            if not isinstance(only, (dict, list)):
+                return scalar(only)
+        tables = {k: v for k, v in result.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
+        rest = {k: v for k, v in result.items() if k not in tables}
+        parts = [kv_table(flatten(rest))] if rest else []
+        parts += [f"{k}:\n" + textwrap.indent(columns_table(v), "  ") for k, v in tables.items()]
+        return "\n".join(parts)
     if isinstance(result, list):
         if not result:
             return "(none)"

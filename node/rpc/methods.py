@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import os
 import re
 import time
 import types
@@ -66,6 +67,21 @@ _MARK = "__fognode_rpc__"
 Handler = Callable[..., Awaitable[Any]]
 
 
+class Progress:
+    """What a streaming method is handed (a keyword-only param annotated `Progress`, not a
+    JSON param): `await progress(value)` sends the caller a JSON-RPC notification
+    `{"method": "rpc.progress", "params": {"id": <request id>, "value": value}}` before the
+    final reply (fognode-cli prints each as one line). Without a connection to stream to (a
+    notification request, a batch, a direct call) the values are dropped."""
+
+    def __init__(self, send: Callable[[Any], Awaitable[None]] | None = None) -> None:
+        self._send = send
+
+    async def __call__(self, value: Any) -> None:
+        if self._send is not None:
+            await self._send(value)
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -84,6 +100,7 @@ class MethodSpec:
     params: tuple[Param, ...]
     returns: dict[str, Any]
     handler: Handler = field(compare=False)
+    progress: str | None = None      # the name of the handler's Progress param, if it streams
 
     def usage(self) -> str:
         """One line: `wallet send TO AMOUNT [--memo MEMO]` (required positionals upper-case,
@@ -126,6 +143,7 @@ class MethodSpec:
                 for p in self.params
             ],
             "result": {"name": "result", "schema": self.returns},
+            **({"streams": True} if self.progress else {}),
         }
 
     def bind(self, params: Any) -> dict[str, Any]:
@@ -190,10 +208,18 @@ def rpc_method(name: str) -> Callable[[Handler], Handler]:
     return mark
 
 
+class FilePath(str):
+    """A param type: a path on the daemon's machine, absolute (the daemon's working directory
+    means nothing to its caller). Its schema is a string with `"format": "path"`, by which
+    fognode-cli resolves a relative path against its own working directory before sending."""
+
+
 def _schema(tp: Any) -> dict[str, Any]:
     origin = get_origin(tp)
     if tp is Any:
         return {}
+    if tp is FilePath:
+        return {"type": "string", "format": "path"}
     if tp is str:
         return {"type": "string"}
     if tp is bool:
@@ -226,6 +252,13 @@ def _check(method: str, pname: str, tp: Any, v: Any, *, nested: bool = False) ->
     origin = get_origin(tp)
     if tp is Any:
         return v
+    if tp is FilePath:
+        if not isinstance(v, str) or not v:
+            raise bad
+        if not os.path.isabs(v):
+            raise RpcError(INVALID_PARAMS, f"{method}: param {pname!r} must be an absolute path (fognode-cli "
+                                           f"resolves a relative one against its working directory), got {_short(v)}")
+        return FilePath(v)
     if tp is str:
         if isinstance(v, str):
             return v
@@ -309,6 +342,8 @@ _TNAMES = {"string": "a string", "integer": "an integer", "number": "a number",
 def _tname(tp: Any) -> str:
     if tp is Any:
         return "any value"
+    if tp is FilePath:
+        return "a path"
     origin = get_origin(tp)
     if origin is Literal:
         return f"one of {list(get_args(tp))}"
@@ -353,11 +388,17 @@ def spec_of(name: str, fn: Handler) -> MethodSpec:
     sig = inspect.signature(fn)
     hints = get_type_hints(fn)
     params = []
+    progress: str | None = None
     for p in sig.parameters.values():
         if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if p.name not in hints:
             raise TypeError(f"RPC method {name}: param {p.name!r} has no type hint")
+        if hints[p.name] is Progress:
+            if p.kind != p.KEYWORD_ONLY:
+                raise TypeError(f"RPC method {name}: its Progress param {p.name!r} must be keyword-only")
+            progress = p.name
+            continue
         required = p.default is inspect.Parameter.empty
         params.append(Param(
             name=p.name,
@@ -376,7 +417,8 @@ def spec_of(name: str, fn: Handler) -> MethodSpec:
         returns = _schema(ret)
     except TypeError:
         returns = {}
-    return MethodSpec(name=name, summary=summary, doc=doc, params=tuple(params), returns=returns, handler=fn)
+    return MethodSpec(name=name, summary=summary, doc=doc, params=tuple(params), returns=returns, handler=fn,
+                      progress=progress)
 
 
 def declared_methods(obj: object) -> list[MethodSpec]:

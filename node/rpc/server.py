@@ -38,7 +38,7 @@ import stat
 import time
 from importlib import metadata
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -54,6 +54,7 @@ from fognode.node.rpc.methods import (
     REQUEST_TIMEOUT,
     SERVER_BUSY,
     MethodTable,
+    Progress,
     RoleDown,
     rpc_method,
 )
@@ -402,9 +403,11 @@ class RpcServer:
     def _count_error(self, code: int) -> None:
         self._errors.labels(str(code)).inc()
 
-    async def handle_line(self, line: bytes) -> str | None:
+    async def handle_line(self, line: bytes, stream: Callable[[str], Awaitable[None]] | None = None) -> str | None:
         """Answer one request line (without its newline): the reply line, or None when there
-        is nothing to send (notifications). Never raises except trio.Cancelled."""
+        is nothing to send (notifications). `stream` sends a line to the caller before the
+        reply (a streaming method's progress; not for batches). Never raises except
+        trio.Cancelled."""
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -438,10 +441,11 @@ class RpcServer:
                     nursery.start_soon(one, i, m)
             parts = [r for r in replies if r is not None]
             return "[" + ",".join(parts) + "]" if parts else None
-        return await self.handle_request(msg)
+        return await self.handle_request(msg, stream)
 
-    async def handle_request(self, msg: Any) -> str | None:
-        """Answer one decoded request object: the reply as JSON text, None for a notification."""
+    async def handle_request(self, msg: Any, stream: Callable[[str], Awaitable[None]] | None = None) -> str | None:
+        """Answer one decoded request object: the reply as JSON text, None for a notification.
+        A streaming method's progress goes out through `stream` (see methods.Progress)."""
         problem = _invalid(msg)
         if problem is not None:
             self._count_error(INVALID_REQUEST)
@@ -460,6 +464,9 @@ class RpcServer:
                 hint = f"; did you mean {', '.join(close)}?" if close else "; `help` lists the methods"
                 raise RpcError(METHOD_NOT_FOUND, f"method not found: {method!r}{hint}")
             kwargs = spec.bind(msg.get("params"))
+            if spec.progress is not None:
+                kwargs[spec.progress] = Progress(None if stream is None or notification
+                                                 else _progress_sender(stream, id_))
             result = await spec.handler(**kwargs)
             try:
                 body = encode_json(result)
@@ -481,6 +488,13 @@ class RpcServer:
         if notification:
             return None
         return f'{{"jsonrpc":"2.0","id":{encode_json(id_)},"result":{body}}}'
+
+
+def _progress_sender(stream: Callable[[str], Awaitable[None]], id_: Any) -> Callable[[Any], Awaitable[None]]:
+    async def send(value: Any) -> None:
+        await stream(f'{{"jsonrpc":"2.0","method":"rpc.progress","params":{{"id":{encode_json(id_)},'
+                     f'"value":{encode_json(value)}}}}}')
+    return send
 
 
 class _BadResult(Exception):
@@ -624,7 +638,7 @@ class _Connection:
 
     async def _answer(self, line: bytes) -> None:
         try:
-            reply = await self.server.handle_line(line)
+            reply = await self.server.handle_line(line, self._send)
             if reply is not None:
                 await self._send(reply)
         finally:

@@ -18,11 +18,12 @@ from fognode.protocols.fl.actions import (
     Publish, ReportOutcome, RoundJudged, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.dispatch import carry_out
-from fognode.protocols.fl.events import TrainingRoundCompleted, TrainingSessionEnded
+from fognode.protocols.fl.events import TrainingRoundCompleted, TrainingRoundStarted, TrainingSessionEnded
 from fognode.protocols.fl.harvest_link import HarvestLink
 from fognode.protocols.fl.messages import encode_gossip
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.rewards.ledger import LedgerLink
+from fognode.protocols.fl.session.archive import SessionArchive
 from fognode.protocols.fl.session.core import FlCore
 from fognode.protocols.fl.strategies.base import AggregateResult, StrategyError
 from fognode.protocols.fl.tasks import TaskError
@@ -43,7 +44,7 @@ class RoleActions:
     def __init__(self, *, ctx: Any, config: FlConfig, core: FlCore, metrics: FlMetrics,
                  tasks: TaskProcess, ledger: LedgerLink, nursery: trio.Nursery,
                  model_root: Path, task_key: Callable[[str, dict[str, float], int], TaskKey],
-                 closed: Callable[[], bool]) -> None:
+                 closed: Callable[[], bool], archive: SessionArchive) -> None:
         self.ctx = ctx
         self.core = core
         self.metrics = metrics
@@ -51,6 +52,7 @@ class RoleActions:
         self.ledger = ledger
         self.harvest = HarvestLink(ctx)
         self.model_root = model_root
+        self.archive = archive
         self._nursery = nursery
         self._task_key = task_key
         self._closed = closed
@@ -97,15 +99,34 @@ class RoleActions:
     def emit(self, a: Emit) -> None:
         ev = a.event
         self.ctx.events.publish(ev)
-        if isinstance(ev, TrainingSessionEnded):
+        if isinstance(ev, TrainingRoundStarted):
+            log.info("fl: session %s round %d (try %d) started: %d participants, aggregator %s, this node %s",
+                     ev.session_id[:16], ev.round, ev.try_no, len(ev.participants), ev.aggregator, ev.role)
+        elif isinstance(ev, TrainingSessionEnded):
+            log.info("fl: session %s %s after %d round(s)%s", ev.session_id[:16], ev.state, ev.rounds_done,
+                     f": {ev.reason}" if ev.reason else "")
+            self._archive(bytes.fromhex(ev.session_id))
             self.harvest.ended(ev.session_id, ev.state, ev.reason)
         if isinstance(ev, TrainingRoundCompleted):
+            log.info("fl: session %s round %d completed by %s: %d accepted, %d dropped, %d rejected, "
+                     "loss %.4g, accuracy %.4g", ev.session_id[:16], ev.round, ev.aggregator, len(ev.accepted),
+                     len(ev.dropped), len(ev.rejected), ev.loss, ev.accuracy)
             s = self.core.sessions.get(bytes.fromhex(ev.session_id))
             if s is not None and s.coordinator is not None and s.coordinator.history:
                 self.metrics.round.observe(s.coordinator.history[-1].duration)
                 self.metrics.rounds.labels("coordinator").inc()
             else:
                 self.metrics.rounds.labels("participant").inc()
+
+    def _archive(self, sid: bytes) -> None:
+        """Keep an ended session's status across restarts (session/archive.py)."""
+        s = self.core.sessions.get(sid)
+        if s is None:
+            return
+        st = self.core.status(sid)
+        st.update(ended=self._now(), task_params=dict(s.spec.task_params), nonce=s.ann.nonce.hex(),
+                  archived=True)
+        self.archive.save(st)
 
     def report_outcome(self, a: ReportOutcome) -> None:
         svc = self.ctx.services.get("reputation")

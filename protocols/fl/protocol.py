@@ -27,12 +27,13 @@ from fognode.node.wire import digest, unpack
 from fognode.protocols.fl.actions import Action
 from fognode.protocols.fl.config import MIB, FlConfig, validate
 from fognode.protocols.fl.executor import RoleActions
-from fognode.protocols.fl.messages import DeviceFacts, decode_gossip
+from fognode.protocols.fl.messages import DeviceFacts, SelectionCriteria, decode_gossip
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.rewards.ledger import LedgerLink
 from fognode.protocols.fl.rpc import FlRpc
+from fognode.protocols.fl.session.archive import SessionArchive
 from fognode.protocols.fl.session.core import FlCore
-from fognode.protocols.fl.session.selection import DeviceCandidate
+from fognode.protocols.fl.session.selection import DeviceCandidate, ineligibility
 from fognode.protocols.fl.training.prepared import TaskKey
 from fognode.protocols.fl.training.process import TaskProcess
 from fognode.protocols.fl.transfer.models import serve_model
@@ -68,10 +69,12 @@ class FlRole(FlRpc, Protocol):
             int.from_bytes(digest(ctx.peer_id.encode())[:4], "big") % 1_000_000
         self.data_index = index
         self.model_root = Path(ctx.datadir) / "fl"
+        self.archive = SessionArchive(self.model_root / "sessions")
 
     # == the loop ===========================================================================
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.to_thread.run_sync(self.archive.load)
         self.core = core = FlCore(self.ctx.peer_id, self.ctx.identity,
                                   tasks_enabled=set(self.config.tasks), facts=self._facts(),
                                   candidate_view=self._candidate,
@@ -83,7 +86,7 @@ class FlRole(FlRpc, Protocol):
             self.actions = actions = RoleActions(
                 ctx=self.ctx, config=self.config, core=core, metrics=self.metrics,
                 tasks=self.tasks, ledger=ledger, nursery=nursery, model_root=self.model_root,
-                task_key=self._task_key, closed=lambda: self._closed)
+                task_key=self._task_key, closed=lambda: self._closed, archive=self.archive)
             link = actions.link
             overlay = self.ctx.overlay
             overlay.set_stream_handler(UPDATE_STREAM, partial(serve_update, link))
@@ -159,6 +162,12 @@ class FlRole(FlRpc, Protocol):
         return [(rec.peer_id, DeviceFacts(region=rec.profile.region))
                 for rec in registry.devices(Criteria(role="fl", online=True))
                 if rec.peer_id != self.ctx.peer_id]
+
+    def _eligible_now(self, criteria: SelectionCriteria) -> int:
+        """How many devices (this one included) are eligible under `criteria` now, by the
+        registry's records (fl.start's warning; opt-ins decide the real selection)."""
+        peers = [*self._fl_peers(), (self.ctx.peer_id, DeviceFacts())]
+        return sum(1 for p, f in peers if ineligibility(self._candidate(p, f), criteria) is None)
 
     def _candidate(self, peer: str, facts: DeviceFacts) -> DeviceCandidate:
         """A candidate from the registry's record when there is one, else the device's own

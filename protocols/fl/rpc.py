@@ -13,22 +13,28 @@ from typing import Any, Literal
 import trio
 
 from fognode.node.errors import RemoteProtocolError, RpcError
-from fognode.node.rpc.methods import rpc_method
+from fognode.node.rpc.methods import FilePath, Progress, rpc_method
 from fognode.node.wire import unpack
 from fognode.protocols.fl import errors as E
 from fognode.protocols.fl.actions import Action, SaveModel
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.executor import RoleActions
+from fognode.protocols.fl.preflight import preflight
 from fognode.protocols.fl.messages import PrivacyOptions, SelectionCriteria, SessionSpec
 from fognode.protocols.fl.secagg import round as secagg_round
-from fognode.protocols.fl.session.core import FlCore
+from fognode.protocols.fl.session.archive import SessionArchive
+from fognode.protocols.fl.session.core import FlCore, session_row
+from fognode.protocols.fl.status_view import compact, new_rows
 from fognode.protocols.fl.strategies.registry import build_strategy
 from fognode.protocols.fl.strategies.base import StrategyError
 from fognode.protocols.fl.tasks import TaskError
 from fognode.protocols.fl.training.modelstore import load_model
 from fognode.protocols.fl.training.prepared import PreparedTask, TaskKey, init_seed_of
 from fognode.protocols.fl.training.process import TaskProcess
+
+
+FOLLOW_POLL = 0.25      # seconds between looks at a followed session
 
 
 class FlRpc(abc.ABC):
@@ -39,6 +45,7 @@ class FlRpc(abc.ABC):
     actions: RoleActions | None
     tasks: TaskProcess
     model_root: Path
+    archive: SessionArchive
 
     @abc.abstractmethod
     def _apply(self, actions: list[Action]) -> None: ...
@@ -48,6 +55,9 @@ class FlRpc(abc.ABC):
 
     @abc.abstractmethod
     def _task_key(self, task: str, params: dict[str, float], init_seed: int) -> TaskKey: ...
+
+    @abc.abstractmethod
+    def _eligible_now(self, criteria: SelectionCriteria) -> int: ...
 
     @rpc_method("fl.start")
     async def start(self, task: str, rounds: int = 10, min_participants: int = 2,
@@ -67,13 +77,18 @@ class FlRpc(abc.ABC):
         TASK is an installed task (`synthetic`, `synthetic_mlp`, ...). The session runs ROUNDS
         rounds of PARTICIPANTS selected nodes each, needing MIN_PARTICIPANTS usable updates per
         round within DEADLINE seconds (default from the node config). STRATEGY is fedavg,
-        fedprox, fedadam, fedyogi, fedadagrad, median, trimmed_mean, krum, multikrum or bulyan,
+        fedprox, fedavgm, fedadam, fedyogi, fedadagrad, qfedavg, median, trimmed_mean, krum,
+        multikrum or bulyan,
         with STRATEGY_PARAMS (e.g. {"mu": 0.1}, {"f": 1}). DP_CLIP > 0 turns on central DP with
         noise multiplier DP_NOISE. SECAGG runs secure aggregation: the aggregator sees only the sum
         of the updates (mean-based strategies only; robust ones get 507). HIERARCHICAL
         aggregates per registry region first (one elected aggregator per region, then a global
-        one; mean-based strategies only, robust ones get 502, with SECAGG 507). Selection criteria: REGION, CAPABILITIES, MIN_REPUTATION (0..1),
-        CHARGING_ONLY, MIN_CORES, MIN_MEMORY_MB. Errors: 500 bad parameter, 501 task not
+        one; mean-based strategies only, robust ones get 502, with SECAGG 507). Selection
+        criteria: REGION, CAPABILITIES, MIN_REPUTATION (0..1), CHARGING_ONLY, MIN_CORES,
+        MIN_MEMORY_MB. Refused before it starts (500): DP_NOISE without DP_CLIP (no privacy),
+        MIN_PARTICIPANTS or PARTICIPANTS below what the strategy needs per round (krum and
+        multikrum n >= 2f + 3, bulyan n >= 4f + 3). The result's `warnings` say when fewer
+        devices are eligible now than asked for. Errors: 500 bad parameter, 501 task not
         available, 502 strategy, 507 unsupported privacy option.
         """
         assert self.core is not None
@@ -99,10 +114,13 @@ class FlRpc(abc.ABC):
         except RemoteProtocolError as e:
             raise RpcError(E.FL_BAD_REQUEST, str(e).replace("fl.SessionSpec: ", "")) from None
         try:
-            build_strategy(spec)
+            strategy = build_strategy(spec)
         except StrategyError as e:
             code = E.FL_UNSUPPORTED if secagg else E.FL_BAD_STRATEGY
             raise RpcError(code, str(e)) from None
+        checked = preflight(spec, strategy, self._eligible_now(spec.criteria))
+        if checked.refusals:
+            raise RpcError(E.FL_BAD_REQUEST, "; ".join(checked.refusals))
         nonce = os.urandom(16)
         try:
             prepared = await self.tasks.prepare(self._task_key(task, spec.task_params, init_seed_of(nonce)))
@@ -123,9 +141,11 @@ class FlRpc(abc.ABC):
             raise RpcError(E.FL_BAD_REQUEST, str(e)) from None
         self._apply(actions)
         return {"session_id": ann.session_id.hex(), "initial_model_hash": ann.initial_model_hash.hex(),
-                "parameters": prepared.layout.size}
+                "parameters": prepared.layout.size, "warnings": list(checked.warnings)}
 
-    def _sid(self, session: str) -> bytes:
+    def _sid(self, session: str, *, archived: bool = False) -> bytes:
+        """The session id; RpcError unless this node runs it (or, with `archived`, holds its
+        record from before a restart)."""
         try:
             sid = bytes.fromhex(session)
         except ValueError:
@@ -133,18 +153,41 @@ class FlRpc(abc.ABC):
         if len(sid) != 32:
             raise RpcError(E.FL_BAD_REQUEST, f"session id must be 64 hex characters, got {session!r}")
         assert self.core is not None
-        if sid not in self.core.sessions:
+        if sid not in self.core.sessions and not (archived and sid.hex() in self.archive.entries):
             raise RpcError(E.FL_UNKNOWN_SESSION, f"no session {session} on this node")
         return sid
 
     @rpc_method("fl.status")
-    async def status(self, session: str) -> dict[str, Any]:
-        """State of SESSION (running, completed, failed or stopped), its history per round
-        (loss and accuracy of the round's base model on the participants' data, participants,
-        accepted, dropped and rejected peers), the DP epsilon spent, the session's coordinators
-        (starter first, then its fallbacks) and the acting one. Error 503: unknown."""
+    async def status(self, session: str, verbose: bool = False, follow: bool = False, *,
+                     progress: Progress = Progress()) -> dict[str, Any]:
+        """State of SESSION (running, completed, failed or stopped) and one row per completed
+        round: participants, accepted updates, loss and accuracy of the round's base model on
+        the participants' data, duration and the DP epsilon spent (on a participant: its part
+        in each round). --verbose gives everything: per-round participants, accepted, dropped
+        and rejected peers with reasons and weights, the candidates, the current plan, the
+        session's coordinators (starter first, then its fallbacks) and the acting one.
+        --follow prints each round's row as it completes and returns when the session ends
+        (with its outcome). An ended session is kept across restarts of this node
+        (`archived`). Error 503: unknown."""
         assert self.core is not None
-        sid = self._sid(session)
+        sid = self._sid(session, archived=True)
+        if follow:
+            seen = 0
+            while sid in self.core.sessions:
+                st = self._full_status(sid)
+                for row in new_rows(st, seen):
+                    await progress(row)
+                seen = len(st.get("history") or ())
+                if st["state"] != "running":
+                    break
+                await trio.sleep(FOLLOW_POLL)
+        st = self._full_status(sid)
+        return st if verbose else compact(st)
+
+    def _full_status(self, sid: bytes) -> dict[str, Any]:
+        assert self.core is not None
+        if sid not in self.core.sessions:
+            return dict(self.archive.entries[sid.hex()])
         st = self.core.status(sid)
         final = self._final_path(sid)
         st["model_file"] = str(final) if final is not None else None
@@ -152,9 +195,13 @@ class FlRpc(abc.ABC):
 
     @rpc_method("fl.sessions")
     async def sessions(self) -> list[dict[str, Any]]:
-        """Every session this node knows: id, task, state, its role, rounds done."""
+        """Every session this node knows, newest first: id, task, strategy, state, this node's
+        role, start time, rounds done of rounds, and why it failed; ended sessions are kept
+        across restarts."""
         assert self.core is not None
-        return self.core.session_list()
+        rows = {r["session_id"]: r for r in map(session_row, self.archive.entries.values())}
+        rows.update((r["session_id"], r) for r in self.core.session_list())
+        return sorted(rows.values(), key=lambda r: -float(r.get("started") or 0.0))
 
     @rpc_method("fl.stop")
     async def stop(self, session: str) -> dict[str, Any]:
@@ -181,37 +228,56 @@ class FlRpc(abc.ABC):
 
     def _final_path(self, sid: bytes) -> Path | None:
         assert self.core is not None
-        s = self.core.sessions[sid]
-        p = self.model_root / sid.hex() / f"final-{s.latest_model.hex()[:16]}.npy"
+        return self._final_model(sid, self.core.sessions[sid].latest_model)
+
+    def _final_model(self, sid: bytes, model_hash: bytes) -> Path | None:
+        p = self.model_root / sid.hex() / f"final-{model_hash.hex()[:16]}.npy"
         return p if p.exists() else None
 
     @rpc_method("fl.export")
-    async def export(self, session: str, path: str) -> dict[str, Any]:
-        """Write SESSION's latest global model to PATH (absolute) as a torch state dict file
-        (`torch.load(PATH)` gives name -> tensor). Errors: 505 no model here, 506 cannot write."""
+    async def export(self, session: str, path: FilePath, force: bool = False) -> dict[str, Any]:
+        """Write SESSION's latest global model to PATH as a torch state dict file
+        (`torch.load(PATH)` gives name -> tensor). A relative PATH is taken from where
+        fognode-cli runs. An existing file is kept unless --force. Works on any node that holds
+        the session's latest model (its participants and coordinators), also after a restart.
+        Errors: 505 no model here, 506 cannot write (or the file exists)."""
         assert self.core is not None
-        sid = self._sid(session)
-        s = self.core.sessions[sid]
+        sid = self._sid(session, archived=True)
         target = Path(path)
-        if not target.is_absolute():
+        if not target.is_absolute():    # the RPC layer refuses one already (FilePath); direct callers too
             raise RpcError(E.FL_BAD_REQUEST, f"path must be absolute, got {path!r}")
-        if s.prepared is None:
+        if target.exists() and not force:
+            raise RpcError(E.FL_EXPORT_FAILED, f"{path} exists: give --force to overwrite it")
+        s = self.core.sessions.get(sid)
+        if s is not None and s.prepared is not None:
+            prepared: PreparedTask = s.prepared
+            model_hash, rounds_done = s.latest_model, s.rounds_done
+            bundle = self.core.model_for(sid, model_hash)
+            params = bundle.params if bundle is not None else None
+        elif s is None:     # ended before this node restarted: its archived record
+            entry = self.archive.entries[sid.hex()]
+            model_hash, rounds_done = bytes.fromhex(entry["model_hash"]), int(entry["rounds_done"])
+            key = self._task_key(entry["task"], dict(entry.get("task_params") or {}),
+                                 init_seed_of(bytes.fromhex(entry["nonce"])))
+            try:
+                prepared = await self.tasks.prepare(key)
+            except TaskError as e:
+                raise RpcError(E.FL_NO_MODEL, f"cannot load the session's task here: {e}") from None
+            params = None
+        else:
             raise RpcError(E.FL_NO_MODEL, "this node has not loaded the session's task")
-        bundle = self.core.model_for(sid, s.latest_model)
-        params = bundle.params if bundle is not None else None
         if params is None:
-            final = self._final_path(sid)
+            final = self._final_model(sid, model_hash)
             if final is None:
                 raise RpcError(E.FL_NO_MODEL, "this node holds no model of that session")
-            params = await trio.to_thread.run_sync(load_model, final, s.latest_model)
-        prepared: PreparedTask = s.prepared
+            params = await trio.to_thread.run_sync(load_model, final, model_hash)
         try:
             await self.tasks.export(prepared.key, params, target)
         except TaskError as e:
             raise RpcError(E.FL_EXPORT_FAILED, f"cannot export the model: {e}") from None
         except OSError as e:
             raise RpcError(E.FL_EXPORT_FAILED, f"cannot write {path}: {e.strerror or e}") from None
-        return {"path": str(target), "model_hash": s.latest_model.hex(), "rounds_done": s.rounds_done,
+        return {"path": str(target), "model_hash": model_hash.hex(), "rounds_done": rounds_done,
                 "tensors": [t.name for t in prepared.layout.tensors]}
 
 

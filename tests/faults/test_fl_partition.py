@@ -54,17 +54,12 @@ def reward_mints(net: Devnet, wallets: list[str]) -> dict[str, Counter[int]]:
     """The fl_update reward mints node 0's replica holds, by recipient wallet."""
     out: dict[str, Counter[int]] = {}
     for w in wallets:
-        for h in net.nodes[0].rpc("wallet.history", {"address": w, "limit": 1000}):
+        for h in net.nodes[0].rpc("wallet.history", {"address": w, "limit": 1000, "verbose": True}):
             if h["kind"] == "mint" and h["recipient"] == w and h["receipt"]["kind"] == "fl_update":
                 out.setdefault(w, Counter())[parse_amount(h["amount"])] += 1
     return out
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open findings of issue 10 item 9 (see its note): in one CI run a node's own wallet signed two "
-    "different orders for sequence 0 during the split (an uncertified fork: the validators refused "
-    "the second, so no value moved twice, but it must never happen); FL split brain and stalls "
-    "under a 3/2 split. The ledger partition tests keep every check strict."))
 def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: Devnet, fabric: Fabric,
                                                                   wallets: list[str]) -> None:
     net = netns_devnet
@@ -84,10 +79,10 @@ def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: 
     def status() -> dict[str, Any]:
         """The session as its acting coordinator sees it (the starter, unless a fallback
         coordinator took the session over)."""
-        st: dict[str, Any] = coord.rpc("fl.status", [sid])
+        st: dict[str, Any] = coord.rpc("fl.status", [sid, True])
         if st["role"] != "coordinator":
             acting = next(n for n in net.nodes if n.peer_id == st["acting_coordinator"])
-            st = acting.rpc("fl.status", [sid])
+            st = acting.rpc("fl.status", [sid, True])
         return st
 
     def rounds_done() -> int:
@@ -133,7 +128,7 @@ def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: 
     unaware = []
     for n in net.nodes[1:]:
         try:
-            wait_until(lambda n=n: n.rpc("fl.status", [sid])["state"] == st["state"], timeout=HEAL_TIMEOUT,
+            wait_until(lambda n=n: n.rpc("fl.status", [sid, True])["state"] == st["state"], timeout=HEAL_TIMEOUT,
                        interval=0.25, what=f"node {n.index} to see the session {st['state']}")
         except TimeoutError as e:
             unaware.append(str(e).splitlines()[0])

@@ -105,7 +105,7 @@ def certificates(node: DevnetNode, wallets: list[str]) -> dict[tuple[str, int], 
     (sender, sequence) -> transaction ids (more than one id is a double certification)."""
     out: dict[tuple[str, int], set[str]] = {}
     for w in wallets:
-        for h in node.rpc("wallet.history", {"address": w, "limit": 1000}):
+        for h in node.rpc("wallet.history", {"address": w, "limit": 1000, "verbose": True}):
             out.setdefault((h["sender"], int(h["sequence"])), set()).add(h["tx"])
     return out
 

@@ -34,7 +34,7 @@ def test_five_daemons_train_and_survive_a_killed_aggregator(node_factory: NodeFa
 
     def progress() -> bool:
         nonlocal killed
-        st = coord.rpc("fl.status", [sid])
+        st = coord.rpc("fl.status", [sid, True])
         cur = st.get("current")
         if killed is None and cur and cur["round"] >= 2 and cur["aggregators"] \
                 and cur["aggregators"][0] != coord.peer_id:
@@ -44,7 +44,7 @@ def test_five_daemons_train_and_survive_a_killed_aggregator(node_factory: NodeFa
         return st["state"] != "running"
 
     wait_until(progress, timeout=240, interval=0.1, what="the session to end")
-    st = coord.rpc("fl.status", [sid])
+    st = coord.rpc("fl.status", [sid, True])
     assert st["state"] == "completed", st
     assert [h["round"] for h in st["history"]] == [1, 2, 3, 4]
     assert all(len(h["accepted"]) >= 3 for h in st["history"])
@@ -85,29 +85,29 @@ def test_five_daemons_finish_a_session_whose_starter_is_killed(node_factory: Nod
                                    "optin_seconds": 4.0,
                                    "task_params": {"alpha": 0.5, "beta": 0.5, "max_samples": 300}})
     sid = out["session_id"]
-    st = starter.rpc("fl.status", [sid])
+    st = starter.rpc("fl.status", [sid, True])
     coords = st["coordinators"]
     assert coords[0] == starter.peer_id and len(coords) == 3 and st["acting_coordinator"] == starter.peer_id
 
     def round_two_runs() -> bool:
-        cur = starter.rpc("fl.status", [sid]).get("current")
+        cur = starter.rpc("fl.status", [sid, True]).get("current")
         return bool(cur) and cur["round"] >= 2
     wait_until(round_two_runs, timeout=120, interval=0.1, what="round 2 to be planned")
     net.kill(0)
     fb = next(n for n in net.nodes if n.peer_id == coords[1])
-    wait_until(lambda: fb.rpc("fl.status", [sid])["state"] != "running", timeout=180, interval=0.25,
+    wait_until(lambda: fb.rpc("fl.status", [sid, True])["state"] != "running", timeout=180, interval=0.25,
                what="the fallback coordinator to end the session")
-    st = fb.rpc("fl.status", [sid])
+    st = fb.rpc("fl.status", [sid, True])
     assert st["state"] == "completed", st
     assert st["role"] == "coordinator" and st["acting_coordinator"] == fb.peer_id
     assert [h["round"] for h in st["history"]] == [1, 2, 3, 4]
     assert any("taken over by" in f for h in st["history"] for f in h["failures"])
     # the final model is saved in a worker thread after the session is reported completed
-    wait_until(lambda: fb.rpc("fl.status", [sid])["model_file"] is not None, timeout=30,
+    wait_until(lambda: fb.rpc("fl.status", [sid, True])["model_file"] is not None, timeout=30,
                interval=0.25, what="the fallback coordinator to save the final model")
     # the other survivors followed it to the end
     for n in net.nodes[1:]:
-        ps = n.rpc("fl.status", [sid])
+        ps = n.rpc("fl.status", [sid, True])
         assert ps["acting_coordinator"] == fb.peer_id
-        wait_until(lambda n=n: n.rpc("fl.status", [sid])["state"] == "completed", timeout=15,
+        wait_until(lambda n=n: n.rpc("fl.status", [sid, True])["state"] == "completed", timeout=15,
                    interval=0.25, what=f"node {n.index} to see the session completed")

@@ -79,8 +79,8 @@ async def test_three_nodes_train_over_real_streams(tmp_path: Path) -> None:
                          roles[0].core.status(bytes.fromhex(sid))["state"] != "running", 90)
         # the final model is written by a background task right after the session ends
         await wait_until(lambda: roles[0]._final_path(bytes.fromhex(sid)) is not None, 20)
-        st = await roles[0].status(sid)
-        st1 = await roles[1].status(sid)
+        st = await roles[0].status(sid, verbose=True)
+        st1 = await roles[1].status(sid, verbose=True)
         seen: list[list[object]] = []
         for sub in subs:
             got: list[object] = []
@@ -144,6 +144,20 @@ async def test_start_validation_errors(tmp_path: Path) -> None:
             with pytest.raises(RpcError) as ei:
                 await role.start(**kw)  # type: ignore[arg-type]
             assert ei.value.code == code, (kw, ei.value.message)
+        # checked before the session starts (issue 15 item 13), each refusal naming the fix
+        refused = [
+            (dict(task="synthetic", dp_noise=1.0), "without --dp-clip"),
+            (dict(task="synthetic", strategy="krum", min_participants=3, participants=5), "at least 5"),
+            (dict(task="synthetic", strategy="bulyan", strategy_params={"f": 1}, min_participants=6,
+                  participants=6), "needs at least 7"),
+        ]
+        for kw, words in refused:
+            with pytest.raises(RpcError) as ei:
+                await role.start(**kw)  # type: ignore[arg-type]
+            assert ei.value.code == 500 and words in ei.value.message, (kw, ei.value.message)
+        # one node knows only itself: asking for five is a warning, not a refusal
+        out = await role.start(task="synthetic", rounds=1, min_participants=2, participants=5)
+        assert any("more than the 1 eligible device" in w for w in out["warnings"]), out
 
 
 async def test_stop_saves_final_model(tmp_path: Path) -> None:
@@ -283,7 +297,7 @@ async def test_three_nodes_secure_aggregation_over_real_streams(tmp_path: Path) 
         sid = out["session_id"]
         await wait_until(lambda: roles[0].core is not None and
                          roles[0].core.status(bytes.fromhex(sid))["state"] != "running", 90)
-        st = await roles[0].status(sid)
+        st = await roles[0].status(sid, verbose=True)
         secagg_bytes = sum((r.ctx.metrics.get_sample_value("fognode_fl_bytes_received_total",
                                                            {"stream": "secagg"}) or 0) for r in roles)
         update_bytes = sum((r.ctx.metrics.get_sample_value("fognode_fl_bytes_received_total",

@@ -25,6 +25,8 @@ from fognode.ledger.handover import HandoverPage
 from fognode.ledger.messages import (BondOrder, Certificate, ForkProof, MintOrder, Rejection,
                                      SignedOrder, TransferOrder, UnbondOrder, Vote)
 from fognode.ledger.errors import Reason
+from fognode.ledger.escrow_orders import (BreachReport, DebitNote, EscrowCollateralOrder, EscrowOpenOrder,
+                                          EscrowPayoutOrder, EscrowRefundOrder, EscrowSlashOrder, escrow_id)
 from fognode.ledger.receipts import Receipt, uptime_claim
 from fognode.node.gossip import seal
 from fognode.node.wire import pack
@@ -35,6 +37,9 @@ from fognode.protocols.fl.secagg.core import SecAggAggregator, SecAggConfig, Sec
 from fognode.protocols.fl.session.rounds import UpdateMeta
 from fognode.protocols.fl.secagg.round import encode as secagg_encode
 from fognode.protocols.fl.transfer.tensors import encode_tensor
+from fognode.protocols.market.agreement import (SLA, Agreement, Terms, sign_accept, sign_proposal,
+                                                sign_reject)
+from fognode.protocols.market.messages import sign_bid, sign_demand, sign_offer, sign_withdraw
 from fognode.protocols.monitor.protocol import NodeStatus
 from fognode.protocols.registry.actions import Publish
 from fognode.protocols.registry.core import RegistryCore
@@ -43,6 +48,7 @@ from fognode.protocols.registry.observation import sign_observation
 from fognode.protocols.registry.record import make_profile
 from tests.fl.test_evidence import announcement, issued, plan_for, round_receipt
 from tests.fuzz.targets import FUZZ_KEY, FUZZ_PEER, NOW, PARAMS_SHAPE, TARGETS
+from tests.fuzz.targets import LOCAL_KEY as TARGET_LOCAL_KEY
 from tests.registry.helpers import caps, record
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -70,7 +76,35 @@ def _orders() -> list[SignedOrder]:
                   amount=1000, receipt=r)
     return [SignedOrder.sign(a, t), SignedOrder.sign(a, m),
             SignedOrder.sign(a, BondOrder(chain=CHAIN, epoch=1, sender=pub(a), sequence=2, fee=0, amount=7)),
-            SignedOrder.sign(a, UnbondOrder(chain=CHAIN, epoch=1, sender=pub(a), sequence=3, fee=0, amount=7))]
+            SignedOrder.sign(a, UnbondOrder(chain=CHAIN, epoch=1, sender=pub(a), sequence=3, fee=0, amount=7)),
+            *_escrow_orders()]
+
+
+def _escrow_orders() -> list[SignedOrder]:
+    """Every escrow order kind, the fuzz key as customer and witness (FUZZ_ESCROW in targets.py)."""
+    c, p = FUZZ_KEY, key(2)
+    e = escrow_id(CHAIN, pub(c), b"\x01" * 32)
+    common = dict(chain=CHAIN, epoch=0, fee=1000)
+    report = BreachReport(e, 3, 100, 20, ())
+    report = BreachReport(e, 3, 100, 20, (report.witness_signature(FUZZ_KEY),))
+    return [SignedOrder.sign(c, EscrowOpenOrder(**common, sender=pub(c), sequence=4, agreement=b"\x01" * 32,
+                                                payee=pub(p), amount=10_000, deadline=int(NOW) + 60, grace=600,
+                                                uptime_ppm=990_000, penalty=300, witnesses=(pub(c),), threshold=1)),
+            SignedOrder.sign(p, EscrowCollateralOrder(**common, sender=pub(p), sequence=0, escrow=e, escrow_sequence=1,
+                                                      amount=500)),
+            SignedOrder.sign(p, EscrowPayoutOrder(**common, sender=pub(p), sequence=1, escrow=e, escrow_sequence=1,
+                                                  note=DebitNote.sign(c, e, 4000))),
+            SignedOrder.sign(c, EscrowRefundOrder(**common, sender=pub(c), sequence=5, escrow=e, escrow_sequence=1)),
+            SignedOrder.sign(c, EscrowSlashOrder(**common, sender=pub(c), sequence=5, escrow=e, escrow_sequence=1,
+                                                 report=report))]
+
+
+def ledger_escrow() -> list[bytes]:
+    so = _escrow_orders()
+    payout, slash = so[2].order, so[4].order
+    assert isinstance(payout, EscrowPayoutOrder) and isinstance(slash, EscrowSlashOrder)
+    return ([b"\x00" + pack(payout.note.to_wire()), b"\x01" + pack(slash.report.to_wire())]
+            + [b"\x02" + pack(s.to_wire()) for s in so])
 
 
 def _certificates() -> list[Certificate]:
@@ -231,6 +265,38 @@ def registry_direct() -> list[bytes]:
             frame({"v": 1, "t": "nope"}), frame({"v": 1, "t": "ping"})[:6]]
 
 
+def market_gossip() -> list[bytes]:
+    o = sign_offer(FUZZ_KEY, id="o1", seq=3, service="compute.wasm", cores=8, memory_mib=8192,
+                   disk_mib=50_000, region="eu-west", prices={"fuel": 9, "cpu_s": 2, "gb_h": 1},
+                   uptime_bp=9950, issued=int(NOW), valid_until=int(NOW) + 600)
+    w = sign_withdraw(FUZZ_KEY, id="o1", seq=4, issued=int(NOW))
+    d1 = sign_demand(FUZZ_KEY, id="d1", service="compute.wasm", constraints="", usage={"fuel": 50},
+                     budget=5000, replication=1, issued=int(NOW), deadline=int(NOW) + 300)
+    d2 = sign_demand(FUZZ_KEY, id="d2", service="compute.wasm",
+                     constraints="(&(cores>=2)(|(region=eu-*)(!(price.fuel>20)))(uptime>=99.5))",
+                     usage={"fuel": 10, "cpu_s": 3}, budget=90_000, replication=3, issued=int(NOW),
+                     deadline=int(NOW) + 300)
+    return [o.encode(), w.encode(), d1.encode(), d2.encode()]
+
+
+def market_stream() -> list[bytes]:
+    local = TARGET_LOCAL_KEY
+    terms = Terms(nonce=b"n" * 16, round=0, customer=pub(FUZZ_KEY), provider=pub(local),
+                  service="compute.wasm", offer="o1", demand=b"d" * 32, prices=(("fuel", 10),),
+                  usage=(("fuel", 100),), max_total=2000, start=int(NOW), deadline=int(NOW) + 600,
+                  debit_interval=120, sla=SLA(9900, 500, 10))
+    counter = terms.revise(prices=(("fuel", 12),))
+    agreement = Agreement(terms, sign_accept(FUZZ_KEY, "customer", terms).sig,
+                          sign_accept(local, "provider", terms).sig)
+    bid = sign_bid(FUZZ_KEY, demand=b"d" * 32, offer="o1", price=900, seq=1, issued=int(NOW),
+                   valid_until=int(NOW) + 60)
+    return [sign_proposal(FUZZ_KEY, "customer", terms).encode(),
+            sign_proposal(FUZZ_KEY, "customer", counter).encode(),
+            sign_accept(FUZZ_KEY, "customer", terms).encode(),
+            sign_reject(FUZZ_KEY, "customer", terms.nonce, 0, "too dear").encode(),
+            agreement.encode(), bid.encode()]
+
+
 def monitor_status() -> list[bytes]:
     return [NodeStatus(True, 3, 12.5, "0.1.0", NOW).encode(), NodeStatus(False, 0, 0.0, "", 0.0).encode()]
 
@@ -272,9 +338,10 @@ def rpc_line() -> list[bytes]:
 GENERATORS: dict[str, Callable[[], list[bytes]]] = {
     "wire_unpack": wire_unpack, "gossip_envelope": gossip_envelope, "stream_frames": stream_frames,
     "ledger_order": ledger_order, "ledger_certificate": ledger_certificate, "ledger_replies": ledger_replies,
-    "ledger_receipt": ledger_receipt, "fl_gossip": fl_gossip, "fl_stream": fl_stream, "fl_tensor": fl_tensor,
+    "ledger_receipt": ledger_receipt, "ledger_escrow": ledger_escrow, "fl_gossip": fl_gossip, "fl_stream": fl_stream, "fl_tensor": fl_tensor,
     "fl_secagg": fl_secagg, "registry_record": registry_record, "registry_observation": registry_observation,
     "registry_gossip": registry_gossip, "registry_direct": registry_direct, "monitor_status": monitor_status, "rpc_line": rpc_line,
+    "market_gossip": market_gossip, "market_stream": market_stream,
 }
 
 

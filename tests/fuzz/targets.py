@@ -31,6 +31,9 @@ from prometheus_client import CollectorRegistry
 from fognode.ledger.committee import (decode_committee_body, decode_committee_certificate,
                                       decode_committee_vote)
 from fognode.ledger.errors import CertificateRejected
+from fognode.ledger import escrow as escrow_rules
+from fognode.ledger.escrow_orders import (ESCROW_ORDERS, EscrowCollateralOrder, decode_breach_report,
+                                          decode_debit_note)
 from fognode.ledger.handover import HandoverPage
 from fognode.ledger.messages import (decode_certificate, decode_fork_proof, decode_rejection,
                                      decode_signed_order, decode_vote, order_problem, vote_message)
@@ -51,6 +54,10 @@ from fognode.protocols.fl.rewards.round_header import RoundHeader
 from fognode.protocols.fl.secagg.round import Envelope as SecAggEnvelope
 from fognode.protocols.fl.secagg.round import decode_body as secagg_decode_body
 from fognode.protocols.fl.transfer.tensors import TensorDecoder, decode_header, tensor_hash
+from fognode.protocols.market.agreement import decode_negotiation
+from fognode.protocols.market.config import MarketConfig
+from fognode.protocols.market.core import DEMANDS_TOPIC, OFFERS_TOPIC, MarketCore
+from fognode.protocols.market.messages import decode_demand, decode_offer_gossip
 from fognode.protocols.monitor.protocol import NodeStatus
 from fognode.protocols.registry import direct
 from fognode.protocols.registry.config import RegistryConfig
@@ -318,6 +325,67 @@ def ledger_replies(data: bytes) -> None:
         assert HandoverPage.decode(unpack(pack(page.to_wire())), epoch=3, after=after) == page
 
 
+# the escrow every fuzzed escrow order is checked against: the fuzz key is customer and witness
+FUZZ_ESCROW = escrow_rules.Escrow(FUZZ_PUB, LOCAL_KEY.verify_key.encode(), b"\x01" * 32, 10_000, int(NOW), 600,
+                                  990_000, 300, (FUZZ_PUB,), 1, paid=1000, collateral=500)
+
+
+def _escrow_rules(order: Any) -> None:
+    """The escrow rules on a decoded escrow order; an order they accept moves no micro-unit
+    out of thin air (what the escrow held plus a deposit = what it holds plus the credits)."""
+    if escrow_rules.order_problem(order) is not None:
+        return
+    e = None if order.escrow_sequence == 0 else FUZZ_ESCROW
+    if escrow_rules.state_problem(e, order) is not None:
+        return
+    for t in (NOW - 1, NOW + 1, NOW + 700):
+        escrow_rules.time_problem(e, order, t)
+    new, credits = escrow_rules.effect(e, order)
+    before = (e.held if e is not None else 0) + (order.amount if isinstance(order, EscrowCollateralOrder) else 0)
+    if e is None:
+        before = new.held
+    assert all(a > 0 for _, a in credits), credits
+    assert before == new.held + sum(a for _, a in credits), (e, new, credits)
+    assert new.next_sequence == (e.next_sequence + 1 if e is not None else 1)
+    assert escrow_rules.Escrow.decode(new.encode()) == new and not new.problems()
+
+
+@target("ledger_escrow", "ledger escrow evidence and orders: debit notes, SLA breach reports (first byte "
+                         "picks), escrow orders through the escrow rules (decode_* + escrow.py)")
+def ledger_escrow(data: bytes) -> None:
+    if not data:
+        return
+    which, raw = data[0] % 3, unpack(data[1:], what="fuzz")
+    if which == 0:
+        note = decode_debit_note(raw, peer="fuzz")
+        _ = note.signed_by(FUZZ_PUB)
+        _roundtrip(note, decode_debit_note)
+    elif which == 1:
+        report = decode_breach_report(raw, peer="fuzz")
+        _ = report.signers((FUZZ_PUB,))
+        _roundtrip(report, decode_breach_report)
+    else:
+        so = decode_signed_order(raw, peer="fuzz")
+        _roundtrip(so, decode_signed_order)
+        if not isinstance(so.order, ESCROW_ORDERS):
+            return
+        _escrow_rules(so.order)
+        o = raw["order"]     # re-signed evidence: the note or report signed by the fuzz key
+        if isinstance(o.get("note"), dict) and isinstance(o["note"].get("escrow"), bytes):
+            n = {"v": 1, "kind": "ledger.debit_note", "escrow": o["note"]["escrow"], "due": o["note"].get("due")}
+            try:
+                o = {**o, "note": {**o["note"], "sig": sign(FUZZ_KEY, n)}}
+            except LocalProtocolError:
+                return
+        elif isinstance(o.get("report"), dict):
+            r = {k: o["report"].get(k) for k in ("escrow", "window", "probes", "failures")}
+            try:
+                o = {**o, "report": {**o["report"], "sigs": [[FUZZ_PUB, sign(FUZZ_KEY, {"v": 1, "kind": "ledger.sla_breach", **r})]]}}
+            except LocalProtocolError:
+                return
+        _escrow_rules(decode_signed_order({**raw, "order": o}, peer="fuzz").order)
+
+
 @target("ledger_receipt", "ledger mint evidence: a receipt inside a mint order (decode_receipt + verifier)",
         expected=(RemoteProtocolError, EvidenceError))
 def ledger_receipt(data: bytes) -> None:
@@ -435,6 +503,67 @@ def fl_secagg(data: bytes) -> None:
     else:
         msg = decode_message(raw, peer="fuzz")
     assert decode_message(unpack(pack(msg.to_wire()))) == msg
+
+
+# ---- market -----------------------------------------------------------------------------------
+
+def _market_core() -> MarketCore:
+    """A market node holding one offer of its own (so demands can draw a bid from it)."""
+    core = MarketCore(LOCAL_KEY, MarketConfig(), region="eu-west", reputation=lambda p: 0.5,
+                      latency=lambda p: None)
+    core.publish_offer(id="o1", service="compute.wasm", cores=4, memory_mib=4096, disk_mib=1000,
+                       prices={"fuel": 10, "cpu_s": 2}, uptime_bp=9900, ttl=3600, now=NOW)
+    return core
+
+
+def _market_resigned(data: bytes) -> bytes | None:
+    """`data` re-signed by the fuzz key as the party it names (negotiation messages: the
+    customer, facing LOCAL_KEY as the provider)."""
+    try:
+        raw = unpack(data, max_size=8192)
+    except RemoteProtocolError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    if isinstance(raw.get("terms"), dict):
+        terms = {**raw["terms"], "customer": FUZZ_PUB, "provider": bytes(LOCAL_KEY.verify_key)}
+        raw = {**raw, "terms": terms, "by": "customer"}
+    party = next((k for k in ("provider", "customer", "signer") if k in raw), None)
+    again = _resign(raw, key=party, peer=None)
+    return None if again is None else pack(again)
+
+
+@target("market_gossip", "market offers and demands topics: offers, withdrawals, demands "
+                         "(MarketCore.on_gossip, decode_offer_gossip, decode_demand)")
+def market_gossip(data: bytes) -> None:
+    core = _market_core()
+    for d in (data, _market_resigned(data)):
+        if d is None:
+            continue
+        core.on_gossip(OFFERS_TOPIC, FUZZ_PEER, d, NOW)
+        core.on_gossip(DEMANDS_TOPIC, FUZZ_PEER, d, NOW)
+        for decode in (decode_offer_gossip, decode_demand):
+            try:
+                msg = decode(d, peer="fuzz")
+            except RemoteProtocolError:
+                continue
+            assert decode(msg.encode()) == msg, f"{type(msg).__name__} does not re-encode"
+    core.tick(NOW + 10_000)
+
+
+@target("market_stream", "market stream: negotiation messages and auction bids (MarketCore.on_stream)")
+def market_stream(data: bytes) -> None:
+    core = _market_core()
+    for d in (data, _market_resigned(data)):
+        if d is None:
+            continue
+        core.on_stream(FUZZ_PEER, d, NOW)
+        try:
+            msg = decode_negotiation(d, peer="fuzz")
+        except RemoteProtocolError:
+            continue
+        assert decode_negotiation(msg.encode()) == msg, f"{type(msg).__name__} does not re-encode"
+    core.tick(NOW + 10_000)
 
 
 # ---- registry and monitor ---------------------------------------------------------------------

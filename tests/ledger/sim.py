@@ -50,11 +50,14 @@ class Msg:
 
 
 class SimNode:
-    """One validator + replica over one state, with its apply log (what sync serves)."""
+    """One validator + replica over one state, with its apply log (what sync serves).
+    `faulty`: a Byzantine validator that votes for every order it is asked about (it checks
+    nothing and keeps no lock: it equivocates whenever asked to); its replica stays honest."""
 
-    def __init__(self, name: str, key: SigningKey, genesis: Genesis) -> None:
+    def __init__(self, name: str, key: SigningKey, genesis: Genesis, *, faulty: bool = False) -> None:
         self.name = name
         self.key = key
+        self.faulty = faulty
         self.state = LedgerState(genesis)
         self.locks = LockTable()
         self.validator = Validator(genesis, key, self.state, self.locks, default_registry())
@@ -78,6 +81,8 @@ class SimNode:
     def answer(self, peer: str, so: SignedOrder, prev: Certificate | None, now: float) -> Vote | Rejection:
         if prev is not None:
             self.apply(peer, [prev])
+        if self.faulty:
+            return Vote.sign(self.key, so.tx_id)
         for a in self.validator.receive(peer, so, now):
             if isinstance(a, PersistLock):
                 continue             # in memory: the lock is in the table already
@@ -103,14 +108,17 @@ class Submission:
 
 class Sim:
     def __init__(self, genesis: Genesis, validator_keys: list[SigningKey], seed: int, faults: Faults,
-                 *, now: float, retry_interval: float = 1.0, sync_every: int = 25) -> None:
+                 *, now: float, retry_interval: float = 1.0, sync_every: int = 25, faulty: frozenset[str] = frozenset(),
+                 skew: dict[str, float] | None = None) -> None:
         self.genesis = genesis
         self.rng = random.Random(seed)
         self.faults = faults
         self.now = now
         self.retry_interval = retry_interval
         self.sync_every = sync_every
-        self.nodes = {f"v{i}": SimNode(f"v{i}", k, genesis) for i, k in enumerate(validator_keys)}
+        self.nodes = {f"v{i}": SimNode(f"v{i}", k, genesis, faulty=f"v{i}" in faulty)
+                      for i, k in enumerate(validator_keys)}
+        self.skew = dict(skew or {})      # node -> offset of its clock from the simulation's time
         self.by_key = {bytes(n.key.verify_key): n.name for n in self.nodes.values()}
         self.in_flight: list[Msg] = []
         self.submissions: list[Submission] = []
@@ -145,7 +153,7 @@ class Sim:
         self.delivered += 1
         if m.kind == "order":
             so, prev = m.body
-            reply = self.nodes[m.dst].answer(m.src, so, prev, self.now)
+            reply = self.nodes[m.dst].answer(m.src, so, prev, self.now + self.skew.get(m.dst, 0.0))
             self.send(Msg(m.dst, m.src, "reply", (so.tx_id, bytes(self.nodes[m.dst].key.verify_key), reply)))
         elif m.kind == "reply":
             self._take_reply(*m.body)

@@ -83,5 +83,5 @@ def test_four_daemons_one_down_two_down_kill_and_catch_up(ledger_net: Devnet) ->
         v = n.rpc("ledger.verify")
         assert v["ok"], v
     assert n1.rpc("wallet.balance")["balance"] == "1015.499"   # 1000 + 10 - 2.5 - fee + 7 + 1
-    hist = n1.rpc("wallet.history")
+    hist = n1.rpc("wallet.history", {"verbose": True})
     assert [h["amount"] for h in hist] == ["1", "7", "2.5", "10"]

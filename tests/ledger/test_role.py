@@ -39,7 +39,7 @@ async def test_single_node_is_its_own_committee(tmp_path: Path) -> None:
             assert (await role.wallet_balance(other))["balance"] == "12.5"
             tx = await role.ledger_tx(res["tx"])
             assert tx["sender"] == me and tx["memo"] == "hi"
-            hist = await role.wallet_history()
+            hist = await role.wallet_history(verbose=True)
             assert hist[0]["tx"] == res["tx"]
             v = await role.ledger_verify()
             assert v["ok"] and v["burned"] == "0.001"
@@ -101,14 +101,26 @@ async def test_two_of_four_down_waits_then_completes(tmp_path: Path) -> None:
             assert e.value.code == LEDGER_NOT_CERTIFIED and e.value.data["status"] == "in_flight"
             tx = e.value.data["tx"]
             assert n0.svc.state.applied == 0
+            # an operator sees it: first in the wallet's history, and by its id
+            top = (await n0.role.wallet_history())[0]
+            assert top["status"] == "in flight" and top["tx"] == tx[:16] and top["amount"] == "-7", top
+            assert (await n0.role.ledger_tx(tx))["status"] == "in flight"
             await c.start(2)
             back = c.nodes[2].ctx.peer_id
             await wait_until(lambda: back in {p.peer_id for p in n0.ctx.overlay.peers() if p.connected}, timeout=60)
             # the next send finishes the in-flight order first (same order, not a new one)
             res = await n0.role.wallet_send(to, "1", timeout=40)
             assert res["sequence"] == 1
+            assert res["completed_earlier"] == {"tx": tx, "kind": "transfer", "sequence": 0, "recipient": to,
+                                                "amount": "7"}, res
             assert (await n0.role.ledger_tx(tx))["amount"] == "7"
+            # the history: direction, counterparty, signed amounts, the time this node applied each
+            rows = await n0.role.wallet_history()
+            assert [(r["dir"], r["amount"], r["status"]) for r in rows] == [("out", "-1", "final"), ("out", "-7", "final")]
+            assert all(isinstance(r["time"], float) and abs(r["time"] - time.time()) < 120 for r in rows), rows
             await wait_until(lambda: all(n.svc.state.applied == 2 for n in c.nodes if n.up))
+            theirs = await c.nodes[1].role.wallet_history()
+            assert [(r["dir"], r["amount"]) for r in theirs] == [("in", "+1"), ("in", "+7")]
             assert len(roots(c)) == 1
 
 
@@ -199,6 +211,66 @@ async def test_double_spend_attempt_is_refused_and_reported(tmp_path: Path) -> N
             await c.start(0)
             replies = c.nodes[0].svc.validate("attacker", second)
             assert isinstance(replies[0], Rejection) and replies[0].reason is Reason.CONFLICT
+
+
+async def test_a_refused_order_that_has_votes_keeps_its_sequence(tmp_path: Path) -> None:
+    """Validators 2 and 3 hold a lock on another order of node 0's wallet for sequence 0 (a
+    test-made conflict), so node 0's own send gets votes from 0 and 1 and a definitive
+    refusal from 2 and 3. The wallet must not sign a second order for sequence 0: validators
+    0 and 1 would see it as a fork. The send stays in flight ("stuck") and the next send drives
+    the same order again."""
+    from fognode.ledger.messages import SignedOrder, TransferOrder, Vote
+    from fognode.ledger.wallet import Keystore
+
+    with trio.fail_after(90):
+        async with ledger_cluster(tmp_path, 4) as c:
+            n0 = c.nodes[0]
+            await wait_until(lambda: all(len(n.ctx.overlay.peers()) == 3 for n in c.nodes))
+            key = Keystore(n0.datadir).unlock(n0.wallet, "")
+            other = SignedOrder.sign(key, TransferOrder(chain=n0.svc.genesis.chain_id, epoch=0, sender=n0.wallet,
+                                                        sequence=0, fee=n0.svc.genesis.fee,
+                                                        recipient=bytes([7]) * 32, amount=1, memo="elsewhere"))
+            for n in c.nodes[2:]:
+                assert isinstance(n.svc.validate("test", other)[0], Vote)
+            to = encode_address(c.nodes[1].wallet)
+            with pytest.raises(RpcError) as e:
+                await n0.role.wallet_send(to, "3", timeout=10.0)
+            assert e.value.code == LEDGER_NOT_CERTIFIED and e.value.data["status"] == "stuck", e.value
+            assert "keeps its sequence" in str(e.value) and "conflict" in str(e.value)
+            stuck = n0.svc.store.inflight(n0.wallet)
+            assert stuck is not None and stuck.order.sequence == 0 and stuck.tx_id.hex() == e.value.data["tx"]
+            # the next send drives the same order again (never a second order for sequence 0)
+            with pytest.raises(RpcError) as again:
+                await n0.role.wallet_send(to, "4", timeout=10.0)
+            assert again.value.data["status"] == "stuck" and again.value.data["tx"] == e.value.data["tx"]
+            assert n0.svc.store.inflight(n0.wallet) == stuck
+            # the validators that voted for it saw no other order of the wallet: no fork there
+            assert [(await n.role.ledger_stats())["forks"] for n in c.nodes[:2]] == [0, 0]
+            assert all(n.svc.state.applied == 0 for n in c.nodes)
+
+
+async def test_a_refused_order_no_validator_could_lock_is_dropped(tmp_path: Path) -> None:
+    """Every reachable validator refuses the order and the fourth is down (its order stream
+    never opens, so it cannot hold a lock): the refusal is final and the sequence is free."""
+    from fognode.ledger.errors import LEDGER_ORDER_REJECTED
+    from fognode.ledger.messages import SignedOrder, TransferOrder, Vote
+    from fognode.ledger.wallet import Keystore
+
+    with trio.fail_after(90):
+        async with ledger_cluster(tmp_path, 4) as c:
+            n0 = c.nodes[0]
+            await wait_until(lambda: all(len(n.ctx.overlay.peers()) == 3 for n in c.nodes))
+            await c.stop(3)
+            key = Keystore(n0.datadir).unlock(n0.wallet, "")
+            other = SignedOrder.sign(key, TransferOrder(chain=n0.svc.genesis.chain_id, epoch=0, sender=n0.wallet,
+                                                        sequence=0, fee=n0.svc.genesis.fee,
+                                                        recipient=bytes([7]) * 32, amount=1, memo="elsewhere"))
+            for n in c.nodes[:3]:
+                assert isinstance(n.svc.validate("test", other)[0], Vote)
+            with pytest.raises(RpcError) as e:
+                await n0.role.wallet_send(encode_address(c.nodes[1].wallet), "3", timeout=10.0)
+            assert e.value.code == LEDGER_ORDER_REJECTED and e.value.data["reason"] == "conflict", e.value
+            assert n0.svc.store.inflight(n0.wallet) is None
 
 
 @pytest.mark.slow

@@ -364,7 +364,7 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
         snaps = [before]         # metrics of every node, then again each time a round is recorded
         end = time.monotonic() + timeout
         while True:
-            done = coord.rpc("fl.status", [sid])
+            done = coord.rpc("fl.status", [sid, True])
             while len(snaps) <= len(done["history"]):
                 snaps.append([scrape(p) for p in ports])
             if done["state"] != "running":
@@ -378,7 +378,7 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
         start_of = {h["round"]: h["started_at"] for h in history}
         delays: dict[int, list[float]] = {r: [] for r in start_of}
         for n in net.nodes[1:]:
-            for e in n.rpc("fl.status", [sid])["history"]:
+            for e in n.rpc("fl.status", [sid, True])["history"]:
                 if e["round"] in start_of and "plan_at" in e:
                     delays[e["round"]].append(e["plan_at"] - start_of[e["round"]])
         phases: dict[str, list[Mean]] = {}

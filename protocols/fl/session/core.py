@@ -828,7 +828,7 @@ class FlCore:
         out: dict[str, Any] = {
             "session_id": sid.hex(), "task": spec.task, "strategy": spec.strategy,
             "state": s.state.value if s.state.ended else "running",
-            "phase": s.state.value, "starter": s.ann.starter,
+            "phase": s.state.value, "starter": s.ann.starter, "started": s.ann.created,
             "role": "coordinator" if s.coordinator is not None else "participant",
             "rounds": spec.rounds, "rounds_done": s.rounds_done,
             "min_participants": spec.min_participants, "participants_per_round": spec.participants,
@@ -847,6 +847,9 @@ class FlCore:
         c = s.coordinator
         if c is not None:
             out["history"] = [r.to_status() for r in c.history]
+            if spec.privacy.dp:     # the privacy spent after each round
+                for h in out["history"]:
+                    h["epsilon"] = epsilon_after(h["round"], spec.privacy.dp_noise, 1.0, spec.privacy.dp_delta)
             out["candidates"] = sorted(c.candidates)
             out["current"] = None if c.plan is None or s.state.ended else {
                 "round": c.round_no, "try": c.try_no, "phase": c.phase.value,
@@ -856,10 +859,13 @@ class FlCore:
         return out
 
     def session_list(self) -> list[dict[str, Any]]:
-        return [{"session_id": sid.hex(), "task": s.spec.task, "state": self.status(sid)["state"],
-                 "role": "coordinator" if s.coordinator is not None else "participant",
-                 "rounds_done": s.rounds_done, "rounds": s.spec.rounds}
-                for sid, s in self.sessions.items()]
+        return [session_row(self.status(sid)) for sid in self.sessions]
+
+
+def session_row(status: dict[str, Any]) -> dict[str, Any]:
+    """`fl.sessions`' row of a session from its `fl.status` (live or archived)."""
+    return {k: status.get(k) for k in ("session_id", "task", "strategy", "state", "role", "started",
+                                       "rounds_done", "rounds", "reason")}
 
 
 def _evidence(sid: bytes, round_no: int, try_no: int, peer: str, reason: str) -> bytes:

@@ -119,6 +119,11 @@ class Strategy(abc.ABC):
         (each update's weight depends on that participant's own loss)."""
         return self.robust
 
+    @property
+    def min_updates(self) -> int:
+        """The fewest usable updates a round needs (NotEnoughUpdates below it)."""
+        return 1
+
     @abc.abstractmethod
     def aggregate(self, global_params: np.ndarray, updates: Sequence[ClientUpdate]) -> AggregateResult:
         """Aggregate individual updates into the new global parameters.

@@ -76,6 +76,10 @@ class Bulyan(Strategy):
     name = "bulyan"
     robust = True
 
+    @property
+    def min_updates(self) -> int:
+        return 4 * self.f + 3
+
     def __post_init__(self) -> None:
         if self.f < 0:
             raise StrategyConfigError(f"bulyan: f must be >= 0, got {self.f}")

@@ -142,6 +142,10 @@ class Krum(Strategy):
     name = "krum"
     robust = True
 
+    @property
+    def min_updates(self) -> int:
+        return 2 * self.f + 3
+
     def __post_init__(self) -> None:
         if self.f < 0:
             raise StrategyConfigError(f"{self.name}: f must be >= 0, got {self.f}")
@@ -162,6 +166,10 @@ class MultiKrum(Strategy):
     semantics: str = "paper"      # "flower": the selected updates weighted by sample counts
     name = "multikrum"
     robust = True
+
+    @property
+    def min_updates(self) -> int:
+        return 2 * self.f + 3
 
     def __post_init__(self) -> None:
         if self.f < 0:

@@ -1,0 +1,49 @@
+"""What every ledger order shares: the order kinds, the wire version and the common fields.
+
+An order is signed by its `sender` with the sender's next `sequence`, for an `epoch`, on a
+`chain`, and pays `fee`. The order types live in messages.py (transfers, mints, stake) and
+escrow_orders.py (escrow); both build on `OrderBase` here, so neither imports the other's
+module for it.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+VERSION = 1
+WIRE_INT = 2 ** 64        # structural bound of integer fields; range rules are reasoned rejections
+
+
+class OrderKind(enum.Enum):
+    TRANSFER = "transfer"
+    MINT = "mint"
+    BOND = "bond"
+    UNBOND = "unbond"
+    ESCROW_OPEN = "escrow_open"
+    ESCROW_COLLATERAL = "escrow_collat"
+    ESCROW_PAYOUT = "escrow_payout"
+    ESCROW_REFUND = "escrow_refund"
+    ESCROW_SLASH = "escrow_slash"
+
+
+@dataclass(frozen=True)
+class OrderBase:
+    chain: str
+    epoch: int
+    sender: bytes
+    sequence: int
+    fee: int
+
+    kind: ClassVar[OrderKind]
+
+    def _common(self) -> dict[str, Any]:
+        return {"v": VERSION, "kind": self.kind.value, "chain": self.chain, "epoch": self.epoch,
+                "sender": self.sender, "sequence": self.sequence, "fee": self.fee}
+
+    def body(self) -> dict[str, Any]:
+        return self._common()
+
+    def debit(self) -> int:
+        """What the sender's spendable balance must cover."""
+        return self.fee

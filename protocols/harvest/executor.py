@@ -1,0 +1,462 @@
+"""The harvest executor (trio): runs work in child processes it owns, limited, stoppable, metered.
+
+`Executor.run(spec)` starts one job through the shell launcher (`launch.py`) in its own session
+and process group: niced (the executor's `nice` added to the daemon's own; 19 by default, as
+BOINC runs its tasks), memory-limited (cgroup v2 `memory.max` when `probe_cgroup` found a
+delegated cgroup, else RLIMIT_DATA plus the meter's polling) and CPU-limited (cgroup `cpu.max`,
+else the duty-cycle throttle of `limits.DutyCycle` with SIGSTOP/SIGCONT). It feeds `spec.input`
+on stdin, collects stdout (bounded) and the tail of stderr, and awaits the exit; it returns a
+`JobResult` with how the job ended, why, and its `Usage` (meter.py). Cancelling `run` kills the
+job's whole process group and reaps it (shielded, bounded) before the cancellation propagates.
+
+`Executor.watch(pid)` takes a process someone else started and reaps (FL's task process) under
+the same suspend/resume, duty cycle, meter and memory limit, and releases it (running) when the
+watch is cancelled.
+
+`suspend()` / `resume()` stop and continue every running job at once (SIGSTOP / SIGCONT to each
+job's process group and any descendant that left it); they are synchronous, act before they
+return, and lose no work: a stopped process keeps its memory and continues where it was.
+`set_allowance(cpu_fraction, memory_bytes)` applies a new CPU fraction and memory budget to
+running jobs live (cgroup files, or the RLIMIT_DATA of every process of the tree via prlimit:
+lowering always works, raising needs CAP_SYS_RESOURCE; the meter enforces the new limit either
+way).
+
+A job over its memory limit is killed with the reason: the kernel's OOM kill in its cgroup
+(`memory.events`), the meter's reading of the tree's RSS over the limit, an allocation refused
+at RLIMIT_DATA (the job's last words on stderr), or all work together over the allowance (the
+newest job goes). The event loop never waits on the OS: /proc readings run in a worker thread,
+signals and cgroup writes are single system calls. Linux is the target (pidfd, /proc); other
+POSIX systems fall back to psutil and waitid polling.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import psutil
+import trio
+
+from fognode.protocols.harvest.cgroup import CgroupSupport, JobCgroup
+from fognode.protocols.harvest.exec_errors import BadJobError, ExecutorError
+from fognode.protocols.harvest.launch import LAUNCH_FAILED, MARK, launch_command
+from fognode.protocols.harvest.limits import (Allowance, DutyCycle, Mechanism, Phase, StopCause,
+                                              allocation_failure, choose_mechanism,
+                                              job_memory_limit, over_memory, rlimit_data_bytes,
+                                              stop_cause)
+from fognode.protocols.harvest.jobs import (UNKNOWN_EXIT, JobEnd, JobResult, JobSpec, JobState,
+                                            JobStatus)
+from fognode.protocols.harvest.meter import JobMeter, Sample, SessionMeter, Usage
+from fognode.protocols.harvest.procstat import sample_tree
+
+log = logging.getLogger("fognode.harvest")
+
+STDERR_TAIL = 4096
+REAP_TIMEOUT = 10.0
+
+
+class Executor:
+    """Runs harvest work (see the module docstring). One per node; safe to share among tasks."""
+
+    def __init__(self, *, allowance: Allowance | None = None, nice: int = 19,
+                 cgroup: CgroupSupport | None = None, poll_interval: float = 0.25,
+                 duty_period: float = 1.0, session: SessionMeter | None = None) -> None:
+        if not -20 <= nice <= 19:
+            raise BadJobError(f"must be in -20..19, got {nice}", field="nice")
+        if not poll_interval > 0:
+            raise BadJobError(f"must be positive, got {poll_interval}", field="poll_interval")
+        self._allowance = allowance or Allowance()
+        self._duty = DutyCycle(self._allowance.cpu_fraction, duty_period)
+        self._nice = nice
+        shell = shutil.which("sh")
+        if shell is None:
+            raise ExecutorError("no POSIX shell `sh` on PATH: the job launcher needs one")
+        self._shell = shell
+        self._cgroup = cgroup if cgroup is not None and cgroup.available else None
+        self._poll = poll_interval
+        self._session = session
+        self._suspended = False
+        self._jobs: dict[int, JobState] = {}
+        self._ids = itertools.count(1)
+
+    # ---- state -------------------------------------------------------------------------
+
+    @property
+    def mechanism(self) -> Mechanism:
+        """CGROUP_V2 or RLIMIT (decided once, from the probe handed in)."""
+        return choose_mechanism(self._cgroup is not None)
+
+    @property
+    def allowance(self) -> Allowance:
+        return self._allowance
+
+    @property
+    def suspended(self) -> bool:
+        return self._suspended
+
+    @property
+    def session(self) -> SessionMeter | None:
+        return self._session
+
+    def set_session(self, session: SessionMeter | None) -> None:
+        """Meter jobs started from now on into `session` (None: no session totals)."""
+        self._session = session
+
+    def status(self) -> list[JobStatus]:
+        """The running jobs, oldest first."""
+        now = trio.current_time()
+        return [JobStatus(j.job_id, j.name, j.pid, j.memory_limit, j.meter.cause,
+                          j.meter.usage(now)) for j in self._jobs.values()]
+
+    # ---- control -----------------------------------------------------------------------
+
+    def suspend(self) -> None:
+        """Stop all running work now (SIGSTOP to each job's process group); idempotent."""
+        self._suspended = True
+        now = trio.current_time()
+        for job in self._jobs.values():
+            if not job.stopped:
+                self._signal(job, signal.SIGSTOP)
+                job.stopped = True
+            job.meter.set_cause(now, StopCause.SUSPENDED)
+
+    def resume(self) -> None:
+        """Continue all work (SIGCONT), unless the duty cycle is in its stop phase; idempotent."""
+        self._suspended = False
+        now = trio.current_time()
+        for job in self._jobs.values():
+            self._apply_phase(job, now)
+
+    def set_allowance(self, cpu_fraction: float, memory_bytes: int) -> None:
+        """Apply a new CPU fraction and memory budget to running jobs and the ones to come.
+        BadJobError naming the field if a value is out of range (the old allowance stays)."""
+        allowance = Allowance(cpu_fraction, memory_bytes)
+        self._allowance = allowance
+        self._duty = DutyCycle(allowance.cpu_fraction, self._duty.period)
+        now = trio.current_time()
+        for job in self._jobs.values():
+            job.memory_limit = job_memory_limit(job.requested_memory, allowance)
+            if job.cgroup is not None:
+                try:
+                    job.cgroup.set_limits(job.memory_limit, allowance.cpu_fraction)
+                except OSError as e:
+                    log.warning("job %d: cannot change its cgroup limits: %s", job.job_id, e)
+            else:
+                self._set_rlimit(job)
+                self._apply_phase(job, now)
+
+    def _set_rlimit(self, job: JobState) -> None:
+        limit = rlimit_data_bytes(job.memory_limit)
+        for pid in job.pids:
+            try:
+                psutil.Process(pid).rlimit(psutil.RLIMIT_DATA, (limit, limit))
+            except (psutil.Error, OSError, ValueError):
+                pass  # raising a hard limit needs CAP_SYS_RESOURCE; the meter still enforces
+
+    def _signal(self, job: JobState, sig: int) -> None:
+        """`sig` to the job's process group (a job we started) or process (a watched one), and
+        to any descendant outside that group."""
+        if not job.alive:
+            return
+        pid = job.pid
+        try:
+            if job.proc is None:
+                raise ProcessLookupError   # a watched process's group is its parent's
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        for other in job.pids[1:]:
+            try:
+                if job.proc is None or os.getpgid(other) != pid:
+                    os.kill(other, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _apply_phase(self, job: JobState, now: float) -> None:
+        cause = stop_cause(self._suspended, self._phase(job, now))
+        if cause is StopCause.NONE and job.stopped:
+            self._signal(job, signal.SIGCONT)
+            job.stopped = False
+        elif cause is not StopCause.NONE and not job.stopped:
+            self._signal(job, signal.SIGSTOP)
+            job.stopped = True
+        job.meter.set_cause(now, cause)
+
+    def _phase(self, job: JobState, now: float) -> Phase:
+        if job.cgroup is not None:  # the kernel throttles with cpu.max
+            return DutyCycle(1.0, self._duty.period).phase(now)
+        return self._duty.phase(now)
+
+    # ---- running a job -------------------------------------------------------------------
+
+    def _command(self, job: JobState, spec: JobSpec) -> list[str]:
+        argv = list(spec.argv)
+        if spec.module:
+            argv = [sys.executable, "-m", spec.module, *argv]
+        cgroup = str(job.cgroup.path) if job.cgroup is not None else None
+        rlimit = None if cgroup else rlimit_data_bytes(job.memory_limit)
+        return launch_command(self._shell, argv, nice=self._nice, rlimit_data=rlimit, cgroup=cgroup)
+
+    async def run(self, spec: JobSpec) -> JobResult:
+        """Run `spec` to its end and return its JobResult. Cancellable (the job is killed and
+        reaped first). Raises BadJobError for a bad spec, ExecutorError when the OS refuses to
+        start it; everything the job itself does wrong is in the result, not raised."""
+        job = self._new_job(spec.name, spec.memory_bytes)
+        if self._cgroup is not None and self._cgroup.parent is not None:
+            job.cgroup = JobCgroup(self._cgroup.parent, job.job_id)
+            try:
+                job.cgroup.create(job.memory_limit, self._allowance.cpu_fraction)
+            except OSError as e:
+                raise ExecutorError(f"cannot create the job's cgroup {job.cgroup.path}: {e}") from e
+        try:
+            job.proc = await trio.lowlevel.open_process(
+                self._command(job, spec), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,
+                env=dict(spec.env) if spec.env is not None else None)
+        except OSError as e:
+            await self._drop_cgroup(job)
+            raise ExecutorError(f"cannot start job {spec.name!r}: {e}") from e
+        job.pid = job.proc.pid
+        session = self._register(job)
+        try:
+            return await self._supervise(job, spec)
+        finally:
+            self._jobs.pop(job.job_id, None)
+            with trio.CancelScope(shield=True):
+                await self._reap(job)
+                await self._drop_cgroup(job)
+            self._close(job, session)
+
+    async def watch(self, pid: int, *, name: str = "watched", memory_bytes: int | None = None,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> JobResult:
+        """Treat a process that someone else started and reaps (the FL task process) as work:
+        `suspend`/`resume` and the duty cycle stop and continue it and its descendants, the
+        meter counts what it uses from now on, and it is killed over its memory limit (its
+        owner restarts it). Returns when it exits (returncode UNKNOWN_EXIT: the status goes to
+        its parent). Cancelling the watch releases it: a process stopped by us is continued,
+        never left stopped and never killed. ExecutorError if `pid` does not exist."""
+        job = self._new_job(name, memory_bytes)
+        try:
+            first, pids = await trio.to_thread.run_sync(sample_tree, pid)
+            pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else -1
+        except OSError as e:
+            raise ExecutorError(f"cannot watch process {pid}: {e}") from e
+        if not pids:
+            if pidfd >= 0:
+                os.close(pidfd)
+            raise ExecutorError(f"cannot watch process {pid}: it does not exist")
+        job.pid, job.pids, job.cpu_base = pid, pids, first.cpu_s
+        session = self._register(job)
+        try:
+            self._apply_phase(job, trio.current_time())
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._control, job)
+                if pidfd >= 0:
+                    await trio.lowlevel.wait_readable(pidfd)
+                else:
+                    while psutil.pid_exists(pid) and psutil.Process(pid).status() != \
+                            psutil.STATUS_ZOMBIE:
+                        await trio.sleep(self._poll)
+                last, _ = await trio.to_thread.run_sync(sample_tree, pid)
+                ended = trio.current_time()
+                nursery.cancel_scope.cancel()
+            job.pid = 0   # gone: never signal that pid again (it may be reused)
+            usage = job.meter.finish(ended, self._rebased(job, last))
+            end = job.kill_end or JobEnd.EXITED
+            return JobResult(job.job_id, end, UNKNOWN_EXIT, job.kill_reason or "exited", b"",
+                             b"", usage)
+        finally:
+            self._jobs.pop(job.job_id, None)
+            if pidfd >= 0:
+                os.close(pidfd)
+            if job.stopped and job.pid:
+                self._signal(job, signal.SIGCONT)   # released as we found it: running
+            self._close(job, session)
+
+    def _new_job(self, name: str, memory_bytes: int | None) -> JobState:
+        job_id = next(self._ids)
+        return JobState(job_id, name, memory_bytes, job_memory_limit(memory_bytes, self._allowance),
+                        JobMeter(trio.current_time()))
+
+    def _register(self, job: JobState) -> SessionMeter | None:
+        job.pids = job.pids or [job.pid]
+        self._jobs[job.job_id] = job
+        if self._session is not None:
+            self._session.attach(job.job_id, job.meter)
+        return self._session
+
+    def _close(self, job: JobState, session: SessionMeter | None) -> None:
+        if not job.meter.finished:   # cancelled: its work counts too, up to the end
+            job.meter.finish(trio.current_time())
+        if session is not None:
+            session.close(job.job_id, job.meter.usage(trio.current_time()))
+
+    @staticmethod
+    def _rebased(job: JobState, s: Sample) -> Sample:
+        """A watched process's reading counts only what it used since we began watching."""
+        if not job.cpu_base:
+            return s
+        return Sample(max(0.0, s.cpu_s - job.cpu_base), s.rss_bytes, s.hwm_bytes)
+
+    async def _supervise(self, job: JobState, spec: JobSpec) -> JobResult:
+        assert job.proc is not None
+        proc = job.proc
+        out = bytearray()
+        err = bytearray()
+        self._apply_phase(job, trio.current_time())  # a job started while suspended stops now
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._control, job)
+            async with trio.open_nursery() as io:
+                io.start_soon(self._feed, proc, spec.input)
+                io.start_soon(self._collect, job, proc.stdout, out, spec.max_output)
+                io.start_soon(self._collect, job, proc.stderr, err, None)
+                await self._exited(proc.pid)        # the root exited, not reaped yet
+                last, _ = await trio.to_thread.run_sync(sample_tree, proc.pid)
+                ended = trio.current_time()
+                self._kill_tree(job)   # leftovers: once they are gone the pipes reach EOF
+                io.cancel_scope.deadline = trio.current_time() + REAP_TIMEOUT
+            outer.cancel_scope.cancel()
+        code = await proc.wait()
+        usage = job.meter.finish(ended, last)
+        return self._result(job, code, bytes(out), bytes(err[-STDERR_TAIL:]), usage)
+
+    async def _exited(self, pid: int) -> None:
+        """Wait until `pid` has exited, without reaping it: its zombie keeps the final CPU times
+        (a pidfd where the kernel has them, else polling waitid with WNOWAIT)."""
+        if hasattr(os, "pidfd_open"):
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                finally:
+                    os.close(fd)
+                return
+        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            await trio.sleep(min(self._poll, 0.05))
+
+    def _result(self, job: JobState, code: int, out: bytes, err: bytes, usage: Usage) -> JobResult:
+        end, reason = JobEnd.EXITED, f"exited with status {code}"
+        if job.kill_end is not None:
+            end, reason = job.kill_end, job.kill_reason
+        elif job.cgroup is not None and job.cgroup.oom_kills() > 0:
+            end = JobEnd.MEMORY
+            reason = (f"killed by the kernel's OOM killer at the job's cgroup memory.max = "
+                      f"{job.memory_limit} bytes")
+        elif code == LAUNCH_FAILED and MARK.encode() in err:
+            end = JobEnd.LAUNCH_FAILED
+            reason = err[err.index(MARK.encode()):].decode(errors="replace").strip()
+        elif code != 0 and job.cgroup is None and allocation_failure(err):
+            end = JobEnd.MEMORY
+            reason = (f"an allocation was refused at RLIMIT_DATA = "
+                      f"{rlimit_data_bytes(job.memory_limit)} bytes (memory limit "
+                      f"{job.memory_limit} bytes, peak RSS {usage.peak_rss_bytes})")
+        elif code < 0:
+            end = JobEnd.SIGNALED
+            reason = f"killed by signal {signal.Signals(-code).name}"
+        return JobResult(job.job_id, end, code, reason, out, err, usage)
+
+    async def _feed(self, proc: trio.Process, data: bytes) -> None:
+        assert proc.stdin is not None
+        try:
+            if data:
+                await proc.stdin.send_all(data)
+            await proc.stdin.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the job closed its stdin or died; its exit says why
+
+    async def _collect(self, job: JobState, stream: trio.abc.ReceiveStream | None, buf: bytearray,
+                       limit: int | None) -> None:
+        if stream is None:
+            return
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            buf += data
+            if limit is None:
+                del buf[:-STDERR_TAIL]
+            elif len(buf) > limit:
+                del buf[limit:]
+                self._kill(job, JobEnd.OUTPUT_LIMIT,
+                           f"wrote more than its output limit of {limit} bytes")
+                return
+
+    async def _control(self, job: JobState) -> None:
+        """Poll the tree (meter, memory), run the duty cycle; until cancelled."""
+        next_poll = trio.current_time()
+        while True:
+            now = trio.current_time()
+            if now >= next_poll:
+                sample, pids = await trio.to_thread.run_sync(sample_tree, job.pid)
+                now = trio.current_time()
+                next_poll = now + self._poll
+                if pids:
+                    job.pids = pids
+                    job.meter.sample(now, self._rebased(job, sample))
+                    self._check_memory(job, sample)
+            self._apply_phase(job, now)
+            until = self._phase(job, now).until
+            await trio.sleep_until(min(next_poll, until if math.isfinite(until) else next_poll))
+
+    def _check_memory(self, job: JobState, sample: Sample) -> None:
+        if over_memory(sample.rss_bytes, job.memory_limit):
+            self._kill(job, JobEnd.MEMORY,
+                       f"its processes' resident memory {sample.rss_bytes} bytes went over its "
+                       f"memory limit of {job.memory_limit} bytes (meter)")
+            return
+        total = sum(j.meter.rss_bytes for j in self._jobs.values())
+        newest = max(self._jobs)
+        if over_memory(total, self._allowance.memory_bytes) and job.job_id == newest:
+            self._kill(job, JobEnd.MEMORY,
+                       f"all harvest work together held {total} bytes, over the allowance of "
+                       f"{self._allowance.memory_bytes} bytes; the newest job was stopped")
+
+    def _kill(self, job: JobState, end: JobEnd, reason: str) -> None:
+        if job.kill_end is None:
+            job.kill_end, job.kill_reason = end, reason
+            log.info("harvest job %d (%s) killed: %s", job.job_id, job.name, reason)
+        self._kill_tree(job)
+
+    def _kill_tree(self, job: JobState) -> None:
+        if job.cgroup is not None:
+            job.cgroup.kill()
+        self._signal(job, signal.SIGKILL)
+        if job.proc is not None:  # the root may be a zombie already: its group still counts
+            try:
+                os.killpg(job.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    async def _reap(self, job: JobState) -> None:
+        if job.proc is None:
+            return
+        if job.proc.returncode is None:
+            self._kill_tree(job)
+            with trio.move_on_after(REAP_TIMEOUT):
+                await job.proc.wait()
+
+    async def _drop_cgroup(self, job: JobState) -> None:
+        """Remove the job's cgroup once the kernel has emptied it (bounded retries)."""
+        if job.cgroup is None:
+            return
+        for _ in range(100):
+            if job.cgroup.remove():
+                return
+            await trio.sleep(0.01)
+        log.warning("harvest job %d: could not remove its cgroup %s", job.job_id,
+                        job.cgroup.path)

@@ -1,0 +1,325 @@
+"""Fixed-size cells: the link format between neighbours and the relay messages inside.
+
+Cell size: 4096 bytes (Tor's is 514). In Tor a cell is small because it rides a TLS stream
+where one more cell costs only its bytes. Here every write to a libp2p stream is a Yamux frame
+inside a Noise frame and a trip through py-libp2p's Python layers: measured, one stream moves
+16 MB/s with 4 KiB writes and 190-280 MB/s with 1 MiB writes (notes/py-libp2p-0.8.1.md), i.e.
+about 0.25 ms per write whatever its size up to a few KiB. At 514 bytes a cell per write would
+cap a circuit near 2 MB/s. The cores cost per cell, not per byte: tools/bench/onion_cells.py
+measures the three-layer crypto of one cell at 11.5k cells/s for 4 KiB cells and only 28k
+cells/s for 514-byte ones (47 against 14 MB/s of payload), the whole cores at about 5k cells/s
+(20 MB/s) on a loaded 2-core machine. 4096 bytes puts 4066 bytes of payload in each DATA cell
+(99.3 %), divides the per-cell and per-write costs by eight, still fits a whole HTTP request or a DHT-sized message
+in one cell, and keeps the cost of padding bounded: a small message wastes at most 4 KiB and a
+constant-rate padding circuit at 10 cells/s costs 40 KiB/s. Larger cells (16 KiB) would gain
+little more (the adapter coalesces queued cells into one write anyway) and quadruple both
+padding costs. The size is part of the protocol: every relay must use the same one.
+
+Link cell (CELL_SIZE bytes): circ_id u32 | command u8 | body (BODY_LEN bytes, padded with
+random bytes). On a stream each cell is framed by a u16 length that must equal CELL_SIZE, so
+a short or oversize cell is skipped whole and the stream stays in step (`CellFramer`).
+
+Relay message (the plaintext inside a RELAY cell's innermost layer, PLAIN_LEN bytes):
+command u8 | stream_id u16 | length u16 | nonce 4 random bytes | data | random padding.
+The nonce makes every cell's authentication tag unpredictable to its receiver even when the
+data is known, so an authenticated SENDME proves the cell was received (Tor proposal 289).
+
+Decoders are strict: anything else raises `CellError` naming the field, never another error.
+"""
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from dataclasses import dataclass
+
+from fognode.protocols.onion.errors import DESTROY_CODES, DESTROY_REASONS, CellError, TeardownReason
+
+CELL_SIZE = 4096
+HEADER_LEN = 5                     # circ_id u32 + command u8
+BODY_LEN = CELL_SIZE - HEADER_LEN  # 4091
+TAG_LEN = 16                       # Poly1305 tag of the innermost layer
+PLAIN_LEN = BODY_LEN - TAG_LEN     # 4075: relay message plaintext
+RELAY_HEADER_LEN = 9               # command u8, stream_id u16, length u16, nonce 4
+MAX_DATA = PLAIN_LEN - RELAY_HEADER_LEN   # 4066
+FRAME_LEN = 2 + CELL_SIZE
+MAX_CIRC_ID = 0xFFFFFFFF
+MAX_STREAM_ID = 0xFFFF
+NTOR_ONIONSKIN_LEN = 96            # relay identity 32 | onion key 32 | client ephemeral 32
+NTOR_REPLY_LEN = 64                # relay ephemeral 32 | AUTH 32
+HANDSHAKE_NTOR = 1
+MAX_TARGET_LEN = 255
+MAX_PEER_ID_LEN = 128
+
+
+class CellCommand(enum.IntEnum):
+    PADDING = 0      # link padding: the neighbour drops it
+    CREATE = 1
+    CREATED = 2
+    RELAY = 3
+    DESTROY = 4
+
+
+class RelayCommand(enum.IntEnum):
+    BEGIN = 1
+    DATA = 2
+    END = 3
+    CONNECTED = 4
+    SENDME = 5
+    EXTEND = 6
+    EXTENDED = 7
+    DROP = 8                 # long-range padding: the hop it is addressed to drops it
+    PADDING_NEGOTIATE = 9    # ask the last hop for constant-rate padding back (padding.py)
+    # meeting points for hidden services (rendezvous.py): the relay-side mechanics only
+    ESTABLISH_INTRO = 10     # service -> its introduction point: auth key | signature
+    INTRO_ESTABLISHED = 11
+    INTRODUCE1 = 12          # client -> introduction point: auth key | opaque payload for the service
+    INTRODUCE2 = 13          # introduction point -> service: the payload
+    INTRODUCE_ACK = 14       # introduction point -> client: status u8 (0 delivered, 1 unknown service)
+    ESTABLISH_RENDEZVOUS = 15    # client -> rendezvous point: cookie (20 bytes)
+    RENDEZVOUS_ESTABLISHED = 16
+    RENDEZVOUS1 = 17         # service -> rendezvous point: cookie | opaque payload (handshake reply)
+    RENDEZVOUS2 = 18         # rendezvous point -> client: the payload; the two circuits are joined
+
+
+class _RandomPool:
+    """os.urandom read 64 KiB at a time: one getrandom call costs 1-40 us whatever its size
+    (the most under load), and most cells want only a few random bytes. Bytes are handed out
+    once each, never reused."""
+
+    CHUNK = 65536
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def take(self, n: int) -> bytes:
+        if n > self.CHUNK // 4:
+            return os.urandom(n)
+        if self._pos + n > len(self._buf):
+            self._buf, self._pos = os.urandom(self.CHUNK), 0
+        out = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return out
+
+
+random_bytes = _RandomPool().take
+
+
+def _pad(data: bytes, size: int) -> bytes:
+    return data + random_bytes(size - len(data)) if len(data) < size else data
+
+
+@dataclass(frozen=True)
+class Cell:
+    circ_id: int
+    command: CellCommand
+    body: bytes
+
+    def encode(self) -> bytes:
+        if not 0 <= self.circ_id <= MAX_CIRC_ID:
+            raise ValueError(f"circ_id {self.circ_id} out of range")
+        if len(self.body) > BODY_LEN:
+            raise ValueError(f"cell body of {len(self.body)} bytes exceeds {BODY_LEN}")
+        return struct.pack(">IB", self.circ_id, self.command) + _pad(self.body, BODY_LEN)
+
+    def frame(self) -> bytes:
+        """The cell with its u16 length prefix, as written on a relay stream."""
+        return struct.pack(">H", CELL_SIZE) + self.encode()
+
+
+def decode_cell(data: bytes) -> Cell:
+    """A link cell from exactly CELL_SIZE bytes (CellError otherwise)."""
+    if len(data) != CELL_SIZE:
+        raise CellError(f"cell is {len(data)} bytes, want {CELL_SIZE}")
+    circ_id, cmd = struct.unpack_from(">IB", data)
+    try:
+        command = CellCommand(cmd)
+    except ValueError:
+        raise CellError(f"command: unknown cell command {cmd}") from None
+    if circ_id == 0 and command is not CellCommand.PADDING:
+        raise CellError(f"circ_id: 0 is only for PADDING, got a {command.name} cell")
+    return Cell(circ_id, command, bytes(data[HEADER_LEN:]))
+
+
+class CellFramer:
+    """Splits a relay stream into cells: `feed(bytes)` returns the cells completed, and a
+    CellError for each frame that was short, oversize or did not decode (that frame is skipped
+    whole; the stream stays in step). Buffers at most one frame (64 KiB)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Cell | CellError]:
+        self._buf += data
+        out: list[Cell | CellError] = []
+        while len(self._buf) >= 2:
+            (n,) = struct.unpack_from(">H", self._buf)
+            if len(self._buf) < 2 + n:
+                break
+            raw = bytes(self._buf[2:2 + n])
+            del self._buf[:2 + n]
+            if n != CELL_SIZE:
+                out.append(CellError(f"length: a {'short' if n < CELL_SIZE else 'oversize'} cell of "
+                                     f"{n} bytes, want {CELL_SIZE}"))
+                continue
+            try:
+                out.append(decode_cell(raw))
+            except CellError as e:
+                out.append(e)
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+
+# -- link cell bodies ------------------------------------------------------------------------
+
+def create_body(onionskin: bytes) -> bytes:
+    return struct.pack(">HH", HANDSHAKE_NTOR, len(onionskin)) + onionskin
+
+
+def parse_create(body: bytes) -> bytes:
+    """The ntor onionskin of a CREATE body (or of an EXTEND's handshake part)."""
+    if len(body) < 4:
+        raise CellError("create: body shorter than its header")
+    htype, hlen = struct.unpack_from(">HH", body)
+    if htype != HANDSHAKE_NTOR:
+        raise CellError(f"create.htype: unknown handshake type {htype}")
+    if hlen != NTOR_ONIONSKIN_LEN or len(body) < 4 + hlen:
+        raise CellError(f"create.hlen: {hlen}, want {NTOR_ONIONSKIN_LEN}")
+    return body[4:4 + hlen]
+
+
+def created_body(reply: bytes) -> bytes:
+    return struct.pack(">H", len(reply)) + reply
+
+
+def parse_created(body: bytes) -> bytes:
+    if len(body) < 2:
+        raise CellError("created: body shorter than its header")
+    (hlen,) = struct.unpack_from(">H", body)
+    if hlen != NTOR_REPLY_LEN or len(body) < 2 + hlen:
+        raise CellError(f"created.hlen: {hlen}, want {NTOR_REPLY_LEN}")
+    return body[2:2 + hlen]
+
+
+def destroy_body(reason: TeardownReason) -> bytes:
+    return bytes([DESTROY_CODES[reason]])
+
+
+def parse_destroy(body: bytes) -> TeardownReason:
+    if not body:
+        raise CellError("destroy: empty body")
+    return DESTROY_REASONS.get(body[0], TeardownReason.PROTOCOL)
+
+
+# -- relay messages --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RelayMsg:
+    command: RelayCommand
+    stream_id: int = 0
+    data: bytes = b""
+
+    def encode(self) -> bytes:
+        """The PLAIN_LEN-byte plaintext (header, nonce, data, random padding)."""
+        if len(self.data) > MAX_DATA:
+            raise ValueError(f"relay data of {len(self.data)} bytes exceeds {MAX_DATA}")
+        if not 0 <= self.stream_id <= MAX_STREAM_ID:
+            raise ValueError(f"stream_id {self.stream_id} out of range")
+        head = struct.pack(">BHH", self.command, self.stream_id, len(self.data)) + random_bytes(4)
+        return _pad(head + self.data, PLAIN_LEN)
+
+
+def decode_relay(plain: bytes) -> RelayMsg:
+    if len(plain) != PLAIN_LEN:
+        raise CellError(f"relay message is {len(plain)} bytes, want {PLAIN_LEN}")
+    cmd, stream_id, length = struct.unpack_from(">BHH", plain)
+    try:
+        command = RelayCommand(cmd)
+    except ValueError:
+        raise CellError(f"relay.command: unknown relay command {cmd}") from None
+    if length > MAX_DATA:
+        raise CellError(f"relay.length: {length} exceeds {MAX_DATA}")
+    stream_cmds = (RelayCommand.BEGIN, RelayCommand.DATA, RelayCommand.END, RelayCommand.CONNECTED)
+    if command in stream_cmds and stream_id == 0:
+        raise CellError(f"relay.stream_id: {command.name} needs a stream id")
+    if command not in stream_cmds and command not in (RelayCommand.SENDME, RelayCommand.DROP) and stream_id:
+        raise CellError(f"relay.stream_id: {command.name} is circuit-level, got stream {stream_id}")
+    return RelayMsg(command, stream_id, bytes(plain[RELAY_HEADER_LEN:RELAY_HEADER_LEN + length]))
+
+
+def extend_data(peer_id: str, onionskin: bytes) -> bytes:
+    pid = peer_id.encode("ascii")
+    if not 0 < len(pid) <= MAX_PEER_ID_LEN:
+        raise ValueError("peer id must be 1..128 ASCII characters")
+    return bytes([len(pid)]) + pid + create_body(onionskin)
+
+
+def parse_extend(data: bytes) -> tuple[str, bytes]:
+    """(next peer id, onionskin) of an EXTEND message."""
+    if not data:
+        raise CellError("extend: empty")
+    n = data[0]
+    if not 0 < n <= MAX_PEER_ID_LEN or len(data) < 1 + n:
+        raise CellError(f"extend.peer_id: length {n} out of range")
+    raw = data[1:1 + n]
+    if not all(0x21 <= c < 0x7F for c in raw):
+        raise CellError("extend.peer_id: not printable ASCII")
+    return raw.decode("ascii"), parse_create(data[1 + n:])
+
+
+def begin_data(target: str) -> bytes:
+    raw = target.encode("utf-8")
+    if not 0 < len(raw) <= MAX_TARGET_LEN:
+        raise ValueError(f"target must be 1..{MAX_TARGET_LEN} bytes of UTF-8")
+    return raw
+
+
+def parse_begin(data: bytes) -> str:
+    """The target "host:port" of a BEGIN message."""
+    if not 0 < len(data) <= MAX_TARGET_LEN:
+        raise CellError(f"begin.target: {len(data)} bytes, want 1..{MAX_TARGET_LEN}")
+    try:
+        target = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CellError("begin.target: not UTF-8") from None
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CellError(f"begin.target: {target!r} is not host:port")
+    if any(c.isspace() or not c.isprintable() for c in host):
+        raise CellError("begin.target: host has spaces or control characters")
+    return target
+
+
+SENDME_V1 = 1
+
+
+def sendme_data(tag: bytes) -> bytes:
+    return bytes([SENDME_V1, len(tag)]) + tag
+
+
+def parse_sendme(data: bytes) -> bytes:
+    """The authentication tag of a circuit-level SENDME (b"" for a stream-level one)."""
+    if not data:
+        return b""
+    if len(data) < 2 or data[0] != SENDME_V1 or data[1] != TAG_LEN or len(data) < 2 + TAG_LEN:
+        raise CellError("sendme: want version 1 with a 16-byte tag")
+    return data[2:2 + TAG_LEN]
+
+
+def parse_end(data: bytes) -> TeardownReason:
+    return DESTROY_REASONS.get(data[0], TeardownReason.PROTOCOL) if data else TeardownReason.NONE
+
+
+def padding_negotiate_data(rate: float) -> bytes:
+    return struct.pack(">I", int(round(rate * 1000)))
+
+
+def parse_padding_negotiate(data: bytes) -> float:
+    """The asked rate in cells per second (0: stop)."""
+    if len(data) != 4:
+        raise CellError("padding_negotiate: want a u32 rate in millicells/s")
+    return struct.unpack(">I", data)[0] / 1000.0

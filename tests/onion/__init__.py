@@ -1,0 +1,1 @@
+"""Tests of the onion role (issue 14)."""
