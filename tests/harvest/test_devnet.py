@@ -59,7 +59,7 @@ def test_a_node_on_battery_is_not_selected_until_it_charges(node_factory: NodeFa
     sid = coord.rpc("fl.start", params)["session_id"]
     wait_until(lambda: coord.rpc("fl.status", [sid])["state"] != "running", timeout=120,
                interval=0.25, what="the first session to end")
-    st = coord.rpc("fl.status", [sid])
+    st = coord.rpc("fl.status", {"session": sid, "verbose": True})
     assert st["state"] == "completed", st
     assert phone.peer_id not in st["history"][0]["participants"]
     assert sid not in [s["session_id"] for s in phone.rpc("fl.sessions")]
@@ -71,7 +71,7 @@ def test_a_node_on_battery_is_not_selected_until_it_charges(node_factory: NodeFa
     sid2 = coord.rpc("fl.start", {**params, "min_participants": 4})["session_id"]
     wait_until(lambda: coord.rpc("fl.status", [sid2])["state"] != "running", timeout=120,
                interval=0.25, what="the second session to end")
-    st = coord.rpc("fl.status", [sid2])
+    st = coord.rpc("fl.status", {"session": sid2, "verbose": True})
     assert st["state"] == "completed", st
     h = st["history"][0]
     assert phone.peer_id in h["participants"]
