@@ -45,7 +45,7 @@ from fognode.protocols.registry.actions import Publish
 from fognode.protocols.registry.core import RegistryCore
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.observation import sign_observation
-from fognode.protocols.registry.record import make_profile
+from fognode.protocols.registry.record import HarvestInfo, make_profile, sign_record
 from tests.fl.test_evidence import announcement, issued, plan_for, round_receipt
 from tests.fuzz.targets import FUZZ_KEY, FUZZ_PEER, NOW, PARAMS_SHAPE, TARGETS
 from tests.fuzz.targets import LOCAL_KEY as TARGET_LOCAL_KEY
@@ -237,7 +237,10 @@ def _fuzz_core() -> RegistryCore:
 def registry_record() -> list[bytes]:
     return [record(FUZZ_KEY, 3, issued=NOW, ttl=600).encode(),
             record(key(7), 1, issued=NOW - 100, roles=("fl", "ledger"), gpu="RTX", gpu_memory_bytes=8 << 30,
-                   battery_present=True, battery_percent=55.5, charging=True).encode()]
+                   battery_present=True, battery_percent=55.5, charging=True).encode(),
+            sign_record(key(9), seq=2, issued=int(NOW), expires=int(NOW) + 600, caps=caps(),   # version 2
+                        profile=make_profile("eu-west", "phone", ["harvest"]),
+                        harvest=HarvestInfo(False, "on_battery", 0, 0)).encode()]
 
 
 def registry_observation() -> list[bytes]:
