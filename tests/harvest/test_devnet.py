@@ -45,11 +45,18 @@ def test_a_node_on_battery_is_not_selected_until_it_charges(node_factory: NodeFa
     coord, phone = net.nodes[0], net.nodes[3]
     ids = {n.peer_id for n in net.nodes}
 
+    for n in net.nodes:
+        wait_until(lambda n=n: {p["peer_id"] for p in n.rpc("node.peers")} >= ids - {n.peer_id},
+                   timeout=90, interval=0.25, what=f"node {n.index} to be connected to all others")
+
     def harvest_view() -> dict[str, str | None]:
         return {r["peer"]: r["harvest"] for r in coord.rpc("registry.devices", {})}
-    wait_until(lambda: harvest_view() == {**{p: "available" for p in ids},
-                                          phone.peer_id: "suspended: on_battery"},
-               timeout=60, interval=0.25, what="node 0 to see every node's harvest state")
+    want = {**{p: "available" for p in ids}, phone.peer_id: "suspended: on_battery"}
+    try:
+        wait_until(lambda: harvest_view() == want, timeout=90, interval=0.25,
+                   what="node 0 to see every node's harvest state")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}: node 0 sees {harvest_view()}, want {want}") from None
     assert {r["peer"] for r in coord.rpc("registry.devices", {"available": True})} == ids - {phone.peer_id}
     assert phone.rpc("harvest.status")["reasons"] == ["on_battery"]
 
