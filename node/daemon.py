@@ -192,6 +192,9 @@ class Daemon:
                         settings = self.config.protocols.get(cls.name)
                         if settings is None or not settings.enabled:
                             log.info("role %s is disabled", cls.name)
+                            self.table.add_disabled(cls, cls.name, f"set [protocols.{cls.name}] enabled = true in "
+                                                                   f"node.toml (or --set protocols.{cls.name}.enabled=true) "
+                                                                   f"and restart")
                             continue
                         await self.supervisor.start(nursery, cls, settings.config)
                     rpc_scope = trio.CancelScope()

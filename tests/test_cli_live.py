@@ -113,3 +113,19 @@ def test_a_taken_p2p_port_is_one_line(node_factory: NodeFactory) -> None:
     assert r.stderr == (f"fognode: error: overlay.listen: cannot listen on /ip4/127.0.0.1/tcp/{port}: Address already "
                         f"in use; another fognode (or program) has that port: choose another with --listen "
                         f"/ip4/0.0.0.0/tcp/PORT or overlay.listen in node.toml\n")
+
+
+def test_a_disabled_roles_commands_say_so(node_factory: NodeFactory) -> None:
+    """Issue 15: a role turned off in the config is not "unknown command": its commands are
+    listed, and calling one says it is disabled and how to turn it on (exit 1)."""
+    net = node_factory(1, extra_args=["--set", "protocols.fl.enabled=false"])
+    d = ["--datadir", str(net.nodes[0].datadir)]
+    r = cli(*d, "fl", "sessions")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.startswith("fognode-cli: error 104: fl.sessions is unavailable: role fl is disabled on this "
+                               "node: set [protocols.fl] enabled = true in node.toml"), r.stderr
+    r = cli(*d, "fl", "start")          # the role's absence is the news, not the missing TASK
+    assert r.returncode == 1 and "role fl is disabled on this node" in r.stderr, r.stderr
+    r = cli(*d, "help")
+    assert r.returncode == 0 and "fl start" in r.stdout, r.stdout
+

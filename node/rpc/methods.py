@@ -439,6 +439,7 @@ class RoleDown:
     role: str
     reason: str
     since: float
+    disabled: bool = False      # turned off in the config, not crashed or stopping
 
 
 class MethodTable:
@@ -478,6 +479,18 @@ class MethodTable:
             self._withdrawn[name] = owner
         if reason is not None:
             self._down[owner] = RoleDown(owner, reason, time.time() if since is None else since)
+
+    def add_disabled(self, cls: type, owner: str, reason: str) -> None:
+        """Know the methods of a role the config turned off (`cls`, never instantiated): calls
+        to them say the role is disabled and why (`reason`: how to turn it on), not "not found"."""
+        for attr in dir(cls):
+            fn = getattr(cls, attr, None)
+            name = getattr(fn, _MARK, None)
+            if name is None or name in self._methods:
+                continue
+            self._withdrawn_specs[name] = spec_of(name, typing.cast(Handler, fn))
+            self._withdrawn[name] = owner
+        self._down[owner] = RoleDown(owner, reason, time.time(), disabled=True)
 
     def withdrawn_owner(self, name: str) -> str | None:
         """The role whose method `name` was withdrawn because the role is down, if any."""

@@ -162,6 +162,10 @@ def role_down_error(method: str, owner: str, down: RoleDown | None) -> RpcError:
     if down is None:
         return RpcError(NODE_ROLE_UNAVAILABLE, f"{method} is unavailable: role {owner} is not running "
                                                f"(see `node info` for its health)", {"role": owner})
+    if down.disabled:
+        return RpcError(NODE_ROLE_UNAVAILABLE, f"{method} is unavailable: role {owner} is disabled on this node: "
+                                               f"{down.reason}", {"role": owner, "reason": down.reason,
+                                                                  "disabled": True})
     return RpcError(NODE_ROLE_UNAVAILABLE,
                     f"{method} is unavailable: role {owner} is down since {utc_text(down.since)}: {down.reason}",
                     {"role": owner, "reason": down.reason, "since": down.since})
@@ -215,7 +219,8 @@ class _Builtins:
             down = self._table.down(owner)
             unavailable.append({"role": owner, **spec.describe(),
                                 "down": {"reason": down.reason if down else "not running",
-                                         "since": down.since if down else None}})
+                                         "since": down.since if down else None,
+                                         **({"disabled": True} if down and down.disabled else {})}})
         return {
             "openrpc": "1.2.6",
             "info": {"title": "fognode control socket", "version": version},
