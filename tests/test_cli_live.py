@@ -129,3 +129,28 @@ def test_a_disabled_roles_commands_say_so(node_factory: NodeFactory) -> None:
     r = cli(*d, "help")
     assert r.returncode == 0 and "fl start" in r.stdout, r.stdout
 
+
+def test_wallet_and_stake_output_for_people(node_factory: NodeFactory) -> None:
+    """Issue 15 items 10 and 11 through the real CLI: `wallet address` is the bare address;
+    errors give amounts in tokens; `wallet history` shows direction, counterparty, time as UTC
+    text and fits 100 columns; `stake status` tells the validator key from a wallet address and
+    the time to the next epoch."""
+    net = node_factory(1)
+    d = ["--datadir", str(net.nodes[0].datadir)]
+    addr = cli(*d, "wallet", "address").stdout.strip()
+    assert re.fullmatch(r"fog1[0-9a-z]+", addr), addr
+    to = json.loads(cli(*d, "--json", "wallet", "new").stdout)["address"]
+    r = cli(*d, "wallet", "send", to, "12.5", "--memo", "rent")
+    assert r.returncode == 0, r.stderr
+    over = cli(*d, "wallet", "send", to, "99999999")
+    assert over.returncode == 1 and "99999999.001 tokens" in over.stderr, over.stderr   # amount + fee
+    hist = cli(*d, "wallet", "history")
+    lines = hist.stdout.splitlines()
+    assert lines[0].split() == ["time", "dir", "counterparty", "amount", "kind", "status", "tx"], hist.stdout
+    assert re.match(r"20\d\d-\d\d-\d\d \d\d:\d\d UTC\s+out\s+fog1\S+…\S+\s+-12\.5\s+transfer\s+final", lines[2]), lines
+    assert max(len(ln) for ln in lines) <= 100, lines
+    st = json.loads(cli(*d, "--json", "stake", "status").stdout)
+    assert st["validator_key"] and "next_epoch_in" in st and st["seat_note"], st
+    text = cli(*d, "stake", "status").stdout
+    assert re.search(r"next_epoch_at\s+20\d\d-\d\d-\d\d \d\d:\d\d UTC", text), text
+
