@@ -33,7 +33,7 @@ from nacl.signing import SigningKey
 from fognode.ledger.address import decode_address
 from fognode.ledger.wallet import default_wallet_address
 from fognode.node.datadir import CONFIG, SOCKET, load_identity, write_atomic, write_genesis
-from fognode.node.genesis import dev_chain_id, dev_genesis
+from fognode.tools.genesis import dev_chain_id, dev_genesis
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.rpc.client import DaemonUnreachable, RpcClient
 
