@@ -93,6 +93,10 @@ def test_port_conflict_role_down_and_json_integers_on_a_live_node(node_factory: 
                 "--participants", "5", "--min-participants", "5", "--rounds", "1")
         assert r.returncode == 0, r.stderr
         session = json.loads(r.stdout)["session_id"]
+        # fl start's checks (issue 15 item 13): five asked of a one-node network is a warning
+        assert any("more than the 1 eligible device" in w for w in json.loads(r.stdout)["warnings"]), r.stdout
+        r = cli(*d, "fl", "start", "synthetic", "--dp-noise", "1.0")
+        assert r.returncode == 1 and "error 500" in r.stderr and "without --dp-clip" in r.stderr, r.stderr
         r = cli(*d, "fl", "start", "synthetic", "--strategy", "krum", "--strategy-params", '{"f": 1.5}',
                 "--participants", "5", "--min-participants", "5")
         assert r.returncode == 1 and "502" in r.stderr
