@@ -63,7 +63,7 @@ class SeasonalEwma:
     """Per time-of-day bin: the bin's mean of each past day, smoothed across days (EWMA), and
     its spread (within the day and from day to day). Scores once a bin has `warmup_days`."""
 
-    def __init__(self, period: float = 86400.0, bins: int = 24, alpha: float = 0.3,
+    def __init__(self, period: float = 86400.0, bins: int = 96, alpha: float = 0.3,
                  warmup_days: int = 2, threshold: float = 5.0, floor: float = 0.0) -> None:
         self.period, self.bins, self.alpha, self.warmup = period, bins, alpha, warmup_days
         self.threshold, self.floor = threshold, floor
