@@ -273,12 +273,13 @@ class MonitorRole(Protocol):
 
     @rpc_method("monitor.events")
     async def rpc_events(self, type: list[str] | None = None, limit: int = 50, follow: bool = False,
-                         count: int = 0, *, progress: Progress = Progress()) -> list[dict[str, Any]]:
+                         count: int = 0, *, progress: Progress = Progress()) -> list[dict[str, Any]] | dict[str, int]:
         """The node's recent events (the last --limit, oldest first), as JSON maps with their
         type (`event`), sequence number and time; --type keeps only those event types (e.g.
         PeerConnected, HealthStatusChanged, AnomalyDetected, AlertFired). --follow prints each
-        new event as one JSON line as it happens, until interrupted (or --count events).
-        Error 803: an unknown event type."""
+        new event as one line as it happens (JSON lines with fognode-cli --json), until
+        interrupted or --count new events, then says how many it followed. Error 803: an
+        unknown event type."""
         kinds = tuple(type or ())
         known = self.events.kinds | known_kinds()
         bad = [k for k in kinds if k not in known]
@@ -313,7 +314,7 @@ class MonitorRole(Protocol):
         finally:
             self.events.followers.discard(queue)
             send.close()
-        return []
+        return {"followed": sent}
 
     # ---- serving ----------------------------------------------------------------------------
 
