@@ -122,9 +122,9 @@ class AlertEngine:
             if rule.holds(v):
                 since = self._pending.setdefault(rule.name, now)
                 if rule.name not in self._firing and now - since >= rule.for_s:
-                    a = Alert(rule.name, rule.metric, rule.severity, rule.describe(), v, "firing", now)
-                    self._firing[rule.name] = a
-                    changed.append(a)
+                    fired = Alert(rule.name, rule.metric, rule.severity, rule.describe(), v, "firing", now)
+                    self._firing[rule.name] = fired
+                    changed.append(fired)
             else:
                 self._pending.pop(rule.name, None)
                 a = self._firing.pop(rule.name, None)

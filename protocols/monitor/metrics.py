@@ -21,7 +21,7 @@ class MonitorMetrics:
     def create(reg: CollectorRegistry) -> "MonitorMetrics":
         return MonitorMetrics(
             sample_seconds=metric(reg, Histogram, "fognode_monitor_sample_seconds",
-                                  "Time to take one sample, record it and run the detectors",
+                                  "CPU time of one sample: read the metrics, record them, run detectors and alert rules",
                                   buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)),
             history_bytes=metric(reg, Gauge, "fognode_monitor_history_bytes",
                                  "Size of the history ring files on disk"),

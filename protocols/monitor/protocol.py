@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import math
+import time
 from typing import Any
 
 import trio
@@ -161,7 +162,7 @@ class MonitorRole(Protocol):
         while True:
             await trio.sleep(interval)
             now_mono = trio.current_time()
-            t0 = trio.current_time()
+            cpu0 = time.thread_time()
             actions = self.core.tick(self.ctx.metrics.collect(), node.role_health(), self.ctx.clock(),
                                      now_mono - last)
             last = now_mono
@@ -171,7 +172,7 @@ class MonitorRole(Protocol):
                 if now_mono - flushed >= FLUSH_EVERY:
                     self.store.flush()
                     flushed = now_mono
-            self.metrics.sample_seconds.observe(trio.current_time() - t0)
+            self.metrics.sample_seconds.observe(time.thread_time() - cpu0)
 
     async def _keep_events(self, sub: Subscription) -> None:
         async with sub:
@@ -274,8 +275,8 @@ class MonitorRole(Protocol):
     @rpc_method("monitor.events")
     async def rpc_events(self, type: list[str] | None = None, limit: int = 50, follow: bool = False,
                          count: int = 0, *, progress: Progress = Progress()) -> list[dict[str, Any]] | dict[str, int]:
-        """The node's recent events (the last --limit, oldest first), as JSON maps with their
-        type (`event`), sequence number and time; --type keeps only those event types (e.g.
+        """The node's recent events (the last --limit, oldest first): sequence number, time,
+        type (`event`) and fields (`data`); --type keeps only those event types (e.g.
         PeerConnected, HealthStatusChanged, AnomalyDetected, AlertFired). --follow prints each
         new event as one line as it happens (JSON lines with fognode-cli --json), until
         interrupted or --count new events, then says how many it followed. Error 803: an
