@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from fognode.node.events import PeerConnected
 from fognode.node.health import HealthReport, Status
+from fognode.protocols.monitor.api import MonitorService
+from fognode.protocols.monitor.eventlog import EventLog
 from fognode.protocols.monitor.alerts import parse_rules
 from fognode.protocols.monitor.core import Emit, MonitorCore, RunHook
 from fognode.protocols.monitor.events import AlertFired, AnomalyDetected, HealthStatusChanged
@@ -93,3 +96,27 @@ def test_node_report_and_roll_up() -> None:
     assert book.update(reps) == []                                  # no change, no event
     (back,) = book.update({**reps, "fl": HealthReport.healthy()})
     assert (back.role, back.status, back.overall) == ("fl", Status.HEALTHY, Status.DEGRADED)
+
+
+def test_monitor_service_reads_series_alerts_events() -> None:
+    reg = CollectorRegistry()
+    Gauge("fognode_node_peers", "p", registry=reg).set(2)
+    tier = Tier.parse("10s:1h")
+    sets: dict[str, SeriesSet] = {}
+
+    def series_of(name: str) -> SeriesSet:
+        return sets.setdefault(name, SeriesSet([Ring(tier, memory_buffers(name, tier))]))
+
+    core = MonitorCore(series_of=series_of, rules=[], detectors=False, anomaly_cooldown=0, lag_bound=0.5,
+                       hook=False)
+    log = EventLog(2)
+    now = [1_700_000_000.0]
+    svc = MonitorService(core, series_of, log, lambda: {"overall": core.overall().value}, lambda: now[0])
+    core.tick(reg.collect(), {}, now[0], 10)
+    assert svc.latest("node.peers") == (now[0], 2.0) and "node.peers" in svc.names()
+    assert [p.mean for p in svc.series("node.peers", now[0] - 60, now[0])] == [2.0]
+    for i in range(3):
+        log.add(PeerConnected(f"p{i}", "/ip4/127.0.0.1/tcp/1"), now[0] + i)
+    assert [e["data"]["peer_id"] for e in svc.events()] == ["p1", "p2"]          # bounded ring
+    assert svc.alerts() == {"firing": [], "recent": []}
+    assert svc.health() == {"overall": "healthy"}       # two peers, no lag figure yet, no roles
