@@ -131,12 +131,15 @@ class LedgerRole(Protocol):
                 "validator": s.validator.is_member(s.genesis.epoch_at(self.ctx.clock()))}
 
     def health_report(self) -> HealthReport:
-        """Unhealthy when its storage failed; degraded when the certificates waiting for a
-        missing predecessor fill half of pending_max (this replica is behind and not catching up)."""
+        """Unhealthy when its storage failed; degraded when this node's last order found no quorum
+        before its deadline (until one is certified again), or when the certificates waiting for
+        a missing predecessor fill half of pending_max (this replica is not catching up)."""
         s = self.service
         failure = self.failure or (str(s.failure) if s is not None and s.failure is not None else "")
         if failure:
             return HealthReport(Status.UNHEALTHY, f"storage failed: {failure}")
+        if s is not None and s.submitter.quorum_problem:
+            return HealthReport(Status.DEGRADED, f"cannot reach a quorum: {s.submitter.quorum_problem}")
         if s is not None and len(s.replica.pending) >= self.config.pending_max // 2:
             return HealthReport(Status.DEGRADED, f"{len(s.replica.pending)} certificates wait for missing "
                                                  "predecessors: this replica is not catching up")
