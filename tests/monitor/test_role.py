@@ -111,6 +111,7 @@ def test_a_hook_that_hangs_is_killed_at_its_limit(node_factory: NodeFactory, tmp
     wait_until(lambda: not Path(f"/proc/{pid}").exists() or None, timeout=10, what="the hook process gone")
 
 
+@pytest.mark.slow
 def test_a_rule_with_a_typod_metric_refuses_to_start(tmp_path: Path) -> None:
     env = {**os.environ, "FOGNODE_PASSPHRASE": ""}
     d = tmp_path / "n"
