@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import deque
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import trio
 
 from fognode.node.errors import RemoteProtocolError
-from fognode.node.health import HealthReport, Status
+from fognode.node.health import HealthReport, RecentCount, Status
 from fognode.node.overlay import GossipMessage as OverlayGossip
 from fognode.node.protocol import Protocol
 from fognode.node.wire import digest, unpack
@@ -64,7 +63,7 @@ class FlRole(FlRpc, Protocol):
         super().__init__(ctx, config)
         validate(config)
         self.metrics = FlMetrics.create(ctx.metrics)
-        self._task_starts: deque[float] = deque(maxlen=16)   # monotonic times of task process starts
+        self._task_starts = RecentCount(TASK_DEATH_WINDOW)   # task process starts (monotonic times)
         self.core: FlCore | None = None
         self.actions: RoleActions | None = None
         self.ledger: LedgerLink | None = None
@@ -140,12 +139,12 @@ class FlRole(FlRpc, Protocol):
 
     def _task_started(self) -> None:
         self.metrics.task_starts.inc()
-        self._task_starts.append(time.monotonic())
+        self._task_starts.add(time.monotonic())
 
     def health_report(self) -> HealthReport:
         """Degraded when the task process was started 3 times in 5 minutes (it keeps dying),
         unhealthy at 10."""
-        recent = sum(1 for t in self._task_starts if time.monotonic() - t < TASK_DEATH_WINDOW)
+        recent = self._task_starts.count(time.monotonic())
         if recent >= 10:
             return HealthReport(Status.UNHEALTHY, f"the task process was started {recent} times in "
                                                   f"{TASK_DEATH_WINDOW / 60:g} min: it keeps dying")

@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from fognode.node import __version__
 from fognode.node.errors import FognodeError, PermanentRoleError, RemoteProtocolError, RpcError
-from fognode.node.events import Subscription
+from fognode.node.events import RoleHealthChanged, Subscription
 from fognode.node.health import Status
 from fognode.node.metrics import metric
 from fognode.node.overlay import GossipMessage
@@ -175,9 +175,14 @@ class MonitorRole(Protocol):
             self.metrics.sample_seconds.observe(time.thread_time() - cpu0)
 
     async def _keep_events(self, sub: Subscription) -> None:
+        """Keep every bus event for monitor.events; a role going down or up updates the
+        health roll-up at once (HealthStatusChanged without waiting for the next sample)."""
+        node = self.ctx.services.require("node")
         async with sub:
             async for ev in sub:
                 self.events.add(ev, self.ctx.clock())
+                if isinstance(ev, RoleHealthChanged):
+                    self._carry_out(self.core.update_health(node.role_health()))
 
     # ---- gossip status ----------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from fognode.node.events import PeerConnected
-from fognode.node.health import HealthReport, Status
+from fognode.node.health import HealthReport, RecentCount, Status
 from fognode.protocols.monitor.api import MonitorService
 from fognode.protocols.monitor.eventlog import EventLog
 from fognode.protocols.monitor.alerts import parse_rules
@@ -120,3 +120,13 @@ def test_monitor_service_reads_series_alerts_events() -> None:
     assert [e["data"]["peer_id"] for e in svc.events()] == ["p1", "p2"]          # bounded ring
     assert svc.alerts() == {"firing": [], "recent": []}
     assert svc.health() == {"overall": "healthy"}       # two peers, no lag figure yet, no roles
+
+
+def test_recent_count_window() -> None:
+    c = RecentCount(300, cap=4)
+    for t in (0, 100, 200):
+        c.add(t)
+    assert c.count(250) == 3 and c.count(350) == 2 and c.count(600) == 0
+    for t in range(10):
+        c.add(1000 + t)
+    assert c.count(1010) == 4        # saturates at cap
