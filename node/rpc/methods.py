@@ -52,6 +52,7 @@ CODE_RANGES: dict[str, range] = {
     "fl": range(500, 600),
     "onion": range(600, 700),
     "registry": range(700, 800),
+    "monitor": range(800, 900),
 }
 
 # node 1xx
