@@ -24,7 +24,7 @@ run: $(VENV)/.installed
 
 # the suite on TEST_WORKERS pytest-xdist workers (tests/conftest.py puts the multi-process
 # scenarios in lanes: `--dist loadgroup`); `make test TEST_WORKERS=0` runs it in one process.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) --durations=15
 
