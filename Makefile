@@ -22,8 +22,11 @@ run: $(VENV)/.installed
 	@test -f $(DATADIR)/identity.key || $(VENV)/bin/fognode init --datadir $(DATADIR)
 	$(VENV)/bin/fognode run --datadir $(DATADIR)
 
+# the suite on TEST_WORKERS pytest-xdist workers (tests/conftest.py puts the multi-process
+# scenarios in lanes: `--dist loadgroup`); `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= 3
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) --durations=15
 
 devnet: $(VENV)/.installed
 	$(VENV)/bin/fognode devnet --nodes 4
