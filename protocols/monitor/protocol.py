@@ -9,6 +9,10 @@ setting to change; it is not restarted (PermanentRoleError).
 Every `status_interval` seconds the node gossips a small status (health, peers, uptime,
 version) on `fognode/monitor/status/1`; `monitor.network` shows the last status heard from
 every node, so an operator sees the whole network's health from any node.
+
+The same port serves the read-only web dashboard (dashboard/app.py) behind a token written to
+`<datadir>/monitor.cookie` at start; `monitor.dashboard` gives its URL, `monitor.figures` the
+live figures its node page and `fognode-cli top` chart.
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ from fognode.node.wire import Fields, pack, unpack
 from fognode.node.metrics import metric
 from fognode.node.protocol import Protocol
 from fognode.node.rpc.methods import rpc_method
+from fognode.protocols.monitor.dashboard.app import Dashboard
+from fognode.protocols.monitor.dashboard.cookie import AccessToken
+from fognode.protocols.monitor.dashboard.figures import figures
 from fognode.protocols.monitor.http import serve_http
 
 log = logging.getLogger("fognode.monitor")
@@ -86,6 +93,7 @@ class MonitorRole(Protocol):
         super().__init__(ctx, config)
         self.port: int | None = None
         self.network: dict[str, tuple[NodeStatus, float]] = {}  # peer -> (status, our receive time)
+        self.dashboard: Dashboard | None = None
 
     def health(self) -> dict[str, Any]:
         node = self.ctx.services.require("node")
@@ -140,6 +148,20 @@ class MonitorRole(Protocol):
             for pid, (st, seen) in sorted(self.network.items())
         ]
 
+    @rpc_method("monitor.figures")
+    async def rpc_figures(self) -> dict[str, Any]:
+        """Live figures (cumulative, as Prometheus counters): peers, CPU seconds, gossip in/out/
+        drops, RPC requests, the event-loop lag histogram; two readings give rates."""
+        return figures(self.ctx.metrics, self.ctx.clock())
+
+    @rpc_method("monitor.dashboard")
+    async def rpc_dashboard(self) -> dict[str, Any]:
+        """The web dashboard's URL with this run's token (open it in a browser on this machine),
+        and the token file; null url when the endpoint is off (protocols.monitor.port = 0)."""
+        if self.dashboard is None or not self.port:
+            return {"url": None, "token_file": None}
+        return {"url": self.dashboard.url(self.port), "token_file": str(self.dashboard.token.path)}
+
     @rpc_method("monitor.health")
     async def rpc_health(self) -> dict[str, Any]:
         """Overall health: status (ok or degraded), per-role health, peer count, uptime."""
@@ -158,8 +180,14 @@ class MonitorRole(Protocol):
             raise PermanentRoleError(
                 f"metrics endpoint {host}:{port} {what}; choose another port with "
                 f"--metrics-port N or protocols.monitor.port in node.toml (0 disables it)") from None
-        await serve_http(listeners, {"/metrics": self._metrics, "/health": self._health},
-                         task_status=task_status)
+        token = AccessToken(self.ctx.datadir)
+        token.write()
+        self.dashboard = Dashboard(token, self.ctx.services.require("node").rpc_methods, self.ctx.metrics, host=host)
+        try:
+            await serve_http(listeners, {"/metrics": self._metrics, "/health": self._health},
+                             fallback=self.dashboard.handle, task_status=task_status)
+        finally:
+            token.remove()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         node = self.ctx.services.require("node")
@@ -168,7 +196,8 @@ class MonitorRole(Protocol):
         async with trio.open_nursery() as nursery:
             if self.config.port:
                 self.port = await nursery.start(self._serve_endpoint)
-                log.info("metrics on http://%s:%d/metrics", self.config.host, self.port)
+                log.info("metrics on http://%s:%d/metrics; dashboard: `fognode-cli monitor dashboard` "
+                         "prints its URL", self.config.host, self.port)
             await self.ctx.overlay.subscribe(STATUS_TOPIC, self._on_status)
             nursery.start_soon(self._announce)
             task_status.started()
