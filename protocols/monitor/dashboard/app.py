@@ -101,13 +101,13 @@ class Dashboard:
             return Response(400, "text/plain; charset=utf-8", (str(e) + "\n").encode(), SECURITY_HEADERS)
         if "token" in params:
             if not self.token.matches(params["token"]):
-                return self._unauthorized("the token in the URL is wrong (a restart makes a new one)")
+                return self._unauthorized("the token in the URL is wrong (a restart makes a new one)", api)
             return Response(303, "text/plain", b"", SECURITY_HEADERS + (
                 ("Location", req.path), ("Set-Cookie", set_cookie(self.token.value))))
         presented = cookie_token(req.headers.get("cookie")) or bearer_token(req.headers.get("authorization"))
         if not self.token.matches(presented):
             why = "wrong token (a restart of the node makes a new one)" if presented else "no token"
-            return self._unauthorized(why)
+            return self._unauthorized(why, api)
         if api:
             if not req.path.startswith("/api/rpc/"):
                 return _error(404, -32601, f"no API path {req.path} (only /api/rpc/<method>)")
@@ -123,12 +123,14 @@ class Dashboard:
             return Response(404, "text/plain", f"no page {req.path}\n".encode(), SECURITY_HEADERS)
         return Response(200, asset[0], asset[1], SECURITY_HEADERS)
 
-    def _unauthorized(self, why: str) -> Response:
-        body = (f"401 unauthorized: {why}.\n\nThis dashboard is opened with the URL that "
+    def _unauthorized(self, why: str, api: bool) -> Response:
+        text = (f"401 unauthorized: {why}. This dashboard is opened with the URL that "
                 f"`fognode-cli monitor dashboard` prints (its token is in the data dir's {self.token.path.name}, "
-                f"readable by the node's user only).\n").encode()
-        return Response(401, "text/plain; charset=utf-8", body, SECURITY_HEADERS + (
-            ("WWW-Authenticate", 'Bearer realm="fognode dashboard"'),))
+                f"readable by the node's user only).")
+        challenge = (("WWW-Authenticate", 'Bearer realm="fognode dashboard"'),)
+        if api:
+            return _json(401, {"error": {"code": 401, "message": text}}, challenge)
+        return Response(401, "text/plain; charset=utf-8", (text + "\n").encode(), SECURITY_HEADERS + challenge)
 
     async def _call(self, method: str, params: Any) -> Response:
         """Call a read method in-process; see the module docstring for the statuses."""
