@@ -8,11 +8,7 @@ from typing import Any, Iterator
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-# as root, in a machine with no network: no sandbox, and nothing that calls home
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-default-apps", "--disable-extensions", "--metrics-recording-only", "--mute-audio"]
+from fognode.tools.bench.dashboard import CHROMIUM, FLAGS
 
 
 @contextlib.contextmanager
