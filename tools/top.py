@@ -167,13 +167,14 @@ def render(model: TopModel, poller: Poller, interval: float) -> Layout:
         alerts = Text("no alert firing", style="green")
     else:
         alerts = Table(expand=True, box=None, pad_edge=False)
-        for col in ("severity", "alert", "summary"):
+        for col in ("severity", "rule", "condition", "value", "since"):
             alerts.add_column(col)
-        for a in model.alerts:
+        for a in model.alerts:   # monitor.alerts' firing list
             sev = str(a.get("severity", ""))
+            since = a.get("since")
             alerts.add_row(Text(sev, style="red" if sev in ("critical", "page", "error") else "yellow"),
-                           str(a.get("name") or a.get("rule") or a.get("alert") or ""),
-                           str(a.get("summary") or a.get("message") or a.get("sentence") or ""))
+                           str(a.get("rule", "")), str(a.get("condition", "")), num(a.get("value")),
+                           time.strftime("%H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "")
 
     errors = Text("; ".join(f"{m}: {e}" for m, e in model.errors.items()), style="red") if model.errors else Text("")
     foot = Text(" q quit ", style="reverse")
@@ -186,7 +187,8 @@ def render(model: TopModel, poller: Poller, interval: float) -> Layout:
     layout["body"].split_row(Layout(name="left"), Layout(name="right"))
     layout["body"]["right"].ratio = 5
     layout["body"]["left"].ratio = 4
-    layout["left"].split_column(Layout(Panel(roles, title="roles"), name="roles", size=len(info.get("roles") or ()) + 3),
+    role_rows = len(info.get("roles") or ()) + 3
+    layout["left"].split_column(Layout(Panel(roles, title="roles"), name="roles", size=role_rows),
                                 Layout(Panel(figs, title="figures"), name="figures", size=12),
                                 Layout(Panel(peers, title=f"peers ({len(model.peers)})"), name="peers"))
     layout["right"].split_column(Layout(Panel(fl, title=fl_title), name="fl"),

@@ -73,7 +73,7 @@ class TopModel:
         self.network = reading.get("monitor.network", self.network) or []
         if "monitor.alerts" in reading:
             a = reading["monitor.alerts"]
-            self.alerts = a if isinstance(a, list) else list((a or {}).get("firing", [])) if isinstance(a, dict) else []
+            self.alerts = list(a.get("firing", [])) if isinstance(a, dict) else []   # {firing, recent, rules}
         f = reading.get("monitor.figures")
         if f is not None:
             self._figures_in(f)

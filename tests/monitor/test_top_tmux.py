@@ -46,7 +46,8 @@ def test_top_renders_updates_and_quits_on_q(monitored_net: MonitoredNet) -> None
                what="the two nodes to connect")
     tmux = Tmux(f"fn-top-{os.getpid()}")
     # rich takes $COLUMNS/$LINES over the terminal's size: the pane's own size must count
-    cmd = shlex.join(["env", "-u", "COLUMNS", "-u", "LINES", sys.executable, "-m", "fognode.tools.cli", "--datadir", str(node.datadir), "top",
+    cmd = shlex.join(["env", "-u", "COLUMNS", "-u", "LINES", sys.executable, "-m", "fognode.tools.cli",
+                      "--datadir", str(node.datadir), "top",
                       "--interval", "0.5"])
     try:
         # the pane stays after top exits (remain-on-exit), so its exit status can be read

@@ -9,10 +9,10 @@ by the dashboard's call timeout.
 from __future__ import annotations
 
 READ_METHODS = frozenset({
-    "rpc.discover", "node.info", "node.peers", "node.config", "monitor.health", "monitor.network", "monitor.figures",
-    "monitor.series", "monitor.alerts", "wallet.balance", "wallet.history", "wallet.address", "ledger.info",
-    "ledger.stats", "stake.status", "fl.sessions", "fl.status", "registry.devices", "registry.show",
-    "reputation.top", "reputation.show",
+    "rpc.discover", "node.info", "node.peers", "node.config",
+    "monitor.health", "monitor.network", "monitor.figures", "monitor.series", "monitor.metrics", "monitor.alerts",
+    "wallet.balance", "wallet.history", "wallet.address", "ledger.info", "ledger.stats", "stake.status",
+    "fl.sessions", "fl.status", "registry.devices", "registry.show", "reputation.top", "reputation.show",
 })
 
 # Roles shown on their own page when their methods exist, and the verbs that only read.

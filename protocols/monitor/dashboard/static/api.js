@@ -69,17 +69,22 @@ export function deltaLag(a, b) {
   return { mean: (b.sum - a.sum) / n, p99: p99 === null ? lastFinite : p99 };
 }
 
-// History from monitor.series when the node has it (the other half of issue 17): a page asks
-// for a metric's last `seconds` and gets [[t, value], ...], or null when there is no series
-// method (or it refused): the page then charts what it polls live.
-export async function history(methods, metric, seconds) {
-  if (!methods.has("monitor.series")) return null;
+// History from monitor.series when the node keeps it (issue 17 item 1: series names like
+// "node.peers", "node.loop_lag_mean"; points {t, mean, min, max, count}): the last `seconds`
+// of METRIC as [[t, mean * scale], ...], or [] when the node has no history (or refused):
+// the page then charts what it polls live.
+export async function history(methods, metric, seconds, scale = 1) {
+  if (!methods.has("monitor.series")) return [];
   try {
-    const r = await rpc("monitor.series", { metric, since: -seconds });
-    const pts = Array.isArray(r) ? r : (r && (r.points || r.values || r.series)) || [];
-    return pts.map((p) => Array.isArray(p) ? [p[0], p[1]] : [p.t ?? p.time, p.v ?? p.value ?? p.mean])
-              .filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]));
+    const r = await rpc("monitor.series", { metric, since: `${Math.ceil(seconds)}s` });
+    return (r.points || []).map((p) => [p.t, p.mean * scale]).filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]));
   } catch (e) {
-    return null;
+    return [];
   }
+}
+
+// Recorded points first, then the live ones that follow them.
+export function joined(past, live) {
+  const first = live.length ? live[0][0] : Infinity;
+  return past.filter((p) => p[0] < first).concat(live);
 }

@@ -10,7 +10,7 @@ export async function start(ctx) {
   ctx.main.replaceChildren(h("h1", {}, "Wallet and ledger"), h("div", { class: "grid" },
     card("Wallet", wallet), card("Ledger", ledger), card("Supply", supplyChart), card("Certificates applied", appliedChart),
     card("Committee", committee), h("section", { class: "card wide" }, h("h2", {}, "Latest transactions"), hist)));
-  const supply = (await history(ctx.methods, "ledger_supply", 3600)) || [];
+  const supply = await history(ctx.methods, "ledger.supply", 3600, 1e-6);   // recorded in micro-units
   const applied = [];
 
   return async () => {
