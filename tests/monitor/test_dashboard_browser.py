@@ -2,7 +2,8 @@
 FL session while the FL page is open, and the loss chart grows to the session's rounds with
 the losses `fl.status` reports; every page loads without a console error; the node and
 network pages show the peer and both nodes; no token or a wrong one gets 401; a malformed
-query parameter gets 400 naming it. Screenshots go to tmp_path (never the repo)."""
+query parameter gets 400 naming it; a SIGKILLed node shows offline on the other's network
+page. Screenshots go to tmp_path (never the repo)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,7 +23,8 @@ ROUNDS = 2
 
 def test_pages_and_a_live_fl_session_in_chromium(monitored_net: MonitoredNet, tmp_path: Path) -> None:
     with chromium() as browser:
-        net = monitored_net(2, extra_args=["--set", "protocols.fl.tick_interval=0.1"])
+        net = monitored_net(2, extra_args=["--set", "protocols.fl.tick_interval=0.1",
+                                           "--set", "protocols.monitor.status_interval=0.5"])
         coord, other = net.nodes
         wait_until(lambda: any(p["peer_id"] == other.peer_id for p in coord.rpc("node.peers")), timeout=30,
                    what="the two nodes to connect")
@@ -91,3 +93,18 @@ def test_pages_and_a_live_fl_session_in_chromium(monitored_net: MonitoredNet, tm
             assert r is not None and r.status == 401, target
         assert stranger.cookies() == []
         stranger.close()
+
+        # SIGKILL the other node: the network page shows it offline (not heard for 3 status intervals)
+        ctx = browser.new_context()
+        page = ctx.new_page()
+        log = ConsoleLog(page)
+        page.goto(url)
+        page.goto(base + "/network")
+        page.locator("[data-figure='healthy']").filter(has_text="2").wait_for(timeout=30_000)
+        net.kill(1)
+        page.locator("[data-figure='offline']").filter(has_text="1").wait_for(timeout=30_000)
+        row = page.locator(f"table[data-table='network'] tbody tr:has(span[title='{other.peer_id}'])")
+        assert row.locator(".badge").inner_text() == "offline"
+        assert page.locator("[data-figure='healthy']").inner_text() == "1"
+        assert log.errors == [], log.errors
+        ctx.close()
