@@ -29,6 +29,6 @@ export async function start(ctx) {
       ["state", "state", (r) => badge(r.state)], ["region", "region"], ["type", "type"], ["peers", "peers"],
       ["uptime_s", "uptime", (r) => fmtDuration(r.uptime_s)], ["version", "version"],
       ["seen_s_ago", "last heard", (r) => `${fmtDuration(r.seen_s_ago)} ago`]], { name: "network" }));
-    barChart(chart, { name: "network-peers", bars: rows.map((r) => ({ label: shortId(r.peer_id).slice(0, 8), value: r.peers })) });
+    barChart(chart, { name: "network-peers", bars: rows.map((r) => ({ label: "…" + r.peer_id.slice(-6), value: r.peers })) });
   };
 }
