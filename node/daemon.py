@@ -50,6 +50,10 @@ class NodeService:
     def role_health(self) -> dict[str, dict[str, Any]]:
         return self._d.supervisor.health() if self._d.supervisor else {}
 
+    def rpc_methods(self) -> MethodTable:
+        """The daemon's RPC method table (the monitor's dashboard calls read methods in-process)."""
+        return self._d.table
+
     @rpc_method("node.info")
     async def info(self) -> dict[str, Any]:
         """This node: peer id, listen addresses, version, roles and their health, uptime."""

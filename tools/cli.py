@@ -7,6 +7,11 @@ form of `help`) and maps the command line onto a method:
     fognode-cli wallet send ADDR 10 --memo hi  -> wallet.send {"to": ADDR, "amount": "10", "memo": "hi"}
     fognode-cli help [--markdown] [METHOD]     -> the daemon's methods, grouped by role
     fognode-cli call METHOD [JSON]             -> a raw call with JSON params (array or object)
+    fognode-cli top [--interval S]             -> a full-screen live view (tools/top.py; q quits)
+
+`top` is the one deliberate exception to "no commands of its own" besides help/call: a live
+view needs a terminal loop, not one method. It imports `rich` only when run, so every other
+command still starts with the standard library alone.
 
 Words after the command fill the method's positional params in order; `--name value`,
 `--name=value` and `--flag` / `--no-flag` (booleans: flags take no value, as argparse's
@@ -273,8 +278,47 @@ def _wants_help(words: list[str]) -> bool:
     return False
 
 
+def top_interval(args: list[str]) -> float:
+    """`top`'s own options: [--interval S] (seconds between refreshes, 0.2-60; default 1)."""
+    interval = 1.0
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if name != "--interval":
+            raise UsageError(f"top takes only --interval S, got {args[i]!r}; usage: fognode-cli top [--interval S]")
+        if not eq:
+            i += 1
+            if i >= len(args):
+                raise UsageError("--interval needs a value; usage: fognode-cli top [--interval S]")
+            value = args[i]
+        try:
+            interval = float(value)
+        except ValueError:
+            raise UsageError(f"--interval must be a number of seconds, got {value!r}") from None
+        if not 0.2 <= interval <= 60:
+            raise UsageError(f"--interval must be between 0.2 and 60 seconds, got {value!r}")
+        i += 1
+    return interval
+
+
+def run_top(opts: Options, out: TextIO) -> int:
+    if _wants_help(opts.command[1:]):
+        _print("usage: fognode-cli top [--interval S]\n\nA full-screen live view of the node: roles and "
+               "health, peers, event-loop lag, gossip rates, FL rounds as they complete, the network, "
+               "alerts. q quits.", out)
+        return EXIT_OK
+    interval = top_interval(opts.command[1:])
+    try:
+        from fognode.tools.top import run as top_view  # rich: only for this command
+    except ImportError as e:
+        raise UsageError(f"top needs the Python package rich ({e}); install it: pip install rich") from None
+    return top_view(opts.socket_path(), interval=interval, timeout=opts.timeout)
+
+
 def run(opts: Options, out: TextIO) -> int:
     words = opts.command
+    if words[0] == "top":
+        return run_top(opts, out)
     if words[0] == "help" and _wants_help(words[1:]):  # `help --help`
         _print(USAGE, out)
         return EXIT_OK

@@ -24,6 +24,8 @@ Talk to a running fognode daemon. The commands come from the daemon itself:
                                    (also: fognode-cli COMMAND --help)
   fognode-cli help --markdown      the whole CLI reference as Markdown
   fognode-cli call METHOD [JSON]   raw JSON-RPC call with JSON params (array or object)
+  fognode-cli top [--interval S]   full-screen live view of the node (q quits): roles and
+                                   health, peers, loop lag, gossip rates, FL rounds, alerts
 
 options (before COMMAND):
   --datadir D     the daemon's data dir; its socket is D/fognode.sock unless

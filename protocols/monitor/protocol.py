@@ -16,6 +16,10 @@ bounded ring for `monitor.events`, which can also follow the bus live.
 
 Every `status_interval` seconds the node gossips a small status (status.py) on
 `fognode/monitor/status/1`; `monitor.network` shows the last status heard from every node.
+
+The same port serves the read-only web dashboard (dashboard/app.py) behind a token written to
+`<datadir>/monitor.cookie` at start; `monitor.dashboard` gives its URL, `monitor.figures` the
+live figures its node page and `fognode-cli top` chart.
 """
 from __future__ import annotations
 
@@ -45,6 +49,9 @@ from fognode.protocols.monitor.errors import (MONITOR_BAD_RANGE, MONITOR_HISTORY
 from fognode.protocols.monitor.eventlog import EventLog, known_kinds
 from fognode.protocols.monitor.events import AlertHookRan, AnomalyDetected, HealthStatusChanged
 from fognode.protocols.monitor.hook import run_hook
+from fognode.protocols.monitor.dashboard.app import Dashboard
+from fognode.protocols.monitor.dashboard.cookie import AccessToken
+from fognode.protocols.monitor.dashboard.figures import figures
 from fognode.protocols.monitor.http import serve_http
 from fognode.protocols.monitor.metrics import MonitorMetrics
 from fognode.protocols.monitor.sampled import BY_NAME
@@ -95,6 +102,7 @@ class MonitorRole(Protocol):
                                 hook=bool(config.alert_hook))
         self.events = EventLog(config.events_kept)
         self._hooks: trio.Nursery | None = None
+        self.dashboard: Dashboard | None = None
 
     # ---- health -----------------------------------------------------------------------------
 
@@ -219,6 +227,20 @@ class MonitorRole(Protocol):
             for pid, (st, seen) in sorted(self.network.items())
         ]
 
+    @rpc_method("monitor.figures")
+    async def rpc_figures(self) -> dict[str, Any]:
+        """Live figures (cumulative, as Prometheus counters): peers, CPU seconds, gossip in/out/
+        drops, RPC requests, the event-loop lag histogram; two readings give rates."""
+        return figures(self.ctx.metrics, self.ctx.clock())
+
+    @rpc_method("monitor.dashboard")
+    async def rpc_dashboard(self) -> dict[str, Any]:
+        """The web dashboard's URL with this run's token (open it in a browser on this machine),
+        and the token file; null url when the endpoint is off (protocols.monitor.port = 0)."""
+        if self.dashboard is None or not self.port:
+            return {"url": None, "token_file": None}
+        return {"url": self.dashboard.url(self.port), "token_file": str(self.dashboard.token.path)}
+
     @rpc_method("monitor.health")
     async def rpc_health(self) -> dict[str, Any]:
         """Overall health: status (ok, or degraded when a role is down or unhealthy), overall
@@ -337,8 +359,14 @@ class MonitorRole(Protocol):
             raise PermanentRoleError(
                 f"metrics endpoint {host}:{port} {what}; choose another port with "
                 f"--metrics-port N or protocols.monitor.port in node.toml (0 disables it)") from None
-        await serve_http(listeners, {"/metrics": self._metrics, "/health": self._health},
-                         task_status=task_status)
+        token = AccessToken(self.ctx.datadir)
+        token.write()
+        self.dashboard = Dashboard(token, self.ctx.services.require("node").rpc_methods, self.ctx.metrics, host=host)
+        try:
+            await serve_http(listeners, {"/metrics": self._metrics, "/health": self._health},
+                             fallback=self.dashboard.handle, task_status=task_status)
+        finally:
+            token.remove()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         node = self.ctx.services.require("node")
@@ -353,7 +381,8 @@ class MonitorRole(Protocol):
                 nursery.start_soon(self._keep_events, self.ctx.events.subscribe("monitor.events", size=1024))
                 if self.config.port:
                     self.port = await nursery.start(self._serve_endpoint)
-                    log.info("metrics on http://%s:%d/metrics", self.config.host, self.port)
+                    log.info("metrics on http://%s:%d/metrics; dashboard: `fognode-cli monitor dashboard` "
+                             "prints its URL", self.config.host, self.port)
                 await self.ctx.overlay.subscribe(STATUS_TOPIC, self._on_status)
                 nursery.start_soon(self._announce)
                 nursery.start_soon(self._sample_loop)
