@@ -7,7 +7,11 @@ DATADIR ?= $(or $(FOGNODE_DATADIR),$(HOME)/.fognode)
 # keystore with an empty passphrase (the daemon says so loudly). Set it for a real wallet.
 run: export FOGNODE_PASSPHRASE ?=
 
-.PHONY: run test bench devnet clean install
+.PHONY: run test bench devnet clean install system-deps
+# Programs the tests drive (tests/monitor: the dashboard in headless Chromium, `fognode-cli top`
+# under tmux). Installed with apt-get when missing and we are root (CI is); otherwise those
+# tests skip, saying what is missing.
+SYSTEM_DEPS := chromium tmux
 
 $(VENV)/.installed: pyproject.toml setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +26,21 @@ run: $(VENV)/.installed
 	@test -f $(DATADIR)/identity.key || $(VENV)/bin/fognode init --datadir $(DATADIR)
 	$(VENV)/bin/fognode run --datadir $(DATADIR)
 
-test: $(VENV)/.installed
-	$(PY) -m pytest -q
+system-deps:
+	@missing=""; for p in $(SYSTEM_DEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing$$missing (apt-get; log: /tmp/fognode-apt.log)"; \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } \
+				> /tmp/fognode-apt.log 2>&1 || { tail -20 /tmp/fognode-apt.log; exit 1; }; \
+		else echo "not installing$$missing (needs root and apt-get): the tests that drive them will skip"; fi; \
+	fi
+
+# the suite on TEST_WORKERS pytest-xdist workers (tests/conftest.py puts the multi-process
+# scenarios in lanes: `--dist loadgroup`); `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= 3
+test: $(VENV)/.installed system-deps
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) --durations=15
 
 devnet: $(VENV)/.installed
 	$(VENV)/bin/fognode devnet --nodes 4

@@ -37,6 +37,7 @@ from fognode.ledger.service import LedgerService
 from fognode.ledger.settings import Settings
 from fognode.ledger.sync import SYNC_STREAM
 from fognode.node.errors import ConfigError, FognodeError, RpcError
+from fognode.node.health import HealthReport, Status
 from fognode.node.protocol import NodeContext, Protocol
 from fognode.node.rpc.methods import rpc_method
 from fognode.node.wire import pack, unpack
@@ -105,6 +106,21 @@ class LedgerRole(Protocol):
             return {"storage_failed": str(s.failure)}
         return {"applied": s.state.applied, "pending": len(s.replica.pending), "root": s.state.root().hex()[:16],
                 "validator": s.validator.is_member(s.genesis.epoch_at(self.ctx.clock()))}
+
+    def health_report(self) -> HealthReport:
+        """Unhealthy when its storage failed; degraded when this node's last order found no quorum
+        before its deadline (until one is certified again), or when the certificates waiting for
+        a missing predecessor fill half of pending_max (this replica is not catching up)."""
+        s = self.service
+        failure = self.failure or (str(s.failure) if s is not None and s.failure is not None else "")
+        if failure:
+            return HealthReport(Status.UNHEALTHY, f"storage failed: {failure}")
+        if s is not None and s.submitter.quorum_problem:
+            return HealthReport(Status.DEGRADED, f"cannot reach a quorum: {s.submitter.quorum_problem}")
+        if s is not None and len(s.replica.pending) >= self.config.pending_max // 2:
+            return HealthReport(Status.DEGRADED, f"{len(s.replica.pending)} certificates wait for missing "
+                                                 "predecessors: this replica is not catching up")
+        return HealthReport.healthy()
 
     # -- helpers ---------------------------------------------------------------------------------
 

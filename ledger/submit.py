@@ -84,6 +84,9 @@ class OrderSubmitter:
         self.me = bytes(ctx.identity.verify_key)
         self._sender_locks: dict[bytes, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
+        # why this node's last order found no quorum in time (None once one is certified again):
+        # the ledger role reports itself degraded meanwhile (LedgerRole.health_report)
+        self.quorum_problem: str | None = None
 
     async def run(self) -> None:
         try:
@@ -180,6 +183,7 @@ class OrderSubmitter:
             decision = collector.decide(now, deadline)
             if decision is Decision.CERTIFIED:
                 assert collector.certificate is not None
+                self.quorum_problem = None
                 return self._certified(so, collector.certificate)
             if decision is Decision.REJECTED:
                 reason = collector.main_reason()
@@ -193,6 +197,9 @@ class OrderSubmitter:
                 self.store.clear_inflight(sender)
                 raise OrderRejected(reason, reasons)
             if decision is Decision.EXPIRED:
+                voted = sum(committee.stake_of(v) for v in collector.votes)
+                self.quorum_problem = (f"the last order gathered votes of {voted} of {committee.total} stake "
+                                       f"(quorum {committee.quorum_stake}) before its deadline")
                 raise NotCertified(
                     f"order {so.tx_id.hex()} not certified in time: votes from "
                     f"{sum(committee.stake_of(v) for v in collector.votes)} of {committee.total} stake "

@@ -116,6 +116,9 @@ def coerce(value: Any, tp: Any, *, source: str, key: str, from_text: bool = Fals
         (item,) = get_args(tp)[:1] or (Any,)
         if isinstance(value, list):
             return [coerce(v, item, source=source, key=f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict or tp is dict:
+        if isinstance(value, Mapping):    # a TOML table, checked by the section's validate()
+            return dict(value)
     elif origin in (typing.Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -157,6 +160,8 @@ def _type_name(tp: Any) -> str:
         return "a number"
     if tp is str:
         return "a string"
+    if origin is dict or tp is dict:
+        return "a table"
     if origin in (list, tuple):
         args = get_args(tp)
         return f"a list of {_type_name(args[0]).split(' ', 1)[1] if args else 'values'}s"

@@ -77,6 +77,15 @@ class DialBackoff:
             delay = min(self.backoff * (2.0 ** min(extra, 32)), self.backoff_max)
             b.until = now + delay
 
+    def hold(self, target: str, now: float) -> None:
+        """Keep `target` from being dialled for the backoff period, doubling on each hold up to
+        `backoff_max` (its connection was closed because it stopped answering); the first
+        successful dial after the hold clears it."""
+        b = self._state.setdefault(target, _Breaker())
+        b.failures = max(b.failures + 1, self.failures_before_backoff)
+        extra = b.failures - self.failures_before_backoff
+        b.until = now + min(self.backoff * (2.0 ** min(extra, 32)), self.backoff_max)
+
     def record_success(self, target: str) -> None:
         self._state.pop(target, None)
 
@@ -112,9 +121,20 @@ class ConnectionPolicy:
 
     def plan(self, now: float, *, connected: Mapping[str, float], candidates: Iterable[str],
              scores: Mapping[str, float], backoff: DialBackoff,
-             protected: frozenset[str] = frozenset(), in_flight: int = 0) -> list[ConnAction]:
-        """`connected` maps peer id -> connected-since time. Returns the actions to carry out."""
+             protected: frozenset[str] = frozenset(), in_flight: int = 0,
+             unresponsive: Iterable[str] = ()) -> list[ConnAction]:
+        """`connected` maps peer id -> connected-since time. Returns the actions to carry out.
+
+        A connected peer that stopped answering pings (`unresponsive`, node/latency.py) is
+        trimmed whatever the counts, protected peers included: its connection is dead weight
+        (a partition or a silent hang keeps TCP "established" for minutes while gossip and
+        streams to it stall), and closing it lets the low watermark dial it, or another, afresh
+        once it answers again (through the dial backoff)."""
         actions: list[ConnAction] = []
+        dead = [p for p in dict.fromkeys(unresponsive) if p in connected]
+        actions.extend(Trim(p) for p in dead)
+        if dead:
+            connected = {p: t for p, t in connected.items() if p not in set(dead)}
         n = len(connected) + in_flight
         if n < self.low:
             want = self.low - n
@@ -147,7 +167,8 @@ class ConnectionManager:
                  scores: Callable[[], Mapping[str, float]],
                  protected: Callable[[], frozenset[str]],
                  dial: DialFn, trim: TrimFn, discover: DiscoverFn,
-                 interval: float = 5.0, clock: Callable[[], float] = trio.current_time) -> None:
+                 interval: float = 5.0, clock: Callable[[], float] = trio.current_time,
+                 unresponsive: Callable[[], Iterable[str]] = lambda: ()) -> None:
         self.policy = policy
         self.backoff = backoff
         self._connected = connected
@@ -157,6 +178,7 @@ class ConnectionManager:
         self._dial = dial
         self._trim = trim
         self._discover = discover
+        self._unresponsive = unresponsive
         self.interval = interval
         self._clock = clock
         self._in_flight: set[str] = set()
@@ -180,11 +202,16 @@ class ConnectionManager:
     def tick(self, nursery: trio.Nursery) -> None:
         now = self._clock()
         self.backoff.forget_older_than(now, 3600.0)
+        unresponsive = set(self._unresponsive())
         actions = self.policy.plan(now, connected=self._connected(),
                                    candidates=self._candidates(), scores=self._scores(),
                                    backoff=self.backoff, protected=self._protected(),
-                                   in_flight=len(self._in_flight))
+                                   in_flight=len(self._in_flight), unresponsive=unresponsive)
         for a in actions:
+            if isinstance(a, Trim) and a.peer_id in unresponsive:
+                # a peer that keeps accepting connections but never answers is re-dialled
+                # only after the backoff period, not every few seconds
+                self.backoff.hold(a.peer_id, now)
             if isinstance(a, Dial) and a.peer_id not in self._in_flight:
                 self._in_flight.add(a.peer_id)
                 nursery.start_soon(self._dial_one, a.peer_id)

@@ -50,6 +50,10 @@ class NodeService:
     def role_health(self) -> dict[str, dict[str, Any]]:
         return self._d.supervisor.health() if self._d.supervisor else {}
 
+    def rpc_methods(self) -> MethodTable:
+        """The daemon's RPC method table (the monitor's dashboard calls read methods in-process)."""
+        return self._d.table
+
     @rpc_method("node.info")
     async def info(self) -> dict[str, Any]:
         """This node: peer id, listen addresses, version, roles and their health, uptime."""
@@ -192,6 +196,9 @@ class Daemon:
                         settings = self.config.protocols.get(cls.name)
                         if settings is None or not settings.enabled:
                             log.info("role %s is disabled", cls.name)
+                            self.table.add_disabled(cls, cls.name, f"set [protocols.{cls.name}] enabled = true in "
+                                                                   f"node.toml (or --set protocols.{cls.name}.enabled=true) "
+                                                                   f"and restart")
                             continue
                         await self.supervisor.start(nursery, cls, settings.config)
                     rpc_scope = trio.CancelScope()

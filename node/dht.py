@@ -45,6 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fognode.node.dhtquota import LOCAL, DhtLimits, RecordQuota, Refusal
 from fognode.node.errors import RemoteProtocolError
+from fognode.node.faults import LogRateLimiter
 from fognode.node.metrics import metric
 
 log = logging.getLogger("fognode.dht")
@@ -140,7 +141,7 @@ class PutAdmission:
                       RecordQuota(limits, namespace=lambda key: kind))
         self.penalize = penalize
         self.clock = clock
-        self._logged: dict[Refusal, tuple[float, int]] = {}   # reason -> (last line, held back)
+        self._log_limit = LogRateLimiter(interval=LOG_INTERVAL)   # one WARNING per reason per interval
         self.m_refused = metric(metrics, Counter, refused,
                                 f"Peers' DHT {self.message}s not stored, by reason", ["reason"])
         self.m_stored = metric(metrics, Counter, stored,
@@ -170,12 +171,8 @@ class PutAdmission:
         if reason is Refusal.STALE:
             log.debug("%s", err)
             return err
-        now = self.clock()
-        last, held = self._logged.get(reason, (-LOG_INTERVAL, 0))
-        if now - last < LOG_INTERVAL:
-            self._logged[reason] = (last, held + 1)
-        else:
-            self._logged[reason] = (now, 0)
+        held = self._log_limit.admit(reason, self.clock())
+        if held is not None:
             log.warning("%s%s", err, f" ({held} more of this kind not logged)" if held else "")
         return err
 

@@ -362,7 +362,8 @@ class Libp2pOverlay:
         self.dht = FognodeKadDHT(self.host, DhtLimits.from_overlay(config), metrics,  # 9, 17
                                  lambda peer, _why: self._charge(peer))
         self.pinger = Pinger(PingSettings.from_overlay(config),                        # bite 18
-                             lambda peer: libp2p_ping(self.host, peer), metrics)
+                             lambda peer: libp2p_ping(self.host, peer), metrics,
+                             on_unresponsive=self._on_unresponsive)
         self.gossip = GossipLayer(
             self.pubsub, identity, metrics=metrics, peer_id_of=peer_id_from_pubkey,
             open_stream=self.open_stream, self_peer_id=self.peer_id,
@@ -393,7 +394,8 @@ class Libp2pOverlay:
             scores=lambda: {p: self._score(p) for p in
                             set(self._connected_since) | set(self._app_scores)},
             protected=lambda: frozenset(self._protected), dial=self._dial_known,
-            trim=self.disconnect, discover=self._discover, interval=config.connmgr_interval)
+            trim=self.disconnect, discover=self._discover, interval=config.connmgr_interval,
+            unresponsive=self.pinger.tracker.unresponsive)
 
         self.m_peers = Gauge("fognode_node_peers", "Connected peers", registry=metrics)
         self.m_dials = Counter("fognode_node_dials_total", "Outbound dials by outcome",
@@ -402,6 +404,10 @@ class Libp2pOverlay:
         self.resources = ResourceGate(*limits_from(config), metrics)
         self.host.get_network().register_notifee(_Notifee(self))  # type: ignore[arg-type]
         self.set_stream_handler(PULL_PROTOCOL, self.gossip.serve_pull)
+
+    def _on_unresponsive(self, peer: str) -> None:
+        """A peer stopped answering pings: the connection manager closes its connection now."""
+        self.connmgr.wake()
 
     # -- scores -----------------------------------------------------------------------------
 

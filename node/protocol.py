@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from fognode.node.errors import LocalProtocolError
 from fognode.node.events import EventBus
+from fognode.node.health import HealthReport
 from fognode.node.overlay import Overlay
 
 Clock = Callable[[], float]
@@ -109,6 +110,11 @@ class Protocol(abc.ABC):
     def health_detail(self) -> dict[str, Any]:
         """Role-specific facts shown by node.info / monitor (cheap, synchronous)."""
         return {}
+
+    def health_report(self) -> HealthReport:
+        """Healthy / degraded / unhealthy with a reason (node/health.py), as the role sees
+        itself while it runs (cheap, synchronous; the supervisor covers crashes)."""
+        return HealthReport.healthy()
 
 
 def config_fields(cfg_type: type) -> list[dataclasses.Field[Any]]:

@@ -38,6 +38,7 @@ from prometheus_client import Counter, Gauge
 
 from fognode.node.errors import ConfigError, FatalStorageError, PermanentRoleError
 from fognode.node.events import RoleHealthChanged
+from fognode.node.health import HealthReport, Status
 from fognode.node.protocol import Health, NodeContext, Protocol
 from fognode.node.rpc.methods import MethodTable
 
@@ -167,12 +168,17 @@ class Supervisor:
         out = {}
         for name, st in self.roles.items():
             detail: dict[str, Any] = {}
+            report = HealthReport(Status.UNHEALTHY, st.detail or st.health.value) \
+                if st.health is Health.UNHEALTHY else HealthReport.healthy()
             if st.instance is not None and st.health is Health.HEALTHY:
                 try:
                     detail = st.instance.health_detail()
+                    report = st.instance.health_report()
                 except Exception as e:  # a role's status must never break node.info
                     detail = {"error": f"{type(e).__name__}: {e}"}
-            out[name] = {"health": st.health.value, "detail": st.detail, "restarts": st.restarts, **detail}
+                    report = HealthReport(Status.DEGRADED, f"its health check failed: {type(e).__name__}: {e}")
+            out[name] = {"health": st.health.value, "detail": st.detail, "restarts": st.restarts,
+                         "status": report.status.value, "reason": report.reason, **detail}
         return out
 
     def _set(self, st: RoleState, health: Health, detail: str = "") -> None:

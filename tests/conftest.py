@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import tempfile
 import warnings
@@ -33,6 +34,35 @@ def short_tmp() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="fn-", dir="/tmp"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+HEAVY_LANES = 2          # multi-process scenarios running at once under pytest-xdist
+NETNS_WEIGHT = 3         # a network-namespace fault scenario costs about three other slow tests
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the xdist_group marks (--dist loadgroup)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the multi-process scenarios (marked `slow`) run in HEAVY_LANES
+    lanes: each lane is one xdist group, run test after test by one worker, while the other
+    workers run the in-process tests. Without lanes a worker count high enough to fill the
+    idle time of the scenarios (daemons waiting on timers and sockets) would also start that
+    many five-daemon scenarios at once and starve them all. The fault tests (tests/faults: five
+    daemons in network namespaces on one fabric per worker) share one lane; the other slow
+    tests go, in collection order, to the lane with the least weight so far. Every worker
+    computes the same lanes (xdist requires one collection). A run without workers is
+    unchanged: xdist_group marks are ignored there."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    weight = [0] * HEAVY_LANES
+    for item in items:
+        if item.get_closest_marker("slow") is None:
+            continue
+        if "tests/faults/" in item.nodeid:
+            lane, cost = 0, NETNS_WEIGHT
+        else:
+            lane, cost = weight.index(min(weight)), 1
+        weight[lane] += cost
+        item.add_marker(pytest.mark.xdist_group(f"heavy{lane}"))
 
 
 NodeFactory = Callable[..., Devnet]

@@ -93,6 +93,10 @@ def test_port_conflict_role_down_and_json_integers_on_a_live_node(node_factory: 
                 "--participants", "5", "--min-participants", "5", "--rounds", "1")
         assert r.returncode == 0, r.stderr
         session = json.loads(r.stdout)["session_id"]
+        # fl start's checks (issue 15 item 13): five asked of a one-node network is a warning
+        assert any("more than the 1 eligible device" in w for w in json.loads(r.stdout)["warnings"]), r.stdout
+        r = cli(*d, "fl", "start", "synthetic", "--dp-noise", "1.0")
+        assert r.returncode == 1 and "error 500" in r.stderr and "without --dp-clip" in r.stderr, r.stderr
         r = cli(*d, "fl", "start", "synthetic", "--strategy", "krum", "--strategy-params", '{"f": 1.5}',
                 "--participants", "5", "--min-participants", "5")
         assert r.returncode == 1 and "502" in r.stderr
@@ -113,3 +117,44 @@ def test_a_taken_p2p_port_is_one_line(node_factory: NodeFactory) -> None:
     assert r.stderr == (f"fognode: error: overlay.listen: cannot listen on /ip4/127.0.0.1/tcp/{port}: Address already "
                         f"in use; another fognode (or program) has that port: choose another with --listen "
                         f"/ip4/0.0.0.0/tcp/PORT or overlay.listen in node.toml\n")
+
+
+def test_a_disabled_roles_commands_say_so(node_factory: NodeFactory) -> None:
+    """Issue 15: a role turned off in the config is not "unknown command": its commands are
+    listed, and calling one says it is disabled and how to turn it on (exit 1)."""
+    net = node_factory(1, extra_args=["--set", "protocols.fl.enabled=false"])
+    d = ["--datadir", str(net.nodes[0].datadir)]
+    r = cli(*d, "fl", "sessions")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.startswith("fognode-cli: error 104: fl.sessions is unavailable: role fl is disabled on this "
+                               "node: set [protocols.fl] enabled = true in node.toml"), r.stderr
+    r = cli(*d, "fl", "start")          # the role's absence is the news, not the missing TASK
+    assert r.returncode == 1 and "role fl is disabled on this node" in r.stderr, r.stderr
+    r = cli(*d, "help")
+    assert r.returncode == 0 and "fl start" in r.stdout, r.stdout
+
+
+def test_wallet_and_stake_output_for_people(node_factory: NodeFactory) -> None:
+    """Issue 15 items 10 and 11 through the real CLI: `wallet address` is the bare address;
+    errors give amounts in tokens; `wallet history` shows direction, counterparty, time as UTC
+    text and fits 100 columns; `stake status` tells the validator key from a wallet address and
+    the time to the next epoch."""
+    net = node_factory(1)
+    d = ["--datadir", str(net.nodes[0].datadir)]
+    addr = cli(*d, "wallet", "address").stdout.strip()
+    assert re.fullmatch(r"fog1[0-9a-z]+", addr), addr
+    to = json.loads(cli(*d, "--json", "wallet", "new").stdout)["address"]
+    r = cli(*d, "wallet", "send", to, "12.5", "--memo", "rent")
+    assert r.returncode == 0, r.stderr
+    over = cli(*d, "wallet", "send", to, "99999999")
+    assert over.returncode == 1 and "99999999.001 tokens" in over.stderr, over.stderr   # amount + fee
+    hist = cli(*d, "wallet", "history")
+    lines = hist.stdout.splitlines()
+    assert lines[0].split() == ["time", "dir", "counterparty", "amount", "kind", "status", "tx"], hist.stdout
+    assert re.match(r"20\d\d-\d\d-\d\d \d\d:\d\d UTC\s+out\s+fog1\S+…\S+\s+-12\.5\s+transfer\s+final", lines[2]), lines
+    assert max(len(ln) for ln in lines) <= 100, lines
+    st = json.loads(cli(*d, "--json", "stake", "status").stdout)
+    assert st["validator_key"] and "next_epoch_in" in st and st["seat_note"], st
+    text = cli(*d, "stake", "status").stdout
+    assert re.search(r"next_epoch_at\s+20\d\d-\d\d-\d\d \d\d:\d\d UTC", text), text
+

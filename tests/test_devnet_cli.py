@@ -43,7 +43,7 @@ def test_devnet_starts_and_stops_cleanly(short_tmp: Path) -> None:
         pids = []
         for s in socks:
             with RpcClient(s) as c:
-                wait_until(lambda c=c: len(c.call("node.peers")) == 2, timeout=30, what=f"{s} to see 2 peers")
+                wait_until(lambda c=c: len(c.call("node.peers")) == 2, timeout=60, what=f"{s} to see 2 peers")
         for i in range(3):
             pids.append(int((root / f"node{i}" / "fognode.lock").read_text().strip()))
         proc.send_signal(signal.SIGINT)

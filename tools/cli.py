@@ -7,6 +7,11 @@ form of `help`) and maps the command line onto a method:
     fognode-cli wallet send ADDR 10 --memo hi  -> wallet.send {"to": ADDR, "amount": "10", "memo": "hi"}
     fognode-cli help [--markdown] [METHOD]     -> the daemon's methods, grouped by role
     fognode-cli call METHOD [JSON]             -> a raw call with JSON params (array or object)
+    fognode-cli top [--interval S]             -> a full-screen live view (tools/top.py; q quits)
+
+`top` is the one deliberate exception to "no commands of its own" besides help/call: a live
+view needs a terminal loop, not one method. It imports `rich` only when run, so every other
+command still starts with the standard library alone.
 
 Words after the command fill the method's positional params in order; `--name value`,
 `--name=value` and `--flag` / `--no-flag` (booleans: flags take no value, as argparse's
@@ -26,55 +31,31 @@ says the role is down, why and since when (exit 1), not "unknown command".
 the terminal width ($COLUMNS, else the terminal's, else 80).
 
 Exit codes: 0 success, 1 the daemon answered with an error, 2 usage error, 3 no daemon answered.
-Only the standard library is imported: the CLI starts fast.
+It talks to the daemon through `fognode.node.rpc.client.RpcClient` (the project's one client,
+standard library only) and imports nothing heavy: the CLI starts fast.
 """
 from __future__ import annotations
 
 import difflib
 import json
 import os
-import re
-import shutil
-import socket
 import sys
-import textwrap
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
+from fognode.node.errors import RpcError
+from fognode.node.rpc.client import DaemonUnreachable, RpcClient
 from fognode.tools.cli_format import (USAGE, command_words, down_text, help_list, help_markdown, help_one,
                                       progress_line, render)
 
 EXIT_OK, EXIT_RPC, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
 NODE_ROLE_UNAVAILABLE = 104  # node/rpc/methods.py (the CLI imports only the standard library)
 SOCKET_NAME = "fognode.sock"
-SUN_PATH_MAX = 107
 DEFAULT_TIMEOUT = 30.0
 
 class UsageError(Exception):
     """The command line is wrong (exit 2)."""
-
-
-class NoDaemon(Exception):
-    """Nothing answered on the socket (exit 3). `connected`: something accepted the
-    connection but did not answer in time, or hung up."""
-
-    def __init__(self, path: Path, why: str, *, connected: bool = False) -> None:
-        super().__init__(why)
-        self.path = path
-        self.why = why
-        self.connected = connected
-
-
-class RpcFailure(Exception):
-    """The daemon answered with a JSON-RPC error (exit 1)."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
 
 
 @dataclass
@@ -156,85 +137,6 @@ def parse_options(argv: Sequence[str]) -> Options:
                              f"`fognode-cli help COMMAND` lists them)")
         i += 1
     return opts
-
-
-class Connection:
-    """One blocking connection to the control socket; calls are sequential."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        self.path = path
-        self.timeout = timeout
-        self._next_id = 1
-        self._buf = b""
-        n = len(os.fsencode(str(path)))
-        if n > SUN_PATH_MAX:
-            raise NoDaemon(path, f"the path is {n} bytes, over the {SUN_PATH_MAX}-byte unix socket limit")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(str(path))
-        except FileNotFoundError:
-            self._fail("no such socket file")
-        except ConnectionRefusedError:
-            self._fail("connection refused")
-        except PermissionError:
-            self._fail("permission denied: the socket is mode 0600, run as the daemon's user")
-        except socket.timeout:
-            self._fail(f"no answer within {timeout:g} s")
-        except OSError as e:
-            self._fail(e.strerror or str(e))
-
-    def _fail(self, why: str, *, connected: bool = False) -> NoReturn:
-        self.sock.close()
-        raise NoDaemon(self.path, why, connected=connected)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def call(self, method: str, params: Any = None, *, on_progress: Any = None,
-             timeout: float | None = -1.0) -> Any:
-        """Send one request, wait for its reply; the result, or RpcFailure / NoDaemon. A
-        streaming method's progress notifications go to `on_progress(value)` as they come;
-        `timeout` (None: wait as long as it takes) replaces the connection's for this call."""
-        if timeout is None or timeout > 0:
-            self.sock.settimeout(timeout)
-        id_ = self._next_id
-        self._next_id += 1
-        req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id_}
-        if params is not None:
-            req["params"] = params
-        try:
-            self.sock.sendall(json.dumps(req).encode() + b"\n")
-            while True:
-                reply = self._read_reply()
-                if isinstance(reply, dict) and reply.get("id") == id_:
-                    break
-                if (isinstance(reply, dict) and reply.get("method") == "rpc.progress" and on_progress is not None
-                        and isinstance(reply.get("params"), dict) and reply["params"].get("id") == id_):
-                    on_progress(reply["params"].get("value"))
-                    continue
-                if isinstance(reply, dict) and reply.get("id") is None and "error" in reply:
-                    break  # a connection-level error (busy, request too long)
-        except socket.timeout:
-            self._fail(f"did not answer {method} within {self.timeout:g} s (--timeout)", connected=True)
-        except (BrokenPipeError, ConnectionResetError):
-            self._fail("closed the connection without answering", connected=True)
-        if "error" in reply:
-            err = reply["error"] if isinstance(reply["error"], dict) else {}
-            raise RpcFailure(int(err.get("code", 0)), str(err.get("message", reply["error"])), err.get("data"))
-        return reply.get("result")
-
-    def _read_reply(self) -> Any:
-        while b"\n" not in self._buf:
-            data = self.sock.recv(65536)
-            if not data:
-                self._fail("closed the connection without answering", connected=True)
-            self._buf += data
-        line, _, self._buf = self._buf.partition(b"\n")
-        try:
-            return json.loads(line)
-        except ValueError:
-            raise RpcFailure(0, f"the daemon sent a line that is not JSON: {line[:80]!r}") from None
 
 
 # ---- mapping a command line onto a method ---------------------------------------------------
@@ -376,8 +278,47 @@ def _wants_help(words: list[str]) -> bool:
     return False
 
 
+def top_interval(args: list[str]) -> float:
+    """`top`'s own options: [--interval S] (seconds between refreshes, 0.2-60; default 1)."""
+    interval = 1.0
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if name != "--interval":
+            raise UsageError(f"top takes only --interval S, got {args[i]!r}; usage: fognode-cli top [--interval S]")
+        if not eq:
+            i += 1
+            if i >= len(args):
+                raise UsageError("--interval needs a value; usage: fognode-cli top [--interval S]")
+            value = args[i]
+        try:
+            interval = float(value)
+        except ValueError:
+            raise UsageError(f"--interval must be a number of seconds, got {value!r}") from None
+        if not 0.2 <= interval <= 60:
+            raise UsageError(f"--interval must be between 0.2 and 60 seconds, got {value!r}")
+        i += 1
+    return interval
+
+
+def run_top(opts: Options, out: TextIO) -> int:
+    if _wants_help(opts.command[1:]):
+        _print("usage: fognode-cli top [--interval S]\n\nA full-screen live view of the node: roles and "
+               "health, peers, event-loop lag, gossip rates, FL rounds as they complete, the network, "
+               "alerts. q quits.", out)
+        return EXIT_OK
+    interval = top_interval(opts.command[1:])
+    try:
+        from fognode.tools.top import run as top_view  # rich: only for this command
+    except ImportError as e:
+        raise UsageError(f"top needs the Python package rich ({e}); install it: pip install rich") from None
+    return top_view(opts.socket_path(), interval=interval, timeout=opts.timeout)
+
+
 def run(opts: Options, out: TextIO) -> int:
     words = opts.command
+    if words[0] == "top":
+        return run_top(opts, out)
     if words[0] == "help" and _wants_help(words[1:]):  # `help --help`
         _print(USAGE, out)
         return EXIT_OK
@@ -388,9 +329,10 @@ def run(opts: Options, out: TextIO) -> int:
             return EXIT_OK
         words = ["help"] + [w for w in words if w not in ("--help", "-h", "--json")]
     path = opts.socket_path()
+    conn = RpcClient(path, timeout=opts.timeout)
     try:
-        conn = Connection(path, opts.timeout)
-    except NoDaemon as e:
+        conn.connect()
+    except DaemonUnreachable as e:
         if words[0] == "help":  # `help`, `COMMAND --help`: they come from the daemon
             e.why += "; the commands and their help come from the running daemon"
         raise
@@ -434,7 +376,7 @@ def run(opts: Options, out: TextIO) -> int:
                 params = build_params(method, args, opts)
             except UsageError:
                 if method.get("down"):  # the role's absence is the news, not the usage
-                    raise RpcFailure(NODE_ROLE_UNAVAILABLE, f"{method['name']} is unavailable: {down_text(method)}",
+                    raise RpcError(NODE_ROLE_UNAVAILABLE, f"{method['name']} is unavailable: {down_text(method)}",
                                      {"role": method.get("role")}) from None
                 raise
             streams = bool(method.get("streams"))
@@ -498,14 +440,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         _fail(err, as_json, "usage", str(e))
         return EXIT_USAGE
-    except NoDaemon as e:
+    except DaemonUnreachable as e:
         if e.connected:
             text = f"the daemon at {e.path} {e.why}"
         else:
             text = f"no daemon at {e.path} ({e.why}). Start one with: fognode run --datadir {e.path.parent}"
         _fail(err, as_json, "no_daemon", text, socket=str(e.path))
         return EXIT_NO_DAEMON
-    except RpcFailure as e:
+    except RpcError as e:
         if as_json:
             _fail(err, True, "rpc", e.message, code=e.code, data=e.data)
         else:

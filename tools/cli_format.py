@@ -24,6 +24,8 @@ Talk to a running fognode daemon. The commands come from the daemon itself:
                                    (also: fognode-cli COMMAND --help)
   fognode-cli help --markdown      the whole CLI reference as Markdown
   fognode-cli call METHOD [JSON]   raw JSON-RPC call with JSON params (array or object)
+  fognode-cli top [--interval S]   full-screen live view of the node (q quits): roles and
+                                   health, peers, loop lag, gossip rates, FL rounds, alerts
 
 options (before COMMAND):
   --datadir D     the daemon's data dir; its socket is D/fognode.sock unless
@@ -219,10 +221,13 @@ def wrap_usage(usage: str, width: int) -> list[str]:
 def down_text(m: dict[str, Any]) -> str:
     """`role fl is down since 2026-12-04 10:31:02 UTC: crashed (...)` for an unavailable method."""
     down = m.get("down") or {}
+    role = m.get('role') or m['name'].split('.')[0]
+    if down.get("disabled"):
+        return f"role {role} is disabled on this node: {down.get('reason', '')}"
     since = down.get("since")
     when = f" since {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(since))}" \
         if isinstance(since, (int, float)) else ""
-    return f"role {m.get('role') or m['name'].split('.')[0]} is down{when}: {down.get('reason', 'not running')}"
+    return f"role {role} is down{when}: {down.get('reason', 'not running')}"
 
 
 def help_list(methods: dict[str, dict[str, Any]], path: Path) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -33,7 +34,7 @@ from nacl.signing import SigningKey
 from fognode.ledger.address import decode_address
 from fognode.ledger.wallet import default_wallet_address
 from fognode.node.datadir import CONFIG, SOCKET, load_identity, write_atomic, write_genesis
-from fognode.node.genesis import dev_chain_id, dev_genesis
+from fognode.tools.genesis import dev_chain_id, dev_genesis
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.rpc.client import DaemonUnreachable, RpcClient
 
@@ -91,7 +92,65 @@ def wait_until(predicate: Callable[[], T | None], *, timeout: float, what: str, 
         time.sleep(interval)  # poll interval, not a wait for an event
 
 
+PORT_SPAN = 12000            # ports free_port draws from, just below the ephemeral range
+_reserved: dict[int, socket.socket] = {}     # port -> its reservation, held while this process lives
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for bind(port 0) and outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _reserve(port: int) -> socket.socket | None:
+    """Hold an abstract unix socket named after `port` (one name per machine and network
+    namespace; released when this process exits, however it exits), or None if another process
+    holds it."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.bind(f"\0fognode-port-{port}")
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Whether nothing holds `port` on `host` (a plain bind: a lingering connection counts)."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port for a node to listen on later, safe across concurrent processes (pytest-xdist
+    workers, two test runs, devnets): it lies below the kernel's ephemeral range, so no
+    bind(port 0) and no outgoing connection takes it meanwhile, and it is reserved machine-wide
+    for the life of this process (an abstract unix socket named after it), so no other caller
+    of free_port in any process gets it, while this process may use it again (a restarted
+    node keeps its address). Where the ephemeral range cannot be read or leaves no room (not
+    Linux), the kernel's choice: bind port 0."""
+    low = _ephemeral_low()
+    if low >= 2048:
+        first = max(1024, low - PORT_SPAN)
+        span = low - first
+        start = random.randrange(span)
+        for k in range(span):
+            port = first + (start + k) % span
+            if port in _reserved:
+                continue
+            held = _reserve(port)
+            if held is None:
+                continue
+            if _bindable(host, port):
+                _reserved[port] = held
+                return port
+            held.close()
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

@@ -81,7 +81,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     from fognode.ledger.address import decode_address
     from fognode.ledger.wallet import init_wallet
     from fognode.node.errors import FognodeError
-    from fognode.node.genesis import dev_chain_id, dev_genesis
+    from fognode.tools.genesis import dev_chain_id, dev_genesis
     from fognode.node.logs import setup_logging
     from fognode.node.peerid import peer_id_from_pubkey
 

@@ -22,22 +22,22 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import math
-import os
 import re
 import time
-import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Awaitable, Callable, get_type_hints
 
 from fognode.node.errors import RpcError
+from fognode.node.rpc.params import INVALID_PARAMS, FilePath, check_param, json_text, json_type, schema_of
+
+__all__ = ["FilePath", "INVALID_PARAMS", "json_text"]   # re-exported: handlers and tests import them from here
 
 # JSON-RPC 2.0 standard codes
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
+# INVALID_PARAMS = -32602 lives in params.py (the parameter checks raise it)
 INTERNAL_ERROR = -32603
 # Implementation-defined server errors (JSON-RPC 2.0 reserves -32000..-32099 for these).
 SERVER_BUSY = -32000          # too many clients connected; try again later
@@ -52,6 +52,7 @@ CODE_RANGES: dict[str, range] = {
     "fl": range(500, 600),
     "onion": range(600, 700),
     "registry": range(700, 800),
+    "monitor": range(800, 900),
 }
 
 # node 1xx
@@ -175,14 +176,14 @@ class MethodSpec:
             kwargs = dict(params)
         else:
             raise RpcError(INVALID_PARAMS,
-                           f"{self.name}: params must be a list or an object, got {_jtype(params)}")
+                           f"{self.name}: params must be a list or an object, got {json_type(params)}")
         out: dict[str, Any] = {}
         for p in self.params:
             if p.name not in kwargs:
                 if p.required:
                     raise RpcError(INVALID_PARAMS, f"{self.name}: missing param {p.name!r}; usage: {self.usage()}")
                 continue
-            out[p.name] = _check(self.name, p.name, p.annotation, kwargs[p.name])
+            out[p.name] = check_param(self.name, p.name, p.annotation, kwargs[p.name])
         return out
 
 
@@ -208,181 +209,6 @@ def rpc_method(name: str) -> Callable[[Handler], Handler]:
     return mark
 
 
-class FilePath(str):
-    """A param type: a path on the daemon's machine, absolute (the daemon's working directory
-    means nothing to its caller). Its schema is a string with `"format": "path"`, by which
-    fognode-cli resolves a relative path against its own working directory before sending."""
-
-
-def _schema(tp: Any) -> dict[str, Any]:
-    origin = get_origin(tp)
-    if tp is Any:
-        return {}
-    if tp is FilePath:
-        return {"type": "string", "format": "path"}
-    if tp is str:
-        return {"type": "string"}
-    if tp is bool:
-        return {"type": "boolean"}
-    if tp is int:
-        return {"type": "integer"}
-    if tp is float:
-        return {"type": "number"}
-    if tp is type(None):
-        return {"type": "null"}
-    if origin is Literal:
-        return {"enum": list(get_args(tp))}
-    if origin in (list, tuple):
-        args = get_args(tp)
-        return {"type": "array", **({"items": _schema(args[0])} if args else {})}
-    if origin is dict or tp is dict:
-        args = get_args(tp)
-        return {"type": "object", **({"additionalProperties": _schema(args[1])} if args else {})}
-    if origin in (typing.Union, types.UnionType):
-        return {"anyOf": [_schema(a) for a in get_args(tp)]}
-    raise TypeError(f"RPC parameter type {tp!r} is not supported")
-
-
-def _check(method: str, pname: str, tp: Any, v: Any, *, nested: bool = False) -> Any:
-    """`v` converted to `tp`, or RpcError naming `pname`. Inside a list or an object
-    (`nested`), a JSON integer where a float is declared stays an int (`{"f": 1}` reaches the
-    method as 1, not 1.0, so a strategy that wants a count gets one); a float param of its own
-    gets a float."""
-    bad = RpcError(INVALID_PARAMS, f"{method}: param {pname!r} must be {_tname(tp)}, got {_jtype(v)} {_short(v)}")
-    origin = get_origin(tp)
-    if tp is Any:
-        return v
-    if tp is FilePath:
-        if not isinstance(v, str) or not v:
-            raise bad
-        if not os.path.isabs(v):
-            raise RpcError(INVALID_PARAMS, f"{method}: param {pname!r} must be an absolute path (fognode-cli "
-                                           f"resolves a relative one against its working directory), got {_short(v)}")
-        return FilePath(v)
-    if tp is str:
-        if isinstance(v, str):
-            return v
-        # The CLI sends everything as text; numbers for string params are fine too.
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return str(v)
-        raise bad
-    if tp is bool:
-        if isinstance(v, bool):
-            return v
-        if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return v.lower() in ("true", "yes", "1")
-        raise bad
-    if tp is int:
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-        if isinstance(v, str) and re.fullmatch(r"[+-]?[0-9]+", v.strip()):
-            try:
-                return int(v)
-            except ValueError:  # over Python's int-from-text digit limit
-                raise bad from None
-        raise bad
-    if tp is float:
-        if isinstance(v, int) and not isinstance(v, bool) and nested:
-            return v
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-        if isinstance(v, str):
-            try:
-                f = float(v)
-            except ValueError:
-                raise bad from None
-            if not math.isfinite(f):
-                raise bad
-            return f
-        raise bad
-    if tp is type(None):
-        if v is None:
-            return v
-        raise bad
-    if origin is Literal:
-        for choice in get_args(tp):
-            if type(v) is type(choice) and v == choice:
-                return choice
-            # The CLI sends text: "3" selects the choice 3, "true" the choice True.
-            if isinstance(v, str) and not isinstance(choice, str) and v == json_text(choice):
-                return choice
-        raise RpcError(INVALID_PARAMS, f"{method}: param {pname!r} must be one of {list(get_args(tp))}, got {_short(v)}")
-    if origin in (list, tuple):
-        if isinstance(v, str):  # CLI: comma-separated list
-            v = [x for x in v.split(",") if x]
-        if not isinstance(v, list):
-            raise bad
-        args = get_args(tp)
-        return [_check(method, f"{pname}[{i}]", args[0], x, nested=True) for i, x in enumerate(v)] if args else v
-    if origin is dict or tp is dict:
-        if not isinstance(v, dict):
-            raise bad
-        args = get_args(tp)
-        return {k: _check(method, f"{pname}.{k}", args[1], x, nested=True) for k, x in v.items()} if args else v
-    if origin in (typing.Union, types.UnionType):
-        arms = get_args(tp)
-        if v is None and type(None) in arms:
-            return None
-        real = [a for a in arms if a is not type(None)]
-        if len(real) == 1:  # `X | None` with a value: X's own, more precise, error
-            return _check(method, pname, real[0], v, nested=nested)
-        for a in real:
-            try:
-                return _check(method, pname, a, v, nested=nested)
-            except RpcError:
-                continue
-        raise bad
-    raise bad
-
-
-_TNAMES = {"string": "a string", "integer": "an integer", "number": "a number",
-           "boolean": "a boolean", "array": "a list", "object": "an object", "null": "null"}
-
-
-def _tname(tp: Any) -> str:
-    if tp is Any:
-        return "any value"
-    if tp is FilePath:
-        return "a path"
-    origin = get_origin(tp)
-    if origin is Literal:
-        return f"one of {list(get_args(tp))}"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_tname(a) for a in get_args(tp))
-    s = _schema(tp)
-    return _TNAMES.get(s.get("type", ""), str(s))
-
-
-def json_text(v: Any) -> str:
-    """How a JSON scalar is written on a command line: true/false/null, numbers, text as is."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
-
-
-def _jtype(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "list"
-    if isinstance(v, dict):
-        return "object"
-    return type(v).__name__
-
-
-def _short(v: Any) -> str:
-    r = repr(v)
-    return r if len(r) <= 40 else r[:37] + "..."
-
-
 def spec_of(name: str, fn: Handler) -> MethodSpec:
     """Build a MethodSpec from a (bound) async function's signature, hints and docstring."""
     sig = inspect.signature(fn)
@@ -405,7 +231,7 @@ def spec_of(name: str, fn: Handler) -> MethodSpec:
             annotation=hints[p.name],
             required=required,
             default=None if required else p.default,
-            schema=_schema(hints[p.name]),
+            schema=schema_of(hints[p.name]),
             positional=p.kind != p.KEYWORD_ONLY,
         ))
     doc = inspect.cleandoc(fn.__doc__ or "")
@@ -414,7 +240,7 @@ def spec_of(name: str, fn: Handler) -> MethodSpec:
     summary = doc.split("\n\n")[0].replace("\n", " ")
     ret = hints.get("return", Any)
     try:
-        returns = _schema(ret)
+        returns = schema_of(ret)
     except TypeError:
         returns = {}
     return MethodSpec(name=name, summary=summary, doc=doc, params=tuple(params), returns=returns, handler=fn,
@@ -439,6 +265,7 @@ class RoleDown:
     role: str
     reason: str
     since: float
+    disabled: bool = False      # turned off in the config, not crashed or stopping
 
 
 class MethodTable:
@@ -478,6 +305,18 @@ class MethodTable:
             self._withdrawn[name] = owner
         if reason is not None:
             self._down[owner] = RoleDown(owner, reason, time.time() if since is None else since)
+
+    def add_disabled(self, cls: type, owner: str, reason: str) -> None:
+        """Know the methods of a role the config turned off (`cls`, never instantiated): calls
+        to them say the role is disabled and why (`reason`: how to turn it on), not "not found"."""
+        for attr in dir(cls):
+            fn = getattr(cls, attr, None)
+            name = getattr(fn, _MARK, None)
+            if name is None or name in self._methods:
+                continue
+            self._withdrawn_specs[name] = spec_of(name, typing.cast(Handler, fn))
+            self._withdrawn[name] = owner
+        self._down[owner] = RoleDown(owner, reason, time.time(), disabled=True)
 
     def withdrawn_owner(self, name: str) -> str | None:
         """The role whose method `name` was withdrawn because the role is down, if any."""

@@ -26,18 +26,15 @@ are labelled "unknown"), `fognode_node_rpc_errors_total{code}`, `fognode_node_rp
 """
 from __future__ import annotations
 
-import dataclasses
-import enum
 import errno
 import json
 import logging
-import math
 import os
 import socket
 import stat
 import time
 from importlib import metadata
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -49,25 +46,22 @@ from fognode.node.rpc.methods import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
-    NODE_ROLE_UNAVAILABLE,
     PARSE_ERROR,
-    REQUEST_TIMEOUT,
     SERVER_BUSY,
     MethodTable,
     Progress,
-    RoleDown,
     rpc_method,
 )
+
+from fognode.node.rpc.connection import Connection, linger
+from fognode.node.rpc.jsonrpc import DECODER, encode_json, error_line, request_problem, role_down_error, valid_id
 
 log = logging.getLogger("fognode.rpc")
 
 SUN_PATH_MAX = 107          # sockaddr_un.sun_path is 108 bytes including the terminating NUL
-PER_CLIENT_IN_FLIGHT = 32   # concurrent requests per connection; the reader waits beyond that
 BATCH_CONCURRENCY = 16      # concurrent calls inside one batch
-_RECV = 65536
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                     1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-_REQUEST_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
 
 
 def check_socket_path(path: Path) -> None:
@@ -77,94 +71,6 @@ def check_socket_path(path: Path) -> None:
         raise DataDirError(
             f"control socket path {path} is {n} bytes long; unix sockets allow at most "
             f"{SUN_PATH_MAX} (sun_path is 108 bytes): use a data dir with a shorter path")
-
-
-def json_default(obj: Any) -> Any:
-    """`json.dumps` default for results: bytes -> hex, dataclasses -> dicts, enums -> values,
-    paths -> str, sets -> sorted lists. Anything else raises TypeError (an internal error)."""
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return bytes(obj).hex()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, PurePath):
-        return str(obj)
-    if isinstance(obj, (set, frozenset)):
-        try:
-            return sorted(obj)
-        except TypeError:
-            return list(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
-
-
-_ENCODER = json.JSONEncoder(default=json_default, allow_nan=False, ensure_ascii=False,
-                            separators=(",", ":"))
-
-
-def encode_json(value: Any) -> str:
-    """Compact JSON with `json_default`; NaN/Infinity are refused (ValueError): not JSON."""
-    return _ENCODER.encode(value)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-def _error(id_: Any, code: int, message: str, data: Any = None) -> str:
-    err: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        err["data"] = data
-    try:
-        body = encode_json(err)
-    except (TypeError, ValueError):  # a handler's RpcError carried unencodable data
-        body = encode_json({"code": code, "message": message})
-    return f'{{"jsonrpc":"2.0","id":{encode_json(id_)},"error":{body}}}'
-
-
-def _valid_id(v: Any) -> bool:
-    return v is None or isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-
-def _invalid(msg: Any) -> str | None:
-    """What is wrong with one decoded request object, or None if it is well-formed."""
-    if not isinstance(msg, dict):
-        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-            type(msg), "a number")
-        return f"a request must be a JSON object, got {kind}"
-    if msg.get("jsonrpc") != "2.0":
-        return "'jsonrpc' must be \"2.0\"" if "jsonrpc" in msg else "missing member 'jsonrpc' (must be \"2.0\")"
-    if "method" not in msg:
-        return "missing member 'method'"
-    if not isinstance(msg["method"], str):
-        return "'method' must be a string"
-    if "params" in msg and not isinstance(msg["params"], (list, dict)):
-        return "'params' must be an array or an object"
-    if "id" in msg and not _valid_id(msg["id"]):
-        return "'id' must be a string, a number or null"
-    extra = sorted(set(msg) - _REQUEST_KEYS)
-    if extra:
-        return f"unknown member(s) {extra}: a request has only jsonrpc, method, params and id"
-    return None
-
-
-def utc_text(t: float) -> str:
-    """A Unix time as `2026-12-04 10:31:02 UTC`."""
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
-
-
-def role_down_error(method: str, owner: str, down: RoleDown | None) -> RpcError:
-    """NODE_ROLE_UNAVAILABLE for a call to `method` of role `owner`, which is down: why and since
-    when (data: role, reason, since as Unix time)."""
-    if down is None:
-        return RpcError(NODE_ROLE_UNAVAILABLE, f"{method} is unavailable: role {owner} is not running "
-                                               f"(see `node info` for its health)", {"role": owner})
-    return RpcError(NODE_ROLE_UNAVAILABLE,
-                    f"{method} is unavailable: role {owner} is down since {utc_text(down.since)}: {down.reason}",
-                    {"role": owner, "reason": down.reason, "since": down.since})
 
 
 class _Builtins:
@@ -215,7 +121,8 @@ class _Builtins:
             down = self._table.down(owner)
             unavailable.append({"role": owner, **spec.describe(),
                                 "down": {"reason": down.reason if down else "not running",
-                                         "since": down.since if down else None}})
+                                         "since": down.since if down else None,
+                                         **({"disabled": True} if down and down.disabled else {})}})
         return {
             "openrpc": "1.2.6",
             "info": {"title": "fognode control socket", "version": version},
@@ -378,11 +285,11 @@ class RpcServer:
     async def _refuse(self, stream: trio.SocketStream) -> None:
         self._refusing += 1
         try:
-            line = _error(None, SERVER_BUSY,
+            line = error_line(None, SERVER_BUSY,
                           f"too many clients ({self.max_clients} connected); try again later") + "\n"
             with trio.move_on_after(1.0):
                 await stream.send_all(line.encode())
-                await _linger(stream, 1.0)
+                await linger(stream, 1.0)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -393,14 +300,14 @@ class RpcServer:
         self._clients += 1
         self._clients_gauge.set(self._clients)
         try:
-            await _Connection(self, stream).run()
+            await Connection(self, stream).run()
         finally:
             self._clients -= 1
             self._clients_gauge.set(self._clients)
 
     # ---- requests ---------------------------------------------------------------------------
 
-    def _count_error(self, code: int) -> None:
+    def count_error(self, code: int) -> None:
         self._errors.labels(str(code)).inc()
 
     async def handle_line(self, line: bytes, stream: Callable[[str], Awaitable[None]] | None = None) -> str | None:
@@ -411,24 +318,24 @@ class RpcServer:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            self._count_error(PARSE_ERROR)
-            return _error(None, PARSE_ERROR, f"parse error: invalid UTF-8 at byte {e.start}")
+            self.count_error(PARSE_ERROR)
+            return error_line(None, PARSE_ERROR, f"parse error: invalid UTF-8 at byte {e.start}")
         try:
-            msg = _DECODER.decode(text)
+            msg = DECODER.decode(text)
         except json.JSONDecodeError as e:
-            self._count_error(PARSE_ERROR)
-            return _error(None, PARSE_ERROR,
+            self.count_error(PARSE_ERROR)
+            return error_line(None, PARSE_ERROR,
                           f"parse error: {e.msg} at line {e.lineno} column {e.colno} (char {e.pos})")
         except RecursionError:
-            self._count_error(PARSE_ERROR)
-            return _error(None, PARSE_ERROR, "parse error: JSON nested too deeply")
+            self.count_error(PARSE_ERROR)
+            return error_line(None, PARSE_ERROR, "parse error: JSON nested too deeply")
         except ValueError as e:  # NaN / Infinity
-            self._count_error(PARSE_ERROR)
-            return _error(None, PARSE_ERROR, f"parse error: {e}")
+            self.count_error(PARSE_ERROR)
+            return error_line(None, PARSE_ERROR, f"parse error: {e}")
         if isinstance(msg, list):
             if not msg:
-                self._count_error(INVALID_REQUEST)
-                return _error(None, INVALID_REQUEST, "invalid request: empty batch")
+                self.count_error(INVALID_REQUEST)
+                return error_line(None, INVALID_REQUEST, "invalid request: empty batch")
             replies: list[str | None] = [None] * len(msg)
             limiter = trio.CapacityLimiter(BATCH_CONCURRENCY)
 
@@ -446,11 +353,11 @@ class RpcServer:
     async def handle_request(self, msg: Any, stream: Callable[[str], Awaitable[None]] | None = None) -> str | None:
         """Answer one decoded request object: the reply as JSON text, None for a notification.
         A streaming method's progress goes out through `stream` (see methods.Progress)."""
-        problem = _invalid(msg)
+        problem = request_problem(msg)
         if problem is not None:
-            self._count_error(INVALID_REQUEST)
-            id_ = msg.get("id") if isinstance(msg, dict) and _valid_id(msg.get("id")) else None
-            return _error(id_, INVALID_REQUEST, f"invalid request: {problem}")
+            self.count_error(INVALID_REQUEST)
+            id_ = msg.get("id") if isinstance(msg, dict) and valid_id(msg.get("id")) else None
+            return error_line(id_, INVALID_REQUEST, f"invalid request: {problem}")
         method: str = msg["method"]
         id_ = msg.get("id")
         notification = "id" not in msg
@@ -473,13 +380,13 @@ class RpcServer:
             except (TypeError, ValueError) as e:
                 raise _BadResult(f"the result of {method} cannot be sent as JSON: {e}") from e
         except RpcError as e:
-            self._count_error(e.code)
-            return None if notification else _error(id_, e.code, e.message, e.data)
+            self.count_error(e.code)
+            return None if notification else error_line(id_, e.code, e.message, e.data)
         except Exception as e:
             log.error("RPC %s failed: %s: %s", method, type(e).__name__, e, exc_info=True)
-            self._count_error(INTERNAL_ERROR)
+            self.count_error(INTERNAL_ERROR)
             what = str(e) if isinstance(e, _BadResult) else f"{type(e).__name__}: {e}"
-            return None if notification else _error(
+            return None if notification else error_line(
                 id_, INTERNAL_ERROR, f"internal error in {method}: {what}",
                 {"exception": type(e).__name__})
         finally:
@@ -499,162 +406,3 @@ def _progress_sender(stream: Callable[[str], Awaitable[None]], id_: Any) -> Call
 
 class _BadResult(Exception):
     """A handler returned something that is not JSON (our bug; reported as internal error)."""
-
-
-async def _linger(stream: trio.SocketStream, seconds: float, cap: int = 8 << 20) -> None:
-    """Half-close, then read and discard what the client still sends (up to `cap` bytes, for
-    at most `seconds`), so our last line is not lost to a TCP-style reset on close."""
-    with trio.move_on_after(seconds):
-        try:
-            await stream.send_eof()
-            got = 0
-            while got < cap:
-                data = await stream.receive_some(_RECV)
-                if not data:
-                    break
-                got += len(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-            pass
-
-
-@dataclasses.dataclass(frozen=True)
-class _Drop:
-    """Why a client is dropped, and the last line it is sent (if any)."""
-
-    reason: str
-    farewell: str | None = None
-
-
-class _Connection:
-    """One client: reads lines, runs their requests concurrently, writes replies."""
-
-    def __init__(self, server: RpcServer, stream: trio.SocketStream) -> None:
-        self.server = server
-        self.stream = stream
-        self.send_lock = trio.Lock()
-        self.slots = trio.Semaphore(PER_CLIENT_IN_FLIGHT)
-        self.in_flight = 0
-        self.buffer = bytearray()
-        self.line_started = 0.0
-        self.last_activity = trio.current_time()
-        self.read_scope: trio.CancelScope | None = None
-        self.nursery: trio.Nursery | None = None
-        self.drop: _Drop | None = None
-
-    def _deadline(self) -> float:
-        idle = self.server.idle_timeout
-        if self.buffer:
-            return self.line_started + idle
-        if self.in_flight:
-            return math.inf
-        return self.last_activity + idle
-
-    async def run(self) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                self.nursery = nursery
-                drop = await self._read_loop(nursery)
-                if drop is not None:
-                    self._fail(drop)
-                else:
-                    # EOF: in-flight requests get idle_timeout to finish (a half-closed client
-                    # may still read their replies; `echo REQUEST | nc -U` works), then they
-                    # are cancelled, so a client that hung up cannot pin a task forever.
-                    nursery.cancel_scope.deadline = trio.current_time() + self.server.idle_timeout
-            if self.drop is not None:
-                log.info("control socket: dropped a client: %s", self.drop.reason)
-                if self.drop.farewell is not None:
-                    try:
-                        with trio.move_on_after(1.0):
-                            await self.stream.send_all((self.drop.farewell + "\n").encode())
-                            await _linger(self.stream, 1.0)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
-        finally:
-            await trio.aclose_forcefully(self.stream)
-
-    def _fail(self, drop: _Drop) -> None:
-        """Drop the client from a request task: cancel the reader and every in-flight request."""
-        if self.drop is None:
-            self.drop = drop
-        if self.nursery is not None:
-            self.nursery.cancel_scope.cancel()
-
-    async def _read_loop(self, nursery: trio.Nursery) -> _Drop | None:
-        """Read lines and start their requests; returns at EOF (None) or with a reason to drop."""
-        server = self.server
-        scan = 0
-        while True:
-            with trio.CancelScope(deadline=self._deadline()) as scope:
-                self.read_scope = scope
-                try:
-                    data = await self.stream.receive_some(_RECV)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-            self.read_scope = None
-            if scope.cancelled_caught:
-                if self.buffer:
-                    server._count_error(REQUEST_TIMEOUT)
-                    return _Drop("request line not completed in time", _error(
-                        None, REQUEST_TIMEOUT,
-                        f"request line not completed within {server.idle_timeout:g} s "
-                        f"({len(self.buffer)} bytes received, no newline)"))
-                return _Drop(f"idle for {server.idle_timeout:g} s")
-            if not data:
-                if self.buffer.strip():
-                    await self._dispatch(nursery, bytes(self.buffer))  # last line, no newline
-                return None
-            if not self.buffer:
-                self.line_started = trio.current_time()
-            self.buffer += data
-            while True:
-                nl = self.buffer.find(b"\n", scan)
-                if nl < 0:
-                    scan = len(self.buffer)
-                    break
-                line = bytes(self.buffer[:nl])
-                del self.buffer[:nl + 1]
-                scan = 0
-                self.line_started = trio.current_time()
-                if len(line) > server.max_request:
-                    return self._too_long(len(line))
-                if line.strip():
-                    await self._dispatch(nursery, line)
-            if len(self.buffer) > server.max_request:
-                return self._too_long(len(self.buffer))
-
-    def _too_long(self, n: int) -> _Drop:
-        self.server._count_error(INVALID_REQUEST)
-        what = f"{n} bytes" if n <= self.server.max_request + _RECV else f"over {n} bytes"
-        return _Drop("request line too long", _error(
-            None, INVALID_REQUEST,
-            f"invalid request: line of {what} is over the {self.server.max_request}-byte limit; "
-            f"closing the connection"))
-
-    async def _dispatch(self, nursery: trio.Nursery, line: bytes) -> None:
-        await self.slots.acquire()
-        self.in_flight += 1
-        nursery.start_soon(self._answer, line)
-
-    async def _answer(self, line: bytes) -> None:
-        try:
-            reply = await self.server.handle_line(line, self._send)
-            if reply is not None:
-                await self._send(reply)
-        finally:
-            self.in_flight -= 1
-            self.slots.release()
-            self.last_activity = trio.current_time()
-            if self.read_scope is not None:
-                self.read_scope.deadline = self._deadline()
-
-    async def _send(self, reply: str) -> None:
-        data = (reply + "\n").encode()
-        async with self.send_lock:
-            with trio.move_on_after(self.server.idle_timeout) as scope:
-                try:
-                    await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return  # the client went away; the reader sees EOF
-            if scope.cancelled_caught:
-                self._fail(_Drop(f"did not read its replies for {self.server.idle_timeout:g} s"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import trio
 
 from fognode.node.errors import RemoteProtocolError
+from fognode.node.health import HealthReport, RecentCount, Status
 from fognode.node.overlay import GossipMessage as OverlayGossip
 from fognode.node.protocol import Protocol
 from fognode.node.wire import digest, unpack
@@ -46,6 +48,9 @@ __all__ = ["FlConfig", "FlRole"]
 MAX_GOSSIP = 512 * 1024
 
 
+TASK_DEATH_WINDOW = 300.0   # seconds: task process starts counted for health_report
+
+
 class FlRole(FlRpc, Protocol):
     """Serverless federated learning: coordinator, participant and aggregator in one role."""
 
@@ -58,13 +63,14 @@ class FlRole(FlRpc, Protocol):
         super().__init__(ctx, config)
         validate(config)
         self.metrics = FlMetrics.create(ctx.metrics)
+        self._task_starts = RecentCount(TASK_DEATH_WINDOW)   # task process starts (monotonic times)
         self.core: FlCore | None = None
         self.actions: RoleActions | None = None
         self.ledger: LedgerLink | None = None
         self._closed = False
         self.tasks = TaskProcess(torch_threads=config.torch_threads, nice=config.training_nice,
                                  max_frame=2 * config.max_model_bytes + MIB,
-                                 on_start=self.metrics.task_starts.inc)
+                                 on_start=self._task_started)
         index = config.data_index if config.data_index >= 0 else \
             int.from_bytes(digest(ctx.peer_id.encode())[:4], "big") % 1_000_000
         self.data_index = index
@@ -130,6 +136,22 @@ class FlRole(FlRpc, Protocol):
             self.ctx.overlay.penalize(msg.origin, str(e), protocol=TOPIC)
             return
         self._apply(self.core.receive(msg.origin, m, self._now()))
+
+    def _task_started(self) -> None:
+        self.metrics.task_starts.inc()
+        self._task_starts.add(time.monotonic())
+
+    def health_report(self) -> HealthReport:
+        """Degraded when the task process was started 3 times in 5 minutes (it keeps dying),
+        unhealthy at 10."""
+        recent = self._task_starts.count(time.monotonic())
+        if recent >= 10:
+            return HealthReport(Status.UNHEALTHY, f"the task process was started {recent} times in "
+                                                  f"{TASK_DEATH_WINDOW / 60:g} min: it keeps dying")
+        if recent >= 3:
+            return HealthReport(Status.DEGRADED, f"the task process was started {recent} times in "
+                                                 f"{TASK_DEATH_WINDOW / 60:g} min")
+        return HealthReport.healthy()
 
     def health_detail(self) -> dict[str, Any]:
         if self.core is None:

@@ -6,6 +6,7 @@ its class (node/rpc/methods.declared_methods); `FlRpc` declares what it uses of 
 from __future__ import annotations
 
 import abc
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,8 @@ from fognode.protocols.fl.training.modelstore import load_model
 from fognode.protocols.fl.training.prepared import PreparedTask, TaskKey, init_seed_of
 from fognode.protocols.fl.training.process import TaskProcess
 
+
+log = logging.getLogger("fognode.fl")
 
 FOLLOW_POLL = 0.25      # seconds between looks at a followed session
 
@@ -140,6 +143,9 @@ class FlRpc(abc.ABC):
         except SessionRejected as e:
             raise RpcError(E.FL_BAD_REQUEST, str(e)) from None
         self._apply(actions)
+        log.info("fl: session %s started: task %s, strategy %s, %d rounds of %d participants (at least %d)%s",
+                 ann.session_id.hex()[:16], task, strategy, rounds, participants, min_participants,
+                 f"; warnings: {'; '.join(checked.warnings)}" if checked.warnings else "")
         return {"session_id": ann.session_id.hex(), "initial_model_hash": ann.initial_model_hash.hex(),
                 "parameters": prepared.layout.size, "warnings": list(checked.warnings)}
 

@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from fognode.node.errors import FognodeError, LocalProtocolError, RpcError
+from fognode.node.health import HealthReport, Status
 from fognode.node.overlay import FramedStream, GossipMessage
 from fognode.node.protocol import NodeContext, Protocol
 from fognode.node.rpc.methods import rpc_method
@@ -358,6 +359,12 @@ class RegistryRole(Protocol):
 
     def _online_count(self) -> int:
         return sum(1 for p in self.core.view.peers() if self.core.liveness.is_online(p))
+
+    def health_report(self) -> HealthReport:
+        """Degraded while this device's own record is not published (peers cannot find it)."""
+        if self.core.own is None:
+            return HealthReport(Status.DEGRADED, "this device's record is not published yet")
+        return HealthReport.healthy()
 
     def health_detail(self) -> dict[str, Any]:
         own = self.core.own

@@ -23,7 +23,7 @@ def test_five_daemons_train_and_survive_a_killed_aggregator(node_factory: NodeFa
     ids = {n.peer_id for n in net.nodes}
     for i in range(5):
         wait_until(lambda i=i: {p["peer_id"] for p in net.nodes[i].rpc("node.peers")} >= ids - {net.nodes[i].peer_id},
-                   timeout=30, what=f"node {i} to be connected to all others")
+                   timeout=60, what=f"node {i} to be connected to all others")
     coord = net.nodes[0]
     out = coord.rpc("fl.start", {"task": "synthetic", "rounds": 4, "min_participants": 3,
                                  "participants": 5, "deadline": 15.0, "local_epochs": 2, "lr": 0.05,
@@ -76,7 +76,7 @@ def test_five_daemons_finish_a_session_whose_starter_is_killed(node_factory: Nod
     starter = net.nodes[0]
     for i in range(5):
         wait_until(lambda i=i: {p["peer_id"] for p in net.nodes[i].rpc("node.peers")} >= ids - {net.nodes[i].peer_id},
-                   timeout=30, what=f"node {i} to be connected to all others")
+                   timeout=60, what=f"node {i} to be connected to all others")
     wait_until(lambda: {d["peer"] for d in starter.rpc("registry.devices", {"role": "fl", "online": True})}
                >= ids - {starter.peer_id}, timeout=60, interval=0.5,
                what="the starter to know every other node offers fl")

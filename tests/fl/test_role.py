@@ -67,7 +67,7 @@ async def test_three_nodes_train_over_real_streams(tmp_path: Path) -> None:
     # raised inside the overlays' nurseries is buried in nested exception groups
     async with fl_nodes(3, tmp_path) as roles:
         await wait_until(lambda: all(len([p for p in r.ctx.overlay.peers() if p.connected]) >= 1
-                                     for r in roles), 20)
+                                     for r in roles), 60)
         subs = [r.ctx.events.subscribe("test", [TrainingRoundStarted, TrainingRoundCompleted])
                 for r in roles]
         out = await roles[0].start(task="synthetic", rounds=3, min_participants=2, participants=3,
@@ -236,7 +236,7 @@ async def _killed_scenario(tmp_path: Path) -> None:
                 nodes.append(await nursery.start(_live_node, i, tmp_path, boot, {}))
             starter = nodes[0].role
             await wait_until(lambda: all(len([p for p in n.role.ctx.overlay.peers() if p.connected]) >= 2
-                                         for n in nodes), 30)
+                                         for n in nodes), 60)
             out = await starter.start(task="synthetic", rounds=4, min_participants=3, participants=5,
                                       deadline=4.0, local_epochs=2, lr=0.05, optin_seconds=3.0,
                                       task_params={"alpha": 0.5, "beta": 0.5, "max_samples": 300})
@@ -271,7 +271,7 @@ async def test_restarted_role_still_gets_gossip(tmp_path: Path) -> None:
     async with fl_nodes(2, tmp_path) as roles:
         ctx = roles[1].ctx
         await wait_until(lambda: all(len([p for p in r.ctx.overlay.peers() if p.connected]) >= 1
-                                     for r in roles), 20)
+                                     for r in roles), 60)
         async with trio.open_nursery() as nursery:
             again = FlRole(ctx, FlConfig(data_seed=7, data_index=1, tick_interval=0.1))
             await nursery.start(again.run)
@@ -289,7 +289,7 @@ async def test_three_nodes_secure_aggregation_over_real_streams(tmp_path: Path) 
     the secagg stream (no update stream traffic), and the session completes."""
     async with fl_nodes(3, tmp_path) as roles:
         await wait_until(lambda: all(len([p for p in r.ctx.overlay.peers() if p.connected]) >= 1
-                                     for r in roles), 20)
+                                     for r in roles), 60)
         out = await roles[0].start(task="synthetic", rounds=2, min_participants=2, participants=3,
                                    deadline=15.0, local_epochs=2, lr=0.05, optin_seconds=5.0,
                                    task_params={"alpha": 0.5, "beta": 0.5, "max_samples": 300},

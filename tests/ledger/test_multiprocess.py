@@ -68,11 +68,14 @@ def test_four_daemons_one_down_two_down_kill_and_catch_up(ledger_net: Devnet) ->
         n0.rpc("wallet.send", [addr1, "7", "", "", 3.0], timeout=30)
     assert e.value.code == LEDGER_NOT_CERTIFIED and e.value.data["status"] == "in_flight"
     waiting_tx = e.value.data["tx"]
+    ledger_health = n0.rpc("monitor.health")["roles"]["ledger"]       # says why (issue 17)
+    assert ledger_health["status"] == "degraded" and "cannot reach a quorum" in ledger_health["reason"]
 
     # one comes back: the in-flight order completes (the next send drives it first)
     net.start(2, timeout=60)
     res = send(n0, addr1, "1", timeout=40)
     assert res["status"] == "final" and res["sequence"] == 2
+    assert n0.rpc("monitor.health")["roles"]["ledger"]["status"] == "healthy"
     assert n0.rpc("ledger.tx", [waiting_tx])["amount"] == "7"
 
     # the killed replica returns and catches up through sync to the same state root

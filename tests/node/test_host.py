@@ -17,6 +17,7 @@ from fognode.node.errors import ConfigError, StreamClosed
 from fognode.node.events import EventBus, PeerConnected, PeerDisconnected
 from fognode.node.host import (Libp2pOverlay, OverlayConfig, open_overlay, peer_id_from_pubkey,
                                pubkey_from_peer_id)
+from fognode.tools.devnet import free_port
 from tests.polling import wait_until
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
@@ -90,11 +91,10 @@ async def test_trims_above_high_watermark() -> None:
 
 
 def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return int(port)
+    """A port nothing listens on, and nothing will while this process lives: reserved by
+    free_port below the ephemeral range (a port from bind(0) then closed could be taken by
+    another xdist worker's listener meanwhile)."""
+    return free_port()
 
 
 async def test_dial_backoff_after_failures() -> None:

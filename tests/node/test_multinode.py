@@ -21,7 +21,7 @@ def test_five_nodes_find_each_other_and_survive_a_kill(node_factory: NodeFactory
 
     # every node sees every other through the DHT (only node 0 was given as bootstrap)
     for i in range(5):
-        wait_until(lambda i=i: connected(net, i) >= ids - {net.nodes[i].peer_id}, timeout=20,
+        wait_until(lambda i=i: connected(net, i) >= ids - {net.nodes[i].peer_id}, timeout=60,
                    what=f"node {i} to be connected to all others")
 
     # node.peers agrees in both directions
@@ -32,7 +32,7 @@ def test_five_nodes_find_each_other_and_survive_a_kill(node_factory: NodeFactory
 
     # gossip: every node hears every other node's status announcements
     for i in range(5):
-        wait_until(lambda i=i: {s["peer_id"] for s in net.nodes[i].rpc("monitor.network")} >= ids, timeout=15,
+        wait_until(lambda i=i: {s["peer_id"] for s in net.nodes[i].rpc("monitor.network")} >= ids, timeout=45,
                    what=f"node {i} to hear the status gossip of all nodes")
 
     # SIGKILL one: the others notice, and keep working
@@ -46,5 +46,5 @@ def test_five_nodes_find_each_other_and_survive_a_kill(node_factory: NodeFactory
     # it rejoins with the same peer id
     info = net.start(3).rpc("node.info")
     assert info["peer_id"] == victim.peer_id
-    wait_until(lambda: connected(net, 3) >= ids - {victim.peer_id}, timeout=20,
+    wait_until(lambda: connected(net, 3) >= ids - {victim.peer_id}, timeout=60,
                what="the restarted node to reconnect to all others")

@@ -121,16 +121,19 @@ async def test_two_overlays_see_each_others_latency() -> None:
                 assert sample(x, "fognode_node_pings_total", outcome="ok") >= 1
 
 
-async def test_a_peer_that_does_not_answer_is_counted_unresponsive() -> None:
+async def test_a_peer_that_does_not_answer_is_counted_unresponsive_and_cut_off() -> None:
+    """A peer that stops answering pings is counted, and the connection manager closes its
+    connection (a partition leaves TCP "established" while everything to the peer stalls);
+    re-dialling it goes through the dial backoff, so it does not flap."""
     from libp2p.custom_types import TProtocol
-    with trio.fail_after(20):
+    with trio.fail_after(30):
         async with pair(ping_interval=0.2, ping_timeout=1.0, ping_failures=2) as (a, b):
             a.host.remove_stream_handler(TProtocol(PING_PROTOCOL))
-            await wait_until(lambda: sample(b, "fognode_node_ping_unresponsive_total") == 1,
+            await wait_until(lambda: sample(b, "fognode_node_ping_unresponsive_total") >= 1,
                              timeout=10)
             assert sample(b, "fognode_node_pings_total", outcome="failed") >= 2
-            assert b.pinger.tracker.unresponsive() == [a.peer_id]
-            assert [p.peer_id for p in b.peers()] == [a.peer_id]     # recorded, not dropped
+            await wait_until(lambda: a.peer_id not in {p.peer_id for p in b.peers()}, timeout=10)
+            assert not b.backoff.allowed(a.peer_id, trio.current_time())   # no flapping
 
 
 # -- real daemons -------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ async def test_registry_role_on_four_overlays(tmp_path: Path) -> None:
     keys = [SigningKey(os.urandom(32)) for _ in range(4)]
     ids = [peer_id_from_pubkey(bytes(k.verify_key)) for k in keys]
     genesis = {"registry": {"pretrusted": ids[:1]}}
-    with trio.fail_after(60):
+    with trio.fail_after(150):
         async with trio.open_nursery() as nursery:
             nodes: list[Node] = []
             for i, k in enumerate(keys):
@@ -97,7 +97,7 @@ async def test_registry_role_on_four_overlays(tmp_path: Path) -> None:
                 nodes.append(await start_node(nursery, k, d, genesis, boot,
                                               "eu-west" if i < 3 else "us-east"))
             # every node finds every other's record
-            await wait_until(lambda: all(len(n.role.core.view) == 4 for n in nodes), 20,
+            await wait_until(lambda: all(len(n.role.core.view) == 4 for n in nodes), 60,
                              "all records in all views")
             a, b = nodes[0].role, nodes[1].role
             rows = await a.rpc_devices(region="eu-west", online=True)

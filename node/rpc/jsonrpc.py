@@ -1,0 +1,109 @@
+"""JSON-RPC 2.0 on the control socket, as text: encoding results (`encode_json`), decoding
+requests (`DECODER`: NaN and Infinity refused), checking a request object's shape
+(`request_problem`), error reply lines (`error_line`), and the error a call to a role that is
+down or disabled gets (`role_down_error`)."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import time
+from pathlib import PurePath
+from typing import Any
+
+from fognode.node.errors import RpcError
+from fognode.node.rpc.methods import NODE_ROLE_UNAVAILABLE, RoleDown
+
+REQUEST_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
+
+
+def json_default(obj: Any) -> Any:
+    """`json.dumps` default for results: bytes -> hex, dataclasses -> dicts, enums -> values,
+    paths -> str, sets -> sorted lists. Anything else raises TypeError (an internal error)."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).hex()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        try:
+            return sorted(obj)
+        except TypeError:
+            return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+ENCODER = json.JSONEncoder(default=json_default, allow_nan=False, ensure_ascii=False,
+                            separators=(",", ":"))
+
+
+def encode_json(value: Any) -> str:
+    """Compact JSON with `json_default`; NaN/Infinity are refused (ValueError): not JSON."""
+    return ENCODER.encode(value)
+
+
+def reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+DECODER = json.JSONDecoder(parse_constant=reject_constant)
+
+
+def error_line(id_: Any, code: int, message: str, data: Any = None) -> str:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    try:
+        body = encode_json(err)
+    except (TypeError, ValueError):  # a handler's RpcError carried unencodable data
+        body = encode_json({"code": code, "message": message})
+    return f'{{"jsonrpc":"2.0","id":{encode_json(id_)},"error":{body}}}'
+
+
+def valid_id(v: Any) -> bool:
+    return v is None or isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def request_problem(msg: Any) -> str | None:
+    """What is wrong with one decoded request object, or None if it is well-formed."""
+    if not isinstance(msg, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(msg), "a number")
+        return f"a request must be a JSON object, got {kind}"
+    if msg.get("jsonrpc") != "2.0":
+        return "'jsonrpc' must be \"2.0\"" if "jsonrpc" in msg else "missing member 'jsonrpc' (must be \"2.0\")"
+    if "method" not in msg:
+        return "missing member 'method'"
+    if not isinstance(msg["method"], str):
+        return "'method' must be a string"
+    if "params" in msg and not isinstance(msg["params"], (list, dict)):
+        return "'params' must be an array or an object"
+    if "id" in msg and not valid_id(msg["id"]):
+        return "'id' must be a string, a number or null"
+    extra = sorted(set(msg) - REQUEST_KEYS)
+    if extra:
+        return f"unknown member(s) {extra}: a request has only jsonrpc, method, params and id"
+    return None
+
+
+def utc_text(t: float) -> str:
+    """A Unix time as `2026-12-04 10:31:02 UTC`."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def role_down_error(method: str, owner: str, down: RoleDown | None) -> RpcError:
+    """NODE_ROLE_UNAVAILABLE for a call to `method` of role `owner`, which is down: why and since
+    when (data: role, reason, since as Unix time)."""
+    if down is None:
+        return RpcError(NODE_ROLE_UNAVAILABLE, f"{method} is unavailable: role {owner} is not running "
+                                               f"(see `node info` for its health)", {"role": owner})
+    if down.disabled:
+        return RpcError(NODE_ROLE_UNAVAILABLE, f"{method} is unavailable: role {owner} is disabled on this node: "
+                                               f"{down.reason}", {"role": owner, "reason": down.reason,
+                                                                  "disabled": True})
+    return RpcError(NODE_ROLE_UNAVAILABLE,
+                    f"{method} is unavailable: role {owner} is down since {utc_text(down.since)}: {down.reason}",
+                    {"role": owner, "reason": down.reason, "since": down.since})
