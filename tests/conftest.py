@@ -14,6 +14,15 @@ import pytest
 from fognode.tools.devnet import Devnet
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Freeze what collection built (imported modules: torch, hypothesis, libp2p, every test
+    module; about 300,000 objects): the full garbage collection after every test (below) then
+    walks only what tests created since, not those again each time (0.14 s of CPU a test, two
+    minutes over the suite). Frozen objects stay alive, which modules do anyway."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def collect_libp2p_sockets() -> Iterator[None]:
     """py-libp2p 0.8.1 leaves some TCP sockets unclosed when in-process hosts stop while

@@ -35,7 +35,7 @@ async def test_sybil_flood_against_a_daemon(node_factory: NodeFactory) -> None:
     net.nodes[0].args = ["--metrics-port", str(port)]
     await trio.to_thread.run_sync(net.start_all)
     victim, other = net.nodes
-    with trio.fail_after(90):
+    with trio.fail_after(180):
         async with hostile_peer(victim.addr) as reader:
             held: dict[str, bytes | None] = {}
 
@@ -51,7 +51,8 @@ async def test_sybil_flood_against_a_daemon(node_factory: NodeFactory) -> None:
             with trio.fail_after(30):
                 await poll()
 
-            counts = await attack(victim.addr, seconds=40, identities=5, per_identity=20)
+            # a budget, not a pace: the 100 records take a few seconds on a quiet machine
+            counts = await attack(victim.addr, seconds=120, identities=5, per_identity=20)
             assert counts["records_sent"] == 100
             assert counts["records_stored"] <= 22 and counts["records_refused"] >= 78
 
