@@ -5,7 +5,7 @@ import itertools
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fognode.node.errors import FognodeError, RpcError
 
@@ -65,8 +65,10 @@ class RpcClient:
         line, _, self._buf = self._buf.partition(b"\n")
         return line
 
-    def call(self, method: str, params: Any = None) -> Any:
-        """Call `method`; return its result or raise RpcError (code, message) / DaemonUnreachable."""
+    def call(self, method: str, params: Any = None, *,
+             on_progress: Callable[[Any], None] | None = None) -> Any:
+        """Call `method`; return its result or raise RpcError (code, message) / DaemonUnreachable.
+        A streaming method's `rpc.progress` notifications go to `on_progress` (else dropped)."""
         req: dict[str, Any] = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
         if params is not None:
             req["params"] = params
@@ -77,6 +79,10 @@ class RpcClient:
             self.close()
             raise DaemonUnreachable(self.path, "the daemon closed the connection") from None
         resp = json.loads(self._readline())
+        while isinstance(resp, dict) and resp.get("method") == "rpc.progress" and "id" not in resp:
+            if on_progress is not None:
+                on_progress((resp.get("params") or {}).get("value"))
+            resp = json.loads(self._readline())
         if "error" in resp:
             e = resp["error"]
             raise RpcError(int(e.get("code", 0)), str(e.get("message", "")), e.get("data"))

@@ -27,6 +27,7 @@ import pytest
 from fognode.node.errors import RpcError
 from fognode.protocols.harvest.wasm_engine import WasmStatus, execute
 from fognode.protocols.market.jobwire import task_cost
+from fognode.node.rpc.client import RpcClient
 from fognode.tools.devnet import Devnet, DevnetNode, wait_until
 from tests.market.wat import WORK_WAT, work_module
 
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.slow
 FEE = 1000                  # micro-units (genesis fee 0.001)
 PRICE = 500_000             # micro-units per million fuel (0.5 token)
 SECONDS = 25                # agreements' deadline from the request
+ROUNDS = 300_000            # xorshift rounds of one burst task (7.8 M fuel, 3.9 tokens)
 SETTINGS = ["--set", "protocols.market.executor_nice=0", "--set", "protocols.market.debit_interval=1",
             "--set", "protocols.market.debit_deadline=15", "--set", "protocols.market.escrow_wait=20",
             "--set", "protocols.registry.eigentrust_interval=1"]
@@ -109,13 +111,15 @@ def test_market_end_to_end_liar_bad_input_and_killed_provider(node_factory: Any,
 
     # 4. a burst over nodes 1 and 2; node 2 is killed once it has run a task
     box: dict[str, Any] = {}
+    seen: list[Any] = []
 
     def burst() -> None:
         try:
-            box["out"] = c.rpc("market.burst", {
-                "module": str(wat), "export": "work", "values": [200_000 + i for i in range(16)],
-                "providers": 2, "fuel": 10_000_000, "budget": "40", "seconds": SECONDS,
-                "filter": cheap}, timeout=120)
+            with RpcClient(c.socket, timeout=120) as client:
+                box["out"] = client.call("market.burst", {
+                    "module": str(wat), "export": "work", "values": [ROUNDS + i for i in range(16)],
+                    "providers": 2, "fuel": 10_000_000, "budget": "160", "seconds": SECONDS,
+                    "filter": cheap}, on_progress=seen.append)
         except BaseException as ex:      # noqa: BLE001 - handed to the test thread
             box["error"] = ex
 
@@ -128,10 +132,11 @@ def test_market_end_to_end_liar_bad_input_and_killed_provider(node_factory: Any,
     t.join(150)
     assert "error" not in box, box.get("error")
     out = box["out"]
-    assert [x["status"] for x in out["tasks"]] == ["ok"] * 16, out
+    assert [x["status"] for x in out["tasks"]] == ["ok"] * 16, [x for x in out["tasks"] if x["status"] != "ok"]
     assert out["dead"] == [p2.peer_id]
+    assert [v["done"] for v in seen] == list(range(1, 17)) and all(v["total"] == 16 for v in seen)
     for x in out["tasks"]:
-        want = execute(work_module(), "work", args=(200_000 + x["index"],), fuel=10_000_000,
+        want = execute(work_module(), "work", args=(ROUNDS + x["index"],), fuel=10_000_000,
                        memory_bytes=2**20, max_output=1024)
         assert x["results"] == list(want.results) and x["fuel"] == want.fuel_consumed
 
