@@ -49,7 +49,7 @@ class Contract:
     def view(self) -> dict[str, Any]:
         t = self.terms
         return {"id": self.id.hex(), "role": self.role, "peer": self.peer, "state": self.state,
-                "service": t.service, "offer": t.offer, "prices": dict(t.prices),
+                "service": t.service, "offer": t.offer, "prices": {u: format_amount(p) for u, p in t.prices},
                 "max_total": format_amount(t.max_total), "deadline": t.deadline,
                 "debit_interval": t.debit_interval, "escrow": self.escrow.hex() if self.escrow else None,
                 "tasks": self.tasks, "fuel": self.fuel, "due": format_amount(self.due),

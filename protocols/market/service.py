@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from fognode.ledger.address import decode_address
+from fognode.ledger.amounts import format_amount
 from fognode.ledger.api import LedgerApi, ledger_api
 from fognode.ledger.errors import OrderRejected, Reason
 from fognode.ledger.escrow_client import CLOCK_MARGIN, EscrowMarginError
@@ -49,6 +50,11 @@ log = logging.getLogger("fognode.market")
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 REFUND_RETRY = 1.0
 ACTION_QUEUE = 1024
+
+
+def offer_view(row: dict[str, Any]) -> dict[str, Any]:
+    """An offer's JSON view with its prices in tokens (per million fuel, CPU-second, GB-hour)."""
+    return {**row, "prices": {u: format_amount(p) for u, p in row["prices"].items()}}
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,7 @@ class MarketService:
         self.do(self.core.publish_offer(id=id, service=service, cores=cores,
                                         memory_mib=memory_mib, disk_mib=disk_mib, prices=prices,
                                         uptime_bp=uptime_bp, ttl=ttl, now=self.ctx.clock()))
-        return self.core.own[id][0].to_json()
+        return offer_view(self.core.own[id][0].to_json())
 
     def withdraw(self, id: str) -> None:
         self.do(self.core.withdraw_offer(id, self.ctx.clock()))
@@ -154,7 +160,7 @@ class MarketService:
         now = self.ctx.clock()
         rows = [o for o in self.core.book if o.valid_until > now and flt.matches(o.properties())]
         rows.sort(key=lambda o: (o.service, o.price("fuel") or 0, o.peer, o.id))
-        return [o.to_json() for o in rows[:limit]]
+        return [offer_view(o.to_json()) for o in rows[:limit]]
 
     # ---- customer: negotiating -------------------------------------------------------------
 
