@@ -144,6 +144,7 @@ def decode_job(raw: Any, *, peer: str | None = None, max_blob: int = 16 * 1024 *
     """Decode one job-stream frame (already unpacked); RemoteProtocolError naming the field."""
     f = Fields(raw, "market job message", versions={VERSION}, peer=peer)
     t = f.str("t", max_len=16)
+    m: JobMessage
     if t == "task":
         inp = f.raw.get("input")
         m = Task(f.int("index", lo=0, hi=MAX_INDEX), f.bytes("module", size=32),
@@ -161,10 +162,11 @@ def decode_job(raw: Any, *, peer: str | None = None, max_blob: int = 16 * 1024 *
         m = Payee(f.bytes("agreement", size=32), f.bytes("payee", size=32),
                   f.bytes("sig", size=SIG_LEN))
     elif t == "blob":
-        m = Blob(f.bytes("hash", size=32), f.int("offset", lo=0, hi=max_blob),
+        b = Blob(f.bytes("hash", size=32), f.int("offset", lo=0, hi=max_blob),
                  f.int("total", lo=1, hi=max_blob), f.bytes("data", max_len=CHUNK))
-        if m.offset + len(m.data) > m.total:
+        if b.offset + len(b.data) > b.total:
             f._fail("blob chunk runs past its total")
+        m = b
     elif t == "hello":
         m = Simple(t, agreement=f.bytes("agreement", max_len=8192))
     elif t == "escrow":

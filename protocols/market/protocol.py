@@ -93,15 +93,18 @@ class MarketRole(Protocol):
         self.metrics = MarketMetrics.create(ctx.metrics)
         self.contracts = Contracts()
         self.core = MarketCore(ctx.identity, config, region=ctx.region,
-                               reputation=lambda p: self.service.reputation_score(p),
-                               latency=ctx.overlay.latency)
-        self.service = MarketService(ctx, config, self.core, self.contracts, self.metrics)
+                               reputation=self._reputation, latency=ctx.overlay.latency)
+        self.service: MarketService = MarketService(ctx, config, self.core, self.contracts,
+                                                    self.metrics)
         self.executor = Executor(nice=config.executor_nice)
         self.provider = ProviderJobs(key=ctx.identity, config=config, ledger=self.service.ledger,
                                      executor=self.executor, contracts=self.contracts,
                                      metrics=self.metrics, publish=ctx.events.publish,
                                      payee=self.service.payee, clock=ctx.clock)
         self.api = MarketApi(self.service)
+
+    def _reputation(self, peer: str) -> float:
+        return self.service.reputation_score(peer)
 
     # ---- network ------------------------------------------------------------------------------
 
@@ -222,9 +225,10 @@ class MarketRole(Protocol):
 
     @rpc_method("market.offers")
     async def rpc_offers(self, filter: str = "", limit: int = 100) -> list[dict[str, Any]]:
-        """Offers in this node's order book passing FILTER (e.g. 'price.fuel <= 0.5 and cores
-        >= 2'; properties: service, provider, id, region, cores, memory_mib, disk_mib, uptime,
-        valid_until, price.fuel, price.cpu_s, price.gb_h), cheapest first."""
+        """Offers in this node's order book passing FILTER, an LDAP-style filter such as
+        '(&(price.fuel<=500000)(cores>=2)(region=eu-*))' over service, provider, id, region,
+        cores, memory_mib, disk_mib, uptime, valid_until, price.fuel, price.cpu_s, price.gb_h
+        (prices in micro-units); by service, then cheapest first."""
         if not 1 <= limit <= 10_000:
             raise RpcError(E.BAD_REQUEST, "limit must be between 1 and 10000")
         try:

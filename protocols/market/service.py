@@ -250,7 +250,9 @@ class MarketService:
                 "liars": sorted(lk.peer for lk in links if lk.liar),
                 "dead": sorted(lk.peer for lk in links if lk.dead and not lk.liar),
                 "seconds": {"negotiation": round(t_neg - t0, 4), "escrow": round(t_esc - t_neg, 4),
-                            "execution": round(t_run - t_esc, 4)}}
+                            "transfer": round(burst.transfer_s, 4),
+                            "execution": round(burst.decided_at - t_esc - burst.transfer_s, 4),
+                            "debit_notes": round(t_run - burst.decided_at, 4)}}
 
     def cancel(self, c: Contract) -> None:
         """Stop a running contract of ours as the customer: its stream is closed, the provider
@@ -292,9 +294,9 @@ class MarketService:
             except FognodeError as e:
                 log.info("market: refund of %s failed (will retry): %s", c.escrow.hex()[:16], e)
             await trio.sleep(REFUND_RETRY)
-        e = ledger.escrow(c.escrow)
-        if e is not None:
-            c.paid = e.paid
-            c.refunded = e.amount - e.paid if e.closed else None
-            if e.closed:
+        rec = ledger.escrow(c.escrow)
+        if rec is not None:
+            c.paid = rec.paid
+            c.refunded = rec.amount - rec.paid if rec.closed else None
+            if rec.closed:
                 c.state = "settled"
