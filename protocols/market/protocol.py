@@ -339,10 +339,11 @@ class MarketRole(Protocol):
     async def rpc_stats(self, region: str | None = None,
                         service: str = "compute.wasm") -> dict[str, Any]:
         """Supply, demand, fill ratio, price percentiles and the suggested price of SERVICE in
-        REGION (default: ours), from this node's order book and what it heard."""
+        REGION (default: ours), from this node's order book and what it heard; and the market
+        messages this node refused, by kind and reason."""
         if service not in SERVICES:
             raise RpcError(E.BAD_REQUEST, f"service must be one of {', '.join(SERVICES)}")
         st = self.core.stats(region if region is not None else self.ctx.region, service,
                              self.ctx.clock())
         return {**st.to_json(), "contracts": len(self.contracts.all()),
-                "offers_known": len(self.core.book)}
+                "offers_known": len(self.core.book), "refused": dict(self.service.refused)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -83,6 +84,7 @@ class MarketService:
         self.links: dict[bytes, Link] = {}
         self.nursery: trio.Nursery | None = None
         self._demands = 0
+        self.refused: Counter[str] = Counter()   # "what/reason" -> count (market.stats shows it)
 
     # ---- collaborators ---------------------------------------------------------------------
 
@@ -117,6 +119,7 @@ class MarketService:
                     log.info("market: action queue full, %s dropped", type(a).__name__)
             elif isinstance(a, Refused):
                 self.metrics.rejected.labels(a.what, a.reason.value).inc()
+                self.refused[f"{a.what}/{a.reason.value}"] += 1
                 if a.reason.charged and a.peer and a.peer != self.ctx.peer_id:
                     self.ctx.overlay.penalize(a.peer, f"refused market {a.what}: {a.detail}",
                                               protocol=f"market/{a.what}")
@@ -209,6 +212,7 @@ class MarketService:
                                           seconds=seconds, constraints=constraints)
         t_neg = trio.current_time()
         links: list[Link] = []
+        problems: list[str] = []
 
         async def link(ag: Agreement) -> None:
             try:
@@ -217,6 +221,7 @@ class MarketService:
                                      timeout=self.config.escrow_wait)
             except (FognodeError, OSError, trio.TooSlowError) as e:
                 log.warning("market: agreement %s not started: %s", ag.agreement_id.hex()[:16], e)
+                problems.append(f"{type(e).__name__}: {e}")
                 c = self.contracts.get(ag.agreement_id)
                 if c is not None and c.escrow is not None:
                     self._schedule_refund(c)
@@ -228,7 +233,7 @@ class MarketService:
             for ag in agreements:
                 n.start_soon(link, ag)
         if not links:
-            raise MarketError("no provider took the job (stream, payee or escrow failed)")
+            raise MarketError("no provider took the job: " + "; ".join(problems))
         t_esc = trio.current_time()
         blobs = {digest(job.module): job.module}
         if job.input is not None:

@@ -8,7 +8,8 @@ escrow's deadline passes once:
    -> refund after the deadline; the result is wasmtime's own, balances move exactly by the
    escrow's payouts and fees, `ledger.verify` passes on every node;
 2. replication 3 with the liar: outvoted, not paid, reported to reputation, right result;
-3. bad input: a file that is not WASM (invalid_module, nothing paid), a job over its fuel
+3. bad input: offers on gossip that are malformed, forged or spoofed (refused, counted, not in
+   the book), a file that is not WASM (invalid_module, nothing paid), a job over its fuel
    (out_of_fuel, the fuel budget paid), over its memory (memory_limit), a filter that tries to
    be code (error 300);
 4. a burst over nodes 1 and 2 with node 2 SIGKILLed mid-burst: its tasks re-assigned, every
@@ -23,11 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+from nacl.signing import SigningKey
 
 from fognode.node.errors import RpcError
 from fognode.protocols.harvest.wasm_engine import WasmStatus, execute
 from fognode.protocols.market.jobwire import task_cost
 from fognode.node.rpc.client import RpcClient
+from fognode.node.wire import pack, sign
+from fognode.protocols.market.core import OFFERS_TOPIC
+from fognode.protocols.market.messages import sign_offer
+from fognode.tools.bench.attacks import hostile_peer
+from fognode.tools.bench.attacks.invalid_gossip import send_valid
 from fognode.tools.devnet import Devnet, DevnetNode, wait_until
 from tests.market.wat import WORK_WAT, work_module
 
@@ -59,6 +67,27 @@ def settled(n: DevnetNode, contract: str) -> dict[str, Any]:
                       timeout=SECONDS + 60, what=f"contract {contract[:12]} settled", interval=0.5)
 
 
+async def inject_bad_offers(target: str) -> None:
+    """A hostile peer gossips three bad offers to the customer: malformed (a field missing),
+    forged (the signature does not check out), and signed by another key than its origin."""
+    good = sign_offer(SigningKey(b"7" * 32), id="x", seq=1, service="compute.wasm", cores=1,
+                      memory_mib=1, disk_mib=0, region="", prices={"fuel": 1}, uptime_bp=0,
+                      issued=int(time.time()), valid_until=int(time.time()) + 600)
+    body = good.body()
+    del body["cores"]
+    async with hostile_peer(target) as peer:
+        own = sign_offer(peer.identity, id="y", seq=1, service="compute.wasm", cores=1,
+                         memory_mib=1, disk_mib=0, region="", prices={"fuel": 1}, uptime_bp=0,
+                         issued=int(time.time()), valid_until=int(time.time()) + 600)
+        malformed = pack({**body, "sig": sign(peer.identity, body)})
+        forged_own = bytearray(own.encode())
+        forged_own[-1] ^= 0xFF
+        await peer.overlay.pubsub.subscribe(OFFERS_TOPIC)
+        for seq, data in enumerate((malformed, bytes(forged_own), good.encode()), 1):
+            await send_valid(peer, OFFERS_TOPIC, seq, data)
+        await trio.sleep(1)
+
+
 def test_market_end_to_end_liar_bad_input_and_killed_provider(node_factory: Any, tmp_path: Path) -> None:
     net: Devnet = node_factory(4, extra_args=SETTINGS, start=False)
     net.nodes[3].args = ["--set", "protocols.market.fault_corrupt_output=true"]
@@ -73,6 +102,11 @@ def test_market_end_to_end_liar_bad_input_and_killed_provider(node_factory: Any,
     with pytest.raises(RpcError) as e:
         c.rpc("market.offers", {"filter": "(cores>=__import__('os'))"})
     assert e.value.code == 300
+    trio.run(inject_bad_offers, c.addr)
+    refused = wait_until(lambda: (r if len(r := c.rpc("market.stats")["refused"]) >= 3 else None),
+                         timeout=30, what="the bad offers refused")
+    assert {"offer/malformed", "offer/bad_signature", "offer/spoofed_origin"} <= set(refused), refused
+    assert len(c.rpc("market.offers")) == 3
 
     wallet = {n.index: n.rpc("wallet.address")["address"] for n in net.nodes}
     before = {i: balance(c, a) for i, a in wallet.items()}
