@@ -1,9 +1,10 @@
 """The market role's settings (`[protocols.market]` in node.toml).
 
 The first group drives the sans-IO core (book, negotiation, matching, pricing); the second the
-role: where earnings are paid, the debit-note rhythm, escrow timing, job limits, and one
-TEST-ONLY fault injector (`fault_corrupt_output`, a provider that lies about every result:
-the replication tests use it; never set it on a real node).
+role: where earnings are paid, the debit-note rhythm, escrow timing, job limits, and two
+TEST-ONLY fault injectors (`fault_corrupt_output`: a provider that lies about every result;
+`fault_withhold_notes`: a customer that never pays; the daemon tests use them; never set them
+on a real node).
 
 `validate(source)` raises ConfigError naming the first bad key (`protocols.market.<key>`).
 `node.load_config` builds and validates the section from TOML, env and --set like every role's.
@@ -51,6 +52,7 @@ class MarketConfig:
     max_tasks: int = 10_000               # tasks one burst may hold
     executor_nice: int = 19               # nice value of the WASM job processes
     fault_corrupt_output: bool = False    # TEST ONLY fault injector: return a wrong output for every job
+    fault_withhold_notes: bool = False    # TEST ONLY fault injector: as a customer, never co-sign a debit note
 
     def validate(self, source: str) -> None:
         """Raise ConfigError naming the first bad key."""

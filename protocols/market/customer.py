@@ -249,6 +249,10 @@ class Burst:
         return cost, settled
 
     async def _answer_debit(self, link: Link, due: int) -> None:
+        if self.config.fault_withhold_notes:       # TEST ONLY: a customer that stops paying
+            log.warning("market: fault_withhold_notes: debit of %s from %s left unanswered",
+                        due, link.peer)
+            return
         with trio.move_on_after(self.config.debit_deadline / 2):
             while not link.liar and not self._accepted_cost(link)[1]:
                 await trio.sleep(0.05)

@@ -128,20 +128,33 @@ class MarketRole(Protocol):
         except StreamClosed:
             pass
 
+    async def _send(self, a: Send) -> None:
+        """One frame on its own stream; opening the stream is tried twice (nothing was sent
+        yet, so a retry cannot duplicate a negotiation message)."""
+        for attempt in (1, 2):
+            try:
+                with trio.fail_after(SEND_TIMEOUT):
+                    s = await self.ctx.overlay.open_stream(a.peer, MARKET_PROTOCOL)
+                break
+            except (FognodeError, OSError, trio.TooSlowError):
+                if attempt == 2:
+                    raise
+        with trio.fail_after(SEND_TIMEOUT):
+            try:
+                await s.send_bytes(a.data)
+            finally:
+                await s.close()
+
     async def _publisher(self, recv: trio.MemoryReceiveChannel[Publish | Send]) -> None:
         async for a in recv:
             try:
-                with trio.fail_after(SEND_TIMEOUT):
-                    if isinstance(a, Publish):
+                if isinstance(a, Publish):
+                    with trio.fail_after(SEND_TIMEOUT):
                         await self.ctx.overlay.publish(a.topic, a.data)
-                    else:
-                        s = await self.ctx.overlay.open_stream(a.peer, MARKET_PROTOCOL)
-                        try:
-                            await s.send_bytes(a.data)
-                        finally:
-                            await s.close()
+                else:
+                    await self._send(a)
             except (FognodeError, OSError, trio.TooSlowError) as e:
-                log.info("market: %s to %s failed: %s", type(a).__name__,
+                log.info("market: %s to %s failed: %r", type(a).__name__,
                          getattr(a, "peer", getattr(a, "topic", "")), e)
 
     async def _clock(self) -> None:

@@ -12,7 +12,9 @@ escrow's deadline passes once:
    the book), a file that is not WASM (invalid_module, nothing paid), a job over its fuel
    (out_of_fuel, the fuel budget paid), over its memory (memory_limit), a filter that tries to
    be code (error 300);
-4. a burst over nodes 1 and 2 with node 2 SIGKILLed mid-burst: its tasks re-assigned, every
+4. node 3 as a customer that never co-signs a debit note (the test-only `fault_withhold_notes`):
+   node 1 stops after `debit_deadline`, unpaid, and the escrow comes back whole;
+5. a burst over nodes 1 and 2 with node 2 SIGKILLed mid-burst: its tasks re-assigned, every
    result returned, its unspent escrow refunded after the deadline.
 """
 from __future__ import annotations
@@ -46,7 +48,7 @@ PRICE = 500_000             # micro-units per million fuel (0.5 token)
 SECONDS = 25                # agreements' deadline from the request
 ROUNDS = 300_000            # xorshift rounds of one burst task (7.8 M fuel, 3.9 tokens)
 SETTINGS = ["--set", "protocols.market.executor_nice=0", "--set", "protocols.market.debit_interval=1",
-            "--set", "protocols.market.debit_deadline=15", "--set", "protocols.market.escrow_wait=20",
+            "--set", "protocols.market.debit_deadline=6", "--set", "protocols.market.escrow_wait=20",
             "--set", "protocols.registry.eigentrust_interval=1"]
 
 
@@ -90,7 +92,8 @@ async def inject_bad_offers(target: str) -> None:
 
 def test_market_end_to_end_liar_bad_input_and_killed_provider(node_factory: Any, tmp_path: Path) -> None:
     net: Devnet = node_factory(4, extra_args=SETTINGS, start=False)
-    net.nodes[3].args = ["--set", "protocols.market.fault_corrupt_output=true"]
+    net.nodes[3].args = ["--set", "protocols.market.fault_corrupt_output=true",
+                         "--set", "protocols.market.fault_withhold_notes=true"]
     net.start_all(timeout=90)
     c, p1, p2, p3 = net.nodes
     wat = tmp_path / "work.wat"
@@ -98,7 +101,7 @@ def test_market_end_to_end_liar_bad_input_and_killed_provider(node_factory: Any,
     for n, price in ((p1, "0.5"), (p2, "0.5"), (p3, "0.6")):
         n.rpc("market.offer", {"price": price, "cores": 1, "memory_mib": 512})
     wait_until(lambda: len(c.rpc("market.offers", {"filter": "(service=compute.wasm)"})) == 3 or None,
-               timeout=30, what="three offers in the customer's book")
+               timeout=90, what="three offers in the customer's book")
     with pytest.raises(RpcError) as e:
         c.rpc("market.offers", {"filter": "(cores>=__import__('os'))"})
     assert e.value.code == 300
@@ -143,7 +146,16 @@ def test_market_end_to_end_liar_bad_input_and_killed_provider(node_factory: Any,
                                    "filter": cheap}, timeout=60)
     assert hog["status"] == "memory_limit", hog
 
-    # 4. a burst over nodes 1 and 2; node 2 is killed once it has run a task
+    # 4. node 3 as a customer that never co-signs a note: node 1 stops, unpaid, all refunded
+    stiff = p3.rpc("market.burst", {"module": str(wat), "export": "work", "count": 40,
+                                    "first": ROUNDS, "providers": 1, "fuel": 10_000_000,
+                                    "budget": "200", "seconds": SECONDS,
+                                    "filter": f"(provider={p1.peer_id})"}, timeout=120)
+    assert len(stiff["contracts"]) == 1
+    unpaid = p1.rpc("market.contract", [stiff["contracts"][0]])
+    assert unpaid["state"] == "stopped" and "unpaid" in unpaid["detail"] and unpaid["paid"] == "0", unpaid
+
+    # 5. a burst over nodes 1 and 2; node 2 is killed once it has run a task
     box: dict[str, Any] = {}
     seen: list[Any] = []
 
@@ -177,6 +189,8 @@ def test_market_end_to_end_liar_bad_input_and_killed_provider(node_factory: Any,
     # settlement: every escrow refunded after its deadline, balances exact, ledger verified
     contracts = [*r1["contracts"], *r3["contracts"], *bad["contracts"], *spin["contracts"],
                  *hog["contracts"], *out["contracts"]]
+    refund = settled(p3, stiff["contracts"][0])
+    assert refund["paid"] == "0" and refund["refunded"] == refund["max_total"] == "200"
     views = [settled(c, k) for k in contracts]
     liar = next(v for v in views if v["peer"] == p3.peer_id)
     assert liar["paid"] == "0" and liar["refunded"] == liar["max_total"]
@@ -188,6 +202,7 @@ def test_market_end_to_end_liar_bad_input_and_killed_provider(node_factory: Any,
 
     paid_to = {i: 0 for i in wallet}
     fees = {i: 0 for i in wallet}
+    fees[3] += 2 * FEE                               # node 3's escrow: open + refund, nothing paid
     for v in views:
         e = c.rpc("ledger.escrow", [v["escrow"]])
         idx = next(n.index for n in net.nodes if n.peer_id == v["peer"])

@@ -11,7 +11,8 @@ per million fuel. Rows:
 
 - local: `wasm_engine.execute` of work(rounds) in this process (compile + instantiate + run,
   fuel metered), the best of 3;
-- end to end: `market.request` on the customer's socket, request to verified result, split as
+- end to end (after one warm-up job on every provider: the first streams between the nodes):
+  `market.request` on the customer's socket, request to verified result, split as
   the customer measured it: negotiation (demand matched, agreement signed by both), escrow
   (job stream opened, payee statement, escrow order certified, provider told), transfer (the
   module sent, hash-checked on arrival), execution (task sent to result back, including the
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
             p.rpc("market.offer", {"price": "0.5", "cores": 1, "memory_mib": 256})
         wait_until(lambda: len(c.rpc("market.offers")) == len(providers) or None, timeout=60,
                    what="every offer in the customer's book")
+        # a warm-up job (first streams between the nodes, the providers' first job process)
+        c.rpc("market.request", {"module": str(wat), "export": "work", "args": [1], "fuel": 10_000,
+                                 "budget": "1", "seconds": 120, "replication": len(providers)},
+              timeout=300)
         best = min(local_run(module, args.rounds, fuel)[0] for _ in range(3))
         _, want = local_run(module, args.rounds, fuel)
         print(f"-- one job: work({args.rounds}), {want.fuel_consumed} fuel")
