@@ -6,7 +6,8 @@ given (one per provider, `open_link` for each: stream, agreement, payee, escrow 
 ledger by this node's default wallet for the agreement's `max_total`, until its deadline):
 
 - Assignment: each task goes to `replication` distinct providers, at most `WINDOW` tasks in
-  flight per provider, least-loaded first. A task is decided when a majority
+  flight per provider, least-loaded first, and only to a provider whose escrow can still pay
+  the task's whole fuel budget (so no task is cut short by a spent escrow). A task is decided when a majority
   (replication // 2 + 1) of its results agree on (status, output hash, integer results,
   fuel); with no majority after `replication` results one more provider is asked.
 - A provider whose result disagrees with a decided task's majority is a liar: it gets no new
@@ -292,9 +293,20 @@ class Burst:
         except (FognodeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
             self._dead(link, f"sending a task failed: {e}")
 
-    def _candidates(self, ts: TaskState) -> list[Link]:
+    def _room(self, link: Link) -> int:
+        """What the provider's escrow can still pay for: its cap minus the cost of the results
+        it reported and the fuel budgets of the tasks it holds."""
+        spent = sum(task_cost(r.fuel, link.price) for r in link.results.values())
+        held = sum(task_cost(self.tasks[i].task.fuel, link.price) for i in link.inflight)
+        return link.contract.terms.max_total - spent - held
+
+    def _candidates(self, ts: TaskState, window: int = WINDOW) -> list[Link]:
+        """Providers that may take `ts` now: alive, honest, not holding it already, with room
+        in their window and in their escrow for its whole fuel budget."""
+        need = ts.task.fuel
         return sorted((lk for lk in self.links if not lk.dead and not lk.liar
-                       and len(lk.inflight) < WINDOW and lk.peer not in ts.assigned),
+                       and len(lk.inflight) < window and lk.peer not in ts.assigned
+                       and self._room(lk) >= task_cost(need, lk.price)),
                       key=lambda lk: len(lk.inflight))
 
     def _pending(self, ts: TaskState) -> int:
@@ -318,19 +330,15 @@ class Burst:
                     await self._assign(cands[0], ts)
             live = [lk for lk in self.links if not lk.dead and not lk.liar]
             if not any(lk.inflight for lk in live):
-                stuck = [ts for ts in open_tasks if ts.final is None
-                         and not self._candidates_any(ts, live)]
-                if stuck and len(stuck) == len([t for t in open_tasks if t.final is None]):
+                stuck = [ts for ts in open_tasks if ts.final is None]
+                if stuck and not any(self._candidates(ts, window=1 << 30) for ts in stuck):
                     for ts in stuck:
-                        ts.failed = (f"no provider left to run it ({len(ts.results)} "
-                                     "disagreeing or missing results)")
+                        ts.failed = (f"no provider left to run it (none alive, honest and with "
+                                     f"escrow left; {len(ts.results)} disagreeing or missing "
+                                     "results)")
                     return
             with trio.move_on_after(max(0.05, min(1.0, until - self.clock()))):
                 await self.changed.wait()
-
-    @staticmethod
-    def _candidates_any(ts: TaskState, live: list[Link]) -> bool:
-        return any(lk.peer not in ts.assigned for lk in live)
 
     # ---- the whole bag ------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                    what="every offer in the customer's book")
         # a warm-up job (first streams between the nodes, the providers' first job process)
         c.rpc("market.request", {"module": str(wat), "export": "work", "args": [1], "fuel": 10_000,
-                                 "budget": "1", "seconds": 120, "replication": len(providers)},
+                                 "budget": "4", "seconds": 120, "replication": len(providers)},
               timeout=300)
         best = min(local_run(module, args.rounds, fuel)[0] for _ in range(3))
         _, want = local_run(module, args.rounds, fuel)
