@@ -15,4 +15,11 @@ One concern per module, no IO (the trio adapter `protocol.py` comes with the rol
 - `pricing`: supply, demand, fill ratio, price percentiles and EWMA price suggestions.
 - `core`: `MarketCore`, the one state machine the adapter drives (gossip, stream, tick).
 - `actions`: what the cores ask the adapter to do; `config`: `[protocols.market]`.
+
+The role (trio, IO):
+- `protocol`: `MarketRole`, the adapter (gossip, negotiation streams, clock) and `market.*` RPC.
+- `service`: `MarketService`, the dispatch table of the core's actions and the operations.
+- `jobwire`: the job stream's messages; `provider` / `customer`: its two sides (escrow,
+  blobs, tasks through the harvest executor, replicated results, debit notes); `contracts`:
+  this node's agreements; `api`: `MarketApi` for other roles; `events`, `metrics`.
 """

@@ -1,6 +1,6 @@
 """What the market cores ask their adapter to do (frozen action dataclasses).
 
-The role's `protocol.py` (next session) carries these out with one dispatch table: `Publish`
+The role carries these out with one dispatch table (`service.MarketService.do`): `Publish`
 puts a message on a gossip topic, `Send` writes a frame on the market stream to the peer,
 `Refused` counts the rejection and, when `reason.charged`, penalises the peer
 (overlay.penalize, rate-limited WARNING), `Concluded` hands a signed agreement to escrow,

@@ -1,4 +1,10 @@
-"""The market role's settings (`[protocols.market]` in node.toml, once the role is registered).
+"""The market role's settings (`[protocols.market]` in node.toml).
+
+The first group drives the sans-IO core (book, negotiation, matching, pricing); the second the
+role: where earnings are paid, the debit-note rhythm, escrow timing, job limits, and two
+TEST-ONLY fault injectors (`fault_corrupt_output`: a provider that lies about every result;
+`fault_withhold_notes`: a customer that never pays; the daemon tests use them; never set them
+on a real node).
 
 `validate(source)` raises ConfigError naming the first bad key (`protocols.market.<key>`).
 `node.load_config` builds and validates the section from TOML, env and --set like every role's.
@@ -7,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fognode.ledger.address import is_address
 from fognode.node.errors import ConfigError
+from fognode.protocols.harvest.wasm_wire import MAX_MODULE
 from fognode.protocols.market.pricing import PRICING_MODES
 
 
@@ -34,6 +42,17 @@ class MarketConfig:
     price_min_factor: float = 0.5         # dynamic prices stay >= this times the base price
     price_max_factor: float = 2.0         # dynamic prices stay <= this times the base price
     stats_window: float = 3600.0          # seconds of demands and agreements market stats count
+    payee: str = ""                       # fog1 wallet of this node earnings are paid to ("": default)
+    debit_interval: int = 120             # seconds between a provider's debit notes (Golem: 120)
+    debit_deadline: float = 60.0          # seconds a provider waits for a co-signed note before it stops
+    escrow_grace: int = 3600              # seconds after an agreement's deadline before the payee may close its escrow
+    escrow_wait: float = 30.0             # seconds a provider waits for the customer's escrow to reach its replica
+    job_deadline: int = 600               # default seconds from a request to its agreement's deadline
+    max_blob_bytes: int = 16_777_216      # largest module or input blob taken over a job stream
+    max_tasks: int = 10_000               # tasks one burst may hold
+    executor_nice: int = 19               # nice value of the WASM job processes
+    fault_corrupt_output: bool = False    # TEST ONLY fault injector: return a wrong output for every job
+    fault_withhold_notes: bool = False    # TEST ONLY fault injector: as a customer, never co-sign a debit note
 
     def validate(self, source: str) -> None:
         """Raise ConfigError naming the first bad key."""
@@ -80,3 +99,21 @@ class MarketConfig:
             raise bad("price_max_factor", "must be between 1 and 100")
         if not 1.0 <= self.stats_window <= 30 * 86_400:
             raise bad("stats_window", "must be between 1 s and 30 days")
+        if self.payee and not is_address(self.payee):
+            raise bad("payee", f"must be a fog1 address or empty, got {self.payee[:80]!r}")
+        if not 1 <= self.debit_interval <= 86_400:
+            raise bad("debit_interval", "must be between 1 and 86400 s")
+        if not 0.5 <= self.debit_deadline <= 86_400:
+            raise bad("debit_deadline", "must be between 0.5 and 86400 s")
+        if not 1 <= self.escrow_grace <= 30 * 86_400:
+            raise bad("escrow_grace", "must be between 1 s and 30 days")
+        if not 0.5 <= self.escrow_wait <= 3600:
+            raise bad("escrow_wait", "must be between 0.5 and 3600 s")
+        if not 10 <= self.job_deadline <= 30 * 86_400:
+            raise bad("job_deadline", "must be between 10 s and 30 days")
+        if not 1024 <= self.max_blob_bytes <= MAX_MODULE:
+            raise bad("max_blob_bytes", f"must be between 1024 and {MAX_MODULE}")
+        if not 1 <= self.max_tasks <= 1_000_000:
+            raise bad("max_tasks", "must be between 1 and 1,000,000")
+        if not -20 <= self.executor_nice <= 19:
+            raise bad("executor_nice", "must be between -20 and 19")

@@ -16,13 +16,15 @@ import enum
 
 from fognode.node.errors import FognodeError, RemoteProtocolError
 
-# RPC error codes (DESIGN.md: market 3xx); the RPC methods land with the role (issue 13 item 10)
+# RPC error codes (DESIGN.md: market 3xx)
 BAD_FILTER = 300            # a constraint filter does not parse or type-check
 UNKNOWN_OFFER = 301         # no such offer in the order book
 UNKNOWN_CONTRACT = 302      # no agreement with that id
 NO_MATCH = 303              # no offer matches the demand within its budget
 BAD_REQUEST = 304           # a demand or offer parameter is out of range
 NEGOTIATION_FAILED = 305    # the provider rejected, timed out or broke the protocol
+JOB_FAILED = 306            # a job could not be completed (no provider left, deadline passed)
+PAYMENT_FAILED = 307        # the ledger refused or did not certify an escrow order (or runs not here)
 
 
 class MarketError(FognodeError):

@@ -1,7 +1,11 @@
 """Market benchmark: demands matched per second against an order book of 10k offers.
 
     .venv/bin/python -m fognode.tools.bench.market [--offers 10000] [--demands 200]
-                                                   [--linear-demands 20] [--seed 0]
+                                                   [--linear-demands 20] [--seed 0] [--jobs]
+
+`--jobs` adds the rows of `market_jobs.py` (a WASM job end to end on loopback, split into
+negotiation, escrow, transfer, execution and settlement, and a burst of 200 tasks over 4
+providers, each against local wasmtime in the same run).
 
 The book: `offers` signed offers (5 per provider, 80 % compute.wasm, the rest storage and
 fog.hosting, 8 regions, random cores, memory and prices), each admitted through
@@ -36,6 +40,7 @@ from nacl.signing import SigningKey
 from fognode.protocols.market.matching import Matcher, Weights, match_linear
 from fognode.protocols.market.messages import Demand, Offer, sign_demand, sign_offer
 from fognode.protocols.market.orderbook import OrderBook
+from fognode.tools.bench import market_jobs
 
 NOW = 1_800_000_000
 REGIONS = ["eu-west", "eu-north", "eu-south", "us-east", "us-west", "ap-south", "ap-east", "sa-east"]
@@ -93,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--linear-demands", type=int, default=20)
     ap.add_argument("--limit", type=int, default=10, help="ranked providers kept per demand")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", action="store_true",
+                    help="then the job rows: a WASM job end to end and a burst on a loopback devnet "
+                         "(market_jobs.py, with its defaults)")
     a = ap.parse_args(argv)
     rng = random.Random(a.seed)
     offers = make_offers(a.offers, rng)
@@ -171,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'demands matched, ' + label:<44} {rate:>8.1f} /s  "
               f"{secs / max(1, count) * 1e3:>7.2f} ms  {rate / lin_rate:>7.1f}x")
     print(f"(same ranked results from both on the {nlin} demands the linear scan ran)")
+    if a.jobs:
+        market_jobs.main([])
 
 
 if __name__ == "__main__":

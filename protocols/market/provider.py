@@ -1,0 +1,341 @@
+"""The provider's side of the job stream (trio): run a customer's WASM tasks under one agreement
+and get paid for them through the ledger's escrow.
+
+`ProviderJobs.serve(stream)` handles one inbound `/fognode/market/job/1.0.0` stream
+(jobwire.py for the messages):
+
+1. `hello` carries the agreement signed by both parties; it must name this node as provider
+   and the stream's peer as customer, for `compute.wasm` priced in fuel, before its deadline.
+2. We answer with our `payee` account (signed by our identity key): the escrow pays it.
+3. `escrow`: we wait (at most `escrow_wait` s) until our ledger replica holds that escrow, for
+   this agreement, payable to our payee, with the agreement's deadline. Nothing runs before.
+4. Tasks run one at a time through the harvest `Executor` (`run_wasm`), each with the fuel the
+   task asks for, capped at what the rest of the escrow pays for, and its memory limit; blobs
+   (module, input) arrive first and are hash-checked. Every result goes back with its fuel.
+5. Every `debit_interval` s (and when the customer said `end` and the queue is empty) we ask
+   for the cumulative cost of the tasks reported (`debit`); the customer answers with a
+   co-signed debit note, which we pay out to our payee through the ledger (in the background,
+   one payout at a time, the latest note wins). A debit request unanswered for
+   `debit_deadline` s, or a `dispute`, stops the work (`stop` sent, SLABreach "unpaid" or
+   "disputed"): we keep what was paid.
+
+Awaits the stream and the ledger; cancellable; a peer's bad frame ends the stream (charged).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import trio
+from nacl.signing import SigningKey
+
+from fognode.ledger.api import LedgerApi
+from fognode.ledger.escrow_orders import DebitNote
+from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
+from fognode.node.overlay import FramedStream
+from fognode.node.wire import digest
+from fognode.protocols.harvest.exec_errors import BadJobError
+from fognode.protocols.harvest.executor import Executor
+from fognode.protocols.harvest.wasm import WasmJob, WasmResult, run_wasm
+from fognode.protocols.market.agreement import Agreement, decode_negotiation
+from fognode.protocols.market.config import MarketConfig
+from fognode.protocols.market.contracts import Contract, Contracts
+from fognode.protocols.market.events import ServiceContractCreated, SLABreach
+from fognode.protocols.market.jobwire import (FUEL_UNIT, MAX_FRAME, MAX_TASK_OUTPUT, Blob,
+                                              Result, Simple, Task, decode_job, sign_payee,
+                                              simple, task_cost)
+from fognode.protocols.market.metrics import MarketMetrics
+from fognode.protocols.registry.peerid import peer_id_from_pubkey
+
+log = logging.getLogger("fognode.market")
+
+ESCROW_POLL = 0.2
+
+
+class Stop(Exception):
+    """The session ends; `reason` goes to the customer in a `stop` frame."""
+
+
+def corrupt(r: WasmResult) -> tuple[bytes, tuple[int, ...]]:
+    """The TEST-ONLY fault injector's lie (config `fault_corrupt_output`): a different output
+    with a consistent hash, and every integer result plus one."""
+    return r.output + b"\x00lie", tuple(x + 1 for x in r.results)
+
+
+def first_cause(eg: BaseExceptionGroup) -> BaseException:
+    """The first exception of a nursery's group that is not a cancellation (else the group)."""
+    for e in eg.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            e = first_cause(e)
+        if not isinstance(e, (trio.Cancelled, BaseExceptionGroup)):
+            return e
+    return eg
+
+
+class ProviderJobs:
+    def __init__(self, *, key: SigningKey, config: MarketConfig,
+                 ledger: Callable[[], LedgerApi | None], executor: Executor,
+                 contracts: Contracts, metrics: MarketMetrics, publish: Callable[[Any], None],
+                 payee: Callable[[], bytes], clock: Callable[[], float]) -> None:
+        self.key = key
+        self.pubkey = bytes(key.verify_key)
+        self.config = config
+        self.ledger = ledger
+        self.executor = executor
+        self.contracts = contracts
+        self.metrics = metrics
+        self.publish = publish
+        self.payee = payee
+        self.clock = clock
+
+    async def serve(self, s: FramedStream) -> None:
+        peer = s.remote_peer
+        first = decode_job(await s.recv(max_size=MAX_FRAME), peer=peer,
+                           max_blob=self.config.max_blob_bytes)
+        if not isinstance(first, Simple) or first.t != "hello":
+            raise RemoteProtocolError("market job: the first message must be hello", peer=peer)
+        ag = decode_negotiation(first.agreement, peer=peer)
+        if not isinstance(ag, Agreement):
+            raise RemoteProtocolError("market job: hello does not carry an agreement", peer=peer)
+        session = _Session(self, s, ag)
+        try:
+            await session.run()
+        except Stop as e:
+            session.contract.state = "stopped" if session.contract.state != "disputed" else "disputed"
+            session.contract.detail = str(e)
+            with trio.move_on_after(2):
+                try:
+                    await session.send(simple("stop", reason=str(e)[:200]))
+                except (FognodeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+        finally:
+            session.contract.ended = self.clock()
+
+
+class _Session:
+    def __init__(self, jobs: ProviderJobs, s: FramedStream, ag: Agreement) -> None:
+        self.jobs = jobs
+        self.s = s
+        self.ag = ag
+        self.t = ag.terms
+        self.aid = ag.agreement_id
+        self.contract = jobs.contracts.add(Contract(self.aid, "provider", ag.terms, jobs.clock()))
+        self.price = dict(self.t.prices).get("fuel", 0)
+        self.lock = trio.Lock()
+        self.blobs: dict[bytes, bytes] = {}
+        self.partial: dict[bytes, bytearray] = {}
+        self.held = 0
+        self.tasks_send, self.tasks_recv = trio.open_memory_channel[Task](1024)
+        self.ended = False
+        self.busy = False
+        self.due = 0                 # cost of the tasks reported
+        self.requested = 0           # the last due we asked for
+        self.noted = 0               # the last due the customer signed
+        self.asked_at: float | None = None
+        self.wake = trio.Event()
+        self.note: DebitNote | None = None
+        self.note_ready = trio.Event()
+        self.escrow_amount = 0
+        self.escrow_customer = b""   # the wallet that opened the escrow signs the debit notes
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        async with self.lock:
+            await self.s.send(obj)
+
+    def _check_terms(self) -> None:
+        t, jobs = self.t, self.jobs
+        if t.provider != jobs.pubkey:
+            raise Stop("the agreement names another provider")
+        if peer_id_from_pubkey(t.customer) != self.s.remote_peer:
+            raise Stop("the agreement's customer is not the stream's peer")
+        if t.service != "compute.wasm" or "fuel" not in dict(t.prices):
+            raise Stop("only compute.wasm agreements priced in fuel run over the job stream")
+        if t.deadline <= jobs.clock():
+            raise Stop("the agreement's deadline has passed")
+
+    async def run(self) -> None:
+        jobs = self.jobs
+        self._check_terms()
+        ledger = jobs.ledger()
+        if ledger is None:
+            raise Stop("this provider runs no ledger")
+        payee = jobs.payee()
+        self.contract.payee = payee
+        await self.send(sign_payee(jobs.key, self.aid, payee).wire())
+        msg = decode_job(await self.s.recv(max_size=MAX_FRAME), peer=self.s.remote_peer)
+        if not isinstance(msg, Simple) or msg.t != "escrow":
+            raise RemoteProtocolError("market job: expected the escrow id", peer=self.s.remote_peer)
+        await self._await_escrow(ledger, msg.escrow, payee)
+        self.contract.escrow = msg.escrow
+        self.contract.state = "running"
+        jobs.metrics.agreements.labels("provider").inc()
+        jobs.publish(ServiceContractCreated(self.aid.hex(), "provider", self.s.remote_peer,
+                                            self.t.service, self.t.max_total, self.t.deadline))
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(self._reader, n.cancel_scope)
+                n.start_soon(self._runner)
+                n.start_soon(self._payer, ledger)
+                await self._debits(n.cancel_scope)
+        except BaseExceptionGroup as eg:
+            raise first_cause(eg) from None
+
+    async def _await_escrow(self, ledger: LedgerApi, eid: bytes, payee: bytes) -> None:
+        with trio.move_on_after(self.jobs.config.escrow_wait):
+            while True:
+                e = ledger.escrow(eid)
+                if e is not None:
+                    if (e.payee != payee or e.agreement != self.aid or e.deadline != self.t.deadline
+                            or e.closed or ledger.escrow_id(e.customer, self.aid) != eid):
+                        raise Stop("the escrow does not match the agreement (payee, agreement, "
+                                   "deadline) or is closed")
+                    self.escrow_amount = e.amount
+                    self.escrow_customer = e.customer
+                    return
+                await trio.sleep(ESCROW_POLL)
+        raise Stop(f"escrow {eid.hex()[:16]} did not reach this provider's ledger within "
+                   f"{self.jobs.config.escrow_wait:g} s")
+
+    async def _reader(self, scope: trio.CancelScope) -> None:
+        peer = self.s.remote_peer
+        while True:
+            try:
+                raw = await self.s.recv(max_size=MAX_FRAME)
+            except StreamClosed:
+                if self.ended:
+                    return
+                raise Stop("the customer closed the job stream") from None
+            msg = decode_job(raw, peer=peer, max_blob=self.jobs.config.max_blob_bytes)
+            if isinstance(msg, Blob):
+                self._blob(msg)
+            elif isinstance(msg, Task):
+                self.tasks_send.send_nowait(msg)
+            elif isinstance(msg, Simple) and msg.t == "note":
+                self._on_note(msg)
+            elif isinstance(msg, Simple) and msg.t == "dispute":
+                self.contract.state = "disputed"
+                self.jobs.publish(SLABreach(self.aid.hex(), peer, "disputed", msg.reason))
+                self.jobs.metrics.breaches.labels("disputed").inc()
+                raise Stop(f"the customer disputes: {msg.reason}")
+            elif isinstance(msg, Simple) and msg.t == "end":
+                self.ended = True
+                self.wake.set()
+            else:
+                raise RemoteProtocolError(f"market job: unexpected {type(msg).__name__}", peer=peer)
+
+    def _blob(self, b: Blob) -> None:
+        if b.hash in self.blobs:
+            return
+        buf = self.partial.setdefault(b.hash, bytearray())
+        if b.offset != len(buf):
+            raise RemoteProtocolError("market job: blob chunks out of order", peer=self.s.remote_peer)
+        self.held += len(b.data)
+        if self.held > 4 * self.jobs.config.max_blob_bytes:
+            raise Stop("the customer sent more blob bytes than this session holds")
+        buf += b.data
+        if len(buf) == b.total:
+            data = bytes(self.partial.pop(b.hash))
+            if digest(data) != b.hash:
+                raise RemoteProtocolError("market job: a blob does not match its hash",
+                                          peer=self.s.remote_peer)
+            self.blobs[b.hash] = data
+
+    def _on_note(self, m: Simple) -> None:
+        assert self.contract.escrow is not None
+        note = DebitNote(self.contract.escrow, m.due, m.sig)
+        if not note.signed_by(self.escrow_customer) or m.due > self.escrow_amount:
+            raise RemoteProtocolError("market job: a debit note not signed by the customer or "
+                                      "over the escrow", peer=self.s.remote_peer)
+        if m.due >= self.requested:
+            self.asked_at = None
+        if m.due > self.noted:
+            self.noted = m.due
+            self.note = note
+            self.note_ready.set()
+        self.wake.set()
+
+    async def _run_one(self, task: Task) -> Result:
+        module = self.blobs.get(task.module)
+        inp = self.blobs.get(task.input) if task.input is not None else None
+        if module is None or (task.input is not None and inp is None):
+            raise RemoteProtocolError("market job: a task names a blob that was not sent",
+                                      peer=self.s.remote_peer)
+        left = self.escrow_amount - self.due
+        fuel = task.fuel if self.price == 0 else min(task.fuel, left * FUEL_UNIT // self.price)
+        if fuel < 1:
+            raise Stop("the escrow is spent")
+        try:
+            job = WasmJob(module, task.export, args=task.args, input=inp, fuel=fuel,
+                          memory_bytes=task.memory, max_output=MAX_TASK_OUTPUT)
+        except BadJobError as e:
+            return Result(task.index, "bad_request", str(e)[:512], b"", digest(b""), (), 0)
+        r = await run_wasm(self.jobs.executor, job, name=f"market-{task.index}")
+        output, results = r.output, r.results
+        if self.jobs.config.fault_corrupt_output:
+            output, results = corrupt(r)
+        return Result(task.index, r.status.value, r.message[:512], output, digest(output),
+                      results, r.fuel_consumed)
+
+    async def _runner(self) -> None:
+        m = self.jobs.metrics
+        async for task in self.tasks_recv:
+            if self.jobs.clock() >= self.t.deadline:
+                raise Stop("the agreement's deadline passed")
+            self.busy = True
+            res = await self._run_one(task)
+            self.due += task_cost(res.fuel, self.price)
+            self.contract.tasks += 1
+            self.contract.fuel += res.fuel
+            self.contract.due = self.due
+            m.tasks.labels("provider", res.status).inc()
+            m.fuel.labels("provider").inc(res.fuel)
+            await self.send(res.wire())
+            self.busy = self.tasks_recv.statistics().current_buffer_used > 0
+            self.wake.set()
+
+    async def _debits(self, scope: trio.CancelScope) -> None:
+        """Ask for what is due every debit_interval (and at the end); stop when unpaid."""
+        cfg, clock = self.jobs.config, self.jobs.clock
+        last = clock()
+        while True:
+            idle_end = self.ended and not self.busy and \
+                self.tasks_recv.statistics().current_buffer_used == 0
+            now = clock()
+            if self.due > self.requested and (idle_end or now - last >= self.t.debit_interval):
+                await self.send(simple("debit", due=self.due))
+                self.requested, self.asked_at, last = self.due, now, now
+            if self.asked_at is not None and now - self.asked_at > cfg.debit_deadline:
+                self.jobs.publish(SLABreach(self.aid.hex(), self.s.remote_peer, "unpaid",
+                                            f"debit of {self.requested} unanswered"))
+                self.jobs.metrics.breaches.labels("unpaid").inc()
+                raise Stop(f"debit note for {self.requested} unpaid past its deadline")
+            if idle_end and self.noted >= self.due:
+                self.contract.state = "done"
+                await self._drain_payout()
+                scope.cancel()
+                return
+            self.wake = trio.Event()
+            with trio.move_on_after(0.2):
+                await self.wake.wait()
+
+    async def _drain_payout(self) -> None:
+        with trio.move_on_after(30):
+            while self.contract.paid < self.noted and self.jobs.clock() < self.t.deadline:
+                await trio.sleep(0.1)
+
+    async def _payer(self, ledger: LedgerApi) -> None:
+        """Pay out the latest co-signed note, one at a time."""
+        while True:
+            await self.note_ready.wait()
+            self.note_ready = trio.Event()
+            note = self.note
+            if note is None or note.due <= self.contract.paid:
+                continue
+            try:
+                await ledger.pay_debit_note(note, wallet=self.contract.payee)
+            except FognodeError as e:
+                log.warning("payout of %s under escrow %s failed: %s", note.due,
+                            note.escrow.hex()[:16], e)
+                continue
+            self.jobs.metrics.paid.labels("provider").inc(note.due - self.contract.paid)
+            self.contract.paid = note.due
