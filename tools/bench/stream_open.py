@@ -70,7 +70,8 @@ async def measure(opens: int) -> list[tuple[int, float, float, float, float]]:
     inst = _Iterations()
     trio.lowlevel.add_instrument(inst)
     ra, rb = CollectorRegistry(), CollectorRegistry()
-    cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=1)
+    # a generous dial_timeout: under the heaviest load an open took longer than the default
+    cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=1, dial_timeout=120.0)
     out = []
     async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(ra), ra) as a, \
             open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(rb), rb) as b:
