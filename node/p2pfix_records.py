@@ -36,8 +36,6 @@ process) get py-libp2p's behaviour unchanged.
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
 import time
 import weakref
 from typing import Any, Callable
@@ -113,14 +111,6 @@ def env_to_send_in_rpc_cached(host: Any) -> tuple[bytes, bool]:
     data, fresh = _original_env(host)
     cache.local = (data, now)
     return data, fresh
-
-
-def pinned_sources() -> dict[str, str]:
-    """sha256 of the source of each py-libp2p function these wrappers stand in for."""
-    def digest(obj: Any) -> str:
-        return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()
-    return {"maybe_consume_signed_record": digest(_original),
-            "env_to_send_in_RPC": digest(_original_env)}
 
 
 def install() -> None:
