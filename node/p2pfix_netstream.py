@@ -35,9 +35,9 @@ class QuickNetStream(NetStream):
     def __init__(self, muxed_stream: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(muxed_stream, *args, **kwargs)
         if isinstance(getattr(muxed_stream, "muxed_conn", None), QuickYamux):
-            self._state_lock = QuickLock()  # type: ignore[assignment]
+            self._state_lock = QuickLock()
 
 
 def install() -> None:
     """Rebind `NetStream` in libp2p.network.connection.swarm_connection (idempotent)."""
-    _swarm_connection_mod.NetStream = QuickNetStream  # type: ignore[misc]
+    setattr(_swarm_connection_mod, "NetStream", QuickNetStream)

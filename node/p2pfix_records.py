@@ -116,8 +116,8 @@ def env_to_send_in_rpc_cached(host: Any) -> tuple[bytes, bool]:
 def install() -> None:
     """Rebind the names in py-libp2p's pubsub modules (idempotent)."""
     for mod in PATCHED_MODULES:
-        mod.maybe_consume_signed_record = maybe_consume_signed_record_once  # type: ignore[attr-defined]
-        mod.env_to_send_in_RPC = env_to_send_in_rpc_cached  # type: ignore[attr-defined]
+        setattr(mod, "maybe_consume_signed_record", maybe_consume_signed_record_once)
+        setattr(mod, "env_to_send_in_RPC", env_to_send_in_rpc_cached)
 
 
 def enroll(host: Any) -> RecordCache:

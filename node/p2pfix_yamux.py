@@ -55,8 +55,8 @@ class QuickYamux(Yamux):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.streams_lock = QuickLock()     # type: ignore[assignment]
-        self._write_lock = QuickLock()      # type: ignore[assignment]
+        self.streams_lock = QuickLock()
+        self._write_lock = QuickLock()
 
     async def _write_frame(self, data: bytes) -> None:
         """Write one whole frame (header and body in one piece), serialising writers."""
@@ -71,10 +71,10 @@ class QuickYamuxStream(YamuxStream):
     def __init__(self, stream_id: int, conn: Any, is_initiator: bool) -> None:
         super().__init__(stream_id, conn, is_initiator)
         if isinstance(conn, QuickYamux):
-            self.window_lock = QuickLock()      # type: ignore[assignment]
-            self.close_lock = QuickLock()       # type: ignore[assignment]
+            self.window_lock = QuickLock()
+            self.close_lock = QuickLock()
             # ReadWriteLock's writer semaphore (released by whichever reader leaves last)
-            self.rw_lock._writer_lock = QuickLock(trio.Semaphore(1))  # type: ignore[assignment]
+            self.rw_lock._writer_lock = QuickLock(trio.Semaphore(1))
 
     async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
         if not isinstance(self.conn, QuickYamux):
@@ -102,5 +102,5 @@ def yamux_for(conn: Any, *args: Any, **kwargs: Any) -> Yamux:
 def install() -> None:
     """Rebind `Yamux` in libp2p.stream_muxer.muxer_multistream and `YamuxStream` in
     libp2p.stream_muxer.yamux.yamux (idempotent)."""
-    _muxer_multistream_mod.Yamux = yamux_for  # type: ignore[attr-defined,assignment]
-    _yamux_mod.YamuxStream = QuickYamuxStream  # type: ignore[misc]
+    setattr(_muxer_multistream_mod, "Yamux", yamux_for)
+    setattr(_yamux_mod, "YamuxStream", QuickYamuxStream)
