@@ -16,6 +16,7 @@ command line then overrides the listen address written into its node.toml.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -94,6 +95,14 @@ def wait_until(predicate: Callable[[], T | None], *, timeout: float, what: str, 
 
 PORT_SPAN = 12000            # ports free_port draws from, just below the ephemeral range
 _reserved: dict[int, socket.socket] = {}     # port -> its reservation, held while this process lives
+
+
+@atexit.register
+def _release_reservations() -> None:
+    """Close the port reservations at exit (the kernel would; this keeps ResourceWarning quiet)."""
+    for held in _reserved.values():
+        held.close()
+    _reserved.clear()
 
 
 def _ephemeral_low() -> int:
