@@ -9,8 +9,8 @@ seed's Marketplace Service. `market_api(ctx.services)` is the one typed look-up.
 - `monitor_sla_compliance(contract)`: the contract's state, what was due, paid and refunded,
   and whether the provider was outvoted.
 - `get_marketplace_stats(region, service)`: supply, demand, fill ratio, price percentiles.
-- `harvest_suspended()`: the harvest role calls this when the node suspends: every offer of
-  ours is withdrawn (the harvest api is not on main yet: this is the wiring point).
+- `harvest_suspended()`: withdraw every offer of ours (the role itself follows the harvest
+  policy every tick: harvest_gate.py).
 The awaiting methods raise MarketError (no match, no agreement, no ledger) or the ledger's
 errors; they are cancellable (escrows already opened are refunded after their deadline).
 """

@@ -5,10 +5,14 @@ Wire: offers and withdrawals on gossip `fognode/market/offers/1`, auction demand
 bids) each on a short stream `/fognode/market/1.0.0` (one frame, then closed); jobs on
 `/fognode/market/job/1.0.0` (jobwire.py: agreement, payee, escrow, content-addressed blobs,
 tasks, results, debit notes). The role's loops: gossip handlers, the core's clock (every
-`TICK` s), a publisher and `SENDERS` senders for the core's network actions. Work runs in this
-role's own harvest `Executor` (nice `executor_nice`): the harvest role's api is not on main
-yet; when it lands, its executor and its suspend event (`MarketApi.harvest_suspended`, which
-withdraws our offers) are the wiring points.
+`TICK` s), a publisher and `SENDERS` senders for the core's network actions.
+
+The market follows the harvest policy where the node runs a harvest role (harvest_gate.py):
+while the policy suspends work our offers are withdrawn and new ones refused; they are
+published again, within the policy's capacity, when it resumes; a new offer's default cores
+and memory are what the policy lets work use now. Jobs still run in this role's own harvest
+`Executor` (nice `executor_nice`), not in a harvest session: a suspend stops new offers and
+new agreements on them, not a job already running.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from fognode.node.errors import FognodeError, RemoteProtocolError, RpcError, Str
 from fognode.node.overlay import FramedStream, GossipMessage
 from fognode.node.protocol import NodeContext, Protocol
 from fognode.node.rpc.methods import FilePath, Progress, rpc_method
+from fognode.protocols.harvest.api import harvest_api
 from fognode.protocols.harvest.executor import Executor
 from fognode.protocols.harvest.wasm_wire import MAX_WASM_MEMORY, MIN_WASM_MEMORY
 from fognode.protocols.market import errors as E
@@ -36,6 +41,7 @@ from fognode.protocols.market.config import MarketConfig
 from fognode.protocols.market.contracts import Contract, Contracts
 from fognode.protocols.market.core import DEMANDS_TOPIC, OFFERS_TOPIC, MarketCore
 from fognode.protocols.market.errors import ConstraintError, MarketError
+from fognode.protocols.market.harvest_gate import MIB, Capacity, HarvestGate
 from fognode.protocols.market.jobwire import JOB_PROTOCOL
 from fognode.protocols.market.messages import MAX_DEMAND_BYTES
 from fognode.protocols.market.metrics import MarketMetrics
@@ -102,6 +108,34 @@ class MarketRole(Protocol):
                                      metrics=self.metrics, publish=ctx.events.publish,
                                      payee=self.service.payee, clock=ctx.clock)
         self.api = MarketApi(self.service)
+        self.gate = HarvestGate(withdraw_all=self.service.withdraw_all_held,
+                                republish=self._republish)
+
+    def _republish(self, params: dict[str, Any]) -> None:
+        try:
+            self.service.offer(**params)
+        except (MarketError, RemoteProtocolError) as e:
+            log.warning("market: could not publish offer %r again after the harvest resume: %s",
+                        params.get("id"), e)
+
+    def _capacity(self) -> Capacity | None:
+        """What the harvest policy lets work use now; None without a harvest role."""
+        api = harvest_api(self.ctx.services)
+        info = api.state() if api is not None else None
+        if info is None:
+            return None
+        return Capacity(cores=info.free_cores, memory_mib=info.free_memory_bytes // MIB)
+
+    def _follow_harvest(self) -> None:
+        """Withdraw our offers while the harvest policy suspends work; publish them again
+        (within its capacity) when it resumes (harvest_gate.py)."""
+        api = harvest_api(self.ctx.services)
+        suspension = api.suspension() if api is not None else None
+        gone, back = self.gate.check(suspension, self._capacity())
+        if gone:
+            log.info("market: harvest suspended (%s): withdrew %d offer(s)", suspension, gone)
+        if back:
+            log.info("market: harvest resumed: published %d offer(s) again", back)
 
     def _reputation(self, peer: str) -> float:
         return self.service.reputation_score(peer)
@@ -160,6 +194,7 @@ class MarketRole(Protocol):
     async def _clock(self) -> None:
         last = trio.current_time()
         while True:
+            self._follow_harvest()
             self.service.do(self.core.tick(self.ctx.clock()))
             if trio.current_time() - last >= REPUBLISH:
                 last = trio.current_time()
@@ -208,7 +243,8 @@ class MarketRole(Protocol):
                         price_cpu_s: str | None = None, price_gb_h: str | None = None) -> dict[str, Any]:
         """Publish (or replace) offer ID: sell SERVICE at PRICE tokens per million WASM fuel
         (and PRICE_CPU_S per CPU-second, PRICE_GB_H per GB-hour), CORES and MEMORY_MIB
-        (default: this machine's), UPTIME % guaranteed, valid TTL seconds (republished before
+        (default: what this device's harvest policy lets work use now, else this machine's;
+        refused while the policy suspends work, and withdrawn when it suspends), UPTIME % guaranteed, valid TTL seconds (republished before
         it lapses). Earnings go to [protocols.market] payee (default: the node's wallet)."""
         if service not in SERVICES:
             raise RpcError(E.BAD_REQUEST, f"service must be one of {', '.join(SERVICES)}")
@@ -218,11 +254,18 @@ class MarketRole(Protocol):
                 prices[unit] = _amount(v, f"price_{unit}", allow_zero=True)
         if not 0 <= uptime <= 100 or not 60 <= ttl <= 7 * 86_400:
             raise RpcError(E.BAD_REQUEST, "uptime must be 0..100 % and ttl 60..604800 s")
+        self._follow_harvest()
+        refusal = self.gate.refusal()
+        if refusal is not None:
+            raise RpcError(E.BAD_REQUEST, refusal)
+        cap = self._capacity()      # the harvest policy's allowance, where the node runs one
         try:
             return self.service.offer(
-                id=id, service=service, cores=cores or os.cpu_count() or 1,
+                id=id, service=service,
+                cores=cores or (cap.cores if cap is not None and cap.cores > 0 else os.cpu_count() or 1),
                 memory_mib=memory_mib if memory_mib is not None
-                else psutil.virtual_memory().available // 2**20,
+                else (cap.memory_mib if cap is not None and cap.memory_mib > 0
+                      else psutil.virtual_memory().available // 2**20),
                 disk_mib=disk_mib, prices=prices, uptime_bp=round(uptime * 100), ttl=ttl)
         except (MarketError, RemoteProtocolError) as e:
             raise RpcError(E.BAD_REQUEST, str(e)) from None

@@ -153,9 +153,16 @@ class MarketService:
 
     def withdraw_all(self) -> int:
         """Take every offer of ours off the market (the hook a harvest suspension calls)."""
-        n = len(self.core.own)
+        return len(self.withdraw_all_held())
+
+    def withdraw_all_held(self) -> list[dict[str, Any]]:
+        """Take every offer of ours off the market; returns what `offer` needs to publish each
+        again (harvest_gate.py republishes them when the device may work again)."""
+        held = [{"id": o.id, "service": o.service, "cores": o.cores, "memory_mib": o.memory_mib,
+                 "disk_mib": o.disk_mib, "prices": dict(o.prices), "uptime_bp": o.uptime_bp, "ttl": ttl}
+                for o, ttl in self.core.own.values()]
         self.do(self.core.withdraw_all(self.ctx.clock()))
-        return n
+        return held
 
     def offers(self, filter: str = "", limit: int = 100) -> list[dict[str, Any]]:
         """Offers in our book passing `filter` (ConstraintError if it does not parse)."""
