@@ -10,9 +10,9 @@ tasks, results, debit notes). The role's loops: gossip handlers, the core's cloc
 The market follows the harvest policy where the node runs a harvest role (harvest_gate.py):
 while the policy suspends work our offers are withdrawn and new ones refused; they are
 published again, within the policy's capacity, when it resumes; a new offer's default cores
-and memory are what the policy lets work use now. Jobs still run in this role's own harvest
-`Executor` (nice `executor_nice`), not in a harvest session: a suspend stops new offers and
-new agreements on them, not a job already running.
+and memory are what the policy lets work use now. Jobs run in this role's own harvest
+`Executor` (nice `executor_nice`, not the harvest role's nice 19), which the same transitions
+suspend (SIGSTOP) and resume; they are not metered into a harvest session yet.
 """
 from __future__ import annotations
 
@@ -131,11 +131,15 @@ class MarketRole(Protocol):
         (within its capacity) when it resumes (harvest_gate.py)."""
         api = harvest_api(self.ctx.services)
         suspension = api.suspension() if api is not None else None
+        was = self.gate.suspended
         gone, back = self.gate.check(suspension, self._capacity())
-        if gone:
-            log.info("market: harvest suspended (%s): withdrew %d offer(s)", suspension, gone)
-        if back:
-            log.info("market: harvest resumed: published %d offer(s) again", back)
+        if was is None and self.gate.suspended is not None:
+            self.executor.suspend()      # running jobs stop (SIGSTOP) and lose no work
+            log.info("market: harvest suspended (%s): withdrew %d offer(s), running jobs stopped",
+                     suspension, gone)
+        elif was is not None and self.gate.suspended is None:
+            self.executor.resume()
+            log.info("market: harvest resumed: running jobs continue, %d offer(s) published again", back)
 
     def _reputation(self, peer: str) -> float:
         return self.service.reputation_score(peer)
