@@ -50,6 +50,7 @@ BUILTIN_ROLES: tuple[str, ...] = (
     "fognode.ledger.protocol:LedgerRole",
     "fognode.protocols.registry.protocol:RegistryRole",
     "fognode.protocols.fl.protocol:FlRole",
+    "fognode.protocols.onion.protocol:OnionRole",
 )
 
 _STREAM_ID = re.compile(r"^/fognode/[a-z][a-z0-9_-]*(/[a-z0-9_-]+)*/\d+\.\d+\.\d+$")

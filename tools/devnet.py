@@ -202,6 +202,7 @@ class Devnet:
         values: dict[str, dict[str, Any]] = {
             "overlay": {"listen": [f"/ip4/{node.host}/tcp/{node.port}"], "bootstrap": self.bootstrap(node)},
             "protocols.monitor": {"port": node.metrics_port},
+            "protocols.onion": {"socks_port": 0},     # one SOCKS port per machine: set per node if wanted
         }
         if node.region:
             values["node"] = {"region": node.region}

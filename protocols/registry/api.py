@@ -33,6 +33,11 @@ class RegistryService:
     def is_online(self, peer_id: str) -> bool:
         return self._role.core.liveness.is_online(peer_id)
 
+    def set_onion_cert(self, cert: bytes) -> None:
+        """Carry this relay's onion-key certificate (onionkey.py) in our record from now on;
+        republishes at once when it changed. Never blocks."""
+        self._role.set_onion_cert(cert)
+
     async def lookup(self, peer_id: str) -> DeviceRecord | None:
         """The view's record, else a DHT look-up (awaits up to `dht_timeout`; None if not found)."""
         return await self._role.lookup(peer_id)

@@ -91,6 +91,7 @@ class RegistryCore:
                                     max_clock_skew=config.max_clock_skew)
         self.reputation = ReputationTable()
         self.own: DeviceRecord | None = None
+        self.onion_cert = b""          # the onion role's key certificate, carried in our record
         self._caps: Capabilities | None = None
         self._last_publish = 0.0
         self._last_heartbeat = 0.0
@@ -117,7 +118,7 @@ class RegistryCore:
         issued = int(now)
         rec = sign_record(self.key, seq=self._next_seq(now), issued=issued,
                           expires=issued + max(1, int(self.config.record_ttl)), caps=caps,
-                          profile=self.profile)
+                          profile=self.profile, onion=self.onion_cert)
         self.own, self._caps, self._last_publish = rec, caps, now
         self._dht_retry_at = None
         self.validator.check(device_key(rec.peer_id), rec.encode())  # our own bug if it fails
@@ -182,6 +183,13 @@ class RegistryCore:
         if profile == self.profile:
             return []
         self.profile = profile
+        return self._publish_own(self._caps, now) if self._caps is not None else []
+
+    def update_onion_cert(self, cert: bytes, now: float) -> list[Action]:
+        """The onion role's (new) onion-key certificate: republish when it changed."""
+        if cert == self.onion_cert:
+            return []
+        self.onion_cert = cert
         return self._publish_own(self._caps, now) if self._caps is not None else []
 
     def dht_put_failed(self, now: float) -> None:

@@ -305,6 +305,9 @@ class RegistryRole(Protocol):
         self._do(self.core.on_dht_record(peer, value, self.ctx.clock()))
         return self.core.view.get(peer)
 
+    def set_onion_cert(self, cert: bytes) -> None:
+        self._do(self.core.update_onion_cert(cert, self.ctx.clock()))
+
     def report_outcome(self, subject: str, service: str, ok: bool, weight: float,
                        evidence: bytes) -> None:
         self._do(self.core.report_outcome(subject, service, ok, weight, evidence, self.ctx.clock()))

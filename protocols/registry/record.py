@@ -6,6 +6,9 @@ Wire form (one msgpack map, DESIGN.md "Wire and storage formats")::
      "expires": <unix s>, "caps": {...}, "profile": {...}, "sig": <64 bytes>}
 
 `sig` is the device's Ed25519 signature (its peer key) over `pack` of the map without `sig`.
+An onion relay adds `"onion": <its onion-key certificate>` (protocols/onion/onionkey.py; at
+most MAX_ONION_CERT bytes, checked here only for size: the onion role verifies it); a record
+without a relay has no such key, so records from before the field decode and sign as before.
 `decode_record` checks shape, sizes, the signature and that `peer` is the peer id of `pubkey`;
 freshness (expiry, sequence) is the validator's business because it needs a clock and history.
 """
@@ -29,6 +32,7 @@ MAX_ROLES = 32
 MAX_PRICES = 32
 MAX_NAME = 64                    # region, device type, role and price names
 MAX_TEXT = 128                   # CPU model, GPU name, OS, arch
+MAX_ONION_CERT = 512             # bytes of the onion-key certificate (onionkey.MAX_CERT_BYTES)
 _U63 = 2**63 - 1
 
 
@@ -102,12 +106,16 @@ class DeviceRecord:
     caps: Capabilities
     profile: DeviceProfile
     sig: bytes
+    onion: bytes = b""           # the relay's onion-key certificate; b"" for a non-relay
 
     def body(self) -> dict[str, Any]:
         """The signed part (everything but `sig`)."""
-        return {"v": RECORD_VERSION, "peer": self.peer_id, "pubkey": self.pubkey, "seq": self.seq,
-                "issued": self.issued, "expires": self.expires, "caps": self.caps.to_wire(),
-                "profile": self.profile.to_wire()}
+        out = {"v": RECORD_VERSION, "peer": self.peer_id, "pubkey": self.pubkey, "seq": self.seq,
+               "issued": self.issued, "expires": self.expires, "caps": self.caps.to_wire(),
+               "profile": self.profile.to_wire()}
+        if self.onion:
+            out["onion"] = self.onion
+        return out
 
     def encode(self) -> bytes:
         return pack({**self.body(), "sig": self.sig})
@@ -117,9 +125,12 @@ class DeviceRecord:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-friendly view for RPC answers."""
-        return {"peer": self.peer_id, "pubkey": self.pubkey.hex(), "seq": self.seq,
-                "issued": self.issued, "expires": self.expires, "caps": self.caps.to_wire(),
-                "profile": self.profile.to_wire()}
+        out = {"peer": self.peer_id, "pubkey": self.pubkey.hex(), "seq": self.seq,
+               "issued": self.issued, "expires": self.expires, "caps": self.caps.to_wire(),
+               "profile": self.profile.to_wire()}
+        if self.onion:
+            out["onion"] = self.onion.hex()
+        return out
 
 
 def make_profile(region: str, device_type: str, roles: list[str] | tuple[str, ...],
@@ -130,8 +141,8 @@ def make_profile(region: str, device_type: str, roles: list[str] | tuple[str, ..
 
 
 def sign_record(key: SigningKey, *, seq: int, issued: int, expires: int, caps: Capabilities,
-                profile: DeviceProfile) -> DeviceRecord:
-    """A record for `key`'s own device, signed by it."""
+                profile: DeviceProfile, onion: bytes = b"") -> DeviceRecord:
+    """A record for `key`'s own device, signed by it (`onion`: its onion-key certificate)."""
     pubkey = bytes(key.verify_key)
     caps = dataclasses.replace(
         caps,
@@ -139,7 +150,7 @@ def sign_record(key: SigningKey, *, seq: int, issued: int, expires: int, caps: C
         battery_percent=None if caps.battery_percent is None else float(caps.battery_percent))
     profile = dataclasses.replace(profile, prices=tuple((k, float(v)) for k, v in profile.prices))
     unsigned = DeviceRecord(peer_id_from_pubkey(pubkey), pubkey, seq, issued, expires, caps,
-                            profile, b"")
+                            profile, b"", onion)
     return dataclasses.replace(unsigned, sig=sign(key, unsigned.body()))
 
 
@@ -208,6 +219,7 @@ def decode_record(data: bytes, *, peer: str | None = None) -> DeviceRecord:
         expires = f.int("expires", lo=0, hi=_U63)
         caps = _decode_caps(f.sub("caps", "device record capabilities"))
         profile = _decode_profile(f.sub("profile", "device record profile"))
+        onion = f.bytes("onion", max_len=MAX_ONION_CERT, optional=True, default=b"")
         f.done()
     except Rejected:
         raise
@@ -225,7 +237,7 @@ def decode_record(data: bytes, *, peer: str | None = None) -> DeviceRecord:
     if not verify(pubkey, signed, sig):
         raise Rejected(RejectReason.BAD_SIGNATURE,
                        f"record for {peer_id} is not signed by its key", peer=peer)
-    rec = DeviceRecord(peer_id, pubkey, seq, issued, expires, caps, profile, sig)
+    rec = DeviceRecord(peer_id, pubkey, seq, issued, expires, caps, profile, sig, onion)
     if pack(rec.body()) != pack(signed):
         raise Rejected(RejectReason.MALFORMED,
                        "device record is not in canonical form (e.g. an integer where a float "
