@@ -9,9 +9,15 @@ as s / (1 + s) so an average relay gets 0.5); its latency from this node's pings
 (Overlay.latency). Bandwidth is not measured by anyone yet, so it stays 0 (pathsel floors
 it). A certificate that fails verification is counted by reason and the record's relay left
 out; decoded certificates are cached by their bytes (one verification per certificate).
+
+`refresh()` (the role runs it every few seconds) asks the registry to fetch, straight from the
+peer, the record of each connected peer it has no relay record of (at most once per
+`REFETCH` seconds per peer): on a loaded network gossip may not bring a republished record
+(ours adds the onion key just after start) for a long time.
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter, OrderedDict
 from typing import Any, Callable
@@ -21,7 +27,10 @@ from fognode.protocols.onion.hs_errors import OnionCertRejected
 from fognode.protocols.onion.onionkey import OnionKeyCert, decode_onion_cert
 from fognode.protocols.onion.pathsel import RelayInfo
 
+log = logging.getLogger("fognode.onion")
+
 CACHE = 4096
+REFETCH = 15.0
 
 
 class RelayDirectory:
@@ -33,6 +42,25 @@ class RelayDirectory:
         self.max_skew = max_skew
         self.rejected: Counter[str] = Counter()
         self._certs: OrderedDict[bytes, OnionKeyCert | None] = OrderedDict()
+        self._asked: dict[str, float] = {}
+
+    async def refresh(self) -> None:
+        """Fetch missing relay records of connected peers (see the module docstring)."""
+        registry = self.services.get("registry")
+        if registry is None:
+            return
+        now = self.clock()
+        for p in self.overlay.peers():
+            if not p.connected or now - self._asked.get(p.peer_id, -REFETCH) < REFETCH:
+                continue
+            rec = registry.get(p.peer_id)
+            if rec is not None and rec.onion and not rec.is_expired(now):
+                continue
+            self._asked[p.peer_id] = now
+            try:
+                await registry.fetch(p.peer_id)
+            except Exception as e:    # a registry look-up never takes the onion role down
+                log.debug("fetching %s's record failed: %r", p.peer_id, e)
 
     def _cert(self, peer: str, data: bytes, now: float) -> OnionKeyCert | None:
         if data in self._certs:

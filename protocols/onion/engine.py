@@ -10,7 +10,7 @@ relay; a frame that does not split into cells goes to `relay.garbage`. Timers: o
 until the earliest `next_wakeup()` of both cores and ticks them.
 
 For the layers above (the role's RPC, the hidden-service client and host) it offers:
-`build` (awaits the circuit, BuildFailed when it closes first), `open_stream` (awaits
+`build` (awaits the circuit, BuildFailed when it closes first), `connect_stream` (awaits
 CONNECTED: a `CircuitStream`), `accept_stream` (the serving side's answer to OpenStream),
 `send_meeting` / `MessageBox` for the meeting-point messages, `close`, and a view of what the
 relay knows (`relay_view`: per circuit its two neighbours, nothing else).
@@ -364,7 +364,7 @@ class OnionEngine:
     def close(self, key: CircKey) -> None:
         self._call(lambda: self.client.close(key, self.clock()))
 
-    async def open_stream(self, circ: ClientCircuit, target: str) -> CircuitStream:
+    async def connect_stream(self, circ: ClientCircuit, target: str) -> CircuitStream:
         """Open a stream to `target` at the circuit's far end and await CONNECTED."""
         sid, actions = circ.open_stream(target, self.clock())
         key = (circ.key, sid)

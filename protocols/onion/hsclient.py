@@ -74,7 +74,7 @@ class HsClient:
                 circ = await self._joined(address)
                 try:
                     with trio.fail_after(self.step_timeout):
-                        stream = await self.engine.open_stream(circ, f"{address.host}:{port}")
+                        stream = await self.engine.connect_stream(circ, f"{address.host}:{port}")
                 except trio.TooSlowError:
                     raise HsConnectError("the service did not answer the stream", reply=SocksReply.TTL_EXPIRED) from None
                 except OnionError as e:
@@ -89,6 +89,7 @@ class HsClient:
             raise HsConnectError("rendezvous circuit lost twice", reply=SocksReply.HS_REND_FAILED)
         except HsConnectError as e:
             self.metrics.hs_connects.labels(e.reply.name.lower()).inc()
+            log.info("could not reach %s:%d (%s): %s", address.host, port, e.reply.name, e)
             raise
 
     async def _joined(self, address: FogAddress) -> ClientCircuit:

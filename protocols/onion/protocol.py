@@ -47,6 +47,7 @@ log = logging.getLogger("fognode.onion")
 
 KEY_CHECK = 60.0          # seconds between onion keyring ticks (and record checks)
 METRICS_EVERY = 2.0
+DIRECTORY_EVERY = 3.0
 
 
 class DhtDescriptorStore:
@@ -120,6 +121,7 @@ class OnionRole(Protocol):
                     self.socks = None
             nursery.start_soon(self._key_loop)
             nursery.start_soon(self._metrics_loop)
+            nursery.start_soon(self._directory_loop)
             task_status.started()
 
     def _tick_keys(self) -> None:
@@ -142,6 +144,12 @@ class OnionRole(Protocol):
         while True:
             await trio.sleep(KEY_CHECK if self.ctx.services.get("registry") is not None else 1.0)
             self._tick_keys()
+
+    async def _directory_loop(self) -> None:
+        while True:
+            await trio.sleep(DIRECTORY_EVERY)
+            with trio.move_on_after(60):
+                await self.directory.refresh()
 
     async def _metrics_loop(self) -> None:
         while True:

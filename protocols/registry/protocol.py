@@ -305,6 +305,13 @@ class RegistryRole(Protocol):
         self._do(self.core.on_dht_record(peer, value, self.ctx.clock()))
         return self.core.view.get(peer)
 
+    async def fetch(self, peer: str) -> DeviceRecord | None:
+        value = await direct.pull_record(self.ctx.overlay, peer, self._direct_timeout())
+        if value is None:
+            return await self.lookup(peer)
+        self._do(self.core.on_dht_record(peer, value, self.ctx.clock()))
+        return self.core.view.get(peer)
+
     def set_onion_cert(self, cert: bytes) -> None:
         self._do(self.core.update_onion_cert(cert, self.ctx.clock()))
 
