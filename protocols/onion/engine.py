@@ -427,6 +427,7 @@ class OnionEngine:
                         "purpose": info.purpose if info else "general",
                         "path": [h.peer_id for h in c.path], "joined": c.virtual_hop,
                         "streams": len(c.mux.streams), "age": round(now - c.started, 3),
+                        "build_time": round(c.built_at - c.started, 4) if c.built_at is not None else None,
                         "cells_sent": c.cells_sent, "cells_received": c.cells_received})
         return out
 
