@@ -158,7 +158,8 @@ class HsClient:
         self.engine.send_meeting(rend, RelayCommand.ESTABLISH_RENDEZVOUS, cookie)
         with trio.fail_after(self.step_timeout):
             await box.get(RelayCommand.RENDEZVOUS_ESTABLISHED)
-        rp = rend.path[-1].peer_id
+        rp_info = rend.path[-1]
+        rp = rp_info.peer_id
         points = list(desc.intro_points)
         random.shuffle(points)
         why = "no usable introduction point"
@@ -173,7 +174,8 @@ class HsClient:
                 with trio.fail_after(self.step_timeout):
                     intro = await self.engine.build(last=relay, exclude=[rp], purpose="intro", box=ibox)
                     self.engine.send_meeting(intro, RelayCommand.INTRODUCE1,
-                                             introduce1_data(ip.auth_key, ip.enc_key, rp, cookie, hs.onionskin()))
+                                             introduce1_data(ip.auth_key, ip.enc_key, rp, rp_info.identity,
+                                                             rp_info.onion_key, cookie, hs.onionskin()))
                     ack = await ibox.get(RelayCommand.INTRODUCE_ACK)
                 self.engine.close(intro.key)
             except (OnionError, trio.TooSlowError) as e:

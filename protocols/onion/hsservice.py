@@ -43,6 +43,7 @@ from fognode.protocols.onion.hsdesc import DescriptorStore, descriptors_to_publi
 from fognode.protocols.onion.intro import IntroReplayCache, open_introduce2
 from fognode.protocols.onion.metrics import OnionMetrics
 from fognode.protocols.onion.ntor import server_handshake
+from fognode.protocols.onion.pathsel import RelayInfo
 from fognode.protocols.onion.rendezvous import establish_intro_data
 from fognode.protocols.onion.services import HiddenService, ServiceTable
 
@@ -213,10 +214,8 @@ class ServiceHost:
         if not self.replay.first_time(bytes(intro.auth.verify_key), req.onionskin):
             self.metrics.introductions.labels("replayed").inc()
             return
-        rp = next((r for r in self.engine.relays() if r.peer_id == req.rendezvous), None)
-        if rp is None:
-            self.metrics.introductions.labels("unknown_rendezvous").inc()
-            return
+        known = next((r for r in self.engine.relays() if r.peer_id == req.rendezvous), None)
+        rp = known or RelayInfo(req.rendezvous, req.rp_identity, req.rp_onion_key)
         try:
             reply, keys = server_handshake(bytes(intro.auth.verify_key), {intro.enc_public: intro.enc_secret},
                                            req.onionskin)

@@ -5,7 +5,13 @@ it (rend-spec-v3 [INTRODUCE1] in small). The client, having opened the service's
 picks an introduction point (relay, auth key, enc key) and sends
 
     INTRODUCE1 data = auth_key (32) | SealedBox(enc_key, msgpack {"v": 1, "rp": rendezvous
-                      relay's peer id, "cookie": 20 bytes, "onionskin": ntor onionskin})
+                      relay's peer id, "rp_identity": its Ed25519 key, "rp_onion_key": its
+                      X25519 onion key, "cookie": 20 bytes, "onionskin": ntor onionskin})
+
+The rendezvous relay's keys travel with it (Tor's link specifiers and onion key in
+INTRODUCE2), so the service can reach a relay its own directory does not list yet; the
+identity must be the peer id's key, and the ntor handshake with the onion key authenticates
+the relay.
 
 SealedBox (libsodium: an ephemeral X25519 key and XSalsa20-Poly1305) encrypts to the
 service's per-introduction-point key, so the introduction relay, which sees the payload, does
@@ -27,8 +33,10 @@ from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from fognode.node.errors import RemoteProtocolError
+from fognode.node.peerid import peer_id_matches
 from fognode.node.wire import Fields, pack, unpack
 from fognode.protocols.onion.cells import MAX_DATA, MAX_PEER_ID_LEN, NTOR_ONIONSKIN_LEN
+from fognode.protocols.onion.onionkey import is_usable_x25519
 from fognode.protocols.onion.rendezvous import AUTH_KEY_LEN, COOKIE_LEN
 
 VERSION = 1
@@ -40,13 +48,17 @@ class Introduction:
     """What the service learns from an INTRODUCE2."""
 
     rendezvous: str       # peer id of the rendezvous relay
+    rp_identity: bytes    # its Ed25519 identity key
+    rp_onion_key: bytes   # its X25519 onion key
     cookie: bytes
     onionskin: bytes      # the client's end-to-end ntor onionskin
 
 
-def introduce1_data(auth_key: bytes, enc_key: bytes, rendezvous: str, cookie: bytes, onionskin: bytes) -> bytes:
+def introduce1_data(auth_key: bytes, enc_key: bytes, rendezvous: str, rp_identity: bytes, rp_onion_key: bytes,
+                    cookie: bytes, onionskin: bytes) -> bytes:
     """INTRODUCE1's data for the introduction point registered under `auth_key`."""
-    plain = pack({"v": VERSION, "rp": rendezvous, "cookie": cookie, "onionskin": onionskin})
+    plain = pack({"v": VERSION, "rp": rendezvous, "rp_identity": rp_identity, "rp_onion_key": rp_onion_key,
+                  "cookie": cookie, "onionskin": onionskin})
     return auth_key + SealedBox(PublicKey(enc_key)).encrypt(plain)
 
 
@@ -61,10 +73,16 @@ def open_introduce2(data: bytes, enc_secret: bytes) -> Introduction:
         raise RemoteProtocolError("introduce2: does not decrypt with this introduction point's key") from None
     f = Fields(unpack(plain, max_size=len(plain) + 1, what="introduce2"), "introduce2", versions={VERSION})
     rp = f.str("rp", max_len=MAX_PEER_ID_LEN)
+    rp_identity = f.bytes("rp_identity", size=32)
+    rp_onion_key = f.bytes("rp_onion_key", size=32)
     cookie = f.bytes("cookie", size=COOKIE_LEN)
     skin = f.bytes("onionskin", size=NTOR_ONIONSKIN_LEN)
     f.done()
-    return Introduction(rp, cookie, skin)
+    if not peer_id_matches(rp, rp_identity):
+        raise RemoteProtocolError("introduce2: rp_identity is not the rendezvous relay's key")
+    if not is_usable_x25519(rp_onion_key):
+        raise RemoteProtocolError("introduce2: rp_onion_key is not a usable X25519 key")
+    return Introduction(rp, rp_identity, rp_onion_key, cookie, skin)
 
 
 class IntroReplayCache:
