@@ -64,11 +64,12 @@ class RelayDirectory:
 
     def _cert(self, peer: str, data: bytes, now: float) -> OnionKeyCert | None:
         if data in self._certs:
-            cert = self._certs[data]
+            held = self._certs[data]
             self._certs.move_to_end(data)
-            return cert if cert is not None and cert.valid_at(now) else None
+            return held if held is not None and held.valid_at(now) else None
+        cert: OnionKeyCert | None
         try:
-            cert: OnionKeyCert | None = decode_onion_cert(data, now=now, peer_id=peer, max_skew=self.max_skew)
+            cert = decode_onion_cert(data, now=now, peer_id=peer, max_skew=self.max_skew)
         except OnionCertRejected as e:
             self.rejected[e.reason.value] += 1
             cert = None

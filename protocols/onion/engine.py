@@ -21,6 +21,7 @@ import logging
 import random
 import time
 from collections import deque
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,7 +36,7 @@ from fognode.protocols.onion.actions import (Action, CircKey, CircuitBuilt, Circ
                                              PeerFault, PersistState, SendCell, StreamConnected, StreamData,
                                              StreamEnded)
 from fognode.protocols.onion.cbt import BuildTimeEstimator
-from fognode.protocols.onion.cells import CellError, CellFramer, RelayCommand
+from fognode.protocols.onion.cells import Cell, CellError, CellFramer, RelayCommand
 from fognode.protocols.onion.circuit import CircuitState, ClientCircuit
 from fognode.protocols.onion.config import OnionConfig
 from fognode.protocols.onion.cstream import CircuitStream
@@ -218,12 +219,14 @@ class OnionEngine:
         self.metrics.link_bytes.labels("in").inc(len(data))
         now = self.clock()
         for item in framer.feed(data):
-            if isinstance(item, CellError):
-                self._call(lambda e=item: self.relay.garbage(peer, e))
-            elif self.client.owns((peer, item.circ_id)):
-                self._call(lambda c=item: self.client.receive(peer, c, now))
-            else:
-                self._call(lambda c=item: self.relay.receive(peer, c, now))
+            self._call(partial(self._route, peer, item, now))
+
+    def _route(self, peer: str, item: Cell | CellError, now: float) -> list[Action]:
+        if isinstance(item, CellError):
+            return self.relay.garbage(peer, item)
+        if self.client.owns((peer, item.circ_id)):
+            return self.client.receive(peer, item, now)
+        return self.relay.receive(peer, item, now)
 
     def _on_link_down(self, peer: str, why: str) -> None:
         now = self.clock()
