@@ -1,6 +1,6 @@
 """Onion circuits on real daemons: build time, bulk throughput, time to first byte.
 
-    .venv/bin/python -m fognode.tools.bench.onion [--nodes 5] [--builds 20] [--mb 16]
+    .venv/bin/python -m fognode.tools.bench.onion [--nodes 5] [--builds 20] [--mb 16] [--set KEY=VALUE]
 
 A devnet of `--nodes` `fognode run` processes on 127.0.0.1 (the last one hosts a Python
 http.server as a `.fog` service, node 0 is the client with a SOCKS port), then, in one run:
@@ -80,7 +80,7 @@ def _curl(port: int, url: str) -> dict[str, float]:
     return {"ttfb": ttfb, "total": total, "size": size, "speed": speed}
 
 
-def run(nodes: int, builds: int, mb: int) -> dict[str, Any]:
+def run(nodes: int, builds: int, mb: int, sets: list[str] | None = None) -> dict[str, Any]:
     if shutil.which("curl") is None:
         raise SystemExit("this benchmark needs curl")
     root = Path(tempfile.mkdtemp(prefix="fn-onion-bench-", dir="/tmp"))
@@ -91,7 +91,7 @@ def run(nodes: int, builds: int, mb: int) -> dict[str, Any]:
     hp = free_port()
     http = subprocess.Popen([sys.executable, "-m", "http.server", str(hp), "--bind", "127.0.0.1", "--directory",
                              str(www)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    net = Devnet(root / "net", nodes)
+    net = Devnet(root / "net", nodes, extra_args=[a for kv in sets or [] for a in ("--set", kv)])
     net.create()
     socks = free_port()
     net.nodes[0].args += ["--set", f"protocols.onion.socks_port={socks}"]
@@ -136,8 +136,10 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=5)
     ap.add_argument("--builds", type=int, default=20)
     ap.add_argument("--mb", type=int, default=16)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a config key for every node (e.g. protocols.onion.stream_window=512)")
     a = ap.parse_args()
-    r = run(a.nodes, a.builds, a.mb)
+    r = run(a.nodes, a.builds, a.mb, a.set)
     print(f"onion on {r['nodes']} daemons, 127.0.0.1, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'circuit build (3 hops) p50 / p99':<44}{r['build_p50'] * 1000:>8.0f} / {r['build_p99'] * 1000:.0f} ms")
     print(f"{'3 sequential stream round trips':<44}{r['rtt3'] * 1000:>8.0f} ms")
