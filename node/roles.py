@@ -55,6 +55,7 @@ BUILTIN_ROLES: tuple[str, ...] = (
     "fognode.protocols.harvest.protocol:HarvestRole",
     "fognode.protocols.fl.protocol:FlRole",
     "fognode.protocols.market.protocol:MarketRole",
+    "fognode.protocols.onion.protocol:OnionRole",
 )
 
 _STREAM_ID = re.compile(r"^/fognode/[a-z][a-z0-9_-]*(/[a-z0-9_-]+)*/\d+\.\d+\.\d+$")

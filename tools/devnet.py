@@ -273,6 +273,7 @@ class Devnet:
             # every node of a devnet shares one machine: each would count the others' CPU as
             # its owner's and suspend its harvest work, so owner-busy is off
             "protocols.harvest": {"owner_busy_pct": 0.0, "idle_owner_busy_pct": 0.0},
+            "protocols.onion": {"socks_port": 0},     # one SOCKS port per machine: set per node if wanted
         }
         if node.region:
             values["node"] = {"region": node.region}

@@ -1,17 +1,23 @@
-"""The onion role's circuit settings (`[protocols.onion]` in node.toml, once the role is wired).
+"""The onion role's settings (`[protocols.onion]` in node.toml).
 
-These keys cover relaying and circuits (issue 14 items 1, 2 and 6). The hidden-service and
-SOCKS keys (`socks_port`, `services`, ...) join this dataclass when the role's protocol.py
-lands; until then the role is not registered, so node.toml does not list these keys yet.
+Relaying and circuits (issue 14 items 1, 2 and 6), then the SOCKS5 port and hidden services
+(items 3 and 4): `services` holds the `[[protocols.onion.services]]` tables (services.py
+checks them). `period_length` and `period_offset` are network-wide: every node must use the
+same values, or clients look for descriptors under keys the services never published.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
 
 from fognode.node.errors import ConfigError
+from fognode.protocols.onion.blinding import TimePeriods
 from fognode.protocols.onion.cbt import CbtParams
 from fognode.protocols.onion.flow import FlowParams
 from fognode.protocols.onion.relay import RelayParams
+from fognode.protocols.onion.services import ServicePort, parse_services
+from fognode.protocols.onion.socks_server import SocksSettings
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,23 @@ class OnionConfig:
     max_padding_rate: float = 20.0          # the highest padding rate this relay grants a client
     max_relay_circuits: int = 4096          # circuits this relay carries at once
     extend_timeout: float = 30.0            # seconds a relay waits for the next hop's CREATED
+    link_queue_bytes: int = 8388608         # bytes of cells queued for one neighbour; over it the link is dropped
+    onion_key_overlap: float = 86400.0      # seconds a rotated-out onion key still answers (> registry record_ttl)
+    socks_port: int = 9060                  # SOCKS5 port for .fog addresses (0: no SOCKS port)
+    socks_host: str = "127.0.0.1"           # address the SOCKS port listens on (must be loopback)
+    socks_extended_errors: bool = False     # answer onion failures with Tor's extended SOCKS codes 0xF0-0xF7
+    socks_handshake_timeout: float = 10.0   # seconds a SOCKS client has for its greeting and request
+    socks_connect_timeout: float = 120.0    # seconds to reach a .fog service before the client gets a failure
+    socks_idle_timeout: float = 300.0       # seconds of silence both ways before a SOCKS connection is closed
+    socks_max_clients: int = 256            # SOCKS connections at once
+    intro_points: int = 3                   # introduction points per hidden service (1-10)
+    period_length: int = 86400              # seconds per descriptor time period (network-wide)
+    period_offset: int = 43200              # seconds after the epoch period 0 starts (network-wide)
+    descriptor_window: float = 3600.0       # near a period boundary, also publish/fetch the neighbouring period
+    descriptor_lifetime: int = 10800        # seconds a published descriptor stays valid
+    descriptor_republish_interval: float = 3600.0   # seconds between republishing descriptors
+    max_clock_skew: float = 300.0           # seconds a descriptor may be issued ahead of our clock
+    services: list[dict[str, Any]] = field(default_factory=list)   # [[protocols.onion.services]] tables: name, port, target
 
     def validate(self, source: str) -> None:
         """Raise ConfigError naming the first bad key."""
@@ -66,6 +89,35 @@ class OnionConfig:
             raise bad("max_relay_circuits", "must be between 1 and 1000000")
         if not 1 <= self.extend_timeout <= 600:
             raise bad("extend_timeout", "must be between 1 and 600 s")
+        if not 65536 <= self.link_queue_bytes <= 1 << 30:
+            raise bad("link_queue_bytes", "must be between 64 KiB and 1 GiB")
+        if not 0 <= self.onion_key_overlap <= 30 * 86400:
+            raise bad("onion_key_overlap", "must be between 0 and 30 days")
+        if not 0 <= self.socks_port <= 65535:
+            raise bad("socks_port", "must be a port number (0: no SOCKS port)")
+        try:
+            loopback = ipaddress.ip_address(self.socks_host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise bad("socks_host", f"{self.socks_host!r} is not a loopback address (the port has no authentication)")
+        for key, hi in (("socks_handshake_timeout", 600), ("socks_connect_timeout", 3600), ("socks_idle_timeout", 86400)):
+            if not 0.1 <= getattr(self, key) <= hi:
+                raise bad(key, f"must be between 0.1 and {hi} s")
+        if not 1 <= self.socks_max_clients <= 65536:
+            raise bad("socks_max_clients", "must be between 1 and 65536")
+        if not 1 <= self.intro_points <= 10:
+            raise bad("intro_points", "must be between 1 and 10")
+        self.periods().validate("protocols.onion.period_length")
+        if not 0 <= self.descriptor_window <= self.period_length / 2:
+            raise bad("descriptor_window", "must be between 0 and half the period length")
+        if not 60 <= self.descriptor_lifetime <= 12 * 3600:
+            raise bad("descriptor_lifetime", "must be between 60 s and 12 h")
+        if not 10 <= self.descriptor_republish_interval < self.descriptor_lifetime:
+            raise bad("descriptor_republish_interval", "must be at least 10 s and below descriptor_lifetime")
+        if not 0 <= self.max_clock_skew <= 3600:
+            raise bad("max_clock_skew", "must be between 0 and 3600 s")
+        self.service_ports()
 
     def flow(self) -> FlowParams:
         return FlowParams(self.circuit_window, self.circuit_sendme_increment,
@@ -81,3 +133,16 @@ class OnionConfig:
     @property
     def guard_lifetime(self) -> float:
         return self.guard_lifetime_days * 86400.0
+
+    def periods(self) -> TimePeriods:
+        return TimePeriods(self.period_length, self.period_offset)
+
+    def service_ports(self) -> tuple[ServicePort, ...]:
+        """The `[[protocols.onion.services]]` entries, checked (ServiceConfigError naming one)."""
+        return parse_services(self.services)
+
+    def socks_settings(self) -> SocksSettings:
+        return SocksSettings(host=self.socks_host, port=self.socks_port,
+                             handshake_timeout=self.socks_handshake_timeout,
+                             connect_timeout=self.socks_connect_timeout, idle_timeout=self.socks_idle_timeout,
+                             max_clients=self.socks_max_clients, extended_errors=self.socks_extended_errors)

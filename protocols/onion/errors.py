@@ -11,7 +11,7 @@ import enum
 
 from fognode.node.errors import FognodeError, RemoteProtocolError
 
-# RPC error codes (DESIGN.md: onion 6xx); the hidden-service side adds its own from 620 on
+# RPC error codes (DESIGN.md: onion 6xx); the hidden-service side's from 620 on (below)
 NO_PATH = 600               # onion.build: not enough usable relays for the requested hops
 UNKNOWN_CIRCUIT = 601       # onion.close / onion.circuits: no such circuit
 BUILD_FAILED = 602          # onion.build: the circuit failed or timed out while building
@@ -63,3 +63,7 @@ class TeardownReason(enum.Enum):
 
 DESTROY_CODES: dict[TeardownReason, int] = {r: i for i, r in enumerate(TeardownReason)}
 DESTROY_REASONS: dict[int, TeardownReason] = {i: r for r, i in DESTROY_CODES.items()}
+
+# the hidden-service side's RPC codes
+SERVICE_REFUSED = 620       # onion.add_service / onion.remove_service: the change cannot be made
+BAD_SERVICE = 621           # onion.add_service: a parameter is wrong (names it)

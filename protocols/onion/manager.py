@@ -51,12 +51,13 @@ class OnionClient:
               last: RelayInfo | None = None, padding_rate: float | None = None,
               exclude: Sequence[str] = ()) -> tuple[ClientCircuit, list[Action]]:
         """Start a circuit over a fresh path avoiding `exclude` after the guard (PathError if
-        there is none): (circuit, actions)."""
+        there is none): (circuit, actions). A fixed `last` hop that is one of our guards is
+        not used as the guard too: the next usable guard is."""
         n = hops or self.config.hops
         out: list[Action] = []
         if self.guards.refresh(relays, now, self.rng, self.self_peer):
             out.append(PersistState("guards", self.guards.to_bytes()))
-        guard = self.guards.choose(relays, now)
+        guard = self.guards.choose([r for r in relays if last is None or r.peer_id != last.peer_id], now)
         path = select_path(relays, n, guard, self.rng, self_peer=self.self_peer, last=last,
                            exclude=[p for p in exclude if p != guard.peer_id])
         timeout = self.build_times.timeout() * max(n, 1) / 3

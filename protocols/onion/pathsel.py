@@ -5,7 +5,8 @@ once and kept for months (`GuardSet`), so an adversary running a few relays is e
 client's guard for a long time or never, instead of eventually being the first hop of some
 circuit (the reason Tor has entry guards). The others are drawn at random with weight
 bandwidth x reputation (measured bandwidth from the registry's probe; reputation the
-EigenTrust score in [0, 1], both floored so a new relay still gets some traffic), never the
+EigenTrust score in [0, 1], both floored so a new relay still gets some traffic; divided by
+1 + RTT / 100 ms when this node has measured its ping round trip to the relay), never the
 same relay twice nor this node itself, preferring relays in regions the path does not use yet
 (distinct regions make it less likely that one operator or one jurisdiction sees two hops;
 when there are too few regions the rule is relaxed, never the distinct-relay rule). A caller
@@ -30,6 +31,7 @@ from fognode.protocols.onion.errors import OnionStateError, PathError
 
 MIN_BANDWIDTH = 100_000.0     # bytes/s assumed for a relay not measured yet
 MIN_REPUTATION = 0.05
+LATENCY_SCALE = 0.1           # s: a relay this far away (ping round trip) gets half the weight
 MAX_GUARDS_STORED = 64
 
 
@@ -43,12 +45,16 @@ class RelayInfo:
     region: str = ""
     reputation: float = 0.5  # EigenTrust score, 0..1
     bandwidth: float = 0.0   # measured bytes/s, 0 if unknown
+    latency: float | None = None   # ping round trip from this node, s (None: not measured)
 
     @property
     def weight(self) -> float:
         bw = self.bandwidth if math.isfinite(self.bandwidth) else 0.0
         rep = self.reputation if math.isfinite(self.reputation) else 0.0
-        return max(bw, MIN_BANDWIDTH) * max(min(rep, 1.0), MIN_REPUTATION)
+        w = max(bw, MIN_BANDWIDTH) * max(min(rep, 1.0), MIN_REPUTATION)
+        if self.latency is not None and math.isfinite(self.latency) and self.latency > 0:
+            w /= 1.0 + self.latency / LATENCY_SCALE
+        return w
 
 
 def weighted_choice(pool: Sequence[RelayInfo], rng: random.Random) -> RelayInfo:

@@ -41,6 +41,16 @@ class RegistryService:
         learns the state again)."""
         self._role.set_harvest(harvest)
 
+    def set_onion_cert(self, cert: bytes) -> None:
+        """Carry this relay's onion-key certificate (onionkey.py) in our record from now on;
+        republishes at once when it changed. Never blocks."""
+        self._role.set_onion_cert(cert)
+
+    async def fetch(self, peer_id: str) -> DeviceRecord | None:
+        """A connected peer's current record straight from it (direct stream), else the DHT;
+        into the view when valid (awaits up to the direct timeout + `dht_timeout`)."""
+        return await self._role.fetch(peer_id)
+
     async def lookup(self, peer_id: str) -> DeviceRecord | None:
         """The view's record, else a DHT look-up (awaits up to `dht_timeout`; None if not found)."""
         return await self._role.lookup(peer_id)

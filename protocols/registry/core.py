@@ -104,6 +104,7 @@ class RegistryCore:
                                     max_clock_skew=config.max_clock_skew)
         self.reputation = ReputationTable()
         self.own: DeviceRecord | None = None
+        self.onion_cert = b""          # the onion role's key certificate, carried in our record
         self._caps: Capabilities | None = None
         self._harvest: HarvestInfo | None = None    # set by the harvest role, when it runs
         self._harvest_pending = False               # a resource change not yet published
@@ -132,7 +133,7 @@ class RegistryCore:
         issued = int(now)
         rec = sign_record(self.key, seq=self._next_seq(now), issued=issued,
                           expires=issued + max(1, int(self.config.record_ttl)), caps=caps,
-                          profile=self.profile, harvest=self._harvest)
+                          profile=self.profile, harvest=self._harvest, onion=self.onion_cert)
         self.own, self._caps, self._last_publish = rec, caps, now
         self._harvest_pending = False
         self._dht_retry_at = None
@@ -215,6 +216,13 @@ class RegistryCore:
             self._harvest_pending = True
             return []
         return self._publish_own(self._caps, now)
+
+    def update_onion_cert(self, cert: bytes, now: float) -> list[Action]:
+        """The onion role's (new) onion-key certificate: republish when it changed."""
+        if cert == self.onion_cert:
+            return []
+        self.onion_cert = cert
+        return self._publish_own(self._caps, now) if self._caps is not None else []
 
     def dht_put_failed(self, now: float) -> None:
         """Our record's DHT put failed (a young network, no peers yet): put it again after

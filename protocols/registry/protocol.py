@@ -309,6 +309,16 @@ class RegistryRole(Protocol):
     def set_harvest(self, harvest: HarvestInfo | None) -> None:
         self._do(self.core.update_harvest(harvest, self.ctx.clock()))
 
+    async def fetch(self, peer: str) -> DeviceRecord | None:
+        value = await direct.pull_record(self.ctx.overlay, peer, self._direct_timeout())
+        if value is None:
+            return await self.lookup(peer)
+        self._do(self.core.on_dht_record(peer, value, self.ctx.clock()))
+        return self.core.view.get(peer)
+
+    def set_onion_cert(self, cert: bytes) -> None:
+        self._do(self.core.update_onion_cert(cert, self.ctx.clock()))
+
     def report_outcome(self, subject: str, service: str, ok: bool, weight: float,
                        evidence: bytes) -> None:
         self._do(self.core.report_outcome(subject, service, ok, weight, evidence, self.ctx.clock()))

@@ -8,6 +8,9 @@ Wire form (one msgpack map, DESIGN.md "Wire and storage formats")::
                                           "free_cores": <int>, "free_memory_bytes": <int>}}
 
 `sig` is the device's Ed25519 signature (its peer key) over `pack` of the map without `sig`.
+An onion relay adds `"onion": <its onion-key certificate>` (protocols/onion/onionkey.py; at
+most MAX_ONION_CERT bytes, checked here only for size: the onion role verifies it); a record
+without a relay has no such key, so records from before the field decode and sign as before.
 `decode_record` checks shape, sizes, the signature and that `peer` is the peer id of `pubkey`;
 freshness (expiry, sequence) is the validator's business because it needs a clock and history.
 
@@ -42,6 +45,7 @@ MAX_PRICES = 32
 MAX_NAME = 64                    # region, device type, role and price names
 MAX_TEXT = 128                   # CPU model, GPU name, OS, arch
 MAX_REASON = 64                  # harvest suspension reason
+MAX_ONION_CERT = 512             # bytes of the onion-key certificate (onionkey.MAX_CERT_BYTES)
 _U63 = 2**63 - 1
 
 
@@ -133,6 +137,7 @@ class DeviceRecord:
     profile: DeviceProfile
     sig: bytes
     harvest: HarvestInfo | None = None    # None: the device runs no harvest role (unknown)
+    onion: bytes = b""           # the relay's onion-key certificate; b"" for a non-relay
 
     def body(self) -> dict[str, Any]:
         """The signed part (everything but `sig`), at the lowest version that carries it."""
@@ -143,6 +148,8 @@ class DeviceRecord:
         if self.harvest is not None:
             body["v"] = HARVEST_RECORD_VERSION
             body["harvest"] = self.harvest.to_wire()
+        if self.onion:
+            body["onion"] = self.onion
         return body
 
     def encode(self) -> bytes:
@@ -153,10 +160,13 @@ class DeviceRecord:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-friendly view for RPC answers."""
-        return {"peer": self.peer_id, "pubkey": self.pubkey.hex(), "seq": self.seq,
-                "issued": self.issued, "expires": self.expires, "caps": self.caps.to_wire(),
-                "profile": self.profile.to_wire(),
-                "harvest": self.harvest.to_wire() if self.harvest is not None else None}
+        out = {"peer": self.peer_id, "pubkey": self.pubkey.hex(), "seq": self.seq,
+               "issued": self.issued, "expires": self.expires, "caps": self.caps.to_wire(),
+               "profile": self.profile.to_wire(),
+               "harvest": self.harvest.to_wire() if self.harvest is not None else None}
+        if self.onion:
+            out["onion"] = self.onion.hex()
+        return out
 
 
 def make_profile(region: str, device_type: str, roles: list[str] | tuple[str, ...],
@@ -167,8 +177,10 @@ def make_profile(region: str, device_type: str, roles: list[str] | tuple[str, ..
 
 
 def sign_record(key: SigningKey, *, seq: int, issued: int, expires: int, caps: Capabilities,
-                profile: DeviceProfile, harvest: HarvestInfo | None = None) -> DeviceRecord:
-    """A record for `key`'s own device, signed by it (`harvest` None: no harvest role)."""
+                profile: DeviceProfile, harvest: HarvestInfo | None = None,
+                onion: bytes = b"") -> DeviceRecord:
+    """A record for `key`'s own device, signed by it (`harvest` None: no harvest role;
+    `onion`: its onion-key certificate, b"" for a non-relay)."""
     pubkey = bytes(key.verify_key)
     caps = dataclasses.replace(
         caps,
@@ -176,7 +188,7 @@ def sign_record(key: SigningKey, *, seq: int, issued: int, expires: int, caps: C
         battery_percent=None if caps.battery_percent is None else float(caps.battery_percent))
     profile = dataclasses.replace(profile, prices=tuple((k, float(v)) for k, v in profile.prices))
     unsigned = DeviceRecord(peer_id_from_pubkey(pubkey), pubkey, seq, issued, expires, caps,
-                            profile, b"", harvest)
+                            profile, b"", harvest, onion)
     return dataclasses.replace(unsigned, sig=sign(key, unsigned.body()))
 
 
@@ -262,6 +274,7 @@ def decode_record(data: bytes, *, peer: str | None = None) -> DeviceRecord:
         harvest = None
         if f.version == HARVEST_RECORD_VERSION:   # version 1 has no harvest field (done() says so)
             harvest = _decode_harvest(f.sub("harvest", "device record harvest state"))
+        onion = f.bytes("onion", max_len=MAX_ONION_CERT, optional=True, default=b"")
         f.done()
     except Rejected:
         raise
@@ -279,7 +292,7 @@ def decode_record(data: bytes, *, peer: str | None = None) -> DeviceRecord:
     if not verify(pubkey, signed, sig):
         raise Rejected(RejectReason.BAD_SIGNATURE,
                        f"record for {peer_id} is not signed by its key", peer=peer)
-    rec = DeviceRecord(peer_id, pubkey, seq, issued, expires, caps, profile, sig, harvest)
+    rec = DeviceRecord(peer_id, pubkey, seq, issued, expires, caps, profile, sig, harvest, onion)
     if pack(rec.body()) != pack(signed):
         raise Rejected(RejectReason.MALFORMED,
                        "device record is not in canonical form (e.g. an integer where a float "

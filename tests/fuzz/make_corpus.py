@@ -300,6 +300,24 @@ def market_stream() -> list[bytes]:
             agreement.encode(), bid.encode()]
 
 
+def onion_relay_stream() -> list[bytes]:
+    from fognode.protocols.onion.cells import Cell, CellCommand, create_body, destroy_body
+    from fognode.protocols.onion.errors import TeardownReason
+    from fognode.protocols.onion.ntor import ClientHandshake
+    from tests.fuzz.targets import ONION_PUBLIC, _ONION_IDENTITY
+    hs = ClientHandshake.start(bytes(_ONION_IDENTITY.verify_key), ONION_PUBLIC, secret=b"\x05" * 32)
+    create = Cell(5, CellCommand.CREATE, create_body(hs.onionskin()))
+    relay = Cell(5, CellCommand.RELAY, b"\x11" * 64)
+    destroy = Cell(5, CellCommand.DESTROY, destroy_body(TeardownReason.NONE))
+    pad = Cell(0, CellCommand.PADDING, b"")
+    fixed = [c.encode()[:5] + bytes(4091) for c in (create, relay, destroy, pad)]   # deterministic padding
+    frames = [len(c).to_bytes(2, "big") + c[:5] + create.body + bytes(4091 - len(create.body)) if i == 0 else
+              len(c).to_bytes(2, "big") + c for i, c in enumerate(fixed)]
+    return [frames[0], frames[0] + frames[1] + frames[2], frames[3] + frames[0] * 2,
+            (100).to_bytes(2, "big") + b"x" * 100 + frames[0], (5000).to_bytes(2, "big") + b"y" * 5000,
+            frames[0][:300]]
+
+
 def monitor_status() -> list[bytes]:
     return [NodeStatus(True, 3, 12.5, "0.1.0", NOW).encode(), NodeStatus(False, 0, 0.0, "", 0.0).encode()]
 
@@ -345,6 +363,7 @@ GENERATORS: dict[str, Callable[[], list[bytes]]] = {
     "fl_secagg": fl_secagg, "registry_record": registry_record, "registry_observation": registry_observation,
     "registry_gossip": registry_gossip, "registry_direct": registry_direct, "monitor_status": monitor_status, "rpc_line": rpc_line,
     "market_gossip": market_gossip, "market_stream": market_stream,
+    "onion_relay_stream": onion_relay_stream,
 }
 
 

@@ -59,6 +59,11 @@ from fognode.protocols.market.config import MarketConfig
 from fognode.protocols.market.core import DEMANDS_TOPIC, OFFERS_TOPIC, MarketCore
 from fognode.protocols.market.messages import decode_demand, decode_offer_gossip
 from fognode.protocols.monitor.protocol import NodeStatus
+from fognode.protocols.onion.actions import SendCell
+from fognode.protocols.onion.cells import CellError, CellFramer
+from fognode.protocols.onion.links import CircIdAllocator
+from fognode.protocols.onion.ntor import keypair as onion_keypair
+from fognode.protocols.onion.relay import RelayCore
 from fognode.protocols.registry import direct
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.core import RegistryCore
@@ -644,6 +649,30 @@ def registry_direct(data: bytes) -> None:
              core.serve_sync, core.serve_observation_sync)
     for frame in raw.written:
         unpack(frame[4:])   # whatever it answered is valid msgpack
+
+
+_ONION_IDENTITY = SigningKey(b"\x07" * 32)
+ONION_SECRET, ONION_PUBLIC = onion_keypair(b"\x09" * 32)
+
+
+@target("onion_relay_stream", "onion relay stream: framed cells from a neighbour (CellFramer, RelayCore)")
+def onion_relay_stream(data: bytes) -> None:
+    """Input: the bytes a neighbour writes on /fognode/onion/1.0.0 (u16-framed 4096-byte
+    cells), fed whole and then split in two, to a relay that holds ONION_SECRET. The relay
+    must never raise: bad frames become PeerFaults, cells out of protocol are dropped."""
+    for split in (len(data), len(data) // 2):
+        ids = CircIdAllocator("relay")
+        relay = RelayCore("relay", bytes(_ONION_IDENTITY.verify_key), {ONION_PUBLIC: ONION_SECRET}, ids)
+        framer = CellFramer()
+        for part in (data[:split], data[split:]):
+            for item in framer.feed(part):
+                acts = relay.garbage("peer", item) if isinstance(item, CellError) else \
+                    relay.receive("peer", item, 1000.0)
+                for a in acts:
+                    if isinstance(a, SendCell):
+                        a.cell.frame()
+        relay.tick(2000.0)
+        relay.link_failed("peer", 2000.0)
 
 
 @target("monitor_status", "monitor status topic (NodeStatus.decode)")

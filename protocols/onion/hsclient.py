@@ -1,0 +1,197 @@
+"""Reaching a `.fog` service: the SOCKS port's connector (rend-spec-v3 "client behaviour").
+
+`HsClient.connect(address, port)` returns a `CircuitStream` to `address:port`:
+1. the descriptor: from the cache, else fetched from the DHT under the blinded keys of the
+   periods a client tries (hsdesc.descriptor_lookups) and opened with the address
+   (`DescriptorCache.open`: forged, expired, replayed or other periods' descriptors are
+   refused, counted by reason; HS_DESC_INVALID when only bad ones were found,
+   HS_DESC_NOT_FOUND when none);
+2. a rendezvous circuit (3 hops, any last relay) with a fresh 20-byte cookie left there
+   (ESTABLISH_RENDEZVOUS);
+3. for the introduction points in random order: a circuit ending at the introduction relay,
+   INTRODUCE1 (intro.py: the rendezvous relay, the cookie and an ntor onionskin sealed to the
+   service), INTRODUCE_ACK; the introduction circuit is closed;
+4. RENDEZVOUS2 on the rendezvous circuit completes the end-to-end handshake, the virtual hop
+   is added, and a stream is opened to `<address>:<port>` through it.
+The joined circuit is kept per address for later streams (Tor does the same); when it closes
+(a relay on it died) the next connect builds a fresh one. A step that fails is retried with
+other relays a few times, each attempt bounded by `step_timeout`. Failures raise
+`HsConnectError` with the SOCKS reply it maps to (0xF0-0xF7 with extended errors).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from typing import Callable
+
+import trio
+
+from fognode.node.errors import FognodeError
+from fognode.protocols.onion.actions import CircKey
+from fognode.protocols.onion.address import FogAddress
+from fognode.protocols.onion.cells import RelayCommand
+from fognode.protocols.onion.circuit import ClientCircuit
+from fognode.protocols.onion.config import OnionConfig
+from fognode.protocols.onion.cstream import CircuitStream
+from fognode.protocols.onion.descriptor import HsDescriptor
+from fognode.protocols.onion.engine import MessageBox, OnionEngine
+from fognode.protocols.onion.errors import OnionError
+from fognode.protocols.onion.hs_errors import DescriptorRejected, HsConnectError, SocksReply
+from fognode.protocols.onion.hsdesc import DescriptorCache, DescriptorStore, descriptor_lookups
+from fognode.protocols.onion.intro import introduce1_data
+from fognode.protocols.onion.metrics import OnionMetrics
+from fognode.protocols.onion.ntor import ClientHandshake
+from fognode.protocols.onion.pathsel import RelayInfo
+from fognode.protocols.onion.rendezvous import COOKIE_LEN
+
+log = logging.getLogger("fognode.onion.client")
+
+ATTEMPTS = 3
+
+
+class HsClient:
+    def __init__(self, engine: OnionEngine, store: DescriptorStore, config: OnionConfig, metrics: OnionMetrics,
+                 clock: Callable[[], float], *, step_timeout: float = 30.0, dht_timeout: float = 15.0) -> None:
+        self.engine = engine
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.step_timeout = step_timeout
+        self.dht_timeout = dht_timeout
+        self.periods = config.periods()
+        self.cache = DescriptorCache(self.periods, max_skew=config.max_clock_skew)
+        self.joined: dict[bytes, CircKey] = {}
+        self._locks: dict[bytes, trio.Lock] = {}
+        self.rejected: Counter[str] = Counter()
+
+    async def connect(self, address: FogAddress, port: int) -> CircuitStream:
+        """A stream to `address:port` (see the module docstring); HsConnectError."""
+        try:
+            for attempt in range(2):
+                circ = await self._joined(address)
+                try:
+                    with trio.fail_after(self.step_timeout):
+                        stream = await self.engine.connect_stream(circ, f"{address.host}:{port}")
+                except trio.TooSlowError:
+                    raise HsConnectError("the service did not answer the stream", reply=SocksReply.TTL_EXPIRED) from None
+                except OnionError as e:
+                    if self.engine.circuit(circ.key) is not None:     # the service refused the port
+                        raise HsConnectError(f"{address.host}:{port}: {e}",
+                                             reply=SocksReply.CONNECTION_REFUSED) from None
+                    if attempt:
+                        raise HsConnectError(f"rendezvous circuit lost: {e}", reply=SocksReply.HS_REND_FAILED) from None
+                    continue
+                self.metrics.hs_connects.labels("ok").inc()
+                return stream
+            raise HsConnectError("rendezvous circuit lost twice", reply=SocksReply.HS_REND_FAILED)
+        except HsConnectError as e:
+            self.metrics.hs_connects.labels(e.reply.name.lower()).inc()
+            log.info("could not reach %s:%d (%s): %s", address.host, port, e.reply.name, e)
+            raise
+
+    async def _joined(self, address: FogAddress) -> ClientCircuit:
+        lock = self._locks.setdefault(address.pubkey, trio.Lock())
+        async with lock:
+            key = self.joined.get(address.pubkey)
+            circ = self.engine.circuit(key) if key is not None else None
+            if circ is not None:
+                return circ
+            self.joined.pop(address.pubkey, None)
+            desc = await self._descriptor(address)
+            circ = await self._rendezvous(desc)
+            self.joined[address.pubkey] = circ.key
+            return circ
+
+    async def _descriptor(self, address: FogAddress) -> HsDescriptor:
+        now = self.clock()
+        cached = self.cache.get(address, now)
+        if cached is not None:
+            return cached
+        bad = ""
+        for lookup in descriptor_lookups(address, self.periods, now=now, window=self.config.descriptor_window):
+            for key in lookup.keys:
+                try:
+                    with trio.fail_after(self.dht_timeout):
+                        value = await self.store.get(key)
+                except (trio.TooSlowError, FognodeError, OSError, ValueError) as e:
+                    log.debug("descriptor get %s failed: %r", key, e)
+                    continue
+                if value is None:
+                    continue
+                try:
+                    return self.cache.open(value, address, lookup.period, now=self.clock())
+                except DescriptorRejected as e:
+                    self.metrics.descriptors_rejected.labels("fetch", e.reason.value).inc()
+                    self.rejected[e.reason.value] += 1
+                    bad = str(e)
+        if bad:
+            raise HsConnectError(f"no valid descriptor for {address.host}: {bad}", reply=SocksReply.HS_DESC_INVALID)
+        raise HsConnectError(f"no descriptor for {address.host} in the DHT", reply=SocksReply.HS_DESC_NOT_FOUND)
+
+    async def _rendezvous(self, desc: HsDescriptor) -> ClientCircuit:
+        failed: list[str] = []
+        last_error = "no attempt"
+        for _ in range(ATTEMPTS):
+            box = MessageBox()
+            try:
+                with trio.fail_after(self.step_timeout):
+                    rend = await self.engine.build(exclude=failed, purpose="rendezvous", box=box)
+            except (OnionError, trio.TooSlowError) as e:
+                last_error = f"rendezvous circuit: {e}"
+                continue
+            try:
+                return await self._introduce(desc, rend, box, failed)
+            except (OnionError, trio.TooSlowError, FognodeError) as e:
+                last_error = str(e) or type(e).__name__
+                self.engine.close(rend.key)
+                if isinstance(e, HsConnectError) and e.reply is SocksReply.HS_INTRO_FAILED:
+                    self.cache.forget(desc.address)
+                    raise
+        raise HsConnectError(f"could not reach {desc.address.host}: {last_error}", reply=SocksReply.HS_REND_FAILED)
+
+    async def _introduce(self, desc: HsDescriptor, rend: ClientCircuit, box: MessageBox,
+                         failed: list[str]) -> ClientCircuit:
+        cookie = os.urandom(COOKIE_LEN)
+        self.engine.send_meeting(rend, RelayCommand.ESTABLISH_RENDEZVOUS, cookie)
+        with trio.fail_after(self.step_timeout):
+            await box.get(RelayCommand.RENDEZVOUS_ESTABLISHED)
+        rp_info = rend.path[-1]
+        rp = rp_info.peer_id
+        points = list(desc.intro_points)
+        random.shuffle(points)
+        why = "no usable introduction point"
+        for ip in points:
+            relay = self.engine_relay(ip.relay)
+            if relay is None:
+                why = f"introduction relay {ip.relay} is not a known relay"
+                continue
+            hs = ClientHandshake.start(ip.auth_key, ip.enc_key)
+            ibox = MessageBox()
+            try:
+                with trio.fail_after(self.step_timeout):
+                    intro = await self.engine.build(last=relay, exclude=[rp], purpose="intro", box=ibox)
+                    self.engine.send_meeting(intro, RelayCommand.INTRODUCE1,
+                                             introduce1_data(ip.auth_key, ip.enc_key, rp, rp_info.identity,
+                                                             rp_info.onion_key, cookie, hs.onionskin()))
+                    ack = await ibox.get(RelayCommand.INTRODUCE_ACK)
+                self.engine.close(intro.key)
+            except (OnionError, trio.TooSlowError) as e:
+                why = f"introduction at {ip.relay}: {e or 'timed out'}"
+                continue
+            if ack != b"\x00":
+                why = f"introduction point {ip.relay} does not know the service (ack {ack.hex()})"
+                continue
+            with trio.fail_after(self.step_timeout):
+                reply = await box.get(RelayCommand.RENDEZVOUS2)
+            rend.add_virtual_hop(hs.finish(reply), serve=False)
+            return rend
+        raise HsConnectError(why, reply=SocksReply.HS_INTRO_FAILED)
+
+    def engine_relay(self, peer: str) -> RelayInfo | None:
+        for r in self.engine.relays():
+            if r.peer_id == peer:
+                return r
+        return None

@@ -1,0 +1,220 @@
+"""The links between neighbours: one libp2p stream per neighbour on `/fognode/onion/1.0.0`.
+
+Trio adapter (the circuit ids on a link are links.py's business). `send(peer, frame)` never
+blocks: it appends the framed cell to the peer's bounded write queue (`queue_limit` bytes; a
+relay in the middle has no per-circuit queue of its own, SENDME windows bound what a circuit
+can have in flight) and dials the peer if there is no link yet. One writer task per link
+coalesces everything queued, up to `MAX_WRITE` bytes, into one stream frame: a libp2p write
+costs about the same whatever its size up to a few KiB (cells.py), so this is what makes bulk
+transfer fast. The reader of each stream feeds the frames' bytes to `on_bytes(peer, data,
+framer)` with that stream's own `CellFramer` (frames only carry whole cells, but a hostile
+peer's bytes are split by the framer whatever they are).
+
+Both neighbours may dial each other at once: a link then has two streams. Each side writes
+only on the first stream it had, so the cells of one circuit stay in order, and reads both.
+A link fails as a whole (dial failure, reset, end of stream, a write error, an oversize
+frame, or its write queue over `queue_limit`): every stream of that peer is reset, the queue
+dropped, and `on_down(peer, why)` is called at once (also from inside `send`: the caller
+queues the cores' `link_failed` until its action list is carried out whole, dispatch.py).
+
+An idle link sends a link PADDING cell every `KEEPALIVE` seconds: the receiving side's stream
+deadlines (node/rcmgr.py) reset an inbound stream quiet for `overlay.stream_idle_timeout`.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Callable
+
+import trio
+
+from fognode.node.errors import FognodeError, LocalProtocolError, RemoteProtocolError, StreamClosed
+from fognode.node.overlay import FramedStream, Overlay
+from fognode.protocols.onion.cells import FRAME_LEN, Cell, CellCommand, CellFramer
+
+log = logging.getLogger("fognode.onion.links")
+
+PROTOCOL_ID = "/fognode/onion/1.0.0"
+MAX_WRITE = 1 << 20                      # bytes coalesced into one stream frame
+MAX_FRAME = MAX_WRITE + FRAME_LEN        # the largest frame a neighbour may send us
+KEEPALIVE = 60.0
+DIAL_TIMEOUT = 15.0
+
+BytesHandler = Callable[[str, bytes, CellFramer], None]
+DownHandler = Callable[[str, str], None]
+
+
+class Link:
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.writer: FramedStream | None = None
+        self.streams: list[FramedStream] = []
+        self.wake = trio.Event()
+        self.ready = trio.Event()
+        self.down = False
+        self.inbound = False
+        self.bytes_out = 0
+        self.bytes_in = 0
+
+
+class LinkManager:
+    def __init__(self, overlay: Overlay, on_bytes: BytesHandler, on_down: DownHandler, *,
+                 queue_limit: int = 8 << 20) -> None:
+        self.overlay = overlay
+        self.on_bytes = on_bytes
+        self.on_down = on_down
+        self.queue_limit = queue_limit
+        self.links: dict[str, Link] = {}
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self.writes = 0
+        self.failures: dict[str, int] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve links until cancelled; then every link's streams are reset."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            for link in list(self.links.values()):
+                link.down = True
+                for s in link.streams:
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        await s.reset()
+            self.links.clear()
+
+    def neighbours(self) -> list[str]:
+        return sorted(self.links)
+
+    def queued_bytes(self, peer: str) -> int:
+        link = self.links.get(peer)
+        return link.queued if link is not None else 0
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def send(self, peer: str, frame: bytes) -> None:
+        """Queue one framed cell for `peer` (dialling it when there is no link)."""
+        link = self.links.get(peer)
+        if link is None:
+            if self._nursery is None:
+                return
+            link = self._new_link(peer)
+            self._nursery.start_soon(self._dial, link)
+        if link.queued + len(frame) > self.queue_limit:
+            self._fail(link, f"write queue over {self.queue_limit} bytes (the neighbour does not read)")
+            return
+        link.queue.append(frame)
+        link.queued += len(frame)
+        link.wake.set()
+
+    def _new_link(self, peer: str) -> Link:
+        link = Link(peer)
+        self.links[peer] = link
+        assert self._nursery is not None
+        self._nursery.start_soon(self._writer, link)
+        return link
+
+    async def _dial(self, link: Link) -> None:
+        try:
+            with trio.fail_after(DIAL_TIMEOUT):
+                stream = await self.overlay.open_stream(link.peer, PROTOCOL_ID)
+        except (trio.TooSlowError, FognodeError, OSError) as e:
+            self._fail(link, f"dial failed: {type(e).__name__}: {e}")
+            return
+        if link.down:
+            await stream.reset()
+            return
+        self._attach(link, stream)
+        await self._read(link, stream)
+
+    def _attach(self, link: Link, stream: FramedStream) -> None:
+        link.streams.append(stream)
+        if link.writer is None:
+            link.writer = stream
+            link.ready.set()
+
+    async def _writer(self, link: Link) -> None:
+        await link.ready.wait()
+        while not link.down:
+            if not link.queue:
+                link.wake = trio.Event()
+                with trio.move_on_after(KEEPALIVE):
+                    await link.wake.wait()
+                if link.down:
+                    return
+                if not link.queue:
+                    link.queue.append(Cell(0, CellCommand.PADDING, b"").frame())
+                    link.queued += FRAME_LEN
+            batch: list[bytes] = []
+            size = 0
+            while link.queue and size < MAX_WRITE:
+                f = link.queue.popleft()
+                batch.append(f)
+                size += len(f)
+            link.queued -= size
+            assert link.writer is not None
+            try:
+                await link.writer.send_bytes(b"".join(batch))
+            except (StreamClosed, LocalProtocolError, FognodeError, OSError) as e:
+                self._fail(link, f"write failed: {e}")
+                return
+            link.bytes_out += size
+            self.bytes_out += size
+            self.writes += 1
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def serve_inbound(self, stream: FramedStream) -> None:
+        """The stream handler of PROTOCOL_ID: the stream joins the peer's link (its writer if
+        the link has none yet) and is read until it ends."""
+        peer = stream.remote_peer
+        link = self.links.get(peer)
+        if link is None:
+            if self._nursery is None:
+                return
+            link = self._new_link(peer)
+            link.inbound = True
+        self._attach(link, stream)
+        await self._read(link, stream)
+
+    async def _read(self, link: Link, stream: FramedStream) -> None:
+        framer = CellFramer()
+        try:
+            while not link.down:
+                data = await stream.recv_bytes(max_size=MAX_FRAME)
+                link.bytes_in += len(data)
+                self.bytes_in += len(data)
+                self.on_bytes(link.peer, data, framer)
+        except StreamClosed as e:
+            self._fail(link, f"stream ended: {e}")
+        except RemoteProtocolError as e:
+            self.overlay.penalize(link.peer, str(e), protocol=PROTOCOL_ID)
+            self._fail(link, str(e))
+        except (FognodeError, OSError) as e:
+            self._fail(link, f"read failed: {type(e).__name__}: {e}")
+
+    # -- failure -------------------------------------------------------------------------------
+
+    def _fail(self, link: Link, why: str) -> None:
+        if link.down:
+            return
+        link.down = True
+        link.wake.set()
+        link.ready.set()
+        if self.links.get(link.peer) is link:
+            del self.links[link.peer]
+        self.failures[link.peer] = self.failures.get(link.peer, 0) + 1
+        log.debug("onion link to %s down: %s", link.peer, why)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._close, link)
+        self.on_down(link.peer, why)
+
+    async def _close(self, link: Link) -> None:
+        for s in link.streams:
+            await s.reset()

@@ -1,0 +1,260 @@
+"""The onion role: relays, circuits, the SOCKS5 port and `.fog` hidden services (issue 14).
+
+A thin trio adapter. It wires together, with what the node gives it (ctx):
+- `OnionEngine` (engine.py): the relay and client cores over the links on
+  `/fognode/onion/1.0.0` (linkmgr.py);
+- the relay's onion keyring (onionkey.py, keyfiles.py): loaded from the data dir, ticked every
+  `KEY_CHECK` seconds (a rotation is saved, handed to the relay core and its certificate to the
+  registry role, which carries it in this node's device record), only when `relay = true`;
+- the guard set and build-time history, loaded from and saved to `<datadir>/onion/`;
+- `RelayDirectory` (directory.py): relays from the registry's records, reputation and pings;
+- the DHT: `HsDescValidator` registered on the hsdesc namespace (refusals counted by reason),
+  and `DhtDescriptorStore`, the `hsdesc.DescriptorStore` over the overlay's DHT;
+- `ServiceHost` (hsservice.py) for `[[protocols.onion.services]]` and onion.add_service;
+- `HsClient` (hsclient.py) as the connector of the SOCKS5 port (socks_server.py), when
+  `socks_port` is not 0. A port that cannot be bound is logged as an ERROR and shown in the
+  role's health; the relay and the services keep running without it.
+RPC methods are below (`onion.*`); errors 600-602 (errors.py) and 620-621 for services.
+Hosted data (`onion.deploy` / `onion.access`, issue 14 item 5) is not part of this role yet.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from fognode.node.errors import ConfigError, RpcError
+from fognode.node.protocol import NodeContext, Protocol
+from fognode.node.rpc.methods import rpc_method
+from fognode.protocols.onion import errors as E
+from fognode.protocols.onion.blinding import HSDESC_NAMESPACE
+from fognode.protocols.onion.config import OnionConfig
+from fognode.protocols.onion.directory import RelayDirectory
+from fognode.protocols.onion.engine import BuildFailed, OnionEngine
+from fognode.protocols.onion.hs_errors import ServiceError
+from fognode.protocols.onion.hsclient import HsClient
+from fognode.protocols.onion.hsdir import HsDescValidator
+from fognode.protocols.onion.hsservice import ServiceHost
+from fognode.protocols.onion.keyfiles import (ONION_DIR, load_onion_keyring, remove_service_keys,
+                                              save_onion_keyring)
+from fognode.protocols.onion.linkmgr import PROTOCOL_ID
+from fognode.protocols.onion.metrics import OnionMetrics
+from fognode.protocols.onion.services import ServiceTable, add_service, load_services
+from fognode.protocols.onion.socks_server import SocksServer
+
+log = logging.getLogger("fognode.onion")
+
+KEY_CHECK = 60.0          # seconds between onion keyring ticks (and record checks)
+METRICS_EVERY = 2.0
+DIRECTORY_EVERY = 3.0
+
+
+class DhtDescriptorStore:
+    """hsdesc.DescriptorStore over the overlay's DHT."""
+
+    def __init__(self, overlay: Any) -> None:
+        self.overlay = overlay
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self.overlay.dht_put(key, value)
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self.overlay.dht_get(key)
+        return value
+
+
+class OnionRole(Protocol):
+    """Onion relay, client circuits, SOCKS5 port and hidden services."""
+
+    name = "onion"
+    Config = OnionConfig
+    stream_ids = (PROTOCOL_ID,)
+
+    def __init__(self, ctx: NodeContext, config: OnionConfig) -> None:
+        super().__init__(ctx, config)
+        self.config: OnionConfig = config
+        self.metrics = OnionMetrics.create(ctx.metrics)
+        self.state_dir = ctx.datadir / ONION_DIR
+        self.directory = RelayDirectory(ctx.services, ctx.overlay, ctx.clock, max_skew=config.max_clock_skew)
+        self.engine = OnionEngine(peer_id=ctx.peer_id, identity=ctx.identity, overlay=ctx.overlay, config=config,
+                                  metrics=self.metrics, events=ctx.events, state_dir=self.state_dir,
+                                  relays=self.directory.relays, clock=ctx.clock)
+        self.keyring = load_onion_keyring(ctx.datadir, ctx.identity, rotation=int(config.onion_key_rotation_days * 86400),
+                                          overlap=int(config.onion_key_overlap))
+        try:
+            self.table: ServiceTable = load_services(ctx.datadir, config.service_ports())
+        except ServiceError as e:
+            raise ConfigError(str(e), key="protocols.onion.services") from None
+        self.store = DhtDescriptorStore(ctx.overlay)
+        self.validator = HsDescValidator(ctx.clock, config.periods(), window=config.descriptor_window,
+                                         max_skew=config.max_clock_skew,
+                                         on_reject=lambda r: self.metrics.descriptors_rejected.labels("dht", r.value).inc())
+        self.host = ServiceHost(self.engine, self.store, self.table, config, self.metrics, ctx.events, ctx.clock)
+        self.hs_client = HsClient(self.engine, self.store, config, self.metrics, ctx.clock)
+        self.socks: SocksServer | None = None
+        self.socks_error = ""
+        self._socks_seen: dict[str, int] = {}
+
+    # -- run -----------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.ctx.overlay.register_dht_validator(HSDESC_NAMESPACE, self.validator)
+        m = self.metrics
+        for state in ("building", "open"):
+            m.circuits.labels(state).set_function(
+                lambda s=state: sum(1 for c in self.engine.client.circuits.values() if c.state.value == s))
+        m.relay_circuits.set_function(lambda: len(self.engine.relay.circuits))
+        m.neighbours.set_function(lambda: len(self.engine.links.links))
+        async with trio.open_nursery() as nursery:
+            self._tick_keys()
+            await nursery.start(self.engine.run)
+            await nursery.start(self.host.run)
+            if self.config.socks_port:
+                self.socks = SocksServer(self.hs_client.connect, self.config.socks_settings())
+                try:
+                    await nursery.start(self.socks.run)
+                except OSError as e:
+                    self.socks_error = (f"cannot listen on {self.config.socks_host}:{self.config.socks_port}: {e}; "
+                                        "set protocols.onion.socks_port to a free port (0: none)")
+                    log.error("onion SOCKS port: %s", self.socks_error)
+                    self.socks = None
+            nursery.start_soon(self._key_loop)
+            nursery.start_soon(self._metrics_loop)
+            nursery.start_soon(self._directory_loop)
+            task_status.started()
+
+    def _tick_keys(self) -> None:
+        if not self.config.relay:
+            return
+        now = self.ctx.clock()
+        if self.keyring.tick(now):
+            try:
+                save_onion_keyring(self.ctx.datadir, self.keyring)
+            except (OSError, ServiceError) as e:
+                log.warning("onion key not saved (a restart makes a new one): %s", e)
+        self.engine.set_onion_keys({k.public: k.secret for k in self.keyring.usable(now)})
+        registry = self.ctx.services.get("registry")
+        cur = self.keyring.current
+        if registry is not None and cur is not None:
+            registry.set_onion_cert(cur.cert.encode())
+
+    async def _key_loop(self) -> None:
+        """Tick the keyring; until the registry runs, look for it every second."""
+        while True:
+            await trio.sleep(KEY_CHECK if self.ctx.services.get("registry") is not None else 1.0)
+            self._tick_keys()
+
+    async def _directory_loop(self) -> None:
+        while True:
+            await trio.sleep(DIRECTORY_EVERY)
+            with trio.move_on_after(60):
+                await self.directory.refresh()
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            if self.socks is not None:
+                for k, v in self.socks.stats.items():
+                    d = v - self._socks_seen.get(k, 0)
+                    if d > 0:
+                        self.metrics.socks.labels(k).inc(d)
+                        self._socks_seen[k] = v
+            await trio.sleep(METRICS_EVERY)
+
+    def health_detail(self) -> dict[str, Any]:
+        return {"relay": self.config.relay, "circuits": len(self.engine.client.circuits),
+                "relay_circuits": len(self.engine.relay.circuits), "neighbours": len(self.engine.links.links),
+                "socks_port": self.socks.port if self.socks is not None else None,
+                **({"socks_error": self.socks_error} if self.socks_error else {}),
+                "services": len(self.table.services())}
+
+    # -- RPC -----------------------------------------------------------------------------------
+
+    @rpc_method("onion.circuits")
+    async def rpc_circuits(self) -> dict[str, Any]:
+        """This node's own circuits (path, state, purpose, streams), and what it knows as a
+        relay of the circuits it carries: per circuit only its two neighbours and counters."""
+        return {"own": self.engine.circuits_view(), "relayed": self.engine.relay_view()}
+
+    @rpc_method("onion.build")
+    async def rpc_build(self, hops: int | None = None, last: str | None = None) -> dict[str, Any]:
+        """Build a circuit of HOPS relays (default protocols.onion.hops), ending at the relay
+        LAST if given, and wait until it is built or fails."""
+        if hops is not None and not 1 <= hops <= 8:
+            raise RpcError(E.NO_PATH, f"hops must be between 1 and 8, got {hops}")
+        relay = None
+        if last is not None:
+            relay = self.directory.get(last)
+            if relay is None:
+                raise RpcError(E.NO_PATH, f"{last} is not a known relay (no valid onion key in its record)")
+        try:
+            circ = await self.engine.build(hops=hops, last=relay, purpose="general")
+        except E.PathError as e:
+            raise RpcError(E.NO_PATH, str(e)) from None
+        except BuildFailed as e:
+            raise RpcError(E.BUILD_FAILED, str(e)) from None
+        return next(c for c in self.engine.circuits_view() if c["circuit"] == f"{circ.key[0]}:{circ.key[1]:08x}")
+
+    @rpc_method("onion.close")
+    async def rpc_close(self, circuit: str) -> dict[str, Any]:
+        """Close one of this node's circuits (CIRCUIT as onion.circuits names it)."""
+        key = self.engine.by_name(circuit)
+        if key is None:
+            raise RpcError(E.UNKNOWN_CIRCUIT, f"no circuit {circuit!r} (see onion.circuits)")
+        self.engine.close(key)
+        return {"circuit": circuit, "closed": True}
+
+    @rpc_method("onion.services")
+    async def rpc_services(self) -> list[dict[str, Any]]:
+        """The hidden services of this node: address, ports, introduction points, published."""
+        return self.host.view()
+
+    @rpc_method("onion.add_service")
+    async def rpc_add_service(self, name: str, port: int, target: str) -> dict[str, Any]:
+        """Map PORT of the .fog service NAME to the local TARGET ("127.0.0.1:8080"); the
+        service's key is made on first use (<datadir>/onion/services/NAME/). Lasts until the
+        daemon restarts: add a [[protocols.onion.services]] table to keep it."""
+        try:
+            svc = add_service(self.ctx.datadir, self.table, {"name": name, "port": port, "target": target})
+        except ConfigError as e:
+            raise RpcError(E.BAD_SERVICE, str(e)) from None
+        except ServiceError as e:
+            raise RpcError(E.SERVICE_REFUSED, str(e)) from None
+        self.host.changed()
+        return svc.to_json()
+
+    @rpc_method("onion.remove_service")
+    async def rpc_remove_service(self, name: str, port: int | None = None, forget_key: bool = False) -> dict[str, Any]:
+        """Unmap PORT of service NAME, or the whole service; with FORGET_KEY its key files are
+        deleted too (its .fog address is gone for good)."""
+        try:
+            self.table.remove(name, port)
+            forgot = remove_service_keys(self.ctx.datadir, name) if forget_key and self.table.get(name) is None else False
+        except ServiceError as e:
+            raise RpcError(E.SERVICE_REFUSED, str(e)) from None
+        self.host.changed()
+        return {"name": name, "port": port, "removed": True, "key_deleted": forgot}
+
+    @rpc_method("onion.stats")
+    async def rpc_stats(self) -> dict[str, Any]:
+        """Counters: circuits by state, relayed circuits and cells, neighbours, link bytes,
+        the SOCKS port's outcomes, guards, the adaptive build timeout, refused descriptors."""
+        eng = self.engine
+        states: dict[str, int] = {}
+        for c in eng.client.circuits.values():
+            states[c.state.value] = states.get(c.state.value, 0) + 1
+        return {
+            "relay": self.config.relay, "onion_key": self.keyring.current.public.hex() if self.keyring.current else None,
+            "circuits": states, "relay_circuits": len(eng.relay.circuits), "cells_relayed": eng.relay.cells_relayed,
+            "cells_dropped": eng.relay.dropped, "neighbours": eng.links.neighbours(),
+            "link_bytes_in": eng.links.bytes_in, "link_bytes_out": eng.links.bytes_out,
+            "relays_known": len(self.directory.relays()), "guards": eng.client.guards.peers,
+            "build_timeout": round(eng.client.build_times.timeout(), 3),
+            "socks_port": self.socks.port if self.socks is not None else None,
+            "socks": dict(self.socks.stats) if self.socks is not None else {},
+            "services": len(self.table.services()),
+            "descriptors_rejected": {"dht": {r.value: n for r, n in self.validator.rejected.items()},
+                                     "fetch": dict(self.hs_client.rejected)},
+            "onion_certs_rejected": dict(self.directory.rejected),
+        }
+

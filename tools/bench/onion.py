@@ -1,0 +1,154 @@
+"""Onion circuits on real daemons: build time, bulk throughput, time to first byte.
+
+    .venv/bin/python -m fognode.tools.bench.onion [--nodes 5] [--builds 20] [--mb 16] [--set KEY=VALUE]
+
+A devnet of `--nodes` `fognode run` processes on 127.0.0.1 (the last one hosts a Python
+http.server as a `.fog` service, node 0 is the client with a SOCKS port), then, in one run:
+- circuit build time (onion.build on node 0, 3 hops; each circuit closed after) p50 / p99,
+  against 3 sequential stream round trips (a libp2p stream opened from this process to
+  node 1 and one request/answer on it: the registry's direct ping), since a 3-hop build is
+  three sequential handshakes over streams;
+- bulk throughput: `--mb` MB fetched with curl through node 0's SOCKS port from the service
+  (client -> 3-hop rendezvous circuit -> service: 6 relays' links), against one raw stream
+  carrying the same bytes as onion link frames (1 MiB writes of cells) from this process into
+  node 0;
+- time to first byte through the SOCKS port: cold (descriptor fetch, introduction,
+  rendezvous) and warm (the joined circuit reused).
+The machine's load is printed with the table: on a shared 2-core machine every figure moves.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from fognode.tools.devnet import Devnet, free_port, wait_until
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+async def _stream_rtts(addr: str, peer: str, n: int) -> list[float]:
+    from fognode.protocols.registry import direct
+    from fognode.tools.bench.attacks import hostile_peer
+    out = []
+    async with hostile_peer(addr) as hp:
+        await trio.sleep(1.0)
+        for _ in range(n):
+            t = time.perf_counter()
+            if await direct.ping(hp.overlay, peer, 10.0):
+                out.append(time.perf_counter() - t)
+    return out
+
+
+async def _raw_stream(addr: str, nbytes: int) -> float:
+    """Seconds to write `nbytes` of PADDING cell frames on one onion link stream."""
+    from fognode.protocols.onion.cells import Cell, CellCommand
+    from fognode.protocols.onion.linkmgr import MAX_WRITE, PROTOCOL_ID
+    from fognode.tools.bench.attacks import hostile_peer
+    cell = Cell(0, CellCommand.PADDING, b"").frame()
+    per = MAX_WRITE // len(cell)
+    frame = cell * per
+    async with hostile_peer(addr) as hp:
+        s = await hp.raw_stream(PROTOCOL_ID)
+        t = time.perf_counter()
+        sent = 0
+        while sent < nbytes:
+            await s.write(len(frame).to_bytes(4, "big") + frame)
+            sent += len(frame)
+        return time.perf_counter() - t
+
+
+def _curl(port: int, url: str) -> dict[str, float]:
+    fmt = "%{time_starttransfer} %{time_total} %{size_download} %{speed_download}"
+    r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", fmt, "--max-time", "300", "--socks5-hostname",
+                        f"127.0.0.1:{port}", url], capture_output=True, text=True, timeout=320)
+    if r.returncode != 0:
+        raise RuntimeError(f"curl failed ({r.returncode}): {r.stderr.strip()}")
+    ttfb, total, size, speed = (float(x) for x in r.stdout.split())
+    return {"ttfb": ttfb, "total": total, "size": size, "speed": speed}
+
+
+def run(nodes: int, builds: int, mb: int, sets: list[str] | None = None) -> dict[str, Any]:
+    if shutil.which("curl") is None:
+        raise SystemExit("this benchmark needs curl")
+    root = Path(tempfile.mkdtemp(prefix="fn-onion-bench-", dir="/tmp"))
+    www = root / "www"
+    www.mkdir()
+    (www / "big.bin").write_bytes(os.urandom(mb * 1_000_000))
+    (www / "small.txt").write_bytes(b"hello fog\n")
+    hp = free_port()
+    http = subprocess.Popen([sys.executable, "-m", "http.server", str(hp), "--bind", "127.0.0.1", "--directory",
+                             str(www)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    net = Devnet(root / "net", nodes, extra_args=[a for kv in sets or [] for a in ("--set", kv)])
+    net.create()
+    socks = free_port()
+    net.nodes[0].args += ["--set", f"protocols.onion.socks_port={socks}"]
+    out: dict[str, Any] = {"nodes": nodes}
+    try:
+        net.start_all(timeout=180)
+        client, service = net.nodes[0], net.nodes[-1]
+        wait_until(lambda: all(n.rpc("onion.stats")["relays_known"] >= nodes - 1 for n in (client, service)) or None,
+                   timeout=300, what="relays known", interval=1)
+        times = []
+        for _ in range(builds):
+            c = client.rpc("onion.build", timeout=120)
+            times.append(c["build_time"])
+            client.rpc("onion.close", {"circuit": c["circuit"]})
+        rtts = trio.run(_stream_rtts, net.nodes[1].addr, net.nodes[1].peer_id, builds)
+        out.update(build_p50=_pct(times, 0.5), build_p99=_pct(times, 0.99), rtt3=3 * statistics.median(rtts))
+        svc = service.rpc("onion.add_service", {"name": "bench", "port": 80, "target": f"127.0.0.1:{hp}"})
+        wait_until(lambda: service.rpc("onion.services")[0]["published"] or None, timeout=120, what="descriptor")
+        base = f"http://{svc['address']}"
+        cold = wait_until(lambda: _try(socks, base + "/small.txt"), timeout=180, what="first fetch", interval=2)
+        warm = [_curl(socks, base + "/small.txt")["ttfb"] for _ in range(5)]
+        bulk = _curl(socks, base + "/big.bin")
+        raw_s = trio.run(_raw_stream, client.addr, mb * 1_000_000)
+        out.update(ttfb_cold=cold["ttfb"], ttfb_warm=statistics.median(warm), circuit_mbs=bulk["speed"] / 1e6,
+                   raw_mbs=mb * 1e6 / raw_s / 1e6)
+    finally:
+        http.kill()
+        net.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+def _try(port: int, url: str) -> dict[str, float] | None:
+    try:
+        return _curl(port, url)
+    except RuntimeError:
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nodes", type=int, default=5)
+    ap.add_argument("--builds", type=int, default=20)
+    ap.add_argument("--mb", type=int, default=16)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a config key for every node (e.g. protocols.onion.stream_window=512)")
+    a = ap.parse_args()
+    r = run(a.nodes, a.builds, a.mb, a.set)
+    print(f"onion on {r['nodes']} daemons, 127.0.0.1, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'circuit build (3 hops) p50 / p99':<44}{r['build_p50'] * 1000:>8.0f} / {r['build_p99'] * 1000:.0f} ms")
+    print(f"{'3 sequential stream round trips':<44}{r['rtt3'] * 1000:>8.0f} ms")
+    print(f"{'bulk through a 3-hop rendezvous circuit':<44}{r['circuit_mbs']:>8.2f} MB/s")
+    print(f"{'one raw onion-link stream into node 0':<44}{r['raw_mbs']:>8.2f} MB/s "
+          f"({100 * r['circuit_mbs'] / r['raw_mbs']:.0f} % reached through the circuit)")
+    print(f"{'time to first byte via SOCKS: cold / warm':<44}{r['ttfb_cold'] * 1000:>8.0f} / "
+          f"{r['ttfb_warm'] * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
