@@ -55,7 +55,8 @@ def reward_mints(net: Devnet, wallets: list[str]) -> dict[str, Counter[int]]:
     out: dict[str, Counter[int]] = {}
     for w in wallets:
         for h in net.nodes[0].rpc("wallet.history", {"address": w, "limit": 1000, "verbose": True}):
-            if h["kind"] == "mint" and h["recipient"] == w and h["receipt"]["kind"] == "fl_update":
+            if (h["status"] == "final" and h["kind"] == "mint" and h["recipient"] == w
+                    and h["receipt"]["kind"] == "fl_update"):
                 out.setdefault(w, Counter())[parse_amount(h["amount"])] += 1
     return out
 

@@ -106,7 +106,8 @@ def certificates(node: DevnetNode, wallets: list[str]) -> dict[tuple[str, int], 
     out: dict[tuple[str, int], set[str]] = {}
     for w in wallets:
         for h in node.rpc("wallet.history", {"address": w, "limit": 1000, "verbose": True}):
-            out.setdefault((h["sender"], int(h["sequence"])), set()).add(h["tx"])
+            if h["status"] == "final":      # (an order of this node's wallet in flight is listed too)
+                out.setdefault((h["sender"], int(h["sequence"])), set()).add(h["tx"])
     return out
 
 

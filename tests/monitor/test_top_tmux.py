@@ -82,6 +82,9 @@ def test_top_renders_updates_and_quits_on_q(monitored_net: MonitoredNet) -> None
                    what=f"round 1 of {sid[:8]} on top's screen")
         tmux.run("send-keys", "-t", "top", "q")
         wait_until(lambda: tmux.pane("#{pane_dead}") == "1", timeout=15, what="top to quit on q")
-        assert tmux.pane("#{pane_dead_status}") == "0"
+        # tmux may mark the pane dead a moment before it records how the process ended
+        ended = wait_until(lambda: (tmux.pane("#{pane_dead_status}") + tmux.pane("#{pane_dead_signal}")) or None,
+                           timeout=10, interval=0.1, what="tmux to record how top ended")
+        assert ended == "0", f"top ended with status/signal {ended!r}"
     finally:
         subprocess.run(["tmux", "-L", tmux.name, "kill-server"], capture_output=True, timeout=15)

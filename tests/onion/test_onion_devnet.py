@@ -90,8 +90,9 @@ def test_fog_service_through_socks_with_a_relay_killed(node_factory: Any, web: t
         for c in view["relayed"]:
             known = {c["prev"], c["next"], c["joined"]} - {None}
             assert len(known) <= 2, c
-            assert not {client.peer_id, service.peer_id} <= known, (node.index, c)
             assert node.peer_id not in known
+            # (a relay may have the client's and the service's nodes as its two neighbours on
+            # some circuit by chance: every node relays for the others; it still knows only two)
     own = client.rpc("onion.circuits")["own"]
     rend = [c for c in own if c["purpose"] == "rendezvous" and c["joined"]]
     assert rend and client.peer_id not in rend[0]["path"]

@@ -87,7 +87,7 @@ def test_eight_nodes_records_liveness_and_changes(node_factory: NodeFactory, sho
     shown = net.nodes[0].rpc("registry.show", [net.nodes[5].peer_id])
     # a record lists the roles the node runs (the built-in ones here) and those offered in config
     assert shown["profile"]["region"] == "eu-west"
-    assert shown["profile"]["roles"] == ["fl", "ledger", "monitor", "onion", "registry"]
+    assert shown["profile"]["roles"] == ["fl", "harvest", "ledger", "market", "monitor", "onion", "registry"]
     assert shown["caps"]["cores"] == os.cpu_count()
 
     # a changed record is seen on all within 10 s
