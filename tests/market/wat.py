@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import wasmtime
 
+from fognode.tools.bench.harvest import xorshift_func
+
 WORK_WAT = r"""
 (module
   (memory (export "memory") 1)
-  ;; n rounds of xorshift64 from a fixed seed: about 12 fuel per round
-  (func (export "work") (param $n i64) (result i64)
-    (local $x i64)
-    (local.set $x (i64.const 88172645463325252))
-    (block (loop
-      (br_if 1 (i64.eqz (local.get $n)))
-      (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 13))))
-      (local.set $x (i64.xor (local.get $x) (i64.shr_u (local.get $x) (i64.const 7))))
-      (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 17))))
-      (local.set $n (i64.sub (local.get $n) (i64.const 1)))
-      (br 0)))
-    (local.get $x))
+  ;; n rounds of xorshift64 from a fixed seed (tools/bench/harvest.py): about 12 fuel per round
+""" + xorshift_func("work") + r"""
   (func (export "spin") (loop (br 0)))
   ;; grows memory a page at a time until refused, then traps
   (func (export "hog") (result i32)

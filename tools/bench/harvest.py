@@ -54,6 +54,12 @@ CHAIN_JOB = ("import hashlib, sys\nh = b'fognode'\nfor _ in range(int(sys.argv[1
              "    h = hashlib.sha256(h).digest()\nprint(h.hex())\n")
 XORSHIFT_SEED = 88172645463325252
 # xorshift64 stepped n times (the WASM kernel; the tests' job module includes it too)
+def xorshift_func(export: str = "xorshift") -> str:
+    """The kernel as a WAT function exported as `export` (the harvest and market tests and
+    benchmarks all run this one, so their fuel figures compare)."""
+    return XORSHIFT_FUNC.replace('(export "xorshift")', f'(export "{export}")')
+
+
 XORSHIFT_FUNC = """
   (func (export "xorshift") (param $n i64) (result i64)
     (local $x i64)

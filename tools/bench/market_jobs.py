@@ -38,22 +38,10 @@ from typing import Any
 import wasmtime
 
 from fognode.protocols.harvest.wasm_engine import execute
+from fognode.tools.bench.harvest import xorshift_func
 from fognode.tools.devnet import Devnet, wait_until
 
-WORK_WAT = r"""
-(module
-  (func (export "work") (param $n i64) (result i64)
-    (local $x i64)
-    (local.set $x (i64.const 88172645463325252))
-    (block (loop
-      (br_if 1 (i64.eqz (local.get $n)))
-      (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 13))))
-      (local.set $x (i64.xor (local.get $x) (i64.shr_u (local.get $x) (i64.const 7))))
-      (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 17))))
-      (local.set $n (i64.sub (local.get $n) (i64.const 1)))
-      (br 0)))
-    (local.get $x)))
-"""
+WORK_WAT = f"(module {xorshift_func('work')})"   # the harvest benchmark's kernel, exported as `work`
 SETTINGS = ["--set", "protocols.market.executor_nice=0", "--set", "protocols.market.debit_interval=1"]
 
 
