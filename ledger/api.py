@@ -28,7 +28,7 @@ from fognode.ledger.receipts import Receipt, ReceiptVerifier
 from fognode.ledger.rewards import Allocation
 from fognode.ledger.service import LedgerService
 from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id
-from fognode.node.protocol import Services
+from fognode.node.role import Services
 
 SERVICE_NAME = "ledger"
 

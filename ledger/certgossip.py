@@ -20,7 +20,7 @@ from fognode.ledger.settings import Settings
 from fognode.ledger.sync import MAX_CERT_FRAME, MAX_SYNC_BATCH
 from fognode.node.errors import FognodeError, RemoteProtocolError
 from fognode.node.overlay import GossipMessage
-from fognode.node.protocol import NodeContext
+from fognode.node.role import NodeContext
 from fognode.node.wire import Fields, pack, unpack
 
 log = logging.getLogger("fognode.ledger")

@@ -15,7 +15,7 @@ from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import Certificate, Rejection, SignedOrder, Vote
 from fognode.ledger.settings import Settings
 from fognode.ledger.state import Delta, LedgerState
-from fognode.node.protocol import NodeContext
+from fognode.node.role import NodeContext
 
 MAX_REPLY = 64 * 1024      # bytes of one order-stream reply, unless the request says otherwise
 

@@ -38,7 +38,7 @@ from fognode.ledger.settings import Settings
 from fognode.ledger.sync import SYNC_STREAM
 from fognode.node.errors import ConfigError, FognodeError, RpcError
 from fognode.node.health import HealthReport, Status
-from fognode.node.protocol import NodeContext, Protocol
+from fognode.node.role import NodeContext, Role
 from fognode.node.rpc.methods import rpc_method
 from fognode.node.wire import pack, unpack
 
@@ -58,7 +58,7 @@ class LedgerConfig:
     uptime_claims: bool = True       # claim this node's uptime reward after each epoch
 
 
-class LedgerRole(Protocol):
+class LedgerRole(Role):
     """Token ledger replica, validator (when in the committee) and wallets."""
 
     name = "ledger"

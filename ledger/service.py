@@ -78,7 +78,7 @@ from fognode.node.errors import StreamClosed
 from fognode.node.faults import LogRateLimiter
 from fognode.node.metrics import metric
 from fognode.node.overlay import FramedStream
-from fognode.node.protocol import NodeContext
+from fognode.node.role import NodeContext
 from fognode.node.wire import Fields
 
 log = logging.getLogger("fognode.ledger")

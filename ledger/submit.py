@@ -45,7 +45,7 @@ from fognode.ledger.store import LedgerStore
 from fognode.ledger.wallet import PASSPHRASE_ENV, Keystore
 from fognode.node.errors import FognodeError, RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey
-from fognode.node.protocol import NodeContext
+from fognode.node.role import NodeContext
 from fognode.node.wire import Fields
 
 log = logging.getLogger("fognode.ledger")

@@ -28,7 +28,7 @@ from fognode.ledger.store import LedgerStore
 from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
 from fognode.node.events import PeerConnected
 from fognode.node.overlay import FramedStream
-from fognode.node.protocol import NodeContext
+from fognode.node.role import NodeContext
 from fognode.node.wire import Fields
 
 log = logging.getLogger("fognode.ledger")

@@ -29,7 +29,7 @@ from fognode.node.datadir import DataDirLock, load_identity, read_genesis, socke
 from fognode.node.errors import FatalStorageError, FognodeError, RpcError
 from fognode.node.events import EventBus
 from fognode.node.looplag import watch_loop_lag
-from fognode.node.protocol import NodeContext, Protocol
+from fognode.node.role import NodeContext, Role
 from fognode.node.roles import Supervisor
 from fognode.node.rpc.methods import (NODE_BAD_MULTIADDR, NODE_DIAL_FAILED, NODE_UNKNOWN_PEER, MethodTable,
                                       rpc_method)
@@ -131,7 +131,7 @@ class NodeService:
 
 
 class Daemon:
-    def __init__(self, datadir: Path, config: Config, role_classes: list[type[Protocol]]) -> None:
+    def __init__(self, datadir: Path, config: Config, role_classes: list[type[Role]]) -> None:
         self.datadir = datadir
         self.config = config
         self.role_classes = role_classes

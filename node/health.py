@@ -1,7 +1,7 @@
 """What a role says about its own health, beyond "running or crashed".
 
 A role that can tell more than the supervisor sees (a ledger that cannot reach a quorum, an FL
-role whose task process keeps dying) overrides `Protocol.health_report()` and returns a
+role whose task process keeps dying) overrides `Role.health_report()` and returns a
 `HealthReport`: HEALTHY, DEGRADED (working, but an operator should look) or UNHEALTHY (not doing
 its job), with a one-line reason. It must be cheap and synchronous (the monitor calls it every
 sample interval). Nothing here imports a role; the monitor reads reports through the supervisor.

@@ -39,7 +39,7 @@ from prometheus_client import Counter, Gauge
 from fognode.node.errors import ConfigError, FatalStorageError, PermanentRoleError
 from fognode.node.events import RoleHealthChanged
 from fognode.node.health import HealthReport, Status
-from fognode.node.protocol import Health, NodeContext, Protocol
+from fognode.node.role import Health, NodeContext, Role
 from fognode.node.rpc.methods import MethodTable
 
 log = logging.getLogger("fognode.roles")
@@ -62,15 +62,15 @@ _STREAM_ID = re.compile(r"^/fognode/[a-z][a-z0-9_-]*(/[a-z0-9_-]+)*/\d+\.\d+\.\d
 _TOPIC = re.compile(r"^fognode/[a-z][a-z0-9_-]*(/[a-z0-9_-]+)*/\d+$")
 
 
-def _load(ref: str) -> type[Protocol]:
+def _load(ref: str) -> type[Role]:
     mod, _, attr = ref.partition(":")
     cls = getattr(importlib.import_module(mod), attr)
-    if not (isinstance(cls, type) and issubclass(cls, Protocol)):
-        raise ConfigError(f"{ref} is not a fognode Protocol subclass")
+    if not (isinstance(cls, type) and issubclass(cls, Role)):
+        raise ConfigError(f"{ref} is not a fognode Role subclass")
     return cls
 
 
-def discover_roles(extra: dict[str, str] | None = None) -> list[type[Protocol]]:
+def discover_roles(extra: dict[str, str] | None = None) -> list[type[Role]]:
     """Built-in roles in order, then `fognode.protocols` entry points (sorted by name)."""
     classes = [_load(ref) for ref in BUILTIN_ROLES]
     for ep in sorted(entry_points(group="fognode.protocols"), key=lambda e: e.name):
@@ -78,8 +78,8 @@ def discover_roles(extra: dict[str, str] | None = None) -> list[type[Protocol]]:
             cls = ep.load()
         except Exception as e:
             raise ConfigError(f"third-party role {ep.name!r} ({ep.value}) failed to load: {e}") from e
-        if not (isinstance(cls, type) and issubclass(cls, Protocol)):
-            raise ConfigError(f"entry point {ep.name!r} ({ep.value}) is not a fognode Protocol subclass")
+        if not (isinstance(cls, type) and issubclass(cls, Role)):
+            raise ConfigError(f"entry point {ep.name!r} ({ep.value}) is not a fognode Role subclass")
         classes.append(cls)
     for ref in (extra or {}).values():
         classes.append(_load(ref))
@@ -87,7 +87,7 @@ def discover_roles(extra: dict[str, str] | None = None) -> list[type[Protocol]]:
     return classes
 
 
-def check_unique(classes: list[type[Protocol]]) -> None:
+def check_unique(classes: list[type[Role]]) -> None:
     """Role names, stream ids and topics must be unique and well formed (ConfigError)."""
     seen: dict[str, str] = {}
     for cls in classes:
@@ -138,13 +138,13 @@ def permanent_error(e: BaseException) -> PermanentRoleError | ConfigError | None
 
 @dataclass
 class RoleState:
-    cls: type[Protocol]
+    cls: type[Role]
     config: Any
     health: Health = Health.STARTING
     detail: str = ""
     restarts: int = 0
     down_since: float | None = None   # wall-clock time the role went down (None while it is up)
-    instance: Protocol | None = None
+    instance: Role | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -190,7 +190,7 @@ class Supervisor:
         if changed:
             self.ctx.events.publish(RoleHealthChanged(st.cls.name, health is Health.HEALTHY, detail))
 
-    async def start(self, nursery: trio.Nursery, cls: type[Protocol], config: Any) -> None:
+    async def start(self, nursery: trio.Nursery, cls: type[Role], config: Any) -> None:
         """Start one role and wait until it is serving (or has failed its first start)."""
         st = RoleState(cls, config)
         self.roles[cls.name] = st

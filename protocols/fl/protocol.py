@@ -24,7 +24,7 @@ import trio
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.health import HealthReport, RecentCount, Status
 from fognode.node.overlay import GossipMessage as OverlayGossip
-from fognode.node.protocol import Protocol
+from fognode.node.role import Role
 from fognode.node.wire import digest, unpack
 from fognode.protocols.fl.actions import Action
 from fognode.protocols.fl.config import MIB, FlConfig, validate
@@ -51,7 +51,7 @@ MAX_GOSSIP = 512 * 1024
 TASK_DEATH_WINDOW = 300.0   # seconds: task process starts counted for health_report
 
 
-class FlRole(FlRpc, Protocol):
+class FlRole(FlRpc, Role):
     """Serverless federated learning: coordinator, participant and aggregator in one role."""
 
     name = "fl"

@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from fognode.node.protocol import Services
+from fognode.node.role import Services
 from fognode.protocols.harvest.contribution import Contribution, HarvestSession
 from fognode.protocols.harvest.jobs import JobResult, JobSpec
 from fognode.protocols.harvest.policy import HarvestPolicy

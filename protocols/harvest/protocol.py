@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from fognode.node.errors import PermanentRoleError
-from fognode.node.protocol import NodeContext, Protocol
+from fognode.node.role import NodeContext, Role
 from fognode.protocols.harvest.api import SERVICE_NAME, HarvestApi, RegistryLookup
 from fognode.protocols.harvest.cgroup import probe_cgroup
 from fognode.protocols.harvest.config import HarvestConfig
@@ -48,7 +48,7 @@ log = logging.getLogger("fognode.harvest")
 DEFAULT_MEMORY = 1 << 30     # the executor's budget when the device's RAM is unknown
 
 
-class HarvestRole(HarvestRpc, Protocol):
+class HarvestRole(HarvestRpc, Role):
     """Battery/thermal/CPU-aware volunteering of this device's idle compute."""
 
     name = "harvest"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fognode.node.protocol import Services
+from fognode.node.role import Services
 from fognode.protocols.market.errors import MarketError
 from fognode.protocols.market.service import JobSpec, MarketService, Progress
 

@@ -29,7 +29,7 @@ from fognode.ledger.amounts import parse_amount
 from fognode.ledger.errors import AmountError
 from fognode.node.errors import FognodeError, RemoteProtocolError, RpcError, StreamClosed
 from fognode.node.overlay import FramedStream, GossipMessage
-from fognode.node.protocol import NodeContext, Protocol
+from fognode.node.role import NodeContext, Role
 from fognode.node.rpc.methods import FilePath, Progress, rpc_method
 from fognode.protocols.harvest.api import harvest_api
 from fognode.protocols.harvest.executor import Executor
@@ -85,7 +85,7 @@ def read_module(path: str) -> bytes:
     return data
 
 
-class MarketRole(Protocol):
+class MarketRole(Role):
     """Offers, matching, agreements, escrowed and metered WASM jobs, bursts."""
 
     name = "market"

@@ -29,7 +29,7 @@ from fognode.ledger.api import LedgerApi, ledger_api
 from fognode.ledger.errors import OrderRejected, Reason
 from fognode.ledger.escrow_client import CLOCK_MARGIN, EscrowMarginError
 from fognode.node.errors import FognodeError
-from fognode.node.protocol import NodeContext
+from fognode.node.role import NodeContext
 from fognode.node.wire import digest
 from fognode.protocols.market.actions import (Action, AuctionClosed, Concluded,
                                               NegotiationFailed, OffersExpired, Publish,

@@ -39,7 +39,7 @@ from fognode.node.events import RoleHealthChanged, Subscription
 from fognode.node.health import Status
 from fognode.node.metrics import metric
 from fognode.node.overlay import GossipMessage
-from fognode.node.protocol import Protocol
+from fognode.node.role import Role
 from fognode.node.rpc.methods import Progress, rpc_method
 from fognode.protocols.monitor.api import MonitorService
 from fognode.protocols.monitor.config import MonitorConfig
@@ -84,7 +84,7 @@ def _time_param(text: str, now: float, field: str) -> float:
     return v
 
 
-class MonitorRole(Protocol):
+class MonitorRole(Role):
     """Health, metrics, history, anomalies and alerts of this node."""
 
     name = "monitor"

@@ -3,7 +3,7 @@
 The node's own report comes from figures the monitor samples: no connected peer is DEGRADED
 ("no peers: this node cannot reach the network"), a p99 event-loop lag over the configured
 bound is DEGRADED, over 5 times that bound UNHEALTHY. Roles report through
-`Protocol.health_report()` (node/health.py), read via the supervisor's `role_health()` (a
+`Role.health_report()` (node/health.py), read via the supervisor's `role_health()` (a
 crashed role is UNHEALTHY with the supervisor's reason).
 
 `HealthBook.update(reports)` returns the changes since the previous update, which the role

@@ -36,7 +36,7 @@ REFETCH = 15.0
 class RelayDirectory:
     def __init__(self, services: Any, overlay: Overlay, clock: Callable[[], float], *,
                  max_skew: float = 300.0) -> None:
-        self.services = services          # node.protocol.Services
+        self.services = services          # node.role.Services
         self.overlay = overlay
         self.clock = clock
         self.max_skew = max_skew

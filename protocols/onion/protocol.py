@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from fognode.node.errors import ConfigError, RpcError
-from fognode.node.protocol import NodeContext, Protocol
+from fognode.node.role import NodeContext, Role
 from fognode.node.rpc.methods import rpc_method
 from fognode.protocols.onion import errors as E
 from fognode.protocols.onion.blinding import HSDESC_NAMESPACE
@@ -64,7 +64,7 @@ class DhtDescriptorStore:
         return value
 
 
-class OnionRole(Protocol):
+class OnionRole(Role):
     """Onion relay, client circuits, SOCKS5 port and hidden services."""
 
     name = "onion"

@@ -17,7 +17,7 @@ import trio
 from fognode.node.errors import FognodeError, LocalProtocolError, RpcError
 from fognode.node.health import HealthReport, Status
 from fognode.node.overlay import FramedStream, GossipMessage
-from fognode.node.protocol import NodeContext, Protocol
+from fognode.node.role import NodeContext, Role
 from fognode.node.rpc.methods import rpc_method
 from fognode.protocols.registry import direct
 from fognode.protocols.registry import errors as E
@@ -70,7 +70,7 @@ def _check_peer(peer: str) -> str:
     return peer
 
 
-class RegistryRole(Protocol):
+class RegistryRole(Role):
     """Device registry and reputation."""
 
     name = "registry"

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from fognode.node.errors import RpcError
 from fognode.node.events import EventBus
 from fognode.node.host import OverlayConfig, open_overlay
-from fognode.node.protocol import NodeContext
+from fognode.node.role import NodeContext
 from fognode.protocols.fl.events import TrainingRoundCompleted, TrainingRoundStarted
 from fognode.protocols.fl.protocol import FlConfig, FlRole
 

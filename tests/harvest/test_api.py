@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from fognode.node.events import EventBus
-from fognode.node.protocol import Services
+from fognode.node.role import Services
 from fognode.protocols.harvest.api import HarvestApi, HarvesterCriteria, RegistryLookup, harvest_api
 from fognode.protocols.harvest.contribution import ContributionLedger
 from fognode.protocols.harvest.contribution_store import ContributionStore

@@ -19,7 +19,7 @@ from fognode.ledger.wallet import Keystore
 from fognode.node.errors import FatalStorageError
 from fognode.node.events import EventBus
 from fognode.node.host import OverlayConfig, open_overlay
-from fognode.node.protocol import NodeContext
+from fognode.node.role import NodeContext
 from fognode.node.roles import fatal_storage_error
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]

@@ -334,7 +334,7 @@ async def test_supervisor_does_not_restart_a_ledger_whose_disk_is_full(autojump_
     from fognode.ledger.genesis import DEV_FUNDING, dev_genesis
     from fognode.ledger.protocol import LedgerConfig, LedgerRole
     from fognode.node.events import EventBus
-    from fognode.node.protocol import NodeContext
+    from fognode.node.role import NodeContext
     from fognode.node.roles import Supervisor
     from fognode.node.rpc.methods import MethodTable
 

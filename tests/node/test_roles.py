@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from fognode.node.errors import ConfigError, PermanentRoleError
 from fognode.node.events import EventBus, RoleHealthChanged
-from fognode.node.protocol import EmptyConfig, NodeContext, Protocol
+from fognode.node.role import EmptyConfig, NodeContext, Role
 from fognode.node.roles import Supervisor, check_unique
 from fognode.node.rpc.methods import MethodTable, rpc_method
 from tests.polling import wait_until
@@ -23,7 +23,7 @@ def context(tmp_path: Path) -> NodeContext:
                        events=EventBus(reg), metrics=reg, datadir=tmp_path, genesis={})
 
 
-class Crashy(Protocol):
+class Crashy(Role):
     name = "crashy"
     Config = EmptyConfig
     runs = 0
@@ -41,7 +41,7 @@ class Crashy(Protocol):
         await trio.sleep_forever()
 
 
-class FailsToStart(Protocol):
+class FailsToStart(Role):
     name = "failstart"
     Config = EmptyConfig
 
@@ -88,7 +88,7 @@ async def test_role_failing_at_start_does_not_block_the_others(tmp_path: Path) -
         n.cancel_scope.cancel()
 
 
-class PortTaken(Protocol):
+class PortTaken(Role):
     name = "porttaken"
     Config = EmptyConfig
     runs = 0
@@ -134,7 +134,7 @@ async def test_permanent_error_stops_restarts_but_not_the_daemon(tmp_path: Path,
 
 
 def test_duplicate_topics_and_bad_ids_are_refused() -> None:
-    class A(Protocol):
+    class A(Role):
         name = "a"
         topics = ("fognode/a/x/1",)
 

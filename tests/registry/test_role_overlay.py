@@ -15,7 +15,7 @@ from fognode.node.errors import LocalProtocolError, RpcError, StreamClosed
 from fognode.node.wire import pack, unpack
 from fognode.node.events import EventBus
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay, peer_id_from_pubkey
-from fognode.node.protocol import NodeContext
+from fognode.node.role import NodeContext
 from fognode.protocols.registry import direct
 from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.events import DeviceCapabilitiesChanged, DeviceOffline

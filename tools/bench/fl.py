@@ -156,7 +156,7 @@ async def round_time(n: int, rounds: int) -> None:
 
     from fognode.node.events import EventBus
     from fognode.node.host import OverlayConfig, open_overlay
-    from fognode.node.protocol import NodeContext
+    from fognode.node.role import NodeContext
     from fognode.protocols.fl.events import TrainingRoundStarted
     from fognode.protocols.fl.protocol import FlConfig, FlRole
 

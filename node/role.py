@@ -1,6 +1,6 @@
 """The role interface (DESIGN.md "One interface for every role").
 
-A role is a subclass of `Protocol` with:
+A role is a subclass of `Role` with:
 - `name` (also its `[protocols.<name>]` section in node.toml),
 - `Config`, a frozen dataclass with defaults for every field (read from that section),
 - `stream_ids` / `topics` it owns (checked unique across roles at start-up),
@@ -91,7 +91,7 @@ class EmptyConfig:
     """For roles without settings."""
 
 
-class Protocol(abc.ABC):
+class Role(abc.ABC):
     """Base class of every role. Subclasses set the class attributes and implement run()."""
 
     name: ClassVar[str] = ""
