@@ -41,6 +41,8 @@ class MarketConfig:
     price_elasticity: float = 0.5         # exponent of (demand + 1) / (supply + 1) in dynamic pricing
     price_min_factor: float = 0.5         # dynamic prices stay >= this times the base price
     price_max_factor: float = 2.0         # dynamic prices stay <= this times the base price
+    reprice_interval: float = 60.0        # seconds between dynamic re-pricings of our offers
+    reprice_step: float = 0.05            # re-publish an offer only when its price moves this fraction
     stats_window: float = 3600.0          # seconds of demands and agreements market stats count
     payee: str = ""                       # fog1 wallet of this node earnings are paid to ("": default)
     debit_interval: int = 120             # seconds between a provider's debit notes (Golem: 120)
@@ -97,6 +99,10 @@ class MarketConfig:
             raise bad("price_min_factor", "must be in (0, 1]")
         if not 1.0 <= self.price_max_factor <= 100.0:
             raise bad("price_max_factor", "must be between 1 and 100")
+        if not 1.0 <= self.reprice_interval <= 86_400:
+            raise bad("reprice_interval", "must be between 1 and 86400 s")
+        if not 0.0 <= self.reprice_step <= 1.0:
+            raise bad("reprice_step", "must be between 0 and 1")
         if not 1.0 <= self.stats_window <= 30 * 86_400:
             raise bad("stats_window", "must be between 1 s and 30 days")
         if self.payee and not is_address(self.payee):

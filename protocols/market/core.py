@@ -21,6 +21,18 @@ published again once less than half of their lifetime is left.
 (`replication` of them, distinct); `open_auction` publishes the demand and, when the window
 closes, negotiates with the winners at their bid (the offer's prices, `max_total` = the bid).
 Providers bid on demands heard on gossip from their cheapest fitting offer.
+
+Pricing (`MarketConfig.pricing`). The operator's prices are the offer's *base* prices
+(`base_prices`). With "fixed" they are what the offer asks. With "dynamic" every unit price is
+the base price times one factor: the suggestion for the service's reference unit
+(`PriceTracker.suggest`: the reference price times the demand/supply pressure, within
+[`price_min_factor`, `price_max_factor`] of the base) divided by its base price. The
+suggestion is computed without our own influence: the book's percentiles count other
+providers' offers only and the EWMA only agreements we did not sell, while our offers do count
+as supply; so a fixed market gives a fixed price, with no feedback through our own asks.
+`tick` re-prices every `reprice_interval` seconds and republishes an offer only when its
+reference price would move by at least `reprice_step` (a fraction), so a small drift does not
+flood the offers topic.
 """
 from __future__ import annotations
 
@@ -77,6 +89,8 @@ class MarketCore:
                                     min_factor=config.price_min_factor,
                                     max_factor=config.price_max_factor)
         self.own: dict[str, tuple[Offer, int]] = {}          # offer id -> (offer, ttl)
+        self.base_prices: dict[str, dict[str, int]] = {}     # offer id -> the operator's prices
+        self._repriced_at = float("-inf")
         self._last_seq = 0
         self.auctions: dict[bytes, tuple[Auction, SLA, int]] = {}
         self._seen_demands: OrderedDict[bytes, None] = OrderedDict()
@@ -89,21 +103,25 @@ class MarketCore:
 
     def publish_offer(self, *, id: str, service: str, cores: int, memory_mib: int, disk_mib: int,
                       prices: dict[str, int], uptime_bp: int, ttl: int, now: float) -> list[Action]:
-        """Sign and publish an offer (a new one, or a new version of offer `id`)."""
+        """Sign and publish an offer (a new one, or a new version of offer `id`) at `prices`,
+        its base prices (the offer asks them, or the dynamic prices derived from them)."""
         offer = sign_offer(self.key, id=id, seq=self._next_seq(now), service=service, cores=cores,
                            memory_mib=memory_mib, disk_mib=disk_mib, region=self.region,
-                           prices=prices, uptime_bp=uptime_bp, issued=int(now),
-                           valid_until=int(now) + ttl)
+                           prices=self.priced(service, prices, now, adding=id not in self.own),
+                           uptime_bp=uptime_bp,
+                           issued=int(now), valid_until=int(now) + ttl)
         problem = self.book.add(offer, now)
         if problem is not None:
             raise MarketError(f"offer {id!r} refused by our own book: {problem[1]}")
         self.own[id] = (offer, ttl)
+        self.base_prices[id] = dict(prices)
         return [Publish(OFFERS_TOPIC, offer.encode())]
 
     def withdraw_offer(self, id: str, now: float) -> list[Action]:
         if id not in self.own:
             raise MarketError(f"no offer {id!r} of ours")
         del self.own[id]
+        self.base_prices.pop(id, None)
         w = sign_withdraw(self.key, id=id, seq=self._next_seq(now), issued=int(now))
         self.book.withdraw(w, now)
         return [Publish(OFFERS_TOPIC, w.encode())]
@@ -232,7 +250,8 @@ class MarketCore:
                 price = dict(t.prices).get(REFERENCE_UNIT[t.service])
                 offer = self.book.get(t.provider, t.offer)
                 if price is not None and offer is not None:
-                    self.pricing.observe_agreement(offer.region, t.service, price, now)
+                    self.pricing.observe_agreement(offer.region, t.service, price, now,
+                                                   ours=t.provider == self.pubkey)
         return actions
 
     # ---- time -------------------------------------------------------------------------------
@@ -243,22 +262,53 @@ class MarketCore:
         for auction, _, _ in list(self.auctions.values()):
             for a in auction.tick(now):
                 out += self._auction_closed(a, now) if isinstance(a, AuctionClosed) else [a]
+        reprice = (self.config.pricing == "dynamic"
+                   and now - self._repriced_at >= self.config.reprice_interval)
+        if reprice:
+            self._repriced_at = now
         for oid, (offer, ttl) in list(self.own.items()):
-            if offer.valid_until - now < ttl / 2:
+            base = self.base_prices.get(oid, dict(offer.prices))
+            if offer.valid_until - now < ttl / 2 or (reprice and self._moved(offer, base, now)):
                 out += self.publish_offer(id=oid, service=offer.service, cores=offer.cores,
                                           memory_mib=offer.memory_mib, disk_mib=offer.disk_mib,
-                                          prices=dict(offer.prices), uptime_bp=offer.uptime_bp,
-                                          ttl=ttl, now=now)
+                                          prices=base, uptime_bp=offer.uptime_bp, ttl=ttl,
+                                          now=now)
         return out
+
+    def _moved(self, offer: Offer, base: dict[str, int], now: float) -> bool:
+        """Whether re-pricing would move `offer`'s reference price by `reprice_step` or more."""
+        unit = REFERENCE_UNIT[offer.service]
+        current = offer.price(unit)
+        new = self.priced(offer.service, base, now).get(unit)
+        if current is None or new is None:
+            return False
+        return abs(new - current) >= self.config.reprice_step * max(current, 1)
 
     # ---- statistics -------------------------------------------------------------------------
 
     def stats(self, region: str, service: str, now: float) -> MarketStats:
         return self.pricing.stats(self.book, region, service, now)
 
-    def suggest_price(self, service: str, base_price: int, now: float) -> int:
-        """The unit price to offer `service` at here (`pricing` = fixed | dynamic)."""
-        return self.pricing.suggest(self.stats(self.region, service, now), base_price,
-                                    self.config.pricing)
+    def suggest_price(self, service: str, base_price: int, now: float, *,
+                      adding: bool = False) -> int:
+        """The unit price to offer `service` at here (`pricing` = fixed | dynamic), judged
+        without our own influence (see the module docstring); `adding`: one more offer of
+        ours is about to join the supply."""
+        others = (o for o in self.book if o.provider != self.pubkey)
+        ours = adding + sum(1 for o, _ in self.own.values()
+                            if o.service == service and o.valid_until > now)
+        view = self.pricing.stats(others, self.region, service, now, own_supply=ours,
+                                  own_agreements=False)
+        return self.pricing.suggest(view, base_price, self.config.pricing)
+
+    def priced(self, service: str, prices: dict[str, int], now: float, *,
+               adding: bool = False) -> dict[str, int]:
+        """The prices an offer of `service` with base `prices` asks now: the base prices, or
+        under dynamic pricing each scaled by the reference unit's suggested factor."""
+        base = prices.get(REFERENCE_UNIT[service])
+        if self.config.pricing == "fixed" or not base:
+            return dict(prices)
+        factor = self.suggest_price(service, base, now, adding=adding) / base
+        return {unit: int(round(p * factor)) for unit, p in prices.items()}
 
 

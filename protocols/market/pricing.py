@@ -62,6 +62,7 @@ class _Series:
     demands: deque[float] = field(default_factory=deque)
     agreements: deque[float] = field(default_factory=deque)
     ewma: float | None = None
+    ewma_others: float | None = None    # over agreements this node did not sell
 
 
 class PriceTracker:
@@ -93,20 +94,32 @@ class PriceTracker:
     def observe_demand(self, region: str, service: str, now: float) -> None:
         self._get(region, service).demands.append(now)
 
-    def observe_agreement(self, region: str, service: str, unit_price: int, now: float) -> None:
+    def observe_agreement(self, region: str, service: str, unit_price: int, now: float, *,
+                          ours: bool = False) -> None:
+        """An agreement at `unit_price`; `ours` when this node sold it (it then feeds the
+        EWMA shown in stats but not the one dynamic pricing follows)."""
         s = self._get(region, service)
         s.agreements.append(now)
-        s.ewma = float(unit_price) if s.ewma is None else s.ewma + self.alpha * (unit_price - s.ewma)
+        s.ewma = self._ewma(s.ewma, unit_price)
+        if not ours:
+            s.ewma_others = self._ewma(s.ewma_others, unit_price)
+
+    def _ewma(self, old: float | None, x: int) -> float:
+        return float(x) if old is None else old + self.alpha * (x - old)
 
     def _recent(self, q: deque[float], now: float) -> int:
         while q and q[0] <= now - self.window:
             q.popleft()
         return len(q)
 
-    def stats(self, offers: Iterable[Offer], region: str, service: str, now: float) -> MarketStats:
+    def stats(self, offers: Iterable[Offer], region: str, service: str, now: float, *,
+              own_supply: int = 0, own_agreements: bool = True) -> MarketStats:
+        """Statistics over `offers` and what was observed; `own_supply` offers of ours are
+        added to the supply, and with `own_agreements` false the EWMA leaves out agreements
+        this node sold (the view dynamic pricing takes)."""
         unit = REFERENCE_UNIT[service]
         prices: list[int] = []
-        supply = cores = 0
+        supply, cores = own_supply, 0
         for o in offers:
             if o.service != service or o.region != region or o.valid_until <= now:
                 continue
@@ -122,7 +135,8 @@ class PriceTracker:
         fill = min(1.0, agreements / demand) if demand else 0.0
         return MarketStats(region, service, unit, supply, cores, demand, agreements, fill,
                            percentile(prices, 10), percentile(prices, 50),
-                           percentile(prices, 90), s.ewma if s else None)
+                           percentile(prices, 90),
+                           (s.ewma if own_agreements else s.ewma_others) if s else None)
 
     def suggest(self, stats: MarketStats, base_price: int, mode: str) -> int:
         """The unit price to offer at (see the module docstring)."""

@@ -25,7 +25,7 @@ import psutil
 import trio
 import wasmtime
 
-from fognode.ledger.amounts import parse_amount
+from fognode.ledger.amounts import format_amount, parse_amount
 from fognode.ledger.errors import AmountError
 from fognode.node.errors import FognodeError, RemoteProtocolError, RpcError, StreamClosed
 from fognode.node.overlay import FramedStream, GossipMessage
@@ -45,6 +45,7 @@ from fognode.protocols.market.harvest_gate import MIB, Capacity, HarvestGate
 from fognode.protocols.market.jobwire import JOB_PROTOCOL
 from fognode.protocols.market.messages import MAX_DEMAND_BYTES
 from fognode.protocols.market.metrics import MarketMetrics
+from fognode.protocols.market.pricing import REFERENCE_UNIT
 from fognode.protocols.market.provider import ProviderJobs
 from fognode.protocols.market.service import JobSpec, MarketService
 from fognode.protocols.market.wirecommon import SERVICES
@@ -316,14 +317,16 @@ class MarketRole(Role):
         return JobSpec(mod, export, tuple(args), data, fuel, mem)
 
     async def _run(self, job: JobSpec, *, providers: int, replication: int, budget: str,
-                   seconds: int | None, filter: str, progress: Progress) -> dict[str, Any]:
+                   seconds: int | None, filter: str, auction: bool,
+                   progress: Progress) -> dict[str, Any]:
         secs = seconds or self.config.job_deadline
         if not 10 <= secs <= 30 * 86_400:
             raise RpcError(E.BAD_REQUEST, "seconds must be between 10 and 2592000")
         try:
             return await self.service.run_tasks(job, providers=providers, replication=replication,
                                                 budget=_amount(budget, "budget"), seconds=secs,
-                                                constraints=filter, progress=progress)
+                                                constraints=filter, auction=auction,
+                                                progress=progress)
         except ConstraintError as e:
             raise RpcError(E.BAD_FILTER, str(e)) from None
         except MarketError as e:
@@ -336,17 +339,22 @@ class MarketRole(Role):
     async def rpc_request(self, module: FilePath, export: str, budget: str,
                           args: list[int] | None = None, input: FilePath | None = None,
                           fuel: int = 1_000_000_000, memory_mib: int = 64, replication: int = 1,
-                          seconds: int | None = None, filter: str = "") -> dict[str, Any]:
+                          seconds: int | None = None, filter: str = "",
+                          auction: bool = False) -> dict[str, Any]:
         """Run EXPORT of MODULE (.wasm, or .wat text) once with integer ARGS (or the bytes of
         INPUT) on REPLICATION providers matched on the order book (FILTER), paying at most
         BUDGET tokens in all from this node's wallet through escrow; at most FUEL fuel and
         MEMORY_MIB of memory; the agreements end SECONDS from now (the unspent escrow comes
-        back then). Replicas are compared: a provider outvoted by the majority is not paid."""
+        back then). Replicas are compared: a provider outvoted by the majority is not paid.
+        With AUCTION the providers are chosen by a reverse auction instead: the demand goes
+        out on gossip, providers bid for [protocols.market] auction_window seconds, and the
+        cheapest bids win at their bid."""
         if not 1 <= replication <= 16:
             raise RpcError(E.BAD_REQUEST, "replication must be between 1 and 16")
         job = self._job(module, export, [tuple(args or ())], input, fuel, memory_mib)
         out = await self._run(job, providers=replication, replication=replication, budget=budget,
-                              seconds=seconds, filter=filter, progress=Progress())
+                              seconds=seconds, filter=filter, auction=auction,
+                              progress=Progress())
         task = out.pop("tasks")[0]
         return {**task, **out}
 
@@ -355,11 +363,12 @@ class MarketRole(Role):
                         values: list[int] | None = None, count: int | None = None,
                         first: int = 0, providers: int = 4, replication: int = 1,
                         fuel: int = 1_000_000_000, memory_mib: int = 64,
-                        seconds: int | None = None, filter: str = "", *,
+                        seconds: int | None = None, filter: str = "", auction: bool = False, *,
                         progress: Progress = Progress()) -> dict[str, Any]:
         """Run EXPORT of MODULE once per integer of VALUES (or of FIRST..FIRST+COUNT-1) across
         PROVIDERS providers (each task on REPLICATION of them), within BUDGET tokens and
-        SECONDS; tasks of a provider that dies or is outvoted go to the others. Prints
+        SECONDS; tasks of a provider that dies or is outvoted go to the others. With AUCTION
+        the providers are the winners of a reverse auction (see market.request). Prints
         progress as tasks complete; returns every task's result."""
         if values is None:
             if count is None:
@@ -371,7 +380,8 @@ class MarketRole(Role):
             raise RpcError(E.BAD_REQUEST, "providers must be 1..16 and replication 1..providers")
         job = self._job(module, export, [(v,) for v in values], None, fuel, memory_mib)
         return await self._run(job, providers=providers, replication=replication, budget=budget,
-                               seconds=seconds, filter=filter, progress=progress)
+                               seconds=seconds, filter=filter, auction=auction,
+                               progress=progress)
 
     @rpc_method("market.contracts")
     async def rpc_contracts(self) -> list[dict[str, Any]]:
@@ -398,12 +408,23 @@ class MarketRole(Role):
     @rpc_method("market.stats")
     async def rpc_stats(self, region: str | None = None,
                         service: str = "compute.wasm") -> dict[str, Any]:
-        """Supply, demand, fill ratio, price percentiles and the suggested price of SERVICE in
-        REGION (default: ours), from this node's order book and what it heard; and the market
-        messages this node refused, by kind and reason."""
+        """Supply, demand, fill ratio, price percentiles and the EWMA of agreed prices of
+        SERVICE in REGION (default: ours), from this node's order book and what it heard; for
+        each offer of ours its base price, the price it asks now and the price [protocols.market]
+        pricing = "dynamic" would ask; and the market messages this node refused, by kind and
+        reason."""
         if service not in SERVICES:
             raise RpcError(E.BAD_REQUEST, f"service must be one of {', '.join(SERVICES)}")
         st = self.core.stats(region if region is not None else self.ctx.region, service,
                              self.ctx.clock())
-        return {**st.to_json(), "contracts": len(self.contracts.all()),
+        unit = REFERENCE_UNIT[service]
+        now = self.ctx.clock()
+        own = [{"id": o.id, "base": format_amount(base),
+                "offered": format_amount(o.price(unit) or 0),
+                "suggested": format_amount(self.core.suggest_price(service, base, now))}
+               for o, _ in self.core.own.values()
+               if o.service == service
+               and (base := self.core.base_prices.get(o.id, dict(o.prices)).get(unit)) is not None]
+        return {**st.to_json(), "pricing": self.config.pricing, "unit": unit, "own_offers": own,
+                "contracts": len(self.contracts.all()),
                 "offers_known": len(self.core.book), "refused": dict(self.service.refused)}

@@ -50,6 +50,7 @@ log = logging.getLogger("fognode.market")
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 REFUND_RETRY = 1.0
+AUCTION_SLACK = 5.0          # seconds past the auction window we wait for it to close
 ACTION_QUEUE = 1024
 
 
@@ -81,6 +82,9 @@ class MarketService:
         self.net_send, self.net_recv = trio.open_memory_channel[Publish | Send](ACTION_QUEUE)
         self._waiters: dict[tuple[str, bytes], trio.Event] = {}
         self._outcomes: dict[tuple[str, bytes], Agreement | str] = {}
+        self._auctions: dict[bytes, trio.Event] = {}       # our open auctions' demand ids
+        self._auction_keys: dict[bytes, list[tuple[str, bytes]]] = {}
+        self._auction_bids: dict[bytes, int] = {}
         self.links: dict[bytes, Link] = {}
         self.nursery: trio.Nursery | None = None
         self._demands = 0
@@ -130,7 +134,9 @@ class MarketService:
             elif isinstance(a, NegotiationFailed):
                 self.metrics.negotiations_failed.inc()
                 self._finish((a.peer, a.nonce), a.reason)
-            elif isinstance(a, (AuctionClosed, OffersExpired)):
+            elif isinstance(a, AuctionClosed):
+                self._auction_closed(a)
+            elif isinstance(a, OffersExpired):
                 log.debug("market: %s", a)
 
     def _finish(self, key: tuple[str, bytes], outcome: Agreement | str) -> None:
@@ -159,7 +165,8 @@ class MarketService:
         """Take every offer of ours off the market; returns what `offer` needs to publish each
         again (harvest_gate.py republishes them when the device may work again)."""
         held = [{"id": o.id, "service": o.service, "cores": o.cores, "memory_mib": o.memory_mib,
-                 "disk_mib": o.disk_mib, "prices": dict(o.prices), "uptime_bp": o.uptime_bp, "ttl": ttl}
+                 "disk_mib": o.disk_mib, "prices": self.core.base_prices.get(o.id, dict(o.prices)),
+                 "uptime_bp": o.uptime_bp, "ttl": ttl}
                 for o, ttl in self.core.own.values()]
         self.do(self.core.withdraw_all(self.ctx.clock()))
         return held
@@ -175,21 +182,41 @@ class MarketService:
     # ---- customer: negotiating -------------------------------------------------------------
 
     async def negotiate(self, *, fuel_units: int, budget: int, providers: int, seconds: int,
-                        constraints: str) -> list[Agreement]:
+                        constraints: str, auction: bool = False) -> list[Agreement]:
         """Agreements with up to `providers` providers for `fuel_units` million fuel each,
-        within `budget` in all. MarketError when none could be made."""
+        within `budget` in all: matched on our order book, or with `auction` the winners of a
+        reverse auction (the demand goes out on gossip, providers bid for `auction_window`
+        seconds, the cheapest bids above the reputation floor win at their bid). MarketError
+        when none could be made."""
         now = self.ctx.clock()
         self._demands += 1
         demand = sign_demand(self.ctx.identity, id=f"job-{int(now)}-{self._demands}",
                              service="compute.wasm", constraints=constraints,
                              usage={"fuel": max(1, fuel_units)}, budget=budget,
                              replication=providers, issued=int(now), deadline=int(now) + seconds)
-        self.do(self.core.request(demand, sla=SLA(uptime_bp=0, penalty=0),
-                                  debit_interval=self.config.debit_interval, now=now))
-        keys = [k for k, n in self.core.negotiations.active.items()
-                if n.terms is not None and n.terms.demand == demand.demand_id]
-        for k in keys:
-            self._waiters[k] = trio.Event()
+        sla = SLA(uptime_bp=0, penalty=0)
+        if auction:
+            closed = self._auctions[demand.demand_id] = trio.Event()
+            try:
+                self.do(self.core.open_auction(demand, sla=sla,
+                                               debit_interval=self.config.debit_interval, now=now))
+                with trio.move_on_after(self.config.auction_window + AUCTION_SLACK):
+                    await closed.wait()
+            finally:
+                self._auctions.pop(demand.demand_id, None)
+                keys = self._auction_keys.pop(demand.demand_id, None)
+            if keys is None:
+                raise MarketError("the auction did not close in time")
+            if not keys:
+                raise MarketError("no bid within the budget was placed in the auction "
+                                  f"({self._auction_bids.pop(demand.demand_id, 0)} received)")
+            self._auction_bids.pop(demand.demand_id, None)
+        else:
+            self.do(self.core.request(demand, sla=sla, debit_interval=self.config.debit_interval,
+                                      now=now))
+            keys = self._negotiations_of(demand.demand_id)
+            for k in keys:
+                self._waiters[k] = trio.Event()
         try:
             with trio.move_on_after(self.config.negotiation_timeout * (self.config.max_rounds + 1)):
                 for k in keys:
@@ -204,10 +231,27 @@ class MarketService:
             raise MarketError("no agreement: " + ("; ".join(failures) or "negotiations timed out"))
         return agreements
 
+    def _negotiations_of(self, demand_id: bytes) -> list[tuple[str, bytes]]:
+        return [k for k, n in self.core.negotiations.active.items()
+                if n.terms is not None and n.terms.demand == demand_id]
+
+    def _auction_closed(self, a: AuctionClosed) -> None:
+        """Our auction closed: the core has just opened the winners' negotiations; wait on
+        them (registered here, before any reply can arrive)."""
+        closed = self._auctions.get(a.demand)
+        if closed is None:
+            return
+        keys = self._negotiations_of(a.demand)
+        for k in keys:
+            self._waiters[k] = trio.Event()
+        self._auction_keys[a.demand] = keys
+        self._auction_bids[a.demand] = a.bids
+        closed.set()
+
     # ---- customer: running tasks -------------------------------------------------------------
 
     async def run_tasks(self, job: JobSpec, *, providers: int, replication: int, budget: int,
-                        seconds: int, constraints: str = "",
+                        seconds: int, constraints: str = "", auction: bool = False,
                         progress: Progress | None = None) -> dict[str, Any]:
         ledger = self.ledger()
         if ledger is None:
@@ -216,7 +260,8 @@ class MarketService:
         per_provider = math.ceil(len(job.args) * replication / providers)
         units = math.ceil(per_provider * job.fuel / FUEL_UNIT)
         agreements = await self.negotiate(fuel_units=units, budget=budget, providers=providers,
-                                          seconds=seconds, constraints=constraints)
+                                          seconds=seconds, constraints=constraints,
+                                          auction=auction)
         t_neg = trio.current_time()
         links: list[Link] = []
         problems: list[str] = []

@@ -143,7 +143,10 @@ def test_suggested_price() -> None:
     net = Net(["a", "b"], pricing="dynamic", price_elasticity=1.0)
     net.offer("b", 40)
     core = net.cores["a"]
-    # no demand, one offer: the book's median 40 * (0 + 1) / (1 + 1) = 20, within [0.5, 2] x 30
-    assert core.suggest_price("compute.wasm", 30, NOW) == 20
+    # b prices dynamically too: no other offer, its base 40 * (0 + 1) / (1 + 1) = 20 (at b's
+    # floor, 0.5 x 40); a sees b's ask 20 * 1 / 2 = 10, kept within [0.5, 2] x 30 -> 15
+    assert dict(net.cores["b"].own["o1"][0].prices) == {"fuel": 20}
+    assert core.suggest_price("compute.wasm", 30, NOW) == 15
+    assert core.suggest_price("compute.wasm", 16, NOW) == 10
     fixed = Net(["a"]).cores["a"]
     assert fixed.suggest_price("compute.wasm", 30, NOW) == 30
