@@ -60,8 +60,8 @@ class CertGossip:
                     log.warning("could not publish %d certificates: %s (peers will sync them)", len(batch), e)
 
     async def on_gossip(self, msg: GossipMessage) -> None:
-        if self.ledger.failure is not None:
-            return       # the ledger stopped (storage failure): gossip is dropped, peers sync later
+        if not self.ledger.serving():
+            return       # the ledger stopped (storage failure, or shut down): peers sync later
         try:
             f = Fields(unpack(msg.data, max_size=MAX_CERT_FRAME, what="ledger certificate batch"),
                        "ledger.CertBatch", versions={1}, peer=msg.origin)

@@ -42,6 +42,9 @@ class Applier(Protocol):
     def failure(self) -> LedgerStorageFailed | None:
         """Set once a store write failed: the ledger takes no more work."""
 
+    def serving(self) -> bool:
+        """Whether network requests may be served (no store failure, not stopped)."""
+
     def ingest(self, peer: str, certs: list[Certificate], *, via: str = "ledger") -> tuple[list[Delta], bool]:
         """Apply `certs` in one synced batch: (deltas applied, whether any is waiting)."""
 

@@ -123,6 +123,7 @@ class LedgerService:
         self._waiters: dict[bytes, trio.Event] = {}
         self._audits: set[trio.Event] = set()      # audits reading a snapshot in a worker thread
         self.forks_seen = 0
+        self.stopped = False          # run() has ended and the store is (being) closed
         self._fork_log = LogRateLimiter(interval=60.0)   # uncertified forks: one line a minute
         reg = ctx.metrics
         self.m_applied = metric(reg, Counter, "fognode_ledger_certificates_applied_total",
@@ -164,6 +165,11 @@ class LedgerService:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            # the overlay outlives us (daemon shutdown, a supervisor restart) and still routes
+            # our streams and gossip here: from now on every handler turns them away before it
+            # touches the store (`serving`), and no handler awaits between that check and its
+            # store work, so none can reach the store once it is closed
+            self.stopped = True
             self.streams.clear()      # the host closes them with its connections
             with trio.CancelScope(shield=True), trio.move_on_after(60):
                 for done in list(self._audits):    # a worker thread still reads the db
@@ -180,6 +186,10 @@ class LedgerService:
         self.m_storage.inc()
         log.critical("LEDGER STOPPED: %s. Nothing more is applied, signed or served; the node shuts down.", err)
         self._failed.set()
+
+    def serving(self) -> bool:
+        """Whether network requests may be served: the store has not failed and is open."""
+        return self.failure is None and not self.stopped
 
     def check_usable(self) -> None:
         """Raise LedgerStorageFailed (naming the path and the cause) once the store failed."""
@@ -336,7 +346,7 @@ class LedgerService:
                 raw = await stream.recv(max_size=MAX_CERT_FRAME)
             except StreamClosed:
                 return
-            if self.failure is not None:    # the ledger stopped: no vote, no lock, no answer
+            if not self.serving():    # the ledger stopped: no vote, no lock, no answer
                 await stream.reset()
                 return
             try:

@@ -88,7 +88,7 @@ class LedgerSync:
                 req = await stream.recv(max_size=1024)
             except StreamClosed:
                 return
-            if self.ledger.failure is not None:    # serve nothing from a store that failed a write
+            if not self.ledger.serving():    # serve nothing from a failed or closed store
                 await stream.reset()
                 return
             f = Fields(req, "ledger.SyncRequest", versions={1}, peer=stream.remote_peer)
@@ -111,7 +111,7 @@ class LedgerSync:
     async def sync_with(self, peer: str) -> int:
         """Pull `peer`'s apply log from our cursor; returns certificates applied. Errors are
         logged (the next round retries)."""
-        if peer in self._syncing or self.ledger.failure is not None:
+        if peer in self._syncing or not self.ledger.serving():
             return 0
         self._syncing.add(peer)
         applied = 0
@@ -154,7 +154,7 @@ class LedgerSync:
             log.debug("sync with %s stopped: %s", peer, e)
             if isinstance(e, RemoteProtocolError):
                 self.ctx.overlay.penalize(peer, str(e), protocol=SYNC_STREAM)
-                if self.ledger.failure is None:
+                if self.ledger.serving():
                     self.store.set_cursor(peer, 0)
                     self._cursors[peer] = 0
         finally:
