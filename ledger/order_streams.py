@@ -39,50 +39,31 @@ class OrderStreams:
         use; a stale one is replaced once) and return the raw reply (at most `max_reply`
         bytes). One request at a time per validator. Raises RequestNotSent when no stream to
         the validator could be opened (the request never left), else FognodeError or
-        trio.TooSlowError (after request_timeout: the validator may have received it).
-
-        Waiting for the stream (another request to the same validator holds it) is bounded by
-        `request_timeout` too: a request still queued then raises RequestNotSent, since it never
-        left this node; so a silent validator delays each caller by at most two timeouts, not
-        by one per request queued ahead of it."""
-        lock = self._stream_locks.setdefault(validator, trio.Lock())
-        acquired = False
-        with trio.move_on_after(self.request_timeout):
-            await lock.acquire()
-            acquired = True
-        if not acquired:
-            raise RequestNotSent(f"no order stream to {peer}: busy with an earlier request for "
-                                 f"{self.request_timeout:g} s")
-        try:
-            return await self._request_locked(validator, peer, request, max_reply)
-        finally:
-            lock.release()
-
-    async def _request_locked(self, validator: bytes, peer: str, request: dict[str, Any],
-                              max_reply: int) -> Any:
-        for attempt in (0, 1):
-            stream = self._streams.get(validator)
-            fresh = stream is None
-            sending = False
-            try:
-                with trio.fail_after(self.request_timeout):
-                    if stream is None:
-                        stream = await self.overlay.open_stream(peer, ORDER_STREAM)
-                        self._streams[validator] = stream
-                    sending = True
-                    await stream.send(request)
-                    return await stream.recv(max_size=max_reply)
-            except BaseException as e:
-                self._streams.pop(validator, None)
-                if stream is not None:
-                    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                        try:
-                            await stream.reset()
-                        except FognodeError:
-                            pass
-                if not sending and isinstance(e, (FognodeError, trio.TooSlowError)):
-                    # the stream never opened: the validator cannot have seen the request
-                    raise RequestNotSent(f"no order stream to {peer}: {e}") from e
-                if fresh or not isinstance(e, StreamClosed):
-                    raise
-        raise StreamClosed(f"order stream to {peer} closed twice")
+        trio.TooSlowError (after request_timeout: the validator may have received it)."""
+        async with self._stream_locks.setdefault(validator, trio.Lock()):
+            for attempt in (0, 1):
+                stream = self._streams.get(validator)
+                fresh = stream is None
+                sending = False
+                try:
+                    with trio.fail_after(self.request_timeout):
+                        if stream is None:
+                            stream = await self.overlay.open_stream(peer, ORDER_STREAM)
+                            self._streams[validator] = stream
+                        sending = True
+                        await stream.send(request)
+                        return await stream.recv(max_size=max_reply)
+                except BaseException as e:
+                    self._streams.pop(validator, None)
+                    if stream is not None:
+                        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                            try:
+                                await stream.reset()
+                            except FognodeError:
+                                pass
+                    if not sending and isinstance(e, (FognodeError, trio.TooSlowError)):
+                        # the stream never opened: the validator cannot have seen the request
+                        raise RequestNotSent(f"no order stream to {peer}: {e}") from e
+                    if fresh or not isinstance(e, StreamClosed):
+                        raise
+            raise StreamClosed(f"order stream to {peer} closed twice")
