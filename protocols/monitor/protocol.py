@@ -27,6 +27,7 @@ import errno
 import json
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -51,7 +52,6 @@ from fognode.protocols.monitor.events import AlertHookRan, AnomalyDetected, Heal
 from fognode.protocols.monitor.hook import run_hook
 from fognode.protocols.monitor.dashboard.app import Dashboard
 from fognode.protocols.monitor.dashboard.cookie import AccessToken
-from fognode.protocols.monitor.dashboard.figures import figures
 from fognode.protocols.monitor.http import serve_http
 from fognode.protocols.monitor.metrics import MonitorMetrics
 from fognode.protocols.monitor.sampled import BY_NAME
@@ -231,7 +231,8 @@ class MonitorRole(Role):
     async def rpc_figures(self) -> dict[str, Any]:
         """Live figures (cumulative, as Prometheus counters): peers, CPU seconds, gossip in/out/
         drops, RPC requests, the event-loop lag histogram; two readings give rates."""
-        return figures(self.ctx.metrics, self.ctx.clock())
+        t = os.times()
+        return self.core.figures(self.ctx.metrics.collect(), self.ctx.clock(), t.user + t.system)
 
     @rpc_method("monitor.dashboard")
     async def rpc_dashboard(self) -> dict[str, Any]:
