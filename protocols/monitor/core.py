@@ -7,6 +7,9 @@ the alert rules, rolls up health, and returns the actions for protocol.py to car
 `Emit(event)` (publish on the bus) and `RunHook(alert)` (the operator's hook). No trio, no
 clock, no files of its own.
 
+`SaveAlerts(state)` (write the alert engine's state to the data dir: it changed). At start,
+`warm_up(now, names)` feeds the recorded history of those series to the detectors.
+
 `figures(families, now, cpu_s)` answers `monitor.figures` (the live view of `fognode-cli top`
 and the dashboard's node page, read every second or two) from the same table and the same
 reading of the registry (sampled.totals): cumulative values, as Prometheus keeps them, so any
@@ -38,7 +41,15 @@ class RunHook:
     alert: Alert
 
 
-Action = Emit | RunHook
+@dataclass(frozen=True)
+class SaveAlerts:
+    state: dict[str, Any]
+
+
+Action = Emit | RunHook | SaveAlerts
+
+WARM_ROBUST = 6 * 3600.0          # history read at start for the z-score (its last `window` points)
+WARM_SEASONAL = 8 * 86400.0       # and for the seasonal detector (days smoothed at alpha 0.3)
 
 # monitor.figures: figure -> (series whose metric it reads, which cumulative total)
 FIGURES: dict[str, tuple[str, str]] = {
@@ -88,8 +99,31 @@ class MonitorCore:
             out.append(Emit(ev))
             if self.hook:
                 out.append(RunHook(al))
+        if self.alerts.dirty:
+            out.append(SaveAlerts(self.alerts.state(now)))
         out += self.update_health(role_health)
         return out
+
+    def warm_up(self, now: float, names: Iterable[str]) -> int:
+        """Feed the recorded history of the series `names` (those with ring files) to the
+        detectors: the last WARM_ROBUST seconds, WARM_SEASONAL for seasonal series, each part
+        from the finest tier holding it. Returns the points read."""
+        if self.detectors is None or self.series_of is None:
+            return 0
+        wanted = set(names)
+        n = 0
+        for s in self.table:
+            if s.name not in wanted:
+                continue
+            span = WARM_SEASONAL if s.seasonal else WARM_ROBUST
+            pts = self.series_of(s.name).query(now - span, now, None, now)
+            self.detectors.warm(s.name, [(p.t, p.mean) for p in pts])
+            n += len(pts)
+        return n
+
+    def armed(self, name: str, now: float) -> list[str]:
+        """The detectors scoring series `name` now ([] with detectors off)."""
+        return self.detectors.armed(name, now) if self.detectors is not None else []
 
     def figures(self, families: Iterable[Any], now: float, cpu_s: float) -> dict[str, Any]:
         """{t, cpu_s, gossip_in, gossip_out, gossip_drops, rpc_requests, rpc_seconds, peers,

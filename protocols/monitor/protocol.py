@@ -11,7 +11,10 @@ Every `sample_interval` seconds the role hands a snapshot of the node's metrics 
 core (core.py), which records the chosen series (sampled.py) into ring files in
 `<datadir>/monitor/series` (store.py), runs the anomaly detectors and alert rules, and rolls up
 health; this module carries out its actions (publish `AnomalyDetected`, `AlertFired`,
-`AlertResolved`, `HealthStatusChanged`; run the alert hook). Every event on the bus is kept in a
+`AlertResolved`, `HealthStatusChanged`; run the alert hook; save the alert state to
+`<datadir>/monitor/alerts.json`, alertfile.py). At start the detectors learn from the recorded
+history and the firing and pending alerts are read back, so a restart neither re-fires an
+alert nor makes the detectors start from nothing. Every event on the bus is kept in a
 bounded ring for `monitor.events`, which can also follow the bus live.
 
 Every `status_interval` seconds the node gossips a small status (status.py) on
@@ -44,7 +47,8 @@ from fognode.node.role import Role
 from fognode.node.rpc.methods import Progress, rpc_method
 from fognode.protocols.monitor.api import MonitorService
 from fognode.protocols.monitor.config import MonitorConfig
-from fognode.protocols.monitor.core import Action, Emit, MonitorCore, RunHook
+from fognode.protocols.monitor.alertfile import FILE as ALERT_FILE, load_alert_state, save_alert_state
+from fognode.protocols.monitor.core import Action, Emit, MonitorCore, RunHook, SaveAlerts
 from fognode.protocols.monitor.errors import (MONITOR_BAD_RANGE, MONITOR_HISTORY_OFF, MONITOR_UNKNOWN_EVENT,
                                               MONITOR_UNKNOWN_METRIC)
 from fognode.protocols.monitor.eventlog import EventLog, known_kinds
@@ -103,6 +107,7 @@ class MonitorRole(Role):
         self.events = EventLog(config.events_kept)
         self._hooks: trio.Nursery | None = None
         self.dashboard: Dashboard | None = None
+        self.alert_file = ctx.datadir / "monitor" / ALERT_FILE
 
     # ---- health -----------------------------------------------------------------------------
 
@@ -152,6 +157,8 @@ class MonitorRole(Role):
             elif isinstance(a, RunHook):
                 if self._hooks is not None:
                     self._hooks.start_soon(self._run_hook, a.alert.to_dict())
+            elif isinstance(a, SaveAlerts):
+                save_alert_state(self.alert_file, a.state)
         for sev in ("info", "warning", "critical"):
             self.metrics.alerts_firing.labels(sev).set(sum(1 for x in self.core.alerts.firing() if x.severity == sev))
 
@@ -175,11 +182,14 @@ class MonitorRole(Role):
                                      now_mono - last)
             last = now_mono
             self._carry_out(actions)
+            if now_mono - flushed >= FLUSH_EVERY:
+                flushed = now_mono
+                if self.store is not None:
+                    self.store.flush()
+                if self.core.alerts.firing() or self.core.alerts.pending():   # saved_at: watched until now
+                    save_alert_state(self.alert_file, self.core.alerts.state(self.ctx.clock()))
             if self.store is not None:
                 self.metrics.history_bytes.set(self.store.disk_bytes())
-                if now_mono - flushed >= FLUSH_EVERY:
-                    self.store.flush()
-                    flushed = now_mono
             self.metrics.sample_seconds.observe(time.thread_time() - cpu0)
 
     async def _keep_events(self, sub: Subscription) -> None:
@@ -252,13 +262,15 @@ class MonitorRole(Role):
     @rpc_method("monitor.metrics")
     async def rpc_metrics(self) -> list[dict[str, Any]]:
         """The series the monitor records: name, Prometheus metric, how it is sampled, unit,
-        and the newest value (with its Unix time)."""
+        the newest value (with its Unix time), and the anomaly detectors that score it now
+        (warmed up; at start they learn from the recorded history)."""
         out = []
+        now = self.ctx.clock()
         for s in self.core.table:
             last = self.core.latest.get(s.name)
             out.append({"name": s.name, "metric": s.family, "kind": s.kind.value, "unit": s.unit,
                         "help": s.help, "value": last[1] if last else None,
-                        "at": round(last[0], 3) if last else None})
+                        "at": round(last[0], 3) if last else None, "detectors": self.core.armed(s.name, now)})
         return out
 
     @rpc_method("monitor.series")
@@ -294,8 +306,11 @@ class MonitorRole(Role):
 
     @rpc_method("monitor.alerts")
     async def rpc_alerts(self) -> dict[str, Any]:
-        """Alert rules firing now, recently resolved alerts, and the configured rules."""
+        """Alert rules firing now, those whose condition holds but not yet for their `for`
+        (pending: rule, since, for), recently resolved alerts, and the configured rules. Firing
+        and pending alerts survive a restart (<datadir>/monitor/alerts.json)."""
         return {"firing": [a.to_dict() for a in self.core.alerts.firing()],
+                "pending": self.core.alerts.pending(),
                 "recent": [a.to_dict() for a in self.core.alerts.recent()],
                 "rules": [{"name": r.name, "condition": r.describe(), "severity": r.severity}
                           for r in self.core.alerts.rules]}
@@ -373,9 +388,16 @@ class MonitorRole(Role):
         node = self.ctx.services.require("node")
         metric(self.ctx.metrics, Gauge, "fognode_node_uptime_seconds",
                "Seconds since the daemon started").set_function(node.uptime)
+        self.ctx.role_dir("monitor")
+        load_alert_state(self.alert_file, self.core.alerts, self.ctx.clock())
         if self.config.history:
             self.store = SeriesStore(self.ctx.role_dir("monitor") / "series", self.config.tier_list())
             self.core.series_of = self.store.series
+            t0 = time.perf_counter()
+            n = self.core.warm_up(self.ctx.clock(), self.store.stored([s.name for s in self.core.table]))
+            if n:
+                log.info("detectors warmed up from %d recorded points in %.0f ms", n, (time.perf_counter() - t0) * 1000)
+        self._carry_out([])
         try:
             async with trio.open_nursery() as nursery:
                 self._hooks = nursery
@@ -394,6 +416,7 @@ class MonitorRole(Role):
                 await trio.sleep_forever()
         finally:
             self.ctx.services.withdraw(SERVICE_NAME)
+            save_alert_state(self.alert_file, self.core.alerts.state(self.ctx.clock()))
             if self.store is not None:
                 self.store.close()
                 self.store = None
