@@ -75,11 +75,11 @@ def test_tick_records_detects_alerts_and_rolls_up_health() -> None:
     assert hook.alert.rule == "node.peers < 1" and hook.alert.state == "firing"
     (save,) = [a for a in acts if isinstance(a, SaveAlerts)]                  # written to the data dir
     assert [a["rule"] for a in save.state["firing"]] == ["node.peers < 1"] and save.state["saved_at"] == t
-    assert not [a for a in core.tick(reg.collect(), roles, t + 10, 10) if isinstance(a, SaveAlerts)]  # unchanged
     changes = {e.role: e for e in events if isinstance(e, HealthStatusChanged)}
     assert changes["ledger"].status == "unhealthy" and changes["ledger"].reason.startswith("storage failed")
     assert changes["node"].status == "degraded" and changes["node"].overall == "unhealthy"
     assert core.overall() is Status.UNHEALTHY
+    assert not [a for a in core.tick(reg.collect(), roles, t + 10, 10) if isinstance(a, SaveAlerts)]  # unchanged
 
 
 def test_node_report_and_roll_up() -> None:
