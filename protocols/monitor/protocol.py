@@ -18,7 +18,9 @@ alert nor makes the detectors start from nothing. Every event on the bus is kept
 bounded ring for `monitor.events`, which can also follow the bus live.
 
 Every `status_interval` seconds the node gossips a small status (status.py) on
-`fognode/monitor/status/1`; `monitor.network` shows the last status heard from every node.
+`fognode/monitor/status/1`; `monitor.network` shows the last status heard from every node, a
+node not heard from for 3 intervals as offline (counted in `fognode_monitor_nodes_offline`,
+the series `network.nodes_offline` an alert rule can watch) and forgets it after FORGET_AFTER.
 
 The same port serves the read-only web dashboard (dashboard/app.py) behind a token written to
 `<datadir>/monitor.cookie` at start; `monitor.dashboard` gives its URL, `monitor.figures` the
@@ -67,6 +69,8 @@ log = logging.getLogger("fognode.monitor")
 
 SERVICE_NAME = "monitor"
 FLUSH_EVERY = 60.0            # seconds between msyncs of the history files
+OFFLINE_INTERVALS = 3         # a node not heard from for this many status intervals is offline
+FORGET_AFTER = 86400.0        # and is forgotten after this long (it left the network)
 
 __all__ = ["MonitorRole", "MonitorConfig", "NodeStatus", "STATUS_TOPIC"]
 
@@ -211,10 +215,20 @@ class MonitorRole(Role):
             # signed by its origin (the gossip envelope): a rate-limited WARNING, charged to it
             self.ctx.overlay.penalize(msg.origin, f"bad status: {e}", protocol=STATUS_TOPIC)
 
+    def _offline(self, seen: float, now: float) -> bool:
+        return now - seen > OFFLINE_INTERVALS * self.config.status_interval
+
+    def _nodes_offline(self) -> int:
+        now = self.ctx.clock()
+        return sum(self._offline(seen, now) for _, seen in self.network.values())
+
     async def _announce(self) -> None:
         node = self.ctx.services.require("node")
         await node.ready.wait()
         while True:
+            now = self.ctx.clock()
+            for pid in [p for p, (_, seen) in self.network.items() if now - seen > FORGET_AFTER]:
+                del self.network[pid]
             h = self.health()
             st = NodeStatus(healthy=h["status"] == "ok", peers=h["peers"], uptime_s=round(node.uptime(), 3),
                             version=__version__, at=self.ctx.clock())
@@ -229,11 +243,12 @@ class MonitorRole(Role):
 
     @rpc_method("monitor.network")
     async def rpc_network(self) -> list[dict[str, Any]]:
-        """The last status heard from every node: health, peers, uptime, version, seconds ago."""
+        """The last status heard from every node: health, peers, uptime, version, seconds ago,
+        and offline (not heard from for 3 status intervals; forgotten after a day)."""
         now = self.ctx.clock()
         return [
             {"peer_id": pid, "healthy": st.healthy, "peers": st.peers, "uptime_s": st.uptime_s,
-             "version": st.version, "seen_s_ago": round(now - seen, 3)}
+             "version": st.version, "seen_s_ago": round(now - seen, 3), "offline": self._offline(seen, now)}
             for pid, (st, seen) in sorted(self.network.items())
         ]
 
@@ -388,6 +403,7 @@ class MonitorRole(Role):
         node = self.ctx.services.require("node")
         metric(self.ctx.metrics, Gauge, "fognode_node_uptime_seconds",
                "Seconds since the daemon started").set_function(node.uptime)
+        self.metrics.nodes_offline.set_function(self._nodes_offline)
         self.ctx.role_dir("monitor")
         load_alert_state(self.alert_file, self.core.alerts, self.ctx.clock())
         if self.config.history:

@@ -83,6 +83,8 @@ SAMPLED: tuple[Sampled, ...] = (
             "FL task processes started per second", unit="1/s", floor=0.02),
     Sampled("registry.devices_online", "fognode_registry_devices_online", Kind.GAUGE,
             "devices the registry considers online", seasonal=True, floor=1),
+    Sampled("network.nodes_offline", "fognode_monitor_nodes_offline", Kind.GAUGE,
+            "nodes not heard from for 3 status intervals (monitor.network)", floor=1),
     # harvest (protocols/harvest/metrics.py)
     Sampled("harvest.running", "fognode_harvest_running", Kind.GAUGE,
             "1 while the harvest policy lets work run, 0 while suspended", floor=1),
