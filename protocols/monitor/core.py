@@ -48,8 +48,8 @@ class SaveAlerts:
 
 Action = Emit | RunHook | SaveAlerts
 
-WARM_ROBUST = 6 * 3600.0          # history read at start for the z-score (its last `window` points)
-WARM_SEASONAL = 8 * 86400.0       # and for the seasonal detector (days smoothed at alpha 0.3)
+WARM_WINDOWS = 1.5                # history read at start for the z-score: 1.5 of its windows of samples
+WARM_SEASONAL = 8 * 86400.0       # and for the seasonal detector (days smoothed at alpha 0.3), coarsest tier
 
 # monitor.figures: figure -> (series whose metric it reads, which cumulative total)
 FIGURES: dict[str, tuple[str, str]] = {
@@ -104,21 +104,25 @@ class MonitorCore:
         out += self.update_health(role_health)
         return out
 
-    def warm_up(self, now: float, names: Iterable[str]) -> int:
+    def warm_up(self, now: float, names: Iterable[str], sample_interval: float) -> int:
         """Feed the recorded history of the series `names` (those with ring files) to the
-        detectors: the last WARM_ROBUST seconds, WARM_SEASONAL for seasonal series, each part
-        from the finest tier holding it. Returns the points read."""
+        detectors: for the z-score the last WARM_WINDOWS windows of samples (at `sample_interval`,
+        from the finest tier holding them), for a seasonal series also the last WARM_SEASONAL
+        seconds of its coarsest tier. Returns the points read."""
         if self.detectors is None or self.series_of is None:
             return 0
         wanted = set(names)
+        d = self.detectors
         n = 0
         for s in self.table:
             if s.name not in wanted:
                 continue
-            span = WARM_SEASONAL if s.seasonal else WARM_ROBUST
-            pts = self.series_of(s.name).query(now - span, now, None, now)
-            self.detectors.warm(s.name, [(p.t, p.mean) for p in pts])
-            n += len(pts)
+            ss = self.series_of(s.name)
+            span = WARM_WINDOWS * d.window * max(sample_interval, ss.rings[0].tier.step)
+            pts = [(p.t, p.mean) for p in ss.query(now - span, now, None, now)]
+            season = [(p.t, p.mean) for p in ss.rings[-1].points(now - WARM_SEASONAL, now)] if s.seasonal else []
+            d.warm(s.name, pts, season)
+            n += len(pts) + len(season)
         return n
 
     def armed(self, name: str, now: float) -> list[str]:

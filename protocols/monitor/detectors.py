@@ -27,6 +27,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from statistics import median
+from typing import Sequence
 
 MAD_SCALE = 1.4826
 
@@ -144,16 +145,18 @@ class Detectors:
             s = self._s[metric] = SeasonalEwma(threshold=self.seasonal_threshold, floor=self.floors.get(metric, 0.0))
         return s
 
-    def warm(self, metric: str, points: list[tuple[float, float]]) -> None:
+    def warm(self, metric: str, recent: Sequence[tuple[float, float]],
+             days: Sequence[tuple[float, float]] = ()) -> None:
         """Feed recorded (time, value) points, oldest first, without scoring them: the last
-        `window` go to the z-score's window, all of them to the seasonal detector's days."""
-        pts = [(t, v) for t, v in points if math.isfinite(v)]
+        `window` of `recent` to the z-score's window, `days` (a seasonal series' history, e.g.
+        5-minute means) to the seasonal detector."""
         z = self._robust(metric)
-        z.values.extend(v for _, v in pts[-self.window:])
+        z.values.extend(v for _, v in recent[-self.window:] if math.isfinite(v))
         if metric in self.seasonal:
             s = self._seasonal(metric)
-            for t, v in pts:
-                s.score(t, v)
+            for t, v in days:
+                if math.isfinite(v):
+                    s.score(t, v)
 
     def armed(self, metric: str, t: float) -> list[str]:
         """The detectors that score a value of `metric` at time `t` (warmed up)."""

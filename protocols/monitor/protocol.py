@@ -410,7 +410,8 @@ class MonitorRole(Role):
             self.store = SeriesStore(self.ctx.role_dir("monitor") / "series", self.config.tier_list())
             self.core.series_of = self.store.series
             t0 = time.perf_counter()
-            n = self.core.warm_up(self.ctx.clock(), self.store.stored([s.name for s in self.core.table]))
+            n = self.core.warm_up(self.ctx.clock(), self.store.stored([s.name for s in self.core.table]),
+                                  self.config.sample_interval)
             if n:
                 log.info("detectors warmed up from %d recorded points in %.0f ms", n, (time.perf_counter() - t0) * 1000)
         self._carry_out([])

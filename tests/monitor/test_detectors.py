@@ -112,7 +112,7 @@ def test_detectors_warm_up_from_the_stored_history_after_a_restart(tmp_path: Pat
     cold = MonitorCore(series_of=None, rules=[], detectors=True, anomaly_cooldown=600, lag_bound=0.5, hook=False)
     names = store.stored([s.name for s in core.table])
     assert names == ["node.peers"]
-    assert core.warm_up(t, names) >= 3 * 288 - 1
+    assert core.warm_up(t, names, 300.0) >= 3 * 288 - 1      # sampled every 5 min
     assert core.armed("node.peers", t) == ["robust_z", "seasonal_ewma"] and cold.armed("node.peers", t) == []
     reg = CollectorRegistry()
     Gauge("fognode_node_peers", "peers", registry=reg).set(usual(t) - 30)   # inside the daily range

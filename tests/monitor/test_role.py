@@ -43,6 +43,8 @@ def test_history_alerts_and_detectors_survive_a_restart_and_bad_queries_are_refu
     now = time.time()
     for i in range(3 * 288, 12, -1):
         store.series("node.peers").record(now - 300 * i, 0.0)
+    for i in range(200, 6, -1):                                  # and its last half hour at 10 s
+        store.series("node.peers").record(now - 10 * i, 0.0)
     store.close()
     net.start(0)
     rows = {m["name"]: m for m in node.rpc("monitor.metrics")}
