@@ -129,3 +129,17 @@ def test_store_size_is_fixed_after_a_simulated_month(tmp_path: Path) -> None:
     assert both[:len(kept)] == kept                 # the older part: still the 5 min tier's points
     assert fresh.query(t2, t2 + 60, None, now=t2 + 60) == newest
     changed.close()
+
+
+def test_a_coarse_bucket_overlapping_finer_points_is_left_out() -> None:
+    """A new node's first samples fall in the middle of a 5-minute bucket: an hour's query shows
+    them from the 10 s tier only, not also as a 5-minute point at that bucket's start (which
+    would put them minutes before they were taken, and count them twice)."""
+    s = mem_set()
+    t0 = 1_000_000 * 300.0 + 170                    # 2 min 50 s into a 5-minute bucket
+    for i in range(6):
+        s.record(t0 + 10 * i, float(i))
+    pts = s.query(t0 - 3600, t0 + 60, None, now=t0 + 60)
+    assert [(p.t, p.count) for p in pts] == [(t0 + 10 * i, 1) for i in range(6)]
+    (five,) = s.query(t0 - 3600, t0 + 60, 300, now=t0 + 60)
+    assert five.count == 6 and five.mean == 2.5
