@@ -36,6 +36,7 @@ from fognode.ledger.rpc_params import order_errors, parse_address, parse_amount_
 from fognode.ledger.service import LedgerService
 from fognode.ledger.settings import Settings
 from fognode.ledger.sync import SYNC_STREAM
+from fognode.ledger.vote_watch import VoteWatch
 from fognode.node.errors import ConfigError, FognodeError, RpcError
 from fognode.node.health import HealthReport, Status
 from fognode.node.role import NodeContext, Role
@@ -75,6 +76,7 @@ class LedgerRole(Role):
                 raise ConfigError(f"must be between 0.01 and 86400 seconds, got {value}", key=f"protocols.ledger.{name}")
         self.service: LedgerService | None = None
         self.failure: str = ""     # why the ledger stopped (a storage failure), kept after run() ends
+        self.votes = VoteWatch(after=2 * config.request_timeout + 2 * config.sync_interval)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         c = self.config
@@ -109,14 +111,19 @@ class LedgerRole(Role):
 
     def health_report(self) -> HealthReport:
         """Unhealthy when its storage failed; degraded when this node's last order found no quorum
-        before its deadline (until one is certified again), or when the certificates waiting for
-        a missing predecessor fill half of pending_max (this replica is not catching up)."""
+        before its deadline (until one is certified again), when orders this validator signed
+        are not certified within 2 request timeouts + 2 sync intervals (vote_watch.py: no quorum,
+        seen without an order of its own), or when the certificates waiting for a missing
+        predecessor fill half of pending_max (this replica is not catching up)."""
         s = self.service
         failure = self.failure or (str(s.failure) if s is not None and s.failure is not None else "")
         if failure:
             return HealthReport(Status.UNHEALTHY, f"storage failed: {failure}")
         if s is not None and s.submitter.quorum_problem:
             return HealthReport(Status.DEGRADED, f"cannot reach a quorum: {s.submitter.quorum_problem}")
+        unfollowed = self.votes.check(s.locks, s.state, self.ctx.clock()) if s is not None else ""
+        if unfollowed:
+            return HealthReport(Status.DEGRADED, unfollowed)
         if s is not None and len(s.replica.pending) >= self.config.pending_max // 2:
             return HealthReport(Status.DEGRADED, f"{len(s.replica.pending)} certificates wait for missing "
                                                  "predecessors: this replica is not catching up")

@@ -2,8 +2,9 @@
 
 Every INTERVAL seconds (default 1) it asks the daemon over the control socket for node.info,
 node.peers, monitor.figures (rates and event-loop lag), monitor.network, fl.sessions (and the
-compact fl.status of live sessions) and monitor.alerts when the node has it, and redraws:
-the node and its roles' health, the figures with sparklines, the peers, the network, FL
+compact fl.status of live sessions), monitor.alerts and monitor.metrics when the node has them,
+and redraws: the node and its roles' health, the figures with sparklines (and the harvest,
+market and onion figures the monitor records), the peers, the network, FL
 rounds as they complete, and the alerts. `q` (or Ctrl-C) quits. A daemon that stops answering
 is shown as such and asked again at the next tick.
 
@@ -76,7 +77,8 @@ class Poller:
         reading: dict[str, Any] = {"errors": {}}
         try:
             reading["node.info"] = self._call("node.info")
-            for m in ("node.peers", "monitor.figures", "monitor.network", "monitor.alerts", "fl.sessions"):
+            for m in ("node.peers", "monitor.figures", "monitor.network", "monitor.alerts", "monitor.metrics",
+                      "fl.sessions"):
                 if m not in self.methods:
                     continue
                 try:
@@ -135,6 +137,9 @@ def render(model: TopModel, poller: Poller, interval: float) -> Layout:
         figs.add_row(label, value, Text(sparkline(model.history.get(key, ())), style="cyan"))
     if "monitor.figures" not in poller.methods and not poller.down:
         figs.add_row("(no monitor role: no figures)", "", "")
+    role_lines = model.role_lines()
+    for role, state, detail in role_lines:
+        figs.add_row(role, state, Text(detail, style="cyan"))
 
     peers = Table(expand=True, box=None, pad_edge=False)
     for col in ("peer", "direction", "latency ms"):
@@ -189,7 +194,8 @@ def render(model: TopModel, poller: Poller, interval: float) -> Layout:
     layout["body"]["left"].ratio = 4
     role_rows = len(info.get("roles") or ()) + 3
     layout["left"].split_column(Layout(Panel(roles, title="roles"), name="roles", size=role_rows),
-                                Layout(Panel(figs, title="figures"), name="figures", size=12),
+                                Layout(Panel(figs, title="figures"), name="figures",
+                                       size=12 + len(role_lines)),
                                 Layout(Panel(peers, title=f"peers ({len(model.peers)})"), name="peers"))
     layout["right"].split_column(Layout(Panel(fl, title=fl_title), name="fl"),
                                  Layout(Panel(net, title=f"network ({len(model.network)} nodes)"), name="network"),

@@ -5,7 +5,8 @@ text) and keeps what the view needs: the node, its roles' health, peers, rates a
 lag over the last interval (from two `monitor.figures` readings, cumulative like Prometheus
 counters), short histories for sparklines, the FL rounds as they complete (from `fl.sessions`
 and each live session's compact `fl.status`), the network's nodes and the firing alerts (when
-the node has `monitor.alerts`). Standard library only.
+the node has `monitor.alerts`), and the newest value of each series the monitor records
+(`monitor.metrics`: the harvest, market and onion lines). Standard library only.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ class TopModel:
     history: dict[str, deque[float]] = field(default_factory=dict)
     rounds: deque[RoundLine] = field(default_factory=lambda: deque(maxlen=ROUND_LOG))
     sessions: list[dict[str, Any]] = field(default_factory=list)
+    recorded: dict[str, float] = field(default_factory=dict)   # series -> newest value (monitor.metrics)
     errors: dict[str, str] = field(default_factory=dict)   # method -> why it failed this poll
     polls: int = 0
     updated: float = 0.0
@@ -74,6 +76,8 @@ class TopModel:
         if "monitor.alerts" in reading:
             a = reading["monitor.alerts"]
             self.alerts = list(a.get("firing", [])) if isinstance(a, dict) else []   # {firing, recent, rules}
+        if isinstance(reading.get("monitor.metrics"), list):
+            self.recorded = {s["name"]: s["value"] for s in reading["monitor.metrics"] if s.get("value") is not None}
         f = reading.get("monitor.figures")
         if f is not None:
             self._figures_in(f)
@@ -110,6 +114,28 @@ class TopModel:
         if lag is not None:
             self.lag = lag
             self._push("lag_ms", lag[0] * 1000)
+
+    def role_lines(self) -> list[tuple[str, str, str]]:
+        """(role, state, figures) of the harvest, market and onion series recorded so far."""
+        r, out = self.recorded, []
+
+        def part(key: str, text: str) -> list[str]:
+            return [text.format(r[key])] if key in r else []
+
+        if "harvest.running" in r:
+            out.append(("harvest", "running" if r["harvest.running"] >= 1 else "suspended", " · ".join(
+                part("harvest.cpu_rate", "cpu {:.3g} cores") + part("harvest.fuel_rate", "fuel {:.3g}/s")
+                + part("harvest.suspensions_rate", "suspensions {:.3g}/s"))))
+        if "market.offers" in r:
+            out.append(("market", f"{r['market.offers']:.0f} offers", " · ".join(
+                part("market.contracts_active", "{:.0f} contracts") + part("market.paid_rate", "paid {:.3g} µ/s")
+                + part("market.fuel_rate", "fuel {:.3g}/s") + part("market.rejected_rate", "refused {:.3g}/s"))))
+        if "onion.circuits_open" in r or "onion.relay_circuits" in r:
+            out.append(("onion", f"{r.get('onion.circuits_open', 0):.0f} circuits", " · ".join(
+                part("onion.relay_circuits", "relays {:.0f}") + part("onion.build_mean", "build {:.3g} s")
+                + part("onion.cells_rate", "cells {:.3g}/s") + part("onion.link_bytes_rate", "{:.3g} B/s")
+                + part("onion.socks_rate", "socks {:.3g}/s"))))
+        return out
 
     def live_sessions(self, limit: int = 3) -> list[str]:
         """Sessions worth a `fl.status` this poll: running ones, and those whose rounds moved."""

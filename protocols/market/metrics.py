@@ -12,6 +12,7 @@ from fognode.node.metrics import metric
 class MarketMetrics:
     offers_known: Gauge
     own_offers: Gauge
+    contracts_active: Gauge
     rejected: Counter
     agreements: Counter
     negotiations_failed: Counter
@@ -27,6 +28,7 @@ class MarketMetrics:
             offers_known=metric(reg, Gauge, "fognode_market_offers_known",
                                 "Offers in this node's order book"),
             own_offers=metric(reg, Gauge, "fognode_market_own_offers", "Offers this node publishes"),
+            contracts_active=metric(reg, Gauge, "fognode_market_contracts_active", "Contracts not finished yet"),
             rejected=metric(reg, Counter, "fognode_market_rejected_total",
                             "Market messages refused, by kind and reason", ["what", "reason"]),
             agreements=metric(reg, Counter, "fognode_market_agreements_total",

@@ -38,7 +38,7 @@ from fognode.protocols.market import errors as E
 from fognode.protocols.market.actions import Publish, Send
 from fognode.protocols.market.api import MarketApi
 from fognode.protocols.market.config import MarketConfig
-from fognode.protocols.market.contracts import Contract, Contracts
+from fognode.protocols.market.contracts import FINISHED, Contract, Contracts
 from fognode.protocols.market.core import DEMANDS_TOPIC, OFFERS_TOPIC, MarketCore
 from fognode.protocols.market.errors import ConstraintError, MarketError
 from fognode.protocols.market.harvest_gate import MIB, Capacity, HarvestGate
@@ -212,6 +212,7 @@ class MarketRole(Role):
         ov.set_stream_handler(JOB_PROTOCOL, self._serve_job)
         self.metrics.offers_known.set_function(lambda: len(self.core.book))
         self.metrics.own_offers.set_function(lambda: len(self.core.own))
+        self.metrics.contracts_active.set_function(lambda: sum(c.state not in FINISHED for c in self.contracts.all()))
         await ov.subscribe(OFFERS_TOPIC, self._on_gossip)
         await ov.subscribe(DEMANDS_TOPIC, self._on_gossip)
         try:

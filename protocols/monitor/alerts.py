@@ -7,7 +7,16 @@ refuses a rule naming a series the monitor does not record, naming it and the kn
 `AlertEngine.observe(values, now)` compares each rule with the newest value of its series: the
 condition true starts a pending period; true for `for` seconds fires the alert (once); false
 again resolves it. A series with no value this interval leaves its rules as they are. It returns
-the alerts that fired or resolved; `firing()` and `recent()` list them for `monitor.alerts`.
+the alerts that fired or resolved; `firing()`, `pending()` and `recent()` list them for
+`monitor.alerts`.
+
+`state(now)` is the engine's state as JSON (the firing alerts with their `since`, the pending
+conditions with theirs, the recent ones), which the role writes to the data dir whenever it
+changes; `restore(data, now)` takes it back after a restart, so a firing alert stays the same
+alert (no second AlertFired) and a `for` period keeps its progress. It refuses a malformed
+state with ValueError naming the field, drops what belongs to rules no longer configured (or
+changed), and drops the pending periods when the state is older than OUTAGE_TOLERANCE (the
+condition was not watched meanwhile; Prometheus's default for-outage-tolerance is the same hour).
 """
 from __future__ import annotations
 
@@ -25,6 +34,8 @@ OPS: dict[str, Callable[[float, float], bool]] = {
     "==": operator.eq, "!=": operator.ne,
 }
 SEVERITIES = ("info", "warning", "critical")
+STATE_VERSION = 1
+OUTAGE_TOLERANCE = 3600.0
 RULE_KEYS = {"name", "metric", "op", "threshold", "for", "severity"}
 
 
@@ -106,12 +117,30 @@ def parse_rules(raw: Iterable[Any], known: Iterable[str], *, source: str | None 
     return rules
 
 
+def _alert(raw: Any, field: str, state: str) -> Alert:
+    """An Alert from its to_dict() form. Raises ValueError naming the field."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{field}: not an object")
+    for k in ("rule", "metric", "severity", "condition"):
+        if not isinstance(raw.get(k), str):
+            raise ValueError(f"{field}.{k}: not a string")
+    for k in ("value", "since") + (("resolved_at",) if state == "resolved" else ()):
+        v = raw.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (k != "value" and not math.isfinite(v)):
+            raise ValueError(f"{field}.{k}: not a number")
+    if raw.get("state") != state:
+        raise ValueError(f"{field}.state: {raw.get('state')!r}, expected {state!r}")
+    return Alert(raw["rule"], raw["metric"], raw["severity"], raw["condition"], float(raw["value"]), state,
+                 float(raw["since"]), float(raw["resolved_at"]) if state == "resolved" else None)
+
+
 class AlertEngine:
     def __init__(self, rules: list[AlertRule], *, keep: int = 100) -> None:
         self.rules = rules
         self._pending: dict[str, float] = {}      # rule -> since when the condition holds
         self._firing: dict[str, Alert] = {}
         self._recent: deque[Alert] = deque(maxlen=keep)
+        self.dirty = False                        # changed since state() was last taken
 
     def observe(self, values: Mapping[str, float], now: float) -> list[Alert]:
         changed = []
@@ -120,22 +149,84 @@ class AlertEngine:
             if v is None:
                 continue
             if rule.holds(v):
-                since = self._pending.setdefault(rule.name, now)
+                if rule.name not in self._pending:
+                    self._pending[rule.name] = now
+                    self.dirty = True
+                since = self._pending[rule.name]
                 if rule.name not in self._firing and now - since >= rule.for_s:
                     fired = Alert(rule.name, rule.metric, rule.severity, rule.describe(), v, "firing", now)
                     self._firing[rule.name] = fired
                     changed.append(fired)
             else:
-                self._pending.pop(rule.name, None)
+                if self._pending.pop(rule.name, None) is not None:
+                    self.dirty = True
                 a = self._firing.pop(rule.name, None)
                 if a is not None:
                     done = replace(a, state="resolved", value=v, resolved_at=now)
                     self._recent.append(done)
                     changed.append(done)
+        self.dirty |= bool(changed)
         return changed
 
     def firing(self) -> list[Alert]:
         return sorted(self._firing.values(), key=lambda a: a.since)
 
+    def pending(self) -> list[dict[str, Any]]:
+        """Conditions that hold but not yet for their rule's `for`: rule, since, for (s)."""
+        fors = {r.name: r.for_s for r in self.rules}
+        return [{"rule": name, "since": since, "for": fors[name]} for name, since in sorted(self._pending.items())
+                if name not in self._firing]
+
     def recent(self) -> list[Alert]:
         return list(self._recent)
+
+    def state(self, now: float) -> dict[str, Any]:
+        """The engine's state as JSON-able data (see the module docstring); clears `dirty`."""
+        self.dirty = False
+        return {"v": STATE_VERSION, "saved_at": now, "pending": dict(self._pending),
+                "firing": [a.to_dict() for a in self.firing()], "recent": [a.to_dict() for a in self._recent]}
+
+    def restore(self, data: Any, now: float) -> list[str]:
+        """Take back a `state()` saved earlier. Returns what was dropped, one line each; raises
+        ValueError naming the field when `data` is not such a state (nothing is taken then)."""
+        if not isinstance(data, Mapping) or data.get("v") != STATE_VERSION:
+            raise ValueError(f"v: not a version {STATE_VERSION} alert state")
+        saved = data.get("saved_at")
+        if isinstance(saved, bool) or not isinstance(saved, (int, float)) or not math.isfinite(saved):
+            raise ValueError("saved_at: not a number")
+        pend = data.get("pending")
+        if not isinstance(pend, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for k, v in pend.items()):
+            raise ValueError("pending: not an object of rule names to times")
+        for key in ("firing", "recent"):
+            if not isinstance(data.get(key), list):
+                raise ValueError(f"{key}: not a list")
+        firing = [_alert(a, f"firing[{i}]", "firing") for i, a in enumerate(data["firing"])]
+        recent = [_alert(a, f"recent[{i}]", "resolved") for i, a in enumerate(data["recent"])]
+        rules = {r.name: r for r in self.rules}
+        dropped = []
+
+        def same(a: Alert) -> bool:
+            r = rules.get(a.rule)
+            return r is not None and (r.metric, r.describe(), r.severity) == (a.metric, a.condition, a.severity)
+
+        for a in firing:
+            if same(a):
+                self._firing[a.rule] = a
+                self._pending.setdefault(a.rule, a.since)
+            else:
+                dropped.append(f"firing alert {a.rule!r}: its rule is no longer configured as it was")
+        stale = now - saved > OUTAGE_TOLERANCE
+        for name, since in pend.items():
+            if name in self._pending:
+                continue
+            if name not in rules:
+                dropped.append(f"pending {name!r}: no such rule now")
+            elif stale:
+                dropped.append(f"pending {name!r}: the state is {now - saved:.0f} s old, over "
+                               f"{OUTAGE_TOLERANCE:g} s: the condition was not watched meanwhile")
+            else:
+                self._pending[name] = float(since)
+        self._recent.extend(recent)
+        return dropped

@@ -6,9 +6,18 @@
 the alert rules, rolls up health, and returns the actions for protocol.py to carry out:
 `Emit(event)` (publish on the bus) and `RunHook(alert)` (the operator's hook). No trio, no
 clock, no files of its own.
+
+`SaveAlerts(state)` (write the alert engine's state to the data dir: it changed). At start,
+`warm_up(now, names)` feeds the recorded history of those series to the detectors.
+
+`figures(families, now, cpu_s)` answers `monitor.figures` (the live view of `fognode-cli top`
+and the dashboard's node page, read every second or two) from the same table and the same
+reading of the registry (sampled.totals): cumulative values, as Prometheus keeps them, so any
+number of clients can turn two readings into rates without disturbing the sampler.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -18,7 +27,7 @@ from fognode.protocols.monitor.alerts import Alert, AlertEngine, AlertRule
 from fognode.protocols.monitor.detectors import Anomaly, Detectors
 from fognode.protocols.monitor.events import AlertFired, AlertResolved, AnomalyDetected, HealthStatusChanged
 from fognode.protocols.monitor.rollup import NODE, HealthBook, node_report, role_reports
-from fognode.protocols.monitor.sampled import SAMPLED, Sampled, Sampler
+from fognode.protocols.monitor.sampled import SAMPLED, Sampled, Sampler, totals
 from fognode.protocols.monitor.series import SeriesSet
 
 
@@ -32,7 +41,27 @@ class RunHook:
     alert: Alert
 
 
-Action = Emit | RunHook
+@dataclass(frozen=True)
+class SaveAlerts:
+    state: dict[str, Any]
+
+
+Action = Emit | RunHook | SaveAlerts
+
+WARM_WINDOWS = 1.5                # history read at start for the z-score: 1.5 of its windows of samples
+WARM_SEASONAL = 8 * 86400.0       # and for the seasonal detector (days smoothed at alpha 0.3), coarsest tier
+
+# monitor.figures: figure -> (series whose metric it reads, which cumulative total)
+FIGURES: dict[str, tuple[str, str]] = {
+    "gossip_in": ("node.gossip_in_rate", "value"),
+    "gossip_out": ("node.gossip_out_rate", "value"),
+    "gossip_drops": ("node.gossip_drops_rate", "value"),
+    "rpc_requests": ("node.rpc_requests_rate", "count"),
+    "rpc_seconds": ("node.rpc_latency_mean", "value"),
+    "peers": ("node.peers", "value"),
+    "dials": ("node.dials_rate", "value"),
+}
+LAG_SERIES = "node.loop_lag_p99"
 
 
 class MonitorCore:
@@ -70,7 +99,51 @@ class MonitorCore:
             out.append(Emit(ev))
             if self.hook:
                 out.append(RunHook(al))
+        if self.alerts.dirty:
+            out.append(SaveAlerts(self.alerts.state(now)))
         out += self.update_health(role_health)
+        return out
+
+    def warm_up(self, now: float, names: Iterable[str], sample_interval: float) -> int:
+        """Feed the recorded history of the series `names` (those with ring files) to the
+        detectors: for the z-score the last WARM_WINDOWS windows of samples (at `sample_interval`,
+        from the finest tier holding them), for a seasonal series also the last WARM_SEASONAL
+        seconds of its coarsest tier. Returns the points read."""
+        if self.detectors is None or self.series_of is None:
+            return 0
+        wanted = set(names)
+        d = self.detectors
+        n = 0
+        for s in self.table:
+            if s.name not in wanted:
+                continue
+            ss = self.series_of(s.name)
+            span = WARM_WINDOWS * d.window * max(sample_interval, ss.rings[0].tier.step)
+            pts = [(p.t, p.mean) for p in ss.query(now - span, now, None, now)]
+            season = [(p.t, p.mean) for p in ss.rings[-1].points(now - WARM_SEASONAL, now)] if s.seasonal else []
+            d.warm(s.name, pts, season)
+            n += len(pts) + len(season)
+        return n
+
+    def armed(self, name: str, now: float) -> list[str]:
+        """The detectors scoring series `name` now ([] with detectors off)."""
+        return self.detectors.armed(name, now) if self.detectors is not None else []
+
+    def figures(self, families: Iterable[Any], now: float, cpu_s: float) -> dict[str, Any]:
+        """{t, cpu_s, gossip_in, gossip_out, gossip_drops, rpc_requests, rpc_seconds, peers,
+        dials, loop_lag: {count, sum, buckets: [[le or None for +Inf, cumulative count], ...]}}
+        at wall-clock `now`, with the process's CPU seconds `cpu_s`; a figure whose metric is not
+        registered is 0."""
+        by_family = {f.name: f for f in families}
+        by_name = {s.name: s for s in self.table}
+        out: dict[str, Any] = {"t": now, "cpu_s": round(cpu_s, 3)}
+        for key, (series, part) in FIGURES.items():
+            t = totals(by_family, by_name[series])
+            v = t.count if part == "count" else t.value
+            out[key] = round(v, 6) if key == "rpc_seconds" else int(v)
+        lag = totals(by_family, by_name[LAG_SERIES])
+        out["loop_lag"] = {"count": int(lag.count), "sum": lag.value,
+                           "buckets": [[le if math.isfinite(le) else None, int(c)] for le, c in sorted(lag.buckets.items())]}
         return out
 
     def update_health(self, role_health: Mapping[str, Mapping[str, Any]]) -> list[Action]:

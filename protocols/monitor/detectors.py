@@ -15,6 +15,11 @@ threshold when the series was flat, so a quantised or idle series does not raise
 Both return a score (0 while warming up); `Detectors.observe(metric, t, value)` runs the
 right ones for a series and returns the anomalies, at most one per series per `cooldown`
 seconds, each with a sentence for the operator.
+
+`Detectors.warm(metric, points)` feeds a series' recorded history to its detectors without
+scoring it (at start, from the ring files: core.py `warm_up`), so a restart does not cost the
+z-score its window nor the seasonal detector its days; `armed(metric, t)` says which of them
+score now.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from statistics import median
+from typing import Sequence
 
 MAD_SCALE = 1.4826
 
@@ -105,6 +111,11 @@ class SeasonalEwma:
         self._acc[b] = (s + value, sq + value * value, n + 1)
         return out
 
+    def ready(self, t: float) -> bool:
+        """Does the bin of time `t` score (has it seen `warmup_days` earlier days)?"""
+        b = int((t % self.period) / self.period * self.bins)
+        return self.days[b] + (1 if self._day[b] != int(t // self.period) and self._acc[b][2] else 0) >= self.warmup
+
 
 class Detectors:
     """The detectors of every series; observe() returns the anomalies of one new value."""
@@ -121,13 +132,47 @@ class Detectors:
         self._s: dict[str, SeasonalEwma] = {}
         self._last: dict[str, float] = {}
 
-    def observe(self, metric: str, t: float, value: float) -> list[Anomaly]:
-        if not math.isfinite(value):
-            return []
+    def _robust(self, metric: str) -> RobustZ:
         z = self._z.get(metric)
         if z is None:
             z = self._z[metric] = RobustZ(self.window, min(30, self.window), self.z_threshold,
                                          self.floors.get(metric, 0.0))
+        return z
+
+    def _seasonal(self, metric: str) -> SeasonalEwma:
+        s = self._s.get(metric)
+        if s is None:
+            s = self._s[metric] = SeasonalEwma(threshold=self.seasonal_threshold, floor=self.floors.get(metric, 0.0))
+        return s
+
+    def warm(self, metric: str, recent: Sequence[tuple[float, float]],
+             days: Sequence[tuple[float, float]] = ()) -> None:
+        """Feed recorded (time, value) points, oldest first, without scoring them: the last
+        `window` of `recent` to the z-score's window, `days` (a seasonal series' history, e.g.
+        5-minute means) to the seasonal detector."""
+        z = self._robust(metric)
+        z.values.extend(v for _, v in recent[-self.window:] if math.isfinite(v))
+        if metric in self.seasonal:
+            s = self._seasonal(metric)
+            for t, v in days:
+                if math.isfinite(v):
+                    s.score(t, v)
+
+    def armed(self, metric: str, t: float) -> list[str]:
+        """The detectors that score a value of `metric` at time `t` (warmed up)."""
+        out = []
+        z = self._z.get(metric)
+        if z is not None and len(z.values) >= z.min_points:
+            out.append("robust_z")
+        s = self._s.get(metric)
+        if metric in self.seasonal and s is not None and s.ready(t):
+            out.append("seasonal_ewma")
+        return out
+
+    def observe(self, metric: str, t: float, value: float) -> list[Anomaly]:
+        if not math.isfinite(value):
+            return []
+        z = self._robust(metric)
         found = []
         score, expected = z.score(value)
         if score > self.z_threshold:
@@ -135,10 +180,7 @@ class Detectors:
                                  f"{metric} is {value:.4g}, {score:.1f} MADs from its recent median "
                                  f"{expected:.4g}"))
         if metric in self.seasonal:
-            s = self._s.get(metric)
-            if s is None:
-                s = self._s[metric] = SeasonalEwma(threshold=self.seasonal_threshold,
-                                                   floor=self.floors.get(metric, 0.0))
+            s = self._seasonal(metric)
             score, expected = s.score(t, value)
             if score > self.seasonal_threshold:
                 found.append(Anomaly(metric, "seasonal_ewma", score, value, expected, t,

@@ -16,6 +16,7 @@ class MonitorMetrics:
     alerts_firing: Gauge
     hook_runs: Counter
     health: Gauge
+    nodes_offline: Gauge
 
     @staticmethod
     def create(reg: CollectorRegistry) -> "MonitorMetrics":
@@ -34,4 +35,6 @@ class MonitorMetrics:
             health=metric(reg, Gauge, "fognode_monitor_health_status",
                           "Health of each role and of the node: 0 healthy, 1 degraded, 2 unhealthy",
                           ["role"]),
+            nodes_offline=metric(reg, Gauge, "fognode_monitor_nodes_offline",
+                                 "Nodes of monitor.network not heard from for 3 status intervals"),
         )

@@ -11,11 +11,16 @@ Every `sample_interval` seconds the role hands a snapshot of the node's metrics 
 core (core.py), which records the chosen series (sampled.py) into ring files in
 `<datadir>/monitor/series` (store.py), runs the anomaly detectors and alert rules, and rolls up
 health; this module carries out its actions (publish `AnomalyDetected`, `AlertFired`,
-`AlertResolved`, `HealthStatusChanged`; run the alert hook). Every event on the bus is kept in a
+`AlertResolved`, `HealthStatusChanged`; run the alert hook; save the alert state to
+`<datadir>/monitor/alerts.json`, alertfile.py). At start the detectors learn from the recorded
+history and the firing and pending alerts are read back, so a restart neither re-fires an
+alert nor makes the detectors start from nothing. Every event on the bus is kept in a
 bounded ring for `monitor.events`, which can also follow the bus live.
 
 Every `status_interval` seconds the node gossips a small status (status.py) on
-`fognode/monitor/status/1`; `monitor.network` shows the last status heard from every node.
+`fognode/monitor/status/1`; `monitor.network` shows the last status heard from every node, a
+node not heard from for 3 intervals as offline (counted in `fognode_monitor_nodes_offline`,
+the series `network.nodes_offline` an alert rule can watch) and forgets it after FORGET_AFTER.
 
 The same port serves the read-only web dashboard (dashboard/app.py) behind a token written to
 `<datadir>/monitor.cookie` at start; `monitor.dashboard` gives its URL, `monitor.figures` the
@@ -27,6 +32,7 @@ import errno
 import json
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -43,7 +49,8 @@ from fognode.node.role import Role
 from fognode.node.rpc.methods import Progress, rpc_method
 from fognode.protocols.monitor.api import MonitorService
 from fognode.protocols.monitor.config import MonitorConfig
-from fognode.protocols.monitor.core import Action, Emit, MonitorCore, RunHook
+from fognode.protocols.monitor.alertfile import FILE as ALERT_FILE, load_alert_state, save_alert_state
+from fognode.protocols.monitor.core import Action, Emit, MonitorCore, RunHook, SaveAlerts
 from fognode.protocols.monitor.errors import (MONITOR_BAD_RANGE, MONITOR_HISTORY_OFF, MONITOR_UNKNOWN_EVENT,
                                               MONITOR_UNKNOWN_METRIC)
 from fognode.protocols.monitor.eventlog import EventLog, known_kinds
@@ -51,7 +58,6 @@ from fognode.protocols.monitor.events import AlertHookRan, AnomalyDetected, Heal
 from fognode.protocols.monitor.hook import run_hook
 from fognode.protocols.monitor.dashboard.app import Dashboard
 from fognode.protocols.monitor.dashboard.cookie import AccessToken
-from fognode.protocols.monitor.dashboard.figures import figures
 from fognode.protocols.monitor.http import serve_http
 from fognode.protocols.monitor.metrics import MonitorMetrics
 from fognode.protocols.monitor.sampled import BY_NAME
@@ -63,6 +69,8 @@ log = logging.getLogger("fognode.monitor")
 
 SERVICE_NAME = "monitor"
 FLUSH_EVERY = 60.0            # seconds between msyncs of the history files
+OFFLINE_INTERVALS = 3         # a node not heard from for this many status intervals is offline
+FORGET_AFTER = 86400.0        # and is forgotten after this long (it left the network)
 
 __all__ = ["MonitorRole", "MonitorConfig", "NodeStatus", "STATUS_TOPIC"]
 
@@ -103,6 +111,7 @@ class MonitorRole(Role):
         self.events = EventLog(config.events_kept)
         self._hooks: trio.Nursery | None = None
         self.dashboard: Dashboard | None = None
+        self.alert_file = ctx.datadir / "monitor" / ALERT_FILE
 
     # ---- health -----------------------------------------------------------------------------
 
@@ -152,6 +161,8 @@ class MonitorRole(Role):
             elif isinstance(a, RunHook):
                 if self._hooks is not None:
                     self._hooks.start_soon(self._run_hook, a.alert.to_dict())
+            elif isinstance(a, SaveAlerts):
+                save_alert_state(self.alert_file, a.state)
         for sev in ("info", "warning", "critical"):
             self.metrics.alerts_firing.labels(sev).set(sum(1 for x in self.core.alerts.firing() if x.severity == sev))
 
@@ -175,11 +186,14 @@ class MonitorRole(Role):
                                      now_mono - last)
             last = now_mono
             self._carry_out(actions)
+            if now_mono - flushed >= FLUSH_EVERY:
+                flushed = now_mono
+                if self.store is not None:
+                    self.store.flush()
+                if self.core.alerts.firing() or self.core.alerts.pending():   # saved_at: watched until now
+                    save_alert_state(self.alert_file, self.core.alerts.state(self.ctx.clock()))
             if self.store is not None:
                 self.metrics.history_bytes.set(self.store.disk_bytes())
-                if now_mono - flushed >= FLUSH_EVERY:
-                    self.store.flush()
-                    flushed = now_mono
             self.metrics.sample_seconds.observe(time.thread_time() - cpu0)
 
     async def _keep_events(self, sub: Subscription) -> None:
@@ -201,10 +215,20 @@ class MonitorRole(Role):
             # signed by its origin (the gossip envelope): a rate-limited WARNING, charged to it
             self.ctx.overlay.penalize(msg.origin, f"bad status: {e}", protocol=STATUS_TOPIC)
 
+    def _offline(self, seen: float, now: float) -> bool:
+        return now - seen > OFFLINE_INTERVALS * self.config.status_interval
+
+    def _nodes_offline(self) -> int:
+        now = self.ctx.clock()
+        return sum(self._offline(seen, now) for _, seen in self.network.values())
+
     async def _announce(self) -> None:
         node = self.ctx.services.require("node")
         await node.ready.wait()
         while True:
+            now = self.ctx.clock()
+            for pid in [p for p, (_, seen) in self.network.items() if now - seen > FORGET_AFTER]:
+                del self.network[pid]
             h = self.health()
             st = NodeStatus(healthy=h["status"] == "ok", peers=h["peers"], uptime_s=round(node.uptime(), 3),
                             version=__version__, at=self.ctx.clock())
@@ -219,11 +243,12 @@ class MonitorRole(Role):
 
     @rpc_method("monitor.network")
     async def rpc_network(self) -> list[dict[str, Any]]:
-        """The last status heard from every node: health, peers, uptime, version, seconds ago."""
+        """The last status heard from every node: health, peers, uptime, version, seconds ago,
+        and offline (not heard from for 3 status intervals; forgotten after a day)."""
         now = self.ctx.clock()
         return [
             {"peer_id": pid, "healthy": st.healthy, "peers": st.peers, "uptime_s": st.uptime_s,
-             "version": st.version, "seen_s_ago": round(now - seen, 3)}
+             "version": st.version, "seen_s_ago": round(now - seen, 3), "offline": self._offline(seen, now)}
             for pid, (st, seen) in sorted(self.network.items())
         ]
 
@@ -231,7 +256,8 @@ class MonitorRole(Role):
     async def rpc_figures(self) -> dict[str, Any]:
         """Live figures (cumulative, as Prometheus counters): peers, CPU seconds, gossip in/out/
         drops, RPC requests, the event-loop lag histogram; two readings give rates."""
-        return figures(self.ctx.metrics, self.ctx.clock())
+        t = os.times()
+        return self.core.figures(self.ctx.metrics.collect(), self.ctx.clock(), t.user + t.system)
 
     @rpc_method("monitor.dashboard")
     async def rpc_dashboard(self) -> dict[str, Any]:
@@ -251,13 +277,15 @@ class MonitorRole(Role):
     @rpc_method("monitor.metrics")
     async def rpc_metrics(self) -> list[dict[str, Any]]:
         """The series the monitor records: name, Prometheus metric, how it is sampled, unit,
-        and the newest value (with its Unix time)."""
+        the newest value (with its Unix time), and the anomaly detectors that score it now
+        (warmed up; at start they learn from the recorded history)."""
         out = []
+        now = self.ctx.clock()
         for s in self.core.table:
             last = self.core.latest.get(s.name)
             out.append({"name": s.name, "metric": s.family, "kind": s.kind.value, "unit": s.unit,
                         "help": s.help, "value": last[1] if last else None,
-                        "at": round(last[0], 3) if last else None})
+                        "at": round(last[0], 3) if last else None, "detectors": self.core.armed(s.name, now)})
         return out
 
     @rpc_method("monitor.series")
@@ -293,8 +321,11 @@ class MonitorRole(Role):
 
     @rpc_method("monitor.alerts")
     async def rpc_alerts(self) -> dict[str, Any]:
-        """Alert rules firing now, recently resolved alerts, and the configured rules."""
+        """Alert rules firing now, those whose condition holds but not yet for their `for`
+        (pending: rule, since, for), recently resolved alerts, and the configured rules. Firing
+        and pending alerts survive a restart (<datadir>/monitor/alerts.json)."""
         return {"firing": [a.to_dict() for a in self.core.alerts.firing()],
+                "pending": self.core.alerts.pending(),
                 "recent": [a.to_dict() for a in self.core.alerts.recent()],
                 "rules": [{"name": r.name, "condition": r.describe(), "severity": r.severity}
                           for r in self.core.alerts.rules]}
@@ -372,9 +403,18 @@ class MonitorRole(Role):
         node = self.ctx.services.require("node")
         metric(self.ctx.metrics, Gauge, "fognode_node_uptime_seconds",
                "Seconds since the daemon started").set_function(node.uptime)
+        self.metrics.nodes_offline.set_function(self._nodes_offline)
+        self.ctx.role_dir("monitor")
+        load_alert_state(self.alert_file, self.core.alerts, self.ctx.clock())
         if self.config.history:
             self.store = SeriesStore(self.ctx.role_dir("monitor") / "series", self.config.tier_list())
             self.core.series_of = self.store.series
+            t0 = time.perf_counter()
+            n = self.core.warm_up(self.ctx.clock(), self.store.stored([s.name for s in self.core.table]),
+                                  self.config.sample_interval)
+            if n:
+                log.info("detectors warmed up from %d recorded points in %.0f ms", n, (time.perf_counter() - t0) * 1000)
+        self._carry_out([])
         try:
             async with trio.open_nursery() as nursery:
                 self._hooks = nursery
@@ -393,6 +433,7 @@ class MonitorRole(Role):
                 await trio.sleep_forever()
         finally:
             self.ctx.services.withdraw(SERVICE_NAME)
+            save_alert_state(self.alert_file, self.core.alerts.state(self.ctx.clock()))
             if self.store is not None:
                 self.store.close()
                 self.store = None

@@ -14,7 +14,9 @@ landed) gives no sample: nothing is recorded for it. Adding a series is one line
 series name is what `monitor.series`, the detectors and the alert rules use.
 
 `Sampler.sample(families, dt)` is sans-IO: it is handed `registry.collect()` and returns
-{series name: value}.
+{series name: value}. `totals(by_family, spec)` is the one reading of a series' metric (its
+cumulative value, count and buckets); the sampler and the live figures (core.py,
+`monitor.figures`) both read through it.
 """
 from __future__ import annotations
 
@@ -62,6 +64,8 @@ SAMPLED: tuple[Sampled, ...] = (
             "gossip messages dropped per second", unit="1/s", floor=0.1),
     Sampled("node.event_drops_rate", "fognode_node_event_drops", Kind.RATE,
             "event-bus events dropped per second", unit="1/s", floor=0.1),
+    Sampled("node.dials_rate", "fognode_node_dials", Kind.RATE, "outbound dials per second (every outcome)",
+            unit="1/s", floor=1),
     Sampled("node.ping_rtt_mean", "fognode_node_ping_rtt_seconds", Kind.MEAN,
             "ping round-trip time to peers, mean", unit="s", floor=0.02),
     Sampled("ledger.apply_latency_mean", "fognode_ledger_apply_latency_seconds", Kind.MEAN,
@@ -79,7 +83,44 @@ SAMPLED: tuple[Sampled, ...] = (
             "FL task processes started per second", unit="1/s", floor=0.02),
     Sampled("registry.devices_online", "fognode_registry_devices_online", Kind.GAUGE,
             "devices the registry considers online", seasonal=True, floor=1),
-    # harvest, market and onion figures: one line each here when those roles export metrics
+    Sampled("network.nodes_offline", "fognode_monitor_nodes_offline", Kind.GAUGE,
+            "nodes not heard from for 3 status intervals (monitor.network)", floor=1),
+    # harvest (protocols/harvest/metrics.py)
+    Sampled("harvest.running", "fognode_harvest_running", Kind.GAUGE,
+            "1 while the harvest policy lets work run, 0 while suspended", floor=1),
+    Sampled("harvest.suspensions_rate", "fognode_harvest_suspensions", Kind.RATE,
+            "harvest suspensions per second (every reason counted)", unit="1/s", floor=0.05),
+    Sampled("harvest.cpu_rate", "fognode_harvest_cpu_seconds", Kind.RATE,
+            "CPU seconds of harvested work per second (cores busy)", unit="cores", floor=0.25),
+    Sampled("harvest.fuel_rate", "fognode_harvest_fuel", Kind.RATE,
+            "WASM fuel consumed by harvested jobs per second", unit="1/s", floor=1e6),
+    # market (protocols/market/metrics.py)
+    Sampled("market.offers", "fognode_market_offers_known", Kind.GAUGE,
+            "offers in this node's order book", floor=5),
+    Sampled("market.contracts_active", "fognode_market_contracts_active", Kind.GAUGE,
+            "contracts not finished (negotiated, escrowed, running)", floor=2),
+    Sampled("market.paid_rate", "fognode_market_paid_micro", Kind.RATE,
+            "micro-units paid out by debit notes per second", unit="micro/s", floor=1000),
+    Sampled("market.fuel_rate", "fognode_market_fuel", Kind.RATE,
+            "WASM fuel consumed by market tasks per second (both sides)", unit="1/s", floor=1e6),
+    Sampled("market.rejected_rate", "fognode_market_rejected", Kind.RATE,
+            "market messages refused per second", unit="1/s", floor=0.5),
+    # onion (protocols/onion/metrics.py)
+    Sampled("onion.circuits_open", "fognode_onion_circuits", Kind.GAUGE, "this node's own open circuits",
+            labels=(("state", "open"),), floor=2),
+    Sampled("onion.relay_circuits", "fognode_onion_relay_circuits", Kind.GAUGE,
+            "circuits this relay carries", floor=2),
+    Sampled("onion.build_mean", "fognode_onion_circuit_build_seconds", Kind.MEAN,
+            "circuit build time, mean of the builds in the interval", unit="s", floor=0.5),
+    Sampled("onion.cells_rate", "fognode_onion_cells_relayed", Kind.RATE,
+            "RELAY cells passed on per second", unit="1/s", floor=10),
+    Sampled("onion.link_bytes_rate", "fognode_onion_link_bytes", Kind.RATE,
+            "bytes on relay links per second (both directions)", unit="B/s", floor=10_000),
+    Sampled("onion.stream_bytes_rate", "fognode_onion_stream_bytes", Kind.RATE,
+            "payload bytes of this node's circuit streams per second", unit="B/s", floor=10_000),
+    Sampled("onion.socks_rate", "fognode_onion_socks_events", Kind.RATE,
+            "SOCKS connections established per second", labels=(("event", "established"),),
+            unit="1/s", floor=0.5),
 )
 
 BY_NAME: dict[str, Sampled] = {s.name: s for s in SAMPLED}
@@ -90,11 +131,35 @@ def _match(labels: dict[str, str], want: tuple[tuple[str, str], ...]) -> bool:
 
 
 @dataclass
-class _Totals:
+class Totals:
+    """One reading of a series' metric, cumulative as Prometheus keeps it."""
     value: float = 0.0       # gauge value, counter total, or histogram _sum
     count: float = 0.0       # histogram _count
     buckets: dict[float, float] = field(default_factory=dict)   # le -> cumulative count
-    seen: bool = False
+    seen: bool = False       # the metric exists (its role runs)
+
+
+def totals(by_family: dict[str, Any], spec: Sampled) -> Totals:
+    """Read `spec`'s metric from a registry snapshot ({family name: family}), summing the
+    samples whose labels match."""
+    t = Totals()
+    fam = by_family.get(spec.family)
+    if fam is None:
+        return t
+    for s in fam.samples:
+        if not _match(s.labels, spec.labels):
+            continue
+        if s.name.endswith("_created"):
+            continue
+        t.seen = True
+        if s.name.endswith("_bucket"):
+            le = float(s.labels["le"])
+            t.buckets[le] = t.buckets.get(le, 0.0) + s.value
+        elif s.name.endswith("_count"):
+            t.count += s.value
+        elif s.name.endswith("_sum") or s.name in (spec.family, spec.family + "_total"):
+            t.value += s.value
+    return t
 
 
 class Sampler:
@@ -102,27 +167,7 @@ class Sampler:
 
     def __init__(self, table: Iterable[Sampled] = SAMPLED) -> None:
         self.table = tuple(table)
-        self._prev: dict[str, _Totals] = {}
-
-    def _totals(self, by_family: dict[str, Any], spec: Sampled) -> _Totals:
-        t = _Totals()
-        fam = by_family.get(spec.family)
-        if fam is None:
-            return t
-        for s in fam.samples:
-            if not _match(s.labels, spec.labels):
-                continue
-            if s.name.endswith("_created"):
-                continue
-            t.seen = True
-            if s.name.endswith("_bucket"):
-                le = float(s.labels["le"])
-                t.buckets[le] = t.buckets.get(le, 0.0) + s.value
-            elif s.name.endswith("_count"):
-                t.count += s.value
-            elif s.name.endswith("_sum") or s.name in (spec.family, spec.family + "_total"):
-                t.value += s.value
-        return t
+        self._prev: dict[str, Totals] = {}
 
     def sample(self, families: Iterable[Any], dt: float) -> dict[str, float]:
         """Values of every series whose metric exists; rates and interval figures need a
@@ -130,7 +175,7 @@ class Sampler:
         by_family = {f.name: f for f in families}
         out: dict[str, float] = {}
         for spec in self.table:
-            cur = self._totals(by_family, spec)
+            cur = totals(by_family, spec)
             prev = self._prev.get(spec.name)
             self._prev[spec.name] = cur
             if not cur.seen:

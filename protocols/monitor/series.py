@@ -9,7 +9,10 @@ not the one asked for is old data and reads as empty, which is how the oldest bu
 "deleted": by being overwritten, so the size never changes.
 
 `SeriesSet.query(since, until, step, now)` reads each part of the range from the finest tier that
-still holds it and regroups the points into `step`-wide buckets (never finer than the tier).
+still holds it and has data there (a tier whose file began empty after a change of `tiers`
+leaves the older part to the coarser tiers; a coarse bucket that reaches into a finer tier's
+points is left out, so no sample counts twice) and regroups the points into `step`-wide
+buckets (never finer than the tier).
 Buffers are anything writable with the buffer protocol: a bytearray in tests, an mmap in the
 daemon. No trio, no clock: time is passed in.
 """
@@ -135,7 +138,8 @@ class SeriesSet:
             r.add(t, value)
 
     def query(self, since: float, until: float, step: float | None, now: float) -> list[Point]:
-        """Points in [since, until], each part from the finest tier that still holds it,
+        """Points in [since, until], each part from the finest tier that still holds it and
+        has recorded points there (before a tier's first point the next coarser one answers),
         regrouped into `step`-second buckets (default and minimum: that tier's step).
         Raises SeriesQueryError naming the bad parameter."""
         if not (math.isfinite(since) and math.isfinite(until)):
@@ -146,12 +150,19 @@ class SeriesSet:
             raise SeriesQueryError("step", f"must be a positive number of seconds, got {step}")
         out: list[Point] = []
         hi = until
+        seam = math.inf                           # where the finer tiers' points begin
         for r in self.rings:                      # finest first: the newest part from the finest tier
             oldest = (int(now // r.tier.step) - r.tier.slots + 1) * r.tier.step
             lo = max(since, oldest)
             if lo <= hi:
-                out[:0] = r.points(lo, hi)
-                hi = lo - 1e-6
+                # a bucket reaching into the finer tiers' points would count their samples twice
+                pts = [p for p in r.points(lo, hi) if p.t + r.tier.step <= seam]
+                if pts:
+                    out[:0] = pts
+                    # a tier answers from its first point on: before it (a tier added or widened
+                    # by a change of `tiers`, so its file began empty) the next coarser one does
+                    seam = pts[0].t
+                    hi = seam - 1e-6
             if hi < since:
                 break
         out = dedupe(out)

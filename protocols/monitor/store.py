@@ -50,8 +50,15 @@ class SeriesStore:
             s = self.sets[metric] = SeriesSet([Ring(t, self._open(metric, t)) for t in self.tiers])
         return s
 
+    def _path(self, metric: str, tier: Tier) -> Path:
+        return self.root / f"{metric}.{tier.step:g}s.ring"
+
+    def stored(self, names: list[str]) -> list[str]:
+        """Those of `names` that have history on disk (a ring file of some tier)."""
+        return [n for n in names if any(self._path(n, t).exists() for t in self.tiers)]
+
     def _open(self, metric: str, tier: Tier) -> memoryview:
-        path = self.root / f"{metric}.{tier.step:g}s.ring"
+        path = self._path(metric, tier)
         size = HEADER.size + tier.nbytes
         head = HEADER.pack(MAGIC, tier.step, tier.slots)
         try:

@@ -70,12 +70,18 @@ def test_four_daemons_one_down_two_down_kill_and_catch_up(ledger_net: Devnet) ->
     waiting_tx = e.value.data["tx"]
     ledger_health = n0.rpc("monitor.health")["roles"]["ledger"]       # says why (issue 17)
     assert ledger_health["status"] == "degraded" and "cannot reach a quorum" in ledger_health["reason"]
+    # node 1 sent nothing, but it signed that order and no certificate followed: it sees it too
+    n1_ledger = wait_until(lambda: (h := n1.rpc("monitor.health")["roles"]["ledger"])["status"] == "degraded" and h,
+                           timeout=30, what="node 1's ledger degraded by its unfollowed vote")
+    assert "this validator signed have no certificate" in n1_ledger["reason"], n1_ledger
 
     # one comes back: the in-flight order completes (the next send drives it first)
     net.start(2, timeout=60)
     res = send(n0, addr1, "1", timeout=40)
     assert res["status"] == "final" and res["sequence"] == 2
     assert n0.rpc("monitor.health")["roles"]["ledger"]["status"] == "healthy"
+    wait_until(lambda: n1.rpc("monitor.health")["roles"]["ledger"]["status"] == "healthy", timeout=30,
+               what="node 1's ledger healthy once the certificate arrived")
     assert n0.rpc("ledger.tx", [waiting_tx])["amount"] == "7"
 
     # the killed replica returns and catches up through sync to the same state root

@@ -9,7 +9,7 @@ from fognode.node.health import HealthReport, RecentCount, Status
 from fognode.protocols.monitor.api import MonitorService
 from fognode.protocols.monitor.eventlog import EventLog
 from fognode.protocols.monitor.alerts import parse_rules
-from fognode.protocols.monitor.core import Emit, MonitorCore, RunHook
+from fognode.protocols.monitor.core import Emit, MonitorCore, RunHook, SaveAlerts
 from fognode.protocols.monitor.events import AlertFired, AnomalyDetected, HealthStatusChanged
 from fognode.protocols.monitor.rollup import HealthBook, node_report, role_reports
 from fognode.protocols.monitor.sampled import BY_NAME, Kind, Sampled, Sampler
@@ -73,10 +73,13 @@ def test_tick_records_detects_alerts_and_rolls_up_health() -> None:
     assert {AnomalyDetected, AlertFired, HealthStatusChanged} <= kinds, events
     (hook,) = [a for a in acts if isinstance(a, RunHook)]
     assert hook.alert.rule == "node.peers < 1" and hook.alert.state == "firing"
+    (save,) = [a for a in acts if isinstance(a, SaveAlerts)]                  # written to the data dir
+    assert [a["rule"] for a in save.state["firing"]] == ["node.peers < 1"] and save.state["saved_at"] == t
     changes = {e.role: e for e in events if isinstance(e, HealthStatusChanged)}
     assert changes["ledger"].status == "unhealthy" and changes["ledger"].reason.startswith("storage failed")
     assert changes["node"].status == "degraded" and changes["node"].overall == "unhealthy"
     assert core.overall() is Status.UNHEALTHY
+    assert not [a for a in core.tick(reg.collect(), roles, t + 10, 10) if isinstance(a, SaveAlerts)]  # unchanged
 
 
 def test_node_report_and_roll_up() -> None:

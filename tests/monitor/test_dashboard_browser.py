@@ -2,8 +2,10 @@
 FL session while the FL page is open, and the loss chart grows to the session's rounds with
 the losses `fl.status` reports; every page loads without a console error; the node and
 network pages show the peer and both nodes; no token or a wrong one gets 401; a malformed
-query parameter gets 400 naming it; a SIGKILLed node shows offline on the other's network
-page. Screenshots go to tmp_path (never the repo)."""
+query parameter gets 400 naming it; the harvest, market and onion pages chart the series the
+monitor records for them; a SIGKILLed node shows offline on the other's network page and the
+alert rule the test configures on `network.nodes_offline` fires and shows above the page.
+Screenshots go to tmp_path (never the repo)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,12 +21,16 @@ from tests.monitor.conftest import MonitoredNet
 pytestmark = pytest.mark.slow
 
 ROUNDS = 2
+OFFLINE_RULE = ('protocols.monitor.alerts=[{name = "nodes-offline", metric = "network.nodes_offline", op = ">=", '
+                'threshold = 1, severity = "critical"}]')
 
 
 def test_pages_and_a_live_fl_session_in_chromium(monitored_net: MonitoredNet, tmp_path: Path) -> None:
     with chromium() as browser:
         net = monitored_net(2, extra_args=["--set", "protocols.fl.tick_interval=0.1",
-                                           "--set", "protocols.monitor.status_interval=0.5"])
+                                           "--set", "protocols.monitor.status_interval=0.5",
+                                           "--set", "protocols.monitor.sample_interval=0.5",
+                                           "--set", OFFLINE_RULE])
         coord, other = net.nodes
         wait_until(lambda: any(p["peer_id"] == other.peer_id for p in coord.rpc("node.peers")), timeout=30,
                    what="the two nodes to connect")
@@ -77,6 +83,15 @@ def test_pages_and_a_live_fl_session_in_chromium(monitored_net: MonitoredNet, tm
         assert page.locator("table[data-table='committee'] tbody tr").count() == 2
         page.locator("svg[data-chart='supply'] path[data-series='supply']").wait_for(state="attached")
         page.screenshot(path=str(tmp_path / "ledger.png"), full_page=True)
+
+        # the harvest, market and onion pages chart what the monitor records for them
+        for role, series in (("harvest", "running"), ("market", "offers"), ("onion", "circuits_open")):
+            page.goto(f"{base}/{role}")
+            page.wait_for_selector("body[data-ready='1']", state="attached", timeout=20_000)
+            page.locator(f"svg[data-chart='series-{role}.{series}'] path[data-series='{series}']"
+                         ":not([data-points='0'])").wait_for(state="attached", timeout=20_000)
+            assert page.locator("[data-section='recorded'] svg[data-chart^='series-']").count() >= 4, role
+            page.screenshot(path=str(tmp_path / f"{role}.png"), full_page=True)
         assert log.errors == [], log.errors
 
         # a malformed query parameter: 400 naming it (the browser has the cookie)
@@ -102,10 +117,18 @@ def test_pages_and_a_live_fl_session_in_chromium(monitored_net: MonitoredNet, tm
         page.goto(url)
         page.goto(base + "/network")
         page.locator("[data-figure='healthy']").filter(has_text="2").wait_for(timeout=30_000)
+        assert page.locator("#alerts").get_attribute("data-firing") == "0"
         net.kill(1)
         page.locator("[data-figure='offline']").filter(has_text="1").wait_for(timeout=30_000)
         row = page.locator(f"table[data-table='network'] tbody tr:has(span[title='{other.peer_id}'])")
         assert row.locator(".badge").inner_text() == "offline"
         assert page.locator("[data-figure='healthy']").inner_text() == "1"
+        # the rule on network.nodes_offline fires, and the page shows it
+        banner = page.locator("#alerts [data-alert='nodes-offline']")
+        banner.wait_for(timeout=30_000)
+        assert "(critical): network.nodes_offline >= 1" in banner.inner_text()
+        (fired,) = coord.rpc("monitor.alerts")["firing"]
+        assert fired["rule"] == "nodes-offline" and fired["value"] == 1
+        page.screenshot(path=str(tmp_path / "offline.png"), full_page=True)
         assert log.errors == [], log.errors
         ctx.close()

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from fognode.protocols.monitor.dashboard.access import readable
 from fognode.protocols.monitor.dashboard.assets import PAGES, load_assets
 from fognode.protocols.monitor.dashboard.cookie import AccessToken, bearer_token, cookie_token, set_cookie
-from fognode.protocols.monitor.dashboard.figures import figures
+from fognode.protocols.monitor.core import MonitorCore
 from fognode.protocols.monitor.dashboard.query import BadQuery, json_params, parse_query
 from fognode.tools.top_model import TopModel, delta_lag, sparkline
 
@@ -91,11 +91,18 @@ def test_figures_digest_a_real_registry() -> None:
     h = Histogram("fognode_node_event_loop_lag_seconds", "lag", buckets=(0.01, 0.1, 1), registry=reg)
     for v in (0.001, 0.002, 0.05, 2.0):
         h.observe(v)
-    f = figures(reg, 123.0)
+    core = MonitorCore(series_of=None, rules=[], detectors=True, anomaly_cooldown=600, lag_bound=0.5, hook=False)
+    f = core.figures(reg.collect(), 123.0, 4.56789)
     assert f["t"] == 123.0 and f["gossip_in"] == 7 and f["gossip_out"] == 0 and f["peers"] == 0
     assert f["loop_lag"]["count"] == 4 and f["loop_lag"]["sum"] == pytest.approx(2.053)
     assert f["loop_lag"]["buckets"] == [[0.01, 2], [0.1, 3], [1.0, 3], [None, 4]]
-    assert f["cpu_s"] >= 0
+    assert f["cpu_s"] == 4.568
+    # the same reading feeds the sampler: a second tick's rate is the figures' difference
+    core.tick(reg.collect(), {}, 0.0, 1.0)
+    c.labels("a").inc(10)
+    core.tick(reg.collect(), {}, 10.0, 10.0)
+    assert core.latest["node.gossip_in_rate"] == (10.0, 1.0)
+    assert core.figures(reg.collect(), 124.0, 0)["gossip_in"] == 17
 
 
 def test_top_model_turns_two_readings_into_rates_lag_and_rounds() -> None:
@@ -115,3 +122,8 @@ def test_top_model_turns_two_readings_into_rates_lag_and_rounds() -> None:
     assert m.alerts is None                              # no monitor.alerts on that node
     assert delta_lag({"count": 3, "sum": 1, "buckets": []}, {"count": 3, "sum": 1, "buckets": []}) is None
     assert sparkline([0, 1, 2, 4]) == " ▃▅█"          # 0 is blank, the maximum a full block
+    # the harvest, market and onion series monitor.metrics reports (none of a role: no line)
+    m.ingest({"monitor.metrics": [{"name": "harvest.running", "value": 0.0}, {"name": "harvest.cpu_rate", "value": 0.5},
+                                  {"name": "market.offers", "value": 3.0}, {"name": "market.paid_rate", "value": None},
+                                  {"name": "onion.socks_rate", "value": None}]})
+    assert m.role_lines() == [("harvest", "suspended", "cpu 0.5 cores"), ("market", "3 offers", "")]

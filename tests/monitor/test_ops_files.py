@@ -1,5 +1,7 @@
 """tools/monitoring: the Prometheus rules and the Grafana dashboard name only metrics a running
-node really exports (checked against a real node's /metrics), and /health keeps its fields."""
+node really exports (checked against a real node's /metrics), they cover the harvest, market and
+onion roles, every series the monitor records reads a metric the node exports, and /health keeps
+its fields."""
 from __future__ import annotations
 
 import json
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fognode.protocols.monitor.sampled import SAMPLED
 from fognode.tools.devnet import free_port
 
 from tests.conftest import NodeFactory
@@ -46,7 +49,12 @@ def test_rules_and_dashboard_name_real_metrics_and_health_fields(node_factory: N
     exprs += [t["expr"] for p in dash["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in NAME.findall(e)}
     assert len(used) >= 12
+    for role in ("harvest", "market", "onion"):         # the roles that landed later are covered too
+        assert any(m.startswith(f"fognode_{role}_") for m in used), role
     assert used <= metrics, f"not exported by a node: {sorted(used - metrics)}"
+    families = {n.removesuffix("_total") for n in metrics}
+    missing = [s.name for s in SAMPLED if s.family not in families]
+    assert not missing, f"series whose metric the node does not export: {missing}"
     health = json.loads(urllib.request.urlopen(f"{base}/health", timeout=10).read())
     assert {"status", "peer_id", "uptime_s", "peers", "roles"} <= set(health)       # as before
     assert health["status"] == "ok" and health["peer_id"] == net.nodes[0].peer_id

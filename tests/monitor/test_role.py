@@ -1,4 +1,5 @@
-"""The monitor role in real daemons: history survives a restart, an alert rule fires on a real
+"""The monitor role in real daemons: history, firing and pending alerts survive a restart (a
+SIGKILL) and the detectors start warm from the stored history, an alert rule fires on a real
 node when its only peer is SIGKILLed and runs the operator's hook, a hook that hangs is killed at
 its limit, a rule with a typo'd metric refuses to start naming it, and `monitor.events --follow`
 through the real CLI prints an event as it happens."""
@@ -16,6 +17,8 @@ import pytest
 
 from fognode.node.rpc.client import RpcError
 from fognode.protocols.monitor.errors import MONITOR_BAD_RANGE, MONITOR_UNKNOWN_EVENT, MONITOR_UNKNOWN_METRIC
+from fognode.protocols.monitor.series import Tier
+from fognode.protocols.monitor.store import SeriesStore
 from fognode.tools.devnet import wait_until
 
 from tests.conftest import NodeFactory
@@ -29,20 +32,44 @@ def cli(datadir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedP
 
 
 @pytest.mark.slow
-def test_history_survives_a_restart_and_bad_queries_are_refused(node_factory: NodeFactory) -> None:
-    net = node_factory(1, extra_args=FAST)
+def test_history_alerts_and_detectors_survive_a_restart_and_bad_queries_are_refused(
+        node_factory: NodeFactory) -> None:
+    net = node_factory(1, start=False)
     node = net.nodes[0]
-    names = {m["name"] for m in node.rpc("monitor.metrics")}
-    assert {"node.peers", "node.loop_lag_p99", "ledger.supply", "fl.round_duration_mean"} <= names
+    node.args += [*FAST, "--set", 'protocols.monitor.alerts=[{name = "lonely", metric = "node.peers", op = "<", '
+                  'threshold = 1}, {name = "long", metric = "node.peers", op = "<", threshold = 1, for = "1h"}]']
+    # three days of earlier history in the ring files (as a node that ran then would have left)
+    store = SeriesStore(node.datadir / "monitor" / "series", [Tier.parse(t) for t in ("10s:1d", "5m:30d")])
+    now = time.time()
+    for i in range(3 * 288, 12, -1):
+        store.series("node.peers").record(now - 300 * i, 0.0)
+    for i in range(200, 6, -1):                                  # and its last half hour at 10 s
+        store.series("node.peers").record(now - 10 * i, 0.0)
+    store.close()
+    net.start(0)
+    rows = {m["name"]: m for m in node.rpc("monitor.metrics")}
+    assert {"node.peers", "node.loop_lag_p99", "ledger.supply", "fl.round_duration_mean", "harvest.running",
+            "market.offers", "onion.circuits_open"} <= set(rows)
+    # the detectors learnt from the files at start: the seasonal one scores without two days of uptime
+    assert rows["node.peers"]["detectors"] == ["robust_z", "seasonal_ewma"], rows["node.peers"]
+    assert rows["node.gossip_in_rate"]["detectors"] == []               # no history of that one
     pts = wait_until(lambda: node.rpc("monitor.series", ["ledger.supply", "10m"])["points"] or None,
                      timeout=30, what="a recorded supply")
     before = pts[0]
     assert before["mean"] > 0 and before["count"] >= 1
-    net.stop(0)
+    alerts = wait_until(lambda: (a := node.rpc("monitor.alerts"))["firing"] and a["pending"] and a, timeout=30,
+                        what="the alert firing and the other pending")
+    (fired,), (pending,) = alerts["firing"], alerts["pending"]
+    assert fired["rule"] == "lonely" and pending["rule"] == "long" and pending["for"] == 3600
+    net.kill(0)                                                 # SIGKILL: nothing gets to save at stop
     net.start(0)
     after = wait_until(lambda: (r := node.rpc("monitor.series", ["ledger.supply", "10m"])["points"])
                        and r[-1]["t"] > before["t"] and r, timeout=30, what="new points after the restart")
     assert after[0]["t"] == before["t"] and after[0]["count"] >= before["count"]   # kept across the restart
+    again = node.rpc("monitor.alerts")
+    assert again["firing"] == [fired] and again["pending"] == [pending]     # the same alert, the same progress
+    assert node.rpc("monitor.events", {"type": ["AlertFired"]}) == []       # not fired a second time
+    assert "robust_z" in {m["name"]: m for m in node.rpc("monitor.metrics")}["node.peers"]["detectors"]
     with pytest.raises(RpcError) as e:
         node.rpc("monitor.series", ["node.peer"])
     assert e.value.code == MONITOR_UNKNOWN_METRIC and "node.peers" in e.value.data["known"]
@@ -55,8 +82,9 @@ def test_history_survives_a_restart_and_bad_queries_are_refused(node_factory: No
     with pytest.raises(RpcError) as e:
         node.rpc("monitor.events", {"type": ["PeerConected"]})
     assert e.value.code == MONITOR_UNKNOWN_EVENT and "PeerConnected" in str(e.value)
-    h = node.rpc("monitor.health")
-    assert h["status"] == "ok" and h["overall"] == "degraded" and h["node"]["reason"].startswith("no peers")
+    h = wait_until(lambda: (x := node.rpc("monitor.health"))["overall"] == "degraded" and x, timeout=30,
+                   what="the first sample after the restart")
+    assert h["status"] == "ok" and h["node"]["reason"].startswith("no peers")
     assert h["roles"]["ledger"]["status"] == "healthy"
 
 

@@ -110,9 +110,36 @@ def test_store_size_is_fixed_after_a_simulated_month(tmp_path: Path) -> None:
     pts = again.series("node.peers").query(t - 600, t, None, now=t)
     assert len(pts) == 60 and pts[-1].t == (t - 10) // 10 * 10
     again.close()
-    # a changed tier starts that file afresh instead of misreading it
+    # a changed tier starts that file afresh instead of misreading it; meanwhile the query falls
+    # back, span by span, to the coarser tier that has data
     changed = SeriesStore(tmp_path / "series", [Tier.parse("10s:2d"), Tier.parse("5m:30d")])
     fresh = changed.series("node.peers")
-    assert fresh.query(t - 600, t, None, now=t) == []                 # the 10 s tier is new
-    assert [p.count for p in fresh.rings[1].points(t - 600, t)][:1] == [30]   # the 5 min tier kept
+    assert fresh.rings[0].points(t - 600, t) == []                    # the 10 s tier is new
+    kept = fresh.query(t - 600, t, None, now=t)
+    assert [p.count for p in kept][:1] == [30] and all(p.t % 300 == 0 for p in kept)   # from the 5 min tier
+    assert len(kept) >= 2 and kept == fresh.rings[1].points(t - 600, t)
+    # new samples go to both tiers: the newest part now comes from the 10 s tier, the part
+    # before its first point still from the 5 min tier
+    t2 = t + 3600                                   # an hour later (the node was down)
+    for i in range(6):
+        fresh.record(t2 + 10 * i, 5.0)
+    both = fresh.query(t - 600, t2 + 60, None, now=t2 + 60)
+    newest = [p for p in both if p.t >= t2]
+    assert [(p.t, p.count, p.mean) for p in newest] == [(t2 + 10 * i, 1, 5.0) for i in range(6)]
+    assert both[:len(kept)] == kept                 # the older part: still the 5 min tier's points
+    assert fresh.query(t2, t2 + 60, None, now=t2 + 60) == newest
     changed.close()
+
+
+def test_a_coarse_bucket_overlapping_finer_points_is_left_out() -> None:
+    """A new node's first samples fall in the middle of a 5-minute bucket: an hour's query shows
+    them from the 10 s tier only, not also as a 5-minute point at that bucket's start (which
+    would put them minutes before they were taken, and count them twice)."""
+    s = mem_set()
+    t0 = 1_000_000 * 300.0 + 170                    # 2 min 50 s into a 5-minute bucket
+    for i in range(6):
+        s.record(t0 + 10 * i, float(i))
+    pts = s.query(t0 - 3600, t0 + 60, None, now=t0 + 60)
+    assert [(p.t, p.count) for p in pts] == [(t0 + 10 * i, 1) for i in range(6)]
+    (five,) = s.query(t0 - 3600, t0 + 60, 300, now=t0 + 60)
+    assert five.count == 6 and five.mean == 2.5

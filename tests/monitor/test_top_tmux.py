@@ -1,6 +1,6 @@
 """`fognode-cli top` in a real terminal (tmux) against real daemons: it renders the node, its
 roles' health, its peer and live figures, updates (the poll count moves, an FL round appears
-as it completes), and quits with status 0 on `q`."""
+as it completes), shows the harvest, market and onion lines, and quits with status 0 on `q`."""
 from __future__ import annotations
 
 import os
@@ -41,7 +41,8 @@ def test_top_renders_updates_and_quits_on_q(monitored_net: MonitoredNet, tmp_pat
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed (`make test` installs it as root)")
     pytest.importorskip("rich", reason="fognode-cli top needs the Python package rich")
-    net = monitored_net(2, extra_args=["--set", "protocols.fl.tick_interval=0.1"])
+    net = monitored_net(2, extra_args=["--set", "protocols.fl.tick_interval=0.1",
+                                       "--set", "protocols.monitor.sample_interval=0.5"])
     node, other = net.nodes
     wait_until(lambda: any(p["peer_id"] == other.peer_id for p in node.rpc("node.peers")), timeout=30,
                what="the two nodes to connect")
@@ -83,6 +84,9 @@ def test_top_renders_updates_and_quits_on_q(monitored_net: MonitoredNet, tmp_pat
                                     "task_params": {"max_samples": 100}})["session_id"]
         wait_until(lambda: re.search(rf"{sid[:8]}\s+1\s+2\s+\d", tmux.screen()), timeout=90,
                    what=f"round 1 of {sid[:8]} on top's screen")
+        # the harvest, market and onion figures the monitor records (monitor.metrics)
+        for line in (r"harvest\s+(running|suspended)", r"market\s+\d+ offers", r"onion\s+\d+ circuits"):
+            wait_until(lambda: re.search(line, tmux.screen()), timeout=30, what=f"{line!r} on top's screen")
         tmux.run("send-keys", "-t", "top", "q")
         wait_until(lambda: tmux.pane("#{pane_dead}") == "1", timeout=15, what="top to quit on q")
         # (tmux's own #{pane_dead_status} stayed empty in one CI run: the shell writes it instead)

@@ -2,7 +2,7 @@
 
 `cookie.py` keeps the access token (a 0600 file in the data dir, new at every start),
 `access.py` says which RPC methods the pages may call, `query.py` parses query strings
-strictly, `figures.py` digests the node's Prometheus registry into live figures, `assets.py`
-serves the HTML/CSS/JS files of `static/`, and `app.py` ties them into one request handler
-for `protocols/monitor/http.py`.
+strictly, `assets.py` serves the HTML/CSS/JS files of `static/`, and `app.py` ties them into
+one request handler for `protocols/monitor/http.py`. The live figures the node page polls
+(`monitor.figures`) come from the monitor's core (core.py), which samples the registry.
 """

@@ -1,8 +1,10 @@
 // The dashboard shell: finds the page of the path, adds the pages of the roles this node runs
-// (from rpc.discover), and refreshes the page every POLL_MS while the tab is visible (one
-// refresh at a time: a slow node is never asked twice at once).
+// (from rpc.discover), shows the alerts firing on this node (monitor.alerts) above every page,
+// and refreshes the page every POLL_MS while the tab is visible (one refresh at a time: a slow
+// node is never asked twice at once).
 import { rpc, ApiError } from "./api.js";
-import { h, shortId, fmtDuration } from "./render.js";
+import { fmtClock } from "./chart.js";
+import { h, shortId, fmtDuration, fmt } from "./render.js";
 import * as nodePage from "./pages/node.js";
 import * as networkPage from "./pages/network.js";
 import * as ledgerPage from "./pages/ledger.js";
@@ -31,6 +33,15 @@ function clearError() {
   document.getElementById("live").className = "badge ok";
 }
 
+// The firing alerts as a banner above the page: one line each (rule, severity, condition,
+// value, since); empty (and hidden) when none fires.
+function showAlerts(firing) {
+  const box = document.getElementById("alerts");
+  box.dataset.firing = String(firing.length);
+  box.replaceChildren(...firing.map((a) => h("div", { class: `alert ${a.severity === "info" ? "warn" : "bad"}`, "data-alert": a.rule },
+    h("b", {}, `alert ${a.rule}`), ` (${a.severity}): ${a.condition}; value ${fmt(a.value)}, firing since ${fmtClock(a.since)}`)));
+}
+
 async function main() {
   const path = location.pathname.replace(/\/+$/, "") || "/";
   const disc = await rpc("rpc.discover");
@@ -53,7 +64,9 @@ async function main() {
   let first = true;
   async function tick() {
     try {
-      const info = await rpc("node.info");
+      const [info, alerts] = await Promise.all([rpc("node.info"),
+        methods.has("monitor.alerts") ? rpc("monitor.alerts") : Promise.resolve(null)]);
+      if (alerts) showAlerts(alerts.firing || []);
       document.getElementById("whoami").textContent =
         `${shortId(info.peer_id)} · v${info.version} · up ${fmtDuration(info.uptime_s)}${info.region ? " · " + info.region : ""}`;
       await update(info);

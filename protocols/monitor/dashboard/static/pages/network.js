@@ -1,6 +1,7 @@
 // The network: every node's last status (monitor.network, gossiped by each node), with its
 // registry record (region, type, online) where known; a node not heard from for three
-// status intervals shows as offline.
+// status intervals shows as offline (the node says so: monitor.network's `offline`); an alert
+// rule on the series network.nodes_offline fires on it, shown above the page (app.js).
 import { rpc } from "../api.js";
 import { barChart } from "../chart.js";
 import { h, card, table, badge, shortId, fmtDuration } from "../render.js";
@@ -18,7 +19,7 @@ export async function start(ctx) {
     const dev = new Map(devices.map((d) => [d.peer, d]));
     const rows = nodes.map((n) => {
       const d = dev.get(n.peer_id) || {};
-      const state = n.seen_s_ago > 3 * interval ? "offline" : n.healthy ? "healthy" : "degraded";
+      const state = (n.offline ?? n.seen_s_ago > 3 * interval) ? "offline" : n.healthy ? "healthy" : "degraded";
       return { ...n, state, region: d.region || "", type: d.type || "", me: n.peer_id === info.peer_id };
     });
     const count = (s) => rows.filter((r) => r.state === s).length;
