@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from fognode.tools.devnet import Devnet
+
+# Property tests judge behaviour, not speed: on 2 loaded cores one example can take longer than
+# hypothesis's 200 ms default deadline, which then fails the test as "flaky" (seen in CI).
+settings.register_profile("fognode", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("fognode")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
