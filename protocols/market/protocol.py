@@ -448,8 +448,7 @@ class MarketRole(Role):
     async def rpc_sla(self, id: str) -> dict[str, Any]:
         """The SLA account of contract ID: probes, failures, observed uptime and response
         times, each judged window, the breached ones, the penalty due and what was slashed."""
-        c = self._contract(id)
-        return self.api.monitor_sla_compliance(c.id)
+        return self.services.compliance(self._contract(id))
 
     @rpc_method("market.cancel")
     async def rpc_cancel(self, id: str) -> dict[str, Any]:
