@@ -199,3 +199,21 @@ def prorata_due(cost: int, start: float, deadline: float, now: float) -> int:
     if now <= start:
         return 0
     return cost * int(min(now, deadline) - start) // int(deadline - start)
+
+
+def note_to_sign(asked: int, signed: int, cost: int, max_total: int, start: float, deadline: float,
+                 now: float, margin: float) -> int:
+    """The customer's answer to a debit request of `asked`: what is due by its own clock plus
+    `margin` at most (a provider whose clock runs ahead gets what ours says), never less than
+    what it `signed` before (notes are cumulative), never over `max_total`."""
+    limit = min(max_total, prorata_due(cost, start, deadline, now + margin))
+    return max(min(asked, limit), signed)
+
+
+def answers_request(due: int, requested: int, cost: int, start: float, deadline: float, asked_at: float,
+                    margin: float) -> bool:
+    """Whether a co-signed note for `due` answers the provider's request for `requested` made at
+    `asked_at` (its clock): all of it, or what the time served cost two margins before it asked,
+    so a customer whose clock is behind by up to `margin` still pays in time, and one that
+    underpays by more is treated as not paying."""
+    return due >= min(requested, prorata_due(cost, start, deadline, asked_at - 2 * margin))

@@ -45,7 +45,7 @@ from fognode.protocols.market.errors import MarketError
 from fognode.protocols.market.events import ServiceContractCreated, SLABreach
 from fognode.protocols.market.jobwire import Payee, Simple, simple
 from fognode.protocols.market.metrics import MarketMetrics
-from fognode.protocols.market.sla import MIN_PROBES, SlaMonitor, WindowVerdict, prorata_due
+from fognode.protocols.market.sla import MIN_PROBES, SlaMonitor, WindowVerdict, note_to_sign
 from fognode.protocols.market.sla_messages import (MAX_FRAME, MAX_PROBE_FRAME, NONCE, PROBE_PROTOCOL,
                                                    SERVICE_PROTOCOL, Probe, Ready, decode_pong,
                                                    decode_service)
@@ -214,15 +214,18 @@ class ServiceCustomer:
             while True:
                 msg = decode_service(await s.recv(max_size=MAX_FRAME), peer=c.peer)
                 if isinstance(msg, Simple) and msg.t == "debit" and ledger is not None and c.escrow is not None:
-                    limit = prorata_due(c.terms.estimated_cost() or c.terms.max_total, c.terms.start,
-                                        c.terms.deadline, self.clock() + CLOCK_MARGIN)
-                    if msg.due > min(limit, c.terms.max_total):
-                        raise LocalProtocolError(f"provider {c.peer} asks {msg.due}, over the {limit} "
-                                                 "the time served so far costs")
-                    note = await ledger.sign_debit_note(c.escrow, msg.due)
-                    c.due = max(c.due, msg.due)
+                    cost = c.terms.estimated_cost() or c.terms.max_total
+                    due = note_to_sign(msg.due, c.due, cost, c.terms.max_total, c.terms.start, c.terms.deadline,
+                                       self.clock(), CLOCK_MARGIN)
+                    if due < msg.due:
+                        log.info("market: provider %s asks %d under %s; %d is due by our clock", c.peer,
+                                 msg.due, c.id.hex()[:16], due)
+                    if due < 1:
+                        continue
+                    note = await ledger.sign_debit_note(c.escrow, due)
+                    c.due = due
                     self.contracts.save(c)         # before the note leaves
-                    await s.send(simple("note", due=msg.due, sig=note.signature))
+                    await s.send(simple("note", due=due, sig=note.signature))
                 elif isinstance(msg, Simple) and msg.t == "stop":
                     c.detail = f"provider stopped: {msg.reason}"
                     return

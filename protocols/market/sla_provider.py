@@ -46,7 +46,7 @@ from fognode.protocols.market.events import ServiceContractCreated, SLABreach
 from fognode.protocols.market.jobwire import Simple, sign_payee, simple
 from fognode.protocols.market.metrics import MarketMetrics
 from fognode.protocols.market.provider import Stop, first_cause
-from fognode.protocols.market.sla import prorata_due
+from fognode.protocols.market.sla import answers_request, prorata_due
 from fognode.protocols.market.sla_messages import (MAX_FRAME, MAX_PROBE_FRAME, Ready, decode_probe,
                                                    decode_service, sign_pong)
 from fognode.protocols.registry.peerid import peer_id_from_pubkey
@@ -265,7 +265,10 @@ class _Session:
         if not note.signed_by(self.escrow_customer) or m.due > self.t.max_total:
             raise RemoteProtocolError("market service: a debit note not signed by the customer or "
                                       "over the escrow", peer=self.s.remote_peer)
-        if m.due >= self.requested:
+        # an answer to our request: the whole of it, or what it cost 2 clock margins before we
+        # asked (the customer signs by its own clock; skew costs us at most that much)
+        if self.asked_at is not None and answers_request(m.due, self.requested, self.cost, self.t.start,
+                                                         self.t.deadline, self.asked_at, CLOCK_MARGIN):
             self.asked_at = None
         if m.due > c.note_due:
             c.note_due, c.note_sig = m.due, m.sig

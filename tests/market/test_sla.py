@@ -12,7 +12,8 @@ from fognode.node.wire import pack, unpack
 from fognode.protocols.market.agreement import SLA, Terms, decode_negotiation, decode_terms, sign_accept
 from fognode.protocols.market.errors import Rejected
 from fognode.protocols.market.jobwire import Simple
-from fognode.protocols.market.sla import MIN_PROBES, SlaMonitor, breached, prorata_due
+from fognode.protocols.market.sla import (MIN_PROBES, SlaMonitor, answers_request, breached, note_to_sign,
+                                          prorata_due)
 from fognode.protocols.market.sla_messages import (Probe, Ready, decode_pong, decode_probe, decode_service,
                                                    sign_pong)
 from tests.market.helpers import NOW, key
@@ -135,6 +136,27 @@ def test_prorata_due() -> None:
     assert prorata_due(1000, NOW, NOW + 100, NOW - 5) == 0
     assert prorata_due(1000, NOW, NOW + 100, NOW + 33.9) == 330
     assert prorata_due(1000, NOW, NOW + 100, NOW + 500) == 1000
+
+
+@pytest.mark.parametrize("skew", [-30.0, -8.0, -4.0, 0.0, 4.0, 8.0, 30.0])
+def test_debit_notes_under_clock_skew(skew: float) -> None:
+    """The provider's clock is `skew` s ahead of the customer's. Within the 5 s margin every
+    request is paid in full; up to 15 s behind the provider still counts the clamped note as an
+    answer (it loses at most the skew's worth); a customer further behind looks unpaying, and
+    no skew ever makes the customer sign more than its own clock plus the margin says."""
+    cost, start, deadline, margin = 600_000, NOW, NOW + 600, 5.0
+    signed, paid_in_full, answered = 0, True, True
+    for t in range(10, 600, 10):                          # the customer's clock
+        asked_at = NOW + t + skew
+        asked = prorata_due(cost, start, deadline, asked_at)
+        note = note_to_sign(asked, signed, cost, cost, start, deadline, NOW + t, margin)
+        assert note <= prorata_due(cost, start, deadline, NOW + t + margin) or note == signed
+        assert note >= signed
+        signed = note
+        paid_in_full &= note >= asked
+        answered &= answers_request(note, asked, cost, start, deadline, asked_at, margin)
+    assert paid_in_full == (skew <= margin)
+    assert answered == (skew <= 3 * margin)
 
 
 # ---- wire ------------------------------------------------------------------------------------
