@@ -21,6 +21,17 @@ our identity key as witness, while the collateral lasts; then the reputation rep
 outcome weighted by the breached windows, or one good outcome) and the refund (the caller's
 `refund`, which closes the escrow). The stream going away does not stop the probing: a provider
 that dies is down, and that is what the SLA measures.
+
+Trust. The escrow names this node's identity key as its one witness (threshold 1), so a breach
+report is the customer's word. Validators check that it is signed by that witness, sent by the
+escrow's customer between the deadline and the end of the grace period (by their clocks), for a
+window after the last slashed one, with failures below the escrowed uptime, while collateral
+is left; they cannot check that the probes were sent, failed, or belong to a real window. A
+lying customer can therefore take the whole collateral (never more: each slash takes
+min(penalty, collateral left), the provider chose the collateral and caps it with
+`sla_max_collateral`), and it pays a fee per slash. Independent witnesses (the escrow takes up
+to 16 with any threshold) are the way to make a report more than the customer's word; the
+market does not recruit them yet.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@ the unix socket).
 
 Node 1 offers `fog.hosting` priced per GB-hour; node 0 buys it for about a minute with an SLA
 (75 % of probes answered within 2 s in every 6-second window, 1 token per breached window from
-2.5 tokens of collateral). Once the first windows are judged compliant, node 1 is frozen
+2.5 tokens of collateral; node 1 risks at most 3 tokens, so a first request asking 5 is refused
+before anything is escrowed). Once the first windows are judged compliant, node 1 is frozen
 (SIGSTOP) until the customer has judged two windows breached, then thawed (SIGCONT). After the
 deadline the customer slashes each breached window with a witness-signed breach report and
 refunds the rest: the escrow's `slashed` is exactly min(penalty x breached windows, collateral),
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from fognode.node.errors import RpcError
 from fognode.tools.devnet import Devnet, DevnetNode, wait_until
 
 pytestmark = pytest.mark.slow
@@ -40,13 +42,22 @@ def balance(n: DevnetNode, address: str) -> int:
 
 
 def test_a_frozen_provider_breaches_its_sla_and_its_collateral_is_slashed(node_factory: Any) -> None:
-    net: Devnet = node_factory(4, extra_args=SETTINGS, timeout=90)
+    net: Devnet = node_factory(4, extra_args=SETTINGS, start=False)
+    net.nodes[1].args = ["--set", "protocols.market.sla_max_collateral=3000000"]
+    net.start_all(timeout=90)
     c, p = net.nodes[0], net.nodes[1]
     p.rpc("market.offer", {"id": "host", "service": "fog.hosting", "price": "0", "price_gb_h": "4"})
     wait_until(lambda: c.rpc("market.offers", {"filter": "(service=fog.hosting)"}) or None,
                timeout=90, what="the hosting offer in the customer's book")
     wallet = {n.index: n.rpc("wallet.address")["address"] for n in (c, p)}
     before = {i: balance(c, a) for i, a in wallet.items()}
+
+    terms = {"service": "fog.hosting", "budget": "4", "seconds": SECONDS, "gb_hours": 1, "uptime": 75,
+             "max_response_ms": 2000, "penalty": "1", "window": WINDOW}
+    with pytest.raises(RpcError) as refused:           # more collateral than the provider risks
+        c.rpc("market.service", {**terms, "collateral": "5"}, timeout=90)
+    assert refused.value.code == 305 and "sla_max_collateral" in str(refused.value), refused.value
+    assert balance(c, wallet[0]) == before[0]          # refused before any escrow was opened
 
     view = c.rpc("market.service", {"service": "fog.hosting", "budget": "4", "seconds": SECONDS,
                                     "gb_hours": 1, "uptime": 75, "max_response_ms": 2000, "penalty": "1",
