@@ -90,7 +90,8 @@ def test_a_killed_provider_pays_its_stored_note_and_a_killed_customer_refunds(no
     finally:
         if frozen:
             for v in (v2, v3):
-                os.kill(v.proc.pid, signal.SIGCONT)   # type: ignore[union-attr]
+                assert v.proc is not None
+                os.kill(v.proc.pid, signal.SIGCONT)
     t.join(150)
     assert "error" not in box, box.get("error")
     out = box["out"]

@@ -2,6 +2,8 @@
 the probe/pong and service-stream codecs (sla_messages.py), and the SLA terms' checks."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -12,8 +14,8 @@ from fognode.node.wire import pack, unpack
 from fognode.protocols.market.agreement import SLA, Terms, decode_negotiation, decode_terms, sign_accept
 from fognode.protocols.market.errors import Rejected
 from fognode.protocols.market.jobwire import Simple
-from fognode.protocols.market.sla import (MIN_PROBES, SlaMonitor, answers_request, breached, note_to_sign,
-                                          prorata_due)
+from fognode.protocols.market.sla import (MIN_PROBES, SlaMonitor, WindowVerdict, answers_request, breached,
+                                          note_to_sign, prorata_due)
 from fognode.protocols.market.sla_messages import (Probe, Ready, decode_pong, decode_probe, decode_service,
                                                    sign_pong)
 from tests.market.helpers import NOW, key
@@ -30,7 +32,8 @@ class FakeClock:
         return self.t
 
 
-def drive(mon: SlaMonitor, clock: FakeClock, until: float, answer: "callable") -> list:  # type: ignore[valid-type]
+def drive(mon: SlaMonitor, clock: FakeClock, until: float,
+          answer: Callable[[float], int | None]) -> list[WindowVerdict]:
     """Probe on schedule until `until`; `answer(t)` gives the round trip in ms or None."""
     verdicts = []
     while clock.t < until:
@@ -180,7 +183,7 @@ def test_a_pong_answers_only_its_probe_signed_by_the_provider() -> None:
     (lambda m: m.update(t="probe"), "pong"),
     (lambda m: m.pop("sig"), "sig"),
 ])
-def test_bad_pongs_are_refused_naming_the_field(mutate, field: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_pongs_are_refused_naming_the_field(mutate: Callable[[dict[str, Any]], Any], field: str) -> None:
     m = sign_pong(PROV, Probe(b"c" * 32, 1, b"n" * 16), True).wire()
     mutate(m)
     with pytest.raises(RemoteProtocolError) as e:
