@@ -68,11 +68,11 @@ def test_a_frozen_provider_breaches_its_sla_and_its_collateral_is_slashed(node_f
     assert micro(esc["collateral"]) == 2_500_000 and esc["uptime_ppm"] == 750_000 and micro(esc["penalty"]) == 10**6
     assert len(esc["witnesses"]) == 1 and esc["threshold"] == 1
 
-    def judged() -> dict[str, Any] | None:
+    def kept() -> dict[str, Any] | None:          # a loaded machine may slow a window's probes down
         s = c.rpc("market.sla", [cid])
-        return s if any(w["judged"] for w in s["windows"]) else None
-    sla = wait_until(judged, timeout=40, what="a first judged window", interval=0.5)
-    assert sla["compliant"] and sla["probes"] >= 3 and sla["rtt_max_ms"] < 2000, sla
+        return s if any(w["judged"] and not w["breached"] for w in s["windows"]) else None
+    sla = wait_until(kept, timeout=40, what="a first window judged and kept", interval=0.5)
+    assert sla["probes"] >= 3 and sla["rtt_max_ms"] < 2000, sla
 
     assert p.proc is not None
     os.kill(p.proc.pid, signal.SIGSTOP)
@@ -91,6 +91,9 @@ def test_a_frozen_provider_breaches_its_sla_and_its_collateral_is_slashed(node_f
     for w in sla["windows"]:
         if w["window"] in breached:
             assert w["probes"] >= 3 and (w["probes"] - w["failures"]) * 4 < 3 * w["probes"], w
+    print(f"SLA account: {sla['probes']} probes, {sla['failures']} failed, rtt mean {sla['rtt_mean_ms']} ms "
+          f"max {sla['rtt_max_ms']} ms, windows judged {sla['windows_judged']}/{sla['windows_total']}, "
+          f"breached {breached}, slashed {done['slashed']}, paid {done['paid']}, refunded {done['refunded']}")
     want_slashed = min(10**6 * len(breached), 2_500_000)
     esc = c.rpc("ledger.escrow", [done["escrow"]])
     assert esc["closed"] and micro(esc["slashed"]) == want_slashed, (esc, breached)
