@@ -6,7 +6,14 @@ Terms (a msgpack map, the thing both parties sign)::
      "customer": <pubkey>, "provider": <pubkey>, "service": <str>, "offer": <offer id>,
      "demand": <32-byte demand id>, "prices": {<unit>: <int>}, "usage": {<unit>: <int>},
      "max_total": <int>, "start": <unix s>, "deadline": <unix s>, "debit_interval": <s>,
-     "sla": {"uptime_bp": <0..10000>, "max_response_ms": <int>, "penalty": <int>}}
+     "sla": {"uptime_bp": <0..10000>, "max_response_ms": <int>, "penalty": <int>,
+             "collateral": <int>, "window": <s>}}
+
+The SLA (sla.py judges it): in every observation `window` of seconds from `start`, the
+provider answers at least `uptime_bp` of the customer's probes within `max_response_ms`; a
+window below that is a breach, and each proven breach takes `penalty` out of the `collateral`
+the provider locks into the agreement's escrow when it accepts (so `penalty <= collateral`, and
+the provider never loses more than `collateral` whatever the customer claims).
 
 `max_total` caps what the customer owes for this agreement (the escrow to open); the metered
 cost is price times the units used. An agreement is the terms with both parties' Ed25519
@@ -35,6 +42,7 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
+from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import SIG_LEN, Fields, digest, pack, sign, unpack, verify
 from fognode.protocols.market import wirecommon as wc
 from fognode.protocols.market.errors import Rejected, RejectReason
@@ -47,15 +55,20 @@ MAX_REASON = 256
 PARTIES = ("customer", "provider")
 
 
+MAX_SLA_WINDOW = 86_400
+
+
 @dataclass(frozen=True)
 class SLA:
     uptime_bp: int = 9900          # 99 %
     max_response_ms: int = 1000
-    penalty: int = 0               # micro-units per proven breach
+    penalty: int = 0               # micro-units per proven breach (one per observation window)
+    collateral: int = 0            # micro-units the provider locks into the escrow (caps all penalties)
+    window: int = 60               # seconds of one observation window
 
     def body(self) -> dict[str, Any]:
         return {"uptime_bp": self.uptime_bp, "max_response_ms": self.max_response_ms,
-                "penalty": self.penalty}
+                "penalty": self.penalty, "collateral": self.collateral, "window": self.window}
 
 
 @dataclass(frozen=True)
@@ -109,8 +122,11 @@ class Terms:
 def _read_terms(f: Fields) -> Terms:
     s = f.sub("sla", f"{f.what} sla")
     sla = SLA(s.int("uptime_bp", lo=0, hi=10_000), s.int("max_response_ms", lo=1, hi=3_600_000),
-              s.int("penalty", lo=0, hi=wc.U63))
+              s.int("penalty", lo=0, hi=wc.U63), s.int("collateral", lo=0, hi=wc.U63),
+              s.int("window", lo=1, hi=MAX_SLA_WINDOW))
     s.done()
+    if sla.collateral and sla.penalty > sla.collateral:
+        s._fail("field 'penalty' is over the 'collateral' it is taken from")
     if f.int("v", lo=0, hi=2**16) != wc.VERSION:
         f._fail("unknown terms version")
     t = Terms(
@@ -127,6 +143,16 @@ def _read_terms(f: Fields) -> Terms:
         f._fail("field 'deadline' is not after 'start'")
     if t.customer == t.provider:
         f._fail("customer and provider are the same key")
+    return t
+
+
+def decode_terms(data: bytes, what: str = "market terms") -> Terms:
+    """Terms from `pack(terms.body())` (e.g. a contract store's record): the same checks as
+    on the wire; RemoteProtocolError naming the field."""
+    raw = unpack(data, max_size=MAX_NEGOTIATION_BYTES, what=what)
+    t = _read_terms(Fields(raw, what))
+    if pack(t.body()) != pack(raw):
+        raise RemoteProtocolError(f"{what}: not in canonical form")
     return t
 
 

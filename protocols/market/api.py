@@ -7,7 +7,8 @@ seed's Marketplace Service. `market_api(ctx.services)` is the one typed look-up.
 - `allocate_compute_burst(job, providers, replication, budget, seconds, progress)`: a bag of
   tasks (one per args tuple of `job`) across providers; returns every task's result.
 - `monitor_sla_compliance(contract)`: the contract's state, what was due, paid and refunded,
-  and whether the provider was outvoted.
+  whether the provider was outvoted, and for a service contract the SLA account of its probes
+  (windows, uptime and response times observed, breaches, penalty due and slashed: sla.py).
 - `get_marketplace_stats(region, service)`: supply, demand, fill ratio, price percentiles.
 - `harvest_suspended()`: withdraw every offer of ours (the role itself follows the harvest
   policy every tick: harvest_gate.py).
@@ -16,9 +17,10 @@ errors; they are cancellable (escrows already opened are refunded after their de
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from fognode.node.role import Services
+from fognode.protocols.market.contracts import Contract
 from fognode.protocols.market.errors import MarketError
 from fognode.protocols.market.service import JobSpec, MarketService, Progress
 
@@ -26,8 +28,10 @@ SERVICE_NAME = "market"
 
 
 class MarketApi:
-    def __init__(self, service: MarketService) -> None:
+    def __init__(self, service: MarketService,
+                 sla: Callable[[Contract], dict[str, Any]] | None = None) -> None:
         self._svc = service
+        self._sla = sla
 
     def register_service_offering(self, *, id: str, service: str, cores: int, memory_mib: int,
                                   prices: dict[str, int], uptime_bp: int = 9900,
@@ -52,7 +56,10 @@ class MarketApi:
         c = self._svc.contracts.get(contract)
         if c is None:
             raise MarketError(f"no contract {contract.hex()[:16]} on this node")
-        return {**c.view(), "breached": c.lied or c.state in ("stopped", "disputed", "failed")}
+        sla = self._sla(c) if self._sla is not None else {}
+        breached = bool(c.lied or c.state in ("stopped", "disputed", "failed")
+                        or sla.get("breached_windows") or c.slashed)
+        return {**c.view(), "sla": sla, "breached": breached}
 
     def get_marketplace_stats(self, region: str, service: str = "compute.wasm") -> dict[str, Any]:
         return self._svc.core.stats(region, service, self._svc.ctx.clock()).to_json()

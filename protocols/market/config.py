@@ -53,6 +53,8 @@ class MarketConfig:
     max_blob_bytes: int = 16_777_216      # largest module or input blob taken over a job stream
     max_tasks: int = 10_000               # tasks one burst may hold
     executor_nice: int = 19               # nice value of the WASM job processes
+    sla_probe_interval: float = 10.0      # seconds between a customer's SLA probes of a service contract
+    sla_max_collateral: int = 100_000_000  # micro-units of collateral this provider locks per service contract at most
     fault_corrupt_output: bool = False    # TEST ONLY fault injector: return a wrong output for every job
     fault_withhold_notes: bool = False    # TEST ONLY fault injector: as a customer, never co-sign a debit note
 
@@ -121,5 +123,9 @@ class MarketConfig:
             raise bad("max_blob_bytes", f"must be between 1024 and {MAX_MODULE}")
         if not 1 <= self.max_tasks <= 1_000_000:
             raise bad("max_tasks", "must be between 1 and 1,000,000")
+        if not 0.1 <= self.sla_probe_interval <= 3600:
+            raise bad("sla_probe_interval", "must be between 0.1 and 3600 s")
+        if not 0 <= self.sla_max_collateral <= 2**63 - 1:
+            raise bad("sla_max_collateral", "must be between 0 and 2^63-1 micro-units")
         if not -20 <= self.executor_nice <= 19:
             raise bad("executor_nice", "must be between -20 and 19")

@@ -97,10 +97,14 @@ async def open_link(overlay: Overlay, ledger: LedgerApi, ag: Agreement, config: 
         if not isinstance(msg, Payee) or msg.agreement != aid or not msg.signed_by(t.provider):
             raise LocalProtocolError(f"provider {peer} sent no valid payee statement")
         contract.payee = msg.payee
+        # saved with the escrow's id before it exists: a restart refunds it (contracts.py)
+        contract.escrow, contract.state = ledger.escrow_id(ledger.default_wallet(), aid), "escrowing"
+        contracts.save(contract)
         cert = await ledger.open_escrow(aid, msg.payee, t.max_total, t.deadline,
                                         config.escrow_grace, timeout=timeout)
         eid = cert.order.order.escrow
         contract.escrow, contract.state = eid, "escrowed"
+        contracts.save(contract)
         await s.send(simple("escrow", escrow=eid))
     except BaseException:
         contract.state = "failed"
@@ -118,7 +122,8 @@ class Burst:
                  ledger: LedgerApi, config: MarketConfig, metrics: MarketMetrics,
                  publish: Callable[[Any], None], reputation: ReputationService | None,
                  clock: Callable[[], float],
-                 progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> None:
+                 progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+                 save: Callable[[Contract], None] = lambda c: None) -> None:
         self.tasks = [TaskState(t) for t in tasks]
         self.blobs = blobs
         self.replication = replication
@@ -130,6 +135,7 @@ class Burst:
         self.reputation = reputation
         self.clock = clock
         self.progress = progress
+        self.save = save                   # the contract store: before a note leaves, at the end
         self.links: list[Link] = []
         self.changed = trio.Event()
         self.decided = 0
@@ -269,6 +275,7 @@ class Burst:
                 return
             note = await self.ledger.sign_debit_note(escrow, due)
             link.contract.due = due
+            self.save(link.contract)
             await link.send(simple("note", due=due, sig=note.signature))
         except (FognodeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
             log.info("market: debit answer to %s not sent: %s", link.peer, e)
@@ -372,6 +379,7 @@ class Burst:
         c = link.contract
         if c.state == "running":
             c.state = "done"
+        self.save(c)
         if self.reputation is None or not link.results and not link.dead:
             return
         ok = not link.liar and not link.dead

@@ -21,9 +21,9 @@ class ServiceContractCreated(Event):
 @dataclass(frozen=True)
 class SLABreach(Event):
     """A party did not keep an agreement: a wrong result (outvoted), silence past a deadline,
-    an unpaid debit note."""
+    an unpaid debit note, a service contract's observation window below its SLA."""
 
     contract: str
     peer: str                # who breached
-    breach: str              # "wrong_result" | "unresponsive" | "unpaid" | "disputed"
+    breach: str              # "wrong_result" | "unresponsive" | "unpaid" | "disputed" | "sla_window"
     detail: str

@@ -38,6 +38,8 @@ from fognode.protocols.market import errors as E
 from fognode.protocols.market.actions import Publish, Send
 from fognode.protocols.market.api import MarketApi
 from fognode.protocols.market.config import MarketConfig
+from fognode.protocols.market.agreement import SLA
+from fognode.protocols.market.contract_store import ContractStore
 from fognode.protocols.market.contracts import FINISHED, Contract, Contracts
 from fognode.protocols.market.core import DEMANDS_TOPIC, OFFERS_TOPIC, MarketCore
 from fognode.protocols.market.errors import ConstraintError, MarketError
@@ -48,6 +50,8 @@ from fognode.protocols.market.metrics import MarketMetrics
 from fognode.protocols.market.pricing import REFERENCE_UNIT
 from fognode.protocols.market.provider import ProviderJobs
 from fognode.protocols.market.service import JobSpec, MarketService
+from fognode.protocols.market.service_contracts import SERVICE_TYPES, ServiceContracts
+from fognode.protocols.market.sla_messages import PROBE_PROTOCOL, SERVICE_PROTOCOL
 from fognode.protocols.market.wirecommon import SERVICES
 
 log = logging.getLogger("fognode.market")
@@ -92,13 +96,14 @@ class MarketRole(Role):
     name = "market"
     Config = MarketConfig
     topics = (OFFERS_TOPIC, DEMANDS_TOPIC)
-    stream_ids = (MARKET_PROTOCOL, JOB_PROTOCOL)
+    stream_ids = (MARKET_PROTOCOL, JOB_PROTOCOL, SERVICE_PROTOCOL, PROBE_PROTOCOL)
 
     def __init__(self, ctx: NodeContext, config: MarketConfig) -> None:
         super().__init__(ctx, config)
         self.config: MarketConfig = config
         self.metrics = MarketMetrics.create(ctx.metrics)
-        self.contracts = Contracts()
+        self.contracts = Contracts(store=ContractStore(ctx.role_dir("market") / "contracts"))
+        self.contracts.load()
         self.core = MarketCore(ctx.identity, config, region=ctx.region,
                                reputation=self._reputation, latency=ctx.overlay.latency)
         self.service: MarketService = MarketService(ctx, config, self.core, self.contracts,
@@ -108,7 +113,8 @@ class MarketRole(Role):
                                      executor=self.executor, contracts=self.contracts,
                                      metrics=self.metrics, publish=ctx.events.publish,
                                      payee=self.service.payee, clock=ctx.clock)
-        self.api = MarketApi(self.service)
+        self.services = ServiceContracts(self.service, self.metrics)
+        self.api = MarketApi(self.service, self.services.compliance)
         self.gate = HarvestGate(withdraw_all=self.service.withdraw_all_held,
                                 republish=self._republish)
 
@@ -167,6 +173,24 @@ class MarketRole(Role):
         except StreamClosed:
             pass
 
+    async def _serve_service(self, s: FramedStream) -> None:
+        try:
+            await self.services.provider.serve(s)
+        except RemoteProtocolError as e:
+            self.metrics.rejected.labels("service", "malformed").inc()
+            self.ctx.overlay.penalize(s.remote_peer, f"market service: {e}", protocol="market/service")
+        except StreamClosed:
+            pass
+
+    async def _serve_probe(self, s: FramedStream) -> None:
+        try:
+            await self.services.provider.serve_probe(s)
+        except RemoteProtocolError as e:
+            self.metrics.rejected.labels("probe", "malformed").inc()
+            self.ctx.overlay.penalize(s.remote_peer, f"market probe: {e}", protocol="market/probe")
+        except StreamClosed:
+            pass
+
     async def _send(self, a: Send) -> None:
         """One frame on its own stream; opening the stream is tried twice (nothing was sent
         yet, so a retry cannot duplicate a negotiation message)."""
@@ -210,6 +234,8 @@ class MarketRole(Role):
         ov = self.ctx.overlay
         ov.set_stream_handler(MARKET_PROTOCOL, self._serve_negotiation)
         ov.set_stream_handler(JOB_PROTOCOL, self._serve_job)
+        ov.set_stream_handler(SERVICE_PROTOCOL, self._serve_service)
+        ov.set_stream_handler(PROBE_PROTOCOL, self._serve_probe)
         self.metrics.offers_known.set_function(lambda: len(self.core.book))
         self.metrics.own_offers.set_function(lambda: len(self.core.own))
         self.metrics.contracts_active.set_function(lambda: sum(c.state not in FINISHED for c in self.contracts.all()))
@@ -222,6 +248,7 @@ class MarketRole(Role):
                 for _ in range(SENDERS):
                     n.start_soon(self._publisher, self.service.net_recv.clone())
                 n.start_soon(self._clock)
+                n.start_soon(self.services.resume)
                 self.ctx.services.provide("market", self.api)
                 task_status.started()
                 await trio.sleep_forever()
@@ -394,6 +421,45 @@ class MarketRole(Role):
         """Contract ID (a hex prefix of the agreement id): terms, escrow, tasks, fuel, what
         was due, paid and refunded, and its state."""
         return self._contract(id).view()
+
+    @rpc_method("market.service")
+    async def rpc_service(self, service: str, budget: str, seconds: int, gb_hours: int = 1,
+                          uptime: float = 99.0, max_response_ms: int = 1000, penalty: str = "0",
+                          collateral: str = "0", window: int = 60, filter: str = "") -> dict[str, Any]:
+        """Buy SERVICE (storage or fog.hosting) for SECONDS from the best offer passing FILTER:
+        GB_HOURS GB-hours at the offer's gb_h price, paid pro rata of the time served from an
+        escrow of BUDGET tokens. SLA: in every WINDOW seconds the provider answers UPTIME % of
+        this node's probes within MAX_RESPONSE_MS; each breached window takes PENALTY tokens
+        from the COLLATERAL the provider locks (market.sla shows the account). Returns the
+        contract once the escrow and the collateral are on the ledger."""
+        if service not in SERVICE_TYPES:
+            raise RpcError(E.BAD_REQUEST, f"service must be one of {', '.join(SERVICE_TYPES)}")
+        pen, col = _amount(penalty, "penalty", allow_zero=True), _amount(collateral, "collateral", allow_zero=True)
+        if not (0 <= uptime <= 100 and 1 <= max_response_ms <= 3_600_000 and 1 <= window <= 86_400
+                and 10 <= seconds <= 30 * 86_400 and 1 <= gb_hours <= 10**12):
+            raise RpcError(E.BAD_REQUEST, "uptime must be 0..100 %, max_response_ms 1..3600000, window "
+                                          "1..86400 s, seconds 10..2592000 and gb_hours 1..10^12")
+        if col and pen > col:
+            raise RpcError(E.BAD_REQUEST, "penalty must not exceed the collateral it is taken from")
+        sla = SLA(uptime_bp=round(uptime * 100), max_response_ms=max_response_ms, penalty=pen,
+                  collateral=col, window=window)
+        try:
+            c = await self.services.start(service=service, budget=_amount(budget, "budget"), seconds=seconds,
+                                          units=gb_hours, sla=sla, constraints=filter)
+        except ConstraintError as e:
+            raise RpcError(E.BAD_FILTER, str(e)) from None
+        except MarketError as e:
+            code = E.NO_MATCH if "match" in str(e) else E.NEGOTIATION_FAILED
+            raise RpcError(code, str(e)) from None
+        except FognodeError as e:
+            raise RpcError(E.PAYMENT_FAILED, f"{type(e).__name__}: {e}") from None
+        return c.view()
+
+    @rpc_method("market.sla")
+    async def rpc_sla(self, id: str) -> dict[str, Any]:
+        """The SLA account of contract ID: probes, failures, observed uptime and response
+        times, each judged window, the breached ones, the penalty due and what was slashed."""
+        return self.services.compliance(self._contract(id))
 
     @rpc_method("market.cancel")
     async def rpc_cancel(self, id: str) -> dict[str, Any]:

@@ -110,6 +110,7 @@ class ProviderJobs:
                     pass
         finally:
             session.contract.ended = self.clock()
+            self.contracts.save(session.contract)
 
 
 class _Session:
@@ -168,6 +169,7 @@ class _Session:
         await self._await_escrow(ledger, msg.escrow, payee)
         self.contract.escrow = msg.escrow
         self.contract.state = "running"
+        jobs.contracts.save(self.contract)
         jobs.metrics.agreements.labels("provider").inc()
         jobs.publish(ServiceContractCreated(self.aid.hex(), "provider", self.s.remote_peer,
                                             self.t.service, self.t.max_total, self.t.deadline))
@@ -250,6 +252,8 @@ class _Session:
             self.asked_at = None
         if m.due > self.noted:
             self.noted = m.due
+            self.contract.note_due, self.contract.note_sig = m.due, m.sig
+            self.jobs.contracts.save(self.contract)     # before it is paid out: a restart pays it
             self.note = note
             self.note_ready.set()
         self.wake.set()
@@ -339,3 +343,4 @@ class _Session:
                 continue
             self.jobs.metrics.paid.labels("provider").inc(note.due - self.contract.paid)
             self.contract.paid = note.due
+            self.jobs.contracts.save(self.contract)

@@ -182,19 +182,20 @@ class MarketService:
     # ---- customer: negotiating -------------------------------------------------------------
 
     async def negotiate(self, *, fuel_units: int, budget: int, providers: int, seconds: int,
-                        constraints: str, auction: bool = False) -> list[Agreement]:
-        """Agreements with up to `providers` providers for `fuel_units` million fuel each,
-        within `budget` in all: matched on our order book, or with `auction` the winners of a
-        reverse auction (the demand goes out on gossip, providers bid for `auction_window`
-        seconds, the cheapest bids above the reputation floor win at their bid). MarketError
-        when none could be made."""
+                        constraints: str, auction: bool = False, service: str = "compute.wasm",
+                        usage: dict[str, int] | None = None, sla: SLA | None = None) -> list[Agreement]:
+        """Agreements with up to `providers` providers for `fuel_units` million fuel each (or
+        `usage` of a `service`, under `sla`), within `budget` in all: matched on our order book,
+        or with `auction` the winners of a reverse auction (the demand goes out on gossip,
+        providers bid for `auction_window` seconds, the cheapest bids above the reputation
+        floor win at their bid). MarketError when none could be made."""
         now = self.ctx.clock()
         self._demands += 1
         demand = sign_demand(self.ctx.identity, id=f"job-{int(now)}-{self._demands}",
-                             service="compute.wasm", constraints=constraints,
-                             usage={"fuel": max(1, fuel_units)}, budget=budget,
+                             service=service, constraints=constraints,
+                             usage=usage or {"fuel": max(1, fuel_units)}, budget=budget,
                              replication=providers, issued=int(now), deadline=int(now) + seconds)
-        sla = SLA(uptime_bp=0, penalty=0)
+        sla = sla or SLA(uptime_bp=0, penalty=0)
         if auction:
             closed = self._auctions[demand.demand_id] = trio.Event()
             try:
@@ -295,7 +296,8 @@ class MarketService:
                  for i, a in enumerate(job.args)]
         burst = Burst(tasks, blobs, min(replication, len(links)), ledger=ledger,
                       config=self.config, metrics=self.metrics, publish=self.ctx.events.publish,
-                      reputation=self.reputation(), clock=self.ctx.clock, progress=progress)
+                      reputation=self.reputation(), clock=self.ctx.clock, progress=progress,
+                      save=self.contracts.save)
         outcomes = await burst.run(links)
         t_run = trio.current_time()
         for lk in links:
@@ -326,9 +328,9 @@ class MarketService:
 
     def _schedule_refund(self, c: Contract) -> None:
         if self.nursery is not None and c.escrow is not None:
-            self.nursery.start_soon(self._refund_after, c)
+            self.nursery.start_soon(self.refund_after, c)
 
-    async def _refund_after(self, c: Contract) -> None:
+    async def refund_after(self, c: Contract) -> None:
         """Refund the escrow's unspent rest once its deadline passed (retrying while validators'
         clocks or this replica lag); the contract is then "settled"."""
         assert c.escrow is not None
@@ -338,7 +340,7 @@ class MarketService:
         wait = c.terms.deadline + CLOCK_MARGIN + 0.5 - self.ctx.clock()
         if wait > 0:
             await trio.sleep(wait)
-        for _ in range(600):
+        for attempt in range(600):
             try:
                 await ledger.refund_escrow(c.escrow)
                 break
@@ -347,6 +349,10 @@ class MarketService:
             except OrderRejected as e:
                 if e.reason is Reason.ESCROW_CLOSED:
                     break
+                if e.reason is Reason.ESCROW_UNKNOWN and attempt > 30 and ledger.escrow(c.escrow) is None:
+                    c.state, c.detail = "failed", "its escrow was never opened"
+                    self.contracts.save(c)
+                    return
                 log.info("market: refund of %s refused (will retry): %s", c.escrow.hex()[:16], e)
             except FognodeError as e:
                 log.info("market: refund of %s failed (will retry): %s", c.escrow.hex()[:16], e)
@@ -354,6 +360,8 @@ class MarketService:
         rec = ledger.escrow(c.escrow)
         if rec is not None:
             c.paid = rec.paid
+            c.slashed = rec.slashed
             c.refunded = rec.amount - rec.paid if rec.closed else None
             if rec.closed:
                 c.state = "settled"
+            self.contracts.save(c)

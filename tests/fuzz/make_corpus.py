@@ -40,6 +40,7 @@ from fognode.protocols.fl.transfer.tensors import encode_tensor
 from fognode.protocols.market.agreement import (SLA, Agreement, Terms, sign_accept, sign_proposal,
                                                 sign_reject)
 from fognode.protocols.market.messages import sign_bid, sign_demand, sign_offer, sign_withdraw
+from fognode.protocols.market.sla_messages import Probe, sign_pong
 from fognode.protocols.monitor.protocol import NodeStatus
 from fognode.protocols.registry.actions import Publish
 from fognode.protocols.registry.core import RegistryCore
@@ -300,6 +301,13 @@ def market_stream() -> list[bytes]:
             agreement.encode(), bid.encode()]
 
 
+def market_sla() -> list[bytes]:
+    probe = Probe(b"c" * 32, 3, b"n" * 16)
+    return [pack(probe.wire()), pack(sign_pong(FUZZ_KEY, probe, True).wire()),
+            pack({"v": 1, "t": "ready", "collateral": 2_500_000}), pack({"v": 1, "t": "debit", "due": 7}),
+            pack({"v": 1, "t": "note", "due": 7, "sig": b"s" * 64}), pack({"v": 1, "t": "end"})]
+
+
 def onion_relay_stream() -> list[bytes]:
     from fognode.protocols.onion.cells import Cell, CellCommand, create_body, destroy_body
     from fognode.protocols.onion.errors import TeardownReason
@@ -362,7 +370,7 @@ GENERATORS: dict[str, Callable[[], list[bytes]]] = {
     "ledger_receipt": ledger_receipt, "ledger_escrow": ledger_escrow, "fl_gossip": fl_gossip, "fl_stream": fl_stream, "fl_tensor": fl_tensor,
     "fl_secagg": fl_secagg, "registry_record": registry_record, "registry_observation": registry_observation,
     "registry_gossip": registry_gossip, "registry_direct": registry_direct, "monitor_status": monitor_status, "rpc_line": rpc_line,
-    "market_gossip": market_gossip, "market_stream": market_stream,
+    "market_gossip": market_gossip, "market_stream": market_stream, "market_sla": market_sla,
     "onion_relay_stream": onion_relay_stream,
 }
 

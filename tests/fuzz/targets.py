@@ -58,6 +58,8 @@ from fognode.protocols.market.agreement import decode_negotiation
 from fognode.protocols.market.config import MarketConfig
 from fognode.protocols.market.core import DEMANDS_TOPIC, OFFERS_TOPIC, MarketCore
 from fognode.protocols.market.messages import decode_demand, decode_offer_gossip
+from fognode.protocols.market.sla_messages import MAX_FRAME as MAX_SLA_FRAME
+from fognode.protocols.market.sla_messages import Probe, decode_pong, decode_probe, decode_service
 from fognode.protocols.monitor.protocol import NodeStatus
 from fognode.protocols.onion.actions import SendCell
 from fognode.protocols.onion.cells import CellError, CellFramer
@@ -569,6 +571,26 @@ def market_stream(data: bytes) -> None:
             continue
         assert decode_negotiation(msg.encode()) == msg, f"{type(msg).__name__} does not re-encode"
     core.tick(NOW + 10_000)
+
+
+@target("market_sla", "market service and probe streams: hello/payee/escrow/ready/debit/note, probes and "
+                      "pongs (decode_service, decode_probe, decode_pong)")
+def market_sla(data: bytes) -> None:
+    try:
+        raw = unpack(data, max_size=MAX_SLA_FRAME)
+    except RemoteProtocolError:
+        return
+    for decode in (decode_service, decode_probe, decode_pong):
+        try:
+            decode(raw, peer="fuzz")
+        except RemoteProtocolError:
+            continue
+    try:
+        pong = decode_pong(raw, peer="fuzz")
+    except RemoteProtocolError:
+        return
+    assert decode_pong(pong.wire()) == pong
+    pong.answers(Probe(pong.contract, pong.seq, pong.nonce), bytes(FUZZ_KEY.verify_key))
 
 
 # ---- registry and monitor ---------------------------------------------------------------------
