@@ -47,7 +47,7 @@ def test_reverse_auction_picks_the_cheaper_bid_and_dynamic_prices_are_offered(
     wat.write_text(WORK_WAT)
     cheap.rpc("market.offer", {"price": "0.3", "cores": 1, "memory_mib": 256})
     wait_until(lambda: len(dear.rpc("market.offers", {"filter": f"(provider={cheap.peer_id})"}))
-               or None, timeout=60, what="the cheap offer in the dynamic provider's book")
+               or None, timeout=90, what="the cheap offer in the dynamic provider's book")
     dear.rpc("market.offer", {"price": "0.6", "cores": 1, "memory_mib": 256})
 
     # 3. dynamic pricing, no pressure (elasticity 0): the reference is the others' median,
