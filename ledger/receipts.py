@@ -40,10 +40,13 @@ there (its claims, paid once at replicas too, stay the bound for that scope's ot
 receipts); and handed-over locks are checked for their sender's signature, not their
 evidence, as for claims.
 
-Pooled kinds. A verifier that also has `pool_of(receipt) -> (funder, session)` (the
+Pooled kinds. A verifier that also has `pool_of(receipt) -> (funder, session, cap)` (the
 `PooledVerifier` protocol) prices work that its funder paid for in advance: its receipts are
 paid only from the reward pool `funder` opened for `session` (rewardpool.py), never minted
-(`max_reward` refuses them; `pool_reward` prices them for a pool payout). FL's "fl_update" is
+(`max_reward` refuses them; `pool_reward` prices them for a pool payout). `cap` is what all
+the receipts of the session can be worth together under the claim and scope locks (FL: the
+session's reward budget); validators pay from a pool only if it holds at least that much, so
+the certified payouts of a pool never exceed it (rewardpool.py, invariant 1). FL's "fl_update" is
 such a kind: the session's announcement names the wallet that funded it.
 
 Roles add kinds by implementing `ReceiptVerifier` and registering it with the ledger service
@@ -176,8 +179,9 @@ class ReceiptVerifier(TypingProtocol):
 class PooledVerifier(ReceiptVerifier, TypingProtocol):
     """A receipt kind paid from reward pools only (rewardpool.py)."""
 
-    def pool_of(self, receipt: Receipt) -> tuple[bytes, bytes]:
-        """(funder, session) of the pool that pays this receipt; EvidenceError if it names none."""
+    def pool_of(self, receipt: Receipt) -> tuple[bytes, bytes, int]:
+        """(funder, session, cap) of the pool that pays this receipt, cap bounding the worth of
+        all the session's receipts together; EvidenceError if it names none."""
         ...
 
 
@@ -210,15 +214,15 @@ class ReceiptRegistry:
                                 f"funded with (a pool payout), never minted")
         return self.worth(receipt, ctx)
 
-    def pool_reward(self, receipt: Receipt, ctx: VerifyContext) -> tuple[int, bytes, bytes]:
-        """(worth, funder, session) of a receipt a pool payout carries; EvidenceError for a
+    def pool_reward(self, receipt: Receipt, ctx: VerifyContext) -> tuple[int, bytes, bytes, int]:
+        """(worth, funder, session, cap) of a receipt a pool payout carries; EvidenceError for a
         kind that is not pooled or a receipt that names no pool."""
         v = self._verifier(receipt)
         if not pooled(v):
             raise EvidenceError(f"receipts of kind {receipt.kind!r} are minted, not paid from a reward pool")
         worth = self.worth(receipt, ctx)
-        funder, session = v.pool_of(receipt)   # type: ignore[attr-defined]
-        return worth, funder, session
+        funder, session, cap = v.pool_of(receipt)   # type: ignore[attr-defined]
+        return worth, funder, session, cap
 
     def _verifier(self, receipt: Receipt) -> ReceiptVerifier:
         v = self._by_kind.get(receipt.kind)

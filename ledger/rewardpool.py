@@ -12,8 +12,9 @@ let two payers split the validators' votes and freeze it. Payouts take no pool s
 What keeps them from paying twice or too much is the evidence they carry, under the locks
 mints already use (validator.py): one payout per receipt *claim* (an FL participant's update
 in one round), one *commit* per scope (an FL round's split, whose total the verifier bounds),
-and per pool the validator's own total: it signs payouts of a pool for at most the pool's
-amount in all.
+so the receipts of a session are worth at most a *cap* together (FL: the reward budget,
+`pool_of` in receipts.py); validators pay from a pool only if it holds the cap, and each
+signs payouts of a pool for at most the pool's amount in all.
 
 The record. `RewardPool`: funder, session, receipt kind, amount, deadline, grace, and what was
 paid: `payouts` (count), `paid` (sum) and `acc`, the sum of the payouts' `payout_leaf`s mod
@@ -29,10 +30,14 @@ the validators' clock skew of the deadline (wallets keep a margin, rewardpool_cl
 Invariants (F = the largest faulty stake tolerated; proofs by quorum intersection: two
 quorums share more than F stake, hence an honest validator):
 
-1. Never more paid than funded. A replica applies a payout only while `paid + amount <=
-   amount` (otherwise the certificate is refused as one a faulty quorum signed), so at every
-   replica and at every step 0 <= paid <= amount. Validators also refuse a payout that would
-   take their own signed total for the pool over its amount.
+1. Never more paid than funded. Validators pay only from a pool holding the receipts' cap,
+   and the claim and scope locks keep the certified payouts of a session within that cap
+   (one split per round, each claim once: receipts.py "Scopes"), so certified payouts never
+   exceed the pool's amount. A per-validator limit alone would not do: with votes spread,
+   quorums of 2F+1 of 3F+1 validators can certify up to (3F+1)/(2F+1) times what each one
+   signs. Replicas check it again: a payout applies only while `paid + amount <= amount`
+   (otherwise the certificate is refused as one a faulty quorum signed), so at every
+   replica and at every step 0 <= paid <= amount.
 2. Never paid twice. A payout's claim is locked like a mint's (one vote per claim id per
    validator) and recorded as paid at replicas (`r/` keys, shared with mints), so a claim is
    paid at most once, by a payout or by a mint, never both.

@@ -25,8 +25,9 @@ old committee) this validator signs neither (`frozen_escrows`), whichever it got
 The time rules of escrows are judged by this validator's clock (`now`, escrow.py).
 
 Reward pools (rewardpool.py): payouts take the claim and scope locks of mints (one payout or
-mint per claim, one commit per scope), and per pool the validator signs payouts for at most
-the pool's amount in all (`pool_reserved`). Once it signed any close of a pool it signs no
+mint per claim, one commit per scope), and per pool the validator signs payouts only
+from a pool that holds the cap of its receipts (FL: the session's budget; the claim and scope
+locks bound the payouts by it) and for at most the pool's amount in all (`pool_reserved`). Once it signed any close of a pool it signs no
 payout of it (`pools_closed`); it signs a close only when the claims of every payout it signed
 for the pool (`pool_claims`) are paid at its replica and the close states its replica's
 payouts. All three are derived from the locked orders (`LockTable.add`), like the rest. The
@@ -305,12 +306,16 @@ class Validator:
         if o.receipt.claim_id in self.locks.receipts:
             return Reason.RECEIPT_USED, "this validator already signed a payment for this receipt's claim"
         try:
-            worth, funder, session = self.receipts.pool_reward(o.receipt, self._verify_context(o.epoch))
+            worth, funder, session, cap = self.receipts.pool_reward(o.receipt, self._verify_context(o.epoch))
         except EvidenceError as e:
             return Reason.BAD_EVIDENCE, str(e)
         if (funder, session) != (pool.funder, pool.session):
             return (Reason.BAD_EVIDENCE, f"the receipt's work was funded by {funder.hex()[:16]} for session "
                                          f"{session.hex()[:16]}, not by pool {_pool_short(o.pool)}")
+        if pool.amount < cap:
+            return (Reason.POOL_EXHAUSTED, f"pool {_pool_short(o.pool)} holds {format_amount(pool.amount)}, less "
+                                           f"than its session's receipts may claim in all ({format_amount(cap)}): "
+                                           f"it pays none of them")
         if o.amount > worth:
             return (Reason.BAD_EVIDENCE,
                     f"payout of {format_amount(o.amount)} exceeds the receipt's worth {format_amount(worth)}")

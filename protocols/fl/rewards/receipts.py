@@ -322,9 +322,11 @@ class FlUpdateVerifier:
         return reward * ppm // PPM
 
 
-    def pool_of(self, receipt: "Receipt") -> tuple[bytes, bytes]:
-        """(funder, session id) of the reward pool that pays `receipt` (the announcement in its
-        body names the funder); EvidenceError if the session was not funded."""
+    def pool_of(self, receipt: "Receipt") -> tuple[bytes, bytes, int]:
+        """(funder, session id, reward budget) of the reward pool that pays `receipt` (the
+        announcement in its body names the funder); EvidenceError if the session was not
+        funded. The budget bounds the session's receipts together: each round pays at most
+        budget // rounds (one split per round, each claim once)."""
         from fognode.ledger.receipts import EvidenceError
         from fognode.protocols.fl.messages import SessionAnnouncement
 
@@ -335,7 +337,7 @@ class FlUpdateVerifier:
         if not ann.funder:
             raise EvidenceError(f"session {ann.session_id.hex()[:16]} names no funder: its rewards were never "
                                 f"funded, so nothing pays them")
-        return ann.funder, ann.session_id
+        return ann.funder, ann.session_id, ann.spec.reward_budget
 
 
 VERIFIER = FlUpdateVerifier()   # one instance per process: the ledger refuses a second one
