@@ -124,7 +124,7 @@ class Replica:
         self.refused[reason] = self.refused.get(reason, 0) + 1
         return [CertificateRefused(cert.tx_id, reason, message, peer)]
 
-    def _waiting_on_pool(self, pool: bytes) -> list[bytes]:
+    def waiting_on_pool(self, pool: bytes) -> list[bytes]:
         """Senders whose next pending certificate is an order of reward pool `pool`."""
         out = []
         for k in self.pending.senders():
@@ -151,7 +151,7 @@ class Replica:
             if delta.escrow is not None:     # the next order of the escrow may be the other party's
                 candidates.extend((delta.escrow[1].customer, delta.escrow[1].payee))
             if delta.pool is not None:       # payouts waiting for the pool, a close for its payouts
-                candidates.extend(self._waiting_on_pool(delta.pool[0]))
+                candidates.extend(self.waiting_on_pool(delta.pool[0]))
             if o.fee and self.genesis.fee_destination is FeeDestination.VALIDATORS:
                 candidates.extend(self.state.committee_for(o.epoch).members)
             if not len(self.pending):
