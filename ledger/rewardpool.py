@@ -124,8 +124,11 @@ class RewardPool:
         if not isinstance(v, list) or len(v) != 11 or v[0] != POOL_RECORD_VERSION:
             raise RemoteProtocolError("ledger reward pool record: not a version-1 record of 11 fields")
         (_v, funder, session, kind, amount, deadline, grace, paid, payouts, acc, closed) = v
-        if not isinstance(acc, bytes) or len(acc) != 64:
-            raise RemoteProtocolError("ledger reward pool record: the payouts digest is not 64 bytes")
+        ints = (amount, deadline, grace, paid, payouts)
+        if (not all(isinstance(x, bytes) and len(x) == 32 for x in (funder, session)) or not isinstance(kind, str)
+                or not all(type(x) is int and 0 <= x <= 2 ** 64 for x in ints) or not isinstance(closed, bool)
+                or not isinstance(acc, bytes) or len(acc) != 64):
+            raise RemoteProtocolError("ledger reward pool record: a field has the wrong type or size")
         return cls(funder, session, kind, amount, deadline, grace, paid, payouts, int.from_bytes(acc, "big"),
                    closed)
 
