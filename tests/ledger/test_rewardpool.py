@@ -4,13 +4,15 @@ reason, the close that waits for its payouts at a replica, and the record on dis
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from nacl.signing import SigningKey
 
 from fognode.ledger.actions import Commit, Queued, SendRejection
 from fognode.ledger.amounts import MICRO
 from fognode.ledger.errors import RPC_CODE_OF_REASON, Reason
-from fognode.ledger.messages import Certificate, MintOrder, SignedOrder, Vote, decode_signed_order
+from fognode.ledger.messages import Certificate, MintOrder, Order, SignedOrder, Vote, decode_signed_order
 from fognode.ledger.replica import MemoryHistory, Replica
 from fognode.ledger.rewardpool import RewardPool
 from fognode.ledger.state import LedgerState
@@ -42,7 +44,7 @@ class Cluster:
         self.seq: dict[bytes, int] = {}
         self.certs: list[Certificate] = []
 
-    def signed(self, k, order_of) -> SignedOrder:   # type: ignore[no-untyped-def]
+    def signed(self, k: SigningKey, order_of: Callable[[int], Order]) -> SignedOrder:
         s = self.seq.get(pk(k), 0)
         return SignedOrder.sign(k, order_of(s))
 

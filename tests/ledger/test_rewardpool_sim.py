@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Callable
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from nacl.signing import SigningKey
+
 from fognode.ledger.client import Decision
-from fognode.ledger.messages import Certificate
+from fognode.ledger.genesis import Genesis
+from fognode.ledger.messages import Certificate, Order, SignedOrder
+from fognode.ledger.receipts import Receipt
 from fognode.ledger.replica import MemoryHistory, Replica
 from fognode.ledger.rewardpool_orders import PoolCloseOrder, PoolPayOrder
 from fognode.ledger.state import LedgerState
 from fognode.protocols.fl.rewards.receipts import reward_of
-from tests.ledger.helpers import NOW, key, make_genesis, pk, validator_keys
+from tests.ledger.helpers import NOW, Node, certify, key, make_genesis, pk, validator_keys
 from tests.ledger.rewardpool_helpers import close, funded_announcement, open_pool, pay, pid, round_receipts, with_fl
 from tests.ledger.sim import Faults, Sim, Submission
 
@@ -44,10 +49,10 @@ def opened(seed: int, skew: dict[str, float], amount: int = BUDGET) -> Sim:
     return sim
 
 
-def jobs(rng: random.Random) -> list[tuple[int, object]]:
+def jobs(rng: random.Random) -> list[tuple[int, Receipt]]:
     """(payer index, receipt): every round's receipts from its elected aggregator (payer 0 for
     round 1, ...), and round 1's again from its first fallback (payer 3: the same claims)."""
-    out: list[tuple[int, object]] = []
+    out: list[tuple[int, Receipt]] = []
     for rnd in (1, 2, 3):
         out += [(rnd - 1, r) for r in round_receipts(ANN, rnd, 0)]
     out += [(3, r) for r in round_receipts(ANN, 1, 1)]
@@ -59,7 +64,7 @@ def drive_payouts(sim: Sim, rng: random.Random, until: float) -> list[Submission
     """Each payer sends its payouts one after the other (its next one when the last one is
     decided), while the network delivers a random number of messages in between; time runs
     up to `until`."""
-    queues: dict[int, list[object]] = {}
+    queues: dict[int, list[Receipt]] = {}
     for p, r in jobs(rng):
         queues.setdefault(p, []).append(r)
     current: dict[int, Submission] = {}
@@ -80,7 +85,7 @@ def drive_payouts(sim: Sim, rng: random.Random, until: float) -> list[Submission
     return subs
 
 
-def close_when_settled(sim: Sim, closer=FUNDER, attempts: int = 6) -> Submission | None:  # type: ignore[no-untyped-def]
+def close_when_settled(sim: Sim, closer: SigningKey = FUNDER, attempts: int = 6) -> Submission | None:
     """Close from an honest replica's view, as the FL funder does; after a refused or expired
     attempt, sync and try again with a new sequence only if no validator voted for the old
     one (a wallet never replaces an order that gathered votes)."""
@@ -119,7 +124,7 @@ def check(sim: Sim) -> None:
         assert pool.held == pool.amount - pool.paid
 
 
-def replay(genesis, certs: list[Certificate], rng: random.Random) -> bytes:  # type: ignore[no-untyped-def]
+def replay(genesis: Genesis, certs: list[Certificate], rng: random.Random) -> bytes:
     order = list(certs)
     rng.shuffle(order)
     rep = Replica(LedgerState(genesis), MemoryHistory())
@@ -192,18 +197,14 @@ def test_a_late_payout_and_a_close_by_a_stranger_after_the_grace(seed: int) -> N
 def test_replay_in_any_order_reaches_one_root(picks: list[int], rnd: random.Random) -> None:
     """Open, a subset of the payouts and the close, applied by fresh replicas in arbitrary
     orders (a close before its payouts waits for them)."""
-    from tests.ledger.helpers import Node, certify
-
     g = make_genesis(n_validators=4, funded=6)
     vals = validator_keys(4)
     node = Node(vals[1], g)
     with_fl(node.validator.receipts)
     certs: list[Certificate] = []
 
-    def run(k, make, now: float = NOW) -> None:  # type: ignore[no-untyped-def]
-        seq = node.state.account(pk(k)).next_sequence
-        from fognode.ledger.messages import SignedOrder
-        so = SignedOrder.sign(k, make(seq))
+    def run(k: SigningKey, make: Callable[[int], Order]) -> None:
+        so = SignedOrder.sign(k, make(node.state.account(pk(k)).next_sequence))
         cert = certify(so, vals[:3])
         node.replica.receive("t", cert)
         certs.append(cert)
@@ -211,7 +212,8 @@ def test_replay_in_any_order_reaches_one_root(picks: list[int], rnd: random.Rand
     run(FUNDER, lambda s: open_pool(FUNDER, ANN, BUDGET, s, deadline=DEADLINE, grace=GRACE))
     receipts = round_receipts(ANN, 1) + round_receipts(ANN, 2)
     for i in sorted(set(p % len(receipts) for p in picks)):
-        run(PAYERS[i % len(PAYERS)], lambda s, r=receipts[i], k=PAYERS[i % len(PAYERS)]: pay(k, P, r, s))
+        k, r = PAYERS[i % len(PAYERS)], receipts[i]
+        run(k, lambda s: pay(k, P, r, s))
     pool = node.state.pools[P]
     run(FUNDER, lambda s: close(FUNDER, P, pool.payouts, pool.paid, pool.digest, s))
     root = node.state.root()

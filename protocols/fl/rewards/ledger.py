@@ -100,7 +100,7 @@ class LedgerLink:
         with order_errors():
             cert = await ledger.open_pool(funded.session_id, LEDGER_KIND, budget, pool_deadline(funded), POOL_GRACE)
         log.info("fl: session %s funded: %s tokens locked in reward pool %s until %d", funded.session_id.hex()[:16],
-                 format_amount(budget), cert.order.order.pool.hex()[:16], pool_deadline(funded))  # type: ignore[union-attr]
+                 format_amount(budget), cert.order.order.pool.hex()[:16], pool_deadline(funded))
         return funded
 
     async def pay(self, a: PayRewards) -> None:
@@ -170,5 +170,5 @@ class LedgerLink:
         o = cert.order.order
         p = ledger.pool(pool)
         log.info("fl: reward pool %s closed: %d payouts of %s paid, %s back to the funder", pool.hex()[:16],
-                 o.payouts, format_amount(o.paid),  # type: ignore[union-attr]
+                 o.payouts, format_amount(o.paid),
                  format_amount(p.amount - p.paid) if p is not None else "?")
