@@ -54,7 +54,7 @@ from fognode.ledger.messages import (BondOrder, ForkProof, MintOrder, Rejection,
 from fognode.ledger.quorum import Committee
 from fognode.ledger.receipts import EvidenceError, Receipt, ReceiptRegistry, VerifyContext
 from fognode.ledger.rewardpool import Problem, time_problem as pool_time_problem
-from fognode.ledger.rewardpool_orders import POOL_ORDERS, PoolCloseOrder, PoolOrder, PoolPayOrder
+from fognode.ledger.rewardpool_orders import POOL_ORDERS, PoolCloseOrder, PoolOpenOrder, PoolOrder, PoolPayOrder
 from fognode.ledger.state import LedgerState
 
 
@@ -290,6 +290,8 @@ class Validator:
         """The validator's rules of a pool order past the replica's `state_problem`: the phase
         by this validator's clock, and its own locks (the module docstring)."""
         pool = self.state.pools.get(o.pool)
+        if pool is None and not isinstance(o, PoolOpenOrder):
+            return Reason.POOL_UNKNOWN, f"no reward pool {_pool_short(o.pool)} on this replica"
         problem = pool_time_problem(pool, o, now)
         if problem or pool is None:
             return problem
