@@ -85,12 +85,17 @@ def drive_payouts(sim: Sim, rng: random.Random, until: float) -> list[Submission
     return subs
 
 
-def close_when_settled(sim: Sim, closer: SigningKey = FUNDER, attempts: int = 6) -> Submission | None:
-    """Close from an honest replica's view, as the FL funder does; after a refused or expired
-    attempt, sync and try again with a new sequence only if no validator voted for the old
-    one (a wallet never replaces an order that gathered votes)."""
+def close_when_settled(sim: Sim, closer: SigningKey = FUNDER, attempts: int = 6, *,
+                       synced: bool = True, view: str = "v1") -> Submission | None:
+    """Close from an honest replica's view (`view`), as the FL funder does: once the last
+    payouts reached it (`synced`: the network delivered what was in flight and the replicas
+    synced, as the funder's node waits SETTLE seconds after the deadline, two ledger sync
+    rounds). After a refused or expired attempt, try again with a new sequence only if no
+    validator voted for the old one (a wallet never replaces an order that gathered votes)."""
+    if synced:
+        sim.run_until_quiet()
     for _ in range(attempts):
-        pool = sim.nodes["v1"].state.pools[P]
+        pool = sim.nodes[view].state.pools[P]
         sub = sim.submit("closer", closer, lambda seq: close(closer, P, pool.payouts, pool.paid, pool.digest, seq))
         sim.run_until_quiet()
         if sub.outcome is Decision.CERTIFIED:
@@ -153,6 +158,36 @@ def test_payouts_racing_each_other_and_the_close(seed: int) -> None:
     root = sim.nodes["v1"].state.root()
     for i in range(4):
         assert replay(sim.genesis, sim.certified, random.Random(seed * 10 + i)) == root
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_close_from_a_replica_that_missed_payouts_is_never_certified(seed: int) -> None:
+    """The closer's view lags (its replica missed payouts still in flight at the deadline):
+    its close states too few payouts. Validators that applied them refuse it, so it is never
+    certified, whoever else votes for it; if lagging validators voted for it, it stays in
+    flight (the closer's wallet is stuck behind it, FastPay's price of an order split between
+    validators). The pool is not: once synced, another wallet's close after the grace period
+    settles it, and every check holds."""
+    rng = random.Random(seed)
+    sim = opened(seed, {f"v{i}": rng.uniform(-2.0, 2.0) for i in range(4)})
+    drive_payouts(sim, rng, until=DEADLINE + 3.0)
+    sim.now = max(sim.now, DEADLINE + 3.0)
+    lagging = min(sim.nodes.values(), key=lambda n: n.state.pools[P].payouts).name
+    close_when_settled(sim, synced=False, view=lagging, attempts=1)
+    sim.run_until_quiet()
+    pool = sim.nodes["v1"].state.pools[P]
+    first = next(x for x in sim.submissions if isinstance(x.so.order, PoolCloseOrder))
+    stated = first.so.order
+    assert isinstance(stated, PoolCloseOrder)
+    if (stated.payouts, stated.paid) != (pool.payouts, pool.paid):
+        assert first.outcome is not Decision.CERTIFIED and not pool.closed
+    check(sim)
+    if not pool.closed:
+        sim.now = DEADLINE + GRACE + 3.0
+        other = close_when_settled(sim, closer=PAYERS[4])
+        assert other is not None and other.outcome is Decision.CERTIFIED
+    check(sim)
+    assert sim.nodes["v1"].state.pools[P].closed
 
 
 @pytest.mark.parametrize("seed", range(8))

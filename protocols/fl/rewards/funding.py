@@ -14,9 +14,13 @@ retry, and `DEADLINE_SLACK` for the last payouts. Payouts are signed only before
 only after it, so payers and closers do not race.
 
 Who closes, and when (`close_due`), each node judging by its own clock:
-- the funder's node, `SETTLE` seconds after the deadline (the validators' clock margin and
-  the last payouts' certificates reaching it). It finds its pools in the ledger state, so a
-  restart in between changes nothing;
+- the funder's node, `SETTLE` seconds after the deadline: the wallet's clock margin (5 s) and
+  two ledger sync rounds (10 s each) for the last payouts' certificates to reach its replica.
+  Its close states the payouts its replica applied; one that missed a payout is refused by
+  the validators that applied it (never certified: ledger/rewardpool.py, invariant 3), and
+  if validators as far behind voted for it, it stays in flight and the funder's wallet is
+  stuck behind it, while the pool can still be closed by another wallet after the grace
+  period. It finds its pools in the ledger state, so a restart in between changes nothing;
 - if the funder's node is gone: the session's fallback coordinators (named in the signed
   announcement), the k-th one from `deadline + grace + k * SETTLE`, so they do not race each
   other (two closes of one pool agree anyway: the second pays only its fee). The refund goes
@@ -30,7 +34,7 @@ import math
 from fognode.protocols.fl.messages import SessionAnnouncement, coordinators_of
 
 POOL_GRACE = 600          # seconds after the deadline before others than the funder may close
-SETTLE = 10.0             # seconds after a closing time before a node sends its close
+SETTLE = 30.0             # seconds after a closing time before a node sends its close
 DEADLINE_SLACK = 20.0     # seconds after the session's longest run for its last payouts
 
 
