@@ -60,10 +60,17 @@ quorums share more than F stake, hence an honest validator):
    its stated set, so every replica holding the same certificates holds the same pool record
    and the same root, whatever order they arrived in.
 
-The price (as for FastPay accounts and escrows): a payout a validator signed that never gathers
-a quorum (its sender gave up after a few votes) keeps that validator from signing the close
-until someone drives the payout to a certificate (any node holding the signed order may: the
-close's refusal names it). Nothing is lost or paid twice meanwhile.
+The price (as for FastPay accounts and escrows), two liveness limits, never safety ones:
+- a payout a validator signed that never gathers a quorum (its sender gave up after a few
+  votes) keeps that validator from signing the close until someone drives the payout to a
+  certificate (any node holding the signed order may);
+- a close built on a replica that missed a certified payout states too few payouts: it is
+  never certified (3), but validators as far behind may vote for it, and then it keeps its
+  sender's sequence (the sender's wallet is stuck behind it, as behind any order split
+  between validators). The pool itself is not stuck: a close stating the right set, from
+  another wallet, is still signed (the lock only stops payouts). Closers therefore close
+  from a synced replica some time after the deadline (rewardpool_client.py, FL funding.py).
+Nothing is lost or paid twice meanwhile.
 
 Rules: `order_problem` (fields), `state_problem` (against the record, as the validator's
 replica holds it), `time_problem`, `blocked` (the replica's view: apply, wait or refuse),
