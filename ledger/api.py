@@ -14,6 +14,11 @@ Escrows (escrow.py for the rules, escrow_client.py for the wallet side): the mar
 per agreement (`escrow_id(customer, agreement hash)`), pays the provider against debit notes
 the customer signs, refunds the rest after the deadline, slashes collateral on a breach
 report signed by the agreement's witnesses.
+
+Reward pools (rewardpool.py for the rules, rewardpool_client.py for the wallet side): FL funds
+one per session from the starter's wallet (`open_pool`), pays each round's receipts out of it
+(`pay_from_pool`) and closes it after its deadline (`close_pool`: the rest goes back to the
+funder). These block like the escrow orders.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from fognode.ledger.escrow_client import EscrowClient
 from fognode.ledger.escrow_orders import BreachReport, DebitNote
 from fognode.ledger.messages import Certificate
 from fognode.ledger.receipts import Receipt, ReceiptVerifier
+from fognode.ledger.rewardpool import RewardPool
+from fognode.ledger.rewardpool_client import PoolClient
 from fognode.ledger.rewards import Allocation
 from fognode.ledger.service import LedgerService
 from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id
@@ -37,6 +44,8 @@ class LedgerApi:
     def __init__(self, service: LedgerService) -> None:
         self._svc = service
         self._escrows = EscrowClient(service.submitter, service.state, service.ctx.clock)
+        self._pools = PoolClient(service.submitter, service.state, service.ctx.clock,
+                                 pending=lambda pool: bool(service.replica.waiting_on_pool(pool)))
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -126,6 +135,40 @@ class LedgerApi:
                     timeout: float = 30.0) -> Certificate:
         """As the customer, take the escrow's penalty out of the collateral on a breach report."""
         return await self._escrows.slash(report, wallet=wallet, timeout=timeout)
+
+    # -- reward pools ---------------------------------------------------------------------------------
+
+    def pool_id(self, funder: bytes, session: bytes) -> bytes:
+        """The id of the pool `funder` opens for `session` (a 32-byte hash)."""
+        return self._pools.pool_id(funder, session)
+
+    def pool(self, pool: bytes) -> RewardPool | None:
+        """The pool as this replica holds it, or None (not funded, or not here yet)."""
+        return self._pools.pool(pool)
+
+    def pools_of(self, funder: bytes) -> list[tuple[bytes, RewardPool]]:
+        """(id, pool) of every pool `funder` funded."""
+        return self._pools.pools_of(funder)
+
+    @property
+    def fee(self) -> int:
+        """The chain's fee per order (micro-units)."""
+        return self._svc.genesis.fee
+
+    async def open_pool(self, session: bytes, receipt_kind: str, amount: int, deadline: int, grace: int, *,
+                        wallet: bytes | None = None, timeout: float = 30.0) -> Certificate:
+        """Lock `amount` of a local wallet (default: the node's) into the reward pool of
+        `session` for receipts of `receipt_kind`, payable until `deadline` (unix seconds)."""
+        return await self._pools.open(session, receipt_kind, amount, deadline, grace, wallet=wallet, timeout=timeout)
+
+    async def pay_from_pool(self, pool: bytes, allocations: list[Allocation], *, timeout: float = 60.0) -> list[str]:
+        """Pay each allocation from `pool` (this node's default wallet pays the fees); the
+        transaction ids paid (refused ones are logged and skipped)."""
+        return await self._pools.pay_all(pool, allocations, timeout=timeout)
+
+    async def close_pool(self, pool: bytes, *, wallet: bytes | None = None, timeout: float = 30.0) -> Certificate:
+        """Close `pool` on the payouts this replica applied; the rest goes back to its funder."""
+        return await self._pools.close(pool, wallet=wallet, timeout=timeout)
 
     # -- receipts (the evidence reward mints carry) ----------------------------------------------------
 

@@ -3,7 +3,7 @@
 `audit_store(store)` replays this replica's apply log (o/<position> -> t/<tx id>, in position
 order) from genesis into a fresh `LedgerState` (with the stored committee certificates) and
 compares the result with what the store holds: every account record, supply, minted per
-epoch, paid claims, stake per epoch, escrow records, apply count and root accumulator. It also checks the
+epoch, paid claims, stake per epoch, escrow and reward pool records, apply count and root accumulator. It also checks the
 log itself: positions 1..n without gaps, each certificate record present and naming its
 position, the (sender, sequence) index pointing at it, and each certificate applicable when
 its turn comes. Each disagreement is one line naming the key and both values (at most
@@ -99,6 +99,11 @@ def compare(stored: LedgerState, fresh: LedgerState, log_length: int, what: str,
         if e != f:
             out.append(f"escrow {key.hex()}: {what} {e.view() if e else 'no record'}; "
                        f"{other} {f.view() if f else 'no record'}")
+    for key in sorted(set(stored.pools) | set(fresh.pools)):
+        p, q = stored.pools.get(key), fresh.pools.get(key)
+        if p != q:
+            out.append(f"reward pool {key.hex()}: {what} {p.view() if p else 'no record'}; "
+                       f"{other} {q.view() if q else 'no record'}")
     if stored.applied != log_length:
         out.append(f"apply count: {what} {stored.applied}; the apply log has {log_length} entries")
     if stored.applied != fresh.applied:

@@ -26,7 +26,8 @@ class OrderStatus(enum.Enum):
 
 # refusals that mean "this validator is behind", cured by waiting (see the module docstring)
 LAGGING_REASONS = frozenset({Reason.WRONG_SEQUENCE, Reason.OVERSPEND, Reason.NOT_YET, Reason.ESCROW_UNKNOWN,
-                             Reason.ESCROW_TOO_EARLY})
+                             Reason.ESCROW_TOO_EARLY, Reason.POOL_UNKNOWN, Reason.POOL_TOO_EARLY,
+                             Reason.POOL_UNSETTLED})
 
 
 class Decision(enum.Enum):

@@ -36,6 +36,12 @@ LEDGER_ESCROW_CLOSED = 214       # the escrow was refunded and closed
 LEDGER_ESCROW_DEADLINE = 215     # too early or too late for this escrow order (validators' clocks)
 LEDGER_NOT_ESCROW_PARTY = 216    # the sender is not the party that may send this escrow order
 LEDGER_BAD_DEBIT_NOTE = 217      # debit note not signed by the customer, paid already, over the escrow
+LEDGER_BAD_POOL = 218            # reward pool terms malformed (session id, receipt kind, deadline, close totals)
+LEDGER_POOL_UNKNOWN = 219        # no such reward pool (not funded, or this replica has not seen it)
+LEDGER_POOL_CLOSED = 220         # the reward pool was closed and refunded (or the validator signed its close)
+LEDGER_POOL_DEADLINE = 221       # too early or too late for this reward pool order (validators' clocks)
+LEDGER_POOL_EXHAUSTED = 222      # the reward pool holds less than the payout
+LEDGER_POOL_UNSETTLED = 223      # a close that does not state the payouts the validator applied (yet)
 
 
 class Reason(enum.Enum):
@@ -67,6 +73,13 @@ class Reason(enum.Enum):
     ESCROW_TOO_LATE = "escrow_too_late"
     NOT_ESCROW_PARTY = "not_escrow_party"
     BAD_DEBIT_NOTE = "bad_debit_note"
+    BAD_POOL = "bad_pool"
+    POOL_UNKNOWN = "pool_unknown"            # also "this validator has not seen the open yet": retry
+    POOL_CLOSED = "pool_closed"
+    POOL_TOO_EARLY = "pool_too_early"        # the validator's clock has not reached the close yet: retry
+    POOL_TOO_LATE = "pool_too_late"
+    POOL_EXHAUSTED = "pool_exhausted"
+    POOL_UNSETTLED = "pool_unsettled"        # payouts this validator signed are not applied yet: retry
 
 
 RPC_CODE_OF_REASON: dict[Reason, int] = {
@@ -82,6 +95,13 @@ RPC_CODE_OF_REASON: dict[Reason, int] = {
     Reason.ESCROW_TOO_LATE: LEDGER_ESCROW_DEADLINE,
     Reason.NOT_ESCROW_PARTY: LEDGER_NOT_ESCROW_PARTY,
     Reason.BAD_DEBIT_NOTE: LEDGER_BAD_DEBIT_NOTE,
+    Reason.BAD_POOL: LEDGER_BAD_POOL,
+    Reason.POOL_UNKNOWN: LEDGER_POOL_UNKNOWN,
+    Reason.POOL_CLOSED: LEDGER_POOL_CLOSED,
+    Reason.POOL_TOO_EARLY: LEDGER_POOL_DEADLINE,
+    Reason.POOL_TOO_LATE: LEDGER_POOL_DEADLINE,
+    Reason.POOL_EXHAUSTED: LEDGER_POOL_EXHAUSTED,
+    Reason.POOL_UNSETTLED: LEDGER_POOL_UNSETTLED,
 }
 
 

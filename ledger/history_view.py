@@ -3,7 +3,7 @@
 `describe_order` is an order's full description (every field, amounts in tokens). `history_row`
 is one compact line of a wallet's history, made to fit a 100-column terminal: when this replica
 applied it (`time`, Unix seconds; the CLI shows UTC text), the direction seen from the wallet
-(`in`, `out`, `self`, `stake`, `unstake`, `escrow`), the counterparty (shortened), the amount
+(`in`, `out`, `self`, `stake`, `unstake`, `escrow`, `pool`), the counterparty (shortened), the amount
 signed from the wallet's side, the status (`final`, or `in flight` for an order this node
 signed that is not certified yet), and the transaction id's first 16 hex digits. The `--verbose`
 form is `describe_order` plus the same time, direction and full ids.
@@ -16,6 +16,7 @@ from fognode.ledger.address import encode_address
 from fognode.ledger.amounts import format_amount
 from fognode.ledger.escrow_orders import ESCROW_ORDERS
 from fognode.ledger.escrow_view import describe_escrow_order
+from fognode.ledger.rewardpool_orders import POOL_ORDERS, PoolCloseOrder, PoolOpenOrder, PoolPayOrder
 from fognode.ledger.messages import BondOrder, MintOrder, Order, TransferOrder, UnbondOrder
 
 SHORT_TX = 16
@@ -35,6 +36,16 @@ def describe_order(o: Order) -> dict[str, Any]:
                         "epoch": o.receipt.epoch, "id": o.receipt.receipt_id.hex()}
     if isinstance(o, ESCROW_ORDERS):
         d.update(describe_escrow_order(o))
+    if isinstance(o, POOL_ORDERS):
+        d["pool"] = o.pool.hex()
+        if isinstance(o, (PoolOpenOrder, PoolPayOrder)):
+            d["amount"] = format_amount(o.amount)
+        if isinstance(o, PoolPayOrder):
+            d["recipient"] = encode_address(o.receipt.beneficiary)
+            d["receipt"] = {"kind": o.receipt.kind, "issuer": encode_address(o.receipt.issuer),
+                            "epoch": o.receipt.epoch, "id": o.receipt.receipt_id.hex()}
+        if isinstance(o, PoolCloseOrder):
+            d.update(payouts=o.payouts, paid=format_amount(o.paid))
     return d
 
 
@@ -56,6 +67,12 @@ def direction(o: Order, me: bytes) -> tuple[str, bytes | None, int]:
         return "stake", None, -o.amount
     if isinstance(o, UnbondOrder):
         return "unstake", None, 0
+    if isinstance(o, PoolPayOrder) and o.receipt.beneficiary == me:
+        return "in", o.sender, o.amount
+    if isinstance(o, PoolOpenOrder):
+        return "pool", None, -o.amount
+    if isinstance(o, POOL_ORDERS):
+        return "pool", None, 0
     return "escrow", None, 0
 
 
@@ -68,6 +85,8 @@ def history_row(o: Order, tx: bytes, me: bytes, *, time: float | None, status: s
         counterparty = short_address(o.recipient)          # a reward this wallet paid the fee of
     elif isinstance(o, ESCROW_ORDERS):
         counterparty = f"escrow {o.escrow.hex()[:8]}"
+    elif isinstance(o, POOL_ORDERS):
+        counterparty = f"pool {o.pool.hex()[:8]}"
     else:
         counterparty = short_address(other) if other is not None else "-"
     amount = (("+" if signed > 0 else "-") + format_amount(abs(signed))) if signed else "0"

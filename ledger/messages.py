@@ -1,7 +1,8 @@
 """Ledger messages: orders, votes, certificates, rejections, fork proofs, and their decoders.
 
-Orders: transfers, reward mints and stake changes here; escrow orders in escrow_orders.py
-(decoded through `decode_order` too, one decoder per kind). All share order_base.py.
+Orders: transfers, reward mints and stake changes here; escrow orders in escrow_orders.py and
+reward-pool orders in rewardpool_orders.py (decoded through `decode_order` too, one decoder
+per kind). All share order_base.py.
 
 Every order is a versioned map signed by its sender over pack(body); its transaction id is
 BLAKE2b-256(pack(body)). A validator's vote signs the small map {"v", "kind": "ledger.vote",
@@ -29,6 +30,9 @@ from fognode.ledger.escrow_orders import (ESCROW_DECODERS, EscrowCollateralOrder
 from fognode.ledger.order_base import VERSION, WIRE_INT, OrderBase, OrderKind
 from fognode.ledger.quorum import check_signature
 from fognode.ledger.receipts import Receipt, decode_receipt
+from fognode.ledger.rewardpool import order_problem as pool_order_problem
+from fognode.ledger.rewardpool_orders import (POOL_DECODERS, POOL_ORDERS, PoolCloseOrder, PoolOpenOrder,
+                                              PoolPayOrder)
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import Fields, digest, pack
 
@@ -93,7 +97,7 @@ class UnbondOrder(OrderBase):
 
 
 Order = Union[TransferOrder, MintOrder, BondOrder, UnbondOrder, EscrowOpenOrder, EscrowCollateralOrder,
-              EscrowPayoutOrder, EscrowRefundOrder, EscrowSlashOrder]
+              EscrowPayoutOrder, EscrowRefundOrder, EscrowSlashOrder, PoolOpenOrder, PoolPayOrder, PoolCloseOrder]
 _FLAT = (TransferOrder, BondOrder, UnbondOrder)
 
 
@@ -249,6 +253,8 @@ def order_problem(order: Order) -> tuple[Reason, str] | None:
             return Reason.MEMO_TOO_LONG, f"memo is {n} bytes, over the limit of {MAX_MEMO_BYTES}"
     if isinstance(order, MintOrder) and order.receipt.beneficiary != order.recipient:
         return Reason.BAD_EVIDENCE, "mint recipient is not the receipt's beneficiary"
+    if isinstance(order, POOL_ORDERS):
+        return pool_order_problem(order)
     if not isinstance(order, (TransferOrder, MintOrder, BondOrder, UnbondOrder)):
         return escrow_order_problem(order)
     return None
@@ -281,6 +287,8 @@ def decode_order(raw: Any, *, peer: str | None = None) -> Order:
                           receipt=decode_receipt(f.map("receipt", max_len=16), peer=peer))
     elif kind in ESCROW_DECODERS:
         order = ESCROW_DECODERS[kind](f, common, peer)
+    elif kind in POOL_DECODERS:
+        order = POOL_DECODERS[kind](f, common, peer)
     elif kind is OrderKind.BOND:
         order = BondOrder(**common, amount=f.int("amount", lo=-_WIRE_INT, hi=_WIRE_INT))
     else:

@@ -2,7 +2,7 @@
 
 An order is signed by its `sender` with the sender's next `sequence`, for an `epoch`, on a
 `chain`, and pays `fee`. The order types live in messages.py (transfers, mints, stake) and
-escrow_orders.py (escrow); both build on `OrderBase` here, so neither imports the other's
+escrow_orders.py (escrow), rewardpool_orders.py (reward pools); all build on `OrderBase` here, so neither imports the other's
 module for it.
 """
 from __future__ import annotations
@@ -25,6 +25,9 @@ class OrderKind(enum.Enum):
     ESCROW_PAYOUT = "escrow_payout"
     ESCROW_REFUND = "escrow_refund"
     ESCROW_SLASH = "escrow_slash"
+    POOL_OPEN = "pool_open"
+    POOL_PAY = "pool_pay"
+    POOL_CLOSE = "pool_close"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The ledger role: `[protocols.ledger]` in node.toml, RPC methods wallet.* / ledger.* / stake.* /
-escrow.*.
+escrow.* / pool.* (rewardpool_rpc.py).
 
 The engine (stores, cores, streams, gossip) is `LedgerService` (service.py); this module maps
 it to the role interface and the control socket, and offers other roles its `LedgerApi`
@@ -32,6 +32,7 @@ from fognode.ledger.messages import BondOrder, Certificate, TransferOrder, Unbon
 from fognode.ledger.api import SERVICE_NAME, LedgerApi
 from fognode.ledger.certgossip import CERT_TOPIC
 from fognode.ledger.order_streams import ORDER_STREAM
+from fognode.ledger.rewardpool_rpc import PoolRpc
 from fognode.ledger.rpc_params import order_errors, parse_address, parse_amount_param, parse_hex32
 from fognode.ledger.service import LedgerService
 from fognode.ledger.settings import Settings
@@ -59,7 +60,7 @@ class LedgerConfig:
     uptime_claims: bool = True       # claim this node's uptime reward after each epoch
 
 
-class LedgerRole(Role):
+class LedgerRole(PoolRpc, Role):
     """Token ledger replica, validator (when in the committee) and wallets."""
 
     name = "ledger"

@@ -40,6 +40,15 @@ there (its claims, paid once at replicas too, stay the bound for that scope's ot
 receipts); and handed-over locks are checked for their sender's signature, not their
 evidence, as for claims.
 
+Pooled kinds. A verifier that also has `pool_of(receipt) -> (funder, session, cap)` (the
+`PooledVerifier` protocol) prices work that its funder paid for in advance: its receipts are
+paid only from the reward pool `funder` opened for `session` (rewardpool.py), never minted
+(`max_reward` refuses them; `pool_reward` prices them for a pool payout). `cap` is what all
+the receipts of the session can be worth together under the claim and scope locks (FL: the
+session's reward budget); validators pay from a pool only if it holds at least that much, so
+the certified payouts of a pool never exceed it (rewardpool.py, invariant 1). FL's "fl_update" is
+such a kind: the session's announcement names the wallet that funded it.
+
 Roles add kinds by implementing `ReceiptVerifier` and registering it with the ledger service
 (`ledger_api(ctx.services).register_receipt_verifier(v)`, api.py). A verifier decodes the body
 with `node.wire.Fields`, checks who may issue it and returns the largest reward (micro-units)
@@ -167,6 +176,20 @@ class ReceiptVerifier(TypingProtocol):
         ...
 
 
+class PooledVerifier(ReceiptVerifier, TypingProtocol):
+    """A receipt kind paid from reward pools only (rewardpool.py)."""
+
+    def pool_of(self, receipt: Receipt) -> tuple[bytes, bytes, int]:
+        """(funder, session, cap) of the pool that pays this receipt, cap bounding the worth of
+        all the session's receipts together; EvidenceError if it names none."""
+        ...
+
+
+def pooled(verifier: ReceiptVerifier) -> bool:
+    """Whether receipts of `verifier.kind` are paid from reward pools only."""
+    return callable(getattr(verifier, "pool_of", None))
+
+
 class ReceiptRegistry:
     """Receipt verifiers by kind; the signature and epoch checks common to all kinds."""
 
@@ -184,14 +207,36 @@ class ReceiptRegistry:
         return sorted(self._by_kind)
 
     def max_reward(self, receipt: Receipt, ctx: VerifyContext) -> int:
-        """Raise EvidenceError unless the receipt is well signed, of a known kind, earned in
-        the order's epoch or the one before, its claim (if any) is 32 bytes, its scope and
-        commit (if any) come together and are 32 bytes each, and it is worth something;
-        return its worth."""
+        """The worth of a receipt a mint carries: `worth`, refusing pooled kinds."""
+        v = self._verifier(receipt)
+        if pooled(v):
+            raise EvidenceError(f"receipts of kind {receipt.kind!r} are paid from the reward pool their work was "
+                                f"funded with (a pool payout), never minted")
+        return self.worth(receipt, ctx)
+
+    def pool_reward(self, receipt: Receipt, ctx: VerifyContext) -> tuple[int, bytes, bytes, int]:
+        """(worth, funder, session, cap) of a receipt a pool payout carries; EvidenceError for a
+        kind that is not pooled or a receipt that names no pool."""
+        v = self._verifier(receipt)
+        if not pooled(v):
+            raise EvidenceError(f"receipts of kind {receipt.kind!r} are minted, not paid from a reward pool")
+        worth = self.worth(receipt, ctx)
+        funder, session, cap = v.pool_of(receipt)   # type: ignore[attr-defined]
+        return worth, funder, session, cap
+
+    def _verifier(self, receipt: Receipt) -> ReceiptVerifier:
         v = self._by_kind.get(receipt.kind)
         if v is None:
             raise EvidenceError(f"receipt kind {receipt.kind!r} has no verifier on this validator "
                                 f"(known: {self.kinds()})")
+        return v
+
+    def worth(self, receipt: Receipt, ctx: VerifyContext) -> int:
+        """Raise EvidenceError unless the receipt is well signed, of a known kind, earned in
+        the order's epoch or the one before, its claim (if any) is 32 bytes, its scope and
+        commit (if any) come together and are 32 bytes each, and it is worth something;
+        return its worth."""
+        v = self._verifier(receipt)
         if receipt.epoch not in (ctx.epoch, ctx.epoch - 1):
             raise EvidenceError(f"receipt of epoch {receipt.epoch} cannot be claimed in epoch {ctx.epoch}")
         if not receipt.signature_ok():

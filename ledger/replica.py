@@ -22,6 +22,7 @@ from fognode.ledger.errors import CertificateRejected, Reason
 from fognode.ledger.genesis import FeeDestination
 from fognode.ledger.messages import Certificate, MintOrder, TransferOrder
 from fognode.ledger.pending import PendingPool
+from fognode.ledger.rewardpool_orders import POOL_ORDERS
 from fognode.ledger.certcheck import verify_certificate
 from fognode.ledger.state import LedgerState
 
@@ -123,6 +124,15 @@ class Replica:
         self.refused[reason] = self.refused.get(reason, 0) + 1
         return [CertificateRefused(cert.tx_id, reason, message, peer)]
 
+    def waiting_on_pool(self, pool: bytes) -> list[bytes]:
+        """Senders whose next pending certificate is an order of reward pool `pool`."""
+        out = []
+        for k in self.pending.senders():
+            p = self.pending.get(k, self.state.account(k).next_sequence)
+            if p is not None and isinstance(p.order.order, POOL_ORDERS) and p.order.order.pool == pool:
+                out.append(k)
+        return out
+
     def _apply_and_drain(self, cert: Certificate) -> list[ReplicaAction]:
         out: list[ReplicaAction] = []
         work = [cert]          # each entry has just passed blocked() is None
@@ -140,6 +150,8 @@ class Replica:
                 candidates.append(o.recipient)
             if delta.escrow is not None:     # the next order of the escrow may be the other party's
                 candidates.extend((delta.escrow[1].customer, delta.escrow[1].payee))
+            if delta.pool is not None:       # payouts waiting for the pool, a close for its payouts
+                candidates.extend(self.waiting_on_pool(delta.pool[0]))
             if o.fee and self.genesis.fee_destination is FeeDestination.VALIDATORS:
                 candidates.extend(self.state.committee_for(o.epoch).members)
             if not len(self.pending):

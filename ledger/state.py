@@ -5,7 +5,9 @@ chain of the account's applied transactions), supply counters (initial, minted, 
 minted amount per epoch, the set of receipt claim ids already paid (receipts.py: the
 claim id is the receipt id unless the receipt names what it claims), and the escrows
 (escrow.py: what each holds counts in the supply; an escrow order applies only at its escrow's
-next escrow sequence, so every replica sees the same escrow record at each step).
+next escrow sequence, so every replica sees the same escrow record at each step) and the reward
+pools (rewardpool.py: what each holds counts in the supply; payouts commute, a close waits for
+the payouts it states).
 
 State root. Each entry of the state is a leaf h = BLAKE2b-512(tag || key || value); the
 accumulator is the sum of all leaves modulo 2^512 (a homomorphic multiset hash, AdHash/LtHash
@@ -28,10 +30,8 @@ in memory never runs ahead of the state on disk (service.py `_apply_batch`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Iterable
-
-import msgpack
 
 from fognode.ledger.amounts import format_amount
 from fognode.ledger.committee import CommitteeBook, Members, compute_members
@@ -42,99 +42,23 @@ from fognode.ledger.genesis import FeeDestination, Genesis
 from fognode.ledger.messages import (BondOrder, Certificate, MintOrder, Order, TransferOrder,
                                      UnbondOrder)
 from fognode.ledger.quorum import Committee
+from fognode.ledger.records import Account, Delta, Supply
+from fognode.ledger.rewardpool import (RewardPool, blocked as pool_blocked, effect as pool_effect,
+                                       state_problem as pool_problem)
+from fognode.ledger.rewardpool_orders import POOL_ORDERS, PoolPayOrder
 from fognode.ledger.rewards import calculate_rewards
-from fognode.node.wire import pack, unpack
+from fognode.node.wire import pack
 
-ZERO32 = bytes(32)
 MOD = 1 << 512
 MAX_UNBONDING_ENTRIES = 32
-
-
-def _leaf(tag: bytes, key: bytes, value: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(tag + key + value, digest_size=64).digest(), "big")
-
-
-@dataclass(frozen=True)
-class Account:
-    balance: int = 0
-    next_sequence: int = 0
-    bonded: int = 0
-    unbonding: tuple[tuple[int, int], ...] = ()    # (release epoch, amount), oldest first
-    head: bytes = ZERO32                           # hash chain of applied tx ids
-    _enc: bytes | None = field(init=False, default=None, repr=False, compare=False)
-
-    def encode(self) -> bytes:
-        """pack([balance, next_sequence, bonded, [[epoch, amount]...], head]) (a list of ints
-        and bytes: canonical without the map-sorting walk), computed once per record."""
-        enc = self._enc
-        if enc is None:
-            enc = msgpack.packb([self.balance, self.next_sequence, self.bonded,
-                                 [[e, a] for e, a in self.unbonding], self.head], use_bin_type=True)
-            object.__setattr__(self, "_enc", enc)
-        return enc
-
-    @classmethod
-    def decode(cls, data: bytes) -> "Account":
-        b, n, s, u, h = unpack(data, what="ledger account record")
-        return cls(b, n, s, tuple((e, a) for e, a in u), h)
-
-    def matured(self, epoch: int) -> int:
-        return sum(a for e, a in self.unbonding if e <= epoch)
-
-    def spendable(self, epoch: int) -> int:
-        return self.balance + self.matured(epoch)
-
-    def release(self, epoch: int) -> "Account":
-        """Move unbonding entries matured at `epoch` into the balance."""
-        m = self.matured(epoch)
-        if not m:
-            return self
-        return replace(self, balance=self.balance + m,
-                       unbonding=tuple((e, a) for e, a in self.unbonding if e > epoch))
-
-    @property
-    def is_empty(self) -> bool:
-        return (not self.balance and not self.next_sequence and not self.bonded and not self.unbonding
-                and self.head == ZERO32)
-
-
-@dataclass(frozen=True)
-class Supply:
-    initial: int
-    minted: int = 0
-    burned: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.initial + self.minted - self.burned
-
-    def encode(self) -> bytes:
-        return msgpack.packb([self.initial, self.minted, self.burned])
-
-    @classmethod
-    def decode(cls, data: bytes) -> "Supply":
-        i, m, b = unpack(data, what="ledger supply record")
-        return cls(i, m, b)
 
 
 def _epoch_key(epoch: int) -> bytes:
     return epoch.to_bytes(8, "big")
 
 
-@dataclass(frozen=True)
-class Delta:
-    """Everything one applied certificate changed: what the store writes in one batch."""
-
-    cert: Certificate
-    index: int                                  # position in this replica's apply log (1-based)
-    accounts: tuple[tuple[bytes, Account], ...]
-    supply: Supply
-    minted_epoch: tuple[int, int] | None        # (epoch, minted so far in that epoch)
-    claim_id: bytes | None                      # the paid receipt's claim id (receipts.py)
-    accumulator: int
-    parties: tuple[bytes, ...]                  # accounts whose history lists this tx
-    stake_delta: tuple[int, bytes, int] | None = None   # (order epoch, staker, net bonded in that epoch)
-    escrow: tuple[bytes, Escrow] | None = None          # (escrow id, its record after this order)
+def _leaf(tag: bytes, key: bytes, value: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(tag + key + value, digest_size=64).digest(), "big")
 
 
 class LedgerState:
@@ -154,6 +78,7 @@ class LedgerState:
         self.applied = 0
         self.stake_deltas: dict[int, dict[bytes, int]] = {}
         self.escrows: dict[bytes, Escrow] = {}      # escrow.py
+        self.pools: dict[bytes, RewardPool] = {}    # rewardpool.py
         self.committees = CommitteeBook(genesis)
         self._acc = 0
         self._root_prefix = b"fognode-ledger-root/1" + genesis.chain_id.encode()
@@ -167,7 +92,8 @@ class LedgerState:
     def restore(cls, genesis: Genesis, accounts: Iterable[tuple[bytes, Account]], supply: Supply,
                 minted_by_epoch: dict[int, int], used_receipts: set[bytes], applied: int,
                 accumulator: int, stake_deltas: dict[int, dict[bytes, int]] | None = None,
-                escrows: Iterable[tuple[bytes, Escrow]] = ()) -> "LedgerState":
+                escrows: Iterable[tuple[bytes, Escrow]] = (),
+                pools: Iterable[tuple[bytes, RewardPool]] = ()) -> "LedgerState":
         s = cls.__new__(cls)
         s.genesis = genesis
         s.committee = genesis.committee
@@ -178,6 +104,7 @@ class LedgerState:
         s.applied = applied
         s.stake_deltas = {e: dict(d) for e, d in (stake_deltas or {}).items()}
         s.escrows = dict(escrows)
+        s.pools = dict(pools)
         s.committees = CommitteeBook(genesis)
         s._acc = accumulator
         s._root_prefix = b"fognode-ledger-root/1" + genesis.chain_id.encode()
@@ -210,6 +137,8 @@ class LedgerState:
             acc += _leaf(b"R", r, b"")
         for k, e in self.escrows.items():
             acc += _leaf(b"E", k, e.encode())
+        for k, p in self.pools.items():
+            acc += _leaf(b"P", k, p.encode())
         return acc % MOD
 
     # -- undo journal (see the module docstring) ----------------------------------------------
@@ -242,6 +171,8 @@ class LedgerState:
                 continue
             elif kind == "e":
                 table = self.escrows
+            elif kind == "p":
+                table = self.pools
             else:   # "k": key is (epoch, staker) in stake_deltas
                 epoch, key = key
                 table = self.stake_deltas.setdefault(epoch, {})
@@ -275,6 +206,15 @@ class LedgerState:
         self._add(_leaf(b"E", key, new.encode()))
         self.escrows[key] = new
 
+    def _set_pool(self, key: bytes, new: RewardPool) -> None:
+        old = self.pools.get(key)
+        if self._journal is not None:
+            self._journal.append(("p", key, old))
+        if old is not None:
+            self._sub(_leaf(b"P", key, old.encode()))
+        self._add(_leaf(b"P", key, new.encode()))
+        self.pools[key] = new
+
     def _set_supply(self, new: Supply) -> None:
         self._sub(_leaf(b"S", b"", self.supply.encode()))
         self._add(_leaf(b"S", b"", new.encode()))
@@ -300,7 +240,7 @@ class LedgerState:
     def holdings(self) -> int:
         """Sum of every balance, bond, unbonding entry and escrow (must equal supply.total)."""
         return (sum(a.balance + a.bonded + sum(x for _, x in a.unbonding) for a in self.accounts.values())
-                + sum(e.held for e in self.escrows.values()))
+                + sum(e.held for e in self.escrows.values()) + sum(p.held for p in self.pools.values()))
 
     def order_problem(self, order: Order) -> tuple[Reason, str] | None:
         """Why this state cannot take `order` as the sender's next order, or None."""
@@ -317,8 +257,10 @@ class LedgerState:
                 return Reason.INSUFFICIENT_STAKE, f"unbonding {format_amount(order.amount)} of {format_amount(acct.bonded)} bonded"
             if len(acct.unbonding) >= MAX_UNBONDING_ENTRIES:
                 return Reason.INSUFFICIENT_STAKE, f"already {MAX_UNBONDING_ENTRIES} unbonding entries pending"
-        if isinstance(order, MintOrder) and order.receipt.claim_id in self.used_receipts:
+        if isinstance(order, (MintOrder, PoolPayOrder)) and order.receipt.claim_id in self.used_receipts:
             return Reason.RECEIPT_USED, "this receipt's claim has already been paid"
+        if isinstance(order, POOL_ORDERS):
+            return pool_problem(self.pools.get(order.pool), order)
         if isinstance(order, ESCROW_ORDERS):
             return escrow_problem(self.escrows.get(order.escrow), order)
         return None
@@ -350,6 +292,10 @@ class LedgerState:
             return "invalid"
         if isinstance(o, ESCROW_ORDERS):
             why = self._escrow_blocked(o)
+            if why is not None:
+                return why
+        if isinstance(o, POOL_ORDERS):
+            why = pool_blocked(self.pools.get(o.pool), o, self.used_receipts)
             if why is not None:
                 return why
         if acct.spendable(o.epoch) < o.debit():
@@ -408,6 +354,16 @@ class LedgerState:
                 a = get(k)
                 touched[k] = Account(a.balance + amount, a.next_sequence, a.bonded, a.unbonding, a.head)
             parties = tuple(dict.fromkeys((o.sender, new.customer, new.payee)))
+        pool = None
+        if isinstance(o, POOL_ORDERS):
+            np, credits = pool_effect(self.pools.get(o.pool), o, cert.tx_id)
+            pool = (o.pool, np)
+            for k, amount in credits:
+                a = get(k)
+                touched[k] = Account(a.balance + amount, a.next_sequence, a.bonded, a.unbonding, a.head)
+            parties = tuple(dict.fromkeys((o.sender, np.funder, *(k for k, _ in credits))))
+            if isinstance(o, PoolPayOrder):
+                claim_id = o.receipt.claim_id
         if isinstance(o, MintOrder):
             supply = replace(supply, minted=supply.minted + o.amount)
             minted_epoch = (o.epoch, self.minted_by_epoch.get(o.epoch, 0) + o.amount)
@@ -427,6 +383,8 @@ class LedgerState:
             self._set_minted(*minted_epoch)
         if escrow is not None:
             self._set_escrow(*escrow)
+        if pool is not None:
+            self._set_pool(*pool)
         if claim_id is not None:
             if self._journal is not None and claim_id not in self.used_receipts:
                 self._journal.append(("r", claim_id, None))
@@ -440,7 +398,7 @@ class LedgerState:
         self.applied += 1
         return Delta(cert=cert, index=self.applied, accounts=tuple(touched.items()), supply=self.supply,
                      minted_epoch=minted_epoch, claim_id=claim_id, accumulator=self._acc,
-                     parties=parties, stake_delta=stake_delta, escrow=escrow)
+                     parties=parties, stake_delta=stake_delta, escrow=escrow, pool=pool)
 
     def committee_for(self, epoch: int) -> Committee:
         """The committee certifying orders of `epoch` (certified rotation, see committee.py)."""
@@ -477,6 +435,7 @@ class LedgerState:
         if any(a.balance < 0 or a.bonded < 0 for a in self.accounts.values()):
             problems.append("a balance or a bond is negative")
         problems += [f"escrow {k.hex()}: {p}" for k, e in sorted(self.escrows.items()) for p in e.problems()]
+        problems += [f"reward pool {k.hex()}: {p}" for k, r in sorted(self.pools.items()) for p in r.problems()]
         if self.recompute_accumulator() != self._acc:
             problems.append("the state root accumulator does not match the state (corrupt replica)")
         return problems

@@ -2,7 +2,7 @@
 
 A commit writes everything one or more applied certificates changed — accounts (balance,
 sequence, stake), supply counters, minted per epoch, paid receipt claims, the state-root
-accumulator, escrow records, the apply log, the (sender, sequence) index, the per-account history index and
+accumulator, escrow and reward pool records, the apply log, the (sender, sequence) index, the per-account history index and
 the certificate itself — in a single atomic batch, so a crash (even `kill -9`) leaves the old
 state or the new one, never a mix. Validator locks are written in their own synced batch
 before the vote leaves (see validator.py).
@@ -14,6 +14,7 @@ Keys (big-endian integers, so LevelDB's order is numeric order):
     e/<epoch:8>             minted in that epoch
     r/<claim id>            receipt claim already paid (the receipt id for claimless receipts)
     E/<escrow id>           escrow record (escrow.py `Escrow.encode`: a versioned msgpack list)
+    P/<pool id>             reward pool record (rewardpool.py `RewardPool.encode`: a versioned msgpack list)
     x/<sender><seq:8>       tx id applied at (sender, sequence)
     t/<tx id>               apply index (8 bytes) + the certificate's canonical msgpack
     o/<index:8>             tx id applied at that position of this replica's log (sync source)
@@ -49,6 +50,7 @@ from fognode.ledger.committee import (CommitteeBody, CommitteeCertificate, decod
                                       decode_committee_certificate)
 from fognode.ledger.errors import LedgerStorageFailed, StoreError
 from fognode.ledger.escrow import Escrow
+from fognode.ledger.rewardpool import RewardPool
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import (Certificate, ForkProof, SignedOrder, decode_certificate,
                                      decode_fork_proof, decode_signed_order)
@@ -168,7 +170,14 @@ class LedgerStore:
                 escrows.append((k[2:], Escrow.decode(v)))
             except (RemoteProtocolError, ValueError, TypeError) as e:
                 raise StoreError(f"corrupt escrow record {k[2:].hex()}: {e}") from None
-        state = LedgerState.restore(self.genesis, accounts, supply, minted, receipts, applied, acc, stake, escrows)
+        pools = []
+        for k, v in db.iterator(prefix=b"P/"):
+            try:
+                pools.append((k[2:], RewardPool.decode(v)))
+            except (RemoteProtocolError, ValueError, TypeError) as e:
+                raise StoreError(f"corrupt reward pool record {k[2:].hex()}: {e}") from None
+        state = LedgerState.restore(self.genesis, accounts, supply, minted, receipts, applied, acc, stake, escrows,
+                                    pools)
         state.committees.load(self.committee_certificates(db))
         return state
 
@@ -197,6 +206,8 @@ class LedgerStore:
                     wb.put(b"r/" + d.claim_id, b"")
                 if d.escrow is not None:
                     wb.put(b"E/" + d.escrow[0], d.escrow[1].encode())
+                if d.pool is not None:
+                    wb.put(b"P/" + d.pool[0], d.pool[1].encode())
                 tx = d.cert.tx_id
                 sender, seq = d.cert.order.key
                 wb.put(b"x/" + sender + _u8(seq), tx)

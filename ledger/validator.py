@@ -24,6 +24,15 @@ over with them; where handed-over locks disagree on an escrow sequence (a split 
 old committee) this validator signs neither (`frozen_escrows`), whichever it got first.
 The time rules of escrows are judged by this validator's clock (`now`, escrow.py).
 
+Reward pools (rewardpool.py): payouts take the claim and scope locks of mints (one payout or
+mint per claim, one commit per scope), and per pool the validator signs payouts only
+from a pool that holds the cap of its receipts (FL: the session's budget; the claim and scope
+locks bound the payouts by it) and for at most the pool's amount in all (`pool_reserved`). Once it signed any close of a pool it signs no
+payout of it (`pools_closed`); it signs a close only when the claims of every payout it signed
+for the pool (`pool_claims`) are paid at its replica and the close states its replica's
+payouts. All three are derived from the locked orders (`LockTable.add`), like the rest. The
+module docstring of rewardpool.py proves the pool invariants from these rules.
+
 Claims and scopes (receipts.py): a validator signs one mint per receipt claim id, and mints
 whose receipts share a scope only with the commit of the first one it signed for that scope.
 Both are derived from the locked orders themselves (`LockTable.add`), so reloading persisted
@@ -44,6 +53,8 @@ from fognode.ledger.messages import (BondOrder, ForkProof, MintOrder, Rejection,
                                      order_problem)
 from fognode.ledger.quorum import Committee
 from fognode.ledger.receipts import EvidenceError, Receipt, ReceiptRegistry, VerifyContext
+from fognode.ledger.rewardpool import Problem, time_problem as pool_time_problem
+from fognode.ledger.rewardpool_orders import POOL_ORDERS, PoolCloseOrder, PoolOpenOrder, PoolOrder, PoolPayOrder
 from fognode.ledger.state import LedgerState
 
 
@@ -63,6 +74,9 @@ class LockTable:
         self.commits: dict[bytes, set[bytes]] = {}    # scope id -> commits of the mints signed
         self.escrows: dict[tuple[bytes, int], SignedOrder] = {}   # (escrow id, escrow sequence) -> order
         self.frozen_escrows: set[tuple[bytes, int]] = set()       # inherited locks disagree there
+        self.pool_claims: dict[bytes, set[bytes]] = {}   # pool id -> claim ids of the payouts signed
+        self.pool_reserved: dict[bytes, int] = {}        # pool id -> micro-units of the payouts signed
+        self.pools_closed: set[bytes] = set()            # pools whose close this validator signed
 
     def get(self, sender: bytes, sequence: int) -> SignedOrder | None:
         return self.locks.get((sender, sequence))
@@ -74,8 +88,14 @@ class LockTable:
             held = self.escrows.setdefault((o.escrow, o.escrow_sequence), order)
             if held.tx_id != order.tx_id:
                 self.frozen_escrows.add((o.escrow, o.escrow_sequence))
-        if isinstance(o, MintOrder):
-            self.mint_reserved[o.epoch] = self.mint_reserved.get(o.epoch, 0) + o.amount
+        if isinstance(o, PoolPayOrder):
+            self.pool_claims.setdefault(o.pool, set()).add(o.receipt.claim_id)
+            self.pool_reserved[o.pool] = self.pool_reserved.get(o.pool, 0) + o.amount
+        if isinstance(o, PoolCloseOrder):
+            self.pools_closed.add(o.pool)
+        if isinstance(o, (MintOrder, PoolPayOrder)):
+            if isinstance(o, MintOrder):
+                self.mint_reserved[o.epoch] = self.mint_reserved.get(o.epoch, 0) + o.amount
             self.receipts.add(o.receipt.claim_id)
             r = o.receipt
             if r.scope_id is not None and r.commit is not None:
@@ -90,6 +110,7 @@ class LockTable:
         remaining = list(self.locks.values())
         self.locks, self.mint_reserved, self.receipts, self.commits = {}, {}, set(), {}
         self.escrows, self.frozen_escrows = {}, set()
+        self.pool_claims, self.pool_reserved, self.pools_closed = {}, {}, set()
         for so in remaining:
             self.add(so)
 
@@ -126,6 +147,10 @@ class LockTable:
 
     def __len__(self) -> int:
         return len(self.locks)
+
+
+def _pool_short(pool: bytes) -> str:
+    return pool.hex()[:16]
 
 
 def mint_limit(genesis: Genesis, epoch: int, committee: Committee | None = None) -> int:
@@ -229,14 +254,16 @@ class Validator:
             problem = escrow_time_problem(self.state.escrows.get(o.escrow), o, now)
             if problem:
                 return self._reject(peer, so, *problem)
+        if isinstance(o, POOL_ORDERS):
+            problem = self._pool_problem(o, now)
+            if problem:
+                return self._reject(peer, so, *problem)
         if isinstance(o, MintOrder):
             if o.receipt.claim_id in self.locks.receipts:
                 return self._reject(peer, so, Reason.RECEIPT_USED,
                                     "this validator already signed a mint for this receipt's claim")
-            ctx = VerifyContext(committee=self.state.committee_for(o.epoch), epoch=o.epoch,
-                                epoch_length=g.epoch_length, uptime_reward_per_hour=g.uptime_reward_per_hour)
             try:
-                worth = self.receipts.max_reward(o.receipt, ctx)
+                worth = self.receipts.max_reward(o.receipt, self._verify_context(o.epoch))
             except EvidenceError as e:
                 return self._reject(peer, so, Reason.BAD_EVIDENCE, str(e))
             if o.amount > worth:
@@ -253,3 +280,53 @@ class Validator:
                                     f"mint allowance is taken; {format_amount(o.amount)} more does not fit")
         self.locks.add(so)
         return [PersistLock(so), SendVote(peer, Vote.sign(self.key, so.tx_id))]
+
+    def _verify_context(self, epoch: int) -> VerifyContext:
+        g = self.genesis
+        return VerifyContext(committee=self.state.committee_for(epoch), epoch=epoch, epoch_length=g.epoch_length,
+                             uptime_reward_per_hour=g.uptime_reward_per_hour)
+
+    def _pool_problem(self, o: PoolOrder, now: float) -> Problem | None:
+        """The validator's rules of a pool order past the replica's `state_problem`: the phase
+        by this validator's clock, and its own locks (the module docstring)."""
+        pool = self.state.pools.get(o.pool)
+        if pool is None and not isinstance(o, PoolOpenOrder):
+            return Reason.POOL_UNKNOWN, f"no reward pool {_pool_short(o.pool)} on this replica"
+        problem = pool_time_problem(pool, o, now)
+        if problem or pool is None:
+            return problem
+        if isinstance(o, PoolCloseOrder):
+            missing = [c for c in self.locks.pool_claims.get(o.pool, ()) if c not in self.state.used_receipts]
+            if missing:
+                return (Reason.POOL_UNSETTLED, f"{len(missing)} payouts this validator signed from pool "
+                                               f"{_pool_short(o.pool)} are not applied here yet: retry")
+            return None
+        if not isinstance(o, PoolPayOrder):
+            return None
+        if o.pool in self.locks.pools_closed:
+            return Reason.POOL_CLOSED, f"this validator signed the close of pool {_pool_short(o.pool)}"
+        if o.receipt.claim_id in self.locks.receipts:
+            return Reason.RECEIPT_USED, "this validator already signed a payment for this receipt's claim"
+        try:
+            worth, funder, session, cap = self.receipts.pool_reward(o.receipt, self._verify_context(o.epoch))
+        except EvidenceError as e:
+            return Reason.BAD_EVIDENCE, str(e)
+        if (funder, session) != (pool.funder, pool.session):
+            return (Reason.BAD_EVIDENCE, f"the receipt's work was funded by {funder.hex()[:16]} for session "
+                                         f"{session.hex()[:16]}, not by pool {_pool_short(o.pool)}")
+        if pool.amount < cap:
+            return (Reason.POOL_EXHAUSTED, f"pool {_pool_short(o.pool)} holds {format_amount(pool.amount)}, less "
+                                           f"than its session's receipts may claim in all ({format_amount(cap)}): "
+                                           f"it pays none of them")
+        if o.amount > worth:
+            return (Reason.BAD_EVIDENCE,
+                    f"payout of {format_amount(o.amount)} exceeds the receipt's worth {format_amount(worth)}")
+        other_split = self.locks.commit_problem(o.receipt)
+        if other_split:
+            return Reason.BAD_EVIDENCE, other_split
+        reserved = self.locks.pool_reserved.get(o.pool, 0)
+        if reserved + o.amount > pool.amount:
+            return (Reason.POOL_EXHAUSTED, f"this validator signed payouts of {format_amount(reserved)} from pool "
+                                           f"{_pool_short(o.pool)}'s {format_amount(pool.amount)}; "
+                                           f"{format_amount(o.amount)} more does not fit")
+        return None

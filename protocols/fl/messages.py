@@ -201,7 +201,11 @@ class SessionAnnouncement:
 
     `fallback_coordinators` (wire "coords", absent when empty) are the peers that take the
     session over, in this order, when the acting coordinator falls silent
-    (session/failover.py); the starter is rank 0, `coordinators_of` gives the whole list."""
+    (session/failover.py); the starter is rank 0, `coordinators_of` gives the whole list.
+
+    `funder` (wire "fund", absent when empty) is the ledger wallet that funded the session's
+    reward pool (rewards/funding.py): a session with a reward budget names it, and its
+    "fl_update" receipts are paid only from the pool (funder, session id)."""
 
     spec: SessionSpec
     starter: str
@@ -212,6 +216,7 @@ class SessionAnnouncement:
     layout_hash: bytes
     sig: bytes = b""
     fallback_coordinators: tuple[str, ...] = ()
+    funder: bytes = b""
 
     def body(self) -> dict[str, Any]:
         # "coords" is on the wire only when set, so announcements without fallbacks (and
@@ -219,7 +224,8 @@ class SessionAnnouncement:
         return {"v": VERSION, "spec": self.spec.to_wire(), "starter": self.starter,
                 "key": self.starter_key, "created": self.created, "nonce": self.nonce,
                 "model0": self.initial_model_hash, "layout": self.layout_hash,
-                **({"coords": list(self.fallback_coordinators)} if self.fallback_coordinators else {})}
+                **({"coords": list(self.fallback_coordinators)} if self.fallback_coordinators else {}),
+                **({"fund": self.funder} if self.funder else {})}
 
     @property
     def session_id(self) -> bytes:
@@ -239,11 +245,12 @@ class SessionAnnouncement:
                 nonce=f.bytes("nonce", size=16), initial_model_hash=_hash(f, "model0"),
                 layout_hash=_hash(f, "layout"), sig=f.bytes("sig", size=SIG_LEN))
         coords = f.list("coords", max_len=MAX_COORDINATORS, optional=True)
+        funder = f.bytes("fund", size=PUBKEY_LEN, optional=True, default=b"")
         if not all(isinstance(c, str) and 0 < len(c) <= MAX_PEER_ID for c in coords) \
                 or len(set(coords)) != len(coords) or a.starter in coords:
             f._fail("field 'coords' must list distinct peer ids other than the starter")
         f.done()
-        a = dataclasses.replace(a, fallback_coordinators=tuple(coords))
+        a = dataclasses.replace(a, fallback_coordinators=tuple(coords), funder=funder)
         if not peer_id_matches(a.starter, a.starter_key):
             raise RemoteProtocolError("fl.SessionAnnouncement: key does not match the starter's peer id", peer=peer)
         if not verify(a.starter_key, a.body(), a.sig):

@@ -101,6 +101,7 @@ class FlRole(FlRpc, Role):
             # subscribing again after a restart replaces the previous instance's handler
             await overlay.subscribe(TOPIC, self._on_gossip)
             ledger.register_verifier()
+            nursery.start_soon(ledger.settle_pools)      # closes the reward pools this node must close
             self.ctx.services.provide("fl", self)
             task_status.started()
             try:

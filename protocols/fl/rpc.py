@@ -22,6 +22,7 @@ from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.executor import RoleActions
 from fognode.protocols.fl.preflight import preflight
+from fognode.protocols.fl.rewards.ledger import LedgerLink
 from fognode.protocols.fl.messages import PrivacyOptions, SelectionCriteria, SessionSpec
 from fognode.protocols.fl.secagg import round as secagg_round
 from fognode.protocols.fl.session.archive import SessionArchive
@@ -49,6 +50,7 @@ class FlRpc(abc.ABC):
     tasks: TaskProcess
     model_root: Path
     archive: SessionArchive
+    ledger: LedgerLink | None
 
     @abc.abstractmethod
     def _apply(self, actions: list[Action]) -> None: ...
@@ -88,7 +90,10 @@ class FlRpc(abc.ABC):
         aggregates per registry region first (one elected aggregator per region, then a global
         one; mean-based strategies only, robust ones get 502, with SECAGG 507). Selection
         criteria: REGION, CAPABILITIES, MIN_REPUTATION (0..1), CHARGING_ONLY, MIN_CORES,
-        MIN_MEMORY_MB. Refused before it starts (500): DP_NOISE without DP_CLIP (no privacy),
+        MIN_MEMORY_MB. REWARD_BUDGET (micro-units) is locked from this node's default wallet
+        into the session's ledger reward pool before the session is announced (202 and the
+        shortfall when the wallet cannot pay it); rounds are paid from the pool and what is
+        left returns to the wallet after the pool's deadline. Refused before it starts (500): DP_NOISE without DP_CLIP (no privacy),
         MIN_PARTICIPANTS or PARTICIPANTS below what the strategy needs per round (krum and
         multikrum n >= 2f + 3, bulyan n >= 4f + 3). The result's `warnings` say when fewer
         devices are eligible now than asked for. Errors: 500 bad parameter, 501 task not
@@ -138,6 +143,10 @@ class FlRpc(abc.ABC):
                                              f"the {secagg_round.MAX_BODY >> 20} MiB limit")
         now = self._now()
         ann = self.core.new_announcement(spec, prepared, nonce, now)
+        if self.ledger is not None:
+            ann = await self.ledger.fund(ann, self.core.key)   # a reward budget: locked in the session's pool
+        elif spec.reward_budget > 0:
+            raise RpcError(E.FL_BAD_REQUEST, "the fl role is not running yet: a reward budget cannot be funded")
         try:
             actions = self.core.start_session(ann, prepared, now)
         except SessionRejected as e:

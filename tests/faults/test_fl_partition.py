@@ -4,7 +4,7 @@ network split 3/2 (the starter, and 6/8 of the stake, on the larger side) until 
 planned during the split completed without the smaller side, the last after the heal. The
 session ends cleanly (completed, or failed with a reason), every node learns how it ended,
 and each round's rewards are paid at most once: every replica converges to one state root,
-`ledger.verify` passes, and each wallet's reward mints are a part of what the
+`ledger.verify` passes, and each wallet's reward payouts (from the session's funded pool) are a part of what the
 coordinator's adopted rounds owe it (a round paid twice, by two aggregators or two tries,
 would exceed it). A session that made no progress while the network was split (no round
 planned during the split completed within SPLIT_TIMEOUT) is an xfail after those checks (2 of
@@ -51,11 +51,12 @@ def tried_to_pay(net: Devnet, i: int, round_no: int) -> bool:
 
 
 def reward_mints(net: Devnet, wallets: list[str]) -> dict[str, Counter[int]]:
-    """The fl_update reward mints node 0's replica holds, by recipient wallet."""
+    """The fl_update reward payouts (from the session's reward pool) node 0's replica holds,
+    by recipient wallet."""
     out: dict[str, Counter[int]] = {}
     for w in wallets:
         for h in net.nodes[0].rpc("wallet.history", {"address": w, "limit": 1000, "verbose": True}):
-            if (h["status"] == "final" and h["kind"] == "mint" and h["recipient"] == w
+            if (h["status"] == "final" and h["kind"] == "pool_pay" and h["recipient"] == w
                     and h["receipt"]["kind"] == "fl_update"):
                 out.setdefault(w, Counter())[parse_amount(h["amount"])] += 1
     return out

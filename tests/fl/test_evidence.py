@@ -23,6 +23,7 @@ from fognode.protocols.fl.rewards.round_header import RoundHeader, claim_of
 from fognode.protocols.fl.session.election import aggregator_order
 
 STARTER = SigningKey(bytes([60]) * 32)
+FUNDER = SigningKey(bytes([61]) * 32)      # the ledger wallet that funds the session's reward pool
 BUDGET = 3_000_000
 ROUNDS = 3
 FALLBACKS = 2
@@ -55,7 +56,7 @@ def announcement(starter: SigningKey = STARTER, budget: int = BUDGET) -> Session
     spec = SessionSpec(task="synthetic", rounds=ROUNDS, min_participants=2, participants=8,
                        reward_budget=budget, fallbacks=FALLBACKS)
     return SessionAnnouncement(spec, pid_of(starter), bytes(starter.verify_key), 1.0, b"n" * 16,
-                               b"a" * 32, b"b" * 32).signed(starter)
+                               b"a" * 32, b"b" * 32, funder=bytes(FUNDER.verify_key)).signed(starter)
 
 
 def plan_for(ann: SessionAnnouncement, round_no: int = 1, n: int = 5, *, signer: SigningKey = STARTER,
@@ -287,23 +288,48 @@ def test_core_refuses_to_train_for_a_plan_with_a_bad_header() -> None:
 # -- through the ledger's validators and replicas ---------------------------------------------
 
 def _ledger_nodes(funded: int = 3) -> list[Any]:
-    from tests.ledger.helpers import Node, make_genesis, validator_keys
+    """Four validators with their replicas, which hold the default announcement's reward pool
+    (funded by FUNDER with the session's budget: "fl_update" receipts are paid from it)."""
+    from fognode.ledger.address import encode_address
+    from fognode.ledger.genesis import Genesis
+    from tests.ledger.helpers import Node, genesis_dict, validator_keys
 
-    g = make_genesis(funded=funded)
+    gd = genesis_dict(funded=funded)
+    gd["ledger"]["balances"][encode_address(bytes(FUNDER.verify_key))] = 10 * BUDGET
+    g = Genesis.from_node_genesis(gd)
     nodes = [Node(v, g) for v in validator_keys()]
+    opened = _pool_open()
     for n in nodes:
         n.validator.receipts.register(V)
+        n.replica.receive("t", opened)
     return nodes
 
 
+def _pool_open() -> Any:
+    """The certificate that opens the default announcement's pool (deterministic)."""
+    from fognode.ledger.messages import SignedOrder
+    from fognode.ledger.rewardpool_orders import PoolOpenOrder
+    from tests.ledger.helpers import CHAIN, NOW, certify, validator_keys
+
+    so = SignedOrder.sign(FUNDER, PoolOpenOrder(chain=CHAIN, epoch=0, sender=bytes(FUNDER.verify_key), sequence=0,
+                                                fee=1000, session=announcement().session_id,
+                                                receipt_kind="fl_update", amount=BUDGET, deadline=int(NOW) + 1000,
+                                                grace=600))
+    return certify(so, validator_keys()[:3])
+
+
 def _mint(sender: int, seq: int, r: Receipt) -> Any:
-    from fognode.ledger.messages import MintOrder, SignedOrder
+    """A payout of the receipt's worth from the default announcement's pool ("fl_update"
+    receipts are never minted: the session's funder paid for them in advance)."""
+    from fognode.ledger.messages import SignedOrder
+    from fognode.ledger.rewardpool_orders import PoolPayOrder, pool_id
     from fognode.protocols.fl.rewards.receipts import reward_of
     from tests.ledger.helpers import CHAIN, key, pk
 
     u = key(sender)
-    return SignedOrder.sign(u, MintOrder(chain=CHAIN, epoch=0, sender=pk(u), sequence=seq, fee=1000,
-                                         recipient=r.beneficiary, amount=reward_of(r), receipt=r))
+    pool = pool_id(CHAIN, bytes(FUNDER.verify_key), announcement().session_id)
+    return SignedOrder.sign(u, PoolPayOrder(chain=CHAIN, epoch=0, sender=pk(u), sequence=seq, fee=1000,
+                                            pool=pool, amount=reward_of(r), receipt=r))
 
 
 def test_validators_pay_a_valid_receipt_and_refuse_forged_ones() -> None:
@@ -329,13 +355,13 @@ def test_validators_pay_a_valid_receipt_and_refuse_forged_ones() -> None:
     rej = nodes[0].ask(_mint(1, 0, forged))
     assert not isinstance(rej, Vote) and rej.rejection.reason == Reason.BAD_EVIDENCE
     assert "aggregator order" in rej.rejection.message
-    # a mint above the receipt's worth
-    from fognode.ledger.messages import MintOrder, SignedOrder
-    from tests.ledger.helpers import CHAIN, key, pk
+    # a payout above the receipt's worth
+    import dataclasses as dc
 
-    greedy = SignedOrder.sign(key(1), MintOrder(chain=CHAIN, epoch=0, sender=pk(key(1)), sequence=0, fee=1000,
-                                                recipient=receipts[1].beneficiary, amount=round_reward_of(ann.spec),
-                                                receipt=receipts[1]))
+    from fognode.ledger.messages import SignedOrder
+    from tests.ledger.helpers import key
+
+    greedy = SignedOrder.sign(key(1), dc.replace(_mint(1, 0, receipts[1]).order, amount=round_reward_of(ann.spec)))
     rej = nodes[0].ask(greedy)
     assert not isinstance(rej, Vote) and "exceeds the receipt's worth" in rej.rejection.message
 
@@ -373,14 +399,16 @@ def test_two_fallback_aggregators_receipts_pay_once() -> None:
     roots = []
     for order in ([ca, cb], [cb, ca]):
         r = Replica(LedgerState(nodes[0].genesis), MemoryHistory())
+        r.receive("t", _pool_open())
         acts = [x for c in order for x in r.receive("t", c)]
         assert [x.tx_id for x in acts if isinstance(x, CertificateRefused)] == [order[1].tx_id]
         assert r.state.account(ben).balance == order[0].order.order.amount
-        assert r.state.supply.minted == order[0].order.order.amount
+        assert [p.paid for p in r.state.pools.values()] == [order[0].order.order.amount]
+        assert r.state.supply.minted == 0
         roots.append(r.state.root())
     # the same certificate set delivered in the same order twice gives the same root
     r = Replica(LedgerState(nodes[0].genesis), MemoryHistory())
-    for c in [ca, ca, cb, ca]:
+    for c in [_pool_open(), ca, ca, cb, ca]:
         r.receive("t", c)
     assert r.state.root() == roots[0]
 

@@ -28,6 +28,8 @@ from fognode.ledger.errors import Reason
 from fognode.ledger.escrow_orders import (BreachReport, DebitNote, EscrowCollateralOrder, EscrowOpenOrder,
                                           EscrowPayoutOrder, EscrowRefundOrder, EscrowSlashOrder, escrow_id)
 from fognode.ledger.receipts import Receipt, uptime_claim
+from fognode.ledger.rewardpool import RewardPool
+from fognode.ledger.rewardpool_orders import PoolCloseOrder, PoolOpenOrder, PoolPayOrder, digest_bytes
 from fognode.node.gossip import seal
 from fognode.node.wire import pack
 from fognode.protocols.fl.messages import (Ack, DeviceFacts, ModelRequest, ModelResponse, MemberMeta,
@@ -48,6 +50,7 @@ from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.observation import sign_observation
 from fognode.protocols.registry.record import HarvestInfo, make_profile, sign_record
 from tests.fl.test_evidence import announcement, issued, plan_for, round_receipt
+from tests.ledger.rewardpool_helpers import funded_announcement, round_receipts
 from tests.fuzz.targets import FUZZ_KEY, FUZZ_PEER, NOW, PARAMS_SHAPE, TARGETS
 from tests.fuzz.targets import LOCAL_KEY as TARGET_LOCAL_KEY
 from tests.registry.helpers import caps, record
@@ -78,7 +81,7 @@ def _orders() -> list[SignedOrder]:
     return [SignedOrder.sign(a, t), SignedOrder.sign(a, m),
             SignedOrder.sign(a, BondOrder(chain=CHAIN, epoch=1, sender=pub(a), sequence=2, fee=0, amount=7)),
             SignedOrder.sign(a, UnbondOrder(chain=CHAIN, epoch=1, sender=pub(a), sequence=3, fee=0, amount=7)),
-            *_escrow_orders()]
+            *_escrow_orders(), *_pool_orders()]
 
 
 def _escrow_orders() -> list[SignedOrder]:
@@ -106,6 +109,26 @@ def ledger_escrow() -> list[bytes]:
     assert isinstance(payout, EscrowPayoutOrder) and isinstance(slash, EscrowSlashOrder)
     return ([b"\x00" + pack(payout.note.to_wire()), b"\x01" + pack(slash.report.to_wire())]
             + [b"\x02" + pack(s.to_wire()) for s in so])
+
+
+def _pool_orders() -> list[SignedOrder]:
+    """Every pool order kind, the fuzz key as funder (FUZZ_POOL in targets.py): a payout of a
+    real "fl_update" receipt, and a close stating FUZZ_POOL's payouts (so it applies)."""
+    f, p = FUZZ_KEY, key(2)
+    common = dict(chain=CHAIN, epoch=0, fee=1000)
+    pool = b"\x03" * 32
+    r = round_receipts(funded_announcement(pub(f), 3_000_000), 1)[0]
+    return [SignedOrder.sign(f, PoolOpenOrder(**common, sender=pub(f), sequence=0, session=b"\x02" * 32,
+                                              receipt_kind="fl_update", amount=10_000, deadline=int(NOW) + 60,
+                                              grace=600)),
+            SignedOrder.sign(p, PoolPayOrder(**common, sender=pub(p), sequence=0, pool=pool, amount=700, receipt=r)),
+            SignedOrder.sign(f, PoolCloseOrder(**common, sender=pub(f), sequence=1, pool=pool, payouts=2, paid=1000,
+                                               payouts_digest=digest_bytes(12345)))]
+
+
+def ledger_pool() -> list[bytes]:
+    rec = RewardPool(pub(FUZZ_KEY), b"\x02" * 32, "fl_update", 10_000, int(NOW), 600, paid=1000, payouts=2, acc=7)
+    return [b"\x00" + pack(so.to_wire()) for so in _pool_orders()] + [b"\x01" + rec.encode()]
 
 
 def _certificates() -> list[Certificate]:
@@ -367,7 +390,7 @@ def rpc_line() -> list[bytes]:
 GENERATORS: dict[str, Callable[[], list[bytes]]] = {
     "wire_unpack": wire_unpack, "gossip_envelope": gossip_envelope, "stream_frames": stream_frames,
     "ledger_order": ledger_order, "ledger_certificate": ledger_certificate, "ledger_replies": ledger_replies,
-    "ledger_receipt": ledger_receipt, "ledger_escrow": ledger_escrow, "fl_gossip": fl_gossip, "fl_stream": fl_stream, "fl_tensor": fl_tensor,
+    "ledger_receipt": ledger_receipt, "ledger_escrow": ledger_escrow, "ledger_pool": ledger_pool, "fl_gossip": fl_gossip, "fl_stream": fl_stream, "fl_tensor": fl_tensor,
     "fl_secagg": fl_secagg, "registry_record": registry_record, "registry_observation": registry_observation,
     "registry_gossip": registry_gossip, "registry_direct": registry_direct, "monitor_status": monitor_status, "rpc_line": rpc_line,
     "market_gossip": market_gossip, "market_stream": market_stream, "market_sla": market_sla,

@@ -32,6 +32,8 @@ from fognode.ledger.committee import (decode_committee_body, decode_committee_ce
                                       decode_committee_vote)
 from fognode.ledger.errors import CertificateRejected
 from fognode.ledger import escrow as escrow_rules
+from fognode.ledger import rewardpool as pool_rules
+from fognode.ledger.rewardpool_orders import POOL_ORDERS, PoolOpenOrder
 from fognode.ledger.escrow_orders import (ESCROW_ORDERS, EscrowCollateralOrder, decode_breach_report,
                                           decode_debit_note)
 from fognode.ledger.handover import HandoverPage
@@ -391,6 +393,46 @@ def ledger_escrow(data: bytes) -> None:
             except LocalProtocolError:
                 return
         _escrow_rules(decode_signed_order({**raw, "order": o}, peer="fuzz").order)
+
+
+# the pool every fuzzed pool order is checked against: the fuzz key is its funder
+FUZZ_POOL = pool_rules.RewardPool(FUZZ_PUB, b"\x02" * 32, "fl_update", 10_000, int(NOW), 600, paid=1000, payouts=2,
+                                  acc=12345)
+
+
+def _pool_rules(order: Any) -> None:
+    """The pool rules on a decoded pool order; one they let apply moves no micro-unit out of
+    thin air (what the pool held = what it holds plus the credits; an open creates its amount)."""
+    if pool_rules.order_problem(order) is not None:
+        return
+    p = None if isinstance(order, PoolOpenOrder) else FUZZ_POOL
+    if pool_rules.state_problem(p, order) is not None:
+        return
+    for t in (NOW - 1, NOW + 1, NOW + 700):
+        pool_rules.time_problem(p, order, t)
+    if pool_rules.blocked(p, order, set()) is not None:
+        return
+    new, credits = pool_rules.effect(p, order, b"\x00" * 32)
+    before = p.held if p is not None else new.held
+    assert all(a > 0 for _, a in credits), credits
+    assert before == new.held + sum(a for _, a in credits), (p, new, credits)
+    assert pool_rules.RewardPool.decode(new.encode()) == new and not new.problems()
+
+
+@target("ledger_pool", "ledger reward pools: pool orders through the pool rules (decode_signed_order + "
+                       "rewardpool.py), stored pool records (first byte picks)")
+def ledger_pool(data: bytes) -> None:
+    if not data:
+        return
+    if data[0] % 2 == 0:
+        so = decode_signed_order(unpack(data[1:], what="fuzz"), peer="fuzz")
+        _roundtrip(so, decode_signed_order)
+        if isinstance(so.order, POOL_ORDERS):
+            _pool_rules(so.order)
+    else:
+        rec = pool_rules.RewardPool.decode(data[1:])
+        _ = rec.problems(), rec.view(), rec.held
+        assert pool_rules.RewardPool.decode(rec.encode()) == rec
 
 
 @target("ledger_receipt", "ledger mint evidence: a receipt inside a mint order (decode_receipt + verifier)",

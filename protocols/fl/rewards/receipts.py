@@ -47,6 +47,12 @@ and the scope's commit, for the first mint it sees; a split leaves mints short o
 their senders' sequences stuck), an aggregator mints only once the coordinator adopted its
 model (FlCore._adopted).
 
+Funding. "fl_update" is a pooled kind (ledger/receipts.py "Pooled kinds"): `pool_of` names the
+announcement's `funder` and the session id, so a receipt is paid only from the reward pool the
+starter's wallet funded for that session (ledger/rewardpool.py), never minted; a session with
+no funder pays nothing. The budget is therefore real money the starter locked before anyone
+trained, and a starter paying its own Sybils only moves its own funds.
+
 What the evidence does not prove: that the weights are the strategy's. An elected aggregator
 is trusted with how it splits its round among the accepted participants (as it is trusted
 with the aggregate), not with how much the round mints: whatever it signs, one round pays at
@@ -314,6 +320,24 @@ class FlUpdateVerifier:
         if root[1] > PPM:
             raise EvidenceError(f"round {header.round}'s split gives {root[1]} ppm in all, over {PPM}")
         return reward * ppm // PPM
+
+
+    def pool_of(self, receipt: "Receipt") -> tuple[bytes, bytes, int]:
+        """(funder, session id, reward budget) of the reward pool that pays `receipt` (the
+        announcement in its body names the funder); EvidenceError if the session was not
+        funded. The budget bounds the session's receipts together: each round pays at most
+        budget // rounds (one split per round, each claim once)."""
+        from fognode.ledger.receipts import EvidenceError
+        from fognode.protocols.fl.messages import SessionAnnouncement
+
+        try:
+            ann = SessionAnnouncement.decode(Fields(receipt.body, "fl.UpdateReceipt").map("ann", max_len=16))
+        except RemoteProtocolError as e:
+            raise EvidenceError(f"fl_update evidence: {e}") from None
+        if not ann.funder:
+            raise EvidenceError(f"session {ann.session_id.hex()[:16]} names no funder: its rewards were never "
+                                f"funded, so nothing pays them")
+        return ann.funder, ann.session_id, ann.spec.reward_budget
 
 
 VERIFIER = FlUpdateVerifier()   # one instance per process: the ledger refuses a second one
