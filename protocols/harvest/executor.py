@@ -49,8 +49,8 @@ from fognode.protocols.harvest.limits import (Allowance, DutyCycle, Mechanism, P
                                               allocation_failure, choose_mechanism,
                                               job_memory_limit, over_memory, rlimit_data_bytes,
                                               stop_cause)
-from fognode.protocols.harvest.jobs import (UNKNOWN_EXIT, JobEnd, JobResult, JobSpec, JobState,
-                                            JobStatus)
+from fognode.protocols.harvest.jobs import (UNKNOWN_EXIT, JobEnd, JobPipe, JobResult, JobSpec,
+                                            JobState, JobStatus)
 from fognode.protocols.harvest.meter import JobMeter, Sample, SessionMeter, Usage
 from fognode.protocols.harvest.procstat import sample_tree
 
@@ -203,12 +203,11 @@ class Executor:
             argv = [sys.executable, "-m", spec.module, *argv]
         cgroup = str(job.cgroup.path) if job.cgroup is not None else None
         rlimit = None if cgroup else rlimit_data_bytes(job.memory_limit)
-        return launch_command(self._shell, argv, nice=self._nice, rlimit_data=rlimit, cgroup=cgroup)
+        nice = self._nice if spec.nice is None else spec.nice
+        return launch_command(self._shell, argv, nice=nice, rlimit_data=rlimit, cgroup=cgroup)
 
-    async def run(self, spec: JobSpec) -> JobResult:
-        """Run `spec` to its end and return its JobResult. Cancellable (the job is killed and
-        reaped first). Raises BadJobError for a bad spec, ExecutorError when the OS refuses to
-        start it; everything the job itself does wrong is in the result, not raised."""
+    async def _spawn(self, spec: JobSpec) -> JobState:
+        """Start `spec` (its cgroup first, where jobs get one); ExecutorError if the OS refuses."""
         job = self._new_job(spec.name, spec.memory_bytes)
         if self._cgroup is not None and self._cgroup.parent is not None:
             job.cgroup = JobCgroup(self._cgroup.parent, job.job_id)
@@ -225,15 +224,71 @@ class Executor:
             await self._drop_cgroup(job)
             raise ExecutorError(f"cannot start job {spec.name!r}: {e}") from e
         job.pid = job.proc.pid
+        return job
+
+    async def _end(self, job: JobState, session: SessionMeter | None) -> None:
+        self._jobs.pop(job.job_id, None)
+        with trio.CancelScope(shield=True):
+            await self._reap(job)
+            await self._drop_cgroup(job)
+        self._close(job, session)
+
+    async def run(self, spec: JobSpec) -> JobResult:
+        """Run `spec` to its end and return its JobResult. Cancellable (the job is killed and
+        reaped first). Raises BadJobError for a bad spec, ExecutorError when the OS refuses to
+        start it; everything the job itself does wrong is in the result, not raised."""
+        job = await self._spawn(spec)
         session = self._register(job)
         try:
             return await self._supervise(job, spec)
         finally:
-            self._jobs.pop(job.job_id, None)
-            with trio.CancelScope(shield=True):
-                await self._reap(job)
-                await self._drop_cgroup(job)
-            self._close(job, session)
+            await self._end(job, session)
+
+    async def serve(self, spec: JobSpec, *, grace: float = 5.0,
+                    task_status: trio.TaskStatus[JobPipe] = trio.TASK_STATUS_IGNORED) -> JobResult:
+        """Run `spec` as a long-lived job that talks over its pipes (the persistent WASM
+        runner): `task_status.started(pipe)` hands the caller a `JobPipe` to write its stdin,
+        read its stdout (not bounded by `max_output`: the caller reads it as it comes) and
+        charge it fuel. Same limits, suspend/resume, duty cycle and meter as `run`. The job
+        ends when it exits (or is killed over its memory limit: see `JobPipe.result`), or
+        after `pipe.release()`: its stdin is closed and it has `grace` seconds to exit before
+        it is killed. Returns its JobResult (stdout empty). Cancellable (killed and reaped)."""
+        job = await self._spawn(spec)
+        session = self._register(job)
+        pipe = JobPipe(job)
+        proc = job.proc
+        assert proc is not None
+        err = bytearray()
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._control, job)
+                outer.start_soon(self._release, pipe, proc, grace)
+                self._apply_phase(job, trio.current_time())
+                task_status.started(pipe)
+                async with trio.open_nursery() as io:
+                    io.start_soon(self._collect, job, proc.stderr, err, None)
+                    await self._exited(proc.pid)
+                    last, _ = await trio.to_thread.run_sync(sample_tree, proc.pid)
+                    ended = trio.current_time()
+                    self._kill_tree(job)    # leftovers: once they are gone stderr reaches EOF
+                    io.cancel_scope.deadline = trio.current_time() + REAP_TIMEOUT
+                outer.cancel_scope.cancel()
+            code = await proc.wait()
+            pipe.result = self._result(job, code, b"", bytes(err[-STDERR_TAIL:]),
+                                       job.meter.finish(ended, last))
+            return pipe.result
+        finally:
+            pipe.exited.set()
+            await self._end(job, session)
+
+    async def _release(self, pipe: JobPipe, proc: trio.Process, grace: float) -> None:
+        """When the owner releases the job: close its stdin, kill it after `grace` s."""
+        await pipe.released.wait()
+        if not pipe.kill_now and proc.stdin is not None:
+            with trio.move_on_after(1):
+                await proc.stdin.aclose()
+            await trio.sleep(grace)
+        self._kill_tree(pipe.job)
 
     async def watch(self, pid: int, *, name: str = "watched", memory_bytes: int | None = None,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> JobResult:
@@ -460,3 +515,4 @@ class Executor:
             await trio.sleep(0.01)
         log.warning("harvest job %d: could not remove its cgroup %s", job.job_id,
                         job.cgroup.path)
+
