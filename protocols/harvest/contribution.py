@@ -10,7 +10,9 @@ RUNNING when the ledger is loaded were cut short by a crash and are closed as AB
 *Credits* come only from receipts signed by the party that received the work (receipts.py):
 validated or rejected, with the tokens they entitle the device to. An FL receipt is accepted
 only for an FL session this device has a harvest session for (it did work there); a market
-receipt must name this device. The ledger keeps each receipt once.
+receipt must name this device and a job (agreement) it has a market harvest session for, and
+is credited once per job (a second receipt for the same job, even newly signed, is a
+duplicate). The ledger keeps each receipt once.
 
 Totals and the reliability score (`Contribution`):
 - completed / abandoned sessions, validated / rejected results, `consecutive_valid` (BOINC's
@@ -36,8 +38,8 @@ from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.wire import Fields
 from fognode.protocols.harvest.contribution_store import ContributionStore
 from fognode.protocols.harvest.meter import Usage
-from fognode.protocols.harvest.receipts import (FL_ROUND, KINDS, Credit, Outcome, ReceiptRefused,
-                                                RefuseReason, verify_evidence)
+from fognode.protocols.harvest.receipts import (FL_ROUND, KINDS, MARKET_JOB, Credit, Outcome,
+                                                ReceiptRefused, RefuseReason, verify_evidence)
 
 log = logging.getLogger("fognode.harvest")
 
@@ -267,6 +269,13 @@ class ContributionLedger:
         if c.kind == FL_ROUND and ("fl", c.ref) not in self._by_ref:
             raise ReceiptRefused(RefuseReason.FOREIGN, f"this device did no work for FL session "
                                                        f"{c.ref[:16]}", peer=peer)
+        if c.kind == MARKET_JOB:
+            if ("market", c.ref) not in self._by_ref:
+                raise ReceiptRefused(RefuseReason.FOREIGN, f"this device ran no market job "
+                                                           f"{c.ref[:16]}", peer=peer)
+            if any(o.kind == MARKET_JOB and o.ref == c.ref for o in self._credits.values()):
+                raise ReceiptRefused(RefuseReason.DUPLICATE, f"market job {c.ref[:16]} is "
+                                                             "already credited", peer=peer)
         self._seq += 1
         self.store.put_credit(self._seq, {"kind": kind, "evidence": data, "received": float(now)})
         self._count(c)

@@ -90,7 +90,8 @@ class HarvestRole(HarvestRpc, Role):
         return HarvestService(peer_id=self.ctx.peer_id, ledger=ledger,
                               executor=Executor(nice=19, cgroup=probe_cgroup()),
                               core=PolicyCore(policy), metrics=self.metrics, events=self.ctx.events,
-                              clock=self.ctx.clock, base_policy=base, store=store, stored=stored)
+                              clock=self.ctx.clock, base_policy=base, store=store, stored=stored,
+                              nice=self.config.nice())
 
     # -- the loop ------------------------------------------------------------------------------
 

@@ -50,7 +50,6 @@ class MarketConfig:
     job_deadline: int = 600               # default seconds from a request to its agreement's deadline
     max_blob_bytes: int = 16_777_216      # largest module or input blob taken over a job stream
     max_tasks: int = 10_000               # tasks one burst may hold
-    executor_nice: int = 19               # nice value of the WASM job processes
     fault_corrupt_output: bool = False    # TEST ONLY fault injector: return a wrong output for every job
     fault_withhold_notes: bool = False    # TEST ONLY fault injector: as a customer, never co-sign a debit note
 
@@ -115,5 +114,3 @@ class MarketConfig:
             raise bad("max_blob_bytes", f"must be between 1024 and {MAX_MODULE}")
         if not 1 <= self.max_tasks <= 1_000_000:
             raise bad("max_tasks", "must be between 1 and 1,000,000")
-        if not -20 <= self.executor_nice <= 19:
-            raise bad("executor_nice", "must be between -20 and 19")

@@ -20,6 +20,11 @@ ledger by this node's default wallet for the agreement's `max_total`, until its 
 - When every task is decided (or no provider is left for the rest, or the earliest deadline is
   near) each provider gets `end`, its final debit is answered, and `run` returns one outcome
   per task. The caller refunds the unspent escrows after their deadlines (escrow rules).
+- Receipts: with the final note (all of its results decided, nothing in flight) a provider
+  gets a harvest `WorkReceipt` signed with this node's identity key: validated, the tokens of
+  that note, the fuel of its accepted results; a provider that was outvoted gets a rejected
+  one (the tokens of the notes signed before) just before the dispute. Its contribution ledger
+  credits it (harvest receipts.py). CPU seconds are 0: the customer cannot see them.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import trio
+from nacl.signing import SigningKey
 
 from fognode.ledger.api import LedgerApi
 from fognode.ledger.escrow_client import CLOCK_MARGIN
@@ -40,6 +46,7 @@ from fognode.protocols.market.contracts import Contract, Contracts
 from fognode.protocols.market.events import ServiceContractCreated, SLABreach
 from fognode.protocols.market.jobwire import (CHUNK, JOB_PROTOCOL, MAX_FRAME, Payee, Result,
                                               Simple, Task, decode_job, simple, task_cost)
+from fognode.protocols.harvest.receipts import Outcome, sign_work_receipt
 from fognode.protocols.market.metrics import MarketMetrics
 from fognode.protocols.registry.api import ReputationService
 
@@ -62,6 +69,7 @@ class Link:
     dead: bool = False
     liar: bool = False
     ended: bool = False              # we sent `end`: the provider closing the stream is normal
+    receipt_sent: bool = False
     finished: trio.Event = field(default_factory=trio.Event)
 
     async def send(self, obj: dict[str, Any]) -> None:
@@ -118,7 +126,8 @@ class Burst:
                  ledger: LedgerApi, config: MarketConfig, metrics: MarketMetrics,
                  publish: Callable[[Any], None], reputation: ReputationService | None,
                  clock: Callable[[], float],
-                 progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> None:
+                 progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+                 key: SigningKey | None = None) -> None:
         self.tasks = [TaskState(t) for t in tasks]
         self.blobs = blobs
         self.replication = replication
@@ -130,6 +139,7 @@ class Burst:
         self.reputation = reputation
         self.clock = clock
         self.progress = progress
+        self.key = key                 # signs the providers' work receipts (None: none sent)
         self.links: list[Link] = []
         self.changed = trio.Event()
         self.decided = 0
@@ -265,13 +275,30 @@ class Burst:
                           else f"due {due} is not the {cost} the accepted results cost")
                 self.metrics.breaches.labels("disputed").inc()
                 link.contract.state = "disputed"
+                if link.liar:
+                    await self._send_receipt(link, Outcome.REJECTED, link.contract.due)
                 await link.send(simple("dispute", reason=reason))
                 return
             note = await self.ledger.sign_debit_note(escrow, due)
             link.contract.due = due
             await link.send(simple("note", due=due, sig=note.signature))
+            if link.ended and not link.inflight and self._accepted_cost(link)[1]:
+                await self._send_receipt(link, Outcome.VALIDATED, due)
         except (FognodeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
             log.info("market: debit answer to %s not sent: %s", link.peer, e)
+
+    async def _send_receipt(self, link: Link, outcome: Outcome, tokens: int) -> None:
+        """The provider's WorkReceipt for this agreement (once), signed by this node."""
+        if self.key is None or link.receipt_sent:
+            return
+        link.receipt_sent = True
+        fuel = sum(r.fuel for i, r in link.results.items()
+                   if outcome is Outcome.REJECTED or (self.tasks[i].final is not None
+                                                      and r.vote == self.tasks[i].final.vote))
+        receipt = sign_work_receipt(self.key, worker=link.peer, job=link.contract.id,
+                                    outcome=outcome, tokens=tokens, cpu_seconds=0.0, fuel=fuel,
+                                    time=self.clock())
+        await link.send(simple("receipt", receipt=receipt.encode()))
 
     # ---- assignment ---------------------------------------------------------------------------
 

@@ -250,7 +250,8 @@ class MarketService:
                  for i, a in enumerate(job.args)]
         burst = Burst(tasks, blobs, min(replication, len(links)), ledger=ledger,
                       config=self.config, metrics=self.metrics, publish=self.ctx.events.publish,
-                      reputation=self.reputation(), clock=self.ctx.clock, progress=progress)
+                      reputation=self.reputation(), clock=self.ctx.clock, progress=progress,
+                      key=self.ctx.identity)
         outcomes = await burst.run(links)
         t_run = trio.current_time()
         for lk in links:

@@ -42,7 +42,7 @@ from fognode.tools.bench.harvest import xorshift_func
 from fognode.tools.devnet import Devnet, wait_until
 
 WORK_WAT = f"(module {xorshift_func('work')})"   # the harvest benchmark's kernel, exported as `work`
-SETTINGS = ["--set", "protocols.market.executor_nice=0", "--set", "protocols.market.debit_interval=1"]
+SETTINGS = ["--set", "protocols.harvest.market_nice=0", "--set", "protocols.market.debit_interval=1"]
 
 
 def local_run(module: bytes, n: int, fuel: int) -> tuple[float, Any]:
