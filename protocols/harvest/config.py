@@ -31,6 +31,7 @@ class HarvestConfig(HarvestPolicy):
     tick_interval: float = 5.0         # seconds between policy decisions (sensor reads)
     market_nice: int = 19              # nice of market WASM jobs (19: yield to everything, as BOINC)
     manual_nice: int = 19              # nice of jobs an operator's "manual" session runs
+    history_sessions: int = 1000       # finished sessions kept in full; older work folds into per-day totals
 
     def __post_init__(self) -> None:
         """No check at construction: node/config.py calls `validate(source)` so that an error
@@ -49,6 +50,10 @@ class HarvestConfig(HarvestPolicy):
             raise bad("trace_mode", f"must be one of {', '.join(TRACE_MODES)}, got {self.trace_mode!r}")
         if not 0.1 <= self.tick_interval <= 3600:
             raise bad("tick_interval", f"must be between 0.1 and 3600 seconds, got {self.tick_interval:g}")
+        if isinstance(self.history_sessions, bool) or not isinstance(self.history_sessions, int) \
+                or not 10 <= self.history_sessions <= 1_000_000:
+            raise bad("history_sessions", f"must be an integer between 10 and 1000000, got "
+                                          f"{self.history_sessions!r}")
         for key in ("market_nice", "manual_nice"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 19:

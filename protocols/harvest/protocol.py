@@ -86,7 +86,8 @@ class HarvestRole(HarvestRpc, Role):
         except PolicyStoreError as e:
             raise PermanentRoleError(str(e)) from None
         ledger = ContributionLedger(ContributionStore(self.ctx.role_dir("harvest") / "contributions"),
-                                    self.ctx.peer_id, self.ctx.clock())
+                                    self.ctx.peer_id, self.ctx.clock(),
+                                    keep=self.config.history_sessions)
         return HarvestService(peer_id=self.ctx.peer_id, ledger=ledger,
                               executor=Executor(nice=19, cgroup=probe_cgroup()),
                               core=PolicyCore(policy), metrics=self.metrics, events=self.ctx.events,
