@@ -292,9 +292,11 @@ class Burst:
         if self.key is None or link.receipt_sent:
             return
         link.receipt_sent = True
-        fuel = sum(r.fuel for i, r in link.results.items()
-                   if outcome is Outcome.REJECTED or (self.tasks[i].final is not None
-                                                      and r.vote == self.tasks[i].final.vote))
+        fuel = 0
+        for i, r in link.results.items():
+            final = self.tasks[i].final
+            if outcome is Outcome.REJECTED or (final is not None and r.vote == final.vote):
+                fuel += r.fuel
         receipt = sign_work_receipt(self.key, worker=link.peer, job=link.contract.id,
                                     outcome=outcome, tokens=tokens, cpu_seconds=0.0, fuel=fuel,
                                     time=self.clock())

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Callable
 
 import trio
 
 from fognode.protocols.harvest.executor import Executor
 from fognode.protocols.harvest.meter import Usage
 from fognode.protocols.harvest.procstat import process_state
-from fognode.protocols.harvest.wasm import WasmJob, run_wasm
+from fognode.protocols.harvest.wasm import WasmJob, WasmResult, run_wasm
 from fognode.protocols.harvest.wasm_engine import ModuleCache, WasmStatus, execute
-from fognode.protocols.harvest.wasm_worker import open_wasm_worker
+from fognode.protocols.harvest.wasm_worker import WasmWorker, open_wasm_worker
 from tests.harvest.wat import jobs_module, xorshift
 from tests.polling import wait_until
 
@@ -88,20 +89,24 @@ async def test_the_child_is_metered_suspended_and_its_usage_reported() -> None:
     assert not ex.status(), "the child is gone"
 
 
+async def spin_until(ex: Executor, w: WasmWorker, act: Callable[[int], None]) -> WasmResult:
+    """Run an endless job on the worker, `act(pid of its child)` once it works; its result."""
+    results: list[WasmResult] = []
+    async with trio.open_nursery() as n:
+        async def go() -> None:
+            results.append(await w.run(WasmJob(MOD, "spin", fuel=10**12)))
+        n.start_soon(go)
+        await wait_until(lambda: ex.status() and ex.status()[0].usage.cpu_s > 0.1, 60,
+                         "the runner to work")
+        act(ex.status()[0].pid)
+    return results[0]
+
+
 async def test_a_dead_child_fails_its_job_and_the_next_job_gets_a_new_one() -> None:
     ex = Executor(nice=0, poll_interval=0.05)
     async with open_wasm_worker(ex, name="w") as w:
         assert (await w.run(JOBS[0])).ok
-        pid = ex.status()[0].pid
-        results = []
-        async with trio.open_nursery() as n:
-            async def go() -> None:
-                results.append(await w.run(WasmJob(MOD, "spin", fuel=10**12)))
-            n.start_soon(go)
-            await wait_until(lambda: ex.status() and ex.status()[0].usage.cpu_s > 0.1, 60,
-                             "the runner to work")
-            os.kill(pid, signal.SIGKILL)
-        [dead] = results
+        dead = await spin_until(ex, w, lambda pid: os.kill(pid, signal.SIGKILL))
         assert dead.status is WasmStatus.RUNNER_FAILED and "SIGKILL" in dead.message
         again = await w.run(JOBS[0])
         assert again.ok and again.results == (xorshift(5000),) and w.children == 2
@@ -111,15 +116,8 @@ async def test_a_child_over_its_memory_limit_is_killed_and_replaced() -> None:
     ex = Executor(nice=0, poll_interval=0.02)
     async with open_wasm_worker(ex, name="w") as w:
         assert (await w.run(JOBS[0])).ok
-        results = []
-        async with trio.open_nursery() as n:
-            async def go() -> None:
-                results.append(await w.run(WasmJob(MOD, "spin", fuel=10**12)))
-            n.start_soon(go)
-            await wait_until(lambda: ex.status() and ex.status()[0].usage.cpu_s > 0.1, 60,
-                             "the runner to work")
-            ex.set_allowance(1.0, 16 * 1024 * 1024)    # below what the child holds
-        [big] = results
+        # an allowance below what the child holds: the meter kills it, with the reason
+        big = await spin_until(ex, w, lambda pid: ex.set_allowance(1.0, 16 * 1024 * 1024))
         assert big.status is WasmStatus.MEMORY_LIMIT and "memory limit" in big.message, big.message
         ex.set_allowance(1.0, 1 << 30)
         again = await w.run(JOBS[0])
