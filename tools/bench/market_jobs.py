@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         used = cpu_seconds(net.nodes) - cpu0
         row("CPU, one local core", local_cpu)
         row("CPU, all daemons and job processes", used, f"{used / local_cpu:.1f}x local, "
-            f"{used / args.tasks * 1000:.0f} ms per task")
+            f"{used / max(1, ok) * 1000:.0f} ms per task ok")
         bad: dict[str, int] = {}
         for t in b["tasks"]:
             if t["status"] != "ok":
