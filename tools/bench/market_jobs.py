@@ -22,10 +22,11 @@ per million fuel. Rows:
   agreement's deadline by design and is not timed here;
 - burst: `market.burst` of `tasks` tasks work(burst_rounds + i) over `providers` providers,
   request to all results, against the same tasks run one after the other in this process (one
-  local core); and the CPU seconds the burst cost all daemons of the devnet and their job
-  processes (their own and their reaped children's CPU times, read once the providers' job
-  processes are gone), against the local run's CPU seconds: unlike wall time, this barely
-  depends on what else the machine runs. Tasks that did not end `ok` are listed by status.
+  local core); and the CPU seconds the burst cost: the job processes (the daemons' reaped
+  children, read once the providers' job processes are gone) against the local run's CPU,
+  and the daemons themselves (everything they do meanwhile, background work included). Job
+  CPU barely depends on what else the machine runs, unlike wall time. Tasks that did not end
+  `ok` are listed by why, with the providers found dead or outvoted.
 The machine's load is printed: on a shared 2-core machine these are upper bounds.
 """
 from __future__ import annotations
@@ -55,14 +56,15 @@ def local_run(module: bytes, n: int, fuel: int) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def cpu_seconds(nodes: list[DevnetNode]) -> float:
-    """CPU seconds the daemons used so far, with their reaped children's (job processes)."""
-    total = 0.0
+def cpu_seconds(nodes: list[DevnetNode]) -> tuple[float, float]:
+    """CPU seconds the daemons used so far, and their reaped children (the job processes)."""
+    own = jobs = 0.0
     for n in nodes:
         if n.proc is not None:
             t = psutil.Process(n.proc.pid).cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-    return total
+            own += t.user + t.system
+            jobs += t.children_user + t.children_system
+    return own, jobs
 
 
 def jobs_gone(nodes: list[DevnetNode]) -> bool:
@@ -140,10 +142,13 @@ def main(argv: list[str] | None = None) -> None:
         for k, v in b["seconds"].items():
             row(f"  {k}", v)
         wait_until(lambda: jobs_gone(net.nodes) or None, timeout=60, what="the job processes gone")
-        used = cpu_seconds(net.nodes) - cpu0
+        own, jobs = (b - a for a, b in zip(cpu0, cpu_seconds(net.nodes)))
         row("CPU, one local core", local_cpu)
-        row("CPU, all daemons and job processes", used, f"{used / local_cpu:.1f}x local, "
-            f"{used / max(1, ok) * 1000:.0f} ms per task ok")
+        row("CPU, the job processes", jobs, f"{jobs / local_cpu:.1f}x local, "
+            f"{jobs / max(1, ok) * 1000:.1f} ms per task ok")
+        row("CPU, the daemons", own, f"{own / max(1, ok) * 1000:.1f} ms per task ok")
+        if b["dead"] or b["liars"]:
+            print(f"  providers dead: {len(b['dead'])}, outvoted: {len(b['liars'])}")
         bad: dict[str, int] = {}
         for t in b["tasks"]:
             if t["status"] != "ok":
