@@ -282,10 +282,17 @@ class Burst:
             note = await self.ledger.sign_debit_note(escrow, due)
             link.contract.due = due
             await link.send(simple("note", due=due, sig=note.signature))
-            if link.ended and not link.inflight and self._accepted_cost(link)[1]:
-                await self._send_receipt(link, Outcome.VALIDATED, due)
+            await self._final_receipt(link)
         except (FognodeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
             log.info("market: debit answer to %s not sent: %s", link.peer, e)
+
+    async def _final_receipt(self, link: Link) -> None:
+        """A validated receipt once the provider has `end`, nothing in flight, every result
+        decided and a co-signed note for all it earned (after that note or after `end`)."""
+        cost, settled = self._accepted_cost(link)
+        if link.ended and not link.liar and not link.inflight and settled and cost > 0 \
+                and link.contract.due == cost:
+            await self._send_receipt(link, Outcome.VALIDATED, cost)
 
     async def _send_receipt(self, link: Link, outcome: Outcome, tokens: int) -> None:
         """The provider's WorkReceipt for this agreement (once), signed by this node."""
@@ -384,6 +391,7 @@ class Burst:
                     try:
                         lk.ended = True
                         await lk.send(simple("end"))
+                        await self._final_receipt(lk)   # its last note may be signed already
                     except (FognodeError, OSError, trio.BrokenResourceError,
                             trio.ClosedResourceError):
                         self._dead(lk, "the job stream broke at the end")

@@ -63,6 +63,7 @@ from fognode.protocols.registry.peerid import peer_id_from_pubkey
 log = logging.getLogger("fognode.market")
 
 ESCROW_POLL = 0.2
+RECEIPT_WAIT = 5.0       # seconds we wait for the customer's receipt after the final payout
 
 
 class Stop(Exception):
@@ -351,7 +352,7 @@ class _Session:
             if idle_end and self.noted >= self.due:
                 self.contract.state = "done"
                 await self._drain_payout()
-                with trio.move_on_after(cfg.debit_deadline):
+                with trio.move_on_after(RECEIPT_WAIT):
                     while self.receipt is None:      # the customer sends it with its final note
                         await trio.sleep(0.05)
                 scope.cancel()
