@@ -147,8 +147,11 @@ def main(argv: list[str] | None = None) -> None:
         row("CPU, the job processes", jobs, f"{jobs / local_cpu:.1f}x local, "
             f"{jobs / max(1, ok) * 1000:.1f} ms per task ok")
         row("CPU, the daemons", own, f"{own / max(1, ok) * 1000:.1f} ms per task ok")
-        if b["dead"] or b["liars"]:
-            print(f"  providers dead: {len(b['dead'])}, outvoted: {len(b['liars'])}")
+        for cid in b["contracts"]:
+            view = c.rpc("market.contract", [cid])
+            if view["peer"] in b["dead"] or view["peer"] in b["liars"]:
+                print(f"  provider {view['peer'][-8:]} {view['state']} after {view['tasks']} "
+                      f"task(s): {view['detail'][:100]}")
         bad: dict[str, int] = {}
         for t in b["tasks"]:
             if t["status"] != "ok":
