@@ -47,7 +47,7 @@ from fognode.node.wire import digest
 from fognode.protocols.harvest.api import HarvestApi
 from fognode.protocols.harvest.exec_errors import BadJobError
 from fognode.protocols.harvest.receipts import (MARKET_JOB, Outcome, ReceiptRefused,
-                                                decode_work_receipt)
+                                                RefuseReason, WorkReceipt, decode_work_receipt)
 from fognode.protocols.harvest.wasm import WasmJob, WasmResult
 from fognode.protocols.harvest.wasm_worker import WasmWorker
 from fognode.protocols.market.agreement import Agreement, decode_negotiation
@@ -64,6 +64,24 @@ log = logging.getLogger("fognode.market")
 
 ESCROW_POLL = 0.2
 RECEIPT_WAIT = 5.0       # seconds we wait for the customer's receipt after the final payout
+
+
+def check_receipt(data: bytes, *, customer: str, worker: str, agreement: bytes, noted: int,
+                  peer: str | None = None) -> WorkReceipt:
+    """The customer's WorkReceipt for one agreement, if it fits: signed by the agreement's
+    `customer`, for `worker` (us) and `agreement`, for at most the `noted` tokens the
+    customer's debit notes granted. ReceiptRefused (MALFORMED, BAD_SIGNATURE, FOREIGN) says
+    why not."""
+    r = decode_work_receipt(data, peer=peer)
+    if r.issuer != customer:
+        raise ReceiptRefused(RefuseReason.FOREIGN, f"issued by {r.issuer}, not by the "
+                                                   f"agreement's customer {customer}", peer=peer)
+    if r.worker != worker or r.job != agreement:
+        raise ReceiptRefused(RefuseReason.FOREIGN, "for another worker or agreement", peer=peer)
+    if r.tokens > noted:
+        raise ReceiptRefused(RefuseReason.MALFORMED, f"claims {r.tokens} tokens, the debit notes "
+                                                     f"granted {noted}", peer=peer)
+    return r
 
 
 class Stop(Exception):
@@ -212,10 +230,7 @@ class _Session:
             why = str(e) or type(e).__name__
             raise
         finally:
-            self._credit(harvest)
-            done = self.contract.state == "done"
-            harvest.stop_harvest_session(hs.session_id, completed=done,
-                                         reason="" if done else why[:200])
+            self._end_session(hs.session_id, why)
 
     async def _await_escrow(self, ledger: LedgerApi, eid: bytes, payee: bytes) -> None:
         with trio.move_on_after(self.jobs.config.escrow_wait):
@@ -386,20 +401,29 @@ class _Session:
     # ---- the customer's receipt ----------------------------------------------------------------
 
     def _on_receipt(self, data: bytes) -> None:
-        """Keep the customer's WorkReceipt if it is for this job, this node, by this
-        agreement's customer, within its notes (else WARNING: nothing is credited)."""
-        peer = self.s.remote_peer
+        """Keep the customer's WorkReceipt if it fits this job (`check_receipt`), else WARNING:
+        nothing is credited."""
         try:
-            r = decode_work_receipt(data, peer=peer)
+            r = check_receipt(data, customer=peer_id_from_pubkey(self.t.customer),
+                              worker=self.jobs.peer_id, agreement=self.aid,
+                              noted=max(self.noted, self.contract.paid), peer=self.s.remote_peer)
         except ReceiptRefused as e:
             log.warning("market: receipt for %s refused: %s", self.aid.hex()[:16], e)
             return
-        want = (peer_id_from_pubkey(self.t.customer), self.jobs.peer_id, self.aid)
-        if (r.issuer, r.worker, r.job) != want or r.tokens > max(self.noted, self.contract.paid):
-            log.warning("market: receipt for %s refused: not by this agreement's customer, for "
-                        "this node and job, within its debit notes", self.aid.hex()[:16])
-            return
         self.receipt, self.receipt_outcome, self.receipt_tokens = data, r.outcome, r.tokens
+
+    def _end_session(self, session_id: bytes, why: str) -> None:
+        """Credit the receipt and end the harvest session (unless the harvest role stopped
+        meanwhile: it abandoned its sessions itself)."""
+        harvest = self.jobs.harvest()
+        if harvest is None:
+            return
+        self._credit(harvest)
+        done = self.contract.state == "done"
+        try:
+            harvest.stop_harvest_session(session_id, completed=done, reason="" if done else why[:200])
+        except LookupError:
+            pass     # the harvest role restarted: the session was closed with it
 
     def _credit(self, harvest: HarvestApi) -> None:
         """Credit the receipt: a rejected one as it is, a validated one once paid in full."""
