@@ -14,9 +14,11 @@ ledger by this node's default wallet for the agreement's `max_total`, until its 
   task, its open tasks go to others, its debit requests are disputed (it is not paid), an
   SLABreach "wrong_result" is emitted and reputation gets a bad outcome. A provider whose
   stream breaks or that stops is dead: its open tasks are re-assigned.
-- Debit notes: a provider's debit request is signed when it equals the cost of its results
-  that were accepted (`jobwire.task_cost` of each reported fuel at the agreed price); it is
-  answered once its results are decided (waiting at most half of `debit_deadline`).
+- Debit notes: a provider's debit request is signed when it equals the cost of its accepted
+  results among those that came before the request on the stream (`jobwire.task_cost` of each
+  reported fuel at the agreed price; results that overtake the answer belong to the next
+  request); it is answered once those results are decided (waiting at most half of
+  `debit_deadline`).
 - When every task is decided (or no provider is left for the rest, or the earliest deadline is
   near) each provider gets `end`, its final debit is answered, and `run` returns one outcome
   per task. The caller refunds the unspent escrows after their deadlines (escrow rules).
@@ -233,7 +235,8 @@ class Burst:
                 if isinstance(msg, Result):
                     await self._on_result(link, msg)
                 elif isinstance(msg, Simple) and msg.t == "debit":
-                    nursery.start_soon(self._answer_debit, link, msg.due)
+                    # the debit covers the results that came before it on the stream
+                    nursery.start_soon(self._answer_debit, link, msg.due, set(link.results))
                 elif isinstance(msg, Simple) and msg.t == "stop":
                     self._dead(link, f"provider stopped: {msg.reason}")
                     return
@@ -248,10 +251,13 @@ class Burst:
             link.finished.set()
             self._poke()
 
-    def _accepted_cost(self, link: Link) -> tuple[int, bool]:
-        """(cost of the provider's accepted results, whether all of its results are decided)."""
+    def _accepted_cost(self, link: Link, only: set[int] | None = None) -> tuple[int, bool]:
+        """(cost of the provider's accepted results, whether all of them are decided), of the
+        results with an index in `only` when given."""
         cost, settled = 0, True
         for i, r in link.results.items():
+            if only is not None and i not in only:
+                continue
             final = self.tasks[i].final
             if final is None:
                 settled = False
@@ -259,15 +265,15 @@ class Burst:
                 cost += task_cost(r.fuel, link.price)
         return cost, settled
 
-    async def _answer_debit(self, link: Link, due: int) -> None:
+    async def _answer_debit(self, link: Link, due: int, covered: set[int]) -> None:
         if self.config.fault_withhold_notes:       # TEST ONLY: a customer that stops paying
             log.warning("market: fault_withhold_notes: debit of %s from %s left unanswered",
                         due, link.peer)
             return
         with trio.move_on_after(self.config.debit_deadline / 2):
-            while not link.liar and not self._accepted_cost(link)[1]:
+            while not link.liar and not self._accepted_cost(link, covered)[1]:
                 await trio.sleep(0.05)
-        cost, _ = self._accepted_cost(link)
+        cost, _ = self._accepted_cost(link, covered)
         escrow = link.contract.escrow
         try:
             if link.liar or due != cost or escrow is None:
@@ -280,7 +286,7 @@ class Burst:
                 await link.send(simple("dispute", reason=reason))
                 return
             note = await self.ledger.sign_debit_note(escrow, due)
-            link.contract.due = due
+            link.contract.due = max(link.contract.due, due)   # answers may finish out of order
             await link.send(simple("note", due=due, sig=note.signature))
             await self._final_receipt(link)
         except (FognodeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
