@@ -294,9 +294,10 @@ class Burst:
 
     async def _final_receipt(self, link: Link) -> None:
         """A validated receipt once the provider has `end`, nothing in flight, every result
-        decided and a co-signed note for all it earned (after that note or after `end`)."""
+        decided and a co-signed note for all it earned (after that note or after `end`; a job
+        that cost nothing, e.g. an invalid module, gets one for 0 tokens)."""
         cost, settled = self._accepted_cost(link)
-        if link.ended and not link.liar and not link.inflight and settled and cost > 0 \
+        if link.ended and not link.liar and not link.inflight and settled and link.results \
                 and link.contract.due == cost:
             await self._send_receipt(link, Outcome.VALIDATED, cost)
 
