@@ -5,8 +5,8 @@ The seed's Harvest Management Service, for FL today and the market next:
 contribution ledger's account of it), `get_available_harvesters(criteria)`,
 `update_harvest_policy`; plus what the consumers of work need: `suspension()` (may this
 device work now?), `adopt` (lend a process the consumer owns, e.g. FL's task process, to a
-session: stopped while suspended, metered), `run_job` / `run_wasm` (market jobs under the
-executor), and `credit` (a receipt signed by whoever received the work).
+session: stopped while suspended, metered), `run_job` / `run_wasm` / `wasm_worker` (market jobs
+under the executor), and `credit` (a receipt signed by whoever received the work).
 `harvest_api(ctx.services)` is the one typed look-up: the facade, or None when no harvest
 role runs on this node. Every method is a thin view of `HarvestService` (service.py); only
 `adopt`, `run_job` and `run_wasm` await.
@@ -24,6 +24,7 @@ from fognode.protocols.harvest.policy import HarvestPolicy
 from fognode.protocols.harvest.receipts import Credit
 from fognode.protocols.harvest.service import ContributionReport, HarvestService, PidOf
 from fognode.protocols.harvest.wasm import WasmJob, WasmResult
+from fognode.protocols.harvest.wasm_worker import WasmWorker
 from fognode.protocols.registry.api import RegistryService
 from fognode.protocols.registry.record import DeviceRecord, HarvestInfo
 from fognode.protocols.registry.view import Criteria
@@ -110,6 +111,11 @@ class HarvestApi:
 
     async def run_wasm(self, session_id: bytes, job: WasmJob) -> WasmResult:
         return await self._svc.run_wasm(session_id, job)
+
+    def wasm_worker(self, session_id: bytes, name: str) -> AbstractAsyncContextManager[WasmWorker]:
+        """`async with api.wasm_worker(sid, "market 1a2b") as w: await w.run(job)`: a
+        persistent WASM runner whose work is metered into harvest session `sid` (service.py)."""
+        return self._svc.wasm_worker(session_id, name)
 
     def credit(self, kind: str, data: bytes, *, peer: str | None = None) -> Credit:
         """Credit a receipt ("fl_round": an FL RoundReceipt's wire bytes; "market_job": a

@@ -9,13 +9,25 @@ needs `Delegate=yes` and a parent given in config), and a child cgroup can reall
 The answer says why not when it is no, e.g. on a hybrid host whose memory controller is
 still on cgroup v1.
 
-`JobCgroup` is one job's cgroup `fognode-<pid>-job<n>` under that parent: `memory.max` (and
-`memory.swap.max` 0, so the limit is not dodged into swap; `memory.oom.group` 1, so an OOM
-kill takes the whole job), `cpu.max`, the OOM-kill count from `memory.events`, `cgroup.kill`,
-and removal once it is empty. The job's launcher writes its own pid to `cgroup.procs` before it
-runs the work, so no allocation escapes the limit. Writes to cgroupfs are synchronous and take
-microseconds. (Not exercised on the development host, whose memory controller is on cgroup
-v1: the test of this path skips there, saying so.)
+When the parent is a writable cgroup v2 that does not offer memory and cpu (a hybrid host
+whose controllers are bound to cgroup v1 hierarchies), jobs still get cgroups for what the v2
+core gives without controllers (`CgroupSupport.limits` False): containment (the launcher puts
+the job in its cgroup before the work runs, so every descendant stays in it, even one that
+left the job's process group with setsid; `cgroup.kill` takes them all at once) and exact CPU
+accounting of the whole tree (`cpu.stat` usage_usec, counting descendants that were never
+reaped by the job); the limits stay RLIMIT_DATA, the meter and the duty cycle. The probe also
+removes empty job cgroups that a daemon killed with SIGKILL left behind.
+
+`JobCgroup` is one job's cgroup `fognode-<pid>-job<n>` under that parent: with limits,
+`memory.max` (and `memory.swap.max` 0, so the limit is not dodged into swap;
+`memory.oom.group` 1, so an OOM kill takes the whole job) and `cpu.max`, the OOM-kill count
+from `memory.events`; always `cgroup.kill`, `cpu.stat`, and removal once it is empty. The job's
+launcher writes its own pid to `cgroup.procs` before it runs the work, so no allocation
+escapes the limit. Writes to cgroupfs are synchronous and take microseconds. (The development
+host is hybrid: every controller but hugetlb is on cgroup v1, and a cgroup2 mount in a private
+mount namespace, even with the v1 cpu and pids hierarchies unmounted there, still offers only
+hugetlb, because the host's mounts keep those hierarchies alive. So the containment mode runs
+there and is tested; the memory.max / cpu.max path is not, and its test skips, saying why.)
 """
 from __future__ import annotations
 
@@ -35,6 +47,7 @@ class CgroupSupport:
     available: bool
     parent: Path | None
     reason: str
+    limits: bool = True      # memory and cpu controllers (False: containment and accounting only)
 
 
 def cgroup2_mount(mountinfo: str) -> Path | None:
@@ -79,9 +92,10 @@ def probe_cgroup(parent: Path | None = None) -> CgroupSupport:
         return CgroupSupport(False, None, f"{parent} is not writable (no delegation)")
     offered = _read(parent / "cgroup.controllers").split()
     missing = [c for c in NEEDED if c not in offered]
+    _remove_stale(parent)
     if missing:
-        return CgroupSupport(False, None, f"{parent} does not offer the {'/'.join(missing)} "
-                             "controller(s) (a cgroup v1 or hybrid host?)")
+        return _containment(parent, f"{parent} does not offer the {'/'.join(missing)} "
+                                    "controller(s) (a cgroup v1 or hybrid host?)")
     enabled = _read(parent / "cgroup.subtree_control").split()
     if not all(c in enabled for c in NEEDED):
         try:
@@ -102,16 +116,58 @@ def probe_cgroup(parent: Path | None = None) -> CgroupSupport:
     return CgroupSupport(True, parent, f"jobs get cgroups under {parent}")
 
 
+def _containment(parent: Path, why: str) -> CgroupSupport:
+    """Jobs get cgroups without limits under `parent` if a child with cgroup.kill can be made
+    there; else no cgroups, saying `why`."""
+    probe = parent / f"fognode-{os.getpid()}-probe"
+    try:
+        probe.mkdir(exist_ok=True)
+        ok = (probe / "cgroup.kill").exists() and (probe / "cpu.stat").exists()
+        probe.rmdir()
+    except OSError:
+        ok = False
+    if not ok:
+        return CgroupSupport(False, None, why)
+    return CgroupSupport(True, parent, f"{why}: jobs get cgroups under {parent} for containment "
+                         "and CPU accounting only; limits by RLIMIT_DATA, the meter and the "
+                         "duty cycle", limits=False)
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove empty job cgroups of daemons that are gone (a SIGKILL leaves them)."""
+    try:
+        children = list(parent.glob("fognode-*-*"))
+    except OSError:
+        return
+    for child in children:
+        pid = child.name.split("-")[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            try:
+                child.rmdir()
+            except OSError:
+                pass     # still holds processes: left to their end
+
+
 class JobCgroup:
     """One job's cgroup; OSError from the kernel propagates to the executor."""
 
-    def __init__(self, parent: Path, job_id: int) -> None:
+    def __init__(self, parent: Path, job_id: int, *, limits: bool = True) -> None:
         self.path = parent / f"fognode-{os.getpid()}-job{job_id}"
+        self.limits = limits
 
     def create(self, memory_bytes: int, cpu_fraction: float) -> None:
-        """Make the cgroup and set its limits (before any process joins it)."""
+        """Make the cgroup and set its limits, where it has them (before any process joins)."""
         self.path.mkdir()
-        self.set_limits(memory_bytes, cpu_fraction)
+        if self.limits:
+            self.set_limits(memory_bytes, cpu_fraction)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of every process that ran in the cgroup (`cpu.stat` usage_usec)."""
+        for line in _read(self.path / "cpu.stat").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec" and value.strip().isdigit():
+                return int(value) / 1e6
+        return 0.0
 
     def set_limits(self, memory_bytes: int, cpu_fraction: float) -> None:
         """Apply (or change, live) the memory limit and CPU fraction."""

@@ -10,7 +10,9 @@ RUNNING when the ledger is loaded were cut short by a crash and are closed as AB
 *Credits* come only from receipts signed by the party that received the work (receipts.py):
 validated or rejected, with the tokens they entitle the device to. An FL receipt is accepted
 only for an FL session this device has a harvest session for (it did work there); a market
-receipt must name this device. The ledger keeps each receipt once.
+receipt must name this device and a job (agreement) it has a market harvest session for, and
+is credited once per job (a second receipt for the same job, even newly signed, is a
+duplicate). The ledger keeps each receipt once.
 
 Totals and the reliability score (`Contribution`):
 - completed / abandoned sessions, validated / rejected results, `consecutive_valid` (BOINC's
@@ -21,7 +23,11 @@ Totals and the reliability score (`Contribution`):
 - tokens earned (by receipt kind; FL from round receipts, market from customers' payments).
 
 Everything is persisted through `ContributionStore` (contribution_store.py) and survives
-restarts; credits are re-verified when loaded, so an edited data dir cannot add any.
+restarts; kept credits are re-verified when loaded, so an edited data dir cannot add any.
+The history is bounded: past `keep` finished sessions the oldest work items (a kind and ref:
+its sessions and their credits) are folded into per-day totals (history.py), which the totals
+and the reliability score include, so they do not change; `sessions()` and `credits()` list
+what is kept.
 Synchronous and clock-free: time comes in as `now`.
 """
 from __future__ import annotations
@@ -35,13 +41,15 @@ from typing import Any
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.wire import Fields
 from fognode.protocols.harvest.contribution_store import ContributionStore
+from fognode.protocols.harvest.history import DayTotals, day_of
 from fognode.protocols.harvest.meter import Usage
-from fognode.protocols.harvest.receipts import (FL_ROUND, KINDS, Credit, Outcome, ReceiptRefused,
-                                                RefuseReason, verify_evidence)
+from fognode.protocols.harvest.receipts import (FL_ROUND, KINDS, MARKET_JOB, Credit, Outcome,
+                                                ReceiptRefused, RefuseReason, verify_evidence)
 
 log = logging.getLogger("fognode.harvest")
 
 SESSION_KINDS = ("fl", "market", "manual")
+DEFAULT_KEEP = 1000          # finished sessions kept in full (config: history_sessions)
 MAX_REF = 128
 SESSION_ID_LEN = 16
 
@@ -147,9 +155,15 @@ class ContributionLedger:
     re-verifies every stored credit (one that no longer verifies is skipped with a WARNING).
     Raises HarvestStorageFailed when a write fails."""
 
-    def __init__(self, store: ContributionStore, worker: str, now: float) -> None:
+    def __init__(self, store: ContributionStore, worker: str, now: float, *,
+                 keep: int = DEFAULT_KEEP) -> None:
+        if keep < 1:
+            raise LocalProtocolError(f"the contribution ledger must keep at least 1 session, not {keep}")
         self.store = store
         self.worker = worker
+        self.keep = keep
+        self._days: dict[str, DayTotals] = {}
+        self._seq_of: dict[bytes, int] = {}          # receipt id -> its record's sequence
         self._sessions: dict[bytes, HarvestSession] = {}
         self._credits: dict[bytes, Credit] = {}      # receipt id -> credit, in arrival order
         self._by_ref: dict[tuple[str, str], bytes] = {}   # (kind, ref) -> latest session id
@@ -173,6 +187,11 @@ class ContributionLedger:
             self._sessions[sid] = s
         for s in sorted(self._sessions.values(), key=lambda s: s.started):
             self._by_ref[(s.kind, s.ref)] = s.session_id
+        for day, raw in self.store.days():
+            try:
+                self._days[day] = DayTotals.from_wire(raw, f"stored day {day}")
+            except RemoteProtocolError as e:
+                log.warning("harvest: skipping a damaged day of folded history: %s", e)
         for seq, raw in self.store.credits():
             self._seq = max(self._seq, seq)
             try:
@@ -185,8 +204,16 @@ class ContributionLedger:
                 log.warning("harvest: stored credit %d no longer verifies, skipped: %s", seq, e)
                 continue
             if c.receipt_id not in self._credits:
+                self._seq_of[c.receipt_id] = seq
                 self._count(c)
+        streak = self.store.streak()
+        if self._days and streak is not None:     # folded credits count in the streak too
+            self._consecutive = min(streak, self._folded("validated") + sum(
+                1 for c in self._credits.values() if c.outcome is Outcome.VALIDATED))
+        self.prune()
 
+    def _folded(self, what: str) -> int:
+        return sum(getattr(d, what) for d in self._days.values())
     def _count(self, c: Credit) -> None:
         self._credits[c.receipt_id] = c
         self._consecutive = self._consecutive + 1 if c.outcome is Outcome.VALIDATED else 0
@@ -243,7 +270,69 @@ class ContributionLedger:
                     usage=usage if usage is not None else s.usage)
         self.store.put_session(session_id, session_to_wire(s), sync=True)
         self._sessions[session_id] = s
+        self.prune()
         return s
+
+    # -- bounded history ------------------------------------------------------------------------------
+
+    def prune(self) -> int:
+        """Fold the oldest finished work items (history.py) until at most `keep` finished
+        sessions are kept in full (an item with a running session is never folded); returns
+        how many sessions were folded. One synced batch; HarvestStorageFailed if it fails."""
+        finished = [s for s in self._sessions.values() if s.state is not SessionState.RUNNING]
+        excess = len(finished) - self.keep
+        if excess <= 0:
+            return 0
+        busy = {(s.kind, s.ref) for s in self._sessions.values() if s.state is SessionState.RUNNING}
+        items: dict[tuple[str, str], list[HarvestSession]] = {}
+        for s in finished:
+            items.setdefault((s.kind, s.ref), []).append(s)
+        fold: list[tuple[str, str]] = []
+        n = 0
+        for s in sorted(finished, key=lambda s: (s.ended or s.started, s.started, s.session_id)):
+            item = (s.kind, s.ref)
+            if n >= excess:
+                break
+            if item in busy or item in fold:
+                continue
+            fold.append(item)
+            n += len(items[item])
+        if not fold:
+            return 0
+        days = dict(self._days)
+        gone_sessions: list[bytes] = []
+        for item in fold:
+            for s in items[item]:
+                d = day_of(s.started)
+                u = s.usage
+                days[d] = days.get(d, DayTotals()).add_session(
+                    s.state is SessionState.COMPLETED, u.cpu_s, u.wall_s, u.mem_byte_s, u.fuel)
+                gone_sessions.append(s.session_id)
+        first = {item: min(s.started for s in items[item]) for item in fold}
+        gone_credits: list[bytes] = []
+        for c in self._credits.values():
+            item = ("fl" if c.kind == FL_ROUND else "market", c.ref)
+            if item in first:
+                d = day_of(first[item])
+                days[d] = days.get(d, DayTotals()).add_credit(
+                    c.kind, c.outcome is Outcome.VALIDATED, c.tokens)
+                gone_credits.append(c.receipt_id)
+        changed = {d: t.to_wire() for d, t in days.items() if self._days.get(d) != t}
+        self.store.fold(changed, gone_sessions,
+                        [self._seq_of[r] for r in gone_credits if r in self._seq_of])
+        self._days = days
+        for sid in gone_sessions:
+            del self._sessions[sid]
+        for r in gone_credits:
+            del self._credits[r]
+            self._seq_of.pop(r, None)
+        for item in fold:
+            self._by_ref.pop(item, None)
+        return len(gone_sessions)
+
+    def days(self) -> dict[str, DayTotals]:
+        """The folded history: per-day totals of the work no longer kept one by one."""
+        return dict(self._days)
 
     def sessions(self, *, limit: int = 100, state: SessionState | None = None,
                  kind: str | None = None) -> list[HarvestSession]:
@@ -267,8 +356,18 @@ class ContributionLedger:
         if c.kind == FL_ROUND and ("fl", c.ref) not in self._by_ref:
             raise ReceiptRefused(RefuseReason.FOREIGN, f"this device did no work for FL session "
                                                        f"{c.ref[:16]}", peer=peer)
+        if c.kind == MARKET_JOB:
+            if ("market", c.ref) not in self._by_ref:
+                raise ReceiptRefused(RefuseReason.FOREIGN, f"this device ran no market job "
+                                                           f"{c.ref[:16]}", peer=peer)
+            if any(o.kind == MARKET_JOB and o.ref == c.ref for o in self._credits.values()):
+                raise ReceiptRefused(RefuseReason.DUPLICATE, f"market job {c.ref[:16]} is "
+                                                             "already credited", peer=peer)
         self._seq += 1
-        self.store.put_credit(self._seq, {"kind": kind, "evidence": data, "received": float(now)})
+        streak = self._consecutive + 1 if c.outcome is Outcome.VALIDATED else 0
+        self.store.put_credit(self._seq, {"kind": kind, "evidence": data, "received": float(now)},
+                              streak)
+        self._seq_of[c.receipt_id] = self._seq
         self._count(c)
         return c
 
@@ -279,22 +378,28 @@ class ContributionLedger:
     # -- totals --------------------------------------------------------------------------------------
 
     def totals(self) -> Contribution:
+        """Kept sessions and credits plus the folded days."""
         ss = self._sessions.values()
-        completed = sum(1 for s in ss if s.state is SessionState.COMPLETED)
-        abandoned = sum(1 for s in ss if s.state is SessionState.ABANDONED)
-        validated = sum(1 for c in self._credits.values() if c.outcome is Outcome.VALIDATED)
-        rejected = len(self._credits) - validated
-        by_kind = {k: sum(c.tokens for c in self._credits.values() if c.kind == k) for k in KINDS}
+        dd = self._days.values()
+        completed = sum(1 for s in ss if s.state is SessionState.COMPLETED) + self._folded("completed")
+        abandoned = sum(1 for s in ss if s.state is SessionState.ABANDONED) + self._folded("abandoned")
+        validated = sum(1 for c in self._credits.values() if c.outcome is Outcome.VALIDATED) \
+            + self._folded("validated")
+        rejected = sum(1 for c in self._credits.values() if c.outcome is Outcome.REJECTED) \
+            + self._folded("rejected")
+        by_kind = {k: sum(c.tokens for c in self._credits.values() if c.kind == k)
+                   + sum(d.tokens.get(k, 0) for d in dd) for k in KINDS}
         return Contribution(
-            worker=self.worker, sessions=len(self._sessions),
+            worker=self.worker, sessions=len(self._sessions) + sum(d.sessions for d in dd),
             running=sum(1 for s in ss if s.state is SessionState.RUNNING),
             completed=completed, abandoned=abandoned, validated=validated, rejected=rejected,
             consecutive_valid=self._consecutive, tokens=sum(by_kind.values()),
             tokens_by_kind=by_kind,
-            cpu_seconds=sum(s.usage.cpu_s for s in ss),
-            wall_seconds=sum(s.usage.wall_s for s in ss),
-            memory_mb_hours=sum(s.usage.mem_mb_hours for s in ss),
-            fuel=sum(s.usage.fuel for s in ss),
+            cpu_seconds=sum(s.usage.cpu_s for s in ss) + sum(d.cpu_s for d in dd),
+            wall_seconds=sum(s.usage.wall_s for s in ss) + sum(d.wall_s for d in dd),
+            memory_mb_hours=sum(s.usage.mem_mb_hours for s in ss)
+            + sum(d.mem_byte_s for d in dd) / 1e6 / 3600.0,
+            fuel=sum(s.usage.fuel for s in ss) + sum(d.fuel for d in dd),
             reliability=reliability_of(completed, abandoned, validated, rejected))
 
     def close(self) -> None:

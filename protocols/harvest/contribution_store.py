@@ -12,8 +12,14 @@ daemon, and lose at most a few seconds of meters to a crash of the machine).
 Keys::
 
     m/format              b"1" (refuse a directory written by an unknown format)
+    m/streak              msgpack int: consecutive validated results after the newest credit
+                          (written with each credit: it survives folding older credits)
     s/<session id>        a session record (msgpack map, contribution.py `session_to_wire`)
     c/<seq:8>             a credit: {"kind", "evidence", "received"}, in arrival order
+    d/<YYYY-MM-DD>        folded history: that day's totals (history.py `DayTotals`)
+
+Folding (`fold`) writes the new day records and deletes the folded sessions and credits in one
+synced batch: a crash leaves the history folded or not, never counted twice or lost.
 
 A write that fails (disk full, I/O error) raises `HarvestStorageFailed` (a
 FatalStorageError: the role stops and the daemon exits, saying which path and why). Reads
@@ -75,8 +81,36 @@ class ContributionStore:
     def put_session(self, session_id: bytes, record: dict[str, Any], *, sync: bool) -> None:
         self._put([(b"s/" + session_id, pack(record))], "session", sync=sync)
 
-    def put_credit(self, seq: int, record: dict[str, Any]) -> None:
-        self._put([(b"c/" + seq.to_bytes(8, "big"), pack(record))], "credit", sync=True)
+    def put_credit(self, seq: int, record: dict[str, Any], streak: int) -> None:
+        self._put([(b"c/" + seq.to_bytes(8, "big"), pack(record)), (b"m/streak", pack(streak))],
+                  "credit", sync=True)
+
+    def streak(self) -> int | None:
+        """The stored consecutive-valid count (None: never written)."""
+        v = self.db.get(b"m/streak")
+        if v is None:
+            return None
+        n = unpack(v, max_size=16, what="stored streak")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+    def fold(self, days: dict[str, dict[str, Any]], sessions: list[bytes], credits: list[int]) -> None:
+        """Replace sessions and credits by day records, atomically (synced)."""
+        try:
+            with self.db.write_batch(sync=True) as b:
+                for day, record in days.items():
+                    b.put(b"d/" + day.encode(), pack(record))
+                for sid in sessions:
+                    b.delete(b"s/" + sid)
+                for seq in credits:
+                    b.delete(b"c/" + seq.to_bytes(8, "big"))
+        except (OSError, plyvel.Error) as e:
+            raise self._failed("folded history", e) from e
+
+    def days(self) -> Iterator[tuple[str, Any]]:
+        """(day, decoded record) of every folded day, oldest first."""
+        for k, v in self.db.iterator(prefix=b"d/"):
+            day = k[2:].decode(errors="replace")
+            yield day, unpack(v, max_size=MAX_RECORD, what=f"stored day {day}")
 
     def sessions(self) -> Iterator[tuple[bytes, Any]]:
         """(session id, decoded record) of every stored session (records are our own writes;

@@ -44,13 +44,13 @@ import trio
 
 from fognode.protocols.harvest.cgroup import CgroupSupport, JobCgroup
 from fognode.protocols.harvest.exec_errors import BadJobError, ExecutorError
-from fognode.protocols.harvest.launch import LAUNCH_FAILED, MARK, launch_command
+from fognode.protocols.harvest.job_end import job_result, wait_exited
+from fognode.protocols.harvest.launch import launch_command
 from fognode.protocols.harvest.limits import (Allowance, DutyCycle, Mechanism, Phase, StopCause,
-                                              allocation_failure, choose_mechanism,
-                                              job_memory_limit, over_memory, rlimit_data_bytes,
-                                              stop_cause)
-from fognode.protocols.harvest.jobs import (UNKNOWN_EXIT, JobEnd, JobResult, JobSpec, JobState,
-                                            JobStatus)
+                                              choose_mechanism, job_memory_limit, over_memory,
+                                              rlimit_data_bytes, stop_cause)
+from fognode.protocols.harvest.jobs import (UNKNOWN_EXIT, JobEnd, JobPipe, JobResult, JobSpec,
+                                            JobState, JobStatus)
 from fognode.protocols.harvest.meter import JobMeter, Sample, SessionMeter, Usage
 from fognode.protocols.harvest.procstat import sample_tree
 
@@ -89,7 +89,7 @@ class Executor:
     @property
     def mechanism(self) -> Mechanism:
         """CGROUP_V2 or RLIMIT (decided once, from the probe handed in)."""
-        return choose_mechanism(self._cgroup is not None)
+        return choose_mechanism(self._cgroup is not None and self._cgroup.limits)
 
     @property
     def allowance(self) -> Allowance:
@@ -141,7 +141,7 @@ class Executor:
         now = trio.current_time()
         for job in self._jobs.values():
             job.memory_limit = job_memory_limit(job.requested_memory, allowance)
-            if job.cgroup is not None:
+            if job.cgroup is not None and job.cgroup.limits:
                 try:
                     job.cgroup.set_limits(job.memory_limit, allowance.cpu_fraction)
                 except OSError as e:
@@ -191,7 +191,7 @@ class Executor:
         job.meter.set_cause(now, cause)
 
     def _phase(self, job: JobState, now: float) -> Phase:
-        if job.cgroup is not None:  # the kernel throttles with cpu.max
+        if job.cgroup is not None and job.cgroup.limits:  # the kernel throttles with cpu.max
             return DutyCycle(1.0, self._duty.period).phase(now)
         return self._duty.phase(now)
 
@@ -202,16 +202,16 @@ class Executor:
         if spec.module:
             argv = [sys.executable, "-m", spec.module, *argv]
         cgroup = str(job.cgroup.path) if job.cgroup is not None else None
-        rlimit = None if cgroup else rlimit_data_bytes(job.memory_limit)
-        return launch_command(self._shell, argv, nice=self._nice, rlimit_data=rlimit, cgroup=cgroup)
+        limited = job.cgroup is not None and job.cgroup.limits
+        rlimit = None if limited else rlimit_data_bytes(job.memory_limit)
+        nice = self._nice if spec.nice is None else spec.nice
+        return launch_command(self._shell, argv, nice=nice, rlimit_data=rlimit, cgroup=cgroup)
 
-    async def run(self, spec: JobSpec) -> JobResult:
-        """Run `spec` to its end and return its JobResult. Cancellable (the job is killed and
-        reaped first). Raises BadJobError for a bad spec, ExecutorError when the OS refuses to
-        start it; everything the job itself does wrong is in the result, not raised."""
+    async def _spawn(self, spec: JobSpec) -> JobState:
+        """Start `spec` (its cgroup first, where jobs get one); ExecutorError if the OS refuses."""
         job = self._new_job(spec.name, spec.memory_bytes)
         if self._cgroup is not None and self._cgroup.parent is not None:
-            job.cgroup = JobCgroup(self._cgroup.parent, job.job_id)
+            job.cgroup = JobCgroup(self._cgroup.parent, job.job_id, limits=self._cgroup.limits)
             try:
                 job.cgroup.create(job.memory_limit, self._allowance.cpu_fraction)
             except OSError as e:
@@ -225,15 +225,71 @@ class Executor:
             await self._drop_cgroup(job)
             raise ExecutorError(f"cannot start job {spec.name!r}: {e}") from e
         job.pid = job.proc.pid
+        return job
+
+    async def _end(self, job: JobState, session: SessionMeter | None) -> None:
+        self._jobs.pop(job.job_id, None)
+        with trio.CancelScope(shield=True):
+            await self._reap(job)
+            await self._drop_cgroup(job)
+        self._close(job, session)
+
+    async def run(self, spec: JobSpec) -> JobResult:
+        """Run `spec` to its end and return its JobResult. Cancellable (the job is killed and
+        reaped first). Raises BadJobError for a bad spec, ExecutorError when the OS refuses to
+        start it; everything the job itself does wrong is in the result, not raised."""
+        job = await self._spawn(spec)
         session = self._register(job)
         try:
             return await self._supervise(job, spec)
         finally:
-            self._jobs.pop(job.job_id, None)
-            with trio.CancelScope(shield=True):
-                await self._reap(job)
-                await self._drop_cgroup(job)
-            self._close(job, session)
+            await self._end(job, session)
+
+    async def serve(self, spec: JobSpec, *, grace: float = 5.0,
+                    task_status: trio.TaskStatus[JobPipe] = trio.TASK_STATUS_IGNORED) -> JobResult:
+        """Run `spec` as a long-lived job that talks over its pipes (the persistent WASM
+        runner): `task_status.started(pipe)` hands the caller a `JobPipe` to write its stdin,
+        read its stdout (not bounded by `max_output`: the caller reads it as it comes) and
+        charge it fuel. Same limits, suspend/resume, duty cycle and meter as `run`. The job
+        ends when it exits (or is killed over its memory limit: see `JobPipe.result`), or
+        after `pipe.release()`: its stdin is closed and it has `grace` seconds to exit before
+        it is killed. Returns its JobResult (stdout empty). Cancellable (killed and reaped)."""
+        job = await self._spawn(spec)
+        session = self._register(job)
+        pipe = JobPipe(job)
+        proc = job.proc
+        assert proc is not None
+        err = bytearray()
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._control, job)
+                outer.start_soon(self._release, pipe, proc, grace)
+                self._apply_phase(job, trio.current_time())
+                task_status.started(pipe)
+                async with trio.open_nursery() as io:
+                    io.start_soon(self._collect, job, proc.stderr, err, None)
+                    await wait_exited(proc.pid, self._poll)
+                    last = await self._last_sample(job)
+                    ended = trio.current_time()
+                    self._kill_tree(job)    # leftovers: once they are gone stderr reaches EOF
+                    io.cancel_scope.deadline = trio.current_time() + REAP_TIMEOUT
+                outer.cancel_scope.cancel()
+            code = await proc.wait()
+            pipe.result = job_result(job, code, b"", bytes(err[-STDERR_TAIL:]),
+                                       job.meter.finish(ended, last))
+            return pipe.result
+        finally:
+            pipe.exited.set()
+            await self._end(job, session)
+
+    async def _release(self, pipe: JobPipe, proc: trio.Process, grace: float) -> None:
+        """When the owner releases the job: close its stdin, kill it after `grace` s."""
+        await pipe.released.wait()
+        if not pipe.kill_now and proc.stdin is not None:
+            with trio.move_on_after(1):
+                await proc.stdin.aclose()
+            await trio.sleep(grace)
+        self._kill_tree(pipe.job)
 
     async def watch(self, pid: int, *, name: str = "watched", memory_bytes: int | None = None,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> JobResult:
@@ -319,53 +375,24 @@ class Executor:
                 io.start_soon(self._feed, proc, spec.input)
                 io.start_soon(self._collect, job, proc.stdout, out, spec.max_output)
                 io.start_soon(self._collect, job, proc.stderr, err, None)
-                await self._exited(proc.pid)        # the root exited, not reaped yet
-                last, _ = await trio.to_thread.run_sync(sample_tree, proc.pid)
+                await wait_exited(proc.pid, self._poll)        # the root exited, not reaped yet
+                last = await self._last_sample(job)
                 ended = trio.current_time()
                 self._kill_tree(job)   # leftovers: once they are gone the pipes reach EOF
                 io.cancel_scope.deadline = trio.current_time() + REAP_TIMEOUT
             outer.cancel_scope.cancel()
         code = await proc.wait()
         usage = job.meter.finish(ended, last)
-        return self._result(job, code, bytes(out), bytes(err[-STDERR_TAIL:]), usage)
+        return job_result(job, code, bytes(out), bytes(err[-STDERR_TAIL:]), usage)
 
-    async def _exited(self, pid: int) -> None:
-        """Wait until `pid` has exited, without reaping it: its zombie keeps the final CPU times
-        (a pidfd where the kernel has them, else polling waitid with WNOWAIT)."""
-        if hasattr(os, "pidfd_open"):
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError:
-                fd = -1
-            if fd >= 0:
-                try:
-                    await trio.lowlevel.wait_readable(fd)
-                finally:
-                    os.close(fd)
-                return
-        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-            await trio.sleep(min(self._poll, 0.05))
-
-    def _result(self, job: JobState, code: int, out: bytes, err: bytes, usage: Usage) -> JobResult:
-        end, reason = JobEnd.EXITED, f"exited with status {code}"
-        if job.kill_end is not None:
-            end, reason = job.kill_end, job.kill_reason
-        elif job.cgroup is not None and job.cgroup.oom_kills() > 0:
-            end = JobEnd.MEMORY
-            reason = (f"killed by the kernel's OOM killer at the job's cgroup memory.max = "
-                      f"{job.memory_limit} bytes")
-        elif code == LAUNCH_FAILED and MARK.encode() in err:
-            end = JobEnd.LAUNCH_FAILED
-            reason = err[err.index(MARK.encode()):].decode(errors="replace").strip()
-        elif code != 0 and job.cgroup is None and allocation_failure(err):
-            end = JobEnd.MEMORY
-            reason = (f"an allocation was refused at RLIMIT_DATA = "
-                      f"{rlimit_data_bytes(job.memory_limit)} bytes (memory limit "
-                      f"{job.memory_limit} bytes, peak RSS {usage.peak_rss_bytes})")
-        elif code < 0:
-            end = JobEnd.SIGNALED
-            reason = f"killed by signal {signal.Signals(-code).name}"
-        return JobResult(job.job_id, end, code, reason, out, err, usage)
+    async def _last_sample(self, job: JobState) -> Sample:
+        """The exited root's last reading; with a cgroup, the CPU of everything that ran in it
+        (descendants that escaped the process group, or were never reaped, included)."""
+        last, _ = await trio.to_thread.run_sync(sample_tree, job.pid)
+        if job.cgroup is None:
+            return last
+        cpu = await trio.to_thread.run_sync(job.cgroup.cpu_seconds)
+        return Sample(max(last.cpu_s, cpu), last.rss_bytes, last.hwm_bytes)
 
     async def _feed(self, proc: trio.Process, data: bytes) -> None:
         assert proc.stdin is not None
@@ -460,3 +487,4 @@ class Executor:
             await trio.sleep(0.01)
         log.warning("harvest job %d: could not remove its cgroup %s", job.job_id,
                         job.cgroup.path)
+

@@ -42,6 +42,7 @@ class JobSpec:
     max_output: int = DEFAULT_MAX_OUTPUT
     name: str = "job"
     env: Mapping[str, str] | None = None
+    nice: int | None = None          # added to the daemon's nice; None: the executor's default
 
     def __post_init__(self) -> None:
         if not self.argv and not self.module:
@@ -51,6 +52,9 @@ class JobSpec:
         if self.module is not None and not self.module.startswith("fognode."):
             raise BadJobError(f"only fognode modules run in-process, not {self.module!r}",
                               field="module")
+        if self.nice is not None and (isinstance(self.nice, bool) or not isinstance(self.nice, int)
+                                      or not -20 <= self.nice <= 19):
+            raise BadJobError(f"must be an integer in -20..19, got {self.nice!r}", field="nice")
         if not isinstance(self.input, bytes):
             raise BadJobError("must be bytes", field="input")
         if isinstance(self.max_output, bool) or not isinstance(self.max_output, int) \
@@ -112,3 +116,52 @@ class JobState:
     def alive(self) -> bool:
         """Not known to have exited and been reaped."""
         return self.pid > 0 and (self.proc is None or self.proc.returncode is None)
+
+
+class JobPipe:
+    """The owner's side of a long-lived job (`Executor.serve`): write its stdin, read its
+    stdout, charge it the fuel it reports, release it; `exited` is set when it is gone and
+    `result` says how it ended."""
+
+    def __init__(self, job: JobState) -> None:
+        self.job = job
+        self.released = trio.Event()
+        self.exited = trio.Event()
+        self.result: JobResult | None = None
+        self.kill_now = False
+
+    @property
+    def job_id(self) -> int:
+        return self.job.job_id
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+    @property
+    def memory_limit(self) -> int:
+        return self.job.memory_limit
+
+    async def send_all(self, data: bytes) -> None:
+        """Write to the job's stdin; trio.BrokenResourceError / ClosedResourceError once it
+        is gone."""
+        assert self.job.proc is not None and self.job.proc.stdin is not None
+        await self.job.proc.stdin.send_all(data)
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        """Read from the job's stdout (b"" at its end)."""
+        assert self.job.proc is not None and self.job.proc.stdout is not None
+        try:
+            return await self.job.proc.stdout.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    def add_fuel(self, fuel: int) -> None:
+        """Charge WASM fuel the job reported to its meter (and so to its harvest session)."""
+        self.job.meter.add_fuel(fuel)
+
+    def release(self, *, kill: bool = False) -> None:
+        """The owner is done: close stdin, let it exit (killed after the grace period, or at
+        once with `kill`)."""
+        self.kill_now = self.kill_now or kill
+        self.released.set()

@@ -86,11 +86,13 @@ class HarvestRole(HarvestRpc, Role):
         except PolicyStoreError as e:
             raise PermanentRoleError(str(e)) from None
         ledger = ContributionLedger(ContributionStore(self.ctx.role_dir("harvest") / "contributions"),
-                                    self.ctx.peer_id, self.ctx.clock())
+                                    self.ctx.peer_id, self.ctx.clock(),
+                                    keep=self.config.history_sessions)
         return HarvestService(peer_id=self.ctx.peer_id, ledger=ledger,
                               executor=Executor(nice=19, cgroup=probe_cgroup()),
                               core=PolicyCore(policy), metrics=self.metrics, events=self.ctx.events,
-                              clock=self.ctx.clock, base_policy=base, store=store, stored=stored)
+                              clock=self.ctx.clock, base_policy=base, store=store, stored=stored,
+                              nice=self.config.nice())
 
     # -- the loop ------------------------------------------------------------------------------
 

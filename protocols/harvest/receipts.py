@@ -12,8 +12,15 @@ Two kinds of evidence are accepted, each verified by `verify_evidence(kind, data
   round_reward x weight_ppm / 10^6, what the aggregator's "fl_update" ledger receipt for this
   worker mints (`weights_ppm`, the same rounding).
 - "market_job": a `WorkReceipt` (below), signed by the market customer that received a job's
-  result: the job id, validated or rejected, the tokens paid and the job's meters. The market
-  role issues them (`sign_work_receipt`); this module only checks them.
+  result: the job id (the agreement id), validated or rejected, the tokens paid and the fuel
+  of the accepted results (CPU seconds 0: the customer cannot see them; the provider's harvest
+  session meters them). The customer's market role signs one per agreement with its final
+  co-signed debit note (or, rejected, before it disputes an outvoted provider) and sends it on
+  the job stream (market customer.py); the provider checks that it is by that agreement's
+  customer, for itself and that agreement, and credits a validated one only when its tokens
+  equal what the ledger paid out from the escrow (market provider.py). This module checks the
+  signature and the worker; the contribution ledger credits one receipt per job, for a job
+  this device has a market harvest session for.
 
 Wire form of a `WorkReceipt` (one msgpack map; `sig` is the issuer's Ed25519 signature, with
 the key inside its peer id, over `pack` of the map without `sig`)::
@@ -29,7 +36,10 @@ The ledger also refuses a receipt it already holds (its id: BLAKE2b-256 of the s
 
 What a colluding pair can and cannot gain: a worker W and an issuer I who agree can make W's
 contribution ledger show work W never did (I signs whatever W asks), and inflate W's local
-reliability score. They cannot make W's ledger credit work signed by anyone else, nor make
+reliability score. Through the market role each such market credit costs them a signed
+agreement, an escrow certified on the ledger (two fees), a job W really ran in a harvest session
+and a payout of I's own tokens to W equal to the receipt's tokens; one credit per agreement.
+W can also leave a rejected receipt uncredited: its ledger is its own account. They cannot make W's ledger credit work signed by anyone else, nor make
 anybody's ledger credit I's signature for a third party. Tokens are not minted from this
 ledger: FL mints need the ledger's "fl_update" evidence chain (anchored in the session
 starter's announcement, bounded by its reward budget, paid once per claim) and market payments

@@ -138,9 +138,10 @@ class HarvestRpc(abc.ABC):
     @rpc_method("harvest.credit")
     async def rpc_credit(self, kind: Literal["fl_round", "market_job"], receipt: str) -> dict[str, Any]:
         """Credit a RECEIPT (hex of its signed bytes) of KIND to this device: fl_round (an FL
-        aggregator's round receipt) or market_job (a customer's work receipt). Refused (403)
-        when forged, for another device, self-issued, already credited, or for an FL session
-        this device did no work for."""
+        aggregator's round receipt) or market_job (a customer's work receipt; the market role
+        credits those of the jobs it runs by itself). Refused (403) when forged, for another
+        device, self-issued, already credited, or for an FL session or market job this device
+        did no work for."""
         svc = self._svc()
         try:
             data = bytes.fromhex(receipt)

@@ -6,8 +6,9 @@ state it announces in its device record.
 Work another role owns (FL's task process) is *adopted* for a while (`adopt`): the executor
 watches it (`Executor.watch`: stopped with SIGSTOP while work is suspended, continued when
 handed back, killed over its memory limit, metered from the moment it is adopted) and its usage
-goes to the harvest session. Executor jobs (`run_job`, `run_wasm`: market work) go to the
-session named by the caller.
+goes to the harvest session. Executor jobs (`run_job`, `run_wasm`, and the persistent WASM runner
+of `wasm_worker`: market work) go to the session named by the caller, at the nice of that
+session's kind (`[protocols.harvest] market_nice` / `manual_nice`).
 
 Time: wall-clock seconds (`clock`, the node's) stamp sessions and receipts; the executor and
 the policy's dwell run on trio's monotonic clock. Methods never block except `adopt` (it
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, AsyncIterator, Callable, Mapping
 
@@ -40,6 +41,7 @@ from fognode.protocols.harvest.policy_store import PolicyStore, StoredPolicy
 from fognode.protocols.harvest.receipts import Credit, ReceiptRefused
 from fognode.protocols.harvest.sensors import Readings
 from fognode.protocols.harvest.wasm import WasmJob, WasmResult, run_wasm
+from fognode.protocols.harvest.wasm_worker import WasmWorker, open_wasm_worker
 from fognode.protocols.registry.record import HarvestInfo
 
 log = logging.getLogger("fognode.harvest")
@@ -81,9 +83,10 @@ class HarvestService:
     def __init__(self, *, peer_id: str, ledger: ContributionLedger, executor: Executor,
                  core: PolicyCore, metrics: HarvestMetrics, events: EventBus,
                  clock: Callable[[], float], base_policy: HarvestPolicy, store: PolicyStore,
-                 stored: StoredPolicy) -> None:
+                 stored: StoredPolicy, nice: Mapping[str, int] | None = None) -> None:
         """`core` runs the policy node.toml's `base_policy` with the operator's `stored`
-        overrides (and pause) from `store` already applied."""
+        overrides (and pause) from `store` already applied; `nice`: executor jobs' nice by
+        session kind (a kind not named: the executor's)."""
         self.peer_id = peer_id
         self.ledger = ledger
         self.executor = executor
@@ -99,8 +102,11 @@ class HarvestService:
         self.decision: Decision | None = None
         self.readings: Readings | None = None
         self._done: dict[bytes, Usage] = {}        # finished work of each running session
-        self._watched: dict[str, bytes] = {}       # executor job name -> its harvest session
+        self._watched: dict[str, bytes] = {}       # adopted process's job name -> its session
+        self._served: dict[str, bytes] = {}        # WASM runner child's job name -> its session
         self._watch_no = 0
+        self._worker_no = 0
+        self.nice = dict(nice or {})
 
     # -- state ----------------------------------------------------------------------------
 
@@ -163,7 +169,7 @@ class HarvestService:
             return Usage(jobs=0)
         total = self._done.get(session_id, s.usage)
         for j in self.executor.status():
-            if self._watched.get(j.name) == session_id:
+            if (self._watched.get(j.name) or self._served.get(j.name)) == session_id:
                 total = total + j.usage
         return total
 
@@ -260,17 +266,40 @@ class HarvestService:
     async def run_job(self, session_id: bytes, spec: JobSpec) -> JobResult:
         """Run `spec` under the executor (niced, limited, stopped while suspended) and meter
         it into harvest session `session_id` (LookupError if not running)."""
-        self._running(session_id)
+        s = self._running(session_id)
+        if spec.nice is None:
+            spec = replace(spec, nice=self.nice.get(s.kind))
         result = await self.executor.run(spec)
         self._add_usage(session_id, result.usage)
         return result
 
     async def run_wasm(self, session_id: bytes, job: WasmJob) -> WasmResult:
         """Run a WASM job (wasm.py: fuel-metered, deterministic) metered into the session."""
-        self._running(session_id)
-        result = await run_wasm(self.executor, job)
+        s = self._running(session_id)
+        result = await run_wasm(self.executor, job, nice=self.nice.get(s.kind))
         self._add_usage(session_id, result.usage)
         return result
+
+    @asynccontextmanager
+    async def wasm_worker(self, session_id: bytes, name: str) -> AsyncIterator[WasmWorker]:
+        """A persistent WASM runner (wasm_worker.py) for the body of the `async with`, at the
+        nice of the session's kind: its child processes are executor jobs (suspended, limited,
+        killed over memory with all work) and what they use, fuel included, goes to harvest
+        session `session_id` (LookupError if not running), live and when each child ends."""
+        s = self._running(session_id)
+        self._worker_no += 1
+        base = f"{name} ({self._worker_no})"
+
+        def started(label: str) -> None:
+            self._served[label] = session_id
+
+        def ended(label: str, usage: Usage) -> None:
+            if self._served.pop(label, None) is not None:
+                self._add_usage(session_id, usage)
+
+        async with open_wasm_worker(self.executor, name=base, nice=self.nice.get(s.kind),
+                                    on_start=started, on_end=ended) as worker:
+            yield worker
 
     def _running(self, session_id: bytes) -> HarvestSession:
         s = self.ledger.get(session_id)
@@ -282,9 +311,9 @@ class HarvestService:
         """What runs now: executor jobs and adopted processes, with the session they work for."""
         out: list[dict[str, Any]] = []
         for j in self.executor.status():
-            sid = self._watched.get(j.name)
+            sid = self._watched.get(j.name) or self._served.get(j.name)
             out.append({"id": j.job_id, "name": j.name, "pid": j.pid,
-                        "adopted": sid is not None, "session_id": sid.hex() if sid else None,
+                        "adopted": j.name in self._watched, "session_id": sid.hex() if sid else None,
                         "stopped": j.stopped.value, "cpu_seconds": round(j.usage.cpu_s, 3),
                         "memory_limit": j.memory_limit})
         return out

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from fognode.node.wire import digest
 from fognode.protocols.harvest.exec_errors import BadJobError, ChildProtocolError
 from fognode.protocols.harvest.executor import Executor
-from fognode.protocols.harvest.jobs import JobEnd, JobSpec
+from fognode.protocols.harvest.jobs import JobEnd, JobResult, JobSpec
 from fognode.protocols.harvest.meter import Usage
 from fognode.protocols.harvest.wasm_engine import I64, WasmStatus
 from fognode.protocols.harvest.wasm_wire import (MAX_ARGS, MAX_EXPORT_NAME, MAX_FUEL, MAX_INPUT,
@@ -91,27 +91,35 @@ class WasmResult:
         return self.status is WasmStatus.OK
 
 
-async def run_wasm(executor: Executor, job: WasmJob, *, name: str = "wasm") -> WasmResult:
-    """Run `job` in a child process of `executor` and return its WasmResult. Everything the
-    module does wrong is a status, not an exception; raises ExecutorError if no child could be
-    started. Cancellable (the child is killed and reaped)."""
+async def run_wasm(executor: Executor, job: WasmJob, *, name: str = "wasm",
+                   nice: int | None = None) -> WasmResult:
+    """Run `job` in a child process of `executor` (at `nice`, None: the executor's) and return
+    its WasmResult. Everything the module does wrong is a status, not an exception; raises
+    ExecutorError if no child could be started. Cancellable (the child is killed and reaped)."""
     spec = JobSpec(module=CHILD_MODULE, input=job.request().encode(),
                    memory_bytes=job.memory_bytes + RUNNER_OVERHEAD,
-                   max_output=job.max_output + FRAME_SLACK, name=name)
+                   max_output=job.max_output + FRAME_SLACK, name=name, nice=nice)
     res = await executor.run(spec)
     if res.end is JobEnd.EXITED and res.returncode == 0:
         try:
             outcome = decode_answer(res.stdout, job.max_output)
         except ChildProtocolError as e:
-            return _failed(WasmStatus.RUNNER_FAILED, str(e), res.usage)
+            return failed_result(WasmStatus.RUNNER_FAILED, str(e), res.usage)
         usage = replace(res.usage, fuel=outcome.fuel_consumed)
         return WasmResult(outcome.status, outcome.message, outcome.output,
                           digest(outcome.output), outcome.results, outcome.fuel_consumed, usage)
+    return failed_result(*runner_ended(res), res.usage)
+
+
+def runner_ended(res: JobResult) -> tuple[WasmStatus, str]:
+    """The status and message of a job whose runner process ended without answering: killed
+    at its memory limit (MEMORY_LIMIT) or anything else (RUNNER_FAILED, with its last words)."""
     status = WasmStatus.MEMORY_LIMIT if res.end is JobEnd.MEMORY else WasmStatus.RUNNER_FAILED
     tail = res.stderr_tail.decode(errors="replace").strip().splitlines()[-1:]
     detail = f": {tail[0]}" if tail and res.end is not JobEnd.MEMORY else ""
-    return _failed(status, f"the runner process ended ({res.reason}){detail}", res.usage)
+    return status, f"the runner process ended ({res.reason}){detail}"
 
 
-def _failed(status: WasmStatus, message: str, usage: Usage) -> WasmResult:
+def failed_result(status: WasmStatus, message: str, usage: Usage) -> WasmResult:
+    """A job that produced nothing: `status` and why, and what it used."""
     return WasmResult(status, message, b"", digest(b""), (), 0, usage)

@@ -27,10 +27,16 @@ binary, fails validation, or imports something); BAD_REQUEST (no such export, wr
 count or types, the bytes ABI not followed: the caller's or the module author's fault).
 Stack overflow depends on the machine's native stack use: a module that recurses near the
 limit is not guaranteed the same outcome on every node.
+
+`ModuleCache` keeps the engines and compiled modules of a persistent runner (wasm_worker.py)
+between jobs. A cached job gets a fresh `Store` and `Instance` like an uncached one, and fuel
+counts only what runs in the store (instantiation and the calls, never compilation), so the
+outcome and the fuel of a job are the same whether its module was cached or not.
 """
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import wasmtime
@@ -81,6 +87,44 @@ def engine_config(*, fuel: bool = True) -> wasmtime.Config:
     return c
 
 
+class ModuleCache:
+    """Engines (one per fuel mode) and compiled modules by content hash, least recently used
+    dropped past `max_modules` modules or `max_bytes` bytes of WASM. A module that fails to
+    compile is not kept (the next job reports INVALID_MODULE again)."""
+
+    def __init__(self, *, max_modules: int = 8, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_modules = max_modules
+        self.max_bytes = max_bytes
+        self._engines: dict[bool, wasmtime.Engine] = {}
+        self._modules: OrderedDict[tuple[bool, bytes], tuple[wasmtime.Module, int]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def engine(self, fuel: bool) -> wasmtime.Engine:
+        e = self._engines.get(fuel)
+        if e is None:
+            e = self._engines[fuel] = wasmtime.Engine(engine_config(fuel=fuel))
+        return e
+
+    def module(self, fuel: bool, key: bytes, module_bytes: bytes) -> wasmtime.Module:
+        """The compiled module for `key` (its content hash); WasmtimeError if it is invalid."""
+        got = self._modules.get((fuel, key))
+        if got is not None:
+            self._modules.move_to_end((fuel, key))
+            self.hits += 1
+            return got[0]
+        self.misses += 1
+        m = wasmtime.Module(self.engine(fuel), module_bytes)
+        self._modules[(fuel, key)] = (m, len(module_bytes))
+        while len(self._modules) > self.max_modules or (
+                len(self._modules) > 1 and sum(n for _, n in self._modules.values()) > self.max_bytes):
+            self._modules.popitem(last=False)
+        return m
+
+    def holds(self, fuel: bool, key: bytes) -> bool:
+        return (fuel, key) in self._modules
+
+
 class _Refused(Exception):
     def __init__(self, status: WasmStatus, message: str) -> None:
         super().__init__(message)
@@ -114,12 +158,17 @@ def _wrap(v: int, lo_hi: tuple[int, int]) -> int:
 
 
 class _Run:
-    def __init__(self, module_bytes: bytes, memory_bytes: int, fuel: int | None) -> None:
-        if not module_bytes.startswith(WASM_MAGIC):
+    def __init__(self, module_bytes: bytes, memory_bytes: int, fuel: int | None,
+                 cache: ModuleCache | None = None, key: bytes = b"") -> None:
+        metered = fuel is not None
+        if not (cache is not None and cache.holds(metered, key)) \
+                and not module_bytes.startswith(WASM_MAGIC):
             raise _Refused(WasmStatus.INVALID_MODULE, "not a WebAssembly binary (no \\0asm magic)")
-        self.engine = wasmtime.Engine(engine_config(fuel=fuel is not None))
+        self.engine = cache.engine(metered) if cache is not None else \
+            wasmtime.Engine(engine_config(fuel=metered))
         try:
-            self.module = wasmtime.Module(self.engine, module_bytes)
+            self.module = cache.module(metered, key, module_bytes) if cache is not None else \
+                wasmtime.Module(self.engine, module_bytes)
         except wasmtime.WasmtimeError as e:
             raise _Refused(WasmStatus.INVALID_MODULE, f"invalid module: {_message(e)}") from None
         imports = [f"{i.module}.{i.name}" for i in self.module.imports]
@@ -223,12 +272,15 @@ def _call_bytes(run: _Run, export: str, data: bytes, max_output: int) -> bytes:
 
 
 def execute(module: bytes, export: str, *, args: tuple[int, ...] = (), input: bytes | None = None,
-            fuel: int | None, memory_bytes: int, max_output: int) -> WasmOutcome:
+            fuel: int | None, memory_bytes: int, max_output: int,
+            cache: ModuleCache | None = None, key: bytes = b"") -> WasmOutcome:
     """Run one job; never raises for anything the module or the request does (see statuses).
-    `fuel=None` runs without fuel metering (benchmarks only: nothing bounds the run then)."""
+    `fuel=None` runs without fuel metering (benchmarks only: nothing bounds the run then).
+    With `cache`, the engine and the module compiled for `key` (the module's content hash,
+    which the caller vouches for) are reused; the outcome is the same."""
     run: _Run | None = None
     try:
-        run = _Run(module, memory_bytes, fuel)
+        run = _Run(module, memory_bytes, fuel, cache, key)
         try:
             run.instance = wasmtime.Instance(run.store, run.module, [])
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:

@@ -52,7 +52,6 @@ class MarketConfig:
     job_deadline: int = 600               # default seconds from a request to its agreement's deadline
     max_blob_bytes: int = 16_777_216      # largest module or input blob taken over a job stream
     max_tasks: int = 10_000               # tasks one burst may hold
-    executor_nice: int = 19               # nice value of the WASM job processes
     sla_probe_interval: float = 10.0      # seconds between a customer's SLA probes of a service contract
     sla_max_collateral: int = 100_000_000  # micro-units of collateral this provider locks per service contract at most
     fault_corrupt_output: bool = False    # TEST ONLY fault injector: return a wrong output for every job
@@ -127,5 +126,3 @@ class MarketConfig:
             raise bad("sla_probe_interval", "must be between 0.1 and 3600 s")
         if not 0 <= self.sla_max_collateral <= 2**63 - 1:
             raise bad("sla_max_collateral", "must be between 0 and 2^63-1 micro-units")
-        if not -20 <= self.executor_nice <= 19:
-            raise bad("executor_nice", "must be between -20 and 19")

@@ -14,12 +14,19 @@ ledger by this node's default wallet for the agreement's `max_total`, until its 
   task, its open tasks go to others, its debit requests are disputed (it is not paid), an
   SLABreach "wrong_result" is emitted and reputation gets a bad outcome. A provider whose
   stream breaks or that stops is dead: its open tasks are re-assigned.
-- Debit notes: a provider's debit request is signed when it equals the cost of its results
-  that were accepted (`jobwire.task_cost` of each reported fuel at the agreed price); it is
-  answered once its results are decided (waiting at most half of `debit_deadline`).
+- Debit notes: a provider's debit request is signed when it equals the cost of its accepted
+  results among those that came before the request on the stream (`jobwire.task_cost` of each
+  reported fuel at the agreed price; results that overtake the answer belong to the next
+  request); it is answered once those results are decided (waiting at most half of
+  `debit_deadline`).
 - When every task is decided (or no provider is left for the rest, or the earliest deadline is
   near) each provider gets `end`, its final debit is answered, and `run` returns one outcome
   per task. The caller refunds the unspent escrows after their deadlines (escrow rules).
+- Receipts: with the final note (all of its results decided, nothing in flight) a provider
+  gets a harvest `WorkReceipt` signed with this node's identity key: validated, the tokens of
+  that note, the fuel of its accepted results; a provider that was outvoted gets a rejected
+  one (the tokens of the notes signed before) just before the dispute. Its contribution ledger
+  credits it (harvest receipts.py). CPU seconds are 0: the customer cannot see them.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import trio
+from nacl.signing import SigningKey
 
 from fognode.ledger.api import LedgerApi
 from fognode.ledger.escrow_client import CLOCK_MARGIN
@@ -40,6 +48,7 @@ from fognode.protocols.market.contracts import Contract, Contracts
 from fognode.protocols.market.events import ServiceContractCreated, SLABreach
 from fognode.protocols.market.jobwire import (CHUNK, JOB_PROTOCOL, MAX_FRAME, Payee, Result,
                                               Simple, Task, decode_job, simple, task_cost)
+from fognode.protocols.harvest.receipts import Outcome, sign_work_receipt
 from fognode.protocols.market.metrics import MarketMetrics
 from fognode.protocols.registry.api import ReputationService
 
@@ -62,6 +71,7 @@ class Link:
     dead: bool = False
     liar: bool = False
     ended: bool = False              # we sent `end`: the provider closing the stream is normal
+    receipt_sent: bool = False
     finished: trio.Event = field(default_factory=trio.Event)
 
     async def send(self, obj: dict[str, Any]) -> None:
@@ -123,7 +133,8 @@ class Burst:
                  publish: Callable[[Any], None], reputation: ReputationService | None,
                  clock: Callable[[], float],
                  progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
-                 save: Callable[[Contract], None] = lambda c: None) -> None:
+                 save: Callable[[Contract], None] = lambda c: None,
+                 key: SigningKey | None = None) -> None:
         self.tasks = [TaskState(t) for t in tasks]
         self.blobs = blobs
         self.replication = replication
@@ -136,6 +147,7 @@ class Burst:
         self.clock = clock
         self.progress = progress
         self.save = save                   # the contract store: before a note leaves, at the end
+        self.key = key                     # signs the providers' work receipts (None: none sent)
         self.links: list[Link] = []
         self.changed = trio.Event()
         self.decided = 0
@@ -229,7 +241,8 @@ class Burst:
                 if isinstance(msg, Result):
                     await self._on_result(link, msg)
                 elif isinstance(msg, Simple) and msg.t == "debit":
-                    nursery.start_soon(self._answer_debit, link, msg.due)
+                    # the debit covers the results that came before it on the stream
+                    nursery.start_soon(self._answer_debit, link, msg.due, set(link.results))
                 elif isinstance(msg, Simple) and msg.t == "stop":
                     self._dead(link, f"provider stopped: {msg.reason}")
                     return
@@ -244,10 +257,13 @@ class Burst:
             link.finished.set()
             self._poke()
 
-    def _accepted_cost(self, link: Link) -> tuple[int, bool]:
-        """(cost of the provider's accepted results, whether all of its results are decided)."""
+    def _accepted_cost(self, link: Link, only: set[int] | None = None) -> tuple[int, bool]:
+        """(cost of the provider's accepted results, whether all of them are decided), of the
+        results with an index in `only` when given."""
         cost, settled = 0, True
         for i, r in link.results.items():
+            if only is not None and i not in only:
+                continue
             final = self.tasks[i].final
             if final is None:
                 settled = False
@@ -255,15 +271,15 @@ class Burst:
                 cost += task_cost(r.fuel, link.price)
         return cost, settled
 
-    async def _answer_debit(self, link: Link, due: int) -> None:
+    async def _answer_debit(self, link: Link, due: int, covered: set[int]) -> None:
         if self.config.fault_withhold_notes:       # TEST ONLY: a customer that stops paying
             log.warning("market: fault_withhold_notes: debit of %s from %s left unanswered",
                         due, link.peer)
             return
         with trio.move_on_after(self.config.debit_deadline / 2):
-            while not link.liar and not self._accepted_cost(link)[1]:
+            while not link.liar and not self._accepted_cost(link, covered)[1]:
                 await trio.sleep(0.05)
-        cost, _ = self._accepted_cost(link)
+        cost, _ = self._accepted_cost(link, covered)
         escrow = link.contract.escrow
         try:
             if link.liar or due != cost or escrow is None:
@@ -271,14 +287,41 @@ class Burst:
                           else f"due {due} is not the {cost} the accepted results cost")
                 self.metrics.breaches.labels("disputed").inc()
                 link.contract.state = "disputed"
+                if link.liar:
+                    await self._send_receipt(link, Outcome.REJECTED, link.contract.due)
                 await link.send(simple("dispute", reason=reason))
                 return
             note = await self.ledger.sign_debit_note(escrow, due)
-            link.contract.due = due
+            link.contract.due = max(link.contract.due, due)   # answers may finish out of order
             self.save(link.contract)
             await link.send(simple("note", due=due, sig=note.signature))
+            await self._final_receipt(link)
         except (FognodeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
             log.info("market: debit answer to %s not sent: %s", link.peer, e)
+
+    async def _final_receipt(self, link: Link) -> None:
+        """A validated receipt once the provider has `end`, nothing in flight, every result
+        decided and a co-signed note for all it earned (after that note or after `end`; a job
+        that cost nothing, e.g. an invalid module, gets one for 0 tokens)."""
+        cost, settled = self._accepted_cost(link)
+        if link.ended and not link.liar and not link.inflight and settled and link.results \
+                and link.contract.due == cost:
+            await self._send_receipt(link, Outcome.VALIDATED, cost)
+
+    async def _send_receipt(self, link: Link, outcome: Outcome, tokens: int) -> None:
+        """The provider's WorkReceipt for this agreement (once), signed by this node."""
+        if self.key is None or link.receipt_sent:
+            return
+        link.receipt_sent = True
+        fuel = 0
+        for i, r in link.results.items():
+            final = self.tasks[i].final
+            if outcome is Outcome.REJECTED or (final is not None and r.vote == final.vote):
+                fuel += r.fuel
+        receipt = sign_work_receipt(self.key, worker=link.peer, job=link.contract.id,
+                                    outcome=outcome, tokens=tokens, cpu_seconds=0.0, fuel=fuel,
+                                    time=self.clock())
+        await link.send(simple("receipt", receipt=receipt.encode()))
 
     # ---- assignment ---------------------------------------------------------------------------
 
@@ -362,6 +405,7 @@ class Burst:
                     try:
                         lk.ended = True
                         await lk.send(simple("end"))
+                        await self._final_receipt(lk)   # its last note may be signed already
                     except (FognodeError, OSError, trio.BrokenResourceError,
                             trio.ClosedResourceError):
                         self._dead(lk, "the job stream broke at the end")

@@ -6,6 +6,8 @@ works as before). When the device suspends, every offer of ours is withdrawn and
 when it may work again they are published anew, capped by what the policy lets work use now
 (`free_cores`, `free_memory_bytes`). `refusal()` is why a new offer may not be made now.
 Sans-IO: the role hands it the reading and carries out what it returns through the service.
+Running jobs are not this module's: they run under the harvest role's executor (provider.py),
+which stops and continues them with all other work on this node.
 """
 from __future__ import annotations
 

@@ -15,6 +15,10 @@ The customer opens the stream; every frame is a msgpack map ``{"v": 1, "t": <typ
     C->P note    {"due": <int>, "sig": <64>}  the customer's DebitNote (ledger/escrow_orders.py)
     C->P dispute {"reason": <str>}    the customer will not sign (a wrong result, a wrong due)
     C->P end     {}                   no more tasks
+    C->P receipt {"receipt": <bytes>} the customer's signed harvest WorkReceipt for this job
+                                      (receipts.py): validated with the tokens of its final
+                                      note, or rejected before a dispute; credited by the
+                                      provider's contribution ledger once paid
     P->C stop    {"reason": <str>}    the provider stops work (unpaid, no escrow, deadline)
 
 Blobs are content-addressed: a task names its module and input by BLAKE2b-256; the provider
@@ -28,6 +32,7 @@ from typing import Any
 
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import SIG_LEN, Fields, pack, sign, verify
+from fognode.protocols.harvest.receipts import MAX_EVIDENCE
 from fognode.protocols.harvest.wasm_wire import (MAX_ARGS, MAX_EXPORT_NAME, MAX_FUEL,
                                                  MAX_WASM_MEMORY, MIN_WASM_MEMORY)
 from fognode.protocols.market.wirecommon import U63
@@ -115,7 +120,8 @@ class Blob:
 
 @dataclass(frozen=True)
 class Simple:
-    """hello / escrow / debit / note / dispute / end / stop: one tag and its few fields."""
+    """hello / escrow / debit / note / dispute / end / stop / receipt: one tag and its few
+    fields."""
 
     t: str
     agreement: bytes = b""       # hello: the encoded agreement
@@ -123,6 +129,7 @@ class Simple:
     due: int = 0
     sig: bytes = b""
     reason: str = ""
+    receipt: bytes = b""         # receipt: a harvest WorkReceipt's bytes
 
 
 JobMessage = Task | Result | Payee | Blob | Simple
@@ -179,6 +186,8 @@ def decode_job(raw: Any, *, peer: str | None = None, max_blob: int = 16 * 1024 *
         m = Simple(t, reason=f.str("reason", max_len=MAX_MESSAGE))
     elif t == "end":
         m = Simple(t)
+    elif t == "receipt":
+        m = Simple(t, receipt=f.bytes("receipt", max_len=MAX_EVIDENCE))
     else:
         raise RemoteProtocolError(f"market job message: unknown type {t[:16]!r}", peer=peer)
     f.done()

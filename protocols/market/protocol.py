@@ -10,9 +10,9 @@ tasks, results, debit notes). The role's loops: gossip handlers, the core's cloc
 The market follows the harvest policy where the node runs a harvest role (harvest_gate.py):
 while the policy suspends work our offers are withdrawn and new ones refused; they are
 published again, within the policy's capacity, when it resumes; a new offer's default cores
-and memory are what the policy lets work use now. Jobs run in this role's own harvest
-`Executor` (nice `executor_nice`, not the harvest role's nice 19), which the same transitions
-suspend (SIGSTOP) and resume; they are not metered into a harvest session yet.
+and memory are what the policy lets work use now. Provider jobs run under the harvest role
+(provider.py: one `market` harvest session per agreement, its tasks in a persistent WASM
+runner of the harvest executor, suspended, limited and metered with all work on this node).
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ from fognode.node.overlay import FramedStream, GossipMessage
 from fognode.node.role import NodeContext, Role
 from fognode.node.rpc.methods import FilePath, Progress, rpc_method
 from fognode.protocols.harvest.api import harvest_api
-from fognode.protocols.harvest.executor import Executor
 from fognode.protocols.harvest.wasm_wire import MAX_WASM_MEMORY, MIN_WASM_MEMORY
 from fognode.protocols.market import errors as E
 from fognode.protocols.market.actions import Publish, Send
@@ -108,9 +107,9 @@ class MarketRole(Role):
                                reputation=self._reputation, latency=ctx.overlay.latency)
         self.service: MarketService = MarketService(ctx, config, self.core, self.contracts,
                                                     self.metrics)
-        self.executor = Executor(nice=config.executor_nice)
         self.provider = ProviderJobs(key=ctx.identity, config=config, ledger=self.service.ledger,
-                                     executor=self.executor, contracts=self.contracts,
+                                     harvest=lambda: harvest_api(ctx.services),
+                                     contracts=self.contracts,
                                      metrics=self.metrics, publish=ctx.events.publish,
                                      payee=self.service.payee, clock=ctx.clock)
         self.services = ServiceContracts(self.service, self.metrics)
@@ -141,12 +140,9 @@ class MarketRole(Role):
         was = self.gate.suspended
         gone, back = self.gate.check(suspension, self._capacity())
         if was is None and self.gate.suspended is not None:
-            self.executor.suspend()      # running jobs stop (SIGSTOP) and lose no work
-            log.info("market: harvest suspended (%s): withdrew %d offer(s), running jobs stopped",
-                     suspension, gone)
+            log.info("market: harvest suspended (%s): withdrew %d offer(s)", suspension, gone)
         elif was is not None and self.gate.suspended is None:
-            self.executor.resume()
-            log.info("market: harvest resumed: running jobs continue, %d offer(s) published again", back)
+            log.info("market: harvest resumed: %d offer(s) published again", back)
 
     def _reputation(self, peer: str) -> float:
         return self.service.reputation_score(peer)

@@ -9,15 +9,25 @@ and get paid for them through the ledger's escrow.
 2. We answer with our `payee` account (signed by our identity key): the escrow pays it.
 3. `escrow`: we wait (at most `escrow_wait` s) until our ledger replica holds that escrow, for
    this agreement, payable to our payee, with the agreement's deadline. Nothing runs before.
-4. Tasks run one at a time through the harvest `Executor` (`run_wasm`), each with the fuel the
-   task asks for, capped at what the rest of the escrow pays for, and its memory limit; blobs
-   (module, input) arrive first and are hash-checked. Every result goes back with its fuel.
+4. Tasks run under the harvest role (none: the job is refused): the agreement is a `market`
+   harvest session (ref: the agreement id) and its tasks run one at a time in one persistent
+   WASM runner of the harvest executor (`HarvestApi.wasm_worker`: the policy suspends and
+   throttles it, it is killed at its memory limit, its CPU, memory and fuel are metered into
+   the session), each with the fuel the task asks for, capped at what the rest of the escrow
+   pays for, and its memory limit; blobs (module, input) arrive first and are hash-checked.
+   Every result goes back with its fuel. The session ends completed when the work was paid in
+   full, else abandoned with the reason.
 5. Every `debit_interval` s (and when the customer said `end` and the queue is empty) we ask
    for the cumulative cost of the tasks reported (`debit`); the customer answers with a
    co-signed debit note, which we pay out to our payee through the ledger (in the background,
    one payout at a time, the latest note wins). A debit request unanswered for
    `debit_deadline` s, or a `dispute`, stops the work (`stop` sent, SLABreach "unpaid" or
    "disputed"): we keep what was paid.
+6. `receipt`: the customer's signed WorkReceipt for the job (harvest receipts.py). It must be
+   issued by the agreement's customer, for this node and this agreement, for no more than the
+   customer's notes; a validated one is credited to the contribution ledger once its tokens
+   equal what the ledger paid out to us, a rejected one (we were outvoted) when it arrives
+   before the dispute ends the session. A receipt that does not fit is not credited (WARNING).
 
 Awaits the stream and the ledger; cancellable; a peer's bad frame ends the stream (charged).
 """
@@ -34,9 +44,12 @@ from fognode.ledger.escrow_orders import DebitNote
 from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
 from fognode.node.overlay import FramedStream
 from fognode.node.wire import digest
+from fognode.protocols.harvest.api import HarvestApi
 from fognode.protocols.harvest.exec_errors import BadJobError
-from fognode.protocols.harvest.executor import Executor
-from fognode.protocols.harvest.wasm import WasmJob, WasmResult, run_wasm
+from fognode.protocols.harvest.receipts import (MARKET_JOB, Outcome, ReceiptRefused,
+                                                RefuseReason, WorkReceipt, decode_work_receipt)
+from fognode.protocols.harvest.wasm import WasmJob, WasmResult
+from fognode.protocols.harvest.wasm_worker import WasmWorker
 from fognode.protocols.market.agreement import Agreement, decode_negotiation
 from fognode.protocols.market.config import MarketConfig
 from fognode.protocols.market.contracts import Contract, Contracts
@@ -50,6 +63,25 @@ from fognode.protocols.registry.peerid import peer_id_from_pubkey
 log = logging.getLogger("fognode.market")
 
 ESCROW_POLL = 0.2
+RECEIPT_WAIT = 5.0       # seconds we wait for the customer's receipt after the final payout
+
+
+def check_receipt(data: bytes, *, customer: str, worker: str, agreement: bytes, noted: int,
+                  peer: str | None = None) -> WorkReceipt:
+    """The customer's WorkReceipt for one agreement, if it fits: signed by the agreement's
+    `customer`, for `worker` (us) and `agreement`, for at most the `noted` tokens the
+    customer's debit notes granted. ReceiptRefused (MALFORMED, BAD_SIGNATURE, FOREIGN) says
+    why not."""
+    r = decode_work_receipt(data, peer=peer)
+    if r.issuer != customer:
+        raise ReceiptRefused(RefuseReason.FOREIGN, f"issued by {r.issuer}, not by the "
+                                                   f"agreement's customer {customer}", peer=peer)
+    if r.worker != worker or r.job != agreement:
+        raise ReceiptRefused(RefuseReason.FOREIGN, "for another worker or agreement", peer=peer)
+    if r.tokens > noted:
+        raise ReceiptRefused(RefuseReason.MALFORMED, f"claims {r.tokens} tokens, the debit notes "
+                                                     f"granted {noted}", peer=peer)
+    return r
 
 
 class Stop(Exception):
@@ -74,14 +106,15 @@ def first_cause(eg: BaseExceptionGroup) -> BaseException:
 
 class ProviderJobs:
     def __init__(self, *, key: SigningKey, config: MarketConfig,
-                 ledger: Callable[[], LedgerApi | None], executor: Executor,
+                 ledger: Callable[[], LedgerApi | None], harvest: Callable[[], HarvestApi | None],
                  contracts: Contracts, metrics: MarketMetrics, publish: Callable[[Any], None],
                  payee: Callable[[], bytes], clock: Callable[[], float]) -> None:
         self.key = key
         self.pubkey = bytes(key.verify_key)
         self.config = config
         self.ledger = ledger
-        self.executor = executor
+        self.harvest = harvest
+        self.peer_id = peer_id_from_pubkey(self.pubkey)
         self.contracts = contracts
         self.metrics = metrics
         self.publish = publish
@@ -138,6 +171,11 @@ class _Session:
         self.note_ready = trio.Event()
         self.escrow_amount = 0
         self.escrow_customer = b""   # the wallet that opened the escrow signs the debit notes
+        self.worker: WasmWorker | None = None
+        self.receipt: bytes | None = None      # the customer's WorkReceipt, checked
+        self.receipt_outcome: Outcome | None = None
+        self.receipt_tokens = 0
+        self.credited = False
 
     async def send(self, obj: dict[str, Any]) -> None:
         async with self.lock:
@@ -160,6 +198,9 @@ class _Session:
         ledger = jobs.ledger()
         if ledger is None:
             raise Stop("this provider runs no ledger")
+        harvest = jobs.harvest()
+        if harvest is None:
+            raise Stop("this provider runs no harvest role: market jobs run under its executor")
         payee = jobs.payee()
         self.contract.payee = payee
         await self.send(sign_payee(jobs.key, self.aid, payee).wire())
@@ -173,14 +214,25 @@ class _Session:
         jobs.metrics.agreements.labels("provider").inc()
         jobs.publish(ServiceContractCreated(self.aid.hex(), "provider", self.s.remote_peer,
                                             self.t.service, self.t.max_total, self.t.deadline))
+        hs = harvest.start_harvest_session("market", self.aid.hex())
+        why = "the job stream ended"
         try:
-            async with trio.open_nursery() as n:
-                n.start_soon(self._reader, n.cancel_scope)
-                n.start_soon(self._runner)
-                n.start_soon(self._payer, ledger)
-                await self._debits(n.cancel_scope)
+            async with harvest.wasm_worker(hs.session_id, f"market {self.aid.hex()[:8]}") as w:
+                self.worker = w
+                async with trio.open_nursery() as n:
+                    n.start_soon(self._reader, n.cancel_scope)
+                    n.start_soon(self._runner)
+                    n.start_soon(self._payer, ledger)
+                    await self._debits(n.cancel_scope)
         except BaseExceptionGroup as eg:
-            raise first_cause(eg) from None
+            cause = first_cause(eg)
+            why = str(cause)
+            raise cause from None
+        except BaseException as e:
+            why = str(e) or type(e).__name__
+            raise
+        finally:
+            self._end_session(hs.session_id, why)
 
     async def _await_escrow(self, ledger: LedgerApi, eid: bytes, payee: bytes) -> None:
         with trio.move_on_after(self.jobs.config.escrow_wait):
@@ -219,6 +271,8 @@ class _Session:
                 self.jobs.publish(SLABreach(self.aid.hex(), peer, "disputed", msg.reason))
                 self.jobs.metrics.breaches.labels("disputed").inc()
                 raise Stop(f"the customer disputes: {msg.reason}")
+            elif isinstance(msg, Simple) and msg.t == "receipt":
+                self._on_receipt(msg.receipt)
             elif isinstance(msg, Simple) and msg.t == "end":
                 self.ended = True
                 self.wake.set()
@@ -273,7 +327,8 @@ class _Session:
                           memory_bytes=task.memory, max_output=MAX_TASK_OUTPUT)
         except BadJobError as e:
             return Result(task.index, "bad_request", str(e)[:512], b"", digest(b""), (), 0)
-        r = await run_wasm(self.jobs.executor, job, name=f"market-{task.index}")
+        assert self.worker is not None
+        r = await self.worker.run(job)
         output, results = r.output, r.results
         if self.jobs.config.fault_corrupt_output:
             output, results = corrupt(r)
@@ -316,6 +371,9 @@ class _Session:
             if idle_end and self.noted >= self.due:
                 self.contract.state = "done"
                 await self._drain_payout()
+                with trio.move_on_after(RECEIPT_WAIT):
+                    while self.receipt is None:      # the customer sends it with its final note
+                        await trio.sleep(0.05)
                 scope.cancel()
                 return
             self.wake = trio.Event()
@@ -344,3 +402,44 @@ class _Session:
             self.jobs.metrics.paid.labels("provider").inc(note.due - self.contract.paid)
             self.contract.paid = note.due
             self.jobs.contracts.save(self.contract)
+
+    # ---- the customer's receipt ----------------------------------------------------------------
+
+    def _on_receipt(self, data: bytes) -> None:
+        """Keep the customer's WorkReceipt if it fits this job (`check_receipt`), else WARNING:
+        nothing is credited."""
+        try:
+            r = check_receipt(data, customer=peer_id_from_pubkey(self.t.customer),
+                              worker=self.jobs.peer_id, agreement=self.aid,
+                              noted=max(self.noted, self.contract.paid), peer=self.s.remote_peer)
+        except ReceiptRefused as e:
+            log.warning("market: receipt for %s refused: %s", self.aid.hex()[:16], e)
+            return
+        self.receipt, self.receipt_outcome, self.receipt_tokens = data, r.outcome, r.tokens
+
+    def _end_session(self, session_id: bytes, why: str) -> None:
+        """Credit the receipt and end the harvest session (unless the harvest role stopped
+        meanwhile: it abandoned its sessions itself)."""
+        harvest = self.jobs.harvest()
+        if harvest is None:
+            return
+        self._credit(harvest)
+        done = self.contract.state == "done"
+        try:
+            harvest.stop_harvest_session(session_id, completed=done, reason="" if done else why[:200])
+        except LookupError:
+            pass     # the harvest role restarted: the session was closed with it
+
+    def _credit(self, harvest: HarvestApi) -> None:
+        """Credit the receipt: a rejected one as it is, a validated one once paid in full."""
+        if self.receipt is None or self.credited:
+            return
+        if self.receipt_outcome is Outcome.VALIDATED and self.receipt_tokens != self.contract.paid:
+            log.warning("market: receipt for %s not credited: it says %d, the ledger paid %d",
+                        self.aid.hex()[:16], self.receipt_tokens, self.contract.paid)
+            return
+        try:
+            harvest.credit(MARKET_JOB, self.receipt, peer=self.s.remote_peer)
+            self.credited = True
+        except ReceiptRefused as e:
+            log.warning("market: receipt for %s not credited: %s", self.aid.hex()[:16], e)

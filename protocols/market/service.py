@@ -297,7 +297,8 @@ class MarketService:
         burst = Burst(tasks, blobs, min(replication, len(links)), ledger=ledger,
                       config=self.config, metrics=self.metrics, publish=self.ctx.events.publish,
                       reputation=self.reputation(), clock=self.ctx.clock, progress=progress,
-                      save=self.contracts.save)
+                      save=self.contracts.save,
+                      key=self.ctx.identity)
         outcomes = await burst.run(links)
         t_run = trio.current_time()
         for lk in links:

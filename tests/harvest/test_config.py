@@ -75,6 +75,10 @@ def write(tmp_path: Path, text: str) -> Path:
     ("trace_mode = 'rewind'", r"protocols\.harvest\.trace_mode: must be one of replay, follow"),
     ("sensors = ''", r"protocols\.harvest\.sensors: must be \"psutil\" or the path"),
     ("min_batery_pct = 5", r"protocols\.harvest: unknown key\(s\) min_batery_pct"),
+    ("market_nice = -5", r"protocols\.harvest\.market_nice: must be an integer between 0 and 19"),
+    ("manual_nice = 20", r"protocols\.harvest\.manual_nice: must be an integer between 0 and 19"),
+    ("market_nice = 'low'", r"protocols\.harvest\.market_nice: must be an integer"),
+    ("history_sessions = 5", r"protocols\.harvest\.history_sessions: must be an integer between 10"),
 ])
 def test_bad_keys_name_file_and_key(tmp_path: Path, body: str, match: str) -> None:
     p = write(tmp_path, f"[protocols.harvest]\n{body}\n")

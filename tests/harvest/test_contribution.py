@@ -174,3 +174,102 @@ def test_a_store_held_by_another_process_is_a_storage_error(tmp_path: Path) -> N
             ContributionStore(tmp_path / "c")
     finally:
         store.close()
+
+
+def test_market_receipts_need_the_customer_a_job_this_device_ran_and_count_once(
+        ledger: ContributionLedger) -> None:
+    """Mirrors the FL receipt rules for the market's job receipts (issue 12 item 5)."""
+    job = b"\5" * 32
+    # no market session for that job: this device did no work for it
+    assert refused(ledger.credit, MARKET_JOB, job_receipt(job=job), NOW) is RefuseReason.FOREIGN
+    s = ledger.start("market", job.hex(), NOW)
+    # signed by someone else than the customer it names (a forgery), for another device,
+    # by the worker itself
+    forged = unpack(sign_work_receipt(key("mallory"), worker=ME, job=job, outcome=Outcome.VALIDATED,
+                                      tokens=9, cpu_seconds=0.0, fuel=1, time=NOW).encode())
+    forged["issuer"] = CUSTOMER
+    assert refused(ledger.credit, MARKET_JOB, pack(forged), NOW) is RefuseReason.BAD_SIGNATURE
+    assert refused(ledger.credit, MARKET_JOB, job_receipt(OTHER, job=job), NOW) is RefuseReason.FOREIGN
+    assert refused(ledger.credit, MARKET_JOB, job_receipt(signer="me", job=job), NOW) \
+        is RefuseReason.SELF_ISSUED
+    good = job_receipt(job=job, tokens=700)
+    c = ledger.credit(MARKET_JOB, good, NOW + 1)
+    assert (c.issuer, c.ref, c.tokens, c.outcome) == (CUSTOMER, job.hex(), 700, Outcome.VALIDATED)
+    # replayed, and a second receipt for the same job newly signed: not credited twice
+    assert refused(ledger.credit, MARKET_JOB, good, NOW) is RefuseReason.DUPLICATE
+    assert refused(ledger.credit, MARKET_JOB, job_receipt(job=job, tokens=701), NOW) \
+        is RefuseReason.DUPLICATE
+    done = ledger.stop(s.session_id, SessionState.COMPLETED, NOW + 2)
+    assert (done.validated, done.rejected, done.tokens) == (1, 0, 700)
+    # a rejected receipt (outvoted) for another job counts against reliability, no tokens
+    lost = b"\6" * 32
+    s2 = ledger.start("market", lost.hex(), NOW + 3)
+    ledger.credit(MARKET_JOB, job_receipt(job=lost, outcome=Outcome.REJECTED, tokens=0), NOW + 4)
+    ledger.stop(s2.session_id, SessionState.ABANDONED, NOW + 5, "outvoted")
+    t = ledger.totals()
+    assert (t.validated, t.rejected, t.consecutive_valid, t.tokens_by_kind[MARKET_JOB]) == (1, 1, 0, 700)
+    assert t.reliability == pytest.approx(reliability_of(1, 1, 1, 1))
+
+
+def _history(led: ContributionLedger, days: int = 6, first: int = 0) -> list[bytes]:
+    """Two FL sessions (one with a restart) and two market jobs a day, with credits."""
+    jobs = []
+    for d in range(first, first + days):
+        t = NOW + d * 86_400
+        sid = hashlib.blake2b(b"fl%d" % d, digest_size=32).digest()
+        for attempt in range(2):
+            s = led.start("fl", sid.hex(), t + attempt)
+            led.meter(s.session_id, Usage(cpu_s=1.25, wall_s=4.0, mem_byte_s=3e9, fuel=0))
+            led.stop(s.session_id, SessionState.COMPLETED if attempt else SessionState.ABANDONED,
+                     t + attempt + 0.5, "restarted")
+        led.credit(FL_ROUND, round_receipt({ME: 0.5, OTHER: 0.5}, sid=sid), t + 3)
+        for j in range(2):
+            job = hashlib.blake2b(b"job%d.%d" % (d, j), digest_size=32).digest()
+            jobs.append(job)
+            s = led.start("market", job.hex(), t + 10 + j)
+            led.meter(s.session_id, Usage(cpu_s=0.5, wall_s=2.0, mem_byte_s=1e9, fuel=1000 + j))
+            outcome = Outcome.REJECTED if (d, j) == (1, 1) else Outcome.VALIDATED
+            led.credit(MARKET_JOB, job_receipt(job=job, outcome=outcome, tokens=10 * (d + 1)),
+                       t + 11 + j)
+            led.stop(s.session_id, SessionState.COMPLETED, t + 12 + j)
+    return jobs
+
+
+def test_history_is_bounded_and_folding_keeps_totals_and_reliability(tmp_path: Path) -> None:
+    full = ContributionLedger(ContributionStore(tmp_path / "full"), ME, NOW)
+    small = ContributionLedger(ContributionStore(tmp_path / "small"), ME, NOW, keep=5)
+    try:
+        _history(full)
+        jobs = _history(small)
+        want, got = full.totals(), small.totals()
+        assert len(full.sessions(limit=1000)) == 24
+        kept = small.sessions(limit=1000)
+        assert len(kept) <= 5 and len(small.days()) >= 5
+        assert kept[0].started == max(s.started for s in full.sessions(limit=1000))
+        for f in ("sessions", "completed", "abandoned", "validated", "rejected", "tokens",
+                  "tokens_by_kind", "fuel", "consecutive_valid", "running"):
+            assert getattr(got, f) == getattr(want, f), f
+        for f in ("cpu_seconds", "wall_seconds", "memory_mb_hours", "reliability"):
+            assert getattr(got, f) == pytest.approx(getattr(want, f)), f
+        assert got.rejected == 1 and got.consecutive_valid == 12   # 3 a day after day 1
+        # a folded job's receipt replayed: no record of that work, not credited again
+        assert refused(small.credit, MARKET_JOB, job_receipt(job=jobs[0], tokens=10), NOW) \
+            is RefuseReason.FOREIGN
+        small.close()
+        db = plyvel.DB(str(tmp_path / "small"))
+        stored = sum(1 for _ in db.iterator(prefix=b"s/")) + sum(1 for _ in db.iterator(prefix=b"c/"))
+        db.close()
+        assert stored <= 10, "sessions and credits on disk are bounded too"
+        small = ContributionLedger(ContributionStore(tmp_path / "small"), ME, NOW + 10**6, keep=5)
+        again = small.totals()
+        assert (again.sessions, again.validated, again.rejected, again.tokens,
+                again.consecutive_valid) == (want.sessions, want.validated, want.rejected,
+                                             want.tokens, want.consecutive_valid)
+        assert again.reliability == pytest.approx(want.reliability)
+        # a running session's work item is never folded, and the fold goes on as work ends
+        s = small.start("manual", "long", NOW + 10**6)
+        _history(small, days=1, first=10)
+        assert small.get(s.session_id) is not None and len(small.sessions(limit=1000)) <= 6
+    finally:
+        full.close()
+        small.close()

@@ -270,8 +270,8 @@ async def test_event_loop_lag_stays_bounded_while_children_run() -> None:
 def cgroup_support() -> CgroupSupport:
     """The delegated cgroup v2 of this machine; the test is skipped, saying why, without one."""
     support = probe_cgroup()
-    if not support.available:
-        pytest.skip(f"cgroup v2 not usable here: {support.reason}")
+    if not support.available or not support.limits:
+        pytest.skip(f"cgroup v2 limits not usable here: {support.reason}")
     return support
 
 

@@ -47,7 +47,8 @@ FEE = 1000                  # micro-units (genesis fee 0.001)
 PRICE = 500_000             # micro-units per million fuel (0.5 token)
 SECONDS = 25                # agreements' deadline from the request
 ROUNDS = 300_000            # xorshift rounds of one burst task (7.8 M fuel, 3.9 tokens)
-SETTINGS = ["--set", "protocols.market.executor_nice=0", "--set", "protocols.market.debit_interval=1",
+BURST = 32                  # tasks of the burst that loses a provider (enough to outlast a poll)
+SETTINGS = ["--set", "protocols.harvest.market_nice=0", "--set", "protocols.market.debit_interval=1",
             "--set", "protocols.market.debit_deadline=6", "--set", "protocols.market.escrow_wait=20",
             "--set", "protocols.registry.eigentrust_interval=1"]
 
@@ -163,8 +164,8 @@ def test_market_end_to_end_liar_bad_input_and_killed_provider(node_factory: Any,
         try:
             with RpcClient(c.socket, timeout=120) as client:
                 box["out"] = client.call("market.burst", {
-                    "module": str(wat), "export": "work", "values": [ROUNDS + i for i in range(16)],
-                    "providers": 2, "fuel": 10_000_000, "budget": "160", "seconds": SECONDS,
+                    "module": str(wat), "export": "work", "values": [ROUNDS + i for i in range(BURST)],
+                    "providers": 2, "fuel": 10_000_000, "budget": str(10 * BURST), "seconds": SECONDS,
                     "filter": cheap}, on_progress=seen.append)
         except BaseException as ex:      # noqa: BLE001 - handed to the test thread
             box["error"] = ex
@@ -178,9 +179,9 @@ def test_market_end_to_end_liar_bad_input_and_killed_provider(node_factory: Any,
     t.join(150)
     assert "error" not in box, box.get("error")
     out = box["out"]
-    assert [x["status"] for x in out["tasks"]] == ["ok"] * 16, [x for x in out["tasks"] if x["status"] != "ok"]
+    assert [x["status"] for x in out["tasks"]] == ["ok"] * BURST, [x for x in out["tasks"] if x["status"] != "ok"]
     assert out["dead"] == [p2.peer_id]
-    assert [v["done"] for v in seen] == list(range(1, 17)) and all(v["total"] == 16 for v in seen)
+    assert [v["done"] for v in seen] == list(range(1, BURST + 1)) and all(v["total"] == BURST for v in seen)
     for x in out["tasks"]:
         want = execute(work_module(), "work", args=(ROUNDS + x["index"],), fuel=10_000_000,
                        memory_bytes=2**20, max_output=1024)
@@ -223,3 +224,28 @@ def test_market_end_to_end_liar_bad_input_and_killed_provider(node_factory: Any,
              for p in (p1, p3)}
         return s if s[p3.peer_id] < s[p1.peer_id] else None
     wait_until(scores, timeout=30, what="the liar's reputation below the honest provider's")
+
+    # harvest: every agreement a provider served is a `market` harvest session metered by its
+    # harvest executor (the persistent runner's CPU and fuel), completed when paid in full and
+    # credited by the customer's signed receipt; the liar's is a rejected credit, the unpaid
+    # one abandoned with no credit
+    def sessions(n: DevnetNode) -> dict[str, dict[str, Any]]:
+        return {s["ref"]: s for s in n.rpc("harvest.sessions", {"kind": "market", "limit": 100})}
+
+    mine = [v for v in views if v["peer"] == p1.peer_id]
+    assert mine
+    got = wait_until(lambda: (s if all(s.get(v["id"], {}).get("tokens") == micro(v["paid"])
+                                       for v in mine) else None) if (s := sessions(p1)) else None,
+                     timeout=30, what="node 1's receipts credited")
+    for v in mine:
+        s = got[v["id"]]
+        served = p1.rpc("market.contract", [v["id"]])
+        assert s["state"] == "completed" and (s["validated"], s["rejected"]) == (1, 0), s
+        assert s["usage"]["fuel"] == served["fuel"] and s["usage"]["cpu_seconds"] > 0, s
+    unpaid_s = got[stiff["contracts"][0]]
+    assert unpaid_s["state"] == "abandoned" and "unpaid" in unpaid_s["reason"], unpaid_s
+    assert (unpaid_s["validated"], unpaid_s["rejected"], unpaid_s["tokens"]) == (0, 0, 0)
+    lied = sessions(p3)[liar["id"]]
+    assert (lied["validated"], lied["rejected"], lied["tokens"]) == (0, 1, 0), lied
+    totals = p1.rpc("harvest.status")["totals"]
+    assert totals["tokens_by_kind"]["market_job"] == sum(micro(v["paid"]) for v in mine)

@@ -1,7 +1,7 @@
 """The harvest executor and WASM runner: suspend latency, the executor's overhead, WASM throughput.
 
     .venv/bin/python -m fognode.tools.bench.harvest [--suspends 50] [--runs 7] [--chain 3000000]
-        [--wasm-steps 100000000] [--py-steps 1000000]
+        [--wasm-steps 100000000] [--py-steps 1000000] [--small-jobs 50] [--small-steps 20000]
 
 Each figure is printed beside its bound (or baseline), measured in the same run:
 - suspend latency: from `Executor.suspend()` being called (the policy's decision) to the kernel
@@ -24,6 +24,10 @@ Each figure is printed beside its bound (or baseline), measured in the same run:
   (the runner's deterministic configuration), the same module and engine settings without
   fuel, and native Python running the same computation; the fuel-metered job through
   `run_wasm` (a child process: interpreter start, compilation, the pipe protocol) is shown too.
+- small jobs (a market burst's tasks): `--small-jobs` jobs of `--small-steps` steps each, one
+  after the other, through the persistent runner (`wasm_worker`: one child, the module compiled
+  once) against a fresh `run_wasm` child per job and the same jobs in this process; the
+  runner's fuel is checked equal to the fresh child's for every job.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ from fognode.protocols.harvest.limits import Allowance
 from fognode.protocols.harvest.procstat import process_cpu_s, process_state
 from fognode.protocols.harvest.wasm import WasmJob, run_wasm
 from fognode.protocols.harvest.wasm_engine import WasmOutcome, WasmStatus, execute
+from fognode.protocols.harvest.wasm_worker import open_wasm_worker
 
 TARGET_OVERHEAD = 0.03
 NICED_TIMEOUT = 60.0
@@ -119,6 +124,7 @@ class Figures:
     py_s: float
     wasm_job_s: float
     wasm_fuel: int
+    small: tuple[float, float, float]     # seconds for the small jobs: worker, fresh child, in-process
 
 
 async def suspend_latency(n: int) -> tuple[list[float], list[float]]:
@@ -243,6 +249,29 @@ async def wasm_throughput(steps: int, py_steps: int, reps: int = 3
     return t_fuel, t_free, t_py, t_job, fueled.fuel_consumed
 
 
+async def small_jobs(n: int, steps: int) -> tuple[float, float, float]:
+    """Seconds for `n` small jobs: through one persistent runner, a fresh child each, and in
+    this process; the fuel and results of every job checked equal."""
+    module = bytes(wasmtime.wat2wasm(XORSHIFT_WAT))
+    jobs = [WasmJob(module, "xorshift", args=(steps + i,), fuel=2**40) for i in range(n)]
+    ex = Executor(nice=0)
+    t0 = time.perf_counter()
+    async with open_wasm_worker(ex, name="bench") as w:
+        served = [await w.run(j) for j in jobs]
+    t_worker = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fresh = [await run_wasm(ex, j) for j in jobs]
+    t_fresh = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    local = [execute(module, "xorshift", args=j.args, fuel=j.fuel, memory_bytes=j.memory_bytes,
+                     max_output=0) for j in jobs]
+    t_local = time.perf_counter() - t0
+    for a, b, c in zip(served, fresh, local):
+        assert a.ok and (a.results, a.fuel_consumed) == (b.results, b.fuel_consumed) \
+            == (c.results, c.fuel_consumed), (a, b, c)
+    return t_worker, t_fresh, t_local
+
+
 async def measure(args: argparse.Namespace) -> Figures:
     print(f"suspend latency: {args.suspends} suspensions ...", flush=True)
     s_via, s_bare = await suspend_latency(args.suspends)
@@ -251,7 +280,9 @@ async def measure(args: argparse.Namespace) -> Figures:
     runs = await overhead(args.runs, args.chain)
     print("WASM throughput ...", flush=True)
     t_fuel, t_free, t_py, t_job, fuel = await wasm_throughput(args.wasm_steps, args.py_steps)
-    return Figures(s_via, s_bare, runs, t_fuel, t_free, t_py, t_job, fuel)
+    print(f"small jobs: {args.small_jobs} of {args.small_steps:,} steps ...", flush=True)
+    small = await small_jobs(args.small_jobs, args.small_steps)
+    return Figures(s_via, s_bare, runs, t_fuel, t_free, t_py, t_job, fuel, small)
 
 
 def print_table(f: Figures, args: argparse.Namespace) -> None:
@@ -293,6 +324,10 @@ def print_table(f: Figures, args: argparse.Namespace) -> None:
         f"WASM with fuel is {mfuel / mpy:.0f}x faster")
     row("  fuel-metered job via run_wasm (Msteps/s)", f"{args.wasm_steps / f.wasm_job_s / 1e6:.1f}",
         f"{mfuel:.1f}", f"in-process; the job pays a child start + compile ({f.wasm_job_s:.2f} s total)")
+    worker, fresh, local = (x / args.small_jobs * ms for x in f.small)
+    row("small job via the persistent runner (ms/job)", f"{worker:.2f}", f"{fresh:.2f}",
+        f"a fresh run_wasm child per job ({fresh / worker:.0f}x slower); in-process "
+        f"{local:.2f} ms/job; same fuel")
 
 
 def main() -> None:
@@ -302,6 +337,8 @@ def main() -> None:
     parser.add_argument("--chain", type=int, default=3_000_000)
     parser.add_argument("--wasm-steps", type=int, default=100_000_000)
     parser.add_argument("--py-steps", type=int, default=1_000_000)
+    parser.add_argument("--small-jobs", type=int, default=50)
+    parser.add_argument("--small-steps", type=int, default=20_000)
     args = parser.parse_args()
     figures = trio.run(measure, args)
     print_table(figures, args)

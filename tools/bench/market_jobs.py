@@ -22,7 +22,11 @@ per million fuel. Rows:
   agreement's deadline by design and is not timed here;
 - burst: `market.burst` of `tasks` tasks work(burst_rounds + i) over `providers` providers,
   request to all results, against the same tasks run one after the other in this process (one
-  local core).
+  local core); and the CPU seconds the burst cost: the job processes (the daemons' reaped
+  children, read once the providers' job processes are gone) against the local run's CPU,
+  and the daemons themselves (everything they do meanwhile, background work included). Job
+  CPU barely depends on what else the machine runs, unlike wall time. Tasks that did not end
+  `ok` are listed by why, with the providers found dead or outvoted.
 The machine's load is printed: on a shared 2-core machine these are upper bounds.
 """
 from __future__ import annotations
@@ -35,20 +39,37 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psutil
 import wasmtime
 
 from fognode.protocols.harvest.wasm_engine import execute
 from fognode.tools.bench.harvest import xorshift_func
-from fognode.tools.devnet import Devnet, wait_until
+from fognode.tools.devnet import Devnet, DevnetNode, wait_until
 
 WORK_WAT = f"(module {xorshift_func('work')})"   # the harvest benchmark's kernel, exported as `work`
-SETTINGS = ["--set", "protocols.market.executor_nice=0", "--set", "protocols.market.debit_interval=1"]
+SETTINGS = ["--set", "protocols.harvest.market_nice=0", "--set", "protocols.market.debit_interval=1"]
 
 
 def local_run(module: bytes, n: int, fuel: int) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = execute(module, "work", args=(n,), fuel=fuel, memory_bytes=65536, max_output=64)
     return time.perf_counter() - t0, out
+
+
+def cpu_seconds(nodes: list[DevnetNode]) -> tuple[float, float]:
+    """CPU seconds the daemons used so far, and their reaped children (the job processes)."""
+    own = jobs = 0.0
+    for n in nodes:
+        if n.proc is not None:
+            t = psutil.Process(n.proc.pid).cpu_times()
+            own += t.user + t.system
+            jobs += t.children_user + t.children_system
+    return own, jobs
+
+
+def jobs_gone(nodes: list[DevnetNode]) -> bool:
+    """No daemon has a child process left (their job processes were reaped)."""
+    return all(n.proc is None or not psutil.Process(n.proc.pid).children() for n in nodes)
 
 
 def row(name: str, seconds: float, note: str = "") -> None:
@@ -100,14 +121,16 @@ def main(argv: list[str] | None = None) -> None:
             row(f"  {k}", v)
         row("  settlement (payout applied)", settled - total)
         burst_fuel = 26 * (args.burst_rounds + args.tasks) + 10_000
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(args.tasks):
             local_run(module, args.burst_rounds + i, burst_fuel)
-        local = time.perf_counter() - t0
+        local, local_cpu = time.perf_counter() - t0, time.process_time() - c0
         per = -(-args.tasks // args.providers) * burst_fuel
         budget = Decimal(per) / 10**6 * Decimal("0.5") * args.providers + 1
         print(f"-- burst: {args.tasks} tasks work({args.burst_rounds}+i) over {args.providers} providers")
         row("one local core", local)
+        wait_until(lambda: jobs_gone(net.nodes) or None, timeout=60, what="the job processes gone")
+        cpu0 = cpu_seconds(net.nodes)
         t0 = time.perf_counter()
         b = c.rpc("market.burst", {"module": str(wat), "export": "work", "count": args.tasks,
                                    "first": args.burst_rounds, "providers": args.providers,
@@ -118,6 +141,25 @@ def main(argv: list[str] | None = None) -> None:
         row(f"market.burst ({ok}/{args.tasks} ok)", wall, f"{wall / local:.1f}x one local core")
         for k, v in b["seconds"].items():
             row(f"  {k}", v)
+        wait_until(lambda: jobs_gone(net.nodes) or None, timeout=60, what="the job processes gone")
+        own, jobs = (b - a for a, b in zip(cpu0, cpu_seconds(net.nodes)))
+        row("CPU, one local core", local_cpu)
+        row("CPU, the job processes", jobs, f"{jobs / local_cpu:.1f}x local, "
+            f"{jobs / max(1, ok) * 1000:.1f} ms per task ok")
+        row("CPU, the daemons", own, f"{own / max(1, ok) * 1000:.1f} ms per task ok")
+        for cid in b["contracts"]:
+            view = c.rpc("market.contract", [cid])
+            if view["peer"] in b["dead"] or view["peer"] in b["liars"]:
+                print(f"  provider {view['peer'][-8:]} {view['state']} after {view['tasks']} "
+                      f"task(s): {view['detail'][:100]}")
+        bad: dict[str, int] = {}
+        for t in b["tasks"]:
+            if t["status"] != "ok":
+                why = f'{t["status"]}: {t.get("error") or t.get("message", "")}'[:120]
+                bad[why] = bad.get(why, 0) + 1
+        for why, n in bad.items():
+            print(f"  {n} task(s) {why}")
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":
