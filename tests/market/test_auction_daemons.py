@@ -27,7 +27,7 @@ from tests.market.wat import WORK_WAT, work_module
 pytestmark = pytest.mark.slow
 
 SECONDS = 20
-SETTINGS = ["--set", "protocols.market.executor_nice=0", "--set", "protocols.market.debit_interval=1",
+SETTINGS = ["--set", "protocols.harvest.market_nice=0", "--set", "protocols.market.debit_interval=1",
             "--set", "protocols.market.auction_window=2", "--set", "protocols.market.escrow_wait=20"]
 
 

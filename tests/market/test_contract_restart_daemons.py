@@ -32,7 +32,7 @@ FEE = 1000                  # micro-units (genesis fee 0.001)
 PRICE = 10_000              # micro-units per million fuel (0.01 token)
 SECONDS = 75
 ROUNDS = 2_000_000          # xorshift rounds: long enough to freeze the validators before the result
-SETTINGS = ["--set", "protocols.market.executor_nice=0", "--set", "protocols.market.debit_interval=1",
+SETTINGS = ["--set", "protocols.harvest.market_nice=0", "--set", "protocols.market.debit_interval=1",
             "--set", "protocols.market.debit_deadline=60", "--set", "protocols.market.escrow_wait=20"]
 
 
