@@ -45,7 +45,7 @@ round_reward in all: distinct leaves of one sum tree add up to at most its total
 aggregators of the order from splitting the validators' votes (each validator locks the claim,
 and the scope's commit, for the first mint it sees; a split leaves mints short of a quorum and
 their senders' sequences stuck), an aggregator mints only once the coordinator adopted its
-model (FlCore._adopted).
+model (fl/session/ending.py adopted_rewards).
 
 What the evidence does not prove: that the weights are the strategy's. An elected aggregator
 is trusted with how it splits its round among the accepted participants (as it is trusted
