@@ -19,8 +19,6 @@ PACKAGES = {"node": "fognode.node", "protocols": "fognode.protocols", "ledger": 
             "tools": "fognode.tools"}
 
 ALLOWED: dict[frozenset[str], str] = {
-    frozenset({"protocols.fl.messages", "protocols.fl.rewards.receipts"}):
-        "issue 11 items 3-5: FL's modules grouped by concern",
     frozenset({"protocols.registry.api", "protocols.registry.protocol"}):
         "issue 11 item 2: role APIs that do not import their role back",
 }

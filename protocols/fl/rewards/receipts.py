@@ -65,13 +65,14 @@ from nacl.signing import SigningKey
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.peerid import peer_id_matches
 from fognode.node.wire import DIGEST_LEN, PUBKEY_LEN, SIG_LEN, Fields, digest, pack, sign, verify
+from fognode.protocols.fl.messages_session import RoundPlan, SessionAnnouncement, coordinators_of
+from fognode.protocols.fl.messages_spec import SessionSpec
 from fognode.protocols.fl.rewards.merkle import (MAX_DEPTH, MAX_SUM, SumNode, leaf_hash, merkle_proof, merkle_verify,
                                          sum_commit, sum_leaf, sum_proof, sum_root, sum_verify)
 from fognode.protocols.fl.rewards.round_header import MAX_PARTICIPANTS, RoundHeader, claim_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from fognode.ledger.receipts import Receipt, VerifyContext
-    from fognode.protocols.fl.messages import RoundPlan, SessionAnnouncement, SessionSpec
 
 RECEIPT_VERSION = 1
 LEDGER_KIND = "fl_update"
@@ -248,7 +249,6 @@ class FlUpdateVerifier:
 
     def max_reward(self, receipt: "Receipt", ctx: "VerifyContext") -> int:
         from fognode.ledger.receipts import EvidenceError
-        from fognode.protocols.fl.messages import SessionAnnouncement, coordinators_of
 
         try:
             f = Fields(receipt.body, "fl.UpdateReceipt")
