@@ -5,9 +5,8 @@ that way is still two modules that cannot be understood apart. The graph is read
 from the source folders that install as `fognode.*` (nothing is imported), and every strongly
 connected component of more than one module is reported at once.
 
-`ALLOWED` names cycles that still exist on this branch outside ledger/, each with the work that
-removes it; it only shrinks (an entry that no longer matches a cycle fails the test too, so a
-removed cycle cannot come back under its old permission).
+No cycle is allowed: the last two (fl messages <-> rewards receipts, registry api <-> role)
+went in issue 11.
 """
 from __future__ import annotations
 
@@ -18,10 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"node": "fognode.node", "protocols": "fognode.protocols", "ledger": "fognode.ledger",
             "tools": "fognode.tools"}
 
-ALLOWED: dict[frozenset[str], str] = {
-    frozenset({"protocols.registry.api", "protocols.registry.protocol"}):
-        "issue 11 item 2: role APIs that do not import their role back",
-}
 
 
 def module_files() -> dict[str, Path]:
@@ -126,14 +121,11 @@ def test_the_graph_sees_every_kind_of_import() -> None:
     graph = import_graph()
     assert "fognode.ledger.service" in graph["fognode.ledger.protocol"]        # module level
     assert "fognode.ledger.errors" in graph["fognode.protocols.fl.rewards.ledger"]   # in a function
-    assert "fognode.protocols.registry.protocol" in graph["fognode.protocols.registry.api"]   # TYPE_CHECKING
+    assert "fognode.node.streams" in graph["fognode.node.gossip"]       # TYPE_CHECKING
     assert len(graph) > 100 and all(m.startswith("fognode.") for m in graph)
 
 
 def test_no_import_cycles() -> None:
-    found = {short(c) for c in cycles(import_graph())}
-    unexpected = [sorted(c) for c in found if c not in ALLOWED]
-    stale = [f"{sorted(c)} ({why})" for c, why in ALLOWED.items() if c not in found]
-    report = "\n".join(" <-> ".join(c) for c in sorted(unexpected))
-    assert not unexpected, f"import cycles (each line: modules that import each other):\n{report}"
-    assert not stale, f"ALLOWED lists cycles that are gone; remove them: {stale}"
+    found = sorted(sorted(short(c)) for c in cycles(import_graph()))
+    report = "\n".join(" <-> ".join(c) for c in found)
+    assert not found, f"import cycles (each line: modules that import each other):\n{report}"
