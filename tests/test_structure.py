@@ -11,7 +11,10 @@ went in issue 11.
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
+
+from fognode.node.datadir import default_config_text
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"node": "fognode.node", "protocols": "fognode.protocols", "ledger": "fognode.ledger",
@@ -129,3 +132,38 @@ def test_no_import_cycles() -> None:
     found = sorted(sorted(short(c)) for c in cycles(import_graph()))
     report = "\n".join(" <-> ".join(c) for c in found)
     assert not found, f"import cycles (each line: modules that import each other):\n{report}"
+
+
+MAX_LINES = 500
+LONG_MARKER = "Long because:"
+
+
+def long_modules() -> dict[str, tuple[int, bool]]:
+    """Module -> (its line count, whether its docstring says why it is long), for every module
+    of the project over MAX_LINES lines."""
+    out: dict[str, tuple[int, bool]] = {}
+    for name, path in module_files().items():
+        text = path.read_text()
+        lines = text.count("\n") + (not text.endswith("\n"))
+        if lines <= MAX_LINES:
+            continue
+        doc = ast.get_docstring(ast.parse(text, filename=str(path))) or ""
+        out[name] = (lines, any(line.startswith(LONG_MARKER) for line in doc.splitlines()))
+    return out
+
+
+def test_no_module_over_500_lines_without_a_reason() -> None:
+    """DESIGN.md "Style": split a module well before 500 lines. A module that stays longer
+    says why in its docstring, on a line starting with "Long because:"."""
+    unexplained = sorted(f"{m} ({n} lines)" for m, (n, why) in long_modules().items() if not why)
+    assert not unexplained, (f"modules over {MAX_LINES} lines without a line starting "
+                             f"{LONG_MARKER!r} in their docstring: {', '.join(unexplained)}")
+
+
+def test_one_node_toml() -> None:
+    """The root node.toml is the one file to edit: node/node.toml (the package data `fognode
+    init` copies, and what a wheel or sdist ships: setuptools stores the file's content) is a
+    symlink to it."""
+    packaged = ROOT / "node" / "node.toml"
+    assert packaged.is_symlink() and os.readlink(packaged) == "../node.toml"
+    assert default_config_text() == (ROOT / "node.toml").read_text(encoding="utf-8")
