@@ -26,7 +26,8 @@ from fognode.protocols.fl.rewards.ledger import LedgerLink
 from fognode.protocols.fl.messages import PrivacyOptions, SelectionCriteria, SessionSpec
 from fognode.protocols.fl.secagg import round as secagg_round
 from fognode.protocols.fl.session.archive import SessionArchive
-from fognode.protocols.fl.session.core import FlCore, session_row
+from fognode.protocols.fl.session.core import FlCore
+from fognode.protocols.fl.session.status import session_row
 from fognode.protocols.fl.status_view import compact, new_rows
 from fognode.protocols.fl.strategies.registry import build_strategy
 from fognode.protocols.fl.strategies.base import StrategyError

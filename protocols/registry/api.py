@@ -6,22 +6,38 @@
 - "reputation" -> `ReputationService`: `report_outcome(subject, service, ok, weight, evidence)`
   for roles that saw a peer serve (SLA kept, FL update accepted, relay served), and
   `score(peer, service)`.
-Both are thin views of the role; they never block except `RegistryService.lookup`.
+Both are thin views of the role, seen through `RegistryBackend` (what they call on it, so this
+module does not import the role back); they never block except `fetch` and `lookup`.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from fognode.protocols.registry.core import RegistryCore
 from fognode.protocols.registry.observation import ALL_SERVICES
 from fognode.protocols.registry.record import DeviceRecord, HarvestInfo
 from fognode.protocols.registry.view import Criteria
 
-if TYPE_CHECKING:
-    from fognode.protocols.registry.protocol import RegistryRole
+
+class RegistryBackend(Protocol):
+    """What the services call on the registry role (protocol.py `RegistryRole`)."""
+
+    core: RegistryCore
+
+    def set_harvest(self, harvest: HarvestInfo | None) -> None: ...
+
+    def set_onion_cert(self, cert: bytes) -> None: ...
+
+    async def fetch(self, peer_id: str) -> DeviceRecord | None: ...
+
+    async def lookup(self, peer_id: str) -> DeviceRecord | None: ...
+
+    def report_outcome(self, subject: str, service: str, ok: bool, weight: float,
+                       evidence: bytes) -> None: ...
 
 
 class RegistryService:
-    def __init__(self, role: "RegistryRole") -> None:
+    def __init__(self, role: RegistryBackend) -> None:
         self._role = role
 
     def devices(self, criteria: Criteria | None = None) -> list[DeviceRecord]:
@@ -57,7 +73,7 @@ class RegistryService:
 
 
 class ReputationService:
-    def __init__(self, role: "RegistryRole") -> None:
+    def __init__(self, role: RegistryBackend) -> None:
         self._role = role
 
     def report_outcome(self, subject: str, service: str, ok: bool, weight: float = 1.0,

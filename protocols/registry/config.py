@@ -1,9 +1,12 @@
-"""The registry role's settings (`[protocols.registry]` in node.toml)."""
+"""The registry role's settings (`[protocols.registry]` in node.toml) and the pre-trusted peers
+its genesis names (`pretrusted_from_genesis`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from fognode.node.errors import ConfigError
+from fognode.node.errors import ConfigError, LocalProtocolError
+from fognode.protocols.registry.peerid import pubkey_from_peer_id
 
 
 @dataclass(frozen=True)
@@ -64,3 +67,17 @@ class RegistryConfig:
             raise bad("eigentrust_interval", "must be at least 0.1 s")
         if self.dht_timeout <= 0 or self.max_clock_skew < 0:
             raise bad("dht_timeout", "dht_timeout must be positive and max_clock_skew non-negative")
+
+
+def pretrusted_from_genesis(genesis: dict[str, Any]) -> list[str]:
+    """`genesis["registry"]["pretrusted"]`: a list of peer ids (LocalProtocolError if malformed)."""
+    reg = genesis.get("registry", {})
+    pre = reg.get("pretrusted", []) if isinstance(reg, dict) else None
+    if not isinstance(pre, list) or not all(isinstance(p, str) for p in pre):
+        raise LocalProtocolError("genesis registry.pretrusted must be a list of peer ids")
+    for p in pre:
+        try:
+            pubkey_from_peer_id(p)
+        except ValueError as e:
+            raise LocalProtocolError(f"genesis registry.pretrusted: {e}") from None
+    return pre

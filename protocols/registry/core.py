@@ -28,7 +28,6 @@ stopped process can keep its sockets). `fognode/registry/observations/1` carries
 """
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -49,7 +48,8 @@ from fognode.protocols.registry.observation import (ALL_SERVICES, MAX_EVIDENCE, 
                                                     decode_observation, sign_observation)
 from fognode.protocols.registry.peerid import peer_id_from_pubkey
 from fognode.protocols.registry.record import (Capabilities, DeviceProfile, DeviceRecord,
-                                               HarvestInfo, decode_record, sign_record)
+                                               HarvestInfo, changed_fields, decode_record,
+                                               harvest_differs_materially, sign_record)
 from fognode.protocols.registry.reputation import Recompute, ReputationTable
 from fognode.protocols.registry.validator import DeviceRecordValidator, device_key, region_key
 from fognode.protocols.registry.view import Change, Criteria, LocalView
@@ -59,27 +59,6 @@ OBSERVATIONS_TOPIC = "fognode/registry/observations/1"
 ENVELOPE_VERSION = 1
 SYNC_HEARTBEATS = 6       # anti-entropy with each connected peer every 6 heartbeat intervals
 MAX_ENVELOPE = 8192
-
-
-def _changed_fields(old: DeviceRecord, new: DeviceRecord) -> tuple[str, ...]:
-    out = [f.name for f in dataclasses.fields(Capabilities)
-           if getattr(old.caps, f.name) != getattr(new.caps, f.name)]
-    out += [f"profile.{f.name}" for f in dataclasses.fields(DeviceProfile)
-            if getattr(old.profile, f.name) != getattr(new.profile, f.name)]
-    if old.harvest != new.harvest:
-        out.append("harvest")
-    return tuple(out)
-
-
-def harvest_differs_materially(old: HarvestInfo | None, new: HarvestInfo | None) -> bool:
-    """True when a new harvest state is worth a new record: availability, the reason or the
-    free cores changed, or free memory moved by 10 % or more (not every megabyte)."""
-    if old is None or new is None:
-        return old is not new
-    if (old.available, old.reason, old.free_cores) != (new.available, new.reason, new.free_cores):
-        return True
-    a, b = old.free_memory_bytes, new.free_memory_bytes
-    return abs(a - b) >= 0.1 * max(a, b) if a != b else False
 
 
 class RegistryCore:
@@ -152,7 +131,7 @@ class RegistryCore:
                                              rec.profile.device_type, rec.profile.roles, rec.seq, True)))
         elif change is Change.UPDATED:
             out.append(Emit(DeviceCapabilitiesChanged(rec.peer_id, rec.seq,
-                                                      _changed_fields(old, rec), True)))
+                                                      changed_fields(old, rec), True)))
         return out
 
     def _envelope(self, now: float, kind: str, **fields: Any) -> bytes:
@@ -252,7 +231,7 @@ class RegistryCore:
             return [Emit(DeviceRegistered(rec.peer_id, rec.profile.region, rec.profile.device_type,
                                           rec.profile.roles, rec.seq, rec.peer_id == self.peer_id))]
         if change is Change.UPDATED and old is not None:
-            return [Emit(DeviceCapabilitiesChanged(rec.peer_id, rec.seq, _changed_fields(old, rec),
+            return [Emit(DeviceCapabilitiesChanged(rec.peer_id, rec.seq, changed_fields(old, rec),
                                                    rec.peer_id == self.peer_id))]
         return []
 

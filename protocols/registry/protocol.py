@@ -25,7 +25,7 @@ from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit
                                                 Ping, Publish, Refused, SetAppScore, SyncFrom,
                                                 SyncObservationsFrom)
 from fognode.protocols.registry.api import RegistryService, ReputationService
-from fognode.protocols.registry.config import RegistryConfig
+from fognode.protocols.registry.config import RegistryConfig, pretrusted_from_genesis
 from fognode.protocols.registry.core import DEVICES_TOPIC, OBSERVATIONS_TOPIC, RegistryCore
 from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.metrics import RegistryMetrics
@@ -46,20 +46,6 @@ log = logging.getLogger("fognode.registry")
 
 ACTION_QUEUE = 1024
 WORKERS = 4            # DHT workers; twice as many for direct-stream requests
-
-
-def pretrusted_from_genesis(genesis: dict[str, Any]) -> list[str]:
-    """`genesis["registry"]["pretrusted"]`: a list of peer ids (LocalProtocolError if malformed)."""
-    reg = genesis.get("registry", {})
-    pre = reg.get("pretrusted", []) if isinstance(reg, dict) else None
-    if not isinstance(pre, list) or not all(isinstance(p, str) for p in pre):
-        raise LocalProtocolError("genesis registry.pretrusted must be a list of peer ids")
-    for p in pre:
-        try:
-            pubkey_from_peer_id(p)
-        except ValueError as e:
-            raise LocalProtocolError(f"genesis registry.pretrusted: {e}") from None
-    return pre
 
 
 def _check_peer(peer: str) -> str:

@@ -298,3 +298,25 @@ def decode_record(data: bytes, *, peer: str | None = None) -> DeviceRecord:
                        "device record is not in canonical form (e.g. an integer where a float "
                        "belongs)", peer=peer)
     return rec
+
+
+def changed_fields(old: DeviceRecord, new: DeviceRecord) -> tuple[str, ...]:
+    """The capability and profile fields (and "harvest") that differ between two records."""
+    out = [f.name for f in dataclasses.fields(Capabilities)
+           if getattr(old.caps, f.name) != getattr(new.caps, f.name)]
+    out += [f"profile.{f.name}" for f in dataclasses.fields(DeviceProfile)
+            if getattr(old.profile, f.name) != getattr(new.profile, f.name)]
+    if old.harvest != new.harvest:
+        out.append("harvest")
+    return tuple(out)
+
+
+def harvest_differs_materially(old: HarvestInfo | None, new: HarvestInfo | None) -> bool:
+    """True when a new harvest state is worth a new record: availability, the reason or the
+    free cores changed, or free memory moved by 10 % or more (not every megabyte)."""
+    if old is None or new is None:
+        return old is not new
+    if (old.available, old.reason, old.free_cores) != (new.available, new.reason, new.free_cores):
+        return True
+    a, b = old.free_memory_bytes, new.free_memory_bytes
+    return abs(a - b) >= 0.1 * max(a, b) if a != b else False

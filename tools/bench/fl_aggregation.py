@@ -2,7 +2,7 @@
 secure aggregation.
 
     .venv/bin/python -m fognode.tools.bench.fl_aggregation [--bound-dim 10000000] [--bound-n 10]
-        [--repeats 7] [--dim 1000000] [--sizes 10,50]
+        [--repeats 7] [--dim 1000000] [--sizes 10,50] [--bounds-only]
 
 First the two headline ratios, for n updates of `bound-dim` float32 parameters (issue 11):
 FedAvg against one `np.tensordot(w, stack, 1)` of the weights with the pre-stacked updates
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="10,50")
     ap.add_argument("--secagg-clients", type=int, default=10)
     ap.add_argument("--secagg-dim", type=int, default=100_000)
+    ap.add_argument("--bounds-only", action="store_true",
+                    help="only the two headline ratios (FedAvg vs tensordot, Krum vs Gram)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -170,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
             fedavg_ratio = paired
     print(f"FedAvg within 1.5x of the tensordot bound (median paired ratio): "
           f"{'yes' if fedavg_ratio <= 1.5 else 'NO'}")
+    if args.bounds_only:
+        return
     print()
     print(f"aggregation of n float32 updates of {args.dim:,} parameters (best of runs)")
     print(f"{'strategy':<22} {'n':>4} {'ms':>10} {'x tensordot':>12}")

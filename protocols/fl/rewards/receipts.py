@@ -45,7 +45,7 @@ round_reward in all: distinct leaves of one sum tree add up to at most its total
 aggregators of the order from splitting the validators' votes (each validator locks the claim,
 and the scope's commit, for the first mint it sees; a split leaves mints short of a quorum and
 their senders' sequences stuck), an aggregator mints only once the coordinator adopted its
-model (FlCore._adopted).
+model (fl/session/ending.py adopted_rewards).
 
 Funding. "fl_update" is a pooled kind (ledger/receipts.py "Pooled kinds"): `pool_of` names the
 announcement's `funder` and the session id, so a receipt is paid only from the reward pool the
@@ -71,13 +71,14 @@ from nacl.signing import SigningKey
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.peerid import peer_id_matches
 from fognode.node.wire import DIGEST_LEN, PUBKEY_LEN, SIG_LEN, Fields, digest, pack, sign, verify
+from fognode.protocols.fl.messages_session import RoundPlan, SessionAnnouncement, coordinators_of
+from fognode.protocols.fl.messages_spec import SessionSpec
 from fognode.protocols.fl.rewards.merkle import (MAX_DEPTH, MAX_SUM, SumNode, leaf_hash, merkle_proof, merkle_verify,
                                          sum_commit, sum_leaf, sum_proof, sum_root, sum_verify)
 from fognode.protocols.fl.rewards.round_header import MAX_PARTICIPANTS, RoundHeader, claim_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from fognode.ledger.receipts import Receipt, VerifyContext
-    from fognode.protocols.fl.messages import RoundPlan, SessionAnnouncement, SessionSpec
 
 RECEIPT_VERSION = 1
 LEDGER_KIND = "fl_update"
@@ -254,7 +255,6 @@ class FlUpdateVerifier:
 
     def max_reward(self, receipt: "Receipt", ctx: "VerifyContext") -> int:
         from fognode.ledger.receipts import EvidenceError
-        from fognode.protocols.fl.messages import SessionAnnouncement, coordinators_of
 
         try:
             f = Fields(receipt.body, "fl.UpdateReceipt")
@@ -328,7 +328,6 @@ class FlUpdateVerifier:
         funded. The budget bounds the session's receipts together: each round pays at most
         budget // rounds (one split per round, each claim once)."""
         from fognode.ledger.receipts import EvidenceError
-        from fognode.protocols.fl.messages import SessionAnnouncement
 
         try:
             ann = SessionAnnouncement.decode(Fields(receipt.body, "fl.UpdateReceipt").map("ann", max_len=16))

@@ -18,61 +18,55 @@ In a `hierarchical` session updates go to regional aggregators, which forward on
 update per region to the global aggregator (session/hier.py).
 Rewards (rewards/receipts.py): a participant acts on a plan only if its signed round header matches
 the plan and the election (messages.plan_problem); an aggregator pays its round's participants
-(`PayRewards`) once the coordinator adopted its model (`_adopted`).
+(`PayRewards`) once the coordinator adopted its model (session/ending.py `adopted_rewards`).
 
-FlCore has no base classes: failover (`Failover`), hierarchical rounds (`Hierarchy`) and
-secure aggregation (`SecAggRounds`) are collaborators it hands each `Session` to.
-Over 500 lines because participant and aggregator behaviour still live here (issue 11 item 3:
-they are to become collaborators too).
+FlCore has no base classes. It keeps the node's sessions, joins announced sessions, follows
+plans and results, and hands each `Session` to collaborators: the participant's part
+(`ParticipantSide`, session/participant.py), the aggregator's (`AggregatorSide`,
+session/aggregator.py), the acting coordinator's (`CoordinatorSide`, session/coordinating.py),
+failover (`Failover`), hierarchical rounds (`Hierarchy`) and secure aggregation
+(`SecAggRounds`); a session's end is session/ending.py, its status session/status.py.
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Callable, Iterable
 
 import numpy as np
 from nacl.signing import SigningKey
 
-from fognode.node.wire import digest
 from fognode.protocols.fl.actions import (
-    Action, Aggregate, Emit, FetchModel, PayRewards, PrepareTask, Publish,
-    ReportOutcome, RoundJudged, SaveModel, SendUpdate, Train, UpdateRefused)
+    Action, Emit, FetchModel, PrepareTask, Publish, RoundJudged)
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.events import (
     TrainingRoundCompleted, TrainingRoundStarted, TrainingSessionEnded)
 from fognode.protocols.fl.messages import (
     DeviceFacts, GossipMessage, OptIn, RoundFailed, RoundPlan, RoundResult, SessionAnnouncement,
     SessionEnded, SessionSpec, UpdateHeader, coordinators_of, plan_problem)
-from fognode.protocols.fl.rewards.receipts import AcceptedUpdate, RoundReceipt, round_reward_of
-from fognode.protocols.fl.secagg.core import with_weight
 from fognode.protocols.fl.secagg.messages import Message as SecAggMessage
 from fognode.protocols.fl.secagg.session import SecAggRounds
+from fognode.protocols.fl.session.aggregator import AggregatorSide
+from fognode.protocols.fl.session.coordinating import CoordinatorSide
 from fognode.protocols.fl.session.coordinator import (
     CandidateView, Coordinator, Phase, SessionState)
 from fognode.protocols.fl.session.election import aggregator_order
+from fognode.protocols.fl.session.ending import adopted_rewards, close_rounds, end_session, republish_end
 from fognode.protocols.fl.session.failover import Failover
 from fognode.protocols.fl.session.hier import Hierarchy
+from fognode.protocols.fl.session.participant import ParticipantSide
 from fognode.protocols.fl.session.rounds import (
-    SLOT_SETTLED, AggregatorRound, AggregatorState, ParticipantRound, ParticipantState, TrainOutcome,
-    UpdateMeta)
-from fognode.protocols.fl.session.selection import ineligibility
+    AggregatorState, ParticipantRound, ParticipantState, TrainOutcome, UpdateMeta)
+from fognode.protocols.fl.session.selection import ineligibility, round_seed
 from fognode.protocols.fl.session.standby import choose_fallbacks, plan_span
 from fognode.protocols.fl.session.state import Admission, ModelBundle, Session
-from fognode.protocols.fl.strategies.base import AggregateResult, ClientUpdate, StrategyError
+from fognode.protocols.fl.session.status import session_row, session_status
+from fognode.protocols.fl.strategies.base import AggregateResult, StrategyError
 from fognode.protocols.fl.strategies.registry import build_strategy
-from fognode.protocols.fl.tasks import TrainConfig
 from fognode.protocols.fl.training.prepared import PreparedTask, init_seed_of
 from fognode.protocols.fl.transfer.tensors import params_hash
 
 MAX_SESSIONS = 64
 MAX_KNOWN_PEERS = 1024      # peers remembered from opt-ins, as fallback coordinator candidates
-MODELS_KEPT = 3
-END_REPUBLISH = 3           # republishes of a SessionEnded, one per republish interval
-# Rejections that say something about the sender's honesty or competence (reported to
-# reputation); lateness and races ("round closed", "unknown round") are not.
-BLAMEWORTHY = {"dtype", "shape", "size", "oversize", "hash", "nonfinite", "not a participant",
-               "malformed"}
 
 
 class FlCore:
@@ -96,12 +90,28 @@ class FlCore:
         self.fl_peers = fl_peers                # peers known to run fl (the registry's view)
         self.coordinator_fallbacks = coordinator_fallbacks
         self.seen_peers: dict[str, DeviceFacts] = {}   # peers seen opting in to any session
+        self.coordinator_side = CoordinatorSide(me=peer_id, on_plan=self._on_plan, end=self._end,
+                                                need_model=self._need_model)
         self.failover = Failover(me=peer_id, key=key, view=candidate_view,
                                  interval=republish_interval, facts=lambda: self.facts,
                                  on_plan=self._on_plan, end=self._end, need_model=self._need_model)
-        self.hierarchy = Hierarchy(me=peer_id, round_failed=self._round_failed)
+        # the collaborators that fail a round or send an update reach the sides built after
+        # them through these steps
+        def round_failed(s: Session, reason: str) -> list[Action]:
+            return self.aggregator_side.round_failed(s, reason)
+
+        def send(s: Session, pr: ParticipantRound, slot: int, now: float) -> list[Action]:
+            return self.participant_side.send(s, pr, slot, now)
+
+        self.hierarchy = Hierarchy(me=peer_id, round_failed=round_failed)
         self.secagg_rounds = SecAggRounds(me=peer_id, key=key, sessions=self.sessions,
-                                          send=self._send, round_failed=self._round_failed)
+                                          send=send, round_failed=round_failed)
+        self.aggregator_side = AggregatorSide(me=peer_id, key=key, sessions=self.sessions,
+                                              hierarchy=self.hierarchy, secagg=self.secagg_rounds,
+                                              on_failed=self._on_failed, on_result=self._on_result)
+        self.participant_side = ParticipantSide(me=peer_id, sessions=self.sessions,
+                                                secagg=self.secagg_rounds, hierarchy=self.hierarchy,
+                                                deliver_locally=self.aggregator_side.receive_update)
 
     # == starting, stopping ================================================================
 
@@ -131,7 +141,7 @@ class FlCore:
         s = Session(ann, SessionState.WAITING, prepared=prepared)
         s.coordinator = Coordinator(ann, self.me, self.view, now, self.interval, key=self.key)
         self.sessions[ann.session_id] = s
-        self._store(s, ann.initial_model_hash, ModelBundle(prepared.initial_params))
+        s.keep_model(ann.initial_model_hash, ModelBundle(prepared.initial_params))
         s.latest_model = ann.initial_model_hash
         out: list[Action] = [Publish(ann)]
         out += self._opt_in(s, now)
@@ -189,8 +199,8 @@ class FlCore:
             s.state = SessionState(msg.state)
             s.reason = msg.reason
             s.rounds_done = max(s.rounds_done, msg.rounds_done)
-            self._close_rounds(s)
-            paid = self._adopted(s, msg.rounds_done, msg.final_model_hash, None)
+            close_rounds(s, self.hierarchy)
+            paid = adopted_rewards(s, self.me, msg.rounds_done, msg.final_model_hash, None)
             s.rewards_due.clear()
             return paid + [Emit(TrainingSessionEnded(sid.hex(), msg.state, msg.rounds_done,
                                                      msg.final_model_hash.hex(), msg.reason))]
@@ -238,7 +248,7 @@ class FlCore:
                                          "starter's (layout or round-0 hash differs)", now)
         s.prepared = prepared
         s.state = SessionState.WAITING
-        self._store(s, s.ann.initial_model_hash, ModelBundle(prepared.initial_params))
+        s.keep_model(s.ann.initial_model_hash, ModelBundle(prepared.initial_params))
         s.latest_model = s.ann.initial_model_hash
         return self._opt_in(s, now)
 
@@ -277,20 +287,16 @@ class FlCore:
         if why is not None:     # no signed evidence of this election: nobody trains for it
             s.reason = f"refused round {plan.round} try {plan.try_no} plan: {why}"
             return []
-        self._close_rounds(s)
+        close_rounds(s, self.hierarchy)
         s.reason = ""
         s.plan = plan
         s.order = aggregator_order(plan.seed, plan.participants, 1 + s.spec.fallbacks)
         s.state = SessionState.RUNNING
         s.rounds_done = max(s.rounds_done, plan.base_round)
-        out: list[Action] = self._adopted(s, plan.base_round, plan.base_model_hash, plan.sources)
+        out: list[Action] = adopted_rewards(s, self.me, plan.base_round, plan.base_model_hash, plan.sources)
         is_part = self.me in plan.peers
         if self.me in s.order:
-            slot = s.order.index(self.me)
-            s.aggregator = AggregatorRound(plan, s.order, slot, now, s.spec.deadline,
-                                           s.spec.min_participants)
-            if s.spec.privacy.secagg:
-                s.aggregator.secagg = self.secagg_rounds.aggregator(s, s.aggregator)
+            self.aggregator_side.plan(s, now)
         if s.spec.hierarchical:
             if not plan.regions:
                 return []
@@ -304,7 +310,7 @@ class FlCore:
             s.participant = ParticipantRound(plan, s.hier.region_order if s.hier is not None
                                              else s.order, now, s.spec.deadline)
             out += self._need_model(s, plan.base_model_hash, plan.sources)
-            out += self._maybe_train(s, now)
+            out += self.participant_side.maybe_train(s, now)
         return out
 
     def _need_model(self, s: Session, h: bytes, sources: tuple[str, ...]) -> list[Action]:
@@ -325,13 +331,12 @@ class FlCore:
         s.fetching.discard(model_hash)
         if params_hash(params) != model_hash:
             return self.model_fetch_failed(sid, model_hash, "hash mismatch", now)
-        self._store(s, model_hash, ModelBundle(params, dict(state)))
-        out = self._maybe_train(s, now)
+        s.keep_model(model_hash, ModelBundle(params, dict(state)))
+        out = self.participant_side.maybe_train(s, now)
         c = s.coordinator
-        if c is not None and c.phase == Phase.FETCHING and c.pending is not None \
-                and c.pending.receipt.model_hash == model_hash:
-            out += self._round_done(s, now)
-        elif c is not None and c.phase == Phase.RESUMING and c.base_hash == model_hash:
+        resuming = c is not None and c.phase == Phase.RESUMING and c.base_hash == model_hash
+        out += self.coordinator_side.model_fetched(s, model_hash, now)
+        if resuming:
             out += self.failover.resumed(s, now)
         return out
 
@@ -341,279 +346,52 @@ class FlCore:
         if s is None:
             return []
         s.fetching.discard(model_hash)
-        c = s.coordinator
-        if c is not None and c.phase == Phase.FETCHING and c.pending is not None \
-                and c.pending.receipt.model_hash == model_hash:
-            return self._retry(s, f"the new model could not be fetched from "
-                                  f"{c.pending.receipt.aggregator}: {reason}", now)
-        return []
+        return self.coordinator_side.model_fetch_failed(s, model_hash, reason, now)
 
-    def _maybe_train(self, s: Session, now: float) -> list[Action]:
-        pr = s.participant
-        if pr is None or pr.state != ParticipantState.FETCHING or s.prepared is None:
-            return []
-        base = s.models.get(pr.plan.base_model_hash)
-        if base is None:
-            return []
-        pr.state = ParticipantState.TRAINING
-        mu = build_strategy(s.spec).proximal_mu
-        cfg = TrainConfig(epochs=s.spec.local_epochs, lr=s.spec.lr, batch_size=s.spec.batch_size, mu=mu)
-        seed = int.from_bytes(digest(pr.plan.seed + self.me.encode())[:8], "big") >> 1
-        return [Train(s.sid, pr.plan.round, pr.plan.try_no, base.params, cfg, seed)]
-
-    # == rounds: participant ===============================================================
+    # == rounds: participant (session/participant.py) ====================================
 
     def trained(self, sid: bytes, round_no: int, try_no: int, outcome: TrainOutcome,
                 now: float) -> list[Action]:
         """Local training of (round, try) finished; send the update."""
-        s = self.sessions.get(sid)
-        pr = s.participant if s is not None else None
-        if s is None or pr is None or (pr.plan.round, pr.plan.try_no) != (round_no, try_no) \
-                or pr.state != ParticipantState.TRAINING:
-            return []
-        base = s.models.get(pr.plan.base_model_hash)
-        if base is None:
-            return []
-        delta = (outcome.result.params.astype(np.float32) - base.params).astype(np.float32)
-        if not np.isfinite(delta).all():
-            pr.state = ParticipantState.DONE   # diverged locally: nothing worth sending
-            return []
-        pr.delta = delta
-        pr.meta = UpdateMeta(outcome.result.num_samples, outcome.base_loss, outcome.base_accuracy,
-                             outcome.result.loss)
-        if s.spec.privacy.secagg:
-            try:
-                vec, weight = build_strategy(s.spec).client_contribution(delta, pr.meta.num_samples)
-            except StrategyError:
-                pr.state = ParticipantState.DONE
-                return []
-            pr.contribution = with_weight(vec, weight)
-        pr.state = ParticipantState.SENDING
-        return self.secagg_rounds.route(self._send(s, pr, pr.slot_at(now), now), now)
-
-    def _send(self, s: Session, pr: ParticipantRound, slot: int, now: float) -> list[Action]:
-        assert pr.delta is not None and pr.meta is not None
-        if pr.contribution is not None:
-            return self.secagg_rounds.join(s, pr, slot, now)
-        pr.sending_to(slot)
-        to = pr.order[slot]
-        m = pr.meta
-        act = SendUpdate(s.sid, pr.plan.round, pr.plan.try_no, slot, to, m.num_samples,
-                         m.base_loss, m.base_accuracy, m.train_loss, pr.delta)
-        if to != self.me:
-            pr.in_flight = True
-            return [act]
-        # this node is the aggregator of that slot: hand the update over in memory
-        from fognode.protocols.fl.transfer.tensors import encode_tensor
-
-        header = act.header(encode_tensor(pr.delta, chunk_size=1 << 20)[0])
-        reason, out = self.receive_update(self.me, header, pr.delta.copy(), now)
-        return out + self._sent(s, pr, slot, reason is None or reason in SLOT_SETTLED, now)
-
-    def _sent(self, s: Session, pr: ParticipantRound, slot: int, ok: bool, now: float) -> list[Action]:
-        """The send to `slot` went through or failed: on to the next aggregator at once, or
-        a retry later (ParticipantRound.outcome)."""
-        nxt = pr.outcome(slot, ok, now)
-        if nxt is None or pr.state != ParticipantState.SENDING:
-            return []
-        return self._send(s, pr, nxt, now)
+        return self.participant_side.trained(sid, round_no, try_no, outcome, now)
 
     def update_delivered(self, sid: bytes, round_no: int, try_no: int, fallback: int, ok: bool,
                          reason: str, now: float, *, forward: bool = False) -> list[Action]:
         """Outcome of a SendUpdate (`forward`: one carrying a regional update, i.e. with
         members). On failure the next aggregator in the order is tried (rounds.py)."""
-        s = self.sessions.get(sid)
-        pr = s.participant if s is not None else None
-        if forward:
-            return self.hierarchy.delivered(s, round_no, try_no, fallback, ok, reason, now) \
-                if s is not None else []
-        if s is None or pr is None or (pr.plan.round, pr.plan.try_no) != (round_no, try_no) \
-                or pr.state != ParticipantState.SENDING or fallback != pr.sent_slot:
-            return []
-        return self._sent(s, pr, fallback, ok or reason in SLOT_SETTLED, now)
+        return self.participant_side.update_delivered(sid, round_no, try_no, fallback, ok, reason,
+                                                      now, forward=forward)
 
-    # == rounds: aggregator ================================================================
+    # == rounds: aggregator (session/aggregator.py) ======================================
 
     def expected_shape(self, sid: bytes) -> tuple[int, ...] | None:
         """Shape of an update for `sid` on this node (None: unknown session / not loaded)."""
-        s = self.sessions.get(sid)
-        if s is None or s.prepared is None:
-            return None
-        return (s.prepared.layout.size,)
+        return self.aggregator_side.expected_shape(sid)
 
     def admit_update(self, peer: str, sid: bytes, round_no: int, try_no: int,
                      fallback: int) -> Admission:
         """The one admission decision for an update addressed like this, made from its header
-        before its tensor is read (so nobody streams megabytes that are refused anyway): the
-        refusal reason, or None and the shape its tensor must have. `receive_update` asks
-        again once the tensor is in, since the round may have closed while it streamed."""
-        refusal = self._update_refusal(peer, sid, round_no, try_no, fallback)
-        return Admission(refusal, self.expected_shape(sid) if refusal is None else None)
-
-    def _update_refusal(self, peer: str, sid: bytes, round_no: int, try_no: int, fallback: int) -> str | None:
-        s = self.sessions.get(sid)
-        if s is None:
-            return "unknown session"
-        if s.state.ended:
-            return "session ended"
-        if s.plan is None or (s.plan.round, s.plan.try_no) != (round_no, try_no):
-            return "unknown round"
-        if peer not in s.plan.peers:
-            return "not a participant"
-        if s.spec.privacy.secagg:
-            return "plain update in a secure-aggregation session"
-        if s.hier is not None:
-            return self.hierarchy.admit(s, fallback)
-        ar = s.aggregator
-        if ar is None or ar.slot != fallback:
-            return "not the aggregator"
-        if ar.state != AggregatorState.COLLECTING:
-            return "round closed"
-        if peer in ar.answered:
-            return "duplicate update"
-        return None
+        (`AggregatorSide.admit_update`)."""
+        return self.aggregator_side.admit_update(peer, sid, round_no, try_no, fallback)
 
     def receive_update(self, peer: str, header: UpdateHeader, delta: np.ndarray,
                        now: float) -> tuple[str | None, list[Action]]:
         """A fully received update; (refusal reason or None, actions). Never aggregates a
         refused update."""
-        admission = self.admit_update(peer, header.session_id, header.round, header.try_no,
-                                      header.fallback)
-        reason = admission.refusal
-        if reason is None:
-            shape = admission.expected_shape
-            if delta.dtype != np.float32:
-                reason = "dtype"
-            elif shape is None or delta.shape != shape:
-                reason = "shape"
-            elif not np.isfinite(delta).all():
-                reason = "nonfinite"
-        if reason is not None:
-            return reason, self.reject_update(peer, header.session_id, header.round, header.try_no, reason, now)
-        s = self.sessions[header.session_id]
-        if s.hier is not None:
-            got = self.hierarchy.receive(s, peer, header, delta, now)
-            if isinstance(got, str):
-                return got, self.reject_update(peer, header.session_id, header.round,
-                                               header.try_no, got, now)
-            return None, got
-        ar = s.aggregator
-        assert ar is not None
-        ar.updates[peer] = ClientUpdate(peer, delta, header.num_samples, loss=header.base_loss)
-        ar.meta[peer] = UpdateMeta(header.num_samples, header.base_loss, header.base_accuracy, header.train_loss)
-        return None, self._maybe_aggregate(s, now)
+        return self.aggregator_side.receive_update(peer, header, delta, now)
 
     def reject_update(self, peer: str, sid: bytes, round_no: int, try_no: int, reason: str,
                       now: float) -> list[Action]:
         """Record a refused update (malformed on the wire, or refused by `admit_update`)."""
-        out: list[Action] = [UpdateRefused(sid, peer, reason)]
-        if reason in BLAMEWORTHY:
-            out.append(ReportOutcome(peer, False, 1.0, _evidence(sid, round_no, try_no, peer, reason),
-                                     f"fl update for {sid.hex()[:16]} refused: {reason}"))
-        s = self.sessions.get(sid)
-        ar = s.aggregator if s is not None else None
-        if s is not None and s.hier is not None:
-            # a refused update counts as the participant's answer at its regional aggregator
-            ar = s.hier.regional
-            if ar is None or peer not in ar.plan.peers:
-                return out
-        if s is not None and ar is not None and s.plan is not None \
-                and (s.plan.round, s.plan.try_no) == (round_no, try_no) \
-                and peer in s.plan.peers and ar.state == AggregatorState.COLLECTING \
-                and peer not in ar.answered and reason in BLAMEWORTHY:
-            ar.rejected[peer] = reason
-            out += self._maybe_aggregate(s, now) if s.hier is None \
-                else self.hierarchy.maybe_regional(s, now)
-        return out
-
-    def _maybe_aggregate(self, s: Session, now: float, *, closing: bool = False) -> list[Action]:
-        if s.hier is not None:
-            return self.hierarchy.maybe_global(s, now, closing=closing)
-        ar = s.aggregator
-        if ar is None or ar.state != AggregatorState.COLLECTING:
-            return []
-        if ar.secagg is not None:
-            # the SecAgg protocol drives this round; at the slot end it has not finished
-            if not closing:
-                return []
-            if ar.slot == len(ar.order) - 1:
-                return self._round_failed(s, f"secure aggregation did not finish in time (phase "
-                                             f"{ar.secagg.phase.value})")
-            ar.state = AggregatorState.DONE
-            return []
-        everyone = ar.everyone_answered()
-        if not (everyone or closing):
-            return []
-        enough = len(ar.updates) >= ar.min_participants
-        base = s.models.get(ar.plan.base_model_hash)
-        if enough and base is not None:
-            ar.state = AggregatorState.AGGREGATING
-            strategy = build_strategy(s.spec)
-            try:
-                strategy.load_state_arrays(base.state)
-            except StrategyError as e:
-                return self._round_failed(s, f"strategy state of the base model is unusable: {e}")
-            return [Aggregate(s.sid, ar.plan.round, ar.plan.try_no, ar.slot, strategy,
-                              base.params, tuple(ar.updates.values()))]
-        if enough and not closing:
-            return []   # the base model is still being fetched; the slot end decides
-        if everyone or ar.slot == len(ar.order) - 1:
-            why = (f"{len(ar.updates)} usable updates of the minimum {ar.min_participants}"
-                   if base is not None else "the aggregator has no base model")
-            return self._round_failed(s, why)
-        ar.state = AggregatorState.DONE     # the next aggregator in the order takes over
-        return []
-
-    def _round_failed(self, s: Session, reason: str) -> list[Action]:
-        ar = s.aggregator
-        assert ar is not None
-        ar.state = AggregatorState.DONE
-        msg = RoundFailed(s.sid, ar.plan.round, ar.plan.try_no, reason)
-        return [Publish(msg)] + self._on_failed(s, self.me, msg, None)
+        return self.aggregator_side.reject_update(peer, sid, round_no, try_no, reason, now)
 
     def aggregated(self, sid: bytes, round_no: int, try_no: int, fallback: int,
                    result: AggregateResult | None, error: str, now: float,
                    strategy_state: dict[str, np.ndarray] | None = None) -> list[Action]:
         """The strategy ran (or raised: `error`); `strategy_state` is its `state_arrays()`
         afterwards. Sign the receipt, publish the result."""
-        s = self.sessions.get(sid)
-        ar = s.aggregator if s is not None else None
-        if s is None or ar is None or ar.state != AggregatorState.AGGREGATING \
-                or (ar.plan.round, ar.plan.try_no, ar.slot) != (round_no, try_no, fallback):
-            return []
-        if result is None:
-            return self._round_failed(s, f"aggregation failed: {error}")
-        params = np.ascontiguousarray(result.params, dtype=np.float32)
-        if not np.isfinite(params).all():
-            return self._round_failed(s, "aggregation produced NaN or Inf")
-        ar.state = AggregatorState.DONE
-        mh = params_hash(params)
-        self._store(s, mh, ModelBundle(params, _portable_state(strategy_state or {})))
-        weights = _normalised(result.weights, result.accepted)
-        accepted = tuple(AcceptedUpdate(p, weights[p], ar.meta[p].num_samples) for p in result.accepted)
-        receipt = RoundReceipt(sid, round_no, try_no, self.me, bytes(self.key.verify_key),
-                               ar.plan.base_model_hash, mh, accepted,
-                               round_reward_of(s.spec), now).signed(self.key)
-        rejected = {**ar.rejected, **{p: r[:200] for p, r in result.rejected.items()}}
-        metas = [ar.meta[p] for p in result.accepted]
-        n = sum(m.num_samples for m in metas)
-        res = RoundResult(receipt, _wavg([(m.base_loss, m.num_samples) for m in metas]),
-                          _wavg([(m.base_accuracy, m.num_samples) for m in metas]),
-                          _wavg([(m.train_loss, m.num_samples) for m in metas]) if n else -1.0,
-                          ar.dropped(), rejected)
-        out: list[Action] = [Publish(res)]
-        if receipt.round_reward > 0 and any(a.peer != self.me for a in accepted):
-            s.rewards_due.append(PayRewards(receipt, s.ann, ar.plan))
-        for p in result.accepted:
-            if p != self.me and weights[p] > 0:
-                out.append(ReportOutcome(p, True, weights[p], receipt.receipt_id,
-                                         f"fl receipt {receipt.receipt_id.hex()}"))
-        for p, why in result.rejected.items():
-            out.append(UpdateRefused(sid, p, "strategy"))
-            if p != self.me:
-                out.append(ReportOutcome(p, False, 1.0, _evidence(sid, round_no, try_no, p, why),
-                                         f"fl update for {sid.hex()[:16]} round {round_no} left out: {why}"))
-        return out + self._on_result(s, self.me, res, now)
+        return self.aggregator_side.aggregated(sid, round_no, try_no, fallback, result, error,
+                                               now, strategy_state)
 
     # == rounds: results ===================================================================
 
@@ -641,14 +419,8 @@ class FlCore:
         s.rounds_done = max(s.rounds_done, r.round)
         if s.standby is not None:
             s.standby.on_result(s.plan, res, now)
-        c = s.coordinator
-        if c is not None:
-            if c.accepts_result(peer, res):
-                c.on_result(res)
-                if r.model_hash in s.models:
-                    out += self._round_done(s, now)
-                else:
-                    out += self._need_model(s, r.model_hash, (r.aggregator,))
+        if s.coordinator is not None:
+            out += self.coordinator_side.result(s, peer, res, now)
         else:
             out.append(Emit(TrainingRoundCompleted(s.sid.hex(), r.round, r.aggregator,
                                                    tuple(a.peer for a in r.accepted), res.dropped,
@@ -660,84 +432,11 @@ class FlCore:
         if s.standby is not None and now is not None and s.plan is not None \
                 and (msg.round, msg.try_no) == (s.plan.round, s.plan.try_no) and peer in s.order:
             s.standby.on_failed(peer, msg, now)
-        c = s.coordinator
-        if c is None or not c.accepts_failure(peer, msg):
-            return []
-        return self._retry(s, f"aggregator {peer}: {msg.reason}", now if now is not None else c.plan_at)
-
-    def _retry(self, s: Session, reason: str, now: float) -> list[Action]:
-        c = s.coordinator
-        assert c is not None
-        got = c.retry(reason, now)
-        if isinstance(got, str):
-            return self._end(s, SessionState.FAILED, got, now)
-        if got is None:
-            return []
-        return [Publish(got)] + self._on_plan(s, self.me, got, now)
-
-    def _round_done(self, s: Session, now: float) -> list[Action]:
-        c = s.coordinator
-        assert c is not None
-        rec = c.model_arrived(now)
-        s.latest_model = rec.model_hash
-        s.rounds_done = rec.round
-        out: list[Action] = [Emit(TrainingRoundCompleted(
-            s.sid.hex(), rec.round, rec.aggregator, rec.accepted, rec.dropped,
-            tuple(rec.rejected), rec.loss, rec.accuracy, rec.model_hash.hex()))]
-        bundle = s.models[rec.model_hash]
-        out.append(SaveModel(s.sid, rec.model_hash, bundle.params, False))
-        if c.finished_all_rounds:
-            return out + self._end(s, SessionState.COMPLETED, "", now)
-        plan = c.make_plan(now)
-        if plan is not None:
-            out += [Publish(plan)] + self._on_plan(s, self.me, plan, now)
-        return out
-
-    def _adopted(self, s: Session, base_round: int, base_hash: bytes,
-                 sources: tuple[str, ...] | None) -> list[Action]:
-        """The coordinator built on round `base_round`'s model `base_hash` (a plan's base, with
-        the plan's model `sources`; or the session's final model, sources None): pay the round
-        if this node's result is the one adopted, forget rounds up to it that were not. So of
-        two aggregators that both completed a round (the first was only slow), only the one
-        the coordinator accepted mints, and the ledger's claim lock never splits their votes."""
-        out: list[Action] = []
-        keep: list[PayRewards] = []
-        for due in s.rewards_due:
-            r = due.receipt
-            if r.round > base_round:
-                keep.append(due)
-            elif r.round == base_round and r.model_hash == base_hash \
-                    and (sources is None or self.me in sources):
-                out.append(due)
-        s.rewards_due = keep
-        return out
+        return self.coordinator_side.failed(s, peer, msg, now)
 
     def _end(self, s: Session, state: SessionState, reason: str, now: float) -> list[Action]:
-        s.state = state
-        s.reason = reason
-        if s.coordinator is not None:
-            s.coordinator.phase = Phase.IDLE
-            s.coordinator.end_reason = reason
-        self._close_rounds(s)
-        paid = self._adopted(s, s.rounds_done, s.latest_model, None)
-        s.rewards_due.clear()
-        rank = s.coordinator.rank if s.coordinator is not None else s.acting
-        s.end = SessionEnded(s.sid, state.value, s.rounds_done, s.latest_model, reason, rank)
-        s.end_republish = (END_REPUBLISH, now + self.interval)
-        out: list[Action] = paid + [Publish(s.end),
-                                    Emit(TrainingSessionEnded(s.sid.hex(), state.value, s.rounds_done,
-                                                              s.latest_model.hex(), reason))]
-        bundle = s.models.get(s.latest_model)
-        if bundle is not None:
-            out.append(SaveModel(s.sid, s.latest_model, bundle.params, True))
-        return out
-
-    def _close_rounds(self, s: Session) -> None:
-        if s.participant is not None:
-            s.participant.state = ParticipantState.DONE
-        self.hierarchy.close(s)
-        if s.aggregator is not None:
-            s.aggregator.state = AggregatorState.DONE   # also drops an aggregation in flight
+        return end_session(s, state, reason, now, me=self.me, hierarchy=self.hierarchy,
+                           interval=self.interval)
 
     # == time ==============================================================================
 
@@ -746,62 +445,17 @@ class FlCore:
         out: list[Action] = []
         for s in list(self.sessions.values()):
             if s.state.ended:
-                left, due = s.end_republish
-                if s.end is not None and left > 0 and now >= due:
-                    s.end_republish = (left - 1, now + self.interval)
-                    out.append(Publish(s.end))
+                out += republish_end(s, now, self.interval)
                 continue
-            c = s.coordinator
-            if c is not None:
-                msgs, failure = c.tick(now)
-                if failure is not None:
-                    if c.phase == Phase.OPT_IN and not c.history and c.plan is None:
-                        out += self._end(s, SessionState.FAILED, failure, now) \
-                            if c.try_no >= s.spec.max_retries else self._bump(s, failure)
-                    else:
-                        out += self._retry(s, failure, now)
-                for m in msgs:
-                    out.append(Publish(m))
-                    if isinstance(m, RoundPlan):
-                        out += self._on_plan(s, self.me, m, now)
+            out += self.coordinator_side.tick(s, now)
             if not s.state.ended:
                 out += self.failover.tick(s, now)
-            pr = s.participant
-            if pr is not None and pr.state == ParticipantState.SENDING:
-                if pr.contribution is not None:   # secure aggregation: a fresh run per slot
-                    if not pr.in_flight and now >= pr.slot_end(pr.sent_slot) \
-                            and pr.sent_slot + 1 < len(pr.order):
-                        out += self._send(s, pr, pr.sent_slot + 1, now)
-                elif (slot := pr.next_send(now)) is not None:
-                    out += self._send(s, pr, slot, now)
-            ar = s.aggregator
-            if ar is not None and ar.state == AggregatorState.COLLECTING and ar.secagg is not None:
-                out += self.secagg_rounds.actions(s, ar, ar.secagg.tick(now), now)
-            if ar is not None and ar.state == AggregatorState.COLLECTING and now >= ar.closes:
-                out += self._maybe_aggregate(s, now, closing=True)
+            out += self.participant_side.tick(s, now)
+            out += self.aggregator_side.tick(s, now)
             out += self.hierarchy.tick(s, now)
         return self.secagg_rounds.route(out, now)
 
-    def _bump(self, s: Session, failure: str) -> list[Action]:
-        c = s.coordinator
-        assert c is not None
-        c.failures.append(failure)
-        c.try_no += 1
-        return []
-
     # == models and status =================================================================
-
-    def _store(self, s: Session, h: bytes, bundle: ModelBundle) -> None:
-        if h not in s.models:
-            s.model_order.append(h)
-        s.models[h] = bundle
-        keep = {s.latest_model, s.plan.base_model_hash if s.plan else b"", h}
-        while len(s.model_order) > MODELS_KEPT:
-            victim = next((x for x in s.model_order if x not in keep), None)
-            if victim is None:
-                break
-            s.model_order.remove(victim)
-            del s.models[victim]
 
     def receive_secagg(self, peer: str, sid: bytes, round_no: int, try_no: int, fallback: int,
                        msg: SecAggMessage, meta: UpdateMeta | None,
@@ -820,81 +474,15 @@ class FlCore:
         return s.models.get(model_hash) if s is not None else None
 
     def status(self, sid: bytes) -> dict[str, Any]:
-        """`fl.status` of one session (LookupError if unknown)."""
+        """`fl.status` of one session (LookupError if unknown; session/status.py)."""
         s = self.sessions.get(sid)
         if s is None:
             raise LookupError(sid.hex())
-        spec = s.spec
-        out: dict[str, Any] = {
-            "session_id": sid.hex(), "task": spec.task, "strategy": spec.strategy,
-            "state": s.state.value if s.state.ended else "running",
-            "phase": s.state.value, "starter": s.ann.starter, "started": s.ann.created,
-            "role": "coordinator" if s.coordinator is not None else "participant",
-            "rounds": spec.rounds, "rounds_done": s.rounds_done,
-            "min_participants": spec.min_participants, "participants_per_round": spec.participants,
-            "model_hash": s.latest_model.hex(), "reason": s.reason,
-            "secagg": spec.privacy.secagg, "hierarchical": spec.hierarchical,
-            "coordinators": list(coordinators_of(s.ann)),
-            "acting_coordinator": coordinators_of(s.ann)[s.acting],
-        }
-        if spec.privacy.dp:
-            from fognode.protocols.fl.privacy.dp import epsilon_after
-
-            out["epsilon"] = epsilon_after(s.rounds_done, spec.privacy.dp_noise, 1.0, spec.privacy.dp_delta)
-            out["delta"] = spec.privacy.dp_delta
-        else:
-            out["epsilon"] = None
-        c = s.coordinator
-        if c is not None:
-            out["history"] = [r.to_status() for r in c.history]
-            if spec.privacy.dp:     # the privacy spent after each round
-                for h in out["history"]:
-                    h["epsilon"] = epsilon_after(h["round"], spec.privacy.dp_noise, 1.0, spec.privacy.dp_delta)
-            out["candidates"] = sorted(c.candidates)
-            out["current"] = None if c.plan is None or s.state.ended else {
-                "round": c.round_no, "try": c.try_no, "phase": c.phase.value,
-                "participants": list(c.plan.peers), "aggregators": list(c.order)}
-        else:
-            out["history"] = list(s.participation)
-        return out
+        return session_status(s)
 
     def session_list(self) -> list[dict[str, Any]]:
         return [session_row(self.status(sid)) for sid in self.sessions]
 
 
-def session_row(status: dict[str, Any]) -> dict[str, Any]:
-    """`fl.sessions`' row of a session from its `fl.status` (live or archived)."""
-    return {k: status.get(k) for k in ("session_id", "task", "strategy", "state", "role", "started",
-                                       "rounds_done", "rounds", "reason")}
-
-
-def _evidence(sid: bytes, round_no: int, try_no: int, peer: str, reason: str) -> bytes:
-    return digest(sid + f"/{round_no}/{try_no}/{peer}/{reason}".encode())
-
-
 def _seed(s: Session, plan: RoundPlan) -> bytes:
-    from fognode.protocols.fl.session.selection import round_seed
-
     return round_seed(s.sid, plan.round, plan.try_no)
-
-
-def _wavg(pairs: list[tuple[float, int]]) -> float:
-    good = [(v, n) for v, n in pairs if math.isfinite(v) and v >= 0]
-    total = sum(n for _, n in good)
-    return sum(v * n for v, n in good) / total if total else -1.0
-
-
-def _normalised(weights: dict[str, float], accepted: tuple[str, ...]) -> dict[str, float]:
-    w = {p: max(float(weights.get(p, 0.0)), 0.0) for p in accepted}
-    total = sum(w.values())
-    if total <= 0:
-        return {p: 1.0 / len(accepted) for p in accepted} if accepted else {}
-    return {p: v / total for p, v in w.items()}
-
-
-def _portable_state(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Server-optimiser state handed to the next aggregator with the model (FedAdam's moments
-    and the like) as 1-D float32; DP accounting is not carried (the coordinator computes the
-    session's epsilon from the rounds done)."""
-    return {k: np.ascontiguousarray(v, dtype=np.float32).ravel() for k, v in state.items()
-            if not k.startswith("dp_")}

@@ -1,7 +1,7 @@
 """What one node keeps per FL session (`Session`), handed to the core and to its collaborators
 (failover, hierarchical and secure-aggregation rounds): the models it holds (`ModelBundle`), its
 hierarchical round state (`HierRound`) and an update's admission decision (`Admission`).
-Plain data: no behaviour beyond derived fields."""
+Plain data: no behaviour beyond derived fields and which models a session keeps (`keep_model`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,6 +15,8 @@ from fognode.protocols.fl.session.coordinator import Coordinator, SessionState
 from fognode.protocols.fl.session.rounds import AggregatorRound, ParticipantRound
 from fognode.protocols.fl.session.standby import Standby
 from fognode.protocols.fl.training.prepared import PreparedTask
+
+MODELS_KEPT = 3
 
 
 @dataclass
@@ -64,7 +66,7 @@ class Session:
     latest_model: bytes = b""
     participation: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
-    # rounds this node aggregated, paid once the coordinator adopts their model (_adopted)
+    # rounds this node aggregated, paid once the coordinator adopts their model (ending.adopted_rewards)
     rewards_due: list[PayRewards] = field(default_factory=list)
     acting: int = 0                         # rank of the coordinator this node follows
     standby: Standby | None = None          # this node is a fallback coordinator, waiting
@@ -80,3 +82,17 @@ class Session:
     @property
     def spec(self) -> SessionSpec:
         return self.ann.spec
+
+    def keep_model(self, h: bytes, bundle: ModelBundle) -> None:
+        """Hold model `h`, forgetting the oldest beyond MODELS_KEPT (never the latest model,
+        the current plan's base or `h`)."""
+        if h not in self.models:
+            self.model_order.append(h)
+        self.models[h] = bundle
+        keep = {self.latest_model, self.plan.base_model_hash if self.plan else b"", h}
+        while len(self.model_order) > MODELS_KEPT:
+            victim = next((x for x in self.model_order if x not in keep), None)
+            if victim is None:
+                break
+            self.model_order.remove(victim)
+            del self.models[victim]

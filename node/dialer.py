@@ -1,0 +1,107 @@
+"""Dialling for the overlay (node/host.py): every dial under the dial timeout (bite 14) and
+through the circuit breaker (connmgr.DialBackoff), by multiaddr (`connect`: the peer is then
+protected from trimming) or by peer id from the peerstore or the DHT (`dial_known`, what the
+connection manager and `open_stream` use), and `disconnect`. fognode_node_dials_total counts
+the outcomes."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import multiaddr
+import trio
+from prometheus_client import CollectorRegistry, Counter
+
+from fognode.node.connmgr import DialBackoff, DialError
+from fognode.node.errors import LocalProtocolError
+
+log = logging.getLogger("fognode.host")
+
+
+class Dialer:
+    """The overlay's dialling collaborator: handed the libp2p host, the DHT (to find a peer's
+    addresses), the breaker and the dial timeout. `dialing`: dials in flight; `protected`:
+    peers dialled by address (the connection manager never trims them)."""
+
+    def __init__(self, host: Any, dht: Any, backoff: DialBackoff, dial_timeout: float,
+                 self_peer_id: str, metrics: CollectorRegistry) -> None:
+        self.host = host
+        self.dht = dht
+        self.backoff = backoff
+        self.dial_timeout = dial_timeout
+        self.peer_id = self_peer_id
+        self.dialing: set[str] = set()
+        self.protected: set[str] = set()
+        self.m_dials = Counter("fognode_node_dials_total", "Outbound dials by outcome",
+                               ["outcome"], registry=metrics)
+
+    async def dial(self, target: str, peer_info: Any) -> None:
+        """Dial under the dial timeout (bite 14) through the circuit breaker. Raises
+        DialBackoffError without dialling when the breaker is open, DialError on failure."""
+        now = trio.current_time()
+        self.backoff.check(target, now)
+        # py-libp2p keeps its own 60 s negative cache after a failed dial, which would turn
+        # our first retries into instant failures: our breaker is the one that decides.
+        neg = getattr(self.host.get_network(), "_negative_peer_cache", None)
+        if neg is not None:
+            neg.evict(peer_info.peer_id)
+        self.dialing.add(target)
+        try:
+            with trio.fail_after(self.dial_timeout):
+                await self.host.connect(peer_info)
+        except trio.TooSlowError:
+            self.backoff.record_failure(target, trio.current_time())
+            self.m_dials.labels("timeout").inc()
+            raise DialError(f"dial {target}: no connection within {self.dial_timeout} s"
+                            ) from None
+        except Exception as e:
+            self.backoff.record_failure(target, trio.current_time())
+            self.m_dials.labels("failure").inc()
+            raise DialError(f"dial {target}: {type(e).__name__}: {e}") from None
+        finally:
+            self.dialing.discard(target)
+        self.backoff.record_success(target)
+        self.m_dials.labels("success").inc()
+
+    async def connect(self, multiaddr_text: str) -> str:
+        """Dial a multiaddr ending in /p2p/<peer-id>; returns the peer id. Raises ConfigError-
+        free errors: LocalProtocolError for a malformed address, DialBackoffError while the
+        peer is backed off, DialError when the dial fails or times out (dial_timeout)."""
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+        try:
+            ma = multiaddr.Multiaddr(multiaddr_text)
+            info = info_from_p2p_addr(ma)
+        except Exception as e:
+            raise LocalProtocolError(f"{multiaddr_text!r} is not a multiaddr ending in "
+                                     f"/p2p/<peer-id> ({e})") from None
+        pid = info.peer_id.to_base58()
+        if pid == self.peer_id:
+            raise LocalProtocolError(f"{multiaddr_text!r} is this node itself")
+        self.protected.add(pid)
+        await self.dial(pid, info)
+        return pid
+
+    async def dial_known(self, peer_id: str) -> None:
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
+        pid = ID.from_base58(peer_id)
+        try:
+            addrs = self.host.get_peerstore().addrs(pid)
+        except Exception:
+            addrs = []
+        if not addrs:
+            with trio.move_on_after(self.dial_timeout):
+                found = await self.dht.find_peer(pid)
+                addrs = list(found.addrs) if found is not None else []
+        if not addrs:
+            self.backoff.record_failure(peer_id, trio.current_time())
+            raise DialError(f"no address known for {peer_id}")
+        await self.dial(peer_id, Libp2pPeerInfo(pid, addrs))
+
+    async def disconnect(self, peer_id: str) -> None:
+        from libp2p.peer.id import ID
+        self.protected.discard(peer_id)
+        try:
+            await self.host.disconnect(ID.from_base58(peer_id))
+        except Exception as e:  # already gone
+            log.debug("disconnect %s: %s", peer_id, e)
