@@ -48,6 +48,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fognode.node.connmgr import (ConnectionManager, ConnectionPolicy, DialBackoff,
                                   DialBackoffError, DialError)
+from fognode.node import (p2pfix_multistream, p2pfix_netstream, p2pfix_records,
+                          p2pfix_yamux)
 from fognode.node import peerid as _peerid
 from fognode.node.dht import FognodeKadDHT
 from fognode.node.dhtquota import DhtLimits
@@ -58,6 +60,8 @@ from fognode.node.gossip import PULL_PROTOCOL, GossipLayer, GossipSettings
 from fognode.node.latency import PingSettings
 from fognode.node.overlay import (DhtValidator, FramedStream, GossipHandler, PeerInfo,
                                   StreamHandler)
+from fognode.node.p2pfix_tcpio import BufferingNoise
+from fognode.node.p2pfix_yamux import QuickYamux
 from fognode.node.peerscore import PeerScoreParams, ViolationBook, app_score
 from fognode.node.scored_pubsub import ScoredGossipSub, ScoredPubsub, score_actions
 from fognode.node.ping import Pinger, libp2p_ping
@@ -315,9 +319,7 @@ class Libp2pOverlay:
         from libp2p.network.config import ConnectionConfig
         from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12
         from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
-        from libp2p.security.noise.transport import Transport as Noise
         from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
-        from libp2p.stream_muxer.yamux.yamux import Yamux
 
         self.config = config
         self.identity = identity
@@ -325,11 +327,15 @@ class Libp2pOverlay:
         self.metrics = metrics
         self._adv_cache: tuple[tuple[str, ...], float, list[multiaddr.Multiaddr]] | None = None
         kp = create_identity_from_seed(bytes(identity))
+        p2pfix_yamux.install()      # QuickYamux for BufferingNoise connections (issue 16)
+        p2pfix_netstream.install()  # and their streams' state locks
         hard_cap = config.peers_high * 4 + 64
         self.host = new_host(
             key_pair=kp,
-            sec_opt={NOISE_ID: Noise(kp, noise_privkey=x25519().private_key)},   # bite 1
-            muxer_opt={TProtocol(YAMUX_ID): Yamux},
+            # bite 1; BufferingNoise: node/p2pfix_tcpio.py (buffered TCP reads, issue 16)
+            sec_opt={NOISE_ID: BufferingNoise(kp, noise_privkey=x25519().private_key)},
+            # py-libp2p ignores the class given here for yamux: node/p2pfix_yamux.py
+            muxer_opt={TProtocol(YAMUX_ID): QuickYamux},
             # identify must advertise real interface addresses, never 0.0.0.0 (peers on other
             # machines dial what we advertise); `announce` overrides them
             addrs_factory=self._advertised,
@@ -342,6 +348,8 @@ class Libp2pOverlay:
                 high_watermark=hard_cap, max_connections=hard_cap),
         )
         self.peer_id = self.host.get_id().to_base58()
+        self.peer_records = p2pfix_records.enroll(self.host)   # records verified once (issue 16)
+        p2pfix_multistream.install(self.host)      # protocol proposed with the header (issue 16)
         self._app_scores: dict[str, float] = {}
         # peer score: node/peerscore.py (the parameters and why), node/scored_pubsub.py
         self.score_params = PeerScoreParams()

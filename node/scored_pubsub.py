@@ -10,8 +10,8 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   squared P4 and P5, P6 from the host, and RetainScore (negative counters outlive a
   disconnect). The gates (`allow_publish`, `allow_gossip`, `is_graylisted`, `allow_px_from`)
   compare that score with the thresholds.
-- `ScoredGossipSub(GossipSub)`: at every heartbeat mesh peers with a negative score are
-  PRUNEd (and backed off); mesh candidates must have a score >= 0; a GRAFT from a peer below 0
+- `ScoredGossipSub(GossipSub)` (node/p2pfix_idontwant.py's): at every heartbeat mesh peers
+  with a negative score are PRUNEd (and backed off); mesh candidates must have a score >= 0; a GRAFT from a peer below 0
   is answered with PRUNE; a graylisted peer's control messages are ignored, and IHAVE/IWANT
   from a peer below the gossip threshold are dropped. py-libp2p's own (non-spec) swap of the
   worst mesh peer for a better outsider is turned off: with real scores it churns the mesh.
@@ -28,7 +28,6 @@ from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
 from libp2p.peer.id import ID
-from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import PeerScorer, ScoreParams
@@ -36,6 +35,7 @@ from libp2p.pubsub.score import TopicScoreParams as Libp2pTopicParams
 from prometheus_client import CollectorRegistry, Counter
 
 from fognode.node.metrics import metric
+from fognode.node.p2pfix_idontwant import ThresholdIdontwantGossipSub
 from fognode.node.peerscore import PeerScoreParams, TopicCounters, decay_factor, peer_score
 
 MAX_RETAINED = 4096     # disconnected peers whose negative counters are kept at most
@@ -207,9 +207,10 @@ def _decay(factor: float) -> Libp2pTopicParams:
     return Libp2pTopicParams(weight=0.0, cap=0.0, decay=factor)
 
 
-class ScoredGossipSub(GossipSub):
+class ScoredGossipSub(ThresholdIdontwantGossipSub):
     """GossipSub that prunes negative peers, refuses their GRAFTs and ignores graylisted ones.
-    Takes GossipSub's arguments plus the score parameters, the P6 function and `count`."""
+    Takes GossipSub's arguments plus the score parameters, the P6 function and `count`.
+    Derives from node/p2pfix_idontwant.py's GossipSub (IDONTWANT only for messages >= 1 KiB)."""
 
     def __init__(self, *, peer_score: PeerScoreParams, app_score: AppScore, count: Count,
                  **kwargs: Any) -> None:
