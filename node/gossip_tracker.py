@@ -57,6 +57,7 @@ class Refusal(str, enum.Enum):
     PULLS_TOTAL = "pulls_total"             # a due pull waits: all pull slots are busy
     PULL_FAILURES = "pull_failures"         # an origin dropped: its pulls kept failing
     ORIGIN_BACKOFF = "origin_backoff"       # a gap of a dropped origin, not pulled
+    INBOX_FULL = "inbox_full"               # its queue was the longest of a full inbox
 
     @property
     def queued(self) -> bool:
@@ -210,6 +211,20 @@ class SequenceTracker:
             self._resync(o, seq, now)
         else:
             self._gap(o, seq, now)
+
+    def admits(self, topic: str, origin: bytes, relayer: str, now: float) -> bool:
+        """Before any work on a message (its signature not checked yet): False when it is of
+        an origin we do not track and `relayer` may sponsor no more origins (its cap reached,
+        none of its origins idle long enough to evict). Refusing records the same `Refused`
+        event `accept` would; True promises nothing (`accept` decides)."""
+        if (topic, origin) in self._origins or self.charges.origin_room(relayer)[0]:
+            return True
+        key = self.charges.lru_origin(relayer)
+        o = self._origins.get(key) if key is not None else None
+        if o is not None and now - o.last_seen >= self.limits.idle_evict:
+            return True                       # `accept` will evict it to make room
+        self._refuse(topic, relayer, Refusal.ORIGINS_PER_PEER)
+        return False
 
     def due(self, now: float) -> list[PullRequest]:
         """The pulls to start now. Each must be settled with exactly one `pull_done`."""

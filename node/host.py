@@ -49,7 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from fognode.node.connmgr import (ConnectionManager, ConnectionPolicy, DialBackoff,
                                   DialBackoffError, DialError)
 from fognode.node import (p2pfix_multistream, p2pfix_netstream, p2pfix_records,
-                          p2pfix_yamux)
+                          p2pfix_tasks, p2pfix_yamux)
 from fognode.node import peerid as _peerid
 from fognode.node.dht import FognodeKadDHT
 from fognode.node.dhtquota import DhtLimits
@@ -329,6 +329,7 @@ class Libp2pOverlay:
         kp = create_identity_from_seed(bytes(identity))
         p2pfix_yamux.install()      # QuickYamux for BufferingNoise connections (issue 16)
         p2pfix_netstream.install()  # and their streams' state locks
+        p2pfix_tasks.install()      # a new task's parent found without a scan (issue 10)
         hard_cap = config.peers_high * 4 + 64
         self.host = new_host(
             key_pair=kp,
@@ -375,7 +376,7 @@ class Libp2pOverlay:
         self.gossip = GossipLayer(
             self.pubsub, identity, metrics=metrics, peer_id_of=peer_id_from_pubkey,
             open_stream=self.open_stream, self_peer_id=self.peer_id,
-            is_connected=lambda p: p in self._connected_since,
+            is_connected=lambda p: p in self._connected_since, dialable=self._has_address,
             settings=GossipSettings(
                 max_message_size=config.max_message_size, max_rate=config.gossip_max_rate,
                 publish_queue=config.gossip_publish_queue,
@@ -388,6 +389,7 @@ class Libp2pOverlay:
                 max_missing_per_peer=config.gossip_missing_per_peer,
                 max_pulls_per_peer=config.gossip_pulls_per_peer),
             penalize=lambda peer, reason: self.penalize(peer, reason))
+        self.pubsub.set_admission(self.gossip.admit)        # before signature checks
         self.backoff = DialBackoff(failures_before_backoff=config.dial_failures_before_backoff,
                                    backoff=config.dial_backoff, backoff_max=config.dial_backoff_max)
         self._connected_since: dict[str, float] = {}
@@ -616,6 +618,13 @@ class Libp2pOverlay:
             self.backoff.record_failure(peer_id, trio.current_time())
             raise DialError(f"no address known for {peer_id}")
         await self._dial(peer_id, Libp2pPeerInfo(pid, addrs))
+
+    def _has_address(self, peer_id: str) -> bool:
+        from libp2p.peer.id import ID
+        try:
+            return bool(self.host.get_peerstore().addrs(ID.from_base58(peer_id)))
+        except Exception:  # unknown peer (PeerStoreError) or not a peer id
+            return False
 
     async def disconnect(self, peer_id: str) -> None:
         from libp2p.peer.id import ID

@@ -17,7 +17,13 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   worst mesh peer for a better outsider is turned off: with real scores it churns the mesh.
 - `ScoredPubsub(Pubsub)`: a graylisted peer's messages and subscriptions are ignored, and a
   message whose libp2p signature fails counts as an invalid message (P4) of its forwarder
-  (0.8.1 drops it without counting).
+  (0.8.1 drops it without counting). An admission check (`set_admission`; the gossip layer's
+  `admit`, node/gossip_inbox.py) may ignore a message as soon as its RPC is parsed: before
+  py-libp2p spawns a managed task for it (`Pubsub._is_subscribed_to_msg`, whose task
+  bookkeeping scans every task of the service: 22 % of a gap-bomb victim's samples) and
+  before its signature is checked. Ignored means not verified, not relayed, not marked seen,
+  no penalty (go-libp2p's ValidationIgnore). The stream's peer reaches that method through a
+  context variable set in `continuously_read_stream` (one reader task per peer).
 
 Each action is counted in `fognode_node_gossip_score_actions_total{action}`.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from contextvars import ContextVar
 from typing import Any, Callable, Mapping
 
 from libp2p.peer.id import ID
@@ -43,13 +50,18 @@ SCORE_TTL = 0.1         # seconds a computed score is reused (gates ask per mess
 
 AppScore = Callable[[ID], float]
 Count = Callable[[str], None]
+Admission = Callable[[str, str, bytes], bool]    # (forwarder, topic, raw from id) -> take it
+# the peer whose pubsub stream the current task reads (set per reader task)
+_READING_FROM: ContextVar[tuple[ID, str] | None] = ContextVar("fognode_pubsub_reading_from",
+                                                              default=None)
 
 
 def score_actions(registry: CollectorRegistry) -> Count:
     """The counter of what the score made GossipSub do, as a `count(action)` callable."""
     c = metric(registry, Counter, "fognode_node_gossip_score_actions_total",
                "What the GossipSub peer score made this node do: pruned_negative, "
-               "graft_refused, graylisted_rpc, gossip_dropped, bad_signature", ["action"])
+               "graft_refused, graylisted_rpc, gossip_dropped, bad_signature, ignored "
+               "(a relayer over its share, before the signature check)", ["action"])
     return lambda action: c.labels(action).inc()
 
 
@@ -300,9 +312,36 @@ class ScoredPubsub(Pubsub):
     def __init__(self, host: Any, router: ScoredGossipSub, **kwargs: Any) -> None:
         super().__init__(host, router, **kwargs)
         self.scored = router
+        self._admission: Admission = lambda forwarder, topic, from_id: True
+
+    def set_admission(self, admission: Admission) -> None:
+        """Ask `admission(forwarder, topic, from_id)` about every message of another peer
+        before its signature is checked; False ignores the message (module doc)."""
+        self._admission = admission
 
     def _graylisted(self, peer: ID) -> bool:
         return peer != self.my_id and self.scored.scorer.is_graylisted(peer, [])
+
+    async def continuously_read_stream(self, stream: Any) -> None:
+        _READING_FROM.set((stream.muxed_conn.peer_id, str(stream.muxed_conn.peer_id)))
+        await super().continuously_read_stream(stream)
+
+    def _is_subscribed_to_msg(self, msg: rpc_pb2.Message) -> bool:
+        """py-libp2p asks this for each message of a parsed RPC before it spawns the task that
+        handles it: also ask the admission check (module doc)."""
+        if not super()._is_subscribed_to_msg(msg):
+            return False
+        reading = _READING_FROM.get()
+        if reading is None:
+            return True
+        peer, fwd = reading
+        if self._graylisted(peer):
+            self.scored.count("graylisted_rpc")
+            return False
+        if not all(self._admission(fwd, t, msg.from_id) for t in msg.topicIDs):
+            self.scored.count("ignored")
+            return False
+        return True
 
     def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
         if self._graylisted(origin_id):
