@@ -48,6 +48,7 @@ from fognode.node.gossip_report import Penalize, TrackerReport
 from fognode.node.gossip_tracker import (MAX_PULL_SEQS, PullRequest, Refusal, Refused,
                                          SequenceTracker, TrackerLimits)
 from fognode.node.overlay import GossipHandler, GossipMessage
+from fognode.node.gossip_pull import serve_pull
 from fognode.node.peerid import pubkey_from_raw_peer_id
 from fognode.node.wire import Fields
 
@@ -71,7 +72,7 @@ class GossipSettings:
     max_message_size: int = 1048576
     max_rate: float = 500.0          # messages/s this node sends at most
     publish_queue: int = 256         # publish() waits when this many are queued
-    handler_queue: int = 256         # messages waiting for a role's handler per topic
+    handler_queue: int = 256         # arrived messages queued per topic (gossip_inbox.py)
     ring_size: int = 1024            # own recent messages per topic kept for pulls
     relay_cache: int = 4096          # others' recent messages kept for pulls
     pull_delay: float = 0.3          # seconds a gap may heal by itself before we pull
@@ -483,31 +484,9 @@ class GossipLayer:
         await self._incoming(st, env, peer, pulled=True)
 
     async def serve_pull(self, fs: "Libp2pFramedStream") -> None:
-        """Stream handler of PULL_PROTOCOL: answers with every asked-for message we hold, one
-        per frame, then `{"end": true, "g": [...]}` listing the seqs we published and forgot."""
-        f = Fields(await fs.recv(max_size=64 * 1024), "gossip pull request", versions={1},
-                   peer=fs.remote_peer)
-        topic = f.str("t", max_len=256)
-        origin = f.bytes("o", size=32)
-        epoch = f.int("e", lo=0, hi=2**63 - 1)
-        seqs = f.list("s", max_len=MAX_PULL_SEQS)
-        f.done()
-        gone = []
-        for s in seqs:
-            if not isinstance(s, int) or isinstance(s, bool) or s < 1:
-                raise RemoteProtocolError("gossip pull request: seqs must be positive integers",
-                                          peer=fs.remote_peer)
-            raw = None
-            if origin == self.pubkey and epoch == self.epoch:
-                raw = self.store.get_own(topic, s)
-                if raw is None and self.store.own_gone(topic, s):
-                    gone.append(s)
-            else:
-                raw = self.store.get_relayed(topic, origin, epoch, s)
-            if raw is not None:
-                await fs.send({"v": 1, "m": raw})
-                self.m_served.labels(topic).inc()
-        await fs.send({"v": 1, "end": True, "g": gone})
+        """Stream handler of PULL_PROTOCOL (node/gossip_pull.py)."""
+        await serve_pull(fs, self.store, own_key=self.pubkey, epoch=self.epoch,
+                         served=lambda topic: self.m_served.labels(topic).inc())
 
 
 def _b58(peer_id_bytes: bytes) -> str:

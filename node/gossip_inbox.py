@@ -58,35 +58,46 @@ class FairInbox(Generic[T]):
         q = self._queues.get(key)
         return 0 if q is None else len(q)
 
-    def _longest(self) -> Hashable | None:
-        """The key with the most messages queued (O(keys): only when the inbox is full)."""
-        return max(self._queues, key=lambda k: (len(self._queues[k]), self._bytes[k]),
-                   default=None)
+    def _plan(self, key: Hashable, size: int) -> list[Hashable] | None:
+        """The queues whose oldest messages `put(key, ..., size)` would evict, in order, or
+        None when the message itself would be refused (key's queue is the longest; by count,
+        then bytes). O(keys) per eviction: only when the inbox is full."""
+        if size > self.limit_bytes:
+            return None
+        count, nbytes = self.count, self.bytes
+        taken: dict[Hashable, int] = {}          # queue -> messages evicted from its head
+        victims: list[Hashable] = []
 
-    def _full(self, size: int) -> bool:
-        return self.count + 1 > self.limit or self.bytes + size > self.limit_bytes
+        def length(k: Hashable) -> tuple[int, int]:
+            q, n = self._queues.get(k), taken.get(k, 0)
+            if q is None:
+                return 0, 0
+            if not n:
+                return len(q), self._bytes[k]
+            return len(q) - n, self._bytes[k] - sum(q[i][1] for i in range(n))
+
+        while count + 1 > self.limit or nbytes + size > self.limit_bytes:
+            top = max(self._queues, key=length, default=None)
+            if top is None or top == key or length(top) <= length(key):
+                return None
+            evicted = self._queues[top][taken.get(top, 0)][1]
+            taken[top] = taken.get(top, 0) + 1
+            victims.append(top)
+            count, nbytes = count - 1, nbytes - evicted
+        return victims
 
     def admits(self, key: Hashable, size: int = 0) -> bool:
-        """False when a message of `key` would be dropped at once: the inbox is full and
-        `key`'s queue is (one of) the longest."""
-        if not self._full(size):
-            return True
-        top = self._longest()
-        return top is not None and top != key and self.queued(top) > self.queued(key)
+        """False when a message of `key` would be refused at once (module doc)."""
+        return self._plan(key, size) is not None
 
     def put(self, key: Hashable, item: T, size: int) -> list[tuple[Hashable, T]]:
         """Queue `item` (of `size` bytes) for `key`; returns what was dropped to make room,
-        as (key, item) pairs: the oldest messages of the longest queue, or `item` itself when
-        `key`'s queue is the longest (or the item alone is over `limit_bytes`)."""
-        if size > self.limit_bytes:
+        as (key, item) pairs: the oldest messages of the longest queues, or `item` itself
+        when `key`'s queue is the longest (or the item alone is over `limit_bytes`)."""
+        victims = self._plan(key, size)
+        if victims is None:
             return [(key, item)]
-        dropped: list[tuple[Hashable, T]] = []
-        while self._full(size):
-            top = self._longest()
-            if top is None or top == key or self.queued(top) <= self.queued(key):
-                dropped.append((key, item))
-                return dropped
-            dropped.append((top, self._take(top, left=True)))
+        dropped = [(top, self._take(top)) for top in victims]
         q = self._queues.get(key)
         if q is None:
             q = self._queues[key] = deque()
@@ -103,14 +114,14 @@ class FairInbox(Generic[T]):
         if not self._order:
             return None
         key = self._order.popleft()
-        item = self._take(key, left=True)
+        item = self._take(key)
         if key in self._queues:
             self._order.append(key)          # still has messages: back of the round
         return key, item
 
-    def _take(self, key: Hashable, *, left: bool) -> T:
+    def _take(self, key: Hashable) -> T:
         q = self._queues[key]
-        item, size = q.popleft() if left else q.pop()
+        item, size = q.popleft()
         self._bytes[key] -= size
         self.count -= 1
         self.bytes -= size

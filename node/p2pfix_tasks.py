@@ -29,14 +29,15 @@ from libp2p.tools.anyio_service.trio_manager import TrioManager
 from libp2p.tools.anyio_service.trio_tasks import FunctionTask
 
 _RUNNING: dict[trio.lowlevel.Task, FunctionTask] = {}   # trio task -> the FunctionTask in it
-_ORIGINAL_RUN: Callable[[FunctionTask], Awaitable[None]] = FunctionTask.run
+ORIGINAL_RUN: Callable[[FunctionTask], Awaitable[None]] = FunctionTask.run
+ORIGINAL_FIND_PARENT = TrioManager._find_parent_task      # the scan (kept for the tests)
 
 
 async def _run(self: FunctionTask) -> None:
     me = trio.lowlevel.current_task()
     _RUNNING[me] = self
     try:
-        await _ORIGINAL_RUN(self)
+        await ORIGINAL_RUN(self)
     finally:
         if _RUNNING.get(me) is self:
             del _RUNNING[me]
@@ -47,7 +48,7 @@ def _find_parent_task(self: TrioManager, trio_task: trio.lowlevel.Task) -> Any:
     task = _RUNNING.get(trio_task)
     if task is None:
         return None
-    root = task
+    root: Any = task
     while root.parent is not None:
         root = root.parent
     return task if root in self._root_tasks else None

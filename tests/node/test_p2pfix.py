@@ -71,6 +71,13 @@ PINNED: dict[Any, str] = {
     NoiseTransport.secure_inbound: "4c447c4ea56267b1",
     NoiseTransport.secure_outbound: "f5be8851b898cbf1",
     ReadWriteLock.__init__: "33a61b81bdceb44f",
+    # node/scored_pubsub.py's admission and node/gossip_inbox.py: the reader task is the
+    # stream handler's, `_is_subscribed_to_msg` is asked before a message's task is spawned,
+    # validators run before the 32-slot subscription channel
+    Pubsub.stream_handler: "4be06aba2f448b7b",
+    Pubsub._is_subscribed_to_msg: "fb0271117bb6936e",
+    Pubsub.notify_subscriptions: "2fb1385e4bbf3c0a",
+    Pubsub.push_msg: "1531483ab4d77674",
 }
 
 
