@@ -267,12 +267,15 @@ class GossipLayer:
             if fwd == self.self_peer_id:
                 return True          # our own publish
             try:
-                env = open_envelope(msg.data, max_size=self.s.max_message_size, peer=fwd)
+                env = open_envelope(msg.data, max_size=self.s.max_message_size, peer=fwd,
+                                    signed_by_origin=self.pubsub.strict_signing)
             except RemoteProtocolError as e:
                 log.info("gossip: rejected a message on %s: %s", topic, e)
                 self.m_drops.labels(topic, "invalid").inc()
                 return False
             from_id = bytes(msg.from_id)
+            # (with strict signing this check is what binds the envelope to the key that
+            # py-libp2p verified the message with: see open_envelope's signed_by_origin)
             if env.topic != topic or self.peer_id_of(env.origin) != _b58(from_id):
                 log.info("gossip: rejected a message on %s relayed by %s: envelope topic or "
                          "signer does not match the libp2p message", topic, fwd)

@@ -1,4 +1,5 @@
-"""The fair gossip inbox (node/gossip_inbox.py) and the tracker's early admission check.
+"""The fair gossip inbox (node/gossip_inbox.py), the tracker's early admission check, and the
+envelope signature that gossip skips and the pull server checks.
 
 The inbox serves relaying peers round robin, so a quiet peer's message waits behind at most
 one message of each busy peer; when full it drops the longest queue's oldest message, so a
@@ -7,11 +8,17 @@ Hypothesis drives it with random puts and pops and checks its invariants after e
 """
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nacl.signing import SigningKey
 
+from fognode.node.errors import RemoteProtocolError
+from fognode.node.gossip_envelope import KIND_MESSAGE, MessageStore, open_envelope, seal
 from fognode.node.gossip_inbox import FairInbox
+from fognode.node.gossip_pull import signature_holds
 from fognode.node.gossip_tracker import Refusal, Refused, SequenceTracker, TrackerLimits
+from fognode.node.wire import pack, unpack
 
 
 def test_round_robin_a_quiet_peer_waits_behind_one_message_per_busy_peer() -> None:
@@ -99,3 +106,21 @@ def test_tracker_admits_a_known_origin_and_refuses_a_new_one_over_the_relayer_ca
     assert t.admits("t", c, "p", 200.0)          # p's oldest origin idle: accept evicts it
     assert t.accept("t", c, 1, 1, "p", 200.0)
     t.check()
+
+
+def test_inner_envelope_signature_skipped_only_when_asked_and_checked_before_serving() -> None:
+    """Gossip takes an envelope on the strength of the libp2p message signature; the pull
+    server checks the envelope's own signature before it serves a relayed one."""
+    key = SigningKey(bytes([9]) * 32)
+    good = seal(key, KIND_MESSAGE, 5, "t/1", 1, b"x")
+    outer = unpack(good.raw, max_size=4096, what="test")
+    bad_raw = pack({"b": outer["b"], "sig": bytes(64)})
+    with pytest.raises(RemoteProtocolError, match="bad signature"):
+        open_envelope(bad_raw, max_size=4096)
+    bad = open_envelope(bad_raw, max_size=4096, signed_by_origin=True)
+    assert bad.data == b"x" and bad.origin == bytes(key.verify_key)
+    assert signature_holds(good.raw) and not signature_holds(bad_raw)
+    store = MessageStore()
+    store.add_relayed(bad, "peer")
+    store.forget_relayed("t/1", bad.origin, 5, 1)
+    assert store.get_relayed("t/1", bad.origin, 5, 1) is None and store.bytes == 0
