@@ -10,12 +10,13 @@ through this layer:
   on a bounded channel (a full channel makes `publish()` wait: backpressure). One task sends,
   at most `max_rate` messages/s, and waits while any peer's libp2p outbound queue is over half
   full.
-- Receiver: `admit` (called by ScoredPubsub before py-libp2p checks the signature) ignores a
-  message whose relayer is over its share (gossip_inbox.py). A topic validator checks the
-  envelope (decodable, signed by the libp2p origin, right topic) so bad messages are not
-  relayed, caches it for pulls by others and queues it in the topic's inbox, fairly per
-  relaying peer: py-libp2p's own 32-slot subscription channel, which a flood from one peer
-  filled for everyone, is only drained. One reader task per topic feeds the sequence tracker
+- Receiver: `admit` (called by ScoredPubsub as soon as an RPC is parsed) ignores a message
+  whose relayer is over its share (gossip_inbox.py). A topic validator checks the envelope
+  (decodable, from the libp2p message's signer, right topic; its own signature only when
+  py-libp2p did not check the message's) so bad messages are not relayed, caches it for
+  pulls by others and queues it in the topic's inbox, fairly per relaying peer: py-libp2p's
+  own 32-slot subscription channel, which a flood from one peer filled for everyone, is only
+  drained. One reader task per topic feeds the sequence tracker
   round robin from the inbox; one handler task per topic calls the role's handler (a handler
   that raises is logged and the next message is delivered).
 - Gaps (gossip_tracker.py, sans-IO): one tracker for all topics notices missing seqs, charges
@@ -44,11 +45,11 @@ from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamC
 from fognode.node.gossip_envelope import (KIND_HEAD, KIND_MESSAGE, Envelope, MessageStore,
                                           open_envelope, seal)
 from fognode.node.gossip_inbox import FairInbox
+from fognode.node.gossip_pull import serve_pull
 from fognode.node.gossip_report import Penalize, TrackerReport
 from fognode.node.gossip_tracker import (MAX_PULL_SEQS, PullRequest, Refusal, Refused,
                                          SequenceTracker, TrackerLimits)
 from fognode.node.overlay import GossipHandler, GossipMessage
-from fognode.node.gossip_pull import serve_pull
 from fognode.node.peerid import pubkey_from_raw_peer_id
 from fognode.node.wire import Fields
 
@@ -305,7 +306,7 @@ class GossipLayer:
         st.arrived.set()
 
     def admit(self, forwarder: str, topic: str, from_id: bytes) -> bool:
-        """Before py-libp2p checks a message's signature (ScoredPubsub calls this): False to
+        """As soon as py-libp2p has parsed a message's RPC (ScoredPubsub calls this): False to
         ignore it (not verified, not relayed, not marked seen) because its relayer is over its
         share: its inbox queue is the longest of a full inbox, or it may sponsor no more
         origins and this one is new (gossip_inbox.py). Each refusal is counted and charged."""
