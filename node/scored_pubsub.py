@@ -23,7 +23,12 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   bookkeeping scans every task of the service: 22 % of a gap-bomb victim's samples) and
   before its signature is checked. Ignored means not verified, not relayed, not marked seen,
   no penalty (go-libp2p's ValidationIgnore). The stream's peer reaches that method through a
-  context variable set in `continuously_read_stream` (one reader task per peer).
+  context variable set in `continuously_read_stream` (one reader task per peer). That reader
+  also yields to the scheduler at every read (`_FairReads`): node/p2pfix_tcpio.py and
+  p2pfix_yamux.py serve buffered bytes without a checkpoint, so one peer's reader went
+  through every RPC buffered from it in a single task step, 118 ms of CPU under a gossip
+  flood (and the tasks it spawned made 150-350 ms scheduler batches), while every other task
+  of the daemon (node.info, honest peers' streams) waited.
 
 Each action is counted in `fognode_node_gossip_score_actions_total{action}`.
 """
@@ -32,8 +37,9 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from contextvars import ContextVar
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
+import trio
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
@@ -305,6 +311,23 @@ class ScoredGossipSub(ThresholdIdontwantGossipSub):
         await super().handle_rpc(rpc, sender_peer_id)
 
 
+class _FairReads:
+    """A pubsub stream whose every read is a trio checkpoint, as reads of trio's own streams
+    are, so a reader that has buffered bytes lets the other tasks run between RPCs. Every
+    other attribute is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def read(self, n: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        data: bytes = await self._stream.read(n)
+        return data
+
+
 class ScoredPubsub(Pubsub):
     """Pubsub that ignores graylisted peers and counts bad libp2p signatures as P4. Takes
     Pubsub's arguments; its router must be a ScoredGossipSub."""
@@ -324,7 +347,7 @@ class ScoredPubsub(Pubsub):
 
     async def continuously_read_stream(self, stream: Any) -> None:
         _READING_FROM.set((stream.muxed_conn.peer_id, str(stream.muxed_conn.peer_id)))
-        await super().continuously_read_stream(stream)
+        await super().continuously_read_stream(cast(Any, _FairReads(stream)))
 
     def _is_subscribed_to_msg(self, msg: rpc_pb2.Message) -> bool:
         """py-libp2p asks this for each message of a parsed RPC before it spawns the task that
