@@ -104,7 +104,8 @@ async def attack(target: str, *, seconds: float, origins: int = 2000, gap: int =
                 sent += len(part)
                 rpcs += 1
             if progress is not None:
-                progress.update(messages_sent=float(sent), rpcs=float(rpcs))
+                progress.update(messages_sent=float(sent), rpcs=float(rpcs),
+                                messages_failed=float(failed))
             # spread the batches evenly over `burst` seconds
             await trio.sleep_until(t0 + burst * (i + 1) / len(batches))
         sending = trio.current_time() - t0
