@@ -135,7 +135,7 @@ def test_fog_service_through_socks_with_a_relay_killed(node_factory: Any, web: t
 
     svc = service.rpc("onion.add_service", {"name": "web", "port": 80, "target": f"127.0.0.1:{http_port}"})
     assert svc["address"].endswith(".fog") and svc["ports"] == {"80": f"127.0.0.1:{http_port}"}
-    wait_until(lambda: service.rpc("onion.services")[0]["published"] or None, timeout=120,
+    wait_until(lambda: service.rpc("onion.services")[0]["published"] or None, timeout=240,
                what="the descriptor published")
     url = f"http://{svc['address']}/index.html"
 
