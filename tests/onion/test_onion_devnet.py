@@ -24,16 +24,26 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import trio
+from nacl.signing import SigningKey
 
+from fognode.node.dht import DHT_PROTOCOL
 from fognode.node.errors import RpcError
+from fognode.node.peerid import peer_id_from_pubkey
+from fognode.protocols.onion.address import parse_address
 from fognode.protocols.onion.cells import CELL_SIZE, Cell, CellCommand
+from fognode.protocols.onion.config import OnionConfig
+from fognode.protocols.onion.descriptor import IntroPoint, build_descriptor
+from fognode.protocols.onion.hsdesc import descriptor_lookups
+from fognode.protocols.onion.keyfiles import load_or_create_service_key
 from fognode.protocols.onion.linkmgr import PROTOCOL_ID
 from fognode.tools.bench.attacks import hostile_peer
+from fognode.tools.bench.attacks.dht_flood import _put_message as put_message
 from fognode.tools.devnet import Devnet, free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -78,6 +88,35 @@ def curl(port: int, url: str, timeout: float = 120) -> subprocess.CompletedProce
     assert CURL is not None
     return subprocess.run([CURL, "-sS", "--max-time", str(int(timeout)), "--socks5-hostname", f"127.0.0.1:{port}", url],
                           capture_output=True, timeout=timeout + 10)
+
+
+async def put_bad_descriptors(target: str, service_datadir: Path, address: str) -> None:
+    """PUT_VALUE straight to `target`'s DHT: under each of the service's current descriptor
+    keys, a descriptor signed by another key (forged) and a genuine but expired one (an old
+    capture replayed; made here with the service's key from its data dir)."""
+    periods = OnionConfig().periods()
+    now = time.time()
+    real = load_or_create_service_key(service_datadir, "web")
+    intro = IntroPoint(hostile_id(), bytes(SigningKey.generate().verify_key), os.urandom(32))
+    (lookup,) = descriptor_lookups(parse_address(address), periods, now=now, window=0)
+    bad = [build_descriptor(SigningKey.generate(), periods, lookup.period, [intro], now=now),
+           build_descriptor(real, periods, lookup.period, [intro], now=now - 4 * 3600, lifetime=3600)]
+    async with hostile_peer(target) as hp:
+        for key in lookup.keys:
+            for value in bad:
+                stream = await hp.raw_stream(DHT_PROTOCOL)
+                try:
+                    with trio.fail_after(10):
+                        await stream.write(put_message(key.encode(), value))
+                        await stream.read(1)          # the answer, or the reset of a refusal
+                except Exception:                     # refused: the stream is reset
+                    pass
+                finally:
+                    await stream.reset()
+
+
+def hostile_id() -> str:
+    return peer_id_from_pubkey(bytes(SigningKey.generate().verify_key))
 
 
 def held_get(port: int, host: str, path: str, *, hold: int, timeout: float = 60) -> tuple[socket.socket, bytearray]:
@@ -125,6 +164,7 @@ def drain(s: socket.socket) -> bytearray:
 @pytest.mark.skipif(CURL is None, reason="needs the curl program")
 def test_fog_service_through_socks_with_a_relay_killed(node_factory: Any, web: tuple[int, bytes, bytes]) -> None:
     http_port, page, big = web
+    assert CURL is not None
     net, socks = onion_net(node_factory, 7)
     client, service = net.nodes[0], net.nodes[6]
 
@@ -138,6 +178,13 @@ def test_fog_service_through_socks_with_a_relay_killed(node_factory: Any, web: t
     wait_until(lambda: service.rpc("onion.services")[0]["published"] or None, timeout=240,
                what="the descriptor published")
     url = f"http://{svc['address']}/index.html"
+
+    # a hostile peer puts a forged and an expired descriptor for the service into the client
+    # node's DHT store before the client ever looked it up: both refused and counted, and the
+    # client is not misled (the fetch below gets the real page)
+    trio.run(put_bad_descriptors, client.addr, service.datadir, svc["address"])
+    wait_until(lambda: (lambda d: d.get("wrong_key", 0) >= 1 and d.get("expired", 0) >= 1 or None)(
+        client.rpc("onion.stats")["descriptors_rejected"]["dht"]), timeout=30, what="the bad descriptors refused")
 
     def fetch() -> bytes | None:
         r = curl(socks[0], url)
