@@ -178,24 +178,29 @@ class LinkManager:
         """Queue at least `nbytes` of link PADDING cells for `peer` (dialling it if needed; the
         neighbour drops them) and return the bytes queued once the last is written. At most
         half the queue limit waits at a time, so circuits on the link are delayed, not failed.
-        A bandwidth test of one raw stream (onion.link_test); OnionError if the link fails,
-        trio.TooSlowError if a write takes over DIAL_TIMEOUT."""
-        block = Cell(0, CellCommand.PADDING, b"").frame() * 64
-        if peer not in self.links:
-            self.send(peer, block)          # dials
+        Cells are queued one by one like any others, so the writer's batches stay within
+        MAX_WRITE plus one cell (what a neighbour accepts as one frame). A bandwidth test of
+        one raw stream (onion.link_test); OnionError if the link fails, trio.TooSlowError if
+        a write takes over DIAL_TIMEOUT."""
+        frame = Cell(0, CellCommand.PADDING, b"").frame()
+        burst = 64
+        queued = 0
         link = self.links.get(peer)
-        queued = len(block) if link is not None else 0
-        while link is not None and not link.down:
-            if queued < nbytes and link.queued + len(block) <= self.queue_limit // 2:
-                self.send(peer, block)
-                queued += len(block)
+        while True:
+            if queued and (link is None or link.down):
+                raise OnionError(f"the link to {peer} failed during the test")
+            if queued < nbytes and (link is None or link.queued + burst * len(frame) <= self.queue_limit // 2):
+                for _ in range(burst):
+                    self.send(peer, frame)            # the first one dials
+                queued += burst * len(frame)
+                link = self.links.get(peer)
                 continue
+            assert link is not None
             if queued >= nbytes and link.bytes_out >= link.enqueued:
                 return queued
             link.wrote = trio.Event()
             with trio.fail_after(DIAL_TIMEOUT):
                 await link.wrote.wait()
-        raise OnionError(f"the link to {peer} failed during the test")
 
     # -- reading -------------------------------------------------------------------------------
 

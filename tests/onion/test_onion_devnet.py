@@ -255,8 +255,8 @@ def test_link_test_writes_padding_to_a_neighbour(node_factory: Any) -> None:
     net: Devnet = node_factory(2)
     a, b = net.nodes
     before = b.rpc("onion.stats")["link_bytes_in"]
-    r = a.rpc("onion.link_test", {"peer": b.peer_id, "mb": 2}, timeout=120)
-    assert r["peer"] == b.peer_id and r["bytes"] >= 2_000_000 and r["seconds"] > 0
+    r = a.rpc("onion.link_test", {"peer": b.peer_id, "mb": 8}, timeout=120)
+    assert r["peer"] == b.peer_id and r["bytes"] >= 8_000_000 and r["seconds"] > 0
     wait_until(lambda: b.rpc("onion.stats")["link_bytes_in"] >= before + r["bytes"] or None, timeout=60,
                what="the padding read by the neighbour")
     assert b.alive() and b.rpc("onion.stats")["cells_dropped"] == 0      # padding is not garbage
