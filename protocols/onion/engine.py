@@ -6,8 +6,9 @@ shared CircIdAllocator and the LinkManager (linkmgr.py), and is the `ActionHandl
 `_call`, which carries the whole action list out before the next call starts (a handler that
 must answer a core, e.g. consume data or refuse a stream, queues its call: actions.py's order
 rule). A cell read from `peer` goes to the client when it owns `(peer, circ_id)`, else to the
-relay; a frame that does not split into cells goes to `relay.garbage`. Timers: one task sleeps
-until the earliest `next_wakeup()` of both cores and ticks them.
+relay; a frame that does not split into cells goes to `relay.garbage`. The cells of one link
+frame go through one `_call` (their actions are carried out in order after the last cell).
+Timers: one task sleeps until the earliest `next_wakeup()` of both cores and ticks them.
 
 For the layers above (the role's RPC, the hidden-service client and host) it offers:
 `build` (awaits the circuit, BuildFailed when it closes first), `connect_stream` (awaits
