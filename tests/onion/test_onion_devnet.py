@@ -7,6 +7,9 @@ alone, then three at once over the same rendezvous circuit); every relay's state
 circuit is SIGKILLed while a transfer is held in flight, the bytes received before the cut are
 a prefix of the file, and the next request succeeds over a rebuilt circuit. A hostile peer's
 garbage, short and oversize cells on the relay stream are dropped and the relay keeps serving.
+Before the first fetch a hostile peer puts a forged and an expired descriptor of the service
+into the client node's DHT store: both are refused (counted by reason) and the client still
+reaches the real service. `onion.link_test` writes padding over one link to a neighbour.
 
 Why the transfer cut by the kill is read by a SOCKS client of this module and not by
 `curl --limit-rate`: loopback TCP buffers hold megabytes (a 5 MB answer is accepted by the
