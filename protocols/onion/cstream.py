@@ -2,9 +2,10 @@
 
 `CircuitStream` is one stream of one of this node's circuits (a SOCKS client's stream to a
 `.fog` service, or a service's stream towards its local TCP server). The engine feeds it the
-`StreamData` it receives (`feed`) and the end (`feed_end`); `receive_some` hands the data out
-and tells the circuit each chunk was consumed (stream SENDMEs follow consumption, so a slow
-reader holds the far end back). `send_all` queues data on the circuit and waits while more
+`StreamData` it receives (`feed`) and the end (`feed_end`); `receive_some` hands out as much
+of the data waiting as `max_bytes` allows (many cells' worth in one piece: one write to the
+local socket per batch, not per cell) and tells the circuit how many whole chunks were
+consumed (stream SENDMEs follow consumption, so a slow reader holds the far end back). `send_all` queues data on the circuit and waits while more
 than `HIGH_WATER` bytes wait for the windows (backpressure from the far end). `aclose` ends
 the stream once its queued data is sent (RELAY END; there is no half-close in the circuit
 protocol, so a local end of input ends the stream both ways).
@@ -29,7 +30,7 @@ class StreamOps(Protocol):
     """What a CircuitStream asks of the engine that owns its circuit."""
 
     def stream_send(self, key: CircKey, sid: int, data: bytes) -> None: ...
-    def stream_consumed(self, key: CircKey, sid: int) -> None: ...
+    def stream_consumed(self, key: CircKey, sid: int, chunks: int) -> None: ...
     def stream_end(self, key: CircKey, sid: int) -> None: ...
     def stream_queued(self, key: CircKey, sid: int) -> int: ...
     async def wait_progress(self) -> None: ...
@@ -68,15 +69,23 @@ class CircuitStream(trio.abc.Stream):
                 return b""
             self._arrived = trio.Event()
             await self._arrived.wait()
-        chunk = self._chunks[0]
-        n = len(chunk) - self._offset if max_bytes is None else min(max_bytes, len(chunk) - self._offset)
-        out = chunk[self._offset:self._offset + n]
-        self._offset += n
-        if self._offset == len(chunk):
+        limit = max_bytes if max_bytes is not None else 1 << 20
+        parts: list[bytes] = []
+        size = done = 0
+        while self._chunks and size < limit:
+            chunk = self._chunks[0]
+            n = min(limit - size, len(chunk) - self._offset)
+            parts.append(chunk if n == len(chunk) else chunk[self._offset:self._offset + n])
+            size += n
+            self._offset += n
+            if self._offset < len(chunk):
+                break
             self._chunks.popleft()
             self._offset = 0
-            if not self.ended and not self.closed:
-                self.ops.stream_consumed(self.key, self.sid)
+            done += 1
+        if done and not self.ended and not self.closed:
+            self.ops.stream_consumed(self.key, self.sid, done)
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
         self.bytes_in += len(out)
         return out
 

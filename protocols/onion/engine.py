@@ -6,8 +6,9 @@ shared CircIdAllocator and the LinkManager (linkmgr.py), and is the `ActionHandl
 `_call`, which carries the whole action list out before the next call starts (a handler that
 must answer a core, e.g. consume data or refuse a stream, queues its call: actions.py's order
 rule). A cell read from `peer` goes to the client when it owns `(peer, circ_id)`, else to the
-relay; a frame that does not split into cells goes to `relay.garbage`. Timers: one task sleeps
-until the earliest `next_wakeup()` of both cores and ticks them.
+relay; a frame that does not split into cells goes to `relay.garbage`. The cells of one link
+frame go through one `_call` (their actions are carried out in order after the last cell).
+Timers: one task sleeps until the earliest `next_wakeup()` of both cores and ticks them.
 
 For the layers above (the role's RPC, the hidden-service client and host) it offers:
 `build` (awaits the circuit, BuildFailed when it closes first), `connect_stream` (awaits
@@ -21,7 +22,6 @@ import logging
 import random
 import time
 from collections import deque
-from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -218,8 +218,9 @@ class OnionEngine:
     def _on_bytes(self, peer: str, data: bytes, framer: CellFramer) -> None:
         self.metrics.link_bytes.labels("in").inc(len(data))
         now = self.clock()
-        for item in framer.feed(data):
-            self._call(partial(self._route, peer, item, now))
+        items = framer.feed(data)
+        if items:      # one core call for the frame's cells: its actions run in order after it
+            self._call(lambda: [a for item in items for a in self._route(peer, item, now)])
 
     def _route(self, peer: str, item: Cell | CellError, now: float) -> list[Action]:
         if isinstance(item, CellError):
@@ -404,10 +405,11 @@ class OnionEngine:
             self.metrics.stream_bytes.labels("out").inc(len(data))
             self._call(lambda: circ.send(sid, data, self.clock()))
 
-    def stream_consumed(self, key: CircKey, sid: int) -> None:
+    def stream_consumed(self, key: CircKey, sid: int, chunks: int) -> None:
         circ = self.circuit(key)
         if circ is not None:
-            self._call(lambda: circ.consumed(sid, self.clock()))
+            now = self.clock()
+            self._call(lambda: [a for _ in range(chunks) for a in circ.consumed(sid, now)])
 
     def stream_end(self, key: CircKey, sid: int) -> None:
         self.streams.pop((key, sid), None)

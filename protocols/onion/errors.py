@@ -15,6 +15,7 @@ from fognode.node.errors import FognodeError, RemoteProtocolError
 NO_PATH = 600               # onion.build: not enough usable relays for the requested hops
 UNKNOWN_CIRCUIT = 601       # onion.close / onion.circuits: no such circuit
 BUILD_FAILED = 602          # onion.build: the circuit failed or timed out while building
+LINK_FAILED = 603           # onion.link_test: unknown peer, or its link failed or stalled
 
 
 class OnionError(FognodeError):

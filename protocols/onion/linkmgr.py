@@ -31,6 +31,7 @@ import trio
 from fognode.node.errors import FognodeError, LocalProtocolError, RemoteProtocolError, StreamClosed
 from fognode.node.overlay import FramedStream, Overlay
 from fognode.protocols.onion.cells import FRAME_LEN, Cell, CellCommand, CellFramer
+from fognode.protocols.onion.errors import OnionError
 
 log = logging.getLogger("fognode.onion.links")
 
@@ -49,9 +50,11 @@ class Link:
         self.peer = peer
         self.queue: deque[bytes] = deque()
         self.queued = 0
+        self.enqueued = 0                # bytes ever queued (written once bytes_out reaches it)
         self.writer: FramedStream | None = None
         self.streams: list[FramedStream] = []
         self.wake = trio.Event()
+        self.wrote = trio.Event()        # set after each write (link_test waits on it)
         self.ready = trio.Event()
         self.down = False
         self.inbound = False
@@ -111,6 +114,7 @@ class LinkManager:
             return
         link.queue.append(frame)
         link.queued += len(frame)
+        link.enqueued += len(frame)
         link.wake.set()
 
     def _new_link(self, peer: str) -> Link:
@@ -151,6 +155,7 @@ class LinkManager:
                 if not link.queue:
                     link.queue.append(Cell(0, CellCommand.PADDING, b"").frame())
                     link.queued += FRAME_LEN
+                    link.enqueued += FRAME_LEN
             batch: list[bytes] = []
             size = 0
             while link.queue and size < MAX_WRITE:
@@ -167,6 +172,35 @@ class LinkManager:
             link.bytes_out += size
             self.bytes_out += size
             self.writes += 1
+            link.wrote.set()
+
+    async def send_padding(self, peer: str, nbytes: int) -> int:
+        """Queue at least `nbytes` of link PADDING cells for `peer` (dialling it if needed; the
+        neighbour drops them) and return the bytes queued once the last is written. At most
+        half the queue limit waits at a time, so circuits on the link are delayed, not failed.
+        Cells are queued one by one like any others, so the writer's batches stay within
+        MAX_WRITE plus one cell (what a neighbour accepts as one frame). A bandwidth test of
+        one raw stream (onion.link_test); OnionError if the link fails, trio.TooSlowError if
+        a write takes over DIAL_TIMEOUT."""
+        frame = Cell(0, CellCommand.PADDING, b"").frame()
+        burst = 64
+        queued = 0
+        link = self.links.get(peer)
+        while True:
+            if queued and (link is None or link.down):
+                raise OnionError(f"the link to {peer} failed during the test")
+            if queued < nbytes and (link is None or link.queued + burst * len(frame) <= self.queue_limit // 2):
+                for _ in range(burst):
+                    self.send(peer, frame)            # the first one dials
+                queued += burst * len(frame)
+                link = self.links.get(peer)
+                continue
+            assert link is not None
+            if queued >= nbytes and link.bytes_out >= link.enqueued:
+                return queued
+            link.wrote = trio.Event()
+            with trio.fail_after(DIAL_TIMEOUT):
+                await link.wrote.wait()
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -204,6 +204,23 @@ class OnionRole(Role):
         self.engine.close(key)
         return {"circuit": circuit, "closed": True}
 
+    @rpc_method("onion.link_test")
+    async def rpc_link_test(self, peer: str, mb: int = 16) -> dict[str, Any]:
+        """Write MB megabytes of padding cells to the peer PEER over this node's onion link to it
+        (dialled if needed; one raw stream: what every circuit through that neighbour shares;
+        PEER drops them) and report how long the writes took. A bandwidth test
+        (tools/bench/onion.py)."""
+        if isinstance(mb, bool) or not isinstance(mb, int) or not 1 <= mb <= 1024:
+            raise RpcError(E.LINK_FAILED, f"mb must be an integer between 1 and 1024, got {mb!r}")
+        if not isinstance(peer, str) or not peer or peer == self.ctx.peer_id:
+            raise RpcError(E.LINK_FAILED, f"peer must be another node's peer id, got {peer!r}")
+        t = trio.current_time()
+        try:
+            sent = await self.engine.links.send_padding(peer, mb * 1_000_000)
+        except (E.OnionError, trio.TooSlowError) as e:
+            raise RpcError(E.LINK_FAILED, f"link test to {peer}: {e or 'a write stalled'}") from None
+        return {"peer": peer, "bytes": sent, "seconds": round(trio.current_time() - t, 6)}
+
     @rpc_method("onion.services")
     async def rpc_services(self) -> list[dict[str, Any]]:
         """The hidden services of this node: address, ports, introduction points, published."""

@@ -37,9 +37,13 @@ and direction of cells, and the plaintext of the cells addressed to it (a middle
 EXTEND; the last hop: the streams it serves and SENDMEs). It cannot read or recognise cells
 for other hops, learn how many hops follow it, or (except the guard) who the client is.
 
-The stream layer is ChaCha20 keystream XOR, computed as the IETF AEAD's ciphertext without its
-tag (PyNaCl exposes no raw ChaCha20); layer and auth keys are independent, so no (key, nonce)
-is used twice. The AEAD is called through PyNaCl's cffi module directly (`nacl._sodium`, the
+The stream layer is ChaCha20 keystream XOR: exactly the IETF AEAD's ciphertext without its tag
+(block counter 1 on, as the AEAD uses it), so the bytes on the wire are what an AEAD-based
+layer would give; it is computed with `cryptography`'s raw ChaCha20 (OpenSSL; PyNaCl exposes
+no raw ChaCha20, and the AEAD's Poly1305 over the whole body, thrown away, cost a third of each
+layer: tools/bench/onion_cells.py). `cryptography` is installed with the pinned py-libp2p (its
+Noise transport's noiseprotocol needs it). Layer and auth keys are independent, so no
+(key, nonce) is used twice. The AEAD is called through PyNaCl's cffi module directly (`nacl._sodium`, the
 library PyNaCl's own bindings wrap): its Python-level argument checks cost a third of each call
 on a 4 KiB cell (tools/bench/onion_cells.py), and every argument here has a fixed, checked size.
 """
@@ -48,6 +52,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from nacl._sodium import ffi, lib
 
 from fognode.protocols.onion.cells import BODY_LEN, PLAIN_LEN, TAG_LEN
@@ -90,8 +96,13 @@ def aead_open(sealed: bytes, nonce: bytes, key: bytes) -> bytes | None:
     return None if rc != 0 else ffi.buffer(out)[:]
 
 
+_BLOCK_ONE = struct.pack("<I", 1)      # the AEAD's first ciphertext block (block 0 keys Poly1305)
+
+
 def stream_xor(key: bytes, nonce: bytes, body: bytes) -> bytes:
-    return aead_seal(body, nonce, key)[:-TAG_LEN]
+    """`body` XOR the ChaCha20 keystream of (key, nonce) from block 1: the IETF AEAD's
+    ciphertext of `body` without its tag."""
+    return Cipher(ChaCha20(key, _BLOCK_ONE + nonce), mode=None).encryptor().update(body)
 
 
 class DirectionState:

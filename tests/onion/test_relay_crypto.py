@@ -10,7 +10,7 @@ from fognode.protocols.onion.cells import BODY_LEN, RelayCommand, RelayMsg, deco
 from fognode.protocols.onion.errors import CircuitProtocolError, TeardownReason
 from fognode.protocols.onion.ntor import derive_keys
 from fognode.protocols.onion import relay_crypto
-from fognode.protocols.onion.relay_crypto import ClientOnion, RelayHop
+from fognode.protocols.onion.relay_crypto import TAG_LEN, ClientOnion, RelayHop, aead_seal, stream_xor
 
 
 def _circuit(n: int = 3) -> tuple[ClientOnion, list[RelayHop]]:
@@ -120,3 +120,12 @@ def test_direct_aead_calls_match_pynacl_bindings() -> None:
     assert relay_crypto.aead_open(sealed, nonce, key) == msg
     assert relay_crypto.aead_open(sealed[:-1] + bytes([sealed[-1] ^ 1]), nonce, key) is None
     assert relay_crypto.aead_open(b"short", nonce, key) is None
+
+
+def test_the_stream_layer_is_the_aead_ciphertext_without_its_tag() -> None:
+    # the wire format: a layer is what ChaCha20-Poly1305 (IETF) would encrypt the body to
+    for size in (0, 1, 63, 64, 65, 4091):
+        key, nonce, body = os.urandom(32), os.urandom(12), os.urandom(size)
+        assert stream_xor(key, nonce, body) == aead_seal(body, nonce, key)[:len(body)]
+        assert len(aead_seal(body, nonce, key)) == size + TAG_LEN
+        assert stream_xor(key, nonce, stream_xor(key, nonce, body)) == body
