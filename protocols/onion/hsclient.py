@@ -138,7 +138,7 @@ class HsClient:
             box = MessageBox()
             try:
                 with trio.fail_after(self.step_timeout):
-                    rend = await self.engine.build(exclude=failed, purpose="rendezvous", box=box)
+                    rend = await self.engine.build(hops=self.config.hops, exclude=failed, purpose="rendezvous", box=box)
             except (OnionError, trio.TooSlowError) as e:
                 last_error = f"rendezvous circuit: {e}"
                 continue
@@ -172,7 +172,8 @@ class HsClient:
             ibox = MessageBox()
             try:
                 with trio.fail_after(self.step_timeout):
-                    intro = await self.engine.build(last=relay, exclude=[rp], purpose="intro", box=ibox)
+                    intro = await self.engine.build(hops=self.config.hops, last=relay, exclude=[rp], purpose="intro",
+                                                    box=ibox)
                     self.engine.send_meeting(intro, RelayCommand.INTRODUCE1,
                                              introduce1_data(ip.auth_key, ip.enc_key, rp, rp_info.identity,
                                                              rp_info.onion_key, cookie, hs.onionskin()))

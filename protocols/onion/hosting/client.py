@@ -1,0 +1,484 @@
+"""Deploying hosted data (the owner) and accessing it (anyone who knows its `.fog` address).
+
+`HostedClient.deploy(data, ...)` (the seed's `deploy_hidden_service(data, privacy_level,
+budget)`): the level (levels.py) gives k-of-n; the n cheapest `fog.hosting` offers of distinct
+providers in the market's book are tried in order. The content is sealed with a fresh key and
+cut into n shards (shards.py); a fresh service key A makes the `.fog` address and the service
+id A' (manifest.py). For each shard, in parallel: the host quotes (its payee wallet, price,
+room), the owner opens a ledger escrow paying that host `rate * hours` (rate from the host's
+price and the shard's size) with the deadline `hours` from now, signs a debit note for the
+first `hosting_interval`, and sends the shard, the fee terms and the note; the host collects
+the note before keeping the shard and answers with its hosting `.fog` address. A host that
+fails is replaced by the next offer. The escrows' amounts plus their order fees must fit the
+`budget` (checked before anything is paid). The manifest is sealed into the DHT, the deploy
+recorded in `<datadir>/onion/hosted/<label>` (0600: it holds the service key), and
+`HiddenServiceDeployed` published. While the owner's node runs, `notes_loop` signs a debit
+note for the next interval of each lease; when the owner stops, hosts stop serving once the
+paid time runs out (the escrow returns the rest to the owner after its deadline).
+
+`HostedClient.access(address, wallet)` (the seed's `access_hidden_service(service_id,
+accessor_wallet)`): the manifest from the DHT (opened with the address; forged or corrupt
+ones refused), the fee paid from `wallet` to the owner (a transfer whose memo names the
+service id and a fresh access key: fees.py), then the shards fetched from the hosts' hosting
+services over rendezvous circuits of the level's hops, k at a time; a shard that fails its
+hash is reported and another host tried. Any k verified shards give the content back.
+
+Everything awaited is bounded (STEP_TIMEOUT per host step); HostingError says what failed.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import msgpack
+import trio
+from nacl.signing import SigningKey
+
+from fognode.ledger.address import encode_address
+from fognode.ledger.api import LedgerApi, ledger_api
+from fognode.ledger.events import PaymentProcessed
+from fognode.node.datadir import write_atomic
+from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
+from fognode.node.events import EventBus
+from fognode.node.overlay import Overlay
+from fognode.node.role import Services
+from fognode.protocols.market.api import market_api
+from fognode.protocols.market.messages import Offer
+from fognode.protocols.onion.address import FogAddress, address_from_pubkey, parse_address
+from fognode.protocols.onion.events import HiddenServiceDeployed
+from fognode.protocols.onion.hosting.fees import AccessRequest, access_memo, parse_memo
+from fognode.protocols.onion.hosting.framing import FrameReader, send_obj
+from fognode.protocols.onion.hosting.host import hosting_rate
+from fognode.protocols.onion.hosting.levels import PrivacyLevel, privacy_level
+from fognode.protocols.onion.hosting.manifest import (Manifest, ManifestError, ShardRef, dht_key, open_envelope,
+                                                      seal, service_id)
+from fognode.protocols.onion.hosting.metrics import HostingMetrics
+from fognode.protocols.onion.hosting.shards import (ContentError, ShardMismatch, join, shard_hash, shard_size, split,
+                                                    verify_shard)
+from fognode.protocols.onion.hosting.wire import (CHUNK, HOSTING_PORT, MAX_META, PROTOCOL_ID, NoteMessage, Quoted,
+                                                  Refused, StoreRequest, decode_quoted, decode_refused,
+                                                  decode_reply, message_type)
+
+log = logging.getLogger("fognode.onion.hosted")
+
+STEP_TIMEOUT = 90.0
+DHT_TIMEOUT = 20.0
+MANIFEST_WAIT = 60.0
+ESCROW_GRACE = 3600
+MAX_HOURS = 24 * 366
+HOSTED_DIR = "hosted"
+
+
+class HostingError(FognodeError):
+    """A deploy or an access could not be done (the message says what and whose fault)."""
+
+
+Connector = Callable[[int, FogAddress, int], Any]   # (hops, address, port) -> awaitable trio stream
+
+
+@dataclass
+class Placement:
+    index: int
+    peer: str
+    host: str            # the host's hosting .fog address
+    shard: bytes
+    escrow: bytes
+    rate: int
+    amount: int
+    start: float
+    due: int             # the cumulative debit note the host holds
+
+
+@dataclass
+class Deployment:
+    seed: bytes          # the service key's seed (secret)
+    name: str
+    level: int
+    fee: int
+    size: int
+    created: int
+    expires: int
+    placements: list[Placement] = field(default_factory=list)
+    accesses: int = 0
+    fees_received: int = 0
+
+    @property
+    def address(self) -> FogAddress:
+        return address_from_pubkey(bytes(SigningKey(self.seed).verify_key))
+
+    def encode(self) -> bytes:
+        return msgpack.packb({**asdict(self), "placements": [asdict(p) for p in self.placements]}, use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Deployment":
+        raw = msgpack.unpackb(data, raw=False)
+        raw["placements"] = [Placement(**p) for p in raw["placements"]]
+        return cls(**raw)
+
+
+async def fetch_shard(stream: Any, request: AccessRequest, index: int, manifest: Manifest) -> bytes:
+    """Ask for one shard on `stream` and return its verified bytes. HostingError with the
+    host's refusal; ShardMismatch when the bytes are not the named shard; RemoteProtocolError
+    or StreamClosed when the host breaks the wire."""
+    reader = FrameReader(stream)
+    await send_obj(stream, request.to_wire())
+    head = decode_reply(await reader.recv_obj(MAX_META, "hosted shard reply"), "shard", {"size": "int"})
+    if isinstance(head, Refused):
+        raise HostingError(f"refused ({head.reason}): {head.message}")
+    want = shard_size(manifest.size, manifest.k)
+    if head["size"] != want:
+        raise ShardMismatch(index, f"shard {index}: the host announces {head['size']} bytes, the manifest says {want}")
+    parts, got = [], 0
+    while got < want:
+        chunk = await reader.recv(min(CHUNK, want - got))
+        parts.append(chunk)
+        got += len(chunk)
+    data = b"".join(parts)
+    verify_shard(index, data, manifest.shards[index].hash, manifest.size, manifest.k)
+    return data
+
+
+class HostedClient:
+    def __init__(self, *, overlay: Overlay, services: Services, events: EventBus, datadir: Path,
+                 interval: float, clock: Callable[[], float], metrics: HostingMetrics, connect: Connector,
+                 forget_circuit: Callable[[int, FogAddress], None]) -> None:
+        """`connect(hops, address, port)` opens a stream to a `.fog` service through circuits of
+        `hops` hops; `forget_circuit(hops, address)` closes the one kept for `address`."""
+        self.overlay = overlay
+        self.services = services
+        self.events = events
+        self.root = datadir / HOSTED_DIR
+        self.interval = interval
+        self.clock = clock
+        self.metrics = metrics
+        self.connect = connect
+        self.forget_circuit = forget_circuit
+        self.deployments: dict[bytes, Deployment] = {}    # by service id
+        self.accessed: dict[str, dict[str, Any]] = {}    # by address: this node's own accesses
+        self._ledger_lock = trio.Lock()
+        self._load()
+
+    # -- records -----------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        if not self.root.is_dir():
+            return
+        for path in sorted(self.root.iterdir()):
+            if path.name.startswith("."):
+                continue
+            try:
+                d = Deployment.decode(path.read_bytes())
+            except (OSError, ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
+                log.warning("hosted deploy record %s does not decode (%s); its notes are not signed", path, e)
+                continue
+            self.deployments[service_id(d.address.pubkey)] = d
+
+    def _save(self, d: Deployment) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(self.root / d.address.label, d.encode(), 0o600)
+
+    def _ledger(self) -> LedgerApi:
+        ledger = ledger_api(self.services)
+        if ledger is None:
+            raise HostingError("no ledger runs on this node: nothing can be paid")
+        return ledger
+
+    # -- deploying ---------------------------------------------------------------------------
+
+    async def deploy(self, data: bytes, *, name: str, level: int, budget: int, fee: int,
+                     hours: int) -> dict[str, Any]:
+        try:
+            out = await self._deploy(data, name=name, level=level, budget=budget, fee=fee, hours=hours)
+        except BaseException:
+            self.metrics.deploys.labels("failed").inc()
+            raise
+        self.metrics.deploys.labels("ok").inc()
+        return out
+
+    async def _deploy(self, data: bytes, *, name: str, level: int, budget: int, fee: int,
+                      hours: int) -> dict[str, Any]:
+        lvl = privacy_level(level)
+        if not 1 <= hours <= MAX_HOURS:
+            raise HostingError(f"hours must be between 1 and {MAX_HOURS}, got {hours}")
+        ledger = self._ledger()
+        market = market_api(self.services)
+        if market is None:
+            raise HostingError("no market role runs on this node: hosts are found through its fog.hosting offers")
+        by_provider: dict[bytes, Offer] = {}
+        for o in market.find_offers("fog.hosting"):
+            if o.price("gb_h") is not None and (o.provider not in by_provider or
+                                                 o.price("gb_h") < by_provider[o.provider].price("gb_h")):
+                by_provider[o.provider] = o
+        offers = sorted(by_provider.values(), key=lambda o: (o.price("gb_h"), o.peer))
+        if len(offers) < lvl.n:
+            raise HostingError(f"privacy level {level} needs {lvl.n} hosts; the market knows {len(offers)} "
+                               "fog.hosting offers of other nodes")
+        sharded = split(data, lvl.k, lvl.n)
+        size = shard_size(sharded.size, lvl.k)
+        order_fee = ledger.order_fee()
+        # the budget check, at the n cheapest offers' prices (a replacement host may cost more: checked again)
+        cheapest = sum(hosting_rate(o.price("gb_h") or 0, size) * hours + order_fee for o in offers[:lvl.n])
+        if cheapest > budget:
+            raise HostingError(f"budget {budget} is below the cheapest hosting: {lvl.n} hosts x {hours} h of a "
+                               f"{size}-byte shard plus the escrow fees cost {cheapest} micro-units")
+        owner = ledger.default_wallet()
+        if not ledger.verify_payment_capability(owner, cheapest):
+            raise HostingError(f"this node's wallet cannot pay {cheapest} micro-units of hosting")
+        key = SigningKey.generate()
+        address = address_from_pubkey(bytes(key.verify_key))
+        sid = service_id(address.pubkey)
+        now = self.clock()
+        deadline = int(now) + hours * 3600
+        candidates = iter(offers)
+        placed: dict[int, Placement] = {}
+        failures: list[str] = []
+        spent = [0]
+
+        async def place(i: int) -> None:
+            for offer in candidates:
+                try:
+                    placed[i] = await self._place(offer, i, sharded.shards[i], sid, owner, fee, hours, deadline,
+                                                  budget, spent)
+                    return
+                except (HostingError, FognodeError, trio.TooSlowError, OSError) as e:
+                    failures.append(f"{offer.peer}: {e}")
+                    log.info("hosting shard %d at %s failed: %s", i, offer.peer, e)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(lvl.n):
+                nursery.start_soon(place, i)
+        if len(placed) < lvl.n:
+            raise HostingError(f"only {len(placed)} of {lvl.n} shards found a host ({spent[0]} micro-units spent on "
+                               f"their escrows, refunded after {hours} h): " + "; ".join(failures[-5:]))
+        manifest = Manifest(name, level, lvl.k, lvl.n, sharded.size, sharded.key, fee, owner, int(now), deadline,
+                            tuple(ShardRef(placed[i].host, sharded.hashes[i]) for i in range(lvl.n)))
+        dkey, value = seal(manifest, key, rev=int(now))
+        d = Deployment(bytes(key), name, level, fee, len(data), int(now), deadline,
+                       [placed[i] for i in range(lvl.n)])
+        self.deployments[sid] = d
+        self._save(d)
+        await self._put(dkey, value)
+        self.events.publish(HiddenServiceDeployed(name=name, address=address.host, intro_points=0, ports=(),
+                                                  shards=lvl.n))
+        return {"address": address.host, "service_id": sid.hex(), "name": name, "bytes": len(data),
+                "privacy": lvl.to_json(), "fee": fee, "hours": hours, "expires": deadline,
+                "hosting_cost": spent[0], "hosts": [p.host for p in d.placements]}
+
+    async def _put(self, key: str, value: bytes) -> None:
+        last = ""
+        for _ in range(5):
+            try:
+                with trio.fail_after(DHT_TIMEOUT):
+                    await self.overlay.dht_put(key, value)
+                return
+            except (FognodeError, trio.TooSlowError, OSError, ValueError) as e:
+                last = str(e) or type(e).__name__
+                await trio.sleep(1.0)
+        raise HostingError(f"the manifest could not be stored in the DHT: {last}")
+
+    async def _ask(self, peer: str, msg: dict[str, Any], chunks: bytes = b"") -> Any:
+        stream = await self.overlay.open_stream(peer, PROTOCOL_ID)
+        try:
+            await stream.send(msg)
+            for i in range(0, len(chunks), CHUNK):
+                await stream.send_bytes(chunks[i:i + CHUNK])
+            return await stream.recv(max_size=MAX_META)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await stream.close()
+
+    async def _place(self, offer: Offer, i: int, shard: bytes, sid: bytes, owner: bytes, fee: int, hours: int,
+                     deadline: int, budget: int, spent: list[int]) -> Placement:
+        ledger = self._ledger()
+        with trio.fail_after(STEP_TIMEOUT):
+            q = await self._ask(offer.peer, {"v": 1, "t": "quote"})
+        if message_type(q) == "refused":
+            raise HostingError(f"quote refused: {decode_refused(q, peer=offer.peer).message}")
+        quote: Quoted = decode_quoted(q, peer=offer.peer)
+        if quote.free < len(shard):
+            raise HostingError(f"no room: {quote.free} bytes free, the shard is {len(shard)}")
+        rate = hosting_rate(quote.price, len(shard))
+        amount = rate * hours
+        async with self._ledger_lock:
+            if spent[0] + amount + ledger.order_fee() > budget:
+                raise HostingError(f"over budget: this host costs {amount} (+ fee), {budget - spent[0]} left")
+            agreement = sid[:16] + shard[:16]   # any 32 bytes naming the agreement; the escrow id mixes in the customer
+            cert = await ledger.open_escrow(agreement, quote.payee, amount, deadline, ESCROW_GRACE,
+                                            timeout=STEP_TIMEOUT / 2)
+            spent[0] += amount + ledger.order_fee()
+            escrow = cert.order.order.escrow
+            first = min(amount, math.ceil(rate * self.interval / 3600))
+            note = await ledger.sign_debit_note(escrow, first)
+        req = StoreRequest(sid, shard_hash(shard), len(shard), owner, fee, escrow, rate, deadline, note)
+        with trio.fail_after(STEP_TIMEOUT):
+            reply = decode_reply(await self._ask(offer.peer, req.to_wire(), shard), "stored", {"host": "str"},
+                                 peer=offer.peer)
+        if isinstance(reply, Refused):
+            raise HostingError(f"the host refused the shard ({reply.reason}): {reply.message}")
+        try:
+            parse_address(reply["host"])
+        except ValueError as e:
+            raise HostingError(f"the host's hosting address: {e}") from None
+        return Placement(i, offer.peer, reply["host"], shard_hash(shard), escrow, rate, amount, self.clock(), first)
+
+    # -- paying the hosts --------------------------------------------------------------------
+
+    async def notes_loop(self) -> None:
+        """Every interval/2, sign each lease's debit note for the next interval and hand it over."""
+        while True:
+            await trio.sleep(max(5.0, self.interval / 2))
+            for d in list(self.deployments.values()):
+                for p in d.placements:
+                    due = min(p.amount, math.ceil(p.rate * (self.clock() - p.start + self.interval) / 3600))
+                    if due <= p.due or self.clock() > d.expires:
+                        continue
+                    try:
+                        with trio.fail_after(STEP_TIMEOUT):
+                            note = await self._ledger().sign_debit_note(p.escrow, due)
+                            reply = decode_reply(await self._ask(p.peer, NoteMessage(p.shard, note).to_wire()),
+                                                 "credited", {"paid": "int", "paid_until": "int"}, peer=p.peer)
+                    except (FognodeError, trio.TooSlowError, OSError) as e:
+                        log.info("debit note for %s at %s not delivered: %s", p.host, p.peer, e)
+                        continue
+                    if isinstance(reply, Refused):
+                        log.warning("host %s refused the debit note of shard %d: %s", p.peer, p.index, reply.message)
+                        continue
+                    p.due = due
+                    self._save(d)
+
+    async def payments_loop(self) -> None:
+        """Count the access fees paid to our deployments (the ledger's PaymentProcessed events)."""
+        async with self.events.subscribe("onion.hosted", [PaymentProcessed], size=1024) as sub:
+            async for ev in sub:
+                assert isinstance(ev, PaymentProcessed)
+                parsed = parse_memo(ev.memo)
+                d = self.deployments.get(parsed[0]) if parsed is not None else None
+                if d is None:
+                    continue
+                owner = self._ledger().default_wallet()
+                if ev.recipient == encode_address(owner) and ev.amount >= d.fee:
+                    d.accesses += 1
+                    d.fees_received += ev.amount
+                    self._save(d)
+
+    # -- accessing ---------------------------------------------------------------------------
+
+    async def manifest(self, address: FogAddress) -> Manifest:
+        key = dht_key(service_id(address.pubkey))
+        bad = ""
+        with trio.move_on_after(MANIFEST_WAIT):
+            while True:
+                try:
+                    with trio.fail_after(DHT_TIMEOUT):
+                        value = await self.overlay.dht_get(key)
+                except (FognodeError, trio.TooSlowError, OSError, ValueError) as e:
+                    value, bad = None, str(e)
+                if value is not None:
+                    try:
+                        return open_envelope(value, address)[1]
+                    except ManifestError as e:
+                        raise HostingError(f"the manifest of {address.host} is refused: {e}") from None
+                await trio.sleep(1.0)
+        raise HostingError(f"no manifest of {address.host} in the DHT" + (f" ({bad})" if bad else ""))
+
+    async def access(self, address: FogAddress, *, wallet: bytes | None = None) -> tuple[bytes, dict[str, Any]]:
+        man = await self.manifest(address)
+        lvl = privacy_level(man.level)
+        sid = service_id(address.pubkey)
+        if man.expires < self.clock():
+            raise HostingError(f"{address.host} expired at {man.expires}: its hosting was paid until then")
+        ledger = self._ledger()
+        payer = wallet or ledger.default_wallet()
+        access_key = SigningKey.generate()
+        cert = None
+        if man.fee > 0:
+            if not ledger.verify_payment_capability(payer, man.fee):
+                raise HostingError(f"refused: wallet {encode_address(payer)} cannot pay the access fee of {man.fee} "
+                                   f"micro-units plus the ledger fee of {ledger.order_fee()}")
+            cert = await ledger.pay(man.payee, man.fee, access_memo(sid, bytes(access_key.verify_key)), wallet=payer)
+        got, report = await self._fetch(man, lvl, sid, access_key, cert)
+        if len(got) < man.k:
+            raise HostingError(f"only {len(got)} of the {man.k} shards needed could be fetched: " +
+                               "; ".join(f"shard {r['shard']}: {r['error']}" for r in report))
+        try:
+            content = join(got, man.hashes, key=man.key, k=man.k, size=man.size)
+        except ContentError as e:
+            raise HostingError(f"the content of {address.host} does not reassemble: {e}") from None
+        info = {"address": address.host, "name": man.name, "bytes": len(content), "fee_paid": man.fee if cert else 0,
+                "payment_tx": cert.tx_id.hex() if cert else None, "privacy": lvl.to_json(),
+                "shards_used": sorted(got), "failed": report}
+        st = self.accessed.setdefault(address.host, {"accesses": 0, "fees_paid": 0})
+        st["accesses"] += 1
+        st["fees_paid"] += info["fee_paid"]
+        return content, info
+
+    async def _fetch(self, man: Manifest, lvl: PrivacyLevel, sid: bytes, access_key: SigningKey,
+                     cert: Any) -> tuple[dict[int, bytes], list[dict[str, Any]]]:
+        order = list(range(man.n))
+        random.shuffle(order)
+        pending = iter(order)
+        got: dict[int, bytes] = {}
+        report: list[dict[str, Any]] = []
+
+        async def worker() -> None:
+            for i in pending:
+                if len(got) >= man.k:
+                    return
+                ref = man.shards[i]
+                host = parse_address(ref.host)
+                outcome = "ok"
+                try:
+                    got[i] = await self._fetch_one(lvl, host, i, man, AccessRequest.make(
+                        access_key, host.pubkey, sid, ref.hash, cert))
+                except ShardMismatch as e:
+                    outcome = "bad_shard"
+                    log.warning("host %s returned a bad shard %d of %s: %s", ref.host, i, man.name, e)
+                    report.append({"shard": i, "host": ref.host, "error": str(e), "bad": True})
+                except (HostingError, FognodeError, trio.TooSlowError, OSError, trio.BrokenResourceError) as e:
+                    outcome = "failed"
+                    report.append({"shard": i, "host": ref.host, "error": str(e) or type(e).__name__})
+                self.metrics.fetches.labels(outcome).inc()
+                if lvl.fresh_circuits:
+                    self.forget_circuit(lvl.hops, host)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(man.k):
+                nursery.start_soon(worker)
+        return got, report
+
+    async def _fetch_one(self, lvl: PrivacyLevel, host: FogAddress, i: int, man: Manifest,
+                         req: AccessRequest) -> bytes:
+        last: Exception | None = None
+        for _ in range(2):
+            with trio.fail_after(STEP_TIMEOUT):
+                stream = await self.connect(lvl.hops, host, HOSTING_PORT)
+                try:
+                    return await fetch_shard(stream, req, i, man)
+                except (StreamClosed, trio.BrokenResourceError) as e:
+                    last = e                     # the circuit broke: once more over a fresh one
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                        await stream.aclose()
+        raise HostingError(f"the stream to {host.host} broke twice: {last}")
+
+    # -- views -------------------------------------------------------------------------------
+
+    def stats(self, address: FogAddress | None = None) -> dict[str, Any]:
+        """get_service_stats: accesses and fees of our deployments (and our own accesses)."""
+        out: dict[str, Any] = {}
+        for sid, d in self.deployments.items():
+            a = d.address.host
+            if address is not None and a != address.host:
+                continue
+            out[a] = {"name": d.name, "service_id": sid.hex(), "level": d.level, "fee": d.fee, "bytes": d.size,
+                      "expires": d.expires, "accesses": d.accesses, "fees_received": d.fees_received,
+                      "hosts": [{"host": p.host, "shard": p.index, "rate_per_hour": p.rate, "paid": p.due}
+                                for p in d.placements]}
+        for a, st in self.accessed.items():
+            if address is None or a == address.host:
+                out.setdefault(a, {}).update({"my_accesses": st["accesses"], "my_fees_paid": st["fees_paid"]})
+        return out
