@@ -60,6 +60,7 @@ class AccessRefused(FognodeError):
     def __init__(self, reason: Refusal, message: str) -> None:
         super().__init__(f"{reason.value}: {message}")
         self.reason = reason
+        self.detail = message
 
 
 def access_memo(sid: bytes, access_key: bytes) -> str:

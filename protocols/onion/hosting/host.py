@@ -126,7 +126,7 @@ class AccessGate:
             self.refused[e.reason.value] += 1
             self.metrics.requests.labels(e.reason.value).inc()
             log.info("hosted shard request refused: %s", e)
-            await send_obj(stream, Refused(e.reason.value, str(e)).to_wire())
+            await send_obj(stream, Refused(e.reason.value, e.detail).to_wire())
             return
         except StoreError as e:
             self.refused["store"] += 1
