@@ -70,6 +70,7 @@ DHT_TIMEOUT = 20.0
 MANIFEST_WAIT = 60.0
 ESCROW_GRACE = 3600
 MAX_HOURS = 24 * 366
+REFUND_MARGIN = 120       # seconds after a lease's deadline before its escrow is refunded (validators' clocks)
 HOSTED_DIR = "hosted"
 
 
@@ -91,6 +92,7 @@ class Placement:
     amount: int
     start: float
     due: int             # the cumulative debit note the host holds
+    refunded: bool = False
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Deployment:
     placements: list[Placement] = field(default_factory=list)
     accesses: int = 0
     fees_received: int = 0
+    failed: bool = False  # the deploy failed: its escrows are only refunded
 
     @property
     def address(self) -> FogAddress:
@@ -252,6 +255,11 @@ class HostedClient:
             for i in range(lvl.n):
                 nursery.start_soon(place, i)
         if len(placed) < lvl.n:
+            if placed:         # refunded after their deadline by the notes loop
+                gone = Deployment(bytes(key), name, level, fee, len(data), int(now), deadline,
+                                  [placed[i] for i in sorted(placed)], failed=True)
+                self.deployments[sid] = gone
+                self._save(gone)
             raise HostingError(f"only {len(placed)} of {lvl.n} shards found a host ({spent[0]} micro-units spent on "
                                f"their escrows, refunded after {hours} h): " + "; ".join(failures[-5:]))
         manifest = Manifest(name, level, lvl.k, lvl.n, sharded.size, sharded.key, fee, owner, int(now), deadline,
@@ -328,13 +336,17 @@ class HostedClient:
     # -- paying the hosts --------------------------------------------------------------------
 
     async def notes_loop(self) -> None:
-        """Every interval/2, sign each lease's debit note for the next interval and hand it over."""
+        """Every interval/2, sign each lease's debit note for the next interval and hand it
+        over; after a lease's deadline, refund what its escrow still holds."""
         while True:
             await trio.sleep(max(5.0, self.interval / 2))
             for d in list(self.deployments.values()):
+                if self.clock() >= d.expires + REFUND_MARGIN:
+                    await self._refund(d)
+                    continue
                 for p in d.placements:
                     due = min(p.amount, math.ceil(p.rate * (self.clock() - p.start + self.interval) / 3600))
-                    if due <= p.due or self.clock() > d.expires:
+                    if d.failed or due <= p.due or self.clock() > d.expires:
                         continue
                     try:
                         with trio.fail_after(STEP_TIMEOUT):
@@ -350,6 +362,18 @@ class HostedClient:
                     p.due = due
                     self._save(d)
 
+    async def _refund(self, d: Deployment) -> None:
+        for p in d.placements:
+            if p.refunded:
+                continue
+            try:
+                await self._ledger().refund_escrow(p.escrow, timeout=STEP_TIMEOUT / 2)
+            except FognodeError as e:
+                log.info("escrow %s of %s not refunded yet: %s", p.escrow.hex()[:16], d.address.host, e)
+                continue
+            p.refunded = True
+            self._save(d)
+
     async def payments_loop(self) -> None:
         """Count the access fees paid to our deployments (the ledger's PaymentProcessed events)."""
         async with self.events.subscribe("onion.hosted", [PaymentProcessed], size=1024) as sub:
@@ -359,7 +383,10 @@ class HostedClient:
                 d = self.deployments.get(parsed[0]) if parsed is not None else None
                 if d is None:
                     continue
-                owner = self._ledger().default_wallet()
+                try:
+                    owner = self._ledger().default_wallet()
+                except FognodeError:
+                    continue
                 if ev.recipient == encode_address(owner) and ev.amount >= d.fee:
                     d.accesses += 1
                     d.fees_received += ev.amount
@@ -472,7 +499,7 @@ class HostedClient:
         out: dict[str, Any] = {}
         for sid, d in self.deployments.items():
             a = d.address.host
-            if address is not None and a != address.host:
+            if d.failed or (address is not None and a != address.host):
                 continue
             out[a] = {"name": d.name, "service_id": sid.hex(), "level": d.level, "fee": d.fee, "bytes": d.size,
                       "expires": d.expires, "accesses": d.accesses, "fees_received": d.fees_received,
