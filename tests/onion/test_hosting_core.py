@@ -76,7 +76,7 @@ def test_a_corrupt_or_short_shard_is_named_and_refused() -> None:
 
 
 def test_levels_say_what_they_tolerate() -> None:
-    assert [(p.k, p.n, p.tolerates, p.hops) for p in LEVELS.values()] == [(2, 3, 1, 1), (3, 5, 2, 3), (2, 5, 3, 4)]
+    assert [(p.k, p.n, p.tolerates, p.hops) for p in LEVELS.values()] == [(2, 3, 1, 2), (3, 5, 2, 3), (2, 5, 3, 4)]
     with pytest.raises(ValueError, match="must be one of 1, 2, 3"):
         privacy_level(4)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -70,6 +71,7 @@ DHT_TIMEOUT = 20.0
 MANIFEST_WAIT = 60.0
 ESCROW_GRACE = 3600
 MAX_HOURS = 24 * 366
+FETCH_TRIES = 3           # attempts per host whose .fog service could not be reached
 REFUND_MARGIN = 120       # seconds after a lease's deadline before its escrow is refunded (validators' clocks)
 HOSTED_DIR = "hosted"
 
@@ -447,14 +449,15 @@ class HostedClient:
                      cert: Any) -> tuple[dict[int, bytes], list[dict[str, Any]]]:
         order = list(range(man.n))
         random.shuffle(order)
-        pending = iter(order)
+        pending = deque(order)
+        tries = dict.fromkeys(order, 0)
         got: dict[int, bytes] = {}
         report: list[dict[str, Any]] = []
 
         async def worker() -> None:
-            for i in pending:
-                if len(got) >= man.k:
-                    return
+            while pending and len(got) < man.k:
+                i = pending.popleft()
+                tries[i] += 1
                 ref = man.shards[i]
                 host = parse_address(ref.host)
                 outcome = "ok"
@@ -465,9 +468,15 @@ class HostedClient:
                     outcome = "bad_shard"
                     log.warning("host %s returned a bad shard %d of %s: %s", ref.host, i, man.name, e)
                     report.append({"shard": i, "host": ref.host, "error": str(e), "bad": True})
-                except (HostingError, FognodeError, trio.TooSlowError, OSError, trio.BrokenResourceError) as e:
-                    outcome = "failed"
-                    report.append({"shard": i, "host": ref.host, "error": str(e) or type(e).__name__})
+                except HostingError as e:           # the host refused (its reason), or broke the stream twice
+                    outcome = "refused"
+                    report.append({"shard": i, "host": ref.host, "error": str(e)})
+                except (FognodeError, trio.TooSlowError, OSError, trio.BrokenResourceError) as e:
+                    outcome = "failed"               # not reached: once more after the others were tried
+                    if tries[i] < FETCH_TRIES:
+                        pending.append(i)
+                    else:
+                        report.append({"shard": i, "host": ref.host, "error": str(e) or type(e).__name__})
                 self.metrics.fetches.labels(outcome).inc()
                 if lvl.fresh_circuits:
                     self.forget_circuit(lvl.hops, host)

@@ -11,13 +11,15 @@ What the level changes:
 
 | level | code (k of n) | hosts that may be lost | accessor's hops | circuits per access |
 |---|---|---|---|---|
-| 1 | 2 of 3 | 1 | 1 | reused: a host can link repeated accesses of one accessor |
+| 1 | 2 of 3 | 1 | 2 | reused: a host can link repeated accesses of one accessor |
 | 2 | 3 of 5 | 2 | 3 (Tor's default) | reused, as level 1 |
 | 3 | 2 of 5 | 3 | 4 | fresh: closed after each access, accesses cannot be linked by circuit |
 
-With 1 hop the relays of the accessor's introduction and rendezvous circuits are its direct
-neighbours and see its peer id (they still do not see what it fetches nor from whom); with 3
-or more, no single relay knows both the accessor and the rendezvous point. The hosts' own
+With 2 hops the accessor's guard sees its peer id and, next to it, the introduction or
+rendezvous relay (not what it fetches nor from whom: the host is beyond the rendezvous
+point); with 3 or more, no single relay knows both the accessor and the rendezvous point.
+(One hop is not offered: the first hop of every circuit is a guard, and an introduction
+circuit must end at the introduction relay, so it needs two relays.) The hosts' own
 circuits use the hosts' `protocols.onion.hops`. Higher replication costs more: each of the n
 hosts is paid for a shard of 1/k of the (encrypted) content.
 """
@@ -44,7 +46,7 @@ class PrivacyLevel:
 
 
 LEVELS: dict[int, PrivacyLevel] = {
-    1: PrivacyLevel(1, k=2, n=3, hops=1, fresh_circuits=False),
+    1: PrivacyLevel(1, k=2, n=3, hops=2, fresh_circuits=False),
     2: PrivacyLevel(2, k=3, n=5, hops=3, fresh_circuits=False),
     3: PrivacyLevel(3, k=2, n=5, hops=4, fresh_circuits=True),
 }
