@@ -67,6 +67,8 @@ def test_deploy_lose_hosts_access_pay(node_factory: Any, tmp_path: Path) -> None
                                      "hours": 1}, timeout=400)
     assert dep["address"].endswith(".fog") and (dep["privacy"]["k"], dep["privacy"]["n"]) == (K, NSHARDS)
     assert len(set(dep["hosts"])) == NSHARDS
+    ev = owner.rpc("monitor.events", {"type": ["HiddenServiceDeployed"]})
+    assert [e["data"]["address"] for e in ev] == [dep["address"]] and ev[0]["data"]["shards"] == NSHARDS
     # the hosting was paid through escrows: the owner's balance went down by their amounts and fees
     wait_until(lambda: balance(owner, wallet[0]) == owner_before_deploy - dep["hosting_cost"] or None,
                timeout=60, what="the owner's escrows applied")
@@ -98,6 +100,7 @@ def test_deploy_lose_hosts_access_pay(node_factory: Any, tmp_path: Path) -> None
     out = tmp_path / "out.bin"
     got = accessor.rpc("onion.access", {"address": dep["address"], "out": str(out)}, timeout=600)
     assert out.read_bytes() == data
+    print(f"deploy {dep['seconds']} s, access {got['seconds']} s (1 MB, {K} of {NSHARDS}, {len(victims)} host(s) killed)")
     assert got["fee_paid"] == FEE_MICRO and len(got["shards_used"]) == K
     # the accessor paid exactly the fee (plus the ledger's order fee); the owner received it
     assert balance(accessor, wallet[N - 1]) == acc_before - FEE_MICRO - ORDER_FEE

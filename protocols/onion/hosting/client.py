@@ -196,13 +196,14 @@ class HostedClient:
 
     async def deploy(self, data: bytes, *, name: str, level: int, budget: int, fee: int,
                      hours: int) -> dict[str, Any]:
+        t0 = trio.current_time()
         try:
             out = await self._deploy(data, name=name, level=level, budget=budget, fee=fee, hours=hours)
         except BaseException:
             self.metrics.deploys.labels("failed").inc()
             raise
         self.metrics.deploys.labels("ok").inc()
-        return out
+        return {**out, "seconds": round(trio.current_time() - t0, 2)}
 
     async def _deploy(self, data: bytes, *, name: str, level: int, budget: int, fee: int,
                       hours: int) -> dict[str, Any]:
@@ -415,6 +416,7 @@ class HostedClient:
         raise HostingError(f"no manifest of {address.host} in the DHT" + (f" ({bad})" if bad else ""))
 
     async def access(self, address: FogAddress, *, wallet: bytes | None = None) -> tuple[bytes, dict[str, Any]]:
+        t0 = trio.current_time()
         man = await self.manifest(address)
         lvl = privacy_level(man.level)
         sid = service_id(address.pubkey)
@@ -439,7 +441,7 @@ class HostedClient:
             raise HostingError(f"the content of {address.host} does not reassemble: {e}") from None
         info = {"address": address.host, "name": man.name, "bytes": len(content), "fee_paid": man.fee if cert else 0,
                 "payment_tx": cert.tx_id.hex() if cert else None, "privacy": lvl.to_json(),
-                "shards_used": sorted(got), "failed": report}
+                "shards_used": sorted(got), "failed": report, "seconds": round(trio.current_time() - t0, 2)}
         st = self.accessed.setdefault(address.host, {"accesses": 0, "fees_paid": 0})
         st["accesses"] += 1
         st["fees_paid"] += info["fee_paid"]
