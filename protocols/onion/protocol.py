@@ -16,7 +16,8 @@ A thin trio adapter. It wires together, with what the node gives it (ctx):
   role's health; the relay and the services keep running without it.
 - hosted data (hosting/, issue 14 item 5): `HostingServer` (this node as a host: shards under
   `hosting_quota_mib`, its `fog-hosting` .fog service, a fog.hosting offer in the market) and
-  `HostedClient` (onion.deploy / onion.access, paying hosts' debit notes, counting access fees),
+  `HostedOwner` (onion.deploy, paying hosts' debit notes, refunds, counting access fees) and
+  `HostedAccessor` (onion.access),
   the `fognode-hosted` DHT namespace's validator; streams to hosts' services go through an
   `HsClient` per number of hops (a privacy level's).
 RPC methods are below (`onion.*`); errors 600-602 (errors.py), 620-621 for services, 630-632
@@ -45,12 +46,14 @@ from fognode.ledger.amounts import parse_amount
 from fognode.node.errors import FognodeError
 from fognode.protocols.onion.address import FogAddress, parse_address
 from fognode.protocols.onion.cstream import CircuitStream
-from fognode.protocols.onion.hosting.client import HostedClient, HostingError
+from fognode.protocols.onion.hosting.accessor import HostedAccessor
+from fognode.protocols.onion.hosting.errors import HostingError
 from fognode.protocols.onion.hosting.host import HOSTING_SERVICE, HostingServer
 from fognode.protocols.onion.hosting.levels import LEVELS
 from fognode.protocols.onion.hosting.manifest import NAMESPACE as HOSTED_NAMESPACE
 from fognode.protocols.onion.hosting.manifest import HostedValidator
 from fognode.protocols.onion.hosting.metrics import HostingMetrics
+from fognode.protocols.onion.hosting.owner import HostedOwner
 from fognode.protocols.onion.hosting.wire import PROTOCOL_ID as HOSTING_PROTOCOL_ID
 from fognode.protocols.onion.hsclient import HsClient
 from fognode.protocols.onion.hsdir import HsDescValidator
@@ -117,10 +120,12 @@ class OnionRole(Role):
                                      quota_mib=config.hosting_quota_mib, price=config.hosting_price,
                                      grace=config.hosting_grace, clock=ctx.clock, metrics=self.hosting_metrics,
                                      add_service=self._map_hosting_service)
-        self.hosted = HostedClient(overlay=ctx.overlay, services=ctx.services, events=ctx.events,
-                                   datadir=self.state_dir, interval=config.hosting_interval, clock=ctx.clock,
-                                   metrics=self.hosting_metrics, connect=self._hosted_connect,
-                                   forget_circuit=self._forget_circuit)
+        self.owner = HostedOwner(overlay=ctx.overlay, services=ctx.services, events=ctx.events,
+                                 datadir=self.state_dir, interval=config.hosting_interval, clock=ctx.clock,
+                                 metrics=self.hosting_metrics)
+        self.accessor = HostedAccessor(overlay=ctx.overlay, services=ctx.services, clock=ctx.clock,
+                                       metrics=self.hosting_metrics, connect=self._hosted_connect,
+                                       forget_circuit=self._forget_circuit)
         self.hosted_validator = HostedValidator()
         self.socks: SocksServer | None = None
         self.socks_error = ""
@@ -151,8 +156,8 @@ class OnionRole(Role):
                     log.error("onion SOCKS port: %s", self.socks_error)
                     self.socks = None
             await nursery.start(self.hosting.run)
-            nursery.start_soon(self.hosted.notes_loop)
-            nursery.start_soon(self.hosted.payments_loop)
+            nursery.start_soon(self.owner.notes_loop)
+            nursery.start_soon(self.owner.payments_loop)
             nursery.start_soon(self._key_loop)
             nursery.start_soon(self._metrics_loop)
             nursery.start_soon(self._directory_loop)
@@ -183,6 +188,12 @@ class OnionRole(Role):
         key = self._client_for(hops).joined.pop(address.pubkey, None)
         if key is not None:
             self.engine.close(key)
+
+    def _hosted_stats(self, address: FogAddress | None = None) -> dict[str, Any]:
+        out = self.owner.stats(address)
+        for a, mine in self.accessor.stats(address).items():
+            out.setdefault(a, {}).update(mine)
+        return out
 
     def _tick_keys(self) -> None:
         if not self.config.relay:
@@ -318,7 +329,7 @@ class OnionRole(Role):
         if not data:
             raise RpcError(E.BAD_HOSTING_PARAM, f"file: {path} is empty")
         try:
-            return await self.hosted.deploy(data, name=name or path.name[:255], level=privacy_level,
+            return await self.owner.deploy(data, name=name or path.name[:255], level=privacy_level,
                                             budget=budget_micro, fee=fee_micro, hours=hours)
         except (HostingError, FognodeError, ValueError) as e:
             raise RpcError(E.DEPLOY_FAILED, str(e)) from None
@@ -342,7 +353,7 @@ class OnionRole(Role):
         if not target.parent.is_dir():
             raise RpcError(E.BAD_HOSTING_PARAM, f"out: {target.parent} is not a directory")
         try:
-            content, info = await self.hosted.access(addr, wallet=payer)
+            content, info = await self.accessor.access(addr, wallet=payer)
         except (HostingError, FognodeError) as e:
             raise RpcError(E.ACCESS_FAILED, str(e)) from None
         try:
@@ -363,7 +374,7 @@ class OnionRole(Role):
                 addr = parse_address(service)
             except ValueError as e:
                 raise RpcError(E.BAD_HOSTING_PARAM, f"service: {e}") from None
-            found = self.hosted.stats(addr)
+            found = self._hosted_stats(addr)
             if not found:
                 raise RpcError(E.BAD_HOSTING_PARAM, f"service: {addr.host} was neither deployed nor accessed here")
             return found[addr.host]
@@ -384,7 +395,7 @@ class OnionRole(Role):
             "descriptors_rejected": {"dht": {r.value: n for r, n in self.validator.rejected.items()},
                                      "fetch": dict(self.hs_client.rejected)},
             "onion_certs_rejected": dict(self.directory.rejected),
-            "hosted": self.hosted.stats(), "hosting": self.hosting.view(),
+            "hosted": self._hosted_stats(), "hosting": self.hosting.view(),
             "hosted_manifests_rejected": self.hosted_validator.rejected,
         }
 

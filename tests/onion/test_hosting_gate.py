@@ -14,7 +14,8 @@ from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
 
 from fognode.protocols.onion.address import address_from_pubkey
-from fognode.protocols.onion.hosting.client import HostingError, fetch_shard
+from fognode.protocols.onion.hosting.accessor import fetch_shard
+from fognode.protocols.onion.hosting.errors import HostingError
 from fognode.protocols.onion.hosting.fees import AccessRequest
 from fognode.protocols.onion.hosting.framing import FrameReader, send_frame, send_obj
 from fognode.protocols.onion.hosting.host import AccessGate

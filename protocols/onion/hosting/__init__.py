@@ -7,5 +7,6 @@ access payment a host checks), `store` (a host's shards under its quota, and the
 leases), `levels` (what each privacy level promises), `wire` (owner<->host and
 accessor->host messages). Trio adapters: `framing` (frames on a trio stream), `host` (the
 host: its access gate behind a `.fog` service, the owners' stream, its market offer),
-`client` (deploy and access). The onion role (protocol.py) wires them.
+`owner` (deploy, paying the hosts, refunds, access fees received), `accessor`
+(access), `errors`. The onion role (protocol.py) wires them.
 """

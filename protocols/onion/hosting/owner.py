@@ -1,6 +1,6 @@
-"""Deploying hosted data (the owner) and accessing it (anyone who knows its `.fog` address).
+"""Deploying hosted data: the owner's side.
 
-`HostedClient.deploy(data, ...)` (the seed's `deploy_hidden_service(data, privacy_level,
+`HostedOwner.deploy(data, ...)` (the seed's `deploy_hidden_service(data, privacy_level,
 budget)`): the level (levels.py) gives k-of-n; the n cheapest `fog.hosting` offers of distinct
 providers in the market's book are tried in order. The content is sealed with a fresh key and
 cut into n shards (shards.py); a fresh service key A makes the `.fog` address and the service
@@ -14,14 +14,9 @@ fails is replaced by the next offer. The escrows' amounts plus their order fees 
 recorded in `<datadir>/onion/hosted/<label>` (0600: it holds the service key), and
 `HiddenServiceDeployed` published. While the owner's node runs, `notes_loop` signs a debit
 note for the next interval of each lease; when the owner stops, hosts stop serving once the
-paid time runs out (the escrow returns the rest to the owner after its deadline).
-
-`HostedClient.access(address, wallet)` (the seed's `access_hidden_service(service_id,
-accessor_wallet)`): the manifest from the DHT (opened with the address; forged or corrupt
-ones refused), the fee paid from `wallet` to the owner (a transfer whose memo names the
-service id and a fresh access key: fees.py), then the shards fetched from the hosts' hosting
-services over rendezvous circuits of the level's hops, k at a time; a shard that fails its
-hash is reported and another host tried. Any k verified shards give the content back.
+paid time runs out. After a lease's deadline (+ REFUND_MARGIN) the owner refunds what each
+escrow still holds, also for the escrows of a deploy that failed half-way. `payments_loop`
+counts the access fees paid to our deployments (the ledger's PaymentProcessed events).
 
 Everything awaited is bounded (STEP_TIMEOUT per host step); HostingError says what failed.
 """
@@ -29,8 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,7 +36,7 @@ from fognode.ledger.address import encode_address
 from fognode.ledger.api import LedgerApi, ledger_api
 from fognode.ledger.events import PaymentProcessed
 from fognode.node.datadir import write_atomic
-from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
+from fognode.node.errors import FognodeError
 from fognode.node.events import EventBus
 from fognode.node.overlay import Overlay
 from fognode.node.role import Services
@@ -51,36 +44,25 @@ from fognode.protocols.market.api import market_api
 from fognode.protocols.market.messages import Offer
 from fognode.protocols.onion.address import FogAddress, address_from_pubkey, parse_address
 from fognode.protocols.onion.events import HiddenServiceDeployed
-from fognode.protocols.onion.hosting.fees import AccessRequest, access_memo, parse_memo
-from fognode.protocols.onion.hosting.framing import FrameReader, send_obj
+from fognode.protocols.onion.hosting.errors import HostingError
+from fognode.protocols.onion.hosting.fees import parse_memo
 from fognode.protocols.onion.hosting.host import hosting_rate
-from fognode.protocols.onion.hosting.levels import PrivacyLevel, privacy_level
-from fognode.protocols.onion.hosting.manifest import (Manifest, ManifestError, ShardRef, dht_key, open_envelope,
-                                                      seal, service_id)
+from fognode.protocols.onion.hosting.levels import privacy_level
+from fognode.protocols.onion.hosting.manifest import Manifest, ShardRef, seal, service_id
 from fognode.protocols.onion.hosting.metrics import HostingMetrics
-from fognode.protocols.onion.hosting.shards import (ContentError, ShardMismatch, join, shard_hash, shard_size, split,
-                                                    verify_shard)
-from fognode.protocols.onion.hosting.wire import (CHUNK, HOSTING_PORT, MAX_META, PROTOCOL_ID, NoteMessage, Quoted,
-                                                  Refused, StoreRequest, decode_quoted, decode_refused,
-                                                  decode_reply, message_type)
+from fognode.protocols.onion.hosting.shards import shard_hash, shard_size, split
+from fognode.protocols.onion.hosting.wire import (CHUNK, MAX_META, PROTOCOL_ID, NoteMessage, Quoted, Refused,
+                                                  StoreRequest, decode_quoted, decode_refused, decode_reply,
+                                                  message_type)
 
 log = logging.getLogger("fognode.onion.hosted")
 
 STEP_TIMEOUT = 90.0
 DHT_TIMEOUT = 20.0
-MANIFEST_WAIT = 60.0
 ESCROW_GRACE = 3600
 MAX_HOURS = 24 * 366
-FETCH_TRIES = 3           # attempts per host whose .fog service could not be reached
 REFUND_MARGIN = 120       # seconds after a lease's deadline before its escrow is refunded (validators' clocks)
 HOSTED_DIR = "hosted"
-
-
-class HostingError(FognodeError):
-    """A deploy or an access could not be done (the message says what and whose fault)."""
-
-
-Connector = Callable[[int, FogAddress, int], Any]   # (hops, address, port) -> awaitable trio stream
 
 
 @dataclass
@@ -125,34 +107,9 @@ class Deployment:
         return cls(**raw)
 
 
-async def fetch_shard(stream: Any, request: AccessRequest, index: int, manifest: Manifest) -> bytes:
-    """Ask for one shard on `stream` and return its verified bytes. HostingError with the
-    host's refusal; ShardMismatch when the bytes are not the named shard; RemoteProtocolError
-    or StreamClosed when the host breaks the wire."""
-    reader = FrameReader(stream)
-    await send_obj(stream, request.to_wire())
-    head = decode_reply(await reader.recv_obj(MAX_META, "hosted shard reply"), "shard", {"size": "int"})
-    if isinstance(head, Refused):
-        raise HostingError(f"refused ({head.reason}): {head.message}")
-    want = shard_size(manifest.size, manifest.k)
-    if head["size"] != want:
-        raise ShardMismatch(index, f"shard {index}: the host announces {head['size']} bytes, the manifest says {want}")
-    parts, got = [], 0
-    while got < want:
-        chunk = await reader.recv(min(CHUNK, want - got))
-        parts.append(chunk)
-        got += len(chunk)
-    data = b"".join(parts)
-    verify_shard(index, data, manifest.shards[index].hash, manifest.size, manifest.k)
-    return data
-
-
-class HostedClient:
+class HostedOwner:
     def __init__(self, *, overlay: Overlay, services: Services, events: EventBus, datadir: Path,
-                 interval: float, clock: Callable[[], float], metrics: HostingMetrics, connect: Connector,
-                 forget_circuit: Callable[[int, FogAddress], None]) -> None:
-        """`connect(hops, address, port)` opens a stream to a `.fog` service through circuits of
-        `hops` hops; `forget_circuit(hops, address)` closes the one kept for `address`."""
+                 interval: float, clock: Callable[[], float], metrics: HostingMetrics) -> None:
         self.overlay = overlay
         self.services = services
         self.events = events
@@ -160,10 +117,7 @@ class HostedClient:
         self.interval = interval
         self.clock = clock
         self.metrics = metrics
-        self.connect = connect
-        self.forget_circuit = forget_circuit
         self.deployments: dict[bytes, Deployment] = {}    # by service id
-        self.accessed: dict[str, dict[str, Any]] = {}    # by address: this node's own accesses
         self._ledger_lock = trio.Lock()
         self._load()
 
@@ -395,118 +349,10 @@ class HostedClient:
                     d.fees_received += ev.amount
                     self._save(d)
 
-    # -- accessing ---------------------------------------------------------------------------
-
-    async def manifest(self, address: FogAddress) -> Manifest:
-        key = dht_key(service_id(address.pubkey))
-        bad = ""
-        with trio.move_on_after(MANIFEST_WAIT):
-            while True:
-                try:
-                    with trio.fail_after(DHT_TIMEOUT):
-                        value = await self.overlay.dht_get(key)
-                except (FognodeError, trio.TooSlowError, OSError, ValueError) as e:
-                    value, bad = None, str(e)
-                if value is not None:
-                    try:
-                        return open_envelope(value, address)[1]
-                    except ManifestError as e:
-                        raise HostingError(f"the manifest of {address.host} is refused: {e}") from None
-                await trio.sleep(1.0)
-        raise HostingError(f"no manifest of {address.host} in the DHT" + (f" ({bad})" if bad else ""))
-
-    async def access(self, address: FogAddress, *, wallet: bytes | None = None) -> tuple[bytes, dict[str, Any]]:
-        t0 = trio.current_time()
-        man = await self.manifest(address)
-        lvl = privacy_level(man.level)
-        sid = service_id(address.pubkey)
-        if man.expires < self.clock():
-            raise HostingError(f"{address.host} expired at {man.expires}: its hosting was paid until then")
-        ledger = self._ledger()
-        payer = wallet or ledger.default_wallet()
-        access_key = SigningKey.generate()
-        cert = None
-        if man.fee > 0:
-            if not ledger.verify_payment_capability(payer, man.fee):
-                raise HostingError(f"refused: wallet {encode_address(payer)} cannot pay the access fee of {man.fee} "
-                                   f"micro-units plus the ledger fee of {ledger.order_fee()}")
-            cert = await ledger.pay(man.payee, man.fee, access_memo(sid, bytes(access_key.verify_key)), wallet=payer)
-        got, report = await self._fetch(man, lvl, sid, access_key, cert)
-        if len(got) < man.k:
-            raise HostingError(f"only {len(got)} of the {man.k} shards needed could be fetched: " +
-                               "; ".join(f"shard {r['shard']}: {r['error']}" for r in report))
-        try:
-            content = join(got, man.hashes, key=man.key, k=man.k, size=man.size)
-        except ContentError as e:
-            raise HostingError(f"the content of {address.host} does not reassemble: {e}") from None
-        info = {"address": address.host, "name": man.name, "bytes": len(content), "fee_paid": man.fee if cert else 0,
-                "payment_tx": cert.tx_id.hex() if cert else None, "privacy": lvl.to_json(),
-                "shards_used": sorted(got), "failed": report, "seconds": round(trio.current_time() - t0, 2)}
-        st = self.accessed.setdefault(address.host, {"accesses": 0, "fees_paid": 0})
-        st["accesses"] += 1
-        st["fees_paid"] += info["fee_paid"]
-        return content, info
-
-    async def _fetch(self, man: Manifest, lvl: PrivacyLevel, sid: bytes, access_key: SigningKey,
-                     cert: Any) -> tuple[dict[int, bytes], list[dict[str, Any]]]:
-        order = list(range(man.n))
-        random.shuffle(order)
-        pending = deque(order)
-        tries = dict.fromkeys(order, 0)
-        got: dict[int, bytes] = {}
-        report: list[dict[str, Any]] = []
-
-        async def worker() -> None:
-            while pending and len(got) < man.k:
-                i = pending.popleft()
-                tries[i] += 1
-                ref = man.shards[i]
-                host = parse_address(ref.host)
-                outcome = "ok"
-                try:
-                    got[i] = await self._fetch_one(lvl, host, i, man, AccessRequest.make(
-                        access_key, host.pubkey, sid, ref.hash, cert))
-                except ShardMismatch as e:
-                    outcome = "bad_shard"
-                    log.warning("host %s returned a bad shard %d of %s: %s", ref.host, i, man.name, e)
-                    report.append({"shard": i, "host": ref.host, "error": str(e), "bad": True})
-                except HostingError as e:           # the host refused (its reason), or broke the stream twice
-                    outcome = "refused"
-                    report.append({"shard": i, "host": ref.host, "error": str(e)})
-                except (FognodeError, trio.TooSlowError, OSError, trio.BrokenResourceError) as e:
-                    outcome = "failed"               # not reached: once more after the others were tried
-                    if tries[i] < FETCH_TRIES:
-                        pending.append(i)
-                    else:
-                        report.append({"shard": i, "host": ref.host, "error": str(e) or type(e).__name__})
-                self.metrics.fetches.labels(outcome).inc()
-                if lvl.fresh_circuits:
-                    self.forget_circuit(lvl.hops, host)
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(man.k):
-                nursery.start_soon(worker)
-        return got, report
-
-    async def _fetch_one(self, lvl: PrivacyLevel, host: FogAddress, i: int, man: Manifest,
-                         req: AccessRequest) -> bytes:
-        last: Exception | None = None
-        for _ in range(2):
-            with trio.fail_after(STEP_TIMEOUT):
-                stream = await self.connect(lvl.hops, host, HOSTING_PORT)
-                try:
-                    return await fetch_shard(stream, req, i, man)
-                except (StreamClosed, trio.BrokenResourceError) as e:
-                    last = e                     # the circuit broke: once more over a fresh one
-                finally:
-                    with trio.CancelScope(shield=True), trio.move_on_after(5):
-                        await stream.aclose()
-        raise HostingError(f"the stream to {host.host} broke twice: {last}")
-
     # -- views -------------------------------------------------------------------------------
 
     def stats(self, address: FogAddress | None = None) -> dict[str, Any]:
-        """get_service_stats: accesses and fees of our deployments (and our own accesses)."""
+        """get_service_stats for our deployments: accesses and fees received, hosts and their pay."""
         out: dict[str, Any] = {}
         for sid, d in self.deployments.items():
             a = d.address.host
@@ -516,7 +362,4 @@ class HostedClient:
                       "expires": d.expires, "accesses": d.accesses, "fees_received": d.fees_received,
                       "hosts": [{"host": p.host, "shard": p.index, "rate_per_hour": p.rate, "paid": p.due}
                                 for p in d.placements]}
-        for a, st in self.accessed.items():
-            if address is None or a == address.host:
-                out.setdefault(a, {}).update({"my_accesses": st["accesses"], "my_fees_paid": st["fees_paid"]})
         return out
