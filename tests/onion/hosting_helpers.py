@@ -38,9 +38,9 @@ def payment(sid: bytes, access_key: bytes, *, amount: int = FEE, to: bytes | Non
 
 
 def paid_store(root: Path, sid: bytes, data: bytes, *, quota: int = 10_000_000, paid: int = 100,
-               rate: int = 100) -> tuple[ShardStore, Lease]:
+               rate: int = 100, fee: int = FEE) -> tuple[ShardStore, Lease]:
     store = ShardStore(root, quota)
-    lease = Lease(sid, shard_hash(data), len(data), bytes(OWNER.verify_key), FEE, bytes(OWNER.verify_key),
+    lease = Lease(sid, shard_hash(data), len(data), bytes(OWNER.verify_key), fee, bytes(OWNER.verify_key),
                   b"e" * 32, rate, NOW, int(NOW) + 86400, 0)
     store.put(lease, data)
     return store, store.credit(lease.shard, paid)

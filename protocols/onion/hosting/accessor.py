@@ -68,9 +68,12 @@ async def fetch_shard(stream: Any, request: AccessRequest, index: int, manifest:
 
 class HostedAccessor:
     def __init__(self, *, overlay: Overlay, services: Services, clock: Callable[[], float], metrics: HostingMetrics,
-                 connect: Connector, forget_circuit: Callable[[int, FogAddress], None]) -> None:
+                 connect: Connector, forget_circuit: Callable[[int, FogAddress], None],
+                 rng: random.Random | None = None) -> None:
         """`connect(hops, address, port)` opens a stream to a `.fog` service through circuits of
-        `hops` hops; `forget_circuit(hops, address)` closes the one kept for `address`."""
+        `hops` hops; `forget_circuit(hops, address)` closes the one kept for `address`; `rng`
+        orders the hosts (random, so that accessors spread over them)."""
+        self.rng = rng or random.Random()
         self.overlay = overlay
         self.services = services
         self.clock = clock
@@ -121,7 +124,7 @@ class HostedAccessor:
                 raise HostingError(f"refused: wallet {encode_address(payer)} cannot pay the access fee of {man.fee} "
                                    f"micro-units plus the ledger fee of {ledger.order_fee()}")
             cert = await ledger.pay(man.payee, man.fee, access_memo(sid, bytes(access_key.verify_key)), wallet=payer)
-        got, report = await self._fetch(man, lvl, sid, access_key, cert)
+        got, report = await self.fetch_shards(man, lvl, sid, access_key, cert)
         if len(got) < man.k:
             raise HostingError(f"only {len(got)} of the {man.k} shards needed could be fetched: " +
                                "; ".join(f"shard {r['shard']}: {r['error']}" for r in report))
@@ -137,10 +140,13 @@ class HostedAccessor:
         st["fees_paid"] += info["fee_paid"]
         return content, info
 
-    async def _fetch(self, man: Manifest, lvl: PrivacyLevel, sid: bytes, access_key: SigningKey,
-                     cert: Any) -> tuple[dict[int, bytes], list[dict[str, Any]]]:
+    async def fetch_shards(self, man: Manifest, lvl: PrivacyLevel, sid: bytes, access_key: SigningKey,
+                           cert: Any) -> tuple[dict[int, bytes], list[dict[str, Any]]]:
+        """Verified shards {index: bytes} (k of them when enough hosts answer), and what failed
+        per host: bad bytes (`bad`: skipped, another host asked), refusals, unreachable hosts
+        (tried again after the others, FETCH_TRIES in all). k fetches run at once."""
         order = list(range(man.n))
-        random.shuffle(order)
+        self.rng.shuffle(order)
         pending = deque(order)
         tries = dict.fromkeys(order, 0)
         got: dict[int, bytes] = {}
