@@ -95,6 +95,13 @@ def test_deploy_lose_hosts_access_pay(node_factory: Any, tmp_path: Path) -> None
     # them as relays, so the accessor's circuits avoid them (their shards are still listed)
     wait_until(lambda: all(n.rpc("onion.stats")["relays_known"] <= N - len(victims) for n in alive) or None,
                timeout=180, what="the killed hosts gone from the relay directories", interval=1)
+    dead = {v.peer_id for v in victims}
+
+    def republished() -> bool | None:   # the surviving hosts moved their introduction points off the dead
+        return all(s["published"] and s["intro_points"] and not dead & set(s["intro_points"])
+                   for h in hosts if h not in victims for s in h.rpc("onion.services")
+                   if s["name"] == "fog-hosting") or None
+    wait_until(republished, timeout=180, what="the surviving hosts' services re-established", interval=1)
 
     acc_before, owner_before = balance(accessor, wallet[N - 1]), balance(owner, wallet[0])
     out = tmp_path / "out.bin"

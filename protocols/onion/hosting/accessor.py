@@ -39,7 +39,8 @@ log = logging.getLogger("fognode.onion.hosted")
 STEP_TIMEOUT = 90.0
 DHT_TIMEOUT = 20.0
 MANIFEST_WAIT = 60.0
-FETCH_TRIES = 3           # attempts per host whose .fog service could not be reached
+FETCH_TRIES = 4           # attempts per host whose .fog service could not be reached
+RETRY_PAUSE = 5.0         # seconds before the next attempt, times the attempts so far
 
 Connector = Callable[[int, FogAddress, int], Any]   # (hops, address, port) -> awaitable trio stream
 
@@ -144,7 +145,7 @@ class HostedAccessor:
                            cert: Any) -> tuple[dict[int, bytes], list[dict[str, Any]]]:
         """Verified shards {index: bytes} (k of them when enough hosts answer), and what failed
         per host: bad bytes (`bad`: skipped, another host asked), refusals, unreachable hosts
-        (tried again after the others, FETCH_TRIES in all). k fetches run at once."""
+        (tried again after the others and a pause, FETCH_TRIES in all). k fetches run at once."""
         order = list(range(man.n))
         self.rng.shuffle(order)
         pending = deque(order)
@@ -170,8 +171,10 @@ class HostedAccessor:
                     outcome = "refused"
                     report.append({"shard": i, "host": ref.host, "error": str(e)})
                 except (FognodeError, trio.TooSlowError, OSError, trio.BrokenResourceError) as e:
-                    outcome = "failed"               # not reached: once more after the others were tried
-                    if tries[i] < FETCH_TRIES:
+                    outcome = "failed"               # not reached: again after the others, after a pause
+                    if tries[i] < FETCH_TRIES:      # (a host re-publishes when its introduction points move)
+                        log.info("host %s of shard %d not reached (%s); trying again", ref.host, i, e)
+                        await trio.sleep(RETRY_PAUSE * tries[i])
                         pending.append(i)
                     else:
                         report.append({"shard": i, "host": ref.host, "error": str(e) or type(e).__name__})

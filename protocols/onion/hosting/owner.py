@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +37,7 @@ from fognode.ledger.address import encode_address
 from fognode.ledger.api import LedgerApi, ledger_api
 from fognode.ledger.events import PaymentProcessed
 from fognode.node.datadir import write_atomic
+from fognode.node.wire import digest
 from fognode.node.errors import FognodeError
 from fognode.node.events import EventBus
 from fognode.node.overlay import Overlay
@@ -61,6 +63,7 @@ STEP_TIMEOUT = 90.0
 DHT_TIMEOUT = 20.0
 ESCROW_GRACE = 3600
 MAX_HOURS = 24 * 366
+PLACE_TRIES = 2           # attempts per host whose stream broke during a deploy
 REFUND_MARGIN = 120       # seconds after a lease's deadline before its escrow is refunded (validators' clocks)
 HOSTED_DIR = "hosted"
 
@@ -92,6 +95,7 @@ class Deployment:
     accesses: int = 0
     fees_received: int = 0
     failed: bool = False  # the deploy failed: its escrows are only refunded
+    orphans: list[bytes] = field(default_factory=list)   # escrows of hosts that failed after it was opened
 
     @property
     def address(self) -> FogAddress:
@@ -193,28 +197,38 @@ class HostedOwner:
         sid = service_id(address.pubkey)
         now = self.clock()
         deadline = int(now) + hours * 3600
-        candidates = iter(offers)
+        candidates = deque(offers)
+        tries: dict[bytes, int] = {}
         placed: dict[int, Placement] = {}
+        opened: list[bytes] = []        # every escrow opened, placed or not (all refunded in the end)
         failures: list[str] = []
         spent = [0]
 
         async def place(i: int) -> None:
-            for offer in candidates:
+            while candidates:
+                offer = candidates.popleft()
+                tries[offer.provider] = tries.get(offer.provider, 0) + 1
                 try:
                     placed[i] = await self._place(offer, i, sharded.shards[i], sid, owner, fee, hours, deadline,
-                                                  budget, spent)
+                                                  budget, spent, opened)
                     return
-                except (HostingError, FognodeError, trio.TooSlowError, OSError) as e:
+                except HostingError as e:               # the host refused, or no room, or over budget
+                    failures.append(f"{offer.peer}: {e}")
+                    log.info("hosting shard %d at %s refused: %s", i, offer.peer, e)
+                except (FognodeError, trio.TooSlowError, OSError) as e:
                     failures.append(f"{offer.peer}: {e}")
                     log.info("hosting shard %d at %s failed: %s", i, offer.peer, e)
+                    if tries[offer.provider] < PLACE_TRIES:     # a stream that broke: once more, after the others
+                        candidates.append(offer)
 
         async with trio.open_nursery() as nursery:
             for i in range(lvl.n):
                 nursery.start_soon(place, i)
+        orphans = sorted(set(opened) - {p.escrow for p in placed.values()})
         if len(placed) < lvl.n:
-            if placed:         # refunded after their deadline by the notes loop
+            if opened:         # refunded after their deadline by the notes loop
                 gone = Deployment(bytes(key), name, level, fee, len(data), int(now), deadline,
-                                  [placed[i] for i in sorted(placed)], failed=True)
+                                  [placed[i] for i in sorted(placed)], failed=True, orphans=orphans)
                 self.deployments[sid] = gone
                 self._save(gone)
             raise HostingError(f"only {len(placed)} of {lvl.n} shards found a host ({spent[0]} micro-units spent on "
@@ -223,7 +237,7 @@ class HostedOwner:
                             tuple(ShardRef(placed[i].host, sharded.hashes[i]) for i in range(lvl.n)))
         dkey, value = seal(manifest, key, rev=int(now))
         d = Deployment(bytes(key), name, level, fee, len(data), int(now), deadline,
-                       [placed[i] for i in range(lvl.n)])
+                       [placed[i] for i in range(lvl.n)], orphans=orphans)
         self.deployments[sid] = d
         self._save(d)
         await self._put(dkey, value)
@@ -257,7 +271,7 @@ class HostedOwner:
                 await stream.close()
 
     async def _place(self, offer: Offer, i: int, shard: bytes, sid: bytes, owner: bytes, fee: int, hours: int,
-                     deadline: int, budget: int, spent: list[int]) -> Placement:
+                     deadline: int, budget: int, spent: list[int], opened: list[bytes]) -> Placement:
         ledger = self._ledger()
         with trio.fail_after(STEP_TIMEOUT):
             q = await self._ask(offer.peer, {"v": 1, "t": "quote"})
@@ -271,11 +285,12 @@ class HostedOwner:
         async with self._ledger_lock:
             if spent[0] + amount + ledger.order_fee() > budget:
                 raise HostingError(f"over budget: this host costs {amount} (+ fee), {budget - spent[0]} left")
-            agreement = sid[:16] + shard[:16]   # any 32 bytes naming the agreement; the escrow id mixes in the customer
+            agreement = digest(sid + shard_hash(shard) + offer.provider)   # the escrow id mixes in the customer
             cert = await ledger.open_escrow(agreement, quote.payee, amount, deadline, ESCROW_GRACE,
                                             timeout=STEP_TIMEOUT / 2)
             spent[0] += amount + ledger.order_fee()
             escrow = cert.order.order.escrow
+            opened.append(escrow)
             first = min(amount, math.ceil(rate * self.interval / 3600))
             note = await ledger.sign_debit_note(escrow, first)
         req = StoreRequest(sid, shard_hash(shard), len(shard), owner, fee, escrow, rate, deadline, note)
@@ -320,6 +335,14 @@ class HostedOwner:
                     self._save(d)
 
     async def _refund(self, d: Deployment) -> None:
+        for escrow in list(d.orphans):          # opened for a host that then failed
+            try:
+                await self._ledger().refund_escrow(escrow, timeout=STEP_TIMEOUT / 2)
+            except FognodeError as e:
+                log.info("escrow %s of %s not refunded yet: %s", escrow.hex()[:16], d.address.host, e)
+                continue
+            d.orphans.remove(escrow)
+            self._save(d)
         for p in d.placements:
             if p.refunded:
                 continue
