@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from fognode.ledger.address import decode_address
+from fognode.ledger.certcheck import verify_certificate
 from fognode.ledger.escrow import Escrow
 from fognode.ledger.escrow_client import EscrowClient
 from fognode.ledger.escrow_orders import BreachReport, DebitNote
@@ -62,6 +63,19 @@ class LedgerApi:
     def epoch_at(self, when: float) -> int:
         """The ledger epoch at wall-clock time `when` (receipts name their epoch)."""
         return self._svc.genesis.epoch_at(when)
+
+    def order_fee(self) -> int:
+        """The chain's fee per order in micro-units (paid by the order's sender)."""
+        return self._svc.genesis.fee
+
+    def current_epoch(self) -> int:
+        """The ledger epoch now."""
+        return self._svc.genesis.epoch_at(self._svc.ctx.clock())
+
+    def verify_certificate(self, cert: Certificate) -> None:
+        """Check offline that `cert` is a quorum certificate of its epoch's committee (and the
+        sender's signature); CertificateRejected naming what failed. Nothing is applied."""
+        verify_certificate(cert, self._svc.state.committee_for(cert.order.order.epoch))
 
     def default_wallet(self) -> bytes:
         """The node's default wallet's public key. Raises WalletError if it has none."""

@@ -10,6 +10,7 @@ seed's Marketplace Service. `market_api(ctx.services)` is the one typed look-up.
   whether the provider was outvoted, and for a service contract the SLA account of its probes
   (windows, uptime and response times observed, breaches, penalty due and slashed: sla.py).
 - `get_marketplace_stats(region, service)`: supply, demand, fill ratio, price percentiles.
+- `find_offers(service)`: other providers' unexpired offers of a service in our book.
 - `harvest_suspended()`: withdraw every offer of ours (the role itself follows the harvest
   policy every tick: harvest_gate.py).
 The awaiting methods raise MarketError (no match, no agreement, no ledger) or the ledger's
@@ -22,6 +23,7 @@ from typing import Any, Callable
 from fognode.node.role import Services
 from fognode.protocols.market.contracts import Contract
 from fognode.protocols.market.errors import MarketError
+from fognode.protocols.market.messages import Offer
 from fognode.protocols.market.service import JobSpec, MarketService, Progress
 
 SERVICE_NAME = "market"
@@ -63,6 +65,13 @@ class MarketApi:
 
     def get_marketplace_stats(self, region: str, service: str = "compute.wasm") -> dict[str, Any]:
         return self._svc.core.stats(region, service, self._svc.ctx.clock()).to_json()
+
+    def find_offers(self, service: str) -> list[Offer]:
+        """Unexpired offers of `service` in this node's book from other providers (the onion
+        role's hosted data finds its `fog.hosting` hosts here)."""
+        now = self._svc.ctx.clock()
+        me = bytes(self._svc.ctx.identity.verify_key)
+        return [o for o in self._svc.core.book if o.service == service and o.valid_until > now and o.provider != me]
 
     def harvest_suspended(self) -> int:
         """Withdraw every offer of ours; returns how many."""

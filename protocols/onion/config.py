@@ -54,6 +54,10 @@ class OnionConfig:
     descriptor_lifetime: int = 10800        # seconds a published descriptor stays valid
     descriptor_republish_interval: float = 3600.0   # seconds between republishing descriptors
     max_clock_skew: float = 300.0           # seconds a descriptor may be issued ahead of our clock
+    hosting_quota_mib: int = 0              # MiB of other owners' shards this node keeps and offers as fog.hosting (0: none)
+    hosting_price: int = 1000000            # micro-units per GB-hour this node asks for hosting
+    hosting_interval: float = 600.0         # seconds of hosting each debit note of an owner pays ahead
+    hosting_grace: float = 3600.0           # seconds an unpaid shard is kept (not served) before it is deleted
     services: list[dict[str, Any]] = field(default_factory=list)   # [[protocols.onion.services]] tables: name, port, target
 
     def validate(self, source: str) -> None:
@@ -117,6 +121,14 @@ class OnionConfig:
             raise bad("descriptor_republish_interval", "must be at least 10 s and below descriptor_lifetime")
         if not 0 <= self.max_clock_skew <= 3600:
             raise bad("max_clock_skew", "must be between 0 and 3600 s")
+        if not 0 <= self.hosting_quota_mib <= 1 << 30:
+            raise bad("hosting_quota_mib", "must be between 0 and 2^30 MiB")
+        if not 0 <= self.hosting_price <= 10**15:
+            raise bad("hosting_price", "must be between 0 and 10^15 micro-units per GB-hour")
+        if not 10 <= self.hosting_interval <= 86400:
+            raise bad("hosting_interval", "must be between 10 s and 1 day")
+        if not 0 <= self.hosting_grace <= 30 * 86400:
+            raise bad("hosting_grace", "must be between 0 and 30 days")
         self.service_ports()
 
     def flow(self) -> FlowParams:

@@ -68,3 +68,7 @@ DESTROY_REASONS: dict[int, TeardownReason] = {i: r for r, i in DESTROY_CODES.ite
 # the hidden-service side's RPC codes
 SERVICE_REFUSED = 620       # onion.add_service / onion.remove_service: the change cannot be made
 BAD_SERVICE = 621           # onion.add_service: a parameter is wrong (names it)
+# hosted data (onion.deploy / onion.access)
+BAD_HOSTING_PARAM = 630     # onion.deploy / onion.access: a parameter is wrong (names it)
+DEPLOY_FAILED = 631         # onion.deploy: no hosts, over budget, hosts refused, DHT put failed
+ACCESS_FAILED = 632         # onion.access: no manifest, refused by the hosts, too few shards, cannot pay

@@ -20,9 +20,11 @@ class CircuitEstablished(Event):
 @dataclass(frozen=True)
 class HiddenServiceDeployed(Event):
     """A hidden service of this node published its descriptor (first time, or after its
-    introduction points changed)."""
+    introduction points changed), or this node deployed hosted data (`onion.deploy`: no
+    introduction points nor ports of its own; `shards` hosts keep it)."""
 
     name: str
     address: str              # <label>.fog
     intro_points: int
     ports: tuple[int, ...]
+    shards: int = 0           # hosted data: the number of shards (hosts); 0 for a port-mapped service

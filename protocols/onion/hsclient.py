@@ -37,7 +37,7 @@ from fognode.protocols.onion.config import OnionConfig
 from fognode.protocols.onion.cstream import CircuitStream
 from fognode.protocols.onion.descriptor import HsDescriptor
 from fognode.protocols.onion.engine import MessageBox, OnionEngine
-from fognode.protocols.onion.errors import OnionError
+from fognode.protocols.onion.errors import OnionError, PathError
 from fognode.protocols.onion.hs_errors import DescriptorRejected, HsConnectError, SocksReply
 from fognode.protocols.onion.hsdesc import DescriptorCache, DescriptorStore, descriptor_lookups
 from fognode.protocols.onion.intro import introduce1_data
@@ -134,11 +134,19 @@ class HsClient:
     async def _rendezvous(self, desc: HsDescriptor) -> ClientCircuit:
         failed: list[str] = []
         last_error = "no attempt"
+        # the rendezvous point is not one of the service's introduction relays when others exist:
+        # an introduction circuit must end at its relay and avoid the rendezvous point
+        intro_relays = [ip.relay for ip in desc.intro_points]
         for _ in range(ATTEMPTS):
             box = MessageBox()
             try:
                 with trio.fail_after(self.step_timeout):
-                    rend = await self.engine.build(exclude=failed, purpose="rendezvous", box=box)
+                    try:
+                        rend = await self.engine.build(hops=self.config.hops, exclude=failed + intro_relays,
+                                                       purpose="rendezvous", box=box)
+                    except PathError:
+                        rend = await self.engine.build(hops=self.config.hops, exclude=failed, purpose="rendezvous",
+                                                       box=box)
             except (OnionError, trio.TooSlowError) as e:
                 last_error = f"rendezvous circuit: {e}"
                 continue
@@ -172,7 +180,8 @@ class HsClient:
             ibox = MessageBox()
             try:
                 with trio.fail_after(self.step_timeout):
-                    intro = await self.engine.build(last=relay, exclude=[rp], purpose="intro", box=ibox)
+                    intro = await self.engine.build(hops=self.config.hops, last=relay, exclude=[rp], purpose="intro",
+                                                    box=ibox)
                     self.engine.send_meeting(intro, RelayCommand.INTRODUCE1,
                                              introduce1_data(ip.auth_key, ip.enc_key, rp, rp_info.identity,
                                                              rp_info.onion_key, cookie, hs.onionskin()))

@@ -14,12 +14,20 @@ A thin trio adapter. It wires together, with what the node gives it (ctx):
 - `HsClient` (hsclient.py) as the connector of the SOCKS5 port (socks_server.py), when
   `socks_port` is not 0. A port that cannot be bound is logged as an ERROR and shown in the
   role's health; the relay and the services keep running without it.
-RPC methods are below (`onion.*`); errors 600-602 (errors.py) and 620-621 for services.
-Hosted data (`onion.deploy` / `onion.access`, issue 14 item 5) is not part of this role yet.
+- hosted data (hosting/, issue 14 item 5): `HostingServer` (this node as a host: shards under
+  `hosting_quota_mib`, its `fog-hosting` .fog service, a fog.hosting offer in the market) and
+  `HostedOwner` (onion.deploy, paying hosts' debit notes, refunds, counting access fees) and
+  `HostedAccessor` (onion.access),
+  the `fognode-hosted` DHT namespace's validator; streams to hosts' services go through an
+  `HsClient` per number of hops (a privacy level's).
+RPC methods are below (`onion.*`); errors 600-602 (errors.py), 620-621 for services, 630-632
+for hosted data.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -33,6 +41,20 @@ from fognode.protocols.onion.config import OnionConfig
 from fognode.protocols.onion.directory import RelayDirectory
 from fognode.protocols.onion.engine import BuildFailed, OnionEngine
 from fognode.protocols.onion.hs_errors import ServiceError
+from fognode.ledger.address import decode_address
+from fognode.ledger.amounts import parse_amount
+from fognode.node.errors import FognodeError
+from fognode.protocols.onion.address import FogAddress, parse_address
+from fognode.protocols.onion.cstream import CircuitStream
+from fognode.protocols.onion.hosting.accessor import HostedAccessor
+from fognode.protocols.onion.hosting.errors import HostingError
+from fognode.protocols.onion.hosting.host import HOSTING_SERVICE, HostingServer
+from fognode.protocols.onion.hosting.levels import LEVELS
+from fognode.protocols.onion.hosting.manifest import NAMESPACE as HOSTED_NAMESPACE
+from fognode.protocols.onion.hosting.manifest import HostedValidator
+from fognode.protocols.onion.hosting.metrics import HostingMetrics
+from fognode.protocols.onion.hosting.owner import HostedOwner
+from fognode.protocols.onion.hosting.wire import PROTOCOL_ID as HOSTING_PROTOCOL_ID
 from fognode.protocols.onion.hsclient import HsClient
 from fognode.protocols.onion.hsdir import HsDescValidator
 from fognode.protocols.onion.hsservice import ServiceHost
@@ -69,7 +91,7 @@ class OnionRole(Role):
 
     name = "onion"
     Config = OnionConfig
-    stream_ids = (PROTOCOL_ID,)
+    stream_ids = (PROTOCOL_ID, HOSTING_PROTOCOL_ID)
 
     def __init__(self, ctx: NodeContext, config: OnionConfig) -> None:
         super().__init__(ctx, config)
@@ -92,6 +114,19 @@ class OnionRole(Role):
                                          on_reject=lambda r: self.metrics.descriptors_rejected.labels("dht", r.value).inc())
         self.host = ServiceHost(self.engine, self.store, self.table, config, self.metrics, ctx.events, ctx.clock)
         self.hs_client = HsClient(self.engine, self.store, config, self.metrics, ctx.clock)
+        self.hs_clients: dict[int, HsClient] = {config.hops: self.hs_client}
+        self.hosting_metrics = HostingMetrics.create(ctx.metrics)
+        self.hosting = HostingServer(overlay=ctx.overlay, services=ctx.services, root=self.state_dir / "hosting",
+                                     quota_mib=config.hosting_quota_mib, price=config.hosting_price,
+                                     grace=config.hosting_grace, clock=ctx.clock, metrics=self.hosting_metrics,
+                                     add_service=self._map_hosting_service)
+        self.owner = HostedOwner(overlay=ctx.overlay, services=ctx.services, events=ctx.events,
+                                 datadir=self.state_dir, interval=config.hosting_interval, clock=ctx.clock,
+                                 metrics=self.hosting_metrics)
+        self.accessor = HostedAccessor(overlay=ctx.overlay, services=ctx.services, clock=ctx.clock,
+                                       metrics=self.hosting_metrics, connect=self._hosted_connect,
+                                       forget_circuit=self._forget_circuit)
+        self.hosted_validator = HostedValidator()
         self.socks: SocksServer | None = None
         self.socks_error = ""
         self._socks_seen: dict[str, int] = {}
@@ -100,6 +135,7 @@ class OnionRole(Role):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.ctx.overlay.register_dht_validator(HSDESC_NAMESPACE, self.validator)
+        self.ctx.overlay.register_dht_validator(HOSTED_NAMESPACE, self.hosted_validator)
         m = self.metrics
         for state in ("building", "open"):
             m.circuits.labels(state).set_function(
@@ -119,10 +155,45 @@ class OnionRole(Role):
                                         "set protocols.onion.socks_port to a free port (0: none)")
                     log.error("onion SOCKS port: %s", self.socks_error)
                     self.socks = None
+            await nursery.start(self.hosting.run)
+            nursery.start_soon(self.owner.notes_loop)
+            nursery.start_soon(self.owner.payments_loop)
             nursery.start_soon(self._key_loop)
             nursery.start_soon(self._metrics_loop)
             nursery.start_soon(self._directory_loop)
             task_status.started()
+
+    # -- hosted data ---------------------------------------------------------------------------
+
+    def _map_hosting_service(self, port: int) -> FogAddress:
+        """Map HOSTING_PORT of the `fog-hosting` service to the hosting server's local port."""
+        if self.table.get(HOSTING_SERVICE) is not None:
+            self.table.remove(HOSTING_SERVICE)
+        svc = add_service(self.ctx.datadir, self.table, {"name": HOSTING_SERVICE, "port": 1,
+                                                          "target": f"127.0.0.1:{port}"})
+        self.host.changed()
+        return svc.address
+
+    def _client_for(self, hops: int) -> HsClient:
+        client = self.hs_clients.get(hops)
+        if client is None:
+            client = HsClient(self.engine, self.store, replace(self.config, hops=hops), self.metrics, self.ctx.clock)
+            self.hs_clients[hops] = client
+        return client
+
+    async def _hosted_connect(self, hops: int, address: FogAddress, port: int) -> CircuitStream:
+        return await self._client_for(hops).connect(address, port)
+
+    def _forget_circuit(self, hops: int, address: FogAddress) -> None:
+        key = self._client_for(hops).joined.pop(address.pubkey, None)
+        if key is not None:
+            self.engine.close(key)
+
+    def _hosted_stats(self, address: FogAddress | None = None) -> dict[str, Any]:
+        out = self.owner.stats(address)
+        for a, mine in self.accessor.stats(address).items():
+            out.setdefault(a, {}).update(mine)
+        return out
 
     def _tick_keys(self) -> None:
         if not self.config.relay:
@@ -252,10 +323,78 @@ class OnionRole(Role):
         self.host.changed()
         return {"name": name, "port": port, "removed": True, "key_deleted": forgot}
 
+    @rpc_method("onion.deploy")
+    async def rpc_deploy(self, file: str, budget: str, privacy_level: int = 2, fee: str = "0", hours: int = 24,
+                         name: str = "") -> dict[str, Any]:
+        """Host FILE (a path on this node) as hidden data: encrypted, erasure-coded into shards
+        kept by fog.hosting hosts of the market, paid from BUDGET tokens at most for HOURS;
+        each access costs FEE tokens paid to this node's wallet. PRIVACY_LEVEL 1-3 picks k-of-n
+        and the accessors' hops (README "Hosted data"). Returns the .fog address to give out."""
+        if privacy_level not in LEVELS:
+            raise RpcError(E.BAD_HOSTING_PARAM, f"privacy_level must be one of {', '.join(map(str, LEVELS))}, "
+                                                f"got {privacy_level}")
+        try:
+            budget_micro = parse_amount(budget)
+            fee_micro = parse_amount(fee, allow_zero=True)
+        except FognodeError as e:
+            raise RpcError(E.BAD_HOSTING_PARAM, f"budget/fee: {e}") from None
+        path = Path(file).expanduser()
+        try:
+            data = await trio.Path(path).read_bytes()
+        except OSError as e:
+            raise RpcError(E.BAD_HOSTING_PARAM, f"file: cannot read {path}: {e.strerror or e}") from None
+        if not data:
+            raise RpcError(E.BAD_HOSTING_PARAM, f"file: {path} is empty")
+        try:
+            return await self.owner.deploy(data, name=name or path.name[:255], level=privacy_level,
+                                            budget=budget_micro, fee=fee_micro, hours=hours)
+        except (HostingError, FognodeError, ValueError) as e:
+            raise RpcError(E.DEPLOY_FAILED, str(e)) from None
+
+    @rpc_method("onion.access")
+    async def rpc_access(self, address: str, out: str, wallet: str = "") -> dict[str, Any]:
+        """Fetch the hidden data at ADDRESS (.fog) through circuits, pay its access fee from
+        WALLET (default: the node's) to its owner, and write the content to OUT (a path on
+        this node; not overwritten if it exists)."""
+        try:
+            addr = parse_address(address)
+        except ValueError as e:
+            raise RpcError(E.BAD_HOSTING_PARAM, f"address: {e}") from None
+        try:
+            payer = decode_address(wallet) if wallet else None
+        except ValueError as e:
+            raise RpcError(E.BAD_HOSTING_PARAM, f"wallet: {e}") from None
+        target = Path(out).expanduser()
+        if target.exists():
+            raise RpcError(E.BAD_HOSTING_PARAM, f"out: {target} exists (not overwritten)")
+        if not target.parent.is_dir():
+            raise RpcError(E.BAD_HOSTING_PARAM, f"out: {target.parent} is not a directory")
+        try:
+            content, info = await self.accessor.access(addr, wallet=payer)
+        except (HostingError, FognodeError) as e:
+            raise RpcError(E.ACCESS_FAILED, str(e)) from None
+        try:
+            await trio.Path(target).write_bytes(content)
+        except OSError as e:
+            raise RpcError(E.ACCESS_FAILED, f"out: cannot write {target}: {e.strerror or e}") from None
+        return {**info, "out": str(target)}
+
     @rpc_method("onion.stats")
-    async def rpc_stats(self) -> dict[str, Any]:
+    async def rpc_stats(self, service: str = "") -> dict[str, Any]:
         """Counters: circuits by state, relayed circuits and cells, neighbours, link bytes,
-        the SOCKS port's outcomes, guards, the adaptive build timeout, refused descriptors."""
+        the SOCKS port's outcomes, guards, the adaptive build timeout, refused descriptors,
+        hosted data (as owner: accesses and fees per deployed address; as host: shards,
+        quota, requests served and refused). With SERVICE (a .fog address), only that
+        hosted service's stats (get_service_stats)."""
+        if service:
+            try:
+                addr = parse_address(service)
+            except ValueError as e:
+                raise RpcError(E.BAD_HOSTING_PARAM, f"service: {e}") from None
+            found = self._hosted_stats(addr)
+            if not found:
+                raise RpcError(E.BAD_HOSTING_PARAM, f"service: {addr.host} was neither deployed nor accessed here")
+            return found[addr.host]
         eng = self.engine
         states: dict[str, int] = {}
         for c in eng.client.circuits.values():
@@ -273,5 +412,7 @@ class OnionRole(Role):
             "descriptors_rejected": {"dht": {r.value: n for r, n in self.validator.rejected.items()},
                                      "fetch": dict(self.hs_client.rejected)},
             "onion_certs_rejected": dict(self.directory.rejected),
+            "hosted": self._hosted_stats(), "hosting": self.hosting.view(),
+            "hosted_manifests_rejected": self.hosted_validator.rejected,
         }
 
