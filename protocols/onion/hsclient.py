@@ -141,12 +141,7 @@ class HsClient:
             box = MessageBox()
             try:
                 with trio.fail_after(self.step_timeout):
-                    try:
-                        rend = await self.engine.build(hops=self.config.hops, exclude=failed + intro_relays,
-                                                       purpose="rendezvous", box=box)
-                    except PathError:
-                        rend = await self.engine.build(hops=self.config.hops, exclude=failed, purpose="rendezvous",
-                                                       box=box)
+                    rend = await self._build_rendezvous(box, [failed + intro_relays, failed, []])
             except (OnionError, trio.TooSlowError) as e:
                 last_error = f"rendezvous circuit: {e}"
                 continue
@@ -155,10 +150,23 @@ class HsClient:
             except (OnionError, trio.TooSlowError, FognodeError) as e:
                 last_error = str(e) or type(e).__name__
                 self.engine.close(rend.key)
+                failed.append(rend.path[-1].peer_id)   # the next attempt meets elsewhere
                 if isinstance(e, HsConnectError) and e.reply is SocksReply.HS_INTRO_FAILED:
                     self.cache.forget(desc.address)
                     raise
         raise HsConnectError(f"could not reach {desc.address.host}: {last_error}", reply=SocksReply.HS_REND_FAILED)
+
+    async def _build_rendezvous(self, box: MessageBox, excludes: list[list[str]]) -> ClientCircuit:
+        """A rendezvous circuit avoiding the first of `excludes` that still leaves a path (a
+        small network may have no relay left outside failed and introduction relays)."""
+        for exclude in excludes[:-1]:
+            try:
+                return await self.engine.build(hops=self.config.hops, exclude=exclude,
+                                               purpose="rendezvous", box=box)
+            except PathError:
+                continue
+        return await self.engine.build(hops=self.config.hops, exclude=excludes[-1],
+                                       purpose="rendezvous", box=box)
 
     async def _introduce(self, desc: HsDescriptor, rend: ClientCircuit, box: MessageBox,
                          failed: list[str]) -> ClientCircuit:
