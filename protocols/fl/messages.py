@@ -2,8 +2,8 @@
 
 Gossip (topic `fognode/fl/sessions/1`) carries small control messages in an envelope
 `{"v": 1, "type": <kind>, "body": {...}}`: session announcements (signed by the starter),
-opt-ins, round plans, round results (with the aggregator's signed receipt), round failures and
-session ends. Streams carry tensors: `UpdateHeader` then raw chunks on `/fognode/fl/update/1.0.0`,
+opt-ins, round plans, round results (with the aggregator's signed receipt), round failures,
+session ends and members' votes that the coordinator fell silent. Streams carry tensors: `UpdateHeader` then raw chunks on `/fognode/fl/update/1.0.0`,
 `ModelRequest` / `ModelResponse` then raw chunks on `/fognode/fl/model/1.0.0`.
 
 Every decoder raises RemoteProtocolError (through `Fields`) naming the message and field.
@@ -25,7 +25,7 @@ from typing import Any, Callable
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import Fields, pack
 from fognode.protocols.fl.messages_session import (
-    OptIn, RoundPlan, SessionAnnouncement, coordinators_of, plan_problem)
+    CoordinatorSilent, OptIn, RoundPlan, SessionAnnouncement, coordinators_of, plan_problem)
 from fognode.protocols.fl.messages_spec import (
     GOSSIP_TYPES, MAX_CAPS, MAX_COORDINATORS, MAX_NAME, MAX_PARAMS, MAX_PARTICIPANTS, MAX_PEER_ID,
     MAX_REASON, VERSION, DeviceFacts, PrivacyOptions, SelectionCriteria, SessionSpec, finite,
@@ -34,7 +34,7 @@ from fognode.protocols.fl.messages_stream import (
     Ack, MemberMeta, ModelRequest, ModelResponse, UpdateHeader)
 from fognode.protocols.fl.rewards.receipts import RoundReceipt, decode_round_receipt
 
-__all__ = ["GOSSIP_TYPES", "MAX_CAPS", "MAX_COORDINATORS", "MAX_NAME", "MAX_PARAMS",
+__all__ = ["GOSSIP_TYPES", "MAX_CAPS", "CoordinatorSilent", "MAX_COORDINATORS", "MAX_NAME", "MAX_PARAMS",
            "MAX_PARTICIPANTS", "MAX_PEER_ID", "MAX_REASON", "VERSION", "Ack", "DeviceFacts",
            "GossipMessage", "MemberMeta", "ModelRequest", "ModelResponse", "OptIn",
            "PrivacyOptions", "RoundFailed", "RoundPlan", "RoundResult", "SelectionCriteria",
@@ -125,11 +125,13 @@ class SessionEnded:
         return m
 
 
-GossipMessage = SessionAnnouncement | OptIn | RoundPlan | RoundResult | RoundFailed | SessionEnded
+GossipMessage = SessionAnnouncement | OptIn | RoundPlan | RoundResult | RoundFailed | SessionEnded | CoordinatorSilent
 _TYPE_OF = {SessionAnnouncement: "announce", OptIn: "optin", RoundPlan: "plan",
-            RoundResult: "result", RoundFailed: "failed", SessionEnded: "ended"}
+            RoundResult: "result", RoundFailed: "failed", SessionEnded: "ended",
+            CoordinatorSilent: "silent"}
 _DECODER: dict[str, Callable[..., GossipMessage]] = {"announce": SessionAnnouncement.decode, "optin": OptIn.decode, "plan": RoundPlan.decode,
-            "result": RoundResult.decode, "failed": RoundFailed.decode, "ended": SessionEnded.decode}
+            "result": RoundResult.decode, "failed": RoundFailed.decode, "ended": SessionEnded.decode,
+            "silent": CoordinatorSilent.decode}
 
 
 def encode_gossip(msg: GossipMessage) -> bytes:

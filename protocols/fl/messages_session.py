@@ -1,7 +1,8 @@
 """FL gossip messages that set up a session and its rounds: the starter's signed
 `SessionAnnouncement` (and `coordinators_of`, its coordinators in rank order), a node's
-`OptIn`, and the coordinator's `RoundPlan` with its signed `RoundHeader` (reward evidence;
-`plan_problem` is a participant's check of a plan against its header). Each decoder raises
+`OptIn`, the coordinator's `RoundPlan` with its signed `RoundHeader` (reward evidence;
+`plan_problem` is a participant's check of a plan against its header), and a member's
+`CoordinatorSilent` (its vote that the acting coordinator fell silent, session/quorum.py). Each decoder raises
 RemoteProtocolError naming the message and field; messages.py puts them in the gossip envelope."""
 from __future__ import annotations
 
@@ -107,6 +108,30 @@ class OptIn:
     def decode(cls, raw: Any, *, peer: str | None = None) -> "OptIn":
         f = Fields(raw, "fl.OptIn", versions={VERSION}, peer=peer)
         m = cls(hash_field(f, "session"), DeviceFacts.decode(f.sub("facts")))
+        f.done()
+        return m
+
+
+@dataclass(frozen=True)
+class CoordinatorSilent:
+    """A session member has heard nothing from the coordinator of rank `rank` (the one it
+    follows) for a takeover unit: its vote for a takeover by the next coordinator, and its
+    question to anyone who knows how the session went on (an ended session's coordinator
+    answers with its SessionEnded). `rounds_done`: the rounds it knows completed. The gossip
+    envelope's origin is the voter."""
+
+    session_id: bytes
+    rank: int
+    rounds_done: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "session": self.session_id, "rank": self.rank, "rounds": self.rounds_done}
+
+    @classmethod
+    def decode(cls, raw: Any, *, peer: str | None = None) -> "CoordinatorSilent":
+        f = Fields(raw, "fl.CoordinatorSilent", versions={VERSION}, peer=peer)
+        m = cls(hash_field(f, "session"), f.int("rank", lo=0, hi=MAX_COORDINATORS),
+                f.int("rounds", lo=0, hi=100_000))
         f.done()
         return m
 

@@ -23,7 +23,7 @@ MAX_REASON = 200
 
 MAX_COORDINATORS = 16     # fallback coordinators an announcement may name
 
-GOSSIP_TYPES = ("announce", "optin", "plan", "result", "failed", "ended")
+GOSSIP_TYPES = ("announce", "optin", "plan", "result", "failed", "ended", "silent")
 
 
 def peer_field(f: Fields, key: str) -> str:

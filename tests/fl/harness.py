@@ -6,6 +6,8 @@ Actions are carried out through the role's dispatch table (protocols/fl/dispatch
 dropping a share of messages), streams are function calls between cores through the same
 encoders/decoders the role uses. Nodes can be killed (they stop receiving, ticking and
 serving) and can be made Byzantine (their update deltas are replaced before encoding).
+The network can be split into groups (`partition`) and healed: gossip, update and model
+streams reach only the nodes of the sender's group, as in a real split.
 """
 from __future__ import annotations
 
@@ -109,6 +111,8 @@ class Sim:
         self.failed_sends = 0
         # this many SessionEnded messages are lost (for every receiver)
         self.lose_ends = 0
+        # a network split: node index -> group number (None: one network)
+        self.groups: dict[int, int] | None = None
         # called after each gossip message was delivered to the live nodes
         self.after_publish: Callable[[SimNode, Any], None] | None = None
         for i in range(n):
@@ -133,6 +137,16 @@ class Sim:
         return [(nd.peer, nd.core.facts) for nd in getattr(self, "nodes", []) if nd.alive]
 
     # -- driving ------------------------------------------------------------------------
+
+    def partition(self, groups: list[list[int]]) -> None:
+        """Split the network: a node reaches only the nodes of its own group."""
+        self.groups = {i: g for g, members in enumerate(groups) for i in members}
+
+    def heal(self) -> None:
+        self.groups = None
+
+    def reaches(self, a: SimNode, b: SimNode) -> bool:
+        return self.groups is None or self.groups.get(a.index) == self.groups.get(b.index)
 
     def start(self, spec: SessionSpec, starter: int = 0) -> bytes:
         nd = self.nodes[starter]
@@ -180,7 +194,7 @@ class Sim:
         delta = act.delta if nd.byzantine is None else nd.byzantine(act.delta)
         if nd.claim_samples is not None:
             act = dataclasses.replace(act, num_samples=nd.claim_samples)
-        if target is None or not target.alive or \
+        if target is None or not target.alive or not self.reaches(nd, target) or \
                 (self.sends_fail_until is not None and self.now < self.sends_fail_until):
             self.failed_sends += 1
             self._push(nd, nd.core.update_delivered(act.session_id, act.round, act.try_no,
@@ -200,7 +214,7 @@ class Sim:
         if isinstance(act.message, UnmaskRequest) and self.silent_unmask.get(key, 0) > 0:
             self.silent_unmask[key] -= 1
             return
-        if target is None or not target.alive:
+        if target is None or not target.alive or not self.reaches(nd, target):
             if act.participant:
                 self._push(nd, nd.core.secagg_delivered(act.session_id, act.round, act.try_no,
                                                         act.fallback, False, "unreachable", self.now))
@@ -297,7 +311,8 @@ class SimActions:
         if lost:
             sim.lose_ends -= 1
         for other in sim.nodes:
-            if other is nd or not other.alive or lost or sim.rng.random() < sim.drop:
+            if other is nd or not other.alive or lost or not sim.reaches(nd, other) \
+                    or sim.rng.random() < sim.drop:
                 continue
             msg = decode_gossip(wire(data), peer=nd.peer)
             for a in other.core.receive(nd.peer, msg, now):
@@ -323,7 +338,7 @@ class SimActions:
         sim, nd, core = self.sim, self.nd, self.nd.core
         for src in act.sources:
             other = sim.by_peer.get(src)
-            if other is None or not other.alive:
+            if other is None or not other.alive or not sim.reaches(nd, other):
                 continue
             bundle = other.core.model_for(act.session_id, act.model_hash)
             if bundle is None:

@@ -41,7 +41,7 @@ from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.events import (
     TrainingRoundCompleted, TrainingRoundStarted, TrainingSessionEnded)
 from fognode.protocols.fl.messages import (
-    DeviceFacts, GossipMessage, OptIn, RoundFailed, RoundPlan, RoundResult, SessionAnnouncement,
+    CoordinatorSilent, DeviceFacts, GossipMessage, OptIn, RoundFailed, RoundPlan, RoundResult, SessionAnnouncement,
     SessionEnded, SessionSpec, UpdateHeader, coordinators_of, plan_problem)
 from fognode.protocols.fl.secagg.messages import Message as SecAggMessage
 from fognode.protocols.fl.secagg.session import SecAggRounds
@@ -54,6 +54,7 @@ from fognode.protocols.fl.session.ending import adopted_rewards, close_rounds, e
 from fognode.protocols.fl.session.failover import Failover
 from fognode.protocols.fl.session.hier import Hierarchy
 from fognode.protocols.fl.session.participant import ParticipantSide
+from fognode.protocols.fl.session.quorum import Quorum
 from fognode.protocols.fl.session.rounds import (
     AggregatorState, ParticipantRound, ParticipantState, TrainOutcome, UpdateMeta)
 from fognode.protocols.fl.session.selection import ineligibility, round_seed
@@ -90,11 +91,12 @@ class FlCore:
         self.fl_peers = fl_peers                # peers known to run fl (the registry's view)
         self.coordinator_fallbacks = coordinator_fallbacks
         self.seen_peers: dict[str, DeviceFacts] = {}   # peers seen opting in to any session
+        self.quorum = Quorum(me=peer_id, interval=republish_interval)
         self.coordinator_side = CoordinatorSide(me=peer_id, on_plan=self._on_plan, end=self._end,
                                                 need_model=self._need_model)
         self.failover = Failover(me=peer_id, key=key, view=candidate_view,
                                  interval=republish_interval, facts=lambda: self.facts,
-                                 on_plan=self._on_plan, end=self._end, need_model=self._need_model)
+                                 quorum=self.quorum.has_quorum, on_plan=self._on_plan, end=self._end, need_model=self._need_model)
         # the collaborators that fail a round or send an update reach the sides built after
         # them through these steps
         def round_failed(s: Session, reason: str) -> list[Action]:
@@ -175,6 +177,12 @@ class FlCore:
         s = self.sessions.get(sid)
         if s is None:
             return []
+        if isinstance(msg, CoordinatorSilent):
+            return self.quorum.receive(s, peer, msg, now)
+        if s.state.ended and peer != self.me and isinstance(msg, (OptIn, RoundPlan)):
+            # a node that does not know the session ended: tell it (quorum.py, answers)
+            return self.quorum.answer_end(s, now) + (self._on_plan(s, peer, msg, now)
+                                                     if isinstance(msg, RoundPlan) else [])
         if isinstance(msg, OptIn):
             if s.coordinator is not None and not s.state.ended:
                 s.coordinator.on_optin(peer, msg.facts)
@@ -212,6 +220,8 @@ class FlCore:
         if known is not None and known.standby is not None and known.acting == 0 \
                 and known.plan is None and peer == known.ann.starter:
             known.standby.heard = now   # the starter still collects opt-ins: it is alive
+        if known is not None and known.acting == 0 and known.plan is None and peer == known.ann.starter:
+            self.quorum.heard(known, now)
         if known is not None and known.coordinator is None and known.state == SessionState.WAITING \
                 and known.plan is None and peer == known.ann.starter:
             # the starter is still collecting opt-ins: ours may have been lost, say it again
@@ -223,7 +233,7 @@ class FlCore:
             if len(self.ignored) < 4 * MAX_SESSIONS:
                 self.ignored[sid] = why
             return []
-        s = self.sessions[sid] = Session(ann, SessionState.PREPARING)
+        s = self.sessions[sid] = Session(ann, SessionState.PREPARING, heard_at=now)
         self.failover.join(s, now)
         return [PrepareTask(sid, ann.spec.task, dict(ann.spec.task_params), init_seed_of(ann.nonce))]
 
@@ -275,10 +285,13 @@ class FlCore:
             return []
         if s.plan is not None and (plan.rank, plan.round, plan.try_no) \
                 <= (s.plan.rank, s.plan.round, s.plan.try_no):
-            if s.standby is not None and plan.rank == s.acting:
-                s.standby.heard = now    # the acting coordinator republished its plan
+            if plan.rank == s.acting:    # the acting coordinator republished its plan
+                self.quorum.heard(s, now)
+                if s.standby is not None:
+                    s.standby.heard = now
             return []
         self.failover.follow(s, plan.rank, now)
+        self.quorum.heard(s, now, open_for=plan_span(s.spec, plan))
         if s.standby is not None:
             s.standby.on_plan(plan, now, plan_span(s.spec, plan))
         if s.prepared is None:
@@ -417,6 +430,7 @@ class FlCore:
             ar.state = AggregatorState.DONE     # someone earlier in the order completed it
         s.latest_model = r.model_hash
         s.rounds_done = max(s.rounds_done, r.round)
+        self.quorum.heard(s, now, open_for=0.0)
         if s.standby is not None:
             s.standby.on_result(s.plan, res, now)
         if s.coordinator is not None:
@@ -429,9 +443,11 @@ class FlCore:
         return out
 
     def _on_failed(self, s: Session, peer: str, msg: RoundFailed, now: float | None) -> list[Action]:
-        if s.standby is not None and now is not None and s.plan is not None \
+        if now is not None and s.plan is not None \
                 and (msg.round, msg.try_no) == (s.plan.round, s.plan.try_no) and peer in s.order:
-            s.standby.on_failed(peer, msg, now)
+            self.quorum.heard(s, now, open_for=0.0)
+            if s.standby is not None:
+                s.standby.on_failed(peer, msg, now)
         return self.coordinator_side.failed(s, peer, msg, now)
 
     def _end(self, s: Session, state: SessionState, reason: str, now: float) -> list[Action]:
@@ -448,6 +464,7 @@ class FlCore:
                 out += republish_end(s, now, self.interval)
                 continue
             out += self.coordinator_side.tick(s, now)
+            out += self.quorum.tick(s, now)
             if not s.state.ended:
                 out += self.failover.tick(s, now)
             out += self.participant_side.tick(s, now)

@@ -20,8 +20,10 @@ plan every `republish_interval`, so a live one is heard often).
 
 Takeover: when nothing was heard for (k - acting) x (deadline + 2 x republish_interval), and
 the round the acting coordinator planned last has had its time (every aggregator slot of its
-plan ended without a result or failure; plus k - acting - 1 units), fallback k becomes the
-acting coordinator with rank k. Waiting for the open round keeps work that is still going to
+plan ended without a result or failure; plus k - acting - 1 units), and a majority of the
+session's membership voted that the acting coordinator is silent (session/quorum.py: the
+members' `CoordinatorSilent` votes; its own counts), fallback k becomes the acting coordinator
+with rank k. Waiting for the open round keeps work that is still going to
 complete (its result becomes the new base) and means no round is planned again while its first
 plan can still produce a receipt. Then, from the last completed round it saw, it
 takes that round's model (fetched from the round's aggregator or another holder when it is not
@@ -31,7 +33,9 @@ is never repeated), and goes on to the session's end, publishing SessionEnded an
 final model. Fallbacks further down wait longer, so they do not race; one that hears the new
 coordinator's plans restarts its clock from them.
 
-No split brain: a lower-ranked coordinator that comes back (republishing its plan, retrying,
+No split brain: a fallback cut off from the majority of the membership never takes over
+(quorum.py), so a network split cannot give the session two coordinators that both make
+progress, and the rank of the one that did wins on heal. A lower-ranked coordinator that comes back (republishing its plan, retrying,
 ending the session) is refused by every node that saw the higher rank, and steps down when it
 hears a plan or session end of a higher rank (then it follows the session as a participant).
 A fallback that is not in the session (task not enabled, not eligible) never takes over: the
@@ -62,7 +66,7 @@ class Failover:
     `Session` it acts on, and the core's steps it needs (`on_plan`, `end`, `need_model`)."""
 
     def __init__(self, *, me: str, key: SigningKey, view: CandidateView, interval: float,
-                 facts: Callable[[], DeviceFacts],
+                 facts: Callable[[], DeviceFacts], quorum: Callable[[Session, float], bool],
                  on_plan: Callable[[Session, str, RoundPlan, float], list[Action]],
                  end: Callable[[Session, SessionState, str, float], list[Action]],
                  need_model: Callable[[Session, bytes, tuple[str, ...]], list[Action]]) -> None:
@@ -71,6 +75,7 @@ class Failover:
         self.view = view
         self.interval = interval
         self._facts = facts
+        self._quorum = quorum
         self._on_plan = on_plan
         self._end = end
         self._need_model = need_model
@@ -110,7 +115,7 @@ class Failover:
         sb = s.standby
         if sb is not None and s.prepared is not None \
                 and s.state in (SessionState.WAITING, SessionState.RUNNING) \
-                and sb.due(now, s.acting, takeover_unit(s.spec, self.interval)):
+                and sb.due(now, s.acting, takeover_unit(s.spec, self.interval), 2.0 * self.interval) and self._quorum(s, now):
             return self._take_over(s, sb, now)
         c = s.coordinator
         if c is None or c.phase != Phase.RESUMING:
@@ -138,7 +143,7 @@ class Failover:
         c.try_no = c.first_try = sb.max_try.get(c.round_no, -1) + 1
         c.failures = sb.failures.get(c.round_no, []) + [
             f"coordinator {silent} (rank {s.acting}) silent for {now - sb.heard:.1f}s: "
-            f"taken over by {self.me} (rank {sb.rank})"]
+            f"taken over by {self.me} (rank {sb.rank}) with silence votes of a majority of the members"]
         c.base_sources = uniq((self.me,) + sb.holders)
         c.seen_tries = dict(sb.max_try)
         c.phase = Phase.RESUMING

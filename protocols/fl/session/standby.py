@@ -55,9 +55,14 @@ class Standby:
     holders: tuple[str, ...] = ()           # peers that hold the last completed model
     open_until: float = 0.0                 # the last aggregator slot of the open plan ends
 
-    def due(self, now: float, acting: int, unit: float) -> bool:
+    def due(self, now: float, acting: int, unit: float, slack: float = 0.0) -> bool:
+        """Whether this fallback's turn came: k = rank - acting units of silence, and the open
+        round had its time plus k - 1 units; each rank further down waits `slack` more per
+        rank (the time the votes of a takeover take: the previous fallback may have taken
+        over that much after its own turn, quorum.py)."""
         k = self.rank - acting
-        return k > 0 and now >= max(self.heard + k * unit, self.open_until + (k - 1) * unit)
+        extra = (k - 1) * slack
+        return k > 0 and now >= max(self.heard + k * unit + extra, self.open_until + (k - 1) * unit + extra)
 
     def on_plan(self, plan: RoundPlan, now: float, span: float) -> None:
         """A new plan of the acting coordinator; its round may take `span` seconds."""

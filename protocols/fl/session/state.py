@@ -74,6 +74,15 @@ class Session:
     # when it arrives: one lost message must not cost the round's rewards)
     end: SessionEnded | None = None
     end_republish: tuple[int, float] = (0, 0.0)   # (republishes left, when the next is due)
+    end_answered: float = float("-inf")     # when this node last answered a question with `end`
+    # silence and takeover votes (session/quorum.py): when this node last heard the acting
+    # coordinator make progress, until when its open round may run, this node's next vote and
+    # the gap before it, and the votes it heard: peer -> (rank voted silent, when heard)
+    heard_at: float = 0.0
+    open_until: float = 0.0
+    next_vote: float = 0.0
+    vote_gap: float = 0.0
+    votes: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     @property
     def sid(self) -> bytes:

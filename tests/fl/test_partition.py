@@ -1,0 +1,134 @@
+"""An FL session across a network split, through the sans-IO cores (tests/fl/harness.py): a
+fallback coordinator cut off with a minority of the members never takes the session over, so
+each round is planned, adopted and paid once, by the coordinator of the majority; members
+that were away when the session ended learn it after the heal; a starter cut off with a
+minority is replaced by the majority's fallback (session/quorum.py)."""
+from __future__ import annotations
+
+from typing import Any
+
+from fognode.protocols.fl.messages import CoordinatorSilent, RoundPlan, RoundResult, coordinators_of
+from fognode.protocols.fl.session.standby import takeover_unit
+
+from tests.fl.harness import Sim, SimNode
+from tests.fl.test_session import spec
+
+
+def _split_after_round_1(sim: Sim, minority: list[int]) -> list[float]:
+    """Split the network into `minority` and the rest as soon as round 1's result is out;
+    returns a list that gets the split's time."""
+    at: list[float] = []
+    majority = [nd.index for nd in sim.nodes if nd.index not in minority]
+
+    def hook(sender: SimNode, msg: Any) -> None:
+        if not at and isinstance(msg, RoundResult) and msg.receipt.round == 1:
+            sim.partition([majority, minority])
+            at.append(sim.now)
+    sim.after_publish = hook
+    return at
+
+
+def _plans_by_rank(sim: Sim) -> dict[int, set[str]]:
+    """Records, per coordinator rank, who published plans (installed after `hook`)."""
+    seen: dict[int, set[str]] = {}
+    inner = sim.after_publish
+
+    def hook(sender: SimNode, msg: Any) -> None:
+        if inner is not None:
+            inner(sender, msg)
+        if isinstance(msg, RoundPlan):
+            seen.setdefault(msg.rank, set()).add(sender.peer)
+    sim.after_publish = hook
+    return seen
+
+
+def _paid_rounds(sim: Sim) -> list[tuple[int, str, bytes]]:
+    return sorted((p.receipt.round, p.receipt.aggregator, p.receipt.model_hash)
+                  for nd in sim.nodes for p in nd.payments)
+
+
+def test_a_fallback_cut_off_with_a_minority_never_takes_over_and_each_round_pays_once() -> None:
+    sim = Sim(5)
+    sid = sim.start(spec(rounds=4, reward_budget=4_000_000))
+    ann = sim.nodes[0].core.sessions[sid].ann
+    coords = coordinators_of(ann)
+    fb1 = sim.by_peer[coords[1]]
+    other = next(nd for nd in sim.nodes[1:] if nd.peer not in coords)
+    minority = [fb1.index, other.index]
+    split_at = _split_after_round_1(sim, minority)
+    plans = _plans_by_rank(sim)
+    unit = takeover_unit(ann.spec, 2.0)
+    votes: list[str] = []
+    sim.run_until(lambda: bool(split_at), 200)
+    # the majority plans on (its rounds wait out the cut-off members); the minority falls
+    # silent, votes, and has no majority: its fallback stays a fallback
+    sim.run_until(lambda: sim.now >= split_at[0] + 4 * unit, 10 * unit)
+    fb_session = fb1.core.sessions[sid]
+    assert fb_session.coordinator is None and fb_session.standby is not None, "the cut-off fallback took over"
+    assert {p for p, (_, _) in fb_session.votes.items()} == {fb1.peer, other.peer}
+    votes += [p for p in fb_session.votes]
+    assert sim.status(sid)["rounds_done"] >= 2, "the majority made no progress during the split"
+    sim.heal()
+    sim.run_until(lambda: all(sim.ended(sid, nd.index) for nd in sim.nodes), 20 * unit)
+    st = sim.status(sid)
+    assert st["state"] == "completed" and [h["round"] for h in st["history"]] == [1, 2, 3, 4]
+    assert set(plans) == {0} and plans[0] == {sim.nodes[0].peer}, plans
+    for nd in sim.nodes:
+        s = sim.status(sid, nd.index)
+        assert (s["state"], s["acting_coordinator"]) == ("completed", sim.nodes[0].peer), (nd.index, s)
+    # each round paid once, by the aggregator whose model the starter adopted
+    assert _paid_rounds(sim) == sorted((h["round"], h["aggregator"], bytes.fromhex(h["model_hash"]))
+                                       for h in st["history"])
+
+
+def test_members_cut_off_when_the_session_ended_learn_it_after_the_heal() -> None:
+    """The majority ends the session while two members are cut off (its SessionEnded and its
+    republishes never reach them); after the heal their silence votes ask, and the starter
+    answers with its SessionEnded."""
+    sim = Sim(5)
+    sid = sim.start(spec(rounds=2))
+    ann = sim.nodes[0].core.sessions[sid].ann
+    minority = [nd.index for nd in sim.nodes[1:] if nd.peer not in coordinators_of(ann)][:2]
+    split_at = _split_after_round_1(sim, minority)
+    sim.run_until(lambda: bool(split_at), 200)
+    sim.run_until(lambda: sim.ended(sid), 200)
+    unit = takeover_unit(ann.spec, 2.0)
+    sim.run_until(lambda: sim.now >= split_at[0] + 6 * unit, 10 * unit)   # every republish is over
+    assert not any(sim.ended(sid, i) for i in minority)
+    asked: list[str] = []
+    inner = sim.after_publish
+
+    def count(sender: SimNode, msg: Any) -> None:
+        if inner is not None:
+            inner(sender, msg)
+        if isinstance(msg, CoordinatorSilent):
+            asked.append(sender.peer)
+    sim.after_publish = count
+    sim.heal()
+    sim.run_until(lambda: all(sim.ended(sid, i) for i in minority), 3 * unit)
+    assert sim.status(sid)["state"] == "completed"
+    assert {sim.status(sid, i)["state"] for i in minority} == {"completed"}
+    assert asked and set(asked) <= {sim.nodes[i].peer for i in minority}
+
+
+def test_a_starter_cut_off_with_a_minority_is_replaced_by_the_majority() -> None:
+    """The starter and one member are cut off: the majority's members vote, its first fallback
+    takes over with their quorum and completes the session; on heal the starter steps down."""
+    sim = Sim(5)
+    sid = sim.start(spec(rounds=4))
+    ann = sim.nodes[0].core.sessions[sid].ann
+    coords = coordinators_of(ann)
+    other = next(nd for nd in sim.nodes[1:] if nd.peer not in coords)
+    split_at = _split_after_round_1(sim, [0, other.index])
+    unit = takeover_unit(ann.spec, 2.0)
+    sim.run_until(lambda: bool(split_at), 200)
+    fb1 = sim.by_peer[coords[1]]
+    sim.run_until(lambda: fb1.core.sessions[sid].coordinator is not None, 6 * unit)
+    sim.run_until(lambda: sim.ended(sid, fb1.index), 40 * unit)
+    sim.heal()
+    sim.run_until(lambda: all(sim.ended(sid, nd.index) for nd in sim.nodes), 20 * unit)
+    st = sim.status(sid, fb1.index)
+    assert st["state"] == "completed" and st["acting_coordinator"] == fb1.peer
+    assert [h["round"] for h in st["history"]] == [1, 2, 3, 4]
+    for nd in sim.nodes:
+        assert sim.status(sid, nd.index)["state"] == "completed", nd.index
