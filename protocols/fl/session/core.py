@@ -10,22 +10,31 @@ round timing): announcement -> task prepared -> opt-in -> per round: plan -> fet
 model -> train -> send update to the elected aggregator (or a fallback) -> the aggregator
 validates, aggregates, signs a receipt and publishes the result -> the coordinator fetches the
 new model and plans the next round -> session ended (completed, failed or stopped).
-If the coordinator falls silent, a fallback coordinator named in the announcement takes the
-session over from the last completed round (session/failover.py).
-In a `secagg` session the update is never sent in the clear: participant and aggregator run
-the SecAgg protocol instead and the aggregator gets only the sum (secagg/session.py).
-In a `hierarchical` session updates go to regional aggregators, which forward one combined
-update per region to the global aggregator (session/hier.py).
-Rewards (rewards/receipts.py): a participant acts on a plan only if its signed round header matches
-the plan and the election (messages.plan_problem); an aggregator pays its round's participants
-(`PayRewards`) once the coordinator adopted its model (session/ending.py `adopted_rewards`).
+If the coordinator falls silent, a fallback named in the announcement takes the session over
+from the last completed round (session/failover.py). `secagg` sessions run SecAgg, so the
+aggregator gets only the sum (secagg/session.py); `hierarchical` ones aggregate per region
+first (session/hier.py). Rewards (rewards/receipts.py): a participant acts on a plan only if
+its signed round header matches the plan and the election (messages.plan_problem); an
+aggregator pays its round (`PayRewards`) once the coordinator adopted its model (ending.py).
+
+Invariants across coordinator failover and network splits (session/quorum.py, failover.py):
+  I1  a fallback becomes acting coordinator only with silence votes of a majority of the
+      membership (the last plan's participants), and a member votes only while it hears nothing
+      from the acting coordinator: a fallback cut off with a minority never plans a round;
+  I2  nodes follow the highest rank they accepted and a lower-ranked coordinator steps down
+      when it hears a higher one: after a heal all follow the coordinator that made progress;
+  I3  an aggregator pays its round only once the acting coordinator adopted its model, and the
+      ledger pays one split per (session, round), each participant once (rewards/receipts.py):
+      a round is paid at most once, as the adopted history says;
+  I4  a member that hears nothing keeps asking (its votes) and the coordinator that ended the
+      session answers with its SessionEnded: every member that can reach it learns the end.
 
 FlCore has no base classes. It keeps the node's sessions, joins announced sessions, follows
 plans and results, and hands each `Session` to collaborators: the participant's part
 (`ParticipantSide`, session/participant.py), the aggregator's (`AggregatorSide`,
 session/aggregator.py), the acting coordinator's (`CoordinatorSide`, session/coordinating.py),
-failover (`Failover`), hierarchical rounds (`Hierarchy`) and secure aggregation
-(`SecAggRounds`); a session's end is session/ending.py, its status session/status.py.
+failover (`Failover`) and its takeover quorum (`Quorum`), hierarchical rounds (`Hierarchy`)
+and secure aggregation (`SecAggRounds`); a session's end is ending.py, its status status.py.
 """
 from __future__ import annotations
 
@@ -39,7 +48,7 @@ from fognode.protocols.fl.actions import (
     Action, Emit, FetchModel, PrepareTask, Publish, RoundJudged)
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.events import (
-    TrainingRoundCompleted, TrainingRoundStarted, TrainingSessionEnded)
+    TrainingRoundCompleted, TrainingRoundStarted)
 from fognode.protocols.fl.messages import (
     CoordinatorSilent, DeviceFacts, GossipMessage, OptIn, RoundFailed, RoundPlan, RoundResult, SessionAnnouncement,
     SessionEnded, SessionSpec, UpdateHeader, coordinators_of, plan_problem)
@@ -50,7 +59,8 @@ from fognode.protocols.fl.session.coordinating import CoordinatorSide
 from fognode.protocols.fl.session.coordinator import (
     CandidateView, Coordinator, Phase, SessionState)
 from fognode.protocols.fl.session.election import aggregator_order
-from fognode.protocols.fl.session.ending import adopted_rewards, close_rounds, end_session, republish_end
+from fognode.protocols.fl.session.ending import (
+    adopted_rewards, close_rounds, end_session, follow_end, republish_end)
 from fognode.protocols.fl.session.failover import Failover
 from fognode.protocols.fl.session.hier import Hierarchy
 from fognode.protocols.fl.session.participant import ParticipantSide
@@ -179,49 +189,34 @@ class FlCore:
             return []
         if isinstance(msg, CoordinatorSilent):
             return self.quorum.receive(s, peer, msg, now)
-        if s.state.ended and peer != self.me and isinstance(msg, (OptIn, RoundPlan)):
-            # a node that does not know the session ended: tell it (quorum.py, answers)
-            return self.quorum.answer_end(s, now) + (self._on_plan(s, peer, msg, now)
-                                                     if isinstance(msg, RoundPlan) else [])
+        # the sender does not know the session ended: tell it (quorum.py, answers)
+        answer = self.quorum.answer_end(s, now) if s.state.ended and peer != self.me \
+            and isinstance(msg, (OptIn, RoundPlan)) else []
         if isinstance(msg, OptIn):
             if s.coordinator is not None and not s.state.ended:
                 s.coordinator.on_optin(peer, msg.facts)
             elif s.standby is not None:
                 s.standby.candidates[peer] = msg.facts
-            return []
+            return answer
         if isinstance(msg, RoundPlan):
-            return self._on_plan(s, peer, msg, now)
+            return answer + self._on_plan(s, peer, msg, now)
         if isinstance(msg, RoundResult):
             return self._on_result(s, peer, msg, now)
         if isinstance(msg, RoundFailed):
             return self._on_failed(s, peer, msg, now)
         if isinstance(msg, SessionEnded):
             refused = self.failover.refusal(s, peer, "ended", msg.rank)
-            if refused:
+            if refused or (s.state.ended and msg.rank <= s.acting):
                 return refused
-            if s.state.ended and msg.rank <= s.acting:
-                return []
             self.failover.follow(s, msg.rank, now)
-            if s.coordinator is not None:
-                return []
-            s.state = SessionState(msg.state)
-            s.reason = msg.reason
-            s.rounds_done = max(s.rounds_done, msg.rounds_done)
-            close_rounds(s, self.hierarchy)
-            paid = adopted_rewards(s, self.me, msg.rounds_done, msg.final_model_hash, None)
-            s.rewards_due.clear()
-            return paid + [Emit(TrainingSessionEnded(sid.hex(), msg.state, msg.rounds_done,
-                                                     msg.final_model_hash.hex(), msg.reason))]
+            return [] if s.coordinator is not None else follow_end(s, msg, self.me, self.hierarchy)
         return []
 
     def _on_announcement(self, peer: str, ann: SessionAnnouncement, now: float) -> list[Action]:
         sid = ann.session_id
         known = self.sessions.get(sid)
-        if known is not None and known.standby is not None and known.acting == 0 \
-                and known.plan is None and peer == known.ann.starter:
-            known.standby.heard = now   # the starter still collects opt-ins: it is alive
         if known is not None and known.acting == 0 and known.plan is None and peer == known.ann.starter:
-            self.quorum.heard(known, now)
+            self.quorum.heard(known, now)   # the starter still collects opt-ins: it is alive
         if known is not None and known.coordinator is None and known.state == SessionState.WAITING \
                 and known.plan is None and peer == known.ann.starter:
             # the starter is still collecting opt-ins: ours may have been lost, say it again
@@ -287,8 +282,6 @@ class FlCore:
                 <= (s.plan.rank, s.plan.round, s.plan.try_no):
             if plan.rank == s.acting:    # the acting coordinator republished its plan
                 self.quorum.heard(s, now)
-                if s.standby is not None:
-                    s.standby.heard = now
             return []
         self.failover.follow(s, plan.rank, now)
         self.quorum.heard(s, now, open_for=plan_span(s.spec, plan))

@@ -2,7 +2,9 @@
 rounds in flight (`close_rounds`), paying the rounds this node aggregated once the coordinator
 adopted their model (`adopted_rewards`), and a session's end (`end_session`: the SessionEnded
 it publishes, republished END_REPUBLISH times so one lost message does not cost the last
-round's rewards, and the final model it saves). Plain functions over a `Session`."""
+round's rewards (a node that missed them asks: session/quorum.py), and the final model it
+saves), and following the end another coordinator published (`follow_end`). Plain functions
+over a `Session`."""
 from __future__ import annotations
 
 from fognode.protocols.fl.actions import Action, Emit, PayRewards, Publish, SaveModel
@@ -68,6 +70,19 @@ def end_session(s: Session, state: SessionState, reason: str, now: float, *, me:
     if bundle is not None:
         out.append(SaveModel(s.sid, s.latest_model, bundle.params, True))
     return out
+
+
+def follow_end(s: Session, msg: SessionEnded, me: str, hierarchy: Hierarchy) -> list[Action]:
+    """The acting coordinator ended `s` (its SessionEnded was accepted; this node does not
+    coordinate it): end it here the same way, paying the final round if adopted."""
+    s.state = SessionState(msg.state)
+    s.reason = msg.reason
+    s.rounds_done = max(s.rounds_done, msg.rounds_done)
+    close_rounds(s, hierarchy)
+    paid = adopted_rewards(s, me, msg.rounds_done, msg.final_model_hash, None)
+    s.rewards_due.clear()
+    return paid + [Emit(TrainingSessionEnded(s.sid.hex(), msg.state, msg.rounds_done,
+                                             msg.final_model_hash.hex(), msg.reason))]
 
 
 def republish_end(s: Session, now: float, interval: float) -> list[Action]:

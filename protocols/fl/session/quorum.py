@@ -75,6 +75,8 @@ class Quorum:
         """The acting coordinator made progress (`open_for`: a new plan whose round may run
         that long; 0: its round ended)."""
         s.heard_at = max(s.heard_at, now)
+        if s.standby is not None:
+            s.standby.heard = max(s.standby.heard, now)
         if open_for is not None:
             s.open_until = now + open_for
         s.next_vote, s.vote_gap = 0.0, 0.0
