@@ -32,7 +32,7 @@ from fognode.ledger.rewardpool import RewardPool
 from fognode.ledger.rewardpool_orders import PoolCloseOrder, PoolOpenOrder, PoolPayOrder, digest_bytes
 from fognode.node.gossip import seal
 from fognode.node.wire import pack
-from fognode.protocols.fl.messages import (Ack, DeviceFacts, ModelRequest, ModelResponse, MemberMeta,
+from fognode.protocols.fl.messages import (Ack, CoordinatorSilent, DeviceFacts, ModelRequest, ModelResponse, MemberMeta,
                                            OptIn, RoundFailed, RoundResult, SessionEnded, UpdateHeader,
                                            encode_gossip)
 from fognode.protocols.fl.secagg.core import SecAggAggregator, SecAggConfig, SecAggParticipant, Send
@@ -180,7 +180,8 @@ def fl_gossip() -> list[bytes]:
     msgs = [ann, plan, OptIn(ann.session_id, DeviceFacts(region="eu", cores=4, memory_mb=1024, charging=False)),
             RoundResult(rr, 0.5, 0.75, 0.4, ("p1",), {"p2": "stale"}),
             RoundFailed(ann.session_id, 1, 0, "too few updates"),
-            SessionEnded(ann.session_id, "completed", 3, b"f" * 32)]
+            SessionEnded(ann.session_id, "completed", 3, b"f" * 32),
+            CoordinatorSilent(ann.session_id, 0, 2)]
     return [encode_gossip(m) for m in msgs]
 
 
