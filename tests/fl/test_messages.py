@@ -8,7 +8,7 @@ from fognode.node.errors import RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack
 from fognode.protocols.fl.messages import (
-    DeviceFacts, OptIn, RoundPlan, SelectionCriteria, SessionAnnouncement, SessionSpec,
+    CoordinatorSilent, DeviceFacts, OptIn, RoundPlan, SelectionCriteria, SessionAnnouncement, SessionSpec,
     decode_gossip, encode_gossip)
 from fognode.protocols.fl.rewards.receipts import AcceptedUpdate, RoundReceipt, decode_round_receipt
 from fognode.protocols.fl.session.election import aggregator_order
@@ -75,6 +75,16 @@ def test_gossip_envelope_rejects_unknown_types_and_garbage() -> None:
         decode_gossip([1, 2])
     m = OptIn(b"s" * 32, DeviceFacts(region="eu", cores=4, memory_mb=1024, charging=False))
     assert decode_gossip(wire(encode_gossip(m))) == m
+
+
+def test_coordinator_silent_round_trips_and_names_a_bad_field() -> None:
+    m = CoordinatorSilent(b"s" * 32, 1, 3)
+    assert decode_gossip(wire(encode_gossip(m))) == m
+    for field, bad in (("rank", 99), ("rounds", -1), ("session", b"short")):
+        with pytest.raises(RemoteProtocolError, match=f"fl.CoordinatorSilent: field .{field}."):
+            CoordinatorSilent.decode({**m.to_wire(), field: bad})
+    with pytest.raises(RemoteProtocolError, match="unknown field"):
+        CoordinatorSilent.decode({**m.to_wire(), "x": 1})
 
 
 def test_plan_validation() -> None:
