@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from fognode.ledger.amounts import parse_amount
-from fognode.tools.devnet import Devnet, wait_until
+from fognode.tools.devnet import Devnet, DevnetNode, wait_until
 
 from tests.faults.conftest import HEAL_TIMEOUT
 from tests.faults.netns import Fabric
-from tests.faults.workload import Client, certificates, check_history, converged, merged
+from tests.faults.workload import Client, Op, certificates, check_history, converged, merged
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +60,17 @@ def reward_mints(net: Devnet, wallets: list[str]) -> dict[str, Counter[int]]:
                     and h["receipt"]["kind"] == "fl_update"):
                 out.setdefault(w, Counter())[parse_amount(h["amount"])] += 1
     return out
+
+
+def last_certified(node: DevnetNode, wallet: str) -> list[Op]:
+    """The last order `wallet` sent that `node`'s replica holds as final (a reward payout
+    pays its fee from the aggregator's wallet), as a final operation for check_history."""
+    mine = [h for h in node.rpc("wallet.history", {"address": wallet, "limit": 1000, "verbose": True})
+            if h["status"] == "final" and h["sender"] == wallet]
+    if not mine:
+        return []
+    h = max(mine, key=lambda h: int(h["sequence"]))
+    return [Op(node.index, 0.0, 0.0, "final", h["tx"], int(h["sequence"]))]
 
 
 def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: Devnet, fabric: Fabric,
@@ -135,6 +146,8 @@ def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: 
                    what=f"node {agg.index} to pay round {h['round']}")
     drives = [Client(n, wallets[0], amount="0.001") for n in net.nodes]
     for c in drives:
+        # the checker starts from the wallet's last certified order (its reward payouts)
+        c.ops.extend(last_certified(c.node, wallets[c.node.index]))
         c.ops.append(c.send_once(timeout=30.0))
         assert c.ops[-1].outcome != "error", c.ops[-1]
     # paid at most once per (round, participant); the ledger converges and verifies
