@@ -21,7 +21,8 @@ rounds are trained, adopted or paid on the minority side of a split that the maj
 history does not explain (on heal the minority simply hears the majority's coordinator again).
 
 Answers on demand: a vote is also a question. The acting coordinator that hears a vote about
-itself republishes its plan at once (it is alive; the voter was cut off), and the coordinator
+itself (or a coordinator it superseded) republishes its plan at once (it is alive; the voter
+was cut off, or missed the takeover), and the coordinator
 that ended the session answers any message of the session (a vote, a stale plan, an opt-in)
 with its SessionEnded, at most once per republish interval, so a node that missed the three
 republishes of the end (session/ending.py) learns it as soon as it can be heard again.
@@ -105,7 +106,7 @@ class Quorum:
             return self.answer_end(s, now)
         self._record(s, peer, msg.rank, now)
         c = s.coordinator
-        if c is None or msg.rank != c.rank or now - c.last_publish < self.interval / 2.0:
+        if c is None or msg.rank > c.rank or now - c.last_publish < self.interval / 2.0:
             return []
         if c.plan is not None and c.phase in (Phase.PLANNED, Phase.FETCHING, Phase.OPT_IN):
             c.last_publish = now
