@@ -113,6 +113,9 @@ class Sim:
         self.lose_ends = 0
         # a network split: node index -> group number (None: one network)
         self.groups: dict[int, int] | None = None
+        # gossip held back (delivered late by `release`): messages `hold` says True to
+        self.hold: Callable[[SimNode, Any], bool] | None = None
+        self.held: list[tuple[SimNode, Publish]] = []
         # called after each gossip message was delivered to the live nodes
         self.after_publish: Callable[[SimNode, Any], None] | None = None
         for i in range(n):
@@ -144,6 +147,17 @@ class Sim:
 
     def heal(self) -> None:
         self.groups = None
+
+    def release(self, pick: Callable[[Any], bool] = lambda msg: True) -> None:
+        """Deliver the held gossip messages `pick` chooses, now."""
+        keep, hold, self.hold = [], self.hold, None
+        for nd, act in self.held:
+            if pick(act.msg):
+                SimActions(self, nd).publish(act)
+                self._run(nd, [])
+            else:
+                keep.append((nd, act))
+        self.held, self.hold = keep, hold
 
     def reaches(self, a: SimNode, b: SimNode) -> bool:
         return self.groups is None or self.groups.get(a.index) == self.groups.get(b.index)
@@ -305,6 +319,9 @@ class SimActions:
                     victim.alive = False
                     sim.killed.append((act.msg.round, victim.peer))
                     break
+        if sim.hold is not None and sim.hold(nd, act.msg):
+            sim.held.append((nd, act))
+            return
         data = encode_gossip(act.msg)
         sim.published += 1
         lost = isinstance(act.msg, SessionEnded) and sim.lose_ends > 0

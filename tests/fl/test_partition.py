@@ -2,7 +2,9 @@
 fallback coordinator cut off with a minority of the members never takes the session over, so
 each round is planned, adopted and paid once, by the coordinator of the majority; members
 that were away when the session ended learn it after the heal; a starter cut off with a
-minority is replaced by the majority's fallback (session/quorum.py)."""
+minority is replaced by the majority's fallback (session/quorum.py); a round result that
+arrives after its try was given up on (plans travel slowly in a split) still completes the
+round."""
 from __future__ import annotations
 
 from typing import Any
@@ -135,3 +137,26 @@ def test_a_starter_cut_off_with_a_minority_is_replaced_by_the_majority() -> None
     assert [h["round"] for h in st["history"]] == [1, 2, 3, 4]
     for nd in sim.nodes:
         assert sim.status(sid, nd.index)["state"] == "completed", nd.index
+
+
+def test_a_late_result_of_a_try_given_up_on_completes_the_round_and_is_paid_once() -> None:
+    """Round 2's results are held back until the coordinator planned try 1 (its try 0 timed
+    out); then try 0's result arrives: the coordinator adopts it, and only its aggregator pays
+    round 2."""
+    sim = Sim(5)
+    sid = sim.start(spec(rounds=3, reward_budget=3_000_000))
+    coord = sim.nodes[0].core.sessions[sid].coordinator
+    assert coord is not None
+    sim.hold = lambda sender, msg: isinstance(msg, RoundResult) and msg.receipt.round == 2
+    sim.run_until(lambda: coord.round_no == 2 and coord.try_no >= 1 and len(sim.held) >= 2, 200)
+    late = next(a.msg for _, a in sim.held if a.msg.receipt.try_no == 0)
+    sim.release(lambda msg: msg is late)
+    sim.hold = None
+    sim.release()
+    sim.run_until(lambda: all(sim.ended(sid, nd.index) for nd in sim.nodes), 200)
+    st = sim.status(sid)
+    assert st["state"] == "completed" and [h["round"] for h in st["history"]] == [1, 2, 3]
+    r2 = st["history"][1]
+    assert (r2["aggregator"], r2["model_hash"]) == (late.receipt.aggregator, late.receipt.model_hash.hex())
+    assert _paid_rounds(sim) == sorted((h["round"], h["aggregator"], bytes.fromhex(h["model_hash"]))
+                                       for h in st["history"])

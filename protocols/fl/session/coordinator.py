@@ -5,7 +5,9 @@ It collects opt-ins, plans each round (participants selected from the candidates
 round seed, with the reputations used for the election, and the round header it signs:
 rewards/round_header.py, the reward evidence), republishes the current plan until
 the next one (gossip may drop it; the republished plan is also the coordinator's heartbeat),
-accepts the first valid round result from an aggregator of the plan's election order, fetches
+accepts the first valid round result from an aggregator of the plan's election order (or of
+an earlier try of the same round: a result that arrives after its try was given up on, as
+plans travel slowly in a network split, still completes the round), fetches
 the new model (so it can serve it and save the final one), and then plans the next round. A
 round that fails (too few updates, no result before the last fallback slot ends, the new model
 cannot be fetched) is retried with a new seed from the last completed model, up to
@@ -114,6 +116,9 @@ class Coordinator:
         self.failures: list[str] = []
         self.plan: RoundPlan | None = None
         self.order: tuple[str, ...] = ()
+        # every try of the current round planned so far: try -> (plan, aggregator order); a
+        # result of an earlier try that arrives late still completes the round
+        self.tries: dict[int, tuple[RoundPlan, tuple[str, ...]]] = {}
         self.plan_at = now
         self.round_started_at = now
         self.base_hash = ann.initial_model_hash
@@ -188,6 +193,8 @@ class Coordinator:
                               wallets if any(wallets) else (), rank=self.rank).with_header(
             self.key, self.me, 1 + self.spec.fallbacks)
         self.order = aggregator_order(seed, parts, 1 + self.spec.fallbacks)
+        self.tries = {t: po for t, po in self.tries.items() if po[0].round == self.round_no}
+        self.tries[self.try_no] = (self.plan, self.order)
         self.plan_at = now
         self.last_publish = now
         if self.try_no == self.first_try:
@@ -196,11 +203,14 @@ class Coordinator:
         return self.plan
 
     def accepts_result(self, peer: str, result: RoundResult) -> bool:
+        """The first result of any try of the current round from an aggregator of that try's
+        order, built on its base (a try given up on that completes late still completes the
+        round: its aggregator pays it once the next plan builds on it, ending.adopted_rewards)."""
         r = result.receipt
-        return (self.phase == Phase.PLANNED and self.plan is not None
-                and r.round == self.plan.round and r.try_no == self.plan.try_no
-                and r.aggregator in self.order and peer == r.aggregator
-                and r.base_model_hash == self.plan.base_model_hash)
+        got = self.tries.get(r.try_no)
+        return (self.phase == Phase.PLANNED and got is not None and got[0].round == r.round == self.round_no
+                and r.aggregator in got[1] and peer == r.aggregator
+                and r.base_model_hash == got[0].base_model_hash)
 
     def on_result(self, result: RoundResult) -> None:
         self.pending = result
@@ -228,9 +238,10 @@ class Coordinator:
         """The pending result's model is here: record the round and move the base on."""
         assert self.pending is not None and self.plan is not None
         res, r = self.pending, self.pending.receipt
+        plan = self.tries.get(r.try_no, (self.plan, ()))[0]
         rec = RoundRecord(
             round=self.round_no, tries=self.try_no - self.first_try + 1, aggregator=r.aggregator,
-            participants=self.plan.peers, accepted=tuple(a.peer for a in r.accepted),
+            participants=plan.peers, accepted=tuple(a.peer for a in r.accepted),
             weights={a.peer: a.weight for a in r.accepted}, dropped=res.dropped,
             rejected=dict(res.rejected), loss=res.loss, accuracy=res.accuracy,
             train_loss=res.train_loss, model_hash=r.model_hash, started_at=self.round_started_at,

@@ -405,7 +405,9 @@ class FlCore:
         r = res.receipt
         if s.state.ended or s.plan is None or (r.round, r.try_no) != (s.plan.round, s.plan.try_no) \
                 or peer != r.aggregator or r.aggregator not in s.order:
-            return []
+            # the coordinator still takes a late result of an earlier try (coordinator.py)
+            late = s.coordinator is not None and not s.state.ended and s.plan is not None
+            return self.coordinator_side.result(s, peer, res, now) if late else []
         out: list[Action] = []
         pr = s.participant
         if pr is not None and pr.state != ParticipantState.DONE:
