@@ -64,7 +64,8 @@ from fognode.node.overlay_config import OverlayConfig
 from fognode.node.overlay import (DhtValidator, FramedStream, GossipHandler, PeerInfo,
                                   StreamHandler)
 from fognode.node.peerscore import PeerScoreParams, ViolationBook, app_score
-from fognode.node.scored_pubsub import ScoredGossipSub, ScoredPubsub, score_actions
+from fognode.node.p2pfix_peer_faults import ChargingPubsub, identify_push_handler
+from fognode.node.scored_pubsub import ScoredGossipSub, score_actions
 from fognode.node.ping import Pinger, libp2p_ping
 from fognode.node.rcmgr import limits_from
 from fognode.node.resources import ResourceGate
@@ -99,6 +100,7 @@ class Libp2pOverlay:
         from libp2p import create_identity_from_seed, new_host
         from libp2p.crypto.x25519 import create_new_key_pair as x25519
         from libp2p.custom_types import TProtocol
+        from libp2p.identity.identify_push.identify_push import ID_PUSH
         from libp2p.network.config import ConnectionConfig
         from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12
         from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
@@ -143,8 +145,11 @@ class Libp2pOverlay:
             heartbeat_initial_delay=0.1,
             heartbeat_interval=config.gossip_heartbeat,  # bite 5
             spam_protection_enabled=False)                                          # bite 5
-        self.pubsub = ScoredPubsub(self.host, self.gossipsub, strict_signing=True,
-                                   max_inbound_rpc_size=config.max_message_size)
+        # a peer's oversized or unparseable RPC frames and identify pushes are charged to it
+        # (node/p2pfix_peer_faults.py; 0.8.1 kept them to itself)
+        self.pubsub = ChargingPubsub(self.host, self.gossipsub, strict_signing=True,
+                                     max_inbound_rpc_size=config.max_message_size)
+        self.host.set_stream_handler(TProtocol(ID_PUSH), identify_push_handler(self.host))
         # the DHT logs and counts its own refusals (node/dht.py): charge the peer, no second line
         self.dht = FognodeKadDHT(self.host, DhtLimits.from_overlay(config), metrics,  # 9, 17
                                  lambda peer, _why: self._charge(peer))

@@ -272,6 +272,6 @@ async def test_garbage_on_meshsub_is_a_rate_limited_warning_counted_and_charged(
     assert len(mine) <= 3, [r.getMessage() for r in mine]
     assert all(r.levelno == logging.WARNING and r.exc_info is None for r in mine)
     assert "Traceback" not in caplog.text
-    push = [r for r in caplog.records if "identify/push" in r.getMessage()]
-    assert 1 <= len(push) <= 2 and all(r.levelno == logging.WARNING for r in push), \
-        [r.getMessage() for r in push]
+    # identify pushes are charged too (node/p2pfix_peer_faults.py): one WARNING a minute
+    push = [r for r in caplog.records if IDENTIFY_PUSH in r.getMessage()]
+    assert len(push) == 1 and push[0].levelno == logging.WARNING, [r.getMessage() for r in push]
