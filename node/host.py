@@ -65,6 +65,7 @@ from fognode.node.overlay import (DhtValidator, FramedStream, GossipHandler, Pee
                                   StreamHandler)
 from fognode.node.peerscore import PeerScoreParams, ViolationBook, app_score
 from fognode.node.p2pfix_peer_faults import ChargingPubsub, identify_push_handler
+from fognode.node import p2pfix_yamux_window
 from fognode.node.scored_pubsub import ScoredGossipSub, score_actions
 from fognode.node.ping import Pinger, libp2p_ping
 from fognode.node.rcmgr import limits_from
@@ -433,7 +434,11 @@ async def open_overlay(config: OverlayConfig, identity: SigningKey, events: Even
     config.validate()
     check_ports_free(config.listen)
     quiet_libp2p_loggers()
+    p2pfix_yamux_window.install()       # a peer writing past a stream's window: reset, charged
     ov = Libp2pOverlay(config, identity, events, metrics)
+    unwatch = p2pfix_yamux_window.watch(ov.peer_id, lambda peer, excess: ov.faults.report(
+        peer, p2pfix_yamux_window.PROTOCOL, f"wrote {excess} bytes past a stream's receive "
+        "window; stream reset"))
     listen = [multiaddr.Multiaddr(a) for a in config.listen]
     async with ov.host.run(listen):
         if not ov.host.get_transport_addrs():
@@ -456,6 +461,7 @@ async def open_overlay(config: OverlayConfig, identity: SigningKey, events: Even
                         nursery.cancel_scope.cancel()
             finally:
                 ov._nursery = None
+                unwatch()
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await close_connections(ov.host)
                     await ov.host.close()    # bite 8: host first, then the services
