@@ -43,7 +43,7 @@ from fognode.node.gossip_envelope import (KIND_HEAD, KIND_MESSAGE, Envelope, Mes
 from fognode.node.gossip_report import Penalize, TrackerReport
 from fognode.node.gossip_tracker import (MAX_PULL_SEQS, PullRequest, SequenceTracker,
                                          TrackerLimits)
-from fognode.node.overlay import GossipHandler, GossipMessage
+from fognode.node.overlay import GossipCheck, GossipHandler, GossipMessage
 from fognode.node.wire import Fields
 
 if TYPE_CHECKING:
@@ -135,6 +135,7 @@ class GossipLayer:
         self._head_sent: dict[str, int] = {}
         self._last_publish: dict[str, float] = {}
         self._topics: dict[str, _TopicState] = {}
+        self._checks: dict[str, GossipCheck] = {}     # a role's content check per topic
         self._validated: OrderedDict[bytes, tuple[Envelope, str, bool]] = OrderedDict()
         self._validated_bytes = 0     # bounded like the relay cache: by count and by bytes
         self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, bytes, bool]](
@@ -269,6 +270,9 @@ class GossipLayer:
                 self.m_drops.labels(topic, "invalid").inc()
                 return False
             dropped = False
+            if not self._content_ok(topic, env, fwd):
+                self.m_drops.labels(topic, "refused").inc()
+                return False
             if self.inbound_filter is not None and env.kind == KIND_MESSAGE:
                 gm = GossipMessage(topic=topic, origin=self.peer_id_of(env.origin),
                                    data=env.data, received_from=fwd)
@@ -282,14 +286,18 @@ class GossipLayer:
             return True
         return validate
 
-    async def subscribe(self, topic: str, handler: GossipHandler) -> None:
+    async def subscribe(self, topic: str, handler: GossipHandler, *,
+                        check: GossipCheck | None = None) -> None:
         """Subscribe `handler` to `topic`; returns once subscribed; the handler runs in its own task.
 
         One handler per topic per node: subscribing again replaces the handler (a role restarted
         by the supervisor is a new instance and subscribes anew; the subscription, its sequence
-        tracking and queued messages carry over)."""
+        tracking and queued messages carry over). `check` (node/overlay.py GossipCheck) runs on
+        each message before it is relayed or handled, pulled ones included."""
         await self._started.wait()
         assert self._nursery is not None
+        if check is not None:
+            self._checks[topic] = check
         if topic in self._topics:
             self._topics[topic].handler = handler
             return
@@ -299,6 +307,15 @@ class GossipLayer:
         sub = await self.pubsub.subscribe(topic)
         self._nursery.start_soon(self._reader, st, sub)
         self._nursery.start_soon(self._handler_loop, st)
+
+    def _content_ok(self, topic: str, env: Envelope, relayer: str) -> bool:
+        """The role's check of a message's content (subscribe's `check`), before it is relayed,
+        cached for pulls or delivered; heads carry no content."""
+        check = self._checks.get(topic)
+        if check is None or env.kind != KIND_MESSAGE:
+            return True
+        return check(GossipMessage(topic=topic, origin=self.peer_id_of(env.origin),
+                                   data=env.data, received_from=relayer))
 
     async def _reader(self, st: _TopicState, sub: Any) -> None:
         while True:
@@ -441,6 +458,9 @@ class GossipLayer:
                 or env.topic != st.topic or env.seq not in want):
             raise RemoteProtocolError("gossip pull reply: a message that was not asked for",
                                       peer=peer)
+        if not self._content_ok(st.topic, env, peer):
+            raise RemoteProtocolError(f"gossip pull reply: a message on {st.topic} its content "
+                                      "check refused", peer=peer)
         want.discard(env.seq)
         self.store.add_relayed(env, peer)   # so we can serve it to others in turn
         await self._incoming(st, env, peer, pulled=True)

@@ -61,8 +61,8 @@ from fognode.node.host_lifecycle import (bootstrap, close_connections, harden_ha
                                          quiet_libp2p_loggers, reannounce_subscriptions)
 from fognode.node.latency import PingSettings
 from fognode.node.overlay_config import OverlayConfig
-from fognode.node.overlay import (DhtValidator, FramedStream, GossipHandler, PeerInfo,
-                                  StreamHandler)
+from fognode.node.overlay import (DhtValidator, FramedStream, GossipCheck, GossipHandler,
+                                  PeerInfo, StreamHandler)
 from fognode.node.peerscore import PeerScoreParams, ViolationBook, app_score
 from fognode.node.p2pfix_peer_faults import ChargingPubsub, identify_push_handler
 from fognode.node import p2pfix_yamux_window
@@ -382,8 +382,9 @@ class Libp2pOverlay:
 
     # -- gossip -----------------------------------------------------------------------------
 
-    async def subscribe(self, topic: str, handler: GossipHandler) -> None:
-        await self.gossip.subscribe(topic, handler)
+    async def subscribe(self, topic: str, handler: GossipHandler, *,
+                        check: GossipCheck | None = None) -> None:
+        await self.gossip.subscribe(topic, handler, check=check)
 
     async def publish(self, topic: str, data: bytes) -> None:
         await self.gossip.publish(topic, data)

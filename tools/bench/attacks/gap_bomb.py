@@ -39,21 +39,30 @@ from nacl.signing import SigningKey
 
 from fognode.node.gossip import KIND_MESSAGE, seal
 from fognode.node.peerid import peer_id_from_pubkey
+from fognode.protocols.monitor.status import NodeStatus
 from fognode.tools.bench.attacks import hostile_peer
 
 STATUS_TOPIC = "fognode/monitor/status/1"
 PUBSUB_SIGNING_PREFIX = b"libp2p-pubsub:"
 
 
+def valid_status() -> bytes:
+    """A status the monitor role accepts: the bomb is about gaps, not content (a status that
+    does not decode is refused before any tracking, protocols/monitor/protocol.py)."""
+    return NodeStatus(healthy=True, peers=1, uptime_s=1.0, version="bomb", at=time.time()).encode()
+
+
 def forged_pubsub_messages(key: SigningKey, topic: str, seqs: tuple[int, ...],
-                           epoch: int) -> list[object]:
-    """libp2p pubsub messages carrying envelopes of `key` (one per seq), each signed by `key`
-    exactly as py-libp2p's `Pubsub.publish` signs its own (so `strict_signing` accepts them)."""
+                           epoch: int, data: bytes | None = None) -> list[object]:
+    """libp2p pubsub messages carrying envelopes of `key` (one per seq) with `data` (16
+    random bytes if None), each signed by `key` exactly as py-libp2p's `Pubsub.publish` signs
+    its own (so `strict_signing` accepts them)."""
     from libp2p.pubsub.pb import rpc_pb2
     from_id = base58.b58decode(peer_id_from_pubkey(bytes(key.verify_key)))   # raw peer id
     out: list[object] = []
     for seq in seqs:
-        env = seal(key, KIND_MESSAGE, epoch, topic, seq, os.urandom(16))
+        env = seal(key, KIND_MESSAGE, epoch, topic, seq,
+                   os.urandom(16) if data is None else data)
         msg = rpc_pb2.Message(data=env.raw, topicIDs=[topic], from_id=from_id,
                               seqno=os.urandom(8))
         msg.signature = key.sign(PUBSUB_SIGNING_PREFIX + msg.SerializeToString()).signature
@@ -74,9 +83,11 @@ async def attack(target: str, *, seconds: float, origins: int = 2000, gap: int =
     deadline = trio.current_time() + seconds
     epoch = time.time_ns() // 1_000_000
     msgs: list[object] = []
+    status = valid_status()
     for _ in range(origins):
         key = SigningKey(os.urandom(32))
-        msgs.extend(forged_pubsub_messages(key, topic, (first_seq, first_seq + gap), epoch))
+        msgs.extend(forged_pubsub_messages(key, topic, (first_seq, first_seq + gap), epoch,
+                                           status))
     built = time.monotonic() - started
     sent = rpcs = failed = 0
     async with hostile_peer(target) as hp:
