@@ -82,7 +82,10 @@ async def test_gap_bomb_is_bounded_charged_and_honest_gossip_flows(
             while await honest_uptime() < mark + 1.0:
                 await trio.sleep(0.1)
             assert not attack_over.is_set(), "the honest peer's gossip only came after the attack"
-        assert report["messages_sent"] == 4000
+        # the bomb is written as fast as the victim reads it (yamux flow control): at load 30 on
+        # 2 cores main's victim took 3,150 of the 4,000 in the 10 s (measured); more than enough
+        # to hit every per-peer cap below (200 origins, 1,000 missing seqs)
+        assert report["messages_sent"] >= 2000, report
         m = await metrics()
         while value(m, "fognode_node_gossip_tracker_size", resource="pulls") > 0:
             await trio.sleep(0.2)                 # the pulls the bomb caused settle
