@@ -243,7 +243,9 @@ class Daemon:
             self._warmup_scope = warmup
             if self._stop.is_set():
                 return
-            self.config, self.role_classes = await trio.to_thread.run_sync(self.load, abandon_on_cancel=True)
+            # not abandoned on a stop: the imports finish (about a second), then the stop proceeds,
+            # so no thread is left importing while the interpreter shuts down
+            self.config, self.role_classes = await trio.to_thread.run_sync(self.load)
             from fognode.node.host import open_overlay  # already imported by `load`
 
             identity = load_identity(self.datadir)
