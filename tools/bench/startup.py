@@ -101,7 +101,8 @@ def daemon_start(root: Path, timeout: float = 60.0) -> tuple[float, float, float
                 raise SystemExit(f"the daemon did not answer node.info within {timeout:g} s:\n{net.log_tail(0)}")
             time.sleep(0.002)  # poll interval (measurement resolution), not a wait for an event
         time.sleep(3)  # idle period before reading RSS (measurement, not synchronisation)
-        pid = node.proc.pid  # type: ignore[union-attr]
+        assert node.proc is not None
+        pid = node.proc.pid
         rss = rss_mb(pid)
         torch = "libtorch" in Path(f"/proc/{pid}/maps").read_text()
     finally:
