@@ -149,8 +149,7 @@ class Libp2pOverlay:
             heartbeat_initial_delay=0.1,
             heartbeat_interval=config.gossip_heartbeat,  # bite 5
             spam_protection_enabled=False)                                          # bite 5
-        # a peer's oversized or unparseable RPC frames and identify pushes are charged to it
-        # (node/p2pfix_peer_faults.py; 0.8.1 kept them to itself)
+        # a peer's bad RPC frames and identify pushes are charged to it: p2pfix_peer_faults.py
         self.pubsub = ChargingPubsub(self.host, self.gossipsub, strict_signing=True,
                                      max_inbound_rpc_size=config.max_message_size)
         self.host.set_stream_handler(TProtocol(ID_PUSH), identify_push_handler(self.host))
@@ -466,9 +465,7 @@ async def open_overlay(config: OverlayConfig, identity: SigningKey, events: Even
     quiet_libp2p_loggers()
     p2pfix_yamux_window.install()       # a peer writing past a stream's window: reset, charged
     ov = Libp2pOverlay(config, identity, events, metrics)
-    unwatch = p2pfix_yamux_window.watch(ov.peer_id, lambda peer, excess: ov.faults.report(
-        peer, p2pfix_yamux_window.PROTOCOL, f"wrote {excess} bytes past a stream's receive "
-        "window; stream reset"))
+    unwatch = p2pfix_yamux_window.watch(ov.peer_id, p2pfix_yamux_window.report_to(ov.faults))
     listen = [multiaddr.Multiaddr(a) for a in config.listen]
     async with ov.host.run(listen):
         if not ov.host.get_transport_addrs():

@@ -36,12 +36,21 @@ from typing import Any, Callable
 from libp2p.stream_muxer.yamux.yamux import (FLAG_RST, TYPE_WINDOW_UPDATE, YAMUX_HEADER_FORMAT,
                                              YamuxStream)
 
+from fognode.node.faults import RemoteFaults
+
 log = logging.getLogger("fognode.host")
 
 PROTOCOL = "/yamux/1.0.0"
 
 Report = Callable[[str, int], None]       # (remote peer id, bytes written past the window)
 _watchers: dict[str, Report] = {}         # local peer id -> its host's report
+
+
+def report_to(faults: RemoteFaults) -> Report:
+    """A `watch` report that hands the overflow to node/faults.py: a rate-limited WARNING,
+    fognode_node_remote_protocol_errors_total{protocol="/yamux/1.0.0"} and a penalty."""
+    return lambda peer, excess: faults.report(
+        peer, PROTOCOL, f"wrote {excess} bytes past a stream's receive window; stream reset")
 
 
 def watch(local_peer: str, report: Report) -> Callable[[], None]:
