@@ -119,16 +119,20 @@ def _weighted_sum(deltas: Sequence[np.ndarray], weights: Sequence[float] | np.nd
 
 def _rows_weighted_sum(rows: np.ndarray, w: np.ndarray, base: np.ndarray | None,
                        check: bool) -> tuple[np.ndarray, bool]:
-    """`_weighted_sum` over an (n, d) float32 matrix: one sgemv, the base added in place,
-    and (check) the squared norm by one sdot over the result."""
+    """`_weighted_sum` over an (n, d) float32 matrix: one sgemv, then the base added and (check)
+    the squared norm summed chunk by chunk, each chunk's norm while it is in cache."""
     with np.errstate(over="ignore", invalid="ignore"):
         out = np.dot(w, rows)
-        if base is not None:
-            np.add(out, base, out=out)
-        if not check:
+        if base is None and not check:
             return out, True
-        sq = float(np.dot(out, out))            # NaN/Inf in out make sq NaN/Inf
-    return out, sq <= F32_MAX
+        sq = 0.0
+        for start in range(0, out.shape[0], CHUNK):
+            acc = out[start:start + CHUNK]
+            if base is not None:
+                np.add(acc, base[start:start + CHUNK], out=acc)
+            if check:
+                sq += float(np.dot(acc, acc))    # NaN/Inf in acc make sq NaN/Inf
+    return out, not check or sq <= F32_MAX
 
 
 def fedavg(deltas: Sequence[np.ndarray], num_samples: Sequence[int]) -> np.ndarray:
