@@ -181,8 +181,8 @@ class TensorDecoder:
         else:
             self._out = np.empty(header.shape, dtype=WIRE_DTYPES["float32"])
         self._direct = wire_dt == WIRE_DTYPES["float32"]
-        self._raw = memoryview(self._out.reshape(-1)).cast("B") if self._direct \
-            else bytearray()
+        self._raw: memoryview | bytearray = \
+            memoryview(self._out.reshape(-1)).cast("B") if self._direct else bytearray()  # type: ignore[arg-type]
 
     @property
     def complete(self) -> bool:
