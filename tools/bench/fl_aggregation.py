@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from typing import Callable
@@ -172,8 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    print(f"{args.bound_n} float32 updates of {args.bound_dim:,} parameters, {args.repeats} "
-          f"interleaved repeats")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{args.bound_n} float32 updates of {args.bound_dim:,} parameters in one sealed update "
+          f"matrix ({args.bound_n * args.bound_dim * 4 / 2**20:,.0f} MiB), {args.repeats} "
+          f"interleaved repeats; load average {load}")
     runs = bench_bounds(args.bound_dim, args.bound_n, args.repeats)
     print(f"{'run':<34} {'best ms':>9} {'median ms':>10} {'best/best':>10} {'median ratio':>13}")
     fedavg_ratio = 0.0
