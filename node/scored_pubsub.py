@@ -30,7 +30,9 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   flood (and the tasks it spawned made 150-350 ms scheduler batches), while every other task
   of the daemon (node.info, honest peers' streams) waited.
 
-Each action is counted in `fognode_node_gossip_score_actions_total{action}`.
+Its per-peer sending loop writes every RPC already queued for a peer in one stream write
+(node/p2pfix_pubsubwrite.py). Each action is counted in
+`fognode_node_gossip_score_actions_total{action}`.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from libp2p.pubsub.score import PeerScorer, ScoreParams
 from libp2p.pubsub.score import TopicScoreParams as Libp2pTopicParams
 from prometheus_client import CollectorRegistry, Counter
 
+from fognode.node import p2pfix_pubsubwrite
 from fognode.node.metrics import metric
 from fognode.node.p2pfix_idontwant import ThresholdIdontwantGossipSub
 from fognode.node.peerscore import PeerScoreParams, TopicCounters, decay_factor, peer_score
@@ -344,6 +347,11 @@ class ScoredPubsub(Pubsub):
 
     def _graylisted(self, peer: ID) -> bool:
         return peer != self.my_id and self.scored.scorer.is_graylisted(peer, [])
+
+    async def handle_sending_messages(self, peer_id: ID, stream: Any, queue: Any) -> None:
+        """py-libp2p's per-peer sending loop, with every RPC already queued for the peer
+        joined into one write (node/p2pfix_pubsubwrite.py)."""
+        await p2pfix_pubsubwrite.send_queued(self, peer_id, stream, queue)
 
     async def continuously_read_stream(self, stream: Any) -> None:
         _READING_FROM.set((stream.muxed_conn.peer_id, str(stream.muxed_conn.peer_id)))

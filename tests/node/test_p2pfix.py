@@ -78,6 +78,9 @@ PINNED: dict[Any, str] = {
     Pubsub._is_subscribed_to_msg: "fb0271117bb6936e",
     Pubsub.notify_subscriptions: "2fb1385e4bbf3c0a",
     Pubsub.push_msg: "1531483ab4d77674",
+    # node/p2pfix_pubsubwrite.py: the loop it replaces, and the framing it copies
+    Pubsub.handle_sending_messages: "4eb0b978f9c4b142",
+    Pubsub.write_msg: "ee86b14b4181afff",
 }
 
 
