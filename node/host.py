@@ -114,6 +114,7 @@ class Libp2pOverlay:
         self.events = events
         self.metrics = metrics
         self._adv_cache: tuple[tuple[str, ...], float, list[multiaddr.Multiaddr]] | None = None
+        self._listen_cache: tuple[int, float, list[str]] | None = None   # (listeners, when, addrs)
         kp = create_identity_from_seed(bytes(identity))
         p2pfix_yamux.install()      # QuickYamux for BufferingNoise connections (issue 16)
         p2pfix_netstream.install()  # and their streams' state locks
@@ -264,8 +265,18 @@ class Libp2pOverlay:
     def listen_addrs(self) -> list[str]:
         """Full multiaddrs with /p2p/<id>: `announce` if configured, else every real interface
         address of each listener (a 0.0.0.0 listener is expanded; port 0 shows the real port)."""
+        # node.info calls this per request; building the multiaddrs costs more than the rest of
+        # the call, so the text is kept as long as the interface lookup (_advertised) is, and
+        # recomputed at once when a listener is added or removed
+        listeners = len(self.host.get_network().listeners)
+        now = time.monotonic()
+        c = self._listen_cache
+        if c is not None and c[0] == listeners and now - c[1] < 10.0:
+            return list(c[2])
         suffix = f"/p2p/{self.peer_id}"
-        return [str(m) + suffix for m in self._advertised(self.host.get_transport_addrs())]
+        out = [str(m) + suffix for m in self._advertised(self.host.get_transport_addrs())]
+        self._listen_cache = (listeners, now, out)
+        return list(out)
 
     def peers(self) -> list[PeerInfo]:
         ps = self.host.get_peerstore()
