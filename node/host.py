@@ -166,7 +166,7 @@ class Libp2pOverlay:
         self.gossip = GossipLayer(
             self.pubsub, identity, metrics=metrics, peer_id_of=peer_id_from_pubkey,
             open_stream=self.open_stream, self_peer_id=self.peer_id,
-            is_connected=lambda p: p in self._connected_since, dialable=self._has_address,
+            is_connected=lambda p: p in self._connected_since, dialable=lambda p: self.dialer.has_address(p),
             settings=GossipSettings(
                 max_message_size=config.max_message_size, max_rate=config.gossip_max_rate,
                 publish_queue=config.gossip_publish_queue,
@@ -375,15 +375,6 @@ class Libp2pOverlay:
         """Dial a multiaddr ending in /p2p/<peer-id>; returns the peer id (`Dialer.connect`:
         LocalProtocolError, DialBackoffError, DialError)."""
         return await self.dialer.connect(multiaddr_text)
-
-    def _has_address(self, peer_id: str) -> bool:
-        """Whether the peerstore knows an address of `peer_id` (a pull may dial it without
-        a DHT lookup)."""
-        from libp2p.peer.id import ID
-        try:
-            return bool(self.host.get_peerstore().addrs(ID.from_base58(peer_id)))
-        except Exception:  # unknown peer (PeerStoreError) or not a peer id
-            return False
 
     async def disconnect(self, peer_id: str) -> None:
         await self.dialer.disconnect(peer_id)
