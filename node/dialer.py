@@ -81,6 +81,15 @@ class Dialer:
         await self.dial(pid, info)
         return pid
 
+    def has_address(self, peer_id: str) -> bool:
+        """Whether the peerstore knows an address of `peer_id` (a gossip pull may dial it
+        without a DHT lookup)."""
+        from libp2p.peer.id import ID
+        try:
+            return bool(self.host.get_peerstore().addrs(ID.from_base58(peer_id)))
+        except Exception:  # unknown peer (PeerStoreError) or not a peer id
+            return False
+
     async def dial_known(self, peer_id: str) -> None:
         from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo

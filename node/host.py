@@ -48,7 +48,9 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from fognode.node.connmgr import (ConnectionManager, ConnectionPolicy, DialBackoff,
                                   DialBackoffError, DialError)
-from fognode.node import peerid as _peerid
+from fognode.node import (p2pfix_multistream, p2pfix_netstream, p2pfix_records,
+                          p2pfix_tasks, p2pfix_yamux)
+from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id  # re-exported
 from fognode.node.dht import FognodeKadDHT
 from fognode.node.dialer import Dialer
 from fognode.node.dhtquota import DhtLimits
@@ -63,6 +65,8 @@ from fognode.node.latency import PingSettings
 from fognode.node.overlay_config import OverlayConfig
 from fognode.node.overlay import (DhtValidator, FramedStream, GossipCheck, GossipHandler,
                                   PeerInfo, StreamHandler)
+from fognode.node.p2pfix_tcpio import BufferingNoise
+from fognode.node.p2pfix_yamux import QuickYamux
 from fognode.node.peerscore import PeerScoreParams, ViolationBook, app_score
 from fognode.node.p2pfix_peer_faults import ChargingPubsub, identify_push_handler
 from fognode.node import p2pfix_yamux_window
@@ -75,20 +79,6 @@ from fognode.node.swarm_autoconnect import disable_auto_connector
 from fognode.node.swarm_events import SwarmNotifee
 
 log = logging.getLogger("fognode.host")
-
-
-# ---------------------------------------------------------------------------------------------
-# Identity helpers
-
-def peer_id_from_pubkey(pub: bytes) -> str:
-    """The libp2p peer id (base58) of an Ed25519 public key (32 bytes); ValueError otherwise.
-    (node/peerid.py computes it without libp2p; tests/node/test_host.py checks they agree.)"""
-    return _peerid.peer_id_from_pubkey(pub)
-
-
-def pubkey_from_peer_id(pid: str) -> bytes:
-    """The Ed25519 public key embedded in a peer id. ValueError if it holds none."""
-    return _peerid.pubkey_from_peer_id(pid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,9 +96,7 @@ class Libp2pOverlay:
         from libp2p.network.config import ConnectionConfig
         from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12
         from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
-        from libp2p.security.noise.transport import Transport as Noise
         from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
-        from libp2p.stream_muxer.yamux.yamux import Yamux
 
         self.config = config
         self.identity = identity
@@ -117,11 +105,16 @@ class Libp2pOverlay:
         self._adv_cache: tuple[tuple[str, ...], float, list[multiaddr.Multiaddr]] | None = None
         self._listen_cache: tuple[int, float, list[str]] | None = None   # (listeners, when, addrs)
         kp = create_identity_from_seed(bytes(identity))
+        p2pfix_yamux.install()      # QuickYamux for BufferingNoise connections (issue 16)
+        p2pfix_netstream.install()  # and their streams' state locks
+        p2pfix_tasks.install()      # a new task's parent found without a scan (issue 10)
         hard_cap = config.peers_high * 4 + 64
         self.host = new_host(
             key_pair=kp,
-            sec_opt={NOISE_ID: Noise(kp, noise_privkey=x25519().private_key)},   # bite 1
-            muxer_opt={TProtocol(YAMUX_ID): Yamux},
+            # bite 1; BufferingNoise: node/p2pfix_tcpio.py (buffered TCP reads, issue 16)
+            sec_opt={NOISE_ID: BufferingNoise(kp, noise_privkey=x25519().private_key)},
+            # py-libp2p ignores the class given here for yamux: node/p2pfix_yamux.py
+            muxer_opt={TProtocol(YAMUX_ID): QuickYamux},
             # identify must advertise real interface addresses, never 0.0.0.0 (peers on other
             # machines dial what we advertise); `announce` overrides them
             addrs_factory=self._advertised,
@@ -135,6 +128,8 @@ class Libp2pOverlay:
         )
         disable_auto_connector(self.host.get_network())                           # bite 19
         self.peer_id = self.host.get_id().to_base58()
+        self.peer_records = p2pfix_records.enroll(self.host)   # records verified once (issue 16)
+        p2pfix_multistream.install(self.host)      # protocol proposed with the header (issue 16)
         self._app_scores: dict[str, float] = {}
         # peer score: node/peerscore.py (the parameters and why), node/scored_pubsub.py
         self.score_params = PeerScoreParams()
@@ -162,7 +157,7 @@ class Libp2pOverlay:
         self.gossip = GossipLayer(
             self.pubsub, identity, metrics=metrics, peer_id_of=peer_id_from_pubkey,
             open_stream=self.open_stream, self_peer_id=self.peer_id,
-            is_connected=lambda p: p in self._connected_since,
+            is_connected=lambda p: p in self._connected_since, dialable=lambda p: self.dialer.has_address(p),
             settings=GossipSettings(
                 max_message_size=config.max_message_size, max_rate=config.gossip_max_rate,
                 publish_queue=config.gossip_publish_queue,
@@ -175,6 +170,7 @@ class Libp2pOverlay:
                 max_missing_per_peer=config.gossip_missing_per_peer,
                 max_pulls_per_peer=config.gossip_pulls_per_peer),
             penalize=lambda peer, reason: self.penalize(peer, reason))
+        self.pubsub.set_admission(self.gossip.admit)        # before signature checks
         self.backoff = DialBackoff(failures_before_backoff=config.dial_failures_before_backoff,
                                    backoff=config.dial_backoff, backoff_max=config.dial_backoff_max)
         self._connected_since: dict[str, float] = {}

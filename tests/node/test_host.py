@@ -143,6 +143,28 @@ def test_policy_dials_best_candidates_and_asks_for_more() -> None:
     assert len(acts) == 2 and Trim("a") in acts and Trim("c") not in acts
 
 
+async def test_stopped_host_closes_half_closed_connections() -> None:
+    """py-libp2p's own shutdown can leave a connection marked closed with its socket open
+    (node/host_lifecycle.py: close_connections); leaving open_overlay must still close the
+    socket, so the peer sees the stopped host go at once, not when its pings fail."""
+    from libp2p.peer.id import ID
+    with trio.fail_after(90):
+        async with cluster(1, ping_interval=300.0) as (b,):
+            reg = CollectorRegistry()
+            cfg = OverlayConfig(listen=LOCAL, bootstrap=[b.listen_addrs()[0]], ping_interval=300.0)
+            async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg) as a:
+                await wait_until(lambda: [p.peer_id for p in b.peers() if p.connected] == [a.peer_id],
+                                 timeout=30)
+                (conn,) = a.host.get_network().connections[ID.from_base58(b.peer_id)]
+                with trio.CancelScope() as cs:      # as Swarm.run's unshielded shutdown does
+                    cs.cancel()
+                    await conn.close()
+                # the state py-libp2p 0.8.1 leaves: if this fails, its shutdown changed
+                assert conn.is_closed and not conn.muxed_conn.is_closed
+            await wait_until(lambda: not [p for p in b.peers() if p.connected], timeout=30,
+                             what="the peer to see the stopped host's connection closed")
+
+
 async def test_a_raising_handler_does_not_kill_the_host() -> None:
     async def boom(fs: Any) -> None:
         await fs.recv()

@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 from libp2p.custom_types import TProtocol
-from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE, MAX_WINDOW_SIZE
+from libp2p.stream_muxer.yamux.yamux import MAX_WINDOW_SIZE
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
 
@@ -60,15 +60,17 @@ async def test_a_peer_writing_past_the_receive_window_is_reset_and_charged() -> 
                 assert list(got.values()) == [(2 << 20, "StreamEOF")]
                 assert errors() == 0
 
-                # the attacker ignores the window it was given (py-libp2p's auto-tuning has
-                # grown it to a few MiB while the protocol was negotiated): it gives itself
+                # the attacker ignores the window it was given (py-libp2p's auto-tuning may
+                # have grown it to a few MiB while the protocol was negotiated; with our
+                # go-yamux-style updates, node/p2pfix_yamux.py, it is at most the initial
+                # 256 KiB less the negotiation's bytes): it gives itself
                 # 1 GiB more and writes 2 MiB past the window to a reader that is not reading
                 release = trio.Event()
                 hostile = await evil.raw_stream(SINK)
                 await wait_until(lambda: len(streams) == 2, timeout=30, what="the sink stream")
                 victim_side = streams[1]
                 window = hostile.muxed_stream.send_window
-                assert DEFAULT_WINDOW_SIZE <= window <= MAX_WINDOW_SIZE
+                assert 0 < window <= MAX_WINDOW_SIZE
                 hostile.muxed_stream.send_window += 1 << 30
                 try:
                     with trio.move_on_after(30):

