@@ -122,7 +122,10 @@ class HsClient:
                 if value is None:
                     continue
                 try:
-                    return self.cache.open(value, address, lookup.period, now=self.clock())
+                    desc = self.cache.open(value, address, lookup.period, now=self.clock())
+                    log.debug("descriptor of %s: period %d revision %d, introduction points %s", address.host,
+                              lookup.period, desc.revision, [ip.relay for ip in desc.intro_points])
+                    return desc
                 except DescriptorRejected as e:
                     self.metrics.descriptors_rejected.labels("fetch", e.reason.value).inc()
                     self.rejected[e.reason.value] += 1
@@ -149,6 +152,8 @@ class HsClient:
                 return await self._introduce(desc, rend, box, failed)
             except (OnionError, trio.TooSlowError, FognodeError) as e:
                 last_error = str(e) or type(e).__name__
+                log.debug("%s: rendezvous attempt at %s failed: %s", desc.address.host, rend.path[-1].peer_id,
+                          last_error)
                 self.engine.close(rend.key)
                 failed.append(rend.path[-1].peer_id)   # the next attempt meets elsewhere
                 if isinstance(e, HsConnectError) and e.reply is SocksReply.HS_INTRO_FAILED:
@@ -188,7 +193,10 @@ class HsClient:
             ibox = MessageBox()
             try:
                 with trio.fail_after(self.step_timeout):
-                    intro = await self.engine.build(hops=self.config.hops, last=relay, exclude=[rp], purpose="intro",
+                    # the introduction path avoids the rendezvous point, unless it is that relay (on a
+                    # small network the rendezvous point may have to be an introduction relay)
+                    intro = await self.engine.build(hops=self.config.hops, last=relay,
+                                                    exclude=[rp] if rp != relay.peer_id else [], purpose="intro",
                                                     box=ibox)
                     self.engine.send_meeting(intro, RelayCommand.INTRODUCE1,
                                              introduce1_data(ip.auth_key, ip.enc_key, rp, rp_info.identity,
@@ -197,10 +205,13 @@ class HsClient:
                 self.engine.close(intro.key)
             except (OnionError, trio.TooSlowError) as e:
                 why = f"introduction at {ip.relay}: {e or 'timed out'}"
+                log.debug("%s: %s", desc.address.host, why)
                 continue
             if ack != b"\x00":
                 why = f"introduction point {ip.relay} does not know the service (ack {ack.hex()})"
+                log.debug("%s (revision %d): %s", desc.address.host, desc.revision, why)
                 continue
+            log.debug("%s: introduced at %s, rendezvous at %s", desc.address.host, ip.relay, rp)
             with trio.fail_after(self.step_timeout):
                 reply = await box.get(RelayCommand.RENDEZVOUS2)
             rend.add_virtual_hop(hs.finish(reply), serve=False)

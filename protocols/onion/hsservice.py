@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import trio
 from nacl.public import PrivateKey
@@ -72,6 +72,20 @@ class ServiceState:
     published_at: float = 0.0
     published_points: int = 0
     deployed: bool = False
+    pending: set[str] = field(default_factory=set)    # relays of points being established
+
+    def taken(self) -> set[str]:
+        """Relays holding or about to hold one of this service's introduction points."""
+        return {i.relay for i in self.intros} | self.pending
+
+
+def pick_intro_relay(relays: Sequence[RelayInfo], taken: set[str], self_peer: str,
+                     rng: random.Random) -> RelayInfo | None:
+    """A relay for a new introduction point: any known relay but this node and those in
+    `taken` (the service's points, established or being established, each on its own relay as
+    rend-spec-v3 asks: one relay's death then costs one point); None when none is left."""
+    free = sorted((r for r in relays if r.peer_id not in taken and r.peer_id != self_peer), key=lambda r: r.peer_id)
+    return rng.choice(free) if free else None
 
 
 class ServiceHost:
@@ -91,6 +105,7 @@ class ServiceHost:
         self.state: dict[str, ServiceState] = {}
         self.serving: dict[CircKey, HiddenService] = {}
         self.replay = IntroReplayCache()
+        self.rng = random.SystemRandom()
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         engine.on_open_stream = self._on_open_stream
@@ -133,12 +148,12 @@ class ServiceHost:
     # -- introduction points --------------------------------------------------------------------
 
     async def _establish(self, svc: HiddenService, st: ServiceState) -> None:
+        relay = pick_intro_relay(self.engine.relays(), st.taken(), self.engine.peer_id, self.rng)
+        if relay is None:
+            st.building -= 1
+            return
+        st.pending.add(relay.peer_id)
         try:
-            used = {i.relay for i in st.intros}
-            relays = [r for r in self.engine.relays() if r.peer_id not in used and r.peer_id != self.engine.peer_id]
-            if not relays:
-                return
-            relay = random.choice(relays)
             enc = PrivateKey.generate()
             intro = IntroState(relay.peer_id, SigningKey.generate(), bytes(enc), bytes(enc.public_key))
             waiting = trio.Event()
@@ -158,18 +173,22 @@ class ServiceHost:
                 return
             intro.circuit = circ.key
             st.intros.append(intro)
+            log.debug("service %s: introduction point at %s (auth %s)", svc.name, relay.peer_id,
+                      bytes(intro.auth.verify_key).hex()[:12])
             st.dirty = True
             self._wake.set()
         except (OnionError, trio.TooSlowError, FognodeError) as e:
             log.debug("service %s: introduction point not established: %s", svc.name, e or "timed out")
         finally:
             st.building -= 1
+            st.pending.discard(relay.peer_id)
 
     def _on_closed(self, a: CircuitClosed) -> None:
         self.serving.pop(a.circuit, None)
         for st in self.state.values():
             for i in list(st.intros):
                 if i.circuit == a.circuit:
+                    log.debug("introduction point at %s lost: %s", i.relay, a.reason.value)
                     st.intros.remove(i)
                     st.dirty = True
                     self._wake.set()
@@ -188,6 +207,7 @@ class ServiceHost:
             except (trio.TooSlowError, FognodeError, OSError, ValueError) as e:
                 self.metrics.descriptor_puts.labels("failed").inc()
                 log.debug("service %s: descriptor put %s failed: %r", svc.name, put.key, e)
+        log.debug("service %s: descriptors with %s put (%d of %d)", svc.name, [p.relay for p in points], ok, len(puts))
         if not ok:
             st.published_at = 0.0          # try again at the next check
             return
