@@ -7,7 +7,10 @@ ESTABLISH_INTRO signed by the auth key for that relay's identity. When the set c
 point established, or its circuit closed) and every `descriptor_republish_interval`, the
 service's descriptors (hsdesc.descriptors_to_publish: the current period and, near a
 boundary, the neighbouring one) are put in the DHT under their blinded keys, and
-`HiddenServiceDeployed` is published the first time (and when the points change).
+`HiddenServiceDeployed` is published the first time (and when the points change). A put after
+a change is repeated once `REPUT_AFTER_CHANGE` s later: py-libp2p's put reports no failure at
+the remote nodes, and a node that missed it keeps serving the previous descriptor (its own
+store answers its look-ups first) until the next republish, an hour later by default.
 
 An INTRODUCE2 on an introduction circuit is opened with that point's enc key (intro.py),
 refused when replayed; the service completes the end-to-end ntor handshake, builds a circuit
@@ -50,6 +53,7 @@ from fognode.protocols.onion.services import HiddenService, ServiceTable
 log = logging.getLogger("fognode.onion.service")
 
 CHECK_INTERVAL = 2.0
+REPUT_AFTER_CHANGE = 30.0   # s: descriptors put after a change are put once more this much later
 
 
 @dataclass
@@ -73,6 +77,18 @@ class ServiceState:
     published_points: int = 0
     deployed: bool = False
     pending: set[str] = field(default_factory=set)    # relays of points being established
+    follow_up_at: float | None = None                 # the same points put once more then
+
+    def publish_due(self, now: float, interval: float) -> bool:
+        """Whether to put the descriptors now: the points changed, the follow-up put
+        `REPUT_AFTER_CHANGE` s after a change, or `interval` s since the last put (noted when so)."""
+        follow_up = self.follow_up_at is not None and now >= self.follow_up_at
+        if not (self.dirty or follow_up or now - self.published_at >= interval):
+            return False
+        self.follow_up_at = now + REPUT_AFTER_CHANGE if self.dirty else None
+        self.dirty = False
+        self.published_at = now
+        return True
 
     def taken(self) -> set[str]:
         """Relays holding or about to hold one of this service's introduction points."""
@@ -140,9 +156,7 @@ class ServiceHost:
             for _ in range(self.config.intro_points - len(alive) - st.building):
                 st.building += 1
                 nursery.start_soon(self._establish, svc, st)
-            if alive and (st.dirty or now - st.published_at >= self.config.descriptor_republish_interval):
-                st.dirty = False
-                st.published_at = now
+            if alive and st.publish_due(now, self.config.descriptor_republish_interval):
                 nursery.start_soon(self._publish, svc, st, [i.point() for i in alive])
 
     # -- introduction points --------------------------------------------------------------------

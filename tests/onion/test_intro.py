@@ -10,7 +10,7 @@ from nacl.signing import SigningKey
 
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.peerid import peer_id_from_pubkey
-from fognode.protocols.onion.hsservice import IntroState, ServiceState, pick_intro_relay
+from fognode.protocols.onion.hsservice import REPUT_AFTER_CHANGE, IntroState, ServiceState, pick_intro_relay
 from fognode.protocols.onion.intro import IntroReplayCache, introduce1_data, open_introduce2
 from fognode.protocols.onion.ntor import ClientHandshake, keypair, server_handshake
 from fognode.protocols.onion.pathsel import RelayInfo
@@ -74,3 +74,17 @@ def test_introduction_points_go_to_distinct_relays_even_while_being_established(
         assert last is not None and last.peer_id not in st.taken()
         st.pending.add(last.peer_id)
         assert pick_intro_relay(relays, st.taken(), "p4", rng) is None  # fewer points, never shared
+
+
+def test_descriptors_are_put_on_a_change_once_more_after_it_and_on_the_interval() -> None:
+    # a put after a change is repeated REPUT_AFTER_CHANGE s later: a DHT node that missed it
+    # (py-libp2p reports no remote failure) would otherwise serve the older descriptor for an hour
+    st, T0 = ServiceState(), 1_796_083_200.0
+    assert st.publish_due(T0, 3600.0)                   # never put
+    assert not st.publish_due(T0 + 1, 3600.0)
+    st.dirty = True                                        # an introduction point moved
+    assert st.publish_due(T0 + 2, 3600.0)
+    assert not st.publish_due(T0 + 2 + REPUT_AFTER_CHANGE - 1, 3600.0)
+    assert st.publish_due(T0 + 2 + REPUT_AFTER_CHANGE, 3600.0)      # the follow-up
+    assert not st.publish_due(T0 + 2 + 3 * REPUT_AFTER_CHANGE, 3600.0)   # only once
+    assert st.publish_due(T0 + 2 + REPUT_AFTER_CHANGE + 3600.0, 3600.0)  # the interval
