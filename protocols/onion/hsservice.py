@@ -78,16 +78,21 @@ class ServiceState:
     deployed: bool = False
     pending: set[str] = field(default_factory=set)    # relays of points being established
     follow_up_at: float | None = None                 # the same points put once more then
+    published_periods: set[int] = field(default_factory=set)
 
-    def publish_due(self, now: float, interval: float) -> bool:
-        """Whether to put the descriptors now: the points changed, the follow-up put
-        `REPUT_AFTER_CHANGE` s after a change, or `interval` s since the last put (noted when so)."""
+    def publish_due(self, now: float, interval: float, periods: Sequence[int] = ()) -> bool:
+        """Whether to put the descriptors now (noted when so): the points changed, the
+        follow-up put `REPUT_AFTER_CHANGE` s after a change, `interval` s since the last put, or
+        `periods` (those to publish now) has one not published yet: near a boundary the next
+        period's descriptor goes out at once, not at the next republish (rend-spec-v3)."""
         follow_up = self.follow_up_at is not None and now >= self.follow_up_at
-        if not (self.dirty or follow_up or now - self.published_at >= interval):
+        new_period = not set(periods) <= self.published_periods
+        if not (self.dirty or follow_up or new_period or now - self.published_at >= interval):
             return False
         self.follow_up_at = now + REPUT_AFTER_CHANGE if self.dirty else None
         self.dirty = False
         self.published_at = now
+        self.published_periods = set(periods)
         return True
 
     def taken(self) -> set[str]:
@@ -156,7 +161,8 @@ class ServiceHost:
             for _ in range(self.config.intro_points - len(alive) - st.building):
                 st.building += 1
                 nursery.start_soon(self._establish, svc, st)
-            if alive and st.publish_due(now, self.config.descriptor_republish_interval):
+            periods = self.periods.periods_to_publish(now, self.config.descriptor_window)
+            if alive and st.publish_due(now, self.config.descriptor_republish_interval, periods):
                 nursery.start_soon(self._publish, svc, st, [i.point() for i in alive])
 
     # -- introduction points --------------------------------------------------------------------
@@ -224,6 +230,7 @@ class ServiceHost:
         log.debug("service %s: descriptors with %s put (%d of %d)", svc.name, [p.relay for p in points], ok, len(puts))
         if not ok:
             st.published_at = 0.0          # try again at the next check
+            st.published_periods = set()
             return
         if not st.deployed or st.published_points != len(points):
             st.deployed = True
