@@ -118,8 +118,8 @@ class HsClient:
     async def _rendezvous(self, desc: HsDescriptor) -> ClientCircuit:
         failed: list[str] = []
         last_error = "no attempt"
-        # the rendezvous point is not one of the service's introduction relays when others exist:
-        # an introduction circuit must end at its relay and avoid the rendezvous point
+        # the rendezvous point is not one of the service's introduction relays when others exist
+        # (an introduction circuit then avoids it; on a small network it may have to be one)
         intro_relays = [ip.relay for ip in desc.intro_points]
         for _ in range(ATTEMPTS):
             box = MessageBox()
