@@ -99,9 +99,14 @@ class Dialer:
         await self.dial(peer_id, Libp2pPeerInfo(pid, addrs))
 
     async def disconnect(self, peer_id: str) -> None:
+        """Close every connection to `peer_id`, one by one (bite 20: py-libp2p's
+        `Swarm.close_peer` ends by dropping the peer's whole entry from the swarm's records,
+        so a connection made while the old ones closed was forgotten, never closed, and its
+        socket leaked)."""
         from libp2p.peer.id import ID
         self.protected.discard(peer_id)
-        try:
-            await self.host.disconnect(ID.from_base58(peer_id))
-        except Exception as e:  # already gone
-            log.debug("disconnect %s: %s", peer_id, e)
+        for conn in self.host.get_network().get_connections(ID.from_base58(peer_id)):
+            try:
+                await conn.close()
+            except Exception as e:  # already gone
+                log.debug("disconnect %s: %s", peer_id, e)

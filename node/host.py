@@ -69,6 +69,7 @@ from fognode.node.ping import Pinger, libp2p_ping
 from fognode.node.rcmgr import limits_from
 from fognode.node.resources import ResourceGate
 from fognode.node.streams import Libp2pFramedStream, guard_handler
+from fognode.node.swarm_autoconnect import disable_auto_connector
 from fognode.node.swarm_events import SwarmNotifee
 
 log = logging.getLogger("fognode.host")
@@ -123,11 +124,12 @@ class Libp2pOverlay:
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1,                                       # bite 4
                 dial_timeout=config.dial_timeout,
-                # our connmgr decides: the swarm's auto-connector never dials (low 0) and its
-                # pruner only acts at a hard cap far above peers_high
+                # our connmgr decides: the swarm's pruner only acts at a hard cap far above
+                # peers_high, and its auto-connector is replaced below (bite 19)
                 min_connections=0, low_watermark=0,
                 high_watermark=hard_cap, max_connections=hard_cap),
         )
+        disable_auto_connector(self.host.get_network())                           # bite 19
         self.peer_id = self.host.get_id().to_base58()
         self._app_scores: dict[str, float] = {}
         # peer score: node/peerscore.py (the parameters and why), node/scored_pubsub.py
@@ -170,6 +172,7 @@ class Libp2pOverlay:
         self.backoff = DialBackoff(failures_before_backoff=config.dial_failures_before_backoff,
                                    backoff=config.dial_backoff, backoff_max=config.dial_backoff_max)
         self._connected_since: dict[str, float] = {}
+        self._conns: dict[str, list[Any]] = {}     # each connected peer's live SwarmConns
         self._direction: dict[str, str] = {}
         self._address: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
@@ -277,6 +280,14 @@ class Libp2pOverlay:
 
     def _on_connected(self, conn: Any) -> None:
         pid = str(conn.muxed_conn.peer_id)
+        swarm_conns = self.host.get_network().get_connections(conn.muxed_conn.peer_id)
+        live = [c for c in self._conns.get(pid, []) if c in swarm_conns]
+        if pid in self._connected_since and not live:
+            # py-libp2p removes a closing connection at once but notifies its end only after
+            # its cleanup (0.1 s or more): a new connection arriving in between means the
+            # peer went away and came back, and both events are owed, in that order
+            self._peer_gone(pid)
+        self._conns[pid] = live + [conn]
         if pid in self._connected_since:
             return
         self._connected_since[pid] = trio.current_time()
@@ -295,10 +306,17 @@ class Libp2pOverlay:
             self._nursery.start_soon(self._add_to_routing_table, conn.muxed_conn.peer_id)
 
     def _on_disconnected(self, conn: Any) -> None:
-        peer = conn.muxed_conn.peer_id
-        pid = str(peer)
-        if self.host.get_network().get_connections(peer):
+        pid = str(conn.muxed_conn.peer_id)
+        conns = self._conns.get(pid)
+        if conns is None or conn not in conns:
+            return       # accounted for already, when a newer connection arrived first
+        conns.remove(conn)
+        if conns:
             return       # another connection to the peer is still up
+        self._peer_gone(pid)
+
+    def _peer_gone(self, pid: str) -> None:
+        self._conns.pop(pid, None)
         if self._connected_since.pop(pid, None) is None:
             return
         self._direction.pop(pid, None)
