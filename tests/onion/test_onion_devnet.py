@@ -289,24 +289,33 @@ def test_service_stays_reachable_across_a_period_boundary(node_factory: Any, web
                       "--set", f"protocols.onion.period_length={PERIOD}", "--set", "protocols.onion.period_offset=0",
                       "--set", f"protocols.onion.descriptor_window={WINDOW}",
                       "--set", "protocols.onion.hops=2", "--set", "protocols.onion.intro_points=2"]
+    t0 = time.monotonic()
+    marks: list[tuple[str, float]] = []
     net.start_all(timeout=120)
+    marks.append(("started", time.monotonic() - t0))
     service = net.nodes[3]
     periods = OnionConfig(period_length=PERIOD, period_offset=0, descriptor_window=WINDOW).periods()
     wait_until(lambda: all(n.rpc("onion.stats")["relays_known"] >= 3 for n in net.nodes) or None, timeout=240,
                what="relays in every directory", interval=1)
+    marks.append(("relays", time.monotonic() - t0))
     svc = service.rpc("onion.add_service", {"name": "web", "port": 80, "target": f"127.0.0.1:{http_port}"})
     wait_until(lambda: service.rpc("onion.services")[0]["published"] or None, timeout=120,
                what="the descriptor published")
     url = f"http://{svc['address']}/index.html"
+    marks.append(("published", time.monotonic() - t0))
 
     def fetch(i: int) -> bytes | None:
         r = curl(socks[i], url, timeout=60)
         return r.stdout if r.returncode == 0 else None
     assert wait_until(lambda: fetch(0), timeout=120, what="the page from node 0", interval=2) == page
+    marks.append(("fetched before", time.monotonic() - t0))
     before = periods.number(time.time())
     wait_until(lambda: (periods.number(time.time()) > before
                         and time.time() - periods.start(periods.number(time.time())) >= WINDOW) or None,
                timeout=PERIOD + WINDOW + 10, what="the next period", interval=0.5)
+    marks.append(("next period", time.monotonic() - t0))
     assert wait_until(lambda: fetch(1), timeout=120, what="the page from node 1 in the next period",
                       interval=2) == page
     assert periods.number(time.time()) > before
+    marks.append(("fetched after", time.monotonic() - t0))
+    print("period test phases (s since start):", ", ".join(f"{k} {v:.0f}" for k, v in marks))
