@@ -40,8 +40,8 @@ LEVEL, K, NSHARDS = 1, 2, 3
 
 @pytest.mark.xfail(strict=False, reason=(
     "open finding of issue 14 item 5, no longer in the onion layer: after session 21's hidden-service "
-    "fixes the access after the host's death succeeded in every run that reached it (8 of 8 at load 20-30, "
-    "access 5.9-21.3 s); of the last 9 runs 5 passed, 1 timed out in setup at load 42 (480 s, before the "
+    "fixes the access after the host's death succeeded in every run that reached it (9 of 9 at load 18-30, "
+    "access 5.9-21.3 s); of the last 10 runs 6 passed, 1 timed out in setup at load 42 (480 s, before the "
     "onion links' spare-stream fix), 2 failed at the deploy because the ledger did not certify an escrow "
     "or debit-note order in time at load 34-37 ('not certified in time'), and 1 at the deploy on an escrow "
     "conflict (fixed since). Until the deploy's ledger orders are reliable under load, a failure is an xfail."))
