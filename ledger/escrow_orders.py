@@ -32,9 +32,9 @@ from typing import Any, Callable, ClassVar, Union
 
 from nacl.signing import SigningKey
 
-from fognode.ledger.order_base import VERSION, WIRE_INT, OrderBase, OrderKind
+from fognode.ledger.order_base import VERSION, OrderBase, OrderKind, owned_id, wire_int
 from fognode.node.errors import RemoteProtocolError
-from fognode.node.wire import Fields, digest, pack, verify, verify_bytes
+from fognode.node.wire import Fields, pack, verify, verify_bytes
 
 MAX_WITNESSES = 16
 _ESCROW_TAG = b"fognode-escrow/1"
@@ -44,8 +44,7 @@ def escrow_id(chain: str, customer: bytes, agreement: bytes) -> bytes:
     """The id of the escrow `customer` opens for `agreement` (the market agreement's hash) on
     `chain`: BLAKE2b-256(tag || len(chain) || chain || customer || agreement). Nobody else can
     open (or pre-empt) the escrow of a customer's agreement."""
-    c = chain.encode()
-    return digest(_ESCROW_TAG + bytes([len(c)]) + c + customer + agreement)
+    return owned_id(_ESCROW_TAG, chain, customer, agreement)
 
 
 @dataclass(frozen=True)
@@ -213,21 +212,17 @@ ESCROW_KINDS = frozenset(c.kind for c in ESCROW_ORDERS)
 
 # -- decoders (structure only; escrow.py gives the reasoned rejections) ----------------------------
 
-def _int(f: Fields, key: str) -> int:
-    return f.int(key, lo=-WIRE_INT, hi=WIRE_INT)
-
-
 def decode_debit_note(raw: Any, *, peer: str | None = None) -> DebitNote:
     f = Fields(raw, "ledger.DebitNote", versions={VERSION}, peer=peer)
-    n = DebitNote(f.bytes("escrow", size=32), _int(f, "due"), f.bytes("sig", size=64))
+    n = DebitNote(f.bytes("escrow", size=32), wire_int(f, "due"), f.bytes("sig", size=64))
     f.done()
     return n
 
 
 def decode_breach_report(raw: Any, *, peer: str | None = None) -> BreachReport:
     f = Fields(raw, "ledger.BreachReport", versions={VERSION}, peer=peer)
-    escrow, window, probes, failures = f.bytes("escrow", size=32), _int(f, "window"), _int(f, "probes"), \
-        _int(f, "failures")
+    escrow, window, probes, failures = f.bytes("escrow", size=32), wire_int(f, "window"), wire_int(f, "probes"), \
+        wire_int(f, "failures")
     sigs = []
     for i, item in enumerate(f.list("sigs", max_len=MAX_WITNESSES)):
         if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], bytes)
@@ -244,17 +239,17 @@ def decode_escrow_open(f: Fields, common: dict[str, Any], peer: str | None) -> E
     if not all(isinstance(w, bytes) and len(w) <= 64 for w in witnesses):
         raise RemoteProtocolError("ledger.Order: witnesses must be keys (bytes)", peer=peer)
     return EscrowOpenOrder(**common, agreement=f.bytes("agreement", max_len=64), payee=f.bytes("payee", max_len=64),
-                           amount=_int(f, "amount"), deadline=_int(f, "deadline"), grace=_int(f, "grace"),
-                           uptime_ppm=_int(f, "uptime_ppm"), penalty=_int(f, "penalty"),
-                           witnesses=tuple(witnesses), threshold=_int(f, "threshold"))
+                           amount=wire_int(f, "amount"), deadline=wire_int(f, "deadline"), grace=wire_int(f, "grace"),
+                           uptime_ppm=wire_int(f, "uptime_ppm"), penalty=wire_int(f, "penalty"),
+                           witnesses=tuple(witnesses), threshold=wire_int(f, "threshold"))
 
 
 def _spend_fields(f: Fields) -> dict[str, Any]:
-    return {"escrow": f.bytes("escrow", size=32), "escrow_sequence": _int(f, "escrow_sequence")}
+    return {"escrow": f.bytes("escrow", size=32), "escrow_sequence": wire_int(f, "escrow_sequence")}
 
 
 def decode_escrow_collateral(f: Fields, common: dict[str, Any], peer: str | None) -> EscrowCollateralOrder:
-    return EscrowCollateralOrder(**common, **_spend_fields(f), amount=_int(f, "amount"))
+    return EscrowCollateralOrder(**common, **_spend_fields(f), amount=wire_int(f, "amount"))
 
 
 def decode_escrow_payout(f: Fields, common: dict[str, Any], peer: str | None) -> EscrowPayoutOrder:

@@ -27,9 +27,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Union
 
-from fognode.ledger.order_base import WIRE_INT, OrderBase, OrderKind
+from fognode.ledger.order_base import OrderBase, OrderKind, owned_id, wire_int
 from fognode.ledger.receipts import MAX_KIND, Receipt, decode_receipt
-from fognode.node.wire import Fields, digest
+from fognode.node.wire import Fields
 
 POOL_DIGEST_LEN = 64           # bytes of a payouts digest (a sum of BLAKE2b-512 leaves mod 2^512)
 POOL_MOD = 1 << 512
@@ -40,8 +40,7 @@ _PAYOUT_TAG = b"fognode-pool-payout/1"
 def pool_id(chain: str, funder: bytes, session: bytes) -> bytes:
     """The id of the pool `funder` opens for `session` on `chain`: BLAKE2b-256(tag ||
     len(chain) || chain || funder || session). Nobody else can open (or pre-empt) it."""
-    c = chain.encode()
-    return digest(_POOL_TAG + bytes([len(c)]) + c + funder + session)
+    return owned_id(_POOL_TAG, chain, funder, session)
 
 
 def payout_leaf(tx_id: bytes) -> int:
@@ -113,23 +112,19 @@ POOL_ORDERS = (PoolOpenOrder, PoolPayOrder, PoolCloseOrder)
 
 # -- decoders (structure only; rewardpool.py gives the reasoned rejections) ------------------------
 
-def _int(f: Fields, key: str) -> int:
-    return f.int(key, lo=-WIRE_INT, hi=WIRE_INT)
-
-
 def decode_pool_open(f: Fields, common: dict[str, Any], peer: str | None) -> PoolOpenOrder:
     return PoolOpenOrder(**common, session=f.bytes("session", max_len=64), receipt_kind=f.str("rkind", max_len=64),
-                         amount=_int(f, "amount"), deadline=_int(f, "deadline"), grace=_int(f, "grace"))
+                         amount=wire_int(f, "amount"), deadline=wire_int(f, "deadline"), grace=wire_int(f, "grace"))
 
 
 def decode_pool_pay(f: Fields, common: dict[str, Any], peer: str | None) -> PoolPayOrder:
-    return PoolPayOrder(**common, pool=f.bytes("pool", size=32), amount=_int(f, "amount"),
+    return PoolPayOrder(**common, pool=f.bytes("pool", size=32), amount=wire_int(f, "amount"),
                         receipt=decode_receipt(f.map("receipt", max_len=16), peer=peer))
 
 
 def decode_pool_close(f: Fields, common: dict[str, Any], peer: str | None) -> PoolCloseOrder:
-    return PoolCloseOrder(**common, pool=f.bytes("pool", size=32), payouts=_int(f, "payouts"),
-                          paid=_int(f, "paid"), payouts_digest=f.bytes("digest", size=POOL_DIGEST_LEN))
+    return PoolCloseOrder(**common, pool=f.bytes("pool", size=32), payouts=wire_int(f, "payouts"),
+                          paid=wire_int(f, "paid"), payouts_digest=f.bytes("digest", size=POOL_DIGEST_LEN))
 
 
 POOL_DECODERS: dict[OrderKind, Callable[[Fields, dict[str, Any], str | None], PoolOrder]] = {

@@ -81,6 +81,15 @@ class Dialer:
         await self.dial(pid, info)
         return pid
 
+    def has_address(self, peer_id: str) -> bool:
+        """Whether the peerstore knows an address of `peer_id` (a gossip pull may dial it
+        without a DHT lookup)."""
+        from libp2p.peer.id import ID
+        try:
+            return bool(self.host.get_peerstore().addrs(ID.from_base58(peer_id)))
+        except Exception:  # unknown peer (PeerStoreError) or not a peer id
+            return False
+
     async def dial_known(self, peer_id: str) -> None:
         from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
@@ -99,9 +108,14 @@ class Dialer:
         await self.dial(peer_id, Libp2pPeerInfo(pid, addrs))
 
     async def disconnect(self, peer_id: str) -> None:
+        """Close every connection to `peer_id`, one by one (bite 20: py-libp2p's
+        `Swarm.close_peer` ends by dropping the peer's whole entry from the swarm's records,
+        so a connection made while the old ones closed was forgotten, never closed, and its
+        socket leaked)."""
         from libp2p.peer.id import ID
         self.protected.discard(peer_id)
-        try:
-            await self.host.disconnect(ID.from_base58(peer_id))
-        except Exception as e:  # already gone
-            log.debug("disconnect %s: %s", peer_id, e)
+        for conn in self.host.get_network().get_connections(ID.from_base58(peer_id)):
+            try:
+                await conn.close()
+            except Exception as e:  # already gone
+                log.debug("disconnect %s: %s", peer_id, e)

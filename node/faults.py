@@ -8,6 +8,9 @@ real bugs in it) at the cost of one stream per line. Here:
 
 - `LogRateLimiter` (sans-IO, time passed in) admits one line per key (peer, protocol) per
   `interval` seconds and counts what it held back; the next admitted line says how many.
+  `RemoteFaults` also logs at most `per_protocol` lines per protocol per interval, whatever
+  the peers: a gossip flood signed by 2,000 throw-away keys wrote one WARNING per message
+  (each a new peer id), thousands of lines in seconds, on the event loop.
 - `RemoteFaults` is the one place a remote fault is reported: it logs through the limiter at
   WARNING, increments `fognode_node_remote_protocol_errors_total{protocol}` and calls the
   penalty callback (node/host.py: the decaying penalty that lowers the peer's GossipSub
@@ -31,6 +34,7 @@ from fognode.node.metrics import metric
 
 DEFAULT_INTERVAL = 60.0    # seconds between two lines about the same peer and protocol
 DEFAULT_MAX_KEYS = 4096    # (peer, protocol) pairs remembered; the oldest are forgotten
+DEFAULT_PER_PROTOCOL = 10  # lines per protocol per interval, all peers together
 
 # What py-libp2p 0.8.1's own handlers (pubsub, Kademlia, identify) raise when the bytes a peer
 # sent do not parse: the peer's fault. Everything else out of those handlers is our bug.
@@ -126,11 +130,14 @@ class RemoteFaults:
 
     def __init__(self, registry: CollectorRegistry, penalize: Penalize, *,
                  log: logging.Logger, interval: float = DEFAULT_INTERVAL,
+                 per_protocol: int = DEFAULT_PER_PROTOCOL,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.log = log
         self.penalize = penalize
         self.clock = clock
         self.limiter = LogRateLimiter(interval=interval)
+        self.per_protocol = per_protocol
+        self._window: dict[str, tuple[float, int, int]] = {}   # protocol -> start, logged, held
         self.counter = metric(registry, Counter, "fognode_node_remote_protocol_errors_total",
                               "Protocol violations by peers (each one lowers the peer's score), "
                               "per protocol or topic", ["protocol"])
@@ -142,10 +149,20 @@ class RemoteFaults:
         self.counter.labels(protocol or "unknown").inc()
         if peer:
             self.penalize(peer)
-        held = self.limiter.admit((peer, protocol), self.clock())
+        now = self.clock()
+        held = self.limiter.admit((peer, protocol), now)
         if held is None:
             return
+        start, logged, others = self._window.get(protocol, (now, 0, 0))
+        if now - start >= self.limiter.interval:
+            start, logged, others = now, 0, others
+        if logged >= self.per_protocol:
+            self._window[protocol] = (start, logged, others + 1)
+            return
+        self._window[protocol] = (start, logged + 1, 0)
         more = (f" ({held} more from this peer on {protocol or 'this protocol'} in the last "
                 f"{self.limiter.interval:.0f} s not logged)") if held else ""
+        if others:
+            more += f" ({others} lines about other peers on this protocol not logged)"
         self.log.warning("peer %s broke %s: %s; penalised%s", peer or "(unknown)",
                          protocol or "a protocol", message, more)

@@ -10,10 +10,15 @@ through this layer:
   on a bounded channel (a full channel makes `publish()` wait: backpressure). One task sends,
   at most `max_rate` messages/s, and waits while any peer's libp2p outbound queue is over half
   full.
-- Receiver: a topic validator checks the envelope (decodable, signed by the libp2p origin,
-  right topic) so bad messages are not relayed, and caches it for pulls by others. One reader
-  task per subscription feeds the sequence tracker; one handler task per subscription calls
-  the role's handler (a handler that raises is logged and the next message is delivered).
+- Receiver: `admit` (called by ScoredPubsub as soon as an RPC is parsed) ignores a message
+  whose relayer is over its share (gossip_inbox.py). A topic validator checks the envelope
+  (decodable, from the libp2p message's signer, right topic; its own signature only when
+  py-libp2p did not check the message's) so bad messages are not relayed, caches it for
+  pulls by others and queues it in the topic's inbox, fairly per relaying peer: py-libp2p's
+  own 32-slot subscription channel, which a flood from one peer filled for everyone, is only
+  drained. One reader task per topic feeds the sequence tracker
+  round robin from the inbox; one handler task per topic calls the role's handler (a handler
+  that raises is logged and the next message is delivered).
 - Gaps (gossip_tracker.py, sans-IO): one tracker for all topics notices missing seqs, charges
   the state to the relaying peer within per-peer and total caps, and schedules pulls on a
   heap. One puller task starts the due pulls over `/fognode/gossip/pull/1.0.0` (our relay
@@ -28,8 +33,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import base58
@@ -40,10 +43,14 @@ from prometheus_client import CollectorRegistry, Counter
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
 from fognode.node.gossip_envelope import (KIND_HEAD, KIND_MESSAGE, Envelope, MessageStore,
                                           open_envelope, seal)
+from fognode.node.gossip_inbox import FairInbox
+from fognode.node.gossip_pull import serve_pull
 from fognode.node.gossip_report import Penalize, TrackerReport
-from fognode.node.gossip_tracker import (MAX_PULL_SEQS, PullRequest, SequenceTracker,
-                                         TrackerLimits)
-from fognode.node.overlay import GossipHandler, GossipMessage
+from fognode.node.gossip_settings import GossipSettings
+from fognode.node.gossip_tracker import (MAX_PULL_SEQS, PullRequest, Refusal, Refused,
+                                         SequenceTracker)
+from fognode.node.overlay import GossipCheck, GossipHandler, GossipMessage
+from fognode.node.peerid import pubkey_from_raw_peer_id
 from fognode.node.wire import Fields
 
 if TYPE_CHECKING:
@@ -61,43 +68,16 @@ __all__ = ["PULL_PROTOCOL", "GossipLayer", "GossipSettings", "Envelope", "Messag
            "SequenceTracker", "KIND_HEAD", "KIND_MESSAGE", "seal", "open_envelope"]
 
 
-@dataclass(frozen=True)
-class GossipSettings:
-    max_message_size: int = 1048576
-    max_rate: float = 500.0          # messages/s this node sends at most
-    publish_queue: int = 256         # publish() waits when this many are queued
-    handler_queue: int = 256         # messages waiting for a role's handler per topic
-    ring_size: int = 1024            # own recent messages per topic kept for pulls
-    relay_cache: int = 4096          # others' recent messages kept for pulls
-    pull_delay: float = 0.3          # seconds a gap may heal by itself before we pull
-    pull_timeout: float = 5.0        # per source
-    pull_attempts: int = 5           # failed pulls in a row before an origin is dropped
-    backfill: int = 64               # seqs before the first one seen from an origin we pull
-    head_interval: float = 1.0       # announce our latest seq this long after publishing
-    window: int = 256                # seqs an origin may have open; a longer jump resyncs
-    max_origins: int = 8192          # (topic, origin) pairs tracked, in total / per relayer
-    max_origins_per_peer: int = 1024
-    max_missing: int = 16384         # missing seqs tracked, in total / charged to one relayer
-    max_missing_per_peer: int = 2048
-    max_pulls: int = 64              # pulls in flight, in total / charged to one relayer
-    max_pulls_per_peer: int = 16
-    drop_backoff: float = 30.0       # a dropped origin is not pulled for this long (doubles)
-    warn_interval: float = 10.0      # at most one refusal and one loss warning per interval
-
-    def limits(self) -> TrackerLimits:
-        return TrackerLimits(
-            window=self.window, backfill=self.backfill, max_origins=self.max_origins,
-            max_origins_per_peer=self.max_origins_per_peer, max_missing=self.max_missing,
-            max_missing_per_peer=self.max_missing_per_peer, max_pulls=self.max_pulls,
-            max_pulls_per_peer=self.max_pulls_per_peer, pull_delay=self.pull_delay,
-            max_attempts=self.pull_attempts, drop_backoff=self.drop_backoff)
-
-
 class _TopicState:
-    def __init__(self, topic: str, handler: GossipHandler, queue: int) -> None:
+    def __init__(self, topic: str, handler: GossipHandler, queue: int, queue_bytes: int) -> None:
         self.topic = topic
         self.handler = handler
-        self.send, self.recv = trio.open_memory_channel[GossipMessage](queue)
+        self.check: GossipCheck | None = None     # the role's content check (subscribe)
+        self.inbox: FairInbox[Envelope] = FairInbox(queue, queue_bytes)   # gossip_inbox.py
+        self.arrived = trio.Event()
+        # the handler task takes each message as the tracker passes it on: the queueing (fair
+        # per relaying peer) happens in the inbox, not in a FIFO behind it
+        self.send, self.recv = trio.open_memory_channel[GossipMessage](0)
 
 
 PeerIdOf = Callable[[bytes], str]
@@ -110,6 +90,7 @@ class GossipLayer:
     def __init__(self, pubsub: "Pubsub", key: SigningKey, *, settings: GossipSettings,
                  metrics: CollectorRegistry, peer_id_of: PeerIdOf, open_stream: OpenStream,
                  self_peer_id: str, is_connected: Callable[[str], bool] = lambda p: True,
+                 dialable: Callable[[str], bool] = lambda p: True,
                  inbound_filter: Callable[[GossipMessage, int], bool] | None = None,
                  penalize: Penalize = lambda peer, reason: None) -> None:
         self.pubsub = pubsub
@@ -120,6 +101,7 @@ class GossipLayer:
         self.open_stream = open_stream
         self.self_peer_id = self_peer_id
         self.is_connected = is_connected
+        self.dialable = dialable      # an address is known: no DHT lookup needed to dial it
         # Fault injection for tests and chaos runs: return False to lose a gossip message on
         # arrival, before the reliable layer or the relay cache sees it (libp2p still relays
         # it); it must then be pulled from another peer.
@@ -135,8 +117,6 @@ class GossipLayer:
         self._head_sent: dict[str, int] = {}
         self._last_publish: dict[str, float] = {}
         self._topics: dict[str, _TopicState] = {}
-        self._validated: OrderedDict[bytes, tuple[Envelope, str, bool]] = OrderedDict()
-        self._validated_bytes = 0     # bounded like the relay cache: by count and by bytes
         self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, bytes, bool]](
             settings.publish_queue)
         self._nursery: trio.Nursery | None = None
@@ -257,69 +237,114 @@ class GossipLayer:
             if fwd == self.self_peer_id:
                 return True          # our own publish
             try:
-                env = open_envelope(msg.data, max_size=self.s.max_message_size, peer=fwd)
+                env = open_envelope(msg.data, max_size=self.s.max_message_size, peer=fwd,
+                                    signed_by_origin=self.pubsub.strict_signing)
             except RemoteProtocolError as e:
                 log.info("gossip: rejected a message on %s: %s", topic, e)
                 self.m_drops.labels(topic, "invalid").inc()
                 return False
             from_id = bytes(msg.from_id)
+            # (with strict signing this check is what binds the envelope to the key that
+            # py-libp2p verified the message with: see open_envelope's signed_by_origin)
             if env.topic != topic or self.peer_id_of(env.origin) != _b58(from_id):
                 log.info("gossip: rejected a message on %s relayed by %s: envelope topic or "
                          "signer does not match the libp2p message", topic, fwd)
                 self.m_drops.labels(topic, "invalid").inc()
                 return False
-            dropped = False
+            st = self._topics.get(topic)
+            if not self._content_ok(st, env, fwd):
+                self.m_drops.labels(topic, "refused").inc()
+                return False
             if self.inbound_filter is not None and env.kind == KIND_MESSAGE:
                 gm = GossipMessage(topic=topic, origin=self.peer_id_of(env.origin),
                                    data=env.data, received_from=fwd)
-                dropped = not self.inbound_filter(gm, env.seq)
-            if not dropped:
-                self.store.add_relayed(env, fwd)
-            self._validated[bytes(msg.from_id) + bytes(msg.seqno)] = (env, fwd, dropped)
-            self._validated_bytes += len(env.raw)
-            while len(self._validated) > 4096 or self._validated_bytes > self.store.quota[1]:
-                self._validated_bytes -= len(self._validated.popitem(last=False)[1][0].raw)
+                if not self.inbound_filter(gm, env.seq):
+                    self.m_drops.labels(topic, "injected").inc()
+                    return True
+            self.store.add_relayed(env, fwd)
+            if st is not None and env.origin != self.pubkey:
+                self._enqueue(st, env, fwd)
             return True
         return validate
 
-    async def subscribe(self, topic: str, handler: GossipHandler) -> None:
+    def _enqueue(self, st: _TopicState, env: Envelope, relayer: str) -> None:
+        """Queue an arrived message in its topic's inbox, fairly per relaying peer; what the
+        inbox drops (the longest queue's oldest) is counted and charged to its relayer as a
+        refusal (no penalty: a fast honest relayer may meet a slow handler)."""
+        for peer, _ in st.inbox.put(relayer, env, len(env.raw)):
+            self.m_drops.labels(st.topic, "inbox_full").inc()
+            self.report.take([Refused(st.topic, str(peer), Refusal.INBOX_FULL)],
+                             trio.current_time())
+        st.arrived.set()
+
+    def admit(self, forwarder: str, topic: str, from_id: bytes) -> bool:
+        """As soon as py-libp2p has parsed a message's RPC (ScoredPubsub calls this): False to
+        ignore it (not verified, not relayed, not marked seen) because its relayer is over its
+        share: its inbox queue is the longest of a full inbox, or it may sponsor no more
+        origins and this one is new (gossip_inbox.py). Each refusal is counted and charged."""
+        st = self._topics.get(topic)
+        origin = pubkey_from_raw_peer_id(from_id)
+        if st is None or origin is None or forwarder == self.self_peer_id:
+            return True      # not ours, or not an Ed25519 origin: the validator refuses it
+        now = trio.current_time()
+        if not st.inbox.admits(forwarder):
+            self.m_drops.labels(topic, "inbox_full").inc()
+            self.report.take([Refused(topic, forwarder, Refusal.INBOX_FULL)], now)
+            return False
+        if not self.tracker.admits(topic, origin, forwarder, now):
+            self.m_drops.labels(topic, "origins_per_peer").inc()
+            self.report.take(self.tracker.take_events(), now)
+            return False
+        return True
+
+    async def subscribe(self, topic: str, handler: GossipHandler, *,
+                        check: GossipCheck | None = None) -> None:
         """Subscribe `handler` to `topic`; returns once subscribed; the handler runs in its own task.
 
         One handler per topic per node: subscribing again replaces the handler (a role restarted
         by the supervisor is a new instance and subscribes anew; the subscription, its sequence
-        tracking and queued messages carry over)."""
+        tracking and queued messages carry over). `check` (node/overlay.py GossipCheck) runs on
+        each message before it is relayed or handled, pulled ones included."""
         await self._started.wait()
         assert self._nursery is not None
         if topic in self._topics:
             self._topics[topic].handler = handler
+            self._topics[topic].check = check
             return
-        st = _TopicState(topic, handler, self.s.handler_queue)
+        st = _TopicState(topic, handler, self.s.handler_queue, self.store.quota[1])
+        st.check = check
         self._topics[topic] = st
         self.pubsub.set_topic_validator(topic, self._validator(topic), False)
         sub = await self.pubsub.subscribe(topic)
-        self._nursery.start_soon(self._reader, st, sub)
+        self._nursery.start_soon(self._drain, sub)
+        self._nursery.start_soon(self._reader, st)
         self._nursery.start_soon(self._handler_loop, st)
 
-    async def _reader(self, st: _TopicState, sub: Any) -> None:
+    def _content_ok(self, st: _TopicState | None, env: Envelope, relayer: str) -> bool:
+        """The role's check of a message's content (subscribe's `check`), before it is relayed,
+        cached for pulls or delivered; heads carry no content."""
+        if st is None or st.check is None or env.kind != KIND_MESSAGE:
+            return True
+        return st.check(GossipMessage(topic=st.topic, origin=self.peer_id_of(env.origin),
+                                      data=env.data, received_from=relayer))
+
+    @staticmethod
+    async def _drain(sub: Any) -> None:
+        """Empty py-libp2p's 32-slot subscription channel: every message we deliver was
+        already taken by the validator (its copies here are duplicates or our own)."""
         while True:
-            msg = await sub.get()
-            key = bytes(msg.from_id) + bytes(msg.seqno)
-            hit = self._validated.pop(key, None)
-            self._validated_bytes -= 0 if hit is None else len(hit[0].raw)
-            if hit is None:
-                if _b58(bytes(msg.from_id)) == self.self_peer_id:
-                    continue            # our own publication comes back: not delivered
-                try:
-                    env = open_envelope(msg.data, max_size=self.s.max_message_size)
-                except RemoteProtocolError:
-                    continue            # the validator already rejected and counted it
-                fwd = ""
-            else:
-                env, fwd, dropped = hit
-                if dropped:
-                    self.m_drops.labels(st.topic, "injected").inc()
-                    continue
-            await self._incoming(st, env, fwd, pulled=False)
+            await sub.get()
+
+    async def _reader(self, st: _TopicState) -> None:
+        """Feed the tracker from the inbox, round robin over the relaying peers."""
+        while True:
+            got = st.inbox.pop()
+            if got is None:
+                st.arrived = trio.Event()
+                await st.arrived.wait()
+                continue
+            relayer, env = got
+            await self._incoming(st, env, str(relayer), pulled=False)
 
     async def _incoming(self, st: _TopicState, env: Envelope, relayer: str, *,
                         pulled: bool) -> None:
@@ -374,14 +399,15 @@ class GossipLayer:
                 self.report.flush(now)
 
     def _sources(self, req: PullRequest) -> list[str]:
-        """Where to pull from: the origin and the recent relayers, connected ones first (the
-        tracker bounds how often one origin is tried, so a flood of throw-away origins costs
-        a bounded number of dials)."""
+        """Where to pull from: the origin and the recent relayers, connected ones first, then
+        those with a known address; never one that needs a DHT lookup to dial (a gap bomb's
+        throw-away origins have no address: a lookup each cost us and our peers 15 % of the
+        victim's CPU, charged to nobody)."""
         origin_pid = self.peer_id_of(req.origin)
-        candidates = [origin_pid] + [p for p in req.sources if p != origin_pid]
-        up = self.is_connected
-        out = [p for p in candidates if up(p)] + [p for p in candidates if not up(p)]
-        return [p for p in out if p != self.self_peer_id]
+        candidates = [p for p in [origin_pid] + [p for p in req.sources if p != origin_pid]
+                      if p != self.self_peer_id]
+        up = [p for p in candidates if self.is_connected(p)]
+        return up + [p for p in candidates if p not in up and self.dialable(p)]
 
     async def _pull(self, st: _TopicState, req: PullRequest) -> None:
         """Fetch `req.seqs`: our relay cache first, then each source in turn. Always settles
@@ -441,36 +467,17 @@ class GossipLayer:
                 or env.topic != st.topic or env.seq not in want):
             raise RemoteProtocolError("gossip pull reply: a message that was not asked for",
                                       peer=peer)
+        if not self._content_ok(st, env, peer):
+            raise RemoteProtocolError(f"gossip pull reply: a message on {st.topic} its content "
+                                      "check refused", peer=peer)
         want.discard(env.seq)
         self.store.add_relayed(env, peer)   # so we can serve it to others in turn
         await self._incoming(st, env, peer, pulled=True)
 
     async def serve_pull(self, fs: "Libp2pFramedStream") -> None:
-        """Stream handler of PULL_PROTOCOL: answers with every asked-for message we hold, one
-        per frame, then `{"end": true, "g": [...]}` listing the seqs we published and forgot."""
-        f = Fields(await fs.recv(max_size=64 * 1024), "gossip pull request", versions={1},
-                   peer=fs.remote_peer)
-        topic = f.str("t", max_len=256)
-        origin = f.bytes("o", size=32)
-        epoch = f.int("e", lo=0, hi=2**63 - 1)
-        seqs = f.list("s", max_len=MAX_PULL_SEQS)
-        f.done()
-        gone = []
-        for s in seqs:
-            if not isinstance(s, int) or isinstance(s, bool) or s < 1:
-                raise RemoteProtocolError("gossip pull request: seqs must be positive integers",
-                                          peer=fs.remote_peer)
-            raw = None
-            if origin == self.pubkey and epoch == self.epoch:
-                raw = self.store.get_own(topic, s)
-                if raw is None and self.store.own_gone(topic, s):
-                    gone.append(s)
-            else:
-                raw = self.store.get_relayed(topic, origin, epoch, s)
-            if raw is not None:
-                await fs.send({"v": 1, "m": raw})
-                self.m_served.labels(topic).inc()
-        await fs.send({"v": 1, "end": True, "g": gone})
+        """Stream handler of PULL_PROTOCOL (node/gossip_pull.py)."""
+        await serve_pull(fs, self.store, own_key=self.pubkey, epoch=self.epoch,
+                         served=lambda topic: self.m_served.labels(topic).inc())
 
 
 def _b58(peer_id_bytes: bytes) -> str:

@@ -46,8 +46,18 @@ def seal(key: SigningKey, kind: str, epoch: int, topic: str, seq: int, data: byt
     return Envelope(kind, bytes(key.verify_key), epoch, topic, seq, data, raw)
 
 
-def open_envelope(raw: bytes, *, max_size: int, peer: str | None = None) -> Envelope:
-    """Decode and verify one envelope. Raises RemoteProtocolError naming what was wrong."""
+def open_envelope(raw: bytes, *, max_size: int, peer: str | None = None,
+                  signed_by_origin: bool = False) -> Envelope:
+    """Decode and verify one envelope. Raises RemoteProtocolError naming what was wrong.
+
+    `signed_by_origin=True` skips the Ed25519 check of the envelope's own signature: only for
+    `raw` that arrived as the data of a libp2p pubsub message whose signature py-libp2p
+    checked (strict signing) with the key of its `from` peer id, when the caller then checks
+    that the envelope's origin is that same key. The origin's signature then already covers
+    these bytes, and one Ed25519 verification per gossip message is saved (half the signature
+    work of a gossip-flood victim). Such an envelope must be verified before it is served to
+    a peer that pulls it (node/gossip_pull.py), whose check of the inner signature would
+    otherwise charge us for an origin's bad envelope."""
     outer = Fields(unpack(raw, max_size=max_size, what="gossip envelope"), "gossip envelope",
                    peer=peer)
     sig = outer.bytes("sig", size=64)
@@ -63,7 +73,7 @@ def open_envelope(raw: bytes, *, max_size: int, peer: str | None = None) -> Enve
     seq = f.int("s", lo=1, hi=2**63 - 1)
     data = f.bytes("d", max_len=max_size)
     f.done()
-    if not verify(origin, body_raw, sig):
+    if not signed_by_origin and not verify(origin, body_raw, sig):
         raise RemoteProtocolError("gossip envelope: bad signature", peer=peer)
     return Envelope(kind, origin, epoch, topic, seq, data, raw)
 
@@ -133,6 +143,10 @@ class MessageStore:
         self._forwarder_bytes[forwarder] -= len(raw)
         if not mine:
             del self._by_forwarder[forwarder], self._forwarder_bytes[forwarder]
+
+    def forget_relayed(self, topic: str, origin: bytes, epoch: int, seq: int) -> None:
+        if (topic, origin, epoch, seq) in self._relayed:
+            self._remove((topic, origin, epoch, seq))
 
     def get_relayed(self, topic: str, origin: bytes, epoch: int, seq: int) -> bytes | None:
         hit = self._relayed.get((topic, origin, epoch, seq))

@@ -38,7 +38,12 @@ class HealthReport:
 
     @staticmethod
     def healthy() -> "HealthReport":
-        return HealthReport(Status.HEALTHY)
+        """The healthy report (one shared instance: it is immutable, and node.info asks every
+        role for its report on each call)."""
+        return _HEALTHY
+
+
+_HEALTHY = HealthReport(Status.HEALTHY)
 
 
 class RecentCount:

@@ -48,7 +48,9 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from fognode.node.connmgr import (ConnectionManager, ConnectionPolicy, DialBackoff,
                                   DialBackoffError, DialError)
-from fognode.node import peerid as _peerid
+from fognode.node import (p2pfix_multistream, p2pfix_netstream, p2pfix_records,
+                          p2pfix_tasks, p2pfix_yamux)
+from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id  # re-exported
 from fognode.node.dht import FognodeKadDHT
 from fognode.node.dialer import Dialer
 from fognode.node.dhtquota import DhtLimits
@@ -61,31 +63,22 @@ from fognode.node.host_lifecycle import (bootstrap, close_connections, harden_ha
                                          quiet_libp2p_loggers, reannounce_subscriptions)
 from fognode.node.latency import PingSettings
 from fognode.node.overlay_config import OverlayConfig
-from fognode.node.overlay import (DhtValidator, FramedStream, GossipHandler, PeerInfo,
-                                  StreamHandler)
+from fognode.node.overlay import (DhtValidator, FramedStream, GossipCheck, GossipHandler,
+                                  PeerInfo, StreamHandler)
+from fognode.node.p2pfix_tcpio import BufferingNoise
+from fognode.node.p2pfix_yamux import QuickYamux
 from fognode.node.peerscore import PeerScoreParams, ViolationBook, app_score
-from fognode.node.scored_pubsub import ScoredGossipSub, ScoredPubsub, score_actions
+from fognode.node.p2pfix_peer_faults import ChargingPubsub, identify_push_handler
+from fognode.node import p2pfix_yamux_window
+from fognode.node.scored_pubsub import ScoredGossipSub, score_actions
 from fognode.node.ping import Pinger, libp2p_ping
 from fognode.node.rcmgr import limits_from
 from fognode.node.resources import ResourceGate
 from fognode.node.streams import Libp2pFramedStream, guard_handler
+from fognode.node.swarm_autoconnect import disable_auto_connector
 from fognode.node.swarm_events import SwarmNotifee
 
 log = logging.getLogger("fognode.host")
-
-
-# ---------------------------------------------------------------------------------------------
-# Identity helpers
-
-def peer_id_from_pubkey(pub: bytes) -> str:
-    """The libp2p peer id (base58) of an Ed25519 public key (32 bytes); ValueError otherwise.
-    (node/peerid.py computes it without libp2p; tests/node/test_host.py checks they agree.)"""
-    return _peerid.peer_id_from_pubkey(pub)
-
-
-def pubkey_from_peer_id(pid: str) -> bytes:
-    """The Ed25519 public key embedded in a peer id. ValueError if it holds none."""
-    return _peerid.pubkey_from_peer_id(pid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,36 +92,44 @@ class Libp2pOverlay:
         from libp2p import create_identity_from_seed, new_host
         from libp2p.crypto.x25519 import create_new_key_pair as x25519
         from libp2p.custom_types import TProtocol
+        from libp2p.identity.identify_push.identify_push import ID_PUSH
         from libp2p.network.config import ConnectionConfig
         from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12
         from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
-        from libp2p.security.noise.transport import Transport as Noise
         from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
-        from libp2p.stream_muxer.yamux.yamux import Yamux
 
         self.config = config
         self.identity = identity
         self.events = events
         self.metrics = metrics
         self._adv_cache: tuple[tuple[str, ...], float, list[multiaddr.Multiaddr]] | None = None
+        self._listen_cache: tuple[int, float, list[str]] | None = None   # (listeners, when, addrs)
         kp = create_identity_from_seed(bytes(identity))
+        p2pfix_yamux.install()      # QuickYamux for BufferingNoise connections (issue 16)
+        p2pfix_netstream.install()  # and their streams' state locks
+        p2pfix_tasks.install()      # a new task's parent found without a scan (issue 10)
         hard_cap = config.peers_high * 4 + 64
         self.host = new_host(
             key_pair=kp,
-            sec_opt={NOISE_ID: Noise(kp, noise_privkey=x25519().private_key)},   # bite 1
-            muxer_opt={TProtocol(YAMUX_ID): Yamux},
+            # bite 1; BufferingNoise: node/p2pfix_tcpio.py (buffered TCP reads, issue 16)
+            sec_opt={NOISE_ID: BufferingNoise(kp, noise_privkey=x25519().private_key)},
+            # py-libp2p ignores the class given here for yamux: node/p2pfix_yamux.py
+            muxer_opt={TProtocol(YAMUX_ID): QuickYamux},
             # identify must advertise real interface addresses, never 0.0.0.0 (peers on other
             # machines dial what we advertise); `announce` overrides them
             addrs_factory=self._advertised,
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1,                                       # bite 4
                 dial_timeout=config.dial_timeout,
-                # our connmgr decides: the swarm's auto-connector never dials (low 0) and its
-                # pruner only acts at a hard cap far above peers_high
+                # our connmgr decides: the swarm's pruner only acts at a hard cap far above
+                # peers_high, and its auto-connector is replaced below (bite 19)
                 min_connections=0, low_watermark=0,
                 high_watermark=hard_cap, max_connections=hard_cap),
         )
+        disable_auto_connector(self.host.get_network())                           # bite 19
         self.peer_id = self.host.get_id().to_base58()
+        self.peer_records = p2pfix_records.enroll(self.host)   # records verified once (issue 16)
+        p2pfix_multistream.install(self.host)      # protocol proposed with the header (issue 16)
         self._app_scores: dict[str, float] = {}
         # peer score: node/peerscore.py (the parameters and why), node/scored_pubsub.py
         self.score_params = PeerScoreParams()
@@ -143,8 +144,10 @@ class Libp2pOverlay:
             heartbeat_initial_delay=0.1,
             heartbeat_interval=config.gossip_heartbeat,  # bite 5
             spam_protection_enabled=False)                                          # bite 5
-        self.pubsub = ScoredPubsub(self.host, self.gossipsub, strict_signing=True,
-                                   max_inbound_rpc_size=config.max_message_size)
+        # a peer's bad RPC frames and identify pushes are charged to it: p2pfix_peer_faults.py
+        self.pubsub = ChargingPubsub(self.host, self.gossipsub, strict_signing=True,
+                                     max_inbound_rpc_size=config.max_message_size)
+        self.host.set_stream_handler(TProtocol(ID_PUSH), identify_push_handler(self.host))
         # the DHT logs and counts its own refusals (node/dht.py): charge the peer, no second line
         self.dht = FognodeKadDHT(self.host, DhtLimits.from_overlay(config), metrics,  # 9, 17
                                  lambda peer, _why: self._charge(peer))
@@ -154,7 +157,7 @@ class Libp2pOverlay:
         self.gossip = GossipLayer(
             self.pubsub, identity, metrics=metrics, peer_id_of=peer_id_from_pubkey,
             open_stream=self.open_stream, self_peer_id=self.peer_id,
-            is_connected=lambda p: p in self._connected_since,
+            is_connected=lambda p: p in self._connected_since, dialable=lambda p: self.dialer.has_address(p),
             settings=GossipSettings(
                 max_message_size=config.max_message_size, max_rate=config.gossip_max_rate,
                 publish_queue=config.gossip_publish_queue,
@@ -167,9 +170,11 @@ class Libp2pOverlay:
                 max_missing_per_peer=config.gossip_missing_per_peer,
                 max_pulls_per_peer=config.gossip_pulls_per_peer),
             penalize=lambda peer, reason: self.penalize(peer, reason))
+        self.pubsub.set_admission(self.gossip.admit)        # before signature checks
         self.backoff = DialBackoff(failures_before_backoff=config.dial_failures_before_backoff,
                                    backoff=config.dial_backoff, backoff_max=config.dial_backoff_max)
         self._connected_since: dict[str, float] = {}
+        self._conns: dict[str, list[Any]] = {}     # each connected peer's live SwarmConns
         self._direction: dict[str, str] = {}
         self._address: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
@@ -251,8 +256,18 @@ class Libp2pOverlay:
     def listen_addrs(self) -> list[str]:
         """Full multiaddrs with /p2p/<id>: `announce` if configured, else every real interface
         address of each listener (a 0.0.0.0 listener is expanded; port 0 shows the real port)."""
+        # node.info calls this per request; building the multiaddrs costs more than the rest of
+        # the call, so the text is kept as long as the interface lookup (_advertised) is, and
+        # recomputed at once when a listener is added or removed
+        listeners = len(self.host.get_network().listeners)
+        now = time.monotonic()
+        c = self._listen_cache
+        if c is not None and c[0] == listeners and now - c[1] < 10.0:
+            return list(c[2])
         suffix = f"/p2p/{self.peer_id}"
-        return [str(m) + suffix for m in self._advertised(self.host.get_transport_addrs())]
+        out = [str(m) + suffix for m in self._advertised(self.host.get_transport_addrs())]
+        self._listen_cache = (listeners, now, out)
+        return list(out)
 
     def peers(self) -> list[PeerInfo]:
         ps = self.host.get_peerstore()
@@ -277,6 +292,14 @@ class Libp2pOverlay:
 
     def _on_connected(self, conn: Any) -> None:
         pid = str(conn.muxed_conn.peer_id)
+        swarm_conns = self.host.get_network().get_connections(conn.muxed_conn.peer_id)
+        live = [c for c in self._conns.get(pid, []) if c in swarm_conns]
+        if pid in self._connected_since and not live:
+            # py-libp2p removes a closing connection at once but notifies its end only after
+            # its cleanup (0.1 s or more): a new connection arriving in between means the
+            # peer went away and came back, and both events are owed, in that order
+            self._peer_gone(pid)
+        self._conns[pid] = live + [conn]
         if pid in self._connected_since:
             return
         self._connected_since[pid] = trio.current_time()
@@ -295,10 +318,17 @@ class Libp2pOverlay:
             self._nursery.start_soon(self._add_to_routing_table, conn.muxed_conn.peer_id)
 
     def _on_disconnected(self, conn: Any) -> None:
-        peer = conn.muxed_conn.peer_id
-        pid = str(peer)
-        if self.host.get_network().get_connections(peer):
+        pid = str(conn.muxed_conn.peer_id)
+        conns = self._conns.get(pid)
+        if conns is None or conn not in conns:
+            return       # accounted for already, when a newer connection arrived first
+        conns.remove(conn)
+        if conns:
             return       # another connection to the peer is still up
+        self._peer_gone(pid)
+
+    def _peer_gone(self, pid: str) -> None:
+        self._conns.pop(pid, None)
         if self._connected_since.pop(pid, None) is None:
             return
         self._direction.pop(pid, None)
@@ -376,8 +406,9 @@ class Libp2pOverlay:
 
     # -- gossip -----------------------------------------------------------------------------
 
-    async def subscribe(self, topic: str, handler: GossipHandler) -> None:
-        await self.gossip.subscribe(topic, handler)
+    async def subscribe(self, topic: str, handler: GossipHandler, *,
+                        check: GossipCheck | None = None) -> None:
+        await self.gossip.subscribe(topic, handler, check=check)
 
     async def publish(self, topic: str, data: bytes) -> None:
         await self.gossip.publish(topic, data)
@@ -428,7 +459,9 @@ async def open_overlay(config: OverlayConfig, identity: SigningKey, events: Even
     config.validate()
     check_ports_free(config.listen)
     quiet_libp2p_loggers()
+    p2pfix_yamux_window.install()       # a peer writing past a stream's window: reset, charged
     ov = Libp2pOverlay(config, identity, events, metrics)
+    unwatch = p2pfix_yamux_window.watch(ov.peer_id, p2pfix_yamux_window.report_to(ov.faults))
     listen = [multiaddr.Multiaddr(a) for a in config.listen]
     async with ov.host.run(listen):
         if not ov.host.get_transport_addrs():
@@ -451,6 +484,7 @@ async def open_overlay(config: OverlayConfig, identity: SigningKey, events: Even
                         nursery.cancel_scope.cancel()
             finally:
                 ov._nursery = None
+                unwatch()
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await close_connections(ov.host)
                     await ov.host.close()    # bite 8: host first, then the services

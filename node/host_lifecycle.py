@@ -78,13 +78,39 @@ async def reannounce_subscriptions(pubsub: Any, gossip_heartbeat: float) -> None
 
 
 async def close_connections(host: Any) -> None:
-    """Close every connection concurrently: the swarm closes them one by one, each with a
-    100 ms sleep, which made shutting down with 32 peers take over 3 s."""
+    """Close every connection concurrently, its socket included (call it shielded).
+
+    Concurrently: the swarm closes them one by one, each with a 100 ms sleep, which made
+    shutting down with 32 peers take over 3 s.
+
+    Its socket included, because of a py-libp2p 0.8.1 bug (upstream report form). Symptom:
+    after a host inside a running trio program is stopped by cancelling its scope, a peer
+    keeps a live-looking connection to it whose every stream open hangs, until its pings fail
+    (tens of seconds) or the garbage collector closes the stopped host's socket; a restarted
+    host with the same key could not be reached for 40 s (tests/ledger/test_role.py::
+    test_two_of_four_down_waits_then_completes, 3 runs of 4). Cause: `Swarm.run`'s shutdown
+    (`libp2p/network/swarm.py`, the `finally` after `manager.wait_finished()`) closes the
+    connections without a shield, inside the cancelled scope: the first `SwarmConn.close()`
+    sets `event_closed` and is cancelled at its first checkpoint (the GO_AWAY write in
+    `Yamux.close`) before the socket is closed, and every later `SwarmConn.close()` of that
+    connection returns at once because `event_closed` is set. Whether the swarm's task or
+    this function runs first after the cancellation is scheduling luck. Reproduction: two
+    overlays connected; on one, `SwarmConn.close()` of the connection under an already
+    cancelled `trio.CancelScope`, then leave its `open_overlay`: the other never sees the
+    disconnection (tests/node/test_host.py::test_stopped_host_closes_half_closed_connections).
+    Fix: after `SwarmConn.close()`, a muxed connection that is still not closed is closed
+    here (GO_AWAY, then the socket; `Yamux.close` is guarded against a second run)."""
     async def one(conn: Any) -> None:
         try:
             await conn.close()
         except Exception:   # already broken: nothing to release
             pass
+        muxed = getattr(conn, "muxed_conn", None)
+        if muxed is not None and not muxed.is_closed:   # left half-closed (docstring)
+            try:
+                await muxed.close()
+            except Exception:
+                pass
 
     conns = [c for cs in list(host.get_network().connections.values()) for c in cs]
     async with trio.open_nursery() as n:

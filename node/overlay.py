@@ -55,6 +55,10 @@ class FramedStream(TypingProtocol):
 
 StreamHandler = Callable[[FramedStream], Awaitable[None]]
 GossipHandler = Callable[[GossipMessage], Awaitable[None]]
+# Run on a topic's message before it is relayed or handled (also on a pulled one): False
+# refuses it (not relayed, not delivered; GossipSub counts it against the peer that relayed
+# it). The check charges whom it blames itself (Overlay.penalize).
+GossipCheck = Callable[[GossipMessage], bool]
 
 
 class DhtValidator(TypingProtocol):
@@ -82,8 +86,10 @@ class Overlay(TypingProtocol):
 
     # gossip (signed by the origin's peer key; paced; a dedicated consumer per subscription).
     # Messages this node published are not delivered back to it; delivery may be out of order;
-    # a missed message is pulled. Subscribing again to a topic replaces its handler.
-    async def subscribe(self, topic: str, handler: GossipHandler) -> None: ...
+    # a missed message is pulled. Subscribing again to a topic replaces its handler (and its
+    # check, when one is given).
+    async def subscribe(self, topic: str, handler: GossipHandler, *,
+                        check: GossipCheck | None = None) -> None: ...
     async def publish(self, topic: str, data: bytes) -> None: ...
 
     # DHT (Kademlia on /fognode/kad/1.0.0, node/dht.py; peers' puts are capped per peer,

@@ -35,7 +35,7 @@ class OverlayConfig:
     max_message_size: int = 1048576     # bytes of one gossip message incl. envelope; at most 1 MiB
     gossip_max_rate: float = 500.0      # gossip messages/s this node publishes at most (pacing)
     gossip_publish_queue: int = 256     # publishes queued before publish() waits (backpressure)
-    gossip_handler_queue: int = 256     # messages queued per topic before reading pauses
+    gossip_handler_queue: int = 256     # arrived messages queued per topic, fair per relayer
     gossip_ring: int = 1024             # own recent messages per topic kept for pulls
     gossip_relay_cache: int = 4096      # others' recent messages kept for pulls
     gossip_pull_delay: float = 0.3      # seconds a gap may heal by itself before it is pulled

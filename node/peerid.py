@@ -37,3 +37,11 @@ def peer_id_matches(peer_id: str, pubkey: bytes) -> bool:
         return peer_id_from_pubkey(pubkey) == peer_id
     except ValueError:
         return False
+
+
+def pubkey_from_raw_peer_id(raw: bytes) -> bytes | None:
+    """The Ed25519 public key inside a raw (not base58) peer id, None for any other kind of
+    id (a libp2p message's `from` field, read without decoding base58)."""
+    if len(raw) != len(_PREFIX) + PUBKEY_LEN or not raw.startswith(_PREFIX):
+        return None
+    return raw[len(_PREFIX):]

@@ -39,13 +39,17 @@ PingFn = Callable[[str], Awaitable[float]]
 
 async def libp2p_ping(host: Any, peer_id: str) -> float:
     """One libp2p ping to a connected peer over a new stream; returns the RTT in seconds.
-    Raises whatever opening or using the stream raises, ValueError for a wrong echo. The
-    caller puts the deadline."""
+    Raises whatever opening or using the stream raises, ValueError for a wrong echo or when
+    the peer has no connection: py-libp2p's new_stream would dial it, and a ping must not
+    bring back a peer that was just disconnected or trimmed. The caller puts the deadline."""
     from libp2p.custom_types import TProtocol
     from libp2p.io.utils import read_exactly
     from libp2p.peer.id import ID
 
-    stream = await host.new_stream(ID.from_base58(peer_id), [TProtocol(PING_PROTOCOL)])
+    pid = ID.from_base58(peer_id)
+    if not host.get_network().get_connections(pid):
+        raise ValueError(f"ping to {peer_id}: not connected")
+    stream = await host.new_stream(pid, [TProtocol(PING_PROTOCOL)])
     try:
         payload = os.urandom(PING_SIZE)
         t0 = time.perf_counter()

@@ -167,20 +167,25 @@ class Supervisor:
                                  ["role"], registry=ctx.metrics)
 
     def health(self) -> dict[str, dict[str, Any]]:
+        # node.info calls this on every request: no allocation beyond the answer itself
         out = {}
         for name, st in self.roles.items():
-            detail: dict[str, Any] = {}
-            report = HealthReport(Status.UNHEALTHY, st.detail or st.health.value) \
-                if st.health is Health.UNHEALTHY else HealthReport.healthy()
-            if st.instance is not None and st.health is Health.HEALTHY:
+            health = st.health
+            if health is Health.HEALTHY and st.instance is not None:
                 try:
                     detail = st.instance.health_detail()
                     report = st.instance.health_report()
                 except Exception as e:  # a role's status must never break node.info
                     detail = {"error": f"{type(e).__name__}: {e}"}
                     report = HealthReport(Status.DEGRADED, f"its health check failed: {type(e).__name__}: {e}")
-            out[name] = {"health": st.health.value, "detail": st.detail, "restarts": st.restarts,
-                         "status": report.status.value, "reason": report.reason, **detail}
+                out[name] = {"health": "healthy", "detail": st.detail, "restarts": st.restarts,
+                             "status": report.status.value, "reason": report.reason, **detail}
+            elif health is Health.UNHEALTHY:
+                out[name] = {"health": "unhealthy", "detail": st.detail, "restarts": st.restarts,
+                             "status": "unhealthy", "reason": st.detail or "unhealthy"}
+            else:
+                out[name] = {"health": health.value, "detail": st.detail, "restarts": st.restarts,
+                             "status": "healthy", "reason": ""}
         return out
 
     def _set(self, st: RoleState, health: Health, detail: str = "") -> None:

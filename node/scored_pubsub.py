@@ -10,32 +10,48 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   squared P4 and P5, P6 from the host, and RetainScore (negative counters outlive a
   disconnect). The gates (`allow_publish`, `allow_gossip`, `is_graylisted`, `allow_px_from`)
   compare that score with the thresholds.
-- `ScoredGossipSub(GossipSub)`: at every heartbeat mesh peers with a negative score are
-  PRUNEd (and backed off); mesh candidates must have a score >= 0; a GRAFT from a peer below 0
+- `ScoredGossipSub(GossipSub)` (node/p2pfix_idontwant.py's): at every heartbeat mesh peers
+  with a negative score are PRUNEd (and backed off); mesh candidates must have a score >= 0; a GRAFT from a peer below 0
   is answered with PRUNE; a graylisted peer's control messages are ignored, and IHAVE/IWANT
   from a peer below the gossip threshold are dropped. py-libp2p's own (non-spec) swap of the
   worst mesh peer for a better outsider is turned off: with real scores it churns the mesh.
 - `ScoredPubsub(Pubsub)`: a graylisted peer's messages and subscriptions are ignored, and a
   message whose libp2p signature fails counts as an invalid message (P4) of its forwarder
-  (0.8.1 drops it without counting).
+  (0.8.1 drops it without counting). An admission check (`set_admission`; the gossip layer's
+  `admit`, node/gossip_inbox.py) may ignore a message as soon as its RPC is parsed: before
+  py-libp2p spawns a managed task for it (`Pubsub._is_subscribed_to_msg`, whose task
+  bookkeeping scans every task of the service: 22 % of a gap-bomb victim's samples) and
+  before its signature is checked. Ignored means not verified, not relayed, not marked seen,
+  no penalty (go-libp2p's ValidationIgnore). The stream's peer reaches that method through a
+  context variable set in `continuously_read_stream` (one reader task per peer). That reader
+  also yields to the scheduler at every read (`_FairReads`): node/p2pfix_tcpio.py and
+  p2pfix_yamux.py serve buffered bytes without a checkpoint, so one peer's reader went
+  through every RPC buffered from it in a single task step, 118 ms of CPU under a gossip
+  flood (and the tasks it spawned made 150-350 ms scheduler batches), while every other task
+  of the daemon (node.info, honest peers' streams) waited.
 
-Each action is counted in `fognode_node_gossip_score_actions_total{action}`.
+Its per-peer sending loop writes every RPC already queued for a peer in one stream write
+(node/p2pfix_pubsubwrite.py). Each action is counted in
+`fognode_node_gossip_score_actions_total{action}`.
 """
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Mapping
+from contextvars import ContextVar
+from typing import Any, Callable, Mapping, cast
 
+import trio
 from libp2p.peer.id import ID
-from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import PeerScorer, ScoreParams
 from libp2p.pubsub.score import TopicScoreParams as Libp2pTopicParams
 from prometheus_client import CollectorRegistry, Counter
 
+from fognode.node import p2pfix_pubsubwrite
 from fognode.node.metrics import metric
+from fognode.node.p2pfix_idontwant import ThresholdIdontwantGossipSub
 from fognode.node.peerscore import PeerScoreParams, TopicCounters, decay_factor, peer_score
 
 MAX_RETAINED = 4096     # disconnected peers whose negative counters are kept at most
@@ -43,13 +59,18 @@ SCORE_TTL = 0.1         # seconds a computed score is reused (gates ask per mess
 
 AppScore = Callable[[ID], float]
 Count = Callable[[str], None]
+Admission = Callable[[str, str, bytes], bool]    # (forwarder, topic, raw from id) -> take it
+# the peer whose pubsub stream the current task reads (set per reader task)
+_READING_FROM: ContextVar[tuple[ID, str] | None] = ContextVar("fognode_pubsub_reading_from",
+                                                              default=None)
 
 
 def score_actions(registry: CollectorRegistry) -> Count:
     """The counter of what the score made GossipSub do, as a `count(action)` callable."""
     c = metric(registry, Counter, "fognode_node_gossip_score_actions_total",
                "What the GossipSub peer score made this node do: pruned_negative, "
-               "graft_refused, graylisted_rpc, gossip_dropped, bad_signature", ["action"])
+               "graft_refused, graylisted_rpc, gossip_dropped, bad_signature, ignored "
+               "(a relayer over its share, before the signature check)", ["action"])
     return lambda action: c.labels(action).inc()
 
 
@@ -207,9 +228,10 @@ def _decay(factor: float) -> Libp2pTopicParams:
     return Libp2pTopicParams(weight=0.0, cap=0.0, decay=factor)
 
 
-class ScoredGossipSub(GossipSub):
+class ScoredGossipSub(ThresholdIdontwantGossipSub):
     """GossipSub that prunes negative peers, refuses their GRAFTs and ignores graylisted ones.
-    Takes GossipSub's arguments plus the score parameters, the P6 function and `count`."""
+    Takes GossipSub's arguments plus the score parameters, the P6 function and `count`.
+    Derives from node/p2pfix_idontwant.py's GossipSub (IDONTWANT only for messages >= 1 KiB)."""
 
     def __init__(self, *, peer_score: PeerScoreParams, app_score: AppScore, count: Count,
                  **kwargs: Any) -> None:
@@ -292,6 +314,23 @@ class ScoredGossipSub(GossipSub):
         await super().handle_rpc(rpc, sender_peer_id)
 
 
+class _FairReads:
+    """A pubsub stream whose every read is a trio checkpoint, as reads of trio's own streams
+    are, so a reader that has buffered bytes lets the other tasks run between RPCs. Every
+    other attribute is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def read(self, n: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        data: bytes = await self._stream.read(n)
+        return data
+
+
 class ScoredPubsub(Pubsub):
     """Pubsub that ignores graylisted peers and counts bad libp2p signatures as P4. Takes
     Pubsub's arguments; its router must be a ScoredGossipSub."""
@@ -299,9 +338,41 @@ class ScoredPubsub(Pubsub):
     def __init__(self, host: Any, router: ScoredGossipSub, **kwargs: Any) -> None:
         super().__init__(host, router, **kwargs)
         self.scored = router
+        self._admission: Admission = lambda forwarder, topic, from_id: True
+
+    def set_admission(self, admission: Admission) -> None:
+        """Ask `admission(forwarder, topic, from_id)` about every message of another peer
+        before its signature is checked; False ignores the message (module doc)."""
+        self._admission = admission
 
     def _graylisted(self, peer: ID) -> bool:
         return peer != self.my_id and self.scored.scorer.is_graylisted(peer, [])
+
+    async def handle_sending_messages(self, peer_id: ID, stream: Any, queue: Any) -> None:
+        """py-libp2p's per-peer sending loop, with every RPC already queued for the peer
+        joined into one write (node/p2pfix_pubsubwrite.py)."""
+        await p2pfix_pubsubwrite.send_queued(self, peer_id, stream, queue)
+
+    async def continuously_read_stream(self, stream: Any) -> None:
+        _READING_FROM.set((stream.muxed_conn.peer_id, str(stream.muxed_conn.peer_id)))
+        await super().continuously_read_stream(cast(Any, _FairReads(stream)))
+
+    def _is_subscribed_to_msg(self, msg: rpc_pb2.Message) -> bool:
+        """py-libp2p asks this for each message of a parsed RPC before it spawns the task that
+        handles it: also ask the admission check (module doc)."""
+        if not super()._is_subscribed_to_msg(msg):
+            return False
+        reading = _READING_FROM.get()
+        if reading is None:
+            return True
+        peer, fwd = reading
+        if self._graylisted(peer):
+            self.scored.count("graylisted_rpc")
+            return False
+        if not all(self._admission(fwd, t, msg.from_id) for t in msg.topicIDs):
+            self.scored.count("ignored")
+            return False
+        return True
 
     def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
         if self._graylisted(origin_id):

@@ -1,9 +1,10 @@
 """A real process serving a small MethodTable on a control socket, for CLI end-to-end tests.
 
-    python tests/rpc_test_server.py SOCKET_PATH
+    python tests/rpc_test_server.py SOCKET_PATH [--warm-until FILE]
 
 Prints `ready SOCKET_PATH` on stdout once the socket accepts connections, then serves until
 SIGTERM or SIGINT (stop accepting, exit 0). The methods below stand in for the daemon's roles.
+With --warm-until, it answers as a warming-up daemon does (NODE_NOT_READY) until FILE exists.
 """
 from __future__ import annotations
 
@@ -105,7 +106,13 @@ class MarketDemo:
         return []
 
 
-async def serve(path: Path) -> None:
+async def warm_until(server: RpcServer, flag: Path) -> None:
+    while not flag.exists():
+        await trio.sleep(0.02)  # poll interval for a file the test creates
+    server.warm_up(None)
+
+
+async def serve(path: Path, flag: Path | None = None) -> None:
     table = MethodTable()
     table.add_object(NodeDemo(), "node")
     table.add_object(WalletDemo(), "ledger")
@@ -115,6 +122,9 @@ async def serve(path: Path) -> None:
     server = RpcServer(table, path, CollectorRegistry(), idle_timeout=10.0)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
+            if flag is not None:
+                server.warm_up("waiting for the test's flag file")
+                nursery.start_soon(warm_until, server, flag)
             await nursery.start(server.serve)
             print(f"ready {path}", flush=True)
             async for _ in signals:
@@ -124,4 +134,4 @@ async def serve(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(serve, Path(sys.argv[1]))
+    trio.run(serve, Path(sys.argv[1]), Path(sys.argv[3]) if sys.argv[2:3] == ["--warm-until"] else None)

@@ -30,6 +30,9 @@ says the role is down, why and since when (exit 1), not "unknown command".
 `{"error": {"kind": "rpc" | "usage" | "no_daemon", "message": ..., ...}}`. Help text wraps to
 the terminal width ($COLUMNS, else the terminal's, else 80).
 
+While the daemon warms up (its control socket answers before its roles have started), the CLI
+waits for it, at most --timeout seconds, and says so once on stderr.
+
 Exit codes: 0 success, 1 the daemon answered with an error, 2 usage error, 3 no daemon answered.
 It talks to the daemon through `fognode.node.rpc.client.RpcClient` (the project's one client,
 standard library only) and imports nothing heavy: the CLI starts fast.
@@ -40,6 +43,7 @@ import difflib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, TextIO
@@ -50,7 +54,9 @@ from fognode.tools.cli_format import (USAGE, command_words, down_text, help_list
                                       progress_line, render)
 
 EXIT_OK, EXIT_RPC, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
-NODE_ROLE_UNAVAILABLE = 104  # node/rpc/methods.py (the CLI imports only the standard library)
+NODE_NOT_READY = 100         # node/rpc/methods.py (the CLI imports only the standard library)
+NODE_ROLE_UNAVAILABLE = 104  # node/rpc/methods.py
+WARMUP_POLL = 0.05           # seconds between two tries while the daemon warms up
 SOCKET_NAME = "fognode.sock"
 DEFAULT_TIMEOUT = 30.0
 
@@ -348,9 +354,9 @@ def run(opts: Options, out: TextIO) -> int:
                     raise UsageError(f"call: params are not valid JSON ({e})") from None
                 if not isinstance(params, (list, dict)):
                     raise UsageError("call: params must be a JSON array or object")
-            result = conn.call(words[1], params)
+            result = call_when_ready(conn, opts, words[1], params)
         else:
-            disc = conn.call("rpc.discover")
+            disc = call_when_ready(conn, opts, "rpc.discover")
             # The daemon's own `help` method is what `fognode-cli help` renders: not a command.
             methods = {m["name"]: m for m in disc["methods"] if m["name"] != "help"}
             # Methods of roles that are down: known commands that answer "role down".
@@ -387,6 +393,28 @@ def run(opts: Options, out: TextIO) -> int:
         conn.close()
     _print(json.dumps(result, indent=2, ensure_ascii=False) if opts.json else render(result), out)
     return EXIT_OK
+
+
+def call_when_ready(conn: RpcClient, opts: Options, method: str, params: Any = None) -> Any:
+    """`conn.call`, waiting while the daemon warms up (it answers NODE_NOT_READY until its roles
+    have started), for at most --timeout seconds; says so once on stderr (not with --json)."""
+    deadline = time.monotonic() + opts.timeout
+    said = False
+    while True:
+        try:
+            return conn.call(method, params)
+        except RpcError as e:
+            if e.code != NODE_NOT_READY:
+                raise
+            if time.monotonic() >= deadline:
+                raise RpcError(e.code, f"{e.message} (still warming up after {opts.timeout:g} s; --timeout "
+                                       f"sets how long to wait)", e.data) from None
+            if not said and not opts.json:
+                phase = e.data.get("phase") if isinstance(e.data, dict) else None
+                sys.stderr.write(f"fognode-cli: the daemon is warming up ({phase}); waiting up to {opts.timeout:g} s\n")
+                sys.stderr.flush()
+                said = True
+        time.sleep(WARMUP_POLL)  # poll interval while the daemon starts, bounded by the deadline
 
 
 def _progress(value: Any, opts: Options, out: TextIO) -> None:

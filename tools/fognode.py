@@ -129,22 +129,23 @@ def run_overrides(args: argparse.Namespace) -> list[tuple[str, str, str]]:
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
-    from fognode.node.config import load_config
     from fognode.node.daemon import Daemon
+    from fognode.node.daemon_start import LoadRoles, early_settings
     from fognode.node.datadir import CONFIG, IDENTITY, resolve_datadir
     from fognode.node.errors import FognodeError
     from fognode.node.logs import setup_logging
-    from fognode.node.roles import discover_roles
 
     datadir = resolve_datadir(args.datadir)
     try:
         if not (datadir / IDENTITY).exists():
             return _die(f"{datadir} is not initialised: run `fognode init --datadir {datadir}` first")
-        roles = discover_roles()
         cfg_path = Path(args.config) if args.config else (datadir / CONFIG if (datadir / CONFIG).exists() else None)
-        config = load_config(cfg_path, roles={c.name: c.Config for c in roles}, overrides=run_overrides(args))
-        setup_logging(config.node.log_level, json_lines=config.node.log_json)
-        daemon = Daemon(datadir, config, roles)
+        overrides = run_overrides(args)
+        # the control socket's settings now; the roles (and libp2p) and the rest of the config
+        # load while the socket answers "warming up" (node/daemon_start.py)
+        early = early_settings(cfg_path, overrides=overrides)
+        setup_logging(early.node.log_level, json_lines=early.node.log_json)
+        daemon = Daemon(datadir, early, LoadRoles(cfg_path, tuple(overrides)))
         trio.run(daemon.run)
     except FognodeError as e:
         return _die(str(e), 2)

@@ -33,6 +33,8 @@ from fognode.node.errors import RpcError
 from fognode.node.rpc.client import DaemonUnreachable, RpcClient
 from fognode.tools.top_model import TopModel, sparkline
 
+NODE_NOT_READY = 100   # node/rpc/methods.py: the daemon is warming up
+
 HEALTH_STYLE = {"healthy": "green", "ok": "green", "starting": "yellow", "degraded": "yellow",
                 "unhealthy": "red", "stopped": "red"}
 
@@ -96,6 +98,13 @@ class Poller:
             self.down = ""
         except (DaemonUnreachable, OSError, ValueError) as e:
             self.down = str(e)
+            if self.client is not None:
+                self.client.close()
+            self.client = None
+        except RpcError as e:   # a daemon warming up answers NODE_NOT_READY: shown, polled again
+            if e.code != NODE_NOT_READY:
+                raise
+            self.down = e.message
             if self.client is not None:
                 self.client.close()
             self.client = None

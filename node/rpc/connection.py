@@ -181,7 +181,12 @@ class Connection:
 
     async def _send(self, reply: str) -> None:
         data = (reply + "\n").encode()
-        async with self.send_lock:
+        # a free lock is taken without a checkpoint (send_all checkpoints anyway)
+        try:
+            self.send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self.send_lock.acquire()
+        try:
             with trio.move_on_after(self.server.idle_timeout) as scope:
                 try:
                     await self.stream.send_all(data)
@@ -189,3 +194,5 @@ class Connection:
                     return  # the client went away; the reader sees EOF
             if scope.cancelled_caught:
                 self._fail(_Drop(f"did not read its replies for {self.server.idle_timeout:g} s"))
+        finally:
+            self.send_lock.release()

@@ -45,6 +45,13 @@ def encode_json(value: Any) -> str:
     return ENCODER.encode(value)
 
 
+def encode_id(id_: Any) -> str:
+    """A request id as JSON (the usual int id without the encoder's per-call set-up)."""
+    if type(id_) is int:
+        return str(id_)
+    return encode_json(id_)
+
+
 def reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -60,7 +67,7 @@ def error_line(id_: Any, code: int, message: str, data: Any = None) -> str:
         body = encode_json(err)
     except (TypeError, ValueError):  # a handler's RpcError carried unencodable data
         body = encode_json({"code": code, "message": message})
-    return f'{{"jsonrpc":"2.0","id":{encode_json(id_)},"error":{body}}}'
+    return f'{{"jsonrpc":"2.0","id":{encode_id(id_)},"error":{body}}}'
 
 
 def valid_id(v: Any) -> bool:
@@ -83,6 +90,8 @@ def request_problem(msg: Any) -> str | None:
         return "'params' must be an array or an object"
     if "id" in msg and not valid_id(msg["id"]):
         return "'id' must be a string, a number or null"
+    if msg.keys() <= REQUEST_KEYS:
+        return None
     extra = sorted(set(msg) - REQUEST_KEYS)
     if extra:
         return f"unknown member(s) {extra}: a request has only jsonrpc, method, params and id"

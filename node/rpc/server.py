@@ -17,6 +17,11 @@ Hostile or broken clients only hurt themselves:
 - after a client hangs up, its in-flight requests get `idle_timeout` to finish, then are cancelled;
 - past `max_clients` connections, new clients get one busy error line and are closed.
 
+Warm-up: the daemon opens the socket before it has imported its roles and opened the overlay;
+until it is ready (`warm_up(None)`), every method except `node.stop` answers NODE_NOT_READY
+(code 100, like Bitcoin Core's RPC_IN_WARMUP) saying what it is doing, with data
+{phase, elapsed_s}; fognode-cli waits for it (bounded by --timeout).
+
 Handler errors: `RpcError` becomes its code/message/data; anything else (other FognodeErrors
 included) is a -32603 internal error naming the exception, logged with its traceback, and the
 connection carries on.
@@ -46,6 +51,7 @@ from fognode.node.rpc.methods import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
+    NODE_NOT_READY,
     PARSE_ERROR,
     SERVER_BUSY,
     MethodTable,
@@ -54,12 +60,14 @@ from fognode.node.rpc.methods import (
 )
 
 from fognode.node.rpc.connection import Connection, linger
-from fognode.node.rpc.jsonrpc import DECODER, encode_json, error_line, request_problem, role_down_error, valid_id
+from fognode.node.rpc.jsonrpc import (DECODER, encode_id, encode_json, error_line, request_problem, role_down_error,
+                                      valid_id)
 
 log = logging.getLogger("fognode.rpc")
 
 SUN_PATH_MAX = 107          # sockaddr_un.sun_path is 108 bytes including the terminating NUL
 BATCH_CONCURRENCY = 16      # concurrent calls inside one batch
+WARMUP_METHODS = frozenset({"node.stop"})   # what answers while the daemon warms up
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                     1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -153,11 +161,16 @@ class RpcServer:
         self._latency = Histogram("fognode_node_rpc_request_seconds",
                                   "Control-socket request handling time, by method",
                                   ["method"], registry=metrics, buckets=_LATENCY_BUCKETS)
+        self._latency_by_method: dict[str, Any] = {}    # label -> its child (labels() costs per call)
         self._errors = Counter("fognode_node_rpc_errors_total",
                                "Control-socket error replies, by JSON-RPC error code",
                                ["code"], registry=metrics)
         self._clients_gauge = Gauge("fognode_node_rpc_clients",
                                     "Control-socket clients connected now", registry=metrics)
+        # While not None, what the daemon is doing before it is ready: every method but
+        # WARMUP_METHODS answers NODE_NOT_READY naming it (set and cleared by node/daemon.py).
+        self.warming_up: str | None = None
+        self._warmup_since = time.monotonic()
         self._clients = 0
         self._refusing = 0
         self._listener: trio.socket.SocketType | None = None
@@ -307,6 +320,19 @@ class RpcServer:
 
     # ---- requests ---------------------------------------------------------------------------
 
+    def warm_up(self, phase: str | None) -> None:
+        """Say what the daemon is doing before it is ready (None: it is ready). Until then,
+        calls get NODE_NOT_READY with `phase` and the seconds since the warm-up began."""
+        if self.warming_up is None and phase is not None:
+            self._warmup_since = time.monotonic()
+        self.warming_up = phase
+
+    def _warmup_error(self, method: str) -> RpcError:
+        elapsed = round(time.monotonic() - self._warmup_since, 3)
+        return RpcError(NODE_NOT_READY, f"the daemon is warming up ({self.warming_up}, {elapsed:g} s so far): "
+                                        f"{method} will answer when it is ready; retry shortly",
+                        {"phase": self.warming_up, "elapsed_s": elapsed})
+
     def count_error(self, code: int) -> None:
         self._errors.labels(str(code)).inc()
 
@@ -364,6 +390,8 @@ class RpcServer:
         spec = self.table.get(method)
         started = time.perf_counter()
         try:
+            if self.warming_up is not None and method not in WARMUP_METHODS:
+                raise self._warmup_error(method)
             if spec is None and (owner := self.table.withdrawn_owner(method)) is not None:
                 raise role_down_error(method, owner, self.table.down(owner))
             if spec is None:
@@ -391,10 +419,13 @@ class RpcServer:
                 {"exception": type(e).__name__})
         finally:
             label = method if spec is not None else "unknown"
-            self._latency.labels(label).observe(time.perf_counter() - started)
+            child = self._latency_by_method.get(label)
+            if child is None:
+                child = self._latency_by_method[label] = self._latency.labels(label)
+            child.observe(time.perf_counter() - started)
         if notification:
             return None
-        return f'{{"jsonrpc":"2.0","id":{encode_json(id_)},"result":{body}}}'
+        return f'{{"jsonrpc":"2.0","id":{encode_id(id_)},"result":{body}}}'
 
 
 def _progress_sender(stream: Callable[[str], Awaitable[None]], id_: Any) -> Callable[[Any], Awaitable[None]]:

@@ -58,11 +58,12 @@ from fognode.protocols.market.jobwire import (FUEL_UNIT, MAX_FRAME, MAX_TASK_OUT
                                               Result, Simple, Task, decode_job, sign_payee,
                                               simple, task_cost)
 from fognode.protocols.market.metrics import MarketMetrics
+from fognode.protocols.market.provider_stream import (AgreementServer, AgreementSession, Stop,
+                                                      first_cause)
 from fognode.protocols.registry.peerid import peer_id_from_pubkey
 
 log = logging.getLogger("fognode.market")
 
-ESCROW_POLL = 0.2
 RECEIPT_WAIT = 5.0       # seconds we wait for the customer's receipt after the final payout
 
 
@@ -84,78 +85,42 @@ def check_receipt(data: bytes, *, customer: str, worker: str, agreement: bytes, 
     return r
 
 
-class Stop(Exception):
-    """The session ends; `reason` goes to the customer in a `stop` frame."""
-
-
 def corrupt(r: WasmResult) -> tuple[bytes, tuple[int, ...]]:
     """The TEST-ONLY fault injector's lie (config `fault_corrupt_output`): a different output
     with a consistent hash, and every integer result plus one."""
     return r.output + b"\x00lie", tuple(x + 1 for x in r.results)
 
 
-def first_cause(eg: BaseExceptionGroup) -> BaseException:
-    """The first exception of a nursery's group that is not a cancellation (else the group)."""
-    for e in eg.exceptions:
-        if isinstance(e, BaseExceptionGroup):
-            e = first_cause(e)
-        if not isinstance(e, (trio.Cancelled, BaseExceptionGroup)):
-            return e
-    return eg
+class ProviderJobs(AgreementServer):
+    """Serves the job stream (see the module docstring)."""
 
-
-class ProviderJobs:
     def __init__(self, *, key: SigningKey, config: MarketConfig,
                  ledger: Callable[[], LedgerApi | None], harvest: Callable[[], HarvestApi | None],
                  contracts: Contracts, metrics: MarketMetrics, publish: Callable[[Any], None],
                  payee: Callable[[], bytes], clock: Callable[[], float]) -> None:
-        self.key = key
-        self.pubkey = bytes(key.verify_key)
-        self.config = config
-        self.ledger = ledger
+        super().__init__(key=key, config=config, ledger=ledger, contracts=contracts,
+                         metrics=metrics, publish=publish, payee=payee, clock=clock)
         self.harvest = harvest
         self.peer_id = peer_id_from_pubkey(self.pubkey)
-        self.contracts = contracts
-        self.metrics = metrics
-        self.publish = publish
-        self.payee = payee
-        self.clock = clock
 
     async def serve(self, s: FramedStream) -> None:
-        peer = s.remote_peer
-        first = decode_job(await s.recv(max_size=MAX_FRAME), peer=peer,
+        first = decode_job(await s.recv(max_size=MAX_FRAME), peer=s.remote_peer,
                            max_blob=self.config.max_blob_bytes)
-        if not isinstance(first, Simple) or first.t != "hello":
-            raise RemoteProtocolError("market job: the first message must be hello", peer=peer)
-        ag = decode_negotiation(first.agreement, peer=peer)
-        if not isinstance(ag, Agreement):
-            raise RemoteProtocolError("market job: hello does not carry an agreement", peer=peer)
-        session = _Session(self, s, ag)
-        try:
-            await session.run()
-        except Stop as e:
-            session.contract.state = "stopped" if session.contract.state != "disputed" else "disputed"
-            session.contract.detail = str(e)
-            with trio.move_on_after(2):
-                try:
-                    await session.send(simple("stop", reason=str(e)[:200]))
-                except (FognodeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-        finally:
-            session.contract.ended = self.clock()
-            self.contracts.save(session.contract)
+        session = _Session(self, s, self.open_agreement(first, "market job", s.remote_peer))
+
+        def stopped(c: Contract, e: Stop) -> None:
+            c.state = "stopped" if c.state != "disputed" else "disputed"
+            c.detail = str(e)
+
+        await self.run_session(session, session.run, stopped)
 
 
-class _Session:
+class _Session(AgreementSession):
     def __init__(self, jobs: ProviderJobs, s: FramedStream, ag: Agreement) -> None:
+        super().__init__(jobs, s, ag)
         self.jobs = jobs
-        self.s = s
-        self.ag = ag
-        self.t = ag.terms
-        self.aid = ag.agreement_id
-        self.contract = jobs.contracts.add(Contract(self.aid, "provider", ag.terms, jobs.clock()))
+        self.contract: Contract = jobs.contracts.add(Contract(self.aid, "provider", ag.terms, jobs.clock()))
         self.price = dict(self.t.prices).get("fuel", 0)
-        self.lock = trio.Lock()
         self.blobs: dict[bytes, bytes] = {}
         self.partial: dict[bytes, bytearray] = {}
         self.held = 0
@@ -163,30 +128,18 @@ class _Session:
         self.ended = False
         self.busy = False
         self.due = 0                 # cost of the tasks reported
-        self.requested = 0           # the last due we asked for
         self.noted = 0               # the last due the customer signed
-        self.asked_at: float | None = None
         self.wake = trio.Event()
-        self.note: DebitNote | None = None
-        self.note_ready = trio.Event()
         self.escrow_amount = 0
-        self.escrow_customer = b""   # the wallet that opened the escrow signs the debit notes
         self.worker: WasmWorker | None = None
         self.receipt: bytes | None = None      # the customer's WorkReceipt, checked
         self.receipt_outcome: Outcome | None = None
         self.receipt_tokens = 0
         self.credited = False
 
-    async def send(self, obj: dict[str, Any]) -> None:
-        async with self.lock:
-            await self.s.send(obj)
-
     def _check_terms(self) -> None:
         t, jobs = self.t, self.jobs
-        if t.provider != jobs.pubkey:
-            raise Stop("the agreement names another provider")
-        if peer_id_from_pubkey(t.customer) != self.s.remote_peer:
-            raise Stop("the agreement's customer is not the stream's peer")
+        self.check_parties()
         if t.service != "compute.wasm" or "fuel" not in dict(t.prices):
             raise Stop("only compute.wasm agreements priced in fuel run over the job stream")
         if t.deadline <= jobs.clock():
@@ -235,20 +188,10 @@ class _Session:
             self._end_session(hs.session_id, why)
 
     async def _await_escrow(self, ledger: LedgerApi, eid: bytes, payee: bytes) -> None:
-        with trio.move_on_after(self.jobs.config.escrow_wait):
-            while True:
-                e = ledger.escrow(eid)
-                if e is not None:
-                    if (e.payee != payee or e.agreement != self.aid or e.deadline != self.t.deadline
-                            or e.closed or ledger.escrow_id(e.customer, self.aid) != eid):
-                        raise Stop("the escrow does not match the agreement (payee, agreement, "
-                                   "deadline) or is closed")
-                    self.escrow_amount = e.amount
-                    self.escrow_customer = e.customer
-                    return
-                await trio.sleep(ESCROW_POLL)
-        raise Stop(f"escrow {eid.hex()[:16]} did not reach this provider's ledger within "
-                   f"{self.jobs.config.escrow_wait:g} s")
+        e = await self.await_escrow(ledger, eid, payee, lambda e: True,
+                                    "the escrow does not match the agreement (payee, agreement, "
+                                    "deadline) or is closed")
+        self.escrow_amount = e.amount
 
     async def _reader(self, scope: trio.CancelScope) -> None:
         peer = self.s.remote_peer
@@ -363,11 +306,7 @@ class _Session:
             if self.due > self.requested and (idle_end or now - last >= self.t.debit_interval):
                 await self.send(simple("debit", due=self.due))
                 self.requested, self.asked_at, last = self.due, now, now
-            if self.asked_at is not None and now - self.asked_at > cfg.debit_deadline:
-                self.jobs.publish(SLABreach(self.aid.hex(), self.s.remote_peer, "unpaid",
-                                            f"debit of {self.requested} unanswered"))
-                self.jobs.metrics.breaches.labels("unpaid").inc()
-                raise Stop(f"debit note for {self.requested} unpaid past its deadline")
+            self.check_unpaid(now)
             if idle_end and self.noted >= self.due:
                 self.contract.state = "done"
                 await self._drain_payout()

@@ -45,7 +45,8 @@ from fognode.protocols.market.contracts import Contract, Contracts
 from fognode.protocols.market.events import ServiceContractCreated, SLABreach
 from fognode.protocols.market.jobwire import Simple, sign_payee, simple
 from fognode.protocols.market.metrics import MarketMetrics
-from fognode.protocols.market.provider import Stop, first_cause
+from fognode.protocols.market.provider_stream import (AgreementServer, AgreementSession, Stop,
+                                                      first_cause)
 from fognode.protocols.market.sla import answers_request, prorata_due
 from fognode.protocols.market.sla_messages import (MAX_FRAME, MAX_PROBE_FRAME, Ready, decode_probe,
                                                    decode_service, sign_pong)
@@ -53,22 +54,9 @@ from fognode.protocols.registry.peerid import peer_id_from_pubkey
 
 log = logging.getLogger("fognode.market")
 
-ESCROW_POLL = 0.2
 
-
-class ServiceProvider:
-    def __init__(self, *, key: SigningKey, config: MarketConfig, ledger: Callable[[], LedgerApi | None],
-                 contracts: Contracts, metrics: MarketMetrics, publish: Callable[[Any], None],
-                 payee: Callable[[], bytes], clock: Callable[[], float]) -> None:
-        self.key = key
-        self.pubkey = bytes(key.verify_key)
-        self.config = config
-        self.ledger = ledger
-        self.contracts = contracts
-        self.metrics = metrics
-        self.publish = publish
-        self.payee = payee
-        self.clock = clock
+class ServiceProvider(AgreementServer):
+    """Serves the service and probe streams (see the module docstring)."""
 
     # ---- probes ---------------------------------------------------------------------------------
 
@@ -83,29 +71,13 @@ class ServiceProvider:
     # ---- the service stream ---------------------------------------------------------------------
 
     async def serve(self, s: FramedStream) -> None:
-        peer = s.remote_peer
-        first = decode_service(await s.recv(max_size=MAX_FRAME), peer=peer)
-        if not isinstance(first, Simple) or first.t != "hello":
-            raise RemoteProtocolError("market service: the first message must be hello", peer=peer)
-        ag = decode_negotiation(first.agreement, peer=peer)
-        if not isinstance(ag, Agreement):
-            raise RemoteProtocolError("market service: hello does not carry an agreement", peer=peer)
-        session = _Session(self, s, ag)
-        try:
-            await session.run()
-        except Stop as e:
-            c = session.contract
-            if c is not None:
-                c.state, c.detail = "stopped", str(e)
-            with trio.move_on_after(2):
-                try:
-                    await s.send(simple("stop", reason=str(e)[:200]))
-                except (FognodeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-        finally:
-            if session.contract is not None:
-                session.contract.ended = self.clock()
-                self.contracts.save(session.contract)
+        first = decode_service(await s.recv(max_size=MAX_FRAME), peer=s.remote_peer)
+        session = _Session(self, s, self.open_agreement(first, "market service", s.remote_peer))
+
+        def stopped(c: Contract, e: Stop) -> None:
+            c.state, c.detail = "stopped", str(e)
+
+        await self.run_session(session, session.run, stopped)
 
     # ---- after a restart ------------------------------------------------------------------------
 
@@ -150,32 +122,15 @@ class ServiceProvider:
             self.contracts.save(c)
 
 
-class _Session:
+class _Session(AgreementSession):
     def __init__(self, prov: ServiceProvider, s: FramedStream, ag: Agreement) -> None:
+        super().__init__(prov, s, ag)
         self.prov = prov
-        self.s = s
-        self.ag = ag
-        self.t = ag.terms
-        self.aid = ag.agreement_id
-        self.contract: Contract | None = None
-        self.lock = trio.Lock()
         self.cost = self.t.estimated_cost() or self.t.max_total
-        self.requested = 0
-        self.asked_at: float | None = None
-        self.note: DebitNote | None = None
-        self.note_ready = trio.Event()
-        self.escrow_customer = b""
-
-    async def send(self, obj: dict[str, Any]) -> None:
-        async with self.lock:
-            await self.s.send(obj)
 
     def _check_terms(self) -> None:
         t, prov = self.t, self.prov
-        if t.provider != prov.pubkey:
-            raise Stop("the agreement names another provider")
-        if peer_id_from_pubkey(t.customer) != self.s.remote_peer:
-            raise Stop("the agreement's customer is not the stream's peer")
+        self.check_parties()
         if t.service == "compute.wasm":
             raise Stop("compute.wasm agreements run over the job stream")
         if t.deadline <= prov.clock() + CLOCK_MARGIN:
@@ -227,21 +182,12 @@ class _Session:
 
     async def _await_escrow(self, ledger: LedgerApi, eid: bytes, payee: bytes) -> None:
         t = self.t
-        with trio.move_on_after(self.prov.config.escrow_wait):
-            while True:
-                e = ledger.escrow(eid)
-                if e is not None:
-                    if (e.payee != payee or e.agreement != self.aid or e.deadline != t.deadline or e.closed
-                            or ledger.escrow_id(e.customer, self.aid) != eid
-                            or e.uptime_ppm != 100 * t.sla.uptime_bp or e.penalty != t.sla.penalty
-                            or e.witnesses != (t.customer,) or e.threshold != 1):
-                        raise Stop("the escrow does not carry the agreement's terms (payee, deadline, "
-                                   "uptime, penalty, the customer as its one witness)")
-                    self.escrow_customer = e.customer
-                    return
-                await trio.sleep(ESCROW_POLL)
-        raise Stop(f"escrow {eid.hex()[:16]} did not reach this provider's ledger within "
-                   f"{self.prov.config.escrow_wait:g} s")
+        await self.await_escrow(
+            ledger, eid, payee,
+            lambda e: (e.uptime_ppm == 100 * t.sla.uptime_bp and e.penalty == t.sla.penalty
+                       and e.witnesses == (t.customer,) and e.threshold == 1),
+            "the escrow does not carry the agreement's terms (payee, deadline, uptime, "
+            "penalty, the customer as its one witness)")
 
     async def _reader(self) -> None:
         peer = self.s.remote_peer
@@ -291,11 +237,7 @@ class _Session:
         last = prov.clock()
         while True:
             now = prov.clock()
-            if self.asked_at is not None and now - self.asked_at > prov.config.debit_deadline:
-                prov.publish(SLABreach(self.aid.hex(), self.s.remote_peer, "unpaid",
-                                       f"debit of {self.requested} unanswered"))
-                prov.metrics.breaches.labels("unpaid").inc()
-                raise Stop(f"debit note for {self.requested} unpaid past its deadline")
+            self.check_unpaid(now)
             final = now >= last_call
             due = prorata_due(self.cost, t.start, t.deadline, min(now, last_call))
             if due > self.requested and (final or now - last >= t.debit_interval):

@@ -208,12 +208,27 @@ class MonitorRole(Role):
 
     # ---- gossip status ----------------------------------------------------------------------
 
+    def _check_status(self, msg: GossipMessage) -> bool:
+        """Run by the gossip layer before a status is relayed or delivered: one that does not
+        decode is refused and charged to the peer that relayed it to us. Its origin may be a
+        throw-away key that no charge reaches; every node runs this check before relaying, so
+        an honest relayer never passes a bad status on and only the peer that injected it (or
+        one that relays unchecked) pays. GossipSub counts it as that peer's invalid message."""
+        try:
+            NodeStatus.decode(msg.data, msg.origin)
+        except RemoteProtocolError as e:
+            self.ctx.overlay.penalize(msg.received_from or msg.origin,
+                                      f"relayed a bad status of {msg.origin}: {e}",
+                                      protocol=STATUS_TOPIC)
+            return False
+        return True
+
     async def _on_status(self, msg: GossipMessage) -> None:
         try:
             self.network[msg.origin] = (NodeStatus.decode(msg.data, msg.origin), self.ctx.clock())
-        except RemoteProtocolError as e:
-            # signed by its origin (the gossip envelope): a rate-limited WARNING, charged to it
-            self.ctx.overlay.penalize(msg.origin, f"bad status: {e}", protocol=STATUS_TOPIC)
+        except RemoteProtocolError as e:   # _check_status refused it already; kept for safety
+            self.ctx.overlay.penalize(msg.received_from or msg.origin, f"bad status: {e}",
+                                      protocol=STATUS_TOPIC)
 
     def _offline(self, seen: float, now: float) -> bool:
         return now - seen > OFFLINE_INTERVALS * self.config.status_interval
@@ -423,7 +438,8 @@ class MonitorRole(Role):
                     self.port = await nursery.start(self._serve_endpoint)
                     log.info("metrics on http://%s:%d/metrics; dashboard: `fognode-cli monitor dashboard` "
                              "prints its URL", self.config.host, self.port)
-                await self.ctx.overlay.subscribe(STATUS_TOPIC, self._on_status)
+                await self.ctx.overlay.subscribe(STATUS_TOPIC, self._on_status,
+                                                  check=self._check_status)
                 nursery.start_soon(self._announce)
                 nursery.start_soon(self._sample_loop)
                 self.ctx.services.provide(SERVICE_NAME, MonitorService(

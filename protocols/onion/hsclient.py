@@ -1,11 +1,8 @@
 """Reaching a `.fog` service: the SOCKS port's connector (rend-spec-v3 "client behaviour").
 
 `HsClient.connect(address, port)` returns a `CircuitStream` to `address:port`:
-1. the descriptor: from the cache, else fetched from the DHT under the blinded keys of the
-   periods a client tries (hsdesc.descriptor_lookups) and opened with the address
-   (`DescriptorCache.open`: forged, expired, replayed or other periods' descriptors are
-   refused, counted by reason; HS_DESC_INVALID when only bad ones were found,
-   HS_DESC_NOT_FOUND when none);
+1. the descriptor (hsfetch.DescriptorFetcher: from the cache, else from the DHT under the
+   blinded keys of the periods a client tries; HS_DESC_INVALID / HS_DESC_NOT_FOUND);
 2. a rendezvous circuit (3 hops, any last relay) with a fresh 20-byte cookie left there
    (ESTABLISH_RENDEZVOUS);
 3. for the introduction points in random order: a circuit ending at the introduction relay,
@@ -13,6 +10,9 @@
    service), INTRODUCE_ACK; the introduction circuit is closed;
 4. RENDEZVOUS2 on the rendezvous circuit completes the end-to-end handshake, the virtual hop
    is added, and a stream is opened to `<address>:<port>` through it.
+When every introduction point of the descriptor failed, the descriptor is fetched again
+(every replica, highest revision) and, if the service has republished a newer one, steps 2-4
+run once more with it (rend-spec-v3: the service moved its points); else HS_INTRO_FAILED.
 The joined circuit is kept per address for later streams (Tor does the same); when it closes
 (a relay on it died) the next connect builds a fresh one. A step that fails is retried with
 other relays a few times, each attempt bounded by `step_timeout`. Failures raise
@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections import Counter
 from typing import Callable
 
 import trio
@@ -38,8 +37,9 @@ from fognode.protocols.onion.cstream import CircuitStream
 from fognode.protocols.onion.descriptor import HsDescriptor
 from fognode.protocols.onion.engine import MessageBox, OnionEngine
 from fognode.protocols.onion.errors import OnionError, PathError
-from fognode.protocols.onion.hs_errors import DescriptorRejected, HsConnectError, SocksReply
-from fognode.protocols.onion.hsdesc import DescriptorCache, DescriptorStore, descriptor_lookups
+from fognode.protocols.onion.hs_errors import HsConnectError, SocksReply
+from fognode.protocols.onion.hsdesc import DescriptorStore
+from fognode.protocols.onion.hsfetch import DescriptorFetcher
 from fognode.protocols.onion.intro import introduce1_data
 from fognode.protocols.onion.metrics import OnionMetrics
 from fognode.protocols.onion.ntor import ClientHandshake
@@ -62,10 +62,11 @@ class HsClient:
         self.step_timeout = step_timeout
         self.dht_timeout = dht_timeout
         self.periods = config.periods()
-        self.cache = DescriptorCache(self.periods, max_skew=config.max_clock_skew)
+        self.descriptors = DescriptorFetcher(store, self.periods, metrics, clock, window=config.descriptor_window,
+                                             max_skew=config.max_clock_skew, dht_timeout=dht_timeout)
+        self.rejected = self.descriptors.rejected
         self.joined: dict[bytes, CircKey] = {}
         self._locks: dict[bytes, trio.Lock] = {}
-        self.rejected: Counter[str] = Counter()
 
     async def connect(self, address: FogAddress, port: int) -> CircuitStream:
         """A stream to `address:port` (see the module docstring); HsConnectError."""
@@ -100,42 +101,25 @@ class HsClient:
             if circ is not None:
                 return circ
             self.joined.pop(address.pubkey, None)
-            desc = await self._descriptor(address)
-            circ = await self._rendezvous(desc)
+            desc = await self.descriptors.get(address)
+            try:
+                circ = await self._rendezvous(desc)
+            except HsConnectError as e:
+                if e.reply is not SocksReply.HS_INTRO_FAILED:
+                    raise
+                # rend-spec-v3: every introduction point failed, the descriptor may be stale (the
+                # service moved its points): refetch once, and try again only if it is newer
+                log.debug("%s: every introduction point failed (%s); fetching the descriptor again", address.host, e)
+                desc = await self.descriptors.get(address, newer_than=desc)
+                circ = await self._rendezvous(desc)
             self.joined[address.pubkey] = circ.key
             return circ
-
-    async def _descriptor(self, address: FogAddress) -> HsDescriptor:
-        now = self.clock()
-        cached = self.cache.get(address, now)
-        if cached is not None:
-            return cached
-        bad = ""
-        for lookup in descriptor_lookups(address, self.periods, now=now, window=self.config.descriptor_window):
-            for key in lookup.keys:
-                try:
-                    with trio.fail_after(self.dht_timeout):
-                        value = await self.store.get(key)
-                except (trio.TooSlowError, FognodeError, OSError, ValueError) as e:
-                    log.debug("descriptor get %s failed: %r", key, e)
-                    continue
-                if value is None:
-                    continue
-                try:
-                    return self.cache.open(value, address, lookup.period, now=self.clock())
-                except DescriptorRejected as e:
-                    self.metrics.descriptors_rejected.labels("fetch", e.reason.value).inc()
-                    self.rejected[e.reason.value] += 1
-                    bad = str(e)
-        if bad:
-            raise HsConnectError(f"no valid descriptor for {address.host}: {bad}", reply=SocksReply.HS_DESC_INVALID)
-        raise HsConnectError(f"no descriptor for {address.host} in the DHT", reply=SocksReply.HS_DESC_NOT_FOUND)
 
     async def _rendezvous(self, desc: HsDescriptor) -> ClientCircuit:
         failed: list[str] = []
         last_error = "no attempt"
-        # the rendezvous point is not one of the service's introduction relays when others exist:
-        # an introduction circuit must end at its relay and avoid the rendezvous point
+        # the rendezvous point is not one of the service's introduction relays when others exist
+        # (an introduction circuit then avoids it; on a small network it may have to be one)
         intro_relays = [ip.relay for ip in desc.intro_points]
         for _ in range(ATTEMPTS):
             box = MessageBox()
@@ -149,10 +133,11 @@ class HsClient:
                 return await self._introduce(desc, rend, box, failed)
             except (OnionError, trio.TooSlowError, FognodeError) as e:
                 last_error = str(e) or type(e).__name__
+                log.debug("%s: rendezvous attempt at %s failed: %s", desc.address.host, rend.path[-1].peer_id,
+                          last_error)
                 self.engine.close(rend.key)
                 failed.append(rend.path[-1].peer_id)   # the next attempt meets elsewhere
                 if isinstance(e, HsConnectError) and e.reply is SocksReply.HS_INTRO_FAILED:
-                    self.cache.forget(desc.address)
                     raise
         raise HsConnectError(f"could not reach {desc.address.host}: {last_error}", reply=SocksReply.HS_REND_FAILED)
 
@@ -188,7 +173,10 @@ class HsClient:
             ibox = MessageBox()
             try:
                 with trio.fail_after(self.step_timeout):
-                    intro = await self.engine.build(hops=self.config.hops, last=relay, exclude=[rp], purpose="intro",
+                    # the introduction path avoids the rendezvous point, unless it is that relay (on a
+                    # small network the rendezvous point may have to be an introduction relay)
+                    intro = await self.engine.build(hops=self.config.hops, last=relay,
+                                                    exclude=[rp] if rp != relay.peer_id else [], purpose="intro",
                                                     box=ibox)
                     self.engine.send_meeting(intro, RelayCommand.INTRODUCE1,
                                              introduce1_data(ip.auth_key, ip.enc_key, rp, rp_info.identity,
@@ -197,10 +185,13 @@ class HsClient:
                 self.engine.close(intro.key)
             except (OnionError, trio.TooSlowError) as e:
                 why = f"introduction at {ip.relay}: {e or 'timed out'}"
+                log.debug("%s: %s", desc.address.host, why)
                 continue
             if ack != b"\x00":
                 why = f"introduction point {ip.relay} does not know the service (ack {ack.hex()})"
+                log.debug("%s (revision %d): %s", desc.address.host, desc.revision, why)
                 continue
+            log.debug("%s: introduced at %s, rendezvous at %s", desc.address.host, ip.relay, rp)
             with trio.fail_after(self.step_timeout):
                 reply = await box.get(RelayCommand.RENDEZVOUS2)
             rend.add_virtual_hop(hs.finish(reply), serve=False)

@@ -7,7 +7,10 @@ ESTABLISH_INTRO signed by the auth key for that relay's identity. When the set c
 point established, or its circuit closed) and every `descriptor_republish_interval`, the
 service's descriptors (hsdesc.descriptors_to_publish: the current period and, near a
 boundary, the neighbouring one) are put in the DHT under their blinded keys, and
-`HiddenServiceDeployed` is published the first time (and when the points change).
+`HiddenServiceDeployed` is published the first time (and when the points change). A put after
+a change is repeated once `REPUT_AFTER_CHANGE` s later: py-libp2p's put reports no failure at
+the remote nodes, and a node that missed it keeps serving the previous descriptor (its own
+store answers its look-ups first) until the next republish, an hour later by default.
 
 An INTRODUCE2 on an introduction circuit is opened with that point's enc key (intro.py),
 refused when replayed; the service completes the end-to-end ntor handshake, builds a circuit
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import trio
 from nacl.public import PrivateKey
@@ -50,6 +53,7 @@ from fognode.protocols.onion.services import HiddenService, ServiceTable
 log = logging.getLogger("fognode.onion.service")
 
 CHECK_INTERVAL = 2.0
+REPUT_AFTER_CHANGE = 30.0   # s: descriptors put after a change are put once more this much later
 
 
 @dataclass
@@ -72,6 +76,37 @@ class ServiceState:
     published_at: float = 0.0
     published_points: int = 0
     deployed: bool = False
+    pending: set[str] = field(default_factory=set)    # relays of points being established
+    follow_up_at: float | None = None                 # the same points put once more then
+    published_periods: set[int] = field(default_factory=set)
+
+    def publish_due(self, now: float, interval: float, periods: Sequence[int] = ()) -> bool:
+        """Whether to put the descriptors now (noted when so): the points changed, the
+        follow-up put `REPUT_AFTER_CHANGE` s after a change, `interval` s since the last put, or
+        `periods` (those to publish now) has one not published yet: near a boundary the next
+        period's descriptor goes out at once, not at the next republish (rend-spec-v3)."""
+        follow_up = self.follow_up_at is not None and now >= self.follow_up_at
+        new_period = not set(periods) <= self.published_periods
+        if not (self.dirty or follow_up or new_period or now - self.published_at >= interval):
+            return False
+        self.follow_up_at = now + REPUT_AFTER_CHANGE if self.dirty else None
+        self.dirty = False
+        self.published_at = now
+        self.published_periods = set(periods)
+        return True
+
+    def taken(self) -> set[str]:
+        """Relays holding or about to hold one of this service's introduction points."""
+        return {i.relay for i in self.intros} | self.pending
+
+
+def pick_intro_relay(relays: Sequence[RelayInfo], taken: set[str], self_peer: str,
+                     rng: random.Random) -> RelayInfo | None:
+    """A relay for a new introduction point: any known relay but this node and those in
+    `taken` (the service's points, established or being established, each on its own relay as
+    rend-spec-v3 asks: one relay's death then costs one point); None when none is left."""
+    free = sorted((r for r in relays if r.peer_id not in taken and r.peer_id != self_peer), key=lambda r: r.peer_id)
+    return rng.choice(free) if free else None
 
 
 class ServiceHost:
@@ -91,6 +126,7 @@ class ServiceHost:
         self.state: dict[str, ServiceState] = {}
         self.serving: dict[CircKey, HiddenService] = {}
         self.replay = IntroReplayCache()
+        self.rng = random.SystemRandom()
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         engine.on_open_stream = self._on_open_stream
@@ -125,20 +161,19 @@ class ServiceHost:
             for _ in range(self.config.intro_points - len(alive) - st.building):
                 st.building += 1
                 nursery.start_soon(self._establish, svc, st)
-            if alive and (st.dirty or now - st.published_at >= self.config.descriptor_republish_interval):
-                st.dirty = False
-                st.published_at = now
+            periods = self.periods.periods_to_publish(now, self.config.descriptor_window)
+            if alive and st.publish_due(now, self.config.descriptor_republish_interval, periods):
                 nursery.start_soon(self._publish, svc, st, [i.point() for i in alive])
 
     # -- introduction points --------------------------------------------------------------------
 
     async def _establish(self, svc: HiddenService, st: ServiceState) -> None:
+        relay = pick_intro_relay(self.engine.relays(), st.taken(), self.engine.peer_id, self.rng)
+        if relay is None:
+            st.building -= 1
+            return
+        st.pending.add(relay.peer_id)
         try:
-            used = {i.relay for i in st.intros}
-            relays = [r for r in self.engine.relays() if r.peer_id not in used and r.peer_id != self.engine.peer_id]
-            if not relays:
-                return
-            relay = random.choice(relays)
             enc = PrivateKey.generate()
             intro = IntroState(relay.peer_id, SigningKey.generate(), bytes(enc), bytes(enc.public_key))
             waiting = trio.Event()
@@ -158,18 +193,22 @@ class ServiceHost:
                 return
             intro.circuit = circ.key
             st.intros.append(intro)
+            log.debug("service %s: introduction point at %s (auth %s)", svc.name, relay.peer_id,
+                      bytes(intro.auth.verify_key).hex()[:12])
             st.dirty = True
             self._wake.set()
         except (OnionError, trio.TooSlowError, FognodeError) as e:
             log.debug("service %s: introduction point not established: %s", svc.name, e or "timed out")
         finally:
             st.building -= 1
+            st.pending.discard(relay.peer_id)
 
     def _on_closed(self, a: CircuitClosed) -> None:
         self.serving.pop(a.circuit, None)
         for st in self.state.values():
             for i in list(st.intros):
                 if i.circuit == a.circuit:
+                    log.debug("introduction point at %s lost: %s", i.relay, a.reason.value)
                     st.intros.remove(i)
                     st.dirty = True
                     self._wake.set()
@@ -188,8 +227,10 @@ class ServiceHost:
             except (trio.TooSlowError, FognodeError, OSError, ValueError) as e:
                 self.metrics.descriptor_puts.labels("failed").inc()
                 log.debug("service %s: descriptor put %s failed: %r", svc.name, put.key, e)
+        log.debug("service %s: descriptors with %s put (%d of %d)", svc.name, [p.relay for p in points], ok, len(puts))
         if not ok:
             st.published_at = 0.0          # try again at the next check
+            st.published_periods = set()
             return
         if not st.deployed or st.published_points != len(points):
             st.deployed = True

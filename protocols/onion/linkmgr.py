@@ -12,13 +12,19 @@ peer's bytes are split by the framer whatever they are).
 
 Both neighbours may dial each other at once: a link then has two streams. Each side writes
 only on the first stream it had, so the cells of one circuit stay in order, and reads both.
-A link fails as a whole (dial failure, reset, end of stream, a write error, an oversize
-frame, or its write queue over `queue_limit`): every stream of that peer is reset, the queue
-dropped, and `on_down(peer, why)` is called at once (also from inside `send`: the caller
-queues the cores' `link_failed` until its action list is carried out whole, dispatch.py).
+A link fails as a whole (dial failure, a write error, an oversize frame, its write queue over
+`queue_limit`, or the end or reset of its writer stream or of its last stream): every stream
+of that peer is reset, the queue dropped, and `on_down(peer, why)` is called at once (also
+from inside `send`: the caller queues the cores' `link_failed` until its action list is
+carried out whole, dispatch.py). A spare stream that ends is dropped alone.
 
-An idle link sends a link PADDING cell every `KEEPALIVE` seconds: the receiving side's stream
-deadlines (node/rcmgr.py) reset an inbound stream quiet for `overlay.stream_idle_timeout`.
+The receiving side's stream deadlines (node/rcmgr.py) reset an inbound stream that sends no
+first frame within `overlay.stream_first_frame_timeout` (10 s) or stays quiet for
+`overlay.stream_idle_timeout`. So a stream we dialled that is not our writer (the
+neighbour's dial won the race) gets a link PADDING cell at once, and every stream of an idle
+link one every `KEEPALIVE` seconds. (Before, such a spare stream was reset by the neighbour
+after 10 s and took the whole link down with every circuit on it: up to a hundred link
+failures in one 5-node devnet run, introduction points lost with them.)
 """
 from __future__ import annotations
 
@@ -135,6 +141,8 @@ class LinkManager:
             await stream.reset()
             return
         self._attach(link, stream)
+        if link.writer is not stream:        # the neighbour's stream won: ours must still speak first
+            await self._poke(link, stream)
         await self._read(link, stream)
 
     def _attach(self, link: Link, stream: FramedStream) -> None:
@@ -142,6 +150,16 @@ class LinkManager:
         if link.writer is None:
             link.writer = stream
             link.ready.set()
+
+    async def _poke(self, link: Link, stream: FramedStream) -> None:
+        """One link PADDING cell on a spare stream (not the writer); a failure ends that stream."""
+        try:
+            with trio.fail_after(DIAL_TIMEOUT):
+                await stream.send_bytes(Cell(0, CellCommand.PADDING, b"").frame())
+            link.bytes_out += FRAME_LEN
+            self.bytes_out += FRAME_LEN
+        except (trio.TooSlowError, StreamClosed, LocalProtocolError, FognodeError, OSError) as e:
+            self._stream_lost(link, stream, f"spare stream write failed: {e or 'timed out'}")
 
     async def _writer(self, link: Link) -> None:
         await link.ready.wait()
@@ -156,6 +174,9 @@ class LinkManager:
                     link.queue.append(Cell(0, CellCommand.PADDING, b"").frame())
                     link.queued += FRAME_LEN
                     link.enqueued += FRAME_LEN
+                    for spare in [st for st in link.streams if st is not link.writer]:
+                        assert self._nursery is not None
+                        self._nursery.start_soon(self._poke, link, spare)
             batch: list[bytes] = []
             size = 0
             while link.queue and size < MAX_WRITE:
@@ -226,12 +247,25 @@ class LinkManager:
                 self.bytes_in += len(data)
                 self.on_bytes(link.peer, data, framer)
         except StreamClosed as e:
-            self._fail(link, f"stream ended: {e}")
+            self._stream_lost(link, stream, f"stream ended: {e}")
         except RemoteProtocolError as e:
             self.overlay.penalize(link.peer, str(e), protocol=PROTOCOL_ID)
             self._fail(link, str(e))
         except (FognodeError, OSError) as e:
-            self._fail(link, f"read failed: {type(e).__name__}: {e}")
+            self._stream_lost(link, stream, f"read failed: {type(e).__name__}: {e}")
+
+    def _stream_lost(self, link: Link, stream: FramedStream, why: str) -> None:
+        """`stream` of `link` ended: the link fails if it was the writer or the last stream,
+        else the spare stream is dropped alone."""
+        if link.down:
+            return
+        if stream is not link.writer and stream in link.streams and len(link.streams) > 1:
+            link.streams.remove(stream)
+            log.debug("onion link to %s: a spare stream ended (%s); the link stays", link.peer, why)
+            if self._nursery is not None:
+                self._nursery.start_soon(_reset, stream)
+            return
+        self._fail(link, why)
 
     # -- failure -------------------------------------------------------------------------------
 
@@ -252,3 +286,8 @@ class LinkManager:
     async def _close(self, link: Link) -> None:
         for s in link.streams:
             await s.reset()
+
+
+async def _reset(stream: FramedStream) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(5):
+        await stream.reset()

@@ -10,7 +10,8 @@ EigenTrust score in [0, 1], both floored so a new relay still gets some traffic;
 same relay twice nor this node itself, preferring relays in regions the path does not use yet
 (distinct regions make it less likely that one operator or one jurisdiction sees two hops;
 when there are too few regions the rule is relaxed, never the distinct-relay rule). A caller
-may fix the last hop (a rendezvous or introduction point); it is excluded from earlier hops.
+may fix the last hop (a rendezvous or introduction point); it is excluded from earlier hops,
+and may be this node itself (the only place this node appears in its own path).
 
 The guard set keeps `num_guards` entries in order (the first usable one is used: Tor's
 primary guards); a guard that fails is retried after an exponential backoff, one that is not
@@ -80,7 +81,9 @@ def select_path(candidates: Iterable[RelayInfo], hops: int, guard: RelayInfo, rn
     if hops < 1:
         raise PathError("a path needs at least one hop")
     banned = set(exclude) | {self_peer}
-    if guard.peer_id in banned or (last is not None and last.peer_id in (banned | {guard.peer_id})):
+    # the fixed last hop may be this node itself (a client chose the service's own node as its
+    # rendezvous point, not knowing it): the circuit leaves and comes back through other relays
+    if guard.peer_id in banned or (last is not None and last.peer_id in (banned - {self_peer}) | {guard.peer_id}):
         raise PathError("the guard or the fixed last hop is excluded or repeated")
     path = [guard]
     used_regions = {guard.region} if guard.region else set()
@@ -140,12 +143,19 @@ class GuardSet:
         return [e.peer_id for e in self.entries] != before
 
     def choose(self, candidates: Iterable[RelayInfo], now: float) -> RelayInfo:
-        """The first guard in order that is listed and not backing off (PathError if none)."""
+        """The first guard in order that is listed and not backing off; when every listed
+        guard is backing off, the one whose retry comes first (guard-spec: once all primary
+        guards are marked unreachable they are all retried; waiting out the backoff left a
+        small network's node with no circuit at all for minutes after a few failures while
+        the network formed). PathError if no guard is listed."""
         listed = {r.peer_id: r for r in candidates}
-        for e in self.entries:
-            if e.peer_id in listed and e.retry_at <= now:
+        usable = [e for e in self.entries if e.peer_id in listed]
+        for e in usable:
+            if e.retry_at <= now:
                 return listed[e.peer_id]
-        raise PathError(f"none of the {len(self.entries)} guards is usable now")
+        if usable:
+            return listed[min(usable, key=lambda e: e.retry_at).peer_id]
+        raise PathError(f"none of the {len(self.entries)} guards is listed now")
 
     def mark_failed(self, peer_id: str, now: float) -> None:
         for e in self.entries:

@@ -38,7 +38,8 @@ from fognode.protocols.fl.strategies.base import AggregateResult, StrategyError
 from fognode.protocols.fl.tasks import TaskError
 from fognode.protocols.fl.training.prepared import PreparedTask, init_seed_of, prepare_task, train_round
 from fognode.protocols.fl.transfer.tensors import (
-    TensorHeader, TensorRejected, decode_chunks, decode_header, encode_tensor, tensor_hash)
+    TensorDecoder, TensorHeader, TensorRejected, decode_chunks, decode_header, encode_tensor,
+    tensor_hash)
 
 MAX_BYTES = 64 << 20
 
@@ -66,6 +67,7 @@ class SimNode:
     judged: list[RoundJudged] = field(default_factory=list)      # receipts of rounds it trained for
     refused_messages: list[MessageRefused] = field(default_factory=list)
     saved: dict[bytes, np.ndarray] = field(default_factory=dict)
+    aggregations: list[Aggregate] = field(default_factory=list)   # what it asked a strategy
     final: list[bytes] = field(default_factory=list)
     trained_rounds: int = 0
 
@@ -250,7 +252,8 @@ class Sim:
     def deliver_raw(self, sender: str, target: SimNode, act: SendUpdate, delta: np.ndarray,
                     *, tamper: Callable[[dict[str, Any], list[bytes]], None] | None = None) -> str | None:
         """The update stream's receiving side, as transfer/updates.py does it: admit by header,
-        decode the tensor header against the expected shape, decode chunks, hand over.
+        decode the tensor header against the expected shape, decode chunks (into the row the
+        admission leased), hand over.
         `tamper` may alter the header map / chunks in flight. Returns the refusal reason."""
         tc, now = target.core, self.now
         if np.isfinite(delta).all():
@@ -270,15 +273,23 @@ class Sim:
             self._push(target, tc.reject_update(sender, sid, rnd, header_map["try"], admission.refusal, now))
             return admission.refusal
         try:
-            hdr = UpdateHeader.decode(raw_header, expected_shape=admission.expected_shape,
-                                      max_bytes=MAX_BYTES, peer=sender)
-            values = decode_chunks(hdr.tensor, raw_chunks, peer=sender)
-        except TensorRejected as e:
-            self._push(target, tc.reject_update(sender, sid, rnd, header_map["try"], e.reason, now))
-            return e.reason
-        why, actions = tc.receive_update(sender, hdr, values, now)
-        self._push(target, actions)
-        return why
+            try:
+                hdr = UpdateHeader.decode(raw_header, expected_shape=admission.expected_shape,
+                                          max_bytes=MAX_BYTES, peer=sender)
+                # into the update's row of the round's matrix, as the role does
+                dec = TensorDecoder(hdr.tensor, peer=sender, sink=admission.row)
+                for c in raw_chunks:
+                    dec.feed(c)
+                values = dec.finish()
+            except TensorRejected as e:
+                self._push(target, tc.reject_update(sender, sid, rnd, header_map["try"], e.reason, now))
+                return e.reason
+            why, actions = tc.receive_update(sender, hdr, values, now)
+            self._push(target, actions)
+            return why
+        finally:
+            if admission.row is not None:
+                admission.row.release()     # no-op once the update is received
 
     # -- views ----------------------------------------------------------------------------
 
@@ -409,6 +420,7 @@ class SimActions:
                                           res, "", sim.now, act.strategy.state_arrays()))
 
     def aggregate(self, act: Aggregate) -> None:
+        self.nd.aggregations.append(act)
         self._aggregated(act, lambda: act.strategy.aggregate(act.base, list(act.updates)))
 
     def aggregate_sum(self, act: AggregateSum) -> None:

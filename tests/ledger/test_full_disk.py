@@ -36,6 +36,7 @@ from .certstream import make_stream, stream_genesis
 from .cluster import ledger_cluster, wait_until
 from .fullfs import Filler, small_fs
 from .helpers import CHAIN, certify, key, pk, validator_keys
+from .storage_checks import apply_committed
 
 DISK_FULL = "No space left on device"
 
@@ -95,16 +96,7 @@ def test_store_write_on_a_full_disk_fails_loudly_once_and_changes_nothing() -> N
         committed = 20
         with pytest.raises(LedgerStorageFailed) as e:
             for c in certs[20:]:                   # the log file's last page takes a few more
-                r.state.begin()
-                deltas = [a.delta for a in r.receive("t", c) if isinstance(a, Commit)]
-                try:
-                    store.commit(deltas)
-                except BaseException:
-                    r.state.rollback()
-                    r.rolled_back()
-                    raise
-                r.state.end()
-                r.committed()
+                apply_committed(store, r, c)
                 committed += 1
         msg = str(e.value)
         assert DISK_FULL in msg and str(fs / "db") in msg and "the disk is full" in msg

@@ -8,11 +8,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fognode.node.errors import RpcError
-from fognode.node.rpc.client import RpcClient
+from fognode.node.rpc.client import DaemonUnreachable, RpcClient
 from fognode.tools.devnet import free_port, wait_until
 
 from tests.conftest import NodeFactory
@@ -102,3 +103,32 @@ def test_many_clients_at_once(node_factory: NodeFactory) -> None:
         for c in clients:
             c.close()
     wait_until(lambda: net.nodes[0].rpc("node.info"), timeout=5, what="node.info after 20 clients")
+
+
+def test_socket_answers_while_warming_up_and_a_stop_then_is_clean(node_factory: NodeFactory) -> None:
+    """The control socket opens before the roles and libp2p are loaded: until the node is ready,
+    calls get NODE_NOT_READY (100) naming the stage; node.stop works then and exits 0. (On a
+    fast machine the warm-up may be over before the first answer: then the stop is a normal one.)"""
+    net = node_factory(1, start=False)
+    node = net.nodes[0]
+    net.start(0, wait=False)
+
+    def first_answer() -> dict[str, Any] | None:
+        assert node.alive(), net.log_tail(0)
+        try:
+            return {"result": node.rpc("node.info", timeout=10)}
+        except RpcError as e:
+            return {"code": e.code, "message": e.message, "data": e.data}
+        except DaemonUnreachable:
+            return None
+
+    got = wait_until(first_answer, timeout=60, what="the control socket's first answer", interval=0.005)
+    if "code" in got:
+        assert got["code"] == 100 and "the daemon is warming up (" in got["message"], got
+        assert got["data"]["phase"] in got["message"]
+    assert node.rpc("node.stop", timeout=30) == {"stopping": True}
+    assert node.proc is not None and node.proc.wait(timeout=30) == 0
+    log = node.log_path.read_text()
+    assert "Traceback" not in log and not node.socket.exists()
+    if "code" in got:
+        assert "stopping while warming up (node.stop)" in log or "stopping (node.stop)" in log

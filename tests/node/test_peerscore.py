@@ -272,6 +272,43 @@ async def test_garbage_on_meshsub_is_a_rate_limited_warning_counted_and_charged(
     assert len(mine) <= 3, [r.getMessage() for r in mine]
     assert all(r.levelno == logging.WARNING and r.exc_info is None for r in mine)
     assert "Traceback" not in caplog.text
-    push = [r for r in caplog.records if "identify/push" in r.getMessage()]
+    # identify pushes are charged too (node/p2pfix_peer_faults.py): one WARNING a minute
+    push = [r for r in caplog.records if IDENTIFY_PUSH in r.getMessage()]
     assert 1 <= len(push) <= 2 and all(r.levelno == logging.WARNING for r in push), \
         [r.getMessage() for r in push]
+
+
+def test_remote_fault_lines_are_bounded_per_protocol_across_peers() -> None:
+    """A flood of faults from thousands of fresh peer ids (a gossip flood signed by throw-away
+    keys) logs at most `per_protocol` lines per interval, and every fault is still counted
+    and charged."""
+    import logging
+
+    from fognode.node.faults import RemoteFaults
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    now = [0.0]
+    charged: list[str] = []
+    lg = logging.getLogger("test.faults.flood")
+    lg.propagate = False
+    h = Lines()
+    lg.addHandler(h)
+    reg = CollectorRegistry()
+    faults = RemoteFaults(reg, charged.append, log=lg, interval=10.0, per_protocol=3,
+                          clock=lambda: now[0])
+    for i in range(500):
+        faults.report(f"peer{i}", "topic/x", "bad")
+    faults.report("peer0", "topic/y", "bad")           # another protocol has its own budget
+    assert len(h.lines) == 4 and len(charged) == 501
+    assert reg.get_sample_value("fognode_node_remote_protocol_errors_total",
+                                {"protocol": "topic/x"}) == 500
+    now[0] = 11.0
+    faults.report("peer999", "topic/x", "bad")
+    assert "497 lines about other peers on this protocol not logged" in h.lines[-1]

@@ -77,3 +77,16 @@ async def test_descriptors_through_the_dht() -> None:
                 await b.dht_put(lookup.keys[1], other)
             assert validators[1].rejected[DescriptorReason.WRONG_KEY] >= 1
             assert await c.dht_get(lookup.keys[1]) == value
+            # the service moved its introduction points: the newer revision replaces the older
+            # one at every node, so a client reading its own node's store gets it
+            moved = [IntroPoint(peer_id_from_pubkey(bytes(SigningKey.generate().verify_key)),
+                                bytes(SigningKey.generate().verify_key), os.urandom(32))]
+            newer = descriptors_to_publish(service, TP, moved, now=now + 1, window=60)
+            for put in newer:
+                await a.dht_put(put.key, put.value)
+            for put in newer:
+                await wait_until(lambda: all(n.dht.value_store.get(put.key.encode()) is not None
+                                             and n.dht.value_store.get(put.key.encode()).value == put.value
+                                             for n in (b, c)), 20, "the newer descriptor held by b and c")
+            assert cache.open(await c.dht_get(lookup.keys[0]), address, lookup.period,
+                              now=now + 1).intro_points == tuple(moved)

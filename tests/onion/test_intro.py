@@ -52,3 +52,4 @@ def test_replay_cache() -> None:
     cache = IntroReplayCache(limit=2)
     assert cache.first_time(b"k", skin) and not cache.first_time(b"k", skin)
     assert cache.first_time(b"other", skin)
+

@@ -10,6 +10,8 @@ garbage, short and oversize cells on the relay stream are dropped and the relay 
 Before the first fetch a hostile peer puts a forged and an expired descriptor of the service
 into the client node's DHT store: both are refused (counted by reason) and the client still
 reaches the real service. `onion.link_test` writes padding over one link to a neighbour.
+A 4-node test shortens the descriptor period to 60 s and reaches a service from one client
+before a period boundary and from another after it.
 
 Why the transfer cut by the kill is read by a SOCKS client of this module and not by
 `curl --limit-rate`: loopback TCP buffers hold megabytes (a 5 MB answer is accepted by the
@@ -266,3 +268,54 @@ def test_link_test_writes_padding_to_a_neighbour(node_factory: Any) -> None:
     with pytest.raises(RpcError) as e:
         a.rpc("onion.link_test", {"peer": a.peer_id, "mb": 1})
     assert e.value.code == 603
+
+
+PERIOD, WINDOW = 60, 15          # s: protocols.onion.period_length (its minimum) and descriptor_window
+
+
+@pytest.mark.skipif(CURL is None, reason="needs the curl program")
+def test_service_stays_reachable_across_a_period_boundary(node_factory: Any, web: tuple[int, bytes, bytes]) -> None:
+    """Descriptor periods of 60 s (the network-wide key at its minimum; the hourly republish
+    cannot help): node 0 fetches the page in one period; in the next, at least WINDOW s after
+    the boundary (so a client tries that period's blinded keys only), node 1, which never
+    looked the service up, fetches it too: the service published the next period's descriptor
+    before the boundary (rend-spec-v3)."""
+    http_port, page, _ = web
+    net: Devnet = node_factory(4, start=False)
+    socks = {}
+    for node in net.nodes:
+        socks[node.index] = free_port()
+        node.args += ["--set", f"protocols.onion.socks_port={socks[node.index]}",
+                      "--set", f"protocols.onion.period_length={PERIOD}", "--set", "protocols.onion.period_offset=0",
+                      "--set", f"protocols.onion.descriptor_window={WINDOW}",
+                      "--set", "protocols.onion.hops=2", "--set", "protocols.onion.intro_points=2"]
+    t0 = time.monotonic()
+    marks: list[tuple[str, float]] = []
+    net.start_all(timeout=120)
+    marks.append(("started", time.monotonic() - t0))
+    service = net.nodes[3]
+    periods = OnionConfig(period_length=PERIOD, period_offset=0, descriptor_window=WINDOW).periods()
+    wait_until(lambda: all(n.rpc("onion.stats")["relays_known"] >= 3 for n in net.nodes) or None, timeout=240,
+               what="relays in every directory", interval=1)
+    marks.append(("relays", time.monotonic() - t0))
+    svc = service.rpc("onion.add_service", {"name": "web", "port": 80, "target": f"127.0.0.1:{http_port}"})
+    wait_until(lambda: service.rpc("onion.services")[0]["published"] or None, timeout=120,
+               what="the descriptor published")
+    url = f"http://{svc['address']}/index.html"
+    marks.append(("published", time.monotonic() - t0))
+
+    def fetch(i: int) -> bytes | None:
+        r = curl(socks[i], url, timeout=60)
+        return r.stdout if r.returncode == 0 else None
+    assert wait_until(lambda: fetch(0), timeout=120, what="the page from node 0", interval=2) == page
+    marks.append(("fetched before", time.monotonic() - t0))
+    before = periods.number(time.time())
+    wait_until(lambda: (periods.number(time.time()) > before
+                        and time.time() - periods.start(periods.number(time.time())) >= WINDOW) or None,
+               timeout=PERIOD + WINDOW + 10, what="the next period", interval=0.5)
+    marks.append(("next period", time.monotonic() - t0))
+    assert wait_until(lambda: fetch(1), timeout=120, what="the page from node 1 in the next period",
+                      interval=2) == page
+    assert periods.number(time.time()) > before
+    marks.append(("fetched after", time.monotonic() - t0))
+    print("period test phases (s since start):", ", ".join(f"{k} {v:.0f}" for k, v in marks))

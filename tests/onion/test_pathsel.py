@@ -64,6 +64,36 @@ def test_self_is_never_chosen_and_too_few_relays_is_a_path_error() -> None:
         select_path(rs, 3, rs[0], random.Random(1), self_peer=rs[0].peer_id)
 
 
+def test_when_every_guard_backs_off_the_first_to_retry_is_used() -> None:
+    # a small network while it forms: the three guards each failed a few times; before, no
+    # circuit could be built until a backoff ran out (minutes), now the soonest is retried
+    rs = [relay(i) for i in range(5)]
+    g = GuardSet(num_guards=3, lifetime=1e6, retry_base=60.0)
+    g.refresh(rs, 0.0, random.Random(1))
+    a, b, c = g.peers
+    for peer, times in ((a, 3), (b, 1), (c, 2)):
+        for _ in range(times):
+            g.mark_failed(peer, 10.0)
+    assert g.choose(rs, 11.0).peer_id == b                   # retry at 70, the others at 130 and 250
+    assert g.choose([r for r in rs if r.peer_id != b], 11.0).peer_id == c
+    g.mark_ok(a)
+    assert g.choose(rs, 12.0).peer_id == a
+    with pytest.raises(PathError, match="listed"):
+        g.choose([r for r in rs if r.peer_id not in g.peers], 12.0)
+
+
+def test_the_fixed_last_hop_may_be_this_node_itself() -> None:
+    # a client may pick the service's own node as its rendezvous point (it cannot know it):
+    # the service's circuit then goes out and comes back; this node is never guard nor middle
+    rs = [relay(i) for i in range(4)]
+    me = rs[3]
+    for seed in range(50):
+        path = select_path(rs, 3, rs[0], random.Random(seed), self_peer=me.peer_id, last=me)
+        assert path[0] == rs[0] and path[-1] == me and path[1] in rs[1:3]
+    with pytest.raises(PathError):
+        select_path(rs, 3, me, random.Random(1), self_peer=me.peer_id, last=rs[1])
+
+
 def test_weight_by_bandwidth_and_reputation() -> None:
     rs = [relay(0, "g"), relay(1, "x", rep=1.0, bw=10e6), relay(2, "y", rep=1.0, bw=1e6), relay(3, "z", rep=0.1, bw=10e6)]
     rng = random.Random(7)

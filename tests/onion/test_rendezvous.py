@@ -128,3 +128,44 @@ def test_forged_intro_and_unknown_service() -> None:
     net.dispatch(CLIENT, rend.send_meeting(RelayCommand.RENDEZVOUS1, b"c" * 20 + b"reply", net.now))
     net.run()
     assert rend.state is CircuitState.CLOSED          # no such cookie
+
+
+def test_the_rendezvous_point_may_be_the_services_own_node() -> None:
+    # the client does not know which node hosts the service and may pick it as its rendezvous
+    # point: the service's circuit leaves through two relays and comes back to its own relay core,
+    # which joins it to the client's circuit (before, the service's path selection refused a
+    # path ending at itself and the client waited for RENDEZVOUS2 until its step timed out)
+    net = SimNet(8, regions=4)
+    auth = SigningKey(b"a" * 32)
+    svc_intro = open_circuit(net, SERVICE, ["n1", "n2", "n3"])
+    net.dispatch(SERVICE, svc_intro.send_meeting(
+        RelayCommand.ESTABLISH_INTRO, establish_intro_data(auth, net.nodes["n3"].identity), net.now))
+    cookie = os.urandom(COOKIE_LEN)
+    rend = open_circuit(net, CLIENT, ["n4", "n5", SERVICE])
+    net.dispatch(CLIENT, rend.send_meeting(RelayCommand.ESTABLISH_RENDEZVOUS, cookie, net.now))
+    hs = ClientHandshake.start(SVC_IDENT, SVC_PUBLIC)
+    cli_intro = open_circuit(net, CLIENT, ["n5", "n2", "n3"])
+    net.dispatch(CLIENT, cli_intro.send_meeting(RelayCommand.INTRODUCE1, bytes(auth.verify_key) + cookie
+                                                + hs.onionskin(), net.now))
+    net.run()
+    assert [m.data for m in messages(net, CLIENT, RelayCommand.INTRODUCE_ACK)] == [b"\x00"]
+    (intro2,) = messages(net, SERVICE, RelayCommand.INTRODUCE2)
+    got_cookie, skin = intro2.data[:COOKIE_LEN], intro2.data[COOKIE_LEN:]
+    reply, keys = server_handshake(SVC_IDENT, {SVC_PUBLIC: SVC_SECRET}, skin)
+    svc_rend = open_circuit(net, SERVICE, ["n2", "n1", SERVICE])
+    net.dispatch(SERVICE, svc_rend.send_meeting(RelayCommand.RENDEZVOUS1, got_cookie + reply, net.now))
+    svc_rend.add_virtual_hop(keys, serve=True)
+    net.run()
+    (rend2,) = messages(net, CLIENT, RelayCommand.RENDEZVOUS2)
+    rend.add_virtual_hop(hs.finish(rend2.data), serve=False)
+    sid, acts = rend.open_stream("svc.fog:80", net.now)
+    net.dispatch(CLIENT, acts)
+    net.run()
+    assert [e.stream_id for e in net.client_events(CLIENT, StreamConnected)] == [sid]
+    data = os.urandom(600_000)
+    send(net, rend, sid, data, client=CLIENT)
+    net.run()
+    assert net.received(CLIENT, rend.key, sid) == data
+    # the service node's relay core holds the join: the client's side and its own circuit's
+    views = net.nodes[SERVICE].relay.snapshot(net.now)
+    assert sorted((v.prev, v.joined) for v in views) == [("n1", "n5"), ("n5", "n1")]

@@ -4,8 +4,11 @@ secure aggregation.
     .venv/bin/python -m fognode.tools.bench.fl_aggregation [--bound-dim 10000000] [--bound-n 10]
         [--repeats 7] [--dim 1000000] [--sizes 10,50] [--bounds-only]
 
+The updates are held as the aggregator holds them when a round aggregates: streamed through
+the update codec into the rows of the round's update matrix, which is then sealed
+(strategies/matrix.py); every strategy runs its real `aggregate` over those `ClientUpdate`s.
 First the two headline ratios, for n updates of `bound-dim` float32 parameters (issue 11):
-FedAvg against one `np.tensordot(w, stack, 1)` of the weights with the pre-stacked updates
+FedAvg against one `np.tensordot(w, stack, 1)` of the weights with the same (n, d) matrix
 (target: <= 1.5x), and Krum against one float32 Gram matmul `stack @ stack.T`. The four are
 timed interleaved in the same run, `repeats` times each; the table shows the best and the
 median time, the ratio of the bests and the median of the per-repeat ratios (on a shared
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from typing import Callable
@@ -29,7 +33,9 @@ import numpy as np
 from fognode.protocols.fl.privacy.dp import DPConfig, DPStrategy
 from fognode.protocols.fl.secagg.core import Completed, SecAggConfig
 from fognode.protocols.fl.strategies.base import ClientUpdate
+from fognode.protocols.fl.strategies.matrix import UpdateMatrix, sealed_updates, stacked_rows
 from fognode.protocols.fl.strategies.registry import make_strategy
+from fognode.protocols.fl.transfer.tensors import TensorDecoder, encode_tensor
 from fognode.tools.bench.secagg_local import run_secagg_locally
 
 
@@ -50,16 +56,31 @@ def once_ms(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def random_updates(n: int, dim: int, seed: int) -> list[ClientUpdate]:
+def random_updates(n: int, dim: int, seed: int) -> tuple[ClientUpdate, ...]:
+    """n updates as the aggregator holds them when its round aggregates: each streamed through
+    the update codec (encode_tensor, then a TensorDecoder writing into the row its admission
+    leased of the round's UpdateMatrix), committed, and the matrix sealed; the deltas are the
+    consecutive rows of the sealed matrix (strategies/matrix.py `sealed_updates`)."""
     rng = np.random.default_rng(seed)
-    return [ClientUpdate(f"peer{i}", rng.standard_normal(dim, dtype=np.float32) * 0.01, 10 + i,
-                         loss=1.0 + 0.1 * i) for i in range(n)]
+    matrix = UpdateMatrix(n, dim)
+    held: dict[str, ClientUpdate] = {}
+    for i in range(n):
+        peer = f"peer{i}"
+        header, chunks = encode_tensor(rng.standard_normal(dim, dtype=np.float32) * 0.01)
+        dec = TensorDecoder(header, peer=peer, sink=matrix.lease(peer))
+        for c in chunks:
+            dec.feed(bytes(c))
+        row = matrix.commit(peer, dec.finish())
+        held[peer] = ClientUpdate(peer, row, 10 + i, loss=1.0 + 0.1 * i)
+    return sealed_updates(matrix, held)
 
 
 def bench_bounds(dim: int, n: int, repeats: int) -> dict[str, list[float]]:
-    """Per repeat: tensordot bound, FedAvg, float32 Gram matmul, Krum (interleaved)."""
+    """Per repeat: tensordot bound, FedAvg, float32 Gram matmul, Krum (interleaved), all over
+    the same sealed update matrix (the bounds read its (n, d) view, no copy)."""
     updates = random_updates(n, dim, 0)
-    stack = np.stack([u.delta for u in updates])
+    stack = stacked_rows([u.delta for u in updates])
+    assert stack is not None, "the sealed updates are not one matrix"
     w = np.array([u.num_samples for u in updates], dtype=np.float64)
     w32 = (w / w.sum()).astype(np.float32)
     g = np.zeros(dim, dtype=np.float32)
@@ -99,7 +120,7 @@ def bench_strategies(dim: int, sizes: list[int]) -> list[tuple[str, int, float, 
     g = np.zeros(dim, dtype=np.float32)
     for n in sizes:
         updates = random_updates(n, dim, n)
-        stack = np.stack([u.delta for u in updates])
+        stack = stacked_rows([u.delta for u in updates])
         w = np.full(n, 1.0 / n, dtype=np.float32)
         ref = best_ms(lambda: np.tensordot(w, stack, 1), 3)
         del stack
@@ -152,8 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    print(f"{args.bound_n} float32 updates of {args.bound_dim:,} parameters, {args.repeats} "
-          f"interleaved repeats")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{args.bound_n} float32 updates of {args.bound_dim:,} parameters in one sealed update "
+          f"matrix ({args.bound_n * args.bound_dim * 4 / 2**20:,.0f} MiB), {args.repeats} "
+          f"interleaved repeats; load average {load}")
     runs = bench_bounds(args.bound_dim, args.bound_n, args.repeats)
     print(f"{'run':<34} {'best ms':>9} {'median ms':>10} {'best/best':>10} {'median ratio':>13}")
     fedavg_ratio = 0.0

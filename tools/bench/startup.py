@@ -1,16 +1,33 @@
-"""Cold start to RPC-ready, and idle RSS, of one real daemon process.
+"""Cold start of one real daemon process against a bare `import libp2p`, measured in the same run.
 
     python -m fognode.tools.bench.startup [--runs 5]
 
-Each run starts `fognode run` on a fresh data dir (initialised beforehand, not timed) and
-measures from process spawn until `node.info` answers on the control socket. Idle RSS is read
-from /proc after the node has been idle for 3 s. Targets (issue 2): start < 1.5 s, RSS < 120 MB,
-torch not imported. For scale, the same run measures a bare `python -c "import libp2p"`.
+What "cold start" means here: a fresh `fognode run` process on a data dir initialised beforehand
+(not timed), default node.toml (every built-in role enabled), timed from `Popen` until
+`node.info` answers with a result on the control socket, which the daemon gives only once the
+overlay listens and every enabled role has started. The control socket opens earlier and
+answers "warming up" (NODE_NOT_READY, code 100) until then; the time to that first answer is
+printed too ("control socket answering").
+
+The bound is a bare `python -c "import libp2p"` process (spawn to exit), timed in every run
+just before the daemon starts, so both see the same machine load; the ratio is the median of
+the daemon's times over the median of the bare imports (target: <= 1.15x, issue 16).
+
+Both kinds of process run with compiled bytecode, as an installed package does: the benchmark
+unsets PYTHONDONTWRITEBYTECODE and points PYTHONPYCACHEPREFIX at its own temp dir, and one
+untimed warm-up run of each fills it (without it, every start would compile our ~700 modules
+from source while libp2p's site-packages bytecode is cached: an unfair comparison). "Cold" is
+therefore a new process, not a cold page cache.
+
+Idle RSS is read from /proc after the node has been idle for 3 s; torch must not be loaded.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -18,7 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from fognode.tools.devnet import Devnet, wait_until
+from fognode.tools.devnet import Devnet
+
+TARGET_RATIO = 1.15
+NODE_NOT_READY = 100          # fognode.node.rpc.methods.NODE_NOT_READY (not imported: keep this light)
 
 
 def rss_mb(pid: int) -> float:
@@ -28,38 +48,107 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=5)
-    args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="fn-bench-", dir="/tmp"))
-    starts, rss, torch_loaded = [], [], []
+def ask_info(path: Path) -> str | None:
+    """'ready' (node.info answered), 'warming' (NODE_NOT_READY), or None (no answer yet)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2.0)
+    try:
+        s.connect(str(path))
+        s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"node.info"}\n')
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                return None
+            buf += chunk
+    except OSError:
+        return None
+    finally:
+        s.close()
+    reply = json.loads(buf.partition(b"\n")[0])
+    if "result" in reply:
+        return "ready"
+    if reply.get("error", {}).get("code") == NODE_NOT_READY:
+        return "warming"
+    raise SystemExit(f"unexpected reply to node.info: {reply}")
+
+
+def bare_import() -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import libp2p"], check=True)
+    return time.perf_counter() - t0
+
+
+def daemon_start(root: Path, timeout: float = 60.0) -> tuple[float, float, float, bool]:
+    """One cold start: (seconds to the first answer, seconds to node.info, idle RSS MB, torch?)."""
+    net = Devnet(root, 1)
+    net.create()
+    node = net.nodes[0]
     try:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import libp2p"], check=True)
-        bare_import = time.perf_counter() - t0
+        net.start(0, wait=False)
+        first: float | None = None
+        deadline = t0 + timeout
+        while True:
+            state = ask_info(node.socket)
+            now = time.perf_counter()
+            if state is not None and first is None:
+                first = now - t0
+            if state == "ready":
+                ready = now - t0
+                break
+            if now > deadline or not node.alive():
+                raise SystemExit(f"the daemon did not answer node.info within {timeout:g} s:\n{net.log_tail(0)}")
+            time.sleep(0.01)  # poll interval: 1 % resolution, and little load on the daemon it measures
+        time.sleep(3)  # idle period before reading RSS (measurement, not synchronisation)
+        assert node.proc is not None
+        pid = node.proc.pid
+        rss = rss_mb(pid)
+        torch = "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    finally:
+        net.stop_all()
+    assert first is not None
+    return first, ready, rss, torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fognode.tools.bench.startup", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="fn-bench-", dir="/tmp"))
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
+    bare, first, ready, rss, torch = [], [], [], [], []
+    try:
+        bare_import()                      # warm-up: compile bytecode into the prefix (not timed)
+        daemon_start(root / "warmup")
         for r in range(args.runs):
-            net = Devnet(root / f"r{r}", 1)
-            net.create()
-            t0 = time.perf_counter()
-            net.start(0, wait=False)
-            wait_until(lambda: net.nodes[0].rpc("node.info", timeout=2), timeout=30, what="node.info", interval=0.005)
-            starts.append(time.perf_counter() - t0)
-            time.sleep(3)  # idle period before reading RSS (measurement, not synchronisation)
-            pid = net.nodes[0].proc.pid  # type: ignore[union-attr]
-            rss.append(rss_mb(pid))
-            torch_loaded.append("libtorch" in Path(f"/proc/{pid}/maps").read_text())
-            net.stop_all()
+            bare.append(bare_import())
+            f, s, m, t = daemon_start(root / f"r{r}")
+            first.append(f)
+            ready.append(s)
+            rss.append(m)
+            torch.append(t)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    p50 = statistics.median(starts)
-    print(f"{'measure':<34} {'value':>10} {'bound':>10}")
-    print(f"{'cold start to RPC-ready, p50 (s)':<34} {p50:>10.3f} {'< 1.5':>10}")
-    print(f"{'cold start to RPC-ready, max (s)':<34} {max(starts):>10.3f} {'':>10}")
-    print(f"{'bare `import libp2p` process (s)':<34} {bare_import:>10.3f} {'(scale)':>10}")
-    print(f"{'idle RSS, p50 (MB)':<34} {statistics.median(rss):>10.1f} {'< 120':>10}")
-    print(f"{'torch imported by the daemon':<34} {str(any(torch_loaded)):>10} {'False':>10}")
+    b50 = statistics.median(bare)
+    r50 = statistics.median(ready)
+    ratio = r50 / b50
+    ok = ratio <= TARGET_RATIO and not any(torch)
+    print(f"cold start benchmark: {args.runs} runs, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(f"{'measure':<44} {'p50':>8} {'min':>8} {'max':>8}")
+    for name, xs in (("bare `import libp2p` process (s)", bare),
+                     ("daemon: control socket answering (s)", first),
+                     ("daemon: node.info answering, all roles up (s)", ready),
+                     ("idle RSS (MB)", rss)):
+        print(f"{name:<44} {statistics.median(xs):>8.3f} {min(xs):>8.3f} {max(xs):>8.3f}")
+    print(f"cold start / bare import (p50 over p50): {ratio:.2f}x, target <= {TARGET_RATIO}x: "
+          f"{'PASS' if ratio <= TARGET_RATIO else 'FAIL'}")
+    print(f"control socket answering / bare import: {statistics.median(first) / b50:.2f}x")
+    print(f"torch imported by the daemon: {any(torch)} (must be False)")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

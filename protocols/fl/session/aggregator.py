@@ -3,11 +3,13 @@
 
 Once a plan elects this node to an aggregator slot (the core sets up `Session.aggregator`), it
 decides on every update addressed to it from the header alone (`admit_update`, before the
-tensor streams in) and again once the tensor is in (`receive_update`: dtype, shape, finite);
+tensor streams in, handing out the row of the round's update matrix it streams into:
+strategies/matrix.py) and again once the tensor is in (`receive_update`: dtype, shape, finite);
 a refusal that says something about the sender's honesty or competence (`BLAMEWORTHY`) is
 reported to reputation and counts as that participant's answer. When every participant
 answered, or at its slot end, it asks for the strategy to run (`Aggregate`) with at least
-`min_participants` updates, leaves the round to the next aggregator in the order, or (the last
+`min_participants` updates (the matrix sealed: its committed rows are the strategy's
+input, no copy), leaves the round to the next aggregator in the order, or (the last
 one) fails it (`RoundFailed`). With the strategy's result it signs the round receipt,
 publishes the `RoundResult`, reports each accepted and left-out participant, and keeps the
 round's rewards due until the coordinator adopts its model (rewards/receipts.py).
@@ -32,6 +34,7 @@ from fognode.protocols.fl.session.hier import Hierarchy
 from fognode.protocols.fl.session.rounds import AggregatorRound, AggregatorState, UpdateMeta
 from fognode.protocols.fl.session.state import Admission, ModelBundle, Session
 from fognode.protocols.fl.strategies.base import AggregateResult, ClientUpdate, StrategyError
+from fognode.protocols.fl.strategies.matrix import sealed_updates
 from fognode.protocols.fl.strategies.registry import build_strategy
 from fognode.protocols.fl.transfer.tensors import params_hash
 
@@ -99,7 +102,14 @@ class AggregatorSide:
         refusal reason, or None and the shape its tensor must have. `receive_update` asks
         again once the tensor is in, since the round may have closed while it streamed."""
         refusal = self._update_refusal(peer, sid, round_no, try_no, fallback)
-        return Admission(refusal, self.expected_shape(sid) if refusal is None else None)
+        if refusal is not None:
+            return Admission(refusal)
+        shape = self.expected_shape(sid)
+        ar = self.sessions[sid].aggregator
+        if shape is None or ar is None or self.sessions[sid].hier is not None:
+            return Admission(None, shape)
+        # a flat round: the tensor streams straight into its row of the round's matrix
+        return Admission(None, shape, ar.update_matrix(shape[0]).lease(peer))
 
     def _update_refusal(self, peer: str, sid: bytes, round_no: int, try_no: int, fallback: int) -> str | None:
         s = self.sessions.get(sid)
@@ -128,11 +138,10 @@ class AggregatorSide:
                        now: float) -> tuple[str | None, list[Action]]:
         """A fully received update; (refusal reason or None, actions). Never aggregates a
         refused update."""
-        admission = self.admit_update(peer, header.session_id, header.round, header.try_no,
+        reason = self._update_refusal(peer, header.session_id, header.round, header.try_no,
                                       header.fallback)
-        reason = admission.refusal
         if reason is None:
-            shape = admission.expected_shape
+            shape = self.expected_shape(header.session_id)
             if delta.dtype != np.float32:
                 reason = "dtype"
             elif shape is None or delta.shape != shape:
@@ -149,8 +158,10 @@ class AggregatorSide:
                                                header.try_no, got, now)
             return None, got
         ar = s.aggregator
-        assert ar is not None
-        ar.updates[peer] = ClientUpdate(peer, delta, header.num_samples, loss=header.base_loss)
+        assert ar is not None and shape is not None
+        # no copy when `delta` streamed into its row (admit_update's lease), else copied in
+        row = ar.update_matrix(shape[0]).commit(peer, delta)
+        ar.updates[peer] = ClientUpdate(peer, row, header.num_samples, loss=header.base_loss)
         ar.meta[peer] = UpdateMeta(header.num_samples, header.base_loss, header.base_accuracy, header.train_loss)
         return None, self.maybe_aggregate(s, now)
 
@@ -209,7 +220,7 @@ class AggregatorSide:
             except StrategyError as e:
                 return self.round_failed(s, f"strategy state of the base model is unusable: {e}")
             return [Aggregate(s.sid, ar.plan.round, ar.plan.try_no, ar.slot, strategy,
-                              base.params, tuple(ar.updates.values()))]
+                              base.params, self._sealed_updates(ar))]
         if enough and not closing:
             return []   # the base model is still being fetched; the slot end decides
         if everyone or ar.slot == len(ar.order) - 1:
@@ -218,6 +229,15 @@ class AggregatorSide:
             return self.round_failed(s, why)
         ar.state = AggregatorState.DONE     # the next aggregator in the order takes over
         return []
+
+    @staticmethod
+    def _sealed_updates(ar: AggregatorRound) -> tuple[ClientUpdate, ...]:
+        """The round's updates as consecutive rows of its matrix (sealed: the transfers still
+        open stop writing), so a mean-based rule is one BLAS call over them."""
+        if ar.matrix is None:
+            return tuple(ar.updates.values())
+        ar.updates = {u.peer: u for u in sealed_updates(ar.matrix, ar.updates)}
+        return tuple(ar.updates.values())
 
     def round_failed(self, s: Session, reason: str) -> list[Action]:
         """This node's aggregation of the round failed: publish RoundFailed."""

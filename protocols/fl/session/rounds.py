@@ -24,6 +24,7 @@ import numpy as np
 
 from fognode.protocols.fl.messages import RoundPlan
 from fognode.protocols.fl.strategies.base import ClientUpdate
+from fognode.protocols.fl.strategies.matrix import UpdateMatrix
 from fognode.protocols.fl.tasks import TrainResult
 
 if TYPE_CHECKING:
@@ -126,6 +127,11 @@ class AggregatorState(enum.Enum):
 
 
 class AggregatorRound:
+    """One aggregator slot of a round. In a flat (not hierarchical, not secure) round the
+    updates are rows of `matrix` (strategies/matrix.py), one row per participant at most; the
+    matrix and the updates are dropped when the round is DONE (a DONE round holds no update
+    data, whichever code path ended it)."""
+
     def __init__(self, plan: RoundPlan, order: tuple[str, ...], slot: int, t0: float,
                  deadline: float, min_participants: int) -> None:
         self.plan = plan
@@ -134,7 +140,8 @@ class AggregatorRound:
         self.t0 = t0
         self.closes = t0 + (slot + 1) * deadline
         self.min_participants = min_participants
-        self.state = AggregatorState.COLLECTING
+        self._state = AggregatorState.COLLECTING
+        self.matrix: UpdateMatrix | None = None
         self.updates: dict[str, ClientUpdate] = {}
         self.meta: dict[str, UpdateMeta] = {}
         self.rejected: dict[str, str] = {}
@@ -143,10 +150,29 @@ class AggregatorRound:
         self.contributors: tuple[str, ...] | None = None
 
     @property
+    def state(self) -> AggregatorState:
+        return self._state
+
+    @state.setter
+    def state(self, value: AggregatorState) -> None:
+        self._state = value
+        if value == AggregatorState.DONE and self.matrix is not None:
+            self.matrix.close()         # an Aggregate action in flight keeps its rows alive
+            self.matrix = None
+            self.updates = {}
+
+    def update_matrix(self, size: int) -> UpdateMatrix:
+        """The round's update matrix (made on the first update: one row per participant of
+        `size` values)."""
+        if self.matrix is None:
+            self.matrix = UpdateMatrix(len(self.plan.peers), size)
+        return self.matrix
+
+    @property
     def answered(self) -> set[str]:
         if self.contributors is not None:
             return set(self.contributors) | set(self.rejected)
-        return set(self.updates) | set(self.rejected)
+        return set(self.meta) | set(self.rejected)
 
     def everyone_answered(self) -> bool:
         return self.answered >= set(self.plan.peers)

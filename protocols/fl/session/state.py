@@ -14,6 +14,7 @@ from fognode.protocols.fl.messages import MemberMeta, RoundPlan, SessionAnnounce
 from fognode.protocols.fl.session.coordinator import Coordinator, SessionState
 from fognode.protocols.fl.session.rounds import AggregatorRound, ParticipantRound
 from fognode.protocols.fl.session.standby import Standby
+from fognode.protocols.fl.strategies.matrix import RowLease
 from fognode.protocols.fl.training.prepared import PreparedTask
 
 MODELS_KEPT = 3
@@ -42,10 +43,14 @@ class ModelBundle:
 @dataclass(frozen=True)
 class Admission:
     """Whether an update is taken (`refusal` None) and the shape its tensor must have (None
-    while the session's task is not loaded here: such an update is then refused as "shape")."""
+    while the session's task is not loaded here: such an update is then refused as "shape");
+    `row`: where its tensor streams to, a row of the round's update matrix (None: a new array,
+    e.g. in a hierarchical session). The transfer releases the row unless the update is
+    received."""
 
     refusal: str | None
     expected_shape: tuple[int, ...] | None = None
+    row: RowLease | None = None
 
 
 @dataclass

@@ -1,13 +1,17 @@
 """FedAvg (McMahan et al. 2017): the sample-weighted mean of the client deltas.
 
-`weighted_sum` computes base + sum_i w_i * delta_i in one pass over the deltas, chunk by
-chunk: the accumulator chunk and one scratch chunk (CHUNK values each) stay in cache,
-and each delta's chunk is read from memory once (multiplied into the scratch, added to the
-accumulator), so the cost is one read of every delta, as for `np.tensordot(w, np.stack(deltas),
-1)` but without building the (n, d) stack. Plain ufuncs, not BLAS: a variant copying each
-chunk into an (n, chunk) buffer for one gemv was no faster, and OpenBLAS hands each of those
-hundreds of mid-sized gemv calls to its threads, so that on a busy machine one call took from
-15 us to 25 ms (n = 1: 1.1 s for one aggregation).
+`weighted_sum` computes base + sum_i w_i * delta_i. When the deltas are consecutive rows of
+one float32 matrix (the updates of a round as the aggregator holds them: strategies/matrix.py)
+it is ONE BLAS call, `np.dot(w, rows)` (sgemv reads every delta once, on every core), then the
+base added in place. Otherwise (deltas in separate arrays) it runs in one pass over the
+deltas, chunk by chunk: the accumulator chunk and one scratch chunk (CHUNK values each) stay
+in cache, and each delta's chunk is read from memory once (multiplied into the scratch, added
+to the accumulator), without building an (n, d) stack. Plain ufuncs there, not BLAS: copying
+each chunk into an (n, chunk) buffer for one gemv was no faster, and OpenBLAS hands each of
+those hundreds of mid-sized gemv calls to its threads, so that on a busy machine one call took
+from 15 us to 25 ms (n = 1: 1.1 s for one aggregation). Both sum in float32 (each product
+rounded once, the sum of n terms accumulated in float32, in another order: results agree to
+float32 rounding, a few ulp of the largest term).
 `FedAvg` is also the base of every mean-based strategy: subclasses change only `server_update`
 (how the mean delta moves the model) or the local objective (`proximal_mu`).
 
@@ -32,6 +36,7 @@ import numpy as np
 
 from fognode.protocols.fl.strategies.base import (
     PARAM_DTYPE, AggregateResult, ClientUpdate, Strategy, StrategyError)
+from fognode.protocols.fl.strategies.matrix import stacked_rows
 from fognode.protocols.fl.strategies.screening import (
     Screened, check_global, checked_params, require, screen)
 
@@ -89,6 +94,9 @@ def _weighted_sum(deltas: Sequence[np.ndarray], weights: Sequence[float] | np.nd
     if w.shape != (n,):
         raise StrategyError(f"weighted_sum: {n} vectors but {w.size} weights")
     size = deltas[0].shape[0]
+    rows = stacked_rows(deltas)
+    if rows is not None:
+        return _rows_weighted_sum(rows, w, base, check)
     out = np.empty(size, dtype=PARAM_DTYPE)
     tmp = np.empty(min(CHUNK, size), dtype=PARAM_DTYPE)
     sq = 0.0
@@ -107,6 +115,24 @@ def _weighted_sum(deltas: Sequence[np.ndarray], weights: Sequence[float] | np.nd
                 if not sq <= F32_MAX:
                     return out, False
     return out, True
+
+
+def _rows_weighted_sum(rows: np.ndarray, w: np.ndarray, base: np.ndarray | None,
+                       check: bool) -> tuple[np.ndarray, bool]:
+    """`_weighted_sum` over an (n, d) float32 matrix: one sgemv, then the base added and (check)
+    the squared norm summed chunk by chunk, each chunk's norm while it is in cache."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.dot(w, rows)
+        if base is None and not check:
+            return out, True
+        sq = 0.0
+        for start in range(0, out.shape[0], CHUNK):
+            acc = out[start:start + CHUNK]
+            if base is not None:
+                np.add(acc, base[start:start + CHUNK], out=acc)
+            if check:
+                sq += float(np.dot(acc, acc))    # NaN/Inf in acc make sq NaN/Inf
+    return out, not check or sq <= F32_MAX
 
 
 def fedavg(deltas: Sequence[np.ndarray], num_samples: Sequence[int]) -> np.ndarray:

@@ -17,7 +17,10 @@ from the bytes with an explicit little-endian dtype. The decoder rejects, each w
 - "size"      byte count not shape x itemsize, wrong chunk count or chunk length,
 - "oversize"  more bytes than the receiver's limit (checked on the header, before any chunk),
 - "hash"      the bytes do not hash to the announced hash,
-- "nonfinite" NaN or Inf values.
+- "nonfinite" NaN or Inf values;
+- and, when the decoder writes into a row of the round's update matrix that was taken back
+  while the tensor streamed, the row's reason ("superseded", "round closed": not the
+  sender's fault).
 
 float16 is an option to halve transfer size; the receiver widens to float32. Encoding to
 float16 refuses values outside the float16 range rather than sending Inf.
@@ -27,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
@@ -132,22 +135,63 @@ def decode_header(raw: Any, *, expected_shape: tuple[int, ...] | None, max_bytes
     return TensorHeader(dtype, tuple(shape), nbytes, chunk, h)
 
 
+class RowSink(Protocol):
+    """Where a decoder writes a float32 tensor (strategies/matrix.py `RowLease`): `row`, the
+    array, and `lost()`, None while this transfer may still write it, else the reason it may
+    not (the decoder then stops with a TensorRejected of that reason)."""
+
+    @property
+    def row(self) -> np.ndarray: ...
+
+    def lost(self) -> str | None: ...
+
+
 class TensorDecoder:
     """Reassembles one tensor from its chunks (feed them in order, then `finish`).
 
-    Every violation raises TensorRejected at the first chunk that shows it.
+    A float32 tensor's chunk bytes are written straight into the result (one copy from the
+    stream's frames, no reassembly buffer): into `sink.row` when a sink is given (a row of the
+    round's update matrix), else into a new array. Each chunk's whole values are checked for
+    NaN/Inf while they are in cache; the verdict is given by `finish`, after the hash, as
+    before. A float16 tensor is gathered as bytes and widened into the result by `finish`.
+
+    Every violation raises TensorRejected at the first chunk that shows it; a lost sink
+    (another stream took its row, or the round closed) raises TensorRejected with the sink's
+    reason, and nothing more is written.
     """
 
-    def __init__(self, header: TensorHeader, *, peer: str | None = None) -> None:
+    def __init__(self, header: TensorHeader, *, peer: str | None = None,
+                 sink: RowSink | None = None) -> None:
         self.header = header
         self.peer = peer
-        self._buf = bytearray()
+        self._sink = sink
         self._chunks = 0
+        self._offset = 0                 # bytes received so far
+        self._checked = 0                # float32 values checked for NaN/Inf so far
+        self._finite = True
         self._hasher = hashlib.blake2b(digest_size=DIGEST_LEN)
+        wire_dt = WIRE_DTYPES[header.dtype]
+        if sink is not None:
+            out = sink.row
+            if out.dtype != WIRE_DTYPES["float32"] or out.shape != header.shape \
+                    or not out.flags.c_contiguous or not out.flags.writeable:
+                raise LocalProtocolError(f"a tensor of shape {header.shape} cannot be decoded "
+                                         f"into a {out.dtype} array of shape {out.shape}")
+            self._out = out
+        else:
+            self._out = np.empty(header.shape, dtype=WIRE_DTYPES["float32"])
+        self._direct = wire_dt == WIRE_DTYPES["float32"]
+        self._raw: memoryview | bytearray = \
+            memoryview(self._out.reshape(-1)).cast("B") if self._direct else bytearray()  # type: ignore[arg-type]
 
     @property
     def complete(self) -> bool:
         return self._chunks == self.header.num_chunks
+
+    def _check_sink(self) -> None:
+        why = self._sink.lost() if self._sink is not None else None
+        if why is not None:
+            raise TensorRejected(why, f"the update's row was taken back ({why})", peer=self.peer)
 
     def feed(self, chunk: bytes) -> None:
         h = self.header
@@ -157,23 +201,38 @@ class TensorDecoder:
         want = h.nbytes - h.chunk_size * (h.num_chunks - 1) if last else h.chunk_size
         if len(chunk) != want:
             raise TensorRejected("size", f"chunk {self._chunks} is {len(chunk)} bytes, expected {want}", peer=self.peer)
-        self._buf += chunk
+        self._check_sink()
         self._hasher.update(chunk)
+        stop = self._offset + len(chunk)
+        if isinstance(self._raw, memoryview):
+            self._raw[self._offset:stop] = chunk
+            whole = stop // 4                  # values complete so far
+            if self._finite and whole > self._checked:
+                flat = self._out.reshape(-1)
+                self._finite = bool(np.isfinite(flat[self._checked:whole]).all())
+                self._checked = whole
+        else:
+            self._raw += chunk
+        self._offset = stop
         self._chunks += 1
 
     def finish(self) -> np.ndarray:
-        """The tensor as float32 (a new array). Raises TensorRejected if incomplete, if the
-        hash does not match, or on NaN/Inf."""
+        """The tensor as float32 (the sink's row, or a new array). Raises TensorRejected if
+        incomplete, if the hash does not match, or on NaN/Inf."""
         h = self.header
         if not self.complete:
             raise TensorRejected("size", f"stream ended after {self._chunks} of {h.num_chunks} chunks", peer=self.peer)
         if self._hasher.digest() != h.hash:
             raise TensorRejected("hash", "the bytes do not match the announced BLAKE2b hash", peer=self.peer)
-        arr = np.frombuffer(bytes(self._buf), dtype=WIRE_DTYPES[h.dtype]).reshape(h.shape)
-        out = arr.astype(np.float32)
-        if not np.isfinite(out).all():
+        self._check_sink()
+        if not self._direct:
+            wide = np.frombuffer(self._raw, dtype=WIRE_DTYPES[h.dtype]).reshape(h.shape)
+            np.copyto(self._out, wide)
+            self._finite = bool(np.isfinite(self._out).all())
+        if not self._finite:
             raise TensorRejected("nonfinite", "the tensor contains NaN or Inf values", peer=self.peer)
-        return out
+        out = self._out
+        return out if out.dtype == np.float32 else out.astype(np.float32)
 
 
 def decode_chunks(header: TensorHeader, chunks: Iterator[bytes] | list[bytes], *,

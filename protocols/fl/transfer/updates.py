@@ -2,7 +2,9 @@
 
 The receiving side asks the core for its one admission decision from the header's ids before
 reading the tensor (a refused update costs one control frame), decodes the header against the
-admitted shape, reads the chunks, then hands the update over (`receive_update`). The sending
+admitted shape, reads the chunks straight into the row of the round's update matrix the
+admission handed out (strategies/matrix.py; released again unless the update is received),
+then hands the update over (`receive_update`). The sending
 side carries out `SendUpdate` and reports the outcome (`update_delivered`)."""
 from __future__ import annotations
 
@@ -64,31 +66,36 @@ async def serve_update(link: Link, st: FramedStream) -> None:
         sid, rnd, try_no, fallback = ids
         admission = core.admit_update(peer, sid, rnd, try_no, fallback)
         why = admission.refusal
-        if why is None:
-            try:
-                hdr = UpdateHeader.decode(raw, expected_shape=admission.expected_shape,
-                                          max_bytes=link.config.max_model_bytes, peer=peer)
-                dec = TensorDecoder(hdr.tensor, peer=peer)
-                for _ in range(hdr.tensor.num_chunks):
-                    dec.feed(await st.recv_bytes(max_size=hdr.tensor.chunk_size))
-                values = dec.finish()
-                link.metrics.bytes_in.labels("update").inc(hdr.tensor.nbytes)
-            except TensorRejected as e:
-                why = e.reason
-            except RemoteProtocolError:
-                why = "malformed"
-            else:
-                why, actions = core.receive_update(peer, hdr, values, link.now())
-                link.apply(actions)
-                await st.send(Ack(why is None, why or "").to_wire())
-                await close(st)
-                return
-        link.apply(core.reject_update(peer, sid, rnd, try_no, why, link.now()))
         try:
-            await st.send(Ack(False, why).to_wire())
-        except StreamClosed:
-            pass
-        await close(st)
+            if why is None:
+                try:
+                    hdr = UpdateHeader.decode(raw, expected_shape=admission.expected_shape,
+                                              max_bytes=link.config.max_model_bytes, peer=peer)
+                    # float32 chunks land straight in the update's row of the round's matrix
+                    dec = TensorDecoder(hdr.tensor, peer=peer, sink=admission.row)
+                    for _ in range(hdr.tensor.num_chunks):
+                        dec.feed(await st.recv_bytes(max_size=hdr.tensor.chunk_size))
+                    values = dec.finish()
+                    link.metrics.bytes_in.labels("update").inc(hdr.tensor.nbytes)
+                except TensorRejected as e:
+                    why = e.reason
+                except RemoteProtocolError:
+                    why = "malformed"
+                else:
+                    why, actions = core.receive_update(peer, hdr, values, link.now())
+                    link.apply(actions)
+                    await st.send(Ack(why is None, why or "").to_wire())
+                    await close(st)
+                    return
+            link.apply(core.reject_update(peer, sid, rnd, try_no, why, link.now()))
+            try:
+                await st.send(Ack(False, why).to_wire())
+            except StreamClosed:
+                pass
+            await close(st)
+        finally:
+            if admission.row is not None:
+                admission.row.release()     # a refused, failed or cut transfer frees its row
 
 
 def update_ids(raw: Any) -> tuple[bytes, int, int, int] | None:

@@ -201,6 +201,7 @@ class HostedOwner:
         tries: dict[bytes, int] = {}
         placed: dict[int, Placement] = {}
         opened: list[bytes] = []        # every escrow opened, placed or not (all refunded in the end)
+        held: dict[bytes, tuple[bytes, int, Any]] = {}   # agreement -> (escrow, first amount, its note)
         failures: list[str] = []
         spent = [0]
 
@@ -210,7 +211,7 @@ class HostedOwner:
                 tries[offer.provider] = tries.get(offer.provider, 0) + 1
                 try:
                     placed[i] = await self._place(offer, i, sharded.shards[i], sid, owner, fee, hours, deadline,
-                                                  budget, spent, opened)
+                                                  budget, spent, opened, held)
                     return
                 except HostingError as e:               # the host refused, or no room, or over budget
                     failures.append(f"{offer.peer}: {e}")
@@ -271,7 +272,8 @@ class HostedOwner:
                 await stream.close()
 
     async def _place(self, offer: Offer, i: int, shard: bytes, sid: bytes, owner: bytes, fee: int, hours: int,
-                     deadline: int, budget: int, spent: list[int], opened: list[bytes]) -> Placement:
+                     deadline: int, budget: int, spent: list[int], opened: list[bytes],
+                     held: dict[bytes, tuple[bytes, int, Any]]) -> Placement:
         ledger = self._ledger()
         with trio.fail_after(STEP_TIMEOUT):
             q = await self._ask(offer.peer, {"v": 1, "t": "quote"})
@@ -282,17 +284,23 @@ class HostedOwner:
             raise HostingError(f"no room: {quote.free} bytes free, the shard is {len(shard)}")
         rate = hosting_rate(quote.price, len(shard))
         amount = rate * hours
+        agreement = digest(sid + shard_hash(shard) + offer.provider)   # the escrow id mixes in the customer
         async with self._ledger_lock:
-            if spent[0] + amount + ledger.order_fee() > budget:
-                raise HostingError(f"over budget: this host costs {amount} (+ fee), {budget - spent[0]} left")
-            agreement = digest(sid + shard_hash(shard) + offer.provider)   # the escrow id mixes in the customer
-            cert = await ledger.open_escrow(agreement, quote.payee, amount, deadline, ESCROW_GRACE,
-                                            timeout=STEP_TIMEOUT / 2)
-            spent[0] += amount + ledger.order_fee()
-            escrow = cert.order.order.escrow
-            opened.append(escrow)
-            first = min(amount, math.ceil(rate * self.interval / 3600))
-            note = await ledger.sign_debit_note(escrow, first)
+            if agreement in held:
+                # this shard's retry at a host whose stream broke: its escrow is open already (opening
+                # it again is refused by the ledger as a conflict: seen failing the devnet deploy)
+                escrow, first, note = held[agreement]
+            else:
+                if spent[0] + amount + ledger.order_fee() > budget:
+                    raise HostingError(f"over budget: this host costs {amount} (+ fee), {budget - spent[0]} left")
+                cert = await ledger.open_escrow(agreement, quote.payee, amount, deadline, ESCROW_GRACE,
+                                                timeout=STEP_TIMEOUT / 2)
+                spent[0] += amount + ledger.order_fee()
+                escrow = cert.order.order.escrow
+                opened.append(escrow)
+                first = min(amount, math.ceil(rate * self.interval / 3600))
+                note = await ledger.sign_debit_note(escrow, first)
+                held[agreement] = (escrow, first, note)
         req = StoreRequest(sid, shard_hash(shard), len(shard), owner, fee, escrow, rate, deadline, note)
         with trio.fail_after(STEP_TIMEOUT):
             reply = decode_reply(await self._ask(offer.peer, req.to_wire(), shard), "stored", {"host": "str"},

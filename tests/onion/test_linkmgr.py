@@ -1,0 +1,72 @@
+"""Onion links between two real libp2p overlays on 127.0.0.1 (linkmgr.py): a link with a
+spare stream (both sides dialled) keeps working when the spare ends; only the end of the
+writer stream takes the link down. Before, a spare stream the neighbour reset (its first-frame
+deadline: we never wrote on it) failed the whole link and every circuit on it."""
+from __future__ import annotations
+
+import os
+from contextlib import AsyncExitStack
+
+import trio
+from nacl.signing import SigningKey
+from prometheus_client import CollectorRegistry
+
+from fognode.node.events import EventBus
+from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
+from fognode.protocols.onion.cells import Cell, CellCommand, CellFramer
+from fognode.protocols.onion.linkmgr import PROTOCOL_ID, LinkManager
+from tests.polling import wait_until
+
+
+class Side:
+    def __init__(self, overlay: Libp2pOverlay) -> None:
+        self.overlay = overlay
+        self.cells: list[Cell] = []
+        self.downs: list[str] = []
+        self.links = LinkManager(overlay, self._bytes, lambda peer, why: self.downs.append(why))
+
+    def _bytes(self, peer: str, data: bytes, framer: CellFramer) -> None:
+        self.cells += [c for c in framer.feed(data) if isinstance(c, Cell) and c.command is not CellCommand.PADDING]
+
+
+def cell(n: int) -> bytes:
+    return Cell(n, CellCommand.DESTROY, b"\x00").frame()
+
+
+async def test_a_spare_stream_ending_leaves_the_link_up() -> None:
+    with trio.fail_after(90):
+        async with AsyncExitStack() as stack:
+            sides: list[Side] = []
+            for _ in range(2):
+                reg = CollectorRegistry()
+                boot = [sides[0].overlay.listen_addrs()[0]] if sides else []
+                cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=boot)
+                ov = await stack.enter_async_context(open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg))
+                side = Side(ov)
+                ov.set_stream_handler(PROTOCOL_ID, side.links.serve_inbound)
+                sides.append(side)
+            a, b = sides
+            async with trio.open_nursery() as nursery:
+                await nursery.start(a.links.run)
+                await nursery.start(b.links.run)
+                await wait_until(lambda: b.overlay.peer_id in {p.peer_id for p in a.overlay.peers() if p.connected},
+                                 30, "a connected to b")
+                a.links.send(b.overlay.peer_id, cell(1))                   # a dials b
+                await wait_until(lambda: len(b.cells) == 1, 30, "b got a's cell")
+                # b's own dial: its link exists (a's inbound stream is its writer), so add the
+                # spare the way a simultaneous dial does: b opens a stream and a attaches it
+                spare = await b.overlay.open_stream(a.overlay.peer_id, PROTOCOL_ID)
+                await wait_until(lambda: len(a.links.links[b.overlay.peer_id].streams) == 2, 30, "a has two streams")
+                await spare.reset()                                       # the spare ends
+                await wait_until(lambda: len(a.links.links[b.overlay.peer_id].streams) == 1, 30, "the spare dropped")
+                a.links.send(b.overlay.peer_id, cell(2))
+                b.links.send(a.overlay.peer_id, cell(3))
+                await wait_until(lambda: len(b.cells) == 2 and len(a.cells) == 1, 30, "cells both ways")
+                assert not a.downs and not b.downs and a.links.failures == {} and b.links.failures == {}
+                # the end of the writer stream still takes the link down (b's writer is a's stream)
+                writer = a.links.links[b.overlay.peer_id].writer
+                assert writer is not None
+                await writer.reset()
+                await wait_until(lambda: bool(b.downs), 30, "b's link down")
+                assert a.overlay.peer_id not in b.links.neighbours()
+                nursery.cancel_scope.cancel()
