@@ -101,7 +101,7 @@ def test_five_daemons_finish_a_session_whose_starter_is_killed(node_factory: Nod
     assert st["state"] == "completed", st
     assert st["role"] == "coordinator" and st["acting_coordinator"] == fb.peer_id
     assert [h["round"] for h in st["history"]] == [1, 2, 3, 4]
-    assert any("taken over by" in f for h in st["history"] for f in h["failures"])
+    assert any("taken over by" in f for h in st["history"] for f in h["failures"]), st["history"]
     # the final model is saved in a worker thread after the session is reported completed
     wait_until(lambda: fb.rpc("fl.status", [sid, True])["model_file"] is not None, timeout=30,
                interval=0.25, what="the fallback coordinator to save the final model")

@@ -242,6 +242,7 @@ def test_takeover_when_the_last_model_died_with_the_starter() -> None:
     assert redone["aggregator"] != old.peer
     assert any("could not be fetched" in f and f"going on from round {lost[0] - 1}" in f
                for f in redone["failures"]), redone["failures"]
+    assert any("taken over by" in f for f in redone["failures"]), redone["failures"]
 
 
 def test_a_round_still_running_without_its_coordinator_is_waited_for() -> None:

@@ -170,7 +170,9 @@ class Failover:
             c.base_hash, c.base_round, c.base_sources = mh, rnd, (self.me,)
             c.round_no = rnd + 1
             c.try_no = c.first_try = c.seen_tries.get(c.round_no, -1) + 1
-            c.failures = [f"taking over, {lost}: going on from round {rnd}"]
+            # keep who took over and why (the takeover note) ahead of why it went back
+            c.failures = [f for f in c.failures if "taken over by" in f] + [
+                f"taking over, {lost}: going on from round {rnd}"]
             s.latest_model, s.rounds_done = mh, rnd
             return self.resumed(s, now)
         return self._end(s, SessionState.FAILED, f"taking over, {lost}", now)
