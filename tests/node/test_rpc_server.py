@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from fognode.node.errors import DataDirError, LocalProtocolError, RpcError
 from fognode.node.rpc.methods import MethodTable, rpc_method
 from fognode.node.rpc.server import RpcServer
+from tests.polling import wait_until
 
 
 class Color(enum.Enum):
@@ -215,7 +216,9 @@ async def test_batches(rpc: Running) -> None:
     await c.send(b"[]\n")
     assert await c.recv() == {"jsonrpc": "2.0", "id": None,
                               "error": {"code": -32600, "message": "invalid request: empty batch"}}
-    assert rpc.demo.notified == ["x", "y"]
+    # a notification has no reply to wait for: its handler may run after the next reply
+    await wait_until(lambda: rpc.demo.notified == ["x", "y"], timeout=10,
+                     what="the batched notification to be handled")
 
 
 async def test_standard_errors_say_what_was_wrong(rpc: Running) -> None:
