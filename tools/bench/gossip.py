@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+import psutil
+
 TOPIC = "fognode/bench/gossip/1"
 MSG_SIZE = 256
 
@@ -50,7 +52,7 @@ def _decode(data: bytes) -> tuple[int, float]:
 
 
 async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Callable[[], int],
-                    connected: Callable[[], int], rec: list[tuple[int, float, float]],
+                    connected: Callable[[], int], rec: list[tuple[int, float, float, float]],
                     queues: Callable[[], list[int]], pulled: Callable[[], int]) -> None:
     """Serve the parent's commands (one per stdin line) until QUIT; PUB runs in the
     background so STAT/COUNT keep answering while it publishes."""
@@ -100,14 +102,18 @@ async def _child_ours(bootstrap: list[str], peers_low: int, peers_high: int) -> 
     from fognode.node.host import OverlayConfig, open_overlay
     from fognode.node.overlay import GossipMessage
 
-    rec: list[tuple[int, float, float]] = []
+    rec: list[tuple[int, float, float, float]] = []
     reg = CollectorRegistry()
     cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=bootstrap,
                         peers_low=peers_low, peers_high=peers_high, connmgr_interval=1.0)
     async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg) as ov:
+        pulled_counter = ov.gossip.m_pulled.labels(TOPIC)
+
         async def handler(m: GossipMessage) -> None:
             i, t = _decode(m.data)
-            rec.append((i, t, time.monotonic()))
+            # the pull counter as this delivery is handled (it moves before a pulled message
+            # is handed over): the parent tells pulled deliveries from pushed ones with it
+            rec.append((i, t, time.monotonic(), pulled_counter._value.get()))
 
         await ov.subscribe(TOPIC, handler)
         print("READY", ov.listen_addrs()[0], flush=True)
@@ -148,7 +154,7 @@ async def _child_plain(bootstrap: list[str]) -> None:
                    degree_high=12, heartbeat_initial_delay=0.1, heartbeat_interval=1,
                    spam_protection_enabled=False)
     ps = Pubsub(host, gs)
-    rec: list[tuple[int, float, float]] = []
+    rec: list[tuple[int, float, float, float]] = []
     async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]), \
             background_trio_service(ps), background_trio_service(gs):
         async with trio.open_nursery() as nursery:
@@ -164,7 +170,7 @@ async def _child_plain(bootstrap: list[str]) -> None:
                 while True:
                     m = await sub.get()
                     i, t = _decode(m.data)
-                    rec.append((i, t, time.monotonic()))
+                    rec.append((i, t, time.monotonic(), 0.0))
 
             nursery.start_soon(reader)
             print("READY", host.get_addrs()[0], flush=True)
@@ -192,6 +198,7 @@ def _child_main(mode: str, peers_low: int, peers_high: int, bootstrap: list[str]
 class Child:
     proc: subprocess.Popen[str]
     addr: str = ""
+    pulled_seen: float = 0.0
 
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -232,6 +239,13 @@ class Result:
     pulled: int
     conns: float
     mesh: float
+    timeline: list[str]
+    cpu_ms: float        # CPU ms per message per node over the throughput phase (all nodes)
+
+
+def _cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -259,17 +273,35 @@ def _settle(children: list[Child], publisher: int, want: int, quiet: float = 3.0
         time.sleep(0.25)
 
 
-def _dump(children: list[Child], publisher: int) -> dict[int, list[tuple[float, float]]]:
-    """message id -> (sent, received) at each receiver (publisher excluded)."""
+def _dump(children: list[Child], publisher: int) -> dict[int, list[tuple[float, float, bool]]]:
+    """message id -> (sent, received, pulled) at each receiver (publisher excluded); `pulled`
+    when the node's pull counter moved with this delivery (the overlay's only)."""
     for c in children:
         c.send("DUMP")
-    per_msg: dict[int, list[tuple[float, float]]] = {}
+    per_msg: dict[int, list[tuple[float, float, bool]]] = {}
     for k, c in enumerate(children):
         rows = json.loads(c.expect("DUMP")[0])
-        if k != publisher:
-            for i, t_send, t_recv in rows:
-                per_msg.setdefault(i, []).append((t_send, t_recv))
+        last = c.pulled_seen
+        for i, t_send, t_recv, pulled in sorted(rows, key=lambda r: r[2]):
+            if k != publisher:
+                per_msg.setdefault(i, []).append((t_send, t_recv, pulled > last))
+            last = max(last, pulled)
+        c.pulled_seen = last
     return per_msg
+
+
+def _timeline(per_msg: dict[int, list[tuple[float, float, bool]]], t_first: float,
+              receivers: int) -> list[str]:
+    """One line per message of the throughput phase: publish, first and last delivery (ms
+    after the first publish), how many receivers got it and how many of those pulled it."""
+    out = [f"{'msg':>4} {'publish':>8} {'first':>8} {'last':>8} {'got':>5} {'pulled':>6}"]
+    for i in sorted(per_msg):
+        v = per_msg[i]
+        out.append(f"{i:>4} {(v[0][0] - t_first) * 1e3:>8.1f} "
+                   f"{(min(r for _, r, _ in v) - t_first) * 1e3:>8.1f} "
+                   f"{(max(r for _, r, _ in v) - t_first) * 1e3:>8.1f} "
+                   f"{len(v):>2}/{receivers:<2} {sum(p for _, _, p in v):>6}")
+    return out
 
 
 def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
@@ -302,15 +334,19 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
         children[pub].expect("PUBDONE", timeout=300)
         _settle(children, pub, lat_msgs)
         per_msg = _dump(children, pub)
-        full = [max(r for _, r in v) - v[0][0] for v in per_msg.values() if len(v) >= receivers]
+        full = [max(r for _, r, _ in v) - v[0][0] for v in per_msg.values() if len(v) >= receivers]
         full = [x * 1000 for x in full]
         lat = (_pct(full, 0.5), _pct(full, 0.99), f"{len(full)}/{lat_msgs}")
         # throughput: back to back
+        procs = [psutil.Process(c.proc.pid) for c in children]
+        cpu0 = sum(_cpu(p) for p in procs)
         children[pub].send(f"PUB {tput_msgs} 0")
         t_first = float(children[pub].expect("PUBDONE", timeout=300)[0])
         _settle(children, pub, tput_msgs)
+        cpu_ms = (sum(_cpu(p) for p in procs) - cpu0) * 1000 / (tput_msgs * n)
         per_msg = _dump(children, pub)
-        complete = [max(r for _, r in v) for v in per_msg.values() if len(v) >= receivers]
+        timeline = _timeline(per_msg, t_first, receivers)
+        complete = [max(r for _, r, _ in v) for v in per_msg.values() if len(v) >= receivers]
         rate = len(complete) / (max(complete) - t_first) if complete else 0.0
         for c in children:
             c.send("PEERS")
@@ -320,7 +356,7 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
         mesh = statistics.mean(int(p[3]) for p in peers)
         setup = f"overlay {peers_low}-{peers_high}" if mode == "ours" else "plain gossipsub"
         return Result(n, setup, lat[0],
-                      lat[1], lat[2], rate, f"{len(complete)}/{tput_msgs}", pulled, conns, mesh)
+                      lat[1], lat[2], rate, f"{len(complete)}/{tput_msgs}", pulled, conns, mesh, timeline, cpu_ms)
     finally:
         for c in children:
             try:
@@ -332,6 +368,18 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
                 c.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 c.proc.kill()
+
+
+def _verify_us(n: int = 500, repeat: int = 7) -> float:
+    """Microseconds per Ed25519 verification of a signed 256-byte message, best of `repeat`
+    (the machine's cost, not the load's)."""
+    import timeit
+
+    from nacl.signing import SigningKey
+    key = SigningKey(os.urandom(32))
+    signed = key.sign(os.urandom(MSG_SIZE))
+    vk = key.verify_key
+    return min(timeit.repeat(lambda: vk.verify(signed), number=n, repeat=repeat)) / n * 1e6
 
 
 def _envelope_cost(n: int = 2000) -> tuple[float, float]:
@@ -364,6 +412,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plain-dials", type=int, default=6,
                     help="peers each plain node dials (the overlay dials 3 and finds more "
                          "through the DHT; 6 gives about the same number of connections)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="also print each throughput message's publish, first and last "
+                         "delivery times and how many receivers pulled it")
+    ap.add_argument("--setups", choices=("both", "ours", "plain"), default="both",
+                    help="which setups to run (default both: plain is the reference)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -373,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[Result] = []
     t0 = time.monotonic()
     for n in sizes:
-        for mode in ("ours", "plain"):
+        for mode in ("ours", "plain") if args.setups == "both" else (args.setups,):
             results.append(run_one(n, mode, args.lat_msgs, args.lat_gap_ms, args.tput_msgs,
                                    args.peers_low, plain_dials=args.plain_dials,
                                    peers_high=args.peers_high))
@@ -381,17 +434,28 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  ... {n} nodes, {r.setup}: done at {time.monotonic() - t0:.0f} s",
                   file=sys.stderr, flush=True)
     seal_us, open_us = _envelope_cost()
+    verify_us = _verify_us()
+    cores = os.cpu_count() or 1
     load = os.getloadavg()[0]
     print(f"gossip to the last receiver, {MSG_SIZE}-byte messages, one process per node "
-          f"(loopback, {os.cpu_count()} cores, load average {load:.1f} at the end)")
+          f"(loopback, {cores} cores, load average {load:.1f} at the end)")
     print(f"{'nodes':>5}  {'setup':<16} {'p50 ms':>8} {'p99 ms':>8} {'all got':>9} "
-          f"{'msgs/s':>8} {'all got':>9} {'pulled':>7} {'peers':>6} {'mesh':>5}")
+          f"{'msgs/s':>8} {'all got':>9} {'bound':>6} {'% bnd':>6} {'cpu ms':>6} "
+          f"{'pulled':>7} {'peers':>6} {'mesh':>5}")
     for r in results:
+        bound = cores / (r.nodes * 2 * verify_us * 1e-6)
         print(f"{r.nodes:>5}  {r.setup:<16} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} "
-              f"{r.lat_complete:>9} {r.msgs_per_s:>8.1f} {r.tput_complete:>9} {r.pulled:>7} "
+              f"{r.lat_complete:>9} {r.msgs_per_s:>8.1f} {r.tput_complete:>9} {bound:>6.0f} "
+              f"{100 * r.msgs_per_s / bound:>6.1f} {r.cpu_ms:>6.2f} {r.pulled:>7} "
               f"{r.conns:>6.1f} {r.mesh:>5.1f}")
+    for r in results if args.timeline else []:
+        print(f"\nthroughput timeline, {r.nodes} nodes, {r.setup} (ms after the first publish)")
+        print("\n".join(r.timeline))
     print(f"our per-message CPU: seal+sign {seal_us:.0f} us at the publisher, decode+verify "
-          f"{open_us:.0f} us per receiver")
+          f"{open_us:.0f} us per receiver; one Ed25519 verification {verify_us:.0f} us (best of 7)")
+    print(f"bound = the signature work's ceiling: {cores} cores / (nodes x 2 verifications x "
+          f"{verify_us:.0f} us) msgs/s; '% bnd' = msgs/s against it; 'cpu ms' = CPU time of "
+          "all node processes during the throughput phase per message per node")
     print(f"latency: {args.lat_gap_ms} ms apart; msgs/s: published back to back, counted when every receiver "
           "had it; 'all got' = messages that reached every receiver; 'pulled' = deliveries "
           "the overlay fetched over the pull stream after gossip lost them. Plain GossipSub is "
