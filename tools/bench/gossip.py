@@ -306,7 +306,7 @@ def _timeline(per_msg: dict[int, list[tuple[float, float, bool]]], t_first: floa
 
 def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
             peers_low: int, warmup: float = 3.0, plain_dials: int = 3,
-            peers_high: int = 10) -> Result:
+            peers_high: int = 10, idle: float = 3.0) -> Result:
     rnd = random.Random(n)
     children: list[Child] = []
     try:
@@ -339,11 +339,15 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
         lat = (_pct(full, 0.5), _pct(full, 0.99), f"{len(full)}/{lat_msgs}")
         # throughput: back to back
         procs = [psutil.Process(c.proc.pid) for c in children]
-        cpu0 = sum(_cpu(p) for p in procs)
+        cpu0, w0 = sum(_cpu(p) for p in procs), time.monotonic()
+        time.sleep(idle)                # the nodes' own background work, to subtract
+        cpu1, w1 = sum(_cpu(p) for p in procs), time.monotonic()
         children[pub].send(f"PUB {tput_msgs} 0")
         t_first = float(children[pub].expect("PUBDONE", timeout=300)[0])
         _settle(children, pub, tput_msgs)
-        cpu_ms = (sum(_cpu(p) for p in procs) - cpu0) * 1000 / (tput_msgs * n)
+        busy = (sum(_cpu(p) for p in procs) - cpu1
+                - (cpu1 - cpu0) / (w1 - w0) * (time.monotonic() - w1))
+        cpu_ms = busy * 1000 / (tput_msgs * n)
         per_msg = _dump(children, pub)
         timeline = _timeline(per_msg, t_first, receivers)
         complete = [max(r for _, r, _ in v) for v in per_msg.values() if len(v) >= receivers]
@@ -455,7 +459,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{open_us:.0f} us per receiver; one Ed25519 verification {verify_us:.0f} us (best of 7)")
     print(f"bound = the signature work's ceiling: {cores} cores / (nodes x 2 verifications x "
           f"{verify_us:.0f} us) msgs/s; '% bnd' = msgs/s against it; 'cpu ms' = CPU time of "
-          "all node processes during the throughput phase per message per node")
+          "all node processes during the throughput phase, less their idle rate measured for 3 s "
+          "before it, per message per node")
     print(f"latency: {args.lat_gap_ms} ms apart; msgs/s: published back to back, counted when every receiver "
           "had it; 'all got' = messages that reached every receiver; 'pulled' = deliveries "
           "the overlay fetched over the pull stream after gossip lost them. Plain GossipSub is "
