@@ -9,9 +9,9 @@ through this layer:
   libp2p message carries one envelope, or a batch of one origin's envelopes of one topic.
 - Publisher (gossip_publisher.py): `publish()` seals, keeps the message in a bounded ring (for
   pulls) and enqueues it on a bounded channel (a full channel makes `publish()` wait:
-  backpressure). One task sends, at most `max_rate` libp2p messages/s, each carrying what
-  queued meanwhile (gossip_outbox.py), and waits while any peer's libp2p outbound queue is
-  over half full.
+  backpressure). One task sends, at most `max_rate` messages/s on average, as libp2p messages
+  each carrying every envelope of a topic that queued meanwhile (gossip_outbox.py), and waits
+  while any peer's libp2p outbound queue is over half full.
 - Receiver: `admit` (called by ScoredPubsub as soon as an RPC is parsed) ignores a message
   whose relayer is over its share (gossip_inbox.py). A topic validator checks the envelopes
   (decodable, from the libp2p message's signer, right topic; their own signatures only when

@@ -4,9 +4,10 @@
   the store's ring for pulls and queues it on a bounded channel: a full channel makes
   `publish()` wait (backpressure). With room it returns without a scheduler round (it is a
   cancellation point, not a yield), so a burst is queued at once and leaves in batches.
-- `run_sender` (one task) sends what is queued: at most `max_rate` libp2p messages a second,
-  each the next batch of its outbox (gossip_outbox.py: one envelope, or every envelope of one
-  topic queued meanwhile, up to BATCH_MAX), and waits, bounded, while any peer's libp2p
+- `run_sender` (one task) sends what is queued: at most `max_rate` envelopes a second on
+  average, as libp2p messages each carrying the next batch of its outbox (gossip_outbox.py:
+  one envelope, or every envelope of one topic queued meanwhile, up to BATCH_MAX: a batch of
+  k takes k ticks of the pace after it is sent), and waits, bounded, while any peer's libp2p
   outbound queue is over half full (py-libp2p's 32-slot per-peer queues drop what overflows,
   silently: notes bite 6).
 - `run_heads` (one task) announces each topic's latest seq after a quiet `head_interval`, then
@@ -91,10 +92,10 @@ class GossipPublisher:
         return max((len(q) for q in list(queues.values())), default=0)
 
     async def run_sender(self) -> None:
-        """Sends what publish() and the head announcer queued: at each pacing tick (at most
-        `max_rate` per second) the next batch of the outbox (gossip_outbox.py), as one libp2p
-        message, after waiting (bounded) while any peer's libp2p outbound queue is over half
-        full: those 32-slot queues drop what overflows, silently."""
+        """Sends what publish() and the head announcer queued (module doc): the next batch of
+        the outbox as one libp2p message when the pace allows, after waiting (bounded) while
+        any peer's libp2p outbound queue is over half full: those 32-slot queues drop what
+        overflows, silently."""
         interval = 1.0 / self.s.max_rate if self.s.max_rate > 0 else 0.0
         next_at = trio.current_time()
         outbox = Outbox(BATCH_MAX)
@@ -127,7 +128,9 @@ class GossipPublisher:
             counted = sum(o.counted for o in batch)
             if counted:
                 self.sent.labels(batch[0].topic).inc(counted)
-            next_at = max(next_at + interval, trio.current_time() - 1.0)
+            # the pace is per envelope: a batch of k uses k ticks (a burst leaves at once, a
+            # long one at `max_rate` messages/s, which receivers' inboxes can follow)
+            next_at = max(next_at + interval * len(batch), trio.current_time() - 1.0)
 
     async def run_heads(self) -> None:
         """Announce our latest seq after a quiet `head_interval`, then every 10 intervals for

@@ -26,9 +26,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import psutil
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 TOPIC = "fognode/bench/gossip/1"
 MSG_SIZE = 256
@@ -53,7 +56,8 @@ def _decode(data: bytes) -> tuple[int, float]:
 
 async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Callable[[], int],
                     connected: Callable[[], int], rec: list[tuple[int, float, float, float]],
-                    queues: Callable[[], list[int]], pulled: Callable[[], int]) -> None:
+                    queues: Callable[[], list[int]], pulled: Callable[[], int],
+                    drops: Callable[[], dict[str, float]] = dict) -> None:
     """Serve the parent's commands (one per stdin line) until QUIT; PUB runs in the
     background so STAT/COUNT keep answering while it publishes."""
     import trio
@@ -88,6 +92,8 @@ async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Call
                 print("COUNT", len(rec), flush=True)
             elif line[0] == "PEERS":
                 print("PEERS", connected(), mesh_size(), pulled(), queues()[-1], flush=True)
+            elif line[0] == "DROPS":
+                print("DROPS", json.dumps(drops()).replace(" ", ""), flush=True)
             elif line[0] == "DUMP":
                 print("DUMP", json.dumps(rec), flush=True)
                 rec.clear()
@@ -123,8 +129,23 @@ async def _child_ours(bootstrap: list[str], peers_low: int, peers_high: int) -> 
                         lambda: [len(q) for q in ov.pubsub.peer_queues.values()]
                         + [len(ov.gossipsub.mesh.get(TOPIC, ()))],
                         lambda: int(sum(s.value for m in reg.collect() for s in m.samples
-                                        if s.name == "fognode_node_gossip_pulled_total")))
+                                        if s.name == "fognode_node_gossip_pulled_total")),
+                        lambda: _gossip_drops(reg))
         del trio
+
+
+def _gossip_drops(reg: "CollectorRegistry") -> dict[str, float]:
+    """This node's gossip drops, refusals and losses by reason (the non-zero ones)."""
+    out: dict[str, float] = {}
+    for m in reg.collect():
+        for smp in m.samples:
+            kind = {"fognode_node_gossip_drops_total": "drop",
+                    "fognode_node_gossip_refused_total": "refused",
+                    "fognode_node_gossip_lost_total": "lost"}.get(smp.name)
+            if kind and smp.value:
+                key = f"{kind}:{smp.labels.get('reason', '?')}"
+                out[key] = out.get(key, 0.0) + smp.value
+    return out
 
 
 async def _child_plain(bootstrap: list[str]) -> None:
@@ -241,6 +262,7 @@ class Result:
     mesh: float
     timeline: list[str]
     cpu_ms: float        # CPU ms per message per node over the throughput phase (all nodes)
+    drops: str           # the overlay's drops, refusals and losses by reason, all nodes
 
 
 def _cpu(p: psutil.Process) -> float:
@@ -356,11 +378,19 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
             c.send("PEERS")
         peers = [c.expect("PEERS") for c in children]
         pulled = sum(int(p[2]) for p in peers)
+        drops: dict[str, float] = {}
+        if mode == "ours":
+            for c in children:
+                c.send("DROPS")
+            for c in children:
+                for k, v in json.loads(c.expect("DROPS")[0]).items():
+                    drops[k] = drops.get(k, 0.0) + v
         conns = statistics.mean(int(p[0]) for p in peers)
         mesh = statistics.mean(int(p[3]) for p in peers)
         setup = f"overlay {peers_low}-{peers_high}" if mode == "ours" else "plain gossipsub"
         return Result(n, setup, lat[0],
-                      lat[1], lat[2], rate, f"{len(complete)}/{tput_msgs}", pulled, conns, mesh, timeline, cpu_ms)
+                      lat[1], lat[2], rate, f"{len(complete)}/{tput_msgs}", pulled, conns, mesh, timeline, cpu_ms,
+                      ", ".join(f"{k} {v:.0f}" for k, v in sorted(drops.items())))
     finally:
         for c in children:
             try:
@@ -452,6 +482,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{r.lat_complete:>9} {r.msgs_per_s:>8.1f} {r.tput_complete:>9} {bound:>6.0f} "
               f"{100 * r.msgs_per_s / bound:>6.1f} {r.cpu_ms:>6.2f} {r.pulled:>7} "
               f"{r.conns:>6.1f} {r.mesh:>5.1f}")
+    for r in results:
+        if r.drops:
+            print(f"{r.nodes} nodes, {r.setup}: drops, refusals and losses (all nodes, both "
+                  f"phases): {r.drops}")
     for r in results if args.timeline else []:
         print(f"\nthroughput timeline, {r.nodes} nodes, {r.setup} (ms after the first publish)")
         print("\n".join(r.timeline))
