@@ -65,6 +65,10 @@ log = logging.getLogger("fognode.gossip")
 
 PULL_PROTOCOL = "/fognode/gossip/pull/1.0.0"
 ENVELOPE_OVERHEAD = 2048   # bytes reserved for the libp2p RPC framing around our envelope
+# Messages the reader hands the handler task ahead of it; the reader and the handler loop also
+# yield to the scheduler after this many messages (a batch of 64 is 8 scheduler rounds, not
+# 128, and no task holds the loop for long).
+DELIVER_AHEAD = 8
 
 __all__ = ["PULL_PROTOCOL", "GossipLayer", "GossipSettings", "Envelope", "MessageStore",
            "SequenceTracker", "KIND_HEAD", "KIND_MESSAGE", "seal", "open_envelope"]
@@ -77,9 +81,10 @@ class _TopicState:
         self.check: GossipCheck | None = None     # the role's content check (subscribe)
         self.inbox: FairInbox[Envelope] = FairInbox(queue, queue_bytes)   # gossip_inbox.py
         self.arrived = trio.Event()
-        # the handler task takes each message as the tracker passes it on: the queueing (fair
-        # per relaying peer) happens in the inbox, not in a FIFO behind it
-        self.send, self.recv = trio.open_memory_channel[GossipMessage](0)
+        # the queueing (fair per relaying peer) happens in the inbox; behind the tracker at
+        # most DELIVER_AHEAD messages wait for the handler, so a batch is handed over without
+        # a scheduler round per message
+        self.send, self.recv = trio.open_memory_channel[GossipMessage](DELIVER_AHEAD)
 
 
 PeerIdOf = Callable[[bytes], str]
@@ -280,6 +285,7 @@ class GossipLayer:
 
     async def _reader(self, st: _TopicState) -> None:
         """Feed the tracker from the inbox, round robin over the relaying peers."""
+        done = 0
         while True:
             got = st.inbox.pop()
             if got is None:
@@ -288,6 +294,9 @@ class GossipLayer:
                 continue
             relayer, env = got
             await self._incoming(st, env, str(relayer), pulled=False)
+            done += 1
+            if done % DELIVER_AHEAD == 0:
+                await trio.lowlevel.checkpoint()
 
     async def _incoming(self, st: _TopicState, env: Envelope, relayer: str, *,
                         pulled: bool) -> None:
@@ -308,17 +317,28 @@ class GossipLayer:
             return
         if pulled:
             self.m_pulled.labels(st.topic).inc()
-        await st.send.send(gm)   # waits when the handler is slow: libp2p's buffer then drops,
-        #                          and the gap is pulled (from our own relay cache first)
+        try:
+            st.send.send_nowait(gm)
+        except trio.WouldBlock:  # the handler is DELIVER_AHEAD behind: wait (the inbox then
+            await st.send.send(gm)   # fills and drops; the gap is pulled, from our own relay
+            #                          cache first)
 
     async def _handler_loop(self, st: _TopicState) -> None:
-        async for gm in st.recv:
+        done = 0
+        while True:
+            try:
+                gm = st.recv.receive_nowait()
+            except trio.WouldBlock:
+                gm = await st.recv.receive()
             self.m_in.labels(st.topic).inc()
             try:
                 await st.handler(gm)
             except Exception:
                 log.exception("gossip: handler for %s failed on a message from %s", st.topic,
                               gm.origin)
+            done += 1
+            if done % DELIVER_AHEAD == 0:
+                await trio.lowlevel.checkpoint()
 
     # -- pulls ------------------------------------------------------------------------------
 
