@@ -65,10 +65,12 @@ log = logging.getLogger("fognode.gossip")
 
 PULL_PROTOCOL = "/fognode/gossip/pull/1.0.0"
 ENVELOPE_OVERHEAD = 2048   # bytes reserved for the libp2p RPC framing around our envelope
-# Messages the reader hands the handler task ahead of it; the reader and the handler loop also
-# yield to the scheduler after this many messages (a batch of 64 is 8 scheduler rounds, not
-# 128, and no task holds the loop for long).
+# Messages the reader hands the handler task ahead of it. The reader and the handler loop go
+# on without a scheduler round per message, yielding once they have held the loop for
+# SLICE seconds: a batch of cheap messages is delivered in one task step, a flood of costly ones
+# (a role's handler that checks signatures) still yields after about each message.
 DELIVER_AHEAD = 8
+SLICE = 0.001
 
 __all__ = ["PULL_PROTOCOL", "GossipLayer", "GossipSettings", "Envelope", "MessageStore",
            "SequenceTracker", "KIND_HEAD", "KIND_MESSAGE", "seal", "open_envelope"]
@@ -285,18 +287,17 @@ class GossipLayer:
 
     async def _reader(self, st: _TopicState) -> None:
         """Feed the tracker from the inbox, round robin over the relaying peers."""
-        done = 0
+        since = time.perf_counter()
         while True:
             got = st.inbox.pop()
             if got is None:
                 st.arrived = trio.Event()
                 await st.arrived.wait()
+                since = time.perf_counter()
                 continue
             relayer, env = got
             await self._incoming(st, env, str(relayer), pulled=False)
-            done += 1
-            if done % DELIVER_AHEAD == 0:
-                await trio.lowlevel.checkpoint()
+            since = await _slice(since)
 
     async def _incoming(self, st: _TopicState, env: Envelope, relayer: str, *,
                         pulled: bool) -> None:
@@ -324,21 +325,20 @@ class GossipLayer:
             #                          cache first)
 
     async def _handler_loop(self, st: _TopicState) -> None:
-        done = 0
+        since = time.perf_counter()
         while True:
             try:
                 gm = st.recv.receive_nowait()
             except trio.WouldBlock:
                 gm = await st.recv.receive()
+                since = time.perf_counter()
             self.m_in.labels(st.topic).inc()
             try:
                 await st.handler(gm)
             except Exception:
                 log.exception("gossip: handler for %s failed on a message from %s", st.topic,
                               gm.origin)
-            done += 1
-            if done % DELIVER_AHEAD == 0:
-                await trio.lowlevel.checkpoint()
+            since = await _slice(since)
 
     # -- pulls ------------------------------------------------------------------------------
 
@@ -441,6 +441,15 @@ class GossipLayer:
         """Stream handler of PULL_PROTOCOL (node/gossip_pull.py)."""
         await serve_pull(fs, self.store, own_key=self.pubkey, epoch=self.epoch,
                          served=lambda topic: self.m_served.labels(topic).inc())
+
+
+async def _slice(since: float) -> float:
+    """Yield to the scheduler when the calling task has run SLICE seconds since `since` (its
+    last yield); returns the new `since`."""
+    if time.perf_counter() - since < SLICE:
+        return since
+    await trio.lowlevel.checkpoint()
+    return time.perf_counter()
 
 
 def _b58(peer_id_bytes: bytes) -> str:
