@@ -326,6 +326,7 @@ class RpcServer:
         call = self._call(msg, None)
         if not isinstance(call, _Call):
             return call.line
+        assert call.spec is not None    # _call gives a _Call only for a method it found
         try:
             result = run_inline(call.spec.handler(**call.kwargs))
             return self._result_line(call, result)
@@ -366,6 +367,7 @@ class RpcServer:
         call = self._call(msg, stream)
         if not isinstance(call, _Call):
             return call.line
+        assert call.spec is not None    # _call gives a _Call only for a method it found
         try:
             result = await call.spec.handler(**call.kwargs)
             return self._result_line(call, result)

@@ -289,9 +289,10 @@ async def test_methods_of_a_role_that_is_down_say_so(rpc: Running) -> None:
 async def test_requests_on_one_connection_run_concurrently(rpc: Running) -> None:
     c = await Client.connect(rpc.path)
     await c.send({"jsonrpc": "2.0", "method": "demo.block", "id": "slow"})
-    # a later request overtakes the blocked one
+    # a later request overtakes the blocked one (answered by the reading task, it may even
+    # come back before the blocked one's task has started)
     assert await c.call("demo.echo", ["fast"], id_="fast") == {"jsonrpc": "2.0", "id": "fast", "result": "fast"}
-    assert rpc.demo.blocked == 1
+    await wait_until(lambda: rpc.demo.blocked == 1, timeout=10, what="demo.block to start")
     await c.call("demo.release", id_="rel")
     assert await c.recv() == {"jsonrpc": "2.0", "id": "slow", "result": "released"}
 
