@@ -155,6 +155,7 @@ class LedgerService:
             self.ctx.overlay.set_stream_handler(SYNC_STREAM, self.sync.serve)
             await self.ctx.overlay.subscribe(CERT_TOPIC, self.gossip.on_gossip)
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.streams.run)     # first: every adapter asks through it
                 nursery.start_soon(self.gossip.run)
                 nursery.start_soon(self.sync.run)
                 nursery.start_soon(self.submitter.run)
