@@ -14,11 +14,8 @@ Measured in one run, side by side:
    validator checked the sender before voting), whose bound is rate / 3;
 4. end to end: certified transfers per second through 4 `fognode run` processes on loopback
    (each node sends from its default wallet, one wallet.send after the other, all four nodes
-   at once; with --wallets K from K wallets per node at once, the orders pipelined on the
-   validators' order streams), and p50/p99 latency from the wallet.send call to its final
-   answer (skip with --no-e2e), against the signature bound of the same run: the machine's
-   cores / (5 signs + 20 verifies per transfer: the sender's and 4 validators' signatures,
-   4 validators checking the sender, 4 replicas checking sender + 3 votes). Until node/roles.py lists the ledger role, the daemons are started through a
+   at once), and p50/p99 latency from the wallet.send call to its final answer (skip with
+   --no-e2e). Until node/roles.py lists the ledger role, the daemons are started through a
    one-line runner that adds it;
 5. (--profile) where the time goes, by cProfile.
 """
@@ -28,7 +25,6 @@ import argparse
 import cProfile
 import io
 import json
-import os
 import pstats
 import shutil
 import statistics
@@ -159,19 +155,8 @@ _RUNNER = ("import sys; from fognode.node import roles; ref = 'fognode.ledger.pr
            "from fognode.tools.fognode import main; sys.exit(main())")
 
 
-def sign_rate(n: int = 20000) -> float:
-    """Ed25519 signatures per second on one core (PyNaCl SigningKey.sign)."""
-    k = SigningKey(b"\x07" * 32)
-    msg = pack({"v": 1, "kind": "ledger.vote", "tx": b"\x01" * 32})
-    t = time.perf_counter()
-    for _ in range(n):
-        k.sign(msg)
-    return n / (time.perf_counter() - t)
-
-
-def end_to_end(root: Path, sends_per_node: int, wallets: int = 1) -> dict[str, Any]:
-    """4 daemons; from each node `wallets` wallets at once send `sends_per_node` transfers
-    each to the next node's default wallet."""
+def end_to_end(root: Path, sends_per_node: int) -> dict[str, Any]:
+    """4 daemons; every node sends `sends_per_node` transfers to the next node's wallet."""
     from fognode.ledger.genesis import DEV_FUNDING, DEV_STAKE, dev_genesis
     from fognode.ledger.wallet import Keystore
     from fognode.node.datadir import load_identity, write_genesis
@@ -185,12 +170,11 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1) -> dict[str, A
 
         def create(self) -> None:
             super().create()
-            funded = [Keystore(n.datadir).default() or Keystore(n.datadir).create("", "default") for n in self.nodes]
-            funded += [Keystore(n.datadir).create("", f"bench{j}") for n in self.nodes for j in range(1, wallets)]
+            wallets = [Keystore(n.datadir).default() or Keystore(n.datadir).create("", "default") for n in self.nodes]
             genesis = json.loads((self.nodes[0].datadir / "genesis.json").read_text())
             ids = [bytes(load_identity(n.datadir).verify_key) for n in self.nodes]
             genesis["ledger"] = dev_genesis(genesis["chain_id"], [(k, DEV_STAKE) for k in ids],
-                                            {w: DEV_FUNDING for w in funded})
+                                            {w: DEV_FUNDING for w in wallets})
             for n in self.nodes:
                 write_genesis(n.datadir, genesis)
 
@@ -201,18 +185,15 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1) -> dict[str, A
         net.start_all(timeout=120)
         wait_until(lambda: all(len(n.rpc("node.peers")) == 3 for n in net.nodes), timeout=60, what="4 daemons connected")
         addrs = [n.rpc("wallet.address")["address"] for n in net.nodes]
-        own = [[w["address"] for w in sorted(n.rpc("wallet.list"), key=lambda w: not w["default"])][:wallets]
-               for n in net.nodes]
         latencies: list[float] = []
         errors: list[str] = []
         lock = threading.Lock()
 
-        def sender(i: int, wallet: str) -> None:
+        def sender(i: int) -> None:
             for _ in range(sends_per_node):
                 t = time.perf_counter()
                 try:
-                    net.nodes[i].rpc("wallet.send", {"to": addrs[(i + 1) % 4], "amount": "0.01", "wallet": wallet},
-                                     timeout=60)
+                    net.nodes[i].rpc("wallet.send", [addrs[(i + 1) % 4], "0.01"], timeout=60)
                 except Exception as e:  # counted and reported, the run goes on
                     with lock:
                         errors.append(f"node {i}: {e}")
@@ -220,14 +201,14 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1) -> dict[str, A
                 with lock:
                     latencies.append(time.perf_counter() - t)
 
-        threads = [threading.Thread(target=sender, args=(i, w)) for i in range(4) for w in own[i]]
+        threads = [threading.Thread(target=sender, args=(i,)) for i in range(4)]
         t0 = time.perf_counter()
         for th in threads:
             th.start()
         for th in threads:
             th.join()
         elapsed = time.perf_counter() - t0
-        total = len(threads) * sends_per_node
+        total = 4 * sends_per_node
         wait_until(lambda: len({n.rpc("ledger.state_root")["state_root"] for n in net.nodes}) == 1
                    and all(n.rpc("ledger.state_root")["applied"] == total for n in net.nodes),
                    timeout=60, what="all 4 replicas at the same state root")
@@ -244,9 +225,7 @@ def main() -> None:
     ap.add_argument("--certs", type=int, default=20000)
     ap.add_argument("--profile", action="store_true", help="print where the time goes (cProfile)")
     ap.add_argument("--no-e2e", action="store_true", help="skip the 4-daemon end-to-end measurement")
-    ap.add_argument("--sends", type=int, default=40, help="wallet.send calls per wallet in the end-to-end run")
-    ap.add_argument("--wallets", type=int, default=1,
-                    help="wallets per node sending at once in the end-to-end run (orders pipelined)")
+    ap.add_argument("--sends", type=int, default=40, help="wallet.send calls per node in the end-to-end run")
     args = ap.parse_args()
 
     print(f"generating {args.certs} certificates (4 validators, 3-of-4 votes)...", flush=True)
@@ -277,17 +256,11 @@ def main() -> None:
             print("end to end through 4 daemons...", flush=True)
             e2e_root = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))   # short: unix socket paths
             try:
-                e2e = end_to_end(e2e_root, args.sends, args.wallets)
+                e2e = end_to_end(e2e_root, args.sends)
             finally:
                 shutil.rmtree(e2e_root, ignore_errors=True)
-            signs = sign_rate()
-            cores = os.cpu_count() or 1
-            e2e_bound = cores / (5 / signs + 20 / raw)
-            rows.append(("Ed25519 sign, PyNaCl SigningKey.sign (alone)", f"{signs:,.0f} /s", ""))
-            rows.append((f"bound: {cores} cores / (5 signs + 20 verifies) per transfer", f"{e2e_bound:,.0f} tx/s", ""))
-            rows.append((f"end-to-end, 4 daemons x {args.wallets} wallet(s) sending", f"{e2e['tps']:,.1f} tx/s",
-                         f"{100 * e2e['tps'] / e2e_bound:.1f}% of bound; {e2e['ok']} final, "
-                         f"{len(e2e['errors'])} errors"))
+            rows.append(("end-to-end, 4 daemons, wallet.send from all 4", f"{e2e['tps']:,.1f} tx/s",
+                         f"{e2e['ok']} final, {len(e2e['errors'])} errors"))
             rows.append(("  latency wallet.send -> final, p50 / p99",
                          f"{1000 * e2e['p50']:,.0f} / {1000 * e2e['p99']:,.0f} ms", ""))
             for err in e2e["errors"][:5]:
