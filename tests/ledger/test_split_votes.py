@@ -53,7 +53,8 @@ async def test_a_lagging_refuser_catches_up_and_the_same_order_is_certified(tmp_
                 for n in up_to_date:
                     n.svc.ingest("test", [cert])
             assert isinstance(c.nodes[3].svc.validate("test", order(2, "elsewhere"))[0], Vote)
-            assert [n.svc.state.account(n0.wallet).next_sequence for n in c.nodes] == [2, 2, 0, 2]
+            # (with a group-commit store the state shows them once they are durable)
+            await wait_until(lambda: [n.svc.state.account(n0.wallet).next_sequence for n in c.nodes] == [2, 2, 0, 2])
 
             import traceback
             sy = c.nodes[2].svc.sync
