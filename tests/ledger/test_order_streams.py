@@ -48,11 +48,13 @@ async def pair(handler: Callable[[FramedStream], Awaitable[None]] | None, timeou
 
 async def test_a_slow_validator_receives_every_request_at_once_and_answers_each_caller() -> None:
     """The validator reads each request as it arrives and answers them in order, one every
-    `step` seconds: every request reaches it long before the earlier ones are answered (none
-    waits for another's reply to leave), each caller gets its own reply, and the callers whose
-    timeout came first get TooSlowError (sent, not dropped) within their bound."""
-    step, timeout, n_req = 0.25, 2.0, 16
+    `step` seconds: every request reaches it before its third reply (none waits for another's
+    reply to leave: one request at a time, the last would arrive after the 11th reply), each
+    caller gets its own reply, and the callers whose timeout came first get TooSlowError (sent,
+    not dropped) within their bound."""
+    step, timeout, n_req = 0.4, 3.0, 12
     arrived: list[tuple[int, float]] = []
+    replied: list[float] = []
 
     async def slow(stream: FramedStream) -> None:
         inbox_send, inbox = trio.open_memory_channel[int](100)
@@ -61,6 +63,7 @@ async def test_a_slow_validator_receives_every_request_at_once_and_answers_each_
             async for i in inbox:
                 await trio.sleep(step)
                 await stream.send({"i": i})
+                replied.append(trio.current_time())
         async with trio.open_nursery() as n:
             n.start_soon(answer)
             while True:
@@ -83,21 +86,20 @@ async def test_a_slow_validator_receives_every_request_at_once_and_answers_each_
             except trio.TooSlowError:
                 outcomes[i] = ("timed out", trio.current_time() - t0)
 
-        with trio.fail_after(60):
-            start = trio.current_time()
+        with trio.fail_after(90):
             async with trio.open_nursery() as n:
                 for i in range(n_req):
                     n.start_soon(ask, i)
-            # every request reached the validator, all before the first caller's timeout
+            # every request reached the validator before it had answered three
             assert sorted(i for i, _ in arrived) == list(range(n_req)), arrived
-            assert max(t for _, t in arrived) - start < timeout, arrived
+            assert len(replied) < 3 or max(t for _, t in arrived) < replied[2], (arrived, replied)
             answered = {i for i, (kind, _) in outcomes.items() if kind != "timed out"}
             assert all(outcomes[i][0] == f"reply {i}" for i in answered), outcomes
-            assert answered and len(answered) < n_req, outcomes     # some in time, the rest not
-            assert all(waited < timeout + 1.0 for _, waited in outcomes.values()), outcomes
-            # the late replies of the callers that gave up are dropped: the stream still works
-            # and the next caller gets its own reply
-            await wait_until(lambda: streams.in_flight(key) == 0, timeout=30)
+            assert len(answered) < n_req, outcomes     # 12 x 0.4 s do not fit in 3 s
+            assert all(waited < timeout + 2.0 for _, waited in outcomes.values()), outcomes
+            # the late replies of the callers that gave up are read and dropped: the stream
+            # still works and the next caller gets its own reply
+            await wait_until(lambda: streams.in_flight(key) == 0, timeout=60)
             assert (await streams.request(key, validator.peer_id, {"i": 99}))["i"] == 99
 
 
@@ -105,7 +107,7 @@ async def test_a_silent_validator_bounds_every_caller_and_its_stream_is_replaced
     """The validator reads but never answers: each caller ends within its timeout (TooSlowError:
     the request left), and after DEAD_AFTER timeouts without a reply the stream is reset; the
     next request opens a new stream (the validator sees a second stream)."""
-    timeout = 0.5
+    timeout = 2.0
     opened: list[FramedStream] = []
     received: list[int] = []
 
@@ -131,7 +133,7 @@ async def test_a_silent_validator_bounds_every_caller_and_its_stream_is_replaced
             async with trio.open_nursery() as n:
                 for i in range(6):
                     n.start_soon(ask, i)
-            assert len(waited) == 6 and max(waited) < timeout + 1.0, waited
+            assert len(waited) == 6 and max(waited) < timeout + 2.0, waited
             assert sorted(received) == list(range(6))     # every request was sent
             await wait_until(lambda: streams.in_flight(key) == 0, timeout=DEAD_AFTER * timeout + 30)
             with pytest.raises(trio.TooSlowError):
