@@ -6,7 +6,8 @@ and writes them straight onto its pubsub stream to the victim. The envelopes and
 signatures are valid, so only the content check can refuse them; charging the origin reaches
 nobody (the key is never used again). A defended victim refuses them before relaying and
 charges the peer that relayed them to it, the hostile peer (issue 10 item 5,
-protocols/monitor/protocol.py `_check_status`). Used by tests/monitor/test_status_charges.py.
+protocols/monitor/protocol.py `_check_status`). Used by tests/monitor/test_status_charges.py;
+`attack` floods such statuses for tools/bench/attack.py (forged_gossip.flood).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import os
 from nacl.signing import SigningKey
 
 from fognode.tools.bench.attacks import HostilePeer
-from fognode.tools.bench.attacks.forged_gossip import send_forged
+from fognode.tools.bench.attacks.forged_gossip import flood, send_forged
 from fognode.tools.bench.attacks.gap_bomb import STATUS_TOPIC
 
 
@@ -26,3 +27,8 @@ async def send_statuses(peer: HostilePeer, payloads: list[bytes], *,
     pubsub stream does not open within `timeout` seconds; RuntimeError if the write fails."""
     return await send_forged(peer, [(SigningKey(os.urandom(32)), STATUS_TOPIC, d) for d in payloads],
                              timeout=timeout)
+
+
+async def attack(target: str, *, seconds: float) -> dict[str, float]:
+    """Statuses that do not decode, from throw-away origins, for `seconds`."""
+    return await flood(target, seconds=seconds, topic=STATUS_TOPIC, payload=b"\x81\xa1v\x01")
