@@ -32,20 +32,23 @@ A fourth: the auto-tuning doubles a stream's window (`target_recv_window`, 256 K
 `MAX_WINDOW_SIZE` = 16 MiB) whenever window updates come within 4 RTT, and nothing accounts
 for it. A peer that keeps within its window can park that much on a stream nobody reads (a
 handler busy between frames, or one that stopped reading), and as much again on every other
-stream it had grown, until a deadline resets the stream. Measured: 4 streams to a sink that
-read 8 MiB from each and then stopped held 1.37 MiB each in Yamux buffers (window 2 MiB),
-5.5 MiB in all, and `fognode_node_stream_buffered_bytes` said 0 (load 22).
-Reproduction: tests/node/test_yamux_budget.py (a hostile host fills the windows of streams
-whose handler read 4 MiB fast and then stopped). go-yamux reserves each growth from the connection's memory
-scope of go-libp2p's resource manager and does not grow when the reservation fails.
-`QuickYamuxStream` does the same: with a budget registered for its host (`budget()`:
-fognode's `ResourceGate.window_budget`, node/resources.py), each growth is charged to the
-stream's peer within rcmgr.WINDOW_SHARE of its and the node's buffered-bytes budgets; what is
-not granted is not grown. The charge is given back when the stream leaves its connection's
-table (every path: close, reset, sweep, connection close); a stream we reset drops its unread
-bytes at once (py-libp2p kept them for its stale-stream sweeper, 60 to 90 s). A stream's initial
-256 KiB is the
-protocol's (the peer may send it unasked) and stays uncharged: the stream limits bound it.
+stream it had grown, until a deadline resets the stream; after our reset py-libp2p still keeps
+the unread bytes for its stale-stream sweeper (60 to 90 s).
+Reproduction: tests/node/test_yamux_budget.py. On a link whose RTT is 1 s, 6 streams whose
+handler read 4 MiB fast and then stopped had 4 MiB windows; a host that wrote all the window
+it was given parked 12.4 MiB in the victim's Yamux buffers, and
+`fognode_node_stream_buffered_bytes` said 0 (on loopback growth depends on scheduling: 4
+streams parked 5.5 MiB at load 22).
+
+Fix, as go-yamux, which reserves each growth from go-libp2p's resource-manager scope and does
+not grow when the reservation fails: with a budget registered for its host (`budget()`:
+fognode's `ResourceGate.window_budget`, node/resources.py), `QuickYamuxStream` charges each
+growth to the stream's peer, within rcmgr.WINDOW_SHARE of its and the node's buffered-bytes
+budgets; what is not granted is not grown (the same test: 2.7 MiB parked, 2 MiB charged). The
+charge is given back when the stream leaves its connection's table (`_StreamTable`: every path,
+close, reset, sweep, connection close), and a stream we reset drops its unread bytes at once.
+A stream's initial 256 KiB is the protocol's (the peer may send it unasked) and stays
+uncharged: the stream limits bound it.
 
 Installation is a monkeypatch, because the constructor option is ignored (a second upstream
 bug): `new_host(muxer_opt={"/yamux/1.0.0": cls})` accepts a class, but
@@ -100,10 +103,6 @@ def _local_peer(conn: Any) -> str:
 class _StreamTable(dict[int, Any]):
     """A connection's `streams`: a stream that leaves it gives back its window charge."""
 
-    def __init__(self, conn: "QuickYamux") -> None:
-        super().__init__()
-        self._conn = conn
-
     def _gone(self, stream: Any) -> None:
         if isinstance(stream, QuickYamuxStream):
             stream.give_back_window()
@@ -133,7 +132,7 @@ class QuickYamux(Yamux):
         super().__init__(*args, **kwargs)
         self.streams_lock = QuickLock()
         self._write_lock = QuickLock()
-        self.streams = _StreamTable(self)
+        self.streams = _StreamTable()
         self.window_budget: WindowBudget | None = _budgets.get(_local_peer(self.secured_conn))
 
     async def _write_frame(self, data: bytes) -> None:
