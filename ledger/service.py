@@ -153,7 +153,7 @@ class LedgerService:
                 log.info("created the node's default wallet %s", addr)
             self.ctx.overlay.set_stream_handler(ORDER_STREAM, self._serve_order)
             self.ctx.overlay.set_stream_handler(SYNC_STREAM, self.sync.serve)
-            await self.ctx.overlay.subscribe(CERT_TOPIC, self.gossip.on_gossip)
+            await self.ctx.overlay.subscribe(CERT_TOPIC, self.gossip.on_gossip, check=self.gossip.check)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.streams.run)     # first: every adapter asks through it
                 nursery.start_soon(self.gossip.run)
