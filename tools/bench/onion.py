@@ -200,7 +200,8 @@ def main() -> None:
     if r["links"]:
         bound = r["raw_mbs"] / r["links"]
         label = f"link bound: raw / {r['links']} link crossings"
-        print(f"{label:<44}{bound:>8.2f} MB/s  ({100 * r['circuit_mbs'] / bound:.0f} % of it reached through the circuit)")
+        print(f"{label:<44}{bound:>8.2f} MB/s  "
+              f"({100 * r['circuit_mbs'] / bound:.0f} % of it reached through the circuit)")
 
 
 if __name__ == "__main__":

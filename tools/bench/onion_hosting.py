@@ -154,7 +154,8 @@ def run_devnet(level: int, mb: int, timeout: float) -> dict[str, Any]:
             "byte-identical": target.read_bytes() == data,
             "k shards used": len(got["shards_used"]) == lvl.k,
             "fee paid once": got["fee_paid"] == fee,
-            "accessor paid exactly the fee and one order fee": acc_before - _balance(accessor, w_acc) == fee + order_fee,
+            "accessor paid exactly the fee and one order fee":
+                acc_before - _balance(accessor, w_acc) == fee + order_fee,
         }
         try:
             wait_until(lambda: _balance(owner, w_own) == own_before + fee or None, timeout=min(120, left()),
