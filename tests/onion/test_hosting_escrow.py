@@ -3,7 +3,7 @@
 Two in-process validators (real libp2p on 127.0.0.1, real LevelDB: tests/ledger/cluster.py);
 the second is stopped, so the owner's escrow order gathers no quorum within its drive
 (STEP_TIMEOUT / 2, shortened here): NotCertified, and the order stays in flight. The owner
-drives it again (counted in fognode_onion_hosted_escrow_redrives_total) instead of failing the
+drives it again (fognode_onion_hosted_order_redrives_total{order="escrow"}) instead of failing the
 host; once the validator is back the order is certified. Exactly one escrow is opened and paid
 for, and asked again for the same agreement (a shard's retry) the owner finds it open and signs
 no second order: before session 22 that second order was refused as a conflict and the deploy
@@ -29,7 +29,7 @@ from ..ledger.cluster import ledger_cluster, wait_until
 
 pytestmark = pytest.mark.slow
 
-REDRIVES = "fognode_onion_hosted_escrow_redrives_total"
+REDRIVES = "fognode_onion_hosted_order_redrives_total"
 
 
 async def test_an_escrow_order_not_certified_in_time_is_driven_again(tmp_path: Path,
@@ -54,13 +54,13 @@ async def test_an_escrow_order_not_certified_in_time_is_driven_again(tmp_path: P
             await c.stop(1)
 
             async def validator_back_after_a_redrive() -> None:
-                await wait_until(lambda: (reg.get_sample_value(REDRIVES) or 0) >= 1, timeout=60)
+                await wait_until(lambda: (reg.get_sample_value(REDRIVES, {"order": "escrow"}) or 0) >= 1, timeout=60)
                 await c.start(1)
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(validator_back_after_a_redrive)
                 eid = await owner._open_escrow(api, wallet, agreement, payee, amount, deadline)
-            assert (reg.get_sample_value(REDRIVES) or 0) >= 1
+            assert (reg.get_sample_value(REDRIVES, {"order": "escrow"}) or 0) >= 1
             assert eid == api.escrow_id(wallet, agreement)
             e = api.escrow(eid)
             assert e is not None and (e.customer, e.payee, e.amount, e.deadline) == (wallet, payee, amount, deadline)

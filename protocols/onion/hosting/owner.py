@@ -31,7 +31,8 @@ which the ledger refused: the deploy failed and that escrow was never refunded. 
 NotCertified is not the host's fault: the order is driven again until ESCROW_TIMEOUT, and an
 escrow of the agreement already on this replica (certified by such a drive) is used as it is.
 Escrows that a later drive certified after their shard gave up are swept into the deploy's
-orphans (refunded after the deadline).
+orphans (refunded after the deadline). The host waits the same way for our escrow and for its
+first debit note (host.py), so a store's answer is awaited STORE_TIMEOUT.
 """
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ log = logging.getLogger("fognode.onion.hosted")
 
 STEP_TIMEOUT = 90.0
 ESCROW_TIMEOUT = 240.0    # s for one shard's escrow order, driven again after each STEP_TIMEOUT / 2
+STORE_TIMEOUT = 300.0     # s for a host's answer to a store: it waits for our escrow and collects the first note
 DHT_TIMEOUT = 20.0
 ESCROW_GRACE = 3600
 MAX_HOURS = 24 * 366
@@ -321,7 +323,7 @@ class HostedOwner:
                 note = await ledger.sign_debit_note(escrow, first)
                 held[agreement] = (escrow, first, note)
         req = StoreRequest(sid, shard_hash(shard), len(shard), owner, fee, escrow, rate, deadline, note)
-        with trio.fail_after(STEP_TIMEOUT):
+        with trio.fail_after(STORE_TIMEOUT):
             reply = decode_reply(await self._ask(offer.peer, req.to_wire(), shard), "stored", {"host": "str"},
                                  peer=offer.peer)
         if isinstance(reply, Refused):
@@ -353,7 +355,7 @@ class HostedOwner:
                                                 timeout=min(STEP_TIMEOUT / 2, left))
                 return bytes(cert.order.order.escrow)
             except NotCertified as err:
-                self.metrics.escrow_redrives.inc()
+                self.metrics.order_redrives.labels("escrow").inc()
                 log.info("hosting escrow %s not certified yet, driving it again: %s", eid.hex()[:16], err)
             except OrderRejected:
                 if ledger.escrow(eid) is None:   # not "open already" after a drive certified it: a refusal
