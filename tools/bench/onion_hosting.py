@@ -112,14 +112,25 @@ def run_devnet(level: int, mb: int, timeout: float) -> dict[str, Any]:
         owner, accessor = net.nodes[owner_i], net.nodes[acc_i]
         hosts = net.nodes[1:lvl.n + 1]
 
+        missing: dict[str, Any] = {}
+
         def ready() -> bool | None:
-            if not all(x.rpc("onion.stats")["relays_known"] >= n - 1 for x in (owner, accessor)):
-                return None
-            if len(owner.rpc("market.offers", {"filter": "(service=fog.hosting)"})) < lvl.n:
-                return None
-            return all(any(s["name"] == "fog-hosting" and s["published"] for s in h.rpc("onion.services"))
-                       for h in hosts) or None
-        wait_until(ready, timeout=left(), what="relays, fog.hosting offers and the hosts' services", interval=2)
+            missing.clear()
+            known = {x.index: x.rpc("onion.stats")["relays_known"] for x in (owner, accessor)}
+            if min(known.values()) < n - 2:
+                missing["relays known (owner, accessor)"] = known
+            offers = len(owner.rpc("market.offers", {"filter": "(service=fog.hosting)"}))
+            if offers < lvl.n:
+                missing["fog.hosting offers"] = offers
+            unpublished = [h.index for h in hosts if not any(s["name"] == "fog-hosting" and s["published"]
+                                                             for s in h.rpc("onion.services"))]
+            if unpublished:
+                missing["hosts whose service is not published"] = unpublished
+            return not missing or None
+        try:
+            wait_until(ready, timeout=left(), what="relays, fog.hosting offers and the hosts' services", interval=2)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; still missing: {missing}") from None
         phases["ready"] = time.monotonic() - t0
         data = os.urandom(mb * 1_000_000)
         src = root / "data.bin"
