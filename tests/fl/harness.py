@@ -105,6 +105,8 @@ class Sim:
         # in this round the primary regional aggregator of one region (never node 0, never the
         # global primary) dies when the plan is out
         self.sent_updates: list[tuple[str, SendUpdate]] = []
+        # every update send carried out: (time, sender, the send, its outcome: "" delivered)
+        self.send_log: list[tuple[float, str, SendUpdate, str]] = []
         self.kill_regional_aggregator_round: int | None = None
         # coordinator failover: the starter (node 0) dies right after publishing its first
         # plan of this round
@@ -225,11 +227,13 @@ class Sim:
         if target is None or not target.alive or not self.reaches(nd, target) or \
                 (self.sends_fail_until is not None and self.now < self.sends_fail_until):
             self.failed_sends += 1
+            self.send_log.append((self.now, nd.peer, act, "unreachable"))
             self._push(nd, nd.core.update_delivered(act.session_id, act.round, act.try_no,
                                                     act.fallback, False, "unreachable", self.now,
                                                     forward=bool(act.members)))
             return
         reason = self.deliver_raw(nd.peer, target, act, delta)
+        self.send_log.append((self.now, nd.peer, act, reason or ""))
         self._push(nd, nd.core.update_delivered(act.session_id, act.round, act.try_no, act.fallback,
                                                 reason is None, reason or "", self.now,
                                                 forward=bool(act.members)))
