@@ -346,7 +346,7 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
                 "task_params": {"max_samples": 100.0}}, timeout=60)
             try:
                 ws = wait_until(lambda: (lambda st: st if st["state"] != "running" else None)(
-                    coord.rpc("fl.status", [w["session_id"]])), timeout=WARMUP_TIMEOUT, interval=0.25,
+                    coord.rpc("fl.status", [w["session_id"], True])), timeout=WARMUP_TIMEOUT, interval=0.25,
                     what="the warm-up session")
                 warm = f"{ws['state']}" + (f" in {ws['history'][0]['duration']:.1f} s, {ws['history'][0]['tries']} "
                                            f"tries" if ws["history"] else "")
