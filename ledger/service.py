@@ -153,8 +153,9 @@ class LedgerService:
                 log.info("created the node's default wallet %s", addr)
             self.ctx.overlay.set_stream_handler(ORDER_STREAM, self._serve_order)
             self.ctx.overlay.set_stream_handler(SYNC_STREAM, self.sync.serve)
-            await self.ctx.overlay.subscribe(CERT_TOPIC, self.gossip.on_gossip)
+            await self.ctx.overlay.subscribe(CERT_TOPIC, self.gossip.on_gossip, check=self.gossip.check)
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.streams.run)     # first: every adapter asks through it
                 nursery.start_soon(self.gossip.run)
                 nursery.start_soon(self.sync.run)
                 nursery.start_soon(self.submitter.run)
@@ -372,7 +373,11 @@ class LedgerService:
         prev = decode_certificate(f.map("prev", max_len=8), peer=peer) if f.has("prev") else None
         f.done()
         if prev is not None:
-            self.ingest(peer, [prev])
+            _, queued = self.ingest(peer, [prev])
+            if queued:
+                # it lacks more of the sender's history than `prev`: pull it from the requester,
+                # which has it (the client asks again after its retry interval; client.py)
+                self.sync.sync_soon(peer)
         return [{"v": 1, "rejection": r.to_wire()} if isinstance(r, Rejection) else {"v": 1, "vote": r.to_wire()}
                 for r in self.validate(peer, so)]
 
@@ -415,8 +420,8 @@ class LedgerService:
         return self.sync.connected_peers()
 
     async def request(self, validator: bytes, peer: str, request: dict[str, Any],
-                      max_reply: int = MAX_REPLY) -> Any:
-        return await self.streams.request(validator, peer, request, max_reply)
+                      max_reply: int = MAX_REPLY, *, deadline: float | None = None) -> Any:
+        return await self.streams.request(validator, peer, request, max_reply, deadline=deadline)
 
     async def submit_reward(self, receipt: Receipt, amount: int, *, timeout: float = 30.0) -> Certificate:
         return await self.submitter.submit_reward(receipt, amount, timeout=timeout)
