@@ -4,16 +4,18 @@ Cell size: 4096 bytes (Tor's is 514). In Tor a cell is small because it rides a 
 where one more cell costs only its bytes. Here every write to a libp2p stream is a Yamux frame
 inside a Noise frame and a trip through py-libp2p's Python layers: measured, one stream moves
 16 MB/s with 4 KiB writes and 190-280 MB/s with 1 MiB writes (notes/py-libp2p-0.8.1.md), i.e.
-about 0.25 ms per write whatever its size up to a few KiB. At 514 bytes a cell per write would
-cap a circuit near 2 MB/s. The cores cost per cell, not per byte: tools/bench/onion_cells.py
-measures the three-layer crypto of one cell at 11.5k cells/s for 4 KiB cells and only 28k
-cells/s for 514-byte ones (47 against 14 MB/s of payload), the whole cores at about 5k cells/s
-(20 MB/s) on a loaded 2-core machine. 4096 bytes puts 4066 bytes of payload in each DATA cell
-(99.3 %), divides the per-cell and per-write costs by eight, still fits a whole HTTP request or a DHT-sized message
-in one cell, and keeps the cost of padding bounded: a small message wastes at most 4 KiB and a
-constant-rate padding circuit at 10 cells/s costs 40 KiB/s. Larger cells (16 KiB) would gain
-little more (the adapter coalesces queued cells into one write anyway) and quadruple both
-padding costs. The size is part of the protocol: every relay must use the same one.
+about 0.25 ms per write whatever its size up to a few KiB. The link writer coalesces queued
+cells into one write (linkmgr.py), so that cost is per batch, not per cell; what stays per cell
+is the cores' Python work and the crypto calls. 4096 bytes puts 4066 bytes of payload in each
+DATA cell (99.3 %), still fits a whole HTTP request or a DHT-sized message in one cell, and
+keeps the cost of padding bounded: a small message wastes at most 4 KiB and a constant-rate
+padding circuit at 10 cells/s costs 40 KiB/s. Measured in session 22 on the 5-daemon benchmark
+(tools/bench/onion.py's CPU per MB; one run each, back to back, at load 21 and 19): 16 KiB cells (windows scaled to the
+same bytes) cost 151 CPU ms per MB across the daemons against 145 for 4 KiB cells, i.e. no
+gain, once the relay crypto stopped building a cipher per cell (relay_crypto.py): the per-cell
+work is no longer what a byte costs, and larger cells would quadruple both padding costs. At
+514 bytes the per-cell work would be eight times as many calls per byte (tools/bench/onion_cells.py
+measures both sizes). The size is part of the protocol: every relay must use the same one.
 
 Link cell (CELL_SIZE bytes): circ_id u32 | command u8 | body (BODY_LEN bytes, padded with
 random bytes). On a stream each cell is framed by a u16 length that must equal CELL_SIZE, so

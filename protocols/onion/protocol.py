@@ -404,6 +404,7 @@ class OnionRole(Role):
             "circuits": states, "relay_circuits": len(eng.relay.circuits), "cells_relayed": eng.relay.cells_relayed,
             "cells_dropped": eng.relay.dropped, "neighbours": eng.links.neighbours(),
             "link_bytes_in": eng.links.bytes_in, "link_bytes_out": eng.links.bytes_out,
+            "link_writes": eng.links.writes,
             "relays_known": len(self.directory.relays()), "guards": eng.client.guards.peers,
             "build_timeout": round(eng.client.build_times.timeout(), 3),
             "socks_port": self.socks.port if self.socks is not None else None,

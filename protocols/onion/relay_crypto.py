@@ -2,11 +2,12 @@
 
 Keys per hop and direction (from ntor): a layer key and an auth key. Every cell a hop handles
 in one direction, whether it originates, ends or only passes there, takes that hop's next
-counter n (a u64, never reused) as its nonce: nonce = 4-byte direction label | n.
+counter n (a u64, never reused): the AEAD's nonce is 4-byte direction label | n; a cell that
+only passes takes the next bytes of the hop's running layer keystream (below).
 
 Forward (client -> hop d): the client seals the relay message with ChaCha20-Poly1305 under hop
 d's forward auth key (the innermost layer, BODY = ciphertext | 16-byte tag), then XORs the
-ChaCha20 keystream of each hop d-1 .. 1's forward layer key over the whole body. Hop k, on a
+next BODY_LEN bytes of each hop d-1 .. 1's forward layer keystream over the whole body. Hop k, on a
 RELAY cell from its previous neighbour, first tries to open it with its auth key at its
 counter: if the tag verifies the cell is for it; otherwise it removes its own layer (the same
 XOR) and forwards the result. Backward (hop d -> client) mirrors this: hop d seals with its
@@ -14,7 +15,8 @@ backward auth key, every hop nearer the client adds its layer, and the client pe
 ... trying each hop's auth key before removing that hop's layer.
 
 What this protects. A tampered cell fails the tag at its endpoint; a replayed, dropped or
-reordered cell is opened with the wrong counter at every layer, so it fails too. A cell that
+reordered cell is opened with the wrong counter and keystream bytes at every layer, so it
+fails too. A cell that
 verifies nowhere (the client: no hop's tag; the last relay: not its tag and no next hop) tears
 the circuit down. Libp2p streams are reliable and ordered under Noise, so only a relay on the
 circuit can replay, drop or reorder, and it cannot do so undetected (a dropped cell desynchronises
@@ -37,24 +39,32 @@ and direction of cells, and the plaintext of the cells addressed to it (a middle
 EXTEND; the last hop: the streams it serves and SENDMEs). It cannot read or recognise cells
 for other hops, learn how many hops follow it, or (except the guard) who the client is.
 
-The stream layer is ChaCha20 keystream XOR: exactly the IETF AEAD's ciphertext without its tag
-(block counter 1 on, as the AEAD uses it), so the bytes on the wire are what an AEAD-based
-layer would give; it is computed with `cryptography`'s raw ChaCha20 (OpenSSL; PyNaCl exposes
-no raw ChaCha20, and the AEAD's Poly1305 over the whole body, thrown away, cost a third of each
-layer: tools/bench/onion_cells.py). `cryptography` is installed with the pinned py-libp2p (its
-Noise transport's noiseprotocol needs it). Layer and auth keys are independent, so no
-(key, nonce) is used twice. The AEAD is called through PyNaCl's cffi module directly (`nacl._sodium`, the
-library PyNaCl's own bindings wrap): its Python-level argument checks cost a third of each call
-on a 4 KiB cell (tools/bench/onion_cells.py), and every argument here has a fixed, checked size.
+The stream layer is a running ChaCha20 keystream per hop and direction, as Tor's tor1 runs one
+AES-CTR stream per hop: each cell a hop layers (adds or removes its layer) takes the next
+BODY_LEN bytes of the keystream of (layer key, nonce = direction label | u64 epoch), block
+counter from 0; a new epoch (the next nonce) starts every EPOCH_CELLS layered cells, so the
+32-bit block counter never wraps. A cell sealed for or opened at a hop takes no keystream there
+(both ends agree: the sender seals, the receiver's tag verifies). The keystream's position
+depends on every earlier cell, so a replayed, dropped or reordered cell is stripped with the
+wrong bytes and fails at its endpoint, as with the per-cell nonces the layers used before this
+change (session 22): those built a new cipher per cell and layer, whose setup cost more than
+the ChaCha20 over 4 KiB itself. Layer and auth keys are independent, so no (key, nonce) is used
+twice. Both primitives are `cryptography`'s (OpenSSL, vectorised): its ChaCha20-Poly1305 seals
+a 4 KiB cell about four times faster than the portable libsodium that PyNaCl bundles (the AEAD
+object is made once per hop and direction); `cryptography` is installed with the pinned
+py-libp2p (its Noise transport's noiseprotocol needs it). The bytes are standard
+ChaCha20-Poly1305 (IETF) and ChaCha20 (tests/onion/test_relay_crypto.py checks them against
+PyNaCl's bindings and against the keystream computed from the formula).
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
-from nacl._sodium import ffi, lib
 
 from fognode.protocols.onion.cells import BODY_LEN, PLAIN_LEN, TAG_LEN
 from fognode.protocols.onion.errors import CircuitProtocolError, TeardownReason
@@ -78,44 +88,50 @@ def _nonce(direction: bytes, n: int) -> bytes:
     return direction + struct.pack(">Q", n)
 
 
+EPOCH_CELLS = 1 << 20       # layered cells per keystream nonce: 4 GiB of keystream, under 2^32 blocks
+
+
 def aead_seal(message: bytes, nonce: bytes, key: bytes) -> bytes:
     """ChaCha20-Poly1305 (IETF): ciphertext | tag."""
-    out = ffi.new("unsigned char[]", len(message) + TAG_LEN)
-    lib.crypto_aead_chacha20poly1305_ietf_encrypt(out, ffi.NULL, message, len(message), ffi.NULL, 0, ffi.NULL,
-                                                  nonce, key)
-    return ffi.buffer(out)[:]
+    return ChaCha20Poly1305(key).encrypt(nonce, message, None)
 
 
 def aead_open(sealed: bytes, nonce: bytes, key: bytes) -> bytes | None:
     """The plaintext, or None if the tag does not verify."""
     if len(sealed) < TAG_LEN:
         return None
-    out = ffi.new("unsigned char[]", len(sealed) - TAG_LEN)
-    rc = lib.crypto_aead_chacha20poly1305_ietf_decrypt(out, ffi.NULL, ffi.NULL, sealed, len(sealed), ffi.NULL, 0,
-                                                       nonce, key)
-    return None if rc != 0 else ffi.buffer(out)[:]
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce, sealed, None)
+    except InvalidTag:
+        return None
 
 
-_BLOCK_ONE = struct.pack("<I", 1)      # the AEAD's first ciphertext block (block 0 keys Poly1305)
+def keystream(key: bytes, label: bytes, epoch: int) -> CipherContext:
+    """The running ChaCha20 keystream of one layer: nonce = label | u64 epoch, from block 0."""
+    return Cipher(ChaCha20(key, bytes(4) + label + struct.pack(">Q", epoch)), mode=None).encryptor()
 
 
 def stream_xor(key: bytes, nonce: bytes, body: bytes) -> bytes:
-    """`body` XOR the ChaCha20 keystream of (key, nonce) from block 1: the IETF AEAD's
-    ciphertext of `body` without its tag."""
-    return Cipher(ChaCha20(key, _BLOCK_ONE + nonce), mode=None).encryptor().update(body)
+    """`body` XOR the ChaCha20 keystream of (key, 12-byte nonce) from block 0 (one cell of a
+    fresh keystream; tools/bench/onion_cells.py compares its cost with the running one's)."""
+    return Cipher(ChaCha20(key, bytes(4) + nonce), mode=None).encryptor().update(body)
 
 
 class DirectionState:
-    """One hop's keys and counter for one direction."""
+    """One hop's keys, counter and running layer keystream for one direction."""
 
-    __slots__ = ("layer", "auth", "label", "counter")
+    __slots__ = ("aead", "layer_key", "label", "counter", "layered", "_stream")
 
     def __init__(self, layer: bytes, auth: bytes, label: bytes) -> None:
-        self.layer, self.auth, self.label, self.counter = layer, auth, label, 0
+        self.aead = ChaCha20Poly1305(auth)
+        self.layer_key, self.label = layer, label
+        self.counter = 0            # cells this hop handled in this direction (the AEAD nonce)
+        self.layered = 0            # cells it layered (the keystream position, in cells)
+        self._stream: CipherContext | None = None
 
     def seal(self, plain: bytes) -> tuple[bytes, bytes]:
         """(body, tag): `plain` sealed as the innermost layer at this hop's next counter."""
-        body = aead_seal(plain, _nonce(self.label, self.counter), self.auth)
+        body = self.aead.encrypt(_nonce(self.label, self.counter), plain, None)
         self.counter += 1
         return body, body[-TAG_LEN:]
 
@@ -124,16 +140,23 @@ class DirectionState:
         (None, body with this hop's layer removed). Either way the counter moves on."""
         nonce = _nonce(self.label, self.counter)
         self.counter += 1
-        plain = aead_open(body, nonce, self.auth)
-        if plain is not None:
-            return plain, b""
-        return None, stream_xor(self.layer, nonce, body)
+        try:
+            return self.aead.decrypt(nonce, body, None), b""
+        except InvalidTag:
+            return None, self._layer(body)
 
     def layer_only(self, body: bytes) -> bytes:
-        """Add (or remove: XOR) this hop's layer at its next counter."""
-        out = stream_xor(self.layer, _nonce(self.label, self.counter), body)
+        """Add (or remove: XOR) this hop's layer with the next BODY_LEN bytes of its keystream."""
+        _nonce(self.label, self.counter)          # the same cell budget as the AEAD's nonce
         self.counter += 1
-        return out
+        return self._layer(body)
+
+    def _layer(self, body: bytes) -> bytes:
+        if self.layered % EPOCH_CELLS == 0:
+            self._stream = keystream(self.layer_key, self.label, self.layered // EPOCH_CELLS)
+        self.layered += 1
+        assert self._stream is not None
+        return self._stream.update(body)
 
 
 class HopCrypto:

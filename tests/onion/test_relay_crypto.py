@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from nacl.bindings import crypto_aead_chacha20poly1305_ietf_encrypt as seal
 
 from fognode.protocols.onion.cells import BODY_LEN, RelayCommand, RelayMsg, decode_relay
@@ -122,10 +124,42 @@ def test_direct_aead_calls_match_pynacl_bindings() -> None:
     assert relay_crypto.aead_open(b"short", nonce, key) is None
 
 
-def test_the_stream_layer_is_the_aead_ciphertext_without_its_tag() -> None:
-    # the wire format: a layer is what ChaCha20-Poly1305 (IETF) would encrypt the body to
+def test_the_stream_layer_is_a_running_chacha20_keystream_per_hop_and_direction(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wire format: the cells a hop layers take consecutive BODY_LEN-byte pieces of the
+    ChaCha20 keystream of (layer key, nonce = 4 zero bytes (block 0) | label | u64 epoch); a
+    new epoch every EPOCH_CELLS layered cells; a cell sealed for the hop itself takes none."""
+    monkeypatch.setattr(relay_crypto, "EPOCH_CELLS", 3)
+    k0, k1 = derive_keys(os.urandom(32)), derive_keys(os.urandom(32))
+    client = ClientOnion()
+    client.add_hop(k0)
+    client.add_hop(k1)
+    guard, last = RelayHop(k0), RelayHop(k1)
+
+    def formula(epoch: int) -> bytes:       # computed apart from DirectionState
+        nonce = bytes(4) + relay_crypto.FORWARD + epoch.to_bytes(8, "big")
+        return Cipher(ChaCha20(k0.forward_layer, nonce), mode=None).encryptor().update(bytes(3 * BODY_LEN))
+
+    stream = formula(0) + formula(1)
+    layered = 0
+    for i in range(6):
+        if i == 2:                          # a cell for the guard itself, between layered ones
+            body, _ = client.seal_forward(0, RelayMsg(RelayCommand.DATA, 1, b"for the guard").encode())
+            plain, _, _ = guard.from_previous(body)
+            assert plain is not None and decode_relay(plain).data == b"for the guard"
+        msg = RelayMsg(RelayCommand.DATA, 1, f"cell {i}".encode())
+        body, _ = client.seal_forward(1, msg.encode())
+        plain, rest, _ = guard.from_previous(body)
+        piece = stream[layered * BODY_LEN:(layered + 1) * BODY_LEN]
+        assert plain is None and rest == bytes(x ^ y for x, y in zip(body, piece))
+        layered += 1
+        opened, _, _ = last.from_previous(rest)
+        assert opened is not None and decode_relay(opened) == msg
+
+
+def test_aead_calls_match_pynacl_bindings_on_every_size() -> None:
     for size in (0, 1, 63, 64, 65, 4091):
         key, nonce, body = os.urandom(32), os.urandom(12), os.urandom(size)
-        assert stream_xor(key, nonce, body) == aead_seal(body, nonce, key)[:len(body)]
-        assert len(aead_seal(body, nonce, key)) == size + TAG_LEN
+        sealed = aead_seal(body, nonce, key)
+        assert sealed == seal(body, None, nonce, key) and len(sealed) == size + TAG_LEN
         assert stream_xor(key, nonce, stream_xor(key, nonce, body)) == body

@@ -16,7 +16,14 @@ http.server as a `.fog` service, node 0 is the client with a SOCKS port), then, 
   node over its onion link, timed until the service's node has read them all); the best of
   `--rounds` of each, interleaved;
 - time to first byte through the SOCKS port: cold (descriptor fetch, introduction,
-  rendezvous) and warm (the joined circuit reused).
+  rendezvous) and warm (the joined circuit reused);
+- CPU milliseconds per MB (user + system, psutil) of every daemon during each bulk and raw
+  transfer (the median over the rounds): the summed cost of a byte along the path, and the
+  busiest daemon's. Unlike MB/s these hardly move with the machine's load. A circuit's bytes
+  cross `links` onion links (6 on the default rendezvous path: client -> 2 relays -> the
+  rendezvous relay -> 2 relays -> service, some of them on the same daemon), each costing what
+  the raw stream costs, so on one machine whose cores all the daemons share, `raw MB/s / links`
+  bounds what any circuit implementation over these links can reach: shown as "link bound".
 The machine's load is printed with the table: on a shared 2-core machine every figure moves.
 """
 from __future__ import annotations
@@ -32,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import trio
 
 from fognode.node.errors import RpcError
@@ -65,6 +73,22 @@ def _raw_stream(sender: Any, receiver: Any, mb: int) -> float:
     wait_until(lambda: receiver.rpc("onion.stats")["link_bytes_in"] >= before + sent or None, timeout=120,
                what="the receiver to read the link test", interval=0.01)
     return sent / (time.perf_counter() - t) / 1e6
+
+
+def _cpu(nodes: list[Any]) -> list[float]:
+    """CPU seconds (user + system) each daemon has used so far."""
+    out = []
+    for n in nodes:
+        t = psutil.Process(n.proc.pid).cpu_times()
+        out.append(t.user + t.system)
+    return out
+
+
+def _cpu_per_mb(nodes: list[Any], mb: float, run: Any) -> tuple[Any, list[float]]:
+    """(run(), CPU ms per MB of each daemon during it)."""
+    before = _cpu(nodes)
+    result = run()
+    return result, [1000 * (b - a) / mb for a, b in zip(before, _cpu(nodes))]
 
 
 def _curl(port: int, url: str) -> dict[str, float]:
@@ -117,13 +141,23 @@ def run(nodes: int, builds: int, mb: int, sets: list[str] | None = None, rounds:
         base = f"http://{svc['address']}"
         cold = wait_until(lambda: _try(socks, base + "/small.txt"), timeout=180, what="first fetch", interval=2)
         warm = [_curl(socks, base + "/small.txt")["ttfb"] for _ in range(5)]
-        bulk, raw = [], []
+        bulk, raw, bulk_cpu, raw_cpu, loads = [], [], [], [], []
         for _ in range(rounds):
-            bulk.append(_curl(socks, base + "/big.bin")["speed"] / 1e6)
-            raw.append(_raw_stream(client, service, mb))
+            loads.append(os.getloadavg()[0])
+            r, c = _cpu_per_mb(net.nodes, mb, lambda: _curl(socks, base + "/big.bin")["speed"] / 1e6)
+            bulk.append(r)
+            bulk_cpu.append(c)
+            r, c = _cpu_per_mb(net.nodes, mb, lambda: _raw_stream(client, service, mb))
+            raw.append(r)
+            raw_cpu.append(c)
         rend = [c for c in client.rpc("onion.circuits")["own"] if c["purpose"] == "rendezvous" and c["joined"]]
+        hops = len(rend[0]["path"]) if rend else None
         out.update(ttfb_cold=cold["ttfb"], ttfb_warm=statistics.median(warm), circuit_mbs=max(bulk),
-                   raw_mbs=max(raw), bulk_all=bulk, raw_all=raw, hops=len(rend[0]["path"]) if rend else None)
+                   raw_mbs=max(raw), bulk_all=bulk, raw_all=raw, hops=hops, loads=loads,
+                   bulk_cpu=statistics.median(sum(c) for c in bulk_cpu),
+                   bulk_cpu_max=statistics.median(max(c) for c in bulk_cpu),
+                   raw_cpu=statistics.median(sum(c) for c in raw_cpu),
+                   links=2 * hops if hops else None)
     finally:
         http.kill()
         net.stop_all()
@@ -160,6 +194,14 @@ def main() -> None:
           f"(rounds: {spread(r['raw_all'])}; {100 * r['circuit_mbs'] / r['raw_mbs']:.0f} % reached through the circuit)")
     print(f"{'time to first byte via SOCKS: cold / warm':<44}{r['ttfb_cold'] * 1000:>8.0f} / "
           f"{r['ttfb_warm'] * 1000:.0f} ms")
+    print(f"{'daemons CPU per MB: circuit / raw stream':<44}{r['bulk_cpu']:>8.0f} / {r['raw_cpu']:.0f} ms "
+          f"(busiest daemon on the circuit: {r['bulk_cpu_max']:.0f} ms; loads "
+          f"{' '.join(f'{x:.1f}' for x in r['loads'])})")
+    if r["links"]:
+        bound = r["raw_mbs"] / r["links"]
+        label = f"link bound: raw / {r['links']} link crossings"
+        print(f"{label:<44}{bound:>8.2f} MB/s  "
+              f"({100 * r['circuit_mbs'] / bound:.0f} % of it reached through the circuit)")
 
 
 if __name__ == "__main__":

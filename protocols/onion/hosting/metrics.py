@@ -14,6 +14,7 @@ class HostingMetrics:
     stored_bytes: Gauge       # bytes of shards this host keeps
     fetches: Counter          # shard fetches by this node as accessor, by outcome
     deploys: Counter          # deploys by this node, by outcome
+    order_redrives: Counter   # a deploy's ledger orders driven again after a NotCertified, by order
 
     @staticmethod
     def create(reg: CollectorRegistry) -> "HostingMetrics":
@@ -25,4 +26,7 @@ class HostingMetrics:
                            "Shard fetches by this node as an accessor, by outcome", ["outcome"]),
             deploys=metric(reg, Counter, "fognode_onion_hosted_deploys_total", "Deploys by this node, by outcome",
                            ["outcome"]),
+            order_redrives=metric(reg, Counter, "fognode_onion_hosted_order_redrives_total",
+                                  "A deploy's ledger orders driven again after the ledger did not certify them in "
+                                  "time, by order (escrow: the owner's; first_note: the host's payout)", ["order"]),
         )

@@ -18,7 +18,21 @@ paid time runs out. After a lease's deadline (+ REFUND_MARGIN) the owner refunds
 escrow still holds, also for the escrows of a deploy that failed half-way. `payments_loop`
 counts the access fees paid to our deployments (the ledger's PaymentProcessed events).
 
-Everything awaited is bounded (STEP_TIMEOUT per host step); HostingError says what failed.
+Everything awaited is bounded (STEP_TIMEOUT per host step, ESCROW_TIMEOUT per escrow);
+HostingError says what failed.
+
+Escrows under load (session 22). The escrows of one deploy come from one wallet, so the
+ledger certifies them one after another (the submitter serialises a sender's orders; so does
+`_ledger_lock`). On a loaded devnet (load 34-37) an order sometimes gathered no quorum within
+the STEP_TIMEOUT / 2 it was given: NotCertified, the order left in flight, the host counted as
+failed, and the retry signed a second order for the same agreement after the ledger had
+certified the first (the submitter drives a sender's in-flight order before its next one),
+which the ledger refused: the deploy failed and that escrow was never refunded. Now a
+NotCertified is not the host's fault: the order is driven again until ESCROW_TIMEOUT, and an
+escrow of the agreement already on this replica (certified by such a drive) is used as it is.
+Escrows that a later drive certified after their shard gave up are swept into the deploy's
+orphans (refunded after the deadline). The host waits the same way for our escrow and for its
+first debit note (host.py), so a store's answer is awaited STORE_TIMEOUT.
 """
 from __future__ import annotations
 
@@ -35,7 +49,9 @@ from nacl.signing import SigningKey
 
 from fognode.ledger.address import encode_address
 from fognode.ledger.api import LedgerApi, ledger_api
+from fognode.ledger.errors import OrderRejected
 from fognode.ledger.events import PaymentProcessed
+from fognode.ledger.submit import NotCertified
 from fognode.node.datadir import write_atomic
 from fognode.node.wire import digest
 from fognode.node.errors import FognodeError
@@ -60,6 +76,8 @@ from fognode.protocols.onion.hosting.wire import (CHUNK, MAX_META, PROTOCOL_ID, 
 log = logging.getLogger("fognode.onion.hosted")
 
 STEP_TIMEOUT = 90.0
+ESCROW_TIMEOUT = 240.0    # s for one shard's escrow order, driven again after each STEP_TIMEOUT / 2
+STORE_TIMEOUT = 300.0     # s for a host's answer to a store: it waits for our escrow and collects the first note
 DHT_TIMEOUT = 20.0
 ESCROW_GRACE = 3600
 MAX_HOURS = 24 * 366
@@ -202,6 +220,7 @@ class HostedOwner:
         placed: dict[int, Placement] = {}
         opened: list[bytes] = []        # every escrow opened, placed or not (all refunded in the end)
         held: dict[bytes, tuple[bytes, int, Any]] = {}   # agreement -> (escrow, first amount, its note)
+        tried: set[bytes] = set()       # agreements an escrow order was signed for
         failures: list[str] = []
         spent = [0]
 
@@ -211,7 +230,7 @@ class HostedOwner:
                 tries[offer.provider] = tries.get(offer.provider, 0) + 1
                 try:
                     placed[i] = await self._place(offer, i, sharded.shards[i], sid, owner, fee, hours, deadline,
-                                                  budget, spent, opened, held)
+                                                  budget, spent, opened, held, tried)
                     return
                 except HostingError as e:               # the host refused, or no room, or over budget
                     failures.append(f"{offer.peer}: {e}")
@@ -225,6 +244,9 @@ class HostedOwner:
         async with trio.open_nursery() as nursery:
             for i in range(lvl.n):
                 nursery.start_soon(place, i)
+        # an order whose shard gave up may have been certified by a later drive: refunded too
+        opened += [e for a in tried if (e := ledger.escrow_id(owner, a)) not in opened
+                   and ledger.escrow(e) is not None]
         orphans = sorted(set(opened) - {p.escrow for p in placed.values()})
         if len(placed) < lvl.n:
             if opened:         # refunded after their deadline by the notes loop
@@ -273,7 +295,7 @@ class HostedOwner:
 
     async def _place(self, offer: Offer, i: int, shard: bytes, sid: bytes, owner: bytes, fee: int, hours: int,
                      deadline: int, budget: int, spent: list[int], opened: list[bytes],
-                     held: dict[bytes, tuple[bytes, int, Any]]) -> Placement:
+                     held: dict[bytes, tuple[bytes, int, Any]], tried: set[bytes]) -> Placement:
         ledger = self._ledger()
         with trio.fail_after(STEP_TIMEOUT):
             q = await self._ask(offer.peer, {"v": 1, "t": "quote"})
@@ -293,16 +315,15 @@ class HostedOwner:
             else:
                 if spent[0] + amount + ledger.order_fee() > budget:
                     raise HostingError(f"over budget: this host costs {amount} (+ fee), {budget - spent[0]} left")
-                cert = await ledger.open_escrow(agreement, quote.payee, amount, deadline, ESCROW_GRACE,
-                                                timeout=STEP_TIMEOUT / 2)
+                tried.add(agreement)
+                escrow = await self._open_escrow(ledger, owner, agreement, quote.payee, amount, deadline)
                 spent[0] += amount + ledger.order_fee()
-                escrow = cert.order.order.escrow
                 opened.append(escrow)
                 first = min(amount, math.ceil(rate * self.interval / 3600))
                 note = await ledger.sign_debit_note(escrow, first)
                 held[agreement] = (escrow, first, note)
         req = StoreRequest(sid, shard_hash(shard), len(shard), owner, fee, escrow, rate, deadline, note)
-        with trio.fail_after(STEP_TIMEOUT):
+        with trio.fail_after(STORE_TIMEOUT):
             reply = decode_reply(await self._ask(offer.peer, req.to_wire(), shard), "stored", {"host": "str"},
                                  peer=offer.peer)
         if isinstance(reply, Refused):
@@ -312,6 +333,33 @@ class HostedOwner:
         except ValueError as e:
             raise HostingError(f"the host's hosting address: {e}") from None
         return Placement(i, offer.peer, reply["host"], shard_hash(shard), escrow, rate, amount, self.clock(), first)
+
+    async def _open_escrow(self, ledger: LedgerApi, owner: bytes, agreement: bytes, payee: bytes, amount: int,
+                           deadline: int) -> bytes:
+        """The id of `agreement`'s escrow, opened now or found open on this replica (module
+        doc: a NotCertified order is driven again until ESCROW_TIMEOUT)."""
+        eid = ledger.escrow_id(owner, agreement)
+        give_up = trio.current_time() + ESCROW_TIMEOUT
+        while True:
+            e = ledger.escrow(eid)
+            if e is not None:
+                if e.customer != owner or e.payee != payee or e.closed:
+                    raise HostingError(f"escrow {eid.hex()[:16]} of this shard is open with other terms")
+                return eid
+            left = give_up - trio.current_time()
+            if left <= 0:
+                raise HostingError(f"the escrow order for this host was not certified within {ESCROW_TIMEOUT:g} s "
+                                   "(it stays in flight; refunded after the deadline if it is certified later)")
+            try:
+                cert = await ledger.open_escrow(agreement, payee, amount, deadline, ESCROW_GRACE,
+                                                timeout=min(STEP_TIMEOUT / 2, left))
+                return bytes(cert.order.order.escrow)
+            except NotCertified as err:
+                self.metrics.order_redrives.labels("escrow").inc()
+                log.info("hosting escrow %s not certified yet, driving it again: %s", eid.hex()[:16], err)
+            except OrderRejected:
+                if ledger.escrow(eid) is None:   # not "open already" after a drive certified it: a refusal
+                    raise
 
     # -- paying the hosts --------------------------------------------------------------------
 

@@ -9,13 +9,17 @@ large or do not parse as protobuf (`send_bad_identify_pushes`). A defended victi
 stream and charges the peer for each one (issue 10 item 5): before node/p2pfix_peer_faults.py,
 0.8.1 caught these itself, logged them and charged nobody. Each returns how many streams the
 victim accepted to open (it may refuse some once the peer is graylisted or over its limits).
-Used by tests/node/test_peer_faults.py.
+Used by tests/node/test_peer_faults.py. `attack` (tools/bench/attack.py's window) sends the
+three kinds in rounds of `per_round` streams each from one hostile peer until `seconds` pass or
+the victim stops accepting its streams.
 """
 from __future__ import annotations
 
+import trio
 from libp2p.utils.varint import encode_uvarint
 
-from fognode.tools.bench.attacks import HostilePeer
+from fognode.node.gossip_settings import GossipSettings
+from fognode.tools.bench.attacks import HostilePeer, hostile_peer
 
 MESHSUB = "/meshsub/1.2.0"
 IDENTIFY_PUSH = "/ipfs/id/push/1.0.0"
@@ -57,3 +61,26 @@ async def send_bad_identify_pushes(peer: HostilePeer, n: int) -> int:
     frames = [b"\x10" + b"\xff" * 16 if i % 2 == 0 else encode_uvarint(2 << 20) + b"\0" * 64
               for i in range(n)]
     return await send_frames(peer, IDENTIFY_PUSH, frames)
+
+
+async def attack(target: str, *, seconds: float, per_round: int = 8) -> dict[str, float]:
+    """Rounds of oversized RPCs, bad varints and bad identify pushes against `target` (a
+    multiaddr ending in /p2p/<peer id>) for at most `seconds`; returns how many frames were
+    sent and how many streams the victim accepted. Stops early once a whole round is refused
+    (the victim has graylisted or dropped the peer: its defence working)."""
+    limit = GossipSettings().max_message_size
+    out = {"rounds": 0.0, "frames_sent": 0.0, "streams_accepted": 0.0, "refused_round": 0.0}
+    with trio.move_on_after(seconds):
+        async with hostile_peer(target) as peer:
+            while True:
+                accepted = (await send_oversized_rpcs(peer, per_round, limit=limit)
+                            + await send_bad_varints(peer, per_round)
+                            + await send_bad_identify_pushes(peer, per_round))
+                out["rounds"] += 1
+                out["frames_sent"] += 3 * per_round
+                out["streams_accepted"] += accepted
+                if accepted == 0:
+                    out["refused_round"] = 1.0
+                    break
+                await trio.sleep(0.1)
+    return out
