@@ -42,9 +42,10 @@ class Dialer:
         self.backoff.check(target, now)
         # py-libp2p keeps its own 60 s negative cache after a failed dial, which would turn
         # our first retries into instant failures: our breaker is the one that decides.
-        neg = getattr(self.host.get_network(), "_negative_peer_cache", None)
-        if neg is not None:
-            neg.evict(peer_info.peer_id)
+        # Swarm.unblock_peer evicts by str(peer_id), the cache's key; evicting the ID object
+        # itself (as this did until stop 22) matched nothing, and a node whose bootstrap dial
+        # failed stayed isolated for a minute.
+        self.host.get_network().unblock_peer(peer_info.peer_id)
         self.dialing.add(target)
         try:
             with trio.fail_after(self.dial_timeout):

@@ -351,3 +351,21 @@ async def test_a_peer_back_before_libp2p_reports_its_departure_gets_both_events(
                 assert [p.peer_id for p in b.peers()] == ([a.peer_id] if connected else [])
                 assert metric(b, "fognode_node_peers") == (1 if connected else 0)
                 assert bool(swarm.get_connections()) == connected
+
+
+async def test_a_peer_that_failed_a_dial_can_be_dialled_again_at_once() -> None:
+    """A bootstrap peer that was down at the first dial must be reachable by the next one:
+    py-libp2p's own 60 s negative cache is lifted before each of our dials (Dialer.dial), so
+    our circuit breaker alone decides. It was lifted with the wrong key type, and a node whose
+    bootstrap dial failed stayed isolated for a minute."""
+    key = SigningKey(os.urandom(32))
+    port = free_port()
+    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_from_pubkey(bytes(key.verify_key))}"
+    reg = CollectorRegistry()
+    with trio.fail_after(30):
+        async with cluster(1, dial_timeout=5.0) as (a,):
+            with pytest.raises(DialError):
+                await a.connect(addr)                       # nothing listens there yet
+            cfg = OverlayConfig(listen=[f"/ip4/127.0.0.1/tcp/{port}"])
+            async with open_overlay(cfg, key, EventBus(reg), reg) as b:
+                assert await a.connect(addr) == b.peer_id
