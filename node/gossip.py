@@ -5,16 +5,18 @@ and a subscription holds 32 messages before it drops (notes bite 6). So every to
 through this layer:
 
 - Envelope (gossip_envelope.py): each message is signed by its origin and numbered per
-  (origin, topic) within the publisher's epoch; head messages announce the latest seq.
-- Publisher: `publish()` seals, keeps the message in a bounded ring (for pulls) and enqueues it
-  on a bounded channel (a full channel makes `publish()` wait: backpressure). One task sends,
-  at most `max_rate` messages/s, and waits while any peer's libp2p outbound queue is over half
-  full.
+  (origin, topic) within the publisher's epoch; head messages announce the latest seq. One
+  libp2p message carries one envelope, or a batch of one origin's envelopes of one topic.
+- Publisher (gossip_publisher.py): `publish()` seals, keeps the message in a bounded ring (for
+  pulls) and enqueues it on a bounded channel (a full channel makes `publish()` wait:
+  backpressure). One task sends, at most `max_rate` messages/s on average, as libp2p messages
+  each carrying every envelope of a topic that queued meanwhile (gossip_outbox.py), and waits
+  while any peer's libp2p outbound queue is over half full.
 - Receiver: `admit` (called by ScoredPubsub as soon as an RPC is parsed) ignores a message
-  whose relayer is over its share (gossip_inbox.py). A topic validator checks the envelope
-  (decodable, from the libp2p message's signer, right topic; its own signature only when
-  py-libp2p did not check the message's) so bad messages are not relayed, caches it for
-  pulls by others and queues it in the topic's inbox, fairly per relaying peer: py-libp2p's
+  whose relayer is over its share (gossip_inbox.py). A topic validator checks the envelopes
+  (decodable, from the libp2p message's signer, right topic; their own signatures only when
+  py-libp2p did not check the message's) so bad messages are not relayed, caches them for
+  pulls by others and queues them in the topic's inbox, fairly per relaying peer: py-libp2p's
   own 32-slot subscription channel, which a flood from one peer filled for everyone, is only
   drained. One reader task per topic feeds the sequence tracker
   round robin from the inbox; one handler task per topic calls the role's handler (a handler
@@ -31,7 +33,6 @@ of order. A node does not get its own publications back.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -40,10 +41,11 @@ import trio
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry, Counter
 
-from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
+from fognode.node.errors import RemoteProtocolError, StreamClosed
 from fognode.node.gossip_envelope import (KIND_HEAD, KIND_MESSAGE, Envelope, MessageStore,
-                                          open_envelope, seal)
+                                          open_envelope, open_gossip, seal)
 from fognode.node.gossip_inbox import FairInbox
+from fognode.node.gossip_publisher import GossipPublisher
 from fognode.node.gossip_pull import serve_pull
 from fognode.node.gossip_report import Penalize, TrackerReport
 from fognode.node.gossip_settings import GossipSettings
@@ -63,6 +65,12 @@ log = logging.getLogger("fognode.gossip")
 
 PULL_PROTOCOL = "/fognode/gossip/pull/1.0.0"
 ENVELOPE_OVERHEAD = 2048   # bytes reserved for the libp2p RPC framing around our envelope
+# Messages the reader hands the handler task ahead of it. The reader and the handler loop go
+# on without a scheduler round per message, yielding once they have held the loop for
+# SLICE seconds: a batch of cheap messages is delivered in one task step, a flood of costly ones
+# (a role's handler that checks signatures) still yields after about each message.
+DELIVER_AHEAD = 8
+SLICE = 0.001
 
 __all__ = ["PULL_PROTOCOL", "GossipLayer", "GossipSettings", "Envelope", "MessageStore",
            "SequenceTracker", "KIND_HEAD", "KIND_MESSAGE", "seal", "open_envelope"]
@@ -75,9 +83,10 @@ class _TopicState:
         self.check: GossipCheck | None = None     # the role's content check (subscribe)
         self.inbox: FairInbox[Envelope] = FairInbox(queue, queue_bytes)   # gossip_inbox.py
         self.arrived = trio.Event()
-        # the handler task takes each message as the tracker passes it on: the queueing (fair
-        # per relaying peer) happens in the inbox, not in a FIFO behind it
-        self.send, self.recv = trio.open_memory_channel[GossipMessage](0)
+        # the queueing (fair per relaying peer) happens in the inbox; behind the tracker at
+        # most DELIVER_AHEAD messages wait for the handler, so a batch is handed over without
+        # a scheduler round per message
+        self.send, self.recv = trio.open_memory_channel[GossipMessage](DELIVER_AHEAD)
 
 
 PeerIdOf = Callable[[bytes], str]
@@ -113,19 +122,20 @@ class GossipLayer:
                                     peer_id_of=peer_id_of, interval=settings.warn_interval,
                                     log=log)
         self._wake = trio.Event()
-        self._seq: dict[str, int] = {}
-        self._head_sent: dict[str, int] = {}
-        self._last_publish: dict[str, float] = {}
         self._topics: dict[str, _TopicState] = {}
-        self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, bytes, bool]](
-            settings.publish_queue)
         self._nursery: trio.Nursery | None = None
         self._started = trio.Event()
         self.m_in = Counter("fognode_node_gossip_messages_in_total",
                             "Gossip messages delivered to a role, per topic", ["topic"],
                             registry=metrics)
-        self.m_out = Counter("fognode_node_gossip_messages_out_total",
-                             "Gossip messages published, per topic", ["topic"], registry=metrics)
+        self.publisher = GossipPublisher(
+            pubsub, key, self.epoch, settings, self.store, max_envelope=self.max_envelope,
+            sent=Counter("fognode_node_gossip_messages_out_total",
+                         "Gossip messages published, per topic", ["topic"], registry=metrics),
+            batches=Counter("fognode_node_gossip_publishes_total",
+                            "libp2p messages published, per topic: each carries one gossip "
+                            "envelope or a batch of them (gossip_outbox.py)", ["topic"],
+                            registry=metrics))
         self.m_drops = Counter("fognode_node_gossip_drops_total",
                                "Gossip messages discarded before delivery, per topic and reason",
                                ["topic", "reason"], registry=metrics)
@@ -150,8 +160,8 @@ class GossipLayer:
         per subscribed topic. Cancel to stop."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._publisher)
-            nursery.start_soon(self._head_announcer)
+            nursery.start_soon(self.publisher.run_sender)
+            nursery.start_soon(self.publisher.run_heads)
             nursery.start_soon(self._puller)
             self._started.set()
             task_status.started()
@@ -160,74 +170,10 @@ class GossipLayer:
     # -- publishing -------------------------------------------------------------------------
 
     async def publish(self, topic: str, data: bytes) -> None:
-        """Seal and enqueue. Waits while the publish queue is full (backpressure). Raises
-        LocalProtocolError when the message would exceed the gossip size limit (bite 7: py-libp2p
-        drops messages over 1 MiB without an error)."""
-        if not isinstance(data, (bytes, bytearray)):
-            raise LocalProtocolError(f"gossip data must be bytes, got {type(data).__name__}")
-        if len(data) > self.max_envelope - 512:
-            raise LocalProtocolError(
-                f"gossip message of {len(data)} bytes on {topic} is over the limit of "
-                f"{self.max_envelope - 512} bytes (max_message_size {self.s.max_message_size}"
-                " minus envelope); send large data over a stream")
-        seq = self._seq.get(topic, 0) + 1
-        env = seal(self.key, KIND_MESSAGE, self.epoch, topic, seq, bytes(data))
-        if len(env.raw) > self.max_envelope:
-            raise LocalProtocolError(
-                f"sealed gossip message of {len(env.raw)} bytes on {topic} is over the "
-                f"{self.max_envelope}-byte limit")
-        self._seq[topic] = seq
-        self.store.add_own(topic, seq, env.raw)
-        self._last_publish[topic] = trio.current_time()
-        await self._out_send.send((topic, env.raw, True))
-
-    def _outbound_pressure(self) -> int:
-        queues = getattr(self.pubsub, "peer_queues", {})
-        return max((len(q) for q in list(queues.values())), default=0)
-
-    async def _publisher(self) -> None:
-        interval = 1.0 / self.s.max_rate if self.s.max_rate > 0 else 0.0
-        next_at = trio.current_time()
-        async for topic, raw, counted in self._out_recv:
-            now = trio.current_time()
-            if next_at > now:
-                await trio.sleep(next_at - now)
-            # Backpressure on libp2p's 32-slot per-peer queues (overflow is dropped silently):
-            # wait, bounded, until no peer queue is over half full.
-            with trio.move_on_after(1.0):
-                while self._outbound_pressure() > 16:
-                    await trio.sleep(0.005)
-            try:
-                await self.pubsub.publish(topic, raw)
-            except Exception as e:  # a closing pubsub; the ring still serves pulls
-                log.warning("gossip: publishing on %s failed: %s: %s", topic, type(e).__name__, e)
-                continue
-            if counted:
-                self.m_out.labels(topic).inc()
-            next_at = max(next_at + interval, trio.current_time() - 1.0)
-
-    async def _head_announcer(self) -> None:
-        """Announce our latest seq after a quiet `head_interval`, then every 10 intervals for
-        5 minutes after the last publication, so a receiver that lost our LAST message notices."""
-        head_at: dict[str, float] = {}
-        while True:
-            await trio.sleep(self.s.head_interval)
-            now = trio.current_time()
-            for topic, seq in list(self._seq.items()):
-                since = now - self._last_publish.get(topic, -math.inf)
-                if since < self.s.head_interval:
-                    continue
-                fresh = self._head_sent.get(topic, 0) < seq
-                periodic = (since < 300.0 and
-                            now - head_at.get(topic, -math.inf) >= 10 * self.s.head_interval)
-                if fresh or periodic:
-                    env = seal(self.key, KIND_HEAD, self.epoch, topic, seq, b"")
-                    try:
-                        self._out_send.send_nowait((topic, env.raw, False))
-                    except trio.WouldBlock:
-                        continue   # the queue is busy with real messages; they carry seqs too
-                    self._head_sent[topic] = seq
-                    head_at[topic] = now
+        """Seal and enqueue (gossip_publisher.py). Waits while the publish queue is full
+        (backpressure). Raises LocalProtocolError when the message would exceed the gossip size
+        limit (bite 7: py-libp2p drops messages over 1 MiB without an error)."""
+        await self.publisher.publish(topic, data)
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -237,34 +183,38 @@ class GossipLayer:
             if fwd == self.self_peer_id:
                 return True          # our own publish
             try:
-                env = open_envelope(msg.data, max_size=self.s.max_message_size, peer=fwd,
-                                    signed_by_origin=self.pubsub.strict_signing)
+                envs = open_gossip(msg.data, max_size=self.s.max_message_size, peer=fwd,
+                                   signed_by_origin=self.pubsub.strict_signing)
             except RemoteProtocolError as e:
                 log.info("gossip: rejected a message on %s: %s", topic, e)
                 self.m_drops.labels(topic, "invalid").inc()
                 return False
-            from_id = bytes(msg.from_id)
-            # (with strict signing this check is what binds the envelope to the key that
+            origin = envs[0].origin
+            # (with strict signing this check is what binds the envelopes to the key that
             # py-libp2p verified the message with: see open_envelope's signed_by_origin)
-            if env.topic != topic or self.peer_id_of(env.origin) != _b58(from_id):
+            if (any(e.topic != topic or e.origin != origin for e in envs)
+                    or self.peer_id_of(origin) != _b58(bytes(msg.from_id))):
                 log.info("gossip: rejected a message on %s relayed by %s: envelope topic or "
                          "signer does not match the libp2p message", topic, fwd)
                 self.m_drops.labels(topic, "invalid").inc()
                 return False
             st = self._topics.get(topic)
-            if not self._content_ok(st, env, fwd):
-                self.m_drops.labels(topic, "refused").inc()
-                return False
-            if self.inbound_filter is not None and env.kind == KIND_MESSAGE:
-                gm = GossipMessage(topic=topic, origin=self.peer_id_of(env.origin),
-                                   data=env.data, received_from=fwd)
-                if not self.inbound_filter(gm, env.seq):
-                    self.m_drops.labels(topic, "injected").inc()
-                    return True
-            self.store.add_relayed(env, fwd)
-            if st is not None and env.origin != self.pubkey:
-                self._enqueue(st, env, fwd)
-            return True
+            relay = True
+            for env in envs:
+                if not self._content_ok(st, env, fwd):
+                    self.m_drops.labels(topic, "refused").inc()
+                    relay = False    # not relayed; the batch's other envelopes still count
+                    continue
+                if self.inbound_filter is not None and env.kind == KIND_MESSAGE:
+                    gm = GossipMessage(topic=topic, origin=self.peer_id_of(env.origin),
+                                       data=env.data, received_from=fwd)
+                    if not self.inbound_filter(gm, env.seq):
+                        self.m_drops.labels(topic, "injected").inc()
+                        continue
+                self.store.add_relayed(env, fwd)
+                if st is not None and env.origin != self.pubkey:
+                    self._enqueue(st, env, fwd)
+            return relay
         return validate
 
     def _enqueue(self, st: _TopicState, env: Envelope, relayer: str) -> None:
@@ -337,14 +287,17 @@ class GossipLayer:
 
     async def _reader(self, st: _TopicState) -> None:
         """Feed the tracker from the inbox, round robin over the relaying peers."""
+        since = time.perf_counter()
         while True:
             got = st.inbox.pop()
             if got is None:
                 st.arrived = trio.Event()
                 await st.arrived.wait()
+                since = time.perf_counter()
                 continue
             relayer, env = got
             await self._incoming(st, env, str(relayer), pulled=False)
+            since = await _slice(since)
 
     async def _incoming(self, st: _TopicState, env: Envelope, relayer: str, *,
                         pulled: bool) -> None:
@@ -365,17 +318,27 @@ class GossipLayer:
             return
         if pulled:
             self.m_pulled.labels(st.topic).inc()
-        await st.send.send(gm)   # waits when the handler is slow: libp2p's buffer then drops,
-        #                          and the gap is pulled (from our own relay cache first)
+        try:
+            st.send.send_nowait(gm)
+        except trio.WouldBlock:  # the handler is DELIVER_AHEAD behind: wait (the inbox then
+            await st.send.send(gm)   # fills and drops; the gap is pulled, from our own relay
+            #                          cache first)
 
     async def _handler_loop(self, st: _TopicState) -> None:
-        async for gm in st.recv:
+        since = time.perf_counter()
+        while True:
+            try:
+                gm = st.recv.receive_nowait()
+            except trio.WouldBlock:
+                gm = await st.recv.receive()
+                since = time.perf_counter()
             self.m_in.labels(st.topic).inc()
             try:
                 await st.handler(gm)
             except Exception:
                 log.exception("gossip: handler for %s failed on a message from %s", st.topic,
                               gm.origin)
+            since = await _slice(since)
 
     # -- pulls ------------------------------------------------------------------------------
 
@@ -478,6 +441,15 @@ class GossipLayer:
         """Stream handler of PULL_PROTOCOL (node/gossip_pull.py)."""
         await serve_pull(fs, self.store, own_key=self.pubkey, epoch=self.epoch,
                          served=lambda topic: self.m_served.labels(topic).inc())
+
+
+async def _slice(since: float) -> float:
+    """Yield to the scheduler when the calling task has run SLICE seconds since `since` (its
+    last yield); returns the new `since`."""
+    if time.perf_counter() - since < SLICE:
+        return since
+    await trio.lowlevel.checkpoint()
+    return time.perf_counter()
 
 
 def _b58(peer_id_bytes: bytes) -> str:

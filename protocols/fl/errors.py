@@ -5,6 +5,8 @@
   will not run (unknown task, invalid strategy parameters, robust rule + secure aggregation).
 - `UpdateRejected`: a received update was refused; `reason` is a short label for metrics and
   reputation ("unknown session", "not a participant", "shape", "nonfinite", ...).
+- `UnknownMessageType`: a well-formed FL gossip envelope of a message type this version does
+  not know (a newer node's): relayed and ignored, charged to nobody.
 Malformed messages from peers raise `RemoteProtocolError` (node.errors) like everywhere else.
 """
 from __future__ import annotations
@@ -36,3 +38,8 @@ class UpdateRejected(RemoteProtocolError):
     def __init__(self, reason: str, message: str, *, peer: str | None = None) -> None:
         self.reason = reason
         super().__init__(f"update rejected ({reason}): {message}", peer=peer)
+
+
+class UnknownMessageType(RemoteProtocolError):
+    """An FL gossip envelope of this wire version whose message type this node does not know:
+    a newer node's message, not a fault (protocol.py relays and ignores it)."""

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import Fields, pack
+from fognode.protocols.fl.errors import UnknownMessageType
 from fognode.protocols.fl.messages_session import (
     CoordinatorSilent, OptIn, RoundPlan, SessionAnnouncement, coordinators_of, plan_problem)
 from fognode.protocols.fl.messages_spec import (
@@ -139,12 +140,13 @@ def encode_gossip(msg: GossipMessage) -> bytes:
 
 
 def decode_gossip(raw: Any, *, peer: str | None = None) -> GossipMessage:
-    """Decode an envelope (already msgpack-decoded); RemoteProtocolError on anything wrong."""
+    """Decode an envelope (already msgpack-decoded); RemoteProtocolError on anything wrong
+    (its subclass UnknownMessageType for a well-formed envelope of a type this version lacks)."""
     f = Fields(raw, "fl.Gossip", versions={VERSION}, peer=peer)
     kind = f.str("type", max_len=16)
     body = f.map("body", max_len=64)
     f.done()
     dec = _DECODER.get(kind)
     if dec is None:
-        raise RemoteProtocolError(f"fl.Gossip: unknown message type {kind!r}", peer=peer)
+        raise UnknownMessageType(f"fl.Gossip: unknown message type {kind!r}", peer=peer)
     return dec(body, peer=peer)

@@ -19,6 +19,7 @@ class FlMetrics:
     transfer: Histogram       # one update send or model fetch, by stream
     aggregate: Histogram      # strategy time per aggregation
     bad_messages: Counter     # malformed FL messages from peers, by channel
+    unknown_messages: Counter  # gossip of a type this version does not know (relayed, ignored)
     refused: Counter          # plans and session ends refused, by kind
     task_starts: Counter      # task processes started
     rewards: Counter          # micro-units minted to participants
@@ -47,6 +48,9 @@ class FlMetrics:
                              buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30)),
             bad_messages=metric(reg, Counter, "fognode_fl_bad_messages_total",
                                 "Malformed FL messages from peers", ["channel"]),
+            unknown_messages=metric(reg, Counter, "fognode_fl_unknown_messages_total",
+                                    "FL gossip of a message type this version does not know "
+                                    "(a newer node's): relayed and ignored"),
             refused=metric(reg, Counter, "fognode_fl_messages_refused_total",
                            "Plans and session ends refused (not from the acting coordinator)",
                            ["kind"]),

@@ -5,13 +5,15 @@ opt-ins, plans, results, failures, session ends) and three streams (transfer/): 
 (`/fognode/fl/update/1.0.0`), global models out (`/fognode/fl/model/1.0.0`) and one
 secure-aggregation message per stream, both ways (`/fognode/fl/secagg/1.0.0`). Only
 `ctx.overlay` is used. This module sets the role up and feeds the core its inputs (gossip,
-ticks); executor.py carries the core's actions out through the one dispatch table
+ticks; a gossip message is checked before it is relayed, a bad one charged to the peer that
+relayed it); executor.py carries the core's actions out through the one dispatch table
 (dispatch.py), rpc.py holds the `fl.*` RPC methods. Task loading and local training run in a
 separate task process (training/process.py), aggregation and model saves in worker threads, so
 the node keeps serving while it trains; torch is never imported by the daemon.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -29,7 +31,8 @@ from fognode.node.wire import digest, unpack
 from fognode.protocols.fl.actions import Action
 from fognode.protocols.fl.config import MIB, FlConfig, validate
 from fognode.protocols.fl.executor import RoleActions
-from fognode.protocols.fl.messages import DeviceFacts, SelectionCriteria, decode_gossip
+from fognode.protocols.fl.errors import UnknownMessageType
+from fognode.protocols.fl.messages import DeviceFacts, GossipMessage, SelectionCriteria, decode_gossip
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.rewards.ledger import LedgerLink
 from fognode.protocols.fl.rpc import FlRpc
@@ -45,7 +48,11 @@ from fognode.protocols.fl.transfer.updates import serve_update
 
 __all__ = ["FlConfig", "FlRole"]
 
+log = logging.getLogger("fognode.fl")
+
 MAX_GOSSIP = 512 * 1024
+CHECKED_KEEP = 128               # messages the check decoded, kept for the handler
+CHECKED_MAX_BYTES = 64 * 1024    # (only messages this small: at most 8 MiB kept)
 
 
 TASK_DEATH_WINDOW = 300.0   # seconds: task process starts counted for health_report
@@ -68,6 +75,7 @@ class FlRole(FlRpc, Role):
         self.actions: RoleActions | None = None
         self.ledger: LedgerLink | None = None
         self._closed = False
+        self._checked: dict[tuple[str, bytes], GossipMessage] = {}   # _check_gossip's decodes
         self.tasks = TaskProcess(torch_threads=config.torch_threads, nice=config.training_nice,
                                  max_frame=2 * config.max_model_bytes + MIB,
                                  on_start=self._task_started)
@@ -99,7 +107,7 @@ class FlRole(FlRpc, Role):
             overlay.set_stream_handler(MODEL_STREAM, partial(serve_model, link))
             overlay.set_stream_handler(SECAGG_STREAM, partial(serve_secagg, link))
             # subscribing again after a restart replaces the previous instance's handler
-            await overlay.subscribe(TOPIC, self._on_gossip)
+            await overlay.subscribe(TOPIC, self._on_gossip, check=self._check_gossip)
             ledger.register_verifier()
             nursery.start_soon(ledger.settle_pools)      # closes the reward pools this node must close
             self.ctx.services.provide("fl", self)
@@ -126,16 +134,45 @@ class FlRole(FlRpc, Role):
         return TaskKey.of(task, params, init_seed, data_seed=self.config.data_seed,
                           data_index=self.data_index)
 
+    def _check_gossip(self, msg: OverlayGossip) -> bool:
+        """Run by the gossip layer before a message is relayed or handled (pulled ones too):
+        one that does not decode is refused and charged to the peer that relayed it to us. Its
+        origin may be a throw-away key no charge reaches; every node checks before relaying,
+        so an honest relayer never passes a bad message on and only the peer that injected it
+        (or one that relays unchecked) pays; GossipSub counts it as that peer's invalid
+        message. A message of a type this version does not know (a newer node's) is relayed.
+        What decoded is kept for the handler (`_checked`), so it is decoded once."""
+        try:
+            m = decode_gossip(unpack(msg.data, max_size=MAX_GOSSIP, what="fl gossip"), peer=msg.origin)
+        except UnknownMessageType:
+            return True
+        except RemoteProtocolError as e:
+            self.metrics.bad_messages.labels("gossip").inc()
+            self.ctx.overlay.penalize(msg.received_from or msg.origin,
+                                      f"relayed a bad fl message of {msg.origin}: {e}", protocol=TOPIC)
+            return False
+        if len(msg.data) <= CHECKED_MAX_BYTES:
+            self._checked[(msg.origin, msg.data)] = m
+            while len(self._checked) > CHECKED_KEEP:
+                del self._checked[next(iter(self._checked))]
+        return True
+
     async def _on_gossip(self, msg: OverlayGossip) -> None:
         if self.core is None or self._closed:
             return
-        try:
-            m = decode_gossip(unpack(msg.data, max_size=MAX_GOSSIP, what="fl gossip"), peer=msg.origin)
-        except RemoteProtocolError as e:
-            self.metrics.bad_messages.labels("gossip").inc()
-            # signed by its origin (the gossip envelope): a rate-limited WARNING, charged to it
-            self.ctx.overlay.penalize(msg.origin, str(e), protocol=TOPIC)
-            return
+        m = self._checked.pop((msg.origin, msg.data), None)
+        if m is None:
+            try:
+                m = decode_gossip(unpack(msg.data, max_size=MAX_GOSSIP, what="fl gossip"), peer=msg.origin)
+            except UnknownMessageType as e:
+                self.metrics.unknown_messages.inc()
+                log.debug("fl: ignoring a message of %s: %s", msg.origin, e)
+                return
+            except RemoteProtocolError as e:    # _check_gossip refused it already; kept for safety
+                self.metrics.bad_messages.labels("gossip").inc()
+                self.ctx.overlay.penalize(msg.received_from or msg.origin,
+                                          f"relayed a bad fl message of {msg.origin}: {e}", protocol=TOPIC)
+                return
         self._apply(self.core.receive(msg.origin, m, self._now()))
 
     def _task_started(self) -> None:

@@ -87,7 +87,7 @@ class RegistryCore:
         self._caps: Capabilities | None = None
         self._harvest: HarvestInfo | None = None    # set by the harvest role, when it runs
         self._harvest_pending = False               # a resource change not yet published
-        self._last_publish = 0.0
+        self._last_publish = self._last_announce = 0.0
         self._last_heartbeat = 0.0
         self._last_sent_at = 0
         self._dht_retry_at: float | None = None
@@ -96,6 +96,8 @@ class RegistryCore:
         self._sync: dict[str, tuple[bytes, int, float]] = {}
         self._osync: dict[str, tuple[bytes, int]] = {}          # observations: (epoch, cursor)
         self._fetching: dict[str, float] = {}
+        self._announced: set[str] = set()     # connected peers our record was announced to
+        self._joined: dict[str, float] = {}   # connected peers not announced to yet: since when
         self._pinged: dict[str, float] = {}
         self._last_at: OrderedDict[str, int] = OrderedDict()   # newest `at` per origin
         self._offset: dict[str, tuple[float, float]] = {}      # origin -> (clock offset, when)
@@ -114,6 +116,7 @@ class RegistryCore:
                           expires=issued + max(1, int(self.config.record_ttl)), caps=caps,
                           profile=self.profile, harvest=self._harvest, onion=self.onion_cert)
         self.own, self._caps, self._last_publish = rec, caps, now
+        self._last_announce = now
         self._harvest_pending = False
         self._dht_retry_at = None
         self.validator.check(device_key(rec.peer_id), rec.encode())  # our own bug if it fails
@@ -159,6 +162,22 @@ class RegistryCore:
         if len(self._offset) > self.view.max_devices:
             self._offset.pop(next(iter(self._offset)))
         return min(now, at_ms / 1000.0 + offset)
+
+    def announce_due(self, connected: list[str], now: float) -> list[Action]:
+        """Announce our record again when peers connected since the last announcement have
+        stayed a heartbeat interval (time to join the topic's mesh); at most once per interval.
+        A peer that disconnects and comes back is new again (it may have restarted)."""
+        settle = max(1.0, self.config.heartbeat_interval)
+        conn = set(connected) - {self.peer_id}
+        self._announced &= conn
+        self._joined = {p: self._joined.get(p, now) for p in conn - self._announced}
+        ready = {p for p, t in self._joined.items() if now - t >= settle}
+        if self.own is None or not ready or now - self._last_announce < settle:
+            return []
+        self._announced |= ready
+        self._joined = {p: t for p, t in self._joined.items() if p not in ready}
+        self._last_announce = now
+        return [Publish(DEVICES_TOPIC, self._envelope(now, "record", record=self.own.encode()))]
 
     def start(self, caps: Capabilities, now: float) -> list[Action]:
         """Publish our first record (DHT, region provider record, gossip)."""

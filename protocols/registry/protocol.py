@@ -153,13 +153,13 @@ class RegistryRole(Role):
                         self._do(self.core.on_pong(a.peer_id, self.ctx.clock()))
                 elif isinstance(a, SyncFrom):
                     reply = await direct.pull_sync(ov, a.peer_id, a.epoch, a.after,
-                                                   self._direct_timeout())
+                                                   self._pull_timeout())
                     if reply is not None:
                         self._do(self.core.on_sync_reply(a.peer_id, reply.epoch, reply.next,
                                                          reply.more, reply.records, self.ctx.clock()))
                 elif isinstance(a, SyncObservationsFrom):
                     reply = await direct.pull_sync(ov, a.peer_id, a.epoch, a.after,
-                                                   self._direct_timeout(), observations=True)
+                                                   self._pull_timeout(), observations=True)
                     if reply is not None:
                         before = self.core.book.accepted
                         self._do(self.core.on_observation_sync_reply(
@@ -169,7 +169,7 @@ class RegistryRole(Role):
                             self.metrics.observations.labels("sync").inc(
                                 self.core.book.accepted - before)
                 elif isinstance(a, FetchRecord):
-                    value = await direct.pull_record(ov, a.peer_id, self._direct_timeout())
+                    value = await direct.pull_record(ov, a.peer_id, self._pull_timeout())
                     if value is None:
                         self._queue(a, lane=self._slow_send)
                     else:
@@ -198,8 +198,11 @@ class RegistryRole(Role):
 
     # ---- direct stream ----------------------------------------------------------------------
 
-    def _direct_timeout(self) -> float:
+    def _direct_timeout(self) -> float:   # a ping's: liveness is judged within offline_after
         return min(5.0, self.config.offline_after / 3)
+
+    def _pull_timeout(self) -> float:   # a pull's or sync's: opening a stream alone can take
+        return max(self._direct_timeout(), self.config.dht_timeout)   # seconds under load
 
     async def _ping(self, peer: str) -> bool:
         """True when `peer`'s registry answers a ping (over an existing connection)."""
@@ -231,6 +234,7 @@ class RegistryRole(Role):
             connected = [p.peer_id for p in self.ctx.overlay.peers() if p.connected]
             for peer in connected:
                 self._do(self.core.on_peer_connected(peer, now))
+            self._do(self.core.announce_due(connected, now))
             self._do(self.core.sync_due(connected, now))
             self._do(self.core.ping_offline(connected, now))
             self._do(self.core.tick(now))

@@ -60,6 +60,8 @@ class SimNode:
     hold_updates: bool = False              # a straggler: its updates are parked in `held`
     held: list[SendUpdate] = field(default_factory=list)
     never_trains: bool = False              # a straggler that never finishes local training
+    hold_prepare: bool = False              # a slow task load: its PrepareTask parks in `prepares`
+    prepares: list[PrepareTask] = field(default_factory=list)
     events: list[Any] = field(default_factory=list)
     reports: list[ReportOutcome] = field(default_factory=list)
     refused: list[UpdateRefused] = field(default_factory=list)
@@ -103,6 +105,8 @@ class Sim:
         # in this round the primary regional aggregator of one region (never node 0, never the
         # global primary) dies when the plan is out
         self.sent_updates: list[tuple[str, SendUpdate]] = []
+        # every update send carried out: (time, sender, the send, its outcome: "" delivered)
+        self.send_log: list[tuple[float, str, SendUpdate, str]] = []
         self.kill_regional_aggregator_round: int | None = None
         # coordinator failover: the starter (node 0) dies right after publishing its first
         # plan of this round
@@ -118,6 +122,8 @@ class Sim:
         # gossip held back (delivered late by `release`): messages `hold` says True to
         self.hold: Callable[[SimNode, Any], bool] | None = None
         self.held: list[tuple[SimNode, Publish]] = []
+        # gossip a receiver misses: messages `deaf(receiver, msg)` says True to never reach it
+        self.deaf: Callable[[SimNode, Any], bool] | None = None
         # called after each gossip message was delivered to the live nodes
         self.after_publish: Callable[[SimNode, Any], None] | None = None
         for i in range(n):
@@ -160,6 +166,14 @@ class Sim:
             else:
                 keep.append((nd, act))
         self.held, self.hold = keep, hold
+
+    def finish_prepare(self, nd: SimNode) -> None:
+        """The parked task loads of `nd` finish now (and later ones are no longer parked)."""
+        nd.hold_prepare = False
+        for act in nd.prepares:
+            SimActions(self, nd).prepare_task(act)
+        nd.prepares.clear()
+        self._run(nd, [])
 
     def reaches(self, a: SimNode, b: SimNode) -> bool:
         return self.groups is None or self.groups.get(a.index) == self.groups.get(b.index)
@@ -213,11 +227,13 @@ class Sim:
         if target is None or not target.alive or not self.reaches(nd, target) or \
                 (self.sends_fail_until is not None and self.now < self.sends_fail_until):
             self.failed_sends += 1
+            self.send_log.append((self.now, nd.peer, act, "unreachable"))
             self._push(nd, nd.core.update_delivered(act.session_id, act.round, act.try_no,
                                                     act.fallback, False, "unreachable", self.now,
                                                     forward=bool(act.members)))
             return
         reason = self.deliver_raw(nd.peer, target, act, delta)
+        self.send_log.append((self.now, nd.peer, act, reason or ""))
         self._push(nd, nd.core.update_delivered(act.session_id, act.round, act.try_no, act.fallback,
                                                 reason is None, reason or "", self.now,
                                                 forward=bool(act.members)))
@@ -340,7 +356,7 @@ class SimActions:
             sim.lose_ends -= 1
         for other in sim.nodes:
             if other is nd or not other.alive or lost or not sim.reaches(nd, other) \
-                    or sim.rng.random() < sim.drop:
+                    or sim.rng.random() < sim.drop or (sim.deaf is not None and sim.deaf(other, act.msg)):
                 continue
             msg = decode_gossip(wire(data), peer=nd.peer)
             for a in other.core.receive(nd.peer, msg, now):
@@ -355,6 +371,9 @@ class SimActions:
 
     def prepare_task(self, act: PrepareTask) -> None:
         sim, nd, core = self.sim, self.nd, self.nd.core
+        if nd.hold_prepare:
+            nd.prepares.append(act)
+            return
         try:
             p = sim._prepare(nd, act.task, act.task_params, act.init_seed)
         except TaskError as e:

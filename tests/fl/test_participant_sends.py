@@ -74,3 +74,29 @@ def test_a_settled_slot_is_not_retried_and_nothing_is_sent_after_the_last_slot()
     assert pr.outcome(2, False, 131.0) is None         # retried at 132 if slot 1 still lacks it
     assert pr.next_send(132.0) == 1
     assert pr.next_send(165.0) is None                 # past the last slot: the try is over
+
+
+def test_an_aggregator_without_the_plan_is_asked_again_after_a_short_wait() -> None:
+    pr = participant()
+    for waited in (0.5, 1.0, 2.0, 2.0):                # "unknown round": the same one again
+        now = pr.retry_at or 101.0
+        assert pr.outcome(0, False, now, not_yet=True) is None
+        assert pr.retry_at == now + waited and pr.next_send(now) is None
+        assert pr.next_send(now + waited) == 0
+        pr.sending_to(0)
+        pr.in_flight = True
+    assert pr.outcome(0, True, 106.0) is None          # it had the plan by then
+    assert pr.next_send(119.0) is None and pr.next_send(120.0) == 1
+    # the aggregator of a later slot without the plan: asked again while the earlier slot runs
+    pr = participant()
+    assert pr.outcome(0, False, 101.0) == 1            # the current one unreachable
+    pr.sending_to(1)
+    pr.in_flight = True
+    assert pr.outcome(1, False, 101.0, not_yet=True) is None
+    assert pr.next_send(101.5) == 1
+    # refused so at its slot's end: the slot is over, the next slot's aggregator gets it
+    pr = participant()
+    assert pr.outcome(0, False, 119.0, not_yet=True) is None and pr.next_send(119.5) == 0
+    pr.sending_to(0)
+    pr.in_flight = True
+    assert pr.outcome(0, False, 120.5, not_yet=True) == 1

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from fognode.protocols.fl.messages import CoordinatorSilent, RoundPlan, RoundResult, coordinators_of
+from fognode.protocols.fl.session.election import aggregator_order
 from fognode.protocols.fl.session.standby import takeover_unit
 
 from tests.fl.harness import Sim, SimNode
@@ -160,3 +161,37 @@ def test_a_late_result_of_a_try_given_up_on_completes_the_round_and_is_paid_once
     assert (r2["aggregator"], r2["model_hash"]) == (late.receipt.aggregator, late.receipt.model_hash.hex())
     assert _paid_rounds(sim) == sorted((h["round"], h["aggregator"], bytes.fromhex(h["model_hash"]))
                                        for h in st["history"])
+
+
+def test_participants_ask_an_aggregator_without_the_plan_again_instead_of_moving_on() -> None:
+    """The primary aggregator of a round gets its plan 5 s late and the second one is cut off:
+    the participants, refused with "unknown round", ask the primary again after a short wait
+    (never the cut-off one while the primary's slot lasts), and it completes the round."""
+    sim = Sim(5)
+    starter = sim.nodes[0]
+    late: dict[str, Any] = {}
+
+    def deaf(receiver: SimNode, msg: Any) -> bool:
+        if isinstance(msg, RoundPlan) and not late and msg.try_no == 0:
+            order = aggregator_order(msg.seed, msg.participants, 3)
+            if starter.peer not in order[:2]:
+                late.update(round=msg.round, order=order, t0=sim.now, until=sim.now + 5.0)
+                sim.partition([[nd.index for nd in sim.nodes if nd.peer != order[1]],
+                               [sim.by_peer[order[1]].index]])
+        return bool(late) and isinstance(msg, RoundPlan) and msg.round == late["round"] \
+            and receiver.peer == late["order"][0] and sim.now < late["until"]
+    sim.deaf = deaf
+    sid = sim.start(spec(rounds=4))
+    sim.run_until(lambda: bool(late) and sim.status(sid)["rounds_done"] >= late["round"], 200)
+    sim.heal()
+    rnd, (first, cut_off, third), t0 = late["round"], late["order"], late["t0"]
+    assert sim.status(sid)["history"][rnd - 1]["aggregator"] == first
+    sends = [(t, act.to, why) for t, _, act, why in sim.send_log if act.round == rnd]
+    delivered = [t for t, to, why in sends if to == first and why == ""]
+    assert delivered and all(to == first for t, to, _ in sends if t < t0 + 10.0), sends
+    refused = [t for t, to, why in sends if why == "unknown round"]
+    assert refused and max(refused) < min(delivered)
+    # the primary had the plan at the next republish (2 s) and was asked again within 2 s
+    assert min(delivered) <= late["until"] + 2.0 + 2.0 + 0.5, sends
+    sim.run_until(lambda: sim.ended(sid), 200)
+    assert sim.status(sid)["state"] == "completed"

@@ -228,7 +228,7 @@ async def test_aggregator_killed_mid_round_on_real_overlays(tmp_path: Path) -> N
 
 
 async def _killed_scenario(tmp_path: Path) -> None:
-    with trio.fail_after(150):
+    with trio.fail_after(210):
         async with trio.open_nursery() as nursery:
             nodes: list[LiveNode] = []
             for i in range(5):
@@ -237,9 +237,16 @@ async def _killed_scenario(tmp_path: Path) -> None:
             starter = nodes[0].role
             await wait_until(lambda: all(len([p for p in n.role.ctx.overlay.peers() if p.connected]) >= 2
                                          for n in nodes), 60)
+            params = {"alpha": 0.5, "beta": 0.5, "max_samples": 300.0}
+            # warm-up: each task process imports torch before the session (5 at once took
+            # longer than opt-in plus a deadline at load 20: the session failed with "only 1
+            # eligible candidates"); this test is about the killed aggregator
+            async with trio.open_nursery() as warm:
+                for n in nodes:
+                    warm.start_soon(n.role.tasks.prepare, n.role._task_key("synthetic", params, 0))
             out = await starter.start(task="synthetic", rounds=4, min_participants=3, participants=5,
                                       deadline=4.0, local_epochs=2, lr=0.05, optin_seconds=3.0,
-                                      task_params={"alpha": 0.5, "beta": 0.5, "max_samples": 300})
+                                      task_params=params)
             sid = bytes.fromhex(out["session_id"])
             assert starter.core is not None
             sess = starter.core.sessions[sid]

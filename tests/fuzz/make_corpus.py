@@ -31,6 +31,7 @@ from fognode.ledger.receipts import Receipt, uptime_claim
 from fognode.ledger.rewardpool import RewardPool
 from fognode.ledger.rewardpool_orders import PoolCloseOrder, PoolOpenOrder, PoolPayOrder, digest_bytes
 from fognode.node.gossip import seal
+from fognode.node.gossip_envelope import pack_batch
 from fognode.node.wire import pack
 from fognode.protocols.fl.messages import (Ack, CoordinatorSilent, DeviceFacts, ModelRequest, ModelResponse, MemberMeta,
                                            OptIn, RoundFailed, RoundResult, SessionEnded, UpdateHeader,
@@ -360,8 +361,10 @@ def wire_unpack() -> list[bytes]:
 
 
 def gossip_envelope() -> list[bytes]:
-    return [seal(FUZZ_KEY, "m", 3, "fognode/ledger/certs/1", 7, ledger_certificate()[0]).raw,
-            seal(key(5), "h", 0, "fognode/fl/sessions/1", 1, b"").raw]
+    one = [seal(FUZZ_KEY, "m", 3, "fognode/ledger/certs/1", 7, ledger_certificate()[0]).raw,
+           seal(key(5), "h", 0, "fognode/fl/sessions/1", 1, b"").raw]
+    batch = [seal(FUZZ_KEY, "m", 3, "fognode/ledger/certs/1", s, b"c%d" % s).raw for s in (8, 9)]
+    return one + [pack_batch(batch + [seal(FUZZ_KEY, "h", 3, "fognode/ledger/certs/1", 9, b"").raw])]
 
 
 def stream_frames() -> list[bytes]:

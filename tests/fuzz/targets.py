@@ -44,6 +44,7 @@ from fognode.ledger.quorum import Committee
 from fognode.ledger.receipts import EvidenceError, VerifyContext, decode_receipt, default_registry
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
 from fognode.node.gossip import open_envelope
+from fognode.node.gossip_envelope import open_gossip
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.rpc.methods import INTERNAL_ERROR, MethodTable, rpc_method
 from fognode.node.rpc.server import RpcServer
@@ -175,11 +176,18 @@ def wire_unpack(data: bytes) -> None:
     walk(v, 0)
 
 
-@target("gossip_envelope", "node/gossip.open_envelope: every message on a gossip topic")
+@target("gossip_envelope", "node/gossip_envelope.open_gossip: every message on a gossip topic "
+        "(one envelope or a batch)")
 def gossip_envelope(data: bytes) -> None:
     try:
         env = open_envelope(data, max_size=64 * 1024, peer="fuzz")
         assert open_envelope(env.raw, max_size=64 * 1024) == env
+    except RemoteProtocolError:
+        pass
+    try:
+        envs = open_gossip(data, max_size=64 * 1024, peer="fuzz", signed_by_origin=True)
+        assert envs and all(open_envelope(e.raw, max_size=64 * 1024, peer="fuzz",
+                                          signed_by_origin=True) == e for e in envs)
     except RemoteProtocolError:
         pass
     try:

@@ -167,6 +167,33 @@ def test_missed_announcement_is_fetched_via_heartbeat() -> None:
     assert net.cores["b"].view.get(a.peer_id).caps.cores == 16
 
 
+def test_record_is_announced_again_to_peers_that_connect_later() -> None:
+    """The first announcement goes out before any peer is connected, and on a loaded machine
+    every pull of the record can time out (seen at load 30-45: eight connected daemons, each
+    knowing only its own record while heartbeats flowed). Peers that connected since the last
+    announcement get it again on gossip once they stayed a heartbeat interval; once per
+    interval, and again for a peer that reconnects."""
+    net = Net(["a", "b", "c"], CFG)
+    a, b, c = (net.cores[n] for n in "abc")
+    for n, core in net.cores.items():        # announcements lost, nothing in the DHT to pull
+        core.start(caps(), net.now)
+    net.tick(5.0)                             # heartbeats flow; pulls find nothing
+    assert all(len(core.view) == 1 for core in net.cores.values())
+    peers = [b.peer_id, c.peer_id]
+    assert a.announce_due(peers, net.now) == []                  # just connected: mesh forming
+    assert a.announce_due(peers, net.now + 4.9) == []
+    [ann] = a.announce_due(peers, net.now + 5.0)
+    assert isinstance(ann, Publish) and unpack(ann.data)["t"] == "record"
+    net.run("a", [ann])
+    assert b.view.get(a.peer_id) == a.own and c.view.get(a.peer_id) == a.own
+    assert a.announce_due(peers, net.now + 30.0) == []           # nobody new: nothing
+    assert a.announce_due([b.peer_id], net.now + 31.0) == []     # c went away ...
+    assert a.announce_due(peers, net.now + 32.0) == []           # ... and came back (restarted?)
+    assert a.announce_due(peers, net.now + 36.0) == []
+    [again] = a.announce_due(peers, net.now + 37.0)
+    assert unpack(again.data)["t"] == "record" and a.announce_due(peers, net.now + 50.0) == []
+
+
 def test_republish_before_expiry() -> None:
     net = Net(["a", "b"], CFG)
     net.start()

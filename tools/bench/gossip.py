@@ -3,7 +3,7 @@
     .venv/bin/python -m fognode.tools.bench.gossip            # 10 and 25 nodes
     .venv/bin/python -m fognode.tools.bench.gossip --nodes 10 # one size
 
-For each size and setup, N node processes (sys.executable, this module with --child) start on
+For each size and setup, N node processes (sys.executable, tools/bench/gossip_node.py) start on
 127.0.0.1, each bootstrapped to up to 3 earlier nodes; the parent drives them over stdin/stdout
 lines. Phases:
 - latency: one node publishes `--lat-msgs` 256-byte messages `--lat-gap-ms` apart; for each message the
@@ -11,6 +11,15 @@ lines. Phases:
   p50/p99 over messages, and how many reached every receiver;
 - throughput: the same node publishes `--tput-msgs` messages as fast as `publish()` returns;
   sustained msgs/s = messages that reached every receiver / (last delivery - first publish).
+  Our overlay queues such a burst at once and sends it in batches of up to 64 messages per
+  libp2p message (node/gossip_outbox.py), paced at gossip_max_rate (500/s): 40 messages leave
+  as one batch, so the figure is then 40 / the time that batch takes to reach the last node;
+  `--tput-msgs 200` or more measures the paced, sustained regime.
+Printed with each figure: the bound (the machine's signature work: cores / (nodes x 2 Ed25519
+verifications), the verification timed in the same run), the figure as a percentage of it, the
+CPU time per message per node over the throughput phase (all node processes, less their idle
+rate), and the overlay's drops, refusals and losses. `--timeline` prints, per throughput
+message, its publish time and first and last delivery, and how many receivers pulled it.
 "plain" is py-libp2p GossipSub with only what it needs to run at all (Noise, Yamux,
 max_connections_per_peer=1, spam protection off, 1 s heartbeat), reading the subscription
 directly: no envelope, no sequence numbers or pulls, no pacing, no connection manager.
@@ -26,163 +35,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
-TOPIC = "fognode/bench/gossip/1"
-MSG_SIZE = 256
+import psutil
 
-
-# ---------------------------------------------------------------------------------------------
-# child: one node
-
-def _payload(i: int) -> bytes:
-    import msgpack
-    body = msgpack.packb({"i": i, "t": time.monotonic()})
-    return body + b"\x00" * max(0, MSG_SIZE - len(body))
-
-
-def _decode(data: bytes) -> tuple[int, float]:
-    import msgpack
-    u = msgpack.Unpacker()
-    u.feed(data)
-    m = u.unpack()
-    return int(m["i"]), float(m["t"])
-
-
-async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Callable[[], int],
-                    connected: Callable[[], int], rec: list[tuple[int, float, float]],
-                    queues: Callable[[], list[int]], pulled: Callable[[], int]) -> None:
-    """Serve the parent's commands (one per stdin line) until QUIT; PUB runs in the
-    background so STAT/COUNT keep answering while it publishes."""
-    import trio
-
-    async def pub(n: int, gap: float) -> None:
-        t0 = time.monotonic()
-        for i in range(n):
-            await publish(_payload(i))
-            if gap:
-                await trio.sleep(gap)
-        print("PUBDONE", t0, time.monotonic(), flush=True)
-
-    async def mesh(want: int) -> None:
-        with trio.move_on_after(60):
-            while connected() == 0 or mesh_size() < min(want, connected()):
-                await trio.sleep(0.05)
-        print("MESHOK", mesh_size(), flush=True)
-
-    async with trio.open_nursery() as nursery:
-        while True:
-            line = (await trio.to_thread.run_sync(sys.stdin.readline)).split()
-            if not line or line[0] == "QUIT":
-                nursery.cancel_scope.cancel()
-                return
-            if line[0] == "MESH":
-                nursery.start_soon(mesh, int(line[1]))
-            elif line[0] == "PUB":
-                nursery.start_soon(pub, int(line[1]), float(line[2]) / 1000.0)
-            elif line[0] == "STAT":
-                print("STAT", json.dumps(queues()).replace(" ", ""), flush=True)
-            elif line[0] == "COUNT":
-                print("COUNT", len(rec), flush=True)
-            elif line[0] == "PEERS":
-                print("PEERS", connected(), mesh_size(), pulled(), queues()[-1], flush=True)
-            elif line[0] == "DUMP":
-                print("DUMP", json.dumps(rec), flush=True)
-                rec.clear()
-
-
-async def _child_ours(bootstrap: list[str], peers_low: int, peers_high: int) -> None:
-    import trio
-    from nacl.signing import SigningKey
-    from prometheus_client import CollectorRegistry
-
-    from fognode.node.events import EventBus
-    from fognode.node.host import OverlayConfig, open_overlay
-    from fognode.node.overlay import GossipMessage
-
-    rec: list[tuple[int, float, float]] = []
-    reg = CollectorRegistry()
-    cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=bootstrap,
-                        peers_low=peers_low, peers_high=peers_high, connmgr_interval=1.0)
-    async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg) as ov:
-        async def handler(m: GossipMessage) -> None:
-            i, t = _decode(m.data)
-            rec.append((i, t, time.monotonic()))
-
-        await ov.subscribe(TOPIC, handler)
-        print("READY", ov.listen_addrs()[0], flush=True)
-        await _commands(lambda d: ov.publish(TOPIC, d),
-                        lambda: len(ov.pubsub.peer_topics.get(TOPIC, ())),
-                        lambda: len(ov.peers()), rec,
-                        lambda: [len(q) for q in ov.pubsub.peer_queues.values()]
-                        + [len(ov.gossipsub.mesh.get(TOPIC, ()))],
-                        lambda: int(sum(s.value for m in reg.collect() for s in m.samples
-                                        if s.name == "fognode_node_gossip_pulled_total")))
-        del trio
-
-
-async def _child_plain(bootstrap: list[str]) -> None:
-    import multiaddr
-    import trio
-    from libp2p import create_identity_from_seed, new_host
-    from libp2p.crypto.x25519 import create_new_key_pair as x25519
-    from libp2p.custom_types import TProtocol
-    from libp2p.network.config import ConnectionConfig
-    from libp2p.peer.peerinfo import info_from_p2p_addr
-    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
-    from libp2p.pubsub.pubsub import Pubsub
-    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
-    from libp2p.security.noise.transport import Transport as Noise
-    from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
-    from libp2p.stream_muxer.yamux.yamux import Yamux
-    from libp2p.tools.anyio_service import background_trio_service
-
-    from fognode.node.host import quiet_libp2p_loggers
-
-    quiet_libp2p_loggers()
-    kp = create_identity_from_seed(os.urandom(32))
-    host = new_host(key_pair=kp, sec_opt={NOISE_ID: Noise(kp, noise_privkey=x25519().private_key)},
-                    muxer_opt={TProtocol(YAMUX_ID): Yamux},
-                    connection_config=ConnectionConfig(max_connections_per_peer=1))
-    gs = GossipSub(protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11], degree=6, degree_low=4,
-                   degree_high=12, heartbeat_initial_delay=0.1, heartbeat_interval=1,
-                   spam_protection_enabled=False)
-    ps = Pubsub(host, gs)
-    rec: list[tuple[int, float, float]] = []
-    async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]), \
-            background_trio_service(ps), background_trio_service(gs):
-        async with trio.open_nursery() as nursery:
-            for a in bootstrap:
-                with trio.move_on_after(10):
-                    try:
-                        await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(a)))
-                    except Exception as e:
-                        print("LOG dial failed", a, e, file=sys.stderr, flush=True)
-            sub = await ps.subscribe(TOPIC)
-
-            async def reader() -> None:
-                while True:
-                    m = await sub.get()
-                    i, t = _decode(m.data)
-                    rec.append((i, t, time.monotonic()))
-
-            nursery.start_soon(reader)
-            print("READY", host.get_addrs()[0], flush=True)
-            await _commands(lambda d: ps.publish(TOPIC, d),
-                            lambda: len(ps.peer_topics.get(TOPIC, ())),
-                            lambda: len(host.get_connected_peers()), rec,
-                            lambda: [len(q) for q in ps.peer_queues.values()]
-                            + [len(gs.mesh.get(TOPIC, ()))], lambda: 0)
-            nursery.cancel_scope.cancel()
-        await host.close()
-
-
-def _child_main(mode: str, peers_low: int, peers_high: int, bootstrap: list[str]) -> None:
-    import trio
-    if mode == "ours":
-        trio.run(_child_ours, bootstrap, peers_low, peers_high)
-    else:
-        trio.run(_child_plain, bootstrap)
+from fognode.tools.bench.gossip_node import MSG_SIZE, TOPIC
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +48,7 @@ def _child_main(mode: str, peers_low: int, peers_high: int, bootstrap: list[str]
 class Child:
     proc: subprocess.Popen[str]
     addr: str = ""
+    pulled_seen: float = 0.0
 
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -213,7 +70,7 @@ class Child:
 
 
 def _spawn(mode: str, bootstrap: list[str], peers_low: int, peers_high: int) -> Child:
-    cmd = [sys.executable, "-m", "fognode.tools.bench.gossip", "--child", mode, str(peers_low),
+    cmd = [sys.executable, "-m", "fognode.tools.bench.gossip_node", mode, str(peers_low),
            str(peers_high), *bootstrap]
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True, bufsize=1)
@@ -232,6 +89,14 @@ class Result:
     pulled: int
     conns: float
     mesh: float
+    timeline: list[str]
+    cpu_ms: float        # CPU ms per message per node over the throughput phase (all nodes)
+    drops: str           # the overlay's drops, refusals and losses by reason, all nodes
+
+
+def _cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -259,22 +124,40 @@ def _settle(children: list[Child], publisher: int, want: int, quiet: float = 3.0
         time.sleep(0.25)
 
 
-def _dump(children: list[Child], publisher: int) -> dict[int, list[tuple[float, float]]]:
-    """message id -> (sent, received) at each receiver (publisher excluded)."""
+def _dump(children: list[Child], publisher: int) -> dict[int, list[tuple[float, float, bool]]]:
+    """message id -> (sent, received, pulled) at each receiver (publisher excluded); `pulled`
+    when the node's pull counter moved with this delivery (the overlay's only)."""
     for c in children:
         c.send("DUMP")
-    per_msg: dict[int, list[tuple[float, float]]] = {}
+    per_msg: dict[int, list[tuple[float, float, bool]]] = {}
     for k, c in enumerate(children):
         rows = json.loads(c.expect("DUMP")[0])
-        if k != publisher:
-            for i, t_send, t_recv in rows:
-                per_msg.setdefault(i, []).append((t_send, t_recv))
+        last = c.pulled_seen
+        for i, t_send, t_recv, pulled in sorted(rows, key=lambda r: r[2]):
+            if k != publisher:
+                per_msg.setdefault(i, []).append((t_send, t_recv, pulled > last))
+            last = max(last, pulled)
+        c.pulled_seen = last
     return per_msg
+
+
+def _timeline(per_msg: dict[int, list[tuple[float, float, bool]]], t_first: float,
+              receivers: int) -> list[str]:
+    """One line per message of the throughput phase: publish, first and last delivery (ms
+    after the first publish), how many receivers got it and how many of those pulled it."""
+    out = [f"{'msg':>4} {'publish':>8} {'first':>8} {'last':>8} {'got':>5} {'pulled':>6}"]
+    for i in sorted(per_msg):
+        v = per_msg[i]
+        out.append(f"{i:>4} {(v[0][0] - t_first) * 1e3:>8.1f} "
+                   f"{(min(r for _, r, _ in v) - t_first) * 1e3:>8.1f} "
+                   f"{(max(r for _, r, _ in v) - t_first) * 1e3:>8.1f} "
+                   f"{len(v):>2}/{receivers:<2} {sum(p for _, _, p in v):>6}")
+    return out
 
 
 def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
             peers_low: int, warmup: float = 3.0, plain_dials: int = 3,
-            peers_high: int = 10) -> Result:
+            peers_high: int = 10, idle: float = 3.0) -> Result:
     rnd = random.Random(n)
     children: list[Child] = []
     try:
@@ -302,25 +185,41 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
         children[pub].expect("PUBDONE", timeout=300)
         _settle(children, pub, lat_msgs)
         per_msg = _dump(children, pub)
-        full = [max(r for _, r in v) - v[0][0] for v in per_msg.values() if len(v) >= receivers]
+        full = [max(r for _, r, _ in v) - v[0][0] for v in per_msg.values() if len(v) >= receivers]
         full = [x * 1000 for x in full]
         lat = (_pct(full, 0.5), _pct(full, 0.99), f"{len(full)}/{lat_msgs}")
         # throughput: back to back
+        procs = [psutil.Process(c.proc.pid) for c in children]
+        cpu0, w0 = sum(_cpu(p) for p in procs), time.monotonic()
+        time.sleep(idle)                # the nodes' own background work, to subtract
+        cpu1, w1 = sum(_cpu(p) for p in procs), time.monotonic()
         children[pub].send(f"PUB {tput_msgs} 0")
         t_first = float(children[pub].expect("PUBDONE", timeout=300)[0])
         _settle(children, pub, tput_msgs)
+        busy = (sum(_cpu(p) for p in procs) - cpu1
+                - (cpu1 - cpu0) / (w1 - w0) * (time.monotonic() - w1))
+        cpu_ms = busy * 1000 / (tput_msgs * n)
         per_msg = _dump(children, pub)
-        complete = [max(r for _, r in v) for v in per_msg.values() if len(v) >= receivers]
+        timeline = _timeline(per_msg, t_first, receivers)
+        complete = [max(r for _, r, _ in v) for v in per_msg.values() if len(v) >= receivers]
         rate = len(complete) / (max(complete) - t_first) if complete else 0.0
         for c in children:
             c.send("PEERS")
         peers = [c.expect("PEERS") for c in children]
         pulled = sum(int(p[2]) for p in peers)
+        drops: dict[str, float] = {}
+        if mode == "ours":
+            for c in children:
+                c.send("DROPS")
+            for c in children:
+                for k, v in json.loads(c.expect("DROPS")[0]).items():
+                    drops[k] = drops.get(k, 0.0) + v
         conns = statistics.mean(int(p[0]) for p in peers)
         mesh = statistics.mean(int(p[3]) for p in peers)
         setup = f"overlay {peers_low}-{peers_high}" if mode == "ours" else "plain gossipsub"
         return Result(n, setup, lat[0],
-                      lat[1], lat[2], rate, f"{len(complete)}/{tput_msgs}", pulled, conns, mesh)
+                      lat[1], lat[2], rate, f"{len(complete)}/{tput_msgs}", pulled, conns, mesh, timeline, cpu_ms,
+                      ", ".join(f"{k} {v:.0f}" for k, v in sorted(drops.items())))
     finally:
         for c in children:
             try:
@@ -332,6 +231,19 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
                 c.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 c.proc.kill()
+
+
+def _verify_us(n: int = 20, repeat: int = 300) -> float:
+    """Microseconds per Ed25519 verification of a signed 256-byte message: the best of
+    `repeat` short timings, so that on a loaded machine some of them run uncontended (the
+    machine's cost, not the load's)."""
+    import timeit
+
+    from nacl.signing import SigningKey
+    key = SigningKey(os.urandom(32))
+    signed = key.sign(os.urandom(MSG_SIZE))
+    vk = key.verify_key
+    return min(timeit.repeat(lambda: vk.verify(signed), number=n, repeat=repeat)) / n * 1e6
 
 
 def _envelope_cost(n: int = 2000) -> tuple[float, float]:
@@ -364,16 +276,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plain-dials", type=int, default=6,
                     help="peers each plain node dials (the overlay dials 3 and finds more "
                          "through the DHT; 6 gives about the same number of connections)")
-    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--timeline", action="store_true",
+                    help="also print each throughput message's publish, first and last "
+                         "delivery times and how many receivers pulled it")
+    ap.add_argument("--setups", choices=("both", "ours", "plain"), default="both",
+                    help="which setups to run (default both: plain is the reference)")
     args = ap.parse_args(argv)
-    if args.child:
-        _child_main(args.child[0], int(args.child[1]), int(args.child[2]), args.child[3:])
-        return
     sizes = args.nodes or [10, 25]
     results: list[Result] = []
     t0 = time.monotonic()
     for n in sizes:
-        for mode in ("ours", "plain"):
+        for mode in ("ours", "plain") if args.setups == "both" else (args.setups,):
             results.append(run_one(n, mode, args.lat_msgs, args.lat_gap_ms, args.tput_msgs,
                                    args.peers_low, plain_dials=args.plain_dials,
                                    peers_high=args.peers_high))
@@ -381,17 +294,33 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  ... {n} nodes, {r.setup}: done at {time.monotonic() - t0:.0f} s",
                   file=sys.stderr, flush=True)
     seal_us, open_us = _envelope_cost()
+    verify_us = _verify_us()
+    cores = os.cpu_count() or 1
     load = os.getloadavg()[0]
     print(f"gossip to the last receiver, {MSG_SIZE}-byte messages, one process per node "
-          f"(loopback, {os.cpu_count()} cores, load average {load:.1f} at the end)")
+          f"(loopback, {cores} cores, load average {load:.1f} at the end)")
     print(f"{'nodes':>5}  {'setup':<16} {'p50 ms':>8} {'p99 ms':>8} {'all got':>9} "
-          f"{'msgs/s':>8} {'all got':>9} {'pulled':>7} {'peers':>6} {'mesh':>5}")
+          f"{'msgs/s':>8} {'all got':>9} {'bound':>6} {'% bnd':>6} {'cpu ms':>6} "
+          f"{'pulled':>7} {'peers':>6} {'mesh':>5}")
     for r in results:
+        bound = cores / (r.nodes * 2 * verify_us * 1e-6)
         print(f"{r.nodes:>5}  {r.setup:<16} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} "
-              f"{r.lat_complete:>9} {r.msgs_per_s:>8.1f} {r.tput_complete:>9} {r.pulled:>7} "
+              f"{r.lat_complete:>9} {r.msgs_per_s:>8.1f} {r.tput_complete:>9} {bound:>6.0f} "
+              f"{100 * r.msgs_per_s / bound:>6.1f} {r.cpu_ms:>6.2f} {r.pulled:>7} "
               f"{r.conns:>6.1f} {r.mesh:>5.1f}")
+    for r in results:
+        if r.drops:
+            print(f"{r.nodes} nodes, {r.setup}: drops, refusals and losses (all nodes, both "
+                  f"phases): {r.drops}")
+    for r in results if args.timeline else []:
+        print(f"\nthroughput timeline, {r.nodes} nodes, {r.setup} (ms after the first publish)")
+        print("\n".join(r.timeline))
     print(f"our per-message CPU: seal+sign {seal_us:.0f} us at the publisher, decode+verify "
-          f"{open_us:.0f} us per receiver")
+          f"{open_us:.0f} us per receiver; one Ed25519 verification {verify_us:.0f} us (best of 300 x 20)")
+    print(f"bound = the signature work's ceiling: {cores} cores / (nodes x 2 verifications x "
+          f"{verify_us:.0f} us) msgs/s; '% bnd' = msgs/s against it; 'cpu ms' = CPU time of "
+          "all node processes during the throughput phase, less their idle rate measured for 3 s "
+          "before it, per message per node")
     print(f"latency: {args.lat_gap_ms} ms apart; msgs/s: published back to back, counted when every receiver "
           "had it; 'all got' = messages that reached every receiver; 'pulled' = deliveries "
           "the overlay fetched over the pull stream after gossip lost them. Plain GossipSub is "

@@ -286,7 +286,7 @@ class FlCore:
         self.failover.follow(s, plan.rank, now)
         self.quorum.heard(s, now, open_for=plan_span(s.spec, plan))
         if s.standby is not None:
-            s.standby.on_plan(plan, now, plan_span(s.spec, plan))
+            s.standby.on_plan(plan, now, s.spec)
         if s.prepared is None:
             return []
         why = plan_problem(s.ann, plan, 1 + s.spec.fallbacks)
@@ -403,6 +403,8 @@ class FlCore:
 
     def _on_result(self, s: Session, peer: str, res: RoundResult, now: float) -> list[Action]:
         r = res.receipt
+        if s.standby is not None and peer == r.aggregator and not s.state.ended:
+            s.standby.on_result(res, now)   # any round or try, its plan seen or not (standby.py)
         if s.state.ended or s.plan is None or (r.round, r.try_no) != (s.plan.round, s.plan.try_no) \
                 or peer != r.aggregator or r.aggregator not in s.order:
             # the coordinator still takes a late result of an earlier try (coordinator.py)
@@ -426,8 +428,6 @@ class FlCore:
         s.latest_model = r.model_hash
         s.rounds_done = max(s.rounds_done, r.round)
         self.quorum.heard(s, now, open_for=0.0)
-        if s.standby is not None:
-            s.standby.on_result(s.plan, res, now)
         if s.coordinator is not None:
             out += self.coordinator_side.result(s, peer, res, now)
         else:

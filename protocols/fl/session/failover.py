@@ -12,8 +12,10 @@ plan or session end of rank k is accepted only from coordinator k of the announc
 when k is at least that rank; anything else is refused with the reason (`MessageRefused`).
 
 Watching: a fallback of rank k that joined the session keeps a `Standby`: the opt-ins (they are
-gossiped to everyone), a record of every round result it sees (its history), the highest try
-it saw of each round, which peers hold the last completed model, and when it last heard the
+gossiped to everyone), a record of every completed round it learns of (its history: a result
+checked against its try's plan, or one the acting coordinator's next plan builds on, whether
+or not this node's task was loaded then; standby.py), the highest try it saw of each round,
+the last completed round and which peers hold its model, and when it last heard the
 acting coordinator make progress (a plan, new or republished, the current plan's result or
 failure, or the starter's announcement while it collects opt-ins; coordinators republish their
 plan every `republish_interval`, so a live one is heard often).
@@ -109,7 +111,9 @@ class Failover:
         if c is not None and c.rank < s.acting:
             c.phase = Phase.IDLE
             s.coordinator = None
-            s.standby = Standby(c.rank, now, dict(c.candidates), list(c.history))
+            s.standby = Standby(c.rank, now, dict(c.candidates), list(c.history),
+                                base_round=c.base_round, holders=c.base_sources,
+                                base_hash=c.base_hash if c.base_round else b"")
 
     def tick(self, s: Session, now: float) -> list[Action]:
         sb = s.standby
@@ -136,9 +140,8 @@ class Failover:
         if ineligibility(self.view(self.me, self._facts()), s.spec.criteria) is None:
             c.candidates[self.me] = self._facts()
         c.history = list(sb.history)
-        if sb.last_result is not None:
-            c.base_hash = sb.last_result.receipt.model_hash
-            c.base_round = sb.last_result.receipt.round
+        if sb.base_hash:
+            c.base_hash, c.base_round = sb.base_hash, sb.base_round
         c.round_no = c.base_round + 1
         c.try_no = c.first_try = sb.max_try.get(c.round_no, -1) + 1
         c.failures = sb.failures.get(c.round_no, []) + [

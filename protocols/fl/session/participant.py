@@ -6,7 +6,8 @@ for the round's base model, asks for local training (`Train`), turns the trained
 update (the delta from the base; a diverged, non-finite delta is dropped), and sends it to the
 aggregator of its current slot (`SendUpdate`; to itself in memory when it is that aggregator).
 A send that fails, or a slot that ends without a round result, moves the update to the next
-aggregator in the order (rounds.py `ParticipantRound`). In a `secagg` session the update is
+aggregator in the order; an aggregator that has not seen the plan yet ("unknown round") is
+asked again after a short wait instead (rounds.py `ParticipantRound`). In a `secagg` session the update is
 never sent: its weighted contribution goes into a SecAgg run instead (secagg/session.py).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fognode.protocols.fl.secagg.core import with_weight
 from fognode.protocols.fl.secagg.session import SecAggRounds
 from fognode.protocols.fl.session.hier import Hierarchy
 from fognode.protocols.fl.session.rounds import (
-    SLOT_SETTLED, ParticipantRound, ParticipantState, TrainOutcome, UpdateMeta)
+    NOT_YET, SLOT_SETTLED, ParticipantRound, ParticipantState, TrainOutcome, UpdateMeta)
 from fognode.protocols.fl.session.state import Session
 from fognode.protocols.fl.strategies.base import StrategyError
 from fognode.protocols.fl.strategies.registry import build_strategy
@@ -106,10 +107,12 @@ class ParticipantSide:
         reason, out = self._deliver_locally(self.me, header, pr.delta.copy(), now)
         return out + self._sent(s, pr, slot, reason is None or reason in SLOT_SETTLED, now)
 
-    def _sent(self, s: Session, pr: ParticipantRound, slot: int, ok: bool, now: float) -> list[Action]:
-        """The send to `slot` went through or failed: on to the next aggregator at once, or
-        a retry later (ParticipantRound.outcome)."""
-        nxt = pr.outcome(slot, ok, now)
+    def _sent(self, s: Session, pr: ParticipantRound, slot: int, ok: bool, now: float,
+              not_yet: bool = False) -> list[Action]:
+        """The send to `slot` went through or failed (`not_yet`: refused by an aggregator
+        lacking the plan): on to the next aggregator at once, or a retry later
+        (ParticipantRound.outcome)."""
+        nxt = pr.outcome(slot, ok, now, not_yet=not_yet)
         if nxt is None or pr.state != ParticipantState.SENDING:
             return []
         return self.send(s, pr, nxt, now)
@@ -126,7 +129,7 @@ class ParticipantSide:
         if s is None or pr is None or (pr.plan.round, pr.plan.try_no) != (round_no, try_no) \
                 or pr.state != ParticipantState.SENDING or fallback != pr.sent_slot:
             return []
-        return self._sent(s, pr, fallback, ok or reason in SLOT_SETTLED, now)
+        return self._sent(s, pr, fallback, ok or reason in SLOT_SETTLED, now, not ok and reason == NOT_YET)
 
     def tick(self, s: Session, now: float) -> list[Action]:
         """A send whose slot ended without a round result moves on to the next aggregator."""

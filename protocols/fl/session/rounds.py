@@ -3,8 +3,12 @@
 Timing, per round plan received at local time t0, with D the session's round deadline and the
 aggregator order o_0, o_1, ... (election.py): slot k is [t0 + k*D, t0 + (k+1)*D). A participant
 sends its update to o_k for the slot it is in when training ends, and again to o_(k+1) when
-slot k ends without a round result. A failed send (o_k unreachable, or refusing, e.g. because
-its copy of the plan is late) goes at once to the next aggregator of the order, which collects
+slot k ends without a round result. An aggregator that refuses the update as "unknown round"
+is alive and reachable and has not seen the plan yet (plans travel slowly in a network split:
+14-20 s late were seen): it is asked again after a short wait (0.5, 1, 2, 2 ... s) while its
+slot lasts, since the next aggregator of the order is often cut off, and a send to a peer
+that cannot be reached takes a whole stream timeout to fail. Any other failed send (o_k
+unreachable, or refusing) goes at once to the next aggregator of the order, which collects
 from the start of the round; and while the current slot's aggregator lacks the update, it is
 tried again after a backoff (1, 2, 4, 8 s), for as long as the slots last: a participant never
 gives up on a round that can still complete (an overloaded network fails stream opens for
@@ -52,6 +56,11 @@ class UpdateMeta:
 # has it ("duplicate update"), or it has closed the round or the session. The participant does
 # not retry that slot; when the slot ends without a result, the next aggregator gets it.
 SLOT_SETTLED = frozenset({"duplicate update", "round closed", "session ended"})
+# The refusal of an aggregator that has not seen the plan yet: the same aggregator is asked
+# again after NOT_YET_DELAY, doubling up to NOT_YET_DELAY_MAX, while its slot lasts.
+NOT_YET = "unknown round"
+NOT_YET_DELAY = 0.5
+NOT_YET_DELAY_MAX = 2.0
 RETRY_BACKOFF = 1.0       # seconds before the sends start over after every aggregator failed,
 RETRY_BACKOFF_MAX = 8.0   # doubling each time up to this
 
@@ -77,6 +86,8 @@ class ParticipantRound:
         self.delivered: set[int] = set()       # slots whose aggregator has the update
         self.retry_at: float | None = None     # when to try the current slot's aggregator again
         self.cycles = 0                         # retries scheduled so far (the backoff doubles)
+        self.waiting: int | None = None         # a slot whose aggregator lacks the plan yet
+        self.not_yet = 0                        # its refusals so far (the wait doubles)
         # secure aggregation: the contribution (vector with its weight appended) and the
         # protocol run with the aggregator of `sent_slot`
         self.contribution: np.ndarray | None = None
@@ -89,15 +100,22 @@ class ParticipantRound:
     def slot_end(self, k: int) -> float:
         return self.t0 + (k + 1) * self.deadline
 
-    def outcome(self, slot: int, ok: bool, now: float) -> int | None:
+    def outcome(self, slot: int, ok: bool, now: float, *, not_yet: bool = False) -> int | None:
         """Record how the send to `slot` went. Returns the slot to send to at once, if any:
         after a failure, the next aggregator of the order (fallbacks collect from the start
-        of the round) unless a later one has the update already. Whenever the current slot's
-        aggregator still lacks the update after that, a retry is due after a backoff
-        (`next_send`)."""
+        of the round) unless a later one has the update already. `not_yet`: the aggregator
+        refused as NOT_YET (it lacks the plan): the same one again after a short wait, while
+        its slot lasts. Whenever the current slot's aggregator still lacks the update after
+        that, a retry is due after a backoff (`next_send`)."""
         self.in_flight = False
+        self.waiting = None
         if ok:
             self.delivered.add(slot)
+        elif not_yet and slot >= self.slot_at(now) and now < self.slot_end(len(self.order) - 1):
+            self.waiting = slot
+            self.not_yet += 1
+            self.retry_at = now + min(NOT_YET_DELAY_MAX, NOT_YET_DELAY * 2 ** (self.not_yet - 1))
+            return None
         elif slot + 1 < len(self.order) and not any(d > slot for d in self.delivered):
             return slot + 1
         if self.slot_at(now) not in self.delivered:
@@ -111,6 +129,8 @@ class ParticipantRound:
         if self.in_flight or now >= self.slot_end(len(self.order) - 1):
             return None
         cur = self.slot_at(now)
+        if self.waiting is not None and self.waiting >= cur:
+            cur = self.waiting          # its aggregator lacked the plan: ask it again
         if cur in self.delivered or (self.retry_at is not None and now < self.retry_at):
             return None
         return cur

@@ -5,7 +5,8 @@ reading the tensor (a refused update costs one control frame), decodes the heade
 admitted shape, reads the chunks straight into the row of the round's update matrix the
 admission handed out (strategies/matrix.py; released again unless the update is received),
 then hands the update over (`receive_update`). The sending
-side carries out `SendUpdate` and reports the outcome (`update_delivered`)."""
+side carries out `SendUpdate` (reading the ack while it sends: a refusal by header stops it)
+and reports the outcome (`update_delivered`)."""
 from __future__ import annotations
 
 import logging
@@ -34,11 +35,9 @@ async def send_update(link: Link, a: SendUpdate) -> None:
         with trio.fail_after(link.config.stream_timeout):
             st = await link.overlay.open_stream(a.to, UPDATE_STREAM)
             try:
-                await st.send(a.header(th).to_wire())
-                for c in chunks:
-                    await st.send_bytes(bytes(c))
-                link.metrics.bytes_out.labels("update").inc(th.nbytes)
-                ack = Ack.decode(await st.recv(max_size=MAX_CONTROL_FRAME), peer=a.to)
+                ack = await _send_reading_ack(st, a.header(th).to_wire(), chunks, a.to)
+                if ack.ok:
+                    link.metrics.bytes_out.labels("update").inc(th.nbytes)
                 ok, reason = ack.ok, ack.reason
             finally:
                 await close(st)
@@ -52,6 +51,33 @@ async def send_update(link: Link, a: SendUpdate) -> None:
         log.info("fl: update for round %d to %s not delivered: %s", a.round, a.to, reason)
     link.apply(core.update_delivered(a.session_id, a.round, a.try_no, a.fallback, ok, reason,
                                      link.now(), forward=bool(a.members)))
+
+
+async def _send_reading_ack(st: FramedStream, header: dict[str, Any], chunks: list[Any],
+                            to: str) -> Ack:
+    """Send the header and the chunks while reading the receiver's ack: a refusal by header
+    comes before the tensor is read (the receiver never reads it), so the sending stops there,
+    and the refusal's reason (e.g. "unknown round": the aggregator lacks the plan yet) reaches
+    the core instead of the reset of a stream whose receiver stopped reading."""
+    async def pump() -> None:
+        try:
+            await st.send(header)
+            for c in chunks:
+                await st.send_bytes(bytes(c))
+        except StreamClosed:
+            pass            # the receiver refused and closed: its ack says why
+
+    got: list[Ack | Exception] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump)
+        try:
+            got.append(Ack.decode(await st.recv(max_size=MAX_CONTROL_FRAME), peer=to))
+        except (StreamClosed, RemoteProtocolError) as e:    # raised plain, not in a group
+            got.append(e)
+        nursery.cancel_scope.cancel()
+    if isinstance(got[0], Exception):
+        raise got[0]
+    return got[0]
 
 
 async def serve_update(link: Link, st: FramedStream) -> None:

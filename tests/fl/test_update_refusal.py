@@ -1,0 +1,62 @@
+"""An update refused by its header (here: the aggregator does not know the session) is over
+for the sender as soon as the refusal arrives, however large the update: the receiver never
+reads the tensor, so a sender that kept writing it would wait on flow control until its
+stream timeout (transfer/updates.py `send_update`). Two real libp2p overlays on 127.0.0.1."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+from nacl.signing import SigningKey
+from prometheus_client import CollectorRegistry
+
+from fognode.node.events import EventBus
+from fognode.node.host import OverlayConfig, open_overlay
+from fognode.node.overlay import Overlay
+from fognode.protocols.fl.actions import Action, SendUpdate
+from fognode.protocols.fl.config import FlConfig
+from fognode.protocols.fl.messages import DeviceFacts
+from fognode.protocols.fl.metrics import FlMetrics
+from fognode.protocols.fl.session.core import FlCore
+from fognode.protocols.fl.session.selection import DeviceCandidate
+from fognode.protocols.fl.transfer.streams import UPDATE_STREAM, Link
+from fognode.protocols.fl.transfer.updates import send_update, serve_update
+
+LOCAL = ["/ip4/127.0.0.1/tcp/0"]
+
+
+def _link(ov: Overlay, key: SigningKey, reg: CollectorRegistry, cfg: FlConfig) -> Link:
+    """The transfer's collaborators on `ov` around a real core that runs no session."""
+    core = FlCore(ov.peer_id, key, tasks_enabled=set(), facts=DeviceFacts(),
+                  candidate_view=lambda p, f: DeviceCandidate(p, f.region, f.cores, f.memory_mb,
+                                                              f.charging, True))
+    done: list[Action] = []
+    return Link(overlay=ov, config=cfg, metrics=FlMetrics.create(reg), core=core,
+                apply=done.extend, now=trio.current_time, closed=lambda: False)
+
+
+async def test_a_large_update_refused_by_its_header_ends_at_the_refusal(
+        caplog: pytest.LogCaptureFixture) -> None:
+    mib = 8     # far over a stream's flow-control window
+    cfg = FlConfig(stream_timeout=60.0)
+    keys = [SigningKey(os.urandom(32)) for _ in range(2)]
+    regs = [CollectorRegistry() for _ in range(2)]
+    async with open_overlay(OverlayConfig(listen=LOCAL), keys[0], EventBus(regs[0]), regs[0]) as agg, \
+            open_overlay(OverlayConfig(listen=LOCAL), keys[1], EventBus(regs[1]), regs[1]) as part:
+        served = _link(agg, keys[0], regs[0], cfg)
+        agg.set_stream_handler(UPDATE_STREAM, lambda st: serve_update(served, st))
+        await part.connect(agg.listen_addrs()[0])
+        delta = np.ones((mib << 20) // 4, dtype=np.float32)
+        act = SendUpdate(b"s" * 32, 1, 0, 0, agg.peer_id, 10, 1.0, 0.5, 0.9, delta)
+        caplog.set_level(logging.INFO, logger="fognode.fl")
+        t0 = trio.current_time()
+        with trio.fail_after(90):
+            await send_update(_link(part, keys[1], regs[1], cfg), act)
+        took = trio.current_time() - t0
+    lines = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert lines and lines[0].endswith("not delivered: unknown session"), lines
+    assert took < 20.0, took
