@@ -20,11 +20,17 @@ carried out whole, dispatch.py). A spare stream that ends is dropped alone.
 
 The receiving side's stream deadlines (node/rcmgr.py) reset an inbound stream that sends no
 first frame within `overlay.stream_first_frame_timeout` (10 s) or stays quiet for
-`overlay.stream_idle_timeout`. So a stream we dialled that is not our writer (the
-neighbour's dial won the race) gets a link PADDING cell at once, and every stream of an idle
-link one every `KEEPALIVE` seconds. (Before, such a spare stream was reset by the neighbour
-after 10 s and took the whole link down with every circuit on it: up to a hundred link
-failures in one 5-node devnet run, introduction points lost with them.)
+`overlay.stream_idle_timeout` (300 s). So a stream we dialled that is not our writer (the
+neighbour's dial won the race) gets a link PADDING cell at once; the writer of an idle link
+gets one after `keepalive` seconds without a write; and every spare stream gets one every
+`keepalive` seconds whether the link is idle or busy. (Before, such a spare stream was reset
+by the neighbour after 10 s and took the whole link down with every circuit on it: up to a
+hundred link failures in one 5-node devnet run, introduction points lost with them. And
+spares were poked only when the link had been idle for `keepalive` seconds: when both sides
+dialled at once and each made the other's stream its writer, each side's writer was a stream
+the neighbour wrote nothing on while busy, so after 300 s of traffic without a quiet minute
+the neighbour's idle deadline reset it and the link failed under whatever circuits it
+carried: a bulk transfer cut mid-way, issue 14.)
 """
 from __future__ import annotations
 
@@ -62,6 +68,7 @@ class Link:
         self.wake = trio.Event()
         self.wrote = trio.Event()        # set after each write (link_test waits on it)
         self.ready = trio.Event()
+        self.spares_poked = 0.0          # trio time the spare streams were last poked
         self.down = False
         self.inbound = False
         self.bytes_out = 0
@@ -70,11 +77,12 @@ class Link:
 
 class LinkManager:
     def __init__(self, overlay: Overlay, on_bytes: BytesHandler, on_down: DownHandler, *,
-                 queue_limit: int = 8 << 20) -> None:
+                 queue_limit: int = 8 << 20, keepalive: float = KEEPALIVE) -> None:
         self.overlay = overlay
         self.on_bytes = on_bytes
         self.on_down = on_down
         self.queue_limit = queue_limit
+        self.keepalive = keepalive
         self.links: dict[str, Link] = {}
         self.bytes_out = 0
         self.bytes_in = 0
@@ -163,10 +171,11 @@ class LinkManager:
 
     async def _writer(self, link: Link) -> None:
         await link.ready.wait()
+        link.spares_poked = trio.current_time()
         while not link.down:
             if not link.queue:
                 link.wake = trio.Event()
-                with trio.move_on_after(KEEPALIVE):
+                with trio.move_on_after(self.keepalive):
                     await link.wake.wait()
                 if link.down:
                     return
@@ -174,9 +183,11 @@ class LinkManager:
                     link.queue.append(Cell(0, CellCommand.PADDING, b"").frame())
                     link.queued += FRAME_LEN
                     link.enqueued += FRAME_LEN
-                    for spare in [st for st in link.streams if st is not link.writer]:
-                        assert self._nursery is not None
-                        self._nursery.start_soon(self._poke, link, spare)
+            if trio.current_time() - link.spares_poked >= self.keepalive:   # idle or busy
+                link.spares_poked = trio.current_time()
+                for spare in [st for st in link.streams if st is not link.writer]:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._poke, link, spare)
             batch: list[bytes] = []
             size = 0
             while link.queue and size < MAX_WRITE:
