@@ -291,7 +291,10 @@ class LinkManager:
         self.failures[link.peer] = self.failures.get(link.peer, 0) + 1
         log.debug("onion link to %s down: %s", link.peer, why)
         if self._nursery is not None:
-            self._nursery.start_soon(self._close, link)
+            try:
+                self._nursery.start_soon(self._close, link)
+            except RuntimeError:    # the nursery is closing: the daemon is stopping and its
+                pass                # host closes every stream anyway
         self.on_down(link.peer, why)
 
     async def _close(self, link: Link) -> None:
