@@ -133,7 +133,7 @@ class OrderSubmitter:
             inflight = self.store.inflight(sender)
             if inflight is not None:
                 if self.state.account(sender).next_sequence > inflight.order.sequence:
-                    self.store.clear_inflight(sender)
+                    self.ledger.forget_inflight(sender)
                 else:
                     try:
                         done = await self._drive(inflight, deadline, earlier=True)
@@ -148,7 +148,7 @@ class OrderSubmitter:
             problem = order_problem(so.order) or self.state.order_problem(so.order)
             if problem:
                 raise OrderRejected(*problem)
-            self.store.put_inflight(so)
+            await self.ledger.persist_inflight(so)
             return await self._drive(so, deadline)
 
     async def _drive(self, so: SignedOrder, deadline: float, *, earlier: bool = False) -> Certificate:
@@ -184,7 +184,7 @@ class OrderSubmitter:
             if decision is Decision.CERTIFIED:
                 assert collector.certificate is not None
                 self.quorum_problem = None
-                return self._certified(so, collector.certificate)
+                return await self._certified(so, collector.certificate)
             if decision is Decision.REJECTED:
                 reason = collector.main_reason()
                 assert reason is not None      # decide() rejects for a reason
@@ -194,7 +194,7 @@ class OrderSubmitter:
                                    if v not in collector.votes and v not in collector.rejections}
                 if collector.votes or unanswered:
                     raise self._stuck(so, collector, unanswered, reasons)
-                self.store.clear_inflight(sender)
+                self.ledger.forget_inflight(sender)
                 raise OrderRejected(reason, reasons)
             if decision is Decision.EXPIRED:
                 voted = sum(committee.stake_of(v) for v in collector.votes)
@@ -223,10 +223,12 @@ class OrderSubmitter:
             {"tx": so.tx_id.hex(), "status": "stuck", "votes": len(collector.votes),
              "unanswered": len(unanswered), "validators": len(c.members), "rejections": collector.reasons()})
 
-    def _certified(self, so: SignedOrder, cert: Certificate) -> Certificate:
-        """Store, gossip and clear the in-flight record of the order's certificate."""
+    async def _certified(self, so: SignedOrder, cert: Certificate) -> Certificate:
+        """Store, gossip and clear the in-flight record of the order's certificate. Gossiped
+        and returned only once durable (with this node's own lock, service.py)."""
         try:
             self.ledger.ingest(self.ctx.peer_id, [cert])
+            await self.ledger.flushed()
         except LedgerStorageFailed as e:
             raise LedgerStorageFailed(
                 f"order {so.tx_id.hex()} was certified, but this node could not store its certificate: "
@@ -236,7 +238,7 @@ class OrderSubmitter:
         # cleared after the certificate is stored: a crash (or a failed write) in between
         # leaves an in-flight record whose sequence is applied, which the next submit drops
         try:
-            self.store.clear_inflight(so.key[0])
+            self.ledger.forget_inflight(so.key[0])
         except LedgerStorageFailed:
             pass       # the transfer is final and stored; the ledger stops (reported once)
         return cert
