@@ -195,6 +195,7 @@ class OrderSubmitter:
                 if collector.votes or unanswered:
                     raise self._stuck(so, collector, unanswered, reasons)
                 self.ledger.forget_inflight(sender)
+                await self.ledger.flushed()      # wallet.history no longer lists it
                 raise OrderRejected(reason, reasons)
             if decision is Decision.EXPIRED:
                 voted = sum(committee.stake_of(v) for v in collector.votes)
