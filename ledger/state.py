@@ -67,7 +67,7 @@ def _leaf(tag: bytes, key: bytes, value: bytes) -> int:
 
 
 class LedgerState:
-    """In-memory replica state. Mutated only through `apply`; restored by the store."""
+    """In-memory replica state. Mutated only through `apply` and `install`; restored by the store."""
 
     # (kind, key, old value) of each change since begin(), or None when not journaling
     _journal: list[tuple[str, Any, Any]] | None = None
