@@ -243,7 +243,7 @@ class LedgerService:
 
     async def persist_inflight(self, so: SignedOrder) -> None:
         """Record `so` as this node's order in flight for its sender; returns once durable."""
-        await self.writer.submit("orders in flight", lambda wb: self.store.inflight_into(wb, so)).wait()
+        await self.writer.wait_for(self.writer.submit("orders in flight", lambda wb: self.store.inflight_into(wb, so)))
 
     def forget_inflight(self, sender: bytes) -> None:
         """Clear the sender's in-flight record (in the open group: a crash before it is durable

@@ -11,8 +11,10 @@ the loop goes on and new submissions go into the next group. So under load one f
 everything that arrived during the previous fsync.
 
 Idle loop, inline write (`inline_when_idle`). When no other task is runnable at that moment
-(trio's `tasks_runnable` is 0) the writer writes on the loop thread instead: nobody is waiting
-for the loop, and a thread hop costs two thread wake-ups and a scheduler round, which on a
+(trio's `tasks_runnable` is 0, not counting the writer task itself) the group is written on
+the loop thread instead: by the first task that waits for it (`wait_for`, `barrier`: it leads
+the write, as in LevelDB's own group commit), else by the writer task. Nobody is waiting for
+the loop then, and the hop costs two thread wake-ups and two scheduler rounds, which on a
 loaded machine (4 daemons and more on 2 cores, issue 16's benchmark) measured 5-8 ms each way
 against a 4-6 ms fsync, so every acknowledgement came later. Input arriving during such a
 write waits for it, as it did for every write before group commit.
@@ -130,6 +132,7 @@ class GroupWriter:
         self._writing: Group | None = None
         self._numbers = 0
         self._wake = trio.Event()
+        self._parked = False    # the writer task waits for `_wake`
         self.limiter = trio.CapacityLimiter(1)    # one write at a time (see `quiesced`)
         self._running = False
         self.syncs = 0          # groups written (= fsyncs)
@@ -178,10 +181,29 @@ class GroupWriter:
         if f is not None:
             raise _copy(f)
         g = self.latest()
-        if g is None:
-            return
-        if not self._running and g is self._open:
+        if g is not None:
+            await self.wait_for(g)
+
+    async def wait_for(self, g: Group) -> None:
+        """Wait until group `g` (and every one before it) is on disk, writing it on this task
+        if the loop is idle (module docstring). Raises LedgerStorageFailed if it failed."""
+        if g is self._open and not self._running:
             self._write_now()
+        elif g is self._open and self._writing is None and self.inline_when_idle:
+            others = trio.lowlevel.current_statistics().tasks_runnable
+            if self._parked and self._wake.is_set():
+                others -= 1            # the writer task, woken by the submission
+            if others <= 0:
+                try:
+                    self.limiter.acquire_nowait()
+                except trio.WouldBlock:
+                    pass
+                else:
+                    try:
+                        self.inline += 1
+                        self._write_now()
+                    finally:
+                        self.limiter.release()
         await g.wait()
 
     @asynccontextmanager
@@ -237,7 +259,11 @@ class GroupWriter:
         self._running = True
         try:
             while self.store.failure is None:
-                await self._wake.wait()
+                self._parked = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._parked = False
                 self._wake = trio.Event()
                 async with self.limiter:              # a checkpoint: what is runnable joins the group
                     g = self._take()
