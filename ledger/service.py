@@ -21,8 +21,9 @@ itself keeps the apply path (`ingest`), fork reports and the validator side.
 
 Writes: group commit off the event loop (writer.py). Certificate batches, validator locks,
 in-flight orders and sync cursors of every task go into the writer's open group, one synced
-LevelDB batch written in a worker thread while the loop goes on; what arrives during that
-fsync goes into the next group. The invariant, "memory never runs ahead of disk" (issue 10):
+LevelDB batch written in a worker thread while the loop goes on (on the loop only when it is
+idle), and what arrives meanwhile goes into the next group. The invariant, "memory never runs
+ahead of disk" (issue 10):
 - Two states. `state` is what every reader sees (RPC balances, history, sequences, api.py,
   the submitter, committee rotation); it changes only by `install`ing deltas whose group is
   durable, in apply order, in the writer's callback (`_apply_batch`). `work` (state.py
@@ -237,8 +238,7 @@ class LedgerService:
         self.m_write.observe(seconds)
 
     async def flushed(self) -> None:
-        """Wait until every record submitted so far is durable (and installed). Raises
-        LedgerStorageFailed if a write failed."""
+        """Wait until all submitted so far is durable and installed (LedgerStorageFailed if not)."""
         await self.writer.barrier()
 
     async def persist_inflight(self, so: SignedOrder) -> None:
