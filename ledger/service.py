@@ -21,9 +21,8 @@ itself keeps the apply path (`ingest`), fork reports and the validator side.
 
 Writes: group commit off the event loop (writer.py). Certificate batches, validator locks,
 in-flight orders and sync cursors of every task go into the writer's open group, one synced
-LevelDB batch written in a worker thread while the loop goes on (on the loop only when it is
-idle), and what arrives meanwhile goes into the next group. The invariant, "memory never runs
-ahead of disk" (issue 10):
+LevelDB batch written in a worker thread while the loop goes on; what arrives meanwhile goes
+into the next group. The invariant, "memory never runs ahead of disk" (issue 10):
 - Two states. `state` is what every reader sees (RPC balances, history, sequences, api.py,
   the submitter, committee rotation); it changes only by `install`ing deltas whose group is
   durable, in apply order, in the writer's callback (`_apply_batch`). `work` (state.py
@@ -243,7 +242,7 @@ class LedgerService:
 
     async def persist_inflight(self, so: SignedOrder) -> None:
         """Record `so` as this node's order in flight for its sender; returns once durable."""
-        await self.writer.wait_for(self.writer.submit("orders in flight", lambda wb: self.store.inflight_into(wb, so)))
+        await self.writer.submit("orders in flight", lambda wb: self.store.inflight_into(wb, so)).wait()
 
     def forget_inflight(self, sender: bytes) -> None:
         """Clear the sender's in-flight record (in the open group: a crash before it is durable

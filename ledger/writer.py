@@ -1,23 +1,13 @@
 """Group commit for the ledger store: one writer task, one synced LevelDB batch (one fsync) for
-everything submitted while the previous batch was being written, written off the event loop
-whenever the loop has other work.
+everything submitted while the previous batch was being written, written off the event loop.
 
 Callers on the trio thread `submit` records (certificate batches, validator locks, in-flight
 orders, sync cursors) into the open `Group`, a LevelDB write batch, and get the group back. The
-writer task (`run`, in the ledger's nursery) takes the open group (after a scheduler
-checkpoint, so what is already runnable joins it) and writes it with `sync=True` in a worker
-thread (`trio.to_thread`, one write at a time: `limiter`, a CapacityLimiter of 1); meanwhile
-the loop goes on and new submissions go into the next group. So under load one fsync carries
-everything that arrived during the previous fsync.
-
-Idle loop, inline write (`inline_when_idle`). When no other task is runnable at that moment
-(trio's `tasks_runnable` is 0, not counting the writer task itself) the group is written on
-the loop thread instead: by the first task that waits for it (`wait_for`, `barrier`: it leads
-the write, as in LevelDB's own group commit), else by the writer task. Nobody is waiting for
-the loop then, and the hop costs two thread wake-ups and two scheduler rounds, which on a
-loaded machine (4 daemons and more on 2 cores, issue 16's benchmark) measured 5-8 ms each way
-against a 4-6 ms fsync, so every acknowledgement came later. Input arriving during such a
-write waits for it, as it did for every write before group commit.
+writer task (`run`, in the ledger's nursery) takes the open group and writes it with
+`sync=True` in a worker thread (`trio.to_thread`, one write at a time: `limiter`, a
+CapacityLimiter of 1); meanwhile new submissions go into the next group. So under load one
+fsync carries everything that arrived during the previous fsync; idle, a lone record is
+written at once (after one scheduler checkpoint, to gather what is already runnable).
 
 Invariant: groups are written strictly in submission order, and a group is written only after
 the one before it is durable; so whatever is on disk is a prefix of what was submitted, and
@@ -123,21 +113,17 @@ class GroupWriter:
     """The group-commit writer of one LedgerStore (module docstring). `on_written(group,
     seconds)` is called after each successful write (metrics)."""
 
-    def __init__(self, store: LedgerStore, *, on_written: Callable[[Group, float], None] | None = None,
-                 inline_when_idle: bool = True) -> None:
+    def __init__(self, store: LedgerStore, *, on_written: Callable[[Group, float], None] | None = None) -> None:
         self.store = store
-        self.inline_when_idle = inline_when_idle
         self._on_written = on_written
         self._open: Group | None = None
         self._writing: Group | None = None
         self._numbers = 0
         self._wake = trio.Event()
-        self._parked = False    # the writer task waits for `_wake`
         self.limiter = trio.CapacityLimiter(1)    # one write at a time (see `quiesced`)
         self._running = False
         self.syncs = 0          # groups written (= fsyncs)
         self.records = 0        # records written in them
-        self.inline = 0         # groups written on the loop thread (the loop was idle)
 
     # -- submitting --------------------------------------------------------------------------
 
@@ -181,29 +167,10 @@ class GroupWriter:
         if f is not None:
             raise _copy(f)
         g = self.latest()
-        if g is not None:
-            await self.wait_for(g)
-
-    async def wait_for(self, g: Group) -> None:
-        """Wait until group `g` (and every one before it) is on disk, writing it on this task
-        if the loop is idle (module docstring). Raises LedgerStorageFailed if it failed."""
-        if g is self._open and not self._running:
+        if g is None:
+            return
+        if not self._running and g is self._open:
             self._write_now()
-        elif g is self._open and self._writing is None and self.inline_when_idle:
-            others = trio.lowlevel.current_statistics().tasks_runnable
-            if self._parked and self._wake.is_set():
-                others -= 1            # the writer task, woken by the submission
-            if others <= 0:
-                try:
-                    self.limiter.acquire_nowait()
-                except trio.WouldBlock:
-                    pass
-                else:
-                    try:
-                        self.inline += 1
-                        self._write_now()
-                    finally:
-                        self.limiter.release()
         await g.wait()
 
     @asynccontextmanager
@@ -259,22 +226,15 @@ class GroupWriter:
         self._running = True
         try:
             while self.store.failure is None:
-                self._parked = True
-                try:
-                    await self._wake.wait()
-                finally:
-                    self._parked = False
+                await self._wake.wait()
                 self._wake = trio.Event()
-                async with self.limiter:              # a checkpoint: what is runnable joins the group
+                await trio.lowlevel.checkpoint()      # let what is already runnable join the group
+                async with self.limiter:
                     g = self._take()
                     if g is None:
                         continue
                     t = time.perf_counter()
-                    if self.inline_when_idle and trio.lowlevel.current_statistics().tasks_runnable == 0:
-                        self.inline += 1
-                        err = self._write(g)
-                    else:
-                        err = await trio.to_thread.run_sync(self._write, g)
+                    err = await trio.to_thread.run_sync(self._write, g)
                     self._finish(g, err, time.perf_counter() - t)
                 if self._open is not None:
                     self._wake.set()
