@@ -6,16 +6,29 @@ Incoming: each batch is decoded, its committee certificates handed to the rotati
 its certificates applied; the gossip layer numbers messages per origin and pulls gaps, and a
 certificate that cannot apply yet (missing predecessors) makes the replica sync with the peer
 it came from (and its origin). A stopped ledger (storage failure) drops gossip: peers sync later.
+
+Before a batch is relayed, cached for pulls or handled, the gossip layer runs `check` on it
+(node/gossip.py `subscribe(..., check=)`): `check_batch` decodes it and judges its content
+only (sans-IO, no state that can be stale on one node and not another): each certificate is
+for our chain, names no validator twice, and every vote signature (and the sender's, when the
+replica checks it: `verify_sender`) verifies. Committee membership, quorum and funds depend on
+state and stay with the replica. A batch that fails is not relayed, and the peer that relayed
+it to us is charged: its origin may be a throw-away key that no charge reaches, and every node
+checks before relaying, so an honest relayer never passes a bad batch on.
 """
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable
 
 import trio
 
+from fognode.ledger.committee import CommitteeCertificate
 from fognode.ledger.errors import LedgerStorageFailed
+from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import Certificate, decode_certificate
 from fognode.ledger.ports import Applier, CommitteeExchange, SyncTrigger
+from fognode.ledger.quorum import check_signature
 from fognode.ledger.settings import Settings
 from fognode.ledger.sync import MAX_CERT_FRAME, MAX_SYNC_BATCH
 from fognode.node.errors import FognodeError, RemoteProtocolError
@@ -26,6 +39,43 @@ from fognode.node.wire import Fields, pack, unpack
 log = logging.getLogger("fognode.ledger")
 
 CERT_TOPIC = "fognode/ledger/certs/1"
+
+DecodeCommittees = Callable[[list[Any], str], list[CommitteeCertificate]]
+
+
+def decode_batch(data: bytes, peer: str, decode_committees: DecodeCommittees
+                 ) -> tuple[list[Certificate], list[CommitteeCertificate]]:
+    """Decode one batch of the certificate topic: (certificates, committee certificates).
+    Raises RemoteProtocolError naming what was wrong."""
+    f = Fields(unpack(data, max_size=MAX_CERT_FRAME, what="ledger certificate batch"),
+               "ledger.CertBatch", versions={1}, peer=peer)
+    certs = [decode_certificate(c, peer=peer) for c in f.list("certs", max_len=MAX_SYNC_BATCH)]
+    committees = decode_committees(f.list("committees", optional=True) or [], peer)
+    f.done()
+    return certs, committees
+
+
+def check_batch(data: bytes, peer: str, decode_committees: DecodeCommittees, *, chain: str,
+                verify_sender: bool) -> None:
+    """The certificate topic's content check (module doc): decode, then per certificate its
+    chain, distinct signers, vote signatures and (with `verify_sender`) the sender's signature.
+    Raises RemoteProtocolError naming the certificate and what was wrong."""
+    certs, _ = decode_batch(data, peer, decode_committees)
+    for i, cert in enumerate(certs):
+        what = f"ledger certificate batch: certs[{i}] ({cert.tx_id.hex()[:16]})"
+        if cert.order.order.chain != chain:
+            raise RemoteProtocolError(f"{what} is for chain {cert.order.order.chain!r}, not {chain!r}",
+                                      peer=peer)
+        signers = [v for v, _ in cert.votes]
+        if len(set(signers)) != len(signers):
+            raise RemoteProtocolError(f"{what} lists a validator twice", peer=peer)
+        if verify_sender and not cert.order.signature_ok():
+            raise RemoteProtocolError(f"{what}: the sender's signature is invalid", peer=peer)
+        msg = cert.vote_message
+        for validator, sig in cert.votes:
+            if not check_signature(validator, msg, sig):
+                raise RemoteProtocolError(f"{what}: the vote of {validator.hex()[:16]} is invalid",
+                                          peer=peer)
 
 
 class CertGossip:
@@ -39,6 +89,7 @@ class CertGossip:
         self.ledger = ledger
         self.rotation = rotation
         self.sync = sync
+        self.chain = Genesis.from_node_genesis(ctx.genesis).chain_id
         self._outbox: list[Certificate] = []
         self._outbox_ready = trio.Event()
 
@@ -59,18 +110,26 @@ class CertGossip:
                 except FognodeError as e:
                     log.warning("could not publish %d certificates: %s (peers will sync them)", len(batch), e)
 
+    def check(self, msg: GossipMessage) -> bool:
+        """The topic's `check=` (module doc): False refuses the batch before relay, and the
+        peer that relayed it to us is charged."""
+        try:
+            check_batch(msg.data, msg.origin, self.rotation.decode_list, chain=self.chain,
+                        verify_sender=self.s.verify_sender)
+        except RemoteProtocolError as e:
+            self.ctx.overlay.penalize(msg.received_from or msg.origin,
+                                      f"relayed a bad certificate batch of {msg.origin}: {e}",
+                                      protocol=CERT_TOPIC)
+            return False
+        return True
+
     async def on_gossip(self, msg: GossipMessage) -> None:
         if not self.ledger.serving():
             return       # the ledger stopped (storage failure, or shut down): peers sync later
         try:
-            f = Fields(unpack(msg.data, max_size=MAX_CERT_FRAME, what="ledger certificate batch"),
-                       "ledger.CertBatch", versions={1}, peer=msg.origin)
-            certs = [decode_certificate(c, peer=msg.origin) for c in f.list("certs", max_len=MAX_SYNC_BATCH)]
-            committees = self.rotation.decode_list(f.list("committees", optional=True) or [], msg.origin)
-            f.done()
-        except RemoteProtocolError as e:
-            # the batch is signed by its origin (the gossip envelope): the origin's fault
-            self.ctx.overlay.penalize(msg.origin, str(e), protocol=CERT_TOPIC)
+            certs, committees = decode_batch(msg.data, msg.origin, self.rotation.decode_list)
+        except RemoteProtocolError as e:   # `check` refused it already; kept for safety
+            self.ctx.overlay.penalize(msg.received_from or msg.origin, str(e), protocol=CERT_TOPIC)
             return
         try:
             if committees:

@@ -1,13 +1,46 @@
 """The client side of an order: collect votes from validators until they form a certificate.
 
 `VoteCollector` is fed the validators' answers (votes and rejections, in any order, duplicates
-allowed) and says when a quorum certificate exists or when enough stake refused that none can.
-After each round of asking, `decide(now, deadline)` says what the client does next (the retry
-policy): take the certificate, give up with the refusal, give up at the deadline, or ask again.
-A refusal for a reason that only says the validator lags behind (wrong sequence, overspend:
-the submitting replica checked both first; "not yet": a new member still waiting for the old
-committee's locks; an escrow it has not seen opened yet; an escrow phase its clock has not
-reached yet) is never final: the client keeps asking until the deadline.
+allowed) and says when a quorum certificate exists or when enough stake refused *for good* that
+none can. After each round of asking, `decide(now, deadline)` says what the client does next
+(the retry policy): take the certificate, give up with the refusal, give up at the deadline, or
+ask again.
+
+What a refusal can mean (validator.py, state.py, escrow.py, rewardpool.py):
+- transient, "this validator is behind" (`LAGGING_REASONS`): wrong sequence or overspend (it
+  has not applied the sender's earlier certificates or incoming funds: the request carries the
+  previous certificate, and a validator that cannot apply it pulls the sender's history from
+  the requester at once, service.py `_order_reply`), "not yet" (a new member still waiting for
+  the old committee's locks), an escrow or pool it has not seen opened, a phase its clock has
+  not reached, payouts it signed not applied yet. Waiting cures them: they never count toward
+  "no quorum is possible", and the client keeps asking the SAME order until the deadline (and
+  the wallet's next send drives it again after that: submit.py).
+- final: the order itself is bad (signature, chain, fee, amounts, evidence), or this validator
+  holds a lock that excludes it (CONFLICT: another order of the sender for the sequence;
+  RECEIPT_USED, a scope's other commit, a closed or exhausted pool, an escrow sequence: another
+  order took what this one needs), or it is too late (epoch, escrow or pool phase). An honest
+  validator never changes such an answer while its locks stand.
+
+Quorum arithmetic (T total stake, q = floor(2T/3) + 1 the quorum, f = floor((T-1)/3) the
+faulty stake tolerated; T + f < 2q for every T):
+- final refusals of more than T - q stake: no quorum of votes can form without one of them
+  changing its mind, so the order is REJECTED (FAILED). Nothing is dropped on that alone:
+  submit.py drops the order only if no validator voted for it (nor may have); otherwise the
+  wallet stays at that sequence (OrderStuck), because a validator that voted would see another
+  order for it as a fork.
+- final refusals of at least q stake: even with f of them faulty, the honest refusers hold
+  q - f > T - q stake, so the order can NEVER be certified (any quorum of votes would include
+  an honest refuser). Only then would releasing the sequence be sound: `never_certifiable`.
+  The release itself is not built: the validators that voted for the order would have to be
+  shown that proof (signed, durable refusals: a refusal backed by a lock that can itself be
+  released is not durable, so each refuser must persist "never this order" before signing),
+  and swap their lock for the sender's next order. FastPay never releases (a client that
+  cannot certify its order is stuck at that sequence for good); Sui releases an equivocated
+  object's locks only at the end of the epoch, through consensus on the epoch's last
+  checkpoint, which this ledger does not have: its certificates stay valid across epochs.
+- between the two (a split vote: some voted, more than T - q refused for good, fewer than q):
+  neither a certificate nor a proof that none can exist is possible; only a change of mind of
+  the refusers (their locks) could end it, and the wallet stays stuck at that sequence.
 """
 from __future__ import annotations
 
@@ -30,6 +63,11 @@ LAGGING_REASONS = frozenset({Reason.WRONG_SEQUENCE, Reason.OVERSPEND, Reason.NOT
                              Reason.POOL_UNSETTLED})
 
 
+def is_final(reason: Reason) -> bool:
+    """Whether a refusal for `reason` stands while the validator's locks stand (module docstring)."""
+    return reason not in LAGGING_REASONS
+
+
 class Decision(enum.Enum):
     """What the client does after a round of asking (VoteCollector.decide)."""
 
@@ -49,12 +87,21 @@ class VoteCollector:
 
     @property
     def status(self) -> OrderStatus:
+        """FAILED once final refusals exceed T - q stake (lagging ones never count)."""
         if self.certificate is not None:
             return OrderStatus.CERTIFIED
-        refused = sum(self.committee.stake_of(v) for v in self.rejections)
-        if refused > self.committee.total - self.committee.quorum_stake:
+        if self.refused_for_good() > self.committee.total - self.committee.quorum_stake:
             return OrderStatus.FAILED
         return OrderStatus.COLLECTING
+
+    def refused_for_good(self) -> int:
+        """The stake of the validators whose refusal is final (`is_final`)."""
+        return sum(self.committee.stake_of(v) for v, r in self.rejections.items() if is_final(r.reason))
+
+    def never_certifiable(self) -> bool:
+        """Final refusals of at least a quorum: with at most f faulty stake, no quorum of votes
+        can ever form (module docstring), whoever asks and whenever."""
+        return self.certificate is None and self.committee.is_quorum(self.refused_for_good())
 
     def add_vote(self, vote: Vote) -> Certificate | None:
         """Take a vote (ignored unless valid, for this order, from a member); the certificate
@@ -91,15 +138,18 @@ class VoteCollector:
         """The retry policy (module docstring), after a round of asking ended at `now`."""
         if self.certificate is not None:
             return Decision.CERTIFIED
-        reason = self.main_reason()
-        if self.status is OrderStatus.FAILED and reason is not None and reason not in LAGGING_REASONS:
+        if self.status is OrderStatus.FAILED:
             return Decision.REJECTED
         if now >= deadline:
             return Decision.EXPIRED
         return Decision.RETRY
 
     def main_reason(self) -> Reason | None:
+        """The refusal reason with the most stake, final ones first (a lagging reason only
+        when no refusal is final)."""
         counts: dict[Reason, int] = {}
         for v, r in self.rejections.items():
             counts[r.reason] = counts.get(r.reason, 0) + self.committee.stake_of(v)
-        return max(counts, key=lambda k: counts[k]) if counts else None
+        final = {k: n for k, n in counts.items() if is_final(k)}
+        pick = final or counts
+        return max(pick, key=lambda k: (pick[k], k.value)) if pick else None

@@ -83,7 +83,7 @@ class Requester(Protocol):
     """Ask one validator over its order stream (order_streams.py `OrderStreams`)."""
 
     async def request(self, validator: bytes, peer: str, request: dict[str, Any],
-                      max_reply: int = MAX_REPLY) -> Any: ...
+                      max_reply: int = MAX_REPLY, *, deadline: float | None = None) -> Any: ...
 
 
 class CommitteeExchange(Protocol):

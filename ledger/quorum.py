@@ -1,8 +1,15 @@
 """Committees (validators weighted by stake, quorum > 2/3 of the stake) and the Ed25519
 signature check the ledger's hot paths use. Certificates are checked against a committee in
-certcheck.py."""
+certcheck.py.
+
+The signature check remembers the last VERIFIED_CACHE_SIZE good (key, signature, message)
+triples: a gossiped certificate is checked before it is relayed (certgossip.py) and again when
+the replica applies it, and the second check of the same bytes is a dictionary lookup instead
+of an Ed25519 verification. Only successes are remembered, and a hit needs the very same key,
+signature and message bytes, so the cache can never accept what libsodium would refuse."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -44,15 +51,28 @@ class Committee:
         return key in self.members
 
 
+VERIFIED_CACHE_SIZE = 4096
+_verified: dict[bytes, bytes] = {}      # pubkey + signature -> the message it signs
+_verified_lock = threading.Lock()       # the store's writer thread shares this module
+
+
 def check_signature(pubkey: bytes, message: bytes, signature: bytes) -> bool:
     """Ed25519 check through libsodium directly (same rule as node.wire.verify_bytes, which
-    builds a VerifyKey object per call; this is the ledger's hot path)."""
+    builds a VerifyKey object per call; this is the ledger's hot path). A triple verified
+    recently is answered from the cache (module docstring)."""
     if len(pubkey) != 32 or len(signature) != 64:
         return False
+    key = bytes(pubkey) + bytes(signature)
+    if _verified.get(key) == message:
+        return True
     try:
         crypto_sign_open(signature + message, pubkey)
-        return True
     except (BadSignatureError, ValueError):
         return False
     except Exception:   # libsodium rejects some points with CryptoError
         return False
+    with _verified_lock:
+        if len(_verified) >= VERIFIED_CACHE_SIZE:
+            del _verified[next(iter(_verified))]
+        _verified[key] = bytes(message)
+    return True

@@ -91,9 +91,8 @@ from fognode.ledger.submit import OrderSubmitter
 from fognode.ledger.sync import MAX_CERT_FRAME, SYNC_STREAM, LedgerSync
 from fognode.ledger.uptime_service import UptimeRewards
 from fognode.ledger.validator import Validator
-from fognode.ledger.writer import Group, GroupWriter
+from fognode.ledger.writer import GroupWriter, serve_in_order
 from fognode.ledger.wallet import PASSPHRASE_ENV, Keystore
-from fognode.node.errors import StreamClosed
 from fognode.node.faults import LogRateLimiter
 from fognode.node.metrics import metric
 from fognode.node.overlay import FramedStream
@@ -123,7 +122,7 @@ class LedgerService:
         self.store = LedgerStore(ctx.role_dir("ledger") / "db", self.genesis, on_failure=self._storage_failed)
         self.state = self.store.load_state()     # durable: what every reader sees
         self.work = self.state.staging()          # the replica's and validator's, ahead of disk
-        self.writer = GroupWriter(self.store, on_written=self._written)
+        self.writer = GroupWriter(self.store, registry=ctx.metrics)
         self.locks = self.store.load_locks()
         self.receipts = default_registry()
         self.replica = Replica(self.work, self.store, PendingPool(settings.pending_max),
@@ -161,14 +160,6 @@ class LedgerService:
                                 "Verify + apply + synced write of one batch of certificates",
                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
         self.m_forks = metric(reg, Counter, "fognode_ledger_forks_total", "Fork proofs detected")
-        self.m_syncs = metric(reg, Counter, "fognode_ledger_store_syncs_total",
-                              "Synced write batches (fsyncs) of the ledger store's group-commit writer")
-        self.m_group = metric(reg, Histogram, "fognode_ledger_store_group_records",
-                              "Records (certificates, locks, in-flight orders, cursors) per synced write batch",
-                              buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
-        self.m_write = metric(reg, Histogram, "fognode_ledger_store_write_seconds",
-                              "Time of one synced write batch in the writer thread",
-                              buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
         self._update_gauges()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -182,9 +173,10 @@ class LedgerService:
                 log.info("created the node's default wallet %s", addr)
             self.ctx.overlay.set_stream_handler(ORDER_STREAM, self._serve_order)
             self.ctx.overlay.set_stream_handler(SYNC_STREAM, self.sync.serve)
-            await self.ctx.overlay.subscribe(CERT_TOPIC, self.gossip.on_gossip)
+            await self.ctx.overlay.subscribe(CERT_TOPIC, self.gossip.on_gossip, check=self.gossip.check)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.writer.run)
+                await nursery.start(self.streams.run)     # first: every adapter asks through it
                 nursery.start_soon(self.gossip.run)
                 nursery.start_soon(self.sync.run)
                 nursery.start_soon(self.submitter.run)
@@ -230,11 +222,6 @@ class LedgerService:
     async def _stop_on_storage_failure(self) -> None:
         await self._failed.wait()
         self.check_usable()
-
-    def _written(self, group: Group, seconds: float) -> None:
-        self.m_syncs.inc()
-        self.m_group.observe(group.records)
-        self.m_write.observe(seconds)
 
     async def flushed(self) -> None:
         """Wait until all submitted so far is durable and installed (LedgerStorageFailed if not)."""
@@ -408,24 +395,16 @@ class LedgerService:
         return replies
 
     async def _serve_order(self, stream: FramedStream) -> None:
-        """One request, one reply, repeated until the client closes the stream."""
+        """Requests are decided one after the other; each reply leaves, in request order, once
+        everything it relies on is durable, while the next requests are read (writer.py
+        `serve_in_order`). Until the client closes the stream; reset once the ledger stopped."""
         peer = stream.remote_peer
-        while True:
-            try:
-                raw = await stream.recv(max_size=MAX_CERT_FRAME)
-            except StreamClosed:
-                return
+
+        def decide(raw: Any) -> list[Any]:
             if not self.serving():    # the ledger stopped: no vote, no lock, no answer
-                await stream.reset()
-                return
-            try:
-                reply = self._order_reply(peer, raw)
-                await self.flushed()      # nothing leaves before what it relies on is on disk
-            except LedgerStorageFailed:
-                await stream.reset()
-                return
-            for r in reply:
-                await stream.send(r)
+                raise LedgerStorageFailed(str(self.failure or "the ledger stopped"))
+            return self._order_reply(peer, raw)
+        await serve_in_order(self.writer, stream, decide, max_size=MAX_CERT_FRAME)
 
     def _order_reply(self, peer: str, raw: Any) -> list[Any]:
         """The replies to one order-stream request (synchronous: locks and applies join the
@@ -443,7 +422,11 @@ class LedgerService:
         prev = decode_certificate(f.map("prev", max_len=8), peer=peer) if f.has("prev") else None
         f.done()
         if prev is not None:
-            self.ingest(peer, [prev])
+            _, queued = self.ingest(peer, [prev])
+            if queued:
+                # it lacks more of the sender's history than `prev`: pull it from the requester,
+                # which has it (the client asks again after its retry interval; client.py)
+                self.sync.sync_soon(peer)
         return [{"v": 1, "rejection": r.to_wire()} if isinstance(r, Rejection) else {"v": 1, "vote": r.to_wire()}
                 for r in self.validate(peer, so)]
 
@@ -488,8 +471,8 @@ class LedgerService:
         return self.sync.connected_peers()
 
     async def request(self, validator: bytes, peer: str, request: dict[str, Any],
-                      max_reply: int = MAX_REPLY) -> Any:
-        return await self.streams.request(validator, peer, request, max_reply)
+                      max_reply: int = MAX_REPLY, *, deadline: float | None = None) -> Any:
+        return await self.streams.request(validator, peer, request, max_reply, deadline=deadline)
 
     async def submit_reward(self, receipt: Receipt, amount: int, *, timeout: float = 30.0) -> Certificate:
         return await self.submitter.submit_reward(receipt, amount, timeout=timeout)

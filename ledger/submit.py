@@ -105,9 +105,14 @@ class OrderSubmitter:
         return pub
 
     async def unlock_wallet(self, pubkey: bytes) -> SigningKey:
-        """The wallet's signing key (Argon2id runs in a worker thread). Raises WalletError."""
+        """The wallet's signing key (Argon2id runs in a worker thread, the first time only: an
+        unlocked key is taken from the keystore's cache without a thread hop). Raises
+        WalletError."""
         if pubkey == self.me:
             return self.ctx.identity
+        cached = self.keystore.unlocked(pubkey)
+        if cached is not None:
+            return cached
         if not self.keystore.has(pubkey):
             raise WalletError(f"no wallet {encode_address(pubkey)} on this node")
         return await trio.to_thread.run_sync(self.keystore.unlock, pubkey, self.passphrase)
@@ -176,7 +181,7 @@ class OrderSubmitter:
                 left = [len(targets)]
                 asking.update(targets)
                 for v in targets:
-                    self._spawn(self._ask, v, request, collector, asking, unanswered, round_done, left)
+                    self._spawn(self._ask, v, request, collector, asking, unanswered, round_done, left, deadline)
                 with trio.move_on_after(max(0.0, min(self.s.request_timeout + 0.5, deadline - trio.current_time()))):
                     await round_done.wait()
             now = trio.current_time()
@@ -215,14 +220,20 @@ class OrderSubmitter:
         c = collector.committee
         voted = sum(c.stake_of(v) for v in collector.votes)
         maybe = sum(c.stake_of(v) for v in unanswered)
-        refused = sum(c.stake_of(v) for v in collector.rejections)
+        refused = collector.refused_for_good()
+        never = collector.never_certifiable()
+        outlook = ("a quorum refused it for good, so it can never be certified; releasing its sequence "
+                   "would be sound but is not built (client.py)" if never else
+                   "it can be certified only if refusers change their minds (their locks stand)")
         return OrderStuck(
-            f"order {so.tx_id.hex()} (sequence {so.order.sequence}) was refused by validators with "
+            f"order {so.tx_id.hex()} (sequence {so.order.sequence}) was refused for good by validators with "
             f"{refused} of {c.total} stake ({reasons}), but validators with {voted} stake voted for it"
             f"{f' and {maybe} more may have' if maybe else ''}: it keeps its sequence (another order "
-            f"for it would be a fork) and stays in flight; the wallet's next order drives it again",
+            f"for it would be a fork) and stays in flight; the wallet's next order drives it again; "
+            f"{outlook}",
             {"tx": so.tx_id.hex(), "status": "stuck", "votes": len(collector.votes),
-             "unanswered": len(unanswered), "validators": len(c.members), "rejections": collector.reasons()})
+             "unanswered": len(unanswered), "validators": len(c.members), "rejections": collector.reasons(),
+             "never_certifiable": never})
 
     async def _certified(self, so: SignedOrder, cert: Certificate) -> Certificate:
         """Store, gossip and clear the in-flight record of the order's certificate. Gossiped
@@ -257,13 +268,14 @@ class OrderSubmitter:
 
     async def _ask(self, validator: bytes, request: dict[str, Any], collector: VoteCollector,
                    asking: set[bytes], unanswered: set[bytes], round_done: trio.Event,
-                   left: list[int]) -> None:
-        """Ask one validator; its answer goes to `collector`. `unanswered` holds the validators
-        a request may have reached without an answer since (they may hold a lock)."""
+                   left: list[int], deadline: float) -> None:
+        """Ask one validator (within request_timeout and the order's `deadline`); its answer
+        goes to `collector`. `unanswered` holds the validators a request may have reached
+        without an answer since (they may hold a lock)."""
         peer = peer_id_from_pubkey(validator)
         try:
             try:
-                raw = await self.requests.request(validator, peer, request)
+                raw = await self.requests.request(validator, peer, request, deadline=deadline)
             except RequestNotSent as e:
                 log.debug("validator %s not reached: %s", peer, e)
                 return

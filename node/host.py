@@ -462,6 +462,7 @@ async def open_overlay(config: OverlayConfig, identity: SigningKey, events: Even
     p2pfix_yamux_window.install()       # a peer writing past a stream's window: reset, charged
     ov = Libp2pOverlay(config, identity, events, metrics)
     unwatch = p2pfix_yamux_window.watch(ov.peer_id, p2pfix_yamux_window.report_to(ov.faults))
+    unbudget = p2pfix_yamux.budget(ov.peer_id, ov.resources.window_budget())   # window growth
     listen = [multiaddr.Multiaddr(a) for a in config.listen]
     async with ov.host.run(listen):
         if not ov.host.get_transport_addrs():
@@ -485,6 +486,7 @@ async def open_overlay(config: OverlayConfig, identity: SigningKey, events: Even
             finally:
                 ov._nursery = None
                 unwatch()
+                unbudget()
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await close_connections(ov.host)
                     await ov.host.close()    # bite 8: host first, then the services

@@ -4,7 +4,10 @@ Sans-IO (no trio, no libp2p; time is never read here): node/resources.py carries
 out on real streams and connections. In the spirit of go-libp2p's resource manager, every
 inbound stream takes a slot from four scopes at once (the system, its protocol, its peer, and
 that peer on that protocol) plus the IP subnet of its connection; every byte a framed stream
-holds of a frame that has not fully arrived is charged to its peer and to the system; every
+holds of a frame that has not fully arrived is charged to its peer and to the system, and so is
+every byte of Yamux receive window granted beyond a stream's initial 256 KiB (`reserve`: window
+growth may use at most a `WINDOW_SHARE` of either budget, as go-yamux reserves window growth from
+go-libp2p's memory scope at a low priority, so parked window never starves frames); every
 connection takes a slot from its peer and its IP subnet (/24 for IPv4, /64 for IPv6). A
 request over any limit is refused with a `Refusal` naming the scope; nothing is queued.
 `StreamDeadlines` says how long a framed stream may wait for its next bytes.
@@ -38,6 +41,9 @@ DEFAULT_EXEMPT = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.
                   "fc00::/7"]
 
 
+WINDOW_SHARE = 0.25   # of each buffer budget that Yamux window growth may hold (see `reserve`)
+
+
 class Refusal(str, Enum):
     """Why a stream, a connection or a buffer charge was refused (the metric's `reason`)."""
 
@@ -48,6 +54,7 @@ class Refusal(str, Enum):
     STREAMS_SUBNET = "streams_subnet"
     BUFFER_PEER = "buffer_peer"
     BUFFER_TOTAL = "buffer_total"
+    WINDOW_CAPPED = "window_capped"   # a Yamux window grew less than asked (`reserve`)
     CONNS_PEER = "conns_peer"
     CONNS_SUBNET = "conns_subnet"
 
@@ -284,6 +291,20 @@ class ResourceManager:
         self.usage.buffered += n
         return None
 
+    def reserve(self, peer: str, n: int, share: float = WINDOW_SHARE) -> int:
+        """Charge up to `n` bytes to `peer` such that its charges stay within `share` of its
+        budget and all charges within `share` of the total; returns the bytes charged (0..n).
+        For Yamux window growth: bytes a peer may send us unasked, so they get a low share."""
+        if n <= 0:
+            return 0
+        room = min(int(self.limits.buffer_per_peer * share) - self._c.buffer_peer.get(peer, 0),
+                   int(self.limits.buffer_total * share) - self.usage.buffered)
+        granted = max(0, min(n, room))
+        if granted:
+            _inc(self._c.buffer_peer, peer, granted)
+            self.usage.buffered += granted
+        return granted
+
     def uncharge(self, peer: str, n: int) -> None:
         """Give back `n` bytes charged to `peer`."""
         if n <= 0:
@@ -334,4 +355,4 @@ def limits_from(overlay: object) -> tuple[ResourceLimits, StreamDeadlines]:
 
 
 __all__ = ["ResourceLimits", "StreamDeadlines", "ResourceManager", "Refusal", "Wait", "Usage",
-           "subnet_of", "limits_from", "OVERLAY_KEYS", "DEFAULT_EXEMPT", "MIB"]
+           "subnet_of", "limits_from", "OVERLAY_KEYS", "DEFAULT_EXEMPT", "MIB", "WINDOW_SHARE"]

@@ -9,6 +9,12 @@ swarm's connected notifee. Refusals and deadlines are counted in
 `fognode_node_inbound_streams`, `fognode_node_stream_buffered_bytes` and
 `fognode_node_limited_connections` show what is held. An over-limit peer is not penalised: a
 refusal is go-libp2p's answer too, and an honest peer may meet a full scope in a storm.
+
+`WindowBudget` (`ResourceGate.window_budget`) is what node/p2pfix_yamux.py charges a Yamux
+stream's receive-window growth to: bytes its peer may send us before anyone reads them. Growth
+gets at most rcmgr.WINDOW_SHARE of either budget; less than asked is counted as
+`fognode_node_resource_refusals_total{reason="window_capped"}` (no warning: a busy honest peer
+meets it too, and only its window stays smaller). The buffered-bytes gauge includes it.
 """
 from __future__ import annotations
 
@@ -108,6 +114,24 @@ class BufferAccount:
         self._held.release()
 
 
+class WindowBudget:
+    """Yamux receive-window growth charged to peers (see module doc)."""
+
+    def __init__(self, gate: "ResourceGate") -> None:
+        self._gate = gate
+
+    def grow(self, peer: str, n: int) -> int:
+        """Charge up to `n` bytes of window growth to `peer`; returns the bytes charged."""
+        got = self._gate.manager.reserve(peer, n)
+        if got < n:
+            self._gate.m_refusals.labels(Refusal.WINDOW_CAPPED.value).inc()
+        return got
+
+    def give_back(self, peer: str, n: int) -> None:
+        """Give back `n` bytes charged by `grow` (the stream is gone)."""
+        self._gate.manager.uncharge(peer, n)
+
+
 class ResourceGate:
     """Limits, deadlines and their metrics for one node (see module docstring)."""
 
@@ -174,6 +198,9 @@ class ResourceGate:
     def account(self, peer: str, protocol: str) -> BufferAccount:
         return BufferAccount(self, peer, protocol)
 
+    def window_budget(self) -> WindowBudget:
+        return WindowBudget(self)
+
     # -- connections --------------------------------------------------------------------------
 
     def admit_connection(self, conn: Any) -> bool:
@@ -200,4 +227,4 @@ class ResourceGate:
             self.manager.close_connection(held[1], held[2])
 
 
-__all__ = ["ResourceGate", "StreamSlot", "BufferAccount", "remote_ip"]
+__all__ = ["ResourceGate", "StreamSlot", "BufferAccount", "WindowBudget", "remote_ip"]

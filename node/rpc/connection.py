@@ -1,13 +1,16 @@
-"""One control-socket client (node/rpc/server.py's rules): read request lines, run them
-concurrently (at most `PER_CLIENT_IN_FLIGHT`), write replies and progress lines, and drop the
-client that trickles, floods, stops reading or idles (with a last error line when there is
-one to give)."""
+"""One control-socket client (node/rpc/server.py's rules): read request lines, answer them,
+write replies and progress lines, and drop the client that trickles, floods, stops reading or
+idles (with a last error line when there is one to give).
+
+A request whose handler never suspends (most status methods; methods.never_suspends), and
+every error found before a handler runs, is answered by the reading task itself: no task, no
+scheduler hop. Batches and handlers that can wait run in a task each, concurrently (at most
+`PER_CLIENT_IN_FLIGHT` per connection); the reader goes on reading meanwhile."""
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
@@ -28,8 +31,14 @@ class ConnectionHost(Protocol):
 
     def count_error(self, code: int) -> None: ...
 
-    async def handle_line(self, line: bytes, stream: Callable[[str], Awaitable[None]] | None = None
-                          ) -> str | None: ...
+    def decode_line(self, line: bytes) -> Any: ...
+
+    def needs_task(self, msg: Any) -> bool: ...
+
+    def answer_now(self, msg: Any) -> str | None: ...
+
+    async def handle_message(self, msg: Any, stream: Callable[[str], Awaitable[None]] | None = None
+                             ) -> str | None: ...
 
 
 async def linger(stream: trio.SocketStream, seconds: float, cap: int = 8 << 20) -> None:
@@ -57,7 +66,13 @@ class _Drop:
 
 
 class Connection:
-    """One client: reads lines, runs their requests concurrently, writes replies."""
+    """One client: reads lines, answers them (inline or in tasks), writes replies.
+
+    Timeouts are kept by one watchdog task per connection (`_watch`), not by a cancel scope
+    per read and per send: the reader and the senders only note the time (`last_activity`,
+    `line_started`, `sending_since`), and the watchdog sleeps until the earliest moment the
+    client could be overdue, recomputes, and drops it when it is. A deadline only ever moves
+    later while the watchdog sleeps, so it fires on time."""
 
     def __init__(self, server: ConnectionHost, stream: trio.SocketStream) -> None:
         self.server = server
@@ -68,30 +83,53 @@ class Connection:
         self.buffer = bytearray()
         self.line_started = 0.0
         self.last_activity = trio.current_time()
-        self.read_scope: trio.CancelScope | None = None
+        self.sending_since: float | None = None   # a send in progress began then
+        self.watch_scope = trio.CancelScope()
         self.nursery: trio.Nursery | None = None
         self.drop: _Drop | None = None
 
-    def _deadline(self) -> float:
+    def _overdue(self, now: float) -> tuple[float, _Drop | None]:
+        """When the client will be overdue if nothing changes, and why, if it is already."""
         idle = self.server.idle_timeout
+        if self.sending_since is not None:
+            due = self.sending_since + idle
+            if due <= now:
+                return due, _Drop(f"did not read its replies for {idle:g} s")
+            return due, None
         if self.buffer:
-            return self.line_started + idle
+            due = self.line_started + idle
+            if due <= now:
+                self.server.count_error(REQUEST_TIMEOUT)
+                return due, _Drop("request line not completed in time", error_line(
+                    None, REQUEST_TIMEOUT,
+                    f"request line not completed within {idle:g} s "
+                    f"({len(self.buffer)} bytes received, no newline)"))
+            return due, None
         if self.in_flight:
-            return math.inf
-        return self.last_activity + idle
+            return now + idle, None     # not idle; looked at again then
+        due = self.last_activity + idle
+        return due, (_Drop(f"idle for {idle:g} s") if due <= now else None)
+
+    async def _watch(self) -> None:
+        with self.watch_scope:
+            while True:
+                due, drop = self._overdue(trio.current_time())
+                if drop is not None:
+                    self._fail(drop)
+                    return
+                await trio.sleep_until(due)
 
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                drop = await self._read_loop(nursery)
-                if drop is not None:
-                    self._fail(drop)
-                else:
-                    # EOF: in-flight requests get idle_timeout to finish (a half-closed client
-                    # may still read their replies; `echo REQUEST | nc -U` works), then they
-                    # are cancelled, so a client that hung up cannot pin a task forever.
-                    nursery.cancel_scope.deadline = trio.current_time() + self.server.idle_timeout
+                nursery.start_soon(self._watch)
+                await self._read_loop(nursery)
+                # EOF: in-flight requests get idle_timeout to finish (a half-closed client
+                # may still read their replies; `echo REQUEST | nc -U` works), then they
+                # are cancelled, so a client that hung up cannot pin a task forever.
+                self.watch_scope.cancel()
+                nursery.cancel_scope.deadline = trio.current_time() + self.server.idle_timeout
             if self.drop is not None:
                 log.info("control socket: dropped a client: %s", self.drop.reason)
                 if self.drop.farewell is not None:
@@ -105,36 +143,26 @@ class Connection:
             await trio.aclose_forcefully(self.stream)
 
     def _fail(self, drop: _Drop) -> None:
-        """Drop the client from a request task: cancel the reader and every in-flight request."""
+        """Drop the client: cancel the reader, the watchdog and every in-flight request."""
         if self.drop is None:
             self.drop = drop
         if self.nursery is not None:
             self.nursery.cancel_scope.cancel()
 
-    async def _read_loop(self, nursery: trio.Nursery) -> _Drop | None:
-        """Read lines and start their requests; returns at EOF (None) or with a reason to drop."""
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        """Read lines and answer them; returns at EOF. A client to drop is dropped by `_fail`
+        (this task is cancelled with the rest)."""
         server = self.server
         scan = 0
         while True:
-            with trio.CancelScope(deadline=self._deadline()) as scope:
-                self.read_scope = scope
-                try:
-                    data = await self.stream.receive_some(RECV)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-            self.read_scope = None
-            if scope.cancelled_caught:
-                if self.buffer:
-                    server.count_error(REQUEST_TIMEOUT)
-                    return _Drop("request line not completed in time", error_line(
-                        None, REQUEST_TIMEOUT,
-                        f"request line not completed within {server.idle_timeout:g} s "
-                        f"({len(self.buffer)} bytes received, no newline)"))
-                return _Drop(f"idle for {server.idle_timeout:g} s")
+            try:
+                data = await self.stream.receive_some(RECV)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
             if not data:
                 if self.buffer.strip():
                     await self._dispatch(nursery, bytes(self.buffer))  # last line, no newline
-                return None
+                return
             if not self.buffer:
                 self.line_started = trio.current_time()
             self.buffer += data
@@ -146,38 +174,43 @@ class Connection:
                 line = bytes(self.buffer[:nl])
                 del self.buffer[:nl + 1]
                 scan = 0
-                self.line_started = trio.current_time()
                 if len(line) > server.max_request:
                     return self._too_long(len(line))
                 if line.strip():
                     await self._dispatch(nursery, line)
+                self.line_started = trio.current_time()
             if len(self.buffer) > server.max_request:
                 return self._too_long(len(self.buffer))
 
-    def _too_long(self, n: int) -> _Drop:
+    def _too_long(self, n: int) -> None:
         self.server.count_error(INVALID_REQUEST)
         what = f"{n} bytes" if n <= self.server.max_request + RECV else f"over {n} bytes"
-        return _Drop("request line too long", error_line(
+        self._fail(_Drop("request line too long", error_line(
             None, INVALID_REQUEST,
             f"invalid request: line of {what} is over the {self.server.max_request}-byte limit; "
-            f"closing the connection"))
+            f"closing the connection")))
 
     async def _dispatch(self, nursery: trio.Nursery, line: bytes) -> None:
+        msg = self.server.decode_line(line)
+        if not self.server.needs_task(msg):
+            reply = self.server.answer_now(msg)
+            if reply is not None:
+                await self._send(reply)
+            self.last_activity = trio.current_time()
+            return
         await self.slots.acquire()
         self.in_flight += 1
-        nursery.start_soon(self._answer, line)
+        nursery.start_soon(self._answer, msg)
 
-    async def _answer(self, line: bytes) -> None:
+    async def _answer(self, msg: Any) -> None:
         try:
-            reply = await self.server.handle_line(line, self._send)
+            reply = await self.server.handle_message(msg, self._send)
             if reply is not None:
                 await self._send(reply)
         finally:
             self.in_flight -= 1
             self.slots.release()
             self.last_activity = trio.current_time()
-            if self.read_scope is not None:
-                self.read_scope.deadline = self._deadline()
 
     async def _send(self, reply: str) -> None:
         data = (reply + "\n").encode()
@@ -186,13 +219,11 @@ class Connection:
             self.send_lock.acquire_nowait()
         except trio.WouldBlock:
             await self.send_lock.acquire()
+        self.sending_since = trio.current_time()   # the watchdog drops a client stuck here
         try:
-            with trio.move_on_after(self.server.idle_timeout) as scope:
-                try:
-                    await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return  # the client went away; the reader sees EOF
-            if scope.cancelled_caught:
-                self._fail(_Drop(f"did not read its replies for {self.server.idle_timeout:g} s"))
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the client went away; the reader sees EOF
         finally:
+            self.sending_since = None
             self.send_lock.release()

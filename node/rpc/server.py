@@ -3,10 +3,14 @@
 One unix socket, `<datadir>/fognode.sock`, mode 0600. Framing: one JSON request (an object, or a
 batch array) per line, each answered by one line; notifications (no `id`) get no answer.
 
-Concurrency: every client connection is its own task, and the requests of one connection run
-concurrently (up to `PER_CLIENT_IN_FLIGHT` at a time), so replies can come back in a different
-order than the requests went out: match them by `id`. A batch is answered as one array in the
-order of the batch, with notifications left out.
+Concurrency: every client connection is its own task. A call whose handler never suspends
+(no await in its code: most status methods, `node.info` among them; methods.never_suspends) and
+every request refused before a handler runs are answered by that task at once, in order,
+without a task of their own. Batches and handlers that can wait run in a task each,
+concurrently (up to `PER_CLIENT_IN_FLIGHT` per connection) while the connection goes on
+reading, so replies can come back in a different order than the requests went out: match them
+by `id`. A batch is answered as one array in the order of the batch, with notifications left
+out.
 
 Hostile or broken clients only hurt themselves:
 - a line longer than `max_request` bytes gets an invalid-request error, then the client is dropped;
@@ -31,6 +35,7 @@ are labelled "unknown"), `fognode_node_rpc_errors_total{code}`, `fognode_node_rp
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -38,7 +43,6 @@ import os
 import socket
 import stat
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -48,17 +52,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from fognode.node.errors import DataDirError, RpcError
 from fognode.node.rpc.methods import (
     INTERNAL_ERROR,
-    INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     NODE_NOT_READY,
     PARSE_ERROR,
     SERVER_BUSY,
+    MethodSpec,
     MethodTable,
     Progress,
-    rpc_method,
+    run_inline,
 )
 
+from fognode.node.rpc.builtins import Builtins
 from fognode.node.rpc.connection import Connection, linger
 from fognode.node.rpc.jsonrpc import (DECODER, encode_id, encode_json, error_line, request_problem, role_down_error,
                                       valid_id)
@@ -81,64 +86,6 @@ def check_socket_path(path: Path) -> None:
             f"{SUN_PATH_MAX} (sun_path is 108 bytes): use a data dir with a shorter path")
 
 
-class _Builtins:
-    """`help` and `rpc.discover`, served by the RpcServer itself from its MethodTable."""
-
-    def __init__(self, table: MethodTable) -> None:
-        self._table = table
-
-    def _entry(self, name: str) -> dict[str, Any]:
-        spec = self._table.get(name)
-        assert spec is not None
-        return {"role": self._table.owner(name), **spec.describe()}
-
-    @rpc_method("help")
-    async def help(self, method: str | None = None) -> Any:
-        """List every method with its role, summary and usage; with METHOD, describe that one.
-
-        `help` returns a list of {name, role, summary, usage}. `help wallet.send` (or
-        `help "wallet send"`) returns the full description: usage, params with their JSON
-        schema, defaults, the result schema and the whole docstring.
-        """
-        if method is None:
-            return [{"name": s.name, "role": self._table.owner(s.name), "summary": s.summary,
-                     "usage": s.usage()} for s in self._table.all()]
-        name = ".".join(method.split())
-        if self._table.get(name) is None:
-            close = self._table.suggest(name)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; `help` lists them all"
-            raise RpcError(INVALID_PARAMS, f"help: no method named {method!r}{hint}")
-        return self._entry(name)
-
-    @rpc_method("rpc.discover")
-    async def discover(self) -> dict[str, Any]:
-        """Describe every method in machine-readable form (OpenRPC-like).
-
-        Returns {openrpc, info: {title, version}, methods: [...], unavailable: [...]}; each
-        method carries its name, role, summary, description, usage, params (name, required,
-        positional, JSON schema, default) and result schema. `unavailable` lists the methods of
-        roles that are down, each with `down: {reason, since}` (since: Unix time). `fognode-cli`
-        builds its commands from this.
-        """
-        try:
-            version = metadata.version("fognode")
-        except metadata.PackageNotFoundError:
-            version = "unknown"
-        unavailable = []
-        for spec, owner in self._table.withdrawn():
-            down = self._table.down(owner)
-            unavailable.append({"role": owner, **spec.describe(),
-                                "down": {"reason": down.reason if down else "not running",
-                                         "since": down.since if down else None,
-                                         **({"disabled": True} if down and down.disabled else {})}})
-        return {
-            "openrpc": "1.2.6",
-            "info": {"title": "fognode control socket", "version": version},
-            "methods": [self._entry(n) for n in self._table.names()],
-            "unavailable": unavailable,
-        }
-
-
 class RpcServer:
     """Serves a MethodTable on a unix socket. See the module docstring for the rules."""
 
@@ -157,7 +104,7 @@ class RpcServer:
         self.max_request = max_request
         self.idle_timeout = idle_timeout
         self.max_clients = max_clients
-        table.add_object(_Builtins(table), owner="node")
+        table.add_object(Builtins(table), owner="node")
         self._latency = Histogram("fognode_node_rpc_request_seconds",
                                   "Control-socket request handling time, by method",
                                   ["method"], registry=metrics, buckets=_LATENCY_BUCKETS)
@@ -336,32 +283,70 @@ class RpcServer:
     def count_error(self, code: int) -> None:
         self._errors.labels(str(code)).inc()
 
+    def decode_line(self, line: bytes) -> Any:
+        """One request line (without its newline), decoded: a request object, a batch list, or
+        anything else JSON (checked later), or `Reply` (a parse error's reply line)."""
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self.count_error(PARSE_ERROR)
+            return Reply(error_line(None, PARSE_ERROR, f"parse error: invalid UTF-8 at byte {e.start}"))
+        try:
+            return DECODER.decode(text)
+        except json.JSONDecodeError as e:
+            self.count_error(PARSE_ERROR)
+            return Reply(error_line(None, PARSE_ERROR,
+                                    f"parse error: {e.msg} at line {e.lineno} column {e.colno} (char {e.pos})"))
+        except RecursionError:
+            self.count_error(PARSE_ERROR)
+            return Reply(error_line(None, PARSE_ERROR, "parse error: JSON nested too deeply"))
+        except ValueError as e:  # NaN / Infinity
+            self.count_error(PARSE_ERROR)
+            return Reply(error_line(None, PARSE_ERROR, f"parse error: {e}"))
+
+    def needs_task(self, msg: Any) -> bool:
+        """Whether answering the decoded `msg` may wait (a batch, or a call to a handler that
+        can suspend); everything else is answered by `answer_now` without a checkpoint."""
+        if isinstance(msg, list):
+            return bool(msg)
+        method = msg.get("method") if isinstance(msg, dict) else None
+        if type(method) is not str:
+            return False
+        spec = self.table.get(method)
+        return spec is not None and not spec.inline and (self.warming_up is None or method in WARMUP_METHODS)
+
+    def answer_now(self, msg: Any) -> str | None:
+        """Answer a decoded request for which `needs_task` is False, synchronously: the reply
+        line, or None (a notification). Never raises."""
+        if isinstance(msg, Reply):
+            return msg.line
+        if isinstance(msg, list):   # the empty batch (needs_task is True for any other)
+            self.count_error(INVALID_REQUEST)
+            return error_line(None, INVALID_REQUEST, "invalid request: empty batch")
+        call = self._call(msg, None)
+        if not isinstance(call, _Call):
+            return call.line
+        assert call.spec is not None    # _call gives a _Call only for a method it found
+        try:
+            result = run_inline(call.spec.handler(**call.kwargs))
+            return self._result_line(call, result)
+        except Exception as e:
+            return self._failed(call, e)
+        finally:
+            call.done()
+
     async def handle_line(self, line: bytes, stream: Callable[[str], Awaitable[None]] | None = None) -> str | None:
         """Answer one request line (without its newline): the reply line, or None when there
         is nothing to send (notifications). `stream` sends a line to the caller before the
         reply (a streaming method's progress; not for batches). Never raises except
         trio.Cancelled."""
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            self.count_error(PARSE_ERROR)
-            return error_line(None, PARSE_ERROR, f"parse error: invalid UTF-8 at byte {e.start}")
-        try:
-            msg = DECODER.decode(text)
-        except json.JSONDecodeError as e:
-            self.count_error(PARSE_ERROR)
-            return error_line(None, PARSE_ERROR,
-                          f"parse error: {e.msg} at line {e.lineno} column {e.colno} (char {e.pos})")
-        except RecursionError:
-            self.count_error(PARSE_ERROR)
-            return error_line(None, PARSE_ERROR, "parse error: JSON nested too deeply")
-        except ValueError as e:  # NaN / Infinity
-            self.count_error(PARSE_ERROR)
-            return error_line(None, PARSE_ERROR, f"parse error: {e}")
+        return await self.handle_message(self.decode_line(line), stream)
+
+    async def handle_message(self, msg: Any, stream: Callable[[str], Awaitable[None]] | None = None) -> str | None:
+        """`handle_line` for a line already decoded (`decode_line`)."""
+        if not self.needs_task(msg):
+            return self.answer_now(msg)
         if isinstance(msg, list):
-            if not msg:
-                self.count_error(INVALID_REQUEST)
-                return error_line(None, INVALID_REQUEST, "invalid request: empty batch")
             replies: list[str | None] = [None] * len(msg)
             limiter = trio.CapacityLimiter(BATCH_CONCURRENCY)
 
@@ -379,16 +364,33 @@ class RpcServer:
     async def handle_request(self, msg: Any, stream: Callable[[str], Awaitable[None]] | None = None) -> str | None:
         """Answer one decoded request object: the reply as JSON text, None for a notification.
         A streaming method's progress goes out through `stream` (see methods.Progress)."""
+        call = self._call(msg, stream)
+        if not isinstance(call, _Call):
+            return call.line
+        assert call.spec is not None    # _call gives a _Call only for a method it found
+        try:
+            result = await call.spec.handler(**call.kwargs)
+            return self._result_line(call, result)
+        except Exception as e:
+            return self._failed(call, e)
+        finally:
+            call.done()
+
+    def _call(self, msg: Any, stream: Callable[[str], Awaitable[None]] | None) -> _Call | Reply:
+        """Check a request object and bind its params: the call to make, or the reply already
+        (an error; None for a notification's)."""
         problem = request_problem(msg)
         if problem is not None:
             self.count_error(INVALID_REQUEST)
             id_ = msg.get("id") if isinstance(msg, dict) and valid_id(msg.get("id")) else None
-            return error_line(id_, INVALID_REQUEST, f"invalid request: {problem}")
+            return Reply(error_line(id_, INVALID_REQUEST, f"invalid request: {problem}"))
         method: str = msg["method"]
-        id_ = msg.get("id")
-        notification = "id" not in msg
         spec = self.table.get(method)
-        started = time.perf_counter()
+        label = method if spec is not None else "unknown"
+        child = self._latency_by_method.get(label)
+        if child is None:
+            child = self._latency_by_method[label] = self._latency.labels(label)
+        call = _Call(method, msg.get("id"), "id" not in msg, spec, {}, child, time.perf_counter())
         try:
             if self.warming_up is not None and method not in WARMUP_METHODS:
                 raise self._warmup_error(method)
@@ -398,34 +400,59 @@ class RpcServer:
                 close = self.table.suggest(method)
                 hint = f"; did you mean {', '.join(close)}?" if close else "; `help` lists the methods"
                 raise RpcError(METHOD_NOT_FOUND, f"method not found: {method!r}{hint}")
-            kwargs = spec.bind(msg.get("params"))
+            call.kwargs = spec.bind(msg.get("params"))
             if spec.progress is not None:
-                kwargs[spec.progress] = Progress(None if stream is None or notification
-                                                 else _progress_sender(stream, id_))
-            result = await spec.handler(**kwargs)
-            try:
-                body = encode_json(result)
-            except (TypeError, ValueError) as e:
-                raise _BadResult(f"the result of {method} cannot be sent as JSON: {e}") from e
-        except RpcError as e:
-            self.count_error(e.code)
-            return None if notification else error_line(id_, e.code, e.message, e.data)
+                call.kwargs[spec.progress] = Progress(None if stream is None or call.notification
+                                                      else _progress_sender(stream, call.id_))
         except Exception as e:
-            log.error("RPC %s failed: %s: %s", method, type(e).__name__, e, exc_info=True)
-            self.count_error(INTERNAL_ERROR)
-            what = str(e) if isinstance(e, _BadResult) else f"{type(e).__name__}: {e}"
-            return None if notification else error_line(
-                id_, INTERNAL_ERROR, f"internal error in {method}: {what}",
-                {"exception": type(e).__name__})
-        finally:
-            label = method if spec is not None else "unknown"
-            child = self._latency_by_method.get(label)
-            if child is None:
-                child = self._latency_by_method[label] = self._latency.labels(label)
-            child.observe(time.perf_counter() - started)
-        if notification:
+            reply = Reply(self._failed(call, e))
+            call.done()
+            return reply
+        return call
+
+    def _result_line(self, call: _Call, result: Any) -> str | None:
+        try:
+            body = encode_json(result)
+        except (TypeError, ValueError) as e:
+            raise _BadResult(f"the result of {call.method} cannot be sent as JSON: {e}") from e
+        if call.notification:
             return None
-        return f'{{"jsonrpc":"2.0","id":{encode_id(id_)},"result":{body}}}'
+        return f'{{"jsonrpc":"2.0","id":{encode_id(call.id_)},"result":{body}}}'
+
+    def _failed(self, call: _Call, e: Exception) -> str | None:
+        """The error reply for a call that raised `e` (None for a notification)."""
+        if isinstance(e, RpcError):
+            self.count_error(e.code)
+            return None if call.notification else error_line(call.id_, e.code, e.message, e.data)
+        log.error("RPC %s failed: %s: %s", call.method, type(e).__name__, e, exc_info=e)
+        self.count_error(INTERNAL_ERROR)
+        what = str(e) if isinstance(e, _BadResult) else f"{type(e).__name__}: {e}"
+        return None if call.notification else error_line(
+            call.id_, INTERNAL_ERROR, f"internal error in {call.method}: {what}",
+            {"exception": type(e).__name__})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """A request's answer known without calling a handler: its reply line (None: nothing to send)."""
+
+    line: str | None
+
+
+@dataclasses.dataclass(slots=True)
+class _Call:
+    """One request being answered: what to call, and its latency timer (`done` observes it)."""
+
+    method: str
+    id_: Any
+    notification: bool
+    spec: MethodSpec | None
+    kwargs: dict[str, Any]
+    latency: Any               # the method's latency histogram child
+    started: float
+
+    def done(self) -> None:
+        self.latency.observe(time.perf_counter() - self.started)
 
 
 def _progress_sender(stream: Callable[[str], Awaitable[None]], id_: Any) -> Callable[[Any], Awaitable[None]]:

@@ -20,7 +20,7 @@ from fognode.protocols.harvest.exec_errors import BadJobError, ChildProtocolErro
 from fognode.protocols.harvest.executor import Executor
 from fognode.protocols.harvest.jobs import JobEnd, JobResult, JobSpec
 from fognode.protocols.harvest.meter import Usage
-from fognode.protocols.harvest.wasm_engine import I64, WasmStatus
+from fognode.protocols.harvest.wasm_outcome import I64, WasmStatus
 from fognode.protocols.harvest.wasm_wire import (MAX_ARGS, MAX_EXPORT_NAME, MAX_FUEL, MAX_INPUT,
                                                  MAX_MODULE, MAX_OUTPUT, MAX_WASM_MEMORY,
                                                  MIN_WASM_MEMORY, WasmRequest, decode_answer)

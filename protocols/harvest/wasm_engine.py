@@ -35,42 +35,18 @@ outcome and the fuel of a job are the same whether its module was cached or not.
 """
 from __future__ import annotations
 
-import enum
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import wasmtime
+
+from fognode.protocols.harvest.wasm_outcome import I32, I64, WasmOutcome, WasmStatus
 
 WASM_MAGIC = b"\0asm"
 PAGE = 65536
 MAX_WASM_STACK = 1024 * 1024
 MAX_TABLE_ELEMENTS = 10_000
 MAX_MESSAGE_CHARS = 512
-I32 = (-(2**31), 2**32 - 1)     # signed or unsigned spelling accepted; wasm sees the bits
-I64 = (-(2**63), 2**64 - 1)
-
-
-class WasmStatus(enum.Enum):
-    """How a WASM job ended (see the module docstring)."""
-
-    OK = "ok"
-    OUT_OF_FUEL = "out_of_fuel"
-    MEMORY_LIMIT = "memory_limit"
-    TRAP = "trap"
-    INVALID_MODULE = "invalid_module"
-    BAD_REQUEST = "bad_request"
-    RUNNER_FAILED = "runner_failed"   # set by the parent: the child process gave no answer
-
-
-@dataclass(frozen=True)
-class WasmOutcome:
-    """What the engine reports: status, message, output bytes, integer results, fuel used."""
-
-    status: WasmStatus
-    message: str = ""
-    output: bytes = b""
-    results: tuple[int, ...] = ()
-    fuel_consumed: int = 0
 
 
 def engine_config(*, fuel: bool = True) -> wasmtime.Config:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import DIGEST_LEN, Fields, pack, unpack
 from fognode.protocols.harvest.exec_errors import ChildProtocolError
-from fognode.protocols.harvest.wasm_engine import I64, WasmOutcome, WasmStatus
+from fognode.protocols.harvest.wasm_outcome import I64, WasmOutcome, WasmStatus
 
 VERSION = 1
 MAX_MODULE = 16 * 1024 * 1024

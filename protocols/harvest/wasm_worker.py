@@ -37,7 +37,7 @@ from fognode.protocols.harvest.jobs import JobPipe, JobSpec
 from fognode.protocols.harvest.meter import Usage
 from fognode.protocols.harvest.wasm import (CHILD_MODULE, RUNNER_OVERHEAD, WasmJob, WasmResult,
                                             failed_result, runner_ended)
-from fognode.protocols.harvest.wasm_engine import WasmOutcome, WasmStatus
+from fognode.protocols.harvest.wasm_outcome import WasmOutcome, WasmStatus
 from fognode.protocols.harvest.wasm_wire import FRAME_SLACK, decode_worker_answer, frame
 
 OnStart = Callable[[str], None]

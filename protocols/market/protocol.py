@@ -23,7 +23,6 @@ from typing import Any
 
 import psutil
 import trio
-import wasmtime
 
 from fognode.ledger.amounts import format_amount, parse_amount
 from fognode.ledger.errors import AmountError
@@ -81,6 +80,8 @@ def read_module(path: str) -> bytes:
     except OSError as e:
         raise RpcError(E.BAD_REQUEST, f"module {path}: {e.strerror or e}") from None
     if p.suffix == ".wat":
+        import wasmtime   # here, not at the top: the daemon's start does not need it (issue 16)
+
         try:
             return bytes(wasmtime.wat2wasm(data.decode("utf-8", errors="replace")))
         except wasmtime.WasmtimeError as e:

@@ -33,8 +33,8 @@ from typing import Any, Callable
 
 from nacl.signing import SigningKey
 
-from fognode.node.errors import LocalProtocolError, RemoteProtocolError
-from fognode.node.wire import Fields, pack, unpack
+from fognode.node.errors import LocalProtocolError
+from fognode.node.wire import pack
 from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit, FetchRecord,
                                                 Ping, Publish, Refused, SetAppScore, SyncFrom,
                                                 SyncObservationsFrom)
@@ -42,6 +42,8 @@ from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.events import (DeviceCapabilitiesChanged, DeviceOffline,
                                                DeviceOnline, DeviceRegistered)
+from fognode.protocols.registry.gossip_check import (ENVELOPE_VERSION, check_observation,
+                                                     decode_device_gossip)
 from fognode.protocols.registry.liveness import Liveness, LivenessChange, LivenessTracker
 from fognode.protocols.registry.observation import (ALL_SERVICES, MAX_EVIDENCE, MAX_SERVICE,
                                                     MAX_WEIGHT, ObservationBook,
@@ -56,9 +58,7 @@ from fognode.protocols.registry.view import Change, Criteria, LocalView
 
 DEVICES_TOPIC = "fognode/registry/devices/1"
 OBSERVATIONS_TOPIC = "fognode/registry/observations/1"
-ENVELOPE_VERSION = 1
 SYNC_HEARTBEATS = 6       # anti-entropy with each connected peer every 6 heartbeat intervals
-MAX_ENVELOPE = 8192
 
 
 class RegistryCore:
@@ -236,39 +236,28 @@ class RegistryCore:
         return []
 
     def on_device_gossip(self, origin: str, data: bytes, now: float) -> list[Action]:
-        """A message on the devices topic, signed by `origin`."""
+        """A message on the devices topic, signed by `origin` (its content was checked by
+        gossip_check.py before relay; decoded again here, since the core is also fed directly)."""
         self._clock_now = now
         if origin == self.peer_id:
             return []
         try:
-            f = Fields(unpack(data, max_size=MAX_ENVELOPE, what="registry gossip"),
-                       "registry gossip", versions={ENVELOPE_VERSION}, peer=origin)
-            kind = f.str("t", max_len=16)
-            at = f.int("at", lo=0, hi=2**63 - 1)
-            if kind == "record":
-                raw = f.bytes("record", max_len=MAX_ENVELOPE)
-                f.done()
-                rec = self.validator.check(device_key(origin), raw)
-            elif kind == "hb":
-                seq = f.int("seq", lo=0, hi=2**63 - 1)
-                f.done()
-            elif kind == "bye":
-                f.done()
-            else:
-                raise RemoteProtocolError(f"registry gossip: unknown message type {kind!r}", peer=origin)
+            g = decode_device_gossip(data, origin)
+        except Rejected as e:
+            return [Refused("gossip", e.reason, origin, str(e))]
+        try:
+            rec = self.validator.check(device_key(origin), g.record) if g.kind == "record" else None
         except Rejected as e:
             return [Refused("record", e.reason, origin, str(e))]
-        except RemoteProtocolError as e:
-            return [Refused("gossip", RejectReason.MALFORMED, origin, str(e))]
-        fresh = self._fresh(origin, at)
-        sent = self._sent_at(origin, at, now)
-        if kind == "bye":
+        fresh = self._fresh(origin, g.at)
+        sent = self._sent_at(origin, g.at, now)
+        if g.kind == "bye":
             return self._liveness_event(self.liveness.mark_offline(origin, now)) if fresh else []
         out = self._liveness_event(self.liveness.seen(origin, now, at=sent)) if fresh else []
-        if kind == "record":
+        if rec is not None:
             return out + self._accept_record(rec)
         held = self.view.get(origin)
-        if held is None or held.seq < seq:
+        if held is None or held.seq < g.seq:
             out += self._want_record(origin, now)
         return out
 
@@ -314,11 +303,7 @@ class RegistryCore:
         if origin == self.peer_id:
             return []
         try:
-            o = decode_observation(data, peer=origin)
-            if o.observer != origin:
-                raise Rejected(RejectReason.SPOOFED_ORIGIN,
-                               f"observation by {o.observer} relayed as its own by {origin}", peer=origin)
-            self.book.add(o, now)
+            self.book.add(check_observation(data, origin), now)
         except Rejected as e:
             return [Refused("observation", e.reason, origin, str(e))]
         return []

@@ -28,6 +28,7 @@ from fognode.protocols.registry.api import RegistryService, ReputationService
 from fognode.protocols.registry.config import RegistryConfig, pretrusted_from_genesis
 from fognode.protocols.registry.core import DEVICES_TOPIC, OBSERVATIONS_TOPIC, RegistryCore
 from fognode.protocols.registry.errors import Rejected, RejectReason
+from fognode.protocols.registry.gossip_check import GossipChecks
 from fognode.protocols.registry.metrics import RegistryMetrics
 from fognode.protocols.registry.observation import ALL_SERVICES
 from fognode.protocols.registry.peerid import pubkey_from_peer_id
@@ -318,8 +319,9 @@ class RegistryRole(Role):
         ov.set_stream_handler(direct.DIRECT_PROTOCOL, self._serve_direct)
         self.metrics.devices_known.set_function(lambda: len(self.core.view))
         self.metrics.devices_online.set_function(self._online_count)
-        await ov.subscribe(DEVICES_TOPIC, self._on_devices)
-        await ov.subscribe(OBSERVATIONS_TOPIC, self._on_observation)
+        checks = GossipChecks(self.metrics.rejected, ov.penalize)   # before relay: gossip_check.py
+        await ov.subscribe(DEVICES_TOPIC, self._on_devices, check=checks.devices)
+        await ov.subscribe(OBSERVATIONS_TOPIC, self._on_observation, check=checks.observations)
         caps = await trio.to_thread.run_sync(probe, self.ctx.datadir)
         try:
             async with trio.open_nursery() as nursery:

@@ -48,7 +48,7 @@ def test_lagging_validators_are_asked_again_until_the_deadline(reason: Reason) -
     c = collector()
     for i in range(4):
         refuse(c, i, reason)
-    assert c.status is OrderStatus.FAILED
+    assert c.status is OrderStatus.COLLECTING and c.refused_for_good() == 0   # waiting cures them
     assert c.decide(now=9.9, deadline=10.0) is Decision.RETRY
     assert c.decide(now=10.0, deadline=10.0) is Decision.EXPIRED
     # they are asked again (a rejection is not an answer for good)
@@ -78,3 +78,39 @@ def test_unasked_skips_self_voters_and_those_being_asked() -> None:
     me, busy = pk(VALIDATORS[0]), pk(VALIDATORS[1])
     c.add_vote(Vote.sign(VALIDATORS[2], c.order.tx_id))
     assert c.unasked(me, {busy}) == [pk(VALIDATORS[3])]
+
+
+def test_a_split_with_lagging_refusers_is_asked_again_not_rejected() -> None:
+    """Two votes, one final refusal and one lagging one: a quorum is still possible once the
+    lagging validator catches up, so the same order is asked again (before, the lagging
+    refusal counted toward "no quorum possible" and the order could be given up as stuck)."""
+    c = collector()
+    for v in VALIDATORS[:2]:
+        c.add_vote(Vote.sign(v, c.order.tx_id))
+    refuse(c, 2, Reason.WRONG_SEQUENCE)
+    refuse(c, 3, Reason.CONFLICT)
+    assert c.status is OrderStatus.COLLECTING and c.main_reason() is Reason.CONFLICT
+    assert c.decide(now=0.0, deadline=10.0) is Decision.RETRY
+    assert set(c.unasked(pk(VALIDATORS[0]), set())) == {pk(VALIDATORS[2]), pk(VALIDATORS[3])}
+    assert c.add_vote(Vote.sign(VALIDATORS[2], c.order.tx_id)) is not None      # it caught up
+    assert c.decide(now=0.0, deadline=10.0) is Decision.CERTIFIED
+
+
+@pytest.mark.parametrize("stakes,refusers,never", [
+    ((10, 10, 10, 10), 2, False),       # T=40, q=27: 20 refused for good > T-q=13, but < q
+    ((10, 10, 10, 10), 3, True),        # 30 >= q: even with f=13 of them faulty, 17 honest > T-q
+    ((2, 2, 2, 2), 3, True),            # the FL partition's split: 6 of 8 refused, q = 6
+    ((30, 10, 10, 10), 1, False),       # one big refuser: 30 of 60 > T-q=19, < q=41
+])
+def test_never_certifiable_needs_a_quorum_of_final_refusals(stakes: tuple[int, ...], refusers: int,
+                                                           never: bool) -> None:
+    keys = validator_keys(len(stakes))
+    c = VoteCollector(transfer(key(50), pk(key(51)), 5, 0), Committee.of({pk(k): s for k, s in zip(keys, stakes)}))
+    for i in range(refusers):
+        c.add_rejection(pk(keys[i]), Rejection(c.order.tx_id, Reason.BAD_EVIDENCE, "another split"))
+    c.add_rejection(pk(keys[-1]), Rejection(c.order.tx_id, Reason.WRONG_SEQUENCE, "behind"))   # never counts
+    t, q, f = c.committee.total, c.committee.quorum_stake, c.committee.max_faulty_stake
+    assert t + f < 2 * q          # the arithmetic of client.py's docstring
+    assert c.status is OrderStatus.FAILED and c.never_certifiable() is never
+    if never:                     # honest refusers alone leave too little stake for a quorum of votes
+        assert t - (c.refused_for_good() - f) < q

@@ -63,6 +63,12 @@ PINNED: dict[Any, str] = {
     Yamux.open_stream: "f3e0ef79ec21d0cb",
     YamuxStream.__init__: "ab24c0709285d573",
     YamuxStream._auto_tune_and_send_window_update: "6ebcbd822fe7f996",
+    # node/p2pfix_yamux.py window budget: the growth it copies, the reset whose unread bytes it
+    # drops, and the paths that remove a stream from `streams` (its table gives charges back)
+    YamuxStream._apply_autotune_epoch: "30126bc3d0c140c4",
+    YamuxStream.reset: "8e40f901761d3ac0",
+    Yamux._finalize_stream_locked: "95b60e92421133b4",
+    Yamux._sweep_stale_streams: "0b1a5033e707e138",
     MuxerMultistream.new_conn: "91d21f40f524ad99",
     NetStream.__init__: "c1bafd9d5782acb4",
     SwarmConn._add_stream: "1c9c31442d6a25ef",

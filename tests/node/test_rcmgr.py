@@ -82,6 +82,21 @@ def test_buffer_budgets_per_peer_and_total() -> None:
     assert m.buffered_by("c") == 0 and m.usage.buffered == 80
 
 
+def test_window_growth_gets_a_share_of_each_budget_and_never_starves_frames() -> None:
+    m = small()                                                # 100 per peer, 150 in all
+    assert m.reserve("a", 40, share=0.25) == 25                # a quarter of a's budget
+    assert m.reserve("a", 10, share=0.25) == 0                 # spent: the window stays
+    assert m.charge("a", 75) is None                           # frames still get the rest
+    assert m.reserve("b", 30, share=0.25) == 0                 # the node holds 100 > 150 / 4
+    m.uncharge("a", 90)
+    assert m.reserve("b", 30, share=0.25) == 25                # b's quarter of its 100
+    assert m.reserve("c", 30, share=0.25) == 2                 # the node's quarter (37) binds
+    m.uncharge("a", 10)
+    assert m.reserve("b", 30, share=0.25) == 0
+    assert m.buffered_by("b") == 25 and m.usage.buffered == 27
+    assert m.reserve("b", 0) == 0 and m.reserve("b", -5) == 0
+
+
 def test_connections_per_peer_and_subnet() -> None:
     m = small()
     n1 = m.subnet_key("198.51.100.1")

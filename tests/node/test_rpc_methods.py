@@ -4,13 +4,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import pytest
+import trio
 
 from fognode.node.errors import RpcError
 from fognode.node.rpc.methods import (
     INVALID_PARAMS,
     MethodTable,
+    Progress,
     declared_methods,
+    never_suspends,
     rpc_method,
+    run_inline,
     spec_of,
 )
 
@@ -218,3 +222,40 @@ def test_a_withdrawn_role_says_why_and_since_when() -> None:
     assert table.down("ledger") == down
     table.add_object(Wallet(), "ledger")  # back up: nothing withdrawn
     assert table.down("ledger") is None and table.withdrawn() == [] and table.get("wallet.send") is not None
+
+
+def test_handlers_that_never_suspend_are_served_inline() -> None:
+    """A handler whose code has no await (nor `async for`/`async with`) cannot suspend: the
+    server answers it in the reading task (spec.inline). Anything that may wait, and every
+    streaming method, gets a task of its own."""
+    class Mixed:
+        @rpc_method("mix.status")
+        async def status(self) -> dict[str, Any]:
+            """No await: inline."""
+            return {"ok": [x for x in range(3)]}
+
+        @rpc_method("mix.wait")
+        async def wait(self) -> None:
+            """Awaits: a task."""
+            await trio.sleep(0)
+
+        @rpc_method("mix.each")
+        async def each(self, items: list[str]) -> list[str]:
+            """An async comprehension awaits too."""
+            return [x async for x in aiter_of(items)]
+
+        @rpc_method("mix.stream")
+        async def stream(self, *, progress: Progress) -> None:
+            """Streams: a task."""
+            await progress(1)
+
+    async def aiter_of(items: list[str]) -> Any:
+        for x in items:
+            yield x
+
+    got = {s.name: s.inline for s in declared_methods(Mixed())}
+    assert got == {"mix.status": True, "mix.wait": False, "mix.each": False, "mix.stream": False}
+    assert not never_suspends(lambda: None) and not never_suspends(print)
+    assert run_inline(Mixed().status()) == {"ok": [0, 1, 2]}
+    with pytest.raises(RuntimeError, match="suspended"):
+        run_inline(Mixed().wait())

@@ -289,9 +289,10 @@ async def test_methods_of_a_role_that_is_down_say_so(rpc: Running) -> None:
 async def test_requests_on_one_connection_run_concurrently(rpc: Running) -> None:
     c = await Client.connect(rpc.path)
     await c.send({"jsonrpc": "2.0", "method": "demo.block", "id": "slow"})
-    # a later request overtakes the blocked one
+    # a later request overtakes the blocked one (answered by the reading task, it may even
+    # come back before the blocked one's task has started)
     assert await c.call("demo.echo", ["fast"], id_="fast") == {"jsonrpc": "2.0", "id": "fast", "result": "fast"}
-    assert rpc.demo.blocked == 1
+    await wait_until(lambda: rpc.demo.blocked == 1, timeout=10, what="demo.block to start")
     await c.call("demo.release", id_="rel")
     assert await c.recv() == {"jsonrpc": "2.0", "id": "slow", "result": "released"}
 
@@ -321,6 +322,24 @@ async def test_many_concurrent_clients(rpc: Running) -> None:
         while rpc.server.clients:
             await trio.sleep(0.01)
     assert rpc.registry.get_sample_value("fognode_node_rpc_clients") == 0
+
+
+async def test_a_client_busy_with_inline_calls_is_not_idle(nursery: trio.Nursery, sockdir: Path) -> None:
+    """Calls answered in the reading task (handlers without an await) count as activity: a
+    client calling more often than idle_timeout stays connected past it, then is dropped once
+    it falls silent."""
+    run = await start(nursery, sockdir, idle_timeout=2.0)
+    assert run.server.table.get("demo.add").inline and not run.server.table.get("demo.block").inline
+    c = await Client.connect(run.path)
+    with trio.fail_after(60):
+        started = trio.current_time()
+        i = 0
+        while trio.current_time() - started < 3.0:     # 1.5 idle timeouts of steady calls
+            assert (await c.call("demo.add", [i], id_=i))["result"] == i
+            i += 1
+            await trio.sleep(0.4)
+        assert await c.line() is None                   # silent now: dropped
+    assert trio.current_time() - started >= 3.0 + 2.0 * 0.9
 
 
 async def test_eof_after_request_still_gets_reply(rpc: Running) -> None:

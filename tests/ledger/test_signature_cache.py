@@ -1,0 +1,41 @@
+"""The ledger's signature check remembers verified triples (ledger/quorum.py): a hit needs the
+same key, signature and message, a failure is never remembered, and the cache stays bounded."""
+from __future__ import annotations
+
+from nacl.signing import SigningKey
+
+from fognode.ledger import quorum
+from fognode.ledger.quorum import check_signature
+
+
+def _signed(msg: bytes) -> tuple[bytes, bytes]:
+    sk = SigningKey.generate()
+    return bytes(sk.verify_key), sk.sign(msg).signature
+
+
+def test_a_verified_triple_is_remembered_and_only_that_triple() -> None:
+    pub, sig = _signed(b"vote for tx 1")
+    assert check_signature(pub, b"vote for tx 1", sig)
+    assert quorum._verified[pub + sig] == b"vote for tx 1"
+    assert check_signature(pub, b"vote for tx 1", sig)          # from the cache
+    # the same key and signature over other bytes is still refused, cached or not
+    assert not check_signature(pub, b"vote for tx 2", sig)
+    other_pub, _ = _signed(b"x")
+    assert not check_signature(other_pub, b"vote for tx 1", sig)
+
+
+def test_a_refused_signature_is_never_remembered() -> None:
+    pub, sig = _signed(b"order")
+    bad = bytes([sig[0] ^ 1]) + sig[1:]
+    assert not check_signature(pub, b"order", bad)
+    assert pub + bad not in quorum._verified
+    assert not check_signature(pub, b"order", bad)
+
+
+def test_the_cache_is_bounded() -> None:
+    sk = SigningKey.generate()
+    pub = bytes(sk.verify_key)
+    for i in range(quorum.VERIFIED_CACHE_SIZE + 50):
+        msg = b"m%d" % i
+        assert check_signature(pub, msg, sk.sign(msg).signature)
+    assert len(quorum._verified) <= quorum.VERIFIED_CACHE_SIZE
