@@ -3,11 +3,12 @@ everything submitted while the previous batch was being written, written off the
 
 Callers on the trio thread `submit` records (certificate batches, validator locks, in-flight
 orders, sync cursors) into the open `Group`, a LevelDB write batch, and get the group back. The
-writer task (`run`, in the ledger's nursery) takes the open group and writes it with
-`sync=True` in a worker thread (`trio.to_thread`, one write at a time: `limiter`, a
-CapacityLimiter of 1); meanwhile new submissions go into the next group. So under load one
+writer task (`run`, in the ledger's nursery) takes the open group (a scheduler round after
+the submission that opened it) and writes it with `sync=True` in a worker thread
+(`trio.to_thread`, one write at a time: `limiter`, a CapacityLimiter of 1); meanwhile new
+submissions go into the next group. So under load one
 fsync carries everything that arrived during the previous fsync; idle, a lone record is
-written at once (after one scheduler checkpoint, to gather what is already runnable).
+written at once.
 
 Invariant: groups are written strictly in submission order, and a group is written only after
 the one before it is durable; so whatever is on disk is a prefix of what was submitted, and
@@ -241,16 +242,20 @@ class GroupWriter:
         self._running = True
         try:
             while self.store.failure is None:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                await trio.lowlevel.checkpoint()      # let what is already runnable join the group
-                async with self.limiter:
+                await self._wake.wait()          # woken a scheduler round after the submission:
+                self._wake = trio.Event()        # what was runnable then has joined the group
+                try:
+                    self.limiter.acquire_nowait()    # no extra scheduler round when free
+                except trio.WouldBlock:
+                    await self.limiter.acquire()     # held by `quiesced`
+                try:
                     g = self._take()
-                    if g is None:
-                        continue
-                    t = time.perf_counter()
-                    err = await trio.to_thread.run_sync(self._write, g)
-                    self._finish(g, err, time.perf_counter() - t)
+                    if g is not None:
+                        t = time.perf_counter()
+                        err = await trio.to_thread.run_sync(self._write, g)
+                        self._finish(g, err, time.perf_counter() - t)
+                finally:
+                    self.limiter.release()
                 if self._open is not None:
                     self._wake.set()
         finally:
