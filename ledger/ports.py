@@ -46,7 +46,14 @@ class Applier(Protocol):
         """Whether network requests may be served (no store failure, not stopped)."""
 
     def ingest(self, peer: str, certs: list[Certificate], *, via: str = "ledger") -> tuple[list[Delta], bool]:
-        """Apply `certs` in one synced batch: (deltas applied, whether any is waiting)."""
+        """Apply `certs` ahead of the disk and submit them to the group-commit writer:
+        (deltas applied, whether any is waiting). They are durable after `flushed()`."""
+
+    async def flushed(self) -> None:
+        """Wait until everything submitted to the writer so far is durable."""
+
+    def note_cursor(self, peer: str, position: int) -> None:
+        """Record how far `peer`'s apply log was read (in the writer's open group)."""
 
 
 class Validating(Applier, Protocol):
@@ -56,7 +63,14 @@ class Validating(Applier, Protocol):
         """Raise LedgerStorageFailed once the store failed."""
 
     def validate(self, peer: str, so: SignedOrder) -> list[Vote | Rejection]:
-        """This node's validator's vote or rejection (its lock persisted first)."""
+        """This node's validator's vote or rejection (its lock in the writer's open group:
+        nothing built on it leaves before `flushed()`)."""
+
+    async def persist_inflight(self, so: SignedOrder) -> None:
+        """Record this node's order in flight; returns once durable."""
+
+    def forget_inflight(self, sender: bytes) -> None:
+        """Clear the sender's in-flight record (in the writer's open group)."""
 
 
 class Publisher(Protocol):

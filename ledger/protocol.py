@@ -337,8 +337,9 @@ class LedgerRole(PoolRpc, Role):
         record and both values."""
         s = self._svc()
         problems = s.state.invariant_problems()
-        on_disk = s.store.load_state()
-        problems += compare(s.state, on_disk, s.store.log_length(), "memory holds", "the disk holds")
+        async with s.writer.quiesced():      # no group half-installed while memory meets disk
+            on_disk = s.store.load_state()
+            problems += compare(s.state, on_disk, s.store.log_length(), "memory holds", "the disk holds")
         problems += await s.audit()
         out = {"ok": not problems, "supply": format_amount(s.state.supply.total),
                "minted": format_amount(s.state.supply.minted), "burned": format_amount(s.state.supply.burned),

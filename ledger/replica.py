@@ -13,7 +13,7 @@ and `committees_changed()` checks it again once committee certificates were adde
 """
 from __future__ import annotations
 
-from typing import Protocol as TypingProtocol
+from typing import Iterable, Protocol as TypingProtocol
 
 from fognode.ledger.actions import (CertificateRefused, Commit, ConflictingCertificates, Queued,
                                     ReplicaAction)
@@ -61,15 +61,30 @@ class Replica:
     def tx_at(self, sender: bytes, sequence: int) -> bytes | None:
         return self._recent.get((sender, sequence)) or self.history.tx_at(sender, sequence)
 
-    def committed(self) -> None:
-        """The adapter wrote every Commit so far; forget the uncommitted index."""
-        self._recent.clear()
+    def committed(self, keys: Iterable[tuple[bytes, int]] | None = None) -> None:
+        """The adapter wrote the Commits of these (sender, sequence) keys (default: every
+        Commit so far); forget them from the uncommitted index (the store has them now)."""
+        if keys is None:
+            self._recent.clear()
+        else:
+            for k in keys:
+                self._recent.pop(k, None)
 
-    def rolled_back(self) -> None:
-        """The adapter could not write the Commits since the last `committed()` and rolled the
-        state back (service.py): forget them. Pending certificates they had released are gone
-        from the pool too; sync brings them again."""
-        self._recent.clear()
+    def rolled_back(self, keep: Iterable[tuple[bytes, int]] | None = None) -> None:
+        """The adapter could not write the Commits since the last `committed()` (or those not
+        in `keep`, the uncommitted keys before the failed call) and rolled the state back
+        (service.py): forget them. Pending certificates they had released are gone from the
+        pool too; sync brings them again."""
+        if keep is None:
+            self._recent.clear()
+        else:
+            kept = set(keep)
+            for k in [k for k in self._recent if k not in kept]:
+                del self._recent[k]
+
+    def uncommitted(self) -> list[tuple[bytes, int]]:
+        """The (sender, sequence) keys applied but not yet `committed()`."""
+        return list(self._recent)
 
     def receive(self, peer: str, cert: Certificate) -> list[ReplicaAction]:
         o = cert.order.order

@@ -19,15 +19,33 @@ The adapters see the engine through narrow protocols (ports.py, and the `Rotatio
 `HandoverHost`, `UptimeHost` next to their adapters), never its private members; the engine
 itself keeps the apply path (`ingest`), fork reports and the validator side.
 
+Writes: group commit off the event loop (writer.py). Certificate batches, validator locks,
+in-flight orders and sync cursors of every task go into the writer's open group, one synced
+LevelDB batch written in a worker thread while the loop goes on; what arrives meanwhile goes
+into the next group. The invariant, "memory never runs ahead of disk" (issue 10):
+- Two states. `state` is what every reader sees (RPC balances, history, sequences, api.py,
+  the submitter, committee rotation); it changes only by `install`ing deltas whose group is
+  durable, in apply order, in the writer's callback (`_apply_batch`). `work` (state.py
+  `staging`) is the replica's and the validator's: a certificate is verified and applied
+  there and its records submitted to the open group in one synchronous step, so the next
+  certificate (the sender's next sequence, the recipient's funds) is checked against it while
+  the group is still being written. Nothing observable reads `work` except through replies
+  that wait for the disk (next point); `uncommitted` applies are known to the replica by
+  (sender, sequence), so a duplicate in flight is not applied twice.
+- Nothing that depends on `work` leaves the node before it is durable: every order-stream
+  reply (vote, rejection, committee signature, handover page, uptime receipt) is sent only
+  after `flushed()` (every group submitted so far is on disk); the submitter's certificate is
+  gossiped and answered to the wallet only after its group is durable (submit.py); sync
+  answers read the store itself; events, `wait_applied` waiters and metrics run in the
+  install callback.
+- A validator lock enters the in-memory table when the core decides (so no second order is
+  signed meanwhile) and the open group; if that group fails, it leaves the table again
+  (`LockTable.discard`) and no vote is sent. Committee locks, handed-over locks, committee
+  certificates and fork proofs are rare and written synchronously on the loop.
+
 Storage failures (disk full, I/O error) are fatal to the ledger role, never papered over:
-- state: each batch of certificates is applied between `state.begin()` and `state.end()`
-  and written in one synced batch; if the write fails the state is rolled back before the
-  call returns (`_apply_batch`), so memory never runs ahead of disk. No other task can see
-  the applied-but-unwritten state: apply, write and rollback run in one synchronous call,
-  with no await (no checkpoint where trio could switch tasks) in between.
-- validator locks: the lock is written (sync) before the vote exists; a failed write takes
-  the lock out of the in-memory table again (`LockTable.discard`) and no vote is sent. The
-  same for committee locks, handed-over locks and committee certificates.
+- a failed group (and the open one behind it) never reaches `state`: memory is what the disk
+  holds. `work` is abandoned (the ledger serves nothing more).
 - then the ledger stops accepting work: `failure` is set (the store reports its first failed
   write through `_storage_failed`), it is logged once at CRITICAL with the path and cause,
   orders, certificates, sync requests and wallet sends are refused with that message, and
@@ -73,8 +91,8 @@ from fognode.ledger.submit import OrderSubmitter
 from fognode.ledger.sync import MAX_CERT_FRAME, SYNC_STREAM, LedgerSync
 from fognode.ledger.uptime_service import UptimeRewards
 from fognode.ledger.validator import Validator
+from fognode.ledger.writer import GroupWriter, serve_in_order
 from fognode.ledger.wallet import PASSPHRASE_ENV, Keystore
-from fognode.node.errors import StreamClosed
 from fognode.node.faults import LogRateLimiter
 from fognode.node.metrics import metric
 from fognode.node.overlay import FramedStream
@@ -102,12 +120,14 @@ class LedgerService:
         self.m_storage = metric(ctx.metrics, Counter, "fognode_ledger_storage_failures_total",
                                 "Ledger store writes that failed (the ledger stops at the first)")
         self.store = LedgerStore(ctx.role_dir("ledger") / "db", self.genesis, on_failure=self._storage_failed)
-        self.state = self.store.load_state()
+        self.state = self.store.load_state()     # durable: what every reader sees
+        self.work = self.state.staging()          # the replica's and validator's, ahead of disk
+        self.writer = GroupWriter(self.store, registry=ctx.metrics)
         self.locks = self.store.load_locks()
         self.receipts = default_registry()
-        self.replica = Replica(self.state, self.store, PendingPool(settings.pending_max),
+        self.replica = Replica(self.work, self.store, PendingPool(settings.pending_max),
                                verify_sender=settings.verify_sender)
-        self.validator = Validator(self.genesis, ctx.identity, self.state, self.locks, self.receipts,
+        self.validator = Validator(self.genesis, ctx.identity, self.work, self.locks, self.receipts,
                                    self.store.handovers_done())
         self.keystore = Keystore(ctx.datadir)
         self.passphrase: str | None = os.environ.get(PASSPHRASE_ENV)
@@ -155,6 +175,7 @@ class LedgerService:
             self.ctx.overlay.set_stream_handler(SYNC_STREAM, self.sync.serve)
             await self.ctx.overlay.subscribe(CERT_TOPIC, self.gossip.on_gossip, check=self.gossip.check)
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.writer.run)
                 await nursery.start(self.streams.run)     # first: every adapter asks through it
                 nursery.start_soon(self.gossip.run)
                 nursery.start_soon(self.sync.run)
@@ -202,6 +223,24 @@ class LedgerService:
         await self._failed.wait()
         self.check_usable()
 
+    async def flushed(self) -> None:
+        """Wait until all submitted so far is durable and installed (LedgerStorageFailed if not)."""
+        await self.writer.barrier()
+
+    async def persist_inflight(self, so: SignedOrder) -> None:
+        """Record `so` as this node's order in flight for its sender; returns once durable."""
+        await self.writer.submit("orders in flight", lambda wb: self.store.inflight_into(wb, so)).wait()
+
+    def forget_inflight(self, sender: bytes) -> None:
+        """Clear the sender's in-flight record (in the open group: a crash before it is durable
+        leaves a record whose sequence is applied or refused everywhere, which the next
+        submit drops or re-drives)."""
+        self.writer.submit("orders in flight", lambda wb: self.store.clear_inflight_into(wb, sender))
+
+    def note_cursor(self, peer: str, position: int) -> None:
+        """Record the sync cursor of `peer` in the open group, behind the certificates read."""
+        self.writer.submit("sync cursors", lambda wb: self.store.cursor_into(wb, peer, position))
+
     def _update_gauges(self) -> None:
         self.m_pending.set(len(self.replica.pending))
         self.m_supply.set(self.state.supply.total)
@@ -211,9 +250,10 @@ class LedgerService:
 
     def ingest(self, peer: str, certs: list[Certificate], *, via: str = "ledger"
                ) -> tuple[list[Delta], bool]:
-        """Verify and apply `certs` (one synced write batch for all that apply). Returns the
-        deltas applied and whether any certificate is waiting (predecessors, funds or the
-        committee certificate of its epoch). `via` (topic or stream id) labels the faults."""
+        """Verify and apply `certs` to `work` and submit them to the writer's open group (one
+        synced write batch); they reach `state` once durable (`flushed()` waits for that).
+        Returns the deltas applied and whether any certificate is waiting (predecessors, funds
+        or the committee certificate of its epoch). `via` (topic or stream id) labels the faults."""
         t0 = time.perf_counter()
         return self._apply_batch(peer, lambda: [a for c in certs for a in self.replica.receive(peer, c)], t0,
                                  via=via)
@@ -226,34 +266,46 @@ class LedgerService:
 
     def _apply_batch(self, peer: str, produce: Callable[[], list[Any]], t0: float, *, via: str = "ledger"
                      ) -> tuple[list[Delta], bool]:
-        """Run the replica core (`produce`), write its Commits in one synced batch, and only
-        then let them count (events, waiters, metrics). If anything fails on the way (a
-        failed write: LedgerStorageFailed) the state is rolled back to what it was before
-        and the error raised: the state in memory stays the state on disk. Synchronous on
-        purpose: no other task runs between the apply and the write or the rollback."""
+        """Run the replica core (`produce`) on `work` and submit its Commits to the writer's
+        open group; once that group is durable, install them into `state` and let them count
+        (events, waiters, metrics: `_carry_out`). If `produce` or the submission raises, this
+        call's changes to `work` are undone. Synchronous on purpose: no other task runs between
+        the apply and the submission (module docstring)."""
         self.check_usable()
-        self.state.begin()
+        keep = self.replica.uncommitted()
+        self.work.begin()
         try:
             actions = produce()
             deltas = [a.delta for a in actions if isinstance(a, Commit)]
+            group = None
             if deltas:
-                self.store.commit(deltas, applied_at=self.ctx.clock())
+                applied_at = self.ctx.clock()
+                group = self.writer.submit("certificates", lambda wb: self.store.commit_into(wb, deltas, applied_at),
+                                           count=len(deltas))
         except BaseException:
-            self.state.rollback()
-            self.replica.rolled_back()
+            self.work.rollback()
+            self.replica.rolled_back(keep)
             raise
-        self.state.end()
-        self.replica.committed()
-        return self._carry_out(peer, actions, deltas, t0, via=via)
+        self.work.end()
+
+        def durable() -> None:
+            for d in deltas:
+                self.state.install(d)
+            self.replica.committed([d.cert.order.key for d in deltas])
+            self._carry_out(peer, actions, deltas, t0, via=via)
+
+        if group is not None:
+            group.on_durable(durable)
+        else:
+            self.writer.after_pending(durable)
+        return deltas, any(isinstance(a, Queued) for a in actions)
 
     def _carry_out(self, peer: str, actions: list[Any], deltas: list[Delta], t0: float, *, via: str = "ledger"
-                   ) -> tuple[list[Delta], bool]:
-        """After `deltas` (the Commits among `actions`) were written: count and log the rest."""
-        queued = False
+                   ) -> None:
+        """After `deltas` (the Commits among `actions`) and everything before them are on disk
+        and installed: count and log the rest."""
         for a in actions:
-            if isinstance(a, Queued):
-                queued = True
-            elif isinstance(a, CertificateRefused):
+            if isinstance(a, CertificateRefused):
                 self.m_refused.labels(a.reason.value).inc()
                 culprit = a.peer or peer
                 what = f"refused certificate {a.tx_id.hex()[:16]}: {a.reason.value}: {a.message}"
@@ -270,7 +322,6 @@ class LedgerService:
             for d in deltas:
                 self._after_apply(d)
         self._update_gauges()
-        return deltas, queued
 
     def _after_apply(self, d: Delta) -> None:
         o = d.cert.order.order
@@ -318,18 +369,22 @@ class LedgerService:
 
     def validate(self, peer: str, so: SignedOrder) -> list[Vote | Rejection]:
         """Run the validator core and carry out its actions up to (not including) sending:
-        the lock is persisted (sync) here, before any reply exists. Returns the replies.
-        Raises LedgerStorageFailed (no vote; the lock is taken out of the table again) if the
-        lock cannot be written, or if the ledger stopped already."""
+        the lock joins the writer's open group. Returns the replies, which must not leave the
+        node before `await flushed()` returned (the lock, or the earlier one a repeated vote
+        relies on, and the applies the decision read are on disk then). Raises
+        LedgerStorageFailed (no vote; the lock is taken out of the table again) if the ledger
+        stopped; a group that fails later takes its locks out of the table too."""
         self.check_usable()
         replies: list[Vote | Rejection] = []
         for a in self.validator.receive(peer, so, self.ctx.clock()):
             if isinstance(a, PersistLock):
+                order = a.order
                 try:
-                    self.store.persist_lock(a.order)
+                    group = self.writer.submit("validator locks", lambda wb: self.store.lock_into(wb, order))
                 except LedgerStorageFailed:
-                    self.locks.discard(a.order)
+                    self.locks.discard(order)
                     raise
+                group.on_failure(lambda o=order: self.locks.discard(o))
             elif isinstance(a, SendVote):
                 replies.append(a.vote)
             elif isinstance(a, SendRejection):
@@ -340,26 +395,20 @@ class LedgerService:
         return replies
 
     async def _serve_order(self, stream: FramedStream) -> None:
-        """One request, one reply, repeated until the client closes the stream."""
+        """Requests are decided one after the other; each reply leaves, in request order, once
+        everything it relies on is durable, while the next requests are read (writer.py
+        `serve_in_order`). Until the client closes the stream; reset once the ledger stopped."""
         peer = stream.remote_peer
-        while True:
-            try:
-                raw = await stream.recv(max_size=MAX_CERT_FRAME)
-            except StreamClosed:
-                return
+
+        def decide(raw: Any) -> list[Any]:
             if not self.serving():    # the ledger stopped: no vote, no lock, no answer
-                await stream.reset()
-                return
-            try:
-                reply = self._order_reply(peer, raw)
-            except LedgerStorageFailed:
-                await stream.reset()
-                return
-            for r in reply:
-                await stream.send(r)
+                raise LedgerStorageFailed(str(self.failure or "the ledger stopped"))
+            return self._order_reply(peer, raw)
+        await serve_in_order(self.writer, stream, decide, max_size=MAX_CERT_FRAME)
 
     def _order_reply(self, peer: str, raw: Any) -> list[Any]:
-        """The replies to one order-stream request (synchronous: locks are written here)."""
+        """The replies to one order-stream request (synchronous: locks and applies join the
+        writer's open group here; the caller sends them after `flushed()`)."""
         f = Fields(raw, "ledger.OrderRequest", versions={1}, peer=peer)
         if f.has("committee"):
             body = decode_committee_body(f.map("committee", max_len=8), peer=peer)
@@ -397,8 +446,10 @@ class LedgerService:
             self._audits.discard(done)
 
     async def wait_applied(self, tx_id: bytes, timeout: float) -> bool:
+        """Wait until `tx_id` is applied to `state` (durable); False after `timeout` seconds."""
         if self.store.certificate(tx_id) is not None:
-            return True
+            async with self.writer.quiesced():     # its group's install has run
+                return True
         ev = self._waiters.setdefault(tx_id, trio.Event())
         with trio.move_on_after(timeout):
             await ev.wait()

@@ -26,6 +26,11 @@ touched entries, plus supply, apply count and accumulator), and `rollback()` res
 state exactly as it was at `begin()`. The ledger service brackets each apply-and-write with
 them: a batch whose store write fails is rolled back before anything else runs, so the state
 in memory never runs ahead of the state on disk (service.py `_apply_batch`).
+
+Staging (group commit, service.py). `staging()` is a second state object the replica and the
+validator work on ahead of the disk; the state everyone else reads catches up by
+`install(delta)` once the delta is durable, which sets exactly the records the store wrote
+(the state a restart would load) and checks that the accumulator comes out the same.
 """
 from __future__ import annotations
 
@@ -62,7 +67,7 @@ def _leaf(tag: bytes, key: bytes, value: bytes) -> int:
 
 
 class LedgerState:
-    """In-memory replica state. Mutated only through `apply`; restored by the store."""
+    """In-memory replica state. Mutated only through `apply` and `install`; restored by the store."""
 
     # (kind, key, old value) of each change since begin(), or None when not journaling
     _journal: list[tuple[str, Any, Any]] | None = None
@@ -109,6 +114,39 @@ class LedgerState:
         s._acc = accumulator
         s._root_prefix = b"fognode-ledger-root/1" + genesis.chain_id.encode()
         return s
+
+    def staging(self) -> "LedgerState":
+        """A copy to apply ahead of the disk (module docstring); it shares the committee book."""
+        s = LedgerState.restore(self.genesis, self.accounts.items(), self.supply, self.minted_by_epoch,
+                                self.used_receipts, self.applied, self._acc, self.stake_deltas,
+                                self.escrows.items(), self.pools.items())
+        s.committees = self.committees
+        return s
+
+    def install(self, d: Delta) -> None:
+        """Set what delta `d` (applied to a staging copy from this very state) changed.
+        Raises RuntimeError (nothing is half-set past the check) if it does not follow on."""
+        if d.index != self.applied + 1:
+            raise RuntimeError(f"LedgerState.install: delta {d.index} does not follow apply {self.applied}")
+        for k, a in d.accounts:
+            self._set_account(k, a)
+        if d.supply != self.supply:
+            self._set_supply(d.supply)
+        if d.minted_epoch is not None:
+            self._set_minted(*d.minted_epoch)
+        if d.escrow is not None:
+            self._set_escrow(*d.escrow)
+        if d.pool is not None:
+            self._set_pool(*d.pool)
+        if d.claim_id is not None:
+            self.used_receipts.add(d.claim_id)
+            self._add(_leaf(b"R", d.claim_id, b""))
+        if d.stake_delta is not None:
+            epoch, staker, net = d.stake_delta
+            self.stake_deltas.setdefault(epoch, {})[staker] = net
+        self.applied = d.index
+        if self._acc != d.accumulator:
+            raise RuntimeError(f"LedgerState.install: apply {d.index} gives another state root than its delta")
 
     # -- accumulator --------------------------------------------------------------------
 

@@ -4,8 +4,11 @@ A commit writes everything one or more applied certificates changed — accounts
 sequence, stake), supply counters, minted per epoch, paid receipt claims, the state-root
 accumulator, escrow and reward pool records, the apply log, the (sender, sequence) index, the per-account history index and
 the certificate itself — in a single atomic batch, so a crash (even `kill -9`) leaves the old
-state or the new one, never a mix. Validator locks are written in their own synced batch
-before the vote leaves (see validator.py).
+state or the new one, never a mix. Validator locks are durable before the vote leaves (see
+validator.py). The running ledger writes certificates, validator locks, in-flight orders and
+sync cursors through its group-commit writer (writer.py), off the event loop: the `*_into`
+methods fill its batches. The plain methods write one batch each on the caller's thread (rare
+records: committees, handovers, fork proofs; tools and tests).
 
 Keys (big-endian integers, so LevelDB's order is numeric order):
     m/chain                 chain id + genesis digest (refuse another chain's data dir)
@@ -118,6 +121,11 @@ class LedgerStore:
         f = self.failure
         return LedgerStorageFailed(str(f), path=f.path, cause=f.cause)
 
+    def write_failed(self, what: str, e: BaseException) -> LedgerStorageFailed:
+        """The (sticky) failure for a write of `what` that raised `e` outside `_writing`
+        (writer.py writes its groups in a worker thread; call this on the trio thread)."""
+        return self._failed(what, e)
+
     @contextmanager
     def _writing(self, what: str) -> Iterator[None]:
         """Run one write; a plyvel error (or any earlier failure) raises LedgerStorageFailed."""
@@ -194,6 +202,12 @@ class LedgerStore:
         if not deltas:
             return
         with self._writing(f"{len(deltas)} certificates"), self.db.write_batch(transaction=True, sync=True) as wb:
+            self.commit_into(wb, deltas, applied_at)
+
+    @staticmethod
+    def commit_into(wb: Any, deltas: Sequence[Delta], applied_at: float | None = None) -> None:
+        """Add what `commit` writes to the write batch `wb` (writer.py: group commit)."""
+        if deltas:
             for d in deltas:
                 for k, a in d.accounts:
                     if a.is_empty:
@@ -280,9 +294,14 @@ class LedgerStore:
 
     def persist_lock(self, order: SignedOrder) -> None:
         """Durably record the vote for `order` (sync) — call before sending the vote."""
-        sender, seq = order.key
         with self._writing("validator lock"):
-            self.db.put(b"L/" + sender + _u8(seq), pack(order.to_wire()), sync=True)
+            self.lock_into(self.db, order, sync=True)
+
+    @staticmethod
+    def lock_into(wb: Any, order: SignedOrder, **kw: Any) -> None:
+        """Add the lock record of `order` to `wb` (a write batch, or the db with sync=True)."""
+        sender, seq = order.key
+        wb.put(b"L/" + sender + _u8(seq), pack(order.to_wire()), **kw)
 
     def load_locks(self) -> LockTable:
         t = LockTable()
@@ -343,13 +362,23 @@ class LedgerStore:
 
     def set_cursor(self, peer: str, position: int) -> None:
         with self._writing("sync cursor"):
-            self.db.put(b"p/" + peer.encode(), _u8(position))
+            self.cursor_into(self.db, peer, position)
+
+    @staticmethod
+    def cursor_into(wb: Any, peer: str, position: int) -> None:
+        """Add the sync cursor of `peer` to `wb` (a write batch, or the db)."""
+        wb.put(b"p/" + peer.encode(), _u8(position))
 
     # -- this node's own orders in flight (so a restart re-drives them, never replaces them) ----
 
     def put_inflight(self, order: SignedOrder) -> None:
         with self._writing("order in flight"):
-            self.db.put(b"w/" + order.order.sender, pack(order.to_wire()), sync=True)
+            self.inflight_into(self.db, order, sync=True)
+
+    @staticmethod
+    def inflight_into(wb: Any, order: SignedOrder, **kw: Any) -> None:
+        """Add the in-flight record of `order` to `wb` (a write batch, or the db with sync=True)."""
+        wb.put(b"w/" + order.order.sender, pack(order.to_wire()), **kw)
 
     def inflight(self, sender: bytes) -> SignedOrder | None:
         v = self.db.get(b"w/" + sender)
@@ -372,7 +401,12 @@ class LedgerStore:
 
     def clear_inflight(self, sender: bytes) -> None:
         with self._writing("order in flight"):
-            self.db.delete(b"w/" + sender, sync=True)
+            self.clear_inflight_into(self.db, sender, sync=True)
+
+    @staticmethod
+    def clear_inflight_into(wb: Any, sender: bytes, **kw: Any) -> None:
+        """Add the removal of `sender`'s in-flight record to `wb` (a write batch, or the db)."""
+        wb.delete(b"w/" + sender, **kw)
 
     def put_fork(self, proof: ForkProof) -> bool:
         """Keep a fork proof (first one per (sender, sequence)); True if it is new."""

@@ -138,7 +138,7 @@ class OrderSubmitter:
             inflight = self.store.inflight(sender)
             if inflight is not None:
                 if self.state.account(sender).next_sequence > inflight.order.sequence:
-                    self.store.clear_inflight(sender)
+                    self.ledger.forget_inflight(sender)
                 else:
                     try:
                         done = await self._drive(inflight, deadline, earlier=True)
@@ -153,7 +153,7 @@ class OrderSubmitter:
             problem = order_problem(so.order) or self.state.order_problem(so.order)
             if problem:
                 raise OrderRejected(*problem)
-            self.store.put_inflight(so)
+            await self.ledger.persist_inflight(so)
             return await self._drive(so, deadline)
 
     async def _drive(self, so: SignedOrder, deadline: float, *, earlier: bool = False) -> Certificate:
@@ -189,7 +189,7 @@ class OrderSubmitter:
             if decision is Decision.CERTIFIED:
                 assert collector.certificate is not None
                 self.quorum_problem = None
-                return self._certified(so, collector.certificate)
+                return await self._certified(so, collector.certificate)
             if decision is Decision.REJECTED:
                 reason = collector.main_reason()
                 assert reason is not None      # decide() rejects for a reason
@@ -199,7 +199,8 @@ class OrderSubmitter:
                                    if v not in collector.votes and v not in collector.rejections}
                 if collector.votes or unanswered:
                     raise self._stuck(so, collector, unanswered, reasons)
-                self.store.clear_inflight(sender)
+                self.ledger.forget_inflight(sender)
+                await self.ledger.flushed()      # wallet.history no longer lists it
                 raise OrderRejected(reason, reasons)
             if decision is Decision.EXPIRED:
                 voted = sum(committee.stake_of(v) for v in collector.votes)
@@ -234,10 +235,12 @@ class OrderSubmitter:
              "unanswered": len(unanswered), "validators": len(c.members), "rejections": collector.reasons(),
              "never_certifiable": never})
 
-    def _certified(self, so: SignedOrder, cert: Certificate) -> Certificate:
-        """Store, gossip and clear the in-flight record of the order's certificate."""
+    async def _certified(self, so: SignedOrder, cert: Certificate) -> Certificate:
+        """Store, gossip and clear the in-flight record of the order's certificate. Gossiped
+        and returned only once durable (with this node's own lock, service.py)."""
         try:
             self.ledger.ingest(self.ctx.peer_id, [cert])
+            await self.ledger.flushed()
         except LedgerStorageFailed as e:
             raise LedgerStorageFailed(
                 f"order {so.tx_id.hex()} was certified, but this node could not store its certificate: "
@@ -247,7 +250,7 @@ class OrderSubmitter:
         # cleared after the certificate is stored: a crash (or a failed write) in between
         # leaves an in-flight record whose sequence is applied, which the next submit drops
         try:
-            self.store.clear_inflight(so.key[0])
+            self.ledger.forget_inflight(so.key[0])
         except LedgerStorageFailed:
             pass       # the transfer is final and stored; the ledger stops (reported once)
         return cert

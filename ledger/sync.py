@@ -144,7 +144,7 @@ class LedgerSync:
                             certs.append(decode_certificate(item[1], peer=peer))
                         deltas, _ = self.ledger.ingest(peer, certs, via=SYNC_STREAM)
                         applied += len(deltas)
-                        self.store.set_cursor(peer, last)
+                        self.ledger.note_cursor(peer, last)    # in the certificates' group or later
                         self._cursors[peer] = last
                         if not certs or last >= end:
                             break
