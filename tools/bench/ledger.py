@@ -80,8 +80,9 @@ def verify_rates(n: int = 20000) -> tuple[float, float]:
     return pynacl, raw
 
 
-def make_backlog(n: int, users: int = 64) -> tuple[Genesis, list[bytes]]:
-    """n transfers among `users` funded accounts, certified 3-of-4, as packed sync responses."""
+def bench_chain(users: int) -> tuple[Genesis, list[SigningKey], list[SigningKey]]:
+    """A genesis with 4 equal validators and `users` funded accounts (deterministic keys):
+    (genesis, validator keys, user keys)."""
     vals = [SigningKey(bytes([100 + i]) * 32) for i in range(4)]
     ks = [SigningKey(i.to_bytes(2, "big") * 16) for i in range(users)]
     g = Genesis.from_dict({
@@ -91,6 +92,12 @@ def make_backlog(n: int, users: int = 64) -> tuple[Genesis, list[bytes]]:
         "emission": {"initial_epoch_budget": 0, "halving_epochs": 0, "tail_epoch_budget": 0},
         "fee": 1000, "fee_destination": "burn", "unbonding_epochs": 1, "uptime_reward_per_hour": 0,
     })
+    return g, vals, ks
+
+
+def make_backlog(n: int, users: int = 64) -> tuple[Genesis, list[bytes]]:
+    """n transfers among `users` funded accounts, certified 3-of-4, as packed sync responses."""
+    g, vals, ks = bench_chain(users)
     seq = [0] * users
     wires = []
     for i in range(n):

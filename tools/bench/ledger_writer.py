@@ -31,20 +31,12 @@ from fognode.ledger.messages import Certificate, SignedOrder, TransferOrder, Vot
 from fognode.ledger.replica import Replica
 from fognode.ledger.store import LedgerStore
 from fognode.ledger.writer import GroupWriter
+from fognode.tools.bench.ledger import CHAIN, bench_chain
 
-CHAIN = "fog-bench-writer"
 
 
 def stream(n: int, users: int = 32) -> tuple[Genesis, list[Certificate]]:
-    vals = [SigningKey(bytes([100 + i]) * 32) for i in range(4)]
-    ks = [SigningKey(i.to_bytes(2, "big") * 16) for i in range(users)]
-    g = Genesis.from_dict({
-        "v": 1, "chain_id": CHAIN, "genesis_time": 0, "epoch_length": 3600,
-        "balances": {encode_address(bytes(k.verify_key)): 10**12 for k in ks},
-        "validators": [{"address": encode_address(bytes(v.verify_key)), "stake": 10**9} for v in vals],
-        "emission": {"initial_epoch_budget": 0, "halving_epochs": 0, "tail_epoch_budget": 0},
-        "fee": 1000, "fee_destination": "burn", "unbonding_epochs": 1, "uptime_reward_per_hour": 0,
-    })
+    g, vals, ks = bench_chain(users)
     seq = [0] * users
     out = []
     for i in range(n):
