@@ -22,10 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from nacl.signing import SigningKey
 
 from fognode.ledger.actions import Commit
-from fognode.ledger.address import encode_address
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import Certificate, SignedOrder, TransferOrder, Vote
 from fognode.ledger.replica import Replica
