@@ -252,7 +252,10 @@ class GroupWriter:
                     g = self._take()
                     if g is not None:
                         t = time.perf_counter()
-                        err = await trio.to_thread.run_sync(self._write, g)
+                        # shielded: a cancel at the thread call's checkpoint (the role
+                        # stopping) would drop a group already taken from `_open`
+                        with trio.CancelScope(shield=True):
+                            err = await trio.to_thread.run_sync(self._write, g)
                         self._finish(g, err, time.perf_counter() - t)
                 finally:
                     self.limiter.release()
