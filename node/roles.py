@@ -167,19 +167,24 @@ class Supervisor:
                                  ["role"], registry=ctx.metrics)
 
     def health(self) -> dict[str, dict[str, Any]]:
-        # node.info calls this on every request: no allocation beyond the answer itself
+        # node.info calls this on every request: only the answer is allocated, read fresh
         out = {}
+        healthy = Health.HEALTHY
         for name, st in self.roles.items():
+            inst = st.instance
             health = st.health
-            if health is Health.HEALTHY and st.instance is not None:
+            if health is healthy and inst is not None:
                 try:
-                    detail = st.instance.health_detail()
-                    report = st.instance.health_report()
+                    detail = inst.health_detail()
+                    report = inst.health_report()
                 except Exception as e:  # a role's status must never break node.info
                     detail = {"error": f"{type(e).__name__}: {e}"}
                     report = HealthReport(Status.DEGRADED, f"its health check failed: {type(e).__name__}: {e}")
-                out[name] = {"health": "healthy", "detail": st.detail, "restarts": st.restarts,
-                             "status": report.status.value, "reason": report.reason, **detail}
+                row = {"health": "healthy", "detail": st.detail, "restarts": st.restarts,
+                       "status": report.status._value_, "reason": report.reason}
+                if detail:
+                    row.update(detail)
+                out[name] = row
             elif health is Health.UNHEALTHY:
                 out[name] = {"health": "unhealthy", "detail": st.detail, "restarts": st.restarts,
                              "status": "unhealthy", "reason": st.detail or "unhealthy"}
