@@ -12,7 +12,9 @@ role's `Config` lives with the role. So:
    messages as `load_config`: the socket path, its limits, the log level and format;
 2. `LoadRoles` (run by the daemon in a worker thread while the socket answers "warming up")
    imports the roles, then loads and checks the whole config; a ConfigError there stops the
-   daemon and `fognode run` exits 2 with it, as before.
+   daemon and `fognode run` exits 2 with it, as before. Its imports run with the cyclic GC off
+   (`imports_without_gc`) and with the dataclass methods' bytecode cached across starts
+   (node/codecache.py: about 0.2 s of CPU per start).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from fognode.node.codecache import dataclass_code_cache
 from fognode.node.config import (ENV_PREFIX, Config, NodeSection, RpcSection, build_section, load_config,
                                  read_toml)
 from fognode.node.errors import ConfigError
@@ -75,7 +78,7 @@ class LoadRoles:
     overrides: tuple[tuple[str, str, str], ...] = ()
 
     def __call__(self) -> tuple[Config, list[type[Role]]]:
-        with imports_without_gc():
+        with imports_without_gc(), dataclass_code_cache():
             from fognode.node.host import open_overlay  # noqa: F401  (libp2p: imported here, off the event loop)
             from fognode.node.roles import discover_roles
 

@@ -4,8 +4,10 @@ leave out what only a job or a session needs (issue 16 item 4: the cold start)."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 NEVER = ("torch", "wasmtime")          # torch: FL's task process only; wasmtime: the WASM job child only
 NOT_BEFORE_THE_SOCKET = ("libp2p", "numpy", "multiaddr", "plyvel", "fognode.protocols")
@@ -18,14 +20,19 @@ import fognode.tools.fognode, fognode.node.daemon
 from fognode.node.daemon_start import LoadRoles
 before = loaded(NOT_BEFORE + NEVER)
 config, roles = LoadRoles(None)()
+from fognode.node.codecache import cache_path, read_cache
 print(json.dumps({"before": before, "after": loaded(NEVER), "roles": sorted(r.name for r in roles),
-                  "gc_on": gc.isenabled(), "frozen": gc.get_freeze_count(), "libp2p": "libp2p" in sys.modules}))
+                  "gc_on": gc.isenabled(), "frozen": gc.get_freeze_count(), "libp2p": "libp2p" in sys.modules,
+                  "cache": str(cache_path()), "cached": len(read_cache(cache_path()))}))
 """
 
 
-def test_a_start_imports_only_what_it_needs() -> None:
+def test_a_start_imports_only_what_it_needs(tmp_path: Path) -> None:
     code = f"NOT_BEFORE = {NOT_BEFORE_THE_SOCKET!r}\nNEVER = {NEVER!r}\n" + PROBE
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # bytecode written, as an installed package has it (here under tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(tmp_path)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
     # the socket answers "warming up" from here on: none of the heavy imports yet
@@ -35,3 +42,5 @@ def test_a_start_imports_only_what_it_needs() -> None:
     assert got["libp2p"] and got["after"] == [], got
     # ... with the collector off, then back on with the imports frozen (imports_without_gc)
     assert got["gc_on"] and got["frozen"] > 10_000, got
+    # ... and the bytecode of the dataclass methods they made cached beside ours (node/codecache.py)
+    assert got["cache"].startswith(str(tmp_path)) and got["cached"] > 1000, got
