@@ -92,7 +92,7 @@ class NodeService:
             "datadir": str(d.datadir),
             "socket": str(d.socket),
             "config": d.config.source,
-            "roles": self.role_health(),
+            "roles": self._d.supervisor.health_encoded() if self._d.supervisor else {},
         }
 
     @rpc_method("node.peers")

@@ -40,6 +40,7 @@ from fognode.node.errors import ConfigError, FatalStorageError, PermanentRoleErr
 from fognode.node.events import RoleHealthChanged
 from fognode.node.health import HealthReport, Status
 from fognode.node.role import Health, NodeContext, Role
+from fognode.node.rpc.jsonrpc import EncodedJSON, encode_json
 from fognode.node.rpc.methods import MethodTable
 
 log = logging.getLogger("fognode.roles")
@@ -149,6 +150,14 @@ class RoleState:
     done: trio.Event = field(default_factory=trio.Event)
 
 
+def _row(key: tuple[str, str, int, str, str], detail: dict[str, Any]) -> dict[str, Any]:
+    """One role's health row from `Supervisor._inputs`."""
+    row = {"health": key[0], "detail": key[1], "restarts": key[2], "status": key[3], "reason": key[4]}
+    if detail:
+        row.update(detail)
+    return row
+
+
 class Supervisor:
     """Starts roles in order, restarts crashed ones with backoff, stops them in reverse order."""
 
@@ -165,33 +174,54 @@ class Supervisor:
                              ["role"], registry=ctx.metrics)
         self._restarts = Counter("fognode_node_role_restarts_total", "Role restarts after a crash",
                                  ["role"], registry=ctx.metrics)
+        # health_encoded: per role (inputs, facts, row, row JSON) of the last call, and the answer
+        self._rows: dict[str, tuple[tuple[str, str, int, str, str], dict[str, Any], dict[str, Any], bytes]] = {}
+        self._encoded: EncodedJSON | None = None
 
     def health(self) -> dict[str, dict[str, Any]]:
-        # node.info calls this on every request: only the answer is allocated, read fresh
-        out = {}
-        healthy = Health.HEALTHY
+        """Every role's health row, read now: health, detail, restarts, status, reason and the
+        role's own `health_detail` facts."""
+        return {name: _row(*self._inputs(st)) for name, st in self.roles.items()}
+
+    def health_encoded(self) -> EncodedJSON:
+        """`health()` with its JSON text (node.info asks for it on every call). Every role's
+        facts and report are read now, as for `health()`; a role's row is built and encoded
+        again only when they differ from the last call's (`==`: roles return a new
+        `health_detail` dict each time), and the whole answer only when a row did. The object
+        returned may be the last call's: never mutate it."""
+        rows = self._rows
+        changed = len(rows) != len(self.roles)
         for name, st in self.roles.items():
-            inst = st.instance
-            health = st.health
-            if health is healthy and inst is not None:
-                try:
-                    detail = inst.health_detail()
-                    report = inst.health_report()
-                except Exception as e:  # a role's status must never break node.info
-                    detail = {"error": f"{type(e).__name__}: {e}"}
-                    report = HealthReport(Status.DEGRADED, f"its health check failed: {type(e).__name__}: {e}")
-                row = {"health": "healthy", "detail": st.detail, "restarts": st.restarts,
-                       "status": report.status._value_, "reason": report.reason}
-                if detail:
-                    row.update(detail)
-                out[name] = row
-            elif health is Health.UNHEALTHY:
-                out[name] = {"health": "unhealthy", "detail": st.detail, "restarts": st.restarts,
-                             "status": "unhealthy", "reason": st.detail or "unhealthy"}
-            else:
-                out[name] = {"health": health.value, "detail": st.detail, "restarts": st.restarts,
-                             "status": "healthy", "reason": ""}
-        return out
+            key, detail = self._inputs(st)
+            last = rows.get(name)
+            if last is None or last[0] != key or last[1] != detail:
+                row = _row(key, detail)
+                rows[name] = (key, detail, row, encode_json(row).encode())
+                changed = True
+        if changed or self._encoded is None:
+            for gone in set(rows) - set(self.roles):
+                del rows[gone]
+            text = b",".join(b"%s:%s" % (encode_json(name).encode(), rows[name][3]) for name in self.roles)
+            self._encoded = EncodedJSON({name: rows[name][2] for name in self.roles}, b"{" + text + b"}")
+        return self._encoded
+
+    @staticmethod
+    def _inputs(st: RoleState) -> tuple[tuple[str, str, int, str, str], dict[str, Any]]:
+        """What a role's health row is made of, read now: (health, detail, restarts, status,
+        reason) and its `health_detail` facts."""
+        health = st.health
+        inst = st.instance
+        if health is Health.HEALTHY and inst is not None:
+            try:
+                detail = inst.health_detail()
+                report = inst.health_report()
+            except Exception as e:  # a role's status must never break node.info
+                detail = {"error": f"{type(e).__name__}: {e}"}
+                report = HealthReport(Status.DEGRADED, f"its health check failed: {type(e).__name__}: {e}")
+            return ("healthy", st.detail, st.restarts, report.status._value_, report.reason), detail
+        if health is Health.UNHEALTHY:
+            return ("unhealthy", st.detail, st.restarts, "unhealthy", st.detail or "unhealthy"), {}
+        return (health.value, st.detail, st.restarts, "healthy", ""), {}
 
     def _set(self, st: RoleState, health: Health, detail: str = "") -> None:
         changed = st.health is not health

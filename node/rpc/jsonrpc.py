@@ -12,7 +12,9 @@ what is refused are as before:
 - integers over 64 bits, non-string keys, float subclasses, strings that are not valid UTF-8
   (lone surrogates), anything `json_default` refuses: orjson raises, the stdlib encodes it
   (or raises its own error);
-- dataclasses, datetimes and subclasses of builtin types go to `json_default` for both.
+- dataclasses, datetimes and subclasses of builtin types go to `json_default` for both;
+- an `EncodedJSON` (a dict carrying its JSON text) is embedded as that text (the stdlib encodes
+  the dict: the same JSON).
 Floats print as the shortest text that reads back the same number in both (orjson may write
 `1e-7` where the stdlib writes `1e-07`: the same value). Requests are decoded by the stdlib:
 orjson reads integers over 64 bits as floats."""
@@ -56,7 +58,27 @@ ENCODER = json.JSONEncoder(default=json_default, allow_nan=False, ensure_ascii=F
                             separators=(",", ":"))
 
 
-# what orjson hands to json_default as the stdlib would (it serializes them natively otherwise)
+class EncodedJSON(dict[str, Any]):
+    """A dict that carries its own JSON text (`json`: what `encode_json` made of the same
+    content, so checked), for a part of a result that is asked for often and seldom changes
+    (node.info's role health: roles.Supervisor.health_encoded). `encode_json` embeds that text
+    instead of encoding the dict again; to everyone else it is a plain dict. Never mutate one."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, content: dict[str, Any], json: bytes) -> None:
+        super().__init__(content)
+        self.json = json
+
+
+def _orjson_default(obj: Any) -> Any:
+    if type(obj) is EncodedJSON:
+        return orjson.Fragment(obj.json)
+    return json_default(obj)
+
+
+# what orjson hands to json_default as the stdlib would (it serializes them natively otherwise);
+# subclasses of dict, EncodedJSON among them, included
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
@@ -64,7 +86,7 @@ def encode_json(value: Any) -> str:
     """Compact JSON with `json_default`; NaN/Infinity are refused (ValueError): not JSON.
     The text is what the stdlib encoder accepts and means (module docstring)."""
     try:
-        out = orjson.dumps(value, default=json_default, option=_ORJSON_OPTIONS)
+        out = orjson.dumps(value, default=_orjson_default, option=_ORJSON_OPTIONS)
     except TypeError:   # orjson.JSONEncodeError: see the module docstring
         return ENCODER.encode(value)
     if b"null" in out and not plain_and_finite(value):
@@ -73,9 +95,12 @@ def encode_json(value: Any) -> str:
 
 
 def plain_and_finite(value: Any) -> bool:
-    """True if `value` is made only of dicts, lists, tuples, str, int, bool, None and finite
-    floats; False for a NaN or an infinity anywhere, or any other type (not checked here)."""
+    """True if `value` is made only of dicts, lists, tuples, str, int, bool, None, finite
+    floats and EncodedJSON (checked when it was made); False for a NaN or an infinity anywhere,
+    or any other type (not checked here)."""
     t = type(value)
+    if t is EncodedJSON:
+        return True
     if t is dict:
         items = value.values()
     elif t is list or t is tuple:
@@ -86,7 +111,7 @@ def plain_and_finite(value: Any) -> bool:
         return t is str or t is int or t is bool or value is None
     for v in items:
         t = type(v)
-        if t is str or t is int or v is None or t is bool:
+        if t is str or t is int or v is None or t is bool or t is EncodedJSON:
             continue
         if t is float:
             if v - v != 0.0:

@@ -161,3 +161,48 @@ def test_duplicate_rpc_method_is_refused() -> None:
     t.add_object(Crashy(None, EmptyConfig()), "crashy")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="declared twice"):
         t.add_object(Crashy(None, EmptyConfig()), "other")  # type: ignore[arg-type]
+
+
+class Counting(Role):
+    """A role whose health facts change when told to (and can be made to fail or hold a NaN)."""
+
+    name = "counting"
+    Config = EmptyConfig
+    facts: dict[str, Any] = {"jobs": 0}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    def health_detail(self) -> dict[str, Any]:
+        if type(self).facts.get("fail"):
+            raise KeyError("gone")
+        return dict(type(self).facts)
+
+
+async def test_encoded_health_is_read_fresh_and_reencoded_only_on_change(tmp_path: Path) -> None:
+    import json
+
+    from fognode.node.rpc.jsonrpc import encode_json
+
+    sup = Supervisor(context(tmp_path), MethodTable())
+    Counting.facts = {"jobs": 0, "last": None}
+    async with trio.open_nursery() as n:
+        with trio.fail_after(5):
+            await sup.start(n, Counting, EmptyConfig())
+        first = sup.health_encoded()
+        assert first == sup.health() and json.loads(first.json) == sup.health()
+        assert sup.health_encoded() is first                   # nothing changed: the same answer
+        Counting.facts = {"jobs": 1, "last": 2.5}                # a fact changed: read and encoded now
+        again = sup.health_encoded()
+        assert again is not first and json.loads(again.json)["counting"]["jobs"] == 1
+        assert json.loads(encode_json({"roles": again}))["roles"] == sup.health()
+        Counting.facts = {"fail": True}                        # a failing health check shows as degraded
+        row = json.loads(sup.health_encoded().json)["counting"]
+        assert row["status"] == "degraded" and "KeyError" in row["reason"]
+        Counting.facts = {"jobs": 2, "ratio": float("nan")}    # not JSON: refused as before
+        with pytest.raises(ValueError, match="Out of range float"):
+            sup.health_encoded()
+        await sup.stop_all(1.0)
+        n.cancel_scope.cancel()
+    assert json.loads(sup.health_encoded().json)["counting"]["health"] == "stopped"
