@@ -157,8 +157,11 @@ class MethodSpec:
 
         Raises RpcError(INVALID_PARAMS) naming the parameter that was wrong.
         """
-        if params is None:
-            params = {}
+        if params is None:    # the usual status call: nothing to check but what is required
+            for p in self.params:
+                if p.required:
+                    raise RpcError(INVALID_PARAMS, f"{self.name}: missing param {p.name!r}; usage: {self.usage()}")
+            return {}
         kwargs: dict[str, Any] = {}
         if isinstance(params, list):
             pos = [p for p in self.params if p.positional]
