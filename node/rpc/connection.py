@@ -7,12 +7,13 @@ every error found before a handler runs, is answered by the reading task itself:
 scheduler hop. Batches and handlers that can wait run in a task each, concurrently (at most
 `PER_CLIENT_IN_FLIGHT` per connection); the reader goes on reading meanwhile.
 
-A reply is first written straight to the socket (`os.write`, non-blocking); only what the
-kernel does not take at once goes through trio's `send_all`. trio's `send_all` is a full
+The reading task writes its replies straight to the socket (`os.write`, non-blocking); only
+what the kernel does not take at once goes through trio's `send_all`, which is a full
 checkpoint even when the data fits (one more scheduler pass per reply, about 10 us in a busy
-daemon); the reader still yields once per request it reads: `receive_some` is a checkpoint,
+daemon). The reader still yields once per request it reads: `receive_some` is a checkpoint,
 and a line that follows another in the same chunk is read after a checkpoint
-(`_read_loop`), so a client sending many lines at once does not hold the event loop."""
+(`_read_loop`), so a client sending many lines at once does not hold the event loop. Replies
+and progress lines of tasks go through `send_all` as before."""
 from __future__ import annotations
 
 import dataclasses
@@ -209,7 +210,7 @@ class Connection:
         if not self.server.needs_task(msg):
             reply = self.server.answer_now(msg)
             if reply is not None:
-                await self._send(reply)
+                await self._send(reply, direct=True)
             self.last_activity = trio.current_time()
             return
         await self.slots.acquire()
@@ -226,7 +227,9 @@ class Connection:
             self.slots.release()
             self.last_activity = trio.current_time()
 
-    async def _send(self, reply: str) -> None:
+    async def _send(self, reply: str, *, direct: bool = False) -> None:
+        """Send one line (under the send lock). `direct`: the reading task's reply, written
+        without a checkpoint when the kernel takes it all (module docstring)."""
         data = (reply + "\n").encode()
         # a free lock is taken without a checkpoint (send_all checkpoints anyway)
         try:
@@ -234,17 +237,19 @@ class Connection:
         except trio.WouldBlock:
             await self.send_lock.acquire()
         try:
-            try:
-                sent = os.write(self.fd, data)    # the socket is non-blocking
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                return  # the client went away (EPIPE, ECONNRESET); the reader sees EOF
-            if sent == len(data):
-                return
+            sent = 0
+            if direct:
+                try:
+                    sent = os.write(self.fd, data)    # the socket is non-blocking
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    return  # the client went away (EPIPE, ECONNRESET); the reader sees EOF
+                if sent == len(data):
+                    return
             self.sending_since = trio.current_time()   # the watchdog drops a client stuck here
             try:
-                await self.stream.send_all(memoryview(data)[sent:])
+                await self.stream.send_all(memoryview(data)[sent:] if sent else data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the client went away; the reader sees EOF
             finally:
