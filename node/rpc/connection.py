@@ -13,7 +13,8 @@ checkpoint even when the data fits (one more scheduler pass per reply, about 10 
 daemon). The reader still yields once per request it reads: `receive_some` is a checkpoint,
 and a line that follows another in the same chunk is read after a checkpoint
 (`_read_loop`), so a client sending many lines at once does not hold the event loop. Replies
-and progress lines of tasks go through `send_all` as before."""
+and progress lines of tasks go through `send_all` as before. The benchmark's echo baseline
+(tools/bench/rpc.py) does the same IO."""
 from __future__ import annotations
 
 import dataclasses

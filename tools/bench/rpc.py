@@ -6,8 +6,9 @@
 Starts a real daemon (`fognode run` on a fresh single-node devnet data dir, default node.toml:
 every built-in role enabled) and calls its `node.info` (the real method: overlay addresses,
 peers, every role's health), and, in the same run, a bare newline-delimited echo server on a
-unix socket (trio, same read/split/write loop, no JSON-RPC, a line as long as the request) as
-the baseline, so the cost of our layer is visible. One client measures p50/p99 round trips of
+unix socket (trio, the same read/split/write loop and socket IO as the control socket's reading
+task, no JSON-RPC, a line as long as the request) as the baseline, so the cost of our layer is
+visible. The p50 of an echo on trio's SocketStream (the baseline until stop 22) is printed too. One client measures p50/p99 round trips of
 sequential requests; then N client processes run sequential requests for a fixed time and the
 total requests/s is reported. The client runs the same code against both servers (send a
 prepared line, read a line; `LineClient`) and checks every reply after its timed calls; the
@@ -36,10 +37,42 @@ TARGET_RATIO = 4.0          # node.info p50 over the bare echo p50 of the same r
 
 # ---- servers (run in subprocesses) ----------------------------------------------------------
 
-def serve_echo(path: Path) -> None:
+def serve_echo(path: Path, io: str = "direct") -> None:
+    """The baseline: echo each line back. io "direct" does the socket IO the control socket's
+    reading task does (node/rpc/connection.py: receive_some, then os.write with trio's
+    send_all only for what the kernel did not take, a checkpoint before each further line of a
+    chunk); "streams" uses trio's receive_some and send_all (the baseline until stop 22)."""
     import trio
 
-    async def client(stream: trio.SocketStream) -> None:
+    async def direct(stream: trio.SocketStream) -> None:
+        fd = stream.socket.fileno()
+        buf = bytearray()
+        async with stream:
+            while True:
+                try:
+                    data = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    return
+                if not data:
+                    return
+                buf += data
+                first = True
+                while (nl := buf.find(b"\n")) >= 0:
+                    line = bytes(buf[:nl + 1])
+                    del buf[:nl + 1]
+                    if not first:
+                        await trio.lowlevel.checkpoint()
+                    first = False
+                    try:
+                        sent = os.write(fd, line)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:
+                        return
+                    if sent < len(line):
+                        await stream.send_all(line[sent:])
+
+    async def streams(stream: trio.SocketStream) -> None:
         buf = bytearray()
         async with stream:
             while True:
@@ -54,6 +87,8 @@ def serve_echo(path: Path) -> None:
                     line = bytes(buf[:nl + 1])
                     del buf[:nl + 1]
                     await stream.send_all(line)
+
+    client = direct if io == "direct" else streams
 
     async def main() -> None:
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -77,9 +112,9 @@ async def _until_signal() -> None:
             return
 
 
-def start_server(kind: str, path: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "fognode.tools.bench.rpc", f"--serve-{kind}", str(path)],
-                            stdout=subprocess.PIPE, text=True)
+def start_server(kind: str, path: Path, io: str = "direct") -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "fognode.tools.bench.rpc", f"--serve-{kind}", str(path),
+                             "--echo-io", io], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 30)
     if not ready or proc.stdout.readline().strip() != "ready":
@@ -220,12 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8, help="concurrent client processes")
     ap.add_argument("--duration", type=float, default=3.0, help="seconds of the throughput run")
     ap.add_argument("--serve-echo", help=argparse.SUPPRESS)
+    ap.add_argument("--echo-io", default="direct", help=argparse.SUPPRESS)
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="rpc", help=argparse.SUPPRESS)
     ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.serve_echo:
-        serve_echo(Path(a.serve_echo))
+        serve_echo(Path(a.serve_echo), a.echo_io)
         return 0
     if a.client:
         client_process(Path(a.client), a.mode, a.method, a.start_at, a.duration)
@@ -246,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
             where = "a fresh single-node daemon (fognode run, every role enabled)"
         echo_path = d / "echo.sock"
         procs.append(start_server("echo", echo_path))
+        old_echo_path = d / "echo-streams.sock"
+        procs.append(start_server("echo", old_echo_path, "streams"))
         r50, r99, parse = latency(rpc_path, "rpc", a.method, a.calls)
         e50, e99, _ = latency(echo_path, "echo", a.method, a.calls)
+        s50, _, _ = latency(old_echo_path, "echo", a.method, a.calls)
         r1 = throughput(rpc_path, "rpc", a.method, 1, a.duration)
         e1 = throughput(echo_path, "echo", a.method, 1, a.duration)
         rn = throughput(rpc_path, "rpc", a.method, a.clients, a.duration)
@@ -275,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in [head, tuple("-" * w for w in widths)] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print(f"JSON-RPC overhead over the bare socket at p50: {r50 - e50:.3f} ms per call")
+    print(f"echo on trio's SocketStream (receive_some/send_all; the baseline until stop 22): p50 {s50:.3f} ms; "
+          f"{a.method} / it: {r50 / s50:.2f}x")
     print(f"not in the round trips above (the same client code runs for both; replies are checked "
           f"after the timed calls): decoding one {a.method} reply takes the client {parse:.3f} ms")
     return 0 if ok else 1
