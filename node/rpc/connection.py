@@ -194,7 +194,8 @@ class Connection:
                         await checkpoint()
                     first = False
                     await self._dispatch(nursery, line)
-                self.line_started = trio.current_time()
+                if self.buffer:     # the next line began in this chunk (the watchdog times it)
+                    self.line_started = trio.current_time()
             if len(self.buffer) > server.max_request:
                 return self._too_long(len(self.buffer))
 
@@ -232,22 +233,24 @@ class Connection:
         """Send one line (under the send lock). `direct`: the reading task's reply, written
         without a checkpoint when the kernel takes it all (module docstring)."""
         data = (reply + "\n").encode()
+        sent = 0
+        if direct and not self.send_lock.locked():
+            # nobody is sending, and nothing else runs before the write: no lock needed unless
+            # the kernel leaves a rest (then it is taken below, at once: still free)
+            try:
+                sent = os.write(self.fd, data)    # the socket is non-blocking
+            except BlockingIOError:
+                pass
+            except OSError:
+                return  # the client went away (EPIPE, ECONNRESET); the reader sees EOF
+            if sent == len(data):
+                return
         # a free lock is taken without a checkpoint (send_all checkpoints anyway)
         try:
             self.send_lock.acquire_nowait()
         except trio.WouldBlock:
             await self.send_lock.acquire()
         try:
-            sent = 0
-            if direct:
-                try:
-                    sent = os.write(self.fd, data)    # the socket is non-blocking
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    return  # the client went away (EPIPE, ECONNRESET); the reader sees EOF
-                if sent == len(data):
-                    return
             self.sending_since = trio.current_time()   # the watchdog drops a client stuck here
             try:
                 await self.stream.send_all(memoryview(data)[sent:] if sent else data)

@@ -69,6 +69,7 @@ from fognode.node.rpc.jsonrpc import (DECODER, encode_id, encode_json, error_lin
                                       valid_id)
 
 log = logging.getLogger("fognode.rpc")
+_scan_once = DECODER.scan_once   # what DECODER.decode runs after skipping whitespace
 
 SUN_PATH_MAX = 107          # sockaddr_un.sun_path is 108 bytes including the terminating NUL
 BATCH_CONCURRENCY = 16      # concurrent calls inside one batch
@@ -291,6 +292,12 @@ class RpcServer:
         except UnicodeDecodeError as e:
             self.count_error(PARSE_ERROR)
             return Reply(error_line(None, PARSE_ERROR, f"parse error: invalid UTF-8 at byte {e.start}"))
+        try:    # the usual request: one object and nothing around it, read by the C scanner alone
+            msg, end = _scan_once(text, 0)
+            if end == len(text):
+                return msg
+        except (StopIteration, ValueError, RecursionError):
+            pass    # the full decoder below says what is wrong
         try:
             return DECODER.decode(text)
         except json.JSONDecodeError as e:
