@@ -2,9 +2,9 @@
 its core. Gossip goes out on the sessions topic; task loading and local training go to the
 task process (training/process.py: torch runs there, never in the daemon); aggregation and model
 saves run in worker threads bounded by `aggregation_threads`; tensor transfers are the stream
-adapters of transfer/ (over one reused transfer session per peer, opened ahead of the update
-push while this node trains and of the new-model fetch when it plans a round: sessions.py);
-rewards go through the ledger (rewards/ledger.py). Every long action runs
+adapters of transfer/ (over one reused transfer session per peer, opened ahead: to the coordinator
+at opt-in, to the first aggregator while this node trains and when it plans a round:
+sessions.py); rewards go through the ledger (rewards/ledger.py). Every long action runs
 in the role's nursery and feeds its outcome back through `apply`, which drops late outcomes
 once the role stopped."""
 from __future__ import annotations
@@ -33,7 +33,7 @@ from fognode.protocols.fl.training.modelstore import save_model
 from fognode.protocols.fl.training.prepared import TaskKey
 from fognode.protocols.fl.training.process import TaskProcess
 from fognode.protocols.fl.transfer.models import fetch_model
-from fognode.protocols.fl.messages import RoundPlan
+from fognode.protocols.fl.messages import OptIn, RoundPlan, coordinators_of
 from fognode.protocols.fl.transfer.secagg import send_secagg
 from fognode.protocols.fl.transfer.sessions import TransferSessions
 from fognode.protocols.fl.transfer.streams import TOPIC, Link
@@ -80,12 +80,22 @@ class RoleActions:
     # == ActionHandler ======================================================================
 
     def publish(self, a: Publish) -> None:
+        self._warm_for(a)
+        self._nursery.start_soon(self._publish, a)
+
+    def _warm_for(self, a: Publish) -> None:
+        """Open the transfer session a published message is about to need (sessions.py)."""
         if isinstance(a.msg, RoundPlan):
             # this node coordinates: the new model comes from the round's first aggregator
             s = self.core.sessions.get(a.msg.session_id)
             if s is not None and s.coordinator is not None and s.coordinator.order:
                 self.sessions.warm(self._nursery, s.coordinator.order[0])
-        self._nursery.start_soon(self._publish, a)
+        elif isinstance(a.msg, OptIn):
+            # a participant fetches each round's base model from the acting coordinator
+            s = self.core.sessions.get(a.msg.session_id)
+            if s is not None:
+                coords = coordinators_of(s.ann)
+                self.sessions.warm(self._nursery, coords[min(s.acting, len(coords) - 1)])
 
     def prepare_task(self, a: PrepareTask) -> None:
         self._nursery.start_soon(self._prepare, a)

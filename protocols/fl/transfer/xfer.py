@@ -38,6 +38,8 @@ async def serve_xfer(link: Link, st: FramedStream) -> None:
         except StreamClosed:
             return          # the peer closed its idle session (or a deadline reset it)
         req = XferRequest.decode(raw, peer=peer)
+        if link.closed():
+            return          # the role restarted since: the peer reopens on the new one
         if req.kind == "hello":
             continue
         with trio.fail_after(link.config.stream_timeout):
