@@ -1,8 +1,8 @@
 """Transfer sessions (`/fognode/fl/xfer/1.0.0`, transfer/sessions.py and xfer.py) on two real
 libp2p overlays on 127.0.0.1: a second transfer to the same peer reuses the session (no stream
 open), a session broken under it is reopened once, a peer without the protocol (an older node)
-is served on the per-transfer streams, a refused update ends the session, and an idle session
-is closed. Stream opens are counted by the sender's own metric."""
+is served on the per-transfer streams and so is one whose session is reset at once, a refused
+update ends the session, and an idle session is closed. Stream opens are counted by the sender's own metric."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from fognode.node.events import EventBus
 from fognode.node.host import OverlayConfig, open_overlay
-from fognode.node.overlay import Overlay
+from fognode.node.overlay import FramedStream, Overlay
 from fognode.protocols.fl.actions import Action, FetchModel, SendUpdate
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.messages import DeviceFacts
@@ -149,3 +149,17 @@ async def test_a_refused_update_ends_the_session_and_an_idle_one_is_closed() -> 
             assert p.opens("xfer") == 2
             await wait_until(lambda: not p.link.sessions.has_session(p.server.peer_id),
                            timeout=30, what="the idle session to be closed")
+
+
+
+async def test_a_session_the_receiver_resets_at_once_falls_back_to_the_per_transfer_stream() -> None:
+    """As the receiver's resource manager does with a session over its limits (node/rcmgr.py):
+    the stream is negotiated, then reset before its first request is read."""
+    with trio.fail_after(60):
+        async with pair(xfer=False) as p:
+            async def refuse(st: FramedStream) -> None:
+                await st.reset()
+            p.server.set_stream_handler(XFER_STREAM, refuse)
+            assert "does not hold that model" in await p.fetch()
+            assert p.opens("xfer") == 1 and p.opens("model") == 1
+            assert not p.link.sessions.has_session(p.server.peer_id)

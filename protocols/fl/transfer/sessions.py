@@ -14,8 +14,11 @@ refused update (it never read the tensor's chunks), so a refusal also ends the s
   opened ahead, `warm`) makes the next one wait for it, except that a transfer never waits
   behind another *transfer*: it goes over its per-transfer stream instead;
 - a reused session that turns out dead (the peer closed it, the connection dropped) is
-  reopened once and the request sent again (a model fetch is idempotent; an update that did
-  arrive is answered "duplicate update", which the participant takes as delivered);
+  reopened once and the request sent again; a fresh session that closes under its request
+  (the peer's resource manager refused it, the connection dropped) is given up for the
+  per-transfer stream, also once. Sending again is safe: a model fetch is idempotent, and an
+  update that did arrive is answered "duplicate update", which the participant takes as
+  delivered;
 - when a session cannot be opened at all (a peer without this protocol: an older node; or the
   open failed) the transfer goes over the per-transfer stream at once, and that peer is served
   that way for `NO_SESSION_FOR` seconds: an older peer costs one refused negotiation a minute,
@@ -120,19 +123,22 @@ class TransferSessions:
             reused = p.stream is not None
             if reused:
                 self.metrics.sessions.labels("reused").inc()
-            if p.stream is None and not await self._open_session(peer, p):
+            elif not await self._open_session(peer, p):
                 return await self._per_transfer(peer, legacy, exchange)
             try:
                 result = await self._on_session(p, kind, exchange)
             except StreamClosed as e:
                 await self._drop(p)
-                if not reused:
-                    raise
-                log.debug("fl: transfer session to %s was closed (%s); opening it again", peer, e)
-                if not await self._open_session(peer, p):
+                if not (reused and await self._open_session(peer, p)):
+                    # a fresh session closed at once (the peer's resource manager refused
+                    # it, the connection dropped) or no second one: the per-transfer stream
                     return await self._per_transfer(peer, legacy, exchange)
+                log.debug("fl: transfer session to %s was closed (%s); opened it again", peer, e)
                 try:
                     result = await self._on_session(p, kind, exchange)
+                except StreamClosed:
+                    await self._drop(p)
+                    return await self._per_transfer(peer, legacy, exchange)
                 except BaseException:
                     await self._drop(p)
                     raise
