@@ -23,7 +23,7 @@ from fognode.protocols.fl.messages import DeviceFacts
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.session.core import FlCore
 from fognode.protocols.fl.session.selection import DeviceCandidate
-from fognode.protocols.fl.transfer.models import fetch_model, serve_model
+from fognode.protocols.fl.transfer.models import fetch_model, serve_model, source_order
 from fognode.protocols.fl.transfer.sessions import TransferSessions
 from fognode.protocols.fl.transfer.streams import MODEL_STREAM, UPDATE_STREAM, XFER_STREAM, Link
 from fognode.protocols.fl.transfer.updates import send_update, serve_update
@@ -163,3 +163,11 @@ async def test_a_session_the_receiver_resets_at_once_falls_back_to_the_per_trans
             assert "does not hold that model" in await p.fetch()
             assert p.opens("xfer") == 1 and p.opens("model") == 1
             assert not p.link.sessions.has_session(p.server.peer_id)
+
+
+def test_participants_spread_their_model_fetches_over_the_sources() -> None:
+    sources = ("coordinator", "aggregator")
+    firsts = [source_order(f"peer{i}", b"h" * 32, sources) for i in range(20)]
+    assert all(sorted(o) == sorted(sources) for o in firsts)      # every source still tried
+    assert {o[0] for o in firsts} == set(sources)                 # and each one serves some
+    assert source_order("peer0", b"h" * 32, ("only",)) == ("only",)

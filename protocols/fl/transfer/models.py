@@ -8,6 +8,7 @@ import numpy as np
 import trio
 
 from fognode.node.overlay import FramedStream
+from fognode.node.wire import digest
 from fognode.protocols.fl.actions import FetchModel
 from fognode.protocols.fl.messages import ModelRequest, ModelResponse
 from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, MODEL_STREAM, Link, close
@@ -39,14 +40,14 @@ async def serve_model_request(link: Link, st: FramedStream) -> None:
 
 
 async def fetch_model(link: Link, a: FetchModel) -> None:
-    """Fetch a round's base model from the first of `a.sources` that serves it (on the
-    transfer session to that source, else a stream of its own), check its hash, hand it to
-    the core (or the failure, naming the last source's problem)."""
+    """Fetch a round's base model from the first of `a.sources` that serves it, in this
+    node's `source_order` (on the transfer session to that source, else a stream of its own),
+    check its hash, hand it to the core (or the failure, naming the last source's problem)."""
     core, config = link.core, link.config
     shape = core.expected_shape(a.session_id)
     last = "no source"
     started = trio.current_time()
-    for src in a.sources:
+    for src in source_order(link.overlay.peer_id, a.model_hash, a.sources):
         async def exchange(st: FramedStream, src: str = src) -> tuple[str, dict[str, np.ndarray]]:
             await st.send(ModelRequest(a.session_id, a.model_hash).to_wire())
             resp = ModelResponse.decode(await st.recv(max_size=MAX_CONTROL_FRAME),
@@ -80,3 +81,15 @@ async def fetch_model(link: Link, a: FetchModel) -> None:
         except Exception as e:
             last = f"{src}: {type(e).__name__}: {e}"
     link.apply(core.model_fetch_failed(a.session_id, a.model_hash, last, link.now()))
+
+
+def source_order(me: str, model_hash: bytes, sources: tuple[str, ...]) -> tuple[str, ...]:
+    """`sources` rotated by an offset fixed by this node and the model: every participant of a
+    round fetches the same base model at the same moment, and with one first source for all
+    (the plan lists the coordinator, then the aggregator that built the model) that one node
+    serves them all while the other idles; rotated, each source serves its share, and every
+    source is still tried in turn when one fails."""
+    if len(sources) < 2:
+        return sources
+    k = int.from_bytes(digest(me.encode() + model_hash)[:4], "big") % len(sources)
+    return sources[k:] + sources[:k]
