@@ -14,6 +14,12 @@ from fognode.protocols.fl.messages import ModelRequest, ModelResponse
 from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, MODEL_STREAM, Link, close
 from fognode.protocols.fl.transfer.tensors import TensorDecoder, encode_tensor, params_hash
 
+# seconds a source may take to answer a model request (a lookup: it answers at once). A
+# stream opened per fetch proved the source alive within overlay.dial_timeout; a reused
+# transfer session proves nothing, so without this a source frozen since its session opened
+# would hold the fetch for the whole stream_timeout before the next source is tried.
+REPLY_TIMEOUT = 10.0
+
 
 async def serve_model(link: Link, st: FramedStream) -> None:
     """One model request on its own stream, then close it."""
@@ -50,8 +56,9 @@ async def fetch_model(link: Link, a: FetchModel) -> None:
     for src in source_order(link.overlay.peer_id, a.model_hash, a.sources):
         async def exchange(st: FramedStream, src: str = src) -> tuple[str, dict[str, np.ndarray]]:
             await st.send(ModelRequest(a.session_id, a.model_hash).to_wire())
-            resp = ModelResponse.decode(await st.recv(max_size=MAX_CONTROL_FRAME),
-                                        params_shape=shape or (0,),
+            with trio.fail_after(REPLY_TIMEOUT):     # a frozen source: on to the next one
+                raw = await st.recv(max_size=MAX_CONTROL_FRAME)
+            resp = ModelResponse.decode(raw, params_shape=shape or (0,),
                                         max_bytes=config.max_model_bytes, peer=src)
             if not resp.ok:
                 return resp.reason, {}
