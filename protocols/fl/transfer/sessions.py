@@ -214,8 +214,8 @@ class TransferSessions:
                 await st.reset()
 
     async def reap(self) -> None:
-        """Close idle sessions, forever (every idle/4 s); cancel to stop. Closes every
-        session when cancelled."""
+        """Close idle sessions and forget expired per-transfer fallbacks, forever (every
+        idle/4 s); cancel to stop. Closes every session when cancelled."""
         try:
             while True:
                 await trio.sleep(max(self.idle / 4, 0.05))
@@ -226,6 +226,9 @@ class TransferSessions:
                         await _close(st)
                     if p.stream is None and not p.lock.locked():
                         self._peers.pop(peer, None)
+                for peer, until in list(self._no_session.items()):
+                    if now >= until:
+                        del self._no_session[peer]
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(RESET_BOUND):
                 for p in self._peers.values():
