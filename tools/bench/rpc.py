@@ -8,12 +8,14 @@ every built-in role enabled) and calls its `node.info` (the real method: overlay
 peers, every role's health), and, in the same run, a bare newline-delimited echo server on a
 unix socket (trio, the same read/split/write loop and socket IO as the control socket's reading
 task, no JSON-RPC, a line as long as the request) as the baseline, so the cost of our layer is
-visible. The p50 of an echo on trio's SocketStream (the baseline until stop 22) is printed too. One client measures p50/p99 round trips of
+visible. An echo on trio's SocketStream (receive_some/send_all: the baseline until stop 22)
+runs too; the target ratio is to the faster of the two echoes' p50 in the run (on an idle
+machine the direct-write echo can be the slower: it sleeps in epoll sooner). One client measures p50/p99 round trips of
 sequential requests; then N client processes run sequential requests for a fixed time and the
 total requests/s is reported. The client runs the same code against both servers (send a
 prepared line, read a line; `LineClient`) and checks every reply after its timed calls; the
-time a client then takes to decode one JSON-RPC reply is printed on its own line. Target (issue 16): JSON-RPC p50 <= 4x the echo p50 of the same
-run. With --socket, the JSON-RPC figures are measured against that live daemon instead.
+time a client then takes to decode one JSON-RPC reply is printed on its own line. Target
+(issue 16): JSON-RPC p50 <= 4x the faster echo's p50 of the same run. With --socket, the JSON-RPC figures are measured against that live daemon instead.
 """
 from __future__ import annotations
 
@@ -298,10 +300,13 @@ def main(argv: list[str] | None = None) -> int:
             net.stop_all()
         shutil.rmtree(d, ignore_errors=True)
 
-    ratio = r50 / e50
+    # the bound is the faster echo of the run: on an idle machine the direct-write echo can be
+    # the slower one (the server sleeps in epoll sooner and wakes from a deeper idle state)
+    b50 = min(e50, s50)
+    ratio = r50 / b50
     ok = ratio <= TARGET_RATIO
     rows = [
-        ("round trip p50", f"{r50:.3f} ms", f"{e50:.3f} ms", f"<= {TARGET_RATIO:g}x echo",
+        ("round trip p50", f"{r50:.3f} ms", f"{b50:.3f} ms", f"<= {TARGET_RATIO:g}x echo",
          f"{ratio:.2f}x {'PASS' if ok else 'FAIL'}"),
         ("round trip p99", f"{r99:.3f} ms", f"{e99:.3f} ms", "", ""),
         ("requests/s, 1 client", f"{r1:,.0f}", f"{e1:,.0f}", "", ""),
@@ -313,9 +318,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{a.duration:g} s throughput runs; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.1f}")
     for r in [head, tuple("-" * w for w in widths)] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    print(f"JSON-RPC overhead over the bare socket at p50: {r50 - e50:.3f} ms per call")
-    print(f"echo on trio's SocketStream (receive_some/send_all; the baseline until stop 22): p50 {s50:.3f} ms; "
-          f"{a.method} / it: {r50 / s50:.2f}x")
+    print(f"JSON-RPC overhead over the bare socket at p50: {r50 - b50:.3f} ms per call")
+    print(f"echo baselines, p50 (the faster is the bound): the control socket's IO {e50:.3f} ms "
+          f"({a.method} / it: {r50 / e50:.2f}x); trio's SocketStream, the baseline until stop 22, "
+          f"{s50:.3f} ms ({r50 / s50:.2f}x); the throughput rows use the first")
     print(f"not in the round trips above (the same client code runs for both; replies are checked "
           f"after the timed calls): decoding one {a.method} reply takes the client {parse:.3f} ms")
     return 0 if ok else 1
