@@ -158,6 +158,18 @@ _K_ORDER = msgpack.packb("order")
 _K_SIG = msgpack.packb("sig")
 _K_V = msgpack.packb("v")
 _K_VOTES = msgpack.packb("votes")
+_K_PREV = msgpack.packb("prev")
+
+
+def order_request(so: SignedOrder, prev: bytes | None) -> bytes:
+    """pack({"v", "order": so.to_wire(), "prev"?}), the order stream's request for `so`, built
+    from the order's body bytes and `prev` (the previous certificate's encoding, as the store
+    holds it: `Certificate.encoded()`) without decoding or walking them again (keys "order" <
+    "prev" < "v"; tests check it equals pack())."""
+    v = _K_V + msgpack.packb(VERSION)
+    if prev is None:
+        return b"\x82" + _K_ORDER + so.encoded() + v
+    return b"\x83" + _K_ORDER + so.encoded() + _K_PREV + prev + v
 
 
 @dataclass(frozen=True)

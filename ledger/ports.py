@@ -82,7 +82,7 @@ class Publisher(Protocol):
 class Requester(Protocol):
     """Ask one validator over its order stream (order_streams.py `OrderStreams`)."""
 
-    async def request(self, validator: bytes, peer: str, request: dict[str, Any],
+    async def request(self, validator: bytes, peer: str, request: dict[str, Any] | bytes,
                       max_reply: int = MAX_REPLY, *, deadline: float | None = None) -> Any: ...
 
 

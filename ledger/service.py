@@ -470,7 +470,7 @@ class LedgerService:
     def connected_peers(self) -> list[str]:
         return self.sync.connected_peers()
 
-    async def request(self, validator: bytes, peer: str, request: dict[str, Any],
+    async def request(self, validator: bytes, peer: str, request: dict[str, Any] | bytes,
                       max_reply: int = MAX_REPLY, *, deadline: float | None = None) -> Any:
         return await self.streams.request(validator, peer, request, max_reply, deadline=deadline)
 

@@ -267,6 +267,12 @@ class LedgerStore:
         v = self.db.get(b"t/" + tx_id)
         return None if v is None else self._decode(v[8:], "certificate record")
 
+    def certificate_bytes(self, tx_id: bytes) -> bytes | None:
+        """The certificate's stored encoding (`Certificate.encoded()`, = pack(to_wire())), or
+        None: for a message that carries it as it is, without a decode and a new pack."""
+        v = self.db.get(b"t/" + tx_id)
+        return None if v is None else v[8:]
+
     def log_length(self) -> int:
         return int(self._decode(self._need(b"s/applied"), "apply count"))
 

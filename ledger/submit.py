@@ -35,7 +35,7 @@ from fognode.ledger.errors import LedgerStorageFailed, OrderRejected, RequestNot
 from fognode.ledger.events import RewardsDistributed
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import (Certificate, MintOrder, Order, Rejection, SignedOrder, TransferOrder,
-                                     decode_rejection, decode_vote, order_problem)
+                                     decode_rejection, decode_vote, order_problem, order_request)
 from fognode.ledger.ports import Publisher, Requester, Validating
 from fognode.ledger.receipts import Receipt
 from fognode.ledger.rewards import Allocation, distribute_rewards
@@ -162,10 +162,8 @@ class OrderSubmitter:
         committee = self.state.committee_for(so.order.epoch)
         collector = VoteCollector(so, committee)
         sender, seq = so.key
-        prev = self.store.raw_certificate(self.store.tx_at(sender, seq - 1) or b"") if seq > 0 else None
-        request: dict[str, Any] = {"v": 1, "order": so.to_wire()}
-        if prev is not None:
-            request["prev"] = prev
+        prev = self.store.certificate_bytes(self.store.tx_at(sender, seq - 1) or b"") if seq > 0 else None
+        request = order_request(so, prev)      # packed once for every validator asked
         asking: set[bytes] = set()
         unanswered: set[bytes] = set()      # asked, the request may have arrived, no answer yet
         while True:
@@ -266,7 +264,7 @@ class OrderSubmitter:
         else:
             collector.add_vote(reply)
 
-    async def _ask(self, validator: bytes, request: dict[str, Any], collector: VoteCollector,
+    async def _ask(self, validator: bytes, request: bytes, collector: VoteCollector,
                    asking: set[bytes], unanswered: set[bytes], round_done: trio.Event,
                    left: list[int], deadline: float) -> None:
         """Ask one validator (within request_timeout and the order's `deadline`); its answer

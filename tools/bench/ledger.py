@@ -38,6 +38,7 @@ import os
 import pstats
 import shutil
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -213,12 +214,19 @@ def lag_summary(before: list[dict[str, float]], after: list[dict[str, float]]) -
             "probes": count, "syncs": delta("fognode_ledger_store_syncs_total")}
 
 
-def end_to_end(root: Path, sends_per_node: int, wallets: int = 1) -> dict[str, Any]:
+def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_send: bool = False,
+               pyspy: str | None = None,
+               pyspy_out: Path | None = None, pyspy_seconds: float = 10.0) -> dict[str, Any]:
     """4 daemons; every wallet of every node sends `sends_per_node` transfers to the next
-    node's default wallet, each wallet from its own thread."""
+    node's default wallet, each wallet from its own thread over its own control-socket
+    connection (`rpc_per_send`: a new connection per send, the driver before session 23,
+    which costs the daemon an accept and a connection's tasks per transfer). With `pyspy` (the path of a py-spy
+    binary), each daemon and this process are sampled (`--gil`, raw) for `pyspy_seconds` from
+    the burst's start into `pyspy_out`."""
     from fognode.ledger.genesis import DEV_FUNDING, DEV_STAKE, dev_genesis
     from fognode.ledger.wallet import Keystore
     from fognode.node.datadir import load_identity, write_genesis
+    from fognode.node.rpc.client import RpcClient
     from fognode.tools.devnet import Devnet, DevnetNode, wait_until
 
     class LedgerDevnet(Devnet):
@@ -254,16 +262,24 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1) -> dict[str, A
         lock = threading.Lock()
 
         def sender(i: int, wallet: str) -> None:
-            for _ in range(sends_per_node):
-                t = time.perf_counter()
-                try:
-                    net.nodes[i].rpc("wallet.send", [addrs[(i + 1) % 4], "0.01", "", wallet], timeout=60)
-                except Exception as e:  # counted and reported, the run goes on
+            client = RpcClient(net.nodes[i].socket, timeout=60)     # one connection per wallet
+            try:
+                for _ in range(sends_per_node):
+                    t = time.perf_counter()
+                    try:
+                        if rpc_per_send:
+                            net.nodes[i].rpc("wallet.send", [addrs[(i + 1) % 4], "0.01", "", wallet], timeout=60)
+                        else:
+                            client.call("wallet.send", [addrs[(i + 1) % 4], "0.01", "", wallet])
+                    except Exception as e:  # counted and reported, the run goes on
+                        with lock:
+                            errors.append(f"node {i}: {e}")
+                        client.close()
+                        continue
                     with lock:
-                        errors.append(f"node {i}: {e}")
-                    continue
-                with lock:
-                    latencies.append(time.perf_counter() - t)
+                        latencies.append(time.perf_counter() - t)
+            finally:
+                client.close()
 
         threads = [threading.Thread(target=sender, args=(i, w)) for i in range(4) for w in own[i]]
         before = [scrape(n.metrics_port) for n in net.nodes]
@@ -275,9 +291,19 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1) -> dict[str, A
         t0 = time.perf_counter()
         for th in threads:
             th.start()
+        spies = []
+        if pyspy is not None and pyspy_out is not None:
+            pyspy_out.mkdir(parents=True, exist_ok=True)
+            targets = [(f"daemon{i}", p.pid) for i, p in enumerate(procs)] + [("bench", os.getpid())]
+            spies = [subprocess.Popen([pyspy, "record", "--gil", "-r", "100", "-d", f"{pyspy_seconds:g}", "-f", "raw",
+                                       "-o", str(pyspy_out / f"{name}.txt"), "-p", str(pid)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for name, pid in targets]
         for th in threads:
             th.join()
         elapsed = time.perf_counter() - t0
+        for spy in spies:
+            spy.wait()
         cpu = sum(sum(p.cpu_times()[:2]) for p in procs) - cpu0 - idle_rate * elapsed
         lag = lag_summary(before, [scrape(n.metrics_port) for n in net.nodes])
         total = len(threads) * sends_per_node
@@ -305,6 +331,12 @@ def main() -> None:
     ap.add_argument("--no-e2e", action="store_true", help="skip the 4-daemon end-to-end measurement")
     ap.add_argument("--sends", type=int, default=40, help="wallet.send calls per wallet in the end-to-end run")
     ap.add_argument("--wallets", type=int, default=1, help="wallets per node sending at once (end to end)")
+    ap.add_argument("--rpc-per-send", action="store_true",
+                    help="open a control-socket connection per wallet.send (the driver before session 23)")
+    ap.add_argument("--pyspy", metavar="PATH", help="py-spy binary: sample the daemons and this process during the burst")
+    ap.add_argument("--pyspy-out", metavar="DIR", type=Path, default=Path("ledger-pyspy"),
+                    help="where --pyspy writes its raw profiles (default ./ledger-pyspy)")
+    ap.add_argument("--pyspy-seconds", type=float, default=10.0, help="how long --pyspy samples from the burst's start")
     args = ap.parse_args()
 
     print(f"generating {args.certs} certificates (4 validators, 3-of-4 votes)...", flush=True)
@@ -335,7 +367,8 @@ def main() -> None:
             print("end to end through 4 daemons...", flush=True)
             e2e_root = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))   # short: unix socket paths
             try:
-                e2e = end_to_end(e2e_root, args.sends, args.wallets)
+                e2e = end_to_end(e2e_root, args.sends, args.wallets, rpc_per_send=args.rpc_per_send, pyspy=args.pyspy,
+                                 pyspy_out=args.pyspy_out, pyspy_seconds=args.pyspy_seconds)
             finally:
                 shutil.rmtree(e2e_root, ignore_errors=True)
             rows.append((f"end-to-end, 4 daemons, {e2e['senders']} wallets sending", f"{e2e['tps']:,.1f} tx/s",
