@@ -241,10 +241,13 @@ class LedgerService:
         """Record the sync cursor of `peer` in the open group, behind the certificates read."""
         self.writer.submit("sync cursors", lambda wb: self.store.cursor_into(wb, peer, position))
 
-    def _update_gauges(self) -> None:
+    def _update_gauges(self, deltas: list[Delta] | None = None) -> None:
+        """The gauges; the bonded total (a sum over every account) only when `deltas` may
+        have changed it (None: always): a transfer never does."""
         self.m_pending.set(len(self.replica.pending))
         self.m_supply.set(self.state.supply.total)
-        self.m_staked.set(self.state.total_staked())
+        if deltas is None or any(type(d.cert.order.order) is not TransferOrder for d in deltas):
+            self.m_staked.set(self.state.total_staked())
 
     # -- applying certificates -----------------------------------------------------------------
 
@@ -321,7 +324,7 @@ class LedgerService:
             self.m_applied.inc(len(deltas))
             for d in deltas:
                 self._after_apply(d)
-        self._update_gauges()
+        self._update_gauges(deltas)
 
     def _after_apply(self, d: Delta) -> None:
         o = d.cert.order.order
