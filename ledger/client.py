@@ -45,6 +45,7 @@ faulty stake tolerated; T + f < 2q for every T):
 from __future__ import annotations
 
 import enum
+import hashlib
 
 from fognode.ledger.errors import Reason
 from fognode.ledger.messages import Certificate, Rejection, SignedOrder, Vote
@@ -133,6 +134,22 @@ class VoteCollector:
         if self.certificate is not None:
             return []
         return [v for v in self.committee.members if v != me and v not in self.votes and v not in asking]
+
+    def first_asks(self, targets: list[bytes], asking: set[bytes], key: bytes) -> list[bytes]:
+        """Of `targets` (`unasked`), the fewest to ask first: with the stake that voted and the
+        stake being asked already, they make a quorum if all vote (all of `targets` if even
+        that is short). Which ones is spread over the committee by `key` (the order's id), so
+        no validator gets every sender's orders; submit.py asks the others after its hedge
+        delay, or at once when a first one refuses or fails."""
+        c = self.committee
+        have = sum(c.stake_of(v) for v in self.votes) + sum(c.stake_of(v) for v in asking if v not in self.votes)
+        chosen: list[bytes] = []
+        for v in sorted(targets, key=lambda v: (-c.stake_of(v), hashlib.blake2b(key + v, digest_size=8).digest())):
+            if c.is_quorum(have):
+                break
+            chosen.append(v)
+            have += c.stake_of(v)
+        return chosen if c.is_quorum(have) else list(targets)
 
     def decide(self, now: float, deadline: float) -> Decision:
         """The retry policy (module docstring), after a round of asking ended at `now`."""

@@ -2,7 +2,15 @@
 gossip the certificate; and the orders other roles and the wallet RPC make (pay, rewards).
 
 An order is driven in rounds: every committee member that has not voted (and is not being asked
-already) is asked over its order stream; this node's own validator answers directly. After each
+already) is asked over its order stream; this node's own validator answers directly. Those a
+quorum needs are asked first (`VoteCollector.first_asks`: with equal stakes and this node a
+validator, 2 of the 3 others in a committee of 4, chosen by the order's id); the others are
+asked after `hedge_delay` seconds if no certificate formed by then, or at once when the first
+ones all answered without one (a refusal, a failure). So a validator whose vote would not be
+needed neither verifies, locks, signs nor answers the order (it applies the certificate from
+gossip), which is a third of the order traffic and of the validators' work in a committee of
+4; a slow or silent validator among the first costs up to `hedge_delay` of latency.
+`hedge_delay = 0` asks everyone at once (the behaviour before session 23). After each
 round the sans-IO `VoteCollector.decide` (client.py) says whether to take the certificate, give
 up (a definitive refusal, or the deadline), or ask again after `retry_interval`. The asks run in
 the submitter's nursery, so the slowest validator still gets its request answered (its stream
@@ -49,6 +57,17 @@ from fognode.node.role import NodeContext
 from fognode.node.wire import Fields
 
 log = logging.getLogger("fognode.ledger")
+
+
+class _Round:
+    """One round of asks: how many are still out, and the event set when none is (or a
+    certificate formed)."""
+
+    __slots__ = ("left", "done")
+
+    def __init__(self) -> None:
+        self.left = 0
+        self.done = trio.Event()
 
 
 class NotCertified(FognodeError):
@@ -171,17 +190,25 @@ class OrderSubmitter:
             if self.me in committee and self.me not in collector.votes:
                 for r in self.ledger.validate(self.ctx.peer_id, so):
                     self._collect(collector, self.me, r)
-            # ask every validator that has not voted and is not being asked already (see the
-            # module docstring)
-            round_done = trio.Event()
+            # ask every validator that has not voted and is not being asked already: those a
+            # quorum needs first, the others after the hedge delay or as soon as the first ones
+            # all answered without a certificate (see the module docstring)
+            rnd = _Round()
             targets = collector.unasked(self.me, asking)
             if targets:
-                left = [len(targets)]
-                asking.update(targets)
-                for v in targets:
-                    self._spawn(self._ask, v, request, collector, asking, unanswered, round_done, left, deadline)
-                with trio.move_on_after(max(0.0, min(self.s.request_timeout + 0.5, deadline - trio.current_time()))):
-                    await round_done.wait()
+                end = trio.current_time() + max(0.0, min(self.s.request_timeout + 0.5, deadline - trio.current_time()))
+                first = collector.first_asks(targets, asking, so.tx_id) if self.s.hedge_delay > 0 else targets
+                later = [v for v in targets if v not in first]
+                self._ask_all(first, rnd, request, collector, asking, unanswered, deadline)
+                if later:
+                    with trio.move_on_at(min(end, trio.current_time() + self.s.hedge_delay)):
+                        await rnd.done.wait()
+                    if collector.certificate is None:
+                        if rnd.done.is_set():       # the first ones answered: a refusal, or a failure
+                            rnd.done = trio.Event()
+                        self._ask_all(later, rnd, request, collector, asking, unanswered, deadline)
+                with trio.move_on_at(end):
+                    await rnd.done.wait()
             now = trio.current_time()
             decision = collector.decide(now, deadline)
             if decision is Decision.CERTIFIED:
@@ -253,6 +280,13 @@ class OrderSubmitter:
             pass       # the transfer is final and stored; the ledger stops (reported once)
         return cert
 
+    def _ask_all(self, validators: list[bytes], rnd: _Round, request: bytes, collector: VoteCollector,
+                 asking: set[bytes], unanswered: set[bytes], deadline: float) -> None:
+        rnd.left += len(validators)
+        asking.update(validators)
+        for v in validators:
+            self._spawn(self._ask, v, request, collector, asking, unanswered, rnd, deadline)
+
     def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._nursery is None:
             raise NotCertified("the ledger service is not running", {"status": "stopped"})
@@ -265,8 +299,7 @@ class OrderSubmitter:
             collector.add_vote(reply)
 
     async def _ask(self, validator: bytes, request: bytes, collector: VoteCollector,
-                   asking: set[bytes], unanswered: set[bytes], round_done: trio.Event,
-                   left: list[int], deadline: float) -> None:
+                   asking: set[bytes], unanswered: set[bytes], rnd: _Round, deadline: float) -> None:
         """Ask one validator (within request_timeout and the order's `deadline`); its answer
         goes to `collector`. `unanswered` holds the validators a request may have reached
         without an answer since (they may hold a lock)."""
@@ -294,9 +327,9 @@ class OrderSubmitter:
             log.debug("validator %s did not answer: %s", peer, e)
         finally:
             asking.discard(validator)
-            left[0] -= 1
-            if collector.certificate is not None or left[0] == 0:
-                round_done.set()
+            rnd.left -= 1
+            if collector.certificate is not None or rnd.left == 0:
+                rnd.done.set()
 
     # -- the orders other roles make -----------------------------------------------------------------
 
