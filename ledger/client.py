@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from typing import Mapping
 
 from fognode.ledger.errors import Reason
 from fognode.ledger.messages import Certificate, Rejection, SignedOrder, Vote
@@ -135,16 +136,21 @@ class VoteCollector:
             return []
         return [v for v in self.committee.members if v != me and v not in self.votes and v not in asking]
 
-    def first_asks(self, targets: list[bytes], asking: set[bytes], key: bytes) -> list[bytes]:
+    def first_asks(self, targets: list[bytes], asking: set[bytes], key: bytes,
+                   waiting: Mapping[bytes, int] | None = None) -> list[bytes]:
         """Of `targets` (`unasked`), the fewest to ask first: with the stake that voted and the
         stake being asked already, they make a quorum if all vote (all of `targets` if even
-        that is short). Which ones is spread over the committee by `key` (the order's id), so
-        no validator gets every sender's orders; submit.py asks the others after its hedge
-        delay, or at once when a first one refuses or fails."""
+        that is short). Larger stakes first; among equal stakes, those with the fewest of
+        this node's requests `waiting` for an answer (a slow or hung validator piles them up),
+        then spread over the committee by `key` (the order's id), so no validator gets every
+        sender's orders. submit.py asks the others after its hedge delay, or at once when a
+        first one refuses or fails."""
         c = self.committee
+        busy = waiting or {}
         have = sum(c.stake_of(v) for v in self.votes) + sum(c.stake_of(v) for v in asking if v not in self.votes)
         chosen: list[bytes] = []
-        for v in sorted(targets, key=lambda v: (-c.stake_of(v), hashlib.blake2b(key + v, digest_size=8).digest())):
+        for v in sorted(targets, key=lambda v: (-c.stake_of(v), busy.get(v, 0),
+                                                hashlib.blake2b(key + v, digest_size=8).digest())):
             if c.is_quorum(have):
                 break
             chosen.append(v)

@@ -4,7 +4,7 @@ validator, with requests pipelined on it.
 Every ledger adapter that asks validators something (order votes in submit.py, committee
 votes in committee_service.py, lock handover pages in handover_service.py, uptime receipts in
 uptime_service.py) goes through `OrderStreams.request`; they are typed against
-`ports.Requester`, the one method they need.
+`ports.Requester` (`request`; the submitter also reads `in_flight` to ask idle validators first).
 
 Pipelining. A validator serves one stream's requests one after the other and answers each with
 exactly one reply, in order (service.py `_serve_order`; that is the protocol, and every

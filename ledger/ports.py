@@ -85,6 +85,10 @@ class Requester(Protocol):
     async def request(self, validator: bytes, peer: str, request: dict[str, Any] | bytes,
                       max_reply: int = MAX_REPLY, *, deadline: float | None = None) -> Any: ...
 
+    def in_flight(self, validator: bytes) -> int:
+        """Requests sent to `validator` that wait for their replies."""
+        ...
+
 
 class CommitteeExchange(Protocol):
     """Committee certificates carried on the certificate topic and the sync stream

@@ -477,6 +477,9 @@ class LedgerService:
                       max_reply: int = MAX_REPLY, *, deadline: float | None = None) -> Any:
         return await self.streams.request(validator, peer, request, max_reply, deadline=deadline)
 
+    def in_flight(self, validator: bytes) -> int:
+        return self.streams.in_flight(validator)
+
     async def submit_reward(self, receipt: Receipt, amount: int, *, timeout: float = 30.0) -> Certificate:
         return await self.submitter.submit_reward(receipt, amount, timeout=timeout)
 

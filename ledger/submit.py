@@ -197,7 +197,8 @@ class OrderSubmitter:
             targets = collector.unasked(self.me, asking)
             if targets:
                 end = trio.current_time() + max(0.0, min(self.s.request_timeout + 0.5, deadline - trio.current_time()))
-                first = collector.first_asks(targets, asking, so.tx_id) if self.s.hedge_delay > 0 else targets
+                first = (collector.first_asks(targets, asking, so.tx_id, {v: self.requests.in_flight(v) for v in targets})
+                         if self.s.hedge_delay > 0 else targets)
                 later = [v for v in targets if v not in first]
                 self._ask_all(first, rnd, request, collector, asking, unanswered, deadline)
                 if later:

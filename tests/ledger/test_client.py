@@ -129,6 +129,9 @@ def test_first_asks_are_the_fewest_a_quorum_needs_spread_by_order() -> None:
     # one of the first is being asked already: one more makes the quorum
     left = [v for v in others if v != first[0]]
     assert len(c.first_asks(left, {first[0]}, c.order.tx_id)) == 1
+    # a validator with requests piling up (slow, or hung) is asked first by no order
+    hung = first[0]
+    assert all(hung not in c.first_asks(others, set(), bytes([i]) * 32, {hung: 2}) for i in range(32))
     # without this node's vote a quorum needs all three others
     c2 = collector()
     assert set(c2.first_asks(c2.unasked(me, set()), set(), c2.order.tx_id)) == set(c2.unasked(me, set()))

@@ -40,14 +40,14 @@ def install(path: str) -> None:
         counts["yamux_out." + _YAMUX_TYPES.get(data[1] if len(data) > 1 else -1, "other")] += 1
         counts["yamux_out_bytes"] += len(data)
         await orig_write(self, data)
-    p2pfix_yamux.QuickYamux._write_frame = _write_frame  # type: ignore[method-assign]
+    p2pfix_yamux.QuickYamux._write_frame = _write_frame
 
     orig_send = streams.Libp2pFramedStream.send_bytes
 
     async def send_bytes(self: Any, data: bytes) -> None:
         counts["frames_out." + self.protocol_id] += 1
         await orig_send(self, data)
-    streams.Libp2pFramedStream.send_bytes = send_bytes  # type: ignore[method-assign]
+    streams.Libp2pFramedStream.send_bytes = send_bytes
 
     orig_push = scored_pubsub.ScoredPubsub.push_msg
 
@@ -57,7 +57,7 @@ def install(path: str) -> None:
             if not self._is_msg_seen(msg):
                 counts["pubsub_in.first"] += 1
         await orig_push(self, msg_forwarder, msg)
-    scored_pubsub.ScoredPubsub.push_msg = push_msg  # type: ignore[method-assign]
+    scored_pubsub.ScoredPubsub.push_msg = push_msg
 
     orig_rpc = scored_pubsub.ScoredGossipSub.handle_rpc
 
@@ -69,7 +69,7 @@ def install(path: str) -> None:
             if n:
                 counts["pubsub_in." + kind] += n
         await orig_rpc(self, rpc, sender_peer_id)
-    scored_pubsub.ScoredGossipSub.handle_rpc = handle_rpc  # type: ignore[method-assign]
+    scored_pubsub.ScoredGossipSub.handle_rpc = handle_rpc
 
     def writer() -> None:
         while True:
