@@ -224,7 +224,7 @@ def lag_summary(before: list[dict[str, float]], after: list[dict[str, float]]) -
 
 
 def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_send: bool = False,
-               count_wire: bool = False, pyspy: str | None = None,
+               count_wire: bool = False, daemon_set: list[str] | None = None, pyspy: str | None = None,
                pyspy_out: Path | None = None, pyspy_seconds: float = 10.0) -> dict[str, Any]:
     """4 daemons; every wallet of every node sends `sends_per_node` transfers to the next
     node's default wallet, each wallet from its own thread over its own control-socket
@@ -262,7 +262,8 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
     if count_wire:
         env["BENCH_LEDGER_WIRE"] = str(root)
     net = LedgerDevnet(root / "net", 4, env=env, metrics=True,
-                       extra_args=["--set", "overlay.peers_low=3", "--set", "overlay.connmgr_interval=0.5"])
+                       extra_args=["--set", "overlay.peers_low=3", "--set", "overlay.connmgr_interval=0.5",
+                                   *[a for kv in daemon_set or [] for a in ("--set", kv)]])
     try:
         net.create()
         net.start_all(timeout=120)
@@ -352,6 +353,8 @@ def main() -> None:
     ap.add_argument("--wallets", type=int, default=1, help="wallets per node sending at once (end to end)")
     ap.add_argument("--rpc-per-send", action="store_true",
                     help="open a control-socket connection per wallet.send (the driver before session 23)")
+    ap.add_argument("--set", dest="daemon_set", action="append", metavar="KEY=VALUE", default=[],
+                    help="a config override for every daemon, e.g. protocols.ledger.hedge_delay=0 (repeatable)")
     ap.add_argument("--count-wire", action="store_true",
                     help="count yamux frames, stream frames and pubsub messages per transfer (ledger_wire.py; "
                          "adds its own CPU)")
@@ -390,7 +393,7 @@ def main() -> None:
             e2e_root = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))   # short: unix socket paths
             try:
                 e2e = end_to_end(e2e_root, args.sends, args.wallets, rpc_per_send=args.rpc_per_send,
-                                 count_wire=args.count_wire, pyspy=args.pyspy,
+                                 count_wire=args.count_wire, daemon_set=args.daemon_set, pyspy=args.pyspy,
                                  pyspy_out=args.pyspy_out, pyspy_seconds=args.pyspy_seconds)
             finally:
                 shutil.rmtree(e2e_root, ignore_errors=True)
