@@ -4,7 +4,9 @@ gossip the certificate; and the orders other roles and the wallet RPC make (pay,
 An order is driven in rounds: every committee member that has not voted (and is not being asked
 already) is asked over its order stream; this node's own validator answers directly. Those a
 quorum needs are asked first (`VoteCollector.first_asks`: with equal stakes and this node a
-validator, 2 of the 3 others in a committee of 4, chosen by the order's id); the others are
+validator, 2 of the 3 others in a committee of 4: those that signed the sender's previous
+certificate, which this node remembers, unless one has many requests waiting; else chosen by
+the order's id); the others are
 asked after `hedge_delay` seconds if no certificate formed by then, or at once when the first
 ones all answered without one (a refusal, a failure). So a validator whose vote would not be
 needed neither verifies, locks, signs nor answers the order (it applies the certificate from
@@ -102,6 +104,7 @@ class OrderSubmitter:
         self.gossip = gossip
         self.me = bytes(ctx.identity.verify_key)
         self._sender_locks: dict[bytes, trio.Lock] = {}
+        self._signers: dict[bytes, frozenset[bytes]] = {}    # sender -> signers of its last certificate
         self._nursery: trio.Nursery | None = None
         # why this node's last order found no quorum in time (None once one is certified again):
         # the ledger role reports itself degraded meanwhile (LedgerRole.health_report)
@@ -197,7 +200,8 @@ class OrderSubmitter:
             targets = collector.unasked(self.me, asking)
             if targets:
                 end = trio.current_time() + max(0.0, min(self.s.request_timeout + 0.5, deadline - trio.current_time()))
-                first = (collector.first_asks(targets, asking, so.tx_id, {v: self.requests.in_flight(v) for v in targets})
+                first = (collector.first_asks(targets, asking, so.tx_id, {v: self.requests.in_flight(v) for v in targets},
+                                              self._signers.get(sender, frozenset()))
                          if self.s.hedge_delay > 0 else targets)
                 later = [v for v in targets if v not in first]
                 self._ask_all(first, rnd, request, collector, asking, unanswered, deadline)
@@ -273,6 +277,7 @@ class OrderSubmitter:
                 f"{e}. The order stays in flight: the next send from this wallet after a restart "
                 f"completes it", path=e.path, cause=e.cause) from None
         self.gossip.publish_later(cert)
+        self._signers[so.key[0]] = frozenset(v for v, _ in cert.votes)
         # cleared after the certificate is stored: a crash (or a failed write) in between
         # leaves an in-flight record whose sequence is applied, which the next submit drops
         try:

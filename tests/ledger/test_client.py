@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fognode.ledger.client import Decision, OrderStatus, VoteCollector
+from fognode.ledger.client import HUNG_WAITING, Decision, OrderStatus, VoteCollector
 from fognode.ledger.errors import Reason
 from fognode.ledger.messages import Rejection, Vote
 from fognode.ledger.quorum import Committee
@@ -132,6 +132,12 @@ def test_first_asks_are_the_fewest_a_quorum_needs_spread_by_order() -> None:
     # a validator with requests piling up (slow, or hung) is asked first by no order
     hung = first[0]
     assert all(hung not in c.first_asks(others, set(), bytes([i]) * 32, {hung: 2}) for i in range(32))
+    # the signers of the sender's previous certificate come first, unless one of them is hung
+    prev = frozenset({me, others[2], others[0]})
+    for i in range(16):
+        assert set(c.first_asks(others, set(), bytes([i]) * 32, {}, prev)) == {others[0], others[2]}
+        assert set(c.first_asks(others, set(), bytes([i]) * 32, {others[2]: HUNG_WAITING}, prev)) == {others[0],
+                                                                                                      others[1]}
     # without this node's vote a quorum needs all three others
     c2 = collector()
     assert set(c2.first_asks(c2.unasked(me, set()), set(), c2.order.tx_id)) == set(c2.unasked(me, set()))

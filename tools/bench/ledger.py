@@ -206,21 +206,25 @@ def scrape(port: int) -> dict[str, float]:
     out: dict[str, float] = {}
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith(("fognode_node_event_loop_lag_seconds", "fognode_ledger_store_syncs_total")):
+            if line.startswith(("fognode_node_event_loop_lag_seconds", "fognode_ledger_store_syncs_total",
+                                "fognode_ledger_orders_rejected_total")):
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
     return out
 
 
-def lag_summary(before: list[dict[str, float]], after: list[dict[str, float]]) -> dict[str, float]:
+def lag_summary(before: list[dict[str, float]], after: list[dict[str, float]]) -> dict[str, Any]:
     """Loop-lag probes during the burst, all daemons: mean, share late by > 25 / 100 ms."""
     def delta(key: str) -> float:
         return sum(a.get(key, 0.0) - b.get(key, 0.0) for a, b in zip(after, before))
     count = delta("fognode_node_event_loop_lag_seconds_count") or 1.0
     le = 'fognode_node_event_loop_lag_seconds_bucket{le="%s"}'
+    refused = {k.split('reason="')[1].rstrip('"}'): delta(k) for k in after[0]
+               if k.startswith("fognode_ledger_orders_rejected_total{")}
     return {"mean": delta("fognode_node_event_loop_lag_seconds_sum") / count,
             "over25": 1 - delta(le % "0.025") / count, "over100": 1 - delta(le % "0.1") / count,
-            "probes": count, "syncs": delta("fognode_ledger_store_syncs_total")}
+            "probes": count, "syncs": delta("fognode_ledger_store_syncs_total"),
+            "refused": {k: v for k, v in refused.items() if v}}
 
 
 def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_send: bool = False,
@@ -412,6 +416,9 @@ def main() -> None:
             if lag["syncs"]:
                 rows.append(("  synced ledger writes per transfer (4 daemons)",
                              f"{lag['syncs'] / max(1, e2e['ok']):,.2f}", ""))
+            for reason, n_refused in sorted(lag["refused"].items()):
+                rows.append((f"  orders refused by validators per transfer: {reason}",
+                             f"{n_refused / max(1, e2e['ok']):,.3f}", ""))
             rows.append(("  latency wallet.send -> final, p50 / p99",
                          f"{1000 * e2e['p50']:,.0f} / {1000 * e2e['p99']:,.0f} ms", ""))
             n = max(1, e2e["ok"])
