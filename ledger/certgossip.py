@@ -29,7 +29,7 @@ import trio
 from fognode.ledger.committee import CommitteeCertificate
 from fognode.ledger.errors import LedgerStorageFailed
 from fognode.ledger.genesis import Genesis
-from fognode.ledger.messages import Certificate, decode_certificate
+from fognode.ledger.messages import Certificate, cert_batch, decode_certificate
 from fognode.ledger.ports import Applier, CommitteeExchange, SyncTrigger
 from fognode.ledger.quorum import check_signature
 from fognode.ledger.settings import Settings
@@ -37,7 +37,7 @@ from fognode.ledger.sync import MAX_CERT_FRAME, MAX_SYNC_BATCH
 from fognode.node.errors import FognodeError, RemoteProtocolError
 from fognode.node.overlay import GossipMessage
 from fognode.node.role import NodeContext
-from fognode.node.wire import Fields, pack, unpack
+from fognode.node.wire import Fields, unpack
 
 log = logging.getLogger("fognode.ledger")
 
@@ -117,7 +117,7 @@ class CertGossip:
                 self._outbox_ready = trio.Event()
             if batch:
                 try:
-                    await self.ctx.overlay.publish(CERT_TOPIC, pack({"v": 1, "certs": [c.to_wire() for c in batch]}))
+                    await self.ctx.overlay.publish(CERT_TOPIC, cert_batch(batch))
                 except FognodeError as e:
                     log.warning("could not publish %d certificates: %s (peers will sync them)", len(batch), e)
 

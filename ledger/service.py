@@ -78,7 +78,7 @@ from fognode.ledger.events import ForkDetected, PaymentProcessed
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.handover_service import LockHandover
 from fognode.ledger.messages import (Certificate, ForkProof, Rejection, SignedOrder, TransferOrder, Vote,
-                                     decode_certificate, decode_signed_order)
+                                     decode_certificate, decode_signed_order, vote_reply)
 from fognode.ledger.order_streams import ORDER_STREAM, OrderStreams
 from fognode.ledger.pending import PendingPool
 from fognode.ledger.ports import MAX_REPLY
@@ -430,7 +430,7 @@ class LedgerService:
                 # it lacks more of the sender's history than `prev`: pull it from the requester,
                 # which has it (the client asks again after its retry interval; client.py)
                 self.sync.sync_soon(peer)
-        return [{"v": 1, "rejection": r.to_wire()} if isinstance(r, Rejection) else {"v": 1, "vote": r.to_wire()}
+        return [{"v": 1, "rejection": r.to_wire()} if isinstance(r, Rejection) else vote_reply(r)
                 for r in self.validate(peer, so)]
 
     async def audit(self) -> list[str]:

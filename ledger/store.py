@@ -307,7 +307,7 @@ class LedgerStore:
     def lock_into(wb: Any, order: SignedOrder, **kw: Any) -> None:
         """Add the lock record of `order` to `wb` (a write batch, or the db with sync=True)."""
         sender, seq = order.key
-        wb.put(b"L/" + sender + _u8(seq), pack(order.to_wire()), **kw)
+        wb.put(b"L/" + sender + _u8(seq), order.encoded(), **kw)     # = pack(order.to_wire())
 
     def load_locks(self) -> LockTable:
         t = LockTable()
@@ -384,7 +384,7 @@ class LedgerStore:
     @staticmethod
     def inflight_into(wb: Any, order: SignedOrder, **kw: Any) -> None:
         """Add the in-flight record of `order` to `wb` (a write batch, or the db with sync=True)."""
-        wb.put(b"w/" + order.order.sender, pack(order.to_wire()), **kw)
+        wb.put(b"w/" + order.order.sender, order.encoded(), **kw)     # = pack(order.to_wire())
 
     def inflight(self, sender: bytes) -> SignedOrder | None:
         v = self.db.get(b"w/" + sender)
