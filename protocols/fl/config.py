@@ -22,6 +22,9 @@ class FlConfig:
     tick_interval: float = 0.25           # seconds between deadline checks
     republish_interval: float = 2.0       # seconds between re-gossiping the current plan
     stream_timeout: float = 120.0         # bound on one model or update transfer
+    transfer_session_idle: float = 30.0   # seconds an idle transfer session to a peer is kept
+                                          # (0..240, below overlay.stream_idle_timeout; 0 = a
+                                          # stream per model fetch and update push)
     aggregation_threads: int = 1          # aggregations (and model saves) run at once
     torch_threads: int = 1                # torch intra-op threads in the task process (0 =
                                           # torch's default); 1 is fastest for small models
@@ -38,5 +41,9 @@ def validate(config: FlConfig) -> None:
     if not 0 <= config.coordinator_fallbacks <= MAX_COORDINATORS:
         raise ConfigError(f"must be between 0 and {MAX_COORDINATORS}",
                           key="protocols.fl.coordinator_fallbacks")
+    idle = config.transfer_session_idle
+    if not (isinstance(idle, (int, float)) and 0 <= idle <= 240):
+        raise ConfigError(f"must be between 0 and 240 seconds, got {idle!r}",
+                          key="protocols.fl.transfer_session_idle")
     if not 0 <= config.training_nice <= 19:
         raise ConfigError("must be between 0 and 19", key="protocols.fl.training_nice")

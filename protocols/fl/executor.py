@@ -2,7 +2,9 @@
 its core. Gossip goes out on the sessions topic; task loading and local training go to the
 task process (training/process.py: torch runs there, never in the daemon); aggregation and model
 saves run in worker threads bounded by `aggregation_threads`; tensor transfers are the stream
-adapters of transfer/; rewards go through the ledger (rewards/ledger.py). Every long action runs
+adapters of transfer/ (over one reused transfer session per peer, opened ahead: to the coordinator
+at opt-in, to the first aggregator while this node trains and when it plans a round:
+sessions.py); rewards go through the ledger (rewards/ledger.py). Every long action runs
 in the role's nursery and feeds its outcome back through `apply`, which drops late outcomes
 once the role stopped."""
 from __future__ import annotations
@@ -31,7 +33,9 @@ from fognode.protocols.fl.training.modelstore import save_model
 from fognode.protocols.fl.training.prepared import TaskKey
 from fognode.protocols.fl.training.process import TaskProcess
 from fognode.protocols.fl.transfer.models import fetch_model
+from fognode.protocols.fl.messages import OptIn, RoundPlan, coordinators_of
 from fognode.protocols.fl.transfer.secagg import send_secagg
+from fognode.protocols.fl.transfer.sessions import TransferSessions
 from fognode.protocols.fl.transfer.streams import TOPIC, Link
 from fognode.protocols.fl.transfer.updates import send_update
 
@@ -58,8 +62,11 @@ class RoleActions:
         self._closed = closed
         self._save_lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(max(1, config.aggregation_threads))
+        self.sessions = TransferSessions(ctx.overlay, metrics, idle=config.transfer_session_idle)
         self.link = Link(overlay=ctx.overlay, config=config, metrics=metrics, core=core,
-                         apply=self.apply, now=self._now, closed=closed)
+                         apply=self.apply, now=self._now, closed=closed, sessions=self.sessions)
+        if self.sessions.enabled:
+            nursery.start_soon(self.sessions.reap)
 
     def _now(self) -> float:
         return float(self.ctx.clock())
@@ -73,7 +80,22 @@ class RoleActions:
     # == ActionHandler ======================================================================
 
     def publish(self, a: Publish) -> None:
+        self._warm_for(a)
         self._nursery.start_soon(self._publish, a)
+
+    def _warm_for(self, a: Publish) -> None:
+        """Open the transfer session a published message is about to need (sessions.py)."""
+        if isinstance(a.msg, RoundPlan):
+            # this node coordinates: the new model comes from the round's first aggregator
+            s = self.core.sessions.get(a.msg.session_id)
+            if s is not None and s.coordinator is not None and s.coordinator.order:
+                self.sessions.warm(self._nursery, s.coordinator.order[0])
+        elif isinstance(a.msg, OptIn):
+            # a participant fetches each round's base model from the acting coordinator
+            s = self.core.sessions.get(a.msg.session_id)
+            if s is not None:
+                coords = coordinators_of(s.ann)
+                self.sessions.warm(self._nursery, coords[min(s.acting, len(coords) - 1)])
 
     def prepare_task(self, a: PrepareTask) -> None:
         self._nursery.start_soon(self._prepare, a)
@@ -82,6 +104,12 @@ class RoleActions:
         self._nursery.start_soon(fetch_model, self.link, a)
 
     def train(self, a: Train) -> None:
+        s = self.core.sessions.get(a.session_id)
+        if s is not None and s.participant is not None and s.participant.order \
+                and not s.spec.privacy.secagg:
+            # the update goes to the round's first aggregator once trained: open the session
+            # to it now, while this node trains, so the push does not wait for a stream open
+            self.sessions.warm(self._nursery, s.participant.order[0])
         self._nursery.start_soon(self._train, a)
 
     def send_update(self, a: SendUpdate) -> None:

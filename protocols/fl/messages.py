@@ -32,14 +32,15 @@ from fognode.protocols.fl.messages_spec import (
     MAX_REASON, VERSION, DeviceFacts, PrivacyOptions, SelectionCriteria, SessionSpec, finite,
     hash_field)
 from fognode.protocols.fl.messages_stream import (
-    Ack, MemberMeta, ModelRequest, ModelResponse, UpdateHeader)
+    Ack, MemberMeta, ModelRequest, ModelResponse, UpdateHeader, XferRequest)
 from fognode.protocols.fl.rewards.receipts import RoundReceipt, decode_round_receipt
 
 __all__ = ["GOSSIP_TYPES", "MAX_CAPS", "CoordinatorSilent", "MAX_COORDINATORS", "MAX_NAME", "MAX_PARAMS",
            "MAX_PARTICIPANTS", "MAX_PEER_ID", "MAX_REASON", "VERSION", "Ack", "DeviceFacts",
            "GossipMessage", "MemberMeta", "ModelRequest", "ModelResponse", "OptIn",
            "PrivacyOptions", "RoundFailed", "RoundPlan", "RoundResult", "SelectionCriteria",
-           "SessionAnnouncement", "SessionEnded", "SessionSpec", "UpdateHeader", "coordinators_of",
+           "SessionAnnouncement", "SessionEnded", "SessionSpec", "UpdateHeader", "XferRequest",
+           "coordinators_of",
            "decode_gossip", "encode_gossip", "plan_problem"]
 
 

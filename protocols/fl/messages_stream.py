@@ -1,7 +1,9 @@
 """FL stream messages: `UpdateHeader` (with the regional `MemberMeta` of a hierarchical
 forward) then raw chunks on `/fognode/fl/update/1.0.0`, answered by an `Ack`; `ModelRequest`
-/ `ModelResponse` then raw chunks on `/fognode/fl/model/1.0.0`. Each decoder raises
-RemoteProtocolError naming the message and field."""
+/ `ModelResponse` then raw chunks on `/fognode/fl/model/1.0.0`; on the long-lived
+`/fognode/fl/xfer/1.0.0` each of those exchanges is preceded by one `XferRequest` frame (its id
+and kind; kind "hello" has no exchange: it opens a session ahead of its first transfer). Each
+decoder raises RemoteProtocolError naming the message and field."""
 from __future__ import annotations
 
 import dataclasses
@@ -169,3 +171,31 @@ class ModelResponse:
         if ok and not tensors:
             raise RemoteProtocolError("fl.ModelResponse: ok without tensors", peer=peer)
         return cls(ok, reason, tuple(tensors))
+
+
+XFER_KINDS = ("hello", "model", "update")
+
+
+@dataclass(frozen=True)
+class XferRequest:
+    """One request on a transfer session (`/fognode/fl/xfer/1.0.0`): its id (the sender's
+    count on this session, for logs and ordering checks) and its kind. "model" and "update"
+    are followed by exactly the exchange of `/fognode/fl/model/1.0.0` and
+    `/fognode/fl/update/1.0.0`; "hello" by nothing (it satisfies the receiver's first-frame
+    deadline for a session opened ahead of its first transfer)."""
+
+    request_id: int
+    kind: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": VERSION, "id": self.request_id, "kind": self.kind}
+
+    @classmethod
+    def decode(cls, raw: Any, *, peer: str | None = None) -> "XferRequest":
+        f = Fields(raw, "fl.XferRequest", versions={VERSION}, peer=peer)
+        r = cls(f.int("id", lo=0, hi=2**62), f.str("kind", max_len=16))
+        f.done()
+        if r.kind not in XFER_KINDS:
+            raise RemoteProtocolError(f"fl.XferRequest: field 'kind' must be one of "
+                                      f"{', '.join(XFER_KINDS)}, got {r.kind!r}", peer=peer)
+        return r

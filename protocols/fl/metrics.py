@@ -23,6 +23,9 @@ class FlMetrics:
     refused: Counter          # plans and session ends refused, by kind
     task_starts: Counter      # task processes started
     rewards: Counter          # micro-units minted to participants
+    stream_opens: Counter     # transfer streams this node opened, by stream and outcome
+    stream_open: Histogram    # time to open one transfer stream, by stream
+    sessions: Counter         # transfer sessions opened, and transfers that reused one
 
     @classmethod
     def create(cls, reg: CollectorRegistry) -> FlMetrics:
@@ -58,4 +61,13 @@ class FlMetrics:
                                "Task processes started (the first, and one after each death)"),
             rewards=metric(reg, Counter, "fognode_fl_rewards_paid_total",
                            "Micro-units minted to participants of rounds this node aggregated"),
+            stream_opens=metric(reg, Counter, "fognode_fl_stream_opens_total",
+                                "Transfer streams this node opened (xfer = a transfer session)",
+                                ["stream", "outcome"]),
+            stream_open=metric(reg, Histogram, "fognode_fl_stream_open_seconds",
+                               "Time to open one transfer stream", ["stream"],
+                               buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60)),
+            sessions=metric(reg, Counter, "fognode_fl_transfer_sessions_total",
+                            "Transfer sessions opened, and transfers that found one open",
+                            ["event"]),
         )

@@ -1,9 +1,11 @@
 """The `fl` role: a thin trio adapter around the sans-IO core (session/core.py).
 
 Wire: gossip topic `fognode/fl/sessions/1` (announcements naming the session's coordinators,
-opt-ins, plans, results, failures, session ends) and three streams (transfer/): updates in
-(`/fognode/fl/update/1.0.0`), global models out (`/fognode/fl/model/1.0.0`) and one
-secure-aggregation message per stream, both ways (`/fognode/fl/secagg/1.0.0`). Only
+opt-ins, plans, results, failures, session ends) and four streams (transfer/): updates in
+(`/fognode/fl/update/1.0.0`), global models out (`/fognode/fl/model/1.0.0`), both also as
+requests of one long-lived transfer session per peer (`/fognode/fl/xfer/1.0.0`, tried first;
+the per-transfer streams serve older peers), and one secure-aggregation message per stream,
+both ways (`/fognode/fl/secagg/1.0.0`). Only
 `ctx.overlay` is used. This module sets the role up and feeds the core its inputs (gossip,
 ticks; a gossip message is checked before it is relayed, a bad one charged to the peer that
 relayed it); executor.py carries the core's actions out through the one dispatch table
@@ -43,8 +45,9 @@ from fognode.protocols.fl.training.prepared import TaskKey
 from fognode.protocols.fl.training.process import TaskProcess
 from fognode.protocols.fl.transfer.models import serve_model
 from fognode.protocols.fl.transfer.secagg import serve_secagg
-from fognode.protocols.fl.transfer.streams import MODEL_STREAM, SECAGG_STREAM, TOPIC, UPDATE_STREAM
+from fognode.protocols.fl.transfer.streams import MODEL_STREAM, SECAGG_STREAM, TOPIC, UPDATE_STREAM, XFER_STREAM
 from fognode.protocols.fl.transfer.updates import serve_update
+from fognode.protocols.fl.transfer.xfer import serve_xfer
 
 __all__ = ["FlConfig", "FlRole"]
 
@@ -63,7 +66,7 @@ class FlRole(FlRpc, Role):
 
     name = "fl"
     Config = FlConfig
-    stream_ids = (MODEL_STREAM, UPDATE_STREAM, SECAGG_STREAM)
+    stream_ids = (MODEL_STREAM, UPDATE_STREAM, SECAGG_STREAM, XFER_STREAM)
     topics = (TOPIC,)
 
     def __init__(self, ctx: Any, config: FlConfig) -> None:
@@ -106,6 +109,7 @@ class FlRole(FlRpc, Role):
             overlay.set_stream_handler(UPDATE_STREAM, partial(serve_update, link))
             overlay.set_stream_handler(MODEL_STREAM, partial(serve_model, link))
             overlay.set_stream_handler(SECAGG_STREAM, partial(serve_secagg, link))
+            overlay.set_stream_handler(XFER_STREAM, partial(serve_xfer, link))
             # subscribing again after a restart replaces the previous instance's handler
             await overlay.subscribe(TOPIC, self._on_gossip, check=self._check_gossip)
             ledger.register_verifier()

@@ -23,6 +23,7 @@ from fognode.protocols.fl.messages import DeviceFacts
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.session.core import FlCore
 from fognode.protocols.fl.session.selection import DeviceCandidate
+from fognode.protocols.fl.transfer.sessions import TransferSessions
 from fognode.protocols.fl.transfer.streams import UPDATE_STREAM, Link
 from fognode.protocols.fl.transfer.updates import send_update, serve_update
 
@@ -35,8 +36,10 @@ def _link(ov: Overlay, key: SigningKey, reg: CollectorRegistry, cfg: FlConfig) -
                   candidate_view=lambda p, f: DeviceCandidate(p, f.region, f.cores, f.memory_mb,
                                                               f.charging, True))
     done: list[Action] = []
-    return Link(overlay=ov, config=cfg, metrics=FlMetrics.create(reg), core=core,
-                apply=done.extend, now=trio.current_time, closed=lambda: False)
+    metrics = FlMetrics.create(reg)
+    return Link(overlay=ov, config=cfg, metrics=metrics, core=core, apply=done.extend,
+                now=trio.current_time, closed=lambda: False,
+                sessions=TransferSessions(ov, metrics, idle=cfg.transfer_session_idle))
 
 
 async def test_a_large_update_refused_by_its_header_ends_at_the_refusal(

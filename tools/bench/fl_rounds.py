@@ -10,17 +10,13 @@ keeps only its bootstrap connection to node 0 and a participant dials the round'
 on demand (address from its peerstore or a DHT look-up). WARM-UP: first a 1-round session of
 the small `synthetic` task, bounded at 240 s, so that each daemon's first torch use (its task
 process imports torch: about 1.5 s of CPU each, 10 at once on 2 cores) and the first streams
-between the daemons are not inside the measured session (`--no-warmup` skips it). Until the
-task process and the participants' retries (protocols/fl/session/rounds.py), about half of the runs
-without it stalled in round 1 on this 2-core machine when it was shared with other work: every
-participant's update stream to the elected aggregator timed out ("opening
-/fognode/fl/update/1.0.0 to <peer> timed out"), then to each fallback, and the participants gave
-up. A session that does not complete still gets its table (a column for the unfinished round,
-the failed sends by reason from the daemons' logs) and the command exits with status 1.
+between the daemons are not inside the measured session (`--no-warmup` skips it). A session
+that does not complete still gets its table (a column for the unfinished round, the failed
+sends by reason from the daemons' logs) and the command exits with status 1. The "stream open"
+rows time every FL transfer stream the daemons opened (transfer sessions, per-transfer streams).
 
-Node 0 starts the session through its RPC socket (`fl.start`, task `synthetic_mlp` with a
-2048-unit hidden layer: 145,418 parameters, 0.58 MB per float32 tensor, the same model as the
-one-process run) and trains too, so the N processes are the N participants of a round
+Node 0 starts the session through its RPC socket (`fl.start`, task `synthetic_mlp` with a 2048-unit
+hidden layer: 145,418 parameters, 0.58 MB per float32 tensor, as in the one-process run) and trains too, so the N processes are the N participants of a round
 (`participants = N`, `min_participants = N - 2` so one slow update does not void a round;
 opt-in lasts 15 s so that round 1 already selects all N; a starter that does not train would
 add a process that only gossips and serves models). Deadline 20 s per aggregator slot, two
@@ -122,6 +118,8 @@ PHASES = {   # phase -> (histogram, labels, which nodes: "all", "participants" (
     "aggregation (fedavg)": ("fognode_fl_aggregation_seconds", {}, "all"),
     "new model fetch, coordinator <- aggregator": ("fognode_fl_transfer_seconds", {"stream": "model"}, "coordinator"),
     "event-loop lag, mean of 0.25 s probes": ("fognode_node_event_loop_lag_seconds", {}, "all"),
+    **{f"stream open: {what}": ("fognode_fl_stream_open_seconds", {"stream": k}, "all") for k, what in (
+        ("xfer", "transfer session"), ("update", "update stream"), ("model", "model stream"))},
 }
 
 
@@ -475,7 +473,8 @@ def print_table(r: RoundsResult) -> None:
               "update transfer, participant -> aggregator": (b.fetch, "same bytes over one libp2p stream"),
               "aggregation (fedavg)": (b.fedavg, f"fedavg of {r.nodes} updates here"),
               "new model fetch, coordinator <- aggregator": (b.fetch, "same bytes over one libp2p stream"),
-              "event-loop lag, mean of 0.25 s probes": (b.idle_lag, f"the same daemons idle ({IDLE_LAG:.0f} s)")}
+              "event-loop lag, mean of 0.25 s probes": (b.idle_lag, f"the same daemons idle ({IDLE_LAG:.0f} s)"),
+              **{n: (b.rtt, "one request/response (n = streams opened)") for n in PHASES if n.startswith("stream")}}
     for name, means in r.phases.items():
         tot = Mean(sum(means[i].total for i in steady), sum(means[i].count for i in steady))
         row(name, [m.mean for m in means], tot.mean, int(tot.count), *bounds[name])

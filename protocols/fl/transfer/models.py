@@ -1,62 +1,81 @@
-"""Stream `/fognode/fl/model/1.0.0`: a node serves the global models it holds (request,
-response with one tensor header per array, raw chunks) and fetches a round's base model from
-the first source that serves it, checking its hash (`FetchModel`)."""
+"""Model transfers: a node serves the global models it holds (request, response with one
+tensor header per array, raw chunks), on a stream `/fognode/fl/model/1.0.0` of its own or as a
+"model" request of a transfer session (transfer/sessions.py, transfer/xfer.py), and fetches a
+round's base model from the first source that serves it, checking its hash (`FetchModel`)."""
 from __future__ import annotations
 
 import numpy as np
 import trio
 
 from fognode.node.overlay import FramedStream
+from fognode.node.wire import digest
 from fognode.protocols.fl.actions import FetchModel
 from fognode.protocols.fl.messages import ModelRequest, ModelResponse
 from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, MODEL_STREAM, Link, close
 from fognode.protocols.fl.transfer.tensors import TensorDecoder, encode_tensor, params_hash
 
+# seconds a source may take to answer a model request (a lookup: it answers at once). A
+# stream opened per fetch proved the source alive within overlay.dial_timeout; a reused
+# transfer session proves nothing, so without this a source frozen since its session opened
+# would hold the fetch for the whole stream_timeout before the next source is tried.
+REPLY_TIMEOUT = 10.0
+
 
 async def serve_model(link: Link, st: FramedStream) -> None:
+    """One model request on its own stream, then close it."""
     with trio.fail_after(link.config.stream_timeout):
-        req = ModelRequest.decode(await st.recv(max_size=MAX_CONTROL_FRAME), peer=st.remote_peer)
-        bundle = link.core.model_for(req.session_id, req.model_hash)
-        if bundle is None:
-            await st.send(ModelResponse(False, "this node does not hold that model", ()).to_wire())
-            await close(st)
-            return
-        tensors = [("params", bundle.params)] + sorted(bundle.state.items())
-        encoded = [(n, *encode_tensor(t, chunk_size=link.config.chunk_size)) for n, t in tensors]
-        await st.send(ModelResponse(True, "", tuple((n, h) for n, h, _ in encoded)).to_wire())
-        for _, h, chunks in encoded:
-            for c in chunks:
-                await st.send_bytes(bytes(c))
-            link.metrics.bytes_out.labels("model").inc(h.nbytes)
+        await serve_model_request(link, st)
         await close(st)
 
 
+async def serve_model_request(link: Link, st: FramedStream) -> None:
+    """Answer one model request on `st` (per-transfer stream or transfer session): the
+    request, then the response and the tensors' chunks, or a refusal. Leaves `st` open."""
+    req = ModelRequest.decode(await st.recv(max_size=MAX_CONTROL_FRAME), peer=st.remote_peer)
+    bundle = link.core.model_for(req.session_id, req.model_hash)
+    if bundle is None:
+        await st.send(ModelResponse(False, "this node does not hold that model", ()).to_wire())
+        return
+    tensors = [("params", bundle.params)] + sorted(bundle.state.items())
+    encoded = [(n, *encode_tensor(t, chunk_size=link.config.chunk_size)) for n, t in tensors]
+    await st.send(ModelResponse(True, "", tuple((n, h) for n, h, _ in encoded)).to_wire())
+    for _, h, chunks in encoded:
+        for c in chunks:
+            await st.send_bytes(bytes(c))
+        link.metrics.bytes_out.labels("model").inc(h.nbytes)
+
+
 async def fetch_model(link: Link, a: FetchModel) -> None:
+    """Fetch a round's base model from the first of `a.sources` that serves it, in this
+    node's `source_order` (on the transfer session to that source, else a stream of its own),
+    check its hash, hand it to the core (or the failure, naming the last source's problem)."""
     core, config = link.core, link.config
     shape = core.expected_shape(a.session_id)
     last = "no source"
     started = trio.current_time()
-    for src in a.sources:
+    for src in source_order(link.overlay.peer_id, a.model_hash, a.sources):
+        async def exchange(st: FramedStream, src: str = src) -> tuple[str, dict[str, np.ndarray]]:
+            await st.send(ModelRequest(a.session_id, a.model_hash).to_wire())
+            with trio.fail_after(REPLY_TIMEOUT):     # a frozen source: on to the next one
+                raw = await st.recv(max_size=MAX_CONTROL_FRAME)
+            resp = ModelResponse.decode(raw, params_shape=shape or (0,),
+                                        max_bytes=config.max_model_bytes, peer=src)
+            if not resp.ok:
+                return resp.reason, {}
+            arrays: dict[str, np.ndarray] = {}
+            for name, h in resp.tensors:
+                dec = TensorDecoder(h, peer=src)
+                for _ in range(h.num_chunks):
+                    dec.feed(await st.recv_bytes(max_size=h.chunk_size))
+                arrays[name] = dec.finish()
+                link.metrics.bytes_in.labels("model").inc(h.nbytes)
+            return "", arrays
         try:
             with trio.fail_after(config.stream_timeout):
-                st = await link.overlay.open_stream(src, MODEL_STREAM)
-                try:
-                    await st.send(ModelRequest(a.session_id, a.model_hash).to_wire())
-                    resp = ModelResponse.decode(await st.recv(max_size=MAX_CONTROL_FRAME),
-                                                params_shape=shape or (0,),
-                                                max_bytes=config.max_model_bytes, peer=src)
-                    if not resp.ok:
-                        last = f"{src}: {resp.reason}"
-                        continue
-                    arrays: dict[str, np.ndarray] = {}
-                    for name, h in resp.tensors:
-                        dec = TensorDecoder(h, peer=src)
-                        for _ in range(h.num_chunks):
-                            dec.feed(await st.recv_bytes(max_size=h.chunk_size))
-                        arrays[name] = dec.finish()
-                        link.metrics.bytes_in.labels("model").inc(h.nbytes)
-                finally:
-                    await close(st)
+                refusal, arrays = await link.sessions.run(src, "model", MODEL_STREAM, exchange)
+            if refusal:
+                last = f"{src}: {refusal}"
+                continue
             params = arrays.pop("params")
             if params_hash(params) != a.model_hash:
                 last = f"{src}: the model does not match its hash"
@@ -69,3 +88,15 @@ async def fetch_model(link: Link, a: FetchModel) -> None:
         except Exception as e:
             last = f"{src}: {type(e).__name__}: {e}"
     link.apply(core.model_fetch_failed(a.session_id, a.model_hash, last, link.now()))
+
+
+def source_order(me: str, model_hash: bytes, sources: tuple[str, ...]) -> tuple[str, ...]:
+    """`sources` rotated by an offset fixed by this node and the model: every participant of a
+    round fetches the same base model at the same moment, and with one first source for all
+    (the plan lists the coordinator, then the aggregator that built the model) that one node
+    serves them all while the other idles; rotated, each source serves its share, and every
+    source is still tried in turn when one fails."""
+    if len(sources) < 2:
+        return sources
+    k = int.from_bytes(digest(me.encode() + model_hash)[:4], "big") % len(sources)
+    return sources[k:] + sources[:k]

@@ -1,6 +1,6 @@
 """What every FL transfer shares: the stream ids and the sessions gossip topic, the
-control-frame bound, `Link` (the typed collaborators a transfer is handed) and a best-effort
-stream close."""
+control-frame bound, `Link` (the typed collaborators a transfer is handed, the transfer
+sessions among them) and a best-effort stream close."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +11,7 @@ from fognode.protocols.fl.actions import Action
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.session.core import FlCore
+from fognode.protocols.fl.transfer.sessions import XFER_STREAM, TransferSessions
 
 MODEL_STREAM = "/fognode/fl/model/1.0.0"
 UPDATE_STREAM = "/fognode/fl/update/1.0.0"
@@ -18,11 +19,15 @@ SECAGG_STREAM = "/fognode/fl/secagg/1.0.0"
 TOPIC = "fognode/fl/sessions/1"
 MAX_CONTROL_FRAME = 64 * 1024
 
+__all__ = ["MODEL_STREAM", "UPDATE_STREAM", "SECAGG_STREAM", "XFER_STREAM", "TOPIC",
+           "MAX_CONTROL_FRAME", "Link", "close"]
+
 
 @dataclass(frozen=True)
 class Link:
-    """A transfer's collaborators: the overlay, the role's config and metrics, the core, and
-    how to feed the core's answers back (`apply`), read the clock and see the role stopped."""
+    """A transfer's collaborators: the overlay, the role's config and metrics, the core, the
+    node's transfer sessions (sessions.py: how a transfer reaches a peer), and how to feed the
+    core's answers back (`apply`), read the clock and see the role stopped."""
 
     overlay: Overlay
     config: FlConfig
@@ -31,6 +36,7 @@ class Link:
     apply: Callable[[list[Action]], None]
     now: Callable[[], float]
     closed: Callable[[], bool]
+    sessions: TransferSessions
 
 
 async def close(st: FramedStream) -> None:

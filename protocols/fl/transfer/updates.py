@@ -1,4 +1,5 @@
-"""Stream `/fognode/fl/update/1.0.0`: one update per stream (header frame, raw chunks, ack).
+"""Update transfers: header frame, raw chunks, ack; on a stream `/fognode/fl/update/1.0.0` of
+their own or as an "update" request of a transfer session (transfer/sessions.py, xfer.py).
 
 The receiving side asks the core for its one admission decision from the header's ids before
 reading the tensor (a refused update costs one control frame), decodes the header against the
@@ -25,6 +26,8 @@ log = logging.getLogger("fognode.fl")
 
 
 async def send_update(link: Link, a: SendUpdate) -> None:
+    """Carry out `a` (on the transfer session to its aggregator, else on a stream of its
+    own) and report the outcome to the core (`update_delivered`)."""
     core = link.core
     s = core.sessions.get(a.session_id)
     dtype = s.spec.wire_dtype if s is not None else "float32"
@@ -32,15 +35,17 @@ async def send_update(link: Link, a: SendUpdate) -> None:
     started = trio.current_time()
     try:
         th, chunks = encode_tensor(a.delta, wire_dtype=dtype, chunk_size=link.config.chunk_size)
+        header = a.header(th).to_wire()
+
+        async def exchange(st: FramedStream) -> Ack:
+            return await _send_reading_ack(st, header, chunks, a.to)
         with trio.fail_after(link.config.stream_timeout):
-            st = await link.overlay.open_stream(a.to, UPDATE_STREAM)
-            try:
-                ack = await _send_reading_ack(st, a.header(th).to_wire(), chunks, a.to)
-                if ack.ok:
-                    link.metrics.bytes_out.labels("update").inc(th.nbytes)
-                ok, reason = ack.ok, ack.reason
-            finally:
-                await close(st)
+            # a refusal ends the session: the receiver did not read the tensor's chunks
+            ack = await link.sessions.run(a.to, "update", UPDATE_STREAM, exchange,
+                                          reusable=lambda ack: ack.ok)
+        if ack.ok:
+            link.metrics.bytes_out.labels("update").inc(th.nbytes)
+        ok, reason = ack.ok, ack.reason
     except trio.TooSlowError:
         reason = "timed out"
     except Exception as e:   # unreachable peer, reset stream, refused: try the next one
@@ -81,47 +86,55 @@ async def _send_reading_ack(st: FramedStream, header: dict[str, Any], chunks: li
 
 
 async def serve_update(link: Link, st: FramedStream) -> None:
-    """Receive one update: admit by header before reading the tensor, then chunks."""
-    peer, core = st.remote_peer, link.core
+    """Receive one update on its own stream (see `serve_update_request`), then close it."""
     with trio.fail_after(link.config.stream_timeout):
-        raw = await st.recv(max_size=MAX_CONTROL_FRAME)
-        ids = update_ids(raw)
-        if ids is None:
-            link.metrics.bad_messages.labels("update").inc()
-            raise RemoteProtocolError("fl.UpdateHeader: not a header map", peer=peer)
-        sid, rnd, try_no, fallback = ids
-        admission = core.admit_update(peer, sid, rnd, try_no, fallback)
-        why = admission.refusal
-        try:
-            if why is None:
-                try:
-                    hdr = UpdateHeader.decode(raw, expected_shape=admission.expected_shape,
-                                              max_bytes=link.config.max_model_bytes, peer=peer)
-                    # float32 chunks land straight in the update's row of the round's matrix
-                    dec = TensorDecoder(hdr.tensor, peer=peer, sink=admission.row)
-                    for _ in range(hdr.tensor.num_chunks):
-                        dec.feed(await st.recv_bytes(max_size=hdr.tensor.chunk_size))
-                    values = dec.finish()
-                    link.metrics.bytes_in.labels("update").inc(hdr.tensor.nbytes)
-                except TensorRejected as e:
-                    why = e.reason
-                except RemoteProtocolError:
-                    why = "malformed"
-                else:
-                    why, actions = core.receive_update(peer, hdr, values, link.now())
-                    link.apply(actions)
-                    await st.send(Ack(why is None, why or "").to_wire())
-                    await close(st)
-                    return
-            link.apply(core.reject_update(peer, sid, rnd, try_no, why, link.now()))
+        await serve_update_request(link, st)
+    await close(st)
+
+
+async def serve_update_request(link: Link, st: FramedStream) -> bool:
+    """Receive one update on `st` (per-transfer stream or transfer session): admit by header
+    before reading the tensor, then the chunks, then the Ack. True when the whole update was
+    read (the stream can carry another request); False after a refusal by header or a
+    malformed or rejected tensor, whose unread chunks may still be on the way (close `st`)."""
+    peer, core = st.remote_peer, link.core
+    raw = await st.recv(max_size=MAX_CONTROL_FRAME)
+    ids = update_ids(raw)
+    if ids is None:
+        link.metrics.bad_messages.labels("update").inc()
+        raise RemoteProtocolError("fl.UpdateHeader: not a header map", peer=peer)
+    sid, rnd, try_no, fallback = ids
+    admission = core.admit_update(peer, sid, rnd, try_no, fallback)
+    why = admission.refusal
+    try:
+        if why is None:
             try:
-                await st.send(Ack(False, why).to_wire())
-            except StreamClosed:
-                pass
-            await close(st)
-        finally:
-            if admission.row is not None:
-                admission.row.release()     # a refused, failed or cut transfer frees its row
+                hdr = UpdateHeader.decode(raw, expected_shape=admission.expected_shape,
+                                          max_bytes=link.config.max_model_bytes, peer=peer)
+                # float32 chunks land straight in the update's row of the round's matrix
+                dec = TensorDecoder(hdr.tensor, peer=peer, sink=admission.row)
+                for _ in range(hdr.tensor.num_chunks):
+                    dec.feed(await st.recv_bytes(max_size=hdr.tensor.chunk_size))
+                values = dec.finish()
+                link.metrics.bytes_in.labels("update").inc(hdr.tensor.nbytes)
+            except TensorRejected as e:
+                why = e.reason
+            except RemoteProtocolError:
+                why = "malformed"
+            else:
+                why, actions = core.receive_update(peer, hdr, values, link.now())
+                link.apply(actions)
+                await st.send(Ack(why is None, why or "").to_wire())
+                return True
+        link.apply(core.reject_update(peer, sid, rnd, try_no, why, link.now()))
+        try:
+            await st.send(Ack(False, why).to_wire())
+        except StreamClosed:
+            pass
+        return False
+    finally:
+        if admission.row is not None:
+            admission.row.release()     # a refused, failed or cut transfer frees its row
 
 
 def update_ids(raw: Any) -> tuple[bytes, int, int, int] | None:
