@@ -82,10 +82,13 @@ class HopKeys:
     backward_auth: bytes
 
 
+_U64 = struct.Struct(">Q")
+
+
 def _nonce(direction: bytes, n: int) -> bytes:
     if n >= MAX_COUNTER:
         raise CircuitProtocolError(TeardownReason.PROTOCOL, "cell counter exhausted")
-    return direction + struct.pack(">Q", n)
+    return direction + _U64.pack(n)
 
 
 EPOCH_CELLS = 1 << 20       # layered cells per keystream nonce: 4 GiB of keystream, under 2^32 blocks
