@@ -231,14 +231,19 @@ class OnionEngine:
         now = self.clock()
         items = framer.feed(data)
         if items:      # one core call for the frame's cells: its actions run in order after it
-            self._call(lambda: [a for item in items for a in self._route(peer, item, now)])
+            self._call(lambda: self._route(peer, items, now))
 
-    def _route(self, peer: str, item: Cell | CellError, now: float) -> list[Action]:
-        if isinstance(item, CellError):
-            return self.relay.garbage(peer, item)
-        if self.client.owns((peer, item.circ_id)):
-            return self.client.receive(peer, item, now)
-        return self.relay.receive(peer, item, now)
+    def _route(self, peer: str, items: list[Cell | CellError], now: float) -> list[Action]:
+        out: list[Action] = []
+        own = self.client.circuits
+        for item in items:
+            if isinstance(item, CellError):
+                out += self.relay.garbage(peer, item)
+            elif (peer, item.circ_id) in own:
+                out += self.client.receive(peer, item, now)
+            else:
+                out += self.relay.receive(peer, item, now)
+        return out
 
     def _on_link_down(self, peer: str, why: str) -> None:
         now = self.clock()

@@ -140,6 +140,8 @@ class RelayCore:
             return self._drop(peer, "unknown_circuit", f"{cmd.name} for unknown circuit {cell.circ_id:#x}", False)
         from_prev = key == circ.prev
         try:
+            if cmd is CellCommand.RELAY:
+                return self._relay(circ, from_prev, cell.body, now)
             if cmd is CellCommand.DESTROY:       # passed on with its reason (informational only)
                 return self._destroy(circ, parse_destroy(cell.body), now, tell_prev=not from_prev,
                                      tell_next=from_prev)
@@ -149,8 +151,6 @@ class RelayCore:
                 reply = parse_created(cell.body)
                 circ.extend_since = None
                 return self._originate(circ, RelayMsg(RelayCommand.EXTENDED, 0, created_body(reply)))
-            if cmd is CellCommand.RELAY:
-                return self._relay(circ, from_prev, cell.body, now)
             raise CircuitProtocolError(TeardownReason.PROTOCOL, f"unexpected {cmd.name}")
         except CircuitProtocolError as e:
             return [PeerFault(peer, e.reason.value, str(e), penalize=False),

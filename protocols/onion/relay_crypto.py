@@ -141,17 +141,21 @@ class DirectionState:
     def try_open(self, body: bytes) -> tuple[bytes | None, bytes]:
         """(plaintext, b"") if `body` is sealed for this hop at its next counter, else
         (None, body with this hop's layer removed). Either way the counter moves on."""
-        nonce = _nonce(self.label, self.counter)
-        self.counter += 1
+        n = self.counter
+        if n >= MAX_COUNTER:
+            _nonce(self.label, n)                 # raises: the cell budget is spent
+        self.counter = n + 1
         try:
-            return self.aead.decrypt(nonce, body, None), b""
+            return self.aead.decrypt(self.label + _U64.pack(n), body, None), b""
         except InvalidTag:
             return None, self._layer(body)
 
     def layer_only(self, body: bytes) -> bytes:
         """Add (or remove: XOR) this hop's layer with the next BODY_LEN bytes of its keystream."""
-        _nonce(self.label, self.counter)          # the same cell budget as the AEAD's nonce
-        self.counter += 1
+        n = self.counter
+        if n >= MAX_COUNTER:
+            _nonce(self.label, n)                 # raises: the same cell budget as the AEAD's nonce
+        self.counter = n + 1
         return self._layer(body)
 
     def _layer(self, body: bytes) -> bytes:
