@@ -142,7 +142,8 @@ class ClientCircuit:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, f"unexpected {cmd.name} cell")
         if not self.onion.hops:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, "RELAY before CREATED")
-        hop, plain, tag = self.onion.open_backward(cell.body)
+        # only the last relay (and, once joined, the far end) speaks to us: the middle hops' layers go untried
+        hop, plain, tag = self.onion.open_backward(cell.body, min(len(self.path), len(self.onion.hops)) - 1)
         return self._relay_msg(hop, decode_relay(plain), tag, now)
 
     def _relay_msg(self, hop: int, msg: RelayMsg, tag: bytes, now: float) -> list[Action]:
