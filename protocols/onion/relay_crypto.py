@@ -25,7 +25,8 @@ starts when the circuit is built). So a middle hop removes its layer without try
 when the tag is tried and fails, so nothing on the wire changes; a cell sealed for a middle hop
 or sent by one (which no node does) fails at the end and tears the circuit down. A meeting
 point whose circuits are joined still tries: a padding DROP the client sent it before it learnt
-of the join may arrive after it.
+of the join may arrive after it; the other way, a joined meeting point sends nothing but the
+padding its client asked for, so a client that asked for none tries only the far end's tag.
 
 What this protects. A tampered cell fails the tag at its endpoint; a replayed, dropped or
 reordered cell is opened with the wrong counter and keystream bytes at every layer, so it
