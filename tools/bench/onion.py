@@ -24,6 +24,12 @@ http.server as a `.fog` service, node 0 is the client with a SOCKS port), then, 
   rendezvous relay -> 2 relays -> service, some of them on the same daemon), each costing what
   the raw stream costs, so on one machine whose cores all the daemons share, `raw MB/s / links`
   bounds what any circuit implementation over these links can reach: shown as "link bound".
+- link bytes per link write during each transfer (onion.stats): what a link frame carries.
+Verdicts: "circuit / link bound" against the restated target (at least BOUND_TARGET %, with
+PASS/FAIL), and "circuit / one raw stream" against issue 14's target as filed (RAW_TARGET %
+of one raw stream, out of reach when every daemon shares one machine's cores). The best
+round of each counts; a loaded machine slows the single raw stream far more than the
+circuit, so the ratio means something only on a quiet machine; compare loaded runs by CPU.
 The machine's load is printed with the table: on a shared 2-core machine every figure moves.
 """
 from __future__ import annotations
