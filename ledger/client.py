@@ -45,10 +45,15 @@ faulty stake tolerated; T + f < 2q for every T):
 from __future__ import annotations
 
 import enum
+import hashlib
+from typing import Mapping
 
 from fognode.ledger.errors import Reason
 from fognode.ledger.messages import Certificate, Rejection, SignedOrder, Vote
 from fognode.ledger.quorum import Committee
+
+
+HUNG_WAITING = 8      # requests waiting on one validator that make `first_asks` pass it over
 
 
 class OrderStatus(enum.Enum):
@@ -133,6 +138,31 @@ class VoteCollector:
         if self.certificate is not None:
             return []
         return [v for v in self.committee.members if v != me and v not in self.votes and v not in asking]
+
+    def first_asks(self, targets: list[bytes], asking: set[bytes], key: bytes,
+                   waiting: Mapping[bytes, int] | None = None, prefer: frozenset[bytes] = frozenset()
+                   ) -> list[bytes]:
+        """Of `targets` (`unasked`), the fewest to ask first: with the stake that voted and the
+        stake being asked already, they make a quorum if all vote (all of `targets` if even
+        that is short). Larger stakes first; then, unless it has HUNG_WAITING of this node's
+        requests `waiting` for an answer (a hung validator piles them up), a validator in
+        `prefer` (those that signed the sender's previous certificate: they hold the sender's
+        history up to it, so the order's `prev` applies there; another validator may still
+        wait for the gossip of an earlier certificate and refuse with `wrong_sequence`); then
+        the fewest waiting; then spread over the committee by `key` (the order's id), so no
+        validator gets every sender's orders. submit.py asks the others after its hedge delay,
+        or at once when a first one refuses or fails."""
+        c = self.committee
+        busy = waiting or {}
+        have = sum(c.stake_of(v) for v in self.votes) + sum(c.stake_of(v) for v in asking if v not in self.votes)
+        chosen: list[bytes] = []
+        for v in sorted(targets, key=lambda v: (-c.stake_of(v), busy.get(v, 0) >= HUNG_WAITING, v not in prefer,
+                                                busy.get(v, 0), hashlib.blake2b(key + v, digest_size=8).digest())):
+            if c.is_quorum(have):
+                break
+            chosen.append(v)
+            have += c.stake_of(v)
+        return chosen if c.is_quorum(have) else list(targets)
 
     def decide(self, now: float, deadline: float) -> Decision:
         """The retry policy (module docstring), after a round of asking ended at `now`."""

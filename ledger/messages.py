@@ -158,6 +158,34 @@ _K_ORDER = msgpack.packb("order")
 _K_SIG = msgpack.packb("sig")
 _K_V = msgpack.packb("v")
 _K_VOTES = msgpack.packb("votes")
+_K_PREV = msgpack.packb("prev")
+_K_CERTS = msgpack.packb("certs")
+
+
+def vote_reply(vote: Vote) -> bytes:
+    """pack({"v": 1, "vote": vote.to_wire()}), the order stream's reply carrying a vote,
+    without the generic walk (keys in sorted order; tests check it equals pack())."""
+    return msgpack.packb({"v": VERSION, "vote": {"sig": vote.signature, "tx": vote.tx_id, "v": VERSION,
+                                                  "validator": vote.validator}}, use_bin_type=True)
+
+
+def cert_batch(certs: list[Certificate]) -> bytes:
+    """pack({"v": 1, "certs": [c.to_wire() for c in certs]}), the certificate topic's batch,
+    from each certificate's `encoded()` (keys "certs" < "v"; tests check it equals pack())."""
+    p = msgpack.Packer(use_bin_type=True)
+    return (b"\x82" + _K_CERTS + p.pack_array_header(len(certs)) + b"".join(c.encoded() for c in certs)
+            + _K_V + msgpack.packb(VERSION))
+
+
+def order_request(so: SignedOrder, prev: bytes | None) -> bytes:
+    """pack({"v", "order": so.to_wire(), "prev"?}), the order stream's request for `so`, built
+    from the order's body bytes and `prev` (the previous certificate's encoding, as the store
+    holds it: `Certificate.encoded()`) without decoding or walking them again (keys "order" <
+    "prev" < "v"; tests check it equals pack())."""
+    v = _K_V + msgpack.packb(VERSION)
+    if prev is None:
+        return b"\x82" + _K_ORDER + so.encoded() + v
+    return b"\x83" + _K_ORDER + so.encoded() + _K_PREV + prev + v
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ validator, with requests pipelined on it.
 Every ledger adapter that asks validators something (order votes in submit.py, committee
 votes in committee_service.py, lock handover pages in handover_service.py, uptime receipts in
 uptime_service.py) goes through `OrderStreams.request`; they are typed against
-`ports.Requester`, the one method they need.
+`ports.Requester` (`request`; the submitter also reads `in_flight` to ask idle validators first).
 
 Pipelining. A validator serves one stream's requests one after the other and answers each with
 exactly one reply, in order (service.py `_serve_order`; that is the protocol, and every
@@ -124,10 +124,11 @@ class OrderStreams:
         ch = self._channels.get(validator)
         return 0 if ch is None else len(ch.waiting)
 
-    async def request(self, validator: bytes, peer: str, request: dict[str, Any],
+    async def request(self, validator: bytes, peer: str, request: dict[str, Any] | bytes,
                       max_reply: int = MAX_REPLY, *, deadline: float | None = None) -> Any:
         """Send one request to `validator` over its order stream and return the raw reply (at
-        most `max_reply` bytes). Bounded in all by `request_timeout` from now, or `deadline`
+        most `max_reply` bytes). `request` is a map, or its canonical msgpack encoding already
+        made (an order asked of every validator is packed once, submit.py). Bounded in all by `request_timeout` from now, or `deadline`
         (trio's clock) if sooner. Raises RequestNotSent (the request never left this node),
         trio.TooSlowError (it may have reached the validator), or FognodeError (StreamClosed,
         RemoteProtocolError: the stream failed; it may have reached the validator)."""
@@ -177,7 +178,7 @@ class OrderStreams:
         nursery.start_soon(self._read, validator, ch)
         return ch, True
 
-    async def _write(self, ch: _Channel, peer: str, request: dict[str, Any], max_reply: int,
+    async def _write(self, ch: _Channel, peer: str, request: dict[str, Any] | bytes, max_reply: int,
                      end: float) -> _Waiting:
         """Queue a waiting reply and write the request. RequestNotSent if `end` came (or the
         stream died) before the write began; a write cut off half-way ends the stream."""
@@ -201,7 +202,10 @@ class OrderStreams:
             written = False
             try:
                 with trio.move_on_at(end):
-                    await ch.stream.send(request)
+                    if isinstance(request, bytes):
+                        await ch.stream.send_bytes(request)
+                    else:
+                        await ch.stream.send(request)
                     written = True
             finally:
                 if not written:

@@ -82,8 +82,12 @@ class Publisher(Protocol):
 class Requester(Protocol):
     """Ask one validator over its order stream (order_streams.py `OrderStreams`)."""
 
-    async def request(self, validator: bytes, peer: str, request: dict[str, Any],
+    async def request(self, validator: bytes, peer: str, request: dict[str, Any] | bytes,
                       max_reply: int = MAX_REPLY, *, deadline: float | None = None) -> Any: ...
+
+    def in_flight(self, validator: bytes) -> int:
+        """Requests sent to `validator` that wait for their replies."""
+        ...
 
 
 class CommitteeExchange(Protocol):

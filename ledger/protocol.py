@@ -53,6 +53,7 @@ class LedgerConfig:
     sync_batch: int = 256            # certificates per sync response
     request_timeout: float = 5.0     # seconds for one validator to answer an order
     retry_interval: float = 1.0      # seconds between rounds asking validators that did not vote
+    hedge_delay: float = 0.25        # seconds before validators a quorum does not need are asked too (0: all at once)
     send_timeout: float = 30.0       # default seconds wallet.send waits for the certificate
     pending_max: int = 10000         # certificates kept waiting for predecessors
     verify_sender: bool = True       # replicas re-check the sender's signature (validators always do)
@@ -75,6 +76,9 @@ class LedgerRole(PoolRpc, Role):
             value = getattr(config, name)
             if not 0.01 <= value <= 86400:
                 raise ConfigError(f"must be between 0.01 and 86400 seconds, got {value}", key=f"protocols.ledger.{name}")
+        if not 0 <= config.hedge_delay <= 86400:
+            raise ConfigError(f"must be between 0 (ask every validator at once) and 86400 seconds, got "
+                              f"{config.hedge_delay}", key="protocols.ledger.hedge_delay")
         self.service: LedgerService | None = None
         self.failure: str = ""     # why the ledger stopped (a storage failure), kept after run() ends
         self.votes = VoteWatch(after=2 * config.request_timeout + 2 * config.sync_interval)
@@ -85,6 +89,7 @@ class LedgerRole(PoolRpc, Role):
             self.service = LedgerService(self.ctx, Settings(
                 batch_interval=c.batch_interval, batch_max=c.batch_max, sync_interval=c.sync_interval,
                 sync_batch=c.sync_batch, request_timeout=c.request_timeout, retry_interval=c.retry_interval,
+                hedge_delay=c.hedge_delay,
                 pending_max=c.pending_max, verify_sender=c.verify_sender, uptime_interval=c.uptime_interval,
                 uptime_claims=c.uptime_claims))
         except LedgerStorageFailed as e:     # the store cannot even be opened (disk full?)

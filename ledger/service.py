@@ -78,7 +78,7 @@ from fognode.ledger.events import ForkDetected, PaymentProcessed
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.handover_service import LockHandover
 from fognode.ledger.messages import (Certificate, ForkProof, Rejection, SignedOrder, TransferOrder, Vote,
-                                     decode_certificate, decode_signed_order)
+                                     decode_certificate, decode_signed_order, vote_reply)
 from fognode.ledger.order_streams import ORDER_STREAM, OrderStreams
 from fognode.ledger.pending import PendingPool
 from fognode.ledger.ports import MAX_REPLY
@@ -241,10 +241,13 @@ class LedgerService:
         """Record the sync cursor of `peer` in the open group, behind the certificates read."""
         self.writer.submit("sync cursors", lambda wb: self.store.cursor_into(wb, peer, position))
 
-    def _update_gauges(self) -> None:
+    def _update_gauges(self, deltas: list[Delta] | None = None) -> None:
+        """The gauges; the bonded total (a sum over every account) only when `deltas` may
+        have changed it (None: always): a transfer never does."""
         self.m_pending.set(len(self.replica.pending))
         self.m_supply.set(self.state.supply.total)
-        self.m_staked.set(self.state.total_staked())
+        if deltas is None or any(type(d.cert.order.order) is not TransferOrder for d in deltas):
+            self.m_staked.set(self.state.total_staked())
 
     # -- applying certificates -----------------------------------------------------------------
 
@@ -321,7 +324,7 @@ class LedgerService:
             self.m_applied.inc(len(deltas))
             for d in deltas:
                 self._after_apply(d)
-        self._update_gauges()
+        self._update_gauges(deltas)
 
     def _after_apply(self, d: Delta) -> None:
         o = d.cert.order.order
@@ -427,7 +430,7 @@ class LedgerService:
                 # it lacks more of the sender's history than `prev`: pull it from the requester,
                 # which has it (the client asks again after its retry interval; client.py)
                 self.sync.sync_soon(peer)
-        return [{"v": 1, "rejection": r.to_wire()} if isinstance(r, Rejection) else {"v": 1, "vote": r.to_wire()}
+        return [{"v": 1, "rejection": r.to_wire()} if isinstance(r, Rejection) else vote_reply(r)
                 for r in self.validate(peer, so)]
 
     async def audit(self) -> list[str]:
@@ -470,9 +473,12 @@ class LedgerService:
     def connected_peers(self) -> list[str]:
         return self.sync.connected_peers()
 
-    async def request(self, validator: bytes, peer: str, request: dict[str, Any],
+    async def request(self, validator: bytes, peer: str, request: dict[str, Any] | bytes,
                       max_reply: int = MAX_REPLY, *, deadline: float | None = None) -> Any:
         return await self.streams.request(validator, peer, request, max_reply, deadline=deadline)
+
+    def in_flight(self, validator: bytes) -> int:
+        return self.streams.in_flight(validator)
 
     async def submit_reward(self, receipt: Receipt, amount: int, *, timeout: float = 30.0) -> Certificate:
         return await self.submitter.submit_reward(receipt, amount, timeout=timeout)

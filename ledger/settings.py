@@ -13,6 +13,7 @@ class Settings:
     sync_batch: int = 256
     request_timeout: float = 5.0
     retry_interval: float = 1.0
+    hedge_delay: float = 0.25
     pending_max: int = 10_000
     verify_sender: bool = True
     uptime_interval: float = 10.0

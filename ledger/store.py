@@ -267,6 +267,12 @@ class LedgerStore:
         v = self.db.get(b"t/" + tx_id)
         return None if v is None else self._decode(v[8:], "certificate record")
 
+    def certificate_bytes(self, tx_id: bytes) -> bytes | None:
+        """The certificate's stored encoding (`Certificate.encoded()`, = pack(to_wire())), or
+        None: for a message that carries it as it is, without a decode and a new pack."""
+        v = self.db.get(b"t/" + tx_id)
+        return None if v is None else v[8:]
+
     def log_length(self) -> int:
         return int(self._decode(self._need(b"s/applied"), "apply count"))
 
@@ -301,7 +307,7 @@ class LedgerStore:
     def lock_into(wb: Any, order: SignedOrder, **kw: Any) -> None:
         """Add the lock record of `order` to `wb` (a write batch, or the db with sync=True)."""
         sender, seq = order.key
-        wb.put(b"L/" + sender + _u8(seq), pack(order.to_wire()), **kw)
+        wb.put(b"L/" + sender + _u8(seq), order.encoded(), **kw)     # = pack(order.to_wire())
 
     def load_locks(self) -> LockTable:
         t = LockTable()
@@ -378,7 +384,7 @@ class LedgerStore:
     @staticmethod
     def inflight_into(wb: Any, order: SignedOrder, **kw: Any) -> None:
         """Add the in-flight record of `order` to `wb` (a write batch, or the db with sync=True)."""
-        wb.put(b"w/" + order.order.sender, pack(order.to_wire()), **kw)
+        wb.put(b"w/" + order.order.sender, order.encoded(), **kw)     # = pack(order.to_wire())
 
     def inflight(self, sender: bytes) -> SignedOrder | None:
         v = self.db.get(b"w/" + sender)

@@ -2,7 +2,17 @@
 gossip the certificate; and the orders other roles and the wallet RPC make (pay, rewards).
 
 An order is driven in rounds: every committee member that has not voted (and is not being asked
-already) is asked over its order stream; this node's own validator answers directly. After each
+already) is asked over its order stream; this node's own validator answers directly. Those a
+quorum needs are asked first (`VoteCollector.first_asks`: with equal stakes and this node a
+validator, 2 of the 3 others in a committee of 4: those that signed the sender's previous
+certificate, which this node remembers, unless one has many requests waiting; else chosen by
+the order's id); the others are
+asked after `hedge_delay` seconds if no certificate formed by then, or at once when the first
+ones all answered without one (a refusal, a failure). So a validator whose vote would not be
+needed neither verifies, locks, signs nor answers the order (it applies the certificate from
+gossip), which is a third of the order traffic and of the validators' work in a committee of
+4; a slow or silent validator among the first costs up to `hedge_delay` of latency.
+`hedge_delay = 0` asks everyone at once (the behaviour before session 23). After each
 round the sans-IO `VoteCollector.decide` (client.py) says whether to take the certificate, give
 up (a definitive refusal, or the deadline), or ask again after `retry_interval`. The asks run in
 the submitter's nursery, so the slowest validator still gets its request answered (its stream
@@ -35,7 +45,7 @@ from fognode.ledger.errors import LedgerStorageFailed, OrderRejected, RequestNot
 from fognode.ledger.events import RewardsDistributed
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.messages import (Certificate, MintOrder, Order, Rejection, SignedOrder, TransferOrder,
-                                     decode_rejection, decode_vote, order_problem)
+                                     decode_rejection, decode_vote, order_problem, order_request)
 from fognode.ledger.ports import Publisher, Requester, Validating
 from fognode.ledger.receipts import Receipt
 from fognode.ledger.rewards import Allocation, distribute_rewards
@@ -49,6 +59,17 @@ from fognode.node.role import NodeContext
 from fognode.node.wire import Fields
 
 log = logging.getLogger("fognode.ledger")
+
+
+class _Round:
+    """One round of asks: how many are still out, and the event set when none is (or a
+    certificate formed)."""
+
+    __slots__ = ("left", "done")
+
+    def __init__(self) -> None:
+        self.left = 0
+        self.done = trio.Event()
 
 
 class NotCertified(FognodeError):
@@ -83,6 +104,7 @@ class OrderSubmitter:
         self.gossip = gossip
         self.me = bytes(ctx.identity.verify_key)
         self._sender_locks: dict[bytes, trio.Lock] = {}
+        self._signers: dict[bytes, frozenset[bytes]] = {}    # sender -> signers of its last certificate
         self._nursery: trio.Nursery | None = None
         # why this node's last order found no quorum in time (None once one is certified again):
         # the ledger role reports itself degraded meanwhile (LedgerRole.health_report)
@@ -162,10 +184,8 @@ class OrderSubmitter:
         committee = self.state.committee_for(so.order.epoch)
         collector = VoteCollector(so, committee)
         sender, seq = so.key
-        prev = self.store.raw_certificate(self.store.tx_at(sender, seq - 1) or b"") if seq > 0 else None
-        request: dict[str, Any] = {"v": 1, "order": so.to_wire()}
-        if prev is not None:
-            request["prev"] = prev
+        prev = self.store.certificate_bytes(self.store.tx_at(sender, seq - 1) or b"") if seq > 0 else None
+        request = order_request(so, prev)      # packed once for every validator asked
         asking: set[bytes] = set()
         unanswered: set[bytes] = set()      # asked, the request may have arrived, no answer yet
         while True:
@@ -173,17 +193,27 @@ class OrderSubmitter:
             if self.me in committee and self.me not in collector.votes:
                 for r in self.ledger.validate(self.ctx.peer_id, so):
                     self._collect(collector, self.me, r)
-            # ask every validator that has not voted and is not being asked already (see the
-            # module docstring)
-            round_done = trio.Event()
+            # ask every validator that has not voted and is not being asked already: those a
+            # quorum needs first, the others after the hedge delay or as soon as the first ones
+            # all answered without a certificate (see the module docstring)
+            rnd = _Round()
             targets = collector.unasked(self.me, asking)
             if targets:
-                left = [len(targets)]
-                asking.update(targets)
-                for v in targets:
-                    self._spawn(self._ask, v, request, collector, asking, unanswered, round_done, left, deadline)
-                with trio.move_on_after(max(0.0, min(self.s.request_timeout + 0.5, deadline - trio.current_time()))):
-                    await round_done.wait()
+                end = trio.current_time() + max(0.0, min(self.s.request_timeout + 0.5, deadline - trio.current_time()))
+                first = (collector.first_asks(targets, asking, so.tx_id, {v: self.requests.in_flight(v) for v in targets},
+                                              self._signers.get(sender, frozenset()))
+                         if self.s.hedge_delay > 0 else targets)
+                later = [v for v in targets if v not in first]
+                self._ask_all(first, rnd, request, collector, asking, unanswered, deadline)
+                if later:
+                    with trio.move_on_at(min(end, trio.current_time() + self.s.hedge_delay)):
+                        await rnd.done.wait()
+                    if collector.certificate is None:
+                        if rnd.done.is_set():       # the first ones answered: a refusal, or a failure
+                            rnd.done = trio.Event()
+                        self._ask_all(later, rnd, request, collector, asking, unanswered, deadline)
+                with trio.move_on_at(end):
+                    await rnd.done.wait()
             now = trio.current_time()
             decision = collector.decide(now, deadline)
             if decision is Decision.CERTIFIED:
@@ -247,6 +277,7 @@ class OrderSubmitter:
                 f"{e}. The order stays in flight: the next send from this wallet after a restart "
                 f"completes it", path=e.path, cause=e.cause) from None
         self.gossip.publish_later(cert)
+        self._signers[so.key[0]] = frozenset(v for v, _ in cert.votes)
         # cleared after the certificate is stored: a crash (or a failed write) in between
         # leaves an in-flight record whose sequence is applied, which the next submit drops
         try:
@@ -254,6 +285,13 @@ class OrderSubmitter:
         except LedgerStorageFailed:
             pass       # the transfer is final and stored; the ledger stops (reported once)
         return cert
+
+    def _ask_all(self, validators: list[bytes], rnd: _Round, request: bytes, collector: VoteCollector,
+                 asking: set[bytes], unanswered: set[bytes], deadline: float) -> None:
+        rnd.left += len(validators)
+        asking.update(validators)
+        for v in validators:
+            self._spawn(self._ask, v, request, collector, asking, unanswered, rnd, deadline)
 
     def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._nursery is None:
@@ -266,9 +304,8 @@ class OrderSubmitter:
         else:
             collector.add_vote(reply)
 
-    async def _ask(self, validator: bytes, request: dict[str, Any], collector: VoteCollector,
-                   asking: set[bytes], unanswered: set[bytes], round_done: trio.Event,
-                   left: list[int], deadline: float) -> None:
+    async def _ask(self, validator: bytes, request: bytes, collector: VoteCollector,
+                   asking: set[bytes], unanswered: set[bytes], rnd: _Round, deadline: float) -> None:
         """Ask one validator (within request_timeout and the order's `deadline`); its answer
         goes to `collector`. `unanswered` holds the validators a request may have reached
         without an answer since (they may hold a lock)."""
@@ -296,9 +333,9 @@ class OrderSubmitter:
             log.debug("validator %s did not answer: %s", peer, e)
         finally:
             asking.discard(validator)
-            left[0] -= 1
-            if collector.certificate is not None or left[0] == 0:
-                round_done.set()
+            rnd.left -= 1
+            if collector.certificate is not None or rnd.left == 0:
+                rnd.done.set()
 
     # -- the orders other roles make -----------------------------------------------------------------
 

@@ -270,7 +270,8 @@ class GroupWriter:
 async def serve_in_order(writer: GroupWriter, stream: FramedStream, decide: Callable[[Any], list[Any]], *,
                          max_size: int) -> None:
     """Serve a request/reply stream whose replies must not leave before what they rely on is
-    durable: each request is read and decided (`decide(request)` -> replies, synchronous: its
+    durable: each request is read and decided (`decide(request)` -> replies (maps, or their
+    canonical encodings), synchronous: its
     records join the open group) one after the other, and a sender task sends each request's
     replies, in request order, once every group submitted up to its decision is on disk, while
     the next requests are read and decided (a pipelining client gets its replies grouped into
@@ -286,8 +287,8 @@ async def serve_in_order(writer: GroupWriter, stream: FramedStream, decide: Call
                 try:
                     if group is not None:
                         await group.wait()
-                    for r in replies:
-                        await stream.send(r)
+                    for r in replies:      # a map, or its encoding made already
+                        await (stream.send_bytes(r) if isinstance(r, bytes) else stream.send(r))
                 except FognodeError as e:
                     failed.append(e)
                     nursery.cancel_scope.cancel()

@@ -123,52 +123,71 @@ class Cell:
             raise ValueError(f"circ_id {self.circ_id} out of range")
         if len(self.body) > BODY_LEN:
             raise ValueError(f"cell body of {len(self.body)} bytes exceeds {BODY_LEN}")
-        return struct.pack(">IB", self.circ_id, self.command) + _pad(self.body, BODY_LEN)
+        return _CELL_HEAD.pack(self.circ_id, self.command) + _pad(self.body, BODY_LEN)
 
     def frame(self) -> bytes:
         """The cell with its u16 length prefix, as written on a relay stream."""
-        return struct.pack(">H", CELL_SIZE) + self.encode()
+        if len(self.body) == BODY_LEN and 0 <= self.circ_id <= MAX_CIRC_ID:   # a RELAY cell: no padding
+            return _FRAME_HEAD.pack(CELL_SIZE, self.circ_id, self.command) + self.body
+        return _LEN.pack(CELL_SIZE) + self.encode()
+
+
+_LEN = struct.Struct(">H")
+_CELL_HEAD = struct.Struct(">IB")
+_FRAME_HEAD = struct.Struct(">HIB")
+_COMMANDS: dict[int, CellCommand] = {int(c): c for c in CellCommand}
+
+
+def _decode_at(data: bytes | bytearray, start: int) -> Cell:
+    """The link cell at data[start:start + CELL_SIZE] (the caller checked the length)."""
+    circ_id, cmd = _CELL_HEAD.unpack_from(data, start)
+    command = _COMMANDS.get(cmd)
+    if command is None:
+        raise CellError(f"command: unknown cell command {cmd}")
+    if circ_id == 0 and command is not CellCommand.PADDING:
+        raise CellError(f"circ_id: 0 is only for PADDING, got a {command.name} cell")
+    return Cell(circ_id, command, bytes(data[start + HEADER_LEN:start + CELL_SIZE]))
 
 
 def decode_cell(data: bytes) -> Cell:
     """A link cell from exactly CELL_SIZE bytes (CellError otherwise)."""
     if len(data) != CELL_SIZE:
         raise CellError(f"cell is {len(data)} bytes, want {CELL_SIZE}")
-    circ_id, cmd = struct.unpack_from(">IB", data)
-    try:
-        command = CellCommand(cmd)
-    except ValueError:
-        raise CellError(f"command: unknown cell command {cmd}") from None
-    if circ_id == 0 and command is not CellCommand.PADDING:
-        raise CellError(f"circ_id: 0 is only for PADDING, got a {command.name} cell")
-    return Cell(circ_id, command, bytes(data[HEADER_LEN:]))
+    return _decode_at(data, 0)
 
 
 class CellFramer:
     """Splits a relay stream into cells: `feed(bytes)` returns the cells completed, and a
     CellError for each frame that was short, oversize or did not decode (that frame is skipped
-    whole; the stream stays in step). Buffers at most one frame (64 KiB)."""
+    whole; the stream stays in step). Buffers at most one frame (64 KiB). A link frame of many
+    cells is parsed in place, each cell copied out once (no buffer shifting per cell)."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[Cell | CellError]:
-        self._buf += data
+        if self._buf:
+            self._buf += data
+            view: bytes | bytearray = self._buf
+        else:
+            view = data
+        end = len(view)
+        pos = 0
         out: list[Cell | CellError] = []
-        while len(self._buf) >= 2:
-            (n,) = struct.unpack_from(">H", self._buf)
-            if len(self._buf) < 2 + n:
+        while end - pos >= 2:
+            (n,) = _LEN.unpack_from(view, pos)
+            if end - pos - 2 < n:
                 break
-            raw = bytes(self._buf[2:2 + n])
-            del self._buf[:2 + n]
+            start, pos = pos + 2, pos + 2 + n
             if n != CELL_SIZE:
                 out.append(CellError(f"length: a {'short' if n < CELL_SIZE else 'oversize'} cell of "
                                      f"{n} bytes, want {CELL_SIZE}"))
                 continue
             try:
-                out.append(decode_cell(raw))
+                out.append(_decode_at(view, start))
             except CellError as e:
                 out.append(e)
+        self._buf = bytearray(view[pos:]) if pos < end else bytearray()
         return out
 
     @property

@@ -142,7 +142,12 @@ class ClientCircuit:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, f"unexpected {cmd.name} cell")
         if not self.onion.hops:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, "RELAY before CREATED")
-        hop, plain, tag = self.onion.open_backward(cell.body)
+        # only the last relay and, once joined, the far end speak to us (relay_crypto.py): the middle
+        # hops' layers go untried, and so does a joined meeting point's unless it pads for us
+        first = min(len(self.path), len(self.onion.hops)) - 1
+        if self.virtual_hop and self.padding_rate <= 0:
+            first = len(self.onion.hops) - 1
+        hop, plain, tag = self.onion.open_backward(cell.body, first)
         return self._relay_msg(hop, decode_relay(plain), tag, now)
 
     def _relay_msg(self, hop: int, msg: RelayMsg, tag: bytes, now: float) -> list[Action]:

@@ -114,9 +114,11 @@ class CircuitStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
 
-async def splice(a: trio.abc.Stream, b: trio.abc.Stream, *, idle_timeout: float, chunk: int = 65536) -> None:
+async def splice(a: trio.abc.Stream, b: trio.abc.Stream, *, idle_timeout: float, chunk: int = 262144) -> None:
     """Copy both ways until either side ends (then both are closed), an error, or
-    `idle_timeout` s with no byte either way."""
+    `idle_timeout` s with no byte either way. `chunk`: the most one read takes; a read from the
+    local socket becomes one burst of cells on the circuit (one link write when the windows are
+    open), so larger reads mean fewer, larger link writes."""
     last = [trio.current_time()]
 
     async def pump(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope) -> None:

@@ -54,7 +54,11 @@ ACTION_TYPES: frozenset[type] = frozenset(get_args(Action))
 
 def carry_out(handler: ActionHandler, actions: Iterable[Action]) -> None:
     """Hand each action, in order, to its method of `handler`."""
+    send_cell = handler.send_cell
     for a in actions:
+        if type(a) is SendCell:        # most actions: no table lookup
+            send_cell(a)
+            continue
         run = HANDLERS.get(type(a))
         if run is None:
             raise TypeError(f"no handler for onion action {type(a).__name__} (add it to dispatch.HANDLERS)")

@@ -153,6 +153,8 @@ class OnionEngine:
         # per-cell counters: the labelled children looked up once (a lookup costs more than the inc)
         self._link_in, self._link_out = metrics.link_bytes.labels("in"), metrics.link_bytes.labels("out")
         self._stream_in, self._stream_out = metrics.stream_bytes.labels("in"), metrics.stream_bytes.labels("out")
+        self._out_bytes = 0          # link bytes sent and stream bytes delivered during one _call:
+        self._delivered = 0          # counted once per call, not per cell
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -205,6 +207,12 @@ class OnionEngine:
         finally:
             self._busy = False
             self._later.clear()
+            if self._out_bytes:
+                self._link_out.inc(self._out_bytes)
+                self._out_bytes = 0
+            if self._delivered:
+                self._stream_in.inc(self._delivered)
+                self._delivered = 0
         self._timer.set()
         self._progress.set()
         self._progress = trio.Event()
@@ -223,14 +231,19 @@ class OnionEngine:
         now = self.clock()
         items = framer.feed(data)
         if items:      # one core call for the frame's cells: its actions run in order after it
-            self._call(lambda: [a for item in items for a in self._route(peer, item, now)])
+            self._call(lambda: self._route(peer, items, now))
 
-    def _route(self, peer: str, item: Cell | CellError, now: float) -> list[Action]:
-        if isinstance(item, CellError):
-            return self.relay.garbage(peer, item)
-        if self.client.owns((peer, item.circ_id)):
-            return self.client.receive(peer, item, now)
-        return self.relay.receive(peer, item, now)
+    def _route(self, peer: str, items: list[Cell | CellError], now: float) -> list[Action]:
+        out: list[Action] = []
+        own = self.client.circuits
+        for item in items:
+            if isinstance(item, CellError):
+                out += self.relay.garbage(peer, item)
+            elif (peer, item.circ_id) in own:
+                out += self.client.receive(peer, item, now)
+            else:
+                out += self.relay.receive(peer, item, now)
+        return out
 
     def _on_link_down(self, peer: str, why: str) -> None:
         now = self.clock()
@@ -241,7 +254,7 @@ class OnionEngine:
 
     def send_cell(self, a: SendCell) -> None:
         frame = a.cell.frame()
-        self._link_out.inc(len(frame))
+        self._out_bytes += len(frame)
         self.links.send(a.peer, frame)
 
     def circuit_built(self, a: CircuitBuilt) -> None:
@@ -278,7 +291,7 @@ class OnionEngine:
     def stream_data(self, a: StreamData) -> None:
         s = self.streams.get((a.circuit, a.stream_id))
         if s is not None and not s.closed:
-            self._stream_in.inc(len(a.data))
+            self._delivered += len(a.data)
             s.feed(a.data)
             return
         if self.client.owns(a.circuit):       # nobody reads it (closed locally): keep the window open

@@ -13,6 +13,19 @@ our window to make us flood the circuit. Stream-level SENDMEs carry no tag. A se
 overruns a receive window, a SENDME that would open a window past its start, or a wrong tag
 raises CircuitProtocolError(WINDOW): the circuit is torn down.
 
+Window sizes (FlowParams, the `protocols.onion.*window*` keys): a circuit may have 1024 DATA
+cells (4 MiB) in flight, acknowledged 256 at a time, a stream 512 (2 MiB) acknowledged 128 at a
+time. Tor's are 1000/100 and 500/50 cells of 498 bytes; ours were 256/32 and 128/16 until
+session 23. What a SENDME costs here is not its bytes but a link write of its own at every link
+it crosses (a py-libp2p write and read cost about the same whatever their size, cells.py), and
+the burst a SENDME releases is what the sender's links write at once: with the old windows a MB
+through the 5-relay rendezvous path took about 24 SENDMEs, 144 single-cell link writes, and the
+data went in frames of about 75 kB; now about 3 SENDMEs and frames of 190-250 kB, which cut the
+CPU a circuit byte costs across the daemons by about a quarter (tools/bench/onion.py, "CPU per
+MB"). Every node of a network must use the same windows: a receiver tears a circuit down when
+its sender overruns the window it expects or sends a SENDME it did not owe. A relay's link queue
+(`link_queue_bytes`, 32 MiB) keeps room for eight full circuit windows.
+
 `StreamMux` is what both endpoints of a circuit share (the client, and the last hop serving
 the streams): the stream table, the per-stream send queues and both levels of windows. It
 never seals anything: the owner asks it for the next DATA message, seals it, and reports the
@@ -32,10 +45,10 @@ from fognode.protocols.onion.errors import CircuitProtocolError, TeardownReason
 
 @dataclass(frozen=True)
 class FlowParams:
-    circuit_window: int = 256       # DATA cells (4 KiB each) in flight per circuit: 1 MiB
-    circuit_increment: int = 32
-    stream_window: int = 128
-    stream_increment: int = 16
+    circuit_window: int = 1024      # DATA cells (4 KiB each) in flight per circuit: 4 MiB
+    circuit_increment: int = 256
+    stream_window: int = 512
+    stream_increment: int = 128
 
 
 class SendWindow:

@@ -140,6 +140,8 @@ class RelayCore:
             return self._drop(peer, "unknown_circuit", f"{cmd.name} for unknown circuit {cell.circ_id:#x}", False)
         from_prev = key == circ.prev
         try:
+            if cmd is CellCommand.RELAY:
+                return self._relay(circ, from_prev, cell.body, now)
             if cmd is CellCommand.DESTROY:       # passed on with its reason (informational only)
                 return self._destroy(circ, parse_destroy(cell.body), now, tell_prev=not from_prev,
                                      tell_next=from_prev)
@@ -149,8 +151,6 @@ class RelayCore:
                 reply = parse_created(cell.body)
                 circ.extend_since = None
                 return self._originate(circ, RelayMsg(RelayCommand.EXTENDED, 0, created_body(reply)))
-            if cmd is CellCommand.RELAY:
-                return self._relay(circ, from_prev, cell.body, now)
             raise CircuitProtocolError(TeardownReason.PROTOCOL, f"unexpected {cmd.name}")
         except CircuitProtocolError as e:
             return [PeerFault(peer, e.reason.value, str(e), penalize=False),
@@ -194,16 +194,16 @@ class RelayCore:
             circ.cells_backward += 1
             return [SendCell(circ.prev[0], Cell(circ.prev[1], CellCommand.RELAY, circ.hop.from_next(body)))]
         circ.cells_forward += 1
+        if circ.next is not None and circ.extend_since is None:      # a middle hop: passed on untried
+            return [SendCell(circ.next[0], Cell(circ.next[1], CellCommand.RELAY, circ.hop.pass_forward(body)))]
         plain, rest, tag = circ.hop.from_previous(body)
         if plain is None:
             j = circ.joined
             if j is not None:                     # rendezvous: on into the other circuit, towards its origin
                 j.cells_backward += 1
                 return [SendCell(j.prev[0], Cell(j.prev[1], CellCommand.RELAY, j.hop.from_next(rest)))]
-            if circ.next is None or circ.extend_since is not None:
-                raise CircuitProtocolError(TeardownReason.INTEGRITY,
-                                           "a relay cell that is not for this hop and has nowhere to go")
-            return [SendCell(circ.next[0], Cell(circ.next[1], CellCommand.RELAY, rest))]
+            raise CircuitProtocolError(TeardownReason.INTEGRITY,
+                                       "a relay cell that is not for this hop and has nowhere to go")
         return self._message(circ, decode_relay(plain), tag, now)
 
     def _message(self, circ: RelayCircuit, msg: RelayMsg, tag: bytes, now: float) -> list[Action]:

@@ -14,6 +14,20 @@ XOR) and forwards the result. Backward (hop d -> client) mirrors this: hop d sea
 backward auth key, every hop nearer the client adds its layer, and the client peels hop 1, 2,
 ... trying each hop's auth key before removing that hop's layer.
 
+Middle hops are silent: a relay hears from the client (EXTEND) and speaks to it (EXTENDED)
+only while it is the last hop; once it has extended the circuit nothing is addressed to it
+(PADDING_NEGOTIATE, meeting-point requests, streams and padding all go to the last relay or,
+once joined, the far end; the client sends nothing but EXTEND while building, and padding
+starts when the circuit is built). So a middle hop removes its layer without trying its tag
+(`RelayHop.pass_forward`), and the client tries only the last relay's tag and the far end's
+(`open_backward(first=)`): a try costs a failed AEAD decryption over the whole cell, and on the
+5-relay rendezvous path this saves four per cell. The counters and keystreams move exactly as
+when the tag is tried and fails, so nothing on the wire changes; a cell sealed for a middle hop
+or sent by one (which no node does) fails at the end and tears the circuit down. A meeting
+point whose circuits are joined still tries: a padding DROP the client sent it before it learnt
+of the join may arrive after it; the other way, a joined meeting point sends nothing but the
+padding its client asked for, so a client that asked for none tries only the far end's tag.
+
 What this protects. A tampered cell fails the tag at its endpoint; a replayed, dropped or
 reordered cell is opened with the wrong counter and keystream bytes at every layer, so it
 fails too. A cell that
@@ -82,10 +96,13 @@ class HopKeys:
     backward_auth: bytes
 
 
+_U64 = struct.Struct(">Q")
+
+
 def _nonce(direction: bytes, n: int) -> bytes:
     if n >= MAX_COUNTER:
         raise CircuitProtocolError(TeardownReason.PROTOCOL, "cell counter exhausted")
-    return direction + struct.pack(">Q", n)
+    return direction + _U64.pack(n)
 
 
 EPOCH_CELLS = 1 << 20       # layered cells per keystream nonce: 4 GiB of keystream, under 2^32 blocks
@@ -138,17 +155,21 @@ class DirectionState:
     def try_open(self, body: bytes) -> tuple[bytes | None, bytes]:
         """(plaintext, b"") if `body` is sealed for this hop at its next counter, else
         (None, body with this hop's layer removed). Either way the counter moves on."""
-        nonce = _nonce(self.label, self.counter)
-        self.counter += 1
+        n = self.counter
+        if n >= MAX_COUNTER:
+            _nonce(self.label, n)                 # raises: the cell budget is spent
+        self.counter = n + 1
         try:
-            return self.aead.decrypt(nonce, body, None), b""
+            return self.aead.decrypt(self.label + _U64.pack(n), body, None), b""
         except InvalidTag:
             return None, self._layer(body)
 
     def layer_only(self, body: bytes) -> bytes:
         """Add (or remove: XOR) this hop's layer with the next BODY_LEN bytes of its keystream."""
-        _nonce(self.label, self.counter)          # the same cell budget as the AEAD's nonce
-        self.counter += 1
+        n = self.counter
+        if n >= MAX_COUNTER:
+            _nonce(self.label, n)                 # raises: the same cell budget as the AEAD's nonce
+        self.counter = n + 1
         return self._layer(body)
 
     def _layer(self, body: bytes) -> bytes:
@@ -190,12 +211,16 @@ class ClientOnion:
             body = self.hops[k].forward.layer_only(body)
         return body, tag
 
-    def open_backward(self, body: bytes) -> tuple[int, bytes, bytes]:
+    def open_backward(self, body: bytes, first: int = 0) -> tuple[int, bytes, bytes]:
         """(hop index, plaintext, tag) of a RELAY cell from the guard; CircuitProtocolError
-        (INTEGRITY) when no hop's tag verifies: tampered, replayed or reordered."""
+        (INTEGRITY) when no hop's tag verifies: tampered, replayed or reordered. Hops before
+        `first` are middle hops that originate nothing: their layers are removed untried."""
         if len(body) != BODY_LEN:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, f"relay body of {len(body)} bytes")
         for k, hop in enumerate(self.hops):
+            if k < first:
+                body = hop.backward.layer_only(body)
+                continue
             plain, rest = hop.backward.try_open(body)
             if plain is not None:
                 return k, plain, body[-TAG_LEN:]
@@ -217,6 +242,13 @@ class RelayHop:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, f"relay body of {len(body)} bytes")
         plain, rest = self.crypto.forward.try_open(body)
         return plain, rest, (body[-TAG_LEN:] if plain is not None else b"")
+
+    def pass_forward(self, body: bytes) -> bytes:
+        """A RELAY body from the previous hop when this hop is a middle hop (nothing is
+        addressed to it): its layer removed, its tag untried."""
+        if len(body) != BODY_LEN:
+            raise CircuitProtocolError(TeardownReason.PROTOCOL, f"relay body of {len(body)} bytes")
+        return self.crypto.forward.layer_only(body)
 
     def originate(self, plain: bytes) -> tuple[bytes, bytes]:
         """(body, tag) of a message from this hop towards the client."""

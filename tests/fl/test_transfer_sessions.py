@@ -171,3 +171,25 @@ def test_participants_spread_their_model_fetches_over_the_sources() -> None:
     assert all(sorted(o) == sorted(sources) for o in firsts)      # every source still tried
     assert {o[0] for o in firsts} == set(sources)                 # and each one serves some
     assert source_order("peer0", b"h" * 32, ("only",)) == ("only",)
+
+
+async def test_an_update_to_a_receiver_that_stops_reading_gives_up_at_the_stall_bound(
+        monkeypatch) -> None:
+    """A frozen aggregator keeps its connection, and a session opened ahead does not prove it
+    alive: the push stops once a write has made no progress for STALL_TIMEOUT (not after
+    stream_timeout), and the update goes on over the per-transfer stream."""
+    from fognode.protocols.fl.transfer import updates
+    monkeypatch.setattr(updates, "STALL_TIMEOUT", 2.0)
+    with trio.fail_after(60):
+        async with pair(xfer=False) as p:
+            async def frozen(st: FramedStream) -> None:
+                await st.recv()             # the request frame, then nothing is read again
+                await trio.sleep_forever()
+            p.server.set_stream_handler(XFER_STREAM, frozen)
+            delta = np.ones(1_000_000, dtype=np.float32)        # 4 MB: far over one window
+            t0 = trio.current_time()
+            await send_update(p.link, SendUpdate(SID, 1, 0, 0, p.server.peer_id, 10, 1.0, 0.5,
+                                                 0.9, delta))
+            assert trio.current_time() - t0 < 20            # stream_timeout is 30 here
+            assert p.outcomes[-1] == "unknown session"     # answered on the per-transfer stream
+            assert p.opens("xfer") == 1 and p.opens("update") == 1

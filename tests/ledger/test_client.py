@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fognode.ledger.client import Decision, OrderStatus, VoteCollector
+from fognode.ledger.client import HUNG_WAITING, Decision, OrderStatus, VoteCollector
 from fognode.ledger.errors import Reason
 from fognode.ledger.messages import Rejection, Vote
 from fognode.ledger.quorum import Committee
@@ -114,3 +114,37 @@ def test_never_certifiable_needs_a_quorum_of_final_refusals(stakes: tuple[int, .
     assert c.status is OrderStatus.FAILED and c.never_certifiable() is never
     if never:                     # honest refusers alone leave too little stake for a quorum of votes
         assert t - (c.refused_for_good() - f) < q
+
+
+def test_first_asks_are_the_fewest_a_quorum_needs_spread_by_order() -> None:
+    me = pk(VALIDATORS[0])
+    c = collector()
+    c.add_vote(Vote.sign(VALIDATORS[0], c.order.tx_id))                 # this node's own vote
+    others = c.unasked(me, set())
+    first = c.first_asks(others, set(), c.order.tx_id)
+    assert len(first) == 2 and set(first) <= set(others)                 # 1 + 2 of 4 is a quorum
+    assert c.first_asks(others, set(), c.order.tx_id) == first            # the same for one order
+    picks = {tuple(sorted(c.first_asks(others, set(), bytes([i]) * 32))) for i in range(64)}
+    assert len(picks) == 3                                                # every pair serves some orders
+    # one of the first is being asked already: one more makes the quorum
+    left = [v for v in others if v != first[0]]
+    assert len(c.first_asks(left, {first[0]}, c.order.tx_id)) == 1
+    # a validator with requests piling up (slow, or hung) is asked first by no order
+    hung = first[0]
+    assert all(hung not in c.first_asks(others, set(), bytes([i]) * 32, {hung: 2}) for i in range(32))
+    # the signers of the sender's previous certificate come first, unless one of them is hung
+    prev = frozenset({me, others[2], others[0]})
+    for i in range(16):
+        assert set(c.first_asks(others, set(), bytes([i]) * 32, {}, prev)) == {others[0], others[2]}
+        assert set(c.first_asks(others, set(), bytes([i]) * 32, {others[2]: HUNG_WAITING}, prev)) == {others[0],
+                                                                                                      others[1]}
+    # without this node's vote a quorum needs all three others
+    c2 = collector()
+    assert set(c2.first_asks(c2.unasked(me, set()), set(), c2.order.tx_id)) == set(c2.unasked(me, set()))
+    # short of a quorum even if every target votes: ask them all
+    assert c2.first_asks(others[:1], set(), c2.order.tx_id) == others[:1]
+    # unequal stakes: the largest first
+    big = Committee.of({pk(VALIDATORS[0]): 10, pk(VALIDATORS[1]): 50, pk(VALIDATORS[2]): 10, pk(VALIDATORS[3]): 10})
+    c3 = VoteCollector(transfer(key(50), pk(key(51)), 5, 0), big)
+    c3.add_vote(Vote.sign(VALIDATORS[0], c3.order.tx_id))
+    assert c3.first_asks(c3.unasked(me, set()), set(), c3.order.tx_id) == [pk(VALIDATORS[1])]

@@ -4,7 +4,8 @@ from __future__ import annotations
 from hypothesis import given, strategies as st
 
 from fognode.ledger.messages import (BondOrder, Certificate, MintOrder, SignedOrder, TransferOrder,
-                                     UnbondOrder, Vote, decode_certificate, vote_message)
+                                     UnbondOrder, Vote, cert_batch, decode_certificate, order_request, vote_message,
+                                     vote_reply)
 from fognode.ledger.receipts import Receipt
 from fognode.ledger.rewards import Allocation, calculate_rewards, distribute_rewards
 from fognode.ledger.state import Account
@@ -40,6 +41,13 @@ def test_order_and_certificate_encodings(amount: int, epoch: int, seq: int, fee:
     cert = Certificate.from_votes(so, [Vote.sign(v, so.tx_id) for v in validator_keys()[:2]])
     assert cert.encoded() == pack(cert.to_wire())
     assert decode_certificate(unpack(cert.encoded())) == cert
+    # the order stream's request, with and without the previous certificate (submit.py)
+    assert order_request(so, None) == pack({"v": 1, "order": so.to_wire()})
+    assert order_request(so, cert.encoded()) == pack({"v": 1, "order": so.to_wire(), "prev": cert.to_wire()})
+    vote = Vote.sign(validator_keys()[0], so.tx_id)
+    assert vote_reply(vote) == pack({"v": 1, "vote": vote.to_wire()})
+    for n in (0, 1, 15, 16, 70):
+        assert cert_batch([cert] * n) == pack({"v": 1, "certs": [cert.to_wire()] * n})
 
 
 @given(st.integers(0, 2**63 - 1), st.integers(0, 2**40), st.integers(0, 2**63 - 1),

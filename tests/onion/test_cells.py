@@ -105,6 +105,29 @@ def test_framer_never_raises(chunks: list[bytes]) -> None:
     assert f.buffered <= 2 + 65535
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, CELL_SIZE * 3), min_size=1, max_size=12), st.integers(1, 40))
+def test_framer_splits_a_many_cell_stream_the_same_whatever_its_chunks(cuts: list[int], n: int) -> None:
+    """A link frame of many cells is parsed in place: any chunking, down to cuts inside the
+    length prefix, gives the cells in order with their bodies intact, and nothing left over."""
+    sent = [Cell(i + 1, CellCommand.RELAY, bytes([i % 256]) * BODY_LEN) for i in range(n)]
+    stream = b"".join(c.frame() for c in sent)
+    f, got, pos = CellFramer(), [], 0
+    for cut in cuts * (len(stream) // sum(cuts) + 1):
+        got += f.feed(stream[pos:pos + cut])
+        pos += cut
+        if pos >= len(stream):
+            break
+    assert got == sent and f.buffered == 0
+
+
+def test_frame_of_a_full_body_is_the_length_prefixed_encoding() -> None:
+    c = Cell(0xFFFF_FFFF, CellCommand.RELAY, bytes(range(256)) * 15 + bytes(BODY_LEN - 3840))
+    assert c.frame() == struct.pack(">H", CELL_SIZE) + c.encode()
+    with pytest.raises(ValueError, match="circ_id"):
+        Cell(-1, CellCommand.RELAY, bytes(BODY_LEN)).frame()
+
+
 def test_random_pool_never_repeats_bytes() -> None:
     pool = _RandomPool()
     chunks = [pool.take(4000) for _ in range(40)] + [pool.take(20000)]     # crosses refills

@@ -163,3 +163,26 @@ def test_aead_calls_match_pynacl_bindings_on_every_size() -> None:
         sealed = aead_seal(body, nonce, key)
         assert sealed == seal(body, None, nonce, key) and len(sealed) == size + TAG_LEN
         assert stream_xor(key, nonce, stream_xor(key, nonce, body)) == body
+
+
+def test_middle_hops_pass_cells_untried_and_stay_in_step() -> None:
+    """A middle hop (it has extended the circuit) removes its layer without trying its tag and
+    the client tries only the last hop's: keystreams and counters stay in step, so every cell
+    for the last hop opens, both ways. A cell sealed for a middle hop or sent by one (which no
+    node does once the circuit is extended) fails at the end: a teardown."""
+    client, relays = _circuit()
+    for i in range(8):
+        body, _ = client.seal_forward(2, RelayMsg(RelayCommand.DATA, 1, f"f{i}".encode()).encode())
+        plain, _, _ = relays[2].from_previous(relays[1].pass_forward(relays[0].pass_forward(body)))
+        assert plain is not None and decode_relay(plain).data == f"f{i}".encode()
+        back = _backward(relays, 2, RelayMsg(RelayCommand.DATA, 1, f"b{i}".encode()).encode())
+        k, p, _ = client.open_backward(back, first=2)
+        assert k == 2 and decode_relay(p).data == f"b{i}".encode()
+    body, _ = client.seal_forward(1, RelayMsg(RelayCommand.DROP).encode())
+    assert relays[2].from_previous(relays[1].pass_forward(relays[0].pass_forward(body)))[0] is None
+    back = _backward(relays, 1, RelayMsg(RelayCommand.DROP).encode())
+    with pytest.raises(CircuitProtocolError) as e:
+        client.open_backward(back, first=2)
+    assert e.value.reason is TeardownReason.INTEGRITY
+    with pytest.raises(CircuitProtocolError):
+        relays[0].pass_forward(b"short")

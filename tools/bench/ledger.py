@@ -22,11 +22,17 @@ Measured in one run, side by side:
    (their `fognode_node_event_loop_lag_seconds` histograms, scraped before and after), the
    daemons' CPU time per transfer (their idle CPU rate, measured for 3 s before the burst,
    taken off) against its signature work (less sensitive to a shared, loaded machine than the
-   rate) and the synced writes per transfer
-   (`fognode_ledger_store_syncs_total`, when the daemon has it).
+   rate; 25 % of the bound needs at most 4x the signature work with every core busy) and the
+   synced writes per transfer (`fognode_ledger_store_syncs_total`, when the daemon has it).
+   Each sending wallet keeps one control-socket connection (`--rpc-per-send`: a new one per
+   send, the driver before session 23). `--count-wire` counts yamux frames, stream frames and
+   pubsub messages and control entries per transfer (ledger_wire.py); `--pyspy PATH` samples
+   each daemon and the benchmark (py-spy `--gil`, raw) from the burst's start.
    Until node/roles.py lists the ledger role, the daemons are started through a one-line
    runner that adds it;
-5. (--profile) where the time goes, by cProfile.
+5. (--profile) where the time goes in the replica apply, by cProfile.
+
+    .venv/bin/python -m fognode.tools.bench.ledger --certs 2000 --wallets 4 [--count-wire]
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ import os
 import pstats
 import shutil
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -57,6 +64,7 @@ from fognode.ledger.pending import PendingPool
 from fognode.ledger.replica import Replica
 from fognode.ledger.store import LedgerStore
 from fognode.node.wire import pack, unpack
+from fognode.tools.bench import ledger_wire
 
 CHAIN = "fog-bench"
 SYNC_BATCH = 256
@@ -169,7 +177,9 @@ def apply_backlog(g: Genesis, batches: list[bytes], path: Path, *, verify_sender
     return applied / elapsed, applied, root
 
 
-_RUNNER = ("import sys; from fognode.node import roles; ref = 'fognode.ledger.protocol:LedgerRole'; "
+_RUNNER = ("import os, sys; w = os.environ.get('BENCH_LEDGER_WIRE'); "
+           "w and __import__('fognode.tools.bench.ledger_wire', fromlist=['install']).install(f'{w}/wire-{os.getpid()}.json'); "
+           "from fognode.node import roles; ref = 'fognode.ledger.protocol:LedgerRole'; "
            "roles.BUILTIN_ROLES = roles.BUILTIN_ROLES if ref in roles.BUILTIN_ROLES else (*roles.BUILTIN_ROLES, ref); "
            "from fognode.tools.fognode import main; sys.exit(main())")
 
@@ -196,29 +206,40 @@ def scrape(port: int) -> dict[str, float]:
     out: dict[str, float] = {}
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith(("fognode_node_event_loop_lag_seconds", "fognode_ledger_store_syncs_total")):
+            if line.startswith(("fognode_node_event_loop_lag_seconds", "fognode_ledger_store_syncs_total",
+                                "fognode_ledger_orders_rejected_total")):
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
     return out
 
 
-def lag_summary(before: list[dict[str, float]], after: list[dict[str, float]]) -> dict[str, float]:
+def lag_summary(before: list[dict[str, float]], after: list[dict[str, float]]) -> dict[str, Any]:
     """Loop-lag probes during the burst, all daemons: mean, share late by > 25 / 100 ms."""
     def delta(key: str) -> float:
         return sum(a.get(key, 0.0) - b.get(key, 0.0) for a, b in zip(after, before))
     count = delta("fognode_node_event_loop_lag_seconds_count") or 1.0
     le = 'fognode_node_event_loop_lag_seconds_bucket{le="%s"}'
+    refused = {k.split('reason="')[1].rstrip('"}'): delta(k) for k in after[0]
+               if k.startswith("fognode_ledger_orders_rejected_total{")}
     return {"mean": delta("fognode_node_event_loop_lag_seconds_sum") / count,
             "over25": 1 - delta(le % "0.025") / count, "over100": 1 - delta(le % "0.1") / count,
-            "probes": count, "syncs": delta("fognode_ledger_store_syncs_total")}
+            "probes": count, "syncs": delta("fognode_ledger_store_syncs_total"),
+            "refused": {k: v for k, v in refused.items() if v}}
 
 
-def end_to_end(root: Path, sends_per_node: int, wallets: int = 1) -> dict[str, Any]:
+def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_send: bool = False,
+               count_wire: bool = False, daemon_set: list[str] | None = None, pyspy: str | None = None,
+               pyspy_out: Path | None = None, pyspy_seconds: float = 10.0) -> dict[str, Any]:
     """4 daemons; every wallet of every node sends `sends_per_node` transfers to the next
-    node's default wallet, each wallet from its own thread."""
+    node's default wallet, each wallet from its own thread over its own control-socket
+    connection (`rpc_per_send`: a new connection per send, the driver before session 23,
+    which costs the daemon an accept and a connection's tasks per transfer). With `pyspy` (the path of a py-spy
+    binary), each daemon and this process are sampled (`--gil`, raw) for `pyspy_seconds` from
+    the burst's start into `pyspy_out`."""
     from fognode.ledger.genesis import DEV_FUNDING, DEV_STAKE, dev_genesis
     from fognode.ledger.wallet import Keystore
     from fognode.node.datadir import load_identity, write_genesis
+    from fognode.node.rpc.client import RpcClient
     from fognode.tools.devnet import Devnet, DevnetNode, wait_until
 
     class LedgerDevnet(Devnet):
@@ -241,8 +262,12 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1) -> dict[str, A
             for n in self.nodes:
                 write_genesis(n.datadir, genesis)
 
-    net = LedgerDevnet(root / "net", 4, env={"FOGNODE_PASSPHRASE": ""}, metrics=True,
-                       extra_args=["--set", "overlay.peers_low=3", "--set", "overlay.connmgr_interval=0.5"])
+    env = {"FOGNODE_PASSPHRASE": ""}
+    if count_wire:
+        env["BENCH_LEDGER_WIRE"] = str(root)
+    net = LedgerDevnet(root / "net", 4, env=env, metrics=True,
+                       extra_args=["--set", "overlay.peers_low=3", "--set", "overlay.connmgr_interval=0.5",
+                                   *[a for kv in daemon_set or [] for a in ("--set", kv)]])
     try:
         net.create()
         net.start_all(timeout=120)
@@ -254,16 +279,24 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1) -> dict[str, A
         lock = threading.Lock()
 
         def sender(i: int, wallet: str) -> None:
-            for _ in range(sends_per_node):
-                t = time.perf_counter()
-                try:
-                    net.nodes[i].rpc("wallet.send", [addrs[(i + 1) % 4], "0.01", "", wallet], timeout=60)
-                except Exception as e:  # counted and reported, the run goes on
+            client = RpcClient(net.nodes[i].socket, timeout=60)     # one connection per wallet
+            try:
+                for _ in range(sends_per_node):
+                    t = time.perf_counter()
+                    try:
+                        if rpc_per_send:
+                            net.nodes[i].rpc("wallet.send", [addrs[(i + 1) % 4], "0.01", "", wallet], timeout=60)
+                        else:
+                            client.call("wallet.send", [addrs[(i + 1) % 4], "0.01", "", wallet])
+                    except Exception as e:  # counted and reported, the run goes on
+                        with lock:
+                            errors.append(f"node {i}: {e}")
+                        client.close()
+                        continue
                     with lock:
-                        errors.append(f"node {i}: {e}")
-                    continue
-                with lock:
-                    latencies.append(time.perf_counter() - t)
+                        latencies.append(time.perf_counter() - t)
+            finally:
+                client.close()
 
         threads = [threading.Thread(target=sender, args=(i, w)) for i in range(4) for w in own[i]]
         before = [scrape(n.metrics_port) for n in net.nodes]
@@ -272,13 +305,30 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1) -> dict[str, A
         time.sleep(3.0)                  # the daemons' CPU when idle (heartbeats, probes, gossip)
         cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs)
         idle_rate = (cpu0 - idle0) / (time.perf_counter() - ti)
+        wire0 = [ledger_wire.read(f"{root}/wire-{p.pid}.json") for p in procs] if count_wire else []
         t0 = time.perf_counter()
         for th in threads:
             th.start()
+        spies = []
+        if pyspy is not None and pyspy_out is not None:
+            pyspy_out.mkdir(parents=True, exist_ok=True)
+            targets = [(f"daemon{i}", p.pid) for i, p in enumerate(procs)] + [("bench", os.getpid())]
+            spies = [subprocess.Popen([pyspy, "record", "--gil", "-r", "100", "-d", f"{pyspy_seconds:g}", "-f", "raw",
+                                       "-o", str(pyspy_out / f"{name}.txt"), "-p", str(pid)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for name, pid in targets]
         for th in threads:
             th.join()
         elapsed = time.perf_counter() - t0
+        for spy in spies:
+            spy.wait()
         cpu = sum(sum(p.cpu_times()[:2]) for p in procs) - cpu0 - idle_rate * elapsed
+        wire: dict[str, float] = {}
+        if count_wire:
+            time.sleep(2 * ledger_wire.WRITE_EVERY)     # the daemons' last counters
+            for p, before_w in zip(procs, wire0):
+                for k, v in ledger_wire.read(f"{root}/wire-{p.pid}.json").items():
+                    wire[k] = wire.get(k, 0) + v - before_w.get(k, 0)
         lag = lag_summary(before, [scrape(n.metrics_port) for n in net.nodes])
         total = len(threads) * sends_per_node
         wait_until(lambda: len({n.rpc("ledger.state_root")["state_root"] for n in net.nodes}) == 1
@@ -289,7 +339,7 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1) -> dict[str, A
         sign, verify = sign_verify_rates()     # the daemons stopped: what the machine allows now
         sig_work = 5 / sign + 20 / verify           # CPU seconds of signature work per transfer
         bound = (os.cpu_count() or 1) / sig_work
-        return {"tps": len(latencies) / elapsed, "bound": bound, "lag": lag, "senders": len(threads),
+        return {"tps": len(latencies) / elapsed, "bound": bound, "lag": lag, "senders": len(threads), "wire": wire,
                 "cpu": cpu / max(1, len(latencies)), "sig_work": sig_work,
                 "p50": statistics.median(latencies) if latencies else float("nan"),
                 "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
@@ -305,6 +355,17 @@ def main() -> None:
     ap.add_argument("--no-e2e", action="store_true", help="skip the 4-daemon end-to-end measurement")
     ap.add_argument("--sends", type=int, default=40, help="wallet.send calls per wallet in the end-to-end run")
     ap.add_argument("--wallets", type=int, default=1, help="wallets per node sending at once (end to end)")
+    ap.add_argument("--rpc-per-send", action="store_true",
+                    help="open a control-socket connection per wallet.send (the driver before session 23)")
+    ap.add_argument("--set", dest="daemon_set", action="append", metavar="KEY=VALUE", default=[],
+                    help="a config override for every daemon, e.g. protocols.ledger.hedge_delay=0 (repeatable)")
+    ap.add_argument("--count-wire", action="store_true",
+                    help="count yamux frames, stream frames and pubsub messages per transfer (ledger_wire.py; "
+                         "adds its own CPU)")
+    ap.add_argument("--pyspy", metavar="PATH", help="py-spy binary: sample the daemons and this process during the burst")
+    ap.add_argument("--pyspy-out", metavar="DIR", type=Path, default=Path("ledger-pyspy"),
+                    help="where --pyspy writes its raw profiles (default ./ledger-pyspy)")
+    ap.add_argument("--pyspy-seconds", type=float, default=10.0, help="how long --pyspy samples from the burst's start")
     args = ap.parse_args()
 
     print(f"generating {args.certs} certificates (4 validators, 3-of-4 votes)...", flush=True)
@@ -335,16 +396,19 @@ def main() -> None:
             print("end to end through 4 daemons...", flush=True)
             e2e_root = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))   # short: unix socket paths
             try:
-                e2e = end_to_end(e2e_root, args.sends, args.wallets)
+                e2e = end_to_end(e2e_root, args.sends, args.wallets, rpc_per_send=args.rpc_per_send,
+                                 count_wire=args.count_wire, daemon_set=args.daemon_set, pyspy=args.pyspy,
+                                 pyspy_out=args.pyspy_out, pyspy_seconds=args.pyspy_seconds)
             finally:
                 shutil.rmtree(e2e_root, ignore_errors=True)
             rows.append((f"end-to-end, 4 daemons, {e2e['senders']} wallets sending", f"{e2e['tps']:,.1f} tx/s",
                          f"{e2e['ok']} final, {len(e2e['errors'])} errors; "
-                         f"{100 * e2e['tps'] / e2e['bound']:.1f}% of the bound"))
+                         f"{100 * e2e['tps'] / e2e['bound']:.1f}% of the bound (target 25%)"))
             rows.append(("  bound: cores / (5 signs + 20 verifies) per transfer", f"{e2e['bound']:,.0f} tx/s",
                          "measured right after the run"))
             rows.append(("  daemons' CPU per transfer (user+sys, net of idle)", f"{1000 * e2e['cpu']:,.1f} ms",
-                         f"{e2e['cpu'] / e2e['sig_work']:.1f}x its signature work ({1000 * e2e['sig_work']:.2f} ms)"))
+                         f"{e2e['cpu'] / e2e['sig_work']:.1f}x its signature work ({1000 * e2e['sig_work']:.2f} ms); "
+                         f"25% of the bound needs <= 4x ({4000 * e2e['sig_work']:.1f} ms) with every core busy"))
             lag = e2e["lag"]
             rows.append(("  loop lag during the burst, mean (4 daemons)", f"{1000 * lag['mean']:,.1f} ms",
                          f"{100 * lag['over25']:.0f}% of probes > 25 ms, {100 * lag['over100']:.0f}% > 100 ms "
@@ -352,8 +416,14 @@ def main() -> None:
             if lag["syncs"]:
                 rows.append(("  synced ledger writes per transfer (4 daemons)",
                              f"{lag['syncs'] / max(1, e2e['ok']):,.2f}", ""))
+            for reason, n_refused in sorted(lag["refused"].items()):
+                rows.append((f"  orders refused by validators per transfer: {reason}",
+                             f"{n_refused / max(1, e2e['ok']):,.3f}", ""))
             rows.append(("  latency wallet.send -> final, p50 / p99",
                          f"{1000 * e2e['p50']:,.0f} / {1000 * e2e['p99']:,.0f} ms", ""))
+            n = max(1, e2e["ok"])
+            for k, v in sorted(e2e["wire"].items()):
+                rows.append((f"  wire per transfer (4 daemons): {k}", f"{v / n:,.2f}", ""))
             for err in e2e["errors"][:5]:
                 print("  e2e error:", err)
         w = max(len(r[0]) for r in rows)

@@ -24,6 +24,12 @@ http.server as a `.fog` service, node 0 is the client with a SOCKS port), then, 
   rendezvous relay -> 2 relays -> service, some of them on the same daemon), each costing what
   the raw stream costs, so on one machine whose cores all the daemons share, `raw MB/s / links`
   bounds what any circuit implementation over these links can reach: shown as "link bound".
+- link bytes per link write during each transfer (onion.stats): what a link frame carries.
+Verdicts: "circuit / link bound" against the restated target (at least BOUND_TARGET %, with
+PASS/FAIL), and "circuit / one raw stream" against issue 14's target as filed (RAW_TARGET %
+of one raw stream, out of reach when every daemon shares one machine's cores). The best
+round of each counts; a loaded machine slows the single raw stream far more than the
+circuit, so the ratio means something only on a quiet machine; compare loaded runs by CPU.
 The machine's load is printed with the table: on a shared 2-core machine every figure moves.
 """
 from __future__ import annotations
@@ -44,6 +50,10 @@ import trio
 
 from fognode.node.errors import RpcError
 from fognode.tools.devnet import Devnet, free_port, wait_until
+
+
+BOUND_TARGET = 50      # % of the link bound (raw MB/s / link crossings), the restated target
+RAW_TARGET = 50        # % of one raw stream, issue 14's target as filed (out of reach on one machine)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -84,11 +94,19 @@ def _cpu(nodes: list[Any]) -> list[float]:
     return out
 
 
-def _cpu_per_mb(nodes: list[Any], mb: float, run: Any) -> tuple[Any, list[float]]:
-    """(run(), CPU ms per MB of each daemon during it)."""
-    before = _cpu(nodes)
+def _writes(nodes: list[Any]) -> tuple[int, int]:
+    """(link bytes written, link writes) summed over the daemons so far."""
+    stats = [n.rpc("onion.stats") for n in nodes]
+    return sum(s["link_bytes_out"] for s in stats), sum(s["link_writes"] for s in stats)
+
+
+def _cpu_per_mb(nodes: list[Any], mb: float, run: Any) -> tuple[Any, list[float], float]:
+    """(run(), CPU ms per MB of each daemon during it, link bytes per link write during it)."""
+    w0, before = _writes(nodes), _cpu(nodes)
     result = run()
-    return result, [1000 * (b - a) / mb for a, b in zip(before, _cpu(nodes))]
+    cpu = [1000 * (b - a) / mb for a, b in zip(before, _cpu(nodes))]
+    w1 = _writes(nodes)
+    return result, cpu, (w1[0] - w0[0]) / max(1, w1[1] - w0[1])
 
 
 def _curl(port: int, url: str) -> dict[str, float]:
@@ -141,15 +159,17 @@ def run(nodes: int, builds: int, mb: int, sets: list[str] | None = None, rounds:
         base = f"http://{svc['address']}"
         cold = wait_until(lambda: _try(socks, base + "/small.txt"), timeout=180, what="first fetch", interval=2)
         warm = [_curl(socks, base + "/small.txt")["ttfb"] for _ in range(5)]
-        bulk, raw, bulk_cpu, raw_cpu, loads = [], [], [], [], []
+        bulk, raw, bulk_cpu, raw_cpu, loads, bulk_w, raw_w = [], [], [], [], [], [], []
         for _ in range(rounds):
             loads.append(os.getloadavg()[0])
-            r, c = _cpu_per_mb(net.nodes, mb, lambda: _curl(socks, base + "/big.bin")["speed"] / 1e6)
+            r, c, w = _cpu_per_mb(net.nodes, mb, lambda: _curl(socks, base + "/big.bin")["speed"] / 1e6)
             bulk.append(r)
             bulk_cpu.append(c)
-            r, c = _cpu_per_mb(net.nodes, mb, lambda: _raw_stream(client, service, mb))
+            bulk_w.append(w)
+            r, c, w = _cpu_per_mb(net.nodes, mb, lambda: _raw_stream(client, service, mb))
             raw.append(r)
             raw_cpu.append(c)
+            raw_w.append(w)
         rend = [c for c in client.rpc("onion.circuits")["own"] if c["purpose"] == "rendezvous" and c["joined"]]
         hops = len(rend[0]["path"]) if rend else None
         out.update(ttfb_cold=cold["ttfb"], ttfb_warm=statistics.median(warm), circuit_mbs=max(bulk),
@@ -157,7 +177,8 @@ def run(nodes: int, builds: int, mb: int, sets: list[str] | None = None, rounds:
                    bulk_cpu=statistics.median(sum(c) for c in bulk_cpu),
                    bulk_cpu_max=statistics.median(max(c) for c in bulk_cpu),
                    raw_cpu=statistics.median(sum(c) for c in raw_cpu),
-                   links=2 * hops if hops else None)
+                   links=2 * hops if hops else None,
+                   bulk_write=statistics.median(bulk_w), raw_write=statistics.median(raw_w))
     finally:
         http.kill()
         net.stop_all()
@@ -190,18 +211,27 @@ def main() -> None:
     spread = lambda xs: " ".join(f"{x:.1f}" for x in xs)
     print(f"{f'bulk client -> service, {relays} relays between':<44}{r['circuit_mbs']:>8.2f} MB/s  "
           f"(rounds: {spread(r['bulk_all'])})")
+    pct_raw = 100 * r["circuit_mbs"] / r["raw_mbs"]
     print(f"{'one raw link stream client -> service node':<44}{r['raw_mbs']:>8.2f} MB/s  "
-          f"(rounds: {spread(r['raw_all'])}; {100 * r['circuit_mbs'] / r['raw_mbs']:.0f} % reached through the circuit)")
+          f"(rounds: {spread(r['raw_all'])})")
     print(f"{'time to first byte via SOCKS: cold / warm':<44}{r['ttfb_cold'] * 1000:>8.0f} / "
           f"{r['ttfb_warm'] * 1000:.0f} ms")
     print(f"{'daemons CPU per MB: circuit / raw stream':<44}{r['bulk_cpu']:>8.0f} / {r['raw_cpu']:.0f} ms "
           f"(busiest daemon on the circuit: {r['bulk_cpu_max']:.0f} ms; loads "
           f"{' '.join(f'{x:.1f}' for x in r['loads'])})")
+    print(f"{'link bytes per link write: circuit / raw':<44}{r['bulk_write'] / 1000:>8.1f} / "
+          f"{r['raw_write'] / 1000:.1f} kB")
     if r["links"]:
         bound = r["raw_mbs"] / r["links"]
+        pct_bound = 100 * r["circuit_mbs"] / bound
         label = f"link bound: raw / {r['links']} link crossings"
-        print(f"{label:<44}{bound:>8.2f} MB/s  "
-              f"({100 * r['circuit_mbs'] / bound:.0f} % of it reached through the circuit)")
+        print(f"{label:<44}{bound:>8.2f} MB/s")
+        print(f"{'CPU per MB and link crossing: circuit / raw':<44}{r['bulk_cpu'] / r['links']:>8.1f} / "
+              f"{r['raw_cpu']:.1f} ms")
+        print(f"{'circuit / link bound':<44}{pct_bound:>8.0f} %  (target >= {BOUND_TARGET} %: "
+              f"{'PASS' if pct_bound >= BOUND_TARGET else 'FAIL'})")
+    print(f"{'circuit / one raw stream':<44}{pct_raw:>8.0f} %  (issue 14 as filed asks >= {RAW_TARGET} %: "
+          f"{'PASS' if pct_raw >= RAW_TARGET else 'FAIL'})")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ from fognode.protocols.fl.transfer.tensors import TensorDecoder, TensorRejected,
 
 log = logging.getLogger("fognode.fl")
 
+# A write that makes no progress for this long means the receiver stopped reading (a frozen
+# aggregator keeps its connection): the update is given up well before stream_timeout.
+STALL_TIMEOUT = 20.0
+
 
 async def send_update(link: Link, a: SendUpdate) -> None:
     """Carry out `a` (on the transfer session to its aggregator, else on a stream of its
@@ -63,14 +67,22 @@ async def _send_reading_ack(st: FramedStream, header: dict[str, Any], chunks: li
     """Send the header and the chunks while reading the receiver's ack: a refusal by header
     comes before the tensor is read (the receiver never reads it), so the sending stops there,
     and the refusal's reason (e.g. "unknown round": the aggregator lacks the plan yet) reaches
-    the core instead of the reset of a stream whose receiver stopped reading."""
+    the core instead of the reset of a stream whose receiver stopped reading. A write that
+    makes no progress for STALL_TIMEOUT resets the stream and raises StreamClosed."""
+    stalled: list[bool] = []
+
     async def pump() -> None:
         try:
-            await st.send(header)
+            with trio.fail_after(STALL_TIMEOUT):
+                await st.send(header)
             for c in chunks:
-                await st.send_bytes(bytes(c))
+                with trio.fail_after(STALL_TIMEOUT):
+                    await st.send_bytes(bytes(c))
         except StreamClosed:
             pass            # the receiver refused and closed: its ack says why
+        except trio.TooSlowError:
+            stalled.append(True)        # the ack will not come either: stop reading it
+            nursery.cancel_scope.cancel()
 
     got: list[Ack | Exception] = []
     async with trio.open_nursery() as nursery:
@@ -80,6 +92,12 @@ async def _send_reading_ack(st: FramedStream, header: dict[str, Any], chunks: li
         except (StreamClosed, RemoteProtocolError) as e:    # raised plain, not in a group
             got.append(e)
         nursery.cancel_scope.cancel()
+    if stalled:
+        # the receiver took nothing for STALL_TIMEOUT: frozen, or gone with its connection
+        # still open (a reused session, unlike a fresh stream open, does not prove it alive)
+        with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+            await st.reset()
+        raise StreamClosed(f"the receiver read nothing for {STALL_TIMEOUT:g} s")
     if isinstance(got[0], Exception):
         raise got[0]
     return got[0]

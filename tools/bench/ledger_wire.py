@@ -1,0 +1,90 @@
+"""Wire counters for the ledger benchmark's daemons (`bench.ledger --count-wire`), bench-only.
+
+`install(path)` runs in a benchmark daemon before it starts (tools/bench/ledger.py's runner,
+never in a real node): it wraps a few methods of our py-libp2p subclasses and our framed
+stream to count, per daemon, what goes over the wire, and a thread writes the counters to
+`path` (JSON) every WRITE_EVERY seconds, so the benchmark can read them before and after its
+burst:
+- `yamux_out.<type>`: yamux frames written (data, window_update, ping, go_away), one
+  `secured_conn.write` (one Noise message) each; `yamux_out_bytes`;
+- `frames_out.<protocol id>`: length-prefixed frames our streams sent (order stream requests
+  and replies, sync), `Libp2pFramedStream.send_bytes`;
+- `pubsub_in.messages`: pubsub messages received (every copy, before the seen-check),
+  `pubsub_in.first`: those not seen before;
+- `pubsub_in.<ihave|iwant|idontwant|graft|prune>`: control entries received; `pubsub_in.rpcs`:
+  RPCs with a control part.
+The wrappers add a dictionary increment per call; the CPU figures of a counting run are not
+comparable with a run without it.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import threading
+import time
+from typing import Any
+
+WRITE_EVERY = 0.25
+_YAMUX_TYPES = {0: "data", 1: "window_update", 2: "ping", 3: "go_away"}
+
+
+def install(path: str) -> None:
+    from fognode.node import p2pfix_yamux, scored_pubsub, streams
+
+    counts: collections.Counter[str] = collections.Counter()
+
+    orig_write = p2pfix_yamux.QuickYamux._write_frame
+
+    async def _write_frame(self: Any, data: bytes) -> None:
+        counts["yamux_out." + _YAMUX_TYPES.get(data[1] if len(data) > 1 else -1, "other")] += 1
+        counts["yamux_out_bytes"] += len(data)
+        await orig_write(self, data)
+    p2pfix_yamux.QuickYamux._write_frame = _write_frame
+
+    orig_send = streams.Libp2pFramedStream.send_bytes
+
+    async def send_bytes(self: Any, data: bytes) -> None:
+        counts["frames_out." + self.protocol_id] += 1
+        await orig_send(self, data)
+    streams.Libp2pFramedStream.send_bytes = send_bytes
+
+    orig_push = scored_pubsub.ScoredPubsub.push_msg
+
+    async def push_msg(self: Any, msg_forwarder: Any, msg: Any) -> None:
+        if msg_forwarder != self.my_id:
+            counts["pubsub_in.messages"] += 1
+            if not self._is_msg_seen(msg):
+                counts["pubsub_in.first"] += 1
+        await orig_push(self, msg_forwarder, msg)
+    scored_pubsub.ScoredPubsub.push_msg = push_msg
+
+    orig_rpc = scored_pubsub.ScoredGossipSub.handle_rpc
+
+    async def handle_rpc(self: Any, rpc: Any, sender_peer_id: Any) -> None:
+        c = rpc.control
+        counts["pubsub_in.rpcs"] += 1
+        for kind in ("ihave", "iwant", "idontwant", "graft", "prune"):
+            n = len(getattr(c, kind))
+            if n:
+                counts["pubsub_in." + kind] += n
+        await orig_rpc(self, rpc, sender_peer_id)
+    scored_pubsub.ScoredGossipSub.handle_rpc = handle_rpc
+
+    def writer() -> None:
+        while True:
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(dict(counts), f)
+            os.replace(tmp, path)
+            time.sleep(WRITE_EVERY)
+    threading.Thread(target=writer, name="bench-wire-counters", daemon=True).start()
+
+
+def read(path: str) -> dict[str, int]:
+    """The counters a daemon wrote last ({} if none yet)."""
+    try:
+        with open(path) as f:
+            return dict(json.load(f))
+    except (OSError, ValueError):
+        return {}
