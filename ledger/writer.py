@@ -33,6 +33,7 @@ without `run`, tests), `barrier()` writes the open group on the caller's thread.
 from __future__ import annotations
 
 import time
+from collections import deque
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
@@ -45,6 +46,10 @@ from fognode.ledger.store import LedgerStore
 from fognode.node.errors import FognodeError, StreamClosed
 from fognode.node.metrics import metric
 from fognode.node.overlay import FramedStream
+from fognode.node.streams import Libp2pFramedStream, send_frames
+from fognode.node.wire import pack
+
+PIPELINE = 64    # decided requests of one stream waiting for their replies (serve_in_order)
 
 
 def _copy(err: LedgerStorageFailed) -> LedgerStorageFailed:
@@ -275,28 +280,48 @@ async def serve_in_order(writer: GroupWriter, stream: FramedStream, decide: Call
     records join the open group) one after the other, and a sender task sends each request's
     replies, in request order, once every group submitted up to its decision is on disk, while
     the next requests are read and decided (a pipelining client gets its replies grouped into
-    few fsyncs). Ends when the client closes the stream, after the decided replies are sent.
+    few fsyncs). The replies of every decided request whose group is durable when the sender
+    runs leave together in one muxer write (node/streams.py `send_frames`: one yamux frame,
+    Noise message and TCP write for the lot). At most PIPELINE decided requests wait for their
+    replies; the reader waits for room beyond that. Ends when the client closes the stream,
+    after the decided replies are sent.
     A LedgerStorageFailed (from `decide` or a failed group) resets the stream, nothing more is
     sent; another FognodeError (a bad request, a broken stream) is raised."""
-    out, queued = trio.open_memory_channel[tuple[Group | None, list[Any]]](64)
+    pending: deque[tuple[Group | None, list[Any]]] = deque()
     failed: list[FognodeError] = []
+    state = _Pipe()
 
     async def sender() -> None:
-        async with queued:
-            async for group, replies in queued:
-                try:
-                    if group is not None:
-                        await group.wait()
-                    for r in replies:      # a map, or its encoding made already
-                        await (stream.send_bytes(r) if isinstance(r, bytes) else stream.send(r))
-                except FognodeError as e:
-                    failed.append(e)
-                    nursery.cancel_scope.cancel()
+        while True:
+            if not pending:
+                if state.reading_done:
                     return
+                state.wake = trio.Event()
+                await state.wake.wait()
+                continue
+            group = pending[0][0]
+            try:
+                if group is not None and not group.durable:
+                    await group.wait()
+                frames: list[bytes] = []
+                # every decided request whose group is durable now (groups finish in order)
+                while pending and (pending[0][0] is None or pending[0][0].durable):
+                    for r in pending.popleft()[1]:      # a map, or its encoding made already
+                        frames.append(r if isinstance(r, bytes) else pack(r))
+                state.room.set()
+                if isinstance(stream, Libp2pFramedStream):
+                    await send_frames(stream, frames)
+                else:
+                    for f in frames:
+                        await stream.send_bytes(f)
+            except FognodeError as e:
+                failed.append(e)
+                nursery.cancel_scope.cancel()
+                return
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender)
-        async with out:
+        try:
             while True:
                 try:
                     replies = decide(await stream.recv(max_size=max_size))
@@ -306,9 +331,27 @@ async def serve_in_order(writer: GroupWriter, stream: FramedStream, decide: Call
                     failed.append(e)
                     nursery.cancel_scope.cancel()
                     break
-                await out.send((writer.latest(), replies))
+                pending.append((writer.latest(), replies))
+                state.wake.set()
+                while len(pending) >= PIPELINE:
+                    state.room = trio.Event()
+                    await state.room.wait()
+        finally:
+            state.reading_done = True
+            state.wake.set()
     if failed:
         if isinstance(failed[0], LedgerStorageFailed):
             await stream.reset()
             return
         raise failed[0]
+
+
+class _Pipe:
+    """serve_in_order's hand-over between its reader and its sender."""
+
+    __slots__ = ("wake", "room", "reading_done")
+
+    def __init__(self) -> None:
+        self.wake = trio.Event()        # set when a request was decided (or reading ended)
+        self.room = trio.Event()        # set when the sender took decided requests
+        self.reading_done = False

@@ -231,7 +231,7 @@ def _decay(factor: float) -> Libp2pTopicParams:
 class ScoredGossipSub(ThresholdIdontwantGossipSub):
     """GossipSub that prunes negative peers, refuses their GRAFTs and ignores graylisted ones.
     Takes GossipSub's arguments plus the score parameters, the P6 function and `count`.
-    Derives from node/p2pfix_idontwant.py's GossipSub (IDONTWANT only for messages >= 1 KiB)."""
+    Derives from node/p2pfix_idontwant.py's GossipSub (IDONTWANT only where it can save a copy)."""
 
     def __init__(self, *, peer_score: PeerScoreParams, app_score: AppScore, count: Count,
                  **kwargs: Any) -> None:

@@ -237,7 +237,7 @@ def test_a_changed_or_forged_record_is_verified_again() -> None:
     assert cache2.verified == 2 and cache2.skipped == 0 and not cache2.accepted
 
 
-async def test_idontwant_only_for_messages_of_1_kib_or_more() -> None:
+async def test_idontwant_only_where_it_can_save_a_copy() -> None:
     got: dict[int, int] = {}
     async with overlays(3) as nodes:
         async def on_msg(msg: Any) -> None:
@@ -259,7 +259,19 @@ async def test_idontwant_only_for_messages_of_1_kib_or_more() -> None:
                              what=f"small message {i} at both others")
         skipped = sum(n.gossipsub.idontwant_skipped for n in nodes)
         assert skipped >= 10 and idontwant_seen() == 0
+        # large, but a full mesh of 3 (<= D): every copy comes from the origin in the first hop
         for i in range(5):
             await a.publish(TOPIC, b"L" * 2000 + bytes([i]))
         await wait_until(lambda: sum(got.values()) >= 30, what="large messages at both others")
+        # (the burst may leave as one batch: at least the two receivers each skipped one)
+        assert sum(n.gossipsub.idontwant_full_mesh for n in nodes) >= 2
+        assert idontwant_seen() == 0
+        # with the full-mesh rule off: sent, but never back to the origin (also the forwarder)
+        for n in nodes:
+            n.gossipsub.full_mesh_max = 0
+        for i in range(5):
+            await a.publish(TOPIC, b"M" * 2000 + bytes([i]))
+        await wait_until(lambda: sum(got.values()) >= 40, what="more large messages at both others")
         await wait_until(lambda: idontwant_seen() > 0, what="an IDONTWANT for a large message")
+        assert not any(a.gossipsub.dont_send_message_ids.values())
+        assert sum(n.gossipsub.idontwant_sent for n in nodes) >= 1

@@ -8,7 +8,8 @@ burst:
 - `yamux_out.<type>`: yamux frames written (data, window_update, ping, go_away), one
   `secured_conn.write` (one Noise message) each; `yamux_out_bytes`;
 - `frames_out.<protocol id>`: length-prefixed frames our streams sent (order stream requests
-  and replies, sync), `Libp2pFramedStream.send_bytes`;
+  and replies, sync), `Libp2pFramedStream.send_bytes` and `send_frames`; `frame_writes.<protocol
+  id>`: the muxer writes that carried them (one per send_bytes, one or more per send_frames);
 - `pubsub_in.messages`: pubsub messages received (every copy, before the seen-check),
   `pubsub_in.first`: those not seen before;
 - `pubsub_in.<ihave|iwant|idontwant|graft|prune>`: control entries received; `pubsub_in.rpcs`:
@@ -30,6 +31,7 @@ _YAMUX_TYPES = {0: "data", 1: "window_update", 2: "ping", 3: "go_away"}
 
 
 def install(path: str) -> None:
+    from fognode.ledger import writer as ledger_writer
     from fognode.node import p2pfix_yamux, scored_pubsub, streams
 
     counts: collections.Counter[str] = collections.Counter()
@@ -46,8 +48,18 @@ def install(path: str) -> None:
 
     async def send_bytes(self: Any, data: bytes) -> None:
         counts["frames_out." + self.protocol_id] += 1
+        counts["frame_writes." + self.protocol_id] += 1
         await orig_send(self, data)
     streams.Libp2pFramedStream.send_bytes = send_bytes
+
+    orig_frames = streams.send_frames
+
+    async def send_frames(stream: Any, frames: list[bytes]) -> None:
+        counts["frames_out." + stream.protocol_id] += len(frames)
+        counts["frame_writes." + stream.protocol_id] += 1     # one per COALESCE_BYTES, in practice 1
+        await orig_frames(stream, frames)
+    streams.send_frames = send_frames
+    ledger_writer.send_frames = send_frames     # imported there by name
 
     orig_push = scored_pubsub.ScoredPubsub.push_msg
 
