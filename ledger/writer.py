@@ -280,9 +280,10 @@ async def serve_in_order(writer: GroupWriter, stream: FramedStream, decide: Call
     records join the open group) one after the other, and a sender task sends each request's
     replies, in request order, once every group submitted up to its decision is on disk, while
     the next requests are read and decided (a pipelining client gets its replies grouped into
-    few fsyncs). The replies of every decided request whose group is durable when the sender
-    runs leave together in one muxer write (node/streams.py `send_frames`: one yamux frame,
-    Noise message and TCP write for the lot). At most PIPELINE decided requests wait for their
+    few fsyncs). The sender wakes once per group (its `on_durable`), not per request, and the
+    replies of every decided request whose group is durable when it runs leave together in one
+    muxer write (node/streams.py `send_frames`: one yamux frame, Noise message and TCP write
+    for the lot). At most PIPELINE decided requests wait for their
     replies; the reader waits for room beyond that. Ends when the client closes the stream,
     after the decided replies are sent.
     A LedgerStorageFailed (from `decide` or a failed group) resets the stream, nothing more is
@@ -291,33 +292,35 @@ async def serve_in_order(writer: GroupWriter, stream: FramedStream, decide: Call
     failed: list[FognodeError] = []
     state = _Pipe()
 
+    def ready() -> None:           # a group the pending replies wait for finished
+        state.wake.set()
+
     async def sender() -> None:
         while True:
-            if not pending:
-                if state.reading_done:
-                    return
-                state.wake = trio.Event()
-                await state.wake.wait()
-                continue
-            group = pending[0][0]
+            state.wake = trio.Event()
+            frames: list[bytes] = []
+            # every decided request whose group is durable now (groups finish in order)
+            while pending and (pending[0][0] is None or pending[0][0].durable):
+                for r in pending.popleft()[1]:      # a map, or its encoding made already
+                    frames.append(r if isinstance(r, bytes) else pack(r))
             try:
-                if group is not None and not group.durable:
-                    await group.wait()
-                frames: list[bytes] = []
-                # every decided request whose group is durable now (groups finish in order)
-                while pending and (pending[0][0] is None or pending[0][0].durable):
-                    for r in pending.popleft()[1]:      # a map, or its encoding made already
-                        frames.append(r if isinstance(r, bytes) else pack(r))
-                state.room.set()
-                if isinstance(stream, Libp2pFramedStream):
-                    await send_frames(stream, frames)
-                else:
-                    for f in frames:
-                        await stream.send_bytes(f)
+                if frames:
+                    state.room.set()
+                    if isinstance(stream, Libp2pFramedStream):
+                        await send_frames(stream, frames)
+                    else:
+                        for f in frames:
+                            await stream.send_bytes(f)
+                    continue
+                if pending and pending[0][0] is not None and pending[0][0].finished:
+                    await pending[0][0].wait()       # its write failed: raises
+                if not pending and state.reading_done:
+                    return
             except FognodeError as e:
                 failed.append(e)
                 nursery.cancel_scope.cancel()
                 return
+            await state.wake.wait()     # woken by the reader, or by the group's write finishing
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender)
@@ -331,8 +334,14 @@ async def serve_in_order(writer: GroupWriter, stream: FramedStream, decide: Call
                     failed.append(e)
                     nursery.cancel_scope.cancel()
                     break
-                pending.append((writer.latest(), replies))
-                state.wake.set()
+                group = writer.latest()
+                pending.append((group, replies))
+                if group is None or group.durable:
+                    state.wake.set()
+                elif group is not state.watched:     # one wake-up per group, not per request
+                    state.watched = group
+                    group.on_durable(ready)
+                    group.on_failure(ready)
                 while len(pending) >= PIPELINE:
                     state.room = trio.Event()
                     await state.room.wait()
@@ -349,9 +358,10 @@ async def serve_in_order(writer: GroupWriter, stream: FramedStream, decide: Call
 class _Pipe:
     """serve_in_order's hand-over between its reader and its sender."""
 
-    __slots__ = ("wake", "room", "reading_done")
+    __slots__ = ("wake", "room", "reading_done", "watched")
 
     def __init__(self) -> None:
-        self.wake = trio.Event()        # set when a request was decided (or reading ended)
+        self.wake = trio.Event()        # set when replies may be ready (or reading ended)
         self.room = trio.Event()        # set when the sender took decided requests
         self.reading_done = False
+        self.watched: Group | None = None   # the newest group whose outcome wakes the sender

@@ -10,10 +10,13 @@ burst:
 - `frames_out.<protocol id>`: length-prefixed frames our streams sent (order stream requests
   and replies, sync), `Libp2pFramedStream.send_bytes` and `send_frames`; `frame_writes.<protocol
   id>`: the muxer writes that carried them (one per send_bytes, one or more per send_frames);
+- `stream_opens.<protocol id>`: streams this daemon opened (`Libp2pOverlay.open_stream`);
 - `pubsub_in.messages`: pubsub messages received (every copy, before the seen-check),
   `pubsub_in.first`: those not seen before;
 - `pubsub_in.<ihave|iwant|idontwant|graft|prune>`: control entries received; `pubsub_in.rpcs`:
   RPCs with a control part.
+- `trio.task_steps`: trio task steps (scheduler runs of a task), `trio.tasks_spawned`: tasks
+  started; counted by a trio Instrument added to the daemon's `trio.run`.
 The wrappers add a dictionary increment per call; the CPU figures of a counting run are not
 comparable with a run without it.
 """
@@ -26,13 +29,15 @@ import threading
 import time
 from typing import Any
 
+import trio
+
 WRITE_EVERY = 0.25
 _YAMUX_TYPES = {0: "data", 1: "window_update", 2: "ping", 3: "go_away"}
 
 
 def install(path: str) -> None:
     from fognode.ledger import writer as ledger_writer
-    from fognode.node import p2pfix_yamux, scored_pubsub, streams
+    from fognode.node import host, p2pfix_yamux, scored_pubsub, streams
 
     counts: collections.Counter[str] = collections.Counter()
 
@@ -52,14 +57,22 @@ def install(path: str) -> None:
         await orig_send(self, data)
     streams.Libp2pFramedStream.send_bytes = send_bytes
 
-    orig_frames = streams.send_frames
+    orig_frames = getattr(streams, "send_frames", None)     # absent before session 24
 
     async def send_frames(stream: Any, frames: list[bytes]) -> None:
         counts["frames_out." + stream.protocol_id] += len(frames)
         counts["frame_writes." + stream.protocol_id] += 1     # one per COALESCE_BYTES, in practice 1
         await orig_frames(stream, frames)
-    streams.send_frames = send_frames
-    ledger_writer.send_frames = send_frames     # imported there by name
+    if orig_frames is not None:
+        streams.send_frames = send_frames
+        ledger_writer.send_frames = send_frames     # imported there by name
+
+    orig_open = host.Libp2pOverlay.open_stream
+
+    async def open_stream(self: Any, peer: str, protocol: str, *args: Any, **kwargs: Any) -> Any:
+        counts["stream_opens." + protocol] += 1
+        return await orig_open(self, peer, protocol, *args, **kwargs)
+    host.Libp2pOverlay.open_stream = open_stream
 
     orig_push = scored_pubsub.ScoredPubsub.push_msg
 
@@ -82,6 +95,20 @@ def install(path: str) -> None:
                 counts["pubsub_in." + kind] += n
         await orig_rpc(self, rpc, sender_peer_id)
     scored_pubsub.ScoredGossipSub.handle_rpc = handle_rpc
+
+    class _Steps(trio.abc.Instrument):
+        def before_task_step(self, task: Any) -> None:
+            counts["trio.task_steps"] += 1
+
+        def task_spawned(self, task: Any) -> None:
+            counts["trio.tasks_spawned"] += 1
+
+    orig_run = trio.run
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        kwargs["instruments"] = [*kwargs.get("instruments", ()), _Steps()]
+        return orig_run(*args, **kwargs)
+    trio.run = run
 
     def writer() -> None:
         while True:
