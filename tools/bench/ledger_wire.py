@@ -11,8 +11,8 @@ burst:
   and replies, sync), `Libp2pFramedStream.send_bytes` and `send_frames`; `frame_writes.<protocol
   id>`: the muxer writes that carried them (one per send_bytes, one or more per send_frames);
 - `stream_opens.<protocol id>`: streams this daemon opened (`Libp2pOverlay.open_stream`);
-- `pubsub_in.messages`: pubsub messages received (every copy, before the seen-check),
-  `pubsub_in.first`: those not seen before;
+- `pubsub_in.messages`: pubsub messages received (every copy, as its RPC is parsed),
+  `pubsub_in.first`: those not seen before (when their task runs);
 - `pubsub_in.<ihave|iwant|idontwant|graft|prune>`: control entries received; `pubsub_in.rpcs`:
   RPCs with a control part.
 - `trio.task_steps`: trio task steps (scheduler runs of a task), `trio.tasks_spawned`: tasks
@@ -58,7 +58,7 @@ def install(path: str) -> None:
         await orig_send(self, data)
     streams.Libp2pFramedStream.send_bytes = send_bytes
 
-    orig_frames = getattr(streams, "send_frames", None)     # absent before session 24
+    orig_frames: Any = getattr(streams, "send_frames", None)     # absent before session 24
 
     async def send_frames(stream: Any, frames: list[bytes]) -> None:
         counts["frames_out." + stream.protocol_id] += len(frames)
@@ -78,12 +78,18 @@ def install(path: str) -> None:
     orig_push = scored_pubsub.ScoredPubsub.push_msg
 
     async def push_msg(self: Any, msg_forwarder: Any, msg: Any) -> None:
-        if msg_forwarder != self.my_id:
-            counts["pubsub_in.messages"] += 1
-            if not self._is_msg_seen(msg):
-                counts["pubsub_in.first"] += 1
+        if msg_forwarder != self.my_id and not self._is_msg_seen(msg):
+            counts["pubsub_in.first"] += 1
         await orig_push(self, msg_forwarder, msg)
     scored_pubsub.ScoredPubsub.push_msg = push_msg
+
+    orig_subscribed = scored_pubsub.ScoredPubsub._is_subscribed_to_msg
+
+    def _is_subscribed_to_msg(self: Any, msg: Any) -> bool:
+        if scored_pubsub._READING_FROM.get() is not None:    # a copy read from a peer
+            counts["pubsub_in.messages"] += 1
+        return bool(orig_subscribed(self, msg))
+    scored_pubsub.ScoredPubsub._is_subscribed_to_msg = _is_subscribed_to_msg
 
     orig_rpc = scored_pubsub.ScoredGossipSub.handle_rpc
 
