@@ -25,7 +25,10 @@ origin's own mesh holds them all too, so every peer gets the message from the or
 first hop; an IDONTWANT from a receiver reaches the others one hop later, after they have
 forwarded their own copy. Measured in `bench.ledger --count-wire` (4 daemons, certificate
 batches of 1-4 KiB): 2.9 IDONTWANT entries received per transfer against 2.4 message copies,
-each copy still arriving about 2.6 times. In such a mesh none is sent.
+each copy still arriving about 2.6 times. In such a mesh none is sent. The rule reads only
+this node's view: where the origin is not connected to every peer (a partial topology), a
+relay's IDONTWANT could have spared it one duplicate from a peer the origin did not reach
+first; that duplicate now arrives (and is dropped as seen).
 
 Fix. `ThresholdIdontwantGossipSub` (a subclass; fognode's ScoredGossipSub derives from it and
 is handed to Pubsub as its router, a constructor option) notes the data size, the forwarder
