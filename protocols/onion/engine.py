@@ -33,10 +33,10 @@ from fognode.node.datadir import write_atomic
 from fognode.node.events import EventBus
 from fognode.node.overlay import Overlay
 from fognode.protocols.onion.actions import (Action, CircKey, CircuitBuilt, CircuitClosed, CircuitMessage, OpenStream,
-                                             PeerFault, PersistState, SendCell, StreamConnected, StreamData,
-                                             StreamEnded)
+                                             PeerFault, PersistState, SendCell, SendCells, StreamConnected,
+                                             StreamData, StreamEnded)
 from fognode.protocols.onion.cbt import BuildTimeEstimator
-from fognode.protocols.onion.cells import Cell, CellError, CellFramer, RelayCommand
+from fognode.protocols.onion.cells import Cell, CellError, CellFramer, RelayCommand, RelayRun
 from fognode.protocols.onion.circuit import CircuitState, ClientCircuit
 from fognode.protocols.onion.config import OnionConfig
 from fognode.protocols.onion.cstream import CircuitStream
@@ -229,15 +229,20 @@ class OnionEngine:
     def _on_bytes(self, peer: str, data: bytes, framer: CellFramer) -> None:
         self._link_in.inc(len(data))
         now = self.clock()
-        items = framer.feed(data)
+        items = framer.feed_runs(data)
         if items:      # one core call for the frame's cells: its actions run in order after it
             self._call(lambda: self._route(peer, items, now))
 
-    def _route(self, peer: str, items: list[Cell | CellError], now: float) -> list[Action]:
+    def _route(self, peer: str, items: list[Cell | RelayRun | CellError], now: float) -> list[Action]:
         out: list[Action] = []
         own = self.client.circuits
         for item in items:
-            if isinstance(item, CellError):
+            if type(item) is RelayRun:
+                if (peer, item.circ_id) in own:
+                    out += self.client.receive_run(peer, item, now)
+                else:
+                    out += self.relay.receive_run(peer, item, now)
+            elif isinstance(item, CellError):
                 out += self.relay.garbage(peer, item)
             elif (peer, item.circ_id) in own:
                 out += self.client.receive(peer, item, now)
@@ -256,6 +261,10 @@ class OnionEngine:
         frame = a.cell.frame()
         self._out_bytes += len(frame)
         self.links.send(a.peer, frame)
+
+    def send_cells(self, a: SendCells) -> None:
+        self._out_bytes += len(a.frames)
+        self.links.send(a.peer, a.frames)
 
     def circuit_built(self, a: CircuitBuilt) -> None:
         self.metrics.build_seconds.observe(a.build_time)

@@ -30,12 +30,12 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from fognode.protocols.onion.actions import (Action, CircKey, OpenStream, PeerFault, SendCell, StreamConnected,
-                                             StreamData, StreamEnded)
-from fognode.protocols.onion.cells import (Cell, CellCommand, CellError, RelayCommand, RelayMsg, create_body,
-                                           created_body, decode_relay, destroy_body, parse_begin, parse_create,
-                                           parse_created, parse_destroy, parse_end, parse_extend,
-                                           parse_padding_negotiate)
+from fognode.protocols.onion.actions import (Action, CircKey, OpenStream, PeerFault, SendCell, SendCells,
+                                             StreamConnected, StreamData, StreamEnded)
+from fognode.protocols.onion.cells import (BODY_LEN, Cell, CellCommand, CellError, RelayCommand, RelayMsg, RelayRun,
+                                           create_body, created_body, decode_relay, destroy_body, frame_relay_cells,
+                                           parse_begin, parse_create, parse_created, parse_destroy, parse_end,
+                                           parse_extend, parse_padding_negotiate)
 from fognode.protocols.onion.errors import DESTROY_CODES, CircuitProtocolError, HandshakeError, TeardownReason
 from fognode.protocols.onion.flow import FlowParams, StreamMux, StreamState
 from fognode.protocols.onion.links import CircIdAllocator
@@ -158,6 +158,81 @@ class RelayCore:
         except CellError as e:
             return [PeerFault(peer, "protocol", str(e), penalize=False),
                     *self._destroy(circ, TeardownReason.PROTOCOL, now)]
+
+    def receive_run(self, peer: str, run: RelayRun, now: float) -> list[Action]:
+        """The cells of a RelayRun from `peer` (cells.CellFramer.feed_runs): the same as
+        `receive` of each in order, but a run that only passes through (any hop's backward
+        cells, a middle hop's forward ones, a joined meeting point's towards the other
+        circuit) is layered in one cipher call and sent on as one SendCells."""
+        key = (peer, run.circ_id)
+        circ = self._links.get(key)
+        n = run.count
+        if circ is None or n == 1:
+            return self._each(peer, run, now)
+        try:
+            if key != circ.prev:
+                self.cells_relayed += n
+                circ.cells_backward += n
+                return [SendCells(circ.prev[0], frame_relay_cells(circ.prev[1], circ.hop.from_next_many(run.bodies, n),
+                                                                  n), n)]
+            if circ.next is not None and circ.extend_since is None:
+                self.cells_relayed += n
+                circ.cells_forward += n
+                return [SendCells(circ.next[0], frame_relay_cells(circ.next[1], circ.hop.pass_forward_many(run.bodies, n),
+                                                                  n), n)]
+        except CircuitProtocolError as e:
+            return [PeerFault(peer, e.reason.value, str(e), penalize=False), *self._destroy(circ, e.reason, now)]
+        if circ.joined is not None:
+            return self._joined_run(peer, circ, run, now)
+        return self._each(peer, run, now)
+
+    def _each(self, peer: str, run: RelayRun, now: float) -> list[Action]:
+        out: list[Action] = []
+        for cell in run.cells():
+            out += self.receive(peer, cell, now)
+        return out
+
+    def _joined_run(self, peer: str, circ: RelayCircuit, run: RelayRun, now: float) -> list[Action]:
+        """A run from the previous hop of a joined meeting point: each cell's tag is tried (a
+        padding DROP for this relay may come, relay_crypto.py), those not for it go on into the
+        joined circuit together. After a cell for this relay, the rest go through `receive`."""
+        j = circ.joined
+        assert j is not None
+        out: list[Action] = []
+        passed: list[bytes] = []
+        n = run.count
+        for i in range(n):
+            self.cells_relayed += 1
+            circ.cells_forward += 1
+            try:
+                plain, rest, tag = circ.hop.from_previous(run.body(i))
+                if plain is None:
+                    passed.append(rest)
+                    continue
+                out += self._into_joined(j, passed)
+                passed = []
+                out += self._message(circ, decode_relay(plain), tag, now)
+            except CircuitProtocolError as e:
+                out += self._into_joined(j, passed)
+                passed = []
+                out += [PeerFault(peer, e.reason.value, str(e), penalize=False), *self._destroy(circ, e.reason, now)]
+            except CellError as e:
+                out += self._into_joined(j, passed)
+                passed = []
+                out += [PeerFault(peer, "protocol", str(e), penalize=False),
+                        *self._destroy(circ, TeardownReason.PROTOCOL, now)]
+            if i + 1 < n:
+                return out + self._each(peer, RelayRun(run.circ_id, run.bodies[(i + 1) * BODY_LEN:], n - i - 1), now)
+        return out + self._into_joined(j, passed)
+
+    def _into_joined(self, j: RelayCircuit, passed: list[bytes]) -> list[Action]:
+        """Bodies from the joined circuit's peer, on towards `j`'s origin with its backward layer."""
+        if not passed:
+            return []
+        n = len(passed)
+        j.cells_backward += n
+        bodies = j.hop.from_next_many(passed[0] if n == 1 else b"".join(passed), n)
+        return [SendCells(j.prev[0], frame_relay_cells(j.prev[1], bodies, n), n)]
 
     def _drop(self, peer: str, reason: str, detail: str, penalize: bool) -> list[Action]:
         self.dropped += 1
