@@ -45,6 +45,7 @@ PLAIN_LEN = BODY_LEN - TAG_LEN     # 4075: relay message plaintext
 RELAY_HEADER_LEN = 9               # command u8, stream_id u16, length u16, nonce 4
 MAX_DATA = PLAIN_LEN - RELAY_HEADER_LEN   # 4066
 FRAME_LEN = 2 + CELL_SIZE
+RUN_MAX = 16                       # cells in one RelayRun at most (cells.CellFramer.feed_runs)
 MAX_CIRC_ID = 0xFFFFFFFF
 MAX_STREAM_ID = 0xFFFF
 NTOR_ONIONSKIN_LEN = 96            # relay identity 32 | onion key 32 | client ephemeral 32
@@ -251,7 +252,7 @@ class CellFramer:
             if n == CELL_SIZE:
                 circ_id, cmd = _CELL_HEAD.unpack_from(view, start)
                 if cmd == relay and circ_id:
-                    if circ_id != run_id and parts:
+                    if (circ_id != run_id or len(parts) >= RUN_MAX) and parts:
                         out.append(RelayRun(run_id, b"".join(parts), len(parts)))
                         parts = []
                     run_id = circ_id

@@ -36,7 +36,7 @@ from typing import Sequence
 from fognode.node.errors import LocalProtocolError
 from fognode.protocols.onion.actions import (Action, CircKey, CircuitBuilt, CircuitClosed, CircuitMessage, OpenStream,
                                              SendCell, SendCells, StreamConnected, StreamData, StreamEnded)
-from fognode.protocols.onion.cells import (BODY_LEN, Cell, CellCommand, RelayCommand, RelayMsg, RelayRun, begin_data,
+from fognode.protocols.onion.cells import (BODY_LEN, RUN_MAX, Cell, CellCommand, RelayCommand, RelayMsg, RelayRun, begin_data,
                                            create_body, decode_relay, destroy_body, extend_data, frame_relay_cells,
                                            padding_negotiate_data, parse_begin, parse_created, parse_destroy,
                                            parse_end)
@@ -384,7 +384,7 @@ class ClientCircuit:
 
     def _pump(self, now: float) -> list[Action]:
         """Send every DATA cell the windows allow (no padding): each sealed for the last hop
-        in turn, then the relays' layers added to all of them at once and one SendCells."""
+        in turn, then the relays' layers added RUN_MAX cells at a time, one SendCells each."""
         out: list[Action] = []
         if self._padding is None:
             dest = self._end
@@ -395,9 +395,10 @@ class ClientCircuit:
                 body, tag = seal(msg.encode())
                 mux.sent_data(msg.stream_id, len(msg.data), tag)
                 bodies.append(body)
-            if bodies:
-                n = len(bodies)
-                layered = self.onion.layer_forward(dest, bodies[0] if n == 1 else b"".join(bodies), n)
+            for i in range(0, len(bodies), RUN_MAX):
+                part = bodies[i:i + RUN_MAX]
+                n = len(part)
+                layered = self.onion.layer_forward(dest, part[0] if n == 1 else b"".join(part), n)
                 self.cells_sent += n
                 out.append(SendCells(self.key[0], frame_relay_cells(self.key[1], layered, n), n))
         return out + self._queue_flushed_ends()
