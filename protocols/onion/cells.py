@@ -339,20 +339,25 @@ class RelayMsg:
         return _pad(head + self.data, PLAIN_LEN)
 
 
+_RELAY_HEAD = struct.Struct(">BHH")
+_RELAY_COMMANDS: dict[int, RelayCommand] = {int(c): c for c in RelayCommand}
+_STREAM_CMDS = frozenset({RelayCommand.BEGIN, RelayCommand.DATA, RelayCommand.END, RelayCommand.CONNECTED})
+_ANY_STREAM_ID = frozenset({RelayCommand.SENDME, RelayCommand.DROP})     # circuit- or stream-level
+
+
 def decode_relay(plain: bytes) -> RelayMsg:
     if len(plain) != PLAIN_LEN:
         raise CellError(f"relay message is {len(plain)} bytes, want {PLAIN_LEN}")
-    cmd, stream_id, length = struct.unpack_from(">BHH", plain)
-    try:
-        command = RelayCommand(cmd)
-    except ValueError:
-        raise CellError(f"relay.command: unknown relay command {cmd}") from None
+    cmd, stream_id, length = _RELAY_HEAD.unpack_from(plain)
+    command = _RELAY_COMMANDS.get(cmd)
+    if command is None:
+        raise CellError(f"relay.command: unknown relay command {cmd}")
     if length > MAX_DATA:
         raise CellError(f"relay.length: {length} exceeds {MAX_DATA}")
-    stream_cmds = (RelayCommand.BEGIN, RelayCommand.DATA, RelayCommand.END, RelayCommand.CONNECTED)
-    if command in stream_cmds and stream_id == 0:
-        raise CellError(f"relay.stream_id: {command.name} needs a stream id")
-    if command not in stream_cmds and command not in (RelayCommand.SENDME, RelayCommand.DROP) and stream_id:
+    if command in _STREAM_CMDS:
+        if stream_id == 0:
+            raise CellError(f"relay.stream_id: {command.name} needs a stream id")
+    elif stream_id and command not in _ANY_STREAM_ID:
         raise CellError(f"relay.stream_id: {command.name} is circuit-level, got stream {stream_id}")
     return RelayMsg(command, stream_id, bytes(plain[RELAY_HEADER_LEN:RELAY_HEADER_LEN + length]))
 

@@ -24,9 +24,18 @@ starts when the circuit is built). So a middle hop removes its layer without try
 5-relay rendezvous path this saves four per cell. The counters and keystreams move exactly as
 when the tag is tried and fails, so nothing on the wire changes; a cell sealed for a middle hop
 or sent by one (which no node does) fails at the end and tears the circuit down. A meeting
-point whose circuits are joined still tries: a padding DROP the client sent it before it learnt
-of the join may arrive after it; the other way, a joined meeting point sends nothing but the
-padding its client asked for, so a client that asked for none tries only the far end's tag.
+point whose circuits are joined still tries until a cell passes across the join: a padding DROP
+the client sent it before it learnt of the join may arrive after the join, but never after a
+cell for the far end (the client seals for the far end only once it knows of the join, and a
+circuit's cells arrive in order; the service's end seals nothing for the meeting point after
+its RENDEZVOUS1), so from then on the meeting point passes that circuit's cells untried
+(relay.py, `RelayCircuit.through`), and a cell for it after that fails at the far end. The
+other way, a joined meeting point sends nothing but the padding its client asked for, so a
+client that asked for none tries only the far end's tag.
+
+Runs (cells.RelayRun): a hop that layers many cells of one circuit in a row takes the same
+keystream bytes in one cipher call (`DirectionState.layer_many`); the bytes and the counters are
+those of the cells one by one.
 
 What this protects. A tampered cell fails the tag at its endpoint; a replayed, dropped or
 reordered cell is opened with the wrong counter and keystream bytes at every layer, so it

@@ -178,20 +178,25 @@ def test_the_rendezvous_point_may_be_the_services_own_node() -> None:
 
 
 def test_a_run_across_the_join_with_a_cell_for_the_meeting_point_stays_in_step() -> None:
-    """A run of cells reaching the rendezvous point as one frame, one of them a padding DROP
-    for the meeting point itself (it tries its tag: relay_crypto.py) and the others for the
-    far end: the DROP is taken there, the rest pass into the joined circuit, and the stream
-    still works after (every keystream and counter in step)."""
+    """A run of cells reaching the rendezvous point as one frame, the first a padding DROP for
+    the meeting point itself (sent before the client learnt of the join: it tries its tag until
+    a cell passes across, relay_crypto.py) and the others for the far end: the DROP is taken
+    there, the rest pass into the joined circuit, and the stream still works after (every
+    keystream and counter in step). A cell for the meeting point after one for the far end
+    (which no client sends) is passed on untried and tears both circuits down at the far end."""
     net = SimNet(8, regions=4)
     _, rend, _, svc_rend = meet(net)
     net.coalesce = True
     far, meeting = len(rend.onion.hops) - 1, len(rend.path) - 1
-    frames = b""
-    for dest in (far, meeting, far, far):
-        body, _ = rend.onion.seal_forward(dest, RelayMsg(RelayCommand.DROP).encode())
-        frames += Cell(rend.key[1], CellCommand.RELAY, body).frame()
-    net.queue.append((CLIENT, rend.path[0].peer_id, frames))
-    net.run()
+
+    def burst(dests: tuple[int, ...]) -> None:
+        frames = b""
+        for dest in dests:
+            body, _ = rend.onion.seal_forward(dest, RelayMsg(RelayCommand.DROP).encode())
+            frames += Cell(rend.key[1], CellCommand.RELAY, body).frame()
+        net.queue.append((CLIENT, rend.path[0].peer_id, frames))
+        net.run()
+    burst((meeting, far, far, far))
     assert rend.state is CircuitState.OPEN and svc_rend.state is CircuitState.OPEN
     assert not [a for p, a in net.events if isinstance(a, PeerFault)]
     sid, acts = rend.open_stream("svc.fog:80", net.now)
@@ -201,3 +206,6 @@ def test_a_run_across_the_join_with_a_cell_for_the_meeting_point_stays_in_step()
     send(net, rend, sid, data, client=CLIENT)
     net.run()
     assert net.received(CLIENT, rend.key, sid) == data
+    burst((far, meeting, far))
+    assert rend.state is CircuitState.CLOSED and svc_rend.state is CircuitState.CLOSED
+    assert not any(v.joined for v in net.nodes["n6"].relay.snapshot(net.now))
