@@ -7,7 +7,9 @@ shared CircIdAllocator and the LinkManager (linkmgr.py), and is the `ActionHandl
 must answer a core, e.g. consume data or refuse a stream, queues its call: actions.py's order
 rule). A cell read from `peer` goes to the client when it owns `(peer, circ_id)`, else to the
 relay; a frame that does not split into cells goes to `relay.garbage`. The cells of one link
-frame go through one `_call` (their actions are carried out in order after the last cell).
+frame go through one `_call` (their actions are carried out in order after the last cell), a
+circuit's consecutive RELAY cells as one RelayRun (`receive_run`: forwarded or opened with one
+cipher call per layer and written as one SendCells).
 Timers: one task sleeps until the earliest `next_wakeup()` of both cores and ticks them.
 
 For the layers above (the role's RPC, the hidden-service client and host) it offers:
