@@ -237,7 +237,7 @@ class OnionRole(Role):
                 "relay_circuits": len(self.engine.relay.circuits), "neighbours": len(self.engine.links.links),
                 "socks_port": self.socks.port if self.socks is not None else None,
                 **({"socks_error": self.socks_error} if self.socks_error else {}),
-                "services": len(self.table.services())}
+                "services": self.table.count()}
 
     # -- RPC -----------------------------------------------------------------------------------
 
@@ -409,7 +409,7 @@ class OnionRole(Role):
             "build_timeout": round(eng.client.build_times.timeout(), 3),
             "socks_port": self.socks.port if self.socks is not None else None,
             "socks": dict(self.socks.stats) if self.socks is not None else {},
-            "services": len(self.table.services()),
+            "services": self.table.count(),
             "descriptors_rejected": {"dht": {r.value: n for r, n in self.validator.rejected.items()},
                                      "fetch": dict(self.hs_client.rejected)},
             "onion_certs_rejected": dict(self.directory.rejected),

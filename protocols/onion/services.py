@@ -185,6 +185,10 @@ class ServiceTable:
     def services(self) -> list[HiddenService]:
         return [self._by_name[n] for n in sorted(self._by_name)]
 
+    def count(self) -> int:
+        """len(services()), without building and sorting the list (node.info asks per call)."""
+        return len(self._by_name)
+
     def target(self, address: FogAddress, port: int) -> Target:
         """Where a stream to `address`:`port` goes; HsConnectError(CONNECTION_REFUSED) when
         the service does not map that port (as a closed port answers), HOST_UNREACHABLE when

@@ -188,8 +188,11 @@ def test_add_service_at_run_time(tmp_path: Path) -> None:
     blog = add_service(tmp_path, table, {"name": "blog", "port": 80, "target": "127.0.0.1:9001"})
     assert (service_dir(tmp_path, "blog") / "hs_ed25519_secret_key").exists()
     assert table.by_address(blog.address) is blog
+    assert table.count() == len(table.services()) == 3
     with pytest.raises(ServiceConfigError) as e:
         add_service(tmp_path, table, {"name": "blog", "port": 80, "target": "nowhere"})
     assert e.value.key == "params.target"
     with pytest.raises(ServiceError, match="already mapped"):
         add_service(tmp_path, table, {"name": "blog", "port": 80, "target": "127.0.0.1:1"})
+    table.remove("blog")
+    assert table.count() == len(table.services()) == 2
