@@ -99,6 +99,7 @@ from libp2p.stream_muxer.yamux.yamux import (HEADER_SIZE, MAX_MESSAGE_SIZE, MAX_
 
 from fognode.node.p2pfix_noiseio import QuickNoiseSession
 from fognode.node.p2pfix_tcpio import QuickLock, is_buffered
+from fognode.node.p2pfix_yamux_incoming import LeanIncomingYamux
 
 
 class WindowBudget(Protocol):
@@ -165,9 +166,10 @@ class _StreamTable(dict[int, Any]):
             self._gone(stream)
 
 
-class QuickYamux(Yamux):
-    """py-libp2p's Yamux with QuickLocks and one scheduler hop per frame write, and window
-    growth charged to a budget (module doc)."""
+class QuickYamux(LeanIncomingYamux):
+    """py-libp2p's Yamux with QuickLocks and one scheduler hop per frame write, window growth
+    charged to a budget, lean read paths (module doc) and a frame reader that formats no
+    debug messages (node/p2pfix_yamux_incoming.py)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

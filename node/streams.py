@@ -162,6 +162,8 @@ class Libp2pFramedStream:
     def _pop(self, n: int) -> bytes:
         """The first `n` held bytes (at least that many are held). Copies only what it
         returns, and nothing when that is a whole chunk as read; never moves what is left."""
+        if n == 0:
+            return b""
         parts, off = self._buf, self._off
         first = parts[0]
         self._held -= n

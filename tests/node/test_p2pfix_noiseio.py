@@ -144,7 +144,7 @@ async def test_a_large_write_is_one_tcp_write_and_frames_arrive_whole_in_any_cut
             tcp.stream.send_all = send_all
 
             # frames written in arbitrary cuts (raw stream writes) are read back whole
-            frames = [os.urandom(n) for n in (0, 1, 3, 4, 5, 70_000, 17, 200_000, 2)]
+            frames = [os.urandom(n) for n in (0, 1, 3, 0, 4, 5, 70_000, 0, 17, 200_000, 2)]
             wire = b"".join(len(f).to_bytes(4, "big") + f for f in frames)
             rng = random.Random(3)
             cuts = sorted(rng.sample(range(1, len(wire)), 40))
