@@ -27,7 +27,8 @@ as `sec_opt`, a constructor option).
   decrypted message itself when it asks for exactly that. `take(n)` serves a read from that
   plaintext without awaiting (node/p2pfix_yamux.py's `_read_data_body` uses it).
 - `write(data)` seals `data` in Noise messages of at most 65,519 plaintext bytes (as go-libp2p
-  and py-libp2p cut them) and sends them with one TCP write. The caller serialises writers,
+  and py-libp2p cut them) and sends them with one TCP write; `write_messages(frames)` makes
+  each frame one Noise message and sends them all with one TCP write. The caller serialises writers,
   as for py-libp2p's session (Yamux's `_write_frame` holds its write lock): the nonces must
   go out in the order they were used.
 Errors are the base session's: `IncompleteReadError` at EOF (received_bytes 0 between
@@ -158,6 +159,19 @@ class QuickNoiseSession(SecureSession):
 
     async def write(self, data: bytes) -> None:
         await self._raw.write(self.seal(data))
+
+    async def write_messages(self, messages: list[bytes]) -> None:
+        """Each of `messages` as one Noise message if it fits (else cut as `seal` cuts it),
+        all in one TCP write. The caller serialises writers, as for `write`."""
+        parts = []
+        for msg in messages:
+            if len(msg) > MAX_PLAINTEXT_LENGTH:
+                parts.append(self.seal(msg))
+                continue
+            ct = self._encrypt(None, msg)
+            parts.append(len(ct).to_bytes(_LENGTH_SIZE, "big"))
+            parts.append(ct)
+        await self._raw.write(parts[0] if len(parts) == 1 else b"".join(parts))
 
 
 def adopt(session: Any) -> Any:

@@ -65,8 +65,8 @@ environment variables per read. Reproduction: py-spy `--gil` on the daemons of
 `python -m fognode.tools.bench.onion` (Yamux and the session's read path about 30 % of the
 samples) or `python -m fognode.tools.bench.ledger` (8 % in YamuxStream.write alone).
 Fix, on QuickYamux connections only: `QuickYamuxStream.write` builds every frame the send
-window allows, up to WRITE_BATCH bytes, and hands them to `_write_frame` together (one Noise
-seal and one TCP write; the same frames on the wire), with the same locks taken directly; `QuickYamux.read_stream` is py-libp2p's with
+window allows, up to WRITE_BATCH bytes, each filling one Noise message (FRAME_DATA), and
+hands them to the connection together (one TCP write), with the same locks taken directly; `QuickYamux.read_stream` is py-libp2p's with
 the same outcomes in the same order, without the f-strings and with one copy;
 `_read_data_body` takes a body from the session's decrypted bytes without a scheduler hop or a
 cancel scope when they hold it, and otherwise reads it under py-libp2p's timeout;
@@ -92,8 +92,9 @@ import libp2p.stream_muxer.muxer_multistream as _muxer_multistream_mod
 import libp2p.stream_muxer.yamux.yamux as _yamux_mod
 import trio
 from libp2p.io.exceptions import IncompleteReadError
+from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError, MuxedStreamReset
-from libp2p.stream_muxer.yamux.yamux import (HEADER_SIZE, MAX_MESSAGE_SIZE, MAX_WINDOW_SIZE,
+from libp2p.stream_muxer.yamux.yamux import (HEADER_SIZE, MAX_WINDOW_SIZE,
                                              TYPE_DATA, YAMUX_HEADER_FORMAT, Yamux, YamuxStream,
                                              _yamux_data_read_timeout)
 
@@ -122,6 +123,10 @@ MIN_TUNING_RTT = 0.005
 # The most DATA bytes one QuickYamuxStream.write hands to the connection in one TCP write (as
 # several frames of at most 64 KiB each, within the send window).
 WRITE_BATCH = 1 << 20
+# The data bytes of a DATA frame QuickYamuxStream.write builds: header and data fill one Noise
+# message (65,519 plaintext bytes), so the reader takes each frame from one decrypted message.
+# Any size up to the send window is valid Yamux; go-yamux's own frames are at most 64 KiB.
+FRAME_DATA = MAX_PLAINTEXT_LENGTH - HEADER_SIZE
 
 
 def budget(local_peer: str, b: WindowBudget) -> Callable[[], None]:
@@ -183,6 +188,16 @@ class QuickYamux(LeanIncomingYamux):
         pass several frames of one stream), serialising writers."""
         async with self._write_lock:
             await self.secured_conn.write(data)
+
+    async def _write_frames(self, frames: list[bytes]) -> None:
+        """Write whole frames in one TCP write: on a QuickNoiseSession each frame of at most
+        65,519 bytes is one Noise message (QuickYamuxStream makes them so)."""
+        async with self._write_lock:
+            conn = self.secured_conn
+            if isinstance(conn, QuickNoiseSession):
+                await conn.write_messages(frames)
+            else:
+                await conn.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     async def _read_data_body(self, length: int) -> bytes:
         """A DATA frame's body: from the session's decrypted bytes without a hop or a cancel
@@ -291,7 +306,7 @@ class QuickYamuxStream(YamuxStream):
                     self.rw_lock.release_write()
                 if not frames:
                     await self._wait_for_window()
-            await conn._write_frame(frames[0] if len(frames) == 1 else b"".join(frames))
+            await conn._write_frames(frames)
             sent += sum(len(f) for f in frames) - HEADER_SIZE * len(frames)
 
     def _frames(self, data: bytes, sent: int) -> list[bytes]:
@@ -299,12 +314,13 @@ class QuickYamuxStream(YamuxStream):
         allow; their bytes are taken from the window. Called under the window lock."""
         frames = []
         total = len(data)
+        view = memoryview(data)
         batch = 0
         while sent < total and self.send_window > 0 and batch < WRITE_BATCH:
-            n = min(self.send_window, MAX_MESSAGE_SIZE - HEADER_SIZE, total - sent)
+            n = min(self.send_window, FRAME_DATA, total - sent)
             self.send_window -= n
             header = struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_DATA, 0, self.stream_id, n)
-            frames.append(header + (data if n == total else data[sent:sent + n]))
+            frames.append(header + view[sent:sent + n])
             sent += n
             batch += n
         return frames
