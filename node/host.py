@@ -111,8 +111,7 @@ class Libp2pOverlay:
         hard_cap = config.peers_high * 4 + 64
         self.host = new_host(
             key_pair=kp,
-            # bite 1; QuickNoise: buffered TCP reads (node/p2pfix_tcpio.py) and Noise messages
-            # read and written directly (node/p2pfix_noiseio.py), issue 16
+            # bite 1; QuickNoise: node/p2pfix_tcpio.py + p2pfix_noiseio.py (issue 16)
             sec_opt={NOISE_ID: QuickNoise(kp, noise_privkey=x25519().private_key)},
             # py-libp2p ignores the class given here for yamux: node/p2pfix_yamux.py
             muxer_opt={TProtocol(YAMUX_ID): QuickYamux},
