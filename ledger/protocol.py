@@ -82,6 +82,7 @@ class LedgerRole(PoolRpc, Role):
         self.service: LedgerService | None = None
         self.failure: str = ""     # why the ledger stopped (a storage failure), kept after run() ends
         self.votes = VoteWatch(after=2 * config.request_timeout + 2 * config.sync_interval)
+        self._root_hex: tuple[bytes, str] | None = None     # health_detail: (root, its first 16 hex digits)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         c = self.config
@@ -112,7 +113,11 @@ class LedgerRole(PoolRpc, Role):
             return {}
         if s.failure is not None:
             return {"storage_failed": str(s.failure)}
-        return {"applied": s.state.applied, "pending": len(s.replica.pending), "root": s.state.root().hex()[:16],
+        root = s.state.root()      # memoised per accumulator (state.py); its hex per root object here
+        memo = self._root_hex
+        if memo is None or memo[0] is not root:
+            memo = self._root_hex = (root, root.hex()[:16])
+        return {"applied": s.state.applied, "pending": len(s.replica.pending), "root": memo[1],
                 "validator": s.validator.is_member(s.genesis.epoch_at(self.ctx.clock()))}
 
     def health_report(self) -> HealthReport:

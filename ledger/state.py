@@ -72,6 +72,9 @@ class LedgerState:
     # (kind, key, old value) of each change since begin(), or None when not journaling
     _journal: list[tuple[str, Any, Any]] | None = None
     _saved: tuple[Supply, int, int] | None = None
+    # root(): (accumulator, root) of the last call; the root is a function of the accumulator
+    # alone (the prefix is fixed per chain), so it is valid exactly while `_acc` is that value
+    _root_memo: tuple[int, bytes] | None = None
 
     def __init__(self, genesis: Genesis) -> None:
         self.genesis = genesis
@@ -161,7 +164,14 @@ class LedgerState:
         return self._acc
 
     def root(self) -> bytes:
-        return hashlib.blake2b(self._root_prefix + self._acc.to_bytes(64, "big"), digest_size=32).digest()
+        """BLAKE2b of the chain's prefix and the accumulator; memoised per accumulator value
+        (every apply, install, rollback and restore sets `_acc`: a changed value recomputes)."""
+        acc, memo = self._acc, self._root_memo
+        if memo is not None and memo[0] == acc:
+            return memo[1]
+        root = hashlib.blake2b(self._root_prefix + acc.to_bytes(64, "big"), digest_size=32).digest()
+        self._root_memo = (acc, root)
+        return root
 
     def recompute_accumulator(self) -> int:
         """The accumulator from scratch (for `ledger.verify`): must equal `accumulator`."""

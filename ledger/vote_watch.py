@@ -40,6 +40,8 @@ class VoteWatch:
             for key in islice(reversed(locks.locks), n - self._seen):
                 self._watched.setdefault(key, now)
         self._seen = n
+        if not self._watched:       # nothing to follow (the usual case): what the loops below give
+            return ""
         for key, first in list(self._watched.items()):
             sender, sequence = key
             if state.account(sender).next_sequence > sequence or now - first > self.forget:

@@ -164,7 +164,8 @@ class ContributionLedger:
         self.keep = keep
         self._days: dict[str, DayTotals] = {}
         self._seq_of: dict[bytes, int] = {}          # receipt id -> its record's sequence
-        self._sessions: dict[bytes, HarvestSession] = {}
+        self._sessions: dict[bytes, HarvestSession] = {}   # written only through _put / _drop
+        self._running = 0                                  # how many of them are RUNNING
         self._credits: dict[bytes, Credit] = {}      # receipt id -> credit, in arrival order
         self._by_ref: dict[tuple[str, str], bytes] = {}   # (kind, ref) -> latest session id
         self._seq = 0
@@ -184,7 +185,7 @@ class ContributionLedger:
                 s = replace(s, state=SessionState.ABANDONED, ended=float(now),
                             reason="the daemon stopped without closing it")
                 self.store.put_session(sid, session_to_wire(s), sync=True)
-            self._sessions[sid] = s
+            self._put(sid, s)
         for s in sorted(self._sessions.values(), key=lambda s: s.started):
             self._by_ref[(s.kind, s.ref)] = s.session_id
         for day, raw in self.store.days():
@@ -221,9 +222,8 @@ class ContributionLedger:
         s = self._sessions.get(sid) if sid is not None else None
         if s is not None:
             ok = c.outcome is Outcome.VALIDATED
-            self._sessions[s.session_id] = replace(
-                s, validated=s.validated + ok, rejected=s.rejected + (not ok),
-                tokens=s.tokens + c.tokens)
+            self._put(s.session_id, replace(s, validated=s.validated + ok, rejected=s.rejected + (not ok),
+                                            tokens=s.tokens + c.tokens))
 
     # -- sessions ------------------------------------------------------------------------------------
 
@@ -235,7 +235,7 @@ class ContributionLedger:
             raise LocalProtocolError(f"harvest session ref is over {MAX_REF} characters")
         s = HarvestSession(os.urandom(SESSION_ID_LEN), kind, ref, float(now))
         self.store.put_session(s.session_id, session_to_wire(s), sync=True)
-        self._sessions[s.session_id] = s
+        self._put(s.session_id, s)
         self._by_ref[(kind, ref)] = s.session_id
         return s
 
@@ -246,13 +246,25 @@ class ContributionLedger:
         return [s for s in self._sessions.values() if s.state is SessionState.RUNNING
                 and (kind is None or s.kind == kind) and (ref is None or s.ref == ref)]
 
+    def running_count(self) -> int:
+        """`len(running())` in O(1): kept by `_put` / `_drop`, the only writers of the sessions."""
+        return self._running
+
+    def _put(self, sid: bytes, s: HarvestSession) -> None:
+        old = self._sessions.get(sid)
+        self._running += (s.state is SessionState.RUNNING) - (old is not None and old.state is SessionState.RUNNING)
+        self._sessions[sid] = s
+
+    def _drop(self, sid: bytes) -> None:
+        self._running -= self._sessions.pop(sid).state is SessionState.RUNNING
+
     def meter(self, session_id: bytes, usage: Usage) -> None:
         """The running session's usage so far (written without sync; ignored once ended)."""
         s = self._sessions.get(session_id)
         if s is None or s.state is not SessionState.RUNNING or s.usage == usage:
             return
         s = replace(s, usage=usage)
-        self._sessions[session_id] = s
+        self._put(session_id, s)
         self.store.put_session(session_id, session_to_wire(s), sync=False)
 
     def stop(self, session_id: bytes, state: SessionState, now: float, reason: str = "",
@@ -269,7 +281,7 @@ class ContributionLedger:
         s = replace(s, state=state, ended=float(now), reason=reason[:256],
                     usage=usage if usage is not None else s.usage)
         self.store.put_session(session_id, session_to_wire(s), sync=True)
-        self._sessions[session_id] = s
+        self._put(session_id, s)
         self.prune()
         return s
 
@@ -322,7 +334,7 @@ class ContributionLedger:
                         [self._seq_of[r] for r in gone_credits if r in self._seq_of])
         self._days = days
         for sid in gone_sessions:
-            del self._sessions[sid]
+            self._drop(sid)
         for r in gone_credits:
             del self._credits[r]
             self._seq_of.pop(r, None)

@@ -35,7 +35,7 @@ from fognode.protocols.harvest.errors import PolicyStoreError, TraceError
 from fognode.protocols.harvest.events import HarvestStateChanged
 from fognode.protocols.harvest.executor import Executor
 from fognode.protocols.harvest.metrics import HarvestMetrics
-from fognode.protocols.harvest.policy_core import PolicyCore, Resume, SetAllowance, Suspend
+from fognode.protocols.harvest.policy_core import Decision, PolicyCore, Resume, SetAllowance, Suspend
 from fognode.protocols.harvest.policy_store import PolicyStore
 from fognode.protocols.harvest.rpc import HarvestRpc
 from fognode.protocols.harvest.sensors import PsutilSensors, Readings, SensorProvider, TraceSensors
@@ -61,6 +61,8 @@ class HarvestRole(HarvestRpc, Role):
         self.service: HarvestService | None = None
         self.registry = RegistryLookup(ctx.services)
         self._sensor_failing = False
+        # health_detail: (decision, its state and reasons as JSON values) of the last call
+        self._shown: tuple[Decision, str, tuple[str, ...]] | None = None
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -163,6 +165,7 @@ class HarvestRole(HarvestRpc, Role):
         svc = self.service
         if svc is None or svc.decision is None:
             return {}
-        return {"state": svc.decision.state.value,
-                "reasons": [r.value for r in svc.decision.reasons],
-                "running_sessions": len(svc.ledger.running())}
+        d, shown = svc.decision, self._shown
+        if shown is None or shown[0] is not d:     # a decision is frozen: a new one for any change
+            shown = self._shown = (d, d.state.value, tuple(r.value for r in d.reasons))
+        return {"state": shown[1], "reasons": list(shown[2]), "running_sessions": svc.ledger.running_count()}

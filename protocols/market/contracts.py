@@ -176,3 +176,7 @@ class Contracts:
 
     def all(self) -> list[Contract]:
         return sorted(self._by_id.values(), key=lambda c: c.created)
+
+    def count(self) -> int:
+        """How many contracts are held: `len(all())` without the sort (health_detail)."""
+        return len(self._by_id)

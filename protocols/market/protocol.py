@@ -255,7 +255,7 @@ class MarketRole(Role):
 
     def health_detail(self) -> dict[str, Any]:
         return {"offers_known": len(self.core.book), "own_offers": len(self.core.own),
-                "contracts": len(self.contracts.all())}
+                "contracts": self.contracts.count()}
 
     # ---- RPC ----------------------------------------------------------------------------------
 

@@ -171,6 +171,10 @@ class AlertEngine:
     def firing(self) -> list[Alert]:
         return sorted(self._firing.values(), key=lambda a: a.since)
 
+    def firing_count(self) -> int:
+        """`len(firing())` without the sort (health_detail)."""
+        return len(self._firing)
+
     def pending(self) -> list[dict[str, Any]]:
         """Conditions that hold but not yet for their rule's `for`: rule, since, for (s)."""
         fors = {r.name: r.for_s for r in self.rules}

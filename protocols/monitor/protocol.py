@@ -141,7 +141,7 @@ class MonitorRole(Role):
 
     def health_detail(self) -> dict[str, Any]:
         return {"endpoint": f"http://{self.config.host}:{self.port}/metrics" if self.port else None,
-                "alerts_firing": len(self.core.alerts.firing())}
+                "alerts_firing": self.core.alerts.firing_count()}
 
     # ---- sampling ---------------------------------------------------------------------------
 

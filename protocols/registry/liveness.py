@@ -34,6 +34,9 @@ class LivenessTracker:
         self._last: dict[str, float] = {}
         self._state: dict[str, Liveness] = {}
         self._gone: set[str] = set()      # said goodbye; only a heartbeat brings them back
+        # bumped by every change of a peer's state (or its removal): who is online changed
+        # only if it moved (the registry's online count is memoised on it)
+        self.version = 0
 
     def seen(self, peer: str, now: float, *, at: float | None = None,
              direct: bool = True) -> LivenessChange | None:
@@ -56,6 +59,7 @@ class LivenessTracker:
         self._last[peer] = max(t, prev if prev is not None else t)
         if self._state.get(peer) is not Liveness.ONLINE:
             self._state[peer] = Liveness.ONLINE
+            self.version += 1
             return LivenessChange(peer, Liveness.ONLINE, now, "seen")
         return None
 
@@ -65,6 +69,7 @@ class LivenessTracker:
         if self._state.get(peer) is Liveness.OFFLINE:
             return None
         self._state[peer] = Liveness.OFFLINE
+        self.version += 1
         self._last.setdefault(peer, now)
         return LivenessChange(peer, Liveness.OFFLINE, self._last[peer], "goodbye")
 
@@ -74,6 +79,7 @@ class LivenessTracker:
         for peer, last in self._last.items():
             if self._state.get(peer) is Liveness.ONLINE and now - last >= self.offline_after:
                 self._state[peer] = Liveness.OFFLINE
+                self.version += 1
                 out.append(LivenessChange(peer, Liveness.OFFLINE, last, "silent"))
         return out
 
@@ -100,7 +106,8 @@ class LivenessTracker:
 
     def forget(self, peer: str) -> None:
         self._last.pop(peer, None)
-        self._state.pop(peer, None)
+        if self._state.pop(peer, None) is not None:
+            self.version += 1
         self._gone.discard(peer)
 
     def _evict_oldest_offline(self) -> None:

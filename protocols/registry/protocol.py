@@ -31,6 +31,7 @@ from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.gossip_check import GossipChecks
 from fognode.protocols.registry.metrics import RegistryMetrics
 from fognode.protocols.registry.observation import ALL_SERVICES
+from fognode.protocols.registry.online import OnlineCount
 from fognode.protocols.registry.peerid import pubkey_from_peer_id
 from fognode.protocols.registry.probe import probe
 from fognode.protocols.registry.record import DeviceRecord, HarvestInfo, make_profile
@@ -80,6 +81,7 @@ class RegistryRole(Role):
         self._slow_send, self._slow_recv = trio.open_memory_channel[Action](ACTION_QUEUE)
         self._pub_send, self._pub_recv = trio.open_memory_channel[Action](ACTION_QUEUE)
         self._stopped = False
+        self._online = OnlineCount()    # devices_online, memoised on the view's and liveness's versions
         self.registry_service = RegistryService(self)
         self.reputation_service = ReputationService(self)
 
@@ -322,7 +324,7 @@ class RegistryRole(Role):
         ov.register_dht_validator(NAMESPACE, self.core.validator)
         ov.set_stream_handler(direct.DIRECT_PROTOCOL, self._serve_direct)
         self.metrics.devices_known.set_function(lambda: len(self.core.view))
-        self.metrics.devices_online.set_function(self._online_count)
+        self.metrics.devices_online.set_function(lambda: self._online(self.core.view, self.core.liveness))
         checks = GossipChecks(self.metrics.rejected, ov.penalize)   # before relay: gossip_check.py
         await ov.subscribe(DEVICES_TOPIC, self._on_devices, check=checks.devices)
         await ov.subscribe(OBSERVATIONS_TOPIC, self._on_observation, check=checks.observations)
@@ -359,9 +361,6 @@ class RegistryRole(Role):
                     except (FognodeError, OSError) as e:
                         log.debug("goodbye not sent: %s", e)
 
-    def _online_count(self) -> int:
-        return sum(1 for p in self.core.view.peers() if self.core.liveness.is_online(p))
-
     def health_report(self) -> HealthReport:
         """Degraded while this device's own record is not published (peers cannot find it)."""
         if self.core.own is None:
@@ -370,7 +369,7 @@ class RegistryRole(Role):
 
     def health_detail(self) -> dict[str, Any]:
         own = self.core.own
-        return {"devices_known": len(self.core.view), "devices_online": self._online_count(),
+        return {"devices_known": len(self.core.view), "devices_online": self._online(self.core.view, self.core.liveness),
                 "record_seq": own.seq if own else None,
                 "reputation_recomputed_s": self.core.reputation.last_seconds}
 

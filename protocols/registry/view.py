@@ -48,6 +48,10 @@ class LocalView:
         self._records: dict[str, DeviceRecord] = {}
         self._order: dict[str, int] = {}     # peer -> local change counter (for delta sync)
         self._counter = 0
+        # bumped whenever the set of peers held changes (a new peer, an eviction, an expiry),
+        # not by a newer record of a peer already held (the registry's online count is
+        # memoised on it)
+        self.members_version = 0
 
     def offer(self, rec: DeviceRecord) -> Change:
         """Keep `rec` if it is newer than the one held; returns what changed."""
@@ -58,6 +62,8 @@ class LocalView:
             oldest = min(self._records.values(), key=lambda r: r.expires)
             del self._records[oldest.peer_id]
             self._order.pop(oldest.peer_id, None)
+        if old is None:
+            self.members_version += 1
         self._records[rec.peer_id] = rec
         self._counter += 1
         self._order[rec.peer_id] = self._counter
@@ -88,6 +94,8 @@ class LocalView:
         for p in gone:
             del self._records[p]
             self._order.pop(p, None)
+        if gone:
+            self.members_version += 1
         return gone
 
     def changed_since(self, after: int, limit: int) -> tuple[list[DeviceRecord], int, bool]:

@@ -4,10 +4,12 @@ reliability score and BOINC's consecutive-valid count, and everything surviving 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 
 import plyvel
 import pytest
+from hypothesis import given, settings, strategies as st
 from nacl.signing import SigningKey
 
 from fognode.node.peerid import peer_id_from_pubkey
@@ -273,3 +275,46 @@ def test_history_is_bounded_and_folding_keeps_totals_and_reliability(tmp_path: P
     finally:
         full.close()
         small.close()
+
+
+def _running_exact(led: ContributionLedger) -> None:
+    assert led.running_count() == len(led.running())
+
+
+@settings(max_examples=25)
+@given(st.lists(st.tuples(st.sampled_from(["start", "meter", "credit", "complete", "abandon"]),
+                          st.integers(0, 3)), max_size=16))
+def test_running_count_equals_the_running_sessions_after_every_change(ops: list[tuple[str, int]]) -> None:
+    """running_count() (node.info's running_sessions, O(1)) equals len(running()) after a start,
+    a meter, a credit (a session's counters change), a stop (completed, abandoned, or of a
+    session already ended), a fold of old history (keep=2) and a reopen (left-running sessions
+    are closed as abandoned)."""
+    with tempfile.TemporaryDirectory() as d:
+        led = ContributionLedger(ContributionStore(Path(d) / "c"), ME, NOW, keep=2)
+        sessions: list[bytes] = []
+        try:
+            for i, (what, n) in enumerate(ops):
+                t = NOW + i
+                job = bytes([n]) * 32
+                if what == "start":
+                    sessions.append(led.start("market", job.hex(), t).session_id)
+                elif what == "credit":
+                    try:
+                        led.credit(MARKET_JOB, job_receipt(job=job), t)
+                    except ReceiptRefused:
+                        pass                   # no session for that job yet, or credited already
+                elif sessions:
+                    sid = sessions[n % len(sessions)]
+                    if what == "meter":
+                        led.meter(sid, Usage(cpu_s=float(i)))
+                    elif led.get(sid) is not None:     # not folded away
+                        led.stop(sid, SessionState.COMPLETED if what == "complete" else SessionState.ABANDONED, t)
+                _running_exact(led)
+        finally:
+            led.close()
+        led = ContributionLedger(ContributionStore(Path(d) / "c"), ME, NOW + 100, keep=2)
+        try:
+            _running_exact(led)
+            assert led.running_count() == 0
+        finally:
+            led.close()

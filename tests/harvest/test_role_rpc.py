@@ -62,13 +62,20 @@ def test_policy_pause_receipts_and_restart(node_factory: NodeFactory, short_tmp:
     got = n.rpc("harvest.set_policy", {"changes": {"min_battery_pct": 35}})
     assert got["policy"]["min_battery_pct"] == 35.0 and got["overrides"] == {"min_battery_pct": 35.0}
 
+    def shown() -> tuple[str, list[str], int]:      # node.info's harvest facts (memoised per decision)
+        h = n.rpc("node.info")["roles"]["harvest"]
+        return h["state"], h["reasons"], h["running_sessions"]
+    assert shown() == ("running", [], 0)
+
     # pause: the device record says so at once; resume lifts it
     st = n.rpc("harvest.pause")
     assert st["state"] == "suspended" and st["reasons"] == ["operator_pause"]
+    assert shown() == ("suspended", ["operator_pause"], 0)
     [row] = n.rpc("registry.devices", {})
     assert row["harvest"] == "suspended: operator_pause"
     assert n.rpc("registry.devices", {"available": True}) == []
     assert n.rpc("harvest.resume")["state"] == "running"
+    assert shown() == ("running", [], 0)
     assert [r["peer"] for r in n.rpc("registry.devices", {"available": True})] == [n.peer_id]
 
     # receipts: a customer's genuine one for a job this device never ran is refused (the market
@@ -103,6 +110,7 @@ def test_policy_pause_receipts_and_restart(node_factory: NodeFactory, short_tmp:
         return next((w for w in n.rpc("harvest.status")["work"] if w["adopted"]), None)
     w = wait_until(lent, timeout=120, interval=0.05, what="the training to be lent to harvest")
     assert w["session_id"] and w["name"].startswith("fl task process")
+    assert shown()[2] == 1                          # the FL session's harvest session runs
     n.rpc("harvest.pause")
     task = psutil.Process(w["pid"])
     wait_until(lambda: task.status() == psutil.STATUS_STOPPED, timeout=10, interval=0.02,
@@ -117,7 +125,7 @@ def test_policy_pause_receipts_and_restart(node_factory: NodeFactory, short_tmp:
     assert n.rpc("fl.status", [sid])["state"] == "completed"
     wait_until(lambda: n.rpc("harvest.sessions", {"kind": "fl"}), timeout=10, what="the harvest session")
     [hs] = n.rpc("harvest.sessions", {"kind": "fl"})
-    assert hs["ref"] == sid and hs["state"] == "completed"
+    assert hs["ref"] == sid and hs["state"] == "completed" and shown()[2] == 0
     assert hs["usage"]["cpu_seconds"] > 0 and hs["usage"]["peak_memory_bytes"] > 0
     assert hs["usage"]["suspended_seconds"] >= 0.5
     assert hs["validated"] == 0       # a node's own aggregation is not a receipt for it

@@ -25,6 +25,12 @@ def roots(c) -> set[str]:  # type: ignore[no-untyped-def]
     return {n.svc.state.root().hex() for n in c.nodes if n.up}
 
 
+def shows_the_current_root(role) -> bool:  # type: ignore[no-untyped-def]
+    """health_detail's root (memoised) is the root recomputed now (a staging copy has no memo)."""
+    d = role.health_detail()
+    return d["root"] == role.service.state.staging().root().hex()[:16] and d["applied"] == role.service.state.applied
+
+
 async def test_single_node_is_its_own_committee(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with ledger_cluster(tmp_path, 1) as c:
@@ -32,9 +38,11 @@ async def test_single_node_is_its_own_committee(tmp_path: Path) -> None:
             assert role is not None
             me = (await role.wallet_address())["address"]
             assert (await role.wallet_balance())["balance"] == "1000"
+            assert shows_the_current_root(role)
             other = encode_address(bytes(32))
             res = await role.wallet_send(other, "12.5", "hi")
             assert res["status"] == "final" and res["amount"] == "12.5"
+            assert shows_the_current_root(role)
             assert (await role.wallet_balance())["balance"] == "987.499"
             assert (await role.wallet_balance(other))["balance"] == "12.5"
             tx = await role.ledger_tx(res["tx"])
@@ -51,7 +59,7 @@ async def test_single_node_is_its_own_committee(tmp_path: Path) -> None:
             assert e.value.code == LEDGER_INSUFFICIENT_FUNDS
             b = await role.stake_bond("100")
             st = await role.stake_status()
-            assert b["status"] == "final" and st["bonded"] == "100"
+            assert b["status"] == "final" and st["bonded"] == "100" and shows_the_current_root(role)
             reg = c.nodes[0].ctx.metrics
             assert reg.get_sample_value("fognode_ledger_certificates_applied_total") == 2
             assert reg.get_sample_value("fognode_ledger_staked_microtokens") == 1100 * 10**6

@@ -44,7 +44,7 @@ def test_contracts_survive_a_restart_with_their_payment_and_sla_state(tmp_path: 
 
     again = Contracts(store=ContractStore(tmp_path / "contracts"))
     loaded = again.load()
-    assert [x.id for x in loaded] == [p.id, c.id]
+    assert [x.id for x in loaded] == [p.id, c.id] and again.count() == len(again.all()) == 2
     q, d = again.get(p.id), again.get(c.id)
     assert q is not None and d is not None
     assert (q.escrow, q.payee, q.state, q.tasks, q.fuel, q.note_due, q.note_sig, q.paid, q.due) == \
@@ -93,4 +93,4 @@ def test_evicting_a_finished_contract_removes_its_file(tmp_path: Path) -> None:
     table.add(contract(1))
     table.add(contract(2))
     assert table.get(a.id) is None and not (root / f"{a.id.hex()}.contract").exists()
-    assert len(list(root.glob("*.contract"))) == 2
+    assert len(list(root.glob("*.contract"))) == 2 and table.count() == len(table.all()) == 2

@@ -42,9 +42,11 @@ def test_for_duration_fires_once_and_resolves() -> None:
     assert eng.observe({"node.peers": 0}, 115) == []
     (fired,) = eng.observe({"node.peers": 0}, 120)
     assert fired.state == "firing" and fired.since == 120 and eng.firing() == [fired]
+    assert eng.firing_count() == 1                             # node.info's alerts_firing, without the sort
     assert eng.observe({"node.peers": 0}, 130) == []          # fires once
     (done,) = eng.observe({"node.peers": 3}, 140)
     assert done.state == "resolved" and done.resolved_at == 140 and eng.firing() == []
+    assert eng.firing_count() == 0
     assert eng.recent() == [done]
     assert eng.observe({"node.peers": 0}, 150) == []          # pending again from zero
 
@@ -63,7 +65,7 @@ def test_state_survives_a_restart_of_the_engine(tmp_path: Path, caplog: pytest.L
 
     again = AlertEngine(rules)
     assert load_alert_state(path, again, 1500)
-    assert [(a.rule, a.since) for a in again.firing()] == [("lonely", 1000)]
+    assert [(a.rule, a.since) for a in again.firing()] == [("lonely", 1000)] and again.firing_count() == 1
     assert again.pending() == [{"rule": "long", "since": 1000, "for": 3600.0}]
     assert [a.rule for a in again.recent()] == ["lag"]
     assert again.observe({"node.peers": 0}, 1510) == []                    # the same alert: no second firing
