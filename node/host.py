@@ -65,7 +65,7 @@ from fognode.node.latency import PingSettings
 from fognode.node.overlay_config import OverlayConfig
 from fognode.node.overlay import (DhtValidator, FramedStream, GossipCheck, GossipHandler,
                                   PeerInfo, StreamHandler)
-from fognode.node.p2pfix_tcpio import BufferingNoise
+from fognode.node.p2pfix_noiseio import QuickNoise
 from fognode.node.p2pfix_yamux import QuickYamux
 from fognode.node.peerscore import PeerScoreParams, ViolationBook, app_score
 from fognode.node.p2pfix_peer_faults import ChargingPubsub, identify_push_handler
@@ -111,8 +111,8 @@ class Libp2pOverlay:
         hard_cap = config.peers_high * 4 + 64
         self.host = new_host(
             key_pair=kp,
-            # bite 1; BufferingNoise: node/p2pfix_tcpio.py (buffered TCP reads, issue 16)
-            sec_opt={NOISE_ID: BufferingNoise(kp, noise_privkey=x25519().private_key)},
+            # bite 1; QuickNoise: node/p2pfix_tcpio.py + p2pfix_noiseio.py (issue 16)
+            sec_opt={NOISE_ID: QuickNoise(kp, noise_privkey=x25519().private_key)},
             # py-libp2p ignores the class given here for yamux: node/p2pfix_yamux.py
             muxer_opt={TProtocol(YAMUX_ID): QuickYamux},
             # identify must advertise real interface addresses, never 0.0.0.0 (peers on other

@@ -12,7 +12,9 @@ Yamux) in one `trio.run`, a `trio.abc.Instrument` counting `before_io_wait` arou
 `host.new_stream(peer, [proto])` (fognode: `python -m fognode.tools.bench.stream_open`).
 
 Fix. `BufferedTCPStream(TrioTCPStream)` reads up to `READ_CHUNK` bytes per `receive_some` and
-serves later reads from that buffer (one syscall per Noise frame, usually fewer), and takes its
+serves later reads from that buffer (one syscall for up to four full Noise frames: in an
+in-process bulk transfer, 3.3 CPU ms per MB against 3.7-4.1 with one frame per read, small
+request/reply unchanged), and takes its
 locks with `acquire_nowait`, waiting (a real checkpoint) only when another task holds them: the
 socket call inside still checkpoints, so cancellation and fairness are as before. It is put in
 place by `BufferingNoise`, a subclass of py-libp2p's Noise transport handed to `new_host` as
@@ -20,7 +22,10 @@ place by `BufferingNoise`, a subclass of py-libp2p's Noise transport handed to `
 `TrioTCPStream` for a `BufferedTCPStream` on the same socket. Nothing has been buffered at that
 point (the old stream reads only what it is asked for), so no byte is lost or reordered; the
 bytes on the wire are the same. The secured connection is marked (`is_buffered`) so that
-node/p2pfix_yamux.py knows the connection is one of fognode's.
+node/p2pfix_yamux.py knows the connection is one of fognode's. The buffer is the last receive
+and an offset into it (a read copies only what it returns; nothing is moved to the front), and
+`read_exactly(n)` serves node/p2pfix_noiseio.py's whole Noise messages without a scheduler hop
+when they are buffered.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.io.trio import TrioTCPStream
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-READ_CHUNK = 65536 + 2      # one whole Noise frame (2-byte length + up to 65,535 bytes)
+READ_CHUNK = 4 * (65535 + 2)    # up to four whole Noise frames (2-byte length + 65,535 bytes)
 
 
 class QuickLock:
@@ -67,41 +72,80 @@ class QuickLock:
 
 
 class BufferedTCPStream(TrioTCPStream):
-    """TrioTCPStream with a read buffer and QuickLocks (module doc). Same errors as the base."""
+    """TrioTCPStream with a read buffer and QuickLocks (module doc). Same errors as the base.
+
+    The buffer is the last `receive_some` result and an offset into it: a read served from it
+    copies only what it returns (nothing when it returns the whole rest), and nothing is ever
+    moved to the front. `read_exactly` gives node/p2pfix_noiseio.py whole Noise frames without
+    py-libp2p's read loop."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         super().__init__(stream)
         self.read_lock = QuickLock()    # type: ignore[assignment]
         self.write_lock = QuickLock()   # type: ignore[assignment]
-        self._buffer = bytearray()
+        self._data = b""     # the bytes of the last receive not yet read, from _off on
+        self._off = 0
+
+    def buffered(self) -> int:
+        """Bytes received and not yet read."""
+        return len(self._data) - self._off
 
     def _take(self, n: int | None) -> bytes:
-        if n is None or n >= len(self._buffer):
-            out = bytes(self._buffer)
-            self._buffer.clear()
+        """Up to `n` (None: all) buffered bytes; the buffer is not empty."""
+        data, off = self._data, self._off
+        size = len(data)
+        end = size if n is None or off + n >= size else off + n
+        out = data if off == 0 and end == size else data[off:end]
+        if end == size:
+            self._data, self._off = b"", 0
         else:
-            out = bytes(self._buffer[:n])
-            del self._buffer[:n]
+            self._off = end
         return out
+
+    async def _receive(self, size: int) -> bytes:
+        """One `receive_some`; b"" at EOF or when closed locally, as TrioTCPStream."""
+        try:
+            return await self.stream.receive_some(size)
+        except trio.BrokenResourceError as error:
+            raise ConnectionClosedError(
+                f"TCP connection reset by remote peer: {error}", transport="tcp",
+            ) from error
+        except trio.ClosedResourceError:
+            return b""      # closed locally: EOF, as TrioTCPStream
 
     async def read(self, n: int | None = None) -> bytes:
         if n is not None and n == 0:
             return b""
         async with self.read_lock:
-            if self._buffer:
+            if self._off < len(self._data):
                 return self._take(n)
-            try:
-                data = await self.stream.receive_some(READ_CHUNK)
-            except trio.BrokenResourceError as error:
-                raise ConnectionClosedError(
-                    f"TCP connection reset by remote peer: {error}", transport="tcp",
-                ) from error
-            except trio.ClosedResourceError:
-                return b""      # closed locally: EOF, as TrioTCPStream
-            if n is None or len(data) <= n:
-                return data
-            self._buffer += memoryview(data)[n:]
-            return data[:n]
+            data = await self._receive(READ_CHUNK)
+            if not data:
+                return b""
+            self._data, self._off = data, 0
+            return self._take(n)
+
+    async def read_exactly(self, n: int) -> bytes:
+        """`n` bytes; fewer only at EOF. Served without a scheduler hop when buffered."""
+        if len(self._data) - self._off >= n and not self.read_lock.locked():
+            return self._take(n)
+        async with self.read_lock:
+            have = len(self._data) - self._off
+            if have >= n:
+                return self._take(n)
+            parts = [self._take(None)] if have else []
+            got = have
+            while got < n:
+                data = await self._receive(max(READ_CHUNK, n - got))
+                if not data:
+                    break
+                need = n - got
+                if len(data) > need:
+                    self._data, self._off = data, need
+                    data = data[:need]
+                parts.append(data)
+                got += len(data)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class BufferingNoise(NoiseTransport):
@@ -117,17 +161,18 @@ class BufferingNoise(NoiseTransport):
 
     async def secure_inbound(self, conn: Any) -> Any:
         self._buffer(conn)
-        return _mark(await super().secure_inbound(conn))
+        return mark_buffered(await super().secure_inbound(conn))
 
     async def secure_outbound(self, conn: Any, peer_id: Any) -> Any:
         self._buffer(conn)
-        return _mark(await super().secure_outbound(conn, peer_id))
+        return mark_buffered(await super().secure_outbound(conn, peer_id))
 
 
 _MARK = "_fognode_buffered_tcp"
 
 
-def _mark(secure_conn: Any) -> Any:
+def mark_buffered(secure_conn: Any) -> Any:
+    """Mark a secured connection as one of BufferingNoise's (see is_buffered)."""
     setattr(secure_conn, _MARK, True)
     return secure_conn
 

@@ -54,6 +54,25 @@ MB/s in some benchmark runs and 150-250 MB/s in others on a quiet machine).
 A stream's initial 256 KiB is the protocol's (the peer may send it unasked) and stays
 uncharged: the stream limits bound it.
 
+A fifth: the per-frame and per-byte cost of py-libp2p's read and write paths.
+`YamuxStream.write` takes its locks through contextlib's async context managers and sends one
+64 KiB frame per `_write_frame` (each a TCP write; below it, py-libp2p's session cuts the frame
+into two Noise messages with a `send_all` each, node/p2pfix_noiseio.py); `Yamux.read_stream`
+builds three debug-log f-strings per call and copies what it returns twice;
+`_read_data_body` reads a body through `read_exactly` (two more copies) under a
+`trio.fail_after` even when the bytes are already decrypted; `_grow_threshold` reads two
+environment variables per read. Reproduction: py-spy `--gil` on the daemons of
+`python -m fognode.tools.bench.onion` (Yamux and the session's read path about 30 % of the
+samples) or `python -m fognode.tools.bench.ledger` (8 % in YamuxStream.write alone).
+Fix, on QuickYamux connections only: `QuickYamuxStream.write` builds every frame the send
+window allows, up to WRITE_BATCH bytes, each filling one Noise message (FRAME_DATA), and
+hands them to the connection together (one TCP write), with the same locks taken directly; `QuickYamux.read_stream` is py-libp2p's with
+the same outcomes in the same order, without the f-strings and with one copy;
+`_read_data_body` takes a body from the session's decrypted bytes without a scheduler hop or a
+cancel scope when they hold it, and otherwise reads it under py-libp2p's timeout;
+`_grow_threshold` is half the target window (go-yamux; the env knobs are py-libp2p's
+benchmark switches).
+
 Installation is a monkeypatch, because the constructor option is ignored (a second upstream
 bug): `new_host(muxer_opt={"/yamux/1.0.0": cls})` accepts a class, but
 `libp2p/stream_muxer/muxer_multistream.py: MuxerMultistream.new_conn` builds `Yamux(...)` by
@@ -66,14 +85,22 @@ unless its connection is a QuickYamux.
 """
 from __future__ import annotations
 
+import struct
 from typing import Any, Callable, Protocol
 
 import libp2p.stream_muxer.muxer_multistream as _muxer_multistream_mod
 import libp2p.stream_muxer.yamux.yamux as _yamux_mod
 import trio
-from libp2p.stream_muxer.yamux.yamux import MAX_WINDOW_SIZE, Yamux, YamuxStream
+from libp2p.io.exceptions import IncompleteReadError
+from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
+from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError, MuxedStreamReset
+from libp2p.stream_muxer.yamux.yamux import (HEADER_SIZE, MAX_WINDOW_SIZE,
+                                             TYPE_DATA, YAMUX_HEADER_FORMAT, Yamux, YamuxStream,
+                                             _yamux_data_read_timeout)
 
+from fognode.node.p2pfix_noiseio import QuickNoiseSession
 from fognode.node.p2pfix_tcpio import QuickLock, is_buffered
+from fognode.node.p2pfix_yamux_incoming import LeanIncomingYamux
 
 
 class WindowBudget(Protocol):
@@ -92,6 +119,14 @@ _budgets: dict[str, WindowBudget] = {}    # local peer id (base58) -> its host's
 # 256 KiB window in some runs, 150-250 MB/s grown in others, on a quiet machine). Growth stays
 # charged to the budget as before.
 MIN_TUNING_RTT = 0.005
+
+# The most DATA bytes one QuickYamuxStream.write hands to the connection in one TCP write (as
+# several frames of at most 64 KiB each, within the send window).
+WRITE_BATCH = 1 << 20
+# The data bytes of a DATA frame QuickYamuxStream.write builds: header and data fill one Noise
+# message (65,519 plaintext bytes), so the reader takes each frame from one decrypted message.
+# Any size up to the send window is valid Yamux; go-yamux's own frames are at most 64 KiB.
+FRAME_DATA = MAX_PLAINTEXT_LENGTH - HEADER_SIZE
 
 
 def budget(local_peer: str, b: WindowBudget) -> Callable[[], None]:
@@ -136,9 +171,10 @@ class _StreamTable(dict[int, Any]):
             self._gone(stream)
 
 
-class QuickYamux(Yamux):
-    """py-libp2p's Yamux with QuickLocks and one scheduler hop per frame write, and window
-    growth charged to a budget (module doc)."""
+class QuickYamux(LeanIncomingYamux):
+    """py-libp2p's Yamux with QuickLocks and one scheduler hop per frame write, window growth
+    charged to a budget, lean read paths (module doc) and a frame reader that formats no
+    debug messages (node/p2pfix_yamux_incoming.py)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -148,9 +184,78 @@ class QuickYamux(Yamux):
         self.window_budget: WindowBudget | None = _budgets.get(_local_peer(self.secured_conn))
 
     async def _write_frame(self, data: bytes) -> None:
-        """Write one whole frame (header and body in one piece), serialising writers."""
+        """Write one whole frame (header and body in one piece; QuickYamuxStream.write may
+        pass several frames of one stream), serialising writers."""
         async with self._write_lock:
             await self.secured_conn.write(data)
+
+    async def _write_frames(self, frames: list[bytes]) -> None:
+        """Write whole frames in one TCP write: on a QuickNoiseSession each frame of at most
+        65,519 bytes is one Noise message (QuickYamuxStream makes them so)."""
+        async with self._write_lock:
+            conn = self.secured_conn
+            if isinstance(conn, QuickNoiseSession):
+                await conn.write_messages(frames)
+            else:
+                await conn.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    async def _read_data_body(self, length: int) -> bytes:
+        """A DATA frame's body: from the session's decrypted bytes without a hop or a cancel
+        scope when they hold it (node/p2pfix_noiseio.py), else read under py-libp2p's timeout
+        without its read loop's copies."""
+        conn = self.secured_conn
+        if not isinstance(conn, QuickNoiseSession):
+            return await super()._read_data_body(length)
+        data = conn.take(length)
+        if data is not None:
+            return data
+        with trio.fail_after(_yamux_data_read_timeout()):
+            data = await conn.read(length)
+        if len(data) < length:
+            raise IncompleteReadError(f"connection closed: {len(data)} of a {length}-byte "
+                                      f"frame body", expected_bytes=length,
+                                      received_bytes=len(data))
+        return data
+
+    async def read_stream(self, stream_id: int, n: int = -1) -> bytes:
+        """py-libp2p's read_stream (same outcomes in the same order) without its three
+        debug-log f-strings per call, and one copy of what it returns instead of two."""
+        if n is None:
+            n = -1
+        while True:
+            async with self.streams_lock:
+                stream = self.streams.get(stream_id)
+                if stream is None:
+                    raise MuxedStreamEOF("Stream closed")
+                if self.event_shutting_down.is_set():
+                    raise MuxedStreamEOF("Connection shut down")
+                buffer = self.stream_buffers.get(stream_id)
+                if buffer is None:
+                    if stream.reset_received:
+                        raise MuxedStreamReset("Stream was reset")
+                    raise MuxedStreamEOF("Stream buffer closed")
+                if buffer and (stream.recv_closed or not stream.reset_received):
+                    if n == -1 or n >= len(buffer):
+                        data = bytes(buffer)
+                        buffer.clear()
+                    else:
+                        with memoryview(buffer) as view:
+                            data = view[:n].tobytes()
+                        del buffer[:n]
+                    if stream.closed:
+                        self._finalize_stream_locked(stream, fully_closed=True)
+                    return data
+                if stream.reset_received:
+                    raise MuxedStreamReset("Stream was reset")
+                if stream.recv_closed:
+                    raise MuxedStreamEOF("Stream is closed for receiving")
+                if stream.closed:
+                    raise MuxedStreamReset("Stream is reset or closed")
+            try:
+                await self.stream_events[stream_id].wait()
+                self.stream_events[stream_id] = trio.Event()
+            except KeyError:
+                raise MuxedStreamEOF("Stream was removed") from None
 
 
 class QuickYamuxStream(YamuxStream):
@@ -165,6 +270,72 @@ class QuickYamuxStream(YamuxStream):
             self.close_lock = QuickLock()
             # ReadWriteLock's writer semaphore (released by whichever reader leaves last)
             self.rw_lock._writer_lock = QuickLock(trio.Semaphore(1))
+
+    def _grow_threshold(self) -> int:
+        if not isinstance(self.conn, QuickYamux):
+            return super()._grow_threshold()
+        return self.target_recv_window // 2     # go-yamux; py-libp2p reads two env vars per call
+
+    async def write(self, data: bytes) -> None:
+        """py-libp2p's write; on a QuickYamux connection, the frames the send window allows
+        (up to WRITE_BATCH bytes) go to the connection in one `_write_frame` (one TCP write),
+        and the locks are taken without contextlib's async context managers."""
+        conn = self.conn
+        if not isinstance(conn, QuickYamux):
+            await super().write(data)
+            return
+        if self.send_closed:
+            raise MuxedStreamError("Stream is closed for sending")
+        total = len(data)
+        sent = 0
+        while sent < total:
+            frames: list[bytes] = []
+            while not frames:
+                await self.rw_lock.acquire_write()
+                try:
+                    if self.send_closed:
+                        raise MuxedStreamError("Stream is closed for sending")
+                    await self.window_lock.acquire()
+                    try:
+                        if self.closed:
+                            raise MuxedStreamError("Stream is closed")
+                        frames = self._frames(data, sent)
+                    finally:
+                        self.window_lock.release()
+                finally:
+                    self.rw_lock.release_write()
+                if not frames:
+                    await self._wait_for_window()
+            await conn._write_frames(frames)
+            sent += sum(len(f) for f in frames) - HEADER_SIZE * len(frames)
+
+    def _frames(self, data: bytes, sent: int) -> list[bytes]:
+        """DATA frames for `data` from `sent` on, as far as the send window and WRITE_BATCH
+        allow; their bytes are taken from the window. Called under the window lock."""
+        frames = []
+        total = len(data)
+        view = memoryview(data)
+        batch = 0
+        while sent < total and self.send_window > 0 and batch < WRITE_BATCH:
+            n = min(self.send_window, FRAME_DATA, total - sent)
+            self.send_window -= n
+            header = struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_DATA, 0, self.stream_id, n)
+            frames.append(header + view[sent:sent + n])
+            sent += n
+            batch += n
+        return frames
+
+    async def _wait_for_window(self) -> None:
+        """py-libp2p's wait for a window update: a 10 ms poll, at most 5 s."""
+        self._zero_window_waits += 1
+        with trio.move_on_after(5.0) as cancel_scope:
+            while True:
+                async with self.window_lock:
+                    if self.send_window > 0 or self.closed:
+                        break
+                await trio.sleep(0.01)
+        if cancel_scope.cancelled_caught:
+            raise MuxedStreamError("Timed out waiting for window update after 5 seconds.")
 
     async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
         if not isinstance(self.conn, QuickYamux):

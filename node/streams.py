@@ -68,7 +68,9 @@ class Libp2pFramedStream:
                  gate: ResourceGate | None = None, inbound: bool = False,
                  protocol_id: str | None = None) -> None:
         self._stream = stream
-        self._buf = bytearray()
+        self._buf: list[bytes] = []     # bytes read and not yet returned, in order ...
+        self._off = 0                   # ... from this offset into the first
+        self._held = 0                  # their total
         self.max_frame = max_frame
         self.remote_peer = str(stream.muxed_conn.peer_id)
         self.protocol_id = protocol_id or str(stream.get_protocol() or "")
@@ -131,31 +133,64 @@ class Libp2pFramedStream:
         the peer's budget allows and waits at most its deadline (and not past `until`, the
         frame's own deadline on trio's clock). Raises StreamClosed at EOF,
         StreamDeadline or StreamRefused (the stream is reset then)."""
-        while len(self._buf) < n:
-            need = n - len(self._buf)
+        while self._held < n:
+            held = self._held
+            need = n - held
             want = min(_READ_CHUNK, max(need, 1 << 16))
             if self._account is not None:
                 room = self._account.room()
                 if room <= 0:
-                    self._account.resize(len(self._buf) + need)   # refused: counts the reason
-                    await self._refuse(f"its buffer budget is spent ({len(self._buf)} bytes "
+                    self._account.resize(held + need)   # refused: counts the reason
+                    await self._refuse(f"its buffer budget is spent ({held} bytes "
                                        f"of a {n}-byte read held)")
                 want = min(want, room)
-            chunk = await self._read_some(want, in_frame=in_frame or bool(self._buf), until=until)
+            chunk = await self._read_some(want, in_frame=in_frame or held > 0, until=until)
             if not chunk:
-                got = len(self._buf)
                 self._drop_buffer()
                 raise StreamClosed(
                     f"stream from {self.remote_peer} ({self.protocol_id}) ended"
-                    + (f" after {got} of {n} bytes of a frame" if got else ""))
-            self._buf += chunk
-            if self._account is not None and self._account.resize(len(self._buf)) is not None:
-                await self._refuse(f"{len(self._buf)} bytes would be over its buffer budget")
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
+                    + (f" after {held} of {n} bytes of a frame" if held else ""))
+            self._buf.append(chunk)
+            self._held = held + len(chunk)
+            if self._account is not None and self._account.resize(self._held) is not None:
+                await self._refuse(f"{self._held} bytes would be over its buffer budget")
+        out = self._pop(n)
         if self._account is not None:
-            self._account.resize(len(self._buf))
+            self._account.resize(self._held)
         return out
+
+    def _pop(self, n: int) -> bytes:
+        """The first `n` held bytes (at least that many are held). Copies only what it
+        returns, and nothing when that is a whole chunk as read; never moves what is left."""
+        if n == 0:
+            return b""
+        parts, off = self._buf, self._off
+        first = parts[0]
+        self._held -= n
+        if len(first) - off >= n:
+            end = off + n
+            if end == len(first):
+                del parts[0]
+                self._off = 0
+                return first if off == 0 else first[off:]
+            self._off = end
+            return first[off:end]
+        pieces = [first[off:] if off else first]
+        got = len(first) - off
+        i = 1
+        self._off = 0
+        while got < n:
+            part = parts[i]
+            need = n - got
+            if len(part) > need:
+                pieces.append(part[:need])
+                self._off = need
+                break
+            pieces.append(part)
+            got += len(part)
+            i += 1
+        del parts[:i]
+        return b"".join(pieces)
 
     async def _read_some(self, want: int, *, in_frame: bool, until: float | None) -> bytes:
         """One read of at most `want` bytes under this read's deadline; b"" at EOF/reset."""
@@ -185,14 +220,15 @@ class Libp2pFramedStream:
         raise StreamRefused(f"stream from {self.remote_peer} ({self.protocol_id}) reset: {why}")
 
     def _drop_buffer(self) -> None:
-        self._buf = bytearray()
+        self._buf = []
+        self._off = self._held = 0
         if self._account is not None:
             self._account.release()
 
     @property
     def buffered(self) -> int:
         """Bytes of unfinished frames this stream holds."""
-        return len(self._buf)
+        return self._held
 
     async def close(self) -> None:
         """Half-close our side (the peer reads EOF) and free the stream. Never raises."""

@@ -10,6 +10,8 @@ and checks, each under a deadline, whole run bounded at 120 s:
 - identify: the js peer's protocols reach our peerstore;
 - ping both ways (/ipfs/ping/1.0.0), our dialer and our listener;
 - a stream each way (multistream-select, yamux, Noise): 64 KiB echoed byte for byte;
+- 4 MiB through a stream to the js peer and back, read while written (many Yamux frames
+  and window updates each way);
 - GossipSub: 256 B and 2 KiB messages published by us come back through the js peer.
 Prints one line per check and exits non-zero if any failed. Kademlia is not exercised: the
 overlay speaks /fognode/kad/1.0.0 only (issue 10 item 6), which no js peer serves.
@@ -31,6 +33,7 @@ HERE = Path(__file__).resolve().parent / "js_interop"
 ECHO = "/fognode/interop/echo/1.0.0"
 TOPIC, ECHO_TOPIC = "fognode/interop/1", "fognode/interop/echo/1"
 BLOB = bytes([7]) * 65536
+BULK = bytes(range(256)) * 16384      # 4 MiB: many Yamux frames and window updates each way
 
 
 def prepare(where: Path) -> Path:
@@ -142,6 +145,20 @@ async def run(where: Path) -> list[tuple[str, bool, str]]:
                     raise ValueError(answer)
                 return answer
 
+            async def bulk_to_js() -> str:
+                s = await ov.host.new_stream(ID.from_base58(js_id), [TProtocol(ECHO)])
+                parts: list[bytes] = []
+                got = 0
+                async with trio.open_nursery() as n:
+                    n.start_soon(s.write, BULK)
+                    while got < len(BULK):
+                        parts.append(await s.read(1 << 20))
+                        got += len(parts[-1])
+                await s.close()
+                if b"".join(parts) != BULK:
+                    raise ValueError(f"echo differs ({got} bytes)")
+                return f"{got} bytes echoed"
+
             async def gossip() -> str:
                 sub = await ov.pubsub.subscribe(ECHO_TOPIC)
                 await ov.pubsub.subscribe(TOPIC)
@@ -169,6 +186,7 @@ async def run(where: Path) -> list[tuple[str, bool, str]]:
             await check("ping js -> py", 10, ping_py)
             await check("stream py -> js, 64 KiB echo", 15, stream_to_js)
             await check("stream js -> py, 64 KiB echo", 15, stream_from_js)
+            await check("stream py -> js, 4 MiB echo", 30, bulk_to_js)
             await check("GossipSub both ways", 30, gossip)
             await proc.stdin.send_all(b"QUIT\n")
     finally:

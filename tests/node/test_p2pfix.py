@@ -29,11 +29,16 @@ from libp2p.pubsub import utils as pubsub_utils
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.security.noise.io import BaseNoiseMsgReadWriter, NoiseTransportReadWriter
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.rw_lock import ReadWriteLock
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from nacl.signing import SigningKey
+from noise.connection import NoiseConnection
+from noise.state import CipherState
 from prometheus_client import CollectorRegistry
 
 from fognode.node import p2pfix_records, scored_pubsub
@@ -89,11 +94,37 @@ PINNED: dict[Any, str] = {
     # node/p2pfix_pubsubwrite.py: the loop it replaces, and the framing it copies
     Pubsub.handle_sending_messages: "4eb0b978f9c4b142",
     Pubsub.write_msg: "ee86b14b4181afff",
+    # node/p2pfix_noiseio.py: the session it replaces, the Noise framing and cipher calls it
+    # makes directly, the raw connection's error mapping it copies; node/p2pfix_yamux.py: the
+    # read and write paths it replaces, and handle_incoming, which must go on reading a frame's
+    # header with read_exactly(secured_conn, 12) and its body with _read_data_body
+    SecureSession.__init__: "b076c07a6dc2251b",
+    SecureSession.read: "eeba14a89cf12325",
+    SecureSession.write: "0298b065574caeda",
+    BaseNoiseMsgReadWriter.read_msg: "b2fa218c135c82c0",
+    BaseNoiseMsgReadWriter.write_msg: "00818920318f86aa",
+    NoiseTransportReadWriter.encrypt: "c03978a143638cd3",
+    NoiseTransportReadWriter.decrypt: "d9d398b4d8b92c75",
+    NoiseConnection.encrypt: "f271e53c675ea6f3",
+    NoiseConnection.decrypt: "dbc6207480747631",
+    CipherState.encrypt_with_ad: "b4ed12be2ee3e9a3",
+    CipherState.decrypt_with_ad: "1493b737bc5cf71f",
+    RawConnection.read: "fc5cc670c47db302",
+    RawConnection.write: "1a486aa01639d127",
+    Yamux.handle_incoming: "ad15ff6943feac20",
+    Yamux._read_data_body: "54cc06c91ba6ee15",
+    Yamux.read_stream: "d07c99299384666d",
+    YamuxStream.read: "ca585f2199fd4e83",
+    YamuxStream.write: "d87f74dfb53ab194",
+    YamuxStream._grow_threshold: "fde3988bca54745c",
+    ReadWriteLock.acquire_write: "26db183f402eee45",
+    ReadWriteLock.release_write: "3f06e1b08c17ac15",
 }
 
 
 def test_pinned_py_libp2p_is_the_one_the_fixes_were_written_for() -> None:
     assert version("libp2p") == "0.8.1"
+    assert version("noiseprotocol") == "0.3.1"     # node/p2pfix_noiseio.py calls its ciphers
     changed = [f.__qualname__ for f, digest in PINNED.items()
                if hashlib.sha256(inspect.getsource(f).encode()).hexdigest()[:16] != digest]
     assert not changed, f"py-libp2p changed under node/p2pfix_*.py: {changed}"

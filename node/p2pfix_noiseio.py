@@ -1,0 +1,197 @@
+"""py-libp2p 0.8.1 fix: Noise transport messages read and written without three layers of
+read loops and copies, and a large Yamux frame in one TCP write.
+
+Symptom (upstream report form). A secured connection's read goes
+`SecureSession.read(n)` (an io.BytesIO buffer, a bytearray it extends, `bytes()` of it) ->
+`NoiseTransportReadWriter.read_msg` -> `FixedSizeLenMsgReadWriter.read_msg` ->
+`read_exactly(conn, 2)` and `read_exactly(conn, length)` (each a bytearray, its `bytes()`,
+and a `RawConnection.read` with its own try block) -> the TCP stream; Yamux then reads each
+frame's header and body through `read_exactly(secured_conn, n)` once more (another bytearray
+and `bytes()` of up to 256 KiB) under a `trio.fail_after` per body. A write goes
+`SecureSession.write` -> `write_msg`, which cuts frames over 65,519 bytes into Noise messages
+and sends each with its own `send_all` (a 256 KiB Yamux frame: 5 socket writes, each taking
+the TCP write lock). During `python -m fognode.tools.bench.onion` (256 KiB link frames), the
+Yamux reader's secure-session read path was 14 % of the daemons' GIL-holding samples and the
+whole write path 12 %; a byte was copied about ten times between the socket and a stream's
+buffer. Reproduction: py-spy `--gil` on the daemons of that benchmark, or
+tests/node/test_p2pfix_noiseio.py.
+
+Fix. `QuickNoiseSession(SecureSession)` replaces the SecureSession that py-libp2p's Noise
+handshake returns, for connections whose raw stream is node/p2pfix_tcpio.py's
+`BufferedTCPStream` (`adopt()`, called by `QuickNoise`, node/p2pfix_tcpio.py's `BufferingNoise`
+with this step added, right after the handshake and before any transport message is read;
+the handshake's own messages still go through py-libp2p; QuickNoise is handed to `new_host`
+as `sec_opt`, a constructor option).
+- `read(n)` decrypts whole Noise messages read with `BufferedTCPStream.read_exactly` and keeps
+  the plaintext as `bytes` plus an offset: a read copies only what it returns, and returns the
+  decrypted message itself when it asks for exactly that. `take(n)` serves a read from that
+  plaintext without awaiting (node/p2pfix_yamux.py's `_read_data_body` uses it).
+- `write(data)` seals `data` in Noise messages of at most 65,519 plaintext bytes (as go-libp2p
+  and py-libp2p cut them) and sends them with one TCP write; `write_messages(frames)` makes
+  each frame one Noise message and sends them all with one TCP write. The caller serialises writers,
+  as for py-libp2p's session (Yamux's `_write_frame` holds its write lock): the nonces must
+  go out in the order they were used.
+Errors are the base session's: `IncompleteReadError` at EOF (received_bytes 0 between
+messages: Yamux's clean close), `NoiseInvalidMessage` for a message that fails
+authentication, `RawConnError` / `ConnectionClosedError` from the TCP stream. The bytes on the
+wire are the same Noise transport messages.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError, IOException
+from libp2p.network.connection.exceptions import RawConnError
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
+from libp2p.security.secure_session import SecureSession
+from noise.exceptions import NoiseInvalidMessage
+
+from fognode.node.p2pfix_tcpio import BufferedTCPStream, BufferingNoise, mark_buffered
+
+_LENGTH_SIZE = 2    # a Noise transport message's big-endian length prefix
+
+
+class QuickNoiseSession(SecureSession):
+    """SecureSession reading and writing Noise transport messages directly (module doc)."""
+
+    def __init__(self, old: SecureSession, tcp: BufferedTCPStream) -> None:
+        super().__init__(local_peer=old.local_peer, local_private_key=old.local_private_key,
+                         remote_peer=old.remote_peer,
+                         remote_permanent_pubkey=old.remote_permanent_pubkey,
+                         is_initiator=old.is_initiator, conn=old.conn)
+        proto = old.conn.noise_state.noise_protocol
+        self._encrypt = proto.cipher_state_encrypt.encrypt_with_ad
+        self._decrypt = proto.cipher_state_decrypt.decrypt_with_ad
+        self._raw: RawConnection = old.conn.read_writer.read_write_closer
+        self._tcp = tcp
+        self._plain = b""       # the last decrypted message, read up to _pos
+        self._pos = 0
+
+    def buffered(self) -> int:
+        """Plaintext bytes decrypted and not yet read."""
+        return len(self._plain) - self._pos
+
+    def take(self, n: int) -> bytes | None:
+        """`n` bytes of decrypted plaintext if that many are buffered, else None."""
+        plain, pos = self._plain, self._pos
+        if len(plain) - pos < n:
+            return None
+        end = pos + n
+        if end == len(plain):
+            self._plain, self._pos = b"", 0
+            return plain if pos == 0 else plain[pos:]
+        self._pos = end
+        return plain[pos:end]
+
+    async def _tcp_read_exactly(self, n: int) -> bytes:
+        try:
+            return await self._tcp.read_exactly(n)
+        except ConnectionClosedError:
+            raise
+        except (IOException, ConnectionResetError) as error:    # as RawConnection.read
+            raise RawConnError from error
+
+    async def _next_message(self) -> bytes:
+        """Read and decrypt one Noise transport message."""
+        head = await self._tcp_read_exactly(_LENGTH_SIZE)
+        if len(head) < _LENGTH_SIZE:
+            raise IncompleteReadError(
+                f"connection closed: {len(head)} of a Noise message's {_LENGTH_SIZE}-byte "
+                f"length", expected_bytes=_LENGTH_SIZE, received_bytes=len(head))
+        length = int.from_bytes(head, "big")
+        body = await self._tcp_read_exactly(length)
+        if len(body) < length:
+            raise IncompleteReadError(
+                f"connection closed: {len(body)} of a {length}-byte Noise message",
+                expected_bytes=length, received_bytes=len(body) + _LENGTH_SIZE)
+        try:
+            return self._decrypt(None, body)
+        except InvalidTag:
+            raise NoiseInvalidMessage("Failed authentication of message") from None
+
+    async def read(self, n: int | None = None) -> bytes:
+        if n == 0:
+            return b""
+        if n is None:
+            if self._pos < len(self._plain):
+                out = self._plain[self._pos:] if self._pos else self._plain
+                self._plain, self._pos = b"", 0
+                return out
+            return await self._next_message()
+        out = self.take(n)
+        if out is not None:
+            return out
+        parts = []
+        got = len(self._plain) - self._pos
+        if got:
+            parts.append(self._plain[self._pos:] if self._pos else self._plain)
+        self._plain, self._pos = b"", 0
+        while got < n:
+            try:
+                msg = await self._next_message()
+            except IncompleteReadError:
+                if not parts:
+                    raise
+                return b"".join(parts)      # as SecureSession: what was assembled
+            need = n - got
+            if len(msg) > need:
+                self._plain, self._pos = msg, need
+                msg = msg[:need]
+            parts.append(msg)
+            got += len(msg)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def seal(self, data: Any) -> bytes:
+        """`data` (bytes-like) as length-prefixed Noise transport messages, one TCP write."""
+        size = len(data)
+        if size <= MAX_PLAINTEXT_LENGTH:
+            ct = self._encrypt(None, data)
+            return len(ct).to_bytes(_LENGTH_SIZE, "big") + ct
+        view = memoryview(data)
+        parts = []
+        for start in range(0, size, MAX_PLAINTEXT_LENGTH):
+            ct = self._encrypt(None, view[start:start + MAX_PLAINTEXT_LENGTH])
+            parts.append(len(ct).to_bytes(_LENGTH_SIZE, "big"))
+            parts.append(ct)
+        return b"".join(parts)
+
+    async def write(self, data: bytes) -> None:
+        await self._raw.write(self.seal(data))
+
+    async def write_messages(self, messages: list[bytes]) -> None:
+        """Each of `messages` as one Noise message if it fits (else cut as `seal` cuts it),
+        all in one TCP write. The caller serialises writers, as for `write`."""
+        parts = []
+        for msg in messages:
+            if len(msg) > MAX_PLAINTEXT_LENGTH:
+                parts.append(self.seal(msg))
+                continue
+            ct = self._encrypt(None, msg)
+            parts.append(len(ct).to_bytes(_LENGTH_SIZE, "big"))
+            parts.append(ct)
+        await self._raw.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+
+def adopt(session: Any) -> Any:
+    """`session` as a QuickNoiseSession when it is py-libp2p's Noise session over a
+    BufferedTCPStream with nothing read yet; anything else is returned as it is."""
+    if type(session) is not SecureSession or type(session.conn) is not NoiseTransportReadWriter:
+        return session
+    raw = session.conn.read_writer.read_write_closer
+    tcp = getattr(raw, "stream", None)
+    if not isinstance(raw, RawConnection) or not isinstance(tcp, BufferedTCPStream) \
+            or session.low_watermark != session.high_watermark:
+        return session
+    return QuickNoiseSession(session, tcp)
+
+
+class QuickNoise(BufferingNoise):
+    """BufferingNoise whose secured connections are QuickNoiseSessions (module doc)."""
+
+    async def secure_inbound(self, conn: Any) -> Any:
+        return mark_buffered(adopt(await super().secure_inbound(conn)))
+
+    async def secure_outbound(self, conn: Any, peer_id: Any) -> Any:
+        return mark_buffered(adopt(await super().secure_outbound(conn, peer_id)))
