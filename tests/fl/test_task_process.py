@@ -126,3 +126,28 @@ def test_a_call_cancelled_half_way_kills_the_child_and_the_next_call_works() -> 
             await tp.aclose()
 
     run(main)
+
+
+def test_the_pipes_to_the_task_process_hold_a_whole_model_frame() -> None:
+    """A training request and its answer each go through in one write (process.PIPE_BYTES),
+    not 64 KiB at a time waiting for the other process to be scheduled."""
+    import fcntl
+
+    from fognode.protocols.fl.training.process import PIPE_BYTES
+
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+
+    async def main() -> None:
+        tp = TaskProcess()
+        try:
+            prepared = await tp.prepare(KEY)
+            proc = tp._proc
+            assert proc is not None and proc.stdin is not None and proc.stdout is not None
+            for pipe in (proc.stdin, proc.stdout):
+                assert fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) >= min(PIPE_BYTES, limit)
+            got = await tp.train(KEY, prepared.initial_params, CFG, 3)
+            assert got.result.params.shape == prepared.initial_params.shape
+        finally:
+            await tp.aclose()
+
+    run(main)
