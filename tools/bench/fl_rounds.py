@@ -118,6 +118,8 @@ class RoundsResult:
                                            # per recorded round (same columns as `phases`)
     idle_cpu: float                        # CPU seconds per second of the same daemons idle
     cores: int                             # CPUs this process (and the daemons) may run on
+    gossip: dict[str, list[float]]         # topic -> gossip messages delivered to the nodes' roles,
+                                           # per recorded round (same columns as `phases`)
 
 
 PHASES = {   # phase -> (histogram, labels, which nodes: "all", "participants" (not node 0), "coordinator")
@@ -422,6 +424,12 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
                             for k in range(1, len(history) + 1)]
             if done["state"] != "completed":    # what the unfinished round measured
                 phases[name].append(hist(snaps[len(history)][pick], after[pick], metric_name, labels))
+        gossip: dict[str, list[float]] = {}
+        for name, labels in sorted(after[0]):
+            if name == "fognode_node_gossip_messages_in_total":
+                topic = dict(labels)["topic"]
+                gossip[topic] = [counter(a, b, name, dict(labels)) for a, b in zip(snaps, snaps[1:] + [after])]
+                gossip[topic] = gossip[topic][:len(phases["aggregation (fedavg)"])]
         size = int(out["parameters"])
         sent = counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "update"}) \
             + counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "model"})
@@ -445,7 +453,7 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
             history=history, plan_delays=delays, phases=phases,
             bytes_per_round=sent / max(len(history), 1), bounds=bounds, problems=_undelivered(net),
             mesh=mesh, warmup=warm, cpu=[b - a for a, b in zip(cpus, cpus[1:])], idle_cpu=idle_cpu,
-            cores=len(os.sched_getaffinity(0)))
+            cores=len(os.sched_getaffinity(0)), gossip=gossip)
     except BaseException:
         for n in net.nodes:
             if n.proc is not None and n.proc.poll() is not None and n.proc.returncode != 0:

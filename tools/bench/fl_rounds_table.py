@@ -81,6 +81,10 @@ def print_table(r: RoundsResult) -> None:
         len(steady), shared, "the same path, each phase >= its total work / cores**")
     row("CPU s of all daemons + task processes", r.cpu, _mean([r.cpu[i] for i in steady if i < len(r.cpu)]),
         len(steady), r.idle_cpu * _mean([durations[i] for i in steady]), "the same daemons idle, as long")
+    for topic, per_round in r.gossip.items():
+        row(f"gossip msgs delivered: {topic}"[:44], per_round, _mean([per_round[i] for i in steady
+                                                                        if i < len(per_round)]),
+            len(steady), float("nan"), "summed over the nodes")
     print(f"{'tries / updates accepted of selected':<44}" + "".join(
         f"{str(h['tries']) + ' ' + str(len(h['accepted'])) + '/' + str(len(h['participants'])):>9}" for h in r.history))
     print(f"  warm-up session before (each daemon's first torch use, first streams): {r.warmup}")
