@@ -12,6 +12,7 @@ import trio
 from fognode.protocols.fl.tasks import TaskError, TrainConfig
 from fognode.protocols.fl.training.prepared import TaskKey, prepare_task, train_round
 from fognode.protocols.fl.training.process import TaskProcess
+from tests.polling import wait_until
 
 PARAMS = {"max_samples": 60.0}
 KEY = TaskKey.of("synthetic", PARAMS, 5, data_seed=3, data_index=2)
@@ -20,6 +21,16 @@ CFG = TrainConfig(epochs=1, lr=0.05, batch_size=10)
 
 def run(fn) -> None:  # type: ignore[no-untyped-def]
     trio.run(fn)
+
+
+def _dead(pid: int) -> bool:
+    """The process `pid` exited (a zombie, or already reaped)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_a_round_in_the_task_process_equals_the_same_round_here() -> None:
@@ -77,7 +88,8 @@ def test_a_dead_task_process_is_replaced_and_rebuilds_the_task_from_its_key() ->
             pid2 = tp.pid
             assert pid2 is not None
             os.kill(pid2, signal.SIGKILL)
-            await trio.sleep(0.2)
+            # dead (a zombie until reaped) before the call: at load 36 it took over 0.2 s
+            await wait_until(lambda: _dead(pid2), timeout=60, what="the killed task process to exit")
             again = await tp.train(KEY, prepared.initial_params, CFG, 1)
             assert np.array_equal(again.result.params, first.result.params) and tp.starts == 3
         finally:
