@@ -425,10 +425,11 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
             if done["state"] != "completed":    # what the unfinished round measured
                 phases[name].append(hist(snaps[len(history)][pick], after[pick], metric_name, labels))
         gossip: dict[str, list[float]] = {}
-        for name, labels in sorted(after[0]):
+        for name, sample_labels in sorted(after[0]):
             if name == "fognode_node_gossip_messages_in_total":
-                topic = dict(labels)["topic"]
-                gossip[topic] = [counter(a, b, name, dict(labels)) for a, b in zip(snaps, snaps[1:] + [after])]
+                topic = dict(sample_labels)["topic"]
+                gossip[topic] = [counter(a, b, name, dict(sample_labels))
+                                 for a, b in zip(snaps, snaps[1:] + [after])]
                 gossip[topic] = gossip[topic][:len(phases["aggregation (fedavg)"])]
         size = int(out["parameters"])
         sent = counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "update"}) \

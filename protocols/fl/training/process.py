@@ -307,7 +307,9 @@ class TaskProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         assert self._proc.stdin is not None and self._proc.stdout is not None
         for pipe in (self._proc.stdin, self._proc.stdout):
-            widen_pipe(pipe.fileno())       # type: ignore[attr-defined]
+            fileno = getattr(pipe, "fileno", None)      # trio's FdStream: a pipe (POSIX)
+            if fileno is not None:
+                widen_pipe(fileno())
         self._buf.clear()
         self.starts += 1
         if self.on_start is not None:
