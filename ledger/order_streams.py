@@ -183,13 +183,19 @@ class OrderStreams:
         """Queue a waiting reply and write the request. RequestNotSent if `end` came (or the
         stream died) before the write began; a write cut off half-way ends the stream."""
         acquired = False
-        with trio.move_on_at(end):
-            while len(ch.waiting) >= MAX_PIPELINE and ch.dead is None:
-                if ch.room.is_set():
-                    ch.room = trio.Event()
-                await ch.room.wait()
-            await ch.write_lock.acquire()
+        if (trio.current_time() < end and len(ch.waiting) < MAX_PIPELINE
+                and not ch.write_lock.locked()):
+            # the common case, free and room: no scheduler round (the write checkpoints anyway)
+            ch.write_lock.acquire_nowait()
             acquired = True
+        else:
+            with trio.move_on_at(end):
+                while len(ch.waiting) >= MAX_PIPELINE and ch.dead is None:
+                    if ch.room.is_set():
+                        ch.room = trio.Event()
+                    await ch.room.wait()
+                await ch.write_lock.acquire()
+                acquired = True
         if not acquired:
             raise RequestNotSent(f"order stream to {peer}: {len(ch.waiting)} requests waited for their "
                                  f"replies until this one's deadline; not sent")

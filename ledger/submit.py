@@ -156,7 +156,12 @@ class OrderSubmitter:
         self.ledger.check_usable()
         sender = bytes(key.verify_key)
         deadline = trio.current_time() + timeout
-        async with self._lock_for(sender):
+        lock = self._lock_for(sender)
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()      # free: no scheduler round (the drive checkpoints anyway)
+        try:
             inflight = self.store.inflight(sender)
             if inflight is not None:
                 if self.state.account(sender).next_sequence > inflight.order.sequence:
@@ -177,6 +182,8 @@ class OrderSubmitter:
                 raise OrderRejected(*problem)
             await self.ledger.persist_inflight(so)
             return await self._drive(so, deadline)
+        finally:
+            lock.release()
 
     async def _drive(self, so: SignedOrder, deadline: float, *, earlier: bool = False) -> Certificate:
         """Gather a quorum for `so` until `deadline`. `earlier`: the order was driven before
@@ -212,8 +219,9 @@ class OrderSubmitter:
                         if rnd.done.is_set():       # the first ones answered: a refusal, or a failure
                             rnd.done = trio.Event()
                         self._ask_all(later, rnd, request, collector, asking, unanswered, deadline)
-                with trio.move_on_at(end):
-                    await rnd.done.wait()
+                if not rnd.done.is_set():      # (set already: no scheduler round)
+                    with trio.move_on_at(end):
+                        await rnd.done.wait()
             now = trio.current_time()
             decision = collector.decide(now, deadline)
             if decision is Decision.CERTIFIED:

@@ -86,7 +86,7 @@ class NodeService:
             "addresses": ov.listen_addrs(),
             "version": __version__,
             "uptime_s": round(self.uptime(), 3),
-            "peers": len([p for p in ov.peers() if p.connected]),
+            "peers": ov.peer_count(),
             "region": d.config.node.region,
             "chain_id": d.ctx.genesis.get("chain_id", ""),
             "datadir": str(d.datadir),

@@ -286,6 +286,9 @@ class Libp2pOverlay:
                                 latency_ms=None if lat is None else round(lat * 1000.0, 3)))
         return out
 
+    def peer_count(self) -> int:    # len(peers()), without building a PeerInfo per peer
+        return len(self.host.get_network().connections)
+
     def latency(self, peer_id: str) -> float | None:
         """Smoothed ping round trip to a connected peer in seconds; None before the first."""
         return self.pinger.latency(peer_id)

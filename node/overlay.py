@@ -73,6 +73,7 @@ class Overlay(TypingProtocol):
 
     def listen_addrs(self) -> list[str]: ...                 # full multiaddrs with /p2p/<id>
     def peers(self) -> list[PeerInfo]: ...
+    def peer_count(self) -> int: ...                         # len(peers()), without building them
     # smoothed libp2p-ping round trip to a connected peer, seconds (node/ping.py: every
     # overlay.ping_interval); None before the first answer. For latency-aware choices
     # (market matching, onion paths).

@@ -150,9 +150,23 @@ class RoleState:
     done: trio.Event = field(default_factory=trio.Event)
 
 
-def _row(key: tuple[str, str, int, str, str], detail: dict[str, Any]) -> dict[str, Any]:
-    """One role's health row from `Supervisor._inputs`."""
-    row = {"health": key[0], "detail": key[1], "restarts": key[2], "status": key[3], "reason": key[4]}
+# what a role's health row is made of, read now (Supervisor._read): its health, the
+# supervisor's detail sentence, its restarts, and its own report (None when it is not running)
+_RowInputs = tuple[Health, str, int, "HealthReport | None"]
+
+
+def _row(inputs: _RowInputs, detail: dict[str, Any]) -> dict[str, Any]:
+    """One role's health row from `Supervisor._read`: health, detail, restarts, status, reason
+    and the role's `health_detail` facts."""
+    health, text, restarts, report = inputs
+    if report is not None:
+        row = {"health": "healthy", "detail": text, "restarts": restarts, "status": report.status._value_,
+               "reason": report.reason}
+    elif health is Health.UNHEALTHY:
+        row = {"health": "unhealthy", "detail": text, "restarts": restarts, "status": "unhealthy",
+               "reason": text or "unhealthy"}
+    else:
+        row = {"health": health.value, "detail": text, "restarts": restarts, "status": "healthy", "reason": ""}
     if detail:
         row.update(detail)
     return row
@@ -175,13 +189,13 @@ class Supervisor:
         self._restarts = Counter("fognode_node_role_restarts_total", "Role restarts after a crash",
                                  ["role"], registry=ctx.metrics)
         # health_encoded: per role (inputs, facts, row, row JSON) of the last call, and the answer
-        self._rows: dict[str, tuple[tuple[str, str, int, str, str], dict[str, Any], dict[str, Any], bytes]] = {}
+        self._rows: dict[str, tuple[_RowInputs, dict[str, Any], dict[str, Any], bytes]] = {}
         self._encoded: EncodedJSON | None = None
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Every role's health row, read now: health, detail, restarts, status, reason and the
         role's own `health_detail` facts."""
-        return {name: _row(*self._inputs(st)) for name, st in self.roles.items()}
+        return {name: _row(*self._read(st)) for name, st in self.roles.items()}
 
     def health_encoded(self) -> EncodedJSON:
         """`health()` with its JSON text (node.info asks for it on every call). Every role's
@@ -191,12 +205,15 @@ class Supervisor:
         returned may be the last call's: never mutate it."""
         rows = self._rows
         changed = len(rows) != len(self.roles)
+        read = self._read
         for name, st in self.roles.items():
-            key, detail = self._inputs(st)
+            inputs, detail = read(st)
             last = rows.get(name)
-            if last is None or last[0] != key or last[1] != detail:
-                row = _row(key, detail)
-                rows[name] = (key, detail, row, encode_json(row).encode())
+            # a tuple compares its items by identity first: the usual row (same health, same
+            # detail text, the shared healthy report) costs a few pointer checks
+            if last is None or last[0] != inputs or last[1] != detail:
+                row = _row(inputs, detail)
+                rows[name] = (inputs, detail, row, encode_json(row).encode())
                 changed = True
         if changed or self._encoded is None:
             for gone in set(rows) - set(self.roles):
@@ -206,22 +223,20 @@ class Supervisor:
         return self._encoded
 
     @staticmethod
-    def _inputs(st: RoleState) -> tuple[tuple[str, str, int, str, str], dict[str, Any]]:
-        """What a role's health row is made of, read now: (health, detail, restarts, status,
-        reason) and its `health_detail` facts."""
-        health = st.health
+    def _read(st: RoleState) -> tuple[_RowInputs, dict[str, Any]]:
+        """What a role's health row is made of, read now (`_row` builds it): its inputs, and its
+        `health_detail` facts. A running role's `health_detail` and `health_report` are called;
+        a check that raises shows as degraded."""
         inst = st.instance
-        if health is Health.HEALTHY and inst is not None:
+        if st.health is Health.HEALTHY and inst is not None:
             try:
                 detail = inst.health_detail()
                 report = inst.health_report()
             except Exception as e:  # a role's status must never break node.info
                 detail = {"error": f"{type(e).__name__}: {e}"}
                 report = HealthReport(Status.DEGRADED, f"its health check failed: {type(e).__name__}: {e}")
-            return ("healthy", st.detail, st.restarts, report.status._value_, report.reason), detail
-        if health is Health.UNHEALTHY:
-            return ("unhealthy", st.detail, st.restarts, "unhealthy", st.detail or "unhealthy"), {}
-        return (health.value, st.detail, st.restarts, "healthy", ""), {}
+            return (Health.HEALTHY, st.detail, st.restarts, report), detail
+        return (st.health, st.detail, st.restarts, None), {}
 
     def _set(self, st: RoleState, health: Health, detail: str = "") -> None:
         changed = st.health is not health

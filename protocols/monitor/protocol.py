@@ -201,9 +201,11 @@ class MonitorRole(Role):
         health roll-up at once (HealthStatusChanged without waiting for the next sample)."""
         node = self.ctx.services.require("node")
         async with sub:
-            async for ev in sub:
-                self.events.add(ev, self.ctx.clock())
-                if isinstance(ev, RoleHealthChanged):
+            async for batch in sub.batches():      # one wake-up for what queued (node/events.py)
+                now = self.ctx.clock()
+                for ev in batch:
+                    self.events.add(ev, now)
+                if any(isinstance(ev, RoleHealthChanged) for ev in batch):
                     self._carry_out(self.core.update_health(node.role_health()))
 
     # ---- gossip status ----------------------------------------------------------------------

@@ -29,6 +29,17 @@ class SendCell:
 
 
 @dataclass(frozen=True)
+class SendCells:
+    """Write `frames` on the relay stream to `peer`: `count` RELAY cells, each framed as
+    `Cell.frame()` frames it, back to back (cells.frame_relay_cells): a burst of one circuit's
+    cells, forwarded or sent as one, in order like `SendCell`s."""
+
+    peer: str
+    frames: bytes
+    count: int
+
+
+@dataclass(frozen=True)
 class CircuitBuilt:
     circuit: CircKey
     path: tuple[str, ...]
@@ -110,5 +121,5 @@ class PersistState:
     data: bytes
 
 
-Action = (SendCell | CircuitBuilt | CircuitClosed | StreamConnected | StreamData | StreamEnded
+Action = (SendCell | SendCells | CircuitBuilt | CircuitClosed | StreamConnected | StreamData | StreamEnded
           | OpenStream | PeerFault | PersistState | CircuitMessage)

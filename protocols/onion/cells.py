@@ -45,6 +45,7 @@ PLAIN_LEN = BODY_LEN - TAG_LEN     # 4075: relay message plaintext
 RELAY_HEADER_LEN = 9               # command u8, stream_id u16, length u16, nonce 4
 MAX_DATA = PLAIN_LEN - RELAY_HEADER_LEN   # 4066
 FRAME_LEN = 2 + CELL_SIZE
+RUN_MAX = 16                       # cells in one RelayRun at most (64 KiB): see RelayRun
 MAX_CIRC_ID = 0xFFFFFFFF
 MAX_STREAM_ID = 0xFFFF
 NTOR_ONIONSKIN_LEN = 96            # relay identity 32 | onion key 32 | client ephemeral 32
@@ -156,21 +157,69 @@ def decode_cell(data: bytes) -> Cell:
     return _decode_at(data, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class RelayRun:
+    """`count` RELAY cells of one circuit that came back to back in one link frame, their
+    bodies concatenated (`count` x BODY_LEN bytes). Most of a busy link's cells come so (a
+    neighbour's link write carries a burst of one circuit's cells): the cores forward or open
+    a run with one keystream update per layer and one framed write (`frame_relay_cells`)
+    instead of one object, one cipher call and one write per cell. `cells()` splits it.
+
+    A run holds at most RUN_MAX (16) cells: a middle relay passes a 64-cell frame on at about
+    2 us of CPU per cell in runs of 16, against 4.8 cell by cell and 5.3 in runs of 64
+    (tools/bench/onion_cells.py, "middle relay" rows): buffers of 256 KiB and more cost more
+    than the calls they save (glibc serves them from fresh pages past its mmap threshold)."""
+
+    circ_id: int
+    bodies: bytes
+    count: int
+
+    def body(self, i: int) -> bytes:
+        return self.bodies[i * BODY_LEN:(i + 1) * BODY_LEN]
+
+    def cells(self) -> list[Cell]:
+        return [Cell(self.circ_id, CellCommand.RELAY, self.body(i)) for i in range(self.count)]
+
+
+def frame_relay_cells(circ_id: int, bodies: bytes, count: int) -> bytes:
+    """`count` RELAY cells on `circ_id` with these bodies (back to back), each framed as
+    `Cell.frame()` frames it: what one `SendCells` writes."""
+    head = _FRAME_HEAD.pack(CELL_SIZE, circ_id, CellCommand.RELAY)
+    if count == 1:
+        return head + bodies
+    mv = memoryview(bodies)
+    parts: list[bytes | memoryview] = []
+    for i in range(0, count * BODY_LEN, BODY_LEN):
+        parts.append(head)
+        parts.append(mv[i:i + BODY_LEN])
+    return b"".join(parts)
+
+
+def _length_error(n: int) -> CellError:
+    return CellError(f"length: a {'short' if n < CELL_SIZE else 'oversize'} cell of {n} bytes, want {CELL_SIZE}")
+
+
 class CellFramer:
     """Splits a relay stream into cells: `feed(bytes)` returns the cells completed, and a
     CellError for each frame that was short, oversize or did not decode (that frame is skipped
     whole; the stream stays in step). Buffers at most one frame (64 KiB). A link frame of many
-    cells is parsed in place, each cell copied out once (no buffer shifting per cell)."""
+    cells is parsed in place, each cell copied out once (no buffer shifting per cell).
+    `feed_runs` is the same with consecutive RELAY cells of one circuit as one `RelayRun`."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[Cell | CellError]:
+    def _take(self, data: bytes) -> bytes | bytearray:
         if self._buf:
             self._buf += data
-            view: bytes | bytearray = self._buf
-        else:
-            view = data
+            return self._buf
+        return data
+
+    def _keep(self, view: bytes | bytearray, pos: int) -> None:
+        self._buf = bytearray(view[pos:]) if pos < len(view) else bytearray()
+
+    def feed(self, data: bytes) -> list[Cell | CellError]:
+        view = self._take(data)
         end = len(view)
         pos = 0
         out: list[Cell | CellError] = []
@@ -180,14 +229,55 @@ class CellFramer:
                 break
             start, pos = pos + 2, pos + 2 + n
             if n != CELL_SIZE:
-                out.append(CellError(f"length: a {'short' if n < CELL_SIZE else 'oversize'} cell of "
-                                     f"{n} bytes, want {CELL_SIZE}"))
+                out.append(_length_error(n))
                 continue
             try:
                 out.append(_decode_at(view, start))
             except CellError as e:
                 out.append(e)
-        self._buf = bytearray(view[pos:]) if pos < end else bytearray()
+        self._keep(view, pos)
+        return out
+
+    def feed_runs(self, data: bytes) -> list[Cell | RelayRun | CellError]:
+        """As `feed`, but each maximal sequence of RELAY cells of one circuit is one RelayRun
+        (their bodies copied out once, together); every other cell is a Cell. Order kept."""
+        view = self._take(data)
+        end = len(view)
+        pos = 0
+        out: list[Cell | RelayRun | CellError] = []
+        mv = memoryview(view)
+        run_id = -1
+        parts: list[memoryview] = []
+        relay = int(CellCommand.RELAY)
+        while end - pos >= 2:
+            (n,) = _LEN.unpack_from(view, pos)
+            if end - pos - 2 < n:
+                break
+            start, pos = pos + 2, pos + 2 + n
+            if n == CELL_SIZE:
+                circ_id, cmd = _CELL_HEAD.unpack_from(view, start)
+                if cmd == relay and circ_id:
+                    if (circ_id != run_id or len(parts) >= RUN_MAX) and parts:
+                        out.append(RelayRun(run_id, b"".join(parts), len(parts)))
+                        parts = []
+                    run_id = circ_id
+                    parts.append(mv[start + HEADER_LEN:start + CELL_SIZE])
+                    continue
+            if parts:
+                out.append(RelayRun(run_id, b"".join(parts), len(parts)))
+                parts = []
+            if n != CELL_SIZE:
+                out.append(_length_error(n))
+                continue
+            try:
+                out.append(_decode_at(view, start))
+            except CellError as e:
+                out.append(e)
+        if parts:
+            out.append(RelayRun(run_id, b"".join(parts), len(parts)))
+            parts = []
+        mv.release()
+        self._keep(view, pos)
         return out
 
     @property
@@ -254,20 +344,25 @@ class RelayMsg:
         return _pad(head + self.data, PLAIN_LEN)
 
 
+_RELAY_HEAD = struct.Struct(">BHH")
+_RELAY_COMMANDS: dict[int, RelayCommand] = {int(c): c for c in RelayCommand}
+_STREAM_CMDS = frozenset({RelayCommand.BEGIN, RelayCommand.DATA, RelayCommand.END, RelayCommand.CONNECTED})
+_ANY_STREAM_ID = frozenset({RelayCommand.SENDME, RelayCommand.DROP})     # circuit- or stream-level
+
+
 def decode_relay(plain: bytes) -> RelayMsg:
     if len(plain) != PLAIN_LEN:
         raise CellError(f"relay message is {len(plain)} bytes, want {PLAIN_LEN}")
-    cmd, stream_id, length = struct.unpack_from(">BHH", plain)
-    try:
-        command = RelayCommand(cmd)
-    except ValueError:
-        raise CellError(f"relay.command: unknown relay command {cmd}") from None
+    cmd, stream_id, length = _RELAY_HEAD.unpack_from(plain)
+    command = _RELAY_COMMANDS.get(cmd)
+    if command is None:
+        raise CellError(f"relay.command: unknown relay command {cmd}")
     if length > MAX_DATA:
         raise CellError(f"relay.length: {length} exceeds {MAX_DATA}")
-    stream_cmds = (RelayCommand.BEGIN, RelayCommand.DATA, RelayCommand.END, RelayCommand.CONNECTED)
-    if command in stream_cmds and stream_id == 0:
-        raise CellError(f"relay.stream_id: {command.name} needs a stream id")
-    if command not in stream_cmds and command not in (RelayCommand.SENDME, RelayCommand.DROP) and stream_id:
+    if command in _STREAM_CMDS:
+        if stream_id == 0:
+            raise CellError(f"relay.stream_id: {command.name} needs a stream id")
+    elif stream_id and command not in _ANY_STREAM_ID:
         raise CellError(f"relay.stream_id: {command.name} is circuit-level, got stream {stream_id}")
     return RelayMsg(command, stream_id, bytes(plain[RELAY_HEADER_LEN:RELAY_HEADER_LEN + length]))
 

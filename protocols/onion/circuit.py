@@ -35,10 +35,11 @@ from typing import Sequence
 
 from fognode.node.errors import LocalProtocolError
 from fognode.protocols.onion.actions import (Action, CircKey, CircuitBuilt, CircuitClosed, CircuitMessage, OpenStream,
-                                             SendCell, StreamConnected, StreamData, StreamEnded)
-from fognode.protocols.onion.cells import (Cell, CellCommand, RelayCommand, RelayMsg, begin_data, create_body,
-                                           decode_relay, destroy_body, extend_data, padding_negotiate_data,
-                                           parse_begin, parse_created, parse_destroy, parse_end)
+                                             SendCell, SendCells, StreamConnected, StreamData, StreamEnded)
+from fognode.protocols.onion.cells import (BODY_LEN, RUN_MAX, Cell, CellCommand, RelayCommand, RelayMsg, RelayRun, begin_data,
+                                           create_body, decode_relay, destroy_body, extend_data, frame_relay_cells,
+                                           padding_negotiate_data, parse_begin, parse_created, parse_destroy,
+                                           parse_end)
 from fognode.protocols.onion.errors import (DESTROY_CODES, CellError, CircuitProtocolError, HandshakeError,
                                             TeardownReason)
 from fognode.protocols.onion.flow import FlowParams, StreamMux, StreamState
@@ -127,6 +128,46 @@ class ClientCircuit:
         except CellError as e:
             return self._teardown(TeardownReason.PROTOCOL, str(e), now)
 
+    def receive_run(self, run: RelayRun, now: float) -> list[Action]:
+        """The cells of a RelayRun from the guard: the same as `receive` of each in order, with
+        the untried middle layers (relay_crypto.py) removed from all of them in one cipher call
+        per hop when the circuit is open."""
+        n = run.count
+        if n == 1 or self.state is not CircuitState.OPEN:
+            out: list[Action] = []
+            for cell in run.cells():
+                out += self.receive(cell, now)
+            return out
+        first = self._first_tried()
+        try:
+            bodies = self.onion.strip_backward(run.bodies, n, first)
+        except CircuitProtocolError as e:
+            self.cells_received += n
+            return self._teardown(e.reason, str(e), now)
+        out = []
+        for i in range(0, n * BODY_LEN, BODY_LEN):
+            if self.state is CircuitState.CLOSED:
+                break
+            self.cells_received += 1
+            try:
+                hop, plain, tag = self.onion.open_backward(bodies[i:i + BODY_LEN], first, stripped=True)
+                out += self._relay_msg(hop, decode_relay(plain), tag, now)
+            except CircuitProtocolError as e:
+                out += self._teardown(e.reason, str(e), now)
+            except HandshakeError as e:
+                out += self._teardown(TeardownReason.HANDSHAKE, str(e), now)
+            except CellError as e:
+                out += self._teardown(TeardownReason.PROTOCOL, str(e), now)
+        return out
+
+    def _first_tried(self) -> int:
+        """The first hop whose tag a cell from the guard is tried against: only the last relay
+        and, once joined, the far end speak to us (relay_crypto.py): the middle hops' layers go
+        untried, and so does a joined meeting point's unless it pads for us."""
+        if self.virtual_hop and self.padding_rate <= 0:
+            return len(self.onion.hops) - 1
+        return min(len(self.path), len(self.onion.hops)) - 1
+
     def _receive(self, cell: Cell, now: float) -> list[Action]:
         cmd = cell.command
         if cmd is CellCommand.PADDING:
@@ -142,12 +183,7 @@ class ClientCircuit:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, f"unexpected {cmd.name} cell")
         if not self.onion.hops:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, "RELAY before CREATED")
-        # only the last relay and, once joined, the far end speak to us (relay_crypto.py): the middle
-        # hops' layers go untried, and so does a joined meeting point's unless it pads for us
-        first = min(len(self.path), len(self.onion.hops)) - 1
-        if self.virtual_hop and self.padding_rate <= 0:
-            first = len(self.onion.hops) - 1
-        hop, plain, tag = self.onion.open_backward(cell.body, first)
+        hop, plain, tag = self.onion.open_backward(cell.body, self._first_tried())
         return self._relay_msg(hop, decode_relay(plain), tag, now)
 
     def _relay_msg(self, hop: int, msg: RelayMsg, tag: bytes, now: float) -> list[Action]:
@@ -347,13 +383,24 @@ class ClientCircuit:
         return [self._cell(CellCommand.RELAY, body)]
 
     def _pump(self, now: float) -> list[Action]:
+        """Send every DATA cell the windows allow (no padding): each sealed for the last hop
+        in turn, then the relays' layers added RUN_MAX cells at a time, one SendCells each."""
         out: list[Action] = []
         if self._padding is None:
-            while True:
-                step = self._next_data(now)
-                if not step:
-                    break
-                out += step
+            dest = self._end
+            seal = self.onion.hops[dest].forward.seal
+            mux = self.mux
+            bodies: list[bytes] = []
+            while (msg := mux.next_data()) is not None:
+                body, tag = seal(msg.encode())
+                mux.sent_data(msg.stream_id, len(msg.data), tag)
+                bodies.append(body)
+            for i in range(0, len(bodies), RUN_MAX):
+                part = bodies[i:i + RUN_MAX]
+                n = len(part)
+                layered = self.onion.layer_forward(dest, part[0] if n == 1 else b"".join(part), n)
+                self.cells_sent += n
+                out.append(SendCells(self.key[0], frame_relay_cells(self.key[1], layered, n), n))
         return out + self._queue_flushed_ends()
 
     def _teardown(self, reason: TeardownReason, detail: str, now: float) -> list[Action]:

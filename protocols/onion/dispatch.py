@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Mapping, Protocol, get_args
 
 from fognode.protocols.onion.actions import (Action, CircuitBuilt, CircuitClosed, CircuitMessage, OpenStream,
-                                             PeerFault, PersistState, SendCell, StreamConnected, StreamData,
-                                             StreamEnded)
+                                             PeerFault, PersistState, SendCell, SendCells, StreamConnected,
+                                             StreamData, StreamEnded)
 
 
 class ActionHandler(Protocol):
@@ -23,6 +23,7 @@ class ActionHandler(Protocol):
     a client circuit when the client owns its circuit key, else for a stream this relay serves."""
 
     def send_cell(self, a: SendCell) -> None: ...
+    def send_cells(self, a: SendCells) -> None: ...
     def circuit_built(self, a: CircuitBuilt) -> None: ...
     def circuit_closed(self, a: CircuitClosed) -> None: ...
     def stream_connected(self, a: StreamConnected) -> None: ...
@@ -38,6 +39,7 @@ Run = Callable[[ActionHandler, Any], None]
 
 HANDLERS: Mapping[type, Run] = {
     SendCell: lambda h, a: h.send_cell(a),
+    SendCells: lambda h, a: h.send_cells(a),
     CircuitBuilt: lambda h, a: h.circuit_built(a),
     CircuitClosed: lambda h, a: h.circuit_closed(a),
     StreamConnected: lambda h, a: h.stream_connected(a),
@@ -54,12 +56,16 @@ ACTION_TYPES: frozenset[type] = frozenset(get_args(Action))
 
 def carry_out(handler: ActionHandler, actions: Iterable[Action]) -> None:
     """Hand each action, in order, to its method of `handler`."""
-    send_cell = handler.send_cell
+    send_cell, send_cells = handler.send_cell, handler.send_cells
     for a in actions:
-        if type(a) is SendCell:        # most actions: no table lookup
+        t = type(a)
+        if t is SendCells:             # most actions: no table lookup
+            send_cells(a)
+            continue
+        if t is SendCell:
             send_cell(a)
             continue
-        run = HANDLERS.get(type(a))
+        run = HANDLERS.get(t)
         if run is None:
             raise TypeError(f"no handler for onion action {type(a).__name__} (add it to dispatch.HANDLERS)")
         run(handler, a)

@@ -7,7 +7,9 @@ shared CircIdAllocator and the LinkManager (linkmgr.py), and is the `ActionHandl
 must answer a core, e.g. consume data or refuse a stream, queues its call: actions.py's order
 rule). A cell read from `peer` goes to the client when it owns `(peer, circ_id)`, else to the
 relay; a frame that does not split into cells goes to `relay.garbage`. The cells of one link
-frame go through one `_call` (their actions are carried out in order after the last cell).
+frame go through one `_call` (their actions are carried out in order after the last cell), a
+circuit's consecutive RELAY cells as one RelayRun (`receive_run`: forwarded or opened with one
+cipher call per layer and written as one SendCells).
 Timers: one task sleeps until the earliest `next_wakeup()` of both cores and ticks them.
 
 For the layers above (the role's RPC, the hidden-service client and host) it offers:
@@ -33,10 +35,10 @@ from fognode.node.datadir import write_atomic
 from fognode.node.events import EventBus
 from fognode.node.overlay import Overlay
 from fognode.protocols.onion.actions import (Action, CircKey, CircuitBuilt, CircuitClosed, CircuitMessage, OpenStream,
-                                             PeerFault, PersistState, SendCell, StreamConnected, StreamData,
-                                             StreamEnded)
+                                             PeerFault, PersistState, SendCell, SendCells, StreamConnected,
+                                             StreamData, StreamEnded)
 from fognode.protocols.onion.cbt import BuildTimeEstimator
-from fognode.protocols.onion.cells import Cell, CellError, CellFramer, RelayCommand
+from fognode.protocols.onion.cells import Cell, CellError, CellFramer, RelayCommand, RelayRun
 from fognode.protocols.onion.circuit import CircuitState, ClientCircuit
 from fognode.protocols.onion.config import OnionConfig
 from fognode.protocols.onion.cstream import CircuitStream
@@ -229,15 +231,20 @@ class OnionEngine:
     def _on_bytes(self, peer: str, data: bytes, framer: CellFramer) -> None:
         self._link_in.inc(len(data))
         now = self.clock()
-        items = framer.feed(data)
+        items = framer.feed_runs(data)
         if items:      # one core call for the frame's cells: its actions run in order after it
             self._call(lambda: self._route(peer, items, now))
 
-    def _route(self, peer: str, items: list[Cell | CellError], now: float) -> list[Action]:
+    def _route(self, peer: str, items: list[Cell | RelayRun | CellError], now: float) -> list[Action]:
         out: list[Action] = []
         own = self.client.circuits
         for item in items:
-            if isinstance(item, CellError):
+            if type(item) is RelayRun:
+                if (peer, item.circ_id) in own:
+                    out += self.client.receive_run(peer, item, now)
+                else:
+                    out += self.relay.receive_run(peer, item, now)
+            elif isinstance(item, CellError):
                 out += self.relay.garbage(peer, item)
             elif (peer, item.circ_id) in own:
                 out += self.client.receive(peer, item, now)
@@ -256,6 +263,10 @@ class OnionEngine:
         frame = a.cell.frame()
         self._out_bytes += len(frame)
         self.links.send(a.peer, frame)
+
+    def send_cells(self, a: SendCells) -> None:
+        self._out_bytes += len(a.frames)
+        self.links.send(a.peer, a.frames)
 
     def circuit_built(self, a: CircuitBuilt) -> None:
         self.metrics.build_seconds.observe(a.build_time)

@@ -6,7 +6,8 @@ relay in the middle has no per-circuit queue of its own, SENDME windows bound wh
 can have in flight) and dials the peer if there is no link yet. One writer task per link
 coalesces everything queued, up to `MAX_WRITE` bytes, into one stream frame: a libp2p write
 costs about the same whatever its size up to a few KiB (cells.py), so this is what makes bulk
-transfer fast. The reader of each stream feeds the frames' bytes to `on_bytes(peer, data,
+transfer fast. A queued item is one framed cell or a burst of one circuit's cells (SendCells);
+a write never exceeds MAX_FRAME, what the neighbour's reader accepts. The reader of each stream feeds the frames' bytes to `on_bytes(peer, data,
 framer)` with that stream's own `CellFramer` (frames only carry whole cells, but a hostile
 peer's bytes are split by the framer whatever they are).
 
@@ -50,6 +51,7 @@ log = logging.getLogger("fognode.onion.links")
 PROTOCOL_ID = "/fognode/onion/1.0.0"
 MAX_WRITE = 1 << 20                      # bytes coalesced into one stream frame
 MAX_FRAME = MAX_WRITE + FRAME_LEN        # the largest frame a neighbour may send us
+SPLIT = MAX_WRITE // FRAME_LEN * FRAME_LEN    # a long burst of cells is queued in pieces of this many bytes
 KEEPALIVE = 60.0
 DIAL_TIMEOUT = 15.0
 
@@ -60,7 +62,7 @@ DownHandler = Callable[[str, str], None]
 class Link:
     def __init__(self, peer: str) -> None:
         self.peer = peer
-        self.queue: deque[bytes] = deque()
+        self.queue: deque[bytes | memoryview] = deque()
         self.queued = 0
         self.enqueued = 0                # bytes ever queued (written once bytes_out reaches it)
         self.writer: FramedStream | None = None
@@ -116,7 +118,9 @@ class LinkManager:
     # -- writing -------------------------------------------------------------------------------
 
     def send(self, peer: str, frame: bytes) -> None:
-        """Queue one framed cell for `peer` (dialling it when there is no link)."""
+        """Queue one framed cell, or several back to back (a SendCells), for `peer` (dialling
+        it when there is no link). More than MAX_WRITE bytes are queued in pieces of whole
+        cells, so that no stream frame exceeds MAX_FRAME."""
         link = self.links.get(peer)
         if link is None:
             if self._nursery is None:
@@ -126,7 +130,12 @@ class LinkManager:
         if link.queued + len(frame) > self.queue_limit:
             self._fail(link, f"write queue over {self.queue_limit} bytes (the neighbour does not read)")
             return
-        link.queue.append(frame)
+        if len(frame) > MAX_WRITE:
+            mv = memoryview(frame)
+            for i in range(0, len(frame), SPLIT):
+                link.queue.append(mv[i:i + SPLIT])
+        else:
+            link.queue.append(frame)
         link.queued += len(frame)
         link.enqueued += len(frame)
         link.wake.set()
@@ -188,9 +197,11 @@ class LinkManager:
                 for spare in [st for st in link.streams if st is not link.writer]:
                     assert self._nursery is not None
                     self._nursery.start_soon(self._poke, link, spare)
-            batch: list[bytes] = []
+            batch: list[bytes | memoryview] = []
             size = 0
             while link.queue and size < MAX_WRITE:
+                if size and size + len(link.queue[0]) > MAX_FRAME:
+                    break
                 f = link.queue.popleft()
                 batch.append(f)
                 size += len(f)

@@ -20,7 +20,7 @@ from typing import Sequence
 
 from fognode.protocols.onion.actions import Action, CircKey, CircuitBuilt, CircuitClosed, PersistState
 from fognode.protocols.onion.cbt import BuildTimeEstimator
-from fognode.protocols.onion.cells import Cell
+from fognode.protocols.onion.cells import Cell, RelayRun
 from fognode.protocols.onion.circuit import ClientCircuit
 from fognode.protocols.onion.config import OnionConfig
 from fognode.protocols.onion.errors import TeardownReason
@@ -69,6 +69,10 @@ class OnionClient:
     def receive(self, peer: str, cell: Cell, now: float) -> list[Action]:
         circ = self.circuits.get((peer, cell.circ_id))
         return self._observe(circ.receive(cell, now)) if circ is not None else []
+
+    def receive_run(self, peer: str, run: RelayRun, now: float) -> list[Action]:
+        circ = self.circuits.get((peer, run.circ_id))
+        return self._observe(circ.receive_run(run, now)) if circ is not None else []
 
     def tick(self, now: float) -> list[Action]:
         out: list[Action] = []

@@ -15,7 +15,10 @@ As an introduction or rendezvous point (rendezvous.py) the last hop of a circuit
 service's circuit under its auth key, hands INTRODUCE1 payloads over unread, and joins a
 client's circuit to a service's on a matching cookie: then a cell that is not for this relay is
 passed from one circuit into the other with the other's backward layer added. A joined relay
-still knows one neighbour per circuit.
+still knows one neighbour per circuit. Once a cell of a joined circuit has passed across the
+join, nothing later on that circuit is for the meeting point (relay_crypto.py): the rest pass
+untried. `receive_run` takes a RelayRun (cells.CellFramer.feed_runs) and passes a run that only
+passes through in one cipher call per layer and one SendCells.
 
 Robustness: garbage, short and oversize frames, cells for unknown circuits, and cells out of
 protocol are dropped and reported as `PeerFault` (penalize only when surely the sender's fault:
@@ -27,61 +30,25 @@ relay, and a pending EXTEND that gets no CREATED within `extend_timeout` is torn
 """
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import OrderedDict
 
-from fognode.protocols.onion.actions import (Action, CircKey, OpenStream, PeerFault, SendCell, StreamConnected,
-                                             StreamData, StreamEnded)
-from fognode.protocols.onion.cells import (Cell, CellCommand, CellError, RelayCommand, RelayMsg, create_body,
-                                           created_body, decode_relay, destroy_body, parse_begin, parse_create,
-                                           parse_created, parse_destroy, parse_end, parse_extend,
-                                           parse_padding_negotiate)
+from fognode.protocols.onion.actions import (Action, CircKey, OpenStream, PeerFault, SendCell, SendCells,
+                                             StreamConnected, StreamData, StreamEnded)
+from fognode.protocols.onion.cells import (BODY_LEN, Cell, CellCommand, CellError, RelayCommand, RelayMsg, RelayRun,
+                                           create_body, created_body, decode_relay, destroy_body, frame_relay_cells,
+                                           parse_begin, parse_create, parse_created, parse_destroy, parse_end,
+                                           parse_extend, parse_padding_negotiate)
 from fognode.protocols.onion.errors import DESTROY_CODES, CircuitProtocolError, HandshakeError, TeardownReason
-from fognode.protocols.onion.flow import FlowParams, StreamMux, StreamState
+from fognode.protocols.onion.flow import StreamMux, StreamState
 from fognode.protocols.onion.links import CircIdAllocator
 from fognode.protocols.onion.ntor import server_handshake
 from fognode.protocols.onion.padding import ConstantRate
 from fognode.protocols.onion.relay_crypto import RelayHop
+from fognode.protocols.onion.relay_state import RelayCircuit, RelayCircuitView, RelayParams
 from fognode.protocols.onion.rendezvous import (AUTH_KEY_LEN, COOKIE_LEN, MeetingPoints, parse_establish_intro,
                                                 split_keyed)
 
-
-@dataclass(frozen=True)
-class RelayParams:
-    flow: FlowParams = field(default_factory=FlowParams)
-    max_circuits: int = 4096
-    extend_timeout: float = 30.0
-    max_padding_rate: float = 20.0        # cells/s a client may ask for on the backward direction
-    replay_cache: int = 65536             # client ephemeral keys remembered
-
-
-@dataclass(frozen=True)
-class RelayCircuitView:
-    """What a relay knows of one circuit: its two neighbours, and counters."""
-
-    prev: str
-    next: str | None
-    joined: str | None        # rendezvous: the neighbour on the joined circuit
-    age: float
-    cells_forward: int
-    cells_backward: int
-    streams: int
-
-
-class RelayCircuit:
-    def __init__(self, prev: CircKey, hop: RelayHop, now: float) -> None:
-        self.prev = prev
-        self.next: CircKey | None = None
-        self.hop = hop
-        self.created_at = now
-        self.extend_since: float | None = None     # EXTEND sent on, CREATED not back yet
-        self.mux: StreamMux | None = None
-        self.padding: ConstantRate | None = None
-        self.backlog: deque[RelayMsg] = deque()     # control messages waiting for a padding slot
-        self.cells_forward = 0
-        self.cells_backward = 0
-        self.joined: RelayCircuit | None = None     # rendezvous: the other circuit, once joined
-        self.meeting = False                        # registered in MeetingPoints
+__all__ = ["MEETING_CMDS", "RelayCircuit", "RelayCircuitView", "RelayCore", "RelayParams"]
 
 
 MEETING_CMDS = (RelayCommand.ESTABLISH_INTRO, RelayCommand.INTRODUCE1, RelayCommand.ESTABLISH_RENDEZVOUS,
@@ -159,6 +126,58 @@ class RelayCore:
             return [PeerFault(peer, "protocol", str(e), penalize=False),
                     *self._destroy(circ, TeardownReason.PROTOCOL, now)]
 
+    def receive_run(self, peer: str, run: RelayRun, now: float) -> list[Action]:
+        """The cells of a RelayRun from `peer` (cells.CellFramer.feed_runs): the same as
+        `receive` of each in order, but a run that only passes through (any hop's backward
+        cells, a middle hop's forward ones, a joined meeting point's towards the other
+        circuit) is layered in one cipher call and sent on as one SendCells."""
+        key = (peer, run.circ_id)
+        circ = self._links.get(key)
+        n = run.count
+        if circ is None or n == 1:
+            return self._each(peer, run, now)
+        try:
+            if key != circ.prev:
+                self.cells_relayed += n
+                circ.cells_backward += n
+                return [SendCells(circ.prev[0], frame_relay_cells(circ.prev[1], circ.hop.from_next_many(run.bodies, n),
+                                                                  n), n)]
+            if circ.next is not None and circ.extend_since is None:
+                self.cells_relayed += n
+                circ.cells_forward += n
+                return [SendCells(circ.next[0], frame_relay_cells(circ.next[1], circ.hop.pass_forward_many(run.bodies, n),
+                                                                  n), n)]
+            j = circ.joined
+            if j is not None and circ.through:
+                self.cells_relayed += n
+                circ.cells_forward += n
+                j.cells_backward += n
+                bodies = j.hop.from_next_many(circ.hop.pass_forward_many(run.bodies, n), n)
+                return [SendCells(j.prev[0], frame_relay_cells(j.prev[1], bodies, n), n)]
+        except CircuitProtocolError as e:
+            return [PeerFault(peer, e.reason.value, str(e), penalize=False), *self._destroy(circ, e.reason, now)]
+        if circ.joined is not None:
+            return self._joined_run(peer, circ, run, now)
+        return self._each(peer, run, now)
+
+    def _each(self, peer: str, run: RelayRun, now: float) -> list[Action]:
+        out: list[Action] = []
+        for cell in run.cells():
+            out += self.receive(peer, cell, now)
+        return out
+
+    def _joined_run(self, peer: str, circ: RelayCircuit, run: RelayRun, now: float) -> list[Action]:
+        """A run from the previous hop of a joined meeting point that has not yet passed a
+        cell across the join: its cells go through `receive` (each tries this relay's tag)
+        until one passes, the rest as a run untried (`RelayCircuit.through`)."""
+        out: list[Action] = []
+        for i in range(run.count):
+            if circ.through and self._links.get((peer, run.circ_id)) is circ:
+                rest = RelayRun(run.circ_id, run.bodies[i * BODY_LEN:], run.count - i)
+                return out + self.receive_run(peer, rest, now)
+            out += self.receive(peer, Cell(run.circ_id, CellCommand.RELAY, run.body(i)), now)
+        return out
+
     def _drop(self, peer: str, reason: str, detail: str, penalize: bool) -> list[Action]:
         self.dropped += 1
         return [PeerFault(peer, reason, detail, penalize)]
@@ -196,10 +215,14 @@ class RelayCore:
         circ.cells_forward += 1
         if circ.next is not None and circ.extend_since is None:      # a middle hop: passed on untried
             return [SendCell(circ.next[0], Cell(circ.next[1], CellCommand.RELAY, circ.hop.pass_forward(body)))]
+        j = circ.joined
+        if j is not None and circ.through:        # joined, and the far ends talk: passed on untried
+            j.cells_backward += 1
+            return [SendCell(j.prev[0], Cell(j.prev[1], CellCommand.RELAY, j.hop.from_next(circ.hop.pass_forward(body))))]
         plain, rest, tag = circ.hop.from_previous(body)
         if plain is None:
-            j = circ.joined
             if j is not None:                     # rendezvous: on into the other circuit, towards its origin
+                circ.through = True
                 j.cells_backward += 1
                 return [SendCell(j.prev[0], Cell(j.prev[1], CellCommand.RELAY, j.hop.from_next(rest)))]
             raise CircuitProtocolError(TeardownReason.INTEGRITY,

@@ -24,9 +24,18 @@ starts when the circuit is built). So a middle hop removes its layer without try
 5-relay rendezvous path this saves four per cell. The counters and keystreams move exactly as
 when the tag is tried and fails, so nothing on the wire changes; a cell sealed for a middle hop
 or sent by one (which no node does) fails at the end and tears the circuit down. A meeting
-point whose circuits are joined still tries: a padding DROP the client sent it before it learnt
-of the join may arrive after it; the other way, a joined meeting point sends nothing but the
-padding its client asked for, so a client that asked for none tries only the far end's tag.
+point whose circuits are joined still tries until a cell passes across the join: a padding DROP
+the client sent it before it learnt of the join may arrive after the join, but never after a
+cell for the far end (the client seals for the far end only once it knows of the join, and a
+circuit's cells arrive in order; the service's end seals nothing for the meeting point after
+its RENDEZVOUS1), so from then on the meeting point passes that circuit's cells untried
+(relay.py, `RelayCircuit.through`), and a cell for it after that fails at the far end. The
+other way, a joined meeting point sends nothing but the padding its client asked for, so a
+client that asked for none tries only the far end's tag.
+
+Runs (cells.RelayRun): a hop that layers many cells of one circuit in a row takes the same
+keystream bytes in one cipher call (`DirectionState.layer_many`); the bytes and the counters are
+those of the cells one by one.
 
 What this protects. A tampered cell fails the tag at its endpoint; a replayed, dropped or
 reordered cell is opened with the wrong counter and keystream bytes at every layer, so it
@@ -172,6 +181,31 @@ class DirectionState:
         self.counter = n + 1
         return self._layer(body)
 
+    def layer_many(self, bodies: bytes, n: int) -> bytes:
+        """`layer_only` over `n` bodies back to back (n x BODY_LEN bytes): the same bytes and
+        the same counter and keystream position as `n` calls, in one cipher call per epoch."""
+        c = self.counter
+        if c + n > MAX_COUNTER:
+            _nonce(self.label, MAX_COUNTER)       # raises: the cell budget is spent
+        self.counter = c + n
+        if n == 1:
+            return self._layer(bodies)
+        out: list[bytes] = []
+        mv = memoryview(bodies)
+        pos = 0
+        while n:
+            into = self.layered % EPOCH_CELLS
+            if into == 0:
+                self._stream = keystream(self.layer_key, self.label, self.layered // EPOCH_CELLS)
+            k = min(n, EPOCH_CELLS - into)
+            assert self._stream is not None
+            out.append(self._stream.update(mv[pos:pos + k * BODY_LEN] if k * BODY_LEN < len(mv) else bodies))
+            self.layered += k
+            pos += k * BODY_LEN
+            n -= k
+        mv.release()
+        return out[0] if len(out) == 1 else b"".join(out)
+
     def _layer(self, body: bytes) -> bytes:
         if self.layered % EPOCH_CELLS == 0:
             self._stream = keystream(self.layer_key, self.label, self.layered // EPOCH_CELLS)
@@ -211,15 +245,34 @@ class ClientOnion:
             body = self.hops[k].forward.layer_only(body)
         return body, tag
 
-    def open_backward(self, body: bytes, first: int = 0) -> tuple[int, bytes, bytes]:
+    def layer_forward(self, dest: int, bodies: bytes, n: int) -> bytes:
+        """`n` bodies sealed for hop `dest` (back to back) with the layers of hops dest-1 .. 0
+        added: what `seal_forward` adds to each, one cipher call per hop for all of them."""
+        for k in range(dest - 1, -1, -1):
+            bodies = self.hops[k].forward.layer_many(bodies, n)
+        return bodies
+
+    def strip_backward(self, bodies: bytes, n: int, first: int) -> bytes:
+        """`n` RELAY bodies from the guard (back to back) with the layers of hops 0 .. first-1
+        (middle hops, untried: `open_backward`) removed, one cipher call per hop; open each
+        with `open_backward(body, first, stripped=True)`, in order."""
+        if len(bodies) != n * BODY_LEN:
+            raise CircuitProtocolError(TeardownReason.PROTOCOL, f"relay bodies of {len(bodies)} bytes for {n} cells")
+        for k in range(min(first, len(self.hops))):
+            bodies = self.hops[k].backward.layer_many(bodies, n)
+        return bodies
+
+    def open_backward(self, body: bytes, first: int = 0, stripped: bool = False) -> tuple[int, bytes, bytes]:
         """(hop index, plaintext, tag) of a RELAY cell from the guard; CircuitProtocolError
         (INTEGRITY) when no hop's tag verifies: tampered, replayed or reordered. Hops before
-        `first` are middle hops that originate nothing: their layers are removed untried."""
+        `first` are middle hops that originate nothing: their layers are removed untried
+        (`stripped`: `strip_backward` already removed them)."""
         if len(body) != BODY_LEN:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, f"relay body of {len(body)} bytes")
         for k, hop in enumerate(self.hops):
             if k < first:
-                body = hop.backward.layer_only(body)
+                if not stripped:
+                    body = hop.backward.layer_only(body)
                 continue
             plain, rest = hop.backward.try_open(body)
             if plain is not None:
@@ -249,6 +302,14 @@ class RelayHop:
         if len(body) != BODY_LEN:
             raise CircuitProtocolError(TeardownReason.PROTOCOL, f"relay body of {len(body)} bytes")
         return self.crypto.forward.layer_only(body)
+
+    def pass_forward_many(self, bodies: bytes, n: int) -> bytes:
+        """`pass_forward` over `n` bodies back to back (a RelayRun), in one cipher call."""
+        return self.crypto.forward.layer_many(bodies, n)
+
+    def from_next_many(self, bodies: bytes, n: int) -> bytes:
+        """`from_next` over `n` bodies back to back (a RelayRun), in one cipher call."""
+        return self.crypto.backward.layer_many(bodies, n)
 
     def originate(self, plain: bytes) -> tuple[bytes, bytes]:
         """(body, tag) of a message from this hop towards the client."""

@@ -346,7 +346,8 @@ def onion_relay_stream() -> list[bytes]:
     fixed = [c.encode()[:5] + bytes(4091) for c in (create, relay, destroy, pad)]   # deterministic padding
     frames = [len(c).to_bytes(2, "big") + c[:5] + create.body + bytes(4091 - len(create.body)) if i == 0 else
               len(c).to_bytes(2, "big") + c for i, c in enumerate(fixed)]
-    return [frames[0], frames[0] + frames[1] + frames[2], frames[3] + frames[0] * 2,
+    return [frames[0], frames[0] + frames[1] + frames[2], frames[0] + frames[1] * 4 + frames[2],
+            frames[3] + frames[0] * 2,
             (100).to_bytes(2, "big") + b"x" * 100 + frames[0], (5000).to_bytes(2, "big") + b"y" * 5000,
             frames[0][:300]]
 

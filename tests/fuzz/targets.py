@@ -65,7 +65,7 @@ from fognode.protocols.market.sla_messages import MAX_FRAME as MAX_SLA_FRAME
 from fognode.protocols.market.sla_messages import Probe, decode_pong, decode_probe, decode_service
 from fognode.protocols.monitor.protocol import NodeStatus
 from fognode.protocols.onion.actions import SendCell
-from fognode.protocols.onion.cells import CellError, CellFramer
+from fognode.protocols.onion.cells import CellError, CellFramer, RelayRun
 from fognode.protocols.onion.links import CircIdAllocator
 from fognode.protocols.onion.ntor import keypair as onion_keypair
 from fognode.protocols.onion.relay import RelayCore
@@ -730,21 +730,28 @@ ONION_SECRET, ONION_PUBLIC = onion_keypair(b"\x09" * 32)
 @target("onion_relay_stream", "onion relay stream: framed cells from a neighbour (CellFramer, RelayCore)")
 def onion_relay_stream(data: bytes) -> None:
     """Input: the bytes a neighbour writes on /fognode/onion/1.0.0 (u16-framed 4096-byte
-    cells), fed whole and then split in two, to a relay that holds ONION_SECRET. The relay
-    must never raise: bad frames become PeerFaults, cells out of protocol are dropped."""
-    for split in (len(data), len(data) // 2):
-        ids = CircIdAllocator("relay")
-        relay = RelayCore("relay", bytes(_ONION_IDENTITY.verify_key), {ONION_PUBLIC: ONION_SECRET}, ids)
-        framer = CellFramer()
-        for part in (data[:split], data[split:]):
-            for item in framer.feed(part):
-                acts = relay.garbage("peer", item) if isinstance(item, CellError) else \
-                    relay.receive("peer", item, 1000.0)
-                for a in acts:
-                    if isinstance(a, SendCell):
-                        a.cell.frame()
-        relay.tick(2000.0)
-        relay.link_failed("peer", 2000.0)
+    cells), fed whole and then split in two, to a relay that holds ONION_SECRET, cell by cell
+    (`feed`, `receive`) and as the daemon reads a link (`feed_runs`, `receive_run` for a run of
+    one circuit's RELAY cells). The relay must never raise: bad frames become PeerFaults, cells
+    out of protocol are dropped."""
+    for runs in (False, True):
+        for split in (len(data), len(data) // 2):
+            ids = CircIdAllocator("relay")
+            relay = RelayCore("relay", bytes(_ONION_IDENTITY.verify_key), {ONION_PUBLIC: ONION_SECRET}, ids)
+            framer = CellFramer()
+            for part in (data[:split], data[split:]):
+                for item in (framer.feed_runs(part) if runs else framer.feed(part)):
+                    if isinstance(item, CellError):
+                        acts = relay.garbage("peer", item)
+                    elif isinstance(item, RelayRun):
+                        acts = relay.receive_run("peer", item, 1000.0)
+                    else:
+                        acts = relay.receive("peer", item, 1000.0)
+                    for a in acts:
+                        if isinstance(a, SendCell):
+                            a.cell.frame()
+            relay.tick(2000.0)
+            relay.link_failed("peer", 2000.0)
 
 
 @target("monitor_status", "monitor status topic (NodeStatus.decode)")

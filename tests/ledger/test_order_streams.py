@@ -8,7 +8,8 @@ replies of callers that gave up are dropped without breaking the stream."""
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
@@ -17,12 +18,16 @@ from prometheus_client import CollectorRegistry
 
 from fognode.ledger.errors import RequestNotSent
 from fognode.ledger.order_streams import DEAD_AFTER, ORDER_STREAM, OrderStreams
+from fognode.ledger.store import LedgerStore
+from fognode.ledger.writer import GroupWriter, serve_in_order
 from fognode.node.errors import StreamClosed
 from fognode.node.events import EventBus
 from fognode.node.host import OverlayConfig, open_overlay
 from fognode.node.overlay import FramedStream, Overlay
+from fognode.node.streams import Libp2pFramedStream
 
 from ..polling import wait_until
+from .certstream import stream_genesis
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
 
@@ -148,3 +153,55 @@ async def test_a_request_that_cannot_reach_the_validator_is_not_sent() -> None:
         with trio.fail_after(30):
             with pytest.raises(RequestNotSent):
                 await streams.request(b"x" * 32, validator.peer_id, {"i": 0})
+
+
+async def test_replies_durable_together_leave_in_one_write_and_only_once_durable(tmp_path: Path) -> None:
+    """The validator side (writer.py `serve_in_order`) on a real store: six pipelined requests
+    decided while the writer is held join one group; no reply leaves before that group is on
+    disk, and then all six leave in order in one muxer write (node/streams.py `send_frames`)."""
+    store = LedgerStore(tmp_path / "db", stream_genesis())
+    writer = GroupWriter(store)
+    decided: list[int] = []
+    writes: list[int] = []
+
+    async def serve(stream: FramedStream) -> None:
+        assert isinstance(stream, Libp2pFramedStream)
+        raw_write = stream.raw.write
+
+        async def counted(data: bytes) -> None:      # a spy: the real write still happens
+            writes.append(len(data))
+            await raw_write(data)
+        stream.raw.write = counted  # type: ignore[method-assign]
+
+        def decide(req: Any) -> list[Any]:
+            i = int(req["i"])
+            writer.submit("test records", lambda wb: wb.put(b"test/%d" % i, b"1"))
+            decided.append(i)
+            return [{"i": i}]
+        await serve_in_order(writer, stream, decide, max_size=1024)
+
+    replies: dict[int, Any] = {}
+    with trio.fail_after(60):
+        async with pair(serve, 30.0) as (validator, streams), trio.open_nursery() as n:
+            n.start_soon(writer.run)
+            key = b"v" * 32
+
+            async def ask(i: int) -> None:
+                replies[i] = await streams.request(key, validator.peer_id, {"i": i})
+            await streams.request(key, validator.peer_id, {"i": 99})    # the stream is open
+            syncs0, writes0 = writer.syncs, len(writes)
+            async with writer.quiesced():
+                for i in range(6):
+                    n.start_soon(ask, i)
+                await wait_until(lambda: len(decided) == 7, what="six requests decided")
+                with trio.move_on_after(0.5):
+                    await wait_until(lambda: bool(replies))
+                assert replies == {} and len(writes) == writes0     # nothing before the fsync
+                assert all(store.db.get(b"test/%d" % i) is None for i in range(6))
+            await wait_until(lambda: len(replies) == 6, what="the six replies")
+            assert replies == {i: {"i": i} for i in range(6)}
+            assert all(store.db.get(b"test/%d" % i) == b"1" for i in range(6))
+            assert writer.syncs - syncs0 == 1
+            assert len(writes) - writes0 == 1, writes
+            n.cancel_scope.cancel()
+    store.close()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import trio
 from prometheus_client import CollectorRegistry
 
@@ -47,3 +48,32 @@ async def test_closed_subscription_stops_receiving() -> None:
         assert (await sub.receive()).n == 1  # type: ignore[attr-defined]
     bus.publish(Ping(2))  # no subscriber left; nothing raises
     assert Ping(3).to_dict() == {"event": "Ping", "n": 3}
+
+
+async def test_accept_keeps_refused_events_out_of_the_queue_and_batches_take_what_queued() -> None:
+    reg = CollectorRegistry()
+    bus = EventBus(reg)
+    even = bus.subscribe("even", [Ping], size=4, accept=lambda ev: ev.n % 2 == 0)  # type: ignore[attr-defined]
+    for i in range(8):      # 4 accepted: fills the queue of 4 exactly, nothing dropped
+        bus.publish(Ping(i))
+    assert reg.get_sample_value("fognode_node_event_drops_total", {"subscriber": "even", "event": "Ping"}) is None
+    batches = even.batches()
+    with trio.fail_after(5):
+        assert [ev.n for ev in await batches.__anext__()] == [0, 2, 4, 6]  # type: ignore[attr-defined]
+        bus.publish(Ping(10))
+        assert [ev.n for ev in await batches.__anext__()] == [10]  # type: ignore[attr-defined]
+        even.close()
+        with pytest.raises(StopAsyncIteration):
+            await batches.__anext__()
+
+
+async def test_an_accept_that_raises_lets_the_event_through() -> None:
+    bus = EventBus(CollectorRegistry())
+
+    def broken(ev: Event) -> bool:
+        raise ValueError("bad filter")
+
+    sub = bus.subscribe("broken", accept=broken)
+    bus.publish(Ping(1))      # the publisher is not hurt
+    with trio.fail_after(5):
+        assert (await sub.receive()).n == 1  # type: ignore[attr-defined]

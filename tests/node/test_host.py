@@ -84,10 +84,12 @@ async def test_trims_above_high_watermark() -> None:
         async with cluster(4, peers_low=0, peers_high=8, connmgr_interval=0.2) as nodes:
             hub = nodes[0]
             await wait_until(lambda: len(hub.peers()) == 3)
+            assert hub.peer_count() == 3                  # node.info's count: len(peers()) without them
             hub.connmgr.policy = ConnectionPolicy(low=0, high=1, grace=0.0)
             hub.set_app_score(nodes[3].peer_id, 5.0)      # the best peer is the one kept
             hub.connmgr.wake()
             await wait_until(lambda: [p.peer_id for p in hub.peers()] == [nodes[3].peer_id])
+            assert hub.peer_count() == 1
 
 
 def closed_port() -> int:

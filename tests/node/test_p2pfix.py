@@ -36,7 +36,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
 
-from fognode.node import p2pfix_records
+from fognode.node import p2pfix_records, scored_pubsub
 from fognode.node.connmgr import DialError
 from fognode.node.events import EventBus
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
@@ -55,6 +55,7 @@ PINNED: dict[Any, str] = {
     peerstore.env_to_send_in_RPC: "9fea9d702c187d22",
     GossipSub.publish: "b978282af46297f7",
     GossipSub._emit_idontwant_for_message: "54753ff6cf35dec6",
+    GossipSub.emit_idontwant: "e87d7cb9d4eda733",     # p2pfix_idontwant sends through it
     Pubsub.continuously_read_stream: "ac0c4ad87ca39288",
     TrioTCPStream.read: "c606ac89ec9d0eae",
     TrioTCPStream.__init__: "4222fa993846189e",
@@ -84,6 +85,7 @@ PINNED: dict[Any, str] = {
     Pubsub._is_subscribed_to_msg: "fb0271117bb6936e",
     Pubsub.notify_subscriptions: "2fb1385e4bbf3c0a",
     Pubsub.push_msg: "1531483ab4d77674",
+    Pubsub._is_msg_seen: "e951b38458884cbd",     # scored_pubsub drops seen copies before the task
     # node/p2pfix_pubsubwrite.py: the loop it replaces, and the framing it copies
     Pubsub.handle_sending_messages: "4eb0b978f9c4b142",
     Pubsub.write_msg: "ee86b14b4181afff",
@@ -237,7 +239,7 @@ def test_a_changed_or_forged_record_is_verified_again() -> None:
     assert cache2.verified == 2 and cache2.skipped == 0 and not cache2.accepted
 
 
-async def test_idontwant_only_for_messages_of_1_kib_or_more() -> None:
+async def test_idontwant_only_where_it_can_save_a_copy() -> None:
     got: dict[int, int] = {}
     async with overlays(3) as nodes:
         async def on_msg(msg: Any) -> None:
@@ -259,7 +261,49 @@ async def test_idontwant_only_for_messages_of_1_kib_or_more() -> None:
                              what=f"small message {i} at both others")
         skipped = sum(n.gossipsub.idontwant_skipped for n in nodes)
         assert skipped >= 10 and idontwant_seen() == 0
+        # large, but a full mesh of 3 (<= D): every copy comes from the origin in the first hop
         for i in range(5):
             await a.publish(TOPIC, b"L" * 2000 + bytes([i]))
         await wait_until(lambda: sum(got.values()) >= 30, what="large messages at both others")
+        # (the burst may leave as one batch: at least the two receivers each skipped one)
+        assert sum(n.gossipsub.idontwant_full_mesh for n in nodes) >= 2
+        assert idontwant_seen() == 0
+        # with the full-mesh rule off: sent, but never back to the origin (also the forwarder)
+        for n in nodes:
+            n.gossipsub.full_mesh_max = 0
+        for i in range(5):
+            await a.publish(TOPIC, b"M" * 2000 + bytes([i]))
+        await wait_until(lambda: sum(got.values()) >= 40, what="more large messages at both others")
         await wait_until(lambda: idontwant_seen() > 0, what="an IDONTWANT for a large message")
+        assert not any(a.gossipsub.dont_send_message_ids.values())
+        assert sum(n.gossipsub.idontwant_sent for n in nodes) >= 1
+
+
+async def test_a_copy_already_seen_is_dropped_before_its_task() -> None:
+    """scored_pubsub: py-libp2p asks `_is_subscribed_to_msg` before it spawns a message's task;
+    a copy of a message already seen is refused there (push_msg would drop it after the spawn)."""
+    async with overlays(2) as (a, b):
+        got: list[bytes] = []
+        seen_msgs: list[Any] = []
+
+        async def on_msg(msg: Any) -> None:
+            got.append(msg.data)
+
+        for n in (a, b):
+            await n.subscribe(TOPIC, on_msg)
+        await wait_until(lambda: len(a.gossipsub.mesh.get(TOPIC, ())) >= 1, what="a mesh")
+        push = b.pubsub.push_msg
+
+        async def spy(forwarder: Any, msg: Any) -> None:   # records, then the real push_msg
+            seen_msgs.append(msg)
+            await push(forwarder, msg)
+        b.pubsub.push_msg = spy  # type: ignore[method-assign]
+        await a.publish(TOPIC, b"once")
+        await wait_until(lambda: b"once" in got and bool(seen_msgs), what="the message at b")
+        msg = seen_msgs[0]
+        assert b.pubsub._is_msg_seen(msg)
+        token = scored_pubsub._READING_FROM.set((a.host.get_id(), str(a.host.get_id())))
+        try:
+            assert b.pubsub._is_subscribed_to_msg(msg) is False     # as read from a's stream
+        finally:
+            scored_pubsub._READING_FROM.reset(token)

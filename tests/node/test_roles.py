@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from fognode.node.errors import ConfigError, PermanentRoleError
 from fognode.node.events import EventBus, RoleHealthChanged
+from fognode.node.health import HealthReport, Status
 from fognode.node.role import EmptyConfig, NodeContext, Role
 from fognode.node.roles import Supervisor, check_unique
 from fognode.node.rpc.methods import MethodTable, rpc_method
@@ -169,6 +170,7 @@ class Counting(Role):
     name = "counting"
     Config = EmptyConfig
     facts: dict[str, Any] = {"jobs": 0}
+    report = HealthReport.healthy()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -178,6 +180,9 @@ class Counting(Role):
         if type(self).facts.get("fail"):
             raise KeyError("gone")
         return dict(type(self).facts)
+
+    def health_report(self) -> HealthReport:
+        return type(self).report
 
 
 async def test_encoded_health_is_read_fresh_and_reencoded_only_on_change(tmp_path: Path) -> None:
@@ -197,6 +202,15 @@ async def test_encoded_health_is_read_fresh_and_reencoded_only_on_change(tmp_pat
         again = sup.health_encoded()
         assert again is not first and json.loads(again.json)["counting"]["jobs"] == 1
         assert json.loads(encode_json({"roles": again}))["roles"] == sup.health()
+        Counting.report = HealthReport(Status.DEGRADED, "slow")   # same facts, another report: encoded now
+        degraded = sup.health_encoded()
+        row = json.loads(degraded.json)["counting"]
+        assert row["status"] == "degraded" and row["reason"] == "slow" and row["jobs"] == 1
+        Counting.report = HealthReport(Status.DEGRADED, "slow")   # an equal report: the same answer
+        assert sup.health_encoded() is degraded
+        Counting.report = HealthReport.healthy()
+        assert json.loads(sup.health_encoded().json) == sup.health()
+        assert sup.health()["counting"]["status"] == "healthy"
         Counting.facts = {"fail": True}                        # a failing health check shows as degraded
         row = json.loads(sup.health_encoded().json)["counting"]
         assert row["status"] == "degraded" and "KeyError" in row["reason"]

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
 from fognode.node.events import EventBus
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
-from fognode.node.streams import Libp2pFramedStream
+from fognode.node.streams import COALESCE_BYTES, Libp2pFramedStream, send_frames
 from tests.polling import wait_until
 
 
@@ -145,3 +145,41 @@ async def test_truncated_frame_is_stream_closed() -> None:
             while not seen:
                 await trio.sleep(0.01)
             assert "after 10 of 256 bytes" in str(seen[0])
+
+
+async def test_send_frames_joins_frames_into_few_muxer_writes() -> None:
+    """`send_frames` writes what `send_bytes` would, frame by frame, in as few muxer writes as
+    fit COALESCE_BYTES; a frame over the stream's limit is refused before anything is written."""
+    got: list[bytes] = []
+
+    async def collect(fs: Any) -> None:
+        try:
+            while True:
+                got.append(await fs.recv_bytes())
+        except StreamClosed:
+            pass
+
+    frames = [b"a" * 100, b"", b"b" * 30_000, b"c" * 40_000, b"d" * 10]
+    with trio.fail_after(20):
+        async with two_nodes(max_frame=64 * 1024) as (a, b):
+            a.set_stream_handler("/fognode/test-frames/1.0.0", collect)
+            fs = await b.open_stream(a.peer_id, "/fognode/test-frames/1.0.0")
+            assert isinstance(fs, Libp2pFramedStream)
+            writes: list[int] = []
+            raw_write = fs.raw.write
+
+            async def counted(data: bytes) -> None:      # a spy: the real write still happens
+                writes.append(len(data))
+                await raw_write(data)
+            fs.raw.write = counted  # type: ignore[method-assign]
+            with pytest.raises(LocalProtocolError, match="over this stream's 65536-byte limit"):
+                await send_frames(fs, [b"x", b"y" * (64 * 1024 + 1)])
+            assert writes == []
+            await send_frames(fs, frames)
+            await send_frames(fs, [])
+            await wait_until(lambda: len(got) == len(frames), what="every frame")
+            assert got == frames
+            # 100 + 0 + 30,000 fit one write of at most COALESCE_BYTES; 40,010 the next
+            assert writes == [4 + 100 + 4 + 4 + 30_000, 4 + 40_000 + 4 + 10]
+            assert max(writes) <= COALESCE_BYTES
+            await fs.close()

@@ -2,9 +2,10 @@
 and its own client circuits, wired through one FIFO of framed cells (no sockets).
 
 Each node runs what protocol.py will run: cells read from a neighbour are framed by a
-`CellFramer` per link; a cell on a (peer, circ_id) of one of the node's own circuits goes to
-that `ClientCircuit`, anything else to its `RelayCore`; `SendCell` actions become frames on the
-queue. A relay that is the last hop serves three targets: `echo.fog:80` (echoes what it gets),
+`CellFramer` per link; a cell (or a RelayRun) on a (peer, circ_id) of one of the node's own
+circuits goes to that `ClientCircuit`, anything else to its `RelayCore`; `SendCell` and
+`SendCells` actions become frames on the queue, one per cell (`coalesce` delivers a link's
+consecutive frames as one, so runs of many cells are exercised). A relay that is the last hop serves three targets: `echo.fog:80` (echoes what it gets),
 `sink.fog:80` (keeps it) and `stall.fog:80` (keeps it but never consumes it: stream SENDMEs
 stop), and refuses any other. Clients consume what they receive unless `stalled`. `intercept` lets a test tamper with,
 replay, reorder or drop frames on a link.
@@ -18,9 +19,9 @@ from typing import Callable
 from nacl.signing import SigningKey
 
 from fognode.protocols.onion.actions import (Action, CircKey, CircuitBuilt, CircuitClosed, CircuitMessage, OpenStream,
-                                             PeerFault, PersistState, SendCell, StreamConnected, StreamData,
-                                             StreamEnded)
-from fognode.protocols.onion.cells import CellError, CellFramer
+                                             PeerFault, PersistState, SendCell, SendCells, StreamConnected,
+                                             StreamData, StreamEnded)
+from fognode.protocols.onion.cells import FRAME_LEN, CellError, CellFramer, RelayRun
 from fognode.protocols.onion.dispatch import carry_out
 from fognode.protocols.onion.circuit import ClientCircuit
 from fognode.protocols.onion.flow import FlowParams
@@ -62,6 +63,7 @@ class SimNet:
         self.intercept: Intercept | None = None
         self.delivered = 0
         self.stalled: set[str] = set()                   # clients that do not consume
+        self.coalesce = False                            # deliver a link's queued cells as one frame
 
     def info(self, peer: str) -> RelayInfo:
         return self.nodes[peer].info()
@@ -89,30 +91,44 @@ class SimNet:
             self.dispatch(peer, call())
 
     def deliver(self, src: str, dst: str, frame: bytes) -> None:
+        """Feed `frame` (one or more framed cells) to `dst`'s framer for `src` and route what
+        it splits into, as the engine does: RELAY runs as RelayRuns, other cells one by one."""
         node = self.nodes[dst]
         framer = node.framers.setdefault(src, CellFramer())
-        for item in framer.feed(frame):
+        for item in framer.feed_runs(frame):
             if isinstance(item, CellError):
                 self.dispatch(dst, node.relay.garbage(src, item))
                 continue
             key = (src, item.circ_id)
             circ = node.circuits.get(key)
             if node.client is not None and node.client.owns(key):
-                self.dispatch(dst, node.client.receive(src, item, self.now))
+                self.dispatch(dst, node.client.receive_run(src, item, self.now) if isinstance(item, RelayRun)
+                              else node.client.receive(src, item, self.now))
             elif circ is not None:
-                self.dispatch(dst, circ.receive(item, self.now))
+                self.dispatch(dst, circ.receive_run(item, self.now) if isinstance(item, RelayRun)
+                              else circ.receive(item, self.now))
+            elif isinstance(item, RelayRun):
+                self.dispatch(dst, node.relay.receive_run(src, item, self.now))
             else:
                 self.dispatch(dst, node.relay.receive(src, item, self.now))
 
     def run(self, max_frames: int = 1_000_000) -> int:
-        """Deliver frames until the queue is empty; the number delivered."""
+        """Deliver frames until the queue is empty; the number delivered. The queue holds one
+        framed cell per entry (`intercept` sees each); with `coalesce` the consecutive entries
+        of one link are delivered as one link frame, as a link writer batches them."""
         n = 0
         while self.queue and n < max_frames:
             src, dst, frame = self.queue.popleft()
             frames = self.intercept(src, dst, frame) if self.intercept else [frame]
+            n += 1
+            while self.coalesce and self.queue and self.queue[0][:2] == (src, dst) and n < max_frames:
+                more = self.queue.popleft()[2]
+                frames += self.intercept(src, dst, more) if self.intercept else [more]
+                n += 1
+            if self.coalesce:
+                frames = [b"".join(frames)] if frames else []
             for f in frames:
                 self.deliver(src, dst, f)
-            n += 1
         self.delivered += n
         return n
 
@@ -151,6 +167,10 @@ class SimHandler:
 
     def send_cell(self, a: SendCell) -> None:
         self.net.queue.append((self.peer, a.peer, a.cell.frame()))
+
+    def send_cells(self, a: SendCells) -> None:
+        for i in range(0, len(a.frames), FRAME_LEN):
+            self.net.queue.append((self.peer, a.peer, a.frames[i:i + FRAME_LEN]))
 
     def open_stream(self, a: OpenStream) -> None:
         own = self._client_circuit(a.circuit)

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from fognode.protocols.onion import cells
 from fognode.protocols.onion.cells import (BODY_LEN, _RandomPool, CELL_SIZE, MAX_DATA, PLAIN_LEN, Cell, CellCommand, CellFramer,
-                                           RelayCommand, RelayMsg, decode_cell, decode_relay)
+                                           RelayCommand, RelayMsg, RelayRun, decode_cell, decode_relay,
+                                           frame_relay_cells)
 from fognode.protocols.onion.errors import CellError, TeardownReason
 
 
@@ -119,6 +120,54 @@ def test_framer_splits_a_many_cell_stream_the_same_whatever_its_chunks(cuts: lis
         if pos >= len(stream):
             break
     assert got == sent and f.buffered == 0
+
+
+_KINDS = st.sampled_from(["relay1", "relay2", "padding", "destroy", "short", "badcmd"])
+
+
+def _frame(kind: str, i: int) -> bytes:
+    if kind == "short":
+        return struct.pack(">H", 100) + bytes(100)
+    if kind == "badcmd":
+        return struct.pack(">H", CELL_SIZE) + struct.pack(">IB", 5, 77) + bytes(BODY_LEN)
+    cmd = {"padding": CellCommand.PADDING, "destroy": CellCommand.DESTROY}.get(kind, CellCommand.RELAY)
+    circ = 0 if kind == "padding" else (2 if kind == "relay2" else 1)
+    return Cell(circ, cmd, bytes([i % 256]) * BODY_LEN).frame()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_KINDS, min_size=1, max_size=30), st.lists(st.integers(1, 9000), min_size=1, max_size=6))
+def test_feed_runs_gives_the_cells_of_feed_with_relay_runs_grouped(kinds: list[str], cuts: list[int]) -> None:
+    """feed_runs splits any stream into the same cells and errors, in the same order, as feed,
+    with each maximal sequence of one circuit's RELAY cells as one RelayRun."""
+    stream = b"".join(_frame(k, i) for i, k in enumerate(kinds))
+    a, b = CellFramer(), CellFramer()
+    plain: list[object] = []
+    runs: list[object] = []
+    pos = 0
+    for cut in cuts * (len(stream) // sum(cuts) + 1):
+        plain += a.feed(stream[pos:pos + cut])
+        runs += b.feed_runs(stream[pos:pos + cut])
+        pos += cut
+        if pos >= len(stream):
+            break
+    expanded: list[object] = []
+    for item in runs:
+        expanded += item.cells() if isinstance(item, RelayRun) else [item]
+    assert [str(x) if isinstance(x, CellError) else x for x in expanded] == \
+        [str(x) if isinstance(x, CellError) else x for x in plain]
+    assert a.buffered == b.buffered == 0
+    whole = CellFramer().feed_runs(stream)        # within one feed, a run is maximal
+    for x, y in zip(whole, whole[1:]):
+        assert not (isinstance(x, RelayRun) and isinstance(y, RelayRun) and x.circ_id == y.circ_id)
+
+
+def test_frame_relay_cells_is_the_cells_frames_back_to_back() -> None:
+    bodies = [bytes([i]) * BODY_LEN for i in range(3)]
+    assert frame_relay_cells(9, b"".join(bodies), 3) == b"".join(Cell(9, CellCommand.RELAY, b).frame() for b in bodies)
+    assert frame_relay_cells(9, bodies[0], 1) == Cell(9, CellCommand.RELAY, bodies[0]).frame()
+    run = CellFramer().feed_runs(frame_relay_cells(9, b"".join(bodies), 3))
+    assert run == [RelayRun(9, b"".join(bodies), 3)]
 
 
 def test_frame_of_a_full_body_is_the_length_prefixed_encoding() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import struct
 
+import pytest
+
 from fognode.protocols.onion.actions import CircuitBuilt, CircuitClosed, PeerFault, StreamConnected, StreamEnded
 from fognode.protocols.onion.cells import CELL_SIZE, BODY_LEN, Cell, CellCommand, decode_cell
 from fognode.protocols.onion.circuit import CircuitState, ClientCircuit
@@ -34,8 +36,12 @@ def send(net: SimNet, circ: ClientCircuit, sid: int, data: bytes, client: str = 
     net.dispatch(client, circ.send(sid, data, net.now))
 
 
-def test_three_hop_circuit_carries_streams_end_to_end() -> None:
+@pytest.mark.parametrize("coalesce", [False, True])
+def test_three_hop_circuit_carries_streams_end_to_end(coalesce: bool) -> None:
+    """Also with each link's queued cells delivered as one frame (coalesce): the cores then
+    forward and open runs of many cells (RelayRun, SendCells)."""
     net = SimNet(6)
+    net.coalesce = coalesce
     circ = open_circuit(net)
     built = net.client_events("n0", CircuitBuilt)
     assert [b.path for b in built] == [tuple(PATH)]
@@ -124,10 +130,12 @@ def _exercise(net: SimNet, circ: ClientCircuit, sid: int) -> None:
         net.run()
 
 
-def test_tampered_replayed_or_reordered_cells_tear_the_circuit_down() -> None:
+@pytest.mark.parametrize("coalesce", [False, True])
+def test_tampered_replayed_or_reordered_cells_tear_the_circuit_down(coalesce: bool) -> None:
     for link in [("n1", "n2"), ("n3", "n2"), ("n2", "n1")]:          # forward and backward links
         for how in ("flip", "replay", "reorder"):
             net = SimNet(5)
+            net.coalesce = coalesce
             circ = open_circuit(net)
             sid = open_stream(net, circ)
             net.intercept = _tamper_once(link, how)

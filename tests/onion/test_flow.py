@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fognode.protocols.onion.actions import CircuitClosed, SendCell
+from fognode.protocols.onion.actions import CircuitClosed, SendCell, SendCells
 from fognode.protocols.onion.cells import Cell, CellCommand, RelayCommand, RelayMsg
 from fognode.protocols.onion.circuit import CircuitState
 from fognode.protocols.onion.errors import CircuitProtocolError, TeardownReason
@@ -19,7 +19,8 @@ SMALL = FlowParams(circuit_window=8, circuit_increment=4, stream_window=6, strea
 
 
 def _relay_cells(actions: list) -> int:
-    return sum(1 for a in actions if isinstance(a, SendCell) and a.cell.command is CellCommand.RELAY)
+    return sum(a.count if isinstance(a, SendCells) else 1 for a in actions
+               if isinstance(a, SendCells) or (isinstance(a, SendCell) and a.cell.command is CellCommand.RELAY))
 
 
 def test_send_window_unit() -> None:

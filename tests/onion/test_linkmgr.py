@@ -3,7 +3,8 @@ spare stream (both sides dialled) keeps working when the spare ends; only the en
 writer stream takes the link down. Before, a spare stream the neighbour reset (its first-frame
 deadline: we never wrote on it) failed the whole link and every circuit on it. Spare streams
 are poked while the link is busy too, so the neighbour's idle deadline never resets one (issue
-14: a bulk transfer cut mid-way when that spare was the neighbour's writer)."""
+14: a bulk transfer cut mid-way when that spare was the neighbour's writer). A burst of cells
+longer than a stream frame may be is written in frames the neighbour accepts."""
 from __future__ import annotations
 
 import os
@@ -17,8 +18,8 @@ from fognode.node.events import EventBus
 import pytest
 
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
-from fognode.protocols.onion.cells import Cell, CellCommand, CellFramer
-from fognode.protocols.onion.linkmgr import PROTOCOL_ID, LinkManager
+from fognode.protocols.onion.cells import FRAME_LEN, Cell, CellCommand, CellFramer
+from fognode.protocols.onion.linkmgr import PROTOCOL_ID, SPLIT, LinkManager
 from tests.polling import wait_until
 
 
@@ -67,6 +68,14 @@ async def test_a_spare_stream_ending_leaves_the_link_up() -> None:
                 b.links.send(a.overlay.peer_id, cell(3))
                 await wait_until(lambda: len(b.cells) == 2 and len(a.cells) == 1, 30, "cells both ways")
                 assert not a.downs and not b.downs and a.links.failures == {} and b.links.failures == {}
+                # a burst of cells longer than a stream frame may be (a SendCells of a whole
+                # circuit window) goes in frames the neighbour accepts, whole and in order
+                n = 2 * SPLIT // FRAME_LEN + 7
+                writes = a.links.writes
+                a.links.send(b.overlay.peer_id, b"".join(cell(i) for i in range(10, 10 + n)))
+                await wait_until(lambda: len(b.cells) == 2 + n, 30, "b got the burst")
+                assert [c.circ_id for c in b.cells[2:]] == list(range(10, 10 + n))
+                assert a.links.writes - writes >= 3 and not a.downs and not b.downs
                 # the end of the writer stream still takes the link down (b's writer is a's stream)
                 writer = a.links.links[b.overlay.peer_id].writer
                 assert writer is not None

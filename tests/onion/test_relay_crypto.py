@@ -186,3 +186,35 @@ def test_middle_hops_pass_cells_untried_and_stay_in_step() -> None:
     assert e.value.reason is TeardownReason.INTEGRITY
     with pytest.raises(CircuitProtocolError):
         relays[0].pass_forward(b"short")
+
+
+@pytest.mark.parametrize("epoch", [relay_crypto.EPOCH_CELLS, 3])
+def test_a_run_of_cells_is_layered_as_each_cell_alone(epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """layer_many over n bodies back to back gives the bytes, counters and keystream position
+    of n layer_only calls, also across a keystream epoch (EPOCH_CELLS made small here); the
+    client's strip_backward + open_backward(stripped) and layer_forward match the per-cell calls."""
+    monkeypatch.setattr(relay_crypto, "EPOCH_CELLS", epoch)
+    keys = derive_keys(os.urandom(32))
+    one, many = RelayHop(keys), RelayHop(keys)
+    for n in (1, 2, 5, 1, 7):
+        bodies = [os.urandom(BODY_LEN) for _ in range(n)]
+        assert many.pass_forward_many(b"".join(bodies), n) == b"".join(one.pass_forward(b) for b in bodies)
+        assert many.from_next_many(b"".join(bodies), n) == b"".join(one.from_next(b) for b in bodies)
+    assert (many.crypto.forward.counter, many.crypto.forward.layered) == (one.crypto.forward.counter, 16)
+    # a client's burst: sealed for hop 2 one by one, the two relays' layers added at once
+    client, relays = _circuit()
+    plains = [RelayMsg(RelayCommand.DATA, 1, f"c{i}".encode()).encode() for i in range(6)]
+    sealed = [client.hops[2].forward.seal(p)[0] for p in plains]
+    burst = client.layer_forward(2, b"".join(sealed), 6)
+    for i in range(6):
+        body = burst[i * BODY_LEN:(i + 1) * BODY_LEN]
+        plain, _, _ = relays[2].from_previous(relays[1].pass_forward(relays[0].pass_forward(body)))
+        assert plain == plains[i]
+    # and the reply: the relays' layers stripped from a run at once, each cell opened after
+    back = b"".join(_backward(relays, 2, p) for p in plains)
+    stripped = client.strip_backward(back, 6, first=2)
+    for i in range(6):
+        k, p, _ = client.open_backward(stripped[i * BODY_LEN:(i + 1) * BODY_LEN], first=2, stripped=True)
+        assert (k, p) == (2, plains[i])
+    with pytest.raises(CircuitProtocolError):
+        client.strip_backward(back[:-1], 6, first=2)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fognode.protocols.onion.actions import CircuitClosed
-from fognode.protocols.onion.cells import BODY_LEN, Cell, CellCommand, RelayCommand, RelayMsg
+from fognode.protocols.onion.cells import BODY_LEN, Cell, CellCommand, RelayCommand, RelayMsg, RelayRun
 from fognode.protocols.onion.circuit import CircuitState
 from fognode.protocols.onion.errors import TeardownReason
 from tests.onion.sim import SimNet
@@ -19,10 +19,12 @@ cells_st = st.lists(st.tuples(st.sampled_from(["live", "other", "random"]), st.s
 
 
 @settings(max_examples=60, deadline=None)
-@given(cells_st)
-def test_relay_survives_arbitrary_cells(cells: list[tuple[str, CellCommand, bytes, bool]]) -> None:
+@given(cells_st, st.booleans())
+def test_relay_survives_arbitrary_cells(cells: list[tuple[str, CellCommand, bytes, bool]], coalesce: bool) -> None:
+    """`coalesce`: a link's cells arrive as one frame (RelayRuns of the live circuit's cells)."""
     net = SimNet(5)
     circ = open_circuit(net)
+    net.coalesce = coalesce
     live = circ.key[1]
     for which, cmd, head, full in cells:
         cid = {"live": live, "other": live ^ 0x55, "random": int.from_bytes(os.urandom(4), "big") or 1}[which]
@@ -52,6 +54,23 @@ def test_client_circuit_survives_arbitrary_cells(cells: list[tuple[CellCommand, 
         assert len(closed) == 1
         if closed[0].reason is not TeardownReason.DESTROYED:      # else the guard sent it: it knows
             assert all(n.relay.circuits == [] for p, n in net.nodes.items() if p in PATH)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=2, max_size=8))
+def test_client_circuit_survives_an_arbitrary_run(heads: list[bytes]) -> None:
+    """Random RELAY bodies as one run (cells.RelayRun) into an open circuit: no exception, the
+    circuit is torn down once (the first body verifies at no hop) and the path with it."""
+    net = SimNet(5)
+    circ = open_circuit(net)
+    bodies = b"".join(h + os.urandom(BODY_LEN - len(h)) for h in heads)
+    before = circ.cells_received
+    net.dispatch("n0", circ.receive_run(RelayRun(circ.key[1], bodies, len(heads)), net.now))
+    net.run()
+    closed = net.client_events("n0", CircuitClosed)
+    assert circ.state is CircuitState.CLOSED and [c.reason for c in closed] == [TeardownReason.INTEGRITY]
+    assert circ.cells_received == before + 1          # the rest after the teardown: dropped
+    assert all(n.relay.circuits == [] for p, n in net.nodes.items() if p in PATH)
 
 
 def test_relay_message_commands_out_of_place_tear_down() -> None:

@@ -422,8 +422,13 @@ def main() -> None:
             rows.append(("  latency wallet.send -> final, p50 / p99",
                          f"{1000 * e2e['p50']:,.0f} / {1000 * e2e['p99']:,.0f} ms", ""))
             n = max(1, e2e["ok"])
-            for k, v in sorted(e2e["wire"].items()):
-                rows.append((f"  wire per transfer (4 daemons): {k}", f"{v / n:,.2f}", ""))
+            wire = e2e["wire"]
+            for k, v in sorted(wire.items()):
+                if not k.startswith("steps_by_task."):
+                    rows.append((f"  wire per transfer (4 daemons): {k}", f"{v / n:,.2f}", ""))
+            by_task = sorted(((v, k) for k, v in wire.items() if k.startswith("steps_by_task.")), reverse=True)
+            for v, k in by_task[:12]:
+                rows.append((f"  trio task steps per transfer: {k.partition('.')[2]}", f"{v / n:,.2f}", ""))
             for err in e2e["errors"][:5]:
                 print("  e2e error:", err)
         w = max(len(r[0]) for r in rows)

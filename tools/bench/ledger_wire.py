@@ -8,11 +8,16 @@ burst:
 - `yamux_out.<type>`: yamux frames written (data, window_update, ping, go_away), one
   `secured_conn.write` (one Noise message) each; `yamux_out_bytes`;
 - `frames_out.<protocol id>`: length-prefixed frames our streams sent (order stream requests
-  and replies, sync), `Libp2pFramedStream.send_bytes`;
-- `pubsub_in.messages`: pubsub messages received (every copy, before the seen-check),
-  `pubsub_in.first`: those not seen before;
+  and replies, sync), `Libp2pFramedStream.send_bytes` and `send_frames`; `frame_writes.<protocol
+  id>`: the muxer writes that carried them (one per send_bytes, one or more per send_frames);
+- `stream_opens.<protocol id>`: streams this daemon opened (`Libp2pOverlay.open_stream`);
+- `pubsub_in.messages`: pubsub messages received (every copy, as its RPC is parsed),
+  `pubsub_in.first`: those not seen before (when their task runs);
 - `pubsub_in.<ihave|iwant|idontwant|graft|prune>`: control entries received; `pubsub_in.rpcs`:
   RPCs with a control part.
+- `trio.task_steps`: trio task steps (scheduler runs of a task), `trio.tasks_spawned`: tasks
+  started; counted by a trio Instrument added to the daemon's `trio.run`; `steps_by_task.<the
+  task function's name>`: the steps by task (the bench prints the 12 largest).
 The wrappers add a dictionary increment per call; the CPU figures of a counting run are not
 comparable with a run without it.
 """
@@ -25,12 +30,15 @@ import threading
 import time
 from typing import Any
 
+import trio
+
 WRITE_EVERY = 0.25
 _YAMUX_TYPES = {0: "data", 1: "window_update", 2: "ping", 3: "go_away"}
 
 
 def install(path: str) -> None:
-    from fognode.node import p2pfix_yamux, scored_pubsub, streams
+    from fognode.ledger import writer as ledger_writer
+    from fognode.node import host, p2pfix_yamux, scored_pubsub, streams
 
     counts: collections.Counter[str] = collections.Counter()
 
@@ -46,18 +54,42 @@ def install(path: str) -> None:
 
     async def send_bytes(self: Any, data: bytes) -> None:
         counts["frames_out." + self.protocol_id] += 1
+        counts["frame_writes." + self.protocol_id] += 1
         await orig_send(self, data)
     streams.Libp2pFramedStream.send_bytes = send_bytes
+
+    orig_frames: Any = getattr(streams, "send_frames", None)     # absent before session 24
+
+    async def send_frames(stream: Any, frames: list[bytes]) -> None:
+        counts["frames_out." + stream.protocol_id] += len(frames)
+        counts["frame_writes." + stream.protocol_id] += 1     # one per COALESCE_BYTES, in practice 1
+        await orig_frames(stream, frames)
+    if orig_frames is not None:
+        streams.send_frames = send_frames
+        ledger_writer.send_frames = send_frames     # imported there by name
+
+    orig_open = host.Libp2pOverlay.open_stream
+
+    async def open_stream(self: Any, peer: str, protocol: str, *args: Any, **kwargs: Any) -> Any:
+        counts["stream_opens." + protocol] += 1
+        return await orig_open(self, peer, protocol, *args, **kwargs)
+    host.Libp2pOverlay.open_stream = open_stream
 
     orig_push = scored_pubsub.ScoredPubsub.push_msg
 
     async def push_msg(self: Any, msg_forwarder: Any, msg: Any) -> None:
-        if msg_forwarder != self.my_id:
-            counts["pubsub_in.messages"] += 1
-            if not self._is_msg_seen(msg):
-                counts["pubsub_in.first"] += 1
+        if msg_forwarder != self.my_id and not self._is_msg_seen(msg):
+            counts["pubsub_in.first"] += 1
         await orig_push(self, msg_forwarder, msg)
     scored_pubsub.ScoredPubsub.push_msg = push_msg
+
+    orig_subscribed = scored_pubsub.ScoredPubsub._is_subscribed_to_msg
+
+    def _is_subscribed_to_msg(self: Any, msg: Any) -> bool:
+        if scored_pubsub._READING_FROM.get() is not None:    # a copy read from a peer
+            counts["pubsub_in.messages"] += 1
+        return bool(orig_subscribed(self, msg))
+    scored_pubsub.ScoredPubsub._is_subscribed_to_msg = _is_subscribed_to_msg
 
     orig_rpc = scored_pubsub.ScoredGossipSub.handle_rpc
 
@@ -70,6 +102,21 @@ def install(path: str) -> None:
                 counts["pubsub_in." + kind] += n
         await orig_rpc(self, rpc, sender_peer_id)
     scored_pubsub.ScoredGossipSub.handle_rpc = handle_rpc
+
+    class _Steps(trio.abc.Instrument):
+        def before_task_step(self, task: Any) -> None:
+            counts["trio.task_steps"] += 1
+            counts["steps_by_task." + ".".join(task.name.split(".")[-2:])[:60]] += 1
+
+        def task_spawned(self, task: Any) -> None:
+            counts["trio.tasks_spawned"] += 1
+
+    orig_run = trio.run
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        kwargs["instruments"] = [*kwargs.get("instruments", ()), _Steps()]
+        return orig_run(*args, **kwargs)
+    trio.run = run
 
     def writer() -> None:
         while True:

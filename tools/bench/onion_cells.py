@@ -12,8 +12,13 @@ Rows (each timed for about --seconds, single thread, no sockets):
   and the last opens it (forward), or the reverse (backward);
 - 3 layers fwd, 514-byte cells: the same sequence of calls on Tor-sized bodies (509 bytes),
   to show what the per-cell overhead costs at Tor's size (cells.py docstring);
+- middle relay: one link frame of 64 RELAY cells of one circuit through the framer and a
+  middle relay's core to its framed output, cell by cell (as before session 24) and as runs
+  of RUN_MAX cells and of 64 (cells.RelayRun: a run's buffers past the allocator's mmap
+  threshold cost more than they save);
 - full cores: ClientCircuit.send -> framed cells -> CellFramer -> three RelayCores -> the last
-  hop delivers, with the authenticated SENDMEs flowing back: everything but the sockets.
+  hop delivers, with the authenticated SENDMEs flowing back: everything but the sockets (the
+  cells of one action list for one neighbour go as one link frame, as a link writer sends them).
 MB/s counts payload (4066 bytes per DATA cell; 498 at 514 bytes). The rows are measured in
 --rounds interleaved rounds and each row's best round counts, so a loaded machine (this one
 runs several jobs at once) disturbs every row alike rather than whichever ran during a spike.
@@ -28,22 +33,25 @@ from typing import Callable
 
 from nacl.signing import SigningKey
 
-from fognode.protocols.onion.actions import Action, OpenStream, SendCell, StreamData
-from fognode.protocols.onion.cells import BODY_LEN, CELL_SIZE, MAX_DATA, CellError, CellFramer, RelayCommand, RelayMsg
+from fognode.protocols.onion.actions import Action, OpenStream, SendCell, SendCells, StreamData
+from fognode.protocols.onion import cells
+from fognode.protocols.onion.cells import (BODY_LEN, CELL_SIZE, MAX_DATA, Cell, CellCommand, CellError, CellFramer,
+                                           RelayCommand, RelayMsg, RelayRun)
 from fognode.protocols.onion.circuit import ClientCircuit
 from fognode.protocols.onion.flow import FlowParams
 from fognode.protocols.onion.links import CircIdAllocator
 from fognode.protocols.onion.ntor import derive_keys, keypair
 from fognode.protocols.onion.pathsel import RelayInfo
-from fognode.protocols.onion.relay import RelayCore
+from fognode.protocols.onion.relay import RelayCircuit, RelayCore
 from fognode.protocols.onion.relay_crypto import ClientOnion, RelayHop, aead_open, aead_seal, stream_xor
 
 
 def rate(fn: Callable[[], int], seconds: float) -> float:
-    """Units per second of `fn` (which returns the units it did) over about `seconds`."""
+    """Units per CPU second of `fn` (which returns the units it did) over about `seconds` of
+    this process's CPU time (not wall time: on a loaded machine the process waits for a core)."""
     fn()
-    done, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
+    done, start = 0, time.process_time()
+    while (elapsed := time.process_time() - start) < seconds:
         done += fn()
     return done / elapsed
 
@@ -106,6 +114,44 @@ def crypto_rows() -> list[Row]:
             ("3 layers forward, 514-byte cells", forward_514, 498)]
 
 
+def forwarding_rows() -> list[Row]:
+    """A middle relay passing on one link frame of 64 RELAY cells of one circuit: framer,
+    relay core, framed output joined for the link write; cell by cell (CellFramer.feed,
+    RelayCore.receive, one SendCell each) against runs (feed_runs, receive_run, SendCells of at
+    most `run` cells: cells.RUN_MAX is what the node uses)."""
+    core = RelayCore("me", os.urandom(32), {}, CircIdAllocator("me"))
+    circ = RelayCircuit(("prev", 5), RelayHop(derive_keys(os.urandom(32))), 0.0)
+    circ.next = ("next", 7)
+    core._links[circ.prev] = core._by_prev[circ.prev] = core._links[circ.next] = circ
+    frame = b"".join(Cell(5, CellCommand.RELAY, os.urandom(BODY_LEN)).frame() for _ in range(64))
+
+    def by_cell() -> int:
+        out: list[Action] = []
+        for c in CellFramer().feed(frame):
+            assert isinstance(c, Cell)
+            out += core.receive("prev", c, 0.0)
+        b"".join([a.cell.frame() for a in out if isinstance(a, SendCell)])
+        return 64
+
+    def by_run(run: int) -> Callable[[], int]:
+        def go() -> int:
+            saved, cells.RUN_MAX = cells.RUN_MAX, run
+            try:
+                out: list[Action] = []
+                for r in CellFramer().feed_runs(frame):
+                    assert isinstance(r, RelayRun)
+                    out += core.receive_run("prev", r, 0.0)
+            finally:
+                cells.RUN_MAX = saved
+            b"".join([a.frames for a in out if isinstance(a, SendCells)])
+            return 64
+        return go
+
+    return [("middle relay, 64-cell frame, cell by cell", by_cell, MAX_DATA)] + [
+        (f"middle relay, 64-cell frame, runs of {n}{' (RUN_MAX)' if n == cells.RUN_MAX else ''}", by_run(n), MAX_DATA)
+        for n in (cells.RUN_MAX, 64)]
+
+
 class Bench:
     """Client n0 -> n1 -> n2 -> n3, delivering frames by direct calls (no queue fairness)."""
 
@@ -127,25 +173,35 @@ class Bench:
         self.run("n0", acts)
 
     def run(self, origin: str, actions: list[Action]) -> None:
+        """Carry out `origin`'s actions; the cells of one action list for one neighbour go as
+        one link frame (as a link writer batches them), split by that link's CellFramer."""
         work = [(origin, actions)]
         while work:
             src, acts = work.pop(0)
+            frames: dict[str, list[bytes]] = {}
             for a in acts:
-                if isinstance(a, SendCell):
-                    framer = self.framers.get((src, a.peer))
-                    if framer is None:
-                        framer = self.framers[(src, a.peer)] = CellFramer()
-                    for cell in framer.feed(a.cell.frame()):
-                        assert not isinstance(cell, CellError)
-                        if a.peer == "n0":
-                            work.append(("n0", self.circ.receive(cell, 0.0)))
-                        else:
-                            work.append((a.peer, self.relays[a.peer].receive(src, cell, 0.0)))
+                if isinstance(a, SendCells):
+                    frames.setdefault(a.peer, []).append(a.frames)
+                elif isinstance(a, SendCell):
+                    frames.setdefault(a.peer, []).append(a.cell.frame())
                 elif isinstance(a, OpenStream):
                     work.append((src, self.relays[src].stream_opened(a.circuit, a.stream_id, 0.0)))
                 elif isinstance(a, StreamData):
                     self.delivered += len(a.data)
                     work.append((src, self.relays[src].stream_consumed(a.circuit, a.stream_id, 0.0)))
+            for dst, parts in frames.items():
+                framer = self.framers.get((src, dst))
+                if framer is None:
+                    framer = self.framers[(src, dst)] = CellFramer()
+                for item in framer.feed_runs(b"".join(parts)):
+                    assert not isinstance(item, CellError)
+                    if dst == "n0":
+                        work.append(("n0", self.circ.receive_run(item, 0.0) if isinstance(item, RelayRun)
+                                     else self.circ.receive(item, 0.0)))
+                    elif isinstance(item, RelayRun):
+                        work.append((dst, self.relays[dst].receive_run(src, item, 0.0)))
+                    else:
+                        work.append((dst, self.relays[dst].receive(src, item, 0.0)))
 
     def push(self, cells: int) -> int:
         before = self.delivered
@@ -160,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each row's best counts")
     a = ap.parse_args(argv)
     bench = Bench()
-    rows = crypto_rows() + [("full cores, 3 hops, SENDMEs (no sockets)", lambda: bench.push(16), MAX_DATA)]
+    rows = crypto_rows() + forwarding_rows() + [("full cores, 3 hops, SENDMEs (no sockets)", lambda: bench.push(16),
+                                                  MAX_DATA)]
     best = [0.0] * len(rows)
     for _ in range(a.rounds):                 # interleaved: load on the machine hits every row alike
         for i, (_name, fn, _payload) in enumerate(rows):

@@ -14,7 +14,9 @@ machine the direct-write echo can be the slower: it sleeps in epoll sooner). One
 sequential requests; then N client processes run sequential requests for a fixed time and the
 total requests/s is reported. The client runs the same code against both servers (send a
 prepared line, read a line; `LineClient`) and checks every reply after its timed calls; the
-time a client then takes to decode one JSON-RPC reply is printed on its own line. Target
+time a client then takes to decode one JSON-RPC reply is printed on its own line, and so is
+each server's CPU per request over the 1-client throughput run (from /proc: it moves far less
+with other load than the round trips; information, not part of the target). Target
 (issue 16): JSON-RPC p50 <= 4x the faster echo's p50 of the same run. With --socket, the JSON-RPC figures are measured against that live daemon instead.
 """
 from __future__ import annotations
@@ -232,19 +234,31 @@ def client_process(path: Path, mode: str, method: str, start_at: float, duration
     print(n, flush=True)
 
 
-def throughput(path: Path, mode: str, method: str, clients: int, duration: float) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(path: Path, mode: str, method: str, clients: int, duration: float,
+               server_pid: int | None = None) -> tuple[float, float | None]:
+    """Requests/s of `clients` client processes over `duration` seconds, and the server's CPU
+    per request in seconds (its /proc times over the whole run, everything it did included;
+    None without `server_pid`)."""
     start_at = time.time() + 1.0 + 0.1 * clients
     procs = [subprocess.Popen([sys.executable, "-m", "fognode.tools.bench.rpc", "--client", str(path),
                                "--mode", mode, "--method", method, "--start-at", repr(start_at),
                                "--duration", str(duration)], stdout=subprocess.PIPE, text=True)
              for _ in range(clients)]
+    cpu0 = cpu_seconds(server_pid) if server_pid is not None else 0.0
     total = 0
     for p in procs:
         out, _ = p.communicate(timeout=duration + 60)
         if p.returncode != 0:
             raise SystemExit(f"a client process failed (exit {p.returncode})")
         total += int(out.strip())
-    return total / duration
+    cpu = None if server_pid is None else (cpu_seconds(server_pid) - cpu0) / max(1, total + clients)
+    return total / duration, cpu
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -289,10 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         r50, r99, parse = latency(rpc_path, "rpc", a.method, a.calls)
         e50, e99, _ = latency(echo_path, "echo", a.method, a.calls)
         s50, _, _ = latency(old_echo_path, "echo", a.method, a.calls)
-        r1 = throughput(rpc_path, "rpc", a.method, 1, a.duration)
-        e1 = throughput(echo_path, "echo", a.method, 1, a.duration)
-        rn = throughput(rpc_path, "rpc", a.method, a.clients, a.duration)
-        en = throughput(echo_path, "echo", a.method, a.clients, a.duration)
+        daemon_pid = net.nodes[0].proc.pid if net is not None and net.nodes[0].proc is not None else None
+        r1, r_cpu = throughput(rpc_path, "rpc", a.method, 1, a.duration, daemon_pid)
+        e1, e_cpu = throughput(echo_path, "echo", a.method, 1, a.duration, procs[0].pid)
+        rn, _ = throughput(rpc_path, "rpc", a.method, a.clients, a.duration)
+        en, _ = throughput(echo_path, "echo", a.method, a.clients, a.duration)
     finally:
         for p in procs:
             stop_server(p)
@@ -322,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"echo baselines, p50 (the faster is the bound): the control socket's IO {e50:.3f} ms "
           f"({a.method} / it: {r50 / e50:.2f}x); trio's SocketStream, the baseline until stop 22, "
           f"{s50:.3f} ms ({r50 / s50:.2f}x); the throughput rows use the first")
+    if r_cpu is not None and e_cpu is not None:
+        print(f"server CPU per request, 1 client (from /proc over the throughput run; the daemon's "
+              f"background work included): {a.method} {r_cpu * 1e6:.1f} us, echo (the control socket's IO) "
+              f"{e_cpu * 1e6:.1f} us")
     print(f"not in the round trips above (the same client code runs for both; replies are checked "
           f"after the timed calls): decoding one {a.method} reply takes the client {parse:.3f} ms")
     return 0 if ok else 1

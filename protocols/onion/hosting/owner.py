@@ -55,7 +55,7 @@ from fognode.ledger.submit import NotCertified
 from fognode.node.datadir import write_atomic
 from fognode.node.wire import digest
 from fognode.node.errors import FognodeError
-from fognode.node.events import EventBus
+from fognode.node.events import Event, EventBus
 from fognode.node.overlay import Overlay
 from fognode.node.role import Services
 from fognode.protocols.market.api import market_api
@@ -63,7 +63,7 @@ from fognode.protocols.market.messages import Offer
 from fognode.protocols.onion.address import FogAddress, address_from_pubkey, parse_address
 from fognode.protocols.onion.events import HiddenServiceDeployed
 from fognode.protocols.onion.hosting.errors import HostingError
-from fognode.protocols.onion.hosting.fees import parse_memo
+from fognode.protocols.onion.hosting.fees import MEMO_PREFIX, parse_memo
 from fognode.protocols.onion.hosting.host import hosting_rate
 from fognode.protocols.onion.hosting.levels import privacy_level
 from fognode.protocols.onion.hosting.manifest import Manifest, ShardRef, seal, service_id
@@ -84,6 +84,12 @@ MAX_HOURS = 24 * 366
 PLACE_TRIES = 2           # attempts per host whose stream broke during a deploy
 REFUND_MARGIN = 120       # seconds after a lease's deadline before its escrow is refunded (validators' clocks)
 HOSTED_DIR = "hosted"
+
+
+def _access_payment(ev: Event) -> bool:
+    """payments_loop's filter on the event bus: only access-fee payments (their memo, fees.py)
+    wake it; every other certified transfer of the network is not queued."""
+    return isinstance(ev, PaymentProcessed) and ev.memo.startswith(MEMO_PREFIX)
 
 
 @dataclass
@@ -412,7 +418,8 @@ class HostedOwner:
 
     async def payments_loop(self) -> None:
         """Count the access fees paid to our deployments (the ledger's PaymentProcessed events)."""
-        async with self.events.subscribe("onion.hosted", [PaymentProcessed], size=1024) as sub:
+        async with self.events.subscribe("onion.hosted", [PaymentProcessed], size=1024,
+                                         accept=_access_payment) as sub:
             async for ev in sub:
                 assert isinstance(ev, PaymentProcessed)
                 parsed = parse_memo(ev.memo)
