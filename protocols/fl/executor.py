@@ -6,7 +6,9 @@ adapters of transfer/ (over one reused transfer session per peer, opened ahead: 
 at opt-in, to the first aggregator while this node trains and when it plans a round:
 sessions.py); rewards go through the ledger (rewards/ledger.py). Every long action runs
 in the role's nursery and feeds its outcome back through `apply`, which drops late outcomes
-once the role stopped."""
+once the role stopped. Reputation reports wait for this role's gossip in flight (`InFlight`):
+each is a signed observation the registry gossips, and an aggregator reports every
+participant of a round in the same step as it publishes the round's result."""
 from __future__ import annotations
 
 import logging
@@ -41,6 +43,33 @@ from fognode.protocols.fl.transfer.updates import send_update
 
 log = logging.getLogger("fognode.fl")
 
+REPORT_WAIT = 2.0   # seconds a reputation report waits at most for this role's publishes
+
+
+class InFlight:
+    """A count of operations in flight that tasks can wait to drop to zero (bounded)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = trio.Event()        # set (and replaced) whenever the count drops to 0
+
+    def begin(self) -> None:
+        self.count += 1
+
+    def end(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self._idle.set()
+            self._idle = trio.Event()
+
+    async def idle(self, timeout: float) -> bool:
+        """Wait until nothing is in flight, at most `timeout` seconds; False if it timed out."""
+        with trio.move_on_after(timeout):
+            while self.count:
+                await self._idle.wait()
+            return True
+        return False
+
 
 class RoleActions:
     """Carries out the core's actions for one running FL role (see the module docstring)."""
@@ -62,6 +91,7 @@ class RoleActions:
         self._closed = closed
         self._save_lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(max(1, config.aggregation_threads))
+        self._publishing = InFlight()        # this role's publishes not yet handed to the overlay
         self.sessions = TransferSessions(ctx.overlay, metrics, idle=config.transfer_session_idle)
         self.link = Link(overlay=ctx.overlay, config=config, metrics=metrics, core=core,
                          apply=self.apply, now=self._now, closed=closed, sessions=self.sessions)
@@ -81,6 +111,7 @@ class RoleActions:
 
     def publish(self, a: Publish) -> None:
         self._warm_for(a)
+        self._publishing.begin()
         self._nursery.start_soon(self._publish, a)
 
     def _warm_for(self, a: Publish) -> None:
@@ -157,6 +188,22 @@ class RoleActions:
         self.archive.save(st)
 
     def report_outcome(self, a: ReportOutcome) -> None:
+        if self._publishing.count:
+            self._nursery.start_soon(self._report_after_publishes, a)
+        else:
+            self._report(a)
+
+    async def _report_after_publishes(self, a: ReportOutcome) -> None:
+        """Report once this role's publishes in flight went out (at most REPORT_WAIT later).
+        Each report is a signed observation the registry gossips; an aggregator makes one per
+        participant in the same step as it publishes the round's result, and made at once
+        their signing (about 1 ms each at load) ran before the result's publish and their
+        gossip went out with it, on the path to the coordinator that waits for the result."""
+        await self._publishing.idle(REPORT_WAIT)
+        if not self._closed():
+            self._report(a)
+
+    def _report(self, a: ReportOutcome) -> None:
         svc = self.ctx.services.get("reputation")
         if svc is None:
             return
@@ -190,6 +237,8 @@ class RoleActions:
             await self.ctx.overlay.publish(TOPIC, encode_gossip(a.msg))
         except Exception as e:
             log.warning("fl: publish of %s failed: %s", type(a.msg).__name__, e)
+        finally:
+            self._publishing.end()
 
     async def _prepare(self, a: PrepareTask) -> None:
         try:

@@ -12,6 +12,7 @@ import trio
 from fognode.protocols.fl.tasks import TaskError, TrainConfig
 from fognode.protocols.fl.training.prepared import TaskKey, prepare_task, train_round
 from fognode.protocols.fl.training.process import TaskProcess
+from tests.polling import wait_until
 
 PARAMS = {"max_samples": 60.0}
 KEY = TaskKey.of("synthetic", PARAMS, 5, data_seed=3, data_index=2)
@@ -20,6 +21,16 @@ CFG = TrainConfig(epochs=1, lr=0.05, batch_size=10)
 
 def run(fn) -> None:  # type: ignore[no-untyped-def]
     trio.run(fn)
+
+
+def _dead(pid: int) -> bool:
+    """The process `pid` exited (a zombie, or already reaped)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_a_round_in_the_task_process_equals_the_same_round_here() -> None:
@@ -77,7 +88,8 @@ def test_a_dead_task_process_is_replaced_and_rebuilds_the_task_from_its_key() ->
             pid2 = tp.pid
             assert pid2 is not None
             os.kill(pid2, signal.SIGKILL)
-            await trio.sleep(0.2)
+            # dead (a zombie until reaped) before the call: at load 36 it took over 0.2 s
+            await wait_until(lambda: _dead(pid2), timeout=60, what="the killed task process to exit")
             again = await tp.train(KEY, prepared.initial_params, CFG, 1)
             assert np.array_equal(again.result.params, first.result.params) and tp.starts == 3
         finally:
@@ -122,6 +134,31 @@ def test_a_call_cancelled_half_way_kills_the_child_and_the_next_call_works() -> 
             assert tp.pid is None                     # out of step: killed, not reused
             got = await tp.train(KEY, prepared.initial_params, CFG, 0)
             assert got.result.num_samples > 0 and tp.starts == 2 and tp.pid != pid
+        finally:
+            await tp.aclose()
+
+    run(main)
+
+
+def test_the_pipes_to_the_task_process_hold_a_whole_model_frame() -> None:
+    """A training request and its answer each go through in one write (process.PIPE_BYTES),
+    not 64 KiB at a time waiting for the other process to be scheduled."""
+    import fcntl
+
+    from fognode.protocols.fl.training.process import PIPE_BYTES
+
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+
+    async def main() -> None:
+        tp = TaskProcess()
+        try:
+            prepared = await tp.prepare(KEY)
+            proc = tp._proc
+            assert proc is not None and proc.stdin is not None and proc.stdout is not None
+            for pipe in (proc.stdin, proc.stdout):
+                assert fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) >= min(PIPE_BYTES, limit)
+            got = await tp.train(KEY, prepared.initial_params, CFG, 3)
+            assert got.result.params.shape == prepared.initial_params.shape
         finally:
             await tp.aclose()
 

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.part in ("all", "fedprox"):
         fedprox_vs_fedavg(a)
     if a.part in ("all", "rounds") and a.nodes > 0:
-        from fognode.tools.bench.fl_rounds import print_table, run_processes
+        from fognode.tools.bench.fl_rounds import run_processes
+        from fognode.tools.bench.fl_rounds_table import print_table
 
         if a.nodes < 2:
             ap.error("--nodes must be at least 2")

@@ -29,12 +29,16 @@ fognode_fl_transfer_seconds{stream}, fognode_fl_aggregation_seconds) and `fl.sta
 (the coordinator's rounds with `started_at` and `duration`; each participant's rounds with
 `plan_at`, the wall-clock time it saw the round's plan; all processes share one clock).
 
-The bounds are measured in the same run, after the session, with the daemons idle: the same
+The CPU seconds of every daemon and its task process (psutil) are read at the same moments.
+The table and its second critical-path bound, which counts the shared cores, are in
+tools/bench/fl_rounds_table.py. The bounds are measured in the same run, after the session,
+with the daemons idle: the same
 local trainings (every node's data, evaluate + train, the work a daemon does per round) one
 after the other in this process; FedAvg of N updates of the same size in this process; the
 same model bytes fetched over one libp2p stream from the coordinator daemon by a libp2p host
-in this process, and one request/response round trip on that stream protocol (the floor of
-one gossip hop); the same bytes over a plain TCP socket on loopback.
+in this process, with the CPU seconds that fetch costs the daemon and this process, and one
+request/response round trip on that stream protocol (the floor of one gossip hop); the same
+bytes over a plain TCP socket on loopback.
 """
 from __future__ import annotations
 
@@ -89,6 +93,7 @@ class Bounds:
     first_train: float        # seconds of the first training in this process (first-use costs)
     fedavg: float             # seconds, FedAvg of N updates in this process
     fetch: float              # median seconds, one model fetch over one libp2p stream
+    fetch_cpu: tuple[float, float]   # CPU seconds of one such fetch: (sending daemon, receiver here)
     rtt: float                # median seconds, one request/response on an open connection
     tcp: float                # median seconds, the same bytes over plain TCP on loopback
     idle_lag: float           # mean event-loop lag of the daemons, idle, for IDLE_LAG seconds
@@ -109,6 +114,12 @@ class RoundsResult:
     problems: dict[str, int]               # update sends that failed, by reason
     mesh: bool
     warmup: str                            # how the warm-up session went
+    cpu: list[float]                       # CPU seconds of the daemons and their task processes,
+                                           # per recorded round (same columns as `phases`)
+    idle_cpu: float                        # CPU seconds per second of the same daemons idle
+    cores: int                             # CPUs this process (and the daemons) may run on
+    gossip: dict[str, list[float]]         # topic -> gossip messages delivered to the nodes' roles,
+                                           # per recorded round (same columns as `phases`)
 
 
 PHASES = {   # phase -> (histogram, labels, which nodes: "all", "participants" (not node 0), "coordinator")
@@ -227,10 +238,11 @@ def tcp_seconds(nbytes: int, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-async def stream_bounds(addr: str, peer: str, sid: bytes, model_hash: bytes, size: int,
-                        repeats: int = 5) -> tuple[float, float]:
-    """(median request/response round trip, median model fetch) between a libp2p host in
-    this process and the daemon at `addr`, on the daemon's real model stream."""
+async def stream_bounds(addr: str, peer: str, sid: bytes, model_hash: bytes, size: int, pid: int,
+                        repeats: int = 5) -> tuple[float, float, tuple[float, float]]:
+    """(median request/response round trip, median model fetch, CPU seconds of one fetch in
+    the serving daemon `pid` and in this process) between a libp2p host in this process and
+    the daemon at `addr`, on the daemon's real model stream."""
     import trio
     from nacl.signing import SigningKey
     from prometheus_client import CollectorRegistry
@@ -270,13 +282,33 @@ async def stream_bounds(addr: str, peer: str, sid: bytes, model_hash: bytes, siz
                 ok, _ = await ask(b"\0" * 32)      # a model nobody holds: one small answer
                 rtts.append(time.perf_counter() - t)
                 assert not ok
+            cpu0, here0 = tree_cpu([pid]), time.process_time()
             for _ in range(repeats):
                 t = time.perf_counter()
                 ok, arrays = await ask(model_hash)
                 fetches.append(time.perf_counter() - t)
                 if not ok or params_hash(arrays["params"]) != model_hash:
                     raise RuntimeError("the coordinator did not serve the session's final model")
-    return statistics.median(rtts), statistics.median(fetches)
+            cpu = ((tree_cpu([pid]) - cpu0) / repeats, (time.process_time() - here0) / repeats)
+    return statistics.median(rtts), statistics.median(fetches), cpu
+
+
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes `pids` and their children
+    (a daemon's task process); a process gone meanwhile counts 0."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -351,7 +383,9 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
             except TimeoutError:
                 coord.rpc("fl.stop", [w["session_id"]])
                 warm = f"stopped unfinished after {WARMUP_TIMEOUT:.0f} s"
+        pids = [n.proc.pid for n in net.nodes if n.proc is not None]
         before = [scrape(p) for p in ports]
+        cpus = [tree_cpu(pids)]   # CPU used so far, again each time a round is recorded
         t_start = time.time()
         out = coord.rpc("fl.start", {
             "task": TASK, "rounds": rounds, "min_participants": max(2, nodes - 2), "participants": nodes,
@@ -366,6 +400,7 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
             done = coord.rpc("fl.status", [sid, True])
             while len(snaps) <= len(done["history"]):
                 snaps.append([scrape(p) for p in ports])
+                cpus.append(tree_cpu(pids))
             if done["state"] != "running":
                 break
             if time.monotonic() > end:
@@ -373,6 +408,8 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
                 break
             time.sleep(0.25)     # poll interval of fl.status
         after = [scrape(p) for p in ports]
+        if done["state"] != "completed":
+            cpus.append(tree_cpu(pids))      # what the unfinished round used
         history = done["history"]
         start_of = {h["round"]: h["started_at"] for h in history}
         delays: dict[int, list[float]] = {r: [] for r in start_of}
@@ -387,26 +424,37 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
                             for k in range(1, len(history) + 1)]
             if done["state"] != "completed":    # what the unfinished round measured
                 phases[name].append(hist(snaps[len(history)][pick], after[pick], metric_name, labels))
+        gossip: dict[str, list[float]] = {}
+        for name, sample_labels in sorted(after[0]):
+            if name == "fognode_node_gossip_messages_in_total":
+                topic = dict(sample_labels)["topic"]
+                gossip[topic] = [counter(a, b, name, dict(sample_labels))
+                                 for a, b in zip(snaps, snaps[1:] + [after])]
+                gossip[topic] = gossip[topic][:len(phases["aggregation (fedavg)"])]
         size = int(out["parameters"])
         sent = counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "update"}) \
             + counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "model"})
         print("measuring the bounds with the daemons idle ...", file=sys.stderr, flush=True)
-        time.sleep(IDLE_LAG)     # the daemons' event-loop lag when idle, over IDLE_LAG seconds
+        cpu_idle0 = tree_cpu(pids)
+        time.sleep(IDLE_LAG)     # the daemons' event-loop lag and CPU when idle, over IDLE_LAG seconds
+        idle_cpu = (tree_cpu(pids) - cpu_idle0) / IDLE_LAG
         idle = [scrape(p) for p in ports]
         idle_lag = hist(after, idle, "fognode_node_event_loop_lag_seconds").mean
         rtt = fetch = float("nan")     # if they time out, the session still gets its table
+        fetch_cpu = (float("nan"), float("nan"))
         with contextlib.suppress(trio.TooSlowError):
-            rtt, fetch = trio.run(stream_bounds, coord.addr, coord.peer_id, bytes.fromhex(sid),
-                                  bytes.fromhex(done["model_hash"]), size)
+            rtt, fetch, fetch_cpu = trio.run(stream_bounds, coord.addr, coord.peer_id, bytes.fromhex(sid),
+                                             bytes.fromhex(done["model_hash"]), size, pids[0])
         first, trains = local_training(nodes)
         bounds = Bounds(train=trains, first_train=first, fedavg=fedavg_seconds(nodes, size), fetch=fetch,
-                        rtt=rtt, tcp=tcp_seconds(size * 4), idle_lag=idle_lag)
+                        fetch_cpu=fetch_cpu, rtt=rtt, tcp=tcp_seconds(size * 4), idle_lag=idle_lag)
         return RoundsResult(nodes=nodes, parameters=size,
             state=done["state"] + (f" ({done['reason']})" if done.get("reason") else ""),
             setup=history[0]["started_at"] - t_start if history else float("nan"),
             history=history, plan_delays=delays, phases=phases,
             bytes_per_round=sent / max(len(history), 1), bounds=bounds, problems=_undelivered(net),
-            mesh=mesh, warmup=warm)
+            mesh=mesh, warmup=warm, cpu=[b - a for a, b in zip(cpus, cpus[1:])], idle_cpu=idle_cpu,
+            cores=len(os.sched_getaffinity(0)), gossip=gossip)
     except BaseException:
         for n in net.nodes:
             if n.proc is not None and n.proc.poll() is not None and n.proc.returncode != 0:
@@ -424,76 +472,3 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
                 import shutil
 
                 shutil.rmtree(root, ignore_errors=True)
-
-
-def _mean(xs: list[float]) -> float:
-    return float(np.mean(xs)) if xs else float("nan")
-
-
-def _f(x: float) -> str:
-    return "-" if x != x else f"{x:.3f}"
-
-
-def print_table(r: RoundsResult) -> None:
-    """Per round (metrics scraped when the coordinator records each round), the mean of rounds
-    2 and later (round 1 also pays each daemon's first torch use and the first dials), and
-    the bound measured in the same run."""
-    b = r.bounds
-    rounds = [h["round"] for h in r.history]
-    steady = list(range(1, len(rounds))) or list(range(len(rounds)))    # indexes of rounds 2..R
-    mb = r.parameters * 4 / 1e6
-    print()
-    print(f"round time, {r.nodes} participants = {r.nodes} `fognode run` processes on 127.0.0.1 "
-          f"({'full mesh' if r.mesh else 'star around node 0, other links dialled on demand'}) "
-          f"(the starter trains too), {TASK} {r.parameters:,} parameters ({mb:.2f} MB float32), "
-          f"{len(rounds)} rounds recorded, session {r.state}")
-    unfinished = any(len(m) > len(rounds) for m in r.phases.values())
-    head = "".join(f"{'round ' + str(k):>9}" for k in rounds) + (f"{'unfinished':>11}" if unfinished else "")
-    label = "rounds 2+" if len(rounds) > 1 else "round 1" if rounds else "-"
-    print(f"{'seconds':<44}{head}{label:>10}{'n':>5}{'bound':>9}  bound: measured in this run")
-
-    def row(name: str, per_round: list[float], overall: float, n: int, bound: float, how: str) -> None:
-        cells = "".join(f"{_f(x):>9}" for x in per_round[:len(rounds)])
-        if unfinished:
-            cells += f"{_f(per_round[len(rounds)]) if len(per_round) > len(rounds) else '-':>11}"
-        print(f"{name:<44}{cells}{_f(overall):>10}{n:>5}{_f(bound):>9}  {how}")
-
-    one_try = [i for i, h in enumerate(r.history) if h["tries"] == 1]
-    d_mean = [_mean(r.plan_delays.get(h["round"], [])) if i in one_try else float("nan")
-              for i, h in enumerate(r.history)]
-    d_last = [max(r.plan_delays.get(h["round"], []) or [float("nan")]) if i in one_try else float("nan")
-              for i, h in enumerate(r.history)]
-    ok = [i for i in steady if i in one_try]
-    row("selection + plan gossip, to a participant", d_mean, _mean([d_mean[i] for i in ok]),
-        sum(len(r.plan_delays.get(r.history[i]["round"], [])) for i in ok), b.rtt,
-        "one request/response on an open libp2p connection")
-    row("  ... to the last participant", d_last, _mean([d_last[i] for i in ok]), len(ok), b.rtt, "")
-    bounds = {"model fetch, participant <- coordinator": (b.fetch, "same bytes over one libp2p stream, daemons idle"),
-              "local training (evaluate + 1 epoch)": (_mean(b.train), "the same trainings one at a time here"),
-              "update transfer, participant -> aggregator": (b.fetch, "same bytes over one libp2p stream"),
-              "aggregation (fedavg)": (b.fedavg, f"fedavg of {r.nodes} updates here"),
-              "new model fetch, coordinator <- aggregator": (b.fetch, "same bytes over one libp2p stream"),
-              "event-loop lag, mean of 0.25 s probes": (b.idle_lag, f"the same daemons idle ({IDLE_LAG:.0f} s)"),
-              **{n: (b.rtt, "one request/response (n = streams opened)") for n in PHASES if n.startswith("stream")}}
-    for name, means in r.phases.items():
-        tot = Mean(sum(means[i].total for i in steady), sum(means[i].count for i in steady))
-        row(name, [m.mean for m in means], tot.mean, int(tot.count), *bounds[name])
-    durations = [h["duration"] for h in r.history]
-    path = b.rtt + b.fetch + max(b.train) + b.fetch + b.fedavg + b.rtt + b.fetch
-    row("round duration at the coordinator", durations, _mean([durations[i] for i in steady]), len(steady),
-        path, "sum of the bounds on the critical path*")
-    print(f"{'tries / updates accepted of selected':<44}" + "".join(
-        f"{str(h['tries']) + ' ' + str(len(h['accepted'])) + '/' + str(len(h['participants'])):>9}" for h in r.history))
-    print(f"  warm-up session before (each daemon's first torch use, first streams): {r.warmup}")
-    print(f"  session setup (announce, task load, opt-in {OPTIN:.0f} s) {r.setup:.1f} s; "
-          f"{r.bytes_per_round / 1e6:.1f} MB of models and updates sent per round; plan gossip is "
-          f"shown for rounds of one try")
-    print(f"  the same bytes over plain TCP on loopback: {1000 * b.tcp:.1f} ms; slowest training alone "
-          f"{max(b.train):.3f} s; first training in this process {b.first_train:.3f} s")
-    for reason, count in sorted(r.problems.items(), key=lambda kv: -kv[1]):
-        print(f"  update sends that failed ({count}x, daemon logs): {reason}")
-    print("  * gossip hop + model fetch + slowest training + update transfer + fedavg + result gossip "
-          "hop + new model fetch; n = observations averaged in the rounds-2+ column; '-' = nothing "
-          "observed (the aggregator does not fetch its own model; a participant records a round's "
-          "plan_at only if the round's result reaches it before the next plan; a round shorter than "
-          "one scrape of all nodes can have its observations counted in the next column)")
