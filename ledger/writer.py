@@ -49,7 +49,7 @@ from fognode.ledger.store import LedgerStore
 from fognode.node.errors import FognodeError, StreamClosed
 from fognode.node.metrics import metric
 from fognode.node.overlay import FramedStream
-from fognode.node.streams import Libp2pFramedStream, send_frames
+from fognode.node.streams import send_frames
 from fognode.node.wire import pack
 
 PIPELINE = 64    # decided requests of one stream waiting for their replies (serve_in_order)
@@ -350,11 +350,7 @@ async def serve_in_order(writer: GroupWriter, stream: FramedStream, decide: Call
             try:
                 if frames:
                     state.room.set()
-                    if isinstance(stream, Libp2pFramedStream):
-                        await send_frames(stream, frames)
-                    else:
-                        for f in frames:
-                            await stream.send_bytes(f)
+                    await send_frames(stream, frames)
                     continue
                 if pending and pending[0][0] is not None and pending[0][0].finished:
                     await pending[0][0].wait()       # its write failed: raises

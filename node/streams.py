@@ -30,6 +30,7 @@ from libp2p.abc import INetStream
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
+from fognode.node.overlay import FramedStream
 from fognode.node.rcmgr import Wait
 from fognode.node.resources import BufferAccount, ResourceGate
 from fognode.node.wire import pack, unpack
@@ -348,14 +349,19 @@ async def _reset_raw(stream: INetStream) -> None:
 COALESCE_BYTES = 60 * 1024  # at most this much in one muxer write of send_frames (one yamux frame: 64 KiB)
 
 
-async def send_frames(stream: Libp2pFramedStream, frames: list[bytes]) -> None:
+async def send_frames(stream: FramedStream, frames: list[bytes]) -> None:
     """Write `frames` (each one frame's body) in order with as few muxer writes as they fit in:
     their headers and bodies are joined into writes of at most COALESCE_BYTES (a frame over it
     is written alone), so replies that are ready together cost one yamux frame, one Noise
     message and one TCP write instead of one each. The peer reads the same frames as from
     `send_bytes` one by one. Raises as `send_bytes` (LocalProtocolError for a frame over
     `max_frame`, checked before anything is written; StreamClosed). A cancel may cut the
-    frames off at any frame boundary or inside a frame, as with `send_bytes`."""
+    frames off at any frame boundary or inside a frame, as with `send_bytes`. Any other
+    FramedStream (node/overlay.py) gets its frames by `send_bytes`, one by one."""
+    if not isinstance(stream, Libp2pFramedStream):
+        for data in frames:
+            await stream.send_bytes(data)
+        return
     for data in frames:
         if len(data) > stream.max_frame:
             raise LocalProtocolError(
