@@ -28,7 +28,8 @@ as `sec_opt`, a constructor option).
   plaintext without awaiting (node/p2pfix_yamux.py's `_read_data_body` uses it).
 - `write(data)` seals `data` in Noise messages of at most 65,519 plaintext bytes (as go-libp2p
   and py-libp2p cut them) and sends them with one TCP write; `write_messages(frames)` makes
-  each frame one Noise message and sends them all with one TCP write. The caller serialises writers,
+  each frame one Noise message and sends them all with one TCP write (straight to the
+  BufferedTCPStream, with RawConnection.write's error mapping). The caller serialises writers,
   as for py-libp2p's session (Yamux's `_write_frame` holds its write lock): the nonces must
   go out in the order they were used.
 Errors are the base session's: `IncompleteReadError` at EOF (received_bytes 0 between
@@ -64,7 +65,6 @@ class QuickNoiseSession(SecureSession):
         proto = old.conn.noise_state.noise_protocol
         self._encrypt = proto.cipher_state_encrypt.encrypt_with_ad
         self._decrypt = proto.cipher_state_decrypt.decrypt_with_ad
-        self._raw: RawConnection = old.conn.read_writer.read_write_closer
         self._tcp = tcp
         self._plain = b""       # the last decrypted message, read up to _pos
         self._pos = 0
@@ -157,8 +157,17 @@ class QuickNoiseSession(SecureSession):
             parts.append(ct)
         return b"".join(parts)
 
+    async def _tcp_write(self, data: bytes) -> None:
+        """The TCP write, with RawConnection.write's error mapping (its layer skipped)."""
+        try:
+            await self._tcp.write(data)
+        except ConnectionClosedError:
+            raise
+        except (IOException, ConnectionResetError) as error:
+            raise RawConnError from error
+
     async def write(self, data: bytes) -> None:
-        await self._raw.write(self.seal(data))
+        await self._tcp_write(self.seal(data))
 
     async def write_messages(self, messages: list[bytes]) -> None:
         """Each of `messages` as one Noise message if it fits (else cut as `seal` cuts it),
@@ -171,7 +180,7 @@ class QuickNoiseSession(SecureSession):
             ct = self._encrypt(None, msg)
             parts.append(len(ct).to_bytes(_LENGTH_SIZE, "big"))
             parts.append(ct)
-        await self._raw.write(parts[0] if len(parts) == 1 else b"".join(parts))
+        await self._tcp_write(parts[0] if len(parts) == 1 else b"".join(parts))
 
 
 def adopt(session: Any) -> Any:

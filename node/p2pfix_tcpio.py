@@ -26,9 +26,31 @@ node/p2pfix_yamux.py knows the connection is one of fognode's. The buffer is the
 and an offset into it (a read copies only what it returns; nothing is moved to the front), and
 `read_exactly(n)` serves node/p2pfix_noiseio.py's whole Noise messages without a scheduler hop
 when they are buffered.
+
+Per small message (issue 16, session 25). `TrioTCPStream.write` goes through trio's
+`SocketStream.send_all` (a conflict detector, a contextlib error translator, a memoryview, the
+socket wrapper's `_try_sync`, then a checkpoint) and ends every write with a scheduler
+checkpoint, so a task that writes many small frames runs one scheduler iteration per frame,
+and so does the reader woken for each. 200-byte frames written one after the other on one
+stream cost 74-83 CPU us per frame for both ends; 200-byte round trips 200 us
+(`python -m fognode.tools.bench.stream_msgs`, both ends in one loop; one TCP round trip on a
+bare socket pair in the same run: 25 and 50 us). `BufferedTCPStream.write` hands the bytes to
+the kernel with one `os.write` on the non-blocking socket and uses `send_all` only for what the
+kernel did not take (the control socket's replies do the same, node/rpc/connection.py). A
+write the kernel takes whole, of at most QUIET_WRITE_BYTES, returns without a checkpoint, except
+every (QUIET_WRITES + 1)-th on the connection, which checkpoints as before: a task writing
+small frames in a row yields every 16 writes instead of every write, and its reader finds
+several frames per wake-up (one way: 31 CPU us per frame). A write of a cancelled task
+raises Cancelled before writing anything, as `send_all`; a larger write or one the kernel does
+not take whole checkpoints as before. A task that only writes small frames without reading can
+hold the loop for at most 16 of them.
+`QuickLock` is a flag and a parking lot: trio.Lock's uncontended `acquire_nowait` and
+`release` (owner bookkeeping, a parking-lot breaker per acquire) were 10 % of the CPU of those
+round trips (py-spy), for about ten locks per message through both ends.
 """
 from __future__ import annotations
 
+import os
 from types import TracebackType
 from typing import Any
 
@@ -38,37 +60,59 @@ from libp2p.io.trio import TrioTCPStream
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 READ_CHUNK = 4 * (65535 + 2)    # up to four whole Noise frames (2-byte length + 65,535 bytes)
+# A write the kernel takes whole, of at most QUIET_WRITE_BYTES, returns without a scheduler
+# checkpoint, except every (QUIET_WRITES + 1)-th one on the connection (module doc)
+QUIET_WRITE_BYTES = 16 * 1024
+QUIET_WRITES = 15
 
 
 class QuickLock:
-    """A trio.Lock (or, given one, a trio.Semaphore) whose uncontended acquire does not yield
-    to the scheduler; a contended one waits as trio's does. Same mutual exclusion."""
+    """A lock whose uncontended acquire does not yield to the scheduler and costs a flag test;
+    a contended one parks until the holder hands the lock over (as trio.Lock: first come,
+    first served, cancellable while waiting). Same mutual exclusion as trio.Lock.
 
-    def __init__(self, inner: trio.Lock | trio.Semaphore | None = None) -> None:
-        self._lock = inner if inner is not None else trio.Lock()
+    Unlike trio.Lock it keeps no owner: any task may release it (so it also stands in for the
+    `trio.Semaphore(1)` of py-libp2p's ReadWriteLock, which whichever reader leaves last
+    releases), and it does not break its waiters when a holder exits without releasing.
+    trio.Lock's uncontended `acquire_nowait` and `release` (owner bookkeeping, a
+    parking-lot breaker per acquire) were 10 % of the CPU of 200-byte round trips on one
+    stream (`python -m fognode.tools.bench.stream_msgs`, py-spy): a message takes and
+    releases about ten of these locks on its way through both ends."""
+
+    __slots__ = ("_held", "_lot")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._lot = trio.lowlevel.ParkingLot()
 
     async def acquire(self) -> None:
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
+        if not self._held:
+            self._held = True
+            return
+        await self._lot.park()      # release() hands the lock over: _held stays True
 
     def acquire_nowait(self) -> None:
-        self._lock.acquire_nowait()
+        if self._held:
+            raise trio.WouldBlock
+        self._held = True
 
     def release(self) -> None:
-        self._lock.release()
+        if not self._held:
+            raise RuntimeError("release of a QuickLock that is not held")
+        if self._lot:
+            self._lot.unpark()
+        else:
+            self._held = False
 
     async def __aenter__(self) -> None:
         await self.acquire()
 
     async def __aexit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self._lock.release()
+        self.release()
 
     def locked(self) -> bool:
-        return self._lock.locked() if isinstance(self._lock, trio.Lock) \
-            else self._lock.value == 0
+        return self._held
 
 
 class BufferedTCPStream(TrioTCPStream):
@@ -85,6 +129,7 @@ class BufferedTCPStream(TrioTCPStream):
         self.write_lock = QuickLock()   # type: ignore[assignment]
         self._data = b""     # the bytes of the last receive not yet read, from _off on
         self._off = 0
+        self._quiet_writes = 0   # small writes since the last one that checkpointed
 
     def buffered(self) -> int:
         """Bytes received and not yet read."""
@@ -124,6 +169,40 @@ class BufferedTCPStream(TrioTCPStream):
                 return b""
             self._data, self._off = data, 0
             return self._take(n)
+
+    async def write(self, data: bytes) -> None:
+        """TrioTCPStream's write (same errors: ConnectionClosedError when the peer reset the
+        connection, nothing when it was closed locally) with the bytes handed to the kernel
+        by one `os.write` on the non-blocking socket; only what it does not take goes through
+        trio's `send_all`. A cancelled task writes nothing, as with `send_all`, and the write
+        ends with a scheduler checkpoint, as `send_all` does (module doc)."""
+        await self.write_lock.acquire()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            sent = 0
+            fd = self.stream.socket.fileno()    # -1 once closed: send_all says so below
+            if fd >= 0:
+                try:
+                    sent = os.write(fd, data)
+                except OSError:     # full (BlockingIOError), or broken: send_all tells which
+                    sent = 0
+                if sent == len(data):
+                    if sent <= QUIET_WRITE_BYTES and self._quiet_writes < QUIET_WRITES:
+                        self._quiet_writes += 1
+                        return
+                    self._quiet_writes = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return
+            try:
+                await self.stream.send_all(memoryview(data)[sent:] if sent else data)
+            except trio.BrokenResourceError as error:
+                raise ConnectionClosedError(
+                    f"TCP connection reset by remote peer: {error}", transport="tcp",
+                ) from error
+            except trio.ClosedResourceError:
+                return      # closed locally: as TrioTCPStream, nothing to report
+        finally:
+            self.write_lock.release()
 
     async def read_exactly(self, n: int) -> bytes:
         """`n` bytes; fewer only at EOF. Served without a scheduler hop when buffered."""

@@ -270,7 +270,7 @@ class QuickYamuxStream(YamuxStream):
             self.window_lock = QuickLock()
             self.close_lock = QuickLock()
             # ReadWriteLock's writer semaphore (released by whichever reader leaves last)
-            self.rw_lock._writer_lock = QuickLock(trio.Semaphore(1))
+            self.rw_lock._writer_lock = QuickLock()
 
     def _grow_threshold(self) -> int:
         if not isinstance(self.conn, QuickYamux):

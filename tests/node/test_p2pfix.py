@@ -19,6 +19,7 @@ import libp2p.stream_muxer.muxer_multistream as muxer_multistream
 import libp2p.stream_muxer.yamux.yamux as yamux_mod
 import pytest
 import trio
+import trio.testing
 from libp2p.custom_types import TProtocol
 from libp2p.io.trio import TrioTCPStream
 from libp2p.network.connection.swarm_connection import SwarmConn
@@ -63,6 +64,7 @@ PINNED: dict[Any, str] = {
     GossipSub.emit_idontwant: "e87d7cb9d4eda733",     # p2pfix_idontwant sends through it
     Pubsub.continuously_read_stream: "ac0c4ad87ca39288",
     TrioTCPStream.read: "c606ac89ec9d0eae",
+    TrioTCPStream.write: "4b00ddfa20520320",    # BufferedTCPStream.write: its errors kept
     TrioTCPStream.__init__: "4222fa993846189e",
     Yamux.__init__: "3b11a2a71ca444ca",
     Yamux._write_frame: "16ff969cdd0d2b1b",
@@ -217,6 +219,68 @@ async def test_bulk_both_ways_with_go_yamux_window_updates() -> None:
             await fs.send_bytes(blob)
             assert await fs.recv_bytes() == blob
             await fs.close()
+
+
+async def test_quick_lock_excludes_hands_over_in_order_and_drops_a_cancelled_waiter() -> None:
+    lock = QuickLock()
+    await lock.acquire()            # free: taken without a checkpoint
+    assert lock.locked()
+    with pytest.raises(trio.WouldBlock):
+        lock.acquire_nowait()
+    order: list[int] = []
+
+    async def waiter(i: int, scope: trio.CancelScope | None = None) -> None:
+        with scope or trio.CancelScope():
+            async with lock:
+                order.append(i)
+                await trio.sleep(0)     # still held across a checkpoint
+
+    gone = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        for i, scope in ((0, None), (99, gone), (1, None), (2, None)):
+            nursery.start_soon(waiter, i, scope)
+            await trio.testing.wait_all_tasks_blocked()     # queued in this order
+        gone.cancel()               # the second waiter leaves the queue
+        await trio.testing.wait_all_tasks_blocked()
+        lock.release()              # any task may release; the first waiter gets the lock
+    assert order == [0, 1, 2] and not lock.locked()
+    with pytest.raises(RuntimeError):
+        lock.release()
+
+
+async def test_small_writes_in_a_row_yield_every_sixteen_and_arrive_in_order() -> None:
+    """BufferedTCPStream.write: a small write the kernel takes returns without a checkpoint,
+    but every 16th checkpoints, so a task writing small frames cannot hold the loop."""
+    got: list[bytes] = []
+    done = trio.Event()
+
+    async def sink(fs: Any) -> None:
+        for _ in range(160):
+            got.append(await fs.recv_bytes())
+        done.set()
+
+    async with overlays(2) as (a, b):
+        b.set_stream_handler(ECHO, sink)
+        with trio.fail_after(30):
+            fs = await a.open_stream(b.peer_id, ECHO)
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await trio.sleep(0)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ticker)
+                await trio.sleep(0.05)
+                start = ticks
+                for i in range(160):
+                    await fs.send_bytes(b"%d" % i + bytes(200))
+                ran = ticks - start
+                nursery.cancel_scope.cancel()
+            await done.wait()
+    assert got == [b"%d" % i + bytes(200) for i in range(160)]
+    assert 160 // 16 - 2 <= ran < 160, ran     # yields about every 16 writes, not every one
 
 
 async def test_multistream_falls_back_to_the_next_protocol_and_refuses_unknown_ones() -> None:
