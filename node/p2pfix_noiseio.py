@@ -68,6 +68,7 @@ class QuickNoiseSession(SecureSession):
         self._tcp = tcp
         self._plain = b""       # the last decrypted message, read up to _pos
         self._pos = 0
+        self.muxer: Any = None  # its Yamux connection, for node/p2pfix_yamux_reader.py
 
     def buffered(self) -> int:
         """Plaintext bytes decrypted and not yet read."""

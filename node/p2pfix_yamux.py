@@ -98,6 +98,7 @@ from libp2p.stream_muxer.yamux.yamux import (HEADER_SIZE, MAX_WINDOW_SIZE,
                                              TYPE_DATA, YAMUX_HEADER_FORMAT, Yamux, YamuxStream,
                                              _yamux_data_read_timeout)
 
+from fognode.node import p2pfix_yamux_reader
 from fognode.node.p2pfix_noiseio import QuickNoiseSession
 from fognode.node.p2pfix_tcpio import QuickLock, is_buffered
 
@@ -173,9 +174,8 @@ class _StreamTable(dict[int, Any]):
 class QuickYamux(Yamux):
     """py-libp2p's Yamux with QuickLocks and one scheduler hop per frame write, window growth
     charged to a budget, and lean read paths (module doc). Its frame reader
-    (`handle_incoming`) is py-libp2p's: it still formats its debug messages for every frame
-    (about 1 % of a validator's CPU in the ledger benchmark); replacing it would mean a copy
-    of that 250-line method, which we do not keep."""
+    (`handle_incoming`) is py-libp2p's, but on a QuickNoiseSession plain DATA and
+    WINDOW_UPDATE frames are handled before it sees them (node/p2pfix_yamux_reader.py)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -183,6 +183,8 @@ class QuickYamux(Yamux):
         self._write_lock = QuickLock()
         self.streams = _StreamTable()
         self.window_budget: WindowBudget | None = _budgets.get(_local_peer(self.secured_conn))
+        if isinstance(self.secured_conn, QuickNoiseSession):
+            p2pfix_yamux_reader.serve(self.secured_conn, self)
 
     async def _write_frame(self, data: bytes) -> None:
         """Write one whole frame (header and body in one piece; QuickYamuxStream.write may
@@ -406,6 +408,7 @@ def yamux_for(conn: Any, *args: Any, **kwargs: Any) -> Yamux:
 
 def install() -> None:
     """Rebind `Yamux` in libp2p.stream_muxer.muxer_multistream and `YamuxStream` in
-    libp2p.stream_muxer.yamux.yamux (idempotent)."""
+    libp2p.stream_muxer.yamux.yamux, and install node/p2pfix_yamux_reader.py (idempotent)."""
     setattr(_muxer_multistream_mod, "Yamux", yamux_for)
     setattr(_yamux_mod, "YamuxStream", QuickYamuxStream)
+    p2pfix_yamux_reader.install()

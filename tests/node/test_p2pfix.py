@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import os
 import re
 import statistics
@@ -22,6 +23,7 @@ import trio
 import trio.testing
 from libp2p.custom_types import TProtocol
 from libp2p.io.trio import TrioTCPStream
+from libp2p.io.utils import read_exactly
 from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.peer import peerstore
@@ -113,7 +115,10 @@ PINNED: dict[Any, str] = {
     CipherState.decrypt_with_ad: "1493b737bc5cf71f",
     RawConnection.read: "fc5cc670c47db302",
     RawConnection.write: "1a486aa01639d127",
+    # node/p2pfix_yamux_reader.py: handle_incoming's DATA and WINDOW_UPDATE branches for frames
+    # without flags, done before it sees them; it reads headers as read_exactly(conn, 12)
     Yamux.handle_incoming: "ad15ff6943feac20",
+    read_exactly: "ae12723eff6b556d",
     Yamux._read_data_body: "54cc06c91ba6ee15",
     Yamux.read_stream: "d07c99299384666d",
     YamuxStream.read: "ca585f2199fd4e83",
@@ -135,6 +140,7 @@ def test_pinned_py_libp2p_is_the_one_the_fixes_were_written_for() -> None:
                       (gossipsub_mod, "maybe_consume_signed_record"),
                       (pubsub_mod, "env_to_send_in_RPC"), (gossipsub_mod, "env_to_send_in_RPC"),
                       (muxer_multistream, "Yamux"), (yamux_mod, "YamuxStream"),
+                      (yamux_mod, "read_exactly"),
                       (swarm_connection, "NetStream")):
         assert hasattr(mod, name), (mod.__name__, name)
     # p2pfix_idontwant relies on publish() not awaiting before it emits IDONTWANT
@@ -281,6 +287,48 @@ async def test_small_writes_in_a_row_yield_every_sixteen_and_arrive_in_order() -
             await done.wait()
     assert got == [b"%d" % i + bytes(200) for i in range(160)]
     assert 160 // 16 - 2 <= ran < 160, ran     # yields about every 16 writes, not every one
+
+
+class _Frames(logging.Handler):
+    """The frames py-libp2p's handle_incoming saw (its debug line per frame)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("YAMUX RX"):
+            self.seen.append(msg)
+
+
+async def test_plain_frames_skip_handle_incoming_and_flagged_ones_reach_it() -> None:
+    """node/p2pfix_yamux_reader.py: DATA frames without flags whose body came with the header,
+    and WINDOW_UPDATEs without flags, are handled before handle_incoming; a FIN still reaches
+    it, and the bytes arrive in order."""
+    yamux_log = logging.getLogger(yamux_mod.__name__)
+    frames = _Frames()
+    async with overlays(2) as (a, b):
+        b.set_stream_handler(ECHO, echo)
+        with trio.fail_after(30):
+            fs = await a.open_stream(b.peer_id, ECHO)
+            level = yamux_log.level
+            yamux_log.setLevel(logging.DEBUG)
+            yamux_log.addHandler(frames)
+            try:
+                for i in range(50):
+                    await fs.send_bytes(b"%d" % i + bytes(300))
+                    assert await fs.recv_bytes() == b"%d" % i + bytes(300)
+                big = os.urandom(600_000)       # window updates both ways
+                await fs.send_bytes(big)
+                assert await fs.recv_bytes() == big
+                await fs.close()
+                await wait_until(lambda: any("FIN" in m for m in frames.seen), what="FIN seen")
+            finally:
+                yamux_log.removeHandler(frames)
+                yamux_log.setLevel(level)
+    assert not [m for m in frames.seen if "flags=0 " in m and "DATA" in m and "length=3" in m]
+    assert not [m for m in frames.seen if "WINDOW_UPDATE flags=0 " in m], frames.seen
 
 
 async def test_multistream_falls_back_to_the_next_protocol_and_refuses_unknown_ones() -> None:
