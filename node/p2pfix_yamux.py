@@ -302,7 +302,7 @@ class QuickYamuxStream(YamuxStream):
                     try:
                         if self.closed:
                             raise MuxedStreamError("Stream is closed")
-                        frames = self._frames(data, sent)
+                        frames, batch = self._frames(data, sent)
                     finally:
                         self.window_lock.release()
                 finally:
@@ -310,11 +310,12 @@ class QuickYamuxStream(YamuxStream):
                 if not frames:
                     await self._wait_for_window()
             await conn._write_frames(frames)
-            sent += sum(len(f) for f in frames) - HEADER_SIZE * len(frames)
+            sent += batch
 
-    def _frames(self, data: bytes, sent: int) -> list[bytes]:
+    def _frames(self, data: bytes, sent: int) -> tuple[list[bytes], int]:
         """DATA frames for `data` from `sent` on, as far as the send window and WRITE_BATCH
-        allow; their bytes are taken from the window. Called under the window lock."""
+        allow, and the data bytes they carry; those are taken from the window. Called under
+        the window lock."""
         frames = []
         total = len(data)
         view = memoryview(data)
@@ -326,7 +327,11 @@ class QuickYamuxStream(YamuxStream):
             frames.append(header + view[sent:sent + n])
             sent += n
             batch += n
-        return frames
+        return frames, batch
+
+    def has_data(self) -> bool:
+        """Bytes are buffered for this stream: a read returns at once."""
+        return bool(self.conn.stream_buffers.get(self.stream_id))
 
     async def _wait_for_window(self) -> None:
         """py-libp2p's wait for a window update: a 10 ms poll, at most 5 s."""

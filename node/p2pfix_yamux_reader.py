@@ -73,7 +73,9 @@ async def read_header(reader: Any, n: int, retry_count: int = 100) -> bytes:
             return _NOOP
         header = reader.take(HEADER_SIZE)
         if header is None:
-            header = await read_exactly(reader, HEADER_SIZE, retry_count)
+            header = await reader.read(HEADER_SIZE)   # all 12, or fewer at the end only
+            if len(header) < HEADER_SIZE:       # read_exactly's next read, as it would
+                header += await read_exactly(reader, HEADER_SIZE - len(header), retry_count)
         version, typ, flags, stream_id, length = _HEADER.unpack(header)
         if flags or version:
             return header

@@ -15,8 +15,8 @@ frame as it arrives (an announced length reserves nothing) and charges the bytes
 holds to its peer; over the peer's or the node's budget it is reset (`StreamRefused`). Every
 read has a deadline (rcmgr.StreamDeadlines): the first frame of an inbound stream, each chunk of
 a frame that has begun, and the quiet time between whole frames; a missed one resets the stream
-(`StreamDeadline`). Both are StreamClosed, so a handler that ends on StreamClosed needs nothing
-new.
+(`StreamDeadline`); a read the muxer can serve at once from bytes it holds has none. Both are
+StreamClosed, so a handler that ends on StreamClosed needs nothing new.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from libp2p.stream_muxer.exceptions import MuxedStreamError
 
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
 from fognode.node.overlay import FramedStream
+from fognode.node.p2pfix_yamux import QuickYamuxStream
 from fognode.node.rcmgr import Wait
 from fognode.node.resources import BufferAccount, ResourceGate
 from fognode.node.wire import pack, unpack
@@ -196,7 +197,7 @@ class Libp2pFramedStream:
     async def _read_some(self, want: int, *, in_frame: bool, until: float | None) -> bytes:
         """One read of at most `want` bytes under this read's deadline; b"" at EOF/reset."""
         dl = None
-        if self._gate is not None:
+        if self._gate is not None and not self._muxer_has_data():
             dl = self._gate.deadlines.for_read(inbound=self._inbound, frames_received=self._frames,
                                                in_frame=in_frame)
         if dl is not None and until is not None and until - trio.current_time() < dl[1]:
@@ -215,6 +216,12 @@ class Libp2pFramedStream:
         self._gate.deadline_missed(phase, self.remote_peer, self.protocol_id, what)
         await self.reset()
         raise StreamDeadline(f"stream from {self.remote_peer} ({self.protocol_id}): {what}; reset")
+
+    def _muxer_has_data(self) -> bool:
+        """The muxer holds bytes of this stream, so a read returns them at once: no deadline
+        (and no cancel scope) needed."""
+        muxed = getattr(self._stream, "muxed_stream", None)
+        return isinstance(muxed, QuickYamuxStream) and muxed.has_data()
 
     async def _refuse(self, why: str) -> None:
         await self.reset()
