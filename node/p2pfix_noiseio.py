@@ -29,7 +29,8 @@ as `sec_opt`, a constructor option).
 - `write(data)` seals `data` in Noise messages of at most 65,519 plaintext bytes (as go-libp2p
   and py-libp2p cut them) and sends them with one TCP write; `write_messages(frames)` makes
   each frame one Noise message and sends them all with one TCP write (straight to the
-  BufferedTCPStream, with RawConnection.write's error mapping). The caller serialises writers,
+  BufferedTCPStream, with RawConnection.write's error mapping; the lengths and ciphertexts go
+  to one `os.writev` unjoined, node/p2pfix_tcpio.py). The caller serialises writers,
   as for py-libp2p's session (Yamux's `_write_frame` holds its write lock): the nonces must
   go out in the order they were used.
 Errors are the base session's: `IncompleteReadError` at EOF (received_bytes 0 between
@@ -144,44 +145,49 @@ class QuickNoiseSession(SecureSession):
             got += len(msg)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def seal(self, data: Any) -> bytes:
-        """`data` (bytes-like) as length-prefixed Noise transport messages, one TCP write."""
+    def _seal_into(self, data: Any, parts: list[bytes]) -> None:
+        """Append `data` (bytes-like) to `parts` as Noise transport messages, each a 2-byte
+        length and its ciphertext, cut at 65,519 plaintext bytes."""
         size = len(data)
         if size <= MAX_PLAINTEXT_LENGTH:
             ct = self._encrypt(None, data)
-            return len(ct).to_bytes(_LENGTH_SIZE, "big") + ct
+            parts.append(len(ct).to_bytes(_LENGTH_SIZE, "big"))
+            parts.append(ct)
+            return
         view = memoryview(data)
-        parts = []
         for start in range(0, size, MAX_PLAINTEXT_LENGTH):
             ct = self._encrypt(None, view[start:start + MAX_PLAINTEXT_LENGTH])
             parts.append(len(ct).to_bytes(_LENGTH_SIZE, "big"))
             parts.append(ct)
+
+    def seal(self, data: Any) -> bytes:
+        """`data` (bytes-like) as length-prefixed Noise transport messages, joined."""
+        parts: list[bytes] = []
+        self._seal_into(data, parts)
         return b"".join(parts)
 
-    async def _tcp_write(self, data: bytes) -> None:
-        """The TCP write, with RawConnection.write's error mapping (its layer skipped)."""
+    async def _tcp_write(self, parts: list[bytes]) -> None:
+        """One TCP write of `parts` (not joined: BufferedTCPStream.write_parts), with
+        RawConnection.write's error mapping (its layer skipped)."""
         try:
-            await self._tcp.write(data)
+            await self._tcp.write_parts(parts)
         except ConnectionClosedError:
             raise
         except (IOException, ConnectionResetError) as error:
             raise RawConnError from error
 
     async def write(self, data: bytes) -> None:
-        await self._tcp_write(self.seal(data))
+        parts: list[bytes] = []
+        self._seal_into(data, parts)
+        await self._tcp_write(parts)
 
     async def write_messages(self, messages: list[bytes]) -> None:
         """Each of `messages` as one Noise message if it fits (else cut as `seal` cuts it),
         all in one TCP write. The caller serialises writers, as for `write`."""
-        parts = []
+        parts: list[bytes] = []
         for msg in messages:
-            if len(msg) > MAX_PLAINTEXT_LENGTH:
-                parts.append(self.seal(msg))
-                continue
-            ct = self._encrypt(None, msg)
-            parts.append(len(ct).to_bytes(_LENGTH_SIZE, "big"))
-            parts.append(ct)
-        await self._tcp_write(parts[0] if len(parts) == 1 else b"".join(parts))
+            self._seal_into(msg, parts)
+        await self._tcp_write(parts)
 
 
 def adopt(session: Any) -> Any:

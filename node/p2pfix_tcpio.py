@@ -35,7 +35,8 @@ and so does the reader woken for each. 200-byte frames written one after the oth
 stream cost 74-83 CPU us per frame for both ends; 200-byte round trips 200 us
 (`python -m fognode.tools.bench.stream_msgs`, both ends in one loop; one TCP round trip on a
 bare socket pair in the same run: 25 and 50 us). `BufferedTCPStream.write` hands the bytes to
-the kernel with one `os.write` on the non-blocking socket and uses `send_all` only for what the
+the kernel with one `os.writev` on the non-blocking socket (`write_parts`: the Noise lengths
+and ciphertexts of a Yamux batch are not joined first) and uses `send_all` only for what the
 kernel did not take (the control socket's replies do the same, node/rpc/connection.py). A
 write the kernel takes whole, of at most QUIET_WRITE_BYTES, returns without a checkpoint, except
 every (QUIET_WRITES + 1)-th on the connection, which checkpoints as before: a task writing
@@ -64,6 +65,7 @@ READ_CHUNK = 4 * (65535 + 2)    # up to four whole Noise frames (2-byte length +
 # checkpoint, except every (QUIET_WRITES + 1)-th one on the connection (module doc)
 QUIET_WRITE_BYTES = 16 * 1024
 QUIET_WRITES = 15
+MAX_PARTS = 512     # buffers of one os.writev (Linux allows 1024); more are joined first
 
 
 class QuickLock:
@@ -171,28 +173,38 @@ class BufferedTCPStream(TrioTCPStream):
             return self._take(n)
 
     async def write(self, data: bytes) -> None:
-        """TrioTCPStream's write (same errors: ConnectionClosedError when the peer reset the
-        connection, nothing when it was closed locally) with the bytes handed to the kernel
-        by one `os.write` on the non-blocking socket; only what it does not take goes through
-        trio's `send_all`. A cancelled task writes nothing, as with `send_all`, and the write
-        ends with a scheduler checkpoint, as `send_all` does (module doc)."""
+        """TrioTCPStream's write: `write_parts([data])`."""
+        await self.write_parts([data])
+
+    async def write_parts(self, parts: list[bytes]) -> None:
+        """Write `b"".join(parts)` as TrioTCPStream's write would (same errors:
+        ConnectionClosedError when the peer reset the connection, nothing when it was closed
+        locally), without joining them: one `os.writev` on the non-blocking socket hands the
+        kernel what it takes, and only the rest goes through trio's `send_all`. A cancelled
+        task writes nothing, as with `send_all`. A write the kernel takes whole, of at most
+        QUIET_WRITE_BYTES, skips the closing checkpoint except every (QUIET_WRITES + 1)-th
+        one; any other write ends with one, as `send_all` does (module doc)."""
+        if len(parts) > MAX_PARTS:
+            parts = [b"".join(parts)]
         await self.write_lock.acquire()
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             sent = 0
+            total = sum(map(len, parts))
             fd = self.stream.socket.fileno()    # -1 once closed: send_all says so below
             if fd >= 0:
                 try:
-                    sent = os.write(fd, data)
+                    sent = os.writev(fd, parts)
                 except OSError:     # full (BlockingIOError), or broken: send_all tells which
                     sent = 0
-                if sent == len(data):
+                if sent == total:
                     if sent <= QUIET_WRITE_BYTES and self._quiet_writes < QUIET_WRITES:
                         self._quiet_writes += 1
                         return
                     self._quiet_writes = 0
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     return
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
             try:
                 await self.stream.send_all(memoryview(data)[sent:] if sent else data)
             except trio.BrokenResourceError as error:

@@ -128,12 +128,12 @@ async def test_a_large_write_is_one_tcp_write_and_frames_arrive_whole_in_any_cut
             (conn,) = a.host.get_network().get_connections(b.host.get_id())
             tcp = conn.muxed_conn.secured_conn._tcp
             assert isinstance(tcp, BufferedTCPStream)
-            write = tcp.write       # one TCP write: os.write, send_all for any rest
+            write = tcp.write_parts     # one TCP write: os.writev, send_all for any rest
 
-            async def counting(data: Any) -> None:
-                writes.append(len(data))
-                await write(data)
-            tcp.write = counting    # type: ignore[method-assign]  # counts; the write happens
+            async def counting(parts: Any) -> None:
+                writes.append(sum(map(len, parts)))
+                await write(parts)
+            tcp.write_parts = counting  # type: ignore[method-assign]  # counts; the write happens
             blob = os.urandom(1 << 20)
             await fs.send_bytes(blob)
             assert await fs.recv_bytes() == blob
@@ -141,7 +141,7 @@ async def test_a_large_write_is_one_tcp_write_and_frames_arrive_whole_in_any_cut
             # at most one per 256 KiB initial send window, as the window grows fewer
             data = [n for n in writes if n > 4096]
             assert sum(data) >= 1 << 20 and len(data) <= (1 << 20) // (256 * 1024) + 2, writes
-            del tcp.write
+            del tcp.write_parts
 
             # frames written in arbitrary cuts (raw stream writes) are read back whole
             frames = [os.urandom(n) for n in (0, 1, 3, 0, 4, 5, 70_000, 0, 17, 200_000, 2)]
