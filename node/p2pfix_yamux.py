@@ -71,7 +71,9 @@ the same outcomes in the same order, without the f-strings and with one copy;
 `_read_data_body` takes a body from the session's decrypted bytes without a scheduler hop or a
 cancel scope when they hold it, and otherwise reads it under py-libp2p's timeout;
 `_grow_threshold` is half the target window (go-yamux; the env knobs are py-libp2p's
-benchmark switches).
+benchmark switches). `QuickYamuxStream.write` also takes a `PrefixedData` (a framed stream's
+4-byte length and its body, node/streams.py) and builds the frames from both, so a large frame's
+body is copied once on its way into Yamux frames, not twice (header join, then frame join).
 
 Installation is a monkeypatch, because the constructor option is ignored (a second upstream
 bug): `new_host(muxer_opt={"/yamux/1.0.0": cls})` accepts a class, but
@@ -86,6 +88,7 @@ unless its connection is a QuickYamux.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import libp2p.stream_muxer.muxer_multistream as _muxer_multistream_mod
@@ -261,6 +264,19 @@ class QuickYamux(Yamux):
                 raise MuxedStreamEOF("Stream was removed") from None
 
 
+@dataclass(frozen=True)
+class PrefixedData:
+    """`prefix + body`, for QuickYamuxStream.write without that join (node/streams.py puts
+    a frame's length before its body so). Only a QuickYamuxStream on a QuickYamux connection
+    takes it (through py-libp2p's NetStream.write, which hands `data` on untouched)."""
+
+    prefix: bytes
+    body: bytes | bytearray | memoryview
+
+    def __len__(self) -> int:
+        return len(self.prefix) + len(self.body)
+
+
 class QuickYamuxStream(YamuxStream):
     """py-libp2p's YamuxStream; on a QuickYamux connection, window updates as go-yamux and
     QuickLocks for its window, close and writer locks."""
@@ -279,12 +295,15 @@ class QuickYamuxStream(YamuxStream):
             return super()._grow_threshold()
         return self.target_recv_window // 2     # go-yamux; py-libp2p reads two env vars per call
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | PrefixedData) -> None:
         """py-libp2p's write; on a QuickYamux connection, the frames the send window allows
         (up to WRITE_BATCH bytes) go to the connection in one `_write_frame` (one TCP write),
-        and the locks are taken without contextlib's async context managers."""
+        and the locks are taken without contextlib's async context managers. `data` may be a
+        PrefixedData there."""
         conn = self.conn
         if not isinstance(conn, QuickYamux):
+            if isinstance(data, PrefixedData):
+                data = data.prefix + bytes(data.body)
             await super().write(data)
             return
         if self.send_closed:
@@ -312,19 +331,27 @@ class QuickYamuxStream(YamuxStream):
             await conn._write_frames(frames)
             sent += batch
 
-    def _frames(self, data: bytes, sent: int) -> tuple[list[bytes], int]:
+    def _frames(self, data: bytes | PrefixedData, sent: int) -> tuple[list[bytes], int]:
         """DATA frames for `data` from `sent` on, as far as the send window and WRITE_BATCH
         allow, and the data bytes they carry; those are taken from the window. Called under
-        the window lock."""
+        the window lock. A PrefixedData's prefix and body are copied once, into the frames."""
         frames = []
         total = len(data)
-        view = memoryview(data)
+        if isinstance(data, PrefixedData):
+            prefix, view = data.prefix, memoryview(data.body)
+        else:
+            prefix, view = b"", memoryview(data)
+        p = len(prefix)
         batch = 0
         while sent < total and self.send_window > 0 and batch < WRITE_BATCH:
             n = min(self.send_window, FRAME_DATA, total - sent)
             self.send_window -= n
             header = struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_DATA, 0, self.stream_id, n)
-            frames.append(header + view[sent:sent + n])
+            if sent >= p:
+                frames.append(header + view[sent - p:sent - p + n])
+            else:
+                frames.append(b"".join((header, prefix[sent:sent + n],
+                                        view[:max(0, sent + n - p)])))
             sent += n
             batch += n
         return frames, batch

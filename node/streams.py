@@ -31,6 +31,7 @@ from libp2p.stream_muxer.exceptions import MuxedStreamError
 
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
 from fognode.node.overlay import FramedStream
+from fognode.node.p2pfix_yamux import PrefixedData, QuickYamux, QuickYamuxStream
 from fognode.node.p2pfix_yamux import QuickYamuxStream
 from fognode.node.rcmgr import Wait
 from fognode.node.resources import BufferAccount, ResourceGate
@@ -41,6 +42,9 @@ log = logging.getLogger("fognode.streams")
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024  # bytes of one frame unless the caller says otherwise
 _HEADER = struct.Struct(">I")
 _READ_CHUNK = 1 << 20  # the most we ask the muxer for in one read
+# A frame of at least this many bytes goes to a QuickYamuxStream as its length and its body,
+# not joined: the Yamux frames are built from both (one copy of the body, not two)
+PREFIXED_MIN = 16 * 1024
 
 # Everything py-libp2p raises when the other side (or the connection) goes away mid-read/write.
 _CLOSED_ERRORS: tuple[type[BaseException], ...] = (Libp2pStreamError, MuxedStreamError, EOFError,
@@ -81,6 +85,8 @@ class Libp2pFramedStream:
         self._frames = 0
         self._account: BufferAccount | None = (
             gate.account(self.remote_peer, self.protocol_id) if gate is not None else None)
+        muxed = getattr(stream, "muxed_stream", None)
+        self._prefixed = isinstance(muxed, QuickYamuxStream) and isinstance(muxed.conn, QuickYamux)
 
     @property
     def raw(self) -> INetStream:
@@ -94,7 +100,10 @@ class Libp2pFramedStream:
             raise LocalProtocolError(
                 f"frame of {len(data)} bytes is over this stream's {self.max_frame}-byte limit")
         try:
-            await self._stream.write(_HEADER.pack(len(data)) + bytes(data))
+            if self._prefixed and len(data) >= PREFIXED_MIN:    # no join of header and body
+                await self._stream.write(PrefixedData(_HEADER.pack(len(data)), data))  # type: ignore[arg-type]
+            else:
+                await self._stream.write(_HEADER.pack(len(data)) + bytes(data))
         except _CLOSED_ERRORS as e:
             raise StreamClosed(f"stream to {self.remote_peer} closed while writing: "
                                f"{type(e).__name__}") from None

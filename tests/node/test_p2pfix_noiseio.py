@@ -34,7 +34,7 @@ from fognode.node.events import EventBus
 from fognode.node.host import OverlayConfig, open_overlay, quiet_libp2p_loggers
 from fognode.node.p2pfix_noiseio import QuickNoise, QuickNoiseSession
 from fognode.node.p2pfix_tcpio import BufferedTCPStream
-from fognode.node.p2pfix_yamux import QuickYamux
+from fognode.node.p2pfix_yamux import FRAME_DATA, PrefixedData, QuickYamux, QuickYamuxStream
 
 RAW_ECHO = "/fognode/test/noiseio-raw-echo/1.0.0"
 # sizes around every boundary the fixes cut at: a Noise message's 65,519 plaintext bytes, a
@@ -159,6 +159,40 @@ async def test_a_large_write_is_one_tcp_write_and_frames_arrive_whole_in_any_cut
                 for f in frames:
                     assert await fs.recv_bytes() == f
             assert fs.buffered == 0
+            await fs.close()
+
+
+async def test_a_prefixed_frame_is_cut_anywhere_as_if_joined() -> None:
+    """node/streams.py hands a large frame to QuickYamuxStream as its length and its body
+    (PrefixedData): the Yamux frames carry exactly `prefix + body` whatever the send window
+    cuts, also inside the prefix; and such frames arrive whole through a framed stream."""
+    async with overlays(2, max_frame=8 << 20) as (a, b):
+        b.set_stream_handler(ECHO, echo)
+        with trio.fail_after(60):
+            fs = await a.open_stream(b.peer_id, ECHO)
+            muxed = fs.raw.muxed_stream
+            assert isinstance(muxed, QuickYamuxStream) and fs._prefixed
+            body = os.urandom(3 * FRAME_DATA + 10)
+            data = PrefixedData(b"\x00\x01\x02\x03", memoryview(body))
+            window = muxed.send_window
+            try:
+                for cuts in ([1, 2, 1, 7, 10**9], [3, FRAME_DATA, 10**9], [4, 10**9], [10**9]):
+                    sent, out = 0, b""
+                    for allowed in cuts:
+                        muxed.send_window = allowed
+                        frames, n = muxed._frames(data, sent)
+                        out += b"".join(f[12:] for f in frames)
+                        assert n == sum(len(f) - 12 for f in frames)
+                        sent += n
+                        if sent == len(data):
+                            break
+                    assert out == data.prefix + body, cuts
+            finally:
+                muxed.send_window = window
+            for size in (16 * 1024, 65_519, 65_520, 300_001):
+                blob = os.urandom(size)
+                await fs.send_bytes(blob)
+                assert await fs.recv_bytes() == blob
             await fs.close()
 
 
