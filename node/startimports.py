@@ -17,8 +17,9 @@ Both blocks run inside `start_imports()`:
 `quiet_blas_threads` is called by `fognode run` before anything imports numpy (the roles do,
 in the second block). OpenBLAS, which numpy loads, starts one worker thread per core that
 busy-waits for work for 2**28 TSC cycles (about 0.1 s at 2.6 GHz) after each job and after its
-own start: 25-35 ms of CPU per start on the reference 2-core machine, while the start's own
-imports want that core. `OPENBLAS_THREAD_TIMEOUT=4` (2**4 cycles, OpenBLAS's minimum) puts the
+own start: 20-30 ms of CPU per start measured at load ~10 (more on an idle machine, where its
+sched_yield gives nothing away), while the start's own imports want that core; 0 ms with the
+setting below. `OPENBLAS_THREAD_TIMEOUT=4` (2**4 cycles, OpenBLAS's minimum) puts the
 workers to sleep as soon as they are idle; they are woken (a futex) by the next threaded BLAS
 call, so the FL aggregator's sgemv still runs on every core. An operator's own
 OPENBLAS_THREAD_TIMEOUT is kept; child processes (FL tasks, WASM jobs) inherit the setting,
