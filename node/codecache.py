@@ -16,6 +16,12 @@ compiled, the file is replaced (temp file and rename: concurrent starts are safe
 start used, so entries of older code go away and the file does not grow; a start that used
 fewer classes (roles disabled) and compiled nothing leaves it alone.
 
+A start that imports in several blocks (node/startimports.py: the control socket's modules,
+then the roles) opens every block but the last with `keep=True`: the blocks then share one
+session (the table is read once, and what each block used is remembered), and the last block
+writes what all of them used if any had to compile. Without it, each block would rewrite the
+file with its own classes only, and every start would compile the other block's again.
+
 Where: the directory of this module's .pyc (`importlib.util.cache_from_source`, so
 PYTHONPYCACHEPREFIX is honoured), file `dataclass-fns.<cache tag>.marshal`, with the
 interpreter's bytecode magic number in its header: a file from another Python version, a
@@ -86,7 +92,8 @@ def write_cache(path: Path, table: dict[bytes, types.CodeType]) -> None:
 
 
 class CachedExec:
-    """`exec` for dataclasses: source text compiled once per digest (module docstring)."""
+    """`exec` for dataclasses: source text compiled once per digest (module docstring).
+    `used` (what this block ran) starts empty; `table` gains what it compiles."""
 
     def __init__(self, table: dict[bytes, types.CodeType]) -> None:
         self.table = table
@@ -98,28 +105,47 @@ class CachedExec:
             key = hashlib.blake2b(source.encode(), digest_size=16).digest()
             code = self.table.get(key)
             if code is None:
-                code = compile(source, "<string>", "exec", dont_inherit=True)
+                code = self.table[key] = compile(source, "<string>", "exec", dont_inherit=True)
                 self.misses += 1
             self.used[key] = code
             source = code
         builtins.exec(source, globals, locals)
 
 
+@dataclasses.dataclass
+class _Session:
+    """What the blocks of one start (`keep=True`, module docstring) share: the table read from
+    the file (plus what they compiled), what they used, and how many entries they compiled."""
+
+    table: dict[bytes, types.CodeType]
+    used: dict[bytes, types.CodeType] = dataclasses.field(default_factory=dict)
+    misses: int = 0
+
+
+_sessions: dict[Path, _Session] = {}     # path -> the open session of a start's blocks
+
+
 @contextlib.contextmanager
-def dataclass_code_cache(path: Path | None = None) -> Iterator[CachedExec | None]:
+def dataclass_code_cache(path: Path | None = None, *, keep: bool = False) -> Iterator[CachedExec | None]:
     """Within the block, dataclasses created compile their methods through the cache at `path`
     (default `cache_path()`); yields the CachedExec (None if there is no cache path or another
-    cache is already active)."""
+    cache is already active). `keep`: a later block of this start uses the cache too; the file
+    is written (if anything had to be compiled) by the first block without `keep`."""
     path = path if path is not None else cache_path()
     if path is None or "exec" in vars(dataclasses):
         yield None
         return
-    cached = CachedExec(read_cache(path))
+    session = _sessions.pop(path, None) or _Session(read_cache(path))
+    cached = CachedExec(session.table)
     dataclasses.exec = cached     # type: ignore[attr-defined]
     try:
         yield cached
     finally:
         if vars(dataclasses).get("exec") is cached:
             del dataclasses.exec   # type: ignore[attr-defined]
-        if cached.misses and not sys.dont_write_bytecode:
-            write_cache(path, cached.used)
+        session.used.update(cached.used)
+        session.misses += cached.misses
+        if keep:
+            _sessions[path] = session
+        elif session.misses and not sys.dont_write_bytecode:
+            write_cache(path, session.used)

@@ -12,24 +12,22 @@ role's `Config` lives with the role. So:
    messages as `load_config`: the socket path, its limits, the log level and format;
 2. `LoadRoles` (run by the daemon in a worker thread while the socket answers "warming up")
    imports the roles, then loads and checks the whole config; a ConfigError there stops the
-   daemon and `fognode run` exits 2 with it, as before. Its imports run with the cyclic GC off
-   (`imports_without_gc`) and with the dataclass methods' bytecode cached across starts
-   (node/codecache.py: about 0.2 s of CPU per start).
+   daemon and `fognode run` exits 2 with it, as before. Its imports, like those `fognode run`
+   makes before it opens the socket, run with the cyclic GC off and the dataclass methods'
+   bytecode cached across starts (node/startimports.py `start_imports`; this is the last block).
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
-from fognode.node.codecache import dataclass_code_cache
 from fognode.node.config import (ENV_PREFIX, Config, NodeSection, RpcSection, build_section, load_config,
                                  read_toml)
 from fognode.node.errors import ConfigError
 from fognode.node.role import Role
+from fognode.node.startimports import start_imports
 
 EARLY_SECTIONS: dict[str, type] = {"node": NodeSection, "rpc": RpcSection}
 
@@ -78,7 +76,7 @@ class LoadRoles:
     overrides: tuple[tuple[str, str, str], ...] = ()
 
     def __call__(self) -> tuple[Config, list[type[Role]]]:
-        with imports_without_gc(), dataclass_code_cache():
+        with start_imports():
             from fognode.node.host import open_overlay  # noqa: F401  (libp2p: imported here, off the event loop)
             from fognode.node.roles import discover_roles
 
@@ -86,26 +84,3 @@ class LoadRoles:
         config = load_config(self.config_path, roles={c.name: c.Config for c in roles},
                              overrides=list(self.overrides))
         return config, roles
-
-
-@contextlib.contextmanager
-def imports_without_gc() -> Iterator[None]:
-    """Import a start's modules with the cyclic garbage collector off, then freeze what they
-    made (`gc.freeze`: out of every later collection) and turn it back on.
-
-    Imports create a few hundred thousand long-lived objects (modules, classes, functions,
-    dataclasses' generated methods) and almost no garbage; with the collector on, the growing
-    heap is scanned again and again while they load (two full and about thirty middle
-    collections for a daemon's imports). Measured with `python -X importtime`, minimum of five
-    runs per module, load ~25: the daemon's imports took about 0.9 s instead of 1.4 s.
-    The price: cyclic garbage made by those imports (about 3,500 objects) is frozen with the
-    rest and never freed. A no-op for the collector if it was already off (tests, embedders)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.enable()

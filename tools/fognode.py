@@ -127,13 +127,17 @@ def run_overrides(args: argparse.Namespace) -> list[tuple[str, str, str]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import trio
+    from fognode.node.startimports import quiet_blas_threads, start_imports
 
-    from fognode.node.daemon import Daemon
-    from fognode.node.daemon_start import LoadRoles, early_settings
-    from fognode.node.datadir import CONFIG, IDENTITY, resolve_datadir
-    from fognode.node.errors import FognodeError
-    from fognode.node.logs import setup_logging
+    quiet_blas_threads()            # before numpy loads (the roles import it while warming up)
+    with start_imports(keep=True):  # what the control socket needs; the roles load later (LoadRoles)
+        import trio
+
+        from fognode.node.daemon import Daemon
+        from fognode.node.daemon_start import LoadRoles, early_settings
+        from fognode.node.datadir import CONFIG, IDENTITY, resolve_datadir
+        from fognode.node.errors import FognodeError
+        from fognode.node.logs import setup_logging
 
     datadir = resolve_datadir(args.datadir)
     try:

@@ -93,3 +93,30 @@ def test_an_active_cache_is_not_stacked(tmp_path: Path) -> None:
             make_classes()
         assert inner is None and vars(dataclasses).get("exec") is outer
     assert "exec" not in vars(dataclasses)
+
+
+def test_the_blocks_of_one_start_share_one_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start imports in two blocks (node/startimports.py): the first with keep=True. The file
+    then holds what both used, written once, and the next start compiles and writes nothing
+    (without the session, each block would replace the other's entries at every start)."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    path = tmp_path / "fns.marshal"
+
+    def one_start() -> tuple[Any, Any]:
+        with dataclass_code_cache(path, keep=True) as first:
+            make_classes()
+        with dataclass_code_cache(path) as second:
+            @dataclasses.dataclass(frozen=True)
+            class Other:
+                name: str
+                size: int = 0
+        return first, second
+
+    first, second = one_start()
+    assert first is not None and second is not None
+    assert first.misses > 0 and second.misses > 0
+    assert len(read_cache(path)) == len(first.used) + len(second.used)
+    written = path.read_bytes()
+    first, second = one_start()
+    assert first.misses == 0 and second.misses == 0
+    assert path.read_bytes() == written
