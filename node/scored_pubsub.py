@@ -10,7 +10,7 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   squared P4 and P5, P6 from the host, and RetainScore (negative counters outlive a
   disconnect). The gates (`allow_publish`, `allow_gossip`, `is_graylisted`, `allow_px_from`)
   compare that score with the thresholds.
-- `ScoredGossipSub(GossipSub)` (node/p2pfix_idontwant.py's): at every heartbeat mesh peers
+- `ScoredGossipSub(GossipSub)` (node/p2pfix_copies.py's): at every heartbeat mesh peers
   with a negative score are PRUNEd (and backed off); mesh candidates must have a score >= 0; a GRAFT from a peer below 0
   is answered with PRUNE; a graylisted peer's control messages are ignored, and IHAVE/IWANT
   from a peer below the gossip threshold are dropped. py-libp2p's own (non-spec) swap of the
@@ -32,8 +32,10 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   flood (and the tasks it spawned made 150-350 ms scheduler batches), while every other task
   of the daemon (node.info, honest peers' streams) waited.
 
-Its per-peer sending loop writes every RPC already queued for a peer in one stream write
-(node/p2pfix_pubsubwrite.py). Each action is counted in
+Every copy read from a peer (seen before or not) is noted in the router's `copies`, so the
+message is not forwarded to that peer (node/p2pfix_copies.py). Its per-peer sending loop
+writes every RPC already queued for a peer in one stream write (node/p2pfix_pubsubwrite.py),
+less the messages the peer holds by then (`without_held`). Each action is counted in
 `fognode_node_gossip_score_actions_total{action}`.
 """
 from __future__ import annotations
@@ -53,7 +55,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from fognode.node import p2pfix_pubsubwrite
 from fognode.node.metrics import metric
-from fognode.node.p2pfix_idontwant import ThresholdIdontwantGossipSub
+from fognode.node.p2pfix_copies import CopyAwareGossipSub, without_held
 from fognode.node.peerscore import PeerScoreParams, TopicCounters, decay_factor, peer_score
 
 MAX_RETAINED = 4096     # disconnected peers whose negative counters are kept at most
@@ -230,10 +232,11 @@ def _decay(factor: float) -> Libp2pTopicParams:
     return Libp2pTopicParams(weight=0.0, cap=0.0, decay=factor)
 
 
-class ScoredGossipSub(ThresholdIdontwantGossipSub):
+class ScoredGossipSub(CopyAwareGossipSub):
     """GossipSub that prunes negative peers, refuses their GRAFTs and ignores graylisted ones.
     Takes GossipSub's arguments plus the score parameters, the P6 function and `count`.
-    Derives from node/p2pfix_idontwant.py's GossipSub (IDONTWANT only where it can save a copy)."""
+    Derives from node/p2pfix_copies.py's GossipSub (no copy to a peer that holds the message),
+    itself node/p2pfix_idontwant.py's (IDONTWANT only where it can save a copy)."""
 
     def __init__(self, *, peer_score: PeerScoreParams, app_score: AppScore, count: Count,
                  **kwargs: Any) -> None:
@@ -352,8 +355,10 @@ class ScoredPubsub(Pubsub):
 
     async def handle_sending_messages(self, peer_id: ID, stream: Any, queue: Any) -> None:
         """py-libp2p's per-peer sending loop, with every RPC already queued for the peer
-        joined into one write (node/p2pfix_pubsubwrite.py)."""
-        await p2pfix_pubsubwrite.send_queued(self, peer_id, stream, queue)
+        joined into one write (node/p2pfix_pubsubwrite.py), less the messages the peer holds."""
+        await p2pfix_pubsubwrite.send_queued(
+            self, peer_id, stream, queue,
+            trim=lambda rpc: without_held(rpc, peer_id, self.scored, self._msg_id_constructor))
 
     async def continuously_read_stream(self, stream: Any) -> None:
         _READING_FROM.set((stream.muxed_conn.peer_id, str(stream.muxed_conn.peer_id)))
@@ -371,7 +376,9 @@ class ScoredPubsub(Pubsub):
         if self._graylisted(peer):
             self.scored.count("graylisted_rpc")
             return False
-        if self._is_msg_seen(msg):      # a duplicate: push_msg would drop it, after a task spawn
+        msg_id = self._msg_id_constructor(msg)
+        self.scored.copies.note(peer, msg_id)       # it holds the message: no copy back to it
+        if self.seen_messages.has(msg_id):  # a duplicate: push_msg would drop it, after a spawn
             return False
         if not all(self._admission(fwd, t, msg.from_id) for t in msg.topicIDs):
             self.scored.count("ignored")
