@@ -29,6 +29,7 @@ from libp2p.pubsub import utils as pubsub_utils
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.utils.varint import encode_uvarint, read_varint_prefixed_bytes_limited
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.security.noise.io import BaseNoiseMsgReadWriter, NoiseTransportReadWriter
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -383,3 +384,29 @@ async def test_no_copy_goes_back_to_a_peer_that_sent_one() -> None:
                                           b.pubsub._msg_id_constructor) is None
         assert p2pfix_copies.without_held(rpc, a_id, b.gossipsub,
                                           b.pubsub._msg_id_constructor) is rpc
+
+
+async def test_pubsub_reader_reads_ahead_and_serves_whole_rpcs() -> None:
+    """scored_pubsub._FairReads: py-libp2p's RPC reader (varint a byte at a time, then the
+    body) gets the same RPCs through the read-ahead, small, large (> READ_AHEAD) and mixed."""
+    raw = TProtocol("/fognode/test/p2pfix-readahead/1.0.0")
+    async with overlays(2) as (a, b):
+        got: list[bytes] = []
+        done = trio.Event()
+
+        async def handler(stream: Any) -> None:
+            reads = scored_pubsub._FairReads(stream)
+            for _ in range(5):
+                got.append(await read_varint_prefixed_bytes_limited(reads, 1 << 20))
+            done.set()
+        b.host.set_stream_handler(raw, handler)
+        s = await a.host.new_stream(b.host.get_id(), [raw])
+        bodies = [b"x", b"y" * 300, b"z" * (scored_pubsub.READ_AHEAD + 10), b"w" * 5,
+                  b"v" * 200]
+        framed = [encode_uvarint(len(x)) + x for x in bodies]
+        await s.write(b"".join(framed[:4]))
+        await s.write(framed[4])
+        with trio.fail_after(10):
+            await done.wait()
+        assert got == bodies
+        await s.close()
