@@ -19,12 +19,14 @@ every RPC already waiting in the queue (up to `BATCH_BYTES`) and writes their fr
 yamux and Noise frames carry them. It uses only the queue's public API (`len`, and `pop`,
 which returns at once when an RPC is queued). A closed or reset stream ends the loop as in
 py-libp2p (`_handle_dead_peer`); any other error likewise. Installed without a monkeypatch:
-node/scored_pubsub.py's `ScoredPubsub.handle_sending_messages` calls it.
+node/scored_pubsub.py's `ScoredPubsub.handle_sending_messages` calls it, with a `trim` that
+takes out of each RPC, as it is written, the messages the peer holds by then
+(node/p2pfix_copies.py `without_held`; an RPC trimmed to nothing is not written).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from libp2p.network.stream.exceptions import StreamClosed, StreamReset
 from libp2p.utils.varint import encode_uvarint
@@ -40,22 +42,33 @@ def frame(rpc: Any) -> bytes:
     return encode_uvarint(len(body)) + body
 
 
-async def send_queued(pubsub: Any, peer_id: Any, stream: Any, queue: Any) -> None:
+Trim = Callable[[Any], Any]       # an RPC -> the RPC to write, or None to write nothing
+
+
+async def send_queued(pubsub: Any, peer_id: Any, stream: Any, queue: Any,
+                      trim: Trim | None = None) -> None:
     """Per-peer sending loop of `pubsub` (module doc); returns when the queue is closed or
-    the stream fails."""
+    the stream fails. `trim`, if given, is asked about each RPC just before it is framed."""
     try:
         while True:
             rpc = await queue.pop()
             if rpc is None:
                 return                      # the queue was closed: the peer is gone
-            parts = [frame(rpc)]
-            size = len(parts[0])
-            while size < BATCH_BYTES and len(queue):
-                more = await queue.pop()    # returns at once: an RPC is queued
-                if more is None:
+            parts = []
+            size = 0
+            while True:
+                if trim is not None:
+                    rpc = trim(rpc)
+                if rpc is not None:
+                    parts.append(frame(rpc))
+                    size += len(parts[-1])
+                if size >= BATCH_BYTES or not len(queue):
                     break
-                parts.append(frame(more))
-                size += len(parts[-1])
+                rpc = await queue.pop()     # returns at once: an RPC is queued
+                if rpc is None:
+                    break
+            if not parts:
+                continue
             try:
                 await stream.write(b"".join(parts))
             except (StreamClosed, StreamReset):

@@ -10,7 +10,7 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   squared P4 and P5, P6 from the host, and RetainScore (negative counters outlive a
   disconnect). The gates (`allow_publish`, `allow_gossip`, `is_graylisted`, `allow_px_from`)
   compare that score with the thresholds.
-- `ScoredGossipSub(GossipSub)` (node/p2pfix_idontwant.py's): at every heartbeat mesh peers
+- `ScoredGossipSub(GossipSub)` (node/p2pfix_copies.py's): at every heartbeat mesh peers
   with a negative score are PRUNEd (and backed off); mesh candidates must have a score >= 0; a GRAFT from a peer below 0
   is answered with PRUNE; a graylisted peer's control messages are ignored, and IHAVE/IWANT
   from a peer below the gossip threshold are dropped. py-libp2p's own (non-spec) swap of the
@@ -26,14 +26,17 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   there too, as `push_msg` would drop it, but without the task (in a full mesh of 4 every
   message arrives 3 times at each node: 1.6 duplicate tasks per ledger transfer at 30 tx/s). The stream's peer reaches that method through a
   context variable set in `continuously_read_stream` (one reader task per peer). That reader
-  also yields to the scheduler at every read (`_FairReads`): node/p2pfix_tcpio.py and
+  also yields to the scheduler at every read, and reads ahead up to READ_AHEAD bytes so an
+  RPC costs at most one trip through the muxer, not three (`_FairReads`): node/p2pfix_tcpio.py and
   p2pfix_yamux.py serve buffered bytes without a checkpoint, so one peer's reader went
   through every RPC buffered from it in a single task step, 118 ms of CPU under a gossip
   flood (and the tasks it spawned made 150-350 ms scheduler batches), while every other task
   of the daemon (node.info, honest peers' streams) waited.
 
-Its per-peer sending loop writes every RPC already queued for a peer in one stream write
-(node/p2pfix_pubsubwrite.py). Each action is counted in
+Every copy read from a peer (seen before or not) is noted in the router's `copies`, so the
+message is not forwarded to that peer (node/p2pfix_copies.py). Its per-peer sending loop
+writes every RPC already queued for a peer in one stream write (node/p2pfix_pubsubwrite.py),
+less the messages the peer holds by then (`without_held`). Each action is counted in
 `fognode_node_gossip_score_actions_total{action}`.
 """
 from __future__ import annotations
@@ -53,11 +56,12 @@ from prometheus_client import CollectorRegistry, Counter
 
 from fognode.node import p2pfix_pubsubwrite
 from fognode.node.metrics import metric
-from fognode.node.p2pfix_idontwant import ThresholdIdontwantGossipSub
+from fognode.node.p2pfix_copies import CopyAwareGossipSub, without_held
 from fognode.node.peerscore import PeerScoreParams, TopicCounters, decay_factor, peer_score
 
 MAX_RETAINED = 4096     # disconnected peers whose negative counters are kept at most
 SCORE_TTL = 0.1         # seconds a computed score is reused (gates ask per message per peer)
+READ_AHEAD = 64 * 1024  # bytes a pubsub reader asks its stream for at once (_FairReads)
 
 AppScore = Callable[[ID], float]
 Count = Callable[[str], None]
@@ -230,10 +234,11 @@ def _decay(factor: float) -> Libp2pTopicParams:
     return Libp2pTopicParams(weight=0.0, cap=0.0, decay=factor)
 
 
-class ScoredGossipSub(ThresholdIdontwantGossipSub):
+class ScoredGossipSub(CopyAwareGossipSub):
     """GossipSub that prunes negative peers, refuses their GRAFTs and ignores graylisted ones.
     Takes GossipSub's arguments plus the score parameters, the P6 function and `count`.
-    Derives from node/p2pfix_idontwant.py's GossipSub (IDONTWANT only where it can save a copy)."""
+    Derives from node/p2pfix_copies.py's GossipSub (no copy to a peer that holds the message),
+    itself node/p2pfix_idontwant.py's (IDONTWANT only where it can save a copy)."""
 
     def __init__(self, *, peer_score: PeerScoreParams, app_score: AppScore, count: Count,
                  **kwargs: Any) -> None:
@@ -318,19 +323,34 @@ class ScoredGossipSub(ThresholdIdontwantGossipSub):
 
 class _FairReads:
     """A pubsub stream whose every read is a trio checkpoint, as reads of trio's own streams
-    are, so a reader that has buffered bytes lets the other tasks run between RPCs. Every
-    other attribute is the wrapped stream's."""
+    are, so a reader that has buffered bytes lets the other tasks run between RPCs. It asks
+    the stream for up to READ_AHEAD bytes at a time and serves py-libp2p's reads from them
+    (its RPC reader takes the varint prefix a byte at a time, then the body: three trips
+    through NetStream, yamux's lock and buffer per RPC before, at most one now, none while
+    RPCs already read wait). A read of READ_AHEAD or more with nothing held goes straight to
+    the stream. Every other attribute is the wrapped stream's."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
+        self._held = b""
+        self._at = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
     async def read(self, n: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint()
-        data: bytes = await self._stream.read(n)
-        return data
+        if self._at >= len(self._held):
+            if n is not None and n >= READ_AHEAD:
+                big: bytes = await self._stream.read(n)
+                return big
+            data: bytes = await self._stream.read(READ_AHEAD)
+            if n is None or n < 0 or len(data) <= n:
+                return data
+            self._held, self._at = data, 0
+        start = self._at
+        self._at = len(self._held) if n is None or n < 0 else min(start + n, len(self._held))
+        return self._held[start:self._at]
 
 
 class ScoredPubsub(Pubsub):
@@ -352,8 +372,10 @@ class ScoredPubsub(Pubsub):
 
     async def handle_sending_messages(self, peer_id: ID, stream: Any, queue: Any) -> None:
         """py-libp2p's per-peer sending loop, with every RPC already queued for the peer
-        joined into one write (node/p2pfix_pubsubwrite.py)."""
-        await p2pfix_pubsubwrite.send_queued(self, peer_id, stream, queue)
+        joined into one write (node/p2pfix_pubsubwrite.py), less the messages the peer holds."""
+        await p2pfix_pubsubwrite.send_queued(
+            self, peer_id, stream, queue,
+            trim=lambda rpc: without_held(rpc, peer_id, self.scored, self._msg_id_constructor))
 
     async def continuously_read_stream(self, stream: Any) -> None:
         _READING_FROM.set((stream.muxed_conn.peer_id, str(stream.muxed_conn.peer_id)))
@@ -371,7 +393,9 @@ class ScoredPubsub(Pubsub):
         if self._graylisted(peer):
             self.scored.count("graylisted_rpc")
             return False
-        if self._is_msg_seen(msg):      # a duplicate: push_msg would drop it, after a task spawn
+        msg_id = self._msg_id_constructor(msg)
+        self.scored.copies.note(peer, msg_id)       # it holds the message: no copy back to it
+        if self.seen_messages.has(msg_id):  # a duplicate: push_msg would drop it, after a spawn
             return False
         if not all(self._admission(fwd, t, msg.from_id) for t in msg.topicIDs):
             self.scored.count("ignored")

@@ -32,6 +32,7 @@ from libp2p.pubsub import utils as pubsub_utils
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.utils.varint import encode_uvarint, read_varint_prefixed_bytes_limited
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.security.noise.io import BaseNoiseMsgReadWriter, NoiseTransportReadWriter
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -44,7 +45,7 @@ from noise.connection import NoiseConnection
 from noise.state import CipherState
 from prometheus_client import CollectorRegistry
 
-from fognode.node import p2pfix_records, scored_pubsub
+from fognode.node import p2pfix_copies, p2pfix_records, scored_pubsub
 from fognode.node.connmgr import DialError
 from fognode.node.events import EventBus
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
@@ -451,3 +452,74 @@ async def test_a_copy_already_seen_is_dropped_before_its_task() -> None:
             assert b.pubsub._is_subscribed_to_msg(msg) is False     # as read from a's stream
         finally:
             scored_pubsub._READING_FROM.reset(token)
+
+
+# node/p2pfix_copies.py: the forward's peer selection it filters (a generator read after
+# publish's IDONTWANT await) and the disconnect it forgets a peer on
+PINNED[GossipSub._get_peers_to_send] = "1d2d334126ca87ec"
+PINNED[GossipSub.remove_peer] = "bc0ead5b37c88dc3"
+
+
+async def test_no_copy_goes_back_to_a_peer_that_sent_one() -> None:
+    """p2pfix_copies: in a full mesh of 4 every copy read from a peer is noted; a noted peer is
+    left out of the forward and out of a queued RPC; no message is lost."""
+    got: dict[int, list[bytes]] = {}
+    async with overlays(4) as nodes:
+        for i, n in enumerate(nodes):
+            async def on_msg(msg: Any, i: int = i) -> None:
+                got.setdefault(i, []).append(msg.data)
+            await n.subscribe(TOPIC, on_msg)
+        await wait_until(lambda: all(len(n.gossipsub.mesh.get(TOPIC, ())) >= 3 for n in nodes),
+                         what="a full mesh of 4")
+        for k in range(20):
+            await nodes[k % 4].publish(TOPIC, b"c" * 1500 + bytes([k]))
+        await wait_until(lambda: all(len(got.get(i, [])) == 15 for i in range(4)),
+                         what="every other node's 15 messages at every node")
+        a, b, c = nodes[0], nodes[1], nodes[2]
+        a_id, b_id, c_id = (n.host.get_id() for n in (a, b, c))
+        # b noted the copies c sent it (c forwarded messages of a, or published its own)
+        copies = b.gossipsub.copies
+        assert any(copies.has(c_id, b.pubsub._msg_id_constructor(m))
+                   for m in b.gossipsub.mcache.msgs.values()), "b noted no copy from c"
+        d_id = nodes[3].host.get_id()
+        assert set(b.gossipsub._get_peers_to_send([TOPIC], a_id, a_id, b"new")) == {c_id, d_id}
+        copies.note(c_id, b"new")
+        assert set(b.gossipsub._get_peers_to_send([TOPIC], a_id, a_id, b"new")) == {d_id}
+        # a queued RPC holding a message c has and one it has not: only the second is written
+        msgs = [rpc_pb2.Message(from_id=a_id.to_bytes(), seqno=bytes([1, k]), data=b"x",
+                                topicIDs=[TOPIC]) for k in range(2)]
+        copies.note(c_id, b.pubsub._msg_id_constructor(msgs[0]))
+        rpc = rpc_pb2.RPC(publish=msgs)
+        trimmed = p2pfix_copies.without_held(rpc, c_id, b.gossipsub, b.pubsub._msg_id_constructor)
+        assert trimmed is not None and list(trimmed.publish) == [msgs[1]]
+        assert len(rpc.publish) == 2          # the shared RPC (other peers') is untouched
+        assert p2pfix_copies.without_held(rpc_pb2.RPC(publish=msgs[:1]), c_id, b.gossipsub,
+                                          b.pubsub._msg_id_constructor) is None
+        assert p2pfix_copies.without_held(rpc, a_id, b.gossipsub,
+                                          b.pubsub._msg_id_constructor) is rpc
+
+
+async def test_pubsub_reader_reads_ahead_and_serves_whole_rpcs() -> None:
+    """scored_pubsub._FairReads: py-libp2p's RPC reader (varint a byte at a time, then the
+    body) gets the same RPCs through the read-ahead, small, large (> READ_AHEAD) and mixed."""
+    raw = TProtocol("/fognode/test/p2pfix-readahead/1.0.0")
+    async with overlays(2) as (a, b):
+        got: list[bytes] = []
+        done = trio.Event()
+
+        async def handler(stream: Any) -> None:
+            reads = scored_pubsub._FairReads(stream)
+            for _ in range(5):
+                got.append(await read_varint_prefixed_bytes_limited(reads, 1 << 20))
+            done.set()
+        b.host.set_stream_handler(raw, handler)
+        s = await a.host.new_stream(b.host.get_id(), [raw])
+        bodies = [b"x", b"y" * 300, b"z" * (scored_pubsub.READ_AHEAD + 10), b"w" * 5,
+                  b"v" * 200]
+        framed = [encode_uvarint(len(x)) + x for x in bodies]
+        await s.write(b"".join(framed[:4]))
+        await s.write(framed[4])
+        with trio.fail_after(10):
+            await done.wait()
+        assert got == bodies
+        await s.close()
