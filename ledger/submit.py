@@ -107,6 +107,7 @@ class OrderSubmitter:
         self._sender_locks: dict[bytes, trio.Lock] = {}
         self._signers: dict[bytes, frozenset[bytes]] = {}    # sender -> signers of its last certificate
         self._unlocking: dict[bytes, trio.Event] = {}      # wallet -> its key derivation running
+        self._peer_ids: dict[bytes, str] = {}      # validator key -> its peer id (committee members)
         self._nursery: trio.Nursery | None = None
         # why this node's last order found no quorum in time (None once one is certified again):
         # the ledger role reports itself degraded meanwhile (LedgerRole.health_report)
@@ -351,7 +352,9 @@ class OrderSubmitter:
         """Ask one validator (within request_timeout and the order's `deadline`); its answer
         goes to `collector`. `unanswered` holds the validators a request may have reached
         without an answer since (they may hold a lock)."""
-        peer = peer_id_from_pubkey(validator)
+        peer = self._peer_ids.get(validator)
+        if peer is None:      # base58, about 20 us: once per validator, not per ask
+            peer = self._peer_ids[validator] = peer_id_from_pubkey(validator)
         try:
             try:
                 raw = await self.requests.request(validator, peer, request, deadline=deadline)
