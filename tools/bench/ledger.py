@@ -24,7 +24,9 @@ Measured in one run, side by side:
    taken off) against its signature work (less sensitive to a shared, loaded machine than the
    rate; 25 % of the bound needs at most 4x the signature work with every core busy) and the
    synced writes per transfer (`fognode_ledger_store_syncs_total`, when the daemon has it), and
-   the benchmark's own CPU per transfer (its RPC clients share the cores; not in the figure).
+   the benchmark's own CPU per transfer (its RPC clients share the cores; not in the figure),
+   and the 5 slowest transfers (which node, wallet and send, and when it started: a stall at
+   the burst's start shows as first sends).
    Each sending wallet keeps one control-socket connection (`--rpc-per-send`: a new one per
    send, the driver before session 23). `--count-wire` counts yamux frames, stream frames and
    pubsub messages and control entries per transfer (ledger_wire.py); `--pyspy PATH` samples
@@ -283,10 +285,12 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
         errors: list[str] = []
         lock = threading.Lock()
 
+        slowest: list[tuple[float, str]] = []      # (latency, which send: node, wallet, number, start)
+
         def sender(i: int, wallet: str) -> None:
             client = RpcClient(net.nodes[i].socket, timeout=60)     # one connection per wallet
             try:
-                for _ in range(sends_per_node):
+                for k in range(sends_per_node):
                     t = time.perf_counter()
                     try:
                         if rpc_per_send:
@@ -300,6 +304,8 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
                         continue
                     with lock:
                         latencies.append(time.perf_counter() - t)
+                        slowest.append((latencies[-1], f"node {i} wallet {own[i].index(wallet)} send {k} "
+                                                       f"(started at +{t - t0:.2f} s)"))
             finally:
                 client.close()
 
@@ -349,7 +355,7 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
                 "cpu": cpu / max(1, len(latencies)), "sig_work": sig_work, "driver": driver / max(1, len(latencies)),
                 "p50": statistics.median(latencies) if latencies else float("nan"),
                 "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
-                "ok": len(latencies), "errors": errors}
+                "ok": len(latencies), "errors": errors, "slowest": sorted(slowest, reverse=True)[:5]}
     finally:
         net.stop_all()
 
@@ -429,6 +435,8 @@ def main() -> None:
                              f"{n_refused / max(1, e2e['ok']):,.3f}", ""))
             rows.append(("  latency wallet.send -> final, p50 / p99",
                          f"{1000 * e2e['p50']:,.0f} / {1000 * e2e['p99']:,.0f} ms", ""))
+            for latency, which in e2e["slowest"]:
+                rows.append(("  slowest transfers: " + which, f"{1000 * latency:,.0f} ms", ""))
             n = max(1, e2e["ok"])
             wire = e2e["wire"]
             for k, v in sorted(wire.items()):
