@@ -30,6 +30,11 @@ as possibly reached. If some validator voted, or may have, the order keeps its s
 (`OrderStuck`): it stays in flight and the next submit drives it again, because a validator that
 voted would see another order for the sequence as a fork. That is FastPay's rule: a correct
 client never signs two orders for one sequence, even when the first cannot be certified any more.
+
+An order that took more than SLOW_ORDER seconds from `submit` to final is logged at INFO with
+the time of each phase (waiting for the sender's earlier send, re-driving an earlier order, the
+durable in-flight record, the votes and rounds, the durable certificate); one line per wallet
+per SLOW_LOG_INTERVAL seconds at most.
 """
 from __future__ import annotations
 
@@ -54,11 +59,36 @@ from fognode.ledger.state import LedgerState
 from fognode.ledger.store import LedgerStore
 from fognode.ledger.wallet import PASSPHRASE_ENV, Keystore
 from fognode.node.errors import FognodeError, RemoteProtocolError
+from fognode.node.faults import LogRateLimiter
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.role import NodeContext
 from fognode.node.wire import Fields
 
 log = logging.getLogger("fognode.ledger")
+
+SLOW_ORDER = 1.0            # seconds from submit to final above which an order's phases are logged
+SLOW_LOG_INTERVAL = 10.0    # seconds between two such lines for one wallet
+
+
+class _Phases:
+    """When each phase of one submit ended (trio's clock), for the slow-order line."""
+
+    __slots__ = ("start", "marks", "rounds")
+
+    def __init__(self) -> None:
+        self.start = trio.current_time()
+        self.marks: list[tuple[str, float]] = []
+        self.rounds = 0
+
+    def mark(self, phase: str) -> None:
+        self.marks.append((phase, trio.current_time()))
+
+    def describe(self) -> str:
+        out, last = [], self.start
+        for phase, t in self.marks:
+            out.append(f"{phase} {1000 * (t - last):,.0f} ms")
+            last = t
+        return ", ".join(out)
 
 
 class _Round:
@@ -108,6 +138,7 @@ class OrderSubmitter:
         self._signers: dict[bytes, frozenset[bytes]] = {}    # sender -> signers of its last certificate
         self._unlocking: dict[bytes, trio.Event] = {}      # wallet -> its key derivation running
         self._peer_ids: dict[bytes, str] = {}      # validator key -> its peer id (committee members)
+        self._slow_log = LogRateLimiter(interval=SLOW_LOG_INTERVAL)
         self._nursery: trio.Nursery | None = None
         # why this node's last order found no quorum in time (None once one is certified again):
         # the ledger role reports itself degraded meanwhile (LedgerRole.health_report)
@@ -190,10 +221,12 @@ class OrderSubmitter:
         sender that this call certified first is appended to `completed`."""
         self.ledger.check_usable()
         sender = bytes(key.verify_key)
-        deadline = trio.current_time() + timeout
+        phases = _Phases()
+        deadline = phases.start + timeout
         lock = self._lock_for(sender)
         if lock.locked():
             await lock.acquire()
+            phases.mark("waiting for the wallet's earlier send")
         else:
             lock.acquire_nowait()      # free: no scheduler round (the drive checkpoints anyway)
         try:
@@ -210,19 +243,35 @@ class OrderSubmitter:
                         # refused and locked nowhere (_drive dropped it): this order takes its sequence
                         log.warning("the earlier order %s of %s was refused and dropped: %s",
                                     inflight.tx_id.hex(), encode_address(sender), e)
+                    phases.mark("the earlier order in flight")
             seq = self.state.account(sender).next_sequence
             so = SignedOrder.sign(key, make(seq, self.genesis.epoch_at(self.ctx.clock())))
             problem = order_problem(so.order) or self.state.order_problem(so.order)
             if problem:
                 raise OrderRejected(*problem)
             await self.ledger.persist_inflight(so)
-            return await self._drive(so, deadline)
+            phases.mark("in-flight record")
+            cert = await self._drive(so, deadline, phases=phases)
+            phases.mark("certificate durable")
+            self._log_if_slow(so, phases)
+            return cert
         finally:
             lock.release()
 
-    async def _drive(self, so: SignedOrder, deadline: float, *, earlier: bool = False) -> Certificate:
+    def _log_if_slow(self, so: SignedOrder, phases: _Phases) -> None:
+        took = trio.current_time() - phases.start
+        if took <= SLOW_ORDER:
+            return
+        held = self._slow_log.admit(so.order.sender, trio.current_time())
+        if held is not None:
+            log.info("slow order %s of %s: %.2f s (%s)%s", so.tx_id.hex()[:16], encode_address(so.order.sender),
+                     took, phases.describe(), f"; {held} more slow orders of this wallet not logged" if held else "")
+
+    async def _drive(self, so: SignedOrder, deadline: float, *, earlier: bool = False,
+                     phases: _Phases | None = None) -> Certificate:
         """Gather a quorum for `so` until `deadline`. `earlier`: the order was driven before
-        (a timeout, a crash), so a validator not answering now may have received it then."""
+        (a timeout, a crash), so a validator not answering now may have received it then.
+        `phases` gets the votes' phase marked (rounds counted)."""
         committee = self.state.committee_for(so.order.epoch)
         collector = VoteCollector(so, committee)
         sender, seq = so.key
@@ -232,6 +281,8 @@ class OrderSubmitter:
         unanswered: set[bytes] = set()      # asked, the request may have arrived, no answer yet
         while True:
             self.ledger.check_usable()
+            if phases is not None:
+                phases.rounds += 1
             if self.me in committee and self.me not in collector.votes:
                 for r in self.ledger.validate(self.ctx.peer_id, so):
                     self._collect(collector, self.me, r)
@@ -262,6 +313,9 @@ class OrderSubmitter:
             if decision is Decision.CERTIFIED:
                 assert collector.certificate is not None
                 self.quorum_problem = None
+                if phases is not None:
+                    phases.mark(f"votes ({phases.rounds} round{'s' if phases.rounds > 1 else ''}, "
+                                f"{len(collector.votes)} votes)")
                 return await self._certified(so, collector.certificate)
             if decision is Decision.REJECTED:
                 reason = collector.main_reason()

@@ -26,7 +26,8 @@ Measured in one run, side by side:
    synced writes per transfer (`fognode_ledger_store_syncs_total`, when the daemon has it), and
    the benchmark's own CPU per transfer (its RPC clients share the cores; not in the figure),
    and the 5 slowest transfers (which node, wallet and send, and when it started: a stall at
-   the burst's start shows as first sends).
+   the burst's start shows as first sends) with the daemons' "slow order" log lines (each
+   phase of an order that took over a second, ledger/submit.py).
    Each sending wallet keeps one control-socket connection (`--rpc-per-send`: a new one per
    send, the driver before session 23). `--count-wire` counts yamux frames, stream frames and
    pubsub messages and control entries per transfer (ledger_wire.py); `--pyspy PATH` samples
@@ -347,6 +348,8 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
                    and all(n.rpc("ledger.state_root")["applied"] == total for n in net.nodes),
                    timeout=60, what="all 4 replicas at the same state root")
         latencies.sort()
+        slow_lines = [f"node {i}: {line.strip()}" for i, n in enumerate(net.nodes)
+                      for line in n.log_path.read_text(errors="replace").splitlines() if "slow order" in line]
         net.stop_all()
         sign, verify = sign_verify_rates()     # the daemons stopped: what the machine allows now
         sig_work = 5 / sign + 20 / verify           # CPU seconds of signature work per transfer
@@ -355,7 +358,8 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
                 "cpu": cpu / max(1, len(latencies)), "sig_work": sig_work, "driver": driver / max(1, len(latencies)),
                 "p50": statistics.median(latencies) if latencies else float("nan"),
                 "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
-                "ok": len(latencies), "errors": errors, "slowest": sorted(slowest, reverse=True)[:5]}
+                "ok": len(latencies), "errors": errors, "slowest": sorted(slowest, reverse=True)[:5],
+                "slow_lines": slow_lines}
     finally:
         net.stop_all()
 
@@ -445,6 +449,8 @@ def main() -> None:
             by_task = sorted(((v, k) for k, v in wire.items() if k.startswith("steps_by_task.")), reverse=True)
             for v, k in by_task[:12]:
                 rows.append((f"  trio task steps per transfer: {k.partition('.')[2]}", f"{v / n:,.2f}", ""))
+            for line in e2e["slow_lines"][:8]:
+                print("  daemon log:", line)
             for err in e2e["errors"][:5]:
                 print("  e2e error:", err)
         w = max(len(r[0]) for r in rows)
