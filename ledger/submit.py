@@ -20,7 +20,8 @@ stays usable) after the quorum is reached.
 
 An order is recorded in flight (store) before it is first sent and cleared once its certificate
 is stored: after a timeout or a crash, the next submit from the same sender drives it again
-instead of signing another order for its sequence (which would be a fork).
+instead of signing another order for its sequence (which would be a fork). This node's own
+validator decides the order just before, so its lock and the record are one synced write.
 
 A refused order is dropped (and its sequence given to the next order) only when no validator
 can hold a lock on it: none voted for it, and every request that may have reached a validator
@@ -49,7 +50,7 @@ from fognode.ledger.client import Decision, VoteCollector
 from fognode.ledger.errors import LedgerStorageFailed, OrderRejected, RequestNotSent, WalletError
 from fognode.ledger.events import RewardsDistributed
 from fognode.ledger.genesis import Genesis
-from fognode.ledger.messages import (Certificate, MintOrder, Order, Rejection, SignedOrder, TransferOrder,
+from fognode.ledger.messages import (Certificate, MintOrder, Order, Rejection, SignedOrder, TransferOrder, Vote,
                                      decode_rejection, decode_vote, order_problem, order_request)
 from fognode.ledger.ports import Publisher, Requester, Validating
 from fognode.ledger.receipts import Receipt
@@ -249,9 +250,13 @@ class OrderSubmitter:
             problem = order_problem(so.order) or self.state.order_problem(so.order)
             if problem:
                 raise OrderRejected(*problem)
+            # this node's validator decides first: its lock joins the in-flight record's group
+            # (one synced write, not two; the vote counts only in a certificate stored after both)
+            mine = (self.ledger.validate(self.ctx.peer_id, so)
+                    if self.me in self.state.committee_for(so.order.epoch) else [])
             await self.ledger.persist_inflight(so)
             phases.mark("in-flight record")
-            cert = await self._drive(so, deadline, phases=phases)
+            cert = await self._drive(so, deadline, phases=phases, mine=mine)
             phases.mark("certificate durable")
             self._log_if_slow(so, phases)
             return cert
@@ -268,10 +273,11 @@ class OrderSubmitter:
                      took, phases.describe(), f"; {held} more slow orders of this wallet not logged" if held else "")
 
     async def _drive(self, so: SignedOrder, deadline: float, *, earlier: bool = False,
-                     phases: _Phases | None = None) -> Certificate:
+                     phases: _Phases | None = None, mine: list[Vote | Rejection] | None = None) -> Certificate:
         """Gather a quorum for `so` until `deadline`. `earlier`: the order was driven before
         (a timeout, a crash), so a validator not answering now may have received it then.
-        `phases` gets the votes' phase marked (rounds counted)."""
+        `phases` gets the votes' phase marked (rounds counted). `mine`: this node's validator
+        decided the order already (submit), for the first round."""
         committee = self.state.committee_for(so.order.epoch)
         collector = VoteCollector(so, committee)
         sender, seq = so.key
@@ -283,7 +289,11 @@ class OrderSubmitter:
             self.ledger.check_usable()
             if phases is not None:
                 phases.rounds += 1
-            if self.me in committee and self.me not in collector.votes:
+            if mine is not None:
+                for r in mine:
+                    self._collect(collector, self.me, r)
+                mine = None
+            elif self.me in committee and self.me not in collector.votes:
                 for r in self.ledger.validate(self.ctx.peer_id, so):
                     self._collect(collector, self.me, r)
             # ask every validator that has not voted and is not being asked already: those a
