@@ -237,13 +237,14 @@ class LedgerRole(PoolRpc, Role):
 
     @rpc_method("wallet.list")
     async def wallet_list(self) -> list[dict[str, Any]]:
-        """List this node's wallets with their balances."""
+        """List this node's wallets with their balances and whether each is unlocked (held in memory)."""
         s = self._svc()
         try:
             infos = s.keystore.list()
         except WalletError as e:
             raise RpcError(LEDGER_UNKNOWN_WALLET, str(e)) from None
         return [{"address": w.address, "label": w.label, "default": w.default, "dev": w.dev,
+                 "unlocked": s.keystore.unlocked(w.pubkey) is not None,
                  "balance": self._balance(w.pubkey)["balance"]} for w in infos]
 
     @rpc_method("wallet.address")

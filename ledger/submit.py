@@ -20,7 +20,8 @@ stays usable) after the quorum is reached.
 
 An order is recorded in flight (store) before it is first sent and cleared once its certificate
 is stored: after a timeout or a crash, the next submit from the same sender drives it again
-instead of signing another order for its sequence (which would be a fork).
+instead of signing another order for its sequence (which would be a fork). This node's own
+validator decides the order just before, so its lock and the record are one synced write.
 
 A refused order is dropped (and its sequence given to the next order) only when no validator
 can hold a lock on it: none voted for it, and every request that may have reached a validator
@@ -30,6 +31,11 @@ as possibly reached. If some validator voted, or may have, the order keeps its s
 (`OrderStuck`): it stays in flight and the next submit drives it again, because a validator that
 voted would see another order for the sequence as a fork. That is FastPay's rule: a correct
 client never signs two orders for one sequence, even when the first cannot be certified any more.
+
+An order that took more than SLOW_ORDER seconds from `submit` to final is logged at INFO with
+the time of each phase (waiting for the sender's earlier send, re-driving an earlier order, the
+durable in-flight record, the votes and rounds, the durable certificate); one line per wallet
+per SLOW_LOG_INTERVAL seconds at most.
 """
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ from fognode.ledger.client import Decision, VoteCollector
 from fognode.ledger.errors import LedgerStorageFailed, OrderRejected, RequestNotSent, WalletError
 from fognode.ledger.events import RewardsDistributed
 from fognode.ledger.genesis import Genesis
-from fognode.ledger.messages import (Certificate, MintOrder, Order, Rejection, SignedOrder, TransferOrder,
+from fognode.ledger.messages import (Certificate, MintOrder, Order, Rejection, SignedOrder, TransferOrder, Vote,
                                      decode_rejection, decode_vote, order_problem, order_request)
 from fognode.ledger.ports import Publisher, Requester, Validating
 from fognode.ledger.receipts import Receipt
@@ -54,11 +60,36 @@ from fognode.ledger.state import LedgerState
 from fognode.ledger.store import LedgerStore
 from fognode.ledger.wallet import PASSPHRASE_ENV, Keystore
 from fognode.node.errors import FognodeError, RemoteProtocolError
+from fognode.node.faults import LogRateLimiter
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.role import NodeContext
 from fognode.node.wire import Fields
 
 log = logging.getLogger("fognode.ledger")
+
+SLOW_ORDER = 1.0            # seconds from submit to final above which an order's phases are logged
+SLOW_LOG_INTERVAL = 10.0    # seconds between two such lines for one wallet
+
+
+class _Phases:
+    """When each phase of one submit ended (trio's clock), for the slow-order line."""
+
+    __slots__ = ("start", "marks", "rounds")
+
+    def __init__(self) -> None:
+        self.start = trio.current_time()
+        self.marks: list[tuple[str, float]] = []
+        self.rounds = 0
+
+    def mark(self, phase: str) -> None:
+        self.marks.append((phase, trio.current_time()))
+
+    def describe(self) -> str:
+        out, last = [], self.start
+        for phase, t in self.marks:
+            out.append(f"{phase} {1000 * (t - last):,.0f} ms")
+            last = t
+        return ", ".join(out)
 
 
 class _Round:
@@ -87,7 +118,8 @@ class OrderStuck(NotCertified):
 
 class OrderSubmitter:
     """Orders from this node's wallets. `run()` (in the ledger's nursery) hosts the asks until
-    cancelled; `submit` and the order makers below wait for a certificate."""
+    cancelled and unlocks the wallets at start (`unlock_wallets`); `submit` and the order
+    makers below wait for a certificate."""
 
     def __init__(self, ctx: NodeContext, settings: Settings, genesis: Genesis, state: LedgerState,
                  store: LedgerStore, keystore: Keystore, passphrase: str | None, ledger: Validating,
@@ -105,6 +137,9 @@ class OrderSubmitter:
         self.me = bytes(ctx.identity.verify_key)
         self._sender_locks: dict[bytes, trio.Lock] = {}
         self._signers: dict[bytes, frozenset[bytes]] = {}    # sender -> signers of its last certificate
+        self._unlocking: dict[bytes, trio.Event] = {}      # wallet -> its key derivation running
+        self._peer_ids: dict[bytes, str] = {}      # validator key -> its peer id (committee members)
+        self._slow_log = LogRateLimiter(interval=SLOW_LOG_INTERVAL)
         self._nursery: trio.Nursery | None = None
         # why this node's last order found no quorum in time (None once one is certified again):
         # the ledger role reports itself degraded meanwhile (LedgerRole.health_report)
@@ -114,6 +149,7 @@ class OrderSubmitter:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self.unlock_wallets)
                 await trio.sleep_forever()
         finally:
             self._nursery = None
@@ -128,16 +164,47 @@ class OrderSubmitter:
 
     async def unlock_wallet(self, pubkey: bytes) -> SigningKey:
         """The wallet's signing key (Argon2id runs in a worker thread, the first time only: an
-        unlocked key is taken from the keystore's cache without a thread hop). Raises
-        WalletError."""
+        unlocked key is taken from the keystore's cache without a thread hop; a derivation
+        already running for the wallet, `unlock_wallets`' or another send's, is waited for,
+        not repeated). Raises WalletError."""
         if pubkey == self.me:
             return self.ctx.identity
-        cached = self.keystore.unlocked(pubkey)
-        if cached is not None:
-            return cached
+        while True:
+            cached = self.keystore.unlocked(pubkey)
+            if cached is not None:
+                return cached
+            running = self._unlocking.get(pubkey)
+            if running is None:
+                break
+            await running.wait()      # it failed if nothing is cached now: derive (and fail) here
         if not self.keystore.has(pubkey):
             raise WalletError(f"no wallet {encode_address(pubkey)} on this node")
-        return await trio.to_thread.run_sync(self.keystore.unlock, pubkey, self.passphrase)
+        done = self._unlocking[pubkey] = trio.Event()
+        try:
+            return await trio.to_thread.run_sync(self.keystore.unlock, pubkey, self.passphrase)
+        finally:
+            del self._unlocking[pubkey]
+            done.set()
+
+    async def unlock_wallets(self) -> None:
+        """At start, with a passphrase: unlock every wallet of the keystore, one after the
+        other in a worker thread, so that no wallet's first send waits for its Argon2id
+        derivation (about 0.1 s of CPU and 64 MiB each; the 16 wallets of 4 daemons deriving at
+        once on 2 cores held their first sends 1-10 s). No secret is exposed that was not: the
+        daemon holds the passphrase for its lifetime already. A wallet that does not open (a
+        key file made with another passphrase, unreadable) stays locked; its sends say why."""
+        if self.passphrase is None:
+            return
+        try:
+            wallets = await trio.to_thread.run_sync(self.keystore.list)
+        except WalletError as e:
+            log.warning("wallets not unlocked at start: %s", e)
+            return
+        for w in wallets:
+            try:
+                await self.unlock_wallet(w.pubkey)
+            except WalletError as e:
+                log.info("wallet %s stays locked: %s", w.address, e)
 
     # -- orders --------------------------------------------------------------------------------------
 
@@ -155,10 +222,12 @@ class OrderSubmitter:
         sender that this call certified first is appended to `completed`."""
         self.ledger.check_usable()
         sender = bytes(key.verify_key)
-        deadline = trio.current_time() + timeout
+        phases = _Phases()
+        deadline = phases.start + timeout
         lock = self._lock_for(sender)
         if lock.locked():
             await lock.acquire()
+            phases.mark("waiting for the wallet's earlier send")
         else:
             lock.acquire_nowait()      # free: no scheduler round (the drive checkpoints anyway)
         try:
@@ -175,19 +244,40 @@ class OrderSubmitter:
                         # refused and locked nowhere (_drive dropped it): this order takes its sequence
                         log.warning("the earlier order %s of %s was refused and dropped: %s",
                                     inflight.tx_id.hex(), encode_address(sender), e)
+                    phases.mark("the earlier order in flight")
             seq = self.state.account(sender).next_sequence
             so = SignedOrder.sign(key, make(seq, self.genesis.epoch_at(self.ctx.clock())))
             problem = order_problem(so.order) or self.state.order_problem(so.order)
             if problem:
                 raise OrderRejected(*problem)
+            # this node's validator decides first: its lock joins the in-flight record's group
+            # (one synced write, not two; the vote counts only in a certificate stored after both)
+            mine = (self.ledger.validate(self.ctx.peer_id, so)
+                    if self.me in self.state.committee_for(so.order.epoch) else [])
             await self.ledger.persist_inflight(so)
-            return await self._drive(so, deadline)
+            phases.mark("in-flight record")
+            cert = await self._drive(so, deadline, phases=phases, mine=mine)
+            phases.mark("certificate durable")
+            self._log_if_slow(so, phases)
+            return cert
         finally:
             lock.release()
 
-    async def _drive(self, so: SignedOrder, deadline: float, *, earlier: bool = False) -> Certificate:
+    def _log_if_slow(self, so: SignedOrder, phases: _Phases) -> None:
+        took = trio.current_time() - phases.start
+        if took <= SLOW_ORDER:
+            return
+        held = self._slow_log.admit(so.order.sender, trio.current_time())
+        if held is not None:
+            log.info("slow order %s of %s: %.2f s (%s)%s", so.tx_id.hex()[:16], encode_address(so.order.sender),
+                     took, phases.describe(), f"; {held} more slow orders of this wallet not logged" if held else "")
+
+    async def _drive(self, so: SignedOrder, deadline: float, *, earlier: bool = False,
+                     phases: _Phases | None = None, mine: list[Vote | Rejection] | None = None) -> Certificate:
         """Gather a quorum for `so` until `deadline`. `earlier`: the order was driven before
-        (a timeout, a crash), so a validator not answering now may have received it then."""
+        (a timeout, a crash), so a validator not answering now may have received it then.
+        `phases` gets the votes' phase marked (rounds counted). `mine`: this node's validator
+        decided the order already (submit), for the first round."""
         committee = self.state.committee_for(so.order.epoch)
         collector = VoteCollector(so, committee)
         sender, seq = so.key
@@ -197,7 +287,13 @@ class OrderSubmitter:
         unanswered: set[bytes] = set()      # asked, the request may have arrived, no answer yet
         while True:
             self.ledger.check_usable()
-            if self.me in committee and self.me not in collector.votes:
+            if phases is not None:
+                phases.rounds += 1
+            if mine is not None:
+                for r in mine:
+                    self._collect(collector, self.me, r)
+                mine = None
+            elif self.me in committee and self.me not in collector.votes:
                 for r in self.ledger.validate(self.ctx.peer_id, so):
                     self._collect(collector, self.me, r)
             # ask every validator that has not voted and is not being asked already: those a
@@ -227,6 +323,9 @@ class OrderSubmitter:
             if decision is Decision.CERTIFIED:
                 assert collector.certificate is not None
                 self.quorum_problem = None
+                if phases is not None:
+                    phases.mark(f"votes ({phases.rounds} round{'s' if phases.rounds > 1 else ''}, "
+                                f"{len(collector.votes)} votes)")
                 return await self._certified(so, collector.certificate)
             if decision is Decision.REJECTED:
                 reason = collector.main_reason()
@@ -317,7 +416,9 @@ class OrderSubmitter:
         """Ask one validator (within request_timeout and the order's `deadline`); its answer
         goes to `collector`. `unanswered` holds the validators a request may have reached
         without an answer since (they may hold a lock)."""
-        peer = peer_id_from_pubkey(validator)
+        peer = self._peer_ids.get(validator)
+        if peer is None:      # base58, about 20 us: once per validator, not per ask
+            peer = self._peer_ids[validator] = peer_id_from_pubkey(validator)
         try:
             try:
                 raw = await self.requests.request(validator, peer, request, deadline=deadline)

@@ -8,8 +8,9 @@ directory fsync, node.datadir.write_atomic)::
      "box": "<hex: SecretBox(nonce + ciphertext) of the 32-byte Ed25519 seed>", "dev": false}
 
 The box key is Argon2id(passphrase, salt) (nacl.pwhash.argon2id, libsodium's INTERACTIVE
-limits: about 0.1 s and 64 MiB per unlock, paid once per daemon start). The address is stored
-in clear so balances and addresses work without the passphrase; only signing needs it.
+limits: about 0.1 s and 64 MiB per unlock, paid once per daemon start, as it starts:
+ledger/submit.py `unlock_wallets`). The address is stored in clear so balances and addresses
+work without the passphrase; only signing needs it.
 
 Passphrase (daemons run unattended: `make run`, `fognode devnet`):
 - `FOGNODE_PASSPHRASE` in the environment, when set, is the passphrase (also at `fognode init`);

@@ -1,8 +1,11 @@
 """The ledger's shortcut encodings are byte-identical to node.wire.pack (the canonical form)."""
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, strategies as st
 
+from fognode.ledger.events import PaymentProcessed
 from fognode.ledger.messages import (BondOrder, Certificate, MintOrder, SignedOrder, TransferOrder,
                                      UnbondOrder, Vote, cert_batch, decode_certificate, order_request, vote_message,
                                      vote_reply)
@@ -81,3 +84,9 @@ def test_distribute_rewards_numbers_the_orders() -> None:
     orders = distribute_rewards([Allocation(rc1, 5), Allocation(rc2, 0), Allocation(rc2, 7)], chain=CHAIN,
                                 epoch=0, sender=pk(key(0)), first_sequence=4, fee=1000)
     assert [(o.sequence, o.recipient, o.amount) for o in orders] == [(4, pk(key(1)), 5), (5, pk(key(2)), 7)]
+
+
+@given(st.text(max_size=70), st.integers(0, 2**63), st.integers(0, 2**63), st.text(max_size=300))
+def test_payment_event_view_equals_the_generic_one(addr: str, amount: int, fee: int, memo: str) -> None:
+    ev = PaymentProcessed(tx="ab" * 32, sender=addr, recipient=addr[::-1], amount=amount, fee=fee, memo=memo)
+    assert ev.to_dict() == {"event": ev.kind(), **dataclasses.asdict(ev)}

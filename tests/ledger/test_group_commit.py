@@ -107,6 +107,24 @@ async def test_applies_share_fsyncs_and_nothing_is_seen_before_it_is_durable(tmp
         assert audit_store(svc.store) == []
 
 
+async def test_a_send_writes_its_lock_with_its_in_flight_record(tmp_path: Path) -> None:
+    """On the sending node of a committee of 4: the in-flight record with this node's lock, the
+    certificate, the record's clearing: three synced writes (four when the lock had its own)."""
+    with trio.fail_after(60):
+        async with ledger_cluster(tmp_path, 4, sync_interval=3600.0) as c:
+            n0 = c.nodes[0]
+            svc = n0.svc
+            await wait_until(lambda: all(len(n.ctx.overlay.peers()) == 3 for n in c.nodes))
+            await wait_until(lambda: not any(svc.sync.is_syncing(p.peer_id) for p in n0.ctx.overlay.peers()))
+            await svc.flushed()
+            syncs0 = svc.writer.syncs
+            res = await n0.role.wallet_send(encode_address(RECIPIENT), "1")
+            assert res["status"] == "final"
+            await svc.flushed()
+            assert svc.writer.syncs - syncs0 == 3, svc.writer.syncs - syncs0
+            assert svc.store.inflight(n0.wallet) is None
+
+
 async def test_no_vote_leaves_before_its_lock_is_durable(tmp_path: Path) -> None:
     """Two validators (a quorum needs both). Node 1's disk is stalled: it takes the lock in
     memory but sends no vote, so node 0's send cannot complete; the vote leaves only once the

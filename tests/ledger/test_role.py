@@ -2,6 +2,7 @@
 the RPC handlers called directly."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import trio
 from fognode.ledger.address import encode_address
 from fognode.ledger.errors import LEDGER_BAD_ADDRESS, LEDGER_INSUFFICIENT_FUNDS, LEDGER_NOT_CERTIFIED
 from fognode.ledger.events import PaymentProcessed
+from fognode.ledger.submit import SLOW_ORDER
+from fognode.ledger.wallet import Keystore
 from fognode.node.errors import RpcError
 
 from .cluster import ledger_cluster, wait_until
@@ -67,6 +70,58 @@ async def test_single_node_is_its_own_committee(tmp_path: Path) -> None:
             assert reg.get_sample_value("fognode_ledger_orders_rejected_total", {"reason": "overspend"}) is None
             assert reg.get_sample_value("fognode_ledger_apply_latency_seconds_count") == 2
             assert reg.get_sample_value("fognode_ledger_pending_certificates") == 0
+
+
+@pytest.mark.slow
+async def test_a_slow_order_is_logged_with_its_phases(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An order that waited over SLOW_ORDER for a quorum says where the time went."""
+    with trio.fail_after(120), caplog.at_level(logging.INFO, logger="fognode.ledger"):
+        async with ledger_cluster(tmp_path, 4) as c:
+            await wait_until(lambda: all(len(n.ctx.overlay.peers()) == 3 for n in c.nodes))
+            await c.stop(2)
+            await c.stop(3)
+            done: list[dict] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: _append(done, c.nodes[0].role.wallet_send(
+                    encode_address(c.nodes[1].wallet), "2", timeout=60)))
+                await trio.sleep(SLOW_ORDER + 0.2)
+                await c.start(2)
+            assert done[0]["status"] == "final"
+            lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("slow order")]
+            assert len(lines) == 1 and "in-flight record" in lines[0] and " rounds, 3 votes)" in lines[0], lines
+
+
+async def test_wallets_are_unlocked_as_the_ledger_starts(tmp_path: Path) -> None:
+    """No wallet's first send waits for its key derivation: the role unlocks the keystore as it
+    starts; a key file made with another passphrase stays locked and its send says why."""
+    with trio.fail_after(60):
+        async with ledger_cluster(tmp_path, 1) as c:
+            await c.stop(0)
+            extra = Keystore(c.nodes[0].datadir).create("", "extra")
+            other = Keystore(c.nodes[0].datadir).create("not the daemon's", "other")
+            await c.start(0)
+            role = c.nodes[0].role
+
+            async def unlocked() -> dict[str, bool]:
+                return {w["address"]: w["unlocked"] for w in await role.wallet_list()}
+            want = {encode_address(c.nodes[0].wallet): True, encode_address(extra): True,
+                    encode_address(other): False}
+            with trio.fail_after(20):
+                while await unlocked() != want:
+                    await trio.sleep(0.05)
+            late = Keystore(c.nodes[0].datadir).create("", "late")      # after the start: locked
+            assert (await unlocked())[encode_address(late)] is False
+            keys = []
+            async with trio.open_nursery() as nursery:      # two sends at once: both get the key
+                for _ in range(2):
+                    nursery.start_soon(lambda: _append(keys, c.nodes[0].svc.submitter.unlock_wallet(late)))
+            assert [bytes(k.verify_key) for k in keys] == [late, late]
+            with pytest.raises(RpcError, match="wrong passphrase"):
+                await role.wallet_send(encode_address(extra), "1", wallet=encode_address(other))
+
+
+async def _append(out: list, aw) -> None:  # type: ignore[no-untyped-def]
+    out.append(await aw)
 
 
 @pytest.mark.slow

@@ -23,7 +23,11 @@ Measured in one run, side by side:
    daemons' CPU time per transfer (their idle CPU rate, measured for 3 s before the burst,
    taken off) against its signature work (less sensitive to a shared, loaded machine than the
    rate; 25 % of the bound needs at most 4x the signature work with every core busy) and the
-   synced writes per transfer (`fognode_ledger_store_syncs_total`, when the daemon has it).
+   synced writes per transfer (`fognode_ledger_store_syncs_total`, when the daemon has it), and
+   the benchmark's own CPU per transfer (its RPC clients share the cores; not in the figure),
+   and the 5 slowest transfers (which node, wallet and send, and when it started: a stall at
+   the burst's start shows as first sends) with the daemons' "slow order" log lines (each
+   phase of an order that took over a second, ledger/submit.py).
    Each sending wallet keeps one control-socket connection (`--rpc-per-send`: a new one per
    send, the driver before session 23). `--count-wire` counts yamux frames, stream frames and
    pubsub messages and control entries per transfer (ledger_wire.py); `--pyspy PATH` samples
@@ -274,14 +278,20 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
         wait_until(lambda: all(len(n.rpc("node.peers")) == 3 for n in net.nodes), timeout=60, what="4 daemons connected")
         addrs = [n.rpc("wallet.address")["address"] for n in net.nodes]
         own = [[w["address"] for w in n.rpc("wallet.list")] for n in net.nodes]
+        # the daemons unlock their wallets as they start (a burst of Argon2id): done before
+        # the idle CPU is measured, or the idle rate taken off the burst's CPU would include it
+        wait_until(lambda: all(w["unlocked"] for n in net.nodes for w in n.rpc("wallet.list")),
+                   timeout=60, what="every wallet unlocked")
         latencies: list[float] = []
         errors: list[str] = []
         lock = threading.Lock()
 
+        slowest: list[tuple[float, str]] = []      # (latency, which send: node, wallet, number, start)
+
         def sender(i: int, wallet: str) -> None:
             client = RpcClient(net.nodes[i].socket, timeout=60)     # one connection per wallet
             try:
-                for _ in range(sends_per_node):
+                for k in range(sends_per_node):
                     t = time.perf_counter()
                     try:
                         if rpc_per_send:
@@ -295,6 +305,8 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
                         continue
                     with lock:
                         latencies.append(time.perf_counter() - t)
+                        slowest.append((latencies[-1], f"node {i} wallet {own[i].index(wallet)} send {k} "
+                                                       f"(started at +{t - t0:.2f} s)"))
             finally:
                 client.close()
 
@@ -306,7 +318,7 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
         cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs)
         idle_rate = (cpu0 - idle0) / (time.perf_counter() - ti)
         wire0 = [ledger_wire.read(f"{root}/wire-{p.pid}.json") for p in procs] if count_wire else []
-        t0 = time.perf_counter()
+        t0, driver0 = time.perf_counter(), time.process_time()
         for th in threads:
             th.start()
         spies = []
@@ -320,6 +332,7 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
         for th in threads:
             th.join()
         elapsed = time.perf_counter() - t0
+        driver = time.process_time() - driver0        # this process: the RPC clients (and py-spy's waits)
         for spy in spies:
             spy.wait()
         cpu = sum(sum(p.cpu_times()[:2]) for p in procs) - cpu0 - idle_rate * elapsed
@@ -335,15 +348,18 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
                    and all(n.rpc("ledger.state_root")["applied"] == total for n in net.nodes),
                    timeout=60, what="all 4 replicas at the same state root")
         latencies.sort()
+        slow_lines = [f"node {i}: {line.strip()}" for i, n in enumerate(net.nodes)
+                      for line in n.log_path.read_text(errors="replace").splitlines() if "slow order" in line]
         net.stop_all()
         sign, verify = sign_verify_rates()     # the daemons stopped: what the machine allows now
         sig_work = 5 / sign + 20 / verify           # CPU seconds of signature work per transfer
         bound = (os.cpu_count() or 1) / sig_work
         return {"tps": len(latencies) / elapsed, "bound": bound, "lag": lag, "senders": len(threads), "wire": wire,
-                "cpu": cpu / max(1, len(latencies)), "sig_work": sig_work,
+                "cpu": cpu / max(1, len(latencies)), "sig_work": sig_work, "driver": driver / max(1, len(latencies)),
                 "p50": statistics.median(latencies) if latencies else float("nan"),
                 "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
-                "ok": len(latencies), "errors": errors}
+                "ok": len(latencies), "errors": errors, "slowest": sorted(slowest, reverse=True)[:5],
+                "slow_lines": slow_lines}
     finally:
         net.stop_all()
 
@@ -409,6 +425,8 @@ def main() -> None:
             rows.append(("  daemons' CPU per transfer (user+sys, net of idle)", f"{1000 * e2e['cpu']:,.1f} ms",
                          f"{e2e['cpu'] / e2e['sig_work']:.1f}x its signature work ({1000 * e2e['sig_work']:.2f} ms); "
                          f"25% of the bound needs <= 4x ({4000 * e2e['sig_work']:.1f} ms) with every core busy"))
+            rows.append(("  the benchmark's own CPU per transfer (its RPC clients)", f"{1000 * e2e['driver']:,.1f} ms",
+                         "not in the figure above; it shares the cores"))
             lag = e2e["lag"]
             rows.append(("  loop lag during the burst, mean (4 daemons)", f"{1000 * lag['mean']:,.1f} ms",
                          f"{100 * lag['over25']:.0f}% of probes > 25 ms, {100 * lag['over100']:.0f}% > 100 ms "
@@ -421,6 +439,8 @@ def main() -> None:
                              f"{n_refused / max(1, e2e['ok']):,.3f}", ""))
             rows.append(("  latency wallet.send -> final, p50 / p99",
                          f"{1000 * e2e['p50']:,.0f} / {1000 * e2e['p99']:,.0f} ms", ""))
+            for latency, which in e2e["slowest"]:
+                rows.append(("  slowest transfers: " + which, f"{1000 * latency:,.0f} ms", ""))
             n = max(1, e2e["ok"])
             wire = e2e["wire"]
             for k, v in sorted(wire.items()):
@@ -429,6 +449,8 @@ def main() -> None:
             by_task = sorted(((v, k) for k, v in wire.items() if k.startswith("steps_by_task.")), reverse=True)
             for v, k in by_task[:12]:
                 rows.append((f"  trio task steps per transfer: {k.partition('.')[2]}", f"{v / n:,.2f}", ""))
+            for line in e2e["slow_lines"][:8]:
+                print("  daemon log:", line)
             for err in e2e["errors"][:5]:
                 print("  e2e error:", err)
         w = max(len(r[0]) for r in rows)

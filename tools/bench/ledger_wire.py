@@ -15,6 +15,13 @@ burst:
   `pubsub_in.first`: those not seen before (when their task runs);
 - `pubsub_in.<ihave|iwant|idontwant|graft|prune>`: control entries received; `pubsub_in.rpcs`:
   RPCs with a control part.
+- `ledger.<what>`: the ledger's work per node (in the module's globals its callers look up):
+  `signed_orders_built` (each packs an order body and hashes it: signing and every decode),
+  `cert_decodes.<gossip|order|sync>` (certificates decoded from a gossip batch, from an order
+  request's `prev`, from a sync response), `sig_checks` (check_signature calls) and
+  `sig_verifies` (those the cache did not answer: an Ed25519 verification each),
+  `replica.<applied|duplicate|queued|refused>` (certificates the replica received, by outcome),
+  `orders_validated` (orders this node's validator decided);
 - `trio.task_steps`: trio task steps (scheduler runs of a task), `trio.tasks_spawned`: tasks
   started; counted by a trio Instrument added to the daemon's `trio.run`; `steps_by_task.<the
   task function's name>`: the steps by task (the bench prints the 12 largest).
@@ -103,6 +110,8 @@ def install(path: str) -> None:
         await orig_rpc(self, rpc, sender_peer_id)
     scored_pubsub.ScoredGossipSub.handle_rpc = handle_rpc
 
+    _count_ledger_work(counts)
+
     class _Steps(trio.abc.Instrument):
         def before_task_step(self, task: Any) -> None:
             counts["trio.task_steps"] += 1
@@ -126,6 +135,60 @@ def install(path: str) -> None:
             os.replace(tmp, path)
             time.sleep(WRITE_EVERY)
     threading.Thread(target=writer, name="bench-wire-counters", daemon=True).start()
+
+
+def _count_ledger_work(counts: collections.Counter[str]) -> None:
+    """The `ledger.*` counters (module docstring)."""
+    from fognode.ledger import certcheck, certgossip, messages, quorum, replica, service, sync, validator
+    from fognode.ledger.actions import CertificateRefused, Commit, Queued
+
+    orig_post_init = messages.SignedOrder.__post_init__
+
+    def __post_init__(self: Any) -> None:
+        counts["ledger.signed_orders_built"] += 1
+        orig_post_init(self)
+    messages.SignedOrder.__post_init__ = __post_init__    # type: ignore[method-assign]
+
+    for module, site in ((certgossip, "gossip"), (service, "order"), (sync, "sync")):
+        def decode(raw: Any, *, peer: str | None = None, _key: str = "ledger.cert_decodes." + site) -> Any:
+            counts[_key] += 1
+            return messages.decode_certificate(raw, peer=peer)
+        module.decode_certificate = decode    # type: ignore[attr-defined]
+
+    orig_check = quorum.check_signature
+
+    def check_signature(pubkey: bytes, message: bytes, signature: bytes) -> bool:
+        counts["ledger.sig_checks"] += 1
+        return orig_check(pubkey, message, signature)
+    for module in (quorum, certcheck, certgossip, messages):
+        module.check_signature = check_signature    # type: ignore[attr-defined]
+
+    orig_open = quorum.crypto_sign_open
+
+    def crypto_sign_open(signed: bytes, pk: bytes) -> bytes:
+        counts["ledger.sig_verifies"] += 1
+        return orig_open(signed, pk)
+    quorum.crypto_sign_open = crypto_sign_open
+
+    orig_receive = replica.Replica.receive
+
+    def receive(self: Any, peer: str, cert: Any) -> Any:
+        dups = self.duplicates
+        out = orig_receive(self, peer, cert)
+        outcome = ("applied" if any(isinstance(a, Commit) for a in out) else
+                   "duplicate" if self.duplicates > dups else
+                   "queued" if any(isinstance(a, Queued) for a in out) else
+                   "refused" if any(isinstance(a, CertificateRefused) for a in out) else "other")
+        counts["ledger.replica." + outcome] += 1
+        return out
+    replica.Replica.receive = receive    # type: ignore[method-assign]
+
+    orig_validate = validator.Validator.receive
+
+    def validate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        counts["ledger.orders_validated"] += 1
+        return orig_validate(self, *args, **kwargs)
+    validator.Validator.receive = validate    # type: ignore[method-assign]
 
 
 def read(path: str) -> dict[str, int]:
