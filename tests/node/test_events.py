@@ -77,3 +77,40 @@ async def test_an_accept_that_raises_lets_the_event_through() -> None:
     bus.publish(Ping(1))      # the publisher is not hurt
     with trio.fail_after(5):
         assert (await sub.receive()).n == 1  # type: ignore[attr-defined]
+
+
+def test_to_dict_is_asdict_with_the_kind_first_for_flat_and_nested_events():
+    """Event.to_dict's scalar fast path gives exactly dataclasses.asdict's view; an event
+    with a non-scalar field (a tuple, a nested dataclass, an enum) goes through asdict."""
+    import dataclasses
+    import enum
+
+    class Colour(enum.IntEnum):
+        RED = 1
+
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        n: int
+
+    @dataclasses.dataclass(frozen=True)
+    class Flat(Event):
+        a: str
+        b: int
+        c: bytes
+        d: float | None
+        e: bool
+
+    @dataclasses.dataclass(frozen=True)
+    class Nested(Event):
+        a: str
+        inner: Inner
+        items: tuple[Inner, ...]
+        colour: Colour
+
+    for ev in (Flat("x", 3, b"\x01", None, True), Flat("y", -1, b"", 2.5, False),
+               Nested("z", Inner(1), (Inner(2), Inner(3)), Colour.RED)):
+        view = ev.to_dict()
+        assert view == {"event": ev.kind(), **dataclasses.asdict(ev)}
+        assert list(view) == ["event", *(f.name for f in dataclasses.fields(ev))]
+    nested = Nested("z", Inner(1), (Inner(2),), Colour.RED).to_dict()
+    assert nested["inner"] == {"n": 1} and nested["items"] == ({"n": 2},)
