@@ -5,8 +5,9 @@ never in a real node): it wraps a few methods of our py-libp2p subclasses and ou
 stream to count, per daemon, what goes over the wire, and a thread writes the counters to
 `path` (JSON) every WRITE_EVERY seconds, so the benchmark can read them before and after its
 burst:
-- `yamux_out.<type>`: yamux frames written (data, window_update, ping, go_away), one
-  `secured_conn.write` (one Noise message) each; `yamux_out_bytes`;
+- `yamux_out.<type>`: yamux frames written (data, window_update, ping, go_away), by
+  `_write_frame` alone or in a write batch of `_write_frames` (each frame one Noise message);
+  `yamux_out_bytes`;
 - `frames_out.<protocol id>`: length-prefixed frames our streams sent (order stream requests
   and replies, sync), `Libp2pFramedStream.send_bytes` and `send_frames`; `frame_writes.<protocol
   id>`: the muxer writes that carried them (one per send_bytes, one or more per send_frames);
@@ -56,6 +57,16 @@ def install(path: str) -> None:
         counts["yamux_out_bytes"] += len(data)
         await orig_write(self, data)
     p2pfix_yamux.QuickYamux._write_frame = _write_frame
+
+    orig_write_many: Any = getattr(p2pfix_yamux.QuickYamux, "_write_frames", None)   # session 24 on
+
+    async def _write_frames(self: Any, frames: list[bytes]) -> None:
+        for data in frames:     # whole frames: a stream's write batch, one TCP write
+            counts["yamux_out." + _YAMUX_TYPES.get(data[1] if len(data) > 1 else -1, "other")] += 1
+            counts["yamux_out_bytes"] += len(data)
+        await orig_write_many(self, frames)
+    if orig_write_many is not None:
+        p2pfix_yamux.QuickYamux._write_frames = _write_frames
 
     orig_send = streams.Libp2pFramedStream.send_bytes
 
