@@ -10,7 +10,10 @@ keeps only its bootstrap connection to node 0 and a participant dials the round'
 on demand (address from its peerstore or a DHT look-up). WARM-UP: first a 1-round session of
 the small `synthetic` task, bounded at 240 s, so that each daemon's first torch use (its task
 process imports torch: about 1.5 s of CPU each, 10 at once on 2 cores) and the first streams
-between the daemons are not inside the measured session (`--no-warmup` skips it). A session
+between the daemons are not inside the measured session (`--no-warmup` skips it). Each daemon
+starts its task process, and so imports torch, when its FL role starts
+(`protocols.fl.task_process_at_start`): 10 first torch imports at once took 51-67 s at load 22,
+past the 15 s opt-in window, and round 1 of the warm-up used up its retries waiting for opt-ins. A session
 that does not complete still gets its table (a column for the unfinished round, the failed
 sends by reason from the daemons' logs) and the command exits with status 1. The daemons' data
 dirs and logs are kept (as with `--keep`) and their path printed when either session did not
@@ -353,7 +356,7 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
     net = Devnet(root, nodes, extra_args=[
         "--set", f"overlay.peers_low={nodes - 1 if mesh else 1}",
         "--set", "protocols.fl.tick_interval=0.05", "--set", "protocols.fl.republish_interval=1.0",
-        "--set", f"protocols.fl.data_seed={DATA_SEED}"])
+        "--set", f"protocols.fl.data_seed={DATA_SEED}", "--set", "protocols.fl.task_process_at_start=true"])
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     failed = True       # until both sessions completed, round 1 in one try: else the logs stay
     try:
