@@ -32,6 +32,8 @@ class FlConfig:
                                           # (0..19): raise it where the owner's work comes first
     coordinator_fallbacks: int = 2        # fallback coordinators named in the announcements of
                                           # sessions this node starts (0..16; 0 = none)
+    task_process_at_start: bool = False   # start the task process and import torch when the
+                                          # role starts, not at the first session's announcement
 
 
 def validate(config: FlConfig) -> None:

@@ -8,7 +8,10 @@ sessions.py); rewards go through the ledger (rewards/ledger.py). Every long acti
 in the role's nursery and feeds its outcome back through `apply`, which drops late outcomes
 once the role stopped. Reputation reports wait for this role's gossip in flight (`InFlight`):
 each is a signed observation the registry gossips, and an aggregator reports every
-participant of a round in the same step as it publishes the round's result."""
+participant of a round in the same step as it publishes the round's result; the reports of
+one step go to the registry together (`report_outcomes`: one gossip message, a batch of
+signed observations, instead of one message each). A report the registry refuses (over this
+node's observation rate limit) is logged at INFO, at most once a minute."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +20,7 @@ from typing import Any, Callable
 
 import trio
 
+from fognode.node.faults import LogRateLimiter
 from fognode.protocols.fl.actions import (
     Action, Aggregate, AggregateSum, Emit, FetchModel, MessageRefused, PayRewards, PrepareTask,
     Publish, ReportOutcome, RoundJudged, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
@@ -40,6 +44,7 @@ from fognode.protocols.fl.transfer.secagg import send_secagg
 from fognode.protocols.fl.transfer.sessions import TransferSessions
 from fognode.protocols.fl.transfer.streams import TOPIC, Link
 from fognode.protocols.fl.transfer.updates import send_update
+from fognode.protocols.registry.observation import Outcome
 
 log = logging.getLogger("fognode.fl")
 
@@ -92,6 +97,8 @@ class RoleActions:
         self._save_lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(max(1, config.aggregation_threads))
         self._publishing = InFlight()        # this role's publishes not yet handed to the overlay
+        self._report_lines = LogRateLimiter(interval=60.0)   # refused reports: a line a minute
+        self._reports: list[ReportOutcome] = []    # queued for one report_outcomes call
         self.sessions = TransferSessions(ctx.overlay, metrics, idle=config.transfer_session_idle)
         self.link = Link(overlay=ctx.overlay, config=config, metrics=metrics, core=core,
                          apply=self.apply, now=self._now, closed=closed, sessions=self.sessions)
@@ -188,29 +195,36 @@ class RoleActions:
         self.archive.save(st)
 
     def report_outcome(self, a: ReportOutcome) -> None:
-        if self._publishing.count:
-            self._nursery.start_soon(self._report_after_publishes, a)
-        else:
-            self._report(a)
+        """Queue `a`; the reports queued in one step (an aggregator's, one per participant of
+        a round) go to the reputation service together, as one gossip message."""
+        self._reports.append(a)
+        if len(self._reports) == 1:
+            self._nursery.start_soon(self._report_after_publishes)
 
-    async def _report_after_publishes(self, a: ReportOutcome) -> None:
+    async def _report_after_publishes(self) -> None:
         """Report once this role's publishes in flight went out (at most REPORT_WAIT later).
         Each report is a signed observation the registry gossips; an aggregator makes one per
         participant in the same step as it publishes the round's result, and made at once
         their signing (about 1 ms each at load) ran before the result's publish and their
         gossip went out with it, on the path to the coordinator that waits for the result."""
-        await self._publishing.idle(REPORT_WAIT)
-        if not self._closed():
-            self._report(a)
-
-    def _report(self, a: ReportOutcome) -> None:
+        if self._publishing.count:       # (the step's other reports are queued by now)
+            await self._publishing.idle(REPORT_WAIT)
+        reports, self._reports = self._reports, []
+        if self._closed() or not reports:
+            return
         svc = self.ctx.services.get("reputation")
         if svc is None:
             return
         try:
-            svc.report_outcome(a.subject, "fl", a.ok, min(max(a.weight, 1e-6), 100.0), a.evidence)
-        except Exception as e:   # the reputation service refuses (rate limit, self): log only
-            log.debug("fl: reputation report about %s not recorded: %s", a.subject, e)
+            refused = svc.report_outcomes([Outcome(a.subject, "fl", a.ok, min(max(a.weight, 1e-6), 100.0),
+                                                   a.evidence) for a in reports])
+        except Exception as e:   # the reputation service refuses one (about ourselves...)
+            refused = [str(e)]
+        if refused:
+            held = self._report_lines.admit("refused", trio.current_time())
+            if held is not None:     # at most once a minute: a refusal repeats every round
+                log.info("fl: %d of %d reputation reports not recorded: %s%s", len(refused),
+                         len(reports), refused[0], f" ({held} more lines since the last one)" if held else "")
 
     def message_refused(self, a: MessageRefused) -> None:
         self.metrics.refused.labels(a.kind).inc()
@@ -241,12 +255,20 @@ class RoleActions:
             self._publishing.end()
 
     async def _prepare(self, a: PrepareTask) -> None:
+        started = trio.current_time()
         try:
             prepared = await self.tasks.prepare(self._task_key(a.task, a.task_params, a.init_seed))
         except TaskError as e:
+            log.warning("fl: task %s of session %s failed to load: %s", a.task, a.session_id.hex()[:16], e)
             self.apply(self.core.task_failed(a.session_id, str(e), self._now()))
             return
-        self.apply(self.core.task_ready(a.session_id, prepared, self._now()))
+        actions = self.core.task_ready(a.session_id, prepared, self._now())
+        opted = any(isinstance(x, Publish) and isinstance(x.msg, OptIn) for x in actions)
+        # the opt-in window counts from the announcement: a slow load (a first torch import
+        # on a busy machine) is what keeps a device out of a session's first round
+        log.info("fl: session %s: task %s loaded in %.1f s, %s", a.session_id.hex()[:16], a.task,
+                 trio.current_time() - started, "opting in" if opted else "not opting in")
+        self.apply(actions)
 
     async def _train(self, a: Train) -> None:
         s = self.core.sessions.get(a.session_id)

@@ -42,6 +42,7 @@ from fognode.protocols.fl.session.archive import SessionArchive
 from fognode.protocols.fl.session.core import FlCore
 from fognode.protocols.fl.session.selection import DeviceCandidate, ineligibility
 from fognode.protocols.fl.training.prepared import TaskKey
+from fognode.protocols.fl.tasks import TaskError
 from fognode.protocols.fl.training.process import TaskProcess
 from fognode.protocols.fl.transfer.models import serve_model
 from fognode.protocols.fl.transfer.secagg import serve_secagg
@@ -115,6 +116,8 @@ class FlRole(FlRpc, Role):
             ledger.register_verifier()
             nursery.start_soon(ledger.settle_pools)      # closes the reward pools this node must close
             self.ctx.services.provide("fl", self)
+            if self.config.task_process_at_start:
+                nursery.start_soon(self._warm_tasks)
             task_status.started()
             try:
                 while True:
@@ -126,6 +129,14 @@ class FlRole(FlRpc, Role):
                 self._closed = True
                 self.ctx.services.withdraw("fl")
                 await self.tasks.aclose()
+
+    async def _warm_tasks(self) -> None:
+        """`task_process_at_start`: the task process imports torch now, not when a session's
+        announcement asks for its task (the opt-in window runs from the announcement)."""
+        try:
+            await self.tasks.warm()
+        except TaskError as e:      # the first session starts it again
+            log.warning("fl: the task process did not start: %s", e)
 
     def _apply(self, actions: list[Action]) -> None:
         assert self.actions is not None

@@ -4,8 +4,8 @@
   offers), one device's record, liveness, and a DHT look-up for devices not in the view; the
   harvest role announces this device's harvest state through `set_harvest`.
 - "reputation" -> `ReputationService`: `report_outcome(subject, service, ok, weight, evidence)`
-  for roles that saw a peer serve (SLA kept, FL update accepted, relay served), and
-  `score(peer, service)`.
+  for roles that saw a peer serve (SLA kept, FL update accepted, relay served),
+  `report_outcomes` for several at once (one gossip message), and `score(peer, service)`.
 Both are thin views of the role, seen through `RegistryBackend` (what they call on it, so this
 module does not import the role back); they never block except `fetch` and `lookup`.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from fognode.protocols.registry.core import RegistryCore
-from fognode.protocols.registry.observation import ALL_SERVICES
+from fognode.protocols.registry.observation import ALL_SERVICES, Outcome
 from fognode.protocols.registry.record import DeviceRecord, HarvestInfo
 from fognode.protocols.registry.view import Criteria
 
@@ -34,6 +34,8 @@ class RegistryBackend(Protocol):
 
     def report_outcome(self, subject: str, service: str, ok: bool, weight: float,
                        evidence: bytes) -> None: ...
+
+    def report_outcomes(self, outcomes: list[Outcome]) -> list[str]: ...
 
 
 class RegistryService:
@@ -86,6 +88,14 @@ class ReputationService:
         about this node itself, a bad name/weight/evidence, or over the node's own rate limit.
         """
         self._role.report_outcome(subject, service, ok, weight, evidence)
+
+    def report_outcomes(self, outcomes: list[Outcome]) -> list[str]:
+        """Several reports at once (`Outcome`: the fields of `report_outcome`), gossiped as
+        one message (a batch, observation.py) instead of one each: an FL aggregator reports
+        every participant of a round. Never blocks. Raises LocalProtocolError for a malformed
+        one (nothing is recorded then); returns why each refused one was not recorded (over
+        this node's own rate limit, its evidence already counted); the rest are recorded."""
+        return self._role.report_outcomes(outcomes)
 
     def score(self, peer_id: str, service: str = ALL_SERVICES) -> float:
         """Relative global trust (1.0 = an average peer, 0.0 = nobody vouches for it)."""

@@ -42,12 +42,12 @@ from fognode.protocols.registry.config import RegistryConfig
 from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.events import (DeviceCapabilitiesChanged, DeviceOffline,
                                                DeviceOnline, DeviceRegistered)
-from fognode.protocols.registry.gossip_check import (ENVELOPE_VERSION, check_observation,
+from fognode.protocols.registry.gossip_check import (ENVELOPE_VERSION, check_observations,
                                                      decode_device_gossip)
 from fognode.protocols.registry.liveness import Liveness, LivenessChange, LivenessTracker
-from fognode.protocols.registry.observation import (ALL_SERVICES, MAX_EVIDENCE, MAX_SERVICE,
-                                                    MAX_WEIGHT, ObservationBook,
-                                                    decode_observation, sign_observation)
+from fognode.protocols.registry.observation import (ObservationBook, Outcome,
+                                                    decode_observation, encode_observations,
+                                                    own_observation)
 from fognode.protocols.registry.peerid import peer_id_from_pubkey
 from fognode.protocols.registry.record import (Capabilities, DeviceProfile, DeviceRecord,
                                                HarvestInfo, changed_fields, decode_record,
@@ -322,33 +322,29 @@ class RegistryCore:
         if origin == self.peer_id:
             return []
         try:
-            self.book.add(check_observation(data, origin), now)
+            obs = check_observations(data, origin)
         except Rejected as e:
             return [Refused("observation", e.reason, origin, str(e))]
-        return []
+        return [Refused("observation", e.reason, origin, str(e)) for _, e in self.book.add_all(obs, now)]
+
+    def report_outcomes(self, outcomes: list[Outcome], now: float) -> tuple[list[Action], list[str]]:
+        """Our own observations: each signed, recorded, then gossiped together (batches of
+        observation.MAX_BATCH). Raises LocalProtocolError for a malformed one (about
+        ourselves, bad service, weight or evidence; nothing recorded). Returns the actions and
+        why each refused one was (over our own rate limit, its evidence already counted)."""
+        signed = [own_observation(self.key, self.peer_id, o, int(now)) for o in outcomes]
+        refused = dict(self.book.add_all(signed, now))
+        kept = [o for i, o in enumerate(signed) if i not in refused]
+        return ([Publish(OBSERVATIONS_TOPIC, m) for m in encode_observations(kept)],
+                [f"about {signed[i].subject}: {e}" for i, e in refused.items()])
 
     def report_outcome(self, subject: str, service: str, ok: bool, weight: float, evidence: bytes,
                        now: float) -> list[Action]:
-        """Our own observation of `subject`: record it and gossip it.
-
-        Raises LocalProtocolError for an observation about ourselves, a bad service name,
-        weight or evidence, or when we exceed our own rate limit.
-        """
-        if subject == self.peer_id:
-            raise LocalProtocolError("report_outcome: a node may not rate itself")
-        if not service or service == ALL_SERVICES or len(service) > MAX_SERVICE:
-            raise LocalProtocolError(f"report_outcome: bad service name {service!r}")
-        if not 0.0 < weight <= MAX_WEIGHT:
-            raise LocalProtocolError(f"report_outcome: weight {weight} is not in (0, {MAX_WEIGHT}]")
-        if len(evidence) > MAX_EVIDENCE:
-            raise LocalProtocolError(f"report_outcome: evidence id over {MAX_EVIDENCE} bytes")
-        o = sign_observation(self.key, subject=subject, service=service, ok=ok, weight=weight,
-                             evidence=evidence, ts=int(now))
-        try:
-            self.book.add(o, now)
-        except Rejected as e:
-            raise LocalProtocolError(f"report_outcome refused: {e}") from None
-        return [Publish(OBSERVATIONS_TOPIC, o.encode())]
+        """One own observation (`report_outcomes`); LocalProtocolError also when it is refused."""
+        actions, refused = self.report_outcomes([Outcome(subject, service, ok, weight, evidence)], now)
+        if refused:
+            raise LocalProtocolError(f"report_outcome refused: {refused[0]}")
+        return actions
 
     # ---- anti-entropy sync -------------------------------------------------------------------
 

@@ -13,8 +13,9 @@ another (expiry, sequence memory, rate limits, a record we hold): those stay in 
 - devices topic (`decode_device_gossip`): the envelope (version, kind, fields, sizes); for a
   record, the record itself (`record.decode_record`: shape, signature by its key) and that it
   describes the origin (a record travels on gossip only from its own device).
-- observations topic (`check_observation`): `observation.decode_observation` (shape,
-  signature by the observer's key) and that the observer is the origin.
+- observations topic (`check_observations`): `observation.decode_observations` (one
+  observation or a batch; each one's shape and signature by the observer's key) and that the
+  observer of each is the origin.
 
 Every refusal is a `Rejected` whose reason is one an honest peer never causes.
 `GossipChecks` binds the two checks to a node: the topic's `check=` callables, which count a
@@ -31,7 +32,8 @@ from fognode.node.errors import RemoteProtocolError
 from fognode.node.overlay import GossipMessage
 from fognode.node.wire import Fields, unpack
 from fognode.protocols.registry.errors import Rejected, RejectReason
-from fognode.protocols.registry.observation import Observation, decode_observation
+from fognode.protocols.registry.observation import (Observation, decode_observation,
+                                                    decode_observations)
 from fognode.protocols.registry.record import decode_record
 
 ENVELOPE_VERSION = 1
@@ -86,13 +88,23 @@ def check_device_gossip(data: bytes, origin: str) -> DeviceGossip:
 
 
 def check_observation(data: bytes, origin: str) -> Observation:
-    """The observations topic's content check: a signed observation by the origin itself.
-    Returns it; raises Rejected."""
+    """A message of one signed observation by the origin itself. Returns it; raises Rejected."""
     o = decode_observation(data, peer=origin)
     if o.observer != origin:
         raise Rejected(RejectReason.SPOOFED_ORIGIN,
                        f"observation by {o.observer} relayed as its own by {origin}", peer=origin)
     return o
+
+
+def check_observations(data: bytes, origin: str) -> list[Observation]:
+    """The observations topic's content check: one signed observation or a batch of them
+    (observation.py), each by the origin itself. Returns them; raises Rejected."""
+    obs = decode_observations(data, peer=origin)
+    spoofed = [o.observer for o in obs if o.observer != origin]
+    if spoofed:
+        raise Rejected(RejectReason.SPOOFED_ORIGIN,
+                       f"observation by {spoofed[0]} relayed as its own by {origin}", peer=origin)
+    return obs
 
 
 Penalize = Callable[..., None]      # Overlay.penalize(peer_id, reason, *, protocol=...)
@@ -110,7 +122,7 @@ class GossipChecks:
         return self._run(msg, "gossip", check_device_gossip)
 
     def observations(self, msg: GossipMessage) -> bool:
-        return self._run(msg, "observation", check_observation)
+        return self._run(msg, "observation", check_observations)
 
     def _run(self, msg: GossipMessage, what: str, check: Callable[[bytes, str], object]) -> bool:
         try:

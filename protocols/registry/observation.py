@@ -6,7 +6,12 @@ Wire form::
      "service": <str>, "ok": <bool>, "weight": <float in (0, 100]>, "evidence": <<= 64 bytes>,
      "ts": <unix s>, "sig": <64 bytes>}
 
-signed by the observer's peer key over the map without `sig`. `ObservationBook` is the
+signed by the observer's peer key over the map without `sig`. One gossip message carries one
+observation in that form, or a batch of up to MAX_BATCH observations by the same observer
+(`encode_observations`: {"v": 1, "batch": [<observation bytes>, ...]}, each still signed on
+its own, so a batch is only a way to send them together: an FL aggregator reports every
+participant of a round at once). Nodes older than batches refuse one as malformed.
+`own_observation` signs this node's own report (`Outcome`) after checking it. `ObservationBook` is the
 sans-IO store: it refuses self-observations, replays and duplicates (same observer and evidence
 id), stale or future ones, and caps each observer with a token bucket; accepted observations
 are summed into per-service local trust (satisfied minus unsatisfied weight, EigenTrust's
@@ -22,7 +27,7 @@ from typing import Any
 import numpy as np
 from nacl.signing import SigningKey
 
-from fognode.node.errors import RemoteProtocolError
+from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.wire import SIG_LEN, Fields, digest, pack, sign, unpack, verify
 from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.peerid import PUBKEY_LEN, peer_id_from_pubkey, peer_id_matches
@@ -33,6 +38,8 @@ MAX_SERVICE = 32
 MAX_EVIDENCE = 64
 MAX_WEIGHT = 100.0
 ALL_SERVICES = "*"     # the score over every service together
+MAX_BATCH = 32         # observations in one gossip message
+MAX_BATCH_BYTES = MAX_BATCH * (MAX_OBSERVATION_BYTES + 8) + 64
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,67 @@ def sign_observation(key: SigningKey, *, subject: str, service: str, ok: bool, w
     o = Observation(peer_id_from_pubkey(pubkey), pubkey, subject, service, bool(ok),
                     float(weight), bytes(evidence), int(ts), b"")
     return dataclasses.replace(o, sig=sign(key, o.body()))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """This node's report that `subject` served `service` well (`ok`) or badly
+    (api.ReputationService.report_outcome says what each field means)."""
+
+    subject: str
+    service: str
+    ok: bool
+    weight: float = 1.0
+    evidence: bytes = b""
+
+
+def own_observation(key: SigningKey, me: str, out: Outcome, ts: int) -> Observation:
+    """`out` signed by this node (`me`, `key`). Raises LocalProtocolError for a report about
+    this node itself, a bad service name, weight or evidence."""
+    if out.subject == me:
+        raise LocalProtocolError("report_outcome: a node may not rate itself")
+    if not out.service or out.service == ALL_SERVICES or len(out.service) > MAX_SERVICE:
+        raise LocalProtocolError(f"report_outcome: bad service name {out.service!r}")
+    if not 0.0 < out.weight <= MAX_WEIGHT:
+        raise LocalProtocolError(f"report_outcome: weight {out.weight} is not in (0, {MAX_WEIGHT}]")
+    if len(out.evidence) > MAX_EVIDENCE:
+        raise LocalProtocolError(f"report_outcome: evidence id over {MAX_EVIDENCE} bytes")
+    return sign_observation(key, subject=out.subject, service=out.service, ok=out.ok,
+                            weight=out.weight, evidence=out.evidence, ts=ts)
+
+
+def encode_observations(obs: list[Observation]) -> list[bytes]:
+    """Gossip messages carrying `obs` (one observer's): one observation as itself, more as
+    batches of up to MAX_BATCH."""
+    if len(obs) == 1:
+        return [obs[0].encode()]
+    return [pack({"v": OBSERVATION_VERSION, "batch": [o.encode() for o in obs[i:i + MAX_BATCH]]})
+            for i in range(0, len(obs), MAX_BATCH)]
+
+
+def decode_observations(data: bytes, *, peer: str | None = None) -> list[Observation]:
+    """The observations of one gossip message (one, or a batch: module docstring), each
+    decoded and authenticated by `decode_observation`; raises `Rejected` for the message if
+    any of them is refused, or for a malformed batch (OVERSIZE, MALFORMED)."""
+    if len(data) > MAX_BATCH_BYTES:
+        raise Rejected(RejectReason.OVERSIZE,
+                       f"observation batch is {len(data)} bytes, over {MAX_BATCH_BYTES}", peer=peer)
+    try:
+        raw = unpack(data, max_size=MAX_BATCH_BYTES, what="observation batch")
+    except RemoteProtocolError:
+        raw = None
+    if not (isinstance(raw, dict) and "batch" in raw):
+        return [decode_observation(data, peer=peer)]    # one (or its own refusal)
+    try:
+        f = Fields(raw, "observation batch", versions={OBSERVATION_VERSION}, peer=peer)
+        items = f.list("batch", max_len=MAX_BATCH)
+        f.done()
+    except RemoteProtocolError as e:
+        raise Rejected(RejectReason.MALFORMED, str(e), peer=peer) from None
+    if len(items) < 2 or not all(isinstance(x, bytes) for x in items):
+        raise Rejected(RejectReason.MALFORMED,
+                       "observation batch must hold 2 or more observations as bytes", peer=peer)
+    return [decode_observation(x, peer=peer) for x in items]
 
 
 def decode_observation(data: bytes, *, peer: str | None = None) -> Observation:
@@ -221,6 +289,16 @@ class ObservationBook:
         self._recent[self._counter] = o.encode()
         while len(self._recent) > self.max_recent:
             self._recent.popitem(last=False)
+
+    def add_all(self, obs: list[Observation], now: float) -> list[tuple[int, Rejected]]:
+        """`add` each of `obs`; the refused ones as (index in `obs`, why)."""
+        refused = []
+        for i, o in enumerate(obs):
+            try:
+                self.add(o, now)
+            except Rejected as e:
+                refused.append((i, e))
+        return refused
 
     def changed_since(self, after: int, limit: int) -> tuple[list[bytes], int, bool]:
         """Signed observations accepted after local counter `after` (only the latest

@@ -27,22 +27,18 @@ from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit
 from fognode.protocols.registry.api import RegistryService, ReputationService
 from fognode.protocols.registry.config import RegistryConfig, pretrusted_from_genesis
 from fognode.protocols.registry.core import DEVICES_TOPIC, OBSERVATIONS_TOPIC, RegistryCore
-from fognode.protocols.registry.errors import Rejected, RejectReason
+from fognode.protocols.registry.errors import Rejected
 from fognode.protocols.registry.gossip_check import GossipChecks
 from fognode.protocols.registry.metrics import RegistryMetrics
-from fognode.protocols.registry.observation import ALL_SERVICES
+from fognode.protocols.registry.observation import ALL_SERVICES, Outcome
 from fognode.protocols.registry.online import OnlineCount
 from fognode.protocols.registry.peerid import pubkey_from_peer_id
 from fognode.protocols.registry.probe import probe
 from fognode.protocols.registry.record import DeviceRecord, HarvestInfo, make_profile
+from fognode.protocols.registry.refusals import RefusalLog
 from fognode.protocols.registry.reputation import compute, snapshot
 from fognode.protocols.registry.validator import NAMESPACE, device_key, region_key
 from fognode.protocols.registry.view import GIB, Criteria
-
-# refusals that an honest peer never causes (the rest: clocks, races, rates, capacity)
-PEER_FAULTS = frozenset({RejectReason.OVERSIZE, RejectReason.MALFORMED, RejectReason.UNSIGNED,
-                         RejectReason.BAD_SIGNATURE, RejectReason.FOREIGN_KEY,
-                         RejectReason.WRONG_KEY, RejectReason.SPOOFED_ORIGIN})
 
 log = logging.getLogger("fognode.registry")
 
@@ -77,6 +73,8 @@ class RegistryRole(Role):
                                  now=ctx.clock(), validator_clock=ctx.clock)
         self.metrics = RegistryMetrics.create(ctx.metrics)
         self.core.validator.on_reject = lambda r: self.metrics.rejected.labels("dht", r.value).inc()
+        self.refusals = RefusalLog(self.metrics.rejected, lambda *a, **k: self.ctx.overlay.penalize(*a, **k),
+                                   ctx.peer_id)
         self._send, self._recv = trio.open_memory_channel[Action](ACTION_QUEUE)
         self._slow_send, self._slow_recv = trio.open_memory_channel[Action](ACTION_QUEUE)
         self._pub_send, self._pub_recv = trio.open_memory_channel[Action](ACTION_QUEUE)
@@ -97,13 +95,7 @@ class RegistryRole(Role):
             if isinstance(a, Emit):
                 self.ctx.events.publish(a.event)
             elif isinstance(a, Refused):
-                self.metrics.rejected.labels(a.what, a.reason.value).inc()
-                if a.reason in PEER_FAULTS and a.peer and a.peer != self.ctx.peer_id:
-                    # forged or malformed: the peer's fault (rate-limited WARNING, charged)
-                    self.ctx.overlay.penalize(a.peer, f"refused {a.what}: {a.detail}",
-                                              protocol=f"registry/{a.what}")
-                else:   # stale, expired, duplicate, over a rate: not held against anyone
-                    log.debug("refused %s from %s: %s", a.what, a.peer, a.detail)
+                self.refusals.refused(a, time.monotonic())   # counted, charged or logged
             elif isinstance(a, SetAppScore):
                 self.ctx.overlay.set_app_score(a.peer_id, a.score)
             elif isinstance(a, Publish):
@@ -316,6 +308,12 @@ class RegistryRole(Role):
                        evidence: bytes) -> None:
         self._do(self.core.report_outcome(subject, service, ok, weight, evidence, self.ctx.clock()))
         self.metrics.observations.labels("local").inc()
+
+    def report_outcomes(self, outcomes: list[Outcome]) -> list[str]:
+        actions, refused = self.core.report_outcomes(outcomes, self.ctx.clock())
+        self._do(actions)
+        self.metrics.observations.labels("local").inc(len(outcomes) - len(refused))
+        return refused
 
     # ---- run --------------------------------------------------------------------------------
 

@@ -165,3 +165,22 @@ def test_the_pipes_to_the_task_process_hold_a_whole_model_frame() -> None:
             await tp.aclose()
 
     run(main)
+
+
+def test_a_warmed_task_process_has_torch_loaded_before_its_first_task() -> None:
+    """`warm` (protocols.fl.task_process_at_start) starts the child and imports torch; the
+    first `prepare` then runs in the same child, without a second start."""
+    async def main() -> None:
+        tasks = TaskProcess()
+        try:
+            with trio.fail_after(120):
+                await tasks.warm()
+                pid = tasks.pid
+                assert pid is not None and tasks.starts == 1
+                maps = Path(f"/proc/{pid}/maps").read_text()
+                assert "libtorch" in maps          # torch's shared libraries are loaded
+                prepared = await tasks.prepare(KEY)
+                assert prepared.initial_params.size > 0 and tasks.pid == pid and tasks.starts == 1
+        finally:
+            await tasks.aclose()
+    run(main)

@@ -10,9 +10,14 @@ keeps only its bootstrap connection to node 0 and a participant dials the round'
 on demand (address from its peerstore or a DHT look-up). WARM-UP: first a 1-round session of
 the small `synthetic` task, bounded at 240 s, so that each daemon's first torch use (its task
 process imports torch: about 1.5 s of CPU each, 10 at once on 2 cores) and the first streams
-between the daemons are not inside the measured session (`--no-warmup` skips it). A session
+between the daemons are not inside the measured session (`--no-warmup` skips it). Each daemon
+starts its task process, and so imports torch, when its FL role starts
+(`protocols.fl.task_process_at_start`): 10 first torch imports at once took 51-67 s at load 22,
+past the 15 s opt-in window, and round 1 of the warm-up used up its retries waiting for opt-ins. A session
 that does not complete still gets its table (a column for the unfinished round, the failed
-sends by reason from the daemons' logs) and the command exits with status 1. The "stream open"
+sends by reason from the daemons' logs) and the command exits with status 1. The daemons' data
+dirs and logs are kept (as with `--keep`) and their path printed when either session did not
+complete or needed more than one try for its round 1, and when the run raised. The "stream open"
 rows time every FL transfer stream the daemons opened (transfer sessions, per-transfer streams).
 
 Node 0 starts the session through its RPC socket (`fl.start`, task `synthetic_mlp` with a 2048-unit
@@ -351,8 +356,9 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
     net = Devnet(root, nodes, extra_args=[
         "--set", f"overlay.peers_low={nodes - 1 if mesh else 1}",
         "--set", "protocols.fl.tick_interval=0.05", "--set", "protocols.fl.republish_interval=1.0",
-        "--set", f"protocols.fl.data_seed={DATA_SEED}"])
+        "--set", f"protocols.fl.data_seed={DATA_SEED}", "--set", "protocols.fl.task_process_at_start=true"])
     old = signal.signal(signal.SIGTERM, _on_sigterm)
+    failed = True       # until both sessions completed, round 1 in one try: else the logs stay
     try:
         print(f"starting {nodes} daemons in {root} ...", file=sys.stderr, flush=True)
         net.create()
@@ -380,6 +386,8 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
                     what="the warm-up session")
                 warm = f"{ws['state']}" + (f" in {ws['history'][0]['duration']:.1f} s, {ws['history'][0]['tries']} "
                                            f"tries" if ws["history"] else "")
+                for why in (ws["history"][0]["failures"] if ws["history"] else [ws.get("reason", "")]):
+                    print(f"  warm-up round 1: {why}", file=sys.stderr)   # the failed tries
             except TimeoutError:
                 coord.rpc("fl.stop", [w["session_id"]])
                 warm = f"stopped unfinished after {WARMUP_TIMEOUT:.0f} s"
@@ -445,6 +453,10 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
         with contextlib.suppress(trio.TooSlowError):
             rtt, fetch, fetch_cpu = trio.run(stream_bounds, coord.addr, coord.peer_id, bytes.fromhex(sid),
                                              bytes.fromhex(done["model_hash"]), size, pids[0])
+        for why in history[0]["failures"] if history else [done.get("reason", "")]:
+            print(f"  round 1: {why}", file=sys.stderr)        # the failed tries
+        warm_bad = warm != "skipped" and not (warm.startswith("completed") and warm.endswith(" 1 tries"))
+        failed = done["state"] != "completed" or not history or history[0]["tries"] > 1 or warm_bad
         first, trains = local_training(nodes)
         bounds = Bounds(train=trains, first_train=first, fedavg=fedavg_seconds(nodes, size), fetch=fetch,
                         fetch_cpu=fetch_cpu, rtt=rtt, tcp=tcp_seconds(size * 4), idle_lag=idle_lag)
@@ -468,7 +480,10 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
             net.stop_all(timeout=10)
         finally:
             signal.signal(signal.SIGTERM, old)
-            if not keep:
+            if keep or failed:
+                print(f"the daemons' data dirs and logs are kept in {root} (node*/daemon.log)",
+                      file=sys.stderr, flush=True)
+            else:
                 import shutil
 
                 shutil.rmtree(root, ignore_errors=True)

@@ -74,7 +74,6 @@ from fognode.protocols.fl.session.status import session_row, session_status
 from fognode.protocols.fl.strategies.base import AggregateResult, StrategyError
 from fognode.protocols.fl.strategies.registry import build_strategy
 from fognode.protocols.fl.training.prepared import PreparedTask, init_seed_of
-from fognode.protocols.fl.transfer.tensors import params_hash
 
 MAX_SESSIONS = 64
 MAX_KNOWN_PEERS = 1024      # peers remembered from opt-ins, as fallback coordinator candidates
@@ -330,13 +329,13 @@ class FlCore:
 
     def model_fetched(self, sid: bytes, model_hash: bytes, params: np.ndarray,
                       state: dict[str, np.ndarray], now: float) -> list[Action]:
-        """A fetched model arrived (the adapter checked its hash against `model_hash`)."""
+        """A fetched model arrived. The caller checked that `params` hash to `model_hash`
+        (transfer/models.py `fetch_model`; hashing it again here cost 0.6 ms per 0.58 MB model
+        on every participant every round)."""
         s = self.sessions.get(sid)
         if s is None:
             return []
         s.fetching.discard(model_hash)
-        if params_hash(params) != model_hash:
-            return self.model_fetch_failed(sid, model_hash, "hash mismatch", now)
         s.keep_model(model_hash, ModelBundle(params, dict(state)))
         out = self.participant_side.maybe_train(s, now)
         c = s.coordinator

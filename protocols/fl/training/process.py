@@ -10,7 +10,8 @@ idle machine both are under 2 ms. In its own process, also, the daemon never imp
 crash in a task cannot take the daemon down, and `training_nice` can lower training's CPU
 priority.
 
-One task process per daemon, started on first use and restarted after it dies. Requests go
+One task process per daemon, started on first use (or, with `protocols.fl.task_process_at_start`,
+when the role starts, importing torch at once: `TaskProcess.warm`) and restarted after it dies. Requests go
 one at a time over its stdin and answers come back over its stdout, each a frame: 8-byte
 big-endian length, then a msgpack map; parameter vectors travel as raw little-endian float32
 bytes. Both pipes are widened to PIPE_BYTES (`widen_pipe`), so a frame of a model of up to
@@ -117,13 +118,18 @@ class TaskHost:
         self.tasks: OrderedDict[TaskKey, tuple[LocalTask, ParamLayout, np.ndarray]] = OrderedDict()
         self._torch_ready = False
 
-    def _task(self, key: TaskKey) -> tuple[LocalTask, ParamLayout, np.ndarray]:
+    def warm(self) -> None:
+        """Import torch (seconds of CPU, once) and set its thread count."""
         if not self._torch_ready:
-            if self.torch_threads > 0:
-                import torch
+            import torch
 
+            if self.torch_threads > 0:
                 torch.set_num_threads(self.torch_threads)
             self._torch_ready = True
+
+    def _task(self, key: TaskKey) -> tuple[LocalTask, ParamLayout, np.ndarray]:
+        if self.torch_threads > 0:
+            self.warm()
         got = self.tasks.get(key)
         if got is None:
             got = load_local(key)
@@ -135,6 +141,9 @@ class TaskHost:
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
+        if op == "warm":
+            self.warm()
+            return {"ok": True}
         key = key_from_wire(req.get("key"))
         if op == "prepare":
             _, layout, p0 = self._task(key)
@@ -249,6 +258,11 @@ class TaskProcess:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    async def warm(self) -> None:
+        """Start the child and have it import torch now, ahead of its first task (a cold
+        start is what a first `prepare` waits for: seconds of CPU, far more on a busy machine)."""
+        await self._call({"op": "warm"})
 
     async def prepare(self, key: TaskKey) -> PreparedTask:
         resp = await self._call({"op": "prepare", "key": key_to_wire(key)})

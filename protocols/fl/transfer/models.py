@@ -1,7 +1,8 @@
 """Model transfers: a node serves the global models it holds (request, response with one
 tensor header per array, raw chunks), on a stream `/fognode/fl/model/1.0.0` of its own or as a
-"model" request of a transfer session (transfer/sessions.py, transfer/xfer.py), and fetches a
-round's base model from the first source that serves it, checking its hash (`FetchModel`)."""
+"model" request of a transfer session (transfer/sessions.py, transfer/xfer.py), each encoded
+once (transfer/encoded.py, held by the Link), and fetches a round's base model from the first
+source that serves it, checking its hash (`FetchModel`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,7 @@ from fognode.node.wire import digest
 from fognode.protocols.fl.actions import FetchModel
 from fognode.protocols.fl.messages import ModelRequest, ModelResponse
 from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, MODEL_STREAM, Link, close
-from fognode.protocols.fl.transfer.tensors import TensorDecoder, encode_tensor, params_hash
+from fognode.protocols.fl.transfer.tensors import TensorDecoder, params_hash
 
 # seconds a source may take to answer a model request (a lookup: it answers at once). A
 # stream opened per fetch proved the source alive within overlay.dial_timeout; a reused
@@ -36,8 +37,7 @@ async def serve_model_request(link: Link, st: FramedStream) -> None:
     if bundle is None:
         await st.send(ModelResponse(False, "this node does not hold that model", ()).to_wire())
         return
-    tensors = [("params", bundle.params)] + sorted(bundle.state.items())
-    encoded = [(n, *encode_tensor(t, chunk_size=link.config.chunk_size)) for n, t in tensors]
+    encoded = link.encoded.get(req.session_id, req.model_hash, bundle, link.config.chunk_size)
     await st.send(ModelResponse(True, "", tuple((n, h) for n, h, _ in encoded)).to_wire())
     for _, h, chunks in encoded:
         for c in chunks:
@@ -69,6 +69,12 @@ async def fetch_model(link: Link, a: FetchModel) -> None:
                     dec.feed(await st.recv_bytes(max_size=h.chunk_size))
                 arrays[name] = dec.finish()
                 link.metrics.bytes_in.labels("model").inc(h.nbytes)
+            # float32 params: the decoder checked their bytes against the header's BLAKE2b,
+            # which is then the model hash itself (params_hash: BLAKE2b of the float32 bytes)
+            p = resp.tensors[0][1]
+            if not (p.dtype == "float32" and p.hash == a.model_hash) \
+                    and params_hash(arrays["params"]) != a.model_hash:
+                return "the model does not match its hash", {}
             return "", arrays
         try:
             with trio.fail_after(config.stream_timeout):
@@ -77,9 +83,6 @@ async def fetch_model(link: Link, a: FetchModel) -> None:
                 last = f"{src}: {refusal}"
                 continue
             params = arrays.pop("params")
-            if params_hash(params) != a.model_hash:
-                last = f"{src}: the model does not match its hash"
-                continue
             link.metrics.transfer.labels("model").observe(trio.current_time() - started)
             link.apply(core.model_fetched(a.session_id, a.model_hash, params, arrays, link.now()))
             return

@@ -3,7 +3,7 @@ control-frame bound, `Link` (the typed collaborators a transfer is handed, the t
 sessions among them) and a best-effort stream close."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from fognode.node.overlay import FramedStream, Overlay
@@ -11,6 +11,7 @@ from fognode.protocols.fl.actions import Action
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.session.core import FlCore
+from fognode.protocols.fl.transfer.encoded import EncodedModels
 from fognode.protocols.fl.transfer.sessions import XFER_STREAM, TransferSessions
 
 MODEL_STREAM = "/fognode/fl/model/1.0.0"
@@ -26,8 +27,9 @@ __all__ = ["MODEL_STREAM", "UPDATE_STREAM", "SECAGG_STREAM", "XFER_STREAM", "TOP
 @dataclass(frozen=True)
 class Link:
     """A transfer's collaborators: the overlay, the role's config and metrics, the core, the
-    node's transfer sessions (sessions.py: how a transfer reaches a peer), and how to feed the
-    core's answers back (`apply`), read the clock and see the role stopped."""
+    node's transfer sessions (sessions.py: how a transfer reaches a peer), how to feed the
+    core's answers back (`apply`), read the clock and see the role stopped, and the wire form
+    of the models this node served (encoded.py)."""
 
     overlay: Overlay
     config: FlConfig
@@ -37,6 +39,7 @@ class Link:
     now: Callable[[], float]
     closed: Callable[[], bool]
     sessions: TransferSessions
+    encoded: EncodedModels = field(default_factory=EncodedModels)   # the models served
 
 
 async def close(st: FramedStream) -> None:
