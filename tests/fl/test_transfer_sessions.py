@@ -161,7 +161,11 @@ async def test_a_session_the_receiver_resets_at_once_falls_back_to_the_per_trans
                 await st.reset()
             p.server.set_stream_handler(XFER_STREAM, refuse)
             assert "does not hold that model" in await p.fetch()
-            assert p.opens("xfer") == 1 and p.opens("model") == 1
+            # The reset may reach the opener after its negotiation ended (the open counts "ok",
+            # the first request fails) or with the protocol's echo still unread (the open
+            # fails: a reset stream's unread bytes are dropped, in py-libp2p as in go-yamux).
+            # Which one depends on whether the opener's task runs between the two frames.
+            assert p.opens("xfer") + p.opens("xfer", "failed") == 1 and p.opens("model") == 1
             assert not p.link.sessions.has_session(p.server.peer_id)
 
 
