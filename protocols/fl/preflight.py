@@ -40,7 +40,7 @@ def preflight(spec: SessionSpec, strategy: Strategy, eligible: int) -> Preflight
     if spec.min_participants > eligible:
         warnings.append(f"--min-participants {spec.min_participants} is more than the {eligible} eligible "
                         f"device(s) this node knows now: the session waits for more to opt in "
-                        f"(it fails after --optin-seconds and the retries if none come)")
+                        f"(it fails if too few have come --deadline times (1 + --max-retries) after --optin-seconds)")
     return Preflight(tuple(refusals), tuple(warnings))
 
 

@@ -6,7 +6,8 @@ It takes an accepted round result (the new model is fetched when it is not here 
 round once its model is here (`TrainingRoundCompleted`, `SaveModel`, then the next plan or the
 session's end), retries a round whose aggregators failed it or whose new model could not be
 fetched (a new try, or the session fails after `max_retries`), and drives the coordinator's
-clock: opt-in deadlines, round deadlines and plan republishing.
+clock: opt-in deadlines, round deadlines and plan republishing. Too few candidates for the
+coordinator's whole wait (coordinator.candidate_wait) ends the session without using a try.
 """
 from __future__ import annotations
 
@@ -110,19 +111,13 @@ class CoordinatorSide:
         out: list[Action] = []
         msgs, failure = c.tick(now)
         if failure is not None:
-            if c.phase == Phase.OPT_IN and not c.history and c.plan is None:
-                out += self._end(s, SessionState.FAILED, failure, now) \
-                    if c.try_no >= s.spec.max_retries else self._bump(c, failure)
-            else:
-                out += self.retry(s, failure, now)
+            # in OPT_IN: too few candidates for the whole wait; no plan went out, so no try was
+            # used, and another try would wait for the same candidates
+            out += self._end(s, SessionState.FAILED, failure, now) if c.phase == Phase.OPT_IN \
+                else self.retry(s, failure, now)
         for m in msgs:
             out.append(Publish(m))
             if isinstance(m, RoundPlan):
                 out += self._on_plan(s, self.me, m, now)
         return out
 
-    @staticmethod
-    def _bump(c: Coordinator, failure: str) -> list[Action]:
-        c.failures.append(failure)
-        c.try_no += 1
-        return []

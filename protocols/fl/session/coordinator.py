@@ -13,6 +13,14 @@ round that fails (too few updates, no result before the last fallback slot ends,
 cannot be fetched) is retried with a new seed from the last completed model, up to
 `max_retries` times; then the session fails.
 
+Too few eligible candidates is not a failed try: no plan went out, so the round has not been
+tried and its try number (the seed participants derive) is kept for the plan that does go out.
+The coordinator plans as soon as enough candidates are eligible (round 1: from the end of the
+opt-in window; later rounds and tries: from when a plan could not be made) and fails the
+session when there are still too few after `candidate_wait(spec)`, `deadline * (1 +
+max_retries)`: the bound round 1 had when each wait used up a try (like a Flower server
+waiting for `min_available_clients` with a timeout).
+
 The coordinator is not a single point of failure: the signed announcement names fallback
 coordinators (`coordinators_of`); the first of them that hears nothing from the acting one
 for its timeout takes over from the last completed round with a higher `rank`, carried by
@@ -32,11 +40,17 @@ from fognode.protocols.fl.messages import (
     RoundPlan,
     RoundResult,
     SessionAnnouncement,
+    SessionSpec,
 )
 from fognode.protocols.fl.session.election import aggregator_order
 from fognode.protocols.fl.session.selection import DeviceCandidate, round_seed, select_participants
 
 CandidateView = Callable[[str, DeviceFacts], DeviceCandidate]
+
+
+def candidate_wait(spec: SessionSpec) -> float:
+    """How long the coordinator waits for enough eligible candidates before the session fails."""
+    return spec.deadline * (1 + spec.max_retries)
 
 
 class SessionState(enum.Enum):
@@ -106,7 +120,9 @@ class Coordinator:
         self.view = candidate_view
         self.interval = republish_interval
         self.phase = Phase.OPT_IN
-        self.created = now
+        self.wait_from = now + self.spec.optin_seconds   # plans from here; waits candidate_wait
+        self.clock = now        # the latest tick's time (a retry of this node's own RoundFailed
+                                # is handed the plan's time: the wait must not start back then)
         self.last_publish = now
         self.candidates: dict[str, DeviceFacts] = {}
         self.round_no = 1
@@ -141,15 +157,18 @@ class Coordinator:
         return self.plan_at + slots * self.spec.deadline + min(self.spec.deadline, 5.0)
 
     def tick(self, now: float) -> tuple[list[Any], str | None]:
-        """(gossip messages to publish, failure reason to retry with or None)."""
+        """(gossip messages to publish, failure reason or None): in Phase.PLANNED the reason to
+        retry the round with; in Phase.OPT_IN the session's (too few candidates after the wait)."""
         out: list[Any] = []
+        self.clock = max(self.clock, now)
         if self.phase == Phase.OPT_IN:
-            if now >= self.created + self.spec.optin_seconds:
+            if now >= self.wait_from:
                 plan = self.make_plan(now)
                 if plan is not None:
                     return [plan], None
-                if now >= self.created + self.spec.optin_seconds + self.spec.deadline * (self.try_no - self.first_try + 1):
-                    return [], (f"only {len(self._eligible(self.round_seed()))} eligible candidates, "
+                if now >= self.wait_from + candidate_wait(self.spec):
+                    return [], (f"round {self.round_no}: only {len(self._eligible(self.round_seed()))} "
+                                f"eligible candidates after waiting {now - self.wait_from:.0f}s for more, "
                                 f"fewer than the minimum {self.spec.min_participants}")
             if now - self.last_publish >= self.interval:
                 # the heartbeat: the starter's announcement while no plan is out (only the
@@ -177,10 +196,13 @@ class Coordinator:
         return select_participants(cands, self.spec.criteria, self.spec.participants, seed)
 
     def make_plan(self, now: float) -> RoundPlan | None:
-        """A plan for the current round/try, or None with too few eligible candidates."""
+        """A plan for the current round/try, or None with too few eligible candidates (the
+        coordinator then waits for more: the wait starts now unless it is already waiting)."""
         seed = self.round_seed()
         chosen = self._eligible(seed)
         if len(chosen) < self.spec.min_participants:
+            if self.phase != Phase.OPT_IN:
+                self.wait_from = max(now, self.clock)
             self.phase = Phase.OPT_IN
             return None
         parts = tuple((c.peer, min(max(c.reputation, 0.0), 1.0)) for c in chosen)
@@ -229,10 +251,7 @@ class Coordinator:
         self.try_no += 1
         if self.try_no - self.first_try > self.spec.max_retries:
             return f"round {self.round_no} failed {self.try_no} times; last: {reason}"
-        plan = self.make_plan(now)
-        if plan is None:
-            self.created = now - self.spec.optin_seconds   # wait for candidates from now on
-        return plan
+        return self.make_plan(now)      # None: too few candidates, waiting for more from now
 
     def model_arrived(self, now: float) -> RoundRecord:
         """The pending result's model is here: record the round and move the base on."""

@@ -190,6 +190,6 @@ class Failover:
             return self._end(s, SessionState.COMPLETED, "", now)
         plan = c.make_plan(now)
         if plan is None:
-            c.created = now - s.spec.optin_seconds    # wait for candidates from now on
+            c.wait_from = now    # wait for candidates from now on (make_plan saw OPT_IN: kept the old start)
             return []
         return [Publish(plan)] + self._on_plan(s, self.me, plan, now)
