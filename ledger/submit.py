@@ -187,14 +187,16 @@ class OrderSubmitter:
             done.set()
 
     async def unlock_wallets(self) -> None:
-        """At start, with a passphrase: unlock every wallet of the keystore, one after the
-        other in a worker thread, so that no wallet's first send waits for its Argon2id
-        derivation (about 0.1 s of CPU and 64 MiB each; the 16 wallets of 4 daemons deriving at
-        once on 2 cores held their first sends 1-10 s). No secret is exposed that was not: the
-        daemon holds the passphrase for its lifetime already. A wallet that does not open (a
-        key file made with another passphrase, unreadable) stays locked; its sends say why."""
+        """At start, once the node is ready (every role started, `node.info` answering), with
+        a passphrase: unlock every wallet of the keystore, one after the other in a worker
+        thread, so no wallet's first send waits for its Argon2id derivation (about 0.1 s of CPU
+        and 64 MiB each; 16 wallets deriving at once on 2 cores held their first sends 1-10 s).
+        No secret is exposed that was not: the daemon holds the passphrase for its lifetime. A
+        wallet that does not open (another passphrase, unreadable) stays locked, saying why."""
         if self.passphrase is None:
             return
+        if (node := self.ctx.services.get("node")) is not None:   # the roles after this one first
+            await node.ready.wait()
         try:
             wallets = await trio.to_thread.run_sync(self.keystore.list)
         except WalletError as e:
