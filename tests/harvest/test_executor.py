@@ -162,8 +162,10 @@ async def test_duty_cycle_keeps_the_cpu_share_near_the_allowance() -> None:
 
 
 async def test_cancel_kills_the_whole_process_group_and_grandchildren_are_metered() -> None:
+    # the grandchild's hashing must take well over the 0.1 s asserted below: 200,000 rounds took
+    # 0.08-0.10 s of CPU on a quiet machine, so the wait below timed out in about 1 run of 5
     script = ("import subprocess, sys\n"
-              "subprocess.run([sys.executable, '-c', " + repr(CPU_JOB) + ", '200000'], check=True)\n"
+              "subprocess.run([sys.executable, '-c', " + repr(CPU_JOB) + ", '600000'], check=True)\n"
               "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
               "print(p.pid, flush=True)\np.wait()\n")
     session = SessionMeter(trio.current_time())
