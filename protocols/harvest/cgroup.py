@@ -16,7 +16,8 @@ the job in its cgroup before the work runs, so every descendant stays in it, eve
 left the job's process group with setsid; `cgroup.kill` takes them all at once) and exact CPU
 accounting of the whole tree (`cpu.stat` usage_usec, counting descendants that were never
 reaped by the job); the limits stay RLIMIT_DATA, the meter and the duty cycle. The probe also
-removes empty job cgroups that a daemon killed with SIGKILL left behind.
+cleans up after daemons that are gone (a SIGKILL, or the reaper itself killed, see reaper.py):
+it SIGKILLs what is left in their job cgroups (`cgroup.kill`) and removes the empty ones.
 
 `JobCgroup` is one job's cgroup `fognode-<pid>-job<n>` under that parent: with limits,
 `memory.max` (and `memory.swap.max` 0, so the limit is not dodged into swap;
@@ -134,7 +135,7 @@ def _containment(parent: Path, why: str) -> CgroupSupport:
 
 
 def _remove_stale(parent: Path) -> None:
-    """Remove empty job cgroups of daemons that are gone (a SIGKILL leaves them)."""
+    """Kill what is left in the job cgroups of daemons that are gone, and remove them."""
     try:
         children = list(parent.glob("fognode-*-*"))
     except OSError:
@@ -143,9 +144,11 @@ def _remove_stale(parent: Path) -> None:
         pid = child.name.split("-")[1]
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
             try:
+                if (child / "cgroup.kill").exists():
+                    (child / "cgroup.kill").write_text("1")
                 child.rmdir()
             except OSError:
-                pass     # still holds processes: left to their end
+                pass     # its processes are still dying: removed at a later start
 
 
 class JobCgroup:

@@ -8,6 +8,8 @@ else the duty-cycle throttle of `limits.DutyCycle` with SIGSTOP/SIGCONT). It fee
 on stdin, collects stdout (bounded) and the tail of stderr, and awaits the exit; it returns a
 `JobResult` with how the job ended, why, and its `Usage` (meter.py). Cancelling `run` kills the
 job's whole process group and reaps it (shielded, bounded) before the cancellation propagates.
+Every job is registered with this process's reaper (reaper.py) while it may run, so it dies
+with the daemon (kill -9 included, stopped or not); a job no reaper guards is not started.
 
 `Executor.watch(pid)` takes a process someone else started and reaps (FL's task process) under
 the same suspend/resume, duty cycle, meter and memory limit, and releases it (running) when the
@@ -53,6 +55,7 @@ from fognode.protocols.harvest.jobs import (UNKNOWN_EXIT, JobEnd, JobPipe, JobRe
                                             JobState, JobStatus)
 from fognode.protocols.harvest.meter import JobMeter, Sample, SessionMeter, Usage
 from fognode.protocols.harvest.procstat import sample_tree
+from fognode.protocols.harvest.reaper import Reaper, reaper as process_reaper
 
 log = logging.getLogger("fognode.harvest")
 
@@ -65,7 +68,8 @@ class Executor:
 
     def __init__(self, *, allowance: Allowance | None = None, nice: int = 19,
                  cgroup: CgroupSupport | None = None, poll_interval: float = 0.25,
-                 duty_period: float = 1.0, session: SessionMeter | None = None) -> None:
+                 duty_period: float = 1.0, session: SessionMeter | None = None,
+                 reaper: Reaper | None = None) -> None:
         if not -20 <= nice <= 19:
             raise BadJobError(f"must be in -20..19, got {nice}", field="nice")
         if not poll_interval > 0:
@@ -80,6 +84,7 @@ class Executor:
         self._cgroup = cgroup if cgroup is not None and cgroup.available else None
         self._poll = poll_interval
         self._session = session
+        self._reaper = reaper or process_reaper()
         self._suspended = False
         self._jobs: dict[int, JobState] = {}
         self._ids = itertools.count(1)
@@ -225,6 +230,11 @@ class Executor:
             await self._drop_cgroup(job)
             raise ExecutorError(f"cannot start job {spec.name!r}: {e}") from e
         job.pid = job.proc.pid
+        try:
+            job.guard = self._reaper.guard_group(job.pid, job.cgroup.path if job.cgroup else None)
+        except OSError as e:    # nothing would kill it if the daemon died: it does not run
+            await self._end(job, None)
+            raise ExecutorError(f"cannot start job {spec.name!r}: no reaper ({e})") from e
         return job
 
     async def _end(self, job: JobState, session: SessionMeter | None) -> None:
@@ -232,6 +242,7 @@ class Executor:
         with trio.CancelScope(shield=True):
             await self._reap(job)
             await self._drop_cgroup(job)
+        self._reaper.release(job.guard)
         self._close(job, session)
 
     async def run(self, spec: JobSpec) -> JobResult:
@@ -301,11 +312,9 @@ class Executor:
         never left stopped and never killed. ExecutorError if `pid` does not exist."""
         job = self._new_job(name, memory_bytes)
         try:
-            # On the loop, not in a worker thread: FL lends its task process for each training
-            # and waits for this before sending the request. The reading is about 0.3 ms of
-            # /proc and psutil, but psutil's Python between its syscalls took the GIL back
-            # several times from a busy loop (5 ms switch interval each): the hop cost a
-            # training a median of 26 ms at load 12 (traced by fl2, stop 24).
+            # On the loop, not in a worker thread: FL waits for this before each training. The
+            # reading is ~0.3 ms, but a thread hop (psutil retakes the GIL between syscalls, 5 ms
+            # each) cost a training a median of 26 ms at load 12 (traced by fl2, stop 24).
             first, pids = sample_tree(pid)
             pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else -1
         except OSError as e:
@@ -331,7 +340,7 @@ class Executor:
                 ended = trio.current_time()
                 nursery.cancel_scope.cancel()
             job.pid = 0   # gone: never signal that pid again (it may be reused)
-            usage = job.meter.finish(ended, self._rebased(job, last))
+            usage = job.meter.finish(ended, last.since(job.cpu_base))
             end = job.kill_end or JobEnd.EXITED
             return JobResult(job.job_id, end, UNKNOWN_EXIT, job.kill_reason or "exited", b"",
                              b"", usage)
@@ -360,13 +369,6 @@ class Executor:
             job.meter.finish(trio.current_time())
         if session is not None:
             session.close(job.job_id, job.meter.usage(trio.current_time()))
-
-    @staticmethod
-    def _rebased(job: JobState, s: Sample) -> Sample:
-        """A watched process's reading counts only what it used since we began watching."""
-        if not job.cpu_base:
-            return s
-        return Sample(max(0.0, s.cpu_s - job.cpu_base), s.rss_bytes, s.hwm_bytes)
 
     async def _supervise(self, job: JobState, spec: JobSpec) -> JobResult:
         assert job.proc is not None
@@ -439,7 +441,7 @@ class Executor:
                 next_poll = now + self._poll
                 if pids:
                     job.pids = pids
-                    job.meter.sample(now, self._rebased(job, sample))
+                    job.meter.sample(now, sample.since(job.cpu_base))
                     self._check_memory(job, sample)
             self._apply_phase(job, now)
             until = self._phase(job, now).until

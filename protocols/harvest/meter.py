@@ -96,6 +96,11 @@ class Sample:
     rss_bytes: int
     hwm_bytes: int = 0
 
+    def since(self, cpu_base: float) -> Sample:
+        """This reading counting only the CPU seconds after `cpu_base` (a watched process
+        counts only what it used since we began watching it)."""
+        return Sample(max(0.0, self.cpu_s - cpu_base), self.rss_bytes, self.hwm_bytes)
+
 
 class JobMeter:
     """Integrates one job's samples and stop/run transitions into a `Usage` (time passed in)."""

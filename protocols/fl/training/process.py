@@ -48,6 +48,7 @@ from fognode.protocols.fl.tasks import ParamLayout, TaskError, TensorSpec, Train
 from fognode.protocols.fl.training.modelstore import export_state_dict
 from fognode.protocols.fl.training.prepared import LocalTask, PreparedTask, TaskKey, load_local, train_round
 from fognode.protocols.fl.transfer.tensors import params_hash
+from fognode.protocols.harvest.reaper import reaper
 
 log = logging.getLogger("fognode.fl")
 
@@ -319,6 +320,7 @@ class TaskProcess:
             [sys.executable, "-m", "fognode.protocols.fl.training.process",
              "--torch-threads", str(self.torch_threads), "--nice", str(self.nice)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        reaper().guard_process(self._proc.pid)     # dies with the daemon, even stopped or kill -9
         assert self._proc.stdin is not None and self._proc.stdout is not None
         for pipe in (self._proc.stdin, self._proc.stdout):
             fileno = getattr(pipe, "fileno", None)      # trio's FdStream: a pipe (POSIX)
