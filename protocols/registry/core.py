@@ -46,8 +46,8 @@ from fognode.protocols.registry.gossip_check import (ENVELOPE_VERSION, check_obs
                                                      decode_device_gossip)
 from fognode.protocols.registry.liveness import Liveness, LivenessChange, LivenessTracker
 from fognode.protocols.registry.observation import (ObservationBook, Outcome,
-                                                    decode_observation, encode_observations,
-                                                    own_observation)
+                                                    decode_observation, encode_observations)
+from fognode.protocols.registry.pending import OwnReports
 from fognode.protocols.registry.peerid import peer_id_from_pubkey
 from fognode.protocols.registry.record import (Capabilities, DeviceProfile, DeviceRecord,
                                                HarvestInfo, changed_fields, decode_record,
@@ -81,6 +81,8 @@ class RegistryCore:
                                     burst=config.observation_burst,
                                     max_age=config.observation_max_age,
                                     max_clock_skew=config.max_clock_skew)
+        self.own_reports = OwnReports(key, self.peer_id, self.book,
+                                      reserve=config.observation_burst // 10)
         self.reputation = ReputationTable()
         self.own: DeviceRecord | None = None
         self.onion_cert = b""          # the onion role's key certificate, carried in our record
@@ -328,15 +330,13 @@ class RegistryCore:
         return [Refused("observation", e.reason, origin, str(e)) for _, e in self.book.add_all(obs, now)]
 
     def report_outcomes(self, outcomes: list[Outcome], now: float) -> tuple[list[Action], list[str]]:
-        """Our own observations: each signed, recorded, then gossiped together (batches of
-        observation.MAX_BATCH). Raises LocalProtocolError for a malformed one (about
-        ourselves, bad service, weight or evidence; nothing recorded). Returns the actions and
-        why each refused one was (over our own rate limit, its evidence already counted)."""
-        signed = [own_observation(self.key, self.peer_id, o, int(now)) for o in outcomes]
-        refused = dict(self.book.add_all(signed, now))
-        kept = [o for i, o in enumerate(signed) if i not in refused]
-        return ([Publish(OBSERVATIONS_TOPIC, m) for m in encode_observations(kept)],
-                [f"about {signed[i].subject}: {e}" for i, e in refused.items()])
+        """Our own observations, sent within our rate limit: signed, recorded, gossiped together
+        (batches of observation.MAX_BATCH); those over it wait, merged per subject, service and
+        outcome, and go at a later `tick` (pending.py). Raises LocalProtocolError for a
+        malformed one (about ourselves, bad service, weight or evidence; nothing recorded).
+        Returns the actions and why each refused one was (its evidence already counted)."""
+        sent, refused = self.own_reports.report(outcomes, now)
+        return [Publish(OBSERVATIONS_TOPIC, m) for m in encode_observations(sent)], refused
 
     def report_outcome(self, subject: str, service: str, ok: bool, weight: float, evidence: bytes,
                        now: float) -> list[Action]:
@@ -444,9 +444,12 @@ class RegistryCore:
     # ---- time -----------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Action]:
-        """Heartbeat, republish before expiry, liveness time-outs, expired records."""
+        """Heartbeat, republish before expiry, liveness time-outs, expired records, our
+        reports that waited for the rate limit."""
         self._clock_now = now
-        out: list[Action] = []
+        sent, errors = self.own_reports.send(now) if self.own_reports.waiting else ([], [])
+        out: list[Action] = [Publish(OBSERVATIONS_TOPIC, m) for m in encode_observations(sent)]
+        out += [Refused("observation", e.reason, self.peer_id, str(e)) for e in errors]
         if self.own is not None and (now - self._last_publish >= self.config.republish_interval or (
                 self._harvest_pending and now - self._last_publish >= 3 * self.config.heartbeat_interval)):
             out += self._publish_own(self._caps or self.own.caps, now)

@@ -13,7 +13,9 @@ its own, so a batch is only a way to send them together: an FL aggregator report
 participant of a round at once). Nodes older than batches refuse one as malformed.
 `own_observation` signs this node's own report (`Outcome`) after checking it. `ObservationBook` is the
 sans-IO store: it refuses self-observations, replays and duplicates (same observer and evidence
-id), stale or future ones, and caps each observer with a token bucket; accepted observations
+id), stale or future ones, and caps each observer with a token bucket (one token per
+observation, alone or in a batch; this node keeps its own reports within the cap by making the
+excess wait, merged: pending.py); accepted observations
 are summed into per-service local trust (satisfied minus unsatisfied weight, EigenTrust's
 s_ij) that `eigentrust.global_trust` turns into global scores.
 """
@@ -88,8 +90,15 @@ class Outcome:
 
 
 def own_observation(key: SigningKey, me: str, out: Outcome, ts: int) -> Observation:
-    """`out` signed by this node (`me`, `key`). Raises LocalProtocolError for a report about
-    this node itself, a bad service name, weight or evidence."""
+    """`out` signed by this node (`me`, `key`). Raises LocalProtocolError as `check_outcome`."""
+    check_outcome(me, out)
+    return sign_observation(key, subject=out.subject, service=out.service, ok=out.ok,
+                            weight=out.weight, evidence=out.evidence, ts=ts)
+
+
+def check_outcome(me: str, out: Outcome) -> None:
+    """Raises LocalProtocolError for a report by `me` about itself, or with a bad service
+    name, weight or evidence."""
     if out.subject == me:
         raise LocalProtocolError("report_outcome: a node may not rate itself")
     if not out.service or out.service == ALL_SERVICES or len(out.service) > MAX_SERVICE:
@@ -98,8 +107,12 @@ def own_observation(key: SigningKey, me: str, out: Outcome, ts: int) -> Observat
         raise LocalProtocolError(f"report_outcome: weight {out.weight} is not in (0, {MAX_WEIGHT}]")
     if len(out.evidence) > MAX_EVIDENCE:
         raise LocalProtocolError(f"report_outcome: evidence id over {MAX_EVIDENCE} bytes")
-    return sign_observation(key, subject=out.subject, service=out.service, ok=out.ok,
-                            weight=out.weight, evidence=out.evidence, ts=ts)
+
+
+def evidence_key(observer: str, subject: str, service: str, evidence: bytes) -> bytes | None:
+    """What makes an observation with an evidence id a duplicate: the same observer, subject,
+    service and evidence id (None without evidence: then only the same signed body is)."""
+    return digest(pack([observer, subject, service, evidence])) if evidence else None
 
 
 def encode_observations(obs: list[Observation]) -> list[bytes]:
@@ -187,11 +200,15 @@ class TokenBucket:
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate, self.burst, self.tokens, self.at = rate, burst, burst, now
 
-    def take(self, now: float) -> bool:
+    def level(self, now: float) -> float:
+        """The tokens there are at `now` (refilled up to then)."""
         if now > self.at:
             self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
             self.at = now
-        if self.tokens >= 1.0:
+        return self.tokens
+
+    def take(self, now: float) -> bool:
+        if self.level(now) >= 1.0:
             self.tokens -= 1.0
             return True
         return False
@@ -253,8 +270,7 @@ class ObservationBook:
         if o.ts > now + self.max_clock_skew:
             raise self._refuse(RejectReason.FUTURE, f"observation dated {o.ts} is in the future",
                                o.observer)
-        dedup = (digest(pack([o.observer, o.subject, o.service, o.evidence])) if o.evidence
-                 else o.id())
+        dedup = evidence_key(o.observer, o.subject, o.service, o.evidence) or o.id()
         if dedup in self._seen:
             if quiet_duplicate:
                 raise Rejected(RejectReason.DUPLICATE, "already counted", peer=o.observer)
@@ -280,15 +296,30 @@ class ObservationBook:
             cell = per[pair] = [0.0, 0.0]
             self._pairs += 1
         cell[0 if o.ok else 1] += o.weight
-        self._seen[dedup] = None
-        while len(self._seen) > self.remember_ids:
-            self._seen.popitem(last=False)
+        self.remember([dedup])
         self.accepted += 1
         self.changed = True
         self._counter += 1
         self._recent[self._counter] = o.encode()
         while len(self._recent) > self.max_recent:
             self._recent.popitem(last=False)
+
+    def budget(self, observer: str, now: float) -> float:
+        """The observations `observer` may have accepted now (its bucket's tokens)."""
+        bucket = self._buckets.get(observer)
+        return self.burst if bucket is None else bucket.level(now)
+
+    def seen(self, key: bytes) -> bool:
+        """Whether an observation with this dedup key (`evidence_key`) was counted."""
+        return key in self._seen
+
+    def remember(self, keys: list[bytes]) -> None:
+        """Count these dedup keys as seen (the most recent `remember_ids` are kept)."""
+        for k in keys:
+            self._seen[k] = None
+            self._seen.move_to_end(k)
+        while len(self._seen) > self.remember_ids:
+            self._seen.popitem(last=False)
 
     def add_all(self, obs: list[Observation], now: float) -> list[tuple[int, Rejected]]:
         """`add` each of `obs`; the refused ones as (index in `obs`, why)."""

@@ -81,12 +81,15 @@ def test_reports_of_one_step_travel_as_one_message_and_each_counts() -> None:
     assert agg.book.accepted == 9
 
 
-def test_own_rate_limit_refuses_some_and_the_rest_are_sent() -> None:
+def test_own_reports_over_the_rate_limit_wait_and_are_sent_as_it_refills() -> None:
     agg = core("agg", observation_burst=4, observation_rate_per_minute=1.0)
     actions, refused = agg.report_outcomes([Outcome(pid(f"p{i}"), "fl", True, 1.0, f"e{i}".encode())
                                             for i in range(6)], NOW)
-    assert len(refused) == 2 and all("rate" in why for why in refused)
+    assert refused == []                       # two wait (pending.py); none is lost
     [pub] = actions
     assert isinstance(pub, Publish) and len(decode_observations(pub.data)) == 4
-    with pytest.raises(LocalProtocolError, match="rate"):     # one alone: refused loudly, as before
-        agg.report_outcome(pid("p9"), "fl", True, 1.0, b"e9", NOW)
+    assert agg.report_outcome(pid("p9"), "fl", True, 1.0, b"e9", NOW) == []    # waits too
+    assert agg.tick(NOW + 30) == []            # half a token: nothing yet
+    [pub] = [a for a in agg.tick(NOW + 61) if isinstance(a, Publish) and a.topic == OBSERVATIONS_TOPIC]
+    [o] = decode_observations(pub.data)
+    assert o.subject == pid("p4") and o.evidence == b"e4"      # oldest first, as reported
