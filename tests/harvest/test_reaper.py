@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import psutil
 import pytest
@@ -95,26 +97,18 @@ def escaped_ok() -> None:
         pytest.skip(f"no cgroup v2 for jobs here ({support.reason})")
 
 
-@pytest.mark.parametrize("mode", ["running", "stopped", "escaped", "fl"])
-def test_nothing_the_daemon_started_outlives_its_sigkill(mode: str) -> None:
-    if mode == "escaped":
-        escaped_ok()      # without a cgroup a descendant that left the session escapes
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, mode], stdout=subprocess.PIPE,
-                              text=True)
+@contextmanager
+def parent_ready(script: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], list[psutil.Process]]]:
+    """A real parent process running `script` once it has printed "ready": it and its
+    descendants at that moment. At the end it and every one of them are killed, whatever
+    happened."""
+    parent = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True)
     tree: list[psutil.Process] = []
     try:
         assert parent.stdout is not None
         assert parent.stdout.readline().strip() == "ready", parent.poll()
-        tree = descendants(parent.pid)
-        reaper = [p for p in tree if p.cmdline()[-1:] == ["fognode-reaper"]]
-        assert len(reaper) == 1 and len(tree) >= 2, [p.cmdline()[-1:] for p in tree]
-        if mode in ("stopped", "fl"):
-            work = [p for p in tree if p not in reaper]
-            assert wait_stopped(work), [(p.pid, p.status()) for p in work]
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait(timeout=10)
-        left = wait_gone(tree)
-        assert not left, [(p.pid, p.status(), p.cmdline()) for p in left]
+        tree.extend(descendants(parent.pid))
+        yield parent, tree
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -122,6 +116,27 @@ def test_nothing_the_daemon_started_outlives_its_sigkill(mode: str) -> None:
         if parent.stdout is not None:
             parent.stdout.close()
         kill_all(tree)
+
+
+def survivors_of_sigkill(parent: subprocess.Popen[str], tree: list[psutil.Process]) -> list[psutil.Process]:
+    """SIGKILL the parent; the processes of `tree` still alive after a bounded wait."""
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(timeout=10)
+    return wait_gone(tree)
+
+
+@pytest.mark.parametrize("mode", ["running", "stopped", "escaped", "fl"])
+def test_nothing_the_daemon_started_outlives_its_sigkill(mode: str) -> None:
+    if mode == "escaped":
+        escaped_ok()      # without a cgroup a descendant that left the session escapes
+    with parent_ready(PARENT, mode) as (parent, tree):
+        reaper = [p for p in tree if p.cmdline()[-1:] == ["fognode-reaper"]]
+        assert len(reaper) == 1 and len(tree) >= 2, [p.cmdline()[-1:] for p in tree]
+        if mode in ("stopped", "fl"):
+            work = [p for p in tree if p not in reaper]
+            assert wait_stopped(work), [(p.pid, p.status()) for p in work]
+        left = survivors_of_sigkill(parent, tree)
+        assert not left, [(p.pid, p.status(), p.cmdline()) for p in left]
 
 
 def test_a_reused_pid_is_not_killed() -> None:
