@@ -83,11 +83,6 @@ async def start_node(nursery: trio.Nursery, key: SigningKey, datadir: Path, gene
     return await nursery.start(serve)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known flaky under CPU contention (it also timed out in the single-process run before this "
-    "session's xdist change, and in one of two CI runs since): four overlays' registry views do "
-    "not always converge within the test's 150 s bound (trio.TooSlowError): a convergence "
-    "problem to find, reported in the stop 19 note"))
 async def test_registry_role_on_four_overlays(tmp_path: Path) -> None:
     keys = [SigningKey(os.urandom(32)) for _ in range(4)]
     ids = [peer_id_from_pubkey(bytes(k.verify_key)) for k in keys]
