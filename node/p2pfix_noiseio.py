@@ -79,21 +79,9 @@ class QuickNoiseSession(SecureSession):
         """Plaintext bytes decrypted and not yet read."""
         return len(self._plain) - self._pos
 
-    def take(self, n: int) -> bytes | None:
-        """`n` bytes of decrypted plaintext if that many are buffered, else None."""
-        plain, pos = self._plain, self._pos
-        if len(plain) - pos < n:
-            return None
-        end = pos + n
-        if end == len(plain):
-            self._plain, self._pos = b"", 0
-            return plain if pos == 0 else plain[pos:]
-        self._pos = end
-        return plain[pos:end]
-
-    def take_view(self, n: int) -> memoryview | None:
-        """As `take`, as a view of the decrypted message (no copy): for node/p2pfix_yamux_reader.py,
-        which copies a DATA frame's body into its stream's buffer at once."""
+    def _consume(self, n: int) -> tuple[bytes, int, int] | None:
+        """The decrypted message and the range of its next `n` bytes, marked read, if that
+        many are buffered; else None."""
         plain, pos = self._plain, self._pos
         if len(plain) - pos < n:
             return None
@@ -102,7 +90,21 @@ class QuickNoiseSession(SecureSession):
             self._plain, self._pos = b"", 0
         else:
             self._pos = end
-        return memoryview(plain)[pos:end]
+        return plain, pos, end
+
+    def take(self, n: int) -> bytes | None:
+        """`n` bytes of decrypted plaintext if that many are buffered, else None."""
+        got = self._consume(n)
+        if got is None:
+            return None
+        plain, pos, end = got
+        return plain if pos == 0 and end == len(plain) else plain[pos:end]
+
+    def take_view(self, n: int) -> memoryview | None:
+        """As `take`, as a view of the decrypted message (no copy): for
+        node/p2pfix_yamux_reader.py, which copies a DATA body into its stream's buffer."""
+        got = self._consume(n)
+        return None if got is None else memoryview(got[0])[got[1]:got[2]]
 
     async def _tcp_read_exactly(self, n: int) -> bytes:
         try:
