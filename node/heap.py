@@ -10,9 +10,10 @@ either way every page of the next buffer is faulted in and zeroed by the kernel 
 bytearray grown by 64 KiB extends to 1 MB cost 470 CPU us per MB, its `bytes()` copy 1,000,
 against 25 for the copies themselves (the same loop with the thresholds below: 29 and 61).
 Through the whole stack (`python -m fognode.tools.bench.stream_bulk`, two processes on
-127.0.0.1) a receiving daemon spent 2,100-2,400 CPU us per MB in one direction and 1,250
-in the other, depending on which sizes its allocator had met; with the thresholds, 1,110 in
-both. Reproduction: that benchmark with and without `MALLOC_MMAP_THRESHOLD_=8388608
+127.0.0.1, load 3-9) a receiving daemon spent 1,200-2,630 CPU us per MB, depending on the
+direction and on which sizes its allocator had met; with these thresholds alone 1,400-1,500
+(with the copies of node/p2pfix_noiseio.py and node/streams.py cut too, 1,080-1,290).
+Reproduction: that benchmark with and without `MALLOC_MMAP_THRESHOLD_=8388608
 MALLOC_TRIM_THRESHOLD_=16777216` in the environment.
 
 Fix. `tune()` sets, once per process, glibc's `M_MMAP_THRESHOLD` to MMAP_THRESHOLD (blocks
