@@ -48,8 +48,8 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from fognode.node.connmgr import (ConnectionManager, ConnectionPolicy, DialBackoff,
                                   DialBackoffError, DialError)
-from fognode.node import (p2pfix_multistream, p2pfix_netstream, p2pfix_records,
-                          p2pfix_tasks, p2pfix_yamux)
+from fognode.node import (heap, p2pfix_multistream, p2pfix_netstream, p2pfix_records,
+                          p2pfix_tasks, p2pfix_yamux, p2pfix_yamux_window)
 from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id  # re-exported
 from fognode.node.dht import FognodeKadDHT
 from fognode.node.dialer import Dialer
@@ -69,7 +69,6 @@ from fognode.node.p2pfix_noiseio import QuickNoise
 from fognode.node.p2pfix_yamux import QuickYamux
 from fognode.node.peerscore import PeerScoreParams, ViolationBook, app_score
 from fognode.node.p2pfix_peer_faults import ChargingPubsub, identify_push_handler
-from fognode.node import p2pfix_yamux_window
 from fognode.node.scored_pubsub import ScoredGossipSub, score_actions
 from fognode.node.ping import Pinger, libp2p_ping
 from fognode.node.rcmgr import limits_from
@@ -463,6 +462,7 @@ async def open_overlay(config: OverlayConfig, identity: SigningKey, events: Even
     check_ports_free(config.listen)
     quiet_libp2p_loggers()
     p2pfix_yamux_window.install()       # a peer writing past a stream's window: reset, charged
+    heap.tune()                         # MB-sized stream buffers without page-fault churn
     ov = Libp2pOverlay(config, identity, events, metrics)
     unwatch = p2pfix_yamux_window.watch(ov.peer_id, p2pfix_yamux_window.report_to(ov.faults))
     unbudget = p2pfix_yamux.budget(ov.peer_id, ov.resources.window_budget())   # window growth

@@ -25,7 +25,11 @@ as `sec_opt`, a constructor option).
 - `read(n)` decrypts whole Noise messages read with `BufferedTCPStream.read_exactly` and keeps
   the plaintext as `bytes` plus an offset: a read copies only what it returns, and returns the
   decrypted message itself when it asks for exactly that. `take(n)` serves a read from that
-  plaintext without awaiting (node/p2pfix_yamux.py's `_read_data_body` uses it).
+  plaintext without awaiting (node/p2pfix_yamux.py's `_read_data_body` uses it), `take_view(n)`
+  as a view (node/p2pfix_yamux_reader.py copies a DATA body into its stream's buffer from it).
+  A message wholly in the TCP receive buffer is decrypted from a view of that buffer
+  (`BufferedTCPStream.view`), not from a copy: a bulk transfer's bytes are copied twice less
+  between the socket and a stream's buffer (`python -m fognode.tools.bench.stream_bulk`).
 - `write(data)` seals `data` in Noise messages of at most 65,519 plaintext bytes (as go-libp2p
   and py-libp2p cut them) and sends them with one TCP write; `write_messages(frames)` makes
   each frame one Noise message and sends them all with one TCP write (straight to the
@@ -75,17 +79,32 @@ class QuickNoiseSession(SecureSession):
         """Plaintext bytes decrypted and not yet read."""
         return len(self._plain) - self._pos
 
-    def take(self, n: int) -> bytes | None:
-        """`n` bytes of decrypted plaintext if that many are buffered, else None."""
+    def _consume(self, n: int) -> tuple[bytes, int, int] | None:
+        """The decrypted message and the range of its next `n` bytes, marked read, if that
+        many are buffered; else None."""
         plain, pos = self._plain, self._pos
         if len(plain) - pos < n:
             return None
         end = pos + n
         if end == len(plain):
             self._plain, self._pos = b"", 0
-            return plain if pos == 0 else plain[pos:]
-        self._pos = end
-        return plain[pos:end]
+        else:
+            self._pos = end
+        return plain, pos, end
+
+    def take(self, n: int) -> bytes | None:
+        """`n` bytes of decrypted plaintext if that many are buffered, else None."""
+        got = self._consume(n)
+        if got is None:
+            return None
+        plain, pos, end = got
+        return plain if pos == 0 and end == len(plain) else plain[pos:end]
+
+    def take_view(self, n: int) -> memoryview | None:
+        """As `take`, as a view of the decrypted message (no copy): for
+        node/p2pfix_yamux_reader.py, which copies a DATA body into its stream's buffer."""
+        got = self._consume(n)
+        return None if got is None else memoryview(got[0])[got[1]:got[2]]
 
     async def _tcp_read_exactly(self, n: int) -> bytes:
         try:
@@ -103,7 +122,9 @@ class QuickNoiseSession(SecureSession):
                 f"connection closed: {len(head)} of a Noise message's {_LENGTH_SIZE}-byte "
                 f"length", expected_bytes=_LENGTH_SIZE, received_bytes=len(head))
         length = int.from_bytes(head, "big")
-        body = await self._tcp_read_exactly(length)
+        body: Any = self._tcp.view(length)    # decrypted from the receive buffer, no copy
+        if body is None:
+            body = await self._tcp_read_exactly(length)
         if len(body) < length:
             raise IncompleteReadError(
                 f"connection closed: {len(body)} of a {length}-byte Noise message",

@@ -216,6 +216,19 @@ class BufferedTCPStream(TrioTCPStream):
         finally:
             self.write_lock.release()
 
+    def view(self, n: int) -> memoryview | None:
+        """The next `n` bytes as a view of the receive buffer, consumed without a copy, when
+        that many are buffered and no read is under way; else None (then `read_exactly`)."""
+        data, off = self._data, self._off
+        if len(data) - off < n or self.read_lock.locked():
+            return None
+        end = off + n
+        if end == len(data):
+            self._data, self._off = b"", 0
+        else:
+            self._off = end
+        return memoryview(data)[off:end]
+
     async def read_exactly(self, n: int) -> bytes:
         """`n` bytes; fewer only at EOF. Served without a scheduler hop when buffered."""
         if len(self._data) - self._off >= n and not self.read_lock.locked():

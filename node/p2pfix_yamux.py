@@ -67,7 +67,10 @@ samples) or `python -m fognode.tools.bench.ledger` (8 % in YamuxStream.write alo
 Fix, on QuickYamux connections only: `QuickYamuxStream.write` builds every frame the send
 window allows, up to WRITE_BATCH bytes, each filling one Noise message (FRAME_DATA), and
 hands them to the connection together (one TCP write), with the same locks taken directly; `QuickYamux.read_stream` is py-libp2p's with
-the same outcomes in the same order, without the f-strings and with one copy;
+the same outcomes in the same order, without the f-strings and with one copy (none when the
+stream's only reader, node/streams.py's framed stream, set `hand_over`: a read that takes the
+whole buffer, of at least HAND_OVER_MIN bytes, gets the bytearray itself and the stream a new
+one);
 `_read_data_body` takes a body from the session's decrypted bytes without a scheduler hop or a
 cancel scope when they hold it, and otherwise reads it under py-libp2p's timeout;
 `_grow_threshold` is half the target window (go-yamux; the env knobs are py-libp2p's
@@ -130,6 +133,9 @@ WRITE_BATCH = 1 << 20
 # message (65,519 plaintext bytes), so the reader takes each frame from one decrypted message.
 # Any size up to the send window is valid Yamux; go-yamux's own frames are at most 64 KiB.
 FRAME_DATA = MAX_PLAINTEXT_LENGTH - HEADER_SIZE
+# A `hand_over` stream's read that takes at least this many bytes gets the buffer itself;
+# below it a copy is as cheap, and its reader returns the bytes as they are
+HAND_OVER_MIN = 1 << 16
 
 
 def budget(local_peer: str, b: WindowBudget) -> Callable[[], None]:
@@ -225,7 +231,8 @@ class QuickYamux(Yamux):
 
     async def read_stream(self, stream_id: int, n: int = -1) -> bytes:
         """py-libp2p's read_stream (same outcomes in the same order) without its three
-        debug-log f-strings per call, and one copy of what it returns instead of two."""
+        debug-log f-strings per call, and one copy of what it returns instead of two; none,
+        the buffer itself (a bytearray), for a `hand_over` stream read whole (HAND_OVER_MIN)."""
         if n is None:
             n = -1
         while True:
@@ -242,8 +249,12 @@ class QuickYamux(Yamux):
                     raise MuxedStreamEOF("Stream buffer closed")
                 if buffer and (stream.recv_closed or not stream.reset_received):
                     if n == -1 or n >= len(buffer):
-                        data = bytes(buffer)
-                        buffer.clear()
+                        if stream.hand_over and len(buffer) >= HAND_OVER_MIN:   # no copy
+                            data = buffer
+                            self.stream_buffers[stream_id] = bytearray()
+                        else:
+                            data = bytes(buffer)
+                            buffer.clear()
                     else:
                         with memoryview(buffer) as view:
                             data = view[:n].tobytes()
@@ -284,6 +295,9 @@ class QuickYamuxStream(YamuxStream):
     def __init__(self, stream_id: int, conn: Any, is_initiator: bool) -> None:
         super().__init__(stream_id, conn, is_initiator)
         self.window_charged = 0      # window growth charged to the peer (QuickYamux budget)
+        # Set by the stream's only reader when it takes bytearrays (node/streams.py):
+        # QuickYamux.read_stream then hands over the buffer it takes whole instead of copying it
+        self.hand_over = False
         if isinstance(conn, QuickYamux):
             self.window_lock = QuickLock()
             self.close_lock = QuickLock()

@@ -23,7 +23,8 @@ session has already decrypted (a small frame comes in one Noise message with its
 a WINDOW_UPDATE without flags. For those it does what handle_incoming's DATA and WINDOW_UPDATE
 branches do for a frame without flags (under the same locks: buffer the bytes, take them from
 the receive window, a window overflow reset and reported as before, node/p2pfix_yamux_window.py;
-wake the reader; finalize a closed stream; or add the increment under the window lock), minus
+wake the reader; finalize a closed stream; the body is copied into the
+stream's buffer from a view of the decrypted message, node/p2pfix_noiseio.py `take_view`; or add the increment under the window lock), minus
 the debug messages and the bookkeeping for flags it does not see. Every other frame (SYN, ACK,
 FIN, RST, PING, GO_AWAY, a DATA frame whose body is not decrypted yet or is over the 16 MiB
 cap) goes to handle_incoming unchanged. Once the connection is shutting down after a handled
@@ -82,7 +83,7 @@ async def read_header(reader: Any, n: int, retry_count: int = 100) -> bytes:
         if typ == TYPE_DATA:
             if length == 0 or length > MAX_WINDOW_SIZE:
                 return header
-            body = reader.take(length)
+            body = reader.take_view(length)     # copied once, into the stream's buffer
             if body is None:
                 return header       # handle_incoming reads it (QuickYamux._read_data_body)
             await _data(yamux, stream_id, body)
@@ -93,7 +94,7 @@ async def read_header(reader: Any, n: int, retry_count: int = 100) -> bytes:
         handled = True
 
 
-async def _data(yamux: Any, stream_id: int, data: bytes) -> None:
+async def _data(yamux: Any, stream_id: int, data: bytes | memoryview) -> None:
     """handle_incoming's DATA branch for a frame without flags."""
     async with yamux.streams_lock:
         stream = yamux.streams.get(stream_id)

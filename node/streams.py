@@ -17,6 +17,9 @@ read has a deadline (rcmgr.StreamDeadlines): the first frame of an inbound strea
 a frame that has begun, and the quiet time between whole frames; a missed one resets the stream
 (`StreamDeadline`); a read the muxer can serve at once from bytes it holds has none. Both are
 StreamClosed, so a handler that ends on StreamClosed needs nothing new.
+
+Copies: on a fognode connection (node/p2pfix_yamux.py) the muxer hands the framed stream its
+buffer (a bytearray) instead of a copy, and a frame is copied out of the chunks held once.
 """
 from __future__ import annotations
 
@@ -51,6 +54,11 @@ _CLOSED_ERRORS: tuple[type[BaseException], ...] = (Libp2pStreamError, MuxedStrea
                                                    ConnectionError)
 
 
+def _held(data: Any) -> bytes | bytearray:
+    """What a stream read returned, as a chunk to hold: bytes and bytearrays as they are."""
+    return data if isinstance(data, (bytes, bytearray)) else bytes(data)
+
+
 class StreamDeadline(StreamClosed):
     """The peer sent nothing within a deadline (see rcmgr.StreamDeadlines); the stream was
     reset."""
@@ -74,7 +82,7 @@ class Libp2pFramedStream:
                  gate: ResourceGate | None = None, inbound: bool = False,
                  protocol_id: str | None = None) -> None:
         self._stream = stream
-        self._buf: list[bytes] = []     # bytes read and not yet returned, in order ...
+        self._buf: list[bytes | bytearray] = []   # read and not yet returned, in order ...
         self._off = 0                   # ... from this offset into the first
         self._held = 0                  # their total
         self.max_frame = max_frame
@@ -87,6 +95,8 @@ class Libp2pFramedStream:
             gate.account(self.remote_peer, self.protocol_id) if gate is not None else None)
         muxed = getattr(stream, "muxed_stream", None)
         self._prefixed = isinstance(muxed, QuickYamuxStream) and isinstance(muxed.conn, QuickYamux)
+        if self._prefixed:      # the muxer hands over its buffer, not a copy (_read_some)
+            muxed.hand_over = True
 
     @property
     def raw(self) -> INetStream:
@@ -172,7 +182,8 @@ class Libp2pFramedStream:
 
     def _pop(self, n: int) -> bytes:
         """The first `n` held bytes (at least that many are held). Copies only what it
-        returns, and nothing when that is a whole chunk as read; never moves what is left."""
+        returns (once, through views of the chunks), and nothing when that is a whole `bytes`
+        chunk as read; never moves what is left."""
         if n == 0:
             return b""
         parts, off = self._buf, self._off
@@ -183,10 +194,12 @@ class Libp2pFramedStream:
             if end == len(first):
                 del parts[0]
                 self._off = 0
-                return first if off == 0 else first[off:]
+                if off == 0 and type(first) is bytes:
+                    return first
+                return bytes(memoryview(first)[off:])
             self._off = end
-            return first[off:end]
-        pieces = [first[off:] if off else first]
+            return bytes(memoryview(first)[off:end])
+        pieces: list[bytes | bytearray | memoryview] = [memoryview(first)[off:] if off else first]
         got = len(first) - off
         i = 1
         self._off = 0
@@ -194,7 +207,7 @@ class Libp2pFramedStream:
             part = parts[i]
             need = n - got
             if len(part) > need:
-                pieces.append(part[:need])
+                pieces.append(memoryview(part)[:need])
                 self._off = need
                 break
             pieces.append(part)
@@ -203,8 +216,11 @@ class Libp2pFramedStream:
         del parts[:i]
         return b"".join(pieces)
 
-    async def _read_some(self, want: int, *, in_frame: bool, until: float | None) -> bytes:
-        """One read of at most `want` bytes under this read's deadline; b"" at EOF/reset."""
+    async def _read_some(self, want: int, *, in_frame: bool,
+                         until: float | None) -> bytes | bytearray:
+        """One read of at most `want` bytes under this read's deadline; b"" at EOF/reset. A
+        QuickYamux stream hands over its buffer, a bytearray (kept as it is: `_pop` copies
+        a frame out of the chunks once)."""
         dl = None
         if self._gate is not None and not self._muxer_has_data():
             dl = self._gate.deadlines.for_read(inbound=self._inbound, frames_received=self._frames,
@@ -213,9 +229,9 @@ class Libp2pFramedStream:
             dl = (Wait.SLOW_FRAME, max(0.0, until - trio.current_time()))
         try:
             if dl is None:
-                return bytes(await self._stream.read(want))
+                return _held(await self._stream.read(want))
             with trio.move_on_after(dl[1]):
-                return bytes(await self._stream.read(want))
+                return _held(await self._stream.read(want))
         except _CLOSED_ERRORS:
             return b""
         assert self._gate is not None and dl is not None

@@ -83,6 +83,7 @@ PINNED: dict[Any, str] = {
     MuxerMultistream.new_conn: "91d21f40f524ad99",
     NetStream.__init__: "c1bafd9d5782acb4",
     NetStream.write: "b0662734215dfe68",    # hands a PrefixedData to QuickYamuxStream untouched
+    NetStream.read: "cc3b280850abe4b3",     # hands a hand_over stream's bytearray on untouched
     SwarmConn._add_stream: "1c9c31442d6a25ef",
     MultiselectClient.select_one_of: "a0dda8ab1ebd1006",
     MultiselectClient.try_select: "0d6c7ecb28d96b5a",

@@ -268,3 +268,47 @@ async def test_a_session_reads_any_cut_and_ends_and_fails_as_py_libp2p_does() ->
         await ours_raw.close()
         for listener in listeners:
             await listener.aclose()
+
+
+async def test_the_framed_stream_takes_the_muxers_buffer_and_other_readers_get_bytes() -> None:
+    """node/streams.py's framed stream marks its Yamux stream `hand_over` (the muxer gives it
+    its bytearray instead of a copy); its frames still come out as bytes, byte for byte, at
+    the sizes around the cuts; a stream read without a framed stream still gets bytes."""
+    sizes = [0, 1, 12, 65_507, 65_519, 65_520, 200_000, 580_000, 1 << 20, 3]
+    with trio.fail_after(90):
+        async with overlays(2, max_frame=4 << 20) as (a, b):
+            b.set_stream_handler(ECHO, echo)
+            b.host.set_stream_handler(TProtocol(RAW_ECHO), _raw_echo)
+            fs = await a.open_stream(b.peer_id, ECHO)
+            muxed = fs.raw.muxed_stream     # type: ignore[attr-defined]
+            assert isinstance(muxed, QuickYamuxStream) and muxed.hand_over
+            frames = [os.urandom(n) for n in sizes]
+            async with trio.open_nursery() as nursery:
+                async def send_all() -> None:
+                    for f in frames:
+                        await fs.send_bytes(f)
+                nursery.start_soon(send_all)
+                for f in frames:
+                    got = await fs.recv_bytes()
+                    assert type(got) is bytes and got == f, len(f)
+            assert fs.buffered == 0
+            await fs.close()
+            stream = await a.host.new_stream(b.host.get_id(), [TProtocol(RAW_ECHO)])
+            assert not stream.muxed_stream.hand_over
+            blob = os.urandom(300_000)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.write, blob)
+                got = await _read_n(stream, len(blob))
+            assert got == blob
+            data = await _read_parts(stream, b"x" * 1000)
+            assert all(type(d) is bytes for d in data)
+            await stream.close()
+
+
+async def _read_parts(stream: Any, blob: bytes) -> list[Any]:
+    """What each read of `stream` returns while `blob` is echoed back."""
+    parts: list[Any] = []
+    await stream.write(blob)
+    while sum(map(len, parts)) < len(blob):
+        parts.append(await stream.read(len(blob)))
+    return parts
