@@ -10,7 +10,8 @@ only its light modules loaded (config, messages, metrics, archive), and `CoreLoa
    `node.info` answering), so the imports do not compete with the other roles' starts for
    the GIL; without a "node" service (a role run on its own, in tests) it loads at once;
 2. imports `numeric_module` (default `fognode.protocols.fl.numeric`) in a worker thread,
-   timing it (`seconds`).
+   timing it (`seconds`), with the cyclic GC off as the start's own imports are
+   (node/startimports.py `imports_without_gc`: the objects it makes are long-lived).
 
 Whatever arrives meanwhile waits for the role to be serving (`FlRole.wait_serving`, bounded by
 `WAIT_BOUND`), so nothing is dropped. A failed import is raised as `CoreLoadFailed` (a
@@ -29,6 +30,7 @@ import trio
 
 from fognode.node.errors import PermanentRoleError
 from fognode.node.role import Services
+from fognode.node.startimports import imports_without_gc
 
 log = logging.getLogger("fognode.fl")
 
@@ -60,7 +62,7 @@ class CoreLoad:
         self.state = "importing"
         t0 = time.perf_counter()
         try:
-            module = await trio.to_thread.run_sync(importlib.import_module, self.numeric_module)
+            module = await trio.to_thread.run_sync(_import, self.numeric_module)
         except Exception as e:
             self.state = "failed"
             log.error("fl: the numeric core (%s) did not import", self.numeric_module, exc_info=True)
@@ -70,3 +72,9 @@ class CoreLoad:
         self.state = "loaded"
         log.debug("fl: numeric core imported in %.3f s", self.seconds)
         return module
+
+
+def _import(name: str) -> ModuleType:
+    """`name`, imported with the cyclic GC off (blocking: a worker thread)."""
+    with imports_without_gc():
+        return importlib.import_module(name)

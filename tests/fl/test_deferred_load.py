@@ -48,7 +48,7 @@ async def contexts(n: int, root: Path) -> AsyncIterator[list[NodeContext]]:
             ctx = NodeContext(peer_id=ov.peer_id, identity=key, overlay=ov, events=bus,
                               metrics=reg, datadir=root / f"n{i}", genesis={}, region="eu")
             # only its `ready` event is read by the role; the daemon is not needed for that
-            ctx.services.provide("node", NodeService(None))  # type: ignore[arg-type]
+            ctx.services.provide("node", NodeService(None))
             out.append(ctx)
         yield out
 
