@@ -11,7 +11,6 @@ from typing import Any
 
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import DIGEST_LEN, PUBKEY_LEN, Fields
-from fognode.protocols.fl.transfer.tensors import WIRE_DTYPES
 
 VERSION = 1
 MAX_NAME = 64
@@ -166,6 +165,8 @@ class SessionSpec:
 
     def check(self) -> None:
         """Cross-field rules; RemoteProtocolError (a peer's announcement) naming the rule."""
+        from fognode.protocols.fl.transfer.tensors import WIRE_DTYPES   # numpy: not at import (fl/loading.py)
+
         if self.wire_dtype not in WIRE_DTYPES:
             raise RemoteProtocolError(f"fl.SessionSpec: dtype {self.wire_dtype!r} is not one of {sorted(WIRE_DTYPES)}")
         if self.min_participants > self.participants:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import Fields
 from fognode.protocols.fl.messages_spec import (
     MAX_NAME, MAX_PARTICIPANTS, MAX_PEER_ID, MAX_REASON, VERSION, finite, hash_field)
-from fognode.protocols.fl.transfer.tensors import TensorHeader, decode_header
+
+if TYPE_CHECKING:   # numpy: imported where a tensor header is decoded, not at import (fl/loading.py)
+    from fognode.protocols.fl.transfer.tensors import TensorHeader
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class UpdateHeader:
                peer: str | None = None) -> "UpdateHeader":
         """Validate the header; the tensor header is checked against the expected shape and
         size limit here, before any chunk is read (TensorRejected with a reason)."""
+        from fognode.protocols.fl.transfer.tensors import decode_header
+
         f = Fields(raw, "fl.UpdateHeader", versions={VERSION}, peer=peer)
         h = cls(hash_field(f, "session"), f.int("round", lo=1, hi=100_000), f.int("try", lo=0, hi=1000),
                 f.int("fallback", lo=0, hi=16), f.int("n", lo=1, hi=2**40), f.float("base_loss"),
@@ -154,6 +158,8 @@ class ModelResponse:
     @classmethod
     def decode(cls, raw: Any, *, params_shape: tuple[int, ...], max_bytes: int,
                peer: str | None = None) -> "ModelResponse":
+        from fognode.protocols.fl.transfer.tensors import decode_header
+
         f = Fields(raw, "fl.ModelResponse", versions={VERSION}, peer=peer)
         ok, reason = f.bool("ok"), f.str("reason", max_len=MAX_REASON)
         items = f.list("tensors", max_len=8)

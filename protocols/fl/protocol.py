@@ -12,6 +12,13 @@ relayed it); executor.py carries the core's actions out through the one dispatch
 (dispatch.py), rpc.py holds the `fl.*` RPC methods. Task loading and local training run in a
 separate task process (training/process.py), aggregation and model saves in worker threads, so
 the node keeps serving while it trains; torch is never imported by the daemon.
+
+The role starts without its numeric core (numpy, the round engine, transfers: numeric.py),
+which loads in a worker thread once the node is ready (loading.py): its streams, topic and
+RPC methods are served from the start, and what arrives before the core serves waits for it
+(`wait_serving`, bounded); gossip is checked (decoded) before it is relayed all along. Until
+the core serves, the role's health detail says "loading"; a core that does not import fails
+the role (CoreLoadFailed, not restarted).
 """
 from __future__ import annotations
 
@@ -21,34 +28,34 @@ import os
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from fognode.node.errors import RemoteProtocolError
+from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.health import HealthReport, RecentCount, Status
+from fognode.node.overlay import FramedStream
 from fognode.node.overlay import GossipMessage as OverlayGossip
 from fognode.node.role import Role
 from fognode.node.wire import digest, unpack
-from fognode.protocols.fl.actions import Action
 from fognode.protocols.fl.config import MIB, FlConfig, validate
-from fognode.protocols.fl.executor import RoleActions
 from fognode.protocols.fl.errors import UnknownMessageType
+from fognode.protocols.fl.loading import NUMERIC_MODULE, WAIT_BOUND, CoreLoad
 from fognode.protocols.fl.messages import DeviceFacts, GossipMessage, SelectionCriteria, decode_gossip
 from fognode.protocols.fl.metrics import FlMetrics
-from fognode.protocols.fl.rewards.ledger import LedgerLink
 from fognode.protocols.fl.rpc import FlRpc
 from fognode.protocols.fl.session.archive import SessionArchive
-from fognode.protocols.fl.session.core import FlCore
 from fognode.protocols.fl.session.selection import DeviceCandidate, ineligibility
-from fognode.protocols.fl.training.prepared import TaskKey
-from fognode.protocols.fl.tasks import TaskError
-from fognode.protocols.fl.training.process import TaskProcess
-from fognode.protocols.fl.transfer.models import serve_model
-from fognode.protocols.fl.transfer.secagg import serve_secagg
-from fognode.protocols.fl.transfer.streams import MODEL_STREAM, SECAGG_STREAM, TOPIC, UPDATE_STREAM, XFER_STREAM
-from fognode.protocols.fl.transfer.updates import serve_update
-from fognode.protocols.fl.transfer.xfer import serve_xfer
+from fognode.protocols.fl.wire_names import MODEL_STREAM, SECAGG_STREAM, TOPIC, UPDATE_STREAM, XFER_STREAM
+
+if TYPE_CHECKING:   # the numeric core: loaded after the role starts (loading.py)
+    from fognode.protocols.fl.actions import Action
+    from fognode.protocols.fl.executor import RoleActions
+    from fognode.protocols.fl.rewards.ledger import LedgerLink
+    from fognode.protocols.fl.session.core import FlCore
+    from fognode.protocols.fl.training.prepared import TaskKey
+    from fognode.protocols.fl.training.process import TaskProcess
 
 __all__ = ["FlConfig", "FlRole"]
 
@@ -70,19 +77,23 @@ class FlRole(FlRpc, Role):
     stream_ids = (MODEL_STREAM, UPDATE_STREAM, SECAGG_STREAM, XFER_STREAM)
     topics = (TOPIC,)
 
+    numeric_module = NUMERIC_MODULE   # what CoreLoad imports (tests name a module that fails)
+
     def __init__(self, ctx: Any, config: FlConfig) -> None:
         super().__init__(ctx, config)
         validate(config)
         self.metrics = FlMetrics.create(ctx.metrics)
         self._task_starts = RecentCount(TASK_DEATH_WINDOW)   # task process starts (monotonic times)
-        self.core: FlCore | None = None
+        self._load = CoreLoad(self.numeric_module)
+        self.numeric: ModuleType | None = None     # the numeric core (numeric.py), once loaded
+        self._serving = trio.Event()               # set once the core serves (or its load failed)
+        self._handlers: dict[str, Any] = {}        # stream id -> the core's handler, once serving
+        self.core: FlCore | None = None            # these four once the core serves
         self.actions: RoleActions | None = None
         self.ledger: LedgerLink | None = None
+        self.tasks: TaskProcess | None = None
         self._closed = False
         self._checked: dict[tuple[str, bytes], GossipMessage] = {}   # _check_gossip's decodes
-        self.tasks = TaskProcess(torch_threads=config.torch_threads, nice=config.training_nice,
-                                 max_frame=2 * config.max_model_bytes + MIB,
-                                 on_start=self._task_started)
         index = config.data_index if config.data_index >= 0 else \
             int.from_bytes(digest(ctx.peer_id.encode())[:4], "big") % 1_000_000
         self.data_index = index
@@ -92,50 +103,94 @@ class FlRole(FlRpc, Role):
     # == the loop ===========================================================================
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the role's streams, topic and RPC methods at once; what arrives before the
+        numeric core has loaded (loading.py: in a worker thread once the node is ready) waits
+        for it (`wait_serving`). Raises CoreLoadFailed when the core does not import."""
         await trio.to_thread.run_sync(self.archive.load)
-        self.core = core = FlCore(self.ctx.peer_id, self.ctx.identity,
-                                  tasks_enabled=set(self.config.tasks), facts=self._facts(),
-                                  candidate_view=self._candidate,
-                                  republish_interval=self.config.republish_interval,
-                                  fl_peers=self._fl_peers,
-                                  coordinator_fallbacks=self.config.coordinator_fallbacks)
-        self.ledger = ledger = LedgerLink(self.ctx, core, self.metrics)
-        async with trio.open_nursery() as nursery:
-            self.actions = actions = RoleActions(
-                ctx=self.ctx, config=self.config, core=core, metrics=self.metrics,
-                tasks=self.tasks, ledger=ledger, nursery=nursery, model_root=self.model_root,
-                task_key=self._task_key, closed=lambda: self._closed, archive=self.archive)
-            link = actions.link
-            overlay = self.ctx.overlay
-            overlay.set_stream_handler(UPDATE_STREAM, partial(serve_update, link))
-            overlay.set_stream_handler(MODEL_STREAM, partial(serve_model, link))
-            overlay.set_stream_handler(SECAGG_STREAM, partial(serve_secagg, link))
-            overlay.set_stream_handler(XFER_STREAM, partial(serve_xfer, link))
-            # subscribing again after a restart replaces the previous instance's handler
-            await overlay.subscribe(TOPIC, self._on_gossip, check=self._check_gossip)
-            ledger.register_verifier()
-            nursery.start_soon(ledger.settle_pools)      # closes the reward pools this node must close
-            self.ctx.services.provide("fl", self)
-            if self.config.task_process_at_start:
-                nursery.start_soon(self._warm_tasks)
+        overlay = self.ctx.overlay
+        for sid in self.stream_ids:
+            overlay.set_stream_handler(sid, partial(self._serve_stream, sid))
+        # subscribing again after a restart replaces the previous instance's handler
+        await overlay.subscribe(TOPIC, self._on_gossip, check=self._check_gossip)
+        self.ctx.services.provide("fl", self)
+        # in a daemon, started now and the core loads once the node is ready; run on its own
+        # (tests, embedders) there is nothing to defer the load past: started once it serves
+        deferred = self.ctx.services.get("node") is not None
+        if deferred:
             task_status.started()
-            try:
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    core, ledger = await self._start_core(await self._load.run(self.ctx.services), nursery)
+                finally:
+                    self._serving.set()     # waiters see the core, or why there is none
+                if not deferred:
+                    task_status.started()
                 while True:
                     await trio.sleep(self.config.tick_interval)
                     if not ledger.verifier_registered:
                         ledger.register_verifier()   # the ledger may start after this role
                     self._apply(core.tick(self.ctx.clock()))
-            finally:
-                self._closed = True
-                self.ctx.services.withdraw("fl")
+        finally:
+            self._closed = True
+            self.ctx.services.withdraw("fl")
+            if self.tasks is not None:
                 await self.tasks.aclose()
 
-    async def _warm_tasks(self) -> None:
+    async def _start_core(self, num: ModuleType, nursery: trio.Nursery) -> tuple[FlCore, LedgerLink]:
+        """Build the core and its collaborators from the loaded numeric core, and hand the
+        streams to their handlers."""
+        config = self.config
+        self.tasks = tasks = num.TaskProcess(torch_threads=config.torch_threads, nice=config.training_nice,
+                                     max_frame=2 * config.max_model_bytes + MIB, on_start=self._task_started)
+        self.core = core = num.FlCore(self.ctx.peer_id, self.ctx.identity,
+                                      tasks_enabled=set(config.tasks), facts=self._facts(),
+                                      candidate_view=self._candidate,
+                                      republish_interval=config.republish_interval,
+                                      fl_peers=self._fl_peers,
+                                      coordinator_fallbacks=config.coordinator_fallbacks)
+        self.ledger = ledger = num.LedgerLink(self.ctx, core, self.metrics)
+        self.actions = actions = num.RoleActions(
+            ctx=self.ctx, config=config, core=core, metrics=self.metrics,
+            tasks=tasks, ledger=ledger, nursery=nursery, model_root=self.model_root,
+            task_key=self._task_key, closed=lambda: self._closed, archive=self.archive)
+        link = actions.link
+        self._handlers = {UPDATE_STREAM: partial(num.serve_update, link), MODEL_STREAM: partial(num.serve_model, link),
+                          SECAGG_STREAM: partial(num.serve_secagg, link), XFER_STREAM: partial(num.serve_xfer, link)}
+        for sid, handler in self._handlers.items():
+            self.ctx.overlay.set_stream_handler(sid, handler)
+        ledger.register_verifier()
+        nursery.start_soon(ledger.settle_pools)      # closes the reward pools this node must close
+        if config.task_process_at_start:
+            nursery.start_soon(self._warm_tasks, num)
+        self.numeric = num
+        return core, ledger
+
+    async def wait_serving(self) -> ModuleType:
+        """The numeric core, once the role serves with it: waits (at most WAIT_BOUND seconds)
+        while it loads. Raises LocalProtocolError when its load failed or took longer."""
+        num = self.numeric
+        if num is not None:
+            return num
+        with trio.move_on_after(WAIT_BOUND):
+            await self._serving.wait()
+        if self.numeric is None:
+            raise LocalProtocolError(f"the fl role is not serving: its numeric core is {self._load.state}"
+                                     + ("" if self._serving.is_set() else f" after {WAIT_BOUND:g} s"))
+        return self.numeric
+
+    async def _serve_stream(self, sid: str, stream: FramedStream) -> None:
+        """A stream that arrived before the core served: handled once it does."""
+        await self.wait_serving()
+        await self._handlers[sid](stream)
+
+    async def _warm_tasks(self, num: ModuleType) -> None:
         """`task_process_at_start`: the task process imports torch now, not when a session's
         announcement asks for its task (the opt-in window runs from the announcement)."""
+        assert self.tasks is not None
         try:
             await self.tasks.warm()
-        except TaskError as e:      # the first session starts it again
+        except num.TaskError as e:      # the first session starts it again
             log.warning("fl: the task process did not start: %s", e)
 
     def _apply(self, actions: list[Action]) -> None:
@@ -146,8 +201,9 @@ class FlRole(FlRpc, Role):
         return float(self.ctx.clock())
 
     def _task_key(self, task: str, params: dict[str, float], init_seed: int) -> TaskKey:
-        return TaskKey.of(task, params, init_seed, data_seed=self.config.data_seed,
-                          data_index=self.data_index)
+        assert self.numeric is not None
+        return self.numeric.TaskKey.of(task, params, init_seed, data_seed=self.config.data_seed,
+                                       data_index=self.data_index)
 
     def _check_gossip(self, msg: OverlayGossip) -> bool:
         """Run by the gossip layer before a message is relayed or handled (pulled ones too):
@@ -173,7 +229,13 @@ class FlRole(FlRpc, Role):
         return True
 
     async def _on_gossip(self, msg: OverlayGossip) -> None:
-        if self.core is None or self._closed:
+        if self.core is None:
+            try:
+                await self.wait_serving()      # arrived while the numeric core loads
+            except LocalProtocolError as e:
+                log.warning("fl: a message of %s not handled: %s", msg.origin, e)
+                return
+        if self._closed or self.core is None:
             return
         m = self._checked.pop((msg.origin, msg.data), None)
         if m is None:
@@ -207,8 +269,10 @@ class FlRole(FlRpc, Role):
         return HealthReport.healthy()
 
     def health_detail(self) -> dict[str, Any]:
+        """Sessions known and running; "loading" (what the deferred load is doing) until the
+        numeric core serves."""
         if self.core is None:
-            return {}
+            return {"loading": f"numeric core: {self._load.state}"}
         return {"sessions": len(self.core.sessions),
                 "running": sum(1 for s in self.core.sessions.values() if not s.state.ended)}
 

@@ -9,32 +9,28 @@ import abc
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
-from fognode.node.errors import RemoteProtocolError, RpcError
-from fognode.node.rpc.methods import FilePath, Progress, rpc_method
+from fognode.node.errors import LocalProtocolError, RemoteProtocolError, RpcError
+from fognode.node.rpc.methods import NODE_ROLE_UNAVAILABLE, FilePath, Progress, rpc_method
 from fognode.node.wire import unpack
 from fognode.protocols.fl import errors as E
-from fognode.protocols.fl.actions import Action, SaveModel
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.errors import SessionRejected
-from fognode.protocols.fl.executor import RoleActions
-from fognode.protocols.fl.preflight import preflight
-from fognode.protocols.fl.rewards.ledger import LedgerLink
 from fognode.protocols.fl.messages import PrivacyOptions, SelectionCriteria, SessionSpec
-from fognode.protocols.fl.secagg import round as secagg_round
 from fognode.protocols.fl.session.archive import SessionArchive
-from fognode.protocols.fl.session.core import FlCore
-from fognode.protocols.fl.session.status import session_row
 from fognode.protocols.fl.status_view import compact, new_rows
-from fognode.protocols.fl.strategies.registry import build_strategy
-from fognode.protocols.fl.strategies.base import StrategyError
-from fognode.protocols.fl.tasks import TaskError
-from fognode.protocols.fl.training.modelstore import load_model
-from fognode.protocols.fl.training.prepared import PreparedTask, TaskKey, init_seed_of
-from fognode.protocols.fl.training.process import TaskProcess
+
+if TYPE_CHECKING:   # the numeric core (numeric.py): each method reads it from `_core()`, once loaded
+    from fognode.protocols.fl.actions import Action
+    from fognode.protocols.fl.executor import RoleActions
+    from fognode.protocols.fl.rewards.ledger import LedgerLink
+    from fognode.protocols.fl.session.core import FlCore
+    from fognode.protocols.fl.training.prepared import PreparedTask, TaskKey
+    from fognode.protocols.fl.training.process import TaskProcess
 
 
 log = logging.getLogger("fognode.fl")
@@ -48,13 +44,24 @@ class FlRpc(abc.ABC):
     config: FlConfig
     core: FlCore | None
     actions: RoleActions | None
-    tasks: TaskProcess
+    tasks: TaskProcess | None
     model_root: Path
     archive: SessionArchive
     ledger: LedgerLink | None
 
     @abc.abstractmethod
     def _apply(self, actions: list[Action]) -> None: ...
+
+    @abc.abstractmethod
+    async def wait_serving(self) -> ModuleType: ...
+
+    async def _core(self) -> ModuleType:
+        """The numeric core once the role serves (a call made while it loads waits for it);
+        RpcError NODE_ROLE_UNAVAILABLE when its load failed or took too long."""
+        try:
+            return await self.wait_serving()
+        except LocalProtocolError as e:
+            raise RpcError(NODE_ROLE_UNAVAILABLE, str(e)) from None
 
     @abc.abstractmethod
     def _now(self) -> float: ...
@@ -100,7 +107,8 @@ class FlRpc(abc.ABC):
         devices are eligible now than asked for. Errors: 500 bad parameter, 501 task not
         available, 502 strategy, 507 unsupported privacy option.
         """
-        assert self.core is not None
+        num = await self._core()
+        assert self.core is not None and self.tasks is not None
         if task not in self.config.tasks:
             raise RpcError(E.FL_UNKNOWN_TASK, f"task {task!r} is not enabled on this node "
                                               f"(enabled: {self.config.tasks})")
@@ -123,21 +131,22 @@ class FlRpc(abc.ABC):
         except RemoteProtocolError as e:
             raise RpcError(E.FL_BAD_REQUEST, str(e).replace("fl.SessionSpec: ", "")) from None
         try:
-            strategy = build_strategy(spec)
-        except StrategyError as e:
+            strategy = num.build_strategy(spec)
+        except num.StrategyError as e:
             code = E.FL_UNSUPPORTED if secagg else E.FL_BAD_STRATEGY
             raise RpcError(code, str(e)) from None
-        checked = preflight(spec, strategy, self._eligible_now(spec.criteria))
+        checked = num.preflight(spec, strategy, self._eligible_now(spec.criteria))
         if checked.refusals:
             raise RpcError(E.FL_BAD_REQUEST, "; ".join(checked.refusals))
         nonce = os.urandom(16)
         try:
-            prepared = await self.tasks.prepare(self._task_key(task, spec.task_params, init_seed_of(nonce)))
-        except TaskError as e:
+            prepared = await self.tasks.prepare(self._task_key(task, spec.task_params, num.init_seed_of(nonce)))
+        except num.TaskError as e:
             raise RpcError(E.FL_UNKNOWN_TASK if "installed" in str(e) else E.FL_BAD_REQUEST, str(e)) from None
         if prepared.layout.size * 4 > self.config.max_model_bytes:
             raise RpcError(E.FL_BAD_REQUEST, f"the model has {prepared.layout.size} parameters, over "
                                              f"this node's max_model_bytes {self.config.max_model_bytes}")
+        secagg_round = num.secagg_round
         if secagg and (prepared.layout.size + 1) * 8 > secagg_round.MAX_BODY - (1 << 20):
             raise RpcError(E.FL_BAD_REQUEST, f"the model has {prepared.layout.size} parameters: its "
                                              f"masked secure-aggregation input (8 bytes each) is over "
@@ -185,6 +194,7 @@ class FlRpc(abc.ABC):
         --follow prints each round's row as it completes and returns when the session ends
         (with its outcome). An ended session is kept across restarts of this node
         (`archived`). Error 503: unknown."""
+        await self._core()
         assert self.core is not None
         sid = self._sid(session, archived=True)
         if follow:
@@ -214,8 +224,9 @@ class FlRpc(abc.ABC):
         """Every session this node knows, newest first: id, task, strategy, state, this node's
         role, start time, rounds done of rounds, and why it failed; ended sessions are kept
         across restarts."""
+        num = await self._core()
         assert self.core is not None
-        rows = {r["session_id"]: r for r in map(session_row, self.archive.entries.values())}
+        rows = {r["session_id"]: r for r in map(num.session_row, self.archive.entries.values())}
         rows.update((r["session_id"], r) for r in self.core.session_list())
         return sorted(rows.values(), key=lambda r: -float(r.get("started") or 0.0))
 
@@ -224,6 +235,7 @@ class FlRpc(abc.ABC):
         """Stop SESSION (only on its acting coordinator: the starter, or the fallback coordinator
         that took it over); the final model is saved in the data dir with its hash. Errors: 503
         unknown session, 504 not the acting coordinator."""
+        num = await self._core()
         assert self.core is not None
         sid = self._sid(session)
         try:
@@ -232,8 +244,8 @@ class FlRpc(abc.ABC):
             raise RpcError(E.FL_NOT_COORDINATOR, f"only the acting coordinator can stop a session: {e}") from None
         except ValueError as e:
             raise RpcError(E.FL_BAD_REQUEST, str(e)) from None
-        saves = [a for a in actions if isinstance(a, SaveModel)]
-        self._apply([a for a in actions if not isinstance(a, SaveModel)])
+        saves = [a for a in actions if isinstance(a, num.SaveModel)]
+        self._apply([a for a in actions if not isinstance(a, num.SaveModel)])
         assert self.actions is not None
         for a in saves:
             await self.actions.save(a)
@@ -257,7 +269,8 @@ class FlRpc(abc.ABC):
         fognode-cli runs. An existing file is kept unless --force. Works on any node that holds
         the session's latest model (its participants and coordinators), also after a restart.
         Errors: 505 no model here, 506 cannot write (or the file exists)."""
-        assert self.core is not None
+        num = await self._core()
+        assert self.core is not None and self.tasks is not None
         sid = self._sid(session, archived=True)
         target = Path(path)
         if not target.is_absolute():    # the RPC layer refuses one already (FilePath); direct callers too
@@ -274,10 +287,10 @@ class FlRpc(abc.ABC):
             entry = self.archive.entries[sid.hex()]
             model_hash, rounds_done = bytes.fromhex(entry["model_hash"]), int(entry["rounds_done"])
             key = self._task_key(entry["task"], dict(entry.get("task_params") or {}),
-                                 init_seed_of(bytes.fromhex(entry["nonce"])))
+                                 num.init_seed_of(bytes.fromhex(entry["nonce"])))
             try:
                 prepared = await self.tasks.prepare(key)
-            except TaskError as e:
+            except num.TaskError as e:
                 raise RpcError(E.FL_NO_MODEL, f"cannot load the session's task here: {e}") from None
             params = None
         else:
@@ -286,10 +299,10 @@ class FlRpc(abc.ABC):
             final = self._final_model(sid, model_hash)
             if final is None:
                 raise RpcError(E.FL_NO_MODEL, "this node holds no model of that session")
-            params = await trio.to_thread.run_sync(load_model, final, model_hash)
+            params = await trio.to_thread.run_sync(num.load_model, final, model_hash)
         try:
             await self.tasks.export(prepared.key, params, target)
-        except TaskError as e:
+        except num.TaskError as e:
             raise RpcError(E.FL_EXPORT_FAILED, f"cannot export the model: {e}") from None
         except OSError as e:
             raise RpcError(E.FL_EXPORT_FAILED, f"cannot write {path}: {e.strerror or e}") from None

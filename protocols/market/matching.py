@@ -18,19 +18,23 @@ result per provider (its best offer): replicas must run on distinct providers.
 
 `Matcher` evaluates the filter on a column snapshot of the book (`columns.py`, rebuilt when
 the book's `version` changes) and scores candidates with numpy; `match_linear` is the plain
-per-offer reference (and the benchmark's baseline); both return the same list.
+per-offer reference (and the benchmark's baseline); both return the same list. numpy (and
+columns.py) are imported by a Matcher's first match, not with this module, so a daemon's start
+does not pay for them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
-import numpy as np
-
-from fognode.protocols.market.columns import Columns
 from fognode.protocols.market.messages import Demand, Offer
 from fognode.protocols.market.orderbook import OrderBook
 from fognode.protocols.market.wirecommon import MAX_PRICE
+
+if TYPE_CHECKING:   # numpy (and columns.py, which needs it) load at a Matcher's first use, not
+    import numpy as np   # with the role's modules: a daemon's start does not pay for them
+
+    from fognode.protocols.market.columns import Columns
 
 Reputation = Callable[[str], float]
 Latency = Callable[[str], "float | None"]
@@ -147,6 +151,8 @@ class Matcher:
     def columns(self, service: str, now: float | None = None) -> Columns:
         """The snapshot of `service` (rebuilt as the class docstring says; `now` None: rebuild
         on any change)."""
+        from fognode.protocols.market.columns import Columns
+
         stale = self._version != self.book.version
         changes = self.book.changes_since(self._applied) if stale else []
         if stale and (now is None or changes is None
@@ -170,6 +176,8 @@ class Matcher:
     def _provider_scores(self, service: str, cols: Columns, codes: np.ndarray,
                          now: float) -> tuple[np.ndarray, np.ndarray]:
         """(reputation, latency score) per row of `codes` (provider codes)."""
+        import numpy as np
+
         if self.score_ttl <= 0:
             uniq, inv = np.unique(codes, return_inverse=True)
             peers = [cols.providers[u] for u in uniq]
@@ -184,6 +192,8 @@ class Matcher:
         return cached[1][codes], cached[2][codes]
 
     def match(self, demand: Demand, now: float, limit: int | None = None) -> list[Match]:
+        import numpy as np
+
         cols = self.columns(demand.service, now)
         if cols.n == 0:
             return []
@@ -213,6 +223,8 @@ class Matcher:
     def _rank(self, service: str, cols: Columns, idx: np.ndarray, costs: np.ndarray, now: float,
               limit: int | None) -> list[Match]:
         """`costs` are exact (int64, or Python ints in an object array)."""
+        import numpy as np
+
         w = self.weights
         c = costs.astype(float) if costs.dtype != object else np.array([float(x) for x in costs])
         min_cost = float(costs.min())

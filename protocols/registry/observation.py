@@ -24,15 +24,17 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from nacl.signing import SigningKey
 
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.wire import SIG_LEN, Fields, digest, pack, sign, unpack, verify
 from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.peerid import PUBKEY_LEN, peer_id_from_pubkey, peer_id_matches
+
+if TYPE_CHECKING:   # numpy is imported by `ObservationBook.local_trust`, its one user here
+    import numpy as np
 
 OBSERVATION_VERSION = 1
 MAX_OBSERVATION_BYTES = 1024
@@ -354,7 +356,11 @@ class ObservationBook:
         return self._pairs
 
     def local_trust(self, service: str) -> LocalTrust:
-        """s_ij = satisfied - unsatisfied weight for `service` (ALL_SERVICES: summed over all)."""
+        """s_ij = satisfied - unsatisfied weight for `service` (ALL_SERVICES: summed over all).
+        The first call imports numpy (not imported with this module: a daemon's start does
+        not pay for it)."""
+        import numpy as np
+
         cells: dict[tuple[str, str], float] = {}
         sources = self._sums.values() if service == ALL_SERVICES else [self._sums.get(service, {})]
         for per in sources:

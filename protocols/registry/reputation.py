@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fognode.protocols.registry.eigentrust import TrustResult, global_trust
 from fognode.protocols.registry.events import ReputationUpdated
 from fognode.protocols.registry.observation import ALL_SERVICES, LocalTrust, ObservationBook
+
+if TYPE_CHECKING:   # numpy: imported by `compute` (a worker thread), not when the role's modules load
+    from fognode.protocols.registry.eigentrust import TrustResult
 
 MAX_APP_SCORE = 10.0
 MAX_EVENTS_PER_RECOMPUTE = 256
@@ -33,7 +36,10 @@ def snapshot(book: ObservationBook) -> dict[str, LocalTrust]:
 
 
 def compute(inputs: dict[str, LocalTrust], pretrusted: list[str], alpha: float) -> Recompute:
-    """EigenTrust for every service; pure and thread-safe (numpy releases the GIL in places)."""
+    """EigenTrust for every service; pure and thread-safe (numpy releases the GIL in places).
+    The first call imports numpy (eigentrust.py): kept off the daemon's start."""
+    from fognode.protocols.registry.eigentrust import global_trust
+
     t0 = time.perf_counter()
     results = {s: global_trust(lt.peers, lt.rows, lt.cols, lt.vals, pretrusted, alpha=alpha)
                for s, lt in inputs.items()}
