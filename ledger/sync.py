@@ -10,7 +10,8 @@ committee certificates after "committees_after" come first, as the certificates 
 their epochs. A replica syncs with a peer when it connects, when a certificate from it cannot
 apply yet (`sync_soon`), and every `sync_interval` (randomised) with one connected peer.
 A peer whose answer is malformed has its cursor reset; a stopped ledger (storage failure,
-service.py) neither serves nor pulls.
+service.py) neither serves nor pulls. The client decodes through the certificate memo
+(certmemo.py): a pulled certificate this node decoded recently (from gossip) costs a lookup.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 
 import trio
 
-from fognode.ledger.messages import decode_certificate
+from fognode.ledger.certmemo import decode_certificate_once
 from fognode.ledger.ports import Applier, CommitteeExchange
 from fognode.ledger.settings import Settings
 from fognode.ledger.state import LedgerState
@@ -141,7 +142,7 @@ class LedgerSync:
                                 raise RemoteProtocolError(f"ledger.SyncResponse: certs[{i}] is not [position, "
                                                           f"certificate] in increasing order", peer=peer)
                             last = item[0]
-                            certs.append(decode_certificate(item[1], peer=peer))
+                            certs.append(decode_certificate_once(item[1], peer=peer))
                         deltas, _ = self.ledger.ingest(peer, certs, via=SYNC_STREAM)
                         applied += len(deltas)
                         self.ledger.note_cursor(peer, last)    # in the certificates' group or later
