@@ -10,8 +10,9 @@ committee certificates after "committees_after" come first, as the certificates 
 their epochs. A replica syncs with a peer when it connects, when a certificate from it cannot
 apply yet (`sync_soon`), and every `sync_interval` (randomised) with one connected peer.
 A peer whose answer is malformed has its cursor reset; a stopped ledger (storage failure,
-service.py) neither serves nor pulls. The client decodes through the certificate memo
-(certmemo.py): a pulled certificate this node decoded recently (from gossip) costs a lookup.
+service.py) neither serves nor pulls. The server sends the certificates as the store holds
+them (their canonical encodings), without decoding them; the client decodes through the
+certificate memo (certmemo.py): a pulled certificate this node decoded recently costs a lookup.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import logging
 import random
 from typing import Any
 
+import msgpack
 import trio
 
 from fognode.ledger.certmemo import decode_certificate_once
@@ -30,13 +32,28 @@ from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
 from fognode.node.events import PeerConnected
 from fognode.node.overlay import FramedStream
 from fognode.node.role import NodeContext
-from fognode.node.wire import Fields
+from fognode.node.wire import Fields, pack
 
 log = logging.getLogger("fognode.ledger")
 
 SYNC_STREAM = "/fognode/ledger/sync/1.0.0"
 MAX_SYNC_BATCH = 1024
 MAX_CERT_FRAME = 1 << 20
+
+
+def sync_response(certs: list[tuple[int, bytes]], end: int, committees: list[Any] | None) -> bytes:
+    """pack({"v": 1, "certs": [[position, certificate]...], "end": end, "committees"?}), the
+    sync stream's response, built around the certificates' stored encodings (canonical:
+    `Certificate.encoded()`) instead of decoding each and walking it again to pack it (keys
+    "certs" < "committees" < "end" < "v"; tests check it equals pack())."""
+    p = msgpack.Packer(use_bin_type=True)
+    out = [b"\x83" if committees is None else b"\x84", p.pack("certs"), p.pack_array_header(len(certs))]
+    for position, cert in certs:
+        out += (b"\x92", p.pack(position), cert)
+    if committees is not None:
+        out += (p.pack("committees"), pack(committees))
+    out += (p.pack("end"), p.pack(end), p.pack("v"), p.pack(1))
+    return b"".join(out)
 
 
 class LedgerSync:
@@ -98,10 +115,8 @@ class LedgerSync:
             committees_after = f.int("committees_after", lo=0, hi=2**40, optional=True)
             f.done()
             items = self.store.log_after(after, limit)
-            resp: dict[str, Any] = {"v": 1, "certs": [[p, c] for p, c in items], "end": self.store.log_length()}
-            if committees_after is not None:
-                resp["committees"] = self.rotation.serve(committees_after)
-            await stream.send(resp)
+            committees = self.rotation.serve(committees_after) if committees_after is not None else None
+            await stream.send_bytes(sync_response(items, self.store.log_length(), committees))
 
     # -- client ----------------------------------------------------------------------------------
 
