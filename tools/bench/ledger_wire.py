@@ -20,7 +20,8 @@ burst:
   `signed_orders_built` (each packs an order body and hashes it: signing and every decode),
   `cert_decodes.<gossip|order|sync>` (certificates decoded from a gossip batch, from an order
   request's `prev`, from a sync response) and `cert_decodes_full.<site>` (those the memo,
-  ledger/certmemo.py, did not answer: a full decode each), `sig_checks` (check_signature calls) and
+  ledger/certmemo.py, did not answer: a full decode each), `sync_skipped_stored` (pulled
+  certificates skipped undecoded as the very ones stored here: sync.py), `sig_checks` (check_signature calls) and
   `sig_verifies` (those the cache did not answer: an Ed25519 verification each),
   `replica.<applied|duplicate|queued|refused>` (certificates the replica received, by outcome),
   `orders_validated` (orders this node's validator decided);
@@ -171,6 +172,14 @@ def _count_ledger_work(counts: collections.Counter[str]) -> None:
                 if certmemo.MEMO.misses != misses:
                     counts["ledger.cert_decodes_full." + _site] += 1
         module.decode_certificate_once = decode    # type: ignore[attr-defined]
+
+    orig_stored = sync.stored_already
+
+    def stored_already(store: Any, raw: Any) -> bool:
+        skipped = orig_stored(store, raw)
+        counts["ledger.sync_skipped_stored"] += skipped
+        return skipped
+    sync.stored_already = stored_already    # type: ignore[attr-defined]
 
     orig_check = quorum.check_signature
 
