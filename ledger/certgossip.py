@@ -16,7 +16,7 @@ state and stay with the replica. A batch that fails is not relayed, and the peer
 it to us is charged: its origin may be a throw-away key that no charge reaches, and every node
 checks before relaying, so an honest relayer never passes a bad batch on. The batch `check`
 decoded is handed to `on_gossip` (the last CHECKED_KEPT, by their bytes) instead of being
-decoded a second time.
+decoded a second time; certificates are decoded through the certificate memo (certmemo.py).
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ import trio
 from fognode.ledger.committee import CommitteeCertificate
 from fognode.ledger.errors import LedgerStorageFailed
 from fognode.ledger.genesis import Genesis
-from fognode.ledger.messages import Certificate, cert_batch, decode_certificate
+from fognode.ledger.certmemo import decode_certificate_once
+from fognode.ledger.messages import Certificate, cert_batch
 from fognode.ledger.ports import Applier, CommitteeExchange, SyncTrigger
 from fognode.ledger.quorum import check_signature
 from fognode.ledger.settings import Settings
@@ -53,7 +54,7 @@ def decode_batch(data: bytes, peer: str, decode_committees: DecodeCommittees
     Raises RemoteProtocolError naming what was wrong."""
     f = Fields(unpack(data, max_size=MAX_CERT_FRAME, what="ledger certificate batch"),
                "ledger.CertBatch", versions={1}, peer=peer)
-    certs = [decode_certificate(c, peer=peer) for c in f.list("certs", max_len=MAX_SYNC_BATCH)]
+    certs = [decode_certificate_once(c, peer=peer) for c in f.list("certs", max_len=MAX_SYNC_BATCH)]
     committees = decode_committees(f.list("committees", optional=True) or [], peer)
     f.done()
     return certs, committees

@@ -1,8 +1,14 @@
 """The ledger state's records: an account, the supply counters, and the `Delta` one applied
-certificate makes (what the store writes in one batch). Split out of state.py, which
-re-exports them."""
+certificate makes (what the store writes in one batch), and the state root's leaf hash. Split
+out of state.py, which re-exports them.
+
+An account and the supply remember their leaf (computed at most once per record object: the
+records are frozen, and the leaf is a function of the tag, key and encoding), so the staging
+state and the `install` that follows it (state.py) hash each new record once, not four times
+(old and new leaf, in each of the two states)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 import msgpack
@@ -15,6 +21,11 @@ from fognode.node.wire import unpack
 ZERO32 = bytes(32)
 
 
+def leaf(tag: bytes, key: bytes, value: bytes) -> int:
+    """A state entry's leaf: BLAKE2b-512(tag || key || value) as an integer (state.py)."""
+    return int.from_bytes(hashlib.blake2b(tag + key + value, digest_size=64).digest(), "big")
+
+
 @dataclass(frozen=True)
 class Account:
     balance: int = 0
@@ -23,6 +34,7 @@ class Account:
     unbonding: tuple[tuple[int, int], ...] = ()    # (release epoch, amount), oldest first
     head: bytes = ZERO32                           # hash chain of applied tx ids
     _enc: bytes | None = field(init=False, default=None, repr=False, compare=False)
+    _leaf: tuple[bytes, int] | None = field(init=False, default=None, repr=False, compare=False)
 
     def encode(self) -> bytes:
         """pack([balance, next_sequence, bonded, [[epoch, amount]...], head]) (a list of ints
@@ -33,6 +45,16 @@ class Account:
                                  [[e, a] for e, a in self.unbonding], self.head], use_bin_type=True)
             object.__setattr__(self, "_enc", enc)
         return enc
+
+    def leaf(self, key: bytes) -> int:
+        """leaf(b"A", key, encode()): the state root's leaf of this record at account `key`,
+        remembered for the last key asked (module docstring)."""
+        memo = self._leaf
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        h = leaf(b"A", key, self.encode())
+        object.__setattr__(self, "_leaf", (key, h))
+        return h
 
     @classmethod
     def decode(cls, data: bytes) -> "Account":
@@ -69,8 +91,18 @@ class Supply:
     def total(self) -> int:
         return self.initial + self.minted - self.burned
 
+    _leaf: int | None = field(init=False, default=None, repr=False, compare=False)
+
     def encode(self) -> bytes:
         return msgpack.packb([self.initial, self.minted, self.burned])
+
+    def leaf(self) -> int:
+        """leaf(b"S", b"", encode()), computed once per record (module docstring)."""
+        h = self._leaf
+        if h is None:
+            h = leaf(b"S", b"", self.encode())
+            object.__setattr__(self, "_leaf", h)
+        return h
 
     @classmethod
     def decode(cls, data: bytes) -> "Supply":

@@ -6,7 +6,8 @@ the committee) and the wallet keystore, builds the adapters and wires them toget
 to peers only through `ctx.overlay`:
 
 - order stream `/fognode/ledger/order/1.0.0`: a client sends {"v", "order", "prev"?} (prev =
-  the sender's previous certificate, so a validator that missed it can apply it first) and gets
+  the sender's previous certificate, so a validator that missed it can apply it first; decoded
+  through certmemo.py, as the validator has usually decoded it from gossip already) and gets
   {"v", "vote"} or {"v", "rejection"}, repeated on one long-lived stream per validator. The
   validator side is here (`validate`: the lock is persisted, sync, before the reply exists);
   the client side is submit.py (`OrderSubmitter`) over order_streams.py. The same stream
@@ -71,6 +72,7 @@ from fognode.ledger.actions import (CertificateRefused, Commit, ConflictingCerti
 from fognode.ledger.address import encode_address
 from fognode.ledger.audit import audit_store
 from fognode.ledger.certgossip import CERT_TOPIC, CertGossip
+from fognode.ledger.certmemo import decode_certificate_once
 from fognode.ledger.committee import decode_committee_body
 from fognode.ledger.committee_service import CommitteeRotation
 from fognode.ledger.errors import LedgerStorageFailed, Reason
@@ -78,7 +80,7 @@ from fognode.ledger.events import ForkDetected, PaymentProcessed
 from fognode.ledger.genesis import Genesis
 from fognode.ledger.handover_service import LockHandover
 from fognode.ledger.messages import (Certificate, ForkProof, Rejection, SignedOrder, TransferOrder, Vote,
-                                     decode_certificate, decode_signed_order, vote_reply)
+                                     decode_signed_order, vote_reply)
 from fognode.ledger.order_streams import ORDER_STREAM, OrderStreams
 from fognode.ledger.pending import PendingPool
 from fognode.ledger.ports import MAX_REPLY
@@ -422,7 +424,7 @@ class LedgerService:
             f.done()
             return [reply]
         so = decode_signed_order(f.map("order", max_len=8), peer=peer)
-        prev = decode_certificate(f.map("prev", max_len=8), peer=peer) if f.has("prev") else None
+        prev = decode_certificate_once(f.map("prev", max_len=8), peer=peer) if f.has("prev") else None
         f.done()
         if prev is not None:
             _, queued = self.ingest(peer, [prev])

@@ -30,7 +30,9 @@ in memory never runs ahead of the state on disk (service.py `_apply_batch`).
 Staging (group commit, service.py). `staging()` is a second state object the replica and the
 validator work on ahead of the disk; the state everyone else reads catches up by
 `install(delta)` once the delta is durable, which sets exactly the records the store wrote
-(the state a restart would load) and checks that the accumulator comes out the same.
+(the state a restart would load) and checks that the accumulator comes out the same. An
+account's and the supply's leaf is hashed once per record object (records.py), so that check
+costs additions, not the hashes again; `recompute_accumulator` hashes everything afresh.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ from fognode.ledger.genesis import FeeDestination, Genesis
 from fognode.ledger.messages import (BondOrder, Certificate, MintOrder, Order, TransferOrder,
                                      UnbondOrder)
 from fognode.ledger.quorum import Committee
-from fognode.ledger.records import Account, Delta, Supply
+from fognode.ledger.records import Account, Delta, Supply, leaf
 from fognode.ledger.rewardpool import (RewardPool, blocked as pool_blocked, effect as pool_effect,
                                        state_problem as pool_problem)
 from fognode.ledger.rewardpool_orders import POOL_ORDERS, PoolPayOrder
@@ -60,10 +62,6 @@ MAX_UNBONDING_ENTRIES = 32
 
 def _epoch_key(epoch: int) -> bytes:
     return epoch.to_bytes(8, "big")
-
-
-def _leaf(tag: bytes, key: bytes, value: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(tag + key + value, digest_size=64).digest(), "big")
 
 
 class LedgerState:
@@ -90,7 +88,7 @@ class LedgerState:
         self.committees = CommitteeBook(genesis)
         self._acc = 0
         self._root_prefix = b"fognode-ledger-root/1" + genesis.chain_id.encode()
-        self._add(_leaf(b"S", b"", self.supply.encode()))
+        self._add(leaf(b"S", b"", self.supply.encode()))
         for k, amount in genesis.balances:
             self._set_account(k, Account(balance=amount))
         for k, stake in genesis.validators:
@@ -143,7 +141,7 @@ class LedgerState:
             self._set_pool(*d.pool)
         if d.claim_id is not None:
             self.used_receipts.add(d.claim_id)
-            self._add(_leaf(b"R", d.claim_id, b""))
+            self._add(leaf(b"R", d.claim_id, b""))
         if d.stake_delta is not None:
             epoch, staker, net = d.stake_delta
             self.stake_deltas.setdefault(epoch, {})[staker] = net
@@ -175,18 +173,18 @@ class LedgerState:
 
     def recompute_accumulator(self) -> int:
         """The accumulator from scratch (for `ledger.verify`): must equal `accumulator`."""
-        acc = _leaf(b"S", b"", self.supply.encode())
+        acc = leaf(b"S", b"", self.supply.encode())
         for k, a in self.accounts.items():
             if not a.is_empty:
-                acc += _leaf(b"A", k, a.encode())
+                acc += leaf(b"A", k, a.encode())
         for e, m in self.minted_by_epoch.items():
-            acc += _leaf(b"M", _epoch_key(e), pack(m))
+            acc += leaf(b"M", _epoch_key(e), pack(m))
         for r in self.used_receipts:
-            acc += _leaf(b"R", r, b"")
+            acc += leaf(b"R", r, b"")
         for k, e in self.escrows.items():
-            acc += _leaf(b"E", k, e.encode())
+            acc += leaf(b"E", k, e.encode())
         for k, p in self.pools.items():
-            acc += _leaf(b"P", k, p.encode())
+            acc += leaf(b"P", k, p.encode())
         return acc % MOD
 
     # -- undo journal (see the module docstring) ----------------------------------------------
@@ -238,11 +236,11 @@ class LedgerState:
         if self._journal is not None:
             self._journal.append(("a", key, old))
         if old is not None and not old.is_empty:
-            self._sub(_leaf(b"A", key, old.encode()))
+            self._sub(old.leaf(key))
         if new.is_empty:
             self.accounts.pop(key, None)
         else:
-            self._add(_leaf(b"A", key, new.encode()))
+            self._add(new.leaf(key))
             self.accounts[key] = new
 
     def _set_escrow(self, key: bytes, new: Escrow) -> None:
@@ -250,8 +248,8 @@ class LedgerState:
         if self._journal is not None:
             self._journal.append(("e", key, old))
         if old is not None:
-            self._sub(_leaf(b"E", key, old.encode()))
-        self._add(_leaf(b"E", key, new.encode()))
+            self._sub(leaf(b"E", key, old.encode()))
+        self._add(leaf(b"E", key, new.encode()))
         self.escrows[key] = new
 
     def _set_pool(self, key: bytes, new: RewardPool) -> None:
@@ -259,13 +257,13 @@ class LedgerState:
         if self._journal is not None:
             self._journal.append(("p", key, old))
         if old is not None:
-            self._sub(_leaf(b"P", key, old.encode()))
-        self._add(_leaf(b"P", key, new.encode()))
+            self._sub(leaf(b"P", key, old.encode()))
+        self._add(leaf(b"P", key, new.encode()))
         self.pools[key] = new
 
     def _set_supply(self, new: Supply) -> None:
-        self._sub(_leaf(b"S", b"", self.supply.encode()))
-        self._add(_leaf(b"S", b"", new.encode()))
+        self._sub(self.supply.leaf())
+        self._add(new.leaf())
         self.supply = new
 
     def _set_minted(self, epoch: int, total: int) -> None:
@@ -273,8 +271,8 @@ class LedgerState:
         if self._journal is not None:
             self._journal.append(("m", epoch, old))
         if old is not None:
-            self._sub(_leaf(b"M", _epoch_key(epoch), pack(old)))
-        self._add(_leaf(b"M", _epoch_key(epoch), pack(total)))
+            self._sub(leaf(b"M", _epoch_key(epoch), pack(old)))
+        self._add(leaf(b"M", _epoch_key(epoch), pack(total)))
         self.minted_by_epoch[epoch] = total
 
     # -- queries --------------------------------------------------------------------------
@@ -437,7 +435,7 @@ class LedgerState:
             if self._journal is not None and claim_id not in self.used_receipts:
                 self._journal.append(("r", claim_id, None))
             self.used_receipts.add(claim_id)
-            self._add(_leaf(b"R", claim_id, b""))
+            self._add(leaf(b"R", claim_id, b""))
         if stake_delta is not None:
             if self._journal is not None:
                 self._journal.append(("k", (stake_delta[0], stake_delta[1]),

@@ -262,11 +262,6 @@ class LedgerStore:
         t = self._decode(v, "apply time")
         return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
 
-    def raw_certificate(self, tx_id: bytes) -> Any:
-        """The certificate's wire map (undecoded into dataclasses), or None."""
-        v = self.db.get(b"t/" + tx_id)
-        return None if v is None else self._decode(v[8:], "certificate record")
-
     def certificate_bytes(self, tx_id: bytes) -> bytes | None:
         """The certificate's stored encoding (`Certificate.encoded()`, = pack(to_wire())), or
         None: for a message that carries it as it is, without a decode and a new pack."""
@@ -276,11 +271,15 @@ class LedgerStore:
     def log_length(self) -> int:
         return int(self._decode(self._need(b"s/applied"), "apply count"))
 
-    def log_after(self, position: int, limit: int) -> list[tuple[int, Any]]:
-        """Up to `limit` (position, certificate wire map) of this replica's log after `position`."""
-        out: list[tuple[int, Any]] = []
+    def log_after(self, position: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` (position, certificate encoding as stored: `certificate_bytes`) of this
+        replica's log after `position`."""
+        out: list[tuple[int, bytes]] = []
         for k, tx in self.db.iterator(start=b"o/" + _u8(max(0, position) + 1), stop=b"o0"):
-            out.append((int.from_bytes(k[2:], "big"), self.raw_certificate(tx)))
+            cert = self.certificate_bytes(tx)
+            if cert is None:
+                raise StoreError(f"the apply log names transaction {tx.hex()}, which has no certificate record")
+            out.append((int.from_bytes(k[2:], "big"), cert))
             if len(out) >= limit:
                 break
         return out

@@ -10,7 +10,12 @@ committee certificates after "committees_after" come first, as the certificates 
 their epochs. A replica syncs with a peer when it connects, when a certificate from it cannot
 apply yet (`sync_soon`), and every `sync_interval` (randomised) with one connected peer.
 A peer whose answer is malformed has its cursor reset; a stopped ledger (storage failure,
-service.py) neither serves nor pulls.
+service.py) neither serves nor pulls. The server sends the certificates as the store holds
+them (their canonical encodings), without decoding them. The client skips a pulled certificate
+that is byte for byte the one it applied for that (sender, sequence) (`stored_already`: two
+store reads and a compare instead of a decode and a duplicate check; anti-entropy pulls every
+peer's log, so most of what it reads is already applied) and decodes the rest through the
+certificate memo (certmemo.py): one this node decoded recently costs a lookup.
 """
 from __future__ import annotations
 
@@ -18,9 +23,10 @@ import logging
 import random
 from typing import Any
 
+import msgpack
 import trio
 
-from fognode.ledger.messages import decode_certificate
+from fognode.ledger.certmemo import decode_certificate_once
 from fognode.ledger.ports import Applier, CommitteeExchange
 from fognode.ledger.settings import Settings
 from fognode.ledger.state import LedgerState
@@ -29,13 +35,50 @@ from fognode.node.errors import FognodeError, RemoteProtocolError, StreamClosed
 from fognode.node.events import PeerConnected
 from fognode.node.overlay import FramedStream
 from fognode.node.role import NodeContext
-from fognode.node.wire import Fields
+from fognode.node.wire import Fields, pack
 
 log = logging.getLogger("fognode.ledger")
 
 SYNC_STREAM = "/fognode/ledger/sync/1.0.0"
 MAX_SYNC_BATCH = 1024
 MAX_CERT_FRAME = 1 << 20
+
+
+def sync_response(certs: list[tuple[int, bytes]], end: int, committees: list[Any] | None) -> bytes:
+    """pack({"v": 1, "certs": [[position, certificate]...], "end": end, "committees"?}), the
+    sync stream's response, built around the certificates' stored encodings (canonical:
+    `Certificate.encoded()`) instead of decoding each and walking it again to pack it (keys
+    "certs" < "committees" < "end" < "v"; tests check it equals pack())."""
+    p = msgpack.Packer(use_bin_type=True)
+    out = [b"\x83" if committees is None else b"\x84", p.pack("certs"), p.pack_array_header(len(certs))]
+    for position, cert in certs:
+        out += (b"\x92", p.pack(position), cert)
+    if committees is not None:
+        out += (p.pack("committees"), pack(committees))
+    out += (p.pack("end"), p.pack(end), p.pack("v"), p.pack(1))
+    return b"".join(out)
+
+
+def stored_already(store: LedgerStore, raw: Any) -> bool:
+    """True if `raw` (one certificate of a sync response, as unpacked) is byte for byte the
+    stored encoding of the certificate this replica applied for its (sender, sequence): its
+    decode would give that very certificate, which the replica would count as a duplicate, so
+    the client skips both. Anything else (another certificate for the sequence, a malformed
+    one, one not applied here) is False: it is decoded and checked as before."""
+    try:
+        o = raw["order"]["order"]
+        sender, seq = o["sender"], o["sequence"]
+    except (TypeError, KeyError, IndexError):
+        return False
+    if not isinstance(sender, bytes) or len(sender) != 32 or type(seq) is not int or not 0 <= seq < 2**63:
+        return False
+    tx = store.tx_at(sender, seq)
+    if tx is None:
+        return False
+    try:
+        return store.certificate_bytes(tx) == msgpack.packb(raw, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 class LedgerSync:
@@ -97,10 +140,8 @@ class LedgerSync:
             committees_after = f.int("committees_after", lo=0, hi=2**40, optional=True)
             f.done()
             items = self.store.log_after(after, limit)
-            resp: dict[str, Any] = {"v": 1, "certs": [[p, c] for p, c in items], "end": self.store.log_length()}
-            if committees_after is not None:
-                resp["committees"] = self.rotation.serve(committees_after)
-            await stream.send(resp)
+            committees = self.rotation.serve(committees_after) if committees_after is not None else None
+            await stream.send_bytes(sync_response(items, self.store.log_length(), committees))
 
     # -- client ----------------------------------------------------------------------------------
 
@@ -141,12 +182,13 @@ class LedgerSync:
                                 raise RemoteProtocolError(f"ledger.SyncResponse: certs[{i}] is not [position, "
                                                           f"certificate] in increasing order", peer=peer)
                             last = item[0]
-                            certs.append(decode_certificate(item[1], peer=peer))
+                            if not stored_already(self.store, item[1]):
+                                certs.append(decode_certificate_once(item[1], peer=peer))
                         deltas, _ = self.ledger.ingest(peer, certs, via=SYNC_STREAM)
                         applied += len(deltas)
                         self.ledger.note_cursor(peer, last)    # in the certificates' group or later
                         self._cursors[peer] = last
-                        if not certs or last >= end:
+                        if not items or last >= end:
                             break
                 finally:
                     await stream.close()

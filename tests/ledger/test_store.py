@@ -6,14 +6,17 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fognode.ledger.actions import Commit
 from fognode.ledger.errors import StoreError
-from fognode.ledger.messages import ForkProof
+from fognode.ledger.messages import Certificate, ForkProof, decode_certificate
 from fognode.ledger.replica import Replica
 from fognode.ledger.store import LedgerStore
+from fognode.ledger.sync import stored_already, sync_response
+from fognode.node.wire import pack, unpack
 
 from .certstream import make_stream, reference_root, stream_genesis
 from .helpers import key, make_genesis, pk, transfer
@@ -136,3 +139,46 @@ def test_kill_9_mid_apply_leaves_a_consistent_prefix_then_catches_up(tmp_path: P
     _apply(store, r, certs)
     assert r.state.root() == reference_root(certs)[0] and r.state.applied == n
     assert r.duplicates == before
+
+
+def test_the_sync_response_is_built_from_the_stored_encodings(tmp_path: Path) -> None:
+    """sync.py's response, built around the certificates' stored bytes, equals pack() of the
+    map of decoded certificates it replaced, with and without committee certificates."""
+    certs = make_stream(40)
+    store = LedgerStore(tmp_path / "db", stream_genesis())
+    r = Replica(store.load_state(), store)
+    _apply(store, r, certs[:30], group=8)
+    for after, limit in ((0, 1000), (5, 10), (30, 10)):
+        items = store.log_after(after, limit)
+        assert [p for p, _ in items] == list(range(after + 1, min(30, after + limit) + 1))
+        wire = [[p, unpack(c)] for p, c in items]
+        assert [decode_certificate(c) for _, c in wire] == certs[after:after + len(items)]
+        for committees in (None, [], [{"v": 1, "epoch": 3, "sigs": [b"\x01" * 64]}]):
+            resp: dict[str, Any] = {"v": 1, "certs": wire, "end": 30}
+            if committees is not None:
+                resp["committees"] = committees
+            assert sync_response(items, store.log_length(), committees) == pack(resp)
+
+
+def test_a_pulled_certificate_is_skipped_only_if_it_is_the_stored_one(tmp_path: Path) -> None:
+    """sync.py `stored_already`: true only for the very bytes this replica stored for that
+    (sender, sequence); another certificate for the sequence, one not applied here and
+    malformed input are decoded and checked as before (False)."""
+    certs = make_stream(20)
+    store = LedgerStore(tmp_path / "db", stream_genesis())
+    r = Replica(store.load_state(), store)
+    _apply(store, r, certs[:10])
+    for _, c in store.log_after(0, 100):
+        assert stored_already(store, unpack(c))
+    assert not any(stored_already(store, unpack(c.encoded())) for c in certs[10:])
+    fewer = Certificate(certs[3].order, certs[3].votes[:-1])      # same order, one vote less
+    assert not stored_already(store, unpack(fewer.encoded()))
+    r3 = unpack(certs[3].encoded())
+    r3["extra"] = 1
+    assert not stored_already(store, r3)
+    r3 = unpack(certs[3].encoded())
+    r3["order"]["order"]["sequence"] = -1
+    assert not stored_already(store, r3)
+    for bad in (None, 7, "x", [], {"order": 1}, {"order": {"order": []}}, {"order": {"order": {"sender": 1}}},
+                {"order": {"order": {"sender": b"\x01" * 32, "sequence": 2**64}}}):
+        assert not stored_already(store, bad)

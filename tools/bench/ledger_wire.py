@@ -19,7 +19,9 @@ burst:
 - `ledger.<what>`: the ledger's work per node (in the module's globals its callers look up):
   `signed_orders_built` (each packs an order body and hashes it: signing and every decode),
   `cert_decodes.<gossip|order|sync>` (certificates decoded from a gossip batch, from an order
-  request's `prev`, from a sync response), `sig_checks` (check_signature calls) and
+  request's `prev`, from a sync response) and `cert_decodes_full.<site>` (those the memo,
+  ledger/certmemo.py, did not answer: a full decode each), `sync_skipped_stored` (pulled
+  certificates skipped undecoded as the very ones stored here: sync.py), `sig_checks` (check_signature calls) and
   `sig_verifies` (those the cache did not answer: an Ed25519 verification each),
   `replica.<applied|duplicate|queued|refused>` (certificates the replica received, by outcome),
   `orders_validated` (orders this node's validator decided);
@@ -150,7 +152,7 @@ def install(path: str) -> None:
 
 def _count_ledger_work(counts: collections.Counter[str]) -> None:
     """The `ledger.*` counters (module docstring)."""
-    from fognode.ledger import certcheck, certgossip, messages, quorum, replica, service, sync, validator
+    from fognode.ledger import certcheck, certgossip, certmemo, messages, quorum, replica, service, sync, validator
     from fognode.ledger.actions import CertificateRefused, Commit, Queued
 
     orig_post_init = messages.SignedOrder.__post_init__
@@ -161,10 +163,23 @@ def _count_ledger_work(counts: collections.Counter[str]) -> None:
     messages.SignedOrder.__post_init__ = __post_init__    # type: ignore[method-assign]
 
     for module, site in ((certgossip, "gossip"), (service, "order"), (sync, "sync")):
-        def decode(raw: Any, *, peer: str | None = None, _key: str = "ledger.cert_decodes." + site) -> Any:
-            counts[_key] += 1
-            return messages.decode_certificate(raw, peer=peer)
-        module.decode_certificate = decode    # type: ignore[attr-defined]
+        def decode(raw: Any, *, peer: str | None = None, _site: str = site) -> Any:
+            misses = certmemo.MEMO.misses
+            try:
+                return certmemo.decode_certificate_once(raw, peer=peer)
+            finally:
+                counts["ledger.cert_decodes." + _site] += 1
+                if certmemo.MEMO.misses != misses:
+                    counts["ledger.cert_decodes_full." + _site] += 1
+        module.decode_certificate_once = decode    # type: ignore[attr-defined]
+
+    orig_stored = sync.stored_already
+
+    def stored_already(store: Any, raw: Any) -> bool:
+        skipped = orig_stored(store, raw)
+        counts["ledger.sync_skipped_stored"] += skipped
+        return skipped
+    sync.stored_already = stored_already    # type: ignore[attr-defined]
 
     orig_check = quorum.check_signature
 
