@@ -14,8 +14,9 @@ The policy side, one concern per module:
 The executor side:
 - `executor`: the trio `Executor` that owns work's child processes (nice, limits, SIGSTOP/SIGCONT,
   memory kills, the duty-cycle throttle, `watch` of a process another role starts);
-  `limits` (sans-IO allowance and throttle), `launch`, `cgroup`, `procstat`, `jobs`;
-  `reaper` (one `sh` per daemon process that SIGKILLs every child it started when it dies).
+  `limits` (sans-IO allowance and throttle), `launch`, `cgroup`, `procstat`, `jobs`; every job
+  is guarded by the node's reaper (node/reaper.py: one `sh` per daemon process that SIGKILLs
+  every child it started when it dies).
 - `meter`: per-job and per-session usage (CPU seconds, MB-hours, wall, suspended, fuel).
 - `wasm`, `wasm_engine`, `wasm_wire`, `wasm_child`: deterministic, fuel-metered WASM jobs
   (wasmtime) run in a child process through the executor.

@@ -16,7 +16,7 @@ the job in its cgroup before the work runs, so every descendant stays in it, eve
 left the job's process group with setsid; `cgroup.kill` takes them all at once) and exact CPU
 accounting of the whole tree (`cpu.stat` usage_usec, counting descendants that were never
 reaped by the job); the limits stay RLIMIT_DATA, the meter and the duty cycle. The probe also
-cleans up after daemons that are gone (a SIGKILL, or the reaper itself killed, see reaper.py):
+cleans up after daemons that are gone (a SIGKILL, or the reaper itself killed, see node/reaper.py):
 it SIGKILLs what is left in their job cgroups (`cgroup.kill`) and removes the empty ones.
 
 `JobCgroup` is one job's cgroup `fognode-<pid>-job<n>` under that parent: with limits,

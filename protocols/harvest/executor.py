@@ -8,7 +8,7 @@ else the duty-cycle throttle of `limits.DutyCycle` with SIGSTOP/SIGCONT). It fee
 on stdin, collects stdout (bounded) and the tail of stderr, and awaits the exit; it returns a
 `JobResult` with how the job ended, why, and its `Usage` (meter.py). Cancelling `run` kills the
 job's whole process group and reaps it (shielded, bounded) before the cancellation propagates.
-Every job is registered with this process's reaper (reaper.py) while it may run, so it dies
+Every job is registered with this process's reaper (node/reaper.py) while it may run, so it dies
 with the daemon (kill -9 included, stopped or not); a job no reaper guards is not started.
 
 `Executor.watch(pid)` takes a process someone else started and reaps (FL's task process) under
@@ -55,7 +55,7 @@ from fognode.protocols.harvest.jobs import (UNKNOWN_EXIT, JobEnd, JobPipe, JobRe
                                             JobState, JobStatus)
 from fognode.protocols.harvest.meter import JobMeter, Sample, SessionMeter, Usage
 from fognode.protocols.harvest.procstat import sample_tree
-from fognode.protocols.harvest.reaper import Reaper, reaper as process_reaper
+from fognode.node.reaper import Reaper, reaper as process_reaper
 
 log = logging.getLogger("fognode.harvest")
 

@@ -111,7 +111,7 @@ class JobState:
     pids: list[int] = field(default_factory=list)
     kill_end: JobEnd | None = None
     kill_reason: str = ""
-    guard: int | None = None        # its entry in the reaper (reaper.py), while it may run
+    guard: int | None = None        # its entry in the reaper (node/reaper.py), while it may run
 
     @property
     def alive(self) -> bool:

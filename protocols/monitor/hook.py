@@ -6,7 +6,7 @@ tail of its stderr are logged; a failing hook never affects the node. Awaits the
 end (at most `timeout` seconds plus the time to reap it); cancellable (the group is killed).
 
 While the program runs, its process group is registered with this process's reaper
-(harvest/reaper.py), so a hook still running when the daemon dies (kill -9 included) is
+(node/reaper.py), so a hook still running when the daemon dies (kill -9 included) is
 killed with its group; the entry is released once the program has been reaped (what it left
 running in the background after its own exit is no longer watched). A hook the reaper cannot
 guard is killed at once ("killed: no reaper ...").
@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from fognode.protocols.harvest.reaper import reaper
+from fognode.node.reaper import reaper
 
 log = logging.getLogger("fognode.monitor")
 

@@ -1,4 +1,4 @@
-"""The alert hook dies with the daemon (hook.py, harvest/reaper.py): a real parent process runs
+"""The alert hook dies with the daemon (hook.py, node/reaper.py): a real parent process runs
 a hook that starts a child of its own; the parent is SIGKILLed while the hook runs and neither
 the hook nor its child survives. Also: a hook that ends is reported by its exit status, one
 that cannot be started says so, and one past its limit is killed with its group."""
@@ -11,7 +11,7 @@ import trio
 
 from fognode.protocols.monitor.hook import run_hook
 
-from tests.harvest.test_reaper import parent_ready, survivors_of_sigkill, wait_gone
+from tests.node.test_reaper import parent_ready, survivors_of_sigkill, wait_gone
 
 # The parent runs one hook (a shell whose sleep has a sibling); once the hook's processes and
 # the reaper are up it prints "ready" and waits for its SIGKILL.

@@ -48,7 +48,7 @@ from fognode.protocols.fl.tasks import ParamLayout, TaskError, TensorSpec, Train
 from fognode.protocols.fl.training.modelstore import export_state_dict
 from fognode.protocols.fl.training.prepared import LocalTask, PreparedTask, TaskKey, load_local, train_round
 from fognode.protocols.fl.transfer.tensors import params_hash
-from fognode.protocols.harvest.reaper import reaper
+from fognode.node.reaper import reaper
 
 log = logging.getLogger("fognode.fl")
 

@@ -1,4 +1,4 @@
-"""A daemon's children die with it (reaper.py): a real parent process runs real harvest jobs
+"""A daemon's children die with it (node/reaper.py): a real parent process runs real harvest jobs
 (a job whose shell has a child of its own; the same, SIGSTOPped by `Executor.suspend`; with a
 cgroup where this host gives one, a grandchild that left the job's session) or lends its FL
 task process to the executor, suspended; the parent is then SIGKILLed and no process it
@@ -17,7 +17,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from fognode.protocols.harvest.reaper import SCRIPT, Reaper, start_time
+from fognode.node.reaper import SCRIPT, Reaper, start_time
 
 # The parent: an Executor runs MODE's jobs; once the tree is up (and stopped, if asked), the
 # parent prints "ready" and waits for its SIGKILL.
