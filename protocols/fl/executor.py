@@ -11,7 +11,11 @@ each is a signed observation the registry gossips, and an aggregator reports eve
 participant of a round in the same step as it publishes the round's result; the reports of
 one step go to the registry together (`report_outcomes`: one gossip message, a batch of
 signed observations, instead of one message each). A report the registry refuses (over this
-node's observation rate limit) is logged at INFO, at most once a minute."""
+node's observation rate limit) is logged at INFO, at most once a minute. A round's receipt is
+credited to the harvest role once this node's next training is under way (harvest_link.py),
+not in the step that fetches the new model. Each step of a round it carries out is noted in the
+session's timeline (`Session.mark`: fetch, train/trained, send, aggregate/aggregated,
+publish_plan, publish_result), which `fl.status` shows as "marks"."""
 from __future__ import annotations
 
 import logging
