@@ -54,6 +54,12 @@ def test_participants_fetch_the_new_model_from_its_aggregator_before_the_next_pl
             else:
                 # once, of the aggregator, while the node still followed round r's plan
                 assert asked == [((agg,), r)], (r, nd.index, asked)
+    # each node's timeline (fl.status "marks": time, round, try, step, peer) shows the steps
+    steps = {nd.index: [(m[1], m[3]) for m in sim.status(sid, nd.index)["marks"]] for nd in sim.nodes}
+    assert [r for r, step in steps[0] if step == "round_done"] == [1, 2, 3]
+    for nd in sim.nodes[1:]:
+        assert {(1, "plan"), (2, "plan"), (1, "result")} <= set(steps[nd.index])
+        assert (1, "prefetched") in steps[nd.index] or nd.peer == hist[0]["aggregator"]
     # the coordinator fetched each new model itself, as before
     for r in (1, 2, 3):
         h = bytes.fromhex(hist[r - 1]["model_hash"])
