@@ -14,7 +14,7 @@ signed observations, instead of one message each). A report the registry refuses
 node's observation rate limit) is logged at INFO, at most once a minute. A round's receipt is
 credited to the harvest role once this node's next training is under way (harvest_link.py),
 not in the step that fetches the new model. Each step of a round it carries out is noted in the
-session's timeline (`Session.mark`: fetch or prefetch, train/trained, send, aggregate/aggregated,
+session's timeline (`Session.mark`: fetch/model, train/trained, send, aggregate/aggregated,
 publish_plan, publish_result), which `fl.status` shows as "marks"."""
 from __future__ import annotations
 
@@ -155,10 +155,14 @@ class RoleActions:
         self._nursery.start_soon(self._prepare, a)
 
     def fetch_model(self, a: FetchModel) -> None:
+        self._mark(a.session_id, None, 0, "fetch")
+        self._nursery.start_soon(self._fetch, a)
+
+    async def _fetch(self, a: FetchModel) -> None:
+        await fetch_model(self.link, a)
         s = self.core.sessions.get(a.session_id)
-        ahead = s is not None and a.model_hash in s.prefetching
-        self._mark(a.session_id, None, 0, "prefetch" if ahead else "fetch")
-        self._nursery.start_soon(fetch_model, self.link, a)
+        if s is not None and a.model_hash in s.models:
+            self._mark(a.session_id, None, 0, "model")
 
     def train(self, a: Train) -> None:
         s = self.core.sessions.get(a.session_id)

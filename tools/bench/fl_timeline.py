@@ -7,9 +7,7 @@ The file holds every node's `fl.status` of the measured session; its "marks" are
 each round at that node, wall-clock (all daemons share one clock): `plan` (the plan reached
 the node), `fetch` / `model` (base model fetch asked / arrived), `train` / `trained` (the call
 to the task process sent / returned), `send` / `delivered` (update pushed / acknowledged),
-`prefetch` / `prefetched` (the next round's base model, asked of this round's aggregator
-when its result arrived: noted under this round), `update_in` (an update accepted at the
-aggregator), `aggregate` / `aggregated`,
+`update_in` (an update accepted at the aggregator), `aggregate` / `aggregated`,
 `publish_result`, `result` (the result reached the node), and at the coordinator
 `publish_plan` and `round_done` (the new model is there). For each round from 2 on it prints,
 in ms after the coordinator published the plan, the steps of the coordinator, of the round's
@@ -24,8 +22,7 @@ import sys
 from typing import Any
 
 STEPS = ("plan", "fetch", "model", "train", "trained", "send", "delivered", "update_in",
-         "aggregate", "aggregated", "publish_result", "result", "prefetch", "prefetched",
-         "round_done", "publish_plan")
+         "aggregate", "aggregated", "publish_result", "result", "round_done", "publish_plan")
 
 
 def steps_of(status: dict[str, Any], round_no: int) -> dict[str, list[tuple[float, str]]]:

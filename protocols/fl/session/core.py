@@ -9,8 +9,7 @@ A session's life at a node (see coordinator.py for the starter's part, rounds.py
 round timing): announcement -> task prepared -> opt-in -> per round: plan -> fetch base
 model -> train -> send update to the elected aggregator (or a fallback) -> the aggregator
 validates, aggregates, signs a receipt and publishes the result -> the coordinator fetches the
-new model (so do its participants, ahead of the plan: fetches.py) and plans the next round
--> session ended (completed, failed or stopped).
+new model and plans the next round -> session ended (completed, failed or stopped).
 If the coordinator falls silent, a fallback named in the announcement takes the session over
 from the last completed round (session/failover.py). `secagg` sessions run SecAgg, so the
 aggregator gets only the sum (secagg/session.py); `hierarchical` ones aggregate per region
@@ -46,7 +45,7 @@ import numpy as np
 from nacl.signing import SigningKey
 
 from fognode.protocols.fl.actions import (
-    Action, Emit, PrepareTask, Publish, RoundJudged)
+    Action, Emit, FetchModel, PrepareTask, Publish, RoundJudged)
 from fognode.protocols.fl.errors import SessionRejected
 from fognode.protocols.fl.events import (
     TrainingRoundCompleted, TrainingRoundStarted)
@@ -63,7 +62,6 @@ from fognode.protocols.fl.session.election import aggregator_order
 from fognode.protocols.fl.session.ending import (
     adopted_rewards, close_rounds, end_session, follow_end, republish_end)
 from fognode.protocols.fl.session.failover import Failover
-from fognode.protocols.fl.session.fetches import fetch_ended, need_model, prefetch
 from fognode.protocols.fl.session.hier import Hierarchy
 from fognode.protocols.fl.session.participant import ParticipantSide
 from fognode.protocols.fl.session.quorum import Quorum
@@ -322,7 +320,13 @@ class FlCore:
         return out
 
     def _need_model(self, s: Session, h: bytes, sources: tuple[str, ...]) -> list[Action]:
-        return need_model(s, self.me, h, sources)       # fetches.py
+        if h in s.models or h in s.fetching:
+            return []
+        srcs = tuple(p for p in sources if p != self.me)
+        if not srcs:
+            return []
+        s.fetching.add(h)
+        return [FetchModel(s.sid, h, srcs)]
 
     def model_fetched(self, sid: bytes, model_hash: bytes, params: np.ndarray,
                       state: dict[str, np.ndarray], now: float) -> list[Action]:
@@ -331,9 +335,7 @@ class FlCore:
         s = self.sessions.get(sid)
         if s is None:
             return []
-        s.mark(now, s.plan.round if s.plan else 0, s.plan.try_no if s.plan else 0,
-               "prefetched" if model_hash in s.prefetching else "model")
-        fetch_ended(s, self.me, model_hash, True)
+        s.fetching.discard(model_hash)
         s.keep_model(model_hash, ModelBundle(params, dict(state)))
         out = self.participant_side.maybe_train(s, now)
         c = s.coordinator
@@ -348,8 +350,8 @@ class FlCore:
         s = self.sessions.get(sid)
         if s is None:
             return []
-        return fetch_ended(s, self.me, model_hash, False) \
-            or self.coordinator_side.model_fetch_failed(s, model_hash, reason, now)
+        s.fetching.discard(model_hash)
+        return self.coordinator_side.model_fetch_failed(s, model_hash, reason, now)
 
     # == rounds: participant (session/participant.py) ====================================
 
@@ -429,8 +431,6 @@ class FlCore:
         if s.coordinator is not None:
             out += self.coordinator_side.result(s, peer, res, now)
         else:
-            if pr is not None and not s.spec.hierarchical:
-                out += prefetch(s, self.me, r.model_hash, r.aggregator)
             out.append(Emit(TrainingRoundCompleted(s.sid.hex(), r.round, r.aggregator,
                                                    tuple(a.peer for a in r.accepted), res.dropped,
                                                    tuple(res.rejected), res.loss, res.accuracy,

@@ -72,8 +72,6 @@ class Session:
     models: dict[bytes, ModelBundle] = field(default_factory=dict)
     model_order: list[bytes] = field(default_factory=list)
     fetching: set[bytes] = field(default_factory=set)
-    prefetching: set[bytes] = field(default_factory=set)    # of `fetching`: asked of a round's
-                                                            # aggregator ahead of the next plan
     rounds_done: int = 0
     latest_model: bytes = b""
     participation: list[dict[str, Any]] = field(default_factory=list)
