@@ -276,11 +276,12 @@ class RoleActions:
         """Credit the held round receipts (harvest_link.py) once this node's next training is
         under way (the daemon then waits for its task process), at the latest CREDIT_DELAY
         seconds from now: not while the new model is fetched and the next plan goes out."""
-        with trio.move_on_after(CREDIT_DELAY):
-            await self._training.wait()
-            await trio.sleep(CREDIT_AFTER_TRAIN)     # the training request is in the pipe
-        self._crediting = False
-        if not self._closed():
+        try:
+            with trio.move_on_after(CREDIT_DELAY):
+                await self._training.wait()
+                await trio.sleep(CREDIT_AFTER_TRAIN)     # the training request is in the pipe
+        finally:        # also when the role stops meanwhile: a held receipt is not lost
+            self._crediting = False
             self.harvest.credit_held()
 
     # == the work behind them ===============================================================
