@@ -11,7 +11,11 @@ each is a signed observation the registry gossips, and an aggregator reports eve
 participant of a round in the same step as it publishes the round's result; the reports of
 one step go to the registry together (`report_outcomes`: one gossip message, a batch of
 signed observations, instead of one message each). A report the registry refuses (over this
-node's observation rate limit) is logged at INFO, at most once a minute."""
+node's observation rate limit) is logged at INFO, at most once a minute. A round's receipt is
+credited to the harvest role once this node's next training is under way (harvest_link.py),
+not in the step that fetches the new model. Each step of a round it carries out is noted in the
+session's timeline (`Session.mark`: fetch/model, train/trained, send, aggregate/aggregated,
+publish_plan, publish_result), which `fl.status` shows as "marks"."""
 from __future__ import annotations
 
 import logging
@@ -27,7 +31,7 @@ from fognode.protocols.fl.actions import (
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.dispatch import carry_out
 from fognode.protocols.fl.events import TrainingRoundCompleted, TrainingRoundStarted, TrainingSessionEnded
-from fognode.protocols.fl.harvest_link import HarvestLink
+from fognode.protocols.fl.harvest_link import CREDIT_DELAY, HarvestLink
 from fognode.protocols.fl.messages import encode_gossip
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.rewards.ledger import LedgerLink
@@ -39,7 +43,7 @@ from fognode.protocols.fl.training.modelstore import save_model
 from fognode.protocols.fl.training.prepared import TaskKey
 from fognode.protocols.fl.training.process import TaskProcess
 from fognode.protocols.fl.transfer.models import fetch_model
-from fognode.protocols.fl.messages import OptIn, RoundPlan, coordinators_of
+from fognode.protocols.fl.messages import OptIn, RoundPlan, RoundResult, coordinators_of
 from fognode.protocols.fl.transfer.secagg import send_secagg
 from fognode.protocols.fl.transfer.sessions import TransferSessions
 from fognode.protocols.fl.transfer.streams import TOPIC, Link
@@ -49,6 +53,7 @@ from fognode.protocols.registry.observation import Outcome
 log = logging.getLogger("fognode.fl")
 
 REPORT_WAIT = 2.0   # seconds a reputation report waits at most for this role's publishes
+CREDIT_AFTER_TRAIN = 0.005  # seconds from a training's start to the held credits' write
 
 
 class InFlight:
@@ -99,6 +104,8 @@ class RoleActions:
         self._publishing = InFlight()        # this role's publishes not yet handed to the overlay
         self._report_lines = LogRateLimiter(interval=60.0)   # refused reports: a line a minute
         self._reports: list[ReportOutcome] = []    # queued for one report_outcomes call
+        self._crediting = False                 # a task waits to credit held receipts
+        self._training = trio.Event()           # set (and replaced) as each training starts
         self.sessions = TransferSessions(ctx.overlay, metrics, idle=config.transfer_session_idle)
         self.link = Link(overlay=ctx.overlay, config=config, metrics=metrics, core=core,
                          apply=self.apply, now=self._now, closed=closed, sessions=self.sessions)
@@ -107,6 +114,15 @@ class RoleActions:
 
     def _now(self) -> float:
         return float(self.ctx.clock())
+
+    def _mark(self, sid: bytes, round_no: int | None, try_no: int, step: str, peer: str = "") -> None:
+        """A step of a round in the session's timeline (`Session.mark`; None: the current plan's)."""
+        s = self.core.sessions.get(sid)
+        if s is None or (round_no is None and s.plan is None):
+            return
+        if round_no is None and s.plan is not None:
+            round_no, try_no = s.plan.round, s.plan.try_no
+        s.mark(self._now(), int(round_no or 0), try_no, step, peer)
 
     def apply(self, actions: list[Action]) -> None:
         """Carry `actions` out (nothing once the role stopped: late outcomes are dropped)."""
@@ -139,7 +155,14 @@ class RoleActions:
         self._nursery.start_soon(self._prepare, a)
 
     def fetch_model(self, a: FetchModel) -> None:
-        self._nursery.start_soon(fetch_model, self.link, a)
+        self._mark(a.session_id, None, 0, "fetch")
+        self._nursery.start_soon(self._fetch, a)
+
+    async def _fetch(self, a: FetchModel) -> None:
+        await fetch_model(self.link, a)
+        s = self.core.sessions.get(a.session_id)
+        if s is not None and a.model_hash in s.models:
+            self._mark(a.session_id, None, 0, "model")
 
     def train(self, a: Train) -> None:
         s = self.core.sessions.get(a.session_id)
@@ -151,9 +174,11 @@ class RoleActions:
         self._nursery.start_soon(self._train, a)
 
     def send_update(self, a: SendUpdate) -> None:
+        self._mark(a.session_id, a.round, a.try_no, "send", a.to)
         self._nursery.start_soon(send_update, self.link, a)
 
     def aggregate(self, a: Aggregate) -> None:
+        self._mark(a.session_id, a.round, a.try_no, "aggregate")
         self._nursery.start_soon(self._aggregate, a)
 
     def send_secagg(self, a: SendSecAgg) -> None:
@@ -190,6 +215,7 @@ class RoleActions:
         if s is None:
             return
         st = self.core.status(sid)
+        st.pop("marks", None)       # the round timeline is a live diagnostic, not a record
         st.update(ended=self._now(), task_params=dict(s.spec.task_params), nonce=s.ann.nonce.hex(),
                   archived=True)
         self.archive.save(st)
@@ -242,11 +268,30 @@ class RoleActions:
         self._nursery.start_soon(self.ledger.pay, a)
 
     def round_judged(self, a: RoundJudged) -> None:
-        self.harvest.judged(a.receipt)
+        if self.harvest.judged(a.receipt) and not self._crediting:
+            self._crediting = True
+            self._nursery.start_soon(self._credit_later)
+
+    async def _credit_later(self) -> None:
+        """Credit the held round receipts (harvest_link.py) once this node's next training is
+        under way (the daemon then waits for its task process), at the latest CREDIT_DELAY
+        seconds from now: not while the new model is fetched and the next plan goes out."""
+        try:
+            with trio.move_on_after(CREDIT_DELAY):
+                await self._training.wait()
+                await trio.sleep(CREDIT_AFTER_TRAIN)     # the training request is in the pipe
+        finally:        # also when the role stops meanwhile: a held receipt is not lost
+            self._crediting = False
+            self.harvest.credit_held()
 
     # == the work behind them ===============================================================
 
     async def _publish(self, a: Publish) -> None:
+        if isinstance(a.msg, RoundPlan):
+            self._mark(a.msg.session_id, a.msg.round, a.msg.try_no, "publish_plan")
+        elif isinstance(a.msg, RoundResult):
+            r = a.msg.receipt
+            self._mark(r.session_id, r.round, r.try_no, "publish_result")
         try:
             await self.ctx.overlay.publish(TOPIC, encode_gossip(a.msg))
         except Exception as e:
@@ -275,6 +320,9 @@ class RoleActions:
         if s is None or s.prepared is None:
             return
         started = trio.current_time()
+        self._mark(a.session_id, a.round, a.try_no, "train")
+        self._training.set()
+        self._training = trio.Event()
         try:
             # lent to the harvest role for the training: stopped while it suspends work
             async with self.harvest.training(a.session_id, lambda: self.tasks.pid):
@@ -283,6 +331,7 @@ class RoleActions:
             log.warning("fl: local training for %s failed: %s", a.session_id.hex()[:16], e)
             return
         self.metrics.train.observe(trio.current_time() - started)
+        self._mark(a.session_id, a.round, a.try_no, "trained")
         self.apply(self.core.trained(a.session_id, a.round, a.try_no, outcome, self._now()))
 
     async def _aggregate(self, a: Aggregate) -> None:
@@ -300,6 +349,7 @@ class RoleActions:
         try:
             result = await trio.to_thread.run_sync(run, limiter=self._limiter)
             self.metrics.aggregate.observe(trio.current_time() - started)
+            self._mark(a.session_id, a.round, a.try_no, "aggregated")
         except StrategyError as e:
             self.apply(self.core.aggregated(a.session_id, a.round, a.try_no, a.fallback, None,
                                             str(e), self._now()))

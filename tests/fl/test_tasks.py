@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -106,6 +108,28 @@ def test_logreg_starts_at_zero_and_learns_locally() -> None:
     # same seed, same result: local training is deterministic
     r2 = t.train(p0, data, TrainConfig(epochs=5, lr=0.05, batch_size=10), seed=1)
     assert np.array_equal(r.params, r2.params)
+
+
+def test_one_working_model_per_thread_gives_the_numbers_of_fresh_models() -> None:
+    """evaluate and train load the parameters into the thread's working model (`loaded`);
+    what they return is what a task that never trained before returns."""
+    t = load_task("synthetic_mlp", {"hidden": 64.0, "max_samples": 60.0})
+    data = t.local_data(7, 1)
+    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=10)
+    p0 = t.initial_params(0)
+    r1 = t.train(p0, data, cfg, seed=1)
+    model = t.loaded(p0)
+    e = t.evaluate(r1.params, data.x_test, data.y_test)
+    r2 = t.train(r1.params, data, cfg, seed=2)
+    assert t.loaded(p0) is model       # built once
+    fresh = load_task("synthetic_mlp", {"hidden": 64.0, "max_samples": 60.0})
+    assert fresh.evaluate(r1.params, data.x_test, data.y_test) == e
+    assert np.array_equal(fresh.train(r1.params, data, cfg, seed=2).params, r2.params)
+    other: list[object] = []
+    thread = threading.Thread(target=lambda: other.append(t.loaded(p0)))
+    thread.start()
+    thread.join(30)
+    assert other and other[0] is not model     # another thread has its own
 
 
 def test_fedprox_term_keeps_local_model_near_the_global_one() -> None:

@@ -48,6 +48,7 @@ bytes over a plain TCP socket on loopback.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -346,9 +347,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = True,
-                  warmup: bool = True, timeout: float = 120.0) -> RoundsResult:
+                  warmup: bool = True, timeout: float = 120.0, timeline: str | None = None) -> RoundsResult:
     """Start `nodes` daemons, run one session from node 0, measure, stop every process
-    (also on error, Ctrl-C or SIGTERM). Raises RuntimeError/TimeoutError with the cause."""
+    (also on error, Ctrl-C or SIGTERM). Raises RuntimeError/TimeoutError with the cause.
+    `timeline`: a file to write every node's final `fl.status` of the session to (JSON, node
+    order; its "marks" are the node's round timeline, read by tools/bench/fl_timeline.py)."""
     import trio
 
     root = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))     # short: unix socket paths
@@ -421,10 +424,15 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
         history = done["history"]
         start_of = {h["round"]: h["started_at"] for h in history}
         delays: dict[int, list[float]] = {r: [] for r in start_of}
+        statuses = [done]
         for n in net.nodes[1:]:
-            for e in n.rpc("fl.status", [sid, True])["history"]:
+            statuses.append(n.rpc("fl.status", [sid, True]))
+            for e in statuses[-1]["history"]:
                 if e["round"] in start_of and "plan_at" in e:
                     delays[e["round"]].append(e["plan_at"] - start_of[e["round"]])
+        if timeline:
+            Path(timeline).write_text(json.dumps(
+                [dict(st, peer_id=n.peer_id) for st, n in zip(statuses, net.nodes)]))
         phases: dict[str, list[Mean]] = {}
         for name, (metric_name, labels, who) in PHASES.items():
             pick = slice(1, None) if who == "participants" else slice(0, 1) if who == "coordinator" else slice(None)

@@ -163,6 +163,7 @@ class AggregatorSide:
         row = ar.update_matrix(shape[0]).commit(peer, delta)
         ar.updates[peer] = ClientUpdate(peer, row, header.num_samples, loss=header.base_loss)
         ar.meta[peer] = UpdateMeta(header.num_samples, header.base_loss, header.base_accuracy, header.train_loss)
+        s.mark(now, header.round, header.try_no, "update_in", peer)
         return None, self.maybe_aggregate(s, now)
 
     def reject_update(self, peer: str, sid: bytes, round_no: int, try_no: int, reason: str,

@@ -71,6 +71,7 @@ class CoordinatorSide:
         c = s.coordinator
         assert c is not None
         rec = c.model_arrived(now)
+        s.mark(now, rec.round, c.try_no, "round_done")
         s.latest_model = rec.model_hash
         s.rounds_done = rec.round
         out: list[Action] = [Emit(TrainingRoundCompleted(

@@ -123,6 +123,8 @@ class ParticipantSide:
         members). On failure the next aggregator in the order is tried (rounds.py)."""
         s = self.sessions.get(sid)
         pr = s.participant if s is not None else None
+        if s is not None:
+            s.mark(now, round_no, try_no, "delivered" if ok else "not_delivered")
         if forward:
             return self.hierarchy.delivered(s, round_no, try_no, fallback, ok, reason, now) \
                 if s is not None else []

@@ -1,9 +1,13 @@
 """What one node keeps per FL session (`Session`), handed to the core and to its collaborators
 (failover, hierarchical and secure-aggregation rounds): the models it holds (`ModelBundle`), its
 hierarchical round state (`HierRound`) and an update's admission decision (`Admission`).
-Plain data: no behaviour beyond derived fields and which models a session keeps (`keep_model`)."""
+Plain data: no behaviour beyond derived fields, which models a session keeps (`keep_model`) and
+its round timeline (`mark`: the last MARKS_KEPT steps of its rounds at this node, wall-clock,
+shown by `fl.status` as "marks", so a round's critical path can be read from the nodes' own
+timestamps)."""
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +22,7 @@ from fognode.protocols.fl.strategies.matrix import RowLease
 from fognode.protocols.fl.training.prepared import PreparedTask
 
 MODELS_KEPT = 3
+MARKS_KEPT = 256     # timeline steps kept per session: about 15 rounds of one node's steps
 
 
 @dataclass
@@ -88,6 +93,13 @@ class Session:
     next_vote: float = 0.0
     vote_gap: float = 0.0
     votes: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # the round timeline: (wall-clock time, round, try, step, peer or "")
+    marks: deque[tuple[float, int, int, str, str]] = field(
+        default_factory=lambda: deque(maxlen=MARKS_KEPT))
+
+    def mark(self, now: float, round_no: int, try_no: int, step: str, peer: str = "") -> None:
+        """Note one step of a round at this node (the timeline `fl.status` shows)."""
+        self.marks.append((round(now, 4), round_no, try_no, step, peer))
 
     @property
     def sid(self) -> bytes:

@@ -25,6 +25,7 @@ def session_status(s: Session) -> dict[str, Any]:
         "secagg": spec.privacy.secagg, "hierarchical": spec.hierarchical,
         "coordinators": list(coordinators_of(s.ann)),
         "acting_coordinator": coordinators_of(s.ann)[s.acting],
+        "marks": [list(m) for m in s.marks],
     }
     if spec.privacy.dp:
         out["epsilon"] = epsilon_after(s.rounds_done, spec.privacy.dp_noise, 1.0, spec.privacy.dp_delta)
