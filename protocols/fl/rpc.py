@@ -190,8 +190,9 @@ class FlRpc(abc.ABC):
         the participants' data, duration and the DP epsilon spent (on a participant: its part
         in each round). --verbose gives everything: per-round participants, accepted, dropped
         and rejected peers with reasons and weights, the candidates, the current plan, the
-        session's coordinators (starter first, then its fallbacks) and the acting one.
-        --follow prints each round's row as it completes and returns when the session ends
+        session's coordinators (starter first, then its fallbacks) and the acting one, and
+        this node's round timeline (`marks`: [time, round, try, step, peer], its last 256
+        steps). --follow prints each round's row as it completes and returns when the session ends
         (with its outcome). An ended session is kept across restarts of this node
         (`archived`). Error 503: unknown."""
         await self._core()
