@@ -9,13 +9,15 @@ against the name before using them, so a host that returns other bytes is caught
 does not match is refused (ShardMismatch names it), a decoded ciphertext that does not open
 (a key that is not the owner's) raises ContentError.
 
-Sans-IO: no trio, no libp2p; plain functions over bytes.
+Sans-IO: no trio, no libp2p; plain functions over bytes. zfec is imported by `split` and
+`join`, not with this module: the onion role imports it at every start (manifest.py uses the
+limits below) but codes shards only on a deploy or an access, and the zfec package also
+loads its command-line tools (about 1.2 ms of a start's CPU; 3 ms where argparse is not loaded).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import zfec
 from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 from nacl.utils import random as random_bytes
@@ -74,6 +76,7 @@ def split(data: bytes, k: int, n: int, *, key: bytes | None = None) -> Sharded:
     ct = bytes(SecretBox(key).encrypt(data))
     chunk = -(-len(ct) // k)
     blocks = [ct[i * chunk:(i + 1) * chunk].ljust(chunk, b"\x00") for i in range(k)]
+    import zfec  # here, not at module level: see the module docstring
     shards = zfec.Encoder(k, n).encode(blocks)
     return Sharded(key, k, n, len(ct), tuple(bytes(s) for s in shards))
 
@@ -102,6 +105,7 @@ def join(shards: dict[int, bytes], hashes: tuple[bytes, ...], *, key: bytes, k: 
         if not 0 <= i < n:
             raise ContentError(f"shard number {i} is not in 0..{n - 1}")
         verify_shard(i, data, hashes[i], size, k)
+    import zfec  # here, not at module level: see the module docstring
     blocks = zfec.Decoder(k, n).decode([d for _, d in picked], [i for i, _ in picked])
     ct = b"".join(bytes(b) for b in blocks)[:size]
     try:
