@@ -2,8 +2,10 @@
 forward) then raw chunks on `/fognode/fl/update/1.0.0`, answered by an `Ack`; `ModelRequest`
 / `ModelResponse` then raw chunks on `/fognode/fl/model/1.0.0`; on the long-lived
 `/fognode/fl/xfer/1.0.0` each of those exchanges is preceded by one `XferRequest` frame (its id
-and kind; kind "hello" has no exchange: it opens a session ahead of its first transfer). Each
-decoder raises RemoteProtocolError naming the message and field."""
+and kind; kind "hello" has no exchange: it opens a session ahead of its first transfer; kind
+"result", sent only to a node advertising RESULT_PUSH, is an aggregator's push of a RoundResult,
+an `Ack`, then the model as `ModelResponse` and chunks: transfer/push.py). Each decoder raises
+RemoteProtocolError naming the message and field."""
 from __future__ import annotations
 
 import dataclasses
