@@ -12,7 +12,7 @@ import numpy as np
 
 from fognode.node.events import Event
 from fognode.protocols.fl.messages import (
-    GossipMessage, MemberMeta, RoundPlan, SessionAnnouncement, UpdateHeader)
+    GossipMessage, MemberMeta, RoundPlan, RoundResult, SessionAnnouncement, UpdateHeader)
 from fognode.protocols.fl.rewards.receipts import RoundReceipt
 from fognode.protocols.fl.secagg.messages import Message as SecAggMessage
 from fognode.protocols.fl.session.rounds import UpdateMeta
@@ -205,5 +205,18 @@ class RoundJudged:
     receipt: RoundReceipt
 
 
+@dataclass(frozen=True)
+class PushResult:
+    """This node aggregated the round and published `result`: also push it, with its new
+    model (held in the session's models), to the acting coordinator `coordinator` on the
+    transfer session (a "result" request, transfer/push.py). Sent only to a coordinator
+    advertising the RESULT_PUSH capability; nothing is fed back (the gossiped result and the
+    coordinator's fetch cover a push that fails)."""
+
+    session_id: bytes
+    coordinator: str
+    result: RoundResult = field(compare=False)
+
+
 Action = Union[MessageRefused, PayRewards, Publish, PrepareTask, FetchModel, Train, SendUpdate, Aggregate, Emit,
-               ReportOutcome, UpdateRefused, SaveModel, SendSecAgg, AggregateSum, RoundJudged]
+               ReportOutcome, UpdateRefused, SaveModel, SendSecAgg, AggregateSum, RoundJudged, PushResult]

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, get_args
 
 from fognode.protocols.fl.actions import (
     Action, Aggregate, AggregateSum, Emit, FetchModel, MessageRefused, PayRewards, PrepareTask,
-    Publish, ReportOutcome, RoundJudged, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
+    Publish, PushResult, ReportOutcome, RoundJudged, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 
 
 class ActionHandler(Protocol):
@@ -35,6 +35,7 @@ class ActionHandler(Protocol):
     def save_model(self, a: SaveModel) -> None: ...
     def pay_rewards(self, a: PayRewards) -> None: ...
     def round_judged(self, a: RoundJudged) -> None: ...
+    def push_result(self, a: PushResult) -> None: ...
 
 
 Run = Callable[[ActionHandler, Any], None]
@@ -55,6 +56,7 @@ HANDLERS: Mapping[type, Run] = {
     SaveModel: lambda h, a: h.save_model(a),
     PayRewards: lambda h, a: h.pay_rewards(a),
     RoundJudged: lambda h, a: h.round_judged(a),
+    PushResult: lambda h, a: h.push_result(a),
 }
 
 ACTION_TYPES: frozenset[type] = frozenset(get_args(Action))

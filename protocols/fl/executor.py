@@ -15,7 +15,9 @@ node's observation rate limit) is logged at INFO, at most once a minute. A round
 credited to the harvest role once this node's next training is under way (harvest_link.py),
 not in the step that fetches the new model. Each step of a round it carries out is noted in the
 session's timeline (`Session.mark`: fetch/model, train/trained, send, aggregate/aggregated,
-publish_plan, publish_result), which `fl.status` shows as "marks"."""
+publish_plan, publish_result, push/pushed), which `fl.status` shows as "marks". An aggregator
+pushes its round's result and new model to the acting coordinator that advertises it
+(transfer/push.py), besides publishing the result."""
 from __future__ import annotations
 
 import logging
@@ -27,7 +29,7 @@ import trio
 from fognode.node.faults import LogRateLimiter
 from fognode.protocols.fl.actions import (
     Action, Aggregate, AggregateSum, Emit, FetchModel, MessageRefused, PayRewards, PrepareTask,
-    Publish, ReportOutcome, RoundJudged, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
+    Publish, PushResult, ReportOutcome, RoundJudged, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.dispatch import carry_out
 from fognode.protocols.fl.events import TrainingRoundCompleted, TrainingRoundStarted, TrainingSessionEnded
@@ -43,6 +45,7 @@ from fognode.protocols.fl.training.modelstore import save_model
 from fognode.protocols.fl.training.prepared import TaskKey
 from fognode.protocols.fl.training.process import TaskProcess
 from fognode.protocols.fl.transfer.models import fetch_model
+from fognode.protocols.fl.transfer.push import push_result
 from fognode.protocols.fl.messages import OptIn, RoundPlan, RoundResult, coordinators_of
 from fognode.protocols.fl.transfer.secagg import send_secagg
 from fognode.protocols.fl.transfer.sessions import TransferSessions
@@ -163,6 +166,15 @@ class RoleActions:
         s = self.core.sessions.get(a.session_id)
         if s is not None and a.model_hash in s.models:
             self._mark(a.session_id, None, 0, "model")
+
+    def push_result(self, a: PushResult) -> None:
+        r = a.result.receipt
+        self._mark(a.session_id, r.round, r.try_no, "push", a.coordinator)
+        self._nursery.start_soon(self._push, a)
+
+    async def _push(self, a: PushResult) -> None:
+        if await push_result(self.link, a):
+            self._mark(a.session_id, a.result.receipt.round, a.result.receipt.try_no, "pushed", a.coordinator)
 
     def train(self, a: Train) -> None:
         s = self.core.sessions.get(a.session_id)

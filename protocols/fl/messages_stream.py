@@ -2,8 +2,10 @@
 forward) then raw chunks on `/fognode/fl/update/1.0.0`, answered by an `Ack`; `ModelRequest`
 / `ModelResponse` then raw chunks on `/fognode/fl/model/1.0.0`; on the long-lived
 `/fognode/fl/xfer/1.0.0` each of those exchanges is preceded by one `XferRequest` frame (its id
-and kind; kind "hello" has no exchange: it opens a session ahead of its first transfer). Each
-decoder raises RemoteProtocolError naming the message and field."""
+and kind; kind "hello" has no exchange: it opens a session ahead of its first transfer; kind
+"result", sent only to a node advertising RESULT_PUSH, is an aggregator's push of a RoundResult,
+an `Ack`, then the model as `ModelResponse` and chunks: transfer/push.py). Each decoder raises
+RemoteProtocolError naming the message and field."""
 from __future__ import annotations
 
 import dataclasses
@@ -179,7 +181,10 @@ class ModelResponse:
         return cls(ok, reason, tuple(tensors))
 
 
-XFER_KINDS = ("hello", "model", "update")
+XFER_KINDS = ("hello", "model", "update", "result")
+# the OptIn capability of a node that takes a "result" request (transfer/push.py); a node
+# without it (an older one) refuses the kind, so it is never sent one
+RESULT_PUSH = "fl.result-push"
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,10 @@ class XferRequest:
     count on this session, for logs and ordering checks) and its kind. "model" and "update"
     are followed by exactly the exchange of `/fognode/fl/model/1.0.0` and
     `/fognode/fl/update/1.0.0`; "hello" by nothing (it satisfies the receiver's first-frame
-    deadline for a session opened ahead of its first transfer)."""
+    deadline for a session opened ahead of its first transfer); "result" (sent only to a
+    node advertising RESULT_PUSH) by the aggregator's push of a RoundResult and, if the
+    receiver's Ack takes it, the new model as a ModelResponse and its chunks
+    (transfer/push.py)."""
 
     request_id: int
     kind: str

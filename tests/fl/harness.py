@@ -25,7 +25,7 @@ from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack
 from fognode.protocols.fl.actions import (
     Action, Aggregate, AggregateSum, Emit, FetchModel, MessageRefused, PayRewards, PrepareTask, Publish,
-    ReportOutcome, RoundJudged, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
+    PushResult, ReportOutcome, RoundJudged, SaveModel, SendSecAgg, SendUpdate, Train, UpdateRefused)
 from fognode.protocols.fl.dispatch import carry_out
 from fognode.protocols.fl.messages import (
     DeviceFacts, RoundPlan, SessionEnded, SessionSpec, UpdateHeader, decode_gossip, encode_gossip)
@@ -67,6 +67,7 @@ class SimNode:
     refused: list[UpdateRefused] = field(default_factory=list)
     payments: list[PayRewards] = field(default_factory=list)     # rounds it would mint
     judged: list[RoundJudged] = field(default_factory=list)      # receipts of rounds it trained for
+    pushes: list[PushResult] = field(default_factory=list)       # result pushes (not carried: lost)
     refused_messages: list[MessageRefused] = field(default_factory=list)
     saved: dict[bytes, np.ndarray] = field(default_factory=dict)
     aggregations: list[Aggregate] = field(default_factory=list)   # what it asked a strategy
@@ -457,6 +458,9 @@ class SimActions:
 
     def round_judged(self, act: RoundJudged) -> None:
         self.nd.judged.append(act)
+
+    def push_result(self, act: PushResult) -> None:
+        self.nd.pushes.append(act)      # a push is best effort: here it is always lost
 
     def report_outcome(self, act: ReportOutcome) -> None:
         self.nd.reports.append(act)

@@ -8,7 +8,9 @@ each round at that node, wall-clock (all daemons share one clock): `plan` (the p
 the node), `fetch` / `model` (base model fetch asked / arrived), `train` / `trained` (the call
 to the task process sent / returned), `send` / `delivered` (update pushed / acknowledged),
 `update_in` (an update accepted at the aggregator), `aggregate` / `aggregated`,
-`publish_result`, `result` (the result reached the node), and at the coordinator
+`publish_result`, `push` / `pushed` (the aggregator's push of the result and model to the
+coordinator started / taken), `result` (the result reached the node: gossiped or pushed), and
+at the coordinator
 `publish_plan` and `round_done` (the new model is there). For each round from 2 on it prints,
 in ms after the coordinator published the plan, the steps of the coordinator, of the round's
 aggregator and of its slowest participant (the last update the aggregator accepted), the
@@ -22,7 +24,8 @@ import sys
 from typing import Any
 
 STEPS = ("plan", "fetch", "model", "train", "trained", "send", "delivered", "update_in",
-         "aggregate", "aggregated", "publish_result", "result", "round_done", "publish_plan")
+         "aggregate", "aggregated", "publish_result", "push", "pushed", "result", "round_done",
+         "publish_plan")
 
 
 def steps_of(status: dict[str, Any], round_no: int) -> dict[str, list[tuple[float, str]]]:

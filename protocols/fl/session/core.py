@@ -44,11 +44,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from nacl.signing import SigningKey
 
-from fognode.protocols.fl.actions import (
-    Action, Emit, FetchModel, PrepareTask, Publish, RoundJudged)
+from fognode.protocols.fl.actions import Action, Emit, FetchModel, PrepareTask, Publish, RoundJudged
 from fognode.protocols.fl.errors import SessionRejected
-from fognode.protocols.fl.events import (
-    TrainingRoundCompleted, TrainingRoundStarted)
+from fognode.protocols.fl.events import TrainingRoundCompleted, TrainingRoundStarted
 from fognode.protocols.fl.messages import (
     CoordinatorSilent, DeviceFacts, GossipMessage, OptIn, RoundFailed, RoundPlan, RoundResult, SessionAnnouncement,
     SessionEnded, SessionSpec, UpdateHeader, coordinators_of, plan_problem)
@@ -56,14 +54,14 @@ from fognode.protocols.fl.secagg.messages import Message as SecAggMessage
 from fognode.protocols.fl.secagg.session import SecAggRounds
 from fognode.protocols.fl.session.aggregator import AggregatorSide
 from fognode.protocols.fl.session.coordinating import CoordinatorSide
-from fognode.protocols.fl.session.coordinator import (
-    CandidateView, Coordinator, Phase, SessionState)
+from fognode.protocols.fl.session.coordinator import CandidateView, Coordinator, Phase, SessionState
 from fognode.protocols.fl.session.election import aggregator_order
 from fognode.protocols.fl.session.ending import (
     adopted_rewards, close_rounds, end_session, follow_end, republish_end)
 from fognode.protocols.fl.session.failover import Failover
 from fognode.protocols.fl.session.hier import Hierarchy
 from fognode.protocols.fl.session.participant import ParticipantSide
+from fognode.protocols.fl.session.push import ResultPush, advertising
 from fognode.protocols.fl.session.quorum import Quorum
 from fognode.protocols.fl.session.rounds import (
     AggregatorState, ParticipantRound, ParticipantState, TrainOutcome, UpdateMeta)
@@ -91,7 +89,7 @@ class FlCore:
         self.me = peer_id
         self.key = key
         self.tasks_enabled = set(tasks_enabled)
-        self.facts = facts
+        self.facts = advertising(facts)     # this node takes a result push (session/push.py)
         self.view = candidate_view
         self.interval = republish_interval
         self.nonce = nonce
@@ -100,6 +98,8 @@ class FlCore:
         self.fl_peers = fl_peers                # peers known to run fl (the registry's view)
         self.coordinator_fallbacks = coordinator_fallbacks
         self.seen_peers: dict[str, DeviceFacts] = {}   # peers seen opting in to any session
+        self.push = ResultPush(me=peer_id, sessions=self.sessions, seen_peers=self.seen_peers, receive=self.receive,
+                               model_fetched=self.model_fetched, need_model=self._need_model)
         self.quorum = Quorum(me=peer_id, interval=republish_interval)
         self.coordinator_side = CoordinatorSide(me=peer_id, on_plan=self._on_plan, end=self._end,
                                                 need_model=self._need_model)
@@ -394,9 +394,9 @@ class FlCore:
                    result: AggregateResult | None, error: str, now: float,
                    strategy_state: dict[str, np.ndarray] | None = None) -> list[Action]:
         """The strategy ran (or raised: `error`); `strategy_state` is its `state_arrays()`
-        afterwards. Sign the receipt, publish the result."""
-        return self.aggregator_side.aggregated(sid, round_no, try_no, fallback, result, error,
-                                               now, strategy_state)
+        afterwards. Sign the receipt, publish the result (and push it: session/push.py)."""
+        return self.push.after_aggregation(sid, self.aggregator_side.aggregated(
+            sid, round_no, try_no, fallback, result, error, now, strategy_state))
 
     # == rounds: results ===================================================================
 

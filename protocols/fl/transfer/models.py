@@ -33,11 +33,17 @@ async def serve_model_request(link: Link, st: FramedStream) -> None:
     """Answer one model request on `st` (per-transfer stream or transfer session): the
     request, then the response and the tensors' chunks, or a refusal. Leaves `st` open."""
     req = ModelRequest.decode(await st.recv(max_size=MAX_CONTROL_FRAME), peer=st.remote_peer)
-    bundle = link.core.model_for(req.session_id, req.model_hash)
+    await send_model(link, st, req.session_id, req.model_hash)
+
+
+async def send_model(link: Link, st: FramedStream, sid: bytes, model_hash: bytes) -> None:
+    """The response to a request for model `model_hash` of session `sid` (a fetch's, or a
+    result push's: transfer/push.py): the tensors' headers and chunks, or a refusal."""
+    bundle = link.core.model_for(sid, model_hash)
     if bundle is None:
         await st.send(ModelResponse(False, "this node does not hold that model", ()).to_wire())
         return
-    encoded = link.encoded.get(req.session_id, req.model_hash, bundle, link.config.chunk_size)
+    encoded = link.encoded.get(sid, model_hash, bundle, link.config.chunk_size)
     await st.send(ModelResponse(True, "", tuple((n, h) for n, h, _ in encoded)).to_wire())
     for _, h, chunks in encoded:
         for c in chunks:
@@ -50,32 +56,12 @@ async def fetch_model(link: Link, a: FetchModel) -> None:
     node's `source_order` (on the transfer session to that source, else a stream of its own),
     check its hash, hand it to the core (or the failure, naming the last source's problem)."""
     core, config = link.core, link.config
-    shape = core.expected_shape(a.session_id)
     last = "no source"
     started = trio.current_time()
     for src in source_order(link.overlay.peer_id, a.model_hash, a.sources):
         async def exchange(st: FramedStream, src: str = src) -> tuple[str, dict[str, np.ndarray]]:
             await st.send(ModelRequest(a.session_id, a.model_hash).to_wire())
-            with trio.fail_after(REPLY_TIMEOUT):     # a frozen source: on to the next one
-                raw = await st.recv(max_size=MAX_CONTROL_FRAME)
-            resp = ModelResponse.decode(raw, params_shape=shape or (0,),
-                                        max_bytes=config.max_model_bytes, peer=src)
-            if not resp.ok:
-                return resp.reason, {}
-            arrays: dict[str, np.ndarray] = {}
-            for name, h in resp.tensors:
-                dec = TensorDecoder(h, peer=src)
-                for _ in range(h.num_chunks):
-                    dec.feed(await st.recv_bytes(max_size=h.chunk_size))
-                arrays[name] = dec.finish()
-                link.metrics.bytes_in.labels("model").inc(h.nbytes)
-            # float32 params: the decoder checked their bytes against the header's BLAKE2b,
-            # which is then the model hash itself (params_hash: BLAKE2b of the float32 bytes)
-            p = resp.tensors[0][1]
-            if not (p.dtype == "float32" and p.hash == a.model_hash) \
-                    and params_hash(arrays["params"]) != a.model_hash:
-                return "the model does not match its hash", {}
-            return "", arrays
+            return await receive_model(link, st, a.session_id, a.model_hash, src)
         try:
             with trio.fail_after(config.stream_timeout):
                 refusal, arrays = await link.sessions.run(src, "model", MODEL_STREAM, exchange)
@@ -91,6 +77,35 @@ async def fetch_model(link: Link, a: FetchModel) -> None:
         except Exception as e:
             last = f"{src}: {type(e).__name__}: {e}"
     link.apply(core.model_fetch_failed(a.session_id, a.model_hash, last, link.now()))
+
+
+async def receive_model(link: Link, st: FramedStream, sid: bytes, model_hash: bytes,
+                        src: str) -> tuple[str, dict[str, np.ndarray]]:
+    """Read a ModelResponse and its chunks from `src` on `st` (a fetch's answer, or a result
+    push's model: transfer/push.py) and check them against `model_hash`: ("", arrays), or
+    (the refusal or "the model does not match its hash", {}). Raises RemoteProtocolError for
+    malformed frames, StreamClosed, and TooSlowError when the response takes REPLY_TIMEOUT."""
+    shape = link.core.expected_shape(sid)
+    with trio.fail_after(REPLY_TIMEOUT):     # a frozen source: on to the next one
+        raw = await st.recv(max_size=MAX_CONTROL_FRAME)
+    resp = ModelResponse.decode(raw, params_shape=shape or (0,),
+                                max_bytes=link.config.max_model_bytes, peer=src)
+    if not resp.ok:
+        return resp.reason, {}
+    arrays: dict[str, np.ndarray] = {}
+    for name, h in resp.tensors:
+        dec = TensorDecoder(h, peer=src)
+        for _ in range(h.num_chunks):
+            dec.feed(await st.recv_bytes(max_size=h.chunk_size))
+        arrays[name] = dec.finish()
+        link.metrics.bytes_in.labels("model").inc(h.nbytes)
+    # float32 params: the decoder checked their bytes against the header's BLAKE2b, which is
+    # then the model hash itself (params_hash: BLAKE2b of the float32 bytes)
+    p = resp.tensors[0][1]
+    if not (p.dtype == "float32" and p.hash == model_hash) \
+            and params_hash(arrays["params"]) != model_hash:
+        return "the model does not match its hash", {}
+    return "", arrays
 
 
 def source_order(me: str, model_hash: bytes, sources: tuple[str, ...]) -> tuple[str, ...]:

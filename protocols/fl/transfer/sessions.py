@@ -5,7 +5,8 @@ issue 16 item 3).
 
 Wire: the opener writes one `XferRequest` frame (id, kind) per request, then, for "model" and
 "update", exactly the exchange of the per-transfer stream of that kind (transfer/models.py,
-transfer/updates.py); "hello" has no exchange. Requests on one session are strictly one after
+transfer/updates.py); "hello" has no exchange; "result" (an aggregator's push, transfer/push.py)
+has no per-transfer stream: it goes over a session or not at all. Requests on one session are strictly one after
 the other. The receiver (transfer/xfer.py) serves them in a loop and closes the session after a
 refused update (it never read the tensor's chunks), so a refusal also ends the session here.
 
@@ -53,6 +54,12 @@ NO_SESSION_FOR = 60.0       # seconds a peer whose session open failed gets per-
 RESET_BOUND = 2.0           # seconds a cut session's reset may take (shielded)
 
 T = TypeVar("T")
+
+
+class NoSession(Exception):
+    """A session-only request (`legacy` "": a result push) found no usable session."""
+
+
 Exchange = Callable[[FramedStream], Awaitable[T]]
 
 
@@ -111,8 +118,8 @@ class TransferSessions:
     async def run(self, peer: str, kind: str, legacy: str, exchange: Exchange[T],
                   reusable: Callable[[T], bool] = lambda _: True) -> T:
         """Carry one exchange of `kind` to `peer`: on its session, else on a stream of the
-        per-transfer protocol `legacy`. `reusable(result)` False ends the session after it
-        (a refused update). Raises what `exchange` raises (StreamClosed, RemoteProtocolError)
+        per-transfer protocol `legacy` ("": none, NoSession is raised instead: a result push).
+        `reusable(result)` False ends the session after it (a refused update). Raises what `exchange` raises (StreamClosed, RemoteProtocolError)
         and DialError when no stream can be opened."""
         if not self._usable(peer):
             return await self._per_transfer(peer, legacy, exchange)
@@ -201,6 +208,8 @@ class TransferSessions:
         return await exchange(p.stream)
 
     async def _per_transfer(self, peer: str, legacy: str, exchange: Exchange[T]) -> T:
+        if not legacy:
+            raise NoSession(f"no transfer session to {peer} for this request")
         st = await self.open(peer, legacy)
         try:
             return await exchange(st)

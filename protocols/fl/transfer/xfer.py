@@ -4,7 +4,8 @@ wire are described in transfer/sessions.py).
 
 `serve_xfer` reads one `XferRequest` frame, serves its exchange exactly as the per-transfer
 stream of that kind does (`serve_model_request`, `serve_update_request`: the same validating
-decoders, byte limits, admission by header and refusal reasons), and waits for the next one.
+decoders, byte limits, admission by header and refusal reasons), or an aggregator's result push
+(`serve_result_push`, transfer/push.py), and waits for the next one.
 Each request is bounded by `protocols.fl.stream_timeout`; the wait between requests is bounded
 by the node's inbound deadlines (overlay.stream_first_frame_timeout for the first frame,
 overlay.stream_idle_timeout between frames; node/rcmgr.py), and the session holds one inbound
@@ -22,6 +23,7 @@ from fognode.node.errors import StreamClosed
 from fognode.node.overlay import FramedStream
 from fognode.protocols.fl.messages import XferRequest
 from fognode.protocols.fl.transfer.models import serve_model_request
+from fognode.protocols.fl.transfer.push import serve_result_push
 from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, Link, close
 from fognode.protocols.fl.transfer.updates import serve_update_request
 
@@ -45,6 +47,8 @@ async def serve_xfer(link: Link, st: FramedStream) -> None:
         with trio.fail_after(link.config.stream_timeout):
             if req.kind == "model":
                 await serve_model_request(link, st)
+            elif req.kind == "result":
+                await serve_result_push(link, st)
             elif not await serve_update_request(link, st):
                 await close(st)
                 return
