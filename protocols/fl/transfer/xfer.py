@@ -6,7 +6,9 @@ wire are described in transfer/sessions.py).
 stream of that kind does (`serve_model_request`, `serve_update_request`: the same validating
 decoders, byte limits, admission by header and refusal reasons), or an aggregator's result push
 (`serve_result_push`, transfer/push.py), and waits for the next one.
-Each request is bounded by `protocols.fl.stream_timeout`; the wait between requests is bounded
+Each request is bounded by `protocols.fl.stream_timeout` (a result push also by its own
+PUSH_TIMEOUT); one that runs over ends the session as a closed stream (reset, logged at DEBUG:
+a slow peer or link is not a protocol fault); the wait between requests is bounded
 by the node's inbound deadlines (overlay.stream_first_frame_timeout for the first frame,
 overlay.stream_idle_timeout between frames; node/rcmgr.py), and the session holds one inbound
 stream slot of the resource manager for its lifetime, like any inbound stream. A refused or
@@ -44,13 +46,17 @@ async def serve_xfer(link: Link, st: FramedStream) -> None:
             return          # the role restarted since: the peer reopens on the new one
         if req.kind == "hello":
             continue
-        with trio.fail_after(link.config.stream_timeout):
-            if req.kind == "model":
-                await serve_model_request(link, st)
-            elif req.kind == "result":
-                await serve_result_push(link, st)
-            elif not await serve_update_request(link, st):
-                await close(st)
-                return
+        try:
+            with trio.fail_after(link.config.stream_timeout):
+                if req.kind == "model":
+                    await serve_model_request(link, st)
+                elif req.kind == "result":
+                    await serve_result_push(link, st)
+                elif not await serve_update_request(link, st):
+                    await close(st)
+                    return
+        except trio.TooSlowError:   # a stalled exchange (a slow peer or link), not our bug
+            raise StreamClosed(f"fl: {req.kind} exchange with {peer} did not complete in time; "
+                               "the session is reset") from None
         served += 1
     log.debug("fl: transfer session of %s ends with the role after %d requests", peer, served)
