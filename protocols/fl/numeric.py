@@ -2,13 +2,9 @@
 node is ready: everything of the role that needs numpy (the round engine, strategies, task
 process, tensor transfers, the ledger link), re-exported for protocol.py and rpc.py. Nothing
 here runs at import beyond the modules' own definitions; the role reads these names only
-after the load (`FlRole.wait_serving`), so they never load on the event loop.
-
-It also checks that the role's wire names (wire_names.py, declared there so the role can
-start without numpy) are the ones the transfer modules serve: a mismatch fails the load."""
+after the load (`FlRole.wait_serving`), so they never load on the event loop."""
 from __future__ import annotations
 
-from fognode.protocols.fl import wire_names
 from fognode.protocols.fl.actions import Action, SaveModel
 from fognode.protocols.fl.executor import RoleActions
 from fognode.protocols.fl.preflight import preflight
@@ -22,7 +18,6 @@ from fognode.protocols.fl.tasks import TaskError
 from fognode.protocols.fl.training.modelstore import load_model
 from fognode.protocols.fl.training.prepared import PreparedTask, TaskKey, init_seed_of
 from fognode.protocols.fl.training.process import TaskProcess
-from fognode.protocols.fl.transfer import streams
 from fognode.protocols.fl.transfer.models import serve_model
 from fognode.protocols.fl.transfer.secagg import serve_secagg
 from fognode.protocols.fl.transfer.updates import serve_update
@@ -32,7 +27,3 @@ __all__ = ["Action", "FlCore", "LedgerLink", "PreparedTask", "RoleActions", "Sav
            "TaskError", "TaskKey", "TaskProcess", "build_strategy", "init_seed_of", "load_model", "preflight",
            "secagg_round", "serve_model", "serve_secagg", "serve_update", "serve_xfer", "session_row"]
 
-for _name in ("MODEL_STREAM", "UPDATE_STREAM", "SECAGG_STREAM", "XFER_STREAM", "TOPIC"):
-    if getattr(wire_names, _name) != getattr(streams, _name):
-        raise ImportError(f"fl wire_names.{_name} is {getattr(wire_names, _name)!r}, but the transfer "
-                          f"modules serve {getattr(streams, _name)!r}")

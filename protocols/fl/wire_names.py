@@ -1,7 +1,7 @@
 """The fl role's stream ids and gossip topic, for its declaration (`FlRole.stream_ids`,
-`topics`) before its numeric core loads (loading.py). transfer/streams.py and
-transfer/sessions.py, which serve them, import numpy; numeric.py checks at load that these
-are the same strings (a mismatch fails the role's load)."""
+`topics`) before its numeric core loads (loading.py), and for the transfer modules that serve
+them (transfer/streams.py, transfer/sessions.py): declared once, here, because those modules
+import numpy."""
 from __future__ import annotations
 
 MODEL_STREAM = "/fognode/fl/model/1.0.0"

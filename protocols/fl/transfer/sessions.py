@@ -46,10 +46,10 @@ from fognode.node.errors import StreamClosed
 from fognode.node.overlay import FramedStream, Overlay
 from fognode.protocols.fl.messages import XferRequest
 from fognode.protocols.fl.metrics import FlMetrics
+from fognode.protocols.fl.wire_names import XFER_STREAM
 
 log = logging.getLogger("fognode.fl")
 
-XFER_STREAM = "/fognode/fl/xfer/1.0.0"
 NO_SESSION_FOR = 60.0       # seconds a peer whose session open failed gets per-transfer streams
 RESET_BOUND = 2.0           # seconds a cut session's reset may take (shielded)
 

@@ -1,6 +1,7 @@
-"""What every FL transfer shares: the stream ids and the sessions gossip topic, the
-control-frame bound, `Link` (the typed collaborators a transfer is handed, the transfer
-sessions among them) and a best-effort stream close."""
+"""What every FL transfer shares: the stream ids and the sessions gossip topic (declared in
+fl/wire_names.py, which the role reads before its numeric core loads), the control-frame
+bound, `Link` (the typed collaborators a transfer is handed, the transfer sessions among them)
+and a best-effort stream close."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,12 +13,9 @@ from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.session.core import FlCore
 from fognode.protocols.fl.transfer.encoded import EncodedModels
-from fognode.protocols.fl.transfer.sessions import XFER_STREAM, TransferSessions
+from fognode.protocols.fl.transfer.sessions import TransferSessions
+from fognode.protocols.fl.wire_names import MODEL_STREAM, SECAGG_STREAM, TOPIC, UPDATE_STREAM, XFER_STREAM
 
-MODEL_STREAM = "/fognode/fl/model/1.0.0"
-UPDATE_STREAM = "/fognode/fl/update/1.0.0"
-SECAGG_STREAM = "/fognode/fl/secagg/1.0.0"
-TOPIC = "fognode/fl/sessions/1"
 MAX_CONTROL_FRAME = 64 * 1024
 
 __all__ = ["MODEL_STREAM", "UPDATE_STREAM", "SECAGG_STREAM", "XFER_STREAM", "TOPIC",
