@@ -28,7 +28,9 @@ The history is bounded: past `keep` finished sessions the oldest work items (a k
 its sessions and their credits) are folded into per-day totals (history.py), which the totals
 and the reliability score include, so they do not change; `sessions()` and `credits()` list
 what is kept.
-Synchronous and clock-free: time comes in as `now`.
+Synchronous and clock-free: time comes in as `now`. Its synced writes are submitted to the
+store's group commit (contribution_store.py): a change is in memory at once and durable at
+the next `store.barrier()` (or `store.flush()`); the caller acknowledges nothing before that.
 """
 from __future__ import annotations
 
@@ -152,8 +154,9 @@ class ContributionLedger:
     """This device's (`worker`'s) sessions and credits over `store` (see the module docstring).
 
     Loading (the constructor) closes sessions a crash left RUNNING as ABANDONED at `now` and
-    re-verifies every stored credit (one that no longer verifies is skipped with a WARNING).
-    Raises HarvestStorageFailed when a write fails."""
+    re-verifies every stored credit (one that no longer verifies is skipped with a WARNING),
+    and writes what that changed before returning. Raises HarvestStorageFailed once a write
+    failed (the store's group commit: see the module docstring)."""
 
     def __init__(self, store: ContributionStore, worker: str, now: float, *,
                  keep: int = DEFAULT_KEEP) -> None:
@@ -212,6 +215,7 @@ class ContributionLedger:
             self._consecutive = min(streak, self._folded("validated") + sum(
                 1 for c in self._credits.values() if c.outcome is Outcome.VALIDATED))
         self.prune()
+        self.store.flush()
 
     def _folded(self, what: str) -> int:
         return sum(getattr(d, what) for d in self._days.values())
@@ -290,7 +294,7 @@ class ContributionLedger:
     def prune(self) -> int:
         """Fold the oldest finished work items (history.py) until at most `keep` finished
         sessions are kept in full (an item with a running session is never folded); returns
-        how many sessions were folded. One synced batch; HarvestStorageFailed if it fails."""
+        how many sessions were folded. One group-committed batch (HarvestStorageFailed once a write failed)."""
         finished = [s for s in self._sessions.values() if s.state is not SessionState.RUNNING]
         excess = len(finished) - self.keep
         if excess <= 0:

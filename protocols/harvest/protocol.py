@@ -11,7 +11,8 @@ selection and market matching see it. Operator actions (harvest.pause / resume /
 decide at once with the latest readings.
 
 Data dir: `<datadir>/harvest/policy.json` (the operator's overrides, policy_store.py) and
-`<datadir>/harvest/contributions/` (the contribution ledger, contribution_store.py). The role
+`<datadir>/harvest/contributions/` (the contribution ledger, contribution_store.py, whose
+synced writes a writer task of the role's nursery group-commits: group_commit.py). The role
 offers `HarvestApi` (api.py) as ctx.services["harvest"] once its first decision is made.
 It uses no streams or topics of its own: what it says to the network rides on the registry's
 device record.
@@ -103,12 +104,14 @@ class HarvestRole(HarvestRpc, Role):
         svc = await trio.to_thread.run_sync(self._open)
         self.service = svc
         try:
-            await self._tick(svc, sensors)
-            self.ctx.services.provide(SERVICE_NAME, HarvestApi(svc, self.registry))
-            task_status.started()
-            while True:
-                await trio.sleep(self.config.tick_interval)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(svc.ledger.store.writer.run)   # the group commit
                 await self._tick(svc, sensors)
+                self.ctx.services.provide(SERVICE_NAME, HarvestApi(svc, self.registry))
+                task_status.started()
+                while True:
+                    await trio.sleep(self.config.tick_interval)
+                    await self._tick(svc, sensors)
         finally:
             self.ctx.services.withdraw(SERVICE_NAME)
             self.service = None

@@ -149,7 +149,7 @@ class HarvestRpc(abc.ABC):
             raise RpcError(E.HARVEST_BAD_REQUEST, "receipt must be hex") from None
         assert kind in KINDS
         try:
-            c = svc.credit(kind, data)
+            c = await svc.record_credit(kind, data)
         except ReceiptRefused as e:
             raise RpcError(E.HARVEST_RECEIPT_REFUSED, str(e), {"reason": e.reason.value}) from None
         return c.to_json()
@@ -162,7 +162,7 @@ class HarvestRpc(abc.ABC):
         svc = self._svc()
         sid = _session_id(session)
         try:
-            return svc.stop_session(sid, completed=completed, reason=reason[:256]).to_json()
+            return (await svc.end_session(sid, completed=completed, reason=reason[:256])).to_json()
         except LookupError:
             raise RpcError(E.HARVEST_UNKNOWN_SESSION, f"no harvest session {session}") from None
 
