@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeline", metavar="FILE",
                     help="write every node's fl.status of the session (with its round timeline) to FILE "
                          "(tools/bench/fl_timeline.py prints it)")
+    ap.add_argument("--scrape", choices=["ends", "rounds"], default="ends",
+                    help="scrape the daemons' /metrics only around the session and after round 1 (default), "
+                         "or also after every later round (per-round columns; each scrape costs the daemons CPU)")
     ap.add_argument("--no-warmup", action="store_true",
                     help="skip the 1-round warm-up session before the measured one")
     ap.add_argument("--star", action="store_true",
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.error("--nodes must be at least 2")
         t0 = time.perf_counter()
         res = run_processes(a.nodes, a.round_time_rounds, keep=a.keep, mesh=not a.star,
-                            warmup=not a.no_warmup, timeline=a.timeline)
+                            warmup=not a.no_warmup, timeline=a.timeline, scrape_mode=a.scrape)
         print_table(res)
         print(f"(processes part in {time.perf_counter() - t0:.0f} s)")
         if a.in_process:

@@ -28,8 +28,9 @@ add a process that only gossips and serves models). Deadline 20 s per aggregator
 fallbacks, three retries.
 
 Every figure comes from the daemons' own measurements: the deltas of their Prometheus
-histograms (`/metrics`, scraped on every node each time the coordinator records a round, so
-each round has its own column: fognode_fl_training_seconds,
+histograms (`/metrics`, scraped on every node before the session, when round 1 is recorded and
+after the session; with `--scrape rounds` also each time the coordinator records a later round,
+so each round has its own column: fognode_fl_training_seconds,
 fognode_fl_transfer_seconds{stream}, fognode_fl_aggregation_seconds) and `fl.status`
 (the coordinator's rounds with `started_at` and `duration`; each participant's rounds with
 `plan_at`, the wall-clock time it saw the round's plan; all processes share one clock).
@@ -57,7 +58,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from fognode.tools.bench.metrics_scrape import Mean, Sample, counter, hist, scrape
 from fognode.tools.devnet import Devnet, DevnetNode, free_port, wait_until
 
 TASK = "synthetic_mlp"
@@ -78,21 +79,6 @@ WARMUP_TIMEOUT = 240.0  # bound on the warm-up session (60 s was too short at lo
 IDLE_LAG = 5.0         # seconds of idle daemons over which their event-loop lag is the bound
 OPTIN = 15.0           # seconds of opt-in: long enough for all N daemons to load the task, so
                        # round 1 selects all N (it would start with min_participants otherwise)
-Sample = tuple[str, frozenset[tuple[str, str]]]
-
-
-@dataclass(frozen=True)
-class Mean:
-    """Sum and count of one histogram's observations (over some nodes, over the session)."""
-
-    total: float
-    count: float
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.count if self.count else float("nan")
-
-
 @dataclass(frozen=True)
 class Bounds:
     train: list[float]        # seconds of each node's local training, alone in this process
@@ -126,7 +112,18 @@ class RoundsResult:
     cores: int                             # CPUs this process (and the daemons) may run on
     gossip: dict[str, list[float]]         # topic -> gossip messages delivered to the nodes' roles,
                                            # per recorded round (same columns as `phases`)
+    steady: dict[str, Mean]                # phase -> rounds 2+ together (round 1 recorded -> last round)
+    steady_gossip: dict[str, float]        # topic -> messages per round, rounds 2+
+    scrape: str                            # "ends" or "rounds" (SCRAPE_MODES)
 
+
+# When the bench scrapes every daemon's /metrics during the session. One scrape costs a daemon
+# about 4 ms of CPU (800 samples; helper "xfer", session 27), so a scrape of 10 daemons after each
+# round put some 40 ms of CPU into the next round, about a tenth of a round's CPU: "ends" (the
+# default) scrapes only before the session, when round 1 is recorded and after it (the rounds-2+
+# column is the delta between the last two, which is what the per-round deltas summed to); "rounds"
+# also scrapes after each later round, for per-round columns, and disturbs what it measures.
+SCRAPE_MODES = ("ends", "rounds")
 
 PHASES = {   # phase -> (histogram, labels, which nodes: "all", "participants" (not node 0), "coordinator")
     "model fetch, participant <- coordinator": ("fognode_fl_transfer_seconds", {"stream": "model"}, "participants"),
@@ -138,38 +135,6 @@ PHASES = {   # phase -> (histogram, labels, which nodes: "all", "participants" (
     **{f"stream open: {what}": ("fognode_fl_stream_open_seconds", {"stream": k}, "all") for k, what in (
         ("xfer", "transfer session"), ("update", "update stream"), ("model", "model stream"))},
 }
-
-
-# -- /metrics -------------------------------------------------------------------------------
-
-def scrape(port: int) -> dict[Sample, float]:
-    """Every sample of one daemon's Prometheus endpoint."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out: dict[Sample, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, frozenset(s.labels.items()))] = float(s.value)
-    return out
-
-
-def hist(before: list[dict[Sample, float]], after: list[dict[Sample, float]], name: str,
-         labels: dict[str, str] | None = None) -> Mean:
-    """A histogram's sum and count over the given nodes, as deltas between two scrapes."""
-    key = frozenset((labels or {}).items())
-    total = count = 0.0
-    for b, a in zip(before, after):
-        total += a.get((name + "_sum", key), 0.0) - b.get((name + "_sum", key), 0.0)
-        count += a.get((name + "_count", key), 0.0) - b.get((name + "_count", key), 0.0)
-    return Mean(total, count)
-
-
-def counter(before: list[dict[Sample, float]], after: list[dict[Sample, float]], name: str,
-            labels: dict[str, str]) -> float:
-    key = frozenset(labels.items())
-    return sum(a.get((name, key), 0.0) - b.get((name, key), 0.0) for b, a in zip(before, after))
 
 
 # -- bounds, measured in this process ------------------------------------------------------
@@ -347,11 +312,15 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = True,
-                  warmup: bool = True, timeout: float = 120.0, timeline: str | None = None) -> RoundsResult:
+                  warmup: bool = True, timeout: float = 120.0, timeline: str | None = None,
+                  scrape_mode: str = "ends") -> RoundsResult:
     """Start `nodes` daemons, run one session from node 0, measure, stop every process
     (also on error, Ctrl-C or SIGTERM). Raises RuntimeError/TimeoutError with the cause.
     `timeline`: a file to write every node's final `fl.status` of the session to (JSON, node
-    order; its "marks" are the node's round timeline, read by tools/bench/fl_timeline.py)."""
+    order; its "marks" are the node's round timeline, read by tools/bench/fl_timeline.py).
+    `scrape_mode`: one of SCRAPE_MODES."""
+    if scrape_mode not in SCRAPE_MODES:
+        raise ValueError(f"scrape mode must be one of {SCRAPE_MODES}, got {scrape_mode!r}")
     import trio
 
     root = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))     # short: unix socket paths
@@ -405,12 +374,14 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
         sid = out["session_id"]
         print(f"session {sid[:16]}: {nodes} participants, {rounds} rounds of {TASK} "
               f"({out['parameters']:,} parameters)", file=sys.stderr, flush=True)
-        snaps = [before]         # metrics of every node, then again each time a round is recorded
+        # metrics of every node, then again when round 1 is recorded (and, scraping "rounds",
+        # when each later one is); None: a round recorded without a scrape
+        snaps: list[list[dict[Sample, float]] | None] = [before]
         end = time.monotonic() + timeout
         while True:
             done = coord.rpc("fl.status", [sid, True])
             while len(snaps) <= len(done["history"]):
-                snaps.append([scrape(p) for p in ports])
+                snaps.append([scrape(p) for p in ports] if len(snaps) == 1 or scrape_mode == "rounds" else None)
                 cpus.append(tree_cpu(pids))
             if done["state"] != "running":
                 break
@@ -421,6 +392,8 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
         after = [scrape(p) for p in ports]
         if done["state"] != "completed":
             cpus.append(tree_cpu(pids))      # what the unfinished round used
+        elif snaps[-1] is None:
+            snaps[-1] = after                # the session ended with its last round recorded
         history = done["history"]
         start_of = {h["round"]: h["started_at"] for h in history}
         delays: dict[int, list[float]] = {r: [] for r in start_of}
@@ -433,20 +406,30 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
         if timeline:
             Path(timeline).write_text(json.dumps(
                 [dict(st, peer_id=n.peer_id) for st, n in zip(statuses, net.nodes)]))
+        nan = float("nan")
         phases: dict[str, list[Mean]] = {}
+        steady: dict[str, Mean] = {}
+        last = snaps[len(history)] if len(history) > 1 else None   # round 2+: snaps[1] -> last
         for name, (metric_name, labels, who) in PHASES.items():
             pick = slice(1, None) if who == "participants" else slice(0, 1) if who == "coordinator" else slice(None)
-            phases[name] = [hist(snaps[k - 1][pick], snaps[k][pick], metric_name, labels)
-                            for k in range(1, len(history) + 1)]
+
+            def delta(a: list[dict[Sample, float]] | None, b: list[dict[Sample, float]] | None) -> Mean:
+                return Mean(nan, 0) if a is None or b is None else hist(a[pick], b[pick], metric_name, labels)
+
+            phases[name] = [delta(snaps[k - 1], snaps[k]) for k in range(1, len(history) + 1)]
             if done["state"] != "completed":    # what the unfinished round measured
-                phases[name].append(hist(snaps[len(history)][pick], after[pick], metric_name, labels))
+                phases[name].append(delta(snaps[len(history)], after))
+            steady[name] = delta(snaps[1], last) if len(history) > 1 else phases[name][0] if history else Mean(nan, 0)
         gossip: dict[str, list[float]] = {}
+        steady_gossip: dict[str, float] = {}
         for name, sample_labels in sorted(after[0]):
             if name == "fognode_node_gossip_messages_in_total":
                 topic = dict(sample_labels)["topic"]
-                gossip[topic] = [counter(a, b, name, dict(sample_labels))
+                gossip[topic] = [nan if a is None or b is None else counter(a, b, name, dict(sample_labels))
                                  for a, b in zip(snaps, snaps[1:] + [after])]
                 gossip[topic] = gossip[topic][:len(phases["aggregation (fedavg)"])]
+                steady_gossip[topic] = (counter(snaps[1], last, name, dict(sample_labels)) / (len(history) - 1)
+                                        if last is not None and snaps[1] is not None else nan)
         size = int(out["parameters"])
         sent = counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "update"}) \
             + counter(before, after, "fognode_fl_bytes_sent_total", {"stream": "model"})
@@ -474,7 +457,8 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
             history=history, plan_delays=delays, phases=phases,
             bytes_per_round=sent / max(len(history), 1), bounds=bounds, problems=_undelivered(net),
             mesh=mesh, warmup=warm, cpu=[b - a for a, b in zip(cpus, cpus[1:])], idle_cpu=idle_cpu,
-            cores=len(os.sched_getaffinity(0)), gossip=gossip)
+            cores=len(os.sched_getaffinity(0)), gossip=gossip, steady=steady, steady_gossip=steady_gossip,
+            scrape=scrape_mode)
     except BaseException:
         for n in net.nodes:
             if n.proc is not None and n.proc.poll() is not None and n.proc.returncode != 0:

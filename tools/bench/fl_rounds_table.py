@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fognode.tools.bench.fl_rounds import IDLE_LAG, OPTIN, PHASES, TASK, Bounds, Mean, RoundsResult
+from fognode.tools.bench.fl_rounds import IDLE_LAG, OPTIN, PHASES, TASK, Bounds, RoundsResult
 
 
 def _mean(xs: list[float]) -> float:
@@ -70,7 +70,7 @@ def print_table(r: RoundsResult) -> None:
               "event-loop lag, mean of 0.25 s probes": (b.idle_lag, f"the same daemons idle ({IDLE_LAG:.0f} s)"),
               **{n: (b.rtt, "one request/response (n = streams opened)") for n in PHASES if n.startswith("stream")}}
     for name, means in r.phases.items():
-        tot = Mean(sum(means[i].total for i in steady), sum(means[i].count for i in steady))
+        tot = r.steady[name]
         row(name, [m.mean for m in means], tot.mean, int(tot.count), *bounds[name])
     durations = [h["duration"] for h in r.history]
     path = b.rtt + b.fetch + max(b.train) + b.fetch + b.fedavg + b.rtt + b.fetch
@@ -82,11 +82,14 @@ def print_table(r: RoundsResult) -> None:
     row("CPU s of all daemons + task processes", r.cpu, _mean([r.cpu[i] for i in steady if i < len(r.cpu)]),
         len(steady), r.idle_cpu * _mean([durations[i] for i in steady]), "the same daemons idle, as long")
     for topic, per_round in r.gossip.items():
-        row(f"gossip msgs delivered: {topic}"[:44], per_round, _mean([per_round[i] for i in steady
-                                                                        if i < len(per_round)]),
+        row(f"gossip msgs delivered: {topic}"[:44], per_round, r.steady_gossip.get(topic, float("nan")),
             len(steady), float("nan"), "summed over the nodes")
     print(f"{'tries / updates accepted of selected':<44}" + "".join(
         f"{str(h['tries']) + ' ' + str(len(h['accepted'])) + '/' + str(len(h['participants'])):>9}" for h in r.history))
+    if r.scrape == "ends":
+        print("  /metrics scraped before the session, when round 1 was recorded and after it (--scrape ends): "
+              "'-' in a later round's column; --scrape rounds gives every column and adds ~4 ms of CPU per "
+              "daemon per round")
     print(f"  warm-up session before (each daemon's first torch use, first streams): {r.warmup}")
     print(f"  session setup (announce, task load, opt-in {OPTIN:.0f} s) {r.setup:.1f} s; "
           f"{r.bytes_per_round / 1e6:.1f} MB of models and updates sent per round; plan gossip is "
