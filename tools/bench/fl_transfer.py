@@ -12,7 +12,9 @@ process (node/host.py's overlay, as a peer daemon's) then fetches that model fro
 - "session": on one transfer session (`/fognode/fl/xfer/1.0.0`), a "model" request each, as
   a participant fetches its base model in rounds 2+ (transfer/sessions.py);
 - "stream": on a model stream opened per fetch (`/fognode/fl/model/1.0.0`), as a node without
-  a session does, and as `bench.fl`'s own "one model fetch costs" line measures it.
+  a session does, and as `bench.fl`'s own "one model fetch costs" line measures it;
+- "refused": a request for a model node 0 does not hold on a model stream opened for it (the
+  open and one small exchange: the "stream" row less the tensor).
 Each fetch is received as FL receives it (ModelResponse.decode, transfer/models.py
 `read_tensors`: the hashing decoder; the params' header hash must be the model hash). The CPU of the
 serving daemon (with its task process; its idle CPU over the same wall time, measured
@@ -88,7 +90,7 @@ async def fetches(addr: str, peer: str, sid: bytes, model_hash: bytes, size: int
 
     reg = CollectorRegistry()
     cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=1)
-    out: dict[str, list[tuple[float, float, float]]] = {"session": [], "stream": []}
+    out: dict[str, list[tuple[float, float, float]]] = {"session": [], "stream": [], "refused": []}
     async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg) as ov:
         await ov.connect(addr)
         await trio.sleep(0.5)       # identify and the gossip streams settle
@@ -116,7 +118,18 @@ async def fetches(addr: str, peer: str, sid: bytes, model_hash: bytes, size: int
             finally:
                 await st.close()
 
-        ways = {"session": on_session, "stream": on_stream}
+        async def refused() -> None:      # the open and one small exchange, no tensor
+            st = await ov.open_stream(peer, MODEL_STREAM)
+            try:
+                await st.send(ModelRequest(sid, b"\0" * 32).to_wire())
+                resp = ModelResponse.decode(await st.recv(max_size=MAX_CONTROL_FRAME),
+                                            params_shape=(size,), max_bytes=1 << 30, peer=peer)
+                if resp.ok:
+                    raise RuntimeError("node 0 served a model nobody holds")
+            finally:
+                await st.close()
+
+        ways = {"session": on_session, "stream": on_stream, "refused": refused}
         for way in ways.values():
             for _ in range(WARMUP):
                 await way()
@@ -230,7 +243,8 @@ def main() -> None:
           f"median (min-max); load {load}")
     print(f"{'ms per transfer':<44}{'serving CPU':>20}{'receiving CPU':>20}{'wall':>20}")
     for way, label in (("session", "model fetch on a transfer session"),
-                       ("stream", "model fetch on a stream opened per fetch")):
+                       ("stream", "model fetch on a stream opened per fetch"),
+                       ("refused", "a refused request on a stream opened for it")):
         rows = got[way]
         print(f"{label:<44}{_ms([r[0] for r in rows]):>20}{_ms([r[1] for r in rows]):>20}"
               f"{_ms([r[2] for r in rows]):>20}")
