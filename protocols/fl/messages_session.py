@@ -7,6 +7,7 @@ RemoteProtocolError naming the message and field; messages.py puts them in the g
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,10 @@ class SessionAnnouncement:
                 **({"coords": list(self.fallback_coordinators)} if self.fallback_coordinators else {}),
                 **({"fund": self.funder} if self.funder else {})}
 
-    @property
+    @functools.cached_property
     def session_id(self) -> bytes:
+        # computed once per announcement (it is frozen): the core asks for it on every
+        # message of the session (Session.sid), and each time was a canonical pack + BLAKE2b
         return digest(pack(self.body()))
 
     def signed(self, key: SigningKey) -> "SessionAnnouncement":

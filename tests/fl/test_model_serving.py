@@ -2,7 +2,8 @@
 overlays on 127.0.0.1: a node encodes (checks, hashes, chunks) a model it serves once, not once
 per fetch, and every fetch gets the same bytes; a fetched model whose bytes do not hash to the
 model asked for is refused (the decoder's check of the float32 bytes is the model hash check)
-and the next source is tried."""
+and the next source is tried; a served model's header carries its model hash, the params
+are not hashed again to serve them."""
 from __future__ import annotations
 
 import os
@@ -22,10 +23,11 @@ from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.session.core import FlCore
 from fognode.protocols.fl.session.selection import DeviceCandidate
 from fognode.protocols.fl.session.state import ModelBundle
+from fognode.protocols.fl.transfer.encoded import EncodedModels
 from fognode.protocols.fl.transfer.models import fetch_model
 from fognode.protocols.fl.transfer.sessions import TransferSessions
 from fognode.protocols.fl.transfer.streams import XFER_STREAM, Link
-from fognode.protocols.fl.transfer.tensors import params_hash
+from fognode.protocols.fl.transfer.tensors import encode_tensor, params_hash
 from fognode.protocols.fl.transfer.xfer import serve_xfer
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
@@ -93,9 +95,28 @@ async def test_a_served_model_is_encoded_once_and_a_lying_source_is_passed_over(
                 await fetch_model(link, FetchModel(SID, h, (good.peer_id,)))
             assert len(core.fetched) == 3 and all(np.array_equal(p, model) for p in core.fetched)
             first = served.encoded.get(SID, h, ModelBundle(other), served.config.chunk_size)
-            assert first[0][1].hash == h      # the cached encoding, not one of the bundle passed
+            # the cached encoding, not one of the bundle passed
+            assert b"".join(bytes(c) for c in first[0][2]) == model.tobytes()
             await fetch_model(link, FetchModel(SID, h, (liar.peer_id,)))
-            assert core.failed == [f"{liar.peer_id}: the model does not match its hash"]
+            # the liar's header names the model hash (a held model's params are not hashed
+            # again to serve them), so its bytes fail the decoder's hash check
+            assert len(core.failed) == 1 and core.failed[0].startswith(f"{liar.peer_id}: TensorRejected") \
+                and "tensor rejected (hash)" in core.failed[0], core.failed
             await fetch_model(link, FetchModel(SID, h, (liar.peer_id, good.peer_id)))
             assert len(core.fetched) == 4 and np.array_equal(core.fetched[-1], model)
             assert len(core.failed) == 1      # the liar first or not: the good source served it
+
+
+def test_served_params_carry_the_model_hash_without_hashing_again() -> None:
+    rng = np.random.default_rng(8)
+    model = rng.standard_normal(SIZE).astype(np.float32)
+    state = {"m": rng.standard_normal(10).astype(np.float32)}
+    h = params_hash(model)
+    enc = EncodedModels()
+    got = enc.get(SID, h, ModelBundle(model, state), 1 << 20)
+    assert [n for n, _, _ in got] == ["params", "m"]
+    th, chunks = encode_tensor(model, chunk_size=1 << 20)
+    assert got[0][1] == th and [bytes(c) for c in got[0][2]] == [bytes(c) for c in chunks]
+    assert got[1][1] == encode_tensor(state["m"], chunk_size=1 << 20)[0]   # state: hashed
+    # the model hash is taken as the params' hash: no second BLAKE2b of the same bytes
+    assert enc.get(b"t" * 32, b"\1" * 32, ModelBundle(model), 1 << 20)[0][1].hash == b"\1" * 32

@@ -111,7 +111,9 @@ class Session:
 
     def keep_model(self, h: bytes, bundle: ModelBundle) -> None:
         """Hold model `h`, forgetting the oldest beyond MODELS_KEPT (never the latest model,
-        the current plan's base or `h`)."""
+        the current plan's base or `h`). `h` must be the params' hash (`params_hash`), computed
+        or checked by the caller: the model is served under it without hashing its params
+        again (transfer/encoded.py)."""
         if h not in self.models:
             self.model_order.append(h)
         self.models[h] = bundle

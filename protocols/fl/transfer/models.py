@@ -92,13 +92,8 @@ async def receive_model(link: Link, st: FramedStream, sid: bytes, model_hash: by
                                 max_bytes=link.config.max_model_bytes, peer=src)
     if not resp.ok:
         return resp.reason, {}
-    arrays: dict[str, np.ndarray] = {}
-    for name, h in resp.tensors:
-        dec = TensorDecoder(h, peer=src)
-        for _ in range(h.num_chunks):
-            dec.feed(await st.recv_bytes(max_size=h.chunk_size))
-        arrays[name] = dec.finish()
-        link.metrics.bytes_in.labels("model").inc(h.nbytes)
+    arrays = await read_tensors(st, resp, src)
+    link.metrics.bytes_in.labels("model").inc(sum(h.nbytes for _, h in resp.tensors))
     # float32 params: the decoder checked their bytes against the header's BLAKE2b, which is
     # then the model hash itself (params_hash: BLAKE2b of the float32 bytes)
     p = resp.tensors[0][1]
@@ -106,6 +101,18 @@ async def receive_model(link: Link, st: FramedStream, sid: bytes, model_hash: by
             and params_hash(arrays["params"]) != model_hash:
         return "the model does not match its hash", {}
     return "", arrays
+
+
+async def read_tensors(st: FramedStream, resp: ModelResponse, src: str) -> dict[str, np.ndarray]:
+    """The tensors an ok `resp` announces, read from `st` and decoded (each checked against
+    its header's hash). Raises TensorRejected, StreamClosed."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, h in resp.tensors:
+        dec = TensorDecoder(h, peer=src)
+        for _ in range(h.num_chunks):
+            dec.feed(await st.recv_bytes(max_size=h.chunk_size))
+        arrays[name] = dec.finish()
+    return arrays
 
 
 def source_order(me: str, model_hash: bytes, sources: tuple[str, ...]) -> tuple[str, ...]:

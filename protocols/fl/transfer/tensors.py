@@ -83,8 +83,11 @@ def params_hash(flat: np.ndarray) -> bytes:
 
 
 def encode_tensor(arr: np.ndarray, *, wire_dtype: str = "float32",
-                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[TensorHeader, list[memoryview]]:
-    """The header and the chunks of `arr` in `wire_dtype`. Raises LocalProtocolError for an
+                  chunk_size: int = DEFAULT_CHUNK_SIZE,
+                  known_hash: bytes | None = None) -> tuple[TensorHeader, list[memoryview]]:
+    """The header and the chunks of `arr` in `wire_dtype`. `known_hash`: the BLAKE2b of the
+    wire bytes, already established by the caller (a held model's hash: transfer/encoded.py),
+    put in the header instead of hashing the bytes again. Raises LocalProtocolError for an
     unknown dtype, a bad chunk size, non-finite values or values float16 cannot hold."""
     if wire_dtype not in WIRE_DTYPES:
         raise LocalProtocolError(f"wire dtype must be one of {sorted(WIRE_DTYPES)}, got {wire_dtype!r}")
@@ -102,7 +105,7 @@ def encode_tensor(arr: np.ndarray, *, wire_dtype: str = "float32",
     raw = np.ascontiguousarray(arr, dtype=dt).tobytes()
     view = memoryview(raw)
     header = TensorHeader(wire_dtype, tuple(int(s) for s in arr.shape), len(raw), chunk_size,
-                          tensor_hash(raw))
+                          tensor_hash(raw) if known_hash is None else known_hash)
     chunks = [view[i:i + chunk_size] for i in range(0, len(raw), chunk_size)]
     return header, chunks
 
