@@ -14,9 +14,7 @@ node is ready (loading.py) and then run by the role.
   registers them at start), and `DhtDescriptorStore`, the `hsdesc.DescriptorStore` over the
   overlay's DHT;
 - `ServiceHost` (hsservice.py) for `[[protocols.onion.services]]` and onion.add_service;
-- `HsClient` (hsclient.py) as the connector of the SOCKS5 port (socks_server.py), when
-  `socks_port` is not 0. A port that cannot be bound is logged as an ERROR and shown in the
-  role's health; the relay and the services keep running without it.
+- `HsClient` (hsclient.py), the connector of the SOCKS5 port (which the shell binds at start);
 - hosted data (hosting/, issue 14 item 5): `HostingServer` (this node as a host: shards under
   `hosting_quota_mib`, its `fog-hosting` .fog service, a fog.hosting offer in the market) and
   `HostedOwner` (onion.deploy, paying hosts' debit notes, refunds, counting access fees) and
@@ -52,12 +50,10 @@ from fognode.protocols.onion.hsservice import ServiceHost
 from fognode.protocols.onion.keyfiles import ONION_DIR, load_onion_keyring, remove_service_keys, save_onion_keyring
 from fognode.protocols.onion.metrics import OnionMetrics
 from fognode.protocols.onion.services import HiddenService, ServiceTable, add_service, load_services
-from fognode.protocols.onion.socks_server import SocksServer
 
 log = logging.getLogger("fognode.onion")
 
 KEY_CHECK = 60.0          # seconds between onion keyring ticks (and record checks)
-METRICS_EVERY = 2.0
 DIRECTORY_EVERY = 3.0
 
 
@@ -123,14 +119,11 @@ class OnionParts:
         self.accessor = HostedAccessor(overlay=ctx.overlay, services=ctx.services, clock=ctx.clock,
                                        metrics=hosting_metrics, connect=self._hosted_connect,
                                        forget_circuit=self._forget_circuit)
-        self.socks: SocksServer | None = None
-        self.socks_error = ""
-        self._socks_seen: dict[str, int] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start the engine (it takes over the link stream), the services, the SOCKS port, the
-        hosting server (it takes over the hosting stream) and the loops; started once all
-        serve. Runs until cancelled."""
+        """Start the engine (it takes over the link stream), the services, the hosting server
+        (it takes over the hosting stream) and the loops; started once all serve. Runs until
+        cancelled."""
         m = self.metrics
         for state in ("building", "open"):
             m.circuits.labels(state).set_function(
@@ -141,20 +134,10 @@ class OnionParts:
             self.tick_keys()
             await nursery.start(self.engine.run)
             await nursery.start(self.host.run)
-            if self.config.socks_port:
-                self.socks = SocksServer(self.hs_client.connect, self.config.socks_settings())
-                try:
-                    await nursery.start(self.socks.run)
-                except OSError as e:
-                    self.socks_error = (f"cannot listen on {self.config.socks_host}:{self.config.socks_port}: {e}; "
-                                        "set protocols.onion.socks_port to a free port (0: none)")
-                    log.error("onion SOCKS port: %s", self.socks_error)
-                    self.socks = None
             await nursery.start(self.hosting.run)
             nursery.start_soon(self.owner.notes_loop)
             nursery.start_soon(self.owner.payments_loop)
             nursery.start_soon(self._key_loop)
-            nursery.start_soon(self._metrics_loop)
             nursery.start_soon(self._directory_loop)
             task_status.started()
 
@@ -207,7 +190,7 @@ class OnionParts:
             out.setdefault(a, {}).update(mine)
         return out
 
-    # -- keys, directory, metrics --------------------------------------------------------------
+    # -- keys, directory -------------------------------------------------------------------------
 
     def tick_keys(self) -> None:
         if not self.config.relay:
@@ -236,19 +219,7 @@ class OnionParts:
             with trio.move_on_after(60):
                 await self.directory.refresh()
 
-    async def _metrics_loop(self) -> None:
-        while True:
-            if self.socks is not None:
-                for k, v in self.socks.stats.items():
-                    d = v - self._socks_seen.get(k, 0)
-                    if d > 0:
-                        self.metrics.socks.labels(k).inc(d)
-                        self._socks_seen[k] = v
-            await trio.sleep(METRICS_EVERY)
-
     def health_detail(self) -> dict[str, Any]:
         return {"relay": self.config.relay, "circuits": len(self.engine.client.circuits),
                 "relay_circuits": len(self.engine.relay.circuits), "neighbours": len(self.engine.links.links),
-                "socks_port": self.socks.port if self.socks is not None else None,
-                **({"socks_error": self.socks_error} if self.socks_error else {}),
                 "services": self.table.count()}

@@ -3,11 +3,13 @@
 A thin trio adapter, in two steps. This shell starts with the role: it checks the config,
 creates the role's metrics, serves the role's two streams (`/fognode/onion/1.0.0` links,
 `/fognode/onion/hosting/1.0.0`), registers the validators of its two DHT namespaces
-(hsdesc, `fognode-hosted`) and lists the `onion.*` RPC methods below. The working parts
+(hsdesc, `fognode-hosted`), binds the SOCKS5 port (socks_server.py; when `socks_port` is not
+0: a port that cannot be bound is logged as an ERROR and shown in the role's health, and the
+rest of the role runs without it) and lists the `onion.*` RPC methods below. The working parts
 (parts.py: engine, keyring, relay directory, hidden services, SOCKS port, hosted data) load
 after the node is ready (loading.py) and then run; what arrives before they serve waits for
-them (`parts`, bounded by WAIT_BOUND), so nothing is refused: a stream or call is served
-once they do; a DHT record of the role's namespaces is validated at once (its validator's
+them (`parts`, bounded by WAIT_BOUND), so nothing is refused: a stream, SOCKS connect or
+call is served once they do; a DHT record of the role's namespaces is validated at once (its validator's
 module is then imported on the spot, once). Until the parts serve, the role's health detail
 says "loading"; parts that do not import fail the role (PartsLoadFailed, not restarted).
 Errors 600-602 (errors.py), 620-621 for services, 630-632 for hosted data.
@@ -28,20 +30,24 @@ from fognode.node.overlay import FramedStream
 from fognode.node.role import NodeContext, Role
 from fognode.node.rpc.methods import NODE_ROLE_UNAVAILABLE, rpc_method
 from fognode.protocols.onion import errors as E
-from fognode.protocols.onion.address import parse_address
+from fognode.protocols.onion.address import FogAddress, parse_address
 from fognode.protocols.onion.config import OnionConfig
 from fognode.protocols.onion.hosting.errors import HostingError
 from fognode.protocols.onion.hosting.levels import LEVELS
 from fognode.protocols.onion.hosting.metrics import HostingMetrics
-from fognode.protocols.onion.hs_errors import ServiceError
+from fognode.protocols.onion.hs_errors import HsConnectError, ServiceError, SocksReply
 from fognode.protocols.onion.loading import WAIT_BOUND, PartsLoad
 from fognode.protocols.onion.metrics import OnionMetrics
+from fognode.protocols.onion.socks_server import SocksServer
 from fognode.protocols.onion.wire_names import HOSTED_NAMESPACE, HOSTING_STREAM, HSDESC_NAMESPACE, LINK_STREAM
 
 if TYPE_CHECKING:   # the working parts: loaded after the role starts (loading.py)
+    from fognode.protocols.onion.cstream import CircuitStream
     from fognode.protocols.onion.parts import OnionParts
 
 log = logging.getLogger("fognode.onion")
+
+METRICS_EVERY = 2.0
 
 
 class LateValidator:
@@ -85,6 +91,9 @@ class OnionRole(Role):
         self._load = PartsLoad(self.parts_module)
         self._parts: OnionParts | None = None
         self._serving = trio.Event()           # set once the parts serve (or their load failed)
+        self.socks: SocksServer | None = None
+        self.socks_error = ""
+        self._socks_seen: dict[str, int] = {}
 
     def _hsdesc_validator(self) -> Any:
         from fognode.protocols.onion.parts import hsdesc_validator
@@ -99,9 +108,9 @@ class OnionRole(Role):
     # -- run -----------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve the streams, DHT namespaces and RPC methods at once; load the parts (in a
-        daemon: once the node is ready) and run them. Raises PartsLoadFailed when they do not
-        import, ConfigError when a service's key cannot be made or read."""
+        """Serve the streams, DHT namespaces, SOCKS port and RPC methods at once; load the
+        parts (in a daemon: once the node is ready) and run them. Raises PartsLoadFailed when
+        they do not import, ConfigError when a service's key cannot be made or read."""
         overlay = self.ctx.overlay
         overlay.register_dht_validator(HSDESC_NAMESPACE, self.validator)
         overlay.register_dht_validator(HOSTED_NAMESPACE, self.hosted_validator)
@@ -110,13 +119,15 @@ class OnionRole(Role):
         # in a daemon, started now and the parts load once the node is ready; run on its own
         # (tests, embedders) there is nothing to defer the load past: started once they serve
         deferred = self.ctx.services.get("node") is not None
-        if deferred:
-            task_status.started()
         try:
-            module = await self._load.run(self.ctx.services)
-            parts = module.OnionParts(self.ctx, self.config, self.metrics, self.hosting_metrics,
-                                      self.validator.get(), self.hosted_validator.get())
             async with trio.open_nursery() as nursery:
+                await self._open_socks(nursery)
+                nursery.start_soon(self._metrics_loop)
+                if deferred:
+                    task_status.started()
+                module = await self._load.run(self.ctx.services)
+                parts = module.OnionParts(self.ctx, self.config, self.metrics, self.hosting_metrics,
+                                          self.validator.get(), self.hosted_validator.get())
                 await nursery.start(parts.run)     # the engine and the hosting server take their streams over
                 self._parts = parts
                 self._serving.set()
@@ -124,6 +135,39 @@ class OnionRole(Role):
                     task_status.started()
         finally:
             self._serving.set()                    # waiters see the parts, or why there are none
+
+    async def _open_socks(self, nursery: trio.Nursery) -> None:
+        """Bind the SOCKS port when one is set; a port that cannot be bound is an ERROR shown
+        in the role's health, not a failure of the role."""
+        if not self.config.socks_port:
+            return
+        self.socks = SocksServer(self._socks_connect, self.config.socks_settings())
+        try:
+            await nursery.start(self.socks.run)
+        except OSError as e:
+            self.socks_error = (f"cannot listen on {self.config.socks_host}:{self.config.socks_port}: {e}; "
+                                "set protocols.onion.socks_port to a free port (0: none)")
+            log.error("onion SOCKS port: %s", self.socks_error)
+            self.socks = None
+
+    async def _socks_connect(self, address: FogAddress, port: int) -> CircuitStream:
+        """The SOCKS port's connector: the parts' HsClient, once they serve (a client that
+        comes while they load waits, within the port's connect_timeout)."""
+        try:
+            parts = await self.parts()
+        except LocalProtocolError as e:
+            raise HsConnectError(str(e), reply=SocksReply.GENERAL_FAILURE) from None
+        return await parts.hs_client.connect(address, port)
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            if self.socks is not None:
+                for k, v in self.socks.stats.items():
+                    d = v - self._socks_seen.get(k, 0)
+                    if d > 0:
+                        self.metrics.socks.labels(k).inc(d)
+                        self._socks_seen[k] = v
+            await trio.sleep(METRICS_EVERY)
 
     async def parts(self) -> OnionParts:
         """The working parts, once they serve: waits (at most WAIT_BOUND seconds) while they
@@ -153,9 +197,11 @@ class OnionRole(Role):
     def health_detail(self) -> dict[str, Any]:
         """Circuits, relayed circuits, neighbours, the SOCKS port, services; "loading" (what
         the deferred load is doing) until the parts serve."""
+        socks = {"socks_port": self.socks.port if self.socks is not None else None,
+                 **({"socks_error": self.socks_error} if self.socks_error else {})}
         if self._parts is None:
-            return {"loading": f"circuits, relay and services: {self._load.state}"}
-        return self._parts.health_detail()
+            return {"loading": f"circuits, relay and services: {self._load.state}", **socks}
+        return {**self._parts.health_detail(), **socks}
 
     # -- RPC -----------------------------------------------------------------------------------
 
@@ -331,8 +377,8 @@ class OnionRole(Role):
             "link_writes": eng.links.writes,
             "relays_known": len(p.directory.relays()), "guards": eng.client.guards.peers,
             "build_timeout": round(eng.client.build_times.timeout(), 3),
-            "socks_port": p.socks.port if p.socks is not None else None,
-            "socks": dict(p.socks.stats) if p.socks is not None else {},
+            "socks_port": self.socks.port if self.socks is not None else None,
+            "socks": dict(self.socks.stats) if self.socks is not None else {},
             "services": p.table.count(),
             "descriptors_rejected": {"dht": {r.value: n for r, n in p.validator.rejected.items()},
                                      "fetch": dict(p.hs_client.rejected)},

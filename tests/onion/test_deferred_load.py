@@ -1,7 +1,7 @@
 """The onion role's working parts load after the node is ready (protocols/onion/loading.py):
-a peer's link stream and an `onion.*` call that arrive meanwhile are served once they load, a
-DHT record of its namespaces is checked meanwhile, and parts that do not import fail the role
-loudly. Real libp2p overlays on 127.0.0.1, the real supervisor and method table.
+the SOCKS port listens from the start, a peer's link stream and an `onion.*` call that arrive
+meanwhile are served once they load, a DHT record of its namespaces is checked meanwhile, and
+parts that do not import fail the role loudly. Real libp2p overlays on 127.0.0.1, the real supervisor and method table.
 
 The daemon's readiness signal is the "node" service's `ready` event (NodeService); these tests
 hold it unset, as a daemon does while its other roles are still starting."""
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+from dataclasses import replace
 import sys
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -29,6 +31,7 @@ from fognode.node.rpc.methods import NODE_ROLE_UNAVAILABLE, MethodTable
 from fognode.protocols.onion.config import OnionConfig
 from fognode.protocols.onion.hs_errors import DescriptorRejected
 from fognode.protocols.onion.protocol import OnionRole
+from fognode.tools.devnet import free_port
 from tests.polling import wait_until
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
@@ -62,10 +65,13 @@ async def test_a_link_and_calls_that_arrive_while_the_parts_load_are_served(tmp_
     async with contexts(2, tmp_path) as ctxs, trio.open_nursery() as nursery:
         ctxs[0].services.require("node").ready.set()          # the dialler's node is ready
         dialler = OnionRole(ctxs[0], CONFIG)
-        late = OnionRole(ctxs[1], CONFIG)                     # its node is not ready yet
+        late = OnionRole(ctxs[1], replace(CONFIG, socks_port=free_port()))   # its node is not ready yet
         await nursery.start(dialler.run)
         await nursery.start(late.run)
-        assert late.health_detail() == {"loading": "circuits, relay and services: waiting for the node"}
+        assert late.health_detail()["loading"] == "circuits, relay and services: waiting for the node"
+        # the SOCKS port listens from the start (a client's CONNECT would wait for the parts)
+        assert late.socks is not None and late.health_detail()["socks_port"] == late.config.socks_port
+        socket.create_connection(("127.0.0.1", late.config.socks_port), timeout=5).close()
         # a DHT record of its namespace is checked by the real validator, not refused unchecked
         with pytest.raises(DescriptorRejected):
             late.validator.validate("/fognode-hsdesc/" + "00" * 32, b"not a descriptor")
