@@ -218,8 +218,3 @@ class OnionParts:
             await trio.sleep(DIRECTORY_EVERY)
             with trio.move_on_after(60):
                 await self.directory.refresh()
-
-    def health_detail(self) -> dict[str, Any]:
-        return {"relay": self.config.relay, "circuits": len(self.engine.client.circuits),
-                "relay_circuits": len(self.engine.relay.circuits), "neighbours": len(self.engine.links.links),
-                "services": self.table.count()}

@@ -6,12 +6,13 @@ creates the role's metrics, serves the role's two streams (`/fognode/onion/1.0.0
 (hsdesc, `fognode-hosted`), binds the SOCKS5 port (socks_server.py; when `socks_port` is not
 0: a port that cannot be bound is logged as an ERROR and shown in the role's health, and the
 rest of the role runs without it) and lists the `onion.*` RPC methods below. The working parts
-(parts.py: engine, keyring, relay directory, hidden services, SOCKS port, hosted data) load
-after the node is ready (loading.py) and then run; what arrives before they serve waits for
-them (`parts`, bounded by WAIT_BOUND), so nothing is refused: a stream, SOCKS connect or
-call is served once they do; a DHT record of the role's namespaces is validated at once (its validator's
-module is then imported on the spot, once). Until the parts serve, the role's health detail
-says "loading"; parts that do not import fail the role (PartsLoadFailed, not restarted).
+(parts.py: engine, keyring, relay directory, hidden services, the SOCKS port's connector,
+hosted data) load after the node is ready (loading.py) and then run; what arrives before they
+serve waits for them (`parts`, bounded by WAIT_BOUND), so nothing is refused: a stream, a
+SOCKS client's CONNECT or a call is served once they do; a DHT record of the role's
+namespaces is validated at once (`LateValidator`: its validator's module is then imported
+on the spot, once, on the event loop). Until the parts serve, the role's health detail says
+"loading"; parts that do not import fail the role (PartsLoadFailed, not restarted).
 Errors 600-602 (errors.py), 620-621 for services, 630-632 for hosted data.
 """
 from __future__ import annotations
@@ -199,9 +200,12 @@ class OnionRole(Role):
         the deferred load is doing) until the parts serve."""
         socks = {"socks_port": self.socks.port if self.socks is not None else None,
                  **({"socks_error": self.socks_error} if self.socks_error else {})}
-        if self._parts is None:
+        p = self._parts
+        if p is None:
             return {"loading": f"circuits, relay and services: {self._load.state}", **socks}
-        return {**self._parts.health_detail(), **socks}
+        return {"relay": self.config.relay, "circuits": len(p.engine.client.circuits),
+                "relay_circuits": len(p.engine.relay.circuits), "neighbours": len(p.engine.links.links),
+                **socks, "services": p.table.count()}
 
     # -- RPC -----------------------------------------------------------------------------------
 
@@ -218,9 +222,9 @@ class OnionRole(Role):
         LAST if given, and wait until it is built or fails."""
         if hops is not None and not 1 <= hops <= 8:
             raise RpcError(E.NO_PATH, f"hops must be between 1 and 8, got {hops}")
+        p = await self._rpc_parts()
         from fognode.protocols.onion.engine import BuildFailed   # loaded with the parts
 
-        p = await self._rpc_parts()
         relay = None
         if last is not None:
             relay = p.directory.get(last)
