@@ -1,11 +1,12 @@
 """The onion role's deferred load: its working parts (parts.py: the circuit engine and its
-crypto, the relay directory, hidden services, hosted data: about 50 of our modules) are
+crypto, the relay directory, hidden services, hosted data: about 40 of our modules) are
 imported in a worker thread once the node is ready, not on the way to `node.info` answering.
 
 Why: importing them is about 20 ms of CPU of a daemon's cold start (`python -X importtime`,
-session 27), and nothing needs them until a peer's onion link, a hosting stream, a DHT record
-of the role's namespaces or an `onion.*` call arrives. The role's shell (protocol.py) serves
-those from the start with its light modules (config, wire names, metrics, errors); `PartsLoad.run`:
+session 27), and nothing needs them until a peer's onion link, a hosting stream, a SOCKS
+client, a DHT record of the role's namespaces or an `onion.*` call arrives. The role's shell
+(protocol.py) serves those from the start with its light modules (config, wire names, metrics,
+errors, the SOCKS server); `PartsLoad.run`:
 
 1. waits until the node is ready (the "node" service's `ready` event: every role started,
    `node.info` answering), so the imports do not compete with the other roles' starts for
