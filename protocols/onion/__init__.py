@@ -17,7 +17,8 @@ Sans-IO cores of the circuit layer, one concern per module (no trio or libp2p im
 - `rendezvous`: introduction and rendezvous points at a relay (the relay-side mechanics; the
   circuits join there and the two ends talk over an end-to-end virtual hop).
 - `actions`: what the cores ask the adapter to do; `dispatch`: the one table that carries them
-  out; `config`, `errors`.
+  out; `config` (checked at start with `periods` and `service_ports`), `errors`, `wire_names`
+  (the stream ids and DHT namespaces, declared once).
 The hidden-service side, also sans-IO where it can be:
 - `address`: `.fog` addresses (base32 of key, checksum, version); `blinding`: time periods and
   blinded keys; `descriptor`: signed, encrypted descriptors; `hsdir`: their DHT validator;
@@ -25,5 +26,7 @@ The hidden-service side, also sans-IO where it can be:
   identity-signed onion keys; `keyfiles`: key files in the data dir; `services`: the
   `.fog` port -> local TCP port map; `socks` (sans-IO) and `socks_server` (trio): the SOCKS5
   port; `hs_errors`.
-The trio adapter `protocol.py` (the role) builds on both.
+The trio adapter is in two steps: `protocol.py`, the role's shell, started with the node (the
+streams, DHT namespaces and RPC methods), and `parts.py`, the working parts built on both
+lists above, which `loading.py` imports once the node is ready.
 """

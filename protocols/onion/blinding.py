@@ -1,7 +1,7 @@
-"""Time periods, Ed25519 key blinding, and where a period's descriptor lives in the DHT.
+"""Ed25519 key blinding, and where a period's descriptor lives in the DHT.
 
-Time periods (rend-spec-v3 [TIME-PERIODS]). Period number `n` of a unix time `t` is
-`(t - offset) // length`; period n covers [n*length + offset, (n+1)*length + offset).
+Time periods (rend-spec-v3 [TIME-PERIODS]; `TimePeriods`, in periods.py). Period number `n`
+of a unix time `t` is `(t - offset) // length`; period n covers [n*length + offset, (n+1)*length + offset).
 The defaults are Tor's: `length` = 1 day, `offset` = 12 h, so periods change at 12:00 UTC.
 (Tor's offset lines periods up with its shared-random value; we have none, so the offset only
 picks the wall-clock hour of the change, and Tor's is as good as any: what matters is that
@@ -58,15 +58,11 @@ from nacl.bindings import (crypto_core_ed25519_scalar_add, crypto_core_ed25519_s
                            crypto_scalarmult_ed25519_noclamp)
 from nacl.signing import SigningKey
 
-from fognode.node.errors import ConfigError, LocalProtocolError
+from fognode.node.errors import LocalProtocolError
 from fognode.protocols.onion.address import is_valid_key
+from fognode.protocols.onion.wire_names import HSDESC_NAMESPACE
 
-DEFAULT_PERIOD_LENGTH = 86400         # seconds (Tor: 1440 minutes)
-DEFAULT_PERIOD_OFFSET = 12 * 3600     # seconds (Tor: 12 hours)
-MIN_PERIOD_LENGTH = 60
-MAX_PERIOD_LENGTH = 10 * 86400
 HSDESC_REPLICAS = 2
-HSDESC_NAMESPACE = "fognode-hsdesc"
 HSDESC_PREFIX = f"/{HSDESC_NAMESPACE}/"
 
 BLIND_STRING = b"fognode hs key blinding v1"
@@ -81,52 +77,6 @@ BASEPOINT = bytes.fromhex("58666666666666666666666666666666666666666666666666666
 
 def _u64(n: int) -> bytes:
     return struct.pack(">Q", n)
-
-
-@dataclass(frozen=True)
-class TimePeriods:
-    """How time is cut into periods; every node of a network must use the same values."""
-
-    length: int = DEFAULT_PERIOD_LENGTH   # seconds per period
-    offset: int = DEFAULT_PERIOD_OFFSET   # seconds after the epoch at which period 0 starts
-
-    def validate(self, key: str = "protocols.onion.period_length") -> None:
-        """ConfigError naming the key when the length or offset is out of range."""
-        if not MIN_PERIOD_LENGTH <= self.length <= MAX_PERIOD_LENGTH:
-            raise ConfigError(f"must be between {MIN_PERIOD_LENGTH} s and {MAX_PERIOD_LENGTH} s", key=key)
-        if not 0 <= self.offset < self.length:
-            raise ConfigError("the period offset must be in [0, period length)",
-                              key=key.replace("period_length", "period_offset"))
-
-    def number(self, now: float) -> int:
-        """The period of unix time `now`."""
-        return (int(now) - self.offset) // self.length
-
-    def start(self, period: int) -> int:
-        return period * self.length + self.offset
-
-    def end(self, period: int) -> int:
-        """The first second of the next period."""
-        return self.start(period + 1)
-
-    def periods_to_publish(self, now: float, window: float) -> list[int]:
-        """The current period, plus the neighbour whose boundary is within `window` s."""
-        n = self.number(now)
-        out = [n]
-        if now - self.start(n) < window:
-            out.insert(0, n - 1)
-        if self.end(n) - now <= window:
-            out.append(n + 1)
-        return out
-
-    def periods_to_fetch(self, now: float, window: float) -> list[int]:
-        """Periods a client tries, in order: the current one, then the neighbour nearest in
-        time if its boundary is within `window` s (the service's clock may be on that side)."""
-        n = self.number(now)
-        since, until = now - self.start(n), self.end(n) - now
-        if since <= until:
-            return [n, n - 1] if since < window else [n]
-        return [n, n + 1] if until <= window else [n]
 
 
 def _clamp(h: bytes) -> bytes:

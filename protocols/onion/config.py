@@ -4,20 +4,27 @@ Relaying and circuits (issue 14 items 1, 2 and 6), then the SOCKS5 port and hidd
 (items 3 and 4): `services` holds the `[[protocols.onion.services]]` tables (services.py
 checks them). `period_length` and `period_offset` are network-wide: every node must use the
 same values, or clients look for descriptors under keys the services never published.
+
+Checked when the daemon starts, before the rest of the role loads (protocol.py), so this module
+imports only what `validate` needs (periods.py, service_ports.py); the methods that build the
+cores' parameters (`flow`, `relay_params`, `cbt_params`, `socks_settings`) import their
+modules when called, once the role's working parts load.
 """
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fognode.node.errors import ConfigError
-from fognode.protocols.onion.blinding import TimePeriods
-from fognode.protocols.onion.cbt import CbtParams
-from fognode.protocols.onion.flow import FlowParams
-from fognode.protocols.onion.relay import RelayParams
-from fognode.protocols.onion.services import ServicePort, parse_services
-from fognode.protocols.onion.socks_server import SocksSettings
+from fognode.protocols.onion.periods import TimePeriods
+from fognode.protocols.onion.service_ports import ServicePort, parse_services
+
+if TYPE_CHECKING:   # the parameter types of the cores: imported by the methods that build them
+    from fognode.protocols.onion.cbt import CbtParams
+    from fognode.protocols.onion.flow import FlowParams
+    from fognode.protocols.onion.relay import RelayParams
+    from fognode.protocols.onion.socks_server import SocksSettings
 
 
 @dataclass(frozen=True)
@@ -132,14 +139,20 @@ class OnionConfig:
         self.service_ports()
 
     def flow(self) -> FlowParams:
+        from fognode.protocols.onion.flow import FlowParams
+
         return FlowParams(self.circuit_window, self.circuit_sendme_increment,
                           self.stream_window, self.stream_sendme_increment)
 
     def relay_params(self) -> RelayParams:
+        from fognode.protocols.onion.relay import RelayParams
+
         return RelayParams(flow=self.flow(), max_circuits=self.max_relay_circuits,
                            extend_timeout=self.extend_timeout, max_padding_rate=self.max_padding_rate)
 
     def cbt_params(self) -> CbtParams:
+        from fognode.protocols.onion.cbt import CbtParams
+
         return CbtParams(initial_timeout=self.build_timeout_initial, quantile=self.build_timeout_quantile)
 
     @property
@@ -150,10 +163,13 @@ class OnionConfig:
         return TimePeriods(self.period_length, self.period_offset)
 
     def service_ports(self) -> tuple[ServicePort, ...]:
-        """The `[[protocols.onion.services]]` entries, checked (ServiceConfigError naming one)."""
+        """The `[[protocols.onion.services]]` entries, checked (ServiceConfigError naming one;
+        service_ports.py)."""
         return parse_services(self.services)
 
     def socks_settings(self) -> SocksSettings:
+        from fognode.protocols.onion.socks_server import SocksSettings
+
         return SocksSettings(host=self.socks_host, port=self.socks_port,
                              handshake_timeout=self.socks_handshake_timeout,
                              connect_timeout=self.socks_connect_timeout, idle_timeout=self.socks_idle_timeout,

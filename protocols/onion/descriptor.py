@@ -59,8 +59,8 @@ from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.peerid import pubkey_from_peer_id
 from fognode.node.wire import Fields, pack, unpack, verify
 from fognode.protocols.onion.address import FogAddress, is_valid_key
-from fognode.protocols.onion.blinding import (TimePeriods, blind_public_key, blind_signing_key,
-                                              subcredential)
+from fognode.protocols.onion.blinding import blind_public_key, blind_signing_key, subcredential
+from fognode.protocols.onion.periods import TimePeriods
 from fognode.protocols.onion.hs_errors import DescriptorReason, DescriptorRejected
 from fognode.protocols.onion.onionkey import is_usable_x25519
 

@@ -23,7 +23,8 @@ from typing import Any, Protocol, Sequence
 from nacl.signing import SigningKey
 
 from fognode.protocols.onion.address import FogAddress
-from fognode.protocols.onion.blinding import TimePeriods, blind_public_key, descriptor_keys
+from fognode.protocols.onion.blinding import blind_public_key, descriptor_keys
+from fognode.protocols.onion.periods import TimePeriods
 from fognode.protocols.onion.descriptor import (DEFAULT_LIFETIME, HsDescriptor, IntroPoint,
                                                 build_descriptor, open_descriptor)
 

@@ -21,7 +21,8 @@ from collections import Counter, OrderedDict
 from typing import Callable, Sequence
 
 from fognode.node.wire import digest
-from fognode.protocols.onion.blinding import HSDESC_PREFIX, TimePeriods, descriptor_keys
+from fognode.protocols.onion.blinding import HSDESC_PREFIX, descriptor_keys
+from fognode.protocols.onion.periods import TimePeriods
 from fognode.protocols.onion.descriptor import OuterDescriptor, decode_outer
 from fognode.protocols.onion.hs_errors import DescriptorReason, DescriptorRejected
 

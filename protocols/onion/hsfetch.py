@@ -25,7 +25,7 @@ import trio
 
 from fognode.node.errors import FognodeError
 from fognode.protocols.onion.address import FogAddress
-from fognode.protocols.onion.blinding import TimePeriods
+from fognode.protocols.onion.periods import TimePeriods
 from fognode.protocols.onion.descriptor import HsDescriptor
 from fognode.protocols.onion.hs_errors import DescriptorReason, DescriptorRejected, HsConnectError, SocksReply
 from fognode.protocols.onion.hsdesc import DescriptorCache, DescriptorStore, descriptor_lookups

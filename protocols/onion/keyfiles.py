@@ -13,7 +13,6 @@ the chmod that fixes it. Errors are `ServiceError` naming the path.
 """
 from __future__ import annotations
 
-import re
 import stat
 from pathlib import Path
 
@@ -24,13 +23,13 @@ from fognode.node.errors import RemoteProtocolError
 from fognode.protocols.onion.address import address_from_pubkey
 from fognode.protocols.onion.hs_errors import ServiceError
 from fognode.protocols.onion.onionkey import OnionKeyring
+from fognode.protocols.onion.service_ports import NAME_RE
 
 ONION_DIR = "onion"
 SERVICES_DIR = "services"
 SECRET_KEY_FILE = "hs_ed25519_secret_key"
 HOSTNAME_FILE = "hostname"
 ONION_KEYS_FILE = "onion_keys"
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 def _ensure_dir(path: Path) -> None:

@@ -45,10 +45,11 @@ from fognode.node.errors import FognodeError, LocalProtocolError, RemoteProtocol
 from fognode.node.overlay import FramedStream, Overlay
 from fognode.protocols.onion.cells import FRAME_LEN, Cell, CellCommand, CellFramer
 from fognode.protocols.onion.errors import OnionError
+from fognode.protocols.onion.wire_names import LINK_STREAM
 
 log = logging.getLogger("fognode.onion.links")
 
-PROTOCOL_ID = "/fognode/onion/1.0.0"
+PROTOCOL_ID = LINK_STREAM
 MAX_WRITE = 1 << 20                      # bytes coalesced into one stream frame
 MAX_FRAME = MAX_WRITE + FRAME_LEN        # the largest frame a neighbour may send us
 SPLIT = MAX_WRITE // FRAME_LEN * FRAME_LEN    # a long burst of cells is queued in pieces of this many bytes

@@ -1,89 +1,76 @@
 """The onion role: relays, circuits, the SOCKS5 port and `.fog` hidden services (issue 14).
 
-A thin trio adapter. It wires together, with what the node gives it (ctx):
-- `OnionEngine` (engine.py): the relay and client cores over the links on
-  `/fognode/onion/1.0.0` (linkmgr.py);
-- the relay's onion keyring (onionkey.py, keyfiles.py): loaded from the data dir, ticked every
-  `KEY_CHECK` seconds (a rotation is saved, handed to the relay core and its certificate to the
-  registry role, which carries it in this node's device record), only when `relay = true`;
-- the guard set and build-time history, loaded from and saved to `<datadir>/onion/`;
-- `RelayDirectory` (directory.py): relays from the registry's records, reputation and pings;
-- the DHT: `HsDescValidator` registered on the hsdesc namespace (refusals counted by reason),
-  and `DhtDescriptorStore`, the `hsdesc.DescriptorStore` over the overlay's DHT;
-- `ServiceHost` (hsservice.py) for `[[protocols.onion.services]]` and onion.add_service;
-- `HsClient` (hsclient.py) as the connector of the SOCKS5 port (socks_server.py), when
-  `socks_port` is not 0. A port that cannot be bound is logged as an ERROR and shown in the
-  role's health; the relay and the services keep running without it.
-- hosted data (hosting/, issue 14 item 5): `HostingServer` (this node as a host: shards under
-  `hosting_quota_mib`, its `fog-hosting` .fog service, a fog.hosting offer in the market) and
-  `HostedOwner` (onion.deploy, paying hosts' debit notes, refunds, counting access fees) and
-  `HostedAccessor` (onion.access),
-  the `fognode-hosted` DHT namespace's validator; streams to hosts' services go through an
-  `HsClient` per number of hops (a privacy level's).
-RPC methods are below (`onion.*`); errors 600-602 (errors.py), 620-621 for services, 630-632
-for hosted data.
+A thin trio adapter, in two steps. This shell starts with the role: it checks the config,
+creates the role's metrics, serves the role's two streams (`/fognode/onion/1.0.0` links,
+`/fognode/onion/hosting/1.0.0`), registers the validators of its two DHT namespaces
+(hsdesc, `fognode-hosted`), binds the SOCKS5 port (socks_server.py; when `socks_port` is not
+0: a port that cannot be bound is logged as an ERROR and shown in the role's health, and the
+rest of the role runs without it) and lists the `onion.*` RPC methods below. The working parts
+(parts.py: engine, keyring, relay directory, hidden services, the SOCKS port's connector,
+hosted data) load after the node is ready (loading.py) and then run; what arrives before they
+serve waits for them (`parts`, bounded by WAIT_BOUND), so nothing is refused: a stream, a
+SOCKS client's CONNECT or a call is served once they do; a DHT record of the role's
+namespaces is validated at once (`LateValidator`: its validator's module is then imported
+on the spot, once, on the event loop). Until the parts serve, the role's health detail says
+"loading"; parts that do not import fail the role (PartsLoadFailed, not restarted).
+Errors 600-602 (errors.py), 620-621 for services, 630-632 for hosted data.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
-from fognode.node.errors import ConfigError, RpcError
-from fognode.node.role import NodeContext, Role
-from fognode.node.rpc.methods import rpc_method
-from fognode.protocols.onion import errors as E
-from fognode.protocols.onion.blinding import HSDESC_NAMESPACE
-from fognode.protocols.onion.config import OnionConfig
-from fognode.protocols.onion.directory import RelayDirectory
-from fognode.protocols.onion.engine import BuildFailed, OnionEngine
-from fognode.protocols.onion.hs_errors import ServiceError
 from fognode.ledger.address import decode_address
 from fognode.ledger.amounts import parse_amount
-from fognode.node.errors import FognodeError
+from fognode.node.errors import ConfigError, FognodeError, LocalProtocolError, RpcError
+from fognode.node.overlay import FramedStream
+from fognode.node.role import NodeContext, Role
+from fognode.node.rpc.methods import NODE_ROLE_UNAVAILABLE, rpc_method
+from fognode.protocols.onion import errors as E
 from fognode.protocols.onion.address import FogAddress, parse_address
-from fognode.protocols.onion.cstream import CircuitStream
-from fognode.protocols.onion.hosting.accessor import HostedAccessor
+from fognode.protocols.onion.config import OnionConfig
 from fognode.protocols.onion.hosting.errors import HostingError
-from fognode.protocols.onion.hosting.host import HOSTING_SERVICE, HostingServer
 from fognode.protocols.onion.hosting.levels import LEVELS
-from fognode.protocols.onion.hosting.manifest import NAMESPACE as HOSTED_NAMESPACE
-from fognode.protocols.onion.hosting.manifest import HostedValidator
 from fognode.protocols.onion.hosting.metrics import HostingMetrics
-from fognode.protocols.onion.hosting.owner import HostedOwner
-from fognode.protocols.onion.hosting.wire import PROTOCOL_ID as HOSTING_PROTOCOL_ID
-from fognode.protocols.onion.hsclient import HsClient
-from fognode.protocols.onion.hsdir import HsDescValidator
-from fognode.protocols.onion.hsservice import ServiceHost
-from fognode.protocols.onion.keyfiles import (ONION_DIR, load_onion_keyring, remove_service_keys,
-                                              save_onion_keyring)
-from fognode.protocols.onion.linkmgr import PROTOCOL_ID
+from fognode.protocols.onion.hs_errors import HsConnectError, ServiceError, SocksReply
+from fognode.protocols.onion.loading import WAIT_BOUND, PartsLoad
 from fognode.protocols.onion.metrics import OnionMetrics
-from fognode.protocols.onion.services import ServiceTable, add_service, load_services
 from fognode.protocols.onion.socks_server import SocksServer
+from fognode.protocols.onion.wire_names import HOSTED_NAMESPACE, HOSTING_STREAM, HSDESC_NAMESPACE, LINK_STREAM
+
+if TYPE_CHECKING:   # the working parts: loaded after the role starts (loading.py)
+    from fognode.protocols.onion.cstream import CircuitStream
+    from fognode.protocols.onion.parts import OnionParts
 
 log = logging.getLogger("fognode.onion")
 
-KEY_CHECK = 60.0          # seconds between onion keyring ticks (and record checks)
 METRICS_EVERY = 2.0
-DIRECTORY_EVERY = 3.0
 
 
-class DhtDescriptorStore:
-    """hsdesc.DescriptorStore over the overlay's DHT."""
+class LateValidator:
+    """A DHT namespace's validator, registered when the role starts: the real one (`make`,
+    which imports its module) is built on first use or when the parts load, whichever comes
+    first, so a record that arrives meanwhile is checked, not refused."""
 
-    def __init__(self, overlay: Any) -> None:
-        self.overlay = overlay
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._real: Any = None
 
-    async def put(self, key: str, value: bytes) -> None:
-        await self.overlay.dht_put(key, value)
+    def get(self) -> Any:
+        if self._real is None:
+            self._real = self._make()
+        return self._real
 
-    async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self.overlay.dht_get(key)
-        return value
+    def validate(self, key: str, value: bytes) -> None:
+        self.get().validate(key, value)
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        result: int = self.get().select(key, values)
+        return result
 
 
 class OnionRole(Role):
@@ -91,136 +78,87 @@ class OnionRole(Role):
 
     name = "onion"
     Config = OnionConfig
-    stream_ids = (PROTOCOL_ID, HOSTING_PROTOCOL_ID)
+    stream_ids = (LINK_STREAM, HOSTING_STREAM)
+
+    parts_module = "fognode.protocols.onion.parts"   # what PartsLoad imports (tests name one that fails)
 
     def __init__(self, ctx: NodeContext, config: OnionConfig) -> None:
         super().__init__(ctx, config)
         self.config: OnionConfig = config
         self.metrics = OnionMetrics.create(ctx.metrics)
-        self.state_dir = ctx.datadir / ONION_DIR
-        self.directory = RelayDirectory(ctx.services, ctx.overlay, ctx.clock, max_skew=config.max_clock_skew)
-        self.engine = OnionEngine(peer_id=ctx.peer_id, identity=ctx.identity, overlay=ctx.overlay, config=config,
-                                  metrics=self.metrics, events=ctx.events, state_dir=self.state_dir,
-                                  relays=self.directory.relays, clock=ctx.clock)
-        self.keyring = load_onion_keyring(ctx.datadir, ctx.identity, rotation=int(config.onion_key_rotation_days * 86400),
-                                          overlap=int(config.onion_key_overlap))
-        try:
-            self.table: ServiceTable = load_services(ctx.datadir, config.service_ports())
-        except ServiceError as e:
-            raise ConfigError(str(e), key="protocols.onion.services") from None
-        self.store = DhtDescriptorStore(ctx.overlay)
-        self.validator = HsDescValidator(ctx.clock, config.periods(), window=config.descriptor_window,
-                                         max_skew=config.max_clock_skew,
-                                         on_reject=lambda r: self.metrics.descriptors_rejected.labels("dht", r.value).inc())
-        self.host = ServiceHost(self.engine, self.store, self.table, config, self.metrics, ctx.events, ctx.clock)
-        self.hs_client = HsClient(self.engine, self.store, config, self.metrics, ctx.clock)
-        self.hs_clients: dict[int, HsClient] = {config.hops: self.hs_client}
         self.hosting_metrics = HostingMetrics.create(ctx.metrics)
-        self.hosting = HostingServer(overlay=ctx.overlay, services=ctx.services, root=self.state_dir / "hosting",
-                                     quota_mib=config.hosting_quota_mib, price=config.hosting_price,
-                                     grace=config.hosting_grace, clock=ctx.clock, metrics=self.hosting_metrics,
-                                     add_service=self._map_hosting_service)
-        self.owner = HostedOwner(overlay=ctx.overlay, services=ctx.services, events=ctx.events,
-                                 datadir=self.state_dir, interval=config.hosting_interval, clock=ctx.clock,
-                                 metrics=self.hosting_metrics)
-        self.accessor = HostedAccessor(overlay=ctx.overlay, services=ctx.services, clock=ctx.clock,
-                                       metrics=self.hosting_metrics, connect=self._hosted_connect,
-                                       forget_circuit=self._forget_circuit)
-        self.hosted_validator = HostedValidator()
+        self.validator = LateValidator(self._hsdesc_validator)
+        self.hosted_validator = LateValidator(self._hosted_validator)
+        self._load = PartsLoad(self.parts_module)
+        self._parts: OnionParts | None = None
+        self._serving = trio.Event()           # set once the parts serve (or their load failed)
         self.socks: SocksServer | None = None
         self.socks_error = ""
         self._socks_seen: dict[str, int] = {}
 
+    def _hsdesc_validator(self) -> Any:
+        from fognode.protocols.onion.parts import hsdesc_validator
+
+        return hsdesc_validator(self.ctx, self.config, self.metrics)
+
+    def _hosted_validator(self) -> Any:
+        from fognode.protocols.onion.parts import hosted_validator
+
+        return hosted_validator()
+
     # -- run -----------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.ctx.overlay.register_dht_validator(HSDESC_NAMESPACE, self.validator)
-        self.ctx.overlay.register_dht_validator(HOSTED_NAMESPACE, self.hosted_validator)
-        m = self.metrics
-        for state in ("building", "open"):
-            m.circuits.labels(state).set_function(
-                lambda s=state: sum(1 for c in self.engine.client.circuits.values() if c.state.value == s))
-        m.relay_circuits.set_function(lambda: len(self.engine.relay.circuits))
-        m.neighbours.set_function(lambda: len(self.engine.links.links))
-        async with trio.open_nursery() as nursery:
-            self._tick_keys()
-            await nursery.start(self.engine.run)
-            await nursery.start(self.host.run)
-            if self.config.socks_port:
-                self.socks = SocksServer(self.hs_client.connect, self.config.socks_settings())
-                try:
-                    await nursery.start(self.socks.run)
-                except OSError as e:
-                    self.socks_error = (f"cannot listen on {self.config.socks_host}:{self.config.socks_port}: {e}; "
-                                        "set protocols.onion.socks_port to a free port (0: none)")
-                    log.error("onion SOCKS port: %s", self.socks_error)
-                    self.socks = None
-            await nursery.start(self.hosting.run)
-            nursery.start_soon(self.owner.notes_loop)
-            nursery.start_soon(self.owner.payments_loop)
-            nursery.start_soon(self._key_loop)
-            nursery.start_soon(self._metrics_loop)
-            nursery.start_soon(self._directory_loop)
-            task_status.started()
+        """Serve the streams, DHT namespaces, SOCKS port and RPC methods at once; load the
+        parts (in a daemon: once the node is ready) and run them. Raises PartsLoadFailed when
+        they do not import, ConfigError when a service's key cannot be made or read."""
+        overlay = self.ctx.overlay
+        overlay.register_dht_validator(HSDESC_NAMESPACE, self.validator)
+        overlay.register_dht_validator(HOSTED_NAMESPACE, self.hosted_validator)
+        for sid in self.stream_ids:
+            overlay.set_stream_handler(sid, partial(self._serve_stream, sid))
+        # in a daemon, started now and the parts load once the node is ready; run on its own
+        # (tests, embedders) there is nothing to defer the load past: started once they serve
+        deferred = self.ctx.services.get("node") is not None
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._open_socks(nursery)
+                nursery.start_soon(self._metrics_loop)
+                if deferred:
+                    task_status.started()
+                module = await self._load.run(self.ctx.services)
+                parts = module.OnionParts(self.ctx, self.config, self.metrics, self.hosting_metrics,
+                                          self.validator.get(), self.hosted_validator.get())
+                await nursery.start(parts.run)     # the engine and the hosting server take their streams over
+                self._parts = parts
+                self._serving.set()
+                if not deferred:
+                    task_status.started()
+        finally:
+            self._serving.set()                    # waiters see the parts, or why there are none
 
-    # -- hosted data ---------------------------------------------------------------------------
-
-    def _map_hosting_service(self, port: int) -> FogAddress:
-        """Map HOSTING_PORT of the `fog-hosting` service to the hosting server's local port."""
-        if self.table.get(HOSTING_SERVICE) is not None:
-            self.table.remove(HOSTING_SERVICE)
-        svc = add_service(self.ctx.datadir, self.table, {"name": HOSTING_SERVICE, "port": 1,
-                                                          "target": f"127.0.0.1:{port}"})
-        self.host.changed()
-        return svc.address
-
-    def _client_for(self, hops: int) -> HsClient:
-        client = self.hs_clients.get(hops)
-        if client is None:
-            client = HsClient(self.engine, self.store, replace(self.config, hops=hops), self.metrics, self.ctx.clock)
-            self.hs_clients[hops] = client
-        return client
-
-    async def _hosted_connect(self, hops: int, address: FogAddress, port: int) -> CircuitStream:
-        return await self._client_for(hops).connect(address, port)
-
-    def _forget_circuit(self, hops: int, address: FogAddress) -> None:
-        key = self._client_for(hops).joined.pop(address.pubkey, None)
-        if key is not None:
-            self.engine.close(key)
-
-    def _hosted_stats(self, address: FogAddress | None = None) -> dict[str, Any]:
-        out = self.owner.stats(address)
-        for a, mine in self.accessor.stats(address).items():
-            out.setdefault(a, {}).update(mine)
-        return out
-
-    def _tick_keys(self) -> None:
-        if not self.config.relay:
+    async def _open_socks(self, nursery: trio.Nursery) -> None:
+        """Bind the SOCKS port when one is set; a port that cannot be bound is an ERROR shown
+        in the role's health, not a failure of the role."""
+        if not self.config.socks_port:
             return
-        now = self.ctx.clock()
-        if self.keyring.tick(now):
-            try:
-                save_onion_keyring(self.ctx.datadir, self.keyring)
-            except (OSError, ServiceError) as e:
-                log.warning("onion key not saved (a restart makes a new one): %s", e)
-        self.engine.set_onion_keys({k.public: k.secret for k in self.keyring.usable(now)})
-        registry = self.ctx.services.get("registry")
-        cur = self.keyring.current
-        if registry is not None and cur is not None:
-            registry.set_onion_cert(cur.cert.encode())
+        self.socks = SocksServer(self._socks_connect, self.config.socks_settings())
+        try:
+            await nursery.start(self.socks.run)
+        except OSError as e:
+            self.socks_error = (f"cannot listen on {self.config.socks_host}:{self.config.socks_port}: {e}; "
+                                "set protocols.onion.socks_port to a free port (0: none)")
+            log.error("onion SOCKS port: %s", self.socks_error)
+            self.socks = None
 
-    async def _key_loop(self) -> None:
-        """Tick the keyring; until the registry runs, look for it every second."""
-        while True:
-            await trio.sleep(KEY_CHECK if self.ctx.services.get("registry") is not None else 1.0)
-            self._tick_keys()
-
-    async def _directory_loop(self) -> None:
-        while True:
-            await trio.sleep(DIRECTORY_EVERY)
-            with trio.move_on_after(60):
-                await self.directory.refresh()
+    async def _socks_connect(self, address: FogAddress, port: int) -> CircuitStream:
+        """The SOCKS port's connector: the parts' HsClient, once they serve (a client that
+        comes while they load waits, within the port's connect_timeout)."""
+        try:
+            parts = await self.parts()
+        except LocalProtocolError as e:
+            raise HsConnectError(str(e), reply=SocksReply.GENERAL_FAILURE) from None
+        return await parts.hs_client.connect(address, port)
 
     async def _metrics_loop(self) -> None:
         while True:
@@ -232,12 +170,42 @@ class OnionRole(Role):
                         self._socks_seen[k] = v
             await trio.sleep(METRICS_EVERY)
 
+    async def parts(self) -> OnionParts:
+        """The working parts, once they serve: waits (at most WAIT_BOUND seconds) while they
+        load. Raises LocalProtocolError when their load failed or took longer."""
+        if self._parts is not None:
+            return self._parts
+        with trio.move_on_after(WAIT_BOUND):
+            await self._serving.wait()
+        if self._parts is None:
+            raise LocalProtocolError(f"the onion role is not serving: its parts are {self._load.state}"
+                                     + ("" if self._serving.is_set() else f" after {WAIT_BOUND:g} s"))
+        return self._parts
+
+    async def _rpc_parts(self) -> OnionParts:
+        """`parts()` for an RPC method: RpcError NODE_ROLE_UNAVAILABLE when they do not serve."""
+        try:
+            return await self.parts()
+        except LocalProtocolError as e:
+            raise RpcError(NODE_ROLE_UNAVAILABLE, str(e)) from None
+
+    async def _serve_stream(self, sid: str, stream: FramedStream) -> None:
+        """A stream that arrived before the parts served: handed on once they do."""
+        parts = await self.parts()
+        handler = parts.engine.links.serve_inbound if sid == LINK_STREAM else parts.hosting.serve_owner
+        await handler(stream)
+
     def health_detail(self) -> dict[str, Any]:
-        return {"relay": self.config.relay, "circuits": len(self.engine.client.circuits),
-                "relay_circuits": len(self.engine.relay.circuits), "neighbours": len(self.engine.links.links),
-                "socks_port": self.socks.port if self.socks is not None else None,
-                **({"socks_error": self.socks_error} if self.socks_error else {}),
-                "services": self.table.count()}
+        """Circuits, relayed circuits, neighbours, the SOCKS port, services; "loading" (what
+        the deferred load is doing) until the parts serve."""
+        socks = {"socks_port": self.socks.port if self.socks is not None else None,
+                 **({"socks_error": self.socks_error} if self.socks_error else {})}
+        p = self._parts
+        if p is None:
+            return {"loading": f"circuits, relay and services: {self._load.state}", **socks}
+        return {"relay": self.config.relay, "circuits": len(p.engine.client.circuits),
+                "relay_circuits": len(p.engine.relay.circuits), "neighbours": len(p.engine.links.links),
+                **socks, "services": p.table.count()}
 
     # -- RPC -----------------------------------------------------------------------------------
 
@@ -245,7 +213,8 @@ class OnionRole(Role):
     async def rpc_circuits(self) -> dict[str, Any]:
         """This node's own circuits (path, state, purpose, streams), and what it knows as a
         relay of the circuits it carries: per circuit only its two neighbours and counters."""
-        return {"own": self.engine.circuits_view(), "relayed": self.engine.relay_view()}
+        p = await self._rpc_parts()
+        return {"own": p.engine.circuits_view(), "relayed": p.engine.relay_view()}
 
     @rpc_method("onion.build")
     async def rpc_build(self, hops: int | None = None, last: str | None = None) -> dict[str, Any]:
@@ -253,26 +222,30 @@ class OnionRole(Role):
         LAST if given, and wait until it is built or fails."""
         if hops is not None and not 1 <= hops <= 8:
             raise RpcError(E.NO_PATH, f"hops must be between 1 and 8, got {hops}")
+        p = await self._rpc_parts()
+        from fognode.protocols.onion.engine import BuildFailed   # loaded with the parts
+
         relay = None
         if last is not None:
-            relay = self.directory.get(last)
+            relay = p.directory.get(last)
             if relay is None:
                 raise RpcError(E.NO_PATH, f"{last} is not a known relay (no valid onion key in its record)")
         try:
-            circ = await self.engine.build(hops=hops, last=relay, purpose="general")
+            circ = await p.engine.build(hops=hops, last=relay, purpose="general")
         except E.PathError as e:
             raise RpcError(E.NO_PATH, str(e)) from None
         except BuildFailed as e:
             raise RpcError(E.BUILD_FAILED, str(e)) from None
-        return next(c for c in self.engine.circuits_view() if c["circuit"] == f"{circ.key[0]}:{circ.key[1]:08x}")
+        return next(c for c in p.engine.circuits_view() if c["circuit"] == f"{circ.key[0]}:{circ.key[1]:08x}")
 
     @rpc_method("onion.close")
     async def rpc_close(self, circuit: str) -> dict[str, Any]:
         """Close one of this node's circuits (CIRCUIT as onion.circuits names it)."""
-        key = self.engine.by_name(circuit)
+        p = await self._rpc_parts()
+        key = p.engine.by_name(circuit)
         if key is None:
             raise RpcError(E.UNKNOWN_CIRCUIT, f"no circuit {circuit!r} (see onion.circuits)")
-        self.engine.close(key)
+        p.engine.close(key)
         return {"circuit": circuit, "closed": True}
 
     @rpc_method("onion.link_test")
@@ -285,9 +258,10 @@ class OnionRole(Role):
             raise RpcError(E.LINK_FAILED, f"mb must be an integer between 1 and 1024, got {mb!r}")
         if not isinstance(peer, str) or not peer or peer == self.ctx.peer_id:
             raise RpcError(E.LINK_FAILED, f"peer must be another node's peer id, got {peer!r}")
+        p = await self._rpc_parts()
         t = trio.current_time()
         try:
-            sent = await self.engine.links.send_padding(peer, mb * 1_000_000)
+            sent = await p.engine.links.send_padding(peer, mb * 1_000_000)
         except (E.OnionError, trio.TooSlowError) as e:
             raise RpcError(E.LINK_FAILED, f"link test to {peer}: {e or 'a write stalled'}") from None
         return {"peer": peer, "bytes": sent, "seconds": round(trio.current_time() - t, 6)}
@@ -295,32 +269,31 @@ class OnionRole(Role):
     @rpc_method("onion.services")
     async def rpc_services(self) -> list[dict[str, Any]]:
         """The hidden services of this node: address, ports, introduction points, published."""
-        return self.host.view()
+        return (await self._rpc_parts()).host.view()
 
     @rpc_method("onion.add_service")
     async def rpc_add_service(self, name: str, port: int, target: str) -> dict[str, Any]:
         """Map PORT of the .fog service NAME to the local TARGET ("127.0.0.1:8080"); the
         service's key is made on first use (<datadir>/onion/services/NAME/). Lasts until the
         daemon restarts: add a [[protocols.onion.services]] table to keep it."""
+        p = await self._rpc_parts()
         try:
-            svc = add_service(self.ctx.datadir, self.table, {"name": name, "port": port, "target": target})
+            svc = p.add_service({"name": name, "port": port, "target": target})
         except ConfigError as e:
             raise RpcError(E.BAD_SERVICE, str(e)) from None
         except ServiceError as e:
             raise RpcError(E.SERVICE_REFUSED, str(e)) from None
-        self.host.changed()
         return svc.to_json()
 
     @rpc_method("onion.remove_service")
     async def rpc_remove_service(self, name: str, port: int | None = None, forget_key: bool = False) -> dict[str, Any]:
         """Unmap PORT of service NAME, or the whole service; with FORGET_KEY its key files are
         deleted too (its .fog address is gone for good)."""
+        p = await self._rpc_parts()
         try:
-            self.table.remove(name, port)
-            forgot = remove_service_keys(self.ctx.datadir, name) if forget_key and self.table.get(name) is None else False
+            forgot = p.remove_service(name, port, forget_key)
         except ServiceError as e:
             raise RpcError(E.SERVICE_REFUSED, str(e)) from None
-        self.host.changed()
         return {"name": name, "port": port, "removed": True, "key_deleted": forgot}
 
     @rpc_method("onion.deploy")
@@ -346,7 +319,7 @@ class OnionRole(Role):
         if not data:
             raise RpcError(E.BAD_HOSTING_PARAM, f"file: {path} is empty")
         try:
-            return await self.owner.deploy(data, name=name or path.name[:255], level=privacy_level,
+            return await (await self._rpc_parts()).owner.deploy(data, name=name or path.name[:255], level=privacy_level,
                                             budget=budget_micro, fee=fee_micro, hours=hours)
         except (HostingError, FognodeError, ValueError) as e:
             raise RpcError(E.DEPLOY_FAILED, str(e)) from None
@@ -370,7 +343,7 @@ class OnionRole(Role):
         if not target.parent.is_dir():
             raise RpcError(E.BAD_HOSTING_PARAM, f"out: {target.parent} is not a directory")
         try:
-            content, info = await self.accessor.access(addr, wallet=payer)
+            content, info = await (await self._rpc_parts()).accessor.access(addr, wallet=payer)
         except (HostingError, FognodeError) as e:
             raise RpcError(E.ACCESS_FAILED, str(e)) from None
         try:
@@ -386,34 +359,35 @@ class OnionRole(Role):
         hosted data (as owner: accesses and fees per deployed address; as host: shards,
         quota, requests served and refused). With SERVICE (a .fog address), only that
         hosted service's stats (get_service_stats)."""
+        p = await self._rpc_parts()
         if service:
             try:
                 addr = parse_address(service)
             except ValueError as e:
                 raise RpcError(E.BAD_HOSTING_PARAM, f"service: {e}") from None
-            found = self._hosted_stats(addr)
+            found = p.hosted_stats(addr)
             if not found:
                 raise RpcError(E.BAD_HOSTING_PARAM, f"service: {addr.host} was neither deployed nor accessed here")
             return found[addr.host]
-        eng = self.engine
+        eng = p.engine
         states: dict[str, int] = {}
         for c in eng.client.circuits.values():
             states[c.state.value] = states.get(c.state.value, 0) + 1
         return {
-            "relay": self.config.relay, "onion_key": self.keyring.current.public.hex() if self.keyring.current else None,
+            "relay": self.config.relay, "onion_key": p.keyring.current.public.hex() if p.keyring.current else None,
             "circuits": states, "relay_circuits": len(eng.relay.circuits), "cells_relayed": eng.relay.cells_relayed,
             "cells_dropped": eng.relay.dropped, "neighbours": eng.links.neighbours(),
             "link_bytes_in": eng.links.bytes_in, "link_bytes_out": eng.links.bytes_out,
             "link_writes": eng.links.writes,
-            "relays_known": len(self.directory.relays()), "guards": eng.client.guards.peers,
+            "relays_known": len(p.directory.relays()), "guards": eng.client.guards.peers,
             "build_timeout": round(eng.client.build_times.timeout(), 3),
             "socks_port": self.socks.port if self.socks is not None else None,
             "socks": dict(self.socks.stats) if self.socks is not None else {},
-            "services": self.table.count(),
-            "descriptors_rejected": {"dht": {r.value: n for r, n in self.validator.rejected.items()},
-                                     "fetch": dict(self.hs_client.rejected)},
-            "onion_certs_rejected": dict(self.directory.rejected),
-            "hosted": self._hosted_stats(), "hosting": self.hosting.view(),
-            "hosted_manifests_rejected": self.hosted_validator.rejected,
+            "services": p.table.count(),
+            "descriptors_rejected": {"dht": {r.value: n for r, n in p.validator.rejected.items()},
+                                     "fetch": dict(p.hs_client.rejected)},
+            "onion_certs_rejected": dict(p.directory.rejected),
+            "hosted": p.hosted_stats(), "hosting": p.hosting.view(),
+            "hosted_manifests_rejected": p.hosted_validator.rejected,
         }
 

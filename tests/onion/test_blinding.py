@@ -14,9 +14,9 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from fognode.node.errors import ConfigError, LocalProtocolError
-from fognode.protocols.onion.blinding import (HSDESC_PREFIX, TimePeriods, blind_public_key,
-                                              blind_signing_key, blinding_factor, descriptor_keys,
-                                              subcredential)
+from fognode.protocols.onion.blinding import (HSDESC_PREFIX, blind_public_key, blind_signing_key, blinding_factor,
+                                              descriptor_keys, subcredential)
+from fognode.protocols.onion.periods import TimePeriods
 
 # ---- a tiny reference Ed25519 (RFC 8032 section 6), independent of libsodium ----
 P = 2**255 - 19

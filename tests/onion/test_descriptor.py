@@ -14,7 +14,8 @@ from fognode.node.errors import LocalProtocolError
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.wire import pack, unpack
 from fognode.protocols.onion.address import address_from_pubkey
-from fognode.protocols.onion.blinding import TimePeriods, blind_signing_key, descriptor_keys
+from fognode.protocols.onion.blinding import blind_signing_key, descriptor_keys
+from fognode.protocols.onion.periods import TimePeriods
 from fognode.protocols.onion.descriptor import (MAX_INTRO_POINTS, PAD_BLOCK, HsDescriptor, IntroPoint,
                                                 OuterDescriptor, build_descriptor, decode_outer,
                                                 open_descriptor)

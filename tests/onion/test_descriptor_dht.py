@@ -18,7 +18,8 @@ from fognode.node.events import EventBus
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.protocols.onion.address import address_from_pubkey
-from fognode.protocols.onion.blinding import HSDESC_NAMESPACE, TimePeriods
+from fognode.protocols.onion.periods import TimePeriods
+from fognode.protocols.onion.wire_names import HSDESC_NAMESPACE
 from fognode.protocols.onion.descriptor import IntroPoint, build_descriptor
 from fognode.protocols.onion.hs_errors import DescriptorReason, DescriptorRejected
 from fognode.protocols.onion.hsdesc import DescriptorCache, descriptor_lookups, descriptors_to_publish

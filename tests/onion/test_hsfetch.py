@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.protocols.onion.address import FogAddress
-from fognode.protocols.onion.blinding import TimePeriods
+from fognode.protocols.onion.periods import TimePeriods
 from fognode.protocols.onion.descriptor import IntroPoint
 from fognode.protocols.onion.hs_errors import HsConnectError, SocksReply
 from fognode.protocols.onion.hsdesc import descriptors_to_publish

@@ -6,7 +6,7 @@ import random
 
 from nacl.signing import SigningKey
 
-from fognode.protocols.onion.blinding import TimePeriods
+from fognode.protocols.onion.periods import TimePeriods
 from fognode.protocols.onion.hsservice import REPUT_AFTER_CHANGE, IntroState, ServiceState, pick_intro_relay
 from fognode.protocols.onion.pathsel import RelayInfo
 

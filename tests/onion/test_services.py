@@ -17,8 +17,8 @@ from fognode.protocols.onion.address import parse_address
 from fognode.protocols.onion.hs_errors import HsConnectError, ServiceConfigError, ServiceError, SocksReply
 from fognode.protocols.onion.keyfiles import (load_onion_keyring, load_or_create_service_key,
                                               remove_service_keys, save_onion_keyring, service_dir)
-from fognode.protocols.onion.services import (ServiceTable, Target, add_service, load_services,
-                                              parse_services)
+from fognode.protocols.onion.service_ports import Target, parse_services
+from fognode.protocols.onion.services import ServiceTable, add_service, load_services
 
 TOML = """
 [[protocols.onion.services]]

@@ -197,7 +197,7 @@ class HostingServer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled (nothing but the owner stream's refusal when not hosting)."""
-        self.overlay.set_stream_handler(PROTOCOL_ID, self._serve_owner)
+        self.overlay.set_stream_handler(PROTOCOL_ID, self.serve_owner)
         if not self.enabled:
             task_status.started()
             return
@@ -234,7 +234,7 @@ class HostingServer:
 
     # -- owners ------------------------------------------------------------------------------
 
-    async def _serve_owner(self, stream: FramedStream) -> None:
+    async def serve_owner(self, stream: FramedStream) -> None:
         raw = await stream.recv(max_size=MAX_META)
         t = message_type(raw)
         try:

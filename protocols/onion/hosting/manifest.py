@@ -43,9 +43,10 @@ from fognode.node.wire import Fields, pack, unpack, verify
 from fognode.protocols.onion.address import FogAddress, parse_address
 from fognode.protocols.onion.blinding import blind_public_key, blind_signing_key
 from fognode.protocols.onion.hosting.shards import KEY_LEN, MAX_CONTENT, MAX_SHARDS, check_code, ContentError
+from fognode.protocols.onion.wire_names import HOSTED_NAMESPACE
 
 VERSION = 1
-NAMESPACE = "fognode-hosted"
+NAMESPACE = HOSTED_NAMESPACE
 PREFIX = f"/{NAMESPACE}/"
 MAX_ENVELOPE = 16384
 MAX_NAME = 255

@@ -31,9 +31,10 @@ from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import Fields
 from fognode.protocols.onion.hosting.manifest import MAX_FEE, MAX_TIME
 from fognode.protocols.onion.hosting.shards import MAX_CONTENT
+from fognode.protocols.onion.wire_names import HOSTING_STREAM
 
 VERSION = 1
-PROTOCOL_ID = "/fognode/onion/hosting/1.0.0"
+PROTOCOL_ID = HOSTING_STREAM
 HOSTING_PORT = 1            # the port of a host's hosting .fog service
 CHUNK = 1024 * 1024         # bytes of a shard per frame
 MAX_META = 4096             # bytes of any message but a shard chunk
