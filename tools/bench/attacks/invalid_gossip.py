@@ -103,9 +103,10 @@ async def send_invalid(peer: HostilePeer, topic: str, kind: str) -> None:
     await send_messages(peer, [msg])
 
 
-async def send_garbage_streams(peer: HostilePeer, n: int, *, protocol: str = MESHSUB) -> int:
+async def send_garbage_streams(peer: HostilePeer, n: int, *, protocol: str = MESHSUB,
+                               sent: list[Any] | None = None) -> int:
     """Open `n` streams on `protocol` carrying bytes that are no valid message; returns how
-    many the victim accepted to open."""
+    many the victim accepted to open (appended to `sent` when given, for `read_by_victim`)."""
     opened = 0
     for _ in range(n):
         try:
@@ -116,15 +117,32 @@ async def send_garbage_streams(peer: HostilePeer, n: int, *, protocol: str = MES
         try:
             await stream.write(b"\x10" + b"\xff" * 16)   # a 16-byte RPC that does not parse
             await stream.close()
+            if sent is not None:
+                sent.append(stream)
         except Exception:   # reset by the victim: that is its defence working
             pass
     return opened
 
 
+async def read_by_victim(streams: list[Any], *, timeout: float) -> None:
+    """Wait (at most `timeout` s) until the victim has ended each garbage stream (it resets
+    one once it has read its garbage). Leaving earlier ends the connection under streams a
+    loaded victim has not read yet, which it then sees as a clean close, not as garbage."""
+    with trio.move_on_after(timeout):
+        for stream in streams:
+            try:
+                while await stream.read(64):
+                    pass
+            except Exception:   # the victim's reset: it has read the garbage
+                pass
+
+
 async def attack(target: str, *, seconds: float, topic: str = CERT_TOPIC,
                  invalid_rounds: int = 1, garbage_streams: int = 17) -> dict[str, float]:
     """Join `topic`'s mesh on `target`, send `invalid_rounds` of each invalid kind and
-    `garbage_streams` garbage streams, then wait for the PRUNE; all within `seconds`."""
+    `garbage_streams` garbage streams, then wait for the PRUNE and for the victim to have
+    read the garbage (`read_by_victim`, after the PRUNE: the timing is unchanged); all within
+    `seconds`."""
     out: dict[str, float] = {"joined_mesh": 0.0, "invalid_sent": 0.0, "garbage_streams": 0.0,
                              "pruned": 0.0, "seconds_to_prune": -1.0}
     deadline = trio.current_time() + seconds
@@ -137,8 +155,11 @@ async def attack(target: str, *, seconds: float, topic: str = CERT_TOPIC,
                 for kind in KINDS:
                     await send_invalid(peer, topic, kind)
                     out["invalid_sent"] += 1
-            out["garbage_streams"] = float(await send_garbage_streams(peer, garbage_streams))
+            sent: list[Any] = []
+            out["garbage_streams"] = float(await send_garbage_streams(peer, garbage_streams,
+                                                                      sent=sent))
             if await pruned(peer, topic, timeout=max(0.0, deadline - trio.current_time())):
                 out["pruned"] = 1.0
                 out["seconds_to_prune"] = trio.current_time() - t0
+            await read_by_victim(sent, timeout=max(0.0, deadline - trio.current_time()))
     return out
