@@ -19,10 +19,12 @@ the decode; every check after it (the content check before relay, the replica's 
 signature checks) runs as before.
 
 Memory: about 2.3 KB per certificate (key and objects), so about 5 MB at MEMO_SIZE. The oldest
-entry goes first. Called on the trio thread only (gossip check, order requests, sync client).
+entry goes first, in constant time (an OrderedDict; see quorum.py). Called on the trio thread
+only (gossip check, order requests, sync client).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import msgpack
@@ -37,7 +39,7 @@ class CertificateMemo:
 
     def __init__(self, size: int = MEMO_SIZE) -> None:
         self.size = size
-        self._by_encoding: dict[bytes, Certificate] = {}
+        self._by_encoding: OrderedDict[bytes, Certificate] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -57,7 +59,7 @@ class CertificateMemo:
         cert = decode_certificate(raw, peer=peer)
         self.misses += 1
         if len(self._by_encoding) >= self.size:
-            del self._by_encoding[next(iter(self._by_encoding))]
+            self._by_encoding.popitem(last=False)
         self._by_encoding[key] = cert
         return cert
 

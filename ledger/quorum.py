@@ -6,10 +6,14 @@ The signature check remembers the last VERIFIED_CACHE_SIZE good (key, signature,
 triples: a gossiped certificate is checked before it is relayed (certgossip.py) and again when
 the replica applies it, and the second check of the same bytes is a dictionary lookup instead
 of an Ed25519 verification. Only successes are remembered, and a hit needs the very same key,
-signature and message bytes, so the cache can never accept what libsodium would refuse."""
+signature and message bytes, so the cache can never accept what libsodium would refuse. The
+oldest entry goes first, in constant time (an OrderedDict: dropping the first key of a plain
+dict leaves a hole that every later `next(iter(...))` walks over again, about 2.6 us per
+insertion at this size against 0.25; session 27)."""
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -52,7 +56,7 @@ class Committee:
 
 
 VERIFIED_CACHE_SIZE = 4096
-_verified: dict[bytes, bytes] = {}      # pubkey + signature -> the message it signs
+_verified: OrderedDict[bytes, bytes] = OrderedDict()      # pubkey + signature -> the message it signs
 _verified_lock = threading.Lock()       # the store's writer thread shares this module
 
 
@@ -73,6 +77,6 @@ def check_signature(pubkey: bytes, message: bytes, signature: bytes) -> bool:
         return False
     with _verified_lock:
         if len(_verified) >= VERIFIED_CACHE_SIZE:
-            del _verified[next(iter(_verified))]
+            _verified.popitem(last=False)
         _verified[key] = bytes(message)
     return True

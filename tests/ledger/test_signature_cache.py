@@ -39,3 +39,20 @@ def test_the_cache_is_bounded() -> None:
         msg = b"m%d" % i
         assert check_signature(pub, msg, sk.sign(msg).signature)
     assert len(quorum._verified) <= quorum.VERIFIED_CACHE_SIZE
+
+
+def test_the_oldest_triple_goes_first() -> None:
+    sk = SigningKey.generate()
+    pub = bytes(sk.verify_key)
+    sigs = []
+    for i in range(quorum.VERIFIED_CACHE_SIZE + 2):
+        msg = b"o%d" % i
+        sigs.append(sk.sign(msg).signature)
+        assert check_signature(pub, msg, sigs[-1])
+    assert len(quorum._verified) == quorum.VERIFIED_CACHE_SIZE
+    # the two oldest of this run are gone, the newest stay, in insertion order
+    assert pub + sigs[0] not in quorum._verified and pub + sigs[1] not in quorum._verified
+    assert pub + sigs[2] in quorum._verified
+    assert next(reversed(quorum._verified)) == pub + sigs[-1]
+    assert check_signature(pub, b"o0", sigs[0])        # verified afresh, still good
+    assert next(reversed(quorum._verified)) == pub + sigs[0]

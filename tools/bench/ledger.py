@@ -31,7 +31,8 @@ Measured in one run, side by side:
    Each sending wallet keeps one control-socket connection (`--rpc-per-send`: a new one per
    send, the driver before session 23). `--count-wire` counts yamux frames, stream frames and
    pubsub messages and control entries per transfer (ledger_wire.py); `--pyspy PATH` samples
-   each daemon and the benchmark (py-spy `--gil`, raw) from the burst's start.
+   each daemon and the benchmark (py-spy `--gil`, raw; `--pyspy-all-threads`: every active
+   thread) from the burst's start; a row gives the daemons' main threads' share of the burst's CPU.
    Until node/roles.py lists the ledger role, the daemons are started through a one-line
    runner that adds it;
 5. (--profile) where the time goes in the replica apply, by cProfile.
@@ -231,15 +232,21 @@ def lag_summary(before: list[dict[str, float]], after: list[dict[str, float]]) -
             "refused": {k: v for k, v in refused.items() if v}}
 
 
+def _main_thread_cpu(p: psutil.Process) -> float:
+    """User+sys seconds of the process's main thread (the trio loop; the others are the ledger
+    writer's and worker threads)."""
+    return sum(t.user_time + t.system_time for t in p.threads() if t.id == p.pid)
+
+
 def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_send: bool = False,
                count_wire: bool = False, daemon_set: list[str] | None = None, pyspy: str | None = None,
-               pyspy_out: Path | None = None, pyspy_seconds: float = 10.0) -> dict[str, Any]:
+               pyspy_out: Path | None = None, pyspy_seconds: float = 10.0, pyspy_gil: bool = True) -> dict[str, Any]:
     """4 daemons; every wallet of every node sends `sends_per_node` transfers to the next
     node's default wallet, each wallet from its own thread over its own control-socket
     connection (`rpc_per_send`: a new connection per send, the driver before session 23,
     which costs the daemon an accept and a connection's tasks per transfer). With `pyspy` (the path of a py-spy
-    binary), each daemon and this process are sampled (`--gil`, raw) for `pyspy_seconds` from
-    the burst's start into `pyspy_out`."""
+    binary), each daemon and this process are sampled (`--gil` unless not `pyspy_gil`, raw) for
+    `pyspy_seconds` from the burst's start into `pyspy_out`."""
     from fognode.ledger.genesis import DEV_FUNDING, DEV_STAKE, dev_genesis
     from fognode.ledger.wallet import Keystore
     from fognode.node.datadir import load_identity, write_genesis
@@ -316,6 +323,7 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
         idle0, ti = sum(sum(p.cpu_times()[:2]) for p in procs), time.perf_counter()
         time.sleep(3.0)                  # the daemons' CPU when idle (heartbeats, probes, gossip)
         cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs)
+        main0 = sum(_main_thread_cpu(p) for p in procs)
         idle_rate = (cpu0 - idle0) / (time.perf_counter() - ti)
         wire0 = [ledger_wire.read(f"{root}/wire-{p.pid}.json") for p in procs] if count_wire else []
         t0, driver0 = time.perf_counter(), time.process_time()
@@ -325,7 +333,7 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
         if pyspy is not None and pyspy_out is not None:
             pyspy_out.mkdir(parents=True, exist_ok=True)
             targets = [(f"daemon{i}", p.pid) for i, p in enumerate(procs)] + [("bench", os.getpid())]
-            spies = [subprocess.Popen([pyspy, "record", "--gil", "-r", "100", "-d", f"{pyspy_seconds:g}", "-f", "raw",
+            spies = [subprocess.Popen([pyspy, "record", *(["--gil"] if pyspy_gil else []), "-r", "100", "-d", f"{pyspy_seconds:g}", "-f", "raw",
                                        "-o", str(pyspy_out / f"{name}.txt"), "-p", str(pid)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for name, pid in targets]
@@ -335,7 +343,9 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
         driver = time.process_time() - driver0        # this process: the RPC clients (and py-spy's waits)
         for spy in spies:
             spy.wait()
-        cpu = sum(sum(p.cpu_times()[:2]) for p in procs) - cpu0 - idle_rate * elapsed
+        burst_cpu = sum(sum(p.cpu_times()[:2]) for p in procs) - cpu0
+        main_share = (sum(_main_thread_cpu(p) for p in procs) - main0) / max(1e-9, burst_cpu)
+        cpu = burst_cpu - idle_rate * elapsed
         wire: dict[str, float] = {}
         if count_wire:
             time.sleep(2 * ledger_wire.WRITE_EVERY)     # the daemons' last counters
@@ -355,7 +365,7 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
         sig_work = 5 / sign + 20 / verify           # CPU seconds of signature work per transfer
         bound = (os.cpu_count() or 1) / sig_work
         return {"tps": len(latencies) / elapsed, "bound": bound, "lag": lag, "senders": len(threads), "wire": wire,
-                "cpu": cpu / max(1, len(latencies)), "sig_work": sig_work, "driver": driver / max(1, len(latencies)),
+                "cpu": cpu / max(1, len(latencies)), "main_share": main_share, "sig_work": sig_work, "driver": driver / max(1, len(latencies)),
                 "p50": statistics.median(latencies) if latencies else float("nan"),
                 "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
                 "ok": len(latencies), "errors": errors, "slowest": sorted(slowest, reverse=True)[:5],
@@ -381,6 +391,8 @@ def main() -> None:
     ap.add_argument("--pyspy", metavar="PATH", help="py-spy binary: sample the daemons and this process during the burst")
     ap.add_argument("--pyspy-out", metavar="DIR", type=Path, default=Path("ledger-pyspy"),
                     help="where --pyspy writes its raw profiles (default ./ledger-pyspy)")
+    ap.add_argument("--pyspy-all-threads", action="store_true",
+                    help="sample every active thread, not only the one holding the GIL (py-spy without --gil)")
     ap.add_argument("--pyspy-seconds", type=float, default=10.0, help="how long --pyspy samples from the burst's start")
     args = ap.parse_args()
 
@@ -414,7 +426,8 @@ def main() -> None:
             try:
                 e2e = end_to_end(e2e_root, args.sends, args.wallets, rpc_per_send=args.rpc_per_send,
                                  count_wire=args.count_wire, daemon_set=args.daemon_set, pyspy=args.pyspy,
-                                 pyspy_out=args.pyspy_out, pyspy_seconds=args.pyspy_seconds)
+                                 pyspy_out=args.pyspy_out, pyspy_seconds=args.pyspy_seconds,
+                                 pyspy_gil=not args.pyspy_all_threads)
             finally:
                 shutil.rmtree(e2e_root, ignore_errors=True)
             rows.append((f"end-to-end, 4 daemons, {e2e['senders']} wallets sending", f"{e2e['tps']:,.1f} tx/s",
@@ -425,6 +438,9 @@ def main() -> None:
             rows.append(("  daemons' CPU per transfer (user+sys, net of idle)", f"{1000 * e2e['cpu']:,.1f} ms",
                          f"{e2e['cpu'] / e2e['sig_work']:.1f}x its signature work ({1000 * e2e['sig_work']:.2f} ms); "
                          f"25% of the bound needs <= 4x ({4000 * e2e['sig_work']:.1f} ms) with every core busy"))
+            rows.append(("  the same, share of the daemons' main threads (the trio loops)",
+                         f"{100 * e2e['main_share']:.0f} %", "of the burst's CPU, idle included; the rest: "
+                         "writer and worker threads"))
             rows.append(("  the benchmark's own CPU per transfer (its RPC clients)", f"{1000 * e2e['driver']:,.1f} ms",
                          "not in the figure above; it shares the cores"))
             lag = e2e["lag"]
