@@ -27,10 +27,11 @@ and get paid for them through the ledger's escrow.
    issued by the agreement's customer, for this node and this agreement, for no more than the
    customer's notes; a validated one is credited to the contribution ledger once its tokens
    equal what the ledger paid out to us, a rejected one (we were outvoted) as it is. Once the
-   work is paid, the session waits for the receipt (it may come late: the customer knows we
-   were outvoted only when the other providers' results are in) until it arrives, the customer
-   closes the stream or the agreement's deadline passes; a receipt that comes before a dispute
-   ends the session is credited too. A receipt that does not fit is not credited (WARNING).
+   work is paid, a session that ran tasks waits for the receipt (it may come late: the
+   customer knows we were outvoted only when the other providers' results are in) until it
+   arrives, the customer closes the stream or the agreement's deadline passes; one that
+   comes before a dispute ends the session is credited too. A receipt that does not fit is
+   not credited (WARNING).
    The harvest session's start, the credit and its end are each durable before the session
    goes on (the harvest role's group commit, off the event loop).
 
@@ -332,7 +333,10 @@ class _Session(AgreementSession):
     async def _await_receipt(self) -> None:
         """Wait for the customer's receipt (it may come late: a liar's is sent once the other
         providers outvoted it) until it is in, the customer closes the stream or the
-        agreement's deadline passes: nothing is held open past the deadline."""
+        agreement's deadline passes: nothing is held open past the deadline. A job that ran
+        no task gets no receipt and does not wait."""
+        if self.contract.tasks == 0:
+            return       # nothing ran: no receipt comes (receipts are for work)
         while self.receipt is None and not self.closed and self.jobs.clock() < self.t.deadline:
             self.wake = trio.Event()
             with trio.move_on_after(min(RECEIPT_POLL, max(0.0, self.t.deadline - self.jobs.clock()))):
