@@ -36,7 +36,7 @@ from fognode.protocols.registry.peerid import pubkey_from_peer_id
 from fognode.protocols.registry.probe import probe
 from fognode.protocols.registry.record import DeviceRecord, HarvestInfo, make_profile
 from fognode.protocols.registry.refusals import RefusalLog
-from fognode.protocols.registry.reputation import compute, snapshot
+from fognode.protocols.registry.reputation import compute_sums
 from fognode.protocols.registry.validator import NAMESPACE, device_key, region_key
 from fognode.protocols.registry.view import GIB, Criteria
 
@@ -246,12 +246,13 @@ class RegistryRole(Role):
             await self.recompute()
 
     async def recompute(self) -> None:
-        """Recompute global trust now if observations changed (EigenTrust in a worker thread)."""
+        """Recompute global trust now if observations changed: the local trust matrices and
+        EigenTrust in a worker thread, on a copy of the sums taken on the loop."""
         if not self.core.book.changed:
             return
         self.core.book.changed = False
-        inputs = snapshot(self.core.book)
-        rc = await trio.to_thread.run_sync(compute, inputs, self.core.pretrusted,
+        sums = self.core.book.frozen_sums()   # the one step on the loop: a dict copy per service
+        rc = await trio.to_thread.run_sync(compute_sums, sums, list(self.core.pretrusted),
                                            self.config.eigentrust_alpha)
         self.metrics.recompute_seconds.observe(rc.seconds)
         self._do(self.core.apply_reputation(rc))
