@@ -25,7 +25,8 @@ ledger by this node's default wallet for the agreement's `max_total`, until its 
 - Receipts: with the final note (all of its results decided, nothing in flight) a provider
   gets a harvest `WorkReceipt` signed with this node's identity key: validated, the tokens of
   that note, the fuel of its accepted results; a provider that was outvoted gets a rejected
-  one (the tokens of the notes signed before) just before the dispute. Its contribution ledger
+  one (the tokens of the notes signed before) as soon as it is found out (before its debit
+  request is disputed; a lie that cost no fuel asks for no debit). Its contribution ledger
   credits it (harvest receipts.py). CPU seconds are 0: the customer cannot see them.
 """
 from __future__ import annotations
@@ -153,6 +154,7 @@ class Burst:
         self.decided = 0
         self.transfer_s = 0.0          # seconds spent sending blobs (the benchmark's split)
         self.decided_at = 0.0          # trio time every task was decided
+        self._nursery: trio.Nursery | None = None     # run's: sends a liar's receipt
 
     def _poke(self) -> None:
         self.changed.set()
@@ -188,6 +190,8 @@ class Burst:
         self.publish(SLABreach(link.contract.id.hex(), link.peer, "wrong_result", detail))
         self.metrics.breaches.labels("wrong_result").inc()
         log.warning("market: provider %s outvoted (%s): not paid", link.peer, detail)
+        if self._nursery is not None:     # its rejected receipt now: it may ask for no debit
+            self._nursery.start_soon(self._reject, link)
         for ts in self.tasks:
             if ts.final is None:
                 ts.results.pop(link.peer, None)
@@ -308,6 +312,13 @@ class Burst:
                 and link.contract.due == cost:
             await self._send_receipt(link, Outcome.VALIDATED, cost)
 
+    async def _reject(self, link: Link) -> None:
+        """The outvoted provider's rejected receipt (the tokens of the notes signed before)."""
+        try:
+            await self._send_receipt(link, Outcome.REJECTED, link.contract.due)
+        except (FognodeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            log.info("market: rejected receipt to %s not sent: %s", link.peer, e)
+
     async def _send_receipt(self, link: Link, outcome: Outcome, tokens: int) -> None:
         """The provider's WorkReceipt for this agreement (once), signed by this node."""
         if self.key is None or link.receipt_sent:
@@ -396,6 +407,7 @@ class Burst:
         self.links = links
         until = min(lk.contract.terms.deadline for lk in links) - CLOCK_MARGIN - 1
         async with trio.open_nursery() as n:
+            self._nursery = n
             for lk in links:
                 n.start_soon(self._reader, lk, n)
             await self._dispatch(until)
@@ -413,6 +425,7 @@ class Burst:
                 for lk in links:
                     await lk.finished.wait()
             n.cancel_scope.cancel()
+        self._nursery = None
         for lk in links:
             with trio.move_on_after(1):
                 await lk.stream.close()

@@ -19,8 +19,10 @@ result per provider (its best offer): replicas must run on distinct providers.
 `Matcher` evaluates the filter on a column snapshot of the book (`columns.py`, rebuilt when
 the book's `version` changes) and scores candidates with numpy; `match_linear` is the plain
 per-offer reference (and the benchmark's baseline); both return the same list. numpy (and
-columns.py) are imported by a Matcher's first match, not with this module, so a daemon's start
-does not pay for them.
+columns.py) are imported by the first snapshot build, not with this module, so a daemon's start
+does not pay for them. A build is tens of ms at thousands of offers: the adapter asks
+`Matcher.rebuild_due` before a match and, when due, runs `build_columns` (pure) in a worker
+thread and hands the result to `Matcher.install`.
 """
 from __future__ import annotations
 
@@ -115,6 +117,17 @@ def match_linear(offers: Iterable[Offer], demand: Demand, now: float, *,
     return [Match(cands[i][0], cands[i][1], score[i]) for i in picked]
 
 
+def build_columns(offers: Iterable[Offer]) -> dict[str, Columns]:
+    """A column snapshot per service of `offers`; pure (a worker thread may run it). The first
+    call imports numpy and columns.py."""
+    from fognode.protocols.market.columns import Columns
+
+    by_service: dict[str, list[Offer]] = {}
+    for o in offers:
+        by_service.setdefault(o.service, []).append(o)
+    return {s: Columns(v) for s, v in by_service.items()}
+
+
 class Matcher:
     """Matches demands against `book` on a cached column snapshot (one per service).
 
@@ -148,6 +161,22 @@ class Matcher:
         self._cols: dict[str, Columns] = {}
         self._scores: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
 
+    def rebuild_due(self, now: float) -> bool:
+        """Whether a match at `now` would rebuild the snapshot (class docstring)."""
+        return self._version != self.book.version and (
+            self.book.changes_since(self._applied) is None
+            or not 0 <= now - self._built_at < self.snapshot_age)
+
+    def install(self, cols: dict[str, Columns], version: int, now: float | None) -> None:
+        """Use `cols` (`build_columns` of the book at `version`) as the snapshot taken at `now`;
+        the book's changes since `version` are applied at the next match. An older build than
+        the one held is dropped."""
+        if version < self._version:
+            return
+        self._cols, self._scores = cols, {}
+        self._version = self._applied = version
+        self._built_at = now if now is not None else float("-inf")
+
     def columns(self, service: str, now: float | None = None) -> Columns:
         """The snapshot of `service` (rebuilt as the class docstring says; `now` None: rebuild
         on any change)."""
@@ -157,13 +186,7 @@ class Matcher:
         changes = self.book.changes_since(self._applied) if stale else []
         if stale and (now is None or changes is None
                       or not 0 <= now - self._built_at < self.snapshot_age):
-            by_service: dict[str, list[Offer]] = {}
-            for o in self.book:
-                by_service.setdefault(o.service, []).append(o)
-            self._cols = {s: Columns(offers) for s, offers in by_service.items()}
-            self._scores = {}
-            self._version = self._applied = self.book.version
-            self._built_at = now if now is not None else float("-inf")
+            self.install(build_columns(self.book), self.book.version, now)
         elif changes:
             for key in changes:
                 for cols in self._cols.values():

@@ -26,8 +26,14 @@ and get paid for them through the ledger's escrow.
 6. `receipt`: the customer's signed WorkReceipt for the job (harvest receipts.py). It must be
    issued by the agreement's customer, for this node and this agreement, for no more than the
    customer's notes; a validated one is credited to the contribution ledger once its tokens
-   equal what the ledger paid out to us, a rejected one (we were outvoted) when it arrives
-   before the dispute ends the session. A receipt that does not fit is not credited (WARNING).
+   equal what the ledger paid out to us, a rejected one (we were outvoted) as it is. Once the
+   work is paid, a session that ran tasks waits for the receipt (it may come late: the
+   customer knows we were outvoted only when the other providers' results are in) until it
+   arrives, the customer closes the stream or the agreement's deadline passes; one that
+   comes before a dispute ends the session is credited too. A receipt that does not fit is
+   not credited (WARNING).
+   The harvest session's start, the credit and its end are each durable before the session
+   goes on (the harvest role's group commit, off the event loop).
 
 Awaits the stream and the ledger; cancellable; a peer's bad frame ends the stream (charged).
 """
@@ -64,7 +70,8 @@ from fognode.protocols.registry.peerid import peer_id_from_pubkey
 
 log = logging.getLogger("fognode.market")
 
-RECEIPT_WAIT = 5.0       # seconds we wait for the customer's receipt after the final payout
+END_TIMEOUT = 10.0       # seconds the session's credit and end may take once the job ended
+RECEIPT_POLL = 1.0       # seconds between deadline checks while we wait for the receipt
 
 
 def check_receipt(data: bytes, *, customer: str, worker: str, agreement: bytes, noted: int,
@@ -136,6 +143,7 @@ class _Session(AgreementSession):
         self.receipt_outcome: Outcome | None = None
         self.receipt_tokens = 0
         self.credited = False
+        self.closed = False          # the customer closed the stream after `end`
 
     def _check_terms(self) -> None:
         t, jobs = self.t, self.jobs
@@ -167,7 +175,7 @@ class _Session(AgreementSession):
         jobs.metrics.agreements.labels("provider").inc()
         jobs.publish(ServiceContractCreated(self.aid.hex(), "provider", self.s.remote_peer,
                                             self.t.service, self.t.max_total, self.t.deadline))
-        hs = harvest.start_harvest_session("market", self.aid.hex())
+        hs = await harvest.open_harvest_session("market", self.aid.hex())
         why = "the job stream ended"
         try:
             async with harvest.wasm_worker(hs.session_id, f"market {self.aid.hex()[:8]}") as w:
@@ -185,7 +193,9 @@ class _Session(AgreementSession):
             why = str(e) or type(e).__name__
             raise
         finally:
-            self._end_session(hs.session_id, why)
+            # shielded: a stopping role still records the end; bounded: a stuck disk holds no stop
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + END_TIMEOUT):
+                await self._end_session(hs.session_id, why)
 
     async def _await_escrow(self, ledger: LedgerApi, eid: bytes, payee: bytes) -> None:
         e = await self.await_escrow(ledger, eid, payee, lambda e: True,
@@ -200,6 +210,8 @@ class _Session(AgreementSession):
                 raw = await self.s.recv(max_size=MAX_FRAME)
             except StreamClosed:
                 if self.ended:
+                    self.closed = True
+                    self.wake.set()
                     return
                 raise Stop("the customer closed the job stream") from None
             msg = decode_job(raw, peer=peer, max_blob=self.jobs.config.max_blob_bytes)
@@ -216,6 +228,7 @@ class _Session(AgreementSession):
                 raise Stop(f"the customer disputes: {msg.reason}")
             elif isinstance(msg, Simple) and msg.t == "receipt":
                 self._on_receipt(msg.receipt)
+                self.wake.set()
             elif isinstance(msg, Simple) and msg.t == "end":
                 self.ended = True
                 self.wake.set()
@@ -310,13 +323,23 @@ class _Session(AgreementSession):
             if idle_end and self.noted >= self.due:
                 self.contract.state = "done"
                 await self._drain_payout()
-                with trio.move_on_after(RECEIPT_WAIT):
-                    while self.receipt is None:      # the customer sends it with its final note
-                        await trio.sleep(0.05)
+                await self._await_receipt()
                 scope.cancel()
                 return
             self.wake = trio.Event()
             with trio.move_on_after(0.2):
+                await self.wake.wait()
+
+    async def _await_receipt(self) -> None:
+        """Wait for the customer's receipt (it may come late: a liar's is sent once the other
+        providers outvoted it) until it is in, the customer closes the stream or the
+        agreement's deadline passes: nothing is held open past the deadline. A job that ran
+        no task gets no receipt and does not wait."""
+        if self.contract.tasks == 0:
+            return       # nothing ran: no receipt comes (receipts are for work)
+        while self.receipt is None and not self.closed and self.jobs.clock() < self.t.deadline:
+            self.wake = trio.Event()
+            with trio.move_on_after(min(RECEIPT_POLL, max(0.0, self.t.deadline - self.jobs.clock()))):
                 await self.wake.wait()
 
     async def _drain_payout(self) -> None:
@@ -356,20 +379,21 @@ class _Session(AgreementSession):
             return
         self.receipt, self.receipt_outcome, self.receipt_tokens = data, r.outcome, r.tokens
 
-    def _end_session(self, session_id: bytes, why: str) -> None:
-        """Credit the receipt and end the harvest session (unless the harvest role stopped
-        meanwhile: it abandoned its sessions itself)."""
+    async def _end_session(self, session_id: bytes, why: str) -> None:
+        """Credit the receipt and end the harvest session, each durable before it returns
+        (unless the harvest role stopped meanwhile: it abandoned its sessions itself)."""
         harvest = self.jobs.harvest()
         if harvest is None:
             return
-        self._credit(harvest)
+        await self._credit(harvest)
         done = self.contract.state == "done"
         try:
-            harvest.stop_harvest_session(session_id, completed=done, reason="" if done else why[:200])
+            await harvest.end_harvest_session(session_id, completed=done,
+                                              reason="" if done else why[:200])
         except LookupError:
             pass     # the harvest role restarted: the session was closed with it
 
-    def _credit(self, harvest: HarvestApi) -> None:
+    async def _credit(self, harvest: HarvestApi) -> None:
         """Credit the receipt: a rejected one as it is, a validated one once paid in full."""
         if self.receipt is None or self.credited:
             return
@@ -378,7 +402,7 @@ class _Session(AgreementSession):
                         self.aid.hex()[:16], self.receipt_tokens, self.contract.paid)
             return
         try:
-            harvest.credit(MARKET_JOB, self.receipt, peer=self.s.remote_peer)
+            await harvest.record_credit(MARKET_JOB, self.receipt, peer=self.s.remote_peer)
             self.credited = True
         except ReceiptRefused as e:
             log.warning("market: receipt for %s not credited: %s", self.aid.hex()[:16], e)

@@ -8,7 +8,7 @@ RPC methods and `MarketApi` offer.
   whoever waits for that negotiation.
 - `offer` / `withdraw` / `withdraw_all` (the hook a harvest suspension calls) / `offers`.
 - `run_tasks(tasks, ...)`: the customer's whole path for a bag of WASM tasks: a signed demand
-  matched on the local book, agreements negotiated with `providers` providers, the job stream
+  matched on the local book (the matcher's column snapshot, when due, built in a worker thread), agreements negotiated with `providers` providers, the job stream
   and escrow for each (`customer.open_link`), the `Burst`, then each escrow's unspent rest
   refunded after its deadline by a background task (`contract.state` "settled").
   `market.request` is one task with replication k over k providers; `market.burst` N tasks.
@@ -42,6 +42,7 @@ from fognode.protocols.market.core import MarketCore
 from fognode.protocols.market.customer import Burst, Link, open_link
 from fognode.protocols.market.errors import MarketError
 from fognode.protocols.market.jobwire import FUEL_UNIT, Task
+from fognode.protocols.market.matching import build_columns
 from fognode.protocols.market.messages import sign_demand
 from fognode.protocols.market.metrics import MarketMetrics
 from fognode.protocols.registry.api import ReputationService
@@ -213,6 +214,7 @@ class MarketService:
                                   f"({self._auction_bids.pop(demand.demand_id, 0)} received)")
             self._auction_bids.pop(demand.demand_id, None)
         else:
+            await self._fresh_snapshot(now)
             self.do(self.core.request(demand, sla=sla, debit_interval=self.config.debit_interval,
                                       now=now))
             keys = self._negotiations_of(demand.demand_id)
@@ -231,6 +233,15 @@ class MarketService:
         if not agreements:
             raise MarketError("no agreement: " + ("; ".join(failures) or "negotiations timed out"))
         return agreements
+
+    async def _fresh_snapshot(self, now: float) -> None:
+        """Rebuild the matcher's column snapshot in a worker thread when a match at `now` would
+        rebuild it (on the loop that was 6 ms at 2,500 offers, 33 ms at 10,000, plus numpy's
+        import the first time)."""
+        matcher, book = self.core.matcher, self.core.book
+        if matcher.rebuild_due(now):
+            version, offers = book.version, list(book)
+            matcher.install(await trio.to_thread.run_sync(build_columns, offers), version, now)
 
     def _negotiations_of(self, demand_id: bytes) -> list[tuple[str, bytes]]:
         return [k for k, n in self.core.negotiations.active.items()

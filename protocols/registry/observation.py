@@ -33,7 +33,7 @@ from fognode.node.wire import SIG_LEN, Fields, digest, pack, sign, unpack, verif
 from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.peerid import PUBKEY_LEN, peer_id_from_pubkey, peer_id_matches
 
-if TYPE_CHECKING:   # numpy is imported by `ObservationBook.local_trust`, its one user here
+if TYPE_CHECKING:   # numpy is imported by `local_trust`, its one user here
     import numpy as np
 
 OBSERVATION_VERSION = 1
@@ -42,6 +42,9 @@ MAX_SERVICE = 32
 MAX_EVIDENCE = 64
 MAX_WEIGHT = 100.0
 ALL_SERVICES = "*"     # the score over every service together
+
+# service -> (observer, subject) -> (satisfied weight, unsatisfied weight)
+Sums = dict[str, dict[tuple[str, str], tuple[float, float]]]
 MAX_BATCH = 32         # observations in one gossip message
 MAX_BATCH_BYTES = MAX_BATCH * (MAX_OBSERVATION_BYTES + 8) + 64
 
@@ -248,8 +251,8 @@ class ObservationBook:
         self.accepted = 0
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._seen: OrderedDict[bytes, None] = OrderedDict()
-        # service -> (observer, subject) -> [satisfied weight, unsatisfied weight]
-        self._sums: dict[str, dict[tuple[str, str], list[float]]] = {}
+        # cells are immutable tuples, replaced on every add: `frozen_sums` is a shallow copy
+        self._sums: Sums = {}
         self._pairs = 0
         self.changed = False       # set on every accepted observation; the role clears it
         # the latest accepted observations (signed bytes) by local counter, for sync
@@ -295,9 +298,10 @@ class ObservationBook:
             if self._pairs >= self.max_pairs:
                 raise self._refuse(RejectReason.CAPACITY,
                                    f"observation table is full ({self.max_pairs} pairs)", o.observer)
-            cell = per[pair] = [0.0, 0.0]
+            cell = (0.0, 0.0)
             self._pairs += 1
-        cell[0 if o.ok else 1] += o.weight
+        good, bad = cell
+        per[pair] = (good + o.weight, bad) if o.ok else (good, bad + o.weight)
         self.remember([dedup])
         self.accepted += 1
         self.changed = True
@@ -355,23 +359,38 @@ class ObservationBook:
     def pair_count(self) -> int:
         return self._pairs
 
-    def local_trust(self, service: str) -> LocalTrust:
-        """s_ij = satisfied - unsatisfied weight for `service` (ALL_SERVICES: summed over all).
-        The first call imports numpy (not imported with this module: a daemon's start does
-        not pay for it)."""
-        import numpy as np
+    def frozen_sums(self) -> Sums:
+        """The summed local trust as it is now, unchanged by later observations: one dict copy
+        per service (its cells are immutable), cheap enough for the event loop, so that
+        `local_trust` can build the matrices from it in a worker thread."""
+        return {s: dict(per) for s, per in self._sums.items()}
 
-        cells: dict[tuple[str, str], float] = {}
-        sources = self._sums.values() if service == ALL_SERVICES else [self._sums.get(service, {})]
-        for per in sources:
+    def local_trust(self, service: str) -> LocalTrust:
+        """s_ij for `service` (ALL_SERVICES: summed over all); see `local_trust`."""
+        return local_trust(self._sums, service)
+
+
+def local_trust(sums: Sums, service: str) -> LocalTrust:
+    """s_ij = satisfied - unsatisfied weight for `service` (ALL_SERVICES: summed over all).
+    Pure (reads `sums` only): may run in a worker thread on `ObservationBook.frozen_sums()`.
+    The first call imports numpy (not imported with this module: a daemon's start does not
+    pay for it)."""
+    import numpy as np
+
+    cells: dict[tuple[str, str], float]
+    if service == ALL_SERVICES:
+        cells = {}
+        for per in sums.values():
             for pair, (good, bad) in per.items():
                 cells[pair] = cells.get(pair, 0.0) + good - bad
-        index: dict[str, int] = {}
-        rows = np.empty(len(cells), dtype=np.int64)
-        cols = np.empty(len(cells), dtype=np.int64)
-        vals = np.empty(len(cells), dtype=np.float64)
-        for k, ((i, j), s) in enumerate(cells.items()):
-            rows[k] = index.setdefault(i, len(index))
-            cols[k] = index.setdefault(j, len(index))
-            vals[k] = s
-        return LocalTrust(tuple(index), rows, cols, vals)
+    else:
+        cells = {pair: good - bad for pair, (good, bad) in sums.get(service, {}).items()}
+    index: dict[str, int] = {}
+    rows: list[int] = []
+    cols: list[int] = []
+    for i, j in cells:
+        rows.append(index.setdefault(i, len(index)))
+        cols.append(index.setdefault(j, len(index)))
+    return LocalTrust(tuple(index), np.array(rows, dtype=np.int64),
+                      np.array(cols, dtype=np.int64),
+                      np.fromiter(cells.values(), dtype=np.float64, count=len(cells)))

@@ -36,14 +36,15 @@ from fognode.protocols.registry.peerid import pubkey_from_peer_id
 from fognode.protocols.registry.probe import probe
 from fognode.protocols.registry.record import DeviceRecord, HarvestInfo, make_profile
 from fognode.protocols.registry.refusals import RefusalLog
-from fognode.protocols.registry.reputation import compute, snapshot
+from fognode.protocols.registry.reputation import compute_sums
 from fognode.protocols.registry.validator import NAMESPACE, device_key, region_key
-from fognode.protocols.registry.view import GIB, Criteria
+from fognode.protocols.registry.view import Criteria, device_row
 
 log = logging.getLogger("fognode.registry")
 
 ACTION_QUEUE = 1024
 WORKERS = 4            # DHT workers; twice as many for direct-stream requests
+SYNC_STEP = 8          # synced records or observations checked per loop step (about 2 ms)
 
 
 def _check_peer(peer: str) -> str:
@@ -145,23 +146,8 @@ class RegistryRole(Role):
                 if isinstance(a, Ping):
                     if await self._ping(a.peer_id):
                         self._do(self.core.on_pong(a.peer_id, self.ctx.clock()))
-                elif isinstance(a, SyncFrom):
-                    reply = await direct.pull_sync(ov, a.peer_id, a.epoch, a.after,
-                                                   self._pull_timeout())
-                    if reply is not None:
-                        self._do(self.core.on_sync_reply(a.peer_id, reply.epoch, reply.next,
-                                                         reply.more, reply.records, self.ctx.clock()))
-                elif isinstance(a, SyncObservationsFrom):
-                    reply = await direct.pull_sync(ov, a.peer_id, a.epoch, a.after,
-                                                   self._pull_timeout(), observations=True)
-                    if reply is not None:
-                        before = self.core.book.accepted
-                        self._do(self.core.on_observation_sync_reply(
-                            a.peer_id, reply.epoch, reply.next, reply.more, reply.records,
-                            self.ctx.clock()))
-                        if self.core.book.accepted > before:
-                            self.metrics.observations.labels("sync").inc(
-                                self.core.book.accepted - before)
+                elif isinstance(a, (SyncFrom, SyncObservationsFrom)):
+                    await self._sync_from(a)
                 elif isinstance(a, FetchRecord):
                     value = await direct.pull_record(ov, a.peer_id, self._pull_timeout())
                     if value is None:
@@ -170,6 +156,26 @@ class RegistryRole(Role):
                         self._do(self.core.on_dht_record(a.peer_id, value, self.ctx.clock()))
             except (FognodeError, OSError) as e:
                 log.debug("registry action %s failed: %r", type(a).__name__, e)
+
+    async def _sync_from(self, a: SyncFrom | SyncObservationsFrom) -> None:
+        """One page of a peer's records or observations, handed to the core SYNC_STEP items
+        per loop step (each item is a signature check: a whole page at once held the loop for
+        10-17 ms). Until the last step, the peer's cursor stays where this page began."""
+        obs = isinstance(a, SyncObservationsFrom)
+        reply = await direct.pull_sync(self.ctx.overlay, a.peer_id, a.epoch, a.after,
+                                       self._pull_timeout(), observations=obs)
+        if reply is None:
+            return
+        handle = self.core.on_observation_sync_reply if obs else self.core.on_sync_reply
+        held, items = (a.after if reply.epoch == a.epoch else 0), reply.records
+        for i in range(0, len(items), SYNC_STEP) or range(1):
+            last, before = i + SYNC_STEP >= len(items), self.core.book.accepted
+            self._do(handle(a.peer_id, reply.epoch, reply.next if last else held,
+                            reply.more and last, items[i:i + SYNC_STEP], self.ctx.clock()))
+            if self.core.book.accepted > before:
+                self.metrics.observations.labels("sync").inc(self.core.book.accepted - before)
+            if not last:
+                await trio.sleep(0)
 
     async def _slow_worker(self) -> None:
         """DHT puts, provider records and look-ups (each bounded by dht_timeout)."""
@@ -246,12 +252,13 @@ class RegistryRole(Role):
             await self.recompute()
 
     async def recompute(self) -> None:
-        """Recompute global trust now if observations changed (EigenTrust in a worker thread)."""
+        """Recompute global trust now if observations changed: the local trust matrices and
+        EigenTrust in a worker thread, on a copy of the sums taken on the loop."""
         if not self.core.book.changed:
             return
         self.core.book.changed = False
-        inputs = snapshot(self.core.book)
-        rc = await trio.to_thread.run_sync(compute, inputs, self.core.pretrusted,
+        sums = self.core.book.frozen_sums()   # the one step on the loop: a dict copy per service
+        rc = await trio.to_thread.run_sync(compute_sums, sums, list(self.core.pretrusted),
                                            self.config.eigentrust_alpha)
         self.metrics.recompute_seconds.observe(rc.seconds)
         self._do(self.core.apply_reputation(rc))
@@ -373,21 +380,6 @@ class RegistryRole(Role):
 
     # ---- RPC --------------------------------------------------------------------------------
 
-    def _row(self, rec: DeviceRecord, service: str) -> dict[str, Any]:
-        c, p, h = rec.caps, rec.profile, rec.harvest
-        return {
-            "peer": rec.peer_id, "region": p.region, "type": p.device_type, "roles": ",".join(p.roles),
-            "cores": c.cores,
-            "memory_gb": round(c.memory_bytes / GIB, 1) if c.memory_bytes is not None else None,
-            "gpu": c.gpu,
-            "battery": (None if not c.battery_present else
-                        (round(c.battery_percent) if c.battery_percent is not None else "yes")),
-            "charging": c.charging, "online": self.core.liveness.is_online(rec.peer_id),
-            "harvest": (None if h is None else "available" if h.available
-                        else f"suspended: {h.reason}"),
-            "reputation": round(self.core.reputation.score(rec.peer_id, service), 3),
-        }
-
     @rpc_method("registry.devices")
     async def rpc_devices(self, region: str | None = None, role: str | None = None,
                           min_cores: int | None = None, min_memory_gb: float | None = None,
@@ -417,7 +409,9 @@ class RegistryRole(Role):
                      min_memory_gb=min_memory_gb, gpu=gpu, battery=battery, charging=charging,
                      online=online, min_reputation=min_reputation, service=service,
                      available=available)
-        return [self._row(r, service or ALL_SERVICES) for r in self.core.query(c)]
+        return [device_row(r, online=self.core.liveness.is_online(r.peer_id),
+                           reputation=self.core.reputation.score(r.peer_id, service or ALL_SERVICES))
+                for r in self.core.query(c)]
 
     @rpc_method("registry.show")
     async def rpc_show(self, peer: str) -> dict[str, Any]:

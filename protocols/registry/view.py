@@ -3,13 +3,13 @@
 Records come from gossip and DHT look-ups; `offer` keeps the highest sequence per peer and says
 whether it was new, a capability/profile change, or nothing new. Queries filter on the record
 and on two facts supplied by the caller: liveness and reputation (so the view stays a plain
-data structure).
+data structure). `device_row` is one device as `registry.devices` lists it.
 """
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from fognode.protocols.registry.record import DeviceRecord
 
@@ -153,3 +153,20 @@ class LocalView:
             out.append((-score, r.peer_id, r))
         out.sort(key=lambda x: (x[0], x[1]))
         return [r for _, _, r in out]
+
+
+def device_row(rec: DeviceRecord, *, online: bool, reputation: float) -> dict[str, Any]:
+    """One row of `registry.devices` (JSON-friendly): `rec` plus its liveness and reputation."""
+    c, p, h = rec.caps, rec.profile, rec.harvest
+    return {
+        "peer": rec.peer_id, "region": p.region, "type": p.device_type, "roles": ",".join(p.roles),
+        "cores": c.cores,
+        "memory_gb": round(c.memory_bytes / GIB, 1) if c.memory_bytes is not None else None,
+        "gpu": c.gpu,
+        "battery": (None if not c.battery_present else
+                    (round(c.battery_percent) if c.battery_percent is not None else "yes")),
+        "charging": c.charging, "online": online,
+        "harvest": (None if h is None else "available" if h.available
+                    else f"suspended: {h.reason}"),
+        "reputation": round(reputation, 3),
+    }

@@ -56,7 +56,7 @@ async def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> Non
 
 
 async def start_node(nursery: trio.Nursery, key: SigningKey, datadir: Path, genesis: dict[str, Any],
-                     boot: list[str], region: str) -> Node:
+                     boot: list[str], region: str, cfg: RegistryConfig = CFG) -> Node:
     done = trio.Event()
     stop_overlay = trio.Event()
 
@@ -69,11 +69,11 @@ async def start_node(nursery: trio.Nursery, key: SigningKey, datadir: Path, gene
     async def serve_node(*, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         reg = CollectorRegistry()
         bus = EventBus(reg)
-        cfg = OverlayConfig(listen=LOCAL, bootstrap=boot, peers_low=8, connmgr_interval=0.3)
-        async with open_overlay(cfg, key, bus, reg) as ov:
+        ocfg = OverlayConfig(listen=LOCAL, bootstrap=boot, peers_low=8, connmgr_interval=0.3)
+        async with open_overlay(ocfg, key, bus, reg) as ov:
             ctx = NodeContext(peer_id=ov.peer_id, identity=key, overlay=ov, events=bus,
                               metrics=reg, datadir=datadir, genesis=genesis, region=region)
-            role = RegistryRole(ctx, CFG)
+            role = RegistryRole(ctx, cfg)
             with trio.CancelScope() as role_scope:
                 async with trio.open_nursery() as n:
                     await n.start(role.run)
