@@ -56,6 +56,7 @@ from fognode.protocols.registry.observation import Outcome
 log = logging.getLogger("fognode.fl")
 
 REPORT_WAIT = 2.0   # seconds a reputation report waits at most for this role's publishes
+CREDIT_TIMEOUT = 10.0      # seconds a stopping role waits at most for the held credits' write
 CREDIT_AFTER_TRAIN = 0.005  # seconds from a training's start to the held credits' write
 
 
@@ -209,7 +210,7 @@ class RoleActions:
             log.info("fl: session %s %s after %d round(s)%s", ev.session_id[:16], ev.state, ev.rounds_done,
                      f": {ev.reason}" if ev.reason else "")
             self._archive(bytes.fromhex(ev.session_id))
-            self.harvest.ended(ev.session_id, ev.state, ev.reason)
+            self._nursery.start_soon(self.harvest.ended, ev.session_id, ev.state, ev.reason)
         if isinstance(ev, TrainingRoundCompleted):
             log.info("fl: session %s round %d completed by %s: %d accepted, %d dropped, %d rejected, "
                      "loss %.4g, accuracy %.4g", ev.session_id[:16], ev.round, ev.aggregator, len(ev.accepted),
@@ -280,7 +281,11 @@ class RoleActions:
         self._nursery.start_soon(self.ledger.pay, a)
 
     def round_judged(self, a: RoundJudged) -> None:
-        if self.harvest.judged(a.receipt) and not self._crediting:
+        if not self.harvest.judged(a.receipt):
+            return
+        if self.harvest.full:
+            self._nursery.start_soon(self.harvest.credit_held)
+        elif not self._crediting:
             self._crediting = True
             self._nursery.start_soon(self._credit_later)
 
@@ -294,7 +299,8 @@ class RoleActions:
                 await trio.sleep(CREDIT_AFTER_TRAIN)     # the training request is in the pipe
         finally:        # also when the role stops meanwhile: a held receipt is not lost
             self._crediting = False
-            self.harvest.credit_held()
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CREDIT_TIMEOUT):
+                await self.harvest.credit_held()
 
     # == the work behind them ===============================================================
 

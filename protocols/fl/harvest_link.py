@@ -9,11 +9,14 @@
   meters its CPU and memory into the session.
 - Credit: the signed round receipt of each round this node trained for goes to the
   contribution ledger; the harvest session ends when the FL session does (`ended`, which
-  credits what is still held first). A credit is a synced LevelDB write on the event loop
-  (10-20 ms with 10 daemons on 2 cores), and a receipt arrives with the round's result, just
-  when the coordinator fetches the new model and the participants get the next plan: `judged`
-  holds the receipt and `credit_held` writes it later, when the executor's round work leaves
-  the loop free (while the task process trains; at the latest CREDIT_DELAY seconds later).
+  credits what is still held first). Credits and the session's end are written through the
+  harvest role's group commit (`record_credit`, `end_harvest_session`: the fsync is off the
+  event loop, each returns once durable). A credit still costs the loop its verification and
+  the batch, and a receipt arrives with the round's result, just when the coordinator fetches
+  the new model and the participants get the next plan: `judged` holds the receipt and
+  `credit_held` writes it later, when the executor's round work leaves the loop free (while
+  the task process trains; at the latest CREDIT_DELAY seconds later; at once when MAX_HELD
+  are held, `full`).
 Without a harvest role every method is a no-op and training runs as before.
 """
 from __future__ import annotations
@@ -31,7 +34,7 @@ log = logging.getLogger("fognode.fl")
 
 HARVEST_KIND = "fl"
 CREDIT_DELAY = 1.0      # seconds a held receipt waits at most for a quieter moment
-MAX_HELD = 64           # receipts held at most (more are credited at once)
+MAX_HELD = 64           # receipts held before they are credited at once
 
 
 class HarvestLink:
@@ -53,41 +56,44 @@ class HarvestLink:
 
     def judged(self, receipt: RoundReceipt) -> bool:
         """Hold the receipt of a round this node trained for; True when the caller must see
-        that `credit_held` runs (within CREDIT_DELAY), False when there is nothing to credit
-        (no harvest role) or it was credited at once (MAX_HELD reached)."""
+        that `credit_held` runs (at once when `full`, else within CREDIT_DELAY), False when
+        there is nothing to credit (no harvest role)."""
         if harvest_api(self.ctx.services) is None:
             return False
         self.held.append(receipt)
-        if len(self.held) >= MAX_HELD:
-            self.credit_held()
-            return False
         return True
 
-    def credit_held(self) -> None:
-        """Credit every held receipt to the contribution ledger, oldest first."""
+    @property
+    def full(self) -> bool:
+        """MAX_HELD receipts are held: credit them now."""
+        return len(self.held) >= MAX_HELD
+
+    async def credit_held(self) -> None:
+        """Credit every held receipt to the contribution ledger, oldest first; returns once
+        they are durable (the harvest role's group commit, off the event loop)."""
         held, self.held = self.held, []
         for receipt in held:
-            self._credit(receipt)
+            await self._credit(receipt)
 
-    def _credit(self, receipt: RoundReceipt) -> None:
+    async def _credit(self, receipt: RoundReceipt) -> None:
         api = harvest_api(self.ctx.services)
         if api is None:
             return
         try:
-            c = api.credit(FL_ROUND, pack(receipt.to_wire()), peer=receipt.aggregator)
+            c = await api.record_credit(FL_ROUND, pack(receipt.to_wire()), peer=receipt.aggregator)
         except ReceiptRefused as e:   # self-aggregated rounds, sessions without local work
             log.debug("fl: round %d receipt not credited: %s", receipt.round, e)
             return
         log.info("fl: round %d of %s credited by %s: %s, %d micro-units", receipt.round,
                  c.ref[:16], receipt.aggregator, c.outcome.value, c.tokens)
 
-    def ended(self, session_id: str, state: str, reason: str) -> None:
+    async def ended(self, session_id: str, state: str, reason: str) -> None:
         """The FL session `session_id` (hex) ended: end its harvest session (completed when
-        the FL session completed, else abandoned with the reason)."""
-        self.credit_held()      # its receipts first, while its harvest session still runs
+        the FL session completed, else abandoned with the reason), durable on return."""
+        await self.credit_held()      # its receipts first, while its harvest session still runs
         api = harvest_api(self.ctx.services)
         if api is None:
             return
         for s in api.running_sessions(HARVEST_KIND, session_id):
-            api.stop_harvest_session(s.session_id, completed=state == "completed",
-                                     reason=reason or f"the FL session {state}")
+            await api.end_harvest_session(s.session_id, completed=state == "completed",
+                                          reason=reason or f"the FL session {state}")

@@ -1,20 +1,18 @@
 """What the harvest role offers other roles through `ctx.services` ("harvest" -> `HarvestApi`).
 
-The seed's Harvest Management Service, for FL today and the market next:
-`register_harvester`, `start_harvest_session`, `stop_harvest_session` (returns the
+The seed's Harvest Management Service, for FL and the market:
+`register_harvester`, `open_harvest_session`, `end_harvest_session` (returns the
 contribution ledger's account of it), `get_available_harvesters(criteria)`,
 `update_harvest_policy`; plus what the consumers of work need: `suspension()` (may this
 device work now?), `adopt` (lend a process the consumer owns, e.g. FL's task process, to a
 session: stopped while suspended, metered), `run_job` / `run_wasm` / `wasm_worker` (market jobs
-under the executor), and `credit` (a receipt signed by whoever received the work).
+under the executor), and `record_credit` (a receipt signed by whoever received the work).
 `harvest_api(ctx.services)` is the one typed look-up: the facade, or None when no harvest
 role runs on this node. Every method is a thin view of `HarvestService` (service.py); only
-`adopt`, `run_job`, `run_wasm` and the async forms below await.
+`adopt`, `run_job`, `run_wasm` and the session and credit methods await.
 
-Starting or ending a session and crediting a receipt return once durable. The synchronous
-`start_harvest_session`, `stop_harvest_session` and `credit` block the event loop for the
-fsync (10-20 ms under load); `open_harvest_session`, `end_harvest_session` and
-`record_credit` wait for it off the loop, sharing fsyncs with other writes (use these).
+Starting or ending a session and crediting a receipt return once durable: they wait for the
+fsync off the event loop, sharing it with other writes (the store's group commit).
 """
 from __future__ import annotations
 
@@ -84,31 +82,18 @@ class HarvestApi:
 
     # -- sessions --------------------------------------------------------------------------------
 
-    def start_harvest_session(self, kind: str, ref: str) -> HarvestSession:
-        """Start a harvest session of `kind` ("fl", "market", "manual") for `ref`."""
-        return self._svc.start_session(kind, ref)
-
-    def running_session(self, kind: str, ref: str) -> HarvestSession:
-        """The running session of `kind` for `ref`, started if there is none."""
-        return self._svc.running_session(kind, ref)
-
     def running_sessions(self, kind: str, ref: str) -> list[HarvestSession]:
         """The running sessions of `kind` for `ref` (none started)."""
         return self._svc.ledger.running(kind, ref)
 
-    def stop_harvest_session(self, session_id: bytes, *, completed: bool,
-                             reason: str = "") -> ContributionReport:
-        """End a session (completed, or abandoned with `reason`): the session as the
-        contribution ledger recorded it and the device's totals. LookupError if unknown."""
-        return self._svc.stop_session(session_id, completed=completed, reason=reason)
-
     async def open_harvest_session(self, kind: str, ref: str) -> HarvestSession:
-        """`start_harvest_session` without blocking the event loop."""
+        """Start a harvest session of `kind` ("fl", "market", "manual") for `ref`."""
         return await self._svc.open_session(kind, ref)
 
     async def end_harvest_session(self, session_id: bytes, *, completed: bool,
                                   reason: str = "") -> ContributionReport:
-        """`stop_harvest_session` without blocking the event loop."""
+        """End a session (completed, or abandoned with `reason`): the session as the
+        contribution ledger recorded it and the device's totals. LookupError if unknown."""
         return await self._svc.end_session(session_id, completed=completed, reason=reason)
 
     def contribution(self) -> Contribution:
@@ -131,14 +116,10 @@ class HarvestApi:
         persistent WASM runner whose work is metered into harvest session `sid` (service.py)."""
         return self._svc.wasm_worker(session_id, name)
 
-    def credit(self, kind: str, data: bytes, *, peer: str | None = None) -> Credit:
+    async def record_credit(self, kind: str, data: bytes, *, peer: str | None = None) -> Credit:
         """Credit a receipt ("fl_round": an FL RoundReceipt's wire bytes; "market_job": a
         WorkReceipt) to this device. ReceiptRefused when forged, foreign, self-issued, already
         held, or (FL) for a session this device did no work for."""
-        return self._svc.credit(kind, data, peer=peer)
-
-    async def record_credit(self, kind: str, data: bytes, *, peer: str | None = None) -> Credit:
-        """`credit` without blocking the event loop (returns once the credit is durable)."""
         return await self._svc.record_credit(kind, data, peer=peer)
 
     # -- the network -----------------------------------------------------------------------------

@@ -13,10 +13,9 @@ session's kind (`[protocols.harvest] market_nice` / `manual_nice`).
 Time: wall-clock seconds (`clock`, the node's) stamp sessions and receipts; the executor and
 the policy's dwell run on trio's monotonic clock. Methods never block except `adopt` (it
 awaits the watch's start), `run_job` and `run_wasm` (the job). Starting or ending a session
-and crediting a receipt are acknowledged (returned, counted, published) only once durable:
-the async forms (`open_session`, `end_session`, `record_credit`) wait off the event loop for
-the store's group commit; the synchronous ones (`start_session`, `stop_session`, `credit`)
-flush it on the event loop (one fsync, 10-20 ms under load). The policy file is written on
+and crediting a receipt (`open_session`, `end_session`, `record_credit`) are acknowledged
+(returned, counted, published) only once durable: they wait off the event loop for the
+store's group commit. The policy file is written on
 the event loop (a few hundred bytes, only on operator requests).
 """
 from __future__ import annotations
@@ -57,7 +56,7 @@ PidOf = Callable[[], "int | None"]
 
 @dataclass(frozen=True)
 class ContributionReport:
-    """What `stop_session` returns: the session as it ended and the device's totals."""
+    """What `end_session` returns: the session as it ended and the device's totals."""
 
     session: HarvestSession
     totals: Contribution
@@ -154,15 +153,9 @@ class HarvestService:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    def start_session(self, kind: str, ref: str) -> HarvestSession:
-        """A new RUNNING harvest session (LocalProtocolError for a bad kind or ref), durable
-        on return: blocks the event loop for its fsync (`open_session` does not)."""
-        s = self.ledger.start(kind, ref, self.clock())
-        self.ledger.store.flush()
-        return self._started(s)
-
     async def open_session(self, kind: str, ref: str) -> HarvestSession:
-        """`start_session`, waiting off the event loop until the session is durable."""
+        """A new RUNNING harvest session (LocalProtocolError for a bad kind or ref), once it is
+        durable (waiting off the event loop for the store's group commit)."""
         s = self.ledger.start(kind, ref, self.clock())
         await self.ledger.store.barrier()
         return self._started(s)
@@ -172,13 +165,8 @@ class HarvestService:
         self.events.publish(HarvestSessionStarted(s.session_id.hex(), s.kind, s.ref))
         return s
 
-    def running_session(self, kind: str, ref: str) -> HarvestSession:
-        """The running session of `kind` for `ref`, started if there is none."""
-        got = self.ledger.running(kind, ref)
-        return got[-1] if got else self.start_session(kind, ref)
-
     async def running_or_open(self, kind: str, ref: str) -> HarvestSession:
-        """`running_session`, a new session written off the event loop."""
+        """The running session of `kind` for `ref`, opened (`open_session`) if there is none."""
         got = self.ledger.running(kind, ref)
         return got[-1] if got else await self.open_session(kind, ref)
 
@@ -193,16 +181,10 @@ class HarvestService:
                 total = total + j.usage
         return total
 
-    def stop_session(self, session_id: bytes, *, completed: bool, reason: str = "") -> ContributionReport:
-        """End a session COMPLETED (or ABANDONED with `reason`); emits HarvestContribution.
-        LookupError if unknown; a session that already ended is reported as it ended. Durable
-        on return: blocks the event loop for its fsync (`end_session` does not)."""
-        s, ended = self._stop(session_id, completed, reason)
-        self.ledger.store.flush()
-        return self._stopped(s, ended)
-
     async def end_session(self, session_id: bytes, *, completed: bool, reason: str = "") -> ContributionReport:
-        """`stop_session`, waiting off the event loop until the end is durable."""
+        """End a session COMPLETED (or ABANDONED with `reason`) once the end is durable (off
+        the event loop); emits HarvestContribution. LookupError if unknown; a session that
+        already ended is reported as it ended."""
         s, ended = self._stop(session_id, completed, reason)
         await self.ledger.store.barrier()
         return self._stopped(s, ended)
@@ -244,22 +226,11 @@ class HarvestService:
 
     # -- receipts ------------------------------------------------------------------------------
 
-    def credit(self, kind: str, data: bytes, *, peer: str | None = None) -> Credit:
-        """Credit a receipt signed by the receiver of this device's work (contribution.py
-        `credit`); ReceiptRefused says why not (counted by reason). Durable on return: blocks
-        the event loop for its fsync (`record_credit` does not)."""
-        try:
-            c = self._credit(kind, data, peer)
-        except ReceiptRefused as e:
-            if e.reason is RefuseReason.DUPLICATE:
-                self.ledger.store.flush()      # "already credited" only once it is durable
-            raise
-        self.ledger.store.flush()
-        return self._credited(c)
-
     async def record_credit(self, kind: str, data: bytes, *, peer: str | None = None) -> Credit:
-        """`credit`, waiting off the event loop until the credit is durable (several credits
-        submitted meanwhile share one fsync)."""
+        """Credit a receipt signed by the receiver of this device's work (contribution.py
+        `credit`) once it is durable, waiting off the event loop (several credits submitted
+        meanwhile share one fsync); ReceiptRefused says why not (counted by reason; "already
+        credited" only once that credit is durable)."""
         try:
             c = self._credit(kind, data, peer)
         except ReceiptRefused as e:

@@ -48,20 +48,21 @@ async def test_receipts_are_held_then_credited_and_the_end_credits_what_is_held(
     services = Services()
     services.provide("harvest", HarvestApi(svc, RegistryLookup(services)))
     link = HarvestLink(Ctx(services))
-    svc.start_session("fl", SID.hex())
+    await svc.open_session("fl", SID.hex())
     try:
         assert link.judged(receipt(1)) and link.judged(receipt(2))
         assert ledger.totals().validated == 0          # held: nothing written yet
-        link.credit_held()
+        await link.credit_held()
         assert ledger.totals().validated == 2 and link.held == []
         assert link.judged(receipt(3))
-        link.ended(SID.hex(), "completed", "")           # the end credits what is held first
+        await link.ended(SID.hex(), "completed", "")     # the end credits what is held first
         assert ledger.totals().validated == 3 and ledger.totals().completed == 1
-        # a flood of receipts is credited at once past MAX_HELD
-        svc.start_session("fl", SID.hex())
+        # past MAX_HELD held receipts the link is `full`: the executor credits them at once
+        await svc.open_session("fl", SID.hex())
         got = [link.judged(receipt(10 + i)) for i in range(MAX_HELD)]
-        assert got[:-1] == [True] * (MAX_HELD - 1) and got[-1] is False
-        assert ledger.totals().validated == 3 + MAX_HELD and link.held == []
+        assert got == [True] * MAX_HELD and link.full
+        await link.credit_held()
+        assert ledger.totals().validated == 3 + MAX_HELD and link.held == [] and not link.full
     finally:
         ledger.close()
 

@@ -85,7 +85,7 @@ async def test_lent_work_stops_with_the_policy_and_is_metered(busy, tmp_path: Pa
     # handed back: running again, not watched any more, though work stays suspended
     assert svc.current_work() == []
     assert await grows(busy)
-    report = svc.stop_session(s.session_id, completed=True)
+    report = await svc.end_session(s.session_id, completed=True)
     used = report.session.usage
     assert report.session.state is SessionState.COMPLETED
     assert 0.3 <= used.cpu_s <= cpu(busy) - before and used.suspended_s > 0.4
