@@ -64,14 +64,15 @@ CACHED_TASKS = 8
 # by default); elsewhere, or where that is lower, the pipes keep the largest size allowed.
 PIPE_BYTES = 1 << 20
 # glibc malloc settings of the child (its environment; other C libraries ignore them). By
-# default glibc gives each freed block over ~1 MB back to the kernel (an mmap'd block, or the
-# top of the heap beyond M_TRIM_THRESHOLD), and the next allocation of that size takes fresh
-# pages, each a page fault: a synthetic_mlp round's tensors (gradients of 0.5 MB every SGD
+# default glibc serves large blocks with mmap (from 128 KiB, a threshold it adjusts as it goes)
+# and trims the heap's free top beyond M_TRIM_THRESHOLD, giving the memory back at each free;
+# the next allocation of that size takes fresh pages, each a page fault: a synthetic_mlp round's tensors (gradients of 0.5 MB every SGD
 # step) and frames (0.58 MB) made ~590 minor faults per training request, 1.2 ms of system
 # CPU of ~11 ms. Blocks up to 32 MiB (glibc's largest mmap threshold) come from the heap, and
-# up to 64 MiB of free heap is kept for reuse: no faults once warm, 0.8-1 ms less CPU per
-# training (`python -m fognode.tools.bench.fl_training`, process row). The cost: the child
-# keeps what its largest request used (a few models' worth) instead of returning it.
+# up to 64 MiB of free heap is kept for reuse: ~23 faults per request, and 0.8 ms less of the
+# child's CPU per training (10.65 -> 9.85 ms over 200 trainings; `python -m
+# fognode.tools.bench.fl_training` prints the faults). The cost: the child keeps what its
+# largest request used (a few models' worth) instead of returning it.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
 STOP_TIMEOUT = 5.0          # seconds a closing child gets to exit before it is killed
 
