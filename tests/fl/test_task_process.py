@@ -184,3 +184,26 @@ def test_a_warmed_task_process_has_torch_loaded_before_its_first_task() -> None:
         finally:
             await tasks.aclose()
     run(main)
+
+
+def test_the_task_process_keeps_freed_memory_for_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child starts with process.MALLOC_ENV (no page faults per request once warm); an
+    operator's own setting of one of them wins."""
+    from fognode.protocols.fl.training.process import MALLOC_ENV
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345678")
+
+    async def main() -> None:
+        tp = TaskProcess()
+        try:
+            with trio.fail_after(120):
+                await tp.prepare(KEY)
+            assert tp.pid is not None
+            env = dict(item.split(b"=", 1) for item in
+                       Path(f"/proc/{tp.pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+            assert env[b"MALLOC_MMAP_THRESHOLD_"] == MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"].encode()
+            assert env[b"MALLOC_TRIM_THRESHOLD_"] == b"12345678"
+        finally:
+            await tp.aclose()
+
+    run(main)

@@ -156,3 +156,46 @@ def test_documented_example_task_trains() -> None:
     r = t.train(p, data, TrainConfig(epochs=30, lr=0.05, batch_size=16), seed=0)
     after = t.evaluate(r.params, data.x_test, data.y_test)
     assert after.loss < before.loss / 2
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.5])
+def test_sgd_steps_are_those_of_torch_optim_sgd(mu: float) -> None:
+    """`Task.train` writes SGD out (w -= lr * grad); torch's own SGD gives the same bits."""
+    import torch
+
+    t = load_task("synthetic_mlp", {"hidden": 16})
+    data = t.local_data(3, 6)
+    p0 = t.initial_params(5)
+    cfg = TrainConfig(epochs=2, lr=0.05, batch_size=10, mu=mu)
+    model = t.new_model()
+    t.set_params(model, p0)
+    anchor = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    x, y = torch.from_numpy(data.x_train), t.targets(data.y_train)
+    gen = torch.Generator().manual_seed(9)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            opt.zero_grad()
+            objective = t.loss(model(x[idx]), y[idx])
+            if mu > 0:
+                objective = objective + 0.5 * mu * sum(((p - a) ** 2).sum()
+                                                       for p, a in zip(model.parameters(), anchor))
+            objective.backward()
+            opt.step()
+    assert np.array_equal(t.train(p0, data, cfg, seed=9).params, t.get_params(model))
+
+
+def test_local_round_is_two_evaluations_and_a_training() -> None:
+    t = load_task("synthetic_mlp", {"hidden": 16})
+    data = t.local_data(3, 6)
+    p0 = t.initial_params(5)
+    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=10)
+    on_train, on_test, result = t.local_round(p0, data, cfg, seed=4)
+    fresh = load_task("synthetic_mlp", {"hidden": 16})
+    assert on_train == fresh.evaluate(p0, data.x_train, data.y_train)
+    assert on_test == fresh.evaluate(p0, data.x_test, data.y_test)
+    want = fresh.train(p0, data, cfg, seed=4)
+    assert np.array_equal(result.params, want.params)
+    assert (result.loss, result.steps, result.num_samples) == (want.loss, want.steps, want.num_samples)

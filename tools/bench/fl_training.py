@@ -14,16 +14,20 @@ task (evaluate on train and test data, then `--epochs` epochs at batch 10 on up 
 - `process`: with `TaskProcess.train`, as the daemon does now (one child, torch in it only),
 
 each after a first training that is not measured (torch's first-use costs). The bound is the
-same probe with nothing else running, measured in the same run. `--load N` runs N busy-loop
+same probe with nothing else running, measured in the same run. "CPU ms" is the CPU time per
+training of this process (thread row) or of this process and the task process together
+(process row); "faults" the task process's minor page faults per training (/proc, Linux). `--load N` runs N busy-loop
 processes beside all three, as on a machine shared with other work (the GIL hand-off between
 the loop and a training thread is what suffers when the process does not get a core).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -36,10 +40,21 @@ class Result:
     name: str
     train_s: list[float]
     lags: list[float]
+    cpu_s: float = float("nan")       # CPU seconds per training (see the module docstring)
+    faults: float = float("nan")      # the task process's minor page faults per training
 
     def lag(self, q: float) -> float:
         xs = sorted(self.lags)
         return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def _child_usage(pid: int | None) -> tuple[float, int]:
+    """CPU seconds (user + system) and minor page faults of process `pid` so far (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan"), 0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
 async def _probe(lags: list[float], stop: trio.Event) -> None:
@@ -79,6 +94,7 @@ def run(rounds: int, hidden: float, epochs: int, max_samples: float) -> list[Res
         lags: list[float] = []
         times: list[float] = []
         stop = trio.Event()
+        cpu = time.process_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_probe, lags, stop)
             for k in range(rounds):
@@ -86,7 +102,8 @@ def run(rounds: int, hidden: float, epochs: int, max_samples: float) -> list[Res
                 await trio.to_thread.run_sync(train_round, lt, local.initial_params, cfg, k)
                 times.append(time.perf_counter() - t)
             stop.set()
-        out.append(Result("thread: trio.to_thread(train_round)", times, lags))
+        out.append(Result("thread: trio.to_thread(train_round)", times, lags,
+                          (time.process_time() - cpu) / rounds))
 
     async def in_process() -> None:
         tp = TaskProcess()
@@ -96,6 +113,7 @@ def run(rounds: int, hidden: float, epochs: int, max_samples: float) -> list[Res
             lags: list[float] = []
             times: list[float] = []
             stop = trio.Event()
+            cpu, (child_cpu, child_faults) = time.process_time(), _child_usage(tp.pid)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_probe, lags, stop)
                 for k in range(rounds):
@@ -103,9 +121,12 @@ def run(rounds: int, hidden: float, epochs: int, max_samples: float) -> list[Res
                     await tp.train(key, p.initial_params, cfg, k)
                     times.append(time.perf_counter() - t)
                 stop.set()
+            child_cpu2, child_faults2 = _child_usage(tp.pid)
         finally:
             await tp.aclose()
-        out.append(Result("process: TaskProcess.train", times, lags))
+        out.append(Result("process: TaskProcess.train", times, lags,
+                          (time.process_time() - cpu + child_cpu2 - child_cpu) / rounds,
+                          (child_faults2 - child_faults) / rounds))
 
     trio.run(idle)
     trio.run(in_thread)
@@ -142,11 +163,13 @@ def main() -> None:
           f"up to {args.max_samples:.0f} samples), {args.rounds} trainings, probe every "
           f"{PROBE * 1000:.0f} ms, {args.load} busy processes beside")
     print(f"{'where the training runs':<40}{'train s (median)':>17}{'lag p50 ms':>12}{'p99 ms':>9}"
-          f"{'max ms':>9}{'probes':>8}")
+          f"{'max ms':>9}{'probes':>8}{'CPU ms':>8}{'faults':>8}")
     for r in results:
         med = f"{statistics.median(r.train_s):.4f}" if r.train_s else "-"
+        cpu = f"{r.cpu_s * 1000:.2f}" if r.cpu_s == r.cpu_s else "-"
+        faults = f"{r.faults:.0f}" if r.faults == r.faults else "-"
         print(f"{r.name:<40}{med:>17}{r.lag(0.5) * 1000:>12.2f}{r.lag(0.99) * 1000:>9.2f}"
-              f"{max(r.lags) * 1000:>9.1f}{len(r.lags):>8}")
+              f"{max(r.lags) * 1000:>9.1f}{len(r.lags):>8}{cpu:>8}{faults:>8}")
 
 
 if __name__ == "__main__":

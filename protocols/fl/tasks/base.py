@@ -12,11 +12,20 @@ Weights move as one flat float32 numpy array in layout order (`get_params` / `se
 nothing is ever pickled or `torch.load`ed. torch is imported lazily inside methods: importing
 this module (which the daemon does at start) never imports torch.
 
-Methods that train or evaluate are synchronous and CPU-bound: the role calls them from a worker
-thread (`trio.to_thread.run_sync`). They load the parameters into one model kept per thread
-(`loaded`: `set_params` loads every parameter and buffer, strictly) instead of building a model
-per call: building one draws its random initialisation, which was about a fifth of a round's
-local CPU for `synthetic_mlp` (evaluate twice + train built three).
+Methods that train or evaluate are synchronous and CPU-bound: they run in the task process
+(training/process.py) or a worker thread. They load the parameters into one model kept per
+thread (`loaded`: `set_params` loads every parameter and buffer, strictly) instead of building a
+model per call: building one draws its random initialisation, which was about a fifth of a
+round's local CPU for `synthetic_mlp` (evaluate twice + train built three). A round's local work
+(`local_round`: the base model evaluated on the training and test data, then trained) loads the
+base model once for all three.
+
+Training is plain minibatch SGD, `w -= lr * grad` on each parameter, written out instead of
+going through `torch.optim.SGD`: the same arithmetic (torch's SGD without momentum or weight
+decay does exactly this `add_`, the results are bit-identical), without the optimizer's per-step
+bookkeeping (hooks, profiler records, grad-mode switches: 15-20 % of a `synthetic_mlp` round's
+CPU at batch 10) and without its first use importing `torch._dynamo` (1 s of CPU, in a node's
+first round).
 """
 from __future__ import annotations
 
@@ -240,7 +249,7 @@ class Task(abc.ABC):
         state = model.state_dict()
         parts = [state[t.name].detach().cpu().numpy().astype(np.float32, copy=False).ravel()
                  for t in self.layout().tensors]
-        return np.concatenate(parts).astype(np.float32, copy=True) if parts else np.zeros(0, np.float32)
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)   # (a new array)
 
     def set_params(self, model: "torch.nn.Module", flat: np.ndarray) -> None:
         """Load a flat float32 vector into `model` (TaskError on a size/dtype mismatch)."""
@@ -267,12 +276,32 @@ class Task(abc.ABC):
         With `cfg.mu > 0` the objective is loss + mu/2 * ||w - params||^2 (FedProx). The shuffle
         order is deterministic from `seed`. CPU-bound: call it from a worker thread.
         """
+        return self._train_loaded(self.loaded(params), data, cfg, seed)
+
+    def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> EvalResult:
+        """Mean loss and accuracy of `params` on (x, y). CPU-bound."""
+        if int(y.shape[0]) == 0:
+            return EvalResult(float("nan"), float("nan"), 0)
+        return self._evaluate_loaded(self.loaded(params), x, y)
+
+    def local_round(self, params: np.ndarray, data: LocalData, cfg: TrainConfig, *,
+                    seed: int = 0) -> tuple[EvalResult, EvalResult, TrainResult]:
+        """One round's local work from the base model `params`: its loss and accuracy on the
+        training data, then on the test data, then `train` from it; the same results as
+        `evaluate` twice and `train`, with the base model loaded once. CPU-bound."""
+        model = self.loaded(params)
+        on_train = self._evaluate_loaded(model, data.x_train, data.y_train)
+        on_test = self._evaluate_loaded(model, data.x_test, data.y_test)
+        return on_train, on_test, self._train_loaded(model, data, cfg, seed)
+
+    def _train_loaded(self, model: "torch.nn.Module", data: LocalData, cfg: TrainConfig,
+                      seed: int) -> TrainResult:
+        """`train` of the working model, which holds the base parameters (`loaded`)."""
         import torch
 
-        model = self.loaded(params)
         model.train()
-        anchor = [p.detach().clone() for p in model.parameters()]
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+        params = list(model.parameters())
+        anchor = [p.detach().clone() for p in params] if cfg.mu > 0 else []
         x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
         y = self.targets(data.y_train)
         n = int(y.shape[0])
@@ -284,30 +313,33 @@ class Task(abc.ABC):
             total, count = 0.0, 0
             for start in range(0, n, cfg.batch_size):
                 idx = order[start:start + cfg.batch_size]
-                opt.zero_grad()
+                for p in params:
+                    p.grad = None
                 loss = self.loss(model(x[idx]), y[idx])
                 objective = loss
                 if cfg.mu > 0:
-                    prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+                    prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
                     objective = loss + 0.5 * cfg.mu * prox
                 objective.backward()
-                opt.step()
+                with torch.no_grad():       # SGD: w -= lr * grad (see the module docstring)
+                    for p in params:
+                        if p.grad is not None:
+                            p.add_(p.grad, alpha=-cfg.lr)
                 steps += 1
                 total += float(loss.detach()) * int(idx.shape[0])
                 count += int(idx.shape[0])
             last_loss = total / max(count, 1)
         if cfg.epochs == 0:
-            last_loss = self.evaluate(params, data.x_train, data.y_train).loss
+            last_loss = self._evaluate_loaded(model, data.x_train, data.y_train).loss
         return TrainResult(self.get_params(model), n, last_loss, steps)
 
-    def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> EvalResult:
-        """Mean loss and accuracy of `params` on (x, y). CPU-bound."""
+    def _evaluate_loaded(self, model: "torch.nn.Module", x: np.ndarray, y: np.ndarray) -> EvalResult:
+        """`evaluate` of the working model as it stands."""
         import torch
 
         n = int(y.shape[0])
         if n == 0:
             return EvalResult(float("nan"), float("nan"), 0)
-        model = self.loaded(params)
         model.eval()
         with torch.no_grad():
             xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))

@@ -81,9 +81,6 @@ def prepare_task(name: str, params: Mapping[str, float], init_seed: int, *, data
 
 def train_round(local: LocalTask, base: np.ndarray, cfg: TrainConfig, seed: int) -> TrainOutcome:
     """One round's local work: the base model's loss on the local training data and accuracy
-    on the local test data, then training from it. CPU-bound, imports torch."""
-    task, data = local.task, local.data
-    base_train = task.evaluate(base, data.x_train, data.y_train)
-    base_test = task.evaluate(base, data.x_test, data.y_test)
-    result = task.train(base, data, cfg, seed=seed)
+    on the local test data, then training from it (`Task.local_round`). CPU-bound, imports torch."""
+    base_train, base_test, result = local.task.local_round(base, local.data, cfg, seed=seed)
     return TrainOutcome(result, base_train.loss, base_test.accuracy)
