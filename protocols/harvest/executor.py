@@ -13,15 +13,14 @@ with the daemon (kill -9 included, stopped or not); a job no reaper guards is no
 
 `Executor.watch(pid)` takes a process someone else started and reaps (FL's task process) under
 the same suspend/resume, duty cycle, meter and memory limit, and releases it (running) when the
-watch is cancelled.
+watch is cancelled; its borrower calls `read_now` first, so work shorter than a poll is metered.
 
 `suspend()` / `resume()` stop and continue every running job at once (SIGSTOP / SIGCONT to each
 job's process group and any descendant that left it); they are synchronous, act before they
 return, and lose no work: a stopped process keeps its memory and continues where it was.
 `set_allowance(cpu_fraction, memory_bytes)` applies a new CPU fraction and memory budget to
-running jobs live (cgroup files, or the RLIMIT_DATA of every process of the tree via prlimit:
-lowering always works, raising needs CAP_SYS_RESOURCE; the meter enforces the new limit either
-way).
+running jobs live (cgroup files, or every process's RLIMIT_DATA via prlimit: raising needs
+CAP_SYS_RESOURCE; the meter enforces the new limit either way).
 
 A job over its memory limit is killed with the reason: the kernel's OOM kill in its cgroup
 (`memory.events`), the meter's reading of the tree's RSS over the limit, an allocation refused
@@ -117,6 +116,13 @@ class Executor:
         now = trio.current_time()
         return [JobStatus(j.job_id, j.name, j.pid, j.memory_limit, j.meter.cause,
                           j.meter.usage(now)) for j in self._jobs.values()]
+
+    def read_now(self, name: str) -> None:
+        """Read the watched job `name` now, on the loop as `watch` does (module docstring)."""
+        for job in (j for j in self._jobs.values() if j.name == name and j.pid and not j.meter.finished):
+            sample, pids = sample_tree(job.pid)
+            if pids:
+                job.meter.sample(trio.current_time(), sample.since(job.cpu_base))
 
     # ---- control -----------------------------------------------------------------------
 
@@ -477,9 +483,7 @@ class Executor:
                 pass
 
     async def _reap(self, job: JobState) -> None:
-        if job.proc is None:
-            return
-        if job.proc.returncode is None:
+        if job.proc is not None and job.proc.returncode is None:
             self._kill_tree(job)
             with trio.move_on_after(REAP_TIMEOUT):
                 await job.proc.wait()
@@ -492,6 +496,5 @@ class Executor:
             if job.cgroup.remove():
                 return
             await trio.sleep(0.01)
-        log.warning("harvest job %d: could not remove its cgroup %s", job.job_id,
-                        job.cgroup.path)
+        log.warning("harvest job %d: could not remove its cgroup %s", job.job_id, job.cgroup.path)
 
