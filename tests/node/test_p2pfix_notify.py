@@ -1,0 +1,80 @@
+"""A stream's open and close skip the notifees known to ignore them and reach every other
+one (node/p2pfix_notify.py), between two real overlays on 127.0.0.1."""
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from libp2p.abc import INotifee
+from libp2p.network.swarm import Swarm
+
+from fognode.node import p2pfix_notify
+from tests.node.test_p2pfix import ECHO, echo, overlays
+from tests.polling import wait_until
+
+
+class Counting(INotifee):
+    """A notifee that does something with streams: it must still hear of each one."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.closed = 0
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        self.opened += 1
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        self.closed += 1
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        pass
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        pass
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+
+async def test_stream_notifications_skip_the_no_ops_and_reach_the_others() -> None:
+    spawned: list[str] = []
+
+    class Spawns(trio.abc.Instrument):
+        def task_spawned(self, task: Any) -> None:
+            spawned.append(task.name)
+
+    counting = Counting()
+    with trio.fail_after(60):
+        async with overlays(2) as (a, b):
+            assert Swarm._notify is p2pfix_notify._notify     # installed by the host
+            b.set_stream_handler(ECHO, echo)
+            network = b.host.get_network()
+            # every notifee the host registered is a known no-op for streams
+            assert all(type(n).opened_stream in p2pfix_notify.NOOPS["opened_stream"]
+                       for n in network.notifees)
+            await trio.sleep(0.5)       # identify and the pubsub streams settle
+            inst = Spawns()
+            trio.lowlevel.add_instrument(inst)
+            try:
+                fs = await a.open_stream(b.peer_id, ECHO)
+                await fs.send_bytes(b"ping")
+                assert await fs.recv_bytes() == b"ping"
+                await fs.close()
+            finally:
+                trio.lowlevel.remove_instrument(inst)
+            assert not [n for n in spawned if "_notify" in n], spawned
+
+            network.register_notifee(counting)
+            try:
+                for _ in range(3):
+                    fs = await a.open_stream(b.peer_id, ECHO)
+                    await fs.send_bytes(b"ping")
+                    assert await fs.recv_bytes() == b"ping"
+                    await fs.close()
+                await wait_until(lambda: counting.opened == 3 and counting.closed == 3,
+                                 timeout=20, what="the counting notifee told of 3 streams")
+            finally:
+                network.remove_notifee(counting)
