@@ -48,7 +48,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from fognode.node.connmgr import (ConnectionManager, ConnectionPolicy, DialBackoff,
                                   DialBackoffError, DialError)
-from fognode.node import (heap, p2pfix_multistream, p2pfix_netstream, p2pfix_notify,
+from fognode.node import (heap, p2pfix_multistream, p2pfix_netstream, p2pfix_streamopen,
                           p2pfix_records, p2pfix_tasks, p2pfix_yamux, p2pfix_yamux_window)
 from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id  # re-exported
 from fognode.node.dht import FognodeKadDHT
@@ -106,7 +106,7 @@ class Libp2pOverlay:
         kp = create_identity_from_seed(bytes(identity))
         # QuickYamux for BufferingNoise connections, their streams' state locks, no-op stream
         # notifees skipped (issue 16); a new task's parent found without a scan (issue 10)
-        for fix in (p2pfix_yamux, p2pfix_netstream, p2pfix_notify, p2pfix_tasks): fix.install()
+        for fix in (p2pfix_yamux, p2pfix_netstream, p2pfix_streamopen, p2pfix_tasks): fix.install()
         hard_cap = config.peers_high * 4 + 64
         self.host = new_host(
             key_pair=kp,

@@ -14,8 +14,9 @@ Reproduction: two hosts on 127.0.0.1 in one `trio.run`, a `trio.abc.Instrument` 
 
 Fix. `QuickYamux(Yamux)` replaces the connection's `_write_lock` and `streams_lock` with
 node/p2pfix_tcpio.py's `QuickLock` (the same mutual exclusion; an uncontended acquire does not
-yield, a contended one waits as before) and writes a frame without the trailing checkpoint.
-The bytes on the wire are unchanged.
+yield, a contended one waits as before), its `stream_backlog_semaphore` (taken by every
+`open_stream`) with a `QuickSemaphore` of the same 256 slots (node/p2pfix_streamopen.py), and
+writes a frame without the trailing checkpoint. The bytes on the wire are unchanged.
 
 A third cost: `YamuxStream._auto_tune_and_send_window_update`, run after every read, sends a
 WINDOW_UPDATE for nearly every read however small (its "partial slack" branch and, by
@@ -115,7 +116,7 @@ from libp2p.stream_muxer.yamux.yamux import (HEADER_SIZE, MAX_WINDOW_SIZE,
 
 from fognode.node import p2pfix_yamux_reader
 from fognode.node.p2pfix_noiseio import QuickNoiseSession
-from fognode.node.p2pfix_tcpio import QuickLock, is_buffered
+from fognode.node.p2pfix_tcpio import QuickLock, QuickSemaphore, is_buffered
 
 
 class WindowBudget(Protocol):
@@ -202,6 +203,7 @@ class QuickYamux(Yamux):
         super().__init__(*args, **kwargs)
         self.streams_lock = QuickLock()
         self._write_lock = QuickLock()
+        self.stream_backlog_semaphore = QuickSemaphore(self.stream_backlog_semaphore.value)
         self.streams = _StreamTable()
         self.window_budget: WindowBudget | None = _budgets.get(_local_peer(self.secured_conn))
         if isinstance(self.secured_conn, QuickNoiseSession):

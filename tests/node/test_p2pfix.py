@@ -131,9 +131,14 @@ PINNED: dict[Any, str] = {
     YamuxStream.read: "ca585f2199fd4e83",
     YamuxStream.write: "d87f74dfb53ab194",
     YamuxStream._grow_threshold: "fde3988bca54745c",
-    # node/p2pfix_notify.py: the fan-out it copies, and the stream notifications it skips as
-    # no-ops (a py-libp2p that gives one of them work must fail here)
+    # node/p2pfix_streamopen.py: the fan-out it copies, the stream notifications it skips as
+    # no-ops (a py-libp2p that gives one of them work must fail here), the stream semaphore it
+    # replaces and the three places that use it (acquire, release, value only)
     Swarm._notify: "36afe611751a4cb8",
+    Swarm.set_resource_manager: "ba5593b3f671fb6a",
+    Swarm.new_stream: "125812a9745b972b",
+    SwarmConn._handle_muxed_stream: "fb51f8a3e37c9800",
+    Swarm.notify_closed_stream: "a34ffe3b8041e823",
     TagStoreNotifee.opened_stream: "a2478e3d7b583991",
     TagStoreNotifee.closed_stream: "8645d788a5abcd8b",
     _IdentifyNotifee.opened_stream: "7202a6f0b3faf393",

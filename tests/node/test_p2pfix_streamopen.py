@@ -1,14 +1,18 @@
 """A stream's open and close skip the notifees known to ignore them and reach every other
-one (node/p2pfix_notify.py), between two real overlays on 127.0.0.1."""
+one, and take free stream-semaphore slots without a scheduler hop (node/p2pfix_streamopen.py,
+node/p2pfix_tcpio.py `QuickSemaphore`), between two real overlays on 127.0.0.1."""
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
+import trio.testing
 from libp2p.abc import INotifee
 from libp2p.network.swarm import Swarm
 
-from fognode.node import p2pfix_notify
+from fognode.node import p2pfix_streamopen
+from fognode.node.p2pfix_tcpio import QuickSemaphore
 from tests.node.test_p2pfix import ECHO, echo, overlays
 from tests.polling import wait_until
 
@@ -49,11 +53,11 @@ async def test_stream_notifications_skip_the_no_ops_and_reach_the_others() -> No
     counting = Counting()
     with trio.fail_after(60):
         async with overlays(2) as (a, b):
-            assert Swarm._notify is p2pfix_notify._notify     # installed by the host
+            assert Swarm._notify is p2pfix_streamopen._notify     # installed by the host
             b.set_stream_handler(ECHO, echo)
             network = b.host.get_network()
             # every notifee the host registered is a known no-op for streams
-            assert all(type(n).opened_stream in p2pfix_notify.NOOPS["opened_stream"]
+            assert all(type(n).opened_stream in p2pfix_streamopen.NOOPS["opened_stream"]
                        for n in network.notifees)
             await trio.sleep(0.5)       # identify and the pubsub streams settle
             inst = Spawns()
@@ -78,3 +82,51 @@ async def test_stream_notifications_skip_the_no_ops_and_reach_the_others() -> No
                                  timeout=20, what="the counting notifee told of 3 streams")
             finally:
                 network.remove_notifee(counting)
+
+
+async def test_quick_semaphore_counts_hands_over_in_order_and_drops_a_cancelled_waiter() -> None:
+    sem = QuickSemaphore(2)
+    await sem.acquire()
+    sem.acquire_nowait()
+    assert sem.value == 0
+    with pytest.raises(trio.WouldBlock):
+        sem.acquire_nowait()
+    order: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await sem.acquire()
+        order.append(i)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as gone:          # a waiter cancelled while parked
+                gone.cancel()
+                await sem.acquire()
+            assert gone.cancelled_caught
+            nursery.start_soon(waiter, 2)
+            await trio.testing.wait_all_tasks_blocked()
+            sem.release()           # handed to the first waiter, not counted
+            sem.release()
+        assert order == [1, 2] and sem.value == 0
+        sem.release()
+        assert sem.value == 1
+
+
+async def test_the_stream_semaphores_of_a_fognode_host_take_a_free_slot_without_a_hop() -> None:
+    with trio.fail_after(60):
+        async with overlays(2) as (a, b):
+            swarm = a.host.get_network()
+            assert isinstance(swarm._stream_semaphore, QuickSemaphore)
+            (conn,) = swarm.get_connections(b.host.get_id())
+            assert isinstance(conn.muxed_conn.stream_backlog_semaphore, QuickSemaphore)
+            slots = swarm._stream_semaphore.value
+            b.set_stream_handler(ECHO, echo)
+            fs = await a.open_stream(b.peer_id, ECHO)
+            assert swarm._stream_semaphore.value == slots - 1      # held by the open stream
+            await fs.send_bytes(b"ping")
+            assert await fs.recv_bytes() == b"ping"
+            await fs.close()
+            await wait_until(lambda: swarm._stream_semaphore.value == slots, timeout=20,
+                             what="the stream's slot given back")
