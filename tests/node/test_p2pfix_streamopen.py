@@ -108,6 +108,8 @@ async def test_quick_semaphore_counts_hands_over_in_order_and_drops_a_cancelled_
             nursery.start_soon(waiter, 2)
             await trio.testing.wait_all_tasks_blocked()
             sem.release()           # handed to the first waiter, not counted
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == [1] and sem.value == 0
             sem.release()
         assert order == [1, 2] and sem.value == 0
         sem.release()
