@@ -410,12 +410,14 @@ class QuickYamuxStream(YamuxStream):
         (`send_window`) instead of py-libp2p's 10 ms poll; a stream closed meanwhile is still
         noticed by a check every WINDOW_POLL seconds."""
         self._zero_window_waits += 1
+        d = self.__dict__
         with trio.move_on_after(5.0) as cancel_scope:
             while not (self.send_window > 0 or self.closed):
-                opened = self.__dict__["_window_opened"] = trio.Event()
+                opened = d.get("_window_opened")
+                if opened is None or opened.is_set():     # shared by writers waiting together
+                    opened = d["_window_opened"] = trio.Event()
                 with trio.move_on_after(WINDOW_POLL):
                     await opened.wait()
-        self.__dict__["_window_opened"] = None
         if cancel_scope.cancelled_caught:
             raise MuxedStreamError("Timed out waiting for window update after 5 seconds.")
 
