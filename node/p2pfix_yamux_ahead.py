@@ -3,11 +3,13 @@
 Symptom (py-libp2p 0.8.1 and node/p2pfix_yamux.py's go-yamux-style updates). A new Yamux
 stream lets its peer send 256 KiB (the protocol's initial window); after that the sender waits
 for WINDOW_UPDATEs, which the receiver sends each time its reader has taken half of the target
-window (128 KiB). A 0.58 MB frame (an FL model, one per model fetch on a stream of its own)
-thus crosses the link in about four round trips of window updates, each of which needs both
-daemons' event loops to run, many milliseconds each on a loaded machine; auto-tuning grows the
-window only for streams that stay busy. Reproduction: `python -m fognode.tools.bench.stream_bulk
---fresh` (0.58 MB on a new stream per transfer), or `tests/node/test_yamux_ahead.py`.
+window, and auto-tuning doubles the window at most once per update, one round trip each. A
+frame of a few MB on a new stream (an FL model over 1 MiB, in 1 MiB frames; a bulk reply)
+therefore waits for the link's round trip several times: 3 MB over a 20 ms RTT took 4 window
+waits and 143-150 ms. Reproduction: 0.58-3 MB frames on fresh streams between two overlays
+through a TCP proxy that delays each direction by 10 ms (the sender's `_wait_for_window`
+calls counted). On loopback, and for one 0.58 MB frame at any RTT, it makes no difference: one
+update already covers that frame (one wait, 70-74 ms at 20 ms RTT either way).
 
 What go-yamux does: a stream's receive window starts at its configured
 `InitialStreamWindowSize`, announced by the window update sent with its SYN or ACK, reserved
@@ -18,7 +20,8 @@ idle gossip and DHT streams.
 Fix. node/streams.py's framed stream reads a frame's 4-byte length before its body; when the
 rest of the body is more than the peer may still send (`recv_window`) by at least the
 stream's update threshold, `open_ahead` grows the window at once, with one WINDOW_UPDATE, so
-that the whole frame (up to MAX_WINDOW_SIZE, 16 MiB) can come without another update. The
+that the whole frame (up to MAX_WINDOW_SIZE, 16 MiB) can come without another update (3 MB at
+20 ms RTT: 2 waits, 97-98 ms). The
 growth is charged to the peer as auto-tuning's is (node/p2pfix_yamux.py, node/resources.py
 `WindowBudget`: within WINDOW_SHARE of its budget; what is not granted is not given, and the
 ordinary updates carry the rest) and given back when the stream goes. A peer only gets window

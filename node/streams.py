@@ -21,7 +21,8 @@ StreamClosed, so a handler that ends on StreamClosed needs nothing new.
 Copies: on a fognode connection (node/p2pfix_yamux.py) the muxer hands the framed stream its
 buffer (a bytearray) instead of a copy, and a frame is copied out of the chunks held once.
 Window: there, a frame's length, once read and accepted, opens the stream's receive window for
-the whole frame at once (node/p2pfix_yamux_ahead.py), instead of 128 KiB at a time.
+the whole frame at once (node/p2pfix_yamux_ahead.py), instead of one auto-tuning step per
+round trip.
 """
 from __future__ import annotations
 
