@@ -48,8 +48,8 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from fognode.node.connmgr import (ConnectionManager, ConnectionPolicy, DialBackoff,
                                   DialBackoffError, DialError)
-from fognode.node import (heap, p2pfix_multistream, p2pfix_netstream, p2pfix_records,
-                          p2pfix_tasks, p2pfix_yamux, p2pfix_yamux_window)
+from fognode.node import (heap, p2pfix_multistream, p2pfix_netstream, p2pfix_streamopen,
+                          p2pfix_records, p2pfix_tasks, p2pfix_yamux, p2pfix_yamux_window)
 from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id  # re-exported
 from fognode.node.dht import FognodeKadDHT
 from fognode.node.dialer import Dialer
@@ -104,9 +104,9 @@ class Libp2pOverlay:
         self._adv_cache: tuple[tuple[str, ...], float, list[multiaddr.Multiaddr]] | None = None
         self._listen_cache: tuple[int, float, list[str]] | None = None   # (listeners, when, addrs)
         kp = create_identity_from_seed(bytes(identity))
-        p2pfix_yamux.install()      # QuickYamux for BufferingNoise connections (issue 16)
-        p2pfix_netstream.install()  # and their streams' state locks
-        p2pfix_tasks.install()      # a new task's parent found without a scan (issue 10)
+        # QuickYamux for BufferingNoise connections, their streams' state locks, no-op stream
+        # notifees skipped (issue 16); a new task's parent found without a scan (issue 10)
+        for fix in (p2pfix_yamux, p2pfix_netstream, p2pfix_streamopen, p2pfix_tasks): fix.install()
         hard_cap = config.peers_high * 4 + 64
         self.host = new_host(
             key_pair=kp,

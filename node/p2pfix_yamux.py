@@ -14,8 +14,9 @@ Reproduction: two hosts on 127.0.0.1 in one `trio.run`, a `trio.abc.Instrument` 
 
 Fix. `QuickYamux(Yamux)` replaces the connection's `_write_lock` and `streams_lock` with
 node/p2pfix_tcpio.py's `QuickLock` (the same mutual exclusion; an uncontended acquire does not
-yield, a contended one waits as before) and writes a frame without the trailing checkpoint.
-The bytes on the wire are unchanged.
+yield, a contended one waits as before), its `stream_backlog_semaphore` (taken by every
+`open_stream`) with a `QuickSemaphore` of the same 256 slots (node/p2pfix_streamopen.py), and
+writes a frame without the trailing checkpoint. The bytes on the wire are unchanged.
 
 A third cost: `YamuxStream._auto_tune_and_send_window_update`, run after every read, sends a
 WINDOW_UPDATE for nearly every read however small (its "partial slack" branch and, by
@@ -78,6 +79,15 @@ benchmark switches). `QuickYamuxStream.write` also takes a `PrefixedData` (a fra
 4-byte length and its body, node/streams.py) and builds the frames from both, so a large frame's
 body is copied once on its way into Yamux frames, not twice (header join, then frame join).
 
+A sixth: a writer whose send window is spent waits in `YamuxStream.write`, which polls the
+window every 10 ms (`trio.sleep(0.01)`; QuickYamuxStream's `_wait_for_window` copied it), so the window update that arrives a fraction
+of a millisecond later is seen up to 10 ms late. Every transfer over a new stream's 256 KiB
+window meets it: a 0.58 MB frame (an FL model) on a fresh stream took 12.2 ms on 127.0.0.1,
+against 5.8 for py-libp2p's own stack, which sends its window updates earlier. Reproduction:
+`python -m fognode.tools.bench.stream_bulk --fresh`. go-yamux wakes the writer from the update
+(`Stream.sendNotifyCh`). Fix: `QuickYamuxStream.send_window` is a property whose increase sets
+the event a waiting writer sleeps on, whichever path grows it; the same transfer takes 2.5 ms.
+
 Installation is a monkeypatch, because the constructor option is ignored (a second upstream
 bug): `new_host(muxer_opt={"/yamux/1.0.0": cls})` accepts a class, but
 `libp2p/stream_muxer/muxer_multistream.py: MuxerMultistream.new_conn` builds `Yamux(...)` by
@@ -106,7 +116,7 @@ from libp2p.stream_muxer.yamux.yamux import (HEADER_SIZE, MAX_WINDOW_SIZE,
 
 from fognode.node import p2pfix_yamux_reader
 from fognode.node.p2pfix_noiseio import QuickNoiseSession
-from fognode.node.p2pfix_tcpio import QuickLock, is_buffered
+from fognode.node.p2pfix_tcpio import QuickLock, QuickSemaphore, is_buffered
 
 
 class WindowBudget(Protocol):
@@ -133,6 +143,9 @@ WRITE_BATCH = 1 << 20
 # message (65,519 plaintext bytes), so the reader takes each frame from one decrypted message.
 # Any size up to the send window is valid Yamux; go-yamux's own frames are at most 64 KiB.
 FRAME_DATA = MAX_PLAINTEXT_LENGTH - HEADER_SIZE
+# A writer waiting for window checks this often whether its stream closed meanwhile (a window
+# update wakes it at once: QuickYamuxStream.send_window)
+WINDOW_POLL = 0.01
 # A `hand_over` stream's read that takes at least this many bytes gets the buffer itself;
 # below it a copy is as cheap, and its reader returns the bytes as they are
 HAND_OVER_MIN = 1 << 16
@@ -190,6 +203,7 @@ class QuickYamux(Yamux):
         super().__init__(*args, **kwargs)
         self.streams_lock = QuickLock()
         self._write_lock = QuickLock()
+        self.stream_backlog_semaphore = QuickSemaphore(self.stream_backlog_semaphore.value)
         self.streams = _StreamTable()
         self.window_budget: WindowBudget | None = _budgets.get(_local_peer(self.secured_conn))
         if isinstance(self.secured_conn, QuickNoiseSession):
@@ -374,15 +388,36 @@ class QuickYamuxStream(YamuxStream):
         """Bytes are buffered for this stream: a read returns at once."""
         return bool(self.conn.stream_buffers.get(self.stream_id))
 
+    @property
+    def send_window(self) -> int:
+        """Bytes we may still send (py-libp2p's attribute); an increase wakes a writer waiting
+        in `_wait_for_window` at once, whichever path makes it (our frame reader, or
+        handle_incoming for a SYN or ACK that carries a window)."""
+        return self.__dict__["_send_window"]  # type: ignore[no-any-return]
+
+    @send_window.setter
+    def send_window(self, value: int) -> None:
+        d = self.__dict__
+        grew = value > d.get("_send_window", 0)
+        d["_send_window"] = value
+        if grew:
+            opened = d.get("_window_opened")
+            if opened is not None:
+                opened.set()
+
     async def _wait_for_window(self) -> None:
-        """py-libp2p's wait for a window update: a 10 ms poll, at most 5 s."""
+        """py-libp2p's wait for a window update (at most 5 s), woken by the update itself
+        (`send_window`) instead of py-libp2p's 10 ms poll; a stream closed meanwhile is still
+        noticed by a check every WINDOW_POLL seconds."""
         self._zero_window_waits += 1
+        d = self.__dict__
         with trio.move_on_after(5.0) as cancel_scope:
-            while True:
-                async with self.window_lock:
-                    if self.send_window > 0 or self.closed:
-                        break
-                await trio.sleep(0.01)
+            while not (self.send_window > 0 or self.closed):
+                opened = d.get("_window_opened")
+                if opened is None or opened.is_set():     # shared by writers waiting together
+                    opened = d["_window_opened"] = trio.Event()
+                with trio.move_on_after(WINDOW_POLL):
+                    await opened.wait()
         if cancel_scope.cancelled_caught:
             raise MuxedStreamError("Timed out waiting for window update after 5 seconds.")
 

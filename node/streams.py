@@ -20,6 +20,9 @@ StreamClosed, so a handler that ends on StreamClosed needs nothing new.
 
 Copies: on a fognode connection (node/p2pfix_yamux.py) the muxer hands the framed stream its
 buffer (a bytearray) instead of a copy, and a frame is copied out of the chunks held once.
+Window: there, a frame's length, once read and accepted, opens the stream's receive window for
+the whole frame at once (node/p2pfix_yamux_ahead.py), instead of one auto-tuning step per
+round trip.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from libp2p.stream_muxer.exceptions import MuxedStreamError
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
 from fognode.node.overlay import FramedStream
 from fognode.node.p2pfix_yamux import PrefixedData, QuickYamux, QuickYamuxStream
-from fognode.node.p2pfix_yamux import QuickYamuxStream
+from fognode.node.p2pfix_yamux_ahead import open_ahead
 from fognode.node.rcmgr import Wait
 from fognode.node.resources import BufferAccount, ResourceGate
 from fognode.node.wire import pack, unpack
@@ -48,6 +51,9 @@ _READ_CHUNK = 1 << 20  # the most we ask the muxer for in one read
 # A frame of at least this many bytes goes to a QuickYamuxStream as its length and its body,
 # not joined: the Yamux frames are built from both (one copy of the body, not two)
 PREFIXED_MIN = 16 * 1024
+# A frame whose body still to come is over this many bytes has its Yamux window opened for all
+# of it as soon as its length is read (node/p2pfix_yamux_ahead.py; it checks the exact need)
+AHEAD_MIN = 64 * 1024
 
 # Everything py-libp2p raises when the other side (or the connection) goes away mid-read/write.
 _CLOSED_ERRORS: tuple[type[BaseException], ...] = (Libp2pStreamError, MuxedStreamError, EOFError,
@@ -134,6 +140,8 @@ class Libp2pFramedStream:
             raise RemoteProtocolError(
                 f"frame of {length} bytes on {self.protocol_id} is over the {limit}-byte limit",
                 peer=self.remote_peer)
+        if self._prefixed and length - self._held > AHEAD_MIN:   # window for all of it now
+            await open_ahead(self._stream.muxed_stream, length - self._held)  # type: ignore[attr-defined]
         until = None if self._gate is None else \
             trio.current_time() + self._gate.deadlines.frame_time(length)
         body = await self._read_exact(length, in_frame=True, until=until)

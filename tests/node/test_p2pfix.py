@@ -24,7 +24,10 @@ import trio.testing
 from libp2p.custom_types import TProtocol
 from libp2p.io.trio import TrioTCPStream
 from libp2p.io.utils import read_exactly
+from libp2p.host.basic_host import _IdentifyNotifee
 from libp2p.network.connection.swarm_connection import SwarmConn
+from libp2p.network.swarm import Swarm
+from libp2p.network.tag_store import TagStoreNotifee
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.peer import peerstore
 from libp2p.protocol_muxer.multiselect_client import MultiselectClient
@@ -32,6 +35,7 @@ from libp2p.pubsub import utils as pubsub_utils
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.pubsub_notifee import PubsubNotifee
 from libp2p.utils.varint import encode_uvarint, read_varint_prefixed_bytes_limited
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.security.noise.io import BaseNoiseMsgReadWriter, NoiseTransportReadWriter
@@ -127,6 +131,20 @@ PINNED: dict[Any, str] = {
     YamuxStream.read: "ca585f2199fd4e83",
     YamuxStream.write: "d87f74dfb53ab194",
     YamuxStream._grow_threshold: "fde3988bca54745c",
+    # node/p2pfix_streamopen.py: the fan-out it copies, the stream notifications it skips as
+    # no-ops (a py-libp2p that gives one of them work must fail here), the stream semaphore it
+    # replaces and the three places that use it (acquire, release, value only)
+    Swarm._notify: "36afe611751a4cb8",
+    Swarm.set_resource_manager: "ba5593b3f671fb6a",
+    Swarm.new_stream: "125812a9745b972b",
+    SwarmConn._handle_muxed_stream: "fb51f8a3e37c9800",
+    Swarm.notify_closed_stream: "a34ffe3b8041e823",
+    TagStoreNotifee.opened_stream: "a2478e3d7b583991",
+    TagStoreNotifee.closed_stream: "8645d788a5abcd8b",
+    _IdentifyNotifee.opened_stream: "7202a6f0b3faf393",
+    _IdentifyNotifee.closed_stream: "2ca1ed587438b50a",
+    PubsubNotifee.opened_stream: "b0e08b02576cb4d4",
+    PubsubNotifee.closed_stream: "21a58180cbef9594",
     ReadWriteLock.acquire_write: "26db183f402eee45",
     ReadWriteLock.release_write: "3f06e1b08c17ac15",
 }

@@ -25,6 +25,11 @@ the same bytes in Noise transport messages of 65,519 plaintext bytes. The figure
 and direction are the sender's and the receiver's CPU us per MB (1e6 bytes of tensor) and the
 wall MB/s of the transfers (median of the runs, spread printed); the bound rows are bare +
 encrypt for the sender and bare + decrypt for the receiver.
+
+`--fresh` (fognode and plain stacks): the dialer fetches from the listener only, each transfer
+on a new stream of its own (open, request, header and tensor, close), as FL opens one per
+model fetch; rows add the wall milliseconds per transfer. A new Yamux stream starts with the
+protocol's 256 KiB receive window, so this is the path that waits for window updates.
 """
 from __future__ import annotations
 
@@ -35,11 +40,12 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
 PROTOCOL = "/fognode/bench/bulk/1.0.0"
+FRESH_PROTOCOL = "/fognode/bench/bulk-fresh/1.0.0"   # --fresh: one transfer per stream
 NOISE_PLAIN = 65535 - 16     # plaintext bytes of one Noise transport message
 REQUEST = b"\x82" + os.urandom(60)     # stand-ins of FL's request and header frames: their
 HEADER = b"\x83" + os.urandom(120)     # sizes, not their content, matter to the stack
@@ -113,7 +119,26 @@ async def _fetch(st: Framed, n: int, chunks: list[bytes], chunk: int) -> None:
             await st.recv_bytes(max_size=chunk)
 
 
-async def _listener_session(st: Framed) -> None:
+class FreshServer:
+    """--fresh, the listener: serves one transfer on each new stream and counts them."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.served = 0
+        self.changed = trio.Event()
+
+    async def handle(self, st: Framed) -> None:
+        await _serve(st, 1, self.chunks)
+        self.served += 1
+        self.changed.set()
+
+    async def wait_for(self, n: int) -> None:
+        while self.served < n:
+            await self.changed.wait()
+            self.changed = trio.Event()
+
+
+async def _listener_session(st: Framed, fresh: FreshServer) -> None:
     """The listener's side: commands from the dialer, each answered with this process's CPU
     seconds and wall seconds for it."""
     while True:
@@ -124,25 +149,47 @@ async def _listener_session(st: Framed) -> None:
         t, w = time.process_time(), time.perf_counter()
         if cmd["op"] == "fetch":
             await _fetch(st, cmd["n"], chunks, cmd["chunk"])
+        elif cmd["op"] == "fresh":
+            fresh.chunks, fresh.served = chunks, 0
+            await st.send_bytes(b"ready")
+            await fresh.wait_for(cmd["n"])
         else:
             await _serve(st, cmd["n"], chunks)
         out = {"cpu": time.process_time() - t, "wall": time.perf_counter() - w}
         await st.send_bytes(json.dumps(out).encode())
 
 
-async def _dialer_session(st: Framed, args: argparse.Namespace) -> dict[str, float]:
+Opener = Callable[[], Awaitable[Any]]      # --fresh: opens a new FRESH_PROTOCOL stream
+
+
+async def _fetch_fresh(open_fresh: Opener, n: int, chunks: list[bytes], chunk: int) -> None:
+    for _ in range(n):
+        st = await open_fresh()
+        await _fetch(st, 1, chunks, chunk)
+        await st.close()
+
+
+async def _dialer_session(st: Framed, args: argparse.Namespace,
+                          open_fresh: Opener | None = None) -> dict[str, float]:
     chunks = _chunks(args.size, args.chunk)
     out: dict[str, float] = {}
     ops = [("fetch", args.warmup), ("serve", args.warmup), ("fetch", args.transfers),
            ("serve", args.transfers)]
     if args.one_way:        # for a profile: the listener only receives
         ops = ops[::2]
+    if args.fresh:
+        ops = [("fresh", args.warmup), ("fresh", args.transfers)]
     for op, n in ops:
         cmd = {"op": op, "n": n, "size": args.size, "chunk": args.chunk}
         await st.send_bytes(json.dumps(cmd).encode())
+        if op == "fresh":
+            await st.recv_bytes()       # the listener's server has the chunks
         t, w = time.process_time(), time.perf_counter()
         if op == "fetch":        # the listener fetches: we serve
             await _serve(st, n, chunks)
+        elif op == "fresh":
+            assert open_fresh is not None
+            await _fetch_fresh(open_fresh, n, chunks, args.chunk)
         else:
             await _fetch(st, n, chunks, args.chunk)
         theirs = json.loads(await st.recv_bytes())
@@ -169,13 +216,15 @@ async def _fognode(args: argparse.Namespace) -> None:
     async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg) as ov:
         if args.role == "listen":
             done = trio.Event()
+            fresh = FreshServer()
 
             async def handler(st: Any) -> None:
                 try:
-                    await _listener_session(st)
+                    await _listener_session(st, fresh)
                 finally:        # the session ended, or the dialer went away
                     done.set()
             ov.set_stream_handler(PROTOCOL, handler)
+            ov.set_stream_handler(FRESH_PROTOCOL, fresh.handle)
             print(f"{ov.listen_addrs()[0]}", flush=True)
             await done.wait()
             await trio.sleep(0.2)       # the last frame leaves before the host closes
@@ -183,7 +232,8 @@ async def _fognode(args: argparse.Namespace) -> None:
             peer = await ov.connect(args.addr)
             await trio.sleep(0.5)       # identify and the gossip streams settle
             st = await ov.open_stream(peer, PROTOCOL)
-            print(json.dumps(await _dialer_session(st, args)), flush=True)
+            out = await _dialer_session(st, args, lambda: ov.open_stream(peer, FRESH_PROTOCOL))
+            print(json.dumps(out), flush=True)
 
 
 async def _plain(args: argparse.Namespace) -> None:
@@ -208,13 +258,20 @@ async def _plain(args: argparse.Namespace) -> None:
     async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
         if args.role == "listen":
             done = trio.Event()
+            fresh = FreshServer()
 
             async def handler(stream: Any) -> None:
                 try:
-                    await _listener_session(Libp2pFramedStream(stream))
+                    await _listener_session(Libp2pFramedStream(stream), fresh)
                 finally:
                     done.set()
+
+            async def fresh_handler(stream: Any) -> None:
+                st = Libp2pFramedStream(stream)
+                await fresh.handle(st)
+                await st.close()
             host.set_stream_handler(TProtocol(PROTOCOL), handler)
+            host.set_stream_handler(TProtocol(FRESH_PROTOCOL), fresh_handler)
             print(f"{host.get_addrs()[0]}", flush=True)
             await done.wait()
             await trio.sleep(0.2)
@@ -222,7 +279,12 @@ async def _plain(args: argparse.Namespace) -> None:
             info = info_from_p2p_addr(multiaddr.Multiaddr(args.addr))
             await host.connect(info)
             stream = await host.new_stream(info.peer_id, [TProtocol(PROTOCOL)])
-            print(json.dumps(await _dialer_session(Libp2pFramedStream(stream), args)), flush=True)
+
+            async def open_fresh() -> Any:
+                s = await host.new_stream(info.peer_id, [TProtocol(FRESH_PROTOCOL)])
+                return Libp2pFramedStream(s)
+            out = await _dialer_session(Libp2pFramedStream(stream), args, open_fresh)
+            print(json.dumps(out), flush=True)
 
 
 async def _bare(args: argparse.Namespace) -> None:
@@ -230,7 +292,7 @@ async def _bare(args: argparse.Namespace) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         print(f"127.0.0.1:{listeners[0].socket.getsockname()[1]}", flush=True)
         sock = await listeners[0].accept()
-        await _listener_session(BareFramed(sock))
+        await _listener_session(BareFramed(sock), FreshServer())
         await sock.aclose()
     else:
         host, port = args.addr.rsplit(":", 1)
@@ -266,7 +328,7 @@ def _one_run(stack: str, args: argparse.Namespace) -> dict[str, float]:
     base = [sys.executable, *me, "--stack", stack,
             "--transfers", str(args.transfers), "--size", str(args.size),
             "--chunk", str(args.chunk), "--warmup", str(args.warmup)] + \
-        (["--one-way"] if args.one_way else [])
+        (["--one-way"] if args.one_way else []) + (["--fresh"] if args.fresh else [])
     listener = subprocess.Popen(base + ["--role", "listen"], stdout=subprocess.PIPE, text=True)
     try:
         assert listener.stdout is not None
@@ -297,6 +359,8 @@ def main() -> None:
     ap.add_argument("--stacks", default="fognode,plain,bare")
     ap.add_argument("--one-way", action="store_true",
                     help="only the dialer sends (for py-spy: the listener is the receiver)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="each transfer on a new stream, the listener serving (module doc)")
     ap.add_argument("--stack", choices=sorted(STACKS), help=argparse.SUPPRESS)
     ap.add_argument("--role", choices=("listen", "dial"), help=argparse.SUPPRESS)
     ap.add_argument("--addr", help=argparse.SUPPRESS)
@@ -305,6 +369,8 @@ def main() -> None:
         trio.run(STACKS[args.stack], args)
         return
     stacks = args.stacks.split(",")
+    if args.fresh:
+        stacks = [s for s in stacks if s != "bare"]
     mb = args.transfers * args.size / 1e6
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in stacks}
     crypto: list[dict[str, float]] = []
@@ -312,20 +378,27 @@ def main() -> None:
         for s in stacks:
             runs[s].append(_one_run(s, args))
         crypto.append(_crypto(args.transfers * args.size))
-    print(f"bulk transfers on one reused stream, two processes on 127.0.0.1: {args.transfers} "
-          f"transfers of {args.size} bytes each way in {args.chunk}-byte frames, median of "
-          f"{args.runs} runs (min-max); load {open('/proc/loadavg').read().split()[0]}")
-    print(f"{'stack, direction':<26}{'send CPU us/MB':>22}{'recv CPU us/MB':>22}{'wall MB/s':>20}")
+    how = "a new stream per transfer" if args.fresh else "one reused stream"
+    print(f"bulk transfers on {how}, two processes on 127.0.0.1: {args.transfers} "
+          f"transfers of {args.size} bytes {'to the dialer' if args.fresh else 'each way'} in "
+          f"{args.chunk}-byte frames, median of {args.runs} runs (min-max); "
+          f"load {open('/proc/loadavg').read().split()[0]}")
+    print(f"{'stack, direction':<26}{'send CPU us/MB':>22}{'recv CPU us/MB':>22}{'wall MB/s':>20}"
+          + (f"{'wall ms/transfer':>22}" if args.fresh else ""))
+    ways = ("to dialer",) if args.fresh else \
+        ("to listener",) if args.one_way else ("to listener", "to dialer")
     for s in stacks:
-        for way in ("to listener",) if args.one_way else ("to listener", "to dialer"):
+        for way in ways:
             send = [r[f"{way} send"] / mb * 1e6 for r in runs[s]]
             recv = [r[f"{way} recv"] / mb * 1e6 for r in runs[s]]
             rate = [mb / r[f"{way} wall"] for r in runs[s]]
-            print(f"{s + ', ' + way:<26}{_fmt(send):>22}{_fmt(recv):>22}{_fmt(rate, 1):>20}")
+            ms = [r[f"{way} wall"] / args.transfers * 1e3 for r in runs[s]]
+            print(f"{s + ', ' + way:<26}{_fmt(send):>22}{_fmt(recv):>22}{_fmt(rate, 1):>20}"
+                  + (f"{_fmt(ms, 2):>22}" if args.fresh else ""))
     enc = [c["encrypt"] / mb * 1e6 for c in crypto]
     dec = [c["decrypt"] / mb * 1e6 for c in crypto]
     print(f"{'crypto alone':<26}{_fmt(enc):>22}{_fmt(dec):>22}{'-':>20}")
-    if "bare" in stacks and not args.one_way:
+    if "bare" in stacks and not args.one_way and not args.fresh:
         bare_s = statistics.median(r[f"{w} send"] for r in runs["bare"]
                                    for w in ("to listener", "to dialer")) / mb * 1e6
         bare_r = statistics.median(r[f"{w} recv"] for r in runs["bare"]
