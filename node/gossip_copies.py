@@ -12,14 +12,16 @@ waits in the peer's outbound queue, is exactly such a copy. nim-libp2p does the 
 out of the relay; heDontWants are checked at relay time).
 
 `PeerCopies` keeps, per peer, the ids of the last `per_peer` messages the peer sent us
-(insertion order; the oldest forgotten first), so its memory is bounded per connected peer
-whatever a peer sends. `note` records a copy, `has` answers the forwarding question, `forget`
+(insertion order; the oldest forgotten first, in constant time: an OrderedDict, since deleting
+the first key of a plain dict leaves a hole that every later eviction walks over again), so its
+memory is bounded per connected peer whatever a peer sends. `note` records a copy, `has` answers the forwarding question, `forget`
 drops a peer that left, `without_holders` filters a forward's peers. node/p2pfix_copies.py
 asks it when a message is forwarded and again when the forward is written. Leaving a peer out
 never loses a message for it: the peer has the message already.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Hashable, Iterable
 
 PER_PEER = 512      # message ids remembered per peer (about 4 s of a 100 msgs/s stream)
@@ -32,19 +34,19 @@ class PeerCopies:
         if per_peer < 1:
             raise ValueError(f"per_peer must be at least 1, got {per_peer}")
         self.per_peer = per_peer
-        self._held: dict[Hashable, dict[bytes, None]] = {}
+        self._held: dict[Hashable, OrderedDict[bytes, None]] = {}
         self.left_out = 0       # copies not sent because the peer held the message
 
     def note(self, peer: Hashable, msg_id: bytes) -> None:
         """`peer` sent us a copy of `msg_id`."""
         held = self._held.get(peer)
         if held is None:
-            held = self._held[peer] = {}
+            held = self._held[peer] = OrderedDict()
         elif msg_id in held:
             return
         held[msg_id] = None
         if len(held) > self.per_peer:
-            del held[next(iter(held))]
+            held.popitem(last=False)
 
     def has(self, peer: Hashable, msg_id: bytes) -> bool:
         held = self._held.get(peer)
