@@ -65,6 +65,8 @@ class NodeService:
     def __init__(self, daemon: "Daemon") -> None:
         self._d = daemon
         self.ready = trio.Event()  # set once every role has started and the socket answers
+        # roles' deferred imports, once ready: one at a time (node/deferredload.py)
+        self.deferred_imports = trio.CapacityLimiter(1)
 
     def uptime(self) -> float:
         return time.monotonic() - self._d.started_at

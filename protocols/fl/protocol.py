@@ -41,7 +41,7 @@ from fognode.node.role import Role
 from fognode.node.wire import digest, unpack
 from fognode.protocols.fl.config import MIB, FlConfig, validate
 from fognode.protocols.fl.errors import UnknownMessageType
-from fognode.protocols.fl.loading import NUMERIC_MODULE, WAIT_BOUND, CoreLoad
+from fognode.protocols.fl.loading import NUMERIC_MODULE, WAIT_BOUND, core_load
 from fognode.protocols.fl.messages import DeviceFacts, GossipMessage, SelectionCriteria, decode_gossip
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.rpc import FlRpc
@@ -77,14 +77,14 @@ class FlRole(FlRpc, Role):
     stream_ids = (MODEL_STREAM, UPDATE_STREAM, SECAGG_STREAM, XFER_STREAM)
     topics = (TOPIC,)
 
-    numeric_module = NUMERIC_MODULE   # what CoreLoad imports (tests name a module that fails)
+    numeric_module = NUMERIC_MODULE   # what core_load imports (tests name a module that fails)
 
     def __init__(self, ctx: Any, config: FlConfig) -> None:
         super().__init__(ctx, config)
         validate(config)
         self.metrics = FlMetrics.create(ctx.metrics)
         self._task_starts = RecentCount(TASK_DEATH_WINDOW)   # task process starts (monotonic times)
-        self._load = CoreLoad(self.numeric_module)
+        self._load = core_load(self.numeric_module)
         self.numeric: ModuleType | None = None     # the numeric core (numeric.py), once loaded
         self._serving = trio.Event()               # set once the core serves (or its load failed)
         self._handlers: dict[str, Any] = {}        # stream id -> the core's handler, once serving

@@ -37,7 +37,7 @@ from fognode.protocols.onion.hosting.errors import HostingError
 from fognode.protocols.onion.hosting.levels import LEVELS
 from fognode.protocols.onion.hosting.metrics import HostingMetrics
 from fognode.protocols.onion.hs_errors import HsConnectError, ServiceError, SocksReply
-from fognode.protocols.onion.loading import WAIT_BOUND, PartsLoad
+from fognode.protocols.onion.loading import PARTS_MODULE, WAIT_BOUND, parts_load
 from fognode.protocols.onion.metrics import OnionMetrics
 from fognode.protocols.onion.socks_server import SocksServer
 from fognode.protocols.onion.wire_names import HOSTED_NAMESPACE, HOSTING_STREAM, HSDESC_NAMESPACE, LINK_STREAM
@@ -80,7 +80,7 @@ class OnionRole(Role):
     Config = OnionConfig
     stream_ids = (LINK_STREAM, HOSTING_STREAM)
 
-    parts_module = "fognode.protocols.onion.parts"   # what PartsLoad imports (tests name one that fails)
+    parts_module = PARTS_MODULE   # what parts_load imports (tests name one that fails)
 
     def __init__(self, ctx: NodeContext, config: OnionConfig) -> None:
         super().__init__(ctx, config)
@@ -89,7 +89,7 @@ class OnionRole(Role):
         self.hosting_metrics = HostingMetrics.create(ctx.metrics)
         self.validator = LateValidator(self._hsdesc_validator)
         self.hosted_validator = LateValidator(self._hosted_validator)
-        self._load = PartsLoad(self.parts_module)
+        self._load = parts_load(self.parts_module)
         self._parts: OnionParts | None = None
         self._serving = trio.Event()           # set once the parts serve (or their load failed)
         self.socks: SocksServer | None = None
