@@ -109,7 +109,7 @@ class Libp2pFramedStream:
         """The underlying py-libp2p stream (for the host only)."""
         return self._stream
 
-    async def send_bytes(self, data: bytes) -> None:
+    async def send_bytes(self, data: bytes | memoryview) -> None:
         """Write one frame. Raises LocalProtocolError if over `max_frame`, StreamClosed if the
         stream is gone. Awaits the muxer's flow control; cancellable."""
         if len(data) > self.max_frame:

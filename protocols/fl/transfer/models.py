@@ -47,7 +47,7 @@ async def send_model(link: Link, st: FramedStream, sid: bytes, model_hash: bytes
     await st.send(ModelResponse(True, "", tuple((n, h) for n, h, _ in encoded)).to_wire())
     for _, h, chunks in encoded:
         for c in chunks:
-            await st.send_bytes(bytes(c))
+            await st.send_bytes(c)
         link.metrics.bytes_out.labels("model").inc(h.nbytes)
 
 

@@ -77,7 +77,7 @@ async def _send_reading_ack(st: FramedStream, header: dict[str, Any], chunks: li
                 await st.send(header)
             for c in chunks:
                 with trio.fail_after(STALL_TIMEOUT):
-                    await st.send_bytes(bytes(c))
+                    await st.send_bytes(c)
         except StreamClosed:
             pass            # the receiver refused and closed: its ack says why
         except trio.TooSlowError:
