@@ -7,7 +7,8 @@ numeric core, the onion role's working parts).
    `node.info` answering), so the import does not compete with the other roles' starts for
    the GIL;
 2. waits for its turn: the "node" service's `deferred_imports` limiter (one token) lets one
-   role's deferred import run at a time, in the order the roles asked. Two imports at once
+   role's deferred import run at a time (which of the roles woken by `ready` goes first is
+   the scheduler's choice; later ones queue in order). Two imports at once
    share the GIL with each other and the event loop: in one process, importing FL's core and
    onion's parts concurrently cost 139-221 ms of CPU (median 207) against 125-207 ms (median
    147) one after the other (session 27, load 5, 5 alternations);

@@ -1,5 +1,5 @@
 """A role's deferred import (node/deferredload.py): it waits for the node to be ready, then for
-its turn (one deferred import at a time, in the order asked), imports in a worker thread, and
+its turn (one deferred import at a time), imports in a worker thread, and
 imports at once for a role run without a "node" service. Real modules written to a temporary
 directory on sys.path, the real NodeService and its limiter."""
 from __future__ import annotations
@@ -39,9 +39,10 @@ def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 async def test_imports_wait_for_the_node_then_run_one_at_a_time(modules: Path) -> None:
-    flag = modules / "go"
-    (modules / "probe_first.py").write_text(BLOCKING.format(flag=str(flag)))
-    (modules / "probe_second.py").write_text("LOADED = True\n")
+    # both block until their flag exists: whichever gets the turn first (trio may run the two
+    # woken tasks in either order) holds it until the test lets it finish
+    for name in ("probe_first", "probe_second"):
+        (modules / f"{name}.py").write_text(BLOCKING.format(flag=str(modules / f"{name}.go")))
     services = Services()
     node = NodeService(None)     # only `ready` and `deferred_imports` are read
     services.provide("node", node)
@@ -51,6 +52,9 @@ async def test_imports_wait_for_the_node_then_run_one_at_a_time(modules: Path) -
     async def load(d: DeferredImport) -> None:
         got[d.module] = await d.run(services)
 
+    def one_imports_one_waits() -> bool:
+        return {first.state, second.state} == {"importing", QUEUED}
+
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(load, first)
@@ -59,14 +63,17 @@ async def test_imports_wait_for_the_node_then_run_one_at_a_time(modules: Path) -
             await trio.sleep(0.1)
             assert first.state == second.state == "waiting for the node"
             node.ready.set()
-            await wait_until(lambda: first.state == "importing" and second.state == QUEUED,
-                             what="the first imports, the second waits its turn")
+            await wait_until(one_imports_one_waits, what="one imports, the other waits its turn")
+            going, waiting = (first, second) if first.state == "importing" else (second, first)
             await trio.sleep(0.2)
-            assert second.state == QUEUED and "probe_second" not in sys.modules
-            flag.touch()
+            assert one_imports_one_waits() and waiting.module not in sys.modules
+            (modules / f"{going.module}.go").touch()
+            await wait_until(lambda: going.state == "loaded" and waiting.state == "importing",
+                             what="the second import gets the turn once the first is done")
+            (modules / f"{waiting.module}.go").touch()
         assert first.state == second.state == "loaded"
         assert first.seconds is not None and second.seconds is not None
-        assert getattr(got["probe_second"], "LOADED") is True
+        assert set(got) == {"probe_first", "probe_second"}
         assert node.deferred_imports.available_tokens == 1
 
 
