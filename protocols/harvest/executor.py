@@ -13,7 +13,7 @@ with the daemon (kill -9 included, stopped or not); a job no reaper guards is no
 
 `Executor.watch(pid)` takes a process someone else started and reaps (FL's task process) under
 the same suspend/resume, duty cycle, meter and memory limit, and releases it (running) when the
-watch is cancelled; its borrower calls `read_now` first, so work shorter than a poll is metered.
+watch is cancelled; its borrower takes `usage_now` first, so work shorter than a poll is metered.
 
 `suspend()` / `resume()` stop and continue every running job at once (SIGSTOP / SIGCONT to each
 job's process group and any descendant that left it); they are synchronous, act before they
@@ -117,12 +117,12 @@ class Executor:
         return [JobStatus(j.job_id, j.name, j.pid, j.memory_limit, j.meter.cause,
                           j.meter.usage(now)) for j in self._jobs.values()]
 
-    def read_now(self, name: str) -> None:
-        """Read the watched job `name` now, on the loop as `watch` does (module docstring)."""
-        for job in (j for j in self._jobs.values() if j.name == name and j.pid and not j.meter.finished):
-            sample, pids = sample_tree(job.pid)
-            if pids:
-                job.meter.sample(trio.current_time(), sample.since(job.cpu_base))
+    def usage_now(self, name: str) -> Usage | None:
+        """The watched job `name`'s usage, read now on the loop as `watch` does (None: gone)."""
+        job = next((j for j in self._jobs.values() if j.name == name), None)
+        if job is not None and job.pid and (got := sample_tree(job.pid))[1]:
+            job.meter.sample(trio.current_time(), got[0].since(job.cpu_base))
+        return None if job is None else job.meter.usage(trio.current_time())
 
     # ---- control -----------------------------------------------------------------------
 

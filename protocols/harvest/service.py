@@ -277,8 +277,7 @@ class HarvestService:
                 yield s
             finally:
                 if label in self._watched:      # still watched: take its usage, release it
-                    self.executor.read_now(label)
-                    usage = next((j.usage for j in self.executor.status() if j.name == label), None)
+                    usage = self.executor.usage_now(label)
                     del self._watched[label]
                     nursery.cancel_scope.cancel()
                     if usage is not None:
