@@ -75,8 +75,8 @@ def test_a_node_on_battery_is_not_selected_until_it_charges(node_factory: NodeFa
     write_trace(traces[3], plugged=True)
     wait_until(lambda: harvest_view()[phone.peer_id] == "available", timeout=30, interval=0.25,
                what="node 0 to see node 3 available again")
-    # 30 local epochs: the phone's training must outlast the kernel's 10 ms CPU tick that the
-    # harvest meter reads (/proc utime+stime); one epoch of `synthetic` takes a few ms
+    # 30 local epochs: a training of tens of ms (one epoch of `synthetic` takes a few; the meter
+    # reads the process's CPU clock in ns, it read 10 ms ticks until stop 28)
     sid2 = coord.rpc("fl.start", {**params, "min_participants": 4, "local_epochs": 30})["session_id"]
     wait_until(lambda: coord.rpc("fl.status", [sid2])["state"] != "running", timeout=120,
                interval=0.25, what="the second session to end")
