@@ -12,15 +12,15 @@ process (node/host.py's overlay, as a peer daemon's) then fetches that model fro
 - "session": on one transfer session (`/fognode/fl/xfer/1.0.0`), a "model" request each, as
   a participant fetches its base model in rounds 2+ (transfer/sessions.py);
 - "stream": on a model stream opened per fetch (`/fognode/fl/model/1.0.0`), as a node without
-  a session does, and as `bench.fl`'s own "one model fetch costs" line measures it;
+  a session does, and as `bench.fl`'s filed fetch bound measures it;
 - "refused": a request for a model node 0 does not hold on a model stream opened for it (the
   open and one small exchange: the "stream" row less the tensor).
-Each fetch is received as FL receives it (tools/bench/fl_fetch.py `request_kinds`: ModelResponse.decode,
-transfer/models.py `read_tensors`: the hashing decoder; the params' header hash must be the model
-hash). The CPU of the
-serving daemon (with its task process; its idle CPU over the same wall time, measured
-before, is subtracted) and of this process (`time.process_time`, the host's trio thread and
-everything else) are divided by the fetches; medians of `--runs` runs (min-max).
+The three requests are `bench.fl`'s own (tools/bench/fl_fetch.py `request_kinds`), received as
+FL receives them (ModelResponse.decode, transfer/models.py `read_tensors`: the hashing decoder;
+the params' header hash must be the model hash). The CPU of the serving daemon (with its task
+process; its idle CPU over the same wall time, measured before, is subtracted) and of this
+process (`time.process_time`, the host's trio thread and everything else) are divided by the
+fetches; medians of `--runs` runs (min-max).
 
 The bounds, measured in the same run (tools/bench/stream_bulk.py, the same bytes in one
 1 MiB-chunk frame per fetch on one reused stream, two processes): "stack" is node/host.py's
