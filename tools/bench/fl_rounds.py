@@ -43,8 +43,10 @@ local trainings (every node's data, evaluate + train, the work a daemon does per
 after the other in this process; FedAvg of N updates of the same size in this process; the
 same model bytes fetched over one libp2p stream from the coordinator daemon by a libp2p host
 in this process, with the CPU seconds that fetch costs the daemon and this process, and one
-request/response round trip on that stream protocol (the floor of one gossip hop); the same
-bytes over a plain TCP socket on loopback.
+request/response round trip on that stream protocol (the floor of one gossip hop), all timed
+once the host's connections have settled (the other daemons dial it when it joins), and the
+same fetch on an open transfer session (tools/bench/fl_fetch.py); the same bytes over a plain
+TCP socket on loopback.
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from fognode.tools.bench.fl_fetch import FetchBounds, stream_bounds
 from fognode.tools.bench.metrics_scrape import Mean, Sample, counter, hist, scrape
 from fognode.tools.devnet import Devnet, DevnetNode, free_port, wait_until
 
@@ -87,6 +90,9 @@ class Bounds:
     fetch: float              # median seconds, one model fetch over one libp2p stream
     fetch_cpu: tuple[float, float]   # CPU seconds of one such fetch: (sending daemon, receiver here)
     rtt: float                # median seconds, one request/response on an open connection
+    session: float            # median seconds, one model fetch on an open transfer session
+    session_cpu: tuple[float, float]  # CPU seconds of one such fetch, as fetch_cpu
+    settled: str              # the fetching host's connections before the timing (fl_fetch.settle)
     tcp: float                # median seconds, the same bytes over plain TCP on loopback
     idle_lag: float           # mean event-loop lag of the daemons, idle, for IDLE_LAG seconds
 
@@ -207,61 +213,6 @@ def tcp_seconds(nbytes: int, repeats: int = 5) -> float:
             th.join()
             assert len(got) == nbytes
     return statistics.median(times)
-
-
-async def stream_bounds(addr: str, peer: str, sid: bytes, model_hash: bytes, size: int, pid: int,
-                        repeats: int = 5) -> tuple[float, float, tuple[float, float]]:
-    """(median request/response round trip, median model fetch, CPU seconds of one fetch in
-    the serving daemon `pid` and in this process) between a libp2p host in this process and
-    the daemon at `addr`, on the daemon's real model stream."""
-    import trio
-    from nacl.signing import SigningKey
-    from prometheus_client import CollectorRegistry
-
-    from fognode.node.events import EventBus
-    from fognode.node.host import OverlayConfig, open_overlay
-    from fognode.protocols.fl.messages import ModelRequest, ModelResponse
-    from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, MODEL_STREAM
-    from fognode.protocols.fl.transfer.tensors import TensorDecoder, params_hash
-
-    reg = CollectorRegistry()
-    cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=1)
-    rtts: list[float] = []
-    fetches: list[float] = []
-    with trio.fail_after(180):      # 60 s was too short at load 44
-        async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg) as ov:
-            await ov.connect(addr)
-
-            async def ask(h: bytes) -> Any:
-                st = await ov.open_stream(peer, MODEL_STREAM)
-                try:
-                    await st.send(ModelRequest(sid, h).to_wire())
-                    resp = ModelResponse.decode(await st.recv(max_size=MAX_CONTROL_FRAME),
-                                                params_shape=(size,), max_bytes=1 << 30, peer=peer)
-                    arrays = {}
-                    for name, th in resp.tensors:
-                        dec = TensorDecoder(th, peer=peer)
-                        for _ in range(th.num_chunks):
-                            dec.feed(await st.recv_bytes(max_size=th.chunk_size))
-                        arrays[name] = dec.finish()
-                    return resp.ok, arrays
-                finally:
-                    await st.close()
-
-            for _ in range(repeats):
-                t = time.perf_counter()
-                ok, _ = await ask(b"\0" * 32)      # a model nobody holds: one small answer
-                rtts.append(time.perf_counter() - t)
-                assert not ok
-            cpu0, here0 = tree_cpu([pid]), time.process_time()
-            for _ in range(repeats):
-                t = time.perf_counter()
-                ok, arrays = await ask(model_hash)
-                fetches.append(time.perf_counter() - t)
-                if not ok or params_hash(arrays["params"]) != model_hash:
-                    raise RuntimeError("the coordinator did not serve the session's final model")
-            cpu = ((tree_cpu([pid]) - cpu0) / repeats, (time.process_time() - here0) / repeats)
-    return statistics.median(rtts), statistics.median(fetches), cpu
 
 
 def tree_cpu(pids: list[int]) -> float:
@@ -439,18 +390,19 @@ def run_processes(nodes: int, rounds: int, *, keep: bool = False, mesh: bool = T
         idle_cpu = (tree_cpu(pids) - cpu_idle0) / IDLE_LAG
         idle = [scrape(p) for p in ports]
         idle_lag = hist(after, idle, "fognode_node_event_loop_lag_seconds").mean
-        rtt = fetch = float("nan")     # if they time out, the session still gets its table
-        fetch_cpu = (float("nan"), float("nan"))
+        nan2 = (nan, nan)     # if they time out, the session still gets its table
+        fb = FetchBounds(rtt=nan, fetch=nan, fetch_cpu=nan2, session=nan, session_cpu=nan2, settled="timed out")
         with contextlib.suppress(trio.TooSlowError):
-            rtt, fetch, fetch_cpu = trio.run(stream_bounds, coord.addr, coord.peer_id, bytes.fromhex(sid),
-                                             bytes.fromhex(done["model_hash"]), size, pids[0])
+            fb = trio.run(stream_bounds, coord.addr, coord.peer_id, bytes.fromhex(sid),
+                          bytes.fromhex(done["model_hash"]), size, pids[0])
         for why in history[0]["failures"] if history else [done.get("reason", "")]:
             print(f"  round 1: {why}", file=sys.stderr)        # the failed tries
         warm_bad = warm != "skipped" and not (warm.startswith("completed") and warm.endswith(" 1 tries"))
         failed = done["state"] != "completed" or not history or history[0]["tries"] > 1 or warm_bad
         first, trains = local_training(nodes)
-        bounds = Bounds(train=trains, first_train=first, fedavg=fedavg_seconds(nodes, size), fetch=fetch,
-                        fetch_cpu=fetch_cpu, rtt=rtt, tcp=tcp_seconds(size * 4), idle_lag=idle_lag)
+        bounds = Bounds(train=trains, first_train=first, fedavg=fedavg_seconds(nodes, size), fetch=fb.fetch,
+                        fetch_cpu=fb.fetch_cpu, rtt=fb.rtt, session=fb.session, session_cpu=fb.session_cpu,
+                        settled=fb.settled, tcp=tcp_seconds(size * 4), idle_lag=idle_lag)
         return RoundsResult(nodes=nodes, parameters=size,
             state=done["state"] + (f" ({done['reason']})" if done.get("reason") else ""),
             setup=history[0]["started_at"] - t_start if history else float("nan"),

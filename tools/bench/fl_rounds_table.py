@@ -1,8 +1,10 @@
 """The table of `python -m fognode.tools.bench.fl --part rounds` (tools/bench/fl_rounds.py runs
 the daemons and measures): per round and for rounds 2+, each phase next to its bound measured in
 the same run, the round's duration next to the critical-path bound, and (printed as rows of
-their own, the filed bound unchanged) the daemons' CPU per round and a second critical-path
-bound that counts the machine's cores (`shared_core_path`).
+their own, the filed bound unchanged) the same path with its three transfers on an open
+transfer session, the coordinator's cycle (round r+1's `started_at` less round r's: work moved
+from one round into the gap before the next shows there), the daemons' CPU per round and a
+second critical-path bound that counts the machine's cores (`shared_core_path`).
 
 Why the second bound: the filed one adds single operations each measured alone on an idle
 machine (the slowest training alone, one model fetch alone), while in a round N daemons on the
@@ -76,6 +78,13 @@ def print_table(r: RoundsResult) -> None:
     path = b.rtt + b.fetch + max(b.train) + b.fetch + b.fedavg + b.rtt + b.fetch
     row("round duration at the coordinator", durations, _mean([durations[i] for i in steady]), len(steady),
         path, "sum of the bounds on the critical path*")
+    session_path = b.rtt + b.session + max(b.train) + b.session + b.fedavg + b.rtt + b.session
+    row("  ... against the path, transfers on a session", durations, _mean([durations[i] for i in steady]),
+        len(steady), session_path, "the same path, each transfer on an open session***")
+    starts = [h["started_at"] for h in r.history]
+    cycles = [b2 - a for a, b2 in zip(starts, starts[1:])] + [float("nan")] * min(len(starts), 1)
+    row("coordinator's cycle: next start - start", cycles, _mean([cycles[i] for i in steady if i < len(starts) - 1]),
+        len([i for i in steady if i < len(starts) - 1]), path, "the filed critical path (a cycle holds a round)")
     shared, parts = shared_core_path(b, r.nodes, r.cores)
     row(f"  ... against the path on {r.cores} shared cores", durations, _mean([durations[i] for i in steady]),
         len(steady), shared, "the same path, each phase >= its total work / cores**")
@@ -99,8 +108,11 @@ def print_table(r: RoundsResult) -> None:
     for reason, count in sorted(r.problems.items(), key=lambda kv: -kv[1]):
         print(f"  update sends that failed ({count}x, daemon logs): {reason}")
     send, recv = b.fetch_cpu
-    print(f"  one model fetch costs {1000 * send:.1f} ms CPU in the serving daemon and {1000 * recv:.1f} ms "
-          f"in the receiving host; daemons idle use {r.idle_cpu:.2f} CPU s/s; {r.cores} cores")
+    print(f"  one model fetch on a stream opened for it costs {1000 * send:.1f} ms CPU in the serving daemon "
+          f"and {1000 * recv:.1f} ms in the receiving host (on an open session {1000 * b.session_cpu[0]:.1f} "
+          f"and {1000 * b.session_cpu[1]:.1f} ms; wall {1000 * b.fetch:.1f} and {1000 * b.session:.1f} ms); "
+          f"daemons idle use {r.idle_cpu:.2f} CPU s/s; {r.cores} cores")
+    print(f"  the fetching host timed them once settled: {b.settled} (tools/bench/fl_fetch.py)")
     print("  ** phases of the shared-core path, s: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
           + " (tools/bench/fl_rounds_table.py: shared_core_path)")
     print("  * gossip hop + model fetch + slowest training + update transfer + fedavg + result gossip "
@@ -108,6 +120,8 @@ def print_table(r: RoundsResult) -> None:
           "observed (the aggregator does not fetch its own model; a participant records a round's "
           "plan_at only if the round's result reaches it before the next plan; a round shorter than "
           "one scrape of all nodes can have its observations counted in the next column)")
+    print("  *** the filed path with each of its three transfers on an open transfer session (no stream "
+          "open, window grown), as rounds 2+ send them; the cycle's last round has no next start")
 
 
 def shared_core_path(b: Bounds, nodes: int, cores: int) -> tuple[float, dict[str, float]]:

@@ -12,14 +12,15 @@ process (node/host.py's overlay, as a peer daemon's) then fetches that model fro
 - "session": on one transfer session (`/fognode/fl/xfer/1.0.0`), a "model" request each, as
   a participant fetches its base model in rounds 2+ (transfer/sessions.py);
 - "stream": on a model stream opened per fetch (`/fognode/fl/model/1.0.0`), as a node without
-  a session does, and as `bench.fl`'s own "one model fetch costs" line measures it;
+  a session does, and as `bench.fl`'s filed fetch bound measures it;
 - "refused": a request for a model node 0 does not hold on a model stream opened for it (the
   open and one small exchange: the "stream" row less the tensor).
-Each fetch is received as FL receives it (ModelResponse.decode, transfer/models.py
-`read_tensors`: the hashing decoder; the params' header hash must be the model hash). The CPU of the
-serving daemon (with its task process; its idle CPU over the same wall time, measured
-before, is subtracted) and of this process (`time.process_time`, the host's trio thread and
-everything else) are divided by the fetches; medians of `--runs` runs (min-max).
+The three requests are `bench.fl`'s own (tools/bench/fl_fetch.py `request_kinds`), received as
+FL receives them (ModelResponse.decode, transfer/models.py `read_tensors`: the hashing decoder;
+the params' header hash must be the model hash). The CPU of the serving daemon (with its task
+process; its idle CPU over the same wall time, measured before, is subtracted) and of this
+process (`time.process_time`, the host's trio thread and everything else) are divided by the
+fetches; medians of `--runs` runs (min-max).
 
 The bounds, measured in the same run (tools/bench/stream_bulk.py, the same bytes in one
 1 MiB-chunk frame per fetch on one reused stream, two processes): "stack" is node/host.py's
@@ -43,6 +44,7 @@ from typing import Any
 
 import trio
 
+from fognode.tools.bench.fl_fetch import request_kinds
 from fognode.tools.bench.fl_rounds import DATA_SEED, TASK, TASK_PARAMS, tree_cpu
 from fognode.tools.devnet import Devnet, wait_until
 
@@ -84,9 +86,7 @@ async def fetches(addr: str, peer: str, sid: bytes, model_hash: bytes, size: int
 
     from fognode.node.events import EventBus
     from fognode.node.host import OverlayConfig, open_overlay
-    from fognode.protocols.fl.messages import ModelRequest, ModelResponse, XferRequest
-    from fognode.protocols.fl.transfer.models import read_tensors
-    from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, MODEL_STREAM, XFER_STREAM
+    from fognode.protocols.fl.transfer.streams import XFER_STREAM
 
     reg = CollectorRegistry()
     cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=1)
@@ -95,41 +95,7 @@ async def fetches(addr: str, peer: str, sid: bytes, model_hash: bytes, size: int
         await ov.connect(addr)
         await trio.sleep(0.5)       # identify and the gossip streams settle
         session = await ov.open_stream(peer, XFER_STREAM)
-        ids = iter(range(1 << 30))
-
-        async def fetch(st: Any) -> None:
-            await st.send(ModelRequest(sid, model_hash).to_wire())
-            resp = ModelResponse.decode(await st.recv(max_size=MAX_CONTROL_FRAME),
-                                        params_shape=(size,), max_bytes=1 << 30, peer=peer)
-            # as receive_model: the decoder checked the float32 params against their header's
-            # hash, which is the model hash (no second hash)
-            if not resp.ok or resp.tensors[0][1].hash != model_hash:
-                raise RuntimeError("node 0 did not serve the session's final model")
-            await read_tensors(st, resp, peer)
-
-        async def on_session() -> None:
-            await session.send(XferRequest(next(ids), "model").to_wire())
-            await fetch(session)
-
-        async def on_stream() -> None:
-            st = await ov.open_stream(peer, MODEL_STREAM)
-            try:
-                await fetch(st)
-            finally:
-                await st.close()
-
-        async def refused() -> None:      # the open and one small exchange, no tensor
-            st = await ov.open_stream(peer, MODEL_STREAM)
-            try:
-                await st.send(ModelRequest(sid, b"\0" * 32).to_wire())
-                resp = ModelResponse.decode(await st.recv(max_size=MAX_CONTROL_FRAME),
-                                            params_shape=(size,), max_bytes=1 << 30, peer=peer)
-                if resp.ok:
-                    raise RuntimeError("node 0 served a model nobody holds")
-            finally:
-                await st.close()
-
-        ways = {"session": on_session, "stream": on_stream, "refused": refused}
+        ways = request_kinds(ov, peer, sid, model_hash, size, session)
         for way in ways.values():
             for _ in range(WARMUP):
                 await way()
