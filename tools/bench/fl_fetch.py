@@ -15,7 +15,7 @@ Each fetch is received as FL receives it (`fetch_model`: ModelResponse.decode, t
 transfer/models.py `read_tensors`, whose decoder checks the params against their header's
 hash, which must be the model hash; no second hash). The CPU of one fetch is measured at both
 ends over the REPEATS fetches of a kind: the serving daemon with its task process
-(`sched_cpu`, from the kernel's nanosecond counters, less the daemon's idle CPU over the same
+(`tree_cpu`, from the kernel's nanosecond counters, less the daemon's idle CPU over the same
 wall time, measured just before) and this whole process (`time.process_time`: the host's
 trio thread and every other thread, which idle use next to nothing).
 
@@ -40,6 +40,8 @@ from typing import Any
 import psutil
 import trio
 
+from fognode.protocols.harvest.procstat import process_cpu_s
+
 REPEATS = 20      # timed requests of each kind (median)
 WARMUP = 5        # untimed requests of each kind first (the session's window grows)
 QUIET = 2.0       # seconds the host's connection count must stay unchanged to be settled
@@ -58,28 +60,19 @@ class FetchBounds:
     settled: str                      # how the host's connections settled before the timing
 
 
-def sched_cpu(pids: list[int]) -> float:
-    """CPU seconds used so far by the live threads of the processes `pids` and their children,
-    from /proc/PID/task/TID/schedstat (nanoseconds; psutil's user + system time counts 10 ms
-    clock ticks). A thread or process gone meanwhile counts 0: use it over short spans."""
-    total = 0
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes `pids` and their children (a
+    daemon's task process), each read from its kernel CPU-time clock in nanoseconds
+    (protocols/harvest/procstat.py `process_cpu_s`; psutil's user + system time counts 10 ms
+    clock ticks); a process gone meanwhile counts 0: use it over short spans."""
+    total = 0.0
     for pid in pids:
         try:
             procs = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
         except psutil.Error:
             continue
-        for p in procs:
-            try:
-                tids = os.listdir(f"/proc/{p}/task")
-            except OSError:
-                continue
-            for tid in tids:
-                try:
-                    with open(f"/proc/{p}/task/{tid}/schedstat") as f:
-                        total += int(f.read().split()[0])
-                except (OSError, ValueError, IndexError):
-                    pass
-    return total / 1e9
+        total += sum(process_cpu_s(p) for p in procs)
+    return total
 
 
 async def settle(ov: Any, quiet: float = QUIET, limit: float = SETTLE_LIMIT) -> str:
@@ -180,19 +173,19 @@ async def _measure(overlay: Any, addr: str, peer: str, sid: bytes, model_hash: b
         for ask in kinds.values():
             for _ in range(WARMUP):
                 await ask()
-        c0 = sched_cpu([pid])
+        c0 = tree_cpu([pid])
         await trio.sleep(IDLE_SAMPLE)
-        idle_rate = (sched_cpu([pid]) - c0) / IDLE_SAMPLE
+        idle_rate = (tree_cpu([pid]) - c0) / IDLE_SAMPLE
         wall: dict[str, float] = {}
         cpu: dict[str, tuple[float, float]] = {}
         for name, ask in kinds.items():
             times = []
-            c0, h0, w0 = sched_cpu([pid]), time.process_time(), time.perf_counter()
+            c0, h0, w0 = tree_cpu([pid]), time.process_time(), time.perf_counter()
             for _ in range(repeats):
                 t = time.perf_counter()
                 await ask()
                 times.append(time.perf_counter() - t)
-            serve = sched_cpu([pid]) - c0 - idle_rate * (time.perf_counter() - w0)
+            serve = tree_cpu([pid]) - c0 - idle_rate * (time.perf_counter() - w0)
             cpu[name] = (max(serve, 0.0) / repeats, (time.process_time() - h0) / repeats)
             wall[name] = statistics.median(times)
         await session.close()

@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from fognode.tools.bench.fl_fetch import FetchBounds, stream_bounds
+from fognode.tools.bench.fl_fetch import FetchBounds, stream_bounds, tree_cpu
 from fognode.tools.bench.metrics_scrape import Mean, Sample, counter, hist, scrape
 from fognode.tools.devnet import Devnet, DevnetNode, free_port, wait_until
 
@@ -214,23 +214,6 @@ def tcp_seconds(nbytes: int, repeats: int = 5) -> float:
             assert len(got) == nbytes
     return statistics.median(times)
 
-
-def tree_cpu(pids: list[int]) -> float:
-    """CPU seconds (user + system) used so far by the processes `pids` and their children
-    (a daemon's task process); a process gone meanwhile counts 0."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            for p in [proc, *proc.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    t = p.cpu_times()
-                    total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
 
 
 # -- the run -------------------------------------------------------------------------------

@@ -44,8 +44,8 @@ from typing import Any
 
 import trio
 
-from fognode.tools.bench.fl_fetch import request_kinds
-from fognode.tools.bench.fl_rounds import DATA_SEED, TASK, TASK_PARAMS, tree_cpu
+from fognode.tools.bench.fl_fetch import request_kinds, tree_cpu
+from fognode.tools.bench.fl_rounds import DATA_SEED, TASK, TASK_PARAMS
 from fognode.tools.devnet import Devnet, wait_until
 
 PYSPY = os.environ.get("PYSPY", "/tmp/pyspy/bin/py-spy")
