@@ -379,6 +379,7 @@ class TaskProcess:
     async def _call(self, req: dict[str, Any]) -> dict[str, Any]:
         # A free lock is taken without a scheduler hop and the request is written in this
         # step (`_send`): on a busy event loop each hop waits for every other ready task.
+        await trio.lowlevel.checkpoint_if_cancelled()     # (no hop unless cancelled)
         if self._lock.locked():
             await self._lock.acquire()
         else:
