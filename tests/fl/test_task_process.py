@@ -167,6 +167,45 @@ def test_the_pipes_to_the_task_process_hold_a_whole_model_frame() -> None:
     run(main)
 
 
+def test_a_training_call_takes_one_scheduler_step_each_way() -> None:
+    """The request is written in the step that asks for it (no hop for the free lock or before
+    the write) and the whole answer is read in the step that wakes on it: on a busy event loop
+    each extra step waits for every other ready task (process.TaskProcess._call). Counted
+    with a trio instrument: the calling task's steps, which load does not change."""
+
+    class Steps(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.count = 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name == "one training":
+                self.count += 1
+
+    async def main() -> None:
+        tp = TaskProcess()
+        try:
+            prepared = await tp.prepare(KEY)
+            want = await tp.train(KEY, prepared.initial_params, CFG, 4)    # (the child is up)
+            got: list[np.ndarray] = []
+
+            async def one_training() -> None:
+                got.append((await tp.train(KEY, prepared.initial_params, CFG, 4)).result.params)
+
+            steps = Steps()
+            trio.lowlevel.add_instrument(steps)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(one_training, name="one training")
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+            assert np.array_equal(got[0], want.result.params)
+            assert steps.count == 2          # write, then wait; woken: read, decode, return
+        finally:
+            await tp.aclose()
+
+    run(main)
+
+
 def test_a_warmed_task_process_has_torch_loaded_before_its_first_task() -> None:
     """`warm` (protocols.fl.task_process_at_start) starts the child and imports torch; the
     first `prepare` then runs in the same child, without a second start."""

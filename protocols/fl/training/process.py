@@ -16,7 +16,13 @@ one at a time over its stdin and answers come back over its stdout, each a frame
 big-endian length, then a msgpack map; parameter vectors travel as raw little-endian float32
 bytes. Both pipes are widened to PIPE_BYTES (`widen_pipe`), so a frame of a model of up to
 that size goes through in one write instead of 64 KiB at a time, each waiting for the other
-process to be scheduled. The child runs with glibc malloc settings that keep freed memory
+process to be scheduled. The daemon writes a request in the event-loop step that asks for
+it, before any checkpoint (the lock is taken without a hop when free, the frame goes straight
+to the pipe), and reads an answer straight from the pipe, as much as it holds at each wake-up:
+on a busy loop each checkpoint waits for every other ready task (model fetches served by a
+coordinator as it starts training), and the old path's (lock, write, second read) cost a
+training 18 ms on average (9 ms median) with 10 daemons on 2 cores at load 1-9.
+The child runs with glibc malloc settings that keep freed memory
 for reuse (`MALLOC_ENV`): without them a training request took ~590 page faults. Nothing is
 pickled. A task that prints cannot corrupt the channel: the child moves its stdout to stderr
 (the daemon's log) and answers on a private copy of the original descriptor.
@@ -82,6 +88,13 @@ STOP_TIMEOUT = 5.0          # seconds a closing child gets to exit before it is 
 def frame(obj: dict[str, Any]) -> bytes:
     body = msgpack.packb(obj, use_bin_type=True)
     return HEADER.pack(len(body)) + body
+
+
+def frame_parts(obj: dict[str, Any]) -> tuple[bytes, bytes]:
+    """`frame` as its length header and its body (written together with `os.writev`: the
+    body, a model's worth of bytes, is not copied once more to join them)."""
+    body = msgpack.packb(obj, use_bin_type=True)
+    return HEADER.pack(len(body)), body
 
 
 def unframe(body: bytes) -> dict[str, Any]:
@@ -181,7 +194,14 @@ class TaskHost:
 
 
 def _read_exact(inp: BinaryIO, n: int) -> bytes | None:
-    buf = bytearray()
+    """`n` bytes of `inp` (None at its end). A buffered reader returns them in one read (no
+    copy to join them) unless the stream ends."""
+    first = inp.read(n) if n else b""
+    if len(first) == n:
+        return first
+    if not first:
+        return None
+    buf = bytearray(first)
     while len(buf) < n:
         chunk = inp.read(n - len(buf))
         if not chunk:
@@ -357,12 +377,19 @@ class TaskProcess:
             self._dead.append(proc)
 
     async def _call(self, req: dict[str, Any]) -> dict[str, Any]:
-        async with self._lock:
-            proc = await self._start()
+        # A free lock is taken without a scheduler hop and the request is written in this
+        # step (`_send`): on a busy event loop each hop waits for every other ready task.
+        await trio.lowlevel.checkpoint_if_cancelled()     # (no hop unless cancelled)
+        if self._lock.locked():
+            await self._lock.acquire()
+        else:
+            self._lock.acquire_nowait()
+        try:
+            proc = await self._start()        # (no checkpoint while the child runs)
             assert proc.stdin is not None and proc.stdout is not None
             done = False
             try:
-                await proc.stdin.send_all(frame(req))
+                await self._send(proc.stdin, frame_parts(req))
                 resp = await self._receive(proc.stdout)
                 done = True
             except (trio.BrokenResourceError, trio.ClosedResourceError, EOFError):
@@ -372,6 +399,8 @@ class TaskProcess:
             finally:
                 if not done:
                     self._abandon()
+        finally:
+            self._lock.release()
         if not resp.get("ok"):
             message = str(resp.get("message", "failed"))
             if resp.get("error") == "os":
@@ -379,10 +408,39 @@ class TaskProcess:
             raise TaskError(message)
         return resp
 
+    async def _send(self, stdin: trio.abc.SendStream, parts: tuple[bytes, bytes]) -> None:
+        """Write a request frame. What the pipe takes goes now, before any checkpoint (the
+        child starts on it while this task waits for the loop); the rest, if the pipe is
+        full or cannot be written to directly, through the stream."""
+        fileno = getattr(stdin, "fileno", None)       # trio's FdStream: a non-blocking pipe
+        written = 0
+        if fileno is not None:
+            try:
+                written = os.writev(fileno(), parts)
+            except BlockingIOError:
+                pass
+            except OSError as e:        # EPIPE: the child is gone
+                raise trio.BrokenResourceError(f"task process pipe: {e}") from e
+        head, body = parts
+        if written < len(head) + len(body):
+            await stdin.send_all(memoryview(head + body)[written:])
+
     async def _receive(self, stdout: trio.abc.ReceiveStream) -> dict[str, Any]:
+        fileno = getattr(stdout, "fileno", None)
+
         async def fill(n: int) -> None:
             while len(self._buf) < n:
-                chunk = await stdout.receive_some(max(65536, n - len(self._buf)))
+                want = max(PIPE_BYTES, n - len(self._buf))
+                if fileno is None:
+                    chunk = await stdout.receive_some(want)
+                else:       # read what the pipe holds; one checkpoint only to wait for more
+                    try:
+                        chunk = os.read(fileno(), want)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(fileno())
+                        continue
+                    except OSError as e:
+                        raise trio.BrokenResourceError(f"task process pipe: {e}") from e
                 if not chunk:
                     raise EOFError
                 self._buf += chunk
@@ -392,15 +450,15 @@ class TaskProcess:
         if n > self.max_frame:
             raise TaskError(f"task process: a {n}-byte answer is over the {self.max_frame}-byte limit")
         await fill(HEADER.size + n)
-        body = bytes(self._buf[HEADER.size:HEADER.size + n])
-        del self._buf[:HEADER.size + n]
         try:
-            return unframe(body)
+            with memoryview(self._buf) as view, view[HEADER.size:HEADER.size + n] as body:
+                return unframe(body)
         except TaskError:
             raise
         except Exception as e:   # msgpack's errors on a garbled answer
             raise TaskError(f"task process: undecodable answer ({type(e).__name__})") from None
-
+        finally:
+            del self._buf[:HEADER.size + n]
 
 if __name__ == "__main__":
     sys.exit(main())
