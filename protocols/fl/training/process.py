@@ -460,5 +460,6 @@ class TaskProcess:
         finally:
             del self._buf[:HEADER.size + n]
 
+
 if __name__ == "__main__":
     sys.exit(main())
