@@ -7,6 +7,7 @@ Sans-IO cores, one concern per module:
 - `view`: the local view of known devices and queries by criteria.
 - `liveness`: online/offline from heartbeats and pings.
 - `observation`: signed reputation observations, rate limiting and the local-trust book.
+- `checked`: observation batches the gossip check verified, kept for the handler to take.
 - `eigentrust`: EigenTrust global trust (power iteration on sparse local trust).
 - `reputation`: global scores per service between recomputes (EigenTrust in a worker thread).
 - `core`: the registry state machine tying these together (`actions` out, `events` emitted).

@@ -17,14 +17,14 @@ the sender's clock offset, estimated as the smallest (receive time - `at`) seen 
 least-delayed message; allowed to drift by 1 ms/s). So a heartbeat that arrives seconds late
 through a gossip pull after its sender died does not keep the sender online.
 
-Gossip is signed by its origin (libp2p strict signing), so a heartbeat or goodbye speaks only
-for its origin, and a record is accepted on gossip only from the device it describes. A
-heartbeat naming a newer sequence than the view holds (a missed announcement) triggers a DHT
-fetch. Liveness: heartbeats and records count; a peer whose heartbeats stop for half of
-`offline_after` is pinged directly (`Ping`, once per heartbeat interval) so lost gossip does
-not make it look offline, while a hung or killed peer, which answers neither, goes offline
-`offline_after` after its last sign of life. An open connection alone proves nothing (a
-stopped process can keep its sockets). `fognode/registry/observations/1` carries signed observations (`observation.py`).
+Gossip is signed by its origin (libp2p strict signing), so a heartbeat or goodbye speaks only for
+its origin, and a record is accepted on gossip only from the device it describes. A heartbeat
+naming a newer sequence than the view holds (a missed announcement) triggers a DHT fetch. Liveness:
+heartbeats and records count; a peer whose heartbeats stop for half of `offline_after` is pinged
+directly (`Ping`, once per heartbeat interval) so lost gossip does not make it look offline, while
+a hung or killed peer, which answers neither, goes offline `offline_after` after its last sign of
+life. An open connection alone proves nothing (a stopped process can keep its sockets).
+`fognode/registry/observations/1` carries signed observations (`observation.py`).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from fognode.protocols.registry.events import (DeviceCapabilitiesChanged, Device
 from fognode.protocols.registry.gossip_check import (ENVELOPE_VERSION, check_observations,
                                                      decode_device_gossip)
 from fognode.protocols.registry.liveness import Liveness, LivenessChange, LivenessTracker
-from fognode.protocols.registry.observation import (ObservationBook, Outcome,
+from fognode.protocols.registry.observation import (Observation, ObservationBook, Outcome,
                                                     decode_observation, encode_observations)
 from fognode.protocols.registry.pending import OwnReports
 from fognode.protocols.registry.peerid import peer_id_from_pubkey
@@ -89,8 +89,7 @@ class RegistryCore:
         self._caps: Capabilities | None = None
         self._harvest: HarvestInfo | None = None    # set by the harvest role, when it runs
         self._harvest_pending = False               # a resource change not yet published
-        self._last_publish = self._last_announce = 0.0
-        self._last_heartbeat = 0.0
+        self._last_publish = self._last_announce = self._last_heartbeat = 0.0
         self._last_sent_at = 0
         self._dht_retry_at: float | None = None
         # anti-entropy: this run's epoch, and per peer (its epoch, our cursor, when last asked)
@@ -318,13 +317,14 @@ class RegistryCore:
             return self.goodbye(now)
         return self._liveness_event(self.liveness.mark_offline(peer, now))
 
-    def on_observation(self, origin: str, data: bytes, now: float) -> list[Action]:
-        """A signed observation from the observations topic (gossip origin must be the observer)."""
+    def on_observation(self, origin: str, data: bytes, now: float, *,
+                       checked: list[Observation] | None = None) -> list[Action]:
+        """An observation or batch gossiped by its observer; `checked`: what its check returned."""
         self._clock_now = now
         if origin == self.peer_id:
             return []
         try:
-            obs = check_observations(data, origin)
+            obs = checked if checked is not None else check_observations(data, origin)
         except Rejected as e:
             return [Refused("observation", e.reason, origin, str(e))]
         return [Refused("observation", e.reason, origin, str(e)) for _, e in self.book.add_all(obs, now)]

@@ -19,7 +19,9 @@ another (expiry, sequence memory, rate limits, a record we hold): those stay in 
 
 Every refusal is a `Rejected` whose reason is one an honest peer never causes.
 `GossipChecks` binds the two checks to a node: the topic's `check=` callables, which count a
-refusal in the registry's rejection metric and charge the relaying peer (`penalize`).
+refusal in the registry's rejection metric and charge the relaying peer (`penalize`), and keep
+the observations of a batch that passed in `kept` (checked.py) for the role's handler, which
+takes them there instead of verifying the batch again.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from prometheus_client import Counter
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.overlay import GossipMessage
 from fognode.node.wire import Fields, unpack
+from fognode.protocols.registry.checked import CheckedBatches
 from fognode.protocols.registry.errors import Rejected, RejectReason
 from fognode.protocols.registry.observation import (Observation, decode_observation,
                                                     decode_observations)
@@ -112,17 +115,24 @@ Penalize = Callable[..., None]      # Overlay.penalize(peer_id, reason, *, proto
 
 class GossipChecks:
     """The registry topics' `check=` callables for one node. `rejected` is the registry's
-    rejection counter (labels what, reason); `penalize` is the overlay's."""
+    rejection counter (labels what, reason); `penalize` is the overlay's; `kept` receives the
+    observations of every observations-topic message that passed."""
 
-    def __init__(self, rejected: Counter, penalize: Penalize) -> None:
+    def __init__(self, rejected: Counter, penalize: Penalize, kept: CheckedBatches) -> None:
         self.rejected = rejected
         self.penalize = penalize
+        self.kept = kept
 
     def devices(self, msg: GossipMessage) -> bool:
         return self._run(msg, "gossip", check_device_gossip)
 
     def observations(self, msg: GossipMessage) -> bool:
-        return self._run(msg, "observation", check_observations)
+        return self._run(msg, "observation", self._keep_observations)
+
+    def _keep_observations(self, data: bytes, origin: str) -> list[Observation]:
+        obs = check_observations(data, origin)
+        self.kept.put(data, origin, obs)
+        return obs
 
     def _run(self, msg: GossipMessage, what: str, check: Callable[[bytes, str], object]) -> bool:
         try:

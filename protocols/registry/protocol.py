@@ -25,6 +25,7 @@ from fognode.protocols.registry.actions import (Action, DhtProvide, DhtPut, Emit
                                                 Ping, Publish, Refused, SetAppScore, SyncFrom,
                                                 SyncObservationsFrom)
 from fognode.protocols.registry.api import RegistryService, ReputationService
+from fognode.protocols.registry.checked import CheckedBatches
 from fognode.protocols.registry.config import RegistryConfig, pretrusted_from_genesis
 from fognode.protocols.registry.core import DEVICES_TOPIC, OBSERVATIONS_TOPIC, RegistryCore
 from fognode.protocols.registry.errors import Rejected
@@ -81,6 +82,7 @@ class RegistryRole(Role):
         self._pub_send, self._pub_recv = trio.open_memory_channel[Action](ACTION_QUEUE)
         self._stopped = False
         self._online = OnlineCount()    # devices_online, memoised on the view's and liveness's versions
+        self.checked = CheckedBatches()   # observation batches our gossip check decoded (checked.py)
         self.registry_service = RegistryService(self)
         self.reputation_service = ReputationService(self)
 
@@ -221,7 +223,8 @@ class RegistryRole(Role):
 
     async def _on_observation(self, msg: GossipMessage) -> None:
         before = self.core.book.accepted
-        self._do(self.core.on_observation(msg.origin, msg.data, self.ctx.clock()))
+        checked = self.checked.take(msg.data, msg.origin)    # what our gossip check decoded
+        self._do(self.core.on_observation(msg.origin, msg.data, self.ctx.clock(), checked=checked))
         if self.core.book.accepted > before:
             self.metrics.observations.labels("gossip").inc()
 
@@ -330,7 +333,7 @@ class RegistryRole(Role):
         ov.set_stream_handler(direct.DIRECT_PROTOCOL, self._serve_direct)
         self.metrics.devices_known.set_function(lambda: len(self.core.view))
         self.metrics.devices_online.set_function(lambda: self._online(self.core.view, self.core.liveness))
-        checks = GossipChecks(self.metrics.rejected, ov.penalize)   # before relay: gossip_check.py
+        checks = GossipChecks(self.metrics.rejected, ov.penalize, self.checked)   # gossip_check.py
         await ov.subscribe(DEVICES_TOPIC, self._on_devices, check=checks.devices)
         await ov.subscribe(OBSERVATIONS_TOPIC, self._on_observation, check=checks.observations)
         caps = await trio.to_thread.run_sync(probe, self.ctx.datadir)

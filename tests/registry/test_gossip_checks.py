@@ -140,5 +140,9 @@ async def test_bad_registry_gossip_is_charged_to_its_relayer_and_not_relayed(
                 assert set(b.overlay.violations) == set()
                 assert set(a.overlay.violations) == {evil.peer_id, evil2.peer_id}
                 assert all(b.role.core.view.get(pid(k)) is None for k in fresh)
+                # each observation was verified once per node: the handler took what the
+                # check kept (checked.py); the bad ones were never kept
+                assert (b.role.checked.hits, b.role.checked.misses, len(b.role.checked)) == (2, 0, 0)
+                assert (a.role.checked.hits, a.role.checked.misses, len(a.role.checked)) == (1, 0, 0)
             for n in nodes:
                 await n.stop()

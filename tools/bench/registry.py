@@ -1,11 +1,21 @@
-"""Registry benchmarks: EigenTrust recompute time and DHT record look-ups on loopback nodes.
+"""Registry benchmarks: EigenTrust recompute time, the CPU a received observation batch costs,
+and DHT record look-ups on loopback nodes.
 
-    .venv/bin/python -m fognode.tools.bench.registry [--peers 1000,10000] [--dht-nodes 25]
+    .venv/bin/python -m fognode.tools.bench.registry [--peers 1000,10000] [--batches 200]
+                                                     [--dht-nodes 25]
 
 EigenTrust: `peers` peers each with observations of 20 random others (80 % good), one service,
 10 pre-trusted peers. Timed: the power iteration alone (`global_trust`) and the role's whole
 recompute (snapshot of the observation book into sparse arrays + EigenTrust for the service and
 for all services together). Target: the whole recompute under 1 s at 10,000 peers.
+
+Observation batches: `batches` gossip messages of 9 real signed observations each (an FL
+aggregator's reports of a 10-node round), each by its own observer, as a receiving node
+handles them: the topic's gossip check (`GossipChecks.observations`: decode, 9 signature
+checks), then the role's handler (`RegistryCore.on_observation`) given what the check kept
+(checked.py) or, as before it was kept, checking the bytes again. CPU (process time) per
+batch, median of `passes` passes, each on a fresh core. Bound: the check plus recording the
+observations alone (`ObservationBook.add_all`), which no receiving node can go below.
 
 DHT: `dht-nodes` overlays (node/host.py) in this process on 127.0.0.1, each bootstrapped to the
 first; every node puts its signed device record under /fognode/device/<peer-id> (the registry's
@@ -64,6 +74,75 @@ def bench_eigentrust(n: int) -> tuple[float, float, int]:
     return iteration, whole, res.iterations
 
 
+def signed_batches(n: int, per_batch: int, now: float) -> list[tuple[str, bytes]]:
+    """`n` observation batches as gossiped: (origin, message bytes), each by its own observer."""
+    from nacl.signing import SigningKey
+
+    from fognode.protocols.registry.observation import encode_observations, sign_observation
+    from fognode.protocols.registry.peerid import peer_id_from_pubkey
+
+    subjects = [peer_id_from_pubkey(os.urandom(32)) for _ in range(per_batch)]
+    out = []
+    for i in range(n):
+        k = SigningKey(os.urandom(32))
+        [msg] = encode_observations([
+            sign_observation(k, subject=s, service="fl", ok=True, weight=1.0,
+                             evidence=f"r{i}/{j}".encode(), ts=int(now))
+            for j, s in enumerate(subjects)])
+        out.append((peer_id_from_pubkey(bytes(k.verify_key)), msg))
+    return out
+
+
+def bench_observations(n: int, per_batch: int, passes: int) -> dict[str, float]:
+    """Median CPU seconds per batch of: "check", "hit" (handler given the kept batch), "miss"
+    (handler checking again) and "record" (the book's add_all alone)."""
+    from nacl.signing import SigningKey
+    from prometheus_client import CollectorRegistry, Counter
+
+    from fognode.node.overlay import GossipMessage
+    from fognode.protocols.registry.checked import CheckedBatches
+    from fognode.protocols.registry.config import RegistryConfig
+    from fognode.protocols.registry.core import OBSERVATIONS_TOPIC, RegistryCore
+    from fognode.protocols.registry.gossip_check import GossipChecks
+    from fognode.protocols.registry.observation import decode_observations
+    from fognode.protocols.registry.record import make_profile
+
+    now = time.time()
+    batches = signed_batches(n, per_batch, now)
+    decoded = [decode_observations(data) for _, data in batches]
+    rejected = Counter("rejected", "bench", ["what", "reason"], registry=CollectorRegistry())
+    profile = make_profile("bench", "server", ["fl"])
+
+    def fresh() -> RegistryCore:
+        return RegistryCore(SigningKey(os.urandom(32)), RegistryConfig(), profile,
+                            pretrusted=[], now=now)
+
+    runs: dict[str, list[float]] = {k: [] for k in ("check", "hit", "miss", "record")}
+    for _ in range(passes):
+        kept = CheckedBatches(max_entries=n)
+        checks = GossipChecks(rejected, lambda *a, **k: None, kept)
+        hit, miss, rec = fresh(), fresh(), fresh()
+        gc.collect()
+        t0 = time.process_time()
+        ok = all([checks.observations(GossipMessage(OBSERVATIONS_TOPIC, o, d, "relayer"))
+                  for o, d in batches])
+        t1 = time.process_time()
+        for o, d in batches:
+            hit.on_observation(o, d, now, checked=kept.take(d, o))
+        t2 = time.process_time()
+        for o, d in batches:
+            miss.on_observation(o, d, now)
+        t3 = time.process_time()
+        for obs in decoded:
+            rec.book.add_all(obs, now)
+        t4 = time.process_time()
+        assert ok and kept.hits == n and len(kept) == 0
+        assert hit.book.accepted == miss.book.accepted == rec.book.accepted == n * per_batch
+        for k, dt in zip(runs, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            runs[k].append(dt / n)
+    return {k: float(np.median(v)) for k, v in runs.items()}
+
+
 async def bench_dht(n: int, lookups: int) -> tuple[list[float], int]:
     import trio
     from nacl.signing import SigningKey
@@ -115,6 +194,8 @@ async def bench_dht(n: int, lookups: int) -> tuple[list[float], int]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--peers", default="1000,10000")
+    ap.add_argument("--batches", type=int, default=200)
+    ap.add_argument("--passes", type=int, default=7)
     ap.add_argument("--dht-nodes", type=int, default=25)
     ap.add_argument("--lookups", type=int, default=200)
     a = ap.parse_args(argv)
@@ -125,6 +206,20 @@ def main(argv: list[str] | None = None) -> None:
         it_s, whole_s, iters = bench_eigentrust(n)
         print(f"{n:>7}  {iters:>10}  {it_s * 1e3:>12.1f} ms  {whole_s * 1e3:>12.1f} ms  "
               f"{TARGET_RECOMPUTE_S:>5.1f} s  {'yes' if whole_s < TARGET_RECOMPUTE_S else 'NO'}")
+    if a.batches > 0:
+        per = 9
+        r = bench_observations(a.batches, per, a.passes)
+        now_s, before_s, bound_s = r["check"] + r["hit"], r["check"] + r["miss"], r["check"] + r["record"]
+        print(f"\nObservation batches at a receiving node ({a.batches} batches of {per} signed "
+              f"observations, median of {a.passes} passes; CPU per batch)")
+        for label, v in (("gossip check (decode, verify)", r["check"]),
+                         ("handler given the check's batch", r["hit"]),
+                         ("handler checking again", r["miss"]),
+                         ("per batch, before (check twice)", before_s),
+                         ("per batch, now (check once)", now_s),
+                         ("bound: check + recording alone", bound_s)):
+            print(f"{label:>34}  {v * 1e6:>8.0f} us")
+        print(f"{'now / bound':>34}  {now_s / bound_s:>8.2f}x  (before {before_s / bound_s:.2f}x)")
     if a.dht_nodes >= 2:
         import trio
         times, failures = trio.run(bench_dht, a.dht_nodes, a.lookups)
