@@ -16,12 +16,11 @@ through this layer:
   whose relayer is over its share (gossip_inbox.py). A topic validator checks the envelopes
   (decodable, from the libp2p message's signer, right topic; their own signatures only when
   py-libp2p did not check the message's) so bad messages are not relayed, caches them for
-  pulls by others and hands them on: when nothing waits in the topic's inbox and the handler
-  task has room, straight to the sequence tracker and the handler task (no task hop); else
-  into the inbox, fairly per relaying peer, which one reader task per topic feeds to the
-  tracker round robin. py-libp2p's own 32-slot subscription channel, which a flood from one
-  peer filled for everyone, is only drained. One handler task per topic calls the role's
-  handler (a handler that raises is logged and the next message is delivered).
+  pulls by others and queues them in the topic's inbox, fairly per relaying peer: py-libp2p's
+  own 32-slot subscription channel, which a flood from one peer filled for everyone, is only
+  drained. One reader task per topic feeds the sequence tracker
+  round robin from the inbox; one handler task per topic calls the role's handler (a handler
+  that raises is logged and the next message is delivered).
 - Gaps (gossip_tracker.py, sans-IO): one tracker for all topics notices missing seqs, charges
   the state to the relaying peer within per-peer and total caps, and schedules pulls on a
   heap. One puller task starts the due pulls over `/fognode/gossip/pull/1.0.0` (our relay
@@ -219,16 +218,9 @@ class GossipLayer:
         return validate
 
     def _enqueue(self, st: _TopicState, env: Envelope, relayer: str) -> None:
-        """Hand an arrived message on (module doc): straight to the tracker and the handler
-        task when nothing waits in the inbox and the handler has room (the order the reader
-        would give, without its task hop), else into its topic's inbox, fairly per relaying
-        peer; what the inbox drops (the longest queue's oldest) is counted and charged to its
-        relayer as a refusal (no penalty: a fast honest relayer may meet a slow handler)."""
-        if not len(st.inbox) and st.send.statistics().current_buffer_used < DELIVER_AHEAD:
-            gm = self._track(st, env, relayer, pulled=False)
-            if gm is not None:
-                st.send.send_nowait(gm)
-            return
+        """Queue an arrived message in its topic's inbox, fairly per relaying peer; what the
+        inbox drops (the longest queue's oldest) is counted and charged to its relayer as a
+        refusal (no penalty: a fast honest relayer may meet a slow handler)."""
         for peer, _ in st.inbox.put(relayer, env, len(env.raw)):
             self.m_drops.labels(st.topic, "inbox_full").inc()
             self.report.take([Refused(st.topic, str(peer), Refusal.INBOX_FULL)],
@@ -307,32 +299,25 @@ class GossipLayer:
             await self._incoming(st, env, str(relayer), pulled=False)
             since = await _slice(since)
 
-    def _track(self, st: _TopicState, env: Envelope, relayer: str, *,
-               pulled: bool) -> GossipMessage | None:
-        """Tell the tracker about an arrived envelope; the message to deliver, or None (a head,
-        a seq already delivered, our own)."""
+    async def _incoming(self, st: _TopicState, env: Envelope, relayer: str, *,
+                        pulled: bool) -> None:
         if env.origin == self.pubkey:
-            return None
+            return
         now = trio.current_time()
+        origin_pid = self.peer_id_of(env.origin)
         if env.kind == KIND_HEAD:
             self.tracker.head(st.topic, env.origin, env.epoch, env.seq, relayer, now)
             self._wake.set()
-            return None
+            return
+        gm = GossipMessage(topic=st.topic, origin=origin_pid, data=env.data,
+                           received_from=relayer)
         new = self.tracker.accept(st.topic, env.origin, env.epoch, env.seq, relayer, now,
                                   via_pull=pulled)
         self._wake.set()
         if not new:
-            return None
+            return
         if pulled:
             self.m_pulled.labels(st.topic).inc()
-        return GossipMessage(topic=st.topic, origin=self.peer_id_of(env.origin),
-                             data=env.data, received_from=relayer)
-
-    async def _incoming(self, st: _TopicState, env: Envelope, relayer: str, *,
-                        pulled: bool) -> None:
-        gm = self._track(st, env, relayer, pulled=pulled)
-        if gm is None:
-            return
         try:
             st.send.send_nowait(gm)
         except trio.WouldBlock:  # the handler is DELIVER_AHEAD behind: wait (the inbox then

@@ -31,26 +31,26 @@ touched: first deliveries are counted where the copy is received (py-libp2p's pu
 Prior art: nim-libp2p leaves peers that sent a message during its validation out of the relay
 (`validationSeen`) and checks IDONTWANT at relay time.
 
-Second symptom, same call: the relay goes before local delivery. `Pubsub.push_msg` ends with
-`notify_subscriptions(msg)` and then `await router.publish(...)`, which queues the forward to
-every mesh peer and wakes their sending tasks in the same scheduler round as the subscriber's
-task (fognode's handler task, node/gossip.py), and trio runs a round's tasks in either order
-(it reverses half the rounds). So the role's handler often waits for the forward's copies
-to be framed, encrypted and written, one `send` each: measured with time stamps in 10
-daemons in one full mesh (256-byte messages 300 ms apart, 2 cores): the handler started 3.0
-ms (median) after the validator, of which 0.85 ms was the forward's `publish` and about 1 ms
-its writes. In a full mesh every receiver also has the message from its origin (flood
-publishing), so those forwards are only duplicates. Reproduction: three hosts on 127.0.0.1
-in one GossipSub mesh, a subscriber task on the middle one; one publishes; time the
-subscriber's wake-up against the middle host's first write of the forward.
+Second symptom, same call: the relay goes before local delivery. `Pubsub.push_msg` runs the
+topic validators, then `notify_subscriptions(msg)`, then `await router.publish(...)`, which
+queues the forward to every mesh peer and wakes their sending tasks for the next scheduler
+round. fognode's validator queues the message in its topic's inbox (node/gossip.py), whose
+reader task runs in that next round and wakes the handler task for the round after: so the
+forward's copies are framed, encrypted and written, one `send` each, before the role's
+handler starts. Measured with time stamps in 10 daemons in one full mesh (256-byte messages
+300 ms apart, 2 cores): the handler started 3.0 ms (median) after the validator, of which
+0.85 ms was the forward's `publish` and about 1 ms its writes. In a full mesh every receiver
+also has the message from its origin (flood publishing), so those forwards are duplicates.
+Reproduction: three hosts on 127.0.0.1 in one GossipSub mesh, a subscriber on the middle one;
+one publishes; compare the middle host's handler start with its forward (its `mcache.put`).
 
 Fix, second part. `CopyAwareGossipSub.publish` lets a relayed message (not one this node
-publishes) wait RELAY_YIELDS scheduler rounds before py-libp2p's publish: the first round
-runs the tasks its arrival woke (the handler), whichever order trio picks; the second makes
-sure. Copies read in those rounds count too (`_get_peers_to_send` above). No timer: the
-relay waits only for tasks that are ready, so an idle node relays after a few microseconds
-and a busy one after its ready tasks' turn. The wire is unchanged; only the order of the
-node's own work is.
+publishes) wait RELAY_YIELDS (3) scheduler rounds before py-libp2p's publish: the reader's
+round and the handler's, plus one because trio runs a round's tasks in either order (it
+reverses half the rounds). Copies read in those rounds count too (`_get_peers_to_send`
+above). No timer: the relay waits only for tasks that are ready, so an idle node relays
+after a few microseconds and a busy one after its ready tasks' turn. The wire is unchanged;
+only the order of the node's own work is.
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from fognode.node.gossip_copies import PeerCopies
 from fognode.node.p2pfix_idontwant import ThresholdIdontwantGossipSub
 
-RELAY_YIELDS = 2    # scheduler rounds a relayed message waits so local delivery goes first
+RELAY_YIELDS = 3    # scheduler rounds a relayed message waits so local delivery goes first
 
 
 class CopyAwareGossipSub(ThresholdIdontwantGossipSub):

@@ -519,11 +519,10 @@ async def test_no_copy_goes_back_to_a_peer_that_sent_one() -> None:
 
 
 async def test_a_relayed_message_reaches_the_handler_before_the_relay_starts() -> None:
-    """p2pfix_copies RELAY_YIELDS with node/gossip.py's delivery without the reader hop: at a
-    receiver the role's handler starts before py-libp2p's publish has forwarded the message
-    (its mcache.put comes first there), and the message is relayed after; every message of
-    a burst gets there (trio reverses the order of half its rounds, so one run of 12
-    messages meets both orders)."""
+    """p2pfix_copies RELAY_YIELDS: at a receiver the role's handler starts before py-libp2p's
+    publish has forwarded the message (its mcache.put comes first there), and the message is
+    relayed after; for every message of 12 (trio reverses the order of half its rounds, so
+    12 messages meet both orders)."""
     seen: list[tuple[bytes, bool]] = []
     async with overlays(3) as (a, b, c):
         async def at_b(msg: Any) -> None:
