@@ -1,6 +1,5 @@
-"""py-libp2p 0.8.1 fix: no forward of a message to a peer that already sent us a copy of it, no
-write of a queued forward that the peer has since made useless (its copy or IDONTWANT), and no
-relay before local delivery.
+"""py-libp2p 0.8.1 fix: no forward of a message to a peer that already sent us a copy of it, and
+no write of a queued forward that the peer has since made useless (its copy or IDONTWANT).
 
 Symptom (upstream report form). `GossipSub.publish` forwards a validated message to every mesh
 peer except the forwarder, the origin and peers whose IDONTWANT for it arrived
@@ -30,40 +29,16 @@ messages; a peer left out has the message already, so nothing is lost. Peer scor
 touched: first deliveries are counted where the copy is received (py-libp2p's push_msg).
 Prior art: nim-libp2p leaves peers that sent a message during its validation out of the relay
 (`validationSeen`) and checks IDONTWANT at relay time.
-
-Second symptom, same call: the relay goes before local delivery. `Pubsub.push_msg` runs the
-topic validators, then `notify_subscriptions(msg)`, then `await router.publish(...)`, which
-queues the forward to every mesh peer and wakes their sending tasks for the next scheduler
-round. fognode's validator queues the message in its topic's inbox (node/gossip.py), whose
-reader task runs in that next round and wakes the handler task for the round after: so the
-forward's copies are framed, encrypted and written, one `send` each, before the role's
-handler starts. Measured with time stamps in 10 daemons in one full mesh (256-byte messages
-300 ms apart, 2 cores): the handler started 3.0 ms (median) after the validator, of which
-0.85 ms was the forward's `publish` and about 1 ms its writes. In a full mesh every receiver
-also has the message from its origin (flood publishing), so those forwards are duplicates.
-Reproduction: three hosts on 127.0.0.1 in one GossipSub mesh, a subscriber on the middle one;
-one publishes; compare the middle host's handler start with its forward (its `mcache.put`).
-
-Fix, second part. `CopyAwareGossipSub.publish` lets a relayed message (not one this node
-publishes) wait RELAY_YIELDS (3) scheduler rounds before py-libp2p's publish: the reader's
-round and the handler's, plus one because trio runs a round's tasks in either order (it
-reverses half the rounds). Copies read in those rounds count too (`_get_peers_to_send`
-above). No timer: the relay waits only for tasks that are ready, so an idle node relays
-after a few microseconds and a busy one after its ready tasks' turn. The wire is unchanged;
-only the order of the node's own work is.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator
 
-import trio
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 
 from fognode.node.gossip_copies import PeerCopies
 from fognode.node.p2pfix_idontwant import ThresholdIdontwantGossipSub
-
-RELAY_YIELDS = 3    # scheduler rounds a relayed message waits so local delivery goes first
 
 
 class CopyAwareGossipSub(ThresholdIdontwantGossipSub):
@@ -73,14 +48,6 @@ class CopyAwareGossipSub(ThresholdIdontwantGossipSub):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.copies = PeerCopies()
-
-    async def publish(self, msg_forwarder: Any, pubsub_msg: Any) -> None:
-        """Relay a message of another node RELAY_YIELDS scheduler rounds after it was
-        validated, so local delivery goes first (module doc); publish our own at once."""
-        if self.pubsub is not None and msg_forwarder != self.pubsub.my_id:
-            for _ in range(RELAY_YIELDS):
-                await trio.lowlevel.checkpoint()
-        await super().publish(msg_forwarder, pubsub_msg)
 
     def _get_peers_to_send(self, topic_ids: Iterable[str], msg_forwarder: ID, origin: ID,
                            msg_id: bytes | None = None) -> Iterator[ID]:

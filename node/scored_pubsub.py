@@ -237,9 +237,8 @@ def _decay(factor: float) -> Libp2pTopicParams:
 class ScoredGossipSub(CopyAwareGossipSub):
     """GossipSub that prunes negative peers, refuses their GRAFTs and ignores graylisted ones.
     Takes GossipSub's arguments plus the score parameters, the P6 function and `count`.
-    Derives from node/p2pfix_copies.py's GossipSub (no copy to a peer that holds the message;
-    a relay waits for local delivery), itself node/p2pfix_idontwant.py's (IDONTWANT only where
-    it can save a copy)."""
+    Derives from node/p2pfix_copies.py's GossipSub (no copy to a peer that holds the message),
+    itself node/p2pfix_idontwant.py's (IDONTWANT only where it can save a copy)."""
 
     def __init__(self, *, peer_score: PeerScoreParams, app_score: AppScore, count: Count,
                  **kwargs: Any) -> None:

@@ -518,33 +518,6 @@ async def test_no_copy_goes_back_to_a_peer_that_sent_one() -> None:
                                           b.pubsub._msg_id_constructor) is rpc
 
 
-async def test_a_relayed_message_reaches_the_handler_before_the_relay_starts() -> None:
-    """p2pfix_copies RELAY_YIELDS: at a receiver the role's handler starts before py-libp2p's
-    publish has forwarded the message (its mcache.put comes first there), and the message is
-    relayed after; for every message of 12 (trio reverses the order of half its rounds, so
-    12 messages meet both orders)."""
-    seen: list[tuple[bytes, bool]] = []
-    async with overlays(3) as (a, b, c):
-        async def at_b(msg: Any) -> None:
-            relayed = any(msg.data in m.data for m in b.gossipsub.mcache.msgs.values())
-            seen.append((msg.data, relayed))
-
-        async def ignore(msg: Any) -> None:
-            pass
-
-        for n, h in ((a, ignore), (b, at_b), (c, ignore)):
-            await n.subscribe(TOPIC, h)
-        await wait_until(lambda: all(len(n.gossipsub.mesh.get(TOPIC, ())) >= 2
-                                     for n in (a, b, c)), what="a full mesh of 3")
-        for k in range(12):
-            await a.publish(TOPIC, b"relay-order-%d" % k)
-            await trio.sleep(0.02)
-        await wait_until(lambda: len(seen) == 12, what="12 messages at b")
-        assert [r for _, r in seen] == [False] * 12, "a relay started before the handler"
-        await wait_until(lambda: all(any(d in m.data for m in b.gossipsub.mcache.msgs.values())
-                                     for d, _ in seen), what="b relayed every message")
-
-
 async def test_pubsub_reader_reads_ahead_and_serves_whole_rpcs() -> None:
     """scored_pubsub._FairReads: py-libp2p's RPC reader (varint a byte at a time, then the
     body) gets the same RPCs through the read-ahead, small, large (> READ_AHEAD) and mixed."""
