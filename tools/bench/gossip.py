@@ -18,7 +18,10 @@ lines. Phases:
 Printed with each figure: the bound (the machine's signature work: cores / (nodes x 2 Ed25519
 verifications), the verification timed in the same run), the figure as a percentage of it, the
 CPU time per message per node over the throughput phase (all node processes, less their idle
-rate), and the overlay's drops, refusals and losses. `--timeline` prints, per throughput
+rate), and the overlay's drops, refusals and losses. `--diag` prints to stderr how the
+throughput phase's wait ended (complete, or given up after 3 s with no new delivery) and, when
+short, every node's connections, mesh and gossip counters then and 15 s later (do the messages
+come late? did the publisher's `publishes_total` move?). `--timeline` prints, per throughput
 message, its publish time and first and last delivery, and how many receivers pulled it.
 "plain" is py-libp2p GossipSub with only what it needs to run at all (Noise, Yamux,
 max_connections_per_peer=1, spam protection off, 1 s heartbeat), reading the subscription
@@ -107,21 +110,43 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def _settle(children: list[Child], publisher: int, want: int, quiet: float = 3.0,
-            limit: float = 60.0) -> None:
-    """Wait until every receiver holds `want` messages, or nothing arrived for `quiet` s."""
+            limit: float = 60.0) -> str:
+    """Wait until every receiver holds `want` messages, or nothing arrived for `quiet` s;
+    returns how it ended (for --diag)."""
     last_total, last_change, t0 = -1, time.monotonic(), time.monotonic()
+    counts: list[int] = []
     while time.monotonic() - t0 < limit:
-        for c in children:
-            c.send("COUNT")
-        counts = [int(c.expect("COUNT")[0]) for c in children]
+        counts = _counts(children)
         del counts[publisher]
         if min(counts) >= want:
-            return
+            return f"complete after {time.monotonic() - t0:.2f} s"
         if sum(counts) != last_total:
             last_total, last_change = sum(counts), time.monotonic()
         elif time.monotonic() - last_change > quiet:
-            return
+            return (f"gave up after {time.monotonic() - t0:.2f} s ({quiet:.0f} s of no "
+                    f"arrivals), receivers' counts {counts}")
         time.sleep(0.25)
+    return f"limit {limit:.0f} s reached, receivers' counts {counts}"
+
+
+def _counts(children: list[Child]) -> list[int]:
+    """Each node's deliveries since its last DUMP."""
+    for c in children:
+        c.send("COUNT")
+    return [int(c.expect("COUNT")[0]) for c in children]
+
+
+def _diag(children: list[Child], what: str) -> None:
+    """--diag: every node's connections, mesh, pulls and gossip counters, to stderr."""
+    for c in children:
+        c.send("PEERS")
+    peers = [c.expect("PEERS") for c in children]
+    for c in children:
+        c.send("METRICS")
+    mets = [c.expect("METRICS")[0] for c in children]
+    for k, (p, m) in enumerate(zip(peers, mets)):
+        print(f"DIAG {what} node {k}: conns {p[0]} mesh {p[3]} pulled {p[2]} {m}",
+              file=sys.stderr, flush=True)
 
 
 def _dump(children: list[Child], publisher: int) -> dict[int, list[tuple[float, float, bool]]]:
@@ -157,7 +182,7 @@ def _timeline(per_msg: dict[int, list[tuple[float, float, bool]]], t_first: floa
 
 def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
             peers_low: int, warmup: float = 3.0, plain_dials: int = 3,
-            peers_high: int = 10, idle: float = 3.0) -> Result:
+            peers_high: int = 10, idle: float = 3.0, diag: bool = False) -> Result:
     rnd = random.Random(n)
     children: list[Child] = []
     try:
@@ -193,9 +218,22 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
         cpu0, w0 = sum(_cpu(p) for p in procs), time.monotonic()
         time.sleep(idle)                # the nodes' own background work, to subtract
         cpu1, w1 = sum(_cpu(p) for p in procs), time.monotonic()
+        if diag:
+            _diag(children, "before throughput")
         children[pub].send(f"PUB {tput_msgs} 0")
         t_first = float(children[pub].expect("PUBDONE", timeout=300)[0])
-        _settle(children, pub, tput_msgs)
+        ended = _settle(children, pub, tput_msgs)
+        if diag:
+            print(f"DIAG {n} nodes, publisher {pub}: throughput settle {ended}",
+                  file=sys.stderr, flush=True)
+            if not ended.startswith("complete"):
+                _diag(children, "after settle")
+                t_late = time.monotonic()
+                while time.monotonic() - t_late < 15:       # do the messages come later?
+                    time.sleep(1.0)
+                    print(f"DIAG +{time.monotonic() - t_late:.0f} s counts "
+                          f"{_counts(children)}", file=sys.stderr, flush=True)
+                _diag(children, "15 s later")
         busy = (sum(_cpu(p) for p in procs) - cpu1
                 - (cpu1 - cpu0) / (w1 - w0) * (time.monotonic() - w1))
         cpu_ms = busy * 1000 / (tput_msgs * n)
@@ -279,6 +317,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeline", action="store_true",
                     help="also print each throughput message's publish, first and last "
                          "delivery times and how many receivers pulled it")
+    ap.add_argument("--diag", action="store_true",
+                    help="print to stderr how the throughput phase's wait ended and, when "
+                         "it ended short, every node's connections, mesh and gossip counters "
+                         "then and 15 s later, with the delivery counts in between")
     ap.add_argument("--setups", choices=("both", "ours", "plain"), default="both",
                     help="which setups to run (default both: plain is the reference)")
     args = ap.parse_args(argv)
@@ -289,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         for mode in ("ours", "plain") if args.setups == "both" else (args.setups,):
             results.append(run_one(n, mode, args.lat_msgs, args.lat_gap_ms, args.tput_msgs,
                                    args.peers_low, plain_dials=args.plain_dials,
-                                   peers_high=args.peers_high))
+                                   peers_high=args.peers_high, diag=args.diag))
             r = results[-1]
             print(f"  ... {n} nodes, {r.setup}: done at {time.monotonic() - t0:.0f} s",
                   file=sys.stderr, flush=True)

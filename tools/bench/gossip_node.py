@@ -5,7 +5,8 @@
 "ours" runs fognode's overlay (open_overlay), "plain" py-libp2p GossipSub with only what it
 needs to run at all. The node subscribes to the benchmark topic, prints `READY <addr>`, then
 serves one command per stdin line: MESH n (wait for n mesh peers), PUB n gap_ms (publish n
-256-byte messages in the background), COUNT, STAT, PEERS, DROPS and DUMP (the deliveries:
+256-byte messages in the background), COUNT, STAT, PEERS, DROPS, METRICS (the non-zero
+fognode_node_gossip_* counters) and DUMP (the deliveries:
 message id, send and receive CLOCK_MONOTONIC times, the pull counter then), QUIT.
 """
 from __future__ import annotations
@@ -40,7 +41,8 @@ def _decode(data: bytes) -> tuple[int, float]:
 async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Callable[[], int],
                     connected: Callable[[], int], rec: list[tuple[int, float, float, float]],
                     queues: Callable[[], list[int]], pulled: Callable[[], int],
-                    drops: Callable[[], dict[str, float]] = dict) -> None:
+                    drops: Callable[[], dict[str, float]] = dict,
+                    metrics: Callable[[], dict[str, float]] = dict) -> None:
     """Serve the parent's commands (one per stdin line) until QUIT; PUB runs in the
     background so STAT/COUNT keep answering while it publishes."""
     import trio
@@ -77,6 +79,8 @@ async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Call
                 print("PEERS", connected(), mesh_size(), pulled(), queues()[-1], flush=True)
             elif line[0] == "DROPS":
                 print("DROPS", json.dumps(drops()).replace(" ", ""), flush=True)
+            elif line[0] == "METRICS":
+                print("METRICS", json.dumps(metrics()).replace(" ", ""), flush=True)
             elif line[0] == "DUMP":
                 print("DUMP", json.dumps(rec), flush=True)
                 rec.clear()
@@ -113,7 +117,7 @@ async def _child_ours(bootstrap: list[str], peers_low: int, peers_high: int) -> 
                         + [len(ov.gossipsub.mesh.get(TOPIC, ()))],
                         lambda: int(sum(s.value for m in reg.collect() for s in m.samples
                                         if s.name == "fognode_node_gossip_pulled_total")),
-                        lambda: _gossip_drops(reg))
+                        lambda: _gossip_drops(reg), lambda: _gossip_metrics(reg))
         del trio
 
 
@@ -128,6 +132,18 @@ def _gossip_drops(reg: "CollectorRegistry") -> dict[str, float]:
             if kind and smp.value:
                 key = f"{kind}:{smp.labels.get('reason', '?')}"
                 out[key] = out.get(key, 0.0) + smp.value
+    return out
+
+
+def _gossip_metrics(reg: "CollectorRegistry") -> dict[str, float]:
+    """This node's non-zero fognode_node_gossip_* counter samples, keyed name{labels}."""
+    out: dict[str, float] = {}
+    for m in reg.collect():
+        for smp in m.samples:
+            if smp.name.startswith("fognode_node_gossip") and smp.name.endswith("_total") \
+                    and smp.value:
+                lab = ",".join(f"{k}={v}" for k, v in sorted(smp.labels.items()) if k != "topic")
+                out[f"{smp.name[20:]}{{{lab}}}"] = smp.value
     return out
 
 
