@@ -6,7 +6,7 @@
 needs to run at all. The node subscribes to the benchmark topic, prints `READY <addr>`, then
 serves one command per stdin line: MESH n (wait for n mesh peers), PUB n gap_ms (publish n
 256-byte messages in the background), COUNT, STAT, PEERS, DROPS, METRICS (the non-zero
-fognode_node_gossip_* counters) and DUMP (the deliveries:
+fognode_node_gossip_* and dials counters) and DUMP (the deliveries:
 message id, send and receive CLOCK_MONOTONIC times, the pull counter then), QUIT.
 """
 from __future__ import annotations
@@ -136,14 +136,15 @@ def _gossip_drops(reg: "CollectorRegistry") -> dict[str, float]:
 
 
 def _gossip_metrics(reg: "CollectorRegistry") -> dict[str, float]:
-    """This node's non-zero fognode_node_gossip_* counter samples, keyed name{labels}."""
+    """This node's non-zero fognode_node_gossip_* and fognode_node_dials_total counter samples
+    (the connection manager's dials by outcome), keyed name{labels} without fognode_node_."""
     out: dict[str, float] = {}
     for m in reg.collect():
         for smp in m.samples:
-            if smp.name.startswith("fognode_node_gossip") and smp.name.endswith("_total") \
-                    and smp.value:
+            if smp.name.startswith(("fognode_node_gossip", "fognode_node_dials")) \
+                    and smp.name.endswith("_total") and smp.value:
                 lab = ",".join(f"{k}={v}" for k, v in sorted(smp.labels.items()) if k != "topic")
-                out[f"{smp.name[20:]}{{{lab}}}"] = smp.value
+                out[f"{smp.name[13:]}{{{lab}}}"] = smp.value
     return out
 
 
