@@ -244,6 +244,9 @@ def run_one(n: int, mode: str, lat_msgs: int, lat_gap_ms: int, tput_msgs: int,
         for c in children:
             c.send("PEERS")
         peers = [c.expect("PEERS") for c in children]
+        if diag:
+            print(f"DIAG {n} nodes at the end: conns {[int(p[0]) for p in peers]} mesh "
+                  f"{[int(p[3]) for p in peers]}", file=sys.stderr, flush=True)
         pulled = sum(int(p[2]) for p in peers)
         drops: dict[str, float] = {}
         if mode == "ours":
