@@ -17,6 +17,10 @@ numeric core, the onion role's working parts).
    makes are long-lived).
 Without a "node" service (a role run on its own, in tests) it imports at once.
 
+`wait_served` is the role's side once the import is asked for: what arrives while the role
+loads (a stream, an RPC call) waits for the role to serve with the module, bounded, and is
+refused with the load's state when it fails or takes longer.
+
 A failed import raises `failed(message)` (the role's PermanentRoleError subclass: the
 supervisor shows the role failed with the reason and does not restart it: a module that does
 not import will not import on a retry), with the traceback logged at ERROR.
@@ -27,15 +31,16 @@ import importlib
 import logging
 import time
 from types import ModuleType
-from typing import Callable
+from typing import Callable, TypeVar
 
 import trio
 
-from fognode.node.errors import PermanentRoleError
+from fognode.node.errors import LocalProtocolError, PermanentRoleError
 from fognode.node.role import Services
 from fognode.node.startimports import imports_without_gc
 
 QUEUED = "waiting for another role's load"
+T = TypeVar("T")
 
 
 class DeferredImport:
@@ -77,6 +82,22 @@ class DeferredImport:
         self.state = "loaded"
         self.log.debug("%s: %s imported in %.3f s", self.role, self.what, self.seconds)
         return module
+
+
+    async def wait_served(self, get: Callable[[], T | None], serving: trio.Event, bound: float) -> T:
+        """`get()` once the role serves with what this import loaded: waits (at most `bound`
+        seconds) for `serving`, which the role sets once it serves or its load failed. Raises
+        LocalProtocolError naming the load's state when it failed or took longer."""
+        got = get()
+        if got is not None:
+            return got
+        with trio.move_on_after(bound):
+            await serving.wait()
+        got = get()
+        if got is None:
+            raise LocalProtocolError(f"the {self.role} role is not serving: {self.what} ({self.state})"
+                                     + ("" if serving.is_set() else f" after {bound:g} s"))
+        return got
 
 
 def _import(name: str) -> ModuleType:

@@ -169,15 +169,7 @@ class FlRole(FlRpc, Role):
     async def wait_serving(self) -> ModuleType:
         """The numeric core, once the role serves with it: waits (at most WAIT_BOUND seconds)
         while it loads. Raises LocalProtocolError when its load failed or took longer."""
-        num = self.numeric
-        if num is not None:
-            return num
-        with trio.move_on_after(WAIT_BOUND):
-            await self._serving.wait()
-        if self.numeric is None:
-            raise LocalProtocolError(f"the fl role is not serving: its numeric core is {self._load.state}"
-                                     + ("" if self._serving.is_set() else f" after {WAIT_BOUND:g} s"))
-        return self.numeric
+        return await self._load.wait_served(lambda: self.numeric, self._serving, WAIT_BOUND)
 
     async def _serve_stream(self, sid: str, stream: FramedStream) -> None:
         """A stream that arrived before the core served: handled once it does."""

@@ -173,14 +173,7 @@ class OnionRole(Role):
     async def parts(self) -> OnionParts:
         """The working parts, once they serve: waits (at most WAIT_BOUND seconds) while they
         load. Raises LocalProtocolError when their load failed or took longer."""
-        if self._parts is not None:
-            return self._parts
-        with trio.move_on_after(WAIT_BOUND):
-            await self._serving.wait()
-        if self._parts is None:
-            raise LocalProtocolError(f"the onion role is not serving: its parts are {self._load.state}"
-                                     + ("" if self._serving.is_set() else f" after {WAIT_BOUND:g} s"))
-        return self._parts
+        return await self._load.wait_served(lambda: self._parts, self._serving, WAIT_BOUND)
 
     async def _rpc_parts(self) -> OnionParts:
         """`parts()` for an RPC method: RpcError NODE_ROLE_UNAVAILABLE when they do not serve."""
