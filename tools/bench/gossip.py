@@ -144,9 +144,15 @@ def _diag(children: list[Child], what: str) -> None:
     for c in children:
         c.send("METRICS")
     mets = [c.expect("METRICS")[0] for c in children]
+    for c in children:
+        c.send("GSTATE")
+    routers = [c.expect("GSTATE")[0] for c in children]
     for k, (p, m) in enumerate(zip(peers, mets)):
-        print(f"DIAG {what} node {k}: conns {p[0]} mesh {p[3]} pulled {p[2]} {m}",
-              file=sys.stderr, flush=True)
+        prunes = json.loads(routers[k]).get("prunes", {})
+        print(f"DIAG {what} node {k}: conns {p[0]} topic {p[1]} mesh {p[3]} pulled {p[2]} {m} "
+              f"prunes {json.dumps(prunes).replace(' ', '')}", file=sys.stderr, flush=True)
+        if int(p[3]) < min(4, int(p[0])):      # a mesh short of D_low: the router's view
+            print(f"DIAG {what} node {k} router: {routers[k]}", file=sys.stderr, flush=True)
 
 
 def _dump(children: list[Child], publisher: int) -> dict[int, list[tuple[float, float, bool]]]:

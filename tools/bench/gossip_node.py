@@ -6,7 +6,8 @@
 needs to run at all. The node subscribes to the benchmark topic, prints `READY <addr>`, then
 serves one command per stdin line: MESH n (wait for n mesh peers), PUB n gap_ms (publish n
 256-byte messages in the background), COUNT, STAT, PEERS, DROPS, METRICS (the non-zero
-fognode_node_gossip_* and dials counters) and DUMP (the deliveries:
+fognode_node_gossip_* and dials counters), GSTATE (the GossipSub router's view of each
+connected peer: see `_router_state`) and DUMP (the deliveries:
 message id, send and receive CLOCK_MONOTONIC times, the pull counter then), QUIT.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -42,7 +43,8 @@ async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Call
                     connected: Callable[[], int], rec: list[tuple[int, float, float, float]],
                     queues: Callable[[], list[int]], pulled: Callable[[], int],
                     drops: Callable[[], dict[str, float]] = dict,
-                    metrics: Callable[[], dict[str, float]] = dict) -> None:
+                    metrics: Callable[[], dict[str, float]] = dict,
+                    router: Callable[[], dict[str, object]] = dict) -> None:
     """Serve the parent's commands (one per stdin line) until QUIT; PUB runs in the
     background so STAT/COUNT keep answering while it publishes."""
     import trio
@@ -81,6 +83,8 @@ async def _commands(publish: Callable[[bytes], Awaitable[None]], mesh_size: Call
                 print("DROPS", json.dumps(drops()).replace(" ", ""), flush=True)
             elif line[0] == "METRICS":
                 print("METRICS", json.dumps(metrics()).replace(" ", ""), flush=True)
+            elif line[0] == "GSTATE":
+                print("GSTATE", json.dumps(router()).replace(" ", ""), flush=True)
             elif line[0] == "DUMP":
                 print("DUMP", json.dumps(rec), flush=True)
                 rec.clear()
@@ -108,6 +112,7 @@ async def _child_ours(bootstrap: list[str], peers_low: int, peers_high: int) -> 
             # is handed over): the parent tells pulled deliveries from pushed ones with it
             rec.append((i, t, time.monotonic(), pulled_counter._value.get()))
 
+        prunes = _count_prunes(ov.gossipsub)
         await ov.subscribe(TOPIC, handler)
         print("READY", ov.listen_addrs()[0], flush=True)
         await _commands(lambda d: ov.publish(TOPIC, d),
@@ -117,8 +122,71 @@ async def _child_ours(bootstrap: list[str], peers_low: int, peers_high: int) -> 
                         + [len(ov.gossipsub.mesh.get(TOPIC, ()))],
                         lambda: int(sum(s.value for m in reg.collect() for s in m.samples
                                         if s.name == "fognode_node_gossip_pulled_total")),
-                        lambda: _gossip_drops(reg), lambda: _gossip_metrics(reg))
+                        lambda: _gossip_drops(reg), lambda: _gossip_metrics(reg),
+                        lambda: {**_router_state(ov.pubsub, ov.gossipsub, ov.peers()),
+                                 "prunes": dict(prunes)})
         del trio
+
+
+def _count_prunes(router: Any) -> dict[str, int]:
+    """Diagnostics: count the PRUNEs this router sends, by the function that sent them, and
+    those it receives ("received"). Wraps the instance's methods (bench process only)."""
+    import sys as _sys
+    counts: dict[str, int] = {}
+    emit, heartbeat, handle = router.emit_prune, router.mesh_heartbeat, router.handle_prune
+
+    async def emit_prune(*a: Any, **k: Any) -> Any:
+        f = _sys._getframe(1)
+        name = f"{f.f_code.co_name}:{f.f_lineno}"
+        counts[name] = counts.get(name, 0) + 1
+        return await emit(*a, **k)
+
+    def mesh_heartbeat() -> Any:
+        graft, prune = heartbeat()
+        n = sum(len(t) for t in prune.values())
+        if n:
+            counts["heartbeat"] = counts.get("heartbeat", 0) + n
+        return graft, prune
+
+    async def handle_prune(*a: Any, **k: Any) -> Any:
+        counts["received"] = counts.get("received", 0) + 1
+        return await handle(*a, **k)
+
+    router.emit_prune, router.mesh_heartbeat, router.handle_prune = \
+        emit_prune, mesh_heartbeat, handle_prune
+    return counts
+
+
+def _router_state(pubsub: Any, router: Any, peers: list[Any]) -> dict[str, object]:
+    """The GossipSub router's view, for `--diag`: per connected peer (short id) the flags
+    t (subscribed to the topic as far as we know), m (in our mesh), p (a pubsub stream with a
+    GossipSub protocol), the seconds of GRAFT backoff left on the topic and the peer's score;
+    and the peers the router knows on the topic that are not connected."""
+    import time as _time
+
+    from libp2p.peer.id import ID
+    topic_peers = {str(p) for p in pubsub.peer_topics.get(TOPIC, ())}
+    mesh = {str(p) for p in router.mesh.get(TOPIC, ())}
+    backoff = {str(p): t - _time.time() for p, t in router.back_off.get(TOPIC, {}).items()}
+    out: dict[str, object] = {}
+    for info in peers:
+        pid = str(info.peer_id)
+        proto = router.peer_protocol.get(ID.from_base58(pid))
+        try:
+            score = round(float(router.scorer.score(ID.from_base58(pid), [TOPIC])), 2)
+        except Exception as e:       # diagnostics only: show why there is no score
+            score = f"{type(e).__name__}"
+        row: list[object] = [("t" if pid in topic_peers else "-") + ("m" if pid in mesh else "-")
+                             + ("p" if proto else "-"), round(backoff.get(pid, 0.0), 1), score]
+        if isinstance(score, float) and score < 0:     # which part of the score is negative
+            sc, key = router.scorer, ID.from_base58(pid)
+            row.append({name: round(float(getattr(sc, name).get(key, 0.0)), 1) for name in (
+                "behavior_penalty", "graft_flood_penalties", "iwant_spam_penalties",
+                "ihave_spam_penalties", "equivocation_penalties")})
+        out[pid[-6:]] = row
+    out["unconnected"] = sorted(p[-6:] for p in topic_peers | mesh
+                                if p not in {str(i.peer_id) for i in peers})
+    return out
 
 
 def _gossip_drops(reg: "CollectorRegistry") -> dict[str, float]:
