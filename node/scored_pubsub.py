@@ -10,10 +10,11 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   squared P4 and P5, P6 from the host, and RetainScore (negative counters outlive a
   disconnect). The gates (`allow_publish`, `allow_gossip`, `is_graylisted`, `allow_px_from`)
   compare that score with the thresholds.
-- `ScoredGossipSub(GossipSub)` (node/p2pfix_copies.py's): at every heartbeat mesh peers
-  with a negative score are PRUNEd (and backed off); mesh candidates must have a score >= 0; a GRAFT from a peer below 0
-  is answered with PRUNE; a graylisted peer's control messages are ignored, and IHAVE/IWANT
-  from a peer below the gossip threshold are dropped. py-libp2p's own (non-spec) swap of the
+- `ScoredGossipSub(GossipSub)` (node/p2pfix_backoff.py's and node/p2pfix_copies.py's): at
+  every heartbeat mesh peers with a negative score are PRUNEd (and backed off); mesh
+  candidates must have a score >= 0; a GRAFT from a peer below 0 is answered with PRUNE; a
+  graylisted peer's control messages are ignored, and IHAVE/IWANT from a peer below the
+  gossip threshold are dropped. py-libp2p's own (non-spec) swap of the
   worst mesh peer for a better outsider is turned off: with real scores it churns the mesh.
 - `ScoredPubsub(Pubsub)`: a graylisted peer's messages and subscriptions are ignored, and a
   message whose libp2p signature fails counts as an invalid message (P4) of its forwarder
@@ -56,6 +57,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from fognode.node import p2pfix_pubsubwrite
 from fognode.node.metrics import metric
+from fognode.node.p2pfix_backoff import BackoffKeepingGossipSub
 from fognode.node.p2pfix_copies import CopyAwareGossipSub, without_held
 from fognode.node.peerscore import PeerScoreParams, TopicCounters, decay_factor, peer_score
 
@@ -234,11 +236,12 @@ def _decay(factor: float) -> Libp2pTopicParams:
     return Libp2pTopicParams(weight=0.0, cap=0.0, decay=factor)
 
 
-class ScoredGossipSub(CopyAwareGossipSub):
+class ScoredGossipSub(BackoffKeepingGossipSub, CopyAwareGossipSub):
     """GossipSub that prunes negative peers, refuses their GRAFTs and ignores graylisted ones.
     Takes GossipSub's arguments plus the score parameters, the P6 function and `count`.
-    Derives from node/p2pfix_copies.py's GossipSub (no copy to a peer that holds the message),
-    itself node/p2pfix_idontwant.py's (IDONTWANT only where it can save a copy)."""
+    Derives from node/p2pfix_backoff.py's GossipSub (a backoff kept for every peer it prunes)
+    and node/p2pfix_copies.py's (no copy to a peer that holds the message), itself
+    node/p2pfix_idontwant.py's (IDONTWANT only where it can save a copy)."""
 
     def __init__(self, *, peer_score: PeerScoreParams, app_score: AppScore, count: Count,
                  **kwargs: Any) -> None:
