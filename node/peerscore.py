@@ -90,6 +90,8 @@ Components:
   1 per duplicate extensions message, 100 per equivocation): 0.25 * (P5 - 20)^2, decaying to
   1 % in 15 minutes. Isolated events are free (an honest py-libp2p peer can trip the 10 IWANT/s
   limit after a burst); 6 IWANT floods: -25 (no gossip); 5 early GRAFTs: -225 (graylist).
+  py-libp2p's own pruner kept no backoff for the peers it pruned and GRAFTed them back inside
+  theirs, three times made an honest peer negative: node/p2pfix_backoff.py keeps ours.
   Lotus: weight -10 over threshold 6 (its penalty is 1 per event); Eth2: -15.9 over 6.
 - P7 IP colocation: off. Fog devices share a LAN or a NAT by design (a house, a field site
   behind one uplink), and devnets run on one address; go-libp2p users whitelist such ranges
