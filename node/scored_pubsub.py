@@ -10,7 +10,8 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   squared P4 and P5, P6 from the host, and RetainScore (negative counters outlive a
   disconnect). The gates (`allow_publish`, `allow_gossip`, `is_graylisted`, `allow_px_from`)
   compare that score with the thresholds.
-- `ScoredGossipSub(GossipSub)` (node/p2pfix_backoff.py's and node/p2pfix_copies.py's): at
+- `ScoredGossipSub(GossipSub)` (node/p2pfix_backoff.py's, p2pfix_copies.py's and
+  p2pfix_floodpublish.py's): at
   every heartbeat mesh peers with a negative score are PRUNEd (and backed off); mesh
   candidates must have a score >= 0; a GRAFT from a peer below 0 is answered with PRUNE; a
   graylisted peer's control messages are ignored, and IHAVE/IWANT from a peer below the
@@ -59,6 +60,7 @@ from fognode.node import p2pfix_pubsubwrite
 from fognode.node.metrics import metric
 from fognode.node.p2pfix_backoff import BackoffKeepingGossipSub
 from fognode.node.p2pfix_copies import CopyAwareGossipSub, without_held
+from fognode.node.p2pfix_floodpublish import FloodPublishGossipSub
 from fognode.node.peerscore import PeerScoreParams, TopicCounters, decay_factor, peer_score
 
 MAX_RETAINED = 4096     # disconnected peers whose negative counters are kept at most
@@ -236,12 +238,14 @@ def _decay(factor: float) -> Libp2pTopicParams:
     return Libp2pTopicParams(weight=0.0, cap=0.0, decay=factor)
 
 
-class ScoredGossipSub(BackoffKeepingGossipSub, CopyAwareGossipSub):
+class ScoredGossipSub(BackoffKeepingGossipSub, CopyAwareGossipSub, FloodPublishGossipSub):
     """GossipSub that prunes negative peers, refuses their GRAFTs and ignores graylisted ones.
     Takes GossipSub's arguments plus the score parameters, the P6 function and `count`.
-    Derives from node/p2pfix_backoff.py's GossipSub (a backoff kept for every peer it prunes)
-    and node/p2pfix_copies.py's (no copy to a peer that holds the message), itself
-    node/p2pfix_idontwant.py's (IDONTWANT only where it can save a copy)."""
+    Derives from node/p2pfix_backoff.py's GossipSub (a backoff kept for every peer it prunes,
+    gossip to backed-off peers), node/p2pfix_copies.py's (no copy to a peer that holds the
+    message), itself node/p2pfix_idontwant.py's (IDONTWANT only where it can save a copy), and
+    node/p2pfix_floodpublish.py's (its own messages to every topic peer above the publish
+    threshold)."""
 
     def __init__(self, *, peer_score: PeerScoreParams, app_score: AppScore, count: Count,
                  **kwargs: Any) -> None:

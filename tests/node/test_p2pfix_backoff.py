@@ -1,6 +1,8 @@
-"""node/p2pfix_backoff.py against real hosts on 127.0.0.1: a node that prunes mesh peers keeps a
-backoff for them and does not GRAFT them again inside it, so they never charge it with a GRAFT
-flood; and a pin of the py-libp2p functions the fix relies on."""
+"""node/p2pfix_backoff.py and node/p2pfix_floodpublish.py against real hosts on 127.0.0.1: a node
+that prunes mesh peers keeps a backoff for them and does not GRAFT them again inside it, so they
+never charge it with a GRAFT flood; with a mesh of 0 its own messages still reach its
+backed-off peers and its gossip names them; and a pin of the py-libp2p functions the fixes rely
+on."""
 from __future__ import annotations
 
 import hashlib
@@ -31,6 +33,10 @@ PINNED = {
     GossipSub._add_back_off: "72076b56bb3004a0",
     GossipSub._check_back_off: "aab720b22c2eb651",
     GossipSub._emit_control_msgs: "31b209cca3155276",   # sends the heartbeat's PRUNEs
+    GossipSub.gossip_heartbeat: "ee20b04ca5bda2c1",
+    GossipSub._handle_topic_heartbeat: "855f5c363146b724",       # IHAVE targets with the backoff filter
+    GossipSub._get_peers_to_send: "1d2d334126ca87ec",   # mesh only for a joined topic
+    GossipSub._get_adaptive_gossip_peers_count: "9649a5fc46dd311c",
 }
 
 
@@ -40,11 +46,7 @@ def test_pinned_gossipsub_prune_and_graft_paths() -> None:
     assert not changed, f"py-libp2p changed under node/p2pfix_backoff.py: {changed}"
 
 
-async def _ignore(_m: GossipMessage) -> None:
-    return None
-
-
-async def test_a_pruning_node_keeps_a_backoff_and_is_not_charged_a_graft_flood() -> None:
+async def test_a_pruning_node_keeps_a_backoff_is_not_charged_and_still_reaches_its_peers() -> None:
     """A (D=1, D_low=1, D_high=2) is the only peer of B, C and D; all three GRAFT it, its
     heartbeat prunes two. When the one left in its mesh goes away, A's mesh is empty: py-libp2p
     0.8.1 GRAFTs one of the two it pruned at the next heartbeat, and that peer charges A a GRAFT
@@ -70,8 +72,12 @@ async def test_a_pruning_node_keeps_a_backoff_and_is_not_charged_a_graft_flood()
             scopes.append(scope)
         a, others = nodes[0], nodes[1:]
         await wait_until(lambda: len(a.peers()) == 3, what="B, C and D connected to A")
+        received: dict[str, list[bytes]] = {n.peer_id: [] for n in nodes}
         for n in nodes:
-            await n.subscribe(TOPIC, _ignore)
+            async def on_msg(m: GossipMessage, got: list[bytes] = received[n.peer_id]) -> None:
+                got.append(m.data)
+
+            await n.subscribe(TOPIC, on_msg)
         a_id = ID.from_base58(a.peer_id)
         # every one of them grafted A, and A's heartbeat pruned its mesh back to D
         await wait_until(lambda: sum(a_id in n.gossipsub.back_off.get(TOPIC, {})
@@ -89,4 +95,20 @@ async def test_a_pruning_node_keeps_a_backoff_and_is_not_charged_a_graft_flood()
         for n in pruned:
             assert n.gossipsub.scorer.graft_flood_penalties.get(a_id, 0.0) == 0.0
             assert n.gossipsub.scorer.score(a_id, [TOPIC]) >= 0
+        # A's mesh is empty and its two peers are backed off: its own message still reaches
+        # them (flood publishing, node/p2pfix_floodpublish.py) ...
+        await a.publish(TOPIC, b"from A")
+        await wait_until(lambda: all(b"from A" in received[n.peer_id] for n in pruned),
+                         what="A's message at both backed-off peers")
+        assert a.gossipsub.flood_published >= 2
+        # ... and its gossip (IHAVE) names them, as the spec's gossip does
+        backed_off = {ID.from_base58(n.peer_id) for n in pruned}
+        for k in range(5):      # a message in A's gossip window (3 heartbeats) when it looks
+            await a.publish(TOPIC, b"again %d" % k)
+            await wait_until(lambda: a.gossipsub.mcache.window(TOPIC), what="in the window")
+            targets = a.gossipsub.gossip_heartbeat()
+            if a.gossipsub.mcache.window(TOPIC):
+                break
+        assert backed_off <= {p for p, topics in targets.items() if TOPIC in topics}
+        assert a.gossipsub.gossip_to_backed_off >= 2
         nursery.cancel_scope.cancel()
