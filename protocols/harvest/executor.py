@@ -14,6 +14,9 @@ with the daemon (kill -9 included, stopped or not); a job no reaper guards is no
 `Executor.watch(pid)` takes a process someone else started and reaps (FL's task process) under
 the same suspend/resume, duty cycle, meter and memory limit, and releases it (running) when the
 watch is cancelled; its borrower takes `usage_now` first, so work shorter than a poll is metered.
+It is two halves: `begin_watch` (synchronous: the first reading, the memory check, stopped at
+once if work is suspended) and `follow` (the task that polls it and ends the watch), so that a
+borrower can start using the process in the step that lent it.
 
 `suspend()` / `resume()` stop and continue every running job at once (SIGSTOP / SIGCONT to each
 job's process group and any descendant that left it); they are synchronous, act before they
@@ -46,19 +49,19 @@ import trio
 from fognode.protocols.harvest.cgroup import CgroupSupport, JobCgroup
 from fognode.protocols.harvest.exec_errors import BadJobError, ExecutorError
 from fognode.protocols.harvest.job_end import job_result, wait_exited
+from fognode.protocols.harvest.job_io import STDERR_TAIL, collect, feed
 from fognode.protocols.harvest.launch import launch_command
 from fognode.protocols.harvest.limits import (Allowance, DutyCycle, Mechanism, Phase, StopCause,
                                               choose_mechanism, job_memory_limit, over_memory,
                                               rlimit_data_bytes, stop_cause)
 from fognode.protocols.harvest.jobs import (UNKNOWN_EXIT, JobEnd, JobPipe, JobResult, JobSpec,
-                                            JobState, JobStatus)
+                                            JobState, JobStatus, Watch)
 from fognode.protocols.harvest.meter import JobMeter, Sample, SessionMeter, Usage
 from fognode.protocols.harvest.procstat import sample_tree
 from fognode.node.reaper import Reaper, reaper as process_reaper
 
 log = logging.getLogger("fognode.harvest")
 
-STDERR_TAIL = 4096
 REAP_TIMEOUT = 10.0
 
 
@@ -315,10 +318,21 @@ class Executor:
         meter counts what it uses from now on, and it is killed over its memory limit (its
         owner restarts it). Returns when it exits (returncode UNKNOWN_EXIT: the status goes to
         its parent). Cancelling the watch releases it: a process stopped by us is continued,
-        never left stopped and never killed. ExecutorError if `pid` does not exist."""
+        never left stopped and never killed. ExecutorError if `pid` does not exist. The same
+        as `begin_watch` (started once it returns) then `follow`."""
+        watch = self.begin_watch(pid, name=name, memory_bytes=memory_bytes)
+        task_status.started()
+        return await self.follow(watch)
+
+    def begin_watch(self, pid: int, *, name: str = "watched",
+                    memory_bytes: int | None = None) -> Watch:
+        """The synchronous first half of `watch`: take the first reading (the meter's base),
+        check the memory limit and stop the process if work is suspended, all before it
+        returns; ExecutorError if `pid` does not exist. The caller must hand the Watch to
+        `follow` (in a task it starts at once, `start_soon`), which keeps and ends it."""
         job = self._new_job(name, memory_bytes)
         try:
-            # On the loop, not in a worker thread: FL waits for this before each training. The
+            # On the loop, not in a worker thread: FL takes it before each training. The
             # reading is ~0.3 ms, but a thread hop (psutil retakes the GIL between syscalls, 5 ms
             # each) cost a training a median of 26 ms at load 12 (traced by fl2, stop 24).
             first, pids = sample_tree(pid)
@@ -330,19 +344,28 @@ class Executor:
                 os.close(pidfd)
             raise ExecutorError(f"cannot watch process {pid}: it does not exist")
         job.pid, job.pids, job.cpu_base = pid, pids, first.cpu_s
-        session = self._register(job)
+        watch = Watch(job, pidfd, self._register(job))
+        now = trio.current_time()
+        job.meter.sample(now, first.since(first.cpu_s))
+        self._check_memory(job, first)
+        self._apply_phase(job, now)
+        return watch
+
+    async def follow(self, watch: Watch) -> JobResult:
+        """The second half of `watch`: poll and limit the process (its next reading one poll
+        interval after `begin_watch`'s) until it exits, then return its JobResult; cancelling
+        releases it (continued if stopped). Ends the Watch however it returns."""
+        job = watch.job
         try:
-            self._apply_phase(job, trio.current_time())
-            task_status.started()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._control, job)
-                if pidfd >= 0:
-                    await trio.lowlevel.wait_readable(pidfd)
+                nursery.start_soon(self._control, job, trio.current_time() + self._poll)
+                if watch.pidfd >= 0:
+                    await trio.lowlevel.wait_readable(watch.pidfd)
                 else:
-                    while psutil.pid_exists(pid) and psutil.Process(pid).status() != \
+                    while psutil.pid_exists(job.pid) and psutil.Process(job.pid).status() != \
                             psutil.STATUS_ZOMBIE:
                         await trio.sleep(self._poll)
-                last, _ = await trio.to_thread.run_sync(sample_tree, pid)
+                last, _ = await trio.to_thread.run_sync(sample_tree, job.pid)
                 ended = trio.current_time()
                 nursery.cancel_scope.cancel()
             job.pid = 0   # gone: never signal that pid again (it may be reused)
@@ -352,11 +375,11 @@ class Executor:
                              b"", usage)
         finally:
             self._jobs.pop(job.job_id, None)
-            if pidfd >= 0:
-                os.close(pidfd)
+            if watch.pidfd >= 0:
+                os.close(watch.pidfd)
             if job.stopped and job.pid:
                 self._signal(job, signal.SIGCONT)   # released as we found it: running
-            self._close(job, session)
+            self._close(job, watch.session)
 
     def _new_job(self, name: str, memory_bytes: int | None) -> JobState:
         job_id = next(self._ids)
@@ -385,7 +408,7 @@ class Executor:
         async with trio.open_nursery() as outer:
             outer.start_soon(self._control, job)
             async with trio.open_nursery() as io:
-                io.start_soon(self._feed, proc, spec.input)
+                io.start_soon(feed, proc, spec.input)
                 io.start_soon(self._collect, job, proc.stdout, out, spec.max_output)
                 io.start_soon(self._collect, job, proc.stderr, err, None)
                 await wait_exited(proc.pid, self._poll)        # the root exited, not reaped yet
@@ -407,38 +430,14 @@ class Executor:
         cpu = await trio.to_thread.run_sync(job.cgroup.cpu_seconds)
         return Sample(max(last.cpu_s, cpu), last.rss_bytes, last.hwm_bytes)
 
-    async def _feed(self, proc: trio.Process, data: bytes) -> None:
-        assert proc.stdin is not None
-        try:
-            if data:
-                await proc.stdin.send_all(data)
-            await proc.stdin.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the job closed its stdin or died; its exit says why
-
     async def _collect(self, job: JobState, stream: trio.abc.ReceiveStream | None, buf: bytearray,
                        limit: int | None) -> None:
-        if stream is None:
-            return
-        while True:
-            try:
-                data = await stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            if not data:
-                return
-            buf += data
-            if limit is None:
-                del buf[:-STDERR_TAIL]
-            elif len(buf) > limit:
-                del buf[limit:]
-                self._kill(job, JobEnd.OUTPUT_LIMIT,
-                           f"wrote more than its output limit of {limit} bytes")
-                return
+        if await collect(stream, buf, limit):
+            self._kill(job, JobEnd.OUTPUT_LIMIT, f"wrote more than its output limit of {limit} bytes")
 
-    async def _control(self, job: JobState) -> None:
-        """Poll the tree (meter, memory), run the duty cycle; until cancelled."""
-        next_poll = trio.current_time()
+    async def _control(self, job: JobState, next_poll: float = -math.inf) -> None:
+        """Poll the tree (meter, memory) from `next_poll` on (at once by default), run the duty
+        cycle; until cancelled."""
         while True:
             now = trio.current_time()
             if now >= next_poll:

@@ -1,6 +1,6 @@
 """The executor's job records: what to run (`JobSpec`), how it ended (`JobEnd`, `JobResult`),
 what `harvest.status` shows of a running job (`JobStatus`), and the executor's own mutable
-record of one (`JobState`). Plain data; the executor (executor.py) fills them in.
+record of one (`JobState`), and a watched process's handle (`Watch`). Plain data; the executor (executor.py) fills them in.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import trio
 from fognode.protocols.harvest.cgroup import JobCgroup
 from fognode.protocols.harvest.exec_errors import BadJobError
 from fognode.protocols.harvest.limits import StopCause
-from fognode.protocols.harvest.meter import JobMeter, Usage
+from fognode.protocols.harvest.meter import JobMeter, SessionMeter, Usage
 
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 UNKNOWN_EXIT = -1   # the exit status of a watched process goes to its parent, not to us
@@ -117,6 +117,16 @@ class JobState:
     def alive(self) -> bool:
         """Not known to have exited and been reaped."""
         return self.pid > 0 and (self.proc is None or self.proc.returncode is None)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A watched process between `Executor.begin_watch` and the end of `Executor.follow`: its
+    record, its pidfd (-1 without pidfd support) and the session meter it counts into."""
+
+    job: JobState
+    pidfd: int
+    session: SessionMeter | None
 
 
 class JobPipe:

@@ -11,19 +11,19 @@ of `wasm_worker`: market work) go to the session named by the caller, at the nic
 session's kind (`[protocols.harvest] market_nice` / `manual_nice`).
 
 Time: wall-clock seconds (`clock`, the node's) stamp sessions and receipts; the executor and
-the policy's dwell run on trio's monotonic clock. Methods never block except `adopt` (it
-awaits the watch's start), `run_job` and `run_wasm` (the job). Starting or ending a session
-and crediting a receipt (`open_session`, `end_session`, `record_credit`) are acknowledged
-(returned, counted, published) only once durable: they wait off the event loop for the
-store's group commit. The policy file is written on
-the event loop (a few hundred bytes, only on operator requests).
+the policy's dwell run on trio's monotonic clock. Methods never block except `adopt`, `run_job`
+and `run_wasm` (the job). `adopt` awaits only a session it has to open: the watch begins
+synchronously (`Executor.begin_watch`), so the body runs in the step that enters it, and
+leaving it awaits the watcher's end. Starting or ending a session and crediting a receipt
+(`open_session`, `end_session`, `record_credit`) are acknowledged (returned, counted,
+published) only once durable: they wait off the event loop for the store's group commit. The
+policy file is written on the event loop (a few hundred bytes, only on operator requests).
 """
 from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any, AsyncIterator, Callable, Mapping
 
 import trio
@@ -35,7 +35,7 @@ from fognode.protocols.harvest.events import (HarvestContribution, HarvestCredit
                                               HarvestSessionStarted)
 from fognode.protocols.harvest.exec_errors import ExecutorError
 from fognode.protocols.harvest.executor import Executor
-from fognode.protocols.harvest.jobs import JobResult, JobSpec
+from fognode.protocols.harvest.jobs import JobResult, JobSpec, Watch
 from fognode.protocols.harvest.meter import Usage
 from fognode.protocols.harvest.metrics import HarvestMetrics
 from fognode.protocols.harvest.policy import HarvestPolicy
@@ -262,17 +262,22 @@ class HarvestService:
         harvest session of (`kind`, `ref`) (started if none) for the body of the `async with`:
         the executor watches it (see the module docstring) until the body ends, then releases
         it running; its usage goes to the session. Without a process (None) the body runs
-        unwatched."""
+        unwatched. With a running session the body starts in the step that enters (the watch's
+        first reading taken, the process stopped if work is suspended); leaving awaits the
+        watcher's end (one more step)."""
         s = await self.running_or_open(kind, ref)
         pid = pid_of()
         self._watch_no += 1
         label = f"{name} #{self._watch_no}"
         async with trio.open_nursery() as nursery:
             if pid is not None:
-                try:
-                    await nursery.start(partial(self._watch, pid, label, s.session_id))
+                try:     # synchronous: the body starts in this scheduler step, already watched
+                    watch = self.executor.begin_watch(pid, name=label)
                 except ExecutorError as e:     # it exited in between: nothing to watch
                     log.debug("harvest: %s not watched: %s", label, e)
+                else:
+                    self._watched[label] = s.session_id
+                    nursery.start_soon(self._follow, watch, label, s.session_id)
             try:
                 yield s
             finally:
@@ -283,11 +288,9 @@ class HarvestService:
                     if usage is not None:
                         self._add_usage(s.session_id, usage)
 
-    async def _watch(self, pid: int, label: str, session_id: bytes,
-                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._watched[label] = session_id
+    async def _follow(self, watch: Watch, label: str, session_id: bytes) -> None:
         try:
-            result = await self.executor.watch(pid, name=label, task_status=task_status)
+            result = await self.executor.follow(watch)
         except BaseException:
             self._watched.pop(label, None)
             raise

@@ -111,3 +111,40 @@ async def test_a_process_lent_while_suspended_is_stopped_at_once(busy, tmp_path:
     assert svc.ledger.get(s.session_id).state is SessionState.RUNNING   # type: ignore[union-attr]
     svc.close("test over")
     assert svc.ledger.totals().abandoned == 1
+
+
+async def test_lending_a_process_takes_no_scheduler_step_before_the_body(busy, tmp_path: Path) -> None:
+    """The body of `adopt` runs in the step that enters it, with the process already watched
+    (metered from a first reading, stopped if work is suspended): on a busy event loop each
+    extra step waits for every other ready task, and FL writes its training request in the
+    body. Leaving it takes one more step (the watcher's release). Counted with a trio
+    instrument: the lending task's steps, which load does not change."""
+    svc = service(tmp_path, EventBus(), CollectorRegistry())
+    await svc.open_session("fl", "ef" * 32)
+
+    class Steps(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.count = 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name == "one loan":
+                self.count += 1
+
+    steps = Steps()
+    seen: list[tuple[int, bool]] = []
+
+    async def one_loan() -> None:
+        async with svc.adopt("fl", "ef" * 32, "fl task process", lambda: busy.pid):
+            [w] = svc.current_work()
+            seen.append((steps.count, w["adopted"]))
+
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one_loan, name="one loan")
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert seen == [(1, True)]          # entered, watched and in the body in the first step
+    assert steps.count == 2             # handed back: woken once the watcher is gone
+    assert svc.current_work() == [] and await grows(busy)
+    svc.close("test over")
