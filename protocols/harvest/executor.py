@@ -48,7 +48,7 @@ import trio
 
 from fognode.protocols.harvest.cgroup import CgroupSupport, JobCgroup
 from fognode.protocols.harvest.exec_errors import BadJobError, ExecutorError
-from fognode.protocols.harvest.job_end import job_result, wait_exited
+from fognode.protocols.harvest.job_end import drop_cgroup, job_result, last_sample, wait_exited
 from fognode.protocols.harvest.job_io import STDERR_TAIL, collect, feed
 from fognode.protocols.harvest.launch import launch_command
 from fognode.protocols.harvest.limits import (Allowance, DutyCycle, Mechanism, Phase, StopCause,
@@ -236,7 +236,7 @@ class Executor:
                 stderr=subprocess.PIPE, start_new_session=True,
                 env=dict(spec.env) if spec.env is not None else None)
         except OSError as e:
-            await self._drop_cgroup(job)
+            await drop_cgroup(job)
             raise ExecutorError(f"cannot start job {spec.name!r}: {e}") from e
         job.pid = job.proc.pid
         try:
@@ -250,7 +250,7 @@ class Executor:
         self._jobs.pop(job.job_id, None)
         with trio.CancelScope(shield=True):
             await self._reap(job)
-            await self._drop_cgroup(job)
+            await drop_cgroup(job)
         self._reaper.release(job.guard)
         self._close(job, session)
 
@@ -289,7 +289,7 @@ class Executor:
                 async with trio.open_nursery() as io:
                     io.start_soon(self._collect, job, proc.stderr, err, None)
                     await wait_exited(proc.pid, self._poll)
-                    last = await self._last_sample(job)
+                    last = await last_sample(job)
                     ended = trio.current_time()
                     self._kill_tree(job)    # leftovers: once they are gone stderr reaches EOF
                     io.cancel_scope.deadline = trio.current_time() + REAP_TIMEOUT
@@ -345,10 +345,14 @@ class Executor:
             raise ExecutorError(f"cannot watch process {pid}: it does not exist")
         job.pid, job.pids, job.cpu_base = pid, pids, first.cpu_s
         watch = Watch(job, pidfd, self._register(job))
-        now = trio.current_time()
-        job.meter.sample(now, first.since(first.cpu_s))
-        self._check_memory(job, first)
-        self._apply_phase(job, now)
+        try:
+            now = trio.current_time()
+            job.meter.sample(now, first.since(first.cpu_s))
+            self._check_memory(job, first)
+            self._apply_phase(job, now)
+        except BaseException:
+            self._end_watch(watch)
+            raise
         return watch
 
     async def follow(self, watch: Watch) -> JobResult:
@@ -374,12 +378,16 @@ class Executor:
             return JobResult(job.job_id, end, UNKNOWN_EXIT, job.kill_reason or "exited", b"",
                              b"", usage)
         finally:
-            self._jobs.pop(job.job_id, None)
-            if watch.pidfd >= 0:
-                os.close(watch.pidfd)
-            if job.stopped and job.pid:
-                self._signal(job, signal.SIGCONT)   # released as we found it: running
-            self._close(job, watch.session)
+            self._end_watch(watch)
+
+    def _end_watch(self, watch: Watch) -> None:
+        job = watch.job
+        self._jobs.pop(job.job_id, None)
+        if watch.pidfd >= 0:
+            os.close(watch.pidfd)
+        if job.stopped and job.pid:
+            self._signal(job, signal.SIGCONT)   # released as we found it: running
+        self._close(job, watch.session)
 
     def _new_job(self, name: str, memory_bytes: int | None) -> JobState:
         job_id = next(self._ids)
@@ -412,7 +420,7 @@ class Executor:
                 io.start_soon(self._collect, job, proc.stdout, out, spec.max_output)
                 io.start_soon(self._collect, job, proc.stderr, err, None)
                 await wait_exited(proc.pid, self._poll)        # the root exited, not reaped yet
-                last = await self._last_sample(job)
+                last = await last_sample(job)
                 ended = trio.current_time()
                 self._kill_tree(job)   # leftovers: once they are gone the pipes reach EOF
                 io.cancel_scope.deadline = trio.current_time() + REAP_TIMEOUT
@@ -420,15 +428,6 @@ class Executor:
         code = await proc.wait()
         usage = job.meter.finish(ended, last)
         return job_result(job, code, bytes(out), bytes(err[-STDERR_TAIL:]), usage)
-
-    async def _last_sample(self, job: JobState) -> Sample:
-        """The exited root's last reading; with a cgroup, the CPU of everything that ran in it
-        (descendants that escaped the process group, or were never reaped, included)."""
-        last, _ = await trio.to_thread.run_sync(sample_tree, job.pid)
-        if job.cgroup is None:
-            return last
-        cpu = await trio.to_thread.run_sync(job.cgroup.cpu_seconds)
-        return Sample(max(last.cpu_s, cpu), last.rss_bytes, last.hwm_bytes)
 
     async def _collect(self, job: JobState, stream: trio.abc.ReceiveStream | None, buf: bytearray,
                        limit: int | None) -> None:
@@ -486,14 +485,3 @@ class Executor:
             self._kill_tree(job)
             with trio.move_on_after(REAP_TIMEOUT):
                 await job.proc.wait()
-
-    async def _drop_cgroup(self, job: JobState) -> None:
-        """Remove the job's cgroup once the kernel has emptied it (bounded retries)."""
-        if job.cgroup is None:
-            return
-        for _ in range(100):
-            if job.cgroup.remove():
-                return
-            await trio.sleep(0.01)
-        log.warning("harvest job %d: could not remove its cgroup %s", job.job_id, job.cgroup.path)
-

@@ -4,10 +4,13 @@
 still holds its final CPU times for the meter. `job_result(job, code, ...)` says how a job
 ended and why: killed by the executor (memory, output limit: the reason it gave), OOM-killed
 by the kernel in its cgroup, a launch failure (the launcher's one line), an allocation refused
-at RLIMIT_DATA (the job's last words), a signal, or its own exit.
+at RLIMIT_DATA (the job's last words), a signal, or its own exit. `last_sample(job)` takes the
+exited root's last reading (in a worker thread), `drop_cgroup(job)` removes the job's cgroup
+once the kernel has emptied it.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 
@@ -16,7 +19,10 @@ import trio
 from fognode.protocols.harvest.jobs import JobEnd, JobResult, JobState
 from fognode.protocols.harvest.launch import LAUNCH_FAILED, MARK
 from fognode.protocols.harvest.limits import allocation_failure, rlimit_data_bytes
-from fognode.protocols.harvest.meter import Usage
+from fognode.protocols.harvest.meter import Sample, Usage
+from fognode.protocols.harvest.procstat import sample_tree
+
+log = logging.getLogger("fognode.harvest")
 
 
 async def wait_exited(pid: int, poll: float) -> None:
@@ -35,6 +41,27 @@ async def wait_exited(pid: int, poll: float) -> None:
             return
     while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
         await trio.sleep(min(poll, 0.05))
+
+
+async def last_sample(job: JobState) -> Sample:
+    """The exited root's last reading; with a cgroup, the CPU of everything that ran in it
+    (descendants that escaped the process group, or were never reaped, included)."""
+    last, _ = await trio.to_thread.run_sync(sample_tree, job.pid)
+    if job.cgroup is None:
+        return last
+    cpu = await trio.to_thread.run_sync(job.cgroup.cpu_seconds)
+    return Sample(max(last.cpu_s, cpu), last.rss_bytes, last.hwm_bytes)
+
+
+async def drop_cgroup(job: JobState) -> None:
+    """Remove the job's cgroup once the kernel has emptied it (bounded retries)."""
+    if job.cgroup is None:
+        return
+    for _ in range(100):
+        if job.cgroup.remove():
+            return
+        await trio.sleep(0.01)
+    log.warning("harvest job %d: could not remove its cgroup %s", job.job_id, job.cgroup.path)
 
 
 def job_result(job: JobState, code: int, out: bytes, err: bytes, usage: Usage) -> JobResult:
