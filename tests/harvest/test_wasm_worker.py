@@ -19,6 +19,7 @@ from tests.harvest.wat import jobs_module, xorshift
 from tests.polling import wait_until
 
 MOD = jobs_module()
+LONG_FUEL = 10_000_000_000      # wasm instructions of the "spin" job a test suspends midway
 
 JOBS = [
     WasmJob(MOD, "xorshift", args=(5000,)),
@@ -72,19 +73,21 @@ async def test_the_child_is_metered_suspended_and_its_usage_reported() -> None:
         results = []
         async with trio.open_nursery() as n:
             async def go() -> None:
-                results.append(await w.run(WasmJob(MOD, "spin", fuel=1_000_000_000)))
+                results.append(await w.run(WasmJob(MOD, "spin", fuel=LONG_FUEL)))
             n.start_soon(go)
-            await wait_until(lambda: bool(ex.status()) and ex.status()[0].usage.cpu_s > 0.3, 60,
+            # a tenth of a second of work, far from the job's end (LONG_FUEL is ~2 s of CPU
+            # on a 2026 core; 10**9 was 0.2 s there, done before a 0.3 s mark was seen)
+            await wait_until(lambda: bool(ex.status()) and ex.status()[0].usage.cpu_s > 0.1, 60,
                              "the runner to work on the long job")
             pid = ex.status()[0].pid
             ex.suspend()
             await wait_until(lambda: process_state(pid) == "T", 10, "the runner to stop")
             ex.resume()
         [r] = results
-    assert r.status is WasmStatus.OUT_OF_FUEL and r.fuel_consumed == 1_000_000_000
+    assert r.status is WasmStatus.OUT_OF_FUEL and r.fuel_consumed == LONG_FUEL
     assert started == ["w #1"] and [n for n, _ in ended] == ["w #1"]
     usage = ended[0][1]
-    assert usage.fuel == quick.fuel_consumed + 1_000_000_000
+    assert usage.fuel == quick.fuel_consumed + LONG_FUEL
     assert usage.cpu_s >= r.usage.cpu_s * 0.5 > 0 and usage.suspended_s > 0 and usage.peak_rss_bytes > 0
     assert not ex.status(), "the child is gone"
 
