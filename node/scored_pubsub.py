@@ -35,8 +35,10 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   flood (and the tasks it spawned made 150-350 ms scheduler batches), while every other task
   of the daemon (node.info, honest peers' streams) waited.
 
-Every copy read from a peer (seen before or not) is noted in the router's `copies`, so the
-message is not forwarded to that peer (node/p2pfix_copies.py). Its per-peer sending loop
+A message's libp2p signature is checked with its sender's key remembered per peer id
+(node/p2pfix_sigcheck.py, installed by ScoredPubsub). Every copy read from a peer (seen
+before or not) is noted in the router's `copies`, so the message is not forwarded to that
+peer (node/p2pfix_copies.py). Its per-peer sending loop
 writes every RPC already queued for a peer in one stream write (node/p2pfix_pubsubwrite.py),
 less the messages the peer holds by then (`without_held`). Each action is counted in
 `fognode_node_gossip_score_actions_total{action}`.
@@ -56,7 +58,7 @@ from libp2p.pubsub.score import PeerScorer, ScoreParams
 from libp2p.pubsub.score import TopicScoreParams as Libp2pTopicParams
 from prometheus_client import CollectorRegistry, Counter
 
-from fognode.node import p2pfix_pubsubwrite
+from fognode.node import p2pfix_pubsubwrite, p2pfix_sigcheck
 from fognode.node.metrics import metric
 from fognode.node.p2pfix_backoff import BackoffKeepingGossipSub
 from fognode.node.p2pfix_copies import CopyAwareGossipSub, without_held
@@ -365,6 +367,7 @@ class ScoredPubsub(Pubsub):
     Pubsub's arguments; its router must be a ScoredGossipSub."""
 
     def __init__(self, host: Any, router: ScoredGossipSub, **kwargs: Any) -> None:
+        p2pfix_sigcheck.install()       # a sender's key taken from its peer id once (issue 16)
         super().__init__(host, router, **kwargs)
         self.scored = router
         self._admission: Admission = lambda forwarder, topic, from_id: True
