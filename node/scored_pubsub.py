@@ -36,7 +36,8 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   of the daemon (node.info, honest peers' streams) waited.
 
 A message's libp2p signature is checked with its sender's key remembered per peer id
-(node/p2pfix_sigcheck.py, installed by ScoredPubsub). Every copy read from a peer (seen
+(node/p2pfix_sigcheck.py, installed by ScoredPubsub), and its validation result kept in a
+cache kept in constant time (node/p2pfix_validationcache.py). Every copy read from a peer (seen
 before or not) is noted in the router's `copies`, so the message is not forwarded to that
 peer (node/p2pfix_copies.py). Its per-peer sending loop
 writes every RPC already queued for a peer in one stream write (node/p2pfix_pubsubwrite.py),
@@ -63,6 +64,7 @@ from fognode.node.metrics import metric
 from fognode.node.p2pfix_backoff import BackoffKeepingGossipSub
 from fognode.node.p2pfix_copies import CopyAwareGossipSub, without_held
 from fognode.node.p2pfix_floodpublish import FloodPublishGossipSub
+from fognode.node.p2pfix_validationcache import QuickValidationCache
 from fognode.node.peerscore import PeerScoreParams, TopicCounters, decay_factor, peer_score
 
 MAX_RETAINED = 4096     # disconnected peers whose negative counters are kept at most
@@ -369,6 +371,8 @@ class ScoredPubsub(Pubsub):
     def __init__(self, host: Any, router: ScoredGossipSub, **kwargs: Any) -> None:
         p2pfix_sigcheck.install()       # a sender's key taken from its peer id once (issue 16)
         super().__init__(host, router, **kwargs)
+        old = self.validation_cache     # the same cache in O(1) (node/p2pfix_validationcache.py)
+        self.validation_cache = QuickValidationCache(old.ttl, old.max_size)
         self.scored = router
         self._admission: Admission = lambda forwarder, topic, from_id: True
 
