@@ -171,7 +171,7 @@ def test_a_training_call_takes_one_scheduler_step_each_way() -> None:
     """The request is written in the step that asks for it (no hop for the free lock or before
     the write) and the whole answer is read in the step that wakes on it: on a busy event loop
     each extra step waits for every other ready task (process.TaskProcess._call). Counted
-    with a trio instrument: the calling task's steps, which load does not change."""
+    with a trio instrument: the calling task's steps."""
 
     class Steps(trio.abc.Instrument):
         def __init__(self) -> None:
@@ -199,7 +199,11 @@ def test_a_training_call_takes_one_scheduler_step_each_way() -> None:
             finally:
                 trio.lowlevel.remove_instrument(steps)
             assert np.array_equal(got[0], want.result.params)
-            assert steps.count == 2          # write, then wait; woken: read, decode, return
+            # write, then wait; woken: read, decode, return (2; the path before took 5). A
+            # third when the answer arrives in two pieces: a pipe write over PIPE_BUF is not
+            # atomic, and under load the reader can wake on its first part (seen once in a
+            # suite run on 2 busy cores)
+            assert 2 <= steps.count <= 3
         finally:
             await tp.aclose()
 
