@@ -13,6 +13,7 @@ from fognode.protocols.fl.tasks import TaskError, TrainConfig
 from fognode.protocols.fl.training.prepared import TaskKey, prepare_task, train_round
 from fognode.protocols.fl.training.process import TaskProcess
 from tests.polling import wait_until
+from tests.steps import TaskSteps
 
 PARAMS = {"max_samples": 60.0}
 KEY = TaskKey.of("synthetic", PARAMS, 5, data_seed=3, data_index=2)
@@ -173,14 +174,6 @@ def test_a_training_call_takes_one_scheduler_step_each_way() -> None:
     each extra step waits for every other ready task (process.TaskProcess._call). Counted
     with a trio instrument: the calling task's steps."""
 
-    class Steps(trio.abc.Instrument):
-        def __init__(self) -> None:
-            self.count = 0
-
-        def before_task_step(self, task: trio.lowlevel.Task) -> None:
-            if task.name == "one training":
-                self.count += 1
-
     async def main() -> None:
         tp = TaskProcess()
         try:
@@ -191,13 +184,9 @@ def test_a_training_call_takes_one_scheduler_step_each_way() -> None:
             async def one_training() -> None:
                 got.append((await tp.train(KEY, prepared.initial_params, CFG, 4)).result.params)
 
-            steps = Steps()
-            trio.lowlevel.add_instrument(steps)
-            try:
+            with TaskSteps("one training") as steps:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(one_training, name="one training")
-            finally:
-                trio.lowlevel.remove_instrument(steps)
             assert np.array_equal(got[0], want.result.params)
             # write, then wait; woken: read, decode, return (2; the path before took 5). A
             # third when the answer arrives in two pieces: a pipe write over PIPE_BUF is not

@@ -25,6 +25,7 @@ from fognode.protocols.harvest.policy_store import PolicyStore, StoredPolicy
 from fognode.protocols.harvest.service import HarvestService
 
 from tests.polling import wait_until
+from tests.steps import TaskSteps
 
 BUSY = "while True:\n    sum(range(10000))\n"
 
@@ -122,15 +123,7 @@ async def test_lending_a_process_takes_no_scheduler_step_before_the_body(busy, t
     svc = service(tmp_path, EventBus(), CollectorRegistry())
     await svc.open_session("fl", "ef" * 32)
 
-    class Steps(trio.abc.Instrument):
-        def __init__(self) -> None:
-            self.count = 0
-
-        def before_task_step(self, task: trio.lowlevel.Task) -> None:
-            if task.name == "one loan":
-                self.count += 1
-
-    steps = Steps()
+    steps = TaskSteps("one loan")
     seen: list[tuple[int, bool]] = []
 
     async def one_loan() -> None:
@@ -138,12 +131,9 @@ async def test_lending_a_process_takes_no_scheduler_step_before_the_body(busy, t
             [w] = svc.current_work()
             seen.append((steps.count, w["adopted"]))
 
-    trio.lowlevel.add_instrument(steps)
-    try:
+    with steps:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(one_loan, name="one loan")
-    finally:
-        trio.lowlevel.remove_instrument(steps)
     assert seen == [(1, True)]          # entered, watched and in the body in the first step
     assert steps.count == 2             # handed back: woken once the watcher is gone
     assert svc.current_work() == [] and await grows(busy)

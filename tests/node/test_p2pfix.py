@@ -3,7 +3,6 @@ and a pin of every py-libp2p function they replace or rely on, so a py-libp2p up
 changes one fails here first (re-read the fix's docstring, re-check, then re-pin)."""
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
@@ -56,6 +55,7 @@ from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
 from fognode.node.p2pfix_netstream import QuickNetStream
 from fognode.node.p2pfix_tcpio import BufferedTCPStream, QuickLock
 from fognode.node.p2pfix_yamux import QuickYamux, QuickYamuxStream
+from tests import pins
 from tests.polling import wait_until
 
 ECHO = "/fognode/test/p2pfix-echo/1.0.0"
@@ -153,8 +153,7 @@ PINNED: dict[Any, str] = {
 def test_pinned_py_libp2p_is_the_one_the_fixes_were_written_for() -> None:
     assert version("libp2p") == "0.8.1"
     assert version("noiseprotocol") == "0.3.1"     # node/p2pfix_noiseio.py calls its ciphers
-    changed = [f.__qualname__ for f, digest in PINNED.items()
-               if hashlib.sha256(inspect.getsource(f).encode()).hexdigest()[:16] != digest]
+    changed = pins.changed(PINNED)
     assert not changed, f"py-libp2p changed under node/p2pfix_*.py: {changed}"
     # the names the monkeypatches rebind still exist where they are looked up
     for mod, name in ((pubsub_mod, "maybe_consume_signed_record"),

@@ -5,8 +5,6 @@ backed-off peers and its gossip names them; and a pin of the py-libp2p functions
 on."""
 from __future__ import annotations
 
-import hashlib
-import inspect
 import os
 
 import trio
@@ -18,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from fognode.node.events import EventBus
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
 from fognode.node.overlay import GossipMessage
+from tests import pins
 from tests.polling import wait_until
 
 TOPIC = "fognode/test/backoff/1"
@@ -41,9 +40,7 @@ PINNED = {
 
 
 def test_pinned_gossipsub_prune_and_graft_paths() -> None:
-    changed = [f.__qualname__ for f, digest in PINNED.items()
-               if hashlib.sha256(inspect.getsource(f).encode()).hexdigest()[:16] != digest]
-    assert not changed, f"py-libp2p changed under node/p2pfix_backoff.py: {changed}"
+    pins.assert_unchanged(PINNED, "node/p2pfix_backoff.py and p2pfix_floodpublish.py")
 
 
 async def test_a_pruning_node_keeps_a_backoff_is_not_charged_and_still_reaches_its_peers() -> None:
