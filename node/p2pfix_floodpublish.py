@@ -53,7 +53,7 @@ class FloodPublishGossipSub(GossipSub):
             return
         for topic in topics:
             for peer in list(self.pubsub.peer_topics.get(topic, ())):
-                if peer in sent or peer == origin or not self._floodable(peer):
+                if peer in sent or not self._floodable(peer):
                     continue
                 sent.add(peer)
                 self.flood_published += 1

@@ -131,12 +131,11 @@ async def _child_ours(bootstrap: list[str], peers_low: int, peers_high: int) -> 
 def _count_prunes(router: Any) -> dict[str, int]:
     """Diagnostics: count the PRUNEs this router sends, by the function that sent them, and
     those it receives ("received"). Wraps the instance's methods (bench process only)."""
-    import sys as _sys
     counts: dict[str, int] = {}
     emit, heartbeat, handle = router.emit_prune, router.mesh_heartbeat, router.handle_prune
 
     async def emit_prune(*a: Any, **k: Any) -> Any:
-        f = _sys._getframe(1)
+        f = sys._getframe(1)
         name = f"{f.f_code.co_name}:{f.f_lineno}"
         counts[name] = counts.get(name, 0) + 1
         return await emit(*a, **k)
@@ -162,12 +161,10 @@ def _router_state(pubsub: Any, router: Any, peers: list[Any]) -> dict[str, objec
     t (subscribed to the topic as far as we know), m (in our mesh), p (a pubsub stream with a
     GossipSub protocol), the seconds of GRAFT backoff left on the topic and the peer's score;
     and the peers the router knows on the topic that are not connected."""
-    import time as _time
-
     from libp2p.peer.id import ID
     topic_peers = {str(p) for p in pubsub.peer_topics.get(TOPIC, ())}
     mesh = {str(p) for p in router.mesh.get(TOPIC, ())}
-    backoff = {str(p): t - _time.time() for p, t in router.back_off.get(TOPIC, {}).items()}
+    backoff = {str(p): t - time.time() for p, t in router.back_off.get(TOPIC, {}).items()}
     out: dict[str, object] = {}
     for info in peers:
         pid = str(info.peer_id)
