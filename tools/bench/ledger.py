@@ -23,7 +23,9 @@ Measured in one run, side by side:
    daemons' CPU time per transfer (their idle CPU rate, measured for 3 s before the burst,
    taken off) against its signature work (less sensitive to a shared, loaded machine than the
    rate; 25 % of the bound needs at most 4x the signature work with every core busy) and the
-   synced writes per transfer (`fognode_ledger_store_syncs_total`, when the daemon has it), and
+   synced writes per transfer (`fognode_ledger_store_syncs_total`, when the daemon has it) and
+   the mean time of one (hand-over to the writer thread and back), the kernel's share of the
+   daemons' CPU, and
    the benchmark's own CPU per transfer (its RPC clients share the cores; not in the figure),
    and the 5 slowest transfers (which node, wallet and send, and when it started: a stall at
    the burst's start shows as first sends) with the daemons' "slow order" log lines (each
@@ -212,7 +214,8 @@ def scrape(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         for line in r.read().decode().splitlines():
             if line.startswith(("fognode_node_event_loop_lag_seconds", "fognode_ledger_store_syncs_total",
-                                "fognode_ledger_orders_rejected_total")):
+                                "fognode_ledger_orders_rejected_total", "fognode_ledger_store_write_seconds_sum",
+                                "fognode_ledger_store_write_seconds_count")):
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
     return out
@@ -229,6 +232,8 @@ def lag_summary(before: list[dict[str, float]], after: list[dict[str, float]]) -
     return {"mean": delta("fognode_node_event_loop_lag_seconds_sum") / count,
             "over25": 1 - delta(le % "0.025") / count, "over100": 1 - delta(le % "0.1") / count,
             "probes": count, "syncs": delta("fognode_ledger_store_syncs_total"),
+            "write_mean": delta("fognode_ledger_store_write_seconds_sum")
+            / max(1.0, delta("fognode_ledger_store_write_seconds_count")),
             "refused": {k: v for k, v in refused.items() if v}}
 
 
@@ -323,6 +328,7 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
         idle0, ti = sum(sum(p.cpu_times()[:2]) for p in procs), time.perf_counter()
         time.sleep(3.0)                  # the daemons' CPU when idle (heartbeats, probes, gossip)
         cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs)
+        sys0 = sum(p.cpu_times().system for p in procs)
         main0 = sum(_main_thread_cpu(p) for p in procs)
         idle_rate = (cpu0 - idle0) / (time.perf_counter() - ti)
         wire0 = [ledger_wire.read(f"{root}/wire-{p.pid}.json") for p in procs] if count_wire else []
@@ -344,6 +350,7 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
         for spy in spies:
             spy.wait()
         burst_cpu = sum(sum(p.cpu_times()[:2]) for p in procs) - cpu0
+        sys_share = (sum(p.cpu_times().system for p in procs) - sys0) / max(1e-9, burst_cpu)
         main_share = (sum(_main_thread_cpu(p) for p in procs) - main0) / max(1e-9, burst_cpu)
         cpu = burst_cpu - idle_rate * elapsed
         wire: dict[str, float] = {}
@@ -365,7 +372,7 @@ def end_to_end(root: Path, sends_per_node: int, wallets: int = 1, *, rpc_per_sen
         sig_work = 5 / sign + 20 / verify           # CPU seconds of signature work per transfer
         bound = (os.cpu_count() or 1) / sig_work
         return {"tps": len(latencies) / elapsed, "bound": bound, "lag": lag, "senders": len(threads), "wire": wire,
-                "cpu": cpu / max(1, len(latencies)), "main_share": main_share, "sig_work": sig_work, "driver": driver / max(1, len(latencies)),
+                "cpu": cpu / max(1, len(latencies)), "main_share": main_share, "sys_share": sys_share, "sig_work": sig_work, "driver": driver / max(1, len(latencies)),
                 "p50": statistics.median(latencies) if latencies else float("nan"),
                 "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
                 "ok": len(latencies), "errors": errors, "slowest": sorted(slowest, reverse=True)[:5],
@@ -438,6 +445,8 @@ def main() -> None:
             rows.append(("  daemons' CPU per transfer (user+sys, net of idle)", f"{1000 * e2e['cpu']:,.1f} ms",
                          f"{e2e['cpu'] / e2e['sig_work']:.1f}x its signature work ({1000 * e2e['sig_work']:.2f} ms); "
                          f"25% of the bound needs <= 4x ({4000 * e2e['sig_work']:.1f} ms) with every core busy"))
+            rows.append(("  the same, share spent in the kernel (system time)", f"{100 * e2e['sys_share']:.0f} %",
+                         "of the burst's CPU, idle included: syscalls, wake-ups, context switches"))
             rows.append(("  the same, share of the daemons' main threads (the trio loops)",
                          f"{100 * e2e['main_share']:.0f} %", "of the burst's CPU, idle included; the rest: "
                          "writer and worker threads"))
@@ -450,6 +459,8 @@ def main() -> None:
             if lag["syncs"]:
                 rows.append(("  synced ledger writes per transfer (4 daemons)",
                              f"{lag['syncs'] / max(1, e2e['ok']):,.2f}", ""))
+                rows.append(("  a synced write, from hand-over to the writer thread back, mean",
+                             f"{1000 * lag['write_mean']:,.2f} ms", "fognode_ledger_store_write_seconds"))
             for reason, n_refused in sorted(lag["refused"].items()):
                 rows.append((f"  orders refused by validators per transfer: {reason}",
                              f"{n_refused / max(1, e2e['ok']):,.3f}", ""))
