@@ -28,7 +28,7 @@ from fognode.ledger.escrow_orders import (ESCROW_DECODERS, EscrowCollateralOrder
                                           EscrowOrder, EscrowPayoutOrder, EscrowRefundOrder,
                                           EscrowSlashOrder)
 from fognode.ledger.order_base import VERSION, WIRE_INT, OrderBase, OrderKind
-from fognode.ledger.quorum import check_signature
+from fognode.ledger.quorum import check_signature, remember_signed
 from fognode.ledger.receipts import Receipt, decode_receipt
 from fognode.ledger.rewardpool import order_problem as pool_order_problem
 from fognode.ledger.rewardpool_orders import (POOL_DECODERS, POOL_ORDERS, PoolCloseOrder, PoolOpenOrder,
@@ -135,7 +135,9 @@ class SignedOrder:
     def sign(cls, key: SigningKey, order: Order) -> "SignedOrder":
         if bytes(key.verify_key) != order.sender:
             raise ValueError("the signing key is not the order's sender")
-        return cls(order, key.sign(pack(order.body())).signature)
+        so = cls(order, key.sign(pack(order.body())).signature)
+        remember_signed(order.sender, so.body_bytes, so.signature)
+        return so
 
     def signature_ok(self) -> bool:
         return check_signature(self.order.sender, self.body_bytes, self.signature)
@@ -196,7 +198,10 @@ class Vote:
 
     @classmethod
     def sign(cls, key: SigningKey, tx_id: bytes) -> "Vote":
-        return cls(tx_id, bytes(key.verify_key), key.sign(vote_message(tx_id)).signature)
+        msg = vote_message(tx_id)
+        vote = cls(tx_id, bytes(key.verify_key), key.sign(msg).signature)
+        remember_signed(vote.validator, msg, vote.signature)
+        return vote
 
     def signature_ok(self) -> bool:
         return check_signature(self.validator, vote_message(self.tx_id), self.signature)
