@@ -25,8 +25,7 @@ Measured in one run, side by side:
    rate; 25 % of the bound needs at most 4x the signature work with every core busy) and the
    synced writes per transfer (`fognode_ledger_store_syncs_total`, when the daemon has it) and
    the mean time of one (hand-over to the writer thread and back), the kernel's share of the
-   daemons' CPU, and
-   the benchmark's own CPU per transfer (its RPC clients share the cores; not in the figure),
+   daemons' CPU, the benchmark's own CPU per transfer (its RPC clients share the cores; not in the figure),
    and the 5 slowest transfers (which node, wallet and send, and when it started: a stall at
    the burst's start shows as first sends) with the daemons' "slow order" log lines (each
    phase of an order that took over a second, ledger/submit.py).
@@ -232,8 +231,7 @@ def lag_summary(before: list[dict[str, float]], after: list[dict[str, float]]) -
     return {"mean": delta("fognode_node_event_loop_lag_seconds_sum") / count,
             "over25": 1 - delta(le % "0.025") / count, "over100": 1 - delta(le % "0.1") / count,
             "probes": count, "syncs": delta("fognode_ledger_store_syncs_total"),
-            "write_mean": delta("fognode_ledger_store_write_seconds_sum")
-            / max(1.0, delta("fognode_ledger_store_write_seconds_count")),
+            "write_mean": delta("fognode_ledger_store_write_seconds_sum") / max(1.0, delta("fognode_ledger_store_write_seconds_count")),
             "refused": {k: v for k, v in refused.items() if v}}
 
 
