@@ -2,9 +2,12 @@
 same key, signature and message, a failure is never remembered, and the cache stays bounded."""
 from __future__ import annotations
 
+from typing import Any
+
 from nacl.signing import SigningKey
 
 from fognode.ledger import quorum
+from fognode.ledger.messages import SignedOrder, TransferOrder, Vote, vote_message
 from fognode.ledger.quorum import check_signature
 
 
@@ -56,3 +59,25 @@ def test_the_oldest_triple_goes_first() -> None:
     assert next(reversed(quorum._verified)) == pub + sigs[-1]
     assert check_signature(pub, b"o0", sigs[0])        # verified afresh, still good
     assert next(reversed(quorum._verified)) == pub + sigs[0]
+
+
+def test_signatures_this_node_makes_are_remembered_as_made(monkeypatch: Any) -> None:
+    """Orders and votes signed here (SignedOrder.sign, Vote.sign) are checked from the cache,
+    with no Ed25519 verification; the same signature over other bytes still goes to libsodium
+    and is refused."""
+    wallet, validator = SigningKey.generate(), SigningKey.generate()
+    order = TransferOrder(chain="c", epoch=0, sender=bytes(wallet.verify_key), sequence=0, fee=1,
+                          recipient=bytes(validator.verify_key), amount=5, memo="")
+    so = SignedOrder.sign(wallet, order)
+    vote = Vote.sign(validator, so.tx_id)
+    opened: list[bytes] = []
+    real = quorum.crypto_sign_open
+
+    def counting(sm: bytes, pk: bytes) -> bytes:
+        opened.append(pk)
+        return real(sm, pk)
+    monkeypatch.setattr(quorum, "crypto_sign_open", counting)
+    assert so.signature_ok() and vote.signature_ok()
+    assert opened == []
+    assert not check_signature(vote.validator, vote_message(b"\x00" * 32), vote.signature)
+    assert opened == [vote.validator]
