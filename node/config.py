@@ -25,6 +25,7 @@ from fognode.node.errors import ConfigError
 
 ENV_PREFIX = "FOGNODE_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SCHEDULING = ("batch", "normal")    # node/scheduling.py POLICIES (no import: config loads early)
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,12 @@ class NodeSection:
     log_level: str = "info"          # debug | info | warning | error
     log_json: bool = False           # JSON lines instead of human-readable logs
     shutdown_grace: float = 3.0      # seconds roles get to stop on SIGINT/SIGTERM
+    scheduling: str = "batch"        # batch | normal: Linux CPU policy of the daemon and its children (node/scheduling.py)
 
     def validate(self, source: str) -> None:
+        if self.scheduling not in SCHEDULING:
+            raise ConfigError(f"must be one of {', '.join(SCHEDULING)}, got {self.scheduling!r}",
+                              source=source, key="node.scheduling")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}",
                               source=source, key="node.log_level")

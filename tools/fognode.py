@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import sys
 from pathlib import Path
 
@@ -138,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from fognode.node.datadir import CONFIG, IDENTITY, resolve_datadir
         from fognode.node.errors import FognodeError
         from fognode.node.logs import setup_logging
+        from fognode.node.scheduling import apply_scheduling
 
     datadir = resolve_datadir(args.datadir)
     try:
@@ -149,6 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # load while the socket answers "warming up" (node/daemon_start.py)
         early = early_settings(cfg_path, overrides=overrides)
         setup_logging(early.node.log_level, json_lines=early.node.log_json)
+        logging.getLogger("fognode").info("%s", apply_scheduling(early.node.scheduling))  # before any thread
         daemon = Daemon(datadir, early, LoadRoles(cfg_path, tuple(overrides)))
         trio.run(daemon.run)
     except FognodeError as e:
