@@ -16,7 +16,8 @@ the node keeps serving while it trains; torch is never imported by the daemon.
 The role starts without its numeric core (numpy, the round engine, transfers: numeric.py),
 which loads in a worker thread once the node is ready (loading.py): its streams, topic and
 RPC methods are served from the start, and what arrives before the core serves waits for it
-(`wait_serving`, bounded); gossip is checked (decoded) before it is relayed all along. Until
+(`wait_serving`, bounded); gossip is checked (decoded) before it is relayed all along, and a
+new round plan is noted in its session's timeline as it passes the check (`plan_in`). Until
 the core serves, the role's health detail says "loading"; a core that does not import fails
 the role (CoreLoadFailed, not restarted).
 """
@@ -42,7 +43,7 @@ from fognode.node.wire import digest, unpack
 from fognode.protocols.fl.config import MIB, FlConfig, validate
 from fognode.protocols.fl.errors import UnknownMessageType
 from fognode.protocols.fl.loading import NUMERIC_MODULE, WAIT_BOUND, core_load
-from fognode.protocols.fl.messages import DeviceFacts, GossipMessage, SelectionCriteria, decode_gossip
+from fognode.protocols.fl.messages import DeviceFacts, GossipMessage, RoundPlan, SelectionCriteria, decode_gossip
 from fognode.protocols.fl.metrics import FlMetrics
 from fognode.protocols.fl.rpc import FlRpc
 from fognode.protocols.fl.session.archive import SessionArchive
@@ -214,11 +215,25 @@ class FlRole(FlRpc, Role):
             self.ctx.overlay.penalize(msg.received_from or msg.origin,
                                       f"relayed a bad fl message of {msg.origin}: {e}", protocol=TOPIC)
             return False
+        if isinstance(m, RoundPlan):
+            self._plan_in(m, msg.origin)
         if len(msg.data) <= CHECKED_MAX_BYTES:
             self._checked[(msg.origin, msg.data)] = m
             while len(self._checked) > CHECKED_KEEP:
                 del self._checked[next(iter(self._checked))]
         return True
+
+    def _plan_in(self, plan: RoundPlan, origin: str) -> None:
+        """Note in the session's timeline that a plan newer than the core's passed the check
+        (`plan_in`, as it arrived; its `plan` step follows once the gossip layer's inbox and
+        handler tasks hand it to the core): the plan's gossip fan-out and the receiver's own
+        hops apart (tools/bench/fl_timeline.py). A republished or late copy is not noted (a
+        relayed copy of the same message is dropped as seen before any check)."""
+        s = self.core.sessions.get(plan.session_id) if self.core is not None else None
+        if s is None or (s.plan is not None and (plan.rank, plan.round, plan.try_no)
+                         <= (s.plan.rank, s.plan.round, s.plan.try_no)):
+            return
+        s.mark(self._now(), plan.round, plan.try_no, "plan_in", origin)
 
     async def _on_gossip(self, msg: OverlayGossip) -> None:
         if self.core is None:

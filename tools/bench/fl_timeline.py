@@ -4,26 +4,32 @@
     .venv/bin/python -m fognode.tools.bench.fl_timeline /tmp/tl.json
 
 The file holds every node's `fl.status` of the measured session; its "marks" are the steps of
-each round at that node, wall-clock (all daemons share one clock): `plan` (the plan reached
-the node), `fetch` / `model` (base model fetch asked / arrived), `train` / `trained` (the call
-to the task process sent / returned), `send` / `delivered` (update pushed / acknowledged),
-`update_in` (an update accepted at the aggregator), `aggregate` / `aggregated`,
-`publish_result`, `push` / `pushed` (the aggregator's push of the result and model to the
-coordinator started / taken), `result` (the result reached the node: gossiped or pushed), and
-at the coordinator
-`publish_plan` and `round_done` (the new model is there). For each round from 2 on it prints,
-in ms after the coordinator published the plan, the steps of the coordinator, of the round's
-aggregator and of its slowest participant (the last update the aggregator accepted), the
-median participant's, then the mean of each step over the rounds.
+each round at that node, wall-clock (all daemons share one clock): `plan_in` (the plan passed
+the node's gossip check, the fl role's validator, as it arrived), `plan` (the plan reached the
+node's core, after the gossip layer's inbox and handler tasks), `fetch` / `model` (base model
+fetch asked / arrived), `train` / `trained` (the call to the task process sent / returned),
+`send` / `delivered` (update pushed / acknowledged), `update_in` (an update accepted at the
+aggregator), `aggregate` / `aggregated`, `publish_result`, `push` / `pushed` (the aggregator's
+push of the result and model to the coordinator started / taken), `result` (the result reached
+the node: gossiped or pushed), and at the coordinator `publish_plan` and `round_done` (the new
+model is there). For each round from 2 on it prints, in ms after the coordinator published the
+plan, the steps of the coordinator, of the round's aggregator and of its slowest participant
+(the last update the aggregator accepted), the median participant's, then the mean of each step
+over the rounds; then the plan's way to the participants (the bench's "selection + plan gossip"
+row) in three parts: at the coordinator from the step that made the plan (its own `plan` mark)
+to its publish task (`publish_plan`); the gossip fan-out to the participants' checks
+(`plan_in`: first, median, last); and at each participant from the check to its core (`plan` -
+`plan_in`: median, max).
 """
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from typing import Any
 
-STEPS = ("plan", "fetch", "model", "train", "trained", "send", "delivered", "update_in",
+STEPS = ("plan_in", "plan", "fetch", "model", "train", "trained", "send", "delivered", "update_in",
          "aggregate", "aggregated", "publish_result", "push", "pushed", "result", "round_done",
          "publish_plan")
 
@@ -86,7 +92,7 @@ def timeline(nodes: list[dict[str, Any]]) -> list[dict[str, dict[str, float]]]:
 
 def print_timeline(rounds: list[dict[str, dict[str, float]]]) -> None:
     whos = ("coordinator", "aggregator", "slowest", "median")
-    steps = STEPS[:7] + ("first update_in", "last update_in") + STEPS[7:]
+    steps = STEPS[:8] + ("first update_in", "last update_in") + STEPS[8:]
     head = "ms after publish_plan".ljust(18) + "".join(
         f"{'r' + str(int(x['coordinator']['round'])) + ' ' + w[:5]:>11}" for x in rounds for w in whos[:3])
     print(head)
@@ -107,6 +113,45 @@ def print_timeline(rounds: list[dict[str, dict[str, float]]]) -> None:
         print(line)
 
 
+def plan_way(nodes: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per round from 2 on, ms: the coordinator's step -> its publish task, publish -> the
+    participants' gossip checks (first, median, last), and check -> core at a participant
+    (median, max over the participants)."""
+    coord = nodes[0]
+    out = []
+    for r in sorted({m[1] for m in coord.get("marks", []) if m[3] == "publish_plan"}):
+        c = steps_of(coord, r)
+        t0, made = first(c, "publish_plan"), first(c, "plan")
+        if r < 2 or t0 is None or made is None:
+            continue
+        checks, hops = [], []
+        for n in nodes[1:]:
+            s = steps_of(n, r)
+            got, core = first(s, "plan_in"), first(s, "plan")
+            if got is not None:
+                checks.append(1000 * (got - t0))
+                if core is not None:
+                    hops.append(1000 * (core - got))
+        if not checks:
+            continue
+        out.append({"round": r, "step->publish": 1000 * (t0 - made), "first check": min(checks),
+                    "median check": statistics.median(checks), "last check": max(checks),
+                    "check->core median": statistics.median(hops) if hops else math.nan,
+                    "check->core max": max(hops) if hops else math.nan})
+    return out
+
+
+def print_plan_way(rows: list[dict[str, float]]) -> None:
+    if not rows:
+        print("no plan_in marks: daemons from before they were noted")
+        return
+    keys = [k for k in rows[0] if k != "round"]
+    print("plan's way, ms".ljust(22) + "".join(f"{'r' + str(int(x['round'])):>8}" for x in rows) + f"{'mean':>8}")
+    for k in keys:
+        print(k.ljust(22) + "".join(f"{x[k]:8.1f}" for x in rows)
+              + f"{statistics.mean(x[k] for x in rows):8.1f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -114,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     with open(args[0]) as f:
         nodes = json.load(f)
     print_timeline(timeline(nodes))
+    print()
+    print_plan_way(plan_way(nodes))
 
 
 if __name__ == "__main__":
