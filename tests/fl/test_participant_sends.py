@@ -78,14 +78,14 @@ def test_a_settled_slot_is_not_retried_and_nothing_is_sent_after_the_last_slot()
 
 def test_an_aggregator_without_the_plan_is_asked_again_after_a_short_wait() -> None:
     pr = participant()
-    for waited in (0.5, 1.0, 2.0, 2.0):                # "unknown round": the same one again
+    for waited in (0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0):  # "unknown round": the same one again
         now = pr.retry_at or 101.0
         assert pr.outcome(0, False, now, not_yet=True) is None
         assert pr.retry_at == now + waited and pr.next_send(now) is None
         assert pr.next_send(now + waited) == 0
         pr.sending_to(0)
         pr.in_flight = True
-    assert pr.outcome(0, True, 106.0) is None          # it had the plan by then
+    assert pr.outcome(0, True, 109.0) is None          # it had the plan by then
     assert pr.next_send(119.0) is None and pr.next_send(120.0) == 1
     # the aggregator of a later slot without the plan: asked again while the earlier slot runs
     pr = participant()
