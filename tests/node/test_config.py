@@ -109,3 +109,8 @@ def test_configs_are_frozen() -> None:
     cfg = load_config(None, roles=roles(), environ={})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.node.region = "x"  # type: ignore[misc]
+
+
+def test_an_unknown_scheduling_policy_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"node\.scheduling: must be one of batch, normal, got 'fast'"):
+        load_config(write(tmp_path, "[node]\nscheduling = 'fast'\n"), roles=roles(), environ={})
