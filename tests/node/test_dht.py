@@ -22,6 +22,7 @@ from fognode.protocols.registry.record import Capabilities, make_profile, sign_r
 from fognode.protocols.registry.validator import DeviceRecordValidator, device_key
 from fognode.tools.bench.attacks import hostile_peer
 from fognode.tools.bench.attacks.dht_flood import attack, get_value_from, sybil_record
+from tests.overlays import metric
 from tests.polling import wait_until
 
 LOCAL_ADDR = ["/ip4/127.0.0.1/tcp/0"]
@@ -43,10 +44,6 @@ async def overlays(n: int, **kw: Any) -> AsyncIterator[list[Libp2pOverlay]]:
             nodes.append(ov)
         yield nodes
 
-
-def metric(ov: Libp2pOverlay, name: str, **labels: str) -> float:
-    v = ov.metrics.get_sample_value(name, labels)
-    return 0.0 if v is None else v
 
 
 # -- the protocol id ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from fognode.node.gossip_tracker import Lost, Refusal, Refused, TrackerLimits
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
 from fognode.node.overlay import GossipMessage
 from fognode.node.wire import pack, unpack
+from tests.overlays import metric
 from tests.polling import wait_until
 
 TOPIC = "fognode/test/news/1"
@@ -189,10 +190,6 @@ async def cluster(n: int, **kw: Any) -> AsyncIterator[list[Libp2pOverlay]]:
                 await trio.sleep(0.02)
         yield nodes
 
-
-def metric(ov: Libp2pOverlay, name: str, **labels: str) -> float:
-    v = ov.metrics.get_sample_value(name, labels)
-    return 0.0 if v is None else v
 
 
 class Inbox:

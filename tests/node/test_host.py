@@ -18,6 +18,7 @@ from fognode.node.events import EventBus, PeerConnected, PeerDisconnected
 from fognode.node.host import (Libp2pOverlay, OverlayConfig, open_overlay, peer_id_from_pubkey,
                                pubkey_from_peer_id)
 from fognode.tools.devnet import free_port
+from tests.overlays import metric
 from tests.polling import wait_until
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
@@ -36,10 +37,6 @@ async def cluster(n: int, **kw: Any) -> AsyncIterator[list[Libp2pOverlay]]:
                 open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(reg), reg)))
         yield nodes
 
-
-def metric(ov: Libp2pOverlay, name: str, **labels: str) -> float:
-    v = ov.metrics.get_sample_value(name, labels)
-    return 0.0 if v is None else v
 
 
 async def test_two_hosts_connect_and_report_events() -> None:

@@ -18,18 +18,14 @@ from libp2p.peer.id import ID
 from libp2p.pubsub import validators
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
-from nacl.signing import SigningKey
-from prometheus_client import CollectorRegistry
 
 from fognode.node import p2pfix_sigcheck
-from fognode.node.events import EventBus
 from fognode.node.gossip_envelope import KIND_MESSAGE, seal
-from fognode.node.host import OverlayConfig, open_overlay
-from fognode.node.overlay import GossipMessage
 from fognode.node.p2pfix_sigcheck import SenderKeys, signature_validator
 from fognode.tools.bench.attacks import hostile_peer
 from fognode.tools.bench.attacks.invalid_gossip import send_invalid, send_messages, send_valid
 from tests import pins
+from tests.overlays import metric, receiving_overlay
 from tests.polling import wait_until
 
 TOPIC = "fognode/test/sigcheck/1"
@@ -146,26 +142,14 @@ def test_the_memory_is_bounded_and_keeps_no_key_it_cannot_take_from_the_id() -> 
         SenderKeys(max_keys=0)
 
 
-def metric(ov: Any, name: str, **labels: str) -> float:
-    v = ov.metrics.get_sample_value(name, labels)
-    return 0.0 if v is None else v
-
 
 async def test_real_hosts_refuse_and_charge_a_forged_message_of_a_remembered_sender() -> None:
     """A peer's valid message is delivered and its key remembered; then a message with its
     peer id but a random signature, and one signed by another key, are refused and each is
     counted as a bad signature (an invalid message of the forwarder), as before the fix."""
-    got: list[GossipMessage] = []
-
-    async def keep(m: GossipMessage) -> None:
-        got.append(m)
-
-    reg = CollectorRegistry()
     with trio.fail_after(60):
-        async with open_overlay(OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=0),
-                                SigningKey(os.urandom(32)), EventBus(reg), reg) as victim:
+        async with receiving_overlay(TOPIC) as (victim, got):
             assert pubsub_mod.signature_validator is signature_validator     # installed
-            await victim.subscribe(TOPIC, keep)
             async with hostile_peer(victim.listen_addrs()[0]) as evil:
                 from_id = evil.overlay.host.get_id().to_bytes()
                 await send_valid(evil, TOPIC, 1, b"genuine")

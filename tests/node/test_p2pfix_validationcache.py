@@ -12,17 +12,13 @@ from typing import Any
 import trio
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub, ValidationCache, ValidationResult
-from nacl.signing import SigningKey
-from prometheus_client import CollectorRegistry
 
-from fognode.node.events import EventBus
 from fognode.node.gossip_envelope import KIND_MESSAGE, seal
-from fognode.node.host import OverlayConfig, open_overlay
-from fognode.node.overlay import GossipMessage
 from fognode.node.p2pfix_validationcache import QuickValidationCache
 from fognode.tools.bench.attacks import hostile_peer
 from fognode.tools.bench.attacks.invalid_gossip import send_messages, signed_message
 from tests import pins
+from tests.overlays import metric, receiving_overlay
 from tests.polling import wait_until
 
 TOPIC = "fognode/test/validationcache/1"
@@ -68,33 +64,21 @@ def test_the_same_entries_order_and_evictions_as_py_libp2p() -> None:
     assert len(ours.cache) <= 8
 
 
-def _metric(ov: Any, name: str, **labels: str) -> float:
-    v = ov.metrics.get_sample_value(name, labels)
-    return 0.0 if v is None else v
-
 
 async def test_real_hosts_use_it_and_a_refused_message_stays_refused_from_another_peer() -> None:
     """The victim refuses a message whose envelope topic does not match (a validator refusal)
     from one peer; the same message from a second peer is refused from the cache and charged to
     that peer as an invalid message too, as py-libp2p's cache does."""
-    got: list[GossipMessage] = []
-
-    async def keep(m: GossipMessage) -> None:
-        got.append(m)
-
-    reg = CollectorRegistry()
     with trio.fail_after(60):
-        async with open_overlay(OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=0),
-                                SigningKey(os.urandom(32)), EventBus(reg), reg) as victim:
+        async with receiving_overlay(TOPIC) as (victim, got):
             assert isinstance(victim.pubsub.validation_cache, QuickValidationCache)
-            await victim.subscribe(TOPIC, keep)
             addr = victim.listen_addrs()[0]
             async with hostile_peer(addr) as first, hostile_peer(addr) as second:
                 env = seal(first.identity, KIND_MESSAGE, 7, "fognode/test/other/1", 1, b"bad")
                 msg: rpc_pb2.Message = signed_message(first, TOPIC, env.raw)
                 await send_messages(first, [msg])
                 drops = "fognode_node_gossip_drops_total"
-                await wait_until(lambda: _metric(victim, drops, topic=TOPIC,
+                await wait_until(lambda: metric(victim, drops, topic=TOPIC,
                                                  reason="invalid") == 1,
                                  timeout=10, what="the first copy refused by the validator")
                 mid = victim.pubsub._msg_id_constructor(msg)
@@ -104,5 +88,5 @@ async def test_real_hosts_use_it_and_a_refused_message_stays_refused_from_anothe
                 await wait_until(lambda: victim.gossip_score(second.peer_id) < 0, timeout=10,
                                  what="the second forwarder charged from the cache")
                 # refused from the cache: the validator did not run a second time
-                assert _metric(victim, drops, topic=TOPIC, reason="invalid") == 1
+                assert metric(victim, drops, topic=TOPIC, reason="invalid") == 1
                 assert not got

@@ -26,6 +26,7 @@ from fognode.tools.bench.attacks import hostile_peer
 from fognode.tools.bench.attacks.invalid_gossip import (CERT_TOPIC, in_mesh, join_mesh, pruned,
                                                         send_garbage_streams, send_invalid,
                                                         send_valid)
+from tests.overlays import metric
 from tests.polling import wait_until
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
@@ -164,10 +165,6 @@ async def victim_and_honest(topic: str) -> AsyncIterator[tuple[Libp2pOverlay, Li
                          what="the honest peer in the victim's mesh")
         yield victim, honest, got
 
-
-def metric(ov: Libp2pOverlay, name: str, **labels: str) -> float:
-    v = ov.metrics.get_sample_value(name, labels)
-    return 0.0 if v is None else v
 
 
 def drain(sub: Any) -> int:

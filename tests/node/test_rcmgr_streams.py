@@ -15,6 +15,7 @@ from fognode.node.errors import StreamClosed
 from fognode.node.events import EventBus
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay
 from fognode.tools.bench.attacks import hostile_peer
+from tests.overlays import metric
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
 ECHO = "/fognode/test-echo/1.0.0"
@@ -37,10 +38,6 @@ async def victim(**kw: Any) -> AsyncIterator[Libp2pOverlay]:
         ov.set_stream_handler(OTHER, echo)
         yield ov
 
-
-def metric(ov: Libp2pOverlay, name: str, **labels: str) -> float:
-    v = ov.metrics.get_sample_value(name, labels)
-    return 0.0 if v is None else v
 
 
 async def reset_by_victim(s: Any) -> bool:
