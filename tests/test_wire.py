@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from nacl.signing import SigningKey
 
-from fognode.node.errors import RemoteProtocolError
+from fognode.node.errors import LocalProtocolError, RemoteProtocolError
 from fognode.node.wire import Fields, pack, sign, unpack, verify
 
 
@@ -46,3 +46,28 @@ def test_fields_names_the_bad_field() -> None:
     g.int("a")
     with pytest.raises(RemoteProtocolError, match="unknown field"):
         g.done()
+
+
+def test_pack_rules_hold_on_the_fast_path_and_for_subclasses() -> None:
+    """Exact built-in types take node.wire's fast path, subclasses the isinstance one: both give
+    the same canonical bytes and refuse the same values, at any depth."""
+    import enum
+    from collections import OrderedDict
+
+    import msgpack
+
+    class Kind(enum.IntEnum):
+        A = 7
+
+    class Key(str):
+        pass
+
+    value = {"b": (1, [2.5, None]), "a": OrderedDict(z=b"x", y=True), "c": [{"k": Kind.A}], Key("d"): "s"}
+    expected = msgpack.packb({"a": {"y": True, "z": b"x"}, "b": [1, [2.5, None]], "c": [{"k": 7}], "d": "s"},
+                             use_bin_type=True)
+    assert pack(value) == expected
+    for bad, says in [({"a": {1: 2}}, "keys must be str"), ([{"a": float("nan")}], "finite"),
+                      ({"a": (float("-inf"),)}, "finite"), ({"a": [object()]}, "cannot go on the wire"),
+                      (OrderedDict([(b"k", 1)]), "keys must be str")]:
+        with pytest.raises(LocalProtocolError, match=says):
+            pack(bad)
