@@ -12,6 +12,7 @@ import multiaddr
 import trio
 from prometheus_client import CollectorRegistry, Counter
 
+from fognode.node import p2pfix_redial
 from fognode.node.connmgr import DialBackoff, DialError
 from fognode.node.errors import LocalProtocolError
 
@@ -49,7 +50,7 @@ class Dialer:
         self.dialing.add(target)
         try:
             with trio.fail_after(self.dial_timeout):
-                await self.host.connect(peer_info)
+                await p2pfix_redial.connect(self.host, peer_info)   # a closing connection: dial
         except trio.TooSlowError:
             self.backoff.record_failure(target, trio.current_time())
             self.m_dials.labels("timeout").inc()

@@ -48,8 +48,8 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from fognode.node.connmgr import (ConnectionManager, ConnectionPolicy, DialBackoff,
                                   DialBackoffError, DialError)
-from fognode.node import (heap, p2pfix_multistream, p2pfix_netstream, p2pfix_streamopen,
-                          p2pfix_records, p2pfix_tasks, p2pfix_yamux, p2pfix_yamux_window)
+from fognode.node import (heap, p2pfix_multistream, p2pfix_netstream, p2pfix_records, p2pfix_redial,
+                          p2pfix_streamopen, p2pfix_tasks, p2pfix_yamux, p2pfix_yamux_window)
 from fognode.node.peerid import peer_id_from_pubkey, pubkey_from_peer_id  # re-exported
 from fognode.node.dht import FognodeKadDHT
 from fognode.node.dialer import Dialer
@@ -394,8 +394,8 @@ class Libp2pOverlay:
         from libp2p.custom_types import TProtocol
         from libp2p.peer.id import ID
         pid = ID.from_base58(peer_id)
-        if pid not in self.host.get_network().connections:
-            await self.dialer.dial_known(peer_id)
+        if not p2pfix_redial.has_live_connection(self.host.get_network(), pid):
+            await self.dialer.dial_known(peer_id)       # none, or only a closing one
         try:
             with trio.fail_after(self.config.dial_timeout):
                 raw = await self.host.new_stream(pid, [TProtocol(protocol_id)])

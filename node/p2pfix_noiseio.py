@@ -37,6 +37,27 @@ as `sec_opt`, a constructor option).
   to one `os.writev` unjoined, node/p2pfix_tcpio.py). The caller serialises writers,
   as for py-libp2p's session (Yamux's `_write_frame` holds its write lock): the nonces must
   go out in the order they were used.
+A cancelled write (session 31). py-libp2p's `NoiseTransportReadWriter.write_msg` encrypts a
+message (the session's next nonce is spent) and then awaits the TCP write, where a cancelled
+task raises before a byte is written (trio's `send_all` checks first), and a write waiting for
+the kernel to take its rest is cut after part of a message. Either way the peer expects a
+nonce that never comes, or reads a message's length and then the next message's bytes: every
+later message fails authentication and the peer drops the connection. A Yamux stream write is
+cancelled whenever a deadline or a nursery cancels its task mid-write, and fognode does that
+on purpose: an update sender stops its chunk pump when the aggregator's refusal ("unknown
+round") arrives (protocols/fl/transfer/updates.py). In the FL benchmark
+(`python -m fognode.tools.bench.fl --part rounds`) that refusal was followed, 3 times in about
+40 runs, by "No valid connections available" to the live aggregator on the retry and a 5-7 s
+round. Reproduction: tests/node/test_p2pfix_cancelwrite.py (a write in a cancelled scope, and a
+write cancelled while the kernel holds its rest: without the fix the connection is lost).
+Fix: `write` and `write_messages` check for cancellation before they seal anything, and the
+TCP write of sealed messages is not cut by a cancellation (BufferedTCPStream.write_parts, node/
+p2pfix_tcpio.py: it completes, or the connection is closed after WRITE_BOUND seconds). The
+stream write above still raises Cancelled at its next checkpoint; its stream loses the frames
+it had not handed over, as before, but the connection and its other streams live on.
+A message that fails authentication is logged (a WARNING naming the peer, at most one a minute
+per peer): py-libp2p drops the connection without a word, and in session 30 nothing in the
+daemons' logs showed why a connection between two live daemons had gone.
 Errors are the base session's: `IncompleteReadError` at EOF (received_bytes 0 between
 messages: Yamux's clean close), `NoiseInvalidMessage` for a message that fails
 authentication, `RawConnError` / `ConnectionClosedError` from the TCP stream. The bytes on the
@@ -44,8 +65,11 @@ wire are the same Noise transport messages.
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
+import trio
 from cryptography.exceptions import InvalidTag
 from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError, IOException
 from libp2p.network.connection.exceptions import RawConnError
@@ -54,7 +78,11 @@ from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWri
 from libp2p.security.secure_session import SecureSession
 from noise.exceptions import NoiseInvalidMessage
 
+from fognode.node.faults import LogRateLimiter
 from fognode.node.p2pfix_tcpio import BufferedTCPStream, BufferingNoise, mark_buffered
+
+log = logging.getLogger("fognode.host")
+_AUTH_FAILURES = LogRateLimiter(interval=60.0)     # peer -> one WARNING a minute
 
 _LENGTH_SIZE = 2    # a Noise transport message's big-endian length prefix
 
@@ -132,6 +160,7 @@ class QuickNoiseSession(SecureSession):
         try:
             return self._decrypt(None, body)
         except InvalidTag:
+            _report_auth_failure(str(self.remote_peer))
             raise NoiseInvalidMessage("Failed authentication of message") from None
 
     async def read(self, n: int | None = None) -> bytes:
@@ -198,17 +227,32 @@ class QuickNoiseSession(SecureSession):
             raise RawConnError from error
 
     async def write(self, data: bytes) -> None:
+        """`data` sealed and sent in one TCP write: a cancelled task raises Cancelled before
+        a nonce is spent; once sealed, the write is not cut (module doc, "A cancelled write")."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         parts: list[bytes] = []
         self._seal_into(data, parts)
         await self._tcp_write(parts)
 
     async def write_messages(self, messages: list[bytes]) -> None:
         """Each of `messages` as one Noise message if it fits (else cut as `seal` cuts it),
-        all in one TCP write. The caller serialises writers, as for `write`."""
+        all in one TCP write; cancellation as for `write`. The caller serialises writers, as
+        for `write`."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         parts: list[bytes] = []
         for msg in messages:
             self._seal_into(msg, parts)
         await self._tcp_write(parts)
+
+
+def _report_auth_failure(peer: str) -> None:
+    """A WARNING (at most one per peer per minute, node/faults.py's limiter): the connection
+    is about to drop, and nothing else says why. Between fognode peers it means a write was cut
+    mid-message on one side ("A cancelled write"), a bug; else a peer sending garbage."""
+    held = _AUTH_FAILURES.admit(peer, time.monotonic())
+    if held is not None:
+        log.warning("connection with %s dropped: a Noise message failed authentication (its "
+                    "byte stream is corrupt)%s", peer, f"; {held} more since" if held else "")
 
 
 def adopt(session: Any) -> Any:

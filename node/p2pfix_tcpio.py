@@ -41,10 +41,17 @@ kernel did not take (the control socket's replies do the same, node/rpc/connecti
 write the kernel takes whole, of at most QUIET_WRITE_BYTES, returns without a checkpoint, except
 every (QUIET_WRITES + 1)-th on the connection, which checkpoints as before: a task writing
 small frames in a row yields every 16 writes instead of every write, and its reader finds
-several frames per wake-up (one way: 31 CPU us per frame). A write of a cancelled task
-raises Cancelled before writing anything, as `send_all`; a larger write or one the kernel does
-not take whole checkpoints as before. A task that only writes small frames without reading can
-hold the loop for at most 16 of them.
+several frames per wake-up (one way: 31 CPU us per frame); a larger write or one the kernel
+does not take whole checkpoints as before. A task that only writes small frames without reading
+can hold the loop for at most 16 of them.
+A cancelled write (session 31). `write_parts` carries Noise messages whose nonces are spent:
+cut by a cancellation (before its first byte or, waiting in `send_all`, after some), it leaves
+the peer a nonce gap or half a message, so the peer fails to decrypt whatever follows and
+drops the connection, with every stream on it (node/p2pfix_noiseio.py, "A cancelled write",
+has the symptom and the reproduction). So `write_parts` is not cut by a cancellation: its
+callers check before they seal, and a write that has begun completes; a rest the peer does not
+take within WRITE_BOUND seconds closes the connection (as go-yamux's write timeout does).
+`write` (TrioTCPStream's, for py-libp2p's own callers) still raises Cancelled before it writes.
 `QuickLock` is a flag and a parking lot: trio.Lock's uncontended `acquire_nowait` and
 `release` (owner bookkeeping, a parking-lot breaker per acquire) were 10 % of the CPU of those
 round trips (py-spy), for about ten locks per message through both ends.
@@ -66,6 +73,10 @@ READ_CHUNK = 4 * (65535 + 2)    # up to four whole Noise frames (2-byte length +
 QUIET_WRITE_BYTES = 16 * 1024
 QUIET_WRITES = 15
 MAX_PARTS = 512     # buffers of one os.writev (Linux allows 1024); more are joined first
+# A write that has begun completes whatever cancels its task (module doc, "A cancelled write"),
+# unless the peer has not taken its rest after this long: then the connection is closed
+# (go-yamux closes a connection whose write takes longer than its ConnectionWriteTimeout, 10 s)
+WRITE_BOUND = 10.0
 
 
 class QuickLock:
@@ -207,22 +218,35 @@ class BufferedTCPStream(TrioTCPStream):
             return self._take(n)
 
     async def write(self, data: bytes) -> None:
-        """TrioTCPStream's write: `write_parts([data])`."""
+        """TrioTCPStream's write: `write_parts([data])`, after a cancellation check (a
+        cancelled task writes nothing, as with `send_all`)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         await self.write_parts([data])
 
     async def write_parts(self, parts: list[bytes]) -> None:
         """Write `b"".join(parts)` as TrioTCPStream's write would (same errors:
         ConnectionClosedError when the peer reset the connection, nothing when it was closed
         locally), without joining them: one `os.writev` on the non-blocking socket hands the
-        kernel what it takes, and only the rest goes through trio's `send_all`. A cancelled
-        task writes nothing, as with `send_all`. A write the kernel takes whole, of at most
-        QUIET_WRITE_BYTES, skips the closing checkpoint except every (QUIET_WRITES + 1)-th
-        one; any other write ends with one, as `send_all` does (module doc)."""
+        kernel what it takes, and only the rest goes through trio's `send_all`. A write the
+        kernel takes whole, of at most QUIET_WRITE_BYTES, skips the closing checkpoint except
+        every (QUIET_WRITES + 1)-th one; any other write ends with one, as `send_all` does
+        (module doc).
+
+        Whole or not at all (module doc, "A cancelled write"): a cancellation does not cut
+        this write. The caller checks for cancellation before it seals the Noise messages in
+        `parts` (node/p2pfix_noiseio.py), and from here on the write completes; a rest the
+        kernel does not take within WRITE_BOUND seconds closes the connection
+        (ConnectionClosedError), since a message cut in two leaves the peer nothing it can
+        decrypt. A cancel that came meanwhile is seen at the caller's next checkpoint."""
         if len(parts) > MAX_PARTS:
             parts = [b"".join(parts)]
-        await self.write_lock.acquire()
+        lock = self.write_lock
+        if lock.locked():       # free while Yamux's write lock is held above; else wait uncut
+            with trio.CancelScope(shield=True):
+                await lock.acquire()
+        else:
+            lock.acquire_nowait()
         try:
-            await trio.lowlevel.checkpoint_if_cancelled()
             sent = 0
             total = sum(map(len, parts))
             fd = self.stream.socket.fileno()    # -1 once closed: send_all says so below
@@ -239,16 +263,23 @@ class BufferedTCPStream(TrioTCPStream):
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     return
             data = parts[0] if len(parts) == 1 else b"".join(parts)
-            try:
-                await self.stream.send_all(memoryview(data)[sent:] if sent else data)
-            except trio.BrokenResourceError as error:
-                raise ConnectionClosedError(
-                    f"TCP connection reset by remote peer: {error}", transport="tcp",
-                ) from error
-            except trio.ClosedResourceError:
-                return      # closed locally: as TrioTCPStream, nothing to report
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(WRITE_BOUND) as bound:
+                    try:
+                        await self.stream.send_all(memoryview(data)[sent:] if sent else data)
+                    except trio.BrokenResourceError as error:
+                        raise ConnectionClosedError(
+                            f"TCP connection reset by remote peer: {error}", transport="tcp",
+                        ) from error
+                    except trio.ClosedResourceError:
+                        return      # closed locally: as TrioTCPStream, nothing to report
+                if bound.cancelled_caught:
+                    await self.stream.aclose()      # the reader sees EOF: the connection ends
+                    raise ConnectionClosedError(
+                        f"TCP write of {total} bytes not taken by the peer in {WRITE_BOUND:g} s;"
+                        " connection closed", transport="tcp")
         finally:
-            self.write_lock.release()
+            lock.release()
 
     def view(self, n: int) -> memoryview | None:
         """The next `n` bytes as a view of the receive buffer, consumed without a copy, when

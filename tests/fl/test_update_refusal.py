@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import trio
+from libp2p.peer.id import ID
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
 
@@ -63,3 +65,35 @@ async def test_a_large_update_refused_by_its_header_ends_at_the_refusal(
     lines = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
     assert lines and lines[0].endswith("not delivered: unknown session"), lines
     assert took < 20.0, took
+
+
+async def test_a_refusal_that_cuts_the_chunk_pump_mid_write_keeps_the_connection(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The refusal arrives while the sender's chunk pump waits for the kernel to take a write
+    (a small send buffer on the participant's socket): the pump is cancelled mid-write. The
+    connection to the aggregator stays up (node/p2pfix_noiseio.py, "A cancelled write": it
+    used to drop, and the participant's retry then failed "No valid connections available",
+    the FL benchmark's 5-7 s rounds), and the retry is refused again over the same connection."""
+    cfg = FlConfig(stream_timeout=60.0)
+    keys = [SigningKey(os.urandom(32)) for _ in range(2)]
+    regs = [CollectorRegistry() for _ in range(2)]
+    async with open_overlay(OverlayConfig(listen=LOCAL), keys[0], EventBus(regs[0]), regs[0]) as agg, \
+            open_overlay(OverlayConfig(listen=LOCAL), keys[1], EventBus(regs[1]), regs[1]) as part:
+        served = _link(agg, keys[0], regs[0], cfg)
+        agg.set_stream_handler(UPDATE_STREAM, lambda st: serve_update(served, st))
+        await part.connect(agg.listen_addrs()[0])
+        (conn,) = part.host.get_network().get_connections(ID.from_base58(agg.peer_id))
+        sock = conn.muxed_conn.secured_conn._tcp.stream.socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        delta = np.ones((4 << 20) // 4, dtype=np.float32)
+        act = SendUpdate(b"s" * 32, 1, 0, 0, agg.peer_id, 10, 1.0, 0.5, 0.9, delta)
+        sender = _link(part, keys[1], regs[1], cfg)
+        caplog.set_level(logging.INFO, logger="fognode.fl")
+        with trio.fail_after(60):
+            for _ in range(3):
+                await send_update(sender, act)
+                await trio.sleep(0.2)
+                assert part.host.get_network().get_connections(ID.from_base58(agg.peer_id)) == [conn]
+                assert not conn.is_closed
+    lines = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert len(lines) == 3 and all(x.endswith("not delivered: unknown session") for x in lines), lines
