@@ -4,7 +4,8 @@ in a cancelled scope, and a write cancelled while the kernel holds the rest of i
 messages, leave the connection whole; it carries the next stream. Before the fix either write
 spent Noise nonces it never sent (or sent half a message), the peer failed to decrypt what
 followed and dropped the connection (the FL benchmark's 5-7 s rounds, session 31); a nonce
-spent on purpose shows that, and the WARNING the peer now logs when it happens. The
+spent on purpose shows that, and the WARNING the peer now logs when it happens. A framed
+stream closed in a timed-out scope (node/streams.py) still sends its EOF. The
 py-libp2p functions whose order makes the defect (encrypt, then a cancellable TCP write) are
 pinned in test_p2pfix.py (SecureSession.write, BaseNoiseMsgReadWriter.write_msg,
 TrioTCPStream.write)."""
@@ -24,12 +25,14 @@ from libp2p.peer.id import ID
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
 
+from fognode.node.errors import StreamClosed
 from fognode.node.events import EventBus
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay, quiet_libp2p_loggers
 from fognode.node.p2pfix_noiseio import QuickNoiseSession
 
 ECHO = "/fognode/test/cancelwrite-echo/1.0.0"
 SINK = "/fognode/test/cancelwrite-sink/1.0.0"
+FRAMED = "/fognode/test/cancelwrite-framed/1.0.0"
 BATCH = 256 * 1024      # a stream's initial send window (Yamux)
 
 
@@ -168,3 +171,35 @@ async def test_a_spent_nonce_drops_the_connection_and_the_peer_says_why(caplog: 
                     await trio.sleep(0.01)
         assert any(f"connection with {a.peer_id} dropped: a Noise message failed authentication"
                    in r.getMessage() for r in caplog.records)
+
+
+async def test_a_framed_stream_closed_in_a_timed_out_scope_still_sends_its_eof() -> None:
+    """The commonest cut write in the daemons' logs: `finally: await stream.close()` in a scope
+    whose deadline has passed (a gossip pull, a registry ask). The close still goes out (the
+    peer's handler reads EOF at once, not at its idle deadline) and the connection lives."""
+    ended: list[str] = []
+
+    async def handler(fs: Any) -> None:
+        await fs.send(await fs.recv())
+        try:
+            await fs.recv()
+        except StreamClosed:
+            ended.append("eof")
+
+    async with _pair() as (a, b, ab, ba):
+        b.set_stream_handler(FRAMED, handler)
+        with trio.move_on_after(0.5) as scope:
+            fs = await a.open_stream(b.peer_id, FRAMED)
+            try:
+                await fs.send({"ask": 1})
+                assert await fs.recv() == {"ask": 1}
+                await trio.sleep_forever()          # the scope's deadline passes here
+            finally:
+                await fs.close()
+        assert scope.cancelled_caught
+        with trio.fail_after(2):
+            while not ended:
+                await trio.sleep(0.01)
+            assert await _echo_once(a, b, b"after the close") == b"after the close"
+        assert ended == ["eof"]
+        assert not ab.is_closed and not ba.is_closed
