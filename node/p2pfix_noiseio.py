@@ -42,13 +42,17 @@ message (the session's next nonce is spent) and then awaits the TCP write, where
 task raises before a byte is written (trio's `send_all` checks first), and a write waiting for
 the kernel to take its rest is cut after part of a message. Either way the peer expects a
 nonce that never comes, or reads a message's length and then the next message's bytes: every
-later message fails authentication and the peer drops the connection. A Yamux stream write is
-cancelled whenever a deadline or a nursery cancels its task mid-write, and fognode does that
-on purpose: an update sender stops its chunk pump when the aggregator's refusal ("unknown
-round") arrives (protocols/fl/transfer/updates.py). In the FL benchmark
-(`python -m fognode.tools.bench.fl --part rounds`) that refusal was followed, 3 times in about
-40 runs, by "No valid connections available" to the live aggregator on the retry and a 5-7 s
-round. Reproduction: tests/node/test_p2pfix_cancelwrite.py (a write in a cancelled scope, and a
+later message fails authentication and the peer drops the connection (or, the message cut,
+its reader waits for bytes that belong to later messages and the connection hangs). A Yamux
+stream write is cut whenever a deadline or a nursery cancels its task mid-write: a stream
+closed in the `finally` of a timed-out scope seals a FIN and sends nothing, and an FL update
+sender stops its chunk pump when the aggregator's refusal ("unknown round") arrives
+(protocols/fl/transfer/updates.py). In the FL benchmark (`python -m fognode.tools.bench.fl
+--part rounds`) that refusal was followed, 3 times in about 40 runs of session 30, by "No
+valid connections available" to the live aggregator on the retry and a 5-7 s round. A
+logging copy of the tree (session 31) saw 12 such cut writes in 1 of 4 runs of 20 rounds: 9
+FINs of gossip pulls, 2 of registry asks, 1 update pump; 9 connections dropped, 7 of them one
+daemon's within 2 s. Reproduction: tests/node/test_p2pfix_cancelwrite.py (a write in a cancelled scope, and a
 write cancelled while the kernel holds its rest: without the fix the connection is lost).
 Fix: `write` and `write_messages` check for cancellation before they seal anything, and the
 TCP write of sealed messages is not cut by a cancellation (BufferedTCPStream.write_parts, node/

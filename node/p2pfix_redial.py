@@ -10,11 +10,11 @@ either (it dials only when it holds no connection at all), filters the closed on
 raises `SwarmException("No valid connections available for peer ...")`. Every stream open to
 that peer fails, however reachable the peer is, until the old connection is gone. In the FL
 benchmark (`python -m fognode.tools.bench.fl --part rounds`, 10 daemons on 127.0.0.1) a
-participant's update retry 0.1 s after a dropped connection failed so, and the update went to
-the fallback aggregator while the primary waited for it until its slot ended: a 5.18 s round
-against 0.3 s (session 30; node/p2pfix_noiseio.py, "A cancelled write", is why that connection
-dropped). Reproduction: tests/node/test_p2pfix_redial.py (a stream opened while the peer's
-connection closes).
+participant's update retry hung 3.4 s on a connection that a cut write had broken
+(node/p2pfix_noiseio.py, "A cancelled write") and then, that connection closing, failed so;
+the update went to the fallback aggregator and reached the primary after a 1 s backoff: a
+5.18 s round against 0.3 s (session 30, the round's timeline). Reproduction:
+tests/node/test_p2pfix_redial.py (a stream opened while the peer's connection closes).
 
 Fix. `has_live_connection(network, peer)` is what "connected" means for a stream open: some
 connection to the peer is not closed. `connect(host, peer_info)` is `BasicHost.connect`, except
