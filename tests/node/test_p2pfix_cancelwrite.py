@@ -5,7 +5,8 @@ messages, leave the connection whole; it carries the next stream. Before the fix
 spent Noise nonces it never sent (or sent half a message), the peer failed to decrypt what
 followed and dropped the connection (the FL benchmark's 5-7 s rounds, session 31); a nonce
 spent on purpose shows that, and the WARNING the peer now logs when it happens. A framed
-stream closed in a timed-out scope (node/streams.py) still sends its EOF. The
+stream closed in a timed-out scope (node/streams.py) still sends its EOF; a write the peer
+never takes closes the connection after its bound. The
 py-libp2p functions whose order makes the defect (encrypt, then a cancellable TCP write) are
 pinned in test_p2pfix.py (SecureSession.write, BaseNoiseMsgReadWriter.write_msg,
 TrioTCPStream.write)."""
@@ -19,7 +20,6 @@ from typing import Any, AsyncIterator
 
 import pytest
 import trio
-import trio.testing
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from nacl.signing import SigningKey
@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from fognode.node.errors import StreamClosed
 from fognode.node.events import EventBus
+from fognode.node import p2pfix_tcpio
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay, quiet_libp2p_loggers
 from fognode.node.p2pfix_noiseio import QuickNoiseSession
 
@@ -121,9 +122,9 @@ async def test_a_write_cancelled_while_the_kernel_holds_its_rest_completes_whole
     async with _pair() as (a, b, ab, ba):
         b.host.set_stream_handler(TProtocol(SINK), sink)
         tcp_a = ab.muxed_conn.secured_conn._tcp
-        tcp_b = ba.muxed_conn.secured_conn._tcp
         tcp_a.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        tcp_b.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ba.muxed_conn.secured_conn._tcp.stream.socket.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
         stream = await a.host.new_stream(ID.from_base58(b.peer_id), [TProtocol(SINK)])
         await stream.write(b"s")
         with trio.fail_after(5):
@@ -141,10 +142,13 @@ async def test_a_write_cancelled_while_the_kernel_holds_its_rest_completes_whole
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writer)
-                await trio.testing.wait_all_tasks_blocked(0.05)
+                while not tcp_a.write_lock.locked():
+                    await trio.sleep(0.005)
+                await trio.sleep(0.1)
                 assert tcp_a.write_lock.locked(), "the write should wait for the kernel"
                 cut.cancel()
-                await trio.testing.wait_all_tasks_blocked(0.05)
+                await trio.sleep(0.1)
+                assert tcp_a.write_lock.locked(), "the cancel should not cut the write"
                 held.release()
             go.set()
             await stream.close()
@@ -203,3 +207,38 @@ async def test_a_framed_stream_closed_in_a_timed_out_scope_still_sends_its_eof()
             assert await _echo_once(a, b, b"after the close") == b"after the close"
         assert ended == ["eof"]
         assert not ab.is_closed and not ba.is_closed
+
+
+async def test_a_write_the_peer_does_not_take_within_the_bound_closes_the_connection(
+        monkeypatch: Any) -> None:
+    """A write that has begun is not cut by a cancel, so it has a bound of its own
+    (WRITE_BOUND, 10 s; 0.5 s here): B's reader is held for good, A's write of a send window
+    fails after the bound and A's connection to B is closed, not left with half a message."""
+    monkeypatch.setattr(p2pfix_tcpio, "WRITE_BOUND", 0.5)
+    async with _pair() as (a, b, ab, ba):
+        b.host.set_stream_handler(TProtocol(SINK), _hold)
+        ab.muxed_conn.secured_conn._tcp.stream.socket.setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ba.muxed_conn.secured_conn._tcp.stream.socket.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stream = await a.host.new_stream(ID.from_base58(b.peer_id), [TProtocol(SINK)])
+        await stream.write(b"s")
+        await trio.sleep(0.2)
+        held = ba.muxed_conn.streams_lock
+        held.acquire_nowait()       # B reads nothing more until the end
+        t0 = trio.current_time()
+        try:
+            with trio.fail_after(5):
+                with pytest.raises(Exception):
+                    await stream.write(os.urandom(stream.muxed_stream.send_window))
+                while not ab.is_closed:
+                    await trio.sleep(0.01)
+            took = trio.current_time() - t0
+        finally:
+            held.release()
+        assert 0.5 <= took < 3.0
+
+
+async def _hold(stream: Any) -> None:
+    await stream.read(1)
+    await trio.sleep_forever()
