@@ -170,6 +170,7 @@ class Libp2pOverlay:
                 max_pulls_per_peer=config.gossip_pulls_per_peer),
             penalize=lambda peer, reason: self.penalize(peer, reason))
         self.pubsub.set_admission(self.gossip.admit)        # before signature checks
+        self.pubsub.set_delivery(self.gossip.deliver_now)   # an idle handler: no task hops
         self.backoff = DialBackoff(failures_before_backoff=config.dial_failures_before_backoff,
                                    backoff=config.dial_backoff, backoff_max=config.dial_backoff_max)
         self._connected_since: dict[str, float] = {}

@@ -24,8 +24,12 @@ those gaps; each override calls py-libp2p's own method for the normal case:
   py-libp2p spawns a managed task for it (`Pubsub._is_subscribed_to_msg`, whose task
   bookkeeping scans every task of the service: 22 % of a gap-bomb victim's samples) and
   before its signature is checked. Ignored means not verified, not relayed, not marked seen,
-  no penalty (go-libp2p's ValidationIgnore). A copy of a message already seen is dropped
-  there too, as `push_msg` would drop it, but without the task (in a full mesh of 4 every
+  no penalty (go-libp2p's ValidationIgnore). Once a message of another peer has been taken
+  (validated, marked seen, relayed: queued to the peers), `push_msg` awaits the delivery
+  callback (`set_delivery`; the gossip layer's `deliver_now`, node/gossip.py) in the same
+  task, so an idle topic handler gets it without further scheduler rounds. A copy of a
+  message already seen is dropped there too, as `push_msg` would drop it, but without the
+  task (in a full mesh of 4 every
   message arrives 3 times at each node: 1.6 duplicate tasks per ledger transfer at 30 tx/s). The stream's peer reaches that method through a
   context variable set in `continuously_read_stream` (one reader task per peer). That reader
   also yields to the scheduler at every read, and reads ahead up to READ_AHEAD bytes so an
@@ -49,7 +53,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from contextvars import ContextVar
-from typing import Any, Callable, Mapping, cast
+from typing import Any, Awaitable, Callable, Mapping, cast
 
 import trio
 from libp2p.peer.id import ID
@@ -74,6 +78,7 @@ READ_AHEAD = 64 * 1024  # bytes a pubsub reader asks its stream for at once (_Fa
 AppScore = Callable[[ID], float]
 Count = Callable[[str], None]
 Admission = Callable[[str, str, bytes], bool]    # (forwarder, topic, raw from id) -> take it
+Delivery = Callable[[list[str]], Awaitable[None]]  # a message on these topics was taken
 # the peer whose pubsub stream the current task reads (set per reader task)
 _READING_FROM: ContextVar[tuple[ID, str] | None] = ContextVar("fognode_pubsub_reading_from",
                                                               default=None)
@@ -375,11 +380,17 @@ class ScoredPubsub(Pubsub):
         self.validation_cache = QuickValidationCache(old.ttl, old.max_size)
         self.scored = router
         self._admission: Admission = lambda forwarder, topic, from_id: True
+        self._delivery: Delivery | None = None
 
     def set_admission(self, admission: Admission) -> None:
         """Ask `admission(forwarder, topic, from_id)` about every message of another peer
         before its signature is checked; False ignores the message (module doc)."""
         self._admission = admission
+
+    def set_delivery(self, delivery: Delivery) -> None:
+        """Await `delivery(topics)` in a message's own task once a message of another peer
+        on `topics` has been taken (module doc)."""
+        self._delivery = delivery
 
     def _graylisted(self, peer: ID) -> bool:
         return peer != self.my_id and self.scored.scorer.is_graylisted(peer, [])
@@ -445,3 +456,5 @@ class ScoredPubsub(Pubsub):
                 if t in self.topic_ids:
                     scorer.on_invalid_message(msg_forwarder, t)
             self.scored.count("bad_signature")
+        elif self._delivery is not None and self._is_msg_seen(msg):
+            await self._delivery(list(msg.topicIDs))
