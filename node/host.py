@@ -169,8 +169,7 @@ class Libp2pOverlay:
                 max_missing_per_peer=config.gossip_missing_per_peer,
                 max_pulls_per_peer=config.gossip_pulls_per_peer),
             penalize=lambda peer, reason: self.penalize(peer, reason))
-        self.pubsub.set_admission(self.gossip.admit)        # before signature checks
-        self.pubsub.set_delivery(self.gossip.deliver_now)   # an idle handler: no task hops
+        self.pubsub.set_gossip_hooks(self.gossip.admit, self.gossip.deliver_now)  # scored_pubsub.py
         self.backoff = DialBackoff(failures_before_backoff=config.dial_failures_before_backoff,
                                    backoff=config.dial_backoff, backoff_max=config.dial_backoff_max)
         self._connected_since: dict[str, float] = {}
