@@ -20,7 +20,9 @@ monkeypatch) calls py-libp2p's `publish`, then `flush`: for each peer whose send
 idle (waiting for its queue: node/p2pfix_pubsubwrite.py `Lane.idle`) it takes what is queued
 and writes it to the peer's stream in the publishing task, framed and trimmed as that loop
 does; the loop, woken for the same RPCs, finds the queue empty and waits again. A peer whose
-loop is busy writing is left to it. While a flush writes to a peer (a write can wait for the
+loop is busy writing is left to it, and so is one whose connection is being written to by
+another stream (its Yamux write lock is held: a model transfer may be waiting for a full
+socket), so that one slow connection does not hold up the writes to the peers after it. While a flush writes to a peer (a write can wait for the
 socket) the peer's loop waits before writing anything queued later, so each peer's RPCs reach
 its stream in queue order. The bytes on the wire are the same frames in the same order per
 peer; only the task that writes them changes. A failed write drops the peer, as the loop does.
@@ -36,13 +38,21 @@ from fognode.node.p2pfix_pubsubwrite import Lane, Trim, take_queued, write_queue
 log = logging.getLogger("fognode.pubsub")
 
 
+def connection_busy(stream: Any) -> bool:
+    """Whether another frame is being written to the connection under `stream` (a libp2p
+    NetStream over Yamux: `muxed_stream.conn._write_lock`); False when it has no such lock."""
+    conn = getattr(getattr(stream, "muxed_stream", None), "conn", None)
+    lock = getattr(conn, "_write_lock", None)
+    return bool(lock is not None and lock.locked())
+
+
 async def flush(pubsub: Any, lanes: Mapping[Any, Lane], trim_for: Callable[[Any], Trim]) -> int:
     """Write what is queued for every peer whose sending loop is idle, in this task (module
     doc); returns the number of peers written to. Awaits the writes (each may wait for its
     socket); a peer whose write fails is dropped (py-libp2p's `_handle_dead_peer`)."""
     written = 0
     for lane in list(lanes.values()):
-        if not lane.idle or lane.flushing or not len(lane.queue):
+        if not lane.idle or lane.flushing or not len(lane.queue) or connection_busy(lane.stream):
             continue
         lane.flushing = True
         try:

@@ -9,7 +9,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
 
 from fognode.node.gossip_envelope import KIND_MESSAGE, seal
-from fognode.node.p2pfix_publishflush import flush
+from fognode.node.p2pfix_publishflush import connection_busy, flush
 from fognode.node.p2pfix_pubsubwrite import Lane, frame, send_queued
 from tests.node.test_gossip import Inbox, cluster
 from tests.polling import wait_until
@@ -27,6 +27,13 @@ async def test_publish_writes_to_every_idle_peer_before_it_returns() -> None:
             await wait_until(lambda: len(a.pubsub.peer_topics.get(TOPIC, ())) == 2)
             peers = list(a.pubsub.peer_topics[TOPIC])
             g = a.gossip
+            # the pinned py-libp2p: a peer's pubsub stream reaches its connection's write lock
+            lane = a.pubsub.lanes[peers[0]]
+            lock = lane.stream.muxed_stream.conn._write_lock
+            assert not connection_busy(lane.stream)
+            await lock.acquire()
+            assert connection_busy(lane.stream)
+            lock.release()
 
             def idle() -> bool:
                 return all(a.pubsub.lanes[p].idle and not len(a.pubsub.peer_queues[p])
@@ -90,4 +97,38 @@ async def test_a_flush_and_the_sending_loop_write_one_at_a_time_in_queue_order()
             sink.gate.set()
             await wait_until(lambda: len(sink.writes) == 2)
             assert sink.writes == [frame(rpc(1)), frame(rpc(2))] and written == [1]
+            queue.close()
+
+
+class Conn:
+    """A connection's write lock, as a Yamux connection holds it (`_write_lock`)."""
+
+    def __init__(self) -> None:
+        self._write_lock = trio.Lock()
+
+
+class BusySink(GatedSink):
+    """A pubsub stream over a connection whose write lock another stream holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.muxed_stream = self
+        self.conn = Conn()
+
+
+async def test_a_peer_whose_connection_is_being_written_is_left_to_its_loop() -> None:
+    queue = RpcQueue()
+    sink = BusySink()
+    sink.gate.set()
+    lane = Lane("peer", sink, queue)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_queued, None, "peer", sink, queue, None, lane)
+            await wait_until(lambda: lane.idle)
+            await sink.conn._write_lock.acquire()      # a model transfer holds the connection
+            assert queue.push(rpc(1))
+            assert await flush(None, {"peer": lane}, lambda p: None) == 0
+            assert len(queue) == 1                     # the loop writes it, in its own time
+            sink.conn._write_lock.release()
+            await wait_until(lambda: sink.writes == [frame(rpc(1))])
             queue.close()
