@@ -21,16 +21,13 @@ which returns at once when an RPC is queued). A closed or reset stream ends the 
 py-libp2p (`_handle_dead_peer`); any other error likewise. Installed without a monkeypatch:
 node/scored_pubsub.py's `ScoredPubsub.handle_sending_messages` calls it, with a `trim` that
 takes out of each RPC, as it is written, the messages the peer holds by then
-(node/p2pfix_copies.py `without_held`; an RPC trimmed to nothing is not written). The loop
-shares its peer's `Lane` with node/p2pfix_publishflush.py, which writes a just-published
-message from the publishing task while the loop is idle; one writer at a time, queue order.
+(node/p2pfix_copies.py `without_held`; an RPC trimmed to nothing is not written).
 """
 from __future__ import annotations
 
 import logging
 from typing import Any, Callable
 
-import trio
 from libp2p.network.stream.exceptions import StreamClosed, StreamReset
 from libp2p.utils.varint import encode_uvarint
 
@@ -48,80 +45,35 @@ def frame(rpc: Any) -> bytes:
 Trim = Callable[[Any], Any]       # an RPC -> the RPC to write, or None to write nothing
 
 
-class Lane:
-    """One peer's pubsub sending lane: its stream and queue, `idle` while its sending loop
-    waits for the queue, `flushing` while node/p2pfix_publishflush.py writes to the stream from
-    another task. The loop waits for such a write to end before its own, so the peer's RPCs
-    reach the stream in queue order."""
-
-    def __init__(self, peer_id: Any, stream: Any, queue: Any) -> None:
-        self.peer_id = peer_id
-        self.stream = stream
-        self.queue = queue
-        self.idle = False
-        self.flushing = False
-        self.flushed = trio.Event()
-
-    def flush_done(self) -> None:
-        self.flushing = False
-        self.flushed.set()
-        self.flushed = trio.Event()
-
-
-async def take_queued(rpc: Any, queue: Any, trim: Trim | None) -> bytes:
-    """`rpc` (just popped) and every RPC already queued behind it, up to BATCH_BYTES, framed
-    and joined (b"" when `trim` left nothing). Does not yield: `queue.pop()` returns at once
-    while an RPC is queued."""
-    parts = []
-    size = 0
-    while True:
-        if trim is not None:
-            rpc = trim(rpc)
-        if rpc is not None:
-            parts.append(frame(rpc))
-            size += len(parts[-1])
-        if size >= BATCH_BYTES or not len(queue):
-            break
-        rpc = await queue.pop()     # returns at once: an RPC is queued
-        if rpc is None:
-            break
-    return b"".join(parts)
-
-
-async def write_queued(pubsub: Any, peer_id: Any, stream: Any, data: bytes) -> bool:
-    """Write `data` to the peer's pubsub stream; False (the peer dropped, as py-libp2p
-    does) when the stream is closed or reset."""
-    try:
-        await stream.write(data)
-        return True
-    except (StreamClosed, StreamReset):
-        log.debug("pubsub: writing to %s failed: stream closed or reset", peer_id)
-        pubsub._handle_dead_peer(peer_id)
-        return False
-
-
 async def send_queued(pubsub: Any, peer_id: Any, stream: Any, queue: Any,
-                      trim: Trim | None = None, lane: Lane | None = None) -> None:
+                      trim: Trim | None = None) -> None:
     """Per-peer sending loop of `pubsub` (module doc); returns when the queue is closed or
-    the stream fails. `trim`, if given, is asked about each RPC just before it is framed;
-    `lane`, if given, is kept up to date (idle) and waited on (a flush's write)."""
+    the stream fails. `trim`, if given, is asked about each RPC just before it is framed."""
     try:
         while True:
-            if lane is not None:
-                lane.idle = True
-            try:
-                rpc = await queue.pop()
-            finally:
-                if lane is not None:
-                    lane.idle = False
+            rpc = await queue.pop()
             if rpc is None:
                 return                      # the queue was closed: the peer is gone
-            data = await take_queued(rpc, queue, trim)
-            if not data:
+            parts = []
+            size = 0
+            while True:
+                if trim is not None:
+                    rpc = trim(rpc)
+                if rpc is not None:
+                    parts.append(frame(rpc))
+                    size += len(parts[-1])
+                if size >= BATCH_BYTES or not len(queue):
+                    break
+                rpc = await queue.pop()     # returns at once: an RPC is queued
+                if rpc is None:
+                    break
+            if not parts:
                 continue
-            while lane is not None and lane.flushing:
-                await lane.flushed.wait()
-            if not await write_queued(pubsub, peer_id, stream, data):
+            try:
+                await stream.write(b"".join(parts))
+            except (StreamClosed, StreamReset):
+                log.debug("pubsub: writing to %s failed: stream closed or reset", peer_id)
+                pubsub._handle_dead_peer(peer_id)
                 return
     except Exception:
         log.debug("pubsub: sending loop for %s ended with an error", peer_id, exc_info=True)

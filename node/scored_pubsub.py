@@ -43,10 +43,9 @@ A message's libp2p signature is checked with its sender's key remembered per pee
 (node/p2pfix_sigcheck.py, installed by ScoredPubsub), and its validation result kept in a
 cache kept in constant time (node/p2pfix_validationcache.py). Every copy read from a peer (seen
 before or not) is noted in the router's `copies`, so the message is not forwarded to that
-peer (node/p2pfix_copies.py). Its per-peer sending loop writes every RPC already queued for a
-peer in one stream write (node/p2pfix_pubsubwrite.py), less the messages the peer holds by then
-(`without_held`); `publish` itself writes this node's message to every peer whose loop is idle
-(node/p2pfix_publishflush.py). Each action is counted in
+peer (node/p2pfix_copies.py). Its per-peer sending loop
+writes every RPC already queued for a peer in one stream write (node/p2pfix_pubsubwrite.py),
+less the messages the peer holds by then (`without_held`). Each action is counted in
 `fognode_node_gossip_score_actions_total{action}`.
 """
 from __future__ import annotations
@@ -64,7 +63,7 @@ from libp2p.pubsub.score import PeerScorer, ScoreParams
 from libp2p.pubsub.score import TopicScoreParams as Libp2pTopicParams
 from prometheus_client import CollectorRegistry, Counter
 
-from fognode.node import p2pfix_publishflush, p2pfix_pubsubwrite, p2pfix_sigcheck
+from fognode.node import p2pfix_pubsubwrite, p2pfix_sigcheck
 from fognode.node.metrics import metric
 from fognode.node.p2pfix_backoff import BackoffKeepingGossipSub
 from fognode.node.p2pfix_copies import CopyAwareGossipSub, without_held
@@ -382,7 +381,6 @@ class ScoredPubsub(Pubsub):
         self.scored = router
         self._admission: Admission = lambda forwarder, topic, from_id: True
         self._delivery: Delivery | None = None
-        self.lanes: dict[ID, p2pfix_pubsubwrite.Lane] = {}   # each peer's sending lane
 
     def set_gossip_hooks(self, admission: Admission, delivery: Delivery) -> None:
         """Ask `admission(forwarder, topic, from_id)` about every message of another peer
@@ -397,22 +395,9 @@ class ScoredPubsub(Pubsub):
     async def handle_sending_messages(self, peer_id: ID, stream: Any, queue: Any) -> None:
         """py-libp2p's per-peer sending loop, with every RPC already queued for the peer
         joined into one write (node/p2pfix_pubsubwrite.py), less the messages the peer holds."""
-        lane = self.lanes[peer_id] = p2pfix_pubsubwrite.Lane(peer_id, stream, queue)
-        try:
-            await p2pfix_pubsubwrite.send_queued(self, peer_id, stream, queue,
-                                                 trim=self._trim(peer_id), lane=lane)
-        finally:
-            if self.lanes.get(peer_id) is lane:
-                del self.lanes[peer_id]
-
-    def _trim(self, peer_id: ID) -> p2pfix_pubsubwrite.Trim:
-        return lambda rpc: without_held(rpc, peer_id, self.scored, self._msg_id_constructor)
-
-    async def publish(self, topic_id: str | list[str], data: bytes) -> None:
-        """py-libp2p's publish, then the message written to every peer whose sending loop is
-        idle, in this task (node/p2pfix_publishflush.py). Awaits those writes."""
-        await super().publish(topic_id, data)
-        await p2pfix_publishflush.flush(self, self.lanes, self._trim)
+        await p2pfix_pubsubwrite.send_queued(
+            self, peer_id, stream, queue,
+            trim=lambda rpc: without_held(rpc, peer_id, self.scored, self._msg_id_constructor))
 
     async def continuously_read_stream(self, stream: Any) -> None:
         _READING_FROM.set((stream.muxed_conn.peer_id, str(stream.muxed_conn.peer_id)))
