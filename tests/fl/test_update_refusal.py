@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, AsyncIterator
 
 import numpy as np
 import pytest
@@ -44,9 +46,11 @@ def _link(ov: Overlay, key: SigningKey, reg: CollectorRegistry, cfg: FlConfig) -
                 sessions=TransferSessions(ov, metrics, idle=cfg.transfer_session_idle))
 
 
-async def test_a_large_update_refused_by_its_header_ends_at_the_refusal(
-        caplog: pytest.LogCaptureFixture) -> None:
-    mib = 8     # far over a stream's flow-control window
+@asynccontextmanager
+async def _aggregator_and_participant() -> AsyncIterator[tuple[Any, Any, Link]]:
+    """Two overlays: an aggregator serving updates (its core runs no session, so it refuses
+    every update as of an unknown session) and a connected participant, with the participant's
+    transfer link."""
     cfg = FlConfig(stream_timeout=60.0)
     keys = [SigningKey(os.urandom(32)) for _ in range(2)]
     regs = [CollectorRegistry() for _ in range(2)]
@@ -55,12 +59,19 @@ async def test_a_large_update_refused_by_its_header_ends_at_the_refusal(
         served = _link(agg, keys[0], regs[0], cfg)
         agg.set_stream_handler(UPDATE_STREAM, lambda st: serve_update(served, st))
         await part.connect(agg.listen_addrs()[0])
+        yield agg, part, _link(part, keys[1], regs[1], cfg)
+
+
+async def test_a_large_update_refused_by_its_header_ends_at_the_refusal(
+        caplog: pytest.LogCaptureFixture) -> None:
+    mib = 8     # far over a stream's flow-control window
+    async with _aggregator_and_participant() as (agg, part, sender):
         delta = np.ones((mib << 20) // 4, dtype=np.float32)
         act = SendUpdate(b"s" * 32, 1, 0, 0, agg.peer_id, 10, 1.0, 0.5, 0.9, delta)
         caplog.set_level(logging.INFO, logger="fognode.fl")
         t0 = trio.current_time()
         with trio.fail_after(90):
-            await send_update(_link(part, keys[1], regs[1], cfg), act)
+            await send_update(sender, act)
         took = trio.current_time() - t0
     lines = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
     assert lines and lines[0].endswith("not delivered: unknown session"), lines
@@ -74,20 +85,12 @@ async def test_a_refusal_that_cuts_the_chunk_pump_mid_write_keeps_the_connection
     connection to the aggregator stays up (node/p2pfix_noiseio.py, "A cancelled write": it
     used to drop, and the participant's retry then failed "No valid connections available",
     the FL benchmark's 5-7 s rounds), and the retry is refused again over the same connection."""
-    cfg = FlConfig(stream_timeout=60.0)
-    keys = [SigningKey(os.urandom(32)) for _ in range(2)]
-    regs = [CollectorRegistry() for _ in range(2)]
-    async with open_overlay(OverlayConfig(listen=LOCAL), keys[0], EventBus(regs[0]), regs[0]) as agg, \
-            open_overlay(OverlayConfig(listen=LOCAL), keys[1], EventBus(regs[1]), regs[1]) as part:
-        served = _link(agg, keys[0], regs[0], cfg)
-        agg.set_stream_handler(UPDATE_STREAM, lambda st: serve_update(served, st))
-        await part.connect(agg.listen_addrs()[0])
+    async with _aggregator_and_participant() as (agg, part, sender):
         (conn,) = part.host.get_network().get_connections(ID.from_base58(agg.peer_id))
         sock = conn.muxed_conn.secured_conn._tcp.stream.socket
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         delta = np.ones((4 << 20) // 4, dtype=np.float32)
         act = SendUpdate(b"s" * 32, 1, 0, 0, agg.peer_id, 10, 1.0, 0.5, 0.9, delta)
-        sender = _link(part, keys[1], regs[1], cfg)
         caplog.set_level(logging.INFO, logger="fognode.fl")
         with trio.fail_after(60):
             for _ in range(3):

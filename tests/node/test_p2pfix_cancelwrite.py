@@ -30,22 +30,12 @@ from fognode.node.events import EventBus
 from fognode.node import p2pfix_tcpio
 from fognode.node.host import Libp2pOverlay, OverlayConfig, open_overlay, quiet_libp2p_loggers
 from fognode.node.p2pfix_noiseio import QuickNoiseSession
+from tests.node.test_p2pfix_noiseio import raw_echo
 
 ECHO = "/fognode/test/cancelwrite-echo/1.0.0"
 SINK = "/fognode/test/cancelwrite-sink/1.0.0"
 FRAMED = "/fognode/test/cancelwrite-framed/1.0.0"
 BATCH = 256 * 1024      # a stream's initial send window (Yamux)
-
-
-async def _echo(stream: Any) -> None:
-    try:
-        while True:
-            data = await stream.read(1 << 16)
-            if not data:
-                break
-            await stream.write(data)
-    except Exception:   # EOF or reset: the end of the test's stream
-        pass
 
 
 @asynccontextmanager
@@ -56,7 +46,7 @@ async def _pair() -> AsyncIterator[tuple[Libp2pOverlay, Libp2pOverlay, Any, Any]
     ra, rb = CollectorRegistry(), CollectorRegistry()
     async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(ra), ra) as a, \
             open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(rb), rb) as b:
-        b.host.set_stream_handler(TProtocol(ECHO), _echo)
+        b.host.set_stream_handler(TProtocol(ECHO), raw_echo)
         await a.connect(b.listen_addrs()[0])
         (ab,) = a.host.get_network().get_connections(ID.from_base58(b.peer_id))
         with trio.fail_after(5):

@@ -42,7 +42,7 @@ RAW_ECHO = "/fognode/test/noiseio-raw-echo/1.0.0"
 SIZES = [1, 12, 65_507, 65_519, 65_520, 65_524, 65_525, 131_048, 300_001, 1_100_000]
 
 
-async def _raw_echo(stream: Any) -> None:
+async def raw_echo(stream: Any) -> None:
     """Echo each read back, until EOF or reset."""
     try:
         while True:
@@ -77,14 +77,14 @@ async def test_bytes_cross_a_plain_py_libp2p_host_both_ways_byte_for_byte() -> N
     plain = new_host(key_pair=kp,
                      sec_opt={NOISE_ID: Noise(kp, noise_privkey=x25519().private_key)},
                      muxer_opt={TProtocol(YAMUX_ID): Yamux})
-    plain.set_stream_handler(TProtocol(RAW_ECHO), _raw_echo)
+    plain.set_stream_handler(TProtocol(RAW_ECHO), raw_echo)
     rng = random.Random(16)
     with trio.fail_after(120):
         reg = CollectorRegistry()
         async with plain.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]), \
                 open_overlay(OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=0),
                              SigningKey(os.urandom(32)), EventBus(reg), reg) as ov:
-            ov.host.set_stream_handler(TProtocol(RAW_ECHO), _raw_echo)
+            ov.host.set_stream_handler(TProtocol(RAW_ECHO), raw_echo)
             await ov.connect(str(plain.get_addrs()[0]))
             (conn,) = ov.host.get_network().get_connections(plain.get_id())
             assert isinstance(conn.muxed_conn, QuickYamux)
@@ -278,7 +278,7 @@ async def test_the_framed_stream_takes_the_muxers_buffer_and_other_readers_get_b
     with trio.fail_after(90):
         async with overlays(2, max_frame=4 << 20) as (a, b):
             b.set_stream_handler(ECHO, echo)
-            b.host.set_stream_handler(TProtocol(RAW_ECHO), _raw_echo)
+            b.host.set_stream_handler(TProtocol(RAW_ECHO), raw_echo)
             fs = await a.open_stream(b.peer_id, ECHO)
             muxed = fs.raw.muxed_stream     # type: ignore[attr-defined]
             assert isinstance(muxed, QuickYamuxStream) and muxed.hand_over

@@ -21,6 +21,7 @@ from fognode.node.events import EventBus
 from fognode.node.host import OverlayConfig, open_overlay, quiet_libp2p_loggers
 from fognode.node.p2pfix_redial import has_live_connection
 from tests import pins
+from tests.node.test_p2pfix import echo
 
 ECHO = "/fognode/test/redial-echo/1.0.0"
 
@@ -37,15 +38,6 @@ def test_pinned_stream_open_and_connection_close_paths() -> None:
     pins.assert_unchanged(PINNED, "node/p2pfix_redial.py")
 
 
-async def _echo(fs: Any) -> None:
-    while True:
-        try:
-            data = await fs.recv_bytes()
-        except Exception:
-            return
-        await fs.send_bytes(data)
-
-
 async def test_a_stream_to_a_peer_whose_connection_is_closing_dials_it_again() -> None:
     quiet_libp2p_loggers()
     cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=0)
@@ -54,7 +46,7 @@ async def test_a_stream_to_a_peer_whose_connection_is_closing_dials_it_again() -
         async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(ra), ra) as a, \
                 open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(rb), rb) as b, \
                 trio.open_nursery() as nursery:
-            b.set_stream_handler(ECHO, _echo)
+            b.set_stream_handler(ECHO, echo)
             await a.connect(b.listen_addrs()[0])
             net, pid = a.host.get_network(), ID.from_base58(b.peer_id)
             (old,) = net.get_connections(pid)
