@@ -12,12 +12,14 @@ round a fallback coordinator cut off with the minority planned on its own, would
 the split brain a takeover quorum rules out)."""
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from typing import Any
 
 import pytest
 
 from fognode.ledger.amounts import parse_amount
+from fognode.ledger.api import LedgerApi
 from fognode.tools.devnet import Devnet, DevnetNode, wait_until
 
 from tests.faults.conftest import HEAL_TIMEOUT
@@ -147,9 +149,15 @@ def test_fl_session_across_a_3_2_split_ends_cleanly_and_pays_once(netns_devnet: 
     # refused); then every node sends once, which drives its wallet's order in flight first
     # (a send that times out leaves both in flight: check_history accepts that, never another
     # certificate in their place)
+    # An aggregator pays once it learns its round was adopted (the next plan, or the session's
+    # end): one cut off before the next plan learns it at the heal, and its first payout may
+    # then wait out its whole timeout (pay_from_pool's) while the connections come back. So the
+    # wait covers that timeout; with HEAL_TIMEOUT alone (60 s, the same figure) it lost the
+    # race by a second once (session 31).
+    pay_wait = HEAL_TIMEOUT + inspect.signature(LedgerApi.pay_from_pool).parameters["timeout"].default
     for h in st["history"]:
         agg = next(n for n in net.nodes if n.peer_id == h["aggregator"])
-        wait_until(lambda: tried_to_pay(net, agg.index, h["round"]), timeout=HEAL_TIMEOUT, interval=0.25,
+        wait_until(lambda: tried_to_pay(net, agg.index, h["round"]), timeout=pay_wait, interval=0.25,
                    what=f"node {agg.index} to pay round {h['round']}")
     drives = [Client(n, wallets[0], amount="0.001") for n in net.nodes]
     for c in drives:
