@@ -217,7 +217,7 @@ class OrderStreams:
                 if not written:
                     # a partial frame may be on the stream: nothing after it can be read right
                     ch.end(StreamClosed(f"order stream to {peer}: a request was cut off while written"))
-                    await self._reset(ch)
+                    await ch.stream.reset()
             if not written:
                 raise trio.TooSlowError(f"order stream to {peer}: the request could not be written in time")
         except StreamClosed as e:
@@ -258,13 +258,5 @@ class OrderStreams:
             ch.end(error)
             if self._channels.get(validator) is ch:
                 del self._channels[validator]
-            await self._reset(ch)
-
-    @staticmethod
-    async def _reset(ch: _Channel) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-            try:
-                await ch.stream.reset()
-            except FognodeError:
-                pass
+            await ch.stream.reset()
 

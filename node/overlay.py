@@ -39,7 +39,11 @@ class FramedStream(TypingProtocol):
     """A libp2p stream carrying length-prefixed frames (u32 big-endian length, then bytes).
 
     `recv*` raise StreamClosed at EOF/reset and RemoteProtocolError for an oversize frame or
-    bad msgpack. All methods are cancellable; callers put deadlines with trio.fail_after.
+    bad msgpack. `send*`/`recv*` are cancellable; callers put deadlines with trio.fail_after.
+    `close` and `reset` never raise and are not cut by the caller's cancellation: each runs
+    shielded for at most a bounded time (node/streams.py END_BOUND), so a `finally:` of a
+    timed-out or cancelled scope calls them plainly, without a shield or a deadline of its
+    own, and sees its cancellation at its next checkpoint.
     """
 
     remote_peer: str

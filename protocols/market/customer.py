@@ -119,8 +119,7 @@ async def open_link(overlay: Overlay, ledger: LedgerApi, ag: Agreement, config: 
         await s.send(simple("escrow", escrow=eid))
     except BaseException:
         contract.state = "failed"
-        with trio.move_on_after(1):
-            await s.reset()
+        await s.reset()
         raise
     metrics.agreements.labels("customer").inc()
     publish(ServiceContractCreated(aid.hex(), "customer", peer, t.service, t.max_total, t.deadline))

@@ -154,9 +154,7 @@ class ServiceCustomer:
                 n.cancel_scope.cancel()
         finally:
             if s is not None:
-                with trio.move_on_after(1) as cs:
-                    cs.shield = True
-                    await s.reset()
+                await s.reset()
         if c.state == "running":
             c.state = "done"
         self.contracts.save(c)
@@ -196,9 +194,7 @@ class ServiceCustomer:
                     if pong.answers(probe, c.terms.provider):
                         rtt = int((trio.current_time() - t0) * 1000)
                 finally:
-                    with trio.move_on_after(0.5) as cs:
-                        cs.shield = True
-                        await ps.reset()
+                    await ps.reset()
             except (FognodeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
                 log.debug("market: probe %d of %s failed: %s", seq, c.id.hex()[:16], e)
         c.sla.record(sent, rtt)

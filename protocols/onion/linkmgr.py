@@ -105,8 +105,7 @@ class LinkManager:
             for link in list(self.links.values()):
                 link.down = True
                 for s in link.streams:
-                    with trio.CancelScope(shield=True), trio.move_on_after(1):
-                        await s.reset()
+                    await s.reset()
             self.links.clear()
 
     def neighbours(self) -> list[str]:
@@ -286,7 +285,7 @@ class LinkManager:
             link.streams.remove(stream)
             log.debug("onion link to %s: a spare stream ended (%s); the link stays", link.peer, why)
             if self._nursery is not None:
-                self._nursery.start_soon(_reset, stream)
+                self._nursery.start_soon(stream.reset)
             return
         self._fail(link, why)
 
@@ -313,7 +312,3 @@ class LinkManager:
         for s in link.streams:
             await s.reset()
 
-
-async def _reset(stream: FramedStream) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(5):
-        await stream.reset()

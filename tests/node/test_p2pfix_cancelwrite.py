@@ -5,7 +5,7 @@ messages, leave the connection whole; it carries the next stream. Before the fix
 spent Noise nonces it never sent (or sent half a message), the peer failed to decrypt what
 followed and dropped the connection (the FL benchmark's 5-7 s rounds, session 31); a nonce
 spent on purpose shows that, and the WARNING the peer now logs when it happens. A framed
-stream closed in a timed-out scope (node/streams.py) still sends its EOF; a write the peer
+stream closed or reset in a timed-out scope (node/streams.py) still tells the peer; a write the peer
 never takes closes the connection after its bound. The
 py-libp2p functions whose order makes the defect (encrypt, then a cancellable TCP write) are
 pinned in test_p2pfix.py (SecureSession.write, BaseNoiseMsgReadWriter.write_msg,
@@ -167,10 +167,13 @@ async def test_a_spent_nonce_drops_the_connection_and_the_peer_says_why(caplog: 
                    in r.getMessage() for r in caplog.records)
 
 
-async def test_a_framed_stream_closed_in_a_timed_out_scope_still_sends_its_eof() -> None:
+@pytest.mark.parametrize("end", ["close", "reset"])
+async def test_a_framed_stream_ended_in_a_timed_out_scope_still_tells_the_peer(end: str) -> None:
     """The commonest cut write in the daemons' logs: `finally: await stream.close()` in a scope
-    whose deadline has passed (a gossip pull, a registry ask). The close still goes out (the
-    peer's handler reads EOF at once, not at its idle deadline) and the connection lives."""
+    whose deadline has passed (a gossip pull, a registry ask). The close (or reset: ledger order
+    streams, FL sessions, onion links) still goes out, as node/overlay.py's FramedStream
+    promises, with no shield at the call site: the peer's handler sees the end at once, not at
+    its idle deadline, and the connection lives."""
     ended: list[str] = []
 
     async def handler(fs: Any) -> None:
@@ -189,7 +192,7 @@ async def test_a_framed_stream_closed_in_a_timed_out_scope_still_sends_its_eof()
                 assert await fs.recv() == {"ask": 1}
                 await trio.sleep_forever()          # the scope's deadline passes here
             finally:
-                await fs.close()
+                await getattr(fs, end)()
         assert scope.cancelled_caught
         with trio.fail_after(2):
             while not ended:

@@ -12,7 +12,7 @@ from fognode.node.overlay import FramedStream
 from fognode.node.wire import digest
 from fognode.protocols.fl.actions import FetchModel
 from fognode.protocols.fl.messages import ModelRequest, ModelResponse
-from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, MODEL_STREAM, Link, close
+from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, MODEL_STREAM, Link
 from fognode.protocols.fl.transfer.tensors import TensorDecoder, params_hash
 
 # seconds a source may take to answer a model request (a lookup: it answers at once). A
@@ -26,7 +26,7 @@ async def serve_model(link: Link, st: FramedStream) -> None:
     """One model request on its own stream, then close it."""
     with trio.fail_after(link.config.stream_timeout):
         await serve_model_request(link, st)
-        await close(st)
+        await st.close()
 
 
 async def serve_model_request(link: Link, st: FramedStream) -> None:

@@ -14,7 +14,7 @@ from fognode.node.overlay import FramedStream
 from fognode.protocols.fl.actions import SendSecAgg
 from fognode.protocols.fl.messages import Ack
 from fognode.protocols.fl.secagg import round as secagg_round
-from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, SECAGG_STREAM, Link, close
+from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, SECAGG_STREAM, Link
 
 log = logging.getLogger("fognode.fl")
 
@@ -43,7 +43,7 @@ async def send_secagg(link: Link, a: SendSecAgg) -> None:
                     ack = Ack.decode(await st.recv(max_size=MAX_CONTROL_FRAME), peer=a.to)
                     reached, reason = True, "" if ack.ok else ack.reason
                 finally:
-                    await close(st)
+                    await st.close()
         except trio.TooSlowError:
             reason = "timed out"
         except Exception as e:   # unreachable peer, reset stream
@@ -80,7 +80,7 @@ async def serve_secagg(link: Link, st: FramedStream) -> None:
                 await st.send(Ack(False, "malformed").to_wire())
             except StreamClosed:
                 pass
-            await close(st)
+            await st.close()
             return
         link.metrics.bytes_in.labels("secagg").inc(total)
         why, actions = link.core.receive_secagg(peer, env.session_id, env.round, env.try_no,
@@ -90,4 +90,4 @@ async def serve_secagg(link: Link, st: FramedStream) -> None:
             await st.send(Ack(why is None, why or "").to_wire())
         except StreamClosed:
             pass
-        await close(st)
+        await st.close()

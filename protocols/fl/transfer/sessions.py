@@ -51,7 +51,6 @@ from fognode.protocols.fl.wire_names import XFER_STREAM
 log = logging.getLogger("fognode.fl")
 
 NO_SESSION_FOR = 60.0       # seconds a peer whose session open failed gets per-transfer streams
-RESET_BOUND = 2.0           # seconds a cut session's reset may take (shielded)
 
 T = TypeVar("T")
 
@@ -214,13 +213,12 @@ class TransferSessions:
         try:
             return await exchange(st)
         finally:
-            await _close(st)
+            await st.close()
 
     async def _drop(self, p: _Peer) -> None:
         st, p.stream = p.stream, None
         if st is not None:
-            with trio.CancelScope(shield=True), trio.move_on_after(RESET_BOUND):
-                await st.reset()
+            await st.reset()
 
     async def reap(self) -> None:
         """Close idle sessions and forget expired per-transfer fallbacks, forever (every
@@ -232,22 +230,14 @@ class TransferSessions:
                 for peer, p in list(self._peers.items()):
                     if p.stream is not None and not p.lock.locked() and now - p.last_used >= self.idle:
                         st, p.stream = p.stream, None
-                        await _close(st)
+                        await st.close()
                     if p.stream is None and not p.lock.locked():
                         self._peers.pop(peer, None)
                 for peer, until in list(self._no_session.items()):
                     if now >= until:
                         del self._no_session[peer]
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(RESET_BOUND):
-                for p in self._peers.values():
-                    if p.stream is not None:
-                        await _close(p.stream)
-                        p.stream = None
-
-
-async def _close(st: FramedStream) -> None:
-    try:
-        await st.close()
-    except Exception:
-        pass
+        finally:    # a cancelled task's closes still go out (FramedStream.close)
+            for p in list(self._peers.values()):
+                st, p.stream = p.stream, None
+                if st is not None:
+                    await st.close()

@@ -1,13 +1,13 @@
 """What every FL transfer shares: the stream ids and the sessions gossip topic (declared in
 fl/wire_names.py, which the role reads before its numeric core loads), the control-frame
-bound, `Link` (the typed collaborators a transfer is handed, the transfer sessions among them)
-and a best-effort stream close."""
+bound and `Link` (the typed collaborators a transfer is handed, the transfer sessions among
+them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
 
-from fognode.node.overlay import FramedStream, Overlay
+from fognode.node.overlay import Overlay
 from fognode.protocols.fl.actions import Action
 from fognode.protocols.fl.config import FlConfig
 from fognode.protocols.fl.metrics import FlMetrics
@@ -19,7 +19,7 @@ from fognode.protocols.fl.wire_names import MODEL_STREAM, SECAGG_STREAM, TOPIC, 
 MAX_CONTROL_FRAME = 64 * 1024
 
 __all__ = ["MODEL_STREAM", "UPDATE_STREAM", "SECAGG_STREAM", "XFER_STREAM", "TOPIC",
-           "MAX_CONTROL_FRAME", "Link", "close"]
+           "MAX_CONTROL_FRAME", "Link"]
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,3 @@ class Link:
     sessions: TransferSessions
     encoded: EncodedModels = field(default_factory=EncodedModels)   # the models served
 
-
-async def close(st: FramedStream) -> None:
-    """Close `st`, ignoring a stream the peer already reset."""
-    try:
-        await st.close()
-    except Exception:
-        pass

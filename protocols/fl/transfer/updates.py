@@ -19,7 +19,7 @@ from fognode.node.errors import RemoteProtocolError, StreamClosed
 from fognode.node.overlay import FramedStream
 from fognode.protocols.fl.actions import SendUpdate
 from fognode.protocols.fl.messages import Ack, UpdateHeader
-from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, UPDATE_STREAM, Link, close
+from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, UPDATE_STREAM, Link
 from fognode.protocols.fl.transfer.tensors import TensorDecoder, TensorRejected, encode_tensor
 
 log = logging.getLogger("fognode.fl")
@@ -95,8 +95,7 @@ async def _send_reading_ack(st: FramedStream, header: dict[str, Any], chunks: li
     if stalled:
         # the receiver took nothing for STALL_TIMEOUT: frozen, or gone with its connection
         # still open (a reused session, unlike a fresh stream open, does not prove it alive)
-        with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-            await st.reset()
+        await st.reset()
         raise StreamClosed(f"the receiver read nothing for {STALL_TIMEOUT:g} s")
     if isinstance(got[0], Exception):
         raise got[0]
@@ -107,7 +106,7 @@ async def serve_update(link: Link, st: FramedStream) -> None:
     """Receive one update on its own stream (see `serve_update_request`), then close it."""
     with trio.fail_after(link.config.stream_timeout):
         await serve_update_request(link, st)
-    await close(st)
+    await st.close()
 
 
 async def serve_update_request(link: Link, st: FramedStream) -> bool:

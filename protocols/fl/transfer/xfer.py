@@ -26,7 +26,7 @@ from fognode.node.overlay import FramedStream
 from fognode.protocols.fl.messages import XferRequest
 from fognode.protocols.fl.transfer.models import serve_model_request
 from fognode.protocols.fl.transfer.push import serve_result_push
-from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, Link, close
+from fognode.protocols.fl.transfer.streams import MAX_CONTROL_FRAME, Link
 from fognode.protocols.fl.transfer.updates import serve_update_request
 
 log = logging.getLogger("fognode.fl")
@@ -53,7 +53,7 @@ async def serve_xfer(link: Link, st: FramedStream) -> None:
                 elif req.kind == "result":
                     await serve_result_push(link, st)
                 elif not await serve_update_request(link, st):
-                    await close(st)
+                    await st.close()
                     return
         except trio.TooSlowError:   # a stalled exchange (a slow peer or link), not our bug
             raise StreamClosed(f"fl: {req.kind} exchange with {peer} did not complete in time; "

@@ -296,8 +296,7 @@ class HostedOwner:
                 await stream.send_bytes(chunks[i:i + CHUNK])
             return await stream.recv(max_size=MAX_META)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await stream.close()
+            await stream.close()
 
     async def _place(self, offer: Offer, i: int, shard: bytes, sid: bytes, owner: bytes, fee: int, hours: int,
                      deadline: int, budget: int, spent: list[int], opened: list[bytes],
