@@ -37,8 +37,8 @@ fognode_fl_transfer_seconds{stream}, fognode_fl_aggregation_seconds) and `fl.sta
 `plan_at`, the wall-clock time it saw the round's plan; all processes share one clock).
 
 The CPU seconds of every daemon and its task process (psutil) are read at the same moments.
-The table and its second critical-path bound, which counts the shared cores, are in
-tools/bench/fl_rounds_table.py. The bounds are measured in the same run, after the session,
+The table, its second critical-path bound, which counts the shared cores, and the CPU floor
+of those cores (no schedule can be faster) are in tools/bench/fl_rounds_table.py. The bounds are measured in the same run, after the session,
 with the daemons idle: the same
 local trainings (every node's data, evaluate + train, the work a daemon does per round) one
 after the other in this process; FedAvg of N updates of the same size in this process; the

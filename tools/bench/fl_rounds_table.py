@@ -4,7 +4,8 @@ the same run, the round's duration next to the critical-path bound, and (printed
 their own, the filed bound unchanged) the same path with its three transfers on an open
 transfer session, the coordinator's cycle (round r+1's `started_at` less round r's: work moved
 from one round into the gap before the next shows there), the daemons' CPU per round and a
-second critical-path bound that counts the machine's cores (`shared_core_path`).
+second critical-path bound that counts the machine's cores (`shared_core_path`), and the CPU
+floor of the machine's cores (`cpu_floor`), below which no schedule can bring a round.
 
 Why the second bound: the filed one adds single operations each measured alone on an idle
 machine (the slowest training alone, one model fetch alone), while in a round N daemons on the
@@ -88,6 +89,9 @@ def print_table(r: RoundsResult) -> None:
     shared, parts = shared_core_path(b, r.nodes, r.cores)
     row(f"  ... against the path on {r.cores} shared cores", durations, _mean([durations[i] for i in steady]),
         len(steady), shared, "the same path, each phase >= its total work / cores**")
+    floor = cpu_floor(b, r.nodes, r.cores, r.idle_cpu)
+    row(f"  ... against the CPU floor of {r.cores} cores", durations, _mean([durations[i] for i in steady]),
+        len(steady), floor, "no schedule is faster: the round's measured work / free cores****")
     row("CPU s of all daemons + task processes", r.cpu, _mean([r.cpu[i] for i in steady if i < len(r.cpu)]),
         len(steady), r.idle_cpu * _mean([durations[i] for i in steady]), "the same daemons idle, as long")
     for topic, per_round in r.gossip.items():
@@ -122,6 +126,31 @@ def print_table(r: RoundsResult) -> None:
           "one scrape of all nodes can have its observations counted in the next column)")
     print("  *** the filed path with each of its three transfers on an open transfer session (no stream "
           "open, window grown), as rounds 2+ send them; the cycle's last round has no next start")
+    path_ratio = floor / path if path > 0 else float("nan")
+    print(f"  **** the trainings one at a time here ({sum(b.train):.3f} CPU s) and the round's "
+          f"{_transfers(r.nodes)} transfers at an open session's CPU ({1000 * sum(b.session_cpu):.1f} ms "
+          f"each), on {r.cores} cores less the idle daemons' {r.idle_cpu:.2f} CPU s/s, with every "
+          f"transfer and training overlapped and nothing else (no gossip, no aggregation, no "
+          f"scheduling): {floor:.3f} s, {path_ratio:.1f}x the filed path (tools/bench/fl_rounds_table.py: "
+          f"cpu_floor)")
+
+
+def _transfers(nodes: int) -> int:
+    """The transfers of a round 2+ (as `shared_core_path` counts them): N-2 model fetches, N-1
+    updates into the aggregator, one new-model fetch."""
+    return max(nodes - 2, 0) + max(nodes - 1, 0) + 1
+
+
+def cpu_floor(b: Bounds, nodes: int, cores: int, idle_cpu: float) -> float:
+    """A lower bound on a round 2+ that no schedule can beat on `cores` CPUs: the round's
+    measured work (every training, each as long as it took alone here, and every transfer at
+    an open session's CPU at both ends) spread over the cores that the idle daemons leave
+    free (they use `idle_cpu` CPU seconds a second whatever the round does). Unlike the two
+    paths it lets every participant's fetch, training and update overlap with the others' and
+    counts no gossip, aggregation or scheduling, so a round can only be longer."""
+    work = sum(b.train) + _transfers(nodes) * sum(b.session_cpu)
+    free = cores - idle_cpu
+    return work / free if free > 0 else float("inf")
 
 
 def shared_core_path(b: Bounds, nodes: int, cores: int) -> tuple[float, dict[str, float]]:
