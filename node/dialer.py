@@ -1,5 +1,6 @@
 """Dialling for the overlay (node/host.py): every dial under the dial timeout (bite 14) and
-through the circuit breaker (connmgr.DialBackoff), by multiaddr (`connect`: the peer is then
+through the circuit breaker (connmgr.DialBackoff: a dial here is on demand, so it may probe an
+open breaker once per its `probe_interval`), by multiaddr (`connect`: the peer is then
 protected from trimming) or by peer id from the peerstore or the DHT (`dial_known`, what the
 connection manager and `open_stream` use), and `disconnect`. fognode_node_dials_total counts
 the outcomes."""
@@ -37,10 +38,13 @@ class Dialer:
                                ["outcome"], registry=metrics)
 
     async def dial(self, target: str, peer_info: Any) -> None:
-        """Dial under the dial timeout (bite 14) through the circuit breaker. Raises
-        DialBackoffError without dialling when the breaker is open, DialError on failure."""
+        """Dial under the dial timeout (bite 14) through the circuit breaker. Every dial here
+        is one on demand (a stream, an order, an operator's or bootstrap's connect; the
+        connection manager asks `DialBackoff.allowed` before it calls): while the breaker is
+        open one goes through per `probe_interval` (a probe). Raises DialBackoffError without
+        dialling when the breaker is open and the probe was spent, DialError on failure."""
         now = trio.current_time()
-        self.backoff.check(target, now)
+        self.backoff.check(target, now, probe=True)
         # py-libp2p keeps its own 60 s negative cache after a failed dial, which would turn
         # our first retries into instant failures: our breaker is the one that decides.
         # Swarm.unblock_peer evicts by str(peer_id), the cache's key; evicting the ID object

@@ -67,8 +67,13 @@ def netns_devnet(fabric: Fabric) -> Iterator[Devnet]:
     """Five validators (stakes 2,2,2,1,1), node i in namespace i at 10.213.0.<i+1>; a fresh
     network per test (a scenario's aftermath must not leak into the next); stopped (SIGTERM,
     then SIGKILL) at the end, their logs' warnings and tails printed (shown when a test failed)."""
+    yield from devnet_in(fabric, ARGS)
+
+
+def devnet_in(fabric: Fabric, args: list[str]) -> Iterator[Devnet]:
+    """netns_devnet's body, with the daemons' extra arguments `args` (a fixture's generator)."""
     root = Path(tempfile.mkdtemp(prefix="fnf-", dir="/tmp"))   # unix socket paths stay short
-    net = Devnet(root / "net", N, extra_args=ARGS)
+    net = Devnet(root / "net", N, extra_args=args)
     try:
         net.create()
         reweight(net, STAKES)
