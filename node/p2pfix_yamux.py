@@ -1,5 +1,8 @@
 """py-libp2p 0.8.1 fix: a yamux frame write without two extra scheduler hops.
 
+Long because: seven fixes of py-libp2p's one Yamux class, each with its upstream report, share
+its subclasses and the install that swaps them in.
+
 Symptom (upstream report form). `libp2p/stream_muxer/yamux/yamux.py: Yamux._write_frame`
 takes the connection's write lock (`trio.Lock`: an uncontended acquire still yields to the
 scheduler), writes, and then calls `trio.lowlevel.checkpoint()` once more. The secure
@@ -88,6 +91,19 @@ against 5.8 for py-libp2p's own stack, which sends its window updates earlier. R
 (`Stream.sendNotifyCh`). Fix: `QuickYamuxStream.send_window` is a property whose increase sets
 the event a waiting writer sleeps on, whichever path grows it; the same transfer takes 2.5 ms.
 
+A seventh, whole writes. `YamuxStream.write` holds the stream's write lock only while it
+takes window, so two tasks writing on one stream interleave their frames whenever a write is
+larger than the window left (go-yamux holds `Stream.writeLock` for the whole write); and a write
+cut part-way (a cancel, an error) leaves part of a message on the stream, which the next
+write's bytes then follow. A framed protocol reads a spliced message: on pubsub streams (py-libp2p's
+per-peer sender and gossipsub's direct `write_msg` calls share one) the receiver failed with
+DecodeError and charged an honest peer (session 32: three validators charged at once by the
+node they had just been cut off from, as it stopped). Reproduction:
+tests/node/test_yamux_whole_writes.py (two 1 MiB writes at once arrived as 4 runs). Fix:
+`QuickYamuxStream.write` holds `whole_write` (a QuickLock) for the whole write, and a write that
+ends with some but not all of its bytes possibly sent resets the stream (shielded, at most
+CUT_RESET_BOUND), so the peer sees a reset, never a spliced message.
+
 Installation is a monkeypatch, because the constructor option is ignored (a second upstream
 bug): `new_host(muxer_opt={"/yamux/1.0.0": cls})` accepts a class, but
 `libp2p/stream_muxer/muxer_multistream.py: MuxerMultistream.new_conn` builds `Yamux(...)` by
@@ -138,6 +154,7 @@ MIN_TUNING_RTT = 0.005
 
 # The most DATA bytes one QuickYamuxStream.write hands to the connection in one TCP write (as
 # several frames of at most 64 KiB each, within the send window).
+CUT_RESET_BOUND = 1.0     # seconds the reset of a stream whose write was cut may take
 WRITE_BATCH = 1 << 20
 # The data bytes of a DATA frame QuickYamuxStream.write builds: header and data fill one Noise
 # message (65,519 plaintext bytes), so the reader takes each frame from one decrypted message.
@@ -302,6 +319,16 @@ class PrefixedData:
         return len(self.prefix) + len(self.body)
 
 
+async def _reset_cut(stream: YamuxStream) -> None:
+    """Reset `stream`, whose write was cut part-way (module doc, "Whole writes"): shielded,
+    for at most CUT_RESET_BOUND seconds, ignoring a stream or connection already gone."""
+    with trio.CancelScope(shield=True), trio.move_on_after(CUT_RESET_BOUND):
+        try:
+            await stream.reset()
+        except Exception:
+            pass
+
+
 class QuickYamuxStream(YamuxStream):
     """py-libp2p's YamuxStream; on a QuickYamux connection, window updates as go-yamux and
     QuickLocks for its window, close and writer locks."""
@@ -317,6 +344,7 @@ class QuickYamuxStream(YamuxStream):
             self.close_lock = QuickLock()
             # ReadWriteLock's writer semaphore (released by whichever reader leaves last)
             self.rw_lock._writer_lock = QuickLock()
+            self.whole_write = QuickLock()   # one write at a time, whole (module doc, "Whole writes")
 
     def _grow_threshold(self) -> int:
         if not isinstance(self.conn, QuickYamux):
@@ -327,7 +355,8 @@ class QuickYamuxStream(YamuxStream):
         """py-libp2p's write; on a QuickYamux connection, the frames the send window allows
         (up to WRITE_BATCH bytes) go to the connection in one `_write_frame` (one TCP write),
         and the locks are taken without contextlib's async context managers. `data` may be a
-        PrefixedData there."""
+        PrefixedData there. One write at a time per stream, whole; a write ended part-way by an
+        error or a cancel resets the stream (module doc, "Whole writes")."""
         conn = self.conn
         if not isinstance(conn, QuickYamux):
             if isinstance(data, PrefixedData):
@@ -338,26 +367,38 @@ class QuickYamuxStream(YamuxStream):
             raise MuxedStreamError("Stream is closed for sending")
         total = len(data)
         sent = 0
-        while sent < total:
-            frames: list[bytes] = []
-            while not frames:
-                await self.rw_lock.acquire_write()
-                try:
-                    if self.send_closed:
-                        raise MuxedStreamError("Stream is closed for sending")
-                    await self.window_lock.acquire()
-                    try:
-                        if self.closed:
-                            raise MuxedStreamError("Stream is closed")
-                        frames, batch = self._frames(data, sent)
-                    finally:
-                        self.window_lock.release()
-                finally:
-                    self.rw_lock.release_write()
-                if not frames:
-                    await self._wait_for_window()
-            await conn._write_frames(frames)
-            sent += batch
+        going = 0       # bytes of the batch being written: they may or may not be out if it raises
+        await self.whole_write.acquire()
+        try:
+            while sent < total:
+                frames: list[bytes] = []
+                while not frames:
+                    frames, batch = await self._take_window(data, sent)
+                    if not frames:
+                        await self._wait_for_window()
+                going = batch
+                await conn._write_frames(frames)
+                sent, going = sent + batch, 0
+        finally:
+            self.whole_write.release()
+            if sent < total and (sent > 0 or 0 < going < total - sent):
+                await _reset_cut(self)
+
+    async def _take_window(self, data: bytes | PrefixedData, sent: int) -> tuple[list[bytes], int]:
+        """The frames the send window allows now, and their data bytes (none: wait for it)."""
+        await self.rw_lock.acquire_write()
+        try:
+            if self.send_closed:
+                raise MuxedStreamError("Stream is closed for sending")
+            await self.window_lock.acquire()
+            try:
+                if self.closed:
+                    raise MuxedStreamError("Stream is closed")
+                return self._frames(data, sent)
+            finally:
+                self.window_lock.release()
+        finally:
+            self.rw_lock.release_write()
 
     def _frames(self, data: bytes | PrefixedData, sent: int) -> tuple[list[bytes], int]:
         """DATA frames for `data` from `sent` on, as far as the send window and WRITE_BATCH
