@@ -7,7 +7,8 @@ RPCs) read a spliced message: DecodeError, charged to an honest peer."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 from libp2p.custom_types import TProtocol
@@ -22,6 +23,20 @@ SINK = "/fognode/test/whole-writes/1.0.0"
 SIZE = 1 << 20
 
 
+@asynccontextmanager
+async def _stream_to(sink: Callable[[Any], Awaitable[None]]) -> AsyncIterator[Any]:
+    """Two overlays on 127.0.0.1, B reading SINK streams with `sink`; yields A's raw libp2p
+    stream to B."""
+    quiet_libp2p_loggers()
+    cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=0)
+    ra, rb = CollectorRegistry(), CollectorRegistry()
+    async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(ra), ra) as a, \
+            open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(rb), rb) as b:
+        b.host.set_stream_handler(TProtocol(SINK), sink)
+        await a.connect(b.listen_addrs()[0])
+        yield await a.host.new_stream(ID.from_base58(b.peer_id), [TProtocol(SINK)])
+
+
 def _runs(data: bytes) -> list[tuple[int, int]]:
     """(byte value, run length) of `data`'s runs of equal bytes."""
     out: list[tuple[int, int]] = []
@@ -34,9 +49,6 @@ def _runs(data: bytes) -> list[tuple[int, int]]:
 
 
 async def test_two_writes_on_one_stream_arrive_whole_one_after_the_other() -> None:
-    quiet_libp2p_loggers()
-    cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=0)
-    ra, rb = CollectorRegistry(), CollectorRegistry()
     got = bytearray()
     done = trio.Event()
 
@@ -49,11 +61,7 @@ async def test_two_writes_on_one_stream_arrive_whole_one_after_the_other() -> No
             await trio.sleep(0)
         done.set()
 
-    async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(ra), ra) as a, \
-            open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(rb), rb) as b:
-        b.host.set_stream_handler(TProtocol(SINK), sink)
-        await a.connect(b.listen_addrs()[0])
-        stream = await a.host.new_stream(ID.from_base58(b.peer_id), [TProtocol(SINK)])
+    async with _stream_to(sink) as stream:
         with trio.fail_after(20):
             async with trio.open_nursery() as n:
                 n.start_soon(stream.write, b"\x01" * SIZE)
@@ -69,9 +77,6 @@ async def test_a_write_cut_part_way_resets_the_stream_instead_of_splicing_the_ne
     has sent part of its bytes, so the stream is reset: the peer reads the part and then the
     reset, never the next write's bytes after it (before the fix it read 0x01 * 256 KiB, then
     0x02: a spliced message)."""
-    quiet_libp2p_loggers()
-    cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=0)
-    ra, rb = CollectorRegistry(), CollectorRegistry()
     got = bytearray()
     go, done = trio.Event(), trio.Event()
     ended: list[str] = []
@@ -89,11 +94,7 @@ async def test_a_write_cut_part_way_resets_the_stream_instead_of_splicing_the_ne
             ended.append(type(e).__name__)
         done.set()
 
-    async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(ra), ra) as a, \
-            open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(rb), rb) as b:
-        b.host.set_stream_handler(TProtocol(SINK), sink)
-        await a.connect(b.listen_addrs()[0])
-        stream = await a.host.new_stream(ID.from_base58(b.peer_id), [TProtocol(SINK)])
+    async with _stream_to(sink) as stream:
         with trio.move_on_after(0.5) as cut:
             await stream.write(b"\x01" * SIZE)
         assert cut.cancelled_caught
