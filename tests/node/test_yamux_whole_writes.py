@@ -6,18 +6,14 @@ so the other task's frames went in between and a framed protocol (pubsub's varin
 RPCs) read a spliced message: DecodeError, charged to an honest peer."""
 from __future__ import annotations
 
-import os
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
-from nacl.signing import SigningKey
-from prometheus_client import CollectorRegistry
 
-from fognode.node.events import EventBus
-from fognode.node.host import OverlayConfig, open_overlay, quiet_libp2p_loggers
+from tests.node.test_p2pfix_cancelwrite import _pair
 
 SINK = "/fognode/test/whole-writes/1.0.0"
 SIZE = 1 << 20
@@ -25,15 +21,10 @@ SIZE = 1 << 20
 
 @asynccontextmanager
 async def _stream_to(sink: Callable[[Any], Awaitable[None]]) -> AsyncIterator[Any]:
-    """Two overlays on 127.0.0.1, B reading SINK streams with `sink`; yields A's raw libp2p
-    stream to B."""
-    quiet_libp2p_loggers()
-    cfg = OverlayConfig(listen=["/ip4/127.0.0.1/tcp/0"], peers_low=0)
-    ra, rb = CollectorRegistry(), CollectorRegistry()
-    async with open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(ra), ra) as a, \
-            open_overlay(cfg, SigningKey(os.urandom(32)), EventBus(rb), rb) as b:
+    """Two overlays on 127.0.0.1 (the cancelled-write tests' pair), B reading SINK streams
+    with `sink`; yields A's raw libp2p stream to B."""
+    async with _pair() as (a, b, _ab, _ba):
         b.host.set_stream_handler(TProtocol(SINK), sink)
-        await a.connect(b.listen_addrs()[0])
         yield await a.host.new_stream(ID.from_base58(b.peer_id), [TProtocol(SINK)])
 
 
@@ -74,8 +65,8 @@ async def test_two_writes_on_one_stream_arrive_whole_one_after_the_other() -> No
 
 async def test_a_write_cut_part_way_resets_the_stream_instead_of_splicing_the_next() -> None:
     """A 1 MiB write whose reader takes nothing stops at the 256 KiB window; cancelled there, it
-    has sent part of its bytes, so the stream is reset: the peer reads the part and then the
-    reset, never the next write's bytes after it (before the fix it read 0x01 * 256 KiB, then
+    has sent part of its bytes, so the stream is reset: the peer reads (some of) the part and
+    then the reset, never the next write's bytes after it (before the fix it read 0x01 * 256 KiB, then
     0x02: a spliced message)."""
     got = bytearray()
     go, done = trio.Event(), trio.Event()
@@ -106,5 +97,6 @@ async def test_a_write_cut_part_way_resets_the_stream_instead_of_splicing_the_ne
             except Exception:
                 pass                # the stream is reset: the write is refused
             await done.wait()
-    assert 0 < len(got) < SIZE and set(got) == {1}, f"{len(got)} bytes, values {sorted(set(got))}"
+    # the part may or may not be read before the reset drops it; the next write never follows
+    assert len(got) < SIZE and set(got) <= {1}, f"{len(got)} bytes, values {sorted(set(got))}"
     assert ended and ended[0] != "eof"
