@@ -41,7 +41,7 @@ class FramedStream(TypingProtocol):
     `recv*` raise StreamClosed at EOF/reset and RemoteProtocolError for an oversize frame or
     bad msgpack. `send*`/`recv*` are cancellable; callers put deadlines with trio.fail_after.
     `close` and `reset` never raise and are not cut by the caller's cancellation: each runs
-    shielded for at most a bounded time (node/streams.py END_BOUND), so a `finally:` of a
+    shielded for at most a bounded time (node/p2pfix_yamux.py END_BOUND), so a `finally:` of a
     timed-out or cancelled scope calls them plainly, without a shield or a deadline of its
     own, and sees its cancellation at its next checkpoint.
     """

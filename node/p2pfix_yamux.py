@@ -102,7 +102,8 @@ node they had just been cut off from, as it stopped). Reproduction:
 tests/node/test_yamux_whole_writes.py (two 1 MiB writes at once arrived as 4 runs). Fix:
 `QuickYamuxStream.write` holds `whole_write` (a QuickLock) for the whole write, and a write that
 ends with some but not all of its bytes possibly sent resets the stream (shielded, at most
-CUT_RESET_BOUND), so the peer sees a reset, never a spliced message.
+END_BOUND, as node/streams.py's close and reset), so the peer sees a reset, never a spliced
+message.
 
 Installation is a monkeypatch, because the constructor option is ignored (a second upstream
 bug): `new_host(muxer_opt={"/yamux/1.0.0": cls})` accepts a class, but
@@ -118,7 +119,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import libp2p.stream_muxer.muxer_multistream as _muxer_multistream_mod
 import libp2p.stream_muxer.yamux.yamux as _yamux_mod
@@ -152,9 +153,12 @@ _budgets: dict[str, WindowBudget] = {}    # local peer id (base58) -> its host's
 # charged to the budget as before.
 MIN_TUNING_RTT = 0.005
 
+# Seconds a stream's close or reset that must not be cut (`end_uncut`) may take, cancelled or
+# not: one FIN or RST frame, waiting for the connection's write lock.
+END_BOUND = 1.0
+
 # The most DATA bytes one QuickYamuxStream.write hands to the connection in one TCP write (as
 # several frames of at most 64 KiB each, within the send window).
-CUT_RESET_BOUND = 1.0     # seconds the reset of a stream whose write was cut may take
 WRITE_BATCH = 1 << 20
 # The data bytes of a DATA frame QuickYamuxStream.write builds: header and data fill one Noise
 # message (65,519 plaintext bytes), so the reader takes each frame from one decrypted message.
@@ -319,13 +323,15 @@ class PrefixedData:
         return len(self.prefix) + len(self.body)
 
 
-async def _reset_cut(stream: YamuxStream) -> None:
-    """Reset `stream`, whose write was cut part-way (module doc, "Whole writes"): shielded,
-    for at most CUT_RESET_BOUND seconds, ignoring a stream or connection already gone."""
-    with trio.CancelScope(shield=True), trio.move_on_after(CUT_RESET_BOUND):
+async def end_uncut(end: Callable[[], Awaitable[None]]) -> None:
+    """Run a stream's close or reset shielded from the caller's cancellation, for at most
+    END_BOUND seconds, ignoring errors (already reset, connection gone): a framed stream's
+    close and reset (node/streams.py) and the reset of a stream whose write was cut part-way
+    ("Whole writes"). The caller sees its cancellation at its next checkpoint."""
+    with trio.CancelScope(shield=True), trio.move_on_after(END_BOUND):
         try:
-            await stream.reset()
-        except Exception:
+            await end()
+        except Exception:  # already reset or the connection is gone: nothing left to free
             pass
 
 
@@ -382,7 +388,7 @@ class QuickYamuxStream(YamuxStream):
         finally:
             self.whole_write.release()
             if sent < total and (sent > 0 or 0 < going < total - sent):
-                await _reset_cut(self)
+                await end_uncut(self.reset)
 
     async def _take_window(self, data: bytes | PrefixedData, sent: int) -> tuple[list[bytes], int]:
         """The frames the send window allows now, and their data bytes (none: wait for it)."""

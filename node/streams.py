@@ -37,7 +37,7 @@ from libp2p.stream_muxer.exceptions import MuxedStreamError
 
 from fognode.node.errors import LocalProtocolError, RemoteProtocolError, StreamClosed
 from fognode.node.overlay import FramedStream
-from fognode.node.p2pfix_yamux import PrefixedData, QuickYamux, QuickYamuxStream
+from fognode.node.p2pfix_yamux import PrefixedData, QuickYamux, QuickYamuxStream, end_uncut
 from fognode.node.p2pfix_yamux_ahead import open_ahead
 from fognode.node.rcmgr import Wait
 from fognode.node.resources import BufferAccount, ResourceGate
@@ -54,9 +54,6 @@ PREFIXED_MIN = 16 * 1024
 # A frame whose body still to come is over this many bytes has its Yamux window opened for all
 # of it as soon as its length is read (node/p2pfix_yamux_ahead.py; it checks the exact need)
 AHEAD_MIN = 64 * 1024
-# seconds a close or reset may wait (for the connection's write lock) when its caller is
-# cancelled or not: one FIN or RST frame (`_finish`)
-END_BOUND = 1.0
 
 # Everything py-libp2p raises when the other side (or the connection) goes away mid-read/write.
 _CLOSED_ERRORS: tuple[type[BaseException], ...] = (Libp2pStreamError, MuxedStreamError, EOFError,
@@ -275,30 +272,20 @@ class Libp2pFramedStream:
         return self._held
 
     async def close(self) -> None:
-        """Half-close our side (the peer reads EOF) and free the stream. Never raises. A
-        cancelled caller's close goes out too (`_finish`)."""
+        """Half-close our side (the peer reads EOF) and free the stream. Never raises, and a
+        cancelled caller's close goes out too, within p2pfix_yamux.END_BOUND (`end_uncut`).
+        Callers close in `finally` blocks of timed-out scopes (a gossip pull, a registry ask):
+        unshielded, the FIN was never written (node/p2pfix_noiseio.py, "A cancelled write":
+        before that fix it was sealed and not sent, which broke the connection; after it, the
+        peer's handler would wait for its idle deadline and our side would keep the stream
+        until the muxer's sweep)."""
         self._drop_buffer()
-        await _finish(self._stream.close)
+        await end_uncut(self._stream.close)
 
     async def reset(self) -> None:
         """Abort the stream in both directions. Never raises; as `close` when cancelled."""
         self._drop_buffer()
-        await _finish(self._stream.reset)
-
-
-async def _finish(end: Callable[[], Awaitable[None]]) -> None:
-    """Run a stream's close or reset shielded from the caller's cancellation, for at most
-    END_BOUND seconds, ignoring errors (already reset, connection gone). Callers close in
-    `finally` blocks of timed-out scopes (a gossip pull, a registry ask): unshielded, the FIN
-    was never written (node/p2pfix_noiseio.py, "A cancelled write": before that fix it was
-    sealed and not sent, which broke the connection; after it, the peer's handler would wait
-    for its idle deadline and our side would keep the stream until the muxer's sweep). The
-    caller sees its cancellation at its next checkpoint."""
-    with trio.CancelScope(shield=True), trio.move_on_after(END_BOUND):
-        try:
-            await end()
-        except Exception:  # already reset or the connection is gone: nothing left to free
-            pass
+        await end_uncut(self._stream.reset)
 
 
 FramedHandler = Callable[[Libp2pFramedStream], Awaitable[None]]

@@ -135,10 +135,16 @@ def print_table(r: RoundsResult) -> None:
           f"cpu_floor)")
 
 
+def _round_transfers(nodes: int) -> tuple[int, int]:
+    """The fewest model fetches and updates any round 2+ needs: N-2 model fetches (the
+    coordinator and the previous aggregator hold the base model) and N-1 updates into one
+    aggregator (its own stays in memory); the new-model fetch comes on top."""
+    return max(nodes - 2, 0), max(nodes - 1, 0)
+
+
 def _transfers(nodes: int) -> int:
-    """The transfers of a round 2+ (as `shared_core_path` counts them): N-2 model fetches, N-1
-    updates into the aggregator, one new-model fetch."""
-    return max(nodes - 2, 0) + max(nodes - 1, 0) + 1
+    """Every transfer of a round 2+: its fetches and updates, and the new-model fetch."""
+    return sum(_round_transfers(nodes)) + 1
 
 
 def cpu_floor(b: Bounds, nodes: int, cores: int, idle_cpu: float) -> float:
@@ -161,7 +167,7 @@ def shared_core_path(b: Bounds, nodes: int, cores: int) -> tuple[float, dict[str
     half), N-1 updates into one aggregator (its own stays in memory), one new-model fetch."""
     send, recv = b.fetch_cpu
     per = send + recv
-    fetches, updates = max(nodes - 2, 0), max(nodes - 1, 0)
+    fetches, updates = _round_transfers(nodes)
     parts = {
         "gossip hop (plan)": b.rtt,
         "model fetches": max(b.fetch, fetches * per / cores, fetches * send / 2),
