@@ -191,8 +191,10 @@ def test_a_training_call_takes_one_scheduler_step_each_way() -> None:
             # write, then wait; woken: read, decode, return (2; the path before took 5). A
             # third when the answer arrives in two pieces: a pipe write over PIPE_BUF is not
             # atomic, and under load the reader can wake on its first part (seen once in a
-            # suite run on 2 busy cores)
-            assert 2 <= steps.count <= 3
+            # suite run on 2 busy cores). One when the OS deschedules this process between
+            # the write and the first read for as long as the child trains: the answer is
+            # then read whole in the writing step (seen once in CI on 2 busy cores)
+            assert 1 <= steps.count <= 3
         finally:
             await tp.aclose()
 
