@@ -23,10 +23,10 @@ to its publish task (`publish_plan`); the gossip fan-out to the participants' ch
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
-import sys
 from typing import Any
 
 STEPS = ("plan_in", "plan", "fetch", "model", "train", "trained", "send", "delivered", "update_in",
@@ -153,11 +153,15 @@ def print_plan_way(rows: list[dict[str, float]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        raise SystemExit(__doc__)
-    with open(args[0]) as f:
-        nodes = json.load(f)
+    ap = argparse.ArgumentParser(prog="python -m fognode.tools.bench.fl_timeline",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("timeline", help="the file `bench.fl --part rounds --timeline FILE` wrote")
+    args = ap.parse_args(argv)
+    try:
+        with open(args.timeline) as f:
+            nodes = json.load(f)
+    except (OSError, ValueError) as e:
+        ap.error(f"{args.timeline}: {e}")
     print_timeline(timeline(nodes))
     print()
     print_plan_way(plan_way(nodes))
