@@ -211,11 +211,24 @@ def build_section(cls: type, table: Mapping[str, Any], *, source: str, prefix: s
             else:
                 validate()
         except ConfigError as e:
-            if e.source is None:  # the section knows the key, we know the file
-                raise ConfigError(str(e).removeprefix(f"{e.key}: ") if e.key else str(e),
-                                  source=source, key=e.key) from None
+            # the section knows the key, we know where its value came from: the file, or the
+            # env var or flag that overrode it (a bad `--listen` is not the file's fault)
+            where = _origin(e.key, prefix, overrides, source)
+            if e.source is None or (e.source == source and where != source):
+                raise ConfigError(e.detail, source=where, key=e.key) from None
             raise
     return obj
+
+
+def _origin(key: str | None, prefix: str, overrides: Mapping[str, tuple[str, str]] | None,
+            source: str) -> str:
+    """Where the value of `key` (`prefix.name`, `prefix.name[i]` or deeper) came from: the
+    override's origin (an env var, a flag) when one set it, else `source`."""
+    if key and overrides and key.startswith(prefix + "."):
+        name = key[len(prefix) + 1:].split("[", 1)[0].split(".", 1)[0]
+        if name in overrides:
+            return overrides[name][1]
+    return source
 
 
 # ---------------------------------------------------------------- loading

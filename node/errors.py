@@ -19,6 +19,7 @@ class ConfigError(FognodeError):
     """The configuration (file, environment or flags) is wrong; the message names the key."""
 
     def __init__(self, message: str, *, source: str | None = None, key: str | None = None) -> None:
+        self.detail = message       # what is wrong, without where
         self.source = source
         self.key = key
         where = ""

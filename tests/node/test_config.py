@@ -114,3 +114,19 @@ def test_configs_are_frozen() -> None:
 def test_an_unknown_scheduling_policy_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"node\.scheduling: must be one of batch, normal, got 'fast'"):
         load_config(write(tmp_path, "[node]\nscheduling = 'fast'\n"), roles=roles(), environ={})
+
+
+def test_a_bad_value_from_a_flag_or_env_var_names_it_not_the_file(tmp_path: Path) -> None:
+    """A section's own check (a multiaddr, a port range) names where the bad value came from:
+    `fognode run --listen garbage` said "node.toml: overlay.listen: ..." before."""
+    p = write(tmp_path, "[overlay]\nlisten = ['/ip4/127.0.0.1/tcp/0']\n")
+    with pytest.raises(ConfigError, match=r"^--listen: overlay\.listen: 'garbage' is not a valid multiaddr"):
+        load_config(p, roles=roles(), environ={}, overrides=[("overlay.listen", '["garbage"]', "--listen")])
+    with pytest.raises(ConfigError, match=r"^--metrics-port: protocols\.monitor\.port: port 99999 is out of range"):
+        load_config(p, roles=roles(), environ={}, overrides=[("protocols.monitor.port", "99999", "--metrics-port")])
+    with pytest.raises(ConfigError, match=r"^env FOGNODE_OVERLAY_BOOTSTRAP: overlay\.bootstrap: .* must end in /p2p/"):
+        load_config(p, roles=roles(), environ={"FOGNODE_OVERLAY_BOOTSTRAP": "/ip4/1.2.3.4/tcp/1"})
+    # the file's own bad value still names the file
+    bad = write(tmp_path, "[overlay]\nlisten = ['garbage']\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: overlay\.listen: 'garbage'"):
+        load_config(bad, roles=roles(), environ={}, overrides=[("node.region", "x", "--region")])
