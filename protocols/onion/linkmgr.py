@@ -73,6 +73,7 @@ class Link:
         self.ready = trio.Event()
         self.spares_poked = 0.0          # trio time the spare streams were last poked
         self.down = False
+        self.why = ""                    # why the link went down (link_test reports it)
         self.inbound = False
         self.bytes_out = 0
         self.bytes_in = 0
@@ -223,15 +224,16 @@ class LinkManager:
         half the queue limit waits at a time, so circuits on the link are delayed, not failed.
         Cells are queued one by one like any others, so the writer's batches stay within
         MAX_WRITE plus one cell (what a neighbour accepts as one frame). A bandwidth test of
-        one raw stream (onion.link_test); OnionError if the link fails, trio.TooSlowError if
-        a write takes over DIAL_TIMEOUT."""
+        one raw stream (onion.link_test); OnionError saying why if the link fails (a dial that
+        fails, too) or if a write takes over DIAL_TIMEOUT."""
         frame = Cell(0, CellCommand.PADDING, b"").frame()
         burst = 64
         queued = 0
         link = self.links.get(peer)
         while True:
             if queued and (link is None or link.down):
-                raise OnionError(f"the link to {peer} failed during the test")
+                raise OnionError(f"the link to {peer} failed"
+                                 + (f": {link.why}" if link is not None and link.why else ""))
             if queued < nbytes and (link is None or link.queued + burst * len(frame) <= self.queue_limit // 2):
                 for _ in range(burst):
                     self.send(peer, frame)            # the first one dials
@@ -242,8 +244,10 @@ class LinkManager:
             if queued >= nbytes and link.bytes_out >= link.enqueued:
                 return queued
             link.wrote = trio.Event()
-            with trio.fail_after(DIAL_TIMEOUT):
+            with trio.move_on_after(DIAL_TIMEOUT) as stalled:
                 await link.wrote.wait()
+            if stalled.cancelled_caught:
+                raise OnionError(f"no write to {peer} completed within {DIAL_TIMEOUT:g} s")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -295,8 +299,10 @@ class LinkManager:
         if link.down:
             return
         link.down = True
+        link.why = why
         link.wake.set()
         link.ready.set()
+        link.wrote.set()                 # a link_test waiting for a write learns why at once
         if self.links.get(link.peer) is link:
             del self.links[link.peer]
         self.failures[link.peer] = self.failures.get(link.peer, 0) + 1

@@ -291,3 +291,13 @@ def test_link_test_writes_padding_to_a_neighbour(node_factory: Any) -> None:
     with pytest.raises(RpcError) as e:
         a.rpc("onion.link_test", {"peer": a.peer_id, "mb": 1})
     assert e.value.code == 603
+    # wrong peers are named with what is wrong, at once (the message was empty, after 15 s)
+    with pytest.raises(RpcError) as e:
+        a.rpc("onion.link_test", {"peer": "12D3KooWbogus", "mb": 1})
+    assert e.value.code == 603 and "'12D3KooWbogus' is not an Ed25519 identity peer id" in str(e.value)
+    absent = peer_id_from_pubkey(bytes(SigningKey.generate().verify_key))
+    t = time.monotonic()
+    with pytest.raises(RpcError) as e:
+        a.rpc("onion.link_test", {"peer": absent, "mb": 1}, timeout=60)
+    assert e.value.code == 603 and f"the link to {absent} failed: dial failed" in str(e.value)
+    assert time.monotonic() - t < 10      # the dial's failure ends the test, not a 15 s stall
