@@ -136,6 +136,7 @@ def test_a_dead_node_is_reported_restarted_and_the_devnet_resumes(short_tmp: Pat
         r = subprocess.run([sys.executable, "-m", "fognode.tools.fognode", "devnet", "--dir", str(root)],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and "a devnet is already running under" in r.stderr
+        assert "or start another with another --dir" in r.stderr       # the way out, as the README says
     finally:
         _stop(proc)
     assert proc.returncode == 0, "".join(lines)
@@ -195,3 +196,34 @@ def test_a_dir_that_holds_something_else_is_refused(short_tmp: Path) -> None:
     assert r.stderr == (f"fognode: error: {root} is not empty and holds no devnet (devnet.json): refusing to "
                         f"write a new genesis there; start afresh with another --dir (or after `rm -r {root}`)\n")
     assert (root / "node0" / "identity.key").read_bytes() == b"x" * 32 and not (root / "node0" / "genesis.json").exists()
+
+
+def test_a_restart_while_the_node_runs_alone_says_it_failed(short_tmp: Path) -> None:
+    """`fognode devnet restart N` while node N runs alone (`fognode run --datadir D/nodeN`, as
+    the death report offers): the devnet's new process fails on the data dir's lock, and the
+    restart says so (exit 1, the lock's message) instead of "node N restarted" from the other
+    daemon's answer on the same socket."""
+    root = short_tmp / "dn"
+    proc = _devnet("--nodes", "1", "--dir", str(root))
+    lines: list[str] = []
+    alone = None
+    try:
+        _read_until(proc, "Ctrl-C stops every node", lines)
+        os.kill(int((root / "node0" / "fognode.lock").read_text().strip()), signal.SIGKILL)
+        _read_until(proc, "or run it alone:", lines, timeout=30)
+        alone = subprocess.Popen([sys.executable, "-m", "fognode.tools.fognode", "run", "--datadir", str(root / "node0")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env={**os.environ, "FOGNODE_PASSPHRASE": ""})
+        with RpcClient(root / "node0" / "fognode.sock") as c:
+            wait_until(lambda: c.call("node.info"), timeout=60, what="node 0 alone to answer")
+        r = subprocess.run([sys.executable, "-m", "fognode.tools.fognode", "devnet", "restart", "0", "--dir", str(root)],
+                           capture_output=True, text=True, timeout=90)
+        assert r.returncode == 1, r.stdout
+        assert r.stderr.startswith("node 0 did not come back: node 0 exited with 2")
+        assert f"another fognode daemon (pid {alone.pid}) is already running on {root / 'node0'}" in r.stderr
+        assert alone.poll() is None
+    finally:
+        if alone is not None:
+            alone.send_signal(signal.SIGINT)
+            alone.wait(timeout=30)
+        _stop(proc)

@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import psutil
 from nacl.signing import SigningKey
 
 from fognode.ledger.address import decode_address
 from fognode.ledger.wallet import default_wallet_address
-from fognode.node.datadir import CONFIG, SOCKET, load_identity, write_atomic, write_genesis
+from fognode.node.datadir import CONFIG, LOCK, SOCKET, load_identity, write_atomic, write_genesis
 from fognode.tools.genesis import dev_chain_id, dev_genesis
 from fognode.node.peerid import peer_id_from_pubkey
 from fognode.node.rpc.client import DaemonUnreachable, RpcClient
@@ -341,7 +342,10 @@ class Devnet:
             self.wait_ready(i, timeout=max(0.1, deadline - time.monotonic()))
 
     def wait_ready(self, i: int, *, timeout: float = 30.0) -> dict[str, Any]:
-        """Poll node.info until it answers; raise with the log tail if the process died or timed out."""
+        """Poll node.info until this devnet's process of node i answers; raise with the log tail
+        if the process died or timed out. An answer counts only when the data dir's lock holds
+        that process's pid (or that of a process under it): another daemon on the same data dir (`fognode run --datadir D/nodeN`
+        left running) answers on the same socket while the new process fails on the lock."""
         node = self.nodes[i]
 
         def ready() -> dict[str, Any] | None:
@@ -349,9 +353,11 @@ class Devnet:
                 raise RuntimeError(f"node {i} exited with {node.proc.returncode}:\n{self.log_tail(i)}")
             try:
                 info: dict[str, Any] = node.rpc("node.info", timeout=5.0)
-                return info
             except DaemonUnreachable:
                 return None
+            if node.proc is not None and not self._holds_lock(i, node.proc.pid):
+                return None     # not ours: ours exits on the lock, the next poll says so
+            return info
 
         try:
             return wait_until(ready, timeout=timeout, what=f"node {i} to answer node.info")
@@ -359,6 +365,15 @@ class Devnet:
             if node.proc is not None and node.proc.poll() is not None:
                 raise RuntimeError(f"node {i} exited with {node.proc.returncode}:\n{self.log_tail(i)}") from None
             raise TimeoutError(f"{e}\n{self.log_tail(i)}") from None
+
+    def _holds_lock(self, i: int, pid: int) -> bool:
+        """Whether the daemon holding node i's data dir lock (its pid is in the lock file) is
+        process `pid` or runs under it (a launcher such as `ip netns exec` may fork)."""
+        try:
+            holder = int((self.nodes[i].datadir / LOCK).read_text().strip())
+            return holder == pid or pid in {p.pid for p in psutil.Process(holder).parents()}
+        except (OSError, ValueError, psutil.Error):
+            return False
 
     def log_tail(self, i: int, lines: int = 40) -> str:
         try:

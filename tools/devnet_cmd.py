@@ -124,11 +124,11 @@ def open_or_create(args: Any) -> tuple[Devnet, bool] | str:
         if root.exists() and any(root.iterdir()):
             return (f"{root} is not empty and holds no devnet ({MANIFEST}): refusing to write a new genesis "
                     f"there; start afresh with another --dir (or after `rm -r {root}`)")
-    else:
-        root = Path(tempfile.mkdtemp(prefix="fognode-devnet-", dir="/tmp"))
     n = 4 if args.nodes is None else args.nodes
     if not 1 <= n <= 64:
         return "--nodes must be between 1 and 64"
+    if not args.dir:
+        root = Path(tempfile.mkdtemp(prefix="fognode-devnet-", dir="/tmp"))
     net = Devnet(root, n, metrics=metrics, regions=regions)
     try:
         net.create()
@@ -146,7 +146,9 @@ def serve(args: Any) -> int:
     net, resumed = opened
     other = running_pid(net.root)
     if other is not None and other != os.getpid():
-        print(f"fognode: error: a devnet is already running under {net.root} (pid {other})", file=sys.stderr)
+        print(f"fognode: error: a devnet is already running under {net.root} (pid {other}): talk to its nodes "
+              f"with `fognode-cli --datadir {net.root}/nodeN`, stop it (Ctrl-C where it runs, or kill {other}), "
+              f"or start another with another --dir", file=sys.stderr)
         return 1
     stop = {"now": False}
 
