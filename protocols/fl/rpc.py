@@ -276,6 +276,9 @@ class FlRpc(abc.ABC):
         target = Path(path)
         if not target.is_absolute():    # the RPC layer refuses one already (FilePath); direct callers too
             raise RpcError(E.FL_BAD_REQUEST, f"path must be absolute, got {path!r}")
+        if target.is_dir():     # --force cannot help: name the file to write
+            raise RpcError(E.FL_EXPORT_FAILED, f"{path} is a directory: give the path of the file to write, "
+                                               f"e.g. {target / 'model.pt'}")
         if target.exists() and not force:
             raise RpcError(E.FL_EXPORT_FAILED, f"{path} exists: give --force to overwrite it")
         s = self.core.sessions.get(sid)

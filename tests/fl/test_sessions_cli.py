@@ -74,6 +74,11 @@ def test_ended_session_is_listed_kept_across_a_restart_and_exported(node_factory
     assert again.returncode == 1 and "exists: give --force" in again.stderr, again.stderr
     forced = cli(coord.datadir, "fl", "export", sid, "model.pt", "--force", cwd=short_tmp)
     assert forced.returncode == 0, forced.stderr
+    # a directory is named as such (it was "exists: give --force", and --force then "Is a directory")
+    for force in ([], ["--force"]):
+        d = cli(coord.datadir, "fl", "export", sid, str(short_tmp), *force)
+        assert d.returncode == 1 and f"{short_tmp} is a directory: give the path of the file to write" in d.stderr, \
+            d.stderr
     # over raw JSON-RPC a relative path is refused, naming the param
     raw = cli(coord.datadir, "call", "fl.export", f'["{sid}", "model.pt"]')
     assert raw.returncode == 1 and "must be an absolute path" in raw.stderr, raw.stderr
