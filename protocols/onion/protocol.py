@@ -30,7 +30,7 @@ from fognode.node.errors import ConfigError, FognodeError, LocalProtocolError, R
 from fognode.node.overlay import FramedStream
 from fognode.node.peerid import pubkey_from_peer_id
 from fognode.node.role import NodeContext, Role
-from fognode.node.rpc.methods import NODE_ROLE_UNAVAILABLE, rpc_method
+from fognode.node.rpc.methods import NODE_ROLE_UNAVAILABLE, FilePath, rpc_method
 from fognode.protocols.onion import errors as E
 from fognode.protocols.onion.address import FogAddress, parse_address
 from fognode.protocols.onion.config import OnionConfig
@@ -295,7 +295,7 @@ class OnionRole(Role):
         return {"name": name, "port": port, "removed": True, "key_deleted": forgot}
 
     @rpc_method("onion.deploy")
-    async def rpc_deploy(self, file: str, budget: str, privacy_level: int = 2, fee: str = "0", hours: int = 24,
+    async def rpc_deploy(self, file: FilePath, budget: str, privacy_level: int = 2, fee: str = "0", hours: int = 24,
                          name: str = "") -> dict[str, Any]:
         """Host FILE (a path on this node) as hidden data: encrypted, erasure-coded into shards
         kept by fog.hosting hosts of the market, paid from BUDGET tokens at most for HOURS;
@@ -323,7 +323,7 @@ class OnionRole(Role):
             raise RpcError(E.DEPLOY_FAILED, str(e)) from None
 
     @rpc_method("onion.access")
-    async def rpc_access(self, address: str, out: str, wallet: str = "") -> dict[str, Any]:
+    async def rpc_access(self, address: str, out: FilePath, wallet: str = "") -> dict[str, Any]:
         """Fetch the hidden data at ADDRESS (.fog) through circuits, pay its access fee from
         WALLET (default: the node's) to its owner, and write the content to OUT (a path on
         this node; not overwritten if it exists)."""

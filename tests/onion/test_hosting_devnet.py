@@ -18,13 +18,17 @@ load 16-38 (deploy 2.8-19.2 s, access 5.4-10.0 s).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 
 from fognode.node.errors import RpcError
+from fognode.protocols.onion.address import address_from_pubkey
 from fognode.tools.devnet import Devnet, DevnetNode, wait_until
 
 pytestmark = pytest.mark.slow
@@ -132,3 +136,26 @@ def test_deploy_lose_hosts_access_pay(node_factory: Any, tmp_path: Path) -> None
     for n in alive:
         v = n.rpc("ledger.verify")
         assert v["ok"], (n.index, v)
+
+
+def test_cli_paths_of_deploy_and_access_are_taken_from_where_the_cli_runs(node_factory: Any, tmp_path: Path) -> None:
+    """The README's `fognode-cli onion deploy ./report.pdf ...` and `onion access ADDRESS --out
+    ./report.pdf`: a relative FILE or OUT is the operator's, resolved by fognode-cli (FilePath),
+    not the daemon's working directory (deploy answered 630 "cannot read report.pdf: No such
+    file or directory" for a file right there)."""
+    net: Devnet = node_factory(1)
+    node = net.nodes[0]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fognode.tools.cli", "--datadir", str(node.datadir), *args],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    (tmp_path / "report.pdf").write_bytes(os.urandom(1000))
+    r = cli("onion", "deploy", "./report.pdf", "20", "--privacy-level", "2", "--fee", "0.5", "--hours", "48")
+    assert r.returncode == 1 and "error 631: privacy level 2 needs 5 hosts" in r.stderr, r.stderr   # read, then no hosts
+    address = address_from_pubkey(bytes(SigningKey.generate().verify_key)).host
+    r = cli("onion", "access", address, "--out", "./report.pdf")
+    assert r.returncode == 1 and f"out: {tmp_path / 'report.pdf'} exists (not overwritten)" in r.stderr, r.stderr
+    with pytest.raises(RpcError) as e:          # over raw JSON-RPC a relative path is refused, naming the param
+        node.rpc("onion.deploy", {"file": "report.pdf", "budget": "20"})
+    assert "param 'file' must be an absolute path" in str(e.value)
