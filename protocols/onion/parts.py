@@ -151,7 +151,11 @@ class OnionParts:
 
     def remove_service(self, name: str, port: int | None, forget_key: bool) -> bool:
         """Unmap a port or the whole service (onion.remove_service); True when its key files
-        were deleted. ServiceError."""
+        were deleted. ServiceError. With `forget_key`, a service removed earlier (no longer in
+        the table) still has its key files deleted: they outlive a plain removal."""
+        if forget_key and port is None and self.table.get(name) is None \
+                and remove_service_keys(self.ctx.datadir, name):
+            return True
         self.table.remove(name, port)
         forgot = remove_service_keys(self.ctx.datadir, name) if forget_key and self.table.get(name) is None else False
         self.host.changed()

@@ -301,3 +301,21 @@ def test_link_test_writes_padding_to_a_neighbour(node_factory: Any) -> None:
         a.rpc("onion.link_test", {"peer": absent, "mb": 1}, timeout=60)
     assert e.value.code == 603 and f"the link to {absent} failed: dial failed" in str(e.value)
     assert time.monotonic() - t < 10      # the dial's failure ends the test, not a 15 s stall
+
+
+def test_a_removed_service_can_still_forget_its_key(node_factory: Any) -> None:
+    """`onion remove-service web` keeps the key (the address comes back with the service);
+    `onion remove-service web --forget-key` afterwards deletes it. It answered 620 "no service
+    named 'web'" and the key stayed on disk for good."""
+    net: Devnet = node_factory(1)
+    node = net.nodes[0]
+    key_dir = node.datadir / "onion" / "services" / "web"
+    added = node.rpc("onion.add_service", {"name": "web", "port": 80, "target": "127.0.0.1:8080"})
+    assert (key_dir / "hostname").read_text().strip() == added["address"]
+    assert node.rpc("onion.remove_service", {"name": "web"})["key_deleted"] is False
+    assert key_dir.exists()
+    assert node.rpc("onion.remove_service", {"name": "web", "forget_key": True})["key_deleted"] is True
+    assert not key_dir.exists()
+    with pytest.raises(RpcError) as e:             # nothing left: unknown, as before
+        node.rpc("onion.remove_service", {"name": "web", "forget_key": True})
+    assert e.value.code == 620 and "no service named 'web'" in str(e.value)
