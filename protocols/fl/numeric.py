@@ -13,7 +13,7 @@ from fognode.protocols.fl.secagg import round as secagg_round
 from fognode.protocols.fl.session.core import FlCore
 from fognode.protocols.fl.session.status import session_row
 from fognode.protocols.fl.strategies.base import StrategyError
-from fognode.protocols.fl.strategies.registry import build_strategy
+from fognode.protocols.fl.strategies.registry import build_strategy, wire_params
 from fognode.protocols.fl.tasks import TaskError
 from fognode.protocols.fl.training.modelstore import load_model
 from fognode.protocols.fl.training.prepared import PreparedTask, TaskKey, init_seed_of
@@ -25,5 +25,5 @@ from fognode.protocols.fl.transfer.xfer import serve_xfer
 
 __all__ = ["Action", "FlCore", "LedgerLink", "PreparedTask", "RoleActions", "SaveModel", "StrategyError",
            "TaskError", "TaskKey", "TaskProcess", "build_strategy", "init_seed_of", "load_model", "preflight",
-           "secagg_round", "serve_model", "serve_secagg", "serve_update", "serve_xfer", "session_row"]
+           "secagg_round", "serve_model", "serve_secagg", "serve_update", "serve_xfer", "session_row", "wire_params"]
 

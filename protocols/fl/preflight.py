@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fognode.protocols.fl.messages import SessionSpec
-from fognode.protocols.fl.strategies.base import Strategy
+from fognode.protocols.fl.strategies.base import Strategy, param_text
 
 
 @dataclass(frozen=True)
@@ -47,4 +47,4 @@ def preflight(spec: SessionSpec, strategy: Strategy, eligible: int) -> Preflight
 def _params(spec: SessionSpec) -> str:
     if not spec.strategy_params:
         return "its default parameters"
-    return ", ".join(f"{k} = {v:g}" for k, v in sorted(spec.strategy_params.items()))
+    return ", ".join(param_text(k, v) for k, v in sorted(spec.strategy_params.items()))

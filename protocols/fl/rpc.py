@@ -75,7 +75,7 @@ class FlRpc(abc.ABC):
     @rpc_method("fl.start")
     async def start(self, task: str, rounds: int = 10, min_participants: int = 2,
                     participants: int = 5, strategy: str = "fedavg",
-                    strategy_params: dict[str, float] | None = None,
+                    strategy_params: dict[str, float | str] | None = None,
                     task_params: dict[str, float] | None = None, deadline: float = 0.0,
                     local_epochs: int = 1, lr: float = 0.01, batch_size: int = 10,
                     wire_dtype: Literal["float32", "float16"] = "float32", fallbacks: int = 2,
@@ -92,7 +92,8 @@ class FlRpc(abc.ABC):
         round within DEADLINE seconds (default from the node config). STRATEGY is fedavg,
         fedprox, fedavgm, fedadam, fedyogi, fedadagrad, qfedavg, median, trimmed_mean, krum,
         multikrum or bulyan,
-        with STRATEGY_PARAMS (e.g. {"mu": 0.1}, {"f": 1}). DP_CLIP > 0 turns on central DP with
+        with STRATEGY_PARAMS (e.g. {"mu": 0.1}, {"f": 1}; {"semantics": "flower"} for Flower's
+        variant of fedadam, fedyogi, fedadagrad and multikrum). DP_CLIP > 0 turns on central DP with
         noise multiplier DP_NOISE. SECAGG runs secure aggregation: the aggregator sees only the sum
         of the updates (mean-based strategies only; robust ones get 507). HIERARCHICAL
         aggregates per registry region first (one elected aggregator per region, then a global
@@ -112,11 +113,15 @@ class FlRpc(abc.ABC):
         if task not in self.config.tasks:
             raise RpcError(E.FL_UNKNOWN_TASK, f"task {task!r} is not enabled on this node "
                                               f"(enabled: {self.config.tasks})")
+        try:     # a choice by name ("semantics": "flower") travels as its index
+            sparams = num.wire_params(strategy, strategy_params or {})
+        except num.StrategyError as e:
+            raise RpcError(E.FL_BAD_STRATEGY, str(e)) from None
         try:
             spec = SessionSpec(
                 task=task, rounds=rounds, min_participants=min_participants,
                 participants=participants, strategy=strategy,
-                strategy_params=dict(strategy_params or {}), task_params=dict(task_params or {}),
+                strategy_params=sparams, task_params=dict(task_params or {}),
                 deadline=deadline if deadline > 0 else self.config.default_deadline,
                 local_epochs=local_epochs, lr=lr, batch_size=batch_size, wire_dtype=wire_dtype,
                 fallbacks=fallbacks, max_retries=max_retries,

@@ -6,6 +6,7 @@ reason; `fl status --follow` prints a line per round and exits with the session'
 --force."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -82,3 +83,29 @@ def test_ended_session_is_listed_kept_across_a_restart_and_exported(node_factory
     # over raw JSON-RPC a relative path is refused, naming the param
     raw = cli(coord.datadir, "call", "fl.export", f'["{sid}", "model.pt"]')
     assert raw.returncode == 1 and "must be an absolute path" in raw.stderr, raw.stderr
+
+
+def test_flower_semantics_reach_the_strategy_through_fl_start(node_factory: NodeFactory) -> None:
+    """The README's strategies table: `--strategy-params '{"semantics": "flower"}'` for fedadam
+    and the others that take it. fl.start refused it ("param 'strategy_params.semantics' must be
+    a number"), so the Flower variants the strategies implement could not be chosen. The choice
+    travels in the announcement as its index (numbers only: what every node's decoder takes)."""
+    net = node_factory(2, extra_args=["--set", "protocols.fl.tick_interval=0.1"])
+    coord, other = net.nodes
+    wait_until(lambda: any(p["peer_id"] == other.peer_id for p in coord.rpc("node.peers")), timeout=30,
+               what="the two nodes to connect")
+    params = ["--strategy", "fedadam", "--strategy-params", '{"semantics": "flower", "eta": 0.1, "tau": 0.001}']
+    started = cli(coord.datadir, "--json", "fl", "start", "synthetic", "--rounds", "1", "--min-participants", "2",
+                  "--participants", "2", "--deadline", "20", "--optin-seconds", "2", *params)
+    assert started.returncode == 0, started.stderr
+    sid = json.loads(started.stdout)["session_id"]
+    followed = subprocess.run([sys.executable, "-m", "fognode.tools.cli", "--datadir", str(coord.datadir),
+                               "fl", "status", sid, "--follow"], capture_output=True, text=True, timeout=120)
+    assert followed.returncode == 0 and "completed" in followed.stdout, followed.stdout + followed.stderr
+    # both nodes built the Flower variant: the participant joined and its status names it
+    st = other.rpc("fl.status", [sid, True])
+    assert st["state"] == "completed", st
+    bad = cli(coord.datadir, "fl", "start", "synthetic", "--strategy", "multikrum",
+              "--strategy-params", '{"semantics": "flwr"}')
+    assert bad.returncode == 1 and "error 502: multikrum: parameter 'semantics' must be one of paper, flower" \
+        in bad.stderr, bad.stderr

@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from fognode.protocols.fl.messages import PrivacyOptions
+from fognode.node.wire import Fields, pack, unpack
+from fognode.protocols.fl.messages import PrivacyOptions, SessionSpec
 from fognode.protocols.fl.strategies.base import (
     ClientUpdate, StrategyConfigError, StrategyError, check_secagg_compatible)
 from fognode.protocols.fl.strategies.qfedavg import qffl_coefficients
-from fognode.protocols.fl.strategies.registry import build_strategy, make_strategy
+from fognode.protocols.fl.strategies.registry import build_strategy, make_strategy, wire_params
 from tests.fl.harness import Sim
 from tests.fl.test_session import run, spec
 
@@ -77,8 +78,12 @@ def test_fedadagrad_flower_by_hand() -> None:
 def test_semantics_parameter_is_validated_and_carried_in_state() -> None:
     with pytest.raises(StrategyConfigError, match="'semantics' must be one of paper, flower"):
         make_strategy("fedadam", {"semantics": "flwr"})
-    with pytest.raises(StrategyConfigError, match="must be str"):
-        make_strategy("multikrum", {"semantics": 1})
+    # a session announcement carries the choice as its index (numbers only): 0 paper, 1 flower
+    assert make_strategy("multikrum", {"semantics": 1}).semantics == "flower"   # type: ignore[attr-defined]
+    assert make_strategy("fedyogi", {"semantics": 0.0}).semantics == "paper"    # type: ignore[attr-defined]
+    for bad in (2, 1.5, -1, True):
+        with pytest.raises(StrategyConfigError, match="semantics"):
+            make_strategy("multikrum", {"semantics": bad})
     a = make_strategy("fedadam", {"semantics": "flower"})
     a.aggregate(np.zeros(2, F32), [upd("a", [0.1, 0.1])])
     b = make_strategy("fedadam", {"semantics": "flower"})
@@ -215,3 +220,17 @@ def test_qfedavg_with_clipping_keeps_the_losses() -> None:
         np.ones(2, F32), ups)
     assert res.rejected == {}
     np.testing.assert_allclose(res.params, [1.0 + 4 / 33, 1.0 - 1 / 33], rtol=1e-6)
+
+
+def test_fl_start_s_semantics_travel_as_an_index_every_decoder_takes() -> None:
+    """fl.start takes "semantics": "flower"; the announcement's decoder takes numbers only (a
+    string was refused as malformed, and older nodes charge whoever relays such a message), so
+    the choice travels as its index and every node builds the same strategy from it."""
+    sparams = wire_params("fedadam", {"semantics": "flower", "eta": 0.1})
+    assert sparams == {"semantics": 1, "eta": 0.1}
+    s = spec(strategy="fedadam", strategy_params=sparams)
+    got = SessionSpec.decode(Fields(unpack(pack(s.to_wire())), "fl.SessionSpec"))
+    assert build_strategy(got).semantics == "flower" and build_strategy(got).eta == 0.1  # type: ignore[attr-defined]
+    assert wire_params("fedadam", {"eta": 0.1}) == {"eta": 0.1}
+    with pytest.raises(StrategyConfigError, match="'semantics' must be one of paper, flower, got 'flwr'"):
+        wire_params("fedadam", {"semantics": "flwr"})

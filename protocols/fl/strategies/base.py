@@ -180,6 +180,22 @@ class Strategy(abc.ABC):
 
 
 SEMANTICS = ("paper", "flower")
+# A strategy parameter that names one of a few choices. A session announcement carries numbers
+# only (its decoder, on every node since the first, refuses anything else and charges the
+# relayer), so such a parameter travels as the index of its choice (semantics: 0 paper,
+# 1 flower); `registry.wire_params` and `registry.build` translate. A node whose strategy has no
+# such parameter cannot build the strategy and does not join the session.
+CHOICE_PARAMS: dict[str, tuple[str, ...]] = {"semantics": SEMANTICS}
+
+
+def param_text(key: str, value: object) -> str:
+    """`key = value` for messages, a choice's index shown by its name."""
+    choices = CHOICE_PARAMS.get(key)
+    if (choices is not None and isinstance(value, (int, float)) and not isinstance(value, bool)
+            and float(value).is_integer() and 0 <= int(value) < len(choices)):
+        value = choices[int(value)]
+    return f"{key} = {value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else f"{key} = {value}"
 
 
 def check_semantics(strategy: str, semantics: str) -> None:

@@ -6,6 +6,8 @@ secure-aggregation options, wrapped in central DP when asked).
 A strategy's parameters are the init fields of its dataclass (types int, float, bool or str);
 "clip_norm" is accepted for every strategy and wraps it in `clipping.Clipped`. Unknown names,
 unknown parameters and wrongly typed values raise StrategyConfigError listing what is valid.
+A parameter that names a choice (`base.CHOICE_PARAMS`: "semantics") is taken by name or, as a
+session announcement carries it, by its index; `wire_params` gives the announcement's form.
 This module imports every strategy module; none of them imports it back.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Mapping
 from fognode.protocols.fl.messages import SessionSpec
 from fognode.protocols.fl.privacy.dp import DPConfig, DPStrategy
 from fognode.protocols.fl.strategies.base import (
-    Strategy, StrategyConfigError, check_secagg_compatible)
+    CHOICE_PARAMS, Strategy, StrategyConfigError, check_secagg_compatible)
 from fognode.protocols.fl.strategies.bulyan import Bulyan
 from fognode.protocols.fl.strategies.clipping import Clipped
 from fognode.protocols.fl.strategies.fedavg import FedAvg
@@ -75,11 +77,40 @@ def build(name: str, params: dict[str, Any]) -> Strategy:
     if unknown:
         raise StrategyConfigError(f"{name}: unknown parameter(s) {unknown}; valid parameters: "
                                   f"{', '.join(sorted(allowed)) or 'none'}")
+    params = {k: _choice_name(name, k, v) if k in CHOICE_PARAMS and k in types else v
+              for k, v in params.items()}
     kwargs = {k: _coerce(name, k, types[k], v) for k, v in params.items() if k in types}
     strategy: Strategy = cls(**kwargs)
     if "clip_norm" in params:
         strategy = Clipped(strategy, _coerce(name, "clip_norm", float, params["clip_norm"]))
     return strategy
+
+
+def _choice_name(strategy: str, key: str, value: Any) -> Any:
+    """A choice parameter's index (as announcements carry it) -> its name; a name is kept
+    (the strategy checks it)."""
+    choices = CHOICE_PARAMS[key]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not (math.isfinite(float(value)) and float(value).is_integer() and 0 <= int(value) < len(choices)):
+            raise StrategyConfigError(f"{strategy}: parameter {key!r} must be one of "
+                                      f"{', '.join(f'{c} ({i})' for i, c in enumerate(choices))}, got {value!r}")
+        return choices[int(value)]
+    return value
+
+
+def wire_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` as a session announcement carries them: a choice given by name (from fl.start:
+    "semantics": "flower") becomes its index. Raises StrategyConfigError for a name that is not
+    one of the choices; other values are left to the announcement's decoder and `build`."""
+    out = dict(params)
+    for key, choices in CHOICE_PARAMS.items():
+        value = out.get(key)
+        if isinstance(value, str):
+            if value not in choices:
+                raise StrategyConfigError(f"{name}: parameter {key!r} must be one of "
+                                          f"{', '.join(choices)}, got {value!r}")
+            out[key] = choices.index(value)
+    return out
 
 
 def make_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strategy:
