@@ -347,9 +347,10 @@ class MarketRole(Role):
         secs = seconds or self.config.job_deadline
         if not 10 <= secs <= 30 * 86_400:
             raise RpcError(E.BAD_REQUEST, "seconds must be between 10 and 2592000")
+        amount = _amount(budget, "budget")   # a bad budget is error 304, not a failed payment (307)
         try:
             return await self.service.run_tasks(job, providers=providers, replication=replication,
-                                                budget=_amount(budget, "budget"), seconds=secs,
+                                                budget=amount, seconds=secs,
                                                 constraints=filter, auction=auction,
                                                 progress=progress)
         except ConstraintError as e:
@@ -440,8 +441,9 @@ class MarketRole(Role):
             raise RpcError(E.BAD_REQUEST, "penalty must not exceed the collateral it is taken from")
         sla = SLA(uptime_bp=round(uptime * 100), max_response_ms=max_response_ms, penalty=pen,
                   collateral=col, window=window)
+        amount = _amount(budget, "budget")   # a bad budget is error 304, not a failed payment (307)
         try:
-            c = await self.services.start(service=service, budget=_amount(budget, "budget"), seconds=seconds,
+            c = await self.services.start(service=service, budget=amount, seconds=seconds,
                                           units=gb_hours, sla=sla, constraints=filter)
         except ConstraintError as e:
             raise RpcError(E.BAD_FILTER, str(e)) from None
