@@ -60,6 +60,21 @@ class LedgerConfig:
     uptime_interval: float = 10.0    # seconds between samples of connected peers (uptime receipts)
     uptime_claims: bool = True       # claim this node's uptime reward after each epoch
 
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad key. Called when node.toml is loaded, so a bad
+        value stops the daemon before it starts (it used to fail only the ledger role)."""
+        for name in ("batch_interval", "sync_interval", "request_timeout", "retry_interval", "send_timeout",
+                     "uptime_interval"):
+            value = getattr(self, name)
+            if not 0.01 <= value <= 86400:
+                raise ConfigError(f"must be between 0.01 and 86400 seconds, got {value}", key=f"protocols.ledger.{name}")
+        if not 0 <= self.hedge_delay <= 86400:
+            raise ConfigError(f"must be between 0 (ask every validator at once) and 86400 seconds, got "
+                              f"{self.hedge_delay}", key="protocols.ledger.hedge_delay")
+        for name in ("batch_max", "sync_batch"):    # 0 gossiped / synced no certificate at all
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be at least 1, got {getattr(self, name)}", key=f"protocols.ledger.{name}")
+
 
 class LedgerRole(PoolRpc, Role):
     """Token ledger replica, validator (when in the committee) and wallets."""
@@ -71,14 +86,7 @@ class LedgerRole(PoolRpc, Role):
 
     def __init__(self, ctx: NodeContext, config: LedgerConfig) -> None:
         super().__init__(ctx, config)
-        for name in ("batch_interval", "sync_interval", "request_timeout", "retry_interval", "send_timeout",
-                     "uptime_interval"):
-            value = getattr(config, name)
-            if not 0.01 <= value <= 86400:
-                raise ConfigError(f"must be between 0.01 and 86400 seconds, got {value}", key=f"protocols.ledger.{name}")
-        if not 0 <= config.hedge_delay <= 86400:
-            raise ConfigError(f"must be between 0 (ask every validator at once) and 86400 seconds, got "
-                              f"{config.hedge_delay}", key="protocols.ledger.hedge_delay")
+        config.validate()
         self.service: LedgerService | None = None
         self.failure: str = ""     # why the ledger stopped (a storage failure), kept after run() ends
         self.votes = VoteWatch(after=2 * config.request_timeout + 2 * config.sync_interval)

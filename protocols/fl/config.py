@@ -35,6 +35,11 @@ class FlConfig:
     task_process_at_start: bool = False   # start the task process and import torch when the
                                           # role starts, not at the first session's announcement
 
+    def validate(self) -> None:
+        """Called when node.toml is loaded, so a bad value stops the daemon naming the file and
+        the key (it used to fail only the fl role, the daemon running on without it)."""
+        validate(self)
+
 
 def validate(config: FlConfig) -> None:
     """Refuse values the role cannot run with (ConfigError naming the key)."""
