@@ -2,7 +2,8 @@
 naming the key, as every other section's bad value does (README, Configuration). Before, the
 two roles checked their config only when they were built: the daemon started, logged `role fl
 failed and will not be restarted` and ran on without the role; a ledger `batch_max` or
-`sync_batch` of 0 was not refused at all (no certificate gossiped, or none synced)."""
+`sync_batch` of 0 was not refused at all (no certificate gossiped, or none synced), nor an FL
+task name that no installed task has (the node opted out of every session of that task)."""
 from __future__ import annotations
 
 import os
@@ -27,6 +28,9 @@ def datadir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("protocols.fl.chunk_size=512", "protocols.fl.chunk_size: must be between 1024 and 4194304"),
     ("protocols.fl.training_nice=20", "protocols.fl.training_nice: must be between 0 and 19"),
     ("protocols.fl.transfer_session_idle=300", "protocols.fl.transfer_session_idle: must be between 0 and 240"),
+    ("protocols.fl.tasks=synthetic,sythetic_mlp",
+     "protocols.fl.tasks: no installed FL task 'sythetic_mlp'; installed (entry points of fognode.fl_tasks): "
+     "synthetic, synthetic_mlp"),
     ("protocols.ledger.sync_interval=0", "protocols.ledger.sync_interval: must be between 0.01 and 86400"),
     ("protocols.ledger.batch_max=0", "protocols.ledger.batch_max: must be at least 1, got 0"),
     ("protocols.ledger.sync_batch=0", "protocols.ledger.sync_batch: must be at least 1, got 0"),

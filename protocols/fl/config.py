@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 
 from fognode.node.errors import ConfigError
 from fognode.protocols.fl.messages import MAX_COORDINATORS
@@ -54,3 +55,10 @@ def validate(config: FlConfig) -> None:
                           key="protocols.fl.transfer_session_idle")
     if not 0 <= config.training_nice <= 19:
         raise ConfigError("must be between 0 and 19", key="protocols.fl.training_nice")
+    # the group of protocols/fl/tasks (ENTRY_POINT_GROUP; not imported here: it imports numpy)
+    installed = {ep.name for ep in entry_points(group="fognode.fl_tasks")}
+    unknown = [t for t in config.tasks if t not in installed]
+    if unknown:   # a typo made the node silently opt out of every session of that task
+        raise ConfigError(f"no installed FL task {unknown[0]!r}; installed (entry points of "
+                          f"fognode.fl_tasks): {', '.join(sorted(installed)) or 'none'}",
+                          key="protocols.fl.tasks")
