@@ -3,7 +3,9 @@ naming the key, as every other section's bad value does (README, Configuration).
 two roles checked their config only when they were built: the daemon started, logged `role fl
 failed and will not be restarted` and ran on without the role; a ledger `batch_max` or
 `sync_batch` of 0 was not refused at all (no certificate gossiped, or none synced), nor an FL
-task name that no installed task has (the node opted out of every session of that task)."""
+task name that no installed task has (the node opted out of every session of that task), nor an
+FL tick_interval of 0 (the role's tick loop took a whole core: 15 CPU-s in 15 s, against 1.5 s
+at the default 0.25), a stream_timeout of 0 or aggregation_threads of 0."""
 from __future__ import annotations
 
 import os
@@ -31,6 +33,9 @@ def datadir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("protocols.fl.tasks=synthetic,sythetic_mlp",
      "protocols.fl.tasks: no installed FL task 'sythetic_mlp'; installed (entry points of fognode.fl_tasks): "
      "synthetic, synthetic_mlp"),
+    ("protocols.fl.tick_interval=0", "protocols.fl.tick_interval: must be between 0.01 and 60 seconds"),
+    ("protocols.fl.stream_timeout=0", "protocols.fl.stream_timeout: must be between 0.1 and 86400 seconds"),
+    ("protocols.fl.aggregation_threads=0", "protocols.fl.aggregation_threads: must be between 1 and 256"),
     ("protocols.ledger.sync_interval=0", "protocols.ledger.sync_interval: must be between 0.01 and 86400"),
     ("protocols.ledger.batch_max=0", "protocols.ledger.batch_max: must be at least 1, got 0"),
     ("protocols.ledger.sync_batch=0", "protocols.ledger.sync_batch: must be at least 1, got 0"),

@@ -55,6 +55,18 @@ def validate(config: FlConfig) -> None:
                           key="protocols.fl.transfer_session_idle")
     if not 0 <= config.training_nice <= 19:
         raise ConfigError("must be between 0 and 19", key="protocols.fl.training_nice")
+    for key, lo, hi in (("tick_interval", 0.01, 60.0), ("republish_interval", 0.1, 3600.0),
+                        ("stream_timeout", 0.1, 86_400.0), ("default_deadline", 0.1, 86_400.0),
+                        ("optin_seconds", 0.0, 3600.0)):   # the deadline and opt-in of fl.start's spec
+        v = getattr(config, key)
+        if not lo <= v <= hi:   # a tick of 0 spun the event loop; a timeout of 0 failed every transfer
+            raise ConfigError(f"must be between {lo:g} and {hi:g} seconds, got {v!r}", key=f"protocols.fl.{key}")
+    if not 4 * 1024 <= config.max_model_bytes <= 1 << 40:
+        raise ConfigError(f"must be between 4096 and 2^40 bytes, got {config.max_model_bytes}",
+                          key="protocols.fl.max_model_bytes")
+    if not 1 <= config.aggregation_threads <= 256:
+        raise ConfigError(f"must be between 1 and 256, got {config.aggregation_threads}",
+                          key="protocols.fl.aggregation_threads")
     # the group of protocols/fl/tasks (ENTRY_POINT_GROUP; not imported here: it imports numpy)
     installed = {ep.name for ep in entry_points(group="fognode.fl_tasks")}
     unknown = [t for t in config.tasks if t not in installed]
