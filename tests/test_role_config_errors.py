@@ -37,8 +37,8 @@ def datadir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("protocols.fl.stream_timeout=0", "protocols.fl.stream_timeout: must be between 0.1 and 86400 seconds"),
     ("protocols.fl.aggregation_threads=0", "protocols.fl.aggregation_threads: must be between 1 and 256"),
     ("protocols.ledger.sync_interval=0", "protocols.ledger.sync_interval: must be between 0.01 and 86400"),
-    ("protocols.ledger.batch_max=0", "protocols.ledger.batch_max: must be at least 1, got 0"),
-    ("protocols.ledger.sync_batch=0", "protocols.ledger.sync_batch: must be at least 1, got 0"),
+    ("protocols.ledger.batch_max=0", "protocols.ledger.batch_max: must be between 1 and 1000000, got 0"),
+    ("protocols.ledger.sync_batch=0", "protocols.ledger.sync_batch: must be between 1 and 1000000, got 0"),
 ])
 def test_a_bad_fl_or_ledger_value_stops_the_daemon_naming_the_key(
         datadir: Path, setting: str, message: str) -> None:
