@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +133,32 @@ def test_a_bad_value_from_a_flag_or_env_var_names_it_not_the_file(tmp_path: Path
     bad = write(tmp_path, "[overlay]\nlisten = ['garbage']\n")
     with pytest.raises(ConfigError, match=rf"^{bad}: overlay\.listen: 'garbage'"):
         load_config(bad, roles=roles(), environ={}, overrides=[("node.region", "x", "--region")])
+
+
+@pytest.mark.parametrize(("env", "argv", "origin"), [
+    ({"FOGNODE_OVERLAY_PEERS_LOW": "40"}, [], "env FOGNODE_OVERLAY_PEERS_LOW: overlay.peers_low: 40 is above"),
+    ({"FOGNODE_PROTOCOLS_MONITOR_PORT": "70000"}, [],
+     "env FOGNODE_PROTOCOLS_MONITOR_PORT: protocols.monitor.port: port 70000 is out of range"),
+    ({}, ["--set", "overlay.listen=/ip4/1.2.3/tcp/1"],
+     "--set overlay.listen=/ip4/1.2.3/tcp/1: overlay.listen: '/ip4/1.2.3/tcp/1' is not a valid multiaddr"),
+    ({}, ["--metrics-port", "70000"], "--metrics-port: protocols.monitor.port: port 70000 is out of range"),
+])
+def test_a_value_a_section_refuses_names_the_variable_or_flag_that_set_it(
+        tmp_path: Path, env: dict[str, str], argv: list[str], origin: str) -> None:
+    """`fognode run` (a real process): a value refused by a section's own check (a range, a
+    multiaddr, peers_low <= peers_high) names the variable or flag it came from, not the file,
+    which holds another value (it named <datadir>/node.toml for all of them)."""
+    d = tmp_path / "d"
+    base = {**os.environ, "FOGNODE_PASSPHRASE": ""}
+    run = [sys.executable, "-m", "fognode.tools.fognode"]
+    subprocess.run([*run, "init", "--datadir", str(d)], env=base, check=True, capture_output=True, timeout=60)
+    p = subprocess.run([*run, "run", "--datadir", str(d), *argv], env={**base, **env},
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert f"fognode: error: {origin}" in p.stderr, p.stderr
+
+
+def test_a_value_the_file_sets_is_still_blamed_on_the_file(tmp_path: Path) -> None:
+    p = write(tmp_path, "[overlay]\npeers_low = 40\n")
+    with pytest.raises(ConfigError, match=rf"^{p}: overlay\.peers_low: 40 is above peers_high \(32\)$"):
+        load_config(p, roles=roles(), environ={})
