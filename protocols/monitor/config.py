@@ -1,6 +1,7 @@
 """The monitor's settings: `[protocols.monitor]` in node.toml."""
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,13 @@ class MonitorConfig:
         return parse_rules(self.alerts, BY_NAME)
 
     def validate(self, source: str) -> None:
+        if self.host != "localhost":
+            try:
+                ipaddress.ip_address(self.host)
+            except ValueError:
+                raise ConfigError(f"must be an IP address to listen on (127.0.0.1, 0.0.0.0, ::) or "
+                                  f"localhost, got {self.host!r}", source=source,
+                                  key="protocols.monitor.host") from None
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range 0-65535", source=source,
                               key="protocols.monitor.port")

@@ -162,3 +162,14 @@ def test_a_value_the_file_sets_is_still_blamed_on_the_file(tmp_path: Path) -> No
     p = write(tmp_path, "[overlay]\npeers_low = 40\n")
     with pytest.raises(ConfigError, match=rf"^{p}: overlay\.peers_low: 40 is above peers_high \(32\)$"):
         load_config(p, roles=roles(), environ={})
+
+
+def test_the_metrics_host_must_be_an_address_to_listen_on() -> None:
+    """`protocols.monitor.host = "notanip"` started the daemon without its monitor role ("cannot
+    be bound: Name or service not known; choose another port"): now refused at load, naming it."""
+    with pytest.raises(ConfigError, match=r"^--set protocols.monitor.host=notanip: protocols\.monitor\.host: must be an IP"):
+        load_config(None, roles=roles(), environ={},
+                    overrides=[("protocols.monitor.host", "notanip", "--set protocols.monitor.host=notanip")])
+    for ok in ("127.0.0.1", "0.0.0.0", "::", "::1", "localhost"):
+        assert load_config(None, roles=roles(), environ={},
+                           overrides=[("protocols.monitor.host", ok, "--set")]).protocols["monitor"].config.host == ok
