@@ -20,7 +20,8 @@ from typing import Callable
 
 from nacl.signing import SigningKey
 
-from fognode.ledger.errors import OrderRejected
+from fognode.ledger.amounts import format_amount
+from fognode.ledger.errors import OrderRejected, Reason
 from fognode.ledger.escrow import Escrow, time_problem
 from fognode.ledger.escrow_orders import (BreachReport, DebitNote, EscrowCollateralOrder, EscrowOpenOrder,
                                           EscrowOrder, EscrowPayoutOrder, EscrowRefundOrder, EscrowSlashOrder,
@@ -104,8 +105,19 @@ class EscrowClient:
             amount=amount), escrow, timeout)
 
     async def sign_debit_note(self, escrow: bytes, due: int, *, wallet: bytes | None = None) -> DebitNote:
-        """The customer's signature on `due` micro-units owed in total under `escrow`."""
+        """The customer's signature on `due` micro-units owed in total under `escrow`. Refused
+        (OrderRejected, bad_debit_note) when this replica holds the escrow and the note could
+        never be paid: the wallet is not its customer, or `due` is over the escrowed amount
+        (the validators refuse such a note only when the payee presents it). An escrow this
+        replica does not hold yet is signed for as asked."""
         key = await self.submitter.unlock_wallet(wallet or self.submitter.default_wallet())
+        e = self.escrow(escrow)
+        if e is not None and e.customer != bytes(key.verify_key):
+            raise OrderRejected(Reason.BAD_DEBIT_NOTE, "this wallet is not the escrow's customer: "
+                                                       "only the customer signs its debit notes")
+        if e is not None and due > e.amount:
+            raise OrderRejected(Reason.BAD_DEBIT_NOTE, f"due {format_amount(due)} is over the "
+                                                       f"{format_amount(e.amount)} the escrow holds")
         return DebitNote.sign(key, escrow, due)
 
     async def pay_debit_note(self, note: DebitNote, *, wallet: bytes | None = None,

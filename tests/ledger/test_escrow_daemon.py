@@ -59,6 +59,13 @@ def test_open_pay_refund_on_a_real_daemon(node: DevnetNode) -> None:
     assert opened["status"] == "final" and opened["kind"] == "escrow_open" and opened["amount"] == "100"
     note30 = n.rpc("escrow.note", [escrow, "30"])["note"]
     note45 = n.rpc("escrow.note", [escrow, "45"])["note"]
+    # a note that could never be paid is refused when it is asked for, not when it is presented
+    with pytest.raises(RpcError) as e:
+        n.rpc("escrow.note", [escrow, "1000"])
+    assert e.value.code == LEDGER_BAD_DEBIT_NOTE and "due 1000 is over the 100 the escrow holds" in str(e.value)
+    with pytest.raises(RpcError) as e:
+        n.rpc("escrow.note", {"escrow": escrow, "due": "1", "wallet": payee})
+    assert e.value.code == LEDGER_BAD_DEBIT_NOTE and "not the escrow's customer" in str(e.value)
     paid = n.rpc("escrow.pay", {"note": note30, "wallet": payee})
     assert paid["status"] == "final" and paid["escrow_sequence"] == 1 and paid["due"] == "30"
     # the customer cannot collect, a paid note pays nothing twice, the refund waits for the deadline
