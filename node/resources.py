@@ -162,7 +162,7 @@ class ResourceGate:
 
     # -- reporting ----------------------------------------------------------------------------
 
-    def _warn(self, kind: str, peer: str, msg: str, *args: Any) -> None:
+    def _warn(self, kind: str, peer: str, msg: str, *args: Any, level: int = logging.WARNING) -> None:
         now = time.monotonic()
         key = (kind, peer)
         if now - self._warned.get(key, -WARN_INTERVAL) < WARN_INTERVAL:
@@ -170,7 +170,7 @@ class ResourceGate:
         if len(self._warned) > 4096:
             self._warned = {k: t for k, t in self._warned.items() if now - t < WARN_INTERVAL}
         self._warned[key] = now
-        log.warning(msg, *args)
+        log.log(level, msg, *args)
 
     def refused(self, why: Refusal, peer: str, what: str) -> None:
         """Count a refusal and warn (at most once per WARN_INTERVAL per peer and reason)."""
@@ -180,9 +180,12 @@ class ResourceGate:
 
     def deadline_missed(self, phase: Wait, peer: str, protocol: str, what: str) -> None:
         """Count a stream reset for a missed deadline (`what` says which) and warn
-        (rate-limited)."""
+        (rate-limited). A stream idle between whole frames is logged at INFO: honest peers
+        keep long-lived request streams (the ledger's order streams) and open a new one after
+        the reset, so that is housekeeping, not a stall."""
         self.m_deadlines.labels(phase.value).inc()
-        self._warn(phase.value, peer, "stream %s from %s: %s; stream reset", protocol, peer, what)
+        self._warn(phase.value, peer, "stream %s from %s: %s; stream reset", protocol, peer, what,
+                   level=logging.INFO if phase is Wait.IDLE else logging.WARNING)
 
     # -- streams ------------------------------------------------------------------------------
 
