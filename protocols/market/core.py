@@ -41,6 +41,7 @@ from collections import OrderedDict
 
 from nacl.signing import SigningKey
 
+from fognode.ledger.amounts import format_amount
 from fognode.node.errors import RemoteProtocolError
 from fognode.node.wire import digest, unpack
 from fognode.protocols.market.actions import (Action, AuctionClosed, Concluded, Publish, Refused,
@@ -162,12 +163,24 @@ class MarketCore:
         matches = [m for m in self.matcher.match(demand, now, limit=demand.replication + 1)
                    if m.offer.provider != self.pubkey][:demand.replication]   # not ourselves
         if len(matches) < demand.replication:
-            raise MarketError(f"{len(matches)} offer(s) match within the budget, "
-                              f"{demand.replication} needed")
+            raise MarketError(self._no_match(demand, len(matches), now))
         out: list[Action] = []
         for m in matches:
             out += self._negotiate(demand, m.offer, sla, debit_interval, now)
         return out
+
+    def _no_match(self, demand: Demand, matched: int, now: float) -> str:
+        """Why `demand` matched `matched` offers, fewer than it needs: too few pass its filter,
+        or the budget (split evenly between the replicas) is short of the offers' prices."""
+        n = demand.replication
+        costs = self.matcher.costs_beyond_budget(demand, now, exclude=self.pubkey)
+        head = f"{matched} offer(s) match within the budget, {n} needed"
+        if len(costs) < n:
+            return (f"{head}: only {len(costs)} offer(s) of other providers pass the filter and price "
+                    f"what the demand uses")
+        return (f"{head}: the budget gives each of the {n} replica(s) {format_amount(demand.per_replica_budget)}, "
+                f"and the {n} cheapest offers cost {format_amount(costs[n - 1])} at most for this usage "
+                f"(a budget of {format_amount(costs[n - 1] * n)} would do; or ask for less)")
 
     def open_auction(self, demand: Demand, *, sla: SLA, debit_interval: int,
                      now: float) -> list[Action]:

@@ -243,6 +243,22 @@ class Matcher:
             return []
         return self._rank(demand.service, cols, idx, costs, now, limit)
 
+    def costs_beyond_budget(self, demand: Demand, now: float, *, exclude: bytes) -> list[int]:
+        """What one replica would cost at each live offer that passes `demand`'s filter and
+        prices every unit it uses, whatever its budget, cheapest first (providers `exclude`d:
+        the customer's own): why a demand matched too few offers. Off the hot path."""
+        import numpy as np
+
+        cols = self.columns(demand.service, now)
+        if cols.n == 0:
+            return []
+        mask = cols.mask(demand.filter.root) & (cols.valid_until > now) & ~cols.dead
+        for unit, qty in demand.usage:
+            if qty:
+                mask &= cols.has_price[unit]
+        offers = [cols.offers[i] for i in np.flatnonzero(mask)]
+        return sorted(c for o in offers if o.provider != exclude and (c := demand.cost(o)) is not None)
+
     def _rank(self, service: str, cols: Columns, idx: np.ndarray, costs: np.ndarray, now: float,
               limit: int | None) -> list[Match]:
         """`costs` are exact (int64, or Python ints in an object array)."""

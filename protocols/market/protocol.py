@@ -69,6 +69,13 @@ def _amount(text: str, what: str, *, allow_zero: bool = False) -> int:
         raise RpcError(E.BAD_REQUEST, f"{what}: {e}") from None
 
 
+def _ranges(*checks: tuple[str, float, float, float, str]) -> None:
+    """BAD_REQUEST naming the first parameter (name, value, low, high, unit) out of its range."""
+    for name, value, lo, hi, unit in checks:
+        if not lo <= value <= hi:
+            raise RpcError(E.BAD_REQUEST, f"{name} must be {lo:,}..{hi:,}{unit}, got {value:,.15g}")
+
+
 def read_module(path: str) -> bytes:
     """A module file: binary WASM as is, `.wat` text compiled by wasmtime (RpcError BAD_REQUEST
     naming the problem). Anything else is sent as is: the provider reports invalid_module."""
@@ -282,8 +289,7 @@ class MarketRole(Role):
         for unit, v in (("cpu_s", price_cpu_s), ("gb_h", price_gb_h)):
             if v is not None:
                 prices[unit] = _amount(v, f"price_{unit}", allow_zero=True)
-        if not 0 <= uptime <= 100 or not 60 <= ttl <= 7 * 86_400:
-            raise RpcError(E.BAD_REQUEST, "uptime must be 0..100 % and ttl 60..604800 s")
+        _ranges(("uptime", uptime, 0, 100, " %"), ("ttl", ttl, 60, 7 * 86_400, " s"))
         self._follow_harvest()
         refusal = self.gate.refusal()
         if refusal is not None:
@@ -433,10 +439,8 @@ class MarketRole(Role):
         if service not in SERVICE_TYPES:
             raise RpcError(E.BAD_REQUEST, f"service must be one of {', '.join(SERVICE_TYPES)}")
         pen, col = _amount(penalty, "penalty", allow_zero=True), _amount(collateral, "collateral", allow_zero=True)
-        if not (0 <= uptime <= 100 and 1 <= max_response_ms <= 3_600_000 and 1 <= window <= 86_400
-                and 10 <= seconds <= 30 * 86_400 and 1 <= gb_hours <= 10**12):
-            raise RpcError(E.BAD_REQUEST, "uptime must be 0..100 %, max_response_ms 1..3600000, window "
-                                          "1..86400 s, seconds 10..2592000 and gb_hours 1..10^12")
+        _ranges(("uptime", uptime, 0, 100, " %"), ("max_response_ms", max_response_ms, 1, 3_600_000, " ms"),
+                ("window", window, 1, 86_400, " s"), ("seconds", seconds, 10, 30 * 86_400, " s"), ("gb_hours", gb_hours, 1, 10**12, ""))
         if col and pen > col:
             raise RpcError(E.BAD_REQUEST, "penalty must not exceed the collateral it is taken from")
         sla = SLA(uptime_bp=round(uptime * 100), max_response_ms=max_response_ms, penalty=pen,

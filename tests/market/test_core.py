@@ -80,9 +80,26 @@ def test_request_matches_negotiates_and_both_sides_agree() -> None:
     slow.cores["cust"].request(d1, sla=SLA(), debit_interval=60, now=NOW)   # never delivered
     with pytest.raises(MarketError, match="already open"):
         slow.cores["cust"].request(d1, sla=SLA(), debit_interval=60, now=NOW)
-    with pytest.raises(MarketError, match="0 offer"):
+    with pytest.raises(MarketError, match="0 offer.*only 0 offer.*pass the filter"):
         net.cores["cust"].request(demand(net.keys["cust"], "(cores>=64)", id="d2"),
                                   sla=SLA(), debit_interval=60, now=NOW + 2)
+
+
+def test_a_demand_short_of_budget_is_told_what_the_offers_cost() -> None:
+    """'0 offer(s) match within the budget, 2 needed' said nothing of why: the refusal now gives
+    each replica's share of the budget and what the offers cost for the usage asked."""
+    net = Net(["cust", "p1", "p2", "p3"])
+    for name, price in [("p1", 20), ("p2", 15), ("p3", 30)]:
+        net.offer(name, price)
+    short = demand(net.keys["cust"], usage={"fuel": 100}, budget=3000, replication=2)   # 1500 each
+    with pytest.raises(MarketError) as e:
+        net.cores["cust"].request(short, sla=SLA(), debit_interval=60, now=NOW + 1)
+    # the 2 cheapest cost 1500 and 2000 micro-units: a budget of 4000 would do
+    assert str(e.value) == ("1 offer(s) match within the budget, 2 needed: the budget gives each of the 2 "
+                            "replica(s) 0.0015, and the 2 cheapest offers cost 0.002 at most for this usage "
+                            "(a budget of 0.004 would do; or ask for less)")
+    net.cores["cust"].request(demand(net.keys["cust"], usage={"fuel": 100}, budget=4000, replication=2,
+                                     id="d3"), sla=SLA(), debit_interval=60, now=NOW + 1)
 
 
 def test_reverse_auction() -> None:

@@ -32,3 +32,14 @@ def test_a_bad_budget_is_a_bad_parameter_naming_it(node_factory: Any, tmp_path: 
             node.rpc(method, params)
         assert e.value.code == E.BAD_REQUEST, (method, params["budget"], e.value.code, str(e.value))
         assert str(e.value).startswith("budget: "), (method, str(e.value))
+    # a parameter out of its range is named alone, with its range and value (one sentence listed
+    # every range of market.service before)
+    for method, params, said in [
+        ("market.service", {"service": "fog.hosting", "budget": "5", "seconds": 600, "uptime": 101},
+         "uptime must be 0..100 %, got 101"),
+        ("market.service", {"service": "fog.hosting", "budget": "5", "seconds": 5}, "seconds must be 10..2,592,000 s, got 5"),
+        ("market.offer", {"price": "1", "ttl": 30}, "ttl must be 60..604,800 s, got 30"),
+    ]:
+        with pytest.raises(RpcError) as e:
+            node.rpc(method, params)
+        assert e.value.code == E.BAD_REQUEST and str(e.value) == said, (method, str(e.value))
