@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,10 @@ class MonitorConfig:
         if not 0 <= self.anomaly_cooldown <= 86400:
             raise ConfigError("must be between 0 and 86400 seconds", source=source,
                               key="protocols.monitor.anomaly_cooldown")
+        if self.alert_hook and shutil.which(self.alert_hook[0]) is None:
+            raise ConfigError(f"program {self.alert_hook[0]!r} is not an executable file, nor one on PATH "
+                              f"(the hook runs it directly, with no shell)", source=source,
+                              key="protocols.monitor.alert_hook")
         if not 0.1 <= self.alert_hook_timeout <= 3600:
             raise ConfigError("must be between 0.1 and 3600 seconds", source=source,
                               key="protocols.monitor.alert_hook_timeout")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -173,3 +174,13 @@ def test_the_metrics_host_must_be_an_address_to_listen_on() -> None:
     for ok in ("127.0.0.1", "0.0.0.0", "::", "::1", "localhost"):
         assert load_config(None, roles=roles(), environ={},
                            overrides=[("protocols.monitor.host", ok, "--set")]).protocols["monitor"].config.host == ok
+
+
+def test_an_alert_hook_whose_program_is_missing_is_refused_at_load(tmp_path: Path) -> None:
+    """It was found out at the first alert ("alert hook ... could not be started")."""
+    with pytest.raises(ConfigError, match=r"protocols\.monitor\.alert_hook: program 'no-such-notifier' is not"):
+        load_config(None, roles=roles(), environ={},
+                    overrides=[("protocols.monitor.alert_hook", '["no-such-notifier", "--team", "ops"]', "--set")])
+    for ok in (sys.executable, "true"):
+        assert load_config(None, roles=roles(), environ={}, overrides=[
+            ("protocols.monitor.alert_hook", json.dumps([ok, "-c", "pass"]), "--set")]).protocols["monitor"].config.alert_hook[0] == ok
