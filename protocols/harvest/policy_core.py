@@ -345,6 +345,9 @@ class PolicyCore:
             if backoff is not None and now < backoff:
                 resume_not_before = max(resume_not_before or backoff, backoff)
             details = tuple(f"{x.value}: {found[x]}" for x in reasons)
+            if not reasons and resume_not_before is not None and now < resume_not_before:
+                details = (f"no reason left; held by min_suspend_s ({p.min_suspend_s:g} s after a "
+                           f"sensor's suspension): resumes in {resume_not_before - now:.0f} s",)
             shown = reasons
         else:
             resume_not_before = None

@@ -149,6 +149,18 @@ def test_owner_load_trace_suspends_for_the_build_only() -> None:
     assert ev[2] == (max(after, busy[0] + 60), "resume") and len(ev) == 3
 
 
+def test_a_suspension_with_no_reason_left_says_what_holds_it() -> None:
+    """Its reasons and details were empty while min_suspend_s held it; only resume_not_before
+    hinted why."""
+    core = running_core(HarvestPolicy(min_run_s=0, min_suspend_s=60))
+    assert core.tick(10, at(owner_cpu_pct=95.0, user_idle_s=10.0)).reasons == (R.OWNER_BUSY,)
+    d = core.tick(20, BASE)
+    assert d.state is HarvestState.SUSPENDED and d.reasons == ()
+    assert d.details == ("no reason left; held by min_suspend_s (60 s after a sensor's suspension): "
+                         "resumes in 50 s",)
+    assert core.tick(70, BASE).state is HarvestState.RUNNING
+
+
 def test_owner_load_near_the_in_use_threshold_is_held_by_the_dwell() -> None:
     """User active (threshold 25 %), load jittering 13..27 %: soft reason, so min_run_s holds it
     back after a resume and min_suspend_s after a suspend: edges at least 30 s apart."""
