@@ -24,6 +24,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from fognode.ledger.amounts import format_amount
 from fognode.protocols.market.messages import Offer
 
 REFERENCE_UNIT = {"compute.wasm": "fuel", "storage": "gb_h", "fog.hosting": "gb_h"}
@@ -55,6 +56,15 @@ class MarketStats:
 
     def to_json(self) -> dict[str, object]:
         return dict(self.__dict__)
+
+    def to_rpc(self) -> dict[str, object]:
+        """As `market.stats` shows it: the prices in tokens per `unit`, as offers show theirs
+        (p10..p90 and the EWMA are micro-units here; they sat beside token prices)."""
+        out = self.to_json()
+        for k in ("p10", "p50", "p90", "ewma"):
+            v = out[k]
+            out[k] = None if v is None else format_amount(round(v))  # type: ignore[call-overload]
+        return out
 
 
 @dataclass

@@ -495,6 +495,6 @@ class MarketRole(Role):
                for o, _ in self.core.own.values()
                if o.service == service
                and (base := self.core.base_prices.get(o.id, dict(o.prices)).get(unit)) is not None]
-        return {**st.to_json(), "pricing": self.config.pricing, "unit": unit, "own_offers": own,
+        return {**st.to_rpc(), "pricing": self.config.pricing, "unit": unit, "own_offers": own,
                 "contracts": len(self.contracts.all()),
                 "offers_known": len(self.core.book), "refused": dict(self.service.refused)}

@@ -33,6 +33,9 @@ def test_stats_supply_demand_fill_percentiles() -> None:
     assert (s.supply, s.supply_cores, s.demand, s.agreements) == (10, 20, 4, 1)
     assert s.fill_ratio == 0.25 and (s.p10, s.p50, s.p90) == (10, 50, 90) and s.unit == "fuel"
     assert s.ewma == 30.0
+    # market.stats shows them in tokens, as offers' prices are (they were micro-units there)
+    shown = s.to_rpc()
+    assert (shown["p10"], shown["p50"], shown["p90"], shown["ewma"]) == ("0.00001", "0.00005", "0.00009", "0.00003")
     later = pt.stats(_offers(), "eu-west", "compute.wasm", NOW + 106)
     assert (later.demand, later.agreements, later.fill_ratio) == (0, 0, 0.0)   # out of the window
     st = pt.stats(_offers(), "eu-west", "storage", NOW)
