@@ -69,14 +69,16 @@ class Contract:
         other = self.terms.provider if self.role == "customer" else self.terms.customer
         return peer_id_from_pubkey(other)
 
-    def view(self) -> dict[str, Any]:
+    def view(self, paid: int | None = None) -> dict[str, Any]:
+        """The contract for RPC; `paid`: what its escrow paid out as the ledger holds it, when
+        the caller read it (this record of a customer learns it only at settlement)."""
         t = self.terms
         return {"id": self.id.hex(), "role": self.role, "peer": self.peer, "state": self.state,
                 "service": t.service, "offer": t.offer, "prices": {u: format_amount(p) for u, p in t.prices},
                 "max_total": format_amount(t.max_total), "deadline": t.deadline,
                 "debit_interval": t.debit_interval, "escrow": self.escrow.hex() if self.escrow else None,
                 "tasks": self.tasks, "fuel": self.fuel, "due": format_amount(self.due),
-                "paid": format_amount(self.paid),
+                "paid": format_amount(self.paid if paid is None else max(paid, self.paid)),
                 "refunded": format_amount(self.refunded) if self.refunded is not None else None,
                 "detail": self.detail, "noted": format_amount(self.note_due),
                 "collateral": format_amount(self.collateral),

@@ -424,7 +424,7 @@ class MarketRole(Role):
     async def rpc_contract(self, id: str) -> dict[str, Any]:
         """Contract ID (a hex prefix of the agreement id): terms, escrow, tasks, fuel, what
         was due, paid and refunded, and its state."""
-        return self._contract(id).view()
+        return (c := self._contract(id)).view(self.services.paid(c))
 
     @rpc_method("market.service")
     async def rpc_service(self, service: str, budget: str, seconds: int, gb_hours: int = 1,

@@ -80,3 +80,7 @@ class ServiceContracts:
 
     def compliance(self, c: Contract) -> dict[str, Any]:
         return self.customer.compliance(c)
+
+    def paid(self, c: Contract) -> int:
+        """What `c`'s escrow has paid out so far (`ServiceCustomer.paid`)."""
+        return self.customer.paid(c)

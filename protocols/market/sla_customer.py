@@ -289,11 +289,19 @@ class ServiceCustomer:
             c.slashed = e.slashed
             self.contracts.save(c)
 
+    def paid(self, c: Contract) -> int:
+        """What `c`'s escrow has paid out, from the escrow on this replica while it is there
+        (the contract's own record of a customer learns it only at settlement)."""
+        ledger = self.ledger()
+        e = ledger.escrow(c.escrow) if ledger is not None and c.escrow is not None else None
+        return max(c.paid, e.paid) if e is not None else c.paid
+
     def compliance(self, c: Contract) -> dict[str, Any]:
         """`monitor_sla_compliance`: the SLA account of a service contract (either side)."""
+        paid = self.paid(c)
         base = {"contract": c.id.hex(), "role": c.role, "peer": c.peer, "service": c.terms.service,
                 "state": c.state, "collateral": format_amount(c.collateral),
-                "slashed": format_amount(c.slashed), "paid": format_amount(c.paid), "detail": c.detail}
+                "slashed": format_amount(c.slashed), "paid": format_amount(paid), "detail": c.detail}
         if c.sla is None:
             return {**base, "monitored": False, "note": "this node does not probe this contract (it is not "
                                                          "the customer of a service contract)"}

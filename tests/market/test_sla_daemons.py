@@ -73,6 +73,13 @@ def test_a_frozen_provider_breaches_its_sla_and_its_collateral_is_slashed(node_f
         return s if any(w["judged"] and not w["breached"] for w in s["windows"]) else None
     sla = wait_until(kept, timeout=40, what="a first window judged and kept", interval=0.5)
     assert sla["probes"] >= 3 and sla["rtt_max_ms"] < 2000, sla
+    # the customer's views show what the escrow paid while the contract runs (they showed 0
+    # until the settlement)
+    esc_paid = wait_until(lambda: micro(c.rpc("ledger.escrow", [view["escrow"]])["paid"]) or None,
+                          timeout=15, what="a first payout from the escrow", interval=0.5)
+    mine = c.rpc("market.contract", [cid])
+    assert mine["state"] == "running" and micro(mine["paid"]) >= esc_paid, (esc_paid, mine)
+    assert micro(c.rpc("market.sla", [cid])["paid"]) >= esc_paid
 
     assert p.proc is not None
     os.kill(p.proc.pid, signal.SIGSTOP)
