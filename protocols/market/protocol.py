@@ -478,11 +478,11 @@ class MarketRole(Role):
     @rpc_method("market.stats")
     async def rpc_stats(self, region: str | None = None,
                         service: str = "compute.wasm") -> dict[str, Any]:
-        """Supply, demand, fill ratio, price percentiles and the EWMA of agreed prices of
-        SERVICE in REGION (default: ours), from this node's order book and what it heard; for
-        each offer of ours its base price, the price it asks now and the price [protocols.market]
-        pricing = "dynamic" would ask; and the market messages this node refused, by kind and
-        reason."""
+        """Supply, demand, fill ratio, price percentiles and the EWMA of agreed prices of SERVICE in
+        REGION (default: ours), from this node's order book and what it heard; for each offer of ours
+        its base price, the price it asks now and the one pricing = "dynamic" would ask; the market
+        messages this node refused, by kind and reason (offer/duplicate: mostly the copies providers
+        re-gossip every 5 s of offers it holds; expected, never charged)."""
         if service not in SERVICES:
             raise RpcError(E.BAD_REQUEST, f"service must be one of {', '.join(SERVICES)}")
         st = self.core.stats(region if region is not None else self.ctx.region, service,
