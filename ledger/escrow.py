@@ -40,7 +40,7 @@ from typing import Any
 
 import msgpack
 
-from fognode.ledger.amounts import MAX_AMOUNT
+from fognode.ledger.amounts import MAX_AMOUNT, format_amount
 from fognode.ledger.errors import Reason
 from fognode.ledger.escrow_orders import (MAX_WITNESSES, EscrowCollateralOrder, EscrowOpenOrder, EscrowOrder,
                                           EscrowPayoutOrder, EscrowRefundOrder, EscrowSlashOrder)
@@ -196,9 +196,11 @@ def state_problem(e: Escrow | None, o: EscrowOrder) -> Problem | None:
         if not o.note.signed_by(e.customer):
             return Reason.BAD_DEBIT_NOTE, "the debit note is not signed by the escrow's customer"
         if o.note.due <= e.paid:
-            return Reason.BAD_DEBIT_NOTE, f"the note's {o.note.due} due is paid already ({e.paid} paid)"
+            return (Reason.BAD_DEBIT_NOTE, f"the note's {format_amount(o.note.due)} due is paid already "
+                                           f"({format_amount(e.paid)} paid)")
         if o.note.due > e.amount:
-            return Reason.BAD_DEBIT_NOTE, f"the note's {o.note.due} due exceeds the escrowed {e.amount}"
+            return (Reason.BAD_DEBIT_NOTE, f"the note's {format_amount(o.note.due)} due exceeds the escrowed "
+                                           f"{format_amount(e.amount)}")
     if isinstance(o, EscrowSlashOrder):
         r = o.report
         if e.penalty == 0 or e.collateral - e.slashed == 0:

@@ -83,7 +83,7 @@ from typing import Any
 
 import msgpack
 
-from fognode.ledger.amounts import MAX_AMOUNT
+from fognode.ledger.amounts import MAX_AMOUNT, format_amount
 from fognode.ledger.errors import Reason
 from fognode.ledger.rewardpool_orders import (MAX_RECEIPT_KIND, PoolCloseOrder, PoolOpenOrder, PoolOrder,
                                               PoolPayOrder, digest_bytes, payout_leaf)
@@ -211,15 +211,17 @@ def state_problem(p: RewardPool | None, o: PoolOrder) -> Problem | None:
         if o.receipt.kind != p.receipt_kind:
             return Reason.BAD_EVIDENCE, f"the pool pays receipts of kind {p.receipt_kind!r}, not {o.receipt.kind!r}"
         if p.paid + o.amount > p.amount:
-            return (Reason.POOL_EXHAUSTED, f"reward pool {_short(o.pool)} holds {p.amount - p.paid} of its "
-                                           f"{p.amount}; a payout of {o.amount} does not fit")
+            return (Reason.POOL_EXHAUSTED, f"reward pool {_short(o.pool)} holds {format_amount(p.amount - p.paid)} "
+                                           f"of its {format_amount(p.amount)}; a payout of {format_amount(o.amount)} "
+                                           f"does not fit")
         return None
     if not _settled(p, o):
         if p.closed:
             return (Reason.POOL_CLOSED, f"reward pool {_short(o.pool)} was closed after {p.payouts} payouts "
-                                        f"of {p.paid}, not the {o.payouts} of {o.paid} this close states")
-        return (Reason.POOL_UNSETTLED, f"this replica holds {p.payouts} payouts of {p.paid} from pool "
-                                       f"{_short(o.pool)}, the close states {o.payouts} of {o.paid} "
+                                        f"of {format_amount(p.paid)}, not the {o.payouts} of {format_amount(o.paid)} "
+                                        f"this close states")
+        return (Reason.POOL_UNSETTLED, f"this replica holds {p.payouts} payouts of {format_amount(p.paid)} from pool "
+                                       f"{_short(o.pool)}, the close states {o.payouts} of {format_amount(o.paid)} "
                                        f"(or other payouts): retry once they are applied")
     return None
 

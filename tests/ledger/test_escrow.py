@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 from fognode.ledger.actions import SendRejection
 from fognode.ledger.amounts import MICRO
 from fognode.ledger.errors import RPC_CODE_OF_REASON, Reason
-from fognode.ledger.escrow import Escrow
+from fognode.ledger.escrow import Escrow, state_problem
 from fognode.ledger.escrow_orders import DebitNote
 from fognode.ledger.messages import Certificate, SignedOrder, Vote, decode_signed_order
 from fognode.ledger.replica import MemoryHistory, Replica
@@ -183,6 +183,12 @@ def test_bad_escrow_orders_are_refused_with_their_reason() -> None:
     assert set(c.ask(signed(PROVIDER, payout(PROVIDER, CUSTOMER, E, 2, 40, 1)), BEFORE)[1]) == {Reason.BAD_DEBIT_NOTE}
     assert set(c.ask(signed(PROVIDER, payout(PROVIDER, CUSTOMER, E, 2, 39, 1)), BEFORE)[1]) == {Reason.BAD_DEBIT_NOTE}
     assert RPC_CODE_OF_REASON[Reason.BAD_DEBIT_NOTE] == 217 and RPC_CODE_OF_REASON[Reason.ESCROW_TOO_LATE] == 215
+    # the refusals' words give amounts in tokens, as the CLI does (they were micro-units)
+    e = c.state.escrows[E]
+    assert state_problem(e, payout(PROVIDER, CUSTOMER, E, 2, 101 * MICRO, 1)) == (
+        Reason.BAD_DEBIT_NOTE, "the note's 101 due exceeds the escrowed 100")
+    assert state_problem(e, payout(PROVIDER, CUSTOMER, E, 2, 40, 1)) == (
+        Reason.BAD_DEBIT_NOTE, "the note's 0.00004 due is paid already (0.00004 paid)")
 
 
 def test_payout_then_refund_with_one_faulty_validator_never_both() -> None:

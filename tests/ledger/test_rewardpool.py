@@ -10,7 +10,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from fognode.ledger.actions import Commit, Queued, SendRejection
-from fognode.ledger.amounts import MICRO
+from fognode.ledger.amounts import MICRO, format_amount
 from fognode.ledger.errors import RPC_CODE_OF_REASON, Reason
 from fognode.ledger.messages import Certificate, MintOrder, Order, SignedOrder, Vote, decode_signed_order
 from fognode.ledger.replica import MemoryHistory, Replica
@@ -141,7 +141,7 @@ def test_refusals_name_the_reason() -> None:
     c.refused(c.signed(OTHER, lambda s: close(OTHER, P, *ok, s)), Reason.POOL_TOO_EARLY, "others", AFTER)
     # a close that states other payouts than the validator applied
     c.refused(c.signed(FUNDER, lambda s: close(FUNDER, P, ok[0] - 1, ok[1], ok[2], s)), Reason.POOL_UNSETTLED,
-              "the close states", AFTER)
+              f"payouts of {format_amount(ok[1])} from pool", AFTER)     # in tokens, as the CLI speaks
     # the funder cannot fund what it does not have: the shortfall is named
     poor = c.signed(FUNDER, lambda s: open_pool(FUNDER, funded_announcement(pk(FUNDER), 1), 2000 * MICRO, s,
                                                 deadline=DEADLINE))
