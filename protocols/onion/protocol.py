@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import trio
 
 from fognode.ledger.address import decode_address
-from fognode.ledger.amounts import parse_amount
+from fognode.ledger.amounts import format_amount, parse_amount
 from fognode.node.errors import ConfigError, FognodeError, LocalProtocolError, RpcError
 from fognode.node.overlay import FramedStream
 from fognode.node.peerid import pubkey_from_peer_id
@@ -348,7 +348,7 @@ class OnionRole(Role):
             await trio.Path(target).write_bytes(content)
         except OSError as e:
             raise RpcError(E.ACCESS_FAILED, f"out: cannot write {target}: {e.strerror or e}") from None
-        return {**info, "out": str(target)}
+        return {**info, "fee_paid": format_amount(info["fee_paid"]), "out": str(target)}
 
     @rpc_method("onion.stats")
     async def rpc_stats(self, service: str = "") -> dict[str, Any]:

@@ -82,7 +82,7 @@ def test_deploy_lose_hosts_access_pay(node_factory: Any, tmp_path: Path) -> None
     ev = owner.rpc("monitor.events", {"type": ["HiddenServiceDeployed"]})
     assert [e["data"]["address"] for e in ev] == [dep["address"]] and ev[0]["data"]["shards"] == NSHARDS
     # the hosting was paid through escrows: the owner's balance went down by their amounts and fees
-    wait_until(lambda: balance(owner, wallet[0]) == owner_before_deploy - dep["hosting_cost"] or None,
+    wait_until(lambda: balance(owner, wallet[0]) == owner_before_deploy - micro(dep["hosting_cost"]) or None,
                timeout=60, what="the owner's escrows applied")
     host_of = {n.rpc("onion.stats")["hosting"]["address"]: n for n in net.nodes[1:]}
     hosts = [host_of[a] for a in dep["hosts"]]
@@ -120,18 +120,18 @@ def test_deploy_lose_hosts_access_pay(node_factory: Any, tmp_path: Path) -> None
     got = accessor.rpc("onion.access", {"address": dep["address"], "out": str(out)}, timeout=600)
     assert out.read_bytes() == data
     print(f"deploy {dep['seconds']} s, access {got['seconds']} s (1 MB, {K} of {NSHARDS}, {len(victims)} host(s) killed)")
-    assert got["fee_paid"] == FEE_MICRO and len(got["shards_used"]) == K
+    assert got["fee_paid"] == FEE and len(got["shards_used"]) == K
     # the accessor paid exactly the fee (plus the ledger's order fee); the owner received it
     assert balance(accessor, wallet[N - 1]) == acc_before - FEE_MICRO - ORDER_FEE
     wait_until(lambda: balance(owner, wallet[0]) == owner_before + FEE_MICRO or None, timeout=60,
                what="the fee at the owner")
     stats = wait_until(lambda: (s if (s := owner.rpc("onion.stats", {"service": dep["address"]}))["accesses"] == 1
                                 else None), timeout=60, what="the access counted by the owner")
-    assert stats["fees_received"] == FEE_MICRO
+    assert stats["fees_received"] == FEE     # amounts in tokens, as given
     served = sum(h.rpc("onion.stats")["hosting"]["services"].get(dep["service_id"], {}).get("shards_served", 0)
                  for h in hosts if h not in victims)
     assert served == K
-    assert accessor.rpc("onion.stats", {"service": dep["address"]})["my_fees_paid"] == FEE_MICRO
+    assert accessor.rpc("onion.stats", {"service": dep["address"]})["my_fees_paid"] == FEE
 
     for n in alive:
         v = n.rpc("ledger.verify")

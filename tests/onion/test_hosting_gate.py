@@ -14,6 +14,7 @@ import trio
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
 
+from fognode.ledger.amounts import format_amount
 from fognode.protocols.onion.address import address_from_pubkey
 from fognode.protocols.onion.hosting.accessor import HostedAccessor, fetch_shard
 from fognode.protocols.onion.hosting.errors import HostingError
@@ -80,7 +81,7 @@ async def test_paid_unpaid_and_replayed_requests(tmp_path: Path) -> None:
             assert reply["reason"] == "malformed" and "over the limit" in reply["message"]
             nursery.cancel_scope.cancel()
     assert gate.refused == {"no_payment": 1, "used_up": 1, "unknown_shard": 1, "malformed": 2}
-    assert gate.served[SID].view() == {"accesses": 1, "shards_served": 3, "fees_seen": FEE}
+    assert gate.served[SID].view() == {"accesses": 1, "shards_served": 3, "fees_seen": format_amount(FEE)}
 
 
 async def test_a_host_returning_other_bytes_is_caught(tmp_path: Path) -> None:

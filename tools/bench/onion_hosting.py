@@ -164,7 +164,7 @@ def run_devnet(level: int, mb: int, timeout: float) -> dict[str, Any]:
         checks = {
             "byte-identical": target.read_bytes() == data,
             "k shards used": len(got["shards_used"]) == lvl.k,
-            "fee paid once": got["fee_paid"] == fee,
+            "fee paid once": _micro(got["fee_paid"]) == fee,
             "accessor paid exactly the fee and one order fee":
                 acc_before - _balance(accessor, w_acc) == fee + order_fee,
         }

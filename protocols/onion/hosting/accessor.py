@@ -20,6 +20,7 @@ import trio
 from nacl.signing import SigningKey
 
 from fognode.ledger.address import encode_address
+from fognode.ledger.amounts import format_amount
 from fognode.ledger.api import LedgerApi, ledger_api
 from fognode.node.errors import FognodeError, StreamClosed
 from fognode.node.overlay import Overlay
@@ -206,5 +207,5 @@ class HostedAccessor:
 
     def stats(self, address: FogAddress | None = None) -> dict[str, Any]:
         """This node's own accesses (count and fees paid) per address."""
-        return {a: {"my_accesses": st["accesses"], "my_fees_paid": st["fees_paid"]}
+        return {a: {"my_accesses": st["accesses"], "my_fees_paid": format_amount(st["fees_paid"])}
                 for a, st in self.accessed.items() if address is None or a == address.host}

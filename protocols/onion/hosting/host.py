@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import trio
 
+from fognode.ledger.amounts import format_amount
 from fognode.ledger.api import LedgerApi, ledger_api
 from fognode.ledger.errors import OrderRejected
 from fognode.ledger.escrow_orders import DebitNote
@@ -83,8 +84,9 @@ class ServedStats:
     shards_served: int = 0
     fees_seen: int = 0
 
-    def view(self) -> dict[str, int]:
-        return {"accesses": len(self.payments), "shards_served": self.shards_served, "fees_seen": self.fees_seen}
+    def view(self) -> dict[str, Any]:
+        return {"accesses": len(self.payments), "shards_served": self.shards_served,
+                "fees_seen": format_amount(self.fees_seen)}
 
 
 class AccessGate:
@@ -341,6 +343,6 @@ class HostingServer:
     def view(self) -> dict[str, Any]:
         now = self.clock()
         return {"address": self.address.host if self.address else None, **self.store.view(now),
-                "price_gb_h": self.price, "refused": dict(self.gate.refused),
+                "price_gb_h": format_amount(self.price), "refused": dict(self.gate.refused),
                 "owners_refused": dict(self.owners_refused),
                 "services": {sid.hex(): st.view() for sid, st in self.gate.served.items()}}

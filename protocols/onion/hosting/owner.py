@@ -48,6 +48,7 @@ import trio
 from nacl.signing import SigningKey
 
 from fognode.ledger.address import encode_address
+from fognode.ledger.amounts import format_amount
 from fognode.ledger.api import LedgerApi, ledger_api
 from fognode.ledger.errors import OrderRejected
 from fognode.ledger.events import PaymentProcessed
@@ -273,8 +274,8 @@ class HostedOwner:
         self.events.publish(HiddenServiceDeployed(name=name, address=address.host, intro_points=0, ports=(),
                                                   shards=lvl.n))
         return {"address": address.host, "service_id": sid.hex(), "name": name, "bytes": len(data),
-                "privacy": lvl.to_json(), "fee": fee, "hours": hours, "expires": deadline,
-                "hosting_cost": spent[0], "hosts": [p.host for p in d.placements]}
+                "privacy": lvl.to_json(), "fee": format_amount(fee), "hours": hours, "expires": deadline,
+                "hosting_cost": format_amount(spent[0]), "hosts": [p.host for p in d.placements]}
 
     async def _put(self, key: str, value: bytes) -> None:
         last = ""
@@ -443,8 +444,10 @@ class HostedOwner:
             a = d.address.host
             if d.failed or (address is not None and a != address.host):
                 continue
-            out[a] = {"name": d.name, "service_id": sid.hex(), "level": d.level, "fee": d.fee, "bytes": d.size,
-                      "expires": d.expires, "accesses": d.accesses, "fees_received": d.fees_received,
-                      "hosts": [{"host": p.host, "shard": p.index, "rate_per_hour": p.rate, "paid": p.due}
+            out[a] = {"name": d.name, "service_id": sid.hex(), "level": d.level, "fee": format_amount(d.fee),
+                      "bytes": d.size, "expires": d.expires, "accesses": d.accesses,
+                      "fees_received": format_amount(d.fees_received),
+                      "hosts": [{"host": p.host, "shard": p.index, "rate_per_hour": format_amount(p.rate),
+                                 "paid": format_amount(p.due)}
                                 for p in d.placements]}
         return out

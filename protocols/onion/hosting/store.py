@@ -21,6 +21,7 @@ from typing import Any
 
 import msgpack
 
+from fognode.ledger.amounts import format_amount
 from fognode.node.datadir import write_atomic
 from fognode.node.errors import FognodeError
 from fognode.protocols.onion.hosting.fees import AccessRefused, FeeTerms, Refusal
@@ -54,8 +55,9 @@ class Lease:
         return FeeTerms(self.sid, self.payee, self.fee)
 
     def view(self, now: float) -> dict[str, Any]:
-        return {"service": self.sid.hex(), "shard": self.shard.hex(), "size": self.size, "fee": self.fee,
-                "rate_per_hour": self.rate, "paid": self.paid, "paid_until": round(self.paid_until(), 1),
+        return {"service": self.sid.hex(), "shard": self.shard.hex(), "size": self.size, "fee": format_amount(self.fee),
+                "rate_per_hour": format_amount(self.rate), "paid": format_amount(self.paid),
+                "paid_until": round(self.paid_until(), 1),
                 "deadline": self.deadline, "serving": now <= self.paid_until()}
 
 
