@@ -229,3 +229,42 @@ def test_an_aggregator_whose_plan_is_50_ms_late_gets_the_updates_about_0_1_s_aft
     assert sim.now <= t0 + 0.25
     sim.run_until(lambda: sim.ended(sid), 200)
     assert sim.status(sid)["state"] == "completed"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect (session 33): takeover votes count the last plan's participants as each member "
+    "knows it; the coordinator re-plans with a new membership the cut-off members never see, so a "
+    "split that leaves a fallback with a majority of the old plan's participants lets it take over "
+    "while the starter goes on: two coordinators, rounds adopted twice. Found by CI in "
+    "tests/faults/test_fl_partition.py; the fix needs one membership both sides agree on (see the "
+    "README's FL takeover paragraph)"))
+def test_a_split_of_a_small_rounds_participants_does_not_give_the_session_two_coordinators() -> None:
+    """Rounds of 3 participants out of 5 nodes. The network splits while round 2 runs, cutting
+    off its two participants other than the starter, one of them a fallback coordinator: they
+    hold 2 of the 3 members of the last plan they know, vote, and the fallback takes over; the
+    starter, on the larger side, retries round 2 with a new plan and goes on. The property:
+    one coordinator plans at a time."""
+    for seed in range(60):
+        sim = Sim(5, rng_seed=seed)
+        sid = sim.start(spec(rounds=4, participants=3, min_participants=2))
+        ann = sim.nodes[0].core.sessions[sid].ann
+        fallbacks = set(coordinators_of(ann)[1:])
+        at: list[float] = []
+
+        def hook(sender: SimNode, msg: Any) -> None:
+            if not at and isinstance(msg, RoundPlan) and msg.round == 2 and msg.rank == 0:
+                others = [p for p, _ in msg.participants if p != sim.nodes[0].peer]
+                if len(others) == 2 and fallbacks & set(others):
+                    cut = [sim.by_peer[p].index for p in others]
+                    sim.partition([[nd.index for nd in sim.nodes if nd.index not in cut], cut])
+                    at.append(sim.now)
+        sim.after_publish = hook
+        plans = _plans_by_rank(sim)
+        sim.run_until(lambda: bool(at) or sim.ended(sid), 200)
+        if not at:
+            continue                 # round 2 drew another set of participants: next seed
+        unit = takeover_unit(ann.spec, 2.0)
+        sim.run_until(lambda: sim.now >= at[0] + 6 * unit, 10 * unit)
+        assert set(plans) == {0}, f"seed {seed}: ranks {sorted(plans)} planned during the split"
+        return
+    pytest.skip("no seed drew round 2's participants as the scenario needs")
