@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 
 from fognode.node.errors import ConfigError
 from fognode.protocols.fl.messages import MAX_COORDINATORS
+from fognode.protocols.fl.task_names import installed_tasks
 
 MIB = 1 << 20
 
@@ -67,10 +67,9 @@ def validate(config: FlConfig) -> None:
     if not 1 <= config.aggregation_threads <= 256:
         raise ConfigError(f"must be between 1 and 256, got {config.aggregation_threads}",
                           key="protocols.fl.aggregation_threads")
-    # the group of protocols/fl/tasks (ENTRY_POINT_GROUP; not imported here: it imports numpy)
-    installed = {ep.name for ep in entry_points(group="fognode.fl_tasks")}
+    installed = installed_tasks()
     unknown = [t for t in config.tasks if t not in installed]
     if unknown:   # a typo made the node silently opt out of every session of that task
         raise ConfigError(f"no installed FL task {unknown[0]!r}; installed (entry points of "
-                          f"fognode.fl_tasks): {', '.join(sorted(installed)) or 'none'}",
+                          f"fognode.fl_tasks): {', '.join(installed) or 'none'}",
                           key="protocols.fl.tasks")

@@ -214,18 +214,24 @@ class Matcher:
             cached = self._scores[service] = (now, reps, lats)
         return cached[1][codes], cached[2][codes]
 
+    def _eligible(self, cols: Columns, demand: Demand, now: float) -> np.ndarray:
+        """The rows whose live offer passes `demand`'s filter and prices every unit it uses."""
+        mask = cols.mask(demand.filter.root)
+        mask &= cols.valid_until > now
+        mask &= ~cols.dead
+        for unit, qty in demand.usage:
+            if qty:
+                mask &= cols.has_price[unit]
+        return mask
+
     def match(self, demand: Demand, now: float, limit: int | None = None) -> list[Match]:
         import numpy as np
 
         cols = self.columns(demand.service, now)
         if cols.n == 0:
             return []
-        mask = cols.mask(demand.filter.root)
-        mask &= cols.valid_until > now
-        mask &= ~cols.dead
+        mask = self._eligible(cols, demand, now)
         used = [(u, q) for u, q in demand.usage if q]
-        for unit, _ in used:
-            mask &= cols.has_price[unit]
         budget = demand.per_replica_budget
         if sum(q for _, q in used) * MAX_PRICE < 2**62:      # int64 cannot overflow: exact
             cost = np.zeros(cols.n, dtype=np.int64)
@@ -252,11 +258,7 @@ class Matcher:
         cols = self.columns(demand.service, now)
         if cols.n == 0:
             return []
-        mask = cols.mask(demand.filter.root) & (cols.valid_until > now) & ~cols.dead
-        for unit, qty in demand.usage:
-            if qty:
-                mask &= cols.has_price[unit]
-        offers = [cols.offers[i] for i in np.flatnonzero(mask)]
+        offers = [cols.offers[i] for i in np.flatnonzero(self._eligible(cols, demand, now))]
         return sorted(c for o in offers if o.provider != exclude and (c := demand.cost(o)) is not None)
 
     def _rank(self, service: str, cols: Columns, idx: np.ndarray, costs: np.ndarray, now: float,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -188,12 +189,21 @@ SEMANTICS = ("paper", "flower")
 CHOICE_PARAMS: dict[str, tuple[str, ...]] = {"semantics": SEMANTICS}
 
 
+def choice_name(key: str, value: object) -> str | None:
+    """The choice a choice parameter's index stands for; None when `value` is not one of its
+    indices (or `key` names no choice)."""
+    choices = CHOICE_PARAMS.get(key)
+    if (choices is None or not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not math.isfinite(value) or not float(value).is_integer() or not 0 <= int(value) < len(choices)):
+        return None
+    return choices[int(value)]
+
+
 def param_text(key: str, value: object) -> str:
     """`key = value` for messages, a choice's index shown by its name."""
-    choices = CHOICE_PARAMS.get(key)
-    if (choices is not None and isinstance(value, (int, float)) and not isinstance(value, bool)
-            and float(value).is_integer() and 0 <= int(value) < len(choices)):
-        value = choices[int(value)]
+    name = choice_name(key, value)
+    if name is not None:
+        return f"{key} = {name}"
     return f"{key} = {value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) \
         else f"{key} = {value}"
 

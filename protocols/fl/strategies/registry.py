@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from fognode.protocols.fl.messages import SessionSpec
 from fognode.protocols.fl.privacy.dp import DPConfig, DPStrategy
 from fognode.protocols.fl.strategies.base import (
-    CHOICE_PARAMS, Strategy, StrategyConfigError, check_secagg_compatible)
+    CHOICE_PARAMS, Strategy, StrategyConfigError, check_secagg_compatible, choice_name)
 from fognode.protocols.fl.strategies.bulyan import Bulyan
 from fognode.protocols.fl.strategies.clipping import Clipped
 from fognode.protocols.fl.strategies.fedavg import FedAvg
@@ -89,13 +89,13 @@ def build(name: str, params: dict[str, Any]) -> Strategy:
 def _choice_name(strategy: str, key: str, value: Any) -> Any:
     """A choice parameter's index (as announcements carry it) -> its name; a name is kept
     (the strategy checks it)."""
-    choices = CHOICE_PARAMS[key]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not (math.isfinite(float(value)) and float(value).is_integer() and 0 <= int(value) < len(choices)):
-            raise StrategyConfigError(f"{strategy}: parameter {key!r} must be one of "
-                                      f"{', '.join(f'{c} ({i})' for i, c in enumerate(choices))}, got {value!r}")
-        return choices[int(value)]
-    return value
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return value
+    name = choice_name(key, value)
+    if name is None:
+        raise StrategyConfigError(f"{strategy}: parameter {key!r} must be one of "
+                                  f"{', '.join(f'{c} ({i})' for i, c in enumerate(CHOICE_PARAMS[key]))}, got {value!r}")
+    return name
 
 
 def wire_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:

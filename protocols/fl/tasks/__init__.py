@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Mapping
 
+from fognode.protocols.fl.task_names import ENTRY_POINT_GROUP, installed_tasks
 from fognode.protocols.fl.tasks.base import (
     EvalResult,
     LocalData,
@@ -20,17 +21,10 @@ from fognode.protocols.fl.tasks.base import (
     TrainResult,
 )
 
-ENTRY_POINT_GROUP = "fognode.fl_tasks"
-
 __all__ = [
     "ENTRY_POINT_GROUP", "EvalResult", "LocalData", "ParamLayout", "Task", "TaskError",
     "TensorSpec", "TrainConfig", "TrainResult", "installed_tasks", "load_task", "task_class",
 ]
-
-
-def installed_tasks() -> list[str]:
-    """Names of the tasks installed on this node (sorted)."""
-    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
 def task_class(name: str) -> type[Task]:
